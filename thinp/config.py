@@ -1,0 +1,29 @@
+"""Defaults and the one numba policy.
+
+Every kernel in thinp is compiled through :func:`njit` below, so the JIT policy
+(``cache=True``: a second process never pays compile time again; ``nogil``: a
+kernel may run beside other threads) is set in one place.
+"""
+from __future__ import annotations
+
+import numba
+
+#: The metadata block size: 4 KiB, as dm-persistent-data uses.
+METADATA_BLOCK_SIZE = 4096
+#: dm-thin's data block size limits, in bytes.
+MIN_DATA_BLOCK_SIZE = 64 * 1024
+MAX_DATA_BLOCK_SIZE = 1024 * 1024 * 1024
+#: 512-byte sectors, the unit dm tables and status lines speak.
+SECTOR_SIZE = 512
+
+
+def njit(func=None, **kwargs):
+    """``numba.njit`` with thinp's policy: cached to disk, no GIL.
+
+    Use it bare (``@njit``) or with options (``@njit(inline="always")``).
+    """
+    kwargs.setdefault("cache", True)
+    kwargs.setdefault("nogil", True)
+    if func is None:
+        return lambda f: numba.njit(**kwargs)(f)
+    return numba.njit(**kwargs)(func)

@@ -1,0 +1,95 @@
+"""Exceptions raised by thinp.
+
+Every error a user can cause is one of these classes (or a ``ValueError`` for a
+bad argument).  Classes that model a kernel error also carry its errno, so code
+written against real devices (``except OSError as e: e.errno == ENOSPC``) works
+unchanged against thinp.
+"""
+from __future__ import annotations
+
+import errno as _errno
+
+__all__ = [
+    "ThinpError",
+    "NoSpaceError",
+    "DeviceExistsError",
+    "DeviceNotFoundError",
+    "PoolBusyError",
+    "MetadataCorruptError",
+    "ReadOnlyPoolError",
+    "NotSupportedError",
+    "ImageFormatError",
+    "TooManyLayersError",
+    "TransactionIdMismatchError",
+]
+
+
+class ThinpError(Exception):
+    """Base class of every thinp error."""
+
+
+class _ErrnoError(ThinpError, OSError):
+    """A thinp error that is also an ``OSError`` with a fixed errno."""
+
+    errno_value = _errno.EIO
+
+    def __init__(self, message: str):
+        OSError.__init__(self, self.errno_value, message)
+        self.message = message
+
+    def __str__(self) -> str:  # OSError's default prefixes "[Errno N]"
+        return self.message
+
+
+class NoSpaceError(_ErrnoError):
+    """The pool (or filesystem) has no free data block: ENOSPC."""
+
+    errno_value = _errno.ENOSPC
+
+
+class DeviceExistsError(_ErrnoError):
+    """A thin id is already in use: EEXIST."""
+
+    errno_value = _errno.EEXIST
+
+
+class DeviceNotFoundError(_ErrnoError):
+    """No thin device with that id: ENODEV."""
+
+    errno_value = _errno.ENODEV
+
+
+class PoolBusyError(_ErrnoError):
+    """Another process holds the pool open read-write: EBUSY."""
+
+    errno_value = _errno.EBUSY
+
+
+class MetadataCorruptError(_ErrnoError):
+    """Metadata failed a checksum, magic, version or bounds check: EUCLEAN."""
+
+    errno_value = _errno.EUCLEAN
+
+
+class ReadOnlyPoolError(_ErrnoError):
+    """The pool is in read-only (or fail) mode: EROFS."""
+
+    errno_value = _errno.EROFS
+
+
+class NotSupportedError(_ErrnoError):
+    """The operation or driver is not supported: EOPNOTSUPP."""
+
+    errno_value = _errno.EOPNOTSUPP
+
+
+class TransactionIdMismatchError(ThinpError, ValueError):
+    """``set_transaction_id old new`` named the wrong current id."""
+
+
+class ImageFormatError(ThinpError, ValueError):
+    """An image, layer tar or manifest is malformed or hostile."""
+
+
+class TooManyLayersError(ThinpError):
+    """A layer chain is deeper than the driver allows (overlay2: 128)."""
