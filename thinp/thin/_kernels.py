@@ -1,0 +1,451 @@
+"""dm-thin's block rules as numba kernels over a :class:`~thinp.pdata._kernels.Space`.
+
+Private: the Python layer (:mod:`thinp.thin.pool`) validates every argument
+(device slots, offsets inside the device, op codes) before calling in.
+
+Device table (arrays of a :class:`Devices`, indexed by slot)
+-------------------------------------------------------------
+dev_id       int64   the 24-bit thin id, -1 for a free slot
+root         int64   metadata block of the mapping tree root, 0 = empty
+levels       int64   tree depth, 1 = the root is a leaf; fixed by nr_blocks
+nr_blocks    int64   virtual size in data blocks
+mapped       int64   mapped blocks (dm's mapped_blocks)
+create_time  int64   pool time when the device was created
+snap_time    int64   pool time of its last snapshot (dm's snapshotted_time)
+txn          int64   transaction id when the device last changed
+root_crc     uint64  checksum of the root node, set at commit
+changed      uint8   1 = the record changed in this transaction
+size_sectors int64   virtual size in 512-byte sectors (nr_blocks rounds it up)
+
+A leaf value is ``(pblock + 1) << 24 | time`` (dm's block_time with the block
+offset by one so that 0 means unmapped).  A block is shared when
+``snap_time[slot] > time``: dm-thin's test.  It is imprecise on purpose:
+after one side breaks sharing, the other side still sees an old time and
+copies once more even though its block is now exclusive.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..config import njit
+from ..pdata._kernels import (
+    C_BYTES_COPIED,
+    C_BYTES_DISCARD,
+    C_BYTES_READ,
+    C_BYTES_WRITTEN,
+    C_COW,
+    C_COW_OVERWRITES,
+    C_DISCARDED,
+    C_ENOSPC,
+    C_OPS,
+    C_OVERWRITES,
+    C_PROVISIONED,
+    C_READ_UNMAPPED,
+    C_READS,
+    C_WRITES,
+    C_ZEROED,
+    CHILD_MASK,
+    EV_LOW_WATER,
+    EV_OUT_OF_DATA,
+    EV_OUT_OF_META,
+    NODE_ENTRIES,
+    NODE_MASK,
+    NODE_SHIFT,
+    S_BLOCK_SIZE,
+    S_COMMIT_INTERVAL,
+    S_DUSED,
+    S_ERROR_IF_NO_SPACE,
+    S_LWM,
+    S_LWM_ARMED,
+    S_NR_DATA,
+    S_OPS_SINCE_COMMIT,
+    S_PASSDOWN,
+    S_PAYLOAD,
+    S_TIME,
+    S_ZERO,
+    _event,
+    _release_meta,
+    alloc_data,
+    dec_data,
+    leaf_for_write,
+    leaf_value_block,
+    lookup,
+)
+
+READ = 0
+WRITE = 1
+DISCARD = 2
+
+# replay status codes
+R_DONE = 0
+R_NEED_COMMIT = 1  # commit interval reached, or only just-freed blocks are free
+R_NO_DATA = 2  # out of data space in queue mode: the rest waits
+R_NO_META = 3  # out of metadata space: the transaction must be aborted
+
+# scal slot (beyond the pdata ones) for the out-of-data-space flag
+S_OODS = 24
+S_IGNORE_DISCARD = 25
+
+
+class Devices(NamedTuple):
+    dev_id: np.ndarray
+    root: np.ndarray
+    levels: np.ndarray
+    nr_blocks: np.ndarray
+    mapped: np.ndarray
+    create_time: np.ndarray
+    snap_time: np.ndarray
+    txn: np.ndarray
+    root_crc: np.ndarray
+    changed: np.ndarray
+    size_sectors: np.ndarray
+
+
+def make_devices(capacity: int) -> Devices:
+    i64 = lambda: np.zeros(capacity, dtype=np.int64)  # noqa: E731
+    dv = Devices(i64(), i64(), i64(), i64(), i64(), i64(), i64(), i64(),
+                 np.zeros(capacity, dtype=np.uint64), np.zeros(capacity, dtype=np.uint8), i64())
+    dv.dev_id[:] = -1
+    return dv
+
+
+def levels_for(nr_blocks: int) -> int:
+    """Radix depth for a device of ``nr_blocks`` virtual blocks."""
+    levels = 1
+    span = NODE_ENTRIES
+    while span < nr_blocks:
+        span <<= NODE_SHIFT
+        levels += 1
+    return levels
+
+
+@njit(inline="always")
+def _mkvalue(p, t):
+    return (np.uint64(p + 1) << np.uint64(24)) | np.uint64(t & 0xFFFFFF)
+
+
+@njit
+def _alloc_block(sp, op_index):
+    p = alloc_data(sp)
+    if p >= 0:
+        free = sp.scal[S_NR_DATA] - sp.scal[S_DUSED]
+        if sp.scal[S_LWM_ARMED] and free <= sp.scal[S_LWM]:
+            sp.scal[S_LWM_ARMED] = 0
+            _event(sp, op_index, EV_LOW_WATER, free)
+    return p
+
+
+@njit
+def _copy_block(data, src_p, dst_p, bs):
+    s = src_p * bs
+    d = dst_p * bs
+    for k in range(bs):
+        data[d + k] = data[s + k]
+
+
+@njit
+def _zero_block(data, p, bs):
+    d = p * bs
+    for k in range(bs):
+        data[d + k] = 0
+
+
+@njit
+def _put_bytes(data, p, bs, in_block, src, src_pos, n):
+    d = p * bs + in_block
+    for k in range(n):
+        data[d + k] = src[src_pos + k]
+
+
+@njit
+def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos):
+    """One per-block write.  Returns 0, or -1 no data space, -2 only
+    just-freed data space, -3 no metadata space."""
+    bs = sp.scal[S_BLOCK_SIZE]
+    full = in_block == 0 and n == bs
+    payload = sp.scal[S_PAYLOAD] != 0 and data.shape[0] > 0
+    v = lookup(sp.meta, dv.root[slot], dv.levels[slot], vb)
+    if v != 0:
+        p = leaf_value_block(v)
+        t = np.int64(v & np.uint64(0xFFFFFF))
+        if dv.snap_time[slot] <= t:
+            # mapped and not shared: plain data I/O, no metadata change
+            if payload and src.shape[0] > 0:
+                _put_bytes(data, p, bs, in_block, src, src_pos, n)
+            return 0
+        # shared: break sharing (copy-on-write)
+        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+        if leaf < 0:
+            return -2 if leaf == -2 else -3
+        p2 = _alloc_block(sp, op_index)
+        if p2 < 0:
+            return p2
+        if full:
+            sp.scal[C_COW_OVERWRITES] += 1
+        else:
+            sp.scal[C_COW] += 1
+            sp.scal[C_BYTES_COPIED] += bs
+            if payload:
+                _copy_block(data, p, p2, bs)
+        sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p2, sp.scal[S_TIME])
+        dec_data(sp, p, False)
+        dv.changed[slot] = 1
+        if payload and src.shape[0] > 0:
+            _put_bytes(data, p2, bs, in_block, src, src_pos, n)
+        return 0
+    # unmapped: provision
+    leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+    if leaf < 0:
+        return -2 if leaf == -2 else -3
+    p2 = _alloc_block(sp, op_index)
+    if p2 < 0:
+        return p2
+    if full:
+        sp.scal[C_OVERWRITES] += 1
+    elif sp.scal[S_ZERO]:
+        sp.scal[C_ZEROED] += 1
+        if payload:
+            _zero_block(data, p2, bs)
+    sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p2, sp.scal[S_TIME])
+    sp.scal[C_PROVISIONED] += 1
+    dv.mapped[slot] += 1
+    dv.changed[slot] = 1
+    if payload and src.shape[0] > 0:
+        _put_bytes(data, p2, bs, in_block, src, src_pos, n)
+    return 0
+
+
+@njit
+def _prune(sp, dv, slot, vb):
+    """After unmapping ``vb``: free nodes on its path that became empty,
+    bottom-up (the path is already shadowed, so nodes are private)."""
+    levels = dv.levels[slot]
+    path = np.empty(8, dtype=np.int64)
+    node = dv.root[slot]
+    path[levels - 1] = node
+    for lv in range(levels - 1, 0, -1):
+        e = sp.meta[node, (vb >> (NODE_SHIFT * lv)) & NODE_MASK]
+        node = np.int64(e & np.uint64(CHILD_MASK))
+        path[lv - 1] = node
+    for lv in range(0, levels):
+        b = path[lv]
+        for i in range(NODE_ENTRIES):
+            if sp.meta[b, i] != 0:
+                return
+        # empty: drop it and clear its entry in the parent
+        sp.mrc[b] = 0
+        _release_meta(sp, b)
+        if lv == levels - 1:
+            dv.root[slot] = 0
+        else:
+            sp.meta[path[lv + 1], (vb >> (NODE_SHIFT * (lv + 1))) & NODE_MASK] = 0
+
+
+@njit
+def _discard_block(sp, dv, slot, vb):
+    """Unmap one whole block.  Returns 0 or -3 (no metadata space)."""
+    v = lookup(sp.meta, dv.root[slot], dv.levels[slot], vb)
+    if v == 0:
+        return 0
+    leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+    if leaf < 0:
+        return -2 if leaf == -2 else -3
+    sp.meta[leaf, vb & NODE_MASK] = 0
+    dec_data(sp, leaf_value_block(v), sp.scal[S_PASSDOWN] != 0)
+    dv.mapped[slot] -= 1
+    dv.changed[slot] = 1
+    sp.scal[C_DISCARDED] += 1
+    _prune(sp, dv, slot, vb)
+    return 0
+
+
+@njit
+def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, src_base, out):
+    """Run requests ``start_op..`` of a trace (``slots`` are device slots the
+    caller resolved and checked).  Splits each request per data block as
+    dm-thin splits bios.  ``out`` receives (status, op index, vblock to resume
+    at).  ``src`` holds the bytes of a single write (empty otherwise), with
+    ``src_base`` the device offset of its first byte."""
+    bs = sp.scal[S_BLOCK_SIZE]
+    n = slots.shape[0]
+    error_mode = sp.scal[S_ERROR_IF_NO_SPACE] != 0
+    interval = sp.scal[S_COMMIT_INTERVAL]
+    resume_vb = start_vb
+    for i in range(start_op, n):
+        if interval > 0 and sp.scal[S_OPS_SINCE_COMMIT] >= interval and resume_vb < 0:
+            out[0] = R_NEED_COMMIT
+            out[1] = i
+            out[2] = -1
+            return R_NEED_COMMIT
+        slot = slots[i]
+        op = ops[i]
+        off = np.int64(offsets[i])
+        ln = np.int64(lengths[i])
+        if ln <= 0:
+            resume_vb = -1
+            continue
+        b0 = off // bs
+        b1 = (off + ln - 1) // bs
+        resuming = resume_vb >= 0
+        if resuming:
+            b0 = resume_vb
+        else:
+            sp.scal[C_OPS] += 1
+            sp.scal[S_OPS_SINCE_COMMIT] += 1
+            if op == WRITE:
+                sp.scal[C_BYTES_WRITTEN] += ln
+            elif op == READ:
+                sp.scal[C_BYTES_READ] += ln
+            else:
+                sp.scal[C_BYTES_DISCARD] += ln
+        resume_vb = -1
+        if op == WRITE:
+            for vb in range(b0, b1 + 1):
+                lo = max(off, vb * bs)
+                hi = min(off + ln, (vb + 1) * bs)
+                r = _write_block(sp, dv, slot, vb, lo - vb * bs, hi - lo, i, data, src, lo - src_base)
+                if r == 0:
+                    sp.scal[C_WRITES] += 1
+                    continue
+                if r == -2:
+                    out[0] = R_NEED_COMMIT
+                    out[1] = i
+                    out[2] = vb
+                    return R_NEED_COMMIT
+                if r == -3:
+                    _event(sp, i, EV_OUT_OF_META, vb)
+                    out[0] = R_NO_META
+                    out[1] = i
+                    out[2] = vb
+                    return R_NO_META
+                # no data space
+                if sp.scal[S_OODS] == 0:
+                    sp.scal[S_OODS] = 1
+                    _event(sp, i, EV_OUT_OF_DATA, vb)
+                if error_mode:
+                    sp.scal[C_ENOSPC] += 1
+                    continue
+                out[0] = R_NO_DATA
+                out[1] = i
+                out[2] = vb
+                return R_NO_DATA
+        elif op == READ:
+            root = dv.root[slot]
+            levels = dv.levels[slot]
+            for vb in range(b0, b1 + 1):
+                sp.scal[C_READS] += 1
+                if lookup(sp.meta, root, levels, vb) == 0:
+                    sp.scal[C_READ_UNMAPPED] += 1
+        else:
+            # discard: whole blocks inside the range only
+            first = (off + bs - 1) // bs
+            if resuming and b0 > first:
+                first = b0
+            end = (off + ln) // bs
+            if sp.scal[S_IGNORE_DISCARD]:
+                end = first
+            for vb in range(first, end):
+                r = _discard_block(sp, dv, slot, vb)
+                if r == -2:
+                    out[0] = R_NEED_COMMIT
+                    out[1] = i
+                    out[2] = vb
+                    return R_NEED_COMMIT
+                if r != 0:
+                    _event(sp, i, EV_OUT_OF_META, vb)
+                    out[0] = R_NO_META
+                    out[1] = i
+                    out[2] = vb
+                    return R_NO_META
+    out[0] = R_DONE
+    out[1] = n
+    out[2] = -1
+    return R_DONE
+
+
+@njit
+def map_range(meta, root, levels, vb0, count, out_pblock, out_time):
+    """pblock (-1 unmapped) and time of ``count`` blocks from ``vb0``."""
+    for k in range(count):
+        v = lookup(meta, root, levels, vb0 + k)
+        if v == 0:
+            out_pblock[k] = -1
+            out_time[k] = 0
+        else:
+            out_pblock[k] = leaf_value_block(v)
+            out_time[k] = np.int64(v & np.uint64(0xFFFFFF))
+
+
+@njit
+def collect_mappings(meta, root, levels, out_v, out_p, out_t):
+    """All mappings of a tree in vblock order; returns how many."""
+    if root == 0:
+        return 0
+    stack_b = np.empty(8 * NODE_ENTRIES + 8, dtype=np.int64)
+    stack_l = np.empty(8 * NODE_ENTRIES + 8, dtype=np.int64)
+    stack_k = np.empty(8 * NODE_ENTRIES + 8, dtype=np.int64)
+    stack_b[0] = root
+    stack_l[0] = levels
+    stack_k[0] = 0
+    top = 1
+    n = 0
+    while top > 0:
+        top -= 1
+        b = stack_b[top]
+        lv = stack_l[top]
+        base = stack_k[top]
+        if lv == 1:
+            for i in range(NODE_ENTRIES):
+                v = meta[b, i]
+                if v != 0:
+                    if n >= out_v.shape[0]:
+                        return n
+                    out_v[n] = base + i
+                    out_p[n] = leaf_value_block(v)
+                    out_t[n] = np.int64(v & np.uint64(0xFFFFFF))
+                    n += 1
+            continue
+        # push children in reverse so they pop in ascending order
+        for i in range(NODE_ENTRIES - 1, -1, -1):
+            e = meta[b, i]
+            if e != 0:
+                stack_b[top] = np.int64(e & np.uint64(CHILD_MASK))
+                stack_l[top] = lv - 1
+                stack_k[top] = base + (i << (NODE_SHIFT * (lv - 1)))
+                top += 1
+    return n
+
+
+@njit
+def highest_mapped(meta, root, levels):
+    """Highest mapped vblock of a tree, -1 if none."""
+    if root == 0:
+        return -1
+    # depth-first from the right
+    stack_b = np.empty(8 * NODE_ENTRIES + 8, dtype=np.int64)
+    stack_l = np.empty(8 * NODE_ENTRIES + 8, dtype=np.int64)
+    stack_k = np.empty(8 * NODE_ENTRIES + 8, dtype=np.int64)
+    stack_b[0] = root
+    stack_l[0] = levels
+    stack_k[0] = 0
+    top = 1
+    while top > 0:
+        top -= 1
+        b = stack_b[top]
+        lv = stack_l[top]
+        base = stack_k[top]
+        if lv == 1:
+            for i in range(NODE_ENTRIES - 1, -1, -1):
+                if meta[b, i] != 0:
+                    return base + i
+            continue
+        for i in range(NODE_ENTRIES):
+            e = meta[b, i]
+            if e != 0:
+                stack_b[top] = np.int64(e & np.uint64(CHILD_MASK))
+                stack_l[top] = lv - 1
+                stack_k[top] = base + (i << (NODE_SHIFT * (lv - 1)))
+                top += 1
+    return -1

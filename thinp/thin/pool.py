@@ -1,0 +1,967 @@
+"""ThinPool and ThinDevice: dm-thin's semantics behind a Python API.
+
+A pool is a directory holding two sparse files, ``data`` and ``metadata``,
+the layout Docker's loop-lvm used.  Every I/O path, single writes included,
+runs the same numba kernels as :meth:`ThinPool.replay`.
+
+Rules followed from dm-thin (drivers/md/dm-thin.c and its documentation):
+
+* reads of unmapped blocks return zeros and allocate nothing;
+* a first write provisions a block stamped with the pool time; a partial
+  write zeroes the rest of the block when zeroing is on (counted), a write
+  covering the whole block skips it;
+* a write to a block with ``snapshotted_time > block time`` breaks sharing:
+  a new block, and a copy of the old one unless the write covers it.  Like
+  dm-thin, the test is by time, so after one side breaks sharing the other
+  side copies once more (its block is exclusive by then, but its time still
+  predates the snapshot);
+* discard unmaps whole blocks inside the range only;
+* allocation is next-fit from a cursor kept across commits; a block freed in
+  a transaction is reused only after the commit;
+* the low water mark fires once when free blocks fall to it and re-arms
+  when space returns; like dm's table event it is delivered after the
+  request that crossed it;
+* with no data space left the pool is ``out_of_data_space``: with
+  ``error_if_no_space`` the write fails with ENOSPC, otherwise it is queued
+  (and so is every request after it, as a synchronous writer would block)
+  until :meth:`ThinPool.resize_data` or freed space lets it run.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import mmap
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import errors
+from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
+from ..pdata import _kernels as K
+from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
+from ..units import check_block_size, format_size, parse_size
+from . import _kernels as TK
+from .metadata import (
+    DEVDIR_FIRST,
+    DEVDIR_MAGIC,
+    FLAG_NEEDS_CHECK,
+    OPT_ERROR_IF_NO_SPACE,
+    OPT_IGNORE_DISCARD,
+    OPT_PASSDOWN,
+    OPT_PAYLOAD,
+    OPT_ZERO,
+    Metadata,
+)
+from .metadata_size import metadata_size
+
+#: Operations between automatic commits.  dm-thin commits once a second; at
+#: the ~100k-1M requests a second a fast SSD serves, a million requests is
+#: about a second of work.
+DEFAULT_COMMIT_INTERVAL = 1_000_000
+MAX_THIN_ID = (1 << 24) - 1
+_EMPTY_U8 = np.zeros(0, dtype=np.uint8)
+
+_libc = None
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+    _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
+
+
+@dataclass
+class PoolEvent:
+    """A pool event: ``kind`` is low_water_mark, out_of_data_space,
+    metadata_low_water_mark or out_of_metadata_space."""
+
+    kind: str
+    op_index: int
+    value: int
+    pool: "ThinPool" = field(repr=False, default=None)
+
+
+@dataclass
+class PoolStatus:
+    """dm-thin's pool status; ``str()`` gives the status line."""
+
+    transaction_id: int
+    used_metadata_blocks: int
+    total_metadata_blocks: int
+    used_data_blocks: int
+    total_data_blocks: int
+    held_root: int | None
+    mode: str
+    discard: str
+    no_space: str
+    needs_check: bool
+    metadata_low_watermark: int
+    data_block_size: int
+    counters: dict = field(default_factory=dict, repr=False)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.transaction_id} {self.used_metadata_blocks}/{self.total_metadata_blocks} "
+            f"{self.used_data_blocks}/{self.total_data_blocks} "
+            f"{self.held_root if self.held_root else '-'} {self.mode} {self.discard} {self.no_space} "
+            f"{'needs_check' if self.needs_check else '-'} {self.metadata_low_watermark}"
+        )
+
+    @property
+    def data_percent(self) -> float:
+        """Data% as ``lvs`` shows it (two decimals)."""
+        return round(100.0 * self.used_data_blocks / self.total_data_blocks, 2)
+
+    @property
+    def metadata_percent(self) -> float:
+        """Meta% as ``lvs`` shows it (two decimals)."""
+        return round(100.0 * self.used_metadata_blocks / self.total_metadata_blocks, 2)
+
+    def __getattr__(self, name):
+        counters = self.__dict__.get("counters", {})
+        if name in counters:
+            return counters[name]
+        raise AttributeError(name)
+
+
+@dataclass
+class ThinStatus:
+    """dm-thin's thin status: ``<mapped sectors> <highest mapped sector>``."""
+
+    mapped_sectors: int
+    highest_mapped_sector: int | None
+
+    def __str__(self) -> str:
+        hi = "-" if self.highest_mapped_sector is None else str(self.highest_mapped_sector)
+        return f"{self.mapped_sectors} {hi}"
+
+
+@dataclass
+class ReplayResult:
+    """What one :meth:`ThinPool.replay` did: counter deltas and events."""
+
+    counters: dict
+    events: list
+    nr_queued: int = 0
+
+    def __getitem__(self, key):
+        return self.counters[key]
+
+
+class ThinPool:
+    """A dm-thin pool in a directory of two sparse files."""
+
+    def __init__(self, path: str, md: Metadata, read_only: bool):
+        self.path = path
+        self._md = md
+        self.read_only = read_only
+        self._closed = False
+        self._callbacks = {name: [] for name in K.EVENT_NAMES.values()}
+        self._queue: list = []
+        self._failed = False
+        self._data_fd = -1
+        self._data_mm = None
+        self._data = _EMPTY_U8
+        self._open_data()
+
+    # ------------------------------------------------------------- lifecycle
+    @classmethod
+    def create(cls, path, data_size, block_size="64KiB", metadata_size=None, *, low_water_mark=0,
+               zero_new_blocks=True, skip_block_zeroing=None, discard_passdown=True, ignore_discard=False,
+               error_if_no_space=False, payload=False, max_thins=1000,
+               commit_interval=DEFAULT_COMMIT_INTERVAL) -> "ThinPool":
+        """Make ``path/`` with sparse ``data`` and ``metadata`` files.
+
+        Sizes are bytes or strings such as ``"100G"``; ``block_size`` follows
+        dm-thin (64 KiB to 1 GiB, a multiple of 64 KiB).  ``metadata_size``
+        defaults to :func:`thinp.metadata_size` of the pool (thin_metadata_size's
+        formula) for ``max_thins`` devices.  ``payload=False`` keeps only
+        mappings and counters; ``payload=True`` stores bytes in ``data``.
+        """
+        bs = check_block_size(block_size)
+        dsize = parse_size(data_size, what="data_size")
+        nr_data = dsize // bs
+        if nr_data < 1:
+            raise ValueError(f"data_size {dsize} bytes is smaller than one {format_size(bs)} block")
+        if nr_data >= 1 << 40:
+            raise ValueError(f"data_size {dsize} bytes is more than 2^40 blocks")
+        if skip_block_zeroing is not None:
+            zero_new_blocks = not skip_block_zeroing
+        if isinstance(low_water_mark, bool) or not isinstance(low_water_mark, int) or low_water_mark < 0:
+            raise ValueError(f"low_water_mark must be a block count >= 0, not {low_water_mark!r}")
+        if not isinstance(commit_interval, int) or commit_interval < 0:
+            raise ValueError(f"commit_interval must be an operation count >= 0, not {commit_interval!r}")
+        if metadata_size is None:
+            msize = globals()["metadata_size"](nr_data * bs, bs, max_thins)
+        else:
+            msize = parse_size(metadata_size, what="metadata_size")
+        nr_meta = msize // METADATA_BLOCK_SIZE
+        if metadata_size is None:
+            needed = 2 + 4 * (-(-nr_data // K.SM_PAGE_ENTRIES)) + 2 * (-(-nr_data // 512)) + 64
+            nr_meta = max(nr_meta, needed, 2 * 1024 * 1024 // METADATA_BLOCK_SIZE)
+        if nr_meta > (16 << 30) // METADATA_BLOCK_SIZE:
+            raise ValueError(f"metadata_size {nr_meta * METADATA_BLOCK_SIZE} bytes exceeds dm-thin's 16 GiB limit")
+        path = os.fspath(path)
+        if os.path.exists(os.path.join(path, "metadata")) or os.path.exists(os.path.join(path, "data")):
+            raise errors.DeviceExistsError(f"{path}: a pool already exists here")
+        made_dir = not os.path.isdir(path)
+        os.makedirs(path, exist_ok=True)
+        options = ((OPT_ZERO if zero_new_blocks else 0) | (OPT_PASSDOWN if discard_passdown else 0)
+                   | (OPT_ERROR_IF_NO_SPACE if error_if_no_space else 0) | (OPT_PAYLOAD if payload else 0)
+                   | (OPT_IGNORE_DISCARD if ignore_discard else 0))
+        try:
+            with open(os.path.join(path, "data"), "xb") as f:
+                f.truncate(nr_data * bs)
+            md = Metadata.create(os.path.join(path, "metadata"), nr_meta_blocks=nr_meta,
+                                 nr_data_blocks=nr_data, block_size=bs, options=options,
+                                 low_water_mark=low_water_mark, commit_interval=commit_interval)
+        except BaseException:
+            for name in ("data", "metadata"):
+                try:
+                    os.unlink(os.path.join(path, name))
+                except FileNotFoundError:
+                    pass
+            if made_dir:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        return cls(path, md, read_only=False)
+
+    @classmethod
+    def open(cls, path, read_only: bool = False) -> "ThinPool":
+        """Reopen a pool with every device, mapping and counter as last committed."""
+        path = os.fspath(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"{path}: no such pool directory")
+        md = Metadata.open(os.path.join(path, "metadata"), read_only=read_only)
+        if md.sb.flags & FLAG_NEEDS_CHECK and not read_only:
+            md.close()
+            raise errors.MetadataCorruptError(f"{path}: needs_check is set; run 'thinp check --repair {path}'")
+        return cls(path, md, read_only=read_only)
+
+    def _open_data(self) -> None:
+        sb = self._md.sb
+        dpath = os.path.join(self.path, "data")
+        try:
+            self._data_fd = os.open(dpath, os.O_RDONLY if self.read_only else os.O_RDWR)
+        except FileNotFoundError:
+            self._md.close()
+            raise FileNotFoundError(f"{dpath}: the pool's data file is missing") from None
+        want = sb.nr_data_blocks * sb.data_block_size
+        have = os.fstat(self._data_fd).st_size
+        if have < want:
+            os.close(self._data_fd)
+            self._md.close()
+            raise errors.MetadataCorruptError(f"{dpath}: {have} bytes, but the pool has {want} bytes of data blocks")
+        if self.payload:
+            prot = mmap.PROT_READ if self.read_only else mmap.PROT_READ | mmap.PROT_WRITE
+            self._data_mm = mmap.mmap(self._data_fd, want, mmap.MAP_SHARED, prot)
+            self._data = np.frombuffer(self._data_mm, dtype=np.uint8)
+
+    def close(self) -> None:
+        """Commit (unless read-only or failed) and release the files."""
+        if self._closed:
+            return
+        try:
+            if not self.read_only and not self._failed and self._md.sb is not None:
+                self.commit()
+        finally:
+            self._closed = True
+            self._data = _EMPTY_U8
+            if self._data_mm is not None:
+                try:
+                    self._data_mm.close()
+                except BufferError:
+                    pass
+            if self._data_fd >= 0:
+                os.close(self._data_fd)
+                self._data_fd = -1
+            self._md.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else str(self.status())
+        return f"<ThinPool {self.path!r}: {state}>"
+
+    # ------------------------------------------------------------ properties
+    @property
+    def block_size(self) -> int:
+        return self._md.sb.data_block_size
+
+    @property
+    def nr_data_blocks(self) -> int:
+        return self._md.sb.nr_data_blocks
+
+    @property
+    def nr_metadata_blocks(self) -> int:
+        return self._md.sb.nr_metadata_blocks
+
+    @property
+    def payload(self) -> bool:
+        return bool(self._md.sb.options & OPT_PAYLOAD)
+
+    @property
+    def transaction_id(self) -> int:
+        return self._md.sb.transaction_id
+
+    @property
+    def time(self) -> int:
+        return int(self._md.sp.scal[K.S_TIME])
+
+    @property
+    def uuid(self) -> str:
+        return self._md.sb.uuid
+
+    @property
+    def commit_interval(self) -> int:
+        return int(self._md.sp.scal[K.S_COMMIT_INTERVAL])
+
+    @property
+    def low_water_mark(self) -> int:
+        return int(self._md.sp.scal[K.S_LWM])
+
+    @property
+    def nr_free_data_blocks(self) -> int:
+        sp = self._md.sp
+        return int(sp.scal[K.S_NR_DATA] - sp.scal[K.S_DUSED])
+
+    def data_bitmap(self):
+        """The data allocation bitmap, a bitarray over the engine's memory
+        (bit set = block in use or freed in the open transaction)."""
+        return self._md.data_bitarray()
+
+    def refcounts(self) -> np.ndarray:
+        """A copy of each data block's reference count."""
+        return self._md.sp.drc.copy()
+
+    # --------------------------------------------------------------- checks
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.ThinpError(f"{self.path}: pool is closed")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.read_only:
+            raise errors.ReadOnlyPoolError(f"{self.path}: pool is open read-only")
+        if self._failed:
+            raise errors.ReadOnlyPoolError(f"{self.path}: pool is in read-only mode after a metadata failure (needs_check)")
+
+    @staticmethod
+    def _check_id(dev_id, what="dev_id") -> int:
+        if isinstance(dev_id, bool) or not isinstance(dev_id, (int, np.integer)):
+            raise ValueError(f"{what} must be an integer, not {dev_id!r}")
+        dev_id = int(dev_id)
+        if not 0 <= dev_id <= MAX_THIN_ID:
+            raise ValueError(f"{what} {dev_id} is outside dm-thin's 24-bit range 0..{MAX_THIN_ID}")
+        return dev_id
+
+    def _slot(self, dev_id: int) -> int:
+        try:
+            return self._md.slot_of[dev_id]
+        except KeyError:
+            raise errors.DeviceNotFoundError(f"thin device {dev_id} does not exist") from None
+
+    # -------------------------------------------------------------- devices
+    def create_thin(self, dev_id: int, size) -> "ThinDevice":
+        """New empty thin device of ``size`` bytes (a multiple of 512)."""
+        self._check_writable()
+        dev_id = self._check_id(dev_id)
+        nbytes = parse_size(size, what="size")
+        if nbytes <= 0 or nbytes % SECTOR_SIZE:
+            raise ValueError(f"size {nbytes} bytes must be a positive multiple of 512")
+        nr_blocks = -(-nbytes // self.block_size)
+        if nr_blocks >= 1 << 40:
+            raise ValueError(f"size {nbytes} bytes is more than 2^40 blocks")
+        if dev_id in self._md.slot_of:
+            raise errors.DeviceExistsError(f"thin device {dev_id} already exists")
+        md = self._md
+        s = md.free_slot()
+        dv = md.dv
+        dv.dev_id[s] = dev_id
+        dv.root[s] = 0
+        dv.nr_blocks[s] = nr_blocks
+        dv.size_sectors[s] = nbytes // SECTOR_SIZE
+        dv.levels[s] = TK.levels_for(nr_blocks)
+        dv.mapped[s] = 0
+        dv.create_time[s] = md.sp.scal[K.S_TIME]
+        dv.snap_time[s] = md.sp.scal[K.S_TIME]
+        dv.root_crc[s] = 0
+        dv.changed[s] = 1
+        md.slot_of[dev_id] = s
+        self.commit()
+        return ThinDevice(self, dev_id)
+
+    def create_snap(self, dev_id: int, origin_id: int) -> "ThinDevice":
+        """Snapshot ``origin_id`` as ``dev_id``: O(1), sharing the root."""
+        self._check_writable()
+        dev_id = self._check_id(dev_id)
+        origin_id = self._check_id(origin_id, "origin_id")
+        o = self._slot(origin_id)
+        if dev_id in self._md.slot_of:
+            raise errors.DeviceExistsError(f"thin device {dev_id} already exists")
+        md = self._md
+        s = md.free_slot()
+        dv, sp = md.dv, md.sp
+        root = int(dv.root[o])
+        if root:
+            K.inc_meta(sp, root)
+        sp.scal[K.S_TIME] += 1
+        t = sp.scal[K.S_TIME]
+        dv.dev_id[s] = dev_id
+        dv.root[s] = root
+        dv.nr_blocks[s] = dv.nr_blocks[o]
+        dv.size_sectors[s] = dv.size_sectors[o]
+        dv.levels[s] = dv.levels[o]
+        dv.mapped[s] = dv.mapped[o]
+        dv.create_time[s] = t
+        dv.snap_time[s] = t
+        dv.snap_time[o] = t
+        dv.root_crc[s] = dv.root_crc[o]
+        dv.changed[s] = 1
+        dv.changed[o] = 1
+        md.slot_of[dev_id] = s
+        self.commit()
+        return ThinDevice(self, dev_id)
+
+    def delete(self, dev_id: int) -> None:
+        """Delete a device, dropping a reference on every block it maps."""
+        self._check_writable()
+        dev_id = self._check_id(dev_id)
+        s = self._slot(dev_id)
+        md = self._md
+        dv = md.dv
+        root = int(dv.root[s])
+        if root:
+            K.dec_tree(md.sp, root, int(dv.levels[s]), False)
+        dv.dev_id[s] = -1
+        dv.root[s] = 0
+        dv.mapped[s] = 0
+        dv.root_crc[s] = 0
+        dv.changed[s] = 1
+        del md.slot_of[dev_id]
+        self.commit()
+
+    def device(self, dev_id: int) -> "ThinDevice":
+        self._check_open()
+        dev_id = self._check_id(dev_id)
+        self._slot(dev_id)
+        return ThinDevice(self, dev_id)
+
+    def devices(self) -> list[int]:
+        """Thin ids in ascending order."""
+        return sorted(self._md.slot_of)
+
+    def set_transaction_id(self, old: int, new: int) -> None:
+        """Compare-and-swap the pool's transaction id, then commit."""
+        self._check_writable()
+        for v in (old, new):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < 1 << 64:
+                raise ValueError(f"transaction id {v!r} must be a 64-bit unsigned integer")
+        cur = self._md.sb.transaction_id
+        if int(old) != cur:
+            raise errors.TransactionIdMismatchError(f"set_transaction_id: mismatched transaction id, current is {cur}, not {old}")
+        self._md.sb.transaction_id = int(new)
+        self.commit()
+
+    def reserve_metadata_snap(self) -> int:
+        """Hold a frozen copy of the committed metadata for userspace tools."""
+        self._check_writable()
+        md = self._md
+        if md.sb.held_root:
+            raise errors.DeviceExistsError("a metadata snapshot is already held; release it first")
+        self.commit()
+        sp, m = md.sp, md.meta
+        h = md._alloc_meta_block()
+        m[h, :] = m[md.devdir, :]
+        for b in md.table_blocks:
+            K.inc_meta(sp, b)
+        for s in np.flatnonzero(md.dv.dev_id >= 0):
+            if md.dv.root[s]:
+                K.inc_meta(sp, int(md.dv.root[s]))
+        m[h, 3] = 0
+        m[h, 3] = K.block_checksum(m, h)
+        md.sb.held_root = h
+        md.sb.held_csum = int(m[h, 3])
+        self.commit()
+        return h
+
+    def release_metadata_snap(self) -> None:
+        self._check_writable()
+        md = self._md
+        h = md.sb.held_root
+        if not h:
+            raise errors.ThinpError("no metadata snapshot is held")
+        for root, levels in md.held_roots():
+            K.dec_tree(md.sp, root, levels, False)
+        for b in md.held_tables():
+            md._dec_meta(b)
+        md._dec_meta(h)
+        md.sb.held_root = 0
+        md.sb.held_csum = 0
+        self.commit()
+
+    _MESSAGES = {
+        "create_thin": (1, 2),
+        "create_snap": (2, 2),
+        "delete": (1, 1),
+        "set_transaction_id": (2, 2),
+        "reserve_metadata_snap": (0, 0),
+        "release_metadata_snap": (0, 0),
+    }
+
+    def message(self, text: str):
+        """A dmsetup pool message, e.g. ``"create_snap 1 0"``.
+
+        ``create_thin <id> [<size>]`` takes an optional size (a thinp
+        extension: dm-thin devices get their size from the table); it
+        defaults to the data device's size.
+        """
+        words = str(text).split()
+        if not words:
+            raise ValueError("empty pool message")
+        name, args = words[0], words[1:]
+        if name not in self._MESSAGES:
+            raise ValueError(f"unknown pool message {name!r} (known: {', '.join(self._MESSAGES)})")
+        lo, hi = self._MESSAGES[name]
+        if not lo <= len(args) <= hi:
+            raise ValueError(f"{name} takes {lo if lo == hi else f'{lo} or {hi}'} arguments, got {len(args)}: {text!r}")
+
+        def num(s):
+            if not re.fullmatch(r"[0-9]+", s):
+                raise ValueError(f"{name}: {s!r} is not a non-negative integer")
+            return int(s)
+
+        if name == "create_thin":
+            size = args[1] if len(args) > 1 else self.nr_data_blocks * self.block_size
+            return self.create_thin(num(args[0]), size)
+        if name == "create_snap":
+            return self.create_snap(num(args[0]), num(args[1]))
+        if name == "delete":
+            return self.delete(num(args[0]))
+        if name == "set_transaction_id":
+            return self.set_transaction_id(num(args[0]), num(args[1]))
+        if name == "reserve_metadata_snap":
+            return self.reserve_metadata_snap()
+        return self.release_metadata_snap()
+
+    # --------------------------------------------------------------- commit
+    def commit(self) -> None:
+        """Make everything since the last commit durable, atomically."""
+        self._check_writable()
+        md = self._md
+        try:
+            md.commit()
+        except errors.ReadOnlyPoolError:
+            self._metadata_failed()
+            raise
+        self._punch_passdown()
+        if md.sp.scal[TK.S_OODS] and self.nr_free_data_blocks > 0:
+            md.sp.scal[TK.S_OODS] = 0
+            self._drain_queue()
+
+    def _metadata_failed(self) -> None:
+        """A metadata operation failed: abort the transaction and go read-only
+        with needs_check set, as dm-thin does."""
+        self._failed = True
+        md = self._md
+        try:
+            md.sb.flags |= FLAG_NEEDS_CHECK
+            # record needs_check on top of the last committed state
+            md._write_superblock(md.sb.generation % 2)
+            md.mm.flush(0, 2 * METADATA_BLOCK_SIZE)
+        except Exception:
+            pass
+
+    def _punch_passdown(self) -> None:
+        sp = self._md.sp
+        n = int(sp.scal[K.S_DNPASS])
+        if n and self.payload and self._data_fd >= 0:
+            bs = self.block_size
+            for p in np.sort(sp.dpass[:n]):
+                if sp.drc[p] == 0:
+                    _punch_hole(self._data_fd, int(p) * bs, bs)
+        sp.scal[K.S_DNPASS] = 0
+
+    # ------------------------------------------------------------------ I/O
+    def on_low_water_mark(self, callback) -> None:
+        """Call ``callback(event)`` when free data blocks fall to the mark."""
+        self._callbacks["low_water_mark"].append(callback)
+
+    def on_event(self, kind: str, callback) -> None:
+        """Call ``callback(event)`` on any pool event kind."""
+        if kind not in self._callbacks:
+            raise ValueError(f"unknown event {kind!r} (known: {', '.join(self._callbacks)})")
+        self._callbacks[kind].append(callback)
+
+    def _drain_events(self, sink: list | None) -> None:
+        sp = self._md.sp
+        n = int(sp.scal[K.S_NEV])
+        if not n:
+            return
+        rows = sp.events[:n].copy()
+        sp.scal[K.S_NEV] = 0
+        for op_index, kind, value in rows:
+            ev = PoolEvent(K.EVENT_NAMES.get(int(kind), str(kind)), int(op_index), int(value), self)
+            if sink is not None:
+                sink.append(ev)
+            for cb in self._callbacks.get(ev.kind, ()):
+                cb(ev)
+
+    def _validate_trace(self, trace: np.ndarray):
+        if not isinstance(trace, np.ndarray) or trace.dtype.names is None:
+            raise ValueError("trace must be a numpy structured array of thinp.TRACE_DTYPE")
+        for name in TRACE_DTYPE.names:
+            if name not in trace.dtype.names:
+                raise ValueError(f"trace has no {name!r} field (want thinp.TRACE_DTYPE)")
+        if trace.ndim != 1:
+            raise ValueError("trace must be one-dimensional")
+        md = self._md
+        dev = np.ascontiguousarray(trace["dev_id"]).astype(np.int64)
+        ops = np.ascontiguousarray(trace["op"]).astype(np.int64)
+        off = np.ascontiguousarray(trace["offset"]).astype(np.int64)
+        ln = np.ascontiguousarray(trace["length"]).astype(np.int64)
+        if len(trace) == 0:
+            return dev, ops, off, ln
+        bad = np.flatnonzero((ops < 0) | (ops > 2))
+        if len(bad):
+            raise ValueError(f"trace row {bad[0]}: op {ops[bad[0]]} is not READ, WRITE or DISCARD")
+        bad = np.flatnonzero((off < 0) | (ln < 0))
+        if len(bad):
+            raise ValueError(f"trace row {bad[0]}: offset/length out of range")
+        # device slots
+        ids = np.unique(dev)
+        lut_ids = np.array(sorted(md.slot_of), dtype=np.int64)
+        missing = np.setdiff1d(ids, lut_ids)
+        if len(missing):
+            raise errors.DeviceNotFoundError(f"trace names thin device {int(missing[0])}, which does not exist")
+        lut_slots = np.array([md.slot_of[int(i)] for i in lut_ids], dtype=np.int64)
+        slots = lut_slots[np.searchsorted(lut_ids, dev)]
+        size = md.dv.size_sectors[slots] * SECTOR_SIZE
+        bad = np.flatnonzero(off + ln > size)
+        if len(bad):
+            r = int(bad[0])
+            raise ValueError(f"trace row {r}: {OP_NAME[int(ops[r])]} of {ln[r]} bytes at offset {off[r]} "
+                             f"runs past the end of thin device {int(dev[r])} ({int(size[r])} bytes)")
+        if (ops != READ).any() and self.read_only:
+            raise errors.ReadOnlyPoolError(f"{self.path}: pool is open read-only")
+        return slots, ops, off, ln
+
+    def replay(self, trace: np.ndarray) -> ReplayResult:
+        """Run a whole trace (``thinp.TRACE_DTYPE``) in numba.
+
+        Returns the counters this run changed and the events it raised.  In
+        queue mode a run that fills the pool leaves the rest queued
+        (``nr_queued``); :meth:`resize_data` runs it.
+        """
+        self._check_open()
+        slots, ops, off, ln = self._validate_trace(trace)
+        if (ops != READ).any():
+            self._check_writable()
+        before = self._md.sp.scal.copy()
+        events: list = []
+        self._submit(slots, ops, off, ln, _EMPTY_U8, 0, events)
+        after = self._md.sp.scal
+        counters = {name: int(after[i] - before[i]) for i, name in K.COUNTER_NAMES.items()}
+        return ReplayResult(counters, events, sum(len(q[0]) - q[4] for q in self._queue))
+
+    def _submit(self, slots, ops, off, ln, src, src_base, events) -> None:
+        if self._queue:
+            if (ops == READ).all():
+                self._run(slots, ops, off, ln, 0, -1, src, src_base, events)
+            else:
+                self._queue.append([slots, ops, off, ln, 0, -1, src.copy() if len(src) else src, src_base])
+            return
+        stop = self._run(slots, ops, off, ln, 0, -1, src, src_base, events)
+        if stop is not None:
+            i, vb = stop
+            self._queue.append([slots, ops, off, ln, i, vb, src.copy() if len(src) else src, src_base])
+
+    def _run(self, slots, ops, off, ln, start, start_vb, src, src_base, events):
+        """Drive the replay kernel, committing when it asks; returns None when
+        done or (op, vblock) where it stopped out of data space."""
+        out = np.zeros(3, dtype=np.int64)
+        md = self._md
+        while True:
+            r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out)
+            self._drain_events(events)
+            if r == TK.R_DONE:
+                if md.sp.scal[K.S_DNPASS]:
+                    self._punch_passdown()
+                return None
+            start, start_vb = int(out[1]), int(out[2])
+            if r == TK.R_NEED_COMMIT:
+                self.commit()
+                continue
+            if r == TK.R_NO_DATA:
+                return start, start_vb
+            self._metadata_failed()
+            raise errors.ReadOnlyPoolError(
+                f"{self.path}: out of metadata space ({md.sp.scal[K.S_MUSED]}/{md.sb.nr_metadata_blocks} blocks); "
+                "the transaction was aborted and the pool is read-only with needs_check set")
+
+    def _drain_queue(self) -> None:
+        while self._queue:
+            q = self._queue[0]
+            slots, ops, off, ln, start, start_vb, src, src_base = q
+            stop = self._run(slots, ops, off, ln, start, start_vb, src, src_base, None)
+            if stop is not None:
+                q[4], q[5] = stop
+                return
+            self._queue.pop(0)
+
+    @property
+    def nr_queued(self) -> int:
+        """Requests waiting for data space (queue_if_no_space)."""
+        return sum(len(q[0]) - q[4] for q in self._queue)
+
+    def resize_data(self, data_size) -> None:
+        """Grow the data device (never shrink); runs queued writes."""
+        self._check_writable()
+        md = self._md
+        sb = md.sb
+        bs = self.block_size
+        nbytes = parse_size(data_size, what="data_size")
+        nr = nbytes // bs
+        if nr < sb.nr_data_blocks:
+            raise ValueError(f"resize_data: {nbytes} bytes ({nr} blocks) would shrink the pool "
+                             f"from {sb.nr_data_blocks} blocks; dm-thin only grows")
+        if nr == sb.nr_data_blocks:
+            return
+        self.commit()
+        md.resize_data(nr)
+        # the data file grows with it
+        if self._data_mm is not None:
+            self._data = _EMPTY_U8
+            try:
+                self._data_mm.close()
+            except BufferError:
+                pass
+            self._data_mm = None
+        os.ftruncate(self._data_fd, nr * bs)
+        if self.payload:
+            self._data_mm = mmap.mmap(self._data_fd, nr * bs, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self._data = np.frombuffer(self._data_mm, dtype=np.uint8)
+        md.sp.scal[TK.S_OODS] = 0
+        self.commit()
+        self._drain_queue()
+
+    # --------------------------------------------------------------- status
+    def status(self) -> PoolStatus:
+        self._check_open()
+        md = self._md
+        sp, sb = md.sp, md.sb
+        if self._failed or (sb.flags & FLAG_NEEDS_CHECK) or self.read_only:
+            mode = "ro"
+        elif sp.scal[TK.S_OODS] or self._queue:
+            mode = "out_of_data_space"
+        else:
+            mode = "rw"
+        if sb.options & OPT_IGNORE_DISCARD:
+            discard = "ignore_discard"
+        elif sb.options & OPT_PASSDOWN:
+            discard = "discard_passdown"
+        else:
+            discard = "no_discard_passdown"
+        counters = {name: int(sp.scal[i]) for i, name in K.COUNTER_NAMES.items()}
+        return PoolStatus(
+            transaction_id=sb.transaction_id,
+            used_metadata_blocks=int(sp.scal[K.S_MUSED]),
+            total_metadata_blocks=sb.nr_metadata_blocks,
+            used_data_blocks=int(sp.scal[K.S_DUSED]),
+            total_data_blocks=sb.nr_data_blocks,
+            held_root=sb.held_root or None,
+            mode=mode,
+            discard=discard,
+            no_space="error_if_no_space" if sb.options & OPT_ERROR_IF_NO_SPACE else "queue_if_no_space",
+            needs_check=bool(sb.flags & FLAG_NEEDS_CHECK),
+            metadata_low_watermark=int(sp.scal[K.S_META_LWM]),
+            data_block_size=self.block_size,
+            counters=counters,
+        )
+
+
+OP_NAME = {READ: "read", WRITE: "write", DISCARD: "discard"}
+
+
+class ThinDevice:
+    """A thin volume: byte-granular I/O split per data block as dm-thin does.
+
+    Implements the :class:`thinp.blockdev.BlockDevice` protocol.
+    """
+
+    def __init__(self, pool: ThinPool, dev_id: int):
+        self.pool = pool
+        self.dev_id = int(dev_id)
+
+    def __repr__(self) -> str:
+        return f"<ThinDevice {self.dev_id} of {self.pool.path!r}>"
+
+    def __eq__(self, other):
+        return isinstance(other, ThinDevice) and other.pool is self.pool and other.dev_id == self.dev_id
+
+    def __hash__(self):
+        return hash((id(self.pool), self.dev_id))
+
+    @property
+    def _s(self) -> int:
+        self.pool._check_open()
+        return self.pool._slot(self.dev_id)
+
+    @property
+    def size(self) -> int:
+        return int(self.pool._md.dv.size_sectors[self._s]) * SECTOR_SIZE
+
+    @property
+    def block_size(self) -> int:
+        return self.pool.block_size
+
+    @property
+    def payload(self) -> bool:
+        return self.pool.payload
+
+    @property
+    def mapped_blocks(self) -> int:
+        return int(self.pool._md.dv.mapped[self._s])
+
+    def _range(self, offset, length, what) -> tuple[int, int]:
+        for name, v in (("offset", offset), ("length", length)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{what}: {name} must be a non-negative integer, not {v!r}")
+        offset, length = int(offset), int(length)
+        if offset + length > self.size:
+            raise ValueError(f"{what} of {length} bytes at offset {offset} runs past the end of "
+                             f"thin device {self.dev_id} ({self.size} bytes)")
+        return offset, length
+
+    def _one(self, op, offset, length, src=_EMPTY_U8, src_base=0) -> ReplayResult:
+        pool = self.pool
+        s = self._s
+        arr = lambda v: np.array([v], dtype=np.int64)  # noqa: E731
+        before = pool._md.sp.scal.copy()
+        events: list = []
+        pool._submit(arr(s), arr(op), arr(offset), arr(length), src, src_base, events)
+        after = pool._md.sp.scal
+        return ReplayResult({name: int(after[i] - before[i]) for i, name in K.COUNTER_NAMES.items()}, events,
+                            pool.nr_queued)
+
+    def write(self, offset: int, data) -> ReplayResult:
+        """Write ``data`` (bytes-like; or an int length in accounting mode) at
+        ``offset``.  Raises :class:`~thinp.errors.NoSpaceError` when the pool
+        is out of data space in ``error_if_no_space`` mode (blocks before the
+        failing one are written, as dm-thin splits the bio)."""
+        pool = self.pool
+        pool._check_writable()
+        if isinstance(data, (int, np.integer)) and not isinstance(data, bool):
+            if pool.payload:
+                raise ValueError("a payload pool stores bytes: pass data, not a length")
+            length = int(data)
+            src = _EMPTY_U8
+        else:
+            try:
+                src = np.frombuffer(memoryview(data).cast("B"), dtype=np.uint8)
+            except TypeError:
+                raise ValueError(f"write data must be bytes-like or an int length, not {type(data).__name__}") from None
+            length = len(src)
+        offset, length = self._range(offset, length, "write")
+        enospc = pool._md.sp.scal[K.C_ENOSPC]
+        res = self._one(WRITE, offset, length, src if pool.payload else _EMPTY_U8, offset)
+        if pool._md.sp.scal[K.C_ENOSPC] != enospc:
+            raise errors.NoSpaceError(f"thin device {self.dev_id}: no free data block in pool {pool.path} "
+                                      f"({pool.nr_data_blocks} blocks, error_if_no_space)")
+        return res
+
+    def discard(self, offset: int, length: int) -> ReplayResult:
+        """Unmap the whole blocks inside ``[offset, offset + length)``."""
+        self.pool._check_writable()
+        offset, length = self._range(offset, length, "discard")
+        return self._one(DISCARD, offset, length)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Read bytes; unmapped blocks read as zeros.  In accounting mode the
+        bytes of mapped blocks are not stored, so they read as zeros too."""
+        offset, length = self._range(offset, length, "read")
+        pool = self.pool
+        if length == 0:
+            return b""
+        self._one(READ, offset, length)
+        out = np.zeros(length, dtype=np.uint8)
+        if not pool.payload:
+            return out.tobytes()
+        bs = pool.block_size
+        b0 = offset // bs
+        b1 = (offset + length - 1) // bs
+        pblocks, _ = self._map(b0, b1 - b0 + 1)
+        data = pool._data
+        for k, p in enumerate(pblocks):
+            if p < 0:
+                continue
+            vb = b0 + k
+            lo = max(offset, vb * bs)
+            hi = min(offset + length, (vb + 1) * bs)
+            src = int(p) * bs + (lo - vb * bs)
+            out[lo - offset:hi - offset] = data[src:src + (hi - lo)]
+        return out.tobytes()
+
+    def _map(self, vb0: int, count: int):
+        md = self.pool._md
+        s = self._s
+        pb = np.empty(count, dtype=np.int64)
+        tm = np.empty(count, dtype=np.int64)
+        TK.map_range(md.meta, int(md.dv.root[s]), int(md.dv.levels[s]), vb0, count, pb, tm)
+        return pb, tm
+
+    def lookup(self, vblock: int) -> tuple[int, int] | None:
+        """(pblock, time) of one virtual block, or None if unmapped."""
+        nr = int(self.pool._md.dv.nr_blocks[self._s])
+        if not 0 <= int(vblock) < nr:
+            raise ValueError(f"vblock {vblock} outside 0..{nr - 1}")
+        pb, tm = self._map(int(vblock), 1)
+        return None if pb[0] < 0 else (int(pb[0]), int(tm[0]))
+
+    def mapping(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vblock, pblock, time) arrays of every mapping, by vblock."""
+        md = self.pool._md
+        s = self._s
+        n = int(md.dv.mapped[s])
+        v = np.empty(n, dtype=np.int64)
+        p = np.empty(n, dtype=np.int64)
+        t = np.empty(n, dtype=np.int64)
+        got = TK.collect_mappings(md.meta, int(md.dv.root[s]), int(md.dv.levels[s]), v, p, t)
+        return v[:got], p[:got], t[:got]
+
+    def highest_mapped_block(self) -> int | None:
+        md = self.pool._md
+        s = self._s
+        h = int(TK.highest_mapped(md.meta, int(md.dv.root[s]), int(md.dv.levels[s])))
+        return None if h < 0 else h
+
+    def status(self) -> ThinStatus:
+        spb = self.pool.block_size // SECTOR_SIZE
+        h = self.highest_mapped_block()
+        return ThinStatus(self.mapped_blocks * spb, None if h is None else (h + 1) * spb - 1)
+
+    @property
+    def creation_time(self) -> int:
+        return int(self.pool._md.dv.create_time[self._s])
+
+    @property
+    def snapshotted_time(self) -> int:
+        return int(self.pool._md.dv.snap_time[self._s])
