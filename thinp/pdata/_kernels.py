@@ -122,6 +122,21 @@ COUNTER_NAMES = {
     C_PASSDOWN: "nr_passdown",
 }
 
+def checksums_np(blocks: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """:func:`block_checksum` of many blocks at once, in numpy (no JIT):
+    ``blocks`` is ``uint64[n, 512]``, ``seeds`` the block numbers."""
+    k = np.uint64(0xFF51AFD7ED558CCD)
+    h = np.uint64(0x9E3779B97F4A7C15) ^ seeds.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(blocks.shape[1]):
+            h = (h ^ blocks[:, i]) * k
+            h ^= h >> np.uint64(29)
+    h ^= h >> np.uint64(32)
+    c = h & np.uint64(0xFFFFFFFF)
+    c[c == 0] = 1
+    return c
+
+
 # --- events ---------------------------------------------------------------------
 EV_CAPACITY = 4096
 EV_LOW_WATER = 1  # free data blocks fell to the low water mark
@@ -181,7 +196,7 @@ def _cttz(typingctx, x):
 
 
 # --- checksums ----------------------------------------------------------------------
-@njit
+@njit(refcount=False)
 def block_checksum(meta, b):
     """32-bit checksum of one metadata block: a multiply-xorshift hash of its
     512 words, seeded with the block number so a block copied to the wrong
@@ -198,7 +213,7 @@ def block_checksum(meta, b):
     return c
 
 
-@njit
+@njit(refcount=False)
 def words_checksum(words, seed):
     """The same hash over any uint64 array (superblocks, records)."""
     h = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(seed)
@@ -213,8 +228,23 @@ def words_checksum(words, seed):
     return c
 
 
+def checksums_np(blocks: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """:func:`block_checksum` of many blocks at once, in numpy (no JIT):
+    ``blocks`` is ``uint64[n, 512]``, ``seeds`` the block numbers."""
+    k = np.uint64(0xFF51AFD7ED558CCD)
+    h = np.uint64(0x9E3779B97F4A7C15) ^ seeds.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(blocks.shape[1]):
+            h = (h ^ blocks[:, i]) * k
+            h ^= h >> np.uint64(29)
+    h ^= h >> np.uint64(32)
+    c = h & np.uint64(0xFFFFFFFF)
+    c[c == 0] = 1
+    return c
+
+
 # --- events -----------------------------------------------------------------------
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _event(sp, op_index, kind, value):
     n = sp.scal[S_NEV]
     if n < sp.events.shape[0]:
@@ -227,17 +257,17 @@ def _event(sp, op_index, kind, value):
 
 
 # --- bitmaps and next-fit allocation -------------------------------------------------
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _bit_set(bits, b):
     bits[b >> 6] |= np.uint64(1) << np.uint64(b & 63)
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _bit_clear(bits, b):
     bits[b >> 6] &= ~(np.uint64(1) << np.uint64(b & 63))
 
 
-@njit
+@njit(refcount=False)
 def find_free(bits, cursor):
     """Next clear bit at or after ``cursor``, wrapping once; -1 if none."""
     nwords = bits.shape[0]
@@ -259,7 +289,7 @@ def find_free(bits, cursor):
     return -1
 
 
-@njit
+@njit(refcount=False)
 def alloc_data(sp):
     """Allocate one data block next-fit from the cursor, count 1.  Returns the
     block, or -1 when none is free, or -2 when the only free ones were freed
@@ -278,7 +308,7 @@ def alloc_data(sp):
     return b
 
 
-@njit
+@njit(refcount=False)
 def alloc_meta(sp, use_reserve):
     """Allocate one metadata block, zero-filled, count 1, marked new.
     -1 if none is free (outside the reserve unless ``use_reserve``), -2 if
@@ -309,13 +339,13 @@ def alloc_meta(sp, use_reserve):
 
 
 # --- reference counts ----------------------------------------------------------------
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def inc_data(sp, p):
     sp.drc[p] += 1
     sp.ddirty[p // SM_PAGE_ENTRIES] = 1
 
 
-@njit
+@njit(refcount=False)
 def dec_data(sp, p, passdown):
     """Drop one reference to data block ``p``; a block reaching 0 is free
     again after the next commit.  Returns True when it reached 0."""
@@ -337,13 +367,13 @@ def dec_data(sp, p, passdown):
     return False
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def inc_meta(sp, b):
     sp.mrc[b] += 1
     sp.mdirty[b // SM_PAGE_ENTRIES] = 1
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _release_meta(sp, b):
     """mrc[b] reached 0: free after commit."""
     sp.mpend[sp.scal[S_MNPEND]] = b
@@ -353,7 +383,7 @@ def _release_meta(sp, b):
         sp.scal[S_META_LWM_ARMED] = 1
 
 
-@njit
+@njit(refcount=False)
 def leaf_value_block(v):
     """Data block of a dm-thin leaf value ``(pblock + 1) << 24 | time``."""
     return np.int64(v >> np.uint64(24)) - 1
@@ -395,7 +425,7 @@ def dec_tree(sp, root, levels, passdown):
     return 0
 
 
-@njit
+@njit(refcount=False)
 def shadow(sp, b, is_leaf):
     """Make block ``b`` writable in this transaction.  Returns ``b`` itself
     when it was already shadowed and is not shared, else a new copy (the
@@ -431,7 +461,7 @@ def shadow(sp, b, is_leaf):
     return n
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def lookup(meta, root, levels, key):
     """Leaf value for ``key`` in the tree at ``root`` (0 if absent)."""
     if root == 0:
@@ -445,7 +475,7 @@ def lookup(meta, root, levels, key):
     return meta[node, key & NODE_MASK]
 
 
-@njit
+@njit(refcount=False)
 def leaf_for_write(sp, roots, slot, levels, key):
     """Shadow the path to ``key``'s leaf in the tree whose root is
     ``roots[slot]``, creating missing nodes, and return the leaf block
@@ -529,7 +559,7 @@ def seal_tree(sp, root, levels):
     return block_checksum(sp.meta, root)
 
 
-@njit
+@njit(refcount=False)
 def release_pending(sp):
     """After a commit: blocks freed in the transaction become allocatable."""
     for k in range(sp.scal[S_DNPEND]):

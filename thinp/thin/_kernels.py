@@ -65,6 +65,7 @@ from ..pdata._kernels import (
     S_PAYLOAD,
     S_TIME,
     S_ZERO,
+    SM_PAGE_ENTRIES,
     _event,
     _release_meta,
     alloc_data,
@@ -121,12 +122,12 @@ def levels_for(nr_blocks: int) -> int:
     return levels
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _mkvalue(p, t):
     return (np.uint64(p + 1) << np.uint64(24)) | np.uint64(t & 0xFFFFFF)
 
 
-@njit
+@njit(refcount=False)
 def _alloc_block(sp, op_index):
     p = alloc_data(sp)
     if p >= 0:
@@ -137,7 +138,7 @@ def _alloc_block(sp, op_index):
     return p
 
 
-@njit
+@njit(refcount=False)
 def _copy_block(data, src_p, dst_p, bs):
     s = src_p * bs
     d = dst_p * bs
@@ -145,21 +146,21 @@ def _copy_block(data, src_p, dst_p, bs):
         data[d + k] = data[s + k]
 
 
-@njit
+@njit(refcount=False)
 def _zero_block(data, p, bs):
     d = p * bs
     for k in range(bs):
         data[d + k] = 0
 
 
-@njit
+@njit(refcount=False)
 def _put_bytes(data, p, bs, in_block, src, src_pos, n):
     d = p * bs + in_block
     for k in range(n):
         data[d + k] = src[src_pos + k]
 
 
-@njit
+@njit(inline="always", refcount=False)
 def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos):
     """One per-block write.  Returns 0, or -1 no data space, -2 only
     just-freed data space, -3 no metadata space."""
@@ -217,33 +218,38 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos):
     return 0
 
 
-@njit
+@njit(refcount=False)
+def _node_at(meta, root, vb, levels, lv):
+    """The node at level ``lv`` (0 = leaf) on ``vb``'s path."""
+    node = root
+    for k in range(levels - 1, lv, -1):
+        node = np.int64(meta[node, (vb >> (NODE_SHIFT * k)) & NODE_MASK] & np.uint64(CHILD_MASK))
+    return node
+
+
+@njit(refcount=False)
 def _prune(sp, dv, slot, vb):
     """After unmapping ``vb``: free nodes on its path that became empty,
     bottom-up (the path is already shadowed, so nodes are private)."""
     levels = dv.levels[slot]
-    path = np.empty(8, dtype=np.int64)
-    node = dv.root[slot]
-    path[levels - 1] = node
-    for lv in range(levels - 1, 0, -1):
-        e = sp.meta[node, (vb >> (NODE_SHIFT * lv)) & NODE_MASK]
-        node = np.int64(e & np.uint64(CHILD_MASK))
-        path[lv - 1] = node
+    root = dv.root[slot]
     for lv in range(0, levels):
-        b = path[lv]
+        b = _node_at(sp.meta, root, vb, levels, lv)
         for i in range(NODE_ENTRIES):
             if sp.meta[b, i] != 0:
                 return
         # empty: drop it and clear its entry in the parent
         sp.mrc[b] = 0
+        sp.mdirty[b // SM_PAGE_ENTRIES] = 1
         _release_meta(sp, b)
         if lv == levels - 1:
             dv.root[slot] = 0
         else:
-            sp.meta[path[lv + 1], (vb >> (NODE_SHIFT * (lv + 1))) & NODE_MASK] = 0
+            parent = _node_at(sp.meta, root, vb, levels, lv + 1)
+            sp.meta[parent, (vb >> (NODE_SHIFT * (lv + 1))) & NODE_MASK] = 0
 
 
-@njit
+@njit(refcount=False)
 def _discard_block(sp, dv, slot, vb):
     """Unmap one whole block.  Returns 0 or -3 (no metadata space)."""
     v = lookup(sp.meta, dv.root[slot], dv.levels[slot], vb)
@@ -261,7 +267,7 @@ def _discard_block(sp, dv, slot, vb):
     return 0
 
 
-@njit
+@njit(refcount=False)
 def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, src_base, out):
     """Run requests ``start_op..`` of a trace (``slots`` are device slots the
     caller resolved and checked).  Splits each request per data block as
@@ -365,7 +371,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     return R_DONE
 
 
-@njit
+@njit(refcount=False)
 def map_range(meta, root, levels, vb0, count, out_pblock, out_time):
     """pblock (-1 unmapped) and time of ``count`` blocks from ``vb0``."""
     for k in range(count):

@@ -437,12 +437,17 @@ class Metadata:
         }
         for k, v in vals.items():
             w[k] = v
-        w[SB_CSUM] = K.words_checksum(w, slot)
+        w[SB_CSUM] = K.checksums_np(w[None, :], np.array([slot]))[0]
         self.meta[slot, :] = w
 
     # ------------------------------------------------------------------ open
     @classmethod
-    def open(cls, path: str, read_only: bool = False) -> "Metadata":
+    def open(cls, path: str, read_only: bool = False, check_trees: bool = True) -> "Metadata":
+        """Open and validate.  The superblock, space maps and device table are
+        always checked (checksums, magic, bounds) in numpy.  ``check_trees``
+        also walks every mapping tree, verifying each node's checksum and
+        recounting every reference (what open for writing always does);
+        without it nothing may run a kernel over the trees."""
         md = cls()
         md.path = path
         md.read_only = read_only
@@ -452,13 +457,13 @@ class Metadata:
             raise FileNotFoundError(f"{path}: no metadata file (is this a thin pool directory?)") from None
         cls._lock(md.fd, read_only, path)
         try:
-            md._load()
+            md._load(check_trees=check_trees or not read_only)
         except BaseException:
             md.close()
             raise
         return md
 
-    def _load(self) -> None:
+    def _load(self, check_trees: bool = True) -> None:
         fsize = os.fstat(self.fd).st_size
         if fsize < 2 * METADATA_BLOCK_SIZE:
             raise _corrupt(f"{self.path}: file is {fsize} bytes, shorter than the two superblocks")
@@ -472,7 +477,7 @@ class Metadata:
                 continue
             stored = int(w[SB_CSUM])
             w[SB_CSUM] = 0
-            if int(K.words_checksum(w, slot)) != stored:
+            if int(K.checksums_np(w[None, :], np.array([slot]))[0]) != stored:
                 reasons.append(f"superblock {slot}: checksum mismatch")
                 continue
             if int(w[SB_VERSION]) != VERSION:
@@ -523,7 +528,7 @@ class Metadata:
         mrc = np.zeros(nm, dtype=np.uint32)
         drc = np.zeros(nd, dtype=np.uint32)
         for name, arr, start, pages in (("metadata", mrc, sb.msm_start, sb.msm_pages), ("data", drc, sb.dsm_start, sb.dsm_pages)):
-            bad = _read_sm_pages(m, arr, start, pages, copy)
+            bad = _read_sm_pages_np(m, arr, start, pages, copy)
             if bad >= 0:
                 raise _corrupt(f"{name} space map page {bad} (block {start + 2 * bad + copy}) failed its checksum")
         # device directory and tables
@@ -538,7 +543,7 @@ class Metadata:
             b, crc = e & 0xFFFFFFFF, e >> 32
             if not (2 <= b < nm):
                 raise _corrupt(f"device directory entry {k}: table block {b} out of range")
-            if int(K.block_checksum(m, b)) != crc:
+            if int(K.checksums_np(m[b][None, :], np.array([b]))[0]) != crc:
                 raise _corrupt(f"device table block {b} failed its checksum")
             if int(m[b, 0]) != TABLE_MAGIC or int(m[b, 1]) != k:
                 raise _corrupt(f"device table block {b}: bad magic or index")
@@ -576,7 +581,8 @@ class Metadata:
                 dv.root_crc[s] = lv_crc >> 32
         self.dv = dv
         self.sb.flags = sb.flags
-        self._validate_trees(mrc, drc)
+        if check_trees:
+            self._validate_trees(mrc, drc)
         self._build_space(mrc, drc)
         self.mdirty_prev = np.zeros_like(self.sp.mdirty)
         self.ddirty_prev = np.zeros_like(self.sp.ddirty)
@@ -588,7 +594,7 @@ class Metadata:
         w = m[b].copy()
         stored = int(w[csum_word])
         w[csum_word] = 0
-        if stored != crc or int(_block_csum_of(w, b)) != stored:
+        if stored != crc or int(K.checksums_np(w[None, :], np.array([b]))[0]) != stored:
             raise _corrupt(f"{what} block {b} failed its checksum")
 
     def held_roots(self) -> list[tuple[int, int]]:
@@ -711,20 +717,6 @@ def _count_tree(meta, root, levels):
 
 
 @njit
-def _block_csum_of(words, b):
-    h = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(b)
-    k = np.uint64(0xFF51AFD7ED558CCD)
-    for i in range(words.shape[0]):
-        h = (h ^ words[i]) * k
-        h ^= h >> np.uint64(29)
-    h ^= h >> np.uint64(32)
-    c = np.uint64(h & np.uint64(0xFFFFFFFF))
-    if c == 0:
-        c = np.uint64(1)
-    return c
-
-
-@njit
 def _write_sm_pages(meta, rc, pages, start, copy):
     n = rc.shape[0]
     for k in range(pages.shape[0]):
@@ -741,36 +733,17 @@ def _write_sm_pages(meta, rc, pages, start, copy):
         meta[b, 0] = K.block_checksum(meta, b)
 
 
-@njit
-def _read_sm_pages(meta, rc, start, npages, copy):
-    """Fill ``rc`` from the pages; return the first bad page or -1."""
-    n = rc.shape[0]
-    for pg in range(npages):
-        b = start + 2 * pg + copy
-        stored = meta[b, 0]
-        if meta[b, 1] != ((np.uint64(SM_MAGIC) << np.uint64(32)) | np.uint64(pg)):
-            return pg
-        # checksum with word 0 taken as zero
-        h = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(b)
-        k = np.uint64(0xFF51AFD7ED558CCD)
-        for i in range(K.NODE_ENTRIES):
-            w = meta[b, i] if i != 0 else np.uint64(0)
-            h = (h ^ w) * k
-            h ^= h >> np.uint64(29)
-        h ^= h >> np.uint64(32)
-        c = np.uint64(h & np.uint64(0xFFFFFFFF))
-        if c == 0:
-            c = np.uint64(1)
-        if c != stored:
-            return pg
-        base = pg * K.SM_PAGE_ENTRIES
-        for j in range(2, K.NODE_ENTRIES):
-            w = meta[b, j]
-            lo_i = base + 2 * (j - 2)
-            if lo_i < n:
-                rc[lo_i] = np.uint32(w & np.uint64(0xFFFFFFFF))
-            if lo_i + 1 < n:
-                rc[lo_i + 1] = np.uint32(w >> np.uint64(32))
+def _read_sm_pages_np(meta, rc, start, npages, copy):
+    """Fill ``rc`` from the pages (numpy); return the first bad page or -1."""
+    blocks = np.arange(npages, dtype=np.int64) * 2 + start + copy
+    pages = meta[blocks]
+    zeroed = pages.copy()
+    zeroed[:, 0] = 0
+    ok = K.checksums_np(zeroed, blocks) == pages[:, 0]
+    ok &= pages[:, 1] == ((np.uint64(SM_MAGIC) << np.uint64(32)) | np.arange(npages, dtype=np.uint64))
+    if not ok.all():
+        return int(np.flatnonzero(~ok)[0])
+    rc[:] = pages[:, 2:].copy().view(np.uint32).reshape(-1)[: rc.shape[0]]
     return -1
 
 
@@ -785,3 +758,27 @@ def _walk_error(err: np.ndarray, dev) -> str:
         5: f"{who}: tree at {b} has an impossible depth",
         6: f"{who}: node {b} is reached at two different depths",
     }.get(code, f"{who}: unknown error {code} at block {b}")
+
+
+def highest_mapped_py(meta, root: int, levels: int, nr_meta: int) -> int:
+    """Highest mapped vblock by a bounds-checked walk in Python (for pools
+    opened without the tree check); -1 if none."""
+    def walk(node, lv, base):
+        if not 2 <= node < nr_meta:
+            raise _corrupt(f"mapping node pointer {node} out of range")
+        idx = np.flatnonzero(meta[node])
+        for i in idx[::-1]:
+            i = int(i)
+            if lv == 1:
+                return base + i
+            child = int(meta[node, i]) & 0xFFFFFFFF
+            r = walk(child, lv - 1, base + (i << (K.NODE_SHIFT * (lv - 1))))
+            if r >= 0:
+                return r
+        return -1
+
+    if root == 0:
+        return -1
+    if not 1 <= levels <= 7:
+        raise _corrupt(f"tree depth {levels} impossible")
+    return walk(root, levels, 0)

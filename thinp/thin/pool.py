@@ -55,6 +55,7 @@ from .metadata import (
     OPT_PAYLOAD,
     OPT_ZERO,
     Metadata,
+    highest_mapped_py,
 )
 from .metadata_size import metadata_size
 
@@ -234,16 +235,26 @@ class ThinPool:
         return cls(path, md, read_only=False)
 
     @classmethod
-    def open(cls, path, read_only: bool = False) -> "ThinPool":
-        """Reopen a pool with every device, mapping and counter as last committed."""
+    def open(cls, path, read_only: bool = False, check_trees: bool = True) -> "ThinPool":
+        """Reopen a pool with every device, mapping and counter as last committed.
+
+        Opening validates the metadata first (checksums, bounds, reference
+        counts) and raises :class:`~thinp.errors.MetadataCorruptError` naming
+        the first bad block.  A read-only open may pass ``check_trees=False``
+        to skip walking the mapping trees (status only; I/O then refuses).
+        """
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: no such pool directory")
-        md = Metadata.open(os.path.join(path, "metadata"), read_only=read_only)
+        md = Metadata.open(os.path.join(path, "metadata"), read_only=read_only, check_trees=check_trees)
         if md.sb.flags & FLAG_NEEDS_CHECK and not read_only:
             md.close()
             raise errors.MetadataCorruptError(f"{path}: needs_check is set; run 'thinp check --repair {path}'")
-        return cls(path, md, read_only=read_only)
+        pool = cls(path, md, read_only=read_only)
+        pool._trees_checked = check_trees or not read_only
+        return pool
+
+    _trees_checked = True
 
     def _open_data(self) -> None:
         sb = self._md.sb
@@ -768,7 +779,7 @@ class ThinPool:
         self._check_open()
         md = self._md
         sp, sb = md.sp, md.sb
-        if self._failed or (sb.flags & FLAG_NEEDS_CHECK) or self.read_only:
+        if self._failed or (sb.flags & FLAG_NEEDS_CHECK):
             mode = "ro"
         elif sp.scal[TK.S_OODS] or self._queue:
             mode = "out_of_data_space"
@@ -825,6 +836,12 @@ class ThinDevice:
         self.pool._check_open()
         return self.pool._slot(self.dev_id)
 
+    def _kernel_slot(self) -> int:
+        """Slot for a kernel walk: refused on a pool opened without the tree check."""
+        if not self.pool._trees_checked:
+            raise errors.ThinpError(f"{self.pool.path}: opened with check_trees=False; reopen to read mappings")
+        return self._s
+
     @property
     def size(self) -> int:
         return int(self.pool._md.dv.size_sectors[self._s]) * SECTOR_SIZE
@@ -853,7 +870,7 @@ class ThinDevice:
 
     def _one(self, op, offset, length, src=_EMPTY_U8, src_base=0) -> ReplayResult:
         pool = self.pool
-        s = self._s
+        s = self._kernel_slot()
         arr = lambda v: np.array([v], dtype=np.int64)  # noqa: E731
         before = pool._md.sp.scal.copy()
         events: list = []
@@ -922,7 +939,7 @@ class ThinDevice:
 
     def _map(self, vb0: int, count: int):
         md = self.pool._md
-        s = self._s
+        s = self._kernel_slot()
         pb = np.empty(count, dtype=np.int64)
         tm = np.empty(count, dtype=np.int64)
         TK.map_range(md.meta, int(md.dv.root[s]), int(md.dv.levels[s]), vb0, count, pb, tm)
@@ -939,7 +956,7 @@ class ThinDevice:
     def mapping(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(vblock, pblock, time) arrays of every mapping, by vblock."""
         md = self.pool._md
-        s = self._s
+        s = self._kernel_slot()
         n = int(md.dv.mapped[s])
         v = np.empty(n, dtype=np.int64)
         p = np.empty(n, dtype=np.int64)
@@ -950,7 +967,10 @@ class ThinDevice:
     def highest_mapped_block(self) -> int | None:
         md = self.pool._md
         s = self._s
-        h = int(TK.highest_mapped(md.meta, int(md.dv.root[s]), int(md.dv.levels[s])))
+        if not self.pool._trees_checked:
+            h = highest_mapped_py(md.meta, int(md.dv.root[s]), int(md.dv.levels[s]), md.sb.nr_metadata_blocks)
+        else:
+            h = int(TK.highest_mapped(md.meta, int(md.dv.root[s]), int(md.dv.levels[s])))
         return None if h < 0 else h
 
     def status(self) -> ThinStatus:

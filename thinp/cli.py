@@ -1,0 +1,168 @@
+"""The ``thinp`` command.
+
+Every user mistake prints one line, ``thinp: error: ...``, and exits 1; a
+traceback means a bug.  numba is imported only by commands that need it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, as argparse does, without the usage dump
+        sys.stderr.write(f"thinp: error: {message}\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+# ------------------------------------------------------------------ pool
+def _cmd_pool_create(args) -> int:
+    from .thin import ThinPool
+
+    with ThinPool.create(
+        args.dir,
+        data_size=args.data_size,
+        block_size=args.block_size,
+        metadata_size=args.metadata_size,
+        low_water_mark=args.low_water_mark,
+        zero_new_blocks=not args.skip_block_zeroing,
+        discard_passdown=not args.no_discard_passdown,
+        ignore_discard=args.ignore_discard,
+        error_if_no_space=args.error_if_no_space,
+        payload=args.payload,
+        max_thins=args.max_thins,
+    ) as pool:
+        print(pool.status())
+    return 0
+
+
+def _cmd_pool_message(args) -> int:
+    from .thin import ThinPool
+
+    with ThinPool.open(args.dir) as pool:
+        pool.message(" ".join(args.message))
+        print(pool.status())
+    return 0
+
+
+def _lvs_table(pool):
+    from rich.table import Table
+
+    from .units import format_size
+
+    st = pool.status()
+    t = Table(title=f"thin pool {pool.path}", title_justify="left")
+    for col in ("LV", "LSize", "Data%", "Meta%", "Mapped", "Highest"):
+        t.add_column(col, justify="left" if col == "LV" else "right")
+    t.add_row("pool", format_size(st.total_data_blocks * st.data_block_size), f"{st.data_percent:.2f}",
+              f"{st.metadata_percent:.2f}", f"{st.used_data_blocks}", "")
+    for dev_id in pool.devices():
+        d = pool.device(dev_id)
+        pct = 100.0 * d.mapped_blocks * pool.block_size / d.size if d.size else 0.0
+        hi = d.highest_mapped_block()
+        t.add_row(f"thin{dev_id}", format_size(d.size), f"{pct:.2f}", "", f"{d.mapped_blocks}",
+                  "-" if hi is None else str(hi))
+    return t
+
+
+def _cmd_pool_status(args) -> int:
+    from .thin import ThinPool
+
+    with ThinPool.open(args.dir, read_only=True, check_trees=False) as pool:
+        print(pool.status())
+        if not args.line:
+            _console().print(_lvs_table(pool))
+    return 0
+
+
+def _cmd_metadata_size(args) -> int:
+    from .thin.metadata_size import metadata_size
+    from .units import parse_size
+
+    nbytes = metadata_size(args.pool_size, args.block_size, args.max_thins)
+    unit = args.unit.lower()
+    units = {"b": 1, "s": 512, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+    if unit not in units:
+        raise ValueError(f"-u {args.unit!r}: unit must be one of b, s, k, m, g, t, p")
+    value = nbytes / units[unit]
+    text = f"{value:g}" if value != int(value) else str(int(value))
+    if args.numeric_only:
+        print(text)
+    else:
+        names = {"b": "bytes", "s": "sectors", "k": "kibibytes", "m": "mebibytes", "g": "gibibytes",
+                 "t": "tebibytes", "p": "pebibytes"}
+        print(f"{text} {names[unit]}")
+    parse_size(args.pool_size)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="thinp", description="A block-level thin-provisioning simulator (dm-thin in numba).")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+
+    pool = sub.add_parser("pool", help="create a thin pool, send it messages, show its status")
+    psub = pool.add_subparsers(dest="pool_cmd", metavar="POOL_COMMAND", parser_class=_Parser)
+    c = psub.add_parser("create", help="make DIR with sparse data and metadata files")
+    c.add_argument("dir")
+    c.add_argument("--data-size", required=True, help="e.g. 100G")
+    c.add_argument("--block-size", default="64k", help="64k..1g, a multiple of 64k (default 64k)")
+    c.add_argument("--metadata-size", default=None, help="default: thin_metadata_size's estimate")
+    c.add_argument("--max-thins", type=int, default=1000, help="devices the default metadata size allows for")
+    c.add_argument("--low-water-mark", type=int, default=0, help="in data blocks")
+    c.add_argument("--skip-block-zeroing", action="store_true")
+    c.add_argument("--no-discard-passdown", action="store_true")
+    c.add_argument("--ignore-discard", action="store_true")
+    c.add_argument("--error-if-no-space", action="store_true")
+    c.add_argument("--payload", action="store_true", help="store written bytes (default: accounting only)")
+    c.set_defaults(func=_cmd_pool_create)
+    m = psub.add_parser("message", help="a dmsetup pool message, e.g. 'create_thin 0'")
+    m.add_argument("dir")
+    m.add_argument("message", nargs="+")
+    m.set_defaults(func=_cmd_pool_message)
+    s = psub.add_parser("status", help="the dm status line and an lvs-like table")
+    s.add_argument("dir")
+    s.add_argument("--line", action="store_true", help="only the dm status line")
+    s.set_defaults(func=_cmd_pool_status)
+
+    ms = sub.add_parser("metadata-size", help="thin_metadata_size's estimate")
+    ms.add_argument("-b", "--block-size", required=True)
+    ms.add_argument("-s", "--pool-size", required=True)
+    ms.add_argument("-m", "--max-thins", type=int, required=True)
+    ms.add_argument("-u", "--unit", default="s", help="b, s, k, m, g, t, p (default s: sectors)")
+    ms.add_argument("-n", "--numeric-only", action="store_true")
+    ms.set_defaults(func=_cmd_metadata_size)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from .errors import ThinpError
+
+    try:
+        return args.func(args) or 0
+    except (ThinpError, ValueError, OSError) as e:
+        msg = str(e) or e.__class__.__name__
+        if isinstance(e, OSError) and not isinstance(e, ThinpError) and e.filename and str(e.filename) not in msg:
+            msg = f"{e.filename}: {msg}"
+        sys.stderr.write(f"thinp: error: {msg}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("thinp: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
