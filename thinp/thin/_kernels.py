@@ -286,7 +286,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             out[2] = -1
             return R_NEED_COMMIT
         slot = slots[i]
-        op = ops[i]
+        op = np.int64(ops[i])
         off = np.int64(offsets[i])
         ln = np.int64(lengths[i])
         if ln <= 0:
@@ -369,6 +369,53 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     out[1] = n
     out[2] = -1
     return R_DONE
+
+
+# prepare_trace error codes
+T_OK = 0
+T_BAD_OP = 1
+T_NO_DEVICE = 2
+T_PAST_END = 3
+
+
+@njit(refcount=False)
+def prepare_trace(dev_ids, ops, offsets, lengths, lut_ids, lut_slots, slot_size, slots_out, err):
+    """Check every request of an untrusted trace and resolve its device slot.
+    ``lut_ids`` is sorted; ``slot_size`` is each slot's size in bytes.  On the
+    first bad row, ``err`` = (code, row) and the function returns the code."""
+    n = dev_ids.shape[0]
+    nl = lut_ids.shape[0]
+    last_id = -1
+    last_slot = -1
+    for i in range(n):
+        d = np.int64(dev_ids[i])
+        if d != last_id:
+            lo = 0
+            hi = nl
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if lut_ids[mid] < d:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo >= nl or lut_ids[lo] != d:
+                err[0] = T_NO_DEVICE
+                err[1] = i
+                return T_NO_DEVICE
+            last_id = d
+            last_slot = lut_slots[lo]
+        if ops[i] > 2:
+            err[0] = T_BAD_OP
+            err[1] = i
+            return T_BAD_OP
+        size = np.uint64(slot_size[last_slot])
+        if lengths[i] > size or offsets[i] > size - lengths[i]:
+            err[0] = T_PAST_END
+            err[1] = i
+            return T_PAST_END
+        slots_out[i] = last_slot
+    err[0] = T_OK
+    return T_OK
 
 
 @njit(refcount=False)

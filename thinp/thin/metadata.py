@@ -74,6 +74,7 @@ OPT_PASSDOWN = 2
 OPT_ERROR_IF_NO_SPACE = 4
 OPT_PAYLOAD = 8
 OPT_IGNORE_DISCARD = 16
+OPT_SYNC = 32
 
 
 def _pages(nr_entries: int) -> int:
@@ -362,7 +363,13 @@ class Metadata:
             _write_sm_pages(self.meta, sp.mrc, mpages, sb.msm_start, 1 - copy)
             _write_sm_pages(self.meta, sp.drc, dpages, sb.dsm_start, 1 - copy)
         # 4. flush everything but the superblock, then the superblock
-        self.mm.flush()
+        sync = bool(sb.options & OPT_SYNC)
+        if sync:
+            written = np.flatnonzero(sp.mnew)
+            sm_blocks = np.concatenate([sb.msm_start + 2 * mpages + copy, sb.dsm_start + 2 * dpages + copy])
+            if first:
+                sm_blocks = np.concatenate([sm_blocks, sm_blocks + 1 - 2 * copy])
+            self._flush_blocks(np.union1d(written, sm_blocks))
         sb.generation = gen
         sb.time = int(sp.scal[K.S_TIME])
         sb.dcursor = int(sp.scal[K.S_DCURSOR])
@@ -373,7 +380,8 @@ class Metadata:
         sb.commit_interval = int(sp.scal[K.S_COMMIT_INTERVAL])
         sb.low_water_mark = int(sp.scal[K.S_LWM])
         self._write_superblock(copy)
-        self.mm.flush(0, 2 * METADATA_BLOCK_SIZE)
+        if sync:
+            self.mm.flush(copy * METADATA_BLOCK_SIZE, METADATA_BLOCK_SIZE)
         # 5. the new transaction
         K.release_pending(sp)
         sp.mnew[:] = 0
@@ -382,6 +390,16 @@ class Metadata:
         sp.mdirty[:] = 0
         sp.ddirty[:] = 0
         sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+
+    def _flush_blocks(self, blocks: np.ndarray, gap: int = 64) -> None:
+        """msync the given blocks (sorted), as runs merged across small gaps."""
+        if len(blocks) == 0:
+            return
+        breaks = np.flatnonzero(np.diff(blocks) > gap)
+        starts = np.concatenate([[blocks[0]], blocks[breaks + 1]])
+        ends = np.concatenate([blocks[breaks], [blocks[-1]]]) + 1
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            self.mm.flush(a * METADATA_BLOCK_SIZE, (b - a) * METADATA_BLOCK_SIZE)
 
     def _alloc_meta_block(self) -> int:
         b = int(K.alloc_meta(self.sp, True))
@@ -437,7 +455,7 @@ class Metadata:
         }
         for k, v in vals.items():
             w[k] = v
-        w[SB_CSUM] = K.checksums_np(w[None, :], np.array([slot]))[0]
+        w[SB_CSUM] = K.words_checksum(w, slot)
         self.meta[slot, :] = w
 
     # ------------------------------------------------------------------ open

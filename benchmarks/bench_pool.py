@@ -1,0 +1,222 @@
+"""Thin-pool engine benchmarks (pytest-benchmark), accounting mode via replay.
+
+Run: ``pytest benchmarks/bench_pool.py --benchmark-only -s``.  Each benchmark
+prints its ops/s and stores it in ``extra_info``; the README's table is made
+from one run of this file.  Targets are from issue [pool].
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import pytest
+
+import thinp
+from thinp.config import njit
+from thinp.pdata import _kernels as K
+from thinp.trace import TRACE_DTYPE, WRITE
+
+BS = 64 * 1024
+RNG_SEED = 20261128
+
+
+def _trace(dev_id, vblocks, length=4096, rng=None):
+    """Random 4 KiB writes, one per listed vblock, at a random 4 KiB slot."""
+    rng = rng or np.random.default_rng(RNG_SEED)
+    t = np.zeros(len(vblocks), dtype=TRACE_DTYPE)
+    t["dev_id"] = dev_id
+    t["op"] = WRITE
+    slot = rng.integers(0, BS // length, len(vblocks)).astype(np.uint64) * length
+    t["offset"] = vblocks.astype(np.uint64) * BS + slot
+    t["length"] = length
+    return t
+
+
+def _full(dev_id, nr_blocks):
+    t = np.zeros(nr_blocks, dtype=TRACE_DTYPE)
+    t["dev_id"] = dev_id
+    t["op"] = WRITE
+    t["offset"] = np.arange(nr_blocks, dtype=np.uint64) * BS
+    t["length"] = BS
+    return t
+
+
+def _report(benchmark, n_ops, what="ops"):
+    mean = benchmark.stats.stats.mean
+    rate = n_ops / mean
+    benchmark.extra_info[f"{what}_per_s"] = rate
+    print(f"\n  {benchmark.name}: {rate / 1e6:.2f} M {what}/s ({n_ops} {what}, mean {mean * 1e3:.2f} ms)")
+    return rate
+
+
+@pytest.fixture
+def workdir():
+    d = tempfile.mkdtemp(prefix="thinp-bench-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _warm(workdir):
+    """Compile (or load from cache) every kernel before any timing."""
+    p = thinp.ThinPool.create(os.path.join(workdir, "warm"), "1G")
+    d = p.create_thin(0, "64M")
+    p.replay(_trace(0, np.arange(16)))
+    p.create_snap(1, 0)
+    p.replay(_trace(0, np.arange(16)))
+    d.discard(0, BS * 4)
+    p.close()
+    shutil.rmtree(os.path.join(workdir, "warm"))
+
+
+@pytest.mark.benchmark(group="pool-writes")
+@pytest.mark.parametrize("size", ["10G", "64G"])
+def test_overwrite_provisioned_unshared(benchmark, workdir, size):
+    """Random 4 KiB writes into provisioned, unshared blocks (target >= 20 M/s)."""
+    _warm(workdir)
+    pool = thinp.ThinPool.create(os.path.join(workdir, "p"), "100G", commit_interval=0, sync=False)
+    dev = pool.create_thin(0, size)
+    nr = dev.size // BS
+    pool.replay(_full(0, nr))
+    pool.commit()
+    n = 4_000_000
+    trace = _trace(0, np.random.default_rng(1).integers(0, nr, n))
+    pool.replay(trace[:1000])
+    res = benchmark.pedantic(pool.replay, args=(trace,), rounds=5, iterations=1)
+    assert res["nr_provisioned"] == 0 and res["nr_block_writes"] == n
+    assert _report(benchmark, n) > 0
+    pool.close()
+
+
+@pytest.mark.benchmark(group="pool-writes")
+@pytest.mark.parametrize("size", ["10G", "64G"])
+def test_first_writes_provisioning(benchmark, workdir, size):
+    """Random first writes, each provisioning a block (target >= 10 M/s)."""
+    _warm(workdir)
+    state = {}
+    nr = thinp.parse_size(size) // BS
+    trace = _trace(0, np.random.default_rng(2).permutation(nr))
+
+    def setup():
+        if "pool" in state:
+            state["pool"].close()
+            shutil.rmtree(os.path.join(workdir, "p"))
+        pool = thinp.ThinPool.create(os.path.join(workdir, "p"), "100G", commit_interval=0, sync=False)
+        pool.create_thin(0, size)
+        state["pool"] = pool
+        return (trace,), {}
+
+    res = benchmark.pedantic(lambda t: state["pool"].replay(t), setup=setup, rounds=5, iterations=1)
+    assert res["nr_provisioned"] == nr
+    assert _report(benchmark, nr) > 0
+    state["pool"].close()
+
+
+@pytest.mark.benchmark(group="pool-writes")
+def test_cow_writes_after_snapshot(benchmark, workdir):
+    """Writes that each break sharing after a snapshot (target >= 5 M/s).
+
+    Every write hits a distinct shared block of a 10 GiB origin, so each
+    one allocates, copies (counted) and re-points a shadowed leaf."""
+    _warm(workdir)
+    pool = thinp.ThinPool.create(os.path.join(workdir, "p"), "100G", commit_interval=0, sync=False)
+    dev = pool.create_thin(0, "10G")
+    nr = dev.size // BS
+    pool.replay(_full(0, nr))
+    trace = _trace(0, np.random.default_rng(3).permutation(nr))
+    state = {"snap": 0}
+
+    def setup():
+        if state["snap"]:
+            pool.delete(state["snap"])
+        state["snap"] += 1
+        pool.create_snap(state["snap"], 0)
+        return (trace,), {}
+
+    res = benchmark.pedantic(pool.replay, setup=setup, rounds=5, iterations=1)
+    assert res["nr_cow_copies"] == nr
+    assert _report(benchmark, nr) > 0
+    pool.close()
+
+
+@pytest.mark.benchmark(group="pool-snapshot")
+@pytest.mark.parametrize("sync", [False, True], ids=["nosync", "msync"])
+@pytest.mark.parametrize("mapped", [1_000, 1_000_000, 16_000_000])
+def test_create_snap_is_flat(benchmark, workdir, mapped, sync):
+    """create_snap (with its commit) of a device with N mapped blocks (< 1 ms, flat).
+
+    ``nosync`` is the snapshot and its atomic commit; ``msync`` adds the
+    disk flush of the few blocks the commit wrote (this VM's disk latency)."""
+    _warm(workdir)
+    pool = thinp.ThinPool.create(os.path.join(workdir, "p"), "1100G", commit_interval=0, sync=sync)
+    pool.create_thin(0, "1T")
+    pool.replay(_full(0, mapped))
+    # two commits: the second rewrites the space-map pages the first left
+    # stale in the other copy (the A/B scheme), so timing starts quiescent
+    pool.commit()
+    pool.commit()
+    ids = iter(range(1, 1000))
+    benchmark.pedantic(lambda: pool.create_snap(next(ids), 0), rounds=20, iterations=1)
+    assert pool.device(1).mapped_blocks == mapped
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info["ms"] = mean * 1e3
+    print(f"\n  create_snap with {mapped} mapped blocks ({'msync' if sync else 'no sync'}): {mean * 1e3:.3f} ms")
+    pool.close()
+
+
+@njit
+def _alloc_many(sp, n):
+    got = 0
+    for _ in range(n):
+        if K.alloc_data(sp) >= 0:
+            got += 1
+    return got
+
+
+@pytest.mark.benchmark(group="pool-alloc")
+def test_next_fit_allocation_99_percent_full(benchmark, workdir):
+    """Next-fit allocation with the pool 99% full (target >= 50 M blocks/s)."""
+    _warm(workdir)
+    pool = thinp.ThinPool.create(os.path.join(workdir, "p"), "100G", commit_interval=0, sync=False)
+    sp = pool._md.sp
+    nr = pool.nr_data_blocks
+    rng = np.random.default_rng(4)
+    used = rng.random(nr) < 0.99
+    n_free = int(nr - used.sum())
+    bits0 = K.make_bitmap(used, nr)
+    drc0 = used.astype(np.uint32)
+
+    def setup():
+        sp.dbits[:] = bits0
+        sp.drc[:] = drc0
+        sp.scal[K.S_DUSED] = nr - n_free
+        sp.scal[K.S_DCURSOR] = 0
+        return (sp, n_free), {}
+
+    _alloc_many(*setup()[0])
+    got = benchmark.pedantic(_alloc_many, setup=setup, rounds=10, iterations=1)
+    assert got == n_free
+    assert _report(benchmark, n_free, "blocks") > 0
+    pool._closed = True  # the arrays were poked directly: do not commit them
+    pool._md.close()
+
+
+@pytest.mark.benchmark(group="pool-cli")
+def test_pool_status_fresh_process(benchmark, workdir):
+    """``thinp pool status`` in a fresh process, numba cache warm (target < 1 s)."""
+    path = os.path.join(workdir, "p")
+    pool = thinp.ThinPool.create(path, "100G")
+    for i in range(8):
+        pool.create_thin(i, "10G")
+        pool.replay(_full(i, 10_000))
+    pool.close()
+    cmd = [sys.executable, "-m", "thinp", "pool", "status", path]
+    subprocess.run(cmd, check=True, capture_output=True)
+    out = benchmark.pedantic(lambda: subprocess.run(cmd, check=True, capture_output=True), rounds=5, iterations=1)
+    assert b"rw discard_passdown" in out.stdout
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info["s"] = mean
+    print(f"\n  thinp pool status, fresh process: {mean:.3f} s")
