@@ -105,6 +105,92 @@ def _cmd_metadata_size(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    """The built-in scenario: Docker's loop-lvm pool, a base device, a chain of
+    image snapshots and containers writing into their own snapshots."""
+    import shutil
+    import tempfile
+    import time
+
+    import numpy as np
+
+    from .thin import ThinPool
+    from .trace import TRACE_DTYPE, WRITE
+    from .units import human_size
+
+    con = _console()
+    workdir = args.dir or tempfile.mkdtemp(prefix="thinp-demo-")
+    path = f"{workdir}/pool"
+    rng = np.random.default_rng(args.seed)
+    t0 = time.perf_counter()
+    try:
+        with ThinPool.create(path, "100G", "64k", metadata_size="2G", low_water_mark=32768,
+                             zero_new_blocks=False, sync=False) as pool:
+            events = []
+            pool.on_low_water_mark(lambda ev: events.append(ev))
+            bs = pool.block_size
+            base = pool.create_thin(1, "10G")
+            nr = base.size // bs
+
+            def writes(dev_id, n, span, size=4096):
+                t = np.zeros(n, dtype=TRACE_DTYPE)
+                t["dev_id"] = dev_id
+                t["op"] = WRITE
+                t["offset"] = (rng.integers(0, span // size, n) * size).astype(np.uint64)
+                t["length"] = size
+                return t
+
+            # the base image: 1.2 GiB laid down sequentially in 64 KiB writes
+            layer = np.zeros(int(1.2 * (1 << 30)) // bs, dtype=TRACE_DTYPE)
+            layer["dev_id"] = 1
+            layer["op"] = WRITE
+            layer["offset"] = np.arange(len(layer), dtype=np.uint64) * bs
+            layer["length"] = bs
+            pool.replay(layer)
+            # image layers: each a snapshot of its parent plus some changes
+            parent = 1
+            for i in range(2, 2 + args.layers):
+                pool.create_snap(i, parent)
+                pool.replay(writes(i, 2000, nr * bs, 65536))
+                parent = i
+            # containers: <id>-init and a read-write snapshot of it, then random writes
+            ids = []
+            for c in range(args.containers):
+                init, rw = 1000 + 2 * c, 1001 + 2 * c
+                pool.create_snap(init, parent)
+                pool.create_snap(rw, init)
+                ids.append(rw)
+            per = args.writes
+            for rw in ids:
+                pool.replay(writes(rw, per, 2 << 30))
+            st = pool.status()
+            print(f"dmsetup status: {st}")
+            from rich.table import Table
+
+            t = Table(title=f"{args.containers} containers on {args.layers} image layers, "
+                            f"{per} random 4 KiB writes each", title_justify="left")
+            for col in ("metric", "value"):
+                t.add_column(col)
+            virtual = sum(pool.device(d).size for d in pool.devices())
+            rows = [
+                ("thin devices", str(len(pool.devices()))),
+                ("Data%", f"{st.data_percent:.2f} ({st.used_data_blocks} of {st.total_data_blocks} blocks)"),
+                ("Meta%", f"{st.metadata_percent:.2f}"),
+                ("overcommit (virtual / pool)", f"{virtual / (st.total_data_blocks * bs):.1f}x"),
+                ("blocks provisioned", str(st.nr_provisioned)),
+                ("CoW copies", f"{st.nr_cow_copies} ({human_size(st.bytes_copied)} copied)"),
+                ("low water mark events", str(len(events))),
+            ]
+            for r in rows:
+                t.add_row(*r)
+            con.print(t)
+    finally:
+        if not args.dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    con.print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="thinp", description="A block-level thin-provisioning simulator (dm-thin in numba).")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
@@ -132,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--line", action="store_true", help="only the dm status line")
     s.set_defaults(func=_cmd_pool_status)
+
+    d = sub.add_parser("demo", help="the built-in scenario: a loop-lvm pool with image layers and containers")
+    d.add_argument("--dir", default=None, help="keep the pool here (default: a temporary directory)")
+    d.add_argument("--layers", type=int, default=8)
+    d.add_argument("--containers", type=int, default=200)
+    d.add_argument("--writes", type=int, default=2000, help="random 4 KiB writes per container")
+    d.add_argument("--seed", type=int, default=1)
+    d.set_defaults(func=_cmd_demo)
 
     ms = sub.add_parser("metadata-size", help="thin_metadata_size's estimate")
     ms.add_argument("-b", "--block-size", required=True)

@@ -86,3 +86,11 @@ def format_size(nbytes: int) -> str:
 
 def bytes_to_sectors(nbytes: int) -> int:
     return nbytes // SECTOR_SIZE
+
+
+def human_size(nbytes: float) -> str:
+    """Rounded binary-unit spelling for people: 66_806_968_320 -> '62.2 GiB'."""
+    for unit, mult in (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(nbytes) >= mult:
+            return f"{nbytes / mult:.1f} {unit}"
+    return f"{int(nbytes)} B"

@@ -1,0 +1,40 @@
+"""Shared test configuration: where the real-world fixtures live, and --slow."""
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False, help="run the long versions of the tests")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long runs, selected with --slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="long run: use --slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> pathlib.Path:
+    """``../shared/fixtures`` beside the project; skip when it is absent."""
+    if not FIXTURES.is_dir():
+        pytest.skip(f"real-data fixtures not found at {FIXTURES}")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def slow(request) -> bool:
+    return bool(request.config.getoption("--slow"))
