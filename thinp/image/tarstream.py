@@ -240,10 +240,20 @@ class DataStream(io.RawIOBase):
             return b"".join(parts)
         n = min(n, self.remaining)
         out = self._inp.read_some(n)
-        if not out:
+        if len(out) < n and out:
+            parts = [out]
+            got = len(out)
+            while got < n:
+                more = self._inp.read_some(n - got)
+                if not more:
+                    break
+                parts.append(more)
+                got += len(more)
+            out = b"".join(parts)
+        if len(out) < n:
             raise ImageFormatError(
                 f"{self._inp.name}: truncated tar: {self.entry_name} declares "
-                f"{self.remaining} more content bytes than the file has")
+                f"{self.remaining - len(out)} more content bytes than the file has")
         self.remaining -= len(out)
         return out
 
