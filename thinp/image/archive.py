@@ -146,7 +146,7 @@ class _TarArchive(_Archive):
         self.keepalive = keepalive
         self.members: dict[str, tuple] = {}   # name -> (kind, offset, size, linkname)
         with open(path, "rb") as f:
-            inp = ts.HashingInput(f, display, hash_data=False)
+            inp = ts.HashingInput(f, display, hash_data=False, size_bytes=os.fstat(f.fileno()).st_size)
             for h, stream in ts.iter_tar(inp):
                 if stream is not None:
                     offset = inp.nr_bytes - (len(inp.buf) - inp.pos)

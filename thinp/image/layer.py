@@ -117,6 +117,17 @@ class _Window(io.RawIOBase):
         self.remaining -= len(data)
         return len(data)
 
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, n: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_CUR:
+            raise io.UnsupportedOperation("only relative seeks")
+        n = min(n, self.remaining)
+        self.f.seek(n, io.SEEK_CUR)
+        self.remaining -= n
+        return 0
+
     def close(self) -> None:
         self.f.close()
         super().close()
@@ -139,6 +150,15 @@ class FileSource(BlobSource):
             return f
         length = self.length if self.length is not None else os.fstat(f.fileno()).st_size - self.offset
         return _Window(f, self.offset, length)
+
+    def open_seekable(self) -> tuple[BinaryIO, int]:
+        """``(reader, size_bytes)`` supporting relative ``seek``."""
+        f = open(self.path, "rb")
+        size = os.fstat(f.fileno()).st_size
+        if self.offset == 0 and self.length is None:
+            return f, size
+        length = self.length if self.length is not None else size - self.offset
+        return _Window(f, self.offset, length), length
 
 
 class BytesSource(BlobSource):
@@ -244,7 +264,11 @@ class Layer:
         the DiffID (and blob digest/size when known) are checked after the
         last entry: a mismatch raises ``ImageFormatError`` naming the blob.
         """
+        if not verify and self._diff_id is not None and isinstance(self.source, FileSource):
+            yield from self._walk_seeking()
+            return
         raw = self.source.open()
+        inp = None
         try:
             blob_hasher = hashlib.sha256() if (verify and self.blob_digest) else None
             reader, counter = ts.open_blob(raw, self.name, max_ratio=self.max_ratio,
@@ -285,7 +309,39 @@ class Layer:
             if self.blob_size is None:
                 self.blob_size = compressed
         finally:
+            if inp is not None:
+                inp.close()
             raw.close()
+
+    def _walk_seeking(self) -> Iterator[tuple[Entry, BinaryIO | None]]:
+        """Unverified walk of an uncompressed file: seek over data like ``tar -t``."""
+        raw, size_bytes = self.source.open_seekable()
+        try:
+            head = raw.read(4)
+            if ts.sniff_compression(head) != "none":
+                raw.close()
+                raw = None
+                # compressed: no seeking possible; the plain path (unhashed)
+                inner = self.source.open()
+                try:
+                    reader, _ = ts.open_blob(inner, self.name, max_ratio=self.max_ratio)
+                    inp = ts.HashingInput(reader, self.name, hash_data=False)
+                    for header, stream in ts.iter_tar(inp):
+                        entry = Entry._from_header(header, self.name)
+                        if entry is not None:
+                            yield entry, stream
+                finally:
+                    inner.close()
+                return
+            inp = ts.HashingInput(raw, self.name, hash_data=False, size_bytes=size_bytes)
+            inp.buf, inp.nr_bytes = head, len(head)
+            for header, stream in ts.iter_tar(inp):
+                entry = Entry._from_header(header, self.name)
+                if entry is not None:
+                    yield entry, stream
+        finally:
+            if raw is not None:
+                raw.close()
 
     def entries(self, verify: bool = True) -> Iterator[Entry]:
         for entry, _ in self.walk(verify):

@@ -65,6 +65,7 @@ class RootFS:
         self.nodes: dict[str, Node] = {"": Node(DIR, 0o755)}
         self.children: dict[str, set[str]] = {"": set()}
         self._next_ino = 1
+        self._generation = 0   # bumped on every removal: invalidates resolved-parent caches
         self.nr_layers = 0
 
     # ------------------------------------------------------------- queries
@@ -102,6 +103,7 @@ class RootFS:
             self.children.setdefault(path, set())
 
     def _remove(self, path: str) -> None:
+        self._generation += 1
         node = self.nodes.pop(path)
         if node.kind == DIR:
             for name in self.children.pop(path, ()):
@@ -198,6 +200,8 @@ class RootFS:
         if layer is None:
             layer = self.nr_layers
         added: set[str] = set()
+        resolved: dict[str, str] = {}     # parent as written -> parent as resolved
+        generation = self._generation
         for index, e in enumerate(entries):
             kind = e.kind
             parent, _, base = e.path.rpartition("/")
@@ -219,7 +223,13 @@ class RootFS:
                 root.mode, root.uid, root.gid, root.mtime = e.mode, e.uid, e.gid, e.mtime
                 root.xattrs = dict(e.xattrs)
                 continue
-            d = self._resolve_dir(parent, blob, f"entry {e.path!r}", layer, added, create=True)
+            if generation != self._generation:
+                resolved.clear()
+                generation = self._generation
+            d = resolved.get(parent)
+            if d is None:
+                d = self._resolve_dir(parent, blob, f"entry {e.path!r}", layer, added, create=True)
+                resolved[parent] = d
             path = f"{d}/{base}" if d else base
             existing = self.nodes.get(path)
             if kind == HARDLINK:

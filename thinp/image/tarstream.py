@@ -27,6 +27,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
@@ -152,12 +153,19 @@ def open_blob(raw: BinaryIO, name: str, *, max_ratio: float = DEFAULT_MAX_RATIO,
 
 
 class HashingInput:
-    """Chunked reader over the uncompressed tar that hashes every byte once."""
+    """Chunked reader over the uncompressed tar that hashes every byte once.
 
-    def __init__(self, raw: BinaryIO, name: str, hash_data: bool = True):
+    With ``hash_data=False`` and a seekable ``raw`` whose size is known
+    (``size_bytes``), skipped entry data is seeked over, as ``tar -t`` does.
+    """
+
+    def __init__(self, raw: BinaryIO, name: str, hash_data: bool = True,
+                 size_bytes: int | None = None):
         self.raw = raw
         self.name = name
         self.hasher = hashlib.sha256() if hash_data else None
+        self.seek_ok = not hash_data and size_bytes is not None
+        self.size_bytes = size_bytes
         self.buf = b""
         self.pos = 0
         self.nr_bytes = 0   # bytes consumed from raw so far
@@ -198,6 +206,19 @@ class HashingInput:
         return out
 
     def skip(self, n: int, what: str) -> None:
+        avail = len(self.buf) - self.pos
+        if n <= avail:
+            self.pos += n
+            return
+        if self.seek_ok and n - avail > CHUNK_BYTES:
+            jump = n - avail
+            if self.nr_bytes + jump > self.size_bytes:
+                raise ImageFormatError(
+                    f"{self.name}: truncated tar: {what} declares {n} bytes, more than the file has")
+            self.raw.seek(jump, os.SEEK_CUR)
+            self.nr_bytes += jump
+            self.buf, self.pos = b"", 0
+            return
         while n > 0:
             avail = len(self.buf) - self.pos
             if avail == 0:
@@ -217,6 +238,9 @@ class HashingInput:
 
     def hexdigest(self) -> str:
         return self.hasher.hexdigest()
+
+    def close(self) -> None:
+        pass
 
 
 class DataStream(io.RawIOBase):
@@ -282,8 +306,6 @@ class TarHeader:
     linkname: str = ""        # symlink target verbatim; hardlink target normalised
     devmajor: int = 0
     devminor: int = 0
-    uname: str = ""
-    gname: str = ""
     xattrs: dict = field(default_factory=dict)   # name -> bytes
 
 
@@ -293,6 +315,13 @@ def normalize_member_name(raw: str, blob: str, what: str = "entry") -> str:
         raise ImageFormatError(f"{blob}: {what} name {raw!r} contains NUL")
     if raw.startswith("/"):
         raise ImageFormatError(f"{blob}: {what} {raw!r} has an absolute path")
+    if raw.startswith("./"):
+        raw = raw[2:]
+    core = raw.rstrip("/")
+    if core and core[0] != "/" and "//" not in core and "/./" not in core and "/../" not in core \
+            and not core.startswith(("./", "../")) and not core.endswith(("/.", "/..")) \
+            and core not in (".", ".."):
+        return core
     parts = []
     for part in raw.split("/"):
         if part in ("", "."):
@@ -304,6 +333,18 @@ def normalize_member_name(raw: str, blob: str, what: str = "entry") -> str:
 
 
 def _num(field_bytes: bytes, blob: str, what: str) -> int:
+    if not field_bytes[0] & 0x80:
+        try:
+            value = int(field_bytes.strip(b" \x00") or b"0", 8)
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+        return _num_slow(field_bytes, blob, what)
+    return _num_slow(field_bytes, blob, what)
+
+
+def _num_slow(field_bytes: bytes, blob: str, what: str) -> int:
     if field_bytes and field_bytes[0] & 0x80:   # base-256
         value = int.from_bytes(field_bytes[1:], "big")
         if field_bytes[0] == 0xFF:
@@ -312,10 +353,18 @@ def _num(field_bytes: bytes, blob: str, what: str) -> int:
     s = field_bytes.split(b"\x00", 1)[0].strip(b" ")
     if not s:
         return 0
+    if not s.isdigit():
+        raise ImageFormatError(f"{blob}: bad octal {what} {s!r} in tar header")
     try:
         return int(s, 8)
     except ValueError:
         raise ImageFormatError(f"{blob}: bad octal {what} {s!r} in tar header") from None
+
+
+def _bytesum(b: bytes) -> int:
+    """Sum of 512 bytes.  adler32's low half is 1 + sum mod 65521, and 256
+    bytes sum to at most 65280, so two halves give the exact sum, fast."""
+    return (zlib.adler32(b[:256]) & 0xFFFF) + (zlib.adler32(b[256:]) & 0xFFFF) - 2
 
 
 def _str(field_bytes: bytes) -> str:
@@ -393,7 +442,7 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
             stream = None
         if len(inp.buf) - inp.pos < BLOCK and not inp._fill() and len(inp.buf) == inp.pos:
             raise ImageFormatError(f"{blob}: truncated tar: no end-of-archive marker after {index} entries")
-        hdr = inp.read_exact(BLOCK, f"header of entry {index}")
+        hdr = inp.read_exact(BLOCK, "a header")
         if hdr.count(0) == BLOCK:
             # End of archive.  A second zero block normally follows; the
             # rest (record padding) is drained for the digest.
@@ -402,7 +451,7 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
             inp.drain()
             return
         stored = _num(hdr[148:156], blob, "checksum")
-        unsigned = sum(hdr[:148]) + 256 + sum(hdr[156:])
+        unsigned = _bytesum(hdr) - sum(hdr[148:156]) + 256
         if stored != unsigned:
             signed = sum(b - 256 if b > 127 else b for b in hdr[:148]) + 256 + \
                 sum(b - 256 if b > 127 else b for b in hdr[156:])
@@ -445,19 +494,22 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
             linkname = longlink.decode("utf-8", "surrogateescape")
         elif "linkpath" in ext:
             linkname = ext["linkpath"].decode("utf-8", "surrogateescape")
-        else:
+        elif typeflag == b"1" or typeflag == b"2":
             linkname = _str(hdr[157:257])
+        else:
+            linkname = ""
         if "size" in ext:
             size = _pax_int(ext["size"], blob, "size")
-        if any(k.startswith("GNU.sparse") for k in ext):
+        if ext and any(k.startswith("GNU.sparse") for k in ext):
             raise ImageFormatError(f"{blob}: sparse tar entries are not supported ({raw_name!r})")
         uid = _pax_int(ext["uid"], blob, "uid") if "uid" in ext else _num(hdr[108:116], blob, "uid")
         gid = _pax_int(ext["gid"], blob, "gid") if "gid" in ext else _num(hdr[116:124], blob, "gid")
         mtime = _pax_float(ext["mtime"], blob, "mtime") if "mtime" in ext else _num(hdr[136:148], blob, "mtime")
         xattrs = {}
-        for k, v in ext.items():
-            if k.startswith("SCHILY.xattr."):
-                xattrs[k[len("SCHILY.xattr."):]] = v
+        if ext:
+            for k, v in ext.items():
+                if k.startswith("SCHILY.xattr."):
+                    xattrs[k[len("SCHILY.xattr."):]] = v
         if not raw_name:
             raise ImageFormatError(f"{blob}: entry {index} has an empty name")
         name = normalize_member_name(raw_name, blob)
@@ -478,8 +530,6 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
             linkname=linkname if kind in (SYMLINK, HARDLINK) else "",
             devmajor=_num(hdr[329:337], blob, "devmajor") if kind in (CHAR, BLOCKDEV) else 0,
             devminor=_num(hdr[337:345], blob, "devminor") if kind in (CHAR, BLOCKDEV) else 0,
-            uname=ext["uname"].decode("utf-8", "replace") if "uname" in ext else _str(hdr[265:297]),
-            gname=ext["gname"].decode("utf-8", "replace") if "gname" in ext else _str(hdr[297:329]),
             xattrs=xattrs,
         )
         pax = {}
@@ -491,11 +541,11 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
             stream._finish()
             pad = -size % BLOCK
             if pad:
-                inp.skip(pad, f"padding of {name!r}")
+                inp.skip(pad, "padding")
             stream = None
         else:
             # Non-file members may still declare data (e.g. hardlinks in some
             # writers); skip it rather than misparse it as headers.
             if size:
-                inp.skip(size + (-size % BLOCK), f"data of {name!r}")
+                inp.skip(size + (-size % BLOCK), "data of a non-file entry")
             yield th, None
