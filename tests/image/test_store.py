@@ -133,3 +133,24 @@ def test_store_root_ingests_layers(tmp_path):
     assert img.rootfs().paths() == ["a", "a/baz", "b", "b/bar"]
     s.rmi(img.id)
     assert list((tmp_path / "root" / "layers").iterdir()) == []
+
+
+def test_df_export_import_shares_nothing(tmp_path):
+    """save/load shares layers between images; export/import does not."""
+    s = ImageStore()
+    [dive] = s.load(fixture_path("images", "test-docker-image.tar"))
+    child = s.add(commit(dive, make_tar([("new", "f", b"n" * 100)]), created="2024-01-01T00:00:00Z"),
+                  tags=["child:1"])
+    df = s.df()
+    assert df["images"][child.id] == {"size": dive.size + 100, "shared_size": dive.size,
+                                      "unique_size": 100}
+    assert df["layers_bytes"] == dive.size + 100
+    flat = tmp_path / "flat.tar"
+    child.export(flat)
+    from thinp.image import import_
+    imported = s.add(import_(flat, created="2024-01-01T00:00:00Z"), tags=["flat:1"])
+    df2 = s.df()
+    assert df2["images"][imported.id]["shared_size"] == 0
+    # the flat copy stores the merged content again: no layer is shared
+    assert df2["images"][imported.id]["unique_size"] == child.rootfs().content_bytes
+    assert df2["layers_bytes"] == df["layers_bytes"] + child.rootfs().content_bytes

@@ -205,6 +205,33 @@ class ImageStore:
                         except FileNotFoundError:
                             pass
 
+    # ------------------------------------------------------------- disk use
+    def df(self) -> dict:
+        """Layer sharing, as ``docker system df -v``: bytes are layer content bytes.
+
+        Returns ``{"layers_bytes": total over distinct layers (by ChainID),
+        "images": {image_id: {"size", "shared_size", "unique_size"}}}``;
+        a layer is shared when more than one image uses it.
+        """
+        users: dict[str, int] = {}
+        for img in self.images.values():
+            for cid in set(l.chain_id for l in img.layers):
+                users[cid] = users.get(cid, 0) + 1
+        sizes: dict[str, int] = {}
+        for img in self.images.values():
+            for layer in img.layers:
+                if layer.size is None:
+                    layer.scan()
+                sizes[layer.chain_id] = layer.size
+        per_image = {}
+        for image_id, img in self.images.items():
+            cids = set(l.chain_id for l in img.layers)
+            shared = sum(sizes[c] for c in cids if users[c] > 1)
+            unique = sum(sizes[c] for c in cids if users[c] == 1)
+            per_image[image_id] = {"size": shared + unique, "shared_size": shared,
+                                   "unique_size": unique}
+        return {"layers_bytes": sum(sizes.values()), "images": per_image}
+
     # ------------------------------------------------------------- load / save
     def load(self, path, **kw) -> list[Image]:
         """Load an archive; all or nothing.  With a ``root``, layer blobs are
