@@ -273,3 +273,71 @@ def test_fuzz_mutated_outer_archive(mutations):
             pass
     finally:
         os.unlink(path)
+
+
+# JSON documents (manifest.json, configs, index.json, manifests) with random
+# values swapped for values of the wrong type or hostile paths.
+_JSON_VALUES = [None, 1, -1, "x", "", [], {}, True, 1.5, ["x"], {"a": 1}, "sha256:" + "0" * 64,
+                "../../etc/passwd", "/abs", "blobs/sha256/../../x"]
+
+
+def _mutate_json(obj, rnd):
+    import copy
+    obj = copy.deepcopy(obj)
+    nodes = []
+
+    def walk(o):
+        if isinstance(o, dict):
+            for k in o:
+                nodes.append((o, k))
+                walk(o[k])
+        elif isinstance(o, list):
+            for i in range(len(o)):
+                nodes.append((o, i))
+                walk(o[i])
+    walk(obj)
+    if not nodes:
+        return rnd.choice(_JSON_VALUES)
+    for _ in range(rnd.randint(1, 2)):
+        c, k = rnd.choice(nodes)
+        c[k] = rnd.choice(_JSON_VALUES)
+    return obj
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["legacy-manifest", "legacy-config", "oci-index", "oci-manifest"]),
+       st.randoms(use_true_random=False))
+def test_fuzz_json_documents(kind, rnd):
+    import json
+    from .builders import OCILayout
+    layer = make_tar([("a", "f", b"a"), ("d/", "d")])
+    if kind.startswith("legacy"):
+        cfg = json.loads(config_for([sha(layer)]))
+        if kind == "legacy-config":
+            cfg = _mutate_json(cfg, rnd)
+        man = [{"Config": "config.json", "RepoTags": ["a:1"], "Layers": ["l/layer.tar"]}]
+        if kind == "legacy-manifest":
+            man = _mutate_json(man, rnd)
+        files = {"l/layer.tar": layer, "config.json": json.dumps(cfg).encode(),
+                 "manifest.json": json.dumps(man).encode()}
+    else:
+        o = OCILayout()
+        d = o.image([layer])
+        if kind == "oci-manifest":
+            m = _mutate_json(json.loads(o.blobs[d["digest"]]), rnd)
+            d = {"mediaType": d["mediaType"], **o.blob(json.dumps(m).encode())}
+        o.tag(d, "docker.io/library/x:1")
+        files = o.files()
+        if kind == "oci-index":
+            files["index.json"] = json.dumps(_mutate_json(json.loads(files["index.json"]), rnd)).encode()
+    fd, path = tempfile.mkstemp(suffix=".tar")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(tar_of(files))
+        try:
+            for img in load(path):
+                img.rootfs()
+        except ImageFormatError:
+            pass
+    finally:
+        os.unlink(path)

@@ -275,6 +275,8 @@ def _read_verified(arch: _Archive, desc: dict, what: str) -> bytes:
 
 def _parse_tags(tags, where: str) -> list[str]:
     out = []
+    if tags is not None and not isinstance(tags, list):
+        raise ImageFormatError(f"{where}: RepoTags {tags!r} is not a list")
     for t in tags or []:
         if not isinstance(t, str):
             raise ImageFormatError(f"{where}: tag {t!r} is not a string")
