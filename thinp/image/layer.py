@@ -72,6 +72,10 @@ class Entry:
 
     @classmethod
     def _from_header(cls, h: ts.TarHeader, blob: str) -> "Entry | None":
+        if h.name.startswith(META_PREFIX) and h.name != OPAQUE_MARKER:
+            # AUFS bookkeeping at the root (.wh..wh.plnk/..., .wh..wh.aufs): skipped
+            # like Docker's applyLayer.  (Hardlinks into .wh..wh.plnk are not resolved.)
+            return None
         base = h.name.rsplit("/", 1)[-1]
         if base.startswith(WHITEOUT_PREFIX):
             parent = h.name[: len(h.name) - len(base)].rstrip("/")
