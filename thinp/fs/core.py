@@ -63,7 +63,7 @@ class StatResult(NamedTuple):
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime", "mtime", "ctime", "rdev",
                  "target", "xattrs", "extents", "stamps", "entries", "parent", "dir_bytes",
-                 "meta_blocks", "loc", "zone", "nr_data_blocks")
+                 "meta_blocks", "loc", "zone", "nr_data_blocks", "delayed", "pending")
 
     def __init__(self, ino: int, mode: int, uid: int = 0, gid: int = 0):
         self.ino = ino
@@ -86,6 +86,8 @@ class Inode:
         self.loc = 0          # fs block holding the on-disk inode
         self.zone = 0         # block group (ext4) or AG (xfs) of the inode
         self.nr_data_blocks = 0
+        self.delayed = None   # delayed allocation: sorted [begin, end) logical block ranges
+        self.pending = None   # payload of delayed blocks: lblk -> bytearray(4096)
 
     @property
     def is_dir(self) -> bool:
@@ -138,6 +140,8 @@ class Filesystem:
         self._dirty: set[int] = set()
         self._pending_discard: list[tuple[int, int]] = []
         self._xattr_blocks: set[int] = set()
+        self._delayed_inodes: dict[int, Inode] = {}   # insertion order = writeback order
+        self._delayed_total = 0
         self.discard_mount = discard_mount
         self.journal_enabled = journal
         self.payload = bool(device.payload)
@@ -322,6 +326,8 @@ class Filesystem:
     # -- namespace changes --------------------------------------------------
     def _touch_inode(self, node: Inode) -> None:
         self._dirty.add(node.loc)
+        if len(self._dirty) >= self.commit_blocks:
+            self.commit()
 
     def _dir_add(self, parent: Inode, name: str, ino: int) -> None:
         parent.entries[name] = ino
@@ -442,6 +448,7 @@ class Filesystem:
             self._release(node)
 
     def _release(self, node: Inode) -> None:
+        self._drop_delayed(node, 0)
         self._truncate_blocks(node, 0)
         for b in node.meta_blocks:
             self._free_run(b, 1)
@@ -590,7 +597,8 @@ class Filesystem:
 
     def _stat(self, node: Inode) -> StatResult:
         size = self._dir_size(node) if node.is_dir else node.size
-        blocks = (node.nr_data_blocks + len(node.meta_blocks)) * (BLOCK // 512)
+        delayed = sum(r1 - r0 for r0, r1 in node.delayed) if node.delayed else 0
+        blocks = (node.nr_data_blocks + delayed + len(node.meta_blocks)) * (BLOCK // 512)
         return StatResult(node.mode, node.ino, 0, node.nlink, node.uid, node.gid, size,
                           node.atime, node.mtime, node.ctime, blocks, node.rdev)
 
@@ -670,20 +678,22 @@ class Filesystem:
             return 0
         end = offset + length
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
-        old_size = node.size
-        # allocate the holes in [b0, b1)
-        self._ensure_blocks(node, b0, b1, max(end, old_size))
+        self._delay(node, b0, b1)
         if end > node.size:
             node.size = end
-        # content
         if self.payload:
-            pos = 0
+            pend = node.pending
+            for lo_b, hi_b in self._delayed_in(node, b0, b1):
+                for b in range(lo_b, hi_b):
+                    page = pend.get(b)
+                    if page is None:
+                        page = pend[b] = bytearray(BLOCK)
+                    lo, hi = max(offset, b * BLOCK), min(end, (b + 1) * BLOCK)
+                    page[lo - b * BLOCK:hi - b * BLOCK] = buf[lo - offset:hi - offset]
             for lblk, pblk, n in self._map_range(node, b0, b1):
                 lo = max(offset, lblk * BLOCK)
                 hi = min(end, (lblk + n) * BLOCK)
-                dev_off = pblk * BLOCK + (lo - lblk * BLOCK)
-                self.device.write(dev_off, buf[lo - offset:hi - offset])
-                pos += hi - lo
+                self.device.write(pblk * BLOCK + (lo - lblk * BLOCK), buf[lo - offset:hi - offset])
         else:
             st = self._stamps(node, b1)
             if buf is not None:
@@ -706,7 +716,126 @@ class Filesystem:
         self.counters["data_blocks_written"] += b1 - b0
         node.mtime = node.ctime = _time.time()
         self._touch_inode(node)
+        if self._delayed_total >= self.writeback_blocks:
+            self.writeback()
+        self._maybe_commit()
         return length
+
+    #: delayed blocks that trigger writeback (the dirty-page limit)
+    writeback_blocks = 65536
+
+    def _free_blocks(self) -> int:
+        return self.nr_blocks - int(self.zone_used.sum()) - self._delayed_total
+
+    def _delay(self, node: Inode, b0: int, b1: int) -> None:
+        """Reserve the unmapped, not yet delayed blocks of [b0, b1) for delayed allocation."""
+        holes = self._holes(node, b0, b1) if node.extents else [(b0, b1)]
+        if not holes:
+            return
+        d = node.delayed
+        new = []
+        for h0, h1 in holes:
+            if d:
+                cur = h0
+                for r0, r1 in d:
+                    if r1 <= cur or r0 >= h1:
+                        continue
+                    if r0 > cur:
+                        new.append((cur, r0))
+                    cur = max(cur, r1)
+                if cur < h1:
+                    new.append((cur, h1))
+            else:
+                new.append((h0, h1))
+        n = sum(h1 - h0 for h0, h1 in new)
+        if not n:
+            return
+        if n > self._free_blocks() - self._reserved_blocks():
+            if self._delayed_total:
+                self.writeback()
+            if n > self._free_blocks() - self._reserved_blocks():
+                raise _err(errno.ENOSPC, "")
+        if d is None:
+            d = node.delayed = []
+            if self.payload:
+                node.pending = {}
+        d.extend(new)
+        d.sort()
+        merged = [list(d[0])]
+        for r0, r1 in d[1:]:
+            if r0 <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], r1)
+            else:
+                merged.append([r0, r1])
+        node.delayed = [tuple(r) for r in merged]
+        self._delayed_total += n
+        self._delayed_inodes.setdefault(node.ino, node)
+
+    def _reserved_blocks(self) -> int:
+        """Blocks kept back for metadata (directory, extent-tree blocks)."""
+        return 64
+
+    def _delayed_in(self, node: Inode, b0: int, b1: int):
+        out = []
+        for r0, r1 in node.delayed or ():
+            lo, hi = max(b0, r0), min(b1, r1)
+            if lo < hi:
+                out.append((lo, hi))
+        return out
+
+    def _drop_delayed(self, node: Inode, keep: int) -> None:
+        """Forget delayed blocks at or beyond logical block ``keep``."""
+        if not node.delayed:
+            return
+        kept, dropped = [], 0
+        for r0, r1 in node.delayed:
+            if r1 <= keep:
+                kept.append((r0, r1))
+            elif r0 >= keep:
+                dropped += r1 - r0
+            else:
+                kept.append((r0, keep))
+                dropped += r1 - keep
+        self._delayed_total -= dropped
+        if node.pending:
+            for b in [b for b in node.pending if b >= keep]:
+                del node.pending[b]
+        if kept:
+            node.delayed = kept
+        else:
+            node.delayed = node.pending = None
+            self._delayed_inodes.pop(node.ino, None)
+
+    def _flush_inode(self, node: Inode) -> None:
+        ranges = node.delayed
+        if not ranges:
+            return
+        node.delayed = None
+        self._delayed_inodes.pop(node.ino, None)
+        n_total = sum(r1 - r0 for r0, r1 in ranges)
+        self._delayed_total -= n_total
+        for r0, r1 in ranges:
+            pieces = self._alloc_data(node, r0, r1 - r0, node.size)
+            lb = r0
+            for pblk, n in pieces:
+                self._add_extent(node, lb, pblk, n)
+                if self.payload:
+                    pend = node.pending
+                    for i in range(n):
+                        page = pend.get(lb + i)
+                        self.device.write((pblk + i) * BLOCK, bytes(page) if page is not None else bytes(BLOCK))
+                else:
+                    self.device.write(pblk * BLOCK, n * BLOCK)
+                lb += n
+            node.nr_data_blocks += r1 - r0
+        node.pending = None
+        self._extent_tree_layout(node)
+        self._touch_inode(node)
+
+    def writeback(self) -> None:
+        """Allocate and write every delayed block, in the order files were dirtied."""
+        for node in list(self._delayed_inodes.values()):
+            self._flush_inode(node)
 
     def _stamps(self, node: Inode, nblocks: int) -> np.ndarray:
         st = node.stamps
@@ -740,18 +869,6 @@ class Filesystem:
         if cur < b1:
             holes.append((cur, b1))
         return holes
-
-    def _ensure_blocks(self, node: Inode, b0: int, b1: int, new_size: int) -> None:
-        holes = self._holes(node, b0, b1) if node.extents else [(b0, b1)]
-        for h0, h1 in holes:
-            pieces = self._alloc_data(node, h0, h1 - h0, new_size)
-            lb = h0
-            for pblk, n in pieces:
-                self._add_extent(node, lb, pblk, n)
-                lb += n
-            node.nr_data_blocks += h1 - h0
-        if holes:
-            self._extent_tree_layout(node)
 
     def _add_extent(self, node: Inode, lblk: int, pblk: int, n: int) -> None:
         ex = node.extents
@@ -812,6 +929,10 @@ class Filesystem:
             lo = max(offset, lblk * BLOCK)
             hi = min(end, (lblk + n) * BLOCK)
             out[lo - offset:hi - offset] = self.device.read(pblk * BLOCK + (lo - lblk * BLOCK), hi - lo)
+        for b, page in (node.pending or {}).items():
+            if b0 <= b < b1:
+                lo, hi = max(offset, b * BLOCK), min(end, (b + 1) * BLOCK)
+                out[lo - offset:hi - offset] = page[lo - b * BLOCK:hi - b * BLOCK]
         return bytes(out)
 
     def content(self, path: str):
@@ -827,11 +948,16 @@ class Filesystem:
         return node.size, hashlib.blake2b(st.tobytes(), digest_size=16).hexdigest()
 
     def truncate(self, path: str, size: int) -> None:
-        node = self._file_for_write(path)
+        node = self._lookup(path)
+        if node.is_dir:
+            raise _err(errno.EISDIR, path)
+        if not node.is_reg:
+            raise _err(errno.EINVAL, path)
         if size < 0:
             raise _err(errno.EINVAL, path)
         if size < node.size:
             keep = (size + BLOCK - 1) // BLOCK
+            self._drop_delayed(node, keep)
             self._truncate_blocks(node, keep)
             if node.stamps is not None:
                 node.stamps[keep:] = 0
@@ -842,7 +968,10 @@ class Filesystem:
                         node.stamps[keep - 1] = _mix(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
             if self.payload and size % BLOCK:
                 m = self._map_range(node, size // BLOCK, size // BLOCK + 1)
-                if m:
+                page = (node.pending or {}).get(size // BLOCK)
+                if page is not None:
+                    page[size % BLOCK:] = bytes(BLOCK - size % BLOCK)
+                elif m:
                     _l, pblk, _n = m[0]
                     self.device.write(pblk * BLOCK + size % BLOCK, bytes(BLOCK - size % BLOCK))
         node.size = size
@@ -893,11 +1022,18 @@ class Filesystem:
     commit_blocks = 4096
 
     def sync(self) -> None:
+        """Write back delayed data, then commit."""
+        self.writeback()
+        self.commit()
+
+    def fsync(self, path: str) -> None:
+        node = self._lookup(path)
+        self._flush_inode(node)
         self.commit()
 
     def fstrim(self, minlen: int = 0) -> int:
         """Discard every free run of at least ``minlen`` bytes; returns bytes trimmed."""
-        self.commit()
+        self.sync()
         min_blocks = max(1, (minlen + BLOCK - 1) // BLOCK)
         total = 0
         for z in range(self.nr_zones):
@@ -912,7 +1048,7 @@ class Filesystem:
         return total * BLOCK
 
     def umount(self) -> None:
-        self.commit()
+        self.sync()
         self._on_umount()
         self.mounted = False
 
