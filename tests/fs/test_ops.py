@@ -203,6 +203,9 @@ def test_delalloc_merges_sequential_appends():
         _, fs = make(fstype, "1G")
         for i in range(64):
             fs.write("log", i * 65536, 65536)
+        assert fs.inodes[fs.stat("log").st_ino].extents == []      # nothing allocated yet
+        assert fs.stat("log").st_blocks == 1024 * 8
+        fs.sync()
         node = fs.inodes[fs.stat("log").st_ino]
         assert len(node.extents) == 1 and node.extents[0][2] == 1024
 
