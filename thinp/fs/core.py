@@ -232,9 +232,13 @@ class Filesystem:
             self._pending_discard.append((start, n))
 
     def statfs(self) -> dict:
-        used = int(self.bitmap.sum())
+        used = int(self.zone_used.sum()) - self._prealloc_blocks() + self._delayed_total
         return {"f_bsize": BLOCK, "f_blocks": self.nr_blocks, "f_bfree": self.nr_blocks - used,
                 "f_files": self.max_inodes, "f_ffree": self.max_inodes - len(self.inodes)}
+
+    def _prealloc_blocks(self) -> int:
+        """Blocks held in memory by preallocation windows (free on disk)."""
+        return 0
 
     # -- hooks a subclass provides ------------------------------------------
     max_inodes = 0

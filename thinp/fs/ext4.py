@@ -400,6 +400,9 @@ class Ext4(Filesystem):
         self._dirty_alloc(nxt, n)
         return [(nxt, n)]
 
+    def _prealloc_blocks(self) -> int:
+        return max(0, self._lg[1] - self._lg[0])
+
     def _prealloc_runs(self):
         nxt, end = self._lg
         return [(nxt, end - nxt)] if end > nxt else []
