@@ -1,0 +1,245 @@
+"""File operations, errno, content, discard: one body, both filesystems."""
+import errno
+import stat
+
+import numpy as np
+import pytest
+
+from thinp.blockdev import PlainDevice
+from thinp.errors import MetadataCorruptError
+from thinp.fs import mkfs
+
+FSTYPES = ["ext4", "xfs"]
+
+
+def make(fstype, size="1G", payload=False, **kw):
+    dev = PlainDevice(size, payload=payload)
+    return dev, mkfs(dev, fstype, **kw)
+
+
+def errno_of(fn, *a, **kw):
+    with pytest.raises(OSError) as e:
+        fn(*a, **kw)
+    return e.value.errno
+
+
+@pytest.fixture(params=FSTYPES)
+def fs(request):
+    return make(request.param)[1]
+
+
+@pytest.fixture(params=FSTYPES)
+def pfs(request):
+    return make(request.param, payload=True)[1]
+
+
+def test_posix_errors(fs):
+    fs.mkdir("d")
+    fs.create("d/f")
+    assert errno_of(fs.mkdir, "d") == errno.EEXIST
+    assert errno_of(fs.create, "d/f") == errno.EEXIST
+    assert errno_of(fs.stat, "nope") == errno.ENOENT
+    assert errno_of(fs.create, "nope/f") == errno.ENOENT
+    assert errno_of(fs.rmdir, "d") == errno.ENOTEMPTY
+    assert errno_of(fs.unlink, "d") == errno.EISDIR
+    assert errno_of(fs.write, "d", 0, 10) == errno.EISDIR
+    assert errno_of(fs.read, "d") == errno.EISDIR
+    assert errno_of(fs.rmdir, "d/f") == errno.ENOTDIR
+    assert errno_of(fs.create, "d/f/g") == errno.ENOTDIR
+    assert errno_of(fs.listdir, "d/f") == errno.ENOTDIR
+    assert errno_of(fs.link, "d", "d2") == errno.EPERM
+    assert errno_of(fs.rename, "d", "d/sub") == errno.EINVAL
+    assert errno_of(fs.getxattr, "d/f", "user.x") == errno.ENODATA
+    assert errno_of(fs.create, "x" * 256) == errno.ENAMETOOLONG
+    assert errno_of(fs.truncate, "missing", 0) == errno.ENOENT
+    fs.mkdir("e")
+    fs.create("e/x")
+    assert errno_of(fs.rename, "d/f", "e") == errno.EISDIR
+    assert errno_of(fs.rename, "e", "d/f") == errno.ENOTDIR
+    assert errno_of(fs.rename, "d", "e") == errno.ENOTEMPTY
+    fs.check()
+
+
+def test_namespace_and_links(fs):
+    fs.mkdir("a")
+    fs.mkdir("a/b")
+    fs.write("a/b/f", 0, 10000)
+    fs.link("a/b/f", "a/g")
+    assert fs.stat("a/g").st_nlink == 2 and fs.stat("a/g").st_ino == fs.stat("a/b/f").st_ino
+    assert fs.stat("a").st_nlink == 3
+    fs.symlink("b/f", "a/s")
+    assert fs.readlink("a/s") == "b/f"
+    assert fs.stat("a/s").st_size == 10000 and stat.S_ISLNK(fs.lstat("a/s").st_mode)
+    fs.mknod("a/wh", stat.S_IFCHR, 0)
+    st = fs.lstat("a/wh")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    fs.rename("a/b", "c")
+    assert fs.listdir("/") == ["a", "c", "lost+found"] if fs.fstype == "ext4" else ["a", "c"]
+    assert fs.stat("a").st_nlink == 2 and fs.stat("c/f").st_size == 10000
+    fs.unlink("c/f")
+    assert fs.stat("a/g").st_nlink == 1
+    walked = list(fs.walk("/"))
+    assert walked[0][0] == "/" and ("/a", [], ["g", "s", "wh"]) in walked
+    fs.chmod("a/g", 0o600)
+    fs.chown("a/g", 1000, 1001)
+    fs.utime("a/g", (1.0, 2.0))
+    st = fs.stat("a/g")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime) == (0o600, 1000, 1001, 2.0)
+    fs.setxattr("a", "trusted.overlay.opaque", b"y")
+    assert fs.getxattr("a", "trusted.overlay.opaque") == b"y"
+    assert fs.listxattr("a") == ["trusted.overlay.opaque"]
+    fs.check()
+
+
+def test_payload_bytes_exact(pfs):
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    pfs.write("f", 0, data)
+    pfs.write("f", 5000, b"HELLO")
+    want = bytearray(data)
+    want[5000:5005] = b"HELLO"
+    assert pfs.read("f") == bytes(want)
+    pfs.write("sparse", 1 << 20, b"tail")
+    assert pfs.read("sparse", (1 << 20) - 2, 6) == b"\0\0tail"
+    assert pfs.stat("sparse").st_blocks == 8      # only the one 4 KiB block is allocated
+    pfs.truncate("f", 4097)
+    assert pfs.read("f") == bytes(want[:4097])
+    pfs.truncate("f", 10000)
+    assert pfs.read("f") == bytes(want[:4097]) + bytes(10000 - 4097)
+    with pytest.raises(ValueError):
+        pfs.write("g", 0, 100)
+    pfs.umount()
+    pfs.check()
+
+
+def test_accounting_stamps(fs):
+    fs.write("a", 0, 3 * 4096, stamp=7)
+    fs.write("b", 0, 3 * 4096, stamp=7)
+    assert fs.content("a") == fs.content("b")
+    assert list(fs.read("a")) == [7, 7, 7]
+    fs.write("b", 4096 + 10, 20, stamp=8)       # partial overwrite changes one block's stamp
+    st = fs.read("b")
+    assert st[0] == 7 and st[2] == 7 and st[1] not in (7, 8)
+    assert fs.content("a") != fs.content("b")
+    fs.write("c", 0, b"\0" * 4096 + b"x" * 4096)  # bytes get content-addressed stamps
+    fs.write("d", 0, b"\0" * 4096 + b"x" * 4096)
+    assert fs.content("c") == fs.content("d") and fs.read("c")[0] == 0
+    assert fs.stat("a").st_size == 12288
+
+
+def test_cross_filesystem_equality_in_accounting_mode():
+    _, e = make("ext4")
+    _, x = make("xfs")
+    for f in (e, x):
+        f.mkdir("etc")
+        f.write("etc/passwd", 0, b"root:x:0:0::/root:/bin/sh\n" * 100)
+        f.write("big", 0, 1 << 20, stamp=99)
+    for p in ("etc/passwd", "big"):
+        assert e.content(p) == x.content(p)
+
+
+@pytest.mark.parametrize("fstype", FSTYPES)
+def test_rm_leaves_blocks_provisioned_until_fstrim(fstype):
+    dev, fs = make(fstype, "4G")
+    fs.umount()
+    base = dev.physical_bytes
+    fs.write("f", 0, 50 << 20)
+    fs.umount()
+    grown = dev.physical_bytes
+    assert grown >= base + (50 << 20) - 128 * 1024   # xfs reuses part of mkfs's zeroed head
+    fs.unlink("f")
+    fs.umount()
+    assert dev.physical_bytes == grown                  # no discard: still provisioned
+    trimmed = fs.fstrim()
+    assert trimmed >= 50 << 20
+    assert dev.physical_bytes <= base
+    fs.check()
+
+
+@pytest.mark.parametrize("fstype", FSTYPES)
+def test_mount_discard_passes_frees_down(fstype):
+    dev, fs = make(fstype, "4G", discard=True)
+    fs.umount()
+    base = dev.physical_bytes
+    fs.write("f", 0, 20 << 20)
+    fs.sync()
+    fs.unlink("f")
+    fs.sync()
+    assert dev.physical_bytes <= base + 64 * 1024
+    assert fs.counters["blocks_discarded"] >= (20 << 20) // 4096
+
+
+@pytest.mark.parametrize("fstype", FSTYPES)
+def test_enospc(fstype):
+    dev, fs = make(fstype, "64M")
+    with pytest.raises(OSError) as e:
+        fs.write("f", 0, 80 << 20)
+    assert e.value.errno == errno.ENOSPC
+
+
+def test_ext4_runs_out_of_inodes():
+    dev, fs = make("ext4", "64M", inode_ratio=1 << 20)   # 64 inodes
+    with pytest.raises(OSError) as e:
+        for i in range(100):
+            fs.create(f"f{i}")
+    assert e.value.errno == errno.ENOSPC
+    fs.check()
+
+
+def test_ext4_spreads_top_level_dirs_and_keeps_files_near():
+    _, fs = make("ext4", "10G")
+    groups = {fs.inodes[fs.mkdir(f"top{i}")].zone // 16 for i in range(10)}
+    assert len(groups) >= 3                       # Orlov spreads them over the fs's 5 flex groups
+    d = fs.inodes[fs.mkdir("top0/sub")]
+    assert d.zone // 16 == fs.inodes[fs.stat("top0").st_ino].zone // 16
+    fs.write("top0/sub/big", 0, 1 << 20)
+    fs.sync()
+    node = fs.inodes[fs.stat("top0/sub/big").st_ino]
+    assert node.extents[0][1] // 32768 == (node.zone & ~15) + 1   # data in flex group's 2nd group
+
+
+def test_delalloc_merges_sequential_appends():
+    for fstype in FSTYPES:
+        _, fs = make(fstype, "1G")
+        for i in range(64):
+            fs.write("log", i * 65536, 65536)
+        assert fs.inodes[fs.stat("log").st_ino].extents == []      # nothing allocated yet
+        assert fs.stat("log").st_blocks == 1024 * 8
+        fs.sync()
+        node = fs.inodes[fs.stat("log").st_ino]
+        assert len(node.extents) == 1 and node.extents[0][2] == 1024
+
+
+def test_xfs_rotates_directories_across_ags():
+    _, fs = make("xfs", "10G")
+    ags = [fs.inodes[fs.mkdir(f"d{i}")].zone for i in range(8)]
+    assert ags == [1, 2, 3, 0, 1, 2, 3, 0]
+    f = fs.inodes[fs.create("d1/x")]
+    assert f.zone == ags[1]
+
+
+def test_metadata_goes_through_the_journal():
+    dev, fs = make("ext4", "1G")
+    j0 = fs.counters["journal_blocks_written"]
+    fs.mkdir("a")
+    fs.sync()
+    assert fs.counters["journal_blocks_written"] > j0
+    dev, fs = make("ext4", "1G", journal=False)
+    fs.mkdir("a")
+    fs.sync()
+    assert fs.counters["journal_blocks_written"] == 0 and fs.counters["metadata_blocks_written"] > 0
+
+
+def test_check_detects_corruption():
+    _, fs = make("ext4", "1G")
+    fs.write("f", 0, 8192)
+    fs.sync()
+    fs.check()
+    node = fs.inodes[fs.stat("f").st_ino]
+    fs.bitmap[node.extents[0][1]] = 0
+    with pytest.raises(MetadataCorruptError, match="owned but marked free"):
+        fs.check()
+    fs.bitmap[node.extents[0][1]] = 1
+    node.nlink = 5
+    with pytest.raises(MetadataCorruptError, match="nlink"):
+        fs.check()
