@@ -446,6 +446,13 @@ class ThinPool:
         self._check_writable()
         dev_id = self._check_id(dev_id)
         s = self._slot(dev_id)
+        # Queued requests name device slots: deleting the device under them
+        # would run them later against a free slot, or a new device reusing
+        # it.  dm-thin refuses to delete an open device (EBUSY).
+        waiting = sum(int(np.count_nonzero(q[0][q[4]:] == s)) for q in self._queue)
+        if waiting:
+            raise errors.PoolBusyError(f"thin device {dev_id} has {waiting} requests queued for data space; "
+                                       "grow the pool (resize_data) before deleting it")
         md = self._md
         dv = md.dv
         root = int(dv.root[s])
