@@ -46,3 +46,25 @@ def test_delete_refuses_a_device_with_queued_io(tmp_path):
     assert pool.devices() == [0, 2]
     assert pool.status().used_data_blocks == 2
     pool.close()
+
+
+@pytest.mark.parametrize("payload", [True, False])
+def test_a_read_only_pool_reads_and_replays_reads_without_touching_its_files(tmp_path, payload):
+    """Read-only opens used to map the files PROT_READ; the kernels are
+    compiled for writable arrays, so every read died in numba's typing."""
+    import hashlib
+
+    pool = mk(tmp_path, payload=payload)
+    pool.create_thin(0, MiB).write(BS - 2, b"edge" if payload else 4)
+    pool.close()
+    files = [tmp_path / "pool" / n for n in ("metadata", "data")]
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    ro = ThinPool.open(tmp_path / "pool", read_only=True)
+    assert ro.device(0).read(BS - 2, 4) == (b"edge" if payload else bytes(4))
+    trace = thinp.make_trace(2)
+    trace[0] = (0, thinp.READ, 0, 2 * BS)
+    trace[1] = (0, thinp.READ, 3 * BS, 10)
+    res = ro.replay(trace)
+    assert res.counters["nr_block_reads"] == 3 and res.counters["nr_unmapped_reads"] == 1
+    ro.close()
+    assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] == digests
