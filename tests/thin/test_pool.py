@@ -625,3 +625,20 @@ def test_a_read_only_pool_reads_and_replays_reads_without_touching_its_files(tmp
     assert res.counters["nr_block_reads"] == 3 and res.counters["nr_unmapped_reads"] == 1
     ro.close()
     assert [hashlib.sha256(f.read_bytes()).hexdigest() for f in files] == digests
+
+
+def test_a_read_only_pool_reads_past_its_commit_interval(tmp_path):
+    """The kernel asks for a commit every ``commit_interval`` requests, reads
+    included; a read-only pool used to answer with commit(), which raised
+    ReadOnlyPoolError from the third read on."""
+    pool = mk(tmp_path, commit_interval=2, payload=True)
+    pool.create_thin(0, MiB).write(0, b"abc")
+    pool.close()
+    ro = ThinPool.open(tmp_path / "pool", read_only=True)
+    assert ro.commit_interval == 2
+    for _ in range(5):
+        assert ro.device(0).read(0, 3) == b"abc"
+    trace = thinp.make_trace(5)
+    trace["length"] = 1
+    assert ro.replay(trace).counters["nr_block_reads"] == 5
+    ro.close()

@@ -716,7 +716,12 @@ class ThinPool:
                 return None
             start, start_vb = int(out[1]), int(out[2])
             if r == TK.R_NEED_COMMIT:
-                self.commit()
+                if self.read_only:
+                    # only reads run here, so only the commit interval can
+                    # ask, and a read-only pool has nothing to commit
+                    md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+                else:
+                    self.commit()
                 continue
             if r == TK.R_NO_DATA:
                 return start, start_vb
