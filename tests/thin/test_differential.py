@@ -41,8 +41,15 @@ from tests.reference.thin_model import COUNTERS, ModelError, ThinModel
 BS = 64 * 1024
 SECTOR = 512
 IDS = st.one_of(st.integers(0, 9), st.just((1 << 24) - 1))
-#: device sizes: 1-8 MiB, any multiple of 512 (so the last block may be partial)
-SIZES = st.integers(2048, 16384).map(lambda s: s * SECTOR)
+#: device sizes: mostly 1-8 MiB (one leaf), any multiple of 512 so the last
+#: block may be partial; sometimes big enough for a two- or three-level tree
+#: (a leaf maps 512 blocks, 32 MiB)
+SIZES = st.one_of(
+    st.integers(2048, 16384).map(lambda s: s * SECTOR),
+    st.integers(2048, 16384).map(lambda s: s * SECTOR),
+    st.integers(2048, 16384).map(lambda s: s * SECTOR),
+    st.sampled_from([32 * 1024 * 1024 + 512, 100 * 1024 * 1024, 20 << 30]),
+)
 MAX_DEVICES = 10
 
 ERROR_CLASSES = {
@@ -341,6 +348,10 @@ class PoolMachine(RuleBasedStateMachine):
                 st_ro = ro.status()
                 assert st_ro.mode == "ro"
                 self.check_devices(ro)
+                for dev_id, mdev in sorted(self.model.devices.items()):
+                    for vb in sorted(mdev.map)[:2]:
+                        ln = min(BS, mdev.size - vb * BS)
+                        assert ro.device(dev_id).read(vb * BS, ln) == self.model.contents(dev_id, vb * BS, ln)
                 with pytest.raises(errors.ReadOnlyPoolError):
                     ro.commit()
                 if self.model.devices:
