@@ -642,3 +642,46 @@ def test_a_read_only_pool_reads_past_its_commit_interval(tmp_path):
     trace["length"] = 1
     assert ro.replay(trace).counters["nr_block_reads"] == 5
     ro.close()
+
+
+def test_discard_passdown_punches_freed_blocks_out_of_the_data_file(tmp_path):
+    import os
+
+    for passdown in (True, False):
+        pool = mk(tmp_path, f"p{passdown}", data_size=8 * BS, payload=True, discard_passdown=passdown)
+        dev = pool.create_thin(0, MiB)
+        dev.write(0, b"x" * (4 * BS))
+        pool.create_snap(1, 0)
+        dev.discard(0, 4 * BS)  # the snapshot keeps all four blocks
+        dev.write(0, b"y" * BS)  # a new block, exclusive to device 0
+        dev.discard(0, BS)
+        s = pool.status()
+        assert (s.nr_discarded, s.nr_freed) == (5, 1)
+        assert s.nr_passdown == (1 if passdown else 0)
+        fd = os.open(tmp_path / f"p{passdown}" / "data", os.O_RDONLY)
+        try:
+            allocated = os.fstat(fd).st_blocks * 512
+        finally:
+            os.close(fd)
+        assert allocated == (4 if passdown else 5) * BS
+        assert pool.device(1).read(0, 4 * BS) == b"x" * (4 * BS)
+        pool.close()
+
+
+def test_resize_past_a_space_map_page(tmp_path):
+    """A space-map page holds 1020 counts; growing past it moves the data
+    space map, and the pool must reopen with every count intact."""
+    pool = mk(tmp_path, data_size=1000 * BS, payload=True)
+    a = pool.create_thin(0, "1GiB")
+    a.write(0, b"x" * (1000 * BS))
+    pool.create_snap(1, 0)
+    assert a.write(5, b"y").nr_queued == 1
+    pool.resize_data(3000 * BS)
+    assert pool.nr_queued == 0 and str(pool.status()).split()[2] == "1001/3000"
+    a.write(2000 * BS, b"z" * BS)
+    pool.close()
+    pool = ThinPool.open(tmp_path / "pool")
+    assert str(pool.status()).split()[2] == "1002/3000"
+    assert pool.device(0).read(0, 8) == b"xxxxxyxx" and pool.device(1).read(0, 8) == b"x" * 8
+    assert pool.device(0).read(2000 * BS, 2) == b"zz"
+    pool.close()
