@@ -59,7 +59,7 @@ def _lvs_table(pool):
 
     from .units import format_size
 
-    st = pool.status()
+    st = pool.status(observer=True)
     t = Table(title=f"thin pool {pool.path}", title_justify="left")
     for col in ("LV", "LSize", "Data%", "Meta%", "Mapped", "Highest"):
         t.add_column(col, justify="left" if col == "LV" else "right")
@@ -78,7 +78,7 @@ def _cmd_pool_status(args) -> int:
     from .thin import ThinPool
 
     with ThinPool.open(args.dir, read_only=True, check_trees=False) as pool:
-        print(pool.status())
+        print(pool.status(observer=True))
         if not args.line:
             _console().print(_lvs_table(pool))
     return 0

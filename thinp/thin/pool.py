@@ -804,11 +804,15 @@ class ThinPool:
         self._drain_queue()
 
     # --------------------------------------------------------------- status
-    def status(self) -> PoolStatus:
+    def status(self, *, observer: bool = False) -> PoolStatus:
+        """The pool's status.  A pool opened read-only reports ``ro``, as a dm
+        pool with the ``read_only`` feature does; ``observer=True`` reports
+        the mode the pool itself is in (what ``thinp pool status`` shows
+        after opening read-only just to look)."""
         self._check_open()
         md = self._md
         sp, sb = md.sp, md.sb
-        if self._failed or (sb.flags & FLAG_NEEDS_CHECK):
+        if self._failed or (sb.flags & FLAG_NEEDS_CHECK) or (self.read_only and not observer):
             mode = "ro"
         elif sp.scal[TK.S_OODS] or self._queue:
             mode = "out_of_data_space"
