@@ -252,3 +252,18 @@ def test_export_is_flat_and_has_no_whiteouts(dive, tmp_path):
     # exported contents are the top layer's bytes
     with tarfile.open(out) as tf:
         assert tf.extractfile("root/saved.txt").read() == dive.layers[13].read_file("root/saved.txt")
+
+
+def test_dive_history_matches_its_dockerfile(dive):
+    """Each RUN/ADD step of Dockerfile.test-image is a history entry, in order."""
+    lines = [l.strip() for l in fixture_path("images", "Dockerfile.test-image").read_text().splitlines()
+             if l.strip() and not l.startswith("FROM")]
+    created_by = [h.get("created_by", "") for h in dive.history_entries][2:]   # after busybox's 2
+    assert len(created_by) == len(lines) == 13
+    for line, cb in zip(lines, created_by):
+        instr, _, args = line.partition(" ")
+        if instr == "RUN":
+            assert cb == f"/bin/sh -c {args}"
+        else:   # ADD src dst -> "#(nop) ADD file:<hash> in <dst>"
+            assert cb.startswith("/bin/sh -c #(nop) ADD ")
+            assert cb.rstrip().endswith(f"in {args.split()[-1]}")

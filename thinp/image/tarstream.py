@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 1 << 20
+SEEK_CHUNK_BYTES = 16 << 10
 BLOCK = 512
 # A layer may expand at most this many times its compressed size ...
 DEFAULT_MAX_RATIO = 200
@@ -166,6 +167,8 @@ class HashingInput:
         self.hasher = hashlib.sha256() if hash_data else None
         self.seek_ok = not hash_data and size_bytes is not None
         self.size_bytes = size_bytes
+        # when seeking over data, small reads touch little more than the headers
+        self.chunk_bytes = SEEK_CHUNK_BYTES if self.seek_ok else CHUNK_BYTES
         self.buf = b""
         self.pos = 0
         self.nr_bytes = 0   # bytes consumed from raw so far
@@ -174,7 +177,7 @@ class HashingInput:
     def _fill(self) -> bool:
         if self.eof:
             return False
-        chunk = self.raw.read(CHUNK_BYTES)
+        chunk = self.raw.read(self.chunk_bytes)
         if not chunk:
             self.eof = True
             return False
@@ -210,7 +213,7 @@ class HashingInput:
         if n <= avail:
             self.pos += n
             return
-        if self.seek_ok and n - avail > CHUNK_BYTES:
+        if self.seek_ok:
             jump = n - avail
             if self.nr_bytes + jump > self.size_bytes:
                 raise ImageFormatError(
