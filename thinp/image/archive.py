@@ -150,9 +150,9 @@ class _TarArchive(_Archive):
             for h, stream in ts.iter_tar(inp):
                 if stream is not None:
                     offset = inp.nr_bytes - (len(inp.buf) - inp.pos)
-                    self.members[h.name] = ("file", offset, h.size, "")
+                    self.members[h.path] = ("file", offset, h.size, "")
                 elif h.kind in (ts.SYMLINK, ts.HARDLINK):
-                    self.members[h.name] = (h.kind, 0, 0, h.linkname)
+                    self.members[h.path] = (h.kind, 0, 0, h.linkname)
 
     def _resolve(self, member: str, hops: int = 0) -> tuple:
         name = ts.normalize_member_name(member, self.name, "archive path")
