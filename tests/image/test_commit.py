@@ -76,6 +76,9 @@ def test_commit_chain_history_and_inspect(base):
     assert [r["comment"] for r in rows[:2]] == ["second", "first"]
     assert [r["size"] for r in rows[:2]] == [2, 4]
     assert [r["id"] for r in rows[:2]] == [b.id, "<missing>"]
+    # with the local images known, parents' IDs show on their last step
+    rows = history(b, {i.id: i for i in (base, a, b)})
+    assert [r["id"] for r in rows[:4]] == [b.id, a.id, base.id, "<missing>"]
     info = inspect(b)
     assert info["Id"] == b.id and info["Parent"] == a.id
     assert info["Author"] == "me" and info["Comment"] == "second"
@@ -86,7 +89,7 @@ def test_commit_chain_history_and_inspect(base):
 
 def test_commit_save_load_round_trip(base, tmp_path):
     img = commit(base, make_tar([("x", "f", b"x" * 3000)]), message="m", created=T1,
-                 tags=["example.com/team/app:v2"])
+                 repository="example.com/team/app:v2")
     save([img, base], tmp_path / "out.tar")
     back = {i.id: i for i in load(tmp_path / "out.tar")}
     assert back[img.id].diff_ids == img.diff_ids
