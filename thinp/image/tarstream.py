@@ -377,8 +377,13 @@ TarHeader = Entry   # what iter_tar yields, before whiteout names are interprete
 _HDR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
 
 
+PATH_MAX = 4096   # Linux's limit; no real layer has a longer name or link target
+
+
 def normalize_member_name(raw: str, blob: str, what: str = "entry") -> str:
     """Strip ``./`` and trailing ``/``; reject absolute paths and ``..``."""
+    if len(raw) > PATH_MAX:
+        raise ImageFormatError(f"{blob}: {what} name of {len(raw)} characters is longer than PATH_MAX")
     if "\x00" in raw:
         raise ImageFormatError(f"{blob}: {what} name {raw!r} contains NUL")
     if raw.startswith("/"):
@@ -614,6 +619,8 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
                 raise ImageFormatError(f"{blob}: symlink {name!r} has an empty target")
             if "\x00" in linkname:
                 raise ImageFormatError(f"{blob}: symlink {name!r} target contains NUL")
+            if len(linkname) > PATH_MAX:
+                raise ImageFormatError(f"{blob}: symlink {name!r} target is longer than PATH_MAX")
         if kind == CHAR or kind == BLOCKDEV:
             th = Entry(name, kind, mode & 0o7777, uid, gid, mtime, 0, "",
                        _num(dmaj_b, blob, "devmajor"), _num(dmin_b, blob, "devminor"), xattrs)
