@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from thinp.image import (EMPTY_TAR_DIFF_ID, Entry, Image, Layer, apply_changes, commit,
+from thinp.image import (EMPTY_TAR_DIFF_ID, Entry, Layer, apply_changes, commit,
                          history, import_, inspect, load, save)
 
 from .conftest import fixture_path, make_tar
@@ -182,3 +182,11 @@ def test_changes_keep_base_config():
 def test_bad_changes(change, why):
     with pytest.raises(ValueError, match=why):
         apply_changes({}, [change])
+
+
+def test_import_from_a_stream_spools_to_disk():
+    data = make_tar([("s", "f", b"stream")])
+    img = import_(io.BytesIO(data), created=T0)
+    assert img.layers[0].source.path.endswith("layer.tar")
+    assert img.layers[0].read_file("s") == b"stream"
+    assert img.diff_ids[0] == "sha256:" + __import__("hashlib").sha256(data).hexdigest()

@@ -6,15 +6,13 @@ below, never from thinp's own output.
 """
 import gzip
 import hashlib
-import io
 import json
-import os
 import tarfile
 
 import pytest
 import zstandard
 
-from thinp.image import Layer, Reference, flatten, load, save
+from thinp.image import Layer, flatten, load, save
 from thinp.image.layer import FILE, HARDLINK, OPAQUE, WHITEOUT
 
 from .conftest import fixture_path, golden, make_tar

@@ -13,7 +13,7 @@ from thinp.errors import ImageFormatError
 from thinp.image import ImageStore, Layer, flatten, import_, load
 
 from .builders import config_for, legacy_save, sha, tar_of
-from .conftest import fixture_path, make_tar
+from .conftest import make_tar
 
 GOOD = make_tar([("etc/", "d"), ("etc/passwd", "f", b"root:x:0:0\n"), ("bin", "l", "usr/bin"),
                  ("usr/", "d"), ("usr/bin/", "d"), ("usr/bin/sh", "f", b"#!" * 300),

@@ -34,15 +34,14 @@ import re
 import shutil
 import tarfile
 import tempfile
-import weakref
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from ..errors import ImageFormatError
 from . import tarstream as ts
 from .image import Image, canonical_json
-from .layer import BlobSource, FileSource, Layer
+from .layer import BlobSource, FileSource, Layer, TempHolder as _TempHolder
 from .reference import Reference
-from .rootfs import flatten
+from .rootfs import RootFS
 
 __all__ = ["load", "save", "MEDIA_TYPES", "parse_platform"]
 
@@ -77,17 +76,6 @@ _DIGEST = re.compile(r"sha256:[a-f0-9]{64}\Z")
 
 
 # ===================================================================== input
-class _TempHolder:
-    """Owns a temp dir for as long as any layer source refers to it."""
-
-    def __init__(self):
-        self.path = tempfile.mkdtemp(prefix="thinp-load-")
-        self._fin = weakref.finalize(self, shutil.rmtree, self.path, True)
-
-    def cleanup(self) -> None:
-        self._fin()
-
-
 class _Archive:
     name = "archive"
 
@@ -343,7 +331,6 @@ class _Builder:
         for image_id in self.order:
             img = self.images[image_id]
             fs_layers = img.layers
-            from .rootfs import RootFS
             fs = RootFS()
             for i, layer in enumerate(fs_layers):
                 fs.apply_layer(layer, i, verify=id(layer) not in verified)

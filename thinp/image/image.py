@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
+import shutil
 from datetime import datetime, timezone
 from typing import BinaryIO, Sequence
 
 from ..errors import ImageFormatError
 from .changes import apply_changes
-from .layer import Layer, chain_ids
+from .layer import FileSource, Layer, TempHolder, chain_ids
 from .reference import Reference
 from .rootfs import RootFS, export, flatten
 
@@ -142,7 +142,12 @@ def _as_layer(tar) -> Layer:
     if isinstance(tar, (str, os.PathLike)):
         return Layer.from_path(tar)
     if hasattr(tar, "read"):
-        return Layer.from_bytes(tar.read(), name="<layer stream>")
+        # spool a stream to a private temp file: never hold a whole layer in memory
+        holder = TempHolder()
+        path = os.path.join(holder.path, "layer.tar")
+        with open(path, "wb") as out:
+            shutil.copyfileobj(tar, out, 1 << 20)
+        return Layer(FileSource(path, name="<layer stream>", keepalive=holder))
     raise TypeError(f"expected a layer tar as bytes, a path or a Layer, not {type(tar).__name__}")
 
 

@@ -31,7 +31,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tarfile
+import tempfile
+import weakref
 from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import ImageFormatError
@@ -79,6 +82,17 @@ def _classify(h: Entry, blob: str) -> "Entry | None":
 
 
 # ----------------------------------------------------------------- sources
+class TempHolder:
+    """Owns a temp dir for as long as any layer source refers to it."""
+
+    def __init__(self):
+        self.path = tempfile.mkdtemp(prefix="thinp-load-")
+        self._fin = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def cleanup(self) -> None:
+        self._fin()
+
+
 class BlobSource:
     """Where a layer blob's bytes live.  ``open()`` returns a fresh reader."""
 
