@@ -190,3 +190,14 @@ def test_import_from_a_stream_spools_to_disk():
     assert img.layers[0].source.path.endswith("layer.tar")
     assert img.layers[0].read_file("s") == b"stream"
     assert img.diff_ids[0] == "sha256:" + __import__("hashlib").sha256(data).hexdigest()
+
+
+def test_layer_from_entries_to_a_file(tmp_path):
+    big = bytes(range(256)) * 4096     # 1 MiB streamed from a file object
+    items = [(Entry("big", "file", size=len(big)), io.BytesIO(big)), (Entry("gone", "whiteout"), None)]
+    layer = Layer.from_entries(items, path=tmp_path / "diff.tar")
+    assert (tmp_path / "diff.tar").exists() and not (tmp_path / "diff.tar.partial").exists()
+    assert layer.size == len(big) and layer.read_file("big") == big
+    with pytest.raises(ValueError, match="no content given"):
+        Layer.from_entries([(Entry("x", "file", size=5), None)], path=tmp_path / "bad.tar")
+    assert not (tmp_path / "bad.tar").exists() and not (tmp_path / "bad.tar.partial").exists()

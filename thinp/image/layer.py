@@ -231,11 +231,27 @@ class Layer:
 
     @classmethod
     def from_entries(cls, items: Iterable[tuple[Entry, bytes | BinaryIO | None]],
-                     **kw) -> "Layer":
-        """Build an in-memory layer from ``(Entry, content)`` pairs."""
-        buf = io.BytesIO()
-        write_tar(items, buf)
-        return cls.from_bytes(buf.getvalue(), **kw).scan()
+                     path: str | os.PathLike | None = None, **kw) -> "Layer":
+        """Build a layer from ``(Entry, content)`` pairs (a driver's diff).
+
+        In memory, or streamed to the file ``path`` (written under a temporary
+        name and renamed, so a failure leaves no partial layer).
+        """
+        if path is None:
+            buf = io.BytesIO()
+            write_tar(items, buf)
+            return cls.from_bytes(buf.getvalue(), **kw).scan()
+        path = os.fspath(path)
+        tmp = path + ".partial"
+        try:
+            with open(tmp, "wb") as f:
+                write_tar(items, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return cls.from_path(path, **kw).scan()
 
     # identities ------------------------------------------------------------
     @property

@@ -306,8 +306,15 @@ class HashingInput:
         pass
 
 
-class DataStream(io.RawIOBase):
-    """The content of one regular-file entry; valid until the next entry."""
+class DataStream:
+    """The content of one regular-file entry; valid until the next entry.
+
+    A minimal binary reader (``read``, ``readinto``, ``readable``, ``close``):
+    a plain object, because an ``io`` subclass costs more to create and
+    destroy than parsing the header it belongs to.
+    """
+
+    __slots__ = ("_inp", "remaining", "entry_name")
 
     def __init__(self, inp: HashingInput, size: int, name: str):
         self._inp = inp
@@ -316,6 +323,15 @@ class DataStream(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "DataStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
     def read(self, n: int = -1) -> bytes:
         if self.remaining <= 0:
@@ -437,7 +453,8 @@ def _num_slow(field_bytes: bytes, blob: str, what: str) -> int:
 def _bytesum(b: bytes) -> int:
     """Sum of 512 bytes.  adler32's low half is 1 + sum mod 65521, and 256
     bytes sum to at most 65280, so two halves give the exact sum, fast."""
-    return (zlib.adler32(b[:256]) & 0xFFFF) + (zlib.adler32(b[256:]) & 0xFFFF) - 2
+    mv = memoryview(b)
+    return (zlib.adler32(mv[:256]) & 0xFFFF) + (zlib.adler32(mv[256:]) & 0xFFFF) - 2
 
 
 def _str(field_bytes: bytes) -> str:
@@ -627,7 +644,8 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
         else:
             th = Entry(name, kind, mode & 0o7777, uid, gid, mtime, size if kind == FILE else 0,
                        linkname, 0, 0, xattrs)
-        pax = {}
+        if pax:
+            pax = {}
         longname = longlink = None
         index += 1
         if kind == FILE:
