@@ -265,3 +265,11 @@ def test_dive_history_matches_its_dockerfile(dive):
         else:   # ADD src dst -> "#(nop) ADD file:<hash> in <dst>"
             assert cb.startswith("/bin/sh -c #(nop) ADD ")
             assert cb.rstrip().endswith(f"in {args.split()[-1]}")
+
+
+def test_save_same_image_twice_writes_it_once(tmp_path):
+    [img] = load(fixture_path("images", "whiteout_image.tar"))
+    save([img, img], tmp_path / "x.tar")
+    with tarfile.open(tmp_path / "x.tar") as tf:
+        assert len(json.load(tf.extractfile("manifest.json"))) == 1
+    assert [i.id for i in load(tmp_path / "x.tar")] == [img.id]

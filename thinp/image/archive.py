@@ -617,6 +617,16 @@ def save(images: Sequence[Image] | Image, path, *, format: str = "docker",
     """
     if isinstance(images, Image):
         images = [images]
+    unique: dict[str, Image] = {}
+    for img in images:   # an image named twice is written once, with all its tags
+        if img.id in unique and unique[img.id] is not img:
+            merged = Image(img.config_bytes, unique[img.id].layers, unique[img.id].tags, img.parent)
+            for t in img.tags:
+                merged.add_tag(t)
+            unique[img.id] = merged
+        else:
+            unique.setdefault(img.id, img)
+    images = list(unique.values())
     if format not in ("docker", "oci"):
         raise ValueError(f"format must be 'docker' or 'oci', not {format!r}")
     out = _Out(os.fspath(path), directory)
