@@ -17,8 +17,11 @@ An ``Entry`` is one change of a changeset:
 
 Paths are relative to the rootfs, ``/``-separated, with no ``./`` prefix; the
 root itself is ``""``.  Whiteout and opaque entries act on lower layers only,
-never on entries of their own layer, so a consumer may apply them in tar
-order (Docker's ``applyLayer`` does the same).
+never on entries of their own layer, wherever they sit in the tar: a
+consumer that applies entries in tar order must spare the paths this layer
+already wrote (Docker's ``applyLayer`` keeps ``unpackedPaths`` for this, and
+``RootFS.apply`` does the same).  An overlay-style driver can simply record
+them (char 0/0, ``trusted.overlay.opaque=y``) in the layer's own directory.
 
 ``Layer`` wraps a blob (plain, gzip or zstd tar) and exposes ``walk()``
 (entries with content streams), ``entries()`` (metadata only), ``diff_id``
