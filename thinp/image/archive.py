@@ -432,13 +432,24 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
                 f"{where}: manifest {desc['digest']} says mediaType {man.get('mediaType')!r}, "
                 f"descriptor says {mt!r}")
         if man.get("artifactType"):
+            candidates[0] -= 1
             return
         cfg_desc = _descriptor(man.get("config"), f"{where}: manifest config")
         cmt = cfg_desc.get("mediaType")
         if cmt not in CONFIG_TYPES:
             if isinstance(cmt, str) and cmt:
+                candidates[0] -= 1
                 return   # an artifact (SBOM, signature, ...): not an image
             raise ImageFormatError(f"{where}: config has no mediaType")
+        layer_descs = man.get("layers") or []
+        if not isinstance(layer_descs, list):
+            raise ImageFormatError(f"{where}: manifest layers is not a list")
+        lmts = [ld.get("mediaType") if isinstance(ld, dict) else None for ld in layer_descs]
+        if lmts and all(isinstance(m, str) and m.endswith("+json") for m in lmts):
+            # an image-shaped artifact whose "layers" are JSON documents: cosign
+            # signatures (simplesigning), in-toto/DSSE attestations, SPDX/CycloneDX SBOMs
+            candidates[0] -= 1
+            return
         config_bytes = _read_verified(arch, cfg_desc, "config")
         if not isinstance(plat, dict):
             # descriptor had no platform: check the config's own
@@ -450,9 +461,6 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
                     {"os": c.get("os"), "architecture": c.get("architecture"),
                      "variant": c.get("variant")}, platform):
                 return
-        layer_descs = man.get("layers") or []
-        if not isinstance(layer_descs, list):
-            raise ImageFormatError(f"{where}: manifest layers is not a list")
         specs = []
         for i, ld in enumerate(layer_descs):
             _descriptor(ld, f"{where}: layer {i}")
