@@ -138,14 +138,17 @@ class Tree:
 
     def remove(self, path: str) -> None:
         """Remove ``path`` and (for a directory) everything below it."""
+        self._drop(path)
+        d, name = _parent_name(path)
+        self.children[d].discard(name)
+
+    def _drop(self, path: str) -> None:
         node = self.nodes.pop(path)
         if node.kind == "dir":
             for name in self.children.pop(path, set()):
-                self.remove(_join(path, name))
+                self._drop(_join(path, name))
         else:
             node.nlink -= 1
-        d, name = _parent_name(path)
-        self.children[d].discard(name)
 
     def paths(self) -> list[str]:
         return sorted(p for p in self.nodes if p != "/")
