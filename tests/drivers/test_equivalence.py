@@ -156,11 +156,16 @@ def check_equivalent(name: str, ops, payload: bool) -> None:
             t = d.diff("c", top)
             ref.create("committed", top)
             ref.apply_diff("committed", top, t)
+            # hardlink groups are not compared: Docker's naive diff writes a new
+            # link to an unchanged lower file as a plain file (the lower name is
+            # not a change), so the link does not survive a commit there
             committed = contract.snapshot(ref.get("committed"), payload)
+            committed.pop("#links")
+            snap_nolinks = {p: v for p, v in snap.items() if p != "#links"}
             if payload:
-                assert committed == snap
+                assert committed == snap_nolinks
             else:   # accounting-mode diffs carry zeros: compare all but content
-                assert _without_content(committed) == _without_content(snap)
+                assert _without_content(committed) == _without_content(snap_nolinks)
             layers = [contract.layer(*items) for items in IMAGE] + [t]
             assert _tree_of_rootfs(flatten(layers)) == _tree_of_snapshot(snap)
             rt = ref.diff("c", top)
