@@ -816,7 +816,16 @@ def _differs(o: RNode, n: RNode, payload: bool) -> bool:
         return False
     if o.size != n.size or o.mtime != n.mtime:
         return True
-    return n.kind == "file" and o.content_key(payload) != n.content_key(payload)
+    if n.kind != "file":
+        return False
+    if payload:
+        return (o.data or b"") != (n.data or b"")
+    k = (n.size + BLOCK - 1) // BLOCK
+    a = o.stamps[:k] if o.stamps is not None else np.zeros(0, dtype=np.uint64)
+    b = n.stamps[:k] if n.stamps is not None else np.zeros(0, dtype=np.uint64)
+    a = np.pad(a, (0, k - len(a)))
+    b = np.pad(b, (0, k - len(b)))
+    return not np.array_equal(a, b)
 
 
 def _changes(old: Tree, new: Tree, payload: bool, stats: dict) -> list[Change]:
