@@ -118,3 +118,32 @@ def test_reference_limit_raises_too_many_layers(tmp_path):
     """The reference with ``max_layers`` exercises the limit path of the contract."""
     contract.deep_chain(lambda payload=True, **kw: get_driver(
         "reference", tmp_path, payload=payload, max_layers=12))
+
+
+def test_changes_disagree_rules_for_upper_walks():
+    """The comparison union drivers are held to, on rows as overlay2 reports them."""
+    from thinp.drivers import Capabilities, Change as C
+
+    ref = get_driver("reference", None, payload=True)
+    contract.load_base(ref)
+    ref.create("c", "L0", read_write=True)
+    v = ref.get("c")
+    for name in v.listdir("/var/lib/d"):
+        v.unlink("/var/lib/d/" + name)
+    v.rmdir("/var/lib/d")
+    v.mkdir("/var/lib/d")
+    v.write("/var/lib/d/new", 0, b"n")
+    v.write("/etc/passwd", 0, b"R")
+    want = ref.changes("c", "L0")
+    assert C("/var/lib/d/a", "D") in want and C("/var/lib/d", "C") in want
+    upper = Capabilities(changes="upper")
+    overlay_rows = [C("/etc", "C"), C("/etc/motd", "C"), C("/etc/passwd", "C"),
+                    C("/var/lib/d", "D"), C("/var/lib/d/new", "A")]
+    assert contract.changes_disagree(overlay_rows, want, upper, v) == []
+    assert contract.changes_disagree(overlay_rows, want, Capabilities(), v)   # naive: exact
+    missing = [r for r in overlay_rows if r.path != "/etc/passwd"]
+    assert contract.changes_disagree(missing, want, upper, v) == ["missing C /etc/passwd"]
+    extra = overlay_rows + [C("/etc/motd", "D")]
+    assert contract.changes_disagree(extra, want, upper, v) == ["extra D /etc/motd"]
+    no_del = [r for r in overlay_rows if r.kind != "D"]
+    assert "missing D /var/lib/d/a" in contract.changes_disagree(no_del, want, upper, v)
