@@ -13,7 +13,7 @@ from thinp.engine import (ALL_METRIC_KEYS, ContainerConflictError, ContainerNotF
                           Engine, INIT_LAYER_PATHS)
 from thinp.errors import (ImageConflictError, ImageNotFoundError, NotSupportedError,
                           TooManyLayersError)
-from thinp.image import flatten, load as load_archive
+from thinp.image import flatten
 
 DIVE = "test-docker-image.tar"
 
@@ -254,7 +254,6 @@ def test_container_view_is_the_flattened_image(engine, images, name):
         {p: v for p, v in want.items() if p not in _init_paths()}
     fs = flatten(img.layers)
     for p in fs.files()[:50]:
-        layer = img.layers[fs.nodes[p].layer]
         if fs.nodes[p].source is not None and "/" + p not in _init_paths():
             assert c.read("/" + p) == _content_of(img.layers, fs, p), p
     engine.rm(c)

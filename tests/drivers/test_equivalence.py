@@ -183,14 +183,14 @@ SETTINGS = dict(deadline=None, derandomize=True,
 
 
 @pytest.mark.parametrize("name", DRIVERS)
-@settings(max_examples=40, **SETTINGS)
+@settings(max_examples=30, **SETTINGS)
 @given(ops=workloads)
 def test_same_workload_same_result_payload(name, ops):
     check_equivalent(name, ops, payload=True)
 
 
 @pytest.mark.parametrize("name", DRIVERS)
-@settings(max_examples=15, **SETTINGS)
+@settings(max_examples=10, **SETTINGS)
 @given(ops=workloads)
 def test_same_workload_same_result_accounting(name, ops):
     check_equivalent(name, ops, payload=False)

@@ -52,7 +52,7 @@ from ..errors import DeviceExistsError, DeviceNotFoundError
 from ..fs.core import BLOCK, StatResult, _mix, _stamp_of
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats, register
 
-__all__ = ["ReferenceDriver", "ReferenceView", "Tree", "RNode"]
+__all__ = ["ReferenceDriver", "ReferenceView", "Tree", "RNode", "ZeroReader"]
 
 SYMLOOP_MAX = 40
 NAME_MAX = 255
@@ -152,6 +152,22 @@ class Tree:
 
     def paths(self) -> list[str]:
         return sorted(p for p in self.nodes if p != "/")
+
+
+class ZeroReader(io.RawIOBase):
+    """``size`` zero bytes, read in chunks (accounting-mode file content in tars)."""
+
+    def __init__(self, size: int):
+        self.remaining = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.remaining)
+        b[:n] = bytes(n)
+        self.remaining -= n
+        return n
 
 
 # ============================================================ the view
@@ -675,7 +691,7 @@ class ReferenceDriver(Driver):
             content = None
             if n.kind == "file":
                 e.size = n.size
-                content = bytes(n.data or b"") if self.payload else io.BytesIO(bytes(n.size))
+                content = bytes(n.data or b"") if self.payload else ZeroReader(n.size)
             items.append((e, content))
         return Layer.from_entries(items, name=f"<reference diff {id}>")
 
