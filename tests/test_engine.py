@@ -104,7 +104,13 @@ def test_load_create_diff_commit_save_load_round_trip(engine, images, tmp_path):
     (img,) = engine.load(images / DIVE)
     assert img.tags == ["dive-test:latest"] and len(img.layers) == 14
     c = engine.run("dive-test", name="work")
+    layers = set(engine.driver.list_layers())
+    assert layers == {cid[7:] for cid in img.chain_ids} | {c.id, c.id + "-init"}
+    assert engine.driver.parent(c.id) == c.init_id
+    assert engine.driver.parent(c.init_id) == img.chain_ids[-1][7:]
     assert engine.diff(c) == []                          # init-layer files never show
+    assert {ch.path for ch in engine.driver.changes(c.init_id, img.chain_ids[-1][7:])} >= {
+        "/.dockerenv", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf", "/etc/mtab", "/proc", "/sys"}
     assert c.exists("/.dockerenv") and c.readlink("/etc/mtab") == "/proc/mounts"
     before = _tree(c.view)
     image_tree = _rootfs_tree(img.layers)
@@ -355,3 +361,15 @@ def test_accounting_mode_engine(tmp_path, images):
         assert c2.stat("/big").st_size == 1 << 20
         buf = io.BytesIO()
         assert e.export(c2, buf) > 1 << 20
+
+
+def test_run_applies_ops_and_exec(engine, images):
+    engine.load(images / "hello-world-v25.tar")
+    img_id = engine.images()[0]["image_id"]
+    c = engine.run(img_id, lambda v: v.write("/from-callable", 0, b"1"))
+    engine.exec(c, [("mkdir", "/d"), ("write", "/d/f", 0, b"22"), ("rename", "/d/f", "/d/g")])
+    assert c.read("/d/g") == b"22" and c.read("/from-callable") == b"1"
+    assert engine.diff(c) == [Change("/d", "A"), Change("/d/g", "A"), Change("/from-callable", "A")]
+    assert engine.mount(c) is c.view
+    m = engine.metrics()
+    assert m["running"] == 1 and m["mount_ops"] == 2     # the init layer once, the container once
