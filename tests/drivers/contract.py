@@ -25,6 +25,10 @@ from thinp.drivers import METRIC_KEYS, Change, get_driver, known_drivers
 from thinp.errors import DeviceExistsError, DeviceNotFoundError, TooManyLayersError
 from thinp.image import Entry, Layer
 
+#: extra options per driver for the test suites (e.g. a smaller pool), so
+#: tests stay fast without changing a driver's Docker defaults
+DRIVER_TEST_OPTIONS: dict[str, dict] = {}
+
 DEFAULT_DEPTH = 130   # deep-chain length for drivers without a limit (past overlay2's 128)
 
 
@@ -145,6 +149,11 @@ def expect_errno(code, fn, *args):
     with pytest.raises(OSError) as info:
         fn(*args)
     assert info.value.errno == code, f"{fn.__name__}{args}: errno {info.value.errno}, want {code}"
+
+
+def make_driver(name: str, root, payload: bool = True, **options):
+    """``get_driver`` with the suite's per-driver options."""
+    return get_driver(name, root, payload=payload, **{**DRIVER_TEST_OPTIONS.get(name, {}), **options})
 
 
 def reference(payload=True, **opts):

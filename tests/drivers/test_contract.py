@@ -22,7 +22,7 @@ def make(request, tmp_path):
     def _make(payload=True, **options):
         root = tmp_path / f"{request.param}-{len(made)}"
         root.mkdir()
-        d = get_driver(request.param, root, payload=payload, **options)
+        d = contract.make_driver(request.param, root, payload=payload, **options)
         made.append(d)
         return d
 

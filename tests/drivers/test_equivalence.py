@@ -135,7 +135,7 @@ def _tree_of_snapshot(snap) -> dict:
 
 def check_equivalent(name: str, ops, payload: bool) -> None:
     with tempfile.TemporaryDirectory(prefix=f"thinp-eq-{name}-") as root:
-        d = get_driver(name, root, payload=payload)
+        d = contract.make_driver(name, root, payload=payload)
         ref = get_driver("reference", None, payload=payload)
         try:
             top, v = _setup(d)
