@@ -373,3 +373,37 @@ def test_run_applies_ops_and_exec(engine, images):
     assert engine.mount(c) is c.view
     m = engine.metrics()
     assert m["running"] == 1 and m["mount_ops"] == 2     # the init layer once, the container once
+
+
+# ------------------------------------------------------------------ every driver
+def _driver_names():
+    from tests.drivers.contract import driver_names
+
+    return driver_names()
+
+
+@pytest.mark.parametrize("name", _driver_names())
+def test_engine_on_every_driver(name, images, tmp_path):
+    """The same session on each registered driver: same views, same rows, same keys."""
+    from tests.drivers.contract import DRIVER_TEST_OPTIONS
+
+    with Engine(name, root=tmp_path / name, payload=True, **DRIVER_TEST_OPTIONS.get(name, {})) as e:
+        (img,) = e.load(images / DIVE)
+        c = e.run("dive-test")
+        c.write("/root/new", 0, b"new")
+        c.unlink("/somefile.txt")
+        c.write("/tmp/x", 0, b"x" * 5000)
+        assert {ch for ch in e.diff(c) if ch.kind in "AD"} == {
+            Change("/root/new", "A"), Change("/somefile.txt", "D"), Change("/tmp/x", "A")}
+        new = e.commit(c, "dive-test:next")
+        assert len(new.layers) == 15
+        c2 = e.create("dive-test:next")
+        assert c2.read("/root/new") == b"new" and not c2.exists("/somefile.txt")
+        assert e.diff(c2) == []
+        m = e.metrics()
+        assert tuple(m) == ALL_METRIC_KEYS and m["layers"] == 15 + 4 and m["containers"] == 2
+        e.rm(c, force=True)
+        e.rm(c2)
+        e.rmi("dive-test:next")
+        e.rmi("dive-test")
+        assert e.driver.list_layers() == [] and e.metrics()["images"] == 0
