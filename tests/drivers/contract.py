@@ -13,6 +13,23 @@ differ between drivers are read from ``driver.capabilities()``:
 
 Where a result is compared with "the reference" it is the
 ``"reference"`` driver (thinp/drivers/memory.py) doing the same operations.
+
+What the bodies assume of every driver, beyond thinp/drivers/base.py:
+
+* ``get_driver(name, root, payload=...)`` works on an empty directory
+  (per-driver test options go in :data:`DRIVER_TEST_OPTIONS`);
+* a new base layer is empty (no ``lost+found``: mount the fs's ``rootfs``
+  subdirectory, as Docker's devicemapper does);
+* a view of a layer created without ``read_write`` raises EROFS on writes;
+* ``apply_diff`` returns the layer's content bytes (``Layer.size``) and
+  writes file bytes even in accounting mode, in chunks that are multiples of
+  4 KiB, so version stamps are the blocks' hashes, as the reference's;
+  copy-up/CoW keeps stamps, so ``content()`` stays comparable;
+* ``changes`` is sorted by path and never lists "/"; ``diff_size`` equals
+  ``diff().size``; xattrs travel in diffs; failed ``create`` calls do not
+  count in ``create_ops``; ``mount_ops`` counts only real mounts;
+* paths resolve like ``thinp.fs``: symlinked parents are followed, absolute
+  targets stay inside the layer, ELOOP after 40 links; errnos as ``thinp.fs``.
 """
 from __future__ import annotations
 
