@@ -379,9 +379,10 @@ class Engine:
         return out
 
     def import_(self, tar, ref: str | None = None, *, changes: Sequence[str] = (),
-                message: str = "", source: str = "-") -> Image:
-        """``docker import``: a one-layer image from a flat rootfs tar (shares nothing)."""
-        img = _image_import(tar, changes=changes, message=message, source=source)
+                message: str = "", source: str = "-", created: str | None = None) -> Image:
+        """``docker import``: a one-layer image from a flat rootfs tar (shares nothing).
+        ``created`` (RFC 3339) fixes the timestamp, hence the image ID."""
+        img = _image_import(tar, changes=changes, message=message, source=source, created=created)
         tags = [ref] if ref else []
         img = self._add_images([img], tags_for=lambda _i: tags)[0]
         self._counters["imported_bytes"] += sum(l.size or 0 for l in img.layers)
@@ -519,15 +520,16 @@ class Engine:
         return self.driver.changes(c.id, c.init_id)
 
     def commit(self, container, repo_tag: str | None = None, *, message: str = "",
-               author: str = "", changes: Sequence[str] = ()) -> Image:
-        """``docker commit``: the container's diff as a new image layer on its image."""
+               author: str = "", changes: Sequence[str] = (), created: str | None = None) -> Image:
+        """``docker commit``: the container's diff as a new image layer on its image.
+        ``created`` (RFC 3339) fixes the timestamp, hence the image ID."""
         c = self.container(container)
         base = self.store.images.get(c.image_id)
         if base is None:
             raise ImageNotFoundError(f"No such image: {c.image_id} (the container's image was removed)")
         layer = self.driver.diff(c.id, c.init_id)
         img = _image_commit(base, layer, message=message, author=author, changes=changes,
-                            container_config=c.config, container_id=c.id)
+                            container_config=c.config, container_id=c.id, created=created)
         tags = [repo_tag] if repo_tag else []
         img = self._add_images([img], tags_for=lambda _i: tags)[0]
         self._counters["commits"] += 1
