@@ -371,6 +371,10 @@ def test_run_applies_ops_and_exec(engine, images):
     assert c.read("/d/g") == b"22" and c.read("/from-callable") == b"1"
     assert engine.diff(c) == [Change("/d", "A"), Change("/d/g", "A"), Change("/from-callable", "A")]
     assert engine.mount(c) is c.view
+    df = engine.df()
+    assert df["containers"][c.id]["size_rw"] == 3
+    assert df["images"]["layers_bytes"] == engine.image(img_id).size
+    assert "reference" in repr(engine)
     m = engine.metrics()
     assert m["running"] == 1 and m["mount_ops"] == 2     # the init layer once, the container once
 

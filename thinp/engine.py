@@ -561,6 +561,21 @@ class Engine:
         self._counters["exported_bytes"] += n
         return n
 
+    def df(self) -> dict:
+        """``docker system df -v``: image layer sharing (``ImageStore.df``) and,
+        per container, ``size_rw`` (``diff_size`` against its init layer, as
+        Docker's SizeRw) and the driver's ``usage`` of its layer."""
+        containers = {}
+        for c in self.containers.values():
+            u = self.driver.usage(c.id)
+            containers[c.id] = {"size_rw": self.driver.diff_size(c.id, c.init_id),
+                                "usage_bytes": u.size, "usage_inodes": u.inodes}
+        return {"images": self.store.df(), "containers": containers}
+
+    def __repr__(self) -> str:
+        return (f"Engine(driver={self.driver.name!r}, images={len(self.store)}, "
+                f"containers={len(self.containers)}, root={self.root!r})")
+
     # ------------------------------------------------------------- metrics
     def metrics(self) -> dict:
         """Driver counters (METRIC_KEYS) plus ENGINE_METRIC_KEYS, one flat dict."""
