@@ -338,6 +338,19 @@ def test_too_many_layers_leaves_nothing_half_made(tmp_path, images):
         with pytest.raises(TooManyLayersError):
             e.load(images / DIVE)
         assert e.images() == [] and e.driver.list_layers() == []
+        assert os.listdir(os.path.join(e.root, "image", "layers")) == []
+        # a tag the failed load would have moved stays where it was
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            ti = tarfile.TarInfo("only")
+            ti.size = 1
+            tf.addfile(ti, io.BytesIO(b"1"))
+        flat = e.import_(buf.getvalue(), "dive-test:latest")
+        with pytest.raises(TooManyLayersError):
+            e.load(images / DIVE)
+        assert e.image("dive-test:latest").id == flat.id and len(e.store) == 1
+        assert e.image("dive-test:latest").tags == ["dive-test:latest"]
+        assert e.driver.list_layers() == [flat.chain_ids[0][7:]]
     with Engine("reference", root=tmp_path / "fits", max_layers=15) as e:
         e.load(images / DIVE)
         with pytest.raises(TooManyLayersError):   # init layer fits (15), the container does not
