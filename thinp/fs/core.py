@@ -407,7 +407,10 @@ class Filesystem:
         kind = _stat.S_IFMT(mode) or _stat.S_IFCHR
         if kind not in (_stat.S_IFCHR, _stat.S_IFBLK, _stat.S_IFIFO, _stat.S_IFSOCK, _stat.S_IFREG):
             raise _err(errno.EINVAL, path)
-        node = self._make(path, kind | (_stat.S_IMODE(mode) or 0o600 if kind == _stat.S_IFCHR else _stat.S_IMODE(mode)), uid, gid)
+        perm = _stat.S_IMODE(mode)
+        if kind == _stat.S_IFCHR and not perm:
+            perm = 0o600
+        node = self._make(path, kind | perm, uid, gid)
         node.rdev = int(rdev)
         return node.ino
 
@@ -733,6 +736,19 @@ class Filesystem:
 
     def _delay(self, node: Inode, b0: int, b1: int) -> None:
         """Reserve the unmapped, not yet delayed blocks of [b0, b1) for delayed allocation."""
+        if not node.extents and not node.delayed:      # fast path: a new file's first write
+            n = b1 - b0
+            if n > self._free_blocks() - self._reserved_blocks():
+                if self._delayed_total:
+                    self.writeback()
+                if n > self._free_blocks() - self._reserved_blocks():
+                    raise _err(errno.ENOSPC, "")
+            node.delayed = [(b0, b1)]
+            if self.payload:
+                node.pending = {}
+            self._delayed_total += n
+            self._delayed_inodes.setdefault(node.ino, node)
+            return
         holes = self._holes(node, b0, b1) if node.extents else [(b0, b1)]
         if not holes:
             return

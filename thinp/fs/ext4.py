@@ -27,6 +27,7 @@ resize inode's block, the journal superblock and (unless
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -308,9 +309,10 @@ class Ext4(Filesystem):
         flex = self._pick_flex_for_dir(parent) if is_dir else parent.zone // f
         if flex < 0:
             raise _err(errno.ENOSPC, "")
-        order = list(range(flex * f, min(g.nr_groups, flex * f + f)))
+        lo, hi = flex * f, min(g.nr_groups, flex * f + f)
+        order = range(lo, hi)
         if not is_dir:
-            order += [x for x in range(g.nr_groups) if x not in order]
+            order = itertools.chain(order, range(hi, g.nr_groups), range(0, lo))
         for grp in order:
             if self.izone_used[grp] >= ipg:
                 continue

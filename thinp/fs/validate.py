@@ -318,3 +318,20 @@ def format_table(rows) -> str:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m thinp.fs.validate [--sim-only]``: print both tables."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    print("SOURCES.md reference figures (du -k of the backing file):")
+    print(format_table(calibration_rows()))
+    print()
+    print("Real kernel vs simulation, 10 GiB, default mkfs options:")
+    print(format_table(validate_fs(real="--sim-only" not in argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

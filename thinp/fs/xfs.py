@@ -88,6 +88,7 @@ class Xfs(Filesystem):
         self.max_inodes = nr_blocks * BLOCK // INODE_SIZE // 4    # imaxpct=25
         self._chunks: dict[int, _Chunk] = {}          # chunk start block -> chunk
         self._ag_chunks: list[list[_Chunk]] = [[] for _ in range(agcount)]
+        self._ag_free: list[dict[int, _Chunk]] = [{} for _ in range(agcount)]   # the finobt: chunks with a free inode
         self._ag_newino = [0] * agcount
         self._ino_of: dict[int, tuple] = {}
         self._rotor = 0
@@ -150,18 +151,21 @@ class Xfs(Filesystem):
         return c
 
     def _alloc_inode_in(self, ag: int, reserve: int = 1):
-        for c in self._ag_chunks[ag]:
-            if c.used != (1 << CHUNK_INODES) - 1:
-                break
+        free = self._ag_free[ag]
+        if free:
+            c = free[next(iter(free))]
         else:
             c = self._new_chunk(ag)
             if c is None:
                 return None
+            free[c.start] = c
         idx = 0
         while c.used >> idx & 1:
             idx += 1
         for k in range(reserve):
             c.used |= 1 << (idx + k)
+        if c.used == (1 << CHUNK_INODES) - 1:
+            del free[c.start]
         ino = (c.start << 6) | idx      # unique; like xfs, derived from the inode's location
         base = self._ag_start(ag)
         self._dirty.update((base, base + 4))
@@ -183,10 +187,12 @@ class Xfs(Filesystem):
         start = node.ino >> 6
         c = self._chunks[start]
         c.used &= ~(1 << (node.ino & 63))
+        self._ag_free[c.ag][c.start] = c
         base = self._ag_start(c.ag)
         self._dirty.update((base, base + 3, base + 4, node.loc))
         if c.used == 0:
             del self._chunks[start]
+            del self._ag_free[c.ag][start]
             self._ag_chunks[c.ag].remove(c)
             self._free_run(c.start, CHUNK_BLOCKS)
 
