@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from thinp.fs.validate import (CALIBRATION, STAGES, format_table, real_fs, run_real, run_sim,
+from thinp.fs.validate import (CALIBRATION, DEFAULT_CONFIGS, STAGES, format_table, real_fs, run_real, run_sim,
                                scan_allocated, scan_seek_data, summarize, validate_fs)
 
 pytestmark = pytest.mark.real
@@ -21,7 +21,7 @@ def _loops_for(path):
 @pytest.fixture(scope="module")
 def rows(real_kernel, rootfs_manifest):
     try:
-        rows = validate_fs(("ext4", "xfs"), ("mkfs", "file100m", "rootfs", "smallfiles"), "10G")
+        rows = validate_fs(workloads=("mkfs", "file100m", "rootfs", "smallfiles"), size="10G")
     except RuntimeError as e:   # e.g. mount refused in a container
         pytest.skip(f"real kernel refused: {e}")
     if any(r["real_64k"] is None for r in rows):
@@ -30,16 +30,16 @@ def rows(real_kernel, rootfs_manifest):
     return rows
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("config", range(len(DEFAULT_CONFIGS)), ids=["ext4", "ext4-docker", "xfs"])
 @pytest.mark.parametrize("workload", ["mkfs", "file100m", "rootfs", "smallfiles"])
-def test_64k_chunks_within_15_percent(rows, fstype, workload):
-    (row,) = [r for r in rows if r["fs"] == fstype and r["workload"] == workload]
+def test_64k_chunks_within_15_percent(rows, config, workload):
+    fstype, opts = DEFAULT_CONFIGS[config]
+    (row,) = [r for r in rows if r["fs"] == fstype and r["options"] == opts and r["workload"] == workload]
     assert abs(row["sim_64k"] - row["real_64k"]) <= 0.15 * row["real_64k"], format_table([row])
     assert abs(row["sim_kib"] - row["real_kib"]) <= 0.10 * row["real_kib"], format_table([row])
 
 
-@pytest.mark.parametrize("fstype,opts", [("ext4", {"nodiscard": True, "lazy_itable_init": False,
-                                                   "lazy_journal_init": False}),
+@pytest.mark.parametrize("fstype,opts", [("ext4", {"lazy_itable_init": False}),
                                           ("ext4", {"lazy_journal_init": True}),
                                           ("xfs", {"agcount": 8})])
 def test_mkfs_variants_match_real(real_kernel, fstype, opts):
