@@ -243,3 +243,74 @@ def test_check_detects_corruption():
     node.nlink = 5
     with pytest.raises(MetadataCorruptError, match="nlink"):
         fs.check()
+
+
+class ProtocolOnly:
+    """A device with nothing but the BlockDevice protocol, to catch reaching past it."""
+
+    def __init__(self, inner):
+        self._inner = inner
+        self.size = inner.size
+        self.block_size = 65536
+        self.payload = inner.payload
+
+    def read(self, offset, length):
+        return self._inner.read(offset, length)
+
+    def write(self, offset, data):
+        self._inner.write(offset, data)
+
+    def discard(self, offset, length):
+        self._inner.discard(offset, length)
+
+
+@pytest.mark.parametrize("fstype", FSTYPES)
+@pytest.mark.parametrize("payload", [False, True])
+def test_uses_only_the_block_device_protocol(fstype, payload):
+    inner = PlainDevice("1G", payload=payload)
+    fs = mkfs(ProtocolOnly(inner), fstype)
+    fs.mkdir("d")
+    fs.write("d/f", 0, b"x" * 10000 if payload else 10000)
+    fs.symlink("f", "d/l")
+    fs.unlink("d/f")
+    fs.fstrim()
+    fs.umount()
+    fs.check()
+    assert inner.stats.nr_writes > 0 and inner.stats.nr_discards > 0
+
+
+@pytest.mark.parametrize("fstype", FSTYPES)
+def test_trace_of_a_run_replays_to_the_same_blocks(fstype):
+    from thinp.trace import DISCARD, WRITE, TraceRecorder
+
+    rec = TraceRecorder(dev_id=3)
+    dev = PlainDevice("2G", trace=rec)
+    fs = mkfs(dev, fstype)
+    for i in range(50):
+        fs.write(f"f{i}", 0, 70000)
+    fs.unlink("f7")
+    fs.fstrim()
+    fs.umount()
+    replay = PlainDevice("2G")
+    for row in rec.trace():
+        if row["op"] == WRITE:
+            replay.write(int(row["offset"]), int(row["length"]))
+        elif row["op"] == DISCARD:
+            replay.discard(int(row["offset"]), int(row["length"]))
+    assert replay.allocated_blocks() == dev.allocated_blocks()
+
+
+def test_payload_on_a_sparse_file(tmp_path):
+    import os
+
+    p = tmp_path / "disk.img"
+    with PlainDevice("1G", path=p, payload=True) as dev:
+        fs = mkfs(dev, "xfs")
+        data = os.urandom(200_000)
+        fs.write("f", 0, data)
+        fs.umount()
+        assert fs.read("f") == data
+        assert os.stat(p).st_blocks * 512 >= dev.physical_bytes
+        fs.unlink("f")
+        fs.fstrim()
+        assert os.stat(p).st_blocks * 512 < 70 << 20

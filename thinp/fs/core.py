@@ -1068,9 +1068,17 @@ class Filesystem:
         return total * BLOCK
 
     def umount(self) -> None:
+        """Write back, commit, write the unmount record.  The object stays
+        usable: the next operation behaves as after a fresh ``mount``."""
         self.sync()
         self._on_umount()
         self.mounted = False
+
+    def mount(self, *, discard: bool | None = None) -> None:
+        """(Re)mount, optionally changing the ``discard`` mount option."""
+        if discard is not None:
+            self.discard_mount = bool(discard)
+        self.mounted = True
 
     def _on_umount(self) -> None:
         pass
