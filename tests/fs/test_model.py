@@ -42,7 +42,7 @@ class FsMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         opts = {"lazy_journal_init": True} if self.fstype == "ext4" else {}
-        self.dev = PlainDevice("128M", payload=True)
+        self.dev = PlainDevice("128M" if self.fstype == "ext4" else "300M", payload=True)
         self.fs = mkfs(self.dev, self.fstype, **opts)
         self.fs.commit_blocks = 16          # commit often, so journal paths run too
         self.ref = RefFS()

@@ -171,9 +171,9 @@ def test_mount_discard_passes_frees_down(fstype):
 
 @pytest.mark.parametrize("fstype", FSTYPES)
 def test_enospc(fstype):
-    dev, fs = make(fstype, "64M")
+    dev, fs = make(fstype, "320M")
     with pytest.raises(OSError) as e:
-        fs.write("f", 0, 80 << 20)
+        fs.write("f", 0, 330 << 20)
     assert e.value.errno == errno.ENOSPC
 
 

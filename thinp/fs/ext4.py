@@ -44,6 +44,7 @@ FIRST_INO = 11
 STREAM_REQUEST = 16        # s_mb_stream_request: files up to this many blocks share a locality group
 GROUP_PREALLOC = 512       # s_mb_group_prealloc
 MAX_NORMALIZED = 2048      # 8 MiB: largest normalised request / buddy alignment
+SMALL_FS_BYTES = 512 << 20  # below this mke2fs uses the "small" fs type
 
 
 def is_sparse_group(g: int) -> bool:
@@ -142,6 +143,14 @@ class Ext4(Filesystem):
         if journal_size is not None:
             jb = parse_size(journal_size, what="journal_size")
             jb = jb // BLOCK if jb >= BLOCK else jb * 256  # bytes, or MiB as mke2fs -J size= takes
+        if device.size < SMALL_FS_BYTES:
+            # mke2fs.conf's "small" type: 1 KiB blocks, inode_ratio 4096.  The
+            # model keeps 4 KiB blocks but takes the inode ratio and sizes the
+            # journal by the 1 KiB block count, as mke2fs does.
+            if inode_ratio == 16384:
+                inode_ratio = 4096
+            if jb is None:
+                jb = default_journal_blocks(device.size // 1024) // 4
         g = Ext4Geometry.compute(device.size, inode_ratio=int(inode_ratio), journal_blocks=jb)
         if not journal:
             g.journal_blocks = 0

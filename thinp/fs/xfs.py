@@ -31,12 +31,11 @@ HEADER_BLOCKS = 6
 AGFL_BLOCKS = 4
 WHACK_BLOCKS = 32                                   # 128 KiB
 LITERAL_BYTES = INODE_SIZE - 176                    # v3 inode core
+MIN_FS_BYTES = 300 << 20                    # mkfs.xfs: "must be larger than 300MB"
 
 
 def default_log_blocks(nr_blocks: int) -> int:
-    size = nr_blocks * BLOCK
-    if size < (1 << 30):
-        return max(2560, nr_blocks // 64) if nr_blocks > 2560 * 4 else max(nr_blocks // 8, 1024)
+    """Internal log size: 64 MiB, or 1/2048 of the fs when that is more, at most 2 GiB."""
     return int(min(max(16384, nr_blocks // 2048), 524288))
 
 
@@ -71,8 +70,9 @@ class Xfs(Filesystem):
         from ..units import parse_size
 
         nr_blocks = device.size // BLOCK
-        if nr_blocks < 4096:
-            raise ValueError(f"device of {device.size} bytes is too small for xfs (want >= 16 MiB)")
+        if device.size < MIN_FS_BYTES:
+            raise ValueError(f"device of {device.size} bytes is too small for xfs: "
+                             "mkfs.xfs 6.1 wants a filesystem larger than 300MB")
         agcount = default_agcount(nr_blocks) if agcount is None else int(agcount)
         if agcount < 1:
             raise ValueError(f"agcount {agcount} must be >= 1")
