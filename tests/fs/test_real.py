@@ -86,3 +86,20 @@ def test_harness_cleans_up_when_a_step_fails(real_kernel):
     assert not _loops_for(held)
     out = subprocess.run(["mount"], capture_output=True, text=True).stdout
     assert held.rsplit("/", 1)[0] not in out
+
+
+@pytest.fixture(scope="module")
+def churn_rows(real_kernel, rootfs_manifest):
+    rows = validate_fs(workloads=("churn", "churn_trim"), configs=[("ext4", {}), ("xfs", {})])
+    if any(r["real_64k"] is None for r in rows):
+        pytest.skip("real kernel runs failed: " + "; ".join({r["note"] for r in rows}))
+    print("\n" + format_table(rows))
+    return rows
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("workload", ["churn", "churn_trim"])
+def test_delete_and_trim_match_real(churn_rows, fstype, workload):
+    """rm -rf without discard keeps blocks provisioned; fstrim gives them back."""
+    (row,) = [r for r in churn_rows if r["fs"] == fstype and r["workload"] == workload]
+    assert abs(row["sim_64k"] - row["real_64k"]) <= 0.05 * row["real_64k"], format_table([row])

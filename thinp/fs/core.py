@@ -138,6 +138,7 @@ class Filesystem:
         self.static_runs: list[tuple[int, int]] = []
         self.inodes: dict[int, Inode] = {}
         self._dirty: set[int] = set()
+        self._ail: set[int] = set()       # committed, not yet written home
         self._pending_discard: list[tuple[int, int]] = []
         self._xattr_blocks: set[int] = set()
         self._delayed_inodes: dict[int, Inode] = {}   # insertion order = writeback order
@@ -1024,9 +1025,11 @@ class Filesystem:
         if self._dirty:
             if self.journal_enabled:
                 self._journal_write(len(self._dirty))
-            self._write_blocks(self._dirty)
+            self._ail |= self._dirty
             self._dirty = set()
             self.counters["commits"] += 1
+            if self.checkpoint_on_commit or len(self._ail) >= self._ail_limit():
+                self.checkpoint()
         if self._pending_discard:
             runs = self._pending_discard
             self._pending_discard = []
@@ -1034,6 +1037,23 @@ class Filesystem:
                 if K.count_free(self.bitmap, s, s + n) == n:
                     self.device.discard(s * BLOCK, n * BLOCK)
                     self.counters["blocks_discarded"] += n
+
+    #: ext4 writes committed metadata home when the fs is synced (sync
+    #: flushes the block device's dirty buffers); xfs leaves it in the AIL,
+    #: written at unmount or when the log needs space.
+    checkpoint_on_commit = True
+
+    def _ail_limit(self) -> int:
+        return 1 << 62
+
+    def checkpoint(self) -> None:
+        """Write committed metadata home.  Blocks freed meanwhile are not
+        written (jbd2_journal_forget / xfs stale buffers)."""
+        if not self._ail:
+            return
+        live = [b for b in self._ail if self.bitmap[b]]
+        self._ail = set()
+        self._write_blocks(live)
 
     def _maybe_commit(self) -> None:
         if len(self._dirty) >= self.commit_blocks:
@@ -1071,6 +1091,7 @@ class Filesystem:
         """Write back, commit, write the unmount record.  The object stays
         usable: the next operation behaves as after a fresh ``mount``."""
         self.sync()
+        self.checkpoint()
         self._on_umount()
         self.mounted = False
 

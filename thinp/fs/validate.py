@@ -37,7 +37,7 @@ from ..blockdev import PHYS_BLOCK, PlainDevice, count_chunks
 from . import mkfs as sim_mkfs
 from .workloads import WORKLOADS, RealTarget, SimTarget, fixtures_dir, ROOTFS_MANIFEST
 
-__all__ = ["validate_fs", "format_table", "calibration_rows", "CALIBRATION", "real_kernel_available",
+__all__ = ["validate_fs", "format_table", "DOCKER_EXT4", "DEFAULT_CONFIGS", "calibration_rows", "CALIBRATION", "real_kernel_available",
            "scan_allocated", "scan_seek_data", "run_real", "run_sim"]
 
 KiB = 1024
@@ -204,7 +204,7 @@ def real_fs(fstype, size, options=None, workdir=None):
 def run_real(fstype, size, options, workload, *, workdir=None, scan="fiemap") -> dict:
     """Run ``workload`` on the real kernel; the summary of the backing file's blocks."""
     with real_fs(fstype, size, options, workdir) as (img, _loop, mnt, mount, umount):
-        mount()
+        mount(("-o", "discard") if (options or {}).get("discard") else ())
         WORKLOADS[workload](RealTarget(mnt))
         os.sync()
         umount()

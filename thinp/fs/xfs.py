@@ -141,7 +141,7 @@ class Xfs(Filesystem):
         s = got[0]
         self._mark(s, CHUNK_BLOCKS, 1)
         self._dirty_alloc(s, CHUNK_BLOCKS)
-        self._dev_zero_run(s, CHUNK_BLOCKS)     # xfs_ialloc_inode_init writes the new clusters
+        self._dirty.update(range(s, s + CHUNK_BLOCKS))   # new clusters: ordered buffers, written via the AIL
         c = _Chunk(s, ag)
         self._chunks[s] = c
         self._ag_chunks[ag].append(c)
@@ -270,6 +270,11 @@ class Xfs(Filesystem):
             if self._jpos >= self.log_blocks:
                 self._jpos = 1
         self.counters["journal_blocks_written"] += total
+
+    checkpoint_on_commit = False
+
+    def _ail_limit(self) -> int:
+        return self.log_blocks // 4
 
     def _on_umount(self) -> None:
         self._journal_write(0)      # the unmount record
