@@ -314,3 +314,52 @@ def test_payload_on_a_sparse_file(tmp_path):
         fs.unlink("f")
         fs.fstrim()
         assert os.stat(p).st_blocks * 512 < 70 << 20
+
+
+@pytest.mark.parametrize("payload", [False, True])
+def test_copy_file_between_filesystems(payload):
+    from thinp.fs import copy_file
+
+    _, e = make("ext4", payload=payload)
+    _, x = make("xfs", payload=payload)
+    data = b"\x01" * 5000 + bytes(3 * 4096) + b"\x02" * 100
+    e.write("f", 0, data if payload else len(data), **({} if payload else {"stamp": 5}))
+    if not payload:
+        e.truncate("f", 4096 * 5 + 100)
+    e.chmod("f", 0o640)
+    e.chown("f", 7, 8)
+    e.setxattr("f", "user.k", b"v")
+    copy_file(e, "f", x, "g")
+    assert x.content("g") == e.content("f")
+    st = x.stat("g")
+    assert (st.st_size, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (e.stat("f").st_size, 0o640, 7, 8)
+    assert x.getxattr("g", "user.k") == b"v"
+    x.umount()
+    x.check()
+    if payload:
+        assert x.read("g") == data and st.st_blocks < e.stat("f").st_blocks   # zero blocks became holes
+
+
+def test_same_workload_same_content_across_fstypes():
+    from thinp.fs.workloads import SimTarget, wl_smallfiles
+
+    fss = []
+    for fstype in FSTYPES:
+        _, fs = make(fstype, "1G")
+        wl_smallfiles(SimTarget(fs), n=300, per_dir=50)
+        fss.append(fs)
+    for dpath, _dirs, files in fss[0].walk("/"):
+        for f in files:
+            p = f"{dpath}/{f}"
+            assert fss[0].content(p) == fss[1].content(p)
+
+
+def test_mkfs_option_checks():
+    with pytest.raises(ValueError, match="inode_ratio"):
+        make("ext4", inode_ratio=100)
+    with pytest.raises(ValueError, match="journal_size"):
+        make("ext4", journal_size="1M")
+    _, fs = make("ext4", "10G", journal_size="128M")
+    assert fs.geometry.journal_blocks == 32768
+    _, fs = make("ext4", "10G", journal_size=32)          # a bare number is MiB, as -J size=
+    assert fs.geometry.journal_blocks == 8192

@@ -968,6 +968,30 @@ class Filesystem:
         st = self.read(path) if n else np.zeros(0, dtype=np.uint64)
         return node.size, hashlib.blake2b(st.tobytes(), digest_size=16).hexdigest()
 
+    def write_stamps(self, path: str, stamps, size: int) -> None:
+        """Accounting mode: give ``path`` exactly this content -- ``stamps`` (one
+        uint64 per 4 KiB block, 0 = zeros, left as a hole) and ``size`` bytes --
+        as a copy would.  Creates the file if missing; replaces its content."""
+        if self.payload:
+            raise ValueError("write_stamps is for accounting mode; write bytes on a payload filesystem")
+        node = self._file_for_write(path)
+        stamps = np.asarray(stamps, dtype=np.uint64)
+        nblk = (size + BLOCK - 1) // BLOCK
+        if len(stamps) < nblk:
+            stamps = np.concatenate([stamps, np.zeros(nblk - len(stamps), dtype=np.uint64)])
+        self.truncate(path, 0)
+        node.size = size
+        nz = np.flatnonzero(stamps[:nblk])
+        if nz.size:
+            runs = K.runs_of(nz.astype(np.int64))
+            for i in range(runs.shape[0]):
+                self._delay(node, int(runs[i, 0]), int(runs[i, 0] + runs[i, 1]))
+        st = self._stamps(node, max(nblk, 1))
+        st[:nblk] = stamps[:nblk]
+        self.counters["data_blocks_written"] += int(nz.size)
+        node.mtime = node.ctime = _time.time()
+        self._touch_inode(node)
+
     def truncate(self, path: str, size: int) -> None:
         node = self._lookup(path)
         if node.is_dir:

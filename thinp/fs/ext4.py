@@ -139,10 +139,16 @@ class Ext4(Filesystem):
     def __init__(self, device, *, lazy_itable_init: bool = True, lazy_journal_init: bool = False,
                  nodiscard: bool = False, inode_ratio: int = 16384, journal_size=None,
                  journal: bool = True, discard: bool = False, seed: int = 0):
+        inode_ratio = int(inode_ratio)
+        if not 1024 <= inode_ratio <= 64 << 20:
+            raise ValueError(f"inode_ratio {inode_ratio} out of range: mke2fs takes 1024 to 67108864")
         jb = None
         if journal_size is not None:
             jb = parse_size(journal_size, what="journal_size")
-            jb = jb // BLOCK if jb >= BLOCK else jb * 256  # bytes, or MiB as mke2fs -J size= takes
+            jb = jb // BLOCK if jb >= BLOCK else jb * 256  # bytes, or a bare number of MiB as -J size=
+            if not 1024 <= jb <= min(10240000, device.size // BLOCK // 2):
+                raise ValueError(f"journal_size {journal_size!r} is {jb} blocks; mke2fs wants 1024 to "
+                                 f"{min(10240000, device.size // BLOCK // 2)} blocks on this device")
         if device.size < SMALL_FS_BYTES:
             # mke2fs.conf's "small" type: 1 KiB blocks, inode_ratio 4096.  The
             # model keeps 4 KiB blocks but takes the inode ratio and sizes the
