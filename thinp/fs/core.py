@@ -91,7 +91,7 @@ class Inode:
 
     @property
     def is_dir(self) -> bool:
-        return _stat.S_ISDIR(self.mode)
+        return self.entries is not None
 
     @property
     def is_reg(self) -> bool:
@@ -274,37 +274,39 @@ class Filesystem:
     # -- path resolution ----------------------------------------------------
     @staticmethod
     def _split(path: str) -> list[str]:
-        if not isinstance(path, str):
-            raise TypeError(f"path must be str, not {type(path).__name__}")
-        return [p for p in path.split("/") if p and p != "."]
+        try:
+            parts = path.split("/")
+        except AttributeError:
+            raise TypeError(f"path must be str, not {type(path).__name__}") from None
+        if "" in parts or "." in parts:
+            parts = [p for p in parts if p and p != "."]
+        return parts
 
-    def _lookup(self, path: str, *, follow: bool = True, _depth: int = 0) -> Inode:
-        node = self.inodes[self.ROOT_INO]
-        parts = self._split(path)
-        i = 0
-        while i < len(parts):
-            name = parts[i]
-            if not node.is_dir:
+    def _lookup(self, path: str, *, follow: bool = True) -> Inode:
+        return self._walk(self._split(path), follow, path, 0)
+
+    def _walk(self, parts: list, follow: bool, path: str, depth: int) -> Inode:
+        inodes = self.inodes
+        node = inodes[self.ROOT_INO]
+        last_i = len(parts) - 1
+        for i, name in enumerate(parts):
+            entries = node.entries
+            if entries is None:
                 raise _err(errno.ENOTDIR, path)
             if name == "..":
-                node = self.inodes[node.parent]
-                i += 1
+                node = inodes[node.parent]
                 continue
-            ino = node.entries.get(name)
+            ino = entries.get(name)
             if ino is None:
                 raise _err(errno.ENOENT, path)
-            child = self.inodes[ino]
-            last = i == len(parts) - 1
-            if _stat.S_ISLNK(child.mode) and (follow or not last):
-                if _depth >= SYMLOOP_MAX:
+            child = inodes[ino]
+            if child.target is not None and (follow or i < last_i):
+                if depth >= SYMLOOP_MAX:
                     raise _err(errno.ELOOP, path)
-                base = "/".join(parts[:i])
-                tgt = child.target
-                rest = "/".join(parts[i + 1:])
-                newp = (tgt if tgt.startswith("/") else base + "/" + tgt) + ("/" + rest if rest else "")
-                return self._lookup(newp, follow=follow, _depth=_depth + 1)
+                tgt = self._split(child.target)
+                newparts = (tgt if child.target.startswith("/") else parts[:i] + tgt) + parts[i + 1:]
+                return self._walk(newparts, follow, path, depth + 1)
             node = child
-            i += 1
         return node
 
     def _parent_of(self, path: str) -> tuple[Inode, str]:
@@ -314,10 +316,10 @@ class Filesystem:
         name = parts[-1]
         if name == "..":
             raise _err(errno.EINVAL, path)
-        if len(name.encode()) > NAME_MAX:
+        if len(name) > NAME_MAX // 4 and len(name.encode()) > NAME_MAX:
             raise _err(errno.ENAMETOOLONG, path)
-        parent = self._lookup("/".join(parts[:-1]))
-        if not parent.is_dir:
+        parent = self._walk(parts[:-1], True, path, 0)
+        if parent.entries is None:
             raise _err(errno.ENOTDIR, path)
         return parent, name
 
@@ -384,7 +386,7 @@ class Filesystem:
         if name in parent.entries:
             raise _err(errno.EEXIST, path)
         node = self._new_inode(parent, mode, uid, gid)
-        if node.is_dir:
+        if _stat.S_ISDIR(mode):
             node.entries = {}
             node.nlink = 2
             node.dir_bytes = self._empty_dir_bytes()
