@@ -363,3 +363,18 @@ def test_mkfs_option_checks():
     assert fs.geometry.journal_blocks == 32768
     _, fs = make("ext4", "10G", journal_size=32)          # a bare number is MiB, as -J size=
     assert fs.geometry.journal_blocks == 8192
+
+
+@pytest.mark.parametrize("fstype", FSTYPES)
+def test_enospc_leaves_nothing_half_made(fstype):
+    dev, fs = make(fstype, "512M" if fstype == "ext4" else "320M")
+    made = 0
+    with pytest.raises(OSError) as e:
+        for i in range(1_000_000):
+            fs.mkdir(f"d{i}")          # every directory costs a block (ext4) or grows the root
+            fs.write(f"d{i}/f", 0, 256 * 1024)
+            made += 1
+    assert e.value.errno == errno.ENOSPC and made > 100
+    fs.check()
+    fs.sync()
+    fs.check()

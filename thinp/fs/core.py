@@ -13,7 +13,16 @@ State, per :class:`Filesystem`:
 * ``static_runs``: list of (start, nr_blocks) owned by the filesystem itself
   (superblocks, descriptors, bitmaps, inode tables or chunks, journal/log).
 * ``_dirty``: set of fs block numbers of metadata changed since the last
-  journal commit; a commit writes them to the journal and then home.
+  journal commit; a commit writes them to the journal and moves them to
+  ``_ail``, the committed blocks not yet written home (a checkpoint writes
+  the ones still in use).
+* delayed allocation: ``Inode.delayed`` holds [begin, end) logical block
+  ranges written but not yet allocated (``Inode.pending`` their bytes on a
+  payload device); ``_delayed_inodes`` is the writeback order and
+  ``_delayed_total`` the blocks reserved for them.
+* content: on a payload device the bytes live on the device; otherwise
+  ``Inode.stamps`` is a uint64 array, one version stamp per 4 KiB logical
+  block (0 = zeros or a hole).
 
 Block numbers are fs blocks of 4 KiB; the device sees byte offsets
 ``block * 4096``.  Subclasses supply the on-disk geometry and the allocation
@@ -339,7 +348,12 @@ class Filesystem:
     def _dir_add(self, parent: Inode, name: str, ino: int) -> None:
         parent.entries[name] = ino
         parent.dir_bytes += self._dirent_size(name)
-        self._dir_resize(parent)
+        try:
+            self._dir_resize(parent)
+        except OSError:
+            del parent.entries[name]
+            parent.dir_bytes -= self._dirent_size(name)
+            raise
         self._dirty_dir_entry(parent, name)
         parent.mtime = parent.ctime = _time.time()
         self._touch_inode(parent)
@@ -386,13 +400,22 @@ class Filesystem:
         if name in parent.entries:
             raise _err(errno.EEXIST, path)
         node = self._new_inode(parent, mode, uid, gid)
-        if _stat.S_ISDIR(mode):
-            node.entries = {}
-            node.nlink = 2
-            node.dir_bytes = self._empty_dir_bytes()
-            self._dir_resize(node)
+        try:
+            if _stat.S_ISDIR(mode):
+                node.entries = {}
+                node.nlink = 2
+                node.dir_bytes = self._empty_dir_bytes()
+                self._dir_resize(node)
+            self._dir_add(parent, name, node.ino)
+        except OSError:   # out of space: leave nothing half-made
+            for b in node.meta_blocks:
+                self._free_run(b, 1)
+            node.meta_blocks = []
+            self._free_inode(node)
+            del self.inodes[node.ino]
+            raise
+        if node.entries is not None:
             parent.nlink += 1
-        self._dir_add(parent, name, node.ino)
         return node
 
     def _empty_dir_bytes(self) -> int:
