@@ -38,10 +38,12 @@ def fs_tree(fs):
 
 class FsMachine(RuleBasedStateMachine):
     fstype = "ext4"
+    extra = {}
 
     def __init__(self):
         super().__init__()
         opts = {"lazy_journal_init": True} if self.fstype == "ext4" else {}
+        opts.update(self.extra)
         self.dev = PlainDevice("128M" if self.fstype == "ext4" else "300M", payload=True)
         self.fs = mkfs(self.dev, self.fstype, **opts)
         self.fs.commit_blocks = 16          # commit often, so journal paths run too
@@ -126,9 +128,22 @@ class XfsMachine(FsMachine):
     fstype = "xfs"
 
 
+class Ext4NoJournalDiscardMachine(FsMachine):
+    extra = {"journal": False, "discard": True}
+
+
+class XfsDiscardMachine(FsMachine):
+    fstype = "xfs"
+    extra = {"discard": True}
+
+
 SETTINGS = settings(max_examples=int(os.environ.get("THINP_FS_EXAMPLES", 60)), stateful_step_count=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 TestExt4Model = FsMachine.TestCase
 TestExt4Model.settings = SETTINGS
 TestXfsModel = XfsMachine.TestCase
 TestXfsModel.settings = SETTINGS
+TestExt4NoJournalDiscardModel = Ext4NoJournalDiscardMachine.TestCase
+TestExt4NoJournalDiscardModel.settings = settings(SETTINGS, max_examples=20)
+TestXfsDiscardModel = XfsDiscardMachine.TestCase
+TestXfsDiscardModel.settings = settings(SETTINGS, max_examples=20)
