@@ -14,6 +14,23 @@ Options are mkfs's own:
 and the mount's: ``discard`` (pass frees down as they commit), ``journal``
 (ext4 only; False is a journal-less ext4), ``seed`` (the Orlov spreader's
 random start, fixed so runs repeat).
+
+Calibration: ``python -m thinp.fs.validate`` runs the real mkfs and kernel
+on loop devices beside the model (:mod:`thinp.fs.validate`).
+
+Not modelled, knowingly:
+
+* block sizes other than 4 KiB (below 512 MiB mke2fs picks 1 KiB blocks; the
+  model keeps 4 KiB with that type's inode ratio and journal size);
+* ext4 bigalloc, inline_data, meta_bg, the background ext4lazyinit thread;
+  htree directories are sized, not hashed;
+* xfs free-space btree splits, speculative EOF preallocation, sparse inode
+  chunks, and searching both sides of the goal (data goes first-fit forward
+  from the inode);
+* the kernel finishes ``-o discard`` discards asynchronously, up to a commit
+  interval after the unlink; the model issues them at the next commit;
+* a write through a dangling symlink fails with EEXIST instead of creating
+  the target; EXDEV has no cause inside one filesystem.
 """
 from __future__ import annotations
 
