@@ -378,3 +378,19 @@ def test_enospc_leaves_nothing_half_made(fstype):
     fs.check()
     fs.sync()
     fs.check()
+
+
+def test_ext4_second_fstrim_trims_only_what_was_freed_since():
+    _, fs = make("ext4", "2G")
+    first = fs.fstrim()
+    assert first > 1 << 30
+    assert fs.fstrim() == 0                   # every group is marked trimmed
+    fs.write("f", 0, 1 << 20)
+    fs.sync()
+    fs.unlink("f")
+    again = fs.fstrim()
+    assert 1 << 20 <= again < 200 << 20       # only the group that saw frees
+    fs.umount()                               # the flags are in memory only
+    assert fs.fstrim() > 1 << 30
+    _, x = make("xfs", "2G")
+    assert x.fstrim() == x.fstrim() > 1 << 30   # xfs trims everything each time

@@ -148,6 +148,9 @@ class Filesystem:
         self.inodes: dict[int, Inode] = {}
         self._dirty: set[int] = set()
         self._ail: set[int] = set()       # committed, not yet written home
+        # ext4 remembers, per group, that fstrim found nothing new to trim
+        self._trimmed = np.zeros(self.nr_zones, dtype=bool) if self.remembers_trim else None
+        self._trim_minlen = np.zeros(self.nr_zones, dtype=np.int64)
         self._pending_discard: list[tuple[int, int]] = []
         self._xattr_blocks: set[int] = set()
         self._delayed_inodes: dict[int, Inode] = {}   # insertion order = writeback order
@@ -237,6 +240,8 @@ class Filesystem:
 
     def _free_run(self, start: int, n: int) -> None:
         self._mark(start, n, 0)
+        if self._trimmed is not None:
+            self._trimmed[start // self.zone_blocks:(start + n - 1) // self.zone_blocks + 1] = False
         self._dirty_alloc(start, n)
         if self.discard_mount:
             self._pending_discard.append((start, n))
@@ -245,6 +250,9 @@ class Filesystem:
         used = int(self.zone_used.sum()) - self._prealloc_blocks() + self._delayed_total
         return {"f_bsize": BLOCK, "f_blocks": self.nr_blocks, "f_bfree": self.nr_blocks - used,
                 "f_files": self.max_inodes, "f_ffree": self.max_inodes - len(self.inodes)}
+
+    #: ext4 skips groups already trimmed with nothing freed since; xfs trims all
+    remembers_trim = False
 
     def _prealloc_blocks(self) -> int:
         """Blocks held in memory by preallocation windows (free on disk)."""
@@ -1126,6 +1134,11 @@ class Filesystem:
         min_blocks = max(1, (minlen + BLOCK - 1) // BLOCK)
         total = 0
         for z in range(self.nr_zones):
+            if self._trimmed is not None:
+                if self._trimmed[z] and min_blocks >= self._trim_minlen[z]:
+                    continue            # EXT4_GROUP_INFO_WAS_TRIMMED: nothing freed since
+                self._trimmed[z] = True
+                self._trim_minlen[z] = min_blocks
             lo = z * self.zone_blocks
             hi = min(self.nr_blocks, lo + self.zone_blocks)
             runs = K.free_runs(self.bitmap, lo, hi, min_blocks)
@@ -1141,6 +1154,8 @@ class Filesystem:
         usable: the next operation behaves as after a fresh ``mount``."""
         self.sync()
         self.checkpoint()
+        if self._trimmed is not None:   # the trimmed flags live in memory only
+            self._trimmed[:] = False
         self._on_umount()
         self.mounted = False
 

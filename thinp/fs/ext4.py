@@ -135,6 +135,7 @@ class Ext4(Filesystem):
 
     fstype = "ext4"
     max_extent_len = 32768
+    remembers_trim = True
 
     def __init__(self, device, *, lazy_itable_init: bool = True, lazy_journal_init: bool = False,
                  nodiscard: bool = False, inode_ratio: int = 16384, journal_size=None,
