@@ -273,6 +273,10 @@ class Xfs(Filesystem):
 
     checkpoint_on_commit = False
 
+    def fstrim(self, minlen: int = 0) -> int:
+        super().fstrim(minlen)
+        return self.nr_blocks * BLOCK      # xfs reports the range it examined (fstrim -v)
+
     def _ail_limit(self) -> int:
         return self.log_blocks // 4
 
