@@ -397,3 +397,34 @@ def test_ext4_second_fstrim_trims_only_what_was_freed_since():
     n = x.counters["blocks_discarded"]
     assert x.fstrim() == 2 << 30                   # xfs reports the range, as fstrim -v shows
     assert x.counters["blocks_discarded"] == 2 * n  # and trims every free run each time
+
+
+@pytest.mark.parametrize("payload", [False, True])
+def test_copy_tree_is_cp_a(payload, rootfs_manifest):
+    from thinp.fs import copy_tree
+    from thinp.fs.workloads import SimTarget, load_manifest, wl_rootfs
+
+    rows = [r for r in load_manifest(rootfs_manifest) if r["path"].startswith(("etc", "usr/bin", "dev"))]
+    _, src = make("ext4", "2G", payload=payload)
+    for top in ("usr",):
+        src.mkdir(top)
+    wl_rootfs(SimTarget(src), rows)
+    src.setxattr("etc", "trusted.overlay.opaque", b"y")
+    _, dst = make("xfs", "2G", payload=payload)
+    n = copy_tree(src, "/", dst, "/copy")
+    assert n == sum(1 for _ in src.walk("/") for _ in [0]) + sum(len(f) for _d, _s, f in src.walk("/"))
+    for dpath, dirs, files in src.walk("/"):
+        for name in files:
+            p = f"{dpath.rstrip('/')}/{name}"
+            a, b = src.lstat(p), dst.lstat("/copy" + p)
+            assert (a.st_mode, a.st_uid, a.st_gid, a.st_nlink, a.st_rdev) == (b.st_mode, b.st_uid, b.st_gid, b.st_nlink, b.st_rdev), p
+            if stat.S_ISREG(a.st_mode):
+                assert src.content(p) == dst.content("/copy" + p)
+            elif stat.S_ISLNK(a.st_mode):
+                assert src.readlink(p) == dst.readlink("/copy" + p)
+    assert dst.getxattr("/copy/etc", "trusted.overlay.opaque") == b"y"
+    dst.umount()
+    dst.check()
+    removed = dst.rmtree("/copy")
+    assert removed == n and dst.listdir("/") == []
+    dst.check()

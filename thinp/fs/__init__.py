@@ -38,7 +38,7 @@ from .core import Filesystem, StatResult
 from .ext4 import Ext4, Ext4Geometry
 from .xfs import Xfs
 
-__all__ = ["mkfs", "copy_file", "Filesystem", "Ext4", "Xfs", "Ext4Geometry", "StatResult", "FS_TYPES"]
+__all__ = ["mkfs", "copy_file", "copy_tree", "Filesystem", "Ext4", "Xfs", "Ext4Geometry", "StatResult", "FS_TYPES"]
 
 FS_TYPES = {"ext4": Ext4, "xfs": Xfs}
 
@@ -93,3 +93,54 @@ def copy_file(src: Filesystem, src_path: str, dst: Filesystem, dst_path: str, *,
         for name in src.listxattr(src_path):
             dst.setxattr(dst_path, name, src.getxattr(src_path, name))
         dst.utime(dst_path, (st.st_atime, st.st_mtime))
+
+
+def copy_tree(src: Filesystem, src_path: str, dst: Filesystem, dst_path: str) -> int:
+    """``cp -a src_path dst_path`` between (or within) filesystems: directories,
+    files, symlinks, device nodes and fifos, with modes, owners, times and
+    xattrs; hard links inside the tree stay hard links.  ``dst_path`` must not
+    exist.  Returns the number of entries made.
+    """
+    import stat as _stat
+
+    top = src.lstat(src_path)
+    if not _stat.S_ISDIR(top.st_mode):
+        raise ValueError(f"copy_tree: {src_path!r} is not a directory")
+    src_base = "/" + "/".join(p for p in src_path.split("/") if p)
+    dst_base = "/" + "/".join(p for p in dst_path.split("/") if p)
+    seen: dict[int, str] = {}
+    made = 0
+    dirs_meta = []
+    for dpath, dirnames, filenames in src.walk(src_path):
+        rel = dpath[len(src_base):] if src_base != "/" else dpath
+        tdir = (dst_base.rstrip("/") + rel) if rel not in ("", "/") else dst_base
+        st = src.lstat(dpath)
+        dst.mkdir(tdir, _stat.S_IMODE(st.st_mode))
+        made += 1
+        dirs_meta.append((dpath, tdir, st))
+        for name in filenames:
+            s_p, d_p = f"{dpath.rstrip('/')}/{name}", f"{tdir.rstrip('/')}/{name}"
+            fst = src.lstat(s_p)
+            made += 1
+            if fst.st_nlink > 1 and fst.st_ino in seen:
+                dst.link(seen[fst.st_ino], d_p)
+                continue
+            mode = fst.st_mode
+            if _stat.S_ISREG(mode):
+                copy_file(src, s_p, dst, d_p)
+            elif _stat.S_ISLNK(mode):
+                dst.symlink(src.readlink(s_p), d_p)
+                dst.chown(d_p, fst.st_uid, fst.st_gid, follow_symlinks=False)
+            else:
+                dst.mknod(d_p, mode, fst.st_rdev)
+                dst.chown(d_p, fst.st_uid, fst.st_gid)
+            for xname in src.listxattr(s_p, follow_symlinks=False):
+                dst.setxattr(d_p, xname, src.getxattr(s_p, xname, follow_symlinks=False), follow_symlinks=False)
+            if fst.st_nlink > 1:
+                seen[fst.st_ino] = d_p
+    for dpath, tdir, st in reversed(dirs_meta):   # children first, so times stick
+        dst.chown(tdir, st.st_uid, st.st_gid)
+        for xname in src.listxattr(dpath):
+            dst.setxattr(tdir, xname, src.getxattr(dpath, xname))
+        dst.utime(tdir, (st.st_atime, st.st_mtime))
+    return made

@@ -513,6 +513,20 @@ class Filesystem:
         node.nlink = 0
         self._release(node)
 
+    def rmtree(self, path: str) -> int:
+        """``rm -rf path`` (path must be a directory); returns entries removed."""
+        if not self._lookup(path, follow=False).is_dir:
+            raise _err(errno.ENOTDIR, path)
+        n = 0
+        for dpath, _dirs, files in reversed(list(self.walk(path))):
+            for f in files:
+                self.unlink(f"{dpath.rstrip('/')}/{f}")
+                n += 1
+            if dpath.strip("/"):
+                self.rmdir(dpath)
+                n += 1
+        return n
+
     def rename(self, src: str, dst: str) -> None:
         sparent, sname = self._parent_of(src)
         ino = sparent.entries.get(sname)

@@ -93,11 +93,7 @@ class SimTarget:
         self.fs.sync()
 
     def rmtree(self, path):
-        fs = self.fs
-        for dpath, dirs, files in reversed(list(fs.walk(path))):
-            for f in files:
-                fs.unlink(f"{dpath}/{f}")
-            fs.rmdir(dpath)
+        self.fs.rmtree(path)
 
     def fstrim(self):
         self.fs.fstrim()
