@@ -104,6 +104,20 @@ class FsMachine(RuleBasedStateMachine):
         got, want = self.both("read", p)
         assert got == want
 
+    @rule(p=PATHS, name=st.sampled_from(["user.a", "trusted.overlay.opaque", "security.capability"]),
+          size=st.sampled_from([1, 40, 300, 3000]))
+    def setxattr(self, p, name, size):
+        self.both("setxattr", p, name, b"v" * size)
+
+    @rule(p=PATHS, name=st.sampled_from(["user.a", "trusted.overlay.opaque"]))
+    def removexattr(self, p, name):
+        self.both("removexattr", p, name)
+
+    @rule(p=PATHS)
+    def listxattr(self, p):
+        got, want = self.both("listxattr", p)
+        assert got == want
+
     @rule()
     def sync(self):
         self.fs.sync()
