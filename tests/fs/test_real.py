@@ -122,3 +122,11 @@ def test_fstrim_reports_what_the_kernel_reports(real_kernel, fstype):
         umount()
     fs = mkfs(PlainDevice("2G"), fstype)
     assert [fs.fstrim(), fs.fstrim()] == got
+
+
+@pytest.mark.parametrize("fstype,workload", [("ext4", "rootfs"), ("xfs", "smallfiles")])
+def test_100g_workloads_match_real(real_kernel, rootfs_manifest, fstype, workload):
+    """At 100 GiB ext4 has 50 flex groups and a 512 MiB journal; placement must still hold."""
+    real = run_real(fstype, "100G", {}, workload)
+    sim = run_sim(fstype, "100G", {}, workload)
+    assert abs(sim["chunks_64k"] - real["chunks_64k"]) <= 0.15 * real["chunks_64k"], (real, sim)
