@@ -244,10 +244,6 @@ class Ext4(Filesystem):
         if zstart > 0:
             self._dev_zero_run(zstart, g.nr_blocks - zstart)
         self._dirty = set()
-        self._itable_written = np.zeros(g.nr_groups, dtype=bool)
-        self._itable_written[:] = not lazy_itable_init
-        self._bb_init = np.zeros(g.nr_groups, dtype=bool)
-        self._bb_init[sorted(init_groups)] = True
 
     def _journal_group(self) -> int:
         g = self.geometry
@@ -508,9 +504,6 @@ class Ext4(Filesystem):
             if self._jpos >= jn:
                 self._jpos = 1
         self.counters["journal_blocks_written"] += total
-
-    def commit(self) -> None:
-        super().commit()
 
     def _on_umount(self) -> None:
         self._release_prealloc()

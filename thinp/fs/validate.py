@@ -31,8 +31,6 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 
-import numpy as np
-
 from ..blockdev import PHYS_BLOCK, PlainDevice, count_chunks
 from . import mkfs as sim_mkfs
 from .workloads import WORKLOADS, RealTarget, SimTarget, fixtures_dir, ROOTFS_MANIFEST

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import errno
 
-import numpy as np
-
 from .core import BLOCK, Filesystem, Inode, _err
 
 INODE_SIZE = 512
