@@ -1196,7 +1196,7 @@ class Filesystem:
           entries naming them; every entry names a live inode;
         * file sizes cover their mapped blocks and extents do not overlap.
         """
-        owners = np.zeros(self.nr_blocks, dtype=np.uint8)   # saturates only past 255 owners
+        owners = np.zeros(self.nr_blocks, dtype=np.uint8)   # wraps only past 255 owners of one block
         for s, n in self.static_runs:
             owners[s:s + n] += 1
         for node in self.inodes.values():
