@@ -89,6 +89,21 @@ class Inode:
         self.delayed = None   # delayed allocation: sorted [begin, end) logical block ranges
         self.pending = None   # payload of delayed blocks: lblk -> bytearray(4096)
 
+    def _copy(self) -> "Inode":
+        """An independent copy (for :meth:`Filesystem.clone`)."""
+        n = Inode.__new__(Inode)
+        n.ino, n.mode, n.uid, n.gid, n.nlink, n.size = self.ino, self.mode, self.uid, self.gid, self.nlink, self.size
+        n.atime, n.mtime, n.ctime, n.rdev, n.target = self.atime, self.mtime, self.ctime, self.rdev, self.target
+        n.xattrs = dict(self.xattrs) if self.xattrs is not None else None
+        n.extents = [list(e) for e in self.extents]
+        n.stamps = self.stamps.copy() if self.stamps is not None else None
+        n.entries = dict(self.entries) if self.entries is not None else None
+        n.parent, n.dir_bytes, n.meta_blocks = self.parent, self.dir_bytes, list(self.meta_blocks)
+        n.loc, n.zone, n.nr_data_blocks = self.loc, self.zone, self.nr_data_blocks
+        n.delayed = list(self.delayed) if self.delayed is not None else None
+        n.pending = {k: bytearray(v) for k, v in self.pending.items()} if self.pending is not None else None
+        return n
+
     @property
     def is_dir(self) -> bool:
         return _stat.S_ISDIR(self.mode)
@@ -1058,6 +1073,37 @@ class Filesystem:
 
     def _on_umount(self) -> None:
         pass
+
+    # -- cloning (block-device snapshots) ------------------------------------------
+    def clone(self, device) -> "Filesystem":
+        """This filesystem's state as seen through ``device``, a snapshot of
+        the device it lives on (a thin snapshot shares every block, so the
+        on-disk filesystem is identical).  Writes back and commits first, as
+        the unmount before a snapshot does.  The clone has its own inodes,
+        bitmaps and allocator state, and counters from zero."""
+        import copy
+
+        if device.size != self.device.size:
+            raise ValueError(f"clone onto a device of {device.size} bytes; this filesystem's is {self.device.size}")
+        self.sync()
+        new = object.__new__(type(self))
+        memo = {id(self.device): device, id(self): new}
+        for name, value in self.__dict__.items():
+            if name == "device":
+                v = device
+            elif name == "inodes":
+                v = {ino: node._copy() for ino, node in value.items()}
+            elif name == "counters":
+                v = dict.fromkeys(value, 0)
+            elif isinstance(value, np.ndarray):
+                v = value.copy()
+            elif isinstance(value, (int, float, str, bool, type(None))):
+                v = value
+            else:
+                v = copy.deepcopy(value, memo)
+            new.__dict__[name] = v
+        new.payload = bool(device.payload)
+        return new
 
     # -- checking ------------------------------------------------------------------
     def check(self) -> dict:
