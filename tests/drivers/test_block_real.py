@@ -17,9 +17,8 @@ def test_btrfs_one_leaf_snapshot_matches_the_kernel():
     ok, why = vb.btrfs_available()
     if not ok:
         pytest.skip(why)
-    before = _loops()
     real = vb.btrfs_scenario_real(0)
-    assert _loops() == before                     # loop device released
+    assert "thinp-btrfs-" not in _loops()         # our loop device was released
     sim = vb.btrfs_scenario_sim(0)
     assert sim == real
 

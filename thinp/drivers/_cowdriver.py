@@ -142,6 +142,15 @@ class CowDriver(Driver):
     def _truncate_data(self, layer, node, old, new):
         raise NotImplementedError
 
+    def _own_tree(self, layer, ino):
+        """This layer's writable FileTree for ``ino`` (copied from a shared one)."""
+        t = layer.trees.get(ino)
+        if t is None:
+            t = layer.trees[ino] = FileTree(owner=layer.sid)
+        elif t.owner != layer.sid:
+            t = layer.trees[ino] = t.copy(layer.sid)
+        return t
+
     def _release_data(self, layer, ino):
         t = layer.trees.pop(ino, None)
         if t is not None:
@@ -185,7 +194,7 @@ class CowDriver(Driver):
             layer = Layer(id, sid, None, self._new_fs(), {}, bool(read_write))
         else:
             fs = src.fs.clone(PlainDevice(self.fs_size))
-            trees = {ino: t.copy() for ino, t in src.trees.items()}
+            trees = dict(src.trees)          # FileTree objects shared; see _own_tree
             self.store.share(trees.values())
             layer = Layer(id, sid, parent, fs, trees, bool(read_write))
             src.children += 1

@@ -116,15 +116,17 @@ def _collect_extents(meta, root, levels, mark):
 
 
 class FileTree:
-    """The root and depth of one file's mapping tree (a mutable pair)."""
+    """The root and depth of one file's mapping tree.  ``owner`` is the layer
+    allowed to change it in place; a snapshot shares the object and the
+    other side replaces it with its own copy before its first change."""
 
-    __slots__ = ("root", "levels")
+    __slots__ = ("root", "levels", "owner")
 
-    def __init__(self, root: int = 0, levels: int = 1):
-        self.root, self.levels = root, levels
+    def __init__(self, root: int = 0, levels: int = 1, owner: int = -1):
+        self.root, self.levels, self.owner = root, levels, owner
 
-    def copy(self) -> "FileTree":
-        return FileTree(self.root, self.levels)
+    def copy(self, owner: int = -1) -> "FileTree":
+        return FileTree(self.root, self.levels, owner)
 
 
 class CowStore:
@@ -311,9 +313,9 @@ class CowStore:
         return out
 
     def release(self, t: FileTree) -> None:
+        """Drop one reference to ``t``'s tree (the caller forgets ``t``)."""
         if t.root:
             K.dec_tree(self.sp, t.root, t.levels, False)
-            t.root = 0
             self._reap()
 
     def share(self, trees) -> None:

@@ -118,8 +118,7 @@ class BtrfsDriver(CowDriver):
         if ino in inline:                   # grows out of the leaf: rewrite from 0
             inline.discard(ino)
             offset, end = 0, max(end, node.size)
-        if t is None:
-            t = layer.trees[ino] = FileTree()
+        t = self._own_tree(layer, ino)
         store = self.store
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
         old = store.lookup(t, b0, b1)
@@ -154,11 +153,9 @@ class BtrfsDriver(CowDriver):
         self._dirty_meta(layer, ino, added)
 
     def _truncate_data(self, layer, node, old, new):
-        t = layer.trees.get(node.ino)
-        if t is None:
-            if new > self.max_inline and old <= self.max_inline:
-                pass
+        if node.ino not in layer.trees:
             return
+        t = self._own_tree(layer, node.ino)
         keep = (new + BLOCK - 1) // BLOCK
         self.store.unmap(t, keep, (old + BLOCK - 1) // BLOCK)
         layer.extra.get("open", {}).pop(node.ino, None)

@@ -118,9 +118,7 @@ class ZfsDriver(CowDriver):
         rs = self.recordsize
         ino = node.ino
         store = self.store
-        t = layer.trees.get(ino)
-        if t is None:
-            t = layer.trees[ino] = FileTree()
+        t = self._own_tree(layer, ino)
         dirty = layer.extra.setdefault("open", {})      # (ino, record) -> extent, this txg
         end = offset + length
         if node.size <= rs:
@@ -150,9 +148,9 @@ class ZfsDriver(CowDriver):
         self._dirty_meta(layer, ino, records=recs)
 
     def _truncate_data(self, layer, node, old, new):
-        t = layer.trees.get(node.ino)
-        if t is None:
+        if node.ino not in layer.trees:
             return
+        t = self._own_tree(layer, node.ino)
         rs = self.recordsize
         if new <= 0:
             self.store.unmap(t, 0, _ceil(old, rs))
