@@ -10,8 +10,8 @@ from thinp.drivers.btrfs import NODESIZE, BtrfsDriver
 MiB = 1 << 20
 
 
-def _snap_after_write(extra_files=0):
-    d = BtrfsDriver()
+def _snap_after_write(extra_files=0, **opts):
+    d = BtrfsDriver(**opts)
     d.create("base", None, read_write=True)
     v = d.get("base")
     v.write("/f", 0, os.urandom(MiB))
@@ -40,13 +40,26 @@ def test_snapshot_4k_overwrite_is_4k_exclusive_and_bookends():
     assert q["exclusive"] == 20480 and q["referenced"] == 1069056
 
 
-def test_two_level_tree_figure_from_sources():
-    """SOURCES.md: 4,096 bytes of data plus about 48 KiB of tree metadata exclusive."""
+def test_two_level_tree_leaf_with_room():
+    """Measured here (two runs): root + the file's leaf, 36,864 bytes exclusive."""
     d = _snap_after_write(extra_files=300)
     q = d.qgroup("snap")
     assert q["exclusive_data"] == 4096
+    assert q["exclusive"] == 36864
+    assert q["referenced"] == pytest.approx(1232896, rel=0.05)   # real: 1,232,896
+
+
+def test_two_level_tree_full_leaf_figure_from_sources():
+    """SOURCES.md: 4,096 bytes of data plus about 48 KiB of tree metadata when the
+    file's leaf is full: inserting the split extent items splits it (also seen
+    here once, 53,248)."""
+    d = _snap_after_write(extra_files=300, leaf_fill=1.0)
+    q = d.qgroup("snap")
+    assert q["exclusive_data"] == 4096
     assert q["exclusive_metadata"] == pytest.approx(48 * 1024, rel=0.05)
-    assert q["referenced"] == 1232896          # measured here for the same tree
+    assert q["exclusive"] == 53248
+    with pytest.raises(ValueError):
+        BtrfsDriver(leaf_fill=2)
 
 
 def test_small_write_copies_one_block_not_the_file():

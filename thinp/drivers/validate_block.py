@@ -248,8 +248,9 @@ def _rows(driver, scenario, sim, real, note):
     return rows
 
 
-def validate_block_drivers(real: bool = True, workdir=None) -> list[dict]:
-    """Rows comparing the btrfs and zfs models with the real systems."""
+def validate_block_drivers(real: bool = True, workdir=None, rootfs: bool = True) -> list[dict]:
+    """Rows comparing the btrfs and zfs models with the real systems (and,
+    with ``rootfs``, the Debian rootfs workload on btrfs)."""
     rows = []
     ok, why = btrfs_available() if real else (False, "real runs not requested")
     for extra, late, name in ((0, False, "snapshot + 4 KiB overwrite of a 1 MiB file (one-leaf tree)"),
@@ -273,6 +274,8 @@ def validate_block_drivers(real: bool = True, workdir=None) -> list[dict]:
             except RuntimeError as e:
                 note = str(e)
         rows += _rows("zfs", f"clone + 4 KiB overwrite of a 1 MiB file, recordsize={rs}", sim, r, note)
+    if rootfs:
+        rows += validate_block_rootfs(real, workdir)
     return rows
 
 
@@ -285,3 +288,124 @@ def format_rows(rows) -> str:
                       "-" if r["err_pct"] is None else f"{r['err_pct']:+.1f}", r["note"] or ""))
     w = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     return "\n".join("  ".join(str(c).ljust(w[i]) for i, c in enumerate(row)).rstrip() for row in table)
+
+
+# ----------------------------------------------------------- the rootfs workload
+class ViewTarget:
+    """The :mod:`thinp.fs.workloads` target interface over a driver's mounted view."""
+
+    def __init__(self, view, sync=None):
+        self.view, self._sync = view, sync
+
+    def mkdir(self, path, mode=0o755):
+        self.view.mkdir("/" + path, mode)
+
+    def write_file(self, path, size, seed=0):
+        self.view.create("/" + path)
+        if size:
+            self.view.write("/" + path, 0, size)
+
+    def symlink(self, target, path):
+        self.view.symlink(target, "/" + path)
+
+    def link(self, src, dst):
+        self.view.link("/" + src, "/" + dst)
+
+    def mknod(self, path, mode, rdev):
+        self.view.mknod("/" + path, mode, rdev)
+
+    def chmod(self, path, mode):
+        self.view.chmod("/" + path, mode)
+
+    def chown(self, path, uid, gid):
+        self.view.chown("/" + path, uid, gid)
+
+    def unlink(self, path):
+        self.view.unlink("/" + path)
+
+    def sync(self):
+        if self._sync:
+            self._sync()
+
+
+def _rootfs_rows():
+    from ..fs.workloads import fixtures_dir, load_manifest, ROOTFS_MANIFEST
+
+    p = fixtures_dir() / ROOTFS_MANIFEST
+    return load_manifest(p) if p.exists() else None
+
+
+def _victims(rows, n=100):
+    """The first ``n`` regular files of at least 64 KiB (not hard links)."""
+    seen, out = set(), []
+    for r in rows:
+        if r["type"] == "f" and r["size"] >= 65536 and not (r["inode_group"] and r["inode_group"] in seen):
+            out.append(r["path"].lstrip("./") if r["path"].startswith("./") else r["path"])
+        if r["inode_group"]:
+            seen.add(r["inode_group"])
+        if len(out) == n:
+            break
+    return out
+
+
+def _fi_df(mnt) -> dict:
+    out = {}
+    for line in _run(["btrfs", "filesystem", "df", "-b", mnt]).splitlines():
+        kind = line.split(",")[0].strip()
+        used = int(line.rsplit("used=", 1)[1].strip()) if "used=" in line else 0
+        out[kind] = used
+    return out
+
+
+def btrfs_rootfs_real(rows, workdir=None) -> dict:
+    from ..fs.workloads import RealTarget, wl_rootfs
+
+    with real_btrfs(workdir=workdir) as mnt:
+        _run(["btrfs", "subvolume", "create", f"{mnt}/base"])
+        wl_rootfs(RealTarget(f"{mnt}/base"), rows)
+        _run(["sync"])
+        df0 = _fi_df(mnt)
+        _run(["btrfs", "subvolume", "snapshot", f"{mnt}/base", f"{mnt}/snap"])
+        for p in _victims(rows):
+            _write(f"{mnt}/snap/{p}", 8192, 4096)
+        q = _qgroups(mnt)
+        return {"data_used_after_rootfs": df0.get("Data", 0), "metadata_used_after_rootfs": df0.get("Metadata", 0),
+                "base_referenced": q["base"][0], "snap_exclusive_after_100_writes": q["snap"][1]}
+
+
+def btrfs_rootfs_sim(rows) -> dict:
+    from ..fs.workloads import wl_rootfs
+    from .btrfs import NODESIZE, BtrfsDriver, item_bytes, tree_shape
+
+    d = BtrfsDriver()
+    d.create("base", None, read_write=True)
+    wl_rootfs(ViewTarget(d.get("base"), d.sync), rows)
+    d.put("base")
+    data = d.store.units_used * d.unit_bytes
+    base = d.layers["base"]
+    meta = tree_shape(item_bytes(base.fs, base.trees), d.leaf_fill)[1] * NODESIZE
+    d.create("snap", "base", read_write=True)
+    v = d.get("snap")
+    for p in _victims(rows):
+        v.write("/" + p, 8192, 4096)
+    d.put("snap")
+    return {"data_used_after_rootfs": data, "metadata_used_after_rootfs": meta,
+            "base_referenced": d.qgroup("base")["referenced"],
+            "snap_exclusive_after_100_writes": d.qgroup("snap")["exclusive"]}
+
+
+def validate_block_rootfs(real: bool = True, workdir=None) -> list[dict]:
+    """The Debian minbase rootfs in a btrfs subvolume, a snapshot, 4 KiB
+    overwrites in 100 of its files: real btrfs vs the model."""
+    rows = _rootfs_rows()
+    if rows is None:
+        return []
+    ok, why = btrfs_available() if real else (False, "real runs not requested")
+    sim = btrfs_rootfs_sim(rows)
+    r, note = None, why
+    if ok:
+        try:
+            r, note = btrfs_rootfs_real(rows, workdir), ""
+        except RuntimeError as e:
+            note = str(e)
+    return _rows("btrfs", "Debian rootfs subvolume, snapshot, 4 KiB into 100 files", sim, r, note)
