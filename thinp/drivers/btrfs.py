@@ -111,7 +111,7 @@ class BtrfsDriver(CowDriver):
                 leaf_of[obj] = int(pos // per_leaf)
                 pos += inode_item_bytes(inodes.peek(ino) if hasattr(inodes, "peek") else inodes[ino], trees)
             leaves = tree_shape(pos, self.leaf_fill)[0]
-            sh = layer.extra["shape"] = (leaves, leaf_of)
+            sh = layer.extra["shape"] = (leaves, leaf_of, len(inodes))
         return sh
 
     def _dirty_meta(self, layer, ino, extents_added=0):
@@ -123,7 +123,7 @@ class BtrfsDriver(CowDriver):
         if obj is None:
             obj = objs[ino] = len(objs) + 256
         layer.extra["changed"] = True
-        leaves, leaf_of = self._shape(layer)
+        leaves, leaf_of, _n = self._shape(layer)
         if leaves > 1:
             leaf = leaf_of.get(obj, leaves - 1)
             owned.add(("leaf", leaf))
@@ -144,14 +144,17 @@ class BtrfsDriver(CowDriver):
         super().sync()
         for layer in self.layers.values():
             if layer.extra.pop("changed", False):
-                layer.extra.pop("shape", None)
+                sh = layer.extra.get("shape")
+                # new objectids sort last (the last leaf): re-lay the tree only
+                # when it has grown or shrunk by more than 5%
+                if sh is not None and abs(len(layer.fs.inodes) - sh[2]) > 0.05 * sh[2]:
+                    del layer.extra["shape"]
 
     def _on_snapshot(self, src, new):
         new.owned = {("root",)}
         if src is not None:
             new.extra["objid"] = dict(src.extra.get("objid", {}))
-            if "shape" in src.extra and not src.extra.get("changed"):
-                new.extra["shape"] = src.extra["shape"]     # the same tree until it changes
+            new.extra["shape"] = self._shape(src)       # the same tree until it changes
             src.owned = {("root",)}
         self._counters["meta_bytes_written"] += NODESIZE * META_COPIES * (1 if src is None else 2)
 
