@@ -164,3 +164,22 @@ def test_containers_and_page_cache_kind(drv):
         assert cached == 65536           # the ARC holds each record once
     else:
         assert cached == 3 * 65536       # a copy per device / subvolume inode
+
+
+def test_stats_count_every_layer(drv):
+    drv.create("a", None, read_write=True)
+    v = drv.get("a")
+    v.write("/f", 0, b"x" * 10000)
+    v.write("/g", 0, b"y" * 300)
+    drv.put("a")
+    drv.create("b", "a", read_write=True)
+    w = drv.get("b")
+    w.write("/f", 0, b"z" * 20000)
+    w.unlink("/g")
+    w.write("/h", 0, b"h" * 7)
+    s = drv.stats()
+    assert s["logical_bytes"] == (10000 + 300) + (20000 + 7)
+    assert s["create_ops"] == 2 and s["physical_bytes"] > 0 and s["bytes_written"] > 0
+    fs_inodes = s["inodes"]
+    drv.create("c", "b")
+    assert drv.stats()["inodes"] > fs_inodes

@@ -23,7 +23,7 @@ from .. import errors
 from ..blockdev import PlainDevice
 from . import _treediff as td
 from ._cowstore import CowStore, FileTree
-from ._fsview import FsView
+from ._fsview import FsView, fs_totals
 from .base import Driver, Usage, empty_stats
 from .pagecache import PageCache
 
@@ -325,8 +325,9 @@ class CowDriver(Driver):
         out["cow_count"] = self._counters["cow_count"]
         logical = inodes = 0
         for layer in self.layers.values():
-            inodes += len(layer.fs.inodes)
-            logical += sum(n.size for n in layer.fs.inodes.values() if n.is_reg)
+            i, b = fs_totals(layer.fs)
+            inodes += i
+            logical += b
         out["logical_bytes"] = logical
         out["inodes"] = inodes
         out["page_cache_bytes"] = self.page_cache.cached_bytes

@@ -160,3 +160,34 @@ class FsView(MountedView):
 
     def fsync(self, path):
         self.fs.fsync(path)
+
+
+_BASE_TOTALS: dict = {}
+
+
+def fs_totals(fs) -> tuple[int, int]:
+    """(inodes, bytes of regular files) of a filesystem, in O(changes since its
+    last clone): a cloned filesystem's frozen inode dict is counted once."""
+    from ..fs.core import CowInodes
+
+    inodes = fs.inodes
+    if not isinstance(inodes, CowInodes):
+        return len(inodes), sum(n.size for n in inodes.values() if n.is_reg)
+    base = inodes.base
+    key = id(base)
+    hit = _BASE_TOTALS.get(key)
+    if hit is None or hit[0] is not base:
+        hit = (base, sum(n.size for n in base.values() if n.is_reg))
+        _BASE_TOTALS[key] = hit
+        if len(_BASE_TOTALS) > 4096:
+            _BASE_TOTALS.clear()
+            _BASE_TOTALS[key] = hit
+    logical = hit[1]
+    for ino in set(inodes.own) | inodes.gone:
+        old = base.get(ino)
+        if old is not None and old.is_reg:
+            logical -= old.size
+    for node in inodes.own.values():
+        if node.is_reg:
+            logical += node.size
+    return len(inodes), logical

@@ -36,7 +36,7 @@ import tempfile
 from .. import errors
 from ..units import parse_size
 from . import _treediff as td
-from ._fsview import FsView
+from ._fsview import FsView, fs_totals
 from .base import Capabilities, Driver, Usage, empty_stats, register
 from .pagecache import PageCache
 
@@ -314,8 +314,9 @@ class DeviceMapperDriver(Driver):
         out["cow_count"] = c["nr_cow_copies"] + c["nr_cow_overwrites"]
         logical = inodes = 0
         for dev in self._devs.values():
-            inodes += len(dev.fs.inodes)
-            logical += sum(n.size for n in dev.fs.inodes.values() if n.is_reg)
+            i, b = fs_totals(dev.fs)
+            inodes += i
+            logical += b
         out["logical_bytes"] = logical
         out["inodes"] = inodes
         out["page_cache_bytes"] = self.page_cache.cached_bytes
