@@ -18,6 +18,7 @@ def test_clone_is_independent_and_consistent(fstype):
     fs.symlink("f1", "/d/s")
     c = fs.clone(PlainDevice("1G"))
     assert isinstance(c.inodes, CowInodes) and isinstance(fs.inodes, CowInodes)
+    assert c.bitmap is fs.bitmap                     # shared until one side allocates
     assert sorted(c.listdir("/d")) == sorted(fs.listdir("/d"))
     assert c.content("/d/f3") == fs.content("/d/f3")
     c.write("/d/f3", 0, 10)
@@ -29,6 +30,9 @@ def test_clone_is_independent_and_consistent(fstype):
     assert c.exists("/d/f5") and not fs.exists("/d/f5")
     assert not fs.exists("/d/new")
     assert len(c.inodes) == len(list(c.inodes.values()))
+    c.sync()
+    fs.sync()
+    assert c.bitmap is not fs.bitmap
     c.check()
     fs.check()
     # a clone of a clone

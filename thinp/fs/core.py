@@ -285,7 +285,13 @@ class Filesystem:
         self.counters["metadata_blocks_written"] += len(arr)
 
     # -- block allocation ---------------------------------------------------
+    #: clone() shares the block bitmap; the first change on either side copies it
+    _bitmap_shared = False
+
     def _mark(self, start: int, n: int, value: int) -> None:
+        if self._bitmap_shared:
+            self.bitmap = self.bitmap.copy()
+            self._bitmap_shared = False
         K.set_range(self.bitmap, self.first_free, self.zone_used, self.zone_blocks, start, n, value)
 
     def _reserve_static(self, start: int, n: int) -> None:
@@ -1189,6 +1195,8 @@ class Filesystem:
                 v = CowInodes(base)
             elif name == "counters":
                 v = dict.fromkeys(value, 0)
+            elif name == "bitmap":
+                v = value                      # copied by whichever side changes it first
             elif isinstance(value, np.ndarray):
                 v = value.copy()
             elif isinstance(value, (int, float, str, bool, type(None))):
@@ -1200,6 +1208,7 @@ class Filesystem:
                 v = copy.deepcopy(value, memo)
             new.__dict__[name] = v
         new.payload = bool(device.payload)
+        self._bitmap_shared = new._bitmap_shared = True
         return new
 
     # -- checking ------------------------------------------------------------------
