@@ -289,8 +289,6 @@ class CowDriver(Driver):
         return self.store.referenced(t for x in layers for t in x.trees.values())
 
     def _exclusive_data_bytes(self, layer: Layer) -> int:
-        import numpy as np
-
         mine = self._extent_marks(only=layer)
         others = self._extent_marks(exclude=layer)
         excl = (mine == 1) & (others == 0)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 
 from ._cowdriver import CowDriver
-from ._cowstore import FileTree
 from .base import Capabilities, register
 
 BLOCK = 4096

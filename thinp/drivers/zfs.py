@@ -31,7 +31,6 @@ records share them (page-cache key = the record).
 from __future__ import annotations
 
 from ._cowdriver import CowDriver
-from ._cowstore import FileTree
 from .base import Capabilities, register
 
 SECTOR = 4096
@@ -180,8 +179,6 @@ class ZfsDriver(CowDriver):
     def used(self, id) -> int:
         """``zfs get -p used`` of the layer's dataset: blocks born in it and
         still referenced (data and metadata copies)."""
-        import numpy as np
-
         layer = self._layer(id)
         st = self.store
         n = st.sp.drc.shape[0]
@@ -202,5 +199,5 @@ class ZfsDriver(CowDriver):
                 ("Parent Dataset", "thinp/docker"), ("Compression", "off")]
 
     def metadata(self, id):
-        layer = self._layer(id)
+        self._layer(id)
         return {"Dataset": f"thinp/docker/{id}", "Mountpoint": f"/var/lib/docker/zfs/graph/{id}"}
