@@ -52,8 +52,8 @@ class FsView(MountedView):
     def write(self, path, offset, data):
         self._rw(path)
         fs = self.fs
-        n = fs.write(path, offset, data)
-        node = fs._lookup(path)
+        node = fs._file_for_write(path)      # one path walk for the fs and the driver
+        n = fs._write(node, offset, data, None)
         self._data_write(node, offset, n)
         return n
 
