@@ -685,3 +685,19 @@ def test_resize_past_a_space_map_page(tmp_path):
     assert pool.device(0).read(0, 8) == b"xxxxxyxx" and pool.device(1).read(0, 8) == b"x" * 8
     assert pool.device(0).read(2000 * BS, 2) == b"zz"
     pool.close()
+
+
+@pytest.mark.parametrize("op", [thinp.WRITE, thinp.READ, thinp.DISCARD])
+def test_a_trace_row_whose_end_overflows_is_refused(tmp_path, op):
+    """offset + length past 2**63 used to wrap negative in the int64 range
+    check, so the row passed validation and ran: no block was touched, but
+    the request and its (absurd) byte count went into the counters."""
+    pool = mk(tmp_path)
+    pool.create_thin(0, MiB)
+    before = pool.status().counters
+    trace = thinp.make_trace(1)
+    trace[0] = (0, op, 1 << 62, 1 << 62)
+    with pytest.raises(ValueError, match="past the end"):
+        pool.replay(trace)
+    assert pool.status().counters == before
+    pool.close()

@@ -663,7 +663,7 @@ class ThinPool:
         lut_slots = np.array([md.slot_of[int(i)] for i in lut_ids], dtype=np.int64)
         slots = lut_slots[np.searchsorted(lut_ids, dev)]
         size = md.dv.size_sectors[slots] * SECTOR_SIZE
-        bad = np.flatnonzero(off + ln > size)
+        bad = np.flatnonzero((off > size) | (ln > size - off))  # off + ln could overflow int64
         if len(bad):
             r = int(bad[0])
             raise ValueError(f"trace row {r}: {OP_NAME[int(ops[r])]} of {ln[r]} bytes at offset {off[r]} "
