@@ -51,6 +51,10 @@ SIZES = st.one_of(
     st.sampled_from([32 * 1024 * 1024 + 512, 100 * 1024 * 1024, 20 << 30]),
 )
 MAX_DEVICES = 10
+#: Every message commits, and a commit msyncs the metadata file: on a busy
+#: disk that, not the engine, is what a run waits for.  Pools go in tmpfs
+#: when the machine has one (the semantics under test are the same).
+TMP_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 ERROR_CLASSES = {
     "DeviceExistsError": errors.DeviceExistsError,
@@ -103,7 +107,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     def __init__(self):
         super().__init__()
-        self.tmp = tempfile.mkdtemp(prefix="thinp-diff-")
+        self.tmp = tempfile.mkdtemp(prefix="thinp-diff-", dir=TMP_ROOT)
         self.path = f"{self.tmp}/pool"
         self.pool: ThinPool | None = None
         self.model: ThinModel | None = None
@@ -334,13 +338,15 @@ class PoolMachine(RuleBasedStateMachine):
         self.pool.commit()
         self.model.commit()
 
-    @rule(read_only_first=st.booleans())
-    def reopen(self, read_only_first):
+    @rule(read_only_first=st.booleans(), commit_first=st.booleans())
+    def reopen(self, read_only_first, commit_first):
         was_rw = not (self.model.oods or self.model.queue)
-        self.pool.commit()
+        if commit_first:
+            self.pool.commit()
+            self.model.commit()
+            line = str(self.pool.status())
+        self.pool.close()  # commits
         self.model.commit()
-        line = str(self.pool.status())
-        self.pool.close()
         self.pool = None
         if read_only_first:
             ro = ThinPool.open(self.path, read_only=True)
@@ -364,7 +370,8 @@ class PoolMachine(RuleBasedStateMachine):
         self.model.reopen(commit=False)
         self.reached["reopen"] = True
         self._listen()
-        if was_rw:
+        if was_rw and commit_first:
+            # (a close right after a commit changes nothing)
             assert str(self.pool.status()) == line
         # every mapped block, read back through the public API (both sides
         # count these requests)

@@ -605,8 +605,10 @@ class Metadata:
         if check_trees:
             self._validate_trees(mrc, drc)
         self._build_space(mrc, drc)
-        self.mdirty_prev = np.zeros_like(self.sp.mdirty)
-        self.ddirty_prev = np.zeros_like(self.sp.ddirty)
+        # The first commit writes the other copy, which is stale wherever the
+        # last committed transaction changed a page: mark those as changed.
+        self.mdirty_prev = _pages_out_of_step(self.meta, sb.msm_start, sb.msm_pages)
+        self.ddirty_prev = _pages_out_of_step(self.meta, sb.dsm_start, sb.dsm_pages)
 
     def _check_block(self, b: int, crc: int, what: str, csum_word: int, magic: int) -> None:
         m = self.meta
@@ -701,6 +703,18 @@ class Metadata:
             n = _count_mapped(m=self.meta, root=root, levels=int(dv.levels[s]))
             if n != int(dv.mapped[s]):
                 raise _corrupt(f"device {int(dv.dev_id[s])}: record says {int(dv.mapped[s])} mapped blocks, tree has {n}")
+
+
+def _pages_out_of_step(meta: np.ndarray, start: int, pages: int) -> np.ndarray:
+    """1 for each space-map page whose two copies differ (ignoring word 0,
+    the checksum, which is seeded with the block number)."""
+    out = np.zeros(pages, dtype=np.uint8)
+    for lo in range(0, pages, 1024):
+        hi = min(pages, lo + 1024)
+        copy0 = meta[start + 2 * lo:start + 2 * hi:2, 1:]
+        copy1 = meta[start + 2 * lo + 1:start + 2 * hi:2, 1:]
+        out[lo:hi] = (copy0 != copy1).any(axis=1)
+    return out
 
 
 def _count_mapped(m, root, levels):
