@@ -267,7 +267,7 @@ def _bit_clear(bits, b):
     bits[b >> 6] &= ~(np.uint64(1) << np.uint64(b & 63))
 
 
-@njit(refcount=False)
+@njit(inline="always", refcount=False)
 def find_free(bits, cursor):
     """Next clear bit at or after ``cursor``, wrapping once; -1 if none."""
     nwords = bits.shape[0]
@@ -289,7 +289,7 @@ def find_free(bits, cursor):
     return -1
 
 
-@njit(refcount=False)
+@njit(inline="always", refcount=False)
 def alloc_data(sp):
     """Allocate one data block next-fit from the cursor, count 1.  Returns the
     block, or -1 when none is free, or -2 when the only free ones were freed
@@ -308,7 +308,7 @@ def alloc_data(sp):
     return b
 
 
-@njit(refcount=False)
+@njit(inline="always", refcount=False)
 def alloc_meta(sp, use_reserve):
     """Allocate one metadata block, zero-filled, count 1, marked new.
     -1 if none is free (outside the reserve unless ``use_reserve``), -2 if
@@ -345,7 +345,7 @@ def inc_data(sp, p):
     sp.ddirty[p // SM_PAGE_ENTRIES] = 1
 
 
-@njit(refcount=False)
+@njit(inline="always", refcount=False)
 def dec_data(sp, p, passdown):
     """Drop one reference to data block ``p``; a block reaching 0 is free
     again after the next commit.  Returns True when it reached 0."""
@@ -425,7 +425,7 @@ def dec_tree(sp, root, levels, passdown):
     return 0
 
 
-@njit(refcount=False)
+@njit(inline="always", refcount=False)
 def shadow(sp, b, is_leaf):
     """Make block ``b`` writable in this transaction.  Returns ``b`` itself
     when it was already shadowed and is not shared, else a new copy (the
@@ -475,7 +475,7 @@ def lookup(meta, root, levels, key):
     return meta[node, key & NODE_MASK]
 
 
-@njit(refcount=False)
+@njit(inline="always", refcount=False)
 def leaf_for_write(sp, roots, slot, levels, key):
     """Shadow the path to ``key``'s leaf in the tree whose root is
     ``roots[slot]``, creating missing nodes, and return the leaf block

@@ -127,7 +127,7 @@ def _mkvalue(p, t):
     return (np.uint64(p + 1) << np.uint64(24)) | np.uint64(t & 0xFFFFFF)
 
 
-@njit(refcount=False)
+@njit(inline="always", refcount=False)
 def _alloc_block(sp, op_index):
     p = alloc_data(sp)
     if p >= 0:
