@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mmap
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
+import threading
 import weakref
 from typing import BinaryIO, Iterable, Iterator
 
@@ -176,6 +179,146 @@ class BytesSource(BlobSource):
 
     def open(self) -> BinaryIO:
         return io.BytesIO(self.data)
+
+
+# ----------------------------------------------------------------- mapped
+_PAGE = mmap.PAGESIZE
+#: a mapped layer hands pages back to the page cache every this many bytes
+_RELEASE_BYTES = 8 << 20
+#: hash in chunks this large (hashlib drops the GIL for each)
+_HASH_CHUNK = 256 << 10
+#: below this many bytes the digest is computed inline, not in a thread
+_THREAD_MIN_BYTES = 4 << 20
+
+
+class _Mapped:
+    """An uncompressed tar as a uint8 array over a read-only mapping (or bytes).
+
+    ``release_upto(pos)`` drops the mapping's pages before ``pos`` from this
+    process (``MADV_DONTNEED``; the page cache keeps them), so that resident
+    memory stays flat however large the layer.
+    """
+
+    def __init__(self, buf, mm=None, base: int = 0, path: str | None = None):
+        self.buf = buf
+        self.mm = mm
+        self.path = path          # the mapped file, if any
+        self.base = base          # offset of buf[0] in the mapping
+        self.released = 0         # mapping offset released up to
+
+    def release_upto(self, pos: int) -> None:
+        if self.mm is None:
+            return
+        end = (self.base + pos) // _PAGE * _PAGE
+        if end - self.released >= _RELEASE_BYTES:
+            try:
+                self.mm.madvise(mmap.MADV_DONTNEED, self.released, end - self.released)
+            except (OSError, ValueError, AttributeError):   # pragma: no cover - best effort
+                pass
+            self.released = end
+
+    def close(self) -> None:
+        self.buf = None
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:   # pragma: no cover - a view escaped; the GC unmaps it
+                pass
+            self.mm = None
+
+
+def _map_plain(source: BlobSource) -> "_Mapped | None":
+    """A ``_Mapped`` of an uncompressed tar source, or None (compressed, empty,
+    not a regular file, ...: the streaming reader handles those)."""
+    import numpy as np
+    if isinstance(source, BytesSource):
+        data = source.data
+        if not data or ts.sniff_compression(data[:4]) != "none":
+            return None
+        return _Mapped(np.frombuffer(data, dtype=np.uint8))
+    if type(source) is not FileSource:
+        return None
+    try:
+        with open(source.path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            length = source.length if source.length is not None else st.st_size - source.offset
+            if length <= 0 or source.offset < 0 or source.offset + length > st.st_size:
+                return None
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+    buf = np.frombuffer(mm, dtype=np.uint8)[source.offset:source.offset + length]
+    if ts.sniff_compression(buf[:4].tobytes()) != "none":
+        del buf
+        mm.close()
+        return None
+    return _Mapped(buf, mm, source.offset, source.path)
+
+
+class _ChunkHasher:
+    """sha256 of the mapped tar, in a thread beside the scan (hashlib drops
+    the GIL for each chunk).
+
+    A file is hashed from ``read``s into one reused buffer rather than
+    through the mapping: faulting 30,000 pages in costs more than copying
+    them, and this way resident memory stays one buffer.
+    """
+
+    def __init__(self, mapped: "_Mapped", path: str | None = None, offset: int = 0):
+        self.mapped = mapped
+        self.path, self.offset = path, offset
+        self.h = hashlib.sha256()
+        self._halt = False
+        self._error: BaseException | None = None
+        self._thread = None
+        if mapped.buf.shape[0] >= _THREAD_MIN_BYTES:
+            self._thread = threading.Thread(target=self._run, name="thinp-layer-hash", daemon=True)
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            n = self.mapped.buf.shape[0]
+            if self.path is None:
+                mv = memoryview(self.mapped.buf)
+                try:
+                    for start in range(0, n, _HASH_CHUNK):
+                        if self._halt:
+                            return
+                        self.h.update(mv[start:start + _HASH_CHUNK])
+                finally:
+                    mv.release()
+                return
+            chunk = bytearray(min(_HASH_CHUNK, n))
+            view = memoryview(chunk)
+            with open(self.path, "rb", buffering=0) as f:
+                f.seek(self.offset)
+                left = n
+                while left > 0 and not self._halt:
+                    got = f.readinto(view[:min(left, len(chunk))])
+                    if not got:
+                        raise ImageFormatError(f"{self.path}: file shrank while it was read")
+                    self.h.update(view[:got])
+                    left -= got
+        except BaseException as e:   # surfaced by hexdigest()
+            self._error = e
+
+    def hexdigest(self) -> str:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+        return self.h.hexdigest()
+
+    def stop(self) -> None:
+        self._halt = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 # ----------------------------------------------------------------- ids
@@ -373,8 +516,72 @@ class Layer:
                 raw.close()
 
     def entries(self, verify: bool = True) -> Iterator[Entry]:
-        for entry, _ in self.walk(verify):
-            yield entry
+        """The entries of ``walk(verify)``, without content streams.
+
+        An uncompressed layer in a file or in memory is listed by the fast
+        header scanner (``thinp.image.fastscan``) over a mapping of the file,
+        hashing it (when the DiffID is to be checked or computed) in large
+        chunks in a second thread; it yields the same entries and raises the
+        same errors as ``walk``.  Anything else goes through ``walk``.
+        """
+        mapped = _map_plain(self.source)
+        if mapped is None:
+            for entry, _ in self.walk(verify):
+                yield entry
+            return
+        yield from self._entries_mapped(mapped, verify)
+
+    def _entries_mapped(self, mapped: "_Mapped", verify: bool) -> Iterator[Entry]:
+        """``entries()`` of an uncompressed tar held in ``mapped.buf``."""
+        from . import fastscan
+        seek_mode = not verify and self._diff_id is not None and isinstance(self.source, FileSource)
+        # as walk(): hash to check the DiffID, or to learn it
+        hasher = _ChunkHasher(mapped, mapped.path, mapped.base) if verify or self._diff_id is None \
+            else None
+        batches = fastscan.iter_batches(mapped.buf, self.name, seek_mode=seek_mode,
+                                        progress=mapped.release_upto)
+        try:
+            size = 0
+            nr = 0
+            name = self.name
+            for batch, maybe_whiteouts in batches:
+                nr += len(batch)
+                if maybe_whiteouts:
+                    kept = []
+                    for header in batch:
+                        entry = _classify(header, name)
+                        if entry is not None:
+                            kept.append(entry)
+                    batch = kept
+                    size += sum(e.size for e in batch if e.kind == FILE)
+                else:
+                    size += sum([e.size for e in batch])   # non-file headers have size 0
+                yield from batch
+            tar_size = mapped.buf.shape[0]
+            got = "sha256:" + hasher.hexdigest() if hasher is not None else None
+        finally:
+            batches.close()
+            if hasher is not None:
+                hasher.stop()
+            mapped.close()
+        self.compression = "none"
+        if got is not None:
+            if self._diff_id is None:
+                self._diff_id = got
+            elif got != self._diff_id:
+                raise ImageFormatError(
+                    f"{self.name}: DiffID mismatch: config says {self._diff_id}, "
+                    f"uncompressed tar hashes to {got}")
+        if verify and self.blob_size is not None and tar_size != self.blob_size:
+            raise ImageFormatError(
+                f"{self.name}: declared size {self.blob_size} does not match "
+                f"blob size {tar_size}")
+        if verify and self.blob_digest is not None and got != self.blob_digest:
+            raise ImageFormatError(
+                f"{self.name}: digest mismatch: expected {self.blob_digest}, got {got}")
+        self.size, self.tar_size, self.nr_entries = size, tar_size, nr
+        if self.blob_size is None:
+            self.blob_size = tar_size
 
     def scan(self) -> "Layer":
         """Read the whole blob once: verify it and fill in the sizes."""

@@ -209,6 +209,7 @@ class RootFS:
         added: set[str] = set()
         resolved: dict[str, str] = {}     # parent as written -> parent as resolved
         generation = self._generation
+        nodes, children = self.nodes, self.children
         for index, e in enumerate(entries):
             kind = e.kind
             parent, _, base = e.path.rpartition("/")
@@ -237,14 +238,15 @@ class RootFS:
             if d is None:
                 d = self._resolve_dir(parent, blob, f"entry {e.path!r}", layer, added, create=True)
                 resolved[parent] = d
-            path = f"{d}/{base}" if d else base
-            existing = self.nodes.get(path)
+            # the parent as written is nearly always the parent as resolved
+            path = e.path if d == parent else (f"{d}/{base}" if d else base)
+            existing = nodes.get(path)
             if kind == HARDLINK:
                 lparent, _, lbase = e.linkname.rpartition("/")
                 ld = self._resolve_dir(lparent, blob, f"hardlink {e.path!r} -> {e.linkname!r}",
                                        layer, added, create=False)
                 target_path = f"{ld}/{lbase}" if ld else lbase
-                target = self.nodes.get(target_path)
+                target = nodes.get(target_path)
                 if target is None:
                     raise ImageFormatError(
                         f"{blob}: hardlink {e.path!r} -> {e.linkname!r}: target does not exist")
@@ -263,12 +265,19 @@ class RootFS:
                 added.add(path)
                 continue
             else:
+                self._next_ino = ino = self._next_ino + 1
                 node = Node(kind, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname,
-                            e.devmajor, e.devminor, e.xattrs, layer, self._ino(),
+                            e.devmajor, e.devminor, e.xattrs, layer, ino,
                             (layer, index) if kind == FILE else None)
             if existing is not None:
                 self._remove(path)
-            self._add(path, node)
+                self._add(path, node)
+            else:
+                # _add, inline: ``d`` is the parent of ``path``, a directory
+                nodes[path] = node
+                children[d].add(base)
+                if kind == DIR:
+                    children.setdefault(path, set())
             added.add(path)
         self.nr_layers = max(self.nr_layers, layer + 1)
         return self

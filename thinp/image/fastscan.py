@@ -1,0 +1,401 @@
+"""A fast, equally strict tar header scanner over a mapped, uncompressed tar.
+
+``tarstream.iter_tar`` is the reference reader: it reads a stream, checks
+everything, and costs a few microseconds of Python per header.  A layer that
+is already on disk uncompressed (a layer in the store, a member of an
+uncompressed ``docker save``) can be listed far faster: map it, and let one
+numba kernel walk the headers and seek over the data, as ``tar -t`` does.
+
+``iter_headers(buf, name)`` yields exactly the ``TarHeader`` objects that
+``iter_tar`` yields for the same bytes, and raises exactly the same
+``ImageFormatError`` after yielding the same headers.  It gets there by being
+*optimistic and deferring*:
+
+* the kernel (``_scan``) takes a header only when everything about it is
+  plain and valid: 512 bytes present, not all zero, plain octal numeric
+  fields (leading/trailing spaces or NULs only), a checksum that matches
+  (unsigned or signed, as the reference allows), a supported entry type,
+  data and padding inside the file, a name that is relative with no ``..``
+  (normalised in the kernel, byte-wise: ``/`` and ``.`` never occur inside a
+  UTF-8 sequence or a surrogate-escaped byte), a non-empty normalised name
+  unless a directory, a relative ``..``-free non-empty hardlink target and a
+  non-empty symlink target;
+* anything else (an extended header ``x g L K``, base-256 or odd numbers, a
+  bad checksum, a hostile name, truncation, ...) stops the kernel *before*
+  that header, and the reference reader is resumed right there with the
+  same state (members seen, PAX globals).  It yields that one member (or
+  raises what it would have raised), after which the kernel takes over again
+  past its data.  Past a PAX global header the reference reads the rest.
+
+The kernel reads only inside ``buf`` (every offset is checked against its
+length before use) and writes only inside its fixed-size output buffers, so
+memory does not grow with the layer: headers come out in batches of
+``BATCH`` and names are decoded per batch, with one ``decode`` and one
+``split`` for the whole batch.
+"""
+from __future__ import annotations
+
+import io
+import threading
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..config import njit
+from ..errors import ImageFormatError
+from . import tarstream as ts
+
+__all__ = ["iter_headers", "iter_batches", "BATCH", "scan_batch", "ST_FULL", "ST_EOA", "ST_SLOW"]
+
+BATCH = 2048
+#: bytes one member can add to the names buffer: prefix/name (256) + NUL +
+#: link (100) + NUL, rounded up
+NAME_ROOM = 512
+NAMES_BYTES = BATCH * 384 + NAME_ROOM
+NR_FIELDS = 8
+F_TYPE, F_MODE, F_UID, F_GID, F_MTIME, F_SIZE, F_DMAJ, F_DMIN = range(NR_FIELDS)
+
+ST_BADARG = -1   # the kernel's arguments are inconsistent; nothing was read
+ST_FULL = 0      # an output buffer is full: call again from the returned position
+ST_EOA = 1       # the end-of-archive zero block is at the returned position
+ST_SLOW = 2      # the header (group) at the returned position needs the reference reader
+
+_BLOCK = 512
+_SLASH, _DOT, _NUL, _SPACE = 47, 46, 0, 32
+
+
+@njit(inline="always")
+def _octal(buf, start, length):
+    """A plain octal field: [ NUL/space ]* digits* [ NUL/space ]*, else -1.
+
+    Exactly the fields ``int(f.strip(b" \\0") or b"0", 8)`` reads; anything
+    Python's ``int`` would also accept (signs, underscores, tabs, an ``0o``
+    prefix) or reject goes to the reference reader."""
+    i = start
+    end = start + length
+    while i < end and (buf[i] == _SPACE or buf[i] == _NUL):
+        i += 1
+    v = 0
+    while i < end and buf[i] >= 48 and buf[i] <= 55:
+        v = v * 8 + (np.int64(buf[i]) - 48)
+        i += 1
+    while i < end:
+        if buf[i] != _SPACE and buf[i] != _NUL:
+            return -1
+        i += 1
+    return v
+
+
+@njit(inline="always")
+def _cstrlen(buf, start, maxlen):
+    n = 0
+    while n < maxlen and buf[start + n] != _NUL:
+        n += 1
+    return n
+
+
+@njit(inline="always")
+def _normalize(src, length, names, out):
+    """Write ``normalize_member_name(src[:length])`` at ``names[out:]``.
+
+    Returns the end offset, or -1 for an absolute path or a ``..``
+    component, -2 for an empty ``src``.  The caller guarantees room for
+    ``length`` bytes.
+    """
+    if length == 0:
+        return -2
+    if src[0] == _SLASH:
+        return -1
+    first = True
+    i = 0
+    while i < length:
+        j = i
+        while j < length and src[j] != _SLASH:
+            j += 1
+        clen = j - i
+        if clen == 0 or (clen == 1 and src[i] == _DOT):
+            pass
+        elif clen == 2 and src[i] == _DOT and src[i + 1] == _DOT:
+            return -1
+        else:
+            if not first:
+                names[out] = _SLASH
+                out += 1
+            for k in range(i, j):
+                names[out] = src[k]
+                out += 1
+            first = False
+        i = j + 1
+    return out
+
+
+@njit
+def _scan(buf, pos, rec, names, scratch):
+    """Walk plain headers from ``pos``; see the module docstring.
+
+    Returns ``(status, pos, nr_records, names_end)``: ``pos`` is where the
+    next call (or the reference reader) starts; records ``0..nr_records-1``
+    of ``rec`` (one column each) and ``names[:names_end]`` (``name NUL link
+    NUL`` per record) are filled.
+    """
+    n = buf.shape[0]
+    cap = rec.shape[1]
+    nr = 0
+    npos = 0
+    if pos < 0 or pos > n or rec.shape[0] != NR_FIELDS or scratch.shape[0] < 2 * _BLOCK \
+            or names.shape[0] < NAME_ROOM:
+        return ST_BADARG, pos, 0, 0
+    while True:
+        if nr >= cap or npos + NAME_ROOM > names.shape[0]:
+            return ST_FULL, pos, nr, npos
+        h = pos
+        if n - h < _BLOCK:
+            return ST_SLOW, pos, nr, npos           # truncated: the reference says how
+        # one branch-free pass: the byte sum (zero only for a zero block) and
+        # the count of bytes > 127, which the signed checksum subtracts 256 for
+        total = 0
+        high = 0
+        for i in range(_BLOCK):
+            b = np.int64(buf[h + i])
+            total += b
+            high += b >> 7
+        if total == 0:
+            return ST_EOA, pos, nr, npos
+        stored = _octal(buf, h + 148, 8)
+        size = _octal(buf, h + 124, 12)
+        if stored < 0 or size < 0:
+            return ST_SLOW, pos, nr, npos
+        for i in range(148, 156):
+            b = np.int64(buf[h + i])
+            total -= b
+            high -= b >> 7
+        unsigned = total + 256
+        signed = unsigned - 256 * high
+        if stored != unsigned and stored != signed:
+            return ST_SLOW, pos, nr, npos
+        t = buf[h + 156]
+        if not (t == 0 or (t >= 48 and t <= 55)):   # x g L K, and unsupported types
+            return ST_SLOW, pos, nr, npos
+        mode = _octal(buf, h + 100, 8)
+        uid = _octal(buf, h + 108, 8)
+        gid = _octal(buf, h + 116, 8)
+        mtime = _octal(buf, h + 136, 12)
+        if mode < 0 or uid < 0 or gid < 0 or mtime < 0:
+            return ST_SLOW, pos, nr, npos
+        dmaj = 0
+        dmin = 0
+        if t == 51 or t == 52:                       # char, block
+            dmaj = _octal(buf, h + 329, 8)
+            dmin = _octal(buf, h + 337, 8)
+            if dmaj < 0 or dmin < 0:
+                return ST_SLOW, pos, nr, npos
+        pad = (_BLOCK - size % _BLOCK) % _BLOCK
+        if size + pad > n - h - _BLOCK:
+            return ST_SLOW, pos, nr, npos           # data or padding runs past the end
+        # raw name: [prefix "/"] name, each up to its first NUL
+        ustar = buf[h + 257] == 117 and buf[h + 258] == 115 and buf[h + 259] == 116 \
+            and buf[h + 260] == 97 and buf[h + 261] == 114 and buf[h + 262] == 0
+        rl = 0
+        if ustar and buf[h + 345] != 0:
+            pl = _cstrlen(buf, h + 345, 155)
+            for i in range(pl):
+                scratch[rl] = buf[h + 345 + i]
+                rl += 1
+            scratch[rl] = _SLASH
+            rl += 1
+        nl = _cstrlen(buf, h, 100)
+        for i in range(nl):
+            scratch[rl] = buf[h + i]
+            rl += 1
+        end = _normalize(scratch, rl, names, npos)
+        if end < 0 or (end == npos and t != 53):    # hostile, empty, or a non-directory root
+            return ST_SLOW, pos, nr, npos
+        names[end] = _NUL
+        lpos = end + 1
+        if t == 49 or t == 50:                       # hardlink, symlink: target from the header
+            ll = _cstrlen(buf, h + 157, 100)
+            if ll == 0:
+                return ST_SLOW, pos, nr, npos
+            if t == 49:
+                for i in range(ll):
+                    scratch[i] = buf[h + 157 + i]
+                lend = _normalize(scratch, ll, names, lpos)
+                if lend <= lpos:                     # absolute, '..', or the root
+                    return ST_SLOW, pos, nr, npos
+            else:
+                for i in range(ll):
+                    names[lpos + i] = buf[h + 157 + i]
+                lend = lpos + ll
+        else:
+            lend = lpos
+        names[lend] = _NUL
+        npos = lend + 1
+        is_file = t == 0 or t == 48 or t == 55
+        rec[F_TYPE, nr] = t
+        rec[F_MODE, nr] = mode & 0o7777
+        rec[F_UID, nr] = uid
+        rec[F_GID, nr] = gid
+        rec[F_MTIME, nr] = mtime
+        rec[F_SIZE, nr] = size if is_file else 0
+        rec[F_DMAJ, nr] = dmaj
+        rec[F_DMIN, nr] = dmin
+        nr += 1
+        pos = h + _BLOCK + size + pad
+
+
+class Scratch:
+    """The fixed-size buffers one scan uses (a few hundred KiB, whatever the layer)."""
+
+    __slots__ = ("rec", "names", "scratch")
+
+    def __init__(self, batch: int = BATCH):
+        self.rec = np.zeros((NR_FIELDS, batch), dtype=np.int64)
+        self.names = np.zeros(batch * 384 + NAME_ROOM, dtype=np.uint8)
+        self.scratch = np.zeros(2 * _BLOCK, dtype=np.uint8)
+
+
+def scan_batch(buf: np.ndarray, pos: int, s: Scratch) -> tuple[int, int, int, int]:
+    """One kernel call, with its arguments checked first."""
+    if not (isinstance(buf, np.ndarray) and buf.dtype == np.uint8 and buf.ndim == 1):
+        raise TypeError("buf must be a 1-D uint8 array")
+    if not 0 <= pos <= buf.shape[0]:
+        raise ValueError(f"position {pos} outside a buffer of {buf.shape[0]} bytes")
+    status, pos, nr, npos = _scan(buf, pos, s.rec, s.names, s.scratch)
+    if status == ST_BADARG:
+        raise ValueError("fast tar scan: inconsistent scratch buffers")
+    return status, pos, nr, npos
+
+
+class _ArrayReader(io.RawIOBase):
+    """A reader over ``buf[pos:]`` for the reference reader to resume on."""
+
+    def __init__(self, buf: np.ndarray, pos: int):
+        self.buf, self.pos = buf, pos
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        end = self.buf.shape[0] if n is None or n < 0 else min(self.pos + n, self.buf.shape[0])
+        out = self.buf[self.pos:end].tobytes()
+        self.pos = max(end, self.pos)
+        return out
+
+    def readinto(self, b) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, n: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            self.pos = min(self.pos + n, self.buf.shape[0])
+        elif whence == io.SEEK_SET:
+            self.pos = min(n, self.buf.shape[0])
+        else:
+            raise io.UnsupportedOperation("no SEEK_END")
+        return self.pos
+
+
+_FILE, _DIR = ts.FILE, ts.DIR
+_KIND = [None] * 256
+for _flag, _kind in ts._TYPEFLAGS.items():
+    _KIND[_flag[0]] = _kind
+del _flag, _kind
+
+
+def iter_headers(buf: np.ndarray, name: str, *, seek_mode: bool,
+                 progress: Callable[[int], None] | None = None) -> Iterator[ts.TarHeader]:
+    """Yield the headers ``iter_tar`` yields for the tar held in ``buf``.
+
+    ``seek_mode`` picks which reference reader is resumed on anything
+    unusual: the one that seeks over data (``True``, as an unverified walk of
+    a file reads) or the one that reads through it (as a hashing walk does);
+    they word a truncated entry's error differently.  ``progress(pos)`` is
+    called after each batch with the offset scanned up to.
+    """
+    for batch, _ in iter_batches(buf, name, seek_mode=seek_mode, progress=progress):
+        yield from batch
+
+
+def iter_batches(buf: np.ndarray, name: str, *, seek_mode: bool,
+                 progress: Callable[[int], None] | None = None
+                 ) -> Iterator[tuple[list[ts.TarHeader], bool]]:
+    """``iter_headers`` in batches: ``(headers, maybe_whiteouts)``.
+
+    ``maybe_whiteouts`` is False when no path in the batch contains
+    ``.wh.``, so that a caller can skip whiteout classification.
+    """
+    if not (isinstance(buf, np.ndarray) and buf.dtype == np.uint8 and buf.ndim == 1
+            and buf.flags.c_contiguous):
+        raise TypeError("buf must be a contiguous 1-D uint8 array")
+    n = buf.shape[0]
+    s = _take_scratch()
+    try:
+        rec, names = s.rec, s.names
+        pos = 0
+        index = 0
+        global_pax: dict[str, bytes] = {}
+        Entry = ts.Entry
+        kinds = _KIND
+        while True:
+            status, pos, nr, npos = scan_batch(buf, pos, s)
+            if nr:
+                cols = rec[:, :nr].tolist()
+                joined = names[:npos].tobytes().decode("utf-8", "surrogateescape")
+                it = iter(joined.split("\x00"))
+                batch = [Entry(path, kinds[t], mode, uid, gid, mtime, size, link, dmaj, dmin, {})
+                         for t, mode, uid, gid, mtime, size, dmaj, dmin, path, link
+                         in zip(*cols, it, it)]
+                index += nr
+                yield batch, ".wh." in joined
+            if progress is not None:
+                progress(pos)
+            if status == ST_FULL:
+                continue
+            if status == ST_EOA:
+                return
+            # ST_SLOW: the reference reader takes the header group at ``pos``.
+            raw = _ArrayReader(buf, pos)
+            inp = ts.HashingInput(raw, name, hash_data=False,
+                                  size_bytes=(n - pos) if seek_mode else None)
+            inp.chunk_bytes = ts.SEEK_CHUNK_BYTES
+            gen = ts.iter_tar(inp, index=index, global_pax=global_pax)
+            try:
+                th, _stream = next(gen)
+            except StopIteration:
+                return
+            index += 1
+            after_header = pos + inp.nr_bytes - (len(inp.buf) - inp.pos)
+            nxt = after_header + (th.size + (-th.size % _BLOCK) if th.kind == _FILE else 0)
+            if global_pax or nxt > n:
+                # PAX globals apply to every later member, and a member whose data
+                # runs past the end fails as the reference fails: let it read on.
+                yield [th], True
+                for th, _stream in gen:
+                    yield [th], True
+                return
+            gen.close()
+            yield [th], True
+            pos = nxt
+    finally:
+        _give_scratch(s)
+
+
+_scratch_pool: list[Scratch] = []
+_scratch_lock = threading.Lock()
+
+
+def _take_scratch() -> Scratch:
+    with _scratch_lock:
+        if _scratch_pool:
+            return _scratch_pool.pop()
+    return Scratch()
+
+
+def _give_scratch(s: Scratch) -> None:
+    with _scratch_lock:
+        if len(_scratch_pool) < 4:
+            _scratch_pool.append(s)
