@@ -11,6 +11,7 @@ import glob
 import io
 import os
 import tarfile
+import tempfile
 import tracemalloc
 
 import numpy as np
@@ -41,38 +42,69 @@ def reference(data: bytes, seek_mode: bool):
     return out, None
 
 
-def fast(data: bytes, seek_mode: bool):
+def fast(data: bytes, seek_mode: bool, via_file: bool = False):
+    """The fast scanner over ``data`` in memory, or as bytes 700.. of a file
+    between junk (the ``pread`` window path, as for a layer inside an
+    uncompressed ``docker save``)."""
     out = []
+    if via_file:
+        fd, path = tempfile.mkstemp(suffix=".tar")
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\x55" * 700 + data + b"\x66" * 1500)
+        src = fsc.TarSource.open(path, 700, len(data)) if data else None
+    else:
+        path, src = None, fsc.TarSource.from_bytes(data) if data else None
     try:
-        for h in fsc.iter_headers(np.frombuffer(data, dtype=np.uint8), "t.tar", seek_mode=seek_mode):
+        if src is None:   # Layer never takes an empty source this way
+            return reference(data, seek_mode)
+        for h in fsc.iter_headers(src, "t.tar", seek_mode=seek_mode):
             out.append(h)
     except ImageFormatError as e:
         return out, str(e)
+    finally:
+        if src is not None:
+            src.close()
+        if path:
+            os.unlink(path)
     return out, None
 
 
 def assert_same(data: bytes):
     for seek_mode in (True, False):
         ref = reference(data, seek_mode)
-        got = fast(data, seek_mode)
-        assert got[1] == ref[1], (seek_mode, got[1], ref[1])
-        assert len(got[0]) == len(ref[0])
-        for a, b in zip(got[0], ref[0]):
-            assert a == b
+        for via_file in (False, True):
+            got = fast(data, seek_mode, via_file)
+            assert got[1] == ref[1], (seek_mode, via_file, got[1], ref[1])
+            assert len(got[0]) == len(ref[0])
+            for a, b in zip(got[0], ref[0]):
+                assert a == b
     return ref
 
 
-def kernel_only(data: bytes):
+def kernel_only(data: bytes, window: int | None = None):
     """How far the kernel alone gets: (status, pos, records) of repeated calls."""
-    buf = np.frombuffer(data, dtype=np.uint8)
+    if window is None:
+        src = fsc.TarSource.from_bytes(data)
+        path = None
+    else:
+        fd, path = tempfile.mkstemp(suffix=".tar")
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\x01" * 3 + data + b"\x02" * 2000)
+        src = fsc.TarSource.open(path, 3, len(data))
+        src.win = np.zeros(window, dtype=np.uint8)
     s = fsc.Scratch(batch=4)
     pos, total = 0, 0
-    while True:
-        status, pos, nr, npos = fsc.scan_batch(buf, pos, s)
-        total += nr
-        assert 0 <= pos <= len(data) and 0 <= nr <= 4 and 0 <= npos <= s.names.shape[0]
-        if status != fsc.ST_FULL:
-            return status, pos, total
+    try:
+        while True:
+            status, pos, nr, npos = fsc.scan_batch(src, pos, s)
+            total += nr
+            assert 0 <= pos <= len(data) and 0 <= nr <= 4 and 0 <= npos <= s.names.shape[0]
+            if status != fsc.ST_FULL:
+                return status, pos, total
+    finally:
+        src.close()
+        if path:
+            os.unlink(path)
 
 
 def uncompressed_layers():
@@ -116,7 +148,7 @@ def test_every_fixture_layer_is_listed_the_same():
 
 def test_fixture_layer_files_by_path_and_window(tmp_path):
     """FileSource layers (a whole file, and a window of a bigger one) take the
-    mapped path, with the same entries, DiffID and sizes as the reference."""
+    fast path, with the same entries, DiffID and sizes as the reference."""
     layers = uncompressed_layers()
     if not layers:
         pytest.skip(f"no fixtures under {FIXTURES}")
@@ -137,7 +169,7 @@ def test_fixture_layer_files_by_path_and_window(tmp_path):
         assert list(win.entries()) == ref and win.diff_id == ref_layer.diff_id
 
 
-def test_mapped_path_is_taken(monkeypatch, tmp_path):
+def test_fast_path_is_taken(monkeypatch, tmp_path):
     calls = []
     real = fsc.iter_batches
 
@@ -273,28 +305,48 @@ def test_hostile_inputs_through_layers(tmp_path):
 
 # ------------------------------------------------------------------ kernel bounds
 def test_kernel_rejects_bad_arguments():
-    buf = np.zeros(1024, dtype=np.uint8)
+    src = fsc.TarSource.from_bytes(bytes(1024))
     s = fsc.Scratch(batch=4)
     with pytest.raises(ValueError):
-        fsc.scan_batch(buf, 1025, s)
+        fsc.scan_batch(src, 1025, s)
     with pytest.raises(ValueError):
-        fsc.scan_batch(buf, -1, s)
+        fsc.scan_batch(src, -1, s)
+    src.win = src.win.astype(np.int16)
     with pytest.raises(TypeError):
-        fsc.scan_batch(buf.astype(np.int16), 0, s)
+        fsc.scan_batch(src, 0, s)
+    src.win = np.zeros(512, dtype=np.uint8)     # an in-memory tar must be its own window
+    with pytest.raises(ValueError):
+        fsc.scan_batch(src, 0, s)
+    src = fsc.TarSource.from_bytes(bytes(1024))
     s.names = np.zeros(8, dtype=np.uint8)      # too small to hold one name
     with pytest.raises(ValueError):
-        fsc.scan_batch(buf, 0, s)
+        fsc.scan_batch(src, 0, s)
     s = fsc.Scratch(batch=4)
     s.rec = np.zeros((3, 4), dtype=np.int64)    # wrong record layout
     with pytest.raises(ValueError):
-        fsc.scan_batch(buf, 0, s)
+        fsc.scan_batch(src, 0, s)
 
 
-@pytest.mark.parametrize("n", [0, 1, 511, 512, 513, 1023])
-def test_kernel_stops_before_short_input(n):
-    data = _ONE[:n]
-    status, pos, nr = kernel_only(data)
+@pytest.mark.parametrize("window", [None, 512, 1024, 4096])
+@pytest.mark.parametrize("n", [1, 511, 512, 513, 1023])
+def test_kernel_stops_before_short_input(n, window):
+    status, pos, nr = kernel_only(_ONE[:n], window)
     assert (status, pos, nr) == (fsc.ST_SLOW, 0, 0)
+
+
+@pytest.mark.parametrize("window", [None, 512, 1000, 4096])
+def test_kernel_windows_walk_every_header(window):
+    """However small the pread window, the kernel walks the same headers and
+    never reads the junk around the layer in its file."""
+    data = make_tar([(f"f{i}", "f", b"y" * (i * 300)) for i in range(12)] + [("d/", "d")])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        eoa = tf.getmembers()[-1].offset + 512
+    assert kernel_only(data, window) == (fsc.ST_EOA, eoa, 13)
+    # f0 (0 bytes) at 0, f1 (300 bytes) at 512, f2 at 1536: a header one byte
+    # short of the layer's end is not completed from the junk after it
+    assert kernel_only(data[:1536 + 511], window) == (fsc.ST_SLOW, 1536, 2)
+    # nor is data that runs past the end
+    assert kernel_only(data[:1536 - 1], window) == (fsc.ST_SLOW, 512, 1)
 
 
 def test_kernel_stops_at_end_of_archive_and_extended_headers():

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import mmap
 import os
 import shutil
 import stat
@@ -181,99 +180,63 @@ class BytesSource(BlobSource):
         return io.BytesIO(self.data)
 
 
-# ----------------------------------------------------------------- mapped
-_PAGE = mmap.PAGESIZE
-#: a mapped layer hands pages back to the page cache every this many bytes
-_RELEASE_BYTES = 8 << 20
+# ----------------------------------------------------------------- fast path
 #: hash in chunks this large (hashlib drops the GIL for each)
 _HASH_CHUNK = 256 << 10
 #: below this many bytes the digest is computed inline, not in a thread
 _THREAD_MIN_BYTES = 4 << 20
 
 
-class _Mapped:
-    """An uncompressed tar as a uint8 array over a read-only mapping (or bytes).
-
-    ``release_upto(pos)`` drops the mapping's pages before ``pos`` from this
-    process (``MADV_DONTNEED``; the page cache keeps them), so that resident
-    memory stays flat however large the layer.
-    """
-
-    def __init__(self, buf, mm=None, base: int = 0, path: str | None = None):
-        self.buf = buf
-        self.mm = mm
-        self.path = path          # the mapped file, if any
-        self.base = base          # offset of buf[0] in the mapping
-        self.released = 0         # mapping offset released up to
-
-    def release_upto(self, pos: int) -> None:
-        if self.mm is None:
-            return
-        end = (self.base + pos) // _PAGE * _PAGE
-        if end - self.released >= _RELEASE_BYTES:
-            try:
-                self.mm.madvise(mmap.MADV_DONTNEED, self.released, end - self.released)
-            except (OSError, ValueError, AttributeError):   # pragma: no cover - best effort
-                pass
-            self.released = end
-
-    def close(self) -> None:
-        self.buf = None
-        if self.mm is not None:
-            try:
-                self.mm.close()
-            except BufferError:   # pragma: no cover - a view escaped; the GC unmaps it
-                pass
-            self.mm = None
-
-
-def _map_plain(source: BlobSource) -> "_Mapped | None":
-    """A ``_Mapped`` of an uncompressed tar source, or None (compressed, empty,
-    not a regular file, ...: the streaming reader handles those)."""
-    import numpy as np
+def _plain_source(source: BlobSource):
+    """A ``fastscan.TarSource`` for an uncompressed tar source, or None
+    (compressed, empty, not a regular file, ...: the streaming reader
+    handles those)."""
+    from .fastscan import TarSource
     if isinstance(source, BytesSource):
         data = source.data
         if not data or ts.sniff_compression(data[:4]) != "none":
             return None
-        return _Mapped(np.frombuffer(data, dtype=np.uint8))
+        return TarSource.from_bytes(data)
     if type(source) is not FileSource:
         return None
     try:
-        with open(source.path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            length = source.length if source.length is not None else st.st_size - source.offset
-            if length <= 0 or source.offset < 0 or source.offset + length > st.st_size:
-                return None
-            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        st = os.stat(source.path)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        length = source.length if source.length is not None else st.st_size - source.offset
+        if length <= 0 or source.offset < 0 or source.offset + length > st.st_size:
+            return None
+        src = TarSource.open(source.path, source.offset, length)
     except (OSError, ValueError):
         return None
-    buf = np.frombuffer(mm, dtype=np.uint8)[source.offset:source.offset + length]
-    if ts.sniff_compression(buf[:4].tobytes()) != "none":
-        del buf
-        mm.close()
+    try:
+        plain = ts.sniff_compression(src.head(4)) == "none"
+    except OSError:
+        plain = False
+    if not plain:
+        src.close()
         return None
-    return _Mapped(buf, mm, source.offset, source.path)
+    return src
 
 
 class _ChunkHasher:
-    """sha256 of the mapped tar, in a thread beside the scan (hashlib drops
+    """sha256 of a ``TarSource``, in a thread beside the scan (hashlib drops
     the GIL for each chunk).
 
-    A file is hashed from ``read``s into one reused buffer rather than
-    through the mapping: faulting 30,000 pages in costs more than copying
-    them, and this way resident memory stays one buffer.
+    A file is hashed from ``read``s into one reused buffer (a mapping costs
+    more in page faults than the copy, and memory stays one buffer).
     """
 
-    def __init__(self, mapped: "_Mapped", path: str | None = None, offset: int = 0):
-        self.mapped = mapped
-        self.path, self.offset = path, offset
+    def __init__(self, src):
+        self.src = src
+        self.n = src.n
+        self.buf = src.buf
+        self.path, self.offset = src.path, src.base
         self.h = hashlib.sha256()
         self._halt = False
         self._error: BaseException | None = None
         self._thread = None
-        if mapped.buf.shape[0] >= _THREAD_MIN_BYTES:
+        if self.n >= _THREAD_MIN_BYTES:
             self._thread = threading.Thread(target=self._run, name="thinp-layer-hash", daemon=True)
             self._thread.start()
         else:
@@ -281,9 +244,9 @@ class _ChunkHasher:
 
     def _run(self) -> None:
         try:
-            n = self.mapped.buf.shape[0]
-            if self.path is None:
-                mv = memoryview(self.mapped.buf)
+            n = self.n
+            if self.buf is not None:
+                mv = memoryview(self.buf)
                 try:
                     for start in range(0, n, _HASH_CHUNK):
                         if self._halt:
@@ -519,27 +482,37 @@ class Layer:
         """The entries of ``walk(verify)``, without content streams.
 
         An uncompressed layer in a file or in memory is listed by the fast
-        header scanner (``thinp.image.fastscan``) over a mapping of the file,
-        hashing it (when the DiffID is to be checked or computed) in large
-        chunks in a second thread; it yields the same entries and raises the
-        same errors as ``walk``.  Anything else goes through ``walk``.
+        header scanner (``thinp.image.fastscan``), hashing it (when the DiffID is to be checked or computed) in a second
+        thread; it yields the same entries and raises the same errors as
+        ``walk``.  Anything else goes through ``walk``.
         """
-        mapped = _map_plain(self.source)
-        if mapped is None:
+        src = _plain_source(self.source)
+        if src is None:
             for entry, _ in self.walk(verify):
                 yield entry
             return
-        yield from self._entries_mapped(mapped, verify)
+        for row in self._rows_fast(src, verify):
+            yield Entry(*row) if row[10] is not None else Entry(*row[:10])
 
-    def _entries_mapped(self, mapped: "_Mapped", verify: bool) -> Iterator[Entry]:
-        """``entries()`` of an uncompressed tar held in ``mapped.buf``."""
+    def rows(self, verify: bool = True) -> Iterator[tuple]:
+        """``entries()`` as tuples in ``Entry`` field order (``xattrs`` None
+        for none), as ``RootFS.apply_rows`` takes them: the fast path builds
+        no ``Entry`` objects at all."""
+        src = _plain_source(self.source)
+        if src is None:
+            for e, _ in self.walk(verify):
+                yield (e.path, e.kind, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname,
+                       e.devmajor, e.devminor, e.xattrs)
+            return
+        yield from self._rows_fast(src, verify)
+
+    def _rows_fast(self, src, verify: bool) -> Iterator[tuple]:
+        """``rows()`` of the uncompressed tar ``src`` (a ``fastscan.TarSource``)."""
         from . import fastscan
         seek_mode = not verify and self._diff_id is not None and isinstance(self.source, FileSource)
         # as walk(): hash to check the DiffID, or to learn it
-        hasher = _ChunkHasher(mapped, mapped.path, mapped.base) if verify or self._diff_id is None \
-            else None
-        batches = fastscan.iter_batches(mapped.buf, self.name, seek_mode=seek_mode,
-                                        progress=mapped.release_upto)
+        hasher = _ChunkHasher(src) if verify or self._diff_id is None else None
+        batches = fastscan.iter_batches(src, self.name, seek_mode=seek_mode)
         try:
             size = 0
             nr = 0
@@ -548,22 +521,23 @@ class Layer:
                 nr += len(batch)
                 if maybe_whiteouts:
                     kept = []
-                    for header in batch:
+                    for row in batch:
+                        header = Entry(*row) if row[10] is not None else Entry(*row[:10])
                         entry = _classify(header, name)
                         if entry is not None:
-                            kept.append(entry)
+                            kept.append(row if entry is header else fastscan.header_row(entry))
                     batch = kept
-                    size += sum(e.size for e in batch if e.kind == FILE)
+                    size += sum(r[6] for r in batch if r[1] == FILE)
                 else:
-                    size += sum([e.size for e in batch])   # non-file headers have size 0
+                    size += sum([r[6] for r in batch])   # non-file rows have size 0
                 yield from batch
-            tar_size = mapped.buf.shape[0]
+            tar_size = src.n
             got = "sha256:" + hasher.hexdigest() if hasher is not None else None
         finally:
             batches.close()
             if hasher is not None:
                 hasher.stop()
-            mapped.close()
+            src.close()
         self.compression = "none"
         if got is not None:
             if self._diff_id is None:
