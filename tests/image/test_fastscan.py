@@ -458,3 +458,42 @@ def test_fast_listing_memory_is_flat(tmp_path):
     for verify in (True, False):
         assert peaks[large, verify] < peaks[small, verify] + (512 << 10), peaks
         assert peaks[large, verify] < 4 << 20, peaks
+
+
+# ------------------------------------------------------------------ the file under the reader
+def test_file_written_during_a_verified_read_is_an_error(tmp_path):
+    """Hash and listing are two reads of one descriptor: a write in between
+    (seen by size, mtime or ctime) fails the load instead of pairing one
+    content's digest with another's entries."""
+    data = make_tar([(f"f{i}", "f", b"z" * 100) for i in range(5000)])
+    p = tmp_path / "x.tar"
+    p.write_bytes(data)
+    it = Layer.from_path(p).entries()
+    next(it)
+    with open(p, "ab") as f:       # past the end of archive: the listing cannot see it
+        f.write(b"\0" * 512)
+    with pytest.raises(ImageFormatError, match="changed while it was read"):
+        list(it)
+    assert len(list(Layer.from_path(p).entries())) == 5000   # a fresh read is fine
+
+
+def test_replaced_path_does_not_split_the_read(tmp_path):
+    """The hasher reads the scanner's descriptor, not the path: replacing the
+    path mid-read never pairs one file's digest with the other's entries.
+    (Unlinking the old file moves its ctime, so the read may also refuse.)"""
+    a = make_tar([(f"a{i}", "f", b"a" * 3000) for i in range(1500)])
+    b = make_tar([(f"b{i}", "f", b"b" * 3000) for i in range(1500)])
+    p = tmp_path / "x.tar"
+    p.write_bytes(a)
+    lay = Layer.from_path(p)
+    it = lay.entries()
+    first = next(it)
+    (tmp_path / "y.tar").write_bytes(b)
+    os.replace(tmp_path / "y.tar", p)
+    try:
+        rest = list(it)
+    except ImageFormatError as e:
+        assert "changed while it was read" in str(e)
+        return
+    assert [first.path] + [e.path for e in rest] == [f"a{i}" for i in range(1500)]
+    assert lay.diff_id == Layer.from_bytes(a).scan().diff_id

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import threading
 from itertools import repeat
 from typing import Iterator
@@ -50,7 +51,6 @@ import numpy as np
 from numba import types as _nbtypes
 
 from ..config import njit
-from ..errors import ImageFormatError
 from . import tarstream as ts
 
 __all__ = ["iter_headers", "iter_batches", "TarSource", "BATCH", "scan_batch", "ST_FULL", "ST_EOA", "ST_SLOW"]
@@ -296,8 +296,9 @@ class TarSource:
     of a file read by ``pread`` through a small window."""
 
     def __init__(self, n: int, *, buf: np.ndarray | None = None, fd: int = -1, base: int = 0,
-                 path: str | None = None):
+                 path: str | None = None, stamp: tuple | None = None):
         self.n, self.buf, self.fd, self.base, self.path = n, buf, fd, base, path
+        self.stamp = stamp
         self.win = buf if buf is not None else np.zeros(WINDOW_BYTES, dtype=np.uint8)
 
     @classmethod
@@ -306,9 +307,27 @@ class TarSource:
         return cls(buf.shape[0], buf=buf)
 
     @classmethod
-    def open(cls, path: str, offset: int, length: int) -> "TarSource":
+    def open(cls, path: str, offset: int, length: int | None) -> "TarSource":
+        """Bytes ``offset .. offset + length`` (to the end if None) of the
+        regular file ``path``; ``ValueError`` if it is not one or too short."""
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        return cls(length, fd=fd, base=offset, path=path)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{path} is not a regular file")
+            if length is None:
+                length = st.st_size - offset
+            if offset < 0 or length < 0 or offset + length > st.st_size:
+                raise ValueError(f"{path}: bytes {offset}+{length} are not all in the file")
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(length, fd=fd, base=offset, path=path, stamp=_stamp(st))
+
+    def changed(self) -> bool:
+        """Whether the file was written (or replaced in place) since it was
+        opened: any write moves its ctime, which no user can set back."""
+        return self.fd >= 0 and _stamp(os.fstat(self.fd)) != self.stamp
 
     def head(self, k: int) -> bytes:
         if self.buf is not None:
@@ -326,6 +345,10 @@ class TarSource:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _stamp(st: os.stat_result) -> tuple:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def scan_batch(src: TarSource, pos: int, s: Scratch) -> tuple[int, int, int, int]:

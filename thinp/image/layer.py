@@ -35,7 +35,6 @@ import hashlib
 import io
 import os
 import shutil
-import stat
 import tarfile
 import tempfile
 import threading
@@ -200,17 +199,11 @@ def _plain_source(source: BlobSource):
     if type(source) is not FileSource:
         return None
     try:
-        st = os.stat(source.path)
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        length = source.length if source.length is not None else st.st_size - source.offset
-        if length <= 0 or source.offset < 0 or source.offset + length > st.st_size:
-            return None
-        src = TarSource.open(source.path, source.offset, length)
+        src = TarSource.open(source.path, source.offset, source.length)
     except (OSError, ValueError):
         return None
     try:
-        plain = ts.sniff_compression(src.head(4)) == "none"
+        plain = src.n > 0 and ts.sniff_compression(src.head(4)) == "none"
     except OSError:
         plain = False
     if not plain:
@@ -255,17 +248,18 @@ class _ChunkHasher:
                 finally:
                     mv.release()
                 return
+            # the scanner's own descriptor, at explicit offsets: the very file
+            # it lists, whatever happens to the path meanwhile
             chunk = bytearray(min(_HASH_CHUNK, n))
             view = memoryview(chunk)
-            with open(self.path, "rb", buffering=0) as f:
-                f.seek(self.offset)
-                left = n
-                while left > 0 and not self._halt:
-                    got = f.readinto(view[:min(left, len(chunk))])
-                    if not got:
-                        raise ImageFormatError(f"{self.path}: file shrank while it was read")
-                    self.h.update(view[:got])
-                    left -= got
+            fd = self.src.fd
+            done = 0
+            while done < n and not self._halt:
+                got = os.preadv(fd, [view[:min(n - done, len(chunk))]], self.offset + done)
+                if not got:
+                    raise ImageFormatError(f"{self.path}: file shrank while it was read")
+                self.h.update(view[:got])
+                done += got
         except BaseException as e:   # surfaced by hexdigest()
             self._error = e
 
@@ -533,6 +527,10 @@ class Layer:
                 yield from batch
             tar_size = src.n
             got = "sha256:" + hasher.hexdigest() if hasher is not None else None
+            if src.changed():
+                # the digest and the listing come from two reads of the file:
+                # they are one file's only if nobody wrote it in between
+                raise ImageFormatError(f"{self.name}: layer file changed while it was read")
         finally:
             batches.close()
             if hasher is not None:
