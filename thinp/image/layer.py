@@ -196,7 +196,7 @@ def _plain_source(source: BlobSource):
         if not data or ts.sniff_compression(data[:4]) != "none":
             return None
         return TarSource.from_bytes(data)
-    if type(source) is not FileSource:
+    if type(source) is not FileSource or not hasattr(os, "pread"):   # the kernel links libc's pread
         return None
     try:
         src = TarSource.open(source.path, source.offset, source.length)
@@ -548,7 +548,7 @@ class Layer:
             raise ImageFormatError(
                 f"{self.name}: declared size {self.blob_size} does not match "
                 f"blob size {tar_size}")
-        if verify and self.blob_digest is not None and got != self.blob_digest:
+        if verify and self.blob_digest and got != self.blob_digest:
             raise ImageFormatError(
                 f"{self.name}: digest mismatch: expected {self.blob_digest}, got {got}")
         self.size, self.tar_size, self.nr_entries = size, tar_size, nr
