@@ -455,8 +455,12 @@ def test_fast_listing_memory_is_flat(tmp_path):
             finally:
                 tracemalloc.stop()
             assert count == nr
+    # the hashing thread's one chunk buffer may or may not be alive at the
+    # peak (thread timing): the tolerance covers it, and nothing else
+    slack = 512 << 10
+    assert layer_mod._HASH_CHUNK < slack
     for verify in (True, False):
-        assert peaks[large, verify] < peaks[small, verify] + (512 << 10), peaks
+        assert peaks[large, verify] < peaks[small, verify] + slack, peaks
         assert peaks[large, verify] < 4 << 20, peaks
 
 
