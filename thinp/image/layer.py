@@ -39,6 +39,7 @@ import tarfile
 import tempfile
 import threading
 import weakref
+from itertools import chain
 from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import ImageFormatError
@@ -476,8 +477,8 @@ class Layer:
         """The entries of ``walk(verify)``, without content streams.
 
         An uncompressed layer in a file or in memory is listed by the fast
-        header scanner (``thinp.image.fastscan``), hashing it (when the DiffID is to be checked or computed) in a second
-        thread; it yields the same entries and raises the same errors as
+        header scanner (``thinp.image.fastscan``), hashing it (when the DiffID
+        is to be checked or computed) in a second thread; it yields the same entries and raises the same errors as
         ``walk``.  Anything else goes through ``walk``.
         """
         src = _plain_source(self.source)
@@ -485,23 +486,27 @@ class Layer:
             for entry, _ in self.walk(verify):
                 yield entry
             return
-        for row in self._rows_fast(src, verify):
-            yield Entry(*row) if row[10] is not None else Entry(*row[:10])
+        for batch in self._batches_fast(src, verify):
+            for row in batch:
+                yield Entry(*row) if row[10] is not None else Entry(*row[:10])
 
     def rows(self, verify: bool = True) -> Iterator[tuple]:
         """``entries()`` as tuples in ``Entry`` field order (``xattrs`` None
         for none), as ``RootFS.apply_rows`` takes them: the fast path builds
-        no ``Entry`` objects at all."""
+        no ``Entry`` objects at all, and hands its batches on whole."""
+        return chain.from_iterable(self._row_batches(verify))
+
+    def _row_batches(self, verify: bool) -> Iterator[Iterable[tuple]]:
         src = _plain_source(self.source)
         if src is None:
-            for e, _ in self.walk(verify):
-                yield (e.path, e.kind, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname,
-                       e.devmajor, e.devminor, e.xattrs)
+            yield ((e.path, e.kind, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname,
+                    e.devmajor, e.devminor, e.xattrs) for e, _ in self.walk(verify))
             return
-        yield from self._rows_fast(src, verify)
+        yield from self._batches_fast(src, verify)
 
-    def _rows_fast(self, src, verify: bool) -> Iterator[tuple]:
-        """``rows()`` of the uncompressed tar ``src`` (a ``fastscan.TarSource``)."""
+    def _batches_fast(self, src, verify: bool) -> Iterator[list[tuple]]:
+        """Batches of ``rows()`` of the uncompressed tar ``src`` (a
+        ``fastscan.TarSource``); the checks of ``walk`` follow the last."""
         from . import fastscan
         seek_mode = not verify and self._diff_id is not None and isinstance(self.source, FileSource)
         # as walk(): hash to check the DiffID, or to learn it
@@ -524,7 +529,7 @@ class Layer:
                     size += sum(r[6] for r in batch if r[1] == FILE)
                 else:
                     size += sum([r[6] for r in batch])   # non-file rows have size 0
-                yield from batch
+                yield batch
             tar_size = src.n
             got = "sha256:" + hasher.hexdigest() if hasher is not None else None
             if src.changed():
