@@ -10,7 +10,10 @@ this API:
     ``""``), ``kind`` (file dir symlink hardlink char block fifo whiteout
     opaque), ``mode uid gid mtime size linkname devmajor devminor xattrs``.
     Whiteout/opaque entries only ever act on lower layers.
-    ``layer.entries()`` is the metadata-only view.  ``layer.diff_id`` (sha256
+    ``layer.entries()`` is the metadata-only view (``layer.rows()`` the same
+    as tuples); for an uncompressed layer in a file or in memory it is listed
+    by one numba kernel (``thinp.image.fastscan``) that yields the same
+    entries and errors as the streaming reader.  ``layer.diff_id`` (sha256
     of the uncompressed tar), ``layer.chain_id`` (sha256 of
     ``parent.chain_id + " " + diff_id``), ``layer.size`` (content bytes, like
     ``docker history``), ``layer.tar_size``, ``layer.open_uncompressed()``.

@@ -37,7 +37,9 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
 import weakref
+from itertools import chain
 from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import ImageFormatError
@@ -176,6 +178,105 @@ class BytesSource(BlobSource):
 
     def open(self) -> BinaryIO:
         return io.BytesIO(self.data)
+
+
+# ----------------------------------------------------------------- fast path
+#: hash in chunks this large (hashlib drops the GIL for each)
+_HASH_CHUNK = 256 << 10
+#: below this many bytes the digest is computed inline, not in a thread
+_THREAD_MIN_BYTES = 4 << 20
+
+
+def _plain_source(source: BlobSource):
+    """A ``fastscan.TarSource`` for an uncompressed tar source, or None
+    (compressed, empty, not a regular file, ...: the streaming reader
+    handles those)."""
+    from .fastscan import TarSource
+    if isinstance(source, BytesSource):
+        data = source.data
+        if not data or ts.sniff_compression(data[:4]) != "none":
+            return None
+        return TarSource.from_bytes(data)
+    if type(source) is not FileSource or not hasattr(os, "pread"):   # the kernel links libc's pread
+        return None
+    try:
+        src = TarSource.open(source.path, source.offset, source.length)
+    except (OSError, ValueError):
+        return None
+    try:
+        plain = src.n > 0 and ts.sniff_compression(src.head(4)) == "none"
+    except OSError:
+        plain = False
+    if not plain:
+        src.close()
+        return None
+    return src
+
+
+class _ChunkHasher:
+    """sha256 of a ``TarSource``, in a thread beside the scan (hashlib drops
+    the GIL for each chunk).
+
+    A file is hashed from ``read``s into one reused buffer (a mapping costs
+    more in page faults than the copy, and memory stays one buffer).
+    """
+
+    def __init__(self, src):
+        self.src = src
+        self.n = src.n
+        self.buf = src.buf
+        self.path, self.offset = src.path, src.base
+        self.h = hashlib.sha256()
+        self._halt = False
+        self._error: BaseException | None = None
+        self._thread = None
+        if self.n >= _THREAD_MIN_BYTES:
+            self._thread = threading.Thread(target=self._run, name="thinp-layer-hash", daemon=True)
+            self._thread.start()
+        else:
+            self._run()
+
+    def _run(self) -> None:
+        try:
+            n = self.n
+            if self.buf is not None:
+                mv = memoryview(self.buf)
+                try:
+                    for start in range(0, n, _HASH_CHUNK):
+                        if self._halt:
+                            return
+                        self.h.update(mv[start:start + _HASH_CHUNK])
+                finally:
+                    mv.release()
+                return
+            # the scanner's own descriptor, at explicit offsets: the very file
+            # it lists, whatever happens to the path meanwhile
+            chunk = bytearray(min(_HASH_CHUNK, n))
+            view = memoryview(chunk)
+            fd = self.src.fd
+            done = 0
+            while done < n and not self._halt:
+                got = os.preadv(fd, [view[:min(n - done, len(chunk))]], self.offset + done)
+                if not got:
+                    raise ImageFormatError(f"{self.path}: file shrank while it was read")
+                self.h.update(view[:got])
+                done += got
+        except BaseException as e:   # surfaced by hexdigest()
+            self._error = e
+
+    def hexdigest(self) -> str:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+        return self.h.hexdigest()
+
+    def stop(self) -> None:
+        self._halt = True
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 
 # ----------------------------------------------------------------- ids
@@ -373,8 +474,91 @@ class Layer:
                 raw.close()
 
     def entries(self, verify: bool = True) -> Iterator[Entry]:
-        for entry, _ in self.walk(verify):
-            yield entry
+        """The entries of ``walk(verify)``, without content streams.
+
+        An uncompressed layer in a file or in memory is listed by the fast
+        header scanner (``thinp.image.fastscan``), hashing it (when the DiffID
+        is to be checked or computed) in a second thread; it yields the same entries and raises the same errors as
+        ``walk``.  Anything else goes through ``walk``.
+        """
+        src = _plain_source(self.source)
+        if src is None:
+            for entry, _ in self.walk(verify):
+                yield entry
+            return
+        for batch in self._batches_fast(src, verify):
+            for row in batch:
+                yield Entry(*row) if row[10] is not None else Entry(*row[:10])
+
+    def rows(self, verify: bool = True) -> Iterator[tuple]:
+        """``entries()`` as tuples in ``Entry`` field order (``xattrs`` None
+        for none), as ``RootFS.apply_rows`` takes them: the fast path builds
+        no ``Entry`` objects at all, and hands its batches on whole."""
+        return chain.from_iterable(self._row_batches(verify))
+
+    def _row_batches(self, verify: bool) -> Iterator[Iterable[tuple]]:
+        src = _plain_source(self.source)
+        if src is None:
+            yield ((e.path, e.kind, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname,
+                    e.devmajor, e.devminor, e.xattrs) for e, _ in self.walk(verify))
+            return
+        yield from self._batches_fast(src, verify)
+
+    def _batches_fast(self, src, verify: bool) -> Iterator[list[tuple]]:
+        """Batches of ``rows()`` of the uncompressed tar ``src`` (a
+        ``fastscan.TarSource``); the checks of ``walk`` follow the last."""
+        from . import fastscan
+        seek_mode = not verify and self._diff_id is not None and isinstance(self.source, FileSource)
+        # as walk(): hash to check the DiffID, or to learn it
+        hasher = _ChunkHasher(src) if verify or self._diff_id is None else None
+        batches = fastscan.iter_batches(src, self.name, seek_mode=seek_mode)
+        try:
+            size = 0
+            nr = 0
+            name = self.name
+            for batch, maybe_whiteouts in batches:
+                nr += len(batch)
+                if maybe_whiteouts:
+                    kept = []
+                    for row in batch:
+                        header = Entry(*row) if row[10] is not None else Entry(*row[:10])
+                        entry = _classify(header, name)
+                        if entry is not None:
+                            kept.append(row if entry is header else fastscan.header_row(entry))
+                    batch = kept
+                    size += sum(r[6] for r in batch if r[1] == FILE)
+                else:
+                    size += sum([r[6] for r in batch])   # non-file rows have size 0
+                yield batch
+            tar_size = src.n
+            got = "sha256:" + hasher.hexdigest() if hasher is not None else None
+            if src.changed():
+                # the digest and the listing come from two reads of the file:
+                # they are one file's only if nobody wrote it in between
+                raise ImageFormatError(f"{self.name}: layer file changed while it was read")
+        finally:
+            batches.close()
+            if hasher is not None:
+                hasher.stop()
+            src.close()
+        self.compression = "none"
+        if got is not None:
+            if self._diff_id is None:
+                self._diff_id = got
+            elif got != self._diff_id:
+                raise ImageFormatError(
+                    f"{self.name}: DiffID mismatch: config says {self._diff_id}, "
+                    f"uncompressed tar hashes to {got}")
+        if verify and self.blob_size is not None and tar_size != self.blob_size:
+            raise ImageFormatError(
+                f"{self.name}: declared size {self.blob_size} does not match "
+                f"blob size {tar_size}")
+        if verify and self.blob_digest and got != self.blob_digest:
+            raise ImageFormatError(
+                f"{self.name}: digest mismatch: expected {self.blob_digest}, got {got}")
+        self.size, self.tar_size, self.nr_entries = size, tar_size, nr
+        if self.blob_size is None:
+            self.blob_size = tar_size
 
     def scan(self) -> "Layer":
         """Read the whole blob once: verify it and fill in the sizes."""

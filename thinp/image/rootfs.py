@@ -147,6 +147,12 @@ class RootFS:
         """
         if not path:
             return ""
+        node = self.nodes.get(path)
+        if node is not None and node.kind == DIR:
+            # every key of ``nodes`` was added under resolved, existing
+            # directories, and replacing one removes its subtree: a directory
+            # in ``nodes`` resolves to itself
+            return path
         cur = ""
         parts = path.split("/")
         hops = 0
@@ -204,77 +210,95 @@ class RootFS:
     # ------------------------------------------------------------- apply
     def apply(self, entries: Iterable[Entry], layer: int | None = None, blob: str = "layer") -> "RootFS":
         """Apply one layer's entries (in tar order) on top of this tree."""
+        return self.apply_rows(((e.path, e.kind, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname,
+                                 e.devmajor, e.devminor, e.xattrs) for e in entries), layer, blob)
+
+    def apply_rows(self, rows: Iterable[tuple], layer: int | None = None,
+                   blob: str = "layer") -> "RootFS":
+        """``apply`` of entries given as tuples in ``Entry`` field order:
+        ``(path, kind, mode, uid, gid, mtime, size, linkname, devmajor,
+        devminor, xattrs)``, ``xattrs`` a dict or None for none (what
+        ``Layer.rows`` yields, without building an ``Entry`` per member)."""
         if layer is None:
             layer = self.nr_layers
         added: set[str] = set()
         resolved: dict[str, str] = {}     # parent as written -> parent as resolved
         generation = self._generation
-        for index, e in enumerate(entries):
-            kind = e.kind
-            parent, _, base = e.path.rpartition("/")
+        nodes, children = self.nodes, self.children
+        for index, (epath, kind, mode, uid, gid, mtime, size, linkname, devmajor, devminor,
+                    xattrs) in enumerate(rows):
+            parent, _, base = epath.rpartition("/")
             if kind == WHITEOUT or kind == OPAQUE:
                 if kind == OPAQUE:
-                    d = self._resolve_dir(e.path, blob, f"opaque marker in {e.path!r}", layer, added,
+                    d = self._resolve_dir(epath, blob, f"opaque marker in {epath!r}", layer, added,
                                           create=True)
                     for name in list(self.children.get(d, ())):
                         self._remove_lower(f"{d}/{name}" if d else name, added)
                 else:
-                    d = self._resolve_dir(parent, blob, f"whiteout {e.path!r}", layer, added,
+                    d = self._resolve_dir(parent, blob, f"whiteout {epath!r}", layer, added,
                                           create=None)
                     if d is None:
                         continue   # whiting out something absent is a no-op
                     self._remove_lower(f"{d}/{base}" if d else base, added)
                 continue
-            if not e.path:   # the root directory's own metadata
+            if not epath:   # the root directory's own metadata
                 root = self.nodes[""]
-                root.mode, root.uid, root.gid, root.mtime = e.mode, e.uid, e.gid, e.mtime
-                root.xattrs = dict(e.xattrs)
+                root.mode, root.uid, root.gid, root.mtime = mode, uid, gid, mtime
+                root.xattrs = dict(xattrs) if xattrs else {}
                 continue
             if generation != self._generation:
                 resolved.clear()
                 generation = self._generation
             d = resolved.get(parent)
             if d is None:
-                d = self._resolve_dir(parent, blob, f"entry {e.path!r}", layer, added, create=True)
+                d = self._resolve_dir(parent, blob, f"entry {epath!r}", layer, added, create=True)
                 resolved[parent] = d
-            path = f"{d}/{base}" if d else base
-            existing = self.nodes.get(path)
+            # the parent as written is nearly always the parent as resolved
+            path = epath if d == parent else (f"{d}/{base}" if d else base)
+            existing = nodes.get(path)
             if kind == HARDLINK:
-                lparent, _, lbase = e.linkname.rpartition("/")
-                ld = self._resolve_dir(lparent, blob, f"hardlink {e.path!r} -> {e.linkname!r}",
+                lparent, _, lbase = linkname.rpartition("/")
+                ld = self._resolve_dir(lparent, blob, f"hardlink {epath!r} -> {linkname!r}",
                                        layer, added, create=False)
                 target_path = f"{ld}/{lbase}" if ld else lbase
-                target = self.nodes.get(target_path)
+                target = nodes.get(target_path)
                 if target is None:
                     raise ImageFormatError(
-                        f"{blob}: hardlink {e.path!r} -> {e.linkname!r}: target does not exist")
+                        f"{blob}: hardlink {epath!r} -> {linkname!r}: target does not exist")
                 if target.kind == DIR:
                     raise ImageFormatError(
-                        f"{blob}: hardlink {e.path!r} -> {e.linkname!r}: target is a directory")
+                        f"{blob}: hardlink {epath!r} -> {linkname!r}: target is a directory")
                 if target_path == path:
                     continue
                 node = Node(target.kind, target.mode, target.uid, target.gid, target.mtime,
                             target.size, target.linkname, target.devmajor, target.devminor,
                             target.xattrs, layer, target.ino, target.source)
             elif kind == DIR and existing is not None and existing.kind == DIR:
-                existing.mode, existing.uid, existing.gid, existing.mtime = e.mode, e.uid, e.gid, e.mtime
-                existing.xattrs = dict(e.xattrs)
+                existing.mode, existing.uid, existing.gid, existing.mtime = mode, uid, gid, mtime
+                existing.xattrs = dict(xattrs) if xattrs else {}
                 existing.layer = layer
                 added.add(path)
                 continue
             else:
-                node = Node(kind, e.mode, e.uid, e.gid, e.mtime, e.size, e.linkname,
-                            e.devmajor, e.devminor, e.xattrs, layer, self._ino(),
+                self._next_ino = ino = self._next_ino + 1
+                node = Node(kind, mode, uid, gid, mtime, size, linkname,
+                            devmajor, devminor, xattrs if xattrs is not None else {}, layer, ino,
                             (layer, index) if kind == FILE else None)
             if existing is not None:
                 self._remove(path)
-            self._add(path, node)
+                self._add(path, node)
+            else:
+                # _add, inline: ``d`` is the parent of ``path``, a directory
+                nodes[path] = node
+                children[d].add(base)
+                if kind == DIR:
+                    children.setdefault(path, set())
             added.add(path)
         self.nr_layers = max(self.nr_layers, layer + 1)
         return self
 
     def apply_layer(self, layer: Layer, index: int | None = None, verify: bool = True) -> "RootFS":
-        return self.apply(layer.entries(verify=verify), index, layer.name)
+        return self.apply_rows(layer.rows(verify=verify), index, layer.name)
 
     # ------------------------------------------------------------- export
     def export(self, layers: Sequence[Layer], out: BinaryIO) -> int:

@@ -511,21 +511,27 @@ def _pax_float(v: bytes, blob: str, key: str) -> float:
 _MAX_META_BYTES = 1 << 20   # a long name or PAX header larger than this is hostile
 
 
-def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]:
+def iter_tar(inp: HashingInput, *, index: int = 0,
+             global_pax: dict[str, bytes] | None = None) -> Iterator[tuple[TarHeader, DataStream | None]]:
     """Yield each member of the tar read from ``inp`` with its content stream.
 
     The stream (regular files only, else ``None``) must be consumed before
     advancing; whatever is left unread is skipped (and still hashed).  After
     the last member the rest of the input is drained so that ``inp``'s digest
     covers the whole blob.
+
+    ``index`` and ``global_pax`` resume a reading begun elsewhere (the fast
+    scanner of ``thinp.image.fastscan`` hands a header group over at ``inp``'s
+    position): the number of members already yielded, and the PAX global
+    header seen so far, which is updated in place.
     """
     blob = inp.name
-    global_pax: dict[str, bytes] = {}
+    if global_pax is None:
+        global_pax = {}
     pax: dict[str, bytes] = {}
     longname: bytes | None = None
     longlink: bytes | None = None
     stream: DataStream | None = None
-    index = 0
     while True:
         if stream is not None:
             stream._finish()
