@@ -730,8 +730,10 @@ class ThinPool:
             r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out)
             self._drain_events(events)
             if r == TK.R_DONE:
-                if md.sp.scal[K.S_DNPASS]:
-                    self._punch_passdown()
+                # Freed blocks are passed down (punched) only after the commit
+                # that frees them, as dm-thin's discard pt2 runs after commit:
+                # until then the last commit still maps them, and a crash must
+                # find their bytes intact.
                 return None
             start, start_vb = int(out[1]), int(out[2])
             if r == TK.R_NEED_COMMIT:
