@@ -279,8 +279,10 @@ class ThinPool:
             self._md.close()
             raise errors.MetadataCorruptError(f"{dpath}: {have} bytes, but the pool has {want} bytes of data blocks")
         if self.payload:
-            prot = mmap.PROT_READ if self.read_only else mmap.PROT_READ | mmap.PROT_WRITE
-            self._data_mm = mmap.mmap(self._data_fd, want, mmap.MAP_SHARED, prot)
+            # read-only: private and writable, so the kernels see the array
+            # type they are compiled for (see Metadata._map)
+            flags = mmap.MAP_PRIVATE if self.read_only else mmap.MAP_SHARED
+            self._data_mm = mmap.mmap(self._data_fd, want, flags, mmap.PROT_READ | mmap.PROT_WRITE)
             self._data = np.frombuffer(self._data_mm, dtype=np.uint8)
 
     def close(self) -> None:
