@@ -31,6 +31,35 @@ def pattern(tag: int) -> bytes:
     return a.tobytes()
 
 
+def _warm_up():
+    """Run every operation once on a scratch pool, so numba has loaded all
+    kernels from its cache before the parent's kill clock starts."""
+    import shutil
+    import tempfile
+
+    from thinp.thin import ThinPool
+
+    d = tempfile.mkdtemp()
+    try:
+        p = ThinPool.create(os.path.join(d, "p"), data_size=64 * BS, payload=True, sync=False,
+                            commit_interval=0, error_if_no_space=True)
+        dev = p.create_thin(0, 8 * BS)
+        dev.write(0, pattern(1))
+        p.create_snap(1, 0)
+        dev.write(0, pattern(2))
+        dev.lookup(0)
+        dev.discard(0, BS)
+        p.delete(1)
+        p.set_transaction_id(0, 1)
+        p.close()
+        p = ThinPool.open(os.path.join(d, "p"), read_only=True)
+        p.device(0).read(0, BS)
+        p.device(0).mapping()
+        p.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main(pool_path, log_path, state_path, seed):
     from thinp.thin import ThinPool
 
@@ -44,6 +73,7 @@ def main(pool_path, log_path, state_path, seed):
     def logline(s: str):
         os.write(log, (s + "\n").encode())
 
+    _warm_up()
     pool = ThinPool.open(pool_path)
     logline("R")
 

@@ -76,6 +76,7 @@ def _run_kills(tmp_path, nr_kills, seed):
     state: dict = {}
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     seen_mid_commit = 0
+    nr_mapped_seen = nr_devices_seen = 0
     for k in range(nr_kills):
         state_file = tmp_path / "state.json"
         state_file.write_text(json.dumps(state))
@@ -107,6 +108,8 @@ def _run_kills(tmp_path, nr_kills, seed):
         if len(expected) == 2 and got == expected[1] and expected[0] != expected[1]:
             seen_mid_commit += 1
         state = got
+        nr_mapped_seen = max(nr_mapped_seen, sum(len(m) for m in got.values()))
+        nr_devices_seen = max(nr_devices_seen, len(got))
     # the data space map agrees with the model: one reference per mapping
     with ThinPool.open(path, read_only=True) as pool:
         drc = pool.refcounts()
@@ -116,9 +119,12 @@ def _run_kills(tmp_path, nr_kills, seed):
             for x in p.tolist():
                 used[x] = used.get(x, 0) + 1
         assert int((drc > 0).sum()) == len(used)
-    return seen_mid_commit
+    # the workload got somewhere: several devices and many mapped blocks
+    assert nr_devices_seen >= 2 and nr_mapped_seen >= 50, (nr_devices_seen, nr_mapped_seen)
+    return seen_mid_commit, nr_mapped_seen, nr_devices_seen
 
 
 def test_kill9_loses_at_most_the_uncommitted_tail(tmp_path, slow):
     nr = 1000 if slow else 50
-    _run_kills(tmp_path, nr, seed=11)
+    mid, mapped, devs = _run_kills(tmp_path, nr, seed=11)
+    print(f"{nr} kills: {mid} landed inside a commit that completed; up to {mapped} blocks on {devs} devices")
