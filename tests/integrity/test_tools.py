@@ -252,3 +252,25 @@ def test_metadata_size_other_units_match_real_tool(capsys):
         ours = float(capsys.readouterr().out.split()[0])
         real = float(subprocess.run([tool] + args, capture_output=True, text=True).stdout.split()[0])
         assert abs(ours - real) <= 0.01 * real + 1e-9
+
+
+def test_restore_fast_scanner_and_expat_reader_agree(populated, tmp_path):
+    """thin_dump's layout takes the vectorised path; anything else (a
+    prologue, a comment, other spacing or quoting) the expat reader; both
+    give the same pool."""
+    from thinp.thin.restore import _Fallback, _fast_scan, parse
+
+    _, xml = populated
+    text = open(xml).read()
+    _fast_scan(xml, text.encode())  # the plain layout does not fall back
+    odd = ('<?xml version="1.0"?>\n<!-- from elsewhere -->\n'
+           + text.replace("<single_mapping origin_block=", "<single_mapping   origin_block=", 3)
+                 .replace(' time="0"/>', " time='0' />", 2))
+    (tmp_path / "odd.xml").write_text(odd)
+    with pytest.raises(_Fallback):
+        _fast_scan("odd.xml", odd.encode())
+    sa, da = parse(xml)
+    sb, db = parse(str(tmp_path / "odd.xml"))
+    assert sa == sb and len(da) == len(db)
+    for (x, *ax), (y, *by) in zip(da, db):
+        assert x == y and all((p == q).all() for p, q in zip(ax, by))

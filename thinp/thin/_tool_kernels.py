@@ -60,3 +60,42 @@ def count_nodes(vblocks, levels):
                 total += 1
                 prev = k
     return total
+
+
+@njit(refcount=False)
+def parse_mapping_tags(raw, starts, ends, parts, part_offsets, out):
+    """Parse tags laid out exactly as ``parts[k]`` + ``"digits"`` + ... +
+    the last part (thin_dump's mapping elements).  ``starts``/``ends`` are
+    each tag's ``<`` and ``>`` positions in ``raw`` (uint8); values go to
+    ``out[i, k]`` (at most 18 digits each).  Returns -1, or the first tag
+    that does not follow the layout (the caller falls back to a real XML
+    parser for it)."""
+    nv = part_offsets.shape[0] - 2
+    n = raw.shape[0]
+    for i in range(starts.shape[0]):
+        pos = starts[i]
+        for k in range(nv + 1):
+            for j in range(part_offsets[k], part_offsets[k + 1]):
+                if pos >= n or raw[pos] != parts[j]:
+                    return i
+                pos += 1
+            if k == nv:
+                break
+            if pos >= n or raw[pos] != 34:
+                return i
+            pos += 1
+            v = np.int64(0)
+            nd = 0
+            while pos < n and raw[pos] >= 48 and raw[pos] <= 57:
+                v = v * 10 + np.int64(raw[pos] - 48)
+                nd += 1
+                pos += 1
+                if nd > 18:
+                    return i
+            if nd == 0 or pos >= n or raw[pos] != 34:
+                return i
+            pos += 1
+            out[i, k] = v
+        if pos != ends[i] + 1:
+            return i
+    return -1

@@ -17,6 +17,7 @@ against the mappings that follow it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid as _uuid
 from xml.parsers import expat
@@ -55,11 +56,12 @@ _ALLOWED = {
 class _Run:
     """Mapping elements of one device or def, as growable Python lists."""
 
-    __slots__ = ("origin", "data", "length", "time", "line", "refs")
+    __slots__ = ("origin", "data", "length", "time", "line", "refs", "chunks")
 
     def __init__(self):
         self.origin, self.data, self.length, self.time, self.line = [], [], [], [], []
         self.refs = []  # (name, line)
+        self.chunks = []  # (origin, data, length, time, line) arrays from the fast scanner
 
 
 class _Reader:
@@ -78,8 +80,13 @@ class _Reader:
         self.cur_dev = None
         self.seen_ids: dict = {}
 
+    fast_line = None  # set by the fast scanner; None = ask expat
+
+    def _line(self) -> int:
+        return self.p.CurrentLineNumber if self.fast_line is None else self.fast_line
+
     def fail(self, msg: str, line: int | None = None):
-        line = self.p.CurrentLineNumber if line is None else line
+        line = self._line() if line is None else line
         raise RestoreError(f"{self.name}:{line}: {msg}")
 
     def _num(self, tag, attrs, key):
@@ -118,7 +125,7 @@ class _Reader:
                     self.fail("<range_mapping> length=0")
                 r.length.append(n)
             r.time.append(self._num(tag, attrs, "time"))
-            r.line.append(self.p.CurrentLineNumber)
+            r.line.append(self._line())
             return
         if tag not in _ALLOWED:
             self.fail(f"unknown element <{tag}>")
@@ -134,7 +141,7 @@ class _Reader:
                     self.fail(f"<superblock> version={v}: only dm-thin metadata versions 1 and 2 exist")
             vals["uuid"] = attrs.get("uuid", "")
             self.sb = vals
-            self.sb_line = self.p.CurrentLineNumber
+            self.sb_line = self._line()
             return
         if tag == "ref":
             if parent not in ("device", "def"):
@@ -148,9 +155,9 @@ class _Reader:
                 self.fail(f"dev_id {d} is outside dm-thin's 24-bit range")
             if d in self.seen_ids:
                 self.fail(f"duplicate dev_id {d} (first at line {self.seen_ids[d]})")
-            self.seen_ids[d] = self.p.CurrentLineNumber
+            self.seen_ids[d] = self._line()
             self.cur = _Run()
-            self.devices.append((vals, self.p.CurrentLineNumber, self.cur))
+            self.devices.append((vals, self._line(), self.cur))
         elif tag == "def":
             name = attrs.get("name")
             if name is None:
@@ -163,7 +170,7 @@ class _Reader:
             name = attrs.get("name")
             if name is None:
                 self.fail("<ref> has no name attribute")
-            self.cur.refs.append((name, self.p.CurrentLineNumber))
+            self.cur.refs.append((name, self._line()))
 
     def _end(self, tag):
         self.stack.pop()
@@ -179,13 +186,136 @@ class _Reader:
             raise RestoreError(f"{self.name}: no <superblock> element")
 
 
+class _Fallback(Exception):
+    """The fast scanner met something outside thin_dump's plain layout;
+    the expat reader takes over (it gives the precise error, if any)."""
+
+
+_TAG_NAME = re.compile(rb"^([A-Za-z_][-\w.]*)")
+_ATTR = re.compile(rb'\s+([A-Za-z_][-\w.]*)="([^"&<]*)"')
+_WS = np.zeros(256, dtype=bool)
+_WS[[9, 10, 13, 32]] = True
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[48:58] = True
+_SINGLE_PARTS = (b"<single_mapping origin_block=", b" data_block=", b" time=", b"/>")
+_RANGE_PARTS = (b"<range_mapping origin_begin=", b" data_begin=", b" length=", b" time=", b"/>")
+
+
+def _numbers(a, q, lt, gt, parts, what):
+    """Parse mapping tags written exactly as thin_dump writes them (``parts``
+    are the fixed texts around the quoted numbers) with a numba kernel.
+    Returns int64[len(lt), len(parts) - 1] or raises _Fallback."""
+    nv = len(parts) - 1
+    out = np.zeros((len(lt), nv), dtype=np.int64)
+    if len(lt) == 0:
+        return out
+    joined = np.frombuffer(b"".join(parts), dtype=np.uint8)
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in parts])]).astype(np.int64)
+    if TTK.parse_mapping_tags(a, lt, gt, joined, offsets, out) >= 0:
+        raise _Fallback(what)
+    return out
+
+
+def _fast_scan(name: str, raw: bytes) -> "_Reader":
+    """Parse XML laid out as thin_dump lays it out, with numpy: one pass of
+    vectorised checks over every byte, Python only for the few non-mapping
+    elements.  Raises _Fallback on anything else (comments, prologue,
+    entities, other quoting or spacing), never guessing."""
+    a = np.frombuffer(raw, dtype=np.uint8)
+    lt = np.flatnonzero(a == 60)
+    gt = np.flatnonzero(a == 62)
+    if len(lt) == 0 or len(lt) != len(gt) or (gt < lt).any() or (lt[1:] < gt[:-1]).any():
+        raise _Fallback("tags")
+    # text between tags (indentation and newlines) must be whitespace
+    gap0 = gt[:-1] + 1
+    gap_len = lt[1:] - gap0
+    total = int(gap_len.sum())
+    if total:
+        at = np.repeat(gap0 - (np.cumsum(gap_len) - gap_len), gap_len) + np.arange(total)
+        if not _WS[a[at]].all():
+            raise _Fallback("text")
+    if not _WS[a[:lt[0]]].all() or not _WS[a[gt[-1] + 1:]].all():
+        raise _Fallback("text")
+    nl = np.flatnonzero(a == 10)
+    first = a[lt + 1]
+    is_single = (first == ord("s")) & (a[np.minimum(lt + 2, len(a) - 1)] == ord("i"))
+    is_range = (first == ord("r")) & (a[np.minimum(lt + 2, len(a) - 1)] == ord("a"))
+    q = np.flatnonzero(a == 34)
+    singles = _numbers(a, q, lt[is_single], gt[is_single], _SINGLE_PARTS, "single_mapping")
+    ranges = _numbers(a, q, lt[is_range], gt[is_range], _RANGE_PARTS, "range_mapping")
+    other = np.flatnonzero(~(is_single | is_range))
+    reader = _Reader(name)
+    # the container (a _Run or None) open after each non-mapping tag
+    owners = []
+    for i in other.tolist():
+        body = raw[int(lt[i]) + 1:int(gt[i])]
+        reader.fast_line = int(np.searchsorted(nl, lt[i])) + 1
+        if body.startswith(b"/"):
+            tag = body[1:].strip().decode("ascii", "replace")
+            if not reader.stack or reader.stack[-1] != tag:
+                raise _Fallback("nesting")
+            reader._end(tag)
+        else:
+            empty = body.endswith(b"/")
+            if empty:
+                body = body[:-1]
+            m = _TAG_NAME.match(body)
+            if not m:
+                raise _Fallback("tag name")
+            attrs = {}
+            pos = m.end()
+            for am in _ATTR.finditer(body, pos):
+                if am.start() != pos:
+                    raise _Fallback("attributes")
+                key = am.group(1).decode("ascii")
+                if key in attrs:
+                    raise _Fallback("duplicate attribute")
+                attrs[key] = am.group(2).decode("utf-8")
+                pos = am.end()
+            if body[pos:].strip():
+                raise _Fallback("attributes")
+            reader._start(m.group(1).decode("ascii"), attrs)
+            if empty:
+                reader._end(m.group(1).decode("ascii"))
+        owners.append(reader.cur if reader.stack and reader.stack[-1] in ("device", "def") else None)
+    if reader.stack or reader.sb is None:
+        raise _Fallback("unclosed")
+    for kind, mask, nums in (("single", is_single, singles), ("range", is_range, ranges)):
+        idx = np.flatnonzero(mask)
+        if not len(idx):
+            continue
+        which = np.searchsorted(other, idx) - 1  # the last non-mapping tag before each
+        lines = np.searchsorted(nl, lt[idx]) + 1
+        if (which < 0).any() or any(owners[w] is None for w in np.unique(which).tolist()):
+            raise _Fallback("mapping outside a device")
+        order = np.argsort(which, kind="stable")
+        bounds = np.flatnonzero(np.diff(which[order])) + 1
+        for grp in np.split(order, bounds):
+            run = owners[int(which[grp[0]])]
+            g = nums[grp]
+            if kind == "single":
+                run.chunks.append((g[:, 0], g[:, 1], np.ones(len(grp), dtype=np.int64), g[:, 2], lines[grp]))
+            else:
+                if (g[:, 2] == 0).any():
+                    raise _Fallback("length 0")
+                run.chunks.append((g[:, 0], g[:, 1], g[:, 2], g[:, 3], lines[grp]))
+    reader.fast_line = None
+    return reader
+
+
 def _expand(reader: _Reader, run: _Run, seen: tuple = ()):
     """A run's mappings, refs expanded: (origin, data, time, line) per block."""
-    ln = np.array(run.length, dtype=np.int64)
-    o = np.repeat(np.array(run.origin, dtype=np.int64), ln)
-    d = np.repeat(np.array(run.data, dtype=np.int64), ln)
-    t = np.repeat(np.array(run.time, dtype=np.int64), ln)
-    li = np.repeat(np.array(run.line, dtype=np.int64), ln)
+    cols = [np.array(c, dtype=np.int64) for c in (run.origin, run.data, run.length, run.time, run.line)]
+    if run.chunks:
+        cols = [np.concatenate([cols[k]] + [ch[k] for ch in run.chunks]) for k in range(5)]
+    o, d, ln, t, li = cols
+    if len(ln) and int(ln.max()) >= 1 << 40:
+        k = int(np.argmax(ln))
+        reader.fail(f"range_mapping length={int(ln[k])} is past 2^40", int(li[k]))
+    o = np.repeat(o, ln)
+    d = np.repeat(d, ln)
+    t = np.repeat(t, ln)
+    li = np.repeat(li, ln)
     if len(ln):
         step = np.arange(len(o), dtype=np.int64) - np.repeat(np.cumsum(ln) - ln, ln)
         o += step
@@ -206,9 +336,19 @@ def parse(xml_path):
     """Parse and check a thin_dump XML file; returns (superblock dict,
     [(device attrs, vblocks, pblocks, times)]) or raises RestoreError."""
     name = os.fspath(xml_path)
-    reader = _Reader(name)
     with open(name, "rb") as f:
-        reader.parse_file(f)
+        raw = f.read()
+    try:
+        reader = _fast_scan(name, raw)
+    except _Fallback:
+        reader = _Reader(name)
+        try:
+            reader.p.Parse(raw, True)
+        except expat.ExpatError as e:
+            raise RestoreError(f"{name}:{e.lineno}: malformed XML: {expat.ErrorString(e.code)}") from None
+        if reader.sb is None:
+            raise RestoreError(f"{name}: no <superblock> element")
+    del raw
     sb = reader.sb
     try:
         bs = check_block_size(sb["data_block_size"] * SECTOR_SIZE)
