@@ -34,7 +34,8 @@ def test_metadata_exhaustion_goes_ro_with_needs_check_until_repair(tmp_path):
     st = pool.status()
     assert st.mode == "ro" and st.needs_check
     # tree operations never ate into the reserve
-    assert st.used_metadata_blocks <= nm - reserve
+    assert int(pool._md.sp.scal[K.S_MUSED]) <= nm - reserve
+    assert st.used_metadata_blocks == nm  # status counts the reserve as used, as dm-thin
     assert [e.kind for e in lwm_events] == ["metadata_low_water_mark"]
     assert lwm_events[0].value == min(1024, nm // 4)
     with pytest.raises(errors.ReadOnlyPoolError):
@@ -105,3 +106,11 @@ def test_reserve_is_min_4096_or_tenth(tmp_path):
             scal = pool._md.sp.scal
             assert int(scal[K.S_META_RESERVE]) == min(4096, nm // 10)
             assert int(scal[K.S_META_LWM]) == min(1024, nm // 4)
+
+
+def test_status_counts_the_metadata_reserve_as_used(tmp_path):
+    with ThinPool.create(str(tmp_path / "p"), data_size=64 * BS, metadata_size="4M") as pool:
+        st = pool.status()
+        used = int(pool._md.sp.scal[K.S_MUSED])
+        assert st.used_metadata_blocks == used + min(4096, 1024 // 10)
+        assert f" {st.used_metadata_blocks}/1024 " in str(st)

@@ -188,6 +188,12 @@ class ThinPool:
         formula) for ``max_thins`` devices.  ``payload=False`` keeps only
         mappings and counters; ``payload=True`` stores bytes in ``data``.
 
+        ``commit_interval`` is how many requests run between automatic
+        commits (0 = only explicit ones).  dm-thin commits once a second; the
+        default, :data:`DEFAULT_COMMIT_INTERVAL` (1,000,000 requests), is
+        about a second of work for a fast SSD.  Messages, ``close()`` and
+        resizes commit too, as in dm-thin.
+
         ``sync=True`` makes each commit durable on disk (msync of the blocks
         it wrote, then of the superblock), like dm-thin's flush.  With
         ``sync=False`` a commit is still atomic and survives the process
@@ -852,7 +858,9 @@ class ThinPool:
         counters = {name: int(sp.scal[i]) for i, name in K.COUNTER_NAMES.items()}
         return PoolStatus(
             transaction_id=sb.transaction_id,
-            used_metadata_blocks=int(sp.scal[K.S_MUSED]),
+            # dm-thin counts free metadata less its reserve (min(4096 blocks,
+            # 10%), kept for commits), so status shows the reserve as used
+            used_metadata_blocks=min(sb.nr_metadata_blocks, int(sp.scal[K.S_MUSED] + sp.scal[K.S_META_RESERVE])),
             total_metadata_blocks=sb.nr_metadata_blocks,
             used_data_blocks=int(sp.scal[K.S_DUSED]),
             total_data_blocks=sb.nr_data_blocks,
