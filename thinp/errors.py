@@ -22,6 +22,8 @@ __all__ = [
     "ImageFormatError",
     "TooManyLayersError",
     "TransactionIdMismatchError",
+    "ImageConflictError",
+    "ImageNotFoundError",
 ]
 
 
@@ -100,3 +102,15 @@ class ImageFormatError(ThinpError, ValueError):
 
 class TooManyLayersError(ThinpError):
     """A layer chain is deeper than the driver allows (overlay2: 128)."""
+
+
+class ImageConflictError(ThinpError):
+    """``rmi`` refused: a container uses the image, it has children, or it is
+    tagged in several repositories (Docker's 409 conflict); ``force`` overrides."""
+
+
+class ImageNotFoundError(ThinpError, KeyError):
+    """No image with that ID or reference ("No such image")."""
+
+    def __str__(self) -> str:  # KeyError's default repr-quotes the message
+        return str(self.args[0]) if self.args else ""

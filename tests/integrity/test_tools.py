@@ -274,3 +274,35 @@ def test_restore_fast_scanner_and_expat_reader_agree(populated, tmp_path):
     assert sa == sb and len(da) == len(db)
     for (x, *ax), (y, *by) in zip(da, db):
         assert x == y and all((p == q).all() for p, q in zip(ax, by))
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["check", "/nonexistent/pool"], "no such pool directory"),
+    (["dump", "/nonexistent/pool"], "no such pool directory"),
+    (["ls", "/nonexistent/pool"], "no such pool directory"),
+    (["trim", "/nonexistent/pool"], "no such pool directory"),
+    (["restore", "-i", "/nonexistent.xml", "DIR"], "No such file"),
+])
+def test_cli_user_errors_are_one_line(argv, fragment, tmp_path, capsys):
+    argv = [str(tmp_path / "x") if a == "DIR" else a for a in argv]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("thinp: error: ") and err.count("\n") == 1 and fragment in err
+
+
+def test_cli_restore_bad_xml_and_corrupt_dump(tmp_path, capsys):
+    bad = tmp_path / "bad.xml"
+    bad.write_text(_xml((0, [SINGLE.format(o=1, d=2), "<oops/>"])))
+    assert main(["restore", "-i", str(bad), str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.xml:4: unknown element <oops>" in err
+    assert not (tmp_path / "p").exists()
+    good = tmp_path / "good.xml"
+    good.write_text(_xml((0, [SINGLE.format(o=1, d=2)])))
+    assert main(["restore", "-i", str(good), str(tmp_path / "p")]) == 0
+    with open(tmp_path / "p" / "metadata", "r+b") as f:
+        f.truncate(3 * 4096)
+    capsys.readouterr()
+    assert main(["dump", str(tmp_path / "p")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "truncated" in err

@@ -139,12 +139,12 @@ class Metadata:
             raise errors.PoolBusyError(f"{path}: pool is open read-write by another process") from None
 
     def _map(self, nr_blocks: int) -> None:
-        # A read-only open maps privately but writable: numba types a
-        # readonly array differently, and the kernels (reads included) are
-        # compiled for writable ones.  Nothing reaches the file either way.
+        # Read-only opens map privately but writable: the kernels are compiled
+        # for writable arrays (numba cannot type a store into a readonly one),
+        # and a private mapping can never reach the file.
         flags = mmap.MAP_PRIVATE if self.read_only else mmap.MAP_SHARED
         self.mm = mmap.mmap(self.fd, nr_blocks * METADATA_BLOCK_SIZE, flags, mmap.PROT_READ | mmap.PROT_WRITE)
-        arr = np.frombuffer(self.mm, dtype=np.uint64) if not self.read_only else np.frombuffer(self.mm, dtype=np.uint64)
+        arr = np.frombuffer(self.mm, dtype=np.uint64)
         self.meta = arr.reshape(nr_blocks, K.NODE_ENTRIES)
 
     def close(self) -> None:

@@ -1,0 +1,16 @@
+"""Docker's storage drivers behind one interface (see :mod:`thinp.drivers.base`)."""
+from .base import (
+    METRIC_KEYS,
+    Capabilities,
+    Change,
+    Driver,
+    MountedView,
+    Usage,
+    empty_stats,
+    get_driver,
+    known_drivers,
+    register,
+)
+
+__all__ = ["METRIC_KEYS", "Capabilities", "Change", "Driver", "MountedView", "Usage", "empty_stats",
+           "get_driver", "known_drivers", "register"]

@@ -1,0 +1,170 @@
+"""Numba kernels over a filesystem's block bitmap.
+
+Arrays:
+
+* ``bitmap``: uint8[nr_blocks], one byte per 4 KiB filesystem block; 1 = in
+  use (metadata, file data, or reserved), 0 = free.
+* ``zone_used``: int64[nr_zones], blocks in use per zone.
+* ``first_free``: int64[nr_zones], per allocation zone (an ext4 block group
+  or an xfs allocation group, ``zone_blocks`` blocks each): every block of the
+  zone below ``first_free[z]`` is in use.  It is a hint that only ever lags
+  behind the truth, so scans may start there.
+
+Kernels never raise: "nothing found" is ``-1``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import njit
+
+
+@njit
+def find_extent(bitmap, first_free, zone_blocks, goal, end, want, align, min_len):
+    """First free run in ``[goal, end)`` whose start is a multiple of ``align``.
+
+    Returns ``start * 2**32 + length`` packed in an int64 (length <= ``want``,
+    >= ``min_len``), or -1.  A run shorter than ``min_len`` is skipped, so a
+    caller that wants "the first ``want``-long hole" passes ``min_len=want``
+    and one that takes what it can passes ``min_len=1``.
+    """
+    b = goal
+    n = bitmap.shape[0]
+    if end > n:
+        end = n
+    words = bitmap[: n - n % 8].view(np.uint64)
+    full = np.uint64(0x0101010101010101)
+    while b < end:
+        z = b // zone_blocks
+        ff = first_free[z]
+        if b < ff:
+            b = ff
+            continue
+        if bitmap[b] != 0:
+            # skip whole words of used blocks
+            if b % 8 == 0:
+                while b + 8 <= end and words[b >> 3] == full:
+                    b += 8
+                if b >= end or bitmap[b] == 0:
+                    continue
+            b += 1
+            continue
+        if align > 1 and b % align != 0:
+            b += align - (b % align)
+            continue
+        e = b
+        lim = b + want
+        if lim > end:
+            lim = end
+        while e < lim and bitmap[e] == 0:
+            e += 1
+        if e - b >= min_len:
+            return b * 4294967296 + (e - b)
+        b = e
+    return -1
+
+
+@njit
+def set_range(bitmap, first_free, zone_used, zone_blocks, start, length, value):
+    """Mark ``[start, start+length)`` used (value=1) or free (0).
+
+    Keeps the ``first_free`` hints and ``zone_used`` (int64[nr_zones], blocks
+    in use per zone) exact.  Returns how many blocks changed state.
+    """
+    changed = 0
+    for i in range(start, start + length):
+        if bitmap[i] != value:
+            bitmap[i] = value
+            changed += 1
+            z = i // zone_blocks
+            if value == 0:
+                zone_used[z] -= 1
+            else:
+                zone_used[z] += 1
+    if length <= 0:
+        return changed
+    z0 = start // zone_blocks
+    z1 = (start + length - 1) // zone_blocks
+    if value == 0:
+        for z in range(z0, z1 + 1):
+            lo = z * zone_blocks
+            if lo < start:
+                lo = start
+            if lo < first_free[z]:
+                first_free[z] = lo
+    else:
+        n = bitmap.shape[0]
+        for z in range(z0, z1 + 1):
+            b = first_free[z]
+            zend = (z + 1) * zone_blocks
+            if zend > n:
+                zend = n
+            while b < zend and bitmap[b] != 0:
+                b += 1
+            first_free[z] = b
+    return changed
+
+
+@njit
+def count_free(bitmap, begin, end):
+    c = 0
+    for i in range(begin, end):
+        if bitmap[i] == 0:
+            c += 1
+    return c
+
+
+@njit
+def free_runs(bitmap, begin, end, min_len):
+    """Free runs in ``[begin, end)`` of at least ``min_len`` blocks, as an
+    int64[k, 2] array of (start, length)."""
+    cap = 64
+    out = np.empty((cap, 2), dtype=np.int64)
+    k = 0
+    b = begin
+    while b < end:
+        if bitmap[b] != 0:
+            b += 1
+            continue
+        e = b
+        while e < end and bitmap[e] == 0:
+            e += 1
+        if e - b >= min_len:
+            if k == cap:
+                bigger = np.empty((cap * 2, 2), dtype=np.int64)
+                for i in range(cap):
+                    bigger[i, 0] = out[i, 0]
+                    bigger[i, 1] = out[i, 1]
+                out = bigger
+                cap *= 2
+            out[k, 0] = b
+            out[k, 1] = e - b
+            k += 1
+        b = e
+    res = np.empty((k, 2), dtype=np.int64)
+    for i in range(k):
+        res[i, 0] = out[i, 0]
+        res[i, 1] = out[i, 1]
+    return res
+
+
+@njit
+def runs_of(blocks):
+    """Sorted unique int64 block numbers -> int64[k, 2] (start, length) runs."""
+    n = blocks.shape[0]
+    out = np.empty((n, 2), dtype=np.int64)
+    k = 0
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and blocks[j] == blocks[j - 1] + 1:
+            j += 1
+        out[k, 0] = blocks[i]
+        out[k, 1] = j - i
+        k += 1
+        i = j
+    res = np.empty((k, 2), dtype=np.int64)
+    for i in range(k):
+        res[i, 0] = out[i, 0]
+        res[i, 1] = out[i, 1]
+    return res

@@ -1,0 +1,454 @@
+"""Layers: a tar diff with OCI whiteouts, read as a stream of ``Entry``.
+
+An ``Entry`` is one change of a changeset:
+
+====================  ==============================================================
+``kind``              meaning
+====================  ==============================================================
+``file``              regular file; ``size`` content bytes, stream from ``walk()``
+``dir``               directory (metadata; children are separate entries)
+``symlink``           ``linkname`` is the target, verbatim
+``hardlink``          ``linkname`` is the normalised path of the linked entry
+``char`` / ``block``  device, ``devmajor``/``devminor``
+``fifo``              named pipe
+``whiteout``          ``.wh.<name>``: delete ``path`` from the lower layers
+``opaque``            ``<dir>/.wh..wh..opq``: hide every lower child of ``path``
+====================  ==============================================================
+
+Paths are relative to the rootfs, ``/``-separated, with no ``./`` prefix; the
+root itself is ``""``.  Whiteout and opaque entries act on lower layers only,
+never on entries of their own layer, wherever they sit in the tar: a
+consumer that applies entries in tar order must spare the paths this layer
+already wrote (Docker's ``applyLayer`` keeps ``unpackedPaths`` for this, and
+``RootFS.apply`` does the same).  An overlay-style driver can simply record
+them (char 0/0, ``trusted.overlay.opaque=y``) in the layer's own directory.
+
+``Layer`` wraps a blob (plain, gzip or zstd tar) and exposes ``walk()``
+(entries with content streams), ``entries()`` (metadata only), ``diff_id``
+(sha256 of the uncompressed tar), ``chain_id`` (sha256 of
+``parent.chain_id + " " + diff_id``), ``size`` (content bytes, as Docker's
+``docker history`` SIZE) and ``tar_size``/``blob_size``.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+import weakref
+from typing import BinaryIO, Iterable, Iterator
+
+from ..errors import ImageFormatError
+from . import tarstream as ts
+
+__all__ = [
+    "Entry", "Layer", "BlobSource", "FileSource", "BytesSource",
+    "chain_id", "chain_ids", "write_tar", "EMPTY_TAR_DIFF_ID",
+    "WHITEOUT_PREFIX", "OPAQUE_MARKER",
+]
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+META_PREFIX = ".wh..wh."   # AUFS bookkeeping (.wh..wh.plnk, ...): ignored like Docker
+
+FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCKDEV, FIFO = (
+    ts.FILE, ts.DIR, ts.SYMLINK, ts.HARDLINK, ts.CHAR, ts.BLOCKDEV, ts.FIFO)
+WHITEOUT, OPAQUE = "whiteout", "opaque"
+KINDS = (FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCKDEV, FIFO, WHITEOUT, OPAQUE)
+
+
+Entry = ts.Entry
+
+
+def _classify(h: Entry, blob: str) -> "Entry | None":
+    """Turn ``.wh.`` names into whiteout/opaque entries; None for AUFS metadata."""
+    path = h.path
+    if ".wh." not in path:
+        return h
+    if path.startswith(META_PREFIX) and path != OPAQUE_MARKER:
+        # AUFS bookkeeping at the root (.wh..wh.plnk/..., .wh..wh.aufs): skipped
+        # like Docker's applyLayer.  (Hardlinks into .wh..wh.plnk are not resolved.)
+        return None
+    parent, _, base = path.rpartition("/")
+    if not base.startswith(WHITEOUT_PREFIX):
+        return h
+    if base == OPAQUE_MARKER:
+        return Entry(parent, OPAQUE, mtime=h.mtime)
+    if base.startswith(META_PREFIX):
+        return None
+    target = base[len(WHITEOUT_PREFIX):]
+    if target in ("", ".", ".."):
+        raise ImageFormatError(f"{blob}: whiteout {path!r} names no file")
+    return Entry(f"{parent}/{target}" if parent else target, WHITEOUT, mtime=h.mtime)
+
+
+# ----------------------------------------------------------------- sources
+class TempHolder:
+    """Owns a temp dir for as long as any layer source refers to it."""
+
+    def __init__(self):
+        self.path = tempfile.mkdtemp(prefix="thinp-load-")
+        self._fin = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def cleanup(self) -> None:
+        self._fin()
+
+
+class BlobSource:
+    """Where a layer blob's bytes live.  ``open()`` returns a fresh reader."""
+
+    name = "blob"
+
+    def open(self) -> BinaryIO:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class _Window(io.RawIOBase):
+    """``length`` bytes of ``f`` starting at ``offset``."""
+
+    def __init__(self, f, offset: int, length: int):
+        self.f = f
+        f.seek(offset)
+        self.remaining = length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.remaining <= 0:
+            return 0
+        n = min(len(b), self.remaining)
+        data = self.f.read(n)
+        b[:len(data)] = data
+        self.remaining -= len(data)
+        return len(data)
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, n: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_CUR:
+            raise io.UnsupportedOperation("only relative seeks")
+        n = min(n, self.remaining)
+        self.f.seek(n, io.SEEK_CUR)
+        self.remaining -= n
+        return 0
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
+class FileSource(BlobSource):
+    """A file, or a byte range of one (a member of an uncompressed outer tar)."""
+
+    def __init__(self, path: str | os.PathLike, offset: int = 0, length: int | None = None,
+                 name: str | None = None, keepalive=None):
+        self.path = os.fspath(path)
+        self.offset = offset
+        self.length = length
+        self.name = name or self.path
+        self._keepalive = keepalive   # e.g. the temp dir holding a decompressed archive
+
+    def open(self) -> BinaryIO:
+        f = open(self.path, "rb")
+        if self.offset == 0 and self.length is None:
+            return f
+        length = self.length if self.length is not None else os.fstat(f.fileno()).st_size - self.offset
+        return _Window(f, self.offset, length)
+
+    def open_seekable(self) -> tuple[BinaryIO, int]:
+        """``(reader, size_bytes)`` supporting relative ``seek``."""
+        f = open(self.path, "rb")
+        size = os.fstat(f.fileno()).st_size
+        if self.offset == 0 and self.length is None:
+            return f, size
+        length = self.length if self.length is not None else size - self.offset
+        return _Window(f, self.offset, length), length
+
+
+class BytesSource(BlobSource):
+    def __init__(self, data: bytes, name: str = "<bytes>"):
+        self.data = bytes(data)
+        self.name = name
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.data)
+
+
+# ----------------------------------------------------------------- ids
+def chain_id(parent_chain_id: str | None, diff_id: str) -> str:
+    """ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))."""
+    if parent_chain_id is None:
+        return diff_id
+    return "sha256:" + hashlib.sha256(f"{parent_chain_id} {diff_id}".encode()).hexdigest()
+
+
+def chain_ids(diff_ids: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    parent = None
+    for d in diff_ids:
+        parent = chain_id(parent, d)
+        out.append(parent)
+    return out
+
+
+EMPTY_TAR_DIFF_ID = "sha256:" + hashlib.sha256(b"\0" * 1024).hexdigest()
+
+
+# ----------------------------------------------------------------- layer
+class Layer:
+    """A layer blob plus its identities.
+
+    ``diff_id`` may be given (from an image config) or computed by ``scan()``;
+    either way ``walk(verify=True)`` checks it.  ``blob_digest`` and
+    ``blob_size`` (from an OCI descriptor) are checked too when given.
+    """
+
+    def __init__(self, source: BlobSource, *, diff_id: str | None = None,
+                 parent: "Layer | None" = None, blob_digest: str | None = None,
+                 blob_size: int | None = None, media_type: str | None = None,
+                 max_ratio: float = ts.DEFAULT_MAX_RATIO):
+        self.source = source
+        self._diff_id = diff_id
+        self.parent = parent
+        self.blob_digest = blob_digest
+        self.blob_size = blob_size
+        self.media_type = media_type
+        self.max_ratio = max_ratio
+        self.size: int | None = None        # content bytes of regular files
+        self.tar_size: int | None = None    # uncompressed tar bytes
+        self.nr_entries: int | None = None
+        self.compression: str | None = None
+
+    # constructors -------------------------------------------------------
+    @classmethod
+    def from_path(cls, path, **kw) -> "Layer":
+        return cls(FileSource(path), **kw)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "<bytes>", **kw) -> "Layer":
+        return cls(BytesSource(data, name), **kw)
+
+    @classmethod
+    def from_entries(cls, items: Iterable[tuple[Entry, bytes | BinaryIO | None]],
+                     path: str | os.PathLike | None = None, **kw) -> "Layer":
+        """Build a layer from ``(Entry, content)`` pairs (a driver's diff).
+
+        In memory, or streamed to the file ``path`` (written under a temporary
+        name and renamed, so a failure leaves no partial layer).
+        """
+        if path is None:
+            buf = io.BytesIO()
+            write_tar(items, buf)
+            return cls.from_bytes(buf.getvalue(), **kw).scan()
+        path = os.fspath(path)
+        tmp = path + ".partial"
+        try:
+            with open(tmp, "wb") as f:
+                write_tar(items, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return cls.from_path(path, **kw).scan()
+
+    # identities ------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def diff_id(self) -> str:
+        if self._diff_id is None:
+            self.scan()
+        return self._diff_id
+
+    @property
+    def chain_id(self) -> str:
+        return chain_id(self.parent.chain_id if self.parent is not None else None, self.diff_id)
+
+    def with_parent(self, parent: "Layer | None") -> "Layer":
+        """The same blob stacked on another parent (a different ChainID)."""
+        other = Layer(self.source, diff_id=self._diff_id, parent=parent,
+                      blob_digest=self.blob_digest, blob_size=self.blob_size,
+                      media_type=self.media_type, max_ratio=self.max_ratio)
+        other.size, other.tar_size, other.nr_entries, other.compression = (
+            self.size, self.tar_size, self.nr_entries, self.compression)
+        return other
+
+    # reading -----------------------------------------------------------------
+    def walk(self, verify: bool = True) -> Iterator[tuple[Entry, BinaryIO | None]]:
+        """Yield ``(Entry, content)``; ``content`` is a stream for files, else None.
+
+        A content stream is only valid until the next item.  With ``verify``
+        the DiffID (and blob digest/size when known) are checked after the
+        last entry: a mismatch raises ``ImageFormatError`` naming the blob.
+        """
+        if not verify and self._diff_id is not None and isinstance(self.source, FileSource):
+            yield from self._walk_seeking()
+            return
+        raw = self.source.open()
+        inp = None
+        try:
+            blob_hasher = hashlib.sha256() if (verify and self.blob_digest) else None
+            inp, counter = ts.open_input(raw, self.name, hash_data=verify or self._diff_id is None,
+                                         max_ratio=self.max_ratio, blob_hasher=blob_hasher)
+            size = 0
+            nr = 0
+            for header, stream in ts.iter_tar(inp):
+                entry = _classify(header, self.name)
+                nr += 1
+                if entry is None:
+                    continue
+                if entry.kind == FILE:
+                    size += entry.size
+                yield entry, stream
+            if counter is not None:
+                # drain any compressed trailer so blob digest/size cover the blob
+                while counter.read(ts.CHUNK_BYTES):
+                    pass
+                compressed = counter.nr_bytes
+                self.compression = "compressed"
+            else:
+                compressed = inp.nr_bytes
+                self.compression = "none"
+            got = "sha256:" + inp.hexdigest() if inp.hasher is not None else None
+            if got is not None:
+                if self._diff_id is None:
+                    self._diff_id = got
+                elif got != self._diff_id:
+                    raise ImageFormatError(
+                        f"{self.name}: DiffID mismatch: config says {self._diff_id}, "
+                        f"uncompressed tar hashes to {got}")
+            if verify and self.blob_size is not None and compressed != self.blob_size:
+                raise ImageFormatError(
+                    f"{self.name}: declared size {self.blob_size} does not match "
+                    f"blob size {compressed}")
+            if blob_hasher is not None:
+                # a plain tar's blob digest is its DiffID
+                blob_got = "sha256:" + blob_hasher.hexdigest() if counter is not None else got
+                if blob_got != self.blob_digest:
+                    raise ImageFormatError(
+                        f"{self.name}: digest mismatch: expected {self.blob_digest}, got {blob_got}")
+            self.size, self.tar_size, self.nr_entries = size, inp.nr_bytes, nr
+            if self.blob_size is None:
+                self.blob_size = compressed
+        finally:
+            if inp is not None:
+                inp.close()
+            raw.close()
+
+    def _walk_seeking(self) -> Iterator[tuple[Entry, BinaryIO | None]]:
+        """Unverified walk of an uncompressed file: seek over data like ``tar -t``."""
+        raw, size_bytes = self.source.open_seekable()
+        try:
+            head = raw.read(4)
+            if ts.sniff_compression(head) != "none":
+                raw.close()
+                raw = None
+                # compressed: no seeking possible; the plain path (unhashed)
+                inner = self.source.open()
+                try:
+                    reader, _ = ts.open_blob(inner, self.name, max_ratio=self.max_ratio)
+                    inp = ts.HashingInput(reader, self.name, hash_data=False)
+                    for header, stream in ts.iter_tar(inp):
+                        entry = _classify(header, self.name)
+                        if entry is not None:
+                            yield entry, stream
+                finally:
+                    inner.close()
+                return
+            inp = ts.HashingInput(raw, self.name, hash_data=False, size_bytes=size_bytes)
+            inp.buf, inp.nr_bytes = head, len(head)
+            for header, stream in ts.iter_tar(inp):
+                entry = _classify(header, self.name)
+                if entry is not None:
+                    yield entry, stream
+        finally:
+            if raw is not None:
+                raw.close()
+
+    def entries(self, verify: bool = True) -> Iterator[Entry]:
+        for entry, _ in self.walk(verify):
+            yield entry
+
+    def scan(self) -> "Layer":
+        """Read the whole blob once: verify it and fill in the sizes."""
+        for _ in self.walk(verify=True):
+            pass
+        return self
+
+    def open_uncompressed(self) -> BinaryIO:
+        """A reader of the uncompressed tar bytes (for ``save``/``export``)."""
+        raw = self.source.open()
+        reader, _ = ts.open_blob(raw, self.name, max_ratio=self.max_ratio)
+        return reader
+
+    def read_file(self, path: str) -> bytes:
+        """Content of the regular file ``path`` in this layer (last one wins)."""
+        found = None
+        for e, stream in self.walk(verify=False):
+            if e.path == path and e.kind == FILE:
+                found = stream.read()
+        if found is None:
+            raise KeyError(path)
+        return found
+
+    def __repr__(self) -> str:
+        return f"Layer({self.name!r}, diff_id={self._diff_id!r})"
+
+
+# ----------------------------------------------------------------- writing
+def _tarinfo(entry: Entry) -> tarfile.TarInfo:
+    if entry.kind == WHITEOUT:
+        parent, _, base = entry.path.rpartition("/")
+        ti = tarfile.TarInfo((parent + "/" if parent else "") + WHITEOUT_PREFIX + base)
+        ti.type, ti.mode = tarfile.REGTYPE, 0o644
+    elif entry.kind == OPAQUE:
+        ti = tarfile.TarInfo((entry.path + "/" if entry.path else "") + OPAQUE_MARKER)
+        ti.type, ti.mode = tarfile.REGTYPE, 0o644
+    else:
+        name = entry.path or "."
+        ti = tarfile.TarInfo(name + "/" if entry.kind == DIR and name != "." else name)
+        ti.type = {FILE: tarfile.REGTYPE, DIR: tarfile.DIRTYPE, SYMLINK: tarfile.SYMTYPE,
+                   HARDLINK: tarfile.LNKTYPE, CHAR: tarfile.CHRTYPE,
+                   BLOCKDEV: tarfile.BLKTYPE, FIFO: tarfile.FIFOTYPE}[entry.kind]
+        ti.mode = entry.mode & 0o7777
+        ti.uid, ti.gid = entry.uid, entry.gid
+        ti.linkname = entry.linkname
+        ti.devmajor, ti.devminor = entry.devmajor, entry.devminor
+        ti.size = entry.size if entry.kind == FILE else 0
+        if entry.xattrs:
+            ti.pax_headers = {
+                "SCHILY.xattr." + k: (v.decode("utf-8", "surrogateescape") if isinstance(v, bytes) else v)
+                for k, v in entry.xattrs.items()}
+    ti.mtime = entry.mtime
+    ti.uname = ti.gname = ""
+    return ti
+
+
+def write_tar(items: Iterable[tuple[Entry, bytes | BinaryIO | None]], out: BinaryIO) -> None:
+    """Write ``(Entry, content)`` pairs as a PAX tar to ``out`` (not closed).
+
+    ``content`` is bytes or a readable stream for files (``entry.size``
+    bytes are copied), ``None`` otherwise.  Whiteouts and opaque markers are
+    written in their ``.wh.`` form.
+    """
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for entry, content in items:
+            ti = _tarinfo(entry)
+            if entry.kind == FILE:
+                if isinstance(content, (bytes, bytearray, memoryview)):
+                    ti.size = len(content)
+                    content = io.BytesIO(content)
+                elif content is None:
+                    if entry.size:
+                        raise ValueError(f"no content given for {entry.path!r} ({entry.size} bytes)")
+                    content = io.BytesIO(b"")
+                tf.addfile(ti, content)
+            else:
+                tf.addfile(ti)
