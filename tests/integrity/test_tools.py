@@ -306,3 +306,27 @@ def test_cli_restore_bad_xml_and_corrupt_dump(tmp_path, capsys):
     assert main(["dump", str(tmp_path / "p")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "truncated" in err
+
+
+def test_restore_many_devices_spans_table_blocks(tmp_path):
+    """200 devices (four device-table blocks), sparse ids, empty ones too."""
+    devs = []
+    for i in range(200):
+        maps = [SINGLE.format(o=3 * i + k, d=(i * 7 + k) % 100) for k in range(i % 4)]
+        devs.append((i * 1000, maps))
+    text = _xml(*devs).replace('time="1"', 'time="0"', 1)
+    (tmp_path / "many.xml").write_text(text)
+    restore(str(tmp_path / "many.xml"), str(tmp_path / "p"))
+    (tmp_path / "back.xml").write_text(dump(str(tmp_path / "p")))
+    from thinp.thin.restore import parse
+
+    _, a = parse(str(tmp_path / "many.xml"))
+    _, b = parse(str(tmp_path / "back.xml"))
+    assert len(a) == len(b) == 200
+    for (x, *ax), (y, *by) in zip(a, b):
+        assert x == y and all((p == q).all() for p, q in zip(ax, by))
+    rep = check(str(tmp_path / "p"))
+    assert rep.ok and rep.nr_devices == 200
+    with ThinPool.open(str(tmp_path / "p")) as pool:
+        assert pool.devices() == [i * 1000 for i in range(200)]
+        assert pool.device(199000).lookup(3 * 199 + 2) == ((199 * 7 + 2) % 100, 0)

@@ -463,7 +463,7 @@ def _fill(pool, sb, devices) -> int:
     md.sb.transaction_id = sb["transaction"]
     md.sb.flags = sb["flags"]
     sp.scal[K.S_TIME] = sb["time"]
-    counts = np.zeros(nd, dtype=np.int64)
+    all_data = []
     total = 0
     for attrs, o, d, t in devices:
         nrb = max(nd, int(o[-1]) + 1 if len(o) else 0)
@@ -486,9 +486,9 @@ def _fill(pool, sb, devices) -> int:
         dv.root_crc[s] = 0
         dv.changed[s] = 1
         md.slot_of[dev] = s
-        if len(d):
-            counts += np.bincount(d, minlength=nd)
+        all_data.append(d)
         total += len(o)
+    counts = np.bincount(np.concatenate(all_data), minlength=nd) if all_data else np.zeros(nd, dtype=np.int64)
     if counts.max(initial=0) >= 1 << 32:
         raise RestoreError("restore: a data block is mapped more than 2^32 times")
     sp.drc[:] = counts
