@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from thinp.config import METADATA_BLOCK_SIZE
-from thinp.pdata import _kernels as K
 from thinp.thin import ThinPool
 from thinp.thin.check import check
 from thinp.thin.dump import dump

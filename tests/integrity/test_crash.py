@@ -25,7 +25,7 @@ import pytest
 from thinp.thin import ThinPool
 from thinp.thin.check import check
 
-from .crash_worker import BS, NR_VBLOCKS, pattern
+from .crash_worker import BS, pattern
 
 WORKER = os.path.join(os.path.dirname(__file__), "crash_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -3,7 +3,6 @@ goes through the real thin_restore/thin_check/thin_dump, and thin_ls and
 thin_delta on the result agree with ours, text for text."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from thinp.thin.check import check
 from thinp.thin.dump import dump, load_pool_view
 from thinp.thin.ls import human_size, ls, parse_format
 from thinp.thin.restore import RestoreError, restore
-from thinp.thin.trim import trim
 
 from .populate import BS, trace
 
@@ -80,8 +78,6 @@ def test_check_finds_and_repairs_wrong_counts(populated, tmp_path):
     p = str(tmp_path / "p")
     restore(xml, p)
     # damage the counts consistently with the checksums: a space-map page rewritten wrong
-    from thinp.thin.metadata import Metadata
-
     from thinp.thin.check import _open
 
     md = _open(os.path.join(p, "metadata"), writable=True)
@@ -179,10 +175,8 @@ def test_trim_punches_exactly_the_free_blocks(tmp_path):
     dev.discard(10 * BS, 10 * BS)   # free 10..19 without passdown
     dev.discard(39 * BS, BS)        # and the last allocated one
     pool.close()
-    fd = os.open(os.path.join(p, "data"), os.O_RDONLY)
     with open(os.path.join(p, "data"), "rb") as f:
         before = f.read()
-    os.close(fd)
     assert main(["trim", p]) == 0
     with open(os.path.join(p, "data"), "rb") as f:
         after = f.read()
