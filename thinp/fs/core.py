@@ -98,6 +98,21 @@ class Inode:
         self.delayed = None   # delayed allocation: sorted [begin, end) logical block ranges
         self.pending = None   # payload of delayed blocks: lblk -> bytearray(4096)
 
+    def _copy(self) -> "Inode":
+        """An independent copy (for :meth:`Filesystem.clone`)."""
+        n = Inode.__new__(Inode)
+        n.ino, n.mode, n.uid, n.gid, n.nlink, n.size = self.ino, self.mode, self.uid, self.gid, self.nlink, self.size
+        n.atime, n.mtime, n.ctime, n.rdev, n.target = self.atime, self.mtime, self.ctime, self.rdev, self.target
+        n.xattrs = dict(self.xattrs) if self.xattrs is not None else None
+        n.extents = [list(e) for e in self.extents]
+        n.stamps = self.stamps.copy() if self.stamps is not None else None
+        n.entries = dict(self.entries) if self.entries is not None else None
+        n.parent, n.dir_bytes, n.meta_blocks = self.parent, self.dir_bytes, list(self.meta_blocks)
+        n.loc, n.zone, n.nr_data_blocks = self.loc, self.zone, self.nr_data_blocks
+        n.delayed = list(self.delayed) if self.delayed is not None else None
+        n.pending = {k: bytearray(v) for k, v in self.pending.items()} if self.pending is not None else None
+        return n
+
     @property
     def is_dir(self) -> bool:
         return self.entries is not None
@@ -121,6 +136,89 @@ def _mix(old: int, stamp: int, lo: int, hi: int) -> int:
 
 
 _META_FILL = (b"thinp-fs-metadata" * 241)[:BLOCK]
+
+
+class CowInodes:
+    """ino -> :class:`Inode` for a cloned filesystem: shares a frozen dict with
+    its origin and copies an inode the first time it is fetched, so a clone
+    costs nothing per inode until it is used.
+
+    ``values()``/``items()``/``peek()`` return shared objects for reading only;
+    ``[ino]`` and ``get`` return this table's own copy (safe to change)."""
+
+    __slots__ = ("own", "base", "gone", "n")
+
+    def __init__(self, base: dict):
+        self.own: dict = {}
+        self.base = base
+        self.gone: set = set()
+        self.n = len(base)
+
+    def __getitem__(self, ino):
+        node = self.own.get(ino)
+        if node is None:
+            if ino in self.gone:
+                raise KeyError(ino)
+            node = self.own[ino] = self.base[ino]._copy()
+        return node
+
+    def peek(self, ino):
+        node = self.own.get(ino)
+        if node is None:
+            if ino in self.gone:
+                raise KeyError(ino)
+            node = self.base[ino]
+        return node
+
+    def get(self, ino, default=None):
+        try:
+            return self[ino]
+        except KeyError:
+            return default
+
+    def __contains__(self, ino) -> bool:
+        return ino in self.own or (ino in self.base and ino not in self.gone)
+
+    def __setitem__(self, ino, node) -> None:
+        if ino not in self:
+            self.n += 1
+        self.own[ino] = node
+        self.gone.discard(ino)
+
+    def __delitem__(self, ino) -> None:
+        if ino not in self:
+            raise KeyError(ino)
+        self.own.pop(ino, None)
+        if ino in self.base:
+            self.gone.add(ino)
+        self.n -= 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def keys(self):
+        own = list(self.own)         # fetching during iteration copies into own: iterate a snapshot
+        yield from own
+        own_set, gone = set(own), set(self.gone)
+        for ino in self.base:
+            if ino not in own_set and ino not in gone:
+                yield ino
+
+    __iter__ = keys
+
+    def values(self):
+        for ino in self.keys():
+            yield self.peek(ino)
+
+    def items(self):
+        for ino in self.keys():
+            yield ino, self.peek(ino)
+
+    def frozen(self) -> dict:
+        """A plain dict of the current state (shared objects), to freeze as a new base."""
+        d = {ino: node for ino, node in self.base.items() if ino not in self.gone}
+        d.update(self.own)
+        return d
 
 
 class Filesystem:
@@ -200,7 +298,13 @@ class Filesystem:
         self.counters["metadata_blocks_written"] += len(arr)
 
     # -- block allocation ---------------------------------------------------
+    #: clone() shares the block bitmap; the first change on either side copies it
+    _bitmap_shared = False
+
     def _mark(self, start: int, n: int, value: int) -> None:
+        if self._bitmap_shared:
+            self.bitmap = self.bitmap.copy()
+            self._bitmap_shared = False
         K.set_range(self.bitmap, self.first_free, self.zone_used, self.zone_blocks, start, n, value)
 
     def _reserve_static(self, start: int, n: int) -> None:
@@ -672,6 +776,11 @@ class Filesystem:
             raise _err(errno.ENOTDIR, path)
         return sorted(node.entries)
 
+    def _peek(self, ino: int) -> Inode:
+        """An inode for reading only (no copy on a cloned filesystem)."""
+        inodes = self.inodes
+        return inodes.peek(ino) if isinstance(inodes, CowInodes) else inodes[ino]
+
     def walk(self, top: str = "/"):
         """Like ``os.walk`` (top-down, symlinks not followed): (dirpath, dirnames, filenames)."""
         node = self._lookup(top)
@@ -682,12 +791,12 @@ class Filesystem:
             dpath, d = stack.pop()
             dirs, files = [], []
             for name in sorted(d.entries):
-                c = self.inodes[d.entries[name]]
+                c = self._peek(d.entries[name])
                 (dirs if c.is_dir else files).append(name)
             yield dpath, dirs, files
             base = dpath.rstrip("/")
             for name in reversed(dirs):
-                stack.append((base + "/" + name, self.inodes[d.entries[name]]))
+                stack.append((base + "/" + name, self._peek(d.entries[name])))
 
     # -- file content -----------------------------------------------------------
     def _file_for_write(self, path: str) -> Inode:
@@ -1185,6 +1294,49 @@ class Filesystem:
 
     def _on_umount(self) -> None:
         pass
+
+    # -- cloning (block-device snapshots) ------------------------------------------
+    def clone(self, device) -> "Filesystem":
+        """This filesystem's state as seen through ``device``, a snapshot of
+        the device it lives on (a thin snapshot shares every block, so the
+        on-disk filesystem is identical).  Writes back and commits first, as
+        the unmount before a snapshot does.  The clone has its own inodes,
+        bitmaps and allocator state, and counters from zero.
+
+        O(1) in the number of inodes: both filesystems switch to a
+        :class:`CowInodes` table over the same frozen dict, and an inode is
+        copied the first time either side touches it."""
+        import copy
+
+        if device.size != self.device.size:
+            raise ValueError(f"clone onto a device of {device.size} bytes; this filesystem's is {self.device.size}")
+        self.sync()
+        base = self.inodes.frozen() if isinstance(self.inodes, CowInodes) else self.inodes
+        self.inodes = CowInodes(base)
+        new = object.__new__(type(self))
+        memo = {id(self.device): device, id(self): new}
+        for name, value in self.__dict__.items():
+            if name == "device":
+                v = device
+            elif name == "inodes":
+                v = CowInodes(base)
+            elif name == "counters":
+                v = dict.fromkeys(value, 0)
+            elif name == "bitmap":
+                v = value                      # copied by whichever side changes it first
+            elif isinstance(value, np.ndarray):
+                v = value.copy()
+            elif isinstance(value, (int, float, str, bool, type(None))):
+                v = value
+            elif isinstance(value, dict) and all(isinstance(x, (int, float, str, tuple, type(None)))
+                                                 for x in value.values()):
+                v = dict(value)      # values immutable (tuples hold ints here)
+            else:
+                v = copy.deepcopy(value, memo)
+            new.__dict__[name] = v
+        new.payload = bool(device.payload)
+        self._bitmap_shared = new._bitmap_shared = True
+        return new
 
     # -- checking ------------------------------------------------------------------
     def check(self) -> dict:

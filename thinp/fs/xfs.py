@@ -55,6 +55,12 @@ class _Chunk:
         self.used = 0      # bitmask of the 64 inodes
         self.ag = ag
 
+    def __deepcopy__(self, memo):   # Filesystem.clone copies ~100 of these per snapshot
+        c = _Chunk(self.start, self.ag)
+        c.used = self.used
+        memo[id(self)] = c
+        return c
+
 
 class Xfs(Filesystem):
     """xfs with AG rotor for directories, inode chunks and near-inode data."""
