@@ -191,6 +191,106 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+
+# ------------------------------------------------- metadata tools [integrity]
+# thin_check / thin_dump / thin_restore / thin_ls / thin_delta / thin_trim.
+# Kept together (commands, then _add_metadata_tools) so merges stay easy.
+def _cmd_check(args) -> int:
+    from .thin.check import check
+
+    rep = check(args.dir, repair=args.repair)
+    for p in rep.problems:
+        print(f"  {p}")
+    print(f"TRANSACTION_ID={rep.transaction_id}")
+    print(f"METADATA_FREE_BLOCKS={rep.metadata_free_blocks}")
+    print(f"devices {rep.nr_devices}, mappings {rep.nr_mappings}")
+    if rep.repaired:
+        print("repaired: space maps and device counts rebuilt from the mappings, needs_check cleared")
+        return 0
+    if rep.needs_check:
+        print("needs_check is set: run 'thinp check --repair' to clear it")
+    if not rep.ok:
+        sys.stderr.write(f"thinp: error: {args.dir}: {len(rep.problems)} metadata problems; "
+                         "'thinp check --repair' rebuilds the counts\n")
+        return EXIT_ERROR
+    return 0
+
+
+def _cmd_dump(args) -> int:
+    from .thin.dump import dump
+
+    text = dump(args.dir, output=args.output, metadata_snap=args.metadata_snap)
+    if text is not None:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_restore(args) -> int:
+    from .thin.restore import restore
+
+    n = restore(args.input, args.dir, payload=args.payload)
+    print(f"restored {n} mappings into {args.dir}")
+    return 0
+
+
+def _cmd_ls(args) -> int:
+    from .thin.ls import ls, parse_format
+
+    fields = parse_format(args.format)
+    sys.stdout.write(ls(args.dir, fields, headers=not args.no_headers, metadata_snap=args.metadata_snap))
+    return 0
+
+
+def _cmd_delta(args) -> int:
+    from .thin.delta import delta
+
+    sys.stdout.write(delta(args.dir, args.snap1, args.snap2, verbose=args.verbose,
+                           metadata_snap=args.metadata_snap))
+    return 0
+
+
+def _cmd_trim(args) -> int:
+    from .thin.trim import trim
+
+    nruns, nblocks = trim(args.dir)
+    print(f"discarded {nblocks} free blocks in {nruns} runs")
+    return 0
+
+
+def _add_metadata_tools(sub) -> None:
+    c = sub.add_parser("check", help="thin_check: verify metadata; --repair rebuilds the counts")
+    c.add_argument("dir")
+    c.add_argument("--repair", action="store_true", help="rebuild space maps from the mappings, clear needs_check")
+    c.set_defaults(func=_cmd_check)
+    d = sub.add_parser("dump", help="thin_dump: the metadata as XML")
+    d.add_argument("dir")
+    d.add_argument("-o", "--output", default=None, help="write to FILE instead of stdout")
+    d.add_argument("-m", "--metadata-snap", action="store_true", help="dump the held metadata snapshot")
+    d.set_defaults(func=_cmd_dump)
+    r = sub.add_parser("restore", help="thin_restore: build a new pool DIR from thin_dump XML")
+    r.add_argument("-i", "--input", required=True)
+    r.add_argument("dir")
+    r.add_argument("--payload", action="store_true", help="make a payload pool (data reads as zeros)")
+    r.set_defaults(func=_cmd_restore)
+    ls = sub.add_parser("ls", help="thin_ls: a table of thin devices")
+    ls.add_argument("dir")
+    ls.add_argument("-o", "--format", default=None,
+                    help="comma-separated fields, e.g. DEV,MAPPED_BYTES,EXCLUSIVE_SECTORS,HIGHEST_BLOCK")
+    ls.add_argument("--no-headers", action="store_true")
+    ls.add_argument("-m", "--metadata-snap", action="store_true")
+    ls.set_defaults(func=_cmd_ls)
+    dl = sub.add_parser("delta", help="thin_delta: XML diff of two thin devices")
+    dl.add_argument("dir")
+    dl.add_argument("--snap1", type=int, required=True)
+    dl.add_argument("--snap2", type=int, required=True)
+    dl.add_argument("--verbose", action="store_true")
+    dl.add_argument("-m", "--metadata-snap", action="store_true")
+    dl.set_defaults(func=_cmd_delta)
+    t = sub.add_parser("trim", help="thin_trim: punch free data blocks out of the data file")
+    t.add_argument("dir")
+    t.set_defaults(func=_cmd_trim)
+
+
 def _cmd_validate_fs(args) -> int:
     from .fs import validate
 
@@ -252,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("-u", "--unit", default="s", help="b, s, k, m, g, t, p (default s: sectors)")
     ms.add_argument("-n", "--numeric-only", action="store_true")
     ms.set_defaults(func=_cmd_metadata_size)
+    _add_metadata_tools(sub)
     return p
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "PoolBusyError",
     "MetadataCorruptError",
     "ReadOnlyPoolError",
+    "PoolFailedError",
     "NotSupportedError",
     "ImageFormatError",
     "TooManyLayersError",
@@ -77,6 +78,12 @@ class ReadOnlyPoolError(_ErrnoError):
     """The pool is in read-only (or fail) mode: EROFS."""
 
     errno_value = _errno.EROFS
+
+
+class PoolFailedError(_ErrnoError):
+    """The pool is in fail mode: every I/O errors, as dm-thin's fail mode: EIO."""
+
+    errno_value = _errno.EIO
 
 
 class NotSupportedError(_ErrnoError):

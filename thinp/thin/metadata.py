@@ -307,6 +307,50 @@ class Metadata:
         if (nr - scal[K.S_DUSED]) > scal[K.S_LWM]:
             scal[K.S_LWM_ARMED] = 1
 
+    def resize_metadata(self, nr: int) -> None:
+        """Grow the metadata file to ``nr`` blocks (call right after a
+        commit).  The file and mapping grow; the metadata space map moves
+        to a new run of blocks when it needs more pages; the reserve and the
+        low water mark follow the new size."""
+        sb, sp = self.sb, self.sp
+        old_nr = sb.nr_metadata_blocks
+        os.ftruncate(self.fd, nr * METADATA_BLOCK_SIZE)
+        old_mm = self.mm
+        self.mm = mmap.mmap(self.fd, nr * METADATA_BLOCK_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.meta = np.frombuffer(self.mm, dtype=np.uint64).reshape(nr, K.NODE_ENTRIES)
+        mrc = np.zeros(nr, dtype=np.uint32)
+        mrc[:old_nr] = sp.mrc
+        sb.nr_metadata_blocks = nr
+        # after a commit nothing is new or pending, so these start empty
+        self.sp = sp = sp._replace(
+            meta=self.meta, mrc=mrc, mbits=K.make_bitmap(mrc > 0, nr),
+            mnew=np.zeros(nr, dtype=np.uint8), mpend=np.zeros(nr, dtype=np.uint32),
+            mdirty=np.ones(_pages(nr), dtype=np.uint8))
+        scal = sp.scal
+        scal[K.S_NR_META] = nr
+        scal[K.S_META_RESERVE] = min(4096, nr // 10)
+        scal[K.S_META_LWM] = min(1024, nr // 4)
+        scal[K.S_META_LWM_ARMED] = 1 if (nr - scal[K.S_MUSED]) > scal[K.S_META_LWM] else 0
+        new_pages = _pages(nr)
+        if new_pages > sb.msm_pages:
+            need = 2 * new_pages
+            bits = self.meta_bitarray()
+            pos = bits.find(bitarray("0" * need, endian="little"))
+            if pos < 0 or pos + need > nr:
+                raise errors.NoSpaceError(f"metadata has no run of {need} free blocks for its own space map")
+            bits[pos:pos + need] = 1
+            sp.mrc[pos:pos + need] = 1
+            sp.scal[K.S_MUSED] += need
+            for b in range(sb.msm_start, sb.msm_start + 2 * sb.msm_pages):
+                self._dec_meta(b)
+            sb.msm_start, sb.msm_pages = pos, new_pages
+        sp.mdirty[:] = 1
+        self.mdirty_prev = np.ones_like(sp.mdirty)
+        try:
+            old_mm.close()
+        except BufferError:
+            pass  # a view of the old mapping is still alive; it goes with it
+
     # --------------------------------------------------------------- commit
     def commit(self, first: bool = False) -> None:
         """Make everything since the last commit durable, atomically."""

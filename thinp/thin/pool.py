@@ -168,6 +168,7 @@ class ThinPool:
         self._callbacks = {name: [] for name in K.EVENT_NAMES.values()}
         self._queue: list = []
         self._failed = False
+        self._fail_mode: str | None = None  # dm-thin's "fail" mode: the reason
         self._data_fd = -1
         self._data_mm = None
         self._data = _EMPTY_U8
@@ -186,6 +187,12 @@ class ThinPool:
         defaults to :func:`thinp.metadata_size` of the pool (thin_metadata_size's
         formula) for ``max_thins`` devices.  ``payload=False`` keeps only
         mappings and counters; ``payload=True`` stores bytes in ``data``.
+
+        ``commit_interval`` is how many requests run between automatic
+        commits (0 = only explicit ones).  dm-thin commits once a second; the
+        default, :data:`DEFAULT_COMMIT_INTERVAL` (1,000,000 requests), is
+        about a second of work for a fast SSD.  Messages, ``close()`` and
+        resizes commit too, as in dm-thin.
 
         ``sync=True`` makes each commit durable on disk (msync of the blocks
         it wrote, then of the superblock), like dm-thin's flush.  With
@@ -382,6 +389,8 @@ class ThinPool:
         self._check_open()
         if self.read_only:
             raise errors.ReadOnlyPoolError(f"{self.path}: pool is open read-only")
+        if self._fail_mode:
+            raise errors.PoolFailedError(f"{self.path}: pool is in fail mode ({self._fail_mode}); all I/O errors")
         if self._failed:
             raise errors.ReadOnlyPoolError(f"{self.path}: pool is in read-only mode after a metadata failure (needs_check)")
 
@@ -609,7 +618,8 @@ class ThinPool:
 
     def _metadata_failed(self) -> None:
         """A metadata operation failed: abort the transaction and go read-only
-        with needs_check set, as dm-thin does."""
+        with needs_check set, as dm-thin does.  If even needs_check cannot be
+        written, the pool goes to fail mode, as dm-thin's does."""
         self._failed = True
         md = self._md
         try:
@@ -617,8 +627,18 @@ class ThinPool:
             # record needs_check on top of the last committed state
             md._write_superblock(md.sb.generation % 2)
             md.mm.flush(0, 2 * METADATA_BLOCK_SIZE)
-        except Exception:
-            pass
+        except Exception as e:  # noqa: BLE001 - any failure here means fail mode
+            self.fail(f"could not set needs_check: {e}")
+
+    def fail(self, reason: str = "metadata device error") -> None:
+        """Put the pool in dm-thin's ``fail`` mode: every read and write
+        errors with :class:`~thinp.errors.PoolFailedError` (EIO), nothing is
+        committed again, status shows ``fail``.  dm-thin enters it when the
+        metadata device itself fails; thinp's engine does so when it cannot
+        record needs_check, and tests call this to model a dead device."""
+        self._failed = True
+        self._fail_mode = str(reason)
+        self._queue.clear()
 
     def _punch_passdown(self) -> None:
         sp = self._md.sp
@@ -718,6 +738,8 @@ class ThinPool:
         return ReplayResult(counters, events, sum(len(q[0]) - q[4] for q in self._queue))
 
     def _submit(self, slots, ops, off, ln, src, src_base, events) -> None:
+        if self._fail_mode:
+            raise errors.PoolFailedError(f"{self.path}: pool is in fail mode ({self._fail_mode}); all I/O errors")
         if self._queue:
             if not (ops != READ).any():
                 self._run(slots, ops, off, ln, 0, -1, src, src_base, events)
@@ -738,8 +760,10 @@ class ThinPool:
             r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out)
             self._drain_events(events)
             if r == TK.R_DONE:
-                if md.sp.scal[K.S_DNPASS]:
-                    self._punch_passdown()
+                # Freed blocks are passed down (punched) only after the commit
+                # that frees them, as dm-thin's discard pt2 runs after commit:
+                # until then the last commit still maps them, and a crash must
+                # find their bytes intact.
                 return None
             start, start_vb = int(out[1]), int(out[2])
             if r == TK.R_NEED_COMMIT:
@@ -803,6 +827,26 @@ class ThinPool:
         self.commit()
         self._drain_queue()
 
+    def resize_metadata(self, metadata_size) -> None:
+        """Grow the metadata device (never shrink), as ``lvextend
+        --poolmetadatasize`` does: the metadata file grows, the metadata
+        space map with it, and the reserve (min(4096 blocks, 10%)) and the
+        metadata low water mark (min(1024 blocks, 25%)) are recomputed."""
+        self._check_writable()
+        md = self._md
+        nbytes = parse_size(metadata_size, what="metadata_size")
+        nr = nbytes // METADATA_BLOCK_SIZE
+        if nr < md.sb.nr_metadata_blocks:
+            raise ValueError(f"resize_metadata: {nbytes} bytes ({nr} blocks) would shrink the metadata "
+                             f"from {md.sb.nr_metadata_blocks} blocks; dm-thin only grows")
+        if nr > (16 << 30) // METADATA_BLOCK_SIZE:
+            raise ValueError(f"metadata_size {nbytes} bytes exceeds dm-thin's 16 GiB limit")
+        if nr == md.sb.nr_metadata_blocks:
+            return
+        self.commit()
+        md.resize_metadata(nr)
+        self.commit()
+
     # --------------------------------------------------------------- status
     def status(self, *, observer: bool = False) -> PoolStatus:
         """The pool's status.  A pool opened read-only reports ``ro``, as a dm
@@ -812,7 +856,9 @@ class ThinPool:
         self._check_open()
         md = self._md
         sp, sb = md.sp, md.sb
-        if self._failed or (sb.flags & FLAG_NEEDS_CHECK) or (self.read_only and not observer):
+        if self._fail_mode:
+            mode = "fail"
+        elif self._failed or (sb.flags & FLAG_NEEDS_CHECK) or (self.read_only and not observer):
             mode = "ro"
         elif sp.scal[TK.S_OODS] or self._queue:
             mode = "out_of_data_space"
@@ -827,7 +873,9 @@ class ThinPool:
         counters = {name: int(sp.scal[i]) for i, name in K.COUNTER_NAMES.items()}
         return PoolStatus(
             transaction_id=sb.transaction_id,
-            used_metadata_blocks=int(sp.scal[K.S_MUSED]),
+            # dm-thin counts free metadata less its reserve (min(4096 blocks,
+            # 10%), kept for commits), so status shows the reserve as used
+            used_metadata_blocks=min(sb.nr_metadata_blocks, int(sp.scal[K.S_MUSED] + sp.scal[K.S_META_RESERVE])),
             total_metadata_blocks=sb.nr_metadata_blocks,
             used_data_blocks=int(sp.scal[K.S_DUSED]),
             total_data_blocks=sb.nr_data_blocks,

@@ -1,0 +1,116 @@
+"""Pool modes as dm-thin has them: metadata exhaustion -> ro + needs_check,
+the metadata reserve and low water mark, fail mode, resize_metadata, the
+commit interval, and open refusing needs_check until check --repair."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from thinp import errors
+from thinp.pdata import _kernels as K
+from thinp.thin import ThinPool
+from thinp.thin.check import check
+
+from .populate import BS, trace
+
+
+def _scattered(dev_id, n, stride=512):
+    return trace(dev_id, np.arange(n) * stride)  # one new leaf per write
+
+
+def test_metadata_exhaustion_goes_ro_with_needs_check_until_repair(tmp_path):
+    path = str(tmp_path / "p")
+    pool = ThinPool.create(path, data_size=16384 * BS, metadata_size="256K", sync=False)
+    nm = pool.nr_metadata_blocks
+    reserve = min(4096, nm // 10)
+    lwm_events = []
+    pool.on_event("metadata_low_water_mark", lwm_events.append)
+    assert pool.status().metadata_low_watermark == min(1024, nm // 4)
+    dev = pool.create_thin(0, 16384 * 512 * BS)
+    dev.write(0, BS)
+    pool.commit()
+    with pytest.raises(errors.ReadOnlyPoolError, match="out of metadata space"):
+        pool.replay(_scattered(0, 200))
+    st = pool.status()
+    assert st.mode == "ro" and st.needs_check
+    # tree operations never ate into the reserve
+    assert int(pool._md.sp.scal[K.S_MUSED]) <= nm - reserve
+    assert st.used_metadata_blocks == nm  # status counts the reserve as used, as dm-thin
+    assert [e.kind for e in lwm_events] == ["metadata_low_water_mark"]
+    assert lwm_events[0].value == min(1024, nm // 4)
+    with pytest.raises(errors.ReadOnlyPoolError):
+        dev.write(0, BS)
+    pool.close()
+    with pytest.raises(errors.MetadataCorruptError, match="needs_check"):
+        ThinPool.open(path)
+    rep = check(path)
+    assert rep.ok and rep.needs_check
+    rep = check(path, repair=True)
+    assert rep.repaired and not rep.needs_check
+    with ThinPool.open(path) as pool:
+        # the last commit: an automatic one (a commit frees the blocks the
+        # transaction released, as dm-thin commits before giving up) or ours
+        v, p, t = pool.device(0).mapping()
+        assert 1 <= len(v) < 200 and (v == np.arange(len(v)) * 512).all()
+        # growing the metadata recovers, across a space-map page boundary
+        pool.resize_metadata("8M")
+        assert pool.nr_metadata_blocks == 2048
+        assert pool.status().metadata_low_watermark == min(1024, 2048 // 4)
+        pool.replay(_scattered(0, 200))
+        assert pool.device(0).mapped_blocks == 200
+    assert check(path).ok
+    with ThinPool.open(path) as pool:
+        assert pool.device(0).mapped_blocks == 200 and pool.nr_metadata_blocks == 2048
+
+
+def test_resize_metadata_only_grows(tmp_path):
+    with ThinPool.create(str(tmp_path / "p"), data_size=64 * BS, metadata_size="4M") as pool:
+        with pytest.raises(ValueError, match="only grows"):
+            pool.resize_metadata("2M")
+        pool.resize_metadata("4M")  # same size: nothing to do
+        assert pool.nr_metadata_blocks == 1024
+
+
+def test_fail_mode_errors_every_io_and_commits_nothing(tmp_path):
+    path = str(tmp_path / "p")
+    pool = ThinPool.create(path, data_size=64 * BS, payload=True)
+    dev = pool.create_thin(0, 16 * BS)
+    dev.write(0, b"a" * BS)
+    pool.commit()
+    dev.write(BS, b"b" * BS)
+    pool.fail("metadata device gone")
+    assert pool.status().mode == "fail"
+    for call in (lambda: dev.read(0, 10), lambda: dev.write(0, b"x"), lambda: dev.discard(0, BS)):
+        with pytest.raises(errors.PoolFailedError) as ei:
+            call()
+        assert ei.value.errno == 5
+    pool.close()
+    with ThinPool.open(path) as pool:
+        d = pool.device(0)
+        assert d.read(0, 4) == b"aaaa" and d.mapped_blocks == 1
+
+
+def test_commit_interval_commits_every_n_operations(tmp_path):
+    pool = ThinPool.create(str(tmp_path / "p"), data_size=256 * BS, commit_interval=10, sync=False)
+    pool.create_thin(0, 256 * BS)
+    g0 = pool._md.sb.generation
+    pool.replay(trace(0, np.arange(25)))
+    assert pool._md.sb.generation == g0 + 2  # before ops 10 and 20
+    assert pool.commit_interval == 10
+    pool.close()
+
+
+def test_reserve_is_min_4096_or_tenth(tmp_path):
+    for size, nm in (("4M", 1024), ("200M", 51200)):
+        with ThinPool.create(str(tmp_path / size), data_size=64 * BS, metadata_size=size) as pool:
+            scal = pool._md.sp.scal
+            assert int(scal[K.S_META_RESERVE]) == min(4096, nm // 10)
+            assert int(scal[K.S_META_LWM]) == min(1024, nm // 4)
+
+
+def test_status_counts_the_metadata_reserve_as_used(tmp_path):
+    with ThinPool.create(str(tmp_path / "p"), data_size=64 * BS, metadata_size="4M") as pool:
+        st = pool.status()
+        used = int(pool._md.sp.scal[K.S_MUSED])
+        assert st.used_metadata_blocks == used + min(4096, 1024 // 10)
+        assert f" {st.used_metadata_blocks}/1024 " in str(st)
