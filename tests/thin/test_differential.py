@@ -38,7 +38,8 @@ from thinp import DISCARD, READ, TRACE_DTYPE, WRITE, errors
 from thinp.thin import ThinPool
 from tests.reference.thin_model import COUNTERS, ModelError, ThinModel
 
-BS = 64 * 1024
+#: data block size; THINP_DIFF_BLOCK_SIZE=131072 (a multiple of 64 KiB) hunts at another
+BS = int(os.environ.get("THINP_DIFF_BLOCK_SIZE", 64 * 1024))
 SECTOR = 512
 IDS = st.one_of(st.integers(0, 9), st.just((1 << 24) - 1))
 #: device sizes: mostly 1-8 MiB (one leaf), any multiple of 512 so the last
@@ -146,7 +147,7 @@ class PoolMachine(RuleBasedStateMachine):
     def create_pool(self, nr_data_blocks, error_if_no_space, zero_new_blocks, discard_passdown,
                     low_water_mark, commit_interval, ignore_discard, first_size):
         self.pool = ThinPool.create(
-            self.path, data_size=nr_data_blocks * BS, block_size="64KiB", payload=self.payload,
+            self.path, data_size=nr_data_blocks * BS, block_size=BS, payload=self.payload,
             error_if_no_space=error_if_no_space, zero_new_blocks=zero_new_blocks,
             discard_passdown=discard_passdown, low_water_mark=low_water_mark,
             commit_interval=commit_interval, ignore_discard=ignore_discard, max_thins=16)
