@@ -115,18 +115,15 @@ class PoolMachine(RuleBasedStateMachine):
         self.events: list = []
         self.seed = 0
         self.reached: dict = {}
+        self.snaps: set = set()  # ids made by create_snap (and not deleted since)
 
     def teardown(self):
         # what this run reached, for --hypothesis-show-statistics
-        if self.model is not None:
-            for name in ("nr_cow_copies", "nr_cow_overwrites", "nr_enospc", "nr_freed", "nr_discarded",
-                         "nr_zeroed", "nr_passdown"):
-                if self.reached.get(name):
-                    event(f"reached {name}")
-            for name in ("queued", "low_water_mark", "out_of_data_space", "reopen", "snap of snap",
-                         "resize drained"):
-                if self.reached.get(name):
-                    event(f"reached {name}")
+        for name in ("nr_cow_copies", "nr_cow_overwrites", "nr_enospc", "nr_freed", "nr_discarded",
+                     "nr_zeroed", "nr_passdown", "queued", "low_water_mark", "out_of_data_space", "reopen",
+                     "snap of snap", "resize drained"):
+            if self.reached.get(name):
+                event(f"reached {name}")
         try:
             if self.pool is not None:
                 self.pool.close()
@@ -196,9 +193,14 @@ class PoolMachine(RuleBasedStateMachine):
             call = lambda: self.pool.message(f"create_snap {dev_id} {origin}")  # noqa: E731
         else:
             call = lambda: self.pool.create_snap(dev_id, origin)  # noqa: E731
-        if origin in self.model.devices and self.model.devices[origin].creation_time > 0:
-            self.reached["snap of snap"] = True
-        self.both(call, lambda: self.model.create_snap(dev_id, origin))
+        self._snap(call, dev_id, origin)
+
+    def _snap(self, call, dev_id, origin):
+        _, err = self.both(call, lambda: self.model.create_snap(dev_id, origin))
+        if not isinstance(err, ModelError):
+            if origin in self.snaps:
+                self.reached["snap of snap"] = True
+            self.snaps.add(dev_id)
 
     @rule(data=st.data(), via_message=st.booleans())
     def delete(self, data, via_message):
@@ -209,7 +211,9 @@ class PoolMachine(RuleBasedStateMachine):
             call = lambda: self.pool.message(f"delete {dev_id}")  # noqa: E731
         else:
             call = lambda: self.pool.delete(dev_id)  # noqa: E731
-        self.both(call, lambda: self.model.delete(dev_id))
+        _, err = self.both(call, lambda: self.model.delete(dev_id))
+        if not isinstance(err, ModelError):
+            self.snaps.discard(dev_id)
 
     @rule(which=st.sampled_from(["set_transaction_id", "wrong_transaction_id",
                                  "reserve_metadata_snap", "release_metadata_snap"]),
@@ -292,7 +296,7 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(dev_id=IDS, data=st.data())
     def snapshot_existing(self, dev_id, data):
         origin = self._pick(data)
-        self.both(lambda: self.pool.create_snap(dev_id, origin), lambda: self.model.create_snap(dev_id, origin))
+        self._snap(lambda: self.pool.create_snap(dev_id, origin), dev_id, origin)
 
     @precondition(lambda self: self.model.devices)
     @rule(data=st.data())
