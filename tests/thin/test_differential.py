@@ -486,10 +486,13 @@ class AccountingMachine(PoolMachine):
 
 
 # Each machine: 300 examples of up to 50 steps, 600 examples in all (about a
-# minute).  THINP_DIFF_EXAMPLES=5000 makes a longer hunt.
-_SETTINGS = settings(max_examples=int(os.environ.get("THINP_DIFF_EXAMPLES", 300)), stateful_step_count=50, deadline=None,
-                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                            HealthCheck.filter_too_much])
+# minute).  THINP_DIFF_EXAMPLES=5000 and THINP_DIFF_STEPS=200 make a longer hunt.
+_SETTINGS = settings(
+    max_examples=int(os.environ.get("THINP_DIFF_EXAMPLES", 300)),
+    stateful_step_count=int(os.environ.get("THINP_DIFF_STEPS", 50)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
 TestPayloadPool = PoolMachine.TestCase
 TestPayloadPool.settings = _SETTINGS
