@@ -30,7 +30,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -485,8 +485,66 @@ class AccountingMachine(PoolMachine):
     payload = False
 
 
-# Each machine: 300 examples of up to 50 steps, 600 examples in all (about a
-# minute).  THINP_DIFF_EXAMPLES=5000 and THINP_DIFF_STEPS=200 make a longer hunt.
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), nr_data_blocks=st.integers(4, 48), error_if_no_space=st.booleans(),
+       commit_interval=st.sampled_from([0, 7, 100]), low_water_mark=st.integers(0, 8))
+def test_long_replays_match_the_model(seed, nr_data_blocks, error_if_no_space, commit_interval, low_water_mark):
+    """The batch path at length: rounds of 400-request traces across devices,
+    each run in one numba call, with a snapshot (and a resize when requests
+    wait for space) between rounds."""
+    rng = np.random.default_rng(seed)
+    tmp = tempfile.mkdtemp(prefix="thinp-diff-", dir=TMP_ROOT)
+    kw = dict(error_if_no_space=error_if_no_space, low_water_mark=low_water_mark, commit_interval=commit_interval)
+    pool = ThinPool.create(f"{tmp}/pool", data_size=nr_data_blocks * BS, block_size=BS, **kw)
+    model = ThinModel(nr_data_blocks, BS, **kw)
+    try:
+        for dev_id, size in ((0, 4 << 20), (1, (2 << 20) + 512)):
+            pool.create_thin(dev_id, size)
+            model.create_thin(dev_id, size)
+        for rnd in range(5):
+            ids = sorted(model.devices)
+            n = 400
+            trace = np.zeros(n, dtype=TRACE_DTYPE)
+            reqs = []
+            for k in range(n):
+                dev_id = ids[int(rng.integers(len(ids)))]
+                size = model.devices[dev_id].size
+                op = int(rng.choice([WRITE, WRITE, WRITE, READ, DISCARD]))
+                off = int(rng.integers(min(size, 24 * BS)))
+                ln = int(rng.integers(0, 3 * BS)) if rng.random() < 0.7 else BS - off % BS
+                ln = min(ln, size - off)
+                trace[k] = (dev_id, op, off, ln)
+                reqs.append((dev_id, op, off, ln, None))
+            before = dict(model.counters)
+            model.submit(reqs)
+            res = pool.replay(trace)
+            for name in COUNTERS:
+                assert res.counters[name] == model.counters[name] - before[name], (rnd, name)
+            assert res.nr_queued == model.nr_queued
+            for dev_id, mdev in model.devices.items():
+                v, p, t = pool.device(dev_id).mapping()
+                assert list(zip(v.tolist(), p.tolist(), t.tolist())) == \
+                    [(vb, pb, tm) for vb, (pb, tm) in sorted(mdev.map.items())], (rnd, dev_id)
+            assert pool.status().used_data_blocks == model.used
+            new_id = 10 + rnd
+            origin = ids[int(rng.integers(len(ids)))]
+            pool.create_snap(new_id, origin)
+            model.create_snap(new_id, origin)
+            if model.queue or model.oods:
+                grow = model.nr_data_blocks + 16
+                pool.resize_data(grow * BS)
+                model.resize_data(grow)
+                assert pool.nr_queued == model.nr_queued
+        for name in COUNTERS:
+            assert pool.status().counters[name] == model.counters[name], name
+    finally:
+        pool.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Each machine: 300 examples of up to 50 steps; with the 50 long replays above,
+# 650 examples in all (about a minute).  THINP_DIFF_EXAMPLES=5000 and THINP_DIFF_STEPS=200 make a longer hunt.
 _SETTINGS = settings(
     max_examples=int(os.environ.get("THINP_DIFF_EXAMPLES", 300)),
     stateful_step_count=int(os.environ.get("THINP_DIFF_STEPS", 50)),
