@@ -45,7 +45,9 @@ Rules (each is a sentence of the issue):
   (counted in ``nr_enospc``) and the request goes on with its next block;
   otherwise the request stops at that block and it, and every later
   non-read request, waits in the queue until a commit finds free space or
-  ``resize_data`` grows the pool.
+  ``resize_data`` grows the pool.  A device with queued requests cannot be
+  deleted (dm-thin: EBUSY for an open device).  Closing the pool drops the
+  queue.
 """
 from __future__ import annotations
 

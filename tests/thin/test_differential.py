@@ -30,7 +30,7 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -38,7 +38,8 @@ from thinp import DISCARD, READ, TRACE_DTYPE, WRITE, errors
 from thinp.thin import ThinPool
 from tests.reference.thin_model import COUNTERS, ModelError, ThinModel
 
-BS = 64 * 1024
+#: data block size; THINP_DIFF_BLOCK_SIZE=131072 (a multiple of 64 KiB) hunts at another
+BS = int(os.environ.get("THINP_DIFF_BLOCK_SIZE", 64 * 1024))
 SECTOR = 512
 IDS = st.one_of(st.integers(0, 9), st.just((1 << 24) - 1))
 #: device sizes: mostly 1-8 MiB (one leaf), any multiple of 512 so the last
@@ -114,18 +115,15 @@ class PoolMachine(RuleBasedStateMachine):
         self.events: list = []
         self.seed = 0
         self.reached: dict = {}
+        self.snaps: set = set()  # ids made by create_snap (and not deleted since)
 
     def teardown(self):
         # what this run reached, for --hypothesis-show-statistics
-        if self.model is not None:
-            for name in ("nr_cow_copies", "nr_cow_overwrites", "nr_enospc", "nr_freed", "nr_discarded",
-                         "nr_zeroed", "nr_passdown"):
-                if self.reached.get(name):
-                    event(f"reached {name}")
-            for name in ("queued", "low_water_mark", "out_of_data_space", "reopen", "snap of snap",
-                         "resize drained"):
-                if self.reached.get(name):
-                    event(f"reached {name}")
+        for name in ("nr_cow_copies", "nr_cow_overwrites", "nr_enospc", "nr_freed", "nr_discarded",
+                     "nr_zeroed", "nr_passdown", "queued", "low_water_mark", "out_of_data_space", "reopen",
+                     "snap of snap", "resize drained"):
+            if self.reached.get(name):
+                event(f"reached {name}")
         try:
             if self.pool is not None:
                 self.pool.close()
@@ -146,7 +144,7 @@ class PoolMachine(RuleBasedStateMachine):
     def create_pool(self, nr_data_blocks, error_if_no_space, zero_new_blocks, discard_passdown,
                     low_water_mark, commit_interval, ignore_discard, first_size):
         self.pool = ThinPool.create(
-            self.path, data_size=nr_data_blocks * BS, block_size="64KiB", payload=self.payload,
+            self.path, data_size=nr_data_blocks * BS, block_size=BS, payload=self.payload,
             error_if_no_space=error_if_no_space, zero_new_blocks=zero_new_blocks,
             discard_passdown=discard_passdown, low_water_mark=low_water_mark,
             commit_interval=commit_interval, ignore_discard=ignore_discard, max_thins=16)
@@ -195,9 +193,14 @@ class PoolMachine(RuleBasedStateMachine):
             call = lambda: self.pool.message(f"create_snap {dev_id} {origin}")  # noqa: E731
         else:
             call = lambda: self.pool.create_snap(dev_id, origin)  # noqa: E731
-        if origin in self.model.devices and self.model.devices[origin].creation_time > 0:
-            self.reached["snap of snap"] = True
-        self.both(call, lambda: self.model.create_snap(dev_id, origin))
+        self._snap(call, dev_id, origin)
+
+    def _snap(self, call, dev_id, origin):
+        _, err = self.both(call, lambda: self.model.create_snap(dev_id, origin))
+        if not isinstance(err, ModelError):
+            if origin in self.snaps:
+                self.reached["snap of snap"] = True
+            self.snaps.add(dev_id)
 
     @rule(data=st.data(), via_message=st.booleans())
     def delete(self, data, via_message):
@@ -208,7 +211,9 @@ class PoolMachine(RuleBasedStateMachine):
             call = lambda: self.pool.message(f"delete {dev_id}")  # noqa: E731
         else:
             call = lambda: self.pool.delete(dev_id)  # noqa: E731
-        self.both(call, lambda: self.model.delete(dev_id))
+        _, err = self.both(call, lambda: self.model.delete(dev_id))
+        if not isinstance(err, ModelError):
+            self.snaps.discard(dev_id)
 
     @rule(which=st.sampled_from(["set_transaction_id", "wrong_transaction_id",
                                  "reserve_metadata_snap", "release_metadata_snap"]),
@@ -291,7 +296,7 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(dev_id=IDS, data=st.data())
     def snapshot_existing(self, dev_id, data):
         origin = self._pick(data)
-        self.both(lambda: self.pool.create_snap(dev_id, origin), lambda: self.model.create_snap(dev_id, origin))
+        self._snap(lambda: self.pool.create_snap(dev_id, origin), dev_id, origin)
 
     @precondition(lambda self: self.model.devices)
     @rule(data=st.data())
@@ -480,11 +485,72 @@ class AccountingMachine(PoolMachine):
     payload = False
 
 
-# Each machine: 300 examples of up to 50 steps, 600 examples in all (about a
-# minute).  THINP_DIFF_EXAMPLES=5000 makes a longer hunt.
-_SETTINGS = settings(max_examples=int(os.environ.get("THINP_DIFF_EXAMPLES", 300)), stateful_step_count=50, deadline=None,
-                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                            HealthCheck.filter_too_much])
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), nr_data_blocks=st.integers(4, 48), error_if_no_space=st.booleans(),
+       commit_interval=st.sampled_from([0, 7, 100]), low_water_mark=st.integers(0, 8))
+def test_long_replays_match_the_model(seed, nr_data_blocks, error_if_no_space, commit_interval, low_water_mark):
+    """The batch path at length: rounds of 400-request traces across devices,
+    each run in one numba call, with a snapshot (and a resize when requests
+    wait for space) between rounds."""
+    rng = np.random.default_rng(seed)
+    tmp = tempfile.mkdtemp(prefix="thinp-diff-", dir=TMP_ROOT)
+    kw = dict(error_if_no_space=error_if_no_space, low_water_mark=low_water_mark, commit_interval=commit_interval)
+    pool = ThinPool.create(f"{tmp}/pool", data_size=nr_data_blocks * BS, block_size=BS, **kw)
+    model = ThinModel(nr_data_blocks, BS, **kw)
+    try:
+        for dev_id, size in ((0, 4 << 20), (1, (2 << 20) + 512)):
+            pool.create_thin(dev_id, size)
+            model.create_thin(dev_id, size)
+        for rnd in range(5):
+            ids = sorted(model.devices)
+            n = 400
+            trace = np.zeros(n, dtype=TRACE_DTYPE)
+            reqs = []
+            for k in range(n):
+                dev_id = ids[int(rng.integers(len(ids)))]
+                size = model.devices[dev_id].size
+                op = int(rng.choice([WRITE, WRITE, WRITE, READ, DISCARD]))
+                off = int(rng.integers(min(size, 24 * BS)))
+                ln = int(rng.integers(0, 3 * BS)) if rng.random() < 0.7 else BS - off % BS
+                ln = min(ln, size - off)
+                trace[k] = (dev_id, op, off, ln)
+                reqs.append((dev_id, op, off, ln, None))
+            before = dict(model.counters)
+            model.submit(reqs)
+            res = pool.replay(trace)
+            for name in COUNTERS:
+                assert res.counters[name] == model.counters[name] - before[name], (rnd, name)
+            assert res.nr_queued == model.nr_queued
+            for dev_id, mdev in model.devices.items():
+                v, p, t = pool.device(dev_id).mapping()
+                assert list(zip(v.tolist(), p.tolist(), t.tolist())) == \
+                    [(vb, pb, tm) for vb, (pb, tm) in sorted(mdev.map.items())], (rnd, dev_id)
+            assert pool.status().used_data_blocks == model.used
+            new_id = 10 + rnd
+            origin = ids[int(rng.integers(len(ids)))]
+            pool.create_snap(new_id, origin)
+            model.create_snap(new_id, origin)
+            if model.queue or model.oods:
+                grow = model.nr_data_blocks + 16
+                pool.resize_data(grow * BS)
+                model.resize_data(grow)
+                assert pool.nr_queued == model.nr_queued
+        for name in COUNTERS:
+            assert pool.status().counters[name] == model.counters[name], name
+    finally:
+        pool.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Each machine: 300 examples of up to 50 steps; with the 50 long replays above,
+# 650 examples in all (about a minute).  THINP_DIFF_EXAMPLES=5000 and THINP_DIFF_STEPS=200 make a longer hunt.
+_SETTINGS = settings(
+    max_examples=int(os.environ.get("THINP_DIFF_EXAMPLES", 300)),
+    stateful_step_count=int(os.environ.get("THINP_DIFF_STEPS", 50)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
 
 TestPayloadPool = PoolMachine.TestCase
 TestPayloadPool.settings = _SETTINGS

@@ -751,3 +751,24 @@ def test_open_close_cycles_keep_the_space_maps(tmp_path):
         assert str(pool.status()) == line
         assert pool.device(0).read(0, 3) == b"one" and pool.device(1).read(0, 3) == b"two"
         pool.close()
+
+
+# ------------------------------------------------------------- reality check
+@pytest.mark.real
+@pytest.mark.parametrize("block_size,data_size,max_thins", [
+    ("64k", "100g", 1000), ("64k", "100g", 1), ("1m", "100g", 1), ("128k", "3t", 17), ("64k", "10g", 5),
+    ("256k", "7g", 3), ("512k", "1t", 100), ("1g", "16t", 2),
+])
+def test_metadata_size_against_the_real_thin_metadata_size(block_size, data_size, max_thins):
+    import shutil
+    import subprocess
+
+    tool = shutil.which("thin_metadata_size")
+    if tool is None:
+        pytest.skip("thin_metadata_size (thin-provisioning-tools) is not installed")
+    version = subprocess.run([tool, "-V"], capture_output=True, text=True).stdout.strip()
+    if version != "0.9.0":
+        pytest.skip(f"thin_metadata_size is {version}; the formula is 0.9.0's")
+    out = subprocess.run([tool, "-u", "b", "-n", "-b", block_size, "-s", data_size, "-m", str(max_thins)],
+                         capture_output=True, text=True, check=True).stdout
+    assert thinp.metadata_size(data_size, block_size, max_thins) == int(out.strip())
