@@ -291,7 +291,11 @@ class ThinPool:
             self._data = np.frombuffer(self._data_mm, dtype=np.uint8)
 
     def close(self) -> None:
-        """Commit (unless read-only or failed) and release the files."""
+        """Commit (unless read-only or failed) and release the files.
+
+        Requests still queued for data space are dropped, as the bios of a
+        pool torn down while out of space are errored; counters restart at
+        zero on the next open (they are per-activation, as dm's are)."""
         if self._closed:
             return
         try:
@@ -964,8 +968,9 @@ class ThinDevice:
     def write(self, offset: int, data) -> ReplayResult:
         """Write ``data`` (bytes-like; or an int length in accounting mode) at
         ``offset``.  Raises :class:`~thinp.errors.NoSpaceError` when the pool
-        is out of data space in ``error_if_no_space`` mode (blocks before the
-        failing one are written, as dm-thin splits the bio)."""
+        is out of data space in ``error_if_no_space`` mode.  The write is
+        split per block as dm-thin splits the bio, so every block that needs
+        no new allocation is still written, before or after the failing one."""
         pool = self.pool
         pool._check_writable()
         if isinstance(data, (int, np.integer)) and not isinstance(data, bool):
