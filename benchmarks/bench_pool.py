@@ -167,7 +167,7 @@ def test_create_snap_is_flat(benchmark, workdir, mapped, sync):
     pool.close()
 
 
-@njit
+@njit(refcount=False)
 def _alloc_many(sp, n):
     got = 0
     for _ in range(n):
