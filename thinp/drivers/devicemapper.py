@@ -36,7 +36,7 @@ import tempfile
 from .. import errors
 from ..units import parse_size
 from . import _treediff as td
-from ._fsview import FsView, fs_totals
+from ._fsview import FsView, fs_totals, naive_diff
 from .base import Capabilities, Driver, Usage, empty_stats, register
 from .pagecache import PageCache
 
@@ -245,7 +245,7 @@ class DeviceMapperDriver(Driver):
 
     def diff(self, id, parent):
         w = td.Work()
-        layer = td.diff(self._rw_view(self._dev(id)), self._parent_view(parent), w)
+        layer = naive_diff(self._rw_view(self._dev(id)), self._parent_view(parent), w)
         self._counters["diff_work"] += w.total
         return layer
 
@@ -265,6 +265,9 @@ class DeviceMapperDriver(Driver):
         import numpy as np
 
         dev = self._dev(id)
+        # what is on the device: ``du`` after ``sync`` (a mounted layer's
+        # delayed writes are not in the pool yet)
+        dev.fs.sync()
         # blocks this device maps that its parent's device does not (the
         # parent's blocks are shared with it by the snapshot)
         _v, p, _t = self.pool.device(dev.thin_id).mapping()
