@@ -10,6 +10,9 @@ kept in ``/var/lib/docker/devicemapper/devicemapper/``).
 * The base device (thin id 1) is 10 GiB (``basesize``) formatted xfs
   (``fs="ext4"`` uses Docker's ``-E nodiscard,lazy_itable_init=0,
   lazy_journal_init=0``).  A layer with no parent is a snapshot of it.
+  A layer's view is the device filesystem's ``/rootfs`` directory (Docker's
+  ``Get`` returns ``<mountpoint>/rootfs``), so a new base layer is empty
+  even on ext4 (``lost+found`` is beside it).
 * ``create(id, parent)`` is ``create_snap`` of the parent's device; the new
   device's filesystem starts as a clone of the parent's state
   (:meth:`thinp.fs.Filesystem.clone`), since the snapshot shares its blocks.
@@ -112,6 +115,11 @@ class DeviceMapperDriver(Driver):
         base = self.pool.create_thin(BASE_ID, self.base_size)
         fsopts = DOCKER_MKFS_EXT4 if self.fstype == "ext4" else {}
         self._base_fs = mkfs(base, self.fstype, **fsopts)
+        # Docker's Get mounts the device and hands out <mnt>/rootfs (made
+        # 0755 on first use), so lost+found and the fs root stay outside the
+        # layer; every layer's device descends from the base, so make it here
+        self._base_fs.mkdir("/rootfs", 0o755)
+        self._base_fs.chroot_ino = self._base_fs._lookup("/rootfs").ino
         self._base_fs.sync()
 
     # ------------------------------------------------------------ helpers

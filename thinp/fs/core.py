@@ -231,6 +231,10 @@ class Filesystem:
 
     fstype = "?"
     ROOT_INO = 2
+    #: the directory paths resolve from (``chroot``): None = the root.  Set
+    #: per instance (devicemapper mounts each device's ``/rootfs``, as
+    #: Docker does); absolute symlinks and ".." stay below it.
+    chroot_ino: int | None = None
 
     # -- set-up (subclasses call these from their mkfs) ---------------------
     def _init_common(self, device, nr_blocks: int, zone_blocks: int, *, discard_mount: bool,
@@ -408,14 +412,16 @@ class Filesystem:
 
     def _walk(self, parts: list, follow: bool, path: str, depth: int) -> Inode:
         inodes = self.inodes
-        node = inodes[self.ROOT_INO]
+        top = self.chroot_ino
+        node = inodes[self.ROOT_INO if top is None else top]
         last_i = len(parts) - 1
         for i, name in enumerate(parts):
             entries = node.entries
             if entries is None:
                 raise _err(errno.ENOTDIR, path)
             if name == "..":
-                node = inodes[node.parent]
+                if node.ino != top:
+                    node = inodes[node.parent]
                 continue
             ino = entries.get(name)
             if ino is None:
