@@ -13,6 +13,15 @@ Each layer is a *subvolume* (btrfs) or *dataset* (zfs) with:
 
 Subclasses say how a write maps onto extents/records (``_write_data``) and
 which metadata a change dirties (``_dirty_meta``).
+
+Payload mode (``payload=True``): the namespace filesystem still keeps only
+stamps; the bytes live in ``blobs``, keyed by extent id and offset in the
+extent (btrfs: one 4 KiB block; zfs: the whole record, offset 0), written
+when a write maps a new extent/record and dropped when the store frees it.
+A read walks the layer's trees to them (``_payload_get``), so it returns
+what the CoW mapping says, snapshots and all.  btrfs inline files keep
+their bytes in ``layer.extra["inline_data"]`` (copied, like the leaf, by a
+snapshot).
 """
 from __future__ import annotations
 

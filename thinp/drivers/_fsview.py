@@ -5,9 +5,13 @@ their view is the filesystem's own operations plus three hooks:
 
 * ``read_only``: mutating calls raise EROFS (an image layer mounted ro);
 * ``on_read(node, offset, nbytes)``: the driver's page-cache accounting;
-* ``on_write``/``on_truncate``/``on_release``: btrfs and zfs keep file data in
-  their own CoW trees, keyed by inode number (the namespace filesystem only
-  tracks names, sizes and content stamps).
+* ``_data_truncate``/``_data_release`` (and ``write``/``read``, overridden by
+  :class:`._cowdriver.CowView`): btrfs and zfs keep file data in their own
+  CoW trees, keyed by inode number (the namespace filesystem only tracks
+  names, sizes and content stamps).
+
+:func:`naive_diff` is :func:`._treediff.diff` with every xattr of a changed
+entry in the tar.
 """
 from __future__ import annotations
 
