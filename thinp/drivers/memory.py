@@ -586,7 +586,7 @@ class ReferenceDriver(Driver):
         elif size < node.size and node.stamps is not None:
             keep = (size + BLOCK - 1) // BLOCK
             node.stamps[keep:] = 0
-            if size % BLOCK and keep > 0:
+            if size % BLOCK and 0 < keep <= len(node.stamps):   # past the array: a hole
                 node.stamps[keep - 1] = _mix(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
         node.size = size
 

@@ -1168,11 +1168,10 @@ class Filesystem:
             self._truncate_blocks(node, keep)
             if node.stamps is not None:
                 node.stamps[keep:] = 0
-                if size % BLOCK and keep > 0:
-                    if self.payload:
-                        pass
-                    else:
-                        node.stamps[keep - 1] = _mix(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
+                # (a last block past the stamps array is a hole grown by
+                # truncate: zeros, and zeros cut short stay a hole)
+                if size % BLOCK and 0 < keep <= len(node.stamps) and not self.payload:
+                    node.stamps[keep - 1] = _mix(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
             if self.payload and size % BLOCK:
                 m = self._map_range(node, size // BLOCK, size // BLOCK + 1)
                 page = (node.pending or {}).get(size // BLOCK)
