@@ -148,3 +148,28 @@ def test_payload_needs_bytes(tmp_path):
             drv.get("a").write("/f", 0, 4096)
         drv.put("a")
         drv.cleanup()
+
+
+@pytest.mark.parametrize("payload", [True, False])
+@pytest.mark.parametrize("name", ["btrfs", "zfs", "devicemapper"])
+def test_truncate_into_a_hole_grown_by_truncate(tmp_path, name, payload):
+    """Shrinking to an unaligned size inside a hole made by an earlier
+    growing truncate (past the last written block) keeps the hole."""
+    def run(v):
+        v.write("/f", 0, b"q" * 150_000)
+        v.truncate("/f", 300_000)
+        v.truncate("/f", 200_000)
+        v.write("/f", 199_990, b"z" * 20)
+        return v.content("/f"), v.read("/f") if payload else None
+
+    drv = get_driver(name, tmp_path / name, payload=payload)
+    ref = get_driver("reference", None, payload=payload)
+    try:
+        for d in (drv, ref):
+            d.create("a", None, read_write=True)
+        got, want = run(drv.get("a")), run(ref.get("a"))
+        assert got == want
+        if payload:
+            assert got[1] == b"q" * 150_000 + bytes(49_990) + b"z" * 20
+    finally:
+        drv.cleanup()

@@ -73,6 +73,17 @@ class CowView(FsView):
             drv._write_data(self.layer, node, offset, n, (offset, buf, old_size))
         return n
 
+    def content(self, path):
+        if not self.drv.payload:
+            return FsView.content(self, path)
+        import hashlib
+
+        node = self.fs._lookup(path)
+        if node.is_dir:
+            raise OSError(errno.EISDIR, "Is a directory", path)
+        data = bytes(self.drv._payload_get(self.layer, node.ino, node.size, 0, node.size))
+        return node.size, hashlib.blake2b(data, digest_size=16).hexdigest()   # as thinp.fs with payload
+
     def read(self, path, offset=0, length=None):
         out = FsView.read(self, path, offset, length)    # errnos, page-cache hook
         if not self.drv.payload:
