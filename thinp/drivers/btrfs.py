@@ -316,7 +316,7 @@ class BtrfsDriver(CowDriver):
 
     def capabilities(self):
         return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="device",
-                            copy_on_write="extent", extra={"block_size": BLOCK, "nodesize": NODESIZE})
+                            copy_on_write="extent", changes_by_stat=True, extra={"block_size": BLOCK, "nodesize": NODESIZE})
 
     def status(self):
         return [("Storage Driver", self.name), ("Build Version", "Btrfs v6.2 (thinp model)"),

@@ -266,7 +266,7 @@ class DeviceMapperDriver(Driver):
     # ------------------------------------------------------------ reporting
     def capabilities(self):
         return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="device",
-                            copy_on_write="block", max_layers=None,
+                            copy_on_write="block", max_layers=None, changes_by_stat=True,
                             extra={"block_size": self.pool.block_size, "fs": self.fstype})
 
     def usage(self, id):

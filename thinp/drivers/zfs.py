@@ -223,7 +223,7 @@ class ZfsDriver(CowDriver):
 
     def capabilities(self):
         return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="block",
-                            copy_on_write="record", extra={"recordsize": self.recordsize})
+                            copy_on_write="record", changes_by_stat=True, extra={"recordsize": self.recordsize})
 
     def status(self):
         return [("Storage Driver", self.name), ("Zpool", "thinp"), ("Zpool Health", "ONLINE"),
