@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from thinp.drivers import get_driver
+from thinp.engine import _setup_init_layer
 
 FIXTURES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures").resolve()
 DRIVERS = ("devicemapper", "btrfs", "zfs")
-INIT_DIRS = ("/dev", "/dev/pts", "/dev/shm", "/proc", "/sys", "/etc")
-INIT_FILES = ("/.dockerenv", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname", "/dev/console")
 
 
 def _need(*parts):
@@ -95,14 +94,9 @@ def debian_driver(name, root):
 def start_containers(drv, image, n):
     for i in range(n):
         cid = f"c{i:03d}"
-        drv.create(cid + "-init", image)
-        v = _view(drv, cid + "-init")
-        for d in INIT_DIRS:
-            if not v.exists(d):
-                v.mkdir(d)
-        for f in INIT_FILES:
-            if not v.exists(f):
-                v.create(f)
+        drv.create(cid + "-init", image, read_write=True)      # as Engine.create does
+        _setup_init_layer(drv.get(cid + "-init"))
+        drv.put(cid + "-init")
         drv.create(cid, cid + "-init", read_write=True)
         m = drv.get(cid)
         m.read("/usr/bin/bash")

@@ -56,13 +56,12 @@ def load_image_chain(drv, image, prefix="L"):
 
 
 def start_container(drv, cid, image_top):
-    """What Docker's layer store does: ``<id>-init`` with the init files, then the rw layer."""
-    drv.create(cid + "-init", image_top)
-    v = drv._rw_view(drv._devs[cid + "-init"]) if hasattr(drv, "_devs") else drv._rw_view(drv.layers[cid + "-init"])
-    for d in ("/dev", "/proc", "/sys", "/etc"):
-        if not v.exists(d):
-            v.mkdir(d)
-    for f in ("/.dockerenv", "/etc/hosts", "/etc/hostname", "/etc/resolv.conf"):
-        v.create(f) if not v.exists(f) else None
+    """What the Engine does (``docker create``): ``<id>-init`` with Docker's
+    init files (:func:`thinp.engine._setup_init_layer`), then the rw layer."""
+    from thinp.engine import _setup_init_layer
+
+    drv.create(cid + "-init", image_top, read_write=True)
+    _setup_init_layer(drv.get(cid + "-init"))
+    drv.put(cid + "-init")
     drv.create(cid, cid + "-init", read_write=True)
     return drv.get(cid)

@@ -9,7 +9,9 @@ differ between drivers are read from ``driver.capabilities()``:
 * ``dir_rename_exdev``: renaming a lower directory gives EXDEV;
 * ``breaks_lower_hardlinks``: copy-up separates hardlinked lower names;
 * ``changes``: "naive" drivers give exactly the reference's A/C/D list;
-  "upper" drivers agree by the rules of :func:`changes_disagree`.
+  "upper" drivers agree by the rules of :func:`changes_disagree`;
+* ``changes_by_stat``: "C" from lstat alone (Docker's naive diff); the
+  equivalence suite then runs the reference by the same rule.
 
 Where a result is compared with "the reference" it is the
 ``"reference"`` driver (thinp/drivers/memory.py) doing the same operations.
@@ -721,6 +723,34 @@ def usage_and_counters(make):
     assert lu.size >= 0 and lu.inodes >= 0
     assert d.stats()["inodes"] > 0
     d.put("c")
+
+
+def stat_only_changes(make):
+    """A rename over an equal-sized file with the same mtime: a content
+    change lstat cannot see.  ``changes_by_stat`` drivers (Docker's naive
+    diff) report only the "D", and their commit keeps the old content;
+    the others report the "C" and carry the new bytes."""
+    d = make()
+    d.create("L0", None)
+    d.apply_diff("L0", None, layer(F("x", b"1" * 10), F("y", b"2" * 10)))
+    d.create("c", "L0", read_write=True)
+    v = d.get("c")
+    v.rename("/y", "/x")
+    assert read(v, "/x") == b"2" * 10
+    rows = d.changes("c", "L0")
+    t = d.diff("c", "L0")
+    d.create("N", "L0")
+    d.apply_diff("N", "L0", t)
+    n = d.get("N")
+    assert not n.exists("/y")
+    if d.capabilities().changes_by_stat:
+        assert rows == [Change("/y", "D")]
+        assert read(n, "/x") == b"1" * 10
+    else:
+        assert Change("/x", "C") in rows and Change("/y", "D") in rows
+        assert read(n, "/x") == b"2" * 10
+    d.put("c")
+    d.put("N")
 
 
 def accounting_content(make):

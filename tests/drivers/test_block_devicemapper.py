@@ -132,3 +132,51 @@ def test_every_container_loads_its_own_page_cache_copy(dm):
         start_container(dm, f"c{i}", "img").read("/lib.so")
     assert dm.stats()["page_cache_bytes"] == 5 * MiB
     assert dm.capabilities().shares_page_cache == "device"
+
+
+@pytest.mark.parametrize("fs", ["ext4", "xfs"])
+def test_layers_are_the_devices_rootfs_dir(tmp_path, fs):
+    """Docker's Get returns <mnt>/rootfs: lost+found (ext4) is beside the layer,
+    and absolute symlinks and ".." resolve inside it."""
+    d = make_driver("devicemapper", tmp_path, fs=fs, payload=True)
+    try:
+        assert sorted(d._base_fs.listdir("/..")) == []           # the base fs is chrooted too
+        d.create("L0", None, read_write=True)
+        v = d.get("L0")
+        assert v.listdir("/") == [] and not v.exists("/rootfs") and not v.exists("/lost+found")
+        v.mkdir("/etc")
+        v.write("/etc/a", 0, b"hi")
+        v.symlink("/etc", "/abs")
+        v.symlink("../../../etc/a", "/etc/up")
+        assert v.read("/abs/a") == b"hi" and v.read("/etc/up") == b"hi" and v.listdir("/..") == ["abs", "etc"]
+        d.put("L0")
+        fs_ = d._devs["L0"].fs
+        fs_.chroot_ino, top = None, fs_.chroot_ino
+        try:                                                     # the device's own root
+            assert sorted(fs_.listdir("/")) == (["lost+found", "rootfs"] if fs == "ext4" else ["rootfs"])
+            assert fs_.read("/rootfs/etc/a") == b"hi"
+        finally:
+            fs_.chroot_ino = top
+        assert [str(c) for c in d.changes("L0", None)] == ["A /abs", "A /etc", "A /etc/a", "A /etc/up"]
+    finally:
+        d.cleanup()
+
+
+@pytest.mark.parametrize("body", ["create_remove", "apply_diff_view", "symlinks", "diff_roundtrip", "whiteouts"])
+def test_contract_bodies_on_ext4(tmp_path, body):
+    """The default devicemapper runs the whole contract (xfs); these bodies on ext4 too."""
+    from . import contract
+
+    made = []
+
+    def make(payload=True, **options):
+        d = contract.make_driver("devicemapper", tmp_path / f"d{len(made)}", payload=payload,
+                                 fs="ext4", **options)
+        made.append(d)
+        return d
+
+    try:
+        getattr(contract, body)(make)
+    finally:
+        for d in made:
+            d.cleanup()

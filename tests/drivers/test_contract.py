@@ -99,6 +99,10 @@ def test_usage_and_counters(make):
     contract.usage_and_counters(make)
 
 
+def test_stat_only_changes(make):
+    contract.stat_only_changes(make)
+
+
 def test_accounting_content(make):
     contract.accounting_content(make)
 

@@ -36,10 +36,11 @@ NODE = K.NODE_ENTRIES
 
 
 @njit(refcount=False)
-def _write_keys(sp, roots, levels, k0, k1, ext, off0):
+def _write_keys(sp, roots, levels, k0, k1, ext, off0, fresh):
     """Map keys [k0, k1) to extent ``ext`` at offsets off0.. ; returns the
     number of keys that were mapped before (their extents lose a reference),
-    or -1 when metadata ran out."""
+    or -1 when metadata ran out.  ``fresh``: ``ext`` was just allocated and
+    its first reference is the allocation's (else every key takes one)."""
     replaced = 0
     for k in range(k0, k1):
         leaf = K.leaf_for_write(sp, roots, 0, levels, k)
@@ -51,7 +52,7 @@ def _write_keys(sp, roots, levels, k0, k1, ext, off0):
             K.dec_data(sp, K.leaf_value_block(old), False)
             replaced += 1
         sp.meta[leaf, i] = (np.uint64(ext + 1) << np.uint64(24)) | np.uint64(off0 + k - k0)
-        if k > k0:
+        if k > k0 or not fresh:
             K.inc_data(sp, ext)
     return replaced
 
@@ -148,6 +149,7 @@ class CowStore:
         self.units_used = 0
         self.counters = {"extents_allocated": 0, "extents_freed": 0, "units_written": 0}
         self._roots1 = np.zeros(1, dtype=np.int64)
+        self.on_free = None      # callback(extent id) when an extent is freed
 
     # ---------------------------------------------------------------- space
     @staticmethod
@@ -263,6 +265,8 @@ class CowStore:
                 self._free_units(int(self.ext_start[e]), int(self.ext_len[e]))
                 self.ext_len[e] = 0
                 self.counters["extents_freed"] += 1
+                if self.on_free is not None:
+                    self.on_free(e)
         self._seen = n
 
     # ---------------------------------------------------------------- trees
@@ -275,16 +279,17 @@ class CowStore:
                 t.root = nb
             t.levels += 1
 
-    def map(self, t: FileTree, k0: int, k1: int, ext: int, off0: int) -> int:
+    def map(self, t: FileTree, k0: int, k1: int, ext: int, off0: int, fresh: bool = True) -> int:
         """Point keys [k0, k1) of ``t`` at ``ext`` from offset ``off0``; returns
-        how many keys were mapped before."""
+        how many keys were mapped before.  ``fresh=False`` when ``ext`` is
+        already referenced (an append merged into the open extent)."""
         if k1 <= k0:
             return 0
         self._grow(t, k1)
         self._ensure(t.levels * (2 + (k1 - k0) // NODE), 0)
         r = self._roots1
         r[0] = t.root
-        n = _write_keys(self.sp, r, t.levels, k0, k1, ext, off0)
+        n = _write_keys(self.sp, r, t.levels, k0, k1, ext, off0, bool(fresh))
         t.root = int(r[0])
         if n < 0:
             raise MemoryError("cow store metadata exhausted")

@@ -5,9 +5,13 @@ their view is the filesystem's own operations plus three hooks:
 
 * ``read_only``: mutating calls raise EROFS (an image layer mounted ro);
 * ``on_read(node, offset, nbytes)``: the driver's page-cache accounting;
-* ``on_write``/``on_truncate``/``on_release``: btrfs and zfs keep file data in
-  their own CoW trees, keyed by inode number (the namespace filesystem only
-  tracks names, sizes and content stamps).
+* ``_data_truncate``/``_data_release`` (and ``write``/``read``, overridden by
+  :class:`._cowdriver.CowView`): btrfs and zfs keep file data in their own
+  CoW trees, keyed by inode number (the namespace filesystem only tracks
+  names, sizes and content stamps).
+
+:func:`naive_diff` is :func:`._treediff.diff` with every xattr of a changed
+entry in the tar.
 """
 from __future__ import annotations
 
@@ -191,3 +195,30 @@ def fs_totals(fs) -> tuple[int, int]:
         if node.is_reg:
             logical += node.size
     return len(inodes), logical
+
+
+def naive_diff(view, parent_view, work=None):
+    """:func:`._treediff.diff` with every xattr of the changed entries in the
+    tar (containers/storage writes user.* xattrs as well as
+    ``security.capability``; the contract's "xattrs travel in diffs")."""
+    from dataclasses import replace
+
+    from ..image import Layer
+    from . import _treediff as td
+
+    layer = td.diff(view, parent_view, work)
+    items, changed = [], False
+    for e, stream in layer.walk(verify=False):
+        data = stream.read() if stream is not None else None
+        if e.kind in ("file", "dir", "char", "block", "fifo"):
+            p = "/" + e.path
+            names = view.listxattr(p)
+            if names:
+                xs = dict(e.xattrs)
+                for n in names:
+                    xs[n] = bytes(view.getxattr(p, n))
+                if xs != e.xattrs:
+                    e = replace(e, xattrs=xs)
+                    changed = True
+        items.append((e, data))
+    return Layer.from_entries(items) if changed else layer

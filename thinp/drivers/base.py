@@ -95,6 +95,13 @@ class Capabilities:
     #: unchanged, an opaque directory is "D" followed by its children as "A",
     #: only the immediate parent of an A/D is added as "C")
     changes: str = "naive"
+    #: changes() decides "C" from lstat alone, as Docker's NaiveDiffDriver
+    #: does (moby pkg/archive/changes_unix.go statDifferent: mode, uid, gid,
+    #: rdev, and for non-directories size and mtime; plus the
+    #: security.capability xattr -- no content, no inode number).  Content
+    #: replaced at the same size and mtime (a rename over an equal-sized file
+    #: with the same mtime) is then no change, and diff()/commit leave it out
+    changes_by_stat: bool = False
     extra: dict = field(default_factory=dict)
 
 

@@ -153,6 +153,8 @@ class BtrfsDriver(CowDriver):
         new.owned = {("root",)}
         if src is not None:
             new.extra["objid"] = dict(src.extra.get("objid", {}))
+            new.extra["inline"] = set(src.extra.get("inline", ()))         # the leaf items are shared
+            new.extra["inline_data"] = dict(src.extra.get("inline_data", {}))
             new.extra["shape"] = self._shape(src)       # the same tree until it changes
             src.owned = {("root",)}
         self._counters["meta_bytes_written"] += NODESIZE * META_COPIES * (1 if src is None else 2)
@@ -167,15 +169,44 @@ class BtrfsDriver(CowDriver):
         return MKFS_BYTES
 
     # ------------------------------------------------------------ data
-    def _write_data(self, layer, node, offset, length):
+    def _payload_get(self, layer, ino, size, lo, hi):
+        out = bytearray(hi - lo)
+        hi = min(hi, size)
+        if hi <= lo:
+            return out
+        inl = layer.extra.get("inline_data", {}).get(ino)
+        if inl is not None:
+            part = inl[lo:hi]
+            out[:len(part)] = part
+            return out
+        t = layer.trees.get(ino)
+        if t is None:
+            return out
+        store, blobs = self.store, self.blobs
+        k0 = lo // BLOCK
+        for i, v in enumerate(store.lookup(t, k0, (hi + BLOCK - 1) // BLOCK)):
+            if not v:
+                continue
+            blk = blobs.get(store.extent_of(v), {}).get(store.offset_of(v))
+            if blk is None:
+                continue
+            b = (k0 + i) * BLOCK
+            a, z = max(lo, b), min(hi, b + BLOCK)
+            out[a - lo:z - lo] = blk[a - b:z - b]
+        return out
+
+    def _write_data(self, layer, node, offset, length, pend=None):
         if length <= 0:
             return
         ino = node.ino
         end = offset + length
+        payload = self.payload and pend is not None
         inline = layer.extra.setdefault("inline", set())
         t = layer.trees.get(ino)
         if t is None and node.size <= self.max_inline:
             inline.add(ino)                 # data lives in the leaf item
+            if payload:
+                layer.extra.setdefault("inline_data", {})[ino] = bytes(self._merged(layer, ino, pend, 0, node.size))
             self._dirty_meta(layer, ino)
             return
         if ino in inline:                   # grows out of the leaf: rewrite from 0
@@ -184,6 +215,8 @@ class BtrfsDriver(CowDriver):
         t = self._own_tree(layer, ino)
         store = self.store
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
+        buf = self._merged(layer, ino, pend, b0 * BLOCK, b1 * BLOCK) if payload else None
+        layer.extra.get("inline_data", {}).pop(ino, None)
         old = store.lookup(t, b0, b1)
         # partial first/last blocks that exist are read, modified, written elsewhere
         copied = 0
@@ -200,13 +233,18 @@ class BtrfsDriver(CowDriver):
             if op is not None and op[2] == k and store.ext_len[op[0]] + n <= MAX_EXTENT_BLOCKS \
                     and store.try_extend(op[0], n):
                 ext, first = op[0], op[1]
-                store.map(t, k, k + n, ext, k - first)
+                store.map(t, k, k + n, ext, k - first, fresh=False)
                 opens[ino] = (ext, first, k + n)
             else:
-                ext = store.new_extent(n, layer.sid)
+                ext, first = store.new_extent(n, layer.sid), k
                 store.map(t, k, k + n, ext, 0)
                 opens[ino] = (ext, k, k + n)
                 added += 1
+            if buf is not None:
+                blk = self.blobs.setdefault(ext, {})
+                for j in range(k, k + n):
+                    r = (j - b0) * BLOCK
+                    blk[j - first] = bytes(buf[r:r + BLOCK])
             k += n
         replaced = int((old != 0).sum())
         if replaced:
@@ -216,12 +254,17 @@ class BtrfsDriver(CowDriver):
         self._dirty_meta(layer, ino, added)
 
     def _truncate_data(self, layer, node, old, new):
+        inl = layer.extra.get("inline_data", {})
+        if node.ino in inl:
+            inl[node.ino] = inl[node.ino][:new]
         if node.ino not in layer.trees:
             return
         t = self._own_tree(layer, node.ino)
         keep = (new + BLOCK - 1) // BLOCK
         self.store.unmap(t, keep, (old + BLOCK - 1) // BLOCK)
         layer.extra.get("open", {}).pop(node.ino, None)
+        if new < old and new % BLOCK and self.store.lookup(t, keep - 1, keep)[0]:
+            self._rewrite_tail(layer, node, new, (keep - 1) * BLOCK)
 
     # ------------------------------------------------------------ reporting
     def qgroup(self, id) -> dict:
@@ -273,7 +316,7 @@ class BtrfsDriver(CowDriver):
 
     def capabilities(self):
         return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="device",
-                            copy_on_write="extent", extra={"block_size": BLOCK, "nodesize": NODESIZE})
+                            copy_on_write="extent", changes_by_stat=True, extra={"block_size": BLOCK, "nodesize": NODESIZE})
 
     def status(self):
         return [("Storage Driver", self.name), ("Build Version", "Btrfs v6.2 (thinp model)"),

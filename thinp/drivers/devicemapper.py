@@ -10,6 +10,9 @@ kept in ``/var/lib/docker/devicemapper/devicemapper/``).
 * The base device (thin id 1) is 10 GiB (``basesize``) formatted xfs
   (``fs="ext4"`` uses Docker's ``-E nodiscard,lazy_itable_init=0,
   lazy_journal_init=0``).  A layer with no parent is a snapshot of it.
+  A layer's view is the device filesystem's ``/rootfs`` directory (Docker's
+  ``Get`` returns ``<mountpoint>/rootfs``), so a new base layer is empty
+  even on ext4 (``lost+found`` is beside it).
 * ``create(id, parent)`` is ``create_snap`` of the parent's device; the new
   device's filesystem starts as a clone of the parent's state
   (:meth:`thinp.fs.Filesystem.clone`), since the snapshot shares its blocks.
@@ -36,7 +39,7 @@ import tempfile
 from .. import errors
 from ..units import parse_size
 from . import _treediff as td
-from ._fsview import FsView, fs_totals
+from ._fsview import FsView, fs_totals, naive_diff
 from .base import Capabilities, Driver, Usage, empty_stats, register
 from .pagecache import PageCache
 
@@ -112,6 +115,11 @@ class DeviceMapperDriver(Driver):
         base = self.pool.create_thin(BASE_ID, self.base_size)
         fsopts = DOCKER_MKFS_EXT4 if self.fstype == "ext4" else {}
         self._base_fs = mkfs(base, self.fstype, **fsopts)
+        # Docker's Get mounts the device and hands out <mnt>/rootfs (made
+        # 0755 on first use), so lost+found and the fs root stay outside the
+        # layer; every layer's device descends from the base, so make it here
+        self._base_fs.mkdir("/rootfs", 0o755)
+        self._base_fs.chroot_ino = self._base_fs._lookup("/rootfs").ino
         self._base_fs.sync()
 
     # ------------------------------------------------------------ helpers
@@ -245,7 +253,7 @@ class DeviceMapperDriver(Driver):
 
     def diff(self, id, parent):
         w = td.Work()
-        layer = td.diff(self._rw_view(self._dev(id)), self._parent_view(parent), w)
+        layer = naive_diff(self._rw_view(self._dev(id)), self._parent_view(parent), w)
         self._counters["diff_work"] += w.total
         return layer
 
@@ -258,13 +266,16 @@ class DeviceMapperDriver(Driver):
     # ------------------------------------------------------------ reporting
     def capabilities(self):
         return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="device",
-                            copy_on_write="block", max_layers=None,
+                            copy_on_write="block", max_layers=None, changes_by_stat=True,
                             extra={"block_size": self.pool.block_size, "fs": self.fstype})
 
     def usage(self, id):
         import numpy as np
 
         dev = self._dev(id)
+        # what is on the device: ``du`` after ``sync`` (a mounted layer's
+        # delayed writes are not in the pool yet)
+        dev.fs.sync()
         # blocks this device maps that its parent's device does not (the
         # parent's blocks are shared with it by the snapshot)
         _v, p, _t = self.pool.device(dev.thin_id).mapping()

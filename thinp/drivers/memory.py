@@ -29,7 +29,10 @@ so the reference's diffs are reproducible byte for byte.
 layer has it, "D" when only the parent has it (a deleted directory's
 children are not listed), "C" when its type, mode, uid, gid, rdev, xattrs,
 link target, or (non-directories) size, mtime or content differ; every
-ancestor directory of a change is "C".  ``diff`` writes those changes as a
+ancestor directory of a change is "C".  With ``changes_by_stat=True`` it
+is Docker's exact rule instead (no content; of the xattrs only
+``security.capability``), to stand beside drivers whose capabilities say
+``changes_by_stat``.  ``diff`` writes those changes as a
 tar with OCI whiteouts (one ``.wh.`` per deleted path, never an opaque
 marker) and hardlinks between changed paths that share an inode.  In
 accounting mode (no bytes kept) file content in a diff is zeros.
@@ -490,9 +493,11 @@ class ReferenceDriver(Driver):
     name = "reference"
     hidden = True
 
-    def __init__(self, root=None, *, payload: bool = False, max_layers: int | None = None):
+    def __init__(self, root=None, *, payload: bool = False, max_layers: int | None = None,
+                 changes_by_stat: bool = False):
         self.root = None if root is None else os.fspath(root)
         self.payload = bool(payload)
+        self.changes_by_stat = bool(changes_by_stat)
         self.max_layers = max_layers
         self.layers: dict[str, _Layer] = {}
         self._clock = 0
@@ -586,7 +591,7 @@ class ReferenceDriver(Driver):
         elif size < node.size and node.stamps is not None:
             keep = (size + BLOCK - 1) // BLOCK
             node.stamps[keep:] = 0
-            if size % BLOCK and keep > 0:
+            if size % BLOCK and 0 < keep <= len(node.stamps):   # past the array: a hole
                 node.stamps[keep - 1] = _mix(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
         node.size = size
 
@@ -654,13 +659,14 @@ class ReferenceDriver(Driver):
 
     def capabilities(self):
         return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="inode",
-                            copy_on_write="none", max_layers=self.max_layers)
+                            copy_on_write="none", max_layers=self.max_layers,
+                            changes_by_stat=self.changes_by_stat)
 
     # ---------------------------------------------------------- changes
     def _compare(self, id, parent):
         new = self._layer(id).tree
         old = self._layer(parent).tree if parent is not None else Tree()
-        return _changes(old, new, self.payload, self._stats)
+        return _changes(old, new, self.payload, self._stats, self.changes_by_stat)
 
     def changes(self, id, parent):
         return self._compare(id, parent)
@@ -823,16 +829,20 @@ id_ = id   # ``id`` is shadowed by layer-id parameters above
 
 
 # ============================================================ changes
-def _differs(o: RNode, n: RNode, payload: bool) -> bool:
+def _differs(o: RNode, n: RNode, payload: bool, by_stat: bool = False) -> bool:
     if o.kind != n.kind or o.mode != n.mode or o.uid != n.uid or o.gid != n.gid or o.rdev != n.rdev:
         return True
-    if o.xattrs != n.xattrs or o.target != n.target:
+    if by_stat:   # Docker's statDifferent: only the capability xattr, no content
+        cap = "security.capability"
+        if o.xattrs.get(cap) != n.xattrs.get(cap) or o.target != n.target:
+            return True
+    elif o.xattrs != n.xattrs or o.target != n.target:
         return True
     if n.kind == "dir":
         return False
     if o.size != n.size or o.mtime != n.mtime:
         return True
-    if n.kind != "file":
+    if n.kind != "file" or by_stat:
         return False
     if payload:
         return (o.data or b"") != (n.data or b"")
@@ -844,7 +854,7 @@ def _differs(o: RNode, n: RNode, payload: bool) -> bool:
     return not np.array_equal(a, b)
 
 
-def _changes(old: Tree, new: Tree, payload: bool, stats: dict) -> list[Change]:
+def _changes(old: Tree, new: Tree, payload: bool, stats: dict, by_stat: bool = False) -> list[Change]:
     """Docker's ChangesDirs over two whole trees (see the module docstring)."""
     out: list[Change] = []
 
@@ -865,7 +875,7 @@ def _changes(old: Tree, new: Tree, payload: bool, stats: dict) -> list[Change]:
             if o is None:
                 out.append(Change(p, "A"))
                 child_added = True
-            elif _differs(o, n, payload):
+            elif _differs(o, n, payload, by_stat):
                 out.append(Change(p, "C"))
                 child_added = True
             if n.kind == "dir":

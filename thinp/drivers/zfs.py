@@ -111,12 +111,33 @@ class ZfsDriver(CowDriver):
             return max(1, _ceil(size, SECTOR))
         return self.recordsize // SECTOR
 
-    def _write_data(self, layer, node, offset, length):
+    def _payload_get(self, layer, ino, size, lo, hi):
+        out = bytearray(hi - lo)
+        hi = min(hi, size)
+        t = layer.trees.get(ino)
+        if hi <= lo or t is None:
+            return out
+        rs, store, blobs = self.recordsize, self.store, self.blobs
+        r0 = lo // rs
+        for i, v in enumerate(store.lookup(t, r0, _ceil(hi, rs))):
+            if not v:
+                continue
+            rec = blobs.get(store.extent_of(v), {}).get(0)
+            if rec is None:
+                continue
+            b = (r0 + i) * rs
+            a, z = max(lo, b), min(hi, b + len(rec))
+            if z > a:
+                out[a - lo:z - lo] = rec[a - b:z - b]
+        return out
+
+    def _write_data(self, layer, node, offset, length, pend=None):
         if length <= 0:
             return
         rs = self.recordsize
         ino = node.ino
         store = self.store
+        payload = self.payload and pend is not None
         t = self._own_tree(layer, ino)
         dirty = layer.extra.setdefault("open", {})      # (ino, record) -> extent, this txg
         end = offset + length
@@ -134,9 +155,15 @@ class ZfsDriver(CowDriver):
             v = old[r - recs[0]]
             key = (ino, r)
             e = dirty.get(key)
+            if payload:
+                data = bytes(self._merged(layer, ino, pend, r * rs, r * rs + units * SECTOR))
             if e is not None and v and store.extent_of(v) == e and store.ext_len[e] == units:
+                if payload:
+                    self.blobs.setdefault(e, {})[0] = data   # rewritten in memory, same txg
                 continue                                  # already dirty in this txg
             ext = store.new_extent(units, layer.sid)
+            if payload:
+                self.blobs[ext] = {0: data}
             store.map(t, r, r + 1, ext, 0)
             dirty[key] = ext
             if v and e is None:
@@ -157,6 +184,10 @@ class ZfsDriver(CowDriver):
             self.store.unmap(t, _ceil(new, rs), _ceil(old, rs))
         layer.extra.get("open", {}).pop((node.ino, 0), None)
         self._dirty_meta(layer, node.ino)
+        if 0 < new < old:
+            start = (new // rs) * rs if new > rs else 0
+            if (new - start) % rs and self.store.lookup(t, start // rs, start // rs + 1)[0]:
+                self._rewrite_tail(layer, node, new, start)
 
     def _read_hook(self, layer):
         cache, store, rs = self.page_cache, self.store, self.recordsize
@@ -192,7 +223,7 @@ class ZfsDriver(CowDriver):
 
     def capabilities(self):
         return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="block",
-                            copy_on_write="record", extra={"recordsize": self.recordsize})
+                            copy_on_write="record", changes_by_stat=True, extra={"recordsize": self.recordsize})
 
     def status(self):
         return [("Storage Driver", self.name), ("Zpool", "thinp"), ("Zpool Health", "ONLINE"),

@@ -231,6 +231,10 @@ class Filesystem:
 
     fstype = "?"
     ROOT_INO = 2
+    #: the directory paths resolve from (``chroot``): None = the root.  Set
+    #: per instance (devicemapper mounts each device's ``/rootfs``, as
+    #: Docker does); absolute symlinks and ".." stay below it.
+    chroot_ino: int | None = None
 
     # -- set-up (subclasses call these from their mkfs) ---------------------
     def _init_common(self, device, nr_blocks: int, zone_blocks: int, *, discard_mount: bool,
@@ -408,14 +412,16 @@ class Filesystem:
 
     def _walk(self, parts: list, follow: bool, path: str, depth: int) -> Inode:
         inodes = self.inodes
-        node = inodes[self.ROOT_INO]
+        top = self.chroot_ino
+        node = inodes[self.ROOT_INO if top is None else top]
         last_i = len(parts) - 1
         for i, name in enumerate(parts):
             entries = node.entries
             if entries is None:
                 raise _err(errno.ENOTDIR, path)
             if name == "..":
-                node = inodes[node.parent]
+                if node.ino != top:
+                    node = inodes[node.parent]
                 continue
             ino = entries.get(name)
             if ino is None:
@@ -1162,11 +1168,10 @@ class Filesystem:
             self._truncate_blocks(node, keep)
             if node.stamps is not None:
                 node.stamps[keep:] = 0
-                if size % BLOCK and keep > 0:
-                    if self.payload:
-                        pass
-                    else:
-                        node.stamps[keep - 1] = _mix(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
+                # (a last block past the stamps array is a hole grown by
+                # truncate: zeros, and zeros cut short stay a hole)
+                if size % BLOCK and 0 < keep <= len(node.stamps) and not self.payload:
+                    node.stamps[keep - 1] = _mix(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
             if self.payload and size % BLOCK:
                 m = self._map_range(node, size // BLOCK, size // BLOCK + 1)
                 page = (node.pending or {}).get(size // BLOCK)
