@@ -1084,6 +1084,15 @@ class UnionDriver(Driver):
             return _apply_layer(self, None, layer, flat=True, view=view)
         return _apply_layer(self, self._branches(rec)[0], layer, flat=False)
 
+    def fill(self, id: str, fn) -> None:
+        """Call ``fn(view)`` with a writable view of unmounted layer ``id``, as
+        ``apply_diff`` writes a layer (no tar needed: workloads and benchmarks
+        fill an image layer from a manifest this way)."""
+        rec = self._rec(id)
+        if rec.refs:
+            raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted")
+        fn(UnionView(self, self._branches(rec), writable=True))
+
     def usage(self, id: str) -> Usage:
         rec = self._rec(id)
         size = inodes = 0
