@@ -60,6 +60,7 @@ from ..errors import DeviceExistsError, DeviceNotFoundError, NotSupportedError, 
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats
 
 __all__ = ["UnionDriver", "UnionView", "naive_changes", "changes_to_layer", "content_bytes",
+           "stamp_block", "decode_stamps",
            "ViewTarget", "OVL_OPAQUE", "OVL_ORIGIN", "OVL_IMPURE", "OVL_METACOPY", "WH_PREFIX", "WH_OPAQUE"]
 
 BLOCK = 4096
@@ -88,22 +89,55 @@ def _join(parts) -> str:
 
 
 # ---------------------------------------------------------------- content
+def stamp_block(stamp: int) -> bytes:
+    """The 4 KiB of bytes standing for version stamp ``stamp`` (0: zeros): the
+    stamp's 8 bytes, then a blake2b expansion of it.  :func:`decode_stamps`
+    inverts it, so a diff taken in accounting mode and applied again keeps
+    every block's version."""
+    if not stamp:
+        return bytes(BLOCK)
+    head = int(stamp).to_bytes(8, "little")
+    return head + (hashlib.blake2b(head, digest_size=64).digest() * 64)[: BLOCK - 8]
+
+
 def content_bytes(fs, path: str, size: int) -> bytes:
     """The bytes of a file: read back on a payload fs; on an accounting fs,
-    deterministic pseudo-random bytes derived from each 4 KiB block's version
-    stamp (0 = zeros), so equal content gives equal bytes across drivers."""
+    :func:`stamp_block` of each 4 KiB block's version stamp, so equal content
+    gives equal bytes across drivers and :func:`decode_stamps` recovers it."""
     if fs.payload:
         return fs.read(path)
     st = fs.read(path)
     out = bytearray(len(st) * BLOCK)
-    cache = {}
+    cache: dict = {}
     for i, s in enumerate(st.tolist()):
         if s:
             blk = cache.get(s)
             if blk is None:
-                blk = cache[s] = hashlib.blake2b(int(s).to_bytes(8, "little"), digest_size=64).digest() * 64
+                blk = cache[s] = stamp_block(s)
             out[i * BLOCK:(i + 1) * BLOCK] = blk
     return bytes(out[:size])
+
+
+def decode_stamps(data) -> "np.ndarray | None":
+    """The version stamps behind bytes made by :func:`content_bytes`, or None
+    when ``data`` is not such bytes (real content is then hashed as usual)."""
+    n = len(data)
+    nb = (n + BLOCK - 1) // BLOCK
+    out = np.zeros(max(nb, 1), dtype=np.uint64)
+    mv = memoryview(data)
+    for i in range(nb):
+        blk = mv[i * BLOCK:(i + 1) * BLOCK]
+        if len(blk) < 8:
+            return None
+        s = int.from_bytes(blk[:8], "little")
+        if s == 0:
+            if any(blk):
+                return None
+            continue
+        if stamp_block(s)[: len(blk)] != blk:
+            return None
+        out[i] = s
+    return out
 
 
 # ---------------------------------------------------------------- the view
@@ -376,13 +410,14 @@ class UnionView(MountedView):
             if node.xattrs and OVL_METACOPY in node.xattrs:
                 lower = self._step([(b, d) for b, d in stacks[-2] if b > 0], canon[-1])
                 dst = self._bpath(0, canon)
-                if lower and node.size:
+                size = node.size
+                if lower and size:
                     src = self._bpath(lower[0][0], canon)
                     self.fs.truncate(dst, 0)
-                    _copy_data(self.fs, src, dst, min(node.size, lower[0][1].size))
-                    if node.size > lower[0][1].size:
-                        self.fs.truncate(dst, node.size)
-                    self.driver._counters["copy_up_bytes"] += node.size
+                    _copy_data(self.fs, src, dst, min(size, lower[0][1].size))
+                    if size > lower[0][1].size:
+                        self.fs.truncate(dst, size)
+                    self.driver._counters["copy_up_bytes"] += size
                 self.fs.removexattr(dst, OVL_METACOPY, follow_symlinks=False)
 
     # -- whiteouts and opaque dirs --------------------------------------------
@@ -1097,6 +1132,12 @@ class UnionDriver(Driver):
         rec = self._rec(id)
         size = inodes = 0
         fs = self.fs
+        inherited: set[int] = set()     # hard links into the parent's tree (overlay's farm)
+        if rec.parent is not None:
+            for top in self._own_dirs(self.layers[rec.parent]):
+                if fs.exists(top):
+                    inherited.update(n.ino for n in _walk_nodes(fs, fs._lookup(top, follow=False))
+                                     if n.nlink > 1 and not _stat.S_ISDIR(n.mode))
         for top in self._own_dirs(rec):
             if not fs.exists(top):
                 continue
@@ -1107,13 +1148,16 @@ class UnionDriver(Driver):
                 nodes[node.ino] = node
             for ino, n in links.items():
                 node = nodes[ino]
-                if _stat.S_ISDIR(node.mode) or n >= node.nlink:
+                if _stat.S_ISDIR(node.mode) or n >= node.nlink or ino not in inherited:
                     inodes += 1
                     size += fs._stat(node).st_blocks * 512
         return Usage(size=size, inodes=inodes)
 
     def stats(self) -> dict:
+        """Counters after a sync (delayed allocation written back), as ``du``
+        and the device see them once the page cache is flushed."""
         fs = self.fs
+        fs.sync()
         out = empty_stats()
         for k, v in self._counters.items():
             out[k] = v
@@ -1240,7 +1284,14 @@ def _apply_layer(drv: UnionDriver, top: str, layer, *, flat: bool, view=None) ->
         elif e.kind == "file":
             view.create(p, e.mode, uid=e.uid, gid=e.gid)
             if e.size:
-                view.write(p, 0, stream.read())
+                data = stream.read()
+                stamps = None if fs.payload else decode_stamps(data)
+                if stamps is None:
+                    view.write(p, 0, data)
+                else:   # bytes a thinp diff made from version stamps: keep the versions
+                    view.write(p, 0, len(data))
+                    canon, _st, bi, node = view._top(p)
+                    node.stamps = stamps
             size += e.size
         elif e.kind == "symlink":
             view.symlink(e.linkname, p, uid=e.uid, gid=e.gid)
