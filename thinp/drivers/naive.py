@@ -156,18 +156,20 @@ class UnionView(MountedView):
         self.origin = driver.origin_xattrs
         self.metacopy = driver.metacopy
         self._roots = None
+        self._dirs: dict = {}      # dirname string -> (canon, stacks) of a resolved directory
+        self._dirs_gen = -1
 
     # -- merged lookup -----------------------------------------------------
     def _root_stack(self):
-        # branch roots, re-resolved each call: cheap (a few dict probes) and never stale
-        fs = self.fs
-        out = []
-        for i, b in enumerate(self.branches):
-            node = fs._lookup(b, follow=False)
-            out.append((i, node))
+        # branch root inodes stay put while the layer is mounted; opacity is re-read
+        roots = self._roots
+        if roots is None or roots[0][1].ino not in self.fs.inodes:
+            fs = self.fs
+            roots = self._roots = [(i, fs._lookup(b, follow=False)) for i, b in enumerate(self.branches)]
+        for k, (_i, node) in enumerate(roots):
             if self._is_opaque(node):
-                break
-        return out
+                return roots[: k + 1]
+        return roots
 
     def _is_whiteout(self, node) -> bool:
         return self.char_wh and _stat.S_ISCHR(node.mode) and node.rdev == 0
@@ -211,7 +213,32 @@ class UnionView(MountedView):
     def _resolve(self, path: str, follow: bool = True):
         """(canonical parts, stacks along them): ``stacks[0]`` is the root's,
         ``stacks[-1]`` the final component's ([] when it does not exist).
-        ENOENT/ENOTDIR/ELOOP for a bad intermediate component."""
+        ENOENT/ENOTDIR/ELOOP for a bad intermediate component.
+
+        Resolved parent directories are cached until a change that can alter
+        a directory stack (mkdir, rmdir, rename, directory copy-up, whiteout,
+        opaque marker) bumps the driver's generation."""
+        head, sep, name = path.rstrip("/").rpartition("/")
+        if sep and name and name not in (".", "..") and "\0" not in path:
+            drv = self.driver
+            if self._dirs_gen != drv._gen:
+                self._dirs.clear()
+                self._dirs_gen = drv._gen
+            hit = self._dirs.get(head)
+            if hit is None:
+                canon_d, stacks_d = self._resolve_slow(head or "/", True)
+                if stacks_d[-1] and _stat.S_ISDIR(stacks_d[-1][0][1].mode):
+                    self._dirs[head] = (canon_d, stacks_d)
+            else:
+                canon_d, stacks_d = hit
+            cur = stacks_d[-1]
+            if cur and _stat.S_ISDIR(cur[0][1].mode) and len(name.encode()) <= 255:
+                st = self._step(cur, name)
+                if not (st and _stat.S_ISLNK(st[0][1].mode) and follow):
+                    return canon_d + [name], stacks_d + [st]
+        return self._resolve_slow(path, follow)
+
+    def _resolve_slow(self, path: str, follow: bool = True):
         if "\0" in path:
             raise _err(errno.EINVAL, path)
         parts = _split(path)
@@ -270,8 +297,8 @@ class UnionView(MountedView):
 
     # -- read side ----------------------------------------------------------
     def stat(self, path: str, *, follow_symlinks: bool = True):
-        canon, _s, bi, _n = self._top(path, follow_symlinks)
-        return self.fs.stat(self._bpath(bi, canon), follow_symlinks=False)
+        _c, _s, _bi, node = self._top(path, follow_symlinks)
+        return self.fs._stat(node)
 
     def exists(self, path: str) -> bool:
         try:
@@ -361,6 +388,7 @@ class UnionView(MountedView):
     def _copy_up_one(self, canon, stacks, j: int, *, data: bool, meta: bool = False) -> None:
         """Copy the entry at stacks[j] (path canon) into branch 0; parents must be up."""
         fs, drv = self.fs, self.driver
+        drv._gen += 1
         bi, node = stacks[j][0]
         src = self._bpath(bi, canon)
         dst = self._bpath(0, canon)
@@ -423,6 +451,7 @@ class UnionView(MountedView):
     # -- whiteouts and opaque dirs --------------------------------------------
     def _whiteout(self, canon) -> None:
         fs = self.fs
+        self.driver._gen += 1
         if self.char_wh:
             fs.mknod(self._bpath(0, canon), _stat.S_IFCHR, 0)
         else:
@@ -441,15 +470,18 @@ class UnionView(MountedView):
             ino = pd.entries.get(name)
             if ino is not None and self._is_whiteout(fs.inodes[ino]):
                 fs.unlink(self._bpath(0, canon))
+                self.driver._gen += 1
                 return True
             return False
         if WH_PREFIX + name in pd.entries:
             fs.unlink(self._bpath(0, canon[:-1] + [WH_PREFIX + name]))
+            self.driver._gen += 1
             return True
         return False
 
     def _set_opaque(self, canon) -> None:
         p = self._bpath(0, canon)
+        self.driver._gen += 1
         if self.char_wh:
             self.fs.setxattr(p, OVL_OPAQUE, b"y", follow_symlinks=False)
         else:
@@ -462,6 +494,7 @@ class UnionView(MountedView):
     def _purge_upper_dir(self, upath: str) -> None:
         """Remove a (merged-empty) upper directory: its whiteouts and markers first."""
         fs = self.fs
+        self.driver._gen += 1
         for name in list(fs._lookup(upath, follow=False).entries):
             fs.unlink(upath + "/" + name)
         fs.rmdir(upath)
@@ -484,6 +517,7 @@ class UnionView(MountedView):
         self._new_entry(path, lambda p: self.fs.create(p, mode, uid=uid, gid=gid))
 
     def mkdir(self, path: str, mode: int = 0o755, *, uid: int = 0, gid: int = 0) -> None:
+        self.driver._gen += 1
         canon, stacks, over_wh = self._new_entry(path, lambda p: self.fs.mkdir(p, mode, uid=uid, gid=gid))
         if over_wh:
             self._set_opaque(canon)
@@ -604,6 +638,7 @@ class UnionView(MountedView):
 
     def rmdir(self, path: str) -> None:
         self._check_rw(path)
+        self.driver._gen += 1
         canon, stacks, bi, node = self._top(path, follow=False)
         if not canon:
             raise _err(errno.EBUSY, path)
@@ -615,6 +650,7 @@ class UnionView(MountedView):
 
     def rename(self, src: str, dst: str) -> None:
         self._check_rw(src)
+        self.driver._gen += 1
         scanon, sstacks, sbi, snode = self._top(src, follow=False)
         sdir = _stat.S_ISDIR(snode.mode)
         if sdir and any(b > 0 for b, _ in sstacks[-1]):
@@ -875,6 +911,7 @@ class UnionDriver(Driver):
         self._counters = {k: 0 for k in ("copy_up_bytes", "copy_up_count", "lookup_probes", "mount_ops",
                                          "create_ops", "diff_work")}
         self._pages: dict[int, np.ndarray] = {}
+        self._gen = 0      # bumped by every change that can alter a merged directory stack
         self._setup()
 
     # -- subclass hooks ---------------------------------------------------------
@@ -967,6 +1004,7 @@ class UnionDriver(Driver):
             raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted ({rec.refs} users)")
         if rec.children:
             raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} has {rec.children} child layer(s)")
+        self._gen += 1
         self._drop_layer(rec)
         del self.layers[id]
         if rec.parent is not None:
@@ -1110,6 +1148,7 @@ class UnionDriver(Driver):
         own branch with native whiteouts (aufs, overlay2), or into its whole
         tree, deleting what the whiteouts name (vfs, overlay)."""
         rec = self._rec(id)
+        self._gen += 1
         if rec.refs:
             raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted")
         if parent != rec.parent:
@@ -1124,6 +1163,7 @@ class UnionDriver(Driver):
         ``apply_diff`` writes a layer (no tar needed: workloads and benchmarks
         fill an image layer from a manifest this way)."""
         rec = self._rec(id)
+        self._gen += 1
         if rec.refs:
             raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted")
         fn(UnionView(self, self._branches(rec), writable=True))
