@@ -32,6 +32,10 @@ class AufsDriver(UnionDriver):
         for d in ("diff", "layers", "mnt"):
             self.fs.mkdir(f"{self.home}/{d}", 0o755)
 
+    def status(self) -> list[tuple[str, str]]:
+        return super().status() + [("Root Dir", self.home), ("Dirs", str(len(self.layers))),
+                                   ("Dirperm1 Supported", "true")]
+
     def _make_layer(self, rec) -> None:
         self.fs.mkdir(f"{self.home}/diff/{rec.id}", 0o755)
         self.fs.mkdir(f"{self.home}/mnt/{rec.id}", 0o755)

@@ -36,6 +36,10 @@ class Overlay2Driver(UnionDriver):
     def _setup(self) -> None:
         self.fs.mkdir(self.home + "/l", 0o700)
 
+    def status(self) -> list[tuple[str, str]]:
+        return super().status() + [("Supports d_type", "true"), ("Native Overlay Diff", "true"),
+                                   ("Using metacopy", str(self.metacopy).lower())]
+
     def _dir(self, id: str) -> str:
         return f"{self.home}/{id}"
 

@@ -660,14 +660,18 @@ def _data(n: int, op: FileOp, payload: bool):
 def _apply(view, op: FileOp, umask: int, payload: bool) -> None:
     k = op.kind
     if k == "write":
+        off = op.offset
+        if off < 0:   # O_APPEND: at the end of the file as the view has it now
+            try:
+                st = view.stat(op.path)
+            except OSError:
+                st = None
+            off = st.st_size if st is not None else 0
         try:
-            st = view.stat(op.path)
-        except OSError:
-            st = None
-        if st is not None and not _stat.S_ISREG(st.st_mode):
-            return   # a device, fifo: nothing lands in the tree
-        off = op.offset if op.offset >= 0 else (st.st_size if st is not None else 0)
-        view.write(op.path, off, _data(op.size, op, payload))
+            view.write(op.path, off, _data(op.size, op, payload))
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise   # EINVAL: a device or fifo, where nothing lands in the tree
     elif k == "open":
         acc = op.flags & O_ACCMODE
         view.open(op.path, write=acc in (O_WRONLY, O_RDWR) or bool(op.flags & O_TRUNC),
