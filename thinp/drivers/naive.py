@@ -722,13 +722,17 @@ class UnionView(MountedView):
         return f"<{type(self.driver).__name__} view of {len(self.branches)} branches>"
 
 
-def _copy_data(fs, src: str, dst: str, size: int) -> None:
-    """Copy a file's content within one filesystem (bytes, or version stamps)."""
+def _copy_data(fs, src: str, dst: str, size: int, snode=None, dnode=None) -> None:
+    """Copy a file's content within one filesystem (bytes, or version stamps).
+    ``snode``/``dnode`` are the inodes when the caller has them (saves lookups)."""
     if fs.payload:
         fs.write(dst, 0, fs.read(src, 0, size))
         return
-    fs.write(dst, 0, size)
-    snode, dnode = fs._lookup(src), fs._lookup(dst)
+    if dnode is None:
+        dnode = fs._lookup(dst)
+    if snode is None:
+        snode = fs._lookup(src)
+    fs._write(dnode, 0, size, None)
     n = (size + BLOCK - 1) // BLOCK
     st = snode.stamps
     if st is None:
@@ -1384,9 +1388,9 @@ def copy_dir(fs, src: str, dst: str) -> None:
                 fs.link(links[c.ino], dp)
                 continue
             if _stat.S_ISREG(m):
-                fs.create(dp, _stat.S_IMODE(m), uid=c.uid, gid=c.gid)
+                ino = fs.create(dp, _stat.S_IMODE(m), uid=c.uid, gid=c.gid)
                 if c.size:
-                    _copy_data(fs, sp, dp, c.size)
+                    _copy_data(fs, sp, dp, c.size, c, fs.inodes[ino])
             elif _stat.S_ISLNK(m):
                 fs.symlink(c.target, dp, uid=c.uid, gid=c.gid)
             else:
