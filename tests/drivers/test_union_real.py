@@ -38,3 +38,13 @@ def test_no_mount_is_left_behind(rows):
     with open("/proc/self/mounts") as f:
         assert "thinp-ovl-" not in f.read()
     assert not [d for d in os.listdir("/tmp") if d.startswith("thinp-ovl-")]
+
+
+def test_validate_union_drivers_rows_for_the_cli(fixtures_dir):
+    from thinp.drivers.validate_union import validate_union_drivers
+
+    rows = validate_union_drivers(fixtures_dir)
+    assert all("check" in r and ("match" in r or "skipped" in r) for r in rows)
+    replay = [r for r in rows if r["check"].startswith("overlay2 dpkg-nginx replay")]
+    assert len(replay) == 2 and all(r["match"] for r in replay)
+    assert replay[1]["overlay2"] == "4,620 KiB"
