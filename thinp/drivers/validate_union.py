@@ -311,9 +311,20 @@ def _observe_sim(drv, layer_id: str) -> dict:
     return out
 
 
+def _summary(obs: dict) -> str:
+    """The upper dir as one comparable line: each entry's path, kind, file size, opacity."""
+    parts = []
+    for p in sorted(obs):
+        o = obs[p]
+        k = "opaque dir" if o.get("opaque") else o.get("kind", "?")
+        parts.append(f"{p} {k}" + (f" {o['size']:,}" if k == "file" else ""))
+    return "; ".join(parts)
+
+
 def _checks(obs: dict, errs: dict, copied: int | None) -> dict:
     big = obs.get("/big", {})
     return {
+        "upper directory after the workload": _summary(obs),
         "append to a 4 MiB lower file": f"copy-up {big.get('alloc_kib', 0):,} KiB, size {big.get('size', 0):,}"
         if big else "no copy-up",
         "delete a lower file": obs.get("/del", {}).get("kind", "nothing"),
