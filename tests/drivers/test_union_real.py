@@ -48,3 +48,21 @@ def test_validate_union_drivers_rows_for_the_cli(fixtures_dir):
     replay = [r for r in rows if r["check"].startswith("overlay2 dpkg-nginx replay")]
     assert len(replay) == 2 and all(r["match"] for r in replay)
     assert replay[1]["overlay2"] == "4,620 KiB"
+
+
+def test_the_trace_replayed_on_the_real_kernel_leaves_the_fixture_upper(fixtures_dir):
+    """The reader + replay, on a real overlay mount (not the simulator), give the kernel's upper."""
+    from thinp.drivers.validate_union import kernel_replay
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount tmpfs and overlay")
+    try:
+        r = kernel_replay(fixtures_dir)
+    except PermissionError as e:
+        pytest.skip(f"mount refused: {e}")
+    assert r["replay"]["errors"] == {}
+    assert (r["missing"], r["extra"], r["mismatched"]) == ([], [], [])
+    assert r["paths_matched"] == 155
+    assert r["file_kib"] == 4276      # the fixture's files, 4 KiB blocks (tmpfs dirs take none)
+    with open("/proc/self/mounts") as f:
+        assert "thinp-ovl-" not in f.read()
