@@ -566,6 +566,7 @@ def kernel_replay(fixtures=None) -> dict:
         os.makedirs(os.path.join(lower, "var/log"), exist_ok=True)
         with open(os.path.join(lower, "var/log/dpkg.log"), "wb") as f:
             f.write(b"x" * DPKG_LOG_LOWER_BYTES)
+        os.chmod(os.path.join(lower, "var/log/dpkg.log"), 0o644)
         merged = os.path.join(base, "merged")
         _mount(["mount", "-t", "overlay", "overlay", "-o",
                 f"lowerdir={lower},upperdir={base}/upper,workdir={base}/work", merged])
