@@ -59,7 +59,7 @@ from ..blockdev import PlainDevice
 from ..errors import DeviceExistsError, DeviceNotFoundError, NotSupportedError, TooManyLayersError
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats
 
-__all__ = ["UnionDriver", "UnionView", "naive_changes", "changes_to_layer", "content_bytes",
+__all__ = ["UnionDriver", "UnionView", "naive_changes", "changes_to_layer", "apply_to_view", "content_bytes",
            "stamp_block", "decode_stamps",
            "ViewTarget", "OVL_OPAQUE", "OVL_ORIGIN", "OVL_IMPURE", "OVL_METACOPY", "WH_PREFIX", "WH_OPAQUE"]
 
@@ -104,18 +104,7 @@ def content_bytes(fs, path: str, size: int) -> bytes:
     """The bytes of a file: read back on a payload fs; on an accounting fs,
     :func:`stamp_block` of each 4 KiB block's version stamp, so equal content
     gives equal bytes across drivers and :func:`decode_stamps` recovers it."""
-    if fs.payload:
-        return fs.read(path)
-    st = fs.read(path)
-    out = bytearray(len(st) * BLOCK)
-    cache: dict = {}
-    for i, s in enumerate(st.tolist()):
-        if s:
-            blk = cache.get(s)
-            if blk is None:
-                blk = cache[s] = stamp_block(s)
-            out[i * BLOCK:(i + 1) * BLOCK] = blk
-    return bytes(out[:size])
+    return _view_bytes(fs, path, size)
 
 
 def decode_stamps(data) -> "np.ndarray | None":
@@ -851,7 +840,7 @@ def changes_to_layer(view, changes, *, opaque=()) -> "object":
         e = Entry(rel, kind, _stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime))
         content = None
         if kind == "file":
-            key = (st.st_ino, view._data_key(ch.path) if hasattr(view, "_data_key") else 0)
+            key = st.st_ino
             if st.st_nlink > 1 and key in links:
                 e.kind, e.linkname = "hardlink", links[key]
             else:
@@ -870,10 +859,21 @@ def changes_to_layer(view, changes, *, opaque=()) -> "object":
 
 
 def _view_bytes(view, path: str, size: int) -> bytes:
-    if view.payload:
-        return view.read(path)
-    canon, stacks, bi, node = view._top(path)
-    return content_bytes(view.fs, view._data_source(canon, stacks, bi, node), size)
+    """A file's bytes through any mounted view: real bytes on a payload
+    backend; on an accounting one, :func:`stamp_block` of each block's version
+    stamp (what ``view.read`` returns there), so block drivers can share this."""
+    data = view.read(path)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    out = bytearray(len(data) * BLOCK)
+    cache: dict = {}
+    for i, s in enumerate(np.asarray(data).tolist()):
+        if s:
+            blk = cache.get(s)
+            if blk is None:
+                blk = cache[s] = stamp_block(s)
+            out[i * BLOCK:(i + 1) * BLOCK] = blk
+    return bytes(out[:size])
 
 
 # ---------------------------------------------------------------- the driver
@@ -1255,6 +1255,14 @@ def _walk_nodes(fs, node):
 
 
 # ---------------------------------------------------------------- apply a layer tar
+def apply_to_view(view, layer) -> int:
+    """Docker's naive ``ApplyDiff``: apply a :class:`thinp.image.Layer` through
+    any writable mounted view (whiteouts delete, opaque markers empty a
+    directory of what lower layers put there).  Returns the layer's content
+    bytes.  Block drivers (devicemapper) can use it as it is."""
+    return _apply_layer(None, None, layer, flat=True, view=view)
+
+
 def _apply_layer(drv: UnionDriver, top: str, layer, *, flat: bool, view=None) -> int:
     """Write a layer's entries (Docker's ``ApplyDiff``).
 
@@ -1265,12 +1273,13 @@ def _apply_layer(drv: UnionDriver, top: str, layer, *, flat: bool, view=None) ->
     itself, writing whiteouts and opaque markers in the driver's native form
     (overlay2's and aufs's ``ApplyDiff``).  Whiteouts and opaque markers act
     on lower layers only, never on entries of the same layer."""
-    fs = drv.fs
     if view is None:
         view = UnionView(drv, [top], writable=True)
         root = top
     else:
         root = None
+    fs = getattr(view, "fs", None)
+    keep_stamps = isinstance(view, UnionView) and not view.payload
     written: set[str] = set()
     size = 0
 
@@ -1344,7 +1353,7 @@ def _apply_layer(drv: UnionDriver, top: str, layer, *, flat: bool, view=None) ->
             view.create(p, e.mode, uid=e.uid, gid=e.gid)
             if e.size:
                 data = stream.read()
-                stamps = None if fs.payload else decode_stamps(data)
+                stamps = decode_stamps(data) if keep_stamps else None
                 if stamps is None:
                     view.write(p, 0, data)
                 else:   # bytes a thinp diff made from version stamps: keep the versions
