@@ -409,3 +409,23 @@ def test_stats_count_physical_logical_and_creates(name):
     assert s["physical_bytes"] >= s["metadata_bytes"] > 0
     assert s["bytes_written"] >= s0["bytes_written"] + 8192
     assert s["inodes"] > s0["inodes"]
+
+
+def test_overlay_layers_on_a_container_copy_its_upper_and_share_its_lower():
+    drv = make("overlay")
+    ids = base_image(drv)
+    drv.create("c", ids[-1], read_write=True)
+    v = drv.get("c")
+    v.unlink("/etc/small")
+    v.write("/etc/new", 0, 1000)
+    want = tree(v)
+    drv.put("c")
+    drv.create("c2", "c", read_write=True)       # moby: copy the upper, same lower-id
+    assert tree(drv.get("c2")) == want
+    assert drv._branches(drv._rec("c2"))[1] == drv._branches(drv._rec("c"))[1]
+    drv.create("img", "c")                        # an image layer: a farm of the merged tree
+    assert tree(drv.get("img")) == want
+    root = drv._branches(drv._rec("img"))[0]
+    lower_root = drv._branches(drv._rec(ids[-1]))[0]
+    assert drv.fs.lstat(root + "/etc/big").st_ino == drv.fs.lstat(lower_root + "/etc/big").st_ino
+    assert drv.fs.lstat(root + "/etc/new").st_ino != drv.fs.lstat(drv._branches(drv._rec("c"))[0] + "/etc/new").st_ino
