@@ -588,6 +588,8 @@ class UnionView(MountedView):
             raise _err(errno.EISDIR, path)
         if not _stat.S_ISREG(node.mode):
             raise _err(errno.EINVAL, path)
+        if bi == 0 and not (self.metacopy and node.xattrs and OVL_METACOPY in node.xattrs):
+            return self.fs._write(node, offset, data, None)   # already up: no second path walk
         self._copy_up(canon, stacks)
         return self.fs.write(self._bpath(0, canon), offset, data)
 
