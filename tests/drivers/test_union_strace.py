@@ -176,3 +176,14 @@ def test_real_dpkg_trace_parses_to_the_expected_operations(fixtures_dir):
     assert sorted(debs.values()) == [115544, 452120, 532468]
     # bytes the trace writes: every write's size, appends included
     assert sum(o.size for o in t.ops if o.kind == "write") == 3520715
+
+
+def test_line_formats_without_f_or_tt_and_with_pid_brackets():
+    t = strace.parse([
+        'openat(AT_FDCWD, "/a", O_WRONLY|O_CREAT|O_TRUNC, 0644) = 3</a>',
+        '12:00:00.000001 write(3</a>, ""..., 10) = 10',
+        '[pid  4242] 12:00:00.000002 mkdir("/b", 0755) = 0',
+        '4243 unlink("/c") = 0',
+    ])
+    assert [(o.kind, o.path, o.pid) for o in t.ops] == [("open", "/a", 0), ("write", "/a", 0),
+                                                       ("mkdir", "/b", 4242), ("unlink", "/c", 4243)]
