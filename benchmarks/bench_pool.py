@@ -220,3 +220,54 @@ def test_pool_status_fresh_process(benchmark, workdir):
     mean = benchmark.stats.stats.mean
     benchmark.extra_info["s"] = mean
     print(f"\n  thinp pool status, fresh process: {mean:.3f} s")
+
+
+@pytest.mark.benchmark(group="pool-vs-model")
+def test_engine_vs_reference_model(benchmark, workdir):
+    """The same trace through the engine and the pure-Python reference model
+    of tests/reference (target: engine >= 30x faster), measured in one run."""
+    import time
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+    from reference.thin_model import WRITE as MW
+    from reference.thin_model import ThinModel
+
+    _warm(workdir)
+    nr_dev_blocks = (1 << 30) // BS  # a 1 GiB device
+    rng = np.random.default_rng(5)
+    n = 200_000
+    trace = _trace(0, rng.integers(0, nr_dev_blocks, n), rng=rng)
+    requests = [(0, MW, int(o), int(ln), None) for o, ln in zip(trace["offset"], trace["length"])]
+
+    def setup_engine():
+        shutil.rmtree(os.path.join(workdir, "p"), ignore_errors=True)
+        pool = thinp.ThinPool.create(os.path.join(workdir, "p"), "10G", commit_interval=0, sync=False)
+        pool.create_thin(0, "1G")
+        pool.replay(_full(0, nr_dev_blocks // 2))
+        pool.create_snap(1, 0)
+        return pool
+
+    model = ThinModel(nr_data_blocks=(10 << 30) // BS, block_size=BS)
+    model.create_thin(0, 1 << 30)
+    model.submit([(0, MW, i * BS, BS, None) for i in range(nr_dev_blocks // 2)])
+    model.create_snap(1, 0)
+    t0 = time.perf_counter()
+    model.submit(requests)
+    model_s = time.perf_counter() - t0
+
+    state = {}
+
+    def setup():
+        if "pool" in state:
+            state["pool"].close()
+        state["pool"] = setup_engine()
+        return (trace,), {}
+
+    res = benchmark.pedantic(lambda t: state["pool"].replay(t), setup=setup, rounds=5, iterations=1)
+    engine_s = benchmark.stats.stats.mean
+    assert res["nr_cow_copies"] == model.counters["nr_cow_copies"]
+    assert res["nr_provisioned"] == model.counters["nr_provisioned"] - nr_dev_blocks // 2
+    ratio = model_s / engine_s
+    benchmark.extra_info["speedup"] = ratio
+    print(f"\n  reference model {n / model_s / 1e3:.0f} k ops/s, engine {n / engine_s / 1e6:.2f} M ops/s: {ratio:.0f}x")
+    state["pool"].close()

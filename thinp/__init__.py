@@ -17,6 +17,7 @@ _LAZY = {
     "PoolStatus": ("thinp.thin", "PoolStatus"),
     "ThinStatus": ("thinp.thin", "ThinStatus"),
     "metadata_size": ("thinp.thin.metadata_size", "metadata_size"),
+    "Engine": ("thinp.engine", "Engine"),
 }
 
 
@@ -31,5 +32,5 @@ def __getattr__(name):
         return value
     raise AttributeError(f"module 'thinp' has no attribute {name!r}")
 
-__all__ = ["ThinPool", "ThinDevice", "PoolStatus", "ThinStatus", "metadata_size", "TRACE_DTYPE",
+__all__ = ["Engine", "ThinPool", "ThinDevice", "PoolStatus", "ThinStatus", "metadata_size", "TRACE_DTYPE",
            "READ", "WRITE", "DISCARD", "make_trace", "parse_size", "errors"]

@@ -77,6 +77,7 @@ import os as _os
 from .trace import DISCARD as _DISCARD, READ as _READ, WRITE as _WRITE
 
 PHYS_BLOCK = 4096
+_ZERO_BLOCK = bytes(PHYS_BLOCK)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -207,7 +208,11 @@ class PlainDevice:
                 bstart = b * PHYS_BLOCK
                 lo, hi = max(offset, bstart), min(end, bstart + PHYS_BLOCK)
                 if lo == bstart and hi == bstart + PHYS_BLOCK:
-                    self._mem[b] = bytes(buf[pos:pos + PHYS_BLOCK])
+                    blk = buf[pos:pos + PHYS_BLOCK]
+                    if blk == _ZERO_BLOCK:      # allocated, reads as zeros: keep no copy
+                        self._mem.pop(b, None)
+                    else:
+                        self._mem[b] = bytes(blk)
                 else:
                     blk = bytearray(self._mem.get(b, bytes(PHYS_BLOCK)))
                     blk[lo - bstart:hi - bstart] = buf[pos:pos + hi - lo]

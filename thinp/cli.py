@@ -59,7 +59,7 @@ def _lvs_table(pool):
 
     from .units import format_size
 
-    st = pool.status()
+    st = pool.status(observer=True)
     t = Table(title=f"thin pool {pool.path}", title_justify="left")
     for col in ("LV", "LSize", "Data%", "Meta%", "Mapped", "Highest"):
         t.add_column(col, justify="left" if col == "LV" else "right")
@@ -78,7 +78,7 @@ def _cmd_pool_status(args) -> int:
     from .thin import ThinPool
 
     with ThinPool.open(args.dir, read_only=True, check_trees=False) as pool:
-        print(pool.status())
+        print(pool.status(observer=True))
         if not args.line:
             _console().print(_lvs_table(pool))
     return 0
@@ -191,6 +191,17 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_validate_fs(args) -> int:
+    from .fs import validate
+
+    print("SOURCES.md reference figures (du -k of the backing file):")
+    print(validate.format_table(validate.calibration_rows()))
+    print()
+    print(f"Real kernel vs simulation, {args.size} (64K/512K = chunks a thin pool would provision):")
+    print(validate.format_table(validate.validate_fs(size=args.size, real=not args.sim_only)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="thinp", description="A block-level thin-provisioning simulator (dm-thin in numba).")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
@@ -226,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--writes", type=int, default=2000, help="random 4 KiB writes per container")
     d.add_argument("--seed", type=int, default=1)
     d.set_defaults(func=_cmd_demo)
+
+    v = sub.add_parser("validate", help="compare the models with the real kernel and tools")
+    vsub = v.add_subparsers(dest="validate_cmd", metavar="WHAT", parser_class=_Parser)
+    vf = vsub.add_parser("fs", help="ext4/xfs allocation: simulated vs a real loop-mounted filesystem")
+    vf.add_argument("--size", default="10G")
+    vf.add_argument("--sim-only", action="store_true", help="skip the real kernel runs")
+    vf.set_defaults(func=_cmd_validate_fs)
 
     ms = sub.add_parser("metadata-size", help="thin_metadata_size's estimate")
     ms.add_argument("-b", "--block-size", required=True)

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,16 @@ def rootfs_manifest() -> Path:
 
 @pytest.fixture(scope="session")
 def real_kernel():
+    """Skip unless this process may losetup, mkfs and mount (probed once)."""
     ok, why = real_kernel_available()
     if not ok:
         pytest.skip(f"real kernel: {why}")
+    from thinp.fs.validate import real_fs
+
+    try:
+        with real_fs("ext4", "1G") as (_img, _loop, _mnt, mount, umount):
+            mount()
+            umount()
+    except (RuntimeError, OSError) as e:
+        pytest.skip(f"real kernel refused a loop mount: {e}")
     return True

@@ -23,17 +23,20 @@ class File:
     def __init__(self):
         self.data = bytearray()
         self.nlink = 1
+        self.xattrs = {}
 
 
 class Dir:
     def __init__(self):
         self.children = {}
+        self.xattrs = {}
 
 
 class Link:
     def __init__(self, target):
         self.target = target
         self.nlink = 1
+        self.xattrs = {}
 
 
 class RefFS:
@@ -170,6 +173,18 @@ class RefFS:
                 old.nlink -= 1
         del sparent.children[sname]
         dparent.children[dname] = node
+
+    def setxattr(self, path, name, value):
+        self._walk(_split(path)).xattrs[name] = bytes(value)
+
+    def removexattr(self, path, name):
+        node = self._walk(_split(path))
+        if name not in node.xattrs:
+            raise RefError(errno.ENODATA)
+        del node.xattrs[name]
+
+    def listxattr(self, path):
+        return sorted(self._walk(_split(path)).xattrs)
 
     def tree(self):
         """{path: (kind, size_or_target, nlink)} of every entry."""

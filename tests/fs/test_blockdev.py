@@ -103,3 +103,35 @@ def test_count_chunks_edge():
     ba[0] = 1
     assert count_chunks(ba, 65536) == 2
     assert count_chunks(ba, 4096) == 2
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+OPS = st.lists(st.tuples(st.sampled_from(["w", "d"]), st.integers(0, 60000), st.integers(0, 9000),
+                         st.integers(0, 255)), max_size=30)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_payload_memory_device_matches_a_bytearray(ops):
+    size = 65536
+    d = PlainDevice(size, payload=True)
+    model = bytearray(size)
+    alloc = np.zeros(size // 4096, dtype=bool)
+    for op, off, n, byte in ops:
+        n = min(n, size - off)
+        if op == "w":
+            data = bytes([byte]) * n
+            d.write(off, data)
+            model[off:off + n] = data
+            if n:
+                alloc[off // 4096:(off + n + 4095) // 4096] = True
+        else:
+            d.discard(off, n)
+            b0, b1 = (off + 4095) // 4096, (off + n) // 4096
+            for b in range(b0, b1):
+                model[b * 4096:(b + 1) * 4096] = bytes(4096)
+                alloc[b] = False
+    assert d.read(0, size) == bytes(model)
+    assert d.physical_bytes == alloc.sum() * 4096

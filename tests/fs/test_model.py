@@ -38,11 +38,13 @@ def fs_tree(fs):
 
 class FsMachine(RuleBasedStateMachine):
     fstype = "ext4"
+    extra = {}
 
     def __init__(self):
         super().__init__()
         opts = {"lazy_journal_init": True} if self.fstype == "ext4" else {}
-        self.dev = PlainDevice("128M", payload=True)
+        opts.update(self.extra)
+        self.dev = PlainDevice("128M" if self.fstype == "ext4" else "300M", payload=True)
         self.fs = mkfs(self.dev, self.fstype, **opts)
         self.fs.commit_blocks = 16          # commit often, so journal paths run too
         self.ref = RefFS()
@@ -102,6 +104,20 @@ class FsMachine(RuleBasedStateMachine):
         got, want = self.both("read", p)
         assert got == want
 
+    @rule(p=PATHS, name=st.sampled_from(["user.a", "trusted.overlay.opaque", "security.capability"]),
+          size=st.sampled_from([1, 40, 300, 3000]))
+    def setxattr(self, p, name, size):
+        self.both("setxattr", p, name, b"v" * size)
+
+    @rule(p=PATHS, name=st.sampled_from(["user.a", "trusted.overlay.opaque"]))
+    def removexattr(self, p, name):
+        self.both("removexattr", p, name)
+
+    @rule(p=PATHS)
+    def listxattr(self, p):
+        got, want = self.both("listxattr", p)
+        assert got == want
+
     @rule()
     def sync(self):
         self.fs.sync()
@@ -126,9 +142,22 @@ class XfsMachine(FsMachine):
     fstype = "xfs"
 
 
+class Ext4NoJournalDiscardMachine(FsMachine):
+    extra = {"journal": False, "discard": True}
+
+
+class XfsDiscardMachine(FsMachine):
+    fstype = "xfs"
+    extra = {"discard": True}
+
+
 SETTINGS = settings(max_examples=int(os.environ.get("THINP_FS_EXAMPLES", 60)), stateful_step_count=40, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 TestExt4Model = FsMachine.TestCase
 TestExt4Model.settings = SETTINGS
 TestXfsModel = XfsMachine.TestCase
 TestXfsModel.settings = SETTINGS
+TestExt4NoJournalDiscardModel = Ext4NoJournalDiscardMachine.TestCase
+TestExt4NoJournalDiscardModel.settings = settings(SETTINGS, max_examples=20)
+TestXfsDiscardModel = XfsDiscardMachine.TestCase
+TestXfsDiscardModel.settings = settings(SETTINGS, max_examples=20)

@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from thinp.image import (EMPTY_TAR_DIFF_ID, Entry, Image, Layer, apply_changes, commit,
+from thinp.image import (EMPTY_TAR_DIFF_ID, Entry, Layer, apply_changes, commit,
                          history, import_, inspect, load, save)
 
 from .conftest import fixture_path, make_tar
@@ -76,6 +76,9 @@ def test_commit_chain_history_and_inspect(base):
     assert [r["comment"] for r in rows[:2]] == ["second", "first"]
     assert [r["size"] for r in rows[:2]] == [2, 4]
     assert [r["id"] for r in rows[:2]] == [b.id, "<missing>"]
+    # with the local images known, parents' IDs show on their last step
+    rows = history(b, {i.id: i for i in (base, a, b)})
+    assert [r["id"] for r in rows[:4]] == [b.id, a.id, base.id, "<missing>"]
     info = inspect(b)
     assert info["Id"] == b.id and info["Parent"] == a.id
     assert info["Author"] == "me" and info["Comment"] == "second"
@@ -86,7 +89,7 @@ def test_commit_chain_history_and_inspect(base):
 
 def test_commit_save_load_round_trip(base, tmp_path):
     img = commit(base, make_tar([("x", "f", b"x" * 3000)]), message="m", created=T1,
-                 tags=["example.com/team/app:v2"])
+                 repository="example.com/team/app:v2")
     save([img, base], tmp_path / "out.tar")
     back = {i.id: i for i in load(tmp_path / "out.tar")}
     assert back[img.id].diff_ids == img.diff_ids
@@ -179,3 +182,22 @@ def test_changes_keep_base_config():
 def test_bad_changes(change, why):
     with pytest.raises(ValueError, match=why):
         apply_changes({}, [change])
+
+
+def test_import_from_a_stream_spools_to_disk():
+    data = make_tar([("s", "f", b"stream")])
+    img = import_(io.BytesIO(data), created=T0)
+    assert img.layers[0].source.path.endswith("layer.tar")
+    assert img.layers[0].read_file("s") == b"stream"
+    assert img.diff_ids[0] == "sha256:" + __import__("hashlib").sha256(data).hexdigest()
+
+
+def test_layer_from_entries_to_a_file(tmp_path):
+    big = bytes(range(256)) * 4096     # 1 MiB streamed from a file object
+    items = [(Entry("big", "file", size=len(big)), io.BytesIO(big)), (Entry("gone", "whiteout"), None)]
+    layer = Layer.from_entries(items, path=tmp_path / "diff.tar")
+    assert (tmp_path / "diff.tar").exists() and not (tmp_path / "diff.tar.partial").exists()
+    assert layer.size == len(big) and layer.read_file("big") == big
+    with pytest.raises(ValueError, match="no content given"):
+        Layer.from_entries([(Entry("x", "file", size=5), None)], path=tmp_path / "bad.tar")
+    assert not (tmp_path / "bad.tar").exists() and not (tmp_path / "bad.tar.partial").exists()

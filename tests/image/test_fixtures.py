@@ -6,15 +6,13 @@ below, never from thinp's own output.
 """
 import gzip
 import hashlib
-import io
 import json
-import os
 import tarfile
 
 import pytest
 import zstandard
 
-from thinp.image import Layer, Reference, flatten, load, save
+from thinp.image import Layer, flatten, load, save
 from thinp.image.layer import FILE, HARDLINK, OPAQUE, WHITEOUT
 
 from .conftest import fixture_path, golden, make_tar
@@ -252,3 +250,26 @@ def test_export_is_flat_and_has_no_whiteouts(dive, tmp_path):
     # exported contents are the top layer's bytes
     with tarfile.open(out) as tf:
         assert tf.extractfile("root/saved.txt").read() == dive.layers[13].read_file("root/saved.txt")
+
+
+def test_dive_history_matches_its_dockerfile(dive):
+    """Each RUN/ADD step of Dockerfile.test-image is a history entry, in order."""
+    lines = [l.strip() for l in fixture_path("images", "Dockerfile.test-image").read_text().splitlines()
+             if l.strip() and not l.startswith("FROM")]
+    created_by = [h.get("created_by", "") for h in dive.history_entries][2:]   # after busybox's 2
+    assert len(created_by) == len(lines) == 13
+    for line, cb in zip(lines, created_by):
+        instr, _, args = line.partition(" ")
+        if instr == "RUN":
+            assert cb == f"/bin/sh -c {args}"
+        else:   # ADD src dst -> "#(nop) ADD file:<hash> in <dst>"
+            assert cb.startswith("/bin/sh -c #(nop) ADD ")
+            assert cb.rstrip().endswith(f"in {args.split()[-1]}")
+
+
+def test_save_same_image_twice_writes_it_once(tmp_path):
+    [img] = load(fixture_path("images", "whiteout_image.tar"))
+    save([img, img], tmp_path / "x.tar")
+    with tarfile.open(tmp_path / "x.tar") as tf:
+        assert len(json.load(tf.extractfile("manifest.json"))) == 1
+    assert [i.id for i in load(tmp_path / "x.tar")] == [img.id]

@@ -13,7 +13,7 @@ from thinp.errors import ImageFormatError
 from thinp.image import ImageStore, Layer, flatten, import_, load
 
 from .builders import config_for, legacy_save, sha, tar_of
-from .conftest import fixture_path, make_tar
+from .conftest import make_tar
 
 GOOD = make_tar([("etc/", "d"), ("etc/passwd", "f", b"root:x:0:0\n"), ("bin", "l", "usr/bin"),
                  ("usr/", "d"), ("usr/bin/", "d"), ("usr/bin/sh", "f", b"#!" * 300),
@@ -341,3 +341,15 @@ def test_fuzz_json_documents(kind, rnd):
             pass
     finally:
         os.unlink(path)
+
+
+def test_deep_tree_whiteout_does_not_recurse():
+    deep = "/".join(["d"] * 2000) + "/f"          # 4001 characters, under PATH_MAX
+    fs = flatten([Layer.from_bytes(make_tar([(deep, "f", b"x")])),
+                  Layer.from_bytes(make_tar([(".wh.d", "f", b"")]))])
+    assert len(fs) == 0
+
+
+def test_name_longer_than_path_max():
+    with pytest.raises(ImageFormatError, match="longer than PATH_MAX"):
+        _flat(make_tar([("x" * 5000, "f", b"x")]))

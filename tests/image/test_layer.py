@@ -8,9 +8,8 @@ import pytest
 
 from thinp.errors import ImageFormatError
 from thinp.image import Layer, chain_id, chain_ids, export, flatten, load
-from thinp.image.layer import OPAQUE, WHITEOUT
 
-from .builders import legacy_save, sha, tar_of
+from .builders import legacy_save, sha
 from .conftest import make_tar
 
 

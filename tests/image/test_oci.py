@@ -47,18 +47,19 @@ def test_multi_arch_picks_platform(tmp_path, as_dir):
 
 
 def test_one_image_per_tagged_entry_and_artifacts_skipped(tmp_path):
-    o = OCILayout()
-    a = o.image([L_AMD])
-    b = o.image([make_tar([("gzipped", "f", b"z")])], layer_mt=MT_LAYER + "+gzip")
-    # make b's layer really gzip
     o2 = OCILayout()
     a = o2.image([L_AMD])
     b = o2.image([gzip.compress(make_tar([("gz.txt", "f", b"z")]))], layer_mt=MT_LAYER + "+gzip")
     sig = o2.image([make_tar([("sig", "f", b"s")])], artifact_type="application/vnd.dev.cosign.artifact.sig.v1+json")
+    # cosign's classic signature: an image config, but a JSON "layer"
+    cosign = o2.image([b'{"critical":{}}'], layer_mt="application/vnd.dev.cosign.simplesigning.v1+json")
+    spdx = o2.image([b'{"spdxVersion":"SPDX-2.3"}'], layer_mt="application/spdx+json")
     o2.tag(a, "docker.io/library/a:1")
     o2.tag(a, "docker.io/library/a:2")
     o2.tag(b, "example.com/b:latest")
     o2.tag(sig, "example.com/b:sha256-abc.sig")
+    o2.tag(cosign, "example.com/b:sha256-abc.sig2")
+    o2.tag(spdx, "example.com/b:sha256-abc.sbom")
     imgs = load(_write(tmp_path, o2, False))
     assert [i.tags for i in imgs] == [["a:1", "a:2"], ["example.com/b:latest"]]
     assert imgs[1].rootfs().paths() == ["gz.txt"]

@@ -154,3 +154,24 @@ def test_df_export_import_shares_nothing(tmp_path):
     # the flat copy stores the merged content again: no layer is shared
     assert df2["images"][imported.id]["unique_size"] == child.rootfs().content_bytes
     assert df2["layers_bytes"] == df["layers_bytes"] + child.rootfs().content_bytes
+
+
+def test_rmi_no_prune_keeps_dangling_parent(store):
+    base = store.get(BASE)
+    child = store.add(commit(base, make_tar([("c", "f", b"c")]), created="2024-01-01T00:00:00Z"),
+                      tags=["child:1"])
+    store.untag(BASE)
+    assert store.rmi("child:1", prune=False) == [("Untagged", "child:1"), ("Deleted", child.id)]
+    assert base.id in store.images and store.tags_of(base.id) == []
+
+
+def test_ambiguous_id_prefix(store):
+    base = store.get(BASE)
+    other = store.add(commit(base, make_tar([("c", "f", b"c")]), created="2024-01-01T00:00:00Z"))
+    common = 0
+    while base.id[7 + common] == other.id[7 + common]:
+        common += 1
+    if common:
+        with pytest.raises(ValueError, match="ambiguous"):
+            store.get(base.id[7:7 + common])
+    assert store.get(other.id[7:7 + common + 1]) is other

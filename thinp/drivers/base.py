@@ -79,7 +79,22 @@ class Capabilities:
     native_diff: bool = False  # diff from the driver's own records, not a tree walk
     shares_page_cache: str = "inode"  # "inode" (one copy per file), "device", "block"
     copy_on_write: str = "file"  # "none", "file", "block", "extent", "record"
+    #: the longest chain create() accepts, the layer itself included (a layer
+    #: may have max_layers - 1 ancestors); deeper raises TooManyLayersError
     max_layers: int | None = None
+    #: rename(2) of a directory that exists in a lower layer gives EXDEV
+    #: (aufs; overlay/overlay2 without redirect_dir); a directory made in the
+    #: layer itself renames fine everywhere
+    dir_rename_exdev: bool = False
+    #: copy-up of one name of a hardlinked lower file separates it from its
+    #: other names (overlayfs without index=on, aufs)
+    breaks_lower_hardlinks: bool = False
+    #: how changes() finds changes: "naive" compares the two whole trees
+    #: (Docker's ChangesDirs); "upper" walks the layer's own directory
+    #: (archive.Changes / OverlayChanges: a copied-up path is "C" even when
+    #: unchanged, an opaque directory is "D" followed by its children as "A",
+    #: only the immediate parent of an A/D is added as "C")
+    changes: str = "naive"
     extra: dict = field(default_factory=dict)
 
 
@@ -198,6 +213,13 @@ class MountedView(abc.ABC):
 class Driver(abc.ABC):
     """A storage driver.  Subclasses set ``name`` and implement the methods.
 
+    Every driver accepts the option ``payload`` (default False): True keeps
+    file bytes (``read`` returns them, diffs carry them); False is
+    accounting mode (4 KiB version stamps, as :mod:`thinp.fs`).  ``payload``
+    is also an attribute of the driver.  A driver with ``hidden = True`` (the
+    ``"reference"`` test oracle) works with :func:`get_driver` but is left out
+    of :func:`known_drivers` unless ``hidden=True`` is passed.
+
     Layer ids are strings (Docker uses 64 hex digits; the ``-init`` suffix
     is Docker's init layer).  ``create`` of an existing id raises
     ``DeviceExistsError``; an unknown id raises ``KeyError``-free
@@ -206,6 +228,8 @@ class Driver(abc.ABC):
     :class:`~thinp.errors.TooManyLayersError`."""
 
     name: str = ""
+    hidden: bool = False
+    payload: bool = False
 
     @abc.abstractmethod
     def create(self, id: str, parent: str | None, *, read_write: bool = False, **opts) -> None: ...
@@ -279,15 +303,17 @@ def register(cls):
     return cls
 
 
-def known_drivers() -> list[str]:
+def known_drivers(hidden: bool = False) -> list[str]:
+    """Names of the registered drivers; ``hidden=True`` adds test-only ones
+    (the ``"reference"`` oracle)."""
     _load_all()
-    return sorted(_REGISTRY)
+    return sorted(n for n, c in _REGISTRY.items() if hidden or not getattr(c, "hidden", False))
 
 
 def _load_all() -> None:
     import importlib
 
-    for mod in ("vfs", "aufs", "overlay", "overlay2", "btrfs", "zfs", "devicemapper"):
+    for mod in ("vfs", "aufs", "overlay", "overlay2", "btrfs", "zfs", "devicemapper", "memory"):
         try:
             importlib.import_module(f"thinp.drivers.{mod}")
         except ModuleNotFoundError as e:
@@ -304,7 +330,7 @@ def get_driver(name: str, root=None, **options) -> Driver:
         cls = _REGISTRY[name]
     except KeyError:
         raise NotSupportedError(
-            f"storage driver {name!r} is not supported (known: {', '.join(sorted(_REGISTRY)) or 'none'})"
+            f"storage driver {name!r} is not supported (known: {', '.join(known_drivers()) or 'none'})"
         ) from None
     return cls(root, **options)
 

@@ -32,6 +32,8 @@ def find_extent(bitmap, first_free, zone_blocks, goal, end, want, align, min_len
     n = bitmap.shape[0]
     if end > n:
         end = n
+    words = bitmap[: n - n % 8].view(np.uint64)
+    full = np.uint64(0x0101010101010101)
     while b < end:
         z = b // zone_blocks
         ff = first_free[z]
@@ -39,6 +41,12 @@ def find_extent(bitmap, first_free, zone_blocks, goal, end, want, align, min_len
             b = ff
             continue
         if bitmap[b] != 0:
+            # skip whole words of used blocks
+            if b % 8 == 0:
+                while b + 8 <= end and words[b >> 3] == full:
+                    b += 8
+                if b >= end or bitmap[b] == 0:
+                    continue
             b += 1
             continue
         if align > 1 and b % align != 0:

@@ -27,6 +27,7 @@ resize inode's block, the journal superblock and (unless
 from __future__ import annotations
 
 import errno
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ FIRST_INO = 11
 STREAM_REQUEST = 16        # s_mb_stream_request: files up to this many blocks share a locality group
 GROUP_PREALLOC = 512       # s_mb_group_prealloc
 MAX_NORMALIZED = 2048      # 8 MiB: largest normalised request / buddy alignment
+SMALL_FS_BYTES = 512 << 20  # below this mke2fs uses the "small" fs type
 
 
 def is_sparse_group(g: int) -> bool:
@@ -133,14 +135,29 @@ class Ext4(Filesystem):
 
     fstype = "ext4"
     max_extent_len = 32768
+    remembers_trim = True
 
     def __init__(self, device, *, lazy_itable_init: bool = True, lazy_journal_init: bool = False,
                  nodiscard: bool = False, inode_ratio: int = 16384, journal_size=None,
                  journal: bool = True, discard: bool = False, seed: int = 0):
+        inode_ratio = int(inode_ratio)
+        if not 1024 <= inode_ratio <= 64 << 20:
+            raise ValueError(f"inode_ratio {inode_ratio} out of range: mke2fs takes 1024 to 67108864")
         jb = None
         if journal_size is not None:
             jb = parse_size(journal_size, what="journal_size")
-            jb = jb // BLOCK if jb >= BLOCK else jb * 256  # bytes, or MiB as mke2fs -J size= takes
+            jb = jb // BLOCK if jb >= BLOCK else jb * 256  # bytes, or a bare number of MiB as -J size=
+            if not 1024 <= jb <= min(10240000, device.size // BLOCK // 2):
+                raise ValueError(f"journal_size {journal_size!r} is {jb} blocks; mke2fs wants 1024 to "
+                                 f"{min(10240000, device.size // BLOCK // 2)} blocks on this device")
+        if device.size < SMALL_FS_BYTES:
+            # mke2fs.conf's "small" type: 1 KiB blocks, inode_ratio 4096.  The
+            # model keeps 4 KiB blocks but takes the inode ratio and sizes the
+            # journal by the 1 KiB block count, as mke2fs does.
+            if inode_ratio == 16384:
+                inode_ratio = 4096
+            if jb is None:
+                jb = default_journal_blocks(device.size // 1024) // 4
         g = Ext4Geometry.compute(device.size, inode_ratio=int(inode_ratio), journal_blocks=jb)
         if not journal:
             g.journal_blocks = 0
@@ -156,6 +173,7 @@ class Ext4(Filesystem):
         self.group_dirs = np.zeros(g.nr_groups, dtype=np.int64)
         self._tree_blocks: set[int] = set()
         self._lg = [0, 0]          # locality-group preallocation window [next, end)
+        self._percpu: dict[str, int] = {}
         self._mkfs(lazy_itable_init, lazy_journal_init, nodiscard)
 
     # -- mkfs -----------------------------------------------------------------
@@ -226,10 +244,6 @@ class Ext4(Filesystem):
         if zstart > 0:
             self._dev_zero_run(zstart, g.nr_blocks - zstart)
         self._dirty = set()
-        self._itable_written = np.zeros(g.nr_groups, dtype=bool)
-        self._itable_written[:] = not lazy_itable_init
-        self._bb_init = np.zeros(g.nr_groups, dtype=bool)
-        self._bb_init[sorted(init_groups)] = True
 
     def _journal_group(self) -> int:
         g = self.geometry
@@ -269,14 +283,29 @@ class Ext4(Filesystem):
         free_b = BLOCKS_PER_GROUP * f - bu.sum(axis=1)
         return free_i, free_b, du.sum(axis=1)
 
-    def _pick_flex_for_dir(self, parent: Inode) -> int:
+    #: percpu_counter batch: the kernel's global free-inode/free-block/dir
+    #: counters only take in a CPU's changes once they reach this many, and
+    #: Orlov reads the global value, so its averages lag behind the truth.
+    PERCPU_BATCH = 32
+
+    def _lagging(self, name: str, exact: int) -> int:
+        folded = self._percpu.get(name)
+        if folded is None or abs(exact - folded) >= self.PERCPU_BATCH:
+            self._percpu[name] = folded = exact
+        return folded
+
+    def _pick_group_for_dir(self, parent: Inode) -> int:
+        """find_group_orlov: the block group to start looking for a directory inode."""
         g = self.geometry
         f = g.flex_size
         free_i, free_b, dirs = self._flex_stats()
         nf = len(free_i)
-        avefreei = free_i.sum() // nf
-        avefreeb = free_b.sum() // nf
-        if parent.ino == self.ROOT_INO:   # Orlov: spread top-level directories
+        freei = self._lagging("freei", int(free_i.sum()))
+        freeb = self._lagging("freeb", int(free_b.sum()))
+        ndirs = self._lagging("ndirs", int(dirs.sum()))
+        avefreei = freei // nf
+        avefreeb = freeb // nf
+        if parent.ino == self.ROOT_INO:   # top-level: spread, fewest directories first
             start = int(self._rng.integers(nf))
             best, best_ndir = -1, g.inodes_per_group
             for i in range(nf):
@@ -285,9 +314,8 @@ class Ext4(Filesystem):
                     continue
                 best, best_ndir = x, dirs[x]
             if best >= 0:
-                return best
+                return best * f
         else:
-            ndirs = int(dirs.sum())
             max_dirs = ndirs // nf + g.inodes_per_group * f // 16
             min_inodes = max(1, avefreei - g.inodes_per_group * f // 4)
             min_blocks = avefreeb - BLOCKS_PER_GROUP * f // 4
@@ -295,22 +323,34 @@ class Ext4(Filesystem):
             for i in range(nf):
                 x = (p + i) % nf
                 if dirs[x] < max_dirs and free_i[x] >= min_inodes and free_b[x] >= min_blocks:
-                    return x
-        for i in range(nf):
-            if free_i[i]:
-                return i
+                    return x * f
+        # fallback: from the parent's group, the first group with an average share of free inodes
+        ipg = g.inodes_per_group
+        avefreei_g = freei // g.nr_groups
+        for i in range(g.nr_groups):
+            grp = (parent.zone + i) % g.nr_groups
+            free = ipg - int(self.izone_used[grp])
+            if free and free >= avefreei_g:
+                return grp
+        for grp in range(g.nr_groups):
+            if self.izone_used[grp] < ipg:
+                return grp
         return -1
 
     def _alloc_inode(self, parent: Inode, is_dir: bool):
         g = self.geometry
         f = g.flex_size
         ipg = g.inodes_per_group
-        flex = self._pick_flex_for_dir(parent) if is_dir else parent.zone // f
-        if flex < 0:
-            raise _err(errno.ENOSPC, "")
-        order = list(range(flex * f, min(g.nr_groups, flex * f + f)))
-        if not is_dir:
-            order += [x for x in range(g.nr_groups) if x not in order]
+        if is_dir:
+            lo = self._pick_group_for_dir(parent)
+            if lo < 0:
+                raise _err(errno.ENOSPC, "")
+            hi = min(g.nr_groups, (lo // f) * f + f)
+            order = range(lo, hi)
+        else:   # find_group_other: the first group of the parent's flex group with a free inode
+            lo = parent.zone & ~(f - 1)
+            hi = min(g.nr_groups, lo + f)
+            order = itertools.chain(range(lo, hi), range(hi, g.nr_groups), range(0, lo))
         for grp in order:
             if self.izone_used[grp] >= ipg:
                 continue
@@ -369,9 +409,12 @@ class Ext4(Filesystem):
         if size_blocks <= STREAM_REQUEST:
             return self._alloc_lg(node, n)
         goal = self._data_goal(node, lblk)
+        # Large first allocations land buddy-aligned to their normalised size
+        # (the 100 MiB file starts on a 2048-block boundary); smaller ones pack
+        # from the goal -- FIEMAP of the rootfs shows ~1000-block runs of them.
         align = 1
         if not node.extents:
-            align = min(MAX_NORMALIZED, 1 << max(0, (n - 1).bit_length()))
+            align = min(MAX_NORMALIZED, 1 << max(0, (n - 1).bit_length())) if n >= 512 else 1
         out = []
         left = n
         while left:
@@ -461,9 +504,6 @@ class Ext4(Filesystem):
             if self._jpos >= jn:
                 self._jpos = 1
         self.counters["journal_blocks_written"] += total
-
-    def commit(self) -> None:
-        super().commit()
 
     def _on_umount(self) -> None:
         self._release_prealloc()

@@ -31,13 +31,11 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 
-import numpy as np
-
 from ..blockdev import PHYS_BLOCK, PlainDevice, count_chunks
 from . import mkfs as sim_mkfs
 from .workloads import WORKLOADS, RealTarget, SimTarget, fixtures_dir, ROOTFS_MANIFEST
 
-__all__ = ["validate_fs", "format_table", "calibration_rows", "CALIBRATION", "real_kernel_available",
+__all__ = ["validate_fs", "format_table", "DOCKER_EXT4", "DEFAULT_CONFIGS", "calibration_rows", "CALIBRATION", "real_kernel_available",
            "scan_allocated", "scan_seek_data", "run_real", "run_sim"]
 
 KiB = 1024
@@ -204,7 +202,7 @@ def real_fs(fstype, size, options=None, workdir=None):
 def run_real(fstype, size, options, workload, *, workdir=None, scan="fiemap") -> dict:
     """Run ``workload`` on the real kernel; the summary of the backing file's blocks."""
     with real_fs(fstype, size, options, workdir) as (img, _loop, mnt, mount, umount):
-        mount()
+        mount(("-o", "discard") if (options or {}).get("discard") else ())
         WORKLOADS[workload](RealTarget(mnt))
         os.sync()
         umount()
@@ -232,24 +230,35 @@ def _pct(sim, real):
     return 100.0 * (sim - real) / real
 
 
-def validate_fs(fstypes=("ext4", "xfs"), workloads=("mkfs", "file100m", "rootfs", "smallfiles"),
-                size="10G", options=None, *, real=True, workdir=None) -> list[dict]:
-    """Side-by-side rows of real vs simulated allocation, one per (fstype, workload).
+#: Docker devicemapper's mkfs.ext4 options.
+DOCKER_EXT4 = {"nodiscard": True, "lazy_itable_init": False, "lazy_journal_init": False}
+DEFAULT_CONFIGS = (("ext4", {}), ("ext4", DOCKER_EXT4), ("xfs", {}))
 
-    ``options`` maps fstype -> mkfs options (default: mkfs defaults).  With
+
+def validate_fs(fstypes=None, workloads=("mkfs", "file100m", "rootfs", "smallfiles"),
+                size="10G", options=None, *, configs=None, real=True, workdir=None) -> list[dict]:
+    """Side-by-side rows of real vs simulated allocation, one per (config, workload).
+
+    ``configs`` is a sequence of (fstype, mkfs options); by default ext4 with
+    mkfs defaults, ext4 with Docker devicemapper's options, and xfs.  Or give
+    ``fstypes`` (and ``options``: fstype -> options) instead.  With
     ``real=False``, or where the machine refuses, the real columns are None
     and ``note`` says why.
     """
+    if configs is None:
+        if fstypes is None:
+            configs = DEFAULT_CONFIGS
+        else:
+            configs = [(f, (options or {}).get(f, {})) for f in fstypes]
     ok, why = real_kernel_available() if real else (False, "real runs not requested")
     if "rootfs" in workloads and not (fixtures_dir() / ROOTFS_MANIFEST).exists():
         workloads = tuple(w for w in workloads if w != "rootfs")
         why = (why + "; " if why else "") + f"rootfs skipped: {fixtures_dir() / ROOTFS_MANIFEST} missing"
     rows = []
-    for fstype in fstypes:
-        opts = (options or {}).get(fstype, {})
+    for fstype, opts in configs:
         for wl in workloads:
             sim = run_sim(fstype, size, opts, wl)
-            row = {"fs": fstype, "size": size, "options": opts, "workload": wl,
+            row = {"fs": fstype, "size": size, "options": dict(opts), "workload": wl,
                    "sim_kib": sim["kib"], "sim_64k": sim["chunks_64k"], "sim_512k": sim["chunks_512k"],
                    "real_kib": None, "real_64k": None, "real_512k": None, "note": why}
             if ok:
@@ -301,7 +310,9 @@ def format_table(rows) -> str:
         if v is None:
             return "-"
         if k == "options":
-            return ",".join(f"{a}={int(b) if isinstance(b, bool) else b}" for a, b in v.items()) or "default"
+            short = {"lazy_itable_init": "itable", "lazy_journal_init": "journal"}
+            return ",".join(k if b is True and k == "nodiscard" else f"{short.get(k, k)}={int(b) if isinstance(b, bool) else b}"
+                            for k, b in v.items()) or "default"
         if isinstance(v, float):
             return f"{v:+.1f}"
         if isinstance(v, int):
@@ -318,3 +329,20 @@ def format_table(rows) -> str:
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``python -m thinp.fs.validate [--sim-only]``: print both tables."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    print("SOURCES.md reference figures (du -k of the backing file):")
+    print(format_table(calibration_rows()))
+    print()
+    print("Real kernel vs simulation, 10 GiB (itable/journal = lazy_*_init):")
+    print(format_table(validate_fs(real="--sim-only" not in argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

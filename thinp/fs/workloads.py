@@ -9,7 +9,8 @@ and :class:`RealTarget` a directory on a real mount.
 * ``file100m``: one 100 MiB file;
 * ``rootfs``: the Debian bookworm minbase manifest (6,668 entries), in
   manifest order, hard links as links, devices as device nodes;
-* ``smallfiles``: 10,000 files of 1 B to 8 KiB in 100 directories.
+* ``smallfiles``: 10,000 files of 1 B to 8 KiB in 100 directories;
+* ``churn``: the rootfs, then ``rm -rf usr/share``; ``churn_trim``: then fstrim.
 """
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ class SimTarget:
     def write_file(self, path, size, seed=0):
         self.fs.create(path)
         if size:
-            self.fs.write(path, 0, self._data(size, seed))
+            # accounting mode: the stamp is derived from the content seed, so the
+            # same workload gives equal content() on any filesystem or driver
+            self.fs.write(path, 0, self._data(size, seed), stamp=None if self.fs.payload else seed + 1)
 
     def symlink(self, target, path):
         self.fs.symlink(target, path)
@@ -88,6 +91,12 @@ class SimTarget:
 
     def sync(self):
         self.fs.sync()
+
+    def rmtree(self, path):
+        self.fs.rmtree(path)
+
+    def fstrim(self):
+        self.fs.fstrim()
 
 
 def _pattern() -> bytes:
@@ -140,6 +149,17 @@ class RealTarget:
 
     def sync(self):
         os.sync()
+
+    def rmtree(self, path):
+        import shutil
+
+        shutil.rmtree(self._p(path))
+
+    def fstrim(self):
+        import subprocess
+
+        os.sync()
+        subprocess.run(["fstrim", self.root], check=True, capture_output=True)
 
 
 # ---------------------------------------------------------------------------
@@ -195,9 +215,25 @@ def wl_smallfiles(t, n: int = 10000, per_dir: int = 100) -> None:
         t.write_file(f"d{i // per_dir:03d}/f{i:05d}", smallfile_size(i), seed=i)
 
 
+def wl_churn(t) -> None:
+    """The rootfs, then ``rm -rf usr/share`` (no discard: blocks stay provisioned)."""
+    wl_rootfs(t)
+    t.sync()
+    t.rmtree("usr/share")
+    t.sync()
+
+
+def wl_churn_trim(t) -> None:
+    """``churn``, then ``fstrim``."""
+    wl_churn(t)
+    t.fstrim()
+
+
 WORKLOADS = {
     "mkfs": wl_mkfs,
     "file100m": wl_file100m,
     "rootfs": wl_rootfs,
     "smallfiles": wl_smallfiles,
+    "churn": wl_churn,
+    "churn_trim": wl_churn_trim,
 }

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import errno
 
-import numpy as np
-
 from .core import BLOCK, Filesystem, Inode, _err
 
 INODE_SIZE = 512
@@ -31,12 +29,11 @@ HEADER_BLOCKS = 6
 AGFL_BLOCKS = 4
 WHACK_BLOCKS = 32                                   # 128 KiB
 LITERAL_BYTES = INODE_SIZE - 176                    # v3 inode core
+MIN_FS_BYTES = 300 << 20                    # mkfs.xfs: "must be larger than 300MB"
 
 
 def default_log_blocks(nr_blocks: int) -> int:
-    size = nr_blocks * BLOCK
-    if size < (1 << 30):
-        return max(2560, nr_blocks // 64) if nr_blocks > 2560 * 4 else max(nr_blocks // 8, 1024)
+    """Internal log size: 64 MiB, or 1/2048 of the fs when that is more, at most 2 GiB."""
     return int(min(max(16384, nr_blocks // 2048), 524288))
 
 
@@ -58,6 +55,12 @@ class _Chunk:
         self.used = 0      # bitmask of the 64 inodes
         self.ag = ag
 
+    def __deepcopy__(self, memo):   # Filesystem.clone copies ~100 of these per snapshot
+        c = _Chunk(self.start, self.ag)
+        c.used = self.used
+        memo[id(self)] = c
+        return c
+
 
 class Xfs(Filesystem):
     """xfs with AG rotor for directories, inode chunks and near-inode data."""
@@ -71,8 +74,9 @@ class Xfs(Filesystem):
         from ..units import parse_size
 
         nr_blocks = device.size // BLOCK
-        if nr_blocks < 4096:
-            raise ValueError(f"device of {device.size} bytes is too small for xfs (want >= 16 MiB)")
+        if device.size < MIN_FS_BYTES:
+            raise ValueError(f"device of {device.size} bytes is too small for xfs: "
+                             "mkfs.xfs 6.1 wants a filesystem larger than 300MB")
         agcount = default_agcount(nr_blocks) if agcount is None else int(agcount)
         if agcount < 1:
             raise ValueError(f"agcount {agcount} must be >= 1")
@@ -88,6 +92,7 @@ class Xfs(Filesystem):
         self.max_inodes = nr_blocks * BLOCK // INODE_SIZE // 4    # imaxpct=25
         self._chunks: dict[int, _Chunk] = {}          # chunk start block -> chunk
         self._ag_chunks: list[list[_Chunk]] = [[] for _ in range(agcount)]
+        self._ag_free: list[dict[int, _Chunk]] = [{} for _ in range(agcount)]   # the finobt: chunks with a free inode
         self._ag_newino = [0] * agcount
         self._ino_of: dict[int, tuple] = {}
         self._rotor = 0
@@ -140,7 +145,7 @@ class Xfs(Filesystem):
         s = got[0]
         self._mark(s, CHUNK_BLOCKS, 1)
         self._dirty_alloc(s, CHUNK_BLOCKS)
-        self._dev_zero_run(s, CHUNK_BLOCKS)     # xfs_ialloc_inode_init writes the new clusters
+        self._dirty.update(range(s, s + CHUNK_BLOCKS))   # new clusters: ordered buffers, written via the AIL
         c = _Chunk(s, ag)
         self._chunks[s] = c
         self._ag_chunks[ag].append(c)
@@ -150,18 +155,21 @@ class Xfs(Filesystem):
         return c
 
     def _alloc_inode_in(self, ag: int, reserve: int = 1):
-        for c in self._ag_chunks[ag]:
-            if c.used != (1 << CHUNK_INODES) - 1:
-                break
+        free = self._ag_free[ag]
+        if free:
+            c = free[next(iter(free))]
         else:
             c = self._new_chunk(ag)
             if c is None:
                 return None
+            free[c.start] = c
         idx = 0
         while c.used >> idx & 1:
             idx += 1
         for k in range(reserve):
             c.used |= 1 << (idx + k)
+        if c.used == (1 << CHUNK_INODES) - 1:
+            del free[c.start]
         ino = (c.start << 6) | idx      # unique; like xfs, derived from the inode's location
         base = self._ag_start(ag)
         self._dirty.update((base, base + 4))
@@ -183,10 +191,12 @@ class Xfs(Filesystem):
         start = node.ino >> 6
         c = self._chunks[start]
         c.used &= ~(1 << (node.ino & 63))
+        self._ag_free[c.ag][c.start] = c
         base = self._ag_start(c.ag)
         self._dirty.update((base, base + 3, base + 4, node.loc))
         if c.used == 0:
             del self._chunks[start]
+            del self._ag_free[c.ag][start]
             self._ag_chunks[c.ag].remove(c)
             self._free_run(c.start, CHUNK_BLOCKS)
 
@@ -264,6 +274,15 @@ class Xfs(Filesystem):
             if self._jpos >= self.log_blocks:
                 self._jpos = 1
         self.counters["journal_blocks_written"] += total
+
+    checkpoint_on_commit = False
+
+    def fstrim(self, minlen: int = 0) -> int:
+        super().fstrim(minlen)
+        return self.nr_blocks * BLOCK      # xfs reports the range it examined (fstrim -v)
+
+    def _ail_limit(self) -> int:
+        return self.log_blocks // 4
 
     def _on_umount(self) -> None:
         self._journal_write(0)      # the unmount record

@@ -40,6 +40,17 @@ this API:
     ``tag``/``untag``/``rmi`` with Docker's rules, all-or-nothing ``load``.
 
 ``Reference.parse`` (``thinp.image.reference``): Docker's reference rules.
+
+A driver applying an image, and an engine committing a container::
+
+    store = ImageStore(root)                      # all-or-nothing loads
+    [img] = store.load("busybox.tar")             # verified, hostile-checked
+    for layer in img.layers:                      # bottom-up; layer.chain_id names it
+        for entry, content in layer.walk(verify=False):
+            ...                                   # create entry.path; copy content
+    diff = Layer.from_entries(changes, path="diff.tar")   # the container's changes
+    new = store.add(commit(img, diff, message="m", changes=["CMD sh"]), tags=["me/app:1"])
+    store.rmi("me/app:1")                         # Docker's rules
 """
 from __future__ import annotations
 

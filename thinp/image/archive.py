@@ -34,15 +34,14 @@ import re
 import shutil
 import tarfile
 import tempfile
-import weakref
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from ..errors import ImageFormatError
 from . import tarstream as ts
 from .image import Image, canonical_json
-from .layer import BlobSource, FileSource, Layer
+from .layer import BlobSource, FileSource, Layer, TempHolder as _TempHolder
 from .reference import Reference
-from .rootfs import flatten
+from .rootfs import RootFS
 
 __all__ = ["load", "save", "MEDIA_TYPES", "parse_platform"]
 
@@ -77,17 +76,6 @@ _DIGEST = re.compile(r"sha256:[a-f0-9]{64}\Z")
 
 
 # ===================================================================== input
-class _TempHolder:
-    """Owns a temp dir for as long as any layer source refers to it."""
-
-    def __init__(self):
-        self.path = tempfile.mkdtemp(prefix="thinp-load-")
-        self._fin = weakref.finalize(self, shutil.rmtree, self.path, True)
-
-    def cleanup(self) -> None:
-        self._fin()
-
-
 class _Archive:
     name = "archive"
 
@@ -150,9 +138,9 @@ class _TarArchive(_Archive):
             for h, stream in ts.iter_tar(inp):
                 if stream is not None:
                     offset = inp.nr_bytes - (len(inp.buf) - inp.pos)
-                    self.members[h.name] = ("file", offset, h.size, "")
+                    self.members[h.path] = ("file", offset, h.size, "")
                 elif h.kind in (ts.SYMLINK, ts.HARDLINK):
-                    self.members[h.name] = (h.kind, 0, 0, h.linkname)
+                    self.members[h.path] = (h.kind, 0, 0, h.linkname)
 
     def _resolve(self, member: str, hops: int = 0) -> tuple:
         name = ts.normalize_member_name(member, self.name, "archive path")
@@ -343,7 +331,6 @@ class _Builder:
         for image_id in self.order:
             img = self.images[image_id]
             fs_layers = img.layers
-            from .rootfs import RootFS
             fs = RootFS()
             for i, layer in enumerate(fs_layers):
                 fs.apply_layer(layer, i, verify=id(layer) not in verified)
@@ -445,13 +432,24 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
                 f"{where}: manifest {desc['digest']} says mediaType {man.get('mediaType')!r}, "
                 f"descriptor says {mt!r}")
         if man.get("artifactType"):
+            candidates[0] -= 1
             return
         cfg_desc = _descriptor(man.get("config"), f"{where}: manifest config")
         cmt = cfg_desc.get("mediaType")
         if cmt not in CONFIG_TYPES:
             if isinstance(cmt, str) and cmt:
+                candidates[0] -= 1
                 return   # an artifact (SBOM, signature, ...): not an image
             raise ImageFormatError(f"{where}: config has no mediaType")
+        layer_descs = man.get("layers") or []
+        if not isinstance(layer_descs, list):
+            raise ImageFormatError(f"{where}: manifest layers is not a list")
+        lmts = [ld.get("mediaType") if isinstance(ld, dict) else None for ld in layer_descs]
+        if lmts and all(isinstance(m, str) and m.endswith("+json") for m in lmts):
+            # an image-shaped artifact whose "layers" are JSON documents: cosign
+            # signatures (simplesigning), in-toto/DSSE attestations, SPDX/CycloneDX SBOMs
+            candidates[0] -= 1
+            return
         config_bytes = _read_verified(arch, cfg_desc, "config")
         if not isinstance(plat, dict):
             # descriptor had no platform: check the config's own
@@ -463,9 +461,6 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
                     {"os": c.get("os"), "architecture": c.get("architecture"),
                      "variant": c.get("variant")}, platform):
                 return
-        layer_descs = man.get("layers") or []
-        if not isinstance(layer_descs, list):
-            raise ImageFormatError(f"{where}: manifest layers is not a list")
         specs = []
         for i, ld in enumerate(layer_descs):
             _descriptor(ld, f"{where}: layer {i}")
@@ -630,6 +625,16 @@ def save(images: Sequence[Image] | Image, path, *, format: str = "docker",
     """
     if isinstance(images, Image):
         images = [images]
+    unique: dict[str, Image] = {}
+    for img in images:   # an image named twice is written once, with all its tags
+        if img.id in unique and unique[img.id] is not img:
+            merged = Image(img.config_bytes, unique[img.id].layers, unique[img.id].tags, img.parent)
+            for t in img.tags:
+                merged.add_tag(t)
+            unique[img.id] = merged
+        else:
+            unique.setdefault(img.id, img)
+    images = list(unique.values())
     if format not in ("docker", "oci"):
         raise ValueError(f"format must be 'docker' or 'oci', not {format!r}")
     out = _Out(os.fspath(path), directory)

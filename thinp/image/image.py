@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import os
+import shutil
 from datetime import datetime, timezone
 from typing import BinaryIO, Sequence
 
 from ..errors import ImageFormatError
 from .changes import apply_changes
-from .layer import Layer, chain_ids
+from .layer import FileSource, Layer, TempHolder, chain_ids
 from .reference import Reference
 from .rootfs import RootFS, export, flatten
 
@@ -142,21 +142,29 @@ def _as_layer(tar) -> Layer:
     if isinstance(tar, (str, os.PathLike)):
         return Layer.from_path(tar)
     if hasattr(tar, "read"):
-        return Layer.from_bytes(tar.read(), name="<layer stream>")
+        # spool a stream to a private temp file: never hold a whole layer in memory
+        holder = TempHolder()
+        path = os.path.join(holder.path, "layer.tar")
+        with open(path, "wb") as out:
+            shutil.copyfileobj(tar, out, 1 << 20)
+        return Layer(FileSource(path, name="<layer stream>", keepalive=holder))
     raise TypeError(f"expected a layer tar as bytes, a path or a Layer, not {type(tar).__name__}")
 
 
 def commit(base: Image | None, layer_tar, *, message: str = "", author: str = "",
            changes: Sequence[str] = (), container_config: dict | None = None,
            container_id: str = "", created_by: str = "", created: str | None = None,
-           tags: Sequence[str] = ()) -> Image:
+           tags: Sequence[str] = (), repository: str | None = None) -> Image:
     """A new image: ``base`` plus one layer (the container's diff), as ``docker commit``.
 
     ``container_config`` (the container's runtime config) replaces the base
     config if given, then ``changes`` (Dockerfile instructions) are applied.
     A diff with no entries adds no layer and is recorded as
-    ``empty_layer: true`` in the history, as Docker does.
+    ``empty_layer: true`` in the history, as Docker does.  ``repository``
+    (``name[:tag]``, as ``docker commit CONTAINER REPO[:TAG]``) is added to ``tags``.
     """
+    if repository:
+        tags = list(tags) + [repository]
     layer = _as_layer(layer_tar)
     layer.scan()   # verifies, computes DiffID and sizes; hostile input raises here
     parent_layers = list(base.layers) if base is not None else []
@@ -228,11 +236,12 @@ def import_(tar, *, changes: Sequence[str] = (), message: str = "", source: str 
     return Image.from_config(config, [layer], tags=tags)
 
 
-def history(image: Image) -> list[dict]:
+def history(image: Image, images: dict | None = None) -> list[dict]:
     """Rows of ``docker history``, newest first.
 
-    Each row: ``id`` (the image ID on the top row, ``<missing>`` below, as
-    Docker shows for layers without a local image), ``created``,
+    Each row: ``id`` (the image ID on the top row; with ``images``, an
+    ``{id: Image}`` map such as ``ImageStore.images``, a local parent's ID on
+    the row of its last step; ``<missing>`` otherwise, as Docker shows), ``created``,
     ``created_by``, ``size`` (content bytes of the step's layer, 0 for an empty
     layer), ``comment``, ``author``, ``empty_layer`` and ``diff_id``.
     """
@@ -265,8 +274,17 @@ def history(image: Image) -> list[dict]:
         rows.append({"created": "", "created_by": "", "size": layer.size, "comment": "",
                      "author": "", "empty_layer": False, "diff_id": layer.diff_id})
     rows.reverse()
-    for i, row in enumerate(rows):
-        row["id"] = image.id if i == 0 else "<missing>"
+    for row in rows:
+        row["id"] = "<missing>"
+    rows[0]["id"] = image.id if rows else None
+    seen = {image.id}
+    parent = images.get(image.parent) if images and image.parent else None
+    while parent is not None and parent.id not in seen:
+        seen.add(parent.id)
+        r = len(rows) - len(parent.history_entries)
+        if 0 <= r < len(rows):
+            rows[r]["id"] = parent.id
+        parent = images.get(parent.parent) if parent.parent else None
     return [{"id": r.pop("id"), **r} for r in rows]
 
 
@@ -288,6 +306,5 @@ def inspect(image: Image) -> dict:
         "Os": cfg.get("os", ""),
         "Size": image.size,
         "RootFS": {"Type": "layers", "Layers": image.diff_ids},
-        "History": history(image),
         "Metadata": {"LastTagTime": ""},
     }

@@ -17,8 +17,11 @@ An ``Entry`` is one change of a changeset:
 
 Paths are relative to the rootfs, ``/``-separated, with no ``./`` prefix; the
 root itself is ``""``.  Whiteout and opaque entries act on lower layers only,
-never on entries of their own layer, so a consumer may apply them in tar
-order (Docker's ``applyLayer`` does the same).
+never on entries of their own layer, wherever they sit in the tar: a
+consumer that applies entries in tar order must spare the paths this layer
+already wrote (Docker's ``applyLayer`` keeps ``unpackedPaths`` for this, and
+``RootFS.apply`` does the same).  An overlay-style driver can simply record
+them (char 0/0, ``trusted.overlay.opaque=y``) in the layer's own directory.
 
 ``Layer`` wraps a blob (plain, gzip or zstd tar) and exposes ``walk()``
 (entries with content streams), ``entries()`` (metadata only), ``diff_id``
@@ -31,8 +34,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tarfile
-from dataclasses import dataclass, field
+import tempfile
+import weakref
 from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import ImageFormatError
@@ -54,44 +59,43 @@ WHITEOUT, OPAQUE = "whiteout", "opaque"
 KINDS = (FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCKDEV, FIFO, WHITEOUT, OPAQUE)
 
 
-@dataclass(slots=True)
-class Entry:
-    """One change in a layer (see the module docstring for ``kind``)."""
+Entry = ts.Entry
 
-    path: str
-    kind: str
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    mtime: float = 0
-    size: int = 0
-    linkname: str = ""
-    devmajor: int = 0
-    devminor: int = 0
-    xattrs: dict = field(default_factory=dict)
 
-    @classmethod
-    def _from_header(cls, h: ts.TarHeader, blob: str) -> "Entry | None":
-        if h.name.startswith(META_PREFIX) and h.name != OPAQUE_MARKER:
-            # AUFS bookkeeping at the root (.wh..wh.plnk/..., .wh..wh.aufs): skipped
-            # like Docker's applyLayer.  (Hardlinks into .wh..wh.plnk are not resolved.)
-            return None
-        base = h.name.rsplit("/", 1)[-1]
-        if base.startswith(WHITEOUT_PREFIX):
-            parent = h.name[: len(h.name) - len(base)].rstrip("/")
-            if base == OPAQUE_MARKER:
-                return cls(parent, OPAQUE, mtime=h.mtime)
-            if base.startswith(META_PREFIX):
-                return None
-            target = base[len(WHITEOUT_PREFIX):]
-            if target in ("", ".", ".."):
-                raise ImageFormatError(f"{blob}: whiteout {h.name!r} names no file")
-            return cls(f"{parent}/{target}" if parent else target, WHITEOUT, mtime=h.mtime)
-        return cls(h.name, h.kind, h.mode, h.uid, h.gid, h.mtime, h.size,
-                   h.linkname, h.devmajor, h.devminor, h.xattrs)
+def _classify(h: Entry, blob: str) -> "Entry | None":
+    """Turn ``.wh.`` names into whiteout/opaque entries; None for AUFS metadata."""
+    path = h.path
+    if ".wh." not in path:
+        return h
+    if path.startswith(META_PREFIX) and path != OPAQUE_MARKER:
+        # AUFS bookkeeping at the root (.wh..wh.plnk/..., .wh..wh.aufs): skipped
+        # like Docker's applyLayer.  (Hardlinks into .wh..wh.plnk are not resolved.)
+        return None
+    parent, _, base = path.rpartition("/")
+    if not base.startswith(WHITEOUT_PREFIX):
+        return h
+    if base == OPAQUE_MARKER:
+        return Entry(parent, OPAQUE, mtime=h.mtime)
+    if base.startswith(META_PREFIX):
+        return None
+    target = base[len(WHITEOUT_PREFIX):]
+    if target in ("", ".", ".."):
+        raise ImageFormatError(f"{blob}: whiteout {path!r} names no file")
+    return Entry(f"{parent}/{target}" if parent else target, WHITEOUT, mtime=h.mtime)
 
 
 # ----------------------------------------------------------------- sources
+class TempHolder:
+    """Owns a temp dir for as long as any layer source refers to it."""
+
+    def __init__(self):
+        self.path = tempfile.mkdtemp(prefix="thinp-load-")
+        self._fin = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def cleanup(self) -> None:
+        self._fin()
+
+
 class BlobSource:
     """Where a layer blob's bytes live.  ``open()`` returns a fresh reader."""
 
@@ -230,11 +234,27 @@ class Layer:
 
     @classmethod
     def from_entries(cls, items: Iterable[tuple[Entry, bytes | BinaryIO | None]],
-                     **kw) -> "Layer":
-        """Build an in-memory layer from ``(Entry, content)`` pairs."""
-        buf = io.BytesIO()
-        write_tar(items, buf)
-        return cls.from_bytes(buf.getvalue(), **kw).scan()
+                     path: str | os.PathLike | None = None, **kw) -> "Layer":
+        """Build a layer from ``(Entry, content)`` pairs (a driver's diff).
+
+        In memory, or streamed to the file ``path`` (written under a temporary
+        name and renamed, so a failure leaves no partial layer).
+        """
+        if path is None:
+            buf = io.BytesIO()
+            write_tar(items, buf)
+            return cls.from_bytes(buf.getvalue(), **kw).scan()
+        path = os.fspath(path)
+        tmp = path + ".partial"
+        try:
+            with open(tmp, "wb") as f:
+                write_tar(items, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return cls.from_path(path, **kw).scan()
 
     # identities ------------------------------------------------------------
     @property
@@ -275,40 +295,45 @@ class Layer:
         inp = None
         try:
             blob_hasher = hashlib.sha256() if (verify and self.blob_digest) else None
-            reader, counter = ts.open_blob(raw, self.name, max_ratio=self.max_ratio,
-                                           blob_hasher=blob_hasher)
-            inp = ts.HashingInput(reader, self.name, hash_data=verify or self._diff_id is None)
+            inp, counter = ts.open_input(raw, self.name, hash_data=verify or self._diff_id is None,
+                                         max_ratio=self.max_ratio, blob_hasher=blob_hasher)
             size = 0
             nr = 0
             for header, stream in ts.iter_tar(inp):
-                entry = Entry._from_header(header, self.name)
+                entry = _classify(header, self.name)
                 nr += 1
                 if entry is None:
                     continue
                 if entry.kind == FILE:
                     size += entry.size
                 yield entry, stream
-            # drain any compressed trailer so blob digest/size cover the blob
-            while counter.read(ts.CHUNK_BYTES):
-                pass
-            if inp.hasher is not None:
-                got = "sha256:" + inp.hexdigest()
+            if counter is not None:
+                # drain any compressed trailer so blob digest/size cover the blob
+                while counter.read(ts.CHUNK_BYTES):
+                    pass
+                compressed = counter.nr_bytes
+                self.compression = "compressed"
+            else:
+                compressed = inp.nr_bytes
+                self.compression = "none"
+            got = "sha256:" + inp.hexdigest() if inp.hasher is not None else None
+            if got is not None:
                 if self._diff_id is None:
                     self._diff_id = got
                 elif got != self._diff_id:
                     raise ImageFormatError(
                         f"{self.name}: DiffID mismatch: config says {self._diff_id}, "
                         f"uncompressed tar hashes to {got}")
-            compressed = counter.nr_bytes
             if verify and self.blob_size is not None and compressed != self.blob_size:
                 raise ImageFormatError(
                     f"{self.name}: declared size {self.blob_size} does not match "
                     f"blob size {compressed}")
             if blob_hasher is not None:
-                got = "sha256:" + blob_hasher.hexdigest()
-                if got != self.blob_digest:
+                # a plain tar's blob digest is its DiffID
+                blob_got = "sha256:" + blob_hasher.hexdigest() if counter is not None else got
+                if blob_got != self.blob_digest:
                     raise ImageFormatError(
-                        f"{self.name}: digest mismatch: expected {self.blob_digest}, got {got}")
+                        f"{self.name}: digest mismatch: expected {self.blob_digest}, got {blob_got}")
             self.size, self.tar_size, self.nr_entries = size, inp.nr_bytes, nr
             if self.blob_size is None:
                 self.blob_size = compressed
@@ -331,7 +356,7 @@ class Layer:
                     reader, _ = ts.open_blob(inner, self.name, max_ratio=self.max_ratio)
                     inp = ts.HashingInput(reader, self.name, hash_data=False)
                     for header, stream in ts.iter_tar(inp):
-                        entry = Entry._from_header(header, self.name)
+                        entry = _classify(header, self.name)
                         if entry is not None:
                             yield entry, stream
                 finally:
@@ -340,7 +365,7 @@ class Layer:
             inp = ts.HashingInput(raw, self.name, hash_data=False, size_bytes=size_bytes)
             inp.buf, inp.nr_bytes = head, len(head)
             for header, stream in ts.iter_tar(inp):
-                entry = Entry._from_header(header, self.name)
+                entry = _classify(header, self.name)
                 if entry is not None:
                     yield entry, stream
         finally:

@@ -103,33 +103,40 @@ class RootFS:
             self.children.setdefault(path, set())
 
     def _remove(self, path: str) -> None:
+        """Remove ``path`` and its whole subtree (iteratively: trees may be deep)."""
         self._generation += 1
-        node = self.nodes.pop(path)
-        if node.kind == DIR:
-            for name in self.children.pop(path, ()):
-                self._remove_sub(f"{path}/{name}")
         parent, _, name = path.rpartition("/")
         self.children[parent].discard(name)
-
-    def _remove_sub(self, path: str) -> None:
-        node = self.nodes.pop(path)
-        if node.kind == DIR:
-            for name in self.children.pop(path, ()):
-                self._remove_sub(f"{path}/{name}")
+        stack = [path]
+        while stack:
+            p = stack.pop()
+            node = self.nodes.pop(p)
+            if node.kind == DIR:
+                for child in self.children.pop(p, ()):
+                    stack.append(f"{p}/{child}")
 
     def _remove_lower(self, path: str, added: set) -> None:
-        """Remove ``path``'s subtree except what the current layer wrote."""
-        node = self.nodes.get(path)
-        if node is None:
+        """Remove ``path``'s subtree except what the current layer wrote.
+
+        A directory that keeps children written by this layer stays.
+        """
+        if path not in self.nodes:
             return
-        if node.kind == DIR:
-            for name in list(self.children.get(path, ())):
-                self._remove_lower(f"{path}/{name}", added)
-        if path in added:
-            return
-        if node.kind == DIR and self.children.get(path):
-            return   # keeps children this layer added
-        self._remove(path)
+        # post-order without recursion: children before their parent
+        order = []
+        stack = [path]
+        while stack:
+            p = stack.pop()
+            order.append(p)
+            if self.nodes[p].kind == DIR:
+                stack.extend(f"{p}/{c}" for c in self.children.get(p, ()))
+        for p in reversed(order):
+            node = self.nodes.get(p)
+            if node is None or p in added:
+                continue
+            if node.kind == DIR and self.children.get(p):
+                continue
+            self._remove(p)
 
     def _resolve_dir(self, path: str, blob: str, what: str, layer: int, added: set,
                      create: bool | None) -> str | None:

@@ -240,9 +240,7 @@ class ImageStore:
         images = archive.load(path, **kw)
         if self.root is not None:
             images = self._ingest(images)
-        for img in images:
-            self.add(img)
-        return images
+        return [self.add(img) for img in images]
 
     def _ingest(self, images: list[Image]) -> list[Image]:
         layers_dir = os.path.join(self.root, "layers")

@@ -28,6 +28,7 @@ import gzip
 import hashlib
 import io
 import os
+import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_MAX_RATIO",
     "BOMB_FLOOR_BYTES",
     "TarHeader",
+    "Entry",
     "DataStream",
     "HashingInput",
     "open_blob",
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 CHUNK_BYTES = 1 << 20
+SEEK_CHUNK_BYTES = 16 << 10
 BLOCK = 512
 # A layer may expand at most this many times its compressed size ...
 DEFAULT_MAX_RATIO = 200
@@ -152,6 +155,55 @@ def open_blob(raw: BinaryIO, name: str, *, max_ratio: float = DEFAULT_MAX_RATIO,
     return _Decompressed(inner, counter, name, max_ratio), counter
 
 
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``raw``."""
+
+    def __init__(self, head: bytes, raw: BinaryIO):
+        self.head, self.raw = head, raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self.head:
+            n = min(len(b), len(self.head))
+            b[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        data = self.raw.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+def _read_head(raw: BinaryIO, n: int) -> bytes:
+    head = b""
+    while len(head) < n:
+        more = raw.read(n - len(head))
+        if not more:
+            break
+        head += more
+    return head
+
+
+def open_input(raw: BinaryIO, name: str, *, hash_data: bool, max_ratio: float = DEFAULT_MAX_RATIO,
+               blob_hasher=None) -> tuple["HashingInput", "_CountingRaw | None"]:
+    """A ``HashingInput`` over the uncompressed tar in ``raw``.
+
+    For a plain tar the blob *is* the tar: no wrapper, no second hash (the
+    blob digest equals the DiffID) and the second item is ``None``.  For
+    gzip/zstd the second item counts (and ``blob_hasher`` hashes) the
+    compressed bytes.
+    """
+    head = _read_head(raw, 4)
+    if sniff_compression(head) == "none":
+        inp = HashingInput(raw, name, hash_data=hash_data or blob_hasher is not None)
+        inp.prime(head)
+        return inp, None
+    reader, counter = open_blob(_Prefixed(head, raw), name, max_ratio=max_ratio,
+                                blob_hasher=blob_hasher)
+    return HashingInput(reader, name, hash_data=hash_data), counter
+
+
 class HashingInput:
     """Chunked reader over the uncompressed tar that hashes every byte once.
 
@@ -166,6 +218,8 @@ class HashingInput:
         self.hasher = hashlib.sha256() if hash_data else None
         self.seek_ok = not hash_data and size_bytes is not None
         self.size_bytes = size_bytes
+        # when seeking over data, small reads touch little more than the headers
+        self.chunk_bytes = SEEK_CHUNK_BYTES if self.seek_ok else CHUNK_BYTES
         self.buf = b""
         self.pos = 0
         self.nr_bytes = 0   # bytes consumed from raw so far
@@ -174,7 +228,7 @@ class HashingInput:
     def _fill(self) -> bool:
         if self.eof:
             return False
-        chunk = self.raw.read(CHUNK_BYTES)
+        chunk = self.raw.read(self.chunk_bytes)
         if not chunk:
             self.eof = True
             return False
@@ -185,6 +239,15 @@ class HashingInput:
         self.buf = rest + chunk if rest else chunk
         self.pos = 0
         return True
+
+    def prime(self, head: bytes) -> None:
+        """Feed bytes already read from ``raw`` (a sniffed header)."""
+        if head:
+            if self.hasher is not None:
+                self.hasher.update(head)
+            self.nr_bytes += len(head)
+            self.buf = self.buf[self.pos:] + head
+            self.pos = 0
 
     def read_exact(self, n: int, what: str) -> bytes:
         while len(self.buf) - self.pos < n:
@@ -210,7 +273,7 @@ class HashingInput:
         if n <= avail:
             self.pos += n
             return
-        if self.seek_ok and n - avail > CHUNK_BYTES:
+        if self.seek_ok:
             jump = n - avail
             if self.nr_bytes + jump > self.size_bytes:
                 raise ImageFormatError(
@@ -243,8 +306,15 @@ class HashingInput:
         pass
 
 
-class DataStream(io.RawIOBase):
-    """The content of one regular-file entry; valid until the next entry."""
+class DataStream:
+    """The content of one regular-file entry; valid until the next entry.
+
+    A minimal binary reader (``read``, ``readinto``, ``readable``, ``close``):
+    a plain object, because an ``io`` subclass costs more to create and
+    destroy than parsing the header it belongs to.
+    """
+
+    __slots__ = ("_inp", "remaining", "entry_name")
 
     def __init__(self, inp: HashingInput, size: int, name: str):
         self._inp = inp
@@ -253,6 +323,15 @@ class DataStream(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "DataStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
     def read(self, n: int = -1) -> bytes:
         if self.remaining <= 0:
@@ -293,24 +372,34 @@ class DataStream(io.RawIOBase):
 
 
 @dataclass(slots=True)
-class TarHeader:
-    """One tar member, after PAX/GNU extensions are folded in."""
+class Entry:
+    """One change in a layer; see ``thinp.image.layer`` for the kinds."""
 
-    name: str                 # normalised: no leading "./" or "/", no trailing "/"
-    kind: str                 # file dir symlink hardlink char block fifo
-    mode: int
-    uid: int
-    gid: int
-    mtime: float
-    size: int                 # content bytes (regular files only, else 0)
+    path: str                 # normalised: no leading "./" or "/", no trailing "/"; root is ""
+    kind: str                 # file dir symlink hardlink char block fifo (whiteout opaque)
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime: float = 0
+    size: int = 0             # content bytes (regular files only, else 0)
     linkname: str = ""        # symlink target verbatim; hardlink target normalised
     devmajor: int = 0
     devminor: int = 0
     xattrs: dict = field(default_factory=dict)   # name -> bytes
 
 
+TarHeader = Entry   # what iter_tar yields, before whiteout names are interpreted
+
+_HDR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
+
+
+PATH_MAX = 4096   # Linux's limit; no real layer has a longer name or link target
+
+
 def normalize_member_name(raw: str, blob: str, what: str = "entry") -> str:
     """Strip ``./`` and trailing ``/``; reject absolute paths and ``..``."""
+    if len(raw) > PATH_MAX:
+        raise ImageFormatError(f"{blob}: {what} name of {len(raw)} characters is longer than PATH_MAX")
     if "\x00" in raw:
         raise ImageFormatError(f"{blob}: {what} name {raw!r} contains NUL")
     if raw.startswith("/"):
@@ -364,7 +453,8 @@ def _num_slow(field_bytes: bytes, blob: str, what: str) -> int:
 def _bytesum(b: bytes) -> int:
     """Sum of 512 bytes.  adler32's low half is 1 + sum mod 65521, and 256
     bytes sum to at most 65280, so two halves give the exact sum, fast."""
-    return (zlib.adler32(b[:256]) & 0xFFFF) + (zlib.adler32(b[256:]) & 0xFFFF) - 2
+    mv = memoryview(b)
+    return (zlib.adler32(mv[:256]) & 0xFFFF) + (zlib.adler32(mv[256:]) & 0xFFFF) - 2
 
 
 def _str(field_bytes: bytes) -> str:
@@ -450,16 +540,23 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
                 raise ImageFormatError(f"{blob}: extended header with no entry before end of archive")
             inp.drain()
             return
-        stored = _num(hdr[148:156], blob, "checksum")
-        unsigned = _bytesum(hdr) - sum(hdr[148:156]) + 256
+        (name_b, mode_b, uid_b, gid_b, size_b, mtime_b, chk_b, typeflag, link_b, magic,
+         _version, _uname, _gname, dmaj_b, dmin_b, prefix_b) = _HDR.unpack(hdr)
+        try:   # fast path: plain octal fields; anything else takes _num's careful path
+            stored = int(chk_b.strip(b" \x00"), 8)
+            size = int(size_b.strip(b" \x00") or b"0", 8)
+            if stored < 0 or size < 0:
+                raise ValueError
+        except ValueError:
+            stored = _num(chk_b, blob, "checksum")
+            size = _num(size_b, blob, "size")
+        unsigned = _bytesum(hdr) - sum(chk_b) + 256
         if stored != unsigned:
             signed = sum(b - 256 if b > 127 else b for b in hdr[:148]) + 256 + \
                 sum(b - 256 if b > 127 else b for b in hdr[156:])
             if stored != signed:
                 raise ImageFormatError(
                     f"{blob}: bad tar header checksum at entry {index} (stored {stored}, computed {unsigned})")
-        typeflag = hdr[156:157]
-        size = _num(hdr[124:136], blob, "size")
         if typeflag in (b"x", b"g", b"L", b"K"):
             if size > _MAX_META_BYTES:
                 raise ImageFormatError(f"{blob}: extended header of {size} bytes at entry {index} is too large")
@@ -481,30 +578,45 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
             raise ImageFormatError(
                 f"{blob}: unsupported tar entry type {typeflag!r} at entry {index}")
         ext = {**global_pax, **pax} if global_pax else pax
-        magic = hdr[257:263]
         if longname is not None:
             raw_name = longname.decode("utf-8", "surrogateescape")
         elif "path" in ext:
             raw_name = ext["path"].decode("utf-8", "surrogateescape")
         else:
-            raw_name = _str(hdr[0:100])
-            if magic == b"ustar\x00" and hdr[345] != 0:
-                raw_name = _str(hdr[345:500]) + "/" + raw_name
+            raw_name = _str(name_b)
+            if magic == b"ustar\x00" and prefix_b[0] != 0:
+                raw_name = _str(prefix_b) + "/" + raw_name
         if longlink is not None:
             linkname = longlink.decode("utf-8", "surrogateescape")
         elif "linkpath" in ext:
             linkname = ext["linkpath"].decode("utf-8", "surrogateescape")
         elif typeflag == b"1" or typeflag == b"2":
-            linkname = _str(hdr[157:257])
+            linkname = _str(link_b)
         else:
             linkname = ""
         if "size" in ext:
             size = _pax_int(ext["size"], blob, "size")
         if ext and any(k.startswith("GNU.sparse") for k in ext):
             raise ImageFormatError(f"{blob}: sparse tar entries are not supported ({raw_name!r})")
-        uid = _pax_int(ext["uid"], blob, "uid") if "uid" in ext else _num(hdr[108:116], blob, "uid")
-        gid = _pax_int(ext["gid"], blob, "gid") if "gid" in ext else _num(hdr[116:124], blob, "gid")
-        mtime = _pax_float(ext["mtime"], blob, "mtime") if "mtime" in ext else _num(hdr[136:148], blob, "mtime")
+        try:
+            mode = int(mode_b.strip(b" \x00") or b"0", 8)
+            uid = int(uid_b.strip(b" \x00") or b"0", 8)
+            gid = int(gid_b.strip(b" \x00") or b"0", 8)
+            mtime = int(mtime_b.strip(b" \x00") or b"0", 8)
+            if mode < 0 or uid < 0 or gid < 0 or mtime < 0:
+                raise ValueError
+        except ValueError:
+            mode = _num(mode_b, blob, "mode")
+            uid = _num(uid_b, blob, "uid")
+            gid = _num(gid_b, blob, "gid")
+            mtime = _num(mtime_b, blob, "mtime")
+        if ext:
+            if "uid" in ext:
+                uid = _pax_int(ext["uid"], blob, "uid")
+            if "gid" in ext:
+                gid = _pax_int(ext["gid"], blob, "gid")
+            if "mtime" in ext:
+                mtime = _pax_float(ext["mtime"], blob, "mtime")
         xattrs = {}
         if ext:
             for k, v in ext.items():
@@ -524,15 +636,16 @@ def iter_tar(inp: HashingInput) -> Iterator[tuple[TarHeader, DataStream | None]]
                 raise ImageFormatError(f"{blob}: symlink {name!r} has an empty target")
             if "\x00" in linkname:
                 raise ImageFormatError(f"{blob}: symlink {name!r} target contains NUL")
-        th = TarHeader(
-            name=name, kind=kind, mode=_num(hdr[100:108], blob, "mode") & 0o7777,
-            uid=uid, gid=gid, mtime=mtime, size=size if kind == FILE else 0,
-            linkname=linkname if kind in (SYMLINK, HARDLINK) else "",
-            devmajor=_num(hdr[329:337], blob, "devmajor") if kind in (CHAR, BLOCKDEV) else 0,
-            devminor=_num(hdr[337:345], blob, "devminor") if kind in (CHAR, BLOCKDEV) else 0,
-            xattrs=xattrs,
-        )
-        pax = {}
+            if len(linkname) > PATH_MAX:
+                raise ImageFormatError(f"{blob}: symlink {name!r} target is longer than PATH_MAX")
+        if kind == CHAR or kind == BLOCKDEV:
+            th = Entry(name, kind, mode & 0o7777, uid, gid, mtime, 0, "",
+                       _num(dmaj_b, blob, "devmajor"), _num(dmin_b, blob, "devminor"), xattrs)
+        else:
+            th = Entry(name, kind, mode & 0o7777, uid, gid, mtime, size if kind == FILE else 0,
+                       linkname, 0, 0, xattrs)
+        if pax:
+            pax = {}
         longname = longlink = None
         index += 1
         if kind == FILE:

@@ -139,9 +139,12 @@ class Metadata:
             raise errors.PoolBusyError(f"{path}: pool is open read-write by another process") from None
 
     def _map(self, nr_blocks: int) -> None:
-        prot = mmap.PROT_READ if self.read_only else mmap.PROT_READ | mmap.PROT_WRITE
-        self.mm = mmap.mmap(self.fd, nr_blocks * METADATA_BLOCK_SIZE, mmap.MAP_SHARED, prot)
-        arr = np.frombuffer(self.mm, dtype=np.uint64) if not self.read_only else np.frombuffer(self.mm, dtype=np.uint64)
+        # Read-only opens map privately but writable: the kernels are compiled
+        # for writable arrays (numba cannot type a store into a readonly one),
+        # and a private mapping can never reach the file.
+        flags = mmap.MAP_PRIVATE if self.read_only else mmap.MAP_SHARED
+        self.mm = mmap.mmap(self.fd, nr_blocks * METADATA_BLOCK_SIZE, flags, mmap.PROT_READ | mmap.PROT_WRITE)
+        arr = np.frombuffer(self.mm, dtype=np.uint64)
         self.meta = arr.reshape(nr_blocks, K.NODE_ENTRIES)
 
     def close(self) -> None:
@@ -602,8 +605,10 @@ class Metadata:
         if check_trees:
             self._validate_trees(mrc, drc)
         self._build_space(mrc, drc)
-        self.mdirty_prev = np.zeros_like(self.sp.mdirty)
-        self.ddirty_prev = np.zeros_like(self.sp.ddirty)
+        # The first commit writes the other copy, which is stale wherever the
+        # last committed transaction changed a page: mark those as changed.
+        self.mdirty_prev = _pages_out_of_step(self.meta, sb.msm_start, sb.msm_pages)
+        self.ddirty_prev = _pages_out_of_step(self.meta, sb.dsm_start, sb.dsm_pages)
 
     def _check_block(self, b: int, crc: int, what: str, csum_word: int, magic: int) -> None:
         m = self.meta
@@ -698,6 +703,18 @@ class Metadata:
             n = _count_mapped(m=self.meta, root=root, levels=int(dv.levels[s]))
             if n != int(dv.mapped[s]):
                 raise _corrupt(f"device {int(dv.dev_id[s])}: record says {int(dv.mapped[s])} mapped blocks, tree has {n}")
+
+
+def _pages_out_of_step(meta: np.ndarray, start: int, pages: int) -> np.ndarray:
+    """1 for each space-map page whose two copies differ (ignoring word 0,
+    the checksum, which is seeded with the block number)."""
+    out = np.zeros(pages, dtype=np.uint8)
+    for lo in range(0, pages, 1024):
+        hi = min(pages, lo + 1024)
+        copy0 = meta[start + 2 * lo:start + 2 * hi:2, 1:]
+        copy1 = meta[start + 2 * lo + 1:start + 2 * hi:2, 1:]
+        out[lo:hi] = (copy0 != copy1).any(axis=1)
+    return out
 
 
 def _count_mapped(m, root, levels):

@@ -278,8 +278,9 @@ class ThinPool:
             self._md.close()
             raise errors.MetadataCorruptError(f"{dpath}: {have} bytes, but the pool has {want} bytes of data blocks")
         if self.payload:
-            prot = mmap.PROT_READ if self.read_only else mmap.PROT_READ | mmap.PROT_WRITE
-            self._data_mm = mmap.mmap(self._data_fd, want, mmap.MAP_SHARED, prot)
+            # private when read-only: see Metadata._map
+            flags = mmap.MAP_PRIVATE if self.read_only else mmap.MAP_SHARED
+            self._data_mm = mmap.mmap(self._data_fd, want, flags, mmap.PROT_READ | mmap.PROT_WRITE)
             self._data = np.frombuffer(self._data_mm, dtype=np.uint8)
 
     def close(self) -> None:
@@ -466,6 +467,13 @@ class ThinPool:
         self._check_writable()
         dev_id = self._check_id(dev_id)
         s = self._slot(dev_id)
+        # Queued requests name device slots: deleting the device under them
+        # would run them later against a free slot, or a new device reusing
+        # it.  dm-thin refuses to delete an open device (EBUSY).
+        waiting = sum(int(np.count_nonzero(q[0][q[4]:] == s)) for q in self._queue)
+        if waiting:
+            raise errors.PoolBusyError(f"thin device {dev_id} has {waiting} requests queued for data space; "
+                                       "grow the pool (resize_data) before deleting it")
         md = self._md
         dv = md.dv
         root = int(dv.root[s])
@@ -735,7 +743,12 @@ class ThinPool:
                 return None
             start, start_vb = int(out[1]), int(out[2])
             if r == TK.R_NEED_COMMIT:
-                self.commit()
+                if self.read_only:
+                    # only reads run here, so only the commit interval can
+                    # ask, and a read-only pool has nothing to commit
+                    md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+                else:
+                    self.commit()
                 continue
             if r == TK.R_NO_DATA:
                 return start, start_vb
@@ -791,11 +804,15 @@ class ThinPool:
         self._drain_queue()
 
     # --------------------------------------------------------------- status
-    def status(self) -> PoolStatus:
+    def status(self, *, observer: bool = False) -> PoolStatus:
+        """The pool's status.  A pool opened read-only reports ``ro``, as a dm
+        pool with the ``read_only`` feature does; ``observer=True`` reports
+        the mode the pool itself is in (what ``thinp pool status`` shows
+        after opening read-only just to look)."""
         self._check_open()
         md = self._md
         sp, sb = md.sp, md.sb
-        if self._failed or (sb.flags & FLAG_NEEDS_CHECK):
+        if self._failed or (sb.flags & FLAG_NEEDS_CHECK) or (self.read_only and not observer):
             mode = "ro"
         elif sp.scal[TK.S_OODS] or self._queue:
             mode = "out_of_data_space"

@@ -1,0 +1,324 @@
+"""devicemapper: Docker's loop-lvm thin pool, one filesystem per thin device.
+
+Layout under ``root``: ``devicemapper/data`` and ``devicemapper/metadata``,
+the two sparse files of a :class:`thinp.ThinPool` (the loop-lvm files Docker
+kept in ``/var/lib/docker/devicemapper/devicemapper/``).
+
+* The pool has Docker's loop-lvm defaults: 100 GiB data, 2 GiB metadata,
+  64 KiB blocks, low water mark 32,768 blocks, ``skip_block_zeroing``;
+  accounting mode unless ``payload=True``; ``sync=False``.
+* The base device (thin id 1) is 10 GiB (``basesize``) formatted xfs
+  (``fs="ext4"`` uses Docker's ``-E nodiscard,lazy_itable_init=0,
+  lazy_journal_init=0``).  A layer with no parent is a snapshot of it.
+* ``create(id, parent)`` is ``create_snap`` of the parent's device; the new
+  device's filesystem starts as a clone of the parent's state
+  (:meth:`thinp.fs.Filesystem.clone`), since the snapshot shares its blocks.
+  A container is ``<id>-init`` plus a read-write snapshot of that (the
+  engine creates both, as Docker's layer store does).
+* ``dm.min_free_space`` (10%): a create that would start with less free
+  data or metadata space than that fails with Docker's message.
+* ``remove`` discards the whole device first (``dm.blkdiscard``, default
+  on), then deletes it.
+* ``changes``/``diff`` mount the layer and its parent and walk both whole
+  trees (:mod:`._treediff`), so their cost grows with the image, not with the
+  change: ``diff_work`` counts it.
+
+Options may be given as ``dm.basesize="20G"`` or ``basesize="20G"``:
+``basesize``, ``fs``, ``loopdatasize``, ``loopmetadatasize``, ``blocksize``,
+``min_free_space``, ``blkdiscard``, ``payload``, ``page_cache_bytes``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+
+from .. import errors
+from ..units import parse_size
+from . import _treediff as td
+from ._fsview import FsView, fs_totals
+from .base import Capabilities, Driver, Usage, empty_stats, register
+from .pagecache import PageCache
+
+BASE_ID = 1
+DOCKER_MKFS_EXT4 = dict(nodiscard=True, lazy_itable_init=False, lazy_journal_init=False)
+
+
+class _Dev:
+    __slots__ = ("id", "thin_id", "parent", "fs", "mounts", "view", "read_write", "children")
+
+    def __init__(self, id, thin_id, parent, fs, read_write):
+        self.id, self.thin_id, self.parent, self.fs = id, thin_id, parent, fs
+        self.mounts = 0
+        self.view = None
+        self.read_write = read_write
+        self.children = 0
+
+
+def _options(options: dict) -> dict:
+    out = {}
+    for k, v in options.items():
+        k2 = k[3:] if k.startswith("dm.") else k
+        out[k2.lower()] = v
+    return out
+
+
+def _percent(v) -> float:
+    if isinstance(v, str):
+        v = v.strip().rstrip("%")
+    f = float(v)
+    if not 0 <= f <= 99:
+        raise ValueError(f"dm.min_free_space {v!r} must be a percentage in 0..99")
+    return f
+
+
+@register
+class DeviceMapperDriver(Driver):
+    name = "devicemapper"
+
+    def __init__(self, root=None, **options):
+        from ..thin import ThinPool
+
+        opts = _options(options)
+        known = {"basesize", "fs", "loopdatasize", "loopmetadatasize", "blocksize", "min_free_space",
+                 "blkdiscard", "payload", "page_cache_bytes", "mkfsarg"}
+        bad = sorted(set(opts) - known)
+        if bad:
+            raise ValueError(f"devicemapper: unknown option(s) {bad}; known: {sorted(known)}")
+        self._tmp = None
+        if root is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="thinp-dm-")
+            root = self._tmp.name
+        self.root = os.fspath(root)
+        self.fstype = opts.get("fs", "xfs")
+        if self.fstype not in ("xfs", "ext4"):
+            raise ValueError(f"devicemapper: fs {self.fstype!r} must be 'xfs' or 'ext4'")
+        self.base_size = parse_size(opts.get("basesize", "10G"), what="dm.basesize")
+        self.min_free_percent = _percent(opts.get("min_free_space", "10%"))
+        self.blkdiscard = bool(opts.get("blkdiscard", True))
+        payload = bool(opts.get("payload", False))
+        self.pool_dir = os.path.join(self.root, "devicemapper")
+        self.pool = ThinPool.create(
+            self.pool_dir, opts.get("loopdatasize", "100G"), block_size=opts.get("blocksize", "64KiB"),
+            metadata_size=opts.get("loopmetadatasize", "2G"), low_water_mark=32768,
+            skip_block_zeroing=True, payload=payload, sync=False)
+        self.page_cache = PageCache(opts.get("page_cache_bytes"))
+        self._devs: dict[str, _Dev] = {}
+        self._next_thin = BASE_ID + 1
+        self._counters = {"mount_ops": 0, "create_ops": 0, "diff_work": 0}
+        self._closed = False
+        from ..fs import mkfs
+
+        base = self.pool.create_thin(BASE_ID, self.base_size)
+        fsopts = DOCKER_MKFS_EXT4 if self.fstype == "ext4" else {}
+        self._base_fs = mkfs(base, self.fstype, **fsopts)
+        self._base_fs.sync()
+
+    # ------------------------------------------------------------ helpers
+    def _dev(self, id) -> _Dev:
+        try:
+            return self._devs[id]
+        except KeyError:
+            raise errors.DeviceNotFoundError(f"devmapper: layer {id!r} does not exist") from None
+
+    def _check_free_space(self) -> None:
+        st = self.pool.status()
+        p = self.min_free_percent
+        min_data = max(1, st.total_data_blocks * p // 100) if p else 0
+        free_data = st.total_data_blocks - st.used_data_blocks
+        if free_data < min_data:
+            raise errors.NoSpaceError(
+                f"devmapper: Thin Pool has {free_data} free data blocks which is less than minimum required "
+                f"{int(min_data)} free data blocks. Create more free space in thin pool or use "
+                f"dm.min_free_space option to change behavior")
+        min_meta = max(1, st.total_metadata_blocks * p // 100) if p else 0
+        free_meta = st.total_metadata_blocks - st.used_metadata_blocks
+        if free_meta < min_meta:
+            raise errors.NoSpaceError(
+                f"devmapper: Thin Pool has {free_meta} free metadata blocks which is less than minimum "
+                f"required {int(min_meta)} free metadata blocks. Create more free metadata space in thin "
+                f"pool or use dm.min_free_space option to change behavior")
+
+    def _on_read(self, dev: _Dev):
+        cache = self.page_cache
+
+        def hook(node, offset, nbytes):
+            cache.read((dev.thin_id, node.ino), nbytes, offset)
+        return hook
+
+    def _rw_view(self, dev: _Dev) -> FsView:
+        return FsView(dev.fs, read_only=False, on_read=self._on_read(dev))
+
+    # ------------------------------------------------------------ lifecycle
+    def create(self, id, parent=None, *, read_write=False, **opts):
+        if id in self._devs:
+            raise errors.DeviceExistsError(f"devmapper: layer {id!r} already exists")
+        pdev = self._dev(parent) if parent is not None else None
+        self._check_free_space()
+        thin_id = self._next_thin
+        origin = pdev.thin_id if pdev is not None else BASE_ID
+        origin_fs = pdev.fs if pdev is not None else self._base_fs
+        origin_fs.sync()   # a snapshot of an active device is taken after a flush
+        device = self.pool.create_snap(thin_id, origin)
+        self._next_thin += 1
+        try:
+            fs = origin_fs.clone(device)
+        except BaseException:
+            self.pool.delete(thin_id)
+            raise
+        self._devs[id] = _Dev(id, thin_id, parent, fs, bool(read_write))
+        if pdev is not None:
+            pdev.children += 1
+        self._counters["create_ops"] += 1
+
+    def remove(self, id):
+        dev = self._dev(id)
+        if dev.mounts:
+            raise OSError(errno.EBUSY, f"devmapper: layer {id} is mounted ({dev.mounts} users)", id)
+        if dev.children:
+            raise OSError(errno.EBUSY, f"devmapper: layer {id} has {dev.children} child layer(s)", id)
+        thin = self.pool.device(dev.thin_id)
+        if self.blkdiscard:
+            thin.discard(0, thin.size)
+        self.pool.delete(dev.thin_id)
+        for key in [k for k in self.page_cache._pages if k[0][0] == dev.thin_id]:
+            del self.page_cache._pages[key]
+        del self._devs[id]
+        if dev.parent is not None:
+            self._devs[dev.parent].children -= 1
+
+    def get(self, id):
+        dev = self._dev(id)
+        if dev.mounts == 0:
+            dev.view = FsView(dev.fs, read_only=not dev.read_write, on_read=self._on_read(dev))
+            self._counters["mount_ops"] += 1
+        dev.mounts += 1
+        return dev.view
+
+    def put(self, id):
+        dev = self._dev(id)
+        if dev.mounts == 0:
+            raise OSError(errno.EINVAL, f"devmapper: layer {id} is not mounted", id)
+        dev.mounts -= 1
+        if dev.mounts == 0:
+            dev.fs.sync()   # umount writes back and commits
+            dev.view = None
+
+    def exists(self, id):
+        return id in self._devs
+
+    def list_layers(self):
+        return list(self._devs)
+
+    def parent(self, id):
+        return self._dev(id).parent
+
+    def cleanup(self):
+        if self._closed:
+            return
+        for dev in self._devs.values():
+            dev.fs.sync()
+            dev.mounts = 0
+            dev.view = None
+        self.pool.close()
+        self._closed = True
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __del__(self):
+        try:
+            self.cleanup()
+        except Exception:
+            pass
+
+    # ------------------------------------------------------------ diffs
+    def _parent_view(self, parent):
+        if parent is None:
+            return None
+        return self._rw_view(self._dev(parent))
+
+    def changes(self, id, parent):
+        w = td.Work()
+        out = td.changes(self._rw_view(self._dev(id)), self._parent_view(parent), w)
+        self._counters["diff_work"] += w.total
+        return out
+
+    def diff(self, id, parent):
+        w = td.Work()
+        layer = td.diff(self._rw_view(self._dev(id)), self._parent_view(parent), w)
+        self._counters["diff_work"] += w.total
+        return layer
+
+    def apply_diff(self, id, parent, layer):
+        dev = self._dev(id)
+        n = td.apply_diff(self._rw_view(dev), layer)
+        dev.fs.sync()
+        return n
+
+    # ------------------------------------------------------------ reporting
+    def capabilities(self):
+        return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="device",
+                            copy_on_write="block", max_layers=None,
+                            extra={"block_size": self.pool.block_size, "fs": self.fstype})
+
+    def usage(self, id):
+        import numpy as np
+
+        dev = self._dev(id)
+        # blocks this device maps that its parent's device does not (the
+        # parent's blocks are shared with it by the snapshot)
+        _v, p, _t = self.pool.device(dev.thin_id).mapping()
+        origin = self._devs[dev.parent].thin_id if dev.parent is not None else BASE_ID
+        _v, q, _t = self.pool.device(origin).mapping()
+        excl = len(np.setdiff1d(p, q, assume_unique=True))
+        parent_inodes = len(self._devs[dev.parent].fs.inodes) if dev.parent is not None else len(self._base_fs.inodes)
+        return Usage(size=excl * self.pool.block_size, inodes=max(0, len(dev.fs.inodes) - parent_inodes))
+
+    def metadata(self, id):
+        dev = self._dev(id)
+        return {"DeviceId": str(dev.thin_id), "DeviceName": f"docker-thinp-{id}",
+                "DeviceSize": str(self.base_size)}
+
+    def status(self):
+        st = self.pool.status()
+        bs = self.pool.block_size
+        mb = 4096
+        return [
+            ("Storage Driver", self.name),
+            ("Pool Name", "docker-thinp-pool"),
+            ("Pool Blocksize", f"{bs // 1024} kB"),
+            ("Base Device Size", f"{self.base_size / 1e9:.1f} GB"),
+            ("Backing Filesystem", self.fstype),
+            ("Data file", os.path.join(self.pool_dir, "data")),
+            ("Metadata file", os.path.join(self.pool_dir, "metadata")),
+            ("Data Space Used", f"{st.used_data_blocks * bs / 1e9:.3f} GB"),
+            ("Data Space Total", f"{st.total_data_blocks * bs / 1e9:.1f} GB"),
+            ("Data Space Available", f"{(st.total_data_blocks - st.used_data_blocks) * bs / 1e9:.1f} GB"),
+            ("Metadata Space Used", f"{st.used_metadata_blocks * mb / 1e6:.1f} MB"),
+            ("Metadata Space Total", f"{st.total_metadata_blocks * mb / 1e9:.3f} GB"),
+            ("Metadata Space Available",
+             f"{(st.total_metadata_blocks - st.used_metadata_blocks) * mb / 1e9:.3f} GB"),
+            ("Thin Pool Minimum Free Space", f"{st.total_data_blocks * bs * self.min_free_percent / 100 / 1e9:.2f} GB"),
+            ("Data loop file", os.path.join(self.pool_dir, "data")),
+        ]
+
+    def stats(self):
+        st = self.pool.status()
+        c = st.counters
+        bs = self.pool.block_size
+        out = empty_stats()
+        out["physical_bytes"] = st.used_data_blocks * bs
+        out["metadata_bytes"] = st.used_metadata_blocks * 4096
+        out["bytes_written"] = c["bytes_written"] + c["bytes_copied"]
+        out["cow_bytes"] = c["bytes_copied"]
+        out["cow_count"] = c["nr_cow_copies"] + c["nr_cow_overwrites"]
+        logical = inodes = 0
+        for dev in self._devs.values():
+            i, b = fs_totals(dev.fs)
+            inodes += i
+            logical += b
+        out["logical_bytes"] = logical
+        out["inodes"] = inodes
+        out["page_cache_bytes"] = self.page_cache.cached_bytes
+        out.update(self._counters)
+        return out

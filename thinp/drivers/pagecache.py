@@ -1,0 +1,90 @@
+"""What containers' reads cost in memory: a page cache keyed the way each driver's
+kernel keys it.
+
+One :class:`PageCache` per driver.  Every read a mounted view serves calls
+``cache.read(key, nbytes, offset=0)`` and gets ``(hit_pages, miss_pages)``
+back.  ``key`` is any hashable the driver chooses; two reads share memory
+exactly when they use the same key and overlapping 4 KiB pages:
+
+===============================  ==============================================
+driver                           key (so what N containers reading one image
+                                 file cost)
+===============================  ==============================================
+aufs, overlay, overlay2, vfs*    the inode of the file in the branch that holds
+                                 it: ``("ino", ino)`` -- N containers share one
+                                 copy until a container copies the file up
+devicemapper                     ``(thin_id, ino)``: every container is its own
+                                 device, so N copies
+btrfs                            ``(subvolume_id, ino)``: a snapshot's inode is
+                                 another inode, so N copies
+zfs                              ``("record", record_id)`` with the record's
+                                 offset: the ARC caches physical blocks, so
+                                 clones share them (one copy)
+===============================  ==============================================
+
+(*vfs copies every file into every layer, so its keys differ per layer.)
+
+``capacity_bytes=None`` is unbounded (the cost of the working set); a size
+makes it an LRU that evicts the least recently used page.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+PAGE = 4096
+
+
+class PageCache:
+    """An LRU (or unbounded) cache of 4 KiB pages of driver-chosen keys."""
+
+    def __init__(self, capacity_bytes: int | None = None, page_size: int = PAGE):
+        if capacity_bytes is not None and capacity_bytes < 0:
+            raise ValueError(f"capacity_bytes {capacity_bytes} must be >= 0 or None")
+        self.page_size = int(page_size)
+        self.capacity_pages = None if capacity_bytes is None else int(capacity_bytes) // self.page_size
+        self._pages: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def read(self, key, nbytes: int, offset: int = 0) -> tuple[int, int]:
+        """Read ``nbytes`` at ``offset`` of object ``key``; returns (hit, miss) pages."""
+        if nbytes <= 0:
+            return 0, 0
+        ps = self.page_size
+        p0, p1 = offset // ps, (offset + nbytes + ps - 1) // ps
+        pages = self._pages
+        hit = miss = 0
+        lru = self.capacity_pages is not None
+        for p in range(p0, p1):
+            k = (key, p)
+            if k in pages:
+                hit += 1
+                if lru:
+                    pages.move_to_end(k)
+            else:
+                miss += 1
+                pages[k] = None
+        if lru:
+            while len(pages) > self.capacity_pages:
+                pages.popitem(last=False)
+                self.evictions += 1
+        self.hits += hit
+        self.misses += miss
+        return hit, miss
+
+    def drop(self, key) -> None:
+        """Forget every page of ``key`` (the file or device went away)."""
+        for k in [k for k in self._pages if k[0] == key]:
+            del self._pages[k]
+
+    def clear(self) -> None:
+        """``echo 1 > /proc/sys/vm/drop_caches``."""
+        self._pages.clear()
+
+    @property
+    def cached_bytes(self) -> int:
+        return len(self._pages) * self.page_size
+
+    def __len__(self) -> int:
+        return len(self._pages)
