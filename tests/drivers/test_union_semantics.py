@@ -384,7 +384,7 @@ def test_dive_image_applies_like_flatten(name, fixtures_dir):
 
 @pytest.mark.parametrize("fstype", ("ext4", "xfs"))
 def test_backing_filesystem_choice_and_payload_mode(fstype):
-    drv = make("overlay2", fstype=fstype, payload=True, size="256MiB")
+    drv = make("overlay2", fstype=fstype, payload=True, size="512MiB")
     assert drv.fs.fstype == fstype and drv.device.payload
     ids = image(drv, layer(("a", "file", 5000)))
     drv.create("c", ids[0], read_write=True)

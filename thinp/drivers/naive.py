@@ -374,6 +374,11 @@ class UnionView(MountedView):
         canon, stacks, bi, node = self._top(path)
         return self.fs.content(self._data_source(canon, stacks, bi, node))
 
+    def listxattr(self, path: str) -> list[str]:
+        canon, _s, bi, node = self._top(path, follow=False)
+        names = sorted(node.xattrs or ())
+        return [n for n in names if not n.startswith("trusted.overlay.")] if self.char_wh else names
+
     def getxattr(self, path: str, name: str) -> bytes:
         canon, _s, bi, node = self._top(path)
         if self.char_wh and name.startswith("trusted.overlay."):
@@ -840,6 +845,8 @@ def changes_to_layer(view, changes, *, opaque=()) -> "object":
         st = view.lstat(ch.path)
         kind = _entry_kind(st.st_mode)
         e = Entry(rel, kind, _stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime))
+        if hasattr(view, "listxattr") and kind != "symlink":
+            e.xattrs = {k: view.getxattr(ch.path, k) for k in view.listxattr(ch.path)}
         content = None
         if kind == "file":
             key = st.st_ino
@@ -1074,9 +1081,12 @@ class UnionDriver(Driver):
                 ("Layers", str(len(self.layers)))]
 
     def capabilities(self) -> Capabilities:
+        union = self.name != "vfs"
         return Capabilities(reproducible_diff=True, native_diff=self.native_diff, shares_page_cache="inode",
-                            copy_on_write="none" if self.flat_layers and self.name == "vfs" else "file",
-                            max_layers=None if self.max_depth is None else self.max_depth + 1)
+                            copy_on_write="file" if union else "none",
+                            max_layers=None if self.max_depth is None else self.max_depth + 1,
+                            dir_rename_exdev=union, breaks_lower_hardlinks=union,
+                            changes="upper" if self.native_diff else "naive")
 
     def _view(self, id: str | None, *, writable: bool = False):
         if id is None:
@@ -1127,8 +1137,9 @@ class UnionDriver(Driver):
                 in_lower = has_lower and lower.exists(path)
                 if _stat.S_ISDIR(node.mode):
                     lower_dir = in_lower and _stat.S_ISDIR(lower.lstat(path).st_mode)
-                    if not lower_dir:
-                        out[path] = "C" if in_lower else "A"
+                    # a directory in the branch is "A", or "C" when the lower has it (copied up,
+                    # maybe only to hold a change below, maybe chmod-ed: the walk cannot tell)
+                    out[path] = "C" if in_lower else "A"
                     stack.append((path, node, lower_dir))
                 else:
                     out[path] = "C" if in_lower else "A"
@@ -1153,16 +1164,6 @@ class UnionDriver(Driver):
         layer = changes_to_layer(view, changes, opaque=opaque)
         self._counters["diff_work"] += layer.size or 0
         return layer
-
-    def diff_size(self, id: str, parent: str | None) -> int:
-        view = self._view(id)
-        total = 0
-        for ch in self.changes(id, parent):
-            if ch.kind != "D":
-                st = view.lstat(ch.path)
-                if _stat.S_ISREG(st.st_mode):
-                    total += st.st_size
-        return total
 
     def apply_diff(self, id: str, parent: str | None, layer) -> int:
         """Untar ``layer`` into layer ``id`` (Docker's ``ApplyDiff``): into its
