@@ -56,7 +56,7 @@ import zlib
 import numpy as np
 
 from ..blockdev import PlainDevice
-from ..errors import DeviceExistsError, DeviceNotFoundError, NotSupportedError, TooManyLayersError
+from ..errors import DeviceExistsError, DeviceNotFoundError, TooManyLayersError
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats
 
 __all__ = ["UnionDriver", "UnionView", "naive_changes", "changes_to_layer", "apply_to_view", "content_bytes",

@@ -26,6 +26,7 @@ is made on a fresh temporary directory and unmounted by its own path in a
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import gzip
@@ -152,22 +153,13 @@ def overlay2_replay_calibration(fixtures=None, *, fstype: str = "ext4", driver: 
     view.rmdir("/tmp/debs")
     ours = upper_manifest(drv, "c")
     ref = _read_csv(ref_path)
-    mism = []
-    for p in sorted(set(ref) & set(ours)):
-        r, o = ref[p], ours[p]
-        want = (r["type"], r["size"] if r["type"] == "f" else 0, r["mode"], r["uid"], r["gid"],
-                r["target"] if r["type"] in "lc" else "", r["xattrs"])
-        got = (o["type"], o["size"], o["mode"], o["uid"], o["gid"], o["target"], tuple(sorted(o["xattrs"])))
-        if want != got:
-            mism.append((p, want, got))
+    cmp = _compare(ref, ours)
     top = drv._branches(drv._rec("c"))[0]
     du_kib = (sum(o["blocks"] for o in ours.values()) + drv.fs.lstat(top).st_blocks) // 2
     stats = drv.stats()
     drv.put("c")
     return {
-        "paths_expected": len(ref), "paths_matched": len(set(ref) & set(ours)) - len(mism),
-        "missing": sorted(set(ref) - set(ours)), "extra": sorted(set(ours) - set(ref)),
-        "mismatched": mism, "du_kib": du_kib, "kernel_du_kib": KERNEL_UPPER_DU_KIB,
+        **cmp, "du_kib": du_kib, "kernel_du_kib": KERNEL_UPPER_DU_KIB,
         "whiteouts": sum(1 for o in ours.values() if o["type"] == "c" and o["target"] == "0:0"),
         "opaque_dirs": sum(1 for o in ours.values() if "trusted.overlay.opaque" in o["xattrs"]),
         "replay": result, "nr_ops": len(trace.ops), "stats": stats,
@@ -346,15 +338,31 @@ def _umount(path: str) -> None:
     subprocess.run(["umount", path], capture_output=True)
 
 
-def _kernel_run(metacopy: bool) -> tuple[dict, dict]:
-    """Run the script on a real overlay mount on tmpfs; (observations, errors)."""
+@contextlib.contextmanager
+def _scratch(tmpfs_size: str):
+    """A fresh tmpfs on a new temporary directory; yields (base, mounted list).
+    Whatever is still in the list is unmounted by its own path on the way
+    out, newest first, and the directory removed."""
     base = tempfile.mkdtemp(prefix="thinp-ovl-")
-    mounted = []
+    mounted: list[str] = []
     try:
-        _mount(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", base])
+        _mount(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_size}", "tmpfs", base])
         mounted.append(base)
         for d in ("lower", "upper", "work", "merged"):
             os.mkdir(os.path.join(base, d))
+        yield base, mounted
+    finally:
+        for m in reversed(mounted):
+            _umount(m)
+        try:
+            os.rmdir(base)
+        except OSError:
+            pass
+
+
+def _kernel_run(metacopy: bool) -> tuple[dict, dict]:
+    """Run the script on a real overlay mount on tmpfs; (observations, errors)."""
+    with _scratch("64m") as (base, mounted):
         _lower_script(_RealTarget(os.path.join(base, "lower")))
         opts = f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work"
         if metacopy:
@@ -367,13 +375,6 @@ def _kernel_run(metacopy: bool) -> tuple[dict, dict]:
         _umount(merged)
         mounted.remove(merged)
         return _observe_real(os.path.join(base, "upper")), errs
-    finally:
-        for m in reversed(mounted):
-            _umount(m)
-        try:
-            os.rmdir(base)
-        except OSError:
-            pass
 
 
 def _sim_run(name: str, metacopy: bool) -> tuple[dict, dict, dict]:
@@ -553,49 +554,38 @@ def kernel_replay(fixtures=None) -> dict:
     trace = strace.read(fx / "workloads" / "dpkg-install-nginx.strace.gz")
     ref = _read_csv(fx / "workloads" / "dpkg-install-nginx.overlay-upper.csv.gz")
     rows = load_manifest(fx / "rootfs" / "debian-bookworm-minbase.csv.gz")
-    base = tempfile.mkdtemp(prefix="thinp-ovl-")
-    mounted = []
     old_umask = os.umask(0)      # modes come from the manifest and the replay (which applies 022)
     try:
-        _mount(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", base])
-        mounted.append(base)
-        for d in ("lower", "upper", "work", "merged"):
-            os.mkdir(os.path.join(base, d))
-        lower = os.path.join(base, "lower")
-        wl_rootfs(RealTarget(lower), rows)
-        os.makedirs(os.path.join(lower, "var/log"), exist_ok=True)
-        with open(os.path.join(lower, "var/log/dpkg.log"), "wb") as f:
-            f.write(b"x" * DPKG_LOG_LOWER_BYTES)
-        os.chmod(os.path.join(lower, "var/log/dpkg.log"), 0o644)
-        merged = os.path.join(base, "merged")
-        _mount(["mount", "-t", "overlay", "overlay", "-o",
-                f"lowerdir={lower},upperdir={base}/upper,workdir={base}/work", merged])
-        mounted.append(merged)
-        view = _RealView(merged)
-        debs = {p: size for p, (mode, size) in trace.stats.items()
-                if p.startswith("/tmp/debs/") and _stat.S_ISREG(mode)}
-        view.mkdir("/tmp/debs")
-        for p, size in debs.items():
-            view.write(p, 0, size)
-        result = strace.replay(trace.ops, view)
-        for p in debs:
-            view.unlink(p)
-        view.rmdir("/tmp/debs")
-        _umount(merged)
-        mounted.remove(merged)
-        ours = _real_manifest(os.path.join(base, "upper"))
-        out = _compare(ref, ours)
-        out["replay"] = result
-        out["file_kib"] = sum(o["blocks"] for o in ours.values() if o["type"] == "f") // 2
-        return out
+        with _scratch("512m") as (base, mounted):
+            lower = os.path.join(base, "lower")
+            wl_rootfs(RealTarget(lower), rows)
+            os.makedirs(os.path.join(lower, "var/log"), exist_ok=True)
+            with open(os.path.join(lower, "var/log/dpkg.log"), "wb") as f:
+                f.write(b"x" * DPKG_LOG_LOWER_BYTES)
+            os.chmod(os.path.join(lower, "var/log/dpkg.log"), 0o644)
+            merged = os.path.join(base, "merged")
+            _mount(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={lower},upperdir={base}/upper,workdir={base}/work", merged])
+            mounted.append(merged)
+            view = _RealView(merged)
+            debs = {p: size for p, (mode, size) in trace.stats.items()
+                    if p.startswith("/tmp/debs/") and _stat.S_ISREG(mode)}
+            view.mkdir("/tmp/debs")
+            for p, size in debs.items():
+                view.write(p, 0, size)
+            result = strace.replay(trace.ops, view)
+            for p in debs:
+                view.unlink(p)
+            view.rmdir("/tmp/debs")
+            _umount(merged)
+            mounted.remove(merged)
+            ours = _real_manifest(os.path.join(base, "upper"))
     finally:
         os.umask(old_umask)
-        for m in reversed(mounted):
-            _umount(m)
-        try:
-            os.rmdir(base)
-        except OSError:
-            pass
+    out = _compare(ref, ours)
+    out["replay"] = result
+    out["file_kib"] = sum(o["blocks"] for o in ours.values() if o["type"] == "f") // 2
+    return out
 
 
 def validate_union_drivers(fixtures=None) -> list[dict]:
