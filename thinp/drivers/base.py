@@ -196,6 +196,26 @@ class MountedView(abc.ABC):
     def fsync(self, path: str) -> None:
         """Durability point; drivers that journal count it."""
 
+    def open(self, path: str, *, write: bool = False, create: bool = False, truncate: bool = False,
+             exclusive: bool = False, mode: int = 0o644) -> None:
+        """open(2) without a file handle: ``create`` (O_CREAT) makes a missing
+        file, ``exclusive`` (O_EXCL) refuses an existing one with EEXIST,
+        ``truncate`` (O_TRUNC) empties it.  Union drivers override it because an
+        open for ``write`` alone copies a lower file up; a strace replay
+        (:mod:`thinp.workloads.strace`) calls it for every open that may write."""
+        import errno as _errno
+        import os as _os
+
+        if not self.exists(path):
+            if not create:
+                raise OSError(_errno.ENOENT, _os.strerror(_errno.ENOENT), path)
+            self.create(path, mode)
+            return
+        if create and exclusive:
+            raise OSError(_errno.EEXIST, _os.strerror(_errno.EEXIST), path)
+        if truncate:
+            self.truncate(path, 0)
+
 
 class Driver(abc.ABC):
     """A storage driver.  Subclasses set ``name`` and implement the methods.

@@ -1,0 +1,1502 @@
+"""Shared machinery of the union drivers (vfs, aufs, overlay, overlay2) and
+Docker's ``NaiveDiffDriver``.
+
+Layout
+------
+Every union driver keeps ONE :class:`thinp.fs.Filesystem` (ext4 by default,
+xfs as an option) on one :class:`~thinp.blockdev.PlainDevice` (accounting
+mode by default, ``payload=True`` keeps bytes).  A layer is a directory of
+that filesystem (a *branch*); the paths are Docker's, below
+``/var/lib/docker/<driver>/``, so per-layer bookkeeping files (overlay2's
+``link``/``lower``, aufs's ``layers/<id>``) take their real inodes and
+blocks.  A mounted layer is a :class:`UnionView` over a list of branches,
+top first: branch 0 is the writable upper of a container (or the layer
+itself while :meth:`UnionDriver.apply_diff` fills it).
+
+Lookup
+------
+:meth:`UnionView._resolve` walks a path one component at a time over the
+merged directory *stack* (the same directory in each branch, top-down, cut at
+an opaque directory, a whiteout or a non-directory), as overlayfs's
+``ovl_lookup`` and aufs's ``lkup`` do.  Each branch examined for a name is one
+``lookup_probe``.  Symlinks in the merged view are followed in the merged view
+(a ``/lib -> usr/lib`` in the lower works for a path written in the upper).
+
+Copy-up
+-------
+Changing anything that lives only in a lower branch first copies it into
+branch 0 (parents first, directories as metadata only), whole-file, counting
+``copy_up_count``/``copy_up_bytes``.  overlay2 with ``metacopy=on`` copies
+only the inode for chmod/chown and copies the data at the first write.
+
+The driver subclasses set class attributes that pick the native forms
+(``whiteout_style`` "char" or "aufs", ``origin_xattrs``), and hooks for their
+on-disk layout (:meth:`UnionDriver._make_layer`, ``_branches``).
+
+Naive diff
+----------
+:func:`naive_changes` walks two whole merged trees and compares them, as
+Docker's ``NaiveDiffDriver`` (``archive.ChangesDirs``) does for vfs and
+legacy overlay; every entry visited and every byte compared is counted in
+``diff_work``.  aufs and overlay2 have native diffs: they walk only the
+layer's own branch (:meth:`UnionDriver._branch_changes`).  Both produce
+:class:`~thinp.drivers.base.Change` rows, and :func:`changes_to_layer`
+turns rows into a :class:`thinp.image.Layer` with OCI whiteouts.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import os
+import stat as _stat
+import tempfile
+import zlib
+
+import numpy as np
+
+from ..blockdev import PlainDevice
+from ..errors import DeviceExistsError, DeviceNotFoundError, TooManyLayersError
+from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats
+
+__all__ = ["UnionDriver", "UnionView", "naive_changes", "changes_to_layer", "apply_to_view", "content_bytes",
+           "stamp_block", "decode_stamps",
+           "ViewTarget", "OVL_OPAQUE", "OVL_ORIGIN", "OVL_IMPURE", "OVL_METACOPY", "WH_PREFIX", "WH_OPAQUE"]
+
+BLOCK = 4096
+OVL_OPAQUE = "trusted.overlay.opaque"
+OVL_ORIGIN = "trusted.overlay.origin"
+OVL_IMPURE = "trusted.overlay.impure"
+OVL_METACOPY = "trusted.overlay.metacopy"
+WH_PREFIX = ".wh."
+WH_OPAQUE = ".wh..wh..opq"
+WH_BASE = ".wh..wh.aufs"     # aufs whiteouts are hard links to this file in the branch root
+SYMLOOP_MAX = 40
+
+
+def _err(code: int, path: str) -> OSError:
+    return OSError(code, os.strerror(code), path)
+
+
+def _split(path: str) -> list[str]:
+    if not isinstance(path, str):
+        raise TypeError(f"path must be str, not {type(path).__name__}")
+    return [p for p in path.split("/") if p and p != "."]
+
+
+def _join(parts) -> str:
+    return "/" + "/".join(parts)
+
+
+# ---------------------------------------------------------------- content
+def stamp_block(stamp: int) -> bytes:
+    """The 4 KiB of bytes standing for version stamp ``stamp`` (0: zeros): the
+    stamp's 8 bytes, then a blake2b expansion of it.  :func:`decode_stamps`
+    inverts it, so a diff taken in accounting mode and applied again keeps
+    every block's version."""
+    if not stamp:
+        return bytes(BLOCK)
+    head = int(stamp).to_bytes(8, "little")
+    return head + (hashlib.blake2b(head, digest_size=64).digest() * 64)[: BLOCK - 8]
+
+
+def content_bytes(fs, path: str, size: int) -> bytes:
+    """The bytes of a file: read back on a payload fs; on an accounting fs,
+    :func:`stamp_block` of each 4 KiB block's version stamp, so equal content
+    gives equal bytes across drivers and :func:`decode_stamps` recovers it."""
+    return _view_bytes(fs, path, size)
+
+
+def decode_stamps(data) -> "np.ndarray | None":
+    """The version stamps behind bytes made by :func:`content_bytes`, or None
+    when ``data`` is not such bytes (real content is then hashed as usual).
+    A final partial block shorter than 8 bytes cannot carry its stamp, so a
+    file ending in one is hashed instead and its version does not survive the
+    round trip (payload mode keeps real bytes and always does)."""
+    n = len(data)
+    nb = (n + BLOCK - 1) // BLOCK
+    out = np.zeros(max(nb, 1), dtype=np.uint64)
+    mv = memoryview(data)
+    for i in range(nb):
+        blk = mv[i * BLOCK:(i + 1) * BLOCK]
+        if len(blk) < 8:
+            return None
+        s = int.from_bytes(blk[:8], "little")
+        if s == 0:
+            if any(blk):
+                return None
+            continue
+        if stamp_block(s)[: len(blk)] != blk:
+            return None
+        out[i] = s
+    return out
+
+
+# ---------------------------------------------------------------- the view
+def _namespace_change(fn):
+    """Mark a view method that can change what a directory path resolves to:
+    the driver's generation moves before and after it, so no resolved-directory
+    cache entry made during the call outlives it."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kw):
+        self.driver._gen += 1
+        try:
+            return fn(self, *args, **kw)
+        finally:
+            self.driver._gen += 1
+    return wrapper
+
+
+class UnionView(MountedView):
+    """A merged view over ``branches`` (backing-fs directory paths, top first).
+
+    ``writable`` views write into branch 0; others raise EROFS."""
+
+    def __init__(self, driver: "UnionDriver", branches: list[str], *, writable: bool):
+        self.driver = driver
+        self.fs = driver.fs
+        self.branches = list(branches)
+        self.writable = writable
+        self.payload = driver.fs.payload
+        self.char_wh = driver.whiteout_style == "char"
+        self.origin = driver.origin_xattrs
+        self.metacopy = driver.metacopy
+        self._roots = None
+        self._dirs: dict = {}      # dirname string -> (canon, stacks) of a resolved directory
+        self._dirs_gen = -1
+
+    # -- merged lookup -----------------------------------------------------
+    def _root_stack(self):
+        # branch root inodes stay put while the layer is mounted; opacity is re-read
+        roots = self._roots
+        if roots is None or roots[0][1].ino not in self.fs.inodes:
+            fs = self.fs
+            roots = self._roots = [(i, fs._lookup(b, follow=False)) for i, b in enumerate(self.branches)]
+        for k, (_i, node) in enumerate(roots):
+            if self._is_opaque(node):
+                return roots[: k + 1]
+        return roots
+
+    def _is_whiteout(self, node) -> bool:
+        return self.char_wh and _stat.S_ISCHR(node.mode) and node.rdev == 0
+
+    def _is_opaque(self, node) -> bool:
+        if self.char_wh:
+            x = node.xattrs
+            return bool(x) and x.get(OVL_OPAQUE) == b"y"
+        return node.entries is not None and WH_OPAQUE in node.entries
+
+    def _step(self, stack, name: str):
+        """The stack of ``name`` under the merged directory ``stack``: [] when absent."""
+        inodes = self.fs.inodes
+        res = []
+        probes = 0
+        aufs = not self.char_wh
+        for bi, d in stack:
+            probes += 1
+            ent = d.entries
+            ino = ent.get(name)
+            if ino is None:
+                if aufs and (WH_PREFIX + name) in ent:
+                    break
+                continue
+            node = inodes[ino]
+            if self.char_wh and _stat.S_ISCHR(node.mode) and node.rdev == 0:
+                break
+            if not res:
+                res.append((bi, node))
+                if not _stat.S_ISDIR(node.mode) or self._is_opaque(node):
+                    break
+            else:
+                if not _stat.S_ISDIR(node.mode):
+                    break
+                res.append((bi, node))
+                if self._is_opaque(node):
+                    break
+        self.driver._counters["lookup_probes"] += probes
+        return res
+
+    def _resolve(self, path: str, follow: bool = True):
+        """(canonical parts, stacks along them): ``stacks[0]`` is the root's,
+        ``stacks[-1]`` the final component's ([] when it does not exist).
+        ENOENT/ENOTDIR/ELOOP for a bad intermediate component.
+
+        Resolved parent directories are cached until a change that can alter
+        a directory stack (mkdir, rmdir, rename, directory copy-up, whiteout,
+        opaque marker) bumps the driver's generation."""
+        head, sep, name = path.rstrip("/").rpartition("/")
+        if sep and name and name not in (".", "..") and "\0" not in path:
+            drv = self.driver
+            if self._dirs_gen != drv._gen:
+                self._dirs.clear()
+                self._dirs_gen = drv._gen
+            hit = self._dirs.get(head)
+            if hit is None:
+                canon_d, stacks_d = self._resolve_slow(head or "/", True)
+                if stacks_d[-1] and _stat.S_ISDIR(stacks_d[-1][0][1].mode):
+                    self._dirs[head] = (canon_d, stacks_d)
+            else:
+                canon_d, stacks_d = hit
+            cur = stacks_d[-1]
+            if cur and _stat.S_ISDIR(cur[0][1].mode) and len(name.encode()) <= 255:
+                st = self._step(cur, name)
+                if not (st and _stat.S_ISLNK(st[0][1].mode) and follow):
+                    return canon_d + [name], stacks_d + [st]
+        return self._resolve_slow(path, follow)
+
+    def _resolve_slow(self, path: str, follow: bool = True):
+        if "\0" in path:
+            raise _err(errno.EINVAL, path)
+        parts = _split(path)
+        parts.reverse()
+        canon: list[str] = []
+        stacks = [self._root_stack()]
+        hops = 0
+        while parts:
+            name = parts.pop()
+            if name == "..":
+                if canon:
+                    canon.pop()
+                    stacks.pop()
+                continue
+            cur = stacks[-1]
+            if not cur:
+                raise _err(errno.ENOENT, path)
+            if not _stat.S_ISDIR(cur[0][1].mode):
+                raise _err(errno.ENOTDIR, path)
+            if len(name.encode()) > 255:
+                raise _err(errno.ENAMETOOLONG, path)
+            st = self._step(cur, name)
+            last = not parts
+            if st and _stat.S_ISLNK(st[0][1].mode) and (follow or not last):
+                hops += 1
+                if hops > SYMLOOP_MAX:
+                    raise _err(errno.ELOOP, path)
+                tgt = st[0][1].target
+                if tgt.startswith("/"):
+                    canon, stacks = [], [stacks[0]]
+                tp = _split(tgt)
+                tp.reverse()
+                parts.extend(tp)
+                continue
+            if not st and not last:
+                raise _err(errno.ENOENT, path)
+            canon.append(name)
+            stacks.append(st)
+        return canon, stacks
+
+    def _bpath(self, bi: int, canon) -> str:
+        b = self.branches[bi]
+        return b + "/" + "/".join(canon) if canon else b
+
+    def _top(self, path: str, follow: bool = True):
+        canon, stacks = self._resolve(path, follow)
+        st = stacks[-1]
+        if not st:
+            raise _err(errno.ENOENT, path)
+        return canon, stacks, st[0][0], st[0][1]
+
+    def _lower_positive(self, parent_stack, name: str) -> bool:
+        """Does ``name`` exist below branch 0 under this merged directory?"""
+        lower = [(bi, d) for bi, d in parent_stack if bi > 0]
+        return bool(lower) and bool(self._step(lower, name))
+
+    # -- read side ----------------------------------------------------------
+    def stat(self, path: str, *, follow_symlinks: bool = True):
+        _c, _s, _bi, node = self._top(path, follow_symlinks)
+        return self.fs._stat(node)
+
+    def exists(self, path: str) -> bool:
+        try:
+            canon, stacks = self._resolve(path, follow=False)
+        except OSError:
+            return False
+        return bool(stacks[-1])
+
+    def readlink(self, path: str) -> str:
+        canon, _s, bi, node = self._top(path, follow=False)
+        if not _stat.S_ISLNK(node.mode):
+            raise _err(errno.EINVAL, path)
+        return node.target
+
+    def listdir(self, path: str = "/") -> list[str]:
+        canon, stacks = self._resolve(path)
+        st = stacks[-1]
+        if not st:
+            raise _err(errno.ENOENT, path)
+        if not _stat.S_ISDIR(st[0][1].mode):
+            raise _err(errno.ENOTDIR, path)
+        return sorted(self._merged_names(st, canon))
+
+    def _merged_names(self, st, canon=None) -> dict:
+        """name -> (bi, node) of the top entry, for a merged directory stack."""
+        inodes = self.fs.inodes
+        seen: dict = {}
+        hidden: set = set()
+        aufs = not self.char_wh
+        for bi, d in st:
+            for name, ino in d.entries.items():
+                if name in seen or name in hidden:
+                    continue
+                if aufs and name.startswith(WH_PREFIX):
+                    if name != WH_OPAQUE and not name.startswith(".wh..wh."):
+                        hidden.add(name[len(WH_PREFIX):])
+                    continue
+                node = inodes[ino]
+                if self.char_wh and _stat.S_ISCHR(node.mode) and node.rdev == 0:
+                    hidden.add(name)
+                    continue
+                seen[name] = (bi, node)
+        if aufs and not canon:
+            for k in [k for k in seen if k.startswith(".wh..wh.")]:
+                del seen[k]
+        return seen
+
+    def _data_source(self, canon, stacks, bi, node) -> str:
+        """Backing path holding a file's data (a metacopy upper reads its lower)."""
+        if bi == 0 and self.metacopy and node.xattrs and OVL_METACOPY in node.xattrs:
+            lower = self._step([(b, d) for b, d in stacks[-2] if b > 0], canon[-1])
+            if lower:
+                return self._bpath(lower[0][0], canon)
+        return self._bpath(bi, canon)
+
+    def read(self, path: str, offset: int = 0, length: int | None = None):
+        canon, stacks, bi, node = self._top(path)
+        src = self._data_source(canon, stacks, bi, node)
+        out = self.fs.read(src, offset, length)
+        if _stat.S_ISREG(node.mode):
+            self.driver._page_cache_touch(self.fs._lookup(src), offset, length)
+        return out
+
+    def content(self, path: str):
+        canon, stacks, bi, node = self._top(path)
+        return self.fs.content(self._data_source(canon, stacks, bi, node))
+
+    def listxattr(self, path: str) -> list[str]:
+        canon, _s, bi, node = self._top(path, follow=False)
+        names = sorted(node.xattrs or ())
+        return [n for n in names if not n.startswith("trusted.overlay.")] if self.char_wh else names
+
+    def getxattr(self, path: str, name: str) -> bytes:
+        canon, _s, bi, node = self._top(path)
+        if self.char_wh and name.startswith("trusted.overlay."):
+            raise _err(errno.ENODATA, path)
+        return self.fs.getxattr(self._bpath(bi, canon), name, follow_symlinks=False)
+
+    # -- copy-up ------------------------------------------------------------
+    def _check_rw(self, path: str) -> None:
+        if not self.writable:
+            raise _err(errno.EROFS, path)
+
+    def _copy_up_dirs(self, canon, stacks, upto: int) -> None:
+        """Make sure the directories canon[:upto] exist in branch 0."""
+        for j in range(upto):
+            st = stacks[j + 1]
+            if st and st[0][0] == 0:
+                continue
+            self._copy_up_one(canon[: j + 1], stacks, j + 1, data=True)
+
+    def _copy_up_one(self, canon, stacks, j: int, *, data: bool, meta: bool = False) -> None:
+        """Copy the entry at stacks[j] (path canon) into branch 0; parents must be up."""
+        fs, drv = self.fs, self.driver
+        drv._gen += 1
+        bi, node = stacks[j][0]
+        src = self._bpath(bi, canon)
+        dst = self._bpath(0, canon)
+        mode = _stat.S_IMODE(node.mode)
+        if _stat.S_ISDIR(node.mode):
+            fs.mkdir(dst, mode, uid=node.uid, gid=node.gid)
+        elif _stat.S_ISREG(node.mode):
+            fs.create(dst, mode, uid=node.uid, gid=node.gid)
+            if data:
+                if node.size:
+                    _copy_data(fs, src, dst, node.size)
+                drv._counters["copy_up_bytes"] += node.size
+            elif meta:   # metacopy=on: the inode only; the data stays below
+                if node.size:
+                    fs.truncate(dst, node.size)
+                fs.setxattr(dst, OVL_METACOPY, b"", follow_symlinks=False)
+        elif _stat.S_ISLNK(node.mode):
+            fs.symlink(node.target, dst, uid=node.uid, gid=node.gid)
+        else:
+            fs.mknod(dst, node.mode, node.rdev, uid=node.uid, gid=node.gid)
+        for k, v in (node.xattrs or {}).items():
+            if not k.startswith("trusted.overlay."):
+                fs.setxattr(dst, k, v, follow_symlinks=False)
+        if self.origin:
+            fs.setxattr(dst, OVL_ORIGIN, _origin_handle(node), follow_symlinks=False)
+            self._set_impure(canon[:-1])
+        drv._counters["copy_up_count"] += 1
+        new = fs._lookup(dst, follow=False)
+        stacks[j] = [(0, new)] + (stacks[j] if _stat.S_ISDIR(node.mode) else [])
+
+    def _set_impure(self, dir_canon) -> None:
+        p = self._bpath(0, dir_canon)
+        node = self.fs._lookup(p, follow=False)
+        if not (node.xattrs and OVL_IMPURE in node.xattrs):
+            self.fs.setxattr(p, OVL_IMPURE, b"y", follow_symlinks=False)
+
+    def _copy_up(self, canon, stacks, *, data: bool = True, meta: bool = False) -> None:
+        """Copy the final entry (and its parents) into branch 0, if not there:
+        with its data, without it (``data=False``: about to be truncated), or,
+        ``meta``, as an overlay metacopy."""
+        self._copy_up_dirs(canon, stacks, len(canon) - 1)
+        st = stacks[-1]
+        if st[0][0] != 0:
+            self._copy_up_one(canon, stacks, len(stacks) - 1, data=data and not meta, meta=meta)
+        elif data and self.metacopy:
+            node = st[0][1]
+            if node.xattrs and OVL_METACOPY in node.xattrs:
+                lower = self._step([(b, d) for b, d in stacks[-2] if b > 0], canon[-1])
+                dst = self._bpath(0, canon)
+                size = node.size
+                if lower and size:
+                    src = self._bpath(lower[0][0], canon)
+                    self.fs.truncate(dst, 0)
+                    _copy_data(self.fs, src, dst, min(size, lower[0][1].size))
+                    if size > lower[0][1].size:
+                        self.fs.truncate(dst, size)
+                    self.driver._counters["copy_up_bytes"] += size
+                self.fs.removexattr(dst, OVL_METACOPY, follow_symlinks=False)
+
+    # -- whiteouts and opaque dirs --------------------------------------------
+    def _whiteout(self, canon) -> None:
+        fs = self.fs
+        self.driver._gen += 1
+        if self.char_wh:
+            fs.mknod(self._bpath(0, canon), _stat.S_IFCHR, 0)
+        else:
+            base = self.branches[0] + "/" + WH_BASE
+            wh = self._bpath(0, canon[:-1] + [WH_PREFIX + canon[-1]])
+            if not fs.exists(base):
+                fs.create(base, 0o444)
+            fs.link(base, wh)
+
+    def _clear_upper_whiteout(self, canon) -> bool:
+        """Remove a whiteout for canon[-1] in branch 0; True if there was one."""
+        fs = self.fs
+        pd = fs._lookup(self._bpath(0, canon[:-1]), follow=False)
+        name = canon[-1]
+        if self.char_wh:
+            ino = pd.entries.get(name)
+            if ino is not None and self._is_whiteout(fs.inodes[ino]):
+                fs.unlink(self._bpath(0, canon))
+                self.driver._gen += 1
+                return True
+            return False
+        if WH_PREFIX + name in pd.entries:
+            fs.unlink(self._bpath(0, canon[:-1] + [WH_PREFIX + name]))
+            self.driver._gen += 1
+            return True
+        return False
+
+    def _set_opaque(self, canon) -> None:
+        p = self._bpath(0, canon)
+        self.driver._gen += 1
+        if self.char_wh:
+            self.fs.setxattr(p, OVL_OPAQUE, b"y", follow_symlinks=False)
+        else:
+            base = self.branches[0] + "/" + WH_BASE
+            if not self.fs.exists(base):
+                self.fs.create(base, 0o444)
+            if not self.fs.exists(p + "/" + WH_OPAQUE):
+                self.fs.link(base, p + "/" + WH_OPAQUE)
+
+    def _purge_upper_dir(self, upath: str) -> None:
+        """Remove a (merged-empty) upper directory: its whiteouts and markers first."""
+        fs = self.fs
+        self.driver._gen += 1
+        for name in list(fs._lookup(upath, follow=False).entries):
+            fs.unlink(upath + "/" + name)
+        fs.rmdir(upath)
+
+    # -- making entries ---------------------------------------------------------
+    def _new_entry(self, path: str, make) -> None:
+        """Common path of create/mkdir/mknod/symlink: EEXIST, parents, whiteout."""
+        self._check_rw(path)
+        canon, stacks = self._resolve(path, follow=False)
+        if stacks[-1]:
+            raise _err(errno.EEXIST, path)
+        if not canon:
+            raise _err(errno.EEXIST, path)
+        self._copy_up_dirs(canon, stacks, len(canon) - 1)
+        over_wh = self._clear_upper_whiteout(canon)
+        make(self._bpath(0, canon))
+        return canon, stacks, over_wh
+
+    def create(self, path: str, mode: int = 0o644, *, uid: int = 0, gid: int = 0) -> None:
+        self._new_entry(path, lambda p: self.fs.create(p, mode, uid=uid, gid=gid))
+
+    @_namespace_change
+    def mkdir(self, path: str, mode: int = 0o755, *, uid: int = 0, gid: int = 0) -> None:
+        canon, stacks, over_wh = self._new_entry(path, lambda p: self.fs.mkdir(p, mode, uid=uid, gid=gid))
+        if over_wh:
+            self._set_opaque(canon)
+
+    def mknod(self, path: str, mode: int, rdev: int = 0, *, uid: int = 0, gid: int = 0) -> None:
+        self._new_entry(path, lambda p: self.fs.mknod(p, mode, rdev, uid=uid, gid=gid))
+
+    def symlink(self, target: str, path: str, *, uid: int = 0, gid: int = 0) -> None:
+        self._new_entry(path, lambda p: self.fs.symlink(target, p, uid=uid, gid=gid))
+
+    def link(self, src: str, dst: str) -> None:
+        self._check_rw(dst)
+        scanon, sstacks, _bi, snode = self._top(src, follow=False)
+        if _stat.S_ISDIR(snode.mode):
+            raise _err(errno.EPERM, src)
+        dcanon, dstacks = self._resolve(dst, follow=False)
+        if dstacks[-1]:
+            raise _err(errno.EEXIST, dst)
+        self._copy_up(scanon, sstacks)
+        dcanon, dstacks = self._resolve(dst, follow=False)   # the copy-up may have made its parents
+        self._copy_up_dirs(dcanon, dstacks, len(dcanon) - 1)
+        self._clear_upper_whiteout(dcanon)
+        self.fs.link(self._bpath(0, scanon), self._bpath(0, dcanon))
+
+    def open(self, path: str, *, write: bool = False, create: bool = False, truncate: bool = False,
+             exclusive: bool = False, mode: int = 0o644) -> None:
+        """open(2): O_CREAT creates, and an open for write copies a lower file up
+        (without its data when O_TRUNC empties it anyway)."""
+        try:
+            canon, stacks, bi, node = self._top(path)
+        except OSError as e:
+            if e.errno != errno.ENOENT or not create:
+                raise
+            self.create(path, mode)
+            return
+        if create and exclusive:
+            raise _err(errno.EEXIST, path)
+        if not (write or truncate):
+            return
+        if _stat.S_ISDIR(node.mode):
+            raise _err(errno.EISDIR, path)
+        if not _stat.S_ISREG(node.mode):
+            return
+        self._check_rw(path)
+        self._copy_up(canon, stacks, data=not truncate)
+        if truncate:
+            self.fs.truncate(self._bpath(0, canon), 0)
+
+    # -- changing files -----------------------------------------------------------
+    def write(self, path: str, offset: int, data) -> int:
+        self._check_rw(path)
+        try:
+            canon, stacks, bi, node = self._top(path)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+            self.create(path)
+            canon, stacks, bi, node = self._top(path)
+        if _stat.S_ISDIR(node.mode):
+            raise _err(errno.EISDIR, path)
+        if not _stat.S_ISREG(node.mode):
+            raise _err(errno.EINVAL, path)
+        if bi == 0 and not (self.metacopy and node.xattrs and OVL_METACOPY in node.xattrs):
+            return self.fs._write(node, offset, data, None)   # already up: no second path walk
+        self._copy_up(canon, stacks)
+        return self.fs.write(self._bpath(0, canon), offset, data)
+
+    def truncate(self, path: str, size: int) -> None:
+        self._check_rw(path)
+        canon, stacks, bi, node = self._top(path)
+        if _stat.S_ISDIR(node.mode):
+            raise _err(errno.EISDIR, path)
+        self._copy_up(canon, stacks, data=size > 0)
+        self.fs.truncate(self._bpath(0, canon), size)
+
+    def _attr(self, path: str, follow: bool, fn, meta_only: bool) -> None:
+        self._check_rw(path)
+        canon, stacks, bi, node = self._top(path, follow)
+        self._copy_up(canon, stacks, meta=meta_only and self.metacopy and _stat.S_ISREG(node.mode))
+        fn(self._bpath(0, canon))
+
+    def chmod(self, path: str, mode: int) -> None:
+        self._attr(path, True, lambda p: self.fs.chmod(p, mode), True)
+
+    def chown(self, path: str, uid: int, gid: int, *, follow_symlinks: bool = True) -> None:
+        self._attr(path, follow_symlinks, lambda p: self.fs.chown(p, uid, gid, follow_symlinks=False), True)
+
+    def utime(self, path: str, times=None, *, follow_symlinks: bool = True) -> None:
+        self._attr(path, follow_symlinks, lambda p: self.fs.utime(p, times, follow_symlinks=False), False)
+
+    def setxattr(self, path: str, name: str, value: bytes) -> None:
+        if self.char_wh and name.startswith("trusted.overlay."):
+            raise _err(errno.EPERM, path)
+        self._attr(path, True, lambda p: self.fs.setxattr(p, name, value, follow_symlinks=False), True)
+
+    def fsync(self, path: str) -> None:
+        canon, _s, bi, _n = self._top(path)
+        if bi == 0 and self.writable:
+            self.fs.fsync(self._bpath(0, canon))
+
+    # -- removing -------------------------------------------------------------------
+    @_namespace_change
+    def unlink(self, path: str) -> None:
+        self._check_rw(path)
+        canon, stacks, bi, node = self._top(path, follow=False)
+        if _stat.S_ISDIR(node.mode):
+            raise _err(errno.EISDIR, path)
+        self._remove(canon, stacks, bi)
+
+    def _remove(self, canon, stacks, bi) -> None:
+        lower = self._lower_positive(stacks[-2], canon[-1])
+        if bi == 0:
+            up = self._bpath(0, canon)
+            if _stat.S_ISDIR(stacks[-1][0][1].mode):
+                self._purge_upper_dir(up)
+            else:
+                self.fs.unlink(up)
+        else:
+            self._copy_up_dirs(canon, stacks, len(canon) - 1)
+        if lower:
+            self._whiteout(canon)
+
+    @_namespace_change
+    def rmdir(self, path: str) -> None:
+        self._check_rw(path)
+        canon, stacks, bi, node = self._top(path, follow=False)
+        if not canon:
+            raise _err(errno.EBUSY, path)
+        if not _stat.S_ISDIR(node.mode):
+            raise _err(errno.ENOTDIR, path)
+        if self._merged_names(stacks[-1], canon):
+            raise _err(errno.ENOTEMPTY, path)
+        self._remove(canon, stacks, bi)
+
+    @_namespace_change
+    def rename(self, src: str, dst: str) -> None:
+        self._check_rw(src)
+        scanon, sstacks, sbi, snode = self._top(src, follow=False)
+        sdir = _stat.S_ISDIR(snode.mode)
+        if sdir and any(b > 0 for b, _ in sstacks[-1]):
+            raise _err(errno.EXDEV, src)   # a lower or merged directory (redirect_dir off)
+        dcanon, dstacks = self._resolve(dst, follow=False)
+        if not scanon or not dcanon:
+            raise _err(errno.EBUSY, src)
+        if sdir and dcanon[: len(scanon)] == scanon and len(dcanon) > len(scanon):
+            raise _err(errno.EINVAL, dst)
+        dst_st = dstacks[-1]
+        if dst_st:
+            dnode = dst_st[0][1]
+            if dnode is snode:
+                return
+            ddir = _stat.S_ISDIR(dnode.mode)
+            if ddir and not sdir:
+                raise _err(errno.EISDIR, dst)
+            if sdir and not ddir:
+                raise _err(errno.ENOTDIR, dst)
+            if ddir and self._merged_names(dst_st, dcanon):
+                raise _err(errno.ENOTEMPTY, dst)
+        src_lower = self._lower_positive(sstacks[-2], scanon[-1])
+        self._copy_up(scanon, sstacks)
+        # the source's parent chain may be a prefix of the destination's: re-resolve
+        dcanon, dstacks = self._resolve(dst, follow=False)
+        dst_st = dstacks[-1]
+        self._copy_up_dirs(dcanon, dstacks, len(dcanon) - 1)
+        dst_lower = self._lower_positive(dstacks[-2], dcanon[-1])
+        if dst_st and dst_st[0][0] == 0 and _stat.S_ISDIR(dst_st[0][1].mode):
+            self._purge_upper_dir(self._bpath(0, dcanon))
+        else:
+            self._clear_upper_whiteout(dcanon)
+        fs = self.fs
+        up_src = self._bpath(0, scanon)
+        moved = fs._lookup(up_src, follow=False)
+        fs.rename(up_src, self._bpath(0, dcanon))
+        if src_lower:
+            self._whiteout(scanon)
+        if sdir:
+            opaque = self._is_opaque(moved)
+            parent_merged = any(b > 0 for b, _ in dstacks[-2])
+            if not opaque and (dst_lower or (self.char_wh and parent_merged)):
+                self._set_opaque(dcanon)
+        if self.origin and moved.xattrs and OVL_ORIGIN in moved.xattrs and scanon[:-1] != dcanon[:-1]:
+            self._set_impure(dcanon[:-1])
+
+    def __repr__(self) -> str:
+        return f"<{type(self.driver).__name__} view of {len(self.branches)} branches>"
+
+
+def _copy_data(fs, src: str, dst: str, size: int, snode=None, dnode=None) -> None:
+    """Copy a file's content within one filesystem (bytes, or version stamps).
+    ``snode``/``dnode`` are the inodes when the caller has them (saves lookups)."""
+    if fs.payload:
+        fs.write(dst, 0, fs.read(src, 0, size))
+        return
+    if dnode is None:
+        dnode = fs._lookup(dst)
+    if snode is None:
+        snode = fs._lookup(src)
+    fs._write(dnode, 0, size, None)
+    n = (size + BLOCK - 1) // BLOCK
+    st = snode.stamps
+    if st is None:
+        dnode.stamps = None
+    else:
+        new = np.zeros(max(n, 1), dtype=np.uint64)
+        k = min(n, len(st))
+        new[:k] = st[:k]
+        dnode.stamps = new
+
+
+def _origin_handle(node) -> bytes:
+    """A 29-byte ``trusted.overlay.origin`` (struct ovl_fb: version, magic, len,
+    flags, type, uuid, then an ext4 file handle of the lower inode)."""
+    return (b"\x00\xfb\x1d\x00\x01" + bytes(16) + int(node.ino).to_bytes(4, "little")
+            + zlib.crc32(int(node.ino).to_bytes(8, "little")).to_bytes(4, "little"))
+
+
+# ---------------------------------------------------------------- naive diff
+def _entry_kind(mode: int) -> str:
+    if _stat.S_ISDIR(mode):
+        return "dir"
+    if _stat.S_ISREG(mode):
+        return "file"
+    if _stat.S_ISLNK(mode):
+        return "symlink"
+    if _stat.S_ISCHR(mode):
+        return "char"
+    if _stat.S_ISBLK(mode):
+        return "block"
+    return "fifo"
+
+
+def _tree(view) -> dict:
+    """path -> stat of every entry in a mounted view (root excluded)."""
+    out = {}
+    if view is None:
+        return out
+    for top, dirs, files in view.walk("/"):
+        base = top.rstrip("/")
+        for n in itertools.chain(dirs, files):
+            p = base + "/" + n
+            out[p] = view.lstat(p)
+    return out
+
+
+def naive_changes(new_view, old_view, counter: dict | None = None) -> list[Change]:
+    """Docker's ``archive.ChangesDirs``: walk both whole trees and compare.
+
+    A path only in ``new_view`` is "A", only in ``old_view`` "D" (its
+    children are folded into it), in both with a different type, mode,
+    owner, size, device or content "C"; a directory holding a change is "C".
+    ``counter["diff_work"]`` grows by the entries visited plus the bytes
+    compared."""
+    new, old = _tree(new_view), _tree(old_view)
+    work = len(new) + len(old)
+    out: dict[str, str] = {}
+    for p, s in new.items():
+        o = old.get(p)
+        if o is None:
+            out[p] = "A"
+            continue
+        if (_stat.S_IFMT(s.st_mode) != _stat.S_IFMT(o.st_mode) or s.st_mode != o.st_mode
+                or s.st_uid != o.st_uid or s.st_gid != o.st_gid or s.st_rdev != o.st_rdev):
+            out[p] = "C"
+            continue
+        if _stat.S_ISREG(s.st_mode):
+            if s.st_size != o.st_size:
+                out[p] = "C"
+            elif s.st_size:
+                work += 2 * s.st_size
+                if new_view.content(p) != old_view.content(p):
+                    out[p] = "C"
+        elif _stat.S_ISLNK(s.st_mode) and new_view.readlink(p) != old_view.readlink(p):
+            out[p] = "C"
+    deleted = sorted(p for p in old if p not in new)
+    for p in deleted:
+        parent = p.rsplit("/", 1)[0]
+        if parent and parent in old and parent not in new:
+            continue   # inside a deleted directory: the directory's D covers it
+        out[p] = "D"
+    _add_parent_dirs(out, new, old)
+    if counter is not None:
+        counter["diff_work"] += work
+    return sorted(Change(p, k) for p, k in out.items())
+
+
+def _add_parent_dirs(out: dict, new: dict, old: dict) -> None:
+    """A directory whose children changed shows as "C" (its mtime moved)."""
+    for p in list(out):
+        parent = p.rsplit("/", 1)[0]
+        while parent:
+            if parent in out:
+                break
+            if parent in new and parent in old:
+                out[parent] = "C"
+            parent = parent.rsplit("/", 1)[0]
+
+
+def changes_to_layer(view, changes, *, opaque=()) -> "object":
+    """A :class:`thinp.image.Layer` holding ``changes`` read from ``view``:
+    added/changed entries with their content, deletions as OCI ``.wh.``
+    whiteouts, ``opaque`` directories with ``.wh..wh..opq``."""
+    from ..image import Entry, Layer
+
+    items = []
+    opaque = set(opaque)
+    links: dict = {}
+    for ch in sorted(changes):
+        rel = ch.path.lstrip("/")
+        if ch.kind == "D":
+            items.append((Entry(rel, "whiteout"), None))
+            continue
+        st = view.lstat(ch.path)
+        kind = _entry_kind(st.st_mode)
+        e = Entry(rel, kind, _stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime))
+        if hasattr(view, "listxattr") and kind != "symlink":
+            e.xattrs = {k: view.getxattr(ch.path, k) for k in view.listxattr(ch.path)}
+        content = None
+        if kind == "file":
+            key = st.st_ino
+            if st.st_nlink > 1 and key in links:
+                e.kind, e.linkname = "hardlink", links[key]
+            else:
+                if st.st_nlink > 1:
+                    links[key] = rel
+                e.size = st.st_size
+                content = _view_bytes(view, ch.path, st.st_size)
+        elif kind == "symlink":
+            e.linkname = view.readlink(ch.path)
+        elif kind in ("char", "block"):
+            e.devmajor, e.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        items.append((e, content))
+        if kind == "dir" and ch.path in opaque:
+            items.append((Entry(rel, "opaque"), None))
+    return Layer.from_entries(items)
+
+
+def _view_bytes(view, path: str, size: int) -> bytes:
+    """A file's bytes through any mounted view: real bytes on a payload
+    backend; on an accounting one, :func:`stamp_block` of each block's version
+    stamp (what ``view.read`` returns there), so block drivers can share this."""
+    data = view.read(path)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    out = bytearray(len(data) * BLOCK)
+    cache: dict = {}
+    for i, s in enumerate(np.asarray(data).tolist()):
+        if s:
+            blk = cache.get(s)
+            if blk is None:
+                blk = cache[s] = stamp_block(s)
+            out[i * BLOCK:(i + 1) * BLOCK] = blk
+    return bytes(out[:size])
+
+
+# ---------------------------------------------------------------- the driver
+class _Rec:
+    """One layer: its parent, kind, backing directory and mount state."""
+
+    __slots__ = ("id", "parent", "rw", "depth", "refs", "view", "children", "data")
+
+    def __init__(self, id, parent, rw, depth):
+        self.id, self.parent, self.rw, self.depth = id, parent, rw, depth
+        self.refs = 0
+        self.view = None
+        self.children = 0
+        self.data = {}
+
+
+class UnionDriver(Driver):
+    """Base of vfs, aufs, overlay and overlay2 (see the module docstring).
+
+    Options: ``fstype`` ("ext4" | "xfs"), ``size`` of the backing device
+    (default 20 GiB, sparse), ``payload`` (keep bytes), ``backing_file``
+    (put the device in a sparse file under ``root``), ``fs_options`` (mkfs
+    options)."""
+
+    name = ""
+    whiteout_style = "char"      # "char" (overlay 0/0 device) or "aufs" (.wh. files)
+    origin_xattrs = False        # overlay: trusted.overlay.origin/impure on copy-up
+    native_diff = False          # walk only the layer's branch for changes()
+    max_depth: int | None = None  # deepest parent chain a layer may have
+    flat_layers = False          # every layer holds its whole tree (vfs, overlay image layers)
+    base_dir = "/var/lib/docker"
+
+    def __init__(self, root=None, *, fstype: str = "ext4", size="20GiB", payload: bool = False,
+                 backing_file: bool = False, fs_options: dict | None = None, metacopy=False, **options):
+        from ..fs import mkfs
+
+        if options:
+            raise ValueError(f"{self.name}: unknown option(s) {sorted(options)}")
+        if isinstance(metacopy, str):
+            metacopy = metacopy.lower() in ("on", "true", "1", "yes")
+        if metacopy and self.name != "overlay2":
+            raise ValueError(f"{self.name}: metacopy is an overlay2 option")
+        self.metacopy = bool(metacopy)
+        self.root = None if root is None else os.fspath(root)
+        path = None
+        if backing_file:
+            if self.root is None:
+                self.root = tempfile.mkdtemp(prefix=f"thinp-{self.name}-")
+            os.makedirs(self.root, exist_ok=True)
+            path = os.path.join(self.root, f"{self.name}.img")
+        self.device = PlainDevice(size, path=path, payload=payload)
+        self.fs = mkfs(self.device, fstype, **(fs_options or {}))
+        self.fstype = fstype
+        self.home = f"{self.base_dir}/{self.name}"
+        d = ""
+        for part in _split(self.home):
+            d += "/" + part
+            self.fs.mkdir(d, 0o710 if part == self.name else 0o711)
+        self.layers: dict[str, _Rec] = {}
+        self._counters = {k: 0 for k in ("copy_up_bytes", "copy_up_count", "lookup_probes", "mount_ops",
+                                         "create_ops", "diff_work")}
+        self._pages: dict[int, np.ndarray] = {}
+        self._gen = 0      # bumped by every change that can alter a merged directory stack
+        self._setup()
+
+    # -- subclass hooks ---------------------------------------------------------
+    def _setup(self) -> None:
+        """Driver-wide directories (overlay2's ``l/``, aufs's ``diff/ layers/ mnt/``)."""
+
+    def _make_layer(self, rec: _Rec) -> None:
+        raise NotImplementedError
+
+    def _drop_layer(self, rec: _Rec) -> None:
+        raise NotImplementedError
+
+    def _branches(self, rec: _Rec) -> list[str]:
+        """Backing directories of the layer's view, top first."""
+        raise NotImplementedError
+
+    def _own_dirs(self, rec: _Rec) -> list[str]:
+        """Backing directories this layer owns (for usage and logical bytes)."""
+        return [self._branches(rec)[0]]
+
+    # -- helpers ----------------------------------------------------------------
+    def _rec(self, id: str) -> _Rec:
+        try:
+            return self.layers[id]
+        except KeyError:
+            raise DeviceNotFoundError(f"{self.name}: no such layer {id!r}") from None
+
+    def _chain(self, rec: _Rec) -> list[_Rec]:
+        out = [rec]
+        while out[-1].parent is not None:
+            out.append(self.layers[out[-1].parent])
+        return out
+
+    def _rmtree(self, path: str) -> None:
+        fs = self.fs
+        if not fs.exists(path):
+            return
+        node = fs._lookup(path, follow=False)
+        if not _stat.S_ISDIR(node.mode):
+            fs.unlink(path)
+            return
+        for name in list(node.entries):
+            self._rmtree(path + "/" + name)
+        fs.rmdir(path)
+
+    def _write_small(self, path: str, text: str) -> None:
+        data = text.encode()
+        self.fs.create(path, 0o644)
+        self.fs.write(path, 0, data if self.fs.payload else len(data))
+
+    def _page_cache_touch(self, node, offset: int, length) -> None:
+        size = node.size
+        if length is None:
+            length = size - offset
+        end = min(size, offset + max(length, 0))
+        if end <= offset:
+            return
+        n = (size + BLOCK - 1) // BLOCK
+        arr = self._pages.get(node.ino)
+        if arr is None or len(arr) < n:
+            new = np.zeros(n, dtype=bool)
+            if arr is not None:
+                new[: len(arr)] = arr
+            arr = self._pages[node.ino] = new
+        arr[offset // BLOCK:(end + BLOCK - 1) // BLOCK] = True
+
+    # -- Driver -------------------------------------------------------------------
+    def create(self, id: str, parent: str | None, *, read_write: bool = False, **opts) -> None:
+        if opts:
+            raise ValueError(f"{self.name}: create() takes no option(s) {sorted(opts)}")
+        if not isinstance(id, str) or not id or "/" in id:
+            raise ValueError(f"layer id {id!r} is not a non-empty string without '/'")
+        if id in self.layers:
+            raise DeviceExistsError(f"{self.name}: layer {id!r} already exists")
+        prec = self._rec(parent) if parent is not None else None
+        depth = 0 if prec is None else prec.depth + 1
+        if self.max_depth is not None and depth > self.max_depth:
+            raise TooManyLayersError(
+                f"{self.name}: layer {id!r} would have {depth} lower layers, more than the maximum {self.max_depth}")
+        rec = _Rec(id, parent, bool(read_write), depth)
+        self._make_layer(rec)
+        self.layers[id] = rec
+        if prec is not None:
+            prec.children += 1
+        self._counters["create_ops"] += 1
+
+    def remove(self, id: str) -> None:
+        rec = self._rec(id)
+        if rec.refs:
+            raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted ({rec.refs} users)")
+        if rec.children:
+            raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} has {rec.children} child layer(s)")
+        self._gen += 1
+        self._drop_layer(rec)
+        del self.layers[id]
+        if rec.parent is not None:
+            self.layers[rec.parent].children -= 1
+
+    def get(self, id: str) -> UnionView:
+        rec = self._rec(id)
+        if rec.view is None:
+            rec.view = UnionView(self, self._branches(rec), writable=rec.rw)
+            self._counters["mount_ops"] += 1
+        rec.refs += 1
+        return rec.view
+
+    def put(self, id: str) -> None:
+        rec = self._rec(id)
+        if rec.refs <= 0:
+            raise OSError(errno.EINVAL, f"{self.name}: layer {id!r} is not mounted")
+        rec.refs -= 1
+        if rec.refs == 0:
+            rec.view = None
+
+    def exists(self, id: str) -> bool:
+        return id in self.layers
+
+    def list_layers(self) -> list[str]:
+        return sorted(self.layers)
+
+    def parent(self, id: str) -> str | None:
+        return self._rec(id).parent
+
+    def cleanup(self) -> None:
+        for rec in self.layers.values():
+            rec.refs = 0
+            rec.view = None
+        self.fs.sync()
+        self.device.close()
+
+    def status(self) -> list[tuple[str, str]]:
+        return [("Storage Driver", self.name), ("Backing Filesystem", self.fstype),
+                ("Layers", str(len(self.layers)))]
+
+    def capabilities(self) -> Capabilities:
+        union = self.name != "vfs"
+        return Capabilities(reproducible_diff=True, native_diff=self.native_diff, shares_page_cache="inode",
+                            copy_on_write="file" if union else "none",
+                            max_layers=None if self.max_depth is None else self.max_depth + 1,
+                            dir_rename_exdev=union, breaks_lower_hardlinks=union,
+                            changes="upper" if self.native_diff else "naive")
+
+    def _view(self, id: str | None, *, writable: bool = False):
+        if id is None:
+            return None
+        return UnionView(self, self._branches(self._rec(id)), writable=writable)
+
+    def changes(self, id: str, parent: str | None) -> list[Change]:
+        rec = self._rec(id)
+        if self.native_diff and parent == rec.parent:
+            return self._branch_changes(rec)[0]
+        return naive_changes(self._view(id), self._view(parent), self._counters)
+
+    def _branch_changes(self, rec: _Rec):
+        """Native changes: walk only the layer's own branch (aufs, overlay2).
+        Returns (changes, opaque directory paths)."""
+        fs = self.fs
+        top = self._branches(rec)[0]
+        view = self._view(rec.id)
+        lower = self._view(rec.parent)
+        out: dict[str, str] = {}
+        opaque: list[str] = []
+        work = 0
+        # (path, upper dir inode, does the lower have this directory, not hidden by an opaque marker?)
+        stack = [("", fs._lookup(top, follow=False), lower is not None)]
+        while stack:
+            p, d, has_lower = stack.pop()
+            if view._is_opaque(d) and p:
+                opaque.append(p)
+                if has_lower:
+                    names = set(view.listdir(p))
+                    for n in lower.listdir(p):
+                        if n not in names:
+                            out[p + "/" + n] = "D"
+                has_lower = False
+            for name, ino in d.entries.items():
+                work += 1
+                node = fs.inodes[ino]
+                if not p and name in self._branch_meta:
+                    continue
+                if self.whiteout_style == "aufs" and name.startswith(WH_PREFIX):
+                    if name != WH_OPAQUE and not name.startswith(".wh..wh."):
+                        out[p + "/" + name[len(WH_PREFIX):]] = "D"
+                    continue
+                path = p + "/" + name
+                if view._is_whiteout(node):
+                    out[path] = "D"
+                    continue
+                in_lower = has_lower and lower.exists(path)
+                if _stat.S_ISDIR(node.mode):
+                    lower_dir = in_lower and _stat.S_ISDIR(lower.lstat(path).st_mode)
+                    # a directory in the branch is "A", or "C" when the lower has it (copied up,
+                    # maybe only to hold a change below, maybe chmod-ed: the walk cannot tell)
+                    out[path] = "C" if in_lower else "A"
+                    stack.append((path, node, lower_dir))
+                else:
+                    out[path] = "C" if in_lower else "A"
+        # a directory holding a change shows as "C" (the walk already named the added ones)
+        for p in list(out):
+            parent = p.rsplit("/", 1)[0]
+            while parent and parent not in out:
+                out[parent] = "C"
+                parent = parent.rsplit("/", 1)[0]
+        self._counters["diff_work"] += work
+        return sorted(Change(p, k) for p, k in out.items()), opaque
+
+    _branch_meta = frozenset({WH_BASE, ".wh..wh.plnk", ".wh..wh.orph"})
+
+    def diff(self, id: str, parent: str | None):
+        rec = self._rec(id)
+        view = self._view(id)
+        if self.native_diff and parent == rec.parent:
+            changes, opaque = self._branch_changes(rec)
+        else:
+            changes, opaque = naive_changes(view, self._view(parent), self._counters), ()
+        layer = changes_to_layer(view, changes, opaque=opaque)
+        self._counters["diff_work"] += layer.size or 0
+        return layer
+
+    def apply_diff(self, id: str, parent: str | None, layer) -> int:
+        """Untar ``layer`` into layer ``id`` (Docker's ``ApplyDiff``): into its
+        own branch with native whiteouts (aufs, overlay2), or into its whole
+        tree, deleting what the whiteouts name (vfs, overlay)."""
+        rec = self._rec(id)
+        self._gen += 1
+        if rec.refs:
+            raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted")
+        if parent != rec.parent:
+            raise ValueError(f"{self.name}: layer {id!r} has parent {rec.parent!r}, not {parent!r}")
+        if self.flat_layers or rec.rw:
+            view = UnionView(self, self._branches(rec), writable=True)
+            return _apply_layer(self, None, layer, flat=True, view=view)
+        return _apply_layer(self, self._branches(rec)[0], layer, flat=False)
+
+    def fill(self, id: str, fn) -> None:
+        """Call ``fn(view)`` with a writable view of unmounted layer ``id``, as
+        ``apply_diff`` writes a layer (no tar needed: workloads and benchmarks
+        fill an image layer from a manifest this way)."""
+        rec = self._rec(id)
+        self._gen += 1
+        if rec.refs:
+            raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted")
+        fn(UnionView(self, self._branches(rec), writable=True))
+
+    def usage(self, id: str) -> Usage:
+        rec = self._rec(id)
+        size = inodes = 0
+        fs = self.fs
+        inherited: set[int] = set()     # hard links into the parent's tree (overlay's farm)
+        if rec.parent is not None:
+            for top in self._own_dirs(self.layers[rec.parent]):
+                if fs.exists(top):
+                    inherited.update(n.ino for n in _walk_nodes(fs, fs._lookup(top, follow=False))
+                                     if n.nlink > 1 and not _stat.S_ISDIR(n.mode))
+        for top in self._own_dirs(rec):
+            if not fs.exists(top):
+                continue
+            links: dict[int, int] = {}
+            nodes = {}
+            for node in _walk_nodes(fs, fs._lookup(top, follow=False)):
+                links[node.ino] = links.get(node.ino, 0) + 1
+                nodes[node.ino] = node
+            for ino, n in links.items():
+                node = nodes[ino]
+                if _stat.S_ISDIR(node.mode) or n >= node.nlink or ino not in inherited:
+                    inodes += 1
+                    size += fs._stat(node).st_blocks * 512
+        return Usage(size=size, inodes=inodes)
+
+    def stats(self) -> dict:
+        """Counters after a sync (delayed allocation written back), as ``du``
+        and the device see them once the page cache is flushed."""
+        fs = self.fs
+        fs.sync()
+        out = empty_stats()
+        for k, v in self._counters.items():
+            out[k] = v
+        out["physical_bytes"] = self.device.physical_bytes
+        out["bytes_written"] = self.device.stats.bytes_written
+        data = sum(n.nr_data_blocks for n in fs.inodes.values())
+        out["metadata_bytes"] = max(self.device.physical_bytes - data * BLOCK, 0)
+        out["inodes"] = len(fs.inodes)
+        out["page_cache_bytes"] = int(sum(int(a.sum()) for a in self._pages.values())) * BLOCK
+        logical = 0
+        for rec in self.layers.values():
+            top = self._branches(rec)[0]
+            logical += sum(n.size for n in _walk_nodes(fs, fs._lookup(top, follow=False)) if _stat.S_ISREG(n.mode))
+        out["logical_bytes"] = logical
+        return out
+
+    def metadata(self, id: str) -> dict:
+        rec = self._rec(id)
+        br = self._branches(rec)
+        return {"UpperDir" if rec.rw else "Dir": br[0], "LowerDir": ":".join(br[1:])}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {len(self.layers)} layers on {self.fs!r}>"
+
+
+def _walk_nodes(fs, node):
+    """Every inode reached below a directory inode (hard links repeat)."""
+    stack = [node]
+    while stack:
+        d = stack.pop()
+        for ino in d.entries.values():
+            c = fs.inodes[ino]
+            yield c
+            if c.entries is not None:
+                stack.append(c)
+
+
+# ---------------------------------------------------------------- apply a layer tar
+def apply_to_view(view, layer) -> int:
+    """Docker's naive ``ApplyDiff``: apply a :class:`thinp.image.Layer` through
+    any writable mounted view (whiteouts delete, opaque markers empty a
+    directory of what lower layers put there).  Returns the layer's content
+    bytes.  Block drivers (devicemapper) can use it as it is."""
+    return _apply_layer(None, None, layer, flat=True, view=view)
+
+
+def _apply_layer(drv: UnionDriver, top: str, layer, *, flat: bool, view=None) -> int:
+    """Write a layer's entries (Docker's ``ApplyDiff``).
+
+    ``flat``: apply through ``view`` (a mounted merged view; for vfs and the
+    legacy overlay's image layers a single branch holding the whole tree), so
+    a whiteout deletes and an opaque marker empties, as the NaiveDiffDriver's
+    ``ApplyDiff`` does on a mount.  Otherwise untar into the branch ``top``
+    itself, writing whiteouts and opaque markers in the driver's native form
+    (overlay2's and aufs's ``ApplyDiff``).  Whiteouts and opaque markers act
+    on lower layers only, never on entries of the same layer."""
+    if view is None:
+        view = UnionView(drv, [top], writable=True)
+        root = top
+    else:
+        root = None
+    fs = getattr(view, "fs", None)
+    keep_stamps = isinstance(view, UnionView) and not view.payload
+    written: set[str] = set()
+    size = 0
+
+    def remove_tree(path):
+        st = view.lstat(path)
+        if _stat.S_ISDIR(st.st_mode):
+            for n in view.listdir(path):
+                remove_tree(path + "/" + n)
+            view.rmdir(path)
+        else:
+            view.unlink(path)
+
+    def ensure_parents(rel):
+        p = ""
+        for part in rel.split("/")[:-1]:
+            p = p + "/" + part
+            try:
+                st = view.lstat(p)
+            except OSError:
+                view.mkdir(p, 0o755)
+                continue
+            if not _stat.S_ISDIR(st.st_mode):
+                remove_tree(p)
+                view.mkdir(p, 0o755)
+
+    for e, stream in layer.walk():
+        rel = e.path.strip("/")
+        p = "/" + rel
+        if e.kind == "whiteout":
+            if rel in written:
+                continue
+            if flat:
+                if view.exists(p):
+                    remove_tree(p)
+            elif not fs.exists(root + p):
+                ensure_parents(rel)
+                view._whiteout(_split(rel))
+            continue
+        if e.kind == "opaque":
+            if flat:
+                if view.exists(p) and _stat.S_ISDIR(view.lstat(p).st_mode):
+                    for name in view.listdir(p):
+                        child = (rel + "/" + name) if rel else name
+                        if not any(w == child or w.startswith(child + "/") for w in written):
+                            remove_tree("/" + child)
+            else:
+                ensure_parents(rel + "/x")
+                if not fs.exists(root + p):
+                    view.mkdir(p, 0o755)
+                view._set_opaque(_split(rel))
+            continue
+        if not rel:
+            if e.kind == "dir":
+                view.chmod("/", e.mode)
+                view.chown("/", e.uid, e.gid)
+            continue
+        ensure_parents(rel)
+        if view.exists(p):
+            st = view.lstat(p)
+            if e.kind == "dir" and _stat.S_ISDIR(st.st_mode):
+                view.chmod(p, e.mode)
+                view.chown(p, e.uid, e.gid)
+                for k, v in (e.xattrs or {}).items():
+                    view.setxattr(p, k, v if isinstance(v, bytes) else str(v).encode())
+                written.add(rel)
+                continue
+            remove_tree(p)
+        if e.kind == "dir":
+            view.mkdir(p, e.mode, uid=e.uid, gid=e.gid)
+        elif e.kind == "file":
+            view.create(p, e.mode, uid=e.uid, gid=e.gid)
+            if e.size:
+                data = stream.read()
+                stamps = decode_stamps(data) if keep_stamps else None
+                if stamps is None:
+                    view.write(p, 0, data)
+                else:   # bytes a thinp diff made from version stamps: keep the versions
+                    view.write(p, 0, len(data))
+                    canon, _st, bi, node = view._top(p)
+                    node.stamps = stamps
+            size += e.size
+        elif e.kind == "symlink":
+            view.symlink(e.linkname, p, uid=e.uid, gid=e.gid)
+        elif e.kind == "hardlink":
+            view.link("/" + e.linkname.strip("/"), p)
+        elif e.kind in ("char", "block", "fifo"):
+            kind = {"char": _stat.S_IFCHR, "block": _stat.S_IFBLK, "fifo": _stat.S_IFIFO}[e.kind]
+            view.mknod(p, kind | (e.mode & 0o7777), os.makedev(e.devmajor, e.devminor), uid=e.uid, gid=e.gid)
+        if e.kind not in ("hardlink", "symlink"):
+            for k, v in (e.xattrs or {}).items():
+                view.setxattr(p, k, v if isinstance(v, bytes) else str(v).encode())
+        written.add(rel)
+    return size
+
+
+def copy_dir(fs, src: str, dst: str) -> None:
+    """Copy backing directory ``src`` to ``dst`` (created) entry for entry:
+    whiteouts, xattrs and hard links within the tree kept (moby's ``DirCopy``)."""
+    links: dict[int, str] = {}
+    snode = fs._lookup(src, follow=False)
+    fs.mkdir(dst, _stat.S_IMODE(snode.mode), uid=snode.uid, gid=snode.gid)
+    stack = [(src, dst, snode)]
+    while stack:
+        s, d, node = stack.pop()
+        _set_xattrs(fs, d, node.xattrs)
+        for name, ino in node.entries.items():
+            c = fs.inodes[ino]
+            sp, dp = s + "/" + name, d + "/" + name
+            m = c.mode
+            if _stat.S_ISDIR(m):
+                fs.mkdir(dp, _stat.S_IMODE(m), uid=c.uid, gid=c.gid)
+                stack.append((sp, dp, c))
+                continue
+            if c.nlink > 1 and c.ino in links:
+                fs.link(links[c.ino], dp)
+                continue
+            if _stat.S_ISREG(m):
+                ino = fs.create(dp, _stat.S_IMODE(m), uid=c.uid, gid=c.gid)
+                if c.size:
+                    _copy_data(fs, sp, dp, c.size, c, fs.inodes[ino])
+            elif _stat.S_ISLNK(m):
+                fs.symlink(c.target, dp, uid=c.uid, gid=c.gid)
+            else:
+                fs.mknod(dp, m, c.rdev, uid=c.uid, gid=c.gid)
+            _set_xattrs(fs, dp, c.xattrs)
+            if c.nlink > 1:
+                links[c.ino] = dp
+
+
+def _set_xattrs(fs, p: str, xattrs) -> None:
+    for k, v in (xattrs or {}).items():
+        fs.setxattr(p, k, v if isinstance(v, bytes) else str(v).encode(), follow_symlinks=False)
+
+
+def clone_tree(drv: UnionDriver, src_view, dst: str, *, hardlink_from=()) -> None:
+    """Copy ``src_view``'s merged tree to backing directory ``dst`` (which
+    exists).  Regular files whose backing file lies under one of the
+    ``hardlink_from`` directories are hard-linked (overlay's layer farm);
+    the rest are copied (vfs)."""
+    fs = drv.fs
+    prefixes = tuple(h.rstrip("/") + "/" for h in hardlink_from)
+    links: dict[int, str] = {}
+    for top, dirs, files in src_view.walk("/"):
+        base = top.rstrip("/")
+        for n in dirs:
+            p = base + "/" + n
+            canon, stacks, bi, node = src_view._top(p, follow=False)
+            d = dst + p
+            fs.mkdir(d, _stat.S_IMODE(node.mode), uid=node.uid, gid=node.gid)
+            _set_xattrs(fs, d, {k: v for k, v in (node.xattrs or {}).items() if not k.startswith("trusted.overlay.")})
+        for n in files:
+            p = base + "/" + n
+            canon, stacks, bi, node = src_view._top(p, follow=False)
+            src = src_view._bpath(bi, canon)
+            d = dst + p
+            mode = node.mode
+            if _stat.S_ISREG(mode):
+                if prefixes and src.startswith(prefixes):
+                    fs.link(src, d)
+                    continue
+                if node.nlink > 1 and node.ino in links:
+                    fs.link(links[node.ino], d)
+                    continue
+                fs.create(d, _stat.S_IMODE(mode), uid=node.uid, gid=node.gid)
+                if node.size:
+                    _copy_data(fs, src_view._data_source(canon, stacks, bi, node), d, node.size)
+                if node.nlink > 1:
+                    links[node.ino] = d
+            elif _stat.S_ISLNK(mode):
+                fs.symlink(node.target, d, uid=node.uid, gid=node.gid)
+            else:
+                fs.mknod(d, mode, node.rdev, uid=node.uid, gid=node.gid)
+
+
+class ViewTarget:
+    """The :mod:`thinp.fs.workloads` target interface over a mounted view, so
+    ``wl_rootfs(ViewTarget(view))`` fills a layer from the Debian manifest."""
+
+    def __init__(self, view):
+        self.view = view
+
+    def mkdir(self, path, mode=0o755):
+        self.view.mkdir("/" + path, mode)
+
+    def write_file(self, path, size, seed=0):
+        p = "/" + path
+        self.view.create(p)
+        if size:
+            if self.view.payload:
+                data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
+            else:
+                data = size
+            self.view.write(p, 0, data)
+
+    def symlink(self, target, path):
+        self.view.symlink(target, "/" + path)
+
+    def link(self, src, dst):
+        self.view.link("/" + src, "/" + dst)
+
+    def mknod(self, path, mode, rdev):
+        self.view.mknod("/" + path, mode, rdev)
+
+    def chmod(self, path, mode):
+        p = "/" + path
+        st = self.view.lstat(p)
+        if not _stat.S_ISLNK(st.st_mode):
+            self.view.chmod(p, mode)
+
+    def chown(self, path, uid, gid):
+        self.view.chown("/" + path, uid, gid, follow_symlinks=False)
+
+    def unlink(self, path):
+        self.view.unlink("/" + path)
+
+    def sync(self):
+        self.view.fs.sync()

@@ -1,0 +1,1 @@
+"""Workloads: strace readers and replays (see :mod:`thinp.workloads.strace`)."""
