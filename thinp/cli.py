@@ -302,6 +302,35 @@ def _cmd_validate_fs(args) -> int:
     return 0
 
 
+def _plain_table(header, rows) -> str:
+    table = [list(header)] + [[str(c) for c in r] for r in rows]
+    w = [max(len(r[i]) for r in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * x for x in w))
+    return "\n".join(lines)
+
+
+def _cmd_validate_drivers(args) -> int:
+    from .drivers import validate_block, validate_union
+
+    rows = validate_union.validate_union_drivers()
+    others = sorted({k for r in rows for k in r} - {"check", "kernel", "match", "skipped"})
+    header = ["check", "kernel", *others, "match"]
+    body = []
+    for r in rows:
+        if "skipped" in r:
+            body.append([r["check"], *["" for _ in others], "", f"skipped: {r['skipped']}"])
+        else:
+            body.append([r["check"], r.get("kernel", ""), *[r.get(c, "") for c in others],
+                         "yes" if r.get("match") else "NO"])
+    print("union drivers vs kernel overlayfs (lower/upper on tmpfs) and the real dpkg upper directory:")
+    print(_plain_table(header, body))
+    print()
+    print("block drivers vs real btrfs / zfs-fuse and SOURCES.md:")
+    print(validate_block.format_rows(validate_block.validate_block_drivers(real=not args.sim_only)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="thinp", description="A block-level thin-provisioning simulator (dm-thin in numba).")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
@@ -344,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--size", default="10G")
     vf.add_argument("--sim-only", action="store_true", help="skip the real kernel runs")
     vf.set_defaults(func=_cmd_validate_fs)
+    vd = vsub.add_parser("drivers", help="storage drivers vs kernel overlayfs, real btrfs and zfs-fuse")
+    vd.add_argument("--sim-only", action="store_true", help="skip the real btrfs/zfs runs")
+    vd.set_defaults(func=_cmd_validate_drivers)
 
     ms = sub.add_parser("metadata-size", help="thin_metadata_size's estimate")
     ms.add_argument("-b", "--block-size", required=True)
