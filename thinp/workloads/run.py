@@ -1,0 +1,309 @@
+"""Run a :class:`Workload` on one storage driver through :class:`thinp.Engine`."""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fnmatch
+import io
+import os
+import posixpath
+import stat as _stat
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..engine import Engine
+from ..errors import ThinpError
+from .format import Step, Workload, WorkloadError, check_globs
+from .images import build_image, content
+
+__all__ = ["RunResult", "run", "scaled"]
+
+PHASE_OF = {"commit": "commit", "diff": "diff", "export": "export", "rm": "rm"}
+
+
+@dataclass
+class RunResult:
+    driver: str
+    workload: str
+    metrics: dict = field(default_factory=dict)
+    per_container: list[dict] = field(default_factory=list)
+    phases: dict[str, dict] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _delta(a: dict, b: dict) -> dict:
+    return {k: b[k] - a.get(k, 0) for k in b if isinstance(b[k], (int, float))}
+
+
+def _add(acc: dict, d: dict) -> None:
+    for k, v in d.items():
+        acc[k] = acc.get(k, 0) + v
+
+
+def scaled(w: Workload, scale: float) -> Workload:
+    """A copy of ``w`` with container, repetition and size counts times ``scale``."""
+    if scale == 1.0:
+        return w
+    s = lambda n, lo=1: max(lo, int(round(n * scale)))   # noqa: E731
+    layers = [dataclasses.replace(l, size=s(l.size, 4096)) if isinstance(l.size, int) else l
+              for l in w.image.layers]
+    img = dataclasses.replace(w.image, extra=[(p, s(n, 64 << 10)) for p, n in w.image.extra],
+                              layers=layers)
+    steps = []
+    for st in w.steps:
+        st = dataclasses.replace(st, count=s(st.count), size=s(st.size, 1) if st.size else 0,
+                                 depth=max(1, int(round(st.depth * scale ** 0.5))) if st.depth else 0)
+        steps.append(st)
+    return dataclasses.replace(w, image=img, containers=s(w.containers), steps=steps)
+
+
+class _Runner:
+    def __init__(self, eng: Engine, w: Workload, image_ref: str, files: list[str], scale: float):
+        self.eng, self.w, self.ref, self.files, self.scale = eng, w, image_ref, files, scale
+        self.payload = bool(getattr(eng.driver, "payload", False))
+        self.phase: dict[str, dict] = {}
+
+    def data(self, n: int, seed: int):
+        return content(seed, n) if self.payload else n
+
+    def paths(self, st: Step, ci: int, rng, i: int = 0) -> list[str]:
+        if st.path:
+            return [st.path.format(c=ci, i=i)]
+        pool = [f for f in self.files if fnmatch.fnmatchcase(f, st.glob)] if st.glob else self.files
+        if st.sample:
+            k = min(st.sample, len(pool))
+            return [pool[j] for j in sorted(rng.choice(len(pool), k, replace=False))]
+        return pool
+
+    def step(self, c, ci: int, si: int, st: Step, rng):
+        v = self.eng.mount(c)
+        op = st.op
+        seed = self.w.seed * 1_000_003 + ci * 1009 + si
+        if op in ("commit", "diff", "export", "rm"):
+            if ci % st.every:
+                return c
+            if op == "commit":
+                img = self.eng.commit(c, f"thinp-wl/{self.w.name}-{ci}:{si}",
+                                      created="2024-01-01T00:00:00Z")
+                if st.chain:
+                    self.eng.rm(c, force=True)
+                    c = self.eng.create(img.id)
+                    self.eng.start(c)
+            elif op == "diff":
+                self.eng.diff(c)
+            elif op == "export":
+                self.eng.export(c, io.BytesIO() if not self.payload else _Null())
+            else:
+                self.eng.rm(c, force=True)
+                return None
+            return c
+        if op == "strace":
+            self.strace(v, st)
+            return c
+        if op == "tree":
+            base = st.path or "/tree"
+            self._mkdirs(v, base)
+            level = [base]
+            for d in range(st.depth):
+                nxt = []
+                for p in level:
+                    for k in range(st.fanout):
+                        q = f"{p}/{k}"
+                        v.mkdir(q, 0o755)
+                        nxt.append(q)
+                    if st.size:
+                        v.create(p + "/f", 0o644)
+                        v.write(p + "/f", 0, self.data(st.size, seed + d))
+                level = nxt
+            return c
+        if op == "files":
+            base = st.path.format(c=ci, i=0)
+            self._mkdirs(v, base)
+            per = 1000
+            for i in range(st.count):
+                d = f"{base}/d{i // per:03d}"
+                if i % per == 0:
+                    v.mkdir(d, 0o755)
+                v.create(f"{d}/f{i:05d}", st.mode)
+                if st.size:
+                    v.write(f"{d}/f{i:05d}", 0, self.data(st.size, seed + i))
+            return c
+        reps = 1 if op in ("mkdir", "chmod", "delete", "rename", "fsync", "read", "overwrite") else st.count
+        for i in range(reps):
+            for p in self.paths(st, ci, rng, i):
+                if op == "read":
+                    v.read(p, 0, st.size or None)
+                elif op == "write":
+                    n = st.size or st.block
+                    if st.offset == "random":
+                        size = v.stat(p).st_size
+                        nblk = max(1, (size - n) // st.block + 1)
+                        off = int(rng.integers(0, nblk)) * st.block
+                    elif st.offset == "end":
+                        off = v.stat(p).st_size
+                    else:
+                        off = st.offset
+                    v.write(p, off, self.data(n, seed + i))
+                elif op == "append":
+                    off = v.stat(p).st_size if v.exists(p) else 0
+                    if not v.exists(p):
+                        self._mkdirs(v, posixpath.dirname(p))
+                        v.create(p, st.mode)
+                    v.write(p, off, self.data(st.size or st.block, seed + i))
+                elif op == "overwrite":
+                    n = st.size or v.stat(p).st_size
+                    v.open(p, write=True, truncate=True)
+                    v.write(p, 0, self.data(n, seed + i))
+                elif op == "create":
+                    self._mkdirs(v, posixpath.dirname(p))
+                    v.create(p, st.mode)
+                    if st.size:
+                        v.write(p, 0, self.data(st.size, seed + i))
+                elif op == "delete":
+                    v.unlink(p)
+                elif op == "rename":
+                    v.rename(p, (st.to or p + ".renamed").format(c=ci, i=i))
+                elif op == "chmod":
+                    v.chmod(p, st.mode)
+                elif op == "mkdir":
+                    self._mkdirs(v, p)
+                elif op == "fsync":
+                    v.fsync(p)
+        return c
+
+    @staticmethod
+    def _mkdirs(v, p):
+        parts = [x for x in p.split("/") if x]
+        cur = ""
+        for x in parts:
+            cur += "/" + x
+            if not v.exists(cur):
+                v.mkdir(cur, 0o755)
+
+    def strace(self, v, st: Step):
+        from . import strace as _strace
+
+        path = st.trace
+        if not os.path.isabs(path) and not os.path.exists(path):
+            from ..fs.workloads import fixtures_dir
+
+            path = os.path.join(fixtures_dir(), path)
+        key = path
+        tr = _TRACES.get(key)
+        if tr is None:
+            tr = _TRACES[key] = _strace.read(path)
+        debs = {p: size for p, (mode, size) in tr.stats.items()
+                if p.startswith("/tmp/") and _stat.S_ISREG(mode)}
+        for p, size in debs.items():
+            self._mkdirs(v, posixpath.dirname(p))
+            if not v.exists(p):
+                v.create(p, 0o644)
+                v.write(p, 0, self.data(size, len(p)))
+        for d in ("/var/log",):
+            self._mkdirs(v, d)
+        if not v.exists("/var/log/dpkg.log"):
+            v.create("/var/log/dpkg.log", 0o644)
+        _strace.replay(tr.ops, v)
+
+
+_TRACES: dict = {}
+
+
+class _Null(io.RawIOBase):
+    def writable(self):
+        return True
+
+    def write(self, b):
+        return len(b)
+
+
+def _image_files(eng: Engine, ref: str) -> list[str]:
+    c = eng.create(ref, name="thinp-wl-probe")
+    v = eng.mount(c)
+    out = []
+    for d, _dirs, files in v.walk("/"):
+        for f in files:
+            p = posixpath.join(d, f)
+            try:
+                if _stat.S_ISREG(v.stat(p, follow_symlinks=False).st_mode):
+                    out.append(p)
+            except OSError:
+                pass
+    eng.rm(c, force=True)
+    return out
+
+
+def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0, progress=None,
+        **driver_options) -> RunResult:
+    """Run ``workload`` on ``driver``; a driver limit (too many layers, a full
+    pool) stops the run and is recorded in ``error``, never raised."""
+    from .format import load
+
+    w = load(workload) if isinstance(workload, (str, os.PathLike)) else workload
+    w = scaled(w, scale)
+    res = RunResult(driver, w.name)
+    with tempfile.TemporaryDirectory(prefix="thinp-wl-") as tmp, \
+            Engine(driver, root=root, **driver_options) as eng:
+        last = eng.metrics()
+
+        def mark(phase, per=None):
+            nonlocal last
+            now = eng.metrics()
+            d = _delta(last, now)
+            _add(res.phases.setdefault(phase, {}), d)
+            if per is not None:
+                _add(per, d)
+            last = now
+            return d
+
+        try:
+            big = sum(n for _p, n in w.image.extra) + sum(
+                l.files * l.size for l in w.image.layers if isinstance(l.size, int)) > (64 << 20)
+            img = build_image(w.image, seed=w.seed, scale=scale, workdir=tmp if big else None,
+                              src=w.source)
+            ref = f"thinp-wl/{w.name}:latest"
+            eng._add_images([img], tags_for=lambda _i: [ref])
+            if w.image.kind == "archive" or any(s.sample and not s.glob for s in w.steps):
+                files = _image_files(eng, ref)
+            else:
+                from .format import image_files
+                files = image_files(w.image)
+                if scale != 1:
+                    files = _image_files(eng, ref)
+            check_globs(w, files)
+            mark("image_load")
+            r = _Runner(eng, w, ref, files, scale)
+            conts = []
+            for ci in range(w.containers):
+                per = {"container": ci}
+                res.per_container.append(per)
+                conts.append(eng.create(ref, name=f"wl{ci}"))
+                eng.start(conts[-1])
+                d = mark("containers_create")
+                per["create"] = d
+                if progress:
+                    progress(ci + 1, w.containers * 2)
+            for ci, c in enumerate(conts):
+                rng = np.random.default_rng([w.seed, ci])
+                steps_d = {}
+                for si, st in enumerate(w.steps):
+                    if c is None:
+                        break
+                    c = r.step(c, ci, si, st, rng)
+                    _add(steps_d, mark(PHASE_OF.get(st.op, "steps")))
+                per = res.per_container[ci]
+                per["steps"] = steps_d
+                if progress:
+                    progress(w.containers + ci + 1, w.containers * 2)
+        except WorkloadError:
+            raise
+        except (ThinpError, OSError) as e:
+            if isinstance(e, OSError) and not isinstance(e, ThinpError) and e.errno not in (
+                    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMLINK):
+                raise
+            res.error = f"{type(e).__name__}: {e}"
+            mark("error")
+        res.metrics = eng.metrics()
+    return res
