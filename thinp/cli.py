@@ -331,6 +331,52 @@ def _cmd_validate_drivers(args) -> int:
     return 0
 
 
+def _cmd_pool_replay(args) -> int:
+    """Replay a block trace (ftrace block_rq_issue or blkparse text) into thin device --dev-id
+    (created, sized to the trace, when the pool lacks it)."""
+    from .thin import ThinPool
+    from .workloads import blocktrace
+
+    fmt = args.format or blocktrace.detect_format(args.trace)
+    trace = blocktrace.read(args.trace, fmt, dev_id=args.dev_id, device=args.device)
+    if args.device is None:
+        devs = blocktrace.devices(args.trace, fmt)
+        if len(devs) > 1:
+            dev = devs.most_common(1)[0][0]
+            print(f"{args.trace}: {len(devs)} devices; replaying {dev} (choose with --device)")
+            trace = blocktrace.read(args.trace, fmt, dev_id=args.dev_id, device=dev)
+    if not len(trace):
+        raise ValueError(f"{args.trace}: no {fmt} block requests to replay")
+    end = int((trace["offset"] + trace["length"]).max())
+    with ThinPool.open(args.dir) as pool:
+        if args.dev_id not in pool.devices():
+            bs = pool.block_size
+            pool.create_thin(args.dev_id, -(-end // bs) * bs)
+        elif pool.device(args.dev_id).size < end:
+            raise ValueError(f"{args.trace}: requests reach byte {end}, beyond thin device "
+                             f"{args.dev_id} ({pool.device(args.dev_id).size} bytes)")
+        r = pool.replay(trace)
+        pool.commit()
+        ops = {0: "reads", 1: "writes", 2: "discards"}
+        counts = ", ".join(f"{int((trace['op'] == k).sum())} {v}" for k, v in ops.items())
+        print(f"replayed {len(trace)} requests ({counts}) from {args.trace} ({fmt}) into thin {args.dev_id}")
+        for k, v in r.counters.items():
+            if v:
+                print(f"  {k}: {v}")
+        print(pool.status())
+    return 0
+
+
+def _add_pool_replay(psub) -> None:
+    r = psub.add_parser("replay", help="replay a block trace (ftrace block_rq_issue or blkparse text)")
+    r.add_argument("dir")
+    r.add_argument("trace")
+    r.add_argument("--format", choices=("ftrace", "blkparse"), default=None, help="default: detected")
+    r.add_argument("--dev-id", type=int, default=0, help="thin device (created if missing; default 0)")
+    r.add_argument("--device", default=None, help="keep one traced device MAJ,MIN (default: the busiest)")
+    r.set_defaults(func=_cmd_pool_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="thinp", description="A block-level thin-provisioning simulator (dm-thin in numba).")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
@@ -358,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.add_argument("--line", action="store_true", help="only the dm status line")
     s.set_defaults(func=_cmd_pool_status)
+    _add_pool_replay(psub)
 
     d = sub.add_parser("demo", help="the built-in scenario: a loop-lvm pool with image layers and containers")
     d.add_argument("--dir", default=None, help="keep the pool here (default: a temporary directory)")
