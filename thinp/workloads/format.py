@@ -182,6 +182,8 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
             if not os.path.exists(p):
                 raise _err(src, "image.archive", i["archive"], "no such file or directory")
             img = ImageSpec("archive", None, p)
+            from .images import build_image
+            build_image(img, src=src)     # unsupported images fail here, naming the file
         elif "layers" in i:
             layers = []
             for n, l in enumerate(i["layers"]):

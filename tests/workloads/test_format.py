@@ -1,0 +1,148 @@
+"""The workload TOML format, its Python API and the errors users will make."""
+from __future__ import annotations
+
+import pytest
+
+import thinp.workloads as W
+from thinp.workloads.format import WorkloadError, image_files, profile_rows
+
+
+def _write(tmp_path, text, name="wl.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+GOOD = """
+name = "app"
+description = "two containers"
+containers = 2
+seed = 7
+[image]
+profile = "debian-minbase"
+[[image.extra]]
+path = "/srv/db"
+size = "64K"
+[[steps]]
+op = "append"
+path = "/var/log/a-{c}.log"
+size = "1K"
+count = 3
+[[steps]]
+op = "write"
+path = "/srv/db"
+offset = "random"
+size = "4KiB"
+count = 5
+[[steps]]
+op = "read"
+sample = 3
+glob = "/usr/bin/*"
+[[steps]]
+op = "chmod"
+glob = "/etc/hostname"
+mode = "0600"
+[[steps]]
+op = "commit"
+"""
+
+
+def test_parse_good(tmp_path):
+    w = W.load(_write(tmp_path, GOOD))
+    assert (w.name, w.containers, w.seed, w.description) == ("app", 2, 7, "two containers")
+    assert w.image.kind == "profile" and w.image.extra == [("/srv/db", 65536)]
+    assert [s.op for s in w.steps] == ["append", "write", "read", "chmod", "commit"]
+    assert w.steps[0].size == 1024 and w.steps[0].count == 3
+    assert w.steps[1].offset == "random" and w.steps[1].size == 4096
+    assert w.steps[2].sample == 3 and w.steps[3].mode == 0o600
+
+
+def test_synthetic_layers(tmp_path):
+    w = W.load(_write(tmp_path, """
+[image]
+[[image.layers]]
+files = 10
+size = {dist = "lognormal", median = "4K", sigma = 0.5}
+dirs = 2
+prefix = "/data"
+[[image.layers]]
+files = 3
+size = {dist = "uniform", min = "1K", max = "2K"}
+[[steps]]
+op = "read"
+glob = "/data/*"
+"""))
+    assert w.image.kind == "synthetic" and len(w.image.layers) == 2
+    assert w.image.layers[0].size["median"] == 4096
+    files = image_files(w.image)
+    assert len(files) == 13 and files[0].startswith("/data/d0000/")
+    r = W.run(w, "reference")
+    assert r.error is None and r.metrics["image_layers"] == 2
+
+
+@pytest.mark.parametrize("text, words", [
+    ("contaners = 3", ["contaners", "unknown key"]),
+    ("[[steps]]\nop = \"append\"\npath = \"/x\"\nsize = \"10 parsecs\"", ["steps[0].size", "10 parsecs", "bad size"]),
+    ("[[steps]]\nop = \"read\"\nglob = \"/nowhere/*\"", ["steps[0].glob", "/nowhere/*", "matches no file"]),
+    ("[[steps]]\nop = \"frobnicate\"", ["steps[0].op", "frobnicate", "unknown op"]),
+    ("[image]\nprofile = \"arch\"", ["image.profile", "arch", "unknown profile"]),
+    ("[[steps]]\nop = \"write\"\npath = \"/x\"\nsizze = 1", ["steps[0].sizze", "unknown key"]),
+    ("[[image.layers]]\nfiles = 1\nsize = {dist = \"zipf\"}", ["image.layers[0].size.dist", "zipf"]),
+    ("containers = -1", ["containers", "-1"]),
+])
+def test_errors_one_line(tmp_path, text, words):
+    path = _write(tmp_path, text)
+    with pytest.raises(ValueError) as ei:
+        W.load(path)
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(path)
+    for w in words:
+        assert w in msg
+
+
+def test_bad_toml_and_missing(tmp_path):
+    with pytest.raises(WorkloadError, match="not valid TOML"):
+        W.load(_write(tmp_path, "containers = ="))
+    with pytest.raises(WorkloadError, match="no such workload file or built-in scenario"):
+        W.load(str(tmp_path / "nope.toml"))
+
+
+def test_unsupported_image(tmp_path):
+    bad = tmp_path / "img.tar"
+    bad.write_bytes(b"this is not a tar archive at all" * 40)
+    with pytest.raises(ValueError) as ei:
+        W.load(_write(tmp_path, f'[image]\narchive = "{bad}"'))
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith(str(bad)) and "unsupported image" in msg
+    with pytest.raises(ValueError, match="image.archive.*no such file"):
+        W.load(_write(tmp_path, '[image]\narchive = "missing.tar"'))
+
+
+def test_docker_save_archive(tmp_path, fixtures_dir):
+    tar = fixtures_dir / "images" / "hello-world-v25.tar"
+    w = W.load(_write(tmp_path, f'containers = 2\n[image]\narchive = "{tar}"\n'
+                                '[[steps]]\nop = "create"\npath = "/new-{c}"\nsize = "8K"\n'))
+    assert w.image.kind == "archive"
+    r = W.run(w, "overlay2")
+    assert r.error is None and r.metrics["containers"] == 2 and len(r.per_container) == 2
+
+
+def test_profile_rows_match_fixture(fixtures_dir):
+    import gzip
+
+    rows = profile_rows("debian-minbase")
+    with gzip.open(fixtures_dir / "rootfs" / "debian-bookworm-minbase.csv.gz", "rt") as f:
+        n = sum(1 for _ in f) - 1
+    kinds = {r[1] for r in rows}
+    assert {"f", "d", "l", "h"} <= kinds
+    assert n - 2 <= len(rows) <= n
+    assert ("etc/hostname" in {r[0] for r in rows})
+
+
+def test_scenarios_listed():
+    assert W.scenarios() == ["webapp", "ci-build", "package-install", "big-file-update",
+                             "many-small-files", "file-tree", "read-heavy"]
+    w = W.load("webapp")
+    assert w.containers == 50 and w.name == "webapp"
+    assert W.load("many-small-files").steps[0].count == 10001
+    assert sum(s.op == "commit" for s in W.load("ci-build").steps) == 10
