@@ -211,6 +211,24 @@ class _Runner:
 _TRACES: dict = {}
 
 
+class PoolFullError(ThinpError):
+    """The driver's thin pool ran out of data space (writes queued, as dm-thin
+    does with queue_if_no_space); the run stops here."""
+
+
+def _check_pool(eng: Engine) -> None:
+    pool = getattr(eng.driver, "pool", None)
+    if pool is None or not hasattr(pool, "status"):
+        return
+    st = pool.status()
+    queued = int(getattr(pool, "nr_queued", 0) or 0)
+    if queued or st.used_data_blocks >= st.total_data_blocks or st.mode != "rw":
+        bs = st.data_block_size
+        raise PoolFullError(
+            f"{eng.driver.name} thin pool is full: {st.used_data_blocks * bs >> 20} of "
+            f"{st.total_data_blocks * bs >> 20} MiB data used, {queued} requests queued, mode {st.mode}")
+
+
 class _Null(io.RawIOBase):
     def writable(self):
         return True
@@ -281,6 +299,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
                 res.per_container.append(per)
                 conts.append(eng.create(ref, name=f"wl{ci}"))
                 eng.start(conts[-1])
+                _check_pool(eng)
                 d = mark("containers_create")
                 per["create"] = d
                 if progress:
@@ -292,6 +311,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
                     if c is None:
                         break
                     c = r.step(c, ci, si, st, rng)
+                    _check_pool(eng)
                     _add(steps_d, mark(PHASE_OF.get(st.op, "steps")))
                 per = res.per_container[ci]
                 per["steps"] = steps_d
