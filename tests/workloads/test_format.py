@@ -89,6 +89,9 @@ glob = "/data/*"
     ("[[steps]]\nop = \"write\"\npath = \"/x\"\nsizze = 1", ["steps[0].sizze", "unknown key"]),
     ("[[image.layers]]\nfiles = 1\nsize = {dist = \"zipf\"}", ["image.layers[0].size.dist", "zipf"]),
     ("containers = -1", ["containers", "-1"]),
+    ("[[steps]]\nop = \"strace\"\ntrace = \"nope.strace\"", ["steps[0].trace", "nope.strace", "no such strace"]),
+    ("[[steps]]\nop = \"strace\"", ["steps[0].trace", "needs trace"]),
+    ("[[steps]]\nop = \"append\"\nsize = 1", ["steps[0].path", "needs path"]),
 ])
 def test_errors_one_line(tmp_path, text, words):
     path = _write(tmp_path, text)

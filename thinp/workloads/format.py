@@ -38,7 +38,6 @@ from __future__ import annotations
 import fnmatch
 import gzip
 import os
-import stat as _stat
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -220,7 +219,14 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
                   _int(src, k + ".depth", s.get("depth", 0)), _int(src, k + ".fanout", s.get("fanout", 2), 1),
                   _int(src, k + ".every", s.get("every", 1), 1), bool(s.get("chain", False)))
         if st.trace and not os.path.isabs(st.trace) and os.path.exists(src):
-            st.trace = os.path.join(os.path.dirname(os.path.abspath(src)), st.trace)
+            here = os.path.join(os.path.dirname(os.path.abspath(src)), st.trace)
+            if os.path.exists(here):
+                st.trace = here
+        if op == "strace":
+            if not st.trace:
+                raise _err(src, k + ".trace", None, "op 'strace' needs trace = \"file.strace[.gz]\"")
+            if not _trace_exists(st.trace):
+                raise _err(src, k + ".trace", s["trace"], "no such strace file (here or in the fixtures)")
         if op in ("read", "write", "append", "overwrite", "create", "delete", "rename", "chmod",
                   "mkdir", "fsync", "files") and not (st.path or st.glob or st.sample):
             raise _err(src, k + ".path", None, f"op {op!r} needs path, glob or sample")
@@ -229,6 +235,17 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
                   _int(src, "seed", d.get("seed", 0)), d.get("description", ""), src)
     check_globs(wl)
     return wl
+
+
+def _trace_exists(path: str) -> bool:
+    if os.path.exists(path):
+        return True
+    try:
+        from ..fs.workloads import fixtures_dir
+
+        return os.path.exists(os.path.join(fixtures_dir(), path))
+    except Exception:   # no fixtures directory
+        return False
 
 
 def check_globs(wl: Workload, files: list[str] | None = None) -> None:
