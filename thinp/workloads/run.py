@@ -307,12 +307,18 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
             for ci, c in enumerate(conts):
                 rng = np.random.default_rng([w.seed, ci])
                 steps_d = {}
+                pending = None      # metrics are read only where the phase changes (stats can be slow)
                 for si, st in enumerate(w.steps):
                     if c is None:
                         break
+                    ph = PHASE_OF.get(st.op, "steps")
+                    if pending is not None and ph != pending:
+                        _add(steps_d, mark(pending))
+                    pending = ph
                     c = r.step(c, ci, si, st, rng)
                     _check_pool(eng)
-                    _add(steps_d, mark(PHASE_OF.get(st.op, "steps")))
+                if pending is not None:
+                    _add(steps_d, mark(pending))
                 per = res.per_container[ci]
                 per["steps"] = steps_d
                 if progress:
