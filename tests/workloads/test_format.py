@@ -149,3 +149,21 @@ def test_scenarios_listed():
     assert w.containers == 50 and w.name == "webapp"
     assert W.load("many-small-files").steps[0].count == 10001
     assert sum(s.op == "commit" for s in W.load("ci-build").steps) == 10
+
+
+def test_oci_layout_image(tmp_path, fixtures_dir):
+    from thinp.image import load as load_archive, save
+
+    [img] = load_archive(fixtures_dir / "images" / "test-docker-image.tar")
+    layout = tmp_path / "oci"
+    save(img, layout, format="oci", directory=True)
+    w = W.load(_write(tmp_path, f'[image]\narchive = "{layout}"\n'
+                                '[[steps]]\nop = "read"\nsample = 2\n'))
+    r = W.run(w, "devicemapper")
+    assert r.error is None and r.metrics["image_layers"] == len(img.layers)
+    assert r.phases["image_load"]["layer_bytes_applied"] > 0
+    # a glob that matches nothing in an archive image is caught when the run lists its files
+    w2 = W.load(_write(tmp_path, f'[image]\narchive = "{layout}"\n[[steps]]\nop = "read"\nglob = "/nope/*"\n',
+                       "w2.toml"))
+    with pytest.raises(ValueError, match=r"w2.toml: steps\[0\].glob = '/nope/\*': matches no file"):
+        W.run(w2, "reference")
