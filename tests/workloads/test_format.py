@@ -167,3 +167,17 @@ def test_oci_layout_image(tmp_path, fixtures_dir):
                        "w2.toml"))
     with pytest.raises(ValueError, match=r"w2.toml: steps\[0\].glob = '/nope/\*': matches no file"):
         W.run(w2, "reference")
+
+
+def test_python_api(fixtures_dir):
+    from thinp.workloads import Step, Workload
+
+    w = Workload("api", "debian-minbase", 2, [Step("append", path="/var/log/x.log", size=100, count=3)], seed=3)
+    assert w.image.kind == "profile"
+    r = W.run(w, "overlay2", scale=0.2)
+    assert r.error is None and len(r.per_container) == 1
+    assert r.per_container[0]["steps"]["bytes_written"] >= 300
+    a = Workload("arch", str(fixtures_dir / "images" / "hello-world-v25.tar"))
+    assert a.image.kind == "archive"
+    with pytest.raises(ValueError, match="nope.tar: unsupported image"):
+        Workload("bad", "nope.tar")

@@ -1,12 +1,23 @@
 """Workloads: the declarative format, built-in scenarios, runs on a driver, and trace readers.
 
-``load(source)`` (a TOML path or a scenario name), ``scenarios()``,
-``run(workload, driver, scale=...)`` -> :class:`RunResult`; strace readers in
-:mod:`thinp.workloads.strace`, block-trace readers in :mod:`thinp.workloads.blocktrace`.
+* :func:`load` (a TOML path or a built-in scenario name) -> :class:`Workload`
+  (``name, image: ImageSpec, containers, steps: list[Step], seed, description``);
+  the TOML format is documented in :mod:`thinp.workloads.format`, and
+  ``examples/webapp.toml`` is the ``webapp`` scenario written as a file.
+* :func:`scenarios`: webapp, ci-build, package-install, big-file-update,
+  many-small-files, file-tree, read-heavy (:mod:`thinp.workloads.scenarios`).
+* :func:`run` (workload, driver, root=, scale=, progress=, **driver_options) ->
+  :class:`RunResult` (driver, workload, metrics, per_container, phases, error).
+  ``progress(done, total)`` is called per container created and per container run.
+* :mod:`thinp.workloads.strace` (strace logs) and :mod:`thinp.workloads.blocktrace`
+  (ftrace ``block_rq_issue`` / blkparse text -> ``thinp.TRACE_DTYPE``, replayed by
+  ``thinp pool replay``).
+* Built-in image profile ``debian-minbase``: ``thinp/data/profiles/debian-minbase.tsv.gz``,
+  made by ``scripts/make_profiles.py`` from ``../shared/fixtures/rootfs/debian-bookworm-minbase.csv.gz``.
 """
 from .format import ImageSpec, LayerSpec, Step, Workload, WorkloadError, load, loads
-from .run import RunResult, run
+from .run import PoolFullError, RunResult, run
 from .scenarios import scenarios
 
 __all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "WorkloadError", "load", "loads",
-           "scenarios", "run", "RunResult"]
+           "scenarios", "run", "RunResult", "PoolFullError"]

@@ -77,6 +77,17 @@ class ImageSpec:
     layers: list[LayerSpec] = field(default_factory=list)
     extra: list[tuple[str, int]] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, image) -> "ImageSpec":
+        """A built-in profile name, or a docker-save tar / OCI layout path."""
+        s = os.fspath(image)
+        if s in PROFILES:
+            return cls("profile", s)
+        if not os.path.exists(s):
+            raise WorkloadError(f"{s}: unsupported image: neither a built-in profile "
+                                f"({', '.join(PROFILES)}) nor an existing archive or OCI layout")
+        return cls("archive", None, s)
+
 
 @dataclass
 class Step:
@@ -106,6 +117,11 @@ class Workload:
     seed: int = 0
     description: str = ""
     source: str = "<api>"
+
+    def __post_init__(self):
+        # the Python API takes a profile name or an archive path for ``image``
+        if isinstance(self.image, (str, os.PathLike)):
+            self.image = ImageSpec.of(self.image)
 
 
 _TOP_KEYS = {"name", "description", "containers", "seed", "image", "steps"}
