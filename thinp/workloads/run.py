@@ -255,8 +255,20 @@ def _image_files(eng: Engine, ref: str) -> list[str]:
 
 def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0, progress=None,
         **driver_options) -> RunResult:
-    """Run ``workload`` on ``driver``; a driver limit (too many layers, a full
-    pool) stops the run and is recorded in ``error``, never raised."""
+    """Run ``workload`` (a :class:`Workload`, a TOML path or a scenario name) on ``driver``.
+
+    Phases: ``image_load`` (build the image, add its layers), ``containers_create``
+    (create + start every container), then each container's steps, whose metric
+    deltas go to ``steps`` or, for those ops, ``commit``/``diff``/``export``/``rm``
+    (metrics are read where the phase changes, not after every step: some drivers'
+    stats walk every inode).  ``per_container[i]`` holds ``create`` and ``steps``
+    deltas.  ``scale`` multiplies container counts, step repetitions and sizes and
+    synthetic file counts, and keeps every ``round(1/scale)``-th file of a profile.
+
+    A driver limit (``TooManyLayersError``, a devicemapper ``NoSpaceError``, a
+    thin pool that fills up: :class:`PoolFullError`, ENOSPC) stops the run and is
+    recorded in ``error``, never raised; a malformed workload raises
+    :class:`~thinp.workloads.WorkloadError`."""
     from .format import load
 
     w = load(workload) if isinstance(workload, (str, os.PathLike)) else workload
