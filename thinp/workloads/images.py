@@ -11,6 +11,21 @@ from .format import ImageSpec, WorkloadError, profile_rows
 
 _BUF = np.random.default_rng(0x7417).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
 _CACHE: dict = {}
+_CACHE_DIR: list = []
+
+
+def cache_dir() -> str:
+    """A per-process directory for large built layers (removed at exit), so that
+    running one workload on several drivers builds its image once."""
+    if not _CACHE_DIR:
+        import atexit
+        import shutil
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix="thinp-wl-layers-")
+        atexit.register(shutil.rmtree, d, True)
+        _CACHE_DIR.append(d)
+    return _CACHE_DIR[0]
 
 
 def content(seed: int, size: int) -> bytes:
@@ -115,7 +130,9 @@ def _layer(items, workdir, name):
 
 def build_image(spec: ImageSpec, *, seed: int = 0, scale: float = 1.0, workdir=None,
                 src: str = "<api>") -> Image:
-    """The image of ``spec`` (cached in memory per spec/scale when no ``workdir``)."""
+    """The image of ``spec``.  ``workdir=None``: layers in memory; ``"cache"``: layer
+    tars in :func:`cache_dir`; both cached per (spec, seed, scale).  A directory:
+    layer tars there, not cached."""
     if spec.kind == "archive":
         try:
             images = _archive_load(spec.path)
@@ -125,8 +142,12 @@ def build_image(spec: ImageSpec, *, seed: int = 0, scale: float = 1.0, workdir=N
             raise WorkloadError(f"{spec.path}: unsupported image: the archive holds no image")
         return images[0]
     key = (repr(spec), seed, scale)
-    if workdir is None and key in _CACHE:
+    cached = workdir is None or workdir == "cache"
+    if cached and key in _CACHE:
         return _CACHE[key]
+    if workdir == "cache":
+        workdir = os.path.join(cache_dir(), f"img{len(_CACHE)}")
+        os.makedirs(workdir, exist_ok=True)
     layers = []
     if spec.kind == "profile":
         layers.append(_layer(_profile_items(spec.profile, scale), workdir, "profile"))
@@ -141,6 +162,6 @@ def build_image(spec: ImageSpec, *, seed: int = 0, scale: float = 1.0, workdir=N
            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": "thinp workload"}
                        for _ in layers]}
     img = Image(canonical_json(cfg), layers)
-    if workdir is None:
+    if cached:
         _CACHE[key] = img
     return img

@@ -8,7 +8,6 @@ import io
 import os
 import posixpath
 import stat as _stat
-import tempfile
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -274,8 +273,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
     w = load(workload) if isinstance(workload, (str, os.PathLike)) else workload
     w = scaled(w, scale)
     res = RunResult(driver, w.name)
-    with tempfile.TemporaryDirectory(prefix="thinp-wl-") as tmp, \
-            Engine(driver, root=root, **driver_options) as eng:
+    with Engine(driver, root=root, **driver_options) as eng:
         last = eng.metrics()
 
         def mark(phase, per=None):
@@ -291,7 +289,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
         try:
             big = sum(n for _p, n in w.image.extra) + sum(
                 l.files * l.size for l in w.image.layers if isinstance(l.size, int)) > (64 << 20)
-            img = build_image(w.image, seed=w.seed, scale=scale, workdir=tmp if big else None,
+            img = build_image(w.image, seed=w.seed, scale=scale, workdir="cache" if big else None,
                               src=w.source)
             ref = f"thinp-wl/{w.name}:latest"
             eng._add_images([img], tags_for=lambda _i: [ref])
