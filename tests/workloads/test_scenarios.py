@@ -173,3 +173,12 @@ op = "diff"
         assert v.stat("/d/d0000/f000004").st_size == 9216
         kinds = {ch.path: ch.kind for ch in e.diff(c)}
         assert kinds.get("/d/d0000/f000002") == "D" and kinds.get("/d/moved-0") == "A"
+
+
+@pytest.mark.parametrize("driver", ["aufs", "overlay", "vfs", "btrfs", "zfs"])
+def test_webapp_on_the_other_drivers(driver):
+    r = W.run("webapp", driver, scale=0.04)
+    assert r.error is None and len(r.per_container) == 2
+    assert all(pc["steps"]["bytes_written"] > 0 for pc in r.per_container)
+    if driver == "vfs":   # vfs copies the whole image per container
+        assert r.phases["containers_create"]["bytes_written"] > r.phases["image_load"]["layer_bytes_applied"]
