@@ -155,9 +155,9 @@ def test_first_write_to_big_file_expensive_on_copy_up(results):
         for d in ("overlay2", "aufs"):
             r = est(results, "bigwrite", d, device=dev)
             assert r["copy_up_bytes"] >= 5 * (8 << 20)      # the whole 8 MiB file, per container
-            assert r["first_write_s"] > 5 * block, (dev, d)
+            assert r["first_write_s"] > 3 * block, (dev, d)
         assert est(results, "bigwrite", "overlay2", device=dev)["write_amplification"] > \
-            10 * est(results, "bigwrite", "devicemapper", device=dev)["write_amplification"]
+            5 * est(results, "bigwrite", "devicemapper", device=dev)["write_amplification"]
 
 
 def test_vfs_copies_the_whole_image_per_container(results):
