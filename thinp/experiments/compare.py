@@ -55,6 +55,13 @@ def parse_drivers(drivers) -> list[str]:
 
 
 def _default_runner():
+    """:mod:`thinp.workloads`, or the module named by ``THINP_COMPARE_RUNNER``
+    (a test hook: any module with ``load`` and ``run``)."""
+    import importlib
+
+    name = os.environ.get("THINP_COMPARE_RUNNER")
+    if name:
+        return importlib.import_module(name)
     from .. import workloads  # the workloads branch provides load/run
 
     if not hasattr(workloads, "run"):
@@ -115,11 +122,12 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
                                     run_s=time.perf_counter() - t0))
 
     if progress is True:
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-                      transient=True) as bar:
+                      console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("compare", total=len(names))
             for i, d in enumerate(names):
                 bar.update(task, description=f"compare: {d}")
