@@ -100,7 +100,7 @@ def test_estimate_from_counts_alone():
     # two application writes of 4 KiB became 2 MiB + 8 KiB on the device
     assert e["write_amplification"] == pytest.approx((2 * (1 << 20) + 8192) / 8192)
     per_copy = 1 << 20
-    reqs = math.ceil(per_copy / k.merge_bytes)
+    reqs = 1 + (math.ceil(per_copy / k.merge_bytes) - 1) * k.sequential_latency_fraction
     expect = (dev.write_s(4096, 1) + dev.read_s(per_copy, reqs) + dev.write_s(per_copy, reqs)
               + dev.write_s(k.commit_writes * 4096, k.commit_writes))
     assert e["first_write_s"] == pytest.approx(expect)
@@ -155,7 +155,8 @@ def test_first_write_to_big_file_expensive_on_copy_up(results):
         for d in ("overlay2", "aufs"):
             r = est(results, "bigwrite", d, device=dev)
             assert r["copy_up_bytes"] >= 5 * (8 << 20)      # the whole 8 MiB file, per container
-            assert r["first_write_s"] > 3 * block, (dev, d)
+            # on hdd seeks dominate both, so the 8 MiB copy-up wins by less
+            assert r["first_write_s"] > (2 if dev == "hdd" else 5) * block, (dev, d)
         assert est(results, "bigwrite", "overlay2", device=dev)["write_amplification"] > \
             5 * est(results, "bigwrite", "devicemapper", device=dev)["write_amplification"]
 
@@ -171,3 +172,10 @@ def test_vfs_copies_the_whole_image_per_container(results):
     assert create_v > 10 * r_o.phases["containers_create"]["bytes_written"]
     assert v["start_time_s"] > o["start_time_s"]
     assert r_v.metrics["physical_bytes"] - r_o.metrics["physical_bytes"] > (n - 1) * (8 << 20)
+
+
+def test_devicemapper_teardown_slower(results):
+    """Tarasov 2017: devicemapper's writable layer is slow to destroy."""
+    dm = est(results, "applog", "devicemapper")
+    for d in ("overlay2", "aufs", "vfs"):
+        assert dm["teardown_s"] > 5 * est(results, "applog", d)["teardown_s"]
