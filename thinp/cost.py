@@ -44,19 +44,28 @@ Published findings the constants are chosen to reproduce (see
   cache holds one copy of each image file per container; whole-file copy-up
   makes the first write to a big file expensive on aufs and overlay2; vfs
   copies the whole image per container.
-* Docker's storage-driver documentation (docs.docker.com/storage/storagedriver/,
-  pages ``overlayfs-driver``, ``aufs-driver``, ``device-mapper-driver``,
-  ``btrfs-driver``, ``zfs-driver``, ``vfs-driver``, "Performance"
-  sections): overlay2 supports page-cache sharing and is fast at container
-  start; copy_up of a large file costs on the first write and "can be
-  especially noticeable ... with large files"; aufs lookups grow with the
-  number of layers ("searching through many image layers");
-  devicemapper is block-level CoW at 64 KiB granularity so a small write to
-  a big file copies one block, but "each container gets its own block device"
-  and page cache is not shared ("memory usage"); vfs "is not a union
-  filesystem ... each layer is a directory on disk ... deep copy", "poor
-  performance and disk use"; btrfs/zfs share page cache poorly (btrfs) or
-  well via the ARC (zfs), with small random writes costly on btrfs.
+* Docker's storage-driver documentation (docs.docker.com/engine/storage/drivers/,
+  the per-driver pages' performance sections; paraphrased here, and the
+  overlayfs page checked against its current text):
+
+  - ``overlayfs-driver``: OverlayFS supports page-cache sharing -- several
+    containers reading one file share one page-cache entry, which makes
+    overlay2 memory-efficient for dense hosts; the copy-up on a container's
+    first write to a file adds latency to that write, especially for large
+    files, and later writes do not copy again; lookups can cost more in
+    images with many layers.
+  - ``aufs-driver``: the same whole-file copy-up, and searching many layers
+    for a file costs more with deep images.
+  - ``device-mapper-driver``: block-level thin provisioning and snapshots
+    (64 KiB allocation), so a write to a big file copies one block, not the
+    file; each container is its own thin device with its own filesystem,
+    so nothing is shared in the page cache; allocate-on-demand costs on
+    first writes; ``dm.blkdiscard`` (default on) discards at removal.
+  - ``btrfs-driver`` / ``zfs-driver``: block/extent/record CoW like
+    devicemapper; zfs's ARC caches physical blocks shared by clones, btrfs
+    caches per subvolume inode.
+  - ``vfs-driver``: no copy-on-write; every layer is a full copy of the one
+    below, so disk use and creation time grow with image size.
 
 Every constant is overridable: ``estimate(..., constants=CostConstants(mount_s=
 {...}))``, ``CostConstants.from_toml(path)`` or :func:`load_device` for a
