@@ -348,8 +348,13 @@ def _seq_requests(nbytes: float, k: "CostConstants") -> float:
     return 0 if r == 0 else 1 + (r - 1) * k.sequential_latency_fraction
 
 
-def _n(phases: dict, key: str, metric: str) -> float:
-    return float((phases.get(key) or {}).get(metric, 0) or 0)
+def _flat_steps(d: dict) -> dict:
+    """A per-container entry as flat metric deltas of its steps:
+    ``thinp.workloads.run`` nests them (``{"container": i, "create": {...},
+    "steps": {...}}``); a flat dict of deltas is taken as it is."""
+    if isinstance(d.get("steps"), dict):
+        return d["steps"]
+    return d
 
 
 def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, containers=None,
@@ -357,23 +362,29 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
     """Seconds and bytes for one driver run (see the module docstring).
 
     ``metrics`` is :meth:`thinp.Engine.metrics` at the end of the run;
-    ``phases`` the metric deltas per phase (``"containers_create"``,
-    ``"steps"``; missing phases count as empty); ``per_container`` the
-    deltas per container (used for the container count and the steps when
-    ``phases["steps"]`` is absent)."""
+    ``phases`` the metric deltas per phase (``"containers_create"``, then
+    ``"steps"`` and any other phase -- ``"commit"``, ``"diff"``,
+    ``"export"``, ``"rm"`` -- counted as the workload's work; missing phases
+    count as empty); ``per_container`` the deltas per container, flat or
+    nested as ``{"create": {...}, "steps": {...}}`` (used for the container
+    count, the page-cache misses per container, and the steps when no
+    phases are given)."""
     dev = load_device(device)
     k = constants or CostConstants()
     phases = phases or {}
-    per_container = per_container or []
+    per_container = [_flat_steps(d) for d in (per_container or [])]
     n = containers or len(per_container) or int(metrics.get("containers", 0) or 0) or 1
     create = phases.get("containers_create") or {}
-    steps = phases.get("steps")
-    if steps is None:
-        steps = {}
-        for d in per_container:
-            for m, v in d.items():
-                if isinstance(v, (int, float)):
-                    steps[m] = steps.get(m, 0) + v
+    # the workload's own work: every phase but loading the image and
+    # creating the containers (thinp.workloads.run files commit, diff,
+    # export and rm steps under their own phase names)
+    work = [v for name, v in phases.items()
+            if name not in ("image_load", "containers_create", "error") and isinstance(v, dict)]
+    steps = {}
+    for d in work or per_container:
+        for m, v in d.items():
+            if isinstance(v, (int, float)):
+                steps[m] = steps.get(m, 0) + v
 
     def g(d, m):
         return float(d.get(m, 0) or 0)

@@ -158,3 +158,21 @@ def test_cli_bad_device_file(cli, tmp_path):
     p.write_text("[device]\nread_latency_s = 'fast'\n")
     rc, out, err = cli("compare", "applog", "--drivers", "aufs", "--device", str(p))
     assert rc != 0 and str(p) in err and "device." in err and err.count("\n") == 1
+
+
+def test_workload_errors_are_not_driver_failures():
+    """A WorkloadError from run() (a glob that matches nothing) is the
+    workload's fault: it propagates instead of filling every row."""
+    class WorkloadError(ValueError):
+        pass
+
+    class Runner:
+        load = staticmethod(standin.load)
+
+        @staticmethod
+        def run(workload, driver, **kw):
+            raise WorkloadError("w.toml: steps[0].glob = '/nope/*' matches no file")
+
+    Runner.WorkloadError = WorkloadError
+    with pytest.raises(WorkloadError, match="matches no file"):
+        cmp.compare("applog", drivers=["aufs"], runner=Runner, progress=False)

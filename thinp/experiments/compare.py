@@ -111,11 +111,15 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     wl = runner.load(workload) if isinstance(workload, (str, os.PathLike)) else workload
     rows = []
 
-    def one(d, i):
+    fatal = tuple(c for c in (getattr(runner, "WorkloadError", None),) if isinstance(c, type))
+
+    def one(d, i, sub_progress=None):
         t0 = time.perf_counter()
         sub = None if root is None else os.path.join(os.fspath(root), d)
         try:
-            res = runner.run(wl, d, root=sub, scale=scale, progress=None, **driver_options)
+            res = runner.run(wl, d, root=sub, scale=scale, progress=sub_progress, **driver_options)
+        except fatal:
+            raise                   # the workload itself is wrong (a glob matching nothing)
         except Exception as e:  # a driver failing must not abort the comparison
             res = _Failed(d, getattr(wl, "name", str(workload)), f"{type(e).__name__}: {e}")
         rows.append(row_from_result(res, device=dev, constants=constants,
@@ -129,10 +133,11 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
                       TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
                       console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("compare", total=len(names))
+            # the runner reports progress(k, m) inside one driver's run
             for i, d in enumerate(names):
                 bar.update(task, description=f"compare: {d}")
-                one(d, i)
-                bar.advance(task)
+                one(d, i, lambda k, m, i=i: bar.update(task, completed=i + k / max(m, 1)))
+                bar.update(task, completed=i + 1)
     else:
         for i, d in enumerate(names):
             if callable(progress):
