@@ -414,9 +414,14 @@ def _cmd_compare(args) -> int:
             err = rec.get("error")
             cells.append(f"[red]{err}[/]" if isinstance(err, str) and err else "")
         t.add_row(rec["driver"], *cells)
-    _console().print(t)
+    from rich.console import Console
+
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=120)      # a pipe or file gets the whole table, not 80 columns
+    con.print(t)
     if args.out:
-        _console().print(f"wrote {args.out}/compare.csv, compare.parquet, compare.png")
+        con.print(f"wrote {args.out}/compare.csv, compare.parquet, compare.png")
     return 0
 
 

@@ -29,8 +29,12 @@ def compare_figure(df, title: str = ""):
     x = range(len(drivers))
     labels = [d + ("\n(failed)" if f else "") for d, f in zip(drivers, failed)]
 
-    def panel(ax, ylabel, heading):
+    def panel(ax, ylabel, heading, values=()):
         ax.set_title(heading, fontsize=11, fontweight="bold")
+        pos = [v for v in values if v and v > 0]
+        if pos and max(pos) / min(pos) > 30:    # one driver (vfs) dwarfs the rest
+            ax.set_yscale("log")
+            ylabel += " (log scale)"
         ax.set_ylabel(ylabel)
         ax.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
@@ -41,16 +45,17 @@ def compare_figure(df, title: str = ""):
     ax.bar(x, data, label="data", color="#4C72B0")
     ax.bar(x, meta, bottom=data, label="metadata", color="#DD8452")
     ax.legend(fontsize=8)
-    panel(ax, "MiB", "Disk used (data + metadata)")
+    panel(ax, "MiB", "Disk used (data + metadata)", [a + b for a, b in zip(data, meta)])
 
     ax = axes[0][1]
-    ax.bar(x, [_mib(v) for v in df["bytes_written"]], color="#55A868")
-    panel(ax, "MiB", "Bytes written to the device")
+    written = [_mib(v) for v in df["bytes_written"]]
+    ax.bar(x, written, color="#55A868")
+    panel(ax, "MiB", "Bytes written to the device", written)
 
     ax = axes[1][0]
-    ax.bar(x, [0 if (isinstance(v, float) and math.isnan(v)) else v * 1e3 for v in df["start_time_s"]],
-           color="#C44E52")
-    panel(ax, "ms per container", "Container start time (model)")
+    start = [0 if (isinstance(v, float) and math.isnan(v)) else v * 1e3 for v in df["start_time_s"]]
+    ax.bar(x, start, color="#C44E52")
+    panel(ax, "ms per container", "Container start time (model)", start)
 
     ax = axes[1][1]
     ax.bar(x, [_mib(v) for v in df["page_cache_bytes"]], color="#8172B3")
