@@ -176,3 +176,16 @@ def test_workload_errors_are_not_driver_failures():
     Runner.WorkloadError = WorkloadError
     with pytest.raises(WorkloadError, match="matches no file"):
         cmp.compare("applog", drivers=["aufs"], runner=Runner, progress=False)
+
+
+def test_cli_constants_file_changes_the_estimate(cli, tmp_path):
+    p = tmp_path / "k.toml"
+    p.write_text("[constants.mount_s]\noverlay2 = 1.0\n")
+    rc, out, err = cli("compare", "applog", "--drivers", "overlay2", "--json", "--constants", str(p))
+    assert rc == 0, err
+    slow = json.loads(out)[0]["start_time_s"]
+    rc, out, err = cli("compare", "applog", "--drivers", "overlay2", "--json")
+    assert slow - json.loads(out)[0]["start_time_s"] >= 0.99
+    p.write_text("[constants]\ncache = 1\n")
+    rc, out, err = cli("compare", "applog", "--drivers", "overlay2", "--constants", str(p))
+    assert rc != 0 and "unknown key constants.cache" in err and err.count("\n") == 1

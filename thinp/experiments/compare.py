@@ -99,13 +99,19 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     ``progress`` is True (a rich progress bar on stderr), False, or a
     callable ``progress(driver, i, n)``.  ``runner`` is an object with
     ``load(source)`` and ``run(workload, driver, *, root, scale, progress,
-    **driver_options)`` (default :mod:`thinp.workloads`)."""
+    **driver_options)`` (default :mod:`thinp.workloads`).  ``constants`` is a
+    :class:`~thinp.cost.CostConstants` or a TOML file with a
+    ``[constants]`` table (cache size, per-driver costs, ...)."""
     import pandas as pd
 
     from ..cost import load_device
     from ..plot import compare_figure
 
     dev = load_device(device)
+    if isinstance(constants, (str, os.PathLike)):
+        from ..cost import CostConstants
+
+        constants = CostConstants.from_toml(os.fspath(constants))
     names = parse_drivers(drivers)
     runner = runner or _default_runner()
     wl = runner.load(workload) if isinstance(workload, (str, os.PathLike)) else workload
