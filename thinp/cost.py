@@ -415,6 +415,13 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
     # ---- workload (steps) per container
     w_bytes = g(steps, "bytes_written")
     own_bytes = max(w_bytes - copy_bytes, 0.0)
+    # data a filesystem has not written back yet (delayed allocation: the
+    # thin device's ext4/xfs of a still-mounted devicemapper container) shows
+    # as logical growth without device writes; it will be written, so price it
+    # (a union copy-up grows the logical bytes by the copied file: not new data)
+    unflushed = max(g(steps, "logical_bytes") - cu_bytes - own_bytes, 0.0)
+    own_bytes += unflushed
+    w_bytes += unflushed
     own_req = max(own_bytes * k.random_write_fraction / k.request_bytes, 0.0) + \
         _requests(own_bytes * (1 - k.random_write_fraction), k.merge_bytes)
     copy_req = copy_n * max(one_copy_req, 1) if copy_n else 0
@@ -456,6 +463,7 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
         "copy_up_bytes": cu_bytes,
         "cow_bytes": cow_bytes,
         "zeroing_bytes": zero_bytes,
+        "unflushed_bytes": unflushed,
         "lookup_probes": g(steps, "lookup_probes"),
         "start_time_s": start,
         "first_write_s": first_write,

@@ -195,3 +195,13 @@ def test_nested_per_container_and_extra_phases():
     e1 = cost.estimate("overlay2", {}, phases=base, containers=2)
     e2 = cost.estimate("overlay2", {}, phases=more, containers=2)
     assert e2["workload_s_per_container"] > e1["workload_s_per_container"]
+
+
+def test_unflushed_writes_are_priced():
+    """A still-mounted devicemapper container's fs has not written its new
+    small files back (delayed allocation): logical growth without device
+    writes is priced as the writes it will become."""
+    steps = {"logical_bytes": 10_001 * 512, "bytes_written": 0, "inodes": 10_001}
+    e = cost.estimate("devicemapper", {}, phases={"steps": steps}, containers=1)
+    assert e["unflushed_bytes"] == 10_001 * 512
+    assert e["workload_s_per_container"] > cost.DEVICES["nvme"].write_s(10_001 * 512, 1000)
