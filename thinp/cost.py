@@ -420,6 +420,8 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
     # as logical growth without device writes; it will be written, so price it
     # (a union copy-up grows the logical bytes by the copied file: not new data)
     unflushed = max(g(steps, "logical_bytes") - cu_bytes - own_bytes, 0.0)
+    if unflushed:   # each new file will take at least one block when written back
+        unflushed = max(unflushed, max(g(steps, "inodes"), 0.0) * k.request_bytes)
     own_bytes += unflushed
     w_bytes += unflushed
     own_req = max(own_bytes * k.random_write_fraction / k.request_bytes, 0.0) + \
