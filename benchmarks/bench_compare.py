@@ -7,6 +7,13 @@ It needs ``thinp.workloads.run`` (the workloads branch); until that is merged
 it skips with the reason.  ``THINP_COMPARE_RUNNER=tests.compare.standin``
 times the stand-in runner instead (scenario ``applog``), and
 ``THINP_BENCH_SCENARIO`` picks another scenario.
+
+Measured on a scratch copy of this branch with the workloads branch's
+``thinp/workloads`` (2026-11-28, this 2-core machine, numba warm): about
+2 min, NOT under the 30 s target -- vfs alone took 95 s (50 full copies of
+debian-minbase by ``NaiveDriver.copy_dir``, and ``Engine.metrics`` ->
+``NaiveDriver.stats`` walking every node after each step, which
+``workloads.run`` calls per step); the other six drivers took 3-4.5 s each.
 """
 from __future__ import annotations
 

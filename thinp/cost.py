@@ -327,6 +327,9 @@ FINDINGS = {
         "Docker aufs docs: lookups cost grows with the number of layers (lookup_probes)",
     ],
     "not_reproduced": [
+        "Tarasov 2017's small-file slowdown on devicemapper beyond setup/teardown: the steps of "
+        "many-small-files cost about the same per container on devicemapper as on overlay2 (the "
+        "model prices blocks written; dm is slower there only through start/teardown)",
         "absolute times: the constants are order-of-magnitude device and kernel costs, not fits "
         "to the paper's testbed",
         "CPU contention and lock scalability (Tarasov's many-threads results, aufs' global locks)",
