@@ -18,6 +18,7 @@ _LAZY = {
     "ThinStatus": ("thinp.thin", "ThinStatus"),
     "metadata_size": ("thinp.thin.metadata_size", "metadata_size"),
     "Engine": ("thinp.engine", "Engine"),
+    "compare": ("thinp.experiments.compare", "compare"),
 }
 
 
@@ -32,5 +33,5 @@ def __getattr__(name):
         return value
     raise AttributeError(f"module 'thinp' has no attribute {name!r}")
 
-__all__ = ["Engine", "ThinPool", "ThinDevice", "PoolStatus", "ThinStatus", "metadata_size", "TRACE_DTYPE",
+__all__ = ["Engine", "compare", "ThinPool", "ThinDevice", "PoolStatus", "ThinStatus", "metadata_size", "TRACE_DTYPE",
            "READ", "WRITE", "DISCARD", "make_trace", "parse_size", "errors"]

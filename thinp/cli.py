@@ -377,6 +377,103 @@ def _add_pool_replay(psub) -> None:
     r.set_defaults(func=_cmd_pool_replay)
 
 
+
+# ------------------------------------------------------------------ compare
+def _add_compare(sub) -> None:
+    cp = sub.add_parser("compare", help="one workload on several storage drivers: table, CSV, Parquet, figure")
+    cp.add_argument("workload", nargs="?", default="webapp",
+                    help="a built-in scenario name or a workload .toml (default: webapp)")
+    cp.add_argument("--drivers", default="all", help="all, or a comma-separated list (default: all)")
+    cp.add_argument("--device", default="nvme",
+                    help="hdd, sata-ssd, nvme, ram, or a device .toml (default: nvme)")
+    cp.add_argument("--out", default=None, help="write compare.csv, compare.parquet, compare.png here")
+    cp.add_argument("--json", action="store_true", help="print the rows as a JSON list, nothing else")
+    cp.add_argument("--scale", type=float, default=1.0, help="scale the workload (default 1.0)")
+    cp.add_argument("--constants", default=None,
+                    help="a .toml with a [constants] table overriding the cost model's constants")
+    cp.set_defaults(func=_cmd_compare)
+
+
+#: (column, header with its unit, divisor) for the terminal table
+_COMPARE_VIEW = (
+    ("disk_used_bytes", "disk MiB", 1 << 20),
+    ("bytes_written", "written MiB", 1 << 20),
+    ("start_time_s", "start ms", 1e-3),
+    ("first_write_s", "1st write ms", 1e-3),
+    ("workload_s_per_container", "work/ctr ms", 1e-3),
+    ("write_amplification", "write ampl. x", 1),
+    ("page_cache_bytes", "page cache MiB", 1 << 20),
+)
+
+
+def _compare_cell(v, div) -> str:
+    import math
+
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    x = v / div
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:,.0f}"
+
+
+def _cmd_compare(args) -> int:
+    import json
+    import os
+    import math
+
+    from .experiments.compare import compare
+
+    if not args.scale > 0:
+        raise ValueError(f"--scale must be > 0, not {args.scale}")
+    src = args.workload
+    if src.endswith(".toml") and not os.path.exists(src):
+        raise ValueError(f"{src}: no such workload file")
+    try:
+        df, fig = compare(src, drivers=args.drivers, device=args.device, out=args.out,
+                          scale=args.scale, progress=not args.json, constants=args.constants)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if src not in msg and (src.endswith(".toml") or isinstance(e, KeyError)):
+            msg = f"{src}: {msg}"
+        raise ValueError(msg) from None
+    if args.json:
+        rows = []
+        for rec in df.to_dict(orient="records"):
+            rows.append({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()})
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    from rich.table import Table
+
+    t = Table(title=f"thinp compare: {src} on {args.device} (best per column in green)")
+    t.add_column("driver", style="bold", no_wrap=True)
+    for _col, head, _div in _COMPARE_VIEW:
+        t.add_column(head, justify="right")
+    errors = any(isinstance(e, str) and e for e in df["error"])
+    if errors:
+        t.add_column("error", overflow="fold")
+    best = {}
+    for col, _h, _d in _COMPARE_VIEW:
+        vals = [v for v in df[col] if not (isinstance(v, float) and math.isnan(v))]
+        best[col] = min(vals) if vals else None
+    for rec in df.to_dict(orient="records"):
+        cells = []
+        for col, _h, div in _COMPARE_VIEW:
+            s = _compare_cell(rec[col], div)
+            cells.append(f"[bold green]{s}[/]" if best[col] is not None and rec[col] == best[col] else s)
+        if errors:
+            err = rec.get("error")
+            cells.append(f"[red]{err}[/]" if isinstance(err, str) and err else "")
+        t.add_row(rec["driver"], *cells)
+    from rich.console import Console
+
+    con = Console()
+    if not con.is_terminal:
+        con = Console(width=120)      # a pipe or file gets the whole table, not 80 columns
+    con.print(t)
+    if args.out:
+        con.print(f"wrote {args.out}/compare.csv, compare.parquet, compare.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="thinp", description="A block-level thin-provisioning simulator (dm-thin in numba).")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
@@ -432,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     ms.add_argument("-n", "--numeric-only", action="store_true")
     ms.set_defaults(func=_cmd_metadata_size)
     _add_metadata_tools(sub)
+    _add_compare(sub)
     return p
 
 

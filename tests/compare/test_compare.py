@@ -1,0 +1,191 @@
+"""thinp.compare() and ``thinp compare`` over the stand-in runner."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+import thinp
+from thinp.cli import main
+from thinp.experiments import compare as cmp
+
+from . import standin
+
+DRIVERS = ["overlay2", "devicemapper", "aufs"]
+
+
+class FailingRunner:
+    """The stand-in, with one driver failing as a RunResult error and one raising."""
+
+    load = staticmethod(standin.load)
+
+    @staticmethod
+    def run(workload, driver, **kw):
+        if driver == "aufs":
+            r = standin.RunResult(driver, workload.name)
+            r.error = "TooManyLayersError: max depth of 127 layers exceeded"
+            return r
+        if driver == "vfs":
+            raise OSError(28, "No space left on device")
+        return standin.run(workload, driver, **kw)
+
+
+@pytest.fixture(scope="module")
+def df_fig():
+    return thinp.compare("applog", drivers=DRIVERS, device="nvme", runner=standin, progress=False)
+
+
+def test_lazy_export():
+    assert thinp.compare is cmp.compare
+
+
+def test_one_row_per_driver_with_metric_columns(df_fig):
+    df, fig = df_fig
+    assert list(df["driver"]) == DRIVERS
+    for col in ("driver", "error", "device", *cmp.COLUMNS):
+        assert col in df.columns
+    assert df["error"].isna().all()
+    assert (df["device"] == "nvme").all()
+    assert (df["containers"] == 5).all()
+    assert (df["disk_used_bytes"] == df["disk_data_bytes"] + df["disk_metadata_bytes"]).all()
+    by = df.set_index("driver")
+    assert by.loc["devicemapper", "start_time_s"] > by.loc["overlay2", "start_time_s"]
+    assert by.loc["devicemapper", "page_cache_bytes"] == 5 * by.loc["overlay2", "page_cache_bytes"]
+    assert by.loc["overlay2", "copy_up_bytes"] >= 5 * (1 << 20)
+    assert by.loc["devicemapper", "cow_bytes"] > 0 and by.loc["devicemapper", "copy_up_bytes"] == 0
+
+
+def test_figure_has_four_labelled_panels(df_fig):
+    _, fig = df_fig
+    axes = fig.get_axes()
+    assert len(axes) == 4
+    titles = [a.get_title() for a in axes]
+    assert any("Disk used" in t for t in titles) and any("start" in t for t in titles)
+    assert any("Page-cache" in t for t in titles) and any("written" in t for t in titles)
+    assert all(a.get_ylabel() for a in axes)          # units on every panel
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == DRIVERS
+
+
+def test_failing_driver_keeps_its_row_and_the_run_goes_on(tmp_path):
+    calls = []
+    df, _ = cmp.compare("applog", drivers=["overlay2", "aufs", "vfs"], runner=FailingRunner,
+                        progress=lambda d, i, n: calls.append((d, i, n)), out=tmp_path)
+    assert calls == [("overlay2", 0, 3), ("aufs", 1, 3), ("vfs", 2, 3)]
+    by = df.set_index("driver")
+    assert "TooManyLayersError" in by.loc["aufs", "error"]
+    assert "No space left on device" in by.loc["vfs", "error"]
+    assert pd.isna(by.loc["aufs", "start_time_s"]) and pd.isna(by.loc["vfs", "disk_used_bytes"])
+    assert pd.isna(by.loc["overlay2", "error"]) and by.loc["overlay2", "start_time_s"] > 0
+    back = pd.read_parquet(tmp_path / "compare.parquet")
+    assert list(back["driver"]) == ["overlay2", "aufs", "vfs"]
+    assert "TooManyLayersError" in back.set_index("driver").loc["aufs", "error"]
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("drivers, msg", [("overlay2,nosuch", "unknown driver 'nosuch'"),
+                                          ("", "no drivers given"), ([], "no drivers given")])
+def test_bad_driver_lists(drivers, msg):
+    with pytest.raises(cmp.CompareError, match=msg):
+        cmp.parse_drivers(drivers)
+
+
+def test_all_is_the_seven_drivers():
+    assert cmp.parse_drivers("all") == ["overlay2", "overlay", "aufs", "devicemapper", "btrfs", "zfs", "vfs"]
+    assert cmp.parse_drivers(" aufs , vfs") == ["aufs", "vfs"]
+
+
+# ----------------------------------------------------------------------- CLI
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    monkeypatch.setenv("THINP_COMPARE_RUNNER", "tests.compare.standin")
+
+    def run(*argv):
+        try:
+            rc = main(list(argv))
+        except SystemExit as e:   # argparse usage errors exit(2) after one line
+            rc = e.code
+        out, err = capsys.readouterr()
+        return rc, out, err
+    return run
+
+
+def test_cli_writes_table_and_files(cli, tmp_path):
+    rc, out, err = cli("compare", "applog", "--drivers", "overlay2,devicemapper", "--out", str(tmp_path))
+    assert rc == 0, err
+    assert "overlay2" in out and "devicemapper" in out and "start" in out
+    for name in ("compare.csv", "compare.parquet", "compare.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    csv = pd.read_csv(tmp_path / "compare.csv")
+    assert list(csv["driver"]) == ["overlay2", "devicemapper"]
+    assert set(cmp.COLUMNS) <= set(csv.columns)
+
+
+def test_cli_json_is_a_list_of_rows(cli):
+    rc, out, err = cli("compare", "readers", "--drivers", "aufs,devicemapper", "--json", "--device", "hdd")
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [r["driver"] for r in rows] == ["aufs", "devicemapper"]
+    assert all(r["device"] == "hdd" and r["error"] is None for r in rows)
+    assert rows[1]["page_cache_bytes"] == 5 * rows[0]["page_cache_bytes"]
+    assert rows[0]["write_amplification"] is None     # nothing written: NaN becomes null
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (("compare", "nosuch", "--drivers", "aufs"), "unknown scenario 'nosuch'"),
+    (("compare", "missing.toml"), "missing.toml: no such workload file"),
+    (("compare", "applog", "--drivers", "aufs,zz"), "unknown driver 'zz'"),
+    (("compare", "applog", "--device", "floppy"), "unknown device 'floppy'"),
+    (("compare", "applog", "--scale", "0"), "--scale must be > 0"),
+    (("compare", "applog", "--scale", "big"), "invalid float value: 'big'"),
+])
+def test_cli_errors_are_one_line(cli, argv, msg):
+    rc, out, err = cli(*argv)
+    assert rc != 0
+    assert msg in err and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("thinp")
+
+
+def test_cli_bad_workload_file_names_the_file(cli, tmp_path):
+    p = tmp_path / "w.toml"
+    p.write_text("[workload]\ncontainers = 'many'\n")
+    rc, out, err = cli("compare", str(p), "--drivers", "aufs")
+    assert rc != 0 and str(p) in err and err.count("\n") == 1
+
+
+def test_cli_bad_device_file(cli, tmp_path):
+    p = tmp_path / "dev.toml"
+    p.write_text("[device]\nread_latency_s = 'fast'\n")
+    rc, out, err = cli("compare", "applog", "--drivers", "aufs", "--device", str(p))
+    assert rc != 0 and str(p) in err and "device." in err and err.count("\n") == 1
+
+
+def test_workload_errors_are_not_driver_failures():
+    """A WorkloadError from run() (a glob that matches nothing) is the
+    workload's fault: it propagates instead of filling every row."""
+    class WorkloadError(ValueError):
+        pass
+
+    class Runner:
+        load = staticmethod(standin.load)
+
+        @staticmethod
+        def run(workload, driver, **kw):
+            raise WorkloadError("w.toml: steps[0].glob = '/nope/*' matches no file")
+
+    Runner.WorkloadError = WorkloadError
+    with pytest.raises(WorkloadError, match="matches no file"):
+        cmp.compare("applog", drivers=["aufs"], runner=Runner, progress=False)
+
+
+def test_cli_constants_file_changes_the_estimate(cli, tmp_path):
+    p = tmp_path / "k.toml"
+    p.write_text("[constants.mount_s]\noverlay2 = 1.0\n")
+    rc, out, err = cli("compare", "applog", "--drivers", "overlay2", "--json", "--constants", str(p))
+    assert rc == 0, err
+    slow = json.loads(out)[0]["start_time_s"]
+    rc, out, err = cli("compare", "applog", "--drivers", "overlay2", "--json")
+    assert slow - json.loads(out)[0]["start_time_s"] >= 0.99
+    p.write_text("[constants]\ncache = 1\n")
+    rc, out, err = cli("compare", "applog", "--drivers", "overlay2", "--constants", str(p))
+    assert rc != 0 and "unknown key constants.cache" in err and err.count("\n") == 1

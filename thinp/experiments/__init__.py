@@ -1,0 +1,1 @@
+"""Experiments built on the workloads and the cost model (see :mod:`.compare`)."""
