@@ -1,0 +1,12 @@
+"""Experiments built on the public API: overcommit curves and parameter sweeps."""
+from __future__ import annotations
+
+
+def __getattr__(name):
+    if name == "overcommit":
+        from .overcommit import overcommit
+        return overcommit
+    if name == "run_sweep":
+        from .sweep import run_sweep
+        return run_sweep
+    raise AttributeError(name)
