@@ -15,7 +15,7 @@ devicemapper (a :class:`thinp.ThinPool` with Docker's loop-lvm defaults):
 * each container does ``write_per_container`` bytes of 4 KiB writes in random
   order over a region of that size in its rw device, replayed through
   :meth:`thinp.ThinPool.replay` as one trace (chunks when autoextend is on);
-* low water mark: Docker's 32,768 blocks, capped at 10% of the pool;
+* low water mark: Docker's 32,768 blocks, capped at 5% of the pool;
 * out of data space: with ``no_space="error"`` writes fail (ENOSPC, counted);
   with ``"queue"`` they queue; if autoextend cannot grow the pool the
   container hangs and the run stops (``queued_hang``) -- dm-thin would fail
@@ -176,7 +176,7 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
         raise ValueError(f"pool {pool_bytes} bytes is smaller than one block")
     threshold = _autoextend_threshold(autoextend_threshold)
     ext_pct = int(autoextend_percent)
-    lwm = min(DOCKER_LWM, nr_blocks // 10)
+    lwm = min(DOCKER_LWM, nr_blocks // 20)
     rng = np.random.default_rng(seed)
     tmp = tempfile.mkdtemp(prefix="thinp-oc-")
     rows: list[dict] = []
