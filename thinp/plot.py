@@ -47,7 +47,7 @@ def overcommit_plot(df, title=None):
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title or "Overcommit: pool use as containers start")
     axm.set_ylabel("metadata used (%)")
-    axm.set_xlabel("containers started (count)")
+    axm.set_xlabel("containers launched, in order (count; refused ones included)")
     axm.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
