@@ -364,7 +364,8 @@ def _cmd_overcommit(args) -> int:
             if len(h):
                 hits.append(f"{kind} at container {int(h['container'].iloc[0])} "
                             f"(Data% {h['data_pct'].iloc[0]:.1f})")
-        print(f"{driver}: {int(g['started'].sum())} containers started, final Data% "
+        ok = int((g["started"] & (g["enospc"] == 0)).sum())
+        print(f"{driver}: {int(g['started'].sum())} containers started, {ok} wrote all their data, final Data% "
               f"{g['data_pct'].iloc[-1]:.2f}, Meta% {g['meta_pct'].iloc[-1]:.2f}; "
               + ("; ".join(hits) if hits else "no events"))
     return 0
