@@ -44,7 +44,7 @@ def overcommit_plot(df, title=None):
     ax.axhline(90, color="grey", lw=0.8, ls=":")
     ax.set_ylabel("data used (% of pool)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title or "Overcommit: pool use as containers start")
     axm.set_ylabel("metadata used (%)")
     axm.set_xlabel("containers launched, in order (count; refused ones included)")
