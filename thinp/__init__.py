@@ -19,6 +19,8 @@ _LAZY = {
     "metadata_size": ("thinp.thin.metadata_size", "metadata_size"),
     "Engine": ("thinp.engine", "Engine"),
     "compare": ("thinp.experiments.compare", "compare"),
+    "overcommit": ("thinp.experiments.overcommit", "overcommit"),
+    "sweep": ("thinp.experiments.sweep", "run_sweep"),
 }
 
 

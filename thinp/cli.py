@@ -474,6 +474,98 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+
+def _cmd_overcommit(args) -> int:
+    """thinp overcommit: the overcommit experiment; writes CSV/Parquet and a PNG."""
+    import os
+
+    from .experiments.overcommit import overcommit
+
+    drivers = args.driver.split(",") if "," in args.driver else args.driver
+    df, fig = overcommit(pool=args.pool, block_size=args.block_size, image=args.image,
+                         containers=args.containers, write_per_container=args.write_per_container,
+                         zeroing=args.zeroing, discard=args.discard, fstrim_after_delete=args.fstrim_after_delete,
+                         autoextend_threshold=args.autoextend_threshold, autoextend_percent=args.autoextend_percent,
+                         no_space=args.no_space, lifetime=args.lifetime, driver=drivers, seed=args.seed,
+                         progress=not args.quiet, plot=not args.no_plot,
+                         min_free_space=args.min_free_space)
+    os.makedirs(args.out, exist_ok=True)
+    data = os.path.join(args.out, f"overcommit.{args.format}")
+    if args.format == "csv":
+        df.to_csv(data, index=False)
+    else:
+        df.to_parquet(data, index=False)
+    print(f"data: {data} ({len(df)} rows)")
+    if fig is not None:
+        png = os.path.join(args.out, "overcommit.png")
+        fig.savefig(png, dpi=120)
+        print(f"plot: {png}")
+    for driver, g in df.groupby("driver", sort=False):
+        hits = []
+        for kind in ("low_water_mark", "min_free_space", "out_of_data_space", "out_of_metadata_space",
+                     "autoextend", "queued_hang"):
+            h = g[g["events"].str.split(",").apply(lambda e, k=kind: k in e)]
+            if len(h):
+                hits.append(f"{kind} at container {int(h['container'].iloc[0])} "
+                            f"(Data% {h['data_pct'].iloc[0]:.1f})")
+        ok = int((g["started"] & (g["enospc"] == 0)).sum())
+        print(f"{driver}: {int(g['started'].sum())} containers started, {ok} wrote all their data, final Data% "
+              f"{g['data_pct'].iloc[-1]:.2f}, Meta% {g['meta_pct'].iloc[-1]:.2f}; "
+              + ("; ".join(hits) if hits else "no events"))
+    return 0
+
+
+def _add_overcommit(sub) -> None:
+    o = sub.add_parser("overcommit", help="start containers until the pool runs out; Data%/Meta% with events")
+    o.add_argument("--pool", default="100G")
+    o.add_argument("--block-size", default="64k", help="64k..1g")
+    o.add_argument("--image", default="debian-minbase", help="debian-minbase, scratch, or a size such as 200M")
+    o.add_argument("--containers", type=int, default=2000)
+    o.add_argument("--write-per-container", default="200M")
+    o.add_argument("--zeroing", action="store_true", help="zero new blocks (loop-lvm default: off)")
+    o.add_argument("--discard", default="passdown", choices=["passdown", "nopassdown", "ignore"])
+    o.add_argument("--fstrim-after-delete", action="store_true",
+                   help="discard a container's devices before deleting them")
+    o.add_argument("--autoextend-threshold", type=int, default=100, help="percent; 100 = off, <50 acts as 50")
+    o.add_argument("--autoextend-percent", type=int, default=20)
+    o.add_argument("--no-space", default="error", choices=["error", "queue"])
+    o.add_argument("--lifetime", type=int, default=None, help="remove each container after N more started")
+    o.add_argument("--min-free-space", type=int, default=10, help="dm.min_free_space percent")
+    o.add_argument("--driver", default="devicemapper",
+                   help="devicemapper, overlay2, overlay, aufs, vfs, a comma list, or all")
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--out", default=".", help="directory for overcommit.csv/.parquet and overcommit.png")
+    o.add_argument("--format", default="csv", choices=["csv", "parquet"])
+    o.add_argument("--no-plot", action="store_true")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    o.set_defaults(func=_cmd_overcommit)
+
+
+def _cmd_sweep(args) -> int:
+    """thinp sweep: a parameter grid from TOML, locally or on a Dask cluster."""
+    from .experiments.sweep import run_sweep
+
+    if args.workers is not None and args.scheduler:
+        raise ValueError("--workers and --scheduler exclude each other")
+    stats = run_sweep(args.spec, args.out, workers=args.workers, scheduler=args.scheduler,
+                      progress=not args.quiet, retry_failed=args.retry_failed)
+    rate = stats["ran"] / stats["seconds"] if stats["seconds"] > 0 else 0.0
+    print(f"{stats['points']} points: {stats['skipped']} already done, {stats['ran']} ran "
+          f"({stats['failed']} failed) in {stats['seconds']:.1f} s ({rate:.2f} points/s); results in {args.out}")
+    return 0
+
+
+def _add_sweep(sub) -> None:
+    s = sub.add_parser("sweep", help="run a parameter grid from TOML; resumable Parquet results")
+    s.add_argument("spec", help="sweep.toml: [grid] lists and [fixed] values")
+    s.add_argument("--out", required=True, help="Parquet dataset (a directory), appended as points finish")
+    s.add_argument("--workers", type=int, default=None, help="local processes (default: CPUs; 0 = in-process)")
+    s.add_argument("--scheduler", default=None, help="an existing Dask cluster, e.g. tcp://HOST:8786")
+    s.add_argument("--retry-failed", action="store_true", help="rerun points that recorded an error")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_sweep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="thinp", description="A block-level thin-provisioning simulator (dm-thin in numba).")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
@@ -530,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     ms.set_defaults(func=_cmd_metadata_size)
     _add_metadata_tools(sub)
     _add_compare(sub)
+
+    _add_overcommit(sub)
+    _add_sweep(sub)
     return p
 
 

@@ -1,1 +1,16 @@
-"""Experiments built on the workloads and the cost model (see :mod:`.compare`)."""
+"""Experiments built on the public API: driver comparison (:mod:`.compare`), overcommit curves and
+parameter sweeps."""
+from __future__ import annotations
+
+
+def __getattr__(name):
+    if name == "compare":
+        from .compare import compare
+        return compare
+    if name == "overcommit":
+        from .overcommit import overcommit
+        return overcommit
+    if name == "run_sweep":
+        from .sweep import run_sweep
+        return run_sweep
+    raise AttributeError(name)

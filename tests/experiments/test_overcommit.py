@@ -1,0 +1,132 @@
+"""The overcommit experiment: events in the right order at the right fill levels."""
+import numpy as np
+import pytest
+
+pd = pytest.importorskip("pandas")
+from thinp.experiments.overcommit import overcommit  # noqa: E402
+
+SMALL = dict(pool="1G", write_per_container="32M", containers=40, image="16M", progress=False, plot=False)
+
+
+def first(df, kind):
+    hit = df[df["events"].str.split(",").apply(lambda e: kind in e)]
+    return hit.iloc[0] if len(hit) else None
+
+
+def test_low_water_mark_before_out_of_data_space():
+    df, _ = overcommit(**SMALL, min_free_space=0)
+    lwm, oods = first(df, "low_water_mark"), first(df, "out_of_data_space")
+    assert lwm is not None and oods is not None
+    assert lwm["container"] < oods["container"]
+    nr = 1 << 30 >> 16
+    # the mark is 5% of this pool's blocks: it fires once free blocks fall to it
+    assert lwm["data_used_bytes"] >= (nr - nr // 20) * 65536
+    prev = df[df["container"] == lwm["container"] - 1].iloc[0]
+    assert prev["data_used_bytes"] < (nr - nr // 20) * 65536
+    assert oods["data_pct"] == 100.0 and oods["enospc"] > 0
+    assert (df[df["container"] < oods["container"]]["enospc"] == 0).all()
+
+
+def test_min_free_space_refuses_at_90_percent():
+    df, _ = overcommit(**SMALL)
+    ref = first(df, "min_free_space")
+    assert ref is not None and not ref["started"]
+    assert ref["data_pct"] > 90.0
+    assert "Thin Pool has" in ref["message"] and "dm.min_free_space" in ref["message"]
+    before = df[df["container"] < ref["container"]]
+    assert before["started"].all() and (before["data_pct"].iloc[-1] - before["data_pct"].iloc[-2]) > 0
+    # every container before the refusal started under 90%
+    assert before["data_pct"].iloc[-2] < 90.0
+    # nothing starts after; no write ever failed
+    assert not df[df["container"] >= ref["container"]]["started"].any()
+    assert df["enospc"].sum() == 0 and first(df, "out_of_data_space") is None
+
+
+def test_autoextend_grows_the_pool():
+    df, fig = overcommit(**{**SMALL, "plot": True}, autoextend_threshold=70, autoextend_percent=20)
+    assert fig is not None
+    assert df["data_total_bytes"].is_monotonic_increasing
+    assert df["data_total_bytes"].iloc[-1] > 1 << 30
+    assert df["started"].all() and df["enospc"].sum() == 0
+    ext = df[df["events"].str.contains("autoextend")]
+    assert len(ext) >= 2
+    # every extension grew the pool by 20% of its size then
+    sizes = df["data_total_bytes"].unique()
+    for a, b in zip(sizes, sizes[1:]):
+        assert b == a + (a >> 16) * 20 // 100 * 65536
+
+
+def test_autoextend_threshold_under_50_acts_as_50():
+    df, _ = overcommit(**SMALL, autoextend_threshold=10, autoextend_percent=20)
+    ext = first(df, "autoextend")
+    assert ext is not None
+    prev = df[df["container"] < ext["container"]]
+    assert (prev["data_total_bytes"] == 1 << 30).all()
+    assert prev["data_pct"].iloc[-1] < 50.0 + 32 / 1024 * 100   # not before 50%
+
+
+def test_autoextend_off_at_100():
+    df, _ = overcommit(**SMALL, autoextend_threshold=100)
+    assert (df["data_total_bytes"] == 1 << 30).all()
+
+
+def test_queue_mode_hangs_without_autoextend():
+    df, _ = overcommit(**SMALL, min_free_space=0, no_space="queue")
+    hang = first(df, "queued_hang")
+    assert hang is not None and hang["queued"] > 0 and hang["mode"] == "out_of_data_space"
+    assert df["container"].iloc[-1] == hang["container"]   # the run stops there
+    assert df["enospc"].sum() == 0
+
+
+def test_queue_mode_with_autoextend_runs_the_queue():
+    df, _ = overcommit(**SMALL, min_free_space=0, no_space="queue", autoextend_threshold=90, autoextend_percent=10)
+    assert first(df, "queued_hang") is None and (df["queued"] == 0).all()
+    assert df["started"].all()
+
+
+def test_churn_without_discard_keeps_host_space():
+    df, _ = overcommit(**SMALL, lifetime=5, discard="ignore")
+    assert df["started"].all()                       # the pool itself gets its blocks back on delete
+    assert df["host_bytes"].is_monotonic_increasing  # the loop file never shrinks
+    assert df["host_bytes"].iloc[-1] > 2 * df["data_used_bytes"].iloc[-1]
+    df2, _ = overcommit(**SMALL, lifetime=5, discard="nopassdown", fstrim_after_delete=True)
+    assert df2["host_bytes"].is_monotonic_increasing
+
+
+def test_churn_with_discard_and_fstrim_returns_space():
+    df, _ = overcommit(**SMALL, lifetime=5, discard="passdown", fstrim_after_delete=True)
+    assert df["started"].all()
+    # every removed container's blocks leave the loop file: it holds only what the pool maps
+    assert (df["host_bytes"] == df["data_used_bytes"]).all()
+    assert df["host_bytes"].iloc[-1] == df["host_bytes"].iloc[5]   # steady once churn starts
+    keep, _ = overcommit(**SMALL, lifetime=5, discard="ignore")
+    assert keep["host_bytes"].iloc[-1] > 2 * df["host_bytes"].iloc[-1]
+
+
+def test_overcommit_ratio_and_mapped_vs_virtual():
+    df, _ = overcommit(**SMALL)
+    live = df["live"]
+    assert (df["virtual_bytes"] == (1 + 2 * live) * (10 << 30)).all()
+    assert np.allclose(df["overcommit_ratio"], df["virtual_bytes"] / df["data_total_bytes"])
+    assert (df["mapped_bytes"] <= df["data_total_bytes"]).all()
+    assert df["meta_pct"].is_monotonic_increasing and (df["meta_pct"] > 0).all()
+
+
+def test_union_drivers_on_a_plain_disk():
+    df, fig = overcommit(**{**SMALL, "plot": True, "image": "64M"}, driver=["devicemapper", "overlay2", "vfs"])
+    assert set(df["driver"]) == {"devicemapper", "overlay2", "vfs"}
+    assert fig is not None
+    out = {d: first(g, "out_of_data_space") for d, g in df.groupby("driver")}
+    # vfs copies the image per container, so it runs out first; overlay2 nearly fills the disk
+    assert out["vfs"]["container"] < out["overlay2"]["container"]
+    assert out["devicemapper"] is None                       # devicemapper refuses at 90% instead
+    assert df[df.driver == "overlay2"]["data_pct"].max() > 95
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        overcommit(**SMALL, discard="sometimes")
+    with pytest.raises(ValueError):
+        overcommit(**SMALL, driver="floppy")
+    with pytest.raises(ValueError):
+        overcommit(**{**SMALL, "containers": 1}, block_size="3k")

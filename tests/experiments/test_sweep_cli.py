@@ -1,0 +1,99 @@
+"""thinp sweep (local, resumable, failures, Dask equivalence) and the two CLI commands."""
+import os
+
+import pytest
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+from thinp.cli import main  # noqa: E402
+from thinp.experiments import sweep as S  # noqa: E402
+
+SPEC = {
+    "grid": {"driver": ["devicemapper", "overlay2"], "seed": [0, 1], "block_size": ["64k", "1m"]},
+    "fixed": {"pool": "512M", "containers": 8, "write_per_container": "64M", "image": "8M"},
+}
+RESULT = ["hash", "params", "error", "containers_started", "first_min_free_space", "first_out_of_data_space",
+          "final_data_pct", "final_meta_pct", "max_overcommit_ratio", "final_host_bytes"]
+
+
+def test_expand_and_hash():
+    pts = S.expand(SPEC)
+    assert len(pts) == 8 and len({S.point_hash(p) for p in pts}) == 8
+    assert S.point_hash({"a": 1, "b": 2}) == S.point_hash({"b": 2, "a": 1})
+    assert all(p["pool"] == "512M" for p in pts)
+
+
+def test_sweep_resume_and_failures(tmp_path):
+    spec = {**SPEC, "grid": {**SPEC["grid"], "block_size": ["64k", "3k"]}}   # 3k is no dm-thin block size
+    out = str(tmp_path / "r.parquet")
+    st = S.run_sweep(spec, out, workers=0, progress=False)
+    assert st == {**st, "points": 8, "skipped": 0, "ran": 8, "failed": 4}
+    df = S.read_results(out)
+    assert len(df) == 8
+    bad = df[df["p_block_size"] == "3k"]
+    assert (bad["error"].str.startswith("ValueError")).all() and len(bad) == 4
+    good = df[df["p_block_size"] == "64k"]
+    assert (good["error"] == "").all() and (good["containers_started"] > 0).all()
+    # interrupted: lose two finished points, rerun -> only those run
+    parts = sorted(f for f in os.listdir(out) if f.endswith(".parquet") and "failed" not in f)
+    for f in parts[:2]:
+        os.unlink(os.path.join(out, f))
+    st2 = S.run_sweep(spec, out, workers=0, progress=False)
+    assert (st2["skipped"], st2["ran"], st2["failed"]) == (6, 2, 0)
+    again = S.read_results(out)
+    pd.testing.assert_frame_equal(again[RESULT], df[RESULT])
+    # failed points are kept unless asked to retry
+    st3 = S.run_sweep(spec, out, workers=0, progress=False, retry_failed=True)
+    assert (st3["skipped"], st3["ran"], st3["failed"]) == (4, 4, 4)
+    assert len(S.read_results(out)) == 8
+
+
+def test_dask_matches_local(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    local = str(tmp_path / "local.parquet")
+    S.run_sweep(SPEC, local, workers=0, progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        remote = str(tmp_path / "dask.parquet")
+        st = S.run_sweep(SPEC, remote, client=client, progress=False)
+    assert st["ran"] == 8 and st["failed"] == 0
+    a, b = S.read_results(local), S.read_results(remote)
+    assert len(a) == len(b) == 8
+    pd.testing.assert_frame_equal(a[RESULT + [c for c in a if c.startswith("p_")]],
+                                  b[RESULT + [c for c in a if c.startswith("p_")]])
+
+
+def test_sweep_process_pool_and_cli(tmp_path, capsys):
+    toml = tmp_path / "sweep.toml"
+    toml.write_text('[grid]\nseed = [0, 1]\ndriver = ["devicemapper", "vfs"]\n'
+                    '[fixed]\npool = "512M"\ncontainers = 6\nwrite_per_container = "64M"\nimage = "8M"\n')
+    out = str(tmp_path / "res.parquet")
+    assert main(["sweep", str(toml), "--out", out, "--workers", "2", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "4 points: 0 already done, 4 ran (0 failed)" in text
+    local = str(tmp_path / "local.parquet")
+    S.run_sweep(S.load_spec(toml), local, workers=0, progress=False)
+    pd.testing.assert_frame_equal(S.read_results(out)[RESULT], S.read_results(local)[RESULT])
+    assert main(["sweep", str(toml), "--out", out, "-q"]) == 0
+    assert "4 already done, 0 ran" in capsys.readouterr().out
+    assert main(["sweep", str(toml), "--out", out, "--workers", "1", "--scheduler", "tcp://x:1"]) == 1
+
+
+def test_overcommit_cli(tmp_path, capsys):
+    out = tmp_path / "oc"
+    rc = main(["overcommit", "--pool", "1G", "--containers", "40", "--write-per-container", "32M",
+               "--image", "16M", "--driver", "devicemapper,overlay2", "--out", str(out), "-q"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "devicemapper:" in text and "min_free_space at container" in text
+    assert "overlay2:" in text and "out_of_data_space at container" in text
+    df = pd.read_csv(out / "overcommit.csv")
+    assert len(df) == 80 and {"data_pct", "meta_pct", "overcommit_ratio", "events", "mapped_bytes",
+                              "virtual_bytes"} <= set(df.columns)
+    png = (out / "overcommit.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    rc = main(["overcommit", "--pool", "1G", "--containers", "3", "--write-per-container", "8M", "--format",
+               "parquet", "--no-plot", "--out", str(out / "pq"), "-q"])
+    assert rc == 0 and len(pd.read_parquet(out / "pq" / "overcommit.parquet")) == 3
+    assert not (out / "pq" / "overcommit.png").exists()
+    assert main(["overcommit", "--block-size", "3k", "--containers", "1", "--out", str(out), "-q"]) == 1

@@ -1,0 +1,411 @@
+"""How many containers fit?  The overcommit experiment.
+
+``overcommit(...)`` starts ``containers`` containers one after another and
+records, after each, the pool's Data% and Meta%, mapped vs virtual bytes,
+the overcommit ratio and the events that happened while it ran.
+
+devicemapper (a :class:`thinp.ThinPool` with Docker's loop-lvm defaults):
+
+* thin id 1 is the base device (``basesize`` 10 GiB), "formatted" and holding
+  the image; a container is ``<id>-init`` (a snapshot of the image device)
+  plus its read-write snapshot, as Docker's layer store makes them;
+* before each container, ``dm.min_free_space`` (10%) is checked as Docker
+  does, and a refusal carries Docker's message (``events`` column
+  ``min_free_space``; the container does not start);
+* each container does ``write_per_container`` bytes of 4 KiB writes in random
+  order over a region of that size in its rw device, replayed through
+  :meth:`thinp.ThinPool.replay` as one trace (chunks when autoextend is on);
+* low water mark: Docker's 32,768 blocks, capped at 5% of the pool;
+* out of data space: with ``no_space="error"`` writes fail (ENOSPC, counted);
+  with ``"queue"`` they queue; if autoextend cannot grow the pool the
+  container hangs and the run stops (``queued_hang``) -- dm-thin would fail
+  them after ``no_space_timeout``;
+* out of metadata space: the pool turns read-only and the run stops;
+* autoextend (LVM's ``thin_pool_autoextend_threshold``/``percent``): checked
+  between chunks of writes (dmeventd polls); 100 = off, under 50 acts as 50;
+  the pool grows by ``percent`` of its current size via ``resize_data``;
+* churn: with ``lifetime=L`` container ``i-L`` is removed before container
+  ``i`` starts.  Removal deletes the thin devices (dm-thin frees their
+  blocks in the pool).  With ``fstrim_after_delete`` the driver discards the
+  device first (Docker's ``dm.blkdiscard``).  ``host_bytes`` is what the
+  loop data file holds on the host disk: blocks once used stay allocated
+  there unless the discard reaches the pool *and* the pool passes it down
+  (``discard="passdown"``) -- moby issue #3182's complaint.
+
+Not modelled: the per-device filesystem's own metadata and allocator
+(approximated by a constant measured once from :func:`thinp.fs.mkfs` of the
+base device); the image's files (its footprint is the Debian minbase
+manifest's bytes, rounded to 4 KiB per file, written once to the base
+device); container start-up writes other than the workload; page cache.
+
+Union drivers (overlay2, overlay, aufs, vfs) run on a
+:class:`thinp.blockdev.PlainDevice` of the same size with the ext4 model:
+the image is extracted once into a lower dir (vfs copies it per container),
+and each container's writes are one file of ``write_per_container`` bytes in
+its upper dir (written in one call: the block count matches random 4 KiB
+writes covering the file, the extent layout does not).  ``data_pct`` is the
+filesystem's used blocks, ``meta_pct`` its used inodes; running out is ENOSPC.
+overlay2, overlay and aufs give the same curve here: their differences
+(lower-layer links, whiteouts, copy-up) do not show in a write-only workload
+on fresh files; vfs differs by its full copy of the image per container.
+``started`` there means the container's directories were made; ``enospc``
+marks one whose writes failed.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+
+from ..trace import DISCARD, TRACE_DTYPE, WRITE
+from ..units import check_block_size, parse_size
+
+UNION_DRIVERS = ("overlay2", "overlay", "aufs", "vfs")
+DRIVERS = ("devicemapper",) + UNION_DRIVERS
+DISCARDS = ("passdown", "nopassdown", "ignore")
+BASE_SIZE = 10 << 30
+DOCKER_LWM = 32768
+PAGE = 4096
+DEFAULT_IMAGE_BYTES = 130 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def image_bytes(image: str) -> int:
+    """The image's footprint: its manifest's regular files, 4 KiB-rounded."""
+    if image in ("debian-minbase", "debian-bookworm-minbase"):
+        try:
+            from ..fs.workloads import load_manifest
+
+            rows = load_manifest()
+            return int(sum(-(-int(r["size"] or 0) // PAGE) * PAGE for r in rows if r["type"] == "f"))
+        except Exception:  # the fixtures may be absent in an installed package
+            return DEFAULT_IMAGE_BYTES
+    if image in ("scratch", "empty"):
+        return 0
+    return parse_size(image, what="image")
+
+
+@functools.lru_cache(maxsize=None)
+def fs_metadata_bytes(fstype: str = "xfs", size: int = BASE_SIZE) -> int:
+    """Bytes :func:`thinp.fs.mkfs` maps on a fresh ``size`` device (measured once)."""
+    from ..blockdev import PlainDevice
+    from ..fs import mkfs
+
+    dev = PlainDevice(size)
+    fs = mkfs(dev, fstype)
+    fs.sync()
+    return int(dev.physical_bytes)
+
+
+def _autoextend_threshold(t: int) -> int:
+    t = int(t)
+    if t >= 100:
+        return 100
+    return max(50, t)
+
+
+def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers=2000,
+               write_per_container="200M", zeroing=False, discard="passdown", fstrim_after_delete=False,
+               autoextend_threshold=100, autoextend_percent=20, no_space="error", lifetime=None,
+               driver="devicemapper", seed=0, progress=True, plot=True, min_free_space=10):
+    """Run the experiment; returns ``(DataFrame, Figure)`` (Figure is None with
+    ``plot=False``).  ``driver`` is one name, a list of names, or ``"all"``:
+    several drivers give one frame (a ``driver`` column) and one figure."""
+    if driver == "all":
+        driver = list(DRIVERS)
+    names = [driver] if isinstance(driver, str) else list(driver)
+    import pandas as pd
+
+    frames = []
+    for d in names:
+        kw = dict(pool=pool, block_size=block_size, image=image, containers=containers,
+                  write_per_container=write_per_container, zeroing=zeroing, discard=discard,
+                  fstrim_after_delete=fstrim_after_delete, autoextend_threshold=autoextend_threshold,
+                  autoextend_percent=autoextend_percent, no_space=no_space, lifetime=lifetime, seed=seed,
+                  progress=progress, min_free_space=min_free_space)
+        if d == "devicemapper":
+            rows = run_devicemapper(**kw)
+        elif d in UNION_DRIVERS:
+            rows = run_union(d, **kw)
+        else:
+            raise ValueError(f"driver {d!r}: one of {', '.join(DRIVERS)}")
+        frames.append(pd.DataFrame(rows))
+    df = pd.concat(frames, ignore_index=True)
+    fig = None
+    if plot:
+        from ..plot import overcommit_plot
+
+        fig = overcommit_plot(df)
+    return df, fig
+
+
+def _progress(total, label, enabled):
+    if not enabled:
+        return None
+    from rich.progress import Progress
+
+    p = Progress()
+    p.start()
+    return p, p.add_task(label, total=total)
+
+
+def _check_args(containers, no_space, discard, lifetime):
+    if no_space not in ("error", "queue"):
+        raise ValueError(f"no_space {no_space!r}: 'error' or 'queue'")
+    if discard not in DISCARDS:
+        raise ValueError(f"discard {discard!r}: one of {', '.join(DISCARDS)}")
+    if int(containers) < 0:
+        raise ValueError("containers must be >= 0")
+    if lifetime is not None and int(lifetime) < 1:
+        raise ValueError("lifetime must be >= 1 container")
+
+
+def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", containers=2000,
+                     write_per_container="200M", zeroing=False, discard="passdown", fstrim_after_delete=False,
+                     autoextend_threshold=100, autoextend_percent=20, no_space="error", lifetime=None,
+                     seed=0, progress=True, min_free_space=10) -> list[dict]:
+    """The devicemapper experiment; one row per container (see the module)."""
+    from .. import errors
+    from ..thin import ThinPool
+
+    _check_args(containers, no_space, discard, lifetime)
+    bs = check_block_size(block_size)
+    pool_bytes = parse_size(pool, what="pool")
+    wbytes = parse_size(write_per_container, what="write_per_container") // PAGE * PAGE
+    nr_blocks = pool_bytes // bs
+    if nr_blocks < 1:
+        raise ValueError(f"pool {pool_bytes} bytes is smaller than one block")
+    threshold = _autoextend_threshold(autoextend_threshold)
+    ext_pct = int(autoextend_percent)
+    lwm = min(DOCKER_LWM, nr_blocks // 20)
+    rng = np.random.default_rng(seed)
+    tmp = tempfile.mkdtemp(prefix="thinp-oc-")
+    rows: list[dict] = []
+    bar = _progress(int(containers), "devicemapper", progress)
+    try:
+        p = ThinPool.create(os.path.join(tmp, "pool"), pool_bytes, block_size=bs, metadata_size="2G",
+                            low_water_mark=lwm, zero_new_blocks=bool(zeroing),
+                            discard_passdown=(discard == "passdown"), ignore_discard=(discard == "ignore"),
+                            error_if_no_space=(no_space == "error"), sync=False, commit_interval=0)
+        host = np.zeros(p.nr_data_blocks, dtype=bool)   # loop file blocks allocated on the host
+        pending: list[str] = []
+
+        def on_event(ev):
+            pending.append(ev.kind)
+        for kind in ("low_water_mark", "out_of_data_space", "metadata_low_water_mark", "out_of_metadata_space"):
+            p.on_event(kind, on_event)
+
+        # the base device: mkfs's metadata + the image, written once
+        base_fill = -(-(fs_metadata_bytes("xfs") + image_bytes(image)) // PAGE) * PAGE
+        p.create_thin(1, BASE_SIZE)
+        if base_fill:
+            tr = np.zeros(1, dtype=TRACE_DTYPE)
+            tr[0] = (1, WRITE, 0, min(base_fill, BASE_SIZE))
+            p.replay(tr)
+        region_max = BASE_SIZE - base_fill - wbytes
+        if region_max < 0:
+            raise ValueError(f"write_per_container {wbytes} bytes does not fit a {BASE_SIZE >> 30} GiB device")
+        live: dict[int, tuple[int, int, int, int]] = {}   # container -> (init id, rw id, offset, nbytes)
+        next_id = 2
+        stopped = None
+        resizes = 0
+        t0 = time.perf_counter()
+
+        def mark_host():
+            rc = p.refcounts()
+            n = min(len(rc), len(host))
+            host[:n] |= rc[:n] > 0
+
+        def autoextend():
+            nonlocal resizes
+            if threshold >= 100:
+                return False
+            st = p.status()
+            if 100.0 * st.used_data_blocks / st.total_data_blocks < threshold and not p.nr_queued:
+                return False
+            new = st.total_data_blocks + max(1, st.total_data_blocks * ext_pct // 100)
+            p.resize_data(new * bs)
+            resizes += 1
+            pending.append("autoextend")
+            return True
+
+        for i in range(int(containers)):
+            if stopped:
+                break
+            ev: list[str] = []
+            enospc = 0
+            started = False
+            # churn: remove the container that has lived its lifetime
+            if lifetime is not None and i - int(lifetime) in live:
+                init_id, rw_id, off, nb = live.pop(i - int(lifetime))
+                mark_host()
+                if fstrim_after_delete:
+                    tr = np.zeros(2, dtype=TRACE_DTYPE)
+                    tr[0] = (rw_id, DISCARD, 0, BASE_SIZE)
+                    tr[1] = (init_id, DISCARD, 0, BASE_SIZE)
+                    p.replay(tr)
+                p.delete(rw_id)
+                p.delete(init_id)
+                p.commit()
+                if fstrim_after_delete and discard == "passdown":
+                    rc = p.refcounts()
+                    host[: len(rc)] &= rc > 0
+                ev.append("removed")
+            # dm.min_free_space, checked as Docker's devmapper does before a create
+            st = p.status()
+            min_data = max(1, st.total_data_blocks * min_free_space // 100) if min_free_space else 0
+            min_meta = max(1, st.total_metadata_blocks * min_free_space // 100) if min_free_space else 0
+            free_data = st.total_data_blocks - st.used_data_blocks
+            free_meta = st.total_metadata_blocks - st.used_metadata_blocks
+            message = ""
+            if free_data < min_data:
+                message = (f"devmapper: Thin Pool has {free_data} free data blocks which is less than minimum "
+                           f"required {int(min_data)} free data blocks. Create more free space in thin pool or "
+                           f"use dm.min_free_space option to change behavior")
+            elif free_meta < min_meta:
+                message = (f"devmapper: Thin Pool has {free_meta} free metadata blocks which is less than "
+                           f"minimum required {int(min_meta)} free metadata blocks. Create more free metadata "
+                           f"space in thin pool or use dm.min_free_space option to change behavior")
+            if message:
+                ev.append("min_free_space")
+                if autoextend():
+                    message = ""
+            if not message:
+                try:
+                    init_id, rw_id = next_id, next_id + 1
+                    p.create_snap(init_id, 1)
+                    p.create_snap(rw_id, init_id)
+                    next_id += 2
+                    started = True
+                    off = int(rng.integers(0, region_max // bs + 1)) * bs + base_fill // bs * bs
+                    off = min(off, BASE_SIZE - wbytes) // PAGE * PAGE
+                    live[i] = (init_id, rw_id, off, wbytes)
+                    npages = wbytes // PAGE
+                    tr = np.empty(npages, dtype=TRACE_DTYPE)
+                    tr["dev_id"] = rw_id
+                    tr["op"] = WRITE
+                    tr["offset"] = rng.permutation(npages).astype(np.uint64) * PAGE + off
+                    tr["length"] = PAGE
+                    nchunks = 1 if threshold >= 100 else 8
+                    for chunk in np.array_split(tr, nchunks):
+                        if not len(chunk):
+                            continue
+                        r = p.replay(chunk)
+                        enospc += r.counters["nr_enospc"]
+                        autoextend()
+                    while p.nr_queued and autoextend():
+                        pass
+                    if p.nr_queued:
+                        ev.append("queued_hang")
+                        stopped = "queued_hang"
+                except errors.ReadOnlyPoolError:
+                    stopped = "out_of_metadata_space"
+                    if "out_of_metadata_space" not in pending:
+                        pending.append("out_of_metadata_space")
+            ev.extend(pending)
+            pending.clear()
+            st = p.status(observer=True)
+            if len(host) < st.total_data_blocks:
+                host = np.concatenate([host, np.zeros(st.total_data_blocks - len(host), dtype=bool)])
+            mark_host()
+            virtual = BASE_SIZE * (1 + 2 * len(live))
+            rows.append(dict(
+                driver="devicemapper", container=i + 1, started=started, live=len(live),
+                data_used_bytes=st.used_data_blocks * bs, data_total_bytes=st.total_data_blocks * bs,
+                data_pct=100.0 * st.used_data_blocks / st.total_data_blocks,
+                meta_used_bytes=st.used_metadata_blocks * 4096, meta_total_bytes=st.total_metadata_blocks * 4096,
+                meta_pct=100.0 * st.used_metadata_blocks / st.total_metadata_blocks,
+                mapped_bytes=st.used_data_blocks * bs, virtual_bytes=virtual,
+                overcommit_ratio=virtual / (st.total_data_blocks * bs),
+                host_bytes=int(host.sum()) * bs, enospc=int(enospc), queued=int(p.nr_queued),
+                events=",".join(ev), message=message, mode=st.mode,
+                seconds=time.perf_counter() - t0))
+            if bar:
+                bar[0].update(bar[1], advance=1)
+        p.close()
+    finally:
+        if bar:
+            bar[0].stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
+def run_union(driver, pool="100G", block_size="64k", image="debian-minbase", containers=2000,
+              write_per_container="200M", zeroing=False, discard="passdown", fstrim_after_delete=False,
+              autoextend_threshold=100, autoextend_percent=20, no_space="error", lifetime=None,
+              seed=0, progress=True, min_free_space=10) -> list[dict]:
+    """A union driver on a plain disk of ``pool`` bytes with the ext4 model."""
+    from .. import errors
+    from ..blockdev import PlainDevice
+    from ..fs import mkfs
+
+    _check_args(containers, no_space, discard, lifetime)
+    check_block_size(block_size)
+    size = parse_size(pool, what="pool") // PAGE * PAGE
+    wbytes = parse_size(write_per_container, what="write_per_container") // PAGE * PAGE
+    img = image_bytes(image)
+    dev = PlainDevice(size)
+    fs = mkfs(dev, "ext4", discard=(discard != "ignore"))
+    rows: list[dict] = []
+    bar = _progress(int(containers), driver, progress)
+    out = False
+    t0 = time.perf_counter()
+    try:
+        fs.mkdir("/image")
+        fs.create("/image/rootfs")
+        if img:
+            fs.write("/image/rootfs", 0, img)
+        fs.mkdir("/containers")
+        live = []
+        for i in range(int(containers)):
+            ev = []
+            started = False
+            if lifetime is not None and i - int(lifetime) in live:
+                live.remove(i - int(lifetime))
+                fs.rmtree(f"/containers/{i - int(lifetime)}")
+                fs.sync()
+                if fstrim_after_delete and discard != "ignore":
+                    fs.fstrim()
+                ev.append("removed")
+            if not out:
+                try:
+                    d = f"/containers/{i}"
+                    fs.mkdir(d)
+                    live.append(i)
+                    started = True
+                    if driver == "vfs" and img:
+                        fs.create(d + "/rootfs")
+                        fs.write(d + "/rootfs", 0, img)
+                    fs.mkdir(d + "/upper")
+                    fs.create(d + "/upper/data")
+                    if wbytes:
+                        fs.write(d + "/upper/data", 0, wbytes)
+                    fs.sync()
+                except (errors.NoSpaceError, OSError) as e:
+                    if isinstance(e, errors.NoSpaceError) or getattr(e, "errno", None) == 28:
+                        ev.append("out_of_data_space")
+                        out = no_space == "queue"   # a blocked writer: nothing else starts
+                    else:
+                        raise
+            s = fs.statfs()
+            used = s["f_blocks"] - s["f_bfree"]
+            virtual = (len(live) + 1) * size
+            rows.append(dict(
+                driver=driver, container=i + 1, started=started, live=len(live),
+                data_used_bytes=used * s["f_bsize"], data_total_bytes=s["f_blocks"] * s["f_bsize"],
+                data_pct=100.0 * used / s["f_blocks"],
+                meta_used_bytes=(s["f_files"] - s["f_ffree"]) * 256, meta_total_bytes=s["f_files"] * 256,
+                meta_pct=100.0 * (s["f_files"] - s["f_ffree"]) / s["f_files"],
+                mapped_bytes=used * s["f_bsize"], virtual_bytes=virtual, overcommit_ratio=1.0,
+                host_bytes=int(dev.physical_bytes), enospc=int("out_of_data_space" in ev), queued=0,
+                events=",".join(ev), message="", mode="rw", seconds=time.perf_counter() - t0))
+            if bar:
+                bar[0].update(bar[1], advance=1)
+    finally:
+        if bar:
+            bar[0].stop()
+    return rows
