@@ -62,6 +62,8 @@ def compare_figure(df, title: str = ""):
     panel(ax, "MiB", "Page-cache memory")
     if title:
         fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    return fig
 
 
 _MARKERS = {"low_water_mark": ("v", "tab:orange", "low water mark"),
