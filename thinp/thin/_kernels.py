@@ -73,6 +73,7 @@ from ..pdata._kernels import (
     leaf_for_write,
     leaf_value_block,
     lookup,
+    unalloc_data,
 )
 
 READ = 0
@@ -176,13 +177,15 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos):
             if payload and src.shape[0] > 0:
                 _put_bytes(data, p, bs, in_block, src, src_pos, n)
             return 0
-        # shared: break sharing (copy-on-write)
-        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
-        if leaf < 0:
-            return -2 if leaf == -2 else -3
+        # shared: break sharing (copy-on-write).  The data block first, so a
+        # full pool fails the write without touching the tree.
         p2 = _alloc_block(sp, op_index)
         if p2 < 0:
             return p2
+        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+        if leaf < 0:
+            unalloc_data(sp, p2)
+            return -2 if leaf == -2 else -3
         if full:
             sp.scal[C_COW_OVERWRITES] += 1
         else:
@@ -196,13 +199,14 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos):
         if payload and src.shape[0] > 0:
             _put_bytes(data, p2, bs, in_block, src, src_pos, n)
         return 0
-    # unmapped: provision
-    leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
-    if leaf < 0:
-        return -2 if leaf == -2 else -3
+    # unmapped: provision (the data block first, as above)
     p2 = _alloc_block(sp, op_index)
     if p2 < 0:
         return p2
+    leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+    if leaf < 0:
+        unalloc_data(sp, p2)
+        return -2 if leaf == -2 else -3
     if full:
         sp.scal[C_OVERWRITES] += 1
     elif sp.scal[S_ZERO]:
