@@ -129,9 +129,9 @@ class FsView(MountedView):
         self._rw(path)
         self.fs.chown(path, uid, gid, follow_symlinks=False)
 
-    def utime(self, path, times=None):
+    def utime(self, path, times=None, *, follow_symlinks=True):
         self._rw(path)
-        self.fs.utime(path, times)
+        self.fs.utime(path, times, follow_symlinks=follow_symlinks)
 
     def setxattr(self, path, name, value):
         self._rw(path)
