@@ -26,6 +26,7 @@ snapshot).
 from __future__ import annotations
 
 import errno
+import functools
 import tempfile
 
 from .. import errors
@@ -115,6 +116,7 @@ class CowView(FsView):
 def _wrap(name, touch_path=True, touch_parent=True, arg=0):
     base = getattr(FsView, name)
 
+    @functools.wraps(base)       # keeps the signature (follow_symlinks where FsView takes it)
     def op(self, *args, **kw):
         r = base(self, *args, **kw)
         p = args[arg]
@@ -293,8 +295,7 @@ class CowDriver(Driver):
         for t in layer.trees.values():
             self.store.release(t)
         self.store.commit()
-        for key in [k for k in self.page_cache._pages if k[0][0] == layer.sid]:
-            del self.page_cache._pages[key]
+        self.page_cache.drop_where(lambda k: k[0] == layer.sid)
         del self.layers[id]
         if layer.parent is not None:
             self.layers[layer.parent].children -= 1

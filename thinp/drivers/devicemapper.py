@@ -189,8 +189,7 @@ class DeviceMapperDriver(Driver):
         if self.blkdiscard:
             thin.discard(0, thin.size)
         self.pool.delete(dev.thin_id)
-        for key in [k for k in self.page_cache._pages if k[0][0] == dev.thin_id]:
-            del self.page_cache._pages[key]
+        self.page_cache.drop_where(lambda k: k[0] == dev.thin_id)
         del self._devs[id]
         if dev.parent is not None:
             self._devs[dev.parent].children -= 1

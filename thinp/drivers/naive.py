@@ -58,6 +58,7 @@ import numpy as np
 from ..blockdev import PlainDevice
 from ..errors import DeviceExistsError, DeviceNotFoundError, TooManyLayersError
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats
+from .pagecache import PageCache
 
 __all__ = ["UnionDriver", "UnionView", "naive_changes", "changes_to_layer", "apply_to_view", "content_bytes",
            "stamp_block", "decode_stamps",
@@ -905,7 +906,8 @@ class UnionDriver(Driver):
     Options: ``fstype`` ("ext4" | "xfs"), ``size`` of the backing device
     (default 20 GiB, sparse), ``payload`` (keep bytes), ``backing_file``
     (put the device in a sparse file under ``root``), ``fs_options`` (mkfs
-    options)."""
+    options), ``page_cache_bytes`` (an LRU page cache of that size; default
+    unbounded, see :mod:`~thinp.drivers.pagecache`)."""
 
     name = ""
     whiteout_style = "char"      # "char" (overlay 0/0 device) or "aufs" (.wh. files)
@@ -916,7 +918,8 @@ class UnionDriver(Driver):
     base_dir = "/var/lib/docker"
 
     def __init__(self, root=None, *, fstype: str = "ext4", size="20GiB", payload: bool = False,
-                 backing_file: bool = False, fs_options: dict | None = None, metacopy=False, **options):
+                 backing_file: bool = False, fs_options: dict | None = None, metacopy=False,
+                 page_cache_bytes: int | None = None, **options):
         from ..fs import mkfs
 
         if options:
@@ -944,7 +947,8 @@ class UnionDriver(Driver):
         self.layers: dict[str, _Rec] = {}
         self._counters = {k: 0 for k in ("copy_up_bytes", "copy_up_count", "lookup_probes", "mount_ops",
                                          "create_ops", "diff_work")}
-        self._pages: dict[int, np.ndarray] = {}
+        self.page_cache = PageCache(page_cache_bytes)
+        self._hook_inode_release()
         self._gen = 0      # bumped by every change that can alter a merged directory stack
         self._setup()
 
@@ -997,20 +1001,26 @@ class UnionDriver(Driver):
         self.fs.write(path, 0, data if self.fs.payload else len(data))
 
     def _page_cache_touch(self, node, offset: int, length) -> None:
+        """A read of a regular file through any layer's view: the page cache
+        is keyed by the backing inode, so every container reading an
+        image file through the same lower branch shares its pages."""
         size = node.size
         if length is None:
             length = size - offset
         end = min(size, offset + max(length, 0))
-        if end <= offset:
-            return
-        n = (size + BLOCK - 1) // BLOCK
-        arr = self._pages.get(node.ino)
-        if arr is None or len(arr) < n:
-            new = np.zeros(n, dtype=bool)
-            if arr is not None:
-                new[: len(arr)] = arr
-            arr = self._pages[node.ino] = new
-        arr[offset // BLOCK:(end + BLOCK - 1) // BLOCK] = True
+        if end > offset:
+            self.page_cache.read(("ino", node.ino), end - offset, offset)
+
+    def _hook_inode_release(self) -> None:
+        """Drop a freed inode's pages (the kernel's evict_inode), so a later
+        file that reuses the inode number starts cold."""
+        fs, cache = self.fs, self.page_cache
+        release = fs._release
+
+        def _release(node):
+            cache.drop(("ino", node.ino))
+            release(node)
+        fs._release = _release
 
     # -- Driver -------------------------------------------------------------------
     def create(self, id: str, parent: str | None, *, read_write: bool = False, **opts) -> None:
@@ -1082,7 +1092,8 @@ class UnionDriver(Driver):
 
     def capabilities(self) -> Capabilities:
         union = self.name != "vfs"
-        return Capabilities(reproducible_diff=True, native_diff=self.native_diff, shares_page_cache="inode",
+        return Capabilities(reproducible_diff=True, native_diff=self.native_diff,
+                            shares_page_cache="inode" if union else "none",
                             copy_on_write="file" if union else "none",
                             max_layers=None if self.max_depth is None else self.max_depth + 1,
                             dir_rename_exdev=union, breaks_lower_hardlinks=union,
@@ -1228,7 +1239,7 @@ class UnionDriver(Driver):
         data = sum(n.nr_data_blocks for n in fs.inodes.values())
         out["metadata_bytes"] = max(self.device.physical_bytes - data * BLOCK, 0)
         out["inodes"] = len(fs.inodes)
-        out["page_cache_bytes"] = int(sum(int(a.sum()) for a in self._pages.values())) * BLOCK
+        out["page_cache_bytes"] = self.page_cache.cached_bytes
         logical = 0
         for rec in self.layers.values():
             top = self._branches(rec)[0]
