@@ -33,7 +33,7 @@ from .. import errors
 from ..blockdev import PlainDevice
 from . import _treediff as td
 from ._cowstore import CowStore, FileTree
-from ._fsview import FsView, fs_totals, naive_diff
+from ._fsview import FsView, fs_totals
 from .base import Driver, Usage, empty_stats
 from .pagecache import PageCache
 
@@ -347,14 +347,14 @@ class CowDriver(Driver):
     def changes(self, id, parent):
         w = td.Work()
         pv = self._rw_view(self._layer(parent)) if parent is not None else None
-        out = td.changes(self._rw_view(self._layer(id)), pv, w)
+        out = td.changes(self._rw_view(self._layer(id)), pv, w, by_stat=self.capabilities().changes_by_stat)
         self._counters["diff_work"] += w.total
         return out
 
     def diff(self, id, parent):
         w = td.Work()
         pv = self._rw_view(self._layer(parent)) if parent is not None else None
-        layer = naive_diff(self._rw_view(self._layer(id)), pv, w)
+        layer = td.diff(self._rw_view(self._layer(id)), pv, w, by_stat=self.capabilities().changes_by_stat)
         self._counters["diff_work"] += w.total
         return layer
 
