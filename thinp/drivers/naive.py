@@ -711,7 +711,6 @@ def _origin_handle(node) -> bytes:
             + zlib.crc32(int(node.ino).to_bytes(8, "little")).to_bytes(4, "little"))
 
 
-# ---------------------------------------------------------------- naive diff
 # ---------------------------------------------------------------- the driver
 class _Rec:
     """One layer: its parent, kind, backing directory and mount state."""
