@@ -776,3 +776,41 @@ def accounting_content(make):
     assert v.content("/etc/motd") != ref.get("L0").content("/etc/motd")
     assert v.content("/sized")[0] == 8192
     d.put("c")
+
+
+#: how many copies N containers reading one image file keep in page cache,
+#: by ``Capabilities.shares_page_cache``: one where the cache is keyed by
+#: something the containers share, N where each has its own
+SHARED_PAGE_CACHE = {"inode": True, "block": True, "device": False, "none": False}
+
+
+def page_cache_sharing(make, n=4):
+    """N containers reading the same image file: one copy in the page cache
+    for drivers that share it (union lower inode, zfs ARC records), N copies
+    for those that don't (a device or subvolume per container, vfs's full
+    copies).  Reading it again costs nothing more; a container's rewrite
+    gives it its own copy on every driver."""
+    d = make(payload=False)
+    size = 256 * 1024                                   # two zfs records, 64 pages
+    d.create("L0", None)
+    d.apply_diff("L0", None, layer(D("usr"), F("usr/lib.so", bytes(range(256)) * (size // 256))))
+    assert d.stats()["page_cache_bytes"] == 0
+    views = []
+    for i in range(n):
+        d.create(f"c{i}", "L0", read_write=True)
+        views.append(d.get(f"c{i}"))
+    for v in views:
+        v.read("/usr/lib.so")
+    shared = SHARED_PAGE_CACHE[d.capabilities().shares_page_cache]
+    want = size if shared else n * size
+    assert d.stats()["page_cache_bytes"] == want
+    for v in views:                                     # warm: no new pages
+        v.read("/usr/lib.so", 4096, 8192)
+    assert d.stats()["page_cache_bytes"] == want
+    views[0].write("/usr/lib.so", 0, b"\1" * size)      # whole rewrite
+    views[0].read("/usr/lib.so")
+    # shared: c0 now reads its own copy besides the shared one; not shared:
+    # c0's copy was already its own, and the rewrite reuses its pages
+    assert d.stats()["page_cache_bytes"] == (want + size if shared else want)
+    for i in range(n):
+        d.put(f"c{i}")

@@ -187,3 +187,17 @@ def test_stats_count_every_layer(drv):
     fs_inodes = s["inodes"]
     drv.create("c", "b")
     assert drv.stats()["inodes"] > fs_inodes
+
+
+def test_utime_nofollow_on_a_dangling_symlink(drv):
+    """dpkg's utimensat(AT_SYMLINK_NOFOLLOW) on a symlink to a missing file
+    (the nginx trace does it): the link itself is touched, no ENOENT."""
+    import inspect
+
+    drv.create("c", None, read_write=True)
+    v = drv.get("c")
+    v.symlink("/nowhere", "/l")
+    assert "follow_symlinks" in inspect.signature(v.utime).parameters
+    v.utime("/l", (1000, 2000), follow_symlinks=False)
+    assert v.lstat("/l").st_mtime == 2000
+    drv.put("c")

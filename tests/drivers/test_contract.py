@@ -107,6 +107,10 @@ def test_accounting_content(make):
     contract.accounting_content(make)
 
 
+def test_page_cache_sharing(make):
+    contract.page_cache_sharing(make)
+
+
 # ------------------------------------------------------------------ registry
 def test_unknown_driver_lists_the_known_ones():
     with pytest.raises(NotSupportedError) as info:

@@ -429,3 +429,20 @@ def test_overlay_layers_on_a_container_copy_its_upper_and_share_its_lower():
     lower_root = drv._branches(drv._rec(ids[-1]))[0]
     assert drv.fs.lstat(root + "/etc/big").st_ino == drv.fs.lstat(lower_root + "/etc/big").st_ino
     assert drv.fs.lstat(root + "/etc/new").st_ino != drv.fs.lstat(drv._branches(drv._rec("c"))[0] + "/etc/new").st_ino
+
+
+@pytest.mark.parametrize("name", ("vfs", "aufs", "overlay", "overlay2"))
+def test_unlinked_file_leaves_the_page_cache(name):
+    drv = make(name)
+    ids = base_image(drv)
+    drv.create("c", ids[-1], read_write=True)
+    v = drv.get("c")
+    v.read("/etc/big")
+    before = drv.stats()["page_cache_bytes"]
+    v.write("/tmpfile", 0, 3 * 4096)
+    v.read("/tmpfile")
+    assert drv.stats()["page_cache_bytes"] == before + 3 * 4096
+    v.unlink("/tmpfile")
+    assert drv.stats()["page_cache_bytes"] == before
+    v.write("/tmpfile2", 0, 4096)          # may reuse the inode number: starts cold
+    assert drv.stats()["page_cache_bytes"] == before

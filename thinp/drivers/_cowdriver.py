@@ -26,13 +26,14 @@ snapshot).
 from __future__ import annotations
 
 import errno
+import functools
 import tempfile
 
 from .. import errors
 from ..blockdev import PlainDevice
 from . import _treediff as td
 from ._cowstore import CowStore, FileTree
-from ._fsview import FsView, fs_totals, naive_diff
+from ._fsview import FsView, fs_totals
 from .base import Driver, Usage, empty_stats
 from .pagecache import PageCache
 
@@ -115,6 +116,7 @@ class CowView(FsView):
 def _wrap(name, touch_path=True, touch_parent=True, arg=0):
     base = getattr(FsView, name)
 
+    @functools.wraps(base)       # keeps the signature (follow_symlinks where FsView takes it)
     def op(self, *args, **kw):
         r = base(self, *args, **kw)
         p = args[arg]
@@ -293,8 +295,7 @@ class CowDriver(Driver):
         for t in layer.trees.values():
             self.store.release(t)
         self.store.commit()
-        for key in [k for k in self.page_cache._pages if k[0][0] == layer.sid]:
-            del self.page_cache._pages[key]
+        self.page_cache.drop_where(lambda k: k[0] == layer.sid)
         del self.layers[id]
         if layer.parent is not None:
             self.layers[layer.parent].children -= 1
@@ -346,14 +347,14 @@ class CowDriver(Driver):
     def changes(self, id, parent):
         w = td.Work()
         pv = self._rw_view(self._layer(parent)) if parent is not None else None
-        out = td.changes(self._rw_view(self._layer(id)), pv, w)
+        out = td.changes(self._rw_view(self._layer(id)), pv, w, by_stat=self.capabilities().changes_by_stat)
         self._counters["diff_work"] += w.total
         return out
 
     def diff(self, id, parent):
         w = td.Work()
         pv = self._rw_view(self._layer(parent)) if parent is not None else None
-        layer = naive_diff(self._rw_view(self._layer(id)), pv, w)
+        layer = td.diff(self._rw_view(self._layer(id)), pv, w, by_stat=self.capabilities().changes_by_stat)
         self._counters["diff_work"] += w.total
         return layer
 

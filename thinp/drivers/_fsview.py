@@ -10,8 +10,7 @@ their view is the filesystem's own operations plus three hooks:
   CoW trees, keyed by inode number (the namespace filesystem only tracks
   names, sizes and content stamps).
 
-:func:`naive_diff` is :func:`._treediff.diff` with every xattr of a changed
-entry in the tar.
+Their changes and diffs are the naive tree walk of :mod:`._treediff`.
 """
 from __future__ import annotations
 
@@ -125,13 +124,13 @@ class FsView(MountedView):
         self._rw(path)
         self.fs.chmod(path, mode)
 
-    def chown(self, path, uid, gid):
+    def chown(self, path, uid, gid, *, follow_symlinks=False):
         self._rw(path)
-        self.fs.chown(path, uid, gid, follow_symlinks=False)
+        self.fs.chown(path, uid, gid, follow_symlinks=follow_symlinks)
 
-    def utime(self, path, times=None):
+    def utime(self, path, times=None, *, follow_symlinks=True):
         self._rw(path)
-        self.fs.utime(path, times)
+        self.fs.utime(path, times, follow_symlinks=follow_symlinks)
 
     def setxattr(self, path, name, value):
         self._rw(path)
@@ -195,30 +194,3 @@ def fs_totals(fs) -> tuple[int, int]:
         if node.is_reg:
             logical += node.size
     return len(inodes), logical
-
-
-def naive_diff(view, parent_view, work=None):
-    """:func:`._treediff.diff` with every xattr of the changed entries in the
-    tar (containers/storage writes user.* xattrs as well as
-    ``security.capability``; the contract's "xattrs travel in diffs")."""
-    from dataclasses import replace
-
-    from ..image import Layer
-    from . import _treediff as td
-
-    layer = td.diff(view, parent_view, work)
-    items, changed = [], False
-    for e, stream in layer.walk(verify=False):
-        data = stream.read() if stream is not None else None
-        if e.kind in ("file", "dir", "char", "block", "fifo"):
-            p = "/" + e.path
-            names = view.listxattr(p)
-            if names:
-                xs = dict(e.xattrs)
-                for n in names:
-                    xs[n] = bytes(view.getxattr(p, n))
-                if xs != e.xattrs:
-                    e = replace(e, xattrs=xs)
-                    changed = True
-        items.append((e, data))
-    return Layer.from_entries(items) if changed else layer

@@ -1,26 +1,42 @@
-"""Docker's naive diff over two mounted trees, and applying a layer tar to one.
+"""Docker's naive diff, the one implementation every driver uses.
 
-Drivers with no native diff (devicemapper, and here btrfs and zfs) do what
+Drivers with no native diff (vfs and the legacy overlay, devicemapper, btrfs,
+zfs; aufs and overlay2 against a layer that is not their parent) do what
 ``NaiveDiffDriver`` does: mount the layer and its parent, walk both whole
-trees and compare ``lstat`` results (mode, uid, gid, rdev; size and mtime for
-non-directories; symlink targets; the ``security.capability`` xattr).  A
-directory that contains a change is reported changed itself, an added
-directory's children are all added, and a deleted directory is one "D".
+trees and compare.  Two rules for "changed" (``Capabilities.changes_by_stat``):
 
-Everything here goes through :class:`~thinp.drivers.base.MountedView`
-methods only, so any driver can use it.  ``work`` counts what the walk
-costs: one per entry visited in either tree plus the content bytes read
-to build a diff tar (Docker's naive diff reads every added/changed file).
+* ``by_stat=True``, Docker's own (moby ``changes_unix.go`` statDifferent):
+  mode, uid, gid, rdev; size and mtime for non-directories; symlink
+  targets; the ``security.capability`` xattr.  Content replaced at the same
+  size and mtime is no change;
+* ``by_stat=False``: type, mode, uid, gid, rdev, symlink targets, and for
+  regular files the size and then the content itself (the exact rule the
+  union drivers and the reference keep).
+
+A directory that contains a change is reported changed itself, an added
+directory's children are all added, and a deleted directory is one "D".
+:func:`layer` turns a change list into the layer tar: every xattr of a
+changed entry, hard links within the layer as tar hard links, OCI
+whiteouts, and opaque markers for the directories a native walk names.
+
+Everything goes through :class:`~thinp.drivers.base.MountedView` methods
+only.  :class:`Work` counts what a walk costs: one per entry visited in
+either tree (each root included), plus the content bytes compared or read
+to build the tar -- the drivers' ``diff_work``.
 """
 from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import stat as _stat
+
+import numpy as np
 
 from .base import Change
 
 CAP = "security.capability"
+BLOCK = 4096
 
 
 class Work:
@@ -44,22 +60,27 @@ def _xattr(view, path, name):
         return None
 
 
-def scan(view, work: Work | None = None) -> dict:
-    """path -> (StatResult, link target or None, capability xattr or None)."""
+def scan(view, work: Work | None = None, *, caps: bool = True) -> dict:
+    """path -> (lstat, link target or None, capability xattr or None) of every
+    entry below the root of ``view`` (None: an empty tree)."""
     out = {}
+    if view is None:
+        return out
     for dpath, dirs, files in view.walk("/"):
         base = dpath.rstrip("/")
         for name in dirs + files:
             p = base + "/" + name
             st = view.lstat(p)
-            tgt = view.readlink(p) if _stat.S_ISLNK(st.st_mode) else None
-            out[p] = (st, tgt, _xattr(view, p, CAP) if not _stat.S_ISLNK(st.st_mode) else None)
+            link = _stat.S_ISLNK(st.st_mode)
+            out[p] = (st, view.readlink(p) if link else None,
+                      _xattr(view, p, CAP) if caps and not link else None)
     if work is not None:
         work.entries += len(out) + 1
     return out
 
 
-def _differs(a, b) -> bool:
+def _stat_differs(a, b) -> bool:
+    """Docker's statDifferent (plus link target and security.capability)."""
     sa, ta, ca = a
     sb, tb, cb = b
     if (sa.st_mode != sb.st_mode or sa.st_uid != sb.st_uid or sa.st_gid != sb.st_gid
@@ -70,17 +91,36 @@ def _differs(a, b) -> bool:
     return ta != tb or ca != cb
 
 
-def changes(view, parent_view, work: Work | None = None) -> list[Change]:
-    """Docker's ``ChangesDirs``: the A/C/D list of ``view`` against ``parent_view``
-    (None = an empty parent), sorted by path."""
-    new = scan(view, work)
-    old = scan(parent_view, work) if parent_view is not None else {}
+def _content_differs(p, a, b, view, parent_view, work: Work | None) -> bool:
+    """Type, mode, owner, device, link target; a regular file's size, then
+    its content (``2 * size`` bytes of work)."""
+    s, ta, _ = a
+    o, tb, _ = b
+    if s.st_mode != o.st_mode or s.st_uid != o.st_uid or s.st_gid != o.st_gid or s.st_rdev != o.st_rdev:
+        return True
+    if _stat.S_ISREG(s.st_mode):
+        if s.st_size != o.st_size:
+            return True
+        if not s.st_size:
+            return False
+        if work is not None:
+            work.bytes += 2 * s.st_size
+        return view.content(p) != parent_view.content(p)
+    return ta != tb
+
+
+def changes(view, parent_view, work: Work | None = None, *, by_stat: bool = True) -> list[Change]:
+    """Docker's ``ChangesDirs``: the A/C/D list of ``view`` against
+    ``parent_view`` (None = an empty parent), sorted by path."""
+    new = scan(view, work, caps=by_stat)
+    old = scan(parent_view, work, caps=by_stat) if parent_view is not None else {}
     kinds: dict[str, str] = {}
     for p, info in new.items():
         o = old.get(p)
         if o is None:
             kinds[p] = "A"
-        elif _differs(o, info):
+        elif (_stat_differs(o, info) if by_stat
+              else _content_differs(p, info, o, view, parent_view, work)):
             kinds[p] = "C"
     for p in old:
         if p not in new:
@@ -97,65 +137,126 @@ def changes(view, parent_view, work: Work | None = None) -> list[Change]:
     return sorted(Change(p, k) for p, k in kinds.items())
 
 
-def filler(digest_source, size: int) -> bytes:
-    """Deterministic bytes standing in for content an accounting-mode
-    filesystem does not keep: equal content summaries give equal bytes."""
-    if size <= 0:
-        return b""
-    seed = hashlib.blake2b(repr(digest_source).encode(), digest_size=32).digest()
-    reps = size // len(seed) + 1
-    return (seed * reps)[:size]
+# ---------------------------------------------------------------- content bytes
+def stamp_block(stamp: int) -> bytes:
+    """The 4 KiB of bytes standing for version stamp ``stamp`` (0: zeros): the
+    stamp's 8 bytes, then a blake2b expansion of it.  :func:`decode_stamps`
+    inverts it, so a diff taken in accounting mode and applied again keeps
+    every block's version."""
+    if not stamp:
+        return bytes(BLOCK)
+    head = int(stamp).to_bytes(8, "little")
+    return head + (hashlib.blake2b(head, digest_size=64).digest() * 64)[: BLOCK - 8]
 
 
-def file_bytes(view, path: str, size: int) -> bytes:
+def decode_stamps(data) -> "np.ndarray | None":
+    """The version stamps behind bytes made by :func:`view_bytes`, or None
+    when ``data`` is not such bytes (real content is then hashed as usual).
+    A final partial block shorter than 8 bytes cannot carry its stamp, so a
+    file ending in one is hashed instead and its version does not survive the
+    round trip (payload mode keeps real bytes and always does)."""
+    n = len(data)
+    nb = (n + BLOCK - 1) // BLOCK
+    out = np.zeros(max(nb, 1), dtype=np.uint64)
+    mv = memoryview(data)
+    for i in range(nb):
+        blk = mv[i * BLOCK:(i + 1) * BLOCK]
+        if len(blk) < 8:
+            return None
+        s = int.from_bytes(blk[:8], "little")
+        if s == 0:
+            if any(blk):
+                return None
+            continue
+        if stamp_block(s)[: len(blk)] != blk:
+            return None
+        out[i] = s
+    return out
+
+
+def view_bytes(view, path: str, size: int) -> bytes:
+    """A file's bytes through any mounted view (or filesystem): real bytes on
+    a payload backend; on an accounting one, :func:`stamp_block` of each
+    block's version stamp (what ``read`` returns there), so equal content
+    gives equal bytes across drivers and :func:`decode_stamps` recovers it."""
     data = view.read(path)
-    if isinstance(data, (bytes, bytearray)):
+    if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
-    return filler(view.content(path), size)
+    out = bytearray(len(data) * BLOCK)
+    cache: dict = {}
+    for i, s in enumerate(np.asarray(data).tolist()):
+        if s:
+            blk = cache.get(s)
+            if blk is None:
+                blk = cache[s] = stamp_block(s)
+            out[i * BLOCK:(i + 1) * BLOCK] = blk
+    return bytes(out[:size])
 
 
-def diff(view, parent_view, work: Work | None = None, chs: list[Change] | None = None):
-    """The layer tar of ``view`` against ``parent_view`` as a :class:`thinp.image.Layer`
-    (OCI whiteouts; hard links within the layer as tar hard links)."""
-    from ..image.layer import Entry, Layer
+# ---------------------------------------------------------------- the layer tar
+def entry_kind(mode: int) -> str:
+    if _stat.S_ISDIR(mode):
+        return "dir"
+    if _stat.S_ISREG(mode):
+        return "file"
+    if _stat.S_ISLNK(mode):
+        return "symlink"
+    if _stat.S_ISCHR(mode):
+        return "char"
+    if _stat.S_ISBLK(mode):
+        return "block"
+    return "fifo"
 
-    if chs is None:
-        chs = changes(view, parent_view, work)
+
+def layer(view, chs, *, opaque=(), work: Work | None = None):
+    """A :class:`thinp.image.Layer` holding changes ``chs`` read from ``view``:
+    added/changed entries with their content and every xattr, deletions as
+    OCI ``.wh.`` whiteouts, ``opaque`` directories with ``.wh..wh..opq``,
+    hard links within the layer as tar hard links."""
+    from ..image import Entry, Layer
+
     items = []
-    first_of_ino: dict[int, str] = {}
-    for ch in chs:
+    opaque = set(opaque)
+    links: dict = {}
+    for ch in sorted(chs):
         rel = ch.path.lstrip("/")
         if ch.kind == "D":
             items.append((Entry(rel, "whiteout"), None))
             continue
         st = view.lstat(ch.path)
-        mode = st.st_mode
-        common = dict(mode=_stat.S_IMODE(mode), uid=st.st_uid, gid=st.st_gid, mtime=int(st.st_mtime))
-        cap = _xattr(view, ch.path, CAP)
-        if cap is not None:
-            common["xattrs"] = {CAP: cap}
-        if _stat.S_ISDIR(mode):
-            items.append((Entry(rel, "dir", **common), None))
-        elif _stat.S_ISREG(mode):
-            if st.st_nlink > 1 and st.st_ino in first_of_ino:
-                items.append((Entry(rel, "hardlink", linkname=first_of_ino[st.st_ino], **common), None))
-                continue
-            first_of_ino[st.st_ino] = rel
-            data = file_bytes(view, ch.path, st.st_size)
-            if work is not None:
-                work.bytes += len(data)
-            items.append((Entry(rel, "file", size=len(data), **common), data))
-        elif _stat.S_ISLNK(mode):
-            common["mode"] = 0o777
-            items.append((Entry(rel, "symlink", linkname=view.readlink(ch.path), **common), None))
-        elif _stat.S_ISCHR(mode) or _stat.S_ISBLK(mode):
-            kind = "char" if _stat.S_ISCHR(mode) else "block"
-            items.append((Entry(rel, kind, devmajor=st.st_rdev >> 8 & 0xFFF, devminor=(st.st_rdev & 0xFF) | (st.st_rdev >> 12 & 0xFFF00), **common), None))
-        elif _stat.S_ISFIFO(mode):
-            items.append((Entry(rel, "fifo", **common), None))
+        kind = entry_kind(st.st_mode)
+        e = Entry(rel, kind, _stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime))
+        if hasattr(view, "listxattr") and kind != "symlink":
+            e.xattrs = {k: bytes(view.getxattr(ch.path, k)) for k in view.listxattr(ch.path)}
+        content = None
+        if kind == "file":
+            key = st.st_ino
+            if st.st_nlink > 1 and key in links:
+                e.kind, e.linkname = "hardlink", links[key]
+            else:
+                if st.st_nlink > 1:
+                    links[key] = rel
+                e.size = st.st_size
+                content = view_bytes(view, ch.path, st.st_size)
+                if work is not None:
+                    work.bytes += len(content)
+        elif kind == "symlink":
+            e.linkname = view.readlink(ch.path)
+        elif kind in ("char", "block"):
+            e.devmajor, e.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        items.append((e, content))
+        if kind == "dir" and ch.path in opaque:
+            items.append((Entry(rel, "opaque"), None))
     return Layer.from_entries(items)
 
 
+def diff(view, parent_view, work: Work | None = None, *, by_stat: bool = True):
+    """The layer tar of ``view`` against ``parent_view``: :func:`changes`
+    then :func:`layer`."""
+    return layer(view, changes(view, parent_view, work, by_stat=by_stat), work=work)
+
+
+# ---------------------------------------------------------------- apply a layer tar
 def remove_tree(view, path: str) -> None:
     """``rm -rf path`` through the view."""
     st = view.lstat(path)

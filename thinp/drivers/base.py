@@ -77,7 +77,13 @@ class Capabilities:
 
     reproducible_diff: bool = True  # diff() of the same layer gives the same tar
     native_diff: bool = False  # diff from the driver's own records, not a tree walk
-    shares_page_cache: str = "inode"  # "inode" (one copy per file), "device", "block"
+    #: what N containers reading one image file cost in page cache (see
+    #: :mod:`thinp.drivers.pagecache`): "inode" -- one copy, the lower
+    #: branch's inode (aufs, overlay, overlay2); "block" -- one copy, the
+    #: ARC caches shared records (zfs); "device" -- N copies, each container
+    #: its own device or subvolume inode (devicemapper, btrfs); "none" -- N
+    #: copies, every layer holds its own full copy of the files (vfs)
+    shares_page_cache: str = "inode"
     copy_on_write: str = "file"  # "none", "file", "block", "extent", "record"
     #: the longest chain create() accepts, the layer itself included (a layer
     #: may have max_layers - 1 ancestors); deeper raises TooManyLayersError

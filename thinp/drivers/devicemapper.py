@@ -39,7 +39,7 @@ import tempfile
 from .. import errors
 from ..units import parse_size
 from . import _treediff as td
-from ._fsview import FsView, fs_totals, naive_diff
+from ._fsview import FsView, fs_totals
 from .base import Capabilities, Driver, Usage, empty_stats, register
 from .pagecache import PageCache
 
@@ -189,8 +189,7 @@ class DeviceMapperDriver(Driver):
         if self.blkdiscard:
             thin.discard(0, thin.size)
         self.pool.delete(dev.thin_id)
-        for key in [k for k in self.page_cache._pages if k[0][0] == dev.thin_id]:
-            del self.page_cache._pages[key]
+        self.page_cache.drop_where(lambda k: k[0] == dev.thin_id)
         del self._devs[id]
         if dev.parent is not None:
             self._devs[dev.parent].children -= 1
@@ -247,13 +246,15 @@ class DeviceMapperDriver(Driver):
 
     def changes(self, id, parent):
         w = td.Work()
-        out = td.changes(self._rw_view(self._dev(id)), self._parent_view(parent), w)
+        out = td.changes(self._rw_view(self._dev(id)), self._parent_view(parent), w,
+                         by_stat=self.capabilities().changes_by_stat)
         self._counters["diff_work"] += w.total
         return out
 
     def diff(self, id, parent):
         w = td.Work()
-        layer = naive_diff(self._rw_view(self._dev(id)), self._parent_view(parent), w)
+        layer = td.diff(self._rw_view(self._dev(id)), self._parent_view(parent), w,
+                        by_stat=self.capabilities().changes_by_stat)
         self._counters["diff_work"] += w.total
         return layer
 

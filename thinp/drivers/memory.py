@@ -54,6 +54,7 @@ import numpy as np
 from ..errors import DeviceExistsError, DeviceNotFoundError
 from ..fs.core import BLOCK, StatResult, _mix, _stamp_of
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats, register
+from .pagecache import PageCache
 
 __all__ = ["ReferenceDriver", "ReferenceView", "Tree", "RNode", "ZeroReader"]
 
@@ -445,6 +446,8 @@ class ReferenceView(MountedView):
         payload = self._driver.payload
         if end <= offset:
             return b"" if payload else np.zeros(0, dtype=np.uint64)
+        # every layer is a full copy (like vfs): its files are its own inodes
+        self._driver.page_cache.read((self._layer.id, node.ino), end - offset, offset)
         if payload:
             return bytes(node.data[offset:end])
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
@@ -503,6 +506,7 @@ class ReferenceDriver(Driver):
         self._clock = 0
         self._ino = 1
         self._stats = empty_stats()
+        self.page_cache = PageCache()
 
     # ---------------------------------------------------------- helpers
     def _tick(self) -> float:
@@ -619,6 +623,7 @@ class ReferenceDriver(Driver):
         if kids:
             raise OSError(errno.EBUSY, f"layer {id!r} has {len(kids)} child layer(s), e.g. {kids[0]!r}")
         del self.layers[id]
+        self.page_cache.drop_where(lambda k: k[0] == id)
 
     def get(self, id):
         layer = self._layer(id)
@@ -658,7 +663,7 @@ class ReferenceDriver(Driver):
             layer.mounts, layer.view = 0, None
 
     def capabilities(self):
-        return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="inode",
+        return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="none",
                             copy_on_write="none", max_layers=self.max_layers,
                             changes_by_stat=self.changes_by_stat)
 
@@ -822,6 +827,7 @@ class ReferenceDriver(Driver):
         out["physical_bytes"] = total
         out["logical_bytes"] = total
         out["inodes"] = inodes
+        out["page_cache_bytes"] = self.page_cache.cached_bytes
         return out
 
 

@@ -35,19 +35,18 @@ on-disk layout (:meth:`UnionDriver._make_layer`, ``_branches``).
 
 Naive diff
 ----------
-:func:`naive_changes` walks two whole merged trees and compares them, as
-Docker's ``NaiveDiffDriver`` (``archive.ChangesDirs``) does for vfs and
-legacy overlay; every entry visited and every byte compared is counted in
-``diff_work``.  aufs and overlay2 have native diffs: they walk only the
-layer's own branch (:meth:`UnionDriver._branch_changes`).  Both produce
-:class:`~thinp.drivers.base.Change` rows, and :func:`changes_to_layer`
+vfs and legacy overlay use the naive diff of :mod:`._treediff` (the one
+every driver without a native diff uses): walk two whole merged trees and
+compare them, as Docker's ``NaiveDiffDriver`` (``archive.ChangesDirs``) does;
+every entry visited and every byte compared is counted in ``diff_work``.
+aufs and overlay2 have native diffs: they walk only the layer's own branch
+(:meth:`UnionDriver._branch_changes`).  Both produce
+:class:`~thinp.drivers.base.Change` rows, and :func:`._treediff.layer`
 turns rows into a :class:`thinp.image.Layer` with OCI whiteouts.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
-import itertools
 import os
 import stat as _stat
 import tempfile
@@ -58,8 +57,11 @@ import numpy as np
 from ..blockdev import PlainDevice
 from ..errors import DeviceExistsError, DeviceNotFoundError, TooManyLayersError
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats
+from . import _treediff as td
+from ._treediff import decode_stamps, stamp_block, view_bytes
+from .pagecache import PageCache
 
-__all__ = ["UnionDriver", "UnionView", "naive_changes", "changes_to_layer", "apply_to_view", "content_bytes",
+__all__ = ["UnionDriver", "UnionView", "apply_to_view", "content_bytes",
            "stamp_block", "decode_stamps",
            "ViewTarget", "OVL_OPAQUE", "OVL_ORIGIN", "OVL_IMPURE", "OVL_METACOPY", "WH_PREFIX", "WH_OPAQUE"]
 
@@ -89,47 +91,9 @@ def _join(parts) -> str:
 
 
 # ---------------------------------------------------------------- content
-def stamp_block(stamp: int) -> bytes:
-    """The 4 KiB of bytes standing for version stamp ``stamp`` (0: zeros): the
-    stamp's 8 bytes, then a blake2b expansion of it.  :func:`decode_stamps`
-    inverts it, so a diff taken in accounting mode and applied again keeps
-    every block's version."""
-    if not stamp:
-        return bytes(BLOCK)
-    head = int(stamp).to_bytes(8, "little")
-    return head + (hashlib.blake2b(head, digest_size=64).digest() * 64)[: BLOCK - 8]
-
-
 def content_bytes(fs, path: str, size: int) -> bytes:
-    """The bytes of a file: read back on a payload fs; on an accounting fs,
-    :func:`stamp_block` of each 4 KiB block's version stamp, so equal content
-    gives equal bytes across drivers and :func:`decode_stamps` recovers it."""
-    return _view_bytes(fs, path, size)
-
-
-def decode_stamps(data) -> "np.ndarray | None":
-    """The version stamps behind bytes made by :func:`content_bytes`, or None
-    when ``data`` is not such bytes (real content is then hashed as usual).
-    A final partial block shorter than 8 bytes cannot carry its stamp, so a
-    file ending in one is hashed instead and its version does not survive the
-    round trip (payload mode keeps real bytes and always does)."""
-    n = len(data)
-    nb = (n + BLOCK - 1) // BLOCK
-    out = np.zeros(max(nb, 1), dtype=np.uint64)
-    mv = memoryview(data)
-    for i in range(nb):
-        blk = mv[i * BLOCK:(i + 1) * BLOCK]
-        if len(blk) < 8:
-            return None
-        s = int.from_bytes(blk[:8], "little")
-        if s == 0:
-            if any(blk):
-                return None
-            continue
-        if stamp_block(s)[: len(blk)] != blk:
-            return None
-        out[i] = s
-    return out
+    """The bytes of a file (see :func:`._treediff.view_bytes`)."""
+    return view_bytes(fs, path, size)
 
 
 # ---------------------------------------------------------------- the view
@@ -747,144 +711,6 @@ def _origin_handle(node) -> bytes:
             + zlib.crc32(int(node.ino).to_bytes(8, "little")).to_bytes(4, "little"))
 
 
-# ---------------------------------------------------------------- naive diff
-def _entry_kind(mode: int) -> str:
-    if _stat.S_ISDIR(mode):
-        return "dir"
-    if _stat.S_ISREG(mode):
-        return "file"
-    if _stat.S_ISLNK(mode):
-        return "symlink"
-    if _stat.S_ISCHR(mode):
-        return "char"
-    if _stat.S_ISBLK(mode):
-        return "block"
-    return "fifo"
-
-
-def _tree(view) -> dict:
-    """path -> stat of every entry in a mounted view (root excluded)."""
-    out = {}
-    if view is None:
-        return out
-    for top, dirs, files in view.walk("/"):
-        base = top.rstrip("/")
-        for n in itertools.chain(dirs, files):
-            p = base + "/" + n
-            out[p] = view.lstat(p)
-    return out
-
-
-def naive_changes(new_view, old_view, counter: dict | None = None) -> list[Change]:
-    """Docker's ``archive.ChangesDirs``: walk both whole trees and compare.
-
-    A path only in ``new_view`` is "A", only in ``old_view`` "D" (its
-    children are folded into it), in both with a different type, mode,
-    owner, size, device or content "C"; a directory holding a change is "C".
-    ``counter["diff_work"]`` grows by the entries visited plus the bytes
-    compared."""
-    new, old = _tree(new_view), _tree(old_view)
-    work = len(new) + len(old)
-    out: dict[str, str] = {}
-    for p, s in new.items():
-        o = old.get(p)
-        if o is None:
-            out[p] = "A"
-            continue
-        if (_stat.S_IFMT(s.st_mode) != _stat.S_IFMT(o.st_mode) or s.st_mode != o.st_mode
-                or s.st_uid != o.st_uid or s.st_gid != o.st_gid or s.st_rdev != o.st_rdev):
-            out[p] = "C"
-            continue
-        if _stat.S_ISREG(s.st_mode):
-            if s.st_size != o.st_size:
-                out[p] = "C"
-            elif s.st_size:
-                work += 2 * s.st_size
-                if new_view.content(p) != old_view.content(p):
-                    out[p] = "C"
-        elif _stat.S_ISLNK(s.st_mode) and new_view.readlink(p) != old_view.readlink(p):
-            out[p] = "C"
-    deleted = sorted(p for p in old if p not in new)
-    for p in deleted:
-        parent = p.rsplit("/", 1)[0]
-        if parent and parent in old and parent not in new:
-            continue   # inside a deleted directory: the directory's D covers it
-        out[p] = "D"
-    _add_parent_dirs(out, new, old)
-    if counter is not None:
-        counter["diff_work"] += work
-    return sorted(Change(p, k) for p, k in out.items())
-
-
-def _add_parent_dirs(out: dict, new: dict, old: dict) -> None:
-    """A directory whose children changed shows as "C" (its mtime moved)."""
-    for p in list(out):
-        parent = p.rsplit("/", 1)[0]
-        while parent:
-            if parent in out:
-                break
-            if parent in new and parent in old:
-                out[parent] = "C"
-            parent = parent.rsplit("/", 1)[0]
-
-
-def changes_to_layer(view, changes, *, opaque=()) -> "object":
-    """A :class:`thinp.image.Layer` holding ``changes`` read from ``view``:
-    added/changed entries with their content, deletions as OCI ``.wh.``
-    whiteouts, ``opaque`` directories with ``.wh..wh..opq``."""
-    from ..image import Entry, Layer
-
-    items = []
-    opaque = set(opaque)
-    links: dict = {}
-    for ch in sorted(changes):
-        rel = ch.path.lstrip("/")
-        if ch.kind == "D":
-            items.append((Entry(rel, "whiteout"), None))
-            continue
-        st = view.lstat(ch.path)
-        kind = _entry_kind(st.st_mode)
-        e = Entry(rel, kind, _stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime))
-        if hasattr(view, "listxattr") and kind != "symlink":
-            e.xattrs = {k: view.getxattr(ch.path, k) for k in view.listxattr(ch.path)}
-        content = None
-        if kind == "file":
-            key = st.st_ino
-            if st.st_nlink > 1 and key in links:
-                e.kind, e.linkname = "hardlink", links[key]
-            else:
-                if st.st_nlink > 1:
-                    links[key] = rel
-                e.size = st.st_size
-                content = _view_bytes(view, ch.path, st.st_size)
-        elif kind == "symlink":
-            e.linkname = view.readlink(ch.path)
-        elif kind in ("char", "block"):
-            e.devmajor, e.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        items.append((e, content))
-        if kind == "dir" and ch.path in opaque:
-            items.append((Entry(rel, "opaque"), None))
-    return Layer.from_entries(items)
-
-
-def _view_bytes(view, path: str, size: int) -> bytes:
-    """A file's bytes through any mounted view: real bytes on a payload
-    backend; on an accounting one, :func:`stamp_block` of each block's version
-    stamp (what ``view.read`` returns there), so block drivers can share this."""
-    data = view.read(path)
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    out = bytearray(len(data) * BLOCK)
-    cache: dict = {}
-    for i, s in enumerate(np.asarray(data).tolist()):
-        if s:
-            blk = cache.get(s)
-            if blk is None:
-                blk = cache[s] = stamp_block(s)
-            out[i * BLOCK:(i + 1) * BLOCK] = blk
-    return bytes(out[:size])
-
-
 # ---------------------------------------------------------------- the driver
 class _Rec:
     """One layer: its parent, kind, backing directory and mount state."""
@@ -905,7 +731,8 @@ class UnionDriver(Driver):
     Options: ``fstype`` ("ext4" | "xfs"), ``size`` of the backing device
     (default 20 GiB, sparse), ``payload`` (keep bytes), ``backing_file``
     (put the device in a sparse file under ``root``), ``fs_options`` (mkfs
-    options)."""
+    options), ``page_cache_bytes`` (an LRU page cache of that size; default
+    unbounded, see :mod:`~thinp.drivers.pagecache`)."""
 
     name = ""
     whiteout_style = "char"      # "char" (overlay 0/0 device) or "aufs" (.wh. files)
@@ -916,7 +743,8 @@ class UnionDriver(Driver):
     base_dir = "/var/lib/docker"
 
     def __init__(self, root=None, *, fstype: str = "ext4", size="20GiB", payload: bool = False,
-                 backing_file: bool = False, fs_options: dict | None = None, metacopy=False, **options):
+                 backing_file: bool = False, fs_options: dict | None = None, metacopy=False,
+                 page_cache_bytes: int | None = None, **options):
         from ..fs import mkfs
 
         if options:
@@ -944,7 +772,8 @@ class UnionDriver(Driver):
         self.layers: dict[str, _Rec] = {}
         self._counters = {k: 0 for k in ("copy_up_bytes", "copy_up_count", "lookup_probes", "mount_ops",
                                          "create_ops", "diff_work")}
-        self._pages: dict[int, np.ndarray] = {}
+        self.page_cache = PageCache(page_cache_bytes)
+        self._hook_inode_release()
         self._gen = 0      # bumped by every change that can alter a merged directory stack
         self._setup()
 
@@ -997,20 +826,26 @@ class UnionDriver(Driver):
         self.fs.write(path, 0, data if self.fs.payload else len(data))
 
     def _page_cache_touch(self, node, offset: int, length) -> None:
+        """A read of a regular file through any layer's view: the page cache
+        is keyed by the backing inode, so every container reading an
+        image file through the same lower branch shares its pages."""
         size = node.size
         if length is None:
             length = size - offset
         end = min(size, offset + max(length, 0))
-        if end <= offset:
-            return
-        n = (size + BLOCK - 1) // BLOCK
-        arr = self._pages.get(node.ino)
-        if arr is None or len(arr) < n:
-            new = np.zeros(n, dtype=bool)
-            if arr is not None:
-                new[: len(arr)] = arr
-            arr = self._pages[node.ino] = new
-        arr[offset // BLOCK:(end + BLOCK - 1) // BLOCK] = True
+        if end > offset:
+            self.page_cache.read(("ino", node.ino), end - offset, offset)
+
+    def _hook_inode_release(self) -> None:
+        """Drop a freed inode's pages (the kernel's evict_inode), so a later
+        file that reuses the inode number starts cold."""
+        fs, cache = self.fs, self.page_cache
+        release = fs._release
+
+        def _release(node):
+            cache.drop(("ino", node.ino))
+            release(node)
+        fs._release = _release
 
     # -- Driver -------------------------------------------------------------------
     def create(self, id: str, parent: str | None, *, read_write: bool = False, **opts) -> None:
@@ -1082,7 +917,8 @@ class UnionDriver(Driver):
 
     def capabilities(self) -> Capabilities:
         union = self.name != "vfs"
-        return Capabilities(reproducible_diff=True, native_diff=self.native_diff, shares_page_cache="inode",
+        return Capabilities(reproducible_diff=True, native_diff=self.native_diff,
+                            shares_page_cache="inode" if union else "none",
                             copy_on_write="file" if union else "none",
                             max_layers=None if self.max_depth is None else self.max_depth + 1,
                             dir_rename_exdev=union, breaks_lower_hardlinks=union,
@@ -1097,7 +933,16 @@ class UnionDriver(Driver):
         rec = self._rec(id)
         if self.native_diff and parent == rec.parent:
             return self._branch_changes(rec)[0]
-        return naive_changes(self._view(id), self._view(parent), self._counters)
+        by_stat = self.capabilities().changes_by_stat
+        return self._naive(lambda w: td.changes(self._view(id), self._view(parent), w, by_stat=by_stat))
+
+    def _naive(self, fn):
+        """Run a :mod:`._treediff` walk, its work added to ``diff_work``."""
+        w = td.Work()
+        try:
+            return fn(w)
+        finally:
+            self._counters["diff_work"] += w.total
 
     def _branch_changes(self, rec: _Rec):
         """Native changes: walk only the layer's own branch (aufs, overlay2).
@@ -1159,11 +1004,9 @@ class UnionDriver(Driver):
         view = self._view(id)
         if self.native_diff and parent == rec.parent:
             changes, opaque = self._branch_changes(rec)
-        else:
-            changes, opaque = naive_changes(view, self._view(parent), self._counters), ()
-        layer = changes_to_layer(view, changes, opaque=opaque)
-        self._counters["diff_work"] += layer.size or 0
-        return layer
+            return self._naive(lambda w: td.layer(view, changes, opaque=opaque, work=w))
+        by_stat = self.capabilities().changes_by_stat
+        return self._naive(lambda w: td.diff(view, self._view(parent), w, by_stat=by_stat))
 
     def apply_diff(self, id: str, parent: str | None, layer) -> int:
         """Untar ``layer`` into layer ``id`` (Docker's ``ApplyDiff``): into its
@@ -1228,7 +1071,7 @@ class UnionDriver(Driver):
         data = sum(n.nr_data_blocks for n in fs.inodes.values())
         out["metadata_bytes"] = max(self.device.physical_bytes - data * BLOCK, 0)
         out["inodes"] = len(fs.inodes)
-        out["page_cache_bytes"] = int(sum(int(a.sum()) for a in self._pages.values())) * BLOCK
+        out["page_cache_bytes"] = self.page_cache.cached_bytes
         logical = 0
         for rec in self.layers.values():
             top = self._branches(rec)[0]
@@ -1287,13 +1130,7 @@ def _apply_layer(drv: UnionDriver, top: str, layer, *, flat: bool, view=None) ->
     size = 0
 
     def remove_tree(path):
-        st = view.lstat(path)
-        if _stat.S_ISDIR(st.st_mode):
-            for n in view.listdir(path):
-                remove_tree(path + "/" + n)
-            view.rmdir(path)
-        else:
-            view.unlink(path)
+        td.remove_tree(view, path)
 
     def ensure_parents(rel):
         p = ""
@@ -1458,11 +1295,14 @@ def clone_tree(drv: UnionDriver, src_view, dst: str, *, hardlink_from=()) -> Non
 
 
 class ViewTarget:
-    """The :mod:`thinp.fs.workloads` target interface over a mounted view, so
-    ``wl_rootfs(ViewTarget(view))`` fills a layer from the Debian manifest."""
+    """The :mod:`thinp.fs.workloads` target interface over any driver's
+    mounted view, so ``wl_rootfs(ViewTarget(view))`` fills a layer from the
+    Debian manifest.  ``sync`` is called by ``sync()`` (default: the view's
+    filesystem's own)."""
 
-    def __init__(self, view):
+    def __init__(self, view, sync=None):
         self.view = view
+        self._sync = sync
 
     def mkdir(self, path, mode=0o755):
         self.view.mkdir("/" + path, mode)
@@ -1471,7 +1311,7 @@ class ViewTarget:
         p = "/" + path
         self.view.create(p)
         if size:
-            if self.view.payload:
+            if getattr(self.view, "payload", False):
                 data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
             else:
                 data = size
@@ -1499,4 +1339,7 @@ class ViewTarget:
         self.view.unlink("/" + path)
 
     def sync(self):
-        self.view.fs.sync()
+        if self._sync is not None:
+            self._sync()
+        else:
+            self.view.fs.sync()

@@ -12,7 +12,8 @@ driver                           key (so what N containers reading one image
 ===============================  ==============================================
 aufs, overlay, overlay2, vfs*    the inode of the file in the branch that holds
                                  it: ``("ino", ino)`` -- N containers share one
-                                 copy until a container copies the file up
+                                 copy until a container copies the file up;
+                                 a freed inode's pages leave the cache
 devicemapper                     ``(thin_id, ino)``: every container is its own
                                  device, so N copies
 btrfs                            ``(subvolume_id, ino)``: a snapshot's inode is
@@ -43,6 +44,7 @@ class PageCache:
         self.page_size = int(page_size)
         self.capacity_pages = None if capacity_bytes is None else int(capacity_bytes) // self.page_size
         self._pages: OrderedDict = OrderedDict()
+        self._by_key: dict = {}      # key -> set of its cached page numbers
         self.hits = 0
         self.misses = 0
         self.evictions = 0
@@ -65,9 +67,17 @@ class PageCache:
             else:
                 miss += 1
                 pages[k] = None
+                own = self._by_key.get(key)
+                if own is None:
+                    own = self._by_key[key] = set()
+                own.add(p)
         if lru:
             while len(pages) > self.capacity_pages:
-                pages.popitem(last=False)
+                (ek, ep), _ = pages.popitem(last=False)
+                own = self._by_key[ek]
+                own.discard(ep)
+                if not own:
+                    del self._by_key[ek]
                 self.evictions += 1
         self.hits += hit
         self.misses += miss
@@ -75,12 +85,19 @@ class PageCache:
 
     def drop(self, key) -> None:
         """Forget every page of ``key`` (the file or device went away)."""
-        for k in [k for k in self._pages if k[0] == key]:
-            del self._pages[k]
+        for p in self._by_key.pop(key, ()):
+            del self._pages[(key, p)]
+
+    def drop_where(self, pred) -> None:
+        """Forget every page of each key for which ``pred(key)`` is true (a
+        device or subvolume went away)."""
+        for key in [k for k in self._by_key if pred(k)]:
+            self.drop(key)
 
     def clear(self) -> None:
         """``echo 1 > /proc/sys/vm/drop_caches``."""
         self._pages.clear()
+        self._by_key.clear()
 
     @property
     def cached_bytes(self) -> int:

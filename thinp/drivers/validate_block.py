@@ -314,43 +314,6 @@ def format_rows(rows) -> str:
 
 
 # ----------------------------------------------------------- the rootfs workload
-class ViewTarget:
-    """The :mod:`thinp.fs.workloads` target interface over a driver's mounted view."""
-
-    def __init__(self, view, sync=None):
-        self.view, self._sync = view, sync
-
-    def mkdir(self, path, mode=0o755):
-        self.view.mkdir("/" + path, mode)
-
-    def write_file(self, path, size, seed=0):
-        self.view.create("/" + path)
-        if size:
-            self.view.write("/" + path, 0, size)
-
-    def symlink(self, target, path):
-        self.view.symlink(target, "/" + path)
-
-    def link(self, src, dst):
-        self.view.link("/" + src, "/" + dst)
-
-    def mknod(self, path, mode, rdev):
-        self.view.mknod("/" + path, mode, rdev)
-
-    def chmod(self, path, mode):
-        self.view.chmod("/" + path, mode)
-
-    def chown(self, path, uid, gid):
-        self.view.chown("/" + path, uid, gid)
-
-    def unlink(self, path):
-        self.view.unlink("/" + path)
-
-    def sync(self):
-        if self._sync:
-            self._sync()
-
-
 def _rootfs_rows():
     from ..fs.workloads import fixtures_dir, load_manifest, ROOTFS_MANIFEST
 
@@ -399,6 +362,7 @@ def btrfs_rootfs_real(rows, workdir=None) -> dict:
 def btrfs_rootfs_sim(rows) -> dict:
     from ..fs.workloads import wl_rootfs
     from .btrfs import NODESIZE, BtrfsDriver, item_bytes, tree_shape
+    from .naive import ViewTarget
 
     d = BtrfsDriver()
     d.create("base", None, read_write=True)
