@@ -62,8 +62,7 @@ def compare_figure(df, title: str = ""):
     panel(ax, "MiB", "Page-cache memory")
     if title:
         fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
-    return fig
+    return fig  # constrained layout: no tight_layout() (it would switch engines and warn)
 
 
 _MARKERS = {"low_water_mark": ("v", "tab:orange", "low water mark"),
