@@ -197,25 +197,9 @@ def _cttz(typingctx, x):
 
 # --- checksums ----------------------------------------------------------------------
 @njit(refcount=False)
-def block_checksum(meta, b):
-    """32-bit checksum of one metadata block: a multiply-xorshift hash of its
-    512 words, seeded with the block number so a block copied to the wrong
-    place does not verify.  Never 0, so 0 can mean "no checksum yet"."""
-    h = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(b)
-    k = np.uint64(0xFF51AFD7ED558CCD)
-    for i in range(NODE_ENTRIES):
-        h = (h ^ meta[b, i]) * k
-        h ^= h >> np.uint64(29)
-    h ^= h >> np.uint64(32)
-    c = np.uint64(h & np.uint64(0xFFFFFFFF))
-    if c == 0:
-        c = np.uint64(1)
-    return c
-
-
-@njit(refcount=False)
 def words_checksum(words, seed):
-    """The same hash over any uint64 array (superblocks, records)."""
+    """A multiply-xorshift hash of a uint64 array folded to 32 bits, never 0.
+    :func:`checksums_np` is the same hash in numpy, for opens that must not JIT."""
     h = np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(seed)
     k = np.uint64(0xFF51AFD7ED558CCD)
     for i in range(words.shape[0]):
@@ -226,6 +210,14 @@ def words_checksum(words, seed):
     if c == 0:
         c = np.uint64(1)
     return c
+
+
+@njit(refcount=False)
+def block_checksum(meta, b):
+    """32-bit checksum of one metadata block: :func:`words_checksum` of its
+    512 words, seeded with the block number so a block copied to the wrong
+    place does not verify.  Never 0, so 0 can mean "no checksum yet"."""
+    return words_checksum(meta[b], b)
 
 
 def checksums_np(blocks: np.ndarray, seeds: np.ndarray) -> np.ndarray:
