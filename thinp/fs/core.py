@@ -261,6 +261,12 @@ class Filesystem:
         self.journal_enabled = journal
         self.payload = bool(device.payload)
         self._stamp_counter = 0
+        self._pcache = None     # see _parent_of
+        # running totals kept by every change, so statistics need no walk
+        # (check() recomputes both): data blocks mapped by all inodes, and
+        # bytes of regular files counted once per link (``du -l``'s logical view)
+        self.data_blocks = 0
+        self.file_bytes = 0
         self._rng = np.random.default_rng(seed)
         self.counters = {"data_blocks_written": 0, "metadata_blocks_written": 0,
                          "journal_blocks_written": 0, "commits": 0, "blocks_discarded": 0}
@@ -403,6 +409,8 @@ class Filesystem:
             parts = path.split("/")
         except AttributeError:
             raise TypeError(f"path must be str, not {type(path).__name__}") from None
+        if parts[0] == "":          # the common absolute path: drop the leading ""
+            del parts[0]
         if "" in parts or "." in parts:
             parts = [p for p in parts if p and p != "."]
         return parts
@@ -437,6 +445,25 @@ class Filesystem:
         return node
 
     def _parent_of(self, path: str) -> tuple[Inode, str]:
+        # one-entry cache of the last parent resolved (creating a tree makes
+        # many entries in one directory in a row); keyed by the directory part
+        # and the chroot, holding the ino (so CowInodes still copies on touch),
+        # dropped whenever an entry is removed (that can change what a
+        # directory path names; adding entries cannot)
+        try:
+            d, _sep, name = path.rpartition("/")
+        except AttributeError:
+            raise TypeError(f"path must be str, not {type(path).__name__}") from None
+        c = self._pcache
+        if c is not None and c[0] == d and c[1] == self.chroot_ino and name and name != "." \
+                and name != ".." and len(name) <= NAME_MAX // 4:
+            return self.inodes[c[2]], name
+        parent, name = self._parent_of_slow(path)
+        if d and name == path[len(d) + 1:]:
+            self._pcache = (d, self.chroot_ino, parent.ino)
+        return parent, name
+
+    def _parent_of_slow(self, path: str) -> tuple[Inode, str]:
         parts = self._split(path)
         if not parts:
             raise _err(errno.EEXIST if path.strip("/") == "" else errno.ENOENT, path)
@@ -477,6 +504,7 @@ class Filesystem:
         self._touch_inode(parent)
 
     def _dir_remove(self, parent: Inode, name: str) -> None:
+        self._pcache = None
         del parent.entries[name]
         parent.dir_bytes -= self._dirent_size(name)
         self._dirty_dir_entry(parent, name)
@@ -576,6 +604,8 @@ class Filesystem:
         if name in parent.entries:
             raise _err(errno.EEXIST, dst)
         node.nlink += 1
+        if node.is_reg:
+            self.file_bytes += node.size
         node.ctime = _time.time()
         self._touch_inode(node)
         self._dir_add(parent, name, node.ino)
@@ -592,6 +622,8 @@ class Filesystem:
         self._drop_link(node)
 
     def _drop_link(self, node: Inode) -> None:
+        if node.is_reg:
+            self.file_bytes -= node.size
         node.nlink -= 1
         node.ctime = _time.time()
         self._touch_inode(node)
@@ -850,6 +882,7 @@ class Filesystem:
         b0, b1 = offset // BLOCK, (end + BLOCK - 1) // BLOCK
         self._delay(node, b0, b1)
         if end > node.size:
+            self.file_bytes += (end - node.size) * node.nlink
             node.size = end
         if self.payload:
             pend = node.pending
@@ -1011,6 +1044,7 @@ class Filesystem:
                     self.device.write(pblk * BLOCK, n * BLOCK)
                 lb += n
             node.nr_data_blocks += r1 - r0
+            self.data_blocks += r1 - r0
         node.pending = None
         self._extent_tree_layout(node)
         self._touch_inode(node)
@@ -1142,6 +1176,7 @@ class Filesystem:
         if len(stamps) < nblk:
             stamps = np.concatenate([stamps, np.zeros(nblk - len(stamps), dtype=np.uint64)])
         self.truncate(path, 0)
+        self.file_bytes += size * node.nlink
         node.size = size
         nz = np.flatnonzero(stamps[:nblk])
         if nz.size:
@@ -1180,6 +1215,7 @@ class Filesystem:
                 elif m:
                     _l, pblk, _n = m[0]
                     self.device.write(pblk * BLOCK + size % BLOCK, bytes(BLOCK - size % BLOCK))
+        self.file_bytes += (size - node.size) * node.nlink
         node.size = size
         node.mtime = node.ctime = _time.time()
         self._touch_inode(node)
@@ -1200,6 +1236,7 @@ class Filesystem:
                 freed += n - k
         node.extents = new
         node.nr_data_blocks -= freed
+        self.data_blocks -= freed
         if freed:
             self._extent_tree_layout(node)
 
@@ -1402,6 +1439,13 @@ class Filesystem:
                 want = refs.get(node.ino, 0)
             if node.nlink != want:
                 raise MetadataCorruptError(f"ino {node.ino}: nlink {node.nlink} but {want} references")
+        data = sum(n.nr_data_blocks for n in self.inodes.values())
+        if data != self.data_blocks:
+            raise MetadataCorruptError(f"inodes map {data} data blocks; the running total says {self.data_blocks}")
+        fbytes = sum(n.size * n.nlink for n in self.inodes.values() if n.is_reg)
+        if fbytes != self.file_bytes:
+            raise MetadataCorruptError(f"regular files hold {fbytes} bytes (per link); the running total says "
+                                       f"{self.file_bytes}")
         return {"inodes": len(self.inodes), "blocks_in_use": int(used.sum())}
 
     def __repr__(self) -> str:
