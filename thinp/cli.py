@@ -389,6 +389,8 @@ def _add_compare(sub) -> None:
     cp.add_argument("--out", default=None, help="write compare.csv, compare.parquet, compare.png here")
     cp.add_argument("--json", action="store_true", help="print the rows as a JSON list, nothing else")
     cp.add_argument("--scale", type=float, default=1.0, help="scale the workload (default 1.0)")
+    cp.add_argument("--jobs", "-j", type=int, default=None,
+                    help="drivers run at once, one process each (default: the CPUs; 1 = in this process)")
     cp.add_argument("--constants", default=None,
                     help="a .toml with a [constants] table overriding the cost model's constants")
     cp.set_defaults(func=_cmd_compare)
@@ -429,7 +431,8 @@ def _cmd_compare(args) -> int:
         raise ValueError(f"{src}: no such workload file")
     try:
         df, fig = compare(src, drivers=args.drivers, device=args.device, out=args.out,
-                          scale=args.scale, progress=not args.json, constants=args.constants)
+                          scale=args.scale, progress=not args.json, constants=args.constants,
+                          jobs=args.jobs)
     except (ValueError, OSError, KeyError, TypeError) as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         if src not in msg and (src.endswith(".toml") or isinstance(e, KeyError)):

@@ -189,3 +189,32 @@ def test_cli_constants_file_changes_the_estimate(cli, tmp_path):
     p.write_text("[constants]\ncache = 1\n")
     rc, out, err = cli("compare", "applog", "--drivers", "overlay2", "--constants", str(p))
     assert rc != 0 and "unknown key constants.cache" in err and err.count("\n") == 1
+
+
+def test_parallel_rows_equal_serial_rows():
+    """Drivers are independent: one process per driver gives the rows one
+    process gives (run_s aside), on the real workloads."""
+    kw = dict(drivers=["overlay2", "devicemapper", "vfs"], scale=0.05, progress=False)
+    serial, _ = cmp.compare("webapp", jobs=1, **kw)
+    para, _ = cmp.compare("webapp", jobs=3, **kw)
+    assert list(para["driver"]) == ["overlay2", "devicemapper", "vfs"]
+    cols = [c for c in serial.columns if c != "run_s"]
+    pd.testing.assert_frame_equal(serial[cols], para[cols])
+    assert serial["disk_used_bytes"].gt(0).all() and serial["error"].isna().all()
+
+
+def test_a_dead_worker_becomes_an_error_row():
+    calls = []
+    df, _ = cmp.compare("applog", drivers=["overlay2", "vfs"], jobs=2,
+                        runner=__import__("tests.compare.crashing", fromlist=["run"]),
+                        progress=lambda d, i, n: calls.append(d))
+    by = df.set_index("driver")
+    assert "worker process died" in by.loc["vfs", "error"]
+    assert sorted(calls) == ["overlay2", "vfs"]
+    ok = by.loc["overlay2"]
+    assert (pd.isna(ok["error"]) and ok["start_time_s"] > 0) or "worker process died" in ok["error"]
+
+
+def test_jobs_must_be_positive():
+    with pytest.raises(cmp.CompareError, match="jobs"):
+        cmp.compare("applog", drivers=["overlay2"], jobs=0, runner=standin, progress=False)

@@ -89,7 +89,7 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
 
 
 def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0, progress=True,
-            *, runner=None, constants=None, root=None, **driver_options):
+            *, jobs=None, runner=None, constants=None, root=None, **driver_options):
     """Run ``workload`` on each driver; return ``(DataFrame, Figure)``.
 
     ``workload`` is a scenario name, a TOML path or a loaded Workload;
@@ -97,11 +97,17 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     TOML path or :class:`~thinp.cost.DeviceProfile`; ``out`` a directory that
     receives ``compare.csv``, ``compare.parquet`` and ``compare.png``.
     ``progress`` is True (a rich progress bar on stderr), False, or a
-    callable ``progress(driver, i, n)``.  ``runner`` is an object with
-    ``load(source)`` and ``run(workload, driver, *, root, scale, progress,
-    **driver_options)`` (default :mod:`thinp.workloads`).  ``constants`` is a
-    :class:`~thinp.cost.CostConstants` or a TOML file with a
+    callable ``progress(driver, i, n)``.  ``jobs`` is how many drivers run at
+    once, each in its own process (default: the CPUs, at most one per
+    driver; 1 runs everything in this process); the drivers are independent,
+    so the rows are the same whatever ``jobs`` is.  ``runner`` is an object
+    with ``load(source)`` and ``run(workload, driver, *, root, scale,
+    progress, **driver_options)`` (default :mod:`thinp.workloads`; a runner
+    that is not an importable module runs in this process).  ``constants``
+    is a :class:`~thinp.cost.CostConstants` or a TOML file with a
     ``[constants]`` table (cache size, per-driver costs, ...)."""
+    import types
+
     import pandas as pd
 
     from ..cost import load_device
@@ -115,46 +121,131 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     names = parse_drivers(drivers)
     runner = runner or _default_runner()
     wl = runner.load(workload) if isinstance(workload, (str, os.PathLike)) else workload
-    rows = []
-
+    wname = getattr(wl, "name", str(workload))
+    if jobs is None:
+        jobs = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                   len(names))
+    if jobs < 1:
+        raise CompareError(f"jobs must be at least 1, not {jobs}")
+    runner_name = runner.__name__ if isinstance(runner, types.ModuleType) else None
+    if runner_name is None:
+        jobs = 1
     fatal = tuple(c for c in (getattr(runner, "WorkloadError", None),) if isinstance(c, type))
+    job = dict(wl=wl, wname=wname, scale=scale, device=dev, constants=constants, root=root,
+               driver_options=driver_options)
+    rows: dict[str, dict] = {}
 
-    def one(d, i, sub_progress=None):
-        t0 = time.perf_counter()
-        sub = None if root is None else os.path.join(os.fspath(root), d)
-        try:
-            res = runner.run(wl, d, root=sub, scale=scale, progress=sub_progress, **driver_options)
-        except fatal:
-            raise                   # the workload itself is wrong (a glob matching nothing)
-        except Exception as e:  # a driver failing must not abort the comparison
-            res = _Failed(d, getattr(wl, "name", str(workload)), f"{type(e).__name__}: {e}")
-        rows.append(row_from_result(res, device=dev, constants=constants,
-                                    run_s=time.perf_counter() - t0))
+    if jobs == 1:
+        def run_all(step, tick):
+            for i, d in enumerate(names):
+                step(d, i)
+                rows[d] = _one(runner, fatal, d, job, lambda k, m, i=i: tick(i + k / max(m, 1)))
+                tick(i + 1)
+    else:
+        def run_all(step, tick):
+            _parallel(runner_name, names, job, jobs, rows, step, tick)
 
     if progress is True:
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                      TextColumn("{task.completed:.0f}/{task.total}"), TimeElapsedColumn(),
                       console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("compare", total=len(names))
-            # the runner reports progress(k, m) inside one driver's run
-            for i, d in enumerate(names):
-                bar.update(task, description=f"compare: {d}")
-                one(d, i, lambda k, m, i=i: bar.update(task, completed=i + k / max(m, 1)))
-                bar.update(task, completed=i + 1)
+            run_all(lambda d, i: bar.update(task, description=f"compare: {d}"),
+                    lambda done: bar.update(task, completed=done))
     else:
-        for i, d in enumerate(names):
-            if callable(progress):
-                progress(d, i, len(names))
-            one(d, i)
-    df = pd.DataFrame(rows, columns=["driver", "workload", *COLUMNS, "error"])
+        run_all((lambda d, i: progress(d, i, len(names))) if callable(progress) else (lambda d, i: None),
+                lambda done: None)
+    df = pd.DataFrame([rows[d] for d in names], columns=["driver", "workload", *COLUMNS, "error"])
     df["device"] = dev.name
-    fig = compare_figure(df, title=f"{getattr(wl, 'name', workload)} on {dev.name}")
+    fig = compare_figure(df, title=f"{wname} on {dev.name}")
     if out is not None:
         save(df, fig, out)
     return df, fig
+
+
+def _one(runner, fatal, d, job, sub_progress=None) -> dict:
+    """One driver's run -> its row (a driver failing gives an error row;
+    a malformed workload -- ``fatal`` -- is raised)."""
+    t0 = time.perf_counter()
+    root = job["root"]
+    sub = None if root is None else os.path.join(os.fspath(root), d)
+    try:
+        res = runner.run(job["wl"], d, root=sub, scale=job["scale"], progress=sub_progress,
+                         **job["driver_options"])
+    except fatal:
+        raise                   # the workload itself is wrong (a glob matching nothing)
+    except Exception as e:  # a driver failing must not abort the comparison
+        res = _Failed(d, job["wname"], f"{type(e).__name__}: {e}")
+    return row_from_result(res, device=job["device"], constants=job["constants"],
+                           run_s=time.perf_counter() - t0)
+
+
+# drivers known to take longest on the built-in scenarios start first, so
+# the others fill the remaining processes around them
+_SLOW_FIRST = ("vfs", "devicemapper", "zfs", "btrfs")
+
+
+def _parallel(runner_name, names, job, jobs, rows, step, tick) -> None:
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import queue as _queue
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    q = ctx.Queue()
+    order = sorted(names, key=lambda d: (_SLOW_FIRST.index(d) if d in _SLOW_FIRST else len(_SLOW_FIRST)))
+    done = {d: 0.0 for d in names}
+    # the workers are forked here, before any progress thread of ours runs
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
+                                initializer=_init_worker, initargs=(runner_name, q)) as ex:
+        futs = {}
+        for d in order:
+            futs[ex.submit(_worker_one, d, job)] = d
+            step(d, names.index(d))
+        pending = set(futs)
+        while pending:
+            fin, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
+            while True:
+                try:
+                    d, k, m = q.get_nowait()
+                except _queue.Empty:
+                    break
+                done[d] = min(k / max(m, 1), 0.999)
+                step(d, names.index(d))
+            for f in fin:
+                d = futs[f]
+                try:
+                    rows[d] = f.result()        # re-raises a malformed-workload error
+                except cf.process.BrokenProcessPool as e:   # a worker died (killed, out of memory)
+                    rows[d] = row_from_result(_Failed(d, job["wname"], f"worker process died: {e}"))
+                done[d] = 1.0
+            tick(sum(done.values()))
+
+
+_W: dict = {}
+
+
+def _init_worker(runner_name, q) -> None:
+    import importlib
+
+    _W["runner"] = importlib.import_module(runner_name)
+    _W["queue"] = q
+
+
+def _worker_one(d, job) -> dict:
+    runner, q = _W["runner"], _W["queue"]
+    fatal = tuple(c for c in (getattr(runner, "WorkloadError", None),) if isinstance(c, type))
+    last = [0.0]
+
+    def sub(k, m):
+        now = time.monotonic()
+        if now - last[0] > 0.2 or k >= m:
+            last[0] = now
+            q.put((d, k, m))
+
+    return _one(runner, fatal, d, job, sub)
 
 
 def save(df, fig, out) -> dict:

@@ -168,3 +168,21 @@ def runs_of(blocks):
         res[i, 0] = out[i, 0]
         res[i, 1] = out[i, 1]
     return res
+
+
+@njit
+def flex_group_stats(izone_used, zone_used, group_dirs, flex, inodes_per_group, blocks_per_group):
+    """Per ext4 flex group (``flex`` block groups each; a last partial flex
+    group counts its missing groups as full): free inodes, free blocks and
+    directories, as three int64 arrays."""
+    ng = izone_used.shape[0]
+    nf = (ng + flex - 1) // flex
+    free_i = np.full(nf, inodes_per_group * flex, dtype=np.int64)
+    free_b = np.full(nf, blocks_per_group * flex, dtype=np.int64)
+    dirs = np.zeros(nf, dtype=np.int64)
+    for g in range(ng):
+        x = g // flex
+        free_i[x] -= izone_used[g]
+        free_b[x] -= zone_used[g]
+        dirs[x] += group_dirs[g]
+    return free_i, free_b, dirs

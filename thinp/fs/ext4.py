@@ -272,16 +272,10 @@ class Ext4(Filesystem):
 
     # -- inodes ------------------------------------------------------------------
     def _flex_stats(self):
+        """Free inodes, free blocks and directories per flex group."""
         g = self.geometry
-        f = g.flex_size
-        nf = (g.nr_groups + f - 1) // f
-        pad = nf * f - g.nr_groups
-        iu = np.concatenate([self.izone_used, np.full(pad, g.inodes_per_group)]).reshape(nf, f)
-        bu = np.concatenate([self.zone_used, np.full(pad, BLOCKS_PER_GROUP)]).reshape(nf, f)
-        du = np.concatenate([self.group_dirs, np.zeros(pad, dtype=np.int64)]).reshape(nf, f)
-        free_i = g.inodes_per_group * f - iu.sum(axis=1)
-        free_b = BLOCKS_PER_GROUP * f - bu.sum(axis=1)
-        return free_i, free_b, du.sum(axis=1)
+        return K.flex_group_stats(self.izone_used, self.zone_used, self.group_dirs, g.flex_size,
+                                  g.inodes_per_group, BLOCKS_PER_GROUP)
 
     #: percpu_counter batch: the kernel's global free-inode/free-block/dir
     #: counters only take in a CPU's changes once they reach this many, and
