@@ -520,23 +520,24 @@ def _cmd_overcommit(args) -> int:
 
 def _add_overcommit(sub) -> None:
     o = sub.add_parser("overcommit", help="start containers until the pool runs out; Data%/Meta% with events")
-    o.add_argument("--pool", default="100G")
-    o.add_argument("--block-size", default="64k", help="64k..1g")
+    o.add_argument("--pool", default="100G", help="thin pool data size (default 100G)")
+    o.add_argument("--block-size", default="64k", help="pool block size, 64k..1g (default 64k)")
     o.add_argument("--image", default="debian-minbase", help="debian-minbase, scratch, or a size such as 200M")
-    o.add_argument("--containers", type=int, default=2000)
-    o.add_argument("--write-per-container", default="200M")
+    o.add_argument("--containers", type=int, default=2000, help="containers started in turn (default 2000)")
+    o.add_argument("--write-per-container", default="200M",
+                   help="bytes of random 4 KiB writes per container (default 200M)")
     o.add_argument("--zeroing", action="store_true", help="zero new blocks (loop-lvm default: off)")
     o.add_argument("--discard", default="passdown", choices=["passdown", "nopassdown", "ignore"])
     o.add_argument("--fstrim-after-delete", action="store_true",
                    help="discard a container's devices before deleting them")
     o.add_argument("--autoextend-threshold", type=int, default=100, help="percent; 100 = off, <50 acts as 50")
-    o.add_argument("--autoextend-percent", type=int, default=20)
+    o.add_argument("--autoextend-percent", type=int, default=20, help="grow by this percent (default 20)")
     o.add_argument("--no-space", default="error", choices=["error", "queue"])
     o.add_argument("--lifetime", type=int, default=None, help="remove each container after N more started")
-    o.add_argument("--min-free-space", type=int, default=10, help="dm.min_free_space percent")
+    o.add_argument("--min-free-space", type=int, default=10, help="dm.min_free_space percent (default 10; 0 = never refuse)")
     o.add_argument("--driver", default="devicemapper",
                    help="devicemapper, overlay2, overlay, aufs, vfs, a comma list, or all")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0, help="random write order (default 0)")
     o.add_argument("--out", default=".", help="directory for overcommit.csv/.parquet and overcommit.png")
     o.add_argument("--format", default="csv", choices=["csv", "parquet"])
     o.add_argument("--no-plot", action="store_true")
