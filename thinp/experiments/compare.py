@@ -136,14 +136,15 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     rows: dict[str, dict] = {}
 
     if jobs == 1:
-        def run_all(step, tick):
+        def run_all(step, tick, describe):
             for i, d in enumerate(names):
                 step(d, i)
+                describe(d)
                 rows[d] = _one(runner, fatal, d, job, lambda k, m, i=i: tick(i + k / max(m, 1)))
                 tick(i + 1)
     else:
-        def run_all(step, tick):
-            _parallel(runner_name, names, job, jobs, rows, step, tick)
+        def run_all(step, tick, describe):
+            _parallel(runner_name, names, job, jobs, rows, step, tick, describe)
 
     if progress is True:
         from rich.console import Console
@@ -153,11 +154,11 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
                       TextColumn("{task.completed:.0f}/{task.total}"), TimeElapsedColumn(),
                       console=Console(stderr=True), transient=True) as bar:
             task = bar.add_task("compare", total=len(names))
-            run_all(lambda d, i: bar.update(task, description=f"compare: {d}"),
-                    lambda done: bar.update(task, completed=done))
+            run_all(lambda d, i: None, lambda done: bar.update(task, completed=done),
+                    lambda running: bar.update(task, description=f"compare: {running}"))
     else:
         run_all((lambda d, i: progress(d, i, len(names))) if callable(progress) else (lambda d, i: None),
-                lambda done: None)
+                lambda done: None, lambda running: None)
     df = pd.DataFrame([rows[d] for d in names], columns=["driver", "workload", *COLUMNS, "error"])
     df["device"] = dev.name
     fig = compare_figure(df, title=f"{wname} on {dev.name}")
@@ -188,7 +189,7 @@ def _one(runner, fatal, d, job, sub_progress=None) -> dict:
 _SLOW_FIRST = ("vfs", "devicemapper", "zfs", "btrfs")
 
 
-def _parallel(runner_name, names, job, jobs, rows, step, tick) -> None:
+def _parallel(runner_name, names, job, jobs, rows, step, tick, describe) -> None:
     import concurrent.futures as cf
     import multiprocessing as mp
     import queue as _queue
@@ -212,8 +213,7 @@ def _parallel(runner_name, names, job, jobs, rows, step, tick) -> None:
                     d, k, m = q.get_nowait()
                 except _queue.Empty:
                     break
-                done[d] = min(k / max(m, 1), 0.999)
-                step(d, names.index(d))
+                done[d] = max(min(k / max(m, 1), 0.999), 1e-3)
             for f in fin:
                 d = futs[f]
                 try:
@@ -222,6 +222,7 @@ def _parallel(runner_name, names, job, jobs, rows, step, tick) -> None:
                     rows[d] = row_from_result(_Failed(d, job["wname"], f"worker process died: {e}"))
                 done[d] = 1.0
             tick(sum(done.values()))
+            describe(", ".join(d for d in order if 0 < done[d] < 1) or "starting")
 
 
 _W: dict = {}
@@ -238,6 +239,7 @@ def _worker_one(d, job) -> dict:
     runner, q = _W["runner"], _W["queue"]
     fatal = tuple(c for c in (getattr(runner, "WorkloadError", None),) if isinstance(c, type))
     last = [0.0]
+    q.put((d, 0, 1))        # started
 
     def sub(k, m):
         now = time.monotonic()
