@@ -143,8 +143,16 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
                 rows[d] = _one(runner, fatal, d, job, lambda k, m, i=i: tick(i + k / max(m, 1)))
                 tick(i + 1)
     else:
+        # the worker processes are forked now, before the progress bar's thread exists
+        pool = _start_pool(runner_name, jobs)
+
         def run_all(step, tick, describe):
-            _parallel(runner_name, names, job, jobs, rows, step, tick, describe)
+            try:
+                _parallel(pool, names, job, rows, step, tick, describe)
+            except BaseException:       # a malformed workload, Ctrl-C: don't wait for the rest
+                pool[0].shutdown(wait=False, cancel_futures=True)
+                raise
+            pool[0].shutdown()
 
     if progress is True:
         from rich.console import Console
@@ -189,40 +197,49 @@ def _one(runner, fatal, d, job, sub_progress=None) -> dict:
 _SLOW_FIRST = ("vfs", "devicemapper", "zfs", "btrfs")
 
 
-def _parallel(runner_name, names, job, jobs, rows, step, tick, describe) -> None:
+def _start_pool(runner_name, jobs):
+    """A process pool of ``jobs`` forked workers (all started now) and the
+    queue they report progress on."""
     import concurrent.futures as cf
     import multiprocessing as mp
-    import queue as _queue
 
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     q = ctx.Queue()
+    ex = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                                initargs=(runner_name, q))
+    ex.submit(int).result()     # a fork-context pool starts every worker on its first task
+    return ex, q
+
+
+def _parallel(pool, names, job, rows, step, tick, describe) -> None:
+    import concurrent.futures as cf
+    import queue as _queue
+
+    ex, q = pool
     order = sorted(names, key=lambda d: (_SLOW_FIRST.index(d) if d in _SLOW_FIRST else len(_SLOW_FIRST)))
     done = {d: 0.0 for d in names}
-    # the workers are forked here, before any progress thread of ours runs
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
-                                initializer=_init_worker, initargs=(runner_name, q)) as ex:
-        futs = {}
-        for d in order:
-            futs[ex.submit(_worker_one, d, job)] = d
-            step(d, names.index(d))
-        pending = set(futs)
-        while pending:
-            fin, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
-            while True:
-                try:
-                    d, k, m = q.get_nowait()
-                except _queue.Empty:
-                    break
-                done[d] = max(min(k / max(m, 1), 0.999), 1e-3)
-            for f in fin:
-                d = futs[f]
-                try:
-                    rows[d] = f.result()        # re-raises a malformed-workload error
-                except cf.process.BrokenProcessPool as e:   # a worker died (killed, out of memory)
-                    rows[d] = row_from_result(_Failed(d, job["wname"], f"worker process died: {e}"))
-                done[d] = 1.0
-            tick(sum(done.values()))
-            describe(", ".join(d for d in order if 0 < done[d] < 1) or "starting")
+    futs = {}
+    for d in order:
+        futs[ex.submit(_worker_one, d, job)] = d
+        step(d, names.index(d))
+    pending = set(futs)
+    while pending:
+        fin, pending = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
+        while True:
+            try:
+                d, k, m = q.get_nowait()
+            except _queue.Empty:
+                break
+            done[d] = max(min(k / max(m, 1), 0.999), 1e-3)
+        for f in fin:
+            d = futs[f]
+            try:
+                rows[d] = f.result()        # re-raises a malformed-workload error
+            except cf.process.BrokenProcessPool as e:   # a worker died (killed, out of memory)
+                rows[d] = row_from_result(_Failed(d, job["wname"], f"worker process died: {e}"))
+            done[d] = 1.0
+        tick(sum(done.values()))
+        describe(", ".join(d for d in order if 0 < done[d] < 1) or "starting")
 
 
 _W: dict = {}
