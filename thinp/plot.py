@@ -89,6 +89,11 @@ def overcommit_plot(df, title=None):
     seen = set()
     for driver, g in df.groupby("driver", sort=False):
         line, = ax.plot(g["container"], g["data_pct"], label=f"{driver} Data%")
+        if "host_bytes" in g and driver == "devicemapper":
+            host = 100.0 * g["host_bytes"] / g["data_total_bytes"]
+            if (host - g["data_pct"]).abs().max() > 1.0:   # blocks freed in the pool, not on the host
+                ax.plot(g["container"], host, color=line.get_color(), ls="--",
+                        label=f"{driver} loop file on the host (% of pool)")
         axm.plot(g["container"], g["meta_pct"], color=line.get_color(),
                  label=f"{driver} Meta%" + (" (inodes)" if driver != "devicemapper" else ""))
         for kind, (m, c, label) in _MARKERS.items():
@@ -105,11 +110,12 @@ def overcommit_plot(df, title=None):
                      label="pool size (GiB)")
             ax2.set_ylabel("pool data size (GiB)")
             ax2.legend(loc="center right", fontsize=8)
-    ax.axhline(90, color="grey", lw=0.8, ls=":")
+    if (df["driver"] == "devicemapper").any():
+        ax.axhline(90, color="grey", lw=0.8, ls=":", label="90%: Docker's default dm.min_free_space")
     ax.set_ylabel("data used (% of pool)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(title or "Overcommit: pool use as containers start")
+    ax.set_title(title or "Overcommit: pool use as containers start", fontsize=10, wrap=True)
     axm.set_ylabel("metadata used (%)")
     axm.set_xlabel("containers launched, in order (count; refused ones included)")
     axm.legend(fontsize=8, loc="upper left")

@@ -130,3 +130,20 @@ def test_bad_arguments():
         overcommit(**SMALL, driver="floppy")
     with pytest.raises(ValueError):
         overcommit(**{**SMALL, "containers": 1}, block_size="3k")
+
+
+def test_figure_shows_the_host_file_only_when_it_keeps_freed_space():
+    import matplotlib.pyplot as plt
+
+    def labels(**kw):
+        _, fig = overcommit(**{**SMALL, "plot": True}, lifetime=5, **kw)
+        ax = fig.get_axes()[0]
+        out = [line.get_label() for line in ax.get_lines()]
+        assert "1 GiB pool" in ax.get_title() and "lifetime 5" in ax.get_title()
+        plt.close(fig)
+        return out
+
+    kept = labels(discard="ignore")
+    assert "devicemapper loop file on the host (% of pool)" in kept
+    returned = labels(discard="passdown", fstrim_after_delete=True)
+    assert not any("host" in x for x in returned) and "devicemapper Data%" in returned

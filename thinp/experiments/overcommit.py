@@ -139,8 +139,26 @@ def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers
     if plot:
         from ..plot import overcommit_plot
 
-        fig = overcommit_plot(df)
+        extra = []
+        if discard != "passdown" or fstrim_after_delete:
+            extra.append(f"discard {discard}" + (" + fstrim" if fstrim_after_delete else ""))
+        if lifetime:
+            extra.append(f"lifetime {lifetime}")
+        if int(autoextend_threshold) < 100:
+            extra.append(f"autoextend {autoextend_threshold}%/+{autoextend_percent}%")
+        if zeroing:
+            extra.append("zeroing")
+        if no_space != "error":
+            extra.append(f"no_space {no_space}")
+        fig = overcommit_plot(df, title=(
+            f"Overcommit: {_gib(pool)} pool, {block_size} blocks, {write_per_container} of random 4 KiB "
+            f"writes per container" + (f" ({', '.join(extra)})" if extra else "")))
     return df, fig
+
+
+def _gib(size) -> str:
+    b = parse_size(size, what="pool")
+    return f"{b / (1 << 30):g} GiB"
 
 
 def _progress(total, label, enabled):
