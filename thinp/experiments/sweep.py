@@ -193,6 +193,21 @@ class _Bar:
             self.p.stop()
 
 
+def _local_pool(n: int):
+    """``n`` worker processes, started now: forked where the OS can (no
+    re-import, numba's compiled kernels inherited, and a script calling
+    :func:`run_sweep` needs no ``if __name__ == "__main__"`` guard), before
+    the progress bar starts its thread."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    ex = cf.ProcessPoolExecutor(max_workers=max(1, n), mp_context=ctx)
+    if ctx.get_start_method() == "fork":
+        ex.submit(int).result()      # a fork-context pool starts every worker on its first task
+    return ex
+
+
 def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=True,
               retry_failed=False) -> dict:
     """Run every point of ``spec`` (a dict or a TOML path) not yet in ``out``.
@@ -212,6 +227,10 @@ def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=
         todo.append(p)
     stats = {"points": len(points), "skipped": len(points) - len(todo), "ran": 0, "failed": 0}
     os.makedirs(out, exist_ok=True)
+    ex = None
+    if todo and client is None and scheduler is None and workers != 0:
+        ex = _local_pool(workers or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                         else workers or os.cpu_count() or 1)
     bar = _Bar(len(points), stats["skipped"], progress)
     t0 = time.perf_counter()
 
@@ -242,14 +261,14 @@ def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=
                 finish(run_point(p))
         else:
             import concurrent.futures as cf
-            import multiprocessing as mp
 
-            n = workers or os.cpu_count() or 1
-            with cf.ProcessPoolExecutor(max_workers=n, mp_context=mp.get_context("spawn")) as ex:
+            with ex:
                 futs = [ex.submit(run_point, p) for p in todo]
                 for fut in cf.as_completed(futs):
                     finish(fut.result())
     finally:
         bar.stop()
+        if ex is not None:
+            ex.shutdown(wait=False, cancel_futures=True)
     stats["seconds"] = time.perf_counter() - t0
     return stats
