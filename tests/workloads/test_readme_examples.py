@@ -190,3 +190,14 @@ def test_paths_the_readme_names_exist():
     assert paths
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert missing == []
+
+
+def test_workload_python_api_block_runs(monkeypatch):
+    [block] = [b for b in re.findall(r"^```python\n(.*?)^```", TEXT, flags=re.S | re.M)
+               if "from thinp.workloads import" in b]
+    monkeypatch.chdir(ROOT)
+    ns: dict = {}
+    exec(compile(block, "README.md (workload API)", "exec"), ns)
+    assert ns["r"].error is None
+    assert sorted(ns["df"]["driver"]) == ["devicemapper", "overlay2"]
+    assert ns["webapp"].name == "webapp" and ns["w2"].containers == 2
