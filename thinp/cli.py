@@ -519,7 +519,7 @@ def _cmd_overcommit(args) -> int:
 
 
 def _add_overcommit(sub) -> None:
-    o = sub.add_parser("overcommit", help="start containers until the pool runs out; Data%/Meta% with events")
+    o = sub.add_parser("overcommit", help="start containers until the pool runs out; Data%%/Meta%% with events")
     o.add_argument("--pool", default="100G", help="thin pool data size (default 100G)")
     o.add_argument("--block-size", default="64k", help="pool block size, 64k..1g (default 64k)")
     o.add_argument("--image", default="debian-minbase", help="debian-minbase, scratch, or a size such as 200M")
