@@ -484,14 +484,34 @@ def _cmd_overcommit(args) -> int:
 
     from .experiments.overcommit import overcommit
 
+    import warnings
+
+    from .experiments.overcommit import UnionOptionsWarning
+
     drivers = args.driver.split(",") if "," in args.driver else args.driver
-    df, fig = overcommit(pool=args.pool, block_size=args.block_size, image=args.image,
-                         containers=args.containers, write_per_container=args.write_per_container,
-                         zeroing=args.zeroing, discard=args.discard, fstrim_after_delete=args.fstrim_after_delete,
-                         autoextend_threshold=args.autoextend_threshold, autoextend_percent=args.autoextend_percent,
-                         no_space=args.no_space, lifetime=args.lifetime, driver=drivers, seed=args.seed,
-                         progress=not args.quiet, plot=not args.no_plot,
-                         min_free_space=args.min_free_space)
+    with warnings.catch_warnings(record=True) as notes:
+        warnings.simplefilter("always", UnionOptionsWarning)
+        df, fig = _overcommit_call(overcommit, args, drivers)
+    for n in notes:
+        if issubclass(n.category, UnionOptionsWarning):
+            sys.stderr.write(f"thinp: note: {n.message}\n")
+        else:
+            warnings.showwarning(n.message, n.category, n.filename, n.lineno)
+    return _overcommit_report(args, df, fig)
+
+
+def _overcommit_call(overcommit, args, drivers):
+    return overcommit(pool=args.pool, block_size=args.block_size, image=args.image,
+                      containers=args.containers, write_per_container=args.write_per_container,
+                      zeroing=args.zeroing, discard=args.discard, fstrim_after_delete=args.fstrim_after_delete,
+                      autoextend_threshold=args.autoextend_threshold, autoextend_percent=args.autoextend_percent,
+                      no_space=args.no_space, lifetime=args.lifetime, driver=drivers, seed=args.seed,
+                      progress=not args.quiet, plot=not args.no_plot, min_free_space=args.min_free_space)
+
+
+def _overcommit_report(args, df, fig) -> int:
+    import os
+
     os.makedirs(args.out, exist_ok=True)
     data = os.path.join(args.out, f"overcommit.{args.format}")
     if args.format == "csv":

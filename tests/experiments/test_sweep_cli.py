@@ -97,3 +97,15 @@ def test_overcommit_cli(tmp_path, capsys):
     assert rc == 0 and len(pd.read_parquet(out / "pq" / "overcommit.parquet")) == 3
     assert not (out / "pq" / "overcommit.png").exists()
     assert main(["overcommit", "--block-size", "3k", "--containers", "1", "--out", str(out), "-q"]) == 1
+
+
+def test_overcommit_notes_pool_options_the_union_drivers_ignore(tmp_path, capsys):
+    argv = ["overcommit", "--pool", "1G", "--containers", "3", "--write-per-container", "8M", "--image", "16M",
+            "--no-plot", "-q", "--out", str(tmp_path)]
+    assert main(argv + ["--driver", "devicemapper,overlay2", "--discard", "ignore", "--zeroing"]) == 0
+    err = capsys.readouterr().err
+    assert "thinp: note: overlay2 run on a plain disk" in err and "zeroing, discard" in err
+    assert main(argv + ["--driver", "devicemapper", "--discard", "ignore"]) == 0
+    assert "note" not in capsys.readouterr().err      # devicemapper alone uses them
+    assert main(argv + ["--driver", "overlay2"]) == 0
+    assert "note" not in capsys.readouterr().err      # defaults: nothing to say

@@ -101,6 +101,11 @@ def fs_metadata_bytes(fstype: str = "xfs", size: int = BASE_SIZE) -> int:
     return int(dev.physical_bytes)
 
 
+class UnionOptionsWarning(UserWarning):
+    """Thin-pool options given to an overcommit run that includes union
+    drivers, which run on a plain disk and ignore them."""
+
+
 def _autoextend_threshold(t: int) -> int:
     t = int(t)
     if t >= 100:
@@ -118,6 +123,16 @@ def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers
     if driver == "all":
         driver = list(DRIVERS)
     names = [driver] if isinstance(driver, str) else list(driver)
+    union = [d for d in names if d in UNION_DRIVERS]
+    pool_only = {"block_size": (block_size, "64k"), "zeroing": (zeroing, False), "discard": (discard, "passdown"),
+                 "autoextend_threshold": (autoextend_threshold, 100), "no_space": (no_space, "error"),
+                 "min_free_space": (min_free_space, 10)}
+    changed = [k for k, (v, default) in pool_only.items() if str(v).lower() != str(default).lower()]
+    if union and changed:
+        import warnings
+
+        warnings.warn(f"{', '.join(union)} run on a plain disk with no thin pool: {', '.join(changed)} "
+                      "apply to devicemapper only", UnionOptionsWarning, stacklevel=2)
     import pandas as pd
 
     frames = []
