@@ -70,3 +70,13 @@ def test_overcommit_whatif_plot():
     labels = ax_data.get_legend_handles_labels()[1]
     assert labels[:2] == ["small blocks", "low water mark"] and "out of data space" in labels
     assert "containers launched" in fig.axes[-1].get_xlabel()
+
+
+def test_fill_curves():
+    fig = plot.fill_curves({"64 KiB": ([0, 1, 2], [0, 10, 20]), "1 MiB": ([0, 1, 2], [0, 50, 100])},
+                           "random 4 KiB writes (MiB written)", "block size")
+    (ax,) = fig.axes
+    assert ax.get_title() == "block size" and ax.get_xlabel() == "random 4 KiB writes (MiB written)"
+    assert ax.get_ylabel() == "Data% (data used, % of pool)"
+    assert [line.get_label() for line in ax.get_lines()[:2]] == ["64 KiB", "1 MiB"]
+    assert list(ax.get_lines()[1].get_ydata()) == [0, 50, 100]

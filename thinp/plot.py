@@ -191,15 +191,18 @@ def overcommit_whatif_plot(runs, columns=("data_pct", "meta_pct"), title=None):
     column (``data_pct``, ``meta_pct``, ``host_bytes``, ``data_used_bytes``,
     ``overcommit_ratio``), one line per run, against containers launched;
     the first low-water-mark, out-of-data-space and ``dm.min_free_space``
-    events of each run are marked on every panel."""
+    events of each run are marked on every panel.  Runs that coincide stay
+    visible: each later run's line is thinner and dashed differently."""
     fig = _figure((9, 2.2 + 2.6 * len(columns)), layout="constrained")
     axes = fig.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
     seen = set()
     for k, (label, df) in enumerate(runs.items()):
         colour = f"C{k}"
+        # runs that coincide stay visible: later lines are thinner and dashed
+        style = dict(ls=("-", "--", ":", "-.")[k % 4], lw=max(0.8, 3.2 - 0.7 * k))
         for ax, col in zip(axes, columns):
             ylabel, scale = _OC_COLUMNS.get(col, (col, 1.0))
-            ax.plot(df["container"], df[col] * scale, color=colour, label=label)
+            ax.plot(df["container"], df[col] * scale, color=colour, label=label, **style)
             ax.set_ylabel(ylabel, fontsize=9)
             for kind in ("low_water_mark", "min_free_space", "out_of_data_space"):
                 hit = df[df["events"].fillna("").str.split(",").apply(lambda e: kind in e)]
@@ -265,4 +268,23 @@ def growth_plot(result, title=None, names=None):
                   fontsize=11, fontweight="bold")
     if title:
         fig.suptitle(title, fontsize=13)
+    return fig
+
+
+def fill_curves(curves, xlabel, title, ylabel="Data% (data used, % of pool)"):
+    """Pool fill against some measure of work, one line per case: ``curves``
+    maps a label to ``(x, y)`` (array-likes; ``y`` in percent by default).
+    ``xlabel`` must name the unit of ``x``, e.g. ``"bytes written (MiB)"``.
+    The 100% line is drawn dashed."""
+    fig = _figure((8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label)
+    ax.axhline(100, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    ax.set_title(title, fontsize=12)
     return fig
