@@ -46,7 +46,7 @@ def test_growth_plot(tmp_path):
     r = grow_devices(pool, 1.0)   # 60 blocks asked for, 40 free
     fig = plot.growth_plot(r, title="what if")
     t = texts(fig)
-    assert "Data% (data used, % of pool)" in t
+    assert "Data% and Meta% (% used)" in t
     assert any("writes issued" in s and "64 KiB" in s for s in t)
     assert any(s.startswith("asked to write (MiB)") for s in t)
     labels = fig.axes[0].get_legend_handles_labels()[1]

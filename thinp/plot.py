@@ -223,8 +223,8 @@ def overcommit_whatif_plot(runs, columns=("data_pct", "meta_pct"), title=None):
 
 def growth_plot(result, title=None, names=None):
     """A :class:`thinp.thin.GrowthResult` (every device writing more): left,
-    the pool's Data% as the writes are issued, with the low water mark and
-    the out-of-data-space point marked; right, per device, the bytes (GiB or MiB) it was
+    the pool's Data% and Meta% as the writes are issued, with the low water
+    mark and the out-of-data-space (or out-of-metadata-space) point marked; right, per device, the bytes (GiB or MiB) it was
     asked to write split into written and failed (no free data block)."""
     import numpy as np
 
@@ -233,21 +233,22 @@ def growth_plot(result, title=None, names=None):
     ax, axd = fig.subplots(1, 2, width_ratios=[1.3, 1])
     cv = result.curve
     ax.plot(cv["writes_issued"], cv["data_pct"], color="C0", label="Data%")
+    ax.plot(cv["writes_issued"], cv["meta_pct"], color="tab:purple", ls="--", label="Meta%")
     total = result.before.total_data_blocks
     lwm_pct = 100.0 * (total - result.low_water_mark) / total
     if result.low_water_mark:
         ax.axhline(lwm_pct, color="tab:orange", ls=":", lw=1,
                    label=f"low water mark ({result.low_water_mark:,} blocks free)")
     ax.axhline(100, color="grey", ls="--", lw=0.8)
-    for kind in ("low_water_mark", "out_of_data_space"):
+    for kind in ("low_water_mark", "out_of_data_space", "out_of_metadata_space"):
         e = result.first_event(kind)
         if e:
             m, c, name = _MARKERS[kind]
             ax.scatter([e["write_index"]], [e["data_pct"]], marker=m, color=c, s=70, zorder=3,
                        label=f"{name} (write {e['write_index']:,})")
     ax.set_xlabel(f"writes issued, all devices ({result.block_size // 1024} KiB each, count)")
-    ax.set_ylabel("Data% (data used, % of pool)")
-    ax.set_ylim(min(cv["data_pct"].min(), lwm_pct) - 5, 103)
+    ax.set_ylabel("Data% and Meta% (% used)")
+    ax.set_ylim(max(0, min(cv["data_pct"].min(), cv["meta_pct"].min(), lwm_pct) - 5), 103)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Pool data use while the devices write", fontsize=11, fontweight="bold")
@@ -261,7 +262,7 @@ def growth_plot(result, title=None, names=None):
     axd.set_yticks(y, [names.get(int(i), f"dev {int(i)}") for i in d["dev_id"]], fontsize=8)
     axd.invert_yaxis()
     axd.set_xlabel(f"asked to write ({unit})")
-    axd.legend(fontsize=8, loc="lower right")
+    axd.legend(fontsize=8, loc="upper right")
     axd.grid(axis="x", alpha=0.3)
     basis = "mapped data" if result.of == "mapped" else "virtual size"
     axd.set_title(f"Each device writes {100 * result.fraction:g}% of its {basis} more",

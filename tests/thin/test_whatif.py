@@ -84,3 +84,18 @@ def test_bad_arguments(tmp_path, kw):
     with pytest.raises(ValueError):
         grow_devices(pool, **kw)
     pool.close()
+
+
+def test_out_of_metadata_space_stops_the_run_and_says_when(tmp_path):
+    """Scattered writes on a big device need a leaf each; 200 metadata blocks run out."""
+    pool = ThinPool.create(tmp_path / "pool", data_size=4096 * BS, block_size=BS, metadata_size=200 * 4096)
+    pool.create_thin(0, 1 << 36).write(0, BS)
+    r = grow_devices(pool, 2000 / (1 << 20), of="virtual", nr_points=40)   # 2,000 blocks, batches of 50
+    oom = r.first_event("out_of_metadata_space")
+    assert oom is not None and oom["write_index"] > 0 and oom["write_index"] % 50 == 0
+    assert r.first_event("metadata_low_water_mark")["write_index"] < oom["write_index"]
+    assert r.nr_written == oom["write_index"] and r.nr_failed == 2000 - oom["write_index"]
+    assert r.after.mode == "ro" and r.after.needs_check
+    assert r.failing_devices == [0]
+    assert r.curve["meta_pct"].is_monotonic_increasing
+    pool.close()

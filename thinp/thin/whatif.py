@@ -31,7 +31,9 @@ say).  In ``queue_if_no_space`` mode the writes that found no space stay
 queued (the pool's mode is ``out_of_data_space``: grow it with
 :meth:`~thinp.ThinPool.resize_data` to run them, or close it to drop them);
 with ``error_if_no_space`` they failed with ENOSPC.  Either way a write
-"fails" here when it could not get a data block.
+"fails" here when it could not get a data block.  If the metadata runs out
+first, the pool turns read-only (as dm-thin does) and the run stops there:
+the event ``out_of_metadata_space`` says when, to the batch.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import errors
 from ..trace import TRACE_DTYPE, WRITE
 
 ORDERS = ("round-robin", "proportional")
@@ -56,10 +59,13 @@ class GrowthResult:
 
     ``curve``: a DataFrame of the pool after each batch of writes:
     ``writes_issued`` (count, all devices), ``used_data_blocks``,
-    ``data_pct``.
+    ``meta_pct`` (Meta%), ``data_pct``.
 
     ``events``: one dict per pool event (``kind``, ``write_index`` -- the
     0-based write that crossed it --, ``used_data_blocks``, ``data_pct``).
+    ``out_of_metadata_space`` ends the run: the pool aborts the transaction
+    and turns read-only (needs_check), and ``write_index`` is then the first
+    write of the batch that failed (the batch's writes count as failed).
 
     ``before`` and ``after``: the pool's :class:`~thinp.PoolStatus`."""
 
@@ -144,11 +150,20 @@ def grow_devices(pool, fraction: float = 0.10, of: str = "mapped", dev_ids=None,
     trace["length"] = bs
 
     total = before.total_data_blocks
-    curve = [(0, before.used_data_blocks)]
+    curve = [(0, before.used_data_blocks, before.metadata_percent)]
     events = []
     step = max(1, -(-len(trace) // max(1, int(nr_points))))
+    meta_failed_at = None
     for start in range(0, len(trace), step):
-        res = pool.replay(trace[start:start + step])
+        try:
+            res = pool.replay(trace[start:start + step])
+        except errors.ReadOnlyPoolError:
+            # out of metadata space: dm-thin aborts the transaction and turns
+            # the pool read-only; the exact write is not known, its batch is
+            meta_failed_at = start
+            events.append(dict(kind="out_of_metadata_space", write_index=start, used_data_blocks=curve[-1][1],
+                               data_pct=100.0 * curve[-1][1] / total))
+            break
         for ev in res.events:
             i = start + ev.op_index
             # writes before i all got a block; write i got one unless it is
@@ -156,11 +171,14 @@ def grow_devices(pool, fraction: float = 0.10, of: str = "mapped", dev_ids=None,
             used = total if ev.kind == "out_of_data_space" else min(total, before.used_data_blocks + i + 1)
             events.append(dict(kind=ev.kind, write_index=i, used_data_blocks=used,
                                data_pct=100.0 * used / total))
-        curve.append((min(start + step, len(trace)), pool.status().used_data_blocks))
-    after = pool.status()
+        st = pool.status()
+        curve.append((min(start + step, len(trace)), st.used_data_blocks, st.metadata_percent))
+    after = pool.status(observer=True)
     # every write needed one new block, and none was freed: the writes that
     # got one are the first (used after - used before) of the trace
-    nr_written = after.used_data_blocks - before.used_data_blocks
+    nr_written = curve[-1][1] - before.used_data_blocks
+    if meta_failed_at is not None:
+        nr_written = min(nr_written, meta_failed_at)
     ok = np.zeros(len(trace), dtype=bool)
     ok[:nr_written] = True
     written = np.bincount(dev_index[ok], minlength=len(ids))
@@ -171,7 +189,7 @@ def grow_devices(pool, fraction: float = 0.10, of: str = "mapped", dev_ids=None,
     cols = ["dev_id", "size_bytes", "mapped_bytes_before", "demand_bytes", "written_bytes", "failed_bytes",
             "fails", "capped"]
     devices = pd.DataFrame(rows, columns=cols)
-    cv = pd.DataFrame(curve, columns=["writes_issued", "used_data_blocks"])
+    cv = pd.DataFrame(curve, columns=["writes_issued", "used_data_blocks", "meta_pct"])
     cv["data_pct"] = 100.0 * cv["used_data_blocks"] / total
     return GrowthResult(devices=devices, curve=cv, events=events, before=before, after=after, block_size=bs,
                         low_water_mark=pool.low_water_mark, fraction=float(fraction), of=of, order=order,
