@@ -224,8 +224,10 @@ def overcommit_whatif_plot(runs, columns=("data_pct", "meta_pct"), title=None):
 def growth_plot(result, title=None, names=None):
     """A :class:`thinp.thin.GrowthResult` (every device writing more): left,
     the pool's Data% and Meta% as the writes are issued, with the low water
-    mark and the out-of-data-space (or out-of-metadata-space) point marked; right, per device, the bytes (GiB or MiB) it was
-    asked to write split into written and failed (no free data block)."""
+    mark and the out-of-data-space (or out-of-metadata-space) point marked;
+    right, per device, the bytes (GiB or MiB) it was asked to write, split
+    into written and failed (no free data block).  ``names`` maps dev_id to
+    a label (default ``dev <id>``)."""
     import numpy as np
 
     names = names or {}
