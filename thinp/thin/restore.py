@@ -11,8 +11,11 @@ never leaves a half-made pool behind.  Each device's tree is built in one
 pass by :func:`thinp.thin._tool_kernels.build_tree`, then one commit seals it.
 
 XML has no device sizes.  A restored device is as big as the data device, or
-as its highest mapped block if that is larger.  ``mapped_blocks`` is checked
-against the mappings that follow it.
+as its highest mapped block if that is larger, unless ``sizes`` gives it its
+size (LVM keeps the sizes in its own metadata, not in dm-thin's).
+``mapped_blocks`` is checked against the mappings that follow it.  Nor does
+the XML hold the pool's table parameters (low water mark, ``error_if_no_space``):
+:func:`restore` takes them as arguments, as the table line would give them.
 """
 from __future__ import annotations
 
@@ -398,10 +401,25 @@ def parse(xml_path):
     return sb, devices
 
 
-def _metadata_blocks_needed(nd: int, devices, nr_meta_default: int) -> int:
+def _device_blocks(nd: int, bs: int, attrs, o, sizes) -> int:
+    """A restored device's size in blocks: from ``sizes`` if it names the
+    device, else the data device's size or the highest mapped block."""
+    highest = int(o[-1]) + 1 if len(o) else 0
+    dev = attrs["dev_id"]
+    if sizes and dev in sizes:
+        nbytes = sizes[dev]
+        nrb = -(-nbytes // bs)
+        if nrb < highest:
+            raise RestoreError(f"device {dev}: size {nbytes} bytes ({nrb} blocks) is smaller than its "
+                               f"highest mapped block {highest - 1}")
+        return nrb
+    return max(nd, highest)
+
+
+def _metadata_blocks_needed(nd: int, devices, nr_meta_default: int, bs: int = 0, sizes=None) -> int:
     nodes = 0
     for attrs, o, d, t in devices:
-        nrb = max(nd, int(o[-1]) + 1 if len(o) else 0)
+        nrb = _device_blocks(nd, bs, attrs, o, sizes)
         nodes += int(TTK.count_nodes(o, TK.levels_for(nrb)))
     tables = -(-len(devices) // RECORDS_PER_TABLE)
     nm = max(nr_meta_default, 64)
@@ -412,28 +430,43 @@ def _metadata_blocks_needed(nd: int, devices, nr_meta_default: int) -> int:
     return nm
 
 
-def restore(xml_path, pool_dir, *, payload: bool = False, metadata_size=None, sync: bool = True):
+def restore(xml_path, pool_dir, *, payload: bool = False, metadata_size=None, sync: bool = True,
+            sizes=None, low_water_mark: int = 0, error_if_no_space: bool = False):
     """Build a new pool in ``pool_dir`` from thin_dump XML at ``xml_path``.
+
+    ``sizes`` maps dev_id to the device's size in bytes (or a size string
+    such as ``"20G"``); devices it leaves out are as big as the data device
+    (see the module).  ``low_water_mark`` (data blocks) and
+    ``error_if_no_space`` are the pool's table parameters, as in
+    :meth:`thinp.ThinPool.create`.
 
     Raises :class:`RestoreError` (with ``file:line``) for bad XML, before
     anything is created; on any later failure the new files are removed.
     Returns the number of mappings restored."""
+    from ..units import parse_size
     from .pool import ThinPool
 
     sb, devices = parse(xml_path)
     bs, nd = sb["block_size"], sb["nr_data_blocks"]
+    if sizes:
+        sizes = {int(k): parse_size(v, what=f"size of device {k}") for k, v in sizes.items()}
+        for k, v in sizes.items():
+            if v <= 0 or v % SECTOR_SIZE:
+                raise ValueError(f"size of device {k}: {v} bytes must be a positive multiple of 512")
+        unknown = sorted(set(sizes) - {attrs["dev_id"] for attrs, *_ in devices})
+        if unknown:
+            raise ValueError(f"sizes names device {unknown[0]}, which is not in {os.fspath(xml_path)}")
     default = max(_default_metadata_size(nd * bs, bs, 1000), 2 << 20) // METADATA_BLOCK_SIZE
-    nm = _metadata_blocks_needed(nd, devices, default)
+    nm = _metadata_blocks_needed(nd, devices, default, bs, sizes)
     if metadata_size is not None:
-        from ..units import parse_size
-
         nm = max(nm, parse_size(metadata_size, what="metadata_size") // METADATA_BLOCK_SIZE)
     pool_dir = os.fspath(pool_dir)
     made_dir = not os.path.isdir(pool_dir)
     pool = ThinPool.create(pool_dir, data_size=nd * bs, block_size=bs, metadata_size=nm * METADATA_BLOCK_SIZE,
-                           payload=payload, sync=sync)
+                           payload=payload, sync=sync, low_water_mark=low_water_mark,
+                           error_if_no_space=error_if_no_space)
     try:
-        total = _fill(pool, sb, devices)
+        total = _fill(pool, sb, devices, sizes)
         pool.commit()
         pool.close()
     except BaseException:
@@ -450,7 +483,7 @@ def restore(xml_path, pool_dir, *, payload: bool = False, metadata_size=None, sy
     return total
 
 
-def _fill(pool, sb, devices) -> int:
+def _fill(pool, sb, devices, sizes=None) -> int:
     md = pool._md
     sp = md.sp
     nd = sb["nr_data_blocks"]
@@ -466,7 +499,7 @@ def _fill(pool, sb, devices) -> int:
     all_data = []
     total = 0
     for attrs, o, d, t in devices:
-        nrb = max(nd, int(o[-1]) + 1 if len(o) else 0)
+        nrb = _device_blocks(nd, bs, attrs, o, sizes)
         levels = TK.levels_for(nrb)
         s = md.free_slot()
         dv = md.dv
@@ -479,7 +512,8 @@ def _fill(pool, sb, devices) -> int:
         dv.root[s] = root
         dv.levels[s] = levels
         dv.nr_blocks[s] = nrb
-        dv.size_sectors[s] = nrb * bs // SECTOR_SIZE
+        dev_bytes = sizes[attrs["dev_id"]] if sizes and attrs["dev_id"] in sizes else nrb * bs
+        dv.size_sectors[s] = dev_bytes // SECTOR_SIZE
         dv.mapped[s] = len(o)
         dv.create_time[s] = attrs["creation_time"]
         dv.snap_time[s] = attrs["snap_time"]
