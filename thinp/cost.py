@@ -364,6 +364,10 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
              device="nvme", constants: CostConstants | None = None) -> dict:
     """Seconds and bytes for one driver run (see the module docstring).
 
+    Every count must be read after :meth:`thinp.Engine.sync` (as
+    :func:`thinp.workloads.run` reads them): the model prices what reached the
+    device, and a mounted filesystem's delayed data has not yet.
+
     ``metrics`` is :meth:`thinp.Engine.metrics` at the end of the run;
     ``phases`` the metric deltas per phase (``"containers_create"``, then
     ``"steps"`` and any other phase -- ``"commit"``, ``"diff"``,
@@ -417,16 +421,9 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
 
     # ---- workload (steps) per container
     w_bytes = g(steps, "bytes_written")
+    # the counts are taken after ``sync`` (thinp.workloads.run syncs before
+    # every reading), so delayed allocation is already in bytes_written
     own_bytes = max(w_bytes - copy_bytes, 0.0)
-    # data a filesystem has not written back yet (delayed allocation: the
-    # thin device's ext4/xfs of a still-mounted devicemapper container) shows
-    # as logical growth without device writes; it will be written, so price it
-    # (a union copy-up grows the logical bytes by the copied file: not new data)
-    unflushed = max(g(steps, "logical_bytes") - cu_bytes - own_bytes, 0.0)
-    if unflushed:   # each new file will take at least one block when written back
-        unflushed = max(unflushed, max(g(steps, "inodes"), 0.0) * k.request_bytes)
-    own_bytes += unflushed
-    w_bytes += unflushed
     own_req = max(own_bytes * k.random_write_fraction / k.request_bytes, 0.0) + \
         _requests(own_bytes * (1 - k.random_write_fraction), k.merge_bytes)
     copy_req = copy_n * max(one_copy_req, 1) if copy_n else 0
@@ -468,7 +465,6 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
         "copy_up_bytes": cu_bytes,
         "cow_bytes": cow_bytes,
         "zeroing_bytes": zero_bytes,
-        "unflushed_bytes": unflushed,
         "lookup_probes": g(steps, "lookup_probes"),
         "start_time_s": start,
         "first_write_s": first_write,

@@ -111,7 +111,34 @@ class BtrfsDriver(CowDriver):
                 pos += inode_item_bytes(inodes.peek(ino) if hasattr(inodes, "peek") else inodes[ino], trees)
             leaves = tree_shape(pos, self.leaf_fill)[0]
             sh = layer.extra["shape"] = (leaves, leaf_of, len(inodes))
+            layer.extra["tail"] = {"end": pos, "leaf": {}, "bytes": {}}
         return sh
+
+    def _tail_leaf(self, layer, obj, ino) -> int:
+        """The leaf of an objectid made since the tree was last laid out: new
+        objectids sort last, so their items fill the last leaf and then new
+        leaves after it, in creation order (a 10,000-file step is hundreds of
+        leaves, not one)."""
+        tail = layer.extra.get("tail")
+        if tail is None:
+            tail = layer.extra["tail"] = {"end": 0, "leaf": {}, "bytes": {}}
+        inodes = layer.fs.inodes
+        try:
+            node = inodes.peek(ino) if hasattr(inodes, "peek") else inodes[ino]
+        except KeyError:                # unlinked
+            node = None
+        if node is None:
+            nbytes = INODE_ITEM
+        elif node.is_dir:       # O(1): a directory is dirtied once per entry added
+            nbytes = INODE_ITEM + len(node.entries) * (3 * ITEM_HEADER + 70 + 3 * 12)
+        else:
+            nbytes = inode_item_bytes(node, layer.trees)
+        leaf = tail["leaf"].get(obj)
+        if leaf is None:
+            leaf = tail["leaf"][obj] = int(tail["end"] // (LEAF_CAPACITY * self.leaf_fill))
+        tail["end"] += nbytes - tail["bytes"].get(obj, 0)
+        tail["bytes"][obj] = nbytes
+        return leaf
 
     def _dirty_meta(self, layer, ino, extents_added=0):
         owned = layer.owned
@@ -123,8 +150,14 @@ class BtrfsDriver(CowDriver):
             obj = objs[ino] = len(objs) + 256
         layer.extra["changed"] = True
         leaves, leaf_of, _n = self._shape(layer)
+        leaf = leaf_of.get(obj)
+        if leaf is None:
+            leaf = self._tail_leaf(layer, obj, ino)
+            if leaf >= leaves:          # the tree grew past its last leaf
+                if leaves == 1:
+                    owned.add(("leaf", 0))      # the old root leaf is now leaf 0
+                leaves = leaf + 1
         if leaves > 1:
-            leaf = leaf_of.get(obj, leaves - 1)
             owned.add(("leaf", leaf))
             idx, span = leaf, FANOUT
             while span < leaves:
@@ -156,6 +189,8 @@ class BtrfsDriver(CowDriver):
             new.extra["inline"] = set(src.extra.get("inline", ()))         # the leaf items are shared
             new.extra["inline_data"] = dict(src.extra.get("inline_data", {}))
             new.extra["shape"] = self._shape(src)       # the same tree until it changes
+            t = src.extra.get("tail") or {"end": 0}
+            new.extra["tail"] = {"end": t["end"], "leaf": {}, "bytes": {}}
             src.owned = {("root",)}
         self._counters["meta_bytes_written"] += NODESIZE * META_COPIES * (1 if src is None else 2)
 
