@@ -305,17 +305,20 @@ def _parts(p: str) -> list[str]:
     return [x for x in p.split("/") if x]
 
 
-def glob_match(pattern: str, path: str) -> bool:
+def glob_match(pattern: str, path: str, is_dir: bool = False) -> bool:
     """Whether absolute ``path`` matches ``pattern`` under the rules of the module
     docstring (``glob.glob(recursive=True, include_hidden=True)``'s): each path
     component is matched by :func:`fnmatch.fnmatchcase` against one pattern
     component, so ``*`` stays inside a component, and a ``**`` component takes
-    zero or more components."""
-    return _match_parts(tuple(_parts(pattern)), tuple(_parts(path)))
+    zero or more components -- a final ``**`` takes zero only after a
+    directory (``/usr/lib/**`` matches ``/usr/lib``; ``/etc/hosts/**`` does
+    not match the file ``/etc/hosts``): pass ``is_dir`` for directories."""
+    return _match_parts(tuple(_parts(pattern)), tuple(_parts(path)), is_dir)
 
 
-def _match_parts(pp: tuple, fp: tuple) -> bool:
+def _match_parts(pp: tuple, fp: tuple, is_dir: bool = False) -> bool:
     memo: dict = {}
+    last = len(pp) - 1
 
     def m(i, j):
         key = (i, j)
@@ -323,6 +326,8 @@ def _match_parts(pp: tuple, fp: tuple) -> bool:
             return memo[key]
         if i == len(pp):
             r = j == len(fp)
+        elif pp[i] == "**" and i == last:
+            r = j < len(fp) or is_dir
         elif pp[i] == "**":
             r = any(m(i + 1, k) for k in range(j, len(fp) + 1))
         else:
@@ -381,9 +386,10 @@ class Selectable:
         if src in self.new_dirs or (src not in self.gone and src in self._dir_set()):
             pre = src.rstrip("/") + "/"
             for p in [p for p in self.select(pre + "**", dirs=True) if p != src]:
+                is_dir = p in self.new_dirs or p in self._dir_set()
                 self.remove(p)
                 q = dst + p[len(src):]
-                if p in self.new_dirs or p in self._dir_set():
+                if is_dir:
                     self.add_dir(q)
                 else:
                     self.add_file(q)
@@ -405,15 +411,16 @@ class Selectable:
         key = (pattern, dirs)
         base = self.cache.get(key)
         if base is None:
-            cands = list(self.files) + (list(self.dirs) if dirs else [])
+            cands = [(p, False) for p in self.files] + ([(p, True) for p in self.dirs] if dirs else [])
             if pattern is not None:
                 pp = tuple(_parts(pattern))
-                cands = [p for p in cands if _match_parts(pp, tuple(_parts(p)))]
-            base = self.cache[key] = sorted(set(cands))
-        new = list(self.new_files) + (list(self.new_dirs) if dirs else [])
+                cands = [c for c in cands if _match_parts(pp, tuple(_parts(c[0])), c[1])]
+            base = self.cache[key] = sorted(set(p for p, _d in cands))
+        new = [(p, False) for p in self.new_files] + ([(p, True) for p in self.new_dirs] if dirs else [])
         if pattern is not None and new:
             pp = tuple(_parts(pattern))
-            new = [p for p in new if _match_parts(pp, tuple(_parts(p)))]
+            new = [c for c in new if _match_parts(pp, tuple(_parts(c[0])), c[1])]
+        new = [p for p, _d in new]
         if not new and not self.gone:
             return base
         out = set(base)
