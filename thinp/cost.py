@@ -28,7 +28,10 @@ Estimates (:func:`estimate`, one dict per driver run):
     (:attr:`CostConstants.remove_s`) plus, where the driver discards on
     removal (devicemapper's ``dm.blkdiscard``), a discard of its bytes.
 ``write_amplification``
-    bytes written to the device / bytes the containers asked to write.
+    bytes written to the device by the workload's phases / bytes the
+    containers asked to write (``app_bytes_written`` from
+    :func:`thinp.workloads.run`, the same for every driver; when a run does
+    not report it, the device bytes that were not copy-up/CoW copies).
 ``page_cache_bytes``
     page-cache memory for what the containers read (the driver's count),
     capped at :attr:`cache_bytes`.
@@ -447,8 +450,11 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
     read_s = dev.read_s(miss_bytes, miss_bytes / k.request_bytes) + hit_bytes / PAGE * k.page_hit_s
     workload = (write_s + probes_s + read_s) / n
 
-    asked = max(own_bytes, 1.0) if own_bytes else 0.0
-    wa = (w_bytes / asked) if asked else float("nan")
+    # what the containers asked to write: counted by thinp.workloads.run
+    # (``app_bytes_written``, the same on every driver); without it, the
+    # device bytes that were not copies
+    asked = g(steps, "app_bytes_written") if "app_bytes_written" in steps else own_bytes
+    wa = (w_bytes / max(asked, 1.0)) if asked else float("nan")
     phys = float(metrics.get("physical_bytes", 0) or 0)
     meta = float(metrics.get("metadata_bytes", 0) or 0)
     # ---- teardown: remove the container's two layers (+ discard its bytes)

@@ -126,3 +126,20 @@ def test_btrfs_new_files_fill_new_leaves():
     leaves = 3000 * 700 // int(LEAF_CAPACITY * LEAF_FILL)
     assert meta >= leaves * NODESIZE * 2
     assert r.phases["steps"]["bytes_written"] >= meta
+
+
+@pytest.mark.parametrize("driver", ALL_DRIVERS)
+def test_app_bytes_and_write_amplification_comparable(small_runs, driver):
+    """The workload's own bytes are counted once, the same on every driver,
+    and write amplification divides the device bytes by them."""
+    from thinp.cost import estimate
+
+    r = small_runs[driver]
+    for pc in r.per_container:
+        assert pc["steps"]["app_bytes_written"] == 300 * 512 + 50 * 200
+        assert pc["create"]["app_bytes_written"] == 0
+    assert "app_bytes_written" not in r.metrics
+    e = estimate(driver, r.metrics, per_container=r.per_container, phases=r.phases)
+    assert e["write_amplification"] == pytest.approx(
+        r.phases["steps"]["bytes_written"] / (2 * (300 * 512 + 50 * 200)))
+    assert e["write_amplification"] >= 1.0

@@ -64,6 +64,7 @@ class _Runner:
         self.payload = bool(getattr(eng.driver, "payload", False))
         self.phase: dict[str, dict] = {}
         self._image = Selectable(files, dirs)     # the image's paths; its match cache is shared
+        self.app_bytes_written = 0                # bytes the steps passed to write(2)
         self.sel: dict[int, Selectable] = {}      # container index -> its selectable paths
 
     def data(self, n: int, seed: int):
@@ -89,7 +90,7 @@ class _Runner:
         return sel
 
     def step(self, c, ci: int, si: int, st: Step, rng):
-        v = self.eng.mount(c)
+        v = _CountingView(self.eng.mount(c), self)
         op = st.op
         if op in ("files", "tree"):
             self.selectable(ci).record(st, [], ci)
@@ -233,6 +234,24 @@ class _Runner:
 
 _TRACES: dict = {}
 
+#: the key under which phases and per-container deltas carry the bytes the
+#: workload itself wrote (the cost model's write-amplification denominator)
+APP_BYTES = "app_bytes_written"
+
+
+class _CountingView:
+    """A mounted view that counts the bytes the workload asks to write."""
+
+    def __init__(self, view, runner):
+        self._view, self._runner = view, runner
+
+    def write(self, path, offset, data):
+        self._runner.app_bytes_written += data if isinstance(data, int) else len(data)
+        return self._view.write(path, offset, data)
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
+
 
 class PoolFullError(ThinpError):
     """The driver's thin pool ran out of data space (writes queued, as dm-thin
@@ -290,7 +309,10 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
     stats walk every inode).  Every reading is taken after :meth:`Engine.sync`
     (``sync(1)``), as a user measuring a container's writes would: a mounted
     filesystem's delayed data counts in the phase that wrote it, and
-    ``metrics`` (the end of the run) is after a final sync.  ``per_container[i]`` holds ``create`` and ``steps``
+    ``metrics`` (the end of the run) is after a final sync.  Phase and
+    per-container deltas also carry ``app_bytes_written``: the bytes the
+    workload's steps passed to ``write`` (the same on every driver; the cost
+    model's write-amplification denominator).  ``per_container[i]`` holds ``create`` and ``steps``
     deltas.  ``scale`` multiplies container counts, step repetitions and sizes and
     synthetic file counts, and keeps every ``round(1/scale)``-th file of a profile.
 
@@ -306,6 +328,8 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
     with Engine(driver, root=root, **driver_options) as eng:
         last = eng.metrics()
 
+        runner = None
+
         def measure(quiet=False):
             # what a user measures: ``sync`` first, so data a mounted
             # filesystem still holds (delayed allocation on devicemapper's
@@ -315,7 +339,9 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
             except (ThinpError, OSError):
                 if not quiet:
                     raise
-            return eng.metrics()
+            m = eng.metrics()
+            m[APP_BYTES] = runner.app_bytes_written if runner is not None else 0
+            return m
 
         def mark(phase, per=None, quiet=False):
             nonlocal last
@@ -341,7 +367,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
                 files, dirs = image_tree(w.image)
             check_globs(w, files, dirs)
             mark("image_load")
-            r = _Runner(eng, w, ref, files, scale, dirs)
+            r = runner = _Runner(eng, w, ref, files, scale, dirs)
             conts = []
             for ci in range(w.containers):
                 per = {"container": ci}
@@ -381,4 +407,5 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
             res.error = f"{type(e).__name__}: {e}"
             mark("error", quiet=True)      # a full pool may refuse the writeback too
         res.metrics = measure(quiet=True)
+        res.metrics.pop(APP_BYTES)
     return res
