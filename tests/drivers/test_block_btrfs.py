@@ -124,3 +124,32 @@ def test_every_subvolume_has_its_own_page_cache_copy():
         d.create(f"c{i}", "img")
         d.get(f"c{i}").read("/lib.so")
     assert d.stats()["page_cache_bytes"] == 4 << 16
+
+
+@pytest.mark.parametrize("payload", [False, True])
+def test_small_appends_in_one_transaction_rewrite_the_page_in_memory(payload):
+    """200 appends of 200 B in one transaction: the file's dirty pages go out
+    once (10 blocks), no 4 KiB CoW per append; after a commit the next append
+    to the partial last block is a CoW (read, modify, write elsewhere)."""
+    d = BtrfsDriver(payload=payload)
+    d.create("c", None, read_write=True)
+    v = d.get("c")
+    v.create("/log")
+    w0 = d.store.counters["units_written"]
+    data = b""
+    for i in range(200):
+        chunk = (b"%03d" % i) * 66 + b"\n\n"      # 200 bytes
+        v.write("/log", len(data), chunk if payload else len(chunk))
+        data += chunk
+    st = d.stats()
+    assert st["cow_bytes"] == 0 and st["cow_count"] == 0
+    # 2048 B inline, then rewritten from 0 as an extent; 40,000 B = 10 blocks
+    assert d.store.counters["units_written"] - w0 == 10
+    if payload:
+        assert v.read("/log") == data
+    d.sync()
+    v.write("/log", len(data), b"z" * 100 if payload else 100)
+    st = d.stats()
+    assert st["cow_bytes"] == 4096 and d.store.counters["units_written"] - w0 == 11
+    if payload:
+        assert v.read("/log") == data + b"z" * 100

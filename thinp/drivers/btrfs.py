@@ -253,15 +253,27 @@ class BtrfsDriver(CowDriver):
         buf = self._merged(layer, ino, pend, b0 * BLOCK, b1 * BLOCK) if payload else None
         layer.extra.get("inline_data", {}).pop(ino, None)
         old = store.lookup(t, b0, b1)
+        opens = layer.extra.setdefault("open", {})
+        # blocks of the extent this transaction is still writing (delayed
+        # allocation: dirty pages not yet written out) are changed in memory:
+        # a 200-byte append rewrites its last page, not a new 4 KiB extent
+        op = opens.get(ino)
+        k = b0
+        if op is not None and op[1] <= b0 < op[2] and old[0] and store.extent_of(old[0]) == op[0]:
+            k = min(b1, op[2])
+            if buf is not None:
+                blk = self.blobs.setdefault(op[0], {})
+                for j in range(b0, k):
+                    r = (j - b0) * BLOCK
+                    blk[j - op[1]] = bytes(buf[r:r + BLOCK])
         # partial first/last blocks that exist are read, modified, written elsewhere
         copied = 0
-        if offset % BLOCK and old[0]:
+        if offset % BLOCK and old[0] and k == b0:
             copied += 1
-        if end % BLOCK and old[-1] and (b1 - 1 != b0 or not offset % BLOCK):
+        if end % BLOCK and old[-1] and (b1 - 1 != b0 or not offset % BLOCK) and b1 - 1 >= k:
             copied += 1
-        opens = layer.extra.setdefault("open", {})
         added = 0
-        k = b0
+        k0 = k
         while k < b1:
             n = min(b1 - k, MAX_EXTENT_BLOCKS)
             op = opens.get(ino)
@@ -281,7 +293,7 @@ class BtrfsDriver(CowDriver):
                     r = (j - b0) * BLOCK
                     blk[j - first] = bytes(buf[r:r + BLOCK])
             k += n
-        replaced = int((old != 0).sum())
+        replaced = int((old[k0 - b0:] != 0).sum())
         if replaced:
             self._counters["cow_count"] += replaced
             self._counters["cow_bytes"] += copied * BLOCK
