@@ -153,3 +153,25 @@ def test_small_appends_in_one_transaction_rewrite_the_page_in_memory(payload):
     assert st["cow_bytes"] == 4096 and d.store.counters["units_written"] - w0 == 11
     if payload:
         assert v.read("/log") == data + b"z" * 100
+
+
+def test_a_snapshot_shares_the_source_tree_it_does_not_free_it():
+    """Snapshotting a subvolume makes its tree nodes shared, not exclusive:
+    they stay on disk (physical/metadata bytes), only qgroup exclusive drops."""
+    d = BtrfsDriver()
+    d.create("base", None, read_write=True)
+    v = d.get("base")
+    for i in range(3000):
+        v.create(f"/f{i}")
+        v.write(f"/f{i}", 0, 512)
+    d.put("base")
+    before = d.stats()
+    assert before["metadata_bytes"] >= 100 * NODESIZE * 2          # ~3000 x 700 B of items
+    d.create("snap", "base", read_write=True)
+    after = d.stats()
+    # the snapshot's root, and the source's root CoWed in place of its old one
+    assert after["metadata_bytes"] == before["metadata_bytes"] + NODESIZE * 2
+    assert after["physical_bytes"] >= before["physical_bytes"]
+    assert d.qgroup("base")["exclusive"] == NODESIZE
+    d.remove("snap")
+    assert d.stats()["metadata_bytes"] >= before["metadata_bytes"]

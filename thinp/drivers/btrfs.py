@@ -191,13 +191,16 @@ class BtrfsDriver(CowDriver):
             new.extra["shape"] = self._shape(src)       # the same tree until it changes
             t = src.extra.get("tail") or {"end": 0}
             new.extra["tail"] = {"end": t["end"], "leaf": {}, "bytes": {}}
+            # the source's nodes (all but its root, which the snapshot
+            # replaces) are now shared: no longer exclusive, still on disk
+            src.extra["shared_nodes"] = src.extra.get("shared_nodes", 0) + len(src.owned) - 1
             src.owned = {("root",)}
         self._counters["meta_bytes_written"] += NODESIZE * META_COPIES * (1 if src is None else 2)
 
     def _metadata_bytes(self) -> int:
         nodes = 0
         for layer in self.layers.values():
-            nodes += len(layer.owned)
+            nodes += len(layer.owned) + layer.extra.get("shared_nodes", 0)
         return nodes * NODESIZE * META_COPIES
 
     def _fixed_bytes(self) -> int:
