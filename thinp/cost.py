@@ -290,6 +290,14 @@ class CostConstants:
     #: (the rest merges sequentially).  Container steps (log appends, 4 KiB
     #: rewrites) are small; copies are sequential and priced separately.
     random_write_fraction: float = 1.0
+    #: the driver's ``physical_bytes`` already hold its ``metadata_bytes``:
+    #: union drivers (one ext4/xfs: physical is the device's allocation,
+    #: metadata the part that is not file data), btrfs and zfs (their trees
+    #: live on the same device).  devicemapper keeps pool metadata on its own
+    #: device (the ``metadata`` loop file), outside ``physical_bytes`` (the
+    #: ``data`` file).  ``disk_used_bytes`` counts metadata once either way.
+    metadata_in_physical: dict = field(default_factory=lambda: _per_driver(
+        default=True, devicemapper=False))
 
     def get(self, table: str, driver: str):
         t = getattr(self, table)
@@ -464,9 +472,9 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
         teardown += dev.discard_s(own_phys, max(_requests(own_phys, k.merge_bytes), 1))
 
     return {
-        "disk_data_bytes": phys,
+        "disk_data_bytes": max(phys - meta, 0.0) if k.get("metadata_in_physical", driver) else phys,
         "disk_metadata_bytes": meta,
-        "disk_used_bytes": phys + meta,
+        "disk_used_bytes": max(phys, meta) if k.get("metadata_in_physical", driver) else phys + meta,
         "bytes_written": float(metrics.get("bytes_written", 0) or 0),
         "copy_up_bytes": cu_bytes,
         "cow_bytes": cow_bytes,

@@ -92,10 +92,14 @@ def test_estimate_from_counts_alone():
     dev = cost.DEVICES["nvme"]
     steps = {"bytes_written": 2 * (1 << 20) + 2 * 4096, "copy_up_bytes": 2 << 20, "copy_up_count": 2,
              "lookup_probes": 10}
-    e = cost.estimate("overlay2", {"physical_bytes": 5, "metadata_bytes": 7, "bytes_written": 9},
+    e = cost.estimate("overlay2", {"physical_bytes": 12, "metadata_bytes": 7, "bytes_written": 9},
                       phases={"steps": steps, "containers_create": {"create_ops": 4, "mount_ops": 2}},
                       containers=2, device=dev, constants=k)
-    assert e["disk_used_bytes"] == 12
+    # overlay2's fs metadata is part of the device's allocation: counted once
+    assert (e["disk_used_bytes"], e["disk_data_bytes"], e["disk_metadata_bytes"]) == (12, 5, 7)
+    # devicemapper's pool metadata is its own device, beside the data device
+    dm = cost.estimate("devicemapper", {"physical_bytes": 5, "metadata_bytes": 7}, containers=1)
+    assert (dm["disk_used_bytes"], dm["disk_data_bytes"], dm["disk_metadata_bytes"]) == (12, 5, 7)
     assert e["copy_up_bytes"] == 2 << 20
     # two application writes of 4 KiB became 2 MiB + 8 KiB on the device
     assert e["write_amplification"] == pytest.approx((2 * (1 << 20) + 8192) / 8192)

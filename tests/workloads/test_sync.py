@@ -143,3 +143,18 @@ def test_app_bytes_and_write_amplification_comparable(small_runs, driver):
     assert e["write_amplification"] == pytest.approx(
         r.phases["steps"]["bytes_written"] / (2 * (300 * 512 + 50 * 200)))
     assert e["write_amplification"] >= 1.0
+
+
+@pytest.mark.parametrize("driver", ALL_DRIVERS)
+def test_disk_used_counts_metadata_once(small_runs, driver):
+    """Only devicemapper keeps metadata outside physical_bytes (the pool's
+    metadata device); elsewhere it is part of the device's allocation."""
+    from thinp.cost import estimate
+
+    r = small_runs[driver]
+    m = r.metrics
+    e = estimate(driver, m, per_container=r.per_container, phases=r.phases)
+    extra = m["metadata_bytes"] if driver == "devicemapper" else 0
+    assert e["disk_used_bytes"] == m["physical_bytes"] + extra
+    assert e["disk_used_bytes"] == e["disk_data_bytes"] + e["disk_metadata_bytes"]
+    assert 0 < m["metadata_bytes"] and (driver == "devicemapper" or m["metadata_bytes"] < m["physical_bytes"])
