@@ -28,7 +28,10 @@ Estimates (:func:`estimate`, one dict per driver run):
     (:attr:`CostConstants.remove_s`) plus, where the driver discards on
     removal (devicemapper's ``dm.blkdiscard``), a discard of its bytes.
 ``write_amplification``
-    bytes written to the device / bytes the containers asked to write.
+    bytes written to the device by the workload's phases / bytes the
+    containers asked to write (``app_bytes_written`` from
+    :func:`thinp.workloads.run`, the same for every driver; when a run does
+    not report it, the device bytes that were not copy-up/CoW copies).
 ``page_cache_bytes``
     page-cache memory for what the containers read (the driver's count),
     capped at :attr:`cache_bytes`.
@@ -287,6 +290,14 @@ class CostConstants:
     #: (the rest merges sequentially).  Container steps (log appends, 4 KiB
     #: rewrites) are small; copies are sequential and priced separately.
     random_write_fraction: float = 1.0
+    #: the driver's ``physical_bytes`` already hold its ``metadata_bytes``:
+    #: union drivers (one ext4/xfs: physical is the device's allocation,
+    #: metadata the part that is not file data), btrfs and zfs (their trees
+    #: live on the same device).  devicemapper keeps pool metadata on its own
+    #: device (the ``metadata`` loop file), outside ``physical_bytes`` (the
+    #: ``data`` file).  ``disk_used_bytes`` counts metadata once either way.
+    metadata_in_physical: dict = field(default_factory=lambda: _per_driver(
+        default=True, devicemapper=False))
 
     def get(self, table: str, driver: str):
         t = getattr(self, table)
@@ -364,6 +375,10 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
              device="nvme", constants: CostConstants | None = None) -> dict:
     """Seconds and bytes for one driver run (see the module docstring).
 
+    Every count must be read after :meth:`thinp.Engine.sync` (as
+    :func:`thinp.workloads.run` reads them): the model prices what reached the
+    device, and a mounted filesystem's delayed data has not yet.
+
     ``metrics`` is :meth:`thinp.Engine.metrics` at the end of the run;
     ``phases`` the metric deltas per phase (``"containers_create"``, then
     ``"steps"`` and any other phase -- ``"commit"``, ``"diff"``,
@@ -417,16 +432,9 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
 
     # ---- workload (steps) per container
     w_bytes = g(steps, "bytes_written")
+    # the counts are taken after ``sync`` (thinp.workloads.run syncs before
+    # every reading), so delayed allocation is already in bytes_written
     own_bytes = max(w_bytes - copy_bytes, 0.0)
-    # data a filesystem has not written back yet (delayed allocation: the
-    # thin device's ext4/xfs of a still-mounted devicemapper container) shows
-    # as logical growth without device writes; it will be written, so price it
-    # (a union copy-up grows the logical bytes by the copied file: not new data)
-    unflushed = max(g(steps, "logical_bytes") - cu_bytes - own_bytes, 0.0)
-    if unflushed:   # each new file will take at least one block when written back
-        unflushed = max(unflushed, max(g(steps, "inodes"), 0.0) * k.request_bytes)
-    own_bytes += unflushed
-    w_bytes += unflushed
     own_req = max(own_bytes * k.random_write_fraction / k.request_bytes, 0.0) + \
         _requests(own_bytes * (1 - k.random_write_fraction), k.merge_bytes)
     copy_req = copy_n * max(one_copy_req, 1) if copy_n else 0
@@ -450,8 +458,11 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
     read_s = dev.read_s(miss_bytes, miss_bytes / k.request_bytes) + hit_bytes / PAGE * k.page_hit_s
     workload = (write_s + probes_s + read_s) / n
 
-    asked = max(own_bytes, 1.0) if own_bytes else 0.0
-    wa = (w_bytes / asked) if asked else float("nan")
+    # what the containers asked to write: counted by thinp.workloads.run
+    # (``app_bytes_written``, the same on every driver); without it, the
+    # device bytes that were not copies
+    asked = g(steps, "app_bytes_written") if "app_bytes_written" in steps else own_bytes
+    wa = (w_bytes / max(asked, 1.0)) if asked else float("nan")
     phys = float(metrics.get("physical_bytes", 0) or 0)
     meta = float(metrics.get("metadata_bytes", 0) or 0)
     # ---- teardown: remove the container's two layers (+ discard its bytes)
@@ -461,14 +472,13 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
         teardown += dev.discard_s(own_phys, max(_requests(own_phys, k.merge_bytes), 1))
 
     return {
-        "disk_data_bytes": phys,
+        "disk_data_bytes": max(phys - meta, 0.0) if k.get("metadata_in_physical", driver) else phys,
         "disk_metadata_bytes": meta,
-        "disk_used_bytes": phys + meta,
+        "disk_used_bytes": max(phys, meta) if k.get("metadata_in_physical", driver) else phys + meta,
         "bytes_written": float(metrics.get("bytes_written", 0) or 0),
         "copy_up_bytes": cu_bytes,
         "cow_bytes": cow_bytes,
         "zeroing_bytes": zero_bytes,
-        "unflushed_bytes": unflushed,
         "lookup_probes": g(steps, "lookup_probes"),
         "start_time_s": start,
         "first_write_s": first_write,

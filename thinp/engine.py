@@ -488,6 +488,16 @@ class Engine:
         """The container's mounted read-write layer (a MountedView)."""
         return self._mount(self.container(container))
 
+    def sync(self) -> None:
+        """``sync(1)``: every mounted filesystem writes back what it holds in
+        memory (delayed allocation, the running journal transaction, an open
+        btrfs/zfs transaction), as a user runs ``sync`` before measuring with
+        ``du``, ``dmsetup status`` or ``btrfs filesystem df``.  Containers stay
+        mounted; :meth:`metrics` afterwards counts what reached the device."""
+        if self._closed:
+            raise ThinpError("the engine is closed")
+        self.driver.sync()
+
     def ps(self, all: bool = False) -> list[dict]:
         """``docker ps`` rows (``all`` includes stopped and created containers)."""
         rows = []

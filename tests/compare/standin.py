@@ -77,23 +77,27 @@ def run(workload, driver, *, root=None, scale=1.0, progress=None, **driver_optio
     res = RunResult(driver, w.name)
     try:
         with thinp.Engine(driver, root=root, **driver_options) as e:
-            m0 = e.metrics()
+            def metrics():      # as thinp.workloads.run measures: after sync(1)
+                e.sync()
+                return e.metrics()
+
+            m0 = metrics()
             e.import_(_image_tar(w), "img:1")
-            m1 = e.metrics()
+            m1 = metrics()
             cs = [e.create("img:1") for _ in range(max(1, int(w.containers * scale)))]
             for c in cs:
                 e.start(c)
-            m2 = e.metrics()
+            m2 = metrics()
             for c in cs:
-                a = e.metrics()
+                a = metrics()
                 ops = [("read", "/usr/lib/libc.so")]
                 if w.append:
                     ops.append(("write", "/var/log/app.log", 4096, 200))
                 if w.write_big:
                     ops.append(("write", "/etc/big.db", 8192, 4096))
                 e.exec(c, ops)
-                res.per_container.append(_delta(a, e.metrics()))
-            m3 = e.metrics()
+                res.per_container.append(_delta(a, metrics()))
+            m3 = metrics()
             res.phases = {"image_load": _delta(m0, m1), "containers_create": _delta(m1, m2),
                           "steps": _delta(m2, m3)}
             res.metrics = m3

@@ -124,3 +124,54 @@ def test_every_subvolume_has_its_own_page_cache_copy():
         d.create(f"c{i}", "img")
         d.get(f"c{i}").read("/lib.so")
     assert d.stats()["page_cache_bytes"] == 4 << 16
+
+
+@pytest.mark.parametrize("payload", [False, True])
+def test_small_appends_in_one_transaction_rewrite_the_page_in_memory(payload):
+    """200 appends of 200 B in one transaction: the file's dirty pages go out
+    once (10 blocks), no 4 KiB CoW per append; after a commit the next append
+    to the partial last block is a CoW (read, modify, write elsewhere)."""
+    d = BtrfsDriver(payload=payload)
+    d.create("c", None, read_write=True)
+    v = d.get("c")
+    v.create("/log")
+    w0 = d.store.counters["units_written"]
+    data = b""
+    for i in range(200):
+        chunk = (b"%03d" % i) * 66 + b"\n\n"      # 200 bytes
+        v.write("/log", len(data), chunk if payload else len(chunk))
+        data += chunk
+    st = d.stats()
+    assert st["cow_bytes"] == 0 and st["cow_count"] == 0
+    # 2048 B inline, then rewritten from 0 as an extent; 40,000 B = 10 blocks
+    assert d.store.counters["units_written"] - w0 == 10
+    if payload:
+        assert v.read("/log") == data
+    d.sync()
+    v.write("/log", len(data), b"z" * 100 if payload else 100)
+    st = d.stats()
+    assert st["cow_bytes"] == 4096 and d.store.counters["units_written"] - w0 == 11
+    if payload:
+        assert v.read("/log") == data + b"z" * 100
+
+
+def test_a_snapshot_shares_the_source_tree_it_does_not_free_it():
+    """Snapshotting a subvolume makes its tree nodes shared, not exclusive:
+    they stay on disk (physical/metadata bytes), only qgroup exclusive drops."""
+    d = BtrfsDriver()
+    d.create("base", None, read_write=True)
+    v = d.get("base")
+    for i in range(3000):
+        v.create(f"/f{i}")
+        v.write(f"/f{i}", 0, 512)
+    d.put("base")
+    before = d.stats()
+    assert before["metadata_bytes"] >= 100 * NODESIZE * 2          # ~3000 x 700 B of items
+    d.create("snap", "base", read_write=True)
+    after = d.stats()
+    # the snapshot's root, and the source's root CoWed in place of its old one
+    assert after["metadata_bytes"] == before["metadata_bytes"] + NODESIZE * 2
+    assert after["physical_bytes"] >= before["physical_bytes"]
+    assert d.qgroup("base")["exclusive"] == NODESIZE
+    d.remove("snap")
+    assert d.stats()["metadata_bytes"] >= before["metadata_bytes"]

@@ -70,7 +70,7 @@ files = 3
 size = {dist = "uniform", min = "1K", max = "2K"}
 [[steps]]
 op = "read"
-glob = "/data/*"
+glob = "/data/**"
 """))
     assert w.image.kind == "synthetic" and len(w.image.layers) == 2
     assert w.image.layers[0].size["median"] == 4096

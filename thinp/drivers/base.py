@@ -276,6 +276,17 @@ class Driver(abc.ABC):
     def cleanup(self) -> None:
         """Unmount everything and release the backing device (Docker's Cleanup)."""
 
+    def sync(self) -> None:
+        """``sync(1)``: every filesystem the driver keeps writes back its
+        delayed data and commits, so :meth:`stats` counts what the device has
+        been sent (``bytes_written``, ``physical_bytes``).  Mounts stay as
+        they are.  The default syncs ``self.fs``, the one filesystem of the
+        union drivers; devicemapper syncs each thin device's filesystem,
+        btrfs/zfs commit the transaction."""
+        fs = getattr(self, "fs", None)
+        if fs is not None and callable(getattr(fs, "sync", None)):
+            fs.sync()
+
     @abc.abstractmethod
     def changes(self, id: str, parent: str | None) -> list[Change]: ...
 

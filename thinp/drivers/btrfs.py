@@ -111,7 +111,34 @@ class BtrfsDriver(CowDriver):
                 pos += inode_item_bytes(inodes.peek(ino) if hasattr(inodes, "peek") else inodes[ino], trees)
             leaves = tree_shape(pos, self.leaf_fill)[0]
             sh = layer.extra["shape"] = (leaves, leaf_of, len(inodes))
+            layer.extra["tail"] = {"end": pos, "leaf": {}, "bytes": {}}
         return sh
+
+    def _tail_leaf(self, layer, obj, ino) -> int:
+        """The leaf of an objectid made since the tree was last laid out: new
+        objectids sort last, so their items fill the last leaf and then new
+        leaves after it, in creation order (a 10,000-file step is hundreds of
+        leaves, not one)."""
+        tail = layer.extra.get("tail")
+        if tail is None:
+            tail = layer.extra["tail"] = {"end": 0, "leaf": {}, "bytes": {}}
+        inodes = layer.fs.inodes
+        try:
+            node = inodes.peek(ino) if hasattr(inodes, "peek") else inodes[ino]
+        except KeyError:                # unlinked
+            node = None
+        if node is None:
+            nbytes = INODE_ITEM
+        elif node.is_dir:       # O(1): a directory is dirtied once per entry added
+            nbytes = INODE_ITEM + len(node.entries) * (3 * ITEM_HEADER + 70 + 3 * 12)
+        else:
+            nbytes = inode_item_bytes(node, layer.trees)
+        leaf = tail["leaf"].get(obj)
+        if leaf is None:
+            leaf = tail["leaf"][obj] = int(tail["end"] // (LEAF_CAPACITY * self.leaf_fill))
+        tail["end"] += nbytes - tail["bytes"].get(obj, 0)
+        tail["bytes"][obj] = nbytes
+        return leaf
 
     def _dirty_meta(self, layer, ino, extents_added=0):
         owned = layer.owned
@@ -123,8 +150,14 @@ class BtrfsDriver(CowDriver):
             obj = objs[ino] = len(objs) + 256
         layer.extra["changed"] = True
         leaves, leaf_of, _n = self._shape(layer)
+        leaf = leaf_of.get(obj)
+        if leaf is None:
+            leaf = self._tail_leaf(layer, obj, ino)
+            if leaf >= leaves:          # the tree grew past its last leaf
+                if leaves == 1:
+                    owned.add(("leaf", 0))      # the old root leaf is now leaf 0
+                leaves = leaf + 1
         if leaves > 1:
-            leaf = leaf_of.get(obj, leaves - 1)
             owned.add(("leaf", leaf))
             idx, span = leaf, FANOUT
             while span < leaves:
@@ -156,13 +189,18 @@ class BtrfsDriver(CowDriver):
             new.extra["inline"] = set(src.extra.get("inline", ()))         # the leaf items are shared
             new.extra["inline_data"] = dict(src.extra.get("inline_data", {}))
             new.extra["shape"] = self._shape(src)       # the same tree until it changes
+            t = src.extra.get("tail") or {"end": 0}
+            new.extra["tail"] = {"end": t["end"], "leaf": {}, "bytes": {}}
+            # the source's nodes (all but its root, which the snapshot
+            # replaces) are now shared: no longer exclusive, still on disk
+            src.extra["shared_nodes"] = src.extra.get("shared_nodes", 0) + len(src.owned) - 1
             src.owned = {("root",)}
         self._counters["meta_bytes_written"] += NODESIZE * META_COPIES * (1 if src is None else 2)
 
     def _metadata_bytes(self) -> int:
         nodes = 0
         for layer in self.layers.values():
-            nodes += len(layer.owned)
+            nodes += len(layer.owned) + layer.extra.get("shared_nodes", 0)
         return nodes * NODESIZE * META_COPIES
 
     def _fixed_bytes(self) -> int:
@@ -218,15 +256,27 @@ class BtrfsDriver(CowDriver):
         buf = self._merged(layer, ino, pend, b0 * BLOCK, b1 * BLOCK) if payload else None
         layer.extra.get("inline_data", {}).pop(ino, None)
         old = store.lookup(t, b0, b1)
+        opens = layer.extra.setdefault("open", {})
+        # blocks of the extent this transaction is still writing (delayed
+        # allocation: dirty pages not yet written out) are changed in memory:
+        # a 200-byte append rewrites its last page, not a new 4 KiB extent
+        op = opens.get(ino)
+        k = b0
+        if op is not None and op[1] <= b0 < op[2] and old[0] and store.extent_of(old[0]) == op[0]:
+            k = min(b1, op[2])
+            if buf is not None:
+                blk = self.blobs.setdefault(op[0], {})
+                for j in range(b0, k):
+                    r = (j - b0) * BLOCK
+                    blk[j - op[1]] = bytes(buf[r:r + BLOCK])
         # partial first/last blocks that exist are read, modified, written elsewhere
         copied = 0
-        if offset % BLOCK and old[0]:
+        if offset % BLOCK and old[0] and k == b0:
             copied += 1
-        if end % BLOCK and old[-1] and (b1 - 1 != b0 or not offset % BLOCK):
+        if end % BLOCK and old[-1] and (b1 - 1 != b0 or not offset % BLOCK) and b1 - 1 >= k:
             copied += 1
-        opens = layer.extra.setdefault("open", {})
         added = 0
-        k = b0
+        k0 = k
         while k < b1:
             n = min(b1 - k, MAX_EXTENT_BLOCKS)
             op = opens.get(ino)
@@ -246,7 +296,7 @@ class BtrfsDriver(CowDriver):
                     r = (j - b0) * BLOCK
                     blk[j - first] = bytes(buf[r:r + BLOCK])
             k += n
-        replaced = int((old != 0).sum())
+        replaced = int((old[k0 - b0:] != 0).sum())
         if replaced:
             self._counters["cow_count"] += replaced
             self._counters["cow_bytes"] += copied * BLOCK

@@ -211,6 +211,14 @@ class DeviceMapperDriver(Driver):
             dev.fs.sync()   # umount writes back and commits
             dev.view = None
 
+    def sync(self):
+        """``sync(1)``: each thin device's filesystem writes back its delayed
+        allocation and commits its journal (a mounted container's new small
+        files reach the pool only here, at umount or at the dirty limit)."""
+        self._base_fs.sync()
+        for dev in self._devs.values():
+            dev.fs.sync()
+
     def exists(self, id):
         return id in self._devs
 

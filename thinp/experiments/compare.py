@@ -21,7 +21,7 @@ ALL_DRIVERS = ("overlay2", "overlay", "aufs", "devicemapper", "btrfs", "zfs", "v
 #: Columns of the DataFrame after ``driver`` (units in the names).
 COLUMNS = (
     "disk_used_bytes", "disk_data_bytes", "disk_metadata_bytes", "bytes_written",
-    "copy_up_bytes", "cow_bytes", "zeroing_bytes", "unflushed_bytes", "lookup_probes",
+    "copy_up_bytes", "cow_bytes", "zeroing_bytes", "lookup_probes",
     "start_time_s", "first_write_s", "teardown_s", "workload_s_per_container", "write_amplification",
     "page_cache_bytes", "page_cache_miss_bytes", "page_cache_hit_bytes", "containers",
     "inodes", "run_s",

@@ -30,14 +30,40 @@ A workload file::
     size = "4K"
 
 Paths: ``path`` (``{c}`` = container index, ``{i}`` = repetition), ``glob``
-(every matching image file, fnmatch rules) or ``sample = N`` (N of them, with the
-seed).  Globs match the image's regular files.  Errors name the file, key and value.
+(every matching path) or ``sample = N`` (N of the matching paths, or of all
+selectable paths without ``glob``, drawn with the seed).  Errors name the file,
+key and value; a glob that matches nothing is an error.
+
+Globs (:func:`glob_match`) are those of the shell and of
+``glob.glob(recursive=True, include_hidden=True)``: they match whole paths one
+component at a time, so ``*`` and ``?`` never cross ``/``; ``[...]`` and
+``[!...]`` are character classes; a component that is exactly ``**`` matches
+any number of directories, none included (``/usr/lib/**`` is everything below
+``/usr/lib``, ``/usr/**/*.so`` every ``.so`` under ``/usr``); names starting
+with ``.`` match like any other.  Matching is case-sensitive.  A glob not
+starting with ``/`` is taken from ``/`` (the container's working directory).
+
+What a glob or sample selects:
+
+* regular files, for ``read``, ``write``, ``append``, ``overwrite``,
+  ``fsync``, ``delete`` and ``rename`` (a directory is renamed or removed by
+  ``path`` only: renaming a lower directory is EXDEV on aufs and overlay);
+* regular files and directories for ``chmod``;
+* ``create``, ``mkdir``, ``files`` and ``tree`` make their ``path``: they take
+  no ``glob`` or ``sample``.
+
+The selectable paths of a container are the image's, plus those earlier steps
+of the workload made in that container -- ``create``/``append``/``mkdir``
+paths (and their parent directories), ``files`` and ``tree`` contents, a
+``rename`` target -- minus those it deleted or renamed away.  The files an
+``strace`` replay makes are not selectable.
 """
 from __future__ import annotations
 
 import fnmatch
 import gzip
 import os
+import posixpath
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -45,7 +71,7 @@ from importlib import resources
 from ..units import parse_size
 
 __all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "load", "loads", "parse_workload",
-           "OPS", "PROFILES", "profile_rows", "WorkloadError"]
+           "OPS", "PROFILES", "profile_rows", "WorkloadError", "glob_match", "Selectable"]
 
 OPS = ("read", "write", "append", "overwrite", "create", "delete", "rename", "chmod", "mkdir",
        "fsync", "commit", "diff", "export", "rm", "strace", "tree", "files")
@@ -246,6 +272,11 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
         if op in ("read", "write", "append", "overwrite", "create", "delete", "rename", "chmod",
                   "mkdir", "fsync", "files") and not (st.path or st.glob or st.sample):
             raise _err(src, k + ".path", None, f"op {op!r} needs path, glob or sample")
+        if op in MAKES_PATH and (st.glob or st.sample):
+            key, val = (k + ".glob", st.glob) if st.glob else (k + ".sample", st.sample)
+            raise _err(src, key, val, f"op {op!r} makes its path: give path, not glob or sample")
+        if st.glob is not None and not (isinstance(st.glob, str) and st.glob.strip("/")):
+            raise _err(src, k + ".glob", st.glob, "want a path pattern like \"/usr/lib/**/*.so\"")
         steps.append(st)
     wl = Workload(name, img, _int(src, "containers", d.get("containers", 1), 1), steps,
                   _int(src, "seed", d.get("seed", 0)), d.get("description", ""), src)
@@ -264,15 +295,207 @@ def _trace_exists(path: str) -> bool:
         return False
 
 
-def check_globs(wl: Workload, files: list[str] | None = None) -> None:
-    """Every glob must match an image file (known for profile/synthetic images)."""
+# ------------------------------------------------------------------ path selection
+#: ops that make their path (no glob/sample); ops whose glob also selects directories
+MAKES_PATH = ("create", "mkdir", "files", "tree")
+SELECTS_DIRS = ("chmod",)
+
+
+def _parts(p: str) -> list[str]:
+    return [x for x in p.split("/") if x]
+
+
+def glob_match(pattern: str, path: str, is_dir: bool = False) -> bool:
+    """Whether absolute ``path`` matches ``pattern`` under the rules of the module
+    docstring (``glob.glob(recursive=True, include_hidden=True)``'s): each path
+    component is matched by :func:`fnmatch.fnmatchcase` against one pattern
+    component, so ``*`` stays inside a component, and a ``**`` component takes
+    zero or more components -- a final ``**`` takes zero only after a
+    directory (``/usr/lib/**`` matches ``/usr/lib``; ``/etc/hosts/**`` does
+    not match the file ``/etc/hosts``): pass ``is_dir`` for directories."""
+    return _match_parts(tuple(_parts(pattern)), tuple(_parts(path)), is_dir)
+
+
+def _match_parts(pp: tuple, fp: tuple, is_dir: bool = False) -> bool:
+    memo: dict = {}
+    last = len(pp) - 1
+
+    def m(i, j):
+        key = (i, j)
+        if key in memo:
+            return memo[key]
+        if i == len(pp):
+            r = j == len(fp)
+        elif pp[i] == "**" and i == last:
+            r = j < len(fp) or is_dir
+        elif pp[i] == "**":
+            r = any(m(i + 1, k) for k in range(j, len(fp) + 1))
+        else:
+            r = j < len(fp) and fnmatch.fnmatchcase(fp[j], pp[i]) and m(i + 1, j + 1)
+        memo[key] = r
+        return r
+    return m(0, 0)
+
+
+def _parents(p: str):
+    d = posixpath.dirname(p)
+    while d not in ("/", ""):
+        yield d
+        d = posixpath.dirname(d)
+
+
+class Selectable:
+    """The paths a container's steps can select: the image's regular files and
+    directories, plus what earlier steps made, minus what they removed.
+
+    ``files``/``dirs`` are the image's (absolute paths, shared by every
+    container; "/" is never selectable); ``cache`` (shared too) holds the
+    image's matches per (glob, kinds)."""
+
+    def __init__(self, files, dirs=(), cache: dict | None = None):
+        self.files, self.dirs = files, dirs
+        self.cache = {} if cache is None else cache
+        self.new_files: dict[str, None] = {}    # insertion-ordered sets
+        self.new_dirs: dict[str, None] = {}
+        self.gone: set[str] = set()
+
+    def copy(self) -> "Selectable":
+        c = Selectable(self.files, self.dirs, self.cache)
+        c.new_files, c.new_dirs, c.gone = dict(self.new_files), dict(self.new_dirs), set(self.gone)
+        return c
+
+    def add_dir(self, p: str) -> None:
+        for d in (p, *_parents(p)):
+            if d not in ("/", ""):
+                self.new_dirs[d] = None
+                self.gone.discard(d)
+
+    def add_file(self, p: str) -> None:
+        self.new_files[p] = None
+        self.gone.discard(p)
+        parent = posixpath.dirname(p)
+        if parent not in ("/", ""):
+            self.add_dir(parent)
+
+    def remove(self, p: str) -> None:
+        self.new_files.pop(p, None)
+        self.new_dirs.pop(p, None)
+        self.gone.add(p)
+
+    def rename(self, src: str, dst: str) -> None:
+        if src in self.new_dirs or (src not in self.gone and src in self._dir_set()):
+            pre = src.rstrip("/") + "/"
+            for p in [p for p in self.select(pre + "**", dirs=True) if p != src]:
+                is_dir = p in self.new_dirs or p in self._dir_set()
+                self.remove(p)
+                q = dst + p[len(src):]
+                if is_dir:
+                    self.add_dir(q)
+                else:
+                    self.add_file(q)
+            self.remove(src)
+            self.add_dir(dst)
+        else:
+            self.remove(src)
+            self.add_file(dst)
+
+    def _dir_set(self):
+        s = self.cache.get(("dirset",))
+        if s is None:
+            s = self.cache[("dirset",)] = frozenset(self.dirs)
+        return s
+
+    def select(self, pattern: str | None, dirs: bool = False) -> list[str]:
+        """Sorted selectable paths matching ``pattern`` (all with None):
+        regular files, and directories too with ``dirs``."""
+        key = (pattern, dirs)
+        base = self.cache.get(key)
+        if base is None:
+            cands = [(p, False) for p in self.files] + ([(p, True) for p in self.dirs] if dirs else [])
+            if pattern is not None:
+                pp = tuple(_parts(pattern))
+                cands = [c for c in cands if _match_parts(pp, tuple(_parts(c[0])), c[1])]
+            base = self.cache[key] = sorted(set(p for p, _d in cands))
+        new = [(p, False) for p in self.new_files] + ([(p, True) for p in self.new_dirs] if dirs else [])
+        if pattern is not None and new:
+            pp = tuple(_parts(pattern))
+            new = [c for c in new if _match_parts(pp, tuple(_parts(c[0])), c[1])]
+        new = [p for p, _d in new]
+        if not new and not self.gone:
+            return base
+        out = set(base)
+        out.update(new)
+        out -= self.gone
+        return sorted(out)
+
+    def record(self, st: Step, paths: list[str], ci: int = 0) -> None:
+        """What step ``st`` changed, given the concrete paths it acted on
+        (``paths[i]`` per repetition; for ``rename`` the sources, renamed to
+        ``st.to`` or ``<path>.renamed``)."""
+        op = st.op
+        if op in ("create", "append"):
+            for p in paths:
+                self.add_file(p)
+        elif op == "mkdir":
+            for p in paths:
+                self.add_dir(p)
+        elif op == "delete":
+            for p in paths:
+                self.remove(p)
+        elif op == "rename":
+            for p in paths:     # one repetition: i = 0, as the runner renames
+                self.rename(p, (st.to or p + ".renamed").format(c=ci, i=0))
+        elif op == "files":
+            base = st.path.format(c=ci, i=0)
+            self.add_dir(base)
+            for i in range(st.count):
+                self.add_file(f"{base}/d{i // 1000:03d}/f{i:05d}")
+        elif op == "tree":
+            level = [st.path or "/tree"]
+            self.add_dir(level[0])
+            for _d in range(st.depth):
+                nxt = []
+                for p in level:
+                    nxt += [f"{p}/{k}" for k in range(st.fanout)]
+                    if st.size:
+                        self.add_file(p + "/f")
+                for q in nxt:
+                    self.add_dir(q)
+                level = nxt
+
+
+def static_paths(st: Step, sel: Selectable, ci: int = 0) -> list[str] | None:
+    """The paths a step acts on when they are known without running it (a
+    ``path``, or every match of a ``glob`` without ``sample``); None when
+    drawn at random."""
+    if st.path:
+        reps = st.count if st.op in ("create", "append") else 1
+        return [st.path.format(c=ci, i=i) for i in range(reps)]
+    if st.glob and not st.sample:
+        return sel.select(st.glob, dirs=st.op in SELECTS_DIRS)
+    return None
+
+
+def check_globs(wl: Workload, files: list[str] | None = None, dirs=None) -> None:
+    """Every glob must match: the image's files (known here for profile and
+    synthetic images, listed by the run for archives) and what earlier steps
+    of the first container made.  One line naming the file, key and value."""
     if files is None:
         if wl.image.kind == "archive":
             return
-        files = image_files(wl.image)
+        files, dirs = image_tree(wl.image)
+    sel = Selectable(files, dirs or ())
     for n, s in enumerate(wl.steps):
-        if s.glob and not any(fnmatch.fnmatchcase(f, s.glob) for f in files):
-            raise _err(wl.source, f"steps[{n}].glob", s.glob, "matches no file in the image")
+        if s.glob and not sel.select(s.glob, dirs=s.op in SELECTS_DIRS):
+            what = "file or directory" if s.op in SELECTS_DIRS else "file"
+            raise _err(wl.source, f"steps[{n}].glob", s.glob,
+                       f"matches no {what} in the image or made by earlier steps")
+        if s.op in ("commit", "diff", "export", "rm", "strace", "fsync", "read", "write",
+                    "overwrite", "chmod"):
+            continue
+        paths = static_paths(s, sel)
+        if paths is not None:
+            sel.record(s, paths)
 
 
 def loads(text: str, src: str = "<string>") -> Workload:
@@ -330,3 +553,19 @@ def image_files(spec: ImageSpec) -> list[str]:
             out += [f"{l.prefix}/d{i % l.dirs:04d}/f{i:06d}" for i in range(l.files)]
     out += [p for p, _ in spec.extra]
     return out
+
+
+def image_tree(spec: ImageSpec) -> tuple[list[str], list[str]]:
+    """``(files, dirs)``: :func:`image_files` and the directories of a
+    profile/synthetic image (absolute paths, "/" left out)."""
+    files = image_files(spec)
+    dirs: dict[str, None] = {}
+    if spec.kind == "profile":
+        dirs.update(("/" + r[0].strip("/"), None) for r in profile_rows(spec.profile)
+                    if r[1] == "d" and r[0].strip("/"))
+    for f in files:
+        for d in _parents(f):
+            if d in dirs:
+                break
+            dirs[d] = None
+    return files, list(dirs)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import fnmatch
 import io
 import os
 import posixpath
@@ -14,7 +13,7 @@ import numpy as np
 
 from ..engine import Engine
 from ..errors import ThinpError
-from .format import Step, Workload, WorkloadError, check_globs
+from .format import SELECTS_DIRS, Selectable, Step, Workload, WorkloadError, _err, check_globs
 from .images import build_image, content
 
 __all__ = ["RunResult", "run", "scaled"]
@@ -59,26 +58,42 @@ def scaled(w: Workload, scale: float) -> Workload:
 
 
 class _Runner:
-    def __init__(self, eng: Engine, w: Workload, image_ref: str, files: list[str], scale: float):
+    def __init__(self, eng: Engine, w: Workload, image_ref: str, files: list[str], scale: float,
+                 dirs=()):
         self.eng, self.w, self.ref, self.files, self.scale = eng, w, image_ref, files, scale
         self.payload = bool(getattr(eng.driver, "payload", False))
         self.phase: dict[str, dict] = {}
+        self._image = Selectable(files, dirs)     # the image's paths; its match cache is shared
+        self.app_bytes_written = 0                # bytes the steps passed to write(2)
+        self.sel: dict[int, Selectable] = {}      # container index -> its selectable paths
 
     def data(self, n: int, seed: int):
         return content(seed, n) if self.payload else n
 
-    def paths(self, st: Step, ci: int, rng, i: int = 0) -> list[str]:
+    def paths(self, st: Step, ci: int, rng, i: int = 0, si: int = 0) -> list[str]:
         if st.path:
             return [st.path.format(c=ci, i=i)]
-        pool = [f for f in self.files if fnmatch.fnmatchcase(f, st.glob)] if st.glob else self.files
+        pool = self.selectable(ci).select(st.glob, dirs=st.op in SELECTS_DIRS)
+        if not pool:
+            key, val = (f"steps[{si}].glob", st.glob) if st.glob else (f"steps[{si}].sample", st.sample)
+            raise _err(self.w.source, key, val, f"selects nothing in container {ci} (earlier steps "
+                       f"deleted or renamed every match)")
         if st.sample:
             k = min(st.sample, len(pool))
             return [pool[j] for j in sorted(rng.choice(len(pool), k, replace=False))]
         return pool
 
+    def selectable(self, ci: int) -> Selectable:
+        sel = self.sel.get(ci)
+        if sel is None:
+            sel = self.sel[ci] = self._image.copy()
+        return sel
+
     def step(self, c, ci: int, si: int, st: Step, rng):
-        v = self.eng.mount(c)
+        v = _CountingView(self.eng.mount(c), self)
         op = st.op
+        if op in ("files", "tree"):
+            self.selectable(ci).record(st, [], ci)
         seed = self.w.seed * 1_000_003 + ci * 1009 + si
         if op in ("commit", "diff", "export", "rm"):
             if ci % st.every:
@@ -130,47 +145,57 @@ class _Runner:
                     v.write(f"{d}/f{i:05d}", 0, self.data(st.size, seed + i))
             return c
         reps = 1 if op in ("mkdir", "chmod", "delete", "rename", "fsync", "read", "overwrite") else st.count
-        for i in range(reps):
-            for p in self.paths(st, ci, rng, i):
-                if op == "read":
-                    v.read(p, 0, st.size or None)
-                elif op == "write":
-                    n = st.size or st.block
-                    if st.offset == "random":
-                        size = v.stat(p).st_size
-                        nblk = max(1, (size - n) // st.block + 1)
-                        off = int(rng.integers(0, nblk)) * st.block
-                    elif st.offset == "end":
-                        off = v.stat(p).st_size
-                    else:
-                        off = st.offset
-                    v.write(p, off, self.data(n, seed + i))
-                elif op == "append":
-                    off = v.stat(p).st_size if v.exists(p) else 0
-                    if not v.exists(p):
-                        self._mkdirs(v, posixpath.dirname(p))
-                        v.create(p, st.mode)
-                    v.write(p, off, self.data(st.size or st.block, seed + i))
-                elif op == "overwrite":
-                    n = st.size or v.stat(p).st_size
-                    v.open(p, write=True, truncate=True)
-                    v.write(p, 0, self.data(n, seed + i))
-                elif op == "create":
-                    self._mkdirs(v, posixpath.dirname(p))
-                    v.create(p, st.mode)
-                    if st.size:
-                        v.write(p, 0, self.data(st.size, seed + i))
-                elif op == "delete":
-                    v.unlink(p)
-                elif op == "rename":
-                    v.rename(p, (st.to or p + ".renamed").format(c=ci, i=i))
-                elif op == "chmod":
-                    v.chmod(p, st.mode)
-                elif op == "mkdir":
-                    self._mkdirs(v, p)
-                elif op == "fsync":
-                    v.fsync(p)
+        done: list[str] = []
+        try:
+            for i in range(reps):
+                for p in self.paths(st, ci, rng, i, si):
+                    self._op(v, st, p, ci, i, rng, seed)
+                    done.append(p)
+        finally:    # what the step did, even if it stopped half-way (ENOSPC)
+            if op in ("create", "append", "mkdir", "delete", "rename"):
+                self.selectable(ci).record(st, done, ci)
         return c
+
+    def _op(self, v, st: Step, p: str, ci: int, i: int, rng, seed: int) -> None:
+        op = st.op
+        if op == "read":
+            v.read(p, 0, st.size or None)
+        elif op == "write":
+            n = st.size or st.block
+            if st.offset == "random":
+                size = v.stat(p).st_size
+                nblk = max(1, (size - n) // st.block + 1)
+                off = int(rng.integers(0, nblk)) * st.block
+            elif st.offset == "end":
+                off = v.stat(p).st_size
+            else:
+                off = st.offset
+            v.write(p, off, self.data(n, seed + i))
+        elif op == "append":
+            off = v.stat(p).st_size if v.exists(p) else 0
+            if not v.exists(p):
+                self._mkdirs(v, posixpath.dirname(p))
+                v.create(p, st.mode)
+            v.write(p, off, self.data(st.size or st.block, seed + i))
+        elif op == "overwrite":
+            n = st.size or v.stat(p).st_size
+            v.open(p, write=True, truncate=True)
+            v.write(p, 0, self.data(n, seed + i))
+        elif op == "create":
+            self._mkdirs(v, posixpath.dirname(p))
+            v.create(p, st.mode)
+            if st.size:
+                v.write(p, 0, self.data(st.size, seed + i))
+        elif op == "delete":
+            v.unlink(p)
+        elif op == "rename":
+            v.rename(p, (st.to or p + ".renamed").format(c=ci, i=i))
+        elif op == "chmod":
+            v.chmod(p, st.mode)
+        elif op == "mkdir":
+            self._mkdirs(v, p)
+        elif op == "fsync":
+            v.fsync(p)
 
     @staticmethod
     def _mkdirs(v, p):
@@ -209,6 +234,24 @@ class _Runner:
 
 _TRACES: dict = {}
 
+#: the key under which phases and per-container deltas carry the bytes the
+#: workload itself wrote (the cost model's write-amplification denominator)
+APP_BYTES = "app_bytes_written"
+
+
+class _CountingView:
+    """A mounted view that counts the bytes the workload asks to write."""
+
+    def __init__(self, view, runner):
+        self._view, self._runner = view, runner
+
+    def write(self, path, offset, data):
+        self._runner.app_bytes_written += data if isinstance(data, int) else len(data)
+        return self._view.write(path, offset, data)
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
+
 
 class PoolFullError(ThinpError):
     """The driver's thin pool ran out of data space (writes queued, as dm-thin
@@ -236,11 +279,14 @@ class _Null(io.RawIOBase):
         return len(b)
 
 
-def _image_files(eng: Engine, ref: str) -> list[str]:
+def _image_files(eng: Engine, ref: str) -> tuple[list[str], list[str]]:
+    """``(files, dirs)``: the regular files and directories a container of
+    ``ref`` sees (absolute paths, "/" left out)."""
     c = eng.create(ref, name="thinp-wl-probe")
     v = eng.mount(c)
-    out = []
-    for d, _dirs, files in v.walk("/"):
+    out, dirs_out = [], []
+    for d, dirs, files in v.walk("/"):
+        dirs_out += [posixpath.join(d, x) for x in dirs]
         for f in files:
             p = posixpath.join(d, f)
             try:
@@ -249,7 +295,7 @@ def _image_files(eng: Engine, ref: str) -> list[str]:
             except OSError:
                 pass
     eng.rm(c, force=True)
-    return out
+    return out, dirs_out
 
 
 def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0, progress=None,
@@ -260,7 +306,13 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
     (create + start every container), then each container's steps, whose metric
     deltas go to ``steps`` or, for those ops, ``commit``/``diff``/``export``/``rm``
     (metrics are read where the phase changes, not after every step: some drivers'
-    stats walk every inode).  ``per_container[i]`` holds ``create`` and ``steps``
+    stats walk every inode).  Every reading is taken after :meth:`Engine.sync`
+    (``sync(1)``), as a user measuring a container's writes would: a mounted
+    filesystem's delayed data counts in the phase that wrote it, and
+    ``metrics`` (the end of the run) is after a final sync.  Phase and
+    per-container deltas also carry ``app_bytes_written``: the bytes the
+    workload's steps passed to ``write`` (the same on every driver; the cost
+    model's write-amplification denominator).  ``per_container[i]`` holds ``create`` and ``steps``
     deltas.  ``scale`` multiplies container counts, step repetitions and sizes and
     synthetic file counts, and keeps every ``round(1/scale)``-th file of a profile.
 
@@ -276,9 +328,24 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
     with Engine(driver, root=root, **driver_options) as eng:
         last = eng.metrics()
 
-        def mark(phase, per=None):
+        runner = None
+
+        def measure(quiet=False):
+            # what a user measures: ``sync`` first, so data a mounted
+            # filesystem still holds (delayed allocation on devicemapper's
+            # xfs/ext4) counts as written, in the phase that wrote it
+            try:
+                eng.sync()
+            except (ThinpError, OSError):
+                if not quiet:
+                    raise
+            m = eng.metrics()
+            m[APP_BYTES] = runner.app_bytes_written if runner is not None else 0
+            return m
+
+        def mark(phase, per=None, quiet=False):
             nonlocal last
-            now = eng.metrics()
+            now = measure(quiet)
             d = _delta(last, now)
             _add(res.phases.setdefault(phase, {}), d)
             if per is not None:
@@ -293,16 +360,14 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
                               src=w.source)
             ref = f"thinp-wl/{w.name}:latest"
             eng._add_images([img], tags_for=lambda _i: [ref])
-            if w.image.kind == "archive" or any(s.sample and not s.glob for s in w.steps):
-                files = _image_files(eng, ref)
+            if w.image.kind == "archive" or scale != 1 or any(s.sample and not s.glob for s in w.steps):
+                files, dirs = _image_files(eng, ref)
             else:
-                from .format import image_files
-                files = image_files(w.image)
-                if scale != 1:
-                    files = _image_files(eng, ref)
-            check_globs(w, files)
+                from .format import image_tree
+                files, dirs = image_tree(w.image)
+            check_globs(w, files, dirs)
             mark("image_load")
-            r = _Runner(eng, w, ref, files, scale)
+            r = runner = _Runner(eng, w, ref, files, scale, dirs)
             conts = []
             for ci in range(w.containers):
                 per = {"container": ci}
@@ -340,6 +405,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
                     errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EMLINK):
                 raise
             res.error = f"{type(e).__name__}: {e}"
-            mark("error")
-        res.metrics = eng.metrics()
+            mark("error", quiet=True)      # a full pool may refuse the writeback too
+        res.metrics = measure(quiet=True)
+        res.metrics.pop(APP_BYTES)
     return res

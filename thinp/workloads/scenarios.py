@@ -13,7 +13,7 @@ def _webapp():
         Step("append", path="/var/log/app/access.log", size=200, count=200),
         Step("write", path="/srv/app/db.sqlite", offset="random", size=4 * KiB, count=64),
         Step("fsync", path="/srv/app/db.sqlite"),
-        Step("read", sample=20, glob="/usr/lib/*"),
+        Step("read", sample=20, glob="/usr/lib/**"),
     ], 1, "50 containers on debian-minbase appending logs and rewriting a 4 MiB sqlite-like "
           "file with random 4 KiB writes")
 
@@ -53,7 +53,7 @@ def _file_tree():
 
 def _read_heavy():
     return Workload("read-heavy", ImageSpec("synthetic", None, layers=[LayerSpec(8, 64 * MiB, 1, "/data")]), 10,
-                    [Step("read", glob="/data/*")], 7, "N containers reading the same large files")
+                    [Step("read", glob="/data/**")], 7, "N containers reading the same large files")
 
 
 SCENARIOS = {"webapp": _webapp, "ci-build": _ci_build, "package-install": _package_install,
