@@ -92,6 +92,9 @@ glob = "/data/**"
     ("[[steps]]\nop = \"strace\"\ntrace = \"nope.strace\"", ["steps[0].trace", "nope.strace", "no such strace"]),
     ("[[steps]]\nop = \"strace\"", ["steps[0].trace", "needs trace"]),
     ("[[steps]]\nop = \"append\"\nsize = 1", ["steps[0].path", "needs path"]),
+    ("[[steps]]\nop = \"chmod\"\npath = \"/x\"\nmode = 644", ["steps[0].mode", "644", "octal string"]),
+    ("[[steps]]\nop = \"chmod\"\npath = \"/x\"\nmode = \"17777\"", ["steps[0].mode", "out of range"]),
+    ("[[image.layers]]\nfiles = 1\nsize = 1\nmode = \"9\"", ["image.layers[0].mode", "bad mode"]),
 ])
 def test_errors_one_line(tmp_path, text, words):
     path = _write(tmp_path, text)

@@ -185,11 +185,17 @@ def _int(src, key, v, lo=0):
 
 def _mode(src, key, v):
     if isinstance(v, int) and not isinstance(v, bool):
-        return v
+        # TOML reads 644 as decimal (0o1204) and 0o644 as 420: a bare integer
+        # cannot say which the writer meant, so only strings are taken
+        raise _err(src, key, v, "write a mode as an octal string, like \"0644\" (a TOML integer "
+                   "644 is decimal, i.e. 0o1204)")
     try:
-        return int(str(v).removeprefix("0o"), 8)
+        m = int(str(v).removeprefix("0o"), 8)
     except ValueError:
         raise _err(src, key, v, "bad mode (want octal like \"0644\")") from None
+    if not 0 <= m <= 0o7777:
+        raise _err(src, key, v, "mode out of range (0000..7777)")
+    return m
 
 
 def _dist(src, key, v):
