@@ -133,6 +133,23 @@ def test_docker_save_archive(tmp_path, fixtures_dir):
     assert r.error is None and r.metrics["containers"] == 2 and len(r.per_container) == 2
 
 
+def test_extra_layer_on_an_archive_image(tmp_path, fixtures_dir):
+    """``[[image.extra]]`` on a docker-save image adds one layer on top (it
+    used to be ignored silently)."""
+    tar = fixtures_dir / "images" / "hello-world-v25.tar"
+    w = W.load(_write(tmp_path, f'containers = 1\n[image]\narchive = "{tar}"\n'
+                                '[[image.extra]]\npath = "/srv/blob"\nsize = "64K"\n'
+                                '[[steps]]\nop = "read"\nglob = "/srv/*"\n'))
+    from thinp.workloads.images import build_image
+
+    img = build_image(w.image)
+    base = build_image(W.ImageSpec("archive", None, w.image.path))
+    assert len(img.layers) == len(base.layers) + 1
+    assert img.config["rootfs"]["diff_ids"][:-1] == base.config["rootfs"]["diff_ids"]
+    r = W.run(w, "overlay2")
+    assert r.error is None and r.phases["steps"]["page_cache_bytes"] >= 64 << 10
+
+
 def test_profile_rows_match_fixture(fixtures_dir):
     import gzip
 

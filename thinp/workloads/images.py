@@ -1,6 +1,7 @@
 """Build the :class:`~thinp.image.Image` of an :class:`ImageSpec` (deterministic content)."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -140,7 +141,16 @@ def build_image(spec: ImageSpec, *, seed: int = 0, scale: float = 1.0, workdir=N
             raise WorkloadError(f"{spec.path}: unsupported image: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         if not images:
             raise WorkloadError(f"{spec.path}: unsupported image: the archive holds no image")
-        return images[0]
+        img = images[0]
+        if spec.extra:     # one more layer on top, as a Dockerfile's next step would add
+            extra = _layer(_extra_items(spec.extra, seed), None, "extra")
+            cfg = json.loads(img.config_bytes)
+            cfg.setdefault("rootfs", {"type": "layers", "diff_ids": []})["diff_ids"] = \
+                [l.diff_id for l in img.layers] + [extra.diff_id]
+            cfg["history"] = list(cfg.get("history") or []) + [
+                {"created": "2024-01-01T00:00:00Z", "created_by": "thinp workload: image.extra"}]
+            img = Image(canonical_json(cfg), list(img.layers) + [extra])
+        return img
     key = (repr(spec), seed, scale)
     cached = workdir is None or workdir == "cache"
     if cached and key in _CACHE:
