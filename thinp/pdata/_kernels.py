@@ -48,8 +48,12 @@ NODE_SHIFT = 9
 NODE_ENTRIES = 1 << NODE_SHIFT
 NODE_MASK = NODE_ENTRIES - 1
 CHILD_MASK = 0xFFFFFFFF
-#: Refcounts per space-map page on disk (a 16-byte header takes 4 slots).
-SM_PAGE_ENTRIES = 1020
+#: Refcounts per space-map page on disk: 510 words after a 16-byte header,
+#: four uint16 counts a word.  uint16 is enough: a block's count is at most
+#: one per device tree plus one per held metadata snapshot's, and thinp
+#: holds at most 31,752 devices (the commit refuses a count above 65,535).
+SM_PAGE_ENTRIES = 2040
+SM_MAX_COUNT = 65535
 ALL_ONES = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 # --- scal indices: state -------------------------------------------------------

@@ -65,7 +65,7 @@ from ..pdata._kernels import (
     S_PAYLOAD,
     S_TIME,
     S_ZERO,
-    SM_PAGE_ENTRIES,
+    SM_PAGE_ENTRIES,  # frozen into the kernels below: 2040 uint16 counts a page since metadata v2
     _event,
     _release_meta,
     alloc_data,

@@ -18,7 +18,8 @@ msm       metadata space map: ``msm_nr_pages`` pages, each in two copies at
           ``g % 2`` is complete for generation ``g`` and copy ``(g-1) % 2``
           is untouched while ``g`` is being written.
           Page words: 0 = checksum of words 1.., 1 = ``SM_MAGIC << 32 |
-          page``, 2..511 = 1020 uint32 reference counts.
+          page``, 2..511 = 2040 uint16 reference counts, four a word
+          (low half-word first).  (Version 1 held 1020 uint32 counts.)
 dsm       data space map, the same form (``dsm_start``, ``dsm_nr_pages``).
 devdir    device directory: word 0 magic, 1 number of table blocks, 2
           number of devices, 3 checksum of the block, then from word 8 one
@@ -49,7 +50,7 @@ from ..pdata import _kernels as K
 from . import _kernels as TK
 
 MAGIC = 0x7468696E70534231  # "thinpSB1"
-VERSION = 1
+VERSION = 2
 SM_MAGIC = 0x534D5047  # "SMPG"
 DEVDIR_MAGIC = 0x7468696E70444952  # "thinpDIR"
 TABLE_MAGIC = 0x7468696E70544142  # "thinpTAB"
@@ -355,6 +356,15 @@ class Metadata:
     def commit(self, first: bool = False) -> None:
         """Make everything since the last commit durable, atomically."""
         sp, dv, sb = self.sp, self.dv, self.sb
+        # 0. the on-disk counts are uint16: refuse before anything is written
+        # (steps 1-2 only add blocks of count 1 and drop counts)
+        for name, rc, pages in (("metadata", sp.mrc, np.flatnonzero(sp.mdirty | self.mdirty_prev)),
+                                ("data", sp.drc, np.flatnonzero(sp.ddirty | self.ddirty_prev))):
+            over = _sm_overflow(rc, pages)
+            if over >= 0:
+                raise errors.ThinpError(
+                    f"{name} block {over} has {int(rc[over])} references, more than the space map's "
+                    f"{K.SM_MAX_COUNT}; the commit was not made")
         # 1. seal changed trees: checksums bottom-up into parents and records
         for slot in np.flatnonzero(dv.dev_id >= 0):
             root = int(dv.root[slot])
@@ -796,6 +806,19 @@ def _count_tree(meta, root, levels):
 
 
 @njit
+def _sm_overflow(rc, pages):
+    """The first entry of these space-map pages whose count does not fit in
+    a uint16, or -1."""
+    n = rc.shape[0]
+    for k in range(pages.shape[0]):
+        base = pages[k] * K.SM_PAGE_ENTRIES
+        for i in range(base, min(base + K.SM_PAGE_ENTRIES, n)):
+            if rc[i] > K.SM_MAX_COUNT:
+                return i
+    return -1
+
+
+@njit
 def _write_sm_pages(meta, rc, pages, start, copy):
     n = rc.shape[0]
     for k in range(pages.shape[0]):
@@ -804,10 +827,12 @@ def _write_sm_pages(meta, rc, pages, start, copy):
         base = pg * K.SM_PAGE_ENTRIES
         meta[b, 1] = (np.uint64(SM_MAGIC) << np.uint64(32)) | np.uint64(pg)
         for j in range(2, K.NODE_ENTRIES):
-            lo_i = base + 2 * (j - 2)
-            lo = np.uint64(rc[lo_i]) if lo_i < n else np.uint64(0)
-            hi = np.uint64(rc[lo_i + 1]) if lo_i + 1 < n else np.uint64(0)
-            meta[b, j] = lo | (hi << np.uint64(32))
+            w = np.uint64(0)
+            i0 = base + 4 * (j - 2)
+            for q in range(4):
+                if i0 + q < n:
+                    w |= np.uint64(rc[i0 + q] & 0xFFFF) << np.uint64(16 * q)
+            meta[b, j] = w
         meta[b, 0] = 0
         meta[b, 0] = K.block_checksum(meta, b)
 
@@ -822,7 +847,9 @@ def _read_sm_pages_np(meta, rc, start, npages, copy):
     ok &= pages[:, 1] == ((np.uint64(SM_MAGIC) << np.uint64(32)) | np.arange(npages, dtype=np.uint64))
     if not ok.all():
         return int(np.flatnonzero(~ok)[0])
-    rc[:] = pages[:, 2:].copy().view(np.uint32).reshape(-1)[: rc.shape[0]]
+    words = pages[:, 2:]
+    counts = np.stack([(words >> np.uint64(16 * q)) & np.uint64(0xFFFF) for q in range(4)], axis=-1)
+    rc[:] = counts.reshape(-1)[: rc.shape[0]]
     return -1
 
 
