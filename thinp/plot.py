@@ -31,12 +31,16 @@ def compare_figure(df, title: str = ""):
     x = range(len(drivers))
     labels = [d + ("\n(failed)" if f else "") for d, f in zip(drivers, failed)]
 
-    def panel(ax, ylabel, heading, values=()):
+    def panel(ax, ylabel, heading, values=(), parts=()):
         ax.set_title(heading, fontsize=11, fontweight="bold")
         pos = [v for v in values if v and v > 0]
         if pos and max(pos) / min(pos) > 30:    # one driver (vfs) dwarfs the rest
             ax.set_yscale("log")
             ylabel += " (log scale)"
+            # the axis starts below the smallest bar or stacked part, so a
+            # stacked bar's lower part is not cut off by the log axis
+            small = [v for v in list(parts) + pos if v and v > 0]
+            ax.set_ylim(bottom=min(small) / 2, top=max(pos) * 1.6)
         ax.set_ylabel(ylabel)
         ax.set_xticks(list(x), labels, rotation=30, ha="right", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
@@ -47,7 +51,7 @@ def compare_figure(df, title: str = ""):
     ax.bar(x, data, label="data", color="#4C72B0")
     ax.bar(x, meta, bottom=data, label="metadata", color="#DD8452")
     ax.legend(fontsize=8)
-    panel(ax, "MiB", "Disk used (data + metadata)", [a + b for a, b in zip(data, meta)])
+    panel(ax, "MiB", "Disk used (data + metadata)", [a + b for a, b in zip(data, meta)], data + meta)
 
     ax = axes[0][1]
     written = [_mib(v) for v in df["bytes_written"]]

@@ -218,3 +218,20 @@ def test_a_dead_worker_becomes_an_error_row():
 def test_jobs_must_be_positive():
     with pytest.raises(cmp.CompareError, match="jobs"):
         cmp.compare("applog", drivers=["overlay2"], jobs=0, runner=standin, progress=False)
+
+
+def test_log_scale_disk_panel_keeps_stacked_parts_visible():
+    """With vfs dwarfing the rest the disk panel goes log scale; its axis must
+    start below every stacked part (a log axis clipped btrfs's data part, so
+    its bar looked all metadata)."""
+    from thinp.plot import compare_figure
+
+    mib = 1 << 20
+    df = pd.DataFrame({"driver": ["btrfs", "vfs"], "error": [None, None],
+                       "disk_data_bytes": [143 * mib, 13_000 * mib], "disk_metadata_bytes": [27 * mib, 600 * mib],
+                       "bytes_written": [160 * mib, 14_000 * mib], "start_time_s": [0.03, 0.2],
+                       "page_cache_bytes": [30 * mib, 30 * mib]})
+    ax = compare_figure(df).get_axes()[0]
+    assert ax.get_yscale() == "log"
+    lo, hi = ax.get_ylim()
+    assert lo < 27 and hi > 13_600
