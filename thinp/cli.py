@@ -228,7 +228,15 @@ def _cmd_dump(args) -> int:
 def _cmd_restore(args) -> int:
     from .thin.restore import restore
 
-    n = restore(args.input, args.dir, payload=args.payload)
+    sizes = {}
+    for item in args.size:
+        dev, sep, size = item.partition("=")
+        if not sep or not dev.strip().isdigit() or not size.strip():
+            raise ValueError(f"--size {item!r}: want DEV=SIZE, e.g. 3=20G")
+        sizes[int(dev)] = size.strip()
+    n = restore(args.input, args.dir, payload=args.payload, sizes=sizes or None,
+                metadata_size=args.metadata_size, low_water_mark=args.low_water_mark,
+                error_if_no_space=args.error_if_no_space)
     print(f"restored {n} mappings into {args.dir}")
     return 0
 
@@ -271,6 +279,12 @@ def _add_metadata_tools(sub) -> None:
     r.add_argument("-i", "--input", required=True)
     r.add_argument("dir")
     r.add_argument("--payload", action="store_true", help="make a payload pool (data reads as zeros)")
+    r.add_argument("--size", action="append", default=[], metavar="DEV=SIZE",
+                   help="a thin device's size, e.g. 3=20G (thin_dump XML has none; default: the data "
+                        "device's size); repeat for more devices")
+    r.add_argument("--metadata-size", default=None, help="metadata device size (default: thin_metadata_size's)")
+    r.add_argument("--low-water-mark", type=int, default=0, help="low water mark in data blocks (default 0)")
+    r.add_argument("--error-if-no-space", action="store_true", help="fail writes on a full pool (default: queue)")
     r.set_defaults(func=_cmd_restore)
     ls = sub.add_parser("ls", help="thin_ls: a table of thin devices")
     ls.add_argument("dir")

@@ -53,3 +53,19 @@ def test_a_size_below_the_highest_mapping_is_refused_before_anything_is_made(tmp
     with pytest.raises(ValueError, match="device 9"):
         restore(xml, tmp_path / "dst", sizes={9: BS})
     assert not (tmp_path / "dst").exists()
+
+
+def test_cli_takes_sizes_and_table_parameters(tmp_path, capsys):
+    from thinp.cli import main
+
+    xml = source(tmp_path)
+    assert main(["restore", "-i", str(xml), str(tmp_path / "dst"), "--size", "1=2MiB", "--size", "3=100M",
+                 "--low-water-mark", "5", "--error-if-no-space"]) == 0
+    assert "restored 25 mappings" in capsys.readouterr().out   # 10 + 10 (snapshot) + 5
+    with ThinPool.open(tmp_path / "dst") as pool:
+        assert pool.device(1).size == 2 << 20 and pool.device(3).size == 100 << 20
+        assert pool.device(2).size == 256 * BS
+        assert pool.low_water_mark == 5 and pool.status().no_space == "error_if_no_space"
+    assert main(["restore", "-i", str(xml), str(tmp_path / "bad"), "--size", "1:20G"]) == 1
+    assert "want DEV=SIZE" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
