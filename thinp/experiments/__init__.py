@@ -2,6 +2,15 @@
 parameter sweeps."""
 from __future__ import annotations
 
+import os
+
+
+def cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
 
 def __getattr__(name):
     if name == "compare":

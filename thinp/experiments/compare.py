@@ -123,8 +123,9 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     wl = runner.load(workload) if isinstance(workload, (str, os.PathLike)) else workload
     wname = getattr(wl, "name", str(workload))
     if jobs is None:
-        jobs = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                   len(names))
+        from . import cpus
+
+        jobs = min(cpus(), len(names))
     if jobs < 1:
         raise CompareError(f"jobs must be at least 1, not {jobs}")
     runner_name = runner.__name__ if isinstance(runner, types.ModuleType) else None

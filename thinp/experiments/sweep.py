@@ -234,8 +234,9 @@ def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=
     os.makedirs(out, exist_ok=True)
     ex = None
     if todo and client is None and scheduler is None and workers != 0:
-        ex = _local_pool(workers or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                         else workers or os.cpu_count() or 1)
+        from . import cpus
+
+        ex = _local_pool(workers or cpus())
     bar = _Bar(len(points), stats["skipped"], progress)
     t0 = time.perf_counter()
 
