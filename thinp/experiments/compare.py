@@ -199,17 +199,12 @@ _SLOW_FIRST = ("vfs", "devicemapper", "zfs", "btrfs")
 
 
 def _start_pool(runner_name, jobs):
-    """A process pool of ``jobs`` forked workers (all started now) and the
-    queue they report progress on."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
+    """``jobs`` started worker processes and the queue they report progress on."""
+    from . import mp_context, process_pool
 
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    ctx = mp_context()
     q = ctx.Queue()
-    ex = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
-                                initargs=(runner_name, q))
-    ex.submit(int).result()     # a fork-context pool starts every worker on its first task
-    return ex, q
+    return process_pool(jobs, initializer=_init_worker, initargs=(runner_name, q), ctx=ctx), q
 
 
 def _parallel(pool, names, job, rows, step, tick, describe) -> None:

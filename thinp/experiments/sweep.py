@@ -198,21 +198,6 @@ class _Bar:
             self.p.stop()
 
 
-def _local_pool(n: int):
-    """``n`` worker processes, started now: forked where the OS can (no
-    re-import, numba's compiled kernels inherited, and a script calling
-    :func:`run_sweep` needs no ``if __name__ == "__main__"`` guard), before
-    the progress bar starts its thread."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    ex = cf.ProcessPoolExecutor(max_workers=max(1, n), mp_context=ctx)
-    if ctx.get_start_method() == "fork":
-        ex.submit(int).result()      # a fork-context pool starts every worker on its first task
-    return ex
-
-
 def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=True,
               retry_failed=False) -> dict:
     """Run every point of ``spec`` (a dict or a TOML path) not yet in ``out``.
@@ -234,9 +219,9 @@ def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=
     os.makedirs(out, exist_ok=True)
     ex = None
     if todo and client is None and scheduler is None and workers != 0:
-        from . import cpus
+        from . import cpus, process_pool
 
-        ex = _local_pool(workers or cpus())
+        ex = process_pool(workers or cpus())
     bar = _Bar(len(points), stats["skipped"], progress)
     t0 = time.perf_counter()
 
