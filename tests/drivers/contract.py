@@ -231,6 +231,26 @@ def changes_disagree(got, want, caps, view) -> list[str]:
 
 
 # ================================================================== bodies
+def run_body(body: str, make) -> list:
+    """Run contract body ``body`` with ``make``, then hold every driver it
+    made to the invariants any behaviour must leave: the full set of metric
+    keys, each a non-negative integer.  Returns the drivers made."""
+    made = []
+
+    def recording(*a, **kw):
+        d = make(*a, **kw)
+        made.append(d)
+        return d
+
+    globals()[body](recording)
+    assert made, f"contract body {body} made no driver"
+    for d in made:
+        s = d.stats()
+        assert set(s) == set(METRIC_KEYS), (body, sorted(set(s) ^ set(METRIC_KEYS)))
+        assert all(int(v) == v and v >= 0 for v in s.values()), (body, s)
+    return made
+
+
 def stats_keys(make):
     d = make()
     s = d.stats()

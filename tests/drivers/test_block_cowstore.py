@@ -107,9 +107,11 @@ def test_refcounts_after_random_snapshot_workloads(cls, seed):
         workload(drv, f"l{i}", rng)
         ids.append(f"l{i}")
         check(drv)
+    used_before = drv.store.units_used
     for lid in reversed(ids):
         if drv.layers[lid].children == 0:
             drv.remove(lid)
             check(drv)
     drv.sync()
     check(drv)
+    assert drv.store.units_used <= used_before     # removing layers never costs space

@@ -77,10 +77,13 @@ def test_small_and_odd_sizes_format():
         for fst in ("ext4", "xfs"):
             if fst == "xfs" and size == "64M":
                 continue
-            fs = mkfs(PlainDevice(size), fst)
+            dev = PlainDevice(size)
+            fs = mkfs(dev, fst)
             fs.write("a", 0, 5000)
             fs.umount()
-            fs.check()
+            counts = fs.check()
+            assert fs.stat("a").st_size == 5000 and fs.stat("a").st_blocks == 16, (size, fst)
+            assert counts["inodes"] >= 2 and 0 < counts["blocks_in_use"] * 4096 < dev.size, (size, fst)
 
 
 def test_xfs_refuses_below_300mb_like_mkfs_xfs():

@@ -95,10 +95,20 @@ glob = "/data/**"
     ("[[steps]]\nop = \"chmod\"\npath = \"/x\"\nmode = 644", ["steps[0].mode", "644", "octal string"]),
     ("[[steps]]\nop = \"chmod\"\npath = \"/x\"\nmode = \"17777\"", ["steps[0].mode", "out of range"]),
     ("[[image.layers]]\nfiles = 1\nsize = 1\nmode = \"9\"", ["image.layers[0].mode", "bad mode"]),
+    # path globs (tests/workloads/test_globs.py has their matching rules)
+    ('[[steps]]\nop = "read"\nglob = "/usr/lib*/libc.so.6"', ["steps[0].glob", "/usr/lib*/libc.so.6", "matches no file"]),
+    ('[[steps]]\nop = "read"\nglob = "/usr/*.so"', ["steps[0].glob", "/usr/*.so", "matches no file"]),
+    ('[[steps]]\nop = "chmod"\nglob = "/nowhere/*"', ["steps[0].glob", "matches no file or directory"]),
+    ('[[steps]]\nop = "read"\nglob = "/usr/bin"', ["steps[0].glob", "matches no file"]),   # a directory
+    ('[[steps]]\nop = "delete"\nglob = "/etc/debian_version"\n[[steps]]\nop = "read"\nglob = "/etc/debian_versio?"',
+     ["steps[1].glob", "/etc/debian_versio?", "matches no file"]),
+    ('[[steps]]\nop = "mkdir"\nglob = "/usr/*"', ["steps[0].glob", "makes its path"]),
+    ('[[steps]]\nop = "create"\nsample = 3', ["steps[0].sample", "makes its path"]),
+    ('[[steps]]\nop = "read"\nglob = "/"', ["steps[0].glob", "want a path pattern"]),
 ])
 def test_errors_one_line(tmp_path, text, words):
     path = _write(tmp_path, text)
-    with pytest.raises(ValueError) as ei:
+    with pytest.raises(W.WorkloadError) as ei:
         W.load(path)
     msg = str(ei.value)
     assert "\n" not in msg and msg.startswith(path)

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 import thinp.workloads as W
 from thinp.workloads.format import Selectable, Step, WorkloadError, glob_match, image_tree
 
+from .test_format import _write
+
 # ------------------------------------------------------------------ the matcher
 TREE_FILES = ["/usr/lib/libc.so.6", "/usr/lib/x86_64/libm.so", "/usr/lib/os-release",
               "/usr/bin/ls", "/usr/bin/[", "/etc/.pwd.lock", "/etc/hosts", "/a/b/c/d/e.txt",
@@ -133,10 +135,6 @@ def test_earlier_steps_make_paths_selectable_and_delete_removes():
     assert sel.select("/etc/*") == [] and sel.select("/etc/*", dirs=True) == []
 
 
-def _write(tmp_path, body, name="w.toml"):
-    p = tmp_path / name
-    p.write_text(body)
-    return str(p)
 
 
 def test_glob_over_files_made_by_earlier_steps_runs(tmp_path):
@@ -183,27 +181,6 @@ glob = "/var/log/app/*-0.log"
         R._Runner.step = orig
     assert seen[0] == (["0-1.log", "0-2.log"], "0o700", 150)
     assert seen[1] == (["1-1.log", "1-2.log"], "0o700", 150)
-
-
-@pytest.mark.parametrize("body, words", [
-    ('[[steps]]\nop = "read"\nglob = "/usr/lib*/libc.so.6"', ["steps[0].glob", "/usr/lib*/libc.so.6", "matches no file"]),
-    ('[[steps]]\nop = "read"\nglob = "/usr/*.so"', ["steps[0].glob", "/usr/*.so", "matches no file"]),
-    ('[[steps]]\nop = "chmod"\nglob = "/nowhere/*"', ["steps[0].glob", "matches no file or directory"]),
-    ('[[steps]]\nop = "read"\nglob = "/usr/bin"', ["steps[0].glob", "matches no file"]),   # a directory
-    ('[[steps]]\nop = "delete"\nglob = "/etc/debian_version"\n[[steps]]\nop = "read"\nglob = "/etc/debian_versio?"',
-     ["steps[1].glob", "/etc/debian_versio?", "matches no file"]),
-    ('[[steps]]\nop = "mkdir"\nglob = "/usr/*"', ["steps[0].glob", "makes its path"]),
-    ('[[steps]]\nop = "create"\nsample = 3', ["steps[0].sample", "makes its path"]),
-    ('[[steps]]\nop = "read"\nglob = "/"', ["steps[0].glob", "want a path pattern"]),
-])
-def test_glob_errors_one_line(tmp_path, body, words):
-    path = _write(tmp_path, body)
-    with pytest.raises(WorkloadError) as ei:
-        W.load(path)
-    msg = str(ei.value)
-    assert "\n" not in msg and msg.startswith(path)
-    for w in words:
-        assert w in msg, msg
 
 
 def test_globs_on_files_made_earlier_pass_the_check(tmp_path):
