@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import time
 
+from ..timing.model import SIM_COLUMNS
+
 #: The seven Docker storage drivers, in the order the table shows them.
 ALL_DRIVERS = ("overlay2", "overlay", "aufs", "devicemapper", "btrfs", "zfs", "vfs")
 
@@ -25,6 +27,7 @@ COLUMNS = (
     "start_time_s", "first_write_s", "teardown_s", "workload_s_per_container", "write_amplification",
     "page_cache_bytes", "page_cache_miss_bytes", "page_cache_hit_bytes", "containers",
     "inodes", "run_s",
+    *SIM_COLUMNS,
 )
 
 #: Key columns for the terminal table; lower is better for all of them.
@@ -69,7 +72,7 @@ def _default_runner():
     return workloads
 
 
-def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")) -> dict:
+def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan"), timing=None) -> dict:
     """One DataFrame row (a dict) from a RunResult-shaped object."""
     from ..cost import estimate
 
@@ -77,6 +80,7 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
            "error": getattr(result, "error", None)}
     if row["error"]:
         row.update({c: float("nan") for c in COLUMNS})
+        row["sim_top_lock"] = ""
         row["run_s"] = run_s
         return row
     m = result.metrics or {}
@@ -85,11 +89,23 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
     row.update(est)
     row["inodes"] = float(m.get("inodes", 0) or 0)
     row["run_s"] = run_s
+    row.update(_timing_columns(result, device, timing))
     return row
 
 
+def _timing_columns(result, device, timing) -> dict:
+    """The concurrent timing model's columns (:mod:`thinp.timing`), empty
+    where the run left no operation log."""
+    from ..timing.model import SIM_COLUMNS, simulate
+
+    log = getattr(result, "oplog", None)
+    if log is None:
+        return {c: (float("nan") if c != "sim_top_lock" else "") for c in SIM_COLUMNS}
+    return simulate(log, device=device, constants=timing).row()
+
+
 def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0, progress=True,
-            *, jobs=None, runner=None, constants=None, root=None, **driver_options):
+            *, jobs=None, runner=None, constants=None, timing=None, root=None, **driver_options):
     """Run ``workload`` on each driver; return ``(DataFrame, Figure)``.
 
     ``workload`` is a scenario name, a TOML path or a loaded Workload;
@@ -105,7 +121,9 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     progress, **driver_options)`` (default :mod:`thinp.workloads`; a runner
     that is not an importable module runs in this process).  ``constants``
     is a :class:`~thinp.cost.CostConstants` or a TOML file with a
-    ``[constants]`` table (cache size, per-driver costs, ...)."""
+    ``[constants]`` table (cache size, per-driver costs, ...); ``timing`` a
+    :class:`~thinp.timing.TimingConstants` for the concurrent timing model's
+    ``sim_*`` columns (cores, per-op CPU costs, locks' costs)."""
     import types
 
     import pandas as pd
@@ -133,7 +151,7 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
         jobs = 1
     fatal = tuple(c for c in (getattr(runner, "WorkloadError", None),) if isinstance(c, type))
     job = dict(wl=wl, wname=wname, scale=scale, device=dev, constants=constants, root=root,
-               driver_options=driver_options)
+               driver_options=driver_options, timing=timing)
     rows: dict[str, dict] = {}
 
     if jobs == 1:
@@ -190,7 +208,7 @@ def _one(runner, fatal, d, job, sub_progress=None) -> dict:
     except Exception as e:  # a driver failing must not abort the comparison
         res = _Failed(d, job["wname"], f"{type(e).__name__}: {e}")
     return row_from_result(res, device=job["device"], constants=job["constants"],
-                           run_s=time.perf_counter() - t0)
+                           run_s=time.perf_counter() - t0, timing=job.get("timing"))
 
 
 # drivers known to take longest on the built-in scenarios start first, so

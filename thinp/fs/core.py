@@ -974,7 +974,7 @@ class Filesystem:
                 if n > self._free_blocks() - self._reserved_blocks():
                     raise _err(errno.ENOSPC, "")
             node.delayed = [(b0, b1)]
-            if self.payload:
+            if self.payload and node.pending is None:
                 node.pending = {}
             self._delayed_total += n
             self._delayed_inodes.setdefault(node.ino, node)
@@ -1007,7 +1007,7 @@ class Filesystem:
                 raise _err(errno.ENOSPC, "")
         if d is None:
             d = node.delayed = []
-            if self.payload:
+            if self.payload and node.pending is None:
                 node.pending = {}
         d.extend(new)
         d.sort()
