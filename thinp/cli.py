@@ -306,7 +306,7 @@ def _add_metadata_tools(sub) -> None:
 
 
 def _cmd_validate_fs(args) -> int:
-    from .fs import validate
+    from .validate import fs as validate
 
     print("SOURCES.md reference figures (du -k of the backing file):")
     print(validate.format_table(validate.calibration_rows()))
@@ -325,7 +325,7 @@ def _plain_table(header, rows) -> str:
 
 
 def _cmd_validate_drivers(args) -> int:
-    from .drivers import validate_block, validate_union
+    from .validate import block as validate_block, union as validate_union
 
     rows = validate_union.validate_union_drivers()
     others = sorted({k for r in rows for k in r} - {"check", "kernel", "match", "skipped"})
@@ -349,7 +349,7 @@ def _cmd_pool_replay(args) -> int:
     """Replay a block trace (ftrace block_rq_issue or blkparse text) into thin device --dev-id
     (created, sized to the trace, when the pool lacks it)."""
     from .thin import ThinPool
-    from .workloads import blocktrace
+    from .traces import blocktrace
 
     fmt = args.format or blocktrace.detect_format(args.trace)
     trace = blocktrace.read(args.trace, fmt, dev_id=args.dev_id, device=args.device)

@@ -78,7 +78,7 @@ def image_bytes(image: str) -> int:
     """The image's footprint: its manifest's regular files, 4 KiB-rounded."""
     if image in ("debian-minbase", "debian-bookworm-minbase"):
         try:
-            from ..fs.workloads import load_manifest
+            from ..fs.populate import load_manifest
 
             rows = load_manifest()
             return int(sum(-(-int(r["size"] or 0) // PAGE) * PAGE for r in rows if r["type"] == "f"))

@@ -9,7 +9,7 @@
 * :func:`run` (workload, driver, root=, scale=, progress=, **driver_options) ->
   :class:`RunResult` (driver, workload, metrics, per_container, phases, error).
   ``progress(done, total)`` is called per container created and per container run.
-* :mod:`thinp.workloads.strace` (strace logs) and :mod:`thinp.workloads.blocktrace`
+* :mod:`thinp.traces.strace` (strace logs) and :mod:`thinp.traces.blocktrace`
   (ftrace ``block_rq_issue`` / blkparse text -> ``thinp.TRACE_DTYPE``, replayed by
   ``thinp pool replay``).
 * Built-in image profile ``debian-minbase``: ``thinp/data/profiles/debian-minbase.tsv.gz``,

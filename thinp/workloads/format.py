@@ -294,7 +294,7 @@ def _trace_exists(path: str) -> bool:
     if os.path.exists(path):
         return True
     try:
-        from ..fs.workloads import fixtures_dir
+        from ..fs.populate import fixtures_dir
 
         return os.path.exists(os.path.join(fixtures_dir(), path))
     except Exception:   # no fixtures directory

@@ -207,11 +207,11 @@ class _Runner:
                 v.mkdir(cur, 0o755)
 
     def strace(self, v, st: Step):
-        from . import strace as _strace
+        from ..traces import strace as _strace
 
         path = st.trace
         if not os.path.isabs(path) and not os.path.exists(path):
-            from ..fs.workloads import fixtures_dir
+            from ..fs.populate import fixtures_dir
 
             path = os.path.join(fixtures_dir(), path)
         key = path
