@@ -15,9 +15,9 @@
 * Built-in image profile ``debian-minbase``: ``thinp/data/profiles/debian-minbase.tsv.gz``,
   made by ``scripts/make_profiles.py`` from ``../shared/fixtures/rootfs/debian-bookworm-minbase.csv.gz``.
 """
-from .format import ImageSpec, LayerSpec, Step, Workload, WorkloadError, load, loads
+from .format import ImageSpec, LayerSpec, Step, Workload, WorkloadError, loads
 from .run import PoolFullError, RunResult, run
-from .scenarios import scenarios
+from .scenarios import load, scenarios
 
 __all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "WorkloadError", "load", "loads",
            "scenarios", "run", "RunResult", "PoolFullError"]

@@ -320,7 +320,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
     thin pool that fills up: :class:`PoolFullError`, ENOSPC) stops the run and is
     recorded in ``error``, never raised; a malformed workload raises
     :class:`~thinp.workloads.WorkloadError`."""
-    from .format import load
+    from .scenarios import load
 
     w = load(workload) if isinstance(workload, (str, os.PathLike)) else workload
     w = scaled(w, scale)
