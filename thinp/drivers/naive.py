@@ -390,7 +390,11 @@ class UnionView(MountedView):
             if not k.startswith("trusted.overlay."):
                 fs.setxattr(dst, k, v, follow_symlinks=False)
         if self.origin:
-            fs.setxattr(dst, OVL_ORIGIN, _origin_handle(node), follow_symlinks=False)
+            # copy_up.c (index=off): origin for a directory or a lower inode with
+            # one link only; copying up one name of a hard-linked file breaks
+            # the link and records no origin.  The parent is marked impure either way.
+            if _stat.S_ISDIR(node.mode) or node.nlink == 1:
+                fs.setxattr(dst, OVL_ORIGIN, _origin_handle(node), follow_symlinks=False)
             self._set_impure(canon[:-1])
         drv._counters["copy_up_count"] += 1
         new = fs._lookup(dst, follow=False)
