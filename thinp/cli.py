@@ -393,6 +393,30 @@ def _add_pool_replay(psub) -> None:
 
 
 # ------------------------------------------------------------------ compare
+def _cmd_capture(args) -> int:
+    """thinp capture: strace a command in a kernel overlay mount of an image; check the trace."""
+    from .workloads import capture as cap
+
+    res = cap.capture(args.image, " ".join(args.command), args.out, platform=args.platform)
+    ours, counts = cap.replay_upper(res.image, res.trace, driver=args.driver)
+    cmp = cap.compare_upper(cap.read_upper_csv(res.upper), ours)
+    print(f"{res.nr_ops} file operations (exit {res.returncode}, {res.modes_inferred} ACL modes inferred); "
+          f"kernel upper: {res.nr_upper_paths} paths; wrote {res.trace}, {res.upper}, {res.workload}")
+    print(f"replayed on {args.driver}: {cmp['paths_matched']} of {cmp['paths_expected']} upper paths match, "
+          f"{len(cmp['missing'])} missing, {len(cmp['extra'])} extra")
+    return 0
+
+
+def _add_capture(sub) -> None:
+    c = sub.add_parser("capture", help="strace a command in a real overlay mount of an image (root)")
+    c.add_argument("image", help="a docker save tar or OCI layout holding one image")
+    c.add_argument("out", help="a new directory: trace.strace, upper.csv.gz, image.tar, workload.toml")
+    c.add_argument("command", nargs="+", help="a shell command line, run with the image's /bin/sh -c")
+    c.add_argument("--platform", default=None, help="os/arch when the archive offers several images")
+    c.add_argument("--driver", default="overlay2", help="the driver to replay with and compare (default overlay2)")
+    c.set_defaults(func=_cmd_capture)
+
+
 def _add_compare(sub) -> None:
     cp = sub.add_parser("compare", help="one workload on several storage drivers: table, CSV, Parquet, figure")
     cp.add_argument("workload", nargs="?", default="webapp",
@@ -660,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     ms.set_defaults(func=_cmd_metadata_size)
     _add_metadata_tools(sub)
     _add_compare(sub)
+    _add_capture(sub)
 
     _add_overcommit(sub)
     _add_sweep(sub)

@@ -12,6 +12,9 @@ Two checks, each returning rows for ``thinp validate drivers``:
 * :func:`kernel_replay`: the same replay of the strace reader's operations
   on a real kernel overlayfs mount, compared with the same fixture: a check
   of the reader and replay that does not involve the simulated drivers.
+* the reference capture (:func:`thinp.workloads.capture.scenario_row`): a
+  trace recorded with ``thinp capture`` on a real overlay mount, replayed
+  with overlay2 and compared with the kernel's upper directory;
 * :func:`real_overlay_rows`: run one scripted workload on a real kernel
   overlayfs mount (lower and upper on tmpfs) and on the simulated overlay2,
   aufs and overlay, and compare what each upper holds: full copy-up of a
@@ -602,6 +605,9 @@ def validate_union_drivers(fixtures=None) -> list[dict]:
                          "match": kr["paths_matched"] == kr["paths_expected"] and not kr["extra"]})
         except (PermissionError, FileNotFoundError) as e:
             rows.append({"check": "dpkg-nginx trace replayed on a real overlay mount", "skipped": str(e)})
+    from ..workloads.capture import scenario_row
+
+    rows.append(scenario_row())
     try:
         cal = overlay2_replay_calibration(fixtures)
     except FileNotFoundError as e:
