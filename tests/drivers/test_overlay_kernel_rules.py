@@ -36,6 +36,8 @@ def _upper(t) -> None:
     t.unlink("/gone/f")
     t.rmdir("/gone")
     t.mkdir("/gone")                # a directory where a whiteout was: opaque
+    t.mkdir("/lnk")
+    t.link("/d/one", "/lnk/one")    # a link to a file with an origin: its new parent is impure
 
 
 class _Sim:
@@ -99,7 +101,9 @@ def _sim_upper() -> dict:
 
 EXPECTED = {
     "d": ("d", 0o755, 0, "", (IMPURE, ORIGIN)),
-    "d/one": ("f", 0o600, 1, "", (ORIGIN,)),
+    "d/one": ("f", 0o600, 2, "", (ORIGIN,)),
+    "lnk": ("d", 0o755, 0, "", (IMPURE,)),
+    "lnk/one": ("f", 0o600, 2, "", (ORIGIN,)),
     "d/two": ("f", 0o640, 1, "", ()),
     "x": ("c", 0o000, 0, "0:0", ()),
     "gone": ("d", 0o755, 0, "", (OPAQUE,)),

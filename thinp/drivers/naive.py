@@ -522,6 +522,12 @@ class UnionView(MountedView):
         self._copy_up_dirs(dcanon, dstacks, len(dcanon) - 1)
         self._clear_upper_whiteout(dcanon)
         self.fs.link(self._bpath(0, scanon), self._bpath(0, dcanon))
+        if self.origin:
+            # dir.c ovl_create_or_link: a link to a copied-up file (one with an
+            # origin) makes its new parent impure
+            up = self.fs._lookup(self._bpath(0, scanon), follow=False)
+            if up.xattrs and OVL_ORIGIN in up.xattrs:
+                self._set_impure(dcanon[:-1])
 
     def open(self, path: str, *, write: bool = False, create: bool = False, truncate: bool = False,
              exclusive: bool = False, mode: int = 0o644) -> None:
