@@ -98,3 +98,29 @@ def test_compare_rows_carry_the_simulation():
     row = row_from_result(r)
     assert row["sim_time_s"] > 0 and row["sim_start_s"] > 0
     assert 0 <= row["sim_wait_device_share"] <= 1
+
+
+def test_constants_from_toml_and_bad_values_name_the_key(tmp_path):
+    from thinp.cost import CostModelError
+
+    p = tmp_path / "c.toml"
+    p.write_text("[timing]\ncores = 2\ncache_bytes = 8192\n[timing.start_s]\naufs = 0.5\n")
+    k = TimingConstants.from_toml(p)
+    assert k.cores == 2 and k.cache_bytes == 8192 and k.get("start_s", "aufs") == 0.5
+    assert k.get("start_s", "devicemapper") == TimingConstants().get("start_s", "devicemapper")
+    for body, msg in [("[timing]\ncorez = 2\n", "timing.corez"), ("[timing]\ncores = 0\n", "timing.cores = 0"),
+                      ("[timing.start_s]\naufs = \"x\"\n", "timing.start_s")]:
+        p.write_text(body)
+        with pytest.raises(CostModelError, match=msg):
+            TimingConstants.from_toml(p)
+
+
+def test_more_cores_never_slow_a_cpu_bound_run():
+    log = OpLog("overlay2")
+    for p in range(8):
+        pid = log.proc(0, p)
+        for i in range(50):
+            log.add(pid, "create", "steps", 0, f"/d{p}/f{i}", (0, -1, 0, 0, 0, 0, 0, 0, 0))
+    t = [simulate(log, constants=TimingConstants(cores=c)).time_s for c in (1, 2, 4, 8)]
+    assert t[0] > t[1] > t[2] > t[3]
+    assert t[0] == pytest.approx(8 * t[3], rel=0.01)

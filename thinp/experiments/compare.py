@@ -44,6 +44,8 @@ VIEW = (
     ("workload_s_per_container", "work/ctr ms", 1e-3),
     ("write_amplification", "write ampl. x", 1),
     ("page_cache_bytes", "page cache MiB", 1 << 20),
+    ("sim_time_s", "sim total s", 1),
+    ("sim_steps_s", "sim steps/ctr ms", 1e-3),
 )
 
 
@@ -163,9 +165,10 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     progress, **driver_options)`` (default :mod:`thinp.workloads`; a runner
     that is not an importable module runs in this process).  ``constants``
     is a :class:`~thinp.cost.CostConstants` or a TOML file with a
-    ``[constants]`` table (cache size, per-driver costs, ...); ``timing`` a
-    :class:`~thinp.timing.TimingConstants` for the concurrent timing model's
-    ``sim_*`` columns (cores, per-op CPU costs, locks' costs)."""
+    ``[constants]`` table (cache size, per-driver costs, ...) and an optional
+    ``[timing]`` table; ``timing`` a :class:`~thinp.timing.TimingConstants`
+    (or a TOML file with a ``[timing]`` table) for the concurrent timing
+    model's ``sim_*`` columns (cores, per-op CPU costs, locks' costs)."""
     import types
 
     import pandas as pd
@@ -176,8 +179,16 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     dev = load_device(device)
     if isinstance(constants, (str, os.PathLike)):
         from ..cost import CostConstants
+        from ..timing import TimingConstants
 
-        constants = CostConstants.from_toml(os.fspath(constants))
+        path = os.fspath(constants)
+        constants = CostConstants.from_toml(path)
+        if timing is None:
+            timing = TimingConstants.from_toml(path)    # its [timing] table, if any
+    if isinstance(timing, (str, os.PathLike)):
+        from ..timing import TimingConstants
+
+        timing = TimingConstants.from_toml(os.fspath(timing))
     names = parse_drivers(drivers)
     runner = runner or _default_runner()
     wl = runner.load(workload) if isinstance(workload, (str, os.PathLike)) else workload

@@ -9,6 +9,6 @@ as processes on a machine's cores, locks, page cache and device
 >>> rep.time_s, rep.wait_shares()                       # doctest: +SKIP
 """
 from .model import SOURCES, TimingConstants, TimingReport, locks_for, simulate
-from .oplog import OpLog, Recorder
+from ..workloads.oplog import OpLog, Recorder
 
 __all__ = ["OpLog", "Recorder", "SOURCES", "TimingConstants", "TimingReport", "locks_for", "simulate"]

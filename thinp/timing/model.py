@@ -37,7 +37,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from . import sim
-from .oplog import OpLog
+from ..workloads.oplog import OpLog
 
 PAGE = 4096
 US = 1e-6
@@ -119,6 +119,36 @@ class TimingConstants:
     def get(self, table: str, key: str):
         t = getattr(self, table)
         return t.get(key, t.get("default"))
+
+    @classmethod
+    def from_toml(cls, path) -> "TimingConstants":
+        """The defaults overridden by the ``[timing]`` table of a TOML file
+        (the same names; per-kind and per-driver tables as sub-tables).
+        Raises :class:`thinp.cost.CostModelError` naming the key."""
+        from ..cost import CostModelError, _toml_load
+
+        data = _toml_load(path).get("timing", {})
+        if not isinstance(data, dict):
+            raise CostModelError(f"{path}: [timing] must be a table")
+        base = cls()
+        kw = {}
+        for key, v in data.items():
+            if not hasattr(base, key) or key.startswith("_"):
+                raise CostModelError(f"{path}: unknown key timing.{key} = {v!r}")
+            cur = getattr(base, key)
+            if isinstance(cur, dict):
+                if not isinstance(v, dict):
+                    raise CostModelError(f"{path}: timing.{key} must be a table of name = value")
+                bad = [x for x in v.values() if isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0]
+                if bad:
+                    raise CostModelError(f"{path}: bad value in timing.{key}: {bad[0]!r} (want a number >= 0)")
+                kw[key] = {**cur, **{n: float(x) for n, x in v.items()}}
+            else:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or \
+                        (key in ("cores",) and v < 1):
+                    raise CostModelError(f"{path}: bad value timing.{key} = {v!r}")
+                kw[key] = type(cur)(v)
+        return dataclasses.replace(base, **kw)
 
 
 #: Where each constant comes from.

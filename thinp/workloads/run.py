@@ -30,7 +30,7 @@ class RunResult:
     phases: dict[str, dict] = field(default_factory=dict)
     error: str | None = None
     #: the operations the containers made, for the timing model
-    #: (:class:`thinp.timing.OpLog`; None when the run was not recorded)
+    #: (:class:`thinp.workloads.oplog.OpLog`; None when the run was not recorded)
     oplog: object = None
 
 
@@ -110,8 +110,8 @@ class _Runner:
             return fn(*a, **kw)
         return self.rec.around(kind, fn, *a, **kw)
 
-    def step(self, c, ci: int, si: int, st: Step, rng, p: int = 0):
-        self.p = p
+    def step(self, c, ci: int, si: int, st: Step, rng):
+        p = self.p          # the process running this step (set by the caller)
         raw = self.eng.mount(c)
         view = raw if self.rec is None else self.rec.view(raw)
         v = _CountingView(view, self)
@@ -419,7 +419,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
             mark("image_load")
             r = runner = _Runner(eng, w, ref, files, scale, dirs)
             if record and hasattr(eng.driver, "op_counters"):
-                from ..timing import OpLog, Recorder
+                from .oplog import OpLog, Recorder
 
                 rec = r.rec = Recorder(eng.driver, OpLog(driver))
                 res.oplog = rec.log
@@ -462,13 +462,15 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
                         _barrier(rec, ci, w.processes, f"step{si}")
                         if rec is not None:
                             rec.pid = rec.log.proc(ci)
+                        r.p = 0
                         c = r.step(c, ci, si, st, rngs[0])
                         _barrier(rec, ci, w.processes, f"step{si}-done")
                     else:
                         for p in range(w.processes):
                             if rec is not None:
                                 rec.pid = rec.log.proc(ci, p)
-                            c = r.step(c, ci, si, st, rngs[p], p)
+                            r.p = p
+                            c = r.step(c, ci, si, st, rngs[p])
                     _check_pool(eng)
                 if rec is not None:
                     rec.pid = rec.log.proc(ci)
