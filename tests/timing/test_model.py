@@ -84,9 +84,10 @@ def test_appends_to_one_file_serialize_on_its_inode_lock():
 
 
 def test_devicemapper_starts_serialize_on_the_deviceset_lock():
-    log = run(_wl([], containers=6), "devicemapper").oplog
-    rep = simulate(log)
+    one = simulate(run(_wl([], containers=1), "devicemapper").oplog)
+    rep = simulate(run(_wl([], containers=6), "devicemapper").oplog)
     assert rep.wait_s.get("devmapper_deviceset", 0) > 0
+    assert rep.time_s == pytest.approx(6 * one.time_s, rel=0.1)
     ov = simulate(run(_wl([], containers=6), "overlay2").oplog)
     assert rep.time_s > 10 * ov.time_s
 

@@ -375,16 +375,16 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
         if kind in ("container_start", "container_rm"):
             # union drivers' mount(2)/umount(2) serialize on the mount
             # namespace's lock (namespace_sem); the others on GLOBAL_LOCK
-            glock = GLOBAL_LOCK.get(d, ("mount_namespace", 0))
-            if glock:
-                stages.append((sim.LOCK, glock))
-            stages.append((sim.DELAY, k.get("start_s" if kind == "container_start" else "remove_s", d)))
-            if inodes > 0:          # a layer copied file by file (vfs)
+            # the layers' own file work first, outside any global lock: a
+            # layer copied file by file (vfs), what it wrote
+            if inodes > 0:
                 stages.append((sim.CPU, inodes * k.vfs_copy_inode_s))
             if bw:
                 stages.append(dev_write(bw, max(1, math.ceil(bw / k.merge_bytes))))
-            if glock:
-                stages.append((sim.UNLOCK, glock))
+            glock = GLOBAL_LOCK.get(d, ("mount_namespace", 0))
+            stages += [(sim.LOCK, glock),
+                       (sim.DELAY, k.get("start_s" if kind == "container_start" else "remove_s", d)),
+                       (sim.UNLOCK, glock)]
             return stages
         copy_up = cu_n > 0
         locks = locks_for(d, kind, ci, path, copy_up)

@@ -254,9 +254,17 @@ def fit(meas: dict, dev: dict) -> dict:
     timing["cpu_s"]["mkdir"] = g("ext4.mkdir.p1")
     timing["cpu_s"]["readdir"] = g("ext4.readdir.p1")
     timing["page_hit_s"] = max(g("ext4.read_hit.p1") - stat, 0.05 * US)
+    # overlay, btrfs, zfs: their extra cost per operation over ext4's,
+    # averaged over the ops (an append is three logged ops, create + unlink two)
+    per_op = {"stat": 1, "append": 3, "create_unlink": 2, "mkdir": 1, "readdir": 1}
+
+    def extra(where):
+        diffs = [(g(f"{where}.{op}.p1") - g(f"ext4.{op}.p1")) / k for op, k in per_op.items()
+                 if g(f"{where}.{op}.p1") is not None and g(f"ext4.{op}.p1") is not None]
+        return max(sum(diffs) / len(diffs), 0.0) if diffs else None
     o1, o4 = g("overlay1.stat.p1"), g("overlay4.stat.p1")
     if o1 is not None:
-        timing["layer_cpu_s"]["overlay2"] = timing["layer_cpu_s"]["overlay"] = max(o1 - stat, 0.0)
+        timing["layer_cpu_s"]["overlay2"] = timing["layer_cpu_s"]["overlay"] = extra("overlay1")
         timing["probe_s"]["default"] = max((o4 - o1) / 3, 0.0) if o4 is not None else 0.3 * US
         cu = g("overlay1.copy_up_4MiB.p1", 0) - g("overlay1.append_after.p1", 0)
         if cu > 0:
@@ -264,14 +272,9 @@ def fit(meas: dict, dev: dict) -> dict:
         mu = g("overlay4.mount_umount.p1")
         if mu is not None:
             timing["start_s"]["overlay2"] = timing["start_s"]["overlay"] = mu
-    # btrfs/zfs: their extra cost per operation over ext4's, averaged over
-    # the ops (an append is three logged ops, create + unlink two)
-    per_op = {"stat": 1, "append": 3, "create_unlink": 2, "mkdir": 1, "readdir": 1}
     for d in ("btrfs", "zfs"):
-        diffs = [(g(f"{d}.{op}.p1") - g(f"ext4.{op}.p1")) / k for op, k in per_op.items()
-                 if g(f"{d}.{op}.p1") is not None and g(f"ext4.{op}.p1") is not None]
-        if diffs:
-            timing["layer_cpu_s"][d] = max(sum(diffs) / len(diffs), 0.0)
+        if extra(d) is not None:
+            timing["layer_cpu_s"][d] = extra(d)
     files = sum(1 for r in profile_rows("debian-minbase") if r[1] in "fh")
     if g("vfs.start.p1") is not None:
         timing["vfs_copy_inode_s"] = g("vfs.start.p1") / files
