@@ -13,7 +13,7 @@ import numpy as np
 
 from ..engine import Engine
 from ..errors import ThinpError
-from .format import SELECTS_DIRS, Selectable, Step, Workload, WorkloadError, _err, check_globs
+from .format import SELECTS_DIRS, Selectable, Step, Workload, WorkloadError, check_globs, setting_error
 from .images import build_image, content
 
 __all__ = ["RunResult", "run", "scaled"]
@@ -76,7 +76,7 @@ class _Runner:
         pool = self.selectable(ci).select(st.glob, dirs=st.op in SELECTS_DIRS)
         if not pool:
             key, val = (f"steps[{si}].glob", st.glob) if st.glob else (f"steps[{si}].sample", st.sample)
-            raise _err(self.w.source, key, val, f"selects nothing in container {ci} (earlier steps "
+            raise setting_error(self.w.source, key, val, f"selects nothing in container {ci} (earlier steps "
                        f"deleted or renamed every match)")
         if st.sample:
             k = min(st.sample, len(pool))
@@ -359,7 +359,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
             img = build_image(w.image, seed=w.seed, scale=scale, workdir="cache" if big else None,
                               src=w.source)
             ref = f"thinp-wl/{w.name}:latest"
-            eng._add_images([img], tags_for=lambda _i: [ref])
+            eng.add_images([img], tags_for=lambda _i: [ref])
             if w.image.kind == "archive" or scale != 1 or any(s.sample and not s.glob for s in w.steps):
                 files, dirs = _image_files(eng, ref)
             else:
