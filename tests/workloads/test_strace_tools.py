@@ -111,6 +111,16 @@ def test_elided_acl_modes_come_from_the_source_the_process_just_stated():
     assert v.readlink("/s/dst/l") == "a"
 
 
+def test_the_inferred_mode_is_never_the_targets_own():
+    t = _ops("""
+1 10:00:00.1 newfstatat(3</src>, "", {st_mode=S_IFREG|0751, st_size=3, ...}, AT_EMPTY_PATH) = 0
+1 10:00:00.2 openat(AT_FDCWD</>, "/dst", O_WRONLY|O_CREAT|O_EXCL, 0600) = 4</dst>
+1 10:00:00.3 newfstatat(4</dst>, "", {st_mode=S_IFREG|0600, st_size=0, ...}, AT_EMPTY_PATH) = 0
+1 10:00:00.4 fsetxattr(4</dst>, ""..., ""..., 28, 0) = 0
+""")
+    assert [(o.kind, o.mode) for o in t.ops] == [("open", 0o600), ("chmod", 0o751)]
+
+
 def test_an_elided_acl_with_named_entries_is_skipped_not_guessed():
     t = _ops("""
 1 10:00:00.1 newfstatat(AT_FDCWD</>, "/src", {st_mode=S_IFREG|0640, st_size=3, ...}, 0) = 0

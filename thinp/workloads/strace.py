@@ -332,7 +332,7 @@ class _Reader:
         self.latest: dict[str, _Ofd] = {}
         self.pending: dict[int, str] = {}
         self.created: set[str] = set()
-        self.last_stat: dict[int, tuple[str, int]] = {}   # pid -> (path, st_mode) of its latest stat
+        self.last_stat: dict[int, list] = {}   # pid -> its latest stats, [(path, st_mode)], newest last
         self.trace = Trace()
 
     # -- helpers -----------------------------------------------------------
@@ -420,7 +420,10 @@ class _Reader:
             return
         mode = _mode_arg(m.group(1))
         if path is not None:
-            self.last_stat[pid] = (path, mode)
+            recent = self.last_stat.setdefault(pid, [])
+            recent.append((path, mode))
+            if len(recent) > 8:
+                del recent[0]
         if path is None or self._skipped(path) or path in self.created or path in self.trace.stats:
             return
         s = _STSIZE.search(rest)
@@ -580,7 +583,7 @@ class _Reader:
             return
         self._emit("chmod", self._at(pid, a[0], a[1]), pid, lineno, mode=_mode_arg(a[2]))
 
-    def _xattr(self, pid, path_fn, a, lineno):
+    def _xattr(self, pid, path_fn, a, lineno, target):
         """setxattr/lsetxattr/fsetxattr(target, name, value, size, flags)."""
         if len(a) < 4:
             return
@@ -603,19 +606,23 @@ class _Reader:
         if size != _MINIMAL_ACL_BYTES:
             self.trace.nr_skipped += 1   # an elided ACL with named entries: its bits are unknown
             return
-        src = self.last_stat.get(pid)
+        # the source: the newest file this process stat'ed that is not the target
+        src = next((m for p, m in reversed(self.last_stat.get(pid, ())) if p != target), None)
         if src is None:
             self.trace.nr_skipped += 1
             return
         self.trace.nr_modes_inferred += 1
-        path_fn("chmod", mode=_stat.S_IMODE(src[1]) & 0o777, flags=CHMOD_ACL | MODE_INFERRED)
+        path_fn("chmod", mode=_stat.S_IMODE(src) & 0o777, flags=CHMOD_ACL | MODE_INFERRED)
 
     def h_setxattr(self, pid, a, r, ann, lineno):
         path = self._path(pid, a[0])
-        self._xattr(pid, lambda kind, **kw: self._emit(kind, path, pid, lineno, **kw), a, lineno)
+        self._xattr(pid, lambda kind, **kw: self._emit(kind, path, pid, lineno, **kw), a, lineno, path)
 
     def h_fsetxattr(self, pid, a, r, ann, lineno):
-        self._xattr(pid, lambda kind, **kw: self._fd_op(pid, a[0], kind, lineno, **kw), a, lineno)
+        fd, fd_ann = _fd_arg(a[0])
+        o = self.fds.get((pid, fd)) if fd is not None else None
+        target = o.path if o is not None and o.anon else fd_ann
+        self._xattr(pid, lambda kind, **kw: self._fd_op(pid, a[0], kind, lineno, **kw), a, lineno, target)
 
     def h_ioctl(self, pid, a, r, ann, lineno):
         if len(a) < 3 or "FICLONE" not in a[1] or "FICLONERANGE" in a[1]:
