@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from .drivers import METRIC_KEYS, Change, get_driver
-from .drivers.memory import ZeroReader
+from .drivers.reference import ZeroReader
 from .errors import ImageNotFoundError, ThinpError
 from .image import Image, ImageStore, Reference
 from .image import commit as _image_commit

@@ -12,7 +12,7 @@ import tempfile
 
 import pytest
 
-from thinp.drivers.validate_union import upper_manifest
+from thinp.validate.union import upper_manifest
 from .union_helpers import make
 
 ORIGIN, IMPURE, OPAQUE = "trusted.overlay.origin", "trusted.overlay.impure", "trusted.overlay.opaque"

@@ -11,7 +11,7 @@ import pytest
 
 from thinp.image import load
 from thinp.image import tarstream as ts
-from thinp.workloads.capture import SCENARIO_FILES, build_tools_image
+from thinp.validate.capture import SCENARIO_FILES, build_tools_image
 
 from .builders import OCILayout, legacy_save
 from .conftest import FIXTURES, make_tar

@@ -8,9 +8,9 @@ import pytest
 
 from thinp.cli import main
 from thinp.errors import NotSupportedError, ThinpError
-from thinp.workloads import capture as cap
+from thinp.validate import capture as cap
 from thinp.workloads import load as load_workload
-from thinp.workloads import strace
+from thinp.traces import strace
 
 
 # ---------------------------------------------------------------- without root

@@ -25,7 +25,7 @@ import base64
 import hashlib
 
 from .base import register
-from .naive import UnionDriver
+from .union import UnionDriver
 
 
 @register

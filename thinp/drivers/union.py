@@ -1327,7 +1327,7 @@ def clone_tree(drv: UnionDriver, src_view, dst: str, *, hardlink_from=()) -> Non
 
 
 class ViewTarget:
-    """The :mod:`thinp.fs.workloads` target interface over any driver's
+    """The :mod:`thinp.fs.populate` target interface over any driver's
     mounted view, so ``wl_rootfs(ViewTarget(view))`` fills a layer from the
     Debian manifest.  ``sync`` is called by ``sync()`` (default: the view's
     filesystem's own)."""

@@ -1,7 +1,7 @@
 """Capture a real trace: a command run in a kernel overlay mount of an image.
 
 ``capture(image, command, out)`` does what a user would do by hand to get a
-trace :mod:`thinp.workloads.strace` can replay, and keeps what the kernel
+trace :mod:`thinp.traces.strace` can replay, and keeps what the kernel
 made of it:
 
 1. the image (``docker save`` tar or OCI layout) is flattened into a lower
@@ -255,7 +255,7 @@ def capture(image, command: str, out, *, platform: str | None = None, shell: str
     ``out`` (see the module docstring).  Raises ``NotSupportedError`` with
     the reason where the machine refuses, ``ThinpError`` when the trace does
     not cover the upper directory."""
-    from . import strace as _strace
+    from ..traces import strace as _strace
 
     image = os.fspath(image)
     if not os.path.exists(image):
@@ -342,8 +342,8 @@ def replay_upper(image, trace, *, driver: str = "overlay2", **driver_options) ->
     """Replay ``trace`` (a path or a parsed ``Trace``) with the simulated
     ``driver`` in a container over ``image``; ``(upper rows, replay counts)``."""
     from ..drivers import get_driver
-    from ..drivers.validate_union import upper_manifest
-    from . import strace as _strace
+    from .union import upper_manifest
+    from ..traces import strace as _strace
 
     img = _pick_image(os.fspath(image), None)
     tr = _strace.read(trace) if isinstance(trace, (str, os.PathLike)) else trace

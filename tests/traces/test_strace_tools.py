@@ -9,7 +9,7 @@ import stat as _stat
 import pytest
 
 from thinp.drivers import get_driver
-from thinp.workloads import strace
+from thinp.traces import strace
 
 
 def _acl(user: int, group: int, other: int, mask: int | None = None, named_user: int | None = None) -> bytes:
