@@ -110,3 +110,13 @@ def test_the_capture_is_a_workload_compare_takes(captured):
     assert wl.image.kind == "archive" and os.path.samefile(wl.image.path, captured.image)
     assert [s.op for s in wl.steps] == ["strace"]
     assert os.path.samefile(wl.steps[0].trace, captured.trace)
+
+
+def test_the_captured_workload_runs_and_writes_what_the_trace_wrote(captured):
+    from thinp.workloads import run
+    from thinp.workloads.run import APP_BYTES
+
+    r = run(str(captured.workload), "overlay2")
+    assert r.error is None
+    ops = strace.read(captured.trace).ops
+    assert r.phases["steps"][APP_BYTES] == sum(o.size for o in ops if o.kind == "write") > 12288
