@@ -217,17 +217,21 @@ def read_upper_csv(path) -> dict:
 
 
 def uncovered(ops, rows: dict) -> list[str]:
-    """Upper paths no operation of ``ops`` names, nor lies under (see step 6)."""
+    """Upper paths no operation of ``ops`` names, nor lies under (see step 6);
+    what sits under a renamed directory's new name came with it."""
     named: set[str] = set()
+    moved: list[str] = []
     for op in ops:
         for p in (op.path, op.path2 if op.kind in ("rename", "link", "exchange") else ""):
             if not p:
                 continue
             p = p.strip("/")
+            if op.kind in ("rename", "exchange"):
+                moved.append(p + "/")
             while p:
                 named.add(p)
                 p = p.rpartition("/")[0]
-    return sorted(p for p in rows if p not in named)
+    return sorted(p for p in rows if p not in named and not any(p.startswith(m) for m in moved))
 
 
 # ---------------------------------------------------------------- capture
