@@ -78,6 +78,12 @@ def captured(tmp_path_factory):
         pytest.skip(str(e))
 
 
+@pytest.fixture(scope="module")
+def captured_s0(captured, tmp_path_factory):
+    """The same scenario recorded with ``-s 0``: names and ACL values elided."""
+    return cap.capture(captured.image, cap.SCENARIO_COMMAND, tmp_path_factory.mktemp("s0") / "out", string_bytes=0)
+
+
 def test_the_captured_scenario_is_what_the_kernel_did(captured):
     assert captured.returncode == 0
     kernel = cap.read_upper_csv(captured.upper)
@@ -92,17 +98,23 @@ def test_the_captured_scenario_is_what_the_kernel_did(captured):
     assert kernel["data/copy/sub/b"]["mode"] == 0o600 and kernel["data/copy/l"]["target"] == "a"  # cp -a
     assert kernel["data/new"]["size"] == 3 * 4096                                          # dd
     text = captured.trace.read_text()
-    assert "fsetxattr(" in text and "copy_file_range(" in text and "thinp-capture-" not in text
-    assert captured.modes_inferred > 0
+    assert 'fsetxattr(4</data/copy/sub/b>, "system.posix_acl_access", "\\2\\0\\0\\0' in text
+    assert "copy_file_range(" in text and "thinp-capture-" not in text
+    assert captured.modes_inferred == 0      # -s 64: every ACL value printed, decoded
 
 
-def test_overlay2_replay_reproduces_the_kernel_upper_exactly(captured):
-    kernel = cap.read_upper_csv(captured.upper)
-    ours, counts = cap.replay_upper(captured.image, captured.trace)
-    assert counts["errors"] == {} and counts["modes_inferred"] == captured.modes_inferred
+@pytest.mark.parametrize("which", ["s64", "s0"])
+def test_overlay2_replay_reproduces_the_kernel_upper_exactly(captured, captured_s0, which):
+    res = captured if which == "s64" else captured_s0
+    kernel = cap.read_upper_csv(res.upper)
+    ours, counts = cap.replay_upper(res.image, res.trace)
+    assert counts["errors"] == {} and counts["modes_inferred"] == res.modes_inferred
+    if which == "s0":
+        assert res.modes_inferred > 0 and '""..., ""..., 28, 0) = 0' in res.trace.read_text()
     cmp = cap.compare_upper(kernel, ours)
     assert (cmp["missing"], cmp["extra"], cmp["mismatched"]) == ([], [], [])
     assert cmp["paths_matched"] == len(kernel) > 10
+    assert kernel == cap.read_upper_csv(captured.upper)   # the same command, the same kernel upper
 
 
 def test_the_capture_is_a_workload_compare_takes(captured):
