@@ -17,11 +17,13 @@ line, which is when the kernel finished it):
 ==============  ==========================================================
 ``kind``        from
 ==============  ==========================================================
-``open``        open/openat/creat with O_CREAT, O_TRUNC, O_WRONLY or O_RDWR
+``open``        open/openat/openat2/creat with O_CREAT, O_TRUNC, O_WRONLY or O_RDWR
                 (an open for write is what triggers copy-up on aufs/overlay)
 ``write``       write/writev/pwrite64/pwritev/copy_file_range/sendfile:
                 ``size`` bytes at ``offset`` (``-1``: at the end, O_APPEND)
 ``truncate``    truncate/ftruncate
+``fallocate``   fallocate that may grow the file (``size``: offset + length; not
+                with FALLOC_FL_KEEP_SIZE or the hole/range modes)
 ``rename``      rename/renameat/renameat2 (``path`` -> ``path2``)
 ``unlink``      unlink/unlinkat
 ``rmdir``       rmdir, unlinkat(AT_REMOVEDIR)
@@ -469,6 +471,21 @@ class _Reader:
         self._open(pid, self._at(pid, a[0], a[1]), _flags_arg(a[2]) if len(a) > 2 else 0,
                    _mode_arg(a[3]) if len(a) > 3 else 0o666, r, ann, lineno)
 
+    def h_openat2(self, pid, a, r, ann, lineno):
+        # openat2(dirfd, path, {flags=..., mode=..., resolve=...}, size)
+        how = a[2] if len(a) > 2 else ""
+        fm = re.search(r"flags=([^,}]+)", how)
+        mm = re.search(r"mode=([0-7]+)", how)
+        self._open(pid, self._at(pid, a[0], a[1]), _flags_arg(fm.group(1)) if fm else 0,
+                   int(mm.group(1), 8) if mm else 0o666, r, ann, lineno)
+
+    def h_fallocate(self, pid, a, r, ann, lineno):
+        # fallocate(fd, mode, offset, len): only mode 0 (or unshare) can grow the size
+        if len(a) < 4 or any(f in a[1] for f in ("KEEP_SIZE", "PUNCH_HOLE", "COLLAPSE_RANGE",
+                                                  "INSERT_RANGE", "ZERO_RANGE")):
+            return
+        self._fd_op(pid, a[0], "fallocate", lineno, size=_int_arg(a[2]) + _int_arg(a[3]))
+
     def h_creat(self, pid, a, r, ann, lineno):
         self._open(pid, self._path(pid, a[0]), O_CREAT | O_WRONLY | O_TRUNC, _mode_arg(a[1]), r, ann, lineno)
 
@@ -754,7 +771,8 @@ def _dev_arg(tok: str) -> int:
 
 _R = _Reader
 _HANDLERS = {
-    "open": _R.h_open, "openat": _R.h_openat, "creat": _R.h_creat,
+    "open": _R.h_open, "openat": _R.h_openat, "openat2": _R.h_openat2, "creat": _R.h_creat,
+    "fallocate": _R.h_fallocate,
     "write": _R.h_write, "writev": _R.h_write, "pwrite64": _R.h_pwrite, "pwritev": _R.h_pwrite,
     "pwritev2": _R.h_pwrite, "copy_file_range": _R.h_copy_file_range, "sendfile": _R.h_sendfile,
     "sendfile64": _R.h_sendfile, "read": _R.h_read, "readv": _R.h_read, "lseek": _R.h_lseek,
@@ -897,6 +915,9 @@ def _apply(view, op: FileOp, umask: int, payload: bool) -> None:
                   exclusive=bool(op.flags & O_EXCL), mode=(op.mode if op.mode >= 0 else 0o666) & ~umask)
     elif k == "truncate":
         view.truncate(op.path, op.size)
+    elif k == "fallocate":
+        if op.size > view.stat(op.path).st_size:
+            view.truncate(op.path, op.size)
     elif k == "rename":
         view.rename(op.path, op.path2)
     elif k == "exchange":
