@@ -189,3 +189,13 @@ def test_unnamed_entries_of_several_platforms_are_chosen_among(tmp_path):
     path = _write(tmp_path, o, True)
     [img] = load(path, platform="linux/arm64")
     assert img.platform == "linux/arm64" and img.tags == []
+
+
+def test_a_docker_save_of_a_foreign_platform_image_loads_and_says_so(tmp_path):
+    from .builders import config_for, legacy_save
+
+    cfg = config_for([sha(L_ARM)], arch="arm64", extra={"variant": "v8"})
+    p = tmp_path / "save.tar"
+    p.write_bytes(legacy_save([L_ARM], tags=("armsave:1",), config=cfg))
+    [img] = load(p, platform="linux/amd64")
+    assert img.platform == "linux/arm64/v8" and img.rootfs().paths() == ["arm64.txt"]
