@@ -392,6 +392,11 @@ class CowDriver(Driver):
     def _fixed_bytes(self) -> int:
         return 0
 
+    def op_counters(self):
+        c = self._counters
+        return (self.store.counters["units_written"] * self.unit_bytes + c["meta_bytes_written"], -1,
+                0, 0, c["cow_bytes"], c["cow_count"], 0, self.store.units_used * self.unit_bytes, 0)
+
     def stats(self):
         out = empty_stats()
         data = self.store.units_used * self.unit_bytes

@@ -322,6 +322,12 @@ class DeviceMapperDriver(Driver):
             ("Data loop file", os.path.join(self.pool_dir, "data")),
         ]
 
+    def op_counters(self):
+        st = self.pool.status()
+        c = st.counters
+        return (c["bytes_written"] + c["bytes_copied"], -1, 0, 0, c["bytes_copied"],
+                c["nr_cow_copies"] + c["nr_cow_overwrites"], 0, st.used_data_blocks * self.pool.block_size, 0)
+
     def stats(self):
         st = self.pool.status()
         c = st.counters

@@ -1082,6 +1082,11 @@ class UnionDriver(Driver):
                     size += fs.stat_inode(node).st_blocks * 512
         return Usage(size=size, inodes=inodes)
 
+    def op_counters(self) -> tuple:
+        c, s = self._counters, self.device.stats
+        return (s.bytes_written, s.nr_writes, c["copy_up_bytes"], c["copy_up_count"], 0, 0,
+                c["lookup_probes"], self.device.physical_bytes, len(self.fs.inodes))
+
     def stats(self) -> dict:
         """Counters after a sync (delayed allocation written back), as ``du``
         and the device see them once the page cache is flushed."""
