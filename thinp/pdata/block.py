@@ -83,6 +83,8 @@ class BlockManager:
         self.mm = mm
         self.fd = fd
         self._valid: dict[int, Validator] = {}
+        #: blocks written in the open transaction, not sealed yet: trusted as they are
+        self.fresh: set[int] = set()
 
     @property
     def nr_blocks(self) -> int:
@@ -128,6 +130,8 @@ class BlockManager:
         if not 0 <= b < self.blocks.shape[0]:
             raise corrupt(f"{v.name} block {b} is outside the metadata device ({self.blocks.shape[0]} blocks)")
         blk = self.blocks[b]
+        if b in self.fresh:
+            return blk
         if self._valid.get(b) is not v:
             problem = v.check(blk, b)
             if problem:
@@ -140,9 +144,12 @@ class BlockManager:
         return self.blocks[b]
 
     def forget(self, b: int) -> None:
+        """Block ``b`` is being rewritten in this transaction."""
         self._valid.pop(b, None)
+        self.fresh.add(b)
 
     def seal(self, b: int, v: Validator) -> None:
         """Stamp block ``b`` as a ``v`` block (location, checksum)."""
         v.prepare(self.blocks[b], b)
         self._valid[b] = v
+        self.fresh.discard(b)

@@ -42,15 +42,14 @@ def calc_max_entries(value_size: int, block_size: int = BLOCK_SIZE) -> int:
 class Node:
     """Views of one btree node's fields over its block bytes."""
 
-    __slots__ = ("blk", "b")
+    __slots__ = ("blk", "b", "h32", "_keys", "_vals")
 
     def __init__(self, blk: np.ndarray, b: int):
         self.blk = blk
         self.b = b
-
-    @property
-    def h32(self) -> np.ndarray:
-        return self.blk[:HEADER_SIZE].view("<u4")
+        self.h32 = blk[:HEADER_SIZE].view("<u4")
+        self._keys = None
+        self._vals = None
 
     @property
     def flags(self) -> int:
@@ -78,18 +77,27 @@ class Node:
 
     def keys(self) -> np.ndarray:
         """All ``max_entries`` key slots (the first ``nr_entries`` are live)."""
-        return self.blk[HEADER_SIZE:HEADER_SIZE + 8 * self.max_entries].view("<u8")
+        if self._keys is None:
+            self._keys = self.blk[HEADER_SIZE:HEADER_SIZE + 8 * int(self.h32[5])].view("<u8")
+        return self._keys
 
     def values_raw(self) -> np.ndarray:
         """``uint8[max_entries, value_size]`` value slots."""
-        m, vs = self.max_entries, self.value_size
-        base = HEADER_SIZE + 8 * m
-        return self.blk[base:base + m * vs].reshape(m, vs)
+        if self._vals is None:
+            m, vs = int(self.h32[5]), int(self.h32[6])
+            base = HEADER_SIZE + 8 * m
+            self._vals = self.blk[base:base + m * vs].reshape(m, vs)
+        return self._vals
 
     def values64(self) -> np.ndarray:
-        m = self.max_entries
+        m = int(self.h32[5])
         base = HEADER_SIZE + 8 * m
         return self.blk[base:base + 8 * m].view("<u8")
+
+    def reset_views(self) -> None:
+        """Forget cached views after the header's shape fields change."""
+        self._keys = None
+        self._vals = None
 
 
 def init_node(blk: np.ndarray, flags: int, value_size: int) -> Node:

@@ -52,6 +52,23 @@ class SmRoot:
         r["bitmap_root"], r["ref_count_root"] = self.bitmap_root, self.ref_count_root
 
 
+def find_free(free: np.ndarray, begin: int) -> int:
+    """The first True of ``free`` at or after ``begin``, wrapping once to 0;
+    -1 if none (dm's find-free-from-cursor, searched in windows)."""
+    n = len(free)
+    for lo, hi in ((begin, n), (0, min(begin, n))):
+        pos = lo
+        step = 4096
+        while pos < hi:
+            end = min(hi, pos + step)
+            i = int(np.argmax(free[pos:end]))
+            if free[pos + i]:
+                return pos + i
+            pos = end
+            step = min(step * 4, 1 << 20)
+    return -1
+
+
 def nr_bitmaps(nr_blocks: int) -> int:
     return -(-nr_blocks // ENTRIES_PER_BITMAP)
 

@@ -157,13 +157,25 @@ class DmMetadata:
             mcount[sb.held_root] += 1
             sbs.append((True, self.held_superblock()))
         for held, s in sbs:
-            devs = self.devices(held, seen=seen)
-            # a shared leaf counts its data blocks once: walk() skips nodes it has seen
-            for d in devs:
-                p = self._leaf_blocks(d, seen)
+            # reference counting: a node counts once per parent node that
+            # points at it, so a shared node's children are walked once
+            btree.walk(self.bm, s.device_details_root, DETAILS_SIZE, lambda *a: None, seen=seen,
+                       who="device details tree")
+            subtree_roots: list = []
+            btree.walk(self.bm, s.data_mapping_root, 8,
+                       lambda _n, _k, v: subtree_roots.extend(v.reshape(-1).view("<u8").tolist()),
+                       seen=seen, who="mapping tree")
+
+            def visit_leaf(_n, _k, values):
+                p = (values.reshape(-1).view("<u8") >> np.uint64(24)).astype(np.int64)
                 if len(p) and int(p.max()) >= nd:
-                    raise corrupt(f"device {d.dev_id}: maps data block {int(p.max())}, beyond the {nd} data blocks")
+                    raise corrupt(f"btree node {_n.b}: maps data block {int(p.max())}, beyond the {nd} data blocks")
                 np.add.at(data_refs, p, 1)
+
+            for r in subtree_roots:
+                btree.walk(self.bm, r, 8, visit_leaf, seen=seen, who="mapping subtree")
+            devs = self.devices(held)
+            for d in devs:
                 if not held:
                     n = self._count_mappings(d)
                     res.nr_mappings += n
@@ -211,19 +223,6 @@ class DmMetadata:
         if sb.flags & FLAG_NEEDS_CHECK:
             res.problems.append("needs_check is set")
         return res
-
-    def _leaf_blocks(self, d: DeviceRecord, seen: dict) -> np.ndarray:
-        """Data blocks of the leaves of ``d`` not visited before (a leaf
-        shared by several trees holds one reference on each block)."""
-        if not d.root:
-            return np.zeros(0, dtype=np.int64)
-        out = []
-
-        def visit(_n, _k, values):
-            out.append(values.reshape(-1).view("<u8") >> np.uint64(24))
-
-        btree.walk(self.bm, d.root, 8, visit, who=f"device {d.dev_id}", seen=seen)
-        return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
 
     def _count_mappings(self, d: DeviceRecord) -> int:
         if not d.root:
