@@ -257,6 +257,14 @@ def _cmd_delta(args) -> int:
     return 0
 
 
+def _cmd_rmap(args) -> int:
+    from .thin.rmap import parse_region, rmap
+
+    regions = [parse_region(r) for r in args.region]
+    sys.stdout.write(rmap(args.dir, regions, metadata_snap=args.metadata_snap))
+    return 0
+
+
 def _cmd_trim(args) -> int:
     from .thin.trim import trim
 
@@ -300,6 +308,11 @@ def _add_metadata_tools(sub) -> None:
     dl.add_argument("--verbose", action="store_true")
     dl.add_argument("-m", "--metadata-snap", action="store_true")
     dl.set_defaults(func=_cmd_delta)
+    rm = sub.add_parser("rmap", help="thin_rmap: which thin blocks map the given data blocks")
+    rm.add_argument("dir", help="a pool directory or a dm-thin metadata image")
+    rm.add_argument("--region", action="append", required=True, help="data blocks BEGIN..END (one past the end)")
+    rm.add_argument("-m", "--metadata-snap", action="store_true")
+    rm.set_defaults(func=_cmd_rmap)
     t = sub.add_parser("trim", help="thin_trim: punch free data blocks out of the data file")
     t.add_argument("dir")
     t.set_defaults(func=_cmd_trim)

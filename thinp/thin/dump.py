@@ -114,13 +114,42 @@ def _view_from_metadata(md: Metadata, metadata_snap: bool) -> PoolView:
                     held_root=sb.held_root)
 
 
+def dm_image_path(pool_dir) -> str | None:
+    """The dm-thin metadata image ``pool_dir`` names -- the file itself (a
+    ``_tmeta`` copied off an LVM pool, a kernel-written device image), or a
+    pool directory whose ``metadata`` is one -- or None."""
+    from .format import THIN_SUPERBLOCK_MAGIC
+
+    p = os.fspath(pool_dir)
+    if os.path.isdir(p):
+        p = os.path.join(p, "metadata")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(40)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    if len(head) == 40 and int.from_bytes(head[32:40], "little") == THIN_SUPERBLOCK_MAGIC:
+        return p
+    return None
+
+
 def load_pool_view(pool_dir, metadata_snap: bool = False) -> PoolView:
     """Open ``pool_dir``'s metadata read-only (validating every tree), and
     return its superblock fields and devices.  ``metadata_snap`` reads the
-    held metadata snapshot instead of the live metadata, like ``-m``."""
+    held metadata snapshot instead of the live metadata, like ``-m``.
+    ``pool_dir`` may also be a dm-thin metadata image (see
+    :func:`dm_image_path`)."""
+    image = dm_image_path(pool_dir)
+    if image is not None:
+        from .dm_metadata import DmMetadata
+
+        with DmMetadata.open(image) as md:
+            if metadata_snap and not md.sb.held_root:
+                raise errors.ThinpError(f"{image}: no metadata snapshot is held (reserve_metadata_snap)")
+            return md.pool_view(held=metadata_snap)
     path = os.path.join(os.fspath(pool_dir), "metadata")
     if not os.path.isdir(os.fspath(pool_dir)):
-        raise FileNotFoundError(f"{pool_dir}: no such pool directory")
+        raise FileNotFoundError(f"{pool_dir}: no such pool directory or dm-thin metadata image")
     md = Metadata.open(path, read_only=True, check_trees=True)
     try:
         return _view_from_metadata(md, metadata_snap)
