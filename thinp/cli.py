@@ -265,6 +265,18 @@ def _cmd_rmap(args) -> int:
     return 0
 
 
+def _cmd_repair(args) -> int:
+    from .thin.repair import repair
+
+    rep = repair(args.input, args.output, data_block_sectors=args.data_block_sectors,
+                 nr_data_blocks=args.nr_data_blocks)
+    for d in rep.damaged:
+        print(f"  lost: {d}")
+    print(f"salvaged {rep.nr_mappings} mappings of {rep.nr_devices} devices into {args.output}"
+          + (f" ({rep.adopted_leaves} orphaned leaves found by scanning)" if rep.adopted_leaves else ""))
+    return 0
+
+
 def _cmd_trim(args) -> int:
     from .thin.trim import trim
 
@@ -313,6 +325,12 @@ def _add_metadata_tools(sub) -> None:
     rm.add_argument("--region", action="append", required=True, help="data blocks BEGIN..END (one past the end)")
     rm.add_argument("-m", "--metadata-snap", action="store_true")
     rm.set_defaults(func=_cmd_rmap)
+    rp = sub.add_parser("repair", help="thin_repair: salvage a damaged dm-thin metadata image into a new one")
+    rp.add_argument("-i", "--input", required=True)
+    rp.add_argument("-o", "--output", required=True, help="the new metadata file (must not exist)")
+    rp.add_argument("--data-block-sectors", type=int, default=None, help="only when the superblock is lost")
+    rp.add_argument("--nr-data-blocks", type=int, default=None, help="only when the superblock is lost")
+    rp.set_defaults(func=_cmd_repair)
     t = sub.add_parser("trim", help="thin_trim: punch free data blocks out of the data file")
     t.add_argument("dir")
     t.set_defaults(func=_cmd_trim)

@@ -238,6 +238,22 @@ class PoolMetadata:
             d.mapped_blocks += 1
         return inserted
 
+    def insert_block_time(self, dev: int, vblock: int, pblock: int, time: int) -> bool:
+        """Map ``vblock`` to ``pblock`` with a given time, taking a reference
+        on the data block (restore and repair rebuild mappings this way)."""
+        d = self._details(dev)
+        if not 0 <= pblock < self.data_sm.nr_blocks:
+            raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
+        self.data_sm.inc([pblock])
+        value = np.array([pack_block_time(pblock, time)], dtype="<u8").view(np.uint8)
+        self.sb.data_mapping_root, inserted = bw.insert(self.tm, self.sb.data_mapping_root, [dev, vblock], value,
+                                                        self.data_vt, level_types=[self.subtree_vt],
+                                                        split=self.split)
+        d.changed = True
+        if inserted:
+            d.mapped_blocks += 1
+        return inserted
+
     def remove(self, dev: int, vblock: int) -> bool:
         """__remove: unmap ``vblock`` (its data block loses a reference)."""
         d = self._details(dev)
