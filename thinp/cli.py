@@ -277,6 +277,18 @@ def _cmd_repair(args) -> int:
     return 0
 
 
+def _cmd_pack(args) -> int:
+    from .thin.pack import pack, unpack
+
+    if args.command == "pack":
+        n = pack(args.input, args.output)
+        print(f"packed {n} metadata blocks into {args.output}")
+    else:
+        n = unpack(args.input, args.output)
+        print(f"unpacked {n} metadata blocks into {args.output}")
+    return 0
+
+
 def _cmd_trim(args) -> int:
     from .thin.trim import trim
 
@@ -331,6 +343,12 @@ def _add_metadata_tools(sub) -> None:
     rp.add_argument("--data-block-sectors", type=int, default=None, help="only when the superblock is lost")
     rp.add_argument("--nr-data-blocks", type=int, default=None, help="only when the superblock is lost")
     rp.set_defaults(func=_cmd_repair)
+    for name, what in (("pack", "thin_metadata_pack: archive a dm-thin metadata image"),
+                       ("unpack", "thin_metadata_unpack: a metadata image from a pack archive")):
+        pk = sub.add_parser(name, help=what)
+        pk.add_argument("-i", "--input", required=True)
+        pk.add_argument("-o", "--output", required=True)
+        pk.set_defaults(func=_cmd_pack, command=name)
     t = sub.add_parser("trim", help="thin_trim: punch free data blocks out of the data file")
     t.add_argument("dir")
     t.set_defaults(func=_cmd_trim)
