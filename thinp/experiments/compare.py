@@ -32,6 +32,48 @@ KEY_COLUMNS = ("disk_used_bytes", "bytes_written", "start_time_s", "first_write_
                "workload_s_per_container", "write_amplification", "page_cache_bytes")
 
 
+#: The terminal table: (column, header with its unit, divisor); lower is better in each.
+VIEW = (
+    ("disk_used_bytes", "disk MiB", 1 << 20),
+    ("bytes_written", "written MiB", 1 << 20),
+    ("start_time_s", "start ms", 1e-3),
+    ("first_write_s", "1st write ms", 1e-3),
+    ("workload_s_per_container", "work/ctr ms", 1e-3),
+    ("write_amplification", "write ampl. x", 1),
+    ("page_cache_bytes", "page cache MiB", 1 << 20),
+)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def table_view(df):
+    """The terminal table of a :func:`compare` DataFrame: ``(rows, best)``,
+    ``rows`` one dict per driver that ran (``"driver"`` and each header of
+    :data:`VIEW`, values scaled to the header's unit), ``best`` the set of
+    ``(row index, header)`` cells lowest in their column."""
+    ok = [r for r in df.to_dict(orient="records") if not r.get("error")]
+    rows = [{"driver": r["driver"], **{h: (None if _missing(r[c]) else r[c] / div) for c, h, div in VIEW}}
+            for r in ok]
+    best = set()
+    for _c, h, _d in VIEW:
+        vals = [r[h] for r in rows if r[h] is not None]
+        if vals:
+            lo = min(vals)
+            best |= {(i, h) for i, r in enumerate(rows) if r[h] == lo}
+    return rows, best
+
+
+def failures(df) -> list[str]:
+    """Each distinct driver error once: ``"aufs, vfs: OSError: ..."``."""
+    by_error: dict[str, list] = {}
+    for r in df.to_dict(orient="records"):
+        if isinstance(r.get("error"), str) and r["error"]:
+            by_error.setdefault(r["error"], []).append(r["driver"])
+    return [f"{', '.join(ds)}: {e}" for e, ds in by_error.items()]
+
+
 class CompareError(ValueError):
     """Bad arguments to compare (unknown driver, empty list)."""
 
@@ -123,7 +165,7 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     wl = runner.load(workload) if isinstance(workload, (str, os.PathLike)) else workload
     wname = getattr(wl, "name", str(workload))
     if jobs is None:
-        from . import cpus
+        from .workers import cpus
 
         jobs = min(cpus(), len(names))
     if jobs < 1:
@@ -200,7 +242,7 @@ _SLOW_FIRST = ("vfs", "devicemapper", "zfs", "btrfs")
 
 def _start_pool(runner_name, jobs):
     """``jobs`` started worker processes and the queue they report progress on."""
-    from . import mp_context, process_pool
+    from .workers import mp_context, process_pool
 
     ctx = mp_context()
     q = ctx.Queue()

@@ -204,6 +204,10 @@ def dump(pool_dir, output=None, metadata_snap: bool = False) -> str | None:
         buf = io.StringIO()
         dump_xml(view, buf)
         return buf.getvalue()
+    output = os.fspath(output)
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{output}: directory {parent} does not exist")
     tmp = f"{output}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", buffering=1 << 20) as f:

@@ -70,8 +70,8 @@ from importlib import resources
 
 from ..units import parse_size
 
-__all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "load", "loads", "parse_workload",
-           "OPS", "PROFILES", "profile_rows", "WorkloadError", "glob_match", "Selectable"]
+__all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "loads", "parse_workload",
+           "archive_image", "OPS", "PROFILES", "profile_rows", "WorkloadError", "glob_match", "Selectable"]
 
 OPS = ("read", "write", "append", "overwrite", "create", "delete", "rename", "chmod", "mkdir",
        "fsync", "commit", "diff", "export", "rm", "strace", "tree", "files")
@@ -229,8 +229,7 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
             if not os.path.exists(p):
                 raise _err(src, "image.archive", i["archive"], "no such file or directory")
             img = ImageSpec("archive", None, p)
-            from .images import build_image
-            build_image(img, src=src)     # unsupported images fail here, naming the file
+            archive_image(p)     # unsupported images fail here, naming the file
         elif "layers" in i:
             layers = []
             for n, l in enumerate(i["layers"]):
@@ -294,7 +293,7 @@ def _trace_exists(path: str) -> bool:
     if os.path.exists(path):
         return True
     try:
-        from ..fs.workloads import fixtures_dir
+        from ..fs.populate import fixtures_dir
 
         return os.path.exists(os.path.join(fixtures_dir(), path))
     except Exception:   # no fixtures directory
@@ -512,22 +511,19 @@ def loads(text: str, src: str = "<string>") -> Workload:
     return parse_workload(d, src)
 
 
-def load(source) -> Workload:
-    """A workload from a TOML path or a built-in scenario name."""
-    from .scenarios import SCENARIOS, scenario
+def archive_image(path: str):
+    """The first image of a docker-save tar / OCI layout at ``path``, or a
+    :class:`WorkloadError` naming the file when thinp cannot read it."""
+    from ..image import load as archive_load
 
-    s = os.fspath(source)
-    if s in SCENARIOS:
-        return scenario(s)
-    if not os.path.exists(s):
-        raise WorkloadError(f"{s}: no such workload file or built-in scenario "
-                            f"(scenarios: {', '.join(SCENARIOS)})")
-    with open(s, "rb") as f:
-        data = f.read()
     try:
-        return loads(data.decode(), s)
-    except UnicodeDecodeError:
-        raise WorkloadError(f"{s}: not a UTF-8 TOML file") from None
+        images = archive_load(path)
+    except (ValueError, OSError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WorkloadError(f"{path}: unsupported image: {why}") from None
+    if not images:
+        raise WorkloadError(f"{path}: unsupported image: the archive holds no image")
+    return images[0]
 
 
 # ------------------------------------------------------------------ image file lists

@@ -207,11 +207,11 @@ class _Runner:
                 v.mkdir(cur, 0o755)
 
     def strace(self, v, st: Step):
-        from . import strace as _strace
+        from ..traces import strace as _strace
 
         path = st.trace
         if not os.path.isabs(path) and not os.path.exists(path):
-            from ..fs.workloads import fixtures_dir
+            from ..fs.populate import fixtures_dir
 
             path = os.path.join(fixtures_dir(), path)
         key = path
@@ -320,7 +320,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
     thin pool that fills up: :class:`PoolFullError`, ENOSPC) stops the run and is
     recorded in ``error``, never raised; a malformed workload raises
     :class:`~thinp.workloads.WorkloadError`."""
-    from .format import load
+    from .scenarios import load
 
     w = load(workload) if isinstance(workload, (str, os.PathLike)) else workload
     w = scaled(w, scale)

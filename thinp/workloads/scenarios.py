@@ -1,7 +1,9 @@
 """The built-in scenarios (see :func:`scenarios`); ``scale`` in :func:`~thinp.workloads.run` shrinks them."""
 from __future__ import annotations
 
-from .format import ImageSpec, LayerSpec, Step, Workload
+import os
+
+from .format import ImageSpec, LayerSpec, Step, Workload, WorkloadError, loads
 
 FIXTURE_STRACE = "workloads/dpkg-install-nginx.strace.gz"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -69,3 +71,19 @@ def scenario(name: str) -> Workload:
 
 def scenarios() -> list[str]:
     return list(SCENARIOS)
+
+
+def load(source) -> Workload:
+    """A workload from a TOML path or a built-in scenario name."""
+    s = os.fspath(source)
+    if s in SCENARIOS:
+        return scenario(s)
+    if not os.path.exists(s):
+        raise WorkloadError(f"{s}: no such workload file or built-in scenario "
+                            f"(scenarios: {', '.join(SCENARIOS)})")
+    with open(s, "rb") as f:
+        data = f.read()
+    try:
+        return loads(data.decode(), s)
+    except UnicodeDecodeError:
+        raise WorkloadError(f"{s}: not a UTF-8 TOML file") from None
