@@ -29,6 +29,7 @@ from ..config import SECTOR_SIZE
 from ..pdata import btree
 from ..pdata.block import BlockManager, corrupt
 from ..pdata.space_map import nr_bitmaps, read_counts
+from .view import DeviceView, PoolView
 from .format import DETAILS_DTYPE, DETAILS_SIZE, FLAG_NEEDS_CHECK, Superblock, read_superblock, unpack_block_time
 
 
@@ -254,8 +255,6 @@ class DmMetadata:
     # -------------------------------------------------------------- views
     def pool_view(self, held: bool = False):
         """The :class:`thinp.thin.dump.PoolView` thin_dump prints."""
-        from .dump import DeviceView, PoolView
-
         sb = self.held_superblock() if held else self.sb
         bs = sb.data_block_size * SECTOR_SIZE
         devices = []

@@ -24,50 +24,16 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from .. import errors
 from ..config import SECTOR_SIZE
 from . import _kernels as TK
+from .view import DeviceView, PoolView  # noqa: F401  (re-exported: ls, delta, rmap use them)
 from .metadata import DEVDIR_FIRST, FREE_RECORD, RECORDS_PER_TABLE, TABLE_MAGIC, Metadata
 
 #: dm-thin's metadata format version, written to the XML for the real tools.
 DM_METADATA_VERSION = 2
-
-
-@dataclass
-class DeviceView:
-    """One thin device as the tools see it (mappings sorted by vblock)."""
-
-    dev_id: int
-    mapped_blocks: int
-    transaction: int
-    creation_time: int
-    snap_time: int
-    nr_blocks: int
-    vblocks: np.ndarray = field(repr=False)
-    pblocks: np.ndarray = field(repr=False)
-    times: np.ndarray = field(repr=False)
-
-
-@dataclass
-class PoolView:
-    """The superblock fields thin_dump prints and every device."""
-
-    uuid: str
-    time: int
-    transaction: int
-    flags: int
-    data_block_size: int  # bytes
-    nr_data_blocks: int
-    devices: list
-    held_root: int = 0
-
-    @property
-    def data_block_sectors(self) -> int:
-        return self.data_block_size // SECTOR_SIZE
 
 
 def _records(m, table_blocks):

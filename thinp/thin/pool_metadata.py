@@ -18,7 +18,6 @@ instant leaves the previous commit intact.
 from __future__ import annotations
 
 import os
-import uuid as _uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,13 +25,13 @@ import numpy as np
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE
 from ..pdata import btree_write as bw
-from ..pdata.block import SUPERBLOCK, BlockManager
+from ..pdata.block import BITMAP, INDEX, SUPERBLOCK, BlockManager
 from ..pdata.btree import lookup as bt_lookup
 from ..pdata.disk_space_map import DiskSpaceMap
-from ..pdata.space_map import ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, SmRoot, read_counts
+from ..pdata.space_map import ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, read_counts
 from ..pdata.transaction import TransactionManager
 from .dm_metadata import DmMetadata
-from .format import (DETAILS_DTYPE, DETAILS_SIZE, SUPERBLOCK_LOCATION, THIN_VERSION, TIME_MASK, Superblock,
+from .format import (DETAILS_DTYPE, DETAILS_SIZE, SUPERBLOCK_LOCATION, THIN_VERSION, Superblock,
                      pack_block_time, read_superblock, unpack_block_time)
 
 #: dm's largest metadata device: one index block of 255 bitmaps.
@@ -335,8 +334,7 @@ class PoolMetadata:
             return bw.remove(tm, root, [b], cv)[0]
 
         self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc))
-        from ..pdata.block import BITMAP, INDEX
-        for i, b in enumerate(tm.bitmap_blocks):
+        for b in tm.bitmap_blocks:
             if b in tm.shadows:
                 tm.dirty[b] = BITMAP
         tm.dirty[tm.index_block] = INDEX

@@ -30,9 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import errors
-from ..config import METADATA_BLOCK_SIZE
 from ..pdata import btree
-from ..pdata.block import BTREE_NODE, BlockManager
+from ..pdata.block import BlockManager
 from ..pdata.space_map import read_counts
 from .format import DETAILS_DTYPE, DETAILS_SIZE, Superblock, read_superblock, unpack_block_time
 from .pool_metadata import PoolMetadata
@@ -301,10 +300,3 @@ def _count_refs(bm, roots) -> dict:
         if n is not None and not n.is_leaf:
             stack.extend(int(x) for x in n.values64()[:n.nr_entries])
     return refs
-
-
-def metadata_bytes(path) -> int:
-    return os.path.getsize(path) // METADATA_BLOCK_SIZE * METADATA_BLOCK_SIZE
-
-
-_ = BTREE_NODE  # the validator the scan relies on (via btree.read_node)

@@ -57,7 +57,7 @@ def leaf_views(image: str, metadata_snap: bool = False) -> PoolView:
     mappings of leaves first reached through it (dev_id order)."""
     from ..pdata import btree
     from .dm_metadata import DmMetadata
-    from .dump import DeviceView
+    from .view import DeviceView
     from .format import unpack_block_time
 
     with DmMetadata.open(image) as md:
