@@ -119,7 +119,7 @@ class DeviceMapperDriver(Driver):
         # 0755 on first use), so lost+found and the fs root stay outside the
         # layer; every layer's device descends from the base, so make it here
         self._base_fs.mkdir("/rootfs", 0o755)
-        self._base_fs.chroot_ino = self._base_fs._lookup("/rootfs").ino
+        self._base_fs.chroot_ino = self._base_fs.inode("/rootfs").ino
         self._base_fs.sync()
 
     # ------------------------------------------------------------ helpers

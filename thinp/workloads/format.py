@@ -167,8 +167,12 @@ _STEP_KEYS = {"op", "path", "glob", "sample", "size", "offset", "count", "block"
               "trace", "depth", "fanout", "every", "chain"}
 
 
-def _err(src, key, value, why) -> WorkloadError:
+def setting_error(src, key, value, why) -> WorkloadError:
+    """The error for one bad setting: ``<file>: <key> = <value>: <why>``."""
     return WorkloadError(f"{src}: {key} = {value!r}: {why}")
+
+
+_err = setting_error
 
 
 def _keys(src, where, d, allowed):

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..engine import Engine
 from ..errors import ThinpError
-from .format import SELECTS_DIRS, Selectable, Step, Workload, WorkloadError, _err, check_globs
+from .format import SELECTS_DIRS, Selectable, Step, Workload, WorkloadError, check_globs, setting_error
 from .images import build_image, content
 
 __all__ = ["RunResult", "run", "scaled"]
@@ -91,7 +91,7 @@ class _Runner:
         pool = self.selectable(ci).select(st.glob, dirs=st.op in SELECTS_DIRS)
         if not pool:
             key, val = (f"steps[{si}].glob", st.glob) if st.glob else (f"steps[{si}].sample", st.sample)
-            raise _err(self.w.source, key, val, f"selects nothing in container {ci} (earlier steps "
+            raise setting_error(self.w.source, key, val, f"selects nothing in container {ci} (earlier steps "
                        f"deleted or renamed every match)")
         if st.sample:
             k = min(st.sample, len(pool))
@@ -266,10 +266,12 @@ class _Runner:
             if not v.exists(p):
                 v.create(p, 0o644)
                 v.write(p, 0, self.data(size, len(p)))
-        for d in ("/var/log",):
-            self._mkdirs(v, d)
-        if not v.exists("/var/log/dpkg.log"):
-            v.create("/var/log/dpkg.log", 0o644)
+        if any(op.path == "/var/log/dpkg.log" for op in tr.ops):
+            # dpkg appends to a log its image already had (the fixture's lower did);
+            # a trace that never touches it gets no such file
+            self._mkdirs(v, "/var/log")
+            if not v.exists("/var/log/dpkg.log"):
+                v.create("/var/log/dpkg.log", 0o644)
         _strace.replay(tr.ops, v)
 
 
@@ -409,7 +411,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
             img = build_image(w.image, seed=w.seed, scale=scale, workdir="cache" if big else None,
                               src=w.source)
             ref = f"thinp-wl/{w.name}:latest"
-            eng._add_images([img], tags_for=lambda _i: [ref])
+            eng.add_images([img], tags_for=lambda _i: [ref])
             if w.image.kind == "archive" or scale != 1 or any(s.sample and not s.glob for s in w.steps):
                 files, dirs = _image_files(eng, ref)
             else:
