@@ -349,8 +349,8 @@ FINDINGS = {
         "Tarasov's many-threads curves and aufs' lock scalability as measured: thinp.timing now "
         "simulates processes on cores, the locks each driver's path holds and the device queue, but "
         "its CPU constants are estimates or one machine's thinp calibrate, and thinp validate timing "
-        "misses its targets here (the same driver ranking in 6 of 18 case/N groups, time relative "
-        "to overlay2 within 1.5x in 14 of 54 rows; README: Timing against the real kernel)",
+        "misses its targets here (the same driver ranking in 4 of 18 case/N groups, time relative "
+        "to overlay2 within 1.5x in 24 of 54 rows; README: Timing against the real kernel)",
         "devicemapper teardown (discard at removal) enters only when a workload removes containers",
         "filesystem-internal effects below the drivers' counts (ext4 vs xfs journalling, btrfs "
         "fragmentation over time)",
