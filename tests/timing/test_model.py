@@ -125,3 +125,29 @@ def test_more_cores_never_slow_a_cpu_bound_run():
     t = [simulate(log, constants=TimingConstants(cores=c)).time_s for c in (1, 2, 4, 8)]
     assert t[0] > t[1] > t[2] > t[3]
     assert t[0] == pytest.approx(8 * t[3], rel=0.01)
+
+
+def test_cli_bad_timing_key_is_one_line(tmp_path, capsys):
+    from thinp.cli import main
+
+    p = tmp_path / "bad.toml"
+    p.write_text("[timing]\ncorez = 2\n")
+    assert main(["compare", "webapp", "--constants", str(p), "--drivers", "overlay2", "--scale", "0.02",
+                 "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"thinp: error: {p}: unknown key timing.corez = 2"]
+
+
+def test_cli_cores_reaches_the_model(tmp_path, capsys):
+    import json
+
+    from thinp.cli import main
+
+    rows = {}
+    for cores in (1, 8):
+        assert main(["compare", "webapp", "--drivers", "overlay2", "--scale", "0.1", "--json",
+                     "--cores", str(cores)]) == 0
+        out = json.loads(capsys.readouterr().out)
+        rows[cores] = (out if isinstance(out, list) else out["rows"])[0]
+    assert rows[1]["sim_time_s"] > rows[8]["sim_time_s"]         # 5 containers at once: CPU-bound in part
+    assert rows[1]["bytes_written"] == rows[8]["bytes_written"]
