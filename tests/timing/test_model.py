@@ -151,3 +151,18 @@ def test_cli_cores_reaches_the_model(tmp_path, capsys):
         rows[cores] = (out if isinstance(out, list) else out["rows"])[0]
     assert rows[1]["sim_time_s"] > rows[8]["sim_time_s"]         # 5 containers at once: CPU-bound in part
     assert rows[1]["bytes_written"] == rows[8]["bytes_written"]
+
+
+def test_readme_lists_every_timing_constant_with_its_source():
+    import dataclasses
+    import pathlib
+
+    from thinp.timing import SOURCES
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    k = TimingConstants()
+    assert set(SOURCES) == {f.name for f in dataclasses.fields(k)}
+    for f in dataclasses.fields(k):
+        v = getattr(k, f.name)
+        shown = ", ".join(f"{a}={b!r}" for a, b in v.items()) if isinstance(v, dict) else repr(v)
+        assert f"| `{f.name}` | `{shown}` | {SOURCES[f.name]} |" in readme, f.name

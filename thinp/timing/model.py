@@ -57,38 +57,38 @@ class TimingConstants:
     cores: int = 4
     #: CPU seconds of one system call on a native ext4/xfs path, warm dcache
     cpu_s: dict = field(default_factory=lambda: _t(
-        stat=0.8 * US, readlink=1.0 * US, readdir=3.0 * US, open=2.0 * US, read=1.0 * US,
-        write=1.5 * US, create=10 * US, mkdir=12 * US, unlink=8 * US, rename=12 * US,
-        setattr=3.0 * US, fsync=5 * US, sync=20 * US, exec=400 * US, commit=2e-3, diff=1e-3,
+        stat=0.8e-6, readlink=1.0e-6, readdir=3.0e-6, open=2.0e-6, read=1.0e-6,
+        write=1.5e-6, create=10e-6, mkdir=12e-6, unlink=8e-6, rename=12e-6,
+        setattr=3.0e-6, fsync=5e-6, sync=20e-6, exec=400e-6, commit=2e-3, diff=1e-3,
         export=1e-3, container_rm=1e-3))
     #: CPU per page copied to or from user space (4 KiB at ~8 GB/s memcpy)
-    page_copy_s: float = 0.5 * US
+    page_copy_s: float = 0.5e-6
     #: CPU per page-cache hit besides the copy (find_get_page, mark_accessed)
-    page_hit_s: float = 0.2 * US
+    page_hit_s: float = 0.2e-6
     #: extra CPU per operation on the driver's stacked path (the union layer's
     #: own inode/dentry/file indirection; btrfs/zfs checksumming and CoW
     #: bookkeeping per op)
     layer_cpu_s: dict = field(default_factory=lambda: _t(
-        default=0.0, overlay2=0.6 * US, overlay=0.6 * US, aufs=2.5 * US, btrfs=1.5 * US,
-        zfs=3.0 * US))
+        default=0.0, overlay2=0.6e-6, overlay=0.6e-6, aufs=2.5e-6, btrfs=1.5e-6,
+        zfs=3.0e-6))
     #: extra CPU per page written on the driver's path (btrfs crc32c and
     #: extent CoW, zfs checksum + compression check)
-    page_write_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=0.8 * US, zfs=1.2 * US))
+    page_write_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=0.8e-6, zfs=1.2e-6))
     #: CPU of one branch probe of a path lookup (a negative dentry or a
     #: lookup in one lower directory)
-    probe_s: dict = field(default_factory=lambda: _t(default=0.3 * US, aufs=0.9 * US))
+    probe_s: dict = field(default_factory=lambda: _t(default=0.3e-6, aufs=0.9e-6))
     #: CPU of whole-file copy-up besides its I/O (open, xattrs, rename from
     #: the work dir)
-    copy_up_cpu_s: dict = field(default_factory=lambda: _t(default=30 * US, aufs=60 * US))
+    copy_up_cpu_s: dict = field(default_factory=lambda: _t(default=30e-6, aufs=60e-6))
     #: CPU per page copied by copy-up (a splice, page cache to page cache)
-    copy_up_page_s: float = 0.4 * US
+    copy_up_page_s: float = 0.4e-6
     #: dm-thin pool worker CPU per provisioned or CoW-broken block
     #: (btree insert, space-map update, bio remap)
-    dm_worker_block_s: float = 8 * US
+    dm_worker_block_s: float = 8e-6
     #: dm-thin pool metadata commit on a flush (superblock + btree shadows)
     dm_commit_writes: int = 4
     #: btrfs extent-tree / zfs txg CPU per extent or record allocated
-    alloc_extent_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=3 * US, zfs=4 * US))
+    alloc_extent_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=3e-6, zfs=4e-6))
     #: readahead window: a run of missed pages is read in requests this big
     readahead_bytes: int = 128 * 1024
     #: largest write request after the block layer merges
@@ -109,7 +109,7 @@ class TimingConstants:
     remove_s: dict = field(default_factory=lambda: _t(
         default=2e-3, devicemapper=0.09, btrfs=12e-3, zfs=45e-3))
     #: CPU per inode a vfs layer copy makes (create + copy of a small file)
-    vfs_copy_inode_s: float = 22 * US
+    vfs_copy_inode_s: float = 22e-6
     #: a path's first lookup reads its inode (and, through a union, each
     #: branch probed) from the device: requests of this many bytes
     meta_read_bytes: int = 4096
