@@ -91,6 +91,7 @@ class Daemon:
             self._lockf.close()
             raise PoolBusyError(f"{self.root}: another thinp docker command holds its lock") from None
         self.engine: Engine | None = None
+        self.transfer: dict = {}      # bytes_transferred / bytes_stored of a pull or push
         try:
             self._open(storage_driver, storage_opts)
         except BaseException:
@@ -360,6 +361,21 @@ class Daemon:
     def add_image(self, img: Image, tags: Sequence[str] = ()) -> Image:
         """Add a built or pulled image and its layers (all or nothing)."""
         return _add_images(self.engine, [img], tags)[0]
+
+    def pull(self, ref: str, registry: str | None = None, platform: str = "linux/amd64") -> dict:
+        from .transfer import pull
+
+        return pull(self, ref, registry=registry, platform=platform)
+
+    def push(self, ref: str, registry: str | None = None, chunk_size: int = 0) -> dict:
+        from .transfer import push
+
+        return push(self, ref, registry=registry, chunk_size=chunk_size)
+
+    def search(self, term: str, registry: str) -> list[dict]:
+        from .transfer import search
+
+        return search(self, term, registry=registry)
 
     # ------------------------------------------------------------ containers
     def create(self, image: str, *, name: str | None = None, cmd: Sequence[str] = ()) -> "object":

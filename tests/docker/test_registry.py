@@ -1,0 +1,134 @@
+"""pull/push/search against Debian's real docker-registry (distribution 2.8)
+on a free loopback port, and ``oci:DIR`` as a registry."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from thinp.docker.registry import HTTPRegistry, registry_url
+from thinp.image.archive import MT_OCI_INDEX
+
+
+def _blobs(docker):
+    return sorted(os.listdir(os.path.join(docker.root, "image", "layers")))
+
+
+def _no_temp(docker):
+    return [n for n in os.listdir(docker.root) if n.startswith((".pull-", ".push-"))] == []
+
+
+def _pushed(docker, test_image, registry, name="dive:v1"):
+    docker.ok("load", "-i", test_image)
+    docker.ok("tag", "dive-test", f"{registry.host}/{name}")
+    return docker.ok("push", f"{registry.host}/{name}", stats=True)
+
+
+def test_push_pull_round_trip(docker, test_image, registry):
+    rc, out, err = docker.run("push", f"{registry.host}/dive:v1")
+    assert rc == 1 and "An image does not exist locally with the tag" in err
+    docker.ok("load", "-i", test_image)
+    docker.ok("tag", "dive-test", f"{registry.host}/dive:v1")
+    rc, out, err = docker.run("push", f"{registry.host}/dive:v1", stats=True)
+    lines = out.splitlines()
+    assert lines[0] == f"The push refers to repository [{registry.host}/dive]"
+    assert len(lines) == 16 and all(ln.endswith(": Pushed") for ln in lines[1:15])
+    assert lines[15].startswith("v1: digest: sha256:")
+    sent_first = int(err.split("bytes transferred ")[1].split(" B")[0].replace(",", ""))
+    assert sent_first > 1_400_000            # every layer tar went over the wire
+    # again: the registry has every blob (HEAD), only the manifest is sent
+    rc, out, err = docker.run("push", f"{registry.host}/dive:v1", stats=True)
+    assert all(ln.endswith(": Layer already exists") for ln in out.splitlines()[1:15])
+    size = int(out.splitlines()[15].rsplit(" ", 1)[1])
+    assert f"bytes transferred {size:,} B" in err
+    # another repository of the same registry: blobs are mounted, not sent; chunked upload path
+    docker.ok("tag", "dive-test", f"{registry.host}/other/dive")
+    out = docker.ok("push", "--chunk-size", "4096", f"{registry.host}/other/dive")
+    assert out.splitlines()[0] == "Using default tag: latest"
+    assert all(ln.endswith(": Mounted from dive") for ln in out.splitlines()[2:16])
+    rows = json.loads(docker.ok("search", "--registry", registry.url, "--format", "json"))
+    assert rows == [{"name": "dive", "tags": ["v1"]}, {"name": "other/dive", "tags": ["latest"]}]
+    assert docker.ok("search", "--registry", registry.url, "oth").splitlines()[1].split() == ["other/dive", "latest"]
+    # rmi everything, pull back: the same image ID, every layer fetched and verified
+    docker.ok("rmi", f"{registry.host}/dive:v1", f"{registry.host}/other/dive", "dive-test")
+    assert _blobs(docker) == []
+    rc, out, err = docker.run("pull", f"{registry.host}/dive:v1", stats=True)
+    assert rc == 0, err
+    assert out.count(": Pull complete") == 14 and "Status: Downloaded newer image" in out
+    assert "layers +14 shared 0" in err
+    got = int(err.split("bytes transferred ")[1].split(" B")[0].replace(",", ""))
+    assert got > 1_400_000
+    assert docker.ok("images", "-q").split() == ["75ae28b8ebf8"]
+    # the same layers by ChainID under another name: nothing fetched but the manifest and config
+    rc, out, err = docker.run("pull", f"{registry.host}/other/dive", stats=True)
+    assert out.count(": Already exists") == 14 and "Status: Image is up to date" in out
+    assert "layers +0 shared 14" in err
+    got2 = int(err.split("bytes transferred ")[1].split(" B")[0].replace(",", ""))
+    assert got2 < 10_000
+    # the pulled image still runs and saves as the original did
+    assert len(_blobs(docker)) == 14 and _no_temp(docker)
+
+
+def test_digest_mismatch_stores_nothing(docker, test_image, registry):
+    _pushed(docker, test_image, registry)
+    docker.ok("rmi", f"{registry.host}/dive:v1", "dive-test")
+    reg = HTTPRegistry(registry.url)
+    body, _mt, _d = reg.manifest("dive", "v1")
+    layers = json.loads(body)["layers"]
+    victim = registry.blob_data(layers[7]["digest"])
+    data = bytearray(victim.read_bytes())
+    data[600] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    line = docker.fails("pull", f"{registry.host}/dive:v1")
+    assert "digest mismatch" in line and layers[7]["digest"] in line
+    assert docker.ok("images", "-q") == "" and _blobs(docker) == [] and _no_temp(docker)
+
+
+def test_interrupted_pull_leaves_no_orphans(docker, test_image, registry):
+    _pushed(docker, test_image, registry)
+    docker.ok("rmi", f"{registry.host}/dive:v1", "dive-test")
+    body, _mt, _d = HTTPRegistry(registry.url).manifest("dive", "v1")
+    layers = json.loads(body)["layers"]
+    registry.blob_data(layers[10]["digest"]).unlink()     # the registry loses a blob mid-image
+    line = docker.fails("pull", f"{registry.host}/dive:v1")
+    assert layers[10]["digest"] in line
+    assert docker.ok("images", "-q") == "" and _blobs(docker) == [] and _no_temp(docker)
+    with open(os.path.join(docker.root, "state.json")) as f:
+        assert json.load(f)["images"] == []
+
+
+def test_index_platform_choice(docker, test_image, registry):
+    _pushed(docker, test_image, registry)
+    reg = HTTPRegistry(registry.url)
+    body, mt, digest = reg.manifest("dive", "v1")
+    index = {"schemaVersion": 2, "mediaType": MT_OCI_INDEX, "manifests": [
+        {"mediaType": mt, "digest": digest, "size": len(body),
+         "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]}
+    reg.put_manifest("dive", "multi", json.dumps(index).encode(), MT_OCI_INDEX)
+    line = docker.fails("pull", f"{registry.host}/dive:multi")
+    assert "no matching manifest for linux/amd64" in line and "linux/arm64/v8" in line
+    out = docker.ok("pull", "--platform", "linux/arm64", f"{registry.host}/dive:multi")
+    assert f"Digest: {digest}" in out and out.count("Already exists") == 14
+    # by digest: no tag is made
+    docker.ok("pull", f"{registry.host}/dive@{digest}")
+
+
+def test_only_loopback_registries(docker):
+    assert "only to registries on this machine" in docker.fails("pull", "busybox")
+    assert "not a loopback address" in docker.fails("pull", "--registry", "http://10.1.2.3:5000", "busybox")
+    assert "not a loopback address" in docker.fails("search", "--registry", "example.com:5000")
+    with pytest.raises(ValueError, match="only http://"):
+        registry_url("https://127.0.0.1:5000")
+
+
+def test_oci_dir_registry(docker, test_image, tmp_path):
+    reg = f"oci:{tmp_path / 'oci'}"
+    docker.ok("load", "-i", test_image)
+    docker.ok("tag", "dive-test", "me/dive:1")
+    docker.ok("push", "--registry", reg, "me/dive:1")
+    assert docker.ok("search", "--registry", reg).splitlines()[1].split() == ["me/dive", "1"]
+    docker.ok("rmi", "me/dive:1", "dive-test")
+    out = docker.ok("pull", "--registry", reg, "me/dive:1")
+    assert "Downloaded newer image for me/dive:1" in out
+    assert docker.ok("images", "-q").split() == ["75ae28b8ebf8"]
