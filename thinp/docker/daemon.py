@@ -377,6 +377,12 @@ class Daemon:
 
         return search(self, term, registry=registry)
 
+    def build(self, context: str, dockerfile: str | None = None, tags: Sequence[str] = (),
+              build_args: Sequence[str] = (), no_cache: bool = False) -> dict:
+        from .build import build
+
+        return build(self, context, dockerfile=dockerfile, tags=tags, build_args=build_args, no_cache=no_cache)
+
     # ------------------------------------------------------------ containers
     def create(self, image: str, *, name: str | None = None, cmd: Sequence[str] = ()) -> "object":
         eng = self.engine
