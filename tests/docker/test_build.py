@@ -228,3 +228,26 @@ def test_failing_run_stores_nothing(docker, test_image, tmp_path):
     assert "returned a non-zero code: 7" in line
     assert docker.ok("images", "-a", "-q").split() == ["75ae28b8ebf8"]
     assert len(os.listdir(os.path.join(docker.root, "image", "layers"))) == 14
+
+
+def test_build_interrupted_by_the_user(docker, test_image, tmp_path, monkeypatch):
+    import thinp.docker.build as b
+
+    docker.ok("load", "-i", test_image)
+    ctx = _ctx(tmp_path, "FROM dive-test\nCOPY a.txt /a\nENV X=1\nCOPY b.txt /b\n", {"a.txt": b"a", "b.txt": b"b"})
+    calls = []
+    real_copy = b._copy_file
+
+    def copy_file(*a):
+        calls.append(a)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_copy(*a)
+    monkeypatch.setattr(b, "_copy_file", copy_file)
+    rc, out, err = docker.run("build", "-t", "x:1", ctx)
+    assert rc == 130 and len(calls) == 2
+    monkeypatch.undo()
+    # the two steps that had finished are gone too: no image, no layer, no container
+    assert docker.ok("images", "-a", "-q").split() == ["75ae28b8ebf8"]
+    assert len(os.listdir(os.path.join(docker.root, "image", "layers"))) == 14
+    assert docker.ok("ps", "-a", "-q") == ""

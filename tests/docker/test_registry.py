@@ -132,3 +132,21 @@ def test_oci_dir_registry(docker, test_image, tmp_path):
     out = docker.ok("pull", "--registry", reg, "me/dive:1")
     assert "Downloaded newer image for me/dive:1" in out
     assert docker.ok("images", "-q").split() == ["75ae28b8ebf8"]
+
+
+def test_pull_interrupted_by_the_user(docker, test_image, registry, monkeypatch):
+    _pushed(docker, test_image, registry)
+    docker.ok("rmi", f"{registry.host}/dive:v1", "dive-test")
+    calls = []
+    real_blob = HTTPRegistry.blob
+
+    def blob(self, *a, **kw):
+        calls.append(a)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real_blob(self, *a, **kw)
+    monkeypatch.setattr(HTTPRegistry, "blob", blob)
+    rc, out, err = docker.run("pull", f"{registry.host}/dive:v1")
+    assert rc == 130 and err == "thinp: interrupted\n" and len(calls) == 6
+    monkeypatch.undo()
+    assert docker.ok("images", "-a", "-q") == "" and _blobs(docker) == [] and _no_temp(docker)

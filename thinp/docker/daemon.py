@@ -501,7 +501,7 @@ class Daemon:
         c_reclaim = sum(v["size_rw"] for i, v in df["containers"].items()
                         if eng.containers[i].state != "running")
         return [
-            {"type": "Images", "total": len(eng.store.images), "active": len(used_images),
+            {"type": "Images", "total": len({r["image_id"] for r in self.images()}), "active": len(used_images),
              "size": img_size, "reclaimable": reclaim},
             {"type": "Containers", "total": len(eng.containers), "active": len(running), "size": c_size,
              "reclaimable": c_reclaim},
