@@ -417,7 +417,7 @@ class Daemon:
             how, counts = "steps", self._record_ops(c, "steps", steps)
         elif command:
             how = "executed"
-            code, tr = self._execute(eng.image(c.image_id), command)
+            code, tr = self.execute(eng.image(c.image_id), command)
             try:
                 counts = self._record_ops(c, "strace", tr)
             finally:
@@ -429,7 +429,7 @@ class Daemon:
             self.rm([c.id])
         return out
 
-    def _execute(self, img: Image, command: Sequence[str]) -> tuple[int, str]:
+    def execute(self, img: Image, command: Sequence[str]) -> tuple[int, str]:
         """Run ``command`` in the image for real (``thinp capture``); returns
         ``(exit code, path of the rewritten trace)`` in a temporary directory."""
         from ..image import save
@@ -512,11 +512,8 @@ class Daemon:
 
 # ================================================================ helpers
 def _add_images(engine: Engine, images, tags: Sequence[str] = ()):
-    """The engine's all-or-nothing add (public ``add_images`` once the engine has it)."""
-    add = getattr(engine, "add_images", None)
-    if add is not None:
-        return add(images, tags_for=lambda _i: list(tags))
-    return engine._add_images(images, tags_for=lambda _i: list(tags))
+    """The engine's all-or-nothing add, every image with ``tags``."""
+    return engine.add_images(images, tags_for=lambda _i: list(tags))
 
 
 def _default_cmd(config: dict) -> list[str]:
