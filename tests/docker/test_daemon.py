@@ -140,8 +140,9 @@ def test_run_executes_for_real(docker, test_image):
         pytest.skip(why)
     docker.ok("load", "-i", test_image)
     rc, out, err = docker.run("run", "--name", "c2", "dive-test", "sh", "-c",
-                              "echo hi > /x; rm /root/saved.txt; exit 3")
+                              "echo hi > /x; rm /root/saved.txt; echo printed; exit 3")
     assert rc == 3, err          # the command's exit code, as docker run returns it
+    assert out == "printed\n"    # and what it printed
     assert docker.ok("diff", "c2").splitlines() == ["C /root", "D /root/saved.txt", "A /x"]
     assert "Exited (3)" in docker.ok("ps", "-a")
     # the recorded trace replays on the next command: the diff is the same

@@ -198,6 +198,7 @@ def _create(d, a):
 
 def _run_cmd(d, a):
     res = d.run(a.image, a.command, name=a.name, trace=a.thinp_trace, steps=a.thinp_steps, rm=a.rm)
+    sys.stdout.write(res["output"])
     if res["how"] != "executed":
         out.note(f"container {res['id'][:12]}: replayed {res['how']} ({res['replay'].get('applied', 0)} operations)")
     return res["exit_code"]

@@ -525,9 +525,10 @@ class _Builder:
             wd = self.config.get("WorkingDir")
             line = (f"export {pre}; " if pre else "") + (f"cd {shlex.quote(wd)} && " if wd else "") + script
             try:
-                code, tr = self.d.execute(self.image, ["/bin/sh", "-c", line] if ins.json is not None else [line])
+                code, tr, printed = self.d.execute(self.image, ["/bin/sh", "-c", line] if ins.json is not None else [line])
             except NotSupportedError as e:
                 raise BuildError(f"line {ins.line}: {e}; or RUN --thinp-trace=FILE") from None
+            self.lines += printed.splitlines()
             try:
                 if code != 0:
                     raise BuildError(f"The command '{' '.join(cmd)}' returned a non-zero code: {code}")

@@ -409,7 +409,7 @@ class Daemon:
         c = self.create(image, name=name, cmd=cmd)
         eng = self.engine
         eng.start(c)
-        how, code, counts = "none", 0, {}
+        how, code, counts, printed = "none", 0, {}, ""
         command = list(cmd) or _default_cmd(c.config)
         if trace is not None:
             how, counts = "trace", self._record_ops(c, "strace", trace)
@@ -417,21 +417,22 @@ class Daemon:
             how, counts = "steps", self._record_ops(c, "steps", steps)
         elif command:
             how = "executed"
-            code, tr = self.execute(eng.image(c.image_id), command)
+            code, tr, printed = self.execute(eng.image(c.image_id), command)
             try:
                 counts = self._record_ops(c, "strace", tr)
             finally:
                 shutil.rmtree(os.path.dirname(os.path.dirname(tr)), ignore_errors=True)
         eng.stop(c)
         self._extra[c.id].update(exit_code=code, finished=now_rfc3339())
-        out = {"id": c.id, "name": c.name, "how": how, "exit_code": code, "replay": counts}
+        out = {"id": c.id, "name": c.name, "how": how, "exit_code": code, "replay": counts, "output": printed}
         if rm:
             self.rm([c.id])
         return out
 
-    def execute(self, img: Image, command: Sequence[str]) -> tuple[int, str]:
+    def execute(self, img: Image, command: Sequence[str]) -> tuple[int, str, str]:
         """Run ``command`` in the image for real (``thinp capture``); returns
-        ``(exit code, path of the rewritten trace)`` in a temporary directory."""
+        ``(exit code, path of the rewritten trace in a temporary directory,
+        what the command printed)``."""
         from ..image import save
         from ..validate import capture as cap
 
@@ -448,7 +449,7 @@ class Daemon:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return res.returncode, os.fspath(res.trace)
+        return res.returncode, os.fspath(res.trace), res.stdout + res.stderr
 
     def diff(self, container: str) -> list:
         return self.engine.diff(container)
