@@ -147,3 +147,14 @@ def test_run_executes_for_real(docker, test_image):
     assert "Exited (3)" in docker.ok("ps", "-a")
     # the recorded trace replays on the next command: the diff is the same
     assert docker.ok("diff", "c2").splitlines() == ["C /root", "D /root/saved.txt", "A /x"]
+
+
+def test_bad_steps_and_files_one_line(docker, test_image, tmp_path):
+    docker.ok("load", "-i", test_image)
+    (tmp_path / "a.json").write_text("not json")
+    (tmp_path / "b.json").write_text('[["explode", "/x"]]')
+    assert "a.json: not JSON" in docker.fails("run", "--thinp-steps", tmp_path / "a.json", "dive-test")
+    assert "unknown operation 'explode'" in docker.fails("run", "--thinp-steps", tmp_path / "b.json", "dive-test")
+    assert docker.fails("load", "-i", tmp_path / "none.tar").endswith("none.tar: no such file or directory")
+    assert "truncated tar" in docker.fails("import", tmp_path / "a.json", "x:1")
+    assert docker.ok("ps", "-a", "-q") == ""        # the failed runs left no container

@@ -99,7 +99,8 @@ def test_images_tour(driver, tmp_path, capsys, test_image, registry):
     ctx = tmp_path / "app"
     ctx.mkdir()
     (ctx / "index.html").write_text("<p>hi</p>\n")
-    (ctx / "Dockerfile").write_text(f"FROM {host}/me/hello:v1\nCOPY index.html /srv/\nCMD [\"cat\", \"/srv/index.html\"]\n")
+    (ctx / "Dockerfile").write_text(f"FROM {host}/me/hello:v1\nCOPY index.html /srv/\n"
+                                    "CMD [\"cat\", \"/srv/index.html\"]\n")
     out = dk.ok("build", "-t", "app:1", ctx)
     assert out.splitlines()[-1] == "Successfully tagged app:1"
     [insp] = json.loads(dk.ok("inspect", "app:1"))

@@ -11,7 +11,8 @@ _JSON_HELP = "table (docker's columns, default) or json"
 
 
 def register(sub) -> None:
-    d = sub.add_parser("docker", help="docker's image commands over a persistent root (pull, run, commit, push, build...)")
+    d = sub.add_parser("docker",
+                       help="docker's image commands over a persistent root (pull, run, commit, push, build...)")
     d.add_argument("--root", default=None, help="the engine root (default ~/.local/share/thinp/docker)")
     d.add_argument("-s", "--storage-driver", default=None,
                    help="storage driver of a new root (default overlay2; an existing root keeps its own)")
@@ -79,7 +80,8 @@ def register(sub) -> None:
     p.add_argument("repo_tag", nargs="?", default=None)
     p.add_argument("-c", "--change", action="append", default=[])
     p.add_argument("-m", "--message", default="")
-    for name, fn, what in (("create", _create, "create a container"), ("run", _run_cmd, "run a command in a new container")):
+    for name, fn, what in (("create", _create, "create a container"),
+                           ("run", _run_cmd, "run a command in a new container")):
         p = cmd(name, fn, what)
         p.add_argument("--name", default=None)
         if name == "run":

@@ -42,7 +42,6 @@ from __future__ import annotations
 import copy
 import fnmatch
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -514,9 +513,10 @@ class _Builder:
                 if trace is not None:
                     strace.replay(strace.read(p).ops, view)
                 else:
-                    with open(p) as f:
-                        for op in json.load(f):
-                            getattr(view, op[0])(*op[1:])
+                    from .daemon import load_steps
+
+                    for op in load_steps(p):
+                        getattr(view, op[0])(*op[1:])
                 self.lines.append(f" ---> replayed {'trace' if trace else 'steps'} {trace or steps} "
                                   f"(not executed)")
                 return
@@ -525,7 +525,8 @@ class _Builder:
             wd = self.config.get("WorkingDir")
             line = (f"export {pre}; " if pre else "") + (f"cd {shlex.quote(wd)} && " if wd else "") + script
             try:
-                code, tr, printed = self.d.execute(self.image, ["/bin/sh", "-c", line] if ins.json is not None else [line])
+                argv = ["/bin/sh", "-c", line] if ins.json is not None else [line]
+                code, tr, printed = self.d.execute(self.image, argv)
             except NotSupportedError as e:
                 raise BuildError(f"line {ins.line}: {e}; or RUN --thinp-trace=FILE") from None
             self.lines += printed.splitlines()

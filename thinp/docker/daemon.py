@@ -21,7 +21,10 @@ were first made (``seq``) and each container's recorded operations are
 replayed.  That is deterministic, so the driver reaches the state it had
 when the previous command ended; the counters a command reports
 (``stats()``) are the difference between the engine's metrics after the
-replay and after the command.
+replay and after the command.  One consequence: what was removed is gone
+from the replayed disk as if it had never been written, so the physical
+bytes a command starts from are those of a disk that never held the removed
+images (a real loop file keeps the freed blocks until discard).
 
 Nothing is half-stored: the state file is written under a temporary name,
 fsync'd and renamed only when a command succeeded, and blobs the state does
@@ -45,7 +48,7 @@ import shutil
 import tempfile
 from typing import Sequence
 
-from ..engine import ContainerNotFoundError, Engine
+from ..engine import Engine
 from ..errors import ImageNotFoundError, NotSupportedError, PoolBusyError, ThinpError
 from ..image import Image, Layer, Reference
 from ..image.image import now_rfc3339
@@ -273,13 +276,16 @@ class Daemon:
 
             view = self.engine.mount(c)
             return strace.replay(strace.read(path).ops, view)
-        with open(path) as f:
-            steps = json.load(f)
-        self.engine.exec(c, [tuple(s) for s in steps])
+        steps = load_steps(path)
+        self.engine.exec(c, steps)
         return {"applied": len(steps)}
 
     def _record_ops(self, c, kind: str, src_path: str) -> dict:
         """Copy a trace/steps file under the container's directory, apply it, record it."""
+        if kind == "steps":
+            load_steps(src_path)          # a bad file is named as the user gave it
+        elif not os.path.isfile(src_path):
+            raise FileNotFoundError(errno.ENOENT, "no such file or directory", src_path)
         ops = self._ops.setdefault(c.id, [])
         d = self._path("containers", c.id)
         os.makedirs(d, exist_ok=True)
@@ -346,6 +352,8 @@ class Daemon:
 
     def load(self, path: str) -> list[tuple[str, str]]:
         """``docker load``: ``("Loaded image", tag)`` or ``("Loaded image ID", id)`` rows."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(errno.ENOENT, "no such file or directory", path)
         imgs = self.engine.load(path)
         rows = []
         for img in imgs:
@@ -512,6 +520,26 @@ class Daemon:
 
 
 # ================================================================ helpers
+#: the view operations a ``--thinp-steps`` file may name
+STEP_OPS = ("create", "write", "truncate", "unlink", "mkdir", "rmdir", "rename", "link", "symlink", "mknod",
+            "chmod", "chown", "utime", "setxattr", "fsync")
+
+
+def load_steps(path: str) -> list[tuple]:
+    """A ``--thinp-steps`` file: a JSON list of ``[operation, *args]`` (``STEP_OPS``)."""
+    try:
+        with open(path) as f:
+            steps = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(steps, list) or not all(isinstance(s, list) and s and isinstance(s[0], str) for s in steps):
+        raise ValueError(f"{path}: want a JSON list of [operation, arguments...] lists")
+    for i, s in enumerate(steps):
+        if s[0] not in STEP_OPS:
+            raise ValueError(f"{path}: step {i + 1}: unknown operation {s[0]!r} (known: {', '.join(STEP_OPS)})")
+    return [tuple(s) for s in steps]
+
+
 def _add_images(engine: Engine, images, tags: Sequence[str] = ()):
     """The engine's all-or-nothing add, every image with ``tags``."""
     return engine.add_images(images, tags_for=lambda _i: list(tags))

@@ -33,7 +33,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import urllib.parse
 
 from ..errors import ImageFormatError, ImageNotFoundError, ThinpError
