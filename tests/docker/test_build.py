@@ -251,3 +251,16 @@ def test_build_interrupted_by_the_user(docker, test_image, tmp_path, monkeypatch
     assert docker.ok("images", "-a", "-q").split() == ["75ae28b8ebf8"]
     assert len(os.listdir(os.path.join(docker.root, "image", "layers"))) == 14
     assert docker.ok("ps", "-a", "-q") == ""
+
+
+def test_run_refused_says_how_to_give_it(docker, test_image, tmp_path, monkeypatch):
+    import thinp.validate.capture as cap
+
+    monkeypatch.setattr(cap, "refusal", lambda: "thinp capture needs root: it mounts overlayfs")
+    docker.ok("load", "-i", test_image)
+    line = docker.fails("run", "dive-test", "touch", "/x")
+    assert "cannot execute 'touch /x' here (thinp capture needs root" in line and "--thinp-trace FILE" in line
+    ctx = _ctx(tmp_path, "FROM dive-test\nRUN touch /x\n")
+    line = docker.fails("build", ctx)
+    assert "line 2:" in line and "RUN --thinp-trace=FILE" in line
+    assert docker.ok("ps", "-a", "-q") == "" and docker.ok("images", "-a", "-q").split() == ["75ae28b8ebf8"]

@@ -526,9 +526,10 @@ class _Builder:
             line = (f"export {pre}; " if pre else "") + (f"cd {shlex.quote(wd)} && " if wd else "") + script
             try:
                 argv = ["/bin/sh", "-c", line] if ins.json is not None else [line]
-                code, tr, printed = self.d.execute(self.image, argv)
+                code, tr, printed = self.d.execute(
+                    self.image, argv, hint="give what it did with RUN --thinp-trace=FILE or RUN --thinp-steps=FILE")
             except NotSupportedError as e:
-                raise BuildError(f"line {ins.line}: {e}; or RUN --thinp-trace=FILE") from None
+                raise BuildError(f"line {ins.line}: {e}") from None
             self.lines += printed.splitlines()
             try:
                 if code != 0:

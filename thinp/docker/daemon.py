@@ -437,23 +437,29 @@ class Daemon:
             self.rm([c.id])
         return out
 
-    def execute(self, img: Image, command: Sequence[str]) -> tuple[int, str, str]:
+    def execute(self, img: Image, command: Sequence[str],
+                hint: str = "give what it did with --thinp-trace FILE or --thinp-steps FILE") -> tuple[int, str, str]:
         """Run ``command`` in the image for real (``thinp capture``); returns
         ``(exit code, path of the rewritten trace in a temporary directory,
         what the command printed)``."""
         from ..image import save
         from ..validate import capture as cap
 
+        shown = shlex.join(command)
         why = cap.refusal()
         if why:
-            raise NotSupportedError(f"cannot execute {shlex.join(command)!r} here ({why}); "
-                                                 f"give what it did with --thinp-trace FILE or --thinp-steps FILE")
+            raise NotSupportedError(f"cannot execute {shown!r} here ({why}); {hint}")
         tmp = tempfile.mkdtemp(prefix="thinp-run-")
         try:
             tar = os.path.join(tmp, "image.tar")
             save([Image(img.config_bytes, img.layers)], tar)
-            res = cap.capture(tar, shlex.join(command) if len(command) > 1 else command[0],
-                              os.path.join(tmp, "out"))
+            res = cap.capture(tar, shown if len(command) > 1 else command[0], os.path.join(tmp, "out"))
+        except NotSupportedError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise NotSupportedError(f"cannot execute {shown!r} here ({e}); {hint}") from None
+        except ThinpError as e:        # no /bin/sh in the image, a trace that misses what ran
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise NotSupportedError(f"cannot execute {shown!r} in {img.short_id} ({e}); {hint}") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
