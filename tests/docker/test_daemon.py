@@ -158,3 +158,15 @@ def test_bad_steps_and_files_one_line(docker, test_image, tmp_path):
     assert docker.fails("load", "-i", tmp_path / "none.tar").endswith("none.tar: no such file or directory")
     assert "truncated tar" in docker.fails("import", tmp_path / "a.json", "x:1")
     assert docker.ok("ps", "-a", "-q") == ""        # the failed runs left no container
+
+
+def test_image_and_container_made_in_one_command_replay_in_order(tmp_path, test_image):
+    steps = _steps(tmp_path, [["write", "/f", 0, 100]])
+    with Daemon(tmp_path / "r") as d:
+        d.load(str(test_image))
+        d.run("dive-test", name="c1", steps=str(steps))
+        d.commit("c1", "after:1")
+    with Daemon(tmp_path / "r") as d:
+        assert [c.name for c in d.engine.containers.values()] == ["c1"]
+        assert [str(x) for x in d.diff("c1")] == ["A /f"]
+        assert d.engine.image("after:1").parent == d.engine.image("dive-test").id

@@ -189,6 +189,13 @@ class Daemon:
         self.state["seq"] += 1
         return self.state["seq"]
 
+    def _seq_new_images(self) -> None:
+        """Give images added since the last call their place in the replay
+        order (before any container made after them)."""
+        for image_id in self.engine.store.images:
+            if image_id not in self._seq:
+                self._seq[image_id] = self._next_seq()
+
     def _persist_layer(self, layer: Layer) -> str:
         final = self._path("image", "layers", layer.diff_id[7:] + ".tar")
         if not os.path.exists(final):
@@ -204,10 +211,9 @@ class Daemon:
         """Record the engine's images, tags and containers (atomically)."""
         eng = self.engine
         images = []
+        self._seq_new_images()
         for img in eng.store.images.values():
-            seq = self._seq.get(img.id)
-            if seq is None:
-                seq = self._seq[img.id] = self._next_seq()
+            seq = self._seq[img.id]
             cfg = self._path("image", "configs", img.id[7:] + ".json")
             if not os.path.exists(cfg):
                 _write_atomic(cfg, img.config_bytes)
@@ -400,6 +406,7 @@ class Daemon:
             raise ImageNotFoundError(f"Unable to find image '{_familiar(image)}' locally") from None
         if name is not None:
             _check_name(name)
+        self._seq_new_images()
         c = eng.create(img.id, name=name)
         c.image = image
         if cmd:
