@@ -170,3 +170,15 @@ def test_image_and_container_made_in_one_command_replay_in_order(tmp_path, test_
         assert [c.name for c in d.engine.containers.values()] == ["c1"]
         assert [str(x) for x in d.diff("c1")] == ["A /f"]
         assert d.engine.image("after:1").parent == d.engine.image("dive-test").id
+
+
+def test_rmi_of_an_image_in_use(docker, test_image, tmp_path):
+    docker.ok("load", "-i", test_image)
+    docker.ok("tag", "dive-test", "second:1")
+    docker.ok("create", "--name", "c1", "dive-test")
+    assert "must be forced" in docker.fails("rmi", "75ae28b8ebf8")
+    assert docker.ok("rmi", "-f", "second:1") == "Untagged: second:1\n"
+    assert "cannot be forced" in docker.fails("rmi", "-f", "dive-test")
+    assert docker.ok("ps", "-a", "-q").split() and docker.ok("images", "-q").split() == ["75ae28b8ebf8"]
+    docker.ok("rm", "c1")
+    assert docker.ok("rmi", "dive-test").splitlines()[-1].startswith("Deleted: sha256:75ae28b8ebf8")

@@ -49,7 +49,7 @@ import tempfile
 from typing import Sequence
 
 from ..engine import Engine
-from ..errors import ImageNotFoundError, NotSupportedError, PoolBusyError, ThinpError
+from ..errors import ImageConflictError, ImageNotFoundError, NotSupportedError, PoolBusyError, ThinpError
 from ..image import Image, Layer, Reference
 from ..image.image import now_rfc3339
 from ..image.layer import FileSource
@@ -339,8 +339,18 @@ class Daemon:
         self.engine.tag(source, target)
 
     def rmi(self, refs: Sequence[str], force: bool = False, prune: bool = True) -> list[tuple[str, str]]:
+        """``docker rmi``.  Unlike dockerd, ``force`` does not delete an image a
+        container still uses (the container could not be re-created from the
+        state without it); it untags it only when other tags remain."""
+        store = self.engine.store
         out = []
         for r in refs:
+            image_id, ref = store.resolve(r)
+            users = sorted(store.users.get(image_id, ()))
+            if force and users and (ref is None or len(store.tags_of(image_id)) <= 1):
+                raise ImageConflictError(
+                    f"conflict: unable to delete {image_id[7:19]} (cannot be forced) - image is being used by "
+                    f"container {users[0][:12]} (thinp docker keeps it while the container exists)")
             out += self.engine.rmi(r, force=force, prune=prune)
         return out
 
