@@ -182,3 +182,10 @@ def test_rmi_of_an_image_in_use(docker, test_image, tmp_path):
     assert docker.ok("ps", "-a", "-q").split() and docker.ok("images", "-q").split() == ["75ae28b8ebf8"]
     docker.ok("rm", "c1")
     assert docker.ok("rmi", "dive-test").splitlines()[-1].startswith("Deleted: sha256:75ae28b8ebf8")
+
+
+def test_unknown_driver_leaves_no_root(tmp_path, capsys):
+    from .conftest import Docker
+
+    line = Docker(tmp_path / "new", capsys, driver="nosuch").fails("images")
+    assert "'nosuch' is not supported" in line and not (tmp_path / "new").exists()

@@ -86,6 +86,7 @@ class Daemon:
 
     def __init__(self, root=None, storage_driver: str | None = None, storage_opts: Sequence[str] | dict = ()):
         self.root = os.path.abspath(os.path.expanduser(os.fspath(root or DEFAULT_ROOT)))
+        existed = os.path.exists(self.root)
         os.makedirs(self.root, exist_ok=True)
         self._lockf = open(os.path.join(self.root, _LOCK), "a+")
         try:
@@ -99,6 +100,8 @@ class Daemon:
             self._open(storage_driver, storage_opts)
         except BaseException:
             self.close()
+            if not existed:             # a root this command would have made: none is left
+                shutil.rmtree(self.root, ignore_errors=True)
             raise
 
     # ------------------------------------------------------------ open/close
