@@ -173,3 +173,39 @@ def test_chunked_push(docker, test_image, registry, tmp_path, capsys, monkeypatc
     other = Docker(tmp_path / "other", capsys)
     out = other.ok("pull", f"{registry.host}/chunked:1")
     assert out.count("Pull complete") == 14 and other.ok("images", "-q").split() == ["75ae28b8ebf8"]
+
+
+def _skopeo(*args):
+    import shutil
+    import subprocess
+
+    if shutil.which("skopeo") is None:
+        pytest.skip("skopeo is not installed")
+    r = subprocess.run(["skopeo", *args], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_skopeo_pushes_gzip_layers_thinp_pulls(docker, registry, fixtures_dir):
+    """A real client (skopeo) pushes a Docker v2 manifest with gzip layers;
+    thinp pulls it and gets the image ``docker load`` of the archive gives."""
+    archive = fixtures_dir / "images" / "whiteout_dir.tar"
+    _skopeo("copy", "--dest-tls-verify=false", f"docker-archive:{archive}", f"docker://{registry.host}/wd:1")
+    out = docker.ok("pull", f"{registry.host}/wd:1")
+    assert out.count("Pull complete") == 4
+    pulled = json.loads(docker.ok("inspect", f"{registry.host}/wd:1"))[0]["Id"]
+    docker.ok("rmi", f"{registry.host}/wd:1")
+    loaded = docker.ok("load", "-i", archive).split(": ", 1)[1].strip()
+    assert json.loads(docker.ok("inspect", loaded))[0]["Id"] == pulled
+
+
+def test_thinp_pushes_skopeo_reads(docker, test_image, registry, tmp_path):
+    """What thinp pushes a real client copies out as an OCI layout that loads
+    back as the same image."""
+    _pushed(docker, test_image, registry)
+    raw = json.loads(_skopeo("inspect", "--tls-verify=false", "--raw", f"docker://{registry.host}/dive:v1"))
+    assert raw["mediaType"] == "application/vnd.oci.image.manifest.v1+json" and len(raw["layers"]) == 14
+    _skopeo("copy", "--src-tls-verify=false", f"docker://{registry.host}/dive:v1", f"oci:{tmp_path / 'oci'}:dive")
+    docker.ok("rmi", f"{registry.host}/dive:v1", "dive-test")
+    out = docker.ok("load", "-i", tmp_path / "oci")
+    assert json.loads(docker.ok("images", "--format", "json"))[0]["image_id"].startswith("sha256:75ae28b8ebf8"), out
