@@ -116,6 +116,19 @@ def test_devicemapper_info_and_stats(tmp_path, capsys, test_image):
         assert f" {key}: " in info
     j = json.loads(dk.ok("info", "--format", "json"))
     assert j["Storage Driver"] == "devicemapper" and j["Images"] == 1
+    assert dict(j["driver_status"])["Data Space Total"] == "107.4 GB"      # loop-lvm's 100 GiB
+
+
+def test_storage_opts_reach_the_driver(tmp_path, capsys):
+    from .conftest import Docker
+
+    dk = Docker(tmp_path / "r", capsys, driver="devicemapper")
+    info = dk.ok("--storage-opt", "dm.loopdatasize=2G", "--storage-opt", "dm.basesize=5G", "info")
+    assert " Data Space Total: 2.1 GB" in info and " Base Device Size: 5.4 GB" in info
+    line = Docker(tmp_path / "r", capsys).fails("--storage-opt", "dm.loopdatasize=3G", "info")
+    assert "was made with --storage-opt basesize=5G loopdatasize=2G" in line
+    assert "unknown option(s) ['nosuch']" in Docker(tmp_path / "r2", capsys, driver="devicemapper").fails(
+        "--storage-opt", "dm.nosuch=1", "info")
 
 
 def test_storage_opts_parse():
