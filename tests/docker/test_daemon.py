@@ -202,3 +202,19 @@ def test_unknown_driver_leaves_no_root(tmp_path, capsys):
 
     line = Docker(tmp_path / "new", capsys, driver="nosuch").fails("images")
     assert "'nosuch' is not supported" in line and not (tmp_path / "new").exists()
+
+
+def test_run_rm_and_create(docker, test_image, tmp_path):
+    docker.ok("load", "-i", test_image)
+    docker.ok("run", "--rm", "--thinp-steps", _steps(tmp_path, [["write", "/f", 0, 10]]), "dive-test")
+    assert docker.ok("ps", "-a", "-q") == "" and os.listdir(os.path.join(docker.root, "containers")) == []
+    cid = docker.ok("create", "--name", "made", "dive-test", "echo", "hi").strip()
+    assert len(cid) == 64
+    row = json.loads(docker.ok("ps", "-a", "--format", "json"))[0]
+    assert row["container_id"] == cid and row["status"] == "created" and row["command"] == "echo hi"
+    assert "Created" in docker.ok("ps", "-a").splitlines()[1]
+    assert docker.ok("diff", "made") == ""
+    [insp] = json.loads(docker.ok("inspect", "made"))
+    assert insp["Name"] == "/made" and insp["Config"]["Cmd"] == ["echo", "hi"]
+    assert insp["GraphDriver"]["Name"] == "overlay2"
+    assert "Conflict" in docker.fails("create", "--name", "made", "dive-test")

@@ -113,11 +113,11 @@ class Daemon:
             if storage_driver and storage_driver != prior:
                 raise NotSupportedError(
                     f"error initializing graphdriver: {self.root} holds the images of storage driver "
-                                  f"{prior!r}, not {storage_driver!r}: use --storage-driver {prior} or another --root")
+                    f"{prior!r}, not {storage_driver!r}: use --storage-driver {prior} or another --root")
             if opts and opts != state["storage_opts"]:
                 raise NotSupportedError(
                     f"error initializing graphdriver: {self.root} was made with --storage-opt "
-                                  f"{_opts_text(state['storage_opts']) or '(none)'}, not {_opts_text(opts)}")
+                    f"{_opts_text(state['storage_opts']) or '(none)'}, not {_opts_text(opts)}")
             self.driver_name, self.storage_opts = prior, dict(state["storage_opts"])
         else:
             self.driver_name = storage_driver or DEFAULT_DRIVER
