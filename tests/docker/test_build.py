@@ -152,6 +152,7 @@ def test_config_steps_copy_add_and_cache(docker, test_image, tmp_path):
         "ENTRYPOINT [\"/bin/sh\"]\n"
         "CMD [\"-c\", \"true\"]\n"
         "ONBUILD RUN --thinp-steps=steps.json echo child\n"
+        "HEALTHCHECK --interval=1m30s --retries=3 CMD wget -q localhost || exit 1\n"
         "RUN --thinp-steps=steps.json make\n"),
         {"src/m.c": b"int main;\n", "src/skip.log": b"x", "a.txt": (b"hello\n", 0o640),
          "pkg.tgz": _tar_bytes({"bin/tool": b"#!/bin/sh\n", "README": b"r"}),
@@ -170,6 +171,8 @@ def test_config_steps_copy_add_and_cache(docker, test_image, tmp_path):
     assert cfg["User"] == "1000" and cfg["ExposedPorts"] == {"80/tcp": {}, "53/udp": {}}
     assert cfg["Volumes"] == {"/data": {}} and cfg["Entrypoint"] == ["/bin/sh"] and cfg["Cmd"] == ["-c", "true"]
     assert cfg["OnBuild"] == ["RUN --thinp-steps=steps.json echo child"]
+    assert cfg["Healthcheck"] == {"Test": ["CMD-SHELL", "wget -q localhost || exit 1"], "Interval": 90 * 10**9,
+                                  "Retries": 3}
     hist = json.loads(docker.ok("history", "app:1", "--format", "json"))
     by = [h["created_by"] for h in hist]
     assert by[0] == "|1 VER=7 /bin/sh -c make"
@@ -185,7 +188,7 @@ def test_config_steps_copy_add_and_cache(docker, test_image, tmp_path):
     assert rows["opt/plain.tgz.txt"].size == 6 and rows["opt/app/out.bin"].size == 10000
     # the same build again comes from the cache; a changed source misses from its step on
     out2 = docker.ok("build", "-t", "app:2", "--build-arg", "VER=7", ctx)
-    assert out2.count("Using cache") == 15
+    assert out2.count("Using cache") == 16
     (ctx / "a.txt").write_text("changed\n")
     out3 = docker.ok("build", "--build-arg", "VER=7", ctx)
     assert out3.count("Using cache") == 5

@@ -8,8 +8,9 @@ intermediate images ``docker images`` hides):
   run in a container made from the current image and commit its diff as one
   layer, exactly as ``docker commit`` would;
 * ``ENV``, ``LABEL``, ``USER``, ``EXPOSE``, ``VOLUME``, ``CMD``,
-  ``ENTRYPOINT``, ``ONBUILD``, ``STOPSIGNAL``, ``SHELL``, ``ARG`` change the
-  config and add an ``empty_layer`` history entry;
+  ``ENTRYPOINT``, ``ONBUILD``, ``STOPSIGNAL``, ``SHELL``, ``HEALTHCHECK``,
+  ``MAINTAINER``, ``ARG`` change the config and add an ``empty_layer``
+  history entry;
 * history ``created_by`` is the shell plus ``#(nop) `` and the instruction
   for config steps (``/bin/sh -c #(nop)  CMD ["sh"]``), ``#(nop) ADD
   file:<hash> in <dest> `` for ADD/COPY, and the command for RUN.
@@ -42,6 +43,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -57,8 +59,6 @@ from .dockerfile import EXPANDED, DockerfileError, Instruction, expand, key_valu
 __all__ = ["build", "BuildError", "DockerIgnore"]
 
 _DEFAULT_SHELL = ["/bin/sh", "-c"]
-_CONFIG_ONLY = ("ENV", "LABEL", "USER", "EXPOSE", "VOLUME", "CMD", "ENTRYPOINT", "ONBUILD", "STOPSIGNAL",
-                "SHELL", "MAINTAINER", "HEALTHCHECK")
 _DEFAULT_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
                  "NO_PROXY", "no_proxy")
 
@@ -329,7 +329,25 @@ class _Builder:
         self._nop(ins, lambda cfg: None)
 
     def _healthcheck(self, ins):
-        raise NotSupportedError(f"line {ins.line}: HEALTHCHECK is not supported by thinp's builder")
+        rest = ins.args.strip()
+        if rest.upper() == "NONE":
+            hc = {"Test": ["NONE"]}
+        else:
+            word, _, cmd = rest.partition(" ")
+            if word.upper() != "CMD" or not cmd.strip():
+                raise DockerfileError(f"line {ins.line}: HEALTHCHECK takes NONE or [OPTIONS] CMD command")
+            cmd = cmd.strip()
+            try:
+                js = json.loads(cmd) if cmd.startswith("[") else None
+            except ValueError:
+                js = None
+            hc = {"Test": ["CMD", *js] if isinstance(js, list) else ["CMD-SHELL", cmd]}
+            for flag, key in (("interval", "Interval"), ("timeout", "Timeout"), ("start-period", "StartPeriod")):
+                if flag in ins.flags:
+                    hc[key] = _duration_ns(ins.flags[flag], ins.line)
+            if "retries" in ins.flags:
+                hc["Retries"] = int(ins.flags["retries"])
+        self._nop(ins, lambda cfg: cfg.__setitem__("Healthcheck", hc))
 
     def _workdir(self, ins):
         wd = ins.args if ins.args.startswith("/") else os.path.join(self.config.get("WorkingDir") or "/", ins.args)
@@ -628,6 +646,15 @@ def _extract(view, src: str, dest: str) -> None:
                         break
                     view.write(target, off, chunk)
                     off += len(chunk)
+
+
+def _duration_ns(text: str, line: int) -> int:
+    """Go's ``time.ParseDuration`` for the units a Dockerfile uses (``30s``, ``1m30s``, ``500ms``)."""
+    units = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise DockerfileError(f"line {line}: bad duration {text!r}")
+    return int(sum(float(a) * units[b] for a, b in parts))
 
 
 def _chown(spec: str | None, line: int) -> tuple[int, int]:
