@@ -8,7 +8,8 @@
 * :mod:`.registry` -- a client of the OCI distribution API over HTTP
   (pull, push, catalog), and ``oci:DIR`` layouts as a registry.
 * :mod:`.dockerfile` / :mod:`.build` -- a Dockerfile parser and the classic
-  builder (one layer per filesystem-changing instruction, its cache).
+  builder (one layer per filesystem-changing instruction, its cache);
+* :mod:`.steps` -- ``--thinp-steps`` files (what ran, where it cannot run here).
 
 ``thinp docker`` (:mod:`thinp.cli.docker`) is the command line over these.
 """

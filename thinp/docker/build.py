@@ -55,6 +55,7 @@ from ..image import Image, Layer, Reference
 from ..image import commit as _commit_image
 from ..image.image import now_rfc3339
 from .dockerfile import EXPANDED, DockerfileError, Instruction, expand, key_values, parse, words
+from .steps import load_steps
 
 __all__ = ["build", "BuildError", "DockerIgnore"]
 
@@ -531,8 +532,6 @@ class _Builder:
                 if trace is not None:
                     strace.replay(strace.read(p).ops, view)
                 else:
-                    from .daemon import load_steps
-
                     for op in load_steps(p):
                         getattr(view, op[0])(*op[1:])
                 self.lines.append(f" ---> replayed {'trace' if trace else 'steps'} {trace or steps} "

@@ -53,6 +53,7 @@ from ..errors import ImageConflictError, ImageNotFoundError, NotSupportedError, 
 from ..image import Image, Layer, Reference
 from ..image.image import now_rfc3339
 from ..image.layer import FileSource
+from .steps import load_steps
 
 __all__ = ["Daemon", "DEFAULT_ROOT", "DEFAULT_DRIVER", "parse_storage_opts", "STATE_VERSION"]
 
@@ -546,26 +547,6 @@ class Daemon:
 
 
 # ================================================================ helpers
-#: the view operations a ``--thinp-steps`` file may name
-STEP_OPS = ("create", "write", "truncate", "unlink", "mkdir", "rmdir", "rename", "link", "symlink", "mknod",
-            "chmod", "chown", "utime", "setxattr", "fsync")
-
-
-def load_steps(path: str) -> list[tuple]:
-    """A ``--thinp-steps`` file: a JSON list of ``[operation, *args]`` (``STEP_OPS``)."""
-    try:
-        with open(path) as f:
-            steps = json.load(f)
-    except ValueError as e:
-        raise ValueError(f"{path}: not JSON ({e})") from None
-    if not isinstance(steps, list) or not all(isinstance(s, list) and s and isinstance(s[0], str) for s in steps):
-        raise ValueError(f"{path}: want a JSON list of [operation, arguments...] lists")
-    for i, s in enumerate(steps):
-        if s[0] not in STEP_OPS:
-            raise ValueError(f"{path}: step {i + 1}: unknown operation {s[0]!r} (known: {', '.join(STEP_OPS)})")
-    return [tuple(s) for s in steps]
-
-
 def _add_images(engine: Engine, images, tags: Sequence[str] = ()):
     """The engine's all-or-nothing add, every image with ``tags``."""
     return engine.add_images(images, tags_for=lambda _i: list(tags))
