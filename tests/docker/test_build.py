@@ -12,7 +12,7 @@ import pytest
 
 from thinp.docker.build import DockerIgnore
 from thinp.docker.daemon import Daemon
-from thinp.docker.dockerfile import DockerfileError, expand, parse
+from thinp.docker.dockerfile import DockerfileError, parse
 from thinp.drivers import known_drivers
 from thinp.validate.capture import refusal
 
@@ -59,9 +59,14 @@ def test_parser_errors_name_the_line(text, line, what):
         assert f"line {line}:" in str(e.value)
 
 
-def test_expand():
-    env = {"A": "1", "E": ""}
-    assert expand("$A ${A} ${E:-d} ${A:+set} ${NONE} \\$A", env) == "1 1 d set  $A"
+def test_expansion_as_the_word_parser(docker, test_image, tmp_path):
+    docker.ok("load", "-i", test_image)
+    ctx = _ctx(tmp_path, "ARG B=dive-test\nFROM $B\nARG A=1\nENV E= Q='$A' D=\"${A}x\" N=${NONE:-d} P=${A:+set}\n"
+                         "LABEL l=\\$A\nWORKDIR /w/$A\n")
+    docker.ok("build", "-t", "x:1", ctx)
+    cfg = json.loads(docker.ok("inspect", "x:1"))[0]["Config"]
+    assert cfg["Env"][-5:] == ["E=", "Q=$A", "D=1x", "N=d", "P=set"]
+    assert cfg["Labels"] == {"l": "$A"} and cfg["WorkingDir"] == "/w/1"
 
 
 def test_dockerignore():

@@ -54,7 +54,8 @@ from ..errors import ImageNotFoundError, NotSupportedError, ThinpError
 from ..image import Image, Layer, Reference
 from ..image import commit as _commit_image
 from ..image.image import now_rfc3339
-from .dockerfile import EXPANDED, DockerfileError, Instruction, expand, key_values, parse, words
+from ..image.changes import expand_words, key_value_pairs
+from .dockerfile import EXPANDED, DockerfileError, Instruction, parse
 from .steps import load_steps
 
 __all__ = ["build", "BuildError", "DockerIgnore"]
@@ -209,10 +210,19 @@ class _Builder:
             env[k] = v
         return env
 
+    def _scope(self) -> dict:
+        """What ``$VAR`` means here: ARGs before the first FROM, else ARG and ENV values."""
+        return self._environment() if self.image is not None else self.meta_args
+
+    def _expanded(self, text: str, what: str) -> list[str]:
+        return expand_words(text, self._scope(), what)
+
     def dispatch(self, ins: Instruction) -> None:
-        if ins.cmd in EXPANDED and ins.cmd != "ARG":
-            ins.args = expand(ins.args, self._environment() if self.image is not None or ins.cmd != "FROM"
-                              else self.meta_args, ins.line)
+        if ins.cmd in EXPANDED and ins.cmd not in ("ARG", "ENV", "LABEL", "ADD", "COPY"):
+            if ins.json is not None:
+                ins.json = [" ".join(self._expanded(x, ins.cmd)) for x in ins.json]
+            else:
+                ins.args = " ".join(self._expanded(ins.args, ins.cmd))
         if ins.cmd == "FROM":
             return self._from(ins)
         if ins.cmd == "ARG":
@@ -245,9 +255,9 @@ class _Builder:
         self.config["OnBuild"] = None
 
     def _arg(self, ins):
-        for k, v in key_values(ins.args, "ARG", ins.line):
-            if v is not None:
-                v = expand(v, self._environment() if self.image is not None else self.meta_args, ins.line)
+        for w in self._expanded(ins.args, "ARG"):
+            k, eq, v = w.partition("=")
+            v = v if eq else None
             if k in self.build_args:
                 v = self.build_args[k]
                 self.used_args.add(k)
@@ -260,7 +270,8 @@ class _Builder:
 
     # ------------------------------------------------------------ config steps
     def _env(self, ins):
-        pairs = key_values(ins.args, "ENV", ins.line)
+        pairs = key_value_pairs(ins.args, self._scope(), "ENV")
+        ins.args = " ".join(f"{k}={v}" for k, v in pairs)      # history shows the values
 
         def change(cfg):
             env = list(cfg.get("Env") or [])
@@ -270,7 +281,8 @@ class _Builder:
         self._nop(ins, change)
 
     def _label(self, ins):
-        pairs = key_values(ins.args, "LABEL", ins.line)
+        pairs = key_value_pairs(ins.args, self._scope(), "LABEL")
+        ins.args = " ".join(f"{k}={v}" for k, v in pairs)
         self._nop(ins, lambda cfg: cfg.__setitem__("Labels", {**(cfg.get("Labels") or {}), **dict(pairs)}))
 
     def _user(self, ins):
@@ -426,7 +438,8 @@ class _Builder:
         if "from" in ins.flags:
             raise NotSupportedError(f"line {ins.line}: {ins.cmd} --from needs multi-stage builds, "
                                     f"which thinp's builder does not do")
-        parts = list(ins.json) if ins.json is not None else words(ins.args)
+        parts = ([" ".join(self._expanded(x, ins.cmd)) for x in ins.json] if ins.json is not None
+                 else self._expanded(ins.args, ins.cmd))
         if len(parts) < 2:
             raise DockerfileError(f"line {ins.line}: {ins.cmd} requires at least two arguments")
         srcs, dest = parts[:-1], parts[-1]
@@ -599,14 +612,19 @@ def _copy_file(view, src: str, target: str, uid: int, gid: int) -> None:
     _replace(view, target)
     view.create(target, stat.S_IMODE(st.st_mode), uid=uid, gid=gid)
     with open(src, "rb") as f:
-        off = 0
-        while True:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                break
-            view.write(target, off, chunk)
-            off += len(chunk)
+        _write_stream(view, target, f)
     view.chmod(target, stat.S_IMODE(st.st_mode))
+
+
+def _write_stream(view, target: str, f) -> None:
+    """Copy a readable file into ``target`` in 1 MiB writes."""
+    off = 0
+    while True:
+        chunk = f.read(1 << 20)
+        if not chunk:
+            break
+        view.write(target, off, chunk)
+        off += len(chunk)
 
 
 def _is_archive(path: str) -> bool:
@@ -637,14 +655,7 @@ def _extract(view, src: str, dest: str) -> None:
             elif m.isreg():
                 _replace(view, target)
                 view.create(target, m.mode & 0o7777, uid=m.uid, gid=m.gid)
-                f = tf.extractfile(m)
-                off = 0
-                while True:
-                    chunk = f.read(1 << 20)
-                    if not chunk:
-                        break
-                    view.write(target, off, chunk)
-                    off += len(chunk)
+                _write_stream(view, target, tf.extractfile(m))
 
 
 def _duration_ns(text: str, line: int) -> int:

@@ -12,10 +12,10 @@ exec form, ``line`` the line the instruction starts on):
   the JSON (exec) form when their text is a JSON array of strings;
 * ``--name=value`` flags before the arguments.
 
-:func:`expand` substitutes ``$VAR``, ``${VAR}``, ``${VAR:-word}`` and
-``${VAR:+word}`` (a backslash escapes ``$``), as the builder does for ADD,
-COPY, ENV, EXPOSE, FROM, LABEL, STOPSIGNAL, USER, VOLUME, WORKDIR and ARG.
-Errors are :class:`DockerfileError` with the line number.
+The builder expands ``$VAR``, ``${VAR}``, ``${VAR:-word}`` and
+``${VAR:+word}`` in the arguments of :data:`EXPANDED` with the word parser
+of :func:`thinp.image.changes.expand_words` (the one ``docker commit -c``
+uses).  Errors are :class:`DockerfileError` with the line number.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ThinpError
 
-__all__ = ["Instruction", "DockerfileError", "parse", "expand", "INSTRUCTIONS", "EXPANDED"]
+__all__ = ["Instruction", "DockerfileError", "parse", "INSTRUCTIONS", "EXPANDED"]
 
 INSTRUCTIONS = ("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
                 "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR")
@@ -33,7 +33,6 @@ INSTRUCTIONS = ("ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FRO
 EXPANDED = ("ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR", "ARG")
 _JSON_FORMS = ("RUN", "CMD", "ENTRYPOINT", "SHELL", "COPY", "ADD", "VOLUME")
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
-_VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)(?::([-+])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
 
 
 class DockerfileError(ThinpError, ValueError):
@@ -123,87 +122,4 @@ def parse(text: str, name: str = "Dockerfile") -> list[Instruction]:
         where = first.line if first is not None else out[0].line
         raise DockerfileError(f"{name} line {where}: no build stage in current context "
                               f"(the first instruction after ARGs must be FROM)")
-    return out
-
-
-def expand(text: str, env: dict, line: int | None = None) -> str:
-    """Substitute variables from ``env`` (``\\$`` stays a literal ``$``)."""
-    out = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text) and text[i + 1] == "$":
-            out.append("$")
-            i += 2
-            continue
-        if c == "$":
-            m = _VAR.match(text, i)
-            if m:
-                name = m.group(1) or m.group(4)
-                op, word = m.group(2), m.group(3)
-                val = env.get(name)
-                if op == "-":
-                    out.append(val if val else word)
-                elif op == "+":
-                    out.append(word if val else "")
-                else:
-                    out.append(val or "")
-                i = m.end()
-                continue
-            if text.startswith("${", i):
-                where = f"line {line}: " if line else ""
-                raise DockerfileError(f"{where}bad substitution in {text!r}")
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def words(text: str) -> list[str]:
-    """Split on blanks, keeping quoted strings whole (quotes removed)."""
-    out, cur, quote, have = [], [], None, False
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == quote:
-                quote = None
-            elif c == "\\" and quote == '"' and i + 1 < len(text):
-                i += 1
-                cur.append(text[i])
-            else:
-                cur.append(c)
-        elif c in "\"'":
-            quote, have = c, True
-        elif c.isspace():
-            if cur or have:
-                out.append("".join(cur))
-                cur, have = [], False
-        elif c == "\\" and i + 1 < len(text):
-            i += 1
-            cur.append(text[i])
-        else:
-            cur.append(c)
-        i += 1
-    if quote:
-        raise DockerfileError(f"unmatched quote in {text!r}")
-    if cur or have:
-        out.append("".join(cur))
-    return out
-
-
-def key_values(text: str, what: str, line: int) -> list[tuple[str, str]]:
-    """``ENV``/``LABEL``/``ARG`` pairs: ``k=v k2="v 2"`` or the legacy ``ENV k v``."""
-    ws = words(text)
-    if ws and "=" not in ws[0]:
-        if what == "ARG":
-            return [(ws[0], None)]
-        if len(ws) < 2:
-            raise DockerfileError(f"line {line}: {what} {ws[0]} needs a value")
-        return [(ws[0], text.split(None, 1)[1].strip())]
-    out = []
-    for w in ws:
-        k, eq, v = w.partition("=")
-        if not eq or not k:
-            raise DockerfileError(f"line {line}: {what} expects key=value, not {w!r}")
-        out.append((k, v))
     return out
