@@ -120,6 +120,13 @@ def test_only_loopback_registries(docker):
     assert "not a loopback address" in docker.fails("search", "--registry", "example.com:5000")
     with pytest.raises(ValueError, match="only http://"):
         registry_url("https://127.0.0.1:5000")
+    import socket
+
+    with socket.socket() as s:          # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    line = docker.fails("pull", f"127.0.0.1:{port}/x")
+    assert f"http://127.0.0.1:{port}: GET /v2/x/manifests/latest" in line and "refused" in line.lower()
 
 
 def test_oci_dir_registry(docker, test_image, tmp_path):
