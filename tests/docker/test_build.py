@@ -272,3 +272,21 @@ def test_run_refused_says_how_to_give_it(docker, test_image, tmp_path, monkeypat
     line = docker.fails("build", ctx)
     assert "line 2:" in line and "RUN --thinp-trace=FILE" in line
     assert docker.ok("ps", "-a", "-q") == "" and docker.ok("images", "-a", "-q").split() == ["75ae28b8ebf8"]
+
+
+def test_from_scratch(docker, tmp_path):
+    ctx = _ctx(tmp_path, "FROM scratch\nADD rootfs.tgz /\nCMD [\"/bin/tool\"]\n",
+               {"rootfs.tgz": _tar_bytes({"bin/tool": b"#!/bin/sh\n", "etc/conf": b"c=1\n"})})
+    out = docker.ok("build", "-t", "mini:1", ctx)
+    assert out.splitlines()[-1] == "Successfully tagged mini:1"
+    [insp] = json.loads(docker.ok("inspect", "mini:1"))
+    assert len(insp["RootFS"]["Layers"]) == 1 and insp["Config"]["Cmd"] == ["/bin/tool"]
+    # the scratch starting point is nobody's parent and does not stay
+    assert docker.ok("images", "-q").split() == [insp["Id"][7:19]]
+    assert len(docker.ok("images", "-a", "-q").split()) == 2        # the ADD step's image and the result
+    with Daemon(docker.root) as d:
+        img = d.engine.image("mini:1")
+        parent = d.engine.store.images[img.parent]
+        assert parent.parent is None and len(parent.layers) == 1
+        assert sorted(e.path for e in img.layers[0].entries()) == ["bin", "bin/tool", "etc", "etc/conf"]
+    assert docker.ok("build", ctx).count("Using cache") == 2

@@ -32,6 +32,10 @@ relative to the context) or ``RUN --thinp-steps=FILE`` (a JSON list of view
 operations) gives what the command did; without either, the build stops
 saying why.
 
+``FROM scratch`` starts from an image of no layers that leaves the store when
+the build ends; the first step's image then has no parent, as in Docker.
+Multi-stage builds (a second ``FROM``, ``COPY --from``) are refused.
+
 The context honours ``.dockerignore`` (Go ``filepath.Match`` patterns,
 ``**``, ``!`` exceptions, the last match winning, a directory's exclusion
 covering what is under it).  A source outside the context is refused.  A
@@ -158,7 +162,10 @@ def build(daemon, context: str, *, dockerfile: str | None = None, tags=(), build
         k, eq, v = a.partition("=")
         args[k] = v if eq else os.environ.get(k, "")
     b = _Builder(daemon, ctx, DockerIgnore.from_context(ctx), args, no_cache)
-    b.run(parse(text, name=os.path.basename(path)))
+    try:
+        b.run(parse(text, name=os.path.basename(path)))
+    finally:
+        b.drop_scratch()
     if b.image is None:
         raise BuildError("no image was built")
     for t in tags:
@@ -178,6 +185,7 @@ class _Builder:
         self.used_args: set[str] = set()
         self.no_cache = no_cache
         self.image: Image | None = None
+        self.scratch: Image | None = None
         self.config: dict = {}
         self.args: dict = {}            # declared ARGs of the stage -> value
         self.meta_args: dict = {}       # ARGs before FROM
@@ -239,7 +247,10 @@ class _Builder:
         if self.image is not None:
             raise NotSupportedError(f"line {ins.line}: multi-stage builds are not supported by thinp's builder")
         if ws[0] == "scratch":
-            raise NotSupportedError(f"line {ins.line}: FROM scratch is not supported (start from an image)")
+            self.image = self.scratch = self._scratch_image()
+            self.config, self.args = {}, {}
+            self.lines.append(" ---> (scratch)")
+            return
         try:
             self.image = self.eng.image(ws[0])
         except ImageNotFoundError:
@@ -383,10 +394,28 @@ class _Builder:
         cfg["Cmd"] = cmd
         return cfg
 
+    def _scratch_image(self) -> Image:
+        """An image of no layers to start ``FROM scratch`` on; it is nobody's
+        parent (a scratch build's first image has none, as in Docker) and
+        leaves the store when the build ends."""
+        cfg = {"architecture": "amd64", "os": "linux", "config": {}, "created": now_rfc3339(),
+               "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+        return self.d.add_image(Image.from_config(cfg, []))
+
+    def drop_scratch(self) -> None:
+        if self.scratch is not None and self.scratch.id in self.eng.store.images:
+            self.eng.rmi(self.scratch.id, force=True, prune=False)
+
+    def _parent_id(self, img: Image) -> str | None:
+        return None if img is self.scratch else img.id
+
     def _cached(self, key: dict) -> Image | None:
         if self.no_cache:
             return None
-        for cid in self.eng.store.children(self.image.id):
+        parent = self._parent_id(self.image)
+        kids = [i for i, im in self.eng.store.images.items() if im.parent is None and im.layers] \
+            if parent is None else self.eng.store.children(parent)
+        for cid in kids:
             child = self.eng.store.images[cid]
             if child.config.get("container_config") == key:
                 return child
@@ -423,7 +452,7 @@ class _Builder:
         config["container_config"] = key
         if cid:
             config["container"] = cid
-        img = Image.from_config(config, img.layers, parent=base.id)
+        img = Image.from_config(config, img.layers, parent=self._parent_id(base))
         self.image = self.d.add_image(img)
         self.lines.append(f" ---> {self.image.short_id}")
 
