@@ -165,4 +165,4 @@ def test_readme_lists_every_timing_constant_with_its_source():
     for f in dataclasses.fields(k):
         v = getattr(k, f.name)
         shown = ", ".join(f"{a}={b!r}" for a, b in v.items()) if isinstance(v, dict) else repr(v)
-        assert f"| `{f.name}` | `{shown}` | {SOURCES[f.name]} |" in readme, f.name
+        assert f"| `{f.name}` | [timing] | `{shown}` | {SOURCES[f.name]} |" in readme, f.name
