@@ -158,3 +158,23 @@ def test_more_captured_commands_are_reproduced_exactly(captured, name, tmp_path)
     assert counts["errors"] == {}
     assert (cmp["missing"], cmp["extra"], cmp["mismatched"]) == ([], [], [])
     assert cmp["paths_matched"] == len(kernel) >= 15
+
+
+def test_a_refused_overlay_mount_is_one_line_naming_the_mount(monkeypatch, tmp_path, capsys):
+    """As on a kernel without overlayfs: the mount's own message, one line, nothing written."""
+    if cap.refusal():
+        pytest.skip(cap.refusal())
+    real_run = cap.subprocess.run
+
+    def fake_run(args, *a, **kw):
+        if args[:3] == ["mount", "-t", "overlay"]:
+            return cap.subprocess.CompletedProcess(args, 32, "", "mount: unknown filesystem type 'overlay'.")
+        return real_run(args, *a, **kw)
+
+    img = tmp_path / "image.tar"
+    cap.build_tools_image(img, {"data/x": b"x"})
+    monkeypatch.setattr(cap.subprocess, "run", fake_run)
+    assert main(["capture", str(img), str(tmp_path / "out"), "true"]) == 1
+    assert capsys.readouterr().err == "thinp: error: overlay mount refused: mount: unknown filesystem type 'overlay'.\n"
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".out")]

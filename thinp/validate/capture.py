@@ -31,7 +31,8 @@ made of it:
    ``strace`` step), which ``thinp compare`` and the workload format take.
 
 Where it cannot run, :func:`refusal` says why in one line (not root, no
-strace, no chroot, no overlayfs).  Every mount is made on a new temporary
+strace, no chroot), and a refused tmpfs or overlay mount raises
+``NotSupportedError`` with the mount's own message.  Every mount is made on a new temporary
 directory and unmounted by its own path, newest first, in ``finally``.
 
 :func:`replay_upper` replays a captured trace with a simulated union driver
@@ -108,15 +109,8 @@ def refusal() -> str | None:
     for tool in ("strace", "chroot", "mount", "umount", "tar"):
         if shutil.which(tool) is None:
             return f"thinp capture needs {tool!r} on PATH"
-    try:
-        with open("/proc/filesystems") as f:
-            kinds = f.read().split()
-    except OSError:
-        kinds = []
-    if "overlay" not in kinds:
-        r = subprocess.run(["modprobe", "overlay"], capture_output=True)
-        if r.returncode:
-            return "thinp capture needs overlayfs, which this kernel does not offer"
+    # overlayfs itself is tried by the mount (the kernel loads the module on
+    # demand); a refusal then names the reason in NotSupportedError
     return None
 
 
