@@ -19,9 +19,10 @@ made of it:
    ``chroot`` are dropped, ``-y`` annotations under the mount lose its
    prefix and any other host path becomes ``/outside/...`` (the reader
    skips those);
-5. the kernel's upper directory is recorded (:func:`upper_rows`: path,
-   type, size, mode, owner, nlink, link target or device, xattr names) in
-   the CSV form of the shared fixtures;
+5. the kernel's upper directory is recorded (``upper_rows``, that is
+   :func:`thinp.validate.union.real_upper_rows`: path, type, size, mode,
+   owner, nlink, link target or device, xattr names) in the CSV form of the
+   shared fixtures;
 6. the trace is checked against that upper (:func:`uncovered`): every upper
    path must be named by an operation the reader took from the trace, or be
    a directory above one; otherwise the flags missed something and capture
@@ -36,7 +37,8 @@ strace, no chroot), and a refused tmpfs or overlay mount raises
 directory and unmounted by its own path, newest first, in ``finally``.
 
 :func:`replay_upper` replays a captured trace with a simulated union driver
-over the same image and :func:`compare_upper` compares the two uppers;
+over the same image, and ``compare_upper`` (:mod:`thinp.validate.union`'s)
+compares the two uppers;
 :func:`build_tools_image` makes a small image from the host's own
 ``/bin/sh``, coreutils and their libraries (nothing third-party is shipped:
 the files are read from the machine at run time).
@@ -58,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import NotSupportedError, ThinpError
+from .union import compare_upper, read_upper_csv, real_upper_rows as upper_rows
 
 __all__ = ["STRACE_FLAGS", "STRACE_SYSCALLS", "strace_flags", "CaptureResult", "capture", "refusal", "rewrite_trace",
            "upper_rows", "read_upper_csv", "uncovered", "replay_upper", "compare_upper",
@@ -171,29 +174,6 @@ def rewrite_trace(lines, merged: str):
 
 
 # ---------------------------------------------------------------- the upper
-def upper_rows(upper: str) -> dict:
-    """The kernel's upper directory as ``{path: row}``: type (f d l c b p s),
-    size (files), mode, uid, gid, nlink, target (symlink text, or
-    ``major:minor`` of a device) and the xattr names."""
-    out = {}
-    for d, dirs, files in os.walk(upper):
-        dirs.sort()
-        for n in sorted(dirs + files):
-            p = os.path.join(d, n)
-            st = os.lstat(p)
-            m = st.st_mode
-            typ = ("d" if _stat.S_ISDIR(m) else "f" if _stat.S_ISREG(m) else "l" if _stat.S_ISLNK(m)
-                   else "c" if _stat.S_ISCHR(m) else "b" if _stat.S_ISBLK(m) else "p" if _stat.S_ISFIFO(m)
-                   else "s")
-            out[os.path.relpath(p, upper)] = {
-                "type": typ, "size": st.st_size if typ == "f" else 0, "mode": _stat.S_IMODE(m),
-                "uid": st.st_uid, "gid": st.st_gid, "nlink": st.st_nlink,
-                "target": os.readlink(p) if typ == "l" else
-                (f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if typ in "cb" else ""),
-                "xattrs": tuple(sorted(os.listxattr(p, follow_symlinks=False)))}
-    return out
-
-
 def _write_upper_csv(rows: dict, path: Path) -> None:
     with gzip.open(path, "wt", newline="") as f:
         w = csv.writer(f)
@@ -202,22 +182,6 @@ def _write_upper_csv(rows: dict, path: Path) -> None:
             r = rows[p]
             w.writerow([p, r["type"], r["size"], f"0o{r['mode']:o}", r["uid"], r["gid"], r["nlink"], "",
                         r["target"], ";".join(r["xattrs"])])
-
-
-def read_upper_csv(path) -> dict:
-    """An upper-directory CSV (this module's or the shared fixtures') as
-    ``{path: row}`` with ints and a sorted tuple of xattr names."""
-    with gzip.open(path, "rt", newline="") as f:
-        rows = {}
-        for r in csv.DictReader(f):
-            mode = r["mode"]
-            rows[r["path"]] = {
-                "type": r["type"], "size": int(r["size"] or 0),
-                "mode": int(mode[2:] if mode.startswith("0o") else mode, 8),
-                "uid": int(r["uid"] or 0), "gid": int(r["gid"] or 0), "nlink": int(r.get("nlink") or 1),
-                "target": r["target"],
-                "xattrs": tuple(sorted(x.split("=", 1)[0] for x in r["xattrs"].split(";") if x))}
-    return rows
 
 
 def uncovered(ops, rows: dict) -> list[str]:
@@ -374,22 +338,6 @@ def replay_upper(image, trace, *, driver: str = "overlay2", **driver_options) ->
         r["xattrs"] = tuple(sorted(r["xattrs"]))
     drv.put("capture")
     return rows, counts
-
-
-_COMPARED = ("type", "size", "mode", "uid", "gid", "target", "xattrs")
-
-
-def compare_upper(kernel: dict, ours: dict) -> dict:
-    """``missing``/``extra`` paths and ``mismatched`` ``(path, field, kernel, ours)``
-    over paths, types, sizes (files), modes, owners, link targets and xattr names."""
-    mism = []
-    for p in sorted(set(kernel) & set(ours)):
-        for k in _COMPARED:
-            if kernel[p][k] != ours[p][k]:
-                mism.append((p, k, kernel[p][k], ours[p][k]))
-    return {"paths_expected": len(kernel), "missing": sorted(set(kernel) - set(ours)),
-            "extra": sorted(set(ours) - set(kernel)), "mismatched": mism,
-            "paths_matched": len(set(kernel) & set(ours)) - len({m[0] for m in mism})}
 
 
 # ---------------------------------------------------------------- a test image from the host
