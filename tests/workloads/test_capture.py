@@ -230,3 +230,38 @@ def test_dpkg_install_of_a_deb_built_here_is_reproduced_exactly(captured, tmp_pa
     assert counts["errors"] == {}
     assert (cmp["missing"], cmp["extra"], cmp["mismatched"]) == ([], [], [])
     assert cmp["paths_matched"] == len(kernel) > 20
+
+
+def test_a_multi_layer_image_is_mounted_layer_by_layer(captured, tmp_path):
+    """A second layer whites out one name of a hard-linked pair and makes a
+    directory opaque.  The lower inode still has two links, so the kernel's
+    copy-up of the other name breaks the link and records no origin, as the
+    overlay2 model does; a flattened rootfs would have shown one link."""
+    import io
+    import tarfile
+
+    from thinp.image import Image, Layer, load, save
+
+    [base] = load(captured.image)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name in ("data/.wh.hl2", "data/tree/.wh..wh..opq"):
+            tf.addfile(tarfile.TarInfo(name))
+        ti = tarfile.TarInfo("data/tree/new")
+        ti.size = 3
+        tf.addfile(ti, io.BytesIO(b"new"))
+    top = Layer.from_bytes(buf.getvalue(), name="top.tar").scan()
+    cfg = dict(base.config)
+    cfg["rootfs"] = {"type": "layers", "diff_ids": base.diff_ids + [top.diff_id]}
+    img = Image.from_config(cfg, base.layers + [top], tags=["two-layers:1"])
+    save([img], tmp_path / "two.tar")
+    res = cap.capture(tmp_path / "two.tar", "chmod 600 /data/hl1 && echo /data/tree/* > /data/listing",
+                      tmp_path / "out")
+    assert res.returncode == 0
+    kernel = cap.read_upper_csv(res.upper)
+    assert kernel["data/hl1"]["mode"] == 0o600 and "trusted.overlay.origin" not in kernel["data/hl1"]["xattrs"]
+    assert kernel["data/listing"]["size"] == len("/data/tree/new\n")   # the opaque layer hid the lower tree
+    ours, counts = cap.replay_upper(res.image, res.trace)
+    cmp = cap.compare_upper(kernel, ours)
+    assert counts["errors"] == {}
+    assert (cmp["missing"], cmp["extra"], cmp["mismatched"]) == ([], [], [])

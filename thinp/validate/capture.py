@@ -4,9 +4,11 @@
 trace :mod:`thinp.traces.strace` can replay, and keeps what the kernel
 made of it:
 
-1. the image (``docker save`` tar or OCI layout) is flattened into a lower
-   directory on a fresh tmpfs (``tar -xp``, owners and modes kept);
-2. overlayfs is mounted over it as Docker's overlay2 mounts a container
+1. each layer of the image (``docker save`` tar or OCI layout) is unpacked
+   into its own directory on a fresh tmpfs (GNU ``tar -xp``, owners, modes
+   and xattrs kept), its whiteouts turned into overlayfs's own (char 0/0,
+   ``trusted.overlay.opaque=y``), as Docker's overlay2 keeps layers;
+2. overlayfs is mounted over them as Docker's overlay2 mounts a container
    (``index=off``, ``redirect_dir=off``, ``metacopy=off``); ``/dev`` (a
    tmpfs with null, zero, random, urandom) and ``/proc`` are mounted on top
    when the image has those directories, so they never reach the upper;
@@ -203,6 +205,42 @@ def uncovered(ops, rows: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------- capture
+def _native_whiteouts(root: str) -> None:
+    """Turn a layer's OCI whiteouts into overlayfs's own, as Docker's overlay2
+    ``ApplyDiff`` does: ``.wh.NAME`` becomes a char 0/0 (mode 000) named NAME,
+    ``.wh..wh..opq`` becomes ``trusted.overlay.opaque=y`` on its directory,
+    other ``.wh..wh.`` (aufs bookkeeping) goes."""
+    for d, dirs, files in os.walk(root):
+        for name in files:
+            if not name.startswith(".wh."):
+                continue
+            os.unlink(os.path.join(d, name))
+            if name == ".wh..wh..opq":
+                os.setxattr(d, "trusted.overlay.opaque", b"y", follow_symlinks=False)
+            elif not name.startswith(".wh..wh."):
+                os.mknod(os.path.join(d, name[4:]), _stat.S_IFCHR, os.makedev(0, 0))
+
+
+def _unpack_layers(img, into: str) -> list[str]:
+    """Each layer into its own directory (GNU tar, owners, modes and xattrs
+    kept; then native whiteouts), bottom first, as overlay2 keeps them:
+    lower inodes keep their own link counts and whiteouts."""
+    os.mkdir(into)
+    dirs = []
+    for i, layer in enumerate(img.layers):
+        d = os.path.join(into, str(i))
+        os.mkdir(d, 0o755)
+        blob = os.path.join(into, "layer.tar")
+        with layer.open_uncompressed() as f, open(blob, "wb") as out:
+            shutil.copyfileobj(f, out)
+        _run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", blob, "-C", d],
+             f"tar -x of layer {i}")
+        os.unlink(blob)
+        _native_whiteouts(d)
+        dirs.append(d)
+    return dirs
+
+
 def _workload_toml(command: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", command).strip("-")[:40] or "captured"
     quoted = command.replace("\\", "\\\\").replace('"', '\\"')
@@ -244,19 +282,15 @@ def capture(image, command: str, out, *, platform: str | None = None, shell: str
         raise NotSupportedError(why)
     img = _pick_image(image, platform)
     with _mounts() as (base, _mounted, mount):
-        lower, upper, work, merged = (os.path.join(base, d) for d in ("lower", "upper", "work", "merged"))
-        for d in (lower, upper, work, merged):
+        upper, work, merged = (os.path.join(base, d) for d in ("upper", "work", "merged"))
+        for d in (upper, work, merged):
             os.mkdir(d)
-        flat = os.path.join(base, "rootfs.tar")
-        img.export(flat)
-        _run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", flat, "-C", lower],
-             "tar -x of the image")
-        os.unlink(flat)
-        os.chmod(lower, 0o755)
-        if not os.path.exists(lower + shell):
-            raise ThinpError(f"{image}: has no {shell} to run the command with")
+        lowers = _unpack_layers(img, os.path.join(base, "layers"))
         mount(["-t", "overlay", "overlay", "-o",
-               f"{OVERLAY_OPTIONS},lowerdir={lower},upperdir={upper},workdir={work}"], merged, "overlay mount")
+               f"{OVERLAY_OPTIONS},lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work}"],
+              merged, "overlay mount")
+        if not os.path.lexists(merged + shell):
+            raise ThinpError(f"{image}: has no {shell} to run the command with")
         if os.path.isdir(merged + "/dev"):
             mount(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"], merged + "/dev", "/dev tmpfs")
             for name, major, minor in _DEV_NODES:
