@@ -58,7 +58,7 @@ import stat as _stat
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NotSupportedError, ThinpError
@@ -103,7 +103,6 @@ class CaptureResult:
     nr_ops: int
     nr_upper_paths: int
     modes_inferred: int
-    uncovered: list = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- can it run here
