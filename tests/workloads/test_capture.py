@@ -60,6 +60,11 @@ def test_capture_names_a_missing_image_and_a_used_output(tmp_path):
     (tmp_path / "img.tar").write_bytes(b"")
     with pytest.raises(ThinpError, match="exists and is not an empty directory"):
         cap.capture(tmp_path / "img.tar", "true", tmp_path / "out")
+    with pytest.raises(ValueError, match="driver 'bogus' is not one of aufs, btrfs"):
+        cap.capture(tmp_path / "img.tar", "true", tmp_path / "out2", replay_driver="bogus")
+    with pytest.raises(ValueError, match="string_bytes -1 is negative"):
+        cap.capture(tmp_path / "img.tar", "true", tmp_path / "out2", string_bytes=-1)
+    assert not (tmp_path / "out2").exists()
 
 
 # ---------------------------------------------------------------- the real thing

@@ -259,16 +259,22 @@ def _pick_image(image_path: str, platform: str | None):
 
 
 def capture(image, command: str, out, *, platform: str | None = None, shell: str = "/bin/sh",
-            string_bytes: int = 64) -> CaptureResult:
+            string_bytes: int = 64, replay_driver: str | None = None) -> CaptureResult:
     """Run ``command`` (a shell command line) in a kernel overlay mount of
     ``image``'s rootfs under strace and write the outputs to the directory
-    ``out`` (see the module docstring).  Raises ``NotSupportedError`` with
+    ``out`` (see the module docstring); ``replay_driver``, if given, is checked
+    up front (the caller replays with it afterwards).  Raises ``NotSupportedError`` with
     the reason where the machine refuses, ``ThinpError`` when the trace does
     not cover the upper directory."""
     from ..traces import strace as _strace
 
     if string_bytes < 0:
         raise ValueError(f"string_bytes {string_bytes} is negative")
+    if replay_driver is not None:
+        from ..drivers import known_drivers
+
+        if replay_driver not in known_drivers():
+            raise ValueError(f"driver {replay_driver!r} is not one of {', '.join(sorted(known_drivers()))}")
     flags = strace_flags(string_bytes)
     image = os.fspath(image)
     if not os.path.exists(image):
