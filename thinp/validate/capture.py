@@ -103,6 +103,8 @@ class CaptureResult:
     nr_ops: int
     nr_upper_paths: int
     modes_inferred: int
+    stdout: str = ""     # what the command printed (``thinp docker run`` shows it)
+    stderr: str = ""
 
 
 # ---------------------------------------------------------------- can it run here
@@ -349,7 +351,8 @@ def capture(image, command: str, out, *, platform: str | None = None, shell: str
     os.chmod(out, 0o755)
     paths = {k: out / v for k, v in names}
     return CaptureResult(out, paths["trace"], paths["upper"], paths["workload"], paths["image"],
-                         r.returncode, len(trace.ops), len(rows), trace.nr_modes_inferred)
+                         r.returncode, len(trace.ops), len(rows), trace.nr_modes_inferred,
+                         stdout=r.stdout or "", stderr=r.stderr or "")
 
 
 # ---------------------------------------------------------------- replay and compare
