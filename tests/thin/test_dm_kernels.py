@@ -78,3 +78,28 @@ def test_lookup(tmp_path):
         md.fast = True
     assert md.lookup(4, 10) == (1995, 0) and md.lookup(4, 11) is None
     md.close(commit=False)
+
+
+def _pool_run(tmp_path, name, fast):
+    from thinp.thin.dm_pool import DmPool
+
+    pool = DmPool.create(tmp_path / name, "4G", metadata_size="8M")
+    pool.md.fast = fast
+    pool.md.sync = False
+    bs = pool.block_size
+    rng = random.Random(5)
+    pool.create_thin(0, "2G")
+    pool.write(0, 0, 3000 * bs)
+    for s in range(1, 6):
+        pool.create_snap(s, rng.choice(range(s)))
+        for _ in range(20):
+            dev = rng.choice(range(s + 1))
+            off = rng.randrange(0, 30000) * bs
+            pool.write(dev, off, rng.randrange(1, 50) * bs)
+        pool.commit()
+    pool.close()
+    return (tmp_path / name / "metadata").read_bytes()
+
+
+def test_write_kernel_matches_the_reference(tmp_path):
+    assert _pool_run(tmp_path, "ref", False) == _pool_run(tmp_path, "fast", True)

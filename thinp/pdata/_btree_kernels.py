@@ -480,3 +480,49 @@ def lookup_mapping(m64, m32, root, dev, vblock):
                 return v, True
             b = np.int64(_val(m64, m32, b, i))
     return np.uint64(0), False
+
+
+@njit
+def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                 root, dev, snap_time, time, vblocks, halves, out):
+    """dm-thin's write path for each of ``vblocks`` of device ``dev``: a
+    mapped block not shared (its time is at or after ``snap_time``) needs
+    nothing; otherwise a new data block (lowest free now and at the last
+    commit, from the cursor ``dst[0]``) is mapped, which drops the shared
+    block's reference.  ``out`` gets (new root, blocks done, mappings
+    added, data blocks allocated).  Returns 0, -1 out of metadata, -2 out of data space (``out[1]``
+    says how far it got)."""
+    added = 0
+    allocs = 0
+    for k in range(vblocks.shape[0]):
+        vb = vblocks[k]
+        v, found = lookup_mapping(m64, m32, root, dev, vb)
+        if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
+            continue
+        p = _find_free(dfree, dst[0])
+        if p < 0:
+            out[0] = root
+            out[1] = k
+            out[2] = added
+            out[3] = allocs
+            return -2
+        dst[0] = p + 1
+        dcount[p] = 1
+        dfree[p] = False
+        value = (np.uint64(p) << np.uint64(24)) | np.uint64(time & 0xFFFFFF)
+        r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                           root, dev, vb, value, halves, out)
+        if r < 0:
+            out[0] = root
+            out[1] = k
+            out[2] = added
+            out[3] = allocs
+            return -1
+        root = out[0]
+        added += out[1]
+        allocs += 1
+    out[0] = root
+    out[1] = vblocks.shape[0]
+    out[2] = added
+    out[3] = allocs
+    return 0

@@ -25,6 +25,8 @@ import json
 import os
 import shutil
 
+import numpy as np
+
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from ..units import check_block_size, parse_size
@@ -235,6 +237,8 @@ class DmPool:
         number of blocks that needed a new data block."""
         b0, b1 = self._blocks(dev, offset, length)
         md = self.md
+        if md.fast:
+            return md.write_blocks(dev, np.arange(b0, b1, dtype=np.int64))
         d = md._details(dev)
         new = 0
         for vb in range(b0, b1):

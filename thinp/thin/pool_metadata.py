@@ -282,6 +282,32 @@ class PoolMetadata:
             d.mapped_blocks += 1
         return inserted
 
+    def write_blocks(self, dev: int, vblocks) -> int:
+        """dm-thin's write path for these vblocks of ``dev`` (provision
+        unmapped ones, break sharing of ones older than the device's last
+        snapshot), in order, in one kernel call; returns how many needed a
+        new data block.  Raises NoSpaceError when data or metadata ran out
+        (the blocks before the failing one are done)."""
+        from ..pdata import _btree_kernels as BK
+
+        d = self._details(dev)
+        vb = np.ascontiguousarray(vblocks, dtype=np.int64)
+        m64, m32 = self._kernel_views()
+        tm, dsm = self.tm, self.data_sm
+        out = np.zeros(4, dtype=np.int64)
+        r = BK.write_blocks(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
+                            dsm.count, dsm.committed, dsm.free, dsm.st, np.int64(self.sb.data_mapping_root),
+                            np.int64(dev), np.int64(d.snapshotted_time), np.int64(self.sb.time), vb,
+                            self.split == "halves", out)
+        self.sb.data_mapping_root = int(out[0])
+        d.mapped_blocks += int(out[2])
+        d.changed = True
+        if r == -1:
+            raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
+        if r == -2:
+            raise errors.NoSpaceError(f"thin device {dev}: no free data block ({dsm.nr_blocks} blocks)")
+        return int(out[3])
+
     def remove(self, dev: int, vblock: int) -> bool:
         """__remove: unmap ``vblock`` (its data block loses a reference)."""
         d = self._details(dev)
