@@ -526,3 +526,204 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     out[2] = added
     out[3] = allocs
     return 0
+
+
+# ------------------------------------------------------------------ removal
+@njit
+def _delete_at(m64, m32, b, i):
+    nr = np.int64(m32[b, 4])
+    _move(m64, m32, b, i, b, i + 1, nr - i - 1)
+    m32[b, 4] = nr - 1
+
+
+@njit
+def _rm_shift(m64, m32, left, right, count):
+    nl = np.int64(m32[left, 4])
+    nr = np.int64(m32[right, 4])
+    if count == 0:
+        return
+    if count > 0:
+        _move(m64, m32, right, count, right, 0, nr)
+        _move(m64, m32, right, 0, left, nl - count, count)
+    else:
+        c = -count
+        _move(m64, m32, left, nl, right, 0, c)
+        _move(m64, m32, right, 0, right, c, nr - c)
+    m32[left, 4] = nl - count
+    m32[right, 4] = nr + count
+
+
+@njit
+def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_index):
+    nl = np.int64(m32[left, 4])
+    nr = np.int64(m32[right, 4])
+    if nl + nr < 2 * (np.int64(m32[left, 5]) // 3) + 1:
+        _move(m64, m32, left, nl, right, 0, nr)
+        m32[left, 4] = nl + nr
+        _delete_at(m64, m32, parent, r_index)
+        _dec(count, committed, free, right)
+    else:
+        target_left = (nl + nr) // 2
+        _rm_shift(m64, m32, left, right, nl - target_left)
+        m64[parent, HDR + r_index] = m64[right, HDR]
+
+
+@njit
+def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, key,
+                        leaf_holds):
+    """Returns 1 done, 0 key absent, -1 out of metadata."""
+    if m32[cur, 4] == 1:
+        b = np.int64(_val(m64, m32, cur, 0))
+        if count[b] > 1:
+            _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds)
+        for w in range(512):
+            m64[cur, w] = m64[b, w]
+        _dec(count, committed, free, b)
+        return 1
+    i = _lower_bound(m64, m32, cur, key)
+    if i < 0:
+        return 0
+    nr = np.int64(m32[cur, 4])
+    if i == 0 or i == nr - 1:
+        li = i if i == 0 else i - 1
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li,
+                             leaf_holds)
+        if left < 0:
+            return -1
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 1,
+                              leaf_holds)
+        if right < 0:
+            return -1
+        _rebalance2_nodes(m64, m32, count, committed, free, cur, left, right, li + 1)
+        return 1
+    li = i - 1
+    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li,
+                         leaf_holds)
+    if left < 0:
+        return -1
+    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 1,
+                           leaf_holds)
+    if center < 0:
+        return -1
+    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 2,
+                          leaf_holds)
+    if right < 0:
+        return -1
+    nl = np.int64(m32[left, 4])
+    nc = np.int64(m32[center, 4])
+    nr = np.int64(m32[right, 4])
+    mt = np.int64(m32[left, 5]) // 3
+    c_index = li + 1
+    r_index = li + 2
+    if nl + nc + nr < mt * 4 + 1:
+        # delete the center node into its neighbours, then rebalance the two
+        mx = np.int64(m32[left, 5])
+        sh = min(mx - nl, nc)
+        _move(m64, m32, left, nl, center, 0, sh)
+        m32[left, 4] = nl + sh
+        if sh != nc:
+            rest = nc - sh
+            _move(m64, m32, right, rest, right, 0, nr)
+            _move(m64, m32, right, 0, center, sh, rest)
+            m32[right, 4] = nr + rest
+        m64[cur, HDR + r_index] = m64[right, HDR]
+        _delete_at(m64, m32, cur, c_index)
+        r_index -= 1
+        _dec(count, committed, free, center)
+        _rebalance2_nodes(m64, m32, count, committed, free, cur, left, right, r_index)
+        return 1
+    total = nl + nc + nr
+    target_right = total // 3
+    remainder = 1 if target_right * 3 != total else 0
+    target_left = target_right + remainder
+    if nl < nr:
+        s = nl - target_left
+        if s < 0 and nc < -s:
+            _rm_shift(m64, m32, left, center, -nc)
+            s += nc
+            _rm_shift(m64, m32, left, right, s)
+            nr += s
+        else:
+            _rm_shift(m64, m32, left, center, s)
+        _rm_shift(m64, m32, center, right, target_right - nr)
+    else:
+        s = target_right - nr
+        if s > 0 and nc < s:
+            _rm_shift(m64, m32, center, right, nc)
+            s -= nc
+            _rm_shift(m64, m32, left, right, s)
+            nl -= s
+        else:
+            _rm_shift(m64, m32, center, right, s)
+        _rm_shift(m64, m32, left, center, nl - target_left)
+    m64[cur, HDR + c_index] = m64[center, HDR]
+    m64[cur, HDR + r_index] = m64[right, HDR]
+    return 1
+
+
+@njit
+def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key, index,
+                leaf_holds):
+    """The index of ``key`` in the leaf now current, -1 absent, -2 out of metadata."""
+    i = index
+    while True:
+        if sp[2] == 2:
+            sp[0] = sp[1]
+            sp[2] = 1
+        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, root, leaf_holds)
+        if nb < 0:
+            return -2
+        if sp[2] == 0:
+            sp[3] = nb
+            sp[1] = nb
+            sp[2] = 1
+        else:
+            sp[0] = sp[1]
+            sp[1] = nb
+            sp[2] = 2
+            _set_val(m64, m32, sp[0], i, np.uint64(nb))
+        b = sp[1]
+        if not (m32[b, 1] & LEAF):
+            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, b, key,
+                                    leaf_holds)
+            if r < 0:
+                return -2
+            if r == 0:
+                return -1
+        if m32[b, 1] & LEAF:
+            j = _lower_bound(m64, m32, b, key)
+            if j < 0 or j >= m32[b, 4] or m64[b, HDR + j] != key:
+                return -1
+            return j
+        i = _lower_bound(m64, m32, b, key)
+        root = np.int64(_val(m64, m32, b, i))
+
+
+@njit
+def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                   root, dev, vblock, out):
+    """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
+    Returns 0, or -1 when metadata ran out."""
+    sp = np.zeros(4, dtype=np.int64)
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root,
+                      np.uint64(dev), 0, 1)
+    if idx == -2:
+        return -1
+    if idx == -1:
+        out[0] = sp[3]
+        out[1] = 0
+        return 0
+    sub = np.int64(_val(m64, m32, sp[1], idx))
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, sub,
+                      np.uint64(vblock), idx, 2)
+    if idx == -2:
+        return -1
+    out[0] = sp[3]
+    if idx == -1:
+        out[1] = 0
+        return 0
+    n = sp[1]
+    _ddec(dcount, dcommitted, dfree, np.int64(_val(m64, m32, n, idx) >> np.uint64(24)))
+    _delete_at(m64, m32, n, idx)
+    out[1] = 1
+    return 0

@@ -311,8 +311,21 @@ class PoolMetadata:
     def remove(self, dev: int, vblock: int) -> bool:
         """__remove: unmap ``vblock`` (its data block loses a reference)."""
         d = self._details(dev)
-        self.sb.data_mapping_root, removed = bw.remove(self.tm, self.sb.data_mapping_root, [dev, vblock],
-                                                       self.data_vt, level_types=[self.subtree_vt])
+        if self.fast:
+            from ..pdata import _btree_kernels as BK
+
+            m64, m32 = self._kernel_views()
+            tm, dsm = self.tm, self.data_sm
+            out = np.zeros(2, dtype=np.int64)
+            r = BK.remove_mapping(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
+                                  dsm.count, dsm.committed, dsm.free, np.int64(self.sb.data_mapping_root),
+                                  np.int64(dev), np.int64(vblock), out)
+            if r < 0:
+                raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
+            self.sb.data_mapping_root, removed = int(out[0]), bool(out[1])
+        else:
+            self.sb.data_mapping_root, removed = bw.remove(self.tm, self.sb.data_mapping_root, [dev, vblock],
+                                                           self.data_vt, level_types=[self.subtree_vt])
         if removed:
             d.mapped_blocks -= 1
             d.changed = True
