@@ -97,3 +97,11 @@ def test_pool_rules_and_real_tools(tmp_path):
     _thin_check(meta)
     m = _maps(meta)
     assert sorted(m[0]) == [0] + list(range(3, 11)) and sorted(m[1]) == list(range(11))
+
+
+def test_thinpool_names_the_way_to_a_dm_pool(tmp_path):
+    import thinp
+
+    DmPool.create(tmp_path / "p", "1G").close()
+    with pytest.raises(errors.NotSupportedError, match="is a dm-thin metadata image: open its pool with .*DmPool"):
+        thinp.ThinPool.open(tmp_path / "p")
