@@ -210,14 +210,13 @@ class _Runner:
         from . import strace as _strace
 
         path = st.trace
-        if not os.path.isabs(path) and not os.path.exists(path):
-            from ..fs.workloads import fixtures_dir
-
-            path = os.path.join(fixtures_dir(), path)
         key = path
         tr = _TRACES.get(key)
         if tr is None:
-            tr = _TRACES[key] = _strace.read(path)
+            from . import builtin_traces
+
+            name = None if os.path.exists(path) else builtin_traces.builtin_name(path)
+            tr = _TRACES[key] = builtin_traces.load(name) if name else _strace.read(path)
         debs = {p: size for p, (mode, size) in tr.stats.items()
                 if p.startswith("/tmp/") and _stat.S_ISREG(mode)}
         for p, size in debs.items():

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from .format import ImageSpec, LayerSpec, Step, Workload
 
-FIXTURE_STRACE = "workloads/dpkg-install-nginx.strace.gz"
+#: the built-in trace (thinp/data/traces, made by scripts/make_traces.py from the fixture strace)
+FIXTURE_STRACE = "dpkg-install-nginx"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 
