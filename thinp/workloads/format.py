@@ -512,8 +512,10 @@ def loads(text: str, src: str = "<string>") -> Workload:
     return parse_workload(d, src)
 
 
-def load(source) -> Workload:
-    """A workload from a TOML path or a built-in scenario name."""
+def load(source, check: bool = True) -> Workload:
+    """A workload from a TOML path or a built-in scenario name.  A file is
+    checked by a dry run of one container on the reference driver
+    (:func:`thinp.workloads.run.dry_run`) unless ``check=False``."""
     from .scenarios import SCENARIOS, scenario
 
     s = os.fspath(source)
@@ -525,9 +527,14 @@ def load(source) -> Workload:
     with open(s, "rb") as f:
         data = f.read()
     try:
-        return loads(data.decode(), s)
+        wl = loads(data.decode(), s)
     except UnicodeDecodeError:
         raise WorkloadError(f"{s}: not a UTF-8 TOML file") from None
+    if check:
+        from .run import dry_run
+
+        dry_run(wl)
+    return wl
 
 
 # ------------------------------------------------------------------ image file lists

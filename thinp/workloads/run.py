@@ -16,7 +16,7 @@ from ..errors import ThinpError
 from .format import SELECTS_DIRS, Selectable, Step, Workload, WorkloadError, _err, check_globs
 from .images import build_image, content
 
-__all__ = ["RunResult", "run", "scaled"]
+__all__ = ["RunResult", "run", "scaled", "dry_run"]
 
 PHASE_OF = {"commit": "commit", "diff": "diff", "export": "export", "rm": "rm"}
 
@@ -297,6 +297,31 @@ def _image_files(eng: Engine, ref: str) -> tuple[list[str], list[str]]:
     return out, dirs_out
 
 
+#: the driver a workload is checked on when it loads (:func:`dry_run`)
+REFERENCE = "reference"
+
+_WHY = {FileNotFoundError: "nothing made it before this step", NotADirectoryError: "a parent is not a directory",
+        IsADirectoryError: "it is a directory", FileExistsError: "it exists already"}
+
+
+def _path_error(w: Workload, si: int, st: Step, ci: int, e: OSError) -> WorkloadError:
+    path = st.path or e.filename or st.glob        # the path as the user wrote it
+    why = next((t for c, t in _WHY.items() if isinstance(e, c)), "")
+    where = f"steps[{si}]" + (f" in container {ci}" if w.containers > 1 else "")
+    return WorkloadError(f"{w.source}: {where} ({st.op} {path}): {e.strerror or e}"
+                         + (f"; {why}" if why else ""))
+
+
+def dry_run(w: Workload) -> None:
+    """Check ``w`` by running one container of it on the reference driver
+    (an in-memory model, no bytes kept): a step that reads, writes or
+    deletes a path nothing has made yet, or makes one that exists, is a
+    :class:`WorkloadError` naming the file, the step and the path."""
+    res = run(dataclasses.replace(w, containers=1), REFERENCE)
+    if res.error:
+        raise WorkloadError(f"{w.source}: on the reference driver: {res.error}")
+
+
 def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0, progress=None,
         **driver_options) -> RunResult:
     """Run ``workload`` (a :class:`Workload`, a TOML path or a scenario name) on ``driver``.
@@ -389,7 +414,12 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
                     if pending is not None and ph != pending:
                         _add(steps_d, mark(pending))
                     pending = ph
-                    c = r.step(c, ci, si, st, rng)
+                    try:
+                        c = r.step(c, ci, si, st, rng)
+                    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+                        if driver != REFERENCE:
+                            raise       # the reference ran it: this driver is wrong, not the workload
+                        raise _path_error(w, si, st, ci, e) from None
                     _check_pool(eng)
                 if pending is not None:
                     _add(steps_d, mark(pending))
