@@ -192,8 +192,10 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
         def run_all(step, tick, describe):
             try:
                 _parallel(pool, names, job, rows, step, tick, describe)
-            except BaseException:       # a malformed workload, Ctrl-C: don't wait for the rest
-                pool[0].shutdown(wait=False, cancel_futures=True)
+            except BaseException:       # a malformed workload, Ctrl-C: stop the workers now
+                from . import stop_pool
+
+                stop_pool(pool[0])
                 raise
             pool[0].shutdown()
 
