@@ -53,7 +53,7 @@ def table_view(df):
     ``rows`` one dict per driver that ran (``"driver"`` and each header of
     :data:`VIEW`, values scaled to the header's unit), ``best`` the set of
     ``(row index, header)`` cells lowest in their column."""
-    ok = [r for r in df.to_dict(orient="records") if not r.get("error")]
+    ok = [r for r in df.to_dict(orient="records") if not (isinstance(r.get("error"), str) and r["error"])]
     rows = [{"driver": r["driver"], **{h: (None if _missing(r[c]) else r[c] / div) for c, h, div in VIEW}}
             for r in ok]
     best = set()
