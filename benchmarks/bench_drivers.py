@@ -9,7 +9,7 @@ containers in under 60 s together in accounting mode".  Per driver:
 * 100 containers are created on it (``<id>-init`` plus the read-write
   layer, as Docker does) and mounted -- untimed;
 * the captured ``dpkg -i nginx`` strace (``workloads/dpkg-install-nginx.strace.gz``,
-  read with :mod:`thinp.workloads.strace`) is replayed in each container --
+  read with :mod:`thinp.traces.strace`) is replayed in each container --
   timed.
 
 Run: ``python -m pytest benchmarks/bench_drivers.py --benchmark-only -s``.
@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from thinp.drivers import known_drivers
-from thinp.drivers.memory import ZeroReader
+from thinp.drivers.reference import ZeroReader
 
 FIXTURES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures").resolve()
 N = int(os.environ.get("THINP_BENCH_CONTAINERS", "100"))
@@ -46,7 +46,7 @@ OPTIONS = {"vfs": {"size": "64GiB"}}
 @pytest.fixture(scope="module")
 def debian_tar(tmp_path_factory):
     """The Debian minbase rootfs manifest as one flat layer tar (written once)."""
-    from thinp.fs.workloads import load_manifest
+    from thinp.fs.populate import load_manifest
     from thinp.image import Entry
     from thinp.image.layer import write_tar
 
@@ -82,7 +82,7 @@ def debian_tar(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trace():
-    from thinp.workloads import strace
+    from thinp.traces import strace
 
     return strace.read(FIXTURES / "workloads" / "dpkg-install-nginx.strace.gz")
 
@@ -106,7 +106,7 @@ def warm_jit():
 @pytest.mark.parametrize("name", DRIVERS)
 def test_nginx_replay(benchmark, name, debian_tar, trace):
     from thinp import Engine
-    from thinp.workloads import strace
+    from thinp.traces import strace
 
     engines = []
 

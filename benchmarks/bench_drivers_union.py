@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from thinp.drivers import get_driver
-from thinp.drivers.validate_union import build_debian_lower
+from thinp.validate.union import build_debian_lower
 
 FIXTURES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures").resolve()
 UNION = ("vfs", "aufs", "overlay", "overlay2")
@@ -42,7 +42,7 @@ def dive():
 
 @pytest.fixture(scope="module")
 def trace():
-    from thinp.workloads import strace
+    from thinp.traces import strace
 
     return strace.read(FIXTURES / "workloads" / "dpkg-install-nginx.strace.gz")
 
@@ -106,7 +106,7 @@ def test_start_containers(benchmark, name):
 @pytest.mark.benchmark(group="union-nginx-replay-100-containers")
 @pytest.mark.parametrize("name", UNION)
 def test_nginx_replay(benchmark, name, trace):
-    from thinp.workloads import strace
+    from thinp.traces import strace
 
     def setup():
         drv = _debian(name)

@@ -6,7 +6,7 @@ import pytest
 
 from thinp.blockdev import PlainDevice
 from thinp.fs import mkfs
-from thinp.fs.workloads import ROOTFS_MANIFEST, SimTarget, fixtures_dir, load_manifest, wl_rootfs
+from thinp.fs.populate import ROOTFS_MANIFEST, SimTarget, fixtures_dir, load_manifest, wl_rootfs
 
 FSTYPES = ["ext4", "xfs"]
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Derive the built-in traces (package data) from the fixtures.
 
-For each entry of ``thinp.workloads.builtin_traces.BUILTIN``, read the
-captured strace in ``../shared/fixtures`` with ``thinp.workloads.strace.read``
+For each entry of ``thinp.traces.builtin.BUILTIN``, read the
+captured strace in ``../shared/fixtures`` with ``thinp.traces.strace.read``
 and write its operation list to ``thinp/data/traces/<name>.ops.gz``, with the
 source, its sha256 and the counts in the header.  The strace text itself is
 not copied: only the file-tree operations thinp replays.  Rerun after a change
-to the strace reader (``tests/workloads/test_builtin_traces.py`` fails until
+to the strace reader (``tests/test_fresh_clone.py`` fails until
 you do).
 
     python scripts/make_traces.py [FIXTURES_DIR]
@@ -18,7 +18,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from thinp.workloads import builtin_traces, strace  # noqa: E402
+from thinp.traces import builtin as builtin_traces, strace  # noqa: E402
 
 
 def main(argv):
@@ -29,7 +29,7 @@ def main(argv):
         src = fixtures / rel
         tr = strace.read(src)
         digest = hashlib.sha256(src.read_bytes()).hexdigest()
-        header = (f"{name}: the file operations thinp.workloads.strace.read finds in\n"
+        header = (f"{name}: the file operations thinp.traces.strace.read finds in\n"
                   f"../shared/fixtures/{rel} (sha256 {digest}),\n"
                   f"derived by scripts/make_traces.py; {len(tr.ops)} operations, {len(tr.stats)} pre-existing paths.\n"
                   "See ../shared/fixtures/SOURCES.md for how the trace was captured.")

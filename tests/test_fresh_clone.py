@@ -57,7 +57,7 @@ def test_every_builtin_scenario_runs_without_the_fixtures():
 def test_builtin_trace_matches_the_fixture_it_came_from(fixtures_dir):
     """The shipped operation list is what the strace reader makes of the
     fixture today; after a reader change, rerun scripts/make_traces.py."""
-    from thinp.workloads import builtin_traces, strace
+    from thinp.traces import builtin as builtin_traces, strace
 
     for name, rel in builtin_traces.BUILTIN.items():
         want = strace.read(fixtures_dir / rel)
@@ -69,7 +69,7 @@ def test_builtin_trace_matches_the_fixture_it_came_from(fixtures_dir):
 
 
 def test_builtin_trace_names():
-    from thinp.workloads import builtin_traces
+    from thinp.traces import builtin as builtin_traces
 
     assert builtin_traces.builtin_name("dpkg-install-nginx") == "dpkg-install-nginx"
     assert builtin_traces.builtin_name("/x/fixtures/workloads/dpkg-install-nginx.strace.gz") == "dpkg-install-nginx"

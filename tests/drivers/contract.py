@@ -14,7 +14,7 @@ differ between drivers are read from ``driver.capabilities()``:
   equivalence suite then runs the reference by the same rule.
 
 Where a result is compared with "the reference" it is the
-``"reference"`` driver (thinp/drivers/memory.py) doing the same operations.
+``"reference"`` driver (thinp/drivers/reference.py) doing the same operations.
 
 What the bodies assume of every driver, beyond thinp/drivers/base.py:
 

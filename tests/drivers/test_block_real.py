@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from thinp.drivers import validate_block as vb
+from thinp.validate import block as vb
 
 
 def _loops():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from thinp.drivers.validate_union import KERNEL_UPPER_DU_KIB, overlay2_replay_calibration
+from thinp.validate.union import KERNEL_UPPER_DU_KIB, overlay2_replay_calibration
 
 
 @pytest.fixture(scope="module")

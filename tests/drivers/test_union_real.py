@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from thinp.drivers.validate_union import real_overlay_rows
+from thinp.validate.union import real_overlay_rows
 
 pytestmark = pytest.mark.real
 
@@ -41,7 +41,7 @@ def test_no_mount_is_left_behind(rows):
 
 
 def test_validate_union_drivers_rows_for_the_cli(fixtures_dir):
-    from thinp.drivers.validate_union import validate_union_drivers
+    from thinp.validate.union import validate_union_drivers
 
     rows = validate_union_drivers(fixtures_dir)
     assert all("check" in r and ("match" in r or "skipped" in r) for r in rows)
@@ -52,7 +52,7 @@ def test_validate_union_drivers_rows_for_the_cli(fixtures_dir):
 
 def test_the_trace_replayed_on_the_real_kernel_leaves_the_fixture_upper(fixtures_dir):
     """The reader + replay, on a real overlay mount (not the simulator), give the kernel's upper."""
-    from thinp.drivers.validate_union import kernel_replay
+    from thinp.validate.union import kernel_replay
 
     if os.geteuid() != 0:
         pytest.skip("needs root to mount tmpfs and overlay")

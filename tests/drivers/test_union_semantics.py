@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from thinp.drivers import Change, METRIC_KEYS, get_driver
-from thinp.drivers.naive import OVL_OPAQUE, WH_OPAQUE
+from thinp.drivers.union import OVL_OPAQUE, WH_OPAQUE
 from thinp.errors import DeviceExistsError, DeviceNotFoundError, NotSupportedError, TooManyLayersError
 
 from .union_helpers import COPY_UP, UNION, image, layer, make, tree

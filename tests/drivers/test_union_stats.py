@@ -3,7 +3,7 @@ filesystem (``Filesystem.file_bytes``, ``data_blocks``); these tests hold
 them to a full walk of every layer's tree after real workloads."""
 import pytest
 
-from thinp.drivers import naive
+from thinp.drivers import union as naive
 from thinp.workloads.run import run
 
 

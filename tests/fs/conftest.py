@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from thinp.fs.validate import real_kernel_available
-from thinp.fs.workloads import ROOTFS_MANIFEST, fixtures_dir
+from thinp.validate.fs import real_kernel_available
+from thinp.fs.populate import ROOTFS_MANIFEST, fixtures_dir
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +20,7 @@ def real_kernel():
     ok, why = real_kernel_available()
     if not ok:
         pytest.skip(f"real kernel: {why}")
-    from thinp.fs.validate import real_fs
+    from thinp.validate.fs import real_fs
 
     try:
         with real_fs("ext4", "1G") as (_img, _loop, _mnt, mount, umount):

@@ -3,7 +3,7 @@ import pytest
 
 from thinp.blockdev import PlainDevice
 from thinp.fs import Ext4Geometry, mkfs
-from thinp.fs.validate import CALIBRATION, calibration_rows, format_table
+from thinp.validate.fs import CALIBRATION, calibration_rows, format_table
 
 ROWS = calibration_rows()
 

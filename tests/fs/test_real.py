@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from thinp.fs.validate import (CALIBRATION, DEFAULT_CONFIGS, STAGES, format_table, real_fs, run_real, run_sim,
+from thinp.validate.fs import (CALIBRATION, DEFAULT_CONFIGS, STAGES, format_table, real_fs, run_real, run_sim,
                                scan_allocated, scan_seek_data, summarize, validate_fs)
 
 pytestmark = pytest.mark.real

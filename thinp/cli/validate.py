@@ -35,7 +35,7 @@ def _present(cols, rows):
 
 
 def _fs(args) -> int:
-    from ..fs import validate
+    from ..validate import fs as validate
 
     cal = validate.calibration_rows()
     real = validate.validate_fs(size=args.size, real=not args.sim_only)
@@ -51,9 +51,9 @@ def _fs(args) -> int:
 
 
 def _drivers(args) -> int:
-    from ..drivers import validate_block, validate_union
+    from ..validate import block as validate_block, capture, union as validate_union
 
-    union = validate_union.validate_union_drivers()
+    union = validate_union.validate_union_drivers() + [capture.scenario_row()]
     block = validate_block.validate_block_drivers(real=not args.sim_only)
     if args.json:
         out.write_json({"union": union, "block": block})

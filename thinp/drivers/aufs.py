@@ -17,7 +17,7 @@ the layer's branch is walked.
 from __future__ import annotations
 
 from .base import register
-from .naive import UnionDriver
+from .union import UnionDriver
 
 
 @register

@@ -208,7 +208,7 @@ class MountedView(abc.ABC):
         file, ``exclusive`` (O_EXCL) refuses an existing one with EEXIST,
         ``truncate`` (O_TRUNC) empties it.  Union drivers override it because an
         open for ``write`` alone copies a lower file up; a strace replay
-        (:mod:`thinp.workloads.strace`) calls it for every open that may write."""
+        (:mod:`thinp.traces.strace`) calls it for every open that may write."""
         import errno as _errno
         import os as _os
 
@@ -337,7 +337,7 @@ def known_drivers(hidden: bool = False) -> list[str]:
 def _load_all() -> None:
     import importlib
 
-    for mod in ("vfs", "aufs", "overlay", "overlay2", "btrfs", "zfs", "devicemapper", "memory"):
+    for mod in ("vfs", "aufs", "overlay", "overlay2", "btrfs", "zfs", "devicemapper", "reference"):
         try:
             importlib.import_module(f"thinp.drivers.{mod}")
         except ModuleNotFoundError as e:

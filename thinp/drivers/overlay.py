@@ -16,7 +16,7 @@ Semantics are overlayfs's (see :mod:`thinp.drivers.overlay2`).
 from __future__ import annotations
 
 from .base import register
-from .naive import UnionDriver, UnionView, clone_tree, copy_dir
+from .union import UnionDriver, UnionView, clone_tree, copy_dir
 
 
 @register

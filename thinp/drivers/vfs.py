@@ -9,7 +9,7 @@ naive tree walk against the parent.
 from __future__ import annotations
 
 from .base import register
-from .naive import UnionDriver, copy_dir
+from .union import UnionDriver, copy_dir
 
 
 @register

@@ -17,7 +17,7 @@ def replay_file(pool_dir, trace_path, *, fmt=None, dev_id: int = 0, device=None)
     sized to the trace when the pool lacks it.  Without ``device`` the
     busiest traced device is replayed."""
     from ..thin import ThinPool
-    from ..workloads import blocktrace
+    from ..traces import blocktrace
 
     trace_path = os.fspath(trace_path)
     if not os.path.isfile(trace_path):

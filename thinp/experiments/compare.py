@@ -165,7 +165,7 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     wl = runner.load(workload) if isinstance(workload, (str, os.PathLike)) else workload
     wname = getattr(wl, "name", str(workload))
     if jobs is None:
-        from . import cpus
+        from .workers import cpus
 
         jobs = min(cpus(), len(names))
     if jobs < 1:
@@ -244,7 +244,7 @@ _SLOW_FIRST = ("vfs", "devicemapper", "zfs", "btrfs")
 
 def _start_pool(runner_name, jobs):
     """``jobs`` started worker processes and the queue they report progress on."""
-    from . import mp_context, process_pool
+    from .workers import mp_context, process_pool
 
     ctx = mp_context()
     q = ctx.Queue()

@@ -281,7 +281,7 @@ def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=
     os.makedirs(out, exist_ok=True)
     ex = None
     if todo and client is None and scheduler is None and workers != 0:
-        from . import cpus, process_pool
+        from .workers import cpus, process_pool
 
         ex = process_pool(workers or cpus())
     bar = _Bar(len(points), stats["skipped"], progress)

@@ -15,8 +15,8 @@ and the mount's: ``discard`` (pass frees down as they commit), ``journal``
 (ext4 only; False is a journal-less ext4), ``seed`` (the Orlov spreader's
 random start, fixed so runs repeat).
 
-Calibration: ``python -m thinp.fs.validate`` runs the real mkfs and kernel
-on loop devices beside the model (:mod:`thinp.fs.validate`).
+Calibration: ``python -m thinp.validate.fs`` runs the real mkfs and kernel
+on loop devices beside the model (:mod:`thinp.validate.fs`).
 
 Not modelled, knowingly:
 

@@ -575,14 +575,12 @@ class Filesystem:
         return self._make(path, _stat.S_IFDIR | (mode & 0o7777), uid, gid).ino
 
     def mknod(self, path: str, mode: int = _stat.S_IFCHR, rdev: int = 0, *, uid: int = 0, gid: int = 0) -> int:
-        """Make a device node or fifo; ``mknod(p)`` makes the char 0/0 of a whiteout."""
+        """Make a device node or fifo; ``mknod(p)`` makes the char 0/0 of a
+        whiteout, mode 000 as the kernel's ``ovl_whiteout`` makes it."""
         kind = _stat.S_IFMT(mode) or _stat.S_IFCHR
         if kind not in (_stat.S_IFCHR, _stat.S_IFBLK, _stat.S_IFIFO, _stat.S_IFSOCK, _stat.S_IFREG):
             raise _err(errno.EINVAL, path)
-        perm = _stat.S_IMODE(mode)
-        if kind == _stat.S_IFCHR and not perm:
-            perm = 0o600
-        node = self._make(path, kind | perm, uid, gid)
+        node = self._make(path, kind | _stat.S_IMODE(mode), uid, gid)
         node.rdev = int(rdev)
         return node.ino
 

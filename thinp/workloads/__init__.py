@@ -9,15 +9,15 @@
 * :func:`run` (workload, driver, root=, scale=, progress=, **driver_options) ->
   :class:`RunResult` (driver, workload, metrics, per_container, phases, error).
   ``progress(done, total)`` is called per container created and per container run.
-* :mod:`thinp.workloads.strace` (strace logs) and :mod:`thinp.workloads.blocktrace`
+* :mod:`thinp.traces.strace` (strace logs) and :mod:`thinp.traces.blocktrace`
   (ftrace ``block_rq_issue`` / blkparse text -> ``thinp.TRACE_DTYPE``, replayed by
   ``thinp pool replay``).
 * Built-in image profile ``debian-minbase``: ``thinp/data/profiles/debian-minbase.tsv.gz``,
   made by ``scripts/make_profiles.py`` from ``../shared/fixtures/rootfs/debian-bookworm-minbase.csv.gz``.
 """
-from .format import ImageSpec, LayerSpec, Step, Workload, WorkloadError, load, loads
+from .format import ImageSpec, LayerSpec, Step, Workload, WorkloadError, loads
 from .run import PoolFullError, RunResult, run
-from .scenarios import scenarios
+from .scenarios import load, scenarios
 
 __all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "WorkloadError", "load", "loads",
            "scenarios", "run", "RunResult", "PoolFullError"]

@@ -74,8 +74,8 @@ try:
 except ImportError:     # Python 3.10: the same parser as the tomli package
     import tomli as tomllib
 
-__all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "load", "loads", "parse_workload",
-           "OPS", "PROFILES", "profile_rows", "WorkloadError", "glob_match", "Selectable"]
+__all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "loads", "parse_workload",
+           "archive_image", "OPS", "PROFILES", "profile_rows", "WorkloadError", "glob_match", "Selectable"]
 
 OPS = ("read", "write", "append", "overwrite", "create", "delete", "rename", "chmod", "mkdir",
        "fsync", "commit", "diff", "export", "rm", "strace", "tree", "files")
@@ -233,8 +233,7 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
             if not os.path.exists(p):
                 raise _err(src, "image.archive", i["archive"], "no such file or directory")
             img = ImageSpec("archive", None, p)
-            from .images import build_image
-            build_image(img, src=src)     # unsupported images fail here, naming the file
+            archive_image(p)     # unsupported images fail here, naming the file
         elif "layers" in i:
             layers = []
             for n, l in enumerate(i["layers"]):
@@ -296,7 +295,7 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
 
 def _trace_exists(path: str) -> bool:
     """A trace file, or a trace shipped in the package (by name or by the fixture path it came from)."""
-    from .builtin_traces import builtin_name
+    from ..traces.builtin import builtin_name
 
     return os.path.exists(path) or builtin_name(path) is not None
 
@@ -512,29 +511,19 @@ def loads(text: str, src: str = "<string>") -> Workload:
     return parse_workload(d, src)
 
 
-def load(source, check: bool = True) -> Workload:
-    """A workload from a TOML path or a built-in scenario name.  A file is
-    checked by a dry run of one container on the reference driver
-    (:func:`thinp.workloads.run.dry_run`) unless ``check=False``."""
-    from .scenarios import SCENARIOS, scenario
+def archive_image(path: str):
+    """The first image of a docker-save tar / OCI layout at ``path``, or a
+    :class:`WorkloadError` naming the file when thinp cannot read it."""
+    from ..image import load as archive_load
 
-    s = os.fspath(source)
-    if s in SCENARIOS:
-        return scenario(s)
-    if not os.path.exists(s):
-        raise WorkloadError(f"{s}: no such workload file or built-in scenario "
-                            f"(scenarios: {', '.join(SCENARIOS)})")
-    with open(s, "rb") as f:
-        data = f.read()
     try:
-        wl = loads(data.decode(), s)
-    except UnicodeDecodeError:
-        raise WorkloadError(f"{s}: not a UTF-8 TOML file") from None
-    if check:
-        from .run import dry_run
-
-        dry_run(wl)
-    return wl
+        images = archive_load(path)
+    except (ValueError, OSError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise WorkloadError(f"{path}: unsupported image: {why}") from None
+    if not images:
+        raise WorkloadError(f"{path}: unsupported image: the archive holds no image")
+    return images[0]
 
 
 # ------------------------------------------------------------------ image file lists

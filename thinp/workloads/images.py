@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-from ..image import Entry, Image, Layer, load as _archive_load
+from ..image import Entry, Image, Layer
 from ..image.image import canonical_json
-from .format import ImageSpec, WorkloadError, profile_rows
+from .format import ImageSpec, archive_image, profile_rows
 
 _BUF = np.random.default_rng(0x7417).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
 _CACHE: dict = {}
@@ -135,13 +135,7 @@ def build_image(spec: ImageSpec, *, seed: int = 0, scale: float = 1.0, workdir=N
     tars in :func:`cache_dir`; both cached per (spec, seed, scale).  A directory:
     layer tars there, not cached."""
     if spec.kind == "archive":
-        try:
-            images = _archive_load(spec.path)
-        except (ValueError, OSError) as e:
-            raise WorkloadError(f"{spec.path}: unsupported image: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-        if not images:
-            raise WorkloadError(f"{spec.path}: unsupported image: the archive holds no image")
-        img = images[0]
+        img = archive_image(spec.path)
         if spec.extra:     # one more layer on top, as a Dockerfile's next step would add
             extra = _layer(_extra_items(spec.extra, seed), None, "extra")
             cfg = json.loads(img.config_bytes)

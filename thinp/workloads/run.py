@@ -207,13 +207,13 @@ class _Runner:
                 v.mkdir(cur, 0o755)
 
     def strace(self, v, st: Step):
-        from . import strace as _strace
+        from ..traces import strace as _strace
 
         path = st.trace
         key = path
         tr = _TRACES.get(key)
         if tr is None:
-            from . import builtin_traces
+            from ..traces import builtin as builtin_traces
 
             name = None if os.path.exists(path) else builtin_traces.builtin_name(path)
             tr = _TRACES[key] = builtin_traces.load(name) if name else _strace.read(path)
@@ -344,7 +344,7 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
     thin pool that fills up: :class:`PoolFullError`, ENOSPC) stops the run and is
     recorded in ``error``, never raised; a malformed workload raises
     :class:`~thinp.workloads.WorkloadError`."""
-    from .format import load
+    from .scenarios import load
 
     w = load(workload) if isinstance(workload, (str, os.PathLike)) else workload
     w = scaled(w, scale)

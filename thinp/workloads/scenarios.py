@@ -1,7 +1,9 @@
 """The built-in scenarios (see :func:`scenarios`); ``scale`` in :func:`~thinp.workloads.run` shrinks them."""
 from __future__ import annotations
 
-from .format import ImageSpec, LayerSpec, Step, Workload
+import os
+
+from .format import ImageSpec, LayerSpec, Step, Workload, WorkloadError, loads
 
 #: the built-in trace (thinp/data/traces, made by scripts/make_traces.py from the fixture strace)
 FIXTURE_STRACE = "dpkg-install-nginx"
@@ -70,3 +72,26 @@ def scenario(name: str) -> Workload:
 
 def scenarios() -> list[str]:
     return list(SCENARIOS)
+
+
+def load(source, check: bool = True) -> Workload:
+    """A workload from a TOML path or a built-in scenario name.  A file is
+    checked by a dry run of one container on the reference driver
+    (:func:`thinp.workloads.run.dry_run`) unless ``check=False``."""
+    s = os.fspath(source)
+    if s in SCENARIOS:
+        return scenario(s)
+    if not os.path.exists(s):
+        raise WorkloadError(f"{s}: no such workload file or built-in scenario "
+                            f"(scenarios: {', '.join(SCENARIOS)})")
+    with open(s, "rb") as f:
+        data = f.read()
+    try:
+        wl = loads(data.decode(), s)
+    except UnicodeDecodeError:
+        raise WorkloadError(f"{s}: not a UTF-8 TOML file") from None
+    if check:
+        from .run import dry_run
+
+        dry_run(wl)
+    return wl

@@ -1,7 +1,7 @@
 """Traces shipped inside the package, as thinp's own compact operation list.
 
-A built-in trace is what :func:`thinp.workloads.strace.read` makes of a
-captured strace -- the :class:`~thinp.workloads.strace.FileOp` rows and the
+A built-in trace is what :func:`thinp.traces.strace.read` makes of a
+captured strace -- the :class:`~thinp.traces.strace.FileOp` rows and the
 ``stats`` of paths the trace found already there -- stored so that a fresh
 clone or ``pip install`` replays it without the capture.  Each file is
 derived by ``scripts/make_traces.py`` from ``../shared/fixtures`` and says so
@@ -39,7 +39,7 @@ def builtin_name(trace: str) -> str | None:
 
 
 def load(name: str):
-    """The built-in trace ``name`` as a :class:`~thinp.workloads.strace.Trace`."""
+    """The built-in trace ``name`` as a :class:`~thinp.traces.strace.Trace`."""
     from .strace import FileOp, Trace
 
     if name not in BUILTIN:

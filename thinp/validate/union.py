@@ -12,6 +12,9 @@ Two checks, each returning rows for ``thinp validate drivers``:
 * :func:`kernel_replay`: the same replay of the strace reader's operations
   on a real kernel overlayfs mount, compared with the same fixture: a check
   of the reader and replay that does not involve the simulated drivers.
+* the reference capture (:func:`thinp.validate.capture.scenario_row`): a
+  trace recorded with ``thinp capture`` on a real overlay mount, replayed
+  with overlay2 and compared with the kernel's upper directory;
 * :func:`real_overlay_rows`: run one scripted workload on a real kernel
   overlayfs mount (lower and upper on tmpfs) and on the simulated overlay2,
   aufs and overlay, and compare what each upper holds: full copy-up of a
@@ -52,7 +55,7 @@ DPKG_LOG_LOWER_BYTES = 46436 - 1378
 def _fixtures(fixtures=None) -> Path:
     if fixtures is not None:
         return Path(fixtures)
-    from ..fs.workloads import fixtures_dir
+    from ..fs.populate import fixtures_dir
 
     return fixtures_dir()
 
@@ -61,8 +64,8 @@ def _fixtures(fixtures=None) -> Path:
 def build_debian_lower(drv, layer_id: str = "debian", rows=None) -> None:
     """Create layer ``layer_id`` holding the Debian minbase manifest (files as
     pseudo-random bytes or version stamps of the recorded sizes)."""
-    from ..fs.workloads import wl_rootfs
-    from .naive import ViewTarget
+    from ..fs.populate import wl_rootfs
+    from ..drivers.union import ViewTarget
 
     drv.create(layer_id, None)
     drv.fill(layer_id, lambda view: wl_rootfs(ViewTarget(view), rows))
@@ -125,8 +128,8 @@ def overlay2_replay_calibration(fixtures=None, *, fstype: str = "ext4", driver: 
     ``missing``, ``extra``, ``mismatched``, ``du_kib`` and ``kernel_du_kib``,
     ``replay`` (the replay counts) and ``stats`` (driver metrics).
     """
-    from ..workloads import strace
-    from . import get_driver
+    from ..traces import strace
+    from ..drivers import get_driver
 
     fx = _fixtures(fixtures)
     trace_path = fx / "workloads" / "dpkg-install-nginx.strace.gz"
@@ -378,7 +381,7 @@ def _kernel_run(metacopy: bool) -> tuple[dict, dict]:
 
 
 def _sim_run(name: str, metacopy: bool) -> tuple[dict, dict, dict]:
-    from . import get_driver
+    from ..drivers import get_driver
 
     opts = {"metacopy": True} if metacopy else {}
     drv = get_driver(name, size="1GiB", **opts)
@@ -431,7 +434,7 @@ def real_overlay_rows(drivers=("overlay2", "aufs", "overlay")) -> list[dict]:
 
 class _RealView:
     """Enough of :class:`~thinp.drivers.MountedView` over a real directory for
-    :func:`thinp.workloads.strace.replay` (file content: pseudo-random bytes)."""
+    :func:`thinp.traces.strace.replay` (file content: pseudo-random bytes)."""
 
     payload = False
 
@@ -541,14 +544,14 @@ def _compare(ref: dict, ours: dict) -> dict:
 
 
 def kernel_replay(fixtures=None) -> dict:
-    """Replay the dpkg trace's operations (as :mod:`thinp.workloads.strace`
+    """Replay the dpkg trace's operations (as :mod:`thinp.traces.strace`
     reads them) on a REAL kernel overlayfs mount (tmpfs lower built from the
     Debian manifest, tmpfs upper) and compare the real upper with the
     fixture.  This checks the reader and the replay against the kernel,
     independently of the simulated drivers.  Raises PermissionError when the
     machine refuses the mounts."""
-    from ..fs.workloads import RealTarget, load_manifest, wl_rootfs
-    from ..workloads import strace
+    from ..fs.populate import RealTarget, load_manifest, wl_rootfs
+    from ..traces import strace
 
     fx = _fixtures(fixtures)
     trace = strace.read(fx / "workloads" / "dpkg-install-nginx.strace.gz")
@@ -590,7 +593,9 @@ def kernel_replay(fixtures=None) -> dict:
 
 def validate_union_drivers(fixtures=None) -> list[dict]:
     """All union-driver validation rows: the kernel comparison, then the
-    overlay2 dpkg replay against the kernel's upper directory."""
+    overlay2 dpkg replay against the kernel's upper directory.  (The captured
+    reference scenario's row is :func:`thinp.validate.capture.scenario_row`,
+    which builds on this module.)"""
     rows = real_overlay_rows()
     if os.geteuid() == 0:
         try:

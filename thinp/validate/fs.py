@@ -32,8 +32,8 @@ import tempfile
 from contextlib import contextmanager
 
 from ..blockdev import PHYS_BLOCK, PlainDevice, count_chunks
-from . import mkfs as sim_mkfs
-from .workloads import WORKLOADS, RealTarget, SimTarget, fixtures_dir, ROOTFS_MANIFEST
+from ..fs import mkfs as sim_mkfs
+from ..fs.populate import WORKLOADS, RealTarget, SimTarget, fixtures_dir, ROOTFS_MANIFEST
 
 __all__ = ["validate_fs", "format_table", "DOCKER_EXT4", "DEFAULT_CONFIGS", "calibration_rows", "CALIBRATION", "real_kernel_available",
            "scan_allocated", "scan_seek_data", "run_real", "run_sim"]
@@ -332,7 +332,7 @@ def format_table(rows) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m thinp.fs.validate [--sim-only]``: print both tables."""
+    """``python -m thinp.validate.fs [--sim-only]``: print both tables."""
     import sys
 
     argv = sys.argv[1:] if argv is None else argv

@@ -138,7 +138,7 @@ def btrfs_scenario_real(extra_files: int, workdir=None, late: bool = False) -> d
 
 
 def btrfs_scenario_sim(extra_files: int, late: bool = False) -> dict:
-    from .btrfs import BtrfsDriver
+    from ..drivers.btrfs import BtrfsDriver
 
     d = BtrfsDriver()
     d.create("base", None, read_write=True)
@@ -223,7 +223,7 @@ def zfs_scenario_real(recordsize="128K", workdir=None) -> dict:
 
 
 def zfs_scenario_sim(recordsize="128K") -> dict:
-    from .zfs import ZfsDriver
+    from ..drivers.zfs import ZfsDriver
 
     d = ZfsDriver(recordsize=recordsize)
     d.create("base", None, read_write=True)
@@ -286,7 +286,7 @@ def devicemapper_rows() -> list[dict]:
     (what a thin pool provisions, in its 64 KiB blocks)."""
     import tempfile as _tf
 
-    from .devicemapper import DeviceMapperDriver
+    from ..drivers.devicemapper import DeviceMapperDriver
 
     rows = []
     for fs, real_kib in (("xfs", 65868), ("ext4", 233704)):
@@ -315,7 +315,7 @@ def format_rows(rows) -> str:
 
 # ----------------------------------------------------------- the rootfs workload
 def _rootfs_rows():
-    from ..fs.workloads import fixtures_dir, load_manifest, ROOTFS_MANIFEST
+    from ..fs.populate import fixtures_dir, load_manifest, ROOTFS_MANIFEST
 
     p = fixtures_dir() / ROOTFS_MANIFEST
     return load_manifest(p) if p.exists() else None
@@ -344,7 +344,7 @@ def _fi_df(mnt) -> dict:
 
 
 def btrfs_rootfs_real(rows, workdir=None) -> dict:
-    from ..fs.workloads import RealTarget, wl_rootfs
+    from ..fs.populate import RealTarget, wl_rootfs
 
     with real_btrfs(workdir=workdir) as mnt:
         _run(["btrfs", "subvolume", "create", f"{mnt}/base"])
@@ -360,9 +360,9 @@ def btrfs_rootfs_real(rows, workdir=None) -> dict:
 
 
 def btrfs_rootfs_sim(rows) -> dict:
-    from ..fs.workloads import wl_rootfs
-    from .btrfs import NODESIZE, BtrfsDriver, item_bytes, tree_shape
-    from .naive import ViewTarget
+    from ..fs.populate import wl_rootfs
+    from ..drivers.btrfs import NODESIZE, BtrfsDriver, item_bytes, tree_shape
+    from ..drivers.union import ViewTarget
 
     d = BtrfsDriver()
     d.create("base", None, read_write=True)

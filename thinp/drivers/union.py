@@ -390,7 +390,11 @@ class UnionView(MountedView):
             if not k.startswith("trusted.overlay."):
                 fs.setxattr(dst, k, v, follow_symlinks=False)
         if self.origin:
-            fs.setxattr(dst, OVL_ORIGIN, _origin_handle(node), follow_symlinks=False)
+            # copy_up.c (index=off): origin for a directory or a lower inode with
+            # one link only; copying up one name of a hard-linked file breaks
+            # the link and records no origin.  The parent is marked impure either way.
+            if _stat.S_ISDIR(node.mode) or node.nlink == 1:
+                fs.setxattr(dst, OVL_ORIGIN, _origin_handle(node), follow_symlinks=False)
             self._set_impure(canon[:-1])
         drv._counters["copy_up_count"] += 1
         new = fs._lookup(dst, follow=False)
@@ -518,6 +522,12 @@ class UnionView(MountedView):
         self._copy_up_dirs(dcanon, dstacks, len(dcanon) - 1)
         self._clear_upper_whiteout(dcanon)
         self.fs.link(self._bpath(0, scanon), self._bpath(0, dcanon))
+        if self.origin:
+            # dir.c ovl_create_or_link: a link to a copied-up file (one with an
+            # origin) makes its new parent impure
+            up = self.fs._lookup(self._bpath(0, scanon), follow=False)
+            if up.xattrs and OVL_ORIGIN in up.xattrs:
+                self._set_impure(dcanon[:-1])
 
     def open(self, path: str, *, write: bool = False, create: bool = False, truncate: bool = False,
              exclusive: bool = False, mode: int = 0o644) -> None:
@@ -1317,7 +1327,7 @@ def clone_tree(drv: UnionDriver, src_view, dst: str, *, hardlink_from=()) -> Non
 
 
 class ViewTarget:
-    """The :mod:`thinp.fs.workloads` target interface over any driver's
+    """The :mod:`thinp.fs.populate` target interface over any driver's
     mounted view, so ``wl_rootfs(ViewTarget(view))`` fills a layer from the
     Debian manifest.  ``sync`` is called by ``sync()`` (default: the view's
     filesystem's own)."""

@@ -9,7 +9,7 @@ import pytest
 from thinp.cli import main
 from thinp.thin import ThinPool
 from thinp.trace import DISCARD, READ, TRACE_DTYPE, WRITE
-from thinp.workloads import blocktrace
+from thinp.traces import blocktrace
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data"
 CAPTURED = DATA / "ext4-loop.block_rq_issue.txt.gz"

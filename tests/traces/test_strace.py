@@ -1,4 +1,4 @@
-"""thinp.workloads.strace: the reader on handwritten snippets and on the real dpkg trace."""
+"""thinp.traces.strace: the reader on handwritten snippets and on the real dpkg trace."""
 from __future__ import annotations
 
 import collections
@@ -6,8 +6,8 @@ import errno
 
 import pytest
 
-from thinp.workloads import strace
-from .union_helpers import make
+from thinp.traces import strace
+from tests.drivers.union_helpers import make
 
 
 def ops(text: str):
