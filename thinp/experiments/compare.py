@@ -193,7 +193,7 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
             try:
                 _parallel(pool, names, job, rows, step, tick, describe)
             except BaseException:       # a malformed workload, Ctrl-C: stop the workers now
-                from . import stop_pool
+                from .workers import stop_pool
 
                 stop_pool(pool[0])
                 raise

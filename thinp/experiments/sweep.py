@@ -323,7 +323,7 @@ def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=
     finally:
         bar.stop()
         if ex is not None:          # Ctrl-C or an error: stop the workers now, not after their points
-            from . import stop_pool
+            from .workers import stop_pool
 
             stop_pool(ex)
     stats["seconds"] = time.perf_counter() - t0

@@ -16,7 +16,7 @@ from ..errors import ThinpError
 from .format import SELECTS_DIRS, Selectable, Step, Workload, WorkloadError, _err, check_globs
 from .images import build_image, content
 
-__all__ = ["RunResult", "run", "scaled", "dry_run"]
+__all__ = ["RunResult", "run", "scaled"]
 
 PHASE_OF = {"commit": "commit", "diff": "diff", "export": "export", "rm": "rm"}
 
@@ -310,16 +310,6 @@ def _path_error(w: Workload, si: int, st: Step, ci: int, e: OSError) -> Workload
     where = f"steps[{si}]" + (f" in container {ci}" if w.containers > 1 else "")
     return WorkloadError(f"{w.source}: {where} ({st.op} {path}): {e.strerror or e}"
                          + (f"; {why}" if why else ""))
-
-
-def dry_run(w: Workload) -> None:
-    """Check ``w`` by running one container of it on the reference driver
-    (an in-memory model, no bytes kept): a step that reads, writes or
-    deletes a path nothing has made yet, or makes one that exists, is a
-    :class:`WorkloadError` naming the file, the step and the path."""
-    res = run(dataclasses.replace(w, containers=1), REFERENCE)
-    if res.error:
-        raise WorkloadError(f"{w.source}: on the reference driver: {res.error}")
 
 
 def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0, progress=None,
