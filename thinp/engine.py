@@ -243,9 +243,10 @@ class Engine:
         self._counters["layer_bytes_applied"] += applied
         return created, shared
 
-    def _add_images(self, images, tags_for=None, *, load_path=None, platform=None) -> list[Image]:
-        """Add images to the store (or load them from ``load_path``) and their
-        layers to the driver; all or nothing."""
+    def add_images(self, images, tags_for=None, *, load_path=None, platform=None) -> list[Image]:
+        """Add images to the store (or load them from ``load_path``, a docker-save
+        tar or OCI layout) and their layers to the driver; all or nothing.
+        ``tags_for(image)`` gives each image's tags.  Returns the images added."""
         before = set(self.store.images)
         before_refs = dict(self.store.refs)
         added: list[Image] = []
@@ -266,7 +267,7 @@ class Engine:
             self.store.refs.clear()
             self.store.refs.update({r: i for r, i in before_refs.items() if i in self.store.images})
             for i in list(self.store.images):
-                self.store._sync_tags(i)
+                self.store.sync_tags(i)
             self._gc_layers()
             raise
         return added
@@ -289,7 +290,7 @@ class Engine:
     def load(self, path, *, platform: str = "linux/amd64") -> list[Image]:
         """``docker load``: every image of a save/OCI archive; layers already
         present (same ChainID) are shared."""
-        return self._add_images((), load_path=path, platform=platform)
+        return self.add_images((), load_path=path, platform=platform)
 
     def save(self, refs: str | Sequence[str], path, *, format: str = "docker",
              directory: bool = False) -> int:
@@ -327,7 +328,7 @@ class Engine:
         img = images[0]
         img = Image(img.config_bytes, img.layers, (), img.parent)
         tags = [str(r)] if r.digest is None else []
-        return self._add_images([img], tags_for=lambda _i: tags)[0]
+        return self.add_images([img], tags_for=lambda _i: tags)[0]
 
     def images(self) -> list[dict]:
         """``docker images`` rows: repository, tag, id (short), created, size, platform."""
@@ -385,7 +386,7 @@ class Engine:
         ``created`` (RFC 3339) fixes the timestamp, hence the image ID."""
         img = _image_import(tar, changes=changes, message=message, source=source, created=created)
         tags = [ref] if ref else []
-        img = self._add_images([img], tags_for=lambda _i: tags)[0]
+        img = self.add_images([img], tags_for=lambda _i: tags)[0]
         self._counters["imported_bytes"] += sum(l.size or 0 for l in img.layers)
         return img
 
@@ -542,7 +543,7 @@ class Engine:
         img = _image_commit(base, layer, message=message, author=author, changes=changes,
                             container_config=c.config, container_id=c.id, created=created)
         tags = [repo_tag] if repo_tag else []
-        img = self._add_images([img], tags_for=lambda _i: tags)[0]
+        img = self.add_images([img], tags_for=lambda _i: tags)[0]
         self._counters["commits"] += 1
         return img
 

@@ -31,7 +31,7 @@ def container(drv, name="c"):
 
 
 def upper(drv, cid="c"):
-    return drv._branches(drv._rec(cid))[0]
+    return drv.upper_dir(cid)
 
 
 @pytest.mark.parametrize("name", UNION)
@@ -180,7 +180,7 @@ def test_overlay2_metacopy_chmod_copies_no_data_until_the_first_write():
     v.chmod("/etc/big", 0o600)
     s = drv.stats()
     assert s["copy_up_bytes"] == 0 and s["copy_up_count"] == 2
-    node = drv.fs._lookup(upper(drv) + "/etc/big")
+    node = drv.fs.inode(upper(drv) + "/etc/big")
     assert node.nr_data_blocks == 0 and node.delayed is None
     assert v.stat("/etc/big").st_size == BIG and v.stat("/etc/big").st_mode & 0o777 == 0o600
     assert v.content("/etc/big") == want          # data still read from the lower
@@ -203,7 +203,7 @@ def test_layer_depth_limits(name, limit):
     for i in range(limit + 1):
         drv.create(f"l{i}", parent)
         parent = f"l{i}"
-    assert len(drv._branches(drv._rec(parent))) == limit + 1
+    assert len(drv.branches(parent)) == limit + 1
     with pytest.raises(TooManyLayersError, match=str(limit)):
         drv.create("deep", parent, read_write=True)
     assert not drv.exists("deep")
@@ -232,7 +232,7 @@ def test_overlay_image_layers_are_hardlink_farms():
     ids = image(drv, layer(("bin", "dir"), *files), layer(("etc", "dir"), ("etc/a", "file")),
                 layer(("etc/b", "file")))
     fs = drv.fs
-    root = drv._branches(drv._rec(ids[-1]))[0]
+    root = drv.upper_dir(ids[-1])
     # every image layer links the same 50 files: one inode, three names
     assert fs.lstat(root + "/bin/f0").st_nlink == 3
     u0, u2 = drv.usage(ids[0]), drv.usage(ids[2])
@@ -376,7 +376,7 @@ def test_dive_image_applies_like_flatten(name, fixtures_dir):
     assert not v.exists("/root/example/somefile3.txt") and not v.exists("/root/example")
     if name == "overlay2":
         fs = drv.fs
-        wh = drv._branches(drv._rec("L9"))[0] + "/root/example"
+        wh = drv.upper_dir("L9") + "/root/example"
         assert stat.S_ISCHR(fs.lstat(wh).st_mode)
     # changes of the last layer against its parent match its tar
     assert drv.changes(parent, f"L{len(img.layers) - 2}")
@@ -422,13 +422,13 @@ def test_overlay_layers_on_a_container_copy_its_upper_and_share_its_lower():
     drv.put("c")
     drv.create("c2", "c", read_write=True)       # moby: copy the upper, same lower-id
     assert tree(drv.get("c2")) == want
-    assert drv._branches(drv._rec("c2"))[1] == drv._branches(drv._rec("c"))[1]
+    assert drv.branches("c2")[1] == drv.branches("c")[1]
     drv.create("img", "c")                        # an image layer: a farm of the merged tree
     assert tree(drv.get("img")) == want
-    root = drv._branches(drv._rec("img"))[0]
-    lower_root = drv._branches(drv._rec(ids[-1]))[0]
+    root = drv.upper_dir("img")
+    lower_root = drv.upper_dir(ids[-1])
     assert drv.fs.lstat(root + "/etc/big").st_ino == drv.fs.lstat(lower_root + "/etc/big").st_ino
-    assert drv.fs.lstat(root + "/etc/new").st_ino != drv.fs.lstat(drv._branches(drv._rec("c"))[0] + "/etc/new").st_ino
+    assert drv.fs.lstat(root + "/etc/new").st_ino != drv.fs.lstat(drv.upper_dir("c") + "/etc/new").st_ino
 
 
 @pytest.mark.parametrize("name", ("vfs", "aufs", "overlay", "overlay2"))

@@ -164,3 +164,38 @@ def test_not_an_archive(tmp_path):
     p.write_bytes(tar_of({"hello.txt": b"hi"}))
     with pytest.raises(ImageFormatError, match="not an image archive"):
         load(p)
+
+
+def test_each_named_entry_is_one_image_whatever_the_others_platforms(tmp_path):
+    """Two names, one arm64-only and one multi-platform: the arm64 one loads
+    as it is, the multi-platform one by ``platform``."""
+    o = OCILayout()
+    o.tag(o.image([L_ARM], arch="arm64"), "docker.io/library/armonly:1")
+    amd = o.image([L_BASE, L_AMD], arch="amd64")
+    arm = o.image([L_BASE, L_ARM], arch="arm64")
+    o.tag(o.multi([amd, arm]), "docker.io/library/multi:1")
+    path = _write(tmp_path, o, False)
+    imgs = load(path, platform="linux/amd64")
+    assert [(i.tags, i.platform) for i in imgs] == [(["armonly:1"], "linux/arm64"), (["multi:1"], "linux/amd64")]
+    with pytest.raises(ImageFormatError, match="multi:1: no image for platform linux/s390x among 2 images; "
+                                               "the archive offers linux/amd64, linux/arm64"):
+        load(path, platform="linux/s390x")
+
+
+def test_unnamed_entries_of_several_platforms_are_chosen_among(tmp_path):
+    o = OCILayout()
+    o.tag(o.image([L_BASE, L_AMD], arch="amd64"), None)
+    o.tag(o.image([L_BASE, L_ARM], arch="arm64"), None)
+    path = _write(tmp_path, o, True)
+    [img] = load(path, platform="linux/arm64")
+    assert img.platform == "linux/arm64" and img.tags == []
+
+
+def test_a_docker_save_of_a_foreign_platform_image_loads_and_says_so(tmp_path):
+    from .builders import config_for, legacy_save
+
+    cfg = config_for([sha(L_ARM)], arch="arm64", extra={"variant": "v8"})
+    p = tmp_path / "save.tar"
+    p.write_bytes(legacy_save([L_ARM], tags=("armsave:1",), config=cfg))
+    [img] = load(p, platform="linux/amd64")
+    assert img.platform == "linux/arm64/v8" and img.rootfs().paths() == ["arm64.txt"]

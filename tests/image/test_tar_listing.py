@@ -3,6 +3,7 @@ with verified DiffIDs, and each layer lists exactly what GNU ``tar -tv``
 lists: names (as Docker cleans them), types, modes, owners, sizes, links."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -129,3 +130,46 @@ def test_an_oci_layout_with_one_foreign_platform_image(tmp_path):
     o.write_dir(tmp_path / "layout")
     [img] = _check_archive(tmp_path / "layout", tmp_path, platform="linux/amd64")
     assert img.platform == "linux/arm64"
+
+
+def _gnu_tar_layer(tmp_path, fmt: str, absolute: bool) -> bytes:
+    """A layer written by GNU tar itself from a real directory tree: ``./``
+    names (the root entry included), or ``/``-rooted ones (``-P``)."""
+    src = tmp_path / f"src-{fmt}"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "passwd").write_bytes(b"root:x:0:0\n")
+    (src / "etc" / "group").write_bytes(b"root:x:0:\n")
+    os.link(src / "etc" / "passwd", src / "etc" / "passwd-")
+    os.symlink("../etc/passwd", src / "etc" / "link")
+    deep = src / "d" / ("n" * 60) / ("m" * 60)
+    if fmt != "v7":           # v7 names stop at 100 bytes
+        deep.mkdir(parents=True)
+        (deep / "long-file-name").write_bytes(b"x" * 700)
+    if fmt != "v7":           # v7 has no fifo type
+        os.mkfifo(src / "fifo")
+    os.chmod(src, 0o750)
+    os.chown(src, 1234, 4321)
+    out = tmp_path / f"layer-{fmt}.tar"
+    args = ["tar", f"--format={fmt}", "--numeric-owner", "-cf", str(out), "-C", str(src)]
+    if absolute:
+        args[1:1] = ["-P", "--transform=s,^\\./*,/,S"]   # names and hardlink targets, not symlink text
+    subprocess.run([*args, "."], check=True, capture_output=True)
+    return out.read_bytes()
+
+
+@pytest.mark.parametrize("absolute", [False, True], ids=["dot", "rooted"])
+@pytest.mark.parametrize("fmt", ["v7", "ustar", "gnu", "posix"])
+def test_layers_written_by_gnu_tar_in_every_format(fmt, absolute, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown the layer's root directory")
+    layer = _gnu_tar_layer(tmp_path, fmt, absolute)
+    p = tmp_path / "img.tar"
+    p.write_bytes(legacy_save([layer], tags=("gnutar:1",)))
+    [img] = _check_archive(p, tmp_path)
+    fs = img.rootfs(verify=True)
+    root = fs[""]
+    assert (root.mode, root.uid, root.gid) == (0o750, 1234, 4321)
+    assert fs["etc/passwd"].ino == fs["etc/passwd-"].ino and fs["etc/link"].linkname == "../etc/passwd"
+    if fmt != "v7":
+        assert fs["fifo"].kind == "fifo"
+        assert fs["d/" + "n" * 60 + "/" + "m" * 60 + "/long-file-name"].size == 700

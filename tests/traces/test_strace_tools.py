@@ -111,6 +111,16 @@ def test_elided_acl_modes_come_from_the_source_the_process_just_stated():
     assert v.readlink("/s/dst/l") == "a"
 
 
+def test_the_inferred_mode_is_never_the_targets_own():
+    t = _ops("""
+1 10:00:00.1 newfstatat(3</src>, "", {st_mode=S_IFREG|0751, st_size=3, ...}, AT_EMPTY_PATH) = 0
+1 10:00:00.2 openat(AT_FDCWD</>, "/dst", O_WRONLY|O_CREAT|O_EXCL, 0600) = 4</dst>
+1 10:00:00.3 newfstatat(4</dst>, "", {st_mode=S_IFREG|0600, st_size=0, ...}, AT_EMPTY_PATH) = 0
+1 10:00:00.4 fsetxattr(4</dst>, ""..., ""..., 28, 0) = 0
+""")
+    assert [(o.kind, o.mode) for o in t.ops] == [("open", 0o600), ("chmod", 0o751)]
+
+
 def test_an_elided_acl_with_named_entries_is_skipped_not_guessed():
     t = _ops("""
 1 10:00:00.1 newfstatat(AT_FDCWD</>, "/src", {st_mode=S_IFREG|0640, st_size=3, ...}, 0) = 0
@@ -199,3 +209,22 @@ def test_o_tmpfile_then_linkat_is_an_exclusive_create_with_what_was_held_back(de
     st = v.stat("/var/viaproc")
     assert st.st_size == 5000 and _stat.S_IMODE(st.st_mode) == 0o604
     assert sorted(v.listdir("/var")) == ["viaempty", "viaproc"]
+
+
+def test_openat2_and_fallocate():
+    t = _ops("""
+1 10:00:00.1 openat2(AT_FDCWD</>, "/var/f", {flags=O_WRONLY|O_CREAT|O_CLOEXEC, mode=0640, resolve=0}, 24) = 3</var/f>
+1 10:00:00.2 fallocate(3</var/f>, 0, 0, 8192) = 0
+1 10:00:00.3 fallocate(3</var/f>, FALLOC_FL_KEEP_SIZE, 0, 65536) = 0
+1 10:00:00.4 fallocate(3</var/f>, FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE, 0, 4096) = 0
+1 10:00:00.5 write(3</var/f>, ""..., 100) = 100
+""")
+    assert [(o.kind, o.path, o.size, o.mode) for o in t.ops] == [
+        ("open", "/var/f", 0, 0o640), ("fallocate", "/var/f", 8192, -1), ("write", "/var/f", 100, -1)]
+    drv = get_driver("overlay2", size="1GiB")
+    drv.create("c", None, read_write=True)
+    v = drv.get("c")
+    v.mkdir("/var", 0o755)
+    assert strace.replay(t, v)["errors"] == {}
+    st = v.stat("/var/f")
+    assert st.st_size == 8192 and _stat.S_IMODE(st.st_mode) == 0o640

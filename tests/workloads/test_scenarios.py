@@ -156,7 +156,7 @@ op = "diff"
     # replay by hand on one container to check the tree the ops leave
     with Engine("reference") as e:
         from thinp.workloads.images import build_image
-        e._add_images([build_image(w.image)], tags_for=lambda _i: ["x:1"])
+        e.add_images([build_image(w.image)], tags_for=lambda _i: ["x:1"])
         from thinp.workloads.run import _Runner
         import numpy as np
         c = e.create("x:1")

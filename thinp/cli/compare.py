@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from . import _output as out
-from ._common import EXIT_ERROR, add_drivers, add_jobs, add_json, add_quiet, float_range, hidden_alias
+from ._common import EXIT_ERROR, add_drivers, add_jobs, add_json, add_quiet, float_range, hidden_alias, int_range
 
 
 def register(sub) -> None:
@@ -23,14 +23,33 @@ def register(sub) -> None:
     cp.add_argument("--constants", default=None, metavar="TOML",
                     help="a .toml with a [constants] table overriding the cost model's constants")
     add_quiet(cp)
+    _timing_options(cp)
     cp.set_defaults(func=_compare)
+
+
+def _timing_options(cp) -> None:
+    """The concurrent timing model's options (``sim_*`` columns)."""
+    cp.add_argument("--cores", type=int_range(1), default=None,
+                    help="cores of the simulated host for the timing model (default 4)")
+
+
+def _timing(args):
+    if args.cores is None:
+        return None
+    from ..timing import TimingConstants
+
+    base = TimingConstants.from_toml(args.constants) if args.constants else TimingConstants()
+    import dataclasses
+
+    return dataclasses.replace(base, cores=args.cores)
 
 
 def _compare(args) -> int:
     from ..experiments.compare import VIEW, compare, failures, table_view
 
     df, _fig = compare(args.workload, drivers=args.drivers, device=args.disk, out=args.out, scale=args.scale,
-                       progress=not (args.json or args.quiet), constants=args.constants, jobs=args.jobs)
+                       progress=not (args.json or args.quiet), constants=args.constants, jobs=args.jobs,
+                       timing=_timing(args))
     if args.json:
         out.write_json(df)
     else:

@@ -1,5 +1,6 @@
 """The metadata tools, as thin-provisioning-tools names them: ``check``,
-``dump``, ``restore``, ``ls``, ``delta``, ``trim``, ``metadata-size``."""
+``dump``, ``restore``, ``ls``, ``delta``, ``rmap``, ``repair``, ``pack``,
+``unpack``, ``trim``, ``metadata-size``."""
 from __future__ import annotations
 
 import sys
@@ -50,6 +51,27 @@ def register(sub) -> None:
     dl.add_argument("--verbose", action="store_true", help="list every block, not ranges")
     dl.add_argument("-m", "--metadata-snap", action="store_true", help="use the held metadata snapshot")
     dl.set_defaults(func=_delta)
+
+    rm = sub.add_parser("rmap", help="thin_rmap: which thin blocks map the given data blocks")
+    rm.add_argument("dir", help="a pool directory or a dm-thin metadata image")
+    rm.add_argument("--region", action="append", required=True, metavar="BEGIN..END",
+                    help="data blocks BEGIN..END (one past the end); repeat for more")
+    rm.add_argument("-m", "--metadata-snap", action="store_true", help="use the held metadata snapshot")
+    rm.set_defaults(func=_rmap)
+
+    rp = sub.add_parser("repair", help="thin_repair: salvage a damaged dm-thin metadata image into a new one")
+    rp.add_argument("-i", "--input", required=True, metavar="FILE", help="the damaged metadata image")
+    rp.add_argument("-o", "--output", required=True, metavar="FILE", help="the new metadata file (must not exist)")
+    rp.add_argument("--data-block-sectors", type=int_range(128), default=None, help="only when the superblock is lost")
+    rp.add_argument("--nr-data-blocks", type=int_range(1), default=None, help="only when the superblock is lost")
+    rp.set_defaults(func=_repair)
+
+    for name, what in (("pack", "thin_metadata_pack: archive a dm-thin metadata image"),
+                       ("unpack", "thin_metadata_unpack: a metadata image from a pack archive")):
+        pk = sub.add_parser(name, help=what)
+        pk.add_argument("-i", "--input", required=True, metavar="FILE")
+        pk.add_argument("-o", "--output", required=True, metavar="FILE", help="the new file (must not exist for unpack)")
+        pk.set_defaults(func=_pack, pack_command=name)
 
     t = sub.add_parser("trim", help="thin_trim: punch free data blocks out of the data file")
     add_pool_dir(t)
@@ -121,6 +143,34 @@ def _delta(args) -> int:
 
     sys.stdout.write(delta(args.dir, args.snap1, args.snap2, verbose=args.verbose,
                            metadata_snap=args.metadata_snap))
+    return 0
+
+
+def _rmap(args) -> int:
+    from ..thin.rmap import parse_region, rmap
+
+    sys.stdout.write(rmap(args.dir, [parse_region(r) for r in args.region], metadata_snap=args.metadata_snap))
+    return 0
+
+
+def _repair(args) -> int:
+    from ..thin.repair import repair
+
+    rep = repair(args.input, args.output, data_block_sectors=args.data_block_sectors,
+                 nr_data_blocks=args.nr_data_blocks)
+    for d in rep.damaged:
+        out.line(f"  lost: {d}")
+    out.line(f"salvaged {rep.nr_mappings} mappings of {rep.nr_devices} devices into {args.output}"
+             + (f" ({rep.adopted_leaves} orphaned leaves found by scanning)" if rep.adopted_leaves else ""))
+    return 0
+
+
+def _pack(args) -> int:
+    from ..thin.pack import pack, unpack
+
+    fn = pack if args.pack_command == "pack" else unpack
+    n = fn(args.input, args.output)
+    out.line(f"{args.pack_command}ed {n} metadata blocks into {args.output}")
     return 0
 
 

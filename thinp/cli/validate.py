@@ -23,6 +23,10 @@ def register(sub) -> None:
     add_json(vd, "the rows")
     vd.set_defaults(func=_drivers)
 
+    from .timing import register_validate
+
+    register_validate(vsub)
+
 
 _FS_COLUMNS = [("fs", "fs"), ("size", "size"), ("options", "options"), ("workload", "workload"),
                ("real_kib", "real KiB"), ("sim_kib", "sim KiB"), ("err_kib_pct", "err %"),

@@ -1,6 +1,7 @@
 """Docker's storage drivers behind one interface (see :mod:`thinp.drivers.base`)."""
 from .base import (
     METRIC_KEYS,
+    OP_COUNTER_KEYS,
     Capabilities,
     Change,
     Driver,
@@ -12,5 +13,5 @@ from .base import (
     register,
 )
 
-__all__ = ["METRIC_KEYS", "Capabilities", "Change", "Driver", "MountedView", "Usage", "empty_stats",
+__all__ = ["METRIC_KEYS", "OP_COUNTER_KEYS", "Capabilities", "Change", "Driver", "MountedView", "Usage", "empty_stats",
            "get_driver", "known_drivers", "register"]

@@ -66,9 +66,9 @@ class CowView(FsView):
         if drv.payload and isinstance(data, int) and not isinstance(data, bool):
             raise ValueError(f"{drv.name}: a payload driver needs bytes, not a length")
         fs = self.fs
-        node = fs._file_for_write(path)      # one path walk for the fs and the driver
+        node = fs.inode_for_write(path)      # one path walk for the fs and the driver
         old_size = node.size
-        n = fs._write(node, offset, data, None)
+        n = fs.write_inode(node, offset, data)
         if n > 0:
             buf = memoryview(data).cast("B")[:n] if drv.payload else None
             drv._write_data(self.layer, node, offset, n, (offset, buf, old_size))
@@ -79,7 +79,7 @@ class CowView(FsView):
             return FsView.content(self, path)
         import hashlib
 
-        node = self.fs._lookup(path)
+        node = self.fs.inode(path)
         if node.is_dir:
             raise OSError(errno.EISDIR, "Is a directory", path)
         data = bytes(self.drv._payload_get(self.layer, node.ino, node.size, 0, node.size))
@@ -89,7 +89,7 @@ class CowView(FsView):
         out = FsView.read(self, path, offset, length)    # errnos, page-cache hook
         if not self.drv.payload:
             return out
-        node = self.fs._lookup(path)
+        node = self.fs.inode(path)
         end = node.size if length is None else min(node.size, offset + length)
         if end <= offset:
             return b""
@@ -103,7 +103,7 @@ class CowView(FsView):
 
     def _touch(self, path, *, follow=False):
         try:
-            node = self.fs._lookup(path, follow=follow)
+            node = self.fs.inode(path, follow=follow)
         except OSError:
             return
         self.drv._dirty_meta(self.layer, node.ino)
@@ -391,6 +391,11 @@ class CowDriver(Driver):
 
     def _fixed_bytes(self) -> int:
         return 0
+
+    def op_counters(self):
+        c = self._counters
+        return (self.store.counters["units_written"] * self.unit_bytes + c["meta_bytes_written"], -1,
+                0, 0, c["cow_bytes"], c["cow_count"], 0, self.store.units_used * self.unit_bytes, 0)
 
     def stats(self):
         out = empty_stats()

@@ -55,8 +55,8 @@ class FsView(MountedView):
     def write(self, path, offset, data):
         self._rw(path)
         fs = self.fs
-        node = fs._file_for_write(path)      # one path walk for the fs and the driver
-        n = fs._write(node, offset, data, None)
+        node = fs.inode_for_write(path)      # one path walk for the fs and the driver
+        n = fs.write_inode(node, offset, data)
         self._data_write(node, offset, n)
         return n
 
@@ -64,7 +64,7 @@ class FsView(MountedView):
         fs = self.fs
         out = fs.read(path, offset, length)
         if self.on_read is not None:
-            node = fs._lookup(path)
+            node = fs.inode(path)
             end = node.size if length is None else min(node.size, offset + length)
             if end > offset:
                 self.on_read(node, offset, end - offset)
@@ -75,14 +75,14 @@ class FsView(MountedView):
 
     def truncate(self, path, size):
         self._rw(path)
-        node = self.fs._lookup(path)
+        node = self.fs.inode(path)
         old = node.size
         self.fs.truncate(path, size)
         self._data_truncate(node, old, size)
 
     def _ino_at(self, path):
         try:
-            return self.fs._lookup(path, follow=False).ino
+            return self.fs.inode(path, follow=False).ino
         except OSError:
             return None
 

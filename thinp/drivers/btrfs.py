@@ -337,7 +337,7 @@ class BtrfsDriver(CowDriver):
         import numpy as np
 
         layer = self._layer(id)
-        node = layer.fs._lookup(path)
+        node = layer.fs.inode(path)
         t = layer.trees.get(node.ino)
         if t is None:
             return {"total": 0, "exclusive": 0, "set_shared": 0}
@@ -356,7 +356,7 @@ class BtrfsDriver(CowDriver):
         import numpy as np
 
         layer = self._layer(id)
-        node = layer.fs._lookup(path)
+        node = layer.fs.inode(path)
         t = layer.trees.get(node.ino)
         if t is None:
             return []

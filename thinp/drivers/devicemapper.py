@@ -119,7 +119,7 @@ class DeviceMapperDriver(Driver):
         # 0755 on first use), so lost+found and the fs root stay outside the
         # layer; every layer's device descends from the base, so make it here
         self._base_fs.mkdir("/rootfs", 0o755)
-        self._base_fs.chroot_ino = self._base_fs._lookup("/rootfs").ino
+        self._base_fs.chroot_ino = self._base_fs.inode("/rootfs").ino
         self._base_fs.sync()
 
     # ------------------------------------------------------------ helpers
@@ -321,6 +321,12 @@ class DeviceMapperDriver(Driver):
             ("Thin Pool Minimum Free Space", f"{st.total_data_blocks * bs * self.min_free_percent / 100 / 1e9:.2f} GB"),
             ("Data loop file", os.path.join(self.pool_dir, "data")),
         ]
+
+    def op_counters(self):
+        st = self.pool.status()
+        c = st.counters
+        return (c["bytes_written"] + c["bytes_copied"], -1, 0, 0, c["bytes_copied"],
+                c["nr_cow_copies"] + c["nr_cow_overwrites"], 0, st.used_data_blocks * self.pool.block_size, 0)
 
     def stats(self):
         st = self.pool.status()

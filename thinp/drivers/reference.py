@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DeviceExistsError, DeviceNotFoundError
-from ..fs.core import BLOCK, StatResult, _mix, _stamp_of
+from ..fs.core import BLOCK, StatResult, mix_stamp, block_stamp
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats, register
 from .pagecache import PageCache
 
@@ -567,9 +567,9 @@ class ReferenceDriver(Driver):
             for b in range(b0, b1):
                 lo, hi = max(offset, b * BLOCK), min(end, (b + 1) * BLOCK)
                 if hi - lo == BLOCK:
-                    st[b] = _stamp_of(buf[lo - offset:hi - offset])
+                    st[b] = block_stamp(buf[lo - offset:hi - offset])
                 else:
-                    st[b] = _mix(int(st[b]), _stamp_of(buf[lo - offset:hi - offset]), lo % BLOCK,
+                    st[b] = mix_stamp(int(st[b]), block_stamp(buf[lo - offset:hi - offset]), lo % BLOCK,
                                  hi - b * BLOCK)
         else:
             self._stamp_counter = getattr(self, "_stamp_counter", 0) + 1
@@ -577,9 +577,9 @@ class ReferenceDriver(Driver):
             first_old, last_old = int(st[b0]), int(st[b1 - 1])
             st[b0:b1] = stamp
             if offset % BLOCK:
-                st[b0] = _mix(first_old, stamp, offset % BLOCK, min(BLOCK, end - b0 * BLOCK))
+                st[b0] = mix_stamp(first_old, stamp, offset % BLOCK, min(BLOCK, end - b0 * BLOCK))
             if end % BLOCK and (b1 - 1 != b0 or offset % BLOCK == 0):
-                st[b1 - 1] = _mix(last_old, stamp, (offset - (b1 - 1) * BLOCK) if b1 - 1 == b0 else 0,
+                st[b1 - 1] = mix_stamp(last_old, stamp, (offset - (b1 - 1) * BLOCK) if b1 - 1 == b0 else 0,
                                   end % BLOCK)
         node.size = max(node.size, end)
         return length
@@ -596,7 +596,7 @@ class ReferenceDriver(Driver):
             keep = (size + BLOCK - 1) // BLOCK
             node.stamps[keep:] = 0
             if size % BLOCK and 0 < keep <= len(node.stamps):   # past the array: a hole
-                node.stamps[keep - 1] = _mix(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
+                node.stamps[keep - 1] = mix_stamp(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
         node.size = size
 
     # ---------------------------------------------------------- layers

@@ -137,7 +137,7 @@ class UnionView(MountedView):
         roots = self._roots
         if roots is None or roots[0][1].ino not in self.fs.inodes:
             fs = self.fs
-            roots = self._roots = [(i, fs._lookup(b, follow=False)) for i, b in enumerate(self.branches)]
+            roots = self._roots = [(i, fs.inode(b, follow=False)) for i, b in enumerate(self.branches)]
         for k, (_i, node) in enumerate(roots):
             if self._is_opaque(node):
                 return roots[: k + 1]
@@ -270,7 +270,7 @@ class UnionView(MountedView):
     # -- read side ----------------------------------------------------------
     def stat(self, path: str, *, follow_symlinks: bool = True):
         _c, _s, _bi, node = self._top(path, follow_symlinks)
-        return self.fs._stat(node)
+        return self.fs.stat_inode(node)
 
     def exists(self, path: str) -> bool:
         try:
@@ -331,7 +331,7 @@ class UnionView(MountedView):
         src = self._data_source(canon, stacks, bi, node)
         out = self.fs.read(src, offset, length)
         if _stat.S_ISREG(node.mode):
-            self.driver._page_cache_touch(self.fs._lookup(src), offset, length)
+            self.driver._page_cache_touch(self.fs.inode(src), offset, length)
         return out
 
     def content(self, path: str):
@@ -397,12 +397,12 @@ class UnionView(MountedView):
                 fs.setxattr(dst, OVL_ORIGIN, _origin_handle(node), follow_symlinks=False)
             self._set_impure(canon[:-1])
         drv._counters["copy_up_count"] += 1
-        new = fs._lookup(dst, follow=False)
+        new = fs.inode(dst, follow=False)
         stacks[j] = [(0, new)] + (stacks[j] if _stat.S_ISDIR(node.mode) else [])
 
     def _set_impure(self, dir_canon) -> None:
         p = self._bpath(0, dir_canon)
-        node = self.fs._lookup(p, follow=False)
+        node = self.fs.inode(p, follow=False)
         if not (node.xattrs and OVL_IMPURE in node.xattrs):
             self.fs.setxattr(p, OVL_IMPURE, b"y", follow_symlinks=False)
 
@@ -445,7 +445,7 @@ class UnionView(MountedView):
     def _clear_upper_whiteout(self, canon) -> bool:
         """Remove a whiteout for canon[-1] in branch 0; True if there was one."""
         fs = self.fs
-        pd = fs._lookup(self._bpath(0, canon[:-1]), follow=False)
+        pd = fs.inode(self._bpath(0, canon[:-1]), follow=False)
         name = canon[-1]
         if self.char_wh:
             ino = pd.entries.get(name)
@@ -476,7 +476,7 @@ class UnionView(MountedView):
         """Remove a (merged-empty) upper directory: its whiteouts and markers first."""
         fs = self.fs
         self.driver._gen += 1
-        for name in list(fs._lookup(upath, follow=False).entries):
+        for name in list(fs.inode(upath, follow=False).entries):
             fs.unlink(upath + "/" + name)
         fs.rmdir(upath)
 
@@ -568,7 +568,7 @@ class UnionView(MountedView):
         if not _stat.S_ISREG(node.mode):
             raise _err(errno.EINVAL, path)
         if bi == 0 and not (self.metacopy and node.xattrs and OVL_METACOPY in node.xattrs):
-            return self.fs._write(node, offset, data, None)   # already up: no second path walk
+            return self.fs.write_inode(node, offset, data)   # already up: no second path walk
         self._copy_up(canon, stacks)
         return self.fs.write(self._bpath(0, canon), offset, data)
 
@@ -676,7 +676,7 @@ class UnionView(MountedView):
             self._clear_upper_whiteout(dcanon)
         fs = self.fs
         up_src = self._bpath(0, scanon)
-        moved = fs._lookup(up_src, follow=False)
+        moved = fs.inode(up_src, follow=False)
         fs.rename(up_src, self._bpath(0, dcanon))
         if src_lower:
             self._whiteout(scanon)
@@ -699,10 +699,10 @@ def _copy_data(fs, src: str, dst: str, size: int, snode=None, dnode=None) -> Non
         fs.write(dst, 0, fs.read(src, 0, size))
         return
     if dnode is None:
-        dnode = fs._lookup(dst)
+        dnode = fs.inode(dst)
     if snode is None:
-        snode = fs._lookup(src)
-    fs._write(dnode, 0, size, None)
+        snode = fs.inode(src)
+    fs.write_inode(dnode, 0, size)
     n = (size + BLOCK - 1) // BLOCK
     st = snode.stamps
     if st is None:
@@ -784,7 +784,9 @@ class UnionDriver(Driver):
         self._counters = {k: 0 for k in ("copy_up_bytes", "copy_up_count", "lookup_probes", "mount_ops",
                                          "create_ops", "diff_work")}
         self.page_cache = PageCache(page_cache_bytes)
-        self._hook_inode_release()
+        # a freed inode's pages go (the kernel's evict_inode), so a later file
+        # that reuses the inode number starts cold
+        self.fs.on_release(lambda node: self.page_cache.drop(("ino", node.ino)))
         self._gen = 0      # bumped by every change that can alter a merged directory stack
         self._setup()
 
@@ -806,6 +808,16 @@ class UnionDriver(Driver):
         """Backing directories this layer owns (for usage and logical bytes)."""
         return [self._branches(rec)[0]]
 
+    # -- the layout, for validation and tests ------------------------------------
+    def branches(self, id: str) -> list[str]:
+        """Backing-filesystem directories of layer ``id``'s view, top first
+        (Docker's UpperDir/Dir, then the LowerDirs)."""
+        return list(self._branches(self._rec(id)))
+
+    def upper_dir(self, id: str) -> str:
+        """The backing directory layer ``id`` writes into (its own branch)."""
+        return self._branches(self._rec(id))[0]
+
     # -- helpers ----------------------------------------------------------------
     def _rec(self, id: str) -> _Rec:
         try:
@@ -823,7 +835,7 @@ class UnionDriver(Driver):
         fs = self.fs
         if not fs.exists(path):
             return
-        node = fs._lookup(path, follow=False)
+        node = fs.inode(path, follow=False)
         if not _stat.S_ISDIR(node.mode):
             fs.unlink(path)
             return
@@ -843,7 +855,7 @@ class UnionDriver(Driver):
         fs, n = self.fs, 0
         for p in list(self._bookkeeping):
             try:
-                n += fs._lookup(p, follow=False).size
+                n += fs.inode(p, follow=False).size
             except OSError:
                 self._bookkeeping.discard(p)
         return n
@@ -858,17 +870,6 @@ class UnionDriver(Driver):
         end = min(size, offset + max(length, 0))
         if end > offset:
             self.page_cache.read(("ino", node.ino), end - offset, offset)
-
-    def _hook_inode_release(self) -> None:
-        """Drop a freed inode's pages (the kernel's evict_inode), so a later
-        file that reuses the inode number starts cold."""
-        fs, cache = self.fs, self.page_cache
-        release = fs._release
-
-        def _release(node):
-            cache.drop(("ino", node.ino))
-            release(node)
-        fs._release = _release
 
     # -- Driver -------------------------------------------------------------------
     def create(self, id: str, parent: str | None, *, read_write: bool = False, **opts) -> None:
@@ -978,7 +979,7 @@ class UnionDriver(Driver):
         opaque: list[str] = []
         work = 0
         # (path, upper dir inode, does the lower have this directory, not hidden by an opaque marker?)
-        stack = [("", fs._lookup(top, follow=False), lower is not None)]
+        stack = [("", fs.inode(top, follow=False), lower is not None)]
         while stack:
             p, d, has_lower = stack.pop()
             if view._is_opaque(d) and p:
@@ -1064,22 +1065,27 @@ class UnionDriver(Driver):
         if rec.parent is not None:
             for top in self._own_dirs(self.layers[rec.parent]):
                 if fs.exists(top):
-                    inherited.update(n.ino for n in _walk_nodes(fs, fs._lookup(top, follow=False))
+                    inherited.update(n.ino for n in _walk_nodes(fs, fs.inode(top, follow=False))
                                      if n.nlink > 1 and not _stat.S_ISDIR(n.mode))
         for top in self._own_dirs(rec):
             if not fs.exists(top):
                 continue
             links: dict[int, int] = {}
             nodes = {}
-            for node in _walk_nodes(fs, fs._lookup(top, follow=False)):
+            for node in _walk_nodes(fs, fs.inode(top, follow=False)):
                 links[node.ino] = links.get(node.ino, 0) + 1
                 nodes[node.ino] = node
             for ino, n in links.items():
                 node = nodes[ino]
                 if _stat.S_ISDIR(node.mode) or n >= node.nlink or ino not in inherited:
                     inodes += 1
-                    size += fs._stat(node).st_blocks * 512
+                    size += fs.stat_inode(node).st_blocks * 512
         return Usage(size=size, inodes=inodes)
+
+    def op_counters(self) -> tuple:
+        c, s = self._counters, self.device.stats
+        return (s.bytes_written, s.nr_writes, c["copy_up_bytes"], c["copy_up_count"], 0, 0,
+                c["lookup_probes"], self.device.physical_bytes, len(self.fs.inodes))
 
     def stats(self) -> dict:
         """Counters after a sync (delayed allocation written back), as ``du``
@@ -1108,7 +1114,7 @@ class UnionDriver(Driver):
         logical = 0
         for rec in self.layers.values():
             top = self._branches(rec)[0]
-            logical += sum(n.size for n in _walk_nodes(fs, fs._lookup(top, follow=False)) if _stat.S_ISREG(n.mode))
+            logical += sum(n.size for n in _walk_nodes(fs, fs.inode(top, follow=False)) if _stat.S_ISREG(n.mode))
         return logical
 
     def metadata(self, id: str) -> dict:
@@ -1251,7 +1257,7 @@ def copy_dir(fs, src: str, dst: str) -> None:
     """Copy backing directory ``src`` to ``dst`` (created) entry for entry:
     whiteouts, xattrs and hard links within the tree kept (moby's ``DirCopy``)."""
     links: dict[int, str] = {}
-    snode = fs._lookup(src, follow=False)
+    snode = fs.inode(src, follow=False)
     fs.mkdir(dst, _stat.S_IMODE(snode.mode), uid=snode.uid, gid=snode.gid)
     stack = [(src, dst, snode)]
     while stack:

@@ -20,6 +20,12 @@ State, per :class:`Filesystem`:
   ranges written but not yet allocated (``Inode.pending`` their bytes on a
   payload device); ``_delayed_inodes`` is the writeback order and
   ``_delayed_total`` the blocks reserved for them.
+* dirty pages: ``Inode.dirty`` is the set of mapped logical blocks rewritten
+  since their last writeback (their bytes in ``Inode.pending`` on a payload
+  device).  A write to a mapped block dirties its page, as a write to a
+  delayed one does; writeback (``sync``, ``fsync``, the dirty limit) writes
+  each dirty page once, so 800 appends of 5 bytes into one block cost one
+  4 KiB write on ext4 and xfs alike, as the kernel's page cache makes them.
 * content: on a payload device the bytes live on the device; otherwise
   ``Inode.stamps`` is a uint64 array, one version stamp per 4 KiB logical
   block (0 = zeros or a hole).
@@ -48,7 +54,8 @@ NAME_MAX = 255
 SYMLOOP_MAX = 40
 
 
-def _err(code: int, path: str) -> OSError:
+def os_error(code: int, path: str) -> OSError:
+    """``OSError(code)`` with the kernel's message, naming ``path``."""
     import os
 
     return OSError(code, os.strerror(code), path)
@@ -72,7 +79,7 @@ class StatResult(NamedTuple):
 class Inode:
     __slots__ = ("ino", "mode", "uid", "gid", "nlink", "size", "atime", "mtime", "ctime", "rdev",
                  "target", "xattrs", "extents", "stamps", "entries", "parent", "dir_bytes",
-                 "meta_blocks", "loc", "zone", "nr_data_blocks", "delayed", "pending")
+                 "meta_blocks", "loc", "zone", "nr_data_blocks", "delayed", "pending", "dirty")
 
     def __init__(self, ino: int, mode: int, uid: int = 0, gid: int = 0):
         self.ino = ino
@@ -96,7 +103,8 @@ class Inode:
         self.zone = 0         # block group (ext4) or AG (xfs) of the inode
         self.nr_data_blocks = 0
         self.delayed = None   # delayed allocation: sorted [begin, end) logical block ranges
-        self.pending = None   # payload of delayed blocks: lblk -> bytearray(4096)
+        self.pending = None   # payload of delayed and dirty blocks: lblk -> bytearray(4096)
+        self.dirty = None     # mapped logical blocks rewritten since their last writeback (a set)
 
     def _copy(self) -> "Inode":
         """An independent copy (for :meth:`Filesystem.clone`)."""
@@ -111,6 +119,7 @@ class Inode:
         n.loc, n.zone, n.nr_data_blocks = self.loc, self.zone, self.nr_data_blocks
         n.delayed = list(self.delayed) if self.delayed is not None else None
         n.pending = {k: bytearray(v) for k, v in self.pending.items()} if self.pending is not None else None
+        n.dirty = set(self.dirty) if self.dirty is not None else None
         return n
 
     @property
@@ -122,7 +131,7 @@ class Inode:
         return _stat.S_ISREG(self.mode)
 
 
-def _stamp_of(buf) -> int:
+def block_stamp(buf) -> int:
     """Content stamp of one block's bytes (zeros -> 0, so holes compare equal)."""
     b = bytes(buf)
     if not b.strip(b"\0"):
@@ -130,7 +139,9 @@ def _stamp_of(buf) -> int:
     return int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little") | 1
 
 
-def _mix(old: int, stamp: int, lo: int, hi: int) -> int:
+def mix_stamp(old: int, stamp: int, lo: int, hi: int) -> int:
+    """The stamp of a block whose bytes [lo, hi) were overwritten by content
+    ``stamp`` over content ``old`` (a partial-block write or truncate)."""
     h = hashlib.blake2b(f"{old}:{stamp}:{lo}:{hi}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") | 1
 
@@ -257,6 +268,7 @@ class Filesystem:
         self._xattr_blocks: set[int] = set()
         self._delayed_inodes: dict[int, Inode] = {}   # insertion order = writeback order
         self._delayed_total = 0
+        self._dirty_total = 0     # pages in Inode.dirty sets
         self.discard_mount = discard_mount
         self.journal_enabled = journal
         self.payload = bool(device.payload)
@@ -271,6 +283,7 @@ class Filesystem:
         self.counters = {"data_blocks_written": 0, "metadata_blocks_written": 0,
                          "journal_blocks_written": 0, "commits": 0, "blocks_discarded": 0}
         self.mounted = True
+        self._release_hooks: list = []   # see on_release
 
     # -- device I/O ---------------------------------------------------------
     def _dev_write_run(self, start: int, n: int) -> None:
@@ -343,7 +356,7 @@ class Filesystem:
         if got is None:
             got = self._find(goal, want, min_len=1)
         if got is None:
-            raise _err(errno.ENOSPC, "")
+            raise os_error(errno.ENOSPC, "")
         self._mark(got[0], got[1], 1)
         self._dirty_alloc(got[0], got[1])
         return got
@@ -418,6 +431,13 @@ class Filesystem:
     def _lookup(self, path: str, *, follow: bool = True) -> Inode:
         return self._walk(self._split(path), follow, path, 0)
 
+    def inode(self, path: str, *, follow: bool = True) -> Inode:
+        """The :class:`Inode` at ``path`` (``follow``: resolve a final symlink).
+        Drivers read its fields (mode, size, entries, xattrs, stamps) and hand
+        it back to :meth:`write_inode` and :meth:`stat_inode`; they change it
+        only through this filesystem's methods, or its ``stamps``."""
+        return self._walk(self._split(path), follow, path, 0)
+
     def _walk(self, parts: list, follow: bool, path: str, depth: int) -> Inode:
         inodes = self.inodes
         top = self.chroot_ino
@@ -426,18 +446,18 @@ class Filesystem:
         for i, name in enumerate(parts):
             entries = node.entries
             if entries is None:
-                raise _err(errno.ENOTDIR, path)
+                raise os_error(errno.ENOTDIR, path)
             if name == "..":
                 if node.ino != top:
                     node = inodes[node.parent]
                 continue
             ino = entries.get(name)
             if ino is None:
-                raise _err(errno.ENOENT, path)
+                raise os_error(errno.ENOENT, path)
             child = inodes[ino]
             if child.target is not None and (follow or i < last_i):
                 if depth >= SYMLOOP_MAX:
-                    raise _err(errno.ELOOP, path)
+                    raise os_error(errno.ELOOP, path)
                 tgt = self._split(child.target)
                 newparts = (tgt if child.target.startswith("/") else parts[:i] + tgt) + parts[i + 1:]
                 return self._walk(newparts, follow, path, depth + 1)
@@ -466,15 +486,15 @@ class Filesystem:
     def _parent_of_slow(self, path: str) -> tuple[Inode, str]:
         parts = self._split(path)
         if not parts:
-            raise _err(errno.EEXIST if path.strip("/") == "" else errno.ENOENT, path)
+            raise os_error(errno.EEXIST if path.strip("/") == "" else errno.ENOENT, path)
         name = parts[-1]
         if name == "..":
-            raise _err(errno.EINVAL, path)
+            raise os_error(errno.EINVAL, path)
         if len(name) > NAME_MAX // 4 and len(name.encode()) > NAME_MAX:
-            raise _err(errno.ENAMETOOLONG, path)
+            raise os_error(errno.ENAMETOOLONG, path)
         parent = self._walk(parts[:-1], True, path, 0)
         if parent.entries is None:
-            raise _err(errno.ENOTDIR, path)
+            raise os_error(errno.ENOTDIR, path)
         return parent, name
 
     def exists(self, path: str) -> bool:
@@ -531,7 +551,7 @@ class Filesystem:
 
     def _new_inode(self, parent: Inode, mode: int, uid: int, gid: int) -> Inode:
         if len(self.inodes) >= self.max_inodes:
-            raise _err(errno.ENOSPC, "")
+            raise os_error(errno.ENOSPC, "")
         ino, loc, zone = self._alloc_inode(parent, _stat.S_ISDIR(mode))
         node = Inode(ino, mode, uid, gid)
         node.loc = loc
@@ -544,7 +564,7 @@ class Filesystem:
     def _make(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> Inode:
         parent, name = self._parent_of(path)
         if name in parent.entries:
-            raise _err(errno.EEXIST, path)
+            raise os_error(errno.EEXIST, path)
         node = self._new_inode(parent, mode, uid, gid)
         try:
             if _stat.S_ISDIR(mode):
@@ -579,7 +599,7 @@ class Filesystem:
         whiteout, mode 000 as the kernel's ``ovl_whiteout`` makes it."""
         kind = _stat.S_IFMT(mode) or _stat.S_IFCHR
         if kind not in (_stat.S_IFCHR, _stat.S_IFBLK, _stat.S_IFIFO, _stat.S_IFSOCK, _stat.S_IFREG):
-            raise _err(errno.EINVAL, path)
+            raise os_error(errno.EINVAL, path)
         node = self._make(path, kind | _stat.S_IMODE(mode), uid, gid)
         node.rdev = int(rdev)
         return node.ino
@@ -597,10 +617,10 @@ class Filesystem:
     def link(self, src: str, dst: str) -> None:
         node = self._lookup(src, follow=False)
         if node.is_dir:
-            raise _err(errno.EPERM, src)
+            raise os_error(errno.EPERM, src)
         parent, name = self._parent_of(dst)
         if name in parent.entries:
-            raise _err(errno.EEXIST, dst)
+            raise os_error(errno.EEXIST, dst)
         node.nlink += 1
         if node.is_reg:
             self.file_bytes += node.size
@@ -612,10 +632,10 @@ class Filesystem:
         parent, name = self._parent_of(path)
         ino = parent.entries.get(name)
         if ino is None:
-            raise _err(errno.ENOENT, path)
+            raise os_error(errno.ENOENT, path)
         node = self.inodes[ino]
         if node.is_dir:
-            raise _err(errno.EISDIR, path)
+            raise os_error(errno.EISDIR, path)
         self._dir_remove(parent, name)
         self._drop_link(node)
 
@@ -628,7 +648,15 @@ class Filesystem:
         if node.nlink <= 0:
             self._release(node)
 
+    def on_release(self, fn) -> None:
+        """Call ``fn(inode)`` when an inode is freed (its last link gone), before
+        its number can be reused: the kernel's ``evict_inode``, where a driver
+        drops the inode's cached pages.  A :meth:`clone` starts with none."""
+        self._release_hooks.append(fn)
+
     def _release(self, node: Inode) -> None:
+        for fn in getattr(self, "_release_hooks", ()):
+            fn(node)
         self._drop_delayed(node, 0)
         self._truncate_blocks(node, 0)
         for b in node.meta_blocks:
@@ -642,12 +670,12 @@ class Filesystem:
         parent, name = self._parent_of(path)
         ino = parent.entries.get(name)
         if ino is None:
-            raise _err(errno.ENOENT, path)
+            raise os_error(errno.ENOENT, path)
         node = self.inodes[ino]
         if not node.is_dir:
-            raise _err(errno.ENOTDIR, path)
+            raise os_error(errno.ENOTDIR, path)
         if node.entries:
-            raise _err(errno.ENOTEMPTY, path)
+            raise os_error(errno.ENOTEMPTY, path)
         self._dir_remove(parent, name)
         parent.nlink -= 1
         node.nlink = 0
@@ -656,7 +684,7 @@ class Filesystem:
     def rmtree(self, path: str) -> int:
         """``rm -rf path`` (path must be a directory); returns entries removed."""
         if not self._lookup(path, follow=False).is_dir:
-            raise _err(errno.ENOTDIR, path)
+            raise os_error(errno.ENOTDIR, path)
         n = 0
         for dpath, _dirs, files in reversed(list(self.walk(path))):
             for f in files:
@@ -671,14 +699,14 @@ class Filesystem:
         sparent, sname = self._parent_of(src)
         ino = sparent.entries.get(sname)
         if ino is None:
-            raise _err(errno.ENOENT, src)
+            raise os_error(errno.ENOENT, src)
         node = self.inodes[ino]
         dparent, dname = self._parent_of(dst)
         if node.is_dir:  # may not move a directory below itself
             p = dparent
             while True:
                 if p.ino == node.ino:
-                    raise _err(errno.EINVAL, dst)
+                    raise os_error(errno.EINVAL, dst)
                 if p.ino == self.ROOT_INO:
                     break
                 p = self.inodes[p.parent]
@@ -688,12 +716,12 @@ class Filesystem:
         if old is not None:
             onode = self.inodes[old]
             if onode.is_dir and not node.is_dir:
-                raise _err(errno.EISDIR, dst)
+                raise os_error(errno.EISDIR, dst)
             if node.is_dir and not onode.is_dir:
-                raise _err(errno.ENOTDIR, dst)
+                raise os_error(errno.ENOTDIR, dst)
             if onode.is_dir:
                 if onode.entries:
-                    raise _err(errno.ENOTEMPTY, dst)
+                    raise os_error(errno.ENOTEMPTY, dst)
                 self._dir_remove(dparent, dname)
                 dparent.nlink -= 1
                 onode.nlink = 0
@@ -745,7 +773,7 @@ class Filesystem:
     def getxattr(self, path: str, name: str, *, follow_symlinks: bool = True) -> bytes:
         node = self._lookup(path, follow=follow_symlinks)
         if not node.xattrs or name not in node.xattrs:
-            raise _err(errno.ENODATA, path)
+            raise os_error(errno.ENODATA, path)
         return node.xattrs[name]
 
     def listxattr(self, path: str, *, follow_symlinks: bool = True) -> list[str]:
@@ -755,7 +783,7 @@ class Filesystem:
     def removexattr(self, path: str, name: str, *, follow_symlinks: bool = True) -> None:
         node = self._lookup(path, follow=follow_symlinks)
         if not node.xattrs or name not in node.xattrs:
-            raise _err(errno.ENODATA, path)
+            raise os_error(errno.ENODATA, path)
         del node.xattrs[name]
         self._xattr_layout(node)
         self._touch_inode(node)
@@ -790,6 +818,10 @@ class Filesystem:
     def lstat(self, path: str) -> StatResult:
         return self.stat(path, follow_symlinks=False)
 
+    def stat_inode(self, node: Inode) -> StatResult:
+        """:meth:`stat` of an inode already looked up (see :meth:`inode`)."""
+        return self._stat(node)
+
     def _stat(self, node: Inode) -> StatResult:
         size = self._dir_size(node) if node.is_dir else node.size
         delayed = sum(r1 - r0 for r0, r1 in node.delayed) if node.delayed else 0
@@ -803,13 +835,13 @@ class Filesystem:
     def readlink(self, path: str) -> str:
         node = self._lookup(path, follow=False)
         if not _stat.S_ISLNK(node.mode):
-            raise _err(errno.EINVAL, path)
+            raise os_error(errno.EINVAL, path)
         return node.target
 
     def listdir(self, path: str = "/") -> list[str]:
         node = self._lookup(path)
         if not node.is_dir:
-            raise _err(errno.ENOTDIR, path)
+            raise os_error(errno.ENOTDIR, path)
         return sorted(node.entries)
 
     def _peek(self, ino: int) -> Inode:
@@ -835,6 +867,12 @@ class Filesystem:
                 stack.append((base + "/" + name, self._peek(d.entries[name])))
 
     # -- file content -----------------------------------------------------------
+    def inode_for_write(self, path: str) -> Inode:
+        """The regular file at ``path``, created (0644) if missing: the one path
+        walk a driver makes before :meth:`write_inode`.  EISDIR/EINVAL for a
+        directory or another non-regular file."""
+        return self._file_for_write(path)
+
     def _file_for_write(self, path: str) -> Inode:
         try:
             node = self._lookup(path)
@@ -843,9 +881,9 @@ class Filesystem:
                 raise
             node = self._make(path, _stat.S_IFREG | 0o644)
         if node.is_dir:
-            raise _err(errno.EISDIR, path)
+            raise os_error(errno.EISDIR, path)
         if not node.is_reg:
-            raise _err(errno.EINVAL, path)
+            raise os_error(errno.EINVAL, path)
         return node
 
     def write(self, path: str, offset: int, data, *, stamp: int | None = None) -> int:
@@ -858,9 +896,14 @@ class Filesystem:
         node = self._file_for_write(path)
         return self._write(node, offset, data, stamp)
 
+    def write_inode(self, node: Inode, offset: int, data, stamp: int | None = None) -> int:
+        """:meth:`write` to an inode already looked up (:meth:`inode`,
+        :meth:`inode_for_write`), without a second path walk."""
+        return self._write(node, offset, data, stamp)
+
     def _write(self, node: Inode, offset: int, data, stamp) -> int:
         if offset < 0:
-            raise _err(errno.EINVAL, "")
+            raise os_error(errno.EINVAL, "")
         if isinstance(data, int) and not isinstance(data, bool):
             length = data
             buf = None
@@ -873,7 +916,7 @@ class Filesystem:
             buf = memoryview(data).cast("B")
             length = len(buf)
         if length < 0:
-            raise _err(errno.EINVAL, "")
+            raise os_error(errno.EINVAL, "")
         if length == 0:
             return 0
         end = offset + length
@@ -892,38 +935,63 @@ class Filesystem:
                     lo, hi = max(offset, b * BLOCK), min(end, (b + 1) * BLOCK)
                     page[lo - b * BLOCK:hi - b * BLOCK] = buf[lo - offset:hi - offset]
             for lblk, pblk, n in self._map_range(node, b0, b1):
-                lo = max(offset, lblk * BLOCK)
-                hi = min(end, (lblk + n) * BLOCK)
-                self.device.write(pblk * BLOCK + (lo - lblk * BLOCK), buf[lo - offset:hi - offset])
+                self._dirty_pages(node, lblk, pblk, n, offset, end, buf)
         else:
             st = self._stamps(node, b1)
             if buf is not None:
                 for b in range(b0, b1):
                     lo, hi = max(offset, b * BLOCK), min(end, (b + 1) * BLOCK)
                     if hi - lo == BLOCK:
-                        st[b] = _stamp_of(buf[lo - offset:hi - offset])
+                        st[b] = block_stamp(buf[lo - offset:hi - offset])
                     else:
-                        st[b] = _mix(int(st[b]), _stamp_of(buf[lo - offset:hi - offset]), lo % BLOCK, hi - b * BLOCK)
+                        st[b] = mix_stamp(int(st[b]), block_stamp(buf[lo - offset:hi - offset]), lo % BLOCK, hi - b * BLOCK)
             else:
                 first_old = int(st[b0])
                 last_old = int(st[b1 - 1])
                 st[b0:b1] = stamp
                 if offset % BLOCK:
-                    st[b0] = _mix(first_old, stamp, offset % BLOCK, min(BLOCK, end - b0 * BLOCK))
+                    st[b0] = mix_stamp(first_old, stamp, offset % BLOCK, min(BLOCK, end - b0 * BLOCK))
                 if end % BLOCK and (b1 - 1 != b0 or offset % BLOCK == 0):
-                    st[b1 - 1] = _mix(last_old, stamp, (offset - (b1 - 1) * BLOCK) if b1 - 1 == b0 else 0, end % BLOCK)
+                    st[b1 - 1] = mix_stamp(last_old, stamp, (offset - (b1 - 1) * BLOCK) if b1 - 1 == b0 else 0, end % BLOCK)
             for lblk, pblk, n in self._map_range(node, b0, b1):
-                self.device.write(pblk * BLOCK, n * BLOCK)
+                self._dirty_pages(node, lblk, pblk, n, offset, end, None)
         self.counters["data_blocks_written"] += b1 - b0
         node.mtime = node.ctime = _time.time()
         self._touch_inode(node)
-        if self._delayed_total >= self.writeback_blocks:
+        if self._delayed_total + self._dirty_total >= self.writeback_blocks:
             self.writeback()
         self._maybe_commit()
         return length
 
     #: delayed blocks that trigger writeback (the dirty-page limit)
     writeback_blocks = 65536
+
+    def _dirty_pages(self, node: Inode, lblk: int, pblk: int, n: int, offset: int, end: int, buf) -> None:
+        """Logical blocks [lblk, lblk + n), mapped at ``pblk``, take the bytes
+        of a write covering [offset, end): their pages become dirty and reach
+        the device at writeback (on a payload device a partly written page
+        not yet dirty is read first, as the kernel reads a page that is not
+        up to date before a partial write)."""
+        d = node.dirty
+        if d is None:
+            d = node.dirty = set()
+            self._delayed_inodes.setdefault(node.ino, node)
+        before = len(d)
+        d.update(range(lblk, lblk + n))
+        self._dirty_total += len(d) - before
+        if buf is None:
+            return
+        pend = node.pending
+        if pend is None:
+            pend = node.pending = {}
+        for i in range(n):
+            b = lblk + i
+            lo, hi = max(offset, b * BLOCK), min(end, (b + 1) * BLOCK)
+            page = pend.get(b)
+            if page is None:
+                page = pend[b] = bytearray(BLOCK) if hi - lo == BLOCK else \
+                    bytearray(self.device.read((pblk + i) * BLOCK, BLOCK))
+            page[lo - b * BLOCK:hi - b * BLOCK] = buf[lo - offset:hi - offset]
 
     def _free_blocks(self) -> int:
         return self.nr_blocks - int(self.zone_used.sum()) - self._delayed_total
@@ -936,9 +1004,9 @@ class Filesystem:
                 if self._delayed_total:
                     self.writeback()
                 if n > self._free_blocks() - self._reserved_blocks():
-                    raise _err(errno.ENOSPC, "")
+                    raise os_error(errno.ENOSPC, "")
             node.delayed = [(b0, b1)]
-            if self.payload:
+            if self.payload and node.pending is None:
                 node.pending = {}
             self._delayed_total += n
             self._delayed_inodes.setdefault(node.ino, node)
@@ -968,10 +1036,10 @@ class Filesystem:
             if self._delayed_total:
                 self.writeback()
             if n > self._free_blocks() - self._reserved_blocks():
-                raise _err(errno.ENOSPC, "")
+                raise os_error(errno.ENOSPC, "")
         if d is None:
             d = node.delayed = []
-            if self.payload:
+            if self.payload and node.pending is None:
                 node.pending = {}
         d.extend(new)
         d.sort()
@@ -998,8 +1066,19 @@ class Filesystem:
         return out
 
     def _drop_delayed(self, node: Inode, keep: int) -> None:
-        """Forget delayed blocks at or beyond logical block ``keep``."""
+        """Forget delayed blocks and dirty pages at or beyond logical block ``keep``."""
+        if node.dirty:
+            before = len(node.dirty)
+            node.dirty = {b for b in node.dirty if b < keep} or None
+            self._dirty_total -= before - len(node.dirty or ())
         if not node.delayed:
+            if node.pending:
+                for b in [b for b in node.pending if b >= keep]:
+                    del node.pending[b]
+            if not node.dirty:
+                node.pending = None
+                node.dirty = None
+                self._delayed_inodes.pop(node.ino, None)
             return
         kept, dropped = [], 0
         for r0, r1 in node.delayed:
@@ -1016,13 +1095,22 @@ class Filesystem:
                 del node.pending[b]
         if kept:
             node.delayed = kept
+        elif node.dirty:
+            node.delayed = None
         else:
             node.delayed = node.pending = None
             self._delayed_inodes.pop(node.ino, None)
 
     def _flush_inode(self, node: Inode) -> None:
+        """Write back the inode's dirty pages, then allocate and write its
+        delayed blocks (each page once, contiguous blocks in one request)."""
+        if node.dirty:
+            self._write_dirty(node)
         ranges = node.delayed
         if not ranges:
+            if node.dirty is None:
+                node.pending = None
+                self._delayed_inodes.pop(node.ino, None)
             return
         node.delayed = None
         self._delayed_inodes.pop(node.ino, None)
@@ -1046,6 +1134,24 @@ class Filesystem:
         node.pending = None
         self._extent_tree_layout(node)
         self._touch_inode(node)
+
+    def _write_dirty(self, node: Inode) -> None:
+        blocks = sorted(node.dirty)
+        node.dirty = None
+        self._dirty_total -= len(blocks)
+        pend = node.pending
+        i = 0
+        while i < len(blocks):
+            j = i + 1
+            while j < len(blocks) and blocks[j] == blocks[j - 1] + 1:
+                j += 1
+            for lblk, pblk, n in self._map_range(node, blocks[i], blocks[j - 1] + 1):
+                if self.payload:
+                    self.device.write(pblk * BLOCK, b"".join(
+                        bytes(pend.pop(lblk + k, None) or bytes(BLOCK)) for k in range(n)))
+                else:
+                    self.device.write(pblk * BLOCK, n * BLOCK)
+            i = j
 
     def writeback(self) -> None:
         """Allocate and write every delayed block, in the order files were dirtied."""
@@ -1119,9 +1225,9 @@ class Filesystem:
         blocks the range covers (0 = zeros or hole)."""
         node = self._lookup(path)
         if node.is_dir:
-            raise _err(errno.EISDIR, path)
+            raise os_error(errno.EISDIR, path)
         if offset < 0:
-            raise _err(errno.EINVAL, path)
+            raise os_error(errno.EINVAL, path)
         if length is None:
             length = max(node.size - offset, 0)
         end = min(offset + length, node.size)
@@ -1155,7 +1261,7 @@ class Filesystem:
         equal content in the same mode compare equal, across filesystems."""
         node = self._lookup(path)
         if node.is_dir:
-            raise _err(errno.EISDIR, path)
+            raise os_error(errno.EISDIR, path)
         if self.payload:
             return node.size, hashlib.blake2b(self.read(path), digest_size=16).hexdigest()
         n = (node.size + BLOCK - 1) // BLOCK
@@ -1190,11 +1296,11 @@ class Filesystem:
     def truncate(self, path: str, size: int) -> None:
         node = self._lookup(path)
         if node.is_dir:
-            raise _err(errno.EISDIR, path)
+            raise os_error(errno.EISDIR, path)
         if not node.is_reg:
-            raise _err(errno.EINVAL, path)
+            raise os_error(errno.EINVAL, path)
         if size < 0:
-            raise _err(errno.EINVAL, path)
+            raise os_error(errno.EINVAL, path)
         if size < node.size:
             keep = (size + BLOCK - 1) // BLOCK
             self._drop_delayed(node, keep)
@@ -1204,7 +1310,7 @@ class Filesystem:
                 # (a last block past the stamps array is a hole grown by
                 # truncate: zeros, and zeros cut short stay a hole)
                 if size % BLOCK and 0 < keep <= len(node.stamps) and not self.payload:
-                    node.stamps[keep - 1] = _mix(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
+                    node.stamps[keep - 1] = mix_stamp(int(node.stamps[keep - 1]), 0, size % BLOCK, BLOCK)
             if self.payload and size % BLOCK:
                 m = self._map_range(node, size // BLOCK, size // BLOCK + 1)
                 page = (node.pending or {}).get(size // BLOCK)
@@ -1362,6 +1468,8 @@ class Filesystem:
                 v = CowInodes(base)
             elif name == "counters":
                 v = dict.fromkeys(value, 0)
+            elif name == "_release_hooks":
+                v = []                         # the clone's owner registers its own
             elif name == "bitmap":
                 v = value                      # copied by whichever side changes it first
             elif isinstance(value, np.ndarray):

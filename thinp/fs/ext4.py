@@ -35,7 +35,7 @@ import numpy as np
 
 from ..units import parse_size
 from . import _kernels as K
-from .core import BLOCK, Filesystem, Inode, _err
+from .core import BLOCK, Filesystem, Inode, os_error
 
 BLOCKS_PER_GROUP = 32768
 DESC_SIZE = 64
@@ -217,7 +217,7 @@ class Ext4(Filesystem):
             jgroup = self._journal_group()
             js, jn = self._alloc_run(self._group_start(jgroup), g.journal_blocks)
             if jn < g.journal_blocks:
-                raise _err(errno.ENOSPC, "journal")
+                raise os_error(errno.ENOSPC, "journal")
             self.static_runs.append((js, jn))
             init_groups.update(range(js // BLOCKS_PER_GROUP, (js + jn - 1) // BLOCKS_PER_GROUP + 1))
             self.journal_start = js
@@ -338,7 +338,7 @@ class Ext4(Filesystem):
         if is_dir:
             lo = self._pick_group_for_dir(parent)
             if lo < 0:
-                raise _err(errno.ENOSPC, "")
+                raise os_error(errno.ENOSPC, "")
             hi = min(g.nr_groups, (lo // f) * f + f)
             order = range(lo, hi)
         else:   # find_group_other: the first group of the parent's flex group with a free inode
@@ -361,7 +361,7 @@ class Ext4(Filesystem):
             self._dirty.add(g.inode_bitmap[grp])
             self._dirty.add(self._gdt_block(grp))
             return ino, loc, grp
-        raise _err(errno.ENOSPC, "")
+        raise os_error(errno.ENOSPC, "")
 
     def _free_inode(self, node: Inode) -> None:
         g = self.geometry

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 
-from .core import BLOCK, Filesystem, Inode, _err
+from .core import BLOCK, Filesystem, Inode, os_error
 
 INODE_SIZE = 512
 CHUNK_INODES = 64
@@ -185,7 +185,7 @@ class Xfs(Filesystem):
             r = self._alloc_inode_in((first + i) % self.agcount)
             if r is not None:
                 return r
-        raise _err(errno.ENOSPC, "")
+        raise os_error(errno.ENOSPC, "")
 
     def _free_inode(self, node: Inode) -> None:
         start = node.ino >> 6

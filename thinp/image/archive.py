@@ -7,10 +7,11 @@
 * Docker 25's hybrid save: OCI ``index.json`` + ``blobs/sha256`` +
   ``manifest.json`` (``manifest.json`` wins, as in ``docker load``);
 * a plain OCI image layout, as a directory or a tar: image indexes (nested,
-  multi-arch) are walked as ``docker load`` walks them: a layout holding ONE
-  image loads it whatever its platform (``Image.platform`` says which), and
-  only among several does ``platform`` choose (none matching is an error
-  listing the platforms on offer); manifests whose blobs the saver left out
+  multi-arch) are walked as ``docker load`` walks them: each name (and all
+  unnamed entries together) holding ONE image loads it whatever its
+  platform (``Image.platform`` says which), and only among several does
+  ``platform`` choose (none matching is an error listing the platforms on
+  offer); manifests whose blobs the saver left out
   are not on offer; manifests whose config is not an image config, or with
   an ``artifactType``, or marked as attestations (SBOMs, signatures) are
   skipped;
@@ -395,9 +396,11 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
     The index is walked (nested indexes included) and every manifest that is
     an image (not an attestation, signature, SBOM or other artifact) becomes
     a candidate, with its platform from its descriptor or else its config.
-    A layout with ONE image loads it whatever its platform; with several,
-    ``platform`` picks those that match, and none matching is an error that
-    lists the platforms on offer.
+    Each name (``io.containerd.image.name`` or a full reference in
+    ``org.opencontainers.image.ref.name``), and all unnamed entries together,
+    is one image to load: with ONE candidate it loads whatever its platform;
+    with several (a multi-platform index), ``platform`` picks those that
+    match, and none matching is an error that lists the platforms on offer.
     """
     layout = arch.json("oci-layout", "oci-layout file")
     if not isinstance(layout, dict) or "imageLayoutVersion" not in layout:
@@ -506,17 +509,25 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
         visit(desc, tags, 0, where, True)
     if absent and not images:
         raise ImageFormatError(f"{absent[0]} is missing from the archive")
-    if len({img[2] for img in images}) == 1:
-        chosen = images          # one image (perhaps under several tags): whatever its platform
-    else:
-        chosen = [img for img in images if img[1]]
-        if images and not chosen:
-            offered = sorted({_platform_text(img[0]) for img in images})
-            raise ImageFormatError(
-                f"{arch.name}: no image for platform {'/'.join(p for p in platform if p)} among "
-                f"{len(images)} images; the archive offers {', '.join(offered)}")
-    for shown, _match, config_bytes, specs, tags, where in chosen:
-        b.image(config_bytes, specs, tags, where)
+    # each name (or all unnamed entries together) is one image to load, as
+    # docker load imports each named entry: a single candidate whatever its
+    # platform, several (a multi-platform index) chosen by ``platform``
+    groups: dict[tuple, list] = {}
+    for img in images:
+        groups.setdefault(tuple(img[4]), []).append(img)
+    for group in groups.values():
+        if len({img[2] for img in group}) == 1:
+            chosen = group[:1] if not group[0][4] else group
+        else:
+            chosen = [img for img in group if img[1]]
+            if not chosen:
+                offered = sorted({_platform_text(img[0]) for img in group})
+                named = f"{', '.join(group[0][4])}: " if group[0][4] else ""
+                raise ImageFormatError(
+                    f"{arch.name}: {named}no image for platform {'/'.join(p for p in platform if p)} among "
+                    f"{len(group)} images; the archive offers {', '.join(offered)}")
+        for shown, _match, config_bytes, specs, tags, where in chosen:
+            b.image(config_bytes, specs, tags, where)
 
 
 def load(path, *, platform: str = "linux/amd64",

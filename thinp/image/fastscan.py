@@ -419,7 +419,7 @@ class _FdReader(_ArrayReader):
 
 _FILE, _DIR = ts.FILE, ts.DIR
 _KIND = [None] * 256
-for _flag, _kind in ts._TYPEFLAGS.items():
+for _flag, _kind in ts.TYPEFLAGS.items():
     _KIND[_flag[0]] = _kind
 del _flag, _kind
 

@@ -85,7 +85,8 @@ class ImageStore:
     def children(self, image_id: str) -> list[str]:
         return [i for i, img in self.images.items() if img.parent == image_id]
 
-    def _sync_tags(self, image_id: str) -> None:
+    def sync_tags(self, image_id: str) -> None:
+        """Set ``image.tags`` from the store's references (after they changed)."""
         img = self.images.get(image_id)
         if img is not None:
             img.tags = self.tags_of(image_id)
@@ -98,14 +99,14 @@ class ImageStore:
             self.layers.setdefault(layer.chain_id, layer)
         for t in list(image.tags) + list(tags):
             self._set_ref(Reference.parse(t), image.id)
-        self._sync_tags(image.id)
+        self.sync_tags(image.id)
         return image
 
     def _set_ref(self, ref: Reference, image_id: str) -> None:
         old = self.refs.get(str(ref))
         self.refs[str(ref)] = image_id
         if old is not None and old != image_id:
-            self._sync_tags(old)   # the old image loses this tag (it may now be dangling)
+            self.sync_tags(old)   # the old image loses this tag (it may now be dangling)
 
     def tag(self, source: str, target: str) -> None:
         image_id, _ = self.resolve(source)
@@ -113,14 +114,14 @@ class ImageStore:
         if ref.digest:
             raise ValueError(f"refusing to create a tag with a digest reference: {target!r}")
         self._set_ref(ref, image_id)
-        self._sync_tags(image_id)
+        self.sync_tags(image_id)
 
     def untag(self, ref: str) -> str:
         r = Reference.parse(ref)
         image_id = self.refs.pop(str(r), None)
         if image_id is None:
             raise ImageNotFoundError(f"No such image: {ref}")
-        self._sync_tags(image_id)
+        self.sync_tags(image_id)
         return r.familiar
 
     # ------------------------------------------------------------- users

@@ -64,7 +64,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 FILE, DIR, SYMLINK, HARDLINK, CHAR, BLOCKDEV, FIFO = (
     "file", "dir", "symlink", "hardlink", "char", "block", "fifo")
-_TYPEFLAGS = {
+TYPEFLAGS = {
     b"0": FILE, b"\x00": FILE, b"7": FILE, b"1": HARDLINK, b"2": SYMLINK,
     b"3": CHAR, b"4": BLOCKDEV, b"5": DIR, b"6": FIFO,
 }
@@ -587,7 +587,7 @@ def iter_tar(inp: HashingInput, *, index: int = 0,
             else:
                 longlink = data.split(b"\x00", 1)[0]
             continue
-        kind = _TYPEFLAGS.get(typeflag)
+        kind = TYPEFLAGS.get(typeflag)
         if kind is None:
             raise ImageFormatError(
                 f"{blob}: unsupported tar entry type {typeflag!r} at entry {index}")

@@ -218,8 +218,10 @@ class ThinPool:
         else:
             msize = parse_size(metadata_size, what="metadata_size")
         nr_meta = msize // METADATA_BLOCK_SIZE
-        # superblock, space-map pages and a few btree nodes: less cannot hold an empty pool
-        least = 2 + 4 * (-(-nr_data // K.SM_PAGE_ENTRIES)) + 2 * (-(-nr_data // 512)) + 64
+        # superblock slots, both copies of every space-map page, and room for a few
+        # btree nodes: less cannot hold an empty pool (a small one that runs out of
+        # metadata later is the user's experiment, and read-only mode handles it)
+        least = 2 + 4 * (-(-nr_data // K.SM_PAGE_ENTRIES)) + 8
         if metadata_size is None:
             nr_meta = max(nr_meta, least, 2 * 1024 * 1024 // METADATA_BLOCK_SIZE)
         if nr_meta > (16 << 30) // METADATA_BLOCK_SIZE:

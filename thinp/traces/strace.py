@@ -17,11 +17,13 @@ line, which is when the kernel finished it):
 ==============  ==========================================================
 ``kind``        from
 ==============  ==========================================================
-``open``        open/openat/creat with O_CREAT, O_TRUNC, O_WRONLY or O_RDWR
+``open``        open/openat/openat2/creat with O_CREAT, O_TRUNC, O_WRONLY or O_RDWR
                 (an open for write is what triggers copy-up on aufs/overlay)
 ``write``       write/writev/pwrite64/pwritev/copy_file_range/sendfile:
                 ``size`` bytes at ``offset`` (``-1``: at the end, O_APPEND)
 ``truncate``    truncate/ftruncate
+``fallocate``   fallocate that may grow the file (``size``: offset + length; not
+                with FALLOC_FL_KEEP_SIZE or the hole/range modes)
 ``rename``      rename/renameat/renameat2 (``path`` -> ``path2``)
 ``unlink``      unlink/unlinkat
 ``rmdir``       rmdir, unlinkat(AT_REMOVEDIR)
@@ -332,7 +334,7 @@ class _Reader:
         self.latest: dict[str, _Ofd] = {}
         self.pending: dict[int, str] = {}
         self.created: set[str] = set()
-        self.last_stat: dict[int, tuple[str, int]] = {}   # pid -> (path, st_mode) of its latest stat
+        self.last_stat: dict[int, list] = {}   # pid -> its latest stats, [(path, st_mode)], newest last
         self.trace = Trace()
 
     # -- helpers -----------------------------------------------------------
@@ -420,7 +422,10 @@ class _Reader:
             return
         mode = _mode_arg(m.group(1))
         if path is not None:
-            self.last_stat[pid] = (path, mode)
+            recent = self.last_stat.setdefault(pid, [])
+            recent.append((path, mode))
+            if len(recent) > 8:
+                del recent[0]
         if path is None or self._skipped(path) or path in self.created or path in self.trace.stats:
             return
         s = _STSIZE.search(rest)
@@ -465,6 +470,21 @@ class _Reader:
     def h_openat(self, pid, a, r, ann, lineno):
         self._open(pid, self._at(pid, a[0], a[1]), _flags_arg(a[2]) if len(a) > 2 else 0,
                    _mode_arg(a[3]) if len(a) > 3 else 0o666, r, ann, lineno)
+
+    def h_openat2(self, pid, a, r, ann, lineno):
+        # openat2(dirfd, path, {flags=..., mode=..., resolve=...}, size)
+        how = a[2] if len(a) > 2 else ""
+        fm = re.search(r"flags=([^,}]+)", how)
+        mm = re.search(r"mode=([0-7]+)", how)
+        self._open(pid, self._at(pid, a[0], a[1]), _flags_arg(fm.group(1)) if fm else 0,
+                   int(mm.group(1), 8) if mm else 0o666, r, ann, lineno)
+
+    def h_fallocate(self, pid, a, r, ann, lineno):
+        # fallocate(fd, mode, offset, len): only mode 0 (or unshare) can grow the size
+        if len(a) < 4 or any(f in a[1] for f in ("KEEP_SIZE", "PUNCH_HOLE", "COLLAPSE_RANGE",
+                                                  "INSERT_RANGE", "ZERO_RANGE")):
+            return
+        self._fd_op(pid, a[0], "fallocate", lineno, size=_int_arg(a[2]) + _int_arg(a[3]))
 
     def h_creat(self, pid, a, r, ann, lineno):
         self._open(pid, self._path(pid, a[0]), O_CREAT | O_WRONLY | O_TRUNC, _mode_arg(a[1]), r, ann, lineno)
@@ -580,7 +600,7 @@ class _Reader:
             return
         self._emit("chmod", self._at(pid, a[0], a[1]), pid, lineno, mode=_mode_arg(a[2]))
 
-    def _xattr(self, pid, path_fn, a, lineno):
+    def _xattr(self, pid, path_fn, a, lineno, target):
         """setxattr/lsetxattr/fsetxattr(target, name, value, size, flags)."""
         if len(a) < 4:
             return
@@ -603,19 +623,23 @@ class _Reader:
         if size != _MINIMAL_ACL_BYTES:
             self.trace.nr_skipped += 1   # an elided ACL with named entries: its bits are unknown
             return
-        src = self.last_stat.get(pid)
+        # the source: the newest file this process stat'ed that is not the target
+        src = next((m for p, m in reversed(self.last_stat.get(pid, ())) if p != target), None)
         if src is None:
             self.trace.nr_skipped += 1
             return
         self.trace.nr_modes_inferred += 1
-        path_fn("chmod", mode=_stat.S_IMODE(src[1]) & 0o777, flags=CHMOD_ACL | MODE_INFERRED)
+        path_fn("chmod", mode=_stat.S_IMODE(src) & 0o777, flags=CHMOD_ACL | MODE_INFERRED)
 
     def h_setxattr(self, pid, a, r, ann, lineno):
         path = self._path(pid, a[0])
-        self._xattr(pid, lambda kind, **kw: self._emit(kind, path, pid, lineno, **kw), a, lineno)
+        self._xattr(pid, lambda kind, **kw: self._emit(kind, path, pid, lineno, **kw), a, lineno, path)
 
     def h_fsetxattr(self, pid, a, r, ann, lineno):
-        self._xattr(pid, lambda kind, **kw: self._fd_op(pid, a[0], kind, lineno, **kw), a, lineno)
+        fd, fd_ann = _fd_arg(a[0])
+        o = self.fds.get((pid, fd)) if fd is not None else None
+        target = o.path if o is not None and o.anon else fd_ann
+        self._xattr(pid, lambda kind, **kw: self._fd_op(pid, a[0], kind, lineno, **kw), a, lineno, target)
 
     def h_ioctl(self, pid, a, r, ann, lineno):
         if len(a) < 3 or "FICLONE" not in a[1] or "FICLONERANGE" in a[1]:
@@ -747,7 +771,8 @@ def _dev_arg(tok: str) -> int:
 
 _R = _Reader
 _HANDLERS = {
-    "open": _R.h_open, "openat": _R.h_openat, "creat": _R.h_creat,
+    "open": _R.h_open, "openat": _R.h_openat, "openat2": _R.h_openat2, "creat": _R.h_creat,
+    "fallocate": _R.h_fallocate,
     "write": _R.h_write, "writev": _R.h_write, "pwrite64": _R.h_pwrite, "pwritev": _R.h_pwrite,
     "pwritev2": _R.h_pwrite, "copy_file_range": _R.h_copy_file_range, "sendfile": _R.h_sendfile,
     "sendfile64": _R.h_sendfile, "read": _R.h_read, "readv": _R.h_read, "lseek": _R.h_lseek,
@@ -890,6 +915,9 @@ def _apply(view, op: FileOp, umask: int, payload: bool) -> None:
                   exclusive=bool(op.flags & O_EXCL), mode=(op.mode if op.mode >= 0 else 0o666) & ~umask)
     elif k == "truncate":
         view.truncate(op.path, op.size)
+    elif k == "fallocate":
+        if op.size > view.stat(op.path).st_size:
+            view.truncate(op.path, op.size)
     elif k == "rename":
         view.rename(op.path, op.path2)
     elif k == "exchange":

@@ -10,8 +10,11 @@ made of it:
    (``index=off``, ``redirect_dir=off``, ``metacopy=off``); ``/dev`` (a
    tmpfs with null, zero, random, urandom) and ``/proc`` are mounted on top
    when the image has those directories, so they never reach the upper;
-3. ``strace -f -tt -y -s 0`` (:data:`STRACE_FLAGS`) runs
-   ``chroot MERGED /bin/sh -c COMMAND`` with umask 022, as root;
+3. ``strace -f -tt -y -s 64`` (:func:`strace_flags`) runs
+   ``chroot MERGED /bin/sh -c COMMAND`` with umask 022, as root: 64 bytes
+   of each string keep every xattr name and a minimal ACL's 28-byte value
+   whole (``string_bytes=0`` records the terser ``-s 0`` form, where the
+   reader infers ACL modes instead);
 4. the trace is rewritten into container paths: lines before the
    ``chroot`` are dropped, ``-y`` annotations under the mount lose its
    prefix and any other host path becomes ``/outside/...`` (the reader
@@ -55,7 +58,7 @@ from pathlib import Path
 
 from ..errors import NotSupportedError, ThinpError
 
-__all__ = ["STRACE_FLAGS", "STRACE_SYSCALLS", "CaptureResult", "capture", "refusal", "rewrite_trace",
+__all__ = ["STRACE_FLAGS", "STRACE_SYSCALLS", "strace_flags", "CaptureResult", "capture", "refusal", "rewrite_trace",
            "upper_rows", "read_upper_csv", "uncovered", "replay_upper", "compare_upper",
            "build_tools_image", "TOOLS", "SCENARIO_FILES", "SCENARIO_COMMAND", "scenario_row"]
 
@@ -64,8 +67,15 @@ __all__ = ["STRACE_FLAGS", "STRACE_SYSCALLS", "CaptureResult", "capture", "refus
 STRACE_SYSCALLS = ("%file,%desc,write,writev,pwrite64,pwritev,pwritev2,truncate,ftruncate,fsync,fdatasync,"
                    "copy_file_range,sendfile,ioctl,setxattr,lsetxattr,fsetxattr,renameat2,linkat,symlinkat,"
                    "fchmodat,chroot,chdir,fchdir,dup,dup2,dup3,fcntl,lseek,read,readv,close")
-#: follow forks, microsecond times, fd paths, no string contents
-STRACE_FLAGS = ("-f", "-tt", "-y", "-s", "0", "-e", "trace=" + STRACE_SYSCALLS)
+
+
+def strace_flags(string_bytes: int = 64) -> tuple:
+    """Follow forks, microsecond times, fd paths, ``string_bytes`` of each string."""
+    return ("-f", "-tt", "-y", "-s", str(int(string_bytes)), "-e", "trace=" + STRACE_SYSCALLS)
+
+
+#: the flags :func:`capture` uses by default
+STRACE_FLAGS = strace_flags()
 #: what Docker's overlay2 mounts with, written out (kernel defaults vary)
 OVERLAY_OPTIONS = "index=off,redirect_dir=off,metacopy=off"
 #: the commands :func:`build_tools_image` copies from the host
@@ -217,17 +227,21 @@ def read_upper_csv(path) -> dict:
 
 
 def uncovered(ops, rows: dict) -> list[str]:
-    """Upper paths no operation of ``ops`` names, nor lies under (see step 6)."""
+    """Upper paths no operation of ``ops`` names, nor lies under (see step 6);
+    what sits under a renamed directory's new name came with it."""
     named: set[str] = set()
+    moved: list[str] = []
     for op in ops:
         for p in (op.path, op.path2 if op.kind in ("rename", "link", "exchange") else ""):
             if not p:
                 continue
             p = p.strip("/")
+            if op.kind in ("rename", "exchange"):
+                moved.append(p + "/")
             while p:
                 named.add(p)
                 p = p.rpartition("/")[0]
-    return sorted(p for p in rows if p not in named)
+    return sorted(p for p in rows if p not in named and not any(p.startswith(m) for m in moved))
 
 
 # ---------------------------------------------------------------- capture
@@ -249,7 +263,8 @@ def _pick_image(image_path: str, platform: str | None):
     return images[0]
 
 
-def capture(image, command: str, out, *, platform: str | None = None, shell: str = "/bin/sh") -> CaptureResult:
+def capture(image, command: str, out, *, platform: str | None = None, shell: str = "/bin/sh",
+            string_bytes: int = 64) -> CaptureResult:
     """Run ``command`` (a shell command line) in a kernel overlay mount of
     ``image``'s rootfs under strace and write the outputs to the directory
     ``out`` (see the module docstring).  Raises ``NotSupportedError`` with
@@ -257,6 +272,9 @@ def capture(image, command: str, out, *, platform: str | None = None, shell: str
     not cover the upper directory."""
     from ..traces import strace as _strace
 
+    if string_bytes < 0:
+        raise ValueError(f"string_bytes {string_bytes} is negative")
+    flags = strace_flags(string_bytes)
     image = os.fspath(image)
     if not os.path.exists(image):
         raise ThinpError(f"{image}: no such image archive or OCI layout")
@@ -290,7 +308,7 @@ def capture(image, command: str, out, *, platform: str | None = None, shell: str
         raw = os.path.join(base, "raw.strace")
         old = os.umask(0o022)
         try:
-            r = subprocess.run(["strace", *STRACE_FLAGS, "-o", raw, "chroot", merged, shell, "-c", command],
+            r = subprocess.run(["strace", *flags, "-o", raw, "chroot", merged, shell, "-c", command],
                                stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                                     "HOME": "/root", "LANG": "C"})
@@ -309,7 +327,7 @@ def capture(image, command: str, out, *, platform: str | None = None, shell: str
     missing = uncovered(trace.ops, rows)
     if missing:
         raise ThinpError(f"the trace does not cover {len(missing)} upper path(s), e.g. {missing[:5]}: "
-                         f"run the command with the flags {' '.join(STRACE_FLAGS)}")
+                         f"run the command with the flags {' '.join(flags)}")
     # written beside ``out`` and renamed into place: a failure leaves nothing
     out.parent.mkdir(parents=True, exist_ok=True)
     part = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

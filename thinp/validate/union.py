@@ -76,7 +76,7 @@ def upper_manifest(drv, layer_id: str) -> dict:
     type (f d l c p), size, mode, uid, gid, nlink, target, xattr names, and
     ``blocks`` (512-byte units, as ``du`` counts them)."""
     fs = drv.fs
-    top = drv._branches(drv._rec(layer_id))[0]
+    top = drv.upper_dir(layer_id)
     out = {}
     for d, dirs, files in fs.walk(top):
         for n in dirs + files:
@@ -96,7 +96,7 @@ def upper_manifest(drv, layer_id: str) -> dict:
 
 
 def _data_kib(fs, p: str) -> int:
-    node = fs._lookup(p, follow=False)
+    node = fs.inode(p, follow=False)
     delayed = sum(r1 - r0 for r0, r1 in node.delayed) if node.delayed else 0
     return (node.nr_data_blocks + delayed) * 4
 
@@ -157,7 +157,7 @@ def overlay2_replay_calibration(fixtures=None, *, fstype: str = "ext4", driver: 
     ours = upper_manifest(drv, "c")
     ref = _read_csv(ref_path)
     cmp = _compare(ref, ours)
-    top = drv._branches(drv._rec("c"))[0]
+    top = drv.upper_dir("c")
     du_kib = (sum(o["blocks"] for o in ours.values()) + drv.fs.lstat(top).st_blocks) // 2
     stats = drv.stats()
     drv.put("c")
