@@ -62,7 +62,7 @@ def main(argv) -> int:
                 j = k
                 while not (b.lines[j].startswith(RB.OUT) or b.lines[j] == RB.OUT.rstrip()):
                     j += 1          # sh: k is the command, its output follows; python: k is the group
-                new = [RB.OUT + ln if ln else RB.OUT.rstrip() for ln in printed.rstrip("\n").split("\n")]
+                new = [(RB.OUT + ln).rstrip() for ln in printed.rstrip("\n").split("\n")]
                 edits[b.start + j] = (len(shown), new)
         for i in sorted(edits, reverse=True):
             n, new = edits[i]
