@@ -40,11 +40,37 @@ def compare_table() -> str:
     return "\n".join(out)
 
 
+def example_image() -> None:
+    """``examples/app.tar``: the README Engine example's two-layer image, built
+    the same way (a tarfile rootfs, import, a change, commit, save), with
+    fixed timestamps so the file only changes when thinp's output does."""
+    import io
+    import tarfile
+
+    import thinp
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in {"etc/hostname": b"demo\n", "etc/motd": b"hi\n", "srv/app.py": b"print(1)\n"}.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1700000000
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    with thinp.Engine(driver="vfs") as eng:
+        eng.import_(buf, "me/base:1", created="2024-01-01T00:00:00Z")
+        c = eng.create("me/base:1")
+        c.write("/srv/config.toml", 0, b"debug = false\n")
+        eng.commit(c, "me/app:1", message="config", created="2024-01-01T00:00:00Z")
+        eng.save("me/app:1", os.path.join(RB.ROOT, "examples", "app.tar"))
+    os.chmod(os.path.join(RB.ROOT, "examples", "app.tar"), 0o644)
+
+
 REGIONS = {"compare-table": compare_table}
 
 
 def main(argv) -> int:
     slow = "--slow" in argv
+    example_image()
     text = open(RB.README).read()
     lines = text.split("\n")
     blocks = RB.parse(text)

@@ -15,7 +15,8 @@ Conventions in README.md:
 * ``<!-- readme-test: slow REASON -->`` on the line before a block: run
   only with ``--slow`` (and by the generator with ``--slow``);
   ``<!-- readme-test: skip REASON -->``: never run, for the reason given.
-* Paths under ``/tmp/`` are taken below a sandbox directory, ``examples/``
+* Paths under ``/tmp/`` are taken below a short sandbox directory (a long
+  one would wrap rich's table titles differently), ``examples/``
   and ``docs/`` are the project's, and every block of one README run shares
   the sandbox, in README order (``thinp pool status /tmp/pool`` sees the
   pool an earlier block made).

@@ -7,6 +7,8 @@ are loaded by tests/workloads/test_readme_examples.py.  Blocks marked
 smoke run covers ``thinp compare`` at a small scale."""
 from __future__ import annotations
 
+import os
+import pathlib
 import sys
 
 import pytest
@@ -30,8 +32,19 @@ def test_no_block_reads_the_fixtures():
     assert not [b.start for b in BLOCKS if "shared/fixtures" in b.code]
 
 
-def test_every_block_runs_and_shows_what_it_prints(tmp_path, slow):
+@pytest.fixture
+def sandbox():
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="rd", dir="/tmp" if os.path.isdir("/tmp") else None)
+    yield pathlib.Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_every_block_runs_and_shows_what_it_prints(sandbox, slow):
     """In README order, in one sandbox (later blocks use what earlier ones made)."""
+    tmp_path = sandbox
     RB.prepare_sandbox(str(tmp_path))
     ns: dict = {"__name__": "__readme__"}
     ran, skipped = 0, []
