@@ -215,8 +215,6 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
                 rows[d] = _one(runner, fatal, d, job, lambda k, m, i=i: tick(i + k / max(m, 1)))
                 tick(i + 1)
     else:
-        if cold_numba_cache():
-            _compile_here(runner, wl, names)
         # the worker processes are forked now, before the progress bar's thread exists
         pool = _start_pool(runner_name, jobs)
 
@@ -249,33 +247,6 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     if out is not None:
         save(df, fig, out)
     return df, fig
-
-
-def cold_numba_cache() -> bool:
-    """True when numba holds no compiled thin-pool kernels for this Python
-    yet: a fresh install, whose first run compiles everything."""
-    import glob
-    import sys
-
-    tag = f"py{sys.version_info[0]}{sys.version_info[1]}.nbi"
-    cache_dir = os.environ.get("NUMBA_CACHE_DIR")
-    if cache_dir:
-        return not glob.glob(os.path.join(cache_dir, "**", f"*_kernels*.{tag}"), recursive=True)
-    thin_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "thin")
-    return not glob.glob(os.path.join(thin_dir, "__pycache__", f"_kernels.*.{tag}"))
-
-
-def _compile_here(runner, wl, names) -> None:
-    """On a cold cache, run the workload at a tiny scale on each driver in
-    this process before the workers fork: the kernels compile once, here,
-    and every worker inherits them, instead of each worker compiling the
-    same kernels beside the others (twice the CPU and memory on two cores).
-    A failure here is left for the real run to report."""
-    for d in names:
-        try:
-            runner.run(wl, d, scale=0.001)
-        except Exception:  # noqa: BLE001 - the real run reports it, in its row
-            pass
 
 
 def _one(runner, fatal, d, job, sub_progress=None) -> dict:
