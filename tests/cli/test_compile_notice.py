@@ -42,13 +42,3 @@ def test_help_does_not_import_numba():
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120)
     assert r.stderr.strip() == "False"
 
-
-def test_cold_cache_is_told_from_the_index_files(tmp_path, monkeypatch):
-    from thinp.experiments.compare import cold_numba_cache
-
-    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
-    assert cold_numba_cache()
-    d = tmp_path / "work" / "thinp" / "thin"
-    d.mkdir(parents=True)
-    (d / f"_kernels.replay-275.py{sys.version_info[0]}{sys.version_info[1]}.nbi").write_bytes(b"")
-    assert not cold_numba_cache()
