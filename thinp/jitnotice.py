@@ -25,6 +25,8 @@ class _Listener:
         self.t0 = None
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.pid = os.getpid()
+        self.started = 0.0
+        self.compiling_s = 0.0      # time inside top-level compiles (not the work between them)
 
     def _in_worker(self) -> bool:
         """A forked worker process (compare's or sweep's) says it once for
@@ -48,6 +50,10 @@ class _Listener:
     def notify(self, event):
         if self._in_worker():
             return
+        if event.is_start and self.depth == 0:
+            self.started = time.perf_counter()
+        if event.is_end and self.depth == 1:
+            self.compiling_s += time.perf_counter() - self.started
         if event.is_start:
             if self.t0 is None:
                 self.t0 = time.perf_counter()
@@ -62,13 +68,13 @@ class _Listener:
                 if self.tty:
                     name = getattr(event.data.get("dispatcher"), "__name__", "") if event.data else ""
                     self.stream.write(f"\rthinp: compiling kernels (first run only): {self.done} done, "
-                                      f"{time.perf_counter() - self.t0:.0f} s  {name[:30]:<30}")
+                                      f"{self.compiling_s:.0f} s  {name[:30]:<30}")
                     self.stream.flush()
 
     def finish(self):
         if self.t0 is not None and os.getpid() == self.pid:
             self.stream.write(("\r" if self.tty else "") + f"thinp: compiled {self.done} kernels in "
-                              f"{time.perf_counter() - self.t0:.1f} s; later runs load them from the cache"
+                              f"{self.compiling_s:.1f} s; later runs load them from the cache"
                               + " " * 20 * self.tty + "\n")
             self.stream.flush()
 
