@@ -525,7 +525,7 @@ class UnionView(MountedView):
         if self.origin:
             # dir.c ovl_create_or_link: a link to a copied-up file (one with an
             # origin) makes its new parent impure
-            up = self.fs._lookup(self._bpath(0, scanon), follow=False)
+            up = self.fs.inode(self._bpath(0, scanon), follow=False)
             if up.xattrs and OVL_ORIGIN in up.xattrs:
                 self._set_impure(dcanon[:-1])
 
