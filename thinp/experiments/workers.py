@@ -55,15 +55,25 @@ _IN_TASK = [False]
 def _guarded(fn, *args, **kwargs):
     """A task in a worker: told to stop, it unwinds (its ``with`` and
     ``finally`` blocks remove what it made) and the worker exits."""
-    import os
-
     _IN_TASK[0] = True
     try:
         return fn(*args, **kwargs)
     except _Stop:
-        os._exit(130)
+        _die()
     finally:
         _IN_TASK[0] = False
+
+
+def _die() -> None:
+    """End this worker now, as SIGTERM's default action does (no atexit
+    handlers, no flush of what the parent owns)."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _start_worker(initializer, initargs, tmp) -> None:
@@ -77,7 +87,7 @@ def _start_worker(initializer, initargs, tmp) -> None:
 
     def stop(signum, frame):
         if not _IN_TASK[0]:
-            os._exit(130)
+            _die()
         # the interrupt may land inside a finaliser (llvmlite's, mid-compile): stopping is
         # what was asked for, so no "Exception ignored in __del__" report on the shared stderr
         sys.unraisablehook = lambda unraisable: None
