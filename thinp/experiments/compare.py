@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-#: The seven Docker storage drivers, in the order the table shows them.
-ALL_DRIVERS = ("overlay2", "overlay", "aufs", "devicemapper", "btrfs", "zfs", "vfs")
+from ..drivers.base import DRIVER_NAMES as ALL_DRIVERS  # the seven drivers, in the table's order
 
 #: Columns of the DataFrame after ``driver`` (units in the names).
 COLUMNS = (
