@@ -331,7 +331,7 @@ class Engine:
         return self.add_images([img], tags_for=lambda _i: tags)[0]
 
     def images(self) -> list[dict]:
-        """``docker images`` rows: repository, tag, id (short), created, size."""
+        """``docker images`` rows: repository, tag, id (short), created, size, platform."""
         rows = []
         for img in sorted(self.store.images.values(), key=lambda i: (i.created, i.id), reverse=True):
             tags = self.store.tags_of(img.id)
@@ -342,7 +342,8 @@ class Engine:
                     ref = Reference.parse(t)
                     repo, tg = ref.familiar_name, ref.tag or "<none>"
                 rows.append({"repository": repo, "tag": tg, "id": img.short_id,
-                             "image_id": img.id, "created": img.created, "size": img.size})
+                             "image_id": img.id, "created": img.created, "size": img.size,
+                             "platform": img.platform})
         return rows
 
     def image(self, ref: str) -> Image:

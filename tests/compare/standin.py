@@ -44,6 +44,8 @@ SCENARIOS = {
 
 
 def load(source):
+    if str(source).endswith(".toml"):       # as thinp.workloads.load says it
+        raise ValueError(f"{source}: no such workload file or built-in scenario")
     if source not in SCENARIOS:
         raise ValueError(f"unknown scenario {source!r}")
     return SCENARIOS[source]

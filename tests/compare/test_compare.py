@@ -136,8 +136,8 @@ def test_cli_json_is_a_list_of_rows(cli):
     (("compare", "missing.toml"), "missing.toml: no such workload file"),
     (("compare", "applog", "--drivers", "aufs,zz"), "unknown driver 'zz'"),
     (("compare", "applog", "--device", "floppy"), "unknown device 'floppy'"),
-    (("compare", "applog", "--scale", "0"), "--scale must be > 0"),
-    (("compare", "applog", "--scale", "big"), "invalid float value: 'big'"),
+    (("compare", "applog", "--scale", "0"), "argument --scale: 0 is out of range (want > 0)"),
+    (("compare", "applog", "--scale", "big"), "argument --scale: want a number, not 'big'"),
 ])
 def test_cli_errors_are_one_line(cli, argv, msg):
     rc, out, err = cli(*argv)

@@ -1,5 +1,7 @@
 """thinp sweep (local, resumable, failures, Dask equivalence) and the two CLI commands."""
+import json
 import os
+
 
 import pytest
 
@@ -23,15 +25,33 @@ def test_expand_and_hash():
     assert all(p["pool"] == "512M" for p in pts)
 
 
-def test_sweep_resume_and_failures(tmp_path):
-    spec = {**SPEC, "grid": {**SPEC["grid"], "block_size": ["64k", "3k"]}}   # 3k is no dm-thin block size
+@pytest.fixture
+def fails_at_1m(monkeypatch):
+    """Points with block_size 1m fail while running (a spec check cannot see it)."""
+    import functools
+
+    from thinp.experiments import overcommit as O
+
+    real = O.overcommit
+
+    @functools.wraps(real)
+    def flaky(*a, **kw):
+        if kw.get("block_size") == "1m":
+            raise RuntimeError("the disk went away")
+        return real(*a, **kw)
+    monkeypatch.setattr(O, "overcommit", flaky)
+
+
+def test_sweep_resume_and_failures(tmp_path, fails_at_1m):
+    spec = {**SPEC, "grid": {**SPEC["grid"], "block_size": ["64k", "1m"]}}
     out = str(tmp_path / "r.parquet")
     st = S.run_sweep(spec, out, workers=0, progress=False)
     assert st == {**st, "points": 8, "skipped": 0, "ran": 8, "failed": 4}
+    assert S.failures(out) == ["4 points: RuntimeError: the disk went away"]
     df = S.read_results(out)
     assert len(df) == 8
-    bad = df[df["p_block_size"] == "3k"]
-    assert (bad["error"].str.startswith("ValueError")).all() and len(bad) == 4
+    bad = df[df["p_block_size"] == "1m"]
+    assert (bad["error"].str.startswith("RuntimeError")).all() and len(bad) == 4
     good = df[df["p_block_size"] == "64k"]
     assert (good["error"] == "").all() and (good["containers_started"] > 0).all()
     # interrupted: lose two finished points, rerun -> only those run
@@ -81,12 +101,13 @@ def test_sweep_process_pool_and_cli(tmp_path, capsys):
 
 def test_overcommit_cli(tmp_path, capsys):
     out = tmp_path / "oc"
-    rc = main(["overcommit", "--pool", "1G", "--containers", "40", "--write-per-container", "32M",
-               "--image", "16M", "--driver", "devicemapper,overlay2", "--out", str(out), "-q"])
+    rc = main(["overcommit", "--data-size", "1G", "--containers", "40", "--write-per-container", "32M",
+               "--image", "16M", "--drivers", "devicemapper,overlay2", "--out", str(out), "--json"])
     assert rc == 0
-    text = capsys.readouterr().out
-    assert "devicemapper:" in text and "min_free_space at container" in text
-    assert "overlay2:" in text and "out_of_data_space at container" in text
+    summary = {r["driver"]: r for r in json.loads(capsys.readouterr().out)}
+    assert "min_free_space at container" in summary["devicemapper"]["events"]
+    assert "out_of_data_space at container" in summary["overlay2"]["events"]
+    assert summary["devicemapper"]["started"] < 40 and summary["overlay2"]["completed"] < 40
     df = pd.read_csv(out / "overcommit.csv")
     assert len(df) == 80 and {"data_pct", "meta_pct", "overcommit_ratio", "events", "mapped_bytes",
                               "virtual_bytes"} <= set(df.columns)
@@ -96,7 +117,9 @@ def test_overcommit_cli(tmp_path, capsys):
                "parquet", "--no-plot", "--out", str(out / "pq"), "-q"])
     assert rc == 0 and len(pd.read_parquet(out / "pq" / "overcommit.parquet")) == 3
     assert not (out / "pq" / "overcommit.png").exists()
-    assert main(["overcommit", "--block-size", "3k", "--containers", "1", "--out", str(out), "-q"]) == 1
+    with pytest.raises(SystemExit) as e:       # refused while parsing: one line, exit 2
+        main(["overcommit", "--block-size", "3k", "--containers", "1", "--out", str(out), "-q"])
+    assert e.value.code == 2 and "--block-size" in capsys.readouterr().err
 
 
 def test_overcommit_notes_pool_options_the_union_drivers_ignore(tmp_path, capsys):
@@ -106,6 +129,36 @@ def test_overcommit_notes_pool_options_the_union_drivers_ignore(tmp_path, capsys
     err = capsys.readouterr().err
     assert "thinp: note: overlay2 run on a plain disk" in err and "zeroing, discard" in err
     assert main(argv + ["--driver", "devicemapper", "--discard", "ignore"]) == 0
-    assert "note" not in capsys.readouterr().err      # devicemapper alone uses them
+    assert "thinp: note" not in capsys.readouterr().err      # devicemapper alone uses them
     assert main(argv + ["--driver", "overlay2"]) == 0
-    assert "note" not in capsys.readouterr().err      # defaults: nothing to say
+    assert "thinp: note" not in capsys.readouterr().err      # defaults: nothing to say
+
+
+@pytest.mark.parametrize("grid, fixed, msg", [
+    ({"blok_size": ["64k"]}, {}, "grid.blok_size: unknown parameter of overcommit (did you mean 'block_size'?)"),
+    ({"block_size": ["64k", "3k"]}, {}, "grid.block_size = '3k'"),
+    ({"seed": [0]}, {"containers": -1}, "fixed.containers: containers must be an integer >= 1, not -1"),
+    ({"driver": ["devicemapper", "btrfs"]}, {}, "grid.driver = 'btrfs': driver 'btrfs': one of"),
+    ({"seed": []}, {}, "grid.seed is an empty list"),
+])
+def test_sweep_spec_is_checked_before_any_point_runs(tmp_path, capsys, grid, fixed, msg):
+    toml = tmp_path / "s.toml"
+    lines = ["[grid]"] + [f"{k} = {json.dumps(v)}" for k, v in grid.items()]
+    lines += ["[fixed]"] + [f"{k} = {json.dumps(v)}" for k, v in
+                            {"pool": "512M", "containers": 2, "image": "8M", **fixed}.items()]
+    toml.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "res"
+    assert main(["sweep", str(toml), "--out", str(out), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"thinp: error: {toml}: ") and msg in err
+    assert not out.exists()                 # nothing ran, nothing written
+
+
+def test_sweep_cli_exits_non_zero_with_each_error_once(tmp_path, capsys, fails_at_1m):
+    toml = tmp_path / "s.toml"
+    toml.write_text('[grid]\nblock_size = ["64k", "1m"]\nseed = [0, 1]\n'
+                    '[fixed]\npool = "512M"\ncontainers = 2\nimage = "8M"\n')
+    assert main(["sweep", str(toml), "--out", str(tmp_path / "r"), "--jobs", "1", "-q"]) == 1
+    out, err = capsys.readouterr()
+    assert "4 ran (2 failed)" in out
+    assert err == "thinp: error: 2 points: RuntimeError: the disk went away\n"

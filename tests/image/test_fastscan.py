@@ -275,6 +275,11 @@ HOSTILE.update({
     "char-dev-garbage": _with_field(_with_field(_ONE, 0, 156, b"3"), 0, 329, b"zz\0"),
     "empty-name": _with_field(_ONE, 0, 0, b"\0" * 100),
     "dot-dir": _with_field(_with_field(_ONE, 512 + 512, 0, b"./\0"), 1024, 156, b"5"),
+
+    "rooted-dotdot": make_tar([("/../etc/x", "f", b"x")]),
+    "inner-dotdot": make_tar([("a/b/../c", "f", b"x")]),
+    "root-slash": make_tar([("/", "d"), ("/a", "f", b"x")], fmt=tarfile.USTAR_FORMAT),
+    "v7-dir": _with_field(_with_field(_with_field(_ONE, 0, 257, b"\0" * 8), 0, 156, b"\0"), 0, 0, b"a/\0"),
 })
 
 

@@ -42,8 +42,39 @@ def test_multi_arch_picks_platform(tmp_path, as_dir):
     assert img_arm.rootfs().paths() == ["arm64.txt", "etc", "etc/os-release"]
     # the two images share their base layer's ChainID
     assert img.chain_ids[0] == img_arm.chain_ids[0]
-    with pytest.raises(ImageFormatError, match="no image for platform linux/s390x"):
+    with pytest.raises(ImageFormatError, match="no image for platform linux/s390x among 2 images; "
+                                               "the archive offers linux/amd64, linux/arm64"):
         load(path, platform="linux/s390x")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+@pytest.mark.parametrize("as_dir", [True, False])
+def test_a_single_foreign_platform_image_loads_whatever_platform_is_asked(tmp_path, as_dir, nested):
+    """``docker load`` of a layout holding one linux/arm64 image loads it on amd64."""
+    o = OCILayout()
+    arm = o.image([L_BASE, L_ARM], arch="arm64")
+    o.tag(o.multi([arm]) if nested else arm, "docker.io/library/armonly:1")
+    path = _write(tmp_path, o, as_dir)
+    for asked in ("linux/amd64", "linux/s390x"):
+        [img] = load(path, platform=asked)
+        assert img.platform == "linux/arm64" and "platform=linux/arm64" in repr(img)
+        assert img.tags == ["armonly:1"]
+        assert img.rootfs().paths() == ["arm64.txt", "etc", "etc/os-release"]
+
+
+def test_an_index_whose_other_platforms_were_not_saved_loads_the_one_present(tmp_path):
+    """Docker 25+ saves a multi-platform index whole but only the pulled
+    platform's blobs: the absent manifests are not on offer."""
+    o = OCILayout()
+    amd = o.image([L_BASE, L_AMD], arch="amd64")
+    arm = o.image([L_BASE, L_ARM], arch="arm64")
+    o.tag(o.multi([amd, arm]), "docker.io/library/half:1")
+    del o.blobs[amd["digest"]]
+    [img] = load(_write(tmp_path, o, False), platform="linux/amd64")
+    assert img.platform == "linux/arm64" and img.rootfs().paths() == ["arm64.txt", "etc", "etc/os-release"]
+    del o.blobs[arm["digest"]]
+    with pytest.raises(ImageFormatError, match="is missing from the archive"):
+        load(_write(tmp_path, o, False))
 
 
 def test_one_image_per_tagged_entry_and_artifacts_skipped(tmp_path):
@@ -133,3 +164,38 @@ def test_not_an_archive(tmp_path):
     p.write_bytes(tar_of({"hello.txt": b"hi"}))
     with pytest.raises(ImageFormatError, match="not an image archive"):
         load(p)
+
+
+def test_each_named_entry_is_one_image_whatever_the_others_platforms(tmp_path):
+    """Two names, one arm64-only and one multi-platform: the arm64 one loads
+    as it is, the multi-platform one by ``platform``."""
+    o = OCILayout()
+    o.tag(o.image([L_ARM], arch="arm64"), "docker.io/library/armonly:1")
+    amd = o.image([L_BASE, L_AMD], arch="amd64")
+    arm = o.image([L_BASE, L_ARM], arch="arm64")
+    o.tag(o.multi([amd, arm]), "docker.io/library/multi:1")
+    path = _write(tmp_path, o, False)
+    imgs = load(path, platform="linux/amd64")
+    assert [(i.tags, i.platform) for i in imgs] == [(["armonly:1"], "linux/arm64"), (["multi:1"], "linux/amd64")]
+    with pytest.raises(ImageFormatError, match="multi:1: no image for platform linux/s390x among 2 images; "
+                                               "the archive offers linux/amd64, linux/arm64"):
+        load(path, platform="linux/s390x")
+
+
+def test_unnamed_entries_of_several_platforms_are_chosen_among(tmp_path):
+    o = OCILayout()
+    o.tag(o.image([L_BASE, L_AMD], arch="amd64"), None)
+    o.tag(o.image([L_BASE, L_ARM], arch="arm64"), None)
+    path = _write(tmp_path, o, True)
+    [img] = load(path, platform="linux/arm64")
+    assert img.platform == "linux/arm64" and img.tags == []
+
+
+def test_a_docker_save_of_a_foreign_platform_image_loads_and_says_so(tmp_path):
+    from .builders import config_for, legacy_save
+
+    cfg = config_for([sha(L_ARM)], arch="arm64", extra={"variant": "v8"})
+    p = tmp_path / "save.tar"
+    p.write_bytes(legacy_save([L_ARM], tags=("armsave:1",), config=cfg))
+    [img] = load(p, platform="linux/amd64")
+    assert img.platform == "linux/arm64/v8" and img.rootfs().paths() == ["arm64.txt"]

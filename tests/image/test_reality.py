@@ -76,3 +76,28 @@ def test_we_read_skopeo_oci_layout(name, tmp_path):
     assert img.diff_ids == ours.diff_ids
     assert img.chain_ids == ours.chain_ids
     assert img.rootfs().paths() == ours.rootfs().paths()
+
+
+@needs_umoci
+def test_umoci_unpacks_a_layer_with_a_root_entry_and_absolute_names_as_we_flatten_it(tmp_path):
+    """What kaniko writes: a ``/`` entry and ``/``-rooted names; umoci (like
+    Docker) takes them inside the rootfs."""
+    from thinp.image import import_
+
+    from .conftest import make_tar
+
+    layer = make_tar([("/", "d", None, {"mode": 0o751}), ("/etc/", "d"), ("/etc/os-release", "f", b"ID=k\n"),
+                      ("/bin/", "d"), ("/bin/sh", "f", b"elf", {"mode": 0o755}), ("/bin/ash", "h", "/bin/sh"),
+                      ("/usr/", "d"), ("/usr/lib", "l", "../lib")])
+    img = import_(layer, tags=["kaniko:1"])
+    layout = tmp_path / "layout"
+    save([img], layout, format="oci", directory=True)
+    bundle = tmp_path / "bundle"
+    _run(UMOCI, "unpack", "--rootless", "--image", f"{layout}:1", str(bundle))
+    root = bundle / "rootfs"
+    real = sorted(os.path.relpath(os.path.join(d, n), root)
+                  for d, dirs, files in os.walk(root) for n in dirs + files)
+    fs = img.rootfs()
+    assert real == fs.paths() == ["bin", "bin/ash", "bin/sh", "etc", "etc/os-release", "usr", "usr/lib"]
+    assert os.stat(root / "bin" / "ash").st_ino == os.stat(root / "bin" / "sh").st_ino
+    assert oct(os.stat(root).st_mode & 0o777) == oct(fs[""].mode) == oct(0o751)

@@ -7,7 +7,7 @@ import pytest
 from thinp import errors
 from thinp.thin import ThinPool, block_map
 from thinp.thin.blockmap import EXCLUSIVE, SHARED, UNMAPPED
-from thinp.thin.ls import DEFAULT_FIELDS, ls
+from thinp.thin.ls import ls, parse_format
 
 BS = 64 * 1024
 
@@ -50,7 +50,7 @@ def test_agrees_with_thin_ls(tmp_path):
     pool = chain(tmp_path)
     bm = block_map(pool)
     pool.close()
-    lines = ls(tmp_path / "pool", DEFAULT_FIELDS, headers=False).splitlines()
+    lines = ls(tmp_path / "pool", parse_format("DEV,MAPPED_BLOCKS,EXCLUSIVE_BLOCKS,SHARED_BLOCKS"), headers=False).splitlines()
     got = [[int(c) for c in line.split()[1:4]] for line in lines]
     want = [[int(m), int(e), int(s)] for m, e, s in
             zip(bm.mapped_blocks(), bm.exclusive_blocks(), bm.shared_blocks())]

@@ -15,7 +15,8 @@ from thinp import cost
 from thinp.experiments import sweep as S
 from thinp.experiments.overcommit import overcommit
 from thinp.workloads import format as F
-from thinp.workloads import load, loads, run
+from thinp.workloads import loads, run
+from thinp.workloads.scenarios import load as load_workload
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -117,7 +118,7 @@ def test_every_example_file_loads():
         block = path.read_text()
         k = kind(block)
         if k == "workload":
-            load(str(path))
+            load_workload(str(path))
         elif k == "device":
             cost.load_device(str(path)) if "device" in tomllib.loads(block) else None
             cost.CostConstants.from_toml(str(path))

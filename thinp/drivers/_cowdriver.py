@@ -33,7 +33,7 @@ from ..blockdev import PlainDevice
 from ..config import PAGE_SIZE
 from .apply import apply_layer
 from ._cowstore import CowStore, FileTree
-from ._fsview import FsView, fs_totals
+from ._fsview import FsView, layers_totals
 from .base import Driver, Usage, empty_stats
 from .layers import LayerRecord, LayerTable, NaiveDiff
 from .pagecache import PageCache
@@ -358,6 +358,11 @@ class CowDriver(Driver):
     def _fixed_bytes(self) -> int:
         return 0
 
+    def op_counters(self):
+        c = self._counters
+        return (self.store.counters["units_written"] * self.unit_bytes + c["meta_bytes_written"], -1,
+                0, 0, c["cow_bytes"], c["cow_count"], 0, self.store.units_used * self.unit_bytes, 0)
+
     def stats(self):
         out = empty_stats()
         data = self.store.units_used * self.unit_bytes
@@ -367,13 +372,7 @@ class CowDriver(Driver):
         out["bytes_written"] = self.store.counters["units_written"] * self.unit_bytes + self._counters["meta_bytes_written"]
         out["cow_bytes"] = self._counters["cow_bytes"]
         out["cow_count"] = self._counters["cow_count"]
-        logical = inodes = 0
-        for layer in self.layers.values():
-            i, b = fs_totals(layer.fs)
-            inodes += i
-            logical += b
-        out["logical_bytes"] = logical
-        out["inodes"] = inodes
+        out["inodes"], out["logical_bytes"] = layers_totals(self.layers.values())
         out["page_cache_bytes"] = self.page_cache.cached_bytes
         for k in ("mount_ops", "create_ops", "diff_work"):
             out[k] = self._counters[k]

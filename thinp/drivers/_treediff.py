@@ -222,7 +222,7 @@ def layer(view, chs, *, opaque=(), work: Work | None = None):
     for ch in sorted(chs):
         rel = ch.path.lstrip("/")
         if ch.kind == "D":
-            items.append((Entry(rel, "whiteout"), None))
+            items.append((Entry(rel, "whiteout", 0), None))
             continue
         st = view.lstat(ch.path)
         kind = entry_kind(st.st_mode)

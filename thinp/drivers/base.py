@@ -52,6 +52,13 @@ METRIC_KEYS = (
 )
 
 
+#: What :meth:`Driver.op_counters` returns, in this order: running totals a
+#: timing model reads before and after every file operation (cheap: no sync,
+#: no walk).  ``write_requests`` is -1 where the device does not count them.
+OP_COUNTER_KEYS = ("bytes_written", "write_requests", "copy_up_bytes", "copy_up_count",
+                   "cow_bytes", "cow_count", "lookup_probes", "provisioned_bytes", "inodes")
+
+
 @dataclass(frozen=True, order=True)
 class Change:
     """One row of ``docker diff``: ``kind`` is "A", "C" or "D"."""
@@ -323,6 +330,12 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     def usage(self, id: str) -> Usage: ...
+
+    def op_counters(self) -> tuple | None:
+        """Running totals named by :data:`OP_COUNTER_KEYS` (no sync, no
+        walk: a timing model reads them around every operation), or None
+        where the driver keeps none."""
+        return None
 
     @abc.abstractmethod
     def stats(self) -> dict:

@@ -40,7 +40,7 @@ from .. import errors
 from ..config import METADATA_BLOCK_SIZE
 from ..units import parse_size
 from .apply import apply_layer
-from ._fsview import FsView, fs_totals
+from ._fsview import FsView, layers_totals
 from .base import Capabilities, Driver, Usage, empty_stats, register
 from .layers import LayerTable, NaiveDiff
 from .pagecache import PageCache
@@ -287,6 +287,12 @@ class DeviceMapperDriver(Driver):
             ("Data loop file", os.path.join(self.pool_dir, "data")),
         ]
 
+    def op_counters(self):
+        st = self.pool.status()
+        c = st.counters
+        return (c["bytes_written"] + c["bytes_copied"], -1, 0, 0, c["bytes_copied"],
+                c["nr_cow_copies"] + c["nr_cow_overwrites"], 0, st.used_data_blocks * self.pool.block_size, 0)
+
     def stats(self):
         st = self.pool.status()
         c = st.counters
@@ -297,13 +303,7 @@ class DeviceMapperDriver(Driver):
         out["bytes_written"] = c["bytes_written"] + c["bytes_copied"]
         out["cow_bytes"] = c["bytes_copied"]
         out["cow_count"] = c["nr_cow_copies"] + c["nr_cow_overwrites"]
-        logical = inodes = 0
-        for dev in self.layers.values():
-            i, b = fs_totals(dev.fs)
-            inodes += i
-            logical += b
-        out["logical_bytes"] = logical
-        out["inodes"] = inodes
+        out["inodes"], out["logical_bytes"] = layers_totals(self.layers.values())
         out["page_cache_bytes"] = self.page_cache.cached_bytes
         out.update(self._counters)
         return out

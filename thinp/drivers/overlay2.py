@@ -8,8 +8,11 @@ layer's ``diff`` over its ancestors' (up to 128 lower layers, Docker's limit;
 deeper raises :class:`~thinp.errors.TooManyLayersError`).
 
 Semantics (kernel overlayfs, ``redirect_dir=off``, ``index=off``): whole-file
-copy-up with ``trusted.overlay.origin`` on the copy and
-``trusted.overlay.impure`` on its parent; whiteouts are char 0/0 devices;
+copy-up with ``trusted.overlay.origin`` on the copy when it is a directory
+or a file with one link (copying up one name of a hard-linked lower file
+breaks the link and records no origin, as ``copy_up.c`` does without an
+index) and ``trusted.overlay.impure`` on its parent either way; whiteouts are
+char 0/0 devices with mode 000, as the kernel's ``ovl_whiteout`` makes them;
 a directory made where a whiteout was, or a pure-upper directory renamed into
 a merged one, carries ``trusted.overlay.opaque=y``; renaming a lower or merged
 directory fails with EXDEV.  ``metacopy=on`` makes chmod/chown copy up only

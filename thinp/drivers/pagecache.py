@@ -50,6 +50,9 @@ class PageCache:
         self.hits = 0
         self.misses = 0
         self.evictions = 0
+        #: a list to append ``(key, first_page, end_page)`` to on every read
+        #: (the timing model replays them through its own LRU), or None
+        self.log: list | None = None
 
     def read(self, key, nbytes: int, offset: int = 0) -> tuple[int, int]:
         """Read ``nbytes`` at ``offset`` of object ``key``; returns (hit, miss) pages."""
@@ -57,6 +60,8 @@ class PageCache:
             return 0, 0
         ps = self.page_size
         p0, p1 = offset // ps, (offset + nbytes + ps - 1) // ps
+        if self.log is not None:
+            self.log.append((key, p0, p1))
         pages = self._pages
         hit = miss = 0
         lru = self.capacity_pages is not None

@@ -644,7 +644,7 @@ class ReferenceDriver(Driver):
         for ch in rows:
             rel = ch.path.lstrip("/")
             if ch.kind == "D":
-                items.append((Entry(rel, "whiteout"), None))
+                items.append((Entry(rel, "whiteout", 0), None))
                 continue
             n = new.nodes[ch.path]
             e = Entry(rel, n.kind, n.mode, n.uid, n.gid, n.mtime, 0, n.target,

@@ -384,7 +384,11 @@ class UnionView(MountedView):
             if not k.startswith("trusted.overlay."):
                 fs.setxattr(dst, k, v, follow_symlinks=False)
         if self.origin:
-            fs.setxattr(dst, OVL_ORIGIN, _origin_handle(node), follow_symlinks=False)
+            # copy_up.c (index=off): origin for a directory or a lower inode with
+            # one link only; copying up one name of a hard-linked file breaks
+            # the link and records no origin.  The parent is marked impure either way.
+            if _stat.S_ISDIR(node.mode) or node.nlink == 1:
+                fs.setxattr(dst, OVL_ORIGIN, _origin_handle(node), follow_symlinks=False)
             self._set_impure(canon[:-1])
         drv._counters["copy_up_count"] += 1
         new = fs.inode(dst, follow=False)
@@ -512,6 +516,12 @@ class UnionView(MountedView):
         self._copy_up_dirs(dcanon, dstacks, len(dcanon) - 1)
         self._clear_upper_whiteout(dcanon)
         self.fs.link(self._bpath(0, scanon), self._bpath(0, dcanon))
+        if self.origin:
+            # dir.c ovl_create_or_link: a link to a copied-up file (one with an
+            # origin) makes its new parent impure
+            up = self.fs.inode(self._bpath(0, scanon), follow=False)
+            if up.xattrs and OVL_ORIGIN in up.xattrs:
+                self._set_impure(dcanon[:-1])
 
     def open(self, path: str, *, write: bool = False, create: bool = False, truncate: bool = False,
              exclusive: bool = False, mode: int = 0o644) -> None:
@@ -1012,6 +1022,11 @@ class UnionDriver(Driver):
                     inodes += 1
                     size += fs.stat_inode(node).st_blocks * 512
         return Usage(size=size, inodes=inodes)
+
+    def op_counters(self) -> tuple:
+        c, s = self._counters, self.device.stats
+        return (s.bytes_written, s.nr_writes, c["copy_up_bytes"], c["copy_up_count"], 0, 0,
+                c["lookup_probes"], self.device.physical_bytes, len(self.fs.inodes))
 
     def stats(self) -> dict:
         """Counters after a sync (delayed allocation written back), as ``du``

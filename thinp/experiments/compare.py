@@ -16,6 +16,7 @@ import os
 import time
 
 from ..drivers.base import DRIVER_NAMES as ALL_DRIVERS  # the seven drivers, in the table's order
+from ..timing.model import SIM_COLUMNS
 
 #: Columns of the DataFrame after ``driver`` (units in the names).
 COLUMNS = (
@@ -24,11 +25,56 @@ COLUMNS = (
     "start_time_s", "first_write_s", "teardown_s", "workload_s_per_container", "write_amplification",
     "page_cache_bytes", "page_cache_miss_bytes", "page_cache_hit_bytes", "containers",
     "inodes", "run_s",
+    *SIM_COLUMNS,
 )
 
 #: Key columns for the terminal table; lower is better for all of them.
 KEY_COLUMNS = ("disk_used_bytes", "bytes_written", "start_time_s", "first_write_s",
                "workload_s_per_container", "write_amplification", "page_cache_bytes")
+
+
+#: The terminal table: (column, header with its unit, divisor); lower is better in each.
+VIEW = (
+    ("disk_used_bytes", "disk MiB", 1 << 20),
+    ("bytes_written", "written MiB", 1 << 20),
+    ("start_time_s", "start ms", 1e-3),
+    ("first_write_s", "1st write ms", 1e-3),
+    ("workload_s_per_container", "work/ctr ms", 1e-3),
+    ("write_amplification", "write ampl. x", 1),
+    ("page_cache_bytes", "page cache MiB", 1 << 20),
+    ("sim_time_s", "sim total s", 1),
+    ("sim_steps_s", "sim steps/ctr ms", 1e-3),
+)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def table_view(df):
+    """The terminal table of a :func:`compare` DataFrame: ``(rows, best)``,
+    ``rows`` one dict per driver that ran (``"driver"`` and each header of
+    :data:`VIEW`, values scaled to the header's unit), ``best`` the set of
+    ``(row index, header)`` cells lowest in their column."""
+    ok = [r for r in df.to_dict(orient="records") if not r.get("error")]
+    rows = [{"driver": r["driver"], **{h: (None if _missing(r[c]) else r[c] / div) for c, h, div in VIEW}}
+            for r in ok]
+    best = set()
+    for _c, h, _d in VIEW:
+        vals = [r[h] for r in rows if r[h] is not None]
+        if vals:
+            lo = min(vals)
+            best |= {(i, h) for i, r in enumerate(rows) if r[h] == lo}
+    return rows, best
+
+
+def failures(df) -> list[str]:
+    """Each distinct driver error once: ``"aufs, vfs: OSError: ..."``."""
+    by_error: dict[str, list] = {}
+    for r in df.to_dict(orient="records"):
+        if isinstance(r.get("error"), str) and r["error"]:
+            by_error.setdefault(r["error"], []).append(r["driver"])
+    return [f"{', '.join(ds)}: {e}" for e, ds in by_error.items()]
 
 
 class CompareError(ValueError):
@@ -68,7 +114,7 @@ def _default_runner():
     return workloads
 
 
-def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")) -> dict:
+def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan"), timing=None) -> dict:
     """One DataFrame row (a dict) from a RunResult-shaped object."""
     from ..cost import estimate
 
@@ -76,6 +122,7 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
            "error": getattr(result, "error", None)}
     if row["error"]:
         row.update({c: float("nan") for c in COLUMNS})
+        row["sim_top_lock"] = ""
         row["run_s"] = run_s
         return row
     m = result.metrics or {}
@@ -84,11 +131,23 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
     row.update(est)
     row["inodes"] = float(m.get("inodes", 0) or 0)
     row["run_s"] = run_s
+    row.update(_timing_columns(result, device, timing))
     return row
 
 
+def _timing_columns(result, device, timing) -> dict:
+    """The concurrent timing model's columns (:mod:`thinp.timing`), empty
+    where the run left no operation log."""
+    from ..timing.model import SIM_COLUMNS, simulate
+
+    log = getattr(result, "oplog", None)
+    if log is None:
+        return {c: (float("nan") if c != "sim_top_lock" else "") for c in SIM_COLUMNS}
+    return simulate(log, device=device, constants=timing).row()
+
+
 def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0, progress=True,
-            *, jobs=None, runner=None, constants=None, root=None, **driver_options):
+            *, jobs=None, runner=None, constants=None, timing=None, root=None, **driver_options):
     """Run ``workload`` on each driver; return ``(DataFrame, Figure)``.
 
     ``workload`` is a scenario name, a TOML path or a loaded Workload;
@@ -104,7 +163,10 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     progress, **driver_options)`` (default :mod:`thinp.workloads`; a runner
     that is not an importable module runs in this process).  ``constants``
     is a :class:`~thinp.cost.CostConstants` or a TOML file with a
-    ``[constants]`` table (cache size, per-driver costs, ...)."""
+    ``[constants]`` table (cache size, per-driver costs, ...) and an optional
+    ``[timing]`` table; ``timing`` a :class:`~thinp.timing.TimingConstants`
+    (or a TOML file with a ``[timing]`` table) for the concurrent timing
+    model's ``sim_*`` columns (cores, per-op CPU costs, locks' costs)."""
     import types
 
     import pandas as pd
@@ -115,8 +177,16 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     dev = load_device(device)
     if isinstance(constants, (str, os.PathLike)):
         from ..cost import CostConstants
+        from ..timing import TimingConstants
 
-        constants = CostConstants.from_toml(os.fspath(constants))
+        path = os.fspath(constants)
+        constants = CostConstants.from_toml(path)
+        if timing is None:
+            timing = TimingConstants.from_toml(path)    # its [timing] table, if any
+    if isinstance(timing, (str, os.PathLike)):
+        from ..timing import TimingConstants
+
+        timing = TimingConstants.from_toml(os.fspath(timing))
     names = parse_drivers(drivers)
     runner = runner or _default_runner()
     wl = runner.load(workload) if isinstance(workload, (str, os.PathLike)) else workload
@@ -132,7 +202,7 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
         jobs = 1
     fatal = tuple(c for c in (getattr(runner, "WorkloadError", None),) if isinstance(c, type))
     job = dict(wl=wl, wname=wname, scale=scale, device=dev, constants=constants, root=root,
-               driver_options=driver_options)
+               driver_options=driver_options, timing=timing)
     rows: dict[str, dict] = {}
 
     if jobs == 1:
@@ -189,7 +259,7 @@ def _one(runner, fatal, d, job, sub_progress=None) -> dict:
     except Exception as e:  # a driver failing must not abort the comparison
         res = _Failed(d, job["wname"], f"{type(e).__name__}: {e}")
     return row_from_result(res, device=job["device"], constants=job["constants"],
-                           run_s=time.perf_counter() - t0)
+                           run_s=time.perf_counter() - t0, timing=job.get("timing"))
 
 
 # drivers known to take longest on the built-in scenarios start first, so

@@ -121,6 +121,7 @@ def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers
     """Run the experiment; returns ``(DataFrame, Figure)`` (Figure is None with
     ``plot=False``).  ``driver`` is one name, a list of names, or ``"all"``:
     several drivers give one frame (a ``driver`` column) and one figure."""
+    _check_args(containers, no_space, discard, lifetime, autoextend_threshold, autoextend_percent, min_free_space)
     if driver == "all":
         driver = list(DRIVERS)
     names = [driver] if isinstance(driver, str) else list(driver)
@@ -180,22 +181,29 @@ def _gib(size) -> str:
 def _progress(total, label, enabled):
     if not enabled:
         return None
+    from rich.console import Console
     from rich.progress import Progress
 
-    p = Progress()
+    p = Progress(console=Console(stderr=True), transient=True)
     p.start()
     return p, p.add_task(label, total=total)
 
 
-def _check_args(containers, no_space, discard, lifetime):
+def _check_args(containers, no_space, discard, lifetime, autoextend_threshold=100, autoextend_percent=20,
+                min_free_space=10):
     if no_space not in ("error", "queue"):
         raise ValueError(f"no_space {no_space!r}: 'error' or 'queue'")
     if discard not in DISCARDS:
         raise ValueError(f"discard {discard!r}: one of {', '.join(DISCARDS)}")
-    if int(containers) < 0:
-        raise ValueError("containers must be >= 0")
-    if lifetime is not None and int(lifetime) < 1:
-        raise ValueError("lifetime must be >= 1 container")
+    ranges = (("containers", containers, 1, None), ("lifetime", lifetime, 1, None),
+              ("autoextend_threshold", autoextend_threshold, 0, 100),
+              ("autoextend_percent", autoextend_percent, 1, None), ("min_free_space", min_free_space, 0, 99))
+    for name, v, lo, hi in ranges:
+        if v is None and name == "lifetime":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
+            want = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise ValueError(f"{name} must be an integer {want}, not {v!r}")
 
 
 def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", containers=2000,
@@ -206,7 +214,7 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
     from .. import errors
     from ..thin import ThinPool
 
-    _check_args(containers, no_space, discard, lifetime)
+    _check_args(containers, no_space, discard, lifetime, autoextend_threshold, autoextend_percent, min_free_space)
     bs = check_block_size(block_size)
     pool_bytes = parse_size(pool, what="pool")
     wbytes = parse_size(write_per_container, what="write_per_container") // PAGE * PAGE
@@ -377,7 +385,7 @@ def run_union(driver, pool="100G", block_size="64k", image="debian-minbase", con
     from ..blockdev import PlainDevice
     from ..fs import mkfs
 
-    _check_args(containers, no_space, discard, lifetime)
+    _check_args(containers, no_space, discard, lifetime, autoextend_threshold, autoextend_percent, min_free_space)
     check_block_size(block_size)
     size = parse_size(pool, what="pool") // PAGE * PAGE
     wbytes = parse_size(write_per_container, what="write_per_container") // PAGE * PAGE
@@ -443,3 +451,76 @@ def run_union(driver, pool="100G", block_size="64k", image="debian-minbase", con
         if bar:
             bar[0].stop()
     return rows
+
+
+EVENT_KINDS = ("low_water_mark", "min_free_space", "out_of_data_space", "out_of_metadata_space", "autoextend",
+               "queued_hang")
+
+
+def summary(df) -> list[dict]:
+    """One row per driver of an :func:`overcommit` frame: containers
+    started, containers that wrote all their data, final Data%/Meta%, and
+    the first container at which each kind of event happened."""
+    out = []
+    for driver, g in df.groupby("driver", sort=False):
+        events = g["events"].fillna("").str.split(",")
+        first = {}
+        for kind in EVENT_KINDS:
+            h = g[events.apply(lambda e, k=kind: k in e)]
+            if len(h):
+                first[kind] = f"container {int(h['container'].iloc[0])} (Data% {h['data_pct'].iloc[0]:.1f})"
+        out.append({"driver": driver, "started": int(g["started"].sum()),
+                    "completed": int((g["started"] & (g["enospc"] == 0)).sum()),
+                    "data_pct": round(float(g["data_pct"].iloc[-1]), 2),
+                    "meta_pct": round(float(g["meta_pct"].iloc[-1]), 2),
+                    "events": "; ".join(f"{k} at {v}" for k, v in first.items()) or "none"})
+    return out
+
+
+def save(df, fig, out) -> dict:
+    """Write ``overcommit.csv``, ``overcommit.parquet`` and (with a figure)
+    ``overcommit.png`` into the directory ``out``."""
+    os.makedirs(out, exist_ok=True)
+    paths = {ext: os.path.join(out, f"overcommit.{ext}") for ext in ("csv", "parquet")}
+    df.to_csv(paths["csv"], index=False)
+    df.to_parquet(paths["parquet"], index=False)
+    if fig is not None:
+        paths["png"] = os.path.join(out, "overcommit.png")
+        fig.savefig(paths["png"], dpi=120)
+    return paths
+
+
+def check_params(**params) -> None:
+    """Check :func:`overcommit`'s arguments without running anything:
+    unknown names, sizes, ranges, driver and image names.  Raises
+    ``ValueError`` naming the parameter."""
+    import inspect
+
+    known = set(inspect.signature(overcommit).parameters) - {"progress", "plot"}
+    for k in params:
+        if k not in known:
+            import difflib
+
+            near = difflib.get_close_matches(k, sorted(known), n=1)
+            raise ValueError(f"unknown parameter {k!r}" + (f" (did you mean {near[0]!r}?)" if near else
+                                                             f" (known: {', '.join(sorted(known))})"))
+    defaults = {k: v.default for k, v in inspect.signature(overcommit).parameters.items()}
+    p = {**defaults, **params}
+    _check_args(p["containers"], p["no_space"], p["discard"], p["lifetime"], p["autoextend_threshold"],
+                p["autoextend_percent"], p["min_free_space"])
+    try:
+        check_block_size(p["block_size"])
+    except ValueError as e:
+        raise ValueError(f"block_size: {e}") from None
+    for k in ("pool", "write_per_container"):
+        parse_size(p[k], what=k)
+    if isinstance(p["image"], str) and p["image"] not in ("debian-minbase", "debian-bookworm-minbase",
+                                                          "scratch", "empty"):
+        parse_size(p["image"], what="image")
+    names = list(DRIVERS) if p["driver"] == "all" else (
+        [p["driver"]] if isinstance(p["driver"], str) else list(p["driver"]))
+    for d in names:
+        if d not in DRIVERS:
+            raise ValueError(f"driver {d!r}: one of {', '.join(DRIVERS)}")
+    if isinstance(p["seed"], bool) or not isinstance(p["seed"], int) or p["seed"] < 0:
+        raise ValueError(f"seed must be an integer >= 0, not {p['seed']!r}")

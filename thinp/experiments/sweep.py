@@ -44,8 +44,63 @@ def load_spec(path) -> dict:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such sweep file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+
+
+#: experiment name -> the function that checks one point's parameters
+EXPERIMENTS = ("overcommit",)
+
+
+def check_spec(spec: dict, source: str = "sweep spec") -> list[dict]:
+    """Check a spec before any point runs and return its points: only
+    ``experiment``, ``[grid]`` and ``[fixed]`` at the top; a known
+    experiment; every parameter known to it and every point's values
+    valid.  Errors are ``ValueError`` naming ``source`` and the key."""
+    from .overcommit import check_params
+
+    for k in spec:
+        if k not in ("experiment", "grid", "fixed"):
+            raise ValueError(f"{source}: unknown key {k!r} (a sweep has experiment, [grid] and [fixed])")
+    exp = spec.get("experiment", "overcommit")
+    if exp not in EXPERIMENTS:
+        raise ValueError(f"{source}: experiment = {exp!r}: unknown (known: {', '.join(EXPERIMENTS)})")
+    for table in ("grid", "fixed"):
+        if not isinstance(spec.get(table, {}), dict):
+            raise ValueError(f"{source}: {table} must be a table")
+    for k, v in spec.get("grid", {}).items():
+        if isinstance(v, list) and not v:
+            raise ValueError(f"{source}: grid.{k} is an empty list (no points)")
+    import difflib
+    import inspect
+
+    from .overcommit import overcommit
+
+    known = set(inspect.signature(overcommit).parameters) - {"progress", "plot"}
+    for t in ("grid", "fixed"):
+        for k in spec.get(t, {}):
+            if k not in known:
+                near = difflib.get_close_matches(k, sorted(known), n=1)
+                raise ValueError(f"{source}: {t}.{k}: unknown parameter of {exp}"
+                                 + (f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(sorted(known))})"))
+    points = expand(spec)
+    for p in points:
+        try:
+            check_params(**{k: v for k, v in p.items() if k != "experiment"})
+        except ValueError as e:
+            msg = str(e)
+            key = next((f"{t}.{k}" for t in ("grid", "fixed") for k in spec.get(t, {})
+                        if msg.startswith(k) or repr(k) in msg or f" {k} " in f" {msg} "), None)
+            if key and key.startswith("grid."):
+                key += f" = {p[key[5:]]!r}"
+            raise ValueError(f"{source}: {key + ': ' if key else ''}{msg}") from None
+    return points
 
 
 def expand(spec: dict) -> list[dict]:
@@ -175,9 +230,12 @@ class _Bar:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
 
+            from rich.console import Console
+
             self.p = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
                               TextColumn("{task.fields[rate]} points/s"), TextColumn("ETA"),
-                              TimeRemainingColumn(), TimeElapsedColumn(), TextColumn("{task.fields[failed]}"))
+                              TimeRemainingColumn(), TimeElapsedColumn(), TextColumn("{task.fields[failed]}"),
+                              console=Console(stderr=True), transient=True)
             self.t0 = time.perf_counter()
             self.n = 0
             self.p.start()
@@ -204,9 +262,13 @@ def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=
 
     Returns counts: ``points``, ``skipped``, ``ran``, ``failed``, ``seconds``.
     """
+    source = "sweep spec"
     if not isinstance(spec, dict):
+        source = os.fspath(spec)
         spec = load_spec(spec)
-    points = expand(spec)
+    points = check_spec(spec, source)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"workers must be an integer >= 0, not {workers!r}")
     have = done_hashes(out, include_failed=not retry_failed)
     todo, seen = [], set()
     for p in points:
@@ -263,3 +325,12 @@ def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=
             ex.shutdown(wait=False, cancel_futures=True)
     stats["seconds"] = time.perf_counter() - t0
     return stats
+
+
+def failures(out) -> list[str]:
+    """Each distinct error recorded in the ``out`` dataset once, with how many points had it."""
+    df = read_results(out)
+    if df is None or not len(df) or "error" not in df:
+        return []
+    errs = df["error"][df["error"].astype(bool)]
+    return [f"{n} point{'s' if n > 1 else ''}: {e}" for e, n in errs.value_counts(sort=False).items()]

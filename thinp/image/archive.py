@@ -7,9 +7,14 @@
 * Docker 25's hybrid save: OCI ``index.json`` + ``blobs/sha256`` +
   ``manifest.json`` (``manifest.json`` wins, as in ``docker load``);
 * a plain OCI image layout, as a directory or a tar: image indexes (nested,
-  multi-arch) are resolved by platform; manifests whose config is not an image
-  config, or with an ``artifactType``, or marked as attestations (SBOMs,
-  signatures) are skipped;
+  multi-arch) are walked as ``docker load`` walks them: each name (and all
+  unnamed entries together) holding ONE image loads it whatever its
+  platform (``Image.platform`` says which), and only among several does
+  ``platform`` choose (none matching is an error listing the platforms on
+  offer); manifests whose blobs the saver left out
+  are not on offer; manifests whose config is not an image config, or with
+  an ``artifactType``, or marked as attestations (SBOMs, signatures) are
+  skipped;
 * any of those gzip- or zstd-compressed as a whole.
 
 Every digest is verified (configs named by digest, blobs, manifests, DiffIDs)
@@ -379,15 +384,32 @@ def _load_docker(arch: _Archive, b: _Builder) -> None:
         b.image(config_bytes, specs, _parse_tags(item.get("RepoTags"), where), where)
 
 
+def _platform_text(p: dict | None) -> str:
+    if not isinstance(p, dict) or not p.get("os"):
+        return "unknown"
+    return "/".join(str(x) for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+
+
 def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
+    """Every image of an OCI layout, chosen as ``docker load`` chooses.
+
+    The index is walked (nested indexes included) and every manifest that is
+    an image (not an attestation, signature, SBOM or other artifact) becomes
+    a candidate, with its platform from its descriptor or else its config.
+    Each name (``io.containerd.image.name`` or a full reference in
+    ``org.opencontainers.image.ref.name``), and all unnamed entries together,
+    is one image to load: with ONE candidate it loads whatever its platform;
+    with several (a multi-platform index), ``platform`` picks those that
+    match, and none matching is an error that lists the platforms on offer.
+    """
     layout = arch.json("oci-layout", "oci-layout file")
     if not isinstance(layout, dict) or "imageLayoutVersion" not in layout:
         raise ImageFormatError(f"{arch.name}: oci-layout has no imageLayoutVersion")
     index = arch.json("index.json", "index")
     if not isinstance(index, dict):
         raise ImageFormatError(f"{arch.name}: index.json is not an object")
-    found = [0]
-    candidates = [0]
+    images: list[tuple] = []   # (platform dict, match, config bytes, layer specs, tags, where)
+    absent: list[str] = []
 
     def visit(desc: dict, tags: list[str], depth: int, where: str, top: bool):
         if depth > 8:
@@ -417,8 +439,10 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
             return   # attestation / provenance
         if desc.get("artifactType"):
             return
-        candidates[0] += 1
-        if not _platform_matches(plat, platform):
+        if not top and not arch.has(_blob_path(desc["digest"])):
+            # a platform the saver did not keep (Docker 25+ saves the whole
+            # index, but only the pulled platform's blobs): not on offer
+            absent.append(f"{where}: manifest {desc['digest']} ({_platform_text(plat)})")
             return
         data = _read_verified(arch, desc, "manifest")
         try:
@@ -432,13 +456,11 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
                 f"{where}: manifest {desc['digest']} says mediaType {man.get('mediaType')!r}, "
                 f"descriptor says {mt!r}")
         if man.get("artifactType"):
-            candidates[0] -= 1
             return
         cfg_desc = _descriptor(man.get("config"), f"{where}: manifest config")
         cmt = cfg_desc.get("mediaType")
         if cmt not in CONFIG_TYPES:
             if isinstance(cmt, str) and cmt:
-                candidates[0] -= 1
                 return   # an artifact (SBOM, signature, ...): not an image
             raise ImageFormatError(f"{where}: config has no mediaType")
         layer_descs = man.get("layers") or []
@@ -448,19 +470,20 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
         if lmts and all(isinstance(m, str) and m.endswith("+json") for m in lmts):
             # an image-shaped artifact whose "layers" are JSON documents: cosign
             # signatures (simplesigning), in-toto/DSSE attestations, SPDX/CycloneDX SBOMs
-            candidates[0] -= 1
             return
         config_bytes = _read_verified(arch, cfg_desc, "config")
-        if not isinstance(plat, dict):
-            # descriptor had no platform: check the config's own
+        if isinstance(plat, dict):
+            shown, match = plat, _platform_matches(plat, platform)
+        else:
+            # descriptor had no platform: the config's own (a top-level
+            # descriptor without one matches any platform, as before)
             try:
                 c = json.loads(config_bytes)
             except (ValueError, UnicodeDecodeError):
                 c = None
-            if isinstance(c, dict) and not top and not _platform_matches(
-                    {"os": c.get("os"), "architecture": c.get("architecture"),
-                     "variant": c.get("variant")}, platform):
-                return
+            shown = {"os": c.get("os"), "architecture": c.get("architecture"),
+                     "variant": c.get("variant")} if isinstance(c, dict) else None
+            match = top or _platform_matches(shown, platform)
         specs = []
         for i, ld in enumerate(layer_descs):
             _descriptor(ld, f"{where}: layer {i}")
@@ -468,8 +491,7 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
             if lmt not in LAYER_TYPES:
                 raise ImageFormatError(f"{where}: layer {ld['digest']}: unsupported media type {lmt!r}")
             specs.append((_blob_path(ld["digest"]), ld["digest"], ld["size"], lmt))
-        found[0] += 1
-        b.image(config_bytes, specs, tags, where)
+        images.append((shown, match, config_bytes, specs, tags, where))
 
     manifests = index.get("manifests") or []
     if not isinstance(manifests, list):
@@ -485,10 +507,27 @@ def _load_oci(arch: _Archive, b: _Builder, platform: tuple) -> None:
         elif isinstance(ref_name, str) and ("/" in ref_name or ":" in ref_name):
             tags = _parse_tags([ref_name], where)
         visit(desc, tags, 0, where, True)
-    if candidates[0] and not found[0]:
-        raise ImageFormatError(
-            f"{arch.name}: no image for platform {'/'.join(p for p in platform if p)} "
-            f"among {candidates[0]} manifests")
+    if absent and not images:
+        raise ImageFormatError(f"{absent[0]} is missing from the archive")
+    # each name (or all unnamed entries together) is one image to load, as
+    # docker load imports each named entry: a single candidate whatever its
+    # platform, several (a multi-platform index) chosen by ``platform``
+    groups: dict[tuple, list] = {}
+    for img in images:
+        groups.setdefault(tuple(img[4]), []).append(img)
+    for group in groups.values():
+        if len({img[2] for img in group}) == 1:
+            chosen = group[:1] if not group[0][4] else group
+        else:
+            chosen = [img for img in group if img[1]]
+            if not chosen:
+                offered = sorted({_platform_text(img[0]) for img in group})
+                named = f"{', '.join(group[0][4])}: " if group[0][4] else ""
+                raise ImageFormatError(
+                    f"{arch.name}: {named}no image for platform {'/'.join(p for p in platform if p)} among "
+                    f"{len(group)} images; the archive offers {', '.join(offered)}")
+        for shown, _match, config_bytes, specs, tags, where in chosen:
+            b.image(config_bytes, specs, tags, where)
 
 
 def load(path, *, platform: str = "linux/amd64",

@@ -17,10 +17,10 @@ its page faults cost more than the whole kernel).
   plain and valid: 512 bytes present, not all zero, plain octal numeric
   fields (leading/trailing spaces or NULs only), a checksum that matches
   (unsigned or signed, as the reference allows), a supported entry type,
-  data and padding inside the file, a name that is relative with no ``..``
+  data and padding inside the file, a name with no ``..``
   (normalised in the kernel, byte-wise: ``/`` and ``.`` never occur inside a
   UTF-8 sequence or a surrogate-escaped byte), a non-empty normalised name
-  unless a directory, a relative ``..``-free non-empty hardlink target and a
+  unless a directory, a ``..``-free non-empty hardlink target and a
   non-empty symlink target;
 * anything else (an extended header ``x g L K``, base-256 or odd numbers, a
   bad checksum, a hostile name, truncation, ...) stops the kernel *before*
@@ -111,14 +111,13 @@ def _cstrlen(buf, start, maxlen):
 def _normalize(src, length, names, out):
     """Write ``normalize_member_name(src[:length])`` at ``names[out:]``.
 
-    Returns the end offset, or -1 for an absolute path or a ``..``
-    component, -2 for an empty ``src``.  The caller guarantees room for
+    Returns the end offset, or -1 for a ``..`` component (which the
+    reference resolves or refuses), -2 for an empty ``src``.  A leading
+    ``/`` goes, like every empty component.  The caller guarantees room for
     ``length`` bytes.
     """
     if length == 0:
         return -2
-    if src[0] == _SLASH:
-        return -1
     first = True
     i = 0
     while i < length:
@@ -244,6 +243,8 @@ def _scan(fd, base, n, win, pos, rec, names, scratch):
         for i in range(nl):
             scratch[rl] = win[o + i]
             rl += 1
+        if t == 0 and rl > 0 and scratch[rl - 1] == _SLASH:
+            t = 53                                   # a v7 directory: its trailing slash alone
         end = _normalize(scratch, rl, names, npos)
         if end < 0 or (end == npos and t != 53):    # hostile, empty, or a non-directory root
             return ST_SLOW, pos, nr, npos
@@ -257,7 +258,7 @@ def _scan(fd, base, n, win, pos, rec, names, scratch):
                 for i in range(ll):
                     scratch[i] = win[o + 157 + i]
                 lend = _normalize(scratch, ll, names, lpos)
-                if lend <= lpos:                     # absolute, '..', or the root
+                if lend <= lpos:                     # '..', or the root
                     return ST_SLOW, pos, nr, npos
             else:
                 for i in range(ll):

@@ -97,6 +97,16 @@ class Image:
         return total
 
     @property
+    def platform(self) -> str:
+        """``os/architecture[/variant]`` from the config (``docker image inspect``'s
+        Os, Architecture, Variant), ``"unknown"`` when the config has none."""
+        c = self.config
+        parts = [c.get("os"), c.get("architecture"), c.get("variant")]
+        if not all(isinstance(x, str) and x for x in parts[:2]):
+            return "unknown"
+        return "/".join(x for x in parts if isinstance(x, str) and x)
+
+    @property
     def container_config(self) -> dict:
         return self.config.get("config") or {}
 
@@ -116,7 +126,7 @@ class Image:
         return _write_export(self.layers, out)
 
     def __repr__(self) -> str:
-        return f"Image({self.short_id}, tags={self.tags}, layers={len(self.layers)})"
+        return f"Image({self.short_id}, tags={self.tags}, layers={len(self.layers)}, platform={self.platform})"
 
 
 def _write_export(layers, out) -> int:

@@ -83,7 +83,7 @@ def _classify(h: Entry, blob: str) -> "Entry | None":
     target = base[len(WHITEOUT_PREFIX):]
     if target in ("", ".", ".."):
         raise ImageFormatError(f"{blob}: whiteout {path!r} names no file")
-    return Entry(f"{parent}/{target}" if parent else target, WHITEOUT, mtime=h.mtime)
+    return Entry(f"{parent}/{target}" if parent else target, WHITEOUT, 0, mtime=h.mtime)
 
 
 # ----------------------------------------------------------------- sources
@@ -589,9 +589,11 @@ class Layer:
 # ----------------------------------------------------------------- writing
 def _tarinfo(entry: Entry) -> tarfile.TarInfo:
     if entry.kind == WHITEOUT:
+        # an empty regular file, mode 000 (the kernel's whiteout is a char
+        # 0/0 of mode 000; moby's ExportChanges writes no mode either)
         parent, _, base = entry.path.rpartition("/")
         ti = tarfile.TarInfo((parent + "/" if parent else "") + WHITEOUT_PREFIX + base)
-        ti.type, ti.mode = tarfile.REGTYPE, 0o644
+        ti.type, ti.mode = tarfile.REGTYPE, 0
     elif entry.kind == OPAQUE:
         ti = tarfile.TarInfo((entry.path + "/" if entry.path else "") + OPAQUE_MARKER)
         ti.type, ti.mode = tarfile.REGTYPE, 0o644

@@ -8,8 +8,9 @@ end-of-archive marker), so this module parses the format itself:
   (``x``) and global (``g``) headers, base-256 numeric fields;
 * every header checksum is verified, every size is bounds-checked, the
   archive must end with an end-of-archive zero block;
-* names are normalised (``./`` stripped) and rejected when absolute or when
-  they contain ``..``; hardlink targets likewise;
+* names are cleaned as Docker cleans them (a leading ``/`` or ``./``
+  stripped, ``a/../b`` is ``b``) and refused when a ``..`` climbs out of
+  the root; hardlink targets likewise;
 * every byte read passes through a sha256 (the DiffID) and a byte counter,
   so a layer is verified in the same single pass that lists it.
 
@@ -396,27 +397,34 @@ _HDR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
 PATH_MAX = 4096   # Linux's limit; no real layer has a longer name or link target
 
 
-def normalize_member_name(raw: str, blob: str, what: str = "entry") -> str:
-    """Strip ``./`` and trailing ``/``; reject absolute paths and ``..``."""
+def normalize_member_name(raw: str, blob: str, what: str = "entry", *, rooted_dotdot: bool = True) -> str:
+    """A member name as Docker's ``Unpack`` takes it: cleaned lexically
+    (``filepath.Clean``), so a leading ``/`` or ``./`` and empty or ``.``
+    components go and ``a/../b`` is ``b``; ``/``, ``./`` and ``.`` name the
+    root (``""``).  A ``..`` that climbs above the root is refused, except
+    that a rooted name's ``/..`` stays at the root (Clean's rule) when
+    ``rooted_dotdot``; a hardlink target (joined to the root by Docker, so
+    ``/..`` leaves it) passes ``rooted_dotdot=False``."""
     if len(raw) > PATH_MAX:
         raise ImageFormatError(f"{blob}: {what} name of {len(raw)} characters is longer than PATH_MAX")
     if "\x00" in raw:
         raise ImageFormatError(f"{blob}: {what} name {raw!r} contains NUL")
-    if raw.startswith("/"):
-        raise ImageFormatError(f"{blob}: {what} {raw!r} has an absolute path")
-    if raw.startswith("./"):
-        raw = raw[2:]
-    core = raw.rstrip("/")
-    if core and core[0] != "/" and "//" not in core and "/./" not in core and "/../" not in core \
-            and not core.startswith(("./", "../")) and not core.endswith(("/.", "/..")) \
-            and core not in (".", ".."):
+    core = raw.strip("/")
+    if core and "//" not in core and "/./" not in core and ".." not in core \
+            and not core.startswith("./") and not core.endswith("/.") and core != ".":
         return core
-    parts = []
+    rooted = raw.startswith("/")
+    parts: list[str] = []
     for part in raw.split("/"):
         if part in ("", "."):
             continue
         if part == "..":
-            raise ImageFormatError(f"{blob}: {what} {raw!r} has a '..' component")
+            if parts:
+                parts.pop()
+                continue
+            if rooted and rooted_dotdot:
+                continue
+            raise ImageFormatError(f"{blob}: {what} {raw!r} has a '..' component that leaves the root")
         parts.append(part)
     return "/".join(parts)
 
@@ -630,11 +638,14 @@ def iter_tar(inp: HashingInput, *, index: int = 0,
                     xattrs[k[len("SCHILY.xattr."):]] = v
         if not raw_name:
             raise ImageFormatError(f"{blob}: entry {index} has an empty name")
+        if typeflag == b"\x00" and raw_name.endswith("/"):
+            kind = DIR   # old (v7) archives mark a directory by its trailing slash alone
         name = normalize_member_name(raw_name, blob)
         if not name and kind != DIR:
             raise ImageFormatError(f"{blob}: entry {index} ({raw_name!r}) is the root but not a directory")
         if kind == HARDLINK:
-            linkname = normalize_member_name(linkname, blob, f"hardlink {name!r} -> target")
+            linkname = normalize_member_name(linkname, blob, f"hardlink {name!r} -> target",
+                                             rooted_dotdot=False)
             if not linkname:
                 raise ImageFormatError(f"{blob}: hardlink {name!r} points at the root")
         elif kind == SYMLINK:

@@ -72,8 +72,15 @@ def check(pool_dir, repair: bool = False) -> CheckReport:
     ``needs_check``.  Raises :class:`~thinp.errors.MetadataCorruptError`
     for damage repair cannot fix (a bad superblock, table or tree)."""
     pool_dir = os.fspath(pool_dir)
+    from .dump import dm_image_path
+
+    image = dm_image_path(pool_dir)
+    if image is not None:
+        if repair:
+            raise errors.NotSupportedError(f"{image}: a dm-thin metadata image is checked, not repaired, here")
+        return _check_dm_image(image)
     if not os.path.isdir(pool_dir):
-        raise FileNotFoundError(f"{pool_dir}: no such pool directory")
+        raise FileNotFoundError(f"{pool_dir}: no such pool directory or dm-thin metadata image")
     md = _open(os.path.join(pool_dir, "metadata"), writable=repair)
     try:
         return _check(md, repair)
@@ -118,3 +125,17 @@ def _check(md: Metadata, repair: bool) -> CheckReport:
         rep.repaired = True
         rep.needs_check = False
     return rep
+
+
+def _check_dm_image(path: str) -> CheckReport:
+    """thin_check's checks on a dm-thin metadata image; structural damage
+    raises MetadataCorruptError naming the block."""
+    from .dm_metadata import DmMetadata
+
+    with DmMetadata.open(path) as md:
+        res = md.check()
+        nm = md.sb.metadata_nr_blocks
+        return CheckReport(transaction_id=md.sb.trans_id, nr_devices=res.nr_devices, nr_mappings=res.nr_mappings,
+                           metadata_free_blocks=nm - res.nr_metadata_blocks_used,
+                           needs_check=bool(md.sb.flags & FLAG_NEEDS_CHECK),
+                           problems=[p for p in res.problems if p != "needs_check is set"])

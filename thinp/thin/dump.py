@@ -24,50 +24,16 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from .. import errors
 from ..config import SECTOR_SIZE
 from . import _kernels as TK
+from .view import DeviceView, PoolView  # noqa: F401  (re-exported: ls, delta, rmap use them)
 from .metadata import DEVDIR_FIRST, FREE_RECORD, RECORDS_PER_TABLE, TABLE_MAGIC, Metadata
 
 #: dm-thin's metadata format version, written to the XML for the real tools.
 DM_METADATA_VERSION = 2
-
-
-@dataclass
-class DeviceView:
-    """One thin device as the tools see it (mappings sorted by vblock)."""
-
-    dev_id: int
-    mapped_blocks: int
-    transaction: int
-    creation_time: int
-    snap_time: int
-    nr_blocks: int
-    vblocks: np.ndarray = field(repr=False)
-    pblocks: np.ndarray = field(repr=False)
-    times: np.ndarray = field(repr=False)
-
-
-@dataclass
-class PoolView:
-    """The superblock fields thin_dump prints and every device."""
-
-    uuid: str
-    time: int
-    transaction: int
-    flags: int
-    data_block_size: int  # bytes
-    nr_data_blocks: int
-    devices: list
-    held_root: int = 0
-
-    @property
-    def data_block_sectors(self) -> int:
-        return self.data_block_size // SECTOR_SIZE
 
 
 def _records(m, table_blocks):
@@ -114,13 +80,42 @@ def _view_from_metadata(md: Metadata, metadata_snap: bool) -> PoolView:
                     held_root=sb.held_root)
 
 
+def dm_image_path(pool_dir) -> str | None:
+    """The dm-thin metadata image ``pool_dir`` names -- the file itself (a
+    ``_tmeta`` copied off an LVM pool, a kernel-written device image), or a
+    pool directory whose ``metadata`` is one -- or None."""
+    from .format import THIN_SUPERBLOCK_MAGIC
+
+    p = os.fspath(pool_dir)
+    if os.path.isdir(p):
+        p = os.path.join(p, "metadata")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(40)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    if len(head) == 40 and int.from_bytes(head[32:40], "little") == THIN_SUPERBLOCK_MAGIC:
+        return p
+    return None
+
+
 def load_pool_view(pool_dir, metadata_snap: bool = False) -> PoolView:
     """Open ``pool_dir``'s metadata read-only (validating every tree), and
     return its superblock fields and devices.  ``metadata_snap`` reads the
-    held metadata snapshot instead of the live metadata, like ``-m``."""
+    held metadata snapshot instead of the live metadata, like ``-m``.
+    ``pool_dir`` may also be a dm-thin metadata image (see
+    :func:`dm_image_path`)."""
+    image = dm_image_path(pool_dir)
+    if image is not None:
+        from .dm_metadata import DmMetadata
+
+        with DmMetadata.open(image) as md:
+            if metadata_snap and not md.sb.held_root:
+                raise errors.ThinpError(f"{image}: no metadata snapshot is held (reserve_metadata_snap)")
+            return md.pool_view(held=metadata_snap)
     path = os.path.join(os.fspath(pool_dir), "metadata")
     if not os.path.isdir(os.fspath(pool_dir)):
-        raise FileNotFoundError(f"{pool_dir}: no such pool directory")
+        raise FileNotFoundError(f"{pool_dir}: no such pool directory or dm-thin metadata image")
     md = Metadata.open(path, read_only=True, check_trees=True)
     try:
         return _view_from_metadata(md, metadata_snap)
@@ -175,6 +170,10 @@ def dump(pool_dir, output=None, metadata_snap: bool = False) -> str | None:
         buf = io.StringIO()
         dump_xml(view, buf)
         return buf.getvalue()
+    output = os.fspath(output)
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{output}: directory {parent} does not exist")
     tmp = f"{output}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", buffering=1 << 20) as f:

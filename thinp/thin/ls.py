@@ -13,8 +13,8 @@ import numpy as np
 from ..config import SECTOR_SIZE
 from .dump import PoolView, load_pool_view
 
-DEFAULT_FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS", "HIGHEST_BLOCK",
-                  "CREATE_TIME", "SNAP_TIME")
+#: thin_ls 0.9.0's default columns (``thin_ls METADATA`` with no ``-o``)
+DEFAULT_FIELDS = ("DEV", "MAPPED", "CREATE_TIME", "SNAP_TIME")
 _BASE = ("MAPPED", "EXCLUSIVE", "SHARED")
 FIELDS = (("DEV",) + tuple(f"{b}_{u}" for u in ("BLOCKS", "SECTORS", "BYTES") for b in _BASE) + _BASE
           + ("HIGHEST_BLOCK", "TRANSACTION", "CREATE_TIME", "SNAP_TIME"))
@@ -89,3 +89,9 @@ def format_table(fields, table, headers: bool = True) -> str:
 def ls(pool_dir, fields=DEFAULT_FIELDS, headers: bool = True, metadata_snap: bool = False) -> str:
     view = load_pool_view(pool_dir, metadata_snap=metadata_snap)
     return format_table(fields, rows(view, fields), headers)
+
+
+def ls_rows(pool_dir, fields=DEFAULT_FIELDS, metadata_snap: bool = False) -> list[dict]:
+    """:func:`ls`'s table as one dict per device, field name to cell."""
+    view = load_pool_view(pool_dir, metadata_snap=metadata_snap)
+    return [dict(zip(fields, r)) for r in rows(view, fields)]

@@ -218,11 +218,17 @@ class ThinPool:
         else:
             msize = parse_size(metadata_size, what="metadata_size")
         nr_meta = msize // METADATA_BLOCK_SIZE
+        # superblock slots, both copies of every space-map page, and room for a few
+        # btree nodes: less cannot hold an empty pool (a small one that runs out of
+        # metadata later is the user's experiment, and read-only mode handles it)
+        least = 2 + 4 * (-(-nr_data // K.SM_PAGE_ENTRIES)) + 8
         if metadata_size is None:
-            needed = 2 + 4 * (-(-nr_data // K.SM_PAGE_ENTRIES)) + 2 * (-(-nr_data // 512)) + 64
-            nr_meta = max(nr_meta, needed, 2 * 1024 * 1024 // METADATA_BLOCK_SIZE)
+            nr_meta = max(nr_meta, least, 2 * 1024 * 1024 // METADATA_BLOCK_SIZE)
         if nr_meta > (16 << 30) // METADATA_BLOCK_SIZE:
             raise ValueError(f"metadata_size {nr_meta * METADATA_BLOCK_SIZE} bytes exceeds dm-thin's 16 GiB limit")
+        if nr_meta < least:
+            raise ValueError(f"metadata_size {metadata_size}: too small for {nr_data} data blocks "
+                             f"(at least {format_size(least * METADATA_BLOCK_SIZE)})")
         path = os.fspath(path)
         if os.path.exists(os.path.join(path, "metadata")) or os.path.exists(os.path.join(path, "data")):
             raise errors.DeviceExistsError(f"{path}: a pool already exists here")
@@ -349,6 +355,11 @@ class ThinPool:
     @property
     def payload(self) -> bool:
         return bool(self._md.sb.options & OPT_PAYLOAD)
+
+    @property
+    def zero_new_blocks(self) -> bool:
+        """New blocks are zeroed (no ``skip_block_zeroing`` in the table line)."""
+        return bool(self._md.sb.options & OPT_ZERO)
 
     @property
     def transaction_id(self) -> int:
@@ -930,6 +941,33 @@ class ThinDevice:
     @property
     def size(self) -> int:
         return int(self.pool._md.dv.size_sectors[self._s]) * SECTOR_SIZE
+
+    def resize(self, size) -> None:
+        """Set the device's virtual size (``lvextend``/``lvreduce`` on a thin
+        LV; dm-thin takes the size from the table line).  Shrinking refuses
+        while a block past the new end is mapped: discard it first.  The
+        mapping tree's depth follows the size, so a new size needing another
+        level is refused (NotSupportedError) rather than rebuilt."""
+        pool = self.pool
+        pool._check_writable()
+        s = self._s
+        nbytes = parse_size(size, what="size")
+        if nbytes <= 0 or nbytes % SECTOR_SIZE:
+            raise ValueError(f"size {nbytes} bytes must be a positive multiple of 512")
+        nr_blocks = -(-nbytes // pool.block_size)
+        dv = pool._md.dv
+        if TK.levels_for(nr_blocks) != int(dv.levels[s]):
+            raise errors.NotSupportedError(
+                f"thin device {self.dev_id}: {format_size(nbytes)} needs a mapping tree of another depth "
+                f"than its {format_size(self.size)}; create a new device and copy")
+        h = self.highest_mapped_block()
+        if h is not None and h >= nr_blocks:
+            raise ValueError(f"thin device {self.dev_id}: block {h} is mapped beyond the new size "
+                             f"{format_size(nbytes)}; discard it first")
+        dv.nr_blocks[s] = nr_blocks
+        dv.size_sectors[s] = nbytes // SECTOR_SIZE
+        dv.changed[s] = 1
+        pool.commit()
 
     @property
     def block_size(self) -> int:

@@ -543,3 +543,14 @@ def _fill(pool, sb, devices, sizes=None) -> int:
         pool.commit()
     md.sb.transaction_id = sb["transaction"]
     return total
+
+
+def parse_sizes(items, what: str = "sizes") -> dict:
+    """``["3=20G", "4=1T"]`` as ``{3: "20G", 4: "1T"}`` for :func:`restore`'s ``sizes``."""
+    sizes = {}
+    for item in items:
+        dev, sep, size = str(item).partition("=")
+        if not sep or not dev.strip().isdigit() or not size.strip():
+            raise ValueError(f"{what} {item!r}: want DEV=SIZE, e.g. 3=20G")
+        sizes[int(dev)] = size.strip()
+    return sizes

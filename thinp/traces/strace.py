@@ -17,23 +17,51 @@ line, which is when the kernel finished it):
 ==============  ==========================================================
 ``kind``        from
 ==============  ==========================================================
-``open``        open/openat/creat with O_CREAT, O_TRUNC, O_WRONLY or O_RDWR
+``open``        open/openat/openat2/creat with O_CREAT, O_TRUNC, O_WRONLY or O_RDWR
                 (an open for write is what triggers copy-up on aufs/overlay)
 ``write``       write/writev/pwrite64/pwritev/copy_file_range/sendfile:
                 ``size`` bytes at ``offset`` (``-1``: at the end, O_APPEND)
 ``truncate``    truncate/ftruncate
+``fallocate``   fallocate that may grow the file (``size``: offset + length; not
+                with FALLOC_FL_KEEP_SIZE or the hole/range modes)
 ``rename``      rename/renameat/renameat2 (``path`` -> ``path2``)
 ``unlink``      unlink/unlinkat
 ``rmdir``       rmdir, unlinkat(AT_REMOVEDIR)
 ``mkdir``       mkdir/mkdirat
 ``mknod``       mknod/mknodat
-``chmod``       chmod/fchmod/fchmodat
+``exchange``    renameat2(RENAME_EXCHANGE) (``path`` <-> ``path2``)
+``chmod``       chmod/fchmod/fchmodat/fchmodat2, and the mode an ACL sets (below)
 ``chown``       chown/lchown/fchown/fchownat (``uid``/``gid``, -1 keeps)
+``setxattr``    setxattr/lsetxattr/fsetxattr of a named attribute (``path2``
+                the name, ``data`` the value, or ``size`` zero bytes when elided)
 ``symlink``     symlink/symlinkat (``path2`` is the target text)
 ``link``        link/linkat (``path`` -> new name ``path2``)
-``utime``       utimensat/utimes/futimesat (a setattr: copies up on overlay)
+``clone``       a FICLONE ioctl that succeeded (``path`` gets ``path2``'s bytes)
+``utime``       utimensat/utimes/futimesat, on a path or an fd (a setattr:
+                copies up on overlay)
 ``fsync``       fsync/fdatasync
 ==============  ==========================================================
+
+How real tools set modes
+------------------------
+coreutils' ``cp -p``/``cp -a`` and ``mv`` across directories set the mode by
+writing the ``system.posix_acl_access`` xattr.  A minimal ACL (28 bytes: the
+user, group and other entries) is exactly the permission bits, so it becomes
+a ``chmod`` (flag :data:`CHMOD_ACL`: the set-id and sticky bits stay).  When
+strace printed the value it is decoded; when ``-s 0`` elided it (and the
+name), a 28-byte value takes the mode the same process has just ``stat``-ed
+on its source (flag :data:`MODE_INFERRED`; :attr:`Trace.nr_modes_inferred`
+and the replay's ``modes_inferred`` count them).  A longer ACL decodes to
+the mode its mask gives, and is kept as the xattr too, as the kernel keeps it.
+
+Files made as modern tools make them
+------------------------------------
+An ``O_TMPFILE`` open makes an unnamed file: what is written to (or set on)
+its descriptor is held back until ``linkat(fd, "", ..., AT_EMPTY_PATH)`` (or
+a ``linkat`` of ``/proc/self/fd/N``) names it, when it becomes an exclusive
+create followed by those operations; the descriptor then keeps writing to
+that name.  ``copy_file_range`` and ``sendfile`` are writes of the bytes they
+returned; a failing ``FICLONE`` is just a failed call (the tool then copies).
 
 Paths are absolute inside the container.  A relative path is joined to its
 ``dirfd``'s ``-y`` annotation, or to the process's working directory, learnt
@@ -61,7 +89,8 @@ import stat as _stat
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
-__all__ = ["FileOp", "Trace", "parse", "read", "replay", "SKIP_PREFIXES"]
+__all__ = ["FileOp", "Trace", "parse", "read", "replay", "SKIP_PREFIXES", "CHMOD_ACL", "MODE_INFERRED",
+           "decode_acl_mode"]
 
 #: path prefixes that are not part of the container's filesystem tree
 SKIP_PREFIXES = ("/outside", "/proc", "/sys", "/dev")
@@ -73,6 +102,13 @@ _FLAG_BITS = {"O_RDONLY": 0, "O_WRONLY": 0o1, "O_RDWR": 0o2, "O_CREAT": 0o100, "
               "O_TMPFILE": 0o20200000, "O_PATH": 0o10000000}
 O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
 O_TMPFILE = 0o20200000
+
+#: ``FileOp.flags`` of a ``chmod`` that an ACL write made: the set-id and sticky bits stay
+CHMOD_ACL = 2
+#: ``FileOp.flags`` of a ``chmod`` whose mode was inferred from the source's ``stat``
+MODE_INFERRED = 4
+_ACL_ACCESS = "system.posix_acl_access"
+_MINIMAL_ACL_BYTES = 28
 
 
 @dataclass(slots=True)
@@ -90,6 +126,7 @@ class FileOp:
     flags: int = 0
     pid: int = 0
     lineno: int = 0
+    data: bytes = b""
 
 
 @dataclass
@@ -103,6 +140,7 @@ class Trace:
     nr_syscalls: int = 0
     nr_failed: int = 0
     nr_skipped: int = 0
+    nr_modes_inferred: int = 0
 
     def __iter__(self) -> Iterator[FileOp]:
         return iter(self.ops)
@@ -115,9 +153,9 @@ class Trace:
 _HEAD = re.compile(r"^(?:\[pid\s+)?(\d+)\]?\s+(?:(\d\d:\d\d:\d\d(?:\.\d+)?)\s+)?(.*)$")
 _HEAD_NOPID = re.compile(r"^(?:(\d\d:\d\d:\d\d(?:\.\d+)?)\s+)?(.*)$")
 _RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>\s?(.*)$")
-_RET = re.compile(r"\)\s+=\s+(-?\d+|\?|0x[0-9a-fA-F]+)(?:<(.*?)>)?(?:\s+([A-Z][A-Z0-9_]*)(?:\s+\(.*\))?)?"
+_RET = re.compile(r"\)\s+=\s+(-?\d+|\?|0x[0-9a-fA-F]+)(?:<(.*?)>(\(deleted\))?)?(?:\s+([A-Z][A-Z0-9_]*)(?:\s+\(.*\))?)?"
                   r"(?:\s+\(.*\))?\s*$")
-_FD = re.compile(r"^(-?\d+|AT_FDCWD)(?:<(.*)>)?$", re.S)
+_FD = re.compile(r"^(-?\d+|AT_FDCWD)(?:<(.*)>(\(deleted\))?)?$", re.S)
 _ESC = re.compile(r"\\(x[0-9a-fA-F]{2}|[0-7]{1,3}|.)")
 _ESC_MAP = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a", "b": "\b",
             "\\": "\\", '"': '"', "'": "'"}
@@ -184,7 +222,11 @@ def _fd_arg(tok: str) -> tuple[int | None, str | None]:
         return None, None
     fd = -100 if m.group(1) == "AT_FDCWD" else int(m.group(1))
     ann = m.group(2)
-    return fd, (_unescape(ann) if ann is not None else None)
+    if ann is None:
+        return fd, None
+    ann = _unescape(ann)
+    # strace 6 prints "<path>(deleted)", older ones "<path (deleted)>"
+    return fd, (ann + " (deleted)" if m.group(3) else ann)
 
 
 def _int_arg(tok: str, default: int = 0) -> int:
@@ -222,20 +264,56 @@ def _mode_arg(tok: str) -> int:
     return int(tok, 8) if tok[:1].isdigit() else 0
 
 
-_STMODE = re.compile(r"st_mode=([A-Z_|0-9]+)")
-_STSIZE = re.compile(r"st_size=(\d+)")
+_STMODE = re.compile(r"stx?_mode=([A-Z_|0-9]+)")
+_STSIZE = re.compile(r"stx?_size=(\d+)")
+
+
+def _elided(tok: str) -> bool:
+    """A string argument strace cut short (``"..."...``, as ``-s 0`` prints every one)."""
+    return tok.strip().endswith("...")
+
+
+def _bytes_arg(tok: str) -> bytes | None:
+    s = _str_arg(tok)
+    return None if s is None else s.encode("utf-8", "surrogateescape")
+
+
+def decode_acl_mode(value: bytes) -> tuple[int, bool] | None:
+    """``(permission bits, minimal)`` of a ``system.posix_acl_access`` value
+    (version 2, then 8-byte entries: tag u16, perm u16, id u32); None if it
+    is not one.  The group bits are the mask's when there is a mask, as the
+    kernel's ``posix_acl_equiv_mode``/``posix_acl_update_mode`` take them."""
+    if len(value) < 4 or (len(value) - 4) % 8 or int.from_bytes(value[:4], "little") != 2:
+        return None
+    perms = {}
+    for i in range(4, len(value), 8):
+        tag = int.from_bytes(value[i:i + 2], "little")
+        perms.setdefault(tag, int.from_bytes(value[i + 2:i + 4], "little") & 7)
+    if 0x01 not in perms or 0x20 not in perms or 0x04 not in perms:
+        return None
+    group = perms.get(0x10, perms[0x04])
+    minimal = set(perms) == {0x01, 0x04, 0x20}
+    return (perms[0x01] << 6) | (group << 3) | perms[0x20], minimal
 
 
 # ------------------------------------------------------------------ state
 class _Ofd:
-    """An open file description: its path, position and O_APPEND."""
+    """An open file description: its path, position and O_APPEND.
 
-    __slots__ = ("path", "pos", "append")
+    An ``O_TMPFILE`` file is ``anon``: known by its descriptor, not its
+    annotation; until it is linked (``pending`` is not None) the operations
+    on it wait in ``pending`` as ``(kind, fields)``.
+    """
+
+    __slots__ = ("path", "pos", "append", "anon", "pending", "mode")
 
     def __init__(self, path: str, append: bool):
         self.path = path
         self.pos = 0
         self.append = append
+        self.anon = False
+        self.pending: list | None = None
+        self.mode = 0o600
 
 
 def _join(base: str, p: str) -> str:
@@ -256,6 +334,7 @@ class _Reader:
         self.latest: dict[str, _Ofd] = {}
         self.pending: dict[int, str] = {}
         self.created: set[str] = set()
+        self.last_stat: dict[int, list] = {}   # pid -> its latest stats, [(path, st_mode)], newest last
         self.trace = Trace()
 
     # -- helpers -----------------------------------------------------------
@@ -290,7 +369,12 @@ class _Reader:
 
     def _ofd(self, pid: int, tok: str) -> _Ofd | None:
         fd, ann = _fd_arg(tok)
-        if fd is None or self._skipped(ann):
+        if fd is None:
+            return None
+        anon = self.fds.get((pid, fd))
+        if anon is not None and anon.anon:
+            return anon
+        if self._skipped(ann):
             return None
         o = self.fds.get((pid, fd))
         if o is None or o.path != ann:
@@ -303,6 +387,21 @@ class _Reader:
     def _fd_path(self, tok: str) -> str | None:
         _fd, ann = _fd_arg(tok)
         return None if self._skipped(ann) else ann
+
+    def _fd_op(self, pid: int, tok: str, kind: str, lineno: int, **kw) -> None:
+        """An operation on a descriptor: held back on an unlinked O_TMPFILE
+        file, on the file's own name once it is linked, else on the annotation."""
+        fd, _ann = _fd_arg(tok)
+        o = self.fds.get((pid, fd)) if fd is not None else None
+        if o is not None and o.anon:
+            if o.pending is not None:
+                o.pending.append((kind, kw))
+                if kind == "chmod":
+                    o.mode = kw["mode"]
+                return
+            self._emit(kind, o.path, pid, lineno, **kw)
+            return
+        self._emit(kind, self._fd_path(tok), pid, lineno, **kw)
 
     def _emit(self, kind: str, path: str | None, pid: int, lineno: int, **kw) -> None:
         if path is None or self._skipped(path):
@@ -317,12 +416,20 @@ class _Reader:
         elif kind in ("rename", "link"):
             self.created.add(kw["path2"])
 
-    def _note_stat(self, path: str | None, rest: str) -> None:
+    def _note_stat(self, path: str | None, rest: str, pid: int = 0) -> None:
+        m = _STMODE.search(rest)
+        if m is None:
+            return
+        mode = _mode_arg(m.group(1))
+        if path is not None:
+            recent = self.last_stat.setdefault(pid, [])
+            recent.append((path, mode))
+            if len(recent) > 8:
+                del recent[0]
         if path is None or self._skipped(path) or path in self.created or path in self.trace.stats:
             return
-        m, s = _STMODE.search(rest), _STSIZE.search(rest)
-        if m:
-            self.trace.stats[path] = (_mode_arg(m.group(1)), int(s.group(1)) if s else 0)
+        s = _STSIZE.search(rest)
+        self.trace.stats[path] = (mode, int(s.group(1)) if s else 0)
 
     # -- one completed syscall -----------------------------------------------
     def syscall(self, pid: int, name: str, argstr: str, ret: str, ret_ann: str | None, lineno: int) -> None:
@@ -351,6 +458,9 @@ class _Reader:
                 self._emit("open", real, pid, lineno, flags=flags, mode=mode)
         o = _Ofd(real, bool(flags & O_APPEND))
         self.fds[(pid, fd)] = o
+        if (flags & O_TMPFILE) == O_TMPFILE:
+            o.anon, o.pending, o.mode = True, [], mode & 0o7777
+            return
         self.latest[real] = o
 
     def h_open(self, pid, a, r, ann, lineno):
@@ -360,6 +470,21 @@ class _Reader:
     def h_openat(self, pid, a, r, ann, lineno):
         self._open(pid, self._at(pid, a[0], a[1]), _flags_arg(a[2]) if len(a) > 2 else 0,
                    _mode_arg(a[3]) if len(a) > 3 else 0o666, r, ann, lineno)
+
+    def h_openat2(self, pid, a, r, ann, lineno):
+        # openat2(dirfd, path, {flags=..., mode=..., resolve=...}, size)
+        how = a[2] if len(a) > 2 else ""
+        fm = re.search(r"flags=([^,}]+)", how)
+        mm = re.search(r"mode=([0-7]+)", how)
+        self._open(pid, self._at(pid, a[0], a[1]), _flags_arg(fm.group(1)) if fm else 0,
+                   int(mm.group(1), 8) if mm else 0o666, r, ann, lineno)
+
+    def h_fallocate(self, pid, a, r, ann, lineno):
+        # fallocate(fd, mode, offset, len): only mode 0 (or unshare) can grow the size
+        if len(a) < 4 or any(f in a[1] for f in ("KEEP_SIZE", "PUNCH_HOLE", "COLLAPSE_RANGE",
+                                                  "INSERT_RANGE", "ZERO_RANGE")):
+            return
+        self._fd_op(pid, a[0], "fallocate", lineno, size=_int_arg(a[2]) + _int_arg(a[3]))
 
     def h_creat(self, pid, a, r, ann, lineno):
         self._open(pid, self._path(pid, a[0]), O_CREAT | O_WRONLY | O_TRUNC, _mode_arg(a[1]), r, ann, lineno)
@@ -378,7 +503,10 @@ class _Reader:
         else:
             off = offset
         if n > 0:
-            self._emit("write", o.path, pid, lineno, offset=off, size=n)
+            if o.pending is not None:
+                o.pending.append(("write", {"offset": off, "size": n}))
+            else:
+                self._emit("write", o.path, pid, lineno, offset=off, size=n)
 
     def h_write(self, pid, a, r, ann, lineno):
         self._write(pid, a[0], r, None, lineno)
@@ -463,10 +591,70 @@ class _Reader:
         self._emit("chmod", self._path(pid, a[0]), pid, lineno, mode=_mode_arg(a[1]))
 
     def h_fchmod(self, pid, a, r, ann, lineno):
-        self._emit("chmod", self._fd_path(a[0]), pid, lineno, mode=_mode_arg(a[1]))
+        self._fd_op(pid, a[0], "chmod", lineno, mode=_mode_arg(a[1]))
 
     def h_fchmodat(self, pid, a, r, ann, lineno):
+        # fchmodat2 adds flags: AT_EMPTY_PATH with "" names the descriptor itself
+        if _str_arg(a[1]) == "" and len(a) > 3 and "AT_EMPTY_PATH" in a[3]:
+            self._fd_op(pid, a[0], "chmod", lineno, mode=_mode_arg(a[2]))
+            return
         self._emit("chmod", self._at(pid, a[0], a[1]), pid, lineno, mode=_mode_arg(a[2]))
+
+    def _xattr(self, pid, path_fn, a, lineno, target):
+        """setxattr/lsetxattr/fsetxattr(target, name, value, size, flags)."""
+        if len(a) < 4:
+            return
+        size = _int_arg(a[3])
+        name = None if _elided(a[1]) else _str_arg(a[1])
+        value = None if _elided(a[2]) else _bytes_arg(a[2])
+        if name is not None and name != _ACL_ACCESS:
+            path_fn("setxattr", path2=name, size=size, data=value if value is not None else bytes(size))
+            return
+        if value is not None and (name == _ACL_ACCESS or len(value) == _MINIMAL_ACL_BYTES):
+            acl = decode_acl_mode(value)
+            if acl is None:
+                self.trace.nr_skipped += 1
+                return
+            bits, minimal = acl
+            path_fn("chmod", mode=bits, flags=CHMOD_ACL)
+            if not minimal:   # the kernel keeps an ACL that the mode cannot say
+                path_fn("setxattr", path2=_ACL_ACCESS, size=len(value), data=value)
+            return
+        if size != _MINIMAL_ACL_BYTES:
+            self.trace.nr_skipped += 1   # an elided ACL with named entries: its bits are unknown
+            return
+        # the source: the newest file this process stat'ed that is not the target
+        src = next((m for p, m in reversed(self.last_stat.get(pid, ())) if p != target), None)
+        if src is None:
+            self.trace.nr_skipped += 1
+            return
+        self.trace.nr_modes_inferred += 1
+        path_fn("chmod", mode=_stat.S_IMODE(src) & 0o777, flags=CHMOD_ACL | MODE_INFERRED)
+
+    def h_setxattr(self, pid, a, r, ann, lineno):
+        path = self._path(pid, a[0])
+        self._xattr(pid, lambda kind, **kw: self._emit(kind, path, pid, lineno, **kw), a, lineno, path)
+
+    def h_fsetxattr(self, pid, a, r, ann, lineno):
+        fd, fd_ann = _fd_arg(a[0])
+        o = self.fds.get((pid, fd)) if fd is not None else None
+        target = o.path if o is not None and o.anon else fd_ann
+        self._xattr(pid, lambda kind, **kw: self._fd_op(pid, a[0], kind, lineno, **kw), a, lineno, target)
+
+    def h_ioctl(self, pid, a, r, ann, lineno):
+        if len(a) < 3 or "FICLONE" not in a[1] or "FICLONERANGE" in a[1]:
+            return
+        dst = self._ofd(pid, a[0])
+        src_fd, src_ann = _fd_arg(a[2])
+        src = self.fds.get((pid, src_fd)) if src_fd is not None else None
+        src_path = src.path if src is not None else src_ann
+        if dst is None or src_path is None or self._skipped(src_path):
+            self.trace.nr_skipped += 1
+            return
+        if dst.pending is not None:
+            dst.pending.append(("clone", {"path2": src_path}))
+        else:
+            self._emit("clone", dst.path, pid, lineno, path2=src_path)
 
     def h_chown(self, pid, a, r, ann, lineno, nofollow=False):
         self._emit("chown", self._path(pid, a[0]), pid, lineno, uid=_int_arg(a[1], -1),
@@ -476,7 +664,7 @@ class _Reader:
         self.h_chown(pid, a, r, ann, lineno, nofollow=True)
 
     def h_fchown(self, pid, a, r, ann, lineno):
-        self._emit("chown", self._fd_path(a[0]), pid, lineno, uid=_int_arg(a[1], -1), gid=_int_arg(a[2], -1))
+        self._fd_op(pid, a[0], "chown", lineno, uid=_int_arg(a[1], -1), gid=_int_arg(a[2], -1))
 
     def h_fchownat(self, pid, a, r, ann, lineno):
         flags = a[4] if len(a) > 4 else ""
@@ -495,21 +683,56 @@ class _Reader:
         self._emit("link", self._path(pid, a[0]), pid, lineno, path2=self._path(pid, a[1]))
 
     def h_linkat(self, pid, a, r, ann, lineno):
-        self._emit("link", self._at(pid, a[0], a[1]), pid, lineno, path2=self._at(pid, a[2], a[3]))
+        flags = a[4] if len(a) > 4 else ""
+        dst = self._at(pid, a[2], a[3])
+        src_name = _str_arg(a[1])
+        o = None
+        if src_name == "" and "AT_EMPTY_PATH" in flags:
+            fd, _ = _fd_arg(a[0])
+            o = self.fds.get((pid, fd))
+            if o is None:
+                self._emit("link", self._fd_path(a[0]), pid, lineno, path2=dst)
+                return
+        else:
+            m = re.fullmatch(r"/proc/(?:self|\d+)/fd/(\d+)", src_name or "")
+            if m and "AT_SYMLINK_FOLLOW" in flags:
+                o = self.fds.get((pid, int(m.group(1))))
+        if o is not None and o.anon and o.pending is not None:
+            # O_TMPFILE named at last: an exclusive create, then what it held back
+            if dst is None or self._skipped(dst):
+                self.trace.nr_skipped += 1
+                return
+            pending, o.pending = o.pending, None
+            o.path = dst
+            self._emit("open", dst, pid, lineno, flags=O_CREAT | O_EXCL | O_WRONLY, mode=o.mode)
+            for kind, kw in pending:
+                self._emit(kind, dst, pid, lineno, **kw)
+            return
+        if o is not None:
+            self._emit("link", o.path, pid, lineno, path2=dst)
+            return
+        self._emit("link", self._at(pid, a[0], a[1]), pid, lineno, path2=dst)
 
     def h_truncate(self, pid, a, r, ann, lineno):
         self._emit("truncate", self._path(pid, a[0]), pid, lineno, size=_int_arg(a[1]))
 
     def h_ftruncate(self, pid, a, r, ann, lineno):
-        self._emit("truncate", self._fd_path(a[0]), pid, lineno, size=_int_arg(a[1]))
+        self._fd_op(pid, a[0], "truncate", lineno, size=_int_arg(a[1]))
 
     def h_fsync(self, pid, a, r, ann, lineno):
-        self._emit("fsync", self._fd_path(a[0]), pid, lineno)
+        fd, _ = _fd_arg(a[0])
+        o = self.fds.get((pid, fd))
+        if o is not None and o.anon and o.pending is not None:
+            return   # nothing named yet
+        self._fd_op(pid, a[0], "fsync", lineno)
 
     def h_utimensat(self, pid, a, r, ann, lineno):
         p = _str_arg(a[1])
-        path = self._fd_path(a[0]) if p is None else self._at(pid, a[0], a[1])
-        self._emit("utime", path, pid, lineno, flags=int(len(a) > 3 and "AT_SYMLINK_NOFOLLOW" in a[3]))
+        nofollow = int(len(a) > 3 and "AT_SYMLINK_NOFOLLOW" in a[3])
+        if p is None or (p == "" and len(a) > 3 and "AT_EMPTY_PATH" in a[3]):
+            self._fd_op(pid, a[0], "utime", lineno, flags=nofollow)   # futimens: on the descriptor
+            return
+        self._emit("utime", self._at(pid, a[0], a[1]), pid, lineno, flags=nofollow)
 
     def h_utimes(self, pid, a, r, ann, lineno):
         self._emit("utime", self._path(pid, a[0]), pid, lineno)
@@ -525,15 +748,20 @@ class _Reader:
             self.cwd[pid] = p
 
     def h_stat(self, pid, a, r, ann, lineno):
-        self._note_stat(self._path(pid, a[0]), a[1] if len(a) > 1 else "")
+        self._note_stat(self._path(pid, a[0]), a[1] if len(a) > 1 else "", pid)
 
     def h_fstatat(self, pid, a, r, ann, lineno):
         p = _str_arg(a[1])
         path = self._fd_path(a[0]) if p == "" else self._at(pid, a[0], a[1])
-        self._note_stat(path, a[2] if len(a) > 2 else "")
+        self._note_stat(path, a[2] if len(a) > 2 else "", pid)
+
+    def h_statx(self, pid, a, r, ann, lineno):
+        p = _str_arg(a[1])
+        path = self._fd_path(a[0]) if p == "" else self._at(pid, a[0], a[1])
+        self._note_stat(path, a[4] if len(a) > 4 else "", pid)
 
     def h_fstat(self, pid, a, r, ann, lineno):
-        self._note_stat(self._fd_path(a[0]), a[1] if len(a) > 1 else "")
+        self._note_stat(self._fd_path(a[0]), a[1] if len(a) > 1 else "", pid)
 
 
 def _dev_arg(tok: str) -> int:
@@ -543,7 +771,8 @@ def _dev_arg(tok: str) -> int:
 
 _R = _Reader
 _HANDLERS = {
-    "open": _R.h_open, "openat": _R.h_openat, "creat": _R.h_creat,
+    "open": _R.h_open, "openat": _R.h_openat, "openat2": _R.h_openat2, "creat": _R.h_creat,
+    "fallocate": _R.h_fallocate,
     "write": _R.h_write, "writev": _R.h_write, "pwrite64": _R.h_pwrite, "pwritev": _R.h_pwrite,
     "pwritev2": _R.h_pwrite, "copy_file_range": _R.h_copy_file_range, "sendfile": _R.h_sendfile,
     "sendfile64": _R.h_sendfile, "read": _R.h_read, "readv": _R.h_read, "lseek": _R.h_lseek,
@@ -558,7 +787,9 @@ _HANDLERS = {
     "utimensat": _R.h_utimensat, "utimes": _R.h_utimes, "futimesat": _R.h_utimensat,
     "chdir": _R.h_chdir, "fchdir": _R.h_fchdir,
     "stat": _R.h_stat, "lstat": _R.h_stat, "newfstatat": _R.h_fstatat, "fstatat64": _R.h_fstatat,
-    "statx": None, "fstat": _R.h_fstat,
+    "statx": _R.h_statx, "fstat": _R.h_fstat,
+    "setxattr": _R.h_setxattr, "lsetxattr": _R.h_setxattr, "fsetxattr": _R.h_fsetxattr,
+    "ioctl": _R.h_ioctl,
 }
 _HANDLERS = {k: v for k, v in _HANDLERS.items() if v is not None}
 
@@ -599,7 +830,9 @@ def parse(lines: Iterable[str], *, skip_prefixes=SKIP_PREFIXES) -> Trace:
             continue
         argstr = body[p + 1:rm.start()]
         ann = rm.group(2)
-        rd.syscall(pid, name, argstr, rm.group(1), _unescape(ann) if ann is not None else None, lineno)
+        if ann is not None:
+            ann = _unescape(ann) + (" (deleted)" if rm.group(3) else "")
+        rd.syscall(pid, name, argstr, rm.group(1), ann, lineno)
     return t
 
 
@@ -620,9 +853,10 @@ def replay(ops: Iterable[FileOp], view, *, umask: int = 0o022, strict: bool = Fa
     view and deterministic bytes on a payload view.  An op the view refuses
     (the trace saw it succeed, but the replayed tree differs) is counted in
     ``errors`` (by errno name), or raised with ``strict``.  Returns counts:
-    ``applied``, ``errors``, ``bytes_written``.
+    ``applied``, ``errors``, ``bytes_written``, and ``modes_inferred`` (the
+    ACL modes taken from a source's ``stat``, see the module docstring).
     """
-    applied, written, errors = 0, 0, {}
+    applied, written, errors, inferred = 0, 0, {}, 0
     payload = bool(getattr(view, "payload", False))
     for op in ops:
         try:
@@ -630,12 +864,14 @@ def replay(ops: Iterable[FileOp], view, *, umask: int = 0o022, strict: bool = Fa
             applied += 1
             if op.kind == "write":
                 written += op.size
+            elif op.kind == "chmod" and op.flags & MODE_INFERRED:
+                inferred += 1
         except OSError as e:
             if strict:
                 raise
             name = errno.errorcode.get(e.errno, str(e.errno))
             errors[name] = errors.get(name, 0) + 1
-    return {"applied": applied, "errors": errors, "bytes_written": written}
+    return {"applied": applied, "errors": errors, "bytes_written": written, "modes_inferred": inferred}
 
 
 def _nofollow(fn, *args):
@@ -679,10 +915,17 @@ def _apply(view, op: FileOp, umask: int, payload: bool) -> None:
                   exclusive=bool(op.flags & O_EXCL), mode=(op.mode if op.mode >= 0 else 0o666) & ~umask)
     elif k == "truncate":
         view.truncate(op.path, op.size)
+    elif k == "fallocate":
+        if op.size > view.stat(op.path).st_size:
+            view.truncate(op.path, op.size)
     elif k == "rename":
         view.rename(op.path, op.path2)
     elif k == "exchange":
-        raise OSError(errno.EINVAL, "RENAME_EXCHANGE is not replayed", op.path)
+        # three renames through a name of its own, where the view has no exchange
+        tmp = op.path + ".thinp-exchange"
+        view.rename(op.path, tmp)
+        view.rename(op.path2, op.path)
+        view.rename(tmp, op.path2)
     elif k == "unlink":
         view.unlink(op.path)
     elif k == "rmdir":
@@ -693,7 +936,17 @@ def _apply(view, op: FileOp, umask: int, payload: bool) -> None:
         mode = op.mode if op.mode >= 0 else _stat.S_IFREG | 0o644
         view.mknod(op.path, _stat.S_IFMT(mode) | (_stat.S_IMODE(mode) & ~umask), op.size)
     elif k == "chmod":
-        view.chmod(op.path, op.mode)
+        mode = op.mode
+        if op.flags & CHMOD_ACL:   # an ACL sets the permission bits only
+            mode = (_stat.S_IMODE(view.stat(op.path).st_mode) & 0o7000) | (mode & 0o777)
+        view.chmod(op.path, mode)
+    elif k == "setxattr":
+        view.setxattr(op.path, op.path2, op.data if len(op.data) == op.size else bytes(op.size))
+    elif k == "clone":
+        size = view.stat(op.path2).st_size
+        view.truncate(op.path, 0)
+        if size:
+            view.write(op.path, 0, _data(size, op, payload))
     elif k == "chown":
         if op.flags & 1:
             _nofollow(view.chown, op.path, op.uid, op.gid)

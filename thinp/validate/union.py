@@ -12,6 +12,9 @@ Two checks, each returning rows for ``thinp validate drivers``:
 * :func:`kernel_replay`: the same replay of the strace reader's operations
   on a real kernel overlayfs mount, compared with the same fixture: a check
   of the reader and replay that does not involve the simulated drivers.
+* the reference capture (:func:`thinp.validate.capture.scenario_row`): a
+  trace recorded with ``thinp capture`` on a real overlay mount, replayed
+  with overlay2 and compared with the kernel's upper directory;
 * :func:`real_overlay_rows`: run one scripted workload on a real kernel
   overlayfs mount (lower and upper on tmpfs) and on the simulated overlay2,
   aufs and overlay, and compare what each upper holds: full copy-up of a
@@ -455,7 +458,9 @@ def kernel_replay(fixtures=None) -> dict:
 
 def validate_union_drivers(fixtures=None) -> list[dict]:
     """All union-driver validation rows: the kernel comparison, then the
-    overlay2 dpkg replay against the kernel's upper directory."""
+    overlay2 dpkg replay against the kernel's upper directory.  (The captured
+    reference scenario's row is :func:`thinp.validate.capture.scenario_row`,
+    which builds on this module.)"""
     rows = real_overlay_rows()
     if overlay_mountable()[0]:
         try:

@@ -74,7 +74,10 @@ __all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "loads", "parse_workloa
            "archive_image", "OPS", "PROFILES", "profile_rows", "WorkloadError", "glob_match", "Selectable"]
 
 OPS = ("read", "write", "append", "overwrite", "create", "delete", "rename", "chmod", "mkdir",
-       "fsync", "commit", "diff", "export", "rm", "strace", "tree", "files")
+       "fsync", "commit", "diff", "export", "rm", "strace", "tree", "files",
+       "stat", "readdir", "readlink", "walk", "exec")
+#: ops that act on a ``path`` only (a directory, a symlink or a tree top)
+PATH_ONLY = ("readdir", "readlink", "walk")
 PROFILES = ("debian-minbase",)
 
 
@@ -143,6 +146,13 @@ class Workload:
     seed: int = 0
     description: str = ""
     source: str = "<api>"
+    #: processes per container, each running the steps at once (``{p}`` in
+    #: paths is the process index); engine steps run once per container
+    processes: int = 1
+    #: each container is a ``docker run --rm``: the engine's fixed costs of
+    #: create, start, stop and remove are priced, and the container is
+    #: removed after its steps
+    run_rm: bool = False
 
     def __post_init__(self):
         # the Python API takes a profile name or an archive path for ``image``
@@ -150,7 +160,7 @@ class Workload:
             self.image = ImageSpec.of(self.image)
 
 
-_TOP_KEYS = {"name", "description", "containers", "seed", "image", "steps"}
+_TOP_KEYS = {"name", "description", "containers", "seed", "image", "steps", "processes", "run_rm"}
 _IMAGE_KEYS = {"profile", "archive", "layers", "extra"}
 _LAYER_KEYS = {"files", "size", "dirs", "prefix", "mode"}
 _STEP_KEYS = {"op", "path", "glob", "sample", "size", "offset", "count", "block", "mode", "to",
@@ -279,16 +289,26 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
             if not _trace_exists(st.trace):
                 raise _err(src, k + ".trace", s["trace"], "no such strace file (here or in the fixtures)")
         if op in ("read", "write", "append", "overwrite", "create", "delete", "rename", "chmod",
-                  "mkdir", "fsync", "files") and not (st.path or st.glob or st.sample):
+                  "mkdir", "fsync", "files", "stat", "exec") and not (st.path or st.glob or st.sample):
             raise _err(src, k + ".path", None, f"op {op!r} needs path, glob or sample")
+        if op in PATH_ONLY:
+            if st.glob or st.sample:
+                key, val = (k + ".glob", st.glob) if st.glob else (k + ".sample", st.sample)
+                raise _err(src, key, val, f"op {op!r} takes a path, not glob or sample")
+            if not st.path:
+                raise _err(src, k + ".path", None, f"op {op!r} needs path")
         if op in MAKES_PATH and (st.glob or st.sample):
             key, val = (k + ".glob", st.glob) if st.glob else (k + ".sample", st.sample)
             raise _err(src, key, val, f"op {op!r} makes its path: give path, not glob or sample")
         if st.glob is not None and not (isinstance(st.glob, str) and st.glob.strip("/")):
             raise _err(src, k + ".glob", st.glob, "want a path pattern like \"/usr/lib/**/*.so\"")
         steps.append(st)
+    run_rm = d.get("run_rm", False)
+    if not isinstance(run_rm, bool):
+        raise _err(src, "run_rm", run_rm, "want true or false")
     wl = Workload(name, img, _int(src, "containers", d.get("containers", 1), 1), steps,
-                  _int(src, "seed", d.get("seed", 0)), d.get("description", ""), src)
+                  _int(src, "seed", d.get("seed", 0)), d.get("description", ""), src,
+                  _int(src, "processes", d.get("processes", 1), 1), run_rm)
     check_globs(wl)
     return wl
 
@@ -437,37 +457,37 @@ class Selectable:
         out -= self.gone
         return sorted(out)
 
-    def record(self, st: Step, paths: list[str], ci: int = 0) -> None:
+    def record(self, st: Step, paths: list[str], ci: int = 0, p: int = 0) -> None:
         """What step ``st`` changed, given the concrete paths it acted on
         (``paths[i]`` per repetition; for ``rename`` the sources, renamed to
         ``st.to`` or ``<path>.renamed``)."""
         op = st.op
         if op in ("create", "append"):
-            for p in paths:
-                self.add_file(p)
+            for q in paths:
+                self.add_file(q)
         elif op == "mkdir":
-            for p in paths:
-                self.add_dir(p)
+            for q in paths:
+                self.add_dir(q)
         elif op == "delete":
-            for p in paths:
-                self.remove(p)
+            for q in paths:
+                self.remove(q)
         elif op == "rename":
-            for p in paths:     # one repetition: i = 0, as the runner renames
-                self.rename(p, (st.to or p + ".renamed").format(c=ci, i=0))
+            for q in paths:     # one repetition: i = 0, as the runner renames
+                self.rename(q, (st.to or q + ".renamed").format(c=ci, i=0, p=p))
         elif op == "files":
-            base = st.path.format(c=ci, i=0)
+            base = st.path.format(c=ci, i=0, p=p)
             self.add_dir(base)
             for i in range(st.count):
                 self.add_file(f"{base}/d{i // 1000:03d}/f{i:05d}")
         elif op == "tree":
-            level = [st.path or "/tree"]
+            level = [(st.path or "/tree").format(c=ci, i=0, p=p)]
             self.add_dir(level[0])
             for _d in range(st.depth):
                 nxt = []
-                for p in level:
-                    nxt += [f"{p}/{k}" for k in range(st.fanout)]
+                for top in level:
+                    nxt += [f"{top}/{k}" for k in range(st.fanout)]
                     if st.size:
-                        self.add_file(p + "/f")
+                        self.add_file(top + "/f")
                 for q in nxt:
                     self.add_dir(q)
                 level = nxt
@@ -479,7 +499,7 @@ def static_paths(st: Step, sel: Selectable, ci: int = 0) -> list[str] | None:
     drawn at random."""
     if st.path:
         reps = st.count if st.op in ("create", "append") else 1
-        return [st.path.format(c=ci, i=i) for i in range(reps)]
+        return [st.path.format(c=ci, i=i, p=0) for i in range(reps)]
     if st.glob and not st.sample:
         return sel.select(st.glob, dirs=st.op in SELECTS_DIRS)
     return None
@@ -500,7 +520,7 @@ def check_globs(wl: Workload, files: list[str] | None = None, dirs=None) -> None
             raise _err(wl.source, f"steps[{n}].glob", s.glob,
                        f"matches no {what} in the image or made by earlier steps")
         if s.op in ("commit", "diff", "export", "rm", "strace", "fsync", "read", "write",
-                    "overwrite", "chmod"):
+                    "overwrite", "chmod", "stat", "readdir", "readlink", "walk", "exec"):
             continue
         paths = static_paths(s, sel)
         if paths is not None:

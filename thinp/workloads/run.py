@@ -29,6 +29,9 @@ class RunResult:
     per_container: list[dict] = field(default_factory=list)
     phases: dict[str, dict] = field(default_factory=dict)
     error: str | None = None
+    #: the operations the containers made, for the timing model
+    #: (:class:`thinp.workloads.oplog.OpLog`; None when the run was not recorded)
+    oplog: object = None
 
 
 def _delta(a: dict, b: dict) -> dict:
@@ -40,18 +43,28 @@ def _add(acc: dict, d: dict) -> None:
         acc[k] = acc.get(k, 0) + v
 
 
+#: sizes below this are never scaled: a 5-byte append or a 4 KiB write
+#: stays what it is (scaling it would change what the kernel does with it)
+SCALE_MIN_BYTES = 64 << 10
+
+
 def scaled(w: Workload, scale: float) -> Workload:
-    """A copy of ``w`` with container, repetition and size counts times ``scale``."""
+    """A copy of ``w`` with container and repetition counts times ``scale``,
+    and sizes of :data:`SCALE_MIN_BYTES` or more times ``scale`` (never
+    below it); smaller sizes stay as they are."""
     if scale == 1.0:
         return w
     s = lambda n, lo=1: max(lo, int(round(n * scale)))   # noqa: E731
-    layers = [dataclasses.replace(l, size=s(l.size, 4096)) if isinstance(l.size, int) else l
+
+    def sz(n):
+        return n if n < SCALE_MIN_BYTES else max(SCALE_MIN_BYTES, int(round(n * scale)))
+    layers = [dataclasses.replace(l, size=sz(l.size)) if isinstance(l.size, int) else l
               for l in w.image.layers]
-    img = dataclasses.replace(w.image, extra=[(p, s(n, 64 << 10)) for p, n in w.image.extra],
+    img = dataclasses.replace(w.image, extra=[(p, sz(n)) for p, n in w.image.extra],
                               layers=layers)
     steps = []
     for st in w.steps:
-        st = dataclasses.replace(st, count=s(st.count), size=s(st.size, 1) if st.size else 0,
+        st = dataclasses.replace(st, count=s(st.count), size=sz(st.size),
                                  depth=max(1, int(round(st.depth * scale ** 0.5))) if st.depth else 0)
         steps.append(st)
     return dataclasses.replace(w, image=img, containers=s(w.containers), steps=steps)
@@ -66,13 +79,15 @@ class _Runner:
         self._image = Selectable(files, dirs)     # the image's paths; its match cache is shared
         self.app_bytes_written = 0                # bytes the steps passed to write(2)
         self.sel: dict[int, Selectable] = {}      # container index -> its selectable paths
+        self.rec = None                           # thinp.timing.Recorder, when recording
+        self.p = 0                                # the process running the current step
 
     def data(self, n: int, seed: int):
         return content(seed, n) if self.payload else n
 
     def paths(self, st: Step, ci: int, rng, i: int = 0, si: int = 0) -> list[str]:
         if st.path:
-            return [st.path.format(c=ci, i=i)]
+            return [st.path.format(c=ci, i=i, p=self.p)]
         pool = self.selectable(ci).select(st.glob, dirs=st.op in SELECTS_DIRS)
         if not pool:
             key, val = (f"steps[{si}].glob", st.glob) if st.glob else (f"steps[{si}].sample", st.sample)
@@ -89,35 +104,61 @@ class _Runner:
             sel = self.sel[ci] = self._image.copy()
         return sel
 
+    def engine_op(self, kind: str, fn, *a, **kw):
+        """An engine call (commit, diff, export, rm), logged when recording."""
+        if self.rec is None:
+            return fn(*a, **kw)
+        return self.rec.around(kind, fn, *a, **kw)
+
     def step(self, c, ci: int, si: int, st: Step, rng):
-        v = _CountingView(self.eng.mount(c), self)
+        p = self.p          # the process running this step (set by the caller)
+        raw = self.eng.mount(c)
+        view = raw if self.rec is None else self.rec.view(raw)
+        v = _CountingView(view, self)
         op = st.op
         if op in ("files", "tree"):
-            self.selectable(ci).record(st, [], ci)
-        seed = self.w.seed * 1_000_003 + ci * 1009 + si
+            self.selectable(ci).record(st, [], ci, p)
+        seed = self.w.seed * 1_000_003 + ci * 1009 + si + p * 100_003
+        if op in ("stat", "readdir", "readlink", "walk", "exec"):
+            for i in range(st.count):
+                for q in self.paths(st, ci, rng, i, si):
+                    if op == "stat":
+                        v.stat(q)
+                    elif op == "readdir":
+                        v.listdir(q)
+                    elif op == "readlink":
+                        v.readlink(q)
+                    elif op == "walk":
+                        for _ in v.walk(q):
+                            pass
+                    elif self.rec is not None:
+                        self.rec.around("exec", _exec, raw, q, path=q)
+                    else:
+                        _exec(raw, q)
+            return c
         if op in ("commit", "diff", "export", "rm"):
             if ci % st.every:
                 return c
             if op == "commit":
-                img = self.eng.commit(c, f"thinp-wl/{self.w.name}-{ci}:{si}",
-                                      created="2024-01-01T00:00:00Z")
+                img = self.engine_op("commit", self.eng.commit, c, f"thinp-wl/{self.w.name}-{ci}:{si}",
+                                     created="2024-01-01T00:00:00Z")
                 if st.chain:
                     self.eng.rm(c, force=True)
                     c = self.eng.create(img.id)
                     self.eng.start(c)
             elif op == "diff":
-                self.eng.diff(c)
+                self.engine_op("diff", self.eng.diff, c)
             elif op == "export":
-                self.eng.export(c, io.BytesIO() if not self.payload else _Null())
+                self.engine_op("export", self.eng.export, c, io.BytesIO() if not self.payload else _Null())
             else:
-                self.eng.rm(c, force=True)
+                self.engine_op("container_rm", self.eng.rm, c, force=True)
                 return None
             return c
         if op == "strace":
             self.strace(v, st)
             return c
         if op == "tree":
-            base = st.path or "/tree"
+            base = (st.path or "/tree").format(c=ci, i=0, p=p)
             self._mkdirs(v, base)
             level = [base]
             for d in range(st.depth):
@@ -133,7 +174,7 @@ class _Runner:
                 level = nxt
             return c
         if op == "files":
-            base = st.path.format(c=ci, i=0)
+            base = st.path.format(c=ci, i=0, p=p)
             self._mkdirs(v, base)
             per = 1000
             for i in range(st.count):
@@ -144,7 +185,7 @@ class _Runner:
                 if st.size:
                     v.write(f"{d}/f{i:05d}", 0, self.data(st.size, seed + i))
             return c
-        reps = 1 if op in ("mkdir", "chmod", "delete", "rename", "fsync", "read", "overwrite") else st.count
+        reps = 1 if op in ("mkdir", "chmod", "delete", "rename", "fsync", "overwrite") else st.count
         done: list[str] = []
         try:
             for i in range(reps):
@@ -153,7 +194,7 @@ class _Runner:
                     done.append(p)
         finally:    # what the step did, even if it stopped half-way (ENOSPC)
             if op in ("create", "append", "mkdir", "delete", "rename"):
-                self.selectable(ci).record(st, done, ci)
+                self.selectable(ci).record(st, done, ci, p)
         return c
 
     def _op(self, v, st: Step, p: str, ci: int, i: int, rng, seed: int) -> None:
@@ -189,7 +230,7 @@ class _Runner:
         elif op == "delete":
             v.unlink(p)
         elif op == "rename":
-            v.rename(p, (st.to or p + ".renamed").format(c=ci, i=i))
+            v.rename(p, (st.to or p + ".renamed").format(c=ci, i=i, p=self.p))
         elif op == "chmod":
             v.chmod(p, st.mode)
         elif op == "mkdir":
@@ -225,10 +266,12 @@ class _Runner:
             if not v.exists(p):
                 v.create(p, 0o644)
                 v.write(p, 0, self.data(size, len(p)))
-        for d in ("/var/log",):
-            self._mkdirs(v, d)
-        if not v.exists("/var/log/dpkg.log"):
-            v.create("/var/log/dpkg.log", 0o644)
+        if any(op.path == "/var/log/dpkg.log" for op in tr.ops):
+            # dpkg appends to a log its image already had (the fixture's lower did);
+            # a trace that never touches it gets no such file
+            self._mkdirs(v, "/var/log")
+            if not v.exists("/var/log/dpkg.log"):
+                v.create("/var/log/dpkg.log", 0o644)
         _strace.replay(tr.ops, v)
 
 
@@ -299,7 +342,7 @@ def _image_files(eng: Engine, ref: str) -> tuple[list[str], list[str]]:
 
 
 def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0, progress=None,
-        **driver_options) -> RunResult:
+        record: bool = True, **driver_options) -> RunResult:
     """Run ``workload`` (a :class:`Workload`, a TOML path or a scenario name) on ``driver``.
 
     Phases: ``image_load`` (build the image, add its layers), ``containers_create``
@@ -315,6 +358,9 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
     model's write-amplification denominator).  ``per_container[i]`` holds ``create`` and ``steps``
     deltas.  ``scale`` multiplies container counts, step repetitions and sizes and
     synthetic file counts, and keeps every ``round(1/scale)``-th file of a profile.
+
+    ``record`` keeps the containers' operations in ``oplog`` for the timing
+    model (:func:`thinp.timing.simulate`).
 
     A driver limit (``TooManyLayersError``, a devicemapper ``NoSpaceError``, a
     thin pool that fills up: :class:`PoolFullError`, ENOSPC) stops the run and is
@@ -343,9 +389,15 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
             m[APP_BYTES] = runner.app_bytes_written if runner is not None else 0
             return m
 
+        rec = None
+
         def mark(phase, per=None, quiet=False):
             nonlocal last
-            now = measure(quiet)
+            if rec is not None and phase != "image_load":
+                rec.phase = phase
+                now = rec.around("sync", measure, quiet)
+            else:
+                now = measure(quiet)
             d = _delta(last, now)
             _add(res.phases.setdefault(phase, {}), d)
             if per is not None:
@@ -368,30 +420,74 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
             check_globs(w, files, dirs)
             mark("image_load")
             r = runner = _Runner(eng, w, ref, files, scale, dirs)
+            if record and hasattr(eng.driver, "op_counters"):
+                from .oplog import OpLog, Recorder
+
+                rec = r.rec = Recorder(eng.driver, OpLog(driver))
+                res.oplog = rec.log
             conts = []
             for ci in range(w.containers):
                 per = {"container": ci}
                 res.per_container.append(per)
-                conts.append(eng.create(ref, name=f"wl{ci}"))
-                eng.start(conts[-1])
+                if rec is not None:
+                    rec.pid, rec.phase = rec.log.proc(ci), "containers_create"
+                    if w.run_rm:
+                        rec.log.add(rec.pid, "engine_run", rec.phase)
+                    conts.append(rec.around("container_start", _create_start, eng, ref, f"wl{ci}"))
+                    _barrier(rec, ci, w.processes, "start")
+                else:
+                    conts.append(_create_start(eng, ref, f"wl{ci}"))
                 _check_pool(eng)
                 d = mark("containers_create")
                 per["create"] = d
                 if progress:
                     progress(ci + 1, w.containers * 2)
             for ci, c in enumerate(conts):
-                rng = np.random.default_rng([w.seed, ci])
+                rngs = [np.random.default_rng([w.seed, ci] if p == 0 else [w.seed, ci, p])
+                        for p in range(w.processes)]
                 steps_d = {}
                 pending = None      # metrics are read only where the phase changes (stats can be slow)
+                if rec is not None:
+                    rec.pid = rec.log.proc(ci)
                 for si, st in enumerate(w.steps):
                     if c is None:
                         break
                     ph = PHASE_OF.get(st.op, "steps")
                     if pending is not None and ph != pending:
+                        if rec is not None:
+                            rec.pid = rec.log.proc(ci)
                         _add(steps_d, mark(pending))
                     pending = ph
-                    c = r.step(c, ci, si, st, rng)
+                    if rec is not None:
+                        rec.phase = ph
+                    if st.op in PHASE_OF:       # an engine step: once, when every process got here
+                        _barrier(rec, ci, w.processes, f"step{si}")
+                        if rec is not None:
+                            rec.pid = rec.log.proc(ci)
+                        r.p = 0
+                        c = r.step(c, ci, si, st, rngs[0])
+                        _barrier(rec, ci, w.processes, f"step{si}-done")
+                    else:
+                        for p in range(w.processes):
+                            if rec is not None:
+                                rec.pid = rec.log.proc(ci, p)
+                            r.p = p
+                            c = r.step(c, ci, si, st, rngs[p])
                     _check_pool(eng)
+                if rec is not None:
+                    rec.pid = rec.log.proc(ci)
+                if w.run_rm and c is not None:
+                    _barrier(rec, ci, w.processes, "rm")
+                    if pending != "rm":
+                        if pending is not None:
+                            _add(steps_d, mark(pending))
+                        pending = "rm"
+                    if rec is not None:
+                        rec.phase = "rm"
+                    r.engine_op("container_rm", eng.rm, c, force=True)
+                    if rec is not None:
+                        rec.log.add(rec.pid, "engine_rm", "rm")
+                    c = None
                 if pending is not None:
                     _add(steps_d, mark(pending))
                 per = res.per_container[ci]
@@ -408,4 +504,29 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
             mark("error", quiet=True)      # a full pool may refuse the writeback too
         res.metrics = measure(quiet=True)
         res.metrics.pop(APP_BYTES)
+        if rec is not None:
+            rec.close()
     return res
+
+
+def _barrier(rec, ci: int, n: int, name: str) -> None:
+    """Every process of container ``ci`` waits here for the others (logged
+    only: the runner itself runs them one after another)."""
+    if rec is None or n <= 1:
+        return
+    for p in range(n):
+        rec.log.add(rec.log.proc(ci, p), "barrier", rec.phase, n, f"{ci}:{name}")
+
+
+def _exec(view, path: str) -> None:
+    """fork/exec of ``path``: the lookup, then the binary's pages through
+    the page cache (the loader maps and faults in what it runs; here, the
+    whole file)."""
+    view.stat(path)
+    view.read(path, 0, None)
+
+
+def _create_start(eng: Engine, ref: str, name: str):
+    c = eng.create(ref, name=name)
+    eng.start(c)
+    return c

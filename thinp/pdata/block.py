@@ -1,0 +1,155 @@
+"""dm's block manager: 4 KiB metadata blocks with a checksum and a self-location.
+
+Every metadata block dm writes begins with a little-endian header::
+
+    offset 0  __le32 csum      dm_bm_checksum of bytes 4..4095, xor a salt
+    offset 4  __le32 flags     (superblock flags; btree node flags; unused)
+    offset 8  __le64 blocknr   the block's own number
+
+The salt (xor) differs per block type, so a bitmap can never pass as a btree
+node.  A :class:`Validator` names one type and checks/prepares its blocks.
+The block device itself is ``uint8[nr_blocks, 4096]`` (an mmap of the file,
+or an in-memory array); :class:`BlockManager` wraps it and raises
+:class:`~thinp.errors.MetadataCorruptError` naming the block and the type.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import errors
+from ..config import METADATA_BLOCK_SIZE
+from .crc32c import TABLE, crc32c_update
+
+BLOCK_SIZE = METADATA_BLOCK_SIZE
+#: dm's per-type checksum salts (dm-thin-metadata.c, dm-btree-spine.c,
+#: dm-space-map-common.c).
+SUPERBLOCK_CSUM_XOR = 160774
+BTREE_CSUM_XOR = 121107
+BITMAP_CSUM_XOR = 240779
+INDEX_CSUM_XOR = 160478
+
+
+@dataclass(frozen=True)
+class Validator:
+    """One block type: its name (for messages) and checksum salt."""
+
+    name: str
+    xor: int
+
+    def checksum(self, blk: np.ndarray) -> int:
+        return int(crc32c_update(TABLE, np.uint32(0xFFFFFFFF), blk[4:])) ^ self.xor
+
+    def check(self, blk: np.ndarray, b: int) -> str | None:
+        """None when block ``b``'s bytes ``blk`` are valid, else what is wrong."""
+        hdr = blk[:16]
+        stored_loc = int(hdr[8:16].view("<u8")[0])
+        if stored_loc != b:
+            return f"{self.name} block {b}: it says it is block {stored_loc}"
+        stored = int(hdr[0:4].view("<u4")[0])
+        if stored != self.checksum(blk):
+            return f"{self.name} block {b}: bad checksum"
+        return None
+
+    def prepare(self, blk: np.ndarray, b: int) -> None:
+        """Stamp the location and checksum into ``blk`` before it is written."""
+        blk[8:16].view("<u8")[0] = b
+        blk[0:4].view("<u4")[0] = self.checksum(blk)
+
+
+SUPERBLOCK = Validator("superblock", SUPERBLOCK_CSUM_XOR)
+BTREE_NODE = Validator("btree node", BTREE_CSUM_XOR)
+BITMAP = Validator("space map bitmap", BITMAP_CSUM_XOR)
+INDEX = Validator("space map index", INDEX_CSUM_XOR)
+
+
+def corrupt(msg: str) -> errors.MetadataCorruptError:
+    return errors.MetadataCorruptError(f"metadata corrupt: {msg}")
+
+
+class BlockManager:
+    """The blocks of one metadata device.
+
+    ``blocks`` is ``uint8[nr_blocks, 4096]``.  :meth:`read` validates a block
+    (once per open; a block that passed is remembered until it is written).
+    """
+
+    def __init__(self, blocks: np.ndarray, path: str | None = None, mm=None, fd: int = -1):
+        self.blocks = blocks
+        self.path = path
+        self.mm = mm
+        self.fd = fd
+        self._valid: dict[int, Validator] = {}
+        #: blocks written in the open transaction, not sealed yet: trusted as they are
+        self.fresh: set[int] = set()
+
+    @property
+    def nr_blocks(self) -> int:
+        return self.blocks.shape[0]
+
+    # ---------------------------------------------------------------- files
+    @classmethod
+    def open_file(cls, path: str, writable: bool = False) -> "BlockManager":
+        """Map a metadata file.  A read-only open maps privately (writes to
+        the array never reach the file)."""
+        fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        size = os.fstat(fd).st_size
+        if size < BLOCK_SIZE:
+            os.close(fd)
+            raise corrupt(f"{path}: {size} bytes, smaller than one {BLOCK_SIZE}-byte block")
+        nr = size // BLOCK_SIZE
+        if writable:
+            mm = mmap.mmap(fd, nr * BLOCK_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        else:
+            mm = mmap.mmap(fd, nr * BLOCK_SIZE, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+        arr = np.frombuffer(mm, dtype=np.uint8).reshape(nr, BLOCK_SIZE)
+        return cls(arr, path=path, mm=mm, fd=fd)
+
+    @classmethod
+    def in_memory(cls, nr_blocks: int) -> "BlockManager":
+        return cls(np.zeros((nr_blocks, BLOCK_SIZE), dtype=np.uint8))
+
+    def close(self) -> None:
+        self.blocks = np.zeros((0, BLOCK_SIZE), dtype=np.uint8)
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:
+                pass
+            self.mm = None
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    # ---------------------------------------------------------------- blocks
+    def read(self, b: int, v: Validator) -> np.ndarray:
+        """Block ``b`` (a view), checked by ``v``; MetadataCorruptError if not."""
+        if not 0 <= b < self.blocks.shape[0]:
+            raise corrupt(f"{v.name} block {b} is outside the metadata device ({self.blocks.shape[0]} blocks)")
+        blk = self.blocks[b]
+        if b in self.fresh:
+            return blk
+        if self._valid.get(b) is not v:
+            problem = v.check(blk, b)
+            if problem:
+                raise corrupt(problem)
+            self._valid[b] = v
+        return blk
+
+    def raw(self, b: int) -> np.ndarray:
+        """Block ``b`` unchecked (for writers that own it in this transaction)."""
+        return self.blocks[b]
+
+    def forget(self, b: int) -> None:
+        """Block ``b`` is being rewritten in this transaction."""
+        self._valid.pop(b, None)
+        self.fresh.add(b)
+
+    def seal(self, b: int, v: Validator) -> None:
+        """Stamp block ``b`` as a ``v`` block (location, checksum)."""
+        v.prepare(self.blocks[b], b)
+        self._valid[b] = v
+        self.fresh.discard(b)

@@ -1,0 +1,136 @@
+"""dm's disk space map (data blocks), counts in RAM, written at commit.
+
+``count`` (uint32[nr_blocks]) holds every data block's reference count now,
+``committed`` as of the last commit.  On disk (dm-space-map-disk.c): one
+bitmap block per 16,320 blocks, their index entries in a btree keyed by
+bitmap number (16-byte values), and a ref-count btree for counts >= 3.
+Allocation is the lowest block free now and at the last commit, from a
+cursor that restarts at 0 after each commit.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import errors
+from . import btree_write as bw
+from .block import BITMAP
+from .space_map import ENTRIES_PER_BITMAP, find_free, INDEX_ENTRY_DTYPE, SmRoot, nr_bitmaps
+from .transaction import TransactionManager, update_index_entry, write_bitmap
+
+INDEX_VALUE = bw.ValueType(16)
+COUNT_VALUE = bw.ValueType(4)
+
+
+class DiskSpaceMap:
+    def __init__(self, tm: TransactionManager, count: np.ndarray):
+        self.tm = tm
+        self.count = count.astype(np.uint32, copy=True)
+        self.committed = self.count.copy()
+        #: free now and at the last commit: what allocation may hand out
+        self.free = self.count == 0
+        self.begin = 0
+        self.bitmap_root = 0
+        self.ref_count_root = 0
+        self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
+
+    @property
+    def nr_blocks(self) -> int:
+        return self.count.shape[0]
+
+    @property
+    def nr_free(self) -> int:
+        return int(self.nr_blocks - np.count_nonzero(self.count))
+
+    @classmethod
+    def format(cls, tm: TransactionManager, nr_blocks: int) -> "DiskSpaceMap":
+        """sm_ll_new_disk + extend: empty ref-count and index trees, and a
+        zeroed bitmap for every 16,320 blocks."""
+        sm = cls(tm, np.zeros(nr_blocks, dtype=np.uint32))
+        sm.ref_count_root = bw.empty(tm, 4)
+        sm.bitmap_root = bw.empty(tm, 16)
+        sm.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
+        sm._extend_bitmaps(nr_bitmaps(nr_blocks))
+        return sm
+
+    def _extend_bitmaps(self, n: int) -> None:
+        old = len(self.index_entries)
+        ies = np.zeros(n, dtype=INDEX_ENTRY_DTYPE)
+        ies[:old] = self.index_entries
+        for i in range(old, n):
+            b, _ = self.tm.new_block(BITMAP)
+            ies[i] = (b, ENTRIES_PER_BITMAP, 0)
+            self.bitmap_root, _ = bw.insert(self.tm, self.bitmap_root, [i], ies[i:i + 1].view(np.uint8).copy(),
+                                            INDEX_VALUE)
+        self.index_entries = ies
+
+    @classmethod
+    def load(cls, tm: TransactionManager, root: SmRoot, count: np.ndarray, index: list) -> "DiskSpaceMap":
+        sm = cls(tm, count)
+        sm.bitmap_root = root.bitmap_root
+        sm.ref_count_root = root.ref_count_root
+        sm.index_entries = np.array(index, dtype=INDEX_ENTRY_DTYPE)
+        return sm
+
+    def extend(self, nr_blocks: int) -> None:
+        """Grow to ``nr_blocks`` (dm_sm_extend)."""
+        if nr_blocks < self.nr_blocks:
+            raise ValueError(f"a space map cannot shrink ({self.nr_blocks} -> {nr_blocks} blocks)")
+        grow = nr_blocks - self.nr_blocks
+        self.count = np.concatenate([self.count, np.zeros(grow, dtype=np.uint32)])
+        self.committed = np.concatenate([self.committed, np.zeros(grow, dtype=np.uint32)])
+        self.free = np.concatenate([self.free, np.ones(grow, dtype=bool)])
+        self._extend_bitmaps(nr_bitmaps(nr_blocks))
+
+    # ------------------------------------------------------------- counts
+    def alloc(self) -> int | None:
+        """dm_sm_new_block: the lowest block free now and at the last
+        commit from the cursor (wrapping once), count 1; None when full."""
+        b = find_free(self.free, self.begin)
+        if b >= 0:
+            self.begin = b + 1
+            self.count[b] = 1
+            self.free[b] = False
+            return b
+        return None
+
+    def inc(self, blocks) -> None:
+        b = np.asarray(blocks, dtype=np.int64)
+        np.add.at(self.count, b, 1)
+        self.free[b] = False
+
+    def dec(self, blocks) -> None:
+        b = np.asarray(blocks, dtype=np.int64)
+        if np.any(self.count[b] == 0):
+            bad = int(b[np.flatnonzero(self.count[b] == 0)[0]])
+            raise errors.MetadataCorruptError(f"metadata corrupt: data block {bad} released with count 0")
+        np.subtract.at(self.count, b, 1)
+        back = b[(self.count[b] == 0) & (self.committed[b] == 0)]
+        self.free[back] = True  # allocated and released in this transaction
+
+    # ------------------------------------------------------------- commit
+    def commit(self) -> SmRoot:
+        """sm_disk_commit: write changed bitmaps, index entries and
+        ref counts; returns the root for the superblock."""
+        tm = self.tm
+        changed = np.flatnonzero(self.count != self.committed)
+        for b in changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)].tolist():
+            c = int(self.count[b])
+            if c >= 3:
+                self.ref_count_root, _ = bw.insert(tm, self.ref_count_root, [b],
+                                                   np.array([c], dtype="<u4").view(np.uint8), COUNT_VALUE)
+            else:
+                self.ref_count_root, _ = bw.remove(tm, self.ref_count_root, [b], COUNT_VALUE)
+        for i in sorted({b // ENTRIES_PER_BITMAP for b in changed.tolist()}):
+            lo = i * ENTRIES_PER_BITMAP
+            cur = self.count[lo:lo + ENTRIES_PER_BITMAP]
+            old = self.committed[lo:lo + ENTRIES_PER_BITMAP]
+            nb, blk, _ = tm.shadow(int(self.index_entries[i]["blocknr"]), BITMAP)
+            write_bitmap(blk, cur)
+            ie = self.index_entries[i:i + 1]
+            update_index_entry(ie, cur, old)
+            ie["blocknr"] = nb
+            self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], ie.view(np.uint8).copy(), INDEX_VALUE)
+        self.committed[:] = self.count
+        self.free = self.count == 0
+        self.begin = 0
+        return SmRoot(self.nr_blocks, int(np.count_nonzero(self.count)), self.bitmap_root, self.ref_count_root)

@@ -1,0 +1,137 @@
+"""dm's space maps: reference counts of data and metadata blocks on disk.
+
+Both kinds share one low-level layout (dm-space-map-common.h):
+
+* **bitmap blocks** (salt BITMAP_CSUM_XOR): a 16-byte header (csum,
+  not_used, blocknr) and 4080 bytes of 2-bit entries, 16,320 a block.  In
+  each little-endian 64-bit word, entry j (0..31) is bits 2j (high) and
+  2j+1 (low): 0 free, 1 and 2 the count, 3 "look in the ref-count tree".
+* **index entries** (16 bytes): ``__le64 blocknr; __le32 nr_free;
+  __le32 none_free_before`` for each bitmap.
+* a **ref-count btree** (uint32 values) holds every count >= 3.
+* the root (``disk_sm_root``, 32 bytes in the superblock): nr_blocks,
+  nr_allocated, bitmap_root, ref_count_root.
+
+The data ("disk") space map keeps its index entries in a btree (16-byte
+values, keyed by bitmap number).  The metadata space map keeps them in one
+index block (salt INDEX_CSUM_XOR: csum, padding, blocknr, then 255 entries),
+so the metadata device holds at most 255 * 16,320 blocks (about 15.9 GiB).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .block import BITMAP, INDEX, BlockManager, corrupt
+from .btree import collect
+
+ENTRIES_PER_BITMAP = (4096 - 16) * 4  # 16,320
+MAX_METADATA_BITMAPS = 255
+INDEX_ENTRY_DTYPE = np.dtype([("blocknr", "<u8"), ("nr_free", "<u4"), ("none_free_before", "<u4")])
+SM_ROOT_DTYPE = np.dtype([("nr_blocks", "<u8"), ("nr_allocated", "<u8"),
+                          ("bitmap_root", "<u8"), ("ref_count_root", "<u8")])
+
+
+@dataclass
+class SmRoot:
+    nr_blocks: int
+    nr_allocated: int
+    bitmap_root: int
+    ref_count_root: int
+
+    @classmethod
+    def unpack(cls, raw: np.ndarray) -> "SmRoot":
+        r = raw[:32].view(SM_ROOT_DTYPE)[0]
+        return cls(int(r["nr_blocks"]), int(r["nr_allocated"]), int(r["bitmap_root"]), int(r["ref_count_root"]))
+
+    def pack(self, out: np.ndarray) -> None:
+        out[:] = 0
+        r = out[:32].view(SM_ROOT_DTYPE)
+        r["nr_blocks"], r["nr_allocated"] = self.nr_blocks, self.nr_allocated
+        r["bitmap_root"], r["ref_count_root"] = self.bitmap_root, self.ref_count_root
+
+
+def find_free(free: np.ndarray, begin: int) -> int:
+    """The first True of ``free`` at or after ``begin``, wrapping once to 0;
+    -1 if none (dm's find-free-from-cursor, searched in windows)."""
+    n = len(free)
+    for lo, hi in ((begin, n), (0, min(begin, n))):
+        pos = lo
+        step = 4096
+        while pos < hi:
+            end = min(hi, pos + step)
+            i = int(np.argmax(free[pos:end]))
+            if free[pos + i]:
+                return pos + i
+            pos = end
+            step = min(step * 4, 1 << 20)
+    return -1
+
+
+def nr_bitmaps(nr_blocks: int) -> int:
+    return -(-nr_blocks // ENTRIES_PER_BITMAP)
+
+
+def unpack_bitmap(blk: np.ndarray) -> np.ndarray:
+    """The 16,320 2-bit entries of one bitmap block, uint8."""
+    bits = np.unpackbits(blk[16:], bitorder="little").reshape(-1, 2)
+    return (bits[:, 0] << 1) | bits[:, 1]
+
+
+def pack_bitmap(entries: np.ndarray, blk: np.ndarray) -> None:
+    """Write up to 16,320 entries (each 0..3) into ``blk``'s bitmap area."""
+    e = np.zeros(ENTRIES_PER_BITMAP, dtype=np.uint8)
+    e[:len(entries)] = entries
+    bits = np.empty((ENTRIES_PER_BITMAP, 2), dtype=np.uint8)
+    bits[:, 0] = e >> 1
+    bits[:, 1] = e & 1
+    blk[16:] = np.packbits(bits.reshape(-1), bitorder="little")
+
+
+def read_counts(bm: BlockManager, root: SmRoot, *, metadata: bool, what: str) -> tuple[np.ndarray, list]:
+    """Every block's reference count (uint32[nr_blocks]) from a space map,
+    and the index entries as (bitmap block, nr_free, none_free_before)."""
+    n = root.nr_blocks
+    nbm = nr_bitmaps(n)
+    if metadata:
+        if nbm > MAX_METADATA_BITMAPS:
+            raise corrupt(f"{what} space map: {n} blocks need {nbm} bitmaps, more than {MAX_METADATA_BITMAPS}")
+        idx = bm.read(root.bitmap_root, INDEX)
+        entries = idx[16:16 + 16 * MAX_METADATA_BITMAPS].view(INDEX_ENTRY_DTYPE)[:nbm]
+    else:
+        keys, vals = collect(bm, root.bitmap_root, 16, who=f"{what} space map index")
+        if len(keys) != nbm or not np.array_equal(keys, np.arange(nbm, dtype=np.uint64)):
+            raise corrupt(f"{what} space map index: {len(keys)} bitmaps for {n} blocks (need {nbm})")
+        entries = vals.reshape(-1).view(INDEX_ENTRY_DTYPE)
+    counts = np.zeros(nbm * ENTRIES_PER_BITMAP, dtype=np.uint32)
+    index = []
+    for i, ie in enumerate(entries):
+        b = int(ie["blocknr"])
+        try:
+            blk = bm.read(b, BITMAP)
+        except Exception as e:
+            raise corrupt(f"{what} space map bitmap {i}: {str(e).removeprefix('metadata corrupt: ')}") from None
+        counts[i * ENTRIES_PER_BITMAP:(i + 1) * ENTRIES_PER_BITMAP] = unpack_bitmap(blk)
+        index.append((b, int(ie["nr_free"]), int(ie["none_free_before"])))
+    counts = counts[:n]
+    if root.ref_count_root:
+        keys, vals = collect(bm, root.ref_count_root, 4, who=f"{what} space map ref counts")
+        rc = vals.reshape(-1).view("<u4")
+        if len(keys) and int(keys[-1]) >= n:
+            raise corrupt(f"{what} space map ref counts: block {int(keys[-1])} beyond {n} blocks")
+        k = keys.astype(np.int64)
+        if np.any(counts[k] != 3):
+            bad = int(k[np.flatnonzero(counts[k] != 3)[0]])
+            raise corrupt(f"{what} space map: block {bad} is in the ref-count tree but its bitmap entry is not 3")
+        if np.any(rc < 3):
+            raise corrupt(f"{what} space map ref counts: block {int(k[np.flatnonzero(rc < 3)[0]])} has count < 3")
+        in_tree = np.zeros(n, dtype=bool)
+        in_tree[k] = True
+        counts[k] = rc
+    else:
+        in_tree = np.zeros(n, dtype=bool)
+    over = np.flatnonzero((counts == 3) & ~in_tree)
+    if len(over):
+        raise corrupt(f"{what} space map: block {int(over[0])} has bitmap entry 3 but no ref count")
+    return counts, index

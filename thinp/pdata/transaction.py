@@ -1,0 +1,249 @@
+"""dm's transaction manager with its metadata space map, in RAM between commits.
+
+Promise (as dm-transaction-manager.h's): nothing the last commit references
+is ever written in place.  A block is changed only after :meth:`shadow`
+gives a private copy (or the block itself when it was allocated or shadowed
+in this transaction and nobody else references it); a block freed in this
+transaction is not handed out again before the commit.  So a process killed
+at any instant leaves the file at its last commit.
+
+State (plain ndarrays):
+
+count      uint32[nr_blocks]  every metadata block's reference count now
+committed  uint32[nr_blocks]  the counts as of the last commit
+shadows    set of blocks allocated or shadowed in this transaction
+dirty      blocks written in this transaction, with their validator, sealed
+           (location + checksum) at commit
+
+Allocation is dm's: the lowest block free both now and at the last commit,
+searching from a cursor that restarts at 0 after every commit
+(sm_metadata_new_block / sm_ll_find_common_free_block).
+
+On disk the metadata space map is dm's (see :mod:`thinp.pdata.space_map`):
+bitmap blocks listed by a single index block, and a ref-count btree for
+counts >= 3.  :meth:`commit_space_map` writes it; its own blocks are shadowed
+like any others, which changes counts, so it runs to a fixed point.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import errors
+from .block import BITMAP, BTREE_NODE, INDEX, BlockManager, Validator
+from .space_map import (ENTRIES_PER_BITMAP, find_free, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, SmRoot, nr_bitmaps,
+                        pack_bitmap)
+
+
+class TransactionManager:
+    """Shadowing, allocation and reference counts of metadata blocks."""
+
+    def __init__(self, bm: BlockManager, count: np.ndarray):
+        self.bm = bm
+        self.count = count.astype(np.uint32, copy=True)
+        self.committed = self.count.copy()
+        #: free now and at the last commit: what allocation may hand out
+        self.free = self.count == 0
+        self.shadows: set[int] = set()
+        self.dirty: dict[int, Validator] = {}
+        self.begin = 0
+        # the metadata space map's on-disk structure
+        self.bitmap_blocks: list[int] = []
+        self.index_block = 0
+        self.ref_count_root = 0
+        self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
+        self.nr_allocs = 0
+        self.nr_shadows = 0
+
+    @property
+    def nr_blocks(self) -> int:
+        return self.count.shape[0]
+
+    @property
+    def nr_free(self) -> int:
+        return int(self.nr_blocks - np.count_nonzero(self.count))
+
+    # ------------------------------------------------------------ counts
+    def inc(self, b: int, n: int = 1) -> None:
+        self.count[b] += n
+        self.free[b] = False
+
+    def dec(self, b: int) -> int:
+        """Drop one reference; returns the new count."""
+        c = int(self.count[b])
+        if c == 0:
+            raise errors.MetadataCorruptError(f"metadata corrupt: block {b} released with count 0")
+        self.count[b] = c - 1
+        if c == 1 and self.committed[b] == 0:
+            self.free[b] = True  # allocated and released in this transaction
+        return c - 1
+
+    def is_shared(self, b: int) -> bool:
+        return int(self.count[b]) > 1
+
+    # -------------------------------------------------------- allocation
+    def alloc(self) -> int | None:
+        """A free block (count 1), or None when the device is full."""
+        b = find_free(self.free, self.begin)
+        if b >= 0:
+            self.begin = b + 1
+            self.count[b] = 1
+            self.free[b] = False
+            self.nr_allocs += 1
+            return b
+        return None
+
+    def _alloc_or_raise(self) -> int:
+        b = self.alloc()
+        if b is None:
+            raise errors.NoSpaceError(f"out of metadata space: all {self.nr_blocks} metadata blocks are in use")
+        return b
+
+    def new_block(self, v: Validator = BTREE_NODE) -> tuple[int, np.ndarray]:
+        """dm_tm_new_block: a zeroed block of this transaction."""
+        b = self._alloc_or_raise()
+        blk = self.bm.raw(b)
+        blk[:] = 0
+        self.shadows.add(b)
+        self.dirty[b] = v
+        self.bm.forget(b)
+        return b, blk
+
+    def shadow(self, b: int, v: Validator = BTREE_NODE) -> tuple[int, np.ndarray, bool]:
+        """dm_tm_shadow_block: (block, its bytes, inc_children).  The block
+        itself when it is this transaction's and not shared; else a copy,
+        the original losing one reference.  ``inc_children`` says the
+        original was shared, so the caller must take a reference on
+        everything the copy points to."""
+        shared = int(self.count[b]) > 1
+        if b in self.shadows and not shared:
+            return b, self.bm.raw(b), False
+        self.bm.read(b, v)  # validate what is copied
+        nb = self._alloc_or_raise()
+        self.dec(b)
+        self.nr_shadows += 1
+        blk = self.bm.raw(nb)
+        blk[:] = self.bm.raw(b)
+        self.shadows.add(nb)
+        self.dirty[nb] = v
+        self.bm.forget(nb)
+        return nb, blk, shared
+
+    def write_block(self, b: int) -> np.ndarray:
+        """Bytes of a block of this transaction (already shadowed)."""
+        return self.bm.raw(b)
+
+    # ------------------------------------------------------------ commit
+    def seal_dirty(self) -> list[int]:
+        """Stamp location and checksum on every block written this
+        transaction that is still in use; returns them."""
+        out = []
+        for b, v in self.dirty.items():
+            if self.count[b]:
+                self.bm.seal(b, v)
+                out.append(b)
+        return out
+
+    def end_transaction(self) -> None:
+        self.committed[:] = self.count
+        self.free = self.count == 0
+        self.bm.fresh.clear()
+        self.shadows.clear()
+        self.dirty.clear()
+        self.begin = 0
+
+    # --------------------------------------------- metadata space map
+    def format_space_map(self, btree_empty) -> None:
+        """Allocate the metadata space map of a new device: its ref-count
+        btree, index block and bitmaps (sm_ll_new_metadata + extend)."""
+        self.ref_count_root = btree_empty(self, 4)
+        self.index_block, _ = self.new_block(INDEX)
+        n = nr_bitmaps(self.nr_blocks)
+        if n > MAX_METADATA_BITMAPS:
+            raise ValueError(f"metadata device of {self.nr_blocks} blocks needs {n} bitmaps; "
+                             f"dm's metadata space map holds at most {MAX_METADATA_BITMAPS}")
+        self.index_entries = np.zeros(n, dtype=INDEX_ENTRY_DTYPE)
+        self.index_entries["nr_free"] = ENTRIES_PER_BITMAP
+        self.bitmap_blocks = []
+        for _ in range(n):
+            b, _ = self.new_block(BITMAP)
+            self.bitmap_blocks.append(b)
+        self.index_entries["blocknr"] = self.bitmap_blocks
+
+    def load_space_map(self, root: SmRoot, index: list) -> None:
+        self.index_block = root.bitmap_root
+        self.ref_count_root = root.ref_count_root
+        self.bitmap_blocks = [b for b, _, _ in index]
+        self.index_entries = np.array(index, dtype=INDEX_ENTRY_DTYPE)
+
+    def commit_space_map(self, rc_tree) -> SmRoot:
+        """Write the metadata space map for the counts as they are now.
+
+        ``rc_tree`` is (set_fn, remove_fn) over the ref-count btree: the
+        btree module's insert/remove bound to this manager, returning new
+        roots.  Bitmaps whose counts changed are shadowed, the ref-count tree
+        updated, and the index block shadowed, until nothing moves."""
+        set_rc, remove_rc = rc_tree
+        done_rc: dict[int, int] = {}
+        while True:
+            changed = np.flatnonzero(self.count != self.committed)
+            moved = False
+            # counts >= 3 (or that were) go to the ref-count tree
+            for b in changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]:
+                b = int(b)
+                c = int(self.count[b])
+                want = c if c >= 3 else 0
+                if done_rc.get(b, 0 if self.committed[b] < 3 else -1) == want:
+                    continue
+                done_rc[b] = want
+                if want:
+                    self.ref_count_root = set_rc(self.ref_count_root, b, want)
+                else:
+                    self.ref_count_root = remove_rc(self.ref_count_root, b)
+                moved = True
+            for i in sorted({int(b) // ENTRIES_PER_BITMAP for b in changed}):
+                bb = self.bitmap_blocks[i]
+                if bb not in self.shadows:
+                    nb, _, _ = self.shadow(bb, BITMAP)
+                    self.bitmap_blocks[i] = nb
+                    moved = True
+            if self.index_block not in self.shadows:
+                nb, _, _ = self.shadow(self.index_block, INDEX)
+                self.index_block = nb
+                moved = True
+            if not moved:
+                break
+        # now write them: bitmaps and index entries from the final counts
+        for i in sorted({int(b) // ENTRIES_PER_BITMAP for b in np.flatnonzero(self.count != self.committed)}
+                        | {i for i, b in enumerate(self.bitmap_blocks) if b in self.shadows}):
+            lo = i * ENTRIES_PER_BITMAP
+            cur = self.count[lo:lo + ENTRIES_PER_BITMAP]
+            old = self.committed[lo:lo + ENTRIES_PER_BITMAP]
+            write_bitmap(self.bm.raw(self.bitmap_blocks[i]), cur)
+            update_index_entry(self.index_entries[i:i + 1], cur, old)
+            self.index_entries[i]["blocknr"] = self.bitmap_blocks[i]
+        idx = self.bm.raw(self.index_block)
+        idx[16:] = 0
+        idx[16:16 + 16 * len(self.index_entries)] = self.index_entries.view(np.uint8)
+        return SmRoot(self.nr_blocks, int(np.count_nonzero(self.count)), self.index_block, self.ref_count_root)
+
+
+def write_bitmap(blk: np.ndarray, counts: np.ndarray) -> None:
+    """A bitmap block's entries for these counts (3 = in the ref-count tree)."""
+    pack_bitmap(np.minimum(counts, 3).astype(np.uint8), blk)
+
+
+def update_index_entry(ie: np.ndarray, cur: np.ndarray, old: np.ndarray) -> None:
+    """nr_free and none_free_before after a transaction moved ``old`` to
+    ``cur``, as dm's lazy hint moves: it drops to the lowest freed entry and
+    steps past entries allocated in order from it."""
+    nr_free = ENTRIES_PER_BITMAP - int(np.count_nonzero(cur))
+    nfb = int(ie["none_free_before"][0])
+    freed = np.flatnonzero((old != 0) & (cur == 0))
+    if len(freed):
+        nfb = min(nfb, int(freed[0]))
+    n = len(cur)
+    newly = (old == 0) & (cur != 0)
+    while nfb < n and newly[nfb]:
+        nfb += 1
+    ie["nr_free"] = nr_free
+    ie["none_free_before"] = nfb

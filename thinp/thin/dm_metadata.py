@@ -1,0 +1,281 @@
+"""A dm-thin metadata device image, read as the kernel and thin_check read it.
+
+The image is dm's format byte for byte (:mod:`thinp.thin.format` for the
+superblock and records, :mod:`thinp.pdata` for btrees and space maps):
+
+* the **details tree** (one level, 24-byte values) maps dev_id to
+  mapped_blocks, transaction_id, creation_time, snapshotted_time;
+* the **mapping tree** (two levels, 8-byte values) maps dev_id to the root
+  of that device's tree, which maps vblock to ``pblock << 24 | time``;
+* the **data space map** counts, for each data block, the leaf nodes that
+  map it; the **metadata space map** counts every reference to each
+  metadata block (the superblock, a held snapshot, parents, device roots,
+  the space maps' own blocks).
+
+:class:`DmMetadata` opens an image, walks it once with the shared btree walk
+(:func:`thinp.pdata.btree.walk`), and offers what the tools need: the devices
+and their mappings (live or from the held metadata snapshot), a full
+consistency check with thin_check's rules, and the node counts of each tree.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import errors
+from ..config import SECTOR_SIZE
+from ..pdata import btree
+from ..pdata.block import BlockManager, corrupt
+from ..pdata.space_map import nr_bitmaps, read_counts
+from .view import DeviceView, PoolView
+from .format import DETAILS_DTYPE, DETAILS_SIZE, FLAG_NEEDS_CHECK, Superblock, read_superblock, unpack_block_time
+
+
+@dataclass
+class DeviceRecord:
+    dev_id: int
+    mapped_blocks: int
+    transaction_id: int
+    creation_time: int
+    snapshotted_time: int
+    root: int  # mapping subtree root, 0 when the mapping tree has no entry
+
+
+@dataclass
+class CheckResult:
+    """What :meth:`DmMetadata.check` found (``problems`` empty = clean)."""
+
+    nr_devices: int = 0
+    nr_mappings: int = 0
+    nr_metadata_blocks_used: int = 0
+    nr_data_blocks_used: int = 0
+    problems: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Shapes:
+    """Nodes per tree (first visits), as the tree-shape tests compare them."""
+
+    details: btree.TreeShape
+    top: btree.TreeShape
+    subtrees: btree.TreeShape
+
+
+class DmMetadata:
+    """One dm-thin metadata image, open for reading."""
+
+    def __init__(self, bm: BlockManager, sb: Superblock):
+        self.bm = bm
+        self.sb = sb
+
+    @classmethod
+    def open(cls, path, writable: bool = False) -> "DmMetadata":
+        path = os.fspath(path)
+        try:
+            bm = BlockManager.open_file(path, writable=writable)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such metadata file") from None
+        try:
+            sb = read_superblock(bm)
+            if sb.metadata_nr_blocks > bm.nr_blocks:
+                raise corrupt(f"superblock: {sb.metadata_nr_blocks} metadata blocks, but {path} holds "
+                              f"only {bm.nr_blocks}: truncated")
+        except BaseException:
+            bm.close()
+            raise
+        return cls(bm, sb)
+
+    def close(self) -> None:
+        self.bm.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -------------------------------------------------------------- roots
+    def held_superblock(self) -> Superblock:
+        """The held metadata snapshot's superblock copy."""
+        if not self.sb.held_root:
+            raise errors.ThinpError("no metadata snapshot is held (reserve_metadata_snap)")
+        return read_superblock(self.bm, self.sb.held_root, what="held metadata snapshot")
+
+    def _roots(self, held: bool) -> tuple[int, int]:
+        sb = self.held_superblock() if held else self.sb
+        return sb.data_mapping_root, sb.device_details_root
+
+    def devices(self, held: bool = False, *, seen: dict | None = None, shapes: Shapes | None = None) -> list:
+        """Every device (details joined with its mapping root), by dev_id."""
+        mroot, droot = self._roots(held)
+        kd, vd = btree.collect(self.bm, droot, DETAILS_SIZE, who="device details tree", seen=seen,
+                               shape=shapes.details if shapes else None)
+        km, vm = btree.collect(self.bm, mroot, 8, who="mapping tree", seen=seen,
+                               shape=shapes.top if shapes else None)
+        det = vd.reshape(-1).view(DETAILS_DTYPE) if len(kd) else np.zeros(0, DETAILS_DTYPE)
+        roots = dict(zip(km.tolist(), vm.reshape(-1).view("<u8").tolist()))
+        only_mapping = sorted(set(roots) - set(kd.tolist()))
+        if only_mapping:
+            raise corrupt(f"mapping tree: device {only_mapping[0]} has mappings but no details")
+        out = []
+        for k, d in zip(kd.tolist(), det):
+            out.append(DeviceRecord(k, int(d["mapped_blocks"]), int(d["transaction_id"]),
+                                    int(d["creation_time"]), int(d["snapshotted_time"]), roots.get(k, 0)))
+        return out
+
+    def mappings(self, dev: DeviceRecord, *, seen: dict | None = None, shape=None):
+        """(vblock int64, pblock int64, time int64) arrays of one device."""
+        if not dev.root:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z, z
+        k, v = btree.collect(self.bm, dev.root, 8, who=f"device {dev.dev_id}", seen=seen, shape=shape)
+        p, t = unpack_block_time(v.reshape(-1).view("<u8"))
+        return k.astype(np.int64), p, t
+
+    # -------------------------------------------------------------- check
+    def check(self) -> CheckResult:
+        """thin_check's checks.  Structural damage (a bad node, key order,
+        a pointer outside the device) raises MetadataCorruptError naming it;
+        disagreeing counts are listed in ``problems``."""
+        sb = self.sb
+        res = CheckResult()
+        nm, nd = sb.metadata_nr_blocks, sb.nr_data_blocks
+        if sb.metadata_sm_root.nr_blocks != nm:
+            res.problems.append(f"metadata space map has {sb.metadata_sm_root.nr_blocks} blocks, "
+                                f"superblock says {nm}")
+        seen: dict = {}
+        data_refs = np.zeros(nd, dtype=np.uint32)
+        mcount = np.zeros(max(nm, 1), dtype=np.uint32)
+        mcount[0] += 1  # the superblock
+        sbs = [(False, sb)]
+        if sb.held_root:
+            mcount[sb.held_root] += 1
+            sbs.append((True, self.held_superblock()))
+        for held, s in sbs:
+            # reference counting: a node counts once per parent node that
+            # points at it, so a shared node's children are walked once
+            btree.walk(self.bm, s.device_details_root, DETAILS_SIZE, lambda *a: None, seen=seen,
+                       who="device details tree")
+            subtree_roots: list = []
+            btree.walk(self.bm, s.data_mapping_root, 8,
+                       lambda _n, _k, v: subtree_roots.extend(v.reshape(-1).view("<u8").tolist()),
+                       seen=seen, who="mapping tree")
+
+            def visit_leaf(_n, _k, values):
+                p = (values.reshape(-1).view("<u8") >> np.uint64(24)).astype(np.int64)
+                if len(p) and int(p.max()) >= nd:
+                    raise corrupt(f"btree node {_n.b}: maps data block {int(p.max())}, beyond the {nd} data blocks")
+                np.add.at(data_refs, p, 1)
+
+            for r in subtree_roots:
+                btree.walk(self.bm, r, 8, visit_leaf, seen=seen, who="mapping subtree")
+            devs = self.devices(held)
+            for d in devs:
+                if not held:
+                    n = self._count_mappings(d)
+                    res.nr_mappings += n
+                    if n != d.mapped_blocks:
+                        res.problems.append(f"device {d.dev_id}: mapped_blocks is {d.mapped_blocks}, "
+                                            f"its tree maps {n}")
+                    if d.creation_time > sb.time or d.snapshotted_time > sb.time:
+                        res.problems.append(f"device {d.dev_id}: times later than the pool's time {sb.time}")
+            if not held:
+                res.nr_devices = len(devs)
+        # the space maps' own blocks
+        msm, dsm = sb.metadata_sm_root, sb.data_sm_root
+        mcounts, mindex = read_counts(self.bm, msm, metadata=True, what="metadata")
+        mcount[msm.bitmap_root] += 1
+        for b, _, _ in mindex:
+            mcount[b] += 1
+        dseen: dict = {}
+        dcounts, dindex = read_counts_seen(self.bm, dsm, dseen)
+        for b, _, _ in dindex:
+            mcount[b] += 1
+        if msm.ref_count_root:
+            btree.walk(self.bm, msm.ref_count_root, 4, lambda *a: None, seen=dseen)
+        for b, c in list(seen.items()) + list(dseen.items()):
+            if b >= nm:
+                raise corrupt(f"btree node {b} is outside the {nm}-block metadata device")
+            mcount[b] += c
+        bad = np.flatnonzero(mcount[:nm] != mcounts[:nm])
+        if len(bad):
+            b = int(bad[0])
+            res.problems.append(f"metadata space map: {len(bad)} blocks have wrong counts (first: block {b} "
+                                f"has count {int(mcounts[b])}, {int(mcount[b])} references found)")
+        bad = np.flatnonzero(data_refs != dcounts[:nd])
+        if len(bad):
+            p = int(bad[0])
+            res.problems.append(f"data space map: {len(bad)} blocks have wrong counts (first: block {p} "
+                                f"has count {int(dcounts[p])}, {int(data_refs[p])} leaves map it)")
+        if msm.nr_allocated != int(np.count_nonzero(mcounts)):
+            res.problems.append(f"metadata space map: nr_allocated {msm.nr_allocated}, "
+                                f"bitmaps count {int(np.count_nonzero(mcounts))}")
+        if dsm.nr_allocated != int(np.count_nonzero(dcounts)):
+            res.problems.append(f"data space map: nr_allocated {dsm.nr_allocated}, "
+                                f"bitmaps count {int(np.count_nonzero(dcounts))}")
+        res.nr_metadata_blocks_used = int(np.count_nonzero(mcounts))
+        res.nr_data_blocks_used = int(np.count_nonzero(dcounts))
+        if sb.flags & FLAG_NEEDS_CHECK:
+            res.problems.append("needs_check is set")
+        return res
+
+    def _count_mappings(self, d: DeviceRecord) -> int:
+        if not d.root:
+            return 0
+        n = [0]
+
+        def visit(_n, keys, _v):
+            n[0] += len(keys)
+
+        btree.walk(self.bm, d.root, 8, visit, who=f"device {d.dev_id}")
+        return n[0]
+
+    def shapes(self) -> Shapes:
+        """Leaves and internal nodes of the details tree, the mapping tree's
+        top level, and all device subtrees together (shared nodes once)."""
+        sh = Shapes(btree.TreeShape(), btree.TreeShape(), btree.TreeShape())
+        seen: dict = {}
+        for d in self.devices(seen=seen, shapes=sh):
+            if d.root:
+                btree.walk(self.bm, d.root, 8, lambda *a: None, seen=seen, shape=sh.subtrees)
+        return sh
+
+    def metadata_counts(self) -> np.ndarray:
+        return read_counts(self.bm, self.sb.metadata_sm_root, metadata=True, what="metadata")[0]
+
+    def data_counts(self) -> np.ndarray:
+        return read_counts(self.bm, self.sb.data_sm_root, metadata=False, what="data")[0]
+
+    # -------------------------------------------------------------- views
+    def pool_view(self, held: bool = False):
+        """The :class:`thinp.thin.dump.PoolView` thin_dump prints."""
+        sb = self.held_superblock() if held else self.sb
+        bs = sb.data_block_size * SECTOR_SIZE
+        devices = []
+        for d in self.devices(held):
+            v, p, t = self.mappings(d)
+            nrb = int(v[-1]) + 1 if len(v) else 0
+            devices.append(DeviceView(d.dev_id, d.mapped_blocks, d.transaction_id, d.creation_time,
+                                      d.snapshotted_time, nrb, v, p, t))
+        uuid = sb.uuid.rstrip(b"\0").decode("ascii", "replace")
+        return PoolView(uuid=uuid, time=sb.time, transaction=sb.trans_id, flags=sb.flags,
+                        data_block_size=bs, nr_data_blocks=sb.nr_data_blocks, devices=devices,
+                        held_root=self.sb.held_root)
+
+
+def read_counts_seen(bm: BlockManager, root, seen: dict):
+    """The data space map's counts, recording its btree nodes in ``seen``."""
+    btree.walk(bm, root.bitmap_root, 16, lambda *a: None, seen=seen, who="data space map index")
+    if root.ref_count_root:
+        btree.walk(bm, root.ref_count_root, 4, lambda *a: None, seen=seen, who="data space map ref counts")
+    return read_counts(bm, root, metadata=False, what="data")
+
+
+def nr_data_bitmaps(nr_blocks: int) -> int:
+    return nr_bitmaps(nr_blocks)

@@ -1,0 +1,361 @@
+"""dm-thin's pool metadata, written as the kernel writes it (dm-thin-metadata.c).
+
+:class:`PoolMetadata` is dm's ``dm_pool_metadata``: it formats or opens a
+metadata device image and offers the operations the pool target calls --
+create_thin, create_snap, delete, insert/remove a mapping, allocate a data
+block, reserve/release a metadata snapshot, set the transaction id, resize,
+commit -- each one dm's btree and space-map operations in dm's order, so
+tree shapes and metadata use are the kernel's.
+
+Between commits the device details live in RAM (dm's ``dm_thin_device``
+list) and are written to the details tree at commit.  A commit writes, in
+order: the changed details, the data space map, the metadata space map,
+every other block changed in the transaction (sealed with its checksum),
+then the superblock (:mod:`thinp.thin.format`).  Nothing the last commit
+references is written before the superblock, so a process killed at any
+instant leaves the previous commit intact.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import errors
+from ..config import METADATA_BLOCK_SIZE
+from ..pdata import btree_write as bw
+from ..pdata.block import BITMAP, INDEX, SUPERBLOCK, BlockManager
+from ..pdata.btree import lookup as bt_lookup
+from ..pdata.disk_space_map import DiskSpaceMap
+from ..pdata.space_map import ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, read_counts
+from ..pdata.transaction import TransactionManager
+from .dm_metadata import DmMetadata
+from .format import (DETAILS_DTYPE, DETAILS_SIZE, SUPERBLOCK_LOCATION, THIN_VERSION, Superblock,
+                     pack_block_time, read_superblock, unpack_block_time)
+
+#: dm's largest metadata device: one index block of 255 bitmaps.
+MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP
+MAX_DEV_ID = (1 << 24) - 1
+
+
+@dataclass
+class Details:
+    """A thin device's record (dm's dm_thin_device)."""
+
+    mapped_blocks: int
+    transaction_id: int
+    creation_time: int
+    snapshotted_time: int
+    changed: bool = False
+
+    def pack(self) -> np.ndarray:
+        a = np.zeros(1, dtype=DETAILS_DTYPE)
+        a[0] = (self.mapped_blocks, self.transaction_id, self.creation_time, self.snapshotted_time)
+        return a.view(np.uint8)
+
+
+class PoolMetadata:
+    """One dm-thin metadata device, open read-write."""
+
+    def __init__(self, bm: BlockManager, sb: Superblock, tm: TransactionManager, data_sm: DiskSpaceMap,
+                 split: str):
+        if split not in bw.SPLIT_RULES:
+            raise ValueError(f"split rule {split!r}: choose one of {', '.join(bw.SPLIT_RULES)}")
+        self.bm = bm
+        self.sb = sb
+        self.tm = tm
+        self.data_sm = data_sm
+        self.split = split
+        self.devices: dict[int, Details] = {}
+        self.sync = True
+        dsm = data_sm
+
+        def data_inc(values):
+            dsm.inc((bw.u64_values(values) >> np.uint64(24)).astype(np.int64))
+
+        def data_dec(values):
+            dsm.dec((bw.u64_values(values) >> np.uint64(24)).astype(np.int64))
+
+        def data_equal(a: bytes, b: bytes) -> bool:
+            return (int.from_bytes(a, "little") >> 24) == (int.from_bytes(b, "little") >> 24)
+
+        def subtree_dec(values):
+            for root in bw.u64_values(values).tolist():
+                bw.delete(tm, root, 1, self.data_vt)
+
+        self.data_vt = bw.ValueType(8, data_inc, data_dec, data_equal)
+        self.subtree_vt = bw.ValueType(8, bw.block_ref_type(tm).inc, subtree_dec)
+        self.details_vt = bw.ValueType(DETAILS_SIZE)
+
+    # ------------------------------------------------------------ lifecycle
+    @classmethod
+    def format(cls, path, *, nr_metadata_blocks: int, nr_data_blocks: int, data_block_sectors: int,
+               split: str = "current", uuid: bytes | None = None) -> "PoolMetadata":
+        """Write a new, empty metadata device to ``path`` (must not exist)."""
+        path = os.fspath(path)
+        if not 16 <= nr_metadata_blocks <= MAX_METADATA_BLOCKS:
+            raise ValueError(f"metadata device of {nr_metadata_blocks} blocks: dm-thin needs 16.."
+                             f"{MAX_METADATA_BLOCKS} ({MAX_METADATA_BLOCKS * METADATA_BLOCK_SIZE} bytes)")
+        if split not in bw.SPLIT_RULES:
+            raise ValueError(f"split rule {split!r}: choose one of {', '.join(bw.SPLIT_RULES)}")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.ftruncate(fd, nr_metadata_blocks * METADATA_BLOCK_SIZE)
+        finally:
+            os.close(fd)
+        try:
+            bm = BlockManager.open_file(path, writable=True)
+            tm = TransactionManager(bm, np.zeros(nr_metadata_blocks, dtype=np.uint32))
+            tm.count[SUPERBLOCK_LOCATION] = 1
+            tm.begin = SUPERBLOCK_LOCATION + 1
+            tm.format_space_map(bw.empty)
+            data_sm = DiskSpaceMap.format(tm, nr_data_blocks)
+            sb = Superblock(uuid=uuid if uuid is not None else b"", version=THIN_VERSION,
+                            data_block_size=data_block_sectors, metadata_nr_blocks=nr_metadata_blocks)
+            md = cls(bm, sb, tm, data_sm, split)
+            sb.data_mapping_root = bw.empty(tm, 8)
+            sb.device_details_root = bw.empty(tm, DETAILS_SIZE)
+            md.commit()
+            return md
+        except BaseException:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            raise
+
+    @classmethod
+    def open(cls, path, split: str = "current") -> "PoolMetadata":
+        """Open an existing image read-write (validated as thin_check does)."""
+        path = os.fspath(path)
+        with DmMetadata.open(path) as ro:
+            res = ro.check()
+            if res.problems:
+                raise errors.MetadataCorruptError(f"metadata corrupt: {path}: {res.problems[0]}")
+        bm = BlockManager.open_file(path, writable=True)
+        try:
+            sb = read_superblock(bm)
+            mcount, mindex = read_counts(bm, sb.metadata_sm_root, metadata=True, what="metadata")
+            dcount, dindex = read_counts(bm, sb.data_sm_root, metadata=False, what="data")
+            tm = TransactionManager(bm, mcount)
+            tm.load_space_map(sb.metadata_sm_root, mindex)
+            data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex)
+            md = cls(bm, sb, tm, data_sm, split)
+            view = DmMetadata(bm, sb)
+            for d in view.devices():
+                md.devices[d.dev_id] = Details(d.mapped_blocks, d.transaction_id, d.creation_time,
+                                               d.snapshotted_time)
+        except BaseException:
+            bm.close()
+            raise
+        return md
+
+    def close(self, commit: bool = True) -> None:
+        if self.bm.mm is not None and commit:
+            self.commit()
+        self.bm.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(commit=exc[0] is None)
+
+    # ------------------------------------------------------------ devices
+    def _check_dev(self, dev: int) -> None:
+        if isinstance(dev, bool) or not isinstance(dev, (int, np.integer)) or not 0 <= dev <= MAX_DEV_ID:
+            raise ValueError(f"thin id {dev!r} is not a 24-bit device id")
+
+    def _details(self, dev: int) -> Details:
+        d = self.devices.get(dev)
+        if d is None:
+            raise errors.DeviceNotFoundError(f"thin device {dev} does not exist")
+        return d
+
+    def create_thin(self, dev: int) -> None:
+        """__create_thin: an empty mapping tree under ``dev``."""
+        self._check_dev(dev)
+        if dev in self.devices:
+            raise errors.DeviceExistsError(f"thin device {dev} already exists")
+        root = bw.empty(self.tm, 8)
+        self.sb.data_mapping_root, _ = bw.insert(self.tm, self.sb.data_mapping_root, [dev],
+                                                 np.array([root], dtype="<u8").view(np.uint8), self.subtree_vt,
+                                                 split=self.split)
+        self.devices[dev] = Details(0, self.sb.trans_id, self.sb.time, self.sb.time, changed=True)
+
+    def create_snap(self, dev: int, origin: int) -> None:
+        """__create_snap: share the origin's tree (one more reference on
+        its root), bump the pool time, stamp both devices."""
+        self._check_dev(dev)
+        if dev in self.devices:
+            raise errors.DeviceExistsError(f"thin device {dev} already exists")
+        o = self._details(origin)
+        origin_root = self._subtree_root(origin)
+        self.tm.inc(origin_root)
+        self.sb.data_mapping_root, _ = bw.insert(self.tm, self.sb.data_mapping_root, [dev],
+                                                 np.array([origin_root], dtype="<u8").view(np.uint8),
+                                                 self.subtree_vt, split=self.split)
+        self.sb.time += 1
+        t = self.sb.time
+        self.devices[dev] = Details(o.mapped_blocks, self.sb.trans_id, t, t, changed=True)
+        o.snapshotted_time = t
+        o.changed = True
+
+    def delete(self, dev: int) -> None:
+        """__delete_device: remove the details and the mapping subtree
+        (dropping a reference; shared nodes survive)."""
+        self._details(dev)
+        del self.devices[dev]
+        self.sb.device_details_root, _ = bw.remove(self.tm, self.sb.device_details_root, [dev], self.details_vt)
+        self.sb.data_mapping_root, _ = bw.remove(self.tm, self.sb.data_mapping_root, [dev], self.subtree_vt)
+
+    def _subtree_root(self, dev: int) -> int:
+        v = bt_lookup(self.bm, self.sb.data_mapping_root, dev, 8)
+        if v is None:
+            raise errors.MetadataCorruptError(f"metadata corrupt: device {dev} has no mapping tree")
+        return int(v.view("<u8")[0])
+
+    # ------------------------------------------------------------ mappings
+    def lookup(self, dev: int, vblock: int) -> tuple[int, int] | None:
+        """(pblock, time) or None."""
+        root = self._subtree_root(dev)
+        v = bt_lookup(self.bm, root, vblock, 8)
+        return None if v is None else unpack_block_time(int(v.view("<u8")[0]))
+
+    def insert(self, dev: int, vblock: int, pblock: int) -> bool:
+        """__insert: map ``vblock`` to ``pblock`` stamped with the pool time
+        (the data block's reference is the caller's, from :meth:`alloc_data`);
+        True when the mapping is new."""
+        d = self._details(dev)
+        value = np.array([pack_block_time(pblock, self.sb.time)], dtype="<u8").view(np.uint8)
+        self.sb.data_mapping_root, inserted = bw.insert(self.tm, self.sb.data_mapping_root, [dev, vblock], value,
+                                                        self.data_vt, level_types=[self.subtree_vt],
+                                                        split=self.split)
+        d.changed = True
+        if inserted:
+            d.mapped_blocks += 1
+        return inserted
+
+    def insert_block_time(self, dev: int, vblock: int, pblock: int, time: int) -> bool:
+        """Map ``vblock`` to ``pblock`` with a given time, taking a reference
+        on the data block (restore and repair rebuild mappings this way)."""
+        d = self._details(dev)
+        if not 0 <= pblock < self.data_sm.nr_blocks:
+            raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
+        self.data_sm.inc([pblock])
+        value = np.array([pack_block_time(pblock, time)], dtype="<u8").view(np.uint8)
+        self.sb.data_mapping_root, inserted = bw.insert(self.tm, self.sb.data_mapping_root, [dev, vblock], value,
+                                                        self.data_vt, level_types=[self.subtree_vt],
+                                                        split=self.split)
+        d.changed = True
+        if inserted:
+            d.mapped_blocks += 1
+        return inserted
+
+    def remove(self, dev: int, vblock: int) -> bool:
+        """__remove: unmap ``vblock`` (its data block loses a reference)."""
+        d = self._details(dev)
+        self.sb.data_mapping_root, removed = bw.remove(self.tm, self.sb.data_mapping_root, [dev, vblock],
+                                                       self.data_vt, level_types=[self.subtree_vt])
+        if removed:
+            d.mapped_blocks -= 1
+            d.changed = True
+        return removed
+
+    def alloc_data(self) -> int | None:
+        return self.data_sm.alloc()
+
+    def is_shared(self, dev: int, block_time: tuple[int, int]) -> bool:
+        """dm's test: the block predates the device's last snapshot."""
+        return self._details(dev).snapshotted_time > block_time[1]
+
+    # ------------------------------------------------------------ pool
+    def set_transaction_id(self, old: int, new: int) -> None:
+        if self.sb.trans_id != old:
+            raise errors.TransactionIdMismatchError(
+                f"set_transaction_id: current id is {self.sb.trans_id}, not {old}")
+        self.sb.trans_id = new
+
+    def reserve_metadata_snap(self) -> int:
+        """Commit, then copy the superblock to a new block that holds one
+        more reference on the mapping and details roots."""
+        self.commit()
+        if self.sb.held_root:
+            raise errors.PoolBusyError("a metadata snapshot is already held: release it first")
+        tm = self.tm
+        tm.inc(SUPERBLOCK_LOCATION)
+        held, blk, _ = tm.shadow(SUPERBLOCK_LOCATION, SUPERBLOCK)
+        blk[64:320] = 0  # the copy's space-map roots are not published
+        tm.inc(self.sb.data_mapping_root)
+        tm.inc(self.sb.device_details_root)
+        self.sb.held_root = held
+        return held
+
+    def release_metadata_snap(self) -> None:
+        held = self.sb.held_root
+        if not held:
+            raise errors.ThinpError("no metadata snapshot is held")
+        copy = read_superblock(self.bm, held, what="held metadata snapshot")
+        self.sb.held_root = 0
+        bw.delete(self.tm, copy.data_mapping_root, 2, self.data_vt)
+        bw.delete(self.tm, copy.device_details_root, 1, self.details_vt)
+        self.tm.dec(held)
+
+    def resize_data(self, nr_blocks: int) -> None:
+        self.data_sm.extend(nr_blocks)
+
+    @property
+    def nr_free_metadata_blocks(self) -> int:
+        return self.tm.nr_free
+
+    @property
+    def nr_used_metadata_blocks(self) -> int:
+        return int(np.count_nonzero(self.tm.count))
+
+    # ------------------------------------------------------------ commit
+    def commit(self) -> None:
+        """__commit_transaction: details, data space map, metadata space
+        map, the other dirty blocks, then the superblock."""
+        tm = self.tm
+        for dev in sorted(self.devices):
+            d = self.devices[dev]
+            if d.changed:
+                self.sb.device_details_root, _ = bw.insert(tm, self.sb.device_details_root, [dev], d.pack(),
+                                                           self.details_vt, split=self.split)
+                d.changed = False
+        self.sb.data_sm_root = self.data_sm.commit()
+        cv = bw.ValueType(4)
+
+        def set_rc(root, b, c):
+            return bw.insert(tm, root, [b], np.array([c], dtype="<u4").view(np.uint8), cv, split=self.split)[0]
+
+        def remove_rc(root, b):
+            return bw.remove(tm, root, [b], cv)[0]
+
+        self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc))
+        for b in tm.bitmap_blocks:
+            if b in tm.shadows:
+                tm.dirty[b] = BITMAP
+        tm.dirty[tm.index_block] = INDEX
+        written = tm.seal_dirty()
+        if self.sync and self.bm.mm is not None and written:
+            self._flush(written)
+        # the superblock goes out last, whole, in one write: a process
+        # killed at any instant leaves either the old or the new one
+        buf = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
+        self.sb.pack(buf)
+        SUPERBLOCK.prepare(buf, SUPERBLOCK_LOCATION)
+        if self.bm.fd >= 0 and self.bm.mm is not None:
+            os.pwrite(self.bm.fd, buf.tobytes(), 0)
+            if self.sync:
+                os.fdatasync(self.bm.fd)
+        else:
+            self.bm.raw(SUPERBLOCK_LOCATION)[:] = buf
+        self.bm.forget(SUPERBLOCK_LOCATION)
+        self.bm.fresh.discard(SUPERBLOCK_LOCATION)
+        tm.end_transaction()
+
+    def _flush(self, blocks: list) -> None:
+        for b in sorted(blocks):
+            self.bm.mm.flush(b * METADATA_BLOCK_SIZE, METADATA_BLOCK_SIZE)

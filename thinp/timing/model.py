@@ -1,0 +1,468 @@
+"""The timing model: an :class:`~thinp.timing.oplog.OpLog` replayed as
+concurrent processes on a machine (:mod:`thinp.timing.sim`).
+
+Each logged operation becomes stages:
+
+1. the locks its driver's kernel path holds (:func:`locks_for`), taken in a
+   fixed order;
+2. CPU on one of the machine's cores: the system call's cost on this
+   driver's path (:attr:`TimingConstants.cpu_s` plus the union layer's
+   :attr:`~TimingConstants.layer_cpu_s`), a per-page copy cost, a cost per
+   branch probe of the lookup, per page-cache hit;
+3. the device: page-cache misses as reads, with readahead merging a run of
+   missed pages into requests of :attr:`~TimingConstants.readahead_bytes`;
+   whole-file copy-up (read + write, synchronous: overlayfs fsyncs the copy);
+   block CoW and provisioning on devicemapper through the pool's single
+   worker; the bytes a ``sync``/``fsync`` writes back, with a journal
+   commit;
+4. the locks released.
+
+The page cache is an LRU of :attr:`~TimingConstants.cache_bytes` over the
+keys the driver chose (:mod:`thinp.drivers.pagecache`): one copy per inode on
+overlay/aufs, per container on devicemapper/btrfs, per record on zfs, per
+layer on vfs; hits count within a container as well as across containers,
+in the order the simulated processes make them.
+
+Every constant has its source or rationale in :data:`SOURCES`.  The CPU
+costs are this model's estimates until ``thinp calibrate`` measures them
+(issue #13, step 4): treat absolute seconds as order-of-magnitude, rankings
+and contention shares as the model's answer.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import posixpath
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from . import sim
+from ..workloads.oplog import OpLog
+
+PAGE = 4096
+US = 1e-6
+
+UNION = ("overlay2", "overlay", "aufs")
+
+
+def _t(**kw):
+    return dict(kw)
+
+
+@dataclass(frozen=True)
+class TimingConstants:
+    """The timing model's constants (sources in :data:`SOURCES`)."""
+
+    #: cores of the simulated machine
+    cores: int = 4
+    #: CPU seconds of one system call on a native ext4/xfs path, warm dcache
+    cpu_s: dict = field(default_factory=lambda: _t(
+        stat=0.8 * US, readlink=1.0 * US, readdir=3.0 * US, open=2.0 * US, read=1.0 * US,
+        write=1.5 * US, create=10 * US, mkdir=12 * US, unlink=8 * US, rename=12 * US,
+        setattr=3.0 * US, fsync=5 * US, sync=20 * US, exec=400 * US, commit=2e-3, diff=1e-3,
+        export=1e-3, container_rm=1e-3))
+    #: CPU per page copied to or from user space (4 KiB at ~8 GB/s memcpy)
+    page_copy_s: float = 0.5 * US
+    #: CPU per page-cache hit besides the copy (find_get_page, mark_accessed)
+    page_hit_s: float = 0.2 * US
+    #: extra CPU per operation on the driver's stacked path (the union layer's
+    #: own inode/dentry/file indirection; btrfs/zfs checksumming and CoW
+    #: bookkeeping per op)
+    layer_cpu_s: dict = field(default_factory=lambda: _t(
+        default=0.0, overlay2=0.6 * US, overlay=0.6 * US, aufs=2.5 * US, btrfs=1.5 * US,
+        zfs=3.0 * US))
+    #: extra CPU per page written on the driver's path (btrfs crc32c and
+    #: extent CoW, zfs checksum + compression check)
+    page_write_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=0.8 * US, zfs=1.2 * US))
+    #: CPU of one branch probe of a path lookup (a negative dentry or a
+    #: lookup in one lower directory)
+    probe_s: dict = field(default_factory=lambda: _t(default=0.3 * US, aufs=0.9 * US))
+    #: CPU of whole-file copy-up besides its I/O (open, xattrs, rename from
+    #: the work dir)
+    copy_up_cpu_s: dict = field(default_factory=lambda: _t(default=30 * US, aufs=60 * US))
+    #: CPU per page copied by copy-up (a splice, page cache to page cache)
+    copy_up_page_s: float = 0.4 * US
+    #: dm-thin pool worker CPU per provisioned or CoW-broken block
+    #: (btree insert, space-map update, bio remap)
+    dm_worker_block_s: float = 8 * US
+    #: dm-thin pool metadata commit on a flush (superblock + btree shadows)
+    dm_commit_writes: int = 4
+    #: btrfs extent-tree / zfs txg CPU per extent or record allocated
+    alloc_extent_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=3 * US, zfs=4 * US))
+    #: readahead window: a run of missed pages is read in requests this big
+    readahead_bytes: int = 128 * 1024
+    #: largest write request after the block layer merges
+    merge_bytes: int = 512 * 1024
+    #: page-cache capacity (LRU)
+    cache_bytes: int = 1 << 30
+    #: device queue depth (requests in flight)
+    queue_depth: dict = field(default_factory=lambda: _t(default=32, hdd=4, ram=64))
+    #: flush requests of one journal commit (descriptor + commit block)
+    journal_commit_writes: int = 2
+    #: container start on the driver besides its logged filesystem work:
+    #: create (snapshot or mkdir), activate, mount -- CPU and waits of the
+    #: daemon, udev and the kernel, seconds
+    start_s: dict = field(default_factory=lambda: _t(
+        default=2.5e-3, aufs=4e-3, overlay=2.5e-3, overlay2=2.5e-3, devicemapper=0.1,
+        btrfs=25e-3, zfs=70e-3, vfs=1.5e-3))
+    #: removing a container's two layers (``docker rm``)
+    remove_s: dict = field(default_factory=lambda: _t(
+        default=2e-3, devicemapper=0.09, btrfs=12e-3, zfs=45e-3))
+    #: CPU per inode a vfs layer copy makes (create + copy of a small file)
+    vfs_copy_inode_s: float = 22 * US
+    #: the engine's own part of ``docker run --rm`` (API round trips,
+    #: containerd task create, runc create/start, network namespace) and of
+    #: the stop + remove at its end, apart from the storage driver
+    engine_run_s: float = 0.30
+    engine_rm_s: float = 0.08
+
+    def get(self, table: str, key: str):
+        t = getattr(self, table)
+        return t.get(key, t.get("default"))
+
+    @classmethod
+    def from_toml(cls, path) -> "TimingConstants":
+        """The defaults overridden by the ``[timing]`` table of a TOML file
+        (the same names; per-kind and per-driver tables as sub-tables).
+        Raises :class:`thinp.cost.CostModelError` naming the key."""
+        from ..cost import CostModelError, toml_load
+
+        data = toml_load(path).get("timing", {})
+        if not isinstance(data, dict):
+            raise CostModelError(f"{path}: [timing] must be a table")
+        base = cls()
+        kw = {}
+        for key, v in data.items():
+            if not hasattr(base, key) or key.startswith("_"):
+                raise CostModelError(f"{path}: unknown key timing.{key} = {v!r}")
+            cur = getattr(base, key)
+            if isinstance(cur, dict):
+                if not isinstance(v, dict):
+                    raise CostModelError(f"{path}: timing.{key} must be a table of name = value")
+                bad = [x for x in v.values() if isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0]
+                if bad:
+                    raise CostModelError(f"{path}: bad value in timing.{key}: {bad[0]!r} (want a number >= 0)")
+                kw[key] = {**cur, **{n: float(x) for n, x in v.items()}}
+            else:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or \
+                        (key in ("cores",) and v < 1):
+                    raise CostModelError(f"{path}: bad value timing.{key} = {v!r}")
+                kw[key] = type(cur)(v)
+        return dataclasses.replace(base, **kw)
+
+
+#: Where each constant comes from.
+SOURCES = {
+    "cores": "the simulated host; 4 by default (a small server), set it to the machine's",
+    "cpu_s": "order of magnitude of Linux system-call costs on a warm dcache (lmbench lat_syscall "
+             "stat/open ~1-2 us; create/unlink of a small file ~10 us on ext4; fork+exec ~0.4 ms) -- "
+             "estimates until `thinp calibrate` measures them",
+    "page_copy_s": "copy_to_user/copy_from_user of 4 KiB at ~8 GB/s",
+    "page_hit_s": "find_get_page + mark_page_accessed, ~0.2 us",
+    "layer_cpu_s": "overlayfs' ovl_* indirection (a second inode and file per op); aufs' "
+                   "si_read_lock/di_read_lock/fi_read_lock per op (Tarasov et al. 2017 report "
+                   "aufs' per-op overhead above overlay's); btrfs/zfs checksum and CoW bookkeeping",
+    "page_write_cpu_s": "crc32c of 4 KiB (~0.3 us) plus extent/record bookkeeping",
+    "probe_s": "one ovl_lookup_single / aufs lookup in one branch directory",
+    "copy_up_cpu_s": "ovl_copy_up_one: tmpfile in workdir, xattr copy, rename into upper",
+    "copy_up_page_s": "splice of one page between two files",
+    "dm_worker_block_s": "dm-thin's process_bio -> provision_block / break_sharing: btree "
+                         "insert + space-map inc in the pool's single worker thread",
+    "dm_commit_writes": "dm_pool_commit_metadata: superblock and shadowed btree nodes",
+    "alloc_extent_s": "btrfs extent-tree insert / zfs metaslab allocation per extent",
+    "readahead_bytes": "Linux read_ahead_kb default 128 (Documentation/ABI/stable/sysfs-block)",
+    "merge_bytes": "max_sectors_kb default 512 (Documentation/block/queue-sysfs.rst)",
+    "cache_bytes": "1 GiB of free memory for the page cache",
+    "queue_depth": "NVMe/SATA NCQ 32 outstanding commands; a disk gains little past 4",
+    "journal_commit_writes": "jbd2 descriptor + commit block (xfs: log record + flush)",
+    "start_s": "container create+activate+mount besides logged I/O: thinp.cost.CostConstants' "
+               "create_s/activate_s/mount_s (Tarasov et al. 2017; Docker's driver docs), doubled "
+               "for the init layer; devicemapper's 0.1 s from direct-lvm's ~0.7 s docker run "
+               "less the engine's share",
+    "remove_s": "thinp.cost.CostConstants.remove_s for the container's two layers",
+    "vfs_copy_inode_s": "measured: thinp's vfs lays a 120 MB image at ~22 us per file "
+                        "create+write on this machine (issue #13)",
+    "engine_run_s": "docker run --rm of a trivial container on overlay2 takes a few tenths of a "
+                    "second end to end on a current host; 0.30 s for create+start -- an estimate "
+                    "to replace by `thinp calibrate`'s measurement",
+    "engine_rm_s": "stop of an exited task + remove, ~0.1 s -- an estimate, as engine_run_s",
+}
+
+
+#: the lock a driver's layer create/remove serializes on: moby's devmapper
+#: DeviceSet lock (``devices.Lock()`` around create, activate, mount and
+#: delete); a btrfs transaction commit for a snapshot; a zfs txg sync for
+#: ``zfs snapshot``/``clone``/``destroy``
+GLOBAL_LOCK = {"devicemapper": ("devmapper_deviceset", 0), "btrfs": ("btrfs_extent_tree", 0),
+               "zfs": ("zfs_txg", 0)}
+
+
+def _lock_class(lid) -> str:
+    return lid[0]
+
+
+def locks_for(driver: str, kind: str, ci: int, path: str, copy_up: bool) -> list:
+    """The lock ids an operation holds on ``driver``'s kernel path, in
+    acquisition order.  Ids are tuples whose first item is the class the
+    report shows."""
+    out = []
+    if driver == "aufs" and (copy_up or kind in ("create", "mkdir", "unlink", "rename", "setattr")):
+        out.append(("aufs_si_write", ci))          # per-superblock rwsem, write side
+    parent = posixpath.dirname(path) if path else ""
+    if kind in ("create", "mkdir", "unlink", "rename"):
+        out.append(("dir_i_rwsem", ci if driver != "vfs" else -1, parent))
+    if copy_up and driver in ("overlay", "overlay2"):
+        out.append(("ovl_workdir", ci))            # ovl_lock_rename_workdir, per mount
+    if kind == "write" and path:
+        out.append(("inode_i_rwsem", ci, path))    # generic_file_write_iter's inode_lock
+    return out
+
+
+#: the columns :meth:`TimingReport.row` adds to :func:`thinp.compare`'s table
+SIM_COLUMNS = ("sim_time_s", "sim_start_s", "sim_steps_s", "sim_wait_cpu_share",
+               "sim_wait_device_share", "sim_wait_lock_share", "sim_top_lock")
+
+
+class _LRU:
+    """The simulated page cache: (key, page) in LRU order, ``cap`` pages."""
+
+    def __init__(self, cap_pages: int):
+        self.cap = cap_pages
+        self.pages: OrderedDict = OrderedDict()
+
+    def access(self, key, p0: int, p1: int) -> list:
+        """Touch pages [p0, p1) of ``key``; returns the missed runs [(a, b)]."""
+        pages = self.pages
+        runs = []
+        start = None
+        for p in range(p0, p1):
+            k = (key, p)
+            if k in pages:
+                pages.move_to_end(k)
+                if start is not None:
+                    runs.append((start, p))
+                    start = None
+            else:
+                pages[k] = None
+                if start is None:
+                    start = p
+        if start is not None:
+            runs.append((start, p1))
+        while len(pages) > self.cap:
+            pages.popitem(last=False)
+        return runs
+
+
+@dataclass
+class TimingReport:
+    """What :func:`simulate` found for one driver run."""
+
+    driver: str
+    time_s: float                       # simulated wall time, first op to last
+    per_container: list                 # dicts: container, start_s, steps_s, end_s
+    phases: dict                        # phase -> seconds of process time
+    wait_s: dict                        # resource class -> seconds waited
+    busy_s: dict                        # "cpu"/"device" -> seconds held
+    ops: int
+    events: int
+    hit_pages: int = 0
+    miss_pages: int = 0
+
+    def wait_shares(self) -> dict:
+        """Share of all process time spent waiting on each resource class."""
+        total = sum(self.phases.values()) or 1.0
+        return {k: v / total for k, v in sorted(self.wait_s.items(), key=lambda kv: -kv[1])}
+
+    def row(self) -> dict:
+        """Flat columns for :func:`thinp.compare`'s DataFrame."""
+        pc = self.per_container
+        n = max(len(pc), 1)
+        shares = self.wait_shares()
+        locks = {k: v for k, v in shares.items() if k not in ("cpu", "device", "barrier")}
+        top = max(locks, key=locks.get) if locks else ""
+        return {
+            "sim_time_s": self.time_s,
+            "sim_start_s": sum(c["start_s"] for c in pc) / n,
+            "sim_steps_s": sum(c["steps_s"] for c in pc) / n,
+            "sim_wait_cpu_share": shares.get("cpu", 0.0),
+            "sim_wait_device_share": shares.get("device", 0.0),
+            "sim_wait_lock_share": sum(locks.values()),
+            "sim_top_lock": top,
+        }
+
+
+def _device(dev, k: TimingConstants):
+    qd = k.get("queue_depth", dev.name)
+    return qd
+
+
+def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = None) -> TimingReport:
+    """Replay ``log`` as concurrent processes and return a :class:`TimingReport`.
+
+    Each container's processes start together at time 0 (``docker run`` of
+    every container at once); a process runs its logged operations in order.
+    ``device`` is a :class:`thinp.cost.DeviceProfile` or a profile name."""
+    from ..cost import load_device
+
+    dev = load_device(device)
+    k = constants or TimingConstants()
+    d = log.driver
+    qd = int(k.get("queue_depth", dev.name))
+    lru = _LRU(max(int(k.cache_bytes) // PAGE, 1))
+    by_pid = log.by_pid()
+    union = d in UNION
+    layer = k.get("layer_cpu_s", d)
+    probe = k.get("probe_s", d)
+    pw_cpu = k.get("page_write_cpu_s", d)
+    alloc_s = k.get("alloc_extent_s", d)
+    cpu_tab = k.cpu_s
+    ra_pages = max(k.readahead_bytes // PAGE, 1)
+    procs = log.procs
+    hits = [0]
+    misses = [0]
+    # bytes a copy-up wrote synchronously, per container: the later
+    # writeback of the same bytes is not written again
+    credit: dict = {}
+    fs_scope = "dev" if d != "devicemapper" else None
+
+    def dev_read(nbytes, nreq):
+        return (sim.DEV, dev.read_latency_s * math.ceil(nreq / qd), nbytes / dev.read_bandwidth)
+
+    def dev_write(nbytes, nreq):
+        return (sim.DEV, dev.write_latency_s * math.ceil(nreq / qd), nbytes / dev.write_bandwidth)
+
+    def build(pid, i, now):
+        ops = by_pid[pid]
+        if i >= len(ops):
+            return None
+        j = ops[i]
+        kind = log.kind[j]
+        ci = procs[pid][0]
+        path = log.path[j]
+        dl = log.deltas[j]
+        if dl is not None:
+            bw, wreq, cu_b, cu_n, cow_b, cow_n, probes, prov, inodes = dl
+        else:
+            bw, wreq, cu_b, cu_n, cow_b, cow_n, probes, prov, inodes = (0, -1, 0, 0, 0, 0, 0, 0, 0)
+        stages = []
+        if kind == "barrier":
+            return [(sim.BARRIER, path, log.nbytes[j])]
+        if kind in ("engine_run", "engine_rm"):
+            return [(sim.DELAY, k.engine_run_s if kind == "engine_run" else k.engine_rm_s)]
+        if kind in ("container_start", "container_rm"):
+            glock = GLOBAL_LOCK.get(d)
+            if glock:
+                stages.append((sim.LOCK, glock))
+            stages.append((sim.DELAY, k.get("start_s" if kind == "container_start" else "remove_s", d)))
+            if inodes > 0:          # a layer copied file by file (vfs)
+                stages.append((sim.CPU, inodes * k.vfs_copy_inode_s))
+            if bw:
+                stages.append(dev_write(bw, max(1, math.ceil(bw / k.merge_bytes))))
+            if glock:
+                stages.append((sim.UNLOCK, glock))
+            return stages
+        copy_up = cu_n > 0
+        locks = locks_for(d, kind, ci, path, copy_up)
+        for lid in locks:
+            stages.append((sim.LOCK, lid))
+        cpu = cpu_tab.get(kind, 2 * US) + layer + probes * probe
+        nb = log.nbytes[j]
+        if kind == "write":
+            pages = max(1, -(-nb // PAGE))
+            cpu += pages * (k.page_copy_s + pw_cpu)
+        # page-cache reads, replayed through the simulated LRU now
+        r0, r1 = log.pc[j]
+        miss_runs = []
+        hit_pages = 0
+        for key, p0, p1 in log.reads[r0:r1]:
+            runs = lru.access(key, p0, p1)
+            m = sum(b - a for a, b in runs)
+            hit_pages += (p1 - p0) - m
+            miss_runs += runs
+        if r1 > r0:
+            hits[0] += hit_pages
+            mp = sum(b - a for a, b in miss_runs)
+            misses[0] += mp
+            cpu += (hit_pages + mp) * k.page_copy_s + hit_pages * k.page_hit_s
+        if copy_up:
+            cpu += k.get("copy_up_cpu_s", d) * cu_n + (cu_b / PAGE) * k.copy_up_page_s
+        stages.append((sim.CPU, cpu))
+        if miss_runs:
+            nreq = sum(-(-(b - a) // ra_pages) for a, b in miss_runs)
+            mbytes = sum(b - a for a, b in miss_runs) * PAGE
+            stages.append(dev_read(mbytes, nreq))
+        if copy_up and cu_b:
+            # read the lower file, write and fsync the upper copy
+            nreq = max(1, math.ceil(cu_b / k.merge_bytes))
+            stages.append(dev_read(cu_b, nreq))
+            stages.append(dev_write(cu_b, nreq))
+            credit[ci] = credit.get(ci, 0) + cu_b
+        for lid in reversed(locks):
+            stages.append((sim.UNLOCK, lid))
+        # what reached the device during the op: writeback at sync/fsync
+        # (or the dirty limit), CoW copies, provisioning
+        own = max(bw - cow_b, 0)
+        c = credit.get(ci, 0)
+        if c and own:
+            take = min(c, own)
+            credit[ci] = c - take
+            own -= take
+        if own or cow_b or kind in ("fsync", "sync"):
+            jscope = ("journal", ci if d == "devicemapper" else fs_scope)
+            if d == "devicemapper" and (prov > 0 or cow_n):
+                blocks = max(prov, 0) // (64 * 1024) + cow_n
+                stages += [(sim.LOCK, ("dm_pool_worker", 0)),
+                           (sim.CPU, blocks * k.dm_worker_block_s)]
+                if cow_b:
+                    n = max(1, math.ceil(cow_b / k.merge_bytes))
+                    stages += [dev_read(cow_b, n), dev_write(cow_b, n)]
+                stages.append((sim.UNLOCK, ("dm_pool_worker", 0)))
+            elif d in ("btrfs", "zfs") and (cow_n or own):
+                lid = ("btrfs_extent_tree", 0) if d == "btrfs" else ("zfs_txg", 0)
+                extents = cow_n + max(1, own // (128 * 1024 if d == "zfs" else 32 * PAGE))
+                stages += [(sim.LOCK, lid), (sim.CPU, extents * alloc_s)]
+                if cow_b:
+                    n = max(1, math.ceil(cow_b / k.merge_bytes))
+                    stages += [dev_read(cow_b, n), dev_write(cow_b, n)]
+                stages.append((sim.UNLOCK, lid))
+            if own:
+                nreq = wreq if wreq and wreq > 0 else max(1, math.ceil(own / k.merge_bytes))
+                stages.append(dev_write(own, nreq))
+            if kind in ("fsync", "sync"):
+                stages += [(sim.LOCK, jscope), dev_write(k.journal_commit_writes * PAGE,
+                                                         k.journal_commit_writes)]
+                if d == "devicemapper":
+                    stages.append(dev_write(k.dm_commit_writes * PAGE, k.dm_commit_writes))
+                stages.append((sim.UNLOCK, jscope))
+        return stages
+
+    r = sim.run(len(procs), build, cores=max(1, int(k.cores)), queue_depth=qd,
+                lock_class=_lock_class)
+    # per container and phase, from the ops' begin/end times
+    phases: dict = {}
+    conts: dict = {}
+    # a container's start is the span of its containers_create ops; its
+    # steps the wall span from there to its last op (its processes overlap)
+    for pid, ops in enumerate(by_pid):
+        ci = procs[pid][0]
+        c = conts.setdefault(ci, {"container": ci, "start_s": 0.0, "steps_s": 0.0, "end_s": 0.0,
+                                  "_t0": None, "_t1": 0.0})
+        b, e = r.op_begin[pid], r.op_end[pid]
+        for n, j in enumerate(ops[:len(e)]):
+            ph = log.phase[j]
+            phases[ph] = phases.get(ph, 0.0) + (e[n] - b[n])
+            if ph == "containers_create":
+                c["_t0"] = b[n] if c["_t0"] is None else min(c["_t0"], b[n])
+                c["_t1"] = max(c["_t1"], e[n])
+        if e:
+            c["end_s"] = max(c["end_s"], e[-1])
+    for c in conts.values():
+        t0, t1 = c.pop("_t0"), c.pop("_t1")
+        c["start_s"] = t1 - t0 if t0 is not None else 0.0
+        c["steps_s"] = max(c["end_s"] - (t1 if t0 is not None else 0.0), 0.0)
+    return TimingReport(d, r.end_s, [conts[i] for i in sorted(conts)], phases, dict(r.wait_s),
+                        dict(r.busy_s), len(log), r.events, hits[0], misses[0])
+
+
+def replace(k: TimingConstants, **kw) -> TimingConstants:
+    return dataclasses.replace(k, **kw)

@@ -1,0 +1,296 @@
+"""``thinp calibrate``: the timing model's per-operation costs measured with
+the real kernel on this machine, written as a TOML file whose ``[timing]``
+table ``thinp compare --constants FILE`` uses (and whose ``[device]`` table,
+the loop device the measurements ran on, ``--disk FILE`` can use).
+
+What is measured, each at 1, 2 and 4 processes at once (the ``[timing]``
+table takes the 1-process figure; the others are kept under
+``[calibration]`` to show contention):
+
+* on ext4 over a loop device (what vfs and the union drivers' upper layers
+  run on): ``stat``, open/append/close of 5 bytes, create + unlink, mkdir,
+  readdir of a 64-entry directory, a 4 KiB read that hits the page cache;
+* through kernel overlayfs with K = 1 and 4 lower layers: ``stat`` of a file
+  in the lowest layer (lookup cost by depth), the same append to an upper
+  file, whole-file copy-up of a 4 MiB lower file (per MiB), mount + umount;
+* ``cp -a`` of the Debian-minbase rootfs (vfs's per-file layer copy);
+* a btrfs subvolume snapshot and delete; a zfs-fuse clone and destroy;
+* the loop device itself: 4 KiB O_DIRECT reads (latency) and 1 MiB reads
+  (bandwidth).
+
+aufs and dm-thin are not in this kernel: their constants stay the
+documented defaults of :class:`thinp.timing.TimingConstants` (sources in
+:data:`thinp.timing.SOURCES`).  A part the machine refuses is skipped and
+named in the file's ``[calibration].skipped``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import time
+
+from . import timing as vt
+
+US = 1e-6
+
+
+def _per_op(fn, n_ops: int, procs: int = 1) -> float:
+    """Seconds per operation of ``fn(p)`` (which makes ``n_ops`` of them)
+    run by ``procs`` processes at once: wall time / ops of one process."""
+    return vt.concurrently([(fn, (p,)) for p in range(procs)]) / n_ops
+
+
+def _median(fn, reps=3):
+    return statistics.median(fn() for _ in range(reps))
+
+
+def _ops(root: str, n: int):
+    """The per-op micro-benchmarks on a directory ``root``: name -> (fn, ops)."""
+    def stat(p):
+        path = f"{root}/statme"
+        for _ in range(n):
+            os.stat(path)
+
+    def append(p):
+        path = f"{root}/app-{p}"
+        for _ in range(n):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(fd, b"hello")
+            os.close(fd)
+
+    def create_unlink(p):
+        d = f"{root}/cu-{p}"
+        os.makedirs(d, exist_ok=True)
+        for i in range(n):
+            fd = os.open(f"{d}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.close(fd)
+            os.unlink(f"{d}/f{i}")
+
+    def mkdir(p):
+        d = f"{root}/md-{p}-{time.monotonic_ns()}"
+        os.mkdir(d)
+        for i in range(n):
+            os.mkdir(f"{d}/{i}")
+
+    def readdir(p):
+        for _ in range(n):
+            os.listdir(f"{root}/dir64")
+
+    def read_hit(p):
+        fd = os.open(f"{root}/statme", os.O_RDONLY)
+        try:
+            for _ in range(n):
+                os.pread(fd, 4096, 0)
+        finally:
+            os.close(fd)
+
+    return {"stat": (stat, n), "append": (append, n), "create_unlink": (create_unlink, n),
+            "mkdir": (mkdir, n), "readdir": (readdir, n), "read_hit": (read_hit, n)}
+
+
+def _prepare(root: str) -> None:
+    os.makedirs(f"{root}/dir64", exist_ok=True)
+    for i in range(64):
+        open(f"{root}/dir64/e{i:02d}", "wb").close()
+    with open(f"{root}/statme", "wb") as f:
+        f.write(b"s" * 4096)
+
+
+def _device(loopdev: str) -> dict:
+    """Latency of 4 KiB O_DIRECT reads and bandwidth of 1 MiB ones."""
+    import mmap
+
+    fd = os.open(loopdev, os.O_RDONLY | os.O_DIRECT)
+    try:
+        buf = mmap.mmap(-1, 1 << 20)
+        size = os.lseek(fd, 0, os.SEEK_END)
+        t = time.perf_counter()
+        n = 2000
+        for i in range(n):
+            os.preadv(fd, [memoryview(buf)[:4096]], (i * 7919 * 4096) % (size - 4096) // 4096 * 4096)
+        lat = (time.perf_counter() - t) / n
+        t = time.perf_counter()
+        m = 256
+        for i in range(m):
+            os.preadv(fd, [buf], (i << 20) % (size - (1 << 20)))
+        bw = m * (1 << 20) / (time.perf_counter() - t)
+    finally:
+        os.close(fd)
+    return {"read_latency_s": lat, "read_bandwidth": bw}
+
+
+def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 2000, progress=None) -> dict:
+    """Measure (see the module docstring) and write ``out``; returns what
+    was written as a dict (``timing``, ``device``, ``calibration``)."""
+    ok, why = vt.available()
+    if not ok:
+        from ..errors import NotSupportedError
+
+        raise NotSupportedError(f"calibrate needs the real kernel: {why}")
+    say = progress or (lambda msg: None)
+    meas: dict = {}
+    skipped: dict = {}
+    with contextlib.ExitStack() as stack:
+        base = stack.enter_context(vt.tmpfs("6G"))
+        real = vt.RealSetup(stack, base, ("overlay2", "vfs", "btrfs", "zfs"))
+        skipped.update(real.skipped)
+        loop = subprocess.run(["findmnt", "-no", "SOURCE", real.ext4], capture_output=True,
+                              text=True).stdout.strip()
+        dev = _device(loop) if loop else {}
+        say(f"device {dev}")
+        # ext4: a plain directory (vfs's container)
+        native = os.path.join(real.ext4, "cal-native")
+        os.mkdir(native)
+        _prepare(native)
+        # overlay with 1 and 4 lowers; the file to stat in the lowest
+        ovl = {}
+        for k in (1, 4):
+            lowers = []
+            for i in range(k):
+                d = os.path.join(real.ext4, f"cal-l{k}-{i}")
+                os.makedirs(d)
+                if i == 0:
+                    _prepare(d)
+                    vt.write_file(f"{d}/big", 4 << 20, 1)
+                else:
+                    vt.write_file(f"{d}/other{i}", 16, i)
+                lowers.append(d)
+            up, wk, mnt = (os.path.join(real.ext4, f"cal-{x}{k}") for x in ("u", "w", "m"))
+            for d in (up, wk, mnt):
+                os.mkdir(d)
+            opts = f"lowerdir={':'.join(reversed(lowers))},upperdir={up},workdir={wk}"
+            vt.run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts, mnt])
+            stack.callback(subprocess.run, ["umount", mnt], capture_output=True)
+            ovl[k] = (mnt, opts)
+        for where, root in (("ext4", native), ("overlay1", ovl[1][0]), ("overlay4", ovl[4][0])):
+            for name, (fn, n) in _ops(root, n_ops).items():
+                for pc in procs:
+                    meas[f"{where}.{name}.p{pc}"] = _median(lambda: _per_op(fn, n, pc))
+            say(f"{where} done")
+        # copy-up of a 4 MiB lower file: first 1-byte append minus a later one
+        def copy_up(k):
+            mnt = ovl[k][0]
+            t = time.perf_counter()
+            fd = os.open(f"{mnt}/big", os.O_WRONLY | os.O_APPEND)
+            os.write(fd, b"x")
+            os.close(fd)
+            return time.perf_counter() - t
+        meas["overlay1.copy_up_4MiB.p1"] = copy_up(1)
+        meas["overlay1.append_after.p1"] = copy_up(1)
+        # mount + umount with 1 and 4 lowers
+        for k in (1, 4):
+            _mnt, opts = ovl[k]
+            m2 = os.path.join(real.ext4, f"cal-m2{k}")
+            os.mkdir(m2)
+            u2, w2 = m2 + "u", m2 + "w"
+            os.mkdir(u2)
+            os.mkdir(w2)
+            opts2 = opts.split(",upperdir=")[0] + f",upperdir={u2},workdir={w2}"
+
+            def mount_umount():
+                t = time.perf_counter()
+                vt.run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts2, m2])
+                vt.run_cmd(["umount", m2])
+                return time.perf_counter() - t
+            meas[f"overlay{k}.mount_umount.p1"] = _median(mount_umount)
+        # vfs: cp -a of the Debian rootfs; btrfs snapshot+delete; zfs clone+destroy
+        for d in ("vfs", "btrfs", "zfs"):
+            if d in skipped:
+                continue
+
+            def start_rm(d=d):
+                real.n += 1
+                t = time.perf_counter()
+                real.create(d, real.n, debian=True)
+                t1 = time.perf_counter()
+                real.remove(d, real.n)
+                return t1 - t, time.perf_counter() - t1
+            runs = [start_rm() for _ in range(3)]
+            meas[f"{d}.start.p1"] = statistics.median(a for a, _b in runs)
+            meas[f"{d}.remove.p1"] = statistics.median(b for _a, b in runs)
+            say(f"{d} start/remove done")
+    result = fit(meas, dev)
+    result["calibration"]["skipped"] = skipped
+    write(out, result)
+    return result
+
+
+def fit(meas: dict, dev: dict) -> dict:
+    """The ``[timing]`` constants from the measurements (keys
+    ``where.what.pN``), for the op mix thinp's runner logs: an ``append``
+    step logs an existence check and a stat before its write, so the write's
+    cost is the measured open/append/close less two stats."""
+    from ..workloads.format import profile_rows
+
+    g = lambda key, default=None: meas.get(key, default)   # noqa: E731
+    stat = g("ext4.stat.p1")
+    timing: dict = {"cpu_s": {}, "layer_cpu_s": {}, "probe_s": {}, "start_s": {}, "remove_s": {}}
+    timing["cpu_s"]["stat"] = stat
+    timing["cpu_s"]["write"] = max(g("ext4.append.p1") - 2 * stat, 0.1 * US)
+    timing["cpu_s"]["create"] = g("ext4.create_unlink.p1") / 2
+    timing["cpu_s"]["unlink"] = g("ext4.create_unlink.p1") / 2
+    timing["cpu_s"]["mkdir"] = g("ext4.mkdir.p1")
+    timing["cpu_s"]["readdir"] = g("ext4.readdir.p1")
+    timing["page_hit_s"] = max(g("ext4.read_hit.p1") - stat, 0.05 * US)
+    o1, o4 = g("overlay1.stat.p1"), g("overlay4.stat.p1")
+    if o1 is not None:
+        timing["layer_cpu_s"]["overlay2"] = timing["layer_cpu_s"]["overlay"] = max(o1 - stat, 0.0)
+        timing["probe_s"]["default"] = max((o4 - o1) / 3, 0.0) if o4 is not None else 0.3 * US
+        cu = g("overlay1.copy_up_4MiB.p1", 0) - g("overlay1.append_after.p1", 0)
+        if cu > 0:
+            timing["copy_up_page_s"] = cu / 1024
+        mu = g("overlay4.mount_umount.p1")
+        if mu is not None:
+            timing["start_s"]["overlay2"] = timing["start_s"]["overlay"] = mu
+    files = sum(1 for r in profile_rows("debian-minbase") if r[1] in "fh")
+    if g("vfs.start.p1") is not None:
+        timing["vfs_copy_inode_s"] = g("vfs.start.p1") / files
+        timing["start_s"]["vfs"] = 0.0
+    for d in ("btrfs", "zfs"):
+        if g(f"{d}.start.p1") is not None:
+            timing["start_s"][d] = g(f"{d}.start.p1")
+            timing["remove_s"][d] = g(f"{d}.remove.p1")
+    timing = {k: v for k, v in timing.items() if v != {}}
+    device = {}
+    if dev:
+        device = {"name": "loop-on-tmpfs", "source": "thinp calibrate: a loop device over a tmpfs file",
+                  "read_latency_s": dev["read_latency_s"], "write_latency_s": dev["read_latency_s"],
+                  "discard_latency_s": dev["read_latency_s"], "read_bandwidth": dev["read_bandwidth"],
+                  "write_bandwidth": dev["read_bandwidth"], "discard_bandwidth": dev["read_bandwidth"] * 4}
+    return {"timing": timing, "device": device, "calibration": {"measured_s": dict(sorted(meas.items()))}}
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(float(v)) if isinstance(v, float) else str(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write(out: str, result: dict) -> None:
+    """The TOML file: ``[timing]`` (with per-kind/per-driver sub-tables),
+    ``[device]``, ``[calibration]`` (raw measurements, skipped parts)."""
+    lines = ["# thinp calibrate: the timing model's constants measured on this machine",
+             f"# (host {os.uname().nodename}, {len(os.sched_getaffinity(0))} CPUs)", ""]
+
+    def table(name, d):
+        flat = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        subs = {k: v for k, v in d.items() if isinstance(v, dict)}
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in flat.items()]
+        lines.append("")
+        for k, v in subs.items():
+            lines.append(f"[{name}.{k}]")
+            lines += [f'"{kk}" = {_toml_value(vv)}' for kk, vv in v.items()]
+            lines.append("")
+    table("timing", result["timing"])
+    if result.get("device"):
+        table("device", result["device"])
+    table("calibration", result["calibration"])
+    tmp = out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, out)

@@ -1,0 +1,444 @@
+"""``thinp validate timing``: a small suite of workloads run for real and in
+thinp on the same machine, measured seconds beside the timing model's
+(:mod:`thinp.timing`) predicted seconds.
+
+The real side, on loop devices over sparse files in a tmpfs (so the device
+is memory, as the ``ram`` profile the predictions use):
+
+* ``overlay2``: kernel overlayfs in Docker's overlay2 layout -- the image as
+  four lower directories (big files, two small layers, the small files) on
+  an ext4 loop device, each container an ``upper``/``work`` pair mounted;
+* ``vfs``: each container a ``cp -a`` of the image directory on that ext4;
+* ``btrfs``: the image a subvolume on a btrfs loop device, each container a
+  ``btrfs subvolume snapshot`` of it;
+* ``zfs``: the image a zfs-fuse dataset, each container a ``zfs clone`` of
+  its snapshot (zfs-fuse runs in user space: every system call crosses FUSE,
+  which the model -- of the kernel's zfs -- does not price).
+
+Cases, each at N = 1, 4 and 16 processes in one container (``start``: N
+containers started at once): 5-byte appends to a new small file per
+process (open, append, close), 4 KiB appends to a big image file per
+process (the first copies it up on overlay2), a file tree per process,
+reads of a big image file per process, reads of every small image file by
+every process (caches dropped before each read case), and container starts
+of a Debian-rootfs-sized image (``debian-minbase``: 5,230 files, 120 MB).
+
+Every mount, loop device and daemon is released by its own path, device or
+pid on the way out.
+"""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+from ..workloads.format import ImageSpec, LayerSpec, Step, Workload
+
+MiB = 1 << 20
+NS = (1, 4, 16)
+DRIVERS = ("overlay2", "vfs", "btrfs", "zfs")
+BIG_FILES, BIG_BYTES = 16, 4 * MiB
+SMALL_FILES, SMALL_DIRS, SMALL_BYTES = 400, 8, 4096
+APPENDS_SMALL, APPENDS_BIG = 200, 64
+TREE_DEPTH = 5
+
+
+def image_spec() -> ImageSpec:
+    """The file cases' image: small files at the bottom, two small layers,
+    the big files on top (four layers, as the real overlay2 has four lowers)."""
+    return ImageSpec("synthetic", None, layers=[
+        LayerSpec(SMALL_FILES, SMALL_BYTES, SMALL_DIRS, "/small"),
+        LayerSpec(4, 1024, 1, "/etc/l1"), LayerSpec(4, 1024, 1, "/etc/l2")],
+        extra=[(f"/data/big{k}", BIG_BYTES) for k in range(BIG_FILES)])
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    what: str
+
+    def workload(self, n: int) -> Workload:
+        """The case as a thinp workload of ``n`` processes (``start``: ``n`` containers)."""
+        if self.name == "start":
+            return Workload("start", ImageSpec(), n, [], 0)
+        steps = {
+            "append-small": [Step("append", path="/logs/log-{p}", size=5, count=APPENDS_SMALL)],
+            "append-big": [Step("append", path="/data/big{p}", size=4096, count=APPENDS_BIG)],
+            "tree": [Step("tree", path="/t{p}", depth=TREE_DEPTH, fanout=2, size=1024)],
+            "read-big": [Step("read", path="/data/big{p}")],
+            "read-small": [Step("read", glob="/small/**")],
+        }[self.name]
+        return Workload(self.name, image_spec(), 1, steps, 0, processes=n)
+
+
+CASES = (
+    Case("append-small", "200 five-byte appends (open/append/close) to a new file per process"),
+    Case("append-big", "64 appends of 4 KiB to a 4 MiB image file per process"),
+    Case("tree", "a binary tree of directories, depth 5, a 1 KiB file in each inner one, per process"),
+    Case("read-big", "read a 4 MiB image file per process, cold cache"),
+    Case("read-small", "every process reads the 400 small image files, cold cache"),
+    Case("start", "N containers of a Debian-rootfs-sized image started at once"),
+)
+
+
+# --------------------------------------------------------------------- the real side
+def available() -> tuple[bool, str]:
+    """Whether the real side can run here, and why not."""
+    from .target import can_mount
+
+    return can_mount(tools=("mkfs.ext4", "cp"), fstype="overlay", what="losetup and mount")
+
+
+def run_cmd(cmd) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[:300]}")
+    return r.stdout
+
+
+def _drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+@contextlib.contextmanager
+def tmpfs(size: str):
+    base = tempfile.mkdtemp(prefix="thinp-vt-")
+    run_cmd(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", base])
+    try:
+        yield base
+    finally:
+        subprocess.run(["umount", base], capture_output=True)
+        os.rmdir(base)
+
+
+@contextlib.contextmanager
+def _loop_fs(base: str, name: str, size: int, mkfs: list[str]):
+    """A loop device over a sparse file ``base/name.img``, formatted and
+    mounted at ``base/name``; unmounted and detached by its own path and
+    device on the way out."""
+    img, mnt = os.path.join(base, name + ".img"), os.path.join(base, name)
+    os.mkdir(mnt)
+    with open(img, "wb") as f:
+        f.truncate(size)
+    loop = run_cmd(["losetup", "-f", "--show", img]).strip()
+    mounted = False
+    try:
+        run_cmd([*mkfs, loop])
+        run_cmd(["mount", loop, mnt])
+        mounted = True
+        yield mnt
+    finally:
+        if mounted:
+            subprocess.run(["umount", mnt], capture_output=True)
+        subprocess.run(["losetup", "-d", loop], capture_output=True)
+
+
+def write_file(path: str, size: int, seed: int) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    block = bytes([(seed * 31 + i) % 251 + 1 for i in range(256)]) * 16
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(left, len(block))
+            f.write(block[:n])
+            left -= n
+
+
+def _lay_image(root: str) -> dict[str, str]:
+    """The file cases' image under ``root`` as four layer directories
+    (bottom first, as :func:`image_spec`); returns name -> directory."""
+    dirs = {}
+    for name in ("small", "l1", "l2", "big"):
+        dirs[name] = os.path.join(root, name)
+        os.makedirs(dirs[name])
+    for i in range(SMALL_FILES):
+        write_file(f"{dirs['small']}/small/d{i % SMALL_DIRS:04d}/f{i:06d}", SMALL_BYTES, i)
+    for n, key in ((1, "l1"), (2, "l2")):
+        for i in range(4):
+            write_file(f"{dirs[key]}/etc/l{n}/d0000/f{i:06d}", 1024, i)
+    for k in range(BIG_FILES):
+        write_file(f"{dirs['big']}/data/big{k}", BIG_BYTES, k)
+    return dirs
+
+
+def _lay_debian(root: str) -> str:
+    """The debian-minbase profile's regular files and directories under
+    ``root`` (deterministic contents; symlinks as symlinks)."""
+    from ..workloads.format import profile_rows
+
+    for path, kind, size, mode, _uid, _gid, target in profile_rows("debian-minbase"):
+        p = os.path.join(root, path.strip("/"))
+        if kind == "d":
+            os.makedirs(p, exist_ok=True)
+        elif kind in "fh":
+            write_file(p, size, len(path))
+        elif kind == "l":
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            if not os.path.lexists(p):
+                os.symlink(target, p)
+    return root
+
+
+def _merge(dirs: list[str], dst: str) -> None:
+    """One directory holding every layer's files (vfs's, btrfs's and zfs's image)."""
+    for d in dirs:
+        run_cmd(["cp", "-a", d + "/.", dst])
+
+
+# the per-process work, on a container root
+def _proc_work(case: str, root: str, p: int) -> None:
+    if case == "append-small":
+        path = f"{root}/logs/log-{p}"
+        os.makedirs(f"{root}/logs", exist_ok=True)      # the workload's append makes it too
+        for _ in range(APPENDS_SMALL):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(fd, b"hello")
+            os.close(fd)
+    elif case == "append-big":
+        buf = b"x" * 4096
+        path = f"{root}/data/big{p}"
+        for _ in range(APPENDS_BIG):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+            os.write(fd, buf)
+            os.close(fd)
+    elif case == "tree":
+        level = [f"{root}/t{p}"]
+        os.mkdir(level[0])
+        data = b"t" * 1024
+        for _d in range(TREE_DEPTH):
+            nxt = []
+            for d in level:
+                for k in range(2):
+                    os.mkdir(f"{d}/{k}")
+                    nxt.append(f"{d}/{k}")
+                with open(d + "/f", "wb") as f:
+                    f.write(data)
+            level = nxt
+    elif case == "read-big":
+        with open(f"{root}/data/big{p}", "rb", buffering=0) as f:
+            while f.read(128 << 10):
+                pass
+    elif case == "read-small":
+        for i in range(SMALL_FILES):
+            with open(f"{root}/small/d{i % SMALL_DIRS:04d}/f{i:06d}", "rb", buffering=0) as f:
+                f.read()
+    else:
+        raise ValueError(case)
+
+
+def _worker(fn, args, barrier, q):
+    try:
+        barrier.wait(timeout=120)
+        t0 = time.perf_counter()
+        fn(*args)
+        q.put((t0, time.perf_counter()))
+    except BaseException as e:      # the parent must hear of it, not wait
+        q.put(f"{type(e).__name__}: {e}")
+
+
+def concurrently(calls) -> float:
+    """Run each ``(fn, args)`` in its own process, all released together;
+    seconds from the first start to the last end."""
+    ctx = mp.get_context("fork")
+    barrier, q = ctx.Barrier(len(calls)), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(fn, args, barrier, q)) for fn, args in calls]
+    for pr in procs:
+        pr.start()
+    try:
+        times = [q.get(timeout=600) for _ in procs]
+    finally:
+        for pr in procs:
+            pr.join(timeout=60)
+            if pr.is_alive():       # only ours, by its own pid
+                pr.kill()
+                pr.join()
+    errs = [t for t in times if isinstance(t, str)]
+    if errs:
+        raise RuntimeError(f"a measuring process failed: {errs[0]}")
+    return max(e for _s, e in times) - min(s for s, _e in times)
+
+
+class RealSetup:
+    """The four real drivers' images and containers (see the module docstring)."""
+
+    def __init__(self, stack: contextlib.ExitStack, base: str, drivers):
+        from . import block
+
+        self.drivers = list(drivers)
+        self.skipped: dict[str, str] = {}
+        self.ext4 = stack.enter_context(_loop_fs(base, "ext4", 3 << 30, ["mkfs.ext4", "-q", "-F"]))
+        self.layers = _lay_image(os.path.join(self.ext4, "image"))
+        self.flat = os.path.join(self.ext4, "flat")
+        os.mkdir(self.flat)
+        _merge([self.layers[k] for k in ("small", "l1", "l2", "big")], self.flat)
+        self.debian = _lay_debian(os.path.join(self.ext4, "debian"))
+        self.deb_small = [os.path.join(self.ext4, "debl1"), os.path.join(self.ext4, "debl2")]
+        for i, d in enumerate(self.deb_small):
+            write_file(f"{d}/etc/debl{i}", 1024, i)
+        self.n = 0
+        self.btrfs = self.zfs = None
+        if "btrfs" in self.drivers:
+            ok, why = block.btrfs_available()
+            if ok:
+                self.btrfs = stack.enter_context(_loop_fs(base, "btrfs", 3 << 30, ["mkfs.btrfs", "-q", "-f"]))
+                for name, src in (("img", self.flat), ("deb", self.debian)):
+                    run_cmd(["btrfs", "subvolume", "create", f"{self.btrfs}/{name}"])
+                    run_cmd(["cp", "-a", src + "/.", f"{self.btrfs}/{name}"])
+            else:
+                self.skipped["btrfs"] = why
+        if "zfs" in self.drivers:
+            ok, why = block.zfs_available()
+            if ok:
+                self.zpool, self.zmnt = stack.enter_context(block.real_zfs(workdir=base, size="2G"))
+                for name, src in (("img", self.flat), ("deb", self.debian)):
+                    run_cmd(["zfs", "create", f"{self.zpool}/{name}"])
+                    run_cmd(["cp", "-a", src + "/.", f"{self.zmnt}/{name}"])
+                    run_cmd(["zfs", "snapshot", f"{self.zpool}/{name}@base"])
+                self.zfs = True
+            else:
+                self.skipped["zfs"] = why
+        os.sync()
+
+    def create(self, driver: str, n: int, debian: bool = False) -> str:
+        """Create and start container ``n`` (see :meth:`remove`); returns its root."""
+        if driver == "overlay2":
+            lowers = ([self.debian, *self.deb_small] if debian else
+                      [self.layers[k] for k in ("small", "l1", "l2", "big")])
+            d = os.path.join(self.ext4, f"ctr{n}")
+            for sub in ("diff", "work", "merged"):
+                os.makedirs(os.path.join(d, sub))
+            opts = f"lowerdir={':'.join(reversed(lowers))},upperdir={d}/diff,workdir={d}/work"
+            run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts, f"{d}/merged"])
+            return f"{d}/merged"
+        if driver == "vfs":
+            d = os.path.join(self.ext4, f"ctr{n}")
+            run_cmd(["cp", "-a", self.debian if debian else self.flat, d])
+            return d
+        src = "deb" if debian else "img"
+        if driver == "btrfs":
+            d = f"{self.btrfs}/ctr{n}"
+            run_cmd(["btrfs", "subvolume", "snapshot", f"{self.btrfs}/{src}", d])
+            return d
+        if driver == "zfs":
+            run_cmd(["zfs", "clone", f"{self.zpool}/{src}@base", f"{self.zpool}/ctr{n}"])
+            return f"{self.zmnt}/ctr{n}"
+        raise ValueError(driver)
+
+    def remove(self, driver: str, n: int) -> None:
+        """Stop and remove container ``n``, by its own mount point or name."""
+        if driver == "overlay2":
+            d = os.path.join(self.ext4, f"ctr{n}")
+            if os.path.ismount(f"{d}/merged"):
+                subprocess.run(["umount", f"{d}/merged"], capture_output=True)
+            shutil.rmtree(d, ignore_errors=True)
+        elif driver == "vfs":
+            shutil.rmtree(os.path.join(self.ext4, f"ctr{n}"), ignore_errors=True)
+        elif driver == "btrfs":
+            subprocess.run(["btrfs", "subvolume", "delete", f"{self.btrfs}/ctr{n}"], capture_output=True)
+        elif driver == "zfs":
+            subprocess.run(["zfs", "destroy", "-f", f"{self.zpool}/ctr{n}"], capture_output=True)
+
+    def measure(self, case: str, driver: str, n: int) -> float:
+        """Seconds the real side takes for ``case`` with ``n`` processes."""
+        first = self.n + 1
+        self.n += n if case == "start" else 1
+        ids = list(range(first, self.n + 1))
+        try:
+            if case == "start":
+                return concurrently([(self.create, (driver, i, True)) for i in ids])
+            root = self.create(driver, ids[0])
+            if case.startswith("read"):
+                _drop_caches()
+            return concurrently([(_proc_work, (case, root, p)) for p in range(n)])
+        finally:
+            for i in ids:
+                self.remove(driver, i)
+
+
+# --------------------------------------------------------------------- predictions
+def predict(case: Case, driver: str, n: int, timing=None) -> float:
+    """The timing model's seconds for ``case`` at ``n`` on ``driver`` (the
+    steps' wall time; ``start``: the whole run), on the ``ram`` profile."""
+    from ..timing import TimingConstants, simulate
+    from ..workloads import run
+
+    k = timing or TimingConstants(cores=len(os.sched_getaffinity(0)))
+    res = run(case.workload(n), driver)
+    if res.error:
+        raise RuntimeError(f"{driver}: {res.error}")
+    rep = simulate(res.oplog, device="ram", constants=k)
+    if case.name == "start":
+        return rep.time_s
+    return max(c["steps_s"] for c in rep.per_container)
+
+
+def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, timing=None,
+                    progress=None) -> list[dict]:
+    """Rows of ``case, n, driver, measured_s, predicted_s`` and each time
+    relative to overlay2's in the same case and N (``measured_rel``,
+    ``predicted_rel``).  ``measured_s`` is None where the real side cannot
+    run (``note`` says why)."""
+    rows = []
+    why = ""
+    if real:
+        ok, why = available()
+        real = ok
+    with contextlib.ExitStack() as stack:
+        r = None
+        if real:
+            base = stack.enter_context(tmpfs("7G"))
+            r = RealSetup(stack, base, drivers)
+        for case in cases:
+            for n in ns:
+                group = []
+                for d in drivers:
+                    row = {"case": case.name, "n": n, "driver": d, "predicted_s": predict(case, d, n, timing),
+                           "measured_s": None, "note": why}
+                    if r is not None:
+                        if d in r.skipped:
+                            row["note"] = r.skipped[d]
+                        else:
+                            row["measured_s"] = r.measure(case.name, d, n)
+                            row["note"] = ""
+                    group.append(row)
+                    if progress:
+                        progress(row)
+                base_row = next((x for x in group if x["driver"] == "overlay2"), None)
+                for x in group:
+                    for key, rel in (("measured_s", "measured_rel"), ("predicted_s", "predicted_rel")):
+                        b = base_row[key] if base_row else None
+                        x[rel] = (x[key] / b) if (b and x[key] is not None) else None
+                rows += group
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    """How the predictions met the targets: per (case, n), whether the
+    drivers' order agrees; per row, whether the time relative to overlay2 is
+    within 1.5x of the measured one."""
+    from itertools import groupby
+
+    groups = ok_rank = 0
+    within = total = 0
+    for _key, g in groupby(rows, key=lambda x: (x["case"], x["n"])):
+        g = [x for x in g if x["measured_s"] is not None]
+        if len(g) < 2:
+            continue
+        groups += 1
+        m = [x["driver"] for x in sorted(g, key=lambda x: x["measured_s"])]
+        p = [x["driver"] for x in sorted(g, key=lambda x: x["predicted_s"])]
+        ok_rank += m == p
+        for x in g:
+            if x["driver"] == "overlay2" or x["measured_rel"] is None:
+                continue
+            total += 1
+            ratio = x["predicted_rel"] / x["measured_rel"]
+            within += 1 / 1.5 <= ratio <= 1.5
+    return {"groups": groups, "same_ranking": ok_rank, "rel_rows": total, "rel_within_1_5x": within}
