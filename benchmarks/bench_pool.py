@@ -271,3 +271,60 @@ def test_engine_vs_reference_model(benchmark, workdir):
     benchmark.extra_info["speedup"] = ratio
     print(f"\n  reference model {n / model_s / 1e3:.0f} k ops/s, engine {n / engine_s / 1e6:.2f} M ops/s: {ratio:.0f}x")
     state["pool"].close()
+
+
+# ----------------------------------------------------- dm-format metadata writer
+# PoolMetadata.write_blocks: dm-thin's write path on dm's own btree and space
+# maps, one numba call per batch, beside a bare numba read-modify-write over a
+# table of as many entries as the pool has data blocks (the ceiling).
+DM_NR_DATA = 1 << 22  # 256 GiB of 64 KiB blocks
+
+
+def _dm_pool(workdir, name):
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    md = PoolMetadata.format(os.path.join(workdir, name), nr_metadata_blocks=65536, nr_data_blocks=DM_NR_DATA,
+                             data_block_sectors=BS // 512)
+    md.sync = False
+    md.create_thin(0)
+    md.write_blocks(0, np.arange(4))  # compile outside the timing
+    return md
+
+
+@njit
+def _rmw_ceiling(table, idx):
+    for i in idx:
+        table[i] += 1
+
+
+@pytest.mark.benchmark(group="dm-metadata")
+def test_dm_sequential_provisioning(benchmark, workdir):
+    n = 200_000
+    state = {"round": 0}
+
+    def setup():
+        state["round"] += 1
+        state["md"] = _dm_pool(workdir, f"seq{state['round']}")
+        return (), {}
+
+    benchmark.pedantic(lambda: state["md"].write_blocks(0, np.arange(4, 4 + n)), setup=setup, rounds=3,
+                       iterations=1)
+    _report(benchmark, n, "blocks")
+
+
+@pytest.mark.benchmark(group="dm-metadata")
+def test_dm_random_writes_into_provisioned(benchmark, workdir):
+    md = _dm_pool(workdir, "prov")
+    md.write_blocks(0, np.arange(4, 400_000))
+    idx = np.random.default_rng(RNG_SEED).integers(0, 400_000, 400_000)
+    benchmark.pedantic(lambda: md.write_blocks(0, idx), rounds=3, iterations=1)
+    _report(benchmark, len(idx), "writes")
+
+
+@pytest.mark.benchmark(group="dm-metadata")
+def test_dm_ceiling_rmw(benchmark):
+    table = np.zeros(DM_NR_DATA, dtype=np.uint64)
+    idx = np.random.default_rng(RNG_SEED).integers(0, DM_NR_DATA, 400_000)
+    _rmw_ceiling(table, idx[:4])
+    benchmark.pedantic(lambda: _rmw_ceiling(table, idx), rounds=5, iterations=1)
+    _report(benchmark, len(idx), "writes")

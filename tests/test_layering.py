@@ -30,6 +30,7 @@ LAYERS = [
     "plot",
     "experiments",  # compare, overcommit, sweep
     "validate",     # side by side with the real kernel and tools
+    "docker",       # docker verbs over a persistent root, registry client, builder (runs RUN via validate.capture)
     "cli", "__main__",
 ]
 

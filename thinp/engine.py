@@ -410,11 +410,14 @@ class Engine:
             raise ValueError(f"ambiguous container ID prefix {name!r}")
         raise ContainerNotFoundError(f"No such container: {name}")
 
-    def create(self, image: str, *, name: str | None = None) -> Container:
-        """``docker create``: ``<id>-init`` on the image's top layer, then ``<id>``."""
+    def create(self, image: str, *, name: str | None = None, id: str | None = None) -> Container:
+        """``docker create``: ``<id>-init`` on the image's top layer, then ``<id>``.
+        ``id`` (64 hex digits) re-creates a container a persistent root recorded."""
         img = self.store.get(image)
         self._seq += 1
-        cid = hashlib.sha256(f"thinp-container:{self._seq}:{img.id}:{name}".encode()).hexdigest()
+        cid = id or hashlib.sha256(f"thinp-container:{self._seq}:{img.id}:{name}".encode()).hexdigest()
+        if cid in self.containers:
+            raise ContainerConflictError(f"container {cid} already exists")
         if name is None:
             name = f"thinp_{self._seq}"
         elif any(c.name == name for c in self.containers.values()):

@@ -84,9 +84,10 @@ def test_appends_to_one_file_serialize_on_its_inode_lock():
 
 
 def test_devicemapper_starts_serialize_on_the_deviceset_lock():
-    log = run(_wl([], containers=6), "devicemapper").oplog
-    rep = simulate(log)
+    one = simulate(run(_wl([], containers=1), "devicemapper").oplog)
+    rep = simulate(run(_wl([], containers=6), "devicemapper").oplog)
     assert rep.wait_s.get("devmapper_deviceset", 0) > 0
+    assert rep.time_s == pytest.approx(6 * one.time_s, rel=0.1)
     ov = simulate(run(_wl([], containers=6), "overlay2").oplog)
     assert rep.time_s > 10 * ov.time_s
 
@@ -124,3 +125,44 @@ def test_more_cores_never_slow_a_cpu_bound_run():
     t = [simulate(log, constants=TimingConstants(cores=c)).time_s for c in (1, 2, 4, 8)]
     assert t[0] > t[1] > t[2] > t[3]
     assert t[0] == pytest.approx(8 * t[3], rel=0.01)
+
+
+def test_cli_bad_timing_key_is_one_line(tmp_path, capsys):
+    from thinp.cli import main
+
+    p = tmp_path / "bad.toml"
+    p.write_text("[timing]\ncorez = 2\n")
+    assert main(["compare", "webapp", "--constants", str(p), "--drivers", "overlay2", "--scale", "0.02",
+                 "-q"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"thinp: error: {p}: unknown key timing.corez = 2"]
+
+
+def test_cli_cores_reaches_the_model(tmp_path, capsys):
+    import json
+
+    from thinp.cli import main
+
+    rows = {}
+    for cores in (1, 8):
+        assert main(["compare", "webapp", "--drivers", "overlay2", "--scale", "0.1", "--json",
+                     "--cores", str(cores)]) == 0
+        out = json.loads(capsys.readouterr().out)
+        rows[cores] = (out if isinstance(out, list) else out["rows"])[0]
+    assert rows[1]["sim_time_s"] > rows[8]["sim_time_s"]         # 5 containers at once: CPU-bound in part
+    assert rows[1]["bytes_written"] == rows[8]["bytes_written"]
+
+
+def test_readme_lists_every_timing_constant_with_its_source():
+    import dataclasses
+    import pathlib
+
+    from thinp.timing import SOURCES
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    k = TimingConstants()
+    assert set(SOURCES) == {f.name for f in dataclasses.fields(k)}
+    for f in dataclasses.fields(k):
+        v = getattr(k, f.name)
+        shown = ", ".join(f"{a}={b!r}" for a, b in v.items()) if isinstance(v, dict) else repr(v)
+        assert f"| `{f.name}` | `{shown}` | {SOURCES[f.name]} |" in readme, f.name

@@ -3,6 +3,7 @@ overlay2 model, must leave the upper directory the kernel left."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -59,6 +60,11 @@ def test_capture_names_a_missing_image_and_a_used_output(tmp_path):
     (tmp_path / "img.tar").write_bytes(b"")
     with pytest.raises(ThinpError, match="exists and is not an empty directory"):
         cap.capture(tmp_path / "img.tar", "true", tmp_path / "out")
+    with pytest.raises(ValueError, match="driver 'bogus' is not one of aufs, btrfs"):
+        cap.capture(tmp_path / "img.tar", "true", tmp_path / "out2", replay_driver="bogus")
+    with pytest.raises(ValueError, match="string_bytes -1 is negative"):
+        cap.capture(tmp_path / "img.tar", "true", tmp_path / "out2", string_bytes=-1)
+    assert not (tmp_path / "out2").exists()
 
 
 # ---------------------------------------------------------------- the real thing
@@ -158,3 +164,109 @@ def test_more_captured_commands_are_reproduced_exactly(captured, name, tmp_path)
     assert counts["errors"] == {}
     assert (cmp["missing"], cmp["extra"], cmp["mismatched"]) == ([], [], [])
     assert cmp["paths_matched"] == len(kernel) >= 15
+
+
+def test_a_refused_overlay_mount_is_one_line_naming_the_mount(monkeypatch, tmp_path, capsys):
+    """As on a kernel without overlayfs: the mount's own message, one line, nothing written."""
+    if cap.refusal():
+        pytest.skip(cap.refusal())
+    real_run = cap.subprocess.run
+
+    def fake_run(args, *a, **kw):
+        if args[:3] == ["mount", "-t", "overlay"]:
+            return cap.subprocess.CompletedProcess(args, 32, "", "mount: unknown filesystem type 'overlay'.")
+        return real_run(args, *a, **kw)
+
+    img = tmp_path / "image.tar"
+    cap.build_tools_image(img, {"data/x": b"x"})
+    monkeypatch.setattr(cap.subprocess, "run", fake_run)
+    assert main(["capture", str(img), str(tmp_path / "out"), "true"]) == 1
+    assert capsys.readouterr().err == "thinp: error: overlay mount refused: mount: unknown filesystem type 'overlay'.\n"
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".out")]
+
+
+DPKG_TOOLS = ("dpkg", "dpkg-deb", "dpkg-split", "start-stop-daemon", "ldconfig", "tar", "diff")
+
+
+def _build_deb(tmp_path) -> bytes:
+    """A small .deb made here with dpkg-deb: a conffile, a symlink, a 0640
+    file, and a postinst that runs cp -p, chmod and mkdir -p."""
+    src = tmp_path / "debsrc"
+    for d in ("DEBIAN", "usr/share/demo", "etc", "usr/bin"):
+        (src / d).mkdir(parents=True)
+    (src / "DEBIAN" / "control").write_text("Package: demo\nVersion: 1.0\nArchitecture: all\n"
+                                            "Maintainer: t <t@example.com>\nDescription: demo\n")
+    (src / "DEBIAN" / "postinst").write_text("#!/bin/sh\nset -e\ncp -p /usr/share/demo/a /usr/share/demo/a.bak\n"
+                                             "chmod 600 /usr/share/demo/b\nmkdir -p /var/lib/demo\n")
+    os.chmod(src / "DEBIAN" / "postinst", 0o755)
+    (src / "DEBIAN" / "conffiles").write_text("/etc/demo.conf\n")
+    (src / "etc" / "demo.conf").write_text("conf\n")
+    (src / "usr/share/demo/a").write_bytes(bytes(range(256)) * 12)
+    os.chmod(src / "usr/share/demo/a", 0o640)
+    (src / "usr/share/demo/b").write_text("b\n")
+    os.symlink("../share/demo/b", src / "usr/bin/demo")
+    out = tmp_path / "demo.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(src), str(out)],
+                   check=True, capture_output=True)
+    return out.read_bytes()
+
+
+def test_dpkg_install_of_a_deb_built_here_is_reproduced_exactly(captured, tmp_path):
+    import shutil
+
+    missing = [t for t in DPKG_TOOLS if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"the host lacks {', '.join(missing)} to build a dpkg image from")
+    files = {"var/lib/dpkg/status": b"", "var/lib/dpkg/info": ("dir", 0o755), "var/lib/dpkg/updates": ("dir", 0o755),
+             "var/lib/dpkg/triggers": ("dir", 0o755), "var/log": ("dir", 0o755), "etc": ("dir", 0o755),
+             "usr/share": ("dir", 0o755), "usr/bin": ("dir", 0o755), "tmp/demo.deb": _build_deb(tmp_path)}
+    cap.build_tools_image(tmp_path / "dpkg.tar", files, tools=cap.TOOLS + DPKG_TOOLS)
+    res = cap.capture(tmp_path / "dpkg.tar", "dpkg -i /tmp/demo.deb", tmp_path / "out")
+    assert res.returncode == 0
+    kernel = cap.read_upper_csv(res.upper)
+    assert kernel["usr/share/demo/a.bak"]["mode"] == 0o640 and kernel["usr/share/demo/b"]["mode"] == 0o600
+    assert kernel["usr/bin/demo"]["target"] == "../share/demo/b" and "var/lib/demo" in kernel
+    # dpkg makes the new directory under another name and renames it into place:
+    # a pure-upper directory moved into a merged one is opaque
+    assert "trusted.overlay.opaque" in kernel["usr/share/demo"]["xattrs"]
+    ours, counts = cap.replay_upper(res.image, res.trace)
+    cmp = cap.compare_upper(kernel, ours)
+    assert counts["errors"] == {}
+    assert (cmp["missing"], cmp["extra"], cmp["mismatched"]) == ([], [], [])
+    assert cmp["paths_matched"] == len(kernel) > 20
+
+
+def test_a_multi_layer_image_is_mounted_layer_by_layer(captured, tmp_path):
+    """A second layer whites out one name of a hard-linked pair and makes a
+    directory opaque.  The lower inode still has two links, so the kernel's
+    copy-up of the other name breaks the link and records no origin, as the
+    overlay2 model does; a flattened rootfs would have shown one link."""
+    import io
+    import tarfile
+
+    from thinp.image import Image, Layer, load, save
+
+    [base] = load(captured.image)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name in ("data/.wh.hl2", "data/tree/.wh..wh..opq"):
+            tf.addfile(tarfile.TarInfo(name))
+        ti = tarfile.TarInfo("data/tree/new")
+        ti.size = 3
+        tf.addfile(ti, io.BytesIO(b"new"))
+    top = Layer.from_bytes(buf.getvalue(), name="top.tar").scan()
+    cfg = dict(base.config)
+    cfg["rootfs"] = {"type": "layers", "diff_ids": base.diff_ids + [top.diff_id]}
+    img = Image.from_config(cfg, base.layers + [top], tags=["two-layers:1"])
+    save([img], tmp_path / "two.tar")
+    res = cap.capture(tmp_path / "two.tar", "chmod 600 /data/hl1 && echo /data/tree/* > /data/listing",
+                      tmp_path / "out")
+    assert res.returncode == 0
+    kernel = cap.read_upper_csv(res.upper)
+    assert kernel["data/hl1"]["mode"] == 0o600 and "trusted.overlay.origin" not in kernel["data/hl1"]["xattrs"]
+    assert kernel["data/listing"]["size"] == len("/data/tree/new\n")   # the opaque layer hid the lower tree
+    ours, counts = cap.replay_upper(res.image, res.trace)
+    cmp = cap.compare_upper(kernel, ours)
+    assert counts["errors"] == {}
+    assert (cmp["missing"], cmp["extra"], cmp["mismatched"]) == ([], [], [])

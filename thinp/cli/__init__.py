@@ -21,7 +21,7 @@ import sys
 from ._common import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, Parser
 
 #: command groups, in the order ``thinp --help`` lists them
-GROUPS = ("pool", "tools", "demo", "compare", "capture", "overcommit", "sweep", "validate", "timing")
+GROUPS = ("pool", "tools", "demo", "compare", "capture", "docker", "overcommit", "sweep", "validate", "timing")
 
 
 def _version() -> str:

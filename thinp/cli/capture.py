@@ -21,7 +21,7 @@ def _capture(args) -> int:
     from ..validate import capture as cap
 
     res = cap.capture(args.image, " ".join(args.command), args.out, platform=args.platform,
-                      string_bytes=args.string_bytes)
+                      string_bytes=args.string_bytes, replay_driver=args.driver)
     ours, _counts = cap.replay_upper(res.image, res.trace, driver=args.driver)
     cmp = cap.compare_upper(cap.read_upper_csv(res.upper), ours)
     out.line(f"{res.nr_ops} file operations (exit {res.returncode}, {res.modes_inferred} ACL modes inferred); "

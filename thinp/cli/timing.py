@@ -39,14 +39,21 @@ def _validate(args) -> int:
     from ..validate import timing as vt
 
     k = TimingConstants.from_toml(args.constants) if args.constants else None
-    rows = vt.validate_timing(real=not args.sim_only, timing=k)
+    device = "ram"
+    if args.constants:
+        import tomllib
+
+        with open(args.constants, "rb") as f:
+            if "device" in tomllib.load(f):
+                device = args.constants         # the loop device thinp calibrate measured
+    rows = vt.validate_timing(real=not args.sim_only, timing=k, device=device)
     if args.json:
         out.write_json({"rows": rows, "summary": vt.summary(rows)})
         return 0
     out.table(rows, [("case", "case"), ("n", "N"), ("driver", "driver"), ("measured_s", "measured s"),
                      ("predicted_s", "predicted s"), ("measured_rel", "meas./overlay2"),
                      ("predicted_rel", "pred./overlay2"), ("note", "note")],
-              text_columns={"case", "driver", "note"}, title="thinp validate timing (ram device profile)")
+              text_columns={"case", "driver", "note"}, title=f"thinp validate timing (device {device})")
     s = vt.summary(rows)
     sys.stderr.write(f"same driver ranking in {s['same_ranking']} of {s['groups']} case/N groups; time relative "
                      f"to overlay2 within 1.5x in {s['rel_within_1_5x']} of {s['rel_rows']} rows\n")

@@ -1,6 +1,6 @@
 """The metadata tools, as thin-provisioning-tools names them: ``check``,
 ``dump``, ``restore``, ``ls``, ``delta``, ``rmap``, ``repair``, ``pack``,
-``unpack``, ``trim``, ``metadata-size``."""
+``unpack``, ``convert``, ``trim``, ``metadata-size``."""
 from __future__ import annotations
 
 import sys
@@ -72,6 +72,13 @@ def register(sub) -> None:
         pk.add_argument("-i", "--input", required=True, metavar="FILE")
         pk.add_argument("-o", "--output", required=True, metavar="FILE", help="the new file (must not exist for unpack)")
         pk.set_defaults(func=_pack, pack_command=name)
+
+    cv = sub.add_parser("convert", help="a pool in thinp's own metadata layout -> a new pool with dm-thin metadata")
+    cv.add_argument("dir", help="the pool directory to read")
+    cv.add_argument("new_dir", help="the new pool directory (metadata, data, pool.json)")
+    cv.add_argument("--split", choices=("current", "halves"), default="current",
+                    help="btree split rule: the kernel's since 2021, or even halves (thin_restore 0.9.0)")
+    cv.set_defaults(func=_convert)
 
     t = sub.add_parser("trim", help="thin_trim: punch free data blocks out of the data file")
     add_pool_dir(t)
@@ -171,6 +178,14 @@ def _pack(args) -> int:
     fn = pack if args.pack_command == "pack" else unpack
     n = fn(args.input, args.output)
     out.line(f"{args.pack_command}ed {n} metadata blocks into {args.output}")
+    return 0
+
+
+def _convert(args) -> int:
+    from ..thin.convert import convert_pool
+
+    n = convert_pool(args.dir, args.new_dir, split=args.split)
+    out.line(f"converted {n} mappings into {args.new_dir} (dm-thin metadata; thin sizes in pool.json)")
     return 0
 
 

@@ -1026,7 +1026,7 @@ class UnionDriver(Driver):
     def op_counters(self) -> tuple:
         c, s = self._counters, self.device.stats
         return (s.bytes_written, s.nr_writes, c["copy_up_bytes"], c["copy_up_count"], 0, 0,
-                c["lookup_probes"], self.device.physical_bytes, len(self.fs.inodes))
+                c["lookup_probes"], 0, len(self.fs.inodes))     # (physical_bytes counts a bitmap: not per op)
 
     def stats(self) -> dict:
         """Counters after a sync (delayed allocation written back), as ``du``

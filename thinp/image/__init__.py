@@ -35,7 +35,9 @@ this API:
 
 ``load(path, platform="linux/amd64")`` / ``save(images, path)`` (``thinp.image.archive``)
     Legacy docker save, Docker 25 hybrid save, OCI layouts (dir or tar,
-    indexes, multi-arch), whole-archive gzip/zstd; every digest verified;
+    indexes, multi-arch: one image per name loads whatever its platform,
+    ``platform`` chooses among several), whole-archive gzip/zstd; every
+    digest verified; member names cleaned as Docker's ``Unpack`` cleans them;
     hostile input raises ``ImageFormatError``.
 
 ``ImageStore`` (``thinp.image.store``)

@@ -20,7 +20,7 @@ import json
 import posixpath
 import re
 
-__all__ = ["apply_changes", "COMMIT_INSTRUCTIONS"]
+__all__ = ["apply_changes", "COMMIT_INSTRUCTIONS", "expand_words", "key_value_pairs"]
 
 COMMIT_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "ONBUILD",
                        "USER", "VOLUME", "WORKDIR")
@@ -138,6 +138,20 @@ def _json_or_shell(args: str, what: str) -> list[str]:
     if not s:
         raise ValueError(f"{what} requires an argument")
     return _SHELL + [s]
+
+
+def expand_words(text: str, env: dict | None, what: str = "instruction") -> list[str]:
+    """``text`` split into words as the Dockerfile word parser splits them
+    (quotes, backslash escapes), ``$VAR`` forms expanded from ``env`` outside
+    single quotes (``env=None``: no expansion).  The Dockerfile builder
+    (:mod:`thinp.docker.build`) uses it for every instruction it expands."""
+    return _words(text, env, what)
+
+
+def key_value_pairs(args: str, env: dict, what: str, legacy_ok: bool = True) -> list[tuple[str, str]]:
+    """``ENV``/``LABEL`` pairs: ``k=v k2="v 2"``, or ``k value with spaces``
+    when ``legacy_ok``; values expanded from ``env``."""
+    return _pairs(args, env, what, legacy_ok)
 
 
 def _ports(args: str, env: dict) -> list[str]:

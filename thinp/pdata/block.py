@@ -64,6 +64,10 @@ SUPERBLOCK = Validator("superblock", SUPERBLOCK_CSUM_XOR)
 BTREE_NODE = Validator("btree node", BTREE_CSUM_XOR)
 BITMAP = Validator("space map bitmap", BITMAP_CSUM_XOR)
 INDEX = Validator("space map index", INDEX_CSUM_XOR)
+#: small codes for the validators, for per-block arrays (0 = none)
+KIND_BTREE_NODE, KIND_BITMAP, KIND_INDEX, KIND_SUPERBLOCK = 1, 2, 3, 4
+VALIDATORS = {KIND_BTREE_NODE: BTREE_NODE, KIND_BITMAP: BITMAP, KIND_INDEX: INDEX, KIND_SUPERBLOCK: SUPERBLOCK}
+KIND_OF = {v.name: k for k, v in VALIDATORS.items()}
 
 
 def corrupt(msg: str) -> errors.MetadataCorruptError:
@@ -83,8 +87,9 @@ class BlockManager:
         self.mm = mm
         self.fd = fd
         self._valid: dict[int, Validator] = {}
-        #: blocks written in the open transaction, not sealed yet: trusted as they are
-        self.fresh: set[int] = set()
+        #: uint8[nr_blocks]: 1 = written in the open transaction, not sealed
+        #: yet (trusted as it is; the kernels set it too)
+        self.fresh = np.zeros(blocks.shape[0], dtype=np.uint8)
 
     @property
     def nr_blocks(self) -> int:
@@ -114,6 +119,7 @@ class BlockManager:
 
     def close(self) -> None:
         self.blocks = np.zeros((0, BLOCK_SIZE), dtype=np.uint8)
+        self.fresh = np.zeros(0, dtype=np.uint8)
         if self.mm is not None:
             try:
                 self.mm.close()
@@ -130,7 +136,7 @@ class BlockManager:
         if not 0 <= b < self.blocks.shape[0]:
             raise corrupt(f"{v.name} block {b} is outside the metadata device ({self.blocks.shape[0]} blocks)")
         blk = self.blocks[b]
-        if b in self.fresh:
+        if self.fresh[b]:
             return blk
         if self._valid.get(b) is not v:
             problem = v.check(blk, b)
@@ -146,10 +152,10 @@ class BlockManager:
     def forget(self, b: int) -> None:
         """Block ``b`` is being rewritten in this transaction."""
         self._valid.pop(b, None)
-        self.fresh.add(b)
+        self.fresh[b] = 1
 
     def seal(self, b: int, v: Validator) -> None:
         """Stamp block ``b`` as a ``v`` block (location, checksum)."""
         v.prepare(self.blocks[b], b)
         self._valid[b] = v
-        self.fresh.discard(b)
+        self.fresh[b] = 0

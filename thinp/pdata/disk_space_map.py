@@ -28,7 +28,8 @@ class DiskSpaceMap:
         self.committed = self.count.copy()
         #: free now and at the last commit: what allocation may hand out
         self.free = self.count == 0
-        self.begin = 0
+        #: int64 scalars the kernels share: 0 allocation cursor
+        self.st = np.zeros(2, dtype=np.int64)
         self.bitmap_root = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
@@ -36,6 +37,14 @@ class DiskSpaceMap:
     @property
     def nr_blocks(self) -> int:
         return self.count.shape[0]
+
+    @property
+    def begin(self) -> int:
+        return int(self.st[0])
+
+    @begin.setter
+    def begin(self, b: int) -> None:
+        self.st[0] = b
 
     @property
     def nr_free(self) -> int:

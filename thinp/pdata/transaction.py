@@ -11,9 +11,9 @@ State (plain ndarrays):
 
 count      uint32[nr_blocks]  every metadata block's reference count now
 committed  uint32[nr_blocks]  the counts as of the last commit
-shadows    set of blocks allocated or shadowed in this transaction
-dirty      blocks written in this transaction, with their validator, sealed
-           (location + checksum) at commit
+txn        uint8[nr_blocks]  1 = allocated or shadowed in this transaction
+kind       uint8[nr_blocks]  the validator of such a block (block.KIND_*),
+           sealed (location + checksum) at commit
 
 Allocation is dm's: the lowest block free both now and at the last commit,
 searching from a cursor that restarts at 0 after every commit
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import errors
-from .block import BITMAP, BTREE_NODE, INDEX, BlockManager, Validator
+from .block import BITMAP, BTREE_NODE, INDEX, KIND_OF, VALIDATORS, BlockManager, Validator
 from .space_map import (ENTRIES_PER_BITMAP, find_free, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, SmRoot, nr_bitmaps,
                         pack_bitmap)
 
@@ -43,20 +43,35 @@ class TransactionManager:
         self.committed = self.count.copy()
         #: free now and at the last commit: what allocation may hand out
         self.free = self.count == 0
-        self.shadows: set[int] = set()
-        self.dirty: dict[int, Validator] = {}
-        self.begin = 0
+        self.txn = np.zeros(self.count.shape[0], dtype=np.uint8)
+        self.kind = np.zeros(self.count.shape[0], dtype=np.uint8)
+        #: int64 scalars the kernels share: 0 allocation cursor, 1 allocations, 2 shadows
+        self.st = np.zeros(4, dtype=np.int64)
         # the metadata space map's on-disk structure
         self.bitmap_blocks: list[int] = []
         self.index_block = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
-        self.nr_allocs = 0
-        self.nr_shadows = 0
 
     @property
     def nr_blocks(self) -> int:
         return self.count.shape[0]
+
+    @property
+    def begin(self) -> int:
+        return int(self.st[0])
+
+    @begin.setter
+    def begin(self, b: int) -> None:
+        self.st[0] = b
+
+    @property
+    def nr_allocs(self) -> int:
+        return int(self.st[1])
+
+    @property
+    def nr_shadows(self) -> int:
+        return int(self.st[2])
 
     @property
     def nr_free(self) -> int:
@@ -88,7 +103,7 @@ class TransactionManager:
             self.begin = b + 1
             self.count[b] = 1
             self.free[b] = False
-            self.nr_allocs += 1
+            self.st[1] += 1
             return b
         return None
 
@@ -103,8 +118,8 @@ class TransactionManager:
         b = self._alloc_or_raise()
         blk = self.bm.raw(b)
         blk[:] = 0
-        self.shadows.add(b)
-        self.dirty[b] = v
+        self.txn[b] = 1
+        self.kind[b] = KIND_OF[v.name]
         self.bm.forget(b)
         return b, blk
 
@@ -115,16 +130,16 @@ class TransactionManager:
         original was shared, so the caller must take a reference on
         everything the copy points to."""
         shared = int(self.count[b]) > 1
-        if b in self.shadows and not shared:
+        if self.txn[b] and not shared:
             return b, self.bm.raw(b), False
         self.bm.read(b, v)  # validate what is copied
         nb = self._alloc_or_raise()
         self.dec(b)
-        self.nr_shadows += 1
+        self.st[2] += 1
         blk = self.bm.raw(nb)
         blk[:] = self.bm.raw(b)
-        self.shadows.add(nb)
-        self.dirty[nb] = v
+        self.txn[nb] = 1
+        self.kind[nb] = KIND_OF[v.name]
         self.bm.forget(nb)
         return nb, blk, shared
 
@@ -136,19 +151,17 @@ class TransactionManager:
     def seal_dirty(self) -> list[int]:
         """Stamp location and checksum on every block written this
         transaction that is still in use; returns them."""
-        out = []
-        for b, v in self.dirty.items():
-            if self.count[b]:
-                self.bm.seal(b, v)
-                out.append(b)
+        out = np.flatnonzero((self.txn != 0) & (self.kind != 0) & (self.count != 0)).tolist()
+        for b in out:
+            self.bm.seal(b, VALIDATORS[int(self.kind[b])])
         return out
 
     def end_transaction(self) -> None:
         self.committed[:] = self.count
         self.free = self.count == 0
-        self.bm.fresh.clear()
-        self.shadows.clear()
-        self.dirty.clear()
+        self.bm.fresh[:] = 0
+        self.txn[:] = 0
+        self.kind[:] = 0
         self.begin = 0
 
     # --------------------------------------------- metadata space map
@@ -202,11 +215,11 @@ class TransactionManager:
                 moved = True
             for i in sorted({int(b) // ENTRIES_PER_BITMAP for b in changed}):
                 bb = self.bitmap_blocks[i]
-                if bb not in self.shadows:
+                if not self.txn[bb]:
                     nb, _, _ = self.shadow(bb, BITMAP)
                     self.bitmap_blocks[i] = nb
                     moved = True
-            if self.index_block not in self.shadows:
+            if not self.txn[self.index_block]:
                 nb, _, _ = self.shadow(self.index_block, INDEX)
                 self.index_block = nb
                 moved = True
@@ -214,7 +227,7 @@ class TransactionManager:
                 break
         # now write them: bitmaps and index entries from the final counts
         for i in sorted({int(b) // ENTRIES_PER_BITMAP for b in np.flatnonzero(self.count != self.committed)}
-                        | {i for i, b in enumerate(self.bitmap_blocks) if b in self.shadows}):
+                        | {i for i, b in enumerate(self.bitmap_blocks) if self.txn[b]}):
             lo = i * ENTRIES_PER_BITMAP
             cur = self.count[lo:lo + ENTRIES_PER_BITMAP]
             old = self.committed[lo:lo + ENTRIES_PER_BITMAP]

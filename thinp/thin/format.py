@@ -128,7 +128,7 @@ def read_superblock(bm: BlockManager, b: int = SUPERBLOCK_LOCATION, what: str = 
     magic = int(blk[32:40].view("<u8")[0])
     if magic != THIN_SUPERBLOCK_MAGIC:
         raise corrupt(f"{what} (block {b}): magic {magic}, not dm-thin's {THIN_SUPERBLOCK_MAGIC}")
-    problem = None if b in bm.fresh else SUPERBLOCK.check(blk, b)
+    problem = None if bm.fresh[b] else SUPERBLOCK.check(blk, b)
     if problem:
         raise corrupt(problem if what == "superblock" else f"{what}: {problem}")
     sb = Superblock.unpack(blk)

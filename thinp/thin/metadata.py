@@ -543,6 +543,12 @@ class Metadata:
         if fsize < 2 * METADATA_BLOCK_SIZE:
             raise _corrupt(f"{self.path}: file is {fsize} bytes, shorter than the two superblocks")
         head = np.frombuffer(os.pread(self.fd, 2 * METADATA_BLOCK_SIZE, 0), dtype=np.uint64).reshape(2, -1)
+        from .format import THIN_SUPERBLOCK_MAGIC
+
+        if int(head[0, 4]) == THIN_SUPERBLOCK_MAGIC and int(head[0, SB_MAGIC]) != MAGIC:
+            raise errors.NotSupportedError(
+                f"{self.path} is a dm-thin metadata image: open its pool with thinp.thin.dm_pool.DmPool, "
+                "or read it with thinp check/dump/ls/delta/rmap")
         best = None
         reasons = []
         for slot in (0, 1):

@@ -25,7 +25,7 @@ import numpy as np
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE
 from ..pdata import btree_write as bw
-from ..pdata.block import BITMAP, INDEX, SUPERBLOCK, BlockManager
+from ..pdata.block import KIND_BITMAP, KIND_INDEX, SUPERBLOCK, BlockManager
 from ..pdata.btree import lookup as bt_lookup
 from ..pdata.disk_space_map import DiskSpaceMap
 from ..pdata.space_map import ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, read_counts
@@ -69,6 +69,9 @@ class PoolMetadata:
         self.split = split
         self.devices: dict[int, Details] = {}
         self.sync = True
+        #: mapping inserts and lookups through the numba kernels (the Python
+        #: btree is the reference they are tested against)
+        self.fast = True
         dsm = data_sm
 
         def data_inc(values):
@@ -217,8 +220,40 @@ class PoolMetadata:
         return int(v.view("<u8")[0])
 
     # ------------------------------------------------------------ mappings
+    def _kernel_views(self):
+        blocks = self.bm.blocks
+        return blocks.view(np.uint64), blocks.view(np.uint32)
+
+    def _insert_value(self, dev: int, vblock: int, value: int) -> bool:
+        if not self.fast:
+            v = np.array([value], dtype="<u8").view(np.uint8)
+            self.sb.data_mapping_root, inserted = bw.insert(self.tm, self.sb.data_mapping_root, [dev, vblock], v,
+                                                            self.data_vt, level_types=[self.subtree_vt],
+                                                            split=self.split)
+            return inserted
+        from ..pdata import _btree_kernels as BK
+
+        m64, m32 = self._kernel_views()
+        tm, dsm = self.tm, self.data_sm
+        out = np.zeros(2, dtype=np.int64)
+        r = BK.insert_mapping(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
+                              dsm.count, dsm.committed, dsm.free, np.int64(self.sb.data_mapping_root),
+                              np.int64(dev), np.int64(vblock), np.uint64(value), self.split == "halves", out)
+        if r < 0:
+            raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
+        self.sb.data_mapping_root = int(out[0])
+        return bool(out[1])
+
     def lookup(self, dev: int, vblock: int) -> tuple[int, int] | None:
         """(pblock, time) or None."""
+        if self.fast:
+            from ..pdata import _btree_kernels as BK
+
+            self._details(dev)
+            m64, m32 = self._kernel_views()
+            v, found = BK.lookup_mapping(m64, m32, np.int64(self.sb.data_mapping_root), np.int64(dev),
+                                         np.int64(vblock))
+            return unpack_block_time(int(v)) if found else None
         root = self._subtree_root(dev)
         v = bt_lookup(self.bm, root, vblock, 8)
         return None if v is None else unpack_block_time(int(v.view("<u8")[0]))
@@ -228,10 +263,7 @@ class PoolMetadata:
         (the data block's reference is the caller's, from :meth:`alloc_data`);
         True when the mapping is new."""
         d = self._details(dev)
-        value = np.array([pack_block_time(pblock, self.sb.time)], dtype="<u8").view(np.uint8)
-        self.sb.data_mapping_root, inserted = bw.insert(self.tm, self.sb.data_mapping_root, [dev, vblock], value,
-                                                        self.data_vt, level_types=[self.subtree_vt],
-                                                        split=self.split)
+        inserted = self._insert_value(dev, vblock, pack_block_time(pblock, self.sb.time))
         d.changed = True
         if inserted:
             d.mapped_blocks += 1
@@ -244,20 +276,56 @@ class PoolMetadata:
         if not 0 <= pblock < self.data_sm.nr_blocks:
             raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
         self.data_sm.inc([pblock])
-        value = np.array([pack_block_time(pblock, time)], dtype="<u8").view(np.uint8)
-        self.sb.data_mapping_root, inserted = bw.insert(self.tm, self.sb.data_mapping_root, [dev, vblock], value,
-                                                        self.data_vt, level_types=[self.subtree_vt],
-                                                        split=self.split)
+        inserted = self._insert_value(dev, vblock, pack_block_time(pblock, time))
         d.changed = True
         if inserted:
             d.mapped_blocks += 1
         return inserted
 
+    def write_blocks(self, dev: int, vblocks) -> int:
+        """dm-thin's write path for these vblocks of ``dev`` (provision
+        unmapped ones, break sharing of ones older than the device's last
+        snapshot), in order, in one kernel call; returns how many needed a
+        new data block.  Raises NoSpaceError when data or metadata ran out
+        (the blocks before the failing one are done)."""
+        from ..pdata import _btree_kernels as BK
+
+        d = self._details(dev)
+        vb = np.ascontiguousarray(vblocks, dtype=np.int64)
+        m64, m32 = self._kernel_views()
+        tm, dsm = self.tm, self.data_sm
+        out = np.zeros(4, dtype=np.int64)
+        r = BK.write_blocks(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
+                            dsm.count, dsm.committed, dsm.free, dsm.st, np.int64(self.sb.data_mapping_root),
+                            np.int64(dev), np.int64(d.snapshotted_time), np.int64(self.sb.time), vb,
+                            self.split == "halves", out)
+        self.sb.data_mapping_root = int(out[0])
+        d.mapped_blocks += int(out[2])
+        d.changed = True
+        if r == -1:
+            raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
+        if r == -2:
+            raise errors.NoSpaceError(f"thin device {dev}: no free data block ({dsm.nr_blocks} blocks)")
+        return int(out[3])
+
     def remove(self, dev: int, vblock: int) -> bool:
         """__remove: unmap ``vblock`` (its data block loses a reference)."""
         d = self._details(dev)
-        self.sb.data_mapping_root, removed = bw.remove(self.tm, self.sb.data_mapping_root, [dev, vblock],
-                                                       self.data_vt, level_types=[self.subtree_vt])
+        if self.fast:
+            from ..pdata import _btree_kernels as BK
+
+            m64, m32 = self._kernel_views()
+            tm, dsm = self.tm, self.data_sm
+            out = np.zeros(2, dtype=np.int64)
+            r = BK.remove_mapping(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
+                                  dsm.count, dsm.committed, dsm.free, np.int64(self.sb.data_mapping_root),
+                                  np.int64(dev), np.int64(vblock), out)
+            if r < 0:
+                raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
+            self.sb.data_mapping_root, removed = int(out[0]), bool(out[1])
+        else:
+            self.sb.data_mapping_root, removed = bw.remove(self.tm, self.sb.data_mapping_root, [dev, vblock],
+                                                           self.data_vt, level_types=[self.subtree_vt])
         if removed:
             d.mapped_blocks -= 1
             d.changed = True
@@ -335,9 +403,9 @@ class PoolMetadata:
 
         self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc))
         for b in tm.bitmap_blocks:
-            if b in tm.shadows:
-                tm.dirty[b] = BITMAP
-        tm.dirty[tm.index_block] = INDEX
+            if tm.txn[b]:
+                tm.kind[b] = KIND_BITMAP
+        tm.kind[tm.index_block] = KIND_INDEX
         written = tm.seal_dirty()
         if self.sync and self.bm.mm is not None and written:
             self._flush(written)
@@ -353,7 +421,7 @@ class PoolMetadata:
         else:
             self.bm.raw(SUPERBLOCK_LOCATION)[:] = buf
         self.bm.forget(SUPERBLOCK_LOCATION)
-        self.bm.fresh.discard(SUPERBLOCK_LOCATION)
+        self.bm.fresh[SUPERBLOCK_LOCATION] = 0
         tm.end_transaction()
 
     def _flush(self, blocks: list) -> None:

@@ -57,38 +57,38 @@ class TimingConstants:
     cores: int = 4
     #: CPU seconds of one system call on a native ext4/xfs path, warm dcache
     cpu_s: dict = field(default_factory=lambda: _t(
-        stat=0.8 * US, readlink=1.0 * US, readdir=3.0 * US, open=2.0 * US, read=1.0 * US,
-        write=1.5 * US, create=10 * US, mkdir=12 * US, unlink=8 * US, rename=12 * US,
-        setattr=3.0 * US, fsync=5 * US, sync=20 * US, exec=400 * US, commit=2e-3, diff=1e-3,
+        stat=0.8e-6, readlink=1.0e-6, readdir=3.0e-6, open=2.0e-6, read=1.0e-6,
+        write=1.5e-6, create=10e-6, mkdir=12e-6, unlink=8e-6, rename=12e-6,
+        setattr=3.0e-6, fsync=5e-6, sync=20e-6, exec=400e-6, commit=2e-3, diff=1e-3,
         export=1e-3, container_rm=1e-3))
     #: CPU per page copied to or from user space (4 KiB at ~8 GB/s memcpy)
-    page_copy_s: float = 0.5 * US
+    page_copy_s: float = 0.5e-6
     #: CPU per page-cache hit besides the copy (find_get_page, mark_accessed)
-    page_hit_s: float = 0.2 * US
+    page_hit_s: float = 0.2e-6
     #: extra CPU per operation on the driver's stacked path (the union layer's
     #: own inode/dentry/file indirection; btrfs/zfs checksumming and CoW
     #: bookkeeping per op)
     layer_cpu_s: dict = field(default_factory=lambda: _t(
-        default=0.0, overlay2=0.6 * US, overlay=0.6 * US, aufs=2.5 * US, btrfs=1.5 * US,
-        zfs=3.0 * US))
+        default=0.0, overlay2=0.6e-6, overlay=0.6e-6, aufs=2.5e-6, btrfs=1.5e-6,
+        zfs=3.0e-6))
     #: extra CPU per page written on the driver's path (btrfs crc32c and
     #: extent CoW, zfs checksum + compression check)
-    page_write_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=0.8 * US, zfs=1.2 * US))
+    page_write_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=0.8e-6, zfs=1.2e-6))
     #: CPU of one branch probe of a path lookup (a negative dentry or a
     #: lookup in one lower directory)
-    probe_s: dict = field(default_factory=lambda: _t(default=0.3 * US, aufs=0.9 * US))
+    probe_s: dict = field(default_factory=lambda: _t(default=0.3e-6, aufs=0.9e-6))
     #: CPU of whole-file copy-up besides its I/O (open, xattrs, rename from
     #: the work dir)
-    copy_up_cpu_s: dict = field(default_factory=lambda: _t(default=30 * US, aufs=60 * US))
+    copy_up_cpu_s: dict = field(default_factory=lambda: _t(default=30e-6, aufs=60e-6))
     #: CPU per page copied by copy-up (a splice, page cache to page cache)
-    copy_up_page_s: float = 0.4 * US
+    copy_up_page_s: float = 0.4e-6
     #: dm-thin pool worker CPU per provisioned or CoW-broken block
     #: (btree insert, space-map update, bio remap)
-    dm_worker_block_s: float = 8 * US
+    dm_worker_block_s: float = 8e-6
     #: dm-thin pool metadata commit on a flush (superblock + btree shadows)
     dm_commit_writes: int = 4
     #: btrfs extent-tree / zfs txg CPU per extent or record allocated
-    alloc_extent_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=3 * US, zfs=4 * US))
+    alloc_extent_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=3e-6, zfs=4e-6))
     #: readahead window: a run of missed pages is read in requests this big
     readahead_bytes: int = 128 * 1024
     #: largest write request after the block layer merges
@@ -109,7 +109,10 @@ class TimingConstants:
     remove_s: dict = field(default_factory=lambda: _t(
         default=2e-3, devicemapper=0.09, btrfs=12e-3, zfs=45e-3))
     #: CPU per inode a vfs layer copy makes (create + copy of a small file)
-    vfs_copy_inode_s: float = 22 * US
+    vfs_copy_inode_s: float = 22e-6
+    #: a path's first lookup reads its inode (and, through a union, each
+    #: branch probed) from the device: requests of this many bytes
+    meta_read_bytes: int = 4096
     #: the engine's own part of ``docker run --rm`` (API round trips,
     #: containerd task create, runc create/start, network namespace) and of
     #: the stop + remove at its end, apart from the storage driver
@@ -182,6 +185,7 @@ SOURCES = {
     "remove_s": "thinp.cost.CostConstants.remove_s for the container's two layers",
     "vfs_copy_inode_s": "measured: thinp's vfs lays a 120 MB image at ~22 us per file "
                         "create+write on this machine (issue #13)",
+    "meta_read_bytes": "an ext4 inode-table or directory block, 4 KiB",
     "engine_run_s": "docker run --rm of a trivial container on overlay2 takes a few tenths of a "
                     "second end to end on a current host; 0.30 s for create+start -- an estimate "
                     "to replace by `thinp calibrate`'s measurement",
@@ -211,8 +215,6 @@ def locks_for(driver: str, kind: str, ci: int, path: str, copy_up: bool) -> list
     parent = posixpath.dirname(path) if path else ""
     if kind in ("create", "mkdir", "unlink", "rename"):
         out.append(("dir_i_rwsem", ci if driver != "vfs" else -1, parent))
-    if copy_up and driver in ("overlay", "overlay2"):
-        out.append(("ovl_workdir", ci))            # ovl_lock_rename_workdir, per mount
     if kind == "write" and path:
         out.append(("inode_i_rwsem", ci, path))    # generic_file_write_iter's inode_lock
     return out
@@ -230,27 +232,43 @@ class _LRU:
         self.cap = cap_pages
         self.pages: OrderedDict = OrderedDict()
 
-    def access(self, key, p0: int, p1: int) -> list:
-        """Touch pages [p0, p1) of ``key``; returns the missed runs [(a, b)]."""
+    def access(self, key, p0: int, p1: int, now: float) -> tuple[list, float]:
+        """Touch pages [p0, p1) of ``key`` at ``now``; returns the missed
+        runs [(a, b)] and the latest time a hit page's read (another
+        process's, still in flight) completes -- the reader waits on the
+        page lock until then.  Missed pages are entered as in flight; call
+        :meth:`ready` with their completion time."""
         pages = self.pages
         runs = []
         start = None
+        wait = 0.0
         for p in range(p0, p1):
             k = (key, p)
-            if k in pages:
+            t = pages.get(k, -1.0)
+            if t != -1.0:
                 pages.move_to_end(k)
+                if t > wait:
+                    wait = t
                 if start is not None:
                     runs.append((start, p))
                     start = None
             else:
-                pages[k] = None
+                pages[k] = now
                 if start is None:
                     start = p
         if start is not None:
             runs.append((start, p1))
         while len(pages) > self.cap:
             pages.popitem(last=False)
-        return runs
+        return runs, wait
+
+    def ready(self, key, runs, t: float) -> None:
+        """The missed ``runs`` of ``key`` are read by ``t``."""
+        pages = self.pages
+        for a, b in runs:
+            for p in range(a, b):
+                if (key, p) in pages:
+                    pages[(key, p)] = t
 
 
 @dataclass
@@ -324,6 +342,11 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     # writeback of the same bytes is not written again
     credit: dict = {}
     fs_scope = "dev" if d != "devicemapper" else None
+    # dentries and inodes already read: shared by every container where the
+    # image's inodes are one (overlay, aufs; zfs's ARC), per container where
+    # each has its own copy or device (vfs, devicemapper, btrfs)
+    dcache: set = set()
+    shared_meta = d in UNION or d == "zfs"
 
     def dev_read(nbytes, nreq):
         return (sim.DEV, dev.read_latency_s * math.ceil(nreq / qd), nbytes / dev.read_bandwidth)
@@ -350,16 +373,18 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
         if kind in ("engine_run", "engine_rm"):
             return [(sim.DELAY, k.engine_run_s if kind == "engine_run" else k.engine_rm_s)]
         if kind in ("container_start", "container_rm"):
-            glock = GLOBAL_LOCK.get(d)
-            if glock:
-                stages.append((sim.LOCK, glock))
-            stages.append((sim.DELAY, k.get("start_s" if kind == "container_start" else "remove_s", d)))
-            if inodes > 0:          # a layer copied file by file (vfs)
+            # union drivers' mount(2)/umount(2) serialize on the mount
+            # namespace's lock (namespace_sem); the others on GLOBAL_LOCK
+            # the layers' own file work first, outside any global lock: a
+            # layer copied file by file (vfs), what it wrote
+            if inodes > 0:
                 stages.append((sim.CPU, inodes * k.vfs_copy_inode_s))
             if bw:
                 stages.append(dev_write(bw, max(1, math.ceil(bw / k.merge_bytes))))
-            if glock:
-                stages.append((sim.UNLOCK, glock))
+            glock = GLOBAL_LOCK.get(d, ("mount_namespace", 0))
+            stages += [(sim.LOCK, glock),
+                       (sim.DELAY, k.get("start_s" if kind == "container_start" else "remove_s", d)),
+                       (sim.UNLOCK, glock)]
             return stages
         copy_up = cu_n > 0
         locks = locks_for(d, kind, ci, path, copy_up)
@@ -373,30 +398,55 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
         # page-cache reads, replayed through the simulated LRU now
         r0, r1 = log.pc[j]
         miss_runs = []
+        missed = []
         hit_pages = 0
+        inflight = 0.0
         for key, p0, p1 in log.reads[r0:r1]:
-            runs = lru.access(key, p0, p1)
+            runs, w = lru.access(key, p0, p1, now)
             m = sum(b - a for a, b in runs)
             hit_pages += (p1 - p0) - m
             miss_runs += runs
+            if runs:
+                missed.append((key, runs))
+            inflight = max(inflight, w)
         if r1 > r0:
             hits[0] += hit_pages
             mp = sum(b - a for a, b in miss_runs)
             misses[0] += mp
             cpu += (hit_pages + mp) * k.page_copy_s + hit_pages * k.page_hit_s
         if copy_up:
-            cpu += k.get("copy_up_cpu_s", d) * cu_n + (cu_b / PAGE) * k.copy_up_page_s
+            cpu += (cu_b / PAGE) * k.copy_up_page_s
         stages.append((sim.CPU, cpu))
+        if inflight > now:          # a page another process is still reading
+            stages.append((sim.DELAY, inflight - now))
+        if path and kind not in ("create", "mkdir", "write", "barrier"):
+            dkey = (-1 if shared_meta else ci, path)
+            if dkey not in dcache:
+                dcache.add(dkey)
+                nreq = max(int(probes), 1)
+                stages.append(dev_read(nreq * k.meta_read_bytes, nreq))
         if miss_runs:
             nreq = sum(-(-(b - a) // ra_pages) for a, b in miss_runs)
             mbytes = sum(b - a for a, b in miss_runs) * PAGE
-            stages.append(dev_read(mbytes, nreq))
-        if copy_up and cu_b:
-            # read the lower file, write and fsync the upper copy
-            nreq = max(1, math.ceil(cu_b / k.merge_bytes))
-            stages.append(dev_read(cu_b, nreq))
-            stages.append(dev_write(cu_b, nreq))
-            credit[ci] = credit.get(ci, 0) + cu_b
+            st = dev_read(mbytes, nreq)
+            stages.append(st)
+            done = now + cpu + st[1] + st[2]        # when the pages are up to date, unqueued
+            for key, runs in missed:
+                lru.ready(key, runs, done)
+        if copy_up:
+            if cu_b:
+                # read the lower file, write and fsync the upper copy
+                nreq = max(1, math.ceil(cu_b / k.merge_bytes))
+                stages.append(dev_read(cu_b, nreq))
+                stages.append(dev_write(cu_b, nreq))
+                credit[ci] = credit.get(ci, 0) + cu_b
+            if d in ("overlay", "overlay2"):
+                # the copy is made in the work dir, then renamed into the
+                # upper dir under ovl_lock_rename_workdir (one per mount)
+                stages += [(sim.LOCK, ("ovl_workdir", ci)), (sim.CPU, k.get("copy_up_cpu_s", d) * cu_n),
+                           (sim.UNLOCK, ("ovl_workdir", ci))]
+            else:
+                stages.append((sim.CPU, k.get("copy_up_cpu_s", d) * cu_n))
         for lid in reversed(locks):
             stages.append((sim.UNLOCK, lid))
         # what reached the device during the op: writeback at sync/fsync

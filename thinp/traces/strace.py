@@ -1,11 +1,14 @@
-"""Read ``strace -f -tt -y -s 0`` output into file operations a mounted view can replay.
+"""Read ``strace -f -tt -y`` output into file operations a mounted view can replay.
 
-Capture a container workload with::
+Capture a container workload with ``thinp capture`` (:mod:`thinp.validate.capture`,
+a real overlay mount of the image, as root), or by hand with::
 
-    strace -f -tt -y -s 0 -o trace.txt \\
-      -e trace=%file,%desc,write,pwrite64,pwritev,truncate,ftruncate,fsync,fdatasync CMD
+    strace -f -tt -y -s 64 -o trace.txt \\
+      -e trace=%file,%desc,write,pwrite64,pwritev,truncate,ftruncate,fsync,fdatasync,ioctl CMD
 
-then ``ops = read(path)`` and ``replay(ops, view)``.
+then ``ops = read(path)`` and ``replay(ops, view)``.  ``-s 64`` keeps xattr
+names and minimal ACLs whole; ``-s 0`` traces (the shared dpkg fixture) read
+too, with ACL modes inferred (below).
 
 What the reader keeps
 ---------------------

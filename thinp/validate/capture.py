@@ -4,9 +4,11 @@
 trace :mod:`thinp.traces.strace` can replay, and keeps what the kernel
 made of it:
 
-1. the image (``docker save`` tar or OCI layout) is flattened into a lower
-   directory on a fresh tmpfs (``tar -xp``, owners and modes kept);
-2. overlayfs is mounted over it as Docker's overlay2 mounts a container
+1. each layer of the image (``docker save`` tar or OCI layout) is unpacked
+   into its own directory on a fresh tmpfs (GNU ``tar -xp``, owners, modes
+   and xattrs kept), its whiteouts turned into overlayfs's own (char 0/0,
+   ``trusted.overlay.opaque=y``), as Docker's overlay2 keeps layers;
+2. overlayfs is mounted over them as Docker's overlay2 mounts a container
    (``index=off``, ``redirect_dir=off``, ``metacopy=off``); ``/dev`` (a
    tmpfs with null, zero, random, urandom) and ``/proc`` are mounted on top
    when the image has those directories, so they never reach the upper;
@@ -19,9 +21,10 @@ made of it:
    ``chroot`` are dropped, ``-y`` annotations under the mount lose its
    prefix and any other host path becomes ``/outside/...`` (the reader
    skips those);
-5. the kernel's upper directory is recorded (:func:`upper_rows`: path,
-   type, size, mode, owner, nlink, link target or device, xattr names) in
-   the CSV form of the shared fixtures;
+5. the kernel's upper directory is recorded (``upper_rows``, that is
+   :func:`thinp.validate.union.real_upper_rows`: path, type, size, mode,
+   owner, nlink, link target or device, xattr names) in the CSV form of the
+   shared fixtures;
 6. the trace is checked against that upper (:func:`uncovered`): every upper
    path must be named by an operation the reader took from the trace, or be
    a directory above one; otherwise the flags missed something and capture
@@ -31,11 +34,13 @@ made of it:
    ``strace`` step), which ``thinp compare`` and the workload format take.
 
 Where it cannot run, :func:`refusal` says why in one line (not root, no
-strace, no chroot, no overlayfs).  Every mount is made on a new temporary
+strace, no chroot), and a refused tmpfs or overlay mount raises
+``NotSupportedError`` with the mount's own message.  Every mount is made on a new temporary
 directory and unmounted by its own path, newest first, in ``finally``.
 
 :func:`replay_upper` replays a captured trace with a simulated union driver
-over the same image and :func:`compare_upper` compares the two uppers;
+over the same image, and ``compare_upper`` (:mod:`thinp.validate.union`'s)
+compares the two uppers;
 :func:`build_tools_image` makes a small image from the host's own
 ``/bin/sh``, coreutils and their libraries (nothing third-party is shipped:
 the files are read from the machine at run time).
@@ -53,10 +58,11 @@ import stat as _stat
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import NotSupportedError, ThinpError
+from .union import compare_upper, read_upper_csv, real_upper_rows as upper_rows
 
 __all__ = ["STRACE_FLAGS", "STRACE_SYSCALLS", "strace_flags", "CaptureResult", "capture", "refusal", "rewrite_trace",
            "upper_rows", "read_upper_csv", "uncovered", "replay_upper", "compare_upper",
@@ -97,7 +103,8 @@ class CaptureResult:
     nr_ops: int
     nr_upper_paths: int
     modes_inferred: int
-    uncovered: list = field(default_factory=list)
+    stdout: str = ""     # what the command printed (``thinp docker run`` shows it)
+    stderr: str = ""
 
 
 # ---------------------------------------------------------------- can it run here
@@ -108,15 +115,8 @@ def refusal() -> str | None:
     for tool in ("strace", "chroot", "mount", "umount", "tar"):
         if shutil.which(tool) is None:
             return f"thinp capture needs {tool!r} on PATH"
-    try:
-        with open("/proc/filesystems") as f:
-            kinds = f.read().split()
-    except OSError:
-        kinds = []
-    if "overlay" not in kinds:
-        r = subprocess.run(["modprobe", "overlay"], capture_output=True)
-        if r.returncode:
-            return "thinp capture needs overlayfs, which this kernel does not offer"
+    # overlayfs itself is tried by the mount (the kernel loads the module on
+    # demand); a refusal then names the reason in NotSupportedError
     return None
 
 
@@ -177,29 +177,6 @@ def rewrite_trace(lines, merged: str):
 
 
 # ---------------------------------------------------------------- the upper
-def upper_rows(upper: str) -> dict:
-    """The kernel's upper directory as ``{path: row}``: type (f d l c b p s),
-    size (files), mode, uid, gid, nlink, target (symlink text, or
-    ``major:minor`` of a device) and the xattr names."""
-    out = {}
-    for d, dirs, files in os.walk(upper):
-        dirs.sort()
-        for n in sorted(dirs + files):
-            p = os.path.join(d, n)
-            st = os.lstat(p)
-            m = st.st_mode
-            typ = ("d" if _stat.S_ISDIR(m) else "f" if _stat.S_ISREG(m) else "l" if _stat.S_ISLNK(m)
-                   else "c" if _stat.S_ISCHR(m) else "b" if _stat.S_ISBLK(m) else "p" if _stat.S_ISFIFO(m)
-                   else "s")
-            out[os.path.relpath(p, upper)] = {
-                "type": typ, "size": st.st_size if typ == "f" else 0, "mode": _stat.S_IMODE(m),
-                "uid": st.st_uid, "gid": st.st_gid, "nlink": st.st_nlink,
-                "target": os.readlink(p) if typ == "l" else
-                (f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if typ in "cb" else ""),
-                "xattrs": tuple(sorted(os.listxattr(p, follow_symlinks=False)))}
-    return out
-
-
 def _write_upper_csv(rows: dict, path: Path) -> None:
     with gzip.open(path, "wt", newline="") as f:
         w = csv.writer(f)
@@ -208,22 +185,6 @@ def _write_upper_csv(rows: dict, path: Path) -> None:
             r = rows[p]
             w.writerow([p, r["type"], r["size"], f"0o{r['mode']:o}", r["uid"], r["gid"], r["nlink"], "",
                         r["target"], ";".join(r["xattrs"])])
-
-
-def read_upper_csv(path) -> dict:
-    """An upper-directory CSV (this module's or the shared fixtures') as
-    ``{path: row}`` with ints and a sorted tuple of xattr names."""
-    with gzip.open(path, "rt", newline="") as f:
-        rows = {}
-        for r in csv.DictReader(f):
-            mode = r["mode"]
-            rows[r["path"]] = {
-                "type": r["type"], "size": int(r["size"] or 0),
-                "mode": int(mode[2:] if mode.startswith("0o") else mode, 8),
-                "uid": int(r["uid"] or 0), "gid": int(r["gid"] or 0), "nlink": int(r.get("nlink") or 1),
-                "target": r["target"],
-                "xattrs": tuple(sorted(x.split("=", 1)[0] for x in r["xattrs"].split(";") if x))}
-    return rows
 
 
 def uncovered(ops, rows: dict) -> list[str]:
@@ -245,6 +206,42 @@ def uncovered(ops, rows: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------- capture
+def _native_whiteouts(root: str) -> None:
+    """Turn a layer's OCI whiteouts into overlayfs's own, as Docker's overlay2
+    ``ApplyDiff`` does: ``.wh.NAME`` becomes a char 0/0 (mode 000) named NAME,
+    ``.wh..wh..opq`` becomes ``trusted.overlay.opaque=y`` on its directory,
+    other ``.wh..wh.`` (aufs bookkeeping) goes."""
+    for d, dirs, files in os.walk(root):
+        for name in files:
+            if not name.startswith(".wh."):
+                continue
+            os.unlink(os.path.join(d, name))
+            if name == ".wh..wh..opq":
+                os.setxattr(d, "trusted.overlay.opaque", b"y", follow_symlinks=False)
+            elif not name.startswith(".wh..wh."):
+                os.mknod(os.path.join(d, name[4:]), _stat.S_IFCHR, os.makedev(0, 0))
+
+
+def _unpack_layers(img, into: str) -> list[str]:
+    """Each layer into its own directory (GNU tar, owners, modes and xattrs
+    kept; then native whiteouts), bottom first, as overlay2 keeps them:
+    lower inodes keep their own link counts and whiteouts."""
+    os.mkdir(into)
+    dirs = []
+    for i, layer in enumerate(img.layers):
+        d = os.path.join(into, str(i))
+        os.mkdir(d, 0o755)
+        blob = os.path.join(into, "layer.tar")
+        with layer.open_uncompressed() as f, open(blob, "wb") as out:
+            shutil.copyfileobj(f, out)
+        _run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", blob, "-C", d],
+             f"tar -x of layer {i}")
+        os.unlink(blob)
+        _native_whiteouts(d)
+        dirs.append(d)
+    return dirs
+
+
 def _workload_toml(command: str) -> str:
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", command).strip("-")[:40] or "captured"
     quoted = command.replace("\\", "\\\\").replace('"', '\\"')
@@ -264,16 +261,22 @@ def _pick_image(image_path: str, platform: str | None):
 
 
 def capture(image, command: str, out, *, platform: str | None = None, shell: str = "/bin/sh",
-            string_bytes: int = 64) -> CaptureResult:
+            string_bytes: int = 64, replay_driver: str | None = None) -> CaptureResult:
     """Run ``command`` (a shell command line) in a kernel overlay mount of
     ``image``'s rootfs under strace and write the outputs to the directory
-    ``out`` (see the module docstring).  Raises ``NotSupportedError`` with
+    ``out`` (see the module docstring); ``replay_driver``, if given, is checked
+    up front (the caller replays with it afterwards).  Raises ``NotSupportedError`` with
     the reason where the machine refuses, ``ThinpError`` when the trace does
     not cover the upper directory."""
     from ..traces import strace as _strace
 
     if string_bytes < 0:
         raise ValueError(f"string_bytes {string_bytes} is negative")
+    if replay_driver is not None:
+        from ..drivers import known_drivers
+
+        if replay_driver not in known_drivers():
+            raise ValueError(f"driver {replay_driver!r} is not one of {', '.join(sorted(known_drivers()))}")
     flags = strace_flags(string_bytes)
     image = os.fspath(image)
     if not os.path.exists(image):
@@ -286,19 +289,15 @@ def capture(image, command: str, out, *, platform: str | None = None, shell: str
         raise NotSupportedError(why)
     img = _pick_image(image, platform)
     with _mounts() as (base, _mounted, mount):
-        lower, upper, work, merged = (os.path.join(base, d) for d in ("lower", "upper", "work", "merged"))
-        for d in (lower, upper, work, merged):
+        upper, work, merged = (os.path.join(base, d) for d in ("upper", "work", "merged"))
+        for d in (upper, work, merged):
             os.mkdir(d)
-        flat = os.path.join(base, "rootfs.tar")
-        img.export(flat)
-        _run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", flat, "-C", lower],
-             "tar -x of the image")
-        os.unlink(flat)
-        os.chmod(lower, 0o755)
-        if not os.path.exists(lower + shell):
-            raise ThinpError(f"{image}: has no {shell} to run the command with")
+        lowers = _unpack_layers(img, os.path.join(base, "layers"))
         mount(["-t", "overlay", "overlay", "-o",
-               f"{OVERLAY_OPTIONS},lowerdir={lower},upperdir={upper},workdir={work}"], merged, "overlay mount")
+               f"{OVERLAY_OPTIONS},lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work}"],
+              merged, "overlay mount")
+        if not os.path.lexists(merged + shell):
+            raise ThinpError(f"{image}: has no {shell} to run the command with")
         if os.path.isdir(merged + "/dev"):
             mount(["-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs"], merged + "/dev", "/dev tmpfs")
             for name, major, minor in _DEV_NODES:
@@ -352,7 +351,8 @@ def capture(image, command: str, out, *, platform: str | None = None, shell: str
     os.chmod(out, 0o755)
     paths = {k: out / v for k, v in names}
     return CaptureResult(out, paths["trace"], paths["upper"], paths["workload"], paths["image"],
-                         r.returncode, len(trace.ops), len(rows), trace.nr_modes_inferred)
+                         r.returncode, len(trace.ops), len(rows), trace.nr_modes_inferred,
+                         stdout=r.stdout or "", stderr=r.stderr or "")
 
 
 # ---------------------------------------------------------------- replay and compare
@@ -380,22 +380,6 @@ def replay_upper(image, trace, *, driver: str = "overlay2", **driver_options) ->
         r["xattrs"] = tuple(sorted(r["xattrs"]))
     drv.put("capture")
     return rows, counts
-
-
-_COMPARED = ("type", "size", "mode", "uid", "gid", "target", "xattrs")
-
-
-def compare_upper(kernel: dict, ours: dict) -> dict:
-    """``missing``/``extra`` paths and ``mismatched`` ``(path, field, kernel, ours)``
-    over paths, types, sizes (files), modes, owners, link targets and xattr names."""
-    mism = []
-    for p in sorted(set(kernel) & set(ours)):
-        for k in _COMPARED:
-            if kernel[p][k] != ours[p][k]:
-                mism.append((p, k, kernel[p][k], ours[p][k]))
-    return {"paths_expected": len(kernel), "missing": sorted(set(kernel) - set(ours)),
-            "extra": sorted(set(ours) - set(kernel)), "mismatched": mism,
-            "paths_matched": len(set(kernel) & set(ours)) - len({m[0] for m in mism})}
 
 
 # ---------------------------------------------------------------- a test image from the host

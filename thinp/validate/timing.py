@@ -363,9 +363,10 @@ class RealSetup:
 
 
 # --------------------------------------------------------------------- predictions
-def predict(case: Case, driver: str, n: int, timing=None) -> float:
+def predict(case: Case, driver: str, n: int, timing=None, device="ram") -> float:
     """The timing model's seconds for ``case`` at ``n`` on ``driver`` (the
-    steps' wall time; ``start``: the whole run), on the ``ram`` profile."""
+    steps' wall time; ``start``: the whole run), on ``device`` (default the
+    ``ram`` profile; ``thinp calibrate`` measures the loop device)."""
     from ..timing import TimingConstants, simulate
     from ..workloads import run
 
@@ -373,14 +374,14 @@ def predict(case: Case, driver: str, n: int, timing=None) -> float:
     res = run(case.workload(n), driver)
     if res.error:
         raise RuntimeError(f"{driver}: {res.error}")
-    rep = simulate(res.oplog, device="ram", constants=k)
+    rep = simulate(res.oplog, device=device, constants=k)
     if case.name == "start":
         return rep.time_s
     return max(c["steps_s"] for c in rep.per_container)
 
 
 def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, timing=None,
-                    progress=None) -> list[dict]:
+                    device="ram", progress=None) -> list[dict]:
     """Rows of ``case, n, driver, measured_s, predicted_s`` and each time
     relative to overlay2's in the same case and N (``measured_rel``,
     ``predicted_rel``).  ``measured_s`` is None where the real side cannot
@@ -399,7 +400,8 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
             for n in ns:
                 group = []
                 for d in drivers:
-                    row = {"case": case.name, "n": n, "driver": d, "predicted_s": predict(case, d, n, timing),
+                    row = {"case": case.name, "n": n, "driver": d,
+                           "predicted_s": predict(case, d, n, timing, device),
                            "measured_s": None, "note": why}
                     if r is not None:
                         if d in r.skipped:

@@ -41,7 +41,8 @@ from pathlib import Path
 
 from .target import RealDir, RealView, SimTarget, can_mount
 
-__all__ = ["validate_union_drivers", "overlay2_replay_calibration", "real_overlay_rows", "kernel_replay",
+__all__ = ["read_upper_csv", "real_upper_rows", "compare_upper", "validate_union_drivers", "overlay2_replay_calibration",
+           "real_overlay_rows", "kernel_replay",
            "upper_manifest", "build_debian_lower", "KERNEL_UPPER_DU_KIB"]
 
 KERNEL_UPPER_DU_KIB = 4620
@@ -102,16 +103,23 @@ def _data_kib(fs, p: str) -> int:
     return (node.nr_data_blocks + delayed) * 4
 
 
-def _read_csv(path: Path) -> dict:
+def read_upper_csv(path) -> dict:
+    """An upper-directory CSV (the shared fixture's, or one ``thinp capture``
+    wrote) as ``{path: row}``: ints for size, mode, uid, gid and nlink, a
+    sorted tuple of xattr names."""
     with gzip.open(path, "rt", newline="") as f:
         rows = {}
         for r in csv.DictReader(f):
             r["size"] = int(r["size"] or 0)
             r["mode"] = int(r["mode"], 8) if not r["mode"].startswith("0o") else int(r["mode"][2:], 8)
             r["uid"], r["gid"] = int(r["uid"] or 0), int(r["gid"] or 0)
+            r["nlink"] = int(r.get("nlink") or 1)
             r["xattrs"] = tuple(sorted(x.split("=", 1)[0] for x in r["xattrs"].split(";") if x))
             rows[r["path"]] = r
     return rows
+
+
+_read_csv = read_upper_csv
 
 
 def overlay2_replay_calibration(fixtures=None, *, fstype: str = "ext4", driver: str = "overlay2") -> dict:
@@ -377,35 +385,49 @@ def real_overlay_rows(drivers=("overlay2", "aufs", "overlay")) -> list[dict]:
     return out
 
 
-def _real_manifest(upper: str) -> dict:
+def real_upper_rows(upper: str) -> dict:
+    """A real (kernel) upper directory as ``{path: row}`` in the CSV's terms:
+    type (f d l c b p s), size (files), mode, uid, gid, nlink, target (symlink
+    text, or ``major:minor`` of a device), sorted xattr names, and ``blocks``."""
     out = {}
     for d, dirs, files in os.walk(upper):
-        for n in dirs + files:
+        dirs.sort()
+        for n in sorted(dirs + files):
             p = os.path.join(d, n)
             st = os.lstat(p)
             m = st.st_mode
             typ = ("d" if _stat.S_ISDIR(m) else "f" if _stat.S_ISREG(m) else "l" if _stat.S_ISLNK(m)
-                   else "c" if _stat.S_ISCHR(m) else "p")
+                   else "c" if _stat.S_ISCHR(m) else "b" if _stat.S_ISBLK(m) else "p" if _stat.S_ISFIFO(m)
+                   else "s")
             out[os.path.relpath(p, upper)] = {
                 "type": typ, "size": st.st_size if typ == "f" else 0, "mode": _stat.S_IMODE(m),
-                "uid": st.st_uid, "gid": st.st_gid,
+                "uid": st.st_uid, "gid": st.st_gid, "nlink": st.st_nlink,
                 "target": os.readlink(p) if typ == "l" else
-                (f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if typ == "c" else ""),
+                (f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if typ in "cb" else ""),
                 "xattrs": tuple(sorted(os.listxattr(p, follow_symlinks=False))), "blocks": st.st_blocks}
     return out
 
 
-def _compare(ref: dict, ours: dict) -> dict:
+_real_manifest = real_upper_rows
+
+
+def compare_upper(ref: dict, ours: dict) -> dict:
+    """Two uppers side by side: ``missing``/``extra`` paths and ``mismatched``
+    ``(path, want, got)`` over type, size (files), mode, owner, link target
+    or device, and xattr names; ``paths_matched`` of ``paths_expected``."""
     mism = []
     for p in sorted(set(ref) & set(ours)):
         r, o = ref[p], ours[p]
         want = (r["type"], r["size"] if r["type"] == "f" else 0, r["mode"], r["uid"], r["gid"],
-                r["target"] if r["type"] in "lc" else "", tuple(sorted(r["xattrs"])))
+                r["target"] if r["type"] in "lcb" else "", tuple(sorted(r["xattrs"])))
         got = (o["type"], o["size"], o["mode"], o["uid"], o["gid"], o["target"], tuple(sorted(o["xattrs"])))
         if want != got:
             mism.append((p, want, got))
     return {"missing": sorted(set(ref) - set(ours)), "extra": sorted(set(ours) - set(ref)), "mismatched": mism,
             "paths_matched": len(set(ref) & set(ours)) - len(mism), "paths_expected": len(ref)}
+
+
+_compare = compare_upper
 
 
 def kernel_replay(fixtures=None) -> dict:

@@ -1,0 +1,729 @@
+"""numba kernels for dm's two-level mapping tree (8-byte values everywhere).
+
+Private.  The same operations as :mod:`thinp.pdata.btree_write` (which is
+the reference: a test replays random operations through both and compares
+the files byte for byte), for the trees dm-thin changes on every write:
+the mapping tree, dev_id -> subtree root -> vblock -> ``pblock << 24 | time``.
+
+Arrays (views of one metadata buffer, and the managers' state):
+
+m64, m32   uint64[nb, 512], uint32[nb, 1024]  the blocks; a node's header
+           words are m32[b, 1] flags, m32[b, 4] nr_entries, m32[b, 5]
+           max_entries, m32[b, 6] value_size; keys m64[b, 4 + i], values
+           m64[b, 4 + max_entries + i]
+count, committed, free, txn, kind, fresh   the transaction manager's
+           (see transaction.py) and the block manager's ``fresh``
+tst        int64 [cursor, allocations, shadows, -]
+dcount, dcommitted, dfree, dst   the data space map's
+
+Kernels return >= 0, or -1 when metadata ran out (the transaction must be
+abandoned, as dm aborts it).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import njit
+
+INTERNAL = 1
+LEAF = 2
+HDR = 4  # header words (32 bytes)
+MAX8 = 252  # calc_max_entries(8)
+KIND_BTREE = 1
+THRESH = 8
+
+
+@njit(inline="always")
+def _find_free(free, begin):
+    n = free.shape[0]
+    for i in range(begin, n):
+        if free[i]:
+            return i
+    for i in range(0, min(begin, n)):
+        if free[i]:
+            return i
+    return -1
+
+
+@njit(inline="always")
+def _alloc(m64, count, free, txn, kind, fresh, tst):
+    b = _find_free(free, tst[0])
+    if b < 0:
+        return -1
+    tst[0] = b + 1
+    tst[1] += 1
+    count[b] = 1
+    free[b] = False
+    txn[b] = 1
+    kind[b] = KIND_BTREE
+    fresh[b] = 1
+    for w in range(512):
+        m64[b, w] = 0
+    return b
+
+
+@njit(inline="always")
+def _dec(count, committed, free, b):
+    c = count[b]
+    count[b] = c - 1
+    if c == 1 and committed[b] == 0:
+        free[b] = True
+
+
+@njit(inline="always")
+def _ddec(dcount, dcommitted, dfree, p):
+    c = dcount[p]
+    dcount[p] = c - 1
+    if c == 1 and dcommitted[p] == 0:
+        dfree[p] = True
+
+
+@njit(inline="always")
+def _dinc(dcount, dfree, p):
+    dcount[p] += 1
+    dfree[p] = False
+
+
+@njit
+def _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds):
+    """leaf_holds: 1 = metadata blocks (subtree roots), 2 = data block_time."""
+    nr = m32[b, 4]
+    mx = m32[b, 5]
+    if m32[b, 1] & INTERNAL or leaf_holds == 1:
+        for i in range(nr):
+            c = np.int64(m64[b, HDR + mx + i])
+            count[c] += 1
+            free[c] = False
+    else:
+        for i in range(nr):
+            _dinc(dcount, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
+
+
+@njit
+def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, b, leaf_holds):
+    """dm_tm_shadow_block + inc_children; the block to write, or -1."""
+    shared = count[b] > 1
+    if txn[b] and not shared:
+        return b
+    nb = _alloc(m64, count, free, txn, kind, fresh, tst)
+    if nb < 0:
+        return -1
+    _dec(count, committed, free, b)
+    tst[2] += 1
+    for w in range(512):
+        m64[nb, w] = m64[b, w]
+    if shared:
+        _inc_children(m64, m32, count, free, dcount, dfree, nb, leaf_holds)
+    return nb
+
+
+@njit(inline="always")
+def _lower_bound(m64, m32, b, key):
+    lo = -1
+    hi = np.int64(m32[b, 4])
+    while hi - lo > 1:
+        mid = lo + (hi - lo) // 2
+        k = m64[b, HDR + mid]
+        if k == key:
+            return mid
+        if k < key:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@njit(inline="always")
+def _key(m64, b, i):
+    return m64[b, HDR + i]
+
+
+@njit(inline="always")
+def _val(m64, m32, b, i):
+    return m64[b, HDR + m32[b, 5] + i]
+
+
+@njit(inline="always")
+def _set_val(m64, m32, b, i, v):
+    m64[b, HDR + m32[b, 5] + i] = v
+
+
+@njit
+def _move(m64, m32, dst, doff, src, soff, count):
+    """Copy ``count`` entries (overlap-safe) from src[soff:] to dst[doff:]."""
+    if count <= 0:
+        return
+    dm = m32[dst, 5]
+    sm = m32[src, 5]
+    if dst == src and doff > soff:
+        for i in range(count - 1, -1, -1):
+            m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
+            m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+    else:
+        for i in range(count):
+            m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
+            m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+
+
+@njit
+def _insert_at(m64, m32, b, i, key, v):
+    nr = np.int64(m32[b, 4])
+    _move(m64, m32, b, i + 1, b, i, nr - i)
+    m64[b, HDR + i] = key
+    _set_val(m64, m32, b, i, v)
+    m32[b, 4] = nr + 1
+
+
+@njit
+def _redistribute2(m64, m32, left, right):
+    nl = np.int64(m32[left, 4])
+    nr = np.int64(m32[right, 4])
+    total = nl + nr
+    tl = total // 2
+    tr = total - tl
+    if nl < tl:
+        d = tl - nl
+        _move(m64, m32, left, nl, right, 0, d)
+        _move(m64, m32, right, 0, right, d, nr - d)
+    elif nl > tl:
+        d = nl - tl
+        if nr:
+            _move(m64, m32, right, d, right, 0, nr)
+        _move(m64, m32, right, 0, left, tl, d)
+    m32[left, 4] = tl
+    m32[right, 4] = tr
+
+
+@njit
+def _redistribute3(m64, m32, left, center, right):
+    nl = np.int64(m32[left, 4])
+    nr = np.int64(m32[right, 4])
+    total = nl + nr
+    tl = total // 3
+    tc = (total - tl) // 2
+    tr = total - tl - tc
+    if nl < tl:
+        short = tl - nl
+        _move(m64, m32, left, nl, right, 0, short)
+        _move(m64, m32, center, 0, right, short, tc)
+        _move(m64, m32, right, 0, right, nr - tr, tr)
+    elif nl < tl + tc:
+        l2c = nl - tl
+        _move(m64, m32, center, 0, left, tl, l2c)
+        _move(m64, m32, center, l2c, right, 0, tc - l2c)
+        _move(m64, m32, right, 0, right, nr - tr, tr)
+    else:
+        short = tr - nr
+        _move(m64, m32, right, short, right, 0, nr)
+        _move(m64, m32, right, 0, left, nl - short, short)
+        _move(m64, m32, center, 0, left, tl, nl - tl)
+    m32[left, 4] = tl
+    m32[center, 4] = tc
+    m32[right, 4] = tr
+
+
+@njit
+def _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, like):
+    b = _alloc(m64, count, free, txn, kind, fresh, tst)
+    if b < 0:
+        return -1
+    m32[b, 1] = m32[like, 1]
+    m32[b, 5] = m32[like, 5]
+    m32[b, 6] = m32[like, 6]
+    return b
+
+
+# the spine: sp[0] parent, sp[1] current, sp[2] count, sp[3] root
+@njit
+def _split_beneath(m64, m32, count, free, txn, kind, fresh, tst, sp):
+    pn = sp[1]
+    nr = np.int64(m32[pn, 4])
+    nl = nr // 2
+    left = _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, pn)
+    if left < 0:
+        return -1
+    right = _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, pn)
+    if right < 0:
+        return -1
+    _move(m64, m32, left, 0, pn, 0, nl)
+    m32[left, 4] = nl
+    _move(m64, m32, right, 0, pn, nl, nr - nl)
+    m32[right, 4] = nr - nl
+    lk = m64[left, HDR]
+    rk = m64[right, HDR]
+    m32[pn, 1] = INTERNAL
+    m32[pn, 4] = 2
+    m32[pn, 5] = MAX8
+    m32[pn, 6] = 8
+    m64[pn, HDR] = lk
+    m64[pn, HDR + 1] = rk
+    m64[pn, HDR + MAX8] = np.uint64(left)
+    m64[pn, HDR + MAX8 + 1] = np.uint64(right)
+    return 0
+
+
+@njit
+def _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, pi, key):
+    left = sp[1]
+    right = _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, left)
+    if right < 0:
+        return -1
+    _redistribute2(m64, m32, left, right)
+    _insert_at(m64, m32, sp[0], pi + 1, m64[right, HDR], np.uint64(right))
+    if key >= m64[right, HDR]:
+        sp[1] = right
+    return 0
+
+
+@njit
+def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent, i, leaf_holds):
+    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree,
+                 np.int64(_val(m64, m32, parent, i)), leaf_holds)
+    if nb >= 0:
+        _set_val(m64, m32, parent, i, np.uint64(nb))
+    return nb
+
+
+@njit
+def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, pi, key,
+                          leaf_holds):
+    parent = sp[0]
+    if pi == 0:
+        mid_index = 1
+        left = sp[1]
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+                              pi + 1, leaf_holds)
+        if right < 0:
+            return -1
+    else:
+        mid_index = pi
+        right = sp[1]
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+                             pi - 1, leaf_holds)
+        if left < 0:
+            return -1
+    middle = _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, left)
+    if middle < 0:
+        return -1
+    _redistribute3(m64, m32, left, middle, right)
+    m64[parent, HDR + mid_index] = m64[right, HDR]
+    _insert_at(m64, m32, parent, mid_index, m64[middle, HDR], np.uint64(middle))
+    if key < m64[middle, HDR]:
+        sp[1] = left
+    elif key < m64[right, HDR]:
+        sp[1] = middle
+    else:
+        sp[1] = right
+    return 0
+
+
+@njit
+def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, pi, key,
+                        leaf_holds):
+    parent = sp[0]
+    nr_parent = np.int64(m32[parent, 4])
+    left_shared = False
+    right_shared = False
+    if pi > 0:
+        lb = np.int64(_val(m64, m32, parent, pi - 1))
+        left_shared = count[lb] > 1
+        if not left_shared and np.int64(m32[lb, 5]) - np.int64(m32[lb, 4]) >= THRESH:
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+                                pi - 1, leaf_holds)
+            if sib < 0:
+                return -1
+            _redistribute2(m64, m32, sib, sp[1])
+            m64[parent, HDR + pi] = m64[sp[1], HDR]
+            if key < m64[sp[1], HDR]:
+                sp[1] = sib
+            return 0
+    if pi < nr_parent - 1:
+        rb = np.int64(_val(m64, m32, parent, pi + 1))
+        right_shared = count[rb] > 1
+        if not right_shared and np.int64(m32[rb, 5]) - np.int64(m32[rb, 4]) >= THRESH:
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+                                pi + 1, leaf_holds)
+            if sib < 0:
+                return -1
+            _redistribute2(m64, m32, sp[1], sib)
+            m64[parent, HDR + pi + 1] = m64[sib, HDR]
+            if key >= m64[sib, HDR]:
+                sp[1] = sib
+            return 0
+    if left_shared or right_shared or nr_parent <= 2 or pi == 0 or pi + 1 == nr_parent:
+        return _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, pi, key)
+    return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, pi,
+                                 key, leaf_holds)
+
+
+@njit
+def _has_space(m64, m32, b, key):
+    if m32[b, 4] == m32[b, 5]:
+        if m32[b, 1] & LEAF:
+            i = _lower_bound(m64, m32, b, key)
+            return i >= 0 and m64[b, HDR + i] == key
+        return False
+    return True
+
+
+@njit
+def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key, index,
+                leaf_holds, halves):
+    i = index
+    top = True
+    while True:
+        # shadow_step
+        if sp[2] == 2:
+            sp[0] = sp[1]
+            sp[2] = 1
+        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, root, leaf_holds)
+        if nb < 0:
+            return -2
+        if sp[2] == 0:
+            sp[3] = nb
+            sp[1] = nb
+            sp[2] = 1
+        else:
+            sp[0] = sp[1]
+            sp[1] = nb
+            sp[2] = 2
+        if sp[2] == 2 and i >= 0:
+            _set_val(m64, m32, sp[0], i, np.uint64(nb))
+        b = sp[1]
+        if halves:
+            full = m32[b, 4] == m32[b, 5]
+        else:
+            full = not _has_space(m64, m32, b, key)
+        if full:
+            if top:
+                r = _split_beneath(m64, m32, count, free, txn, kind, fresh, tst, sp)
+            elif halves:
+                r = _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, i, key)
+            else:
+                r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp,
+                                        i, key, leaf_holds)
+            if r < 0:
+                return -2
+            b = sp[1]
+        i = _lower_bound(m64, m32, b, key)
+        if m32[b, 1] & LEAF:
+            break
+        if i < 0:
+            m64[b, HDR] = key
+            i = 0
+        root = np.int64(_val(m64, m32, b, i))
+        top = False
+    if i < 0 or m64[b, HDR + i] != key:
+        i += 1
+    return i
+
+
+@njit
+def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                   root, dev, vblock, value, halves, out):
+    """dm_btree_insert_notify on the two-level mapping tree.  ``out`` gets
+    (new root, inserted).  Returns 0, or -1 when metadata ran out."""
+    sp = np.zeros(4, dtype=np.int64)
+    key0 = np.uint64(dev)
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key0, -1,
+                      1, halves)
+    if idx < -1:
+        return -1
+    n = sp[1]
+    if idx >= m32[n, 4] or m64[n, HDR + idx] != key0:
+        # a new device: dm_btree_empty, and its root under the dev_id
+        nt = _alloc(m64, count, free, txn, kind, fresh, tst)
+        if nt < 0:
+            return -1
+        m32[nt, 1] = LEAF
+        m32[nt, 5] = MAX8
+        m32[nt, 6] = 8
+        _insert_at(m64, m32, n, idx, key0, np.uint64(nt))
+    sub = np.int64(_val(m64, m32, n, idx))
+    key1 = np.uint64(vblock)
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, sub, key1, idx,
+                      2, halves)
+    if idx < -1:
+        return -1
+    n = sp[1]
+    if idx >= m32[n, 4] or m64[n, HDR + idx] != key1:
+        _insert_at(m64, m32, n, idx, key1, value)
+        out[1] = 1
+    else:
+        old = _val(m64, m32, n, idx)
+        if (old >> np.uint64(24)) != (value >> np.uint64(24)):
+            _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
+        _set_val(m64, m32, n, idx, value)
+        out[1] = 0
+    out[0] = sp[3]
+    return 0
+
+
+@njit
+def lookup_mapping(m64, m32, root, dev, vblock):
+    """The value under (dev, vblock), or 0 (a value is never 0 for a
+    mapped block... except pblock 0 at time 0, so callers use lookup2)."""
+    b = root
+    for level in range(2):
+        key = np.uint64(dev) if level == 0 else np.uint64(vblock)
+        while True:
+            i = _lower_bound(m64, m32, b, key)
+            if i < 0 or i >= m32[b, 4]:
+                return np.uint64(0), False
+            if m32[b, 1] & LEAF:
+                if m64[b, HDR + i] != key:
+                    return np.uint64(0), False
+                v = _val(m64, m32, b, i)
+                if level == 0:
+                    b = np.int64(v)
+                    break
+                return v, True
+            b = np.int64(_val(m64, m32, b, i))
+    return np.uint64(0), False
+
+
+@njit
+def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                 root, dev, snap_time, time, vblocks, halves, out):
+    """dm-thin's write path for each of ``vblocks`` of device ``dev``: a
+    mapped block not shared (its time is at or after ``snap_time``) needs
+    nothing; otherwise a new data block (lowest free now and at the last
+    commit, from the cursor ``dst[0]``) is mapped, which drops the shared
+    block's reference.  ``out`` gets (new root, blocks done, mappings
+    added, data blocks allocated).  Returns 0, -1 out of metadata, -2 out of data space (``out[1]``
+    says how far it got)."""
+    added = 0
+    allocs = 0
+    for k in range(vblocks.shape[0]):
+        vb = vblocks[k]
+        v, found = lookup_mapping(m64, m32, root, dev, vb)
+        if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
+            continue
+        p = _find_free(dfree, dst[0])
+        if p < 0:
+            out[0] = root
+            out[1] = k
+            out[2] = added
+            out[3] = allocs
+            return -2
+        dst[0] = p + 1
+        dcount[p] = 1
+        dfree[p] = False
+        value = (np.uint64(p) << np.uint64(24)) | np.uint64(time & 0xFFFFFF)
+        r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                           root, dev, vb, value, halves, out)
+        if r < 0:
+            out[0] = root
+            out[1] = k
+            out[2] = added
+            out[3] = allocs
+            return -1
+        root = out[0]
+        added += out[1]
+        allocs += 1
+    out[0] = root
+    out[1] = vblocks.shape[0]
+    out[2] = added
+    out[3] = allocs
+    return 0
+
+
+# ------------------------------------------------------------------ removal
+@njit
+def _delete_at(m64, m32, b, i):
+    nr = np.int64(m32[b, 4])
+    _move(m64, m32, b, i, b, i + 1, nr - i - 1)
+    m32[b, 4] = nr - 1
+
+
+@njit
+def _rm_shift(m64, m32, left, right, count):
+    nl = np.int64(m32[left, 4])
+    nr = np.int64(m32[right, 4])
+    if count == 0:
+        return
+    if count > 0:
+        _move(m64, m32, right, count, right, 0, nr)
+        _move(m64, m32, right, 0, left, nl - count, count)
+    else:
+        c = -count
+        _move(m64, m32, left, nl, right, 0, c)
+        _move(m64, m32, right, 0, right, c, nr - c)
+    m32[left, 4] = nl - count
+    m32[right, 4] = nr + count
+
+
+@njit
+def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_index):
+    nl = np.int64(m32[left, 4])
+    nr = np.int64(m32[right, 4])
+    if nl + nr < 2 * (np.int64(m32[left, 5]) // 3) + 1:
+        _move(m64, m32, left, nl, right, 0, nr)
+        m32[left, 4] = nl + nr
+        _delete_at(m64, m32, parent, r_index)
+        _dec(count, committed, free, right)
+    else:
+        target_left = (nl + nr) // 2
+        _rm_shift(m64, m32, left, right, nl - target_left)
+        m64[parent, HDR + r_index] = m64[right, HDR]
+
+
+@njit
+def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, key,
+                        leaf_holds):
+    """Returns 1 done, 0 key absent, -1 out of metadata."""
+    if m32[cur, 4] == 1:
+        b = np.int64(_val(m64, m32, cur, 0))
+        if count[b] > 1:
+            _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds)
+        for w in range(512):
+            m64[cur, w] = m64[b, w]
+        _dec(count, committed, free, b)
+        return 1
+    i = _lower_bound(m64, m32, cur, key)
+    if i < 0:
+        return 0
+    nr = np.int64(m32[cur, 4])
+    if i == 0 or i == nr - 1:
+        li = i if i == 0 else i - 1
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li,
+                             leaf_holds)
+        if left < 0:
+            return -1
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 1,
+                              leaf_holds)
+        if right < 0:
+            return -1
+        _rebalance2_nodes(m64, m32, count, committed, free, cur, left, right, li + 1)
+        return 1
+    li = i - 1
+    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li,
+                         leaf_holds)
+    if left < 0:
+        return -1
+    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 1,
+                           leaf_holds)
+    if center < 0:
+        return -1
+    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 2,
+                          leaf_holds)
+    if right < 0:
+        return -1
+    nl = np.int64(m32[left, 4])
+    nc = np.int64(m32[center, 4])
+    nr = np.int64(m32[right, 4])
+    mt = np.int64(m32[left, 5]) // 3
+    c_index = li + 1
+    r_index = li + 2
+    if nl + nc + nr < mt * 4 + 1:
+        # delete the center node into its neighbours, then rebalance the two
+        mx = np.int64(m32[left, 5])
+        sh = min(mx - nl, nc)
+        _move(m64, m32, left, nl, center, 0, sh)
+        m32[left, 4] = nl + sh
+        if sh != nc:
+            rest = nc - sh
+            _move(m64, m32, right, rest, right, 0, nr)
+            _move(m64, m32, right, 0, center, sh, rest)
+            m32[right, 4] = nr + rest
+        m64[cur, HDR + r_index] = m64[right, HDR]
+        _delete_at(m64, m32, cur, c_index)
+        r_index -= 1
+        _dec(count, committed, free, center)
+        _rebalance2_nodes(m64, m32, count, committed, free, cur, left, right, r_index)
+        return 1
+    total = nl + nc + nr
+    target_right = total // 3
+    remainder = 1 if target_right * 3 != total else 0
+    target_left = target_right + remainder
+    if nl < nr:
+        s = nl - target_left
+        if s < 0 and nc < -s:
+            _rm_shift(m64, m32, left, center, -nc)
+            s += nc
+            _rm_shift(m64, m32, left, right, s)
+            nr += s
+        else:
+            _rm_shift(m64, m32, left, center, s)
+        _rm_shift(m64, m32, center, right, target_right - nr)
+    else:
+        s = target_right - nr
+        if s > 0 and nc < s:
+            _rm_shift(m64, m32, center, right, nc)
+            s -= nc
+            _rm_shift(m64, m32, left, right, s)
+            nl -= s
+        else:
+            _rm_shift(m64, m32, center, right, s)
+        _rm_shift(m64, m32, left, center, nl - target_left)
+    m64[cur, HDR + c_index] = m64[center, HDR]
+    m64[cur, HDR + r_index] = m64[right, HDR]
+    return 1
+
+
+@njit
+def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key, index,
+                leaf_holds):
+    """The index of ``key`` in the leaf now current, -1 absent, -2 out of metadata."""
+    i = index
+    while True:
+        if sp[2] == 2:
+            sp[0] = sp[1]
+            sp[2] = 1
+        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, root, leaf_holds)
+        if nb < 0:
+            return -2
+        if sp[2] == 0:
+            sp[3] = nb
+            sp[1] = nb
+            sp[2] = 1
+        else:
+            sp[0] = sp[1]
+            sp[1] = nb
+            sp[2] = 2
+            _set_val(m64, m32, sp[0], i, np.uint64(nb))
+        b = sp[1]
+        if not (m32[b, 1] & LEAF):
+            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, b, key,
+                                    leaf_holds)
+            if r < 0:
+                return -2
+            if r == 0:
+                return -1
+        if m32[b, 1] & LEAF:
+            j = _lower_bound(m64, m32, b, key)
+            if j < 0 or j >= m32[b, 4] or m64[b, HDR + j] != key:
+                return -1
+            return j
+        i = _lower_bound(m64, m32, b, key)
+        root = np.int64(_val(m64, m32, b, i))
+
+
+@njit
+def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                   root, dev, vblock, out):
+    """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
+    Returns 0, or -1 when metadata ran out."""
+    sp = np.zeros(4, dtype=np.int64)
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root,
+                      np.uint64(dev), 0, 1)
+    if idx == -2:
+        return -1
+    if idx == -1:
+        out[0] = sp[3]
+        out[1] = 0
+        return 0
+    sub = np.int64(_val(m64, m32, sp[1], idx))
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, sub,
+                      np.uint64(vblock), idx, 2)
+    if idx == -2:
+        return -1
+    out[0] = sp[3]
+    if idx == -1:
+        out[1] = 0
+        return 0
+    n = sp[1]
+    _ddec(dcount, dcommitted, dfree, np.int64(_val(m64, m32, n, idx) >> np.uint64(24)))
+    _delete_at(m64, m32, n, idx)
+    out[1] = 1
+    return 0
