@@ -100,17 +100,9 @@ def parse_drivers(drivers) -> list[str]:
 
 
 def _default_runner():
-    """:mod:`thinp.workloads`, or the module named by ``THINP_COMPARE_RUNNER``
-    (a test hook: any module with ``load`` and ``run``)."""
-    import importlib
+    """:mod:`thinp.workloads` (``load`` and ``run``)."""
+    from .. import workloads
 
-    name = os.environ.get("THINP_COMPARE_RUNNER")
-    if name:
-        return importlib.import_module(name)
-    from .. import workloads  # the workloads branch provides load/run
-
-    if not hasattr(workloads, "run"):
-        raise CompareError("thinp.workloads.run is not available in this build")
     return workloads
 
 
