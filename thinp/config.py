@@ -6,6 +6,9 @@ kernel may run beside other threads) is set in one place.
 """
 from __future__ import annotations
 
+#: The kernel's page: the page cache's unit, and the block size of every
+#: filesystem model (ext4/xfs 4 KiB blocks, btrfs's sectorsize).
+PAGE_SIZE = 4096
 #: The metadata block size: 4 KiB, as dm-persistent-data uses.
 METADATA_BLOCK_SIZE = 4096
 #: dm-thin's data block size limits, in bytes.

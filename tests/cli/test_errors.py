@@ -91,20 +91,19 @@ def test_paths_the_user_gave_are_the_ones_named(cli, tmp_path):
 def test_a_bad_constants_value_names_file_and_key(cli, tmp_path):
     k = tmp_path / "k.toml"
     k.write_text('[constants]\ncache_bytes = "big"\n')
-    rc, out, err = cli("compare", "applog", "--drivers", "aufs", "--constants", k)
+    rc, out, err = cli("compare", "webapp", "--scale", "0.02", "--drivers", "aufs", "--constants", k)
     one_line(rc, err, f"{k}: constants.cache_bytes = 'big'")
     k.write_text('[constants.mount_s]\noverlay2 = "slow"\n')
-    rc, out, err = cli("compare", "applog", "--drivers", "aufs", "--constants", k)
+    rc, out, err = cli("compare", "webapp", "--scale", "0.02", "--drivers", "aufs", "--constants", k)
     one_line(rc, err, f"{k}: constants.mount_s.overlay2 = 'slow'")
 
 
 def test_compare_exits_non_zero_naming_each_distinct_error_once(cli, monkeypatch):
-    from tests.compare import standin
-
+    from thinp import workloads
     from thinp.experiments import compare as cmp
 
     class Runner:
-        load = staticmethod(standin.load)
+        load = staticmethod(workloads.load)
 
         @staticmethod
         def run(workload, driver, **kw):
@@ -112,15 +111,15 @@ def test_compare_exits_non_zero_naming_each_distinct_error_once(cli, monkeypatch
                 raise OSError(28, "No space left on device")
             if driver == "overlay":
                 raise RuntimeError("mount refused")
-            return standin.run(workload, driver, **kw)
+            return workloads.run(workload, driver, **kw)
 
     monkeypatch.setattr(cmp, "_default_runner", lambda: Runner)
-    rc, out, err = cli("compare", "applog", "--drivers", "overlay2,aufs,overlay,vfs", "-q")
+    rc, out, err = cli("compare", "webapp", "--scale", "0.02", "--drivers", "overlay2,aufs,overlay,vfs", "-q")
     assert rc == 1
     assert err.splitlines() == ["thinp: error: aufs, vfs: OSError: [Errno 28] No space left on device",
                                 "thinp: error: overlay: RuntimeError: mount refused"]
     assert "overlay2" in out and "aufs" not in out           # the good row stays, the bad ones go
-    rc, out, err = cli("compare", "applog", "--drivers", "overlay2,aufs", "--json")
+    rc, out, err = cli("compare", "webapp", "--scale", "0.02", "--drivers", "overlay2,aufs", "--json")
     rows = json.loads(out)
     assert rc == 1 and [r["error"] is None for r in rows] == [True, False]
 

@@ -15,10 +15,8 @@ from __future__ import annotations
 import os
 import time
 
+from ..drivers.base import DRIVER_NAMES as ALL_DRIVERS  # the seven drivers, in the table's order
 from ..timing.model import SIM_COLUMNS, SIM_TEXT_COLUMNS
-
-#: The seven Docker storage drivers, in the order the table shows them.
-ALL_DRIVERS = ("overlay2", "overlay", "aufs", "devicemapper", "btrfs", "zfs", "vfs")
 
 #: Columns of the DataFrame after ``driver`` (units in the names).
 COLUMNS = (
@@ -124,17 +122,9 @@ def parse_drivers(drivers) -> list[str]:
 
 
 def _default_runner():
-    """:mod:`thinp.workloads`, or the module named by ``THINP_COMPARE_RUNNER``
-    (a test hook: any module with ``load`` and ``run``)."""
-    import importlib
+    """:mod:`thinp.workloads` (``load`` and ``run``)."""
+    from .. import workloads
 
-    name = os.environ.get("THINP_COMPARE_RUNNER")
-    if name:
-        return importlib.import_module(name)
-    from .. import workloads  # the workloads branch provides load/run
-
-    if not hasattr(workloads, "run"):
-        raise CompareError("thinp.workloads.run is not available in this build")
     return workloads
 
 

@@ -89,17 +89,9 @@ CASES = (
 # --------------------------------------------------------------------- the real side
 def available() -> tuple[bool, str]:
     """Whether the real side can run here, and why not."""
-    if os.geteuid() != 0:
-        return False, "not root: losetup and mount need root"
-    for tool in ("losetup", "mount", "umount", "mkfs.ext4", "cp"):
-        if shutil.which(tool) is None:
-            return False, f"{tool} not found"
-    if not os.path.exists("/dev/loop-control"):
-        return False, "no /dev/loop-control"
-    with open("/proc/filesystems") as f:
-        if "overlay" not in f.read():
-            return False, "kernel has no overlayfs"
-    return True, ""
+    from .target import can_mount
+
+    return can_mount(tools=("mkfs.ext4", "cp"), fstype="overlay", what="losetup and mount")
 
 
 def run_cmd(cmd) -> str:
@@ -273,7 +265,7 @@ def concurrently(calls) -> float:
     return max(e for _s, e in times) - min(s for s, _e in times)
 
 
-class RealSide:
+class RealSetup:
     """The four real drivers' images and containers (see the module docstring)."""
 
     def __init__(self, stack: contextlib.ExitStack, base: str, drivers):
@@ -403,7 +395,7 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
         r = None
         if real:
             base = stack.enter_context(tmpfs("7G"))
-            r = RealSide(stack, base, drivers)
+            r = RealSetup(stack, base, drivers)
         for case in cases:
             for n in ns:
                 group = []
