@@ -152,7 +152,7 @@ _DEVICE_FIELDS = ("read_latency_s", "write_latency_s", "discard_latency_s",
                   "read_bandwidth", "write_bandwidth", "discard_bandwidth")
 
 
-def toml_load(path) -> dict:
+def load_toml(path) -> dict:
     try:
         import tomllib
     except ImportError:  # pragma: no cover - python < 3.11
@@ -177,7 +177,7 @@ def load_device(spec) -> DeviceProfile:
         return DEVICES[s]
     if not s.endswith(".toml"):
         raise CostModelError(f"unknown device {s!r} (built-in: {', '.join(DEVICES)}; or a .toml file)")
-    data = toml_load(s)
+    data = load_toml(s)
     table = data.get("device")
     if not isinstance(table, dict):
         raise CostModelError(f"{s}: no [device] table")
@@ -305,7 +305,7 @@ class CostConstants:
 
     @classmethod
     def from_toml(cls, path) -> "CostConstants":
-        data = toml_load(path).get("constants", {})
+        data = load_toml(path).get("constants", {})
         names = {f.name for f in dataclasses.fields(cls)}
         base = cls()
         kw = {}

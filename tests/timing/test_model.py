@@ -165,4 +165,26 @@ def test_readme_lists_every_timing_constant_with_its_source():
     for f in dataclasses.fields(k):
         v = getattr(k, f.name)
         shown = ", ".join(f"{a}={b!r}" for a, b in v.items()) if isinstance(v, dict) else repr(v)
-        assert f"| `{f.name}` | `{shown}` | {SOURCES[f.name]} |" in readme, f.name
+        assert f"| `{f.name}` | [timing] | `{shown}` | {SOURCES[f.name]} |" in readme, f.name
+
+
+def test_waits_view_breaks_the_ranking_down(capsys):
+    import json
+
+    import pandas as pd
+
+    from thinp.cli import main
+    from thinp.experiments.compare import row_from_result, waits_view
+
+    rows = [row_from_result(run(_wl([], containers=4), d)) for d in ("overlay2", "devicemapper")]
+    for r in rows:
+        shares = json.loads(r["sim_waits"])
+        assert abs(sum(v for k, v in shares.items() if k not in ("cpu", "device", "barrier"))
+                   - r["sim_wait_lock_share"]) < 1e-3
+        assert json.loads(r["sim_phases"])["containers_create"] > 0
+    view, cols = waits_view(pd.DataFrame(rows))
+    assert cols[:2] == ["driver", "sim total s"]
+    dm = next(v for v in view if v["driver"] == "devicemapper")
+    assert dm["devmapper_deviceset"] > 0.5 and all(c in dm for c in cols)
+    assert main(["compare", "webapp", "--scale", "0.1", "--drivers", "devicemapper", "-q", "--waits"]) == 0
+    assert "devmapper_deviceset" in capsys.readouterr().out

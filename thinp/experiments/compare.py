@@ -16,7 +16,7 @@ import os
 import time
 
 from ..drivers.base import DRIVER_NAMES as ALL_DRIVERS  # the seven drivers, in the table's order
-from ..timing.model import SIM_COLUMNS
+from ..timing.model import SIM_COLUMNS, SIM_TEXT_COLUMNS
 
 #: Columns of the DataFrame after ``driver`` (units in the names).
 COLUMNS = (
@@ -68,6 +68,28 @@ def table_view(df):
     return rows, best
 
 
+def waits_view(df) -> tuple[list[dict], list[str]]:
+    """The timing model's breakdown per driver: ``(rows, columns)``, a row
+    per driver that ran with its simulated wall time and the share of all
+    process time spent waiting on each resource (``cpu``, ``device``, each
+    lock class; columns ordered by the largest share anywhere)."""
+    import json
+
+    rows, totals = [], {}
+    for r in df.to_dict(orient="records"):
+        if r.get("error") or not r.get("sim_waits"):
+            continue
+        waits = json.loads(r["sim_waits"])
+        for k, v in waits.items():
+            totals[k] = max(totals.get(k, 0.0), v)
+        rows.append({"driver": r["driver"], "sim total s": r["sim_time_s"], **waits})
+    cols = sorted(totals, key=lambda k: -totals[k])
+    for row in rows:
+        for c in cols:
+            row.setdefault(c, 0.0)
+    return rows, ["driver", "sim total s", *cols]
+
+
 def failures(df) -> list[str]:
     """Each distinct driver error once: ``"aufs, vfs: OSError: ..."``."""
     by_error: dict[str, list] = {}
@@ -114,7 +136,7 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
            "error": getattr(result, "error", None)}
     if row["error"]:
         row.update({c: float("nan") for c in COLUMNS})
-        row["sim_top_lock"] = ""
+        row.update({c: "" for c in SIM_TEXT_COLUMNS})
         row["run_s"] = run_s
         return row
     m = result.metrics or {}
@@ -130,11 +152,11 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
 def _timing_columns(result, device, timing) -> dict:
     """The concurrent timing model's columns (:mod:`thinp.timing`), empty
     where the run left no operation log."""
-    from ..timing.model import SIM_COLUMNS, simulate
+    from ..timing.model import simulate
 
     log = getattr(result, "oplog", None)
     if log is None:
-        return {c: (float("nan") if c != "sim_top_lock" else "") for c in SIM_COLUMNS}
+        return {c: (float("nan") if c not in SIM_TEXT_COLUMNS else "") for c in SIM_COLUMNS}
     return simulate(log, device=device, constants=timing).row()
 
 

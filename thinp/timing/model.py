@@ -31,6 +31,7 @@ and contention shares as the model's answer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import posixpath
 from collections import OrderedDict
@@ -128,9 +129,9 @@ class TimingConstants:
         """The defaults overridden by the ``[timing]`` table of a TOML file
         (the same names; per-kind and per-driver tables as sub-tables).
         Raises :class:`thinp.cost.CostModelError` naming the key."""
-        from ..cost import CostModelError, toml_load
+        from ..cost import CostModelError, load_toml
 
-        data = toml_load(path).get("timing", {})
+        data = load_toml(path).get("timing", {})
         if not isinstance(data, dict):
             raise CostModelError(f"{path}: [timing] must be a table")
         base = cls()
@@ -222,7 +223,9 @@ def locks_for(driver: str, kind: str, ci: int, path: str, copy_up: bool) -> list
 
 #: the columns :meth:`TimingReport.row` adds to :func:`thinp.compare`'s table
 SIM_COLUMNS = ("sim_time_s", "sim_start_s", "sim_steps_s", "sim_wait_cpu_share",
-               "sim_wait_device_share", "sim_wait_lock_share", "sim_top_lock")
+               "sim_wait_device_share", "sim_wait_lock_share", "sim_top_lock", "sim_waits", "sim_phases")
+#: of those, the text columns (JSON objects for the breakdowns)
+SIM_TEXT_COLUMNS = ("sim_top_lock", "sim_waits", "sim_phases")
 
 
 class _LRU:
@@ -306,6 +309,9 @@ class TimingReport:
             "sim_wait_device_share": shares.get("device", 0.0),
             "sim_wait_lock_share": sum(locks.values()),
             "sim_top_lock": top,
+            # the breakdown a ranking needs, as JSON text (CSV and Parquet keep it)
+            "sim_waits": json.dumps({k: round(v, 4) for k, v in shares.items()}),
+            "sim_phases": json.dumps({k: round(v, 6) for k, v in self.phases.items()}),
         }
 
 

@@ -140,7 +140,7 @@ def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) ->
     skipped: dict = {}
     with contextlib.ExitStack() as stack:
         base = stack.enter_context(vt.tmpfs("6G"))
-        real = vt.RealSetup(stack, base, ("overlay2", "vfs", "btrfs", "zfs"))
+        real = vt.RealSide(stack, base, ("overlay2", "vfs", "btrfs", "zfs"))
         skipped.update(real.skipped)
         loop = subprocess.run(["findmnt", "-no", "SOURCE", real.ext4], capture_output=True,
                               text=True).stdout.strip()

@@ -265,7 +265,7 @@ def concurrently(calls) -> float:
     return max(e for _s, e in times) - min(s for s, _e in times)
 
 
-class RealSetup:
+class RealSide:
     """The four real drivers' images and containers (see the module docstring)."""
 
     def __init__(self, stack: contextlib.ExitStack, base: str, drivers):
@@ -395,7 +395,7 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
         r = None
         if real:
             base = stack.enter_context(tmpfs("7G"))
-            r = RealSetup(stack, base, drivers)
+            r = RealSide(stack, base, drivers)
         for case in cases:
             for n in ns:
                 group = []
