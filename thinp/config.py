@@ -18,6 +18,10 @@ MAX_DATA_BLOCK_SIZE = 1024 * 1024 * 1024
 SECTOR_SIZE = 512
 
 
+#: callables run once, when :func:`njit` first imports numba (``thinp.jitnotice`` listens from then on)
+on_numba_import: list = []
+
+
 def njit(func=None, *, refcount=True, **kwargs):
     """``numba.njit`` with thinp's policy: cached to disk, no GIL.
 
@@ -36,6 +40,9 @@ def njit(func=None, *, refcount=True, **kwargs):
     of 7) at the price of longer first compiles.
     """
     import numba  # only kernel modules pay for numba's import
+
+    while on_numba_import:
+        on_numba_import.pop(0)()
 
     kwargs.setdefault("cache", True)
     kwargs.setdefault("nogil", True)

@@ -203,6 +203,23 @@ def _per_driver(**kw) -> dict:
     return dict(kw)
 
 
+def _constant(path, key, like, v):
+    """``v`` from a constants file as the type of the default ``like``;
+    a bad value names the file and the key."""
+    try:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise ValueError("not a number")
+        if isinstance(like, int) and not isinstance(like, bool) and isinstance(v, str):
+            out = parse_size(v)
+        else:
+            out = type(like)(v)
+        if isinstance(out, (int, float)) and not (out >= 0 and out != float("inf")):
+            raise ValueError("want a finite number >= 0")
+        return out
+    except (ValueError, TypeError) as e:
+        raise CostModelError(f"{path}: constants.{key} = {v!r}: {e}") from None
+
+
 @dataclass(frozen=True)
 class CostConstants:
     """Every constant of the model, with its source or rationale.
@@ -316,11 +333,10 @@ class CostConstants:
             if isinstance(cur, dict):
                 if not isinstance(v, dict):
                     raise CostModelError(f"{path}: constants.{k} must be a table of driver = value")
-                kw[k] = {**cur, **v}
-            elif isinstance(cur, int) and isinstance(v, str):
-                kw[k] = parse_size(v)
+                like = next(iter(cur.values()), 0.0)
+                kw[k] = {**cur, **{d: _constant(path, f"{k}.{d}", like, x) for d, x in v.items()}}
             else:
-                kw[k] = type(cur)(v)
+                kw[k] = _constant(path, k, cur, v)
         return dataclasses.replace(base, **kw)
 
 

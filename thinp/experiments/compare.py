@@ -56,7 +56,7 @@ def table_view(df):
     ``rows`` one dict per driver that ran (``"driver"`` and each header of
     :data:`VIEW`, values scaled to the header's unit), ``best`` the set of
     ``(row index, header)`` cells lowest in their column."""
-    ok = [r for r in df.to_dict(orient="records") if not r.get("error")]
+    ok = [r for r in df.to_dict(orient="records") if not (isinstance(r.get("error"), str) and r["error"])]
     rows = [{"driver": r["driver"], **{h: (None if _missing(r[c]) else r[c] / div) for c, h, div in VIEW}}
             for r in ok]
     best = set()
@@ -233,8 +233,10 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
         def run_all(step, tick, describe):
             try:
                 _parallel(pool, names, job, rows, step, tick, describe)
-            except BaseException:       # a malformed workload, Ctrl-C: don't wait for the rest
-                pool[0].shutdown(wait=False, cancel_futures=True)
+            except BaseException:       # a malformed workload, Ctrl-C: stop the workers now
+                from .workers import stop_pool
+
+                stop_pool(pool[0])
                 raise
             pool[0].shutdown()
 
