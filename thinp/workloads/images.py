@@ -18,15 +18,18 @@ _CACHE_DIR: list = []
 def cache_dir() -> str:
     """A per-process directory for large built layers (removed at exit), so that
     running one workload on several drivers builds its image once."""
-    if not _CACHE_DIR:
-        import atexit
+    # keyed by pid: a worker forked from a process that already made one (compare's
+    # process pool) gets its own, or two workers would write the same layer tars
+    if not _CACHE_DIR or _CACHE_DIR[0][0] != os.getpid():
         import shutil
         import tempfile
+        from multiprocessing import util
 
         d = tempfile.mkdtemp(prefix="thinp-wl-layers-")
-        atexit.register(shutil.rmtree, d, True)
-        _CACHE_DIR.append(d)
-    return _CACHE_DIR[0]
+        # removed at exit, by the main process's atexit or a pool worker's own exit
+        util.Finalize(None, shutil.rmtree, args=(d, True), exitpriority=0)
+        _CACHE_DIR[:] = [(os.getpid(), d)]
+    return _CACHE_DIR[0][1]
 
 
 def content(seed: int, size: int) -> bytes:
