@@ -3,9 +3,7 @@ drivers, nvme), target under 30 s on the 2-core CI machine with the numba
 cache warm (issue [compare]).
 
 Run: ``python -m pytest benchmarks/bench_compare.py --benchmark-only -s``.
-``THINP_COMPARE_RUNNER=tests.compare.standin`` times the stand-in runner
-instead (scenario ``applog``), and ``THINP_BENCH_SCENARIO`` picks another
-scenario.  Two rows: the default (one process per driver, as many as the
+``THINP_BENCH_SCENARIO`` picks another scenario.  Two rows: the default (one process per driver, as many as the
 CPUs) and ``jobs=1`` (everything in one process), so the pool's gain is a
 ratio measured in the same run.  Figures: see the README's benchmark table.
 """
@@ -31,8 +29,7 @@ def _runner():
 @pytest.mark.parametrize("jobs", [None, 1], ids=["jobs-default", "jobs-1"])
 def test_bench_compare_default(benchmark, tmp_path, jobs):
     runner = _runner()
-    scenario = os.environ.get("THINP_BENCH_SCENARIO",
-                              "applog" if os.environ.get("THINP_COMPARE_RUNNER") else "webapp")
+    scenario = os.environ.get("THINP_BENCH_SCENARIO", "webapp")
     # warm the numba kernels of every driver untimed
     thinp.compare(scenario, drivers="all", scale=0.1, progress=False, runner=runner)
     df, _fig = benchmark.pedantic(

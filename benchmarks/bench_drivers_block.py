@@ -38,7 +38,7 @@ def _report(benchmark, n, what):
 
 
 def _view(drv, lid):
-    return drv._rw_view(drv._devs[lid] if hasattr(drv, "_devs") else drv.layers[lid])
+    return drv._rw_view(drv.layers[lid])
 
 
 def apply_manifest(view, rows):
@@ -87,7 +87,7 @@ def debian_driver(name, root):
     if hasattr(drv, "sync"):
         drv.sync()
     else:
-        drv._devs["debian"].fs.sync()
+        drv.layers["debian"].fs.sync()
     return drv
 
 

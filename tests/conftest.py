@@ -38,3 +38,15 @@ def fixtures_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def slow(request) -> bool:
     return bool(request.config.getoption("--slow"))
+
+
+@pytest.fixture(autouse=True)
+def _no_compile_notice(monkeypatch):
+    """In-process ``thinp.cli.main`` calls keep stderr to what the test
+    checks: whether numba compiled first depends on the cache, not on the
+    test (tests/cli/test_compile_notice.py checks the notice itself)."""
+    import contextlib
+
+    import thinp.jitnotice
+
+    monkeypatch.setattr(thinp.jitnotice, "announce_compiles", lambda stream=None: contextlib.nullcontext())

@@ -74,9 +74,10 @@ class BlockDevice(Protocol):
 import errno as _errno_mod
 import os as _os
 
+from .config import PAGE_SIZE
 from .trace import DISCARD as _DISCARD, READ as _READ, WRITE as _WRITE
 
-PHYS_BLOCK = 4096
+PHYS_BLOCK = PAGE_SIZE
 _ZERO_BLOCK = bytes(PHYS_BLOCK)
 
 _FALLOC_FL_KEEP_SIZE = 0x01

@@ -6,6 +6,9 @@ kernel may run beside other threads) is set in one place.
 """
 from __future__ import annotations
 
+#: The kernel's page: the page cache's unit, and the block size of every
+#: filesystem model (ext4/xfs 4 KiB blocks, btrfs's sectorsize).
+PAGE_SIZE = 4096
 #: The metadata block size: 4 KiB, as dm-persistent-data uses.
 METADATA_BLOCK_SIZE = 4096
 #: dm-thin's data block size limits, in bytes.
@@ -13,6 +16,10 @@ MIN_DATA_BLOCK_SIZE = 64 * 1024
 MAX_DATA_BLOCK_SIZE = 1024 * 1024 * 1024
 #: 512-byte sectors, the unit dm tables and status lines speak.
 SECTOR_SIZE = 512
+
+
+#: callables run once, when :func:`njit` first imports numba (``thinp.jitnotice`` listens from then on)
+on_numba_import: list = []
 
 
 def njit(func=None, *, refcount=True, **kwargs):
@@ -33,6 +40,9 @@ def njit(func=None, *, refcount=True, **kwargs):
     of 7) at the price of longer first compiles.
     """
     import numba  # only kernel modules pay for numba's import
+
+    while on_numba_import:
+        on_numba_import.pop(0)()
 
     kwargs.setdefault("cache", True)
     kwargs.setdefault("nogil", True)

@@ -152,7 +152,7 @@ _DEVICE_FIELDS = ("read_latency_s", "write_latency_s", "discard_latency_s",
                   "read_bandwidth", "write_bandwidth", "discard_bandwidth")
 
 
-def _toml_load(path) -> dict:
+def toml_load(path) -> dict:
     try:
         import tomllib
     except ImportError:  # pragma: no cover - python < 3.11
@@ -177,7 +177,7 @@ def load_device(spec) -> DeviceProfile:
         return DEVICES[s]
     if not s.endswith(".toml"):
         raise CostModelError(f"unknown device {s!r} (built-in: {', '.join(DEVICES)}; or a .toml file)")
-    data = _toml_load(s)
+    data = toml_load(s)
     table = data.get("device")
     if not isinstance(table, dict):
         raise CostModelError(f"{s}: no [device] table")
@@ -201,6 +201,23 @@ def load_device(spec) -> DeviceProfile:
 
 def _per_driver(**kw) -> dict:
     return dict(kw)
+
+
+def _constant(path, key, like, v):
+    """``v`` from a constants file as the type of the default ``like``;
+    a bad value names the file and the key."""
+    try:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise ValueError("not a number")
+        if isinstance(like, int) and not isinstance(like, bool) and isinstance(v, str):
+            out = parse_size(v)
+        else:
+            out = type(like)(v)
+        if isinstance(out, (int, float)) and not (out >= 0 and out != float("inf")):
+            raise ValueError("want a finite number >= 0")
+        return out
+    except (ValueError, TypeError) as e:
+        raise CostModelError(f"{path}: constants.{key} = {v!r}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -305,7 +322,7 @@ class CostConstants:
 
     @classmethod
     def from_toml(cls, path) -> "CostConstants":
-        data = _toml_load(path).get("constants", {})
+        data = toml_load(path).get("constants", {})
         names = {f.name for f in dataclasses.fields(cls)}
         base = cls()
         kw = {}
@@ -316,11 +333,10 @@ class CostConstants:
             if isinstance(cur, dict):
                 if not isinstance(v, dict):
                     raise CostModelError(f"{path}: constants.{k} must be a table of driver = value")
-                kw[k] = {**cur, **v}
-            elif isinstance(cur, int) and isinstance(v, str):
-                kw[k] = parse_size(v)
+                like = next(iter(cur.values()), 0.0)
+                kw[k] = {**cur, **{d: _constant(path, f"{k}.{d}", like, x) for d, x in v.items()}}
             else:
-                kw[k] = type(cur)(v)
+                kw[k] = _constant(path, k, cur, v)
         return dataclasses.replace(base, **kw)
 
 

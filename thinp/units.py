@@ -84,10 +84,6 @@ def format_size(nbytes: int) -> str:
     return f"{nbytes}B"
 
 
-def bytes_to_sectors(nbytes: int) -> int:
-    return nbytes // SECTOR_SIZE
-
-
 def human_size(nbytes: float) -> str:
     """Rounded binary-unit spelling for people: 66_806_968_320 -> '62.2 GiB'."""
     for unit, mult in (("PiB", 1 << 50), ("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):

@@ -474,6 +474,42 @@ def whiteouts(make):
         d.put(i)
 
 
+def apply_mtimes_and_same_layer_whiteouts(make):
+    """One layer-apply routine for every driver: each entry keeps the tar's
+    mtime (directories too, though entries were made inside them after), and
+    whiteouts and opaque markers act on lower layers only, never on what the
+    same layer unpacked (the OCI image spec's rule)."""
+    d = make()
+    t0, t1, t2 = 1_500_000_000, 1_500_000_100, 1_500_000_200
+    d.create("L0", None)
+    d.apply_diff("L0", None, layer(
+        (Entry("srv", "dir", 0o755, mtime=t0), None),
+        (Entry("srv/old", "file", 0o644, mtime=t1, size=3), b"old"),
+        (Entry("srv/keep", "dir", 0o755, mtime=t1), None),
+        (Entry("srv/keep/lower", "file", 0o644, mtime=t1, size=1), b"l"),
+        (Entry("srv/link", "symlink", 0o777, mtime=t1, linkname="old"), None)))
+    v = d.get("L0")
+    assert v.lstat("/srv").st_mtime == t0               # set after its children were made
+    assert v.lstat("/srv/old").st_mtime == t1 and v.lstat("/srv/keep").st_mtime == t1
+    d.put("L0")
+    d.create("L1", "L0")
+    d.apply_diff("L1", "L0", layer(
+        (Entry("srv", "dir", 0o755, mtime=t2), None),
+        (Entry("srv/new", "file", 0o600, mtime=t2, size=3), b"new"),
+        W("srv/new"),                                   # the same layer's file: stays
+        W("srv/old"),                                   # the lower's: goes
+        (Entry("srv/keep", "dir", 0o755, mtime=t2), None),
+        (Entry("srv/keep/mine", "file", 0o644, mtime=t2, size=1), b"m"),
+        O("srv/keep")))                                 # empties the lower's, keeps "mine"
+    v = d.get("L1")
+    assert sorted(v.listdir("/srv")) == ["keep", "link", "new"]
+    assert v.listdir("/srv/keep") == ["mine"]
+    assert read(v, "/srv/new") == b"new" and v.lstat("/srv/new").st_mtime == t2
+    assert _stat.S_IMODE(v.lstat("/srv/new").st_mode) == 0o600
+    assert v.lstat("/srv").st_mtime == t2
+    d.put("L1")
+
+
 def opaque_dirs(make):
     d = make()
     load_base(d)
@@ -635,6 +671,46 @@ def deep_chain(make):
         # the limit counts the chain, not the number of layers
         d.create("sibling", f"deep{depth - 2}")
         assert d.exists("sibling")
+
+
+def layer_bookkeeping(make):
+    """The layer table every driver composes: ids, listing order, put, messages."""
+    d = make()
+    for bad in ("", "a/b", None, 7):
+        with pytest.raises(ValueError, match="layer id"):
+            d.create(bad, None)
+    with pytest.raises(ValueError, match="option"):
+        d.create("x", None, no_such_option=1)
+    assert not d.exists("x") and d.list_layers() == []
+    for lid in ("m", "b", "z", "a"):
+        d.create(lid, None)
+    assert d.list_layers() == ["a", "b", "m", "z"]          # sorted by id, whatever the order made
+    with pytest.raises(DeviceExistsError, match=rf"^{d.name}: layer 'a' already exists$"):
+        d.create("a", None)
+    for call in (d.get, d.put, d.remove, d.parent):
+        with pytest.raises(DeviceNotFoundError, match=rf"^{d.name}: no such layer 'nope'$"):
+            call("nope")
+    with pytest.raises(OSError, match=rf"{d.name}: layer 'a' is not mounted") as info:
+        d.put("a")
+    assert info.value.errno == errno.EINVAL
+    v = d.get("a")
+    assert d.get("a") is v
+    d.put("a")
+    with pytest.raises(OSError, match=rf"{d.name}: layer 'a' is mounted \(1 users\)") as info:
+        d.remove("a")
+    assert info.value.errno == errno.EBUSY
+    d.put("a")                                             # the last user: the view goes
+    with pytest.raises(OSError) as info:
+        d.put("a")
+    assert info.value.errno == errno.EINVAL
+    assert d.get("a") is not v                            # a new mount, a new view
+    d.put("a")
+    d.create("child", "a")
+    with pytest.raises(OSError, match=rf"{d.name}: layer 'a' has 1 child layer\(s\)"):
+        d.remove("a")
+    d.remove("child")
+    d.remove("a")
+    assert d.list_layers() == ["b", "m", "z"]
 
 
 def remove_in_use(make):

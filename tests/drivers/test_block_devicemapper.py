@@ -50,7 +50,7 @@ def test_ext4_option_uses_dockers_mkfs_options(tmp_path):
 def test_each_layer_is_a_snapshot_of_its_parent(dm):
     dm.create("l0", None)
     dm.create("l1", "l0")
-    devs = dm._devs
+    devs = dm.layers
     assert devs["l1"].thin_id != devs["l0"].thin_id
     # a fresh snapshot maps exactly its origin's blocks
     assert dm.pool.device(devs["l1"].thin_id).mapped_blocks == dm.pool.device(devs["l0"].thin_id).mapped_blocks
@@ -150,7 +150,7 @@ def test_layers_are_the_devices_rootfs_dir(tmp_path, fs):
         v.symlink("../../../etc/a", "/etc/up")
         assert v.read("/abs/a") == b"hi" and v.read("/etc/up") == b"hi" and v.listdir("/..") == ["abs", "etc"]
         d.put("L0")
-        fs_ = d._devs["L0"].fs
+        fs_ = d.layers["L0"].fs
         fs_.chroot_ino, top = None, fs_.chroot_ino
         try:                                                     # the device's own root
             assert sorted(fs_.listdir("/")) == (["lost+found", "rootfs"] if fs == "ext4" else ["rootfs"])

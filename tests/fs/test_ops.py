@@ -341,7 +341,8 @@ def test_copy_file_between_filesystems(payload):
 
 
 def test_same_workload_same_content_across_fstypes():
-    from thinp.fs.populate import SimTarget, wl_smallfiles
+    from thinp.fs.populate import wl_smallfiles
+    from thinp.validate.target import SimTarget
 
     fss = []
     for fstype in FSTYPES:
@@ -402,7 +403,8 @@ def test_ext4_second_fstrim_trims_only_what_was_freed_since():
 @pytest.mark.parametrize("payload", [False, True])
 def test_copy_tree_is_cp_a(payload, rootfs_manifest):
     from thinp.fs import copy_tree
-    from thinp.fs.populate import SimTarget, load_manifest, wl_rootfs
+    from thinp.fs.populate import load_manifest, wl_rootfs
+    from thinp.validate.target import SimTarget
 
     rows = [r for r in load_manifest(rootfs_manifest) if r["path"].startswith(("etc", "usr/bin", "dev"))]
     _, src = make("ext4", "2G", payload=payload)

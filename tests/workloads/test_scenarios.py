@@ -88,7 +88,8 @@ def test_full_devicemapper_pool_recorded():
     w = Workload("fill", ImageSpec("synthetic", None), 1, [Step("create", path="/big", size=600 << 20)])
     r = W.run(w, "devicemapper", **_small_pool())
     assert r.error is not None, r.metrics
-    assert "error" in r.phases or r.phases
+    assert r.error.startswith("PoolFullError") and "pool is full" in r.error, r.error
+    assert "error" in r.phases                          # what the failing phase did is kept
 
 
 def _small_pool():

@@ -53,8 +53,11 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from ..jitnotice import announce_compiles
+
     try:
-        return args.func(args) or 0
+        with announce_compiles():
+            return args.func(args) or 0
     except KeyboardInterrupt:
         sys.stderr.write("thinp: interrupted\n")
         return EXIT_INTERRUPTED

@@ -32,7 +32,6 @@ def register(sub) -> None:
     c.add_argument("--payload", action="store_true", help="store written bytes (default: accounting only)")
     c.set_defaults(func=_create)
 
-    from ..thin.lvm import MESSAGES_HELP
     m = psub.add_parser("message", help="send a dmsetup pool message, e.g. 'create_thin 0'",
                         description="Send one of dm-thin's pool messages, as 'dmsetup message POOL 0 ...' "
                                     "does, then print the status line.",
@@ -77,6 +76,19 @@ def register(sub) -> None:
                     help="replay only this traced device (default: the busiest)")
     hidden_alias(rp, "--device", dest="trace_device")
     rp.set_defaults(func=_replay)
+
+
+#: dm-thin's six pool messages, for ``pool message --help`` (``dmsetup message POOL 0 ...``)
+MESSAGES = (
+    ("create_thin DEV_ID [SIZE]", "a new empty thin device (SIZE, a thinp extension, defaults to the data size)"),
+    ("create_snap DEV_ID ORIGIN_ID", "a snapshot of ORIGIN_ID sharing all its blocks"),
+    ("delete DEV_ID", "delete a thin device or snapshot, freeing the blocks only it held"),
+    ("set_transaction_id OLD NEW", "set the userspace transaction id (OLD must match)"),
+    ("reserve_metadata_snap", "hold a snapshot of the metadata for thin_dump -m / thin_ls -m"),
+    ("release_metadata_snap", "release the held metadata snapshot"),
+)
+
+MESSAGES_HELP = "messages:\n" + "\n".join(f"  {m:<30} {h}" for m, h in MESSAGES)
 
 
 def _raw():

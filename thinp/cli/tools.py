@@ -69,7 +69,8 @@ def register(sub) -> None:
     for name, what in (("pack", "thin_metadata_pack: archive a dm-thin metadata image"),
                        ("unpack", "thin_metadata_unpack: a metadata image from a pack archive")):
         pk = sub.add_parser(name, help=what)
-        pk.add_argument("-i", "--input", required=True, metavar="FILE")
+        pk.add_argument("-i", "--input", required=True, metavar="FILE",
+                        help="the metadata image to pack" if name == "pack" else "the pack archive to unpack")
         pk.add_argument("-o", "--output", required=True, metavar="FILE", help="the new file (must not exist for unpack)")
         pk.set_defaults(func=_pack, pack_command=name)
 

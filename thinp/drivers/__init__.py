@@ -1,5 +1,6 @@
 """Docker's storage drivers behind one interface (see :mod:`thinp.drivers.base`)."""
 from .base import (
+    DRIVER_NAMES,
     METRIC_KEYS,
     OP_COUNTER_KEYS,
     Capabilities,
@@ -13,5 +14,6 @@ from .base import (
     register,
 )
 
-__all__ = ["METRIC_KEYS", "OP_COUNTER_KEYS", "Capabilities", "Change", "Driver", "MountedView", "Usage", "empty_stats",
+__all__ = ["DRIVER_NAMES", "METRIC_KEYS", "OP_COUNTER_KEYS", "Capabilities", "Change", "Driver", "MountedView",
+           "Usage", "empty_stats",
            "get_driver", "known_drivers", "register"]

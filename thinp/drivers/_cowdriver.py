@@ -29,26 +29,27 @@ import errno
 import functools
 import tempfile
 
-from .. import errors
 from ..blockdev import PlainDevice
-from . import _treediff as td
+from ..config import PAGE_SIZE
+from .apply import apply_layer
 from ._cowstore import CowStore, FileTree
-from ._fsview import FsView, fs_totals
+from ._fsview import FsView, layers_totals
 from .base import Driver, Usage, empty_stats
+from .layers import LayerRecord, LayerTable, NaiveDiff
 from .pagecache import PageCache
 
 
-class Layer:
-    __slots__ = ("id", "sid", "parent", "fs", "trees", "owned", "mounts", "view", "read_write",
-                 "children", "extra")
+class Layer(LayerRecord):
+    """A subvolume/dataset: the table's fields plus ``sid`` (its number),
+    ``fs`` (the namespace), ``trees`` (ino -> FileTree), ``owned`` (metadata
+    nodes it has copied) and ``extra`` (driver-specific state)."""
 
-    def __init__(self, id, sid, parent, fs, trees, read_write):
-        self.id, self.sid, self.parent, self.fs, self.trees = id, sid, parent, fs, trees
+    def __init__(self, id, parent, read_write, depth):
+        super().__init__(id, parent, read_write, depth)
+        self.sid = 0
+        self.fs = None
+        self.trees: dict = {}
         self.owned: set = set()
-        self.mounts = 0
-        self.view = None
-        self.read_write = read_write
-        self.children = 0
         self.extra: dict = {}
 
 
@@ -152,7 +153,7 @@ CowView.rename = _rename
 class CowDriver(Driver):
     """Common lifecycle of the btrfs and zfs drivers."""
 
-    unit_bytes = 4096
+    unit_bytes = PAGE_SIZE
     fs_size = "10G"
 
     def __init__(self, root=None, *, size="100G", payload=False, page_cache_bytes=None, **opts):
@@ -173,11 +174,12 @@ class CowDriver(Driver):
         if self.payload:
             self.store.on_free = self._forget_extent
         self.page_cache = PageCache(page_cache_bytes)
-        self.layers: dict[str, Layer] = {}
+        self.layers = LayerTable(self.name)
         self._next_sid = 256
         self._counters = {"mount_ops": 0, "create_ops": 0, "diff_work": 0, "cow_bytes": 0, "cow_count": 0,
                           "meta_bytes_written": 0}
         self._configure(**opts)
+        self.naive = NaiveDiff(self._counters, by_stat=self.capabilities().changes_by_stat)
 
     def _configure(self, **opts):
         if opts:
@@ -255,10 +257,7 @@ class CowDriver(Driver):
 
     # ---------------------------------------------------------------- layers
     def _layer(self, id) -> Layer:
-        try:
-            return self.layers[id]
-        except KeyError:
-            raise errors.DeviceNotFoundError(f"{self.name}: layer {id!r} does not exist") from None
+        return self.layers[id]
 
     def _new_fs(self):
         from ..fs import mkfs
@@ -266,55 +265,38 @@ class CowDriver(Driver):
         return mkfs(PlainDevice(self.fs_size), "xfs")
 
     def create(self, id, parent=None, *, read_write=False, **opts):
-        if id in self.layers:
-            raise errors.DeviceExistsError(f"{self.name}: layer {id!r} already exists")
-        src = self._layer(parent) if parent is not None else None
-        sid = self._next_sid
+        layer = self.layers.new(id, parent, read_write, opts, record=Layer)
+        src = self.layers[parent] if parent is not None else None
+        layer.sid = self._next_sid
         if src is None:
-            layer = Layer(id, sid, None, self._new_fs(), {}, bool(read_write))
+            layer.fs = self._new_fs()
         else:
             src.extra.pop("open", None)      # a snapshot commits the transaction
-            fs = src.fs.clone(PlainDevice(self.fs_size))
-            trees = dict(src.trees)          # FileTree objects shared; see _own_tree
-            self.store.share(trees.values())
-            layer = Layer(id, sid, parent, fs, trees, bool(read_write))
-            src.children += 1
+            layer.fs = src.fs.clone(PlainDevice(self.fs_size))
+            layer.trees = dict(src.trees)    # FileTree objects shared; see _own_tree
+            self.store.share(layer.trees.values())
         self.store.commit()
         self._next_sid += 1
-        self.layers[id] = layer
+        self.layers.add(layer)
         self._counters["create_ops"] += 1
         self._on_snapshot(src, layer)
-        return None
 
     def remove(self, id):
-        layer = self._layer(id)
-        if layer.mounts:
-            raise OSError(errno.EBUSY, f"{self.name}: layer {id} is mounted ({layer.mounts} users)", id)
-        if layer.children:
-            raise OSError(errno.EBUSY, f"{self.name}: layer {id} has {layer.children} child layer(s)", id)
+        layer = self.layers.removable(id)
         for t in layer.trees.values():
             self.store.release(t)
         self.store.commit()
         self.page_cache.drop_where(lambda k: k[0] == layer.sid)
-        del self.layers[id]
-        if layer.parent is not None:
-            self.layers[layer.parent].children -= 1
+        self.layers.drop(id)
 
     def get(self, id):
-        layer = self._layer(id)
-        if layer.mounts == 0:
-            layer.view = CowView(self, layer, read_only=not layer.read_write)
-            self._counters["mount_ops"] += 1
-        layer.mounts += 1
-        return layer.view
+        view, first = self.layers.mount(id, lambda l: CowView(self, l, read_only=not l.read_write))
+        self._counters["mount_ops"] += first
+        return view
 
     def put(self, id):
-        layer = self._layer(id)
-        if layer.mounts == 0:
-            raise OSError(errno.EINVAL, f"{self.name}: layer {id} is not mounted", id)
-        layer.mounts -= 1
-        if layer.mounts == 0:
-            layer.view = None
+        """Unmount; the last user's unmount commits the transaction."""
+        if self.layers.unmount(id):
             self.sync()
 
     def sync(self):
@@ -323,19 +305,8 @@ class CowDriver(Driver):
         for layer in self.layers.values():
             layer.extra.pop("open", None)
 
-    def exists(self, id):
-        return id in self.layers
-
-    def list_layers(self):
-        return list(self.layers)
-
-    def parent(self, id):
-        return self._layer(id).parent
-
     def cleanup(self):
-        for layer in self.layers.values():
-            layer.mounts = 0
-            layer.view = None
+        self.layers.unmount_all()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -344,22 +315,17 @@ class CowDriver(Driver):
     def _rw_view(self, layer):
         return CowView(self, layer, read_only=False)
 
+    def _parent_view(self, parent):
+        return self._rw_view(self.layers[parent]) if parent is not None else None
+
     def changes(self, id, parent):
-        w = td.Work()
-        pv = self._rw_view(self._layer(parent)) if parent is not None else None
-        out = td.changes(self._rw_view(self._layer(id)), pv, w, by_stat=self.capabilities().changes_by_stat)
-        self._counters["diff_work"] += w.total
-        return out
+        return self.naive.changes(self._rw_view(self.layers[id]), self._parent_view(parent))
 
     def diff(self, id, parent):
-        w = td.Work()
-        pv = self._rw_view(self._layer(parent)) if parent is not None else None
-        layer = td.diff(self._rw_view(self._layer(id)), pv, w, by_stat=self.capabilities().changes_by_stat)
-        self._counters["diff_work"] += w.total
-        return layer
+        return self.naive.diff(self._rw_view(self.layers[id]), self._parent_view(parent))
 
     def apply_diff(self, id, parent, layer):
-        n = td.apply_diff(self._rw_view(self._layer(id)), layer)
+        n = apply_layer(self._rw_view(self.layers[id]), layer)
         self.sync()
         return n
 
@@ -406,23 +372,11 @@ class CowDriver(Driver):
         out["bytes_written"] = self.store.counters["units_written"] * self.unit_bytes + self._counters["meta_bytes_written"]
         out["cow_bytes"] = self._counters["cow_bytes"]
         out["cow_count"] = self._counters["cow_count"]
-        logical = inodes = 0
-        for layer in self.layers.values():
-            i, b = fs_totals(layer.fs)
-            inodes += i
-            logical += b
-        out["logical_bytes"] = logical
-        out["inodes"] = inodes
+        out["inodes"], out["logical_bytes"] = layers_totals(self.layers.values())
         out["page_cache_bytes"] = self.page_cache.cached_bytes
         for k in ("mount_ops", "create_ops", "diff_work"):
             out[k] = self._counters[k]
         return out
-
-    def __del__(self):
-        try:
-            self.cleanup()
-        except Exception:
-            pass
 
 
 __all__ = ["CowDriver", "CowView", "Layer", "FileTree"]

@@ -351,7 +351,3 @@ class CowStore:
     @staticmethod
     def offset_of(v) -> int:
         return int(v & np.uint64(0xFFFFFF))
-
-    @property
-    def nodes_in_use(self) -> int:
-        return int(self.sp.scal[K.S_MUSED]) - 1

@@ -194,3 +194,14 @@ def fs_totals(fs) -> tuple[int, int]:
         if node.is_reg:
             logical += node.size
     return len(inodes), logical
+
+
+def layers_totals(layers) -> tuple[int, int]:
+    """(inodes, bytes of regular files) summed over layers that each have a
+    namespace filesystem ``fs`` (devicemapper's devices, btrfs/zfs subvolumes)."""
+    inodes = logical = 0
+    for layer in layers:
+        i, b = fs_totals(layer.fs)
+        inodes += i
+        logical += b
+    return inodes, logical

@@ -18,6 +18,7 @@ directory's children are all added, and a deleted directory is one "D".
 :func:`layer` turns a change list into the layer tar: every xattr of a
 changed entry, hard links within the layer as tar hard links, OCI
 whiteouts, and opaque markers for the directories a native walk names.
+Applying a layer tar is :mod:`.apply`'s.
 
 Everything goes through :class:`~thinp.drivers.base.MountedView` methods
 only.  :class:`Work` counts what a walk costs: one per entry visited in
@@ -26,17 +27,17 @@ to build the tar -- the drivers' ``diff_work``.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat as _stat
 
 import numpy as np
 
+from ..config import PAGE_SIZE
 from .base import Change
 
 CAP = "security.capability"
-BLOCK = 4096
+BLOCK = PAGE_SIZE
 
 
 class Work:
@@ -254,93 +255,3 @@ def diff(view, parent_view, work: Work | None = None, *, by_stat: bool = True):
     """The layer tar of ``view`` against ``parent_view``: :func:`changes`
     then :func:`layer`."""
     return layer(view, changes(view, parent_view, work, by_stat=by_stat), work=work)
-
-
-# ---------------------------------------------------------------- apply a layer tar
-def remove_tree(view, path: str) -> None:
-    """``rm -rf path`` through the view."""
-    st = view.lstat(path)
-    if _stat.S_ISDIR(st.st_mode):
-        for name in view.listdir(path):
-            remove_tree(view, path.rstrip("/") + "/" + name)
-        view.rmdir(path)
-    else:
-        view.unlink(path)
-
-
-def _exists(view, path) -> bool:
-    try:
-        view.lstat(path)
-        return True
-    except OSError:
-        return False
-
-
-def apply_diff(view, layer) -> int:
-    """Docker's ``applyLayer`` through a writable view: whiteouts and opaque
-    markers remove lower entries (never ones this layer unpacked), an entry
-    replaces what is there unless both are directories.  Returns the
-    content bytes applied."""
-    import os
-
-    size = 0
-    unpacked: set[str] = set()
-    opaque: list[str] = []
-    for entry, stream in layer.walk(verify=False):
-        p = "/" + entry.path if entry.path else "/"
-        if entry.kind == "whiteout":
-            if _exists(view, p):
-                remove_tree(view, p)
-            continue
-        if entry.kind == "opaque":
-            opaque.append(p)
-            if _exists(view, p):
-                for name in view.listdir(p):
-                    c = p.rstrip("/") + "/" + name
-                    if c not in unpacked:
-                        remove_tree(view, c)
-            continue
-        if p == "/":
-            view.chmod("/", entry.mode)
-            view.chown("/", entry.uid, entry.gid)
-            continue
-        unpacked.add(p)
-        try:
-            st = view.lstat(p)
-        except OSError as e:
-            if e.errno not in (errno.ENOENT,):
-                raise
-            st = None
-        if st is not None and not (entry.kind == "dir" and _stat.S_ISDIR(st.st_mode)):
-            remove_tree(view, p)
-            st = None
-        k = entry.kind
-        if k == "dir":
-            if st is None:
-                view.mkdir(p, entry.mode)
-        elif k == "file":
-            view.create(p, entry.mode)
-            data = stream.read() if stream is not None else b""
-            if data:
-                view.write(p, 0, data)
-            size += len(data)
-        elif k == "hardlink":
-            view.link("/" + entry.linkname, p)
-            continue   # a hard link shares the target's attributes
-        elif k == "symlink":
-            view.symlink(entry.linkname, p, uid=entry.uid, gid=entry.gid)
-            continue
-        elif k in ("char", "block"):
-            kind = _stat.S_IFCHR if k == "char" else _stat.S_IFBLK
-            view.mknod(p, kind | entry.mode, os.makedev(entry.devmajor, entry.devminor))
-        elif k == "fifo":
-            view.mknod(p, _stat.S_IFIFO | entry.mode, 0)
-        else:
-            continue
-        view.chmod(p, entry.mode)
-        if entry.uid or entry.gid:
-            view.chown(p, entry.uid, entry.gid)
-        for name, value in (entry.xattrs or {}).items():
-            view.setxattr(p, name, value if isinstance(value, bytes) else str(value).encode())
-        view.utime(p, (entry.mtime, entry.mtime))
-    return size

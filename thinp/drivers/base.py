@@ -252,25 +252,39 @@ class Driver(abc.ABC):
     payload: bool = False
 
     @abc.abstractmethod
-    def create(self, id: str, parent: str | None, *, read_write: bool = False, **opts) -> None: ...
+    def create(self, id: str, parent: str | None, *, read_write: bool = False, **opts) -> None:
+        """Make layer ``id`` on top of ``parent`` (None: an empty base layer);
+        ``read_write`` for a container's layer.  No options are known:
+        any raises ``ValueError``, as a bad id does."""
 
     @abc.abstractmethod
-    def remove(self, id: str) -> None: ...
+    def remove(self, id: str) -> None:
+        """Delete layer ``id``: EBUSY while it is mounted or has children."""
 
     @abc.abstractmethod
-    def get(self, id: str) -> MountedView: ...
+    def get(self, id: str) -> MountedView:
+        """Mount layer ``id`` (one more user) and return its view; every
+        user of a mounted layer shares one view."""
 
     @abc.abstractmethod
-    def put(self, id: str) -> None: ...
+    def put(self, id: str) -> None:
+        """One user fewer (EINVAL if none).  At the last one the view goes
+        and the layer's own mount is unmounted: devicemapper's filesystem
+        writes back and commits, btrfs/zfs commit the transaction; union
+        layers share the one backing filesystem, which stays mounted."""
 
-    @abc.abstractmethod
-    def exists(self, id: str) -> bool: ...
+    # a driver keeps its layers in ``self.layers``, a :class:`.layers.LayerTable`
+    def exists(self, id: str) -> bool:
+        """Whether layer ``id`` exists."""
+        return id in self.layers
 
-    @abc.abstractmethod
-    def list_layers(self) -> list[str]: ...
+    def list_layers(self) -> list[str]:
+        """Every layer id, sorted."""
+        return self.layers.ids()
 
-    @abc.abstractmethod
-    def parent(self, id: str) -> str | None: ...
+    def parent(self, id: str) -> str | None:
+        """Layer ``id``'s parent id (None for a base layer); DeviceNotFoundError if unknown."""
+        return self.layers[id].parent
 
     def status(self) -> list[tuple[str, str]]:
         """``docker info``'s "Storage Driver" key/value lines."""
@@ -329,6 +343,10 @@ class Driver(abc.ABC):
 
 
 # ----------------------------------------------------------------- registry
+#: the seven built-in drivers, in the order comparisons list them (Docker's
+#: default first); each lives in the module of the same name
+DRIVER_NAMES = ("overlay2", "overlay", "aufs", "devicemapper", "btrfs", "zfs", "vfs")
+
 _REGISTRY: dict[str, type] = {}
 
 
@@ -350,7 +368,7 @@ def known_drivers(hidden: bool = False) -> list[str]:
 def _load_all() -> None:
     import importlib
 
-    for mod in ("vfs", "aufs", "overlay", "overlay2", "btrfs", "zfs", "devicemapper", "reference"):
+    for mod in DRIVER_NAMES + ("reference",):
         try:
             importlib.import_module(f"thinp.drivers.{mod}")
         except ModuleNotFoundError as e:

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import math
 
+from ..config import PAGE_SIZE
 from ._cowdriver import CowDriver
 from .base import Capabilities, register
 
-BLOCK = 4096
+BLOCK = PAGE_SIZE
 NODESIZE = 16384
 LEAF_CAPACITY = NODESIZE - 101          # bytes for items after the leaf header
 ITEM_HEADER = 25

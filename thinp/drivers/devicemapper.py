@@ -32,30 +32,36 @@ Options may be given as ``dm.basesize="20G"`` or ``basesize="20G"``:
 """
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
+import weakref
 
 from .. import errors
+from ..config import METADATA_BLOCK_SIZE
 from ..units import parse_size
-from . import _treediff as td
-from ._fsview import FsView, fs_totals
+from .apply import apply_layer
+from ._fsview import FsView, layers_totals
 from .base import Capabilities, Driver, Usage, empty_stats, register
+from .layers import LayerTable, NaiveDiff
 from .pagecache import PageCache
 
 BASE_ID = 1
 DOCKER_MKFS_EXT4 = dict(nodiscard=True, lazy_itable_init=False, lazy_journal_init=False)
 
+#: Docker's loop-lvm defaults (moby daemon/graphdriver/devmapper/deviceset.go):
+#: data and metadata loop-file sizes, pool block size, base device size, and
+#: the low water mark Docker's pool table line sets, in pool blocks
+LOOP_DATA_SIZE = "100G"
+LOOP_METADATA_SIZE = "2G"
+POOL_BLOCK_SIZE = "64KiB"
+BASE_DEVICE_SIZE = "10G"
+LOW_WATER_MARK_BLOCKS = 32768
 
-class _Dev:
-    __slots__ = ("id", "thin_id", "parent", "fs", "mounts", "view", "read_write", "children")
 
-    def __init__(self, id, thin_id, parent, fs, read_write):
-        self.id, self.thin_id, self.parent, self.fs = id, thin_id, parent, fs
-        self.mounts = 0
-        self.view = None
-        self.read_write = read_write
-        self.children = 0
+def _close(pool, tmp) -> None:
+    pool.close()
+    if tmp is not None:
+        tmp.cleanup()
 
 
 def _options(options: dict) -> dict:
@@ -96,20 +102,22 @@ class DeviceMapperDriver(Driver):
         self.fstype = opts.get("fs", "xfs")
         if self.fstype not in ("xfs", "ext4"):
             raise ValueError(f"devicemapper: fs {self.fstype!r} must be 'xfs' or 'ext4'")
-        self.base_size = parse_size(opts.get("basesize", "10G"), what="dm.basesize")
+        self.base_size = parse_size(opts.get("basesize", BASE_DEVICE_SIZE), what="dm.basesize")
         self.min_free_percent = _percent(opts.get("min_free_space", "10%"))
         self.blkdiscard = bool(opts.get("blkdiscard", True))
         payload = bool(opts.get("payload", False))
         self.pool_dir = os.path.join(self.root, "devicemapper")
         self.pool = ThinPool.create(
-            self.pool_dir, opts.get("loopdatasize", "100G"), block_size=opts.get("blocksize", "64KiB"),
-            metadata_size=opts.get("loopmetadatasize", "2G"), low_water_mark=32768,
-            skip_block_zeroing=True, payload=payload, sync=False)
+            self.pool_dir, opts.get("loopdatasize", LOOP_DATA_SIZE),
+            block_size=opts.get("blocksize", POOL_BLOCK_SIZE),
+            metadata_size=opts.get("loopmetadatasize", LOOP_METADATA_SIZE),
+            low_water_mark=LOW_WATER_MARK_BLOCKS, skip_block_zeroing=True, payload=payload, sync=False)
+        self._finalizer = weakref.finalize(self, _close, self.pool, self._tmp)
         self.page_cache = PageCache(opts.get("page_cache_bytes"))
-        self._devs: dict[str, _Dev] = {}
+        self.layers = LayerTable(self.name)
         self._next_thin = BASE_ID + 1
         self._counters = {"mount_ops": 0, "create_ops": 0, "diff_work": 0}
-        self._closed = False
+        self.naive = NaiveDiff(self._counters, by_stat=True)
         from ..fs import mkfs
 
         base = self.pool.create_thin(BASE_ID, self.base_size)
@@ -123,11 +131,8 @@ class DeviceMapperDriver(Driver):
         self._base_fs.sync()
 
     # ------------------------------------------------------------ helpers
-    def _dev(self, id) -> _Dev:
-        try:
-            return self._devs[id]
-        except KeyError:
-            raise errors.DeviceNotFoundError(f"devmapper: layer {id!r} does not exist") from None
+    def _dev(self, id):
+        return self.layers[id]
 
     def _check_free_space(self) -> None:
         st = self.pool.status()
@@ -147,21 +152,20 @@ class DeviceMapperDriver(Driver):
                 f"required {int(min_meta)} free metadata blocks. Create more free metadata space in thin "
                 f"pool or use dm.min_free_space option to change behavior")
 
-    def _on_read(self, dev: _Dev):
+    def _on_read(self, dev):
         cache = self.page_cache
 
         def hook(node, offset, nbytes):
             cache.read((dev.thin_id, node.ino), nbytes, offset)
         return hook
 
-    def _rw_view(self, dev: _Dev) -> FsView:
+    def _rw_view(self, dev) -> FsView:
         return FsView(dev.fs, read_only=False, on_read=self._on_read(dev))
 
     # ------------------------------------------------------------ lifecycle
     def create(self, id, parent=None, *, read_write=False, **opts):
-        if id in self._devs:
-            raise errors.DeviceExistsError(f"devmapper: layer {id!r} already exists")
-        pdev = self._dev(parent) if parent is not None else None
+        dev = self.layers.new(id, parent, read_write, opts)
+        pdev = self.layers[parent] if parent is not None else None
         self._check_free_space()
         thin_id = self._next_thin
         origin = pdev.thin_id if pdev is not None else BASE_ID
@@ -170,81 +174,50 @@ class DeviceMapperDriver(Driver):
         device = self.pool.create_snap(thin_id, origin)
         self._next_thin += 1
         try:
-            fs = origin_fs.clone(device)
+            dev.fs = origin_fs.clone(device)
         except BaseException:
             self.pool.delete(thin_id)
             raise
-        self._devs[id] = _Dev(id, thin_id, parent, fs, bool(read_write))
-        if pdev is not None:
-            pdev.children += 1
+        dev.thin_id = thin_id
+        self.layers.add(dev)
         self._counters["create_ops"] += 1
 
     def remove(self, id):
-        dev = self._dev(id)
-        if dev.mounts:
-            raise OSError(errno.EBUSY, f"devmapper: layer {id} is mounted ({dev.mounts} users)", id)
-        if dev.children:
-            raise OSError(errno.EBUSY, f"devmapper: layer {id} has {dev.children} child layer(s)", id)
+        dev = self.layers.removable(id)
         thin = self.pool.device(dev.thin_id)
         if self.blkdiscard:
             thin.discard(0, thin.size)
         self.pool.delete(dev.thin_id)
         self.page_cache.drop_where(lambda k: k[0] == dev.thin_id)
-        del self._devs[id]
-        if dev.parent is not None:
-            self._devs[dev.parent].children -= 1
+        self.layers.drop(id)
 
     def get(self, id):
-        dev = self._dev(id)
-        if dev.mounts == 0:
-            dev.view = FsView(dev.fs, read_only=not dev.read_write, on_read=self._on_read(dev))
-            self._counters["mount_ops"] += 1
-        dev.mounts += 1
-        return dev.view
+        view, first = self.layers.mount(
+            id, lambda dev: FsView(dev.fs, read_only=not dev.read_write, on_read=self._on_read(dev)))
+        self._counters["mount_ops"] += first
+        return view
 
     def put(self, id):
-        dev = self._dev(id)
-        if dev.mounts == 0:
-            raise OSError(errno.EINVAL, f"devmapper: layer {id} is not mounted", id)
-        dev.mounts -= 1
-        if dev.mounts == 0:
-            dev.fs.sync()   # umount writes back and commits
-            dev.view = None
+        """Unmount the device's filesystem: the last user's umount writes back and commits."""
+        dev = self.layers[id]
+        if self.layers.unmount(id):
+            dev.fs.sync()
 
     def sync(self):
         """``sync(1)``: each thin device's filesystem writes back its delayed
         allocation and commits its journal (a mounted container's new small
         files reach the pool only here, at umount or at the dirty limit)."""
         self._base_fs.sync()
-        for dev in self._devs.values():
+        for dev in self.layers.values():
             dev.fs.sync()
-
-    def exists(self, id):
-        return id in self._devs
-
-    def list_layers(self):
-        return list(self._devs)
-
-    def parent(self, id):
-        return self._dev(id).parent
 
     def cleanup(self):
-        if self._closed:
+        if not self._finalizer.alive:
             return
-        for dev in self._devs.values():
+        for dev in self.layers.values():
             dev.fs.sync()
-            dev.mounts = 0
-            dev.view = None
-        self.pool.close()
-        self._closed = True
-        if self._tmp is not None:
-            self._tmp.cleanup()
-
-    def __del__(self):
-        try:
-            self.cleanup()
-        except Exception:
-            pass
+        self.layers.unmount_all()
+        self._finalizer()      # closes the pool, removes a temporary root
 
     # ------------------------------------------------------------ diffs
     def _parent_view(self, parent):
@@ -253,22 +226,14 @@ class DeviceMapperDriver(Driver):
         return self._rw_view(self._dev(parent))
 
     def changes(self, id, parent):
-        w = td.Work()
-        out = td.changes(self._rw_view(self._dev(id)), self._parent_view(parent), w,
-                         by_stat=self.capabilities().changes_by_stat)
-        self._counters["diff_work"] += w.total
-        return out
+        return self.naive.changes(self._rw_view(self.layers[id]), self._parent_view(parent))
 
     def diff(self, id, parent):
-        w = td.Work()
-        layer = td.diff(self._rw_view(self._dev(id)), self._parent_view(parent), w,
-                        by_stat=self.capabilities().changes_by_stat)
-        self._counters["diff_work"] += w.total
-        return layer
+        return self.naive.diff(self._rw_view(self.layers[id]), self._parent_view(parent))
 
     def apply_diff(self, id, parent, layer):
         dev = self._dev(id)
-        n = td.apply_diff(self._rw_view(dev), layer)
+        n = apply_layer(self._rw_view(dev), layer)
         dev.fs.sync()
         return n
 
@@ -288,10 +253,10 @@ class DeviceMapperDriver(Driver):
         # blocks this device maps that its parent's device does not (the
         # parent's blocks are shared with it by the snapshot)
         _v, p, _t = self.pool.device(dev.thin_id).mapping()
-        origin = self._devs[dev.parent].thin_id if dev.parent is not None else BASE_ID
+        origin = self.layers[dev.parent].thin_id if dev.parent is not None else BASE_ID
         _v, q, _t = self.pool.device(origin).mapping()
         excl = len(np.setdiff1d(p, q, assume_unique=True))
-        parent_inodes = len(self._devs[dev.parent].fs.inodes) if dev.parent is not None else len(self._base_fs.inodes)
+        parent_inodes = len(self.layers[dev.parent].fs.inodes) if dev.parent is not None else len(self._base_fs.inodes)
         return Usage(size=excl * self.pool.block_size, inodes=max(0, len(dev.fs.inodes) - parent_inodes))
 
     def metadata(self, id):
@@ -302,7 +267,7 @@ class DeviceMapperDriver(Driver):
     def status(self):
         st = self.pool.status()
         bs = self.pool.block_size
-        mb = 4096
+        mb = METADATA_BLOCK_SIZE
         return [
             ("Storage Driver", self.name),
             ("Pool Name", "docker-thinp-pool"),
@@ -334,17 +299,11 @@ class DeviceMapperDriver(Driver):
         bs = self.pool.block_size
         out = empty_stats()
         out["physical_bytes"] = st.used_data_blocks * bs
-        out["metadata_bytes"] = st.used_metadata_blocks * 4096
+        out["metadata_bytes"] = st.used_metadata_blocks * METADATA_BLOCK_SIZE
         out["bytes_written"] = c["bytes_written"] + c["bytes_copied"]
         out["cow_bytes"] = c["bytes_copied"]
         out["cow_count"] = c["nr_cow_copies"] + c["nr_cow_overwrites"]
-        logical = inodes = 0
-        for dev in self._devs.values():
-            i, b = fs_totals(dev.fs)
-            inodes += i
-            logical += b
-        out["logical_bytes"] = logical
-        out["inodes"] = inodes
+        out["inodes"], out["logical_bytes"] = layers_totals(self.layers.values())
         out["page_cache_bytes"] = self.page_cache.cached_bytes
         out.update(self._counters)
         return out

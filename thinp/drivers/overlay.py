@@ -31,7 +31,7 @@ class OverlayDriver(UnionDriver):
 
     def _lower_root(self, rec):
         """The image layer whose ``root`` a container mounts as its lower."""
-        while rec is not None and rec.rw:
+        while rec is not None and rec.read_write:
             rec = self.layers[rec.parent] if rec.parent is not None else None
         return rec
 
@@ -40,7 +40,7 @@ class OverlayDriver(UnionDriver):
         fs = self.fs
         fs.mkdir(d, 0o700)
         parent = self.layers[rec.parent] if rec.parent is not None else None
-        if not rec.rw:
+        if not rec.read_write:
             fs.mkdir(d + "/root", 0o755)
             if parent is not None:
                 src = UnionView(self, self._branches(parent), writable=False)
@@ -48,7 +48,7 @@ class OverlayDriver(UnionDriver):
                 farm = [self._dir(lower.id) + "/root"] if lower is not None else []
                 clone_tree(self, src, d + "/root", hardlink_from=farm)
             return
-        if parent is not None and parent.rw:
+        if parent is not None and parent.read_write:
             copy_dir(fs, self._dir(parent.id) + "/upper", d + "/upper")
         else:
             fs.mkdir(d + "/upper", 0o755)
@@ -62,7 +62,7 @@ class OverlayDriver(UnionDriver):
         self._rmtree(self._dir(rec.id))
 
     def _branches(self, rec) -> list[str]:
-        if not rec.rw:
+        if not rec.read_write:
             return [self._dir(rec.id) + "/root"]
         lower = self._lower_root(self.layers[rec.parent]) if rec.parent is not None else None
         up = [self._dir(rec.id) + "/upper"]

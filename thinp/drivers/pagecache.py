@@ -32,7 +32,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-PAGE = 4096
+from ..config import PAGE_SIZE
+
+PAGE = PAGE_SIZE
 
 
 class PageCache:

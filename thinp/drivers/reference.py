@@ -51,9 +51,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import DeviceExistsError, DeviceNotFoundError
 from ..fs.core import BLOCK, StatResult, mix_stamp, block_stamp
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats, register
+from .layers import LayerRecord, LayerTable
 from .pagecache import PageCache
 
 __all__ = ["ReferenceDriver", "ReferenceView", "Tree", "RNode", "ZeroReader"]
@@ -475,15 +475,14 @@ class ReferenceView(MountedView):
 
 
 # ============================================================ the driver
-@dataclass(eq=False)
-class _Layer:
-    id: str
-    parent: str | None
-    read_write: bool
-    tree: Tree
-    mounts: int = 0
-    view: ReferenceView | None = None
-    applying: bool = False
+class _Layer(LayerRecord):
+    """A layer: the table's fields, its whole ``tree``, and ``applying``
+    (apply_diff may write a read-only layer)."""
+
+    def __init__(self, id, parent, read_write, depth):
+        super().__init__(id, parent, read_write, depth)
+        self.tree = Tree()
+        self.applying = False
 
 
 @register
@@ -502,7 +501,7 @@ class ReferenceDriver(Driver):
         self.payload = bool(payload)
         self.changes_by_stat = bool(changes_by_stat)
         self.max_layers = max_layers
-        self.layers: dict[str, _Layer] = {}
+        self.layers = LayerTable(self.name, max_layers)
         self._clock = 0
         self._ino = 1
         self._stats = empty_stats()
@@ -518,17 +517,7 @@ class ReferenceDriver(Driver):
         return self._ino
 
     def _layer(self, id: str) -> _Layer:
-        try:
-            return self.layers[id]
-        except KeyError:
-            raise DeviceNotFoundError(f"layer {id!r} does not exist") from None
-
-    def _depth(self, id: str | None) -> int:
-        n = 0
-        while id is not None:
-            n += 1
-            id = self.layers[id].parent
-        return n
+        return self.layers[id]
 
     def _write_node(self, node: RNode, offset: int, data) -> int:
         if offset < 0:
@@ -601,54 +590,24 @@ class ReferenceDriver(Driver):
 
     # ---------------------------------------------------------- layers
     def create(self, id, parent, *, read_write=False, **opts):
-        if id in self.layers:
-            raise DeviceExistsError(f"layer {id!r} already exists")
+        layer = self.layers.new(id, parent, read_write, opts, record=_Layer)
         if parent is not None:
-            ptree = self._layer(parent).tree
-        if self.max_layers is not None and self._depth(parent) + 1 > self.max_layers:
-            from ..errors import TooManyLayersError
-
-            raise TooManyLayersError(
-                f"layer {id!r}: chain of {self._depth(parent) + 1} layers exceeds the limit of "
-                f"{self.max_layers}")
-        tree = ptree.copy() if parent is not None else Tree()
-        self.layers[id] = _Layer(id, parent, bool(read_write), tree)
+            layer.tree = self.layers[parent].tree.copy()
+        self.layers.add(layer)
         self._stats["create_ops"] += 1
 
     def remove(self, id):
-        layer = self._layer(id)
-        if layer.mounts:
-            raise OSError(errno.EBUSY, f"layer {id!r} is mounted ({layer.mounts} users)")
-        kids = [k for k, l in self.layers.items() if l.parent == id]
-        if kids:
-            raise OSError(errno.EBUSY, f"layer {id!r} has {len(kids)} child layer(s), e.g. {kids[0]!r}")
-        del self.layers[id]
+        self.layers.removable(id)
+        self.layers.drop(id)
         self.page_cache.drop_where(lambda k: k[0] == id)
 
     def get(self, id):
-        layer = self._layer(id)
-        if layer.mounts == 0:
-            layer.view = ReferenceView(self, layer)
-            self._stats["mount_ops"] += 1
-        layer.mounts += 1
-        return layer.view
+        view, first = self.layers.mount(id, lambda layer: ReferenceView(self, layer))
+        self._stats["mount_ops"] += first
+        return view
 
     def put(self, id):
-        layer = self._layer(id)
-        if layer.mounts == 0:
-            raise OSError(errno.EINVAL, f"layer {id!r} is not mounted")
-        layer.mounts -= 1
-        if layer.mounts == 0:
-            layer.view = None
-
-    def exists(self, id):
-        return id in self.layers
-
-    def list_layers(self):
-        return sorted(self.layers)
-
-    def parent(self, id):
-        return self._layer(id).parent
+        self.layers.unmount(id)
 
     def status(self):
         return [("Storage Driver", self.name), ("Backing Filesystem", "memory"),
@@ -659,8 +618,7 @@ class ReferenceDriver(Driver):
         return {"Parent": layer.parent or "", "ReadWrite": str(layer.read_write).lower()}
 
     def cleanup(self):
-        for layer in self.layers.values():
-            layer.mounts, layer.view = 0, None
+        self.layers.unmount_all()
 
     def capabilities(self):
         return Capabilities(reproducible_diff=True, native_diff=False, shares_page_cache="none",

@@ -55,17 +55,17 @@ import zlib
 import numpy as np
 
 from ..blockdev import PlainDevice
-from ..errors import DeviceExistsError, DeviceNotFoundError, TooManyLayersError
+from ..config import PAGE_SIZE
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats
-from . import _treediff as td
-from ._treediff import decode_stamps, stamp_block, view_bytes
+from .layers import LayerRecord, LayerTable, NaiveDiff
+from ._treediff import decode_stamps
+from .apply import apply_layer, ensure_parents
 from .pagecache import PageCache
 
-__all__ = ["UnionDriver", "UnionView", "apply_to_view", "content_bytes",
-           "stamp_block", "decode_stamps",
-           "ViewTarget", "OVL_OPAQUE", "OVL_ORIGIN", "OVL_IMPURE", "OVL_METACOPY", "WH_PREFIX", "WH_OPAQUE"]
+__all__ = ["UnionDriver", "UnionView", "NativeWhiteouts",
+           "OVL_OPAQUE", "OVL_ORIGIN", "OVL_IMPURE", "OVL_METACOPY", "WH_PREFIX", "WH_OPAQUE"]
 
-BLOCK = 4096
+BLOCK = PAGE_SIZE
 OVL_OPAQUE = "trusted.overlay.opaque"
 OVL_ORIGIN = "trusted.overlay.origin"
 OVL_IMPURE = "trusted.overlay.impure"
@@ -88,12 +88,6 @@ def _split(path: str) -> list[str]:
 
 def _join(parts) -> str:
     return "/" + "/".join(parts)
-
-
-# ---------------------------------------------------------------- content
-def content_bytes(fs, path: str, size: int) -> bytes:
-    """The bytes of a file (see :func:`._treediff.view_bytes`)."""
-    return view_bytes(fs, path, size)
 
 
 # ---------------------------------------------------------------- the view
@@ -525,7 +519,7 @@ class UnionView(MountedView):
         if self.origin:
             # dir.c ovl_create_or_link: a link to a copied-up file (one with an
             # origin) makes its new parent impure
-            up = self.fs._lookup(self._bpath(0, scanon), follow=False)
+            up = self.fs.inode(self._bpath(0, scanon), follow=False)
             if up.xattrs and OVL_ORIGIN in up.xattrs:
                 self._set_impure(dcanon[:-1])
 
@@ -571,6 +565,18 @@ class UnionView(MountedView):
             return self.fs.write_inode(node, offset, data)   # already up: no second path walk
         self._copy_up(canon, stacks)
         return self.fs.write(self._bpath(0, canon), offset, data)
+
+    def write_content(self, path: str, data) -> None:
+        """A whole file's content from a layer tar (see :mod:`.apply`): in
+        accounting mode, bytes a thinp diff made from version stamps
+        (:func:`._treediff.decode_stamps`) keep their versions."""
+        stamps = None if self.payload else decode_stamps(data)
+        if stamps is None:
+            self.write(path, 0, data)
+            return
+        self.write(path, 0, len(data))
+        _canon, _stacks, _bi, node = self._top(path)
+        node.stamps = stamps
 
     def truncate(self, path: str, size: int) -> None:
         self._check_rw(path)
@@ -722,19 +728,6 @@ def _origin_handle(node) -> bytes:
 
 
 # ---------------------------------------------------------------- the driver
-class _Rec:
-    """One layer: its parent, kind, backing directory and mount state."""
-
-    __slots__ = ("id", "parent", "rw", "depth", "refs", "view", "children", "data")
-
-    def __init__(self, id, parent, rw, depth):
-        self.id, self.parent, self.rw, self.depth = id, parent, rw, depth
-        self.refs = 0
-        self.view = None
-        self.children = 0
-        self.data = {}
-
-
 class UnionDriver(Driver):
     """Base of vfs, aufs, overlay and overlay2 (see the module docstring).
 
@@ -779,10 +772,11 @@ class UnionDriver(Driver):
         for part in _split(self.home):
             d += "/" + part
             self.fs.mkdir(d, 0o710 if part == self.name else 0o711)
-        self.layers: dict[str, _Rec] = {}
+        self.layers = LayerTable(self.name, None if self.max_depth is None else self.max_depth + 1)
         self._bookkeeping: set[str] = set()   # paths written by _write_small
         self._counters = {k: 0 for k in ("copy_up_bytes", "copy_up_count", "lookup_probes", "mount_ops",
                                          "create_ops", "diff_work")}
+        self.naive = NaiveDiff(self._counters, by_stat=self.capabilities().changes_by_stat)
         self.page_cache = PageCache(page_cache_bytes)
         # a freed inode's pages go (the kernel's evict_inode), so a later file
         # that reuses the inode number starts cold
@@ -794,17 +788,17 @@ class UnionDriver(Driver):
     def _setup(self) -> None:
         """Driver-wide directories (overlay2's ``l/``, aufs's ``diff/ layers/ mnt/``)."""
 
-    def _make_layer(self, rec: _Rec) -> None:
+    def _make_layer(self, rec: LayerRecord) -> None:
         raise NotImplementedError
 
-    def _drop_layer(self, rec: _Rec) -> None:
+    def _drop_layer(self, rec: LayerRecord) -> None:
         raise NotImplementedError
 
-    def _branches(self, rec: _Rec) -> list[str]:
+    def _branches(self, rec: LayerRecord) -> list[str]:
         """Backing directories of the layer's view, top first."""
         raise NotImplementedError
 
-    def _own_dirs(self, rec: _Rec) -> list[str]:
+    def _own_dirs(self, rec: LayerRecord) -> list[str]:
         """Backing directories this layer owns (for usage and logical bytes)."""
         return [self._branches(rec)[0]]
 
@@ -819,17 +813,11 @@ class UnionDriver(Driver):
         return self._branches(self._rec(id))[0]
 
     # -- helpers ----------------------------------------------------------------
-    def _rec(self, id: str) -> _Rec:
-        try:
-            return self.layers[id]
-        except KeyError:
-            raise DeviceNotFoundError(f"{self.name}: no such layer {id!r}") from None
+    def _rec(self, id: str) -> LayerRecord:
+        return self.layers[id]
 
-    def _chain(self, rec: _Rec) -> list[_Rec]:
-        out = [rec]
-        while out[-1].parent is not None:
-            out.append(self.layers[out[-1].parent])
-        return out
+    def _chain(self, rec: LayerRecord) -> list[LayerRecord]:
+        return self.layers.chain(rec.id)
 
     def _rmtree(self, path: str) -> None:
         fs = self.fs
@@ -873,65 +861,31 @@ class UnionDriver(Driver):
 
     # -- Driver -------------------------------------------------------------------
     def create(self, id: str, parent: str | None, *, read_write: bool = False, **opts) -> None:
-        if opts:
-            raise ValueError(f"{self.name}: create() takes no option(s) {sorted(opts)}")
-        if not isinstance(id, str) or not id or "/" in id:
-            raise ValueError(f"layer id {id!r} is not a non-empty string without '/'")
-        if id in self.layers:
-            raise DeviceExistsError(f"{self.name}: layer {id!r} already exists")
-        prec = self._rec(parent) if parent is not None else None
-        depth = 0 if prec is None else prec.depth + 1
-        if self.max_depth is not None and depth > self.max_depth:
-            raise TooManyLayersError(
-                f"{self.name}: layer {id!r} would have {depth} lower layers, more than the maximum {self.max_depth}")
-        rec = _Rec(id, parent, bool(read_write), depth)
+        rec = self.layers.new(id, parent, read_write, opts)
+        rec.data = {}
         self._make_layer(rec)
-        self.layers[id] = rec
-        if prec is not None:
-            prec.children += 1
+        self.layers.add(rec)
         self._counters["create_ops"] += 1
 
     def remove(self, id: str) -> None:
-        rec = self._rec(id)
-        if rec.refs:
-            raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted ({rec.refs} users)")
-        if rec.children:
-            raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} has {rec.children} child layer(s)")
+        rec = self.layers.removable(id)
         self._gen += 1
         self._drop_layer(rec)
-        del self.layers[id]
-        if rec.parent is not None:
-            self.layers[rec.parent].children -= 1
+        self.layers.drop(id)
 
     def get(self, id: str) -> UnionView:
-        rec = self._rec(id)
-        if rec.view is None:
-            rec.view = UnionView(self, self._branches(rec), writable=rec.rw)
-            self._counters["mount_ops"] += 1
-        rec.refs += 1
-        return rec.view
+        view, first = self.layers.mount(
+            id, lambda rec: UnionView(self, self._branches(rec), writable=rec.read_write))
+        self._counters["mount_ops"] += first
+        return view
 
     def put(self, id: str) -> None:
-        rec = self._rec(id)
-        if rec.refs <= 0:
-            raise OSError(errno.EINVAL, f"{self.name}: layer {id!r} is not mounted")
-        rec.refs -= 1
-        if rec.refs == 0:
-            rec.view = None
-
-    def exists(self, id: str) -> bool:
-        return id in self.layers
-
-    def list_layers(self) -> list[str]:
-        return sorted(self.layers)
-
-    def parent(self, id: str) -> str | None:
-        return self._rec(id).parent
+        """Unmount: the union mount goes; the backing filesystem stays mounted
+        (it holds every layer), so nothing is written back here."""
+        self.layers.unmount(id)
 
     def cleanup(self) -> None:
-        for rec in self.layers.values():
-            rec.refs = 0
-            rec.view = None
+        self.layers.unmount_all()
         self.fs.sync()
         self.device.close()
 
@@ -957,18 +911,9 @@ class UnionDriver(Driver):
         rec = self._rec(id)
         if self.native_diff and parent == rec.parent:
             return self._branch_changes(rec)[0]
-        by_stat = self.capabilities().changes_by_stat
-        return self._naive(lambda w: td.changes(self._view(id), self._view(parent), w, by_stat=by_stat))
+        return self.naive.changes(self._view(id), self._view(parent))
 
-    def _naive(self, fn):
-        """Run a :mod:`._treediff` walk, its work added to ``diff_work``."""
-        w = td.Work()
-        try:
-            return fn(w)
-        finally:
-            self._counters["diff_work"] += w.total
-
-    def _branch_changes(self, rec: _Rec):
+    def _branch_changes(self, rec: LayerRecord):
         """Native changes: walk only the layer's own branch (aufs, overlay2).
         Returns (changes, opaque directory paths)."""
         fs = self.fs
@@ -1028,9 +973,8 @@ class UnionDriver(Driver):
         view = self._view(id)
         if self.native_diff and parent == rec.parent:
             changes, opaque = self._branch_changes(rec)
-            return self._naive(lambda w: td.layer(view, changes, opaque=opaque, work=w))
-        by_stat = self.capabilities().changes_by_stat
-        return self._naive(lambda w: td.diff(view, self._view(parent), w, by_stat=by_stat))
+            return self.naive.layer(view, changes, opaque)
+        return self.naive.diff(view, self._view(parent))
 
     def apply_diff(self, id: str, parent: str | None, layer) -> int:
         """Untar ``layer`` into layer ``id`` (Docker's ``ApplyDiff``): into its
@@ -1038,14 +982,12 @@ class UnionDriver(Driver):
         tree, deleting what the whiteouts name (vfs, overlay)."""
         rec = self._rec(id)
         self._gen += 1
-        if rec.refs:
-            raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted")
+        self.layers.busy(id)
         if parent != rec.parent:
             raise ValueError(f"{self.name}: layer {id!r} has parent {rec.parent!r}, not {parent!r}")
-        if self.flat_layers or rec.rw:
-            view = UnionView(self, self._branches(rec), writable=True)
-            return _apply_layer(self, None, layer, flat=True, view=view)
-        return _apply_layer(self, self._branches(rec)[0], layer, flat=False)
+        if self.flat_layers or rec.read_write:
+            return apply_layer(UnionView(self, self._branches(rec), writable=True), layer)
+        return apply_layer(UnionView(self, self._branches(rec)[:1], writable=True), layer, NativeWhiteouts())
 
     def fill(self, id: str, fn) -> None:
         """Call ``fn(view)`` with a writable view of unmounted layer ``id``, as
@@ -1053,8 +995,7 @@ class UnionDriver(Driver):
         fill an image layer from a manifest this way)."""
         rec = self._rec(id)
         self._gen += 1
-        if rec.refs:
-            raise OSError(errno.EBUSY, f"{self.name}: layer {id!r} is mounted")
+        self.layers.busy(id)
         fn(UnionView(self, self._branches(rec), writable=True))
 
     def usage(self, id: str) -> Usage:
@@ -1120,7 +1061,7 @@ class UnionDriver(Driver):
     def metadata(self, id: str) -> dict:
         rec = self._rec(id)
         br = self._branches(rec)
-        return {"UpperDir" if rec.rw else "Dir": br[0], "LowerDir": ":".join(br[1:])}
+        return {"UpperDir" if rec.read_write else "Dir": br[0], "LowerDir": ":".join(br[1:])}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {len(self.layers)} layers on {self.fs!r}>"
@@ -1139,118 +1080,25 @@ def _walk_nodes(fs, node):
 
 
 # ---------------------------------------------------------------- apply a layer tar
-def apply_to_view(view, layer) -> int:
-    """Docker's naive ``ApplyDiff``: apply a :class:`thinp.image.Layer` through
-    any writable mounted view (whiteouts delete, opaque markers empty a
-    directory of what lower layers put there).  Returns the layer's content
-    bytes.  Block drivers (devicemapper) can use it as it is."""
-    return _apply_layer(None, None, layer, flat=True, view=view)
+class NativeWhiteouts:
+    """The whiteout plug-in of :func:`.apply.apply_layer` for a layer untarred
+    into its own branch (overlay2's and aufs's ``ApplyDiff``): whiteouts and
+    opaque markers are written in the driver's native form -- a character
+    device 0/0 and ``trusted.overlay.opaque`` (overlay2), ``.wh.`` hard links
+    (aufs) -- to act on the lower layers when the layer is mounted."""
 
+    def whiteout(self, view: UnionView, path: str, unpacked: set) -> None:
+        if view.fs.exists(view.branches[0] + path):
+            return
+        ensure_parents(view, path, unpacked)
+        view._whiteout(_split(path))
 
-def _apply_layer(drv: UnionDriver, top: str, layer, *, flat: bool, view=None) -> int:
-    """Write a layer's entries (Docker's ``ApplyDiff``).
-
-    ``flat``: apply through ``view`` (a mounted merged view; for vfs and the
-    legacy overlay's image layers a single branch holding the whole tree), so
-    a whiteout deletes and an opaque marker empties, as the NaiveDiffDriver's
-    ``ApplyDiff`` does on a mount.  Otherwise untar into the branch ``top``
-    itself, writing whiteouts and opaque markers in the driver's native form
-    (overlay2's and aufs's ``ApplyDiff``).  Whiteouts and opaque markers act
-    on lower layers only, never on entries of the same layer."""
-    if view is None:
-        view = UnionView(drv, [top], writable=True)
-        root = top
-    else:
-        root = None
-    fs = getattr(view, "fs", None)
-    keep_stamps = isinstance(view, UnionView) and not view.payload
-    written: set[str] = set()
-    size = 0
-
-    def remove_tree(path):
-        td.remove_tree(view, path)
-
-    def ensure_parents(rel):
-        p = ""
-        for part in rel.split("/")[:-1]:
-            p = p + "/" + part
-            try:
-                st = view.lstat(p)
-            except OSError:
-                view.mkdir(p, 0o755)
-                continue
-            if not _stat.S_ISDIR(st.st_mode):
-                remove_tree(p)
-                view.mkdir(p, 0o755)
-
-    for e, stream in layer.walk():
-        rel = e.path.strip("/")
-        p = "/" + rel
-        if e.kind == "whiteout":
-            if rel in written:
-                continue
-            if flat:
-                if view.exists(p):
-                    remove_tree(p)
-            elif not fs.exists(root + p):
-                ensure_parents(rel)
-                view._whiteout(_split(rel))
-            continue
-        if e.kind == "opaque":
-            if flat:
-                if view.exists(p) and _stat.S_ISDIR(view.lstat(p).st_mode):
-                    for name in view.listdir(p):
-                        child = (rel + "/" + name) if rel else name
-                        if not any(w == child or w.startswith(child + "/") for w in written):
-                            remove_tree("/" + child)
-            else:
-                ensure_parents(rel + "/x")
-                if not fs.exists(root + p):
-                    view.mkdir(p, 0o755)
-                view._set_opaque(_split(rel))
-            continue
-        if not rel:
-            if e.kind == "dir":
-                view.chmod("/", e.mode)
-                view.chown("/", e.uid, e.gid)
-            continue
-        ensure_parents(rel)
-        if view.exists(p):
-            st = view.lstat(p)
-            if e.kind == "dir" and _stat.S_ISDIR(st.st_mode):
-                view.chmod(p, e.mode)
-                view.chown(p, e.uid, e.gid)
-                for k, v in (e.xattrs or {}).items():
-                    view.setxattr(p, k, v if isinstance(v, bytes) else str(v).encode())
-                written.add(rel)
-                continue
-            remove_tree(p)
-        if e.kind == "dir":
-            view.mkdir(p, e.mode, uid=e.uid, gid=e.gid)
-        elif e.kind == "file":
-            view.create(p, e.mode, uid=e.uid, gid=e.gid)
-            if e.size:
-                data = stream.read()
-                stamps = decode_stamps(data) if keep_stamps else None
-                if stamps is None:
-                    view.write(p, 0, data)
-                else:   # bytes a thinp diff made from version stamps: keep the versions
-                    view.write(p, 0, len(data))
-                    canon, _st, bi, node = view._top(p)
-                    node.stamps = stamps
-            size += e.size
-        elif e.kind == "symlink":
-            view.symlink(e.linkname, p, uid=e.uid, gid=e.gid)
-        elif e.kind == "hardlink":
-            view.link("/" + e.linkname.strip("/"), p)
-        elif e.kind in ("char", "block", "fifo"):
-            kind = {"char": _stat.S_IFCHR, "block": _stat.S_IFBLK, "fifo": _stat.S_IFIFO}[e.kind]
-            view.mknod(p, kind | (e.mode & 0o7777), os.makedev(e.devmajor, e.devminor), uid=e.uid, gid=e.gid)
-        if e.kind not in ("hardlink", "symlink"):
-            for k, v in (e.xattrs or {}).items():
-                view.setxattr(p, k, v if isinstance(v, bytes) else str(v).encode())
-        written.add(rel)
-    return size
+    def opaque(self, view: UnionView, path: str, unpacked: set) -> None:
+        ensure_parents(view, path.rstrip("/") + "/x", unpacked)
+        if not view.fs.exists(view.branches[0] + path):
+            view.mkdir(path, 0o755)
+            unpacked.add(path)
+        view._set_opaque(_split(path))
 
 
 def copy_dir(fs, src: str, dst: str) -> None:
@@ -1303,54 +1151,3 @@ def clone_tree(drv: UnionDriver, src_view, dst: str, *, hardlink_from=()) -> Non
                 fs.symlink(node.target, d, uid=node.uid, gid=node.gid)
             else:
                 fs.mknod(d, mode, node.rdev, uid=node.uid, gid=node.gid)
-
-
-class ViewTarget:
-    """The :mod:`thinp.fs.populate` target interface over any driver's
-    mounted view, so ``wl_rootfs(ViewTarget(view))`` fills a layer from the
-    Debian manifest.  ``sync`` is called by ``sync()`` (default: the view's
-    filesystem's own)."""
-
-    def __init__(self, view, sync=None):
-        self.view = view
-        self._sync = sync
-
-    def mkdir(self, path, mode=0o755):
-        self.view.mkdir("/" + path, mode)
-
-    def write_file(self, path, size, seed=0):
-        p = "/" + path
-        self.view.create(p)
-        if size:
-            if getattr(self.view, "payload", False):
-                data = np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
-            else:
-                data = size
-            self.view.write(p, 0, data)
-
-    def symlink(self, target, path):
-        self.view.symlink(target, "/" + path)
-
-    def link(self, src, dst):
-        self.view.link("/" + src, "/" + dst)
-
-    def mknod(self, path, mode, rdev):
-        self.view.mknod("/" + path, mode, rdev)
-
-    def chmod(self, path, mode):
-        p = "/" + path
-        st = self.view.lstat(p)
-        if not _stat.S_ISLNK(st.st_mode):
-            self.view.chmod(p, mode)
-
-    def chown(self, path, uid, gid):
-        self.view.chown("/" + path, uid, gid, follow_symlinks=False)
-
-    def unlink(self, path):
-        self.view.unlink("/" + path)
-
-    def sync(self):
-        if self._sync is not None:
-            self._sync()
-        else:
-            self.view.fs.sync()

@@ -2,7 +2,7 @@
 parameter sweeps."""
 from __future__ import annotations
 
-from .workers import cpus, mp_context, process_pool  # noqa: F401  (re-exported)
+from .workers import cpus, mp_context, process_pool, stop_pool  # noqa: F401  (re-exported)
 
 
 def __getattr__(name):

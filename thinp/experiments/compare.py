@@ -15,10 +15,8 @@ from __future__ import annotations
 import os
 import time
 
+from ..drivers.base import DRIVER_NAMES as ALL_DRIVERS  # the seven drivers, in the table's order
 from ..timing.model import SIM_COLUMNS, SIM_TEXT_COLUMNS
-
-#: The seven Docker storage drivers, in the order the table shows them.
-ALL_DRIVERS = ("overlay2", "overlay", "aufs", "devicemapper", "btrfs", "zfs", "vfs")
 
 #: Columns of the DataFrame after ``driver`` (units in the names).
 COLUMNS = (
@@ -58,7 +56,7 @@ def table_view(df):
     ``rows`` one dict per driver that ran (``"driver"`` and each header of
     :data:`VIEW`, values scaled to the header's unit), ``best`` the set of
     ``(row index, header)`` cells lowest in their column."""
-    ok = [r for r in df.to_dict(orient="records") if not r.get("error")]
+    ok = [r for r in df.to_dict(orient="records") if not (isinstance(r.get("error"), str) and r["error"])]
     rows = [{"driver": r["driver"], **{h: (None if _missing(r[c]) else r[c] / div) for c, h, div in VIEW}}
             for r in ok]
     best = set()
@@ -124,17 +122,9 @@ def parse_drivers(drivers) -> list[str]:
 
 
 def _default_runner():
-    """:mod:`thinp.workloads`, or the module named by ``THINP_COMPARE_RUNNER``
-    (a test hook: any module with ``load`` and ``run``)."""
-    import importlib
+    """:mod:`thinp.workloads` (``load`` and ``run``)."""
+    from .. import workloads
 
-    name = os.environ.get("THINP_COMPARE_RUNNER")
-    if name:
-        return importlib.import_module(name)
-    from .. import workloads  # the workloads branch provides load/run
-
-    if not hasattr(workloads, "run"):
-        raise CompareError("thinp.workloads.run is not available in this build")
     return workloads
 
 
@@ -243,8 +233,10 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
         def run_all(step, tick, describe):
             try:
                 _parallel(pool, names, job, rows, step, tick, describe)
-            except BaseException:       # a malformed workload, Ctrl-C: don't wait for the rest
-                pool[0].shutdown(wait=False, cancel_futures=True)
+            except BaseException:       # a malformed workload, Ctrl-C: stop the workers now
+                from .workers import stop_pool
+
+                stop_pool(pool[0])
                 raise
             pool[0].shutdown()
 

@@ -61,29 +61,26 @@ import time
 
 import numpy as np
 
+from ..config import METADATA_BLOCK_SIZE, PAGE_SIZE
+from ..drivers.devicemapper import BASE_DEVICE_SIZE, LOOP_METADATA_SIZE, LOW_WATER_MARK_BLOCKS as DOCKER_LWM
 from ..trace import DISCARD, TRACE_DTYPE, WRITE
 from ..units import check_block_size, parse_size
 
 UNION_DRIVERS = ("overlay2", "overlay", "aufs", "vfs")
 DRIVERS = ("devicemapper",) + UNION_DRIVERS
 DISCARDS = ("passdown", "nopassdown", "ignore")
-BASE_SIZE = 10 << 30
-DOCKER_LWM = 32768
-PAGE = 4096
-DEFAULT_IMAGE_BYTES = 130 << 20
+BASE_SIZE = parse_size(BASE_DEVICE_SIZE)
+PAGE = PAGE_SIZE
 
 
 @functools.lru_cache(maxsize=None)
 def image_bytes(image: str) -> int:
-    """The image's footprint: its manifest's regular files, 4 KiB-rounded."""
+    """The image's footprint: the regular files of its profile (shipped in
+    the package), 4 KiB-rounded, a hard-linked file once."""
     if image in ("debian-minbase", "debian-bookworm-minbase"):
-        try:
-            from ..fs.populate import load_manifest
+        from ..workloads.format import profile_rows
 
-            rows = load_manifest()
-            return int(sum(-(-int(r["size"] or 0) // PAGE) * PAGE for r in rows if r["type"] == "f"))
-        except Exception:  # the fixtures may be absent in an installed package
-            return DEFAULT_IMAGE_BYTES
+        return int(sum(-(-r[2] // PAGE) * PAGE for r in profile_rows("debian-minbase") if r[1] == "f"))
     if image in ("scratch", "empty"):
         return 0
     return parse_size(image, what="image")
@@ -228,7 +225,7 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
     rows: list[dict] = []
     bar = _progress(int(containers), "devicemapper", progress)
     try:
-        p = ThinPool.create(os.path.join(tmp, "pool"), pool_bytes, block_size=bs, metadata_size="2G",
+        p = ThinPool.create(os.path.join(tmp, "pool"), pool_bytes, block_size=bs, metadata_size=LOOP_METADATA_SIZE,
                             low_water_mark=lwm, zero_new_blocks=bool(zeroing),
                             discard_passdown=(discard == "passdown"), ignore_discard=(discard == "ignore"),
                             error_if_no_space=(no_space == "error"), sync=False, commit_interval=0)
@@ -358,7 +355,7 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
                 driver="devicemapper", container=i + 1, started=started, live=len(live),
                 data_used_bytes=st.used_data_blocks * bs, data_total_bytes=st.total_data_blocks * bs,
                 data_pct=100.0 * st.used_data_blocks / st.total_data_blocks,
-                meta_used_bytes=st.used_metadata_blocks * 4096, meta_total_bytes=st.total_metadata_blocks * 4096,
+                meta_used_bytes=st.used_metadata_blocks * METADATA_BLOCK_SIZE, meta_total_bytes=st.total_metadata_blocks * 4096,
                 meta_pct=100.0 * st.used_metadata_blocks / st.total_metadata_blocks,
                 mapped_bytes=st.used_data_blocks * bs, virtual_bytes=virtual,
                 overcommit_ratio=virtual / (st.total_data_blocks * bs),

@@ -315,14 +315,17 @@ def run_sweep(spec, out, *, workers=None, scheduler=None, client=None, progress=
         else:
             import concurrent.futures as cf
 
-            with ex:
-                futs = [ex.submit(run_point, p) for p in todo]
-                for fut in cf.as_completed(futs):
-                    finish(fut.result())
+            futs = [ex.submit(run_point, p) for p in todo]
+            for fut in cf.as_completed(futs):
+                finish(fut.result())
+            ex.shutdown()
+            ex = None
     finally:
         bar.stop()
-        if ex is not None:
-            ex.shutdown(wait=False, cancel_futures=True)
+        if ex is not None:          # Ctrl-C or an error: stop the workers now, not after their points
+            from .workers import stop_pool
+
+            stop_pool(ex)
     stats["seconds"] = time.perf_counter() - t0
     return stats
 

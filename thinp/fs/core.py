@@ -45,10 +45,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..config import PAGE_SIZE
 from ..errors import MetadataCorruptError
 from . import _kernels as K
 
-BLOCK = 4096
+BLOCK = PAGE_SIZE
 _PACK = 4294967296
 NAME_MAX = 255
 SYMLOOP_MAX = 40

@@ -1,9 +1,10 @@
 """Workloads that run the same way on a simulated filesystem and on a real mount.
 
-A workload is a function ``(target) -> None`` over a small target interface
-(``mkdir``, ``write_file``, ``symlink``, ``link``, ``mknod``, ``chmod``,
-``chown``, ``unlink``); :class:`SimTarget` drives a :class:`~thinp.fs.Filesystem`
-and :class:`RealTarget` a directory on a real mount.
+A workload is a function ``(target) -> None`` over the target protocol of
+:mod:`thinp.validate.target` (``mkdir``, ``write_file``, ``symlink``,
+``link``, ``mknod``, ``chmod``, ``chown``, ``unlink``, ``rmtree``, ``sync``,
+``fstrim``): ``SimTarget`` drives a :class:`~thinp.fs.Filesystem` or a
+driver's view, ``RealDir`` a directory on a real mount.
 
 * ``mkfs``: nothing;
 * ``file100m``: one 100 MiB file;
@@ -43,123 +44,6 @@ def load_manifest(path=None) -> list[dict]:
         r["uid"] = int(r["uid"] or 0)
         r["gid"] = int(r["gid"] or 0)
     return rows
-
-
-class SimTarget:
-    """Apply workload steps to a simulated filesystem (accounting or payload)."""
-
-    def __init__(self, fs):
-        self.fs = fs
-        self._pattern = None
-
-    def _data(self, n: int, seed: int):
-        if not self.fs.payload:
-            return n
-        if self._pattern is None:
-            self._pattern = _pattern()
-        off = (seed * 4099) % (len(self._pattern) - 8192)
-        reps = n // (len(self._pattern) - off) + 1
-        return (self._pattern[off:] * reps)[:n] if n > len(self._pattern) - off else self._pattern[off:off + n]
-
-    def mkdir(self, path, mode=0o755):
-        self.fs.mkdir(path, mode)
-
-    def write_file(self, path, size, seed=0):
-        self.fs.create(path)
-        if size:
-            # accounting mode: the stamp is derived from the content seed, so the
-            # same workload gives equal content() on any filesystem or driver
-            self.fs.write(path, 0, self._data(size, seed), stamp=None if self.fs.payload else seed + 1)
-
-    def symlink(self, target, path):
-        self.fs.symlink(target, path)
-
-    def link(self, src, dst):
-        self.fs.link(src, dst)
-
-    def mknod(self, path, mode, rdev):
-        self.fs.mknod(path, mode, rdev)
-
-    def chmod(self, path, mode):
-        self.fs.chmod(path, mode)
-
-    def chown(self, path, uid, gid):
-        self.fs.chown(path, uid, gid, follow_symlinks=False)
-
-    def unlink(self, path):
-        self.fs.unlink(path)
-
-    def sync(self):
-        self.fs.sync()
-
-    def rmtree(self, path):
-        self.fs.rmtree(path)
-
-    def fstrim(self):
-        self.fs.fstrim()
-
-
-def _pattern() -> bytes:
-    import numpy as np
-
-    return np.random.default_rng(12345).integers(0, 256, 4 << 20, dtype=np.uint8).tobytes()
-
-
-class RealTarget:
-    """Apply workload steps under a real directory (a mounted filesystem)."""
-
-    def __init__(self, root):
-        self.root = os.fspath(root)
-        self._pattern = _pattern()
-
-    def _p(self, path):
-        return os.path.join(self.root, path.lstrip("/"))
-
-    def mkdir(self, path, mode=0o755):
-        os.mkdir(self._p(path), mode)
-
-    def write_file(self, path, size, seed=0):
-        pat = self._pattern
-        with open(self._p(path), "wb") as f:
-            off = (seed * 4099) % (len(pat) - 8192)
-            left = size
-            while left:
-                k = min(left, len(pat) - off)
-                f.write(pat[off:off + k])
-                left -= k
-                off = 0
-
-    def symlink(self, target, path):
-        os.symlink(target, self._p(path))
-
-    def link(self, src, dst):
-        os.link(self._p(src), self._p(dst))
-
-    def mknod(self, path, mode, rdev):
-        os.mknod(self._p(path), mode, rdev)
-
-    def chmod(self, path, mode):
-        os.chmod(self._p(path), mode)
-
-    def chown(self, path, uid, gid):
-        os.chown(self._p(path), uid, gid, follow_symlinks=False)
-
-    def unlink(self, path):
-        os.unlink(self._p(path))
-
-    def sync(self):
-        os.sync()
-
-    def rmtree(self, path):
-        import shutil
-
-        shutil.rmtree(self._p(path))
-
-    def fstrim(self):
-        import subprocess
-
-        os.sync()
-        subprocess.run(["fstrim", self.root], check=True, capture_output=True)
 
 
 # ---------------------------------------------------------------------------

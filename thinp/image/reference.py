@@ -130,6 +130,3 @@ class Reference:
     def familiar(self) -> str:
         """``busybox:latest``, as ``docker images`` shows RepoTags."""
         return self.familiar_name + self._suffix()
-
-    def with_tag(self, tag: str) -> "Reference":
-        return Reference.parse(f"{self.name}:{tag}")

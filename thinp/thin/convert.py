@@ -60,11 +60,9 @@ def convert_pool(src_dir, dst_dir, *, split: str = "current", metadata_size=None
             d = pool.device(dev_id)
             v, p, t = d.mapping()
             devs.append((dev_id, d.size, d.creation_time, d.snapshotted_time, v, p, t))
-        st = pool.status(observer=True)
         time_, trans = pool.time, pool.transaction_id
         bs, nd, payload = pool.block_size, pool.nr_data_blocks, pool.payload
-        txns = {dev_id: int(pool._md.dv.txn[pool._slot(dev_id)]) for dev_id, *_ in devs}
-    del st
+        txns = {dev_id: pool.device(dev_id).transaction_id for dev_id, *_ in devs}
     os.makedirs(dst_dir, exist_ok=True)
     made = []
     try:

@@ -160,7 +160,7 @@ class DmPool:
     def _highest(self, dev: int) -> int:
         from ..pdata import btree
 
-        k, _ = btree.collect(self.md.bm, self.md._subtree_root(dev), 8)
+        k, _ = btree.collect(self.md.bm, self.md.subtree_root(dev), 8)
         return int(k[-1]) if len(k) else 0
 
     def _write_sidecar(self) -> None:
@@ -239,7 +239,7 @@ class DmPool:
         md = self.md
         if md.fast:
             return md.write_blocks(dev, np.arange(b0, b1, dtype=np.int64))
-        d = md._details(dev)
+        d = md.details(dev)
         new = 0
         for vb in range(b0, b1):
             cur = md.lookup(dev, vb)

@@ -94,4 +94,4 @@ def ls(pool_dir, fields=DEFAULT_FIELDS, headers: bool = True, metadata_snap: boo
 def ls_rows(pool_dir, fields=DEFAULT_FIELDS, metadata_snap: bool = False) -> list[dict]:
     """:func:`ls`'s table as one dict per device, field name to cell."""
     view = load_pool_view(pool_dir, metadata_snap=metadata_snap)
-    return [dict(zip(fields, r)) for r in rows(view, fields)]
+    return [{f: int(c) if c.isdigit() else c for f, c in zip(fields, r)} for r in rows(view, fields)]

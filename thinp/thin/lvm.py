@@ -11,19 +11,6 @@ import os
 from ..config import SECTOR_SIZE
 from ..units import format_size, parse_size
 
-#: dm-thin's six pool messages (``dmsetup message POOL 0 ...``)
-MESSAGES = (
-    ("create_thin DEV_ID [SIZE]", "a new empty thin device (SIZE, a thinp extension, defaults to the data size)"),
-    ("create_snap DEV_ID ORIGIN_ID", "a snapshot of ORIGIN_ID sharing all its blocks"),
-    ("delete DEV_ID", "delete a thin device or snapshot, freeing the blocks only it held"),
-    ("set_transaction_id OLD NEW", "set the userspace transaction id (OLD must match)"),
-    ("reserve_metadata_snap", "hold a snapshot of the metadata for thin_dump -m / thin_ls -m"),
-    ("release_metadata_snap", "release the held metadata snapshot"),
-)
-
-MESSAGES_HELP = "messages:\n" + "\n".join(f"  {m:<30} {h}" for m, h in MESSAGES)
-
-
 def create_pool(path, **kw):
     """:meth:`ThinPool.create` as ``thinp pool create`` runs it: ``path``'s
     parent must exist and ``path`` must be absent or an empty directory."""

@@ -1110,3 +1110,8 @@ class ThinDevice:
     @property
     def snapshotted_time(self) -> int:
         return int(self.pool._md.dv.snap_time[self._s])
+
+    @property
+    def transaction_id(self) -> int:
+        """The pool's transaction id when the device last changed (dm's details)."""
+        return int(self.pool._md.dv.txn[self._s])

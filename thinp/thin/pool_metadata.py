@@ -170,7 +170,8 @@ class PoolMetadata:
         if isinstance(dev, bool) or not isinstance(dev, (int, np.integer)) or not 0 <= dev <= MAX_DEV_ID:
             raise ValueError(f"thin id {dev!r} is not a 24-bit device id")
 
-    def _details(self, dev: int) -> Details:
+    def details(self, dev: int) -> Details:
+        """The device's record; DeviceNotFoundError when there is none."""
         d = self.devices.get(dev)
         if d is None:
             raise errors.DeviceNotFoundError(f"thin device {dev} does not exist")
@@ -193,8 +194,8 @@ class PoolMetadata:
         self._check_dev(dev)
         if dev in self.devices:
             raise errors.DeviceExistsError(f"thin device {dev} already exists")
-        o = self._details(origin)
-        origin_root = self._subtree_root(origin)
+        o = self.details(origin)
+        origin_root = self.subtree_root(origin)
         self.tm.inc(origin_root)
         self.sb.data_mapping_root, _ = bw.insert(self.tm, self.sb.data_mapping_root, [dev],
                                                  np.array([origin_root], dtype="<u8").view(np.uint8),
@@ -208,12 +209,13 @@ class PoolMetadata:
     def delete(self, dev: int) -> None:
         """__delete_device: remove the details and the mapping subtree
         (dropping a reference; shared nodes survive)."""
-        self._details(dev)
+        self.details(dev)
         del self.devices[dev]
         self.sb.device_details_root, _ = bw.remove(self.tm, self.sb.device_details_root, [dev], self.details_vt)
         self.sb.data_mapping_root, _ = bw.remove(self.tm, self.sb.data_mapping_root, [dev], self.subtree_vt)
 
-    def _subtree_root(self, dev: int) -> int:
+    def subtree_root(self, dev: int) -> int:
+        """The root block of the device's mapping tree."""
         v = bt_lookup(self.bm, self.sb.data_mapping_root, dev, 8)
         if v is None:
             raise errors.MetadataCorruptError(f"metadata corrupt: device {dev} has no mapping tree")
@@ -249,12 +251,12 @@ class PoolMetadata:
         if self.fast:
             from ..pdata import _btree_kernels as BK
 
-            self._details(dev)
+            self.details(dev)
             m64, m32 = self._kernel_views()
             v, found = BK.lookup_mapping(m64, m32, np.int64(self.sb.data_mapping_root), np.int64(dev),
                                          np.int64(vblock))
             return unpack_block_time(int(v)) if found else None
-        root = self._subtree_root(dev)
+        root = self.subtree_root(dev)
         v = bt_lookup(self.bm, root, vblock, 8)
         return None if v is None else unpack_block_time(int(v.view("<u8")[0]))
 
@@ -262,7 +264,7 @@ class PoolMetadata:
         """__insert: map ``vblock`` to ``pblock`` stamped with the pool time
         (the data block's reference is the caller's, from :meth:`alloc_data`);
         True when the mapping is new."""
-        d = self._details(dev)
+        d = self.details(dev)
         inserted = self._insert_value(dev, vblock, pack_block_time(pblock, self.sb.time))
         d.changed = True
         if inserted:
@@ -272,7 +274,7 @@ class PoolMetadata:
     def insert_block_time(self, dev: int, vblock: int, pblock: int, time: int) -> bool:
         """Map ``vblock`` to ``pblock`` with a given time, taking a reference
         on the data block (restore and repair rebuild mappings this way)."""
-        d = self._details(dev)
+        d = self.details(dev)
         if not 0 <= pblock < self.data_sm.nr_blocks:
             raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
         self.data_sm.inc([pblock])
@@ -290,7 +292,7 @@ class PoolMetadata:
         (the blocks before the failing one are done)."""
         from ..pdata import _btree_kernels as BK
 
-        d = self._details(dev)
+        d = self.details(dev)
         vb = np.ascontiguousarray(vblocks, dtype=np.int64)
         m64, m32 = self._kernel_views()
         tm, dsm = self.tm, self.data_sm
@@ -310,7 +312,7 @@ class PoolMetadata:
 
     def remove(self, dev: int, vblock: int) -> bool:
         """__remove: unmap ``vblock`` (its data block loses a reference)."""
-        d = self._details(dev)
+        d = self.details(dev)
         if self.fast:
             from ..pdata import _btree_kernels as BK
 
@@ -336,7 +338,7 @@ class PoolMetadata:
 
     def is_shared(self, dev: int, block_time: tuple[int, int]) -> bool:
         """dm's test: the block predates the device's last snapshot."""
-        return self._details(dev).snapshotted_time > block_time[1]
+        return self.details(dev).snapshotted_time > block_time[1]
 
     # ------------------------------------------------------------ pool
     def set_transaction_id(self, old: int, new: int) -> None:

@@ -129,9 +129,9 @@ class TimingConstants:
         """The defaults overridden by the ``[timing]`` table of a TOML file
         (the same names; per-kind and per-driver tables as sub-tables).
         Raises :class:`thinp.cost.CostModelError` naming the key."""
-        from ..cost import CostModelError, _toml_load
+        from ..cost import CostModelError, toml_load
 
-        data = _toml_load(path).get("timing", {})
+        data = toml_load(path).get("timing", {})
         if not isinstance(data, dict):
             raise CostModelError(f"{path}: [timing] must be a table")
         base = cls()

@@ -21,6 +21,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 
+from .target import RealDir, SimTarget, can_mount
+
 __all__ = ["validate_block_drivers", "format_rows", "btrfs_available", "zfs_available", "real_btrfs", "real_zfs"]
 
 MiB = 1 << 20
@@ -34,31 +36,11 @@ def _run(cmd, check=True):
 
 
 def btrfs_available() -> tuple[bool, str]:
-    if os.geteuid() != 0:
-        return False, "not root: losetup and mount need root"
-    for tool in ("losetup", "mount", "umount", "mkfs.btrfs", "btrfs"):
-        if shutil.which(tool) is None:
-            return False, f"{tool} not found"
-    if not os.path.exists("/dev/loop-control"):
-        return False, "no /dev/loop-control"
-    try:
-        with open("/proc/filesystems") as f:
-            if "btrfs" not in f.read():
-                return False, "kernel has no btrfs"
-    except OSError:
-        return False, "cannot read /proc/filesystems"
-    return True, ""
+    return can_mount(tools=("mkfs.btrfs", "btrfs"), fstype="btrfs", what="losetup and mount")
 
 
 def zfs_available() -> tuple[bool, str]:
-    if os.geteuid() != 0:
-        return False, "not root: zfs-fuse needs root"
-    for tool in ("zfs-fuse", "zpool", "zfs"):
-        if shutil.which(tool) is None:
-            return False, f"{tool} not found (apt-get install zfs-fuse)"
-    if not os.path.exists("/dev/fuse"):
-        return False, "no /dev/fuse"
-    return True, ""
+    return can_mount(tools=("zfs-fuse", "zpool", "zfs"), loop=False, fuse=True, what="zfs-fuse")
 
 
 @contextmanager
@@ -344,11 +326,11 @@ def _fi_df(mnt) -> dict:
 
 
 def btrfs_rootfs_real(rows, workdir=None) -> dict:
-    from ..fs.populate import RealTarget, wl_rootfs
+    from ..fs.populate import wl_rootfs
 
     with real_btrfs(workdir=workdir) as mnt:
         _run(["btrfs", "subvolume", "create", f"{mnt}/base"])
-        wl_rootfs(RealTarget(f"{mnt}/base"), rows)
+        wl_rootfs(RealDir(f"{mnt}/base"), rows)
         _run(["sync"])
         df0 = _fi_df(mnt)
         _run(["btrfs", "subvolume", "snapshot", f"{mnt}/base", f"{mnt}/snap"])
@@ -362,11 +344,10 @@ def btrfs_rootfs_real(rows, workdir=None) -> dict:
 def btrfs_rootfs_sim(rows) -> dict:
     from ..fs.populate import wl_rootfs
     from ..drivers.btrfs import NODESIZE, BtrfsDriver, item_bytes, tree_shape
-    from ..drivers.union import ViewTarget
 
     d = BtrfsDriver()
     d.create("base", None, read_write=True)
-    wl_rootfs(ViewTarget(d.get("base"), d.sync), rows)
+    wl_rootfs(SimTarget(d.get("base"), d.sync), rows)
     d.put("base")
     data = d.store.units_used * d.unit_bytes
     base = d.layers["base"]

@@ -42,7 +42,7 @@ US = 1e-6
 def _per_op(fn, n_ops: int, procs: int = 1) -> float:
     """Seconds per operation of ``fn(p)`` (which makes ``n_ops`` of them)
     run by ``procs`` processes at once: wall time / ops of one process."""
-    return vt._concurrently([(fn, (p,)) for p in range(procs)]) / n_ops
+    return vt.concurrently([(fn, (p,)) for p in range(procs)]) / n_ops
 
 
 def _least(fn, reps=5):
@@ -139,8 +139,8 @@ def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) ->
     meas: dict = {}
     skipped: dict = {}
     with contextlib.ExitStack() as stack:
-        base = stack.enter_context(vt._tmpfs("6G"))
-        real = vt._Real(stack, base, ("overlay2", "vfs", "btrfs", "zfs"))
+        base = stack.enter_context(vt.tmpfs("6G"))
+        real = vt.RealSetup(stack, base, ("overlay2", "vfs", "btrfs", "zfs"))
         skipped.update(real.skipped)
         loop = subprocess.run(["findmnt", "-no", "SOURCE", real.ext4], capture_output=True,
                               text=True).stdout.strip()
@@ -159,15 +159,15 @@ def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) ->
                 os.makedirs(d)
                 if i == 0:
                     _prepare(d)
-                    vt._write_file(f"{d}/big", 4 << 20, 1)
+                    vt.write_file(f"{d}/big", 4 << 20, 1)
                 else:
-                    vt._write_file(f"{d}/other{i}", 16, i)
+                    vt.write_file(f"{d}/other{i}", 16, i)
                 lowers.append(d)
             up, wk, mnt = (os.path.join(real.ext4, f"cal-{x}{k}") for x in ("u", "w", "m"))
             for d in (up, wk, mnt):
                 os.mkdir(d)
             opts = f"lowerdir={':'.join(reversed(lowers))},upperdir={up},workdir={wk}"
-            vt._run(["mount", "-t", "overlay", "overlay", "-o", opts, mnt])
+            vt.run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts, mnt])
             stack.callback(subprocess.run, ["umount", mnt], capture_output=True)
             ovl[k] = (mnt, opts)
         for where, root in (("ext4", native), ("overlay1", ovl[1][0]), ("overlay4", ovl[4][0])):
@@ -211,8 +211,8 @@ def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) ->
 
             def mount_umount():
                 t = time.perf_counter()
-                vt._run(["mount", "-t", "overlay", "overlay", "-o", opts2, m2])
-                vt._run(["umount", m2])
+                vt.run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts2, m2])
+                vt.run_cmd(["umount", m2])
                 return time.perf_counter() - t
             meas[f"overlay{k}.mount_umount.p1"] = _least(mount_umount)
         # vfs: cp -a of the Debian rootfs; btrfs snapshot+delete; zfs clone+destroy

@@ -33,7 +33,8 @@ from contextlib import contextmanager
 
 from ..blockdev import PHYS_BLOCK, PlainDevice, count_chunks
 from ..fs import mkfs as sim_mkfs
-from ..fs.populate import WORKLOADS, RealTarget, SimTarget, fixtures_dir, ROOTFS_MANIFEST
+from ..fs.populate import WORKLOADS, fixtures_dir, ROOTFS_MANIFEST
+from .target import RealDir, SimTarget, can_mount
 
 __all__ = ["validate_fs", "format_table", "DOCKER_EXT4", "DEFAULT_CONFIGS", "calibration_rows", "CALIBRATION", "real_kernel_available",
            "scan_allocated", "scan_seek_data", "run_real", "run_sim"]
@@ -119,14 +120,7 @@ def summarize(ba) -> dict:
 # -- the real kernel -------------------------------------------------------------
 def real_kernel_available() -> tuple[bool, str]:
     """(True, "") when this process can losetup, mkfs and mount; else (False, reason)."""
-    if os.geteuid() != 0:
-        return False, "not root: losetup and mount need root"
-    for tool in ("losetup", "mount", "umount", "mkfs.ext4", "mkfs.xfs"):
-        if shutil.which(tool) is None:
-            return False, f"{tool} not found"
-    if not os.path.exists("/dev/loop-control"):
-        return False, "no /dev/loop-control"
-    return True, ""
+    return can_mount(tools=("mkfs.ext4", "mkfs.xfs"), what="losetup and mount")
 
 
 def _run(cmd):
@@ -203,7 +197,7 @@ def run_real(fstype, size, options, workload, *, workdir=None, scan="fiemap") ->
     """Run ``workload`` on the real kernel; the summary of the backing file's blocks."""
     with real_fs(fstype, size, options, workdir) as (img, _loop, mnt, mount, umount):
         mount(("-o", "discard") if (options or {}).get("discard") else ())
-        WORKLOADS[workload](RealTarget(mnt))
+        WORKLOADS[workload](RealDir(mnt))
         os.sync()
         umount()
         try:

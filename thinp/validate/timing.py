@@ -89,20 +89,12 @@ CASES = (
 # --------------------------------------------------------------------- the real side
 def available() -> tuple[bool, str]:
     """Whether the real side can run here, and why not."""
-    if os.geteuid() != 0:
-        return False, "not root: losetup and mount need root"
-    for tool in ("losetup", "mount", "umount", "mkfs.ext4", "cp"):
-        if shutil.which(tool) is None:
-            return False, f"{tool} not found"
-    if not os.path.exists("/dev/loop-control"):
-        return False, "no /dev/loop-control"
-    with open("/proc/filesystems") as f:
-        if "overlay" not in f.read():
-            return False, "kernel has no overlayfs"
-    return True, ""
+    from .target import can_mount
+
+    return can_mount(tools=("mkfs.ext4", "cp"), fstype="overlay", what="losetup and mount")
 
 
-def _run(cmd) -> str:
+def run_cmd(cmd) -> str:
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[:300]}")
@@ -116,9 +108,9 @@ def _drop_caches() -> None:
 
 
 @contextlib.contextmanager
-def _tmpfs(size: str):
+def tmpfs(size: str):
     base = tempfile.mkdtemp(prefix="thinp-vt-")
-    _run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", base])
+    run_cmd(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", base])
     try:
         yield base
     finally:
@@ -135,11 +127,11 @@ def _loop_fs(base: str, name: str, size: int, mkfs: list[str]):
     os.mkdir(mnt)
     with open(img, "wb") as f:
         f.truncate(size)
-    loop = _run(["losetup", "-f", "--show", img]).strip()
+    loop = run_cmd(["losetup", "-f", "--show", img]).strip()
     mounted = False
     try:
-        _run([*mkfs, loop])
-        _run(["mount", loop, mnt])
+        run_cmd([*mkfs, loop])
+        run_cmd(["mount", loop, mnt])
         mounted = True
         yield mnt
     finally:
@@ -148,7 +140,7 @@ def _loop_fs(base: str, name: str, size: int, mkfs: list[str]):
         subprocess.run(["losetup", "-d", loop], capture_output=True)
 
 
-def _write_file(path: str, size: int, seed: int) -> None:
+def write_file(path: str, size: int, seed: int) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     block = bytes([(seed * 31 + i) % 251 + 1 for i in range(256)]) * 16
     with open(path, "wb") as f:
@@ -167,12 +159,12 @@ def _lay_image(root: str) -> dict[str, str]:
         dirs[name] = os.path.join(root, name)
         os.makedirs(dirs[name])
     for i in range(SMALL_FILES):
-        _write_file(f"{dirs['small']}/small/d{i % SMALL_DIRS:04d}/f{i:06d}", SMALL_BYTES, i)
+        write_file(f"{dirs['small']}/small/d{i % SMALL_DIRS:04d}/f{i:06d}", SMALL_BYTES, i)
     for n, key in ((1, "l1"), (2, "l2")):
         for i in range(4):
-            _write_file(f"{dirs[key]}/etc/l{n}/d0000/f{i:06d}", 1024, i)
+            write_file(f"{dirs[key]}/etc/l{n}/d0000/f{i:06d}", 1024, i)
     for k in range(BIG_FILES):
-        _write_file(f"{dirs['big']}/data/big{k}", BIG_BYTES, k)
+        write_file(f"{dirs['big']}/data/big{k}", BIG_BYTES, k)
     return dirs
 
 
@@ -186,7 +178,7 @@ def _lay_debian(root: str) -> str:
         if kind == "d":
             os.makedirs(p, exist_ok=True)
         elif kind in "fh":
-            _write_file(p, size, len(path))
+            write_file(p, size, len(path))
         elif kind == "l":
             os.makedirs(os.path.dirname(p), exist_ok=True)
             if not os.path.lexists(p):
@@ -197,7 +189,7 @@ def _lay_debian(root: str) -> str:
 def _merge(dirs: list[str], dst: str) -> None:
     """One directory holding every layer's files (vfs's, btrfs's and zfs's image)."""
     for d in dirs:
-        _run(["cp", "-a", d + "/.", dst])
+        run_cmd(["cp", "-a", d + "/.", dst])
 
 
 # the per-process work, on a container root
@@ -251,7 +243,7 @@ def _worker(fn, args, barrier, q):
         q.put(f"{type(e).__name__}: {e}")
 
 
-def _concurrently(calls) -> float:
+def concurrently(calls) -> float:
     """Run each ``(fn, args)`` in its own process, all released together;
     seconds from the first start to the last end."""
     ctx = mp.get_context("fork")
@@ -273,7 +265,7 @@ def _concurrently(calls) -> float:
     return max(e for _s, e in times) - min(s for s, _e in times)
 
 
-class _Real:
+class RealSetup:
     """The four real drivers' images and containers (see the module docstring)."""
 
     def __init__(self, stack: contextlib.ExitStack, base: str, drivers):
@@ -289,7 +281,7 @@ class _Real:
         self.debian = _lay_debian(os.path.join(self.ext4, "debian"))
         self.deb_small = [os.path.join(self.ext4, "debl1"), os.path.join(self.ext4, "debl2")]
         for i, d in enumerate(self.deb_small):
-            _write_file(f"{d}/etc/debl{i}", 1024, i)
+            write_file(f"{d}/etc/debl{i}", 1024, i)
         self.n = 0
         self.btrfs = self.zfs = None
         if "btrfs" in self.drivers:
@@ -297,8 +289,8 @@ class _Real:
             if ok:
                 self.btrfs = stack.enter_context(_loop_fs(base, "btrfs", 3 << 30, ["mkfs.btrfs", "-q", "-f"]))
                 for name, src in (("img", self.flat), ("deb", self.debian)):
-                    _run(["btrfs", "subvolume", "create", f"{self.btrfs}/{name}"])
-                    _run(["cp", "-a", src + "/.", f"{self.btrfs}/{name}"])
+                    run_cmd(["btrfs", "subvolume", "create", f"{self.btrfs}/{name}"])
+                    run_cmd(["cp", "-a", src + "/.", f"{self.btrfs}/{name}"])
             else:
                 self.skipped["btrfs"] = why
         if "zfs" in self.drivers:
@@ -306,9 +298,9 @@ class _Real:
             if ok:
                 self.zpool, self.zmnt = stack.enter_context(block.real_zfs(workdir=base, size="2G"))
                 for name, src in (("img", self.flat), ("deb", self.debian)):
-                    _run(["zfs", "create", f"{self.zpool}/{name}"])
-                    _run(["cp", "-a", src + "/.", f"{self.zmnt}/{name}"])
-                    _run(["zfs", "snapshot", f"{self.zpool}/{name}@base"])
+                    run_cmd(["zfs", "create", f"{self.zpool}/{name}"])
+                    run_cmd(["cp", "-a", src + "/.", f"{self.zmnt}/{name}"])
+                    run_cmd(["zfs", "snapshot", f"{self.zpool}/{name}@base"])
                 self.zfs = True
             else:
                 self.skipped["zfs"] = why
@@ -323,19 +315,19 @@ class _Real:
             for sub in ("diff", "work", "merged"):
                 os.makedirs(os.path.join(d, sub))
             opts = f"lowerdir={':'.join(reversed(lowers))},upperdir={d}/diff,workdir={d}/work"
-            _run(["mount", "-t", "overlay", "overlay", "-o", opts, f"{d}/merged"])
+            run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts, f"{d}/merged"])
             return f"{d}/merged"
         if driver == "vfs":
             d = os.path.join(self.ext4, f"ctr{n}")
-            _run(["cp", "-a", self.debian if debian else self.flat, d])
+            run_cmd(["cp", "-a", self.debian if debian else self.flat, d])
             return d
         src = "deb" if debian else "img"
         if driver == "btrfs":
             d = f"{self.btrfs}/ctr{n}"
-            _run(["btrfs", "subvolume", "snapshot", f"{self.btrfs}/{src}", d])
+            run_cmd(["btrfs", "subvolume", "snapshot", f"{self.btrfs}/{src}", d])
             return d
         if driver == "zfs":
-            _run(["zfs", "clone", f"{self.zpool}/{src}@base", f"{self.zpool}/ctr{n}"])
+            run_cmd(["zfs", "clone", f"{self.zpool}/{src}@base", f"{self.zpool}/ctr{n}"])
             return f"{self.zmnt}/ctr{n}"
         raise ValueError(driver)
 
@@ -360,11 +352,11 @@ class _Real:
         ids = list(range(first, self.n + 1))
         try:
             if case == "start":
-                return _concurrently([(self.create, (driver, i, True)) for i in ids])
+                return concurrently([(self.create, (driver, i, True)) for i in ids])
             root = self.create(driver, ids[0])
             if case.startswith("read"):
                 _drop_caches()
-            return _concurrently([(_proc_work, (case, root, p)) for p in range(n)])
+            return concurrently([(_proc_work, (case, root, p)) for p in range(n)])
         finally:
             for i in ids:
                 self.remove(driver, i)
@@ -402,8 +394,8 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
     with contextlib.ExitStack() as stack:
         r = None
         if real:
-            base = stack.enter_context(_tmpfs("7G"))
-            r = _Real(stack, base, drivers)
+            base = stack.enter_context(tmpfs("7G"))
+            r = RealSetup(stack, base, drivers)
         for case in cases:
             for n in ns:
                 group = []

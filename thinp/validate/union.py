@@ -39,7 +39,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["read_upper_csv", "real_upper_rows", "compare_upper", "validate_union_drivers", "overlay2_replay_calibration", "real_overlay_rows", "kernel_replay",
+from .target import RealDir, RealView, SimTarget, can_mount
+
+__all__ = ["read_upper_csv", "real_upper_rows", "compare_upper", "validate_union_drivers", "overlay2_replay_calibration",
+           "real_overlay_rows", "kernel_replay",
            "upper_manifest", "build_debian_lower", "KERNEL_UPPER_DU_KIB"]
 
 KERNEL_UPPER_DU_KIB = 4620
@@ -65,10 +68,9 @@ def build_debian_lower(drv, layer_id: str = "debian", rows=None) -> None:
     """Create layer ``layer_id`` holding the Debian minbase manifest (files as
     pseudo-random bytes or version stamps of the recorded sizes)."""
     from ..fs.populate import wl_rootfs
-    from ..drivers.union import ViewTarget
 
     drv.create(layer_id, None)
-    drv.fill(layer_id, lambda view: wl_rootfs(ViewTarget(view), rows))
+    drv.fill(layer_id, lambda view: wl_rootfs(SimTarget(view), rows))
 
 
 def upper_manifest(drv, layer_id: str) -> dict:
@@ -177,76 +179,14 @@ def overlay2_replay_calibration(fixtures=None, *, fstype: str = "ext4", driver: 
 
 
 # ---------------------------------------------------------------- the scripted workload
-class _RealTarget:
-    """The scripted workload's operations on a real mounted directory."""
-
-    def __init__(self, root: str):
-        self.root = root
-
-    def _p(self, p):
-        return self.root + p
-
-    def write_new(self, p, size):
-        with open(self._p(p), "wb") as f:
-            f.write(os.urandom(size))
-
-    def append(self, p, size):
-        with open(self._p(p), "ab") as f:
-            f.write(os.urandom(size))
-
-    def mkdir(self, p):
-        os.mkdir(self._p(p))
-
-    def unlink(self, p):
-        os.unlink(self._p(p))
-
-    def rmdir(self, p):
-        os.rmdir(self._p(p))
-
-    def rename(self, a, b):
-        os.rename(self._p(a), self._p(b))
-
-    def chmod(self, p, mode):
-        os.chmod(self._p(p), mode)
-
-
-class _SimTarget:
-    def __init__(self, view):
-        self.v = view
-
-    def write_new(self, p, size):
-        self.v.create(p)
-        self.v.write(p, 0, size if not self.v.payload else os.urandom(size))
-
-    def append(self, p, size):
-        self.v.open(p, write=True)
-        st = self.v.stat(p)
-        self.v.write(p, st.st_size, size if not self.v.payload else os.urandom(size))
-
-    def mkdir(self, p):
-        self.v.mkdir(p)
-
-    def unlink(self, p):
-        self.v.unlink(p)
-
-    def rmdir(self, p):
-        self.v.rmdir(p)
-
-    def rename(self, a, b):
-        self.v.rename(a, b)
-
-    def chmod(self, p, mode):
-        self.v.chmod(p, mode)
-
-
 def _lower_script(t) -> None:
-    t.write_new("/big", 4 * MiB)
-    t.write_new("/meta", 2 * MiB)
-    t.write_new("/del", 4096)
+    t.write_file("/big", 4 * MiB)
+    t.write_file("/meta", 2 * MiB)
+    t.write_file("/del", 4096)
     t.mkdir("/d")
-    t.write_new("/d/a", 100)
+    t.write_file("/d/a", 100)
     t.mkdir("/rd")
-    t.write_new("/rd/x", 100)
+    t.write_file("/rd/x", 100)
 
 
 def _upper_script(t, *, metacopy: bool) -> dict:
@@ -373,14 +313,14 @@ def _scratch(tmpfs_size: str):
 def _kernel_run(metacopy: bool) -> tuple[dict, dict]:
     """Run the script on a real overlay mount on tmpfs; (observations, errors)."""
     with _scratch("64m") as (base, mounted):
-        _lower_script(_RealTarget(os.path.join(base, "lower")))
+        _lower_script(RealDir(os.path.join(base, "lower")))
         opts = f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work"
         if metacopy:
             opts += ",metacopy=on"
         merged = os.path.join(base, "merged")
         _mount(["mount", "-t", "overlay", "overlay", "-o", opts, merged])
         mounted.append(merged)
-        errs = _upper_script(_RealTarget(merged), metacopy=metacopy)
+        errs = _upper_script(RealDir(merged), metacopy=metacopy)
         os.sync()
         _umount(merged)
         mounted.remove(merged)
@@ -393,22 +333,28 @@ def _sim_run(name: str, metacopy: bool) -> tuple[dict, dict, dict]:
     opts = {"metacopy": True} if metacopy else {}
     drv = get_driver(name, size="1GiB", **opts)
     drv.create("lower", None)
-    drv.fill("lower", lambda v: _lower_script(_SimTarget(v)))
+    drv.fill("lower", lambda v: _lower_script(SimTarget(v)))
     drv.create("c", "lower", read_write=True)
     v = drv.get("c")
-    errs = _upper_script(_SimTarget(v), metacopy=metacopy)
+    errs = _upper_script(SimTarget(v), metacopy=metacopy)
     drv.fs.sync()
     obs = _observe_sim(drv, "c")
     drv.put("c")
     return obs, errs, drv.stats()
 
 
+def overlay_mountable() -> tuple[bool, str]:
+    """Can this process mount tmpfs and overlayfs (see :func:`.target.can_mount`)?"""
+    return can_mount(loop=False, what="mounting tmpfs and overlay")
+
+
 def real_overlay_rows(drivers=("overlay2", "aufs", "overlay")) -> list[dict]:
     """Side-by-side rows: ``check``, ``kernel``, one column per driver, and
     ``match`` (every driver equal to the kernel).  When the machine refuses
     the mounts, one row says so in ``skipped``."""
-    if os.geteuid() != 0:
-        return [{"check": "kernel overlayfs", "skipped": "needs root to mount tmpfs and overlay"}]
+    ok, why = overlay_mountable()
+    if not ok:
+        return [{"check": "kernel overlayfs", "skipped": why}]
     try:
         kobs, kerrs = _kernel_run(False)
     except (PermissionError, FileNotFoundError) as e:
@@ -437,86 +383,6 @@ def real_overlay_rows(drivers=("overlay2", "aufs", "overlay")) -> list[dict]:
         r["match"] = all(r.get(n) == r["kernel"] for n in drivers if not str(r.get(n, "")).startswith("n/a")
                          and n in r)
     return out
-
-
-class _RealView:
-    """Enough of :class:`~thinp.drivers.MountedView` over a real directory for
-    :func:`thinp.traces.strace.replay` (file content: pseudo-random bytes)."""
-
-    payload = False
-
-    def __init__(self, root: str):
-        self.root = root
-        self._pattern = os.urandom(1 << 16)
-
-    def _p(self, p):
-        return self.root + p
-
-    def _bytes(self, n):
-        reps = n // len(self._pattern) + 1
-        return (self._pattern * reps)[:n]
-
-    def stat(self, p, *, follow_symlinks=True):
-        return os.stat(self._p(p), follow_symlinks=follow_symlinks)
-
-    def exists(self, p):
-        return os.path.lexists(self._p(p))
-
-    def open(self, p, *, write=False, create=False, truncate=False, exclusive=False, mode=0o644):
-        flags = (os.O_RDWR if write else os.O_RDONLY) | (os.O_CREAT if create else 0) \
-            | (os.O_TRUNC if truncate else 0) | (os.O_EXCL if exclusive else 0)
-        os.close(os.open(self._p(p), flags, mode))
-
-    def create(self, p, mode=0o644, **kw):
-        os.close(os.open(self._p(p), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
-
-    def write(self, p, offset, data):
-        data = self._bytes(data) if isinstance(data, int) else data
-        fd = os.open(self._p(p), os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            return os.pwrite(fd, data, offset)
-        finally:
-            os.close(fd)
-
-    def truncate(self, p, size):
-        os.truncate(self._p(p), size)
-
-    def rename(self, a, b):
-        os.rename(self._p(a), self._p(b))
-
-    def unlink(self, p):
-        os.unlink(self._p(p))
-
-    def rmdir(self, p):
-        os.rmdir(self._p(p))
-
-    def mkdir(self, p, mode=0o755, **kw):
-        os.mkdir(self._p(p), mode)
-
-    def mknod(self, p, mode, rdev=0, **kw):
-        os.mknod(self._p(p), mode, rdev)
-
-    def chmod(self, p, mode):
-        os.chmod(self._p(p), mode)
-
-    def chown(self, p, uid, gid, *, follow_symlinks=True):
-        os.chown(self._p(p), uid, gid, follow_symlinks=follow_symlinks)
-
-    def symlink(self, target, p, **kw):
-        os.symlink(target, self._p(p))
-
-    def link(self, a, b):
-        os.link(self._p(a), self._p(b), follow_symlinks=False)
-
-    def utime(self, p, times=None, *, follow_symlinks=True):
-        os.utime(self._p(p), times, follow_symlinks=follow_symlinks)
-
-    def fsync(self, p):
-        fd = os.open(self._p(p), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def real_upper_rows(upper: str) -> dict:
@@ -571,7 +437,7 @@ def kernel_replay(fixtures=None) -> dict:
     fixture.  This checks the reader and the replay against the kernel,
     independently of the simulated drivers.  Raises PermissionError when the
     machine refuses the mounts."""
-    from ..fs.populate import RealTarget, load_manifest, wl_rootfs
+    from ..fs.populate import load_manifest, wl_rootfs
     from ..traces import strace
 
     fx = _fixtures(fixtures)
@@ -582,7 +448,7 @@ def kernel_replay(fixtures=None) -> dict:
     try:
         with _scratch("512m") as (base, mounted):
             lower = os.path.join(base, "lower")
-            wl_rootfs(RealTarget(lower), rows)
+            wl_rootfs(RealDir(lower), rows)
             os.makedirs(os.path.join(lower, "var/log"), exist_ok=True)
             with open(os.path.join(lower, "var/log/dpkg.log"), "wb") as f:
                 f.write(b"x" * DPKG_LOG_LOWER_BYTES)
@@ -591,7 +457,7 @@ def kernel_replay(fixtures=None) -> dict:
             _mount(["mount", "-t", "overlay", "overlay", "-o",
                     f"lowerdir={lower},upperdir={base}/upper,workdir={base}/work", merged])
             mounted.append(merged)
-            view = _RealView(merged)
+            view = RealView(merged)
             debs = {p: size for p, (mode, size) in trace.stats.items()
                     if p.startswith("/tmp/debs/") and _stat.S_ISREG(mode)}
             view.mkdir("/tmp/debs")
@@ -618,7 +484,7 @@ def validate_union_drivers(fixtures=None) -> list[dict]:
     reference scenario's row is :func:`thinp.validate.capture.scenario_row`,
     which builds on this module.)"""
     rows = real_overlay_rows()
-    if os.geteuid() == 0:
+    if overlay_mountable()[0]:
         try:
             kr = kernel_replay(fixtures)
             rows.append({"check": "dpkg-nginx trace replayed on a real overlay mount: upper paths",

@@ -17,7 +17,8 @@
 """
 from .format import ImageSpec, LayerSpec, Step, Workload, WorkloadError, loads
 from .run import PoolFullError, RunResult, run
-from .scenarios import load, scenarios
+from .check import dry_run, load
+from .scenarios import scenarios
 
 __all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "WorkloadError", "load", "loads",
-           "scenarios", "run", "RunResult", "PoolFullError"]
+           "scenarios", "run", "RunResult", "PoolFullError", "dry_run"]

@@ -64,11 +64,15 @@ import fnmatch
 import gzip
 import os
 import posixpath
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 
 from ..units import parse_size
+
+try:
+    import tomllib
+except ImportError:     # Python 3.10: the same parser as the tomli package
+    import tomli as tomllib
 
 __all__ = ["Workload", "ImageSpec", "LayerSpec", "Step", "loads", "parse_workload",
            "archive_image", "OPS", "PROFILES", "profile_rows", "WorkloadError", "glob_match", "Selectable"]
@@ -287,7 +291,7 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
             if not st.trace:
                 raise _err(src, k + ".trace", None, "op 'strace' needs trace = \"file.strace[.gz]\"")
             if not _trace_exists(st.trace):
-                raise _err(src, k + ".trace", s["trace"], "no such strace file (here or in the fixtures)")
+                raise _err(src, k + ".trace", s["trace"], "no such strace file or built-in trace")
         if op in ("read", "write", "append", "overwrite", "create", "delete", "rename", "chmod",
                   "mkdir", "fsync", "files", "stat", "exec") and not (st.path or st.glob or st.sample):
             raise _err(src, k + ".path", None, f"op {op!r} needs path, glob or sample")
@@ -314,14 +318,10 @@ def parse_workload(d: dict, src: str = "<dict>") -> Workload:
 
 
 def _trace_exists(path: str) -> bool:
-    if os.path.exists(path):
-        return True
-    try:
-        from ..fs.populate import fixtures_dir
+    """A trace file, or a trace shipped in the package (by name or by the fixture path it came from)."""
+    from ..traces.builtin import builtin_name
 
-        return os.path.exists(os.path.join(fixtures_dir(), path))
-    except Exception:   # no fixtures directory
-        return False
+    return os.path.exists(path) or builtin_name(path) is not None
 
 
 # ------------------------------------------------------------------ path selection

@@ -251,14 +251,13 @@ class _Runner:
         from ..traces import strace as _strace
 
         path = st.trace
-        if not os.path.isabs(path) and not os.path.exists(path):
-            from ..fs.populate import fixtures_dir
-
-            path = os.path.join(fixtures_dir(), path)
         key = path
         tr = _TRACES.get(key)
         if tr is None:
-            tr = _TRACES[key] = _strace.read(path)
+            from ..traces import builtin as builtin_traces
+
+            name = None if os.path.exists(path) else builtin_traces.builtin_name(path)
+            tr = _TRACES[key] = builtin_traces.load(name) if name else _strace.read(path)
         debs = {p: size for p, (mode, size) in tr.stats.items()
                 if p.startswith("/tmp/") and _stat.S_ISREG(mode)}
         for p, size in debs.items():
@@ -339,6 +338,21 @@ def _image_files(eng: Engine, ref: str) -> tuple[list[str], list[str]]:
                 pass
     eng.rm(c, force=True)
     return out, dirs_out
+
+
+#: the driver a workload is checked on when it loads (:func:`dry_run`)
+REFERENCE = "reference"
+
+_WHY = {FileNotFoundError: "nothing made it before this step", NotADirectoryError: "a parent is not a directory",
+        IsADirectoryError: "it is a directory", FileExistsError: "it exists already"}
+
+
+def _path_error(w: Workload, si: int, st: Step, ci: int, e: OSError) -> WorkloadError:
+    path = st.path or e.filename or st.glob        # the path as the user wrote it
+    why = next((t for c, t in _WHY.items() if isinstance(e, c)), "")
+    where = f"steps[{si}]" + (f" in container {ci}" if w.containers > 1 else "")
+    return WorkloadError(f"{w.source}: {where} ({st.op} {path}): {e.strerror or e}"
+                         + (f"; {why}" if why else ""))
 
 
 def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0, progress=None,
@@ -458,21 +472,26 @@ def run(workload: Workload | str, driver: str, *, root=None, scale: float = 1.0,
                             rec.pid = rec.log.proc(ci)
                         _add(steps_d, mark(pending))
                     pending = ph
-                    if rec is not None:
-                        rec.phase = ph
-                    if st.op in PHASE_OF:       # an engine step: once, when every process got here
-                        _barrier(rec, ci, w.processes, f"step{si}")
+                    try:
                         if rec is not None:
-                            rec.pid = rec.log.proc(ci)
-                        r.p = 0
-                        c = r.step(c, ci, si, st, rngs[0])
-                        _barrier(rec, ci, w.processes, f"step{si}-done")
-                    else:
-                        for p in range(w.processes):
+                            rec.phase = ph
+                        if st.op in PHASE_OF:       # an engine step: once, when every process got here
+                            _barrier(rec, ci, w.processes, f"step{si}")
                             if rec is not None:
-                                rec.pid = rec.log.proc(ci, p)
-                            r.p = p
-                            c = r.step(c, ci, si, st, rngs[p])
+                                rec.pid = rec.log.proc(ci)
+                            r.p = 0
+                            c = r.step(c, ci, si, st, rngs[0])
+                            _barrier(rec, ci, w.processes, f"step{si}-done")
+                        else:
+                            for p in range(w.processes):
+                                if rec is not None:
+                                    rec.pid = rec.log.proc(ci, p)
+                                r.p = p
+                                c = r.step(c, ci, si, st, rngs[p])
+                    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+                        if driver != REFERENCE:
+                            raise       # the reference ran it: this driver is wrong, not the workload
+                        raise _path_error(w, si, st, ci, e) from None
                     _check_pool(eng)
                 if rec is not None:
                     rec.pid = rec.log.proc(ci)

@@ -5,7 +5,8 @@ import os
 
 from .format import ImageSpec, LayerSpec, Step, Workload, WorkloadError, loads
 
-FIXTURE_STRACE = "workloads/dpkg-install-nginx.strace.gz"
+#: the built-in trace (thinp/data/traces, made by scripts/make_traces.py from the fixture strace)
+FIXTURE_STRACE = "dpkg-install-nginx"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 
@@ -74,7 +75,8 @@ def scenarios() -> list[str]:
 
 
 def load(source) -> Workload:
-    """A workload from a TOML path or a built-in scenario name."""
+    """A workload from a TOML path or a built-in scenario name, as parsed
+    (:func:`thinp.workloads.load` also dry-runs a file)."""
     s = os.fspath(source)
     if s in SCENARIOS:
         return scenario(s)

@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Regenerate what README.md shows: the outputs of its code blocks (the
+``#>`` lines, see ``scripts/readme_blocks.py``) and, with ``--slow``, the
+generated regions (``<!-- generated: NAME -->`` ... ``<!-- /generated -->``:
+the compare table and its figure ``docs/compare-webapp.png``) and the slow
+blocks' outputs.
+
+    python scripts/make_readme.py            # the quick blocks (a minute or two)
+    python scripts/make_readme.py --slow     # everything (the full default compare, overcommit)
+
+``tests/test_readme.py`` runs the same blocks and fails when an output here
+differs from what the code prints, timings aside.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import readme_blocks as RB  # noqa: E402
+
+sys.path.insert(0, RB.ROOT)
+
+
+def compare_table() -> str:
+    """The markdown table of ``thinp compare`` (webapp, all drivers, nvme) and its figure."""
+    from thinp.experiments.compare import VIEW, compare, table_view
+
+    df, fig = compare("webapp", progress=False)
+    fig.savefig(os.path.join(RB.ROOT, "docs", "compare-webapp.png"), dpi=110, bbox_inches="tight")
+    rows, _best = table_view(df)
+    from thinp.cli._output import cell
+
+    heads = ["driver", *(h for _c, h, _d in VIEW)]
+    out = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in rows:
+        out.append("| " + " | ".join([r["driver"], *(cell(r[h]) for h in heads[1:])]) + " |")
+    return "\n".join(out)
+
+
+def example_image() -> None:
+    """``examples/app.tar``: the README Engine example's two-layer image, built
+    the same way (a tarfile rootfs, import, a change, commit, save), with
+    fixed timestamps so the file only changes when thinp's output does."""
+    import io
+    import tarfile
+
+    import thinp
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in {"etc/hostname": b"demo\n", "etc/motd": b"hi\n", "srv/app.py": b"print(1)\n"}.items():
+            info = tarfile.TarInfo(path)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1700000000
+            tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    with thinp.Engine(driver="vfs") as eng:
+        eng.import_(buf, "me/base:1", created="2024-01-01T00:00:00Z")
+        c = eng.create("me/base:1")
+        c.write("/srv/config.toml", 0, b"debug = false\n")
+        eng.commit(c, "me/app:1", message="config", created="2024-01-01T00:00:00Z")
+        eng.save("me/app:1", os.path.join(RB.ROOT, "examples", "app.tar"))
+    os.chmod(os.path.join(RB.ROOT, "examples", "app.tar"), 0o644)
+
+
+REGIONS = {"compare-table": compare_table}
+
+
+def main(argv) -> int:
+    slow = "--slow" in argv
+    example_image()
+    text = open(RB.README).read()
+    lines = text.split("\n")
+    blocks = RB.parse(text)
+    edits = {}      # line index in README -> (number of old lines, new lines)
+    with tempfile.TemporaryDirectory(prefix="thinp-readme-") as sandbox:
+        RB.prepare_sandbox(sandbox)
+        ns: dict = {"__name__": "__readme__"}
+        for b in blocks:
+            if b.lang not in ("sh", "python") or b.mark == "skip" or (b.mark == "slow" and not slow):
+                continue
+            print(f"README line {b.start}: {b.lang} block", file=sys.stderr)
+            for k, shown, printed in RB.run_block(b, sandbox, ns):
+                if shown is None:
+                    continue
+                j = k
+                while not (b.lines[j].startswith(RB.OUT) or b.lines[j] == RB.OUT.rstrip()):
+                    j += 1          # sh: k is the command, its output follows; python: k is the group
+                new = [(RB.OUT + ln).rstrip() for ln in printed.rstrip("\n").split("\n")]
+                edits[b.start + j] = (len(shown), new)
+        for i in sorted(edits, reverse=True):
+            n, new = edits[i]
+            lines[i:i + n] = new
+        text = "\n".join(lines)
+        if slow:
+            for name, fn in REGIONS.items():
+                print(f"README region {name}", file=sys.stderr)
+                text = re.sub(rf"(<!-- generated: {name} -->\n).*?(\n<!-- /generated -->)",
+                              lambda m: m.group(1) + fn() + m.group(2), text, flags=re.S)
+    with open(RB.README, "w") as f:
+        f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
