@@ -1103,36 +1103,9 @@ class NativeWhiteouts:
 
 def copy_dir(fs, src: str, dst: str) -> None:
     """Copy backing directory ``src`` to ``dst`` (created) entry for entry:
-    whiteouts, xattrs and hard links within the tree kept (moby's ``DirCopy``)."""
-    links: dict[int, str] = {}
-    snode = fs.inode(src, follow=False)
-    fs.mkdir(dst, _stat.S_IMODE(snode.mode), uid=snode.uid, gid=snode.gid)
-    stack = [(src, dst, snode)]
-    while stack:
-        s, d, node = stack.pop()
-        _set_xattrs(fs, d, node.xattrs)
-        for name, ino in node.entries.items():
-            c = fs.inodes[ino]
-            sp, dp = s + "/" + name, d + "/" + name
-            m = c.mode
-            if _stat.S_ISDIR(m):
-                fs.mkdir(dp, _stat.S_IMODE(m), uid=c.uid, gid=c.gid)
-                stack.append((sp, dp, c))
-                continue
-            if c.nlink > 1 and c.ino in links:
-                fs.link(links[c.ino], dp)
-                continue
-            if _stat.S_ISREG(m):
-                ino = fs.create(dp, _stat.S_IMODE(m), uid=c.uid, gid=c.gid)
-                if c.size:
-                    _copy_data(fs, sp, dp, c.size, c, fs.inodes[ino])
-            elif _stat.S_ISLNK(m):
-                fs.symlink(c.target, dp, uid=c.uid, gid=c.gid)
-            else:
-                fs.mknod(dp, m, c.rdev, uid=c.uid, gid=c.gid)
-            _set_xattrs(fs, dp, c.xattrs)
-            if c.nlink > 1:
-                links[c.ino] = dp
+    whiteouts, xattrs and hard links within the tree kept (moby's ``DirCopy``),
+    as one :meth:`~thinp.fs.core.Filesystem.clone_tree`."""
+    fs.clone_tree(src, dst)
 
 
 def _set_xattrs(fs, p: str, xattrs) -> None:

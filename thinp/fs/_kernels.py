@@ -186,3 +186,31 @@ def flex_group_stats(izone_used, zone_used, group_dirs, flex, inodes_per_group, 
         free_b[x] -= zone_used[g]
         dirs[x] += group_dirs[g]
     return free_i, free_b, dirs
+
+
+@njit
+def alloc_one_in_groups(ibitmap, ifirst_free, izone_used, per_group, lo, hi, nr_groups, wrap):
+    """Take the first free entry (an inode) of a group, trying groups
+    ``[lo, hi)`` in order, then (``wrap``) ``[hi, nr_groups)`` and ``[0, lo)``.
+
+    ``ibitmap``/``ifirst_free``/``izone_used`` are the inode-table analogues
+    of ``bitmap``/``first_free``/``zone_used`` (``per_group`` entries per
+    group).  Marks the entry used and returns its index, or -1 if every
+    group tried is full."""
+    for k in range(3 if wrap else 1):
+        if k == 0:
+            a, b = lo, hi
+        elif k == 1:
+            a, b = hi, nr_groups
+        else:
+            a, b = 0, lo
+        for grp in range(a, b):
+            if izone_used[grp] >= per_group:
+                continue
+            r = find_extent(ibitmap, ifirst_free, per_group, grp * per_group, (grp + 1) * per_group, 1, 1, 1)
+            if r < 0:
+                continue
+            idx = r // 4294967296
+            set_range(ibitmap, ifirst_free, izone_used, per_group, idx, 1, 1)
+            return idx
+    return -1

@@ -564,6 +564,10 @@ class Filesystem:
 
     def _make(self, path: str, mode: int, uid: int = 0, gid: int = 0) -> Inode:
         parent, name = self._parent_of(path)
+        return self._make_in(parent, name, mode, uid, gid, path)
+
+    def _make_in(self, parent: Inode, name: str, mode: int, uid: int, gid: int, path: str) -> Inode:
+        """:meth:`_make` with the parent directory already resolved."""
         if name in parent.entries:
             raise os_error(errno.EEXIST, path)
         node = self._new_inode(parent, mode, uid, gid)
@@ -606,22 +610,29 @@ class Filesystem:
         return node.ino
 
     def symlink(self, target: str, path: str, *, uid: int = 0, gid: int = 0) -> int:
-        node = self._make(path, _stat.S_IFLNK | 0o777, uid, gid)
+        parent, name = self._parent_of(path)
+        return self._symlink_in(parent, name, target, uid, gid, path).ino
+
+    def _symlink_in(self, parent: Inode, name: str, target: str, uid: int, gid: int, path: str) -> Inode:
+        node = self._make_in(parent, name, _stat.S_IFLNK | 0o777, uid, gid, path)
         node.target = target
         node.size = len(target.encode())
         if node.size > self._inline_limit():
             b = self._alloc_meta_block(self._data_goal(node, 0))
             node.meta_blocks.append(b)
             self._dirty.add(b)
-        return node.ino
+        return node
 
     def link(self, src: str, dst: str) -> None:
         node = self._lookup(src, follow=False)
         if node.is_dir:
             raise os_error(errno.EPERM, src)
         parent, name = self._parent_of(dst)
+        self._link_in(node, parent, name, dst)
+
+    def _link_in(self, node: Inode, parent: Inode, name: str, path: str) -> None:
         if name in parent.entries:
-            raise os_error(errno.EEXIST, dst)
+            raise os_error(errno.EEXIST, path)
         node.nlink += 1
         if node.is_reg:
             self.file_bytes += node.size
@@ -763,7 +774,9 @@ class Filesystem:
         self._touch_inode(node)
 
     def setxattr(self, path: str, name: str, value: bytes, *, follow_symlinks: bool = True) -> None:
-        node = self._lookup(path, follow=follow_symlinks)
+        self._setxattr_node(self._lookup(path, follow=follow_symlinks), name, value)
+
+    def _setxattr_node(self, node: Inode, name: str, value: bytes) -> None:
         if node.xattrs is None:
             node.xattrs = {}
         node.xattrs[name] = bytes(value)
@@ -868,6 +881,86 @@ class Filesystem:
                 stack.append((base + "/" + name, self._peek(d.entries[name])))
 
     # -- file content -----------------------------------------------------------
+    def clone_tree(self, src: str, dst: str) -> int:
+        """Copy directory ``src`` to a new directory ``dst``, entry for entry,
+        as ``cp -a`` within one filesystem (moby's ``DirCopy``): modes,
+        owners, symlinks, device nodes, xattrs, and hard links within the
+        tree kept.  File data is written as a copy writes it (delayed
+        allocation, the same block placement); in accounting mode a file's
+        version stamps are copied, so its content compares equal.
+
+        The result -- inode numbers, block placement, counters, journal --
+        is the one the per-path calls (``mkdir``, ``create``, ``write``,
+        ``symlink``, ``mknod``, ``link``, ``setxattr``) give in the same
+        order; this walks inodes instead of paths.  Returns the inodes made."""
+        snode = self._lookup(src, follow=False)
+        if snode.entries is None:
+            raise os_error(errno.ENOTDIR, src)
+        parent, name = self._parent_of(dst)
+        imode = _stat.S_IMODE
+        root = self._make_dir_in(parent, name, imode(snode.mode), snode.uid, snode.gid, dst)
+        made = 1
+        links: dict[int, Inode] = {}
+        inodes = self.inodes
+        payload = self.payload
+        stack = [(src, dst, snode, root)]
+        while stack:
+            s, d, node, dnode = stack.pop()
+            if node.xattrs:
+                self._clone_xattrs(node, dnode)
+            for name, ino in node.entries.items():
+                c = inodes[ino]
+                m = c.mode
+                kind = _stat.S_IFMT(m)
+                if kind == _stat.S_IFDIR:
+                    new = self._make_dir_in(dnode, name, imode(m), c.uid, c.gid, d + "/" + name)
+                    made += 1
+                    stack.append((s + "/" + name, d + "/" + name, c, new))
+                    continue
+                if c.nlink > 1 and c.ino in links:
+                    self._link_in(links[c.ino], dnode, name, d + "/" + name)
+                    continue
+                if kind == _stat.S_IFREG:
+                    new = self._make_in(dnode, name, _stat.S_IFREG | imode(m), c.uid, c.gid, d + "/" + name)
+                    if c.size:
+                        if payload:
+                            self._write(new, 0, self.read(s + "/" + name, 0, c.size), None)
+                        else:
+                            self._clone_stamps(c, new)
+                elif kind == _stat.S_IFLNK:
+                    new = self._symlink_in(dnode, name, c.target, c.uid, c.gid, d + "/" + name)
+                else:
+                    new = self._make_in(dnode, name, kind | imode(m), c.uid, c.gid, d + "/" + name)
+                    new.rdev = int(c.rdev)
+                made += 1
+                if c.xattrs:
+                    self._clone_xattrs(c, new)
+                if c.nlink > 1:
+                    links[c.ino] = new
+        return made
+
+    def _make_dir_in(self, parent: Inode, name: str, mode: int, uid: int, gid: int, path: str) -> Inode:
+        return self._make_in(parent, name, _stat.S_IFDIR | (mode & 0o7777), uid, gid, path)
+
+    def _clone_xattrs(self, src: Inode, dst: Inode) -> None:
+        for k, v in src.xattrs.items():
+            self._setxattr_node(dst, k, v if isinstance(v, bytes) else str(v).encode())
+
+    def _clone_stamps(self, src: Inode, dst: Inode) -> None:
+        """Accounting mode: write ``src``'s size into ``dst`` (new, empty) and
+        take its version stamps."""
+        size = src.size
+        self._write(dst, 0, size, None)
+        st = src.stamps
+        if st is None:
+            dst.stamps = None
+        else:
+            n = (size + BLOCK - 1) // BLOCK
+            new = np.zeros(max(n, 1), dtype=np.uint64)
+            k = min(n, len(st))
+            new[:k] = st[:k]
+            dst.stamps = new
+
     def inode_for_write(self, path: str) -> Inode:
         """The regular file at ``path``, created (0644) if missing: the one path
         walk a driver makes before :meth:`write_inode`.  EISDIR/EINVAL for a

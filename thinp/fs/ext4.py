@@ -27,7 +27,6 @@ resize inode's block, the journal superblock and (unless
 from __future__ import annotations
 
 import errno
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -340,28 +339,23 @@ class Ext4(Filesystem):
             if lo < 0:
                 raise os_error(errno.ENOSPC, "")
             hi = min(g.nr_groups, (lo // f) * f + f)
-            order = range(lo, hi)
         else:   # find_group_other: the first group of the parent's flex group with a free inode
             lo = parent.zone & ~(f - 1)
             hi = min(g.nr_groups, lo + f)
-            order = itertools.chain(range(lo, hi), range(hi, g.nr_groups), range(0, lo))
-        for grp in order:
-            if self.izone_used[grp] >= ipg:
-                continue
-            r = K.find_extent(self.ibitmap, self.ifirst_free, ipg, grp * ipg, (grp + 1) * ipg, 1, 1, 1)
-            if r < 0:
-                continue
-            idx = int(r // 4294967296)
-            K.set_range(self.ibitmap, self.ifirst_free, self.izone_used, ipg, idx, 1, 1)
-            if is_dir:
-                self.group_dirs[grp] += 1
-            ino = idx + 1
-            within = idx - grp * ipg
-            loc = g.inode_table[grp] + within * INODE_SIZE // BLOCK
-            self._dirty.add(g.inode_bitmap[grp])
-            self._dirty.add(self._gdt_block(grp))
-            return ino, loc, grp
-        raise os_error(errno.ENOSPC, "")
+        # one kernel call: the groups in order (a file's search wraps round), first free inode
+        idx = int(K.alloc_one_in_groups(self.ibitmap, self.ifirst_free, self.izone_used, ipg,
+                                        lo, hi, g.nr_groups, not is_dir))
+        if idx < 0:
+            raise os_error(errno.ENOSPC, "")
+        grp = idx // ipg
+        if is_dir:
+            self.group_dirs[grp] += 1
+        ino = idx + 1
+        within = idx - grp * ipg
+        loc = g.inode_table[grp] + within * INODE_SIZE // BLOCK
+        self._dirty.add(g.inode_bitmap[grp])
+        self._dirty.add(self._gdt_block(grp))
+        return ino, loc, grp
 
     def _free_inode(self, node: Inode) -> None:
         g = self.geometry
