@@ -48,6 +48,7 @@ def _interrupt(argv, tmp_path, want_workers, want_files):
              open(f"/proc/{w}/stat").read().split()[2] != "Z"]
     assert alive == [], "worker processes outlived Ctrl-C"
     assert os.listdir(tmp) == [], "temporary files left behind"
+    return p.returncode
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -60,4 +61,5 @@ def test_ctrl_c_stops_a_parallel_sweep(tmp_path):
     spec = tmp_path / "s.toml"
     spec.write_text('[grid]\nseed = [0, 1, 2, 3]\n[fixed]\npool = "100G"\ncontainers = 2000\n'
                     'write_per_container = "200M"\n')
-    _interrupt(["sweep", str(spec), "--out", str(tmp_path / "res"), "-j", "2", "-q"], tmp_path, 2, 1)
+    rc = _interrupt(["sweep", str(spec), "--out", str(tmp_path / "res"), "-j", "2", "-q"], tmp_path, 2, 1)
+    assert rc == 130
