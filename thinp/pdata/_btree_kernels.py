@@ -86,7 +86,8 @@ def _dinc(dcount, dfree, p):
 
 @njit
 def _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds):
-    """leaf_holds: 1 = metadata blocks (subtree roots), 2 = data block_time."""
+    """leaf_holds: 0 = nothing (counts), 1 = metadata blocks (subtree
+    roots), 2 = data block_time."""
     nr = m32[b, 4]
     mx = m32[b, 5]
     if m32[b, 1] & INTERNAL or leaf_holds == 1:
@@ -94,7 +95,7 @@ def _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds):
             c = np.int64(m64[b, HDR + mx + i])
             count[c] += 1
             free[c] = False
-    else:
+    elif leaf_holds == 2:
         for i in range(nr):
             _dinc(dcount, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
 
@@ -140,12 +141,17 @@ def _key(m64, b, i):
 
 @njit(inline="always")
 def _val(m64, m32, b, i):
+    if m32[b, 6] == 4:
+        return np.uint64(m32[b, 2 * HDR + 2 * m32[b, 5] + i])
     return m64[b, HDR + m32[b, 5] + i]
 
 
 @njit(inline="always")
 def _set_val(m64, m32, b, i, v):
-    m64[b, HDR + m32[b, 5] + i] = v
+    if m32[b, 6] == 4:
+        m32[b, 2 * HDR + 2 * m32[b, 5] + i] = np.uint32(v)
+    else:
+        m64[b, HDR + m32[b, 5] + i] = v
 
 
 @njit
@@ -155,14 +161,31 @@ def _move(m64, m32, dst, doff, src, soff, count):
         return
     dm = m32[dst, 5]
     sm = m32[src, 5]
-    if dst == src and doff > soff:
+    backward = dst == src and doff > soff
+    if m32[dst, 6] == 8:
+        if backward:
+            for i in range(count - 1, -1, -1):
+                m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
+                m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+        else:
+            for i in range(count):
+                m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
+                m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+        return
+    # narrower values (the space maps' 4-byte counts): keys, then value words
+    w = np.int64(m32[dst, 6]) // 4
+    dv = 2 * HDR + 2 * np.int64(dm) + doff * w
+    sv = 2 * HDR + 2 * np.int64(sm) + soff * w
+    if backward:
         for i in range(count - 1, -1, -1):
             m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
-            m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+        for i in range(count * w - 1, -1, -1):
+            m32[dst, dv + i] = m32[src, sv + i]
     else:
         for i in range(count):
             m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
-            m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+        for i in range(count * w):
+            m32[dst, dv + i] = m32[src, sv + i]
 
 
 @njit
@@ -483,6 +506,50 @@ def lookup_mapping(m64, m32, root, dev, vblock):
 
 
 @njit
+def _append_leaf(m64, m32, count, txn, root, dev, key, halves, hi):
+    """The leaf an insert of (dev, key) would reach with nothing to shadow
+    or split on the way: every node on the path already this transaction's
+    and unshared, and none full (so dm's insert would only descend).
+    Returns it, or -1.  ``hi[0]`` gets the leaf's upper key bound
+    (exclusive), ``hi[1]`` 1 when it has none."""
+    b = root
+    k = np.uint64(dev)
+    while True:
+        if not txn[b] or count[b] != 1:
+            return -1
+        nr = m32[b, 4]
+        full = nr == m32[b, 5]
+        leaf = m32[b, 1] & LEAF
+        if full and (halves or not leaf):
+            return -1
+        i = _lower_bound(m64, m32, b, k)
+        if i < 0:
+            return -1
+        if leaf:
+            if m64[b, HDR + i] != k:
+                return -1
+            b = np.int64(_val(m64, m32, b, i))
+            break
+        b = np.int64(_val(m64, m32, b, i))
+    hi[1] = 1
+    while True:
+        if not txn[b] or count[b] != 1:
+            return -1
+        nr = np.int64(m32[b, 4])
+        if nr == m32[b, 5]:
+            return -1
+        if m32[b, 1] & LEAF:
+            return b
+        i = _lower_bound(m64, m32, b, key)
+        if i < 0:
+            return -1
+        if i + 1 < nr:
+            hi[0] = m64[b, HDR + i + 1]
+            hi[1] = 0
+        b = np.int64(_val(m64, m32, b, i))
+
+
+@njit
 def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                  root, dev, snap_time, time, vblocks, halves, out):
     """dm-thin's write path for each of ``vblocks`` of device ``dev``: a
@@ -494,11 +561,25 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     says how far it got)."""
     added = 0
     allocs = 0
-    for k in range(vblocks.shape[0]):
+    # sequential runs append to the leaf the last insert reached, while an
+    # insert there would do nothing but append (see _append_leaf)
+    leaf = -1
+    hi = np.zeros(2, dtype=np.uint64)
+    n = vblocks.shape[0]
+    for k in range(n):
         vb = vblocks[k]
-        v, found = lookup_mapping(m64, m32, root, dev, vb)
-        if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
-            continue
+        key = np.uint64(vb)
+        append = False
+        if leaf >= 0:
+            nr = np.int64(m32[leaf, 4])
+            if nr >= 1 and nr < m32[leaf, 5] and key > m64[leaf, HDR + nr - 1] and (hi[1] or key < hi[0]):
+                append = True
+            else:
+                leaf = -1
+        if not append:
+            v, found = lookup_mapping(m64, m32, root, dev, vb)
+            if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
+                continue
         p = _find_free(dfree, dst[0])
         if p < 0:
             out[0] = root
@@ -510,6 +591,14 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         dcount[p] = 1
         dfree[p] = False
         value = (np.uint64(p) << np.uint64(24)) | np.uint64(time & 0xFFFFFF)
+        if append:
+            nr = np.int64(m32[leaf, 4])
+            m64[leaf, HDR + nr] = key
+            _set_val(m64, m32, leaf, nr, value)
+            m32[leaf, 4] = nr + 1
+            added += 1
+            allocs += 1
+            continue
         r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                            root, dev, vb, value, halves, out)
         if r < 0:
@@ -521,6 +610,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         root = out[0]
         added += out[1]
         allocs += 1
+        if k + 1 < n and vblocks[k + 1] == vb + 1:
+            leaf = _append_leaf(m64, m32, count, txn, root, dev, key, halves, hi)
     out[0] = root
     out[1] = vblocks.shape[0]
     out[2] = added
@@ -727,3 +818,150 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     _delete_at(m64, m32, n, idx)
     out[1] = 1
     return 0
+
+
+# --------------------------------------------------------- ref-count trees
+@njit
+def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
+                      out):
+    """A space map's ref-count btree (4-byte values, one level) after, in
+    order, each ``blocks[k]`` is set to ``counts[k]`` when that is >= 3
+    (dm_btree_insert) or removed when it is below 3 (dm_btree_remove).
+    ``out[0]`` gets the new root.  Returns 0, or -1 when metadata ran out."""
+    dcount = np.zeros(1, dtype=np.uint32)
+    dfree = np.zeros(1, dtype=np.bool_)
+    sp = np.zeros(4, dtype=np.int64)
+    for k in range(blocks.shape[0]):
+        key = np.uint64(blocks[k])
+        c = counts[k]
+        for j in range(4):
+            sp[j] = 0
+        if c >= 3:
+            idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root,
+                              key, -1, 0, halves)
+            if idx < -1:
+                out[0] = root
+                return -1
+            n = sp[1]
+            if idx >= m32[n, 4] or m64[n, HDR + idx] != key:
+                _insert_at(m64, m32, n, idx, key, np.uint64(c))
+            else:
+                _set_val(m64, m32, n, idx, np.uint64(c))
+        else:
+            idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root,
+                              key, 0, 0)
+            if idx == -2:
+                out[0] = root
+                return -1
+            if idx >= 0:
+                _delete_at(m64, m32, sp[1], idx)
+        root = sp[3]
+    out[0] = root
+    return 0
+
+
+# ---------------------------------------------------------------- leaf walk
+MAX_DEPTH = 64
+WALK_BAD_BLOCK = -1  # a child outside the device
+WALK_BAD_NODE = -2  # a node whose header is not an 8-byte-value btree node
+WALK_BAD_ORDER = -3  # keys not ascending, or outside the parent's range
+WALK_TOO_DEEP = -4
+WALK_TOO_MANY = -5  # more entries than the output holds
+
+
+@njit
+def walk_leaves(m64, m32, root, keys_out, vals_out, pos, fill, bad):
+    """In-order walk of the one-level tree at ``root`` (8-byte values).
+    With ``fill`` the leaf entries go to ``keys_out``/``vals_out`` from
+    ``pos``; without, they are only counted.  Checks each node's header,
+    that keys ascend and stay within their parent's range, and that every
+    child is on the device.  Returns the new ``pos``, or a WALK_* code
+    (< 0) with ``bad[0]`` the offending block."""
+    nb = m64.shape[0]
+    sb = np.empty(MAX_DEPTH, dtype=np.int64)
+    si = np.empty(MAX_DEPTH, dtype=np.int64)
+    lo = np.empty(MAX_DEPTH, dtype=np.uint64)  # keys under stack entry d are >= lo[d]
+    hi = np.empty(MAX_DEPTH, dtype=np.uint64)  # ... and < hi[d] (hi_open[d] = no bound)
+    hi_open = np.empty(MAX_DEPTH, dtype=np.bool_)
+    if root <= 0 or root >= nb:
+        bad[0] = root
+        return WALK_BAD_BLOCK
+    depth = 0
+    sb[0] = root
+    si[0] = -1
+    lo[0] = np.uint64(0)
+    hi[0] = np.uint64(0)
+    hi_open[0] = True
+    while depth >= 0:
+        b = sb[depth]
+        nr = np.int64(m32[b, 4])
+        mx = np.int64(m32[b, 5])
+        if si[depth] < 0:
+            # first visit: check the node
+            flags = m32[b, 1]
+            if mx != MAX8 or m32[b, 6] != 8 or nr > mx or (flags & (INTERNAL | LEAF)) == 0 \
+                    or (flags & INTERNAL and flags & LEAF):
+                bad[0] = b
+                return WALK_BAD_NODE
+            prev = lo[depth]
+            for i in range(nr):
+                k = m64[b, HDR + i]
+                if (i > 0 and k <= prev) or k < lo[depth] or (not hi_open[depth] and k >= hi[depth]):
+                    bad[0] = b
+                    return WALK_BAD_ORDER
+                prev = k
+            si[depth] = 0
+            if flags & LEAF:
+                if fill:
+                    if pos + nr > keys_out.shape[0]:
+                        bad[0] = b
+                        return WALK_TOO_MANY
+                    for i in range(nr):
+                        keys_out[pos + i] = m64[b, HDR + i]
+                        vals_out[pos + i] = m64[b, HDR + mx + i]
+                pos += nr
+                depth -= 1
+                continue
+        i = si[depth]
+        if i >= nr:
+            depth -= 1
+            continue
+        si[depth] = i + 1
+        c = np.int64(m64[b, HDR + mx + i])
+        if c <= 0 or c >= nb:
+            bad[0] = b
+            return WALK_BAD_BLOCK
+        if depth + 1 >= MAX_DEPTH:
+            bad[0] = c
+            return WALK_TOO_DEEP
+        d = depth + 1
+        sb[d] = c
+        si[d] = -1
+        lo[d] = m64[b, HDR + i]
+        if i + 1 < nr:
+            hi[d] = m64[b, HDR + i + 1]
+            hi_open[d] = False
+        else:
+            hi[d] = hi[depth]
+            hi_open[d] = hi_open[depth]
+        depth = d
+    return pos
+
+
+@njit
+def walk_mapping_tree(m64, m32, devs, roots, begin, keys_out, vals_out, bad):
+    """Every device's subtree in turn (``devs``/``roots`` from the top
+    level): counts into ``begin`` (int64[len(devs) + 1], offsets) when
+    ``keys_out`` is empty, else fills.  Returns the total, or a WALK_* code
+    with ``bad`` = (block, device index)."""
+    fill = keys_out.shape[0] > 0
+    pos = np.int64(0)
+    for j in range(devs.shape[0]):
+        begin[j] = pos
+        r = walk_leaves(m64, m32, roots[j], keys_out, vals_out, pos, fill, bad)
+        if r < 0:
+            bad[1] = j
+            return r
+        pos = r
+    begin[devs.shape[0]] = pos
+    return pos

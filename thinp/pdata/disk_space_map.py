@@ -33,6 +33,8 @@ class DiskSpaceMap:
         self.bitmap_root = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
+        #: ref counts through the numba kernel (False: the Python btree)
+        self.fast = True
 
     @property
     def nr_blocks(self) -> int:
@@ -122,14 +124,18 @@ class DiskSpaceMap:
         ref counts; returns the root for the superblock."""
         tm = self.tm
         changed = np.flatnonzero(self.count != self.committed)
-        for b in changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)].tolist():
-            c = int(self.count[b])
-            if c >= 3:
-                self.ref_count_root, _ = bw.insert(tm, self.ref_count_root, [b],
-                                                   np.array([c], dtype="<u4").view(np.uint8), COUNT_VALUE)
-            else:
-                self.ref_count_root, _ = bw.remove(tm, self.ref_count_root, [b], COUNT_VALUE)
-        for i in sorted({b // ENTRIES_PER_BITMAP for b in changed.tolist()}):
+        rc = changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]
+        if self.fast:
+            self.ref_count_root = tm.update_ref_counts(self.ref_count_root, rc, self.count[rc], False)
+        else:
+            for b in rc.tolist():
+                c = int(self.count[b])
+                if c >= 3:
+                    self.ref_count_root, _ = bw.insert(tm, self.ref_count_root, [b],
+                                                       np.array([c], dtype="<u4").view(np.uint8), COUNT_VALUE)
+                else:
+                    self.ref_count_root, _ = bw.remove(tm, self.ref_count_root, [b], COUNT_VALUE)
+        for i in np.unique(changed // ENTRIES_PER_BITMAP).tolist():
             lo = i * ENTRIES_PER_BITMAP
             cur = self.count[lo:lo + ENTRIES_PER_BITMAP]
             old = self.committed[lo:lo + ENTRIES_PER_BITMAP]

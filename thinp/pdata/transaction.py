@@ -52,6 +52,9 @@ class TransactionManager:
         self.index_block = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
+        #: ref-count trees through the numba kernel (False: the Python btree,
+        #: the reference the kernel is tested against)
+        self.fast = True
 
     @property
     def nr_blocks(self) -> int:
@@ -188,32 +191,61 @@ class TransactionManager:
         self.bitmap_blocks = [b for b, _, _ in index]
         self.index_entries = np.array(index, dtype=INDEX_ENTRY_DTYPE)
 
-    def commit_space_map(self, rc_tree) -> SmRoot:
+    def update_ref_counts(self, root: int, blocks: np.ndarray, counts: np.ndarray, halves: bool) -> int:
+        """The numba kernel over a ref-count tree at ``root``: each block of
+        ``blocks`` in order set to its count (>= 3) or removed (< 3);
+        returns the new root.  NoSpaceError when metadata ran out."""
+        from . import _btree_kernels as BK
+
+        if not len(blocks):
+            return root
+        blk = self.bm.blocks
+        out = np.zeros(1, dtype=np.int64)
+        r = BK.update_ref_counts(blk.view(np.uint64), blk.view(np.uint32), self.count, self.committed, self.free,
+                                 self.txn, self.kind, self.bm.fresh, self.st, np.int64(root),
+                                 np.ascontiguousarray(blocks, dtype=np.int64),
+                                 np.ascontiguousarray(counts, dtype=np.int64), bool(halves), out)
+        if r < 0:
+            raise errors.NoSpaceError(f"out of metadata space: all {self.nr_blocks} metadata blocks are in use")
+        return int(out[0])
+
+    def commit_space_map(self, rc_tree=None, *, split: str = "current") -> SmRoot:
         """Write the metadata space map for the counts as they are now.
 
-        ``rc_tree`` is (set_fn, remove_fn) over the ref-count btree: the
-        btree module's insert/remove bound to this manager, returning new
-        roots.  Bitmaps whose counts changed are shadowed, the ref-count tree
-        updated, and the index block shadowed, until nothing moves."""
-        set_rc, remove_rc = rc_tree
+        The ref-count btree is updated by the numba kernel (split rule
+        ``split``), or, when :attr:`fast` is off, through ``rc_tree``:
+        (set_fn, remove_fn), the btree module's insert/remove bound to this
+        manager, returning new roots.  Bitmaps whose counts changed are
+        shadowed, the ref-count tree updated, and the index block shadowed,
+        until nothing moves."""
+        # block -> what the ref-count tree holds for it now (absent: as committed)
         done_rc: dict[int, int] = {}
         while True:
             changed = np.flatnonzero(self.count != self.committed)
             moved = False
             # counts >= 3 (or that were) go to the ref-count tree
-            for b in changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]:
-                b = int(b)
+            todo_b, todo_c = [], []
+            for b in changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)].tolist():
                 c = int(self.count[b])
                 want = c if c >= 3 else 0
                 if done_rc.get(b, 0 if self.committed[b] < 3 else -1) == want:
                     continue
                 done_rc[b] = want
-                if want:
-                    self.ref_count_root = set_rc(self.ref_count_root, b, want)
-                else:
-                    self.ref_count_root = remove_rc(self.ref_count_root, b)
+                todo_b.append(b)
+                todo_c.append(want)
+            if todo_b:
                 moved = True
-            for i in sorted({int(b) // ENTRIES_PER_BITMAP for b in changed}):
+                if self.fast:
+                    self.ref_count_root = self.update_ref_counts(self.ref_count_root, np.array(todo_b),
+                                                                 np.array(todo_c), split == "halves")
+                else:
+                    set_rc, remove_rc = rc_tree
+                    for b, want in zip(todo_b, todo_c):
+                        if want:
+                            self.ref_count_root = set_rc(self.ref_count_root, b, want)
+                        else:
+                            self.ref_count_root = remove_rc(self.ref_count_root, b)
+            for i in np.unique(changed // ENTRIES_PER_BITMAP).tolist():
                 bb = self.bitmap_blocks[i]
                 if not self.txn[bb]:
                     nb, _, _ = self.shadow(bb, BITMAP)
@@ -226,7 +258,7 @@ class TransactionManager:
             if not moved:
                 break
         # now write them: bitmaps and index entries from the final counts
-        for i in sorted({int(b) // ENTRIES_PER_BITMAP for b in np.flatnonzero(self.count != self.committed)}
+        for i in sorted(set(np.unique(np.flatnonzero(self.count != self.committed) // ENTRIES_PER_BITMAP).tolist())
                         | {i for i, b in enumerate(self.bitmap_blocks) if self.txn[b]}):
             lo = i * ENTRIES_PER_BITMAP
             cur = self.count[lo:lo + ENTRIES_PER_BITMAP]

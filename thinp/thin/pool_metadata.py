@@ -403,7 +403,7 @@ class PoolMetadata:
         def remove_rc(root, b):
             return bw.remove(tm, root, [b], cv)[0]
 
-        self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc))
+        self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc), split=self.split)
         for b in tm.bitmap_blocks:
             if tm.txn[b]:
                 tm.kind[b] = KIND_BITMAP
