@@ -14,7 +14,9 @@ m64, m32   uint64[nb, 512], uint32[nb, 1024]  the blocks; a node's header
 count, committed, free, txn, kind, fresh   the transaction manager's
            (see transaction.py) and the block manager's ``fresh``
 tst        int64 [cursor, allocations, shadows, -]
-dcount, dcommitted, dfree, dst   the data space map's
+dcount, dcommitted, dfree, dst   the data space map's (``dcommitted`` may
+           carry one "changed" flag per bitmap after the counts; kernels set
+           it wherever they change ``dcount``)
 
 Kernels return >= 0, or -1 when metadata ran out (the transaction must be
 abandoned, as dm aborts it).
@@ -31,6 +33,7 @@ HDR = 4  # header words (32 bytes)
 MAX8 = 252  # calc_max_entries(8)
 KIND_BTREE = 1
 THRESH = 8
+ENTRIES_PER_BITMAP = 16320  # space_map.ENTRIES_PER_BITMAP
 
 
 @njit(inline="always")
@@ -71,7 +74,17 @@ def _dec(count, committed, free, b):
 
 
 @njit(inline="always")
+def _dtouch(dcount, dcommitted, p):
+    """Flag data block ``p``'s bitmap as changed (when ``dcommitted``
+    carries the flags after the counts; see disk_space_map.py)."""
+    n = dcount.shape[0]
+    if dcommitted.shape[0] > n:
+        dcommitted[n + p // ENTRIES_PER_BITMAP] = 1
+
+
+@njit(inline="always")
 def _ddec(dcount, dcommitted, dfree, p):
+    _dtouch(dcount, dcommitted, p)
     c = dcount[p]
     dcount[p] = c - 1
     if c == 1 and dcommitted[p] == 0:
@@ -79,13 +92,14 @@ def _ddec(dcount, dcommitted, dfree, p):
 
 
 @njit(inline="always")
-def _dinc(dcount, dfree, p):
+def _dinc(dcount, dcommitted, dfree, p):
+    _dtouch(dcount, dcommitted, p)
     dcount[p] += 1
     dfree[p] = False
 
 
 @njit
-def _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds):
+def _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, b, leaf_holds):
     """leaf_holds: 0 = nothing (counts), 1 = metadata blocks (subtree
     roots), 2 = data block_time."""
     nr = m32[b, 4]
@@ -97,11 +111,11 @@ def _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds):
             free[c] = False
     elif leaf_holds == 2:
         for i in range(nr):
-            _dinc(dcount, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
+            _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
 
 
 @njit
-def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, b, leaf_holds):
+def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, b, leaf_holds):
     """dm_tm_shadow_block + inc_children; the block to write, or -1."""
     shared = count[b] > 1
     if txn[b] and not shared:
@@ -114,7 +128,7 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfr
     for w in range(512):
         m64[nb, w] = m64[b, w]
     if shared:
-        _inc_children(m64, m32, count, free, dcount, dfree, nb, leaf_holds)
+        _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, nb, leaf_holds)
     return nb
 
 
@@ -299,8 +313,8 @@ def _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, pi, ke
 
 
 @njit
-def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent, i, leaf_holds):
-    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree,
+def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent, i, leaf_holds):
+    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                  np.int64(_val(m64, m32, parent, i)), leaf_holds)
     if nb >= 0:
         _set_val(m64, m32, parent, i, np.uint64(nb))
@@ -308,20 +322,20 @@ def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
 
 
 @njit
-def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, pi, key,
+def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
                           leaf_holds):
     parent = sp[0]
     if pi == 0:
         mid_index = 1
         left = sp[1]
-        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
                               pi + 1, leaf_holds)
         if right < 0:
             return -1
     else:
         mid_index = pi
         right = sp[1]
-        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
                              pi - 1, leaf_holds)
         if left < 0:
             return -1
@@ -341,7 +355,7 @@ def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, ts
 
 
 @njit
-def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, pi, key,
+def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
                         leaf_holds):
     parent = sp[0]
     nr_parent = np.int64(m32[parent, 4])
@@ -351,7 +365,7 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
         lb = np.int64(_val(m64, m32, parent, pi - 1))
         left_shared = count[lb] > 1
         if not left_shared and np.int64(m32[lb, 5]) - np.int64(m32[lb, 4]) >= THRESH:
-            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
                                 pi - 1, leaf_holds)
             if sib < 0:
                 return -1
@@ -364,7 +378,7 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
         rb = np.int64(_val(m64, m32, parent, pi + 1))
         right_shared = count[rb] > 1
         if not right_shared and np.int64(m32[rb, 5]) - np.int64(m32[rb, 4]) >= THRESH:
-            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
                                 pi + 1, leaf_holds)
             if sib < 0:
                 return -1
@@ -375,7 +389,7 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
             return 0
     if left_shared or right_shared or nr_parent <= 2 or pi == 0 or pi + 1 == nr_parent:
         return _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, pi, key)
-    return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, pi,
+    return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi,
                                  key, leaf_holds)
 
 
@@ -390,7 +404,7 @@ def _has_space(m64, m32, b, key):
 
 
 @njit
-def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key, index,
+def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
                 leaf_holds, halves):
     i = index
     top = True
@@ -399,7 +413,7 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
         if sp[2] == 2:
             sp[0] = sp[1]
             sp[2] = 1
-        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, root, leaf_holds)
+        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, leaf_holds)
         if nb < 0:
             return -2
         if sp[2] == 0:
@@ -423,7 +437,7 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
             elif halves:
                 r = _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, i, key)
             else:
-                r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp,
+                r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp,
                                         i, key, leaf_holds)
             if r < 0:
                 return -2
@@ -448,7 +462,7 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     (new root, inserted).  Returns 0, or -1 when metadata ran out."""
     sp = np.zeros(4, dtype=np.int64)
     key0 = np.uint64(dev)
-    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key0, -1,
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key0, -1,
                       1, halves)
     if idx < -1:
         return -1
@@ -464,7 +478,7 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
         _insert_at(m64, m32, n, idx, key0, np.uint64(nt))
     sub = np.int64(_val(m64, m32, n, idx))
     key1 = np.uint64(vblock)
-    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, sub, key1, idx,
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, sub, key1, idx,
                       2, halves)
     if idx < -1:
         return -1
@@ -588,6 +602,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             out[3] = allocs
             return -2
         dst[0] = p + 1
+        _dtouch(dcount, dcommitted, p)
         dcount[p] = 1
         dfree[p] = False
         value = (np.uint64(p) << np.uint64(24)) | np.uint64(time & 0xFFFFFF)
@@ -660,13 +675,13 @@ def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_i
 
 
 @njit
-def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, key,
+def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, key,
                         leaf_holds):
     """Returns 1 done, 0 key absent, -1 out of metadata."""
     if m32[cur, 4] == 1:
         b = np.int64(_val(m64, m32, cur, 0))
         if count[b] > 1:
-            _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds)
+            _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, b, leaf_holds)
         for w in range(512):
             m64[cur, w] = m64[b, w]
         _dec(count, committed, free, b)
@@ -677,26 +692,26 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
     nr = np.int64(m32[cur, 4])
     if i == 0 or i == nr - 1:
         li = i if i == 0 else i - 1
-        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li,
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li,
                              leaf_holds)
         if left < 0:
             return -1
-        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 1,
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li + 1,
                               leaf_holds)
         if right < 0:
             return -1
         _rebalance2_nodes(m64, m32, count, committed, free, cur, left, right, li + 1)
         return 1
     li = i - 1
-    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li,
+    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li,
                          leaf_holds)
     if left < 0:
         return -1
-    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 1,
+    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li + 1,
                            leaf_holds)
     if center < 0:
         return -1
-    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 2,
+    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li + 2,
                           leaf_holds)
     if right < 0:
         return -1
@@ -753,7 +768,7 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
 
 
 @njit
-def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key, index,
+def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
                 leaf_holds):
     """The index of ``key`` in the leaf now current, -1 absent, -2 out of metadata."""
     i = index
@@ -761,7 +776,7 @@ def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
         if sp[2] == 2:
             sp[0] = sp[1]
             sp[2] = 1
-        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, root, leaf_holds)
+        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, leaf_holds)
         if nb < 0:
             return -2
         if sp[2] == 0:
@@ -775,7 +790,7 @@ def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
             _set_val(m64, m32, sp[0], i, np.uint64(nb))
         b = sp[1]
         if not (m32[b, 1] & LEAF):
-            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, b, key,
+            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, b, key,
                                     leaf_holds)
             if r < 0:
                 return -2
@@ -796,7 +811,7 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
     Returns 0, or -1 when metadata ran out."""
     sp = np.zeros(4, dtype=np.int64)
-    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root,
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
                       np.uint64(dev), 0, 1)
     if idx == -2:
         return -1
@@ -805,7 +820,7 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
         out[1] = 0
         return 0
     sub = np.int64(_val(m64, m32, sp[1], idx))
-    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, sub,
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, sub,
                       np.uint64(vblock), idx, 2)
     if idx == -2:
         return -1
@@ -830,6 +845,7 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
     ``out[0]`` gets the new root.  Returns 0, or -1 when metadata ran out."""
     dcount = np.zeros(1, dtype=np.uint32)
     dfree = np.zeros(1, dtype=np.bool_)
+    dcommitted = np.zeros(1, dtype=np.uint32)
     sp = np.zeros(4, dtype=np.int64)
     for k in range(blocks.shape[0]):
         key = np.uint64(blocks[k])
@@ -837,7 +853,7 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
         for j in range(4):
             sp[j] = 0
         if c >= 3:
-            idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root,
+            idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
                               key, -1, 0, halves)
             if idx < -1:
                 out[0] = root
@@ -848,7 +864,7 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
             else:
                 _set_val(m64, m32, n, idx, np.uint64(c))
         else:
-            idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root,
+            idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
                               key, 0, 0)
             if idx == -2:
                 out[0] = root

@@ -130,6 +130,20 @@ class BlockManager:
             os.close(self.fd)
             self.fd = -1
 
+    def flush(self, blocks) -> int:
+        """msync these blocks of a file-backed device, one call per run of
+        adjacent blocks; returns the number of calls."""
+        if self.mm is None:
+            return 0
+        bs = np.unique(np.asarray(blocks, dtype=np.int64))
+        if not len(bs):
+            return 0
+        starts = np.flatnonzero(np.diff(bs, prepend=bs[0] - 2) != 1)
+        ends = np.append(starts[1:], len(bs))
+        for a, z in zip(bs[starts].tolist(), (bs[ends - 1] + 1).tolist()):
+            self.mm.flush(a * BLOCK_SIZE, (z - a) * BLOCK_SIZE)
+        return len(starts)
+
     # ---------------------------------------------------------------- blocks
     def read(self, b: int, v: Validator) -> np.ndarray:
         """Block ``b`` (a view), checked by ``v``; MetadataCorruptError if not."""

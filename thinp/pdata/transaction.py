@@ -261,15 +261,23 @@ class TransactionManager:
         for i in sorted(set(np.unique(np.flatnonzero(self.count != self.committed) // ENTRIES_PER_BITMAP).tolist())
                         | {i for i, b in enumerate(self.bitmap_blocks) if self.txn[b]}):
             lo = i * ENTRIES_PER_BITMAP
-            cur = self.count[lo:lo + ENTRIES_PER_BITMAP]
-            old = self.committed[lo:lo + ENTRIES_PER_BITMAP]
-            write_bitmap(self.bm.raw(self.bitmap_blocks[i]), cur)
-            update_index_entry(self.index_entries[i:i + 1], cur, old)
-            self.index_entries[i]["blocknr"] = self.bitmap_blocks[i]
+            b = self.bitmap_blocks[i]
+            write_bitmap_entry(self.bm.raw(b), self.index_entries[i:i + 1], self.count[lo:lo + ENTRIES_PER_BITMAP],
+                               self.committed[lo:lo + ENTRIES_PER_BITMAP], b)
         idx = self.bm.raw(self.index_block)
         idx[16:] = 0
         idx[16:16 + 16 * len(self.index_entries)] = self.index_entries.view(np.uint8)
         return SmRoot(self.nr_blocks, int(np.count_nonzero(self.count)), self.index_block, self.ref_count_root)
+
+
+def write_bitmap_entry(blk: np.ndarray, ie: np.ndarray, cur: np.ndarray, old: np.ndarray, b: int) -> None:
+    """One bitmap's commit, shared by both space maps: its block ``b``
+    (bytes ``blk``) gets the entries for counts ``cur`` and its index entry
+    ``ie`` (a 1-element view) the location, nr_free and the hint after a
+    transaction that moved the counts from ``old``."""
+    write_bitmap(blk, cur)
+    update_index_entry(ie, cur, old)
+    ie["blocknr"] = b
 
 
 def write_bitmap(blk: np.ndarray, counts: np.ndarray) -> None:

@@ -427,5 +427,4 @@ class PoolMetadata:
         tm.end_transaction()
 
     def _flush(self, blocks: list) -> None:
-        for b in sorted(blocks):
-            self.bm.mm.flush(b * METADATA_BLOCK_SIZE, METADATA_BLOCK_SIZE)
+        self.bm.flush(blocks)
