@@ -388,6 +388,7 @@ def test_dm_commit_after_cow_vs_msync(benchmark, workdir):
         return (), {}
 
     benchmark.pedantic(md.commit, setup=setup, rounds=5, iterations=1)
+    md.bm.flush = flush
     commit_s = benchmark.stats.stats.mean
     ceiling_s = _dirty_and_msync(md.bm, written)
     nr = int(np.mean([len(w) for w in written]))

@@ -520,43 +520,49 @@ def lookup_mapping(m64, m32, root, dev, vblock):
 
 
 @njit
-def _append_leaf(m64, m32, count, txn, root, dev, key, halves, hi):
-    """The leaf an insert of (dev, key) would reach with nothing to shadow
-    or split on the way: every node on the path already this transaction's
-    and unshared, and none full (so dm's insert would only descend).
-    Returns it, or -1.  ``hi[0]`` gets the leaf's upper key bound
-    (exclusive), ``hi[1]`` 1 when it has none."""
+def _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
+    """Where an insert of (dev, key) lands when dm's insert would only
+    descend: every node on the path already this transaction's and
+    unshared, none full (a full leaf only when ``key`` is in it, in the
+    current split rule) and no internal node's first key above ``key``.
+    Returns False when the path is not so; else True with ``res`` = (leaf,
+    lower-bound index, key found) and ``hi`` = (the leaf's upper key bound,
+    exclusive; 1 when it has none)."""
     b = root
     k = np.uint64(dev)
     while True:
         if not txn[b] or count[b] != 1:
-            return -1
-        nr = m32[b, 4]
-        full = nr == m32[b, 5]
+            return False
+        full = m32[b, 4] == m32[b, 5]
         leaf = m32[b, 1] & LEAF
         if full and (halves or not leaf):
-            return -1
+            return False
         i = _lower_bound(m64, m32, b, k)
         if i < 0:
-            return -1
+            return False
         if leaf:
             if m64[b, HDR + i] != k:
-                return -1
+                return False
             b = np.int64(_val(m64, m32, b, i))
             break
         b = np.int64(_val(m64, m32, b, i))
     hi[1] = 1
     while True:
         if not txn[b] or count[b] != 1:
-            return -1
+            return False
         nr = np.int64(m32[b, 4])
-        if nr == m32[b, 5]:
-            return -1
-        if m32[b, 1] & LEAF:
-            return b
+        full = nr == m32[b, 5]
         i = _lower_bound(m64, m32, b, key)
-        if i < 0:
-            return -1
+        if m32[b, 1] & LEAF:
+            found = i >= 0 and m64[b, HDR + i] == key
+            if full and (halves or not found):
+                return False
+            res[0] = b
+            res[1] = i
+            res[2] = 1 if found else 0
+            return True
+        if full or i < 0:
+            return False
         if i + 1 < nr:
             hi[0] = m64[b, HDR + i + 1]
             hi[1] = 0
@@ -575,15 +581,19 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     says how far it got)."""
     added = 0
     allocs = 0
-    # sequential runs append to the leaf the last insert reached, while an
-    # insert there would do nothing but append (see _append_leaf)
+    # Where dm's insert would only descend (_direct_leaf), the leaf is
+    # changed in place, found in one descent; and sequential runs append to
+    # the leaf the last block went to, with no descent, while they stay
+    # below its upper bound and it has room.
     leaf = -1
     hi = np.zeros(2, dtype=np.uint64)
+    res = np.zeros(3, dtype=np.int64)
     n = vblocks.shape[0]
     for k in range(n):
         vb = vblocks[k]
         key = np.uint64(vb)
         append = False
+        direct = False
         if leaf >= 0:
             nr = np.int64(m32[leaf, 4])
             if nr >= 1 and nr < m32[leaf, 5] and key > m64[leaf, HDR + nr - 1] and (hi[1] or key < hi[0]):
@@ -591,9 +601,14 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             else:
                 leaf = -1
         if not append:
-            v, found = lookup_mapping(m64, m32, root, dev, vb)
-            if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
-                continue
+            direct = _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi)
+            if direct:
+                if res[2] and np.int64(_val(m64, m32, res[0], res[1]) & np.uint64(0xFFFFFF)) >= snap_time:
+                    continue
+            else:
+                v, found = lookup_mapping(m64, m32, root, dev, vb)
+                if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
+                    continue
         p = _find_free(dfree, dst[0])
         if p < 0:
             out[0] = root
@@ -614,6 +629,20 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             added += 1
             allocs += 1
             continue
+        if direct:
+            lb = res[0]
+            if res[2]:
+                old = _val(m64, m32, lb, res[1])
+                if (old >> np.uint64(24)) != (value >> np.uint64(24)):
+                    _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
+                _set_val(m64, m32, lb, res[1], value)
+            else:
+                _insert_at(m64, m32, lb, res[1] + 1, key, value)
+                added += 1
+            allocs += 1
+            if k + 1 < n and vblocks[k + 1] == vb + 1:
+                leaf = lb
+            continue
         r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                            root, dev, vb, value, halves, out)
         if r < 0:
@@ -625,8 +654,9 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         root = out[0]
         added += out[1]
         allocs += 1
-        if k + 1 < n and vblocks[k + 1] == vb + 1:
-            leaf = _append_leaf(m64, m32, count, txn, root, dev, key, halves, hi)
+        if k + 1 < n and vblocks[k + 1] == vb + 1 and \
+                _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
+            leaf = res[0]
     out[0] = root
     out[1] = vblocks.shape[0]
     out[2] = added

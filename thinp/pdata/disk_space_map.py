@@ -6,11 +6,10 @@ last commit, then one "changed since the commit" flag per bitmap: every
 change of ``count`` (here and in the numba kernels, which get ``committed``
 as ``dcommitted``) sets its bitmap's flag, so a commit visits only the
 flagged bitmaps and costs nothing for the rest of the device.
-``free`` (bool[nr_blocks]) is free now and at the last commit.  On disk (dm-space-map-disk.c): one
+(The counts, cursor and allocation are :class:`~thinp.pdata.space_map.RefCounts`,
+shared with the metadata space map.)  On disk (dm-space-map-disk.c): one
 bitmap block per 16,320 blocks, their index entries in a btree keyed by
 bitmap number (16-byte values), and a ref-count btree for counts >= 3.
-Allocation is the lowest block free now and at the last commit, from a
-cursor that restarts at 0 after each commit.
 """
 from __future__ import annotations
 
@@ -19,26 +18,21 @@ import numpy as np
 from .. import errors
 from . import btree_write as bw
 from .block import BITMAP
-from .space_map import ENTRIES_PER_BITMAP, find_free, INDEX_ENTRY_DTYPE, SmRoot, nr_bitmaps
+from .space_map import ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, RefCounts, SmRoot, nr_bitmaps
 from .transaction import TransactionManager, write_bitmap_entry
 
 INDEX_VALUE = bw.ValueType(16)
 COUNT_VALUE = bw.ValueType(4)
 
 
-class DiskSpaceMap:
+class DiskSpaceMap(RefCounts):
+    """The data space map: counts, allocation, and its commit."""
+
     def __init__(self, tm: TransactionManager, count: np.ndarray):
+        super().__init__(count, 2, extra=nr_bitmaps(len(count)))
         self.tm = tm
-        self.count = count.astype(np.uint32, copy=True)
-        n = self.count.shape[0]
-        self.committed = np.zeros(n + nr_bitmaps(n), dtype=np.uint32)
-        self.committed[:n] = self.count
-        #: free now and at the last commit: what allocation may hand out
-        self.free = self.count == 0
         #: blocks with a non-zero count as of the last commit
         self.nr_allocated = int(np.count_nonzero(self.count))
-        #: int64 scalars the kernels share: 0 allocation cursor
-        self.st = np.zeros(2, dtype=np.int64)
         self.bitmap_root = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
@@ -46,25 +40,9 @@ class DiskSpaceMap:
         self.fast = True
 
     @property
-    def nr_blocks(self) -> int:
-        return self.count.shape[0]
-
-    @property
-    def begin(self) -> int:
-        return int(self.st[0])
-
-    @begin.setter
-    def begin(self, b: int) -> None:
-        self.st[0] = b
-
-    @property
     def changed(self) -> np.ndarray:
         """uint32[nr_bitmaps]: the bitmaps' changed flags (a view)."""
         return self.committed[self.nr_blocks:]
-
-    @property
-    def nr_free(self) -> int:
-        return int(self.nr_blocks - np.count_nonzero(self.count))
 
     @classmethod
     def format(cls, tm: TransactionManager, nr_blocks: int) -> "DiskSpaceMap":
@@ -114,11 +92,8 @@ class DiskSpaceMap:
     def alloc(self) -> int | None:
         """dm_sm_new_block: the lowest block free now and at the last
         commit from the cursor (wrapping once), count 1; None when full."""
-        b = find_free(self.free, self.begin)
+        b = self.take_free()
         if b >= 0:
-            self.begin = b + 1
-            self.count[b] = 1
-            self.free[b] = False
             self.changed[b // ENTRIES_PER_BITMAP] = 1
             return b
         return None

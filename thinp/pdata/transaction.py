@@ -7,17 +7,12 @@ in this transaction and nobody else references it); a block freed in this
 transaction is not handed out again before the commit.  So a process killed
 at any instant leaves the file at its last commit.
 
-State (plain ndarrays):
+State (plain ndarrays; count, committed, free and st as in
+:class:`~thinp.pdata.space_map.RefCounts`, st[1] allocations, st[2] shadows):
 
-count      uint32[nr_blocks]  every metadata block's reference count now
-committed  uint32[nr_blocks]  the counts as of the last commit
 txn        uint8[nr_blocks]  1 = allocated or shadowed in this transaction
 kind       uint8[nr_blocks]  the validator of such a block (block.KIND_*),
            sealed (location + checksum) at commit
-
-Allocation is dm's: the lowest block free both now and at the last commit,
-searching from a cursor that restarts at 0 after every commit
-(sm_metadata_new_block / sm_ll_find_common_free_block).
 
 On disk the metadata space map is dm's (see :mod:`thinp.pdata.space_map`):
 bitmap blocks listed by a single index block, and a ref-count btree for
@@ -30,23 +25,19 @@ import numpy as np
 
 from .. import errors
 from .block import BITMAP, BTREE_NODE, INDEX, KIND_OF, VALIDATORS, BlockManager, Validator
-from .space_map import (ENTRIES_PER_BITMAP, find_free, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, SmRoot, nr_bitmaps,
+from .space_map import (ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, RefCounts, SmRoot, nr_bitmaps,
                         pack_bitmap)
 
 
-class TransactionManager:
+class TransactionManager(RefCounts):
     """Shadowing, allocation and reference counts of metadata blocks."""
 
     def __init__(self, bm: BlockManager, count: np.ndarray):
+        #: st: 0 allocation cursor, 1 allocations, 2 shadows
+        super().__init__(count, 4)
         self.bm = bm
-        self.count = count.astype(np.uint32, copy=True)
-        self.committed = self.count.copy()
-        #: free now and at the last commit: what allocation may hand out
-        self.free = self.count == 0
         self.txn = np.zeros(self.count.shape[0], dtype=np.uint8)
         self.kind = np.zeros(self.count.shape[0], dtype=np.uint8)
-        #: int64 scalars the kernels share: 0 allocation cursor, 1 allocations, 2 shadows
-        self.st = np.zeros(4, dtype=np.int64)
         # the metadata space map's on-disk structure
         self.bitmap_blocks: list[int] = []
         self.index_block = 0
@@ -57,28 +48,12 @@ class TransactionManager:
         self.fast = True
 
     @property
-    def nr_blocks(self) -> int:
-        return self.count.shape[0]
-
-    @property
-    def begin(self) -> int:
-        return int(self.st[0])
-
-    @begin.setter
-    def begin(self, b: int) -> None:
-        self.st[0] = b
-
-    @property
     def nr_allocs(self) -> int:
         return int(self.st[1])
 
     @property
     def nr_shadows(self) -> int:
         return int(self.st[2])
-
-    @property
-    def nr_free(self) -> int:
-        return int(self.nr_blocks - np.count_nonzero(self.count))
 
     # ------------------------------------------------------------ counts
     def inc(self, b: int, n: int = 1) -> None:
@@ -101,11 +76,8 @@ class TransactionManager:
     # -------------------------------------------------------- allocation
     def alloc(self) -> int | None:
         """A free block (count 1), or None when the device is full."""
-        b = find_free(self.free, self.begin)
+        b = self.take_free()
         if b >= 0:
-            self.begin = b + 1
-            self.count[b] = 1
-            self.free[b] = False
             self.st[1] += 1
             return b
         return None
