@@ -546,7 +546,16 @@ def _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
             b = np.int64(_val(m64, m32, b, i))
             break
         b = np.int64(_val(m64, m32, b, i))
+    return _direct_descend(m64, m32, count, txn, b, key, halves, res, hi)
+
+
+@njit
+def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
+    """The one-level part of :func:`_direct_leaf`, from node ``b``;
+    ``hi[2]`` gets the leaf's lower key bound (the last internal key
+    chosen on the way; 0 when the root is the leaf)."""
     hi[1] = 1
+    hi[2] = 0
     while True:
         if not txn[b] or count[b] != 1:
             return False
@@ -563,6 +572,7 @@ def _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
             return True
         if full or i < 0:
             return False
+        hi[2] = m64[b, HDR + i]
         if i + 1 < nr:
             hi[0] = m64[b, HDR + i + 1]
             hi[1] = 0
@@ -586,7 +596,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     # the leaf the last block went to, with no descent, while they stay
     # below its upper bound and it has room.
     leaf = -1
-    hi = np.zeros(2, dtype=np.uint64)
+    hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
     n = vblocks.shape[0]
     for k in range(n):
@@ -877,9 +887,32 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
     dfree = np.zeros(1, dtype=np.bool_)
     dcommitted = np.zeros(1, dtype=np.uint32)
     sp = np.zeros(4, dtype=np.int64)
+    # as write_blocks: a leaf an insert would only descend to is changed in
+    # place, and stays the target while the keys stay within its bounds
+    leaf = -1
+    hi = np.zeros(3, dtype=np.uint64)
+    res = np.zeros(3, dtype=np.int64)
     for k in range(blocks.shape[0]):
         key = np.uint64(blocks[k])
         c = counts[k]
+        if c >= 3:
+            if leaf < 0 or key < hi[2] or (not hi[1] and key >= hi[0]):
+                leaf = -1
+                if _direct_descend(m64, m32, count, txn, root, key, halves, res, hi):
+                    leaf = res[0]
+            if leaf >= 0:
+                i = _lower_bound(m64, m32, leaf, key)
+                found = i >= 0 and m64[leaf, HDR + i] == key
+                full = m32[leaf, 4] == m32[leaf, 5]
+                if found and not (full and halves):
+                    _set_val(m64, m32, leaf, i, np.uint64(c))
+                    continue
+                if not found and not full:
+                    _insert_at(m64, m32, leaf, i + 1, key, np.uint64(c))
+                    continue
+                leaf = -1
+        else:
+            leaf = -1
         for j in range(4):
             sp[j] = 0
         if c >= 3:
