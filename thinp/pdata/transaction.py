@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import errors
-from .block import BITMAP, BTREE_NODE, INDEX, KIND_OF, VALIDATORS, BlockManager, Validator
+from .block import BITMAP, BTREE_NODE, INDEX, KIND_OF, BlockManager, Validator
 from .space_map import (ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, RefCounts, SmRoot, nr_bitmaps,
                         pack_bitmap)
 
@@ -126,10 +126,9 @@ class TransactionManager(RefCounts):
     def seal_dirty(self) -> list[int]:
         """Stamp location and checksum on every block written this
         transaction that is still in use; returns them."""
-        out = np.flatnonzero((self.txn != 0) & (self.kind != 0) & (self.count != 0)).tolist()
-        for b in out:
-            self.bm.seal(b, VALIDATORS[int(self.kind[b])])
-        return out
+        out = np.flatnonzero((self.txn != 0) & (self.kind != 0) & (self.count != 0))
+        self.bm.seal_many(out, self.kind[out])
+        return out.tolist()
 
     def end_transaction(self) -> None:
         self.committed[:] = self.count
