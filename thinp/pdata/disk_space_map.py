@@ -122,9 +122,12 @@ class DiskSpaceMap(RefCounts):
         n = self.nr_blocks
         flagged = np.flatnonzero(self.changed).tolist()
         parts = []
+        touched = []  # bitmaps with a count that really changed
         for i in flagged:
             lo, hi = i * ENTRIES_PER_BITMAP, min(n, (i + 1) * ENTRIES_PER_BITMAP)
             parts.append(lo + np.flatnonzero(self.count[lo:hi] != self.committed[lo:hi]))
+            if len(parts[-1]):
+                touched.append(i)
         changed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         rc = changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]
         if self.fast:
@@ -137,7 +140,7 @@ class DiskSpaceMap(RefCounts):
                                                        np.array([c], dtype="<u4").view(np.uint8), COUNT_VALUE)
                 else:
                     self.ref_count_root, _ = bw.remove(tm, self.ref_count_root, [b], COUNT_VALUE)
-        for i in np.unique(changed // ENTRIES_PER_BITMAP).tolist():
+        for i in touched:
             lo = i * ENTRIES_PER_BITMAP
             nb, blk, _ = tm.shadow(int(self.index_entries[i]["blocknr"]), BITMAP)
             write_bitmap_entry(blk, self.index_entries[i:i + 1], self.count[lo:lo + ENTRIES_PER_BITMAP],
