@@ -233,7 +233,7 @@ class PoolMetadata:
                                                             self.data_vt, level_types=[self.subtree_vt],
                                                             split=self.split)
             return inserted
-        from ..pdata import _btree_kernels as BK
+        from ..pdata import mapping_tree as BK
 
         m64, m32 = self._kernel_views()
         tm, dsm = self.tm, self.data_sm
@@ -249,7 +249,7 @@ class PoolMetadata:
     def lookup(self, dev: int, vblock: int) -> tuple[int, int] | None:
         """(pblock, time) or None."""
         if self.fast:
-            from ..pdata import _btree_kernels as BK
+            from ..pdata import mapping_tree as BK
 
             self.details(dev)
             m64, m32 = self._kernel_views()
@@ -290,7 +290,7 @@ class PoolMetadata:
         snapshot), in order, in one kernel call; returns how many needed a
         new data block.  Raises NoSpaceError when data or metadata ran out
         (the blocks before the failing one are done)."""
-        from ..pdata import _btree_kernels as BK
+        from ..pdata import mapping_tree as BK
 
         d = self.details(dev)
         vb = np.ascontiguousarray(vblocks, dtype=np.int64)
@@ -314,7 +314,7 @@ class PoolMetadata:
         """__remove: unmap ``vblock`` (its data block loses a reference)."""
         d = self.details(dev)
         if self.fast:
-            from ..pdata import _btree_kernels as BK
+            from ..pdata import mapping_tree as BK
 
             m64, m32 = self._kernel_views()
             tm, dsm = self.tm, self.data_sm
