@@ -436,15 +436,17 @@ def test_dm_mapping_index_16m(benchmark, dm_big):
     ix = benchmark.pedantic(lambda: mapping_index(dm_big.bm, root), rounds=3, iterations=1)
     assert len(ix.vblock) == DM_BIG
     src = np.arange(2 * DM_BIG, dtype=np.uint64)
-    dst = np.empty_like(src)
-    _copy_ceiling(src[:4], dst[:4])
-    t0 = time.perf_counter()
-    _copy_ceiling(src, dst)
-    ceiling = time.perf_counter() - t0
-    rate = _report(benchmark, DM_BIG, "mappings")
-    benchmark.extra_info.update(ceiling_per_s=DM_BIG / ceiling, ratio=rate / (DM_BIG / ceiling))
-    print(f"  ceiling (copy of 16 M key/value pairs): {DM_BIG / ceiling / 1e6:.0f} M/s; "
-          f"walk / ceiling = {rate * ceiling / DM_BIG:.2f}")
+    _copy_ceiling(src[:4], np.empty(4, dtype=np.uint64))
+    ceiling = np.inf
+    for _ in range(3):  # into fresh memory each time, as the walk's output is
+        t0 = time.perf_counter()
+        _copy_ceiling(src, np.empty_like(src))
+        ceiling = min(ceiling, time.perf_counter() - t0)
+    _report(benchmark, DM_BIG, "mappings")
+    best = DM_BIG / benchmark.stats.stats.min
+    benchmark.extra_info.update(best_per_s=best, ceiling_per_s=DM_BIG / ceiling, ratio=best * ceiling / DM_BIG)
+    print(f"  best round {best / 1e6:.0f} M/s; ceiling (copy of 16 M key/value pairs into fresh memory, best of 3) "
+          f"{DM_BIG / ceiling / 1e6:.0f} M/s; best / ceiling = {best * ceiling / DM_BIG:.2f}")
 
 
 @pytest.mark.benchmark(group="dm-snap")
