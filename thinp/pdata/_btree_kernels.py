@@ -12,7 +12,8 @@ m64, m32   uint64[nb, 512], uint32[nb, 1024]  the blocks; a node's header
            max_entries, m32[b, 6] value_size; keys m64[b, 4 + i], values
            m64[b, 4 + max_entries + i]
 count, committed, free, txn, kind, fresh   the transaction manager's
-           (see transaction.py) and the block manager's ``fresh``
+           (see transaction.py; ``committed`` may carry the bitmaps'
+           changed flags, as ``dcommitted``) and the block manager's ``fresh``
 tst        int64 [cursor, allocations, shadows, -]
 dcount, dcommitted, dfree, dst   the data space map's (``dcommitted`` may
            carry one "changed" flag per bitmap after the counts; kernels set
@@ -49,12 +50,13 @@ def _find_free(free, begin):
 
 
 @njit(inline="always")
-def _alloc(m64, count, free, txn, kind, fresh, tst):
+def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     b = _find_free(free, tst[0])
     if b < 0:
         return -1
     tst[0] = b + 1
     tst[1] += 1
+    _dtouch(count, committed, b)
     count[b] = 1
     free[b] = False
     txn[b] = 1
@@ -67,6 +69,7 @@ def _alloc(m64, count, free, txn, kind, fresh, tst):
 
 @njit(inline="always")
 def _dec(count, committed, free, b):
+    _dtouch(count, committed, b)
     c = count[b]
     count[b] = c - 1
     if c == 1 and committed[b] == 0:
@@ -75,8 +78,9 @@ def _dec(count, committed, free, b):
 
 @njit(inline="always")
 def _dtouch(dcount, dcommitted, p):
-    """Flag data block ``p``'s bitmap as changed (when ``dcommitted``
-    carries the flags after the counts; see disk_space_map.py)."""
+    """Flag block ``p``'s bitmap as changed, when ``dcommitted`` carries
+    one flag per bitmap after the counts (both space maps do; see
+    space_map.RefCounts)."""
     n = dcount.shape[0]
     if dcommitted.shape[0] > n:
         dcommitted[n + p // ENTRIES_PER_BITMAP] = 1
@@ -99,7 +103,7 @@ def _dinc(dcount, dcommitted, dfree, p):
 
 
 @njit
-def _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, b, leaf_holds):
+def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b, leaf_holds):
     """leaf_holds: 0 = nothing (counts), 1 = metadata blocks (subtree
     roots), 2 = data block_time."""
     nr = m32[b, 4]
@@ -107,6 +111,7 @@ def _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, b, leaf_hold
     if m32[b, 1] & INTERNAL or leaf_holds == 1:
         for i in range(nr):
             c = np.int64(m64[b, HDR + mx + i])
+            _dtouch(count, committed, c)
             count[c] += 1
             free[c] = False
     elif leaf_holds == 2:
@@ -120,7 +125,7 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dco
     shared = count[b] > 1
     if txn[b] and not shared:
         return b
-    nb = _alloc(m64, count, free, txn, kind, fresh, tst)
+    nb = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
     if nb < 0:
         return -1
     _dec(count, committed, free, b)
@@ -128,7 +133,7 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dco
     for w in range(512):
         m64[nb, w] = m64[b, w]
     if shared:
-        _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, nb, leaf_holds)
+        _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, nb, leaf_holds)
     return nb
 
 
@@ -260,8 +265,8 @@ def _redistribute3(m64, m32, left, center, right):
 
 
 @njit
-def _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, like):
-    b = _alloc(m64, count, free, txn, kind, fresh, tst)
+def _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, like):
+    b = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
     if b < 0:
         return -1
     m32[b, 1] = m32[like, 1]
@@ -272,14 +277,14 @@ def _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, like):
 
 # the spine: sp[0] parent, sp[1] current, sp[2] count, sp[3] root
 @njit
-def _split_beneath(m64, m32, count, free, txn, kind, fresh, tst, sp):
+def _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, sp):
     pn = sp[1]
     nr = np.int64(m32[pn, 4])
     nl = nr // 2
-    left = _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, pn)
+    left = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, pn)
     if left < 0:
         return -1
-    right = _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, pn)
+    right = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, pn)
     if right < 0:
         return -1
     _move(m64, m32, left, 0, pn, 0, nl)
@@ -300,9 +305,9 @@ def _split_beneath(m64, m32, count, free, txn, kind, fresh, tst, sp):
 
 
 @njit
-def _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, pi, key):
+def _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, pi, key):
     left = sp[1]
-    right = _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, left)
+    right = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, left)
     if right < 0:
         return -1
     _redistribute2(m64, m32, left, right)
@@ -339,7 +344,7 @@ def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, ts
                              pi - 1, leaf_holds)
         if left < 0:
             return -1
-    middle = _new_sibling(m64, m32, count, free, txn, kind, fresh, tst, left)
+    middle = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, left)
     if middle < 0:
         return -1
     _redistribute3(m64, m32, left, middle, right)
@@ -388,7 +393,7 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
                 sp[1] = sib
             return 0
     if left_shared or right_shared or nr_parent <= 2 or pi == 0 or pi + 1 == nr_parent:
-        return _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, pi, key)
+        return _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, pi, key)
     return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi,
                                  key, leaf_holds)
 
@@ -433,9 +438,9 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
             full = not _has_space(m64, m32, b, key)
         if full:
             if top:
-                r = _split_beneath(m64, m32, count, free, txn, kind, fresh, tst, sp)
+                r = _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, sp)
             elif halves:
-                r = _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, i, key)
+                r = _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, i, key)
             else:
                 r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp,
                                         i, key, leaf_holds)
@@ -469,7 +474,7 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     n = sp[1]
     if idx >= m32[n, 4] or m64[n, HDR + idx] != key0:
         # a new device: dm_btree_empty, and its root under the dev_id
-        nt = _alloc(m64, count, free, txn, kind, fresh, tst)
+        nt = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
         if nt < 0:
             return -1
         m32[nt, 1] = LEAF
@@ -721,7 +726,7 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
     if m32[cur, 4] == 1:
         b = np.int64(_val(m64, m32, cur, 0))
         if count[b] > 1:
-            _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, b, leaf_holds)
+            _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b, leaf_holds)
         for w in range(512):
             m64[cur, w] = m64[b, w]
         _dec(count, committed, free, b)

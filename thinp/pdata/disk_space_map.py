@@ -1,13 +1,10 @@
 """dm's disk space map (data blocks), counts in RAM, written at commit.
 
 ``count`` (uint32[nr_blocks]) holds every data block's reference count now.
-``committed`` (uint32[nr_blocks + nr_bitmaps]) holds the counts as of the
-last commit, then one "changed since the commit" flag per bitmap: every
-change of ``count`` (here and in the numba kernels, which get ``committed``
-as ``dcommitted``) sets its bitmap's flag, so a commit visits only the
-flagged bitmaps and costs nothing for the rest of the device.
-(The counts, cursor and allocation are :class:`~thinp.pdata.space_map.RefCounts`,
-shared with the metadata space map.)  On disk (dm-space-map-disk.c): one
+``committed`` holds the counts as of the last commit, then the bitmaps'
+changed flags (the kernels get it as ``dcommitted``).  The counts, flags,
+cursor and allocation are :class:`~thinp.pdata.space_map.RefCounts`,
+shared with the metadata space map.  On disk (dm-space-map-disk.c): one
 bitmap block per 16,320 blocks, their index entries in a btree keyed by
 bitmap number (16-byte values), and a ref-count btree for counts >= 3.
 """
@@ -29,20 +26,13 @@ class DiskSpaceMap(RefCounts):
     """The data space map: counts, allocation, and its commit."""
 
     def __init__(self, tm: TransactionManager, count: np.ndarray):
-        super().__init__(count, 2, extra=nr_bitmaps(len(count)))
+        super().__init__(count, 2)
         self.tm = tm
-        #: blocks with a non-zero count as of the last commit
-        self.nr_allocated = int(np.count_nonzero(self.count))
         self.bitmap_root = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
         #: ref counts through the numba kernel (False: the Python btree)
         self.fast = True
-
-    @property
-    def changed(self) -> np.ndarray:
-        """uint32[nr_bitmaps]: the bitmaps' changed flags (a view)."""
-        return self.committed[self.nr_blocks:]
 
     @classmethod
     def format(cls, tm: TransactionManager, nr_blocks: int) -> "DiskSpaceMap":
@@ -93,16 +83,13 @@ class DiskSpaceMap(RefCounts):
         """dm_sm_new_block: the lowest block free now and at the last
         commit from the cursor (wrapping once), count 1; None when full."""
         b = self.take_free()
-        if b >= 0:
-            self.changed[b // ENTRIES_PER_BITMAP] = 1
-            return b
-        return None
+        return b if b >= 0 else None
 
     def inc(self, blocks) -> None:
         b = np.asarray(blocks, dtype=np.int64)
         np.add.at(self.count, b, 1)
         self.free[b] = False
-        self.changed[b // ENTRIES_PER_BITMAP] = 1
+        self.touch(b)
 
     def dec(self, blocks) -> None:
         b = np.asarray(blocks, dtype=np.int64)
@@ -110,7 +97,7 @@ class DiskSpaceMap(RefCounts):
             bad = int(b[np.flatnonzero(self.count[b] == 0)[0]])
             raise errors.MetadataCorruptError(f"metadata corrupt: data block {bad} released with count 0")
         np.subtract.at(self.count, b, 1)
-        self.changed[b // ENTRIES_PER_BITMAP] = 1
+        self.touch(b)
         back = b[(self.count[b] == 0) & (self.committed[b] == 0)]
         self.free[back] = True  # allocated and released in this transaction
 
@@ -120,15 +107,7 @@ class DiskSpaceMap(RefCounts):
         ref counts; returns the root for the superblock."""
         tm = self.tm
         n = self.nr_blocks
-        flagged = np.flatnonzero(self.changed).tolist()
-        parts = []
-        touched = []  # bitmaps with a count that really changed
-        for i in flagged:
-            lo, hi = i * ENTRIES_PER_BITMAP, min(n, (i + 1) * ENTRIES_PER_BITMAP)
-            parts.append(lo + np.flatnonzero(self.count[lo:hi] != self.committed[lo:hi]))
-            if len(parts[-1]):
-                touched.append(i)
-        changed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        changed, bitmaps = self.changed_blocks()
         rc = changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]
         if self.fast:
             self.ref_count_root = tm.update_ref_counts(self.ref_count_root, rc, self.count[rc], False)
@@ -140,19 +119,12 @@ class DiskSpaceMap(RefCounts):
                                                        np.array([c], dtype="<u4").view(np.uint8), COUNT_VALUE)
                 else:
                     self.ref_count_root, _ = bw.remove(tm, self.ref_count_root, [b], COUNT_VALUE)
-        for i in touched:
+        for i in bitmaps:
             lo = i * ENTRIES_PER_BITMAP
-            nb, blk, _ = tm.shadow(int(self.index_entries[i]["blocknr"]), BITMAP)
-            write_bitmap_entry(blk, self.index_entries[i:i + 1], self.count[lo:lo + ENTRIES_PER_BITMAP],
+            ie = self.index_entries[i:i + 1]
+            nb, blk, _ = tm.shadow(int(ie["blocknr"][0]), BITMAP)
+            write_bitmap_entry(blk, ie, self.count[lo:lo + ENTRIES_PER_BITMAP],
                                self.committed[lo:min(n, lo + ENTRIES_PER_BITMAP)], nb)
-            self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], self.index_entries[i:i + 1].view(np.uint8).copy(),
-                                            INDEX_VALUE)
-        for i in flagged:
-            lo, hi = i * ENTRIES_PER_BITMAP, min(n, (i + 1) * ENTRIES_PER_BITMAP)
-            cur = self.count[lo:hi]
-            self.nr_allocated += int(np.count_nonzero(cur)) - int(np.count_nonzero(self.committed[lo:hi]))
-            self.committed[lo:hi] = cur
-            self.free[lo:hi] = cur == 0
-        self.changed[:] = 0
-        self.begin = 0
+            self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], ie.view(np.uint8).copy(), INDEX_VALUE)
+        self.settle()
         return SmRoot(n, self.nr_allocated, self.bitmap_root, self.ref_count_root)

@@ -57,24 +57,30 @@ class RefCounts:
     its bitmaps and ref-count tree; thinp reads them once on open):
 
     count      uint32[nr_blocks]  every block's reference count now
-    committed  uint32[nr_blocks + extra]  the counts as of the last commit
-               (``extra`` entries after them are the owner's)
+    committed  uint32[nr_blocks + nr_bitmaps]  the counts as of the last
+               commit, then one "changed since the commit" flag per bitmap
+               of 16,320 blocks.  Every change of ``count`` sets its flag
+               (here, and in the numba kernels, which get this array as
+               ``committed``/``dcommitted``), so a commit visits only the
+               flagged bitmaps and costs nothing for the rest of the device.
     free       bool[nr_blocks]  free now and at the last commit: what
                allocation may hand out
     st         int64[nr_scalars]  scalars the kernels share; st[0] is the
                allocation cursor, restarted at 0 by every commit
+    nr_allocated  blocks with a non-zero count as of the last commit
 
     Allocation is dm's: the lowest block free both now and at the last
     commit, from the cursor, wrapping once (sm_ll_find_common_free_block).
     """
 
-    def __init__(self, count: np.ndarray, nr_scalars: int, extra: int = 0):
+    def __init__(self, count: np.ndarray, nr_scalars: int):
         self.count = count.astype(np.uint32, copy=True)
         n = self.count.shape[0]
-        self.committed = np.zeros(n + extra, dtype=np.uint32)
+        self.committed = np.zeros(n + nr_bitmaps(n), dtype=np.uint32)
         self.committed[:n] = self.count
         self.free = self.count == 0
         self.st = np.zeros(nr_scalars, dtype=np.int64)
+        self.nr_allocated = int(np.count_nonzero(self.count))
 
     @property
     def nr_blocks(self) -> int:
@@ -92,6 +98,51 @@ class RefCounts:
     def nr_free(self) -> int:
         return int(self.nr_blocks - np.count_nonzero(self.count))
 
+    @property
+    def changed(self) -> np.ndarray:
+        """uint32[nr_bitmaps]: the bitmaps' changed flags (a view)."""
+        return self.committed[self.nr_blocks:]
+
+    def touch(self, blocks) -> None:
+        """Flag the bitmaps of these blocks as changed."""
+        self.changed[np.asarray(blocks, dtype=np.int64) // ENTRIES_PER_BITMAP] = 1
+
+    def flagged(self) -> list[tuple[int, int, int]]:
+        """(bitmap, first block, one past the last) of each flagged bitmap."""
+        n = self.nr_blocks
+        return [(i, i * ENTRIES_PER_BITMAP, min(n, (i + 1) * ENTRIES_PER_BITMAP))
+                for i in np.flatnonzero(self.changed).tolist()]
+
+    def changed_blocks(self) -> tuple[np.ndarray, list[int]]:
+        """The blocks whose count differs from the committed one
+        (ascending), and the bitmaps that hold them."""
+        parts, bitmaps = [], []
+        for i, lo, hi in self.flagged():
+            d = np.flatnonzero(self.count[lo:hi] != self.committed[lo:hi])
+            if len(d):
+                parts.append(lo + d)
+                bitmaps.append(i)
+        return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), bitmaps
+
+    def allocated_now(self) -> int:
+        """Blocks with a non-zero count now (from the flagged bitmaps)."""
+        return self.nr_allocated + sum(int(np.count_nonzero(self.count[lo:hi]))
+                                       - int(np.count_nonzero(self.committed[lo:hi]))
+                                       for _, lo, hi in self.flagged())
+
+    def settle(self) -> list[tuple[int, int, int]]:
+        """The counts as they are now become the committed ones; returns
+        the bitmaps that were flagged (their flags are cleared)."""
+        regions = self.flagged()
+        self.nr_allocated = self.allocated_now()
+        for _, lo, hi in regions:
+            cur = self.count[lo:hi]
+            self.committed[lo:hi] = cur
+            self.free[lo:hi] = cur == 0
+        self.changed[:] = 0
+        self.begin = 0
+        return regions
+
     def take_free(self) -> int:
         """Allocate the next free block (count 1); -1 when there is none."""
         b = find_free(self.free, self.begin)
@@ -99,6 +150,7 @@ class RefCounts:
             self.begin = b + 1
             self.count[b] = 1
             self.free[b] = False
+            self.changed[b // ENTRIES_PER_BITMAP] = 1
         return b
 
 

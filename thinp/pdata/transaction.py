@@ -59,6 +59,7 @@ class TransactionManager(RefCounts):
     def inc(self, b: int, n: int = 1) -> None:
         self.count[b] += n
         self.free[b] = False
+        self.changed[b // ENTRIES_PER_BITMAP] = 1
 
     def dec(self, b: int) -> int:
         """Drop one reference; returns the new count."""
@@ -66,6 +67,7 @@ class TransactionManager(RefCounts):
         if c == 0:
             raise errors.MetadataCorruptError(f"metadata corrupt: block {b} released with count 0")
         self.count[b] = c - 1
+        self.changed[b // ENTRIES_PER_BITMAP] = 1
         if c == 1 and self.committed[b] == 0:
             self.free[b] = True  # allocated and released in this transaction
         return c - 1
@@ -126,17 +128,18 @@ class TransactionManager(RefCounts):
     def seal_dirty(self) -> list[int]:
         """Stamp location and checksum on every block written this
         transaction that is still in use; returns them."""
-        out = np.flatnonzero((self.txn != 0) & (self.kind != 0) & (self.count != 0))
+        # a block of this transaction was allocated, so its bitmap is flagged
+        parts = [lo + np.flatnonzero((self.txn[lo:hi] != 0) & (self.kind[lo:hi] != 0) & (self.count[lo:hi] != 0))
+                 for _, lo, hi in self.flagged()]
+        out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         self.bm.seal_many(out, self.kind[out])
         return out.tolist()
 
     def end_transaction(self) -> None:
-        self.committed[:] = self.count
-        self.free = self.count == 0
-        self.bm.fresh[:] = 0
-        self.txn[:] = 0
-        self.kind[:] = 0
-        self.begin = 0
+        for _, lo, hi in self.settle():
+            self.bm.fresh[lo:hi] = 0
+            self.txn[lo:hi] = 0
+            self.kind[lo:hi] = 0
 
     # --------------------------------------------- metadata space map
     def format_space_map(self, btree_empty) -> None:
@@ -192,7 +195,7 @@ class TransactionManager(RefCounts):
         # block -> what the ref-count tree holds for it now (absent: as committed)
         done_rc: dict[int, int] = {}
         while True:
-            changed = np.flatnonzero(self.count != self.committed)
+            changed, bitmaps = self.changed_blocks()
             moved = False
             # counts >= 3 (or that were) go to the ref-count tree
             todo_b, todo_c = [], []
@@ -216,7 +219,7 @@ class TransactionManager(RefCounts):
                             self.ref_count_root = set_rc(self.ref_count_root, b, want)
                         else:
                             self.ref_count_root = remove_rc(self.ref_count_root, b)
-            for i in np.unique(changed // ENTRIES_PER_BITMAP).tolist():
+            for i in bitmaps:
                 bb = self.bitmap_blocks[i]
                 if not self.txn[bb]:
                     nb, _, _ = self.shadow(bb, BITMAP)
@@ -229,16 +232,15 @@ class TransactionManager(RefCounts):
             if not moved:
                 break
         # now write them: bitmaps and index entries from the final counts
-        for i in sorted(set(np.unique(np.flatnonzero(self.count != self.committed) // ENTRIES_PER_BITMAP).tolist())
-                        | {i for i, b in enumerate(self.bitmap_blocks) if self.txn[b]}):
+        for i in sorted(set(self.changed_blocks()[1]) | {i for i, b in enumerate(self.bitmap_blocks) if self.txn[b]}):
             lo = i * ENTRIES_PER_BITMAP
             b = self.bitmap_blocks[i]
             write_bitmap_entry(self.bm.raw(b), self.index_entries[i:i + 1], self.count[lo:lo + ENTRIES_PER_BITMAP],
-                               self.committed[lo:lo + ENTRIES_PER_BITMAP], b)
+                               self.committed[lo:min(self.nr_blocks, lo + ENTRIES_PER_BITMAP)], b)
         idx = self.bm.raw(self.index_block)
         idx[16:] = 0
         idx[16:16 + 16 * len(self.index_entries)] = self.index_entries.view(np.uint8)
-        return SmRoot(self.nr_blocks, int(np.count_nonzero(self.count)), self.index_block, self.ref_count_root)
+        return SmRoot(self.nr_blocks, self.allocated_now(), self.index_block, self.ref_count_root)
 
 
 def write_bitmap_entry(blk: np.ndarray, ie: np.ndarray, cur: np.ndarray, old: np.ndarray, b: int) -> None:
