@@ -113,8 +113,8 @@ def test_overcommit_cli(tmp_path, capsys):
                               "virtual_bytes"} <= set(df.columns)
     png = (out / "overcommit.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    rc = main(["overcommit", "--pool", "1G", "--containers", "3", "--write-per-container", "8M", "--format",
-               "parquet", "--no-plot", "--out", str(out / "pq"), "-q"])
+    rc = main(["overcommit", "--pool", "1G", "--containers", "3", "--write-per-container", "8M",
+               "--no-plot", "--out", str(out / "pq"), "-q"])
     assert rc == 0 and len(pd.read_parquet(out / "pq" / "overcommit.parquet")) == 3
     assert not (out / "pq" / "overcommit.png").exists()
     with pytest.raises(SystemExit) as e:       # refused while parsing: one line, exit 2
