@@ -258,6 +258,7 @@ class Filesystem:
         self.bitmap = np.zeros(nr_blocks, dtype=np.uint8)
         self.first_free = np.arange(self.nr_zones, dtype=np.int64) * zone_blocks
         self.zone_used = np.zeros(self.nr_zones, dtype=np.int64)
+        self.used_blocks = 0      # zone_used.sum(), kept by _mark (statfs and every write read it)
         self.static_runs: list[tuple[int, int]] = []
         self.inodes: dict[int, Inode] = {}
         self._dirty: set[int] = set()
@@ -329,7 +330,8 @@ class Filesystem:
         if self._bitmap_shared:
             self.bitmap = self.bitmap.copy()
             self._bitmap_shared = False
-        K.set_range(self.bitmap, self.first_free, self.zone_used, self.zone_blocks, start, n, value)
+        changed = K.set_range(self.bitmap, self.first_free, self.zone_used, self.zone_blocks, start, n, value)
+        self.used_blocks += changed if value else -changed
 
     def _reserve_static(self, start: int, n: int) -> None:
         if n <= 0:
@@ -375,7 +377,7 @@ class Filesystem:
             self._pending_discard.append((start, n))
 
     def statfs(self) -> dict:
-        used = int(self.zone_used.sum()) - self._prealloc_blocks() + self._delayed_total
+        used = self.used_blocks - self._prealloc_blocks() + self._delayed_total
         return {"f_bsize": BLOCK, "f_blocks": self.nr_blocks, "f_bfree": self.nr_blocks - used,
                 "f_files": self.max_inodes, "f_ffree": self.max_inodes - len(self.inodes)}
 
@@ -615,13 +617,17 @@ class Filesystem:
 
     def _symlink_in(self, parent: Inode, name: str, target: str, uid: int, gid: int, path: str) -> Inode:
         node = self._make_in(parent, name, _stat.S_IFLNK | 0o777, uid, gid, path)
+        self._symlink_body(node, target)
+        return node
+
+    def _symlink_body(self, node: Inode, target: str) -> None:
+        """A new symlink inode takes its target (a block when it is too long for the inode)."""
         node.target = target
         node.size = len(target.encode())
         if node.size > self._inline_limit():
             b = self._alloc_meta_block(self._data_goal(node, 0))
             node.meta_blocks.append(b)
             self._dirty.add(b)
-        return node
 
     def link(self, src: str, dst: str) -> None:
         node = self._lookup(src, follow=False)
@@ -921,16 +927,17 @@ class Filesystem:
                     self._link_in(links[c.ino], dnode, name, d + "/" + name)
                     continue
                 if kind == _stat.S_IFREG:
-                    new = self._make_in(dnode, name, _stat.S_IFREG | imode(m), c.uid, c.gid, d + "/" + name)
+                    new = self._make_leaf_in(dnode, name, _stat.S_IFREG | imode(m), c.uid, c.gid, d + "/" + name)
                     if c.size:
                         if payload:
                             self._write(new, 0, self.read(s + "/" + name, 0, c.size), None)
                         else:
                             self._clone_stamps(c, new)
                 elif kind == _stat.S_IFLNK:
-                    new = self._symlink_in(dnode, name, c.target, c.uid, c.gid, d + "/" + name)
+                    new = self._make_leaf_in(dnode, name, _stat.S_IFLNK | 0o777, c.uid, c.gid, d + "/" + name)
+                    self._symlink_body(new, c.target)
                 else:
-                    new = self._make_in(dnode, name, kind | imode(m), c.uid, c.gid, d + "/" + name)
+                    new = self._make_leaf_in(dnode, name, kind | imode(m), c.uid, c.gid, d + "/" + name)
                     new.rdev = int(c.rdev)
                 made += 1
                 if c.xattrs:
@@ -938,6 +945,53 @@ class Filesystem:
                 if c.nlink > 1:
                     links[c.ino] = new
         return made
+
+    def _make_leaf_in(self, parent: Inode, name: str, mode: int, uid: int, gid: int, path: str) -> Inode:
+        """:meth:`_make_in` for anything but a directory, with ``_new_inode``
+        and ``_dir_add`` inlined (the same calls in the same order, the same
+        undo on ENOSPC): the bulk clone makes most of its inodes here."""
+        entries = parent.entries
+        if name in entries:
+            raise os_error(errno.EEXIST, path)
+        inodes = self.inodes
+        if len(inodes) >= self.max_inodes:
+            raise os_error(errno.ENOSPC, "")
+        ino, loc, zone = self._alloc_inode(parent, False)
+        node = Inode(ino, mode, uid, gid)
+        node.loc = loc
+        node.zone = zone
+        node.parent = parent.ino
+        inodes[ino] = node
+        self._dirty.add(loc)
+        if len(self._dirty) >= self.commit_blocks:
+            self.commit()
+        entries[name] = ino
+        nbytes = self._dirent_size(name)
+        parent.dir_bytes += nbytes
+        try:
+            self._dir_resize(parent)
+        except OSError:
+            del entries[name]
+            parent.dir_bytes -= nbytes
+            for b in node.meta_blocks:
+                self._free_run(b, 1)
+            node.meta_blocks = []
+            self._free_inode(node)
+            del inodes[ino]
+            raise
+        meta = parent.meta_blocks
+        if meta:
+            nb = len(meta)
+            if nb > 1:
+                self._dirty.add(meta[zlib.crc32(name.encode()) % nb])
+                self._dirty.add(meta[0])
+            else:
+                self._dirty.add(meta[0])
+        parent.mtime = parent.ctime = _time.time()
+        self._dirty.add(parent.loc)
+        if len(self._dirty) >= self.commit_blocks:
+            self.commit()
+        return node
 
     def _make_dir_in(self, parent: Inode, name: str, mode: int, uid: int, gid: int, path: str) -> Inode:
         return self._make_in(parent, name, _stat.S_IFDIR | (mode & 0o7777), uid, gid, path)
@@ -950,7 +1004,10 @@ class Filesystem:
         """Accounting mode: write ``src``'s size into ``dst`` (new, empty) and
         take its version stamps."""
         size = src.size
-        self._write(dst, 0, size, None)
+        if dst.size or dst.extents or dst.delayed or dst.dirty is not None or size <= 0:
+            self._write(dst, 0, size, None)
+        else:
+            self._write_new(dst, size)
         st = src.stamps
         if st is None:
             dst.stamps = None
@@ -960,6 +1017,34 @@ class Filesystem:
             k = min(n, len(st))
             new[:k] = st[:k]
             dst.stamps = new
+
+    def _write_new(self, node: Inode, size: int) -> None:
+        """``_write(node, 0, size, None)`` into a new, empty inode, step for
+        step (a fresh stamp, ``_delay``'s first-write path, the counters, the
+        inode touched, writeback at the dirty limit, a commit at the journal's)
+        without the stamps, which the caller replaces."""
+        self._stamp_counter += 1
+        n = (size + BLOCK - 1) // BLOCK
+        if n > self.nr_blocks - self.used_blocks - self._delayed_total - self._reserved_blocks():
+            if self._delayed_total:
+                self.writeback()
+            if n > self._free_blocks() - self._reserved_blocks():
+                raise os_error(errno.ENOSPC, "")
+        node.delayed = [(0, n)]
+        self._delayed_total += n
+        self._delayed_inodes.setdefault(node.ino, node)
+        self.file_bytes += size * node.nlink
+        node.size = size
+        self.counters["data_blocks_written"] += n
+        node.mtime = node.ctime = _time.time()
+        dirty = self._dirty
+        dirty.add(node.loc)
+        if len(dirty) >= self.commit_blocks:
+            self.commit()
+        if self._delayed_total + self._dirty_total >= self.writeback_blocks:
+            self.writeback()
+        if len(self._dirty) >= self.commit_blocks:
+            self.commit()
 
     def inode_for_write(self, path: str) -> Inode:
         """The regular file at ``path``, created (0644) if missing: the one path
@@ -1088,7 +1173,7 @@ class Filesystem:
             page[lo - b * BLOCK:hi - b * BLOCK] = buf[lo - offset:hi - offset]
 
     def _free_blocks(self) -> int:
-        return self.nr_blocks - int(self.zone_used.sum()) - self._delayed_total
+        return self.nr_blocks - self.used_blocks - self._delayed_total
 
     def _delay(self, node: Inode, b0: int, b1: int) -> None:
         """Reserve the unmapped, not yet delayed blocks of [b0, b1) for delayed allocation."""
@@ -1646,6 +1731,9 @@ class Filesystem:
         if fbytes != self.file_bytes:
             raise MetadataCorruptError(f"regular files hold {fbytes} bytes (per link); the running total says "
                                        f"{self.file_bytes}")
+        if int(used.sum()) != self.used_blocks:
+            raise MetadataCorruptError(f"bitmap has {int(used.sum())} blocks in use; the running total says "
+                                       f"{self.used_blocks}")
         return {"inodes": len(self.inodes), "blocks_in_use": int(used.sum())}
 
     def __repr__(self) -> str:
