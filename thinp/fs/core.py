@@ -342,9 +342,10 @@ class Filesystem:
     def _find(self, goal: int, want: int, *, align: int = 1, min_len: int = 1, end: int | None = None):
         """First free run at or after ``goal`` (wrapping once); (start, len) or None."""
         end = self.nr_blocks if end is None else end
-        r = K.find_extent(self.bitmap, self.first_free, self.zone_blocks, goal, end, want, align, min_len)
+        r = K.find_run(self.bitmap, self.first_free, self.zone_used, self.zone_blocks, goal, end, want, align, min_len)
         if r < 0 and goal > 0:
-            r = K.find_extent(self.bitmap, self.first_free, self.zone_blocks, 0, goal, want, align, min_len)
+            r = K.find_run(self.bitmap, self.first_free, self.zone_used, self.zone_blocks, 0, goal, want, align,
+                           min_len)
         if r < 0:
             return None
         return int(r // _PACK), int(r % _PACK)
