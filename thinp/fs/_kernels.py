@@ -193,7 +193,7 @@ def runs_of(blocks):
 def flex_group_stats(izone_used, zone_used, group_dirs, flex, inodes_per_group, blocks_per_group):
     """Per ext4 flex group (``flex`` block groups each; a last partial flex
     group counts its missing groups as full): free inodes, free blocks and
-    directories, as three int64 arrays."""
+    directories, as three int64 arrays, and their three sums."""
     ng = izone_used.shape[0]
     nf = (ng + flex - 1) // flex
     free_i = np.full(nf, inodes_per_group * flex, dtype=np.int64)
@@ -204,7 +204,14 @@ def flex_group_stats(izone_used, zone_used, group_dirs, flex, inodes_per_group, 
         free_i[x] -= izone_used[g]
         free_b[x] -= zone_used[g]
         dirs[x] += group_dirs[g]
-    return free_i, free_b, dirs
+    sum_i = 0
+    sum_b = 0
+    sum_d = 0
+    for x in range(nf):
+        sum_i += free_i[x]
+        sum_b += free_b[x]
+        sum_d += dirs[x]
+    return free_i, free_b, dirs, sum_i, sum_b, sum_d
 
 
 @njit
