@@ -1319,7 +1319,7 @@ class Filesystem:
             return
         node.delayed = None
         self._delayed_inodes.pop(node.ino, None)
-        n_total = sum(r1 - r0 for r0, r1 in ranges)
+        n_total = ranges[0][1] - ranges[0][0] if len(ranges) == 1 else sum(r1 - r0 for r0, r1 in ranges)
         self._delayed_total -= n_total
         for r0, r1 in ranges:
             pieces = self._alloc_data(node, r0, r1 - r0, node.size)

@@ -446,6 +446,8 @@ class Ext4(Filesystem):
         self._lg = [0, 0]
 
     def _extent_tree_layout(self, node: Inode) -> None:
+        if not node.meta_blocks and len(node.extents) <= 4:
+            return            # extents in the inode, no tree block to keep, free or dirty
         have = [b for b in node.meta_blocks if b in self._tree_blocks]
         need = 0 if len(node.extents) <= 4 else math.ceil(len(node.extents) / 340)
         while len(have) < need:
