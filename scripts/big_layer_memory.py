@@ -100,17 +100,21 @@ def main(argv=None) -> int:
         res["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
         print(json.dumps(res))
         return 0
-    rows = [measure(d, file_size, a.layers, rewrite) for d in a.drivers.split(",")]
+    rows = []
+    for d in a.drivers.split(","):
+        r = measure(d, file_size, a.layers, rewrite)
+        rows.append(r)
+        if a.json:
+            continue
+        if r["returncode"] == 0:
+            print(f"{r['driver']:13s} peak RSS {r['peak_rss'] / 2**20:8.0f} MiB  "
+                  f"(after import {r['rss_after_import'] / 2**20:.0f} MiB)  {r['seconds']:7.1f} s  "
+                  f"error={r['error']}", flush=True)
+        else:
+            print(f"{r['driver']:13s} exit {r['returncode']}: "
+                  f"{r.get('stderr', '').strip().splitlines()[-1:]}", flush=True)
     if a.json:
         print(json.dumps(rows, indent=1))
-    else:
-        for r in rows:
-            if r["returncode"] == 0:
-                print(f"{r['driver']:13s} peak RSS {r['peak_rss'] / 2**20:8.0f} MiB  "
-                      f"(after import {r['rss_after_import'] / 2**20:.0f} MiB)  {r['seconds']:7.1f} s  "
-                      f"error={r['error']}")
-            else:
-                print(f"{r['driver']:13s} exit {r['returncode']}: {r.get('stderr', '').strip().splitlines()[-1:]}")
     return 0 if all(r["returncode"] == 0 and not r.get("error") for r in rows) else 1
 
 
