@@ -129,14 +129,17 @@ class PoolMetadata:
             raise
 
     @classmethod
-    def open(cls, path, split: str = "current") -> "PoolMetadata":
-        """Open an existing image read-write (validated as thin_check does)."""
+    def open(cls, path, split: str = "current", *, writable: bool = True, check: bool = True) -> "PoolMetadata":
+        """Open an existing image read-write (validated as thin_check does
+        unless ``check`` is false).  ``writable=False`` maps it privately:
+        nothing done to it reaches the file (never commit it)."""
         path = os.fspath(path)
-        with DmMetadata.open(path) as ro:
-            res = ro.check()
-            if res.problems:
-                raise errors.MetadataCorruptError(f"metadata corrupt: {path}: {res.problems[0]}")
-        bm = BlockManager.open_file(path, writable=True)
+        if check:
+            with DmMetadata.open(path) as ro:
+                res = ro.check()
+                if res.problems:
+                    raise errors.MetadataCorruptError(f"metadata corrupt: {path}: {res.problems[0]}")
+        bm = BlockManager.open_file(path, writable=writable)
         try:
             sb = read_superblock(bm)
             mcount, mindex = read_counts(bm, sb.metadata_sm_root, metadata=True, what="metadata")
@@ -384,9 +387,12 @@ class PoolMetadata:
         return int(np.count_nonzero(self.tm.count))
 
     # ------------------------------------------------------------ commit
-    def commit(self) -> None:
+    def commit(self, before_superblock=None) -> None:
         """__commit_transaction: details, data space map, metadata space
-        map, the other dirty blocks, then the superblock."""
+        map, the other dirty blocks, then the superblock.
+        ``before_superblock(csum)``, when given, runs once everything but
+        the superblock is written, with the new superblock's checksum (a
+        caller ties its own state to this commit there)."""
         tm = self.tm
         for dev in sorted(self.devices):
             d = self.devices[dev]
@@ -416,6 +422,8 @@ class PoolMetadata:
         buf = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
         self.sb.pack(buf)
         SUPERBLOCK.prepare(buf, SUPERBLOCK_LOCATION)
+        if before_superblock is not None:
+            before_superblock(int(buf[:4].view("<u4")[0]))
         if self.bm.fd >= 0 and self.bm.mm is not None:
             os.pwrite(self.bm.fd, buf.tobytes(), 0)
             if self.sync:
