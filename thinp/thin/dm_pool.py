@@ -195,6 +195,8 @@ class DmPool:
 
     def _write_sidecar(self) -> None:
         self.side["transaction_id"] = self.md.sb.trans_id
+        # the commit this sidecar belongs to, as ThinPool ties its own
+        self.side["commit"] = [int(self.md.sb.data_mapping_root), int(self.md.sb.device_details_root)]
         write_sidecar(self.path, self.side)
 
     def commit(self) -> None:

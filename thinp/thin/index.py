@@ -49,6 +49,8 @@ class VolatileIndex(Metadata):
         scal[K.S_META_LWM] = 0
         scal[K.S_META_LWM_ARMED] = 0
         md.dv = TK.make_devices(64)
+        #: the held metadata snapshot's trees (a Devices table), or None
+        md.held = None
         return md
 
     def close(self) -> None:
@@ -82,15 +84,3 @@ class VolatileIndex(Metadata):
         scal[K.S_NR_DATA] = nr
         if (nr - scal[K.S_DUSED]) > scal[K.S_LWM]:
             scal[K.S_LWM_ARMED] = 1
-
-    def hold_data(self, held: np.ndarray) -> None:
-        """Also treat data blocks with ``held`` true as in use (a held
-        metadata snapshot still maps them): they are not allocated until
-        it lets go."""
-        sp = self.sp
-        nr = self.sb.nr_data_blocks
-        used = (sp.drc > 0) | held[:nr]
-        in_use = used.copy()
-        in_use[sp.dpend[:sp.scal[K.S_DNPEND]]] = True
-        sp.dbits[:] = K.make_bitmap(in_use, nr)
-        sp.scal[K.S_DUSED] = int(np.count_nonzero(used))

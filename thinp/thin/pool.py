@@ -51,6 +51,7 @@ from ..units import check_block_size, format_size, parse_size
 from . import _kernels as TK
 from . import _mirror as MIR
 from .dm_pool import SIDECAR, SIDECAR_VERSION, read_sidecar, sidecar_disagreement, write_sidecar
+from .dm_metadata import DmMetadata
 from .format import THIN_SUPERBLOCK_MAGIC, unpack_block_time
 from .index import VolatileIndex
 from .metadata import (
@@ -102,9 +103,12 @@ def _lock(mpath: str, read_only: bool) -> int:
     return fd
 
 
-def _superblock_csum(dm: PoolMetadata) -> int:
-    """The checksum of the superblock the metadata file holds now."""
-    return int(np.asarray(dm.bm.blocks[0][:4]).view("<u4")[0])
+def _commit_tie(dm: PoolMetadata) -> list:
+    """What ties a sidecar to one commit of the metadata: the roots of the
+    mapping and details trees its superblock names (shadow paging gives
+    every commit that changes anything new ones).  A flag change alone
+    (needs_check set or cleared) keeps them."""
+    return [int(dm.sb.data_mapping_root), int(dm.sb.device_details_root)]
 
 
 def _options(side: dict) -> int:
@@ -125,15 +129,16 @@ def _mappings(dm: PoolMetadata, dev: int):
 
 def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: bool) -> dict:
     """The sidecar of the metadata's last commit.  It is tied to that
-    commit by the superblock's checksum; a sidecar written for the next
-    commit (a crash before its superblock) carries this one as
-    ``previous``.  Anything else refuses, or with ``reconcile`` adopts the
-    metadata's devices (sizes from the sidecar, else the highest mapping)."""
-    csum = _superblock_csum(dm)
+    commit by the roots its superblock names (:func:`_commit_tie`); a
+    sidecar written for the next commit (a crash before its superblock)
+    carries this one as ``previous``.  Anything else refuses, or with
+    ``reconcile`` adopts the metadata's devices (sizes from the sidecar,
+    else the highest mapping)."""
+    tie = _commit_tie(dm)
     devs = set(dm.devices)
     if side is not None:
         for cand in (side, side.get("previous")):
-            if (cand and cand.get("superblock_csum") == csum
+            if (cand and cand.get("commit") == tie
                     and {int(k) for k in cand.get("devices", {})} == devs
                     and cand.get("transaction_id") == dm.sb.trans_id):
                 out = {k: v for k, v in side.items() if k != "previous"}
@@ -162,7 +167,7 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
             sizes[str(dev)] = ((int(v[-1]) + 1) if len(v) else 1) * bs // SECTOR_SIZE
     out["devices"] = sizes
     out["transaction_id"] = dm.sb.trans_id
-    out["superblock_csum"] = csum
+    out["commit"] = tie
     write_sidecar(path, out)
     return out
 
@@ -204,9 +209,24 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
                 f"metadata corrupt: device {dev} maps data block {int(p.max())} of {dm.data_sm.nr_blocks}")
         if TK.load_mappings(md.sp, md.dv, np.int64(s), v, p, t) != 0:
             raise errors.ThinpError(f"the in-RAM index has no room for device {dev}'s {len(v)} mappings")
+    md.held = None
+    if dm.sb.held_root and load:
+        # the held metadata snapshot's trees, as index trees of their own:
+        # their leaves keep references on the data blocks they map
+        view = DmMetadata(dm.bm, dm.sb)
+        recs = view.devices(held=True)
+        md.held = TK.make_devices(max(1, len(recs)))
+        for k, rec in enumerate(recs):
+            v, p, t = view.mappings(rec)
+            hd = md.held
+            hd.dev_id[k] = rec.dev_id
+            hd.levels[k] = TK.levels_for(int(v[-1]) + 1 if len(v) else 1)
+            if TK.load_mappings(md.sp, hd, np.int64(k), v, np.asarray(p, dtype=np.int64),
+                                np.asarray(t, dtype=np.int64)) != 0:
+                raise errors.ThinpError("the in-RAM index has no room for the held metadata snapshot")
     md.commit()
-    if dm.sb.held_root:
-        md.hold_data(dm.data_sm.count > 0)
+    scal = md.sp.scal
+    scal[K.S_LWM_ARMED] = 1 if (scal[K.S_NR_DATA] - scal[K.S_DUSED]) > scal[K.S_LWM] else 0
     return md
 
 
@@ -398,7 +418,7 @@ class ThinPool:
                                      nr_data_blocks=nr_data, data_block_sectors=bs // SECTOR_SIZE, split=split,
                                      uuid=_uuid.uuid4().bytes)
             dm.sync = bool(sync)
-            side["superblock_csum"] = _superblock_csum(dm)
+            side["commit"] = _commit_tie(dm)
             write_sidecar(path, side)
             lock_fd = _lock(os.path.join(path, "metadata"), False)
         except BaseException:
@@ -598,6 +618,11 @@ class ThinPool:
         (bit set = block in use or freed in the open transaction)."""
         return self._md.data_bitarray()
 
+    def data_counts(self) -> np.ndarray:
+        """A copy of dm's data space map counts as of now (the number of
+        leaves mapping each data block, a held metadata snapshot's too)."""
+        return self._dm.data_sm.count.copy()
+
     def refcounts(self) -> np.ndarray:
         """A copy of each data block's reference count."""
         return self._md.sp.drc.copy()
@@ -751,6 +776,19 @@ class ThinPool:
             raise errors.DeviceExistsError("a metadata snapshot is already held; release it first")
         self.commit()
         h = self._dm_op(self._dm.reserve_metadata_snap)
+        # the index shares each device's tree with a held copy, as dm's
+        # snapshot shares the mapping tree: breaking sharing of a leaf then
+        # keeps a reference on its data blocks, as dm's shadowing does
+        md = self._md
+        live = np.flatnonzero(md.dv.dev_id >= 0)
+        held = TK.make_devices(max(1, len(live)))
+        for k, s in enumerate(live.tolist()):
+            held.dev_id[k] = md.dv.dev_id[s]
+            held.levels[k] = md.dv.levels[s]
+            held.root[k] = md.dv.root[s]
+            if held.root[k]:
+                K.inc_meta(md.sp, int(held.root[k]))
+        md.held = held
         self.commit()
         return h
 
@@ -759,6 +797,11 @@ class ThinPool:
         if not self._dm.sb.held_root:
             raise errors.ThinpError("no metadata snapshot is held")
         self._dm_op(self._dm.release_metadata_snap)
+        md = self._md
+        if md.held is not None:
+            for k in np.flatnonzero(md.held.root).tolist():
+                K.dec_tree(md.sp, int(md.held.root[k]), int(md.held.levels[k]), False)
+            md.held = None
         self.commit()
 
     def _dm_op(self, fn, *args):
@@ -838,24 +881,19 @@ class ThinPool:
         dm.sync = sync
         side = self._next_sidecar()
         try:
-            dm.commit(before_superblock=lambda csum: self._write_sidecar(side, csum, sync))
+            dm.commit(before_superblock=lambda: self._write_sidecar(side, sync))
         except errors.NoSpaceError:
             self._metadata_failed()
             raise errors.ReadOnlyPoolError(
                 f"{self.path}: out of metadata space during commit; the pool is read-only with needs_check set"
             ) from None
         md.commit()
-        if dm.sb.held_root or self._held_before:
-            md.hold_data(dm.data_sm.count > 0)
-        self._held_before = bool(dm.sb.held_root)
         if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
             self._meta_lwm_armed = True
         self._punch_passdown()
         if md.sp.scal[TK.S_OODS] and self.nr_free_data_blocks > 0:
             md.sp.scal[TK.S_OODS] = 0
             self._drain_queue()
-
-    _held_before = False
 
     def _next_sidecar(self) -> dict:
         md, dm = self._md, self._dm
@@ -875,8 +913,8 @@ class ThinPool:
         side["previous"] = prev
         return side
 
-    def _write_sidecar(self, side: dict, csum: int, sync: bool) -> None:
-        side["superblock_csum"] = csum
+    def _write_sidecar(self, side: dict, sync: bool) -> None:
+        side["commit"] = _commit_tie(self._dm)
         write_sidecar(self.path, side, sync=sync)
         self._side = {k: v for k, v in side.items() if k != "previous"}
 
@@ -894,11 +932,6 @@ class ThinPool:
             flags = int(buf[4:8].view("<u4")[0]) | FLAG_NEEDS_CHECK
             buf[4:8] = np.frombuffer(flags.to_bytes(4, "little"), dtype=np.uint8)
             SUPERBLOCK.prepare(buf, 0)
-            # the sidecar follows the superblock it belongs to
-            side = dict(self._side)
-            side["previous"] = dict(self._side)
-            side["superblock_csum"] = int(buf[:4].view("<u4")[0])
-            write_sidecar(self.path, side)
             os.pwrite(dm.bm.fd, buf.tobytes(), 0)
             os.fdatasync(dm.bm.fd)
         except Exception as e:  # noqa: BLE001 - any failure here means fail mode
@@ -1144,8 +1177,9 @@ class ThinPool:
 
     def resize_metadata(self, metadata_size) -> None:
         """Grow the metadata device (never shrink), as ``lvextend
-        --poolmetadatasize`` does.  Not yet for dm-format metadata: growing
-        dm's metadata space map is not written (NotSupportedError)."""
+        --poolmetadatasize`` does: the metadata file grows, dm's metadata
+        space map with it, and the reserve (min(4096 blocks, 10%)) and the
+        metadata low water mark (min(1024 blocks, 25%)) are recomputed."""
         self._check_writable()
         nbytes = parse_size(metadata_size, what="metadata_size")
         nr = nbytes // METADATA_BLOCK_SIZE
@@ -1158,8 +1192,12 @@ class ThinPool:
                              f"{MAX_METADATA_BLOCKS * METADATA_BLOCK_SIZE} bytes")
         if nr == cur:
             return
-        raise errors.NotSupportedError(
-            f"{self.path}: growing dm-format metadata from {cur} to {nr} blocks is not supported yet")
+        self.commit()
+        self._dm_op(self._dm.resize_metadata, nr)
+        self._meta_reserve = min(4096, nr // 10)
+        self._meta_lwm = min(1024, nr // 4)
+        self._meta_lwm_armed = self._dm.nr_free_metadata_blocks > self._meta_lwm
+        self.commit()
 
     # --------------------------------------------------------------- status
     def status(self, *, observer: bool = False) -> PoolStatus:
