@@ -408,15 +408,14 @@ class ThinPool:
                 "low_water_mark": low_water_mark, "error_if_no_space": bool(error_if_no_space),
                 "zero_new_blocks": bool(zero_new_blocks), "discard_passdown": bool(discard_passdown),
                 "ignore_discard": bool(ignore_discard), "payload": bool(payload), "sync": bool(sync),
-                "commit_interval": commit_interval, "data_cursor": 0}
+                "commit_interval": commit_interval, "data_cursor": 0, "uuid": str(_uuid.uuid4())}
         dm = None
         lock_fd = -1
         try:
             with open(os.path.join(path, "data"), "xb") as f:
                 f.truncate(nr_data * bs)
             dm = PoolMetadata.format(os.path.join(path, "metadata"), nr_metadata_blocks=nr_meta,
-                                     nr_data_blocks=nr_data, data_block_sectors=bs // SECTOR_SIZE, split=split,
-                                     uuid=_uuid.uuid4().bytes)
+                                     nr_data_blocks=nr_data, data_block_sectors=bs // SECTOR_SIZE, split=split)
             dm.sync = bool(sync)
             side["commit"] = _commit_tie(dm)
             write_sidecar(path, side)
@@ -597,8 +596,9 @@ class ThinPool:
 
     @property
     def uuid(self) -> str:
-        u = bytes(self._dm.sb.uuid)
-        return str(_uuid.UUID(bytes=u)) if len(u) == 16 else ""
+        """thinp's name for the pool (in the sidecar; dm's superblock uuid
+        is left zero, as LVM leaves it)."""
+        return str(self._side.get("uuid", ""))
 
     @property
     def commit_interval(self) -> int:

@@ -492,7 +492,7 @@ def _fill(pool, sb, devices, sizes=None) -> int:
     bs = sb["block_size"]
     if sb["uuid"]:
         try:
-            dm.sb.uuid = _uuid.UUID(sb["uuid"]).bytes
+            pool._side["uuid"] = str(_uuid.UUID(sb["uuid"]))
         except ValueError:
             pass  # dm's uuid is free text; thinp keeps its own
     dm.sb.trans_id = sb["transaction"]
