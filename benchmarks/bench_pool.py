@@ -201,7 +201,7 @@ def test_next_fit_allocation_99_percent_full(benchmark, workdir):
     assert got == n_free
     assert _report(benchmark, n_free, "blocks") > 0
     pool._closed = True  # the arrays were poked directly: do not commit them
-    pool._md.close()
+    pool._release()
 
 
 @pytest.mark.benchmark(group="pool-cli")
