@@ -103,6 +103,14 @@ def _dinc(dcount, dcommitted, dfree, p):
 
 
 @njit
+def inc_data(dcount, dcommitted, dfree, p):
+    """One more reference on data block ``p`` (dm_sm_inc_block), its
+    bitmap flagged as changed.  For callers outside these kernels that
+    take a data block's reference themselves."""
+    _dinc(dcount, dcommitted, dfree, p)
+
+
+@njit
 def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b, leaf_holds):
     """leaf_holds: 0 = nothing (counts), 1 = metadata blocks (subtree
     roots), 2 = data block_time."""

@@ -68,14 +68,7 @@ class DiskSpaceMap(RefCounts):
         """Grow to ``nr_blocks`` (dm_sm_extend)."""
         if nr_blocks < self.nr_blocks:
             raise ValueError(f"a space map cannot shrink ({self.nr_blocks} -> {nr_blocks} blocks)")
-        n = self.nr_blocks
-        grow = nr_blocks - n
-        committed = np.zeros(nr_blocks + nr_bitmaps(nr_blocks), dtype=np.uint32)
-        committed[:n] = self.committed[:n]
-        committed[nr_blocks:nr_blocks + len(self.changed)] = self.changed
-        self.count = np.concatenate([self.count, np.zeros(grow, dtype=np.uint32)])
-        self.committed = committed
-        self.free = np.concatenate([self.free, np.ones(grow, dtype=bool)])
+        self.grow(nr_blocks)
         self._extend_bitmaps(nr_bitmaps(nr_blocks))
 
     # ------------------------------------------------------------- counts

@@ -13,12 +13,16 @@ write_blocks        dm-thin's write path for a batch of vblocks of one device
                     (provision unmapped, break sharing of shared), in order
 remove_mapping      dm_btree_remove of (dev, vblock)
 update_ref_counts   a batch of set/remove on a space map's ref-count tree
+inc_data            one more reference on a data block (use it, not
+                    ``dcount[p] += 1``: the space map's commit visits only
+                    the bitmaps flagged as changed)
 walk_leaves         one tree's leaf entries in key order (see
                     :func:`thinp.pdata.mapping_index.mapping_index`)
 """
 from __future__ import annotations
 
 from ._btree_kernels import (  # noqa: F401  (re-exported)
+    inc_data,
     insert_mapping,
     lookup_mapping,
     remove_mapping,
@@ -28,5 +32,5 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     write_blocks,
 )
 
-__all__ = ["insert_mapping", "lookup_mapping", "remove_mapping", "update_ref_counts", "walk_leaves",
+__all__ = ["inc_data", "insert_mapping", "lookup_mapping", "remove_mapping", "update_ref_counts", "walk_leaves",
            "walk_mapping_tree", "write_blocks"]

@@ -143,6 +143,18 @@ class RefCounts:
         self.begin = 0
         return regions
 
+    def grow(self, nr_blocks: int) -> None:
+        """Grow to ``nr_blocks`` blocks (new ones free), keeping the flags."""
+        n = self.nr_blocks
+        if nr_blocks < n:
+            raise ValueError(f"a space map cannot shrink ({n} -> {nr_blocks} blocks)")
+        committed = np.zeros(nr_blocks + nr_bitmaps(nr_blocks), dtype=np.uint32)
+        committed[:n] = self.committed[:n]
+        committed[nr_blocks:nr_blocks + len(self.changed)] = self.changed
+        self.count = np.concatenate([self.count, np.zeros(nr_blocks - n, dtype=np.uint32)])
+        self.committed = committed
+        self.free = np.concatenate([self.free, np.ones(nr_blocks - n, dtype=bool)])
+
     def take_free(self) -> int:
         """Allocate the next free block (count 1); -1 when there is none."""
         b = find_free(self.free, self.begin)

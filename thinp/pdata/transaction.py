@@ -47,6 +47,13 @@ class TransactionManager(RefCounts):
         #: the reference the kernel is tested against)
         self.fast = True
 
+    def grow(self, nr_blocks: int) -> None:
+        """The metadata device grew to ``nr_blocks`` (new blocks free)."""
+        n = self.nr_blocks
+        super().grow(nr_blocks)
+        self.txn = np.concatenate([self.txn, np.zeros(nr_blocks - n, dtype=np.uint8)])
+        self.kind = np.concatenate([self.kind, np.zeros(nr_blocks - n, dtype=np.uint8)])
+
     @property
     def nr_allocs(self) -> int:
         return int(self.st[1])

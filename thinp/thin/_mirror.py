@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata._btree_kernels import insert_mapping, remove_mapping
+from ..pdata.mapping_tree import inc_data, insert_mapping, remove_mapping
 
 
 @njit
@@ -69,8 +69,7 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
         v = log[k, 2]
         if v >= 0:
             p = v >> 24
-            dcount[p] += 1
-            dfree[p] = False
+            inc_data(dcount, dcommitted, dfree, p)
             r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                                root, dev, vb, np.uint64(v), halves, res)
             added += res[1]

@@ -400,15 +400,11 @@ class PoolMetadata:
         bm.blocks = np.frombuffer(bm.mm, dtype=np.uint8).reshape(nr_blocks, METADATA_BLOCK_SIZE)
         grow = nr_blocks - old
 
-        def ext(a, fill=0):
-            return np.concatenate([a, np.full(grow, fill, dtype=a.dtype)])
+        def ext(a):
+            return np.concatenate([a, np.zeros(grow, dtype=a.dtype)])
 
         bm.fresh = ext(bm.fresh)
-        tm.count = ext(tm.count)
-        tm.committed = ext(tm.committed)
-        tm.free = ext(tm.free, True)
-        tm.txn = ext(tm.txn)
-        tm.kind = ext(tm.kind)
+        tm.grow(nr_blocks)
         try:
             old_mm.close()
         except BufferError:
