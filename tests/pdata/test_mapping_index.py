@@ -9,7 +9,7 @@ import pytest
 from thinp import errors
 from thinp.pdata.block import BlockManager
 from thinp.pdata.btree import collect
-from thinp.pdata.mapping_index import mapping_index
+from thinp.pdata.mapping_index import device_mappings, mapping_index
 from thinp.thin.format import read_superblock
 from thinp.thin.pool_metadata import PoolMetadata
 
@@ -41,6 +41,8 @@ def test_walk_matches_the_python_walk(tmp_path):
         for j, dev in enumerate(ix.devs.tolist()):
             keys, vals = collect(bm, int(ix.roots[j]), 8)
             vb, v = ix.device(dev)
+            one_k, one_v = device_mappings(bm, int(ix.roots[j]))
+            assert one_k.tolist() == vb.tolist() and one_v.tolist() == v.tolist()
             assert vb.tolist() == keys.tolist()
             assert v.tolist() == vals.reshape(-1).view("<u8").tolist()
         assert len(ix.device(7)[0]) == 20000 and len(ix.device(3)[0]) == 0

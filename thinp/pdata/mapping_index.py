@@ -78,3 +78,24 @@ def mapping_index(bm: BlockManager, mapping_root: int) -> MappingIndex:
         if r != total:
             _raise(r if r < 0 else BK.WALK_TOO_MANY, bad, f"thin device {int(devs[bad[1]])}'s mapping tree")
     return MappingIndex(devs, roots, begin, vblock, value)
+
+
+def device_mappings(bm: BlockManager, subtree_root: int, *,
+                    what: str = "mapping tree") -> tuple[np.ndarray, np.ndarray]:
+    """(vblock uint64[n], value uint64[n]) of one device's tree, in key
+    order: the same as ``btree.collect(bm, subtree_root, 8)`` in one numba
+    walk (node headers, key order and block numbers checked; checksums
+    are not)."""
+    blocks = bm.blocks
+    m64, m32 = blocks.view(np.uint64), blocks.view(np.uint32)
+    bad = np.zeros(2, dtype=np.int64)
+    empty = np.zeros(0, dtype=np.uint64)
+    n = BK.walk_leaves(m64, m32, np.int64(subtree_root), empty, empty, np.int64(0), False, bad)
+    if n < 0:
+        _raise(n, bad, what)
+    keys = np.empty(n, dtype=np.uint64)
+    vals = np.empty(n, dtype=np.uint64)
+    r = BK.walk_leaves(m64, m32, np.int64(subtree_root), keys, vals, np.int64(0), True, bad)
+    if r != n:
+        _raise(r if r < 0 else BK.WALK_TOO_MANY, bad, what)
+    return keys, vals
