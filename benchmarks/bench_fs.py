@@ -6,7 +6,8 @@ import pytest
 
 from thinp.blockdev import PlainDevice
 from thinp.fs import mkfs
-from thinp.fs.populate import ROOTFS_MANIFEST, fixtures_dir, load_manifest, wl_rootfs
+from thinp.fs.populate import wl_rootfs
+from thinp.validate.fixtures import ROOTFS_MANIFEST, fixtures_dir, load_manifest
 from thinp.validate.target import SimTarget
 
 FSTYPES = ["ext4", "xfs"]

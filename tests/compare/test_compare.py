@@ -132,7 +132,7 @@ def test_cli_writes_table_and_files(cli, tmp_path):
 
 def test_cli_json_is_a_list_of_rows(cli):
     rc, out, err = cli("compare", "read-heavy", "--scale", "0.5", "--drivers", "aufs,devicemapper", "--json",
-                       "--device", "hdd")
+                       "--disk", "hdd")
     assert rc == 0, err
     rows = json.loads(out)
     assert [r["driver"] for r in rows] == ["aufs", "devicemapper"]
@@ -145,7 +145,7 @@ def test_cli_json_is_a_list_of_rows(cli):
     (("compare", "nosuch", "--drivers", "aufs"), "nosuch: no such workload file or built-in scenario"),
     (("compare", "missing.toml"), "missing.toml: no such workload file"),
     (("compare", "webapp", "--drivers", "aufs,zz"), "unknown driver 'zz'"),
-    (("compare", "webapp", "--device", "floppy"), "unknown device 'floppy'"),
+    (("compare", "webapp", "--disk", "floppy"), "unknown device 'floppy'"),
     (("compare", "webapp", "--scale", "0"), "argument --scale: 0 is out of range (want > 0)"),
     (("compare", "webapp", "--scale", "big"), "argument --scale: want a number, not 'big'"),
 ])
@@ -166,7 +166,7 @@ def test_cli_bad_workload_file_names_the_file(cli, tmp_path):
 def test_cli_bad_device_file(cli, tmp_path):
     p = tmp_path / "dev.toml"
     p.write_text("[device]\nread_latency_s = 'fast'\n")
-    rc, out, err = cli("compare", "webapp", "--drivers", "aufs", "--device", str(p))
+    rc, out, err = cli("compare", "webapp", "--drivers", "aufs", "--disk", str(p))
     assert rc != 0 and str(p) in err and "device." in err and err.count("\n") == 1
 
 

@@ -250,6 +250,9 @@ def alloc_one_in_groups(ibitmap, ifirst_free, izone_used, per_group, lo, hi, nr_
     of ``bitmap``/``first_free``/``zone_used`` (``per_group`` entries per
     group).  Marks the entry used and returns its index, or -1 if every
     group tried is full."""
+    # np.int64(1), not 1: numba types a constant argument as Literal[int], and
+    # find_extent/set_range would compile a second time for it (~3 s)
+    one = np.int64(1)
     for k in range(3 if wrap else 1):
         if k == 0:
             a, b = lo, hi
@@ -260,10 +263,10 @@ def alloc_one_in_groups(ibitmap, ifirst_free, izone_used, per_group, lo, hi, nr_
         for grp in range(a, b):
             if izone_used[grp] >= per_group:
                 continue
-            r = find_extent(ibitmap, ifirst_free, per_group, grp * per_group, (grp + 1) * per_group, 1, 1, 1)
+            r = find_extent(ibitmap, ifirst_free, per_group, grp * per_group, (grp + 1) * per_group, one, one, one)
             if r < 0:
                 continue
             idx = r // 4294967296
-            set_range(ibitmap, ifirst_free, izone_used, per_group, idx, 1, 1)
+            set_range(ibitmap, ifirst_free, izone_used, per_group, idx, one, one)
             return idx
     return -1
