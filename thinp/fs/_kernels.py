@@ -28,16 +28,31 @@ def find_extent(bitmap, first_free, zone_blocks, goal, end, want, align, min_len
     caller that wants "the first ``want``-long hole" passes ``min_len=want``
     and one that takes what it can passes ``min_len=1``.
     """
-    return find_run(bitmap, first_free, np.zeros(0, dtype=np.int64), zone_blocks, goal, end, want, align, min_len)
+    none = np.zeros(0, dtype=np.int64)
+    return find_run(bitmap, first_free, none, none, zone_blocks, goal, end, want, align, min_len)
+
+
+#: ``zone_norun`` value: nothing known about the zone's free runs
+NORUN_UNKNOWN = 1 << 62
 
 
 @njit
-def find_run(bitmap, first_free, zone_used, zone_blocks, goal, end, want, align, min_len):
-    """:func:`find_extent`, with ``zone_used`` (blocks in use per zone, or an
-    empty array) to skip ahead in zones with fewer than ``min_len`` free
-    blocks: a long enough run can only start there in the zone's free tail
-    that reaches the next zone, at or after ``zone_end - free``.  The result
-    is the same; the scan over a fragmented, nearly full zone is not made."""
+def find_run(bitmap, first_free, zone_used, zone_norun, zone_blocks, goal, end, want, align, min_len):
+    """:func:`find_extent`, faster over fragmented, nearly full zones; the
+    result is the same.
+
+    ``zone_used`` (blocks in use per zone, or an empty array): in a zone with
+    fewer than ``min_len`` free blocks a long enough run can only start in
+    the free tail that reaches the next zone, at or after ``zone_end - free``.
+
+    ``zone_norun`` (int64 per zone, or an empty array; kept by the caller):
+    ``zone_norun[z] = L`` records that no free run starting in zone ``z`` is
+    ``L`` blocks long or longer (:data:`NORUN_UNKNOWN`: nothing known).
+    Allocation keeps that true; the caller resets a zone and the one before
+    it to unknown when blocks in it are freed.  A scan that covered every
+    start in a zone (from at or below ``first_free``, no alignment) without
+    finding ``min_len`` blocks records it, and later scans for at least that
+    many skip the zone."""
     b = goal
     n = bitmap.shape[0]
     if end > n:
@@ -45,8 +60,20 @@ def find_run(bitmap, first_free, zone_used, zone_blocks, goal, end, want, align,
     words = bitmap[: n - n % 8].view(np.uint64)
     full = np.uint64(0x0101010101010101)
     counted = zone_used.shape[0] > 0 and min_len > 1
+    known = zone_norun.shape[0] > 0
+    learn = known and align == 1 and want >= min_len and min_len <= zone_blocks
+    cur_z = -1
+    covered = False
     while b < end:
         z = b // zone_blocks
+        if known and z != cur_z:
+            if learn and covered and cur_z >= 0 and min_len < zone_norun[cur_z]:
+                zone_norun[cur_z] = min_len
+            cur_z = z
+            covered = b <= first_free[z]
+            if zone_norun[z] <= min_len:
+                b = (z + 1) * zone_blocks
+                continue
         ff = first_free[z]
         if b < ff:
             b = ff

@@ -277,6 +277,8 @@ class Filesystem:
         self.first_free = np.arange(self.nr_zones, dtype=np.int64) * zone_blocks
         self.zone_used = np.zeros(self.nr_zones, dtype=np.int64)
         self.used_blocks = 0      # zone_used.sum(), kept by _mark (statfs and every write read it)
+        # per zone, a run length no free run starting there reaches (see _kernels.find_run)
+        self.zone_norun = np.full(self.nr_zones, K.NORUN_UNKNOWN, dtype=np.int64)
         self.static_runs: list[tuple[int, int]] = []
         self.inodes: dict[int, Inode] = {}
         self._dirty: set[int] = set()
@@ -349,7 +351,13 @@ class Filesystem:
             self.bitmap = self.bitmap.copy()
             self._bitmap_shared = False
         changed = K.set_range(self.bitmap, self.first_free, self.zone_used, self.zone_blocks, start, n, value)
-        self.used_blocks += changed if value else -changed
+        if value:
+            self.used_blocks += changed
+        elif changed:
+            self.used_blocks -= changed
+            z0 = start // self.zone_blocks
+            # freed blocks lengthen runs in their zones and runs from the zone before
+            self.zone_norun[max(z0 - 1, 0):(start + n - 1) // self.zone_blocks + 1] = K.NORUN_UNKNOWN
 
     def _reserve_static(self, start: int, n: int) -> None:
         if n <= 0:
@@ -360,10 +368,11 @@ class Filesystem:
     def _find(self, goal: int, want: int, *, align: int = 1, min_len: int = 1, end: int | None = None):
         """First free run at or after ``goal`` (wrapping once); (start, len) or None."""
         end = self.nr_blocks if end is None else end
-        r = K.find_run(self.bitmap, self.first_free, self.zone_used, self.zone_blocks, goal, end, want, align, min_len)
+        r = K.find_run(self.bitmap, self.first_free, self.zone_used, self.zone_norun, self.zone_blocks, goal, end,
+                       want, align, min_len)
         if r < 0 and goal > 0:
-            r = K.find_run(self.bitmap, self.first_free, self.zone_used, self.zone_blocks, 0, goal, want, align,
-                           min_len)
+            r = K.find_run(self.bitmap, self.first_free, self.zone_used, self.zone_norun, self.zone_blocks, 0, goal,
+                           want, align, min_len)
         if r < 0:
             return None
         return int(r // _PACK), int(r % _PACK)
