@@ -151,8 +151,8 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
             why = (sidecar_disagreement(side, dm.sb.trans_id, devs)
                    or "it was written for another commit of the metadata")
         raise errors.TransactionIdMismatchError(
-            f"{path}: {SIDECAR} does not belong to this metadata ({why}); open with reconcile=True "
-            "to adopt the metadata's view")
+            f"{path}: {SIDECAR} does not belong to this metadata ({why}); adopt the metadata's view with "
+            f"'thinp pool status {path} --reconcile' (ThinPool.open(..., reconcile=True))")
     out = {"version": SIDECAR_VERSION, "split": "current", "low_water_mark": 0, "error_if_no_space": False,
            "commit_interval": DEFAULT_COMMIT_INTERVAL, "data_cursor": 0}
     out.update({k: v for k, v in (side or {}).items() if k != "previous"})
