@@ -46,7 +46,7 @@ OPTIONS = {"vfs": {"size": "64GiB"}}
 @pytest.fixture(scope="module")
 def debian_tar(tmp_path_factory):
     """The Debian minbase rootfs manifest as one flat layer tar (written once)."""
-    from thinp.fs.populate import load_manifest
+    from thinp.validate.fixtures import load_manifest
     from thinp.image import Entry
     from thinp.image.layer import write_tar
 

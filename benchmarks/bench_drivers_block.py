@@ -78,7 +78,7 @@ def apply_manifest(view, rows):
 
 
 def debian_driver(name, root):
-    from thinp.fs.populate import load_manifest
+    from thinp.validate.fixtures import load_manifest
 
     rows = load_manifest(_need("rootfs", "debian-bookworm-minbase.csv.gz"))
     drv = get_driver(name, root)

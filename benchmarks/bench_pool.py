@@ -17,7 +17,7 @@ import pytest
 
 import thinp
 from thinp.config import njit
-from thinp.pdata import _kernels as K
+from thinp.pdata import radix as K
 from thinp.trace import TRACE_DTYPE, WRITE
 
 BS = 64 * 1024
@@ -328,6 +328,151 @@ def test_dm_ceiling_rmw(benchmark):
     _rmw_ceiling(table, idx[:4])
     benchmark.pedantic(lambda: _rmw_ceiling(table, idx), rounds=5, iterations=1)
     _report(benchmark, len(idx), "writes")
+
+
+@pytest.mark.benchmark(group="dm-metadata")
+def test_dm_random_provisioning(benchmark, workdir):
+    """First writes at random vblocks of a 1 TiB thin (16 M blocks of 64 KiB)."""
+    n = 200_000
+    vbs = np.random.default_rng(RNG_SEED).integers(4, 1 << 24, n)
+    state = {"round": 0}
+
+    def setup():
+        state["round"] += 1
+        state["md"] = _dm_pool(workdir, f"rnd{state['round']}")
+        return (), {}
+
+    benchmark.pedantic(lambda: state["md"].write_blocks(0, vbs), setup=setup, rounds=3, iterations=1)
+    _report(benchmark, n, "blocks")
+
+
+def _dirty_and_msync(bm, blocks):
+    """The ceiling of a commit: dirty the same blocks (rewrite them in
+    place) and msync them, one call per run of adjacent blocks."""
+    import time
+
+    t = 0.0
+    for bs in blocks:
+        for b in bs.tolist():
+            bm.blocks[b, 100] = bm.blocks[b, 100]
+        t0 = time.perf_counter()
+        bm.flush(bs)
+        os.fdatasync(bm.fd)
+        t += time.perf_counter() - t0
+    return t / len(blocks)
+
+
+@pytest.mark.benchmark(group="dm-commit")
+def test_dm_commit_after_cow_vs_msync(benchmark, workdir):
+    """Commit (sync on, the default) after a snapshot of a 1 M-block thin
+    took 10,000 CoW writes, beside msync + fdatasync of the same blocks."""
+    md = _dm_pool(workdir, "cow")
+    md.write_blocks(0, np.arange(4, 1_000_000))
+    md.commit()
+    md.sync = True
+    rng = np.random.default_rng(RNG_SEED)
+    written = []
+    flush = md.bm.flush
+
+    def recording_flush(blocks):
+        written.append(np.array(sorted(blocks), dtype=np.int64))
+        return flush(blocks)
+
+    md.bm.flush = recording_flush
+    state = {"snap": 0}
+
+    def setup():
+        state["snap"] += 1
+        md.create_snap(state["snap"], 0)
+        md.write_blocks(state["snap"], rng.choice(1_000_000, 10_000, replace=False))
+        return (), {}
+
+    benchmark.pedantic(md.commit, setup=setup, rounds=5, iterations=1)
+    md.bm.flush = flush
+    commit_s = benchmark.stats.stats.mean
+    ceiling_s = _dirty_and_msync(md.bm, written)
+    nr = int(np.mean([len(w) for w in written]))
+    benchmark.extra_info.update(blocks_per_commit=nr, msync_s=ceiling_s, ratio=commit_s / ceiling_s)
+    print(f"\n  commit of {nr} blocks: {commit_s * 1e3:.1f} ms; msync+fdatasync of the same blocks "
+          f"{ceiling_s * 1e3:.1f} ms: {commit_s / ceiling_s:.2f}x")
+    md.close(commit=False)
+
+
+# a pool with 16 M mapped blocks (a 1 TiB thin filled), built once
+DM_BIG = 1 << 24
+
+
+@pytest.fixture(scope="module")
+def dm_big():
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    d = tempfile.mkdtemp(prefix="thinp-bench-")
+    md = PoolMetadata.format(os.path.join(d, "big"), nr_metadata_blocks=1 << 17, nr_data_blocks=DM_BIG + 4096,
+                             data_block_sectors=BS // 512)
+    md.sync = False
+    md.create_thin(0)
+    md.write_blocks(0, np.arange(DM_BIG))
+    md.commit()
+    yield md
+    md.close(commit=False)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@njit
+def _copy_ceiling(src, dst):
+    for i in range(src.shape[0]):
+        dst[i] = src[i]
+
+
+@pytest.mark.benchmark(group="dm-open")
+def test_dm_mapping_index_16m(benchmark, dm_big):
+    """The leaf walk that rebuilds the RAM index on open, over 16 M
+    mappings, beside a numba copy of as many (key, value) pairs."""
+    import time
+
+    from thinp.pdata.mapping_index import mapping_index
+
+    root = dm_big.sb.data_mapping_root
+    ix = benchmark.pedantic(lambda: mapping_index(dm_big.bm, root), rounds=3, iterations=1)
+    assert len(ix.vblock) == DM_BIG
+    src = np.arange(2 * DM_BIG, dtype=np.uint64)
+    _copy_ceiling(src[:4], np.empty(4, dtype=np.uint64))
+    ceiling = np.inf
+    for _ in range(3):  # into fresh memory each time, as the walk's output is
+        t0 = time.perf_counter()
+        _copy_ceiling(src, np.empty_like(src))
+        ceiling = min(ceiling, time.perf_counter() - t0)
+    _report(benchmark, DM_BIG, "mappings")
+    best = DM_BIG / benchmark.stats.stats.min
+    benchmark.extra_info.update(best_per_s=best, ceiling_per_s=DM_BIG / ceiling, ratio=best * ceiling / DM_BIG)
+    print(f"  best round {best / 1e6:.0f} M/s; ceiling (copy of 16 M key/value pairs into fresh memory, best of 3) "
+          f"{DM_BIG / ceiling / 1e6:.0f} M/s; best / ceiling = {best * ceiling / DM_BIG:.2f}")
+
+
+@pytest.mark.benchmark(group="dm-snap")
+@pytest.mark.parametrize("sync", [False, True], ids=["nosync", "sync"])
+@pytest.mark.parametrize("mapped", ["1k", "16m"])
+def test_dm_create_snap_commit(benchmark, workdir, dm_big, mapped, sync):
+    """create_snap + commit with 1 K and 16 M mapped blocks: flat."""
+    if mapped == "16m":
+        md = dm_big
+    else:
+        md = _dm_pool(workdir, f"small{sync}")
+        md.write_blocks(0, np.arange(4, 1000))
+        md.commit()
+    md.sync = sync
+    state = {"dev": 1000 if sync else 2000}
+
+    def run():
+        state["dev"] += 1
+        md.create_snap(state["dev"], 0)
+        md.commit()
+
+    run()
+    benchmark.pedantic(run, rounds=10, iterations=1)
+    mean = benchmark.stats.stats.mean
+    print(f"\n  create_snap + commit, {mapped} mapped, sync={sync}: {mean * 1e3:.2f} ms")
+    md.sync = False
 
 
 # ----------------------------------------------- 1 TiB thin, default settings

@@ -45,11 +45,14 @@ def _pool(tmp, name, split, nr_meta=DEFAULT_META):
 
 
 def _write(md, dev, vblocks, commit_every=100_000):
+    """dm-thin's write path for each block in order (a new data block when
+    unmapped or shared), one kernel call per commit interval."""
     if isinstance(md, _ViaPool):
         return md.write(dev, vblocks)
-    for k, vb in enumerate(vblocks):
-        md.insert(dev, int(vb), md.alloc_data())
-        if k % commit_every == commit_every - 1:
+    vblocks = np.fromiter(vblocks, dtype=np.int64) if not isinstance(vblocks, np.ndarray) else vblocks
+    for lo in range(0, len(vblocks), commit_every):
+        md.write_blocks(dev, vblocks[lo:lo + commit_every])
+        if lo + commit_every <= len(vblocks):
             md.commit()
     md.commit()
 

@@ -191,3 +191,29 @@ def test_pool_table_resize_and_json(cli, tmp_path):
     assert rc == 0 and [r["DEV"] for r in json.loads(out)] == [1, 2]
     rc, out, err = cli("ls", pool)
     assert out.split()[:4] == ["DEV", "MAPPED", "CREATE_TIME", "SNAP_TIME"]
+
+
+@pytest.mark.parametrize("argv, parts", [
+    (["pool", "replay", "p", "t.txt", "--device", "7,0"], ["--device was removed", "--trace-device"]),
+    (["pool", "replay", "p", "t.txt", "--format", "ftrace"], ["--format was removed", "--trace-format"]),
+    (["overcommit", "--format", "parquet"], ["--format was removed", "--out"]),
+])
+def test_an_old_spelling_that_meant_something_else_is_refused_naming_the_new_one(cli, argv, parts):
+    rc, out, err = cli(*argv)
+    one_line(rc, err, *parts)
+    assert rc == 2 and out == ""
+
+
+@pytest.mark.parametrize("argv, dest, value, use", [
+    (["compare", "--device", "hdd"], "disk", "hdd", "--disk"),
+    (["overcommit", "--pool", "1G"], "data_size", "1G", "--data-size"),
+    (["overcommit", "--driver", "vfs"], "drivers", "vfs", "--drivers"),
+    (["sweep", "s.toml", "--out", "o", "--workers", "3"], "jobs", 3, "--jobs"),
+])
+def test_an_old_spelling_still_works_and_says_once_what_to_use(capsys, argv, dest, value, use):
+    from thinp.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert getattr(args, dest) == value
+    err = capsys.readouterr().err
+    assert err == f"thinp: warning: {argv[-2]} is deprecated; use {use}\n"

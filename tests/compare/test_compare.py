@@ -67,6 +67,16 @@ def test_figure_has_four_labelled_panels(df_fig):
     assert [t.get_text() for t in axes[0].get_xticklabels()] == DRIVERS
 
 
+def test_figure_false_draws_none_unless_out_wants_the_png(tmp_path, df_fig):
+    df, fig = thinp.compare("webapp", drivers=DRIVERS, scale=float(SCALE), progress=False, figure=False)
+    assert fig is None
+    cols = [c for c in df.columns if c != "run_s"]
+    pd.testing.assert_frame_equal(df[cols], df_fig[0][cols])
+    _df, fig = thinp.compare("webapp", drivers=["aufs"], scale=float(SCALE), progress=False, figure=False,
+                             out=tmp_path)
+    assert fig is not None and (tmp_path / "compare.png").stat().st_size > 0
+
+
 def test_failing_driver_keeps_its_row_and_the_run_goes_on(tmp_path):
     calls = []
     df, _ = cmp.compare("webapp", drivers=["overlay2", "aufs", "vfs"], runner=FailingRunner, scale=0.05,
@@ -122,7 +132,7 @@ def test_cli_writes_table_and_files(cli, tmp_path):
 
 def test_cli_json_is_a_list_of_rows(cli):
     rc, out, err = cli("compare", "read-heavy", "--scale", "0.5", "--drivers", "aufs,devicemapper", "--json",
-                       "--device", "hdd")
+                       "--disk", "hdd")
     assert rc == 0, err
     rows = json.loads(out)
     assert [r["driver"] for r in rows] == ["aufs", "devicemapper"]
@@ -135,7 +145,7 @@ def test_cli_json_is_a_list_of_rows(cli):
     (("compare", "nosuch", "--drivers", "aufs"), "nosuch: no such workload file or built-in scenario"),
     (("compare", "missing.toml"), "missing.toml: no such workload file"),
     (("compare", "webapp", "--drivers", "aufs,zz"), "unknown driver 'zz'"),
-    (("compare", "webapp", "--device", "floppy"), "unknown device 'floppy'"),
+    (("compare", "webapp", "--disk", "floppy"), "unknown device 'floppy'"),
     (("compare", "webapp", "--scale", "0"), "argument --scale: 0 is out of range (want > 0)"),
     (("compare", "webapp", "--scale", "big"), "argument --scale: want a number, not 'big'"),
 ])
@@ -156,7 +166,7 @@ def test_cli_bad_workload_file_names_the_file(cli, tmp_path):
 def test_cli_bad_device_file(cli, tmp_path):
     p = tmp_path / "dev.toml"
     p.write_text("[device]\nread_latency_s = 'fast'\n")
-    rc, out, err = cli("compare", "webapp", "--drivers", "aufs", "--device", str(p))
+    rc, out, err = cli("compare", "webapp", "--drivers", "aufs", "--disk", str(p))
     assert rc != 0 and str(p) in err and "device." in err and err.count("\n") == 1
 
 

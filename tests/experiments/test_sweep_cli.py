@@ -88,7 +88,7 @@ def test_sweep_process_pool_and_cli(tmp_path, capsys):
     toml.write_text('[grid]\nseed = [0, 1]\ndriver = ["devicemapper", "vfs"]\n'
                     '[fixed]\npool = "512M"\ncontainers = 6\nwrite_per_container = "64M"\nimage = "8M"\n')
     out = str(tmp_path / "res.parquet")
-    assert main(["sweep", str(toml), "--out", out, "--workers", "2", "-q"]) == 0
+    assert main(["sweep", str(toml), "--out", out, "--jobs", "2", "-q"]) == 0
     text = capsys.readouterr().out
     assert "4 points: 0 already done, 4 ran (0 failed)" in text
     local = str(tmp_path / "local.parquet")
@@ -96,7 +96,7 @@ def test_sweep_process_pool_and_cli(tmp_path, capsys):
     pd.testing.assert_frame_equal(S.read_results(out)[RESULT], S.read_results(local)[RESULT])
     assert main(["sweep", str(toml), "--out", out, "-q"]) == 0
     assert "4 already done, 0 ran" in capsys.readouterr().out
-    assert main(["sweep", str(toml), "--out", out, "--workers", "1", "--scheduler", "tcp://x:1"]) == 1
+    assert main(["sweep", str(toml), "--out", out, "--jobs", "1", "--scheduler", "tcp://x:1"]) == 1
 
 
 def test_overcommit_cli(tmp_path, capsys):
@@ -113,8 +113,8 @@ def test_overcommit_cli(tmp_path, capsys):
                               "virtual_bytes"} <= set(df.columns)
     png = (out / "overcommit.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    rc = main(["overcommit", "--pool", "1G", "--containers", "3", "--write-per-container", "8M", "--format",
-               "parquet", "--no-plot", "--out", str(out / "pq"), "-q"])
+    rc = main(["overcommit", "--data-size", "1G", "--containers", "3", "--write-per-container", "8M",
+               "--no-plot", "--out", str(out / "pq"), "-q"])
     assert rc == 0 and len(pd.read_parquet(out / "pq" / "overcommit.parquet")) == 3
     assert not (out / "pq" / "overcommit.png").exists()
     with pytest.raises(SystemExit) as e:       # refused while parsing: one line, exit 2
@@ -123,14 +123,14 @@ def test_overcommit_cli(tmp_path, capsys):
 
 
 def test_overcommit_notes_pool_options_the_union_drivers_ignore(tmp_path, capsys):
-    argv = ["overcommit", "--pool", "1G", "--containers", "3", "--write-per-container", "8M", "--image", "16M",
+    argv = ["overcommit", "--data-size", "1G", "--containers", "3", "--write-per-container", "8M", "--image", "16M",
             "--no-plot", "-q", "--out", str(tmp_path)]
-    assert main(argv + ["--driver", "devicemapper,overlay2", "--discard", "ignore", "--zeroing"]) == 0
+    assert main(argv + ["--drivers", "devicemapper,overlay2", "--discard", "ignore", "--zeroing"]) == 0
     err = capsys.readouterr().err
     assert "thinp: note: overlay2 run on a plain disk" in err and "zeroing, discard" in err
-    assert main(argv + ["--driver", "devicemapper", "--discard", "ignore"]) == 0
+    assert main(argv + ["--drivers", "devicemapper", "--discard", "ignore"]) == 0
     assert "thinp: note" not in capsys.readouterr().err      # devicemapper alone uses them
-    assert main(argv + ["--driver", "overlay2"]) == 0
+    assert main(argv + ["--drivers", "overlay2"]) == 0
     assert "thinp: note" not in capsys.readouterr().err      # defaults: nothing to say
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from thinp.validate.fs import real_kernel_available
-from thinp.fs.populate import ROOTFS_MANIFEST, fixtures_dir
+from thinp.validate.fixtures import ROOTFS_MANIFEST, fixtures_dir
 
 
 @pytest.fixture(scope="session")

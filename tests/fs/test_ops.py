@@ -403,7 +403,8 @@ def test_ext4_second_fstrim_trims_only_what_was_freed_since():
 @pytest.mark.parametrize("payload", [False, True])
 def test_copy_tree_is_cp_a(payload, rootfs_manifest):
     from thinp.fs import copy_tree
-    from thinp.fs.populate import load_manifest, wl_rootfs
+    from thinp.fs.populate import wl_rootfs
+    from thinp.validate.fixtures import load_manifest
     from thinp.validate.target import SimTarget
 
     rows = [r for r in load_manifest(rootfs_manifest) if r["path"].startswith(("etc", "usr/bin", "dev"))]

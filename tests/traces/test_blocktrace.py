@@ -75,7 +75,7 @@ def test_captured_ext4_trace():
 def test_pool_replay_cli(tmp_path, capsys):
     pool = str(tmp_path / "pool")
     assert main(["pool", "create", pool, "--data-size", "256M"]) == 0
-    assert main(["pool", "replay", pool, str(CAPTURED), "--format", "ftrace", "--dev-id", "3"]) == 0
+    assert main(["pool", "replay", pool, str(CAPTURED), "--trace-format", "ftrace", "--dev-id", "3"]) == 0
     out = capsys.readouterr().out
     assert "into thin 3" in out and "nr_provisioned" in out
     t = blocktrace.read(str(CAPTURED))
@@ -93,5 +93,5 @@ def test_pool_replay_cli(tmp_path, capsys):
         assert p.device(4).mapped_blocks >= 1
     empty = tmp_path / "empty.txt"
     empty.write_text("  7,0 1 1 0.1 5 Q WS 8 + 8 [x]\n")
-    assert main(["pool", "replay", pool, str(empty), "--format", "blkparse"]) == 1
+    assert main(["pool", "replay", pool, str(empty), "--trace-format", "blkparse"]) == 1
     assert "no blkparse block requests" in capsys.readouterr().err

@@ -34,9 +34,28 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
-def hidden_alias(p, *names, dest, **kw) -> None:
-    """An old spelling kept working but left out of ``--help``."""
-    p.add_argument(*names, dest=dest, help=argparse.SUPPRESS, **kw)
+def hidden_alias(p, *names, dest, use, **kw) -> None:
+    """An old spelling kept working but left out of ``--help``; using it
+    prints one line on stderr naming the option to ``use`` instead.  An old
+    spelling is kept only where it means what the new one means: one that
+    meant something else elsewhere is :func:`removed_option`."""
+    class Deprecated(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            sys.stderr.write(f"thinp: warning: {option_string} is deprecated; use {use}\n")
+            setattr(namespace, self.dest, values)
+
+    p.add_argument(*names, dest=dest, help=argparse.SUPPRESS, action=Deprecated, **kw)
+
+
+def removed_option(p, name, why) -> None:
+    """An old spelling that is no longer accepted: one usage-error line
+    saying ``why`` (what to use instead), left out of ``--help``."""
+    class Removed(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(f"{option_string} was removed: {why}")
+
+    p.add_argument(name, dest=f"_removed_{name.lstrip('-').replace('-', '_')}", nargs="?",
+                   help=argparse.SUPPRESS, action=Removed)
 
 
 # ------------------------------------------------------------ argument types

@@ -14,7 +14,7 @@ def register(sub) -> None:
     add_drivers(cp, "all", "overlay2, overlay, aufs, devicemapper, btrfs, zfs, vfs")
     cp.add_argument("--disk", default="nvme",
                     help="the disk under the drivers: hdd, sata-ssd, nvme, ram, or a device .toml (default: nvme)")
-    hidden_alias(cp, "--device", dest="disk")
+    hidden_alias(cp, "--device", dest="disk", use="--disk")
     cp.add_argument("--out", default=None, metavar="DIR", help="write compare.csv, compare.parquet, compare.png here")
     add_json(cp, "the rows")
     cp.add_argument("--scale", type=float_range(0, 1000, lo_open=True), default=1.0,
@@ -51,7 +51,7 @@ def _compare(args) -> int:
 
     df, _fig = compare(args.workload, drivers=args.drivers, device=args.disk, out=args.out, scale=args.scale,
                        progress=not (args.json or args.quiet), constants=args.constants, jobs=args.jobs,
-                       timing=_timing(args))
+                       timing=_timing(args), figure=False)
     if args.json:
         out.write_json(df)
     else:

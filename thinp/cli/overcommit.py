@@ -5,13 +5,14 @@ import sys
 import warnings
 
 from . import _output as out
-from ._common import (add_drivers, add_json, add_quiet, add_seed, block_size, hidden_alias, int_range, size)
+from ._common import (add_drivers, add_json, add_quiet, add_seed, block_size, hidden_alias, int_range,
+                      removed_option, size)
 
 
 def register(sub) -> None:
     o = sub.add_parser("overcommit", help="start containers until the pool runs out; Data%% and Meta%% with events")
     o.add_argument("--data-size", default="100G", type=size(64 << 10), help="thin pool data size (default 100G)")
-    hidden_alias(o, "--pool", dest="data_size", type=size(64 << 10))
+    hidden_alias(o, "--pool", dest="data_size", use="--data-size", type=size(64 << 10))
     o.add_argument("--block-size", default="64k", type=block_size, help="pool block size, 64k..1g (default 64k)")
     o.add_argument("--image", default="debian-minbase", help="debian-minbase, scratch, or a size such as 200M")
     o.add_argument("--containers", type=int_range(1, 10_000_000), default=2000,
@@ -34,11 +35,11 @@ def register(sub) -> None:
     o.add_argument("--min-free-space", type=int_range(0, 99), default=10,
                    help="Docker's dm.min_free_space, percent (default 10; 0 = never refuse)")
     add_drivers(o, "devicemapper", "devicemapper, overlay2, overlay, aufs, vfs")
-    hidden_alias(o, "--driver", dest="drivers")
+    hidden_alias(o, "--driver", dest="drivers", use="--drivers")
     add_seed(o, 0)
     o.add_argument("--out", default=None, metavar="DIR",
                    help="write overcommit.csv, overcommit.parquet and overcommit.png here (default: nothing written)")
-    hidden_alias(o, "--format", dest="format", choices=["csv", "parquet"])
+    removed_option(o, "--format", "--out writes overcommit.csv and overcommit.parquet both")
     o.add_argument("--no-plot", action="store_true", help="skip the figure")
     add_json(o, "the per-driver summary")
     add_quiet(o)

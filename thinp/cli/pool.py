@@ -3,7 +3,7 @@ table lines, resize it, replay a block trace into it."""
 from __future__ import annotations
 
 from . import _output as out
-from ._common import add_json, add_pool_dir, block_size, hidden_alias, int_range, size
+from ._common import add_json, add_pool_dir, block_size, int_range, removed_option, size
 
 
 def register(sub) -> None:
@@ -71,12 +71,12 @@ def register(sub) -> None:
     rp.add_argument("trace", help="the trace file: ftrace block_rq_issue lines or blkparse text")
     rp.add_argument("--trace-format", choices=("ftrace", "blkparse"), default=None,
                     help="the trace's format (default: detected)")
-    hidden_alias(rp, "--format", dest="trace_format", choices=("ftrace", "blkparse"))
+    removed_option(rp, "--format", "use --trace-format (--format is an output format elsewhere)")
     rp.add_argument("--dev-id", type=int_range(0, (1 << 24) - 1), default=0,
                     help="thin device to replay into (created if missing; default 0)")
     rp.add_argument("--trace-device", default=None, metavar="MAJ,MIN",
                     help="replay only this traced device (default: the busiest)")
-    hidden_alias(rp, "--device", dest="trace_device")
+    removed_option(rp, "--device", "use --trace-device MAJ,MIN (--device is compare's disk profile)")
     rp.set_defaults(func=_replay)
 
 

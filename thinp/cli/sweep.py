@@ -15,7 +15,7 @@ def register(sub) -> None:
                    help="Parquet dataset (a directory), appended to as points finish")
     s.add_argument("-j", "--jobs", type=int_range(1), default=None,
                    help="points run at once, one process each (default: the CPUs; 1 = in this process)")
-    hidden_alias(s, "--workers", dest="jobs", type=int_range(0))
+    hidden_alias(s, "--workers", dest="jobs", use="--jobs", type=int_range(0))
     s.add_argument("--scheduler", default=None, metavar="URL",
                    help="run on an existing Dask cluster, e.g. tcp://HOST:8786 (instead of --jobs)")
     s.add_argument("--retry-failed", action="store_true", help="rerun points that recorded an error")

@@ -8,42 +8,19 @@ driver's view, ``RealDir`` a directory on a real mount.
 
 * ``mkfs``: nothing;
 * ``file100m``: one 100 MiB file;
-* ``rootfs``: the Debian bookworm minbase manifest (6,668 entries), in
-  manifest order, hard links as links, devices as device nodes;
+* ``rootfs``: a rootfs manifest's entries (the Debian bookworm minbase
+  fixture has 6,668), in manifest order, hard links as links, devices as
+  device nodes;
 * ``smallfiles``: 10,000 files of 1 B to 8 KiB in 100 directories;
 * ``churn``: the rootfs, then ``rm -rf usr/share``; ``churn_trim``: then fstrim.
+
+The rootfs workloads (:data:`NEEDS_MANIFEST`) take the manifest's rows from
+their caller as a second argument: this module reads no files.
 """
 from __future__ import annotations
 
-import csv
-import gzip
 import os
 import stat as _stat
-from pathlib import Path
-
-ROOTFS_MANIFEST = "rootfs/debian-bookworm-minbase.csv.gz"
-
-
-def fixtures_dir() -> Path:
-    """``<repo root>/../shared/fixtures`` (or ``$THINP_FIXTURES``)."""
-    env = os.environ.get("THINP_FIXTURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
-
-
-def load_manifest(path=None) -> list[dict]:
-    """Rows of a rootfs manifest CSV(.gz): path,type,size,mode,uid,gid,nlink,inode_group,target,xattrs."""
-    path = Path(path) if path else fixtures_dir() / ROOTFS_MANIFEST
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", newline="") as f:
-        rows = list(csv.DictReader(f))
-    for r in rows:
-        r["size"] = int(r["size"] or 0)
-        r["mode"] = int(r["mode"], 8) if r["mode"].startswith("0o") else int(r["mode"] or "0", 8)
-        r["uid"] = int(r["uid"] or 0)
-        r["gid"] = int(r["gid"] or 0)
-    return rows
 
 
 # ---------------------------------------------------------------------------
@@ -55,8 +32,9 @@ def wl_file100m(t) -> None:
     t.write_file("f", 100 << 20, seed=1)
 
 
-def wl_rootfs(t, rows=None) -> None:
-    rows = load_manifest() if rows is None else rows
+def wl_rootfs(t, rows) -> None:
+    """The entries of a rootfs manifest (``rows`` as
+    :func:`thinp.validate.fixtures.load_manifest` reads them), in order."""
     first_of_group: dict[str, str] = {}
     for i, r in enumerate(rows):
         p, kind = r["path"], r["type"]
@@ -99,17 +77,17 @@ def wl_smallfiles(t, n: int = 10000, per_dir: int = 100) -> None:
         t.write_file(f"d{i // per_dir:03d}/f{i:05d}", smallfile_size(i), seed=i)
 
 
-def wl_churn(t) -> None:
+def wl_churn(t, rows) -> None:
     """The rootfs, then ``rm -rf usr/share`` (no discard: blocks stay provisioned)."""
-    wl_rootfs(t)
+    wl_rootfs(t, rows)
     t.sync()
     t.rmtree("usr/share")
     t.sync()
 
 
-def wl_churn_trim(t) -> None:
+def wl_churn_trim(t, rows) -> None:
     """``churn``, then ``fstrim``."""
-    wl_churn(t)
+    wl_churn(t, rows)
     t.fstrim()
 
 
@@ -121,3 +99,6 @@ WORKLOADS = {
     "churn": wl_churn,
     "churn_trim": wl_churn_trim,
 }
+
+#: the workloads called as ``(target, rows)``: they lay out a rootfs manifest's rows
+NEEDS_MANIFEST = frozenset({"rootfs", "churn", "churn_trim"})

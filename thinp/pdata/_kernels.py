@@ -252,6 +252,10 @@ def _event(sp, op_index, kind, value):
         sp.scal[S_DROPPED_EVENTS] += 1
 
 
+#: public name (thin's replay kernels log events too)
+event = _event
+
+
 # --- bitmaps and next-fit allocation -------------------------------------------------
 @njit(inline="always", refcount=False)
 def _bit_set(bits, b):
@@ -328,6 +332,15 @@ def alloc_meta(sp, use_reserve):
     free = sp.scal[S_NR_META] - sp.scal[S_MUSED]
     if not use_reserve and free <= sp.scal[S_META_RESERVE]:
         return -2 if sp.scal[S_MNPEND] > 0 else -1
+    return _alloc_meta_block(sp)
+
+
+@njit(refcount=False)
+def _alloc_meta_block(sp):
+    """:func:`alloc_meta` past the reserve check.  Not inlined: it runs once
+    per new node (its zero-fill dwarfs the call), and each inlined copy cost
+    seconds of compile time in every kernel that writes a tree.  It takes no
+    flag, so callers passing a constant do not compile a second copy."""
     b = find_free(sp.mbits, sp.scal[S_MCURSOR])
     if b < 0:
         return -2 if sp.scal[S_MNPEND] > 0 else -1
@@ -395,6 +408,10 @@ def _release_meta(sp, b):
         sp.scal[S_META_LWM_ARMED] = 1
 
 
+#: public name (thin's replay kernels release metadata blocks too)
+release_meta = _release_meta
+
+
 @njit(refcount=False)
 def leaf_value_block(v):
     """Data block of a dm-thin leaf value ``(pblock + 1) << 24 | time``."""
@@ -446,6 +463,14 @@ def shadow(sp, b, is_leaf):
     each of its children, as dm_tm_shadow_block does."""
     if sp.mnew[b] and sp.mrc[b] == 1:
         return b
+    return _shadow_copy(sp, b, is_leaf)
+
+
+@njit(refcount=False)
+def _shadow_copy(sp, b, is_leaf):
+    """:func:`shadow` of a block not yet writable: copy it.  Not inlined (it
+    runs once per node per transaction and copies a whole node), which
+    keeps the tree-writing kernels' compile time down."""
     n = alloc_meta(sp, False)
     if n < 0:
         return n

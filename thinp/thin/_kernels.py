@@ -1,4 +1,4 @@
-"""dm-thin's block rules as numba kernels over a :class:`~thinp.pdata._kernels.Space`.
+"""dm-thin's block rules as numba kernels over a :class:`~thinp.pdata.radix.Space`.
 
 Private: the Python layer (:mod:`thinp.thin.pool`) validates every argument
 (device slots, offsets inside the device, op codes) before calling in.
@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import njit
-from ..pdata._kernels import (
+from ..pdata.radix import (
     C_BYTES_COPIED,
     C_BYTES_DISCARD,
     C_BYTES_READ,
@@ -66,8 +66,8 @@ from ..pdata._kernels import (
     S_TIME,
     S_ZERO,
     SM_PAGE_ENTRIES,  # frozen into the kernels below: 2040 uint16 counts a page since metadata v2
-    _event,
-    _release_meta,
+    event as _event,
+    release_meta as _release_meta,
     alloc_data,
     dec_data,
     leaf_for_write,

@@ -1,7 +1,7 @@
 """The pool's volatile lookup index: radix trees in RAM beside dm's btrees.
 
 :class:`VolatileIndex` holds the same arrays the replay kernels run on (a
-:class:`~thinp.pdata._kernels.Space` and a :class:`~thinp.thin._kernels.Devices`
+:class:`~thinp.pdata.radix.Space` and a :class:`~thinp.thin._kernels.Devices`
 table), in anonymous memory instead of a file.  It is a cache: the dm-format
 ``metadata`` file is the truth, and :meth:`ThinPool.open` rebuilds the index
 by walking its leaves.  Nothing of it is ever written to disk, so its
@@ -18,7 +18,7 @@ import uuid as _uuid
 
 import numpy as np
 
-from ..pdata import _kernels as K
+from ..pdata import radix as K
 from . import _kernels as TK
 from .metadata import Metadata, Superblock
 

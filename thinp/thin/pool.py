@@ -43,7 +43,7 @@ import numpy as np
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
-from ..pdata import _kernels as K
+from ..pdata import radix as K
 from ..pdata import btree as _btree
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE

@@ -236,7 +236,7 @@ class PoolMetadata:
                                                             self.data_vt, level_types=[self.subtree_vt],
                                                             split=self.split)
             return inserted
-        from ..pdata import _btree_kernels as BK
+        from ..pdata import mapping_tree as BK
 
         m64, m32 = self._kernel_views()
         tm, dsm = self.tm, self.data_sm
@@ -252,7 +252,7 @@ class PoolMetadata:
     def lookup(self, dev: int, vblock: int) -> tuple[int, int] | None:
         """(pblock, time) or None."""
         if self.fast:
-            from ..pdata import _btree_kernels as BK
+            from ..pdata import mapping_tree as BK
 
             self.details(dev)
             m64, m32 = self._kernel_views()
@@ -293,7 +293,7 @@ class PoolMetadata:
         snapshot), in order, in one kernel call; returns how many needed a
         new data block.  Raises NoSpaceError when data or metadata ran out
         (the blocks before the failing one are done)."""
-        from ..pdata import _btree_kernels as BK
+        from ..pdata import mapping_tree as BK
 
         d = self.details(dev)
         vb = np.ascontiguousarray(vblocks, dtype=np.int64)
@@ -317,7 +317,7 @@ class PoolMetadata:
         """__remove: unmap ``vblock`` (its data block loses a reference)."""
         d = self.details(dev)
         if self.fast:
-            from ..pdata import _btree_kernels as BK
+            from ..pdata import mapping_tree as BK
 
             m64, m32 = self._kernel_views()
             tm, dsm = self.tm, self.data_sm
@@ -453,7 +453,7 @@ class PoolMetadata:
         def remove_rc(root, b):
             return bw.remove(tm, root, [b], cv)[0]
 
-        self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc))
+        self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc), split=self.split)
         for b in tm.bitmap_blocks:
             if tm.txn[b]:
                 tm.kind[b] = KIND_BITMAP
@@ -479,5 +479,4 @@ class PoolMetadata:
         tm.end_transaction()
 
     def _flush(self, blocks: list) -> None:
-        for b in sorted(blocks):
-            self.bm.mm.flush(b * METADATA_BLOCK_SIZE, METADATA_BLOCK_SIZE)
+        self.bm.flush(blocks)

@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
-from ..pdata import _kernels as K
+from ..pdata import radix as K
 from ..units import check_block_size
 from . import _kernels as TK
 from . import _tool_kernels as TTK

@@ -297,10 +297,9 @@ def format_rows(rows) -> str:
 
 # ----------------------------------------------------------- the rootfs workload
 def _rootfs_rows():
-    from ..fs.populate import fixtures_dir, load_manifest, ROOTFS_MANIFEST
+    from .fixtures import rootfs_rows
 
-    p = fixtures_dir() / ROOTFS_MANIFEST
-    return load_manifest(p) if p.exists() else None
+    return rootfs_rows()
 
 
 def _victims(rows, n=100):

@@ -33,7 +33,8 @@ from contextlib import contextmanager
 
 from ..blockdev import PHYS_BLOCK, PlainDevice, count_chunks
 from ..fs import mkfs as sim_mkfs
-from ..fs.populate import WORKLOADS, fixtures_dir, ROOTFS_MANIFEST
+from ..fs.populate import NEEDS_MANIFEST, WORKLOADS
+from .fixtures import ROOTFS_MANIFEST, fixtures_dir, rootfs_rows
 from .target import RealDir, SimTarget, can_mount
 
 __all__ = ["validate_fs", "format_table", "DOCKER_EXT4", "DEFAULT_CONFIGS", "calibration_rows", "CALIBRATION", "real_kernel_available",
@@ -193,11 +194,23 @@ def real_fs(fstype, size, options=None, workdir=None):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _workload(name):
+    """:mod:`~thinp.fs.populate`'s workload ``name`` as a function of the
+    target; the rootfs ones lay out the fixtures' Debian minbase manifest."""
+    fn = WORKLOADS[name]
+    if name not in NEEDS_MANIFEST:
+        return fn
+    rows = rootfs_rows()
+    if rows is None:
+        raise RuntimeError(f"workload {name}: {fixtures_dir() / ROOTFS_MANIFEST} missing")
+    return lambda t: fn(t, rows)
+
+
 def run_real(fstype, size, options, workload, *, workdir=None, scan="fiemap") -> dict:
     """Run ``workload`` on the real kernel; the summary of the backing file's blocks."""
     with real_fs(fstype, size, options, workdir) as (img, _loop, mnt, mount, umount):
         mount(("-o", "discard") if (options or {}).get("discard") else ())
-        WORKLOADS[workload](RealDir(mnt))
+        _workload(workload)(RealDir(mnt))
         os.sync()
         umount()
         try:
@@ -213,7 +226,7 @@ def run_real(fstype, size, options, workload, *, workdir=None, scan="fiemap") ->
 def run_sim(fstype, size, options, workload) -> dict:
     dev = PlainDevice(size)
     fs = sim_mkfs(dev, fstype, **(options or {}))
-    WORKLOADS[workload](SimTarget(fs))
+    _workload(workload)(SimTarget(fs))
     fs.umount()
     return summarize(dev.allocated_blocks())
 

@@ -58,7 +58,7 @@ DPKG_LOG_LOWER_BYTES = 46436 - 1378
 def _fixtures(fixtures=None) -> Path:
     if fixtures is not None:
         return Path(fixtures)
-    from ..fs.populate import fixtures_dir
+    from .fixtures import fixtures_dir
 
     return fixtures_dir()
 
@@ -66,9 +66,12 @@ def _fixtures(fixtures=None) -> Path:
 # ---------------------------------------------------------------- the replay calibration
 def build_debian_lower(drv, layer_id: str = "debian", rows=None) -> None:
     """Create layer ``layer_id`` holding the Debian minbase manifest (files as
-    pseudo-random bytes or version stamps of the recorded sizes)."""
+    pseudo-random bytes or version stamps of the recorded sizes); ``rows``
+    default to the fixtures' manifest."""
     from ..fs.populate import wl_rootfs
+    from .fixtures import load_manifest
 
+    rows = load_manifest() if rows is None else rows
     drv.create(layer_id, None)
     drv.fill(layer_id, lambda view: wl_rootfs(SimTarget(view), rows))
 
@@ -437,7 +440,8 @@ def kernel_replay(fixtures=None) -> dict:
     fixture.  This checks the reader and the replay against the kernel,
     independently of the simulated drivers.  Raises PermissionError when the
     machine refuses the mounts."""
-    from ..fs.populate import load_manifest, wl_rootfs
+    from ..fs.populate import wl_rootfs
+    from .fixtures import load_manifest
     from ..traces import strace
 
     fx = _fixtures(fixtures)
