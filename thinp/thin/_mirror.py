@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata._btree_kernels import insert_mapping, remove_mapping
+from ..pdata.space_map import ENTRIES_PER_BITMAP
+from ..pdata.mapping_tree import insert_mapping, remove_mapping
 
 
 @njit
@@ -71,6 +72,10 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
             p = v >> 24
             dcount[p] += 1
             dfree[p] = False
+            # the data space map commits only bitmaps flagged as changed
+            # (flags after the counts in ``dcommitted``, disk_space_map.py)
+            if dcommitted.shape[0] > dcount.shape[0]:
+                dcommitted[dcount.shape[0] + p // ENTRIES_PER_BITMAP] = 1
             r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                                root, dev, vb, np.uint64(v), halves, res)
             added += res[1]
