@@ -204,3 +204,17 @@ def test_crash_between_sidecar_and_superblock_opens_the_last_commit(tmp_path):
     with thinp.ThinPool.open(p) as pool:
         assert pool.devices() == [1, 2]
     _thin_check(p / "metadata")
+
+
+def test_cli_names_the_reconcile_path(tmp_path, capsys):
+    from thinp.cli import main
+
+    p = tmp_path / "p"
+    _pool_with_snap(p)
+    os.unlink(p / "pool.json")
+    assert main(["pool", "status", str(p)]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "there is no pool.json" in err and "--reconcile" in err
+    assert main(["pool", "status", str(p), "--reconcile", "--line"]) == 0
+    assert " rw " in capsys.readouterr().out
+    assert (p / "pool.json").exists()

@@ -43,6 +43,8 @@ def register(sub) -> None:
     s = psub.add_parser("status", help="the dm status line and an lvs-like table")
     add_pool_dir(s)
     s.add_argument("--line", action="store_true", help="print only the dm status line")
+    s.add_argument("--reconcile", action="store_true",
+                   help="adopt the metadata's view when pool.json does not belong to it (rewrites pool.json)")
     add_json(s, "the status and the table")
     s.set_defaults(func=_status)
 
@@ -128,6 +130,8 @@ def _status(args) -> int:
     from ..thin import ThinPool
     from ..thin.lvm import lvs_rows
 
+    if args.reconcile:
+        ThinPool.open(args.dir, reconcile=True).close()
     with ThinPool.open(args.dir, read_only=True, check_trees=False) as pool:
         st = pool.status(observer=True)
         rows = [] if args.line else lvs_rows(pool)

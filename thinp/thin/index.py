@@ -14,6 +14,8 @@ space, its events and its exhaustion are dm's, counted by the pool.
 """
 from __future__ import annotations
 
+import mmap
+import sys
 import uuid as _uuid
 
 import numpy as np
@@ -24,6 +26,9 @@ from .metadata import Metadata, Superblock
 
 #: index nodes (4 KiB each, touched lazily): room for a billion mappings
 INDEX_NODES = 1 << 21
+# the node array is 8 GiB of address space, reserved without commitment so
+# that the kernel's overcommit heuristic does not refuse it on small machines
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
 
 
 class VolatileIndex(Metadata):
@@ -34,7 +39,8 @@ class VolatileIndex(Metadata):
               commit_interval: int, time: int = 0, dcursor: int = 0, nr_nodes: int = INDEX_NODES) -> "VolatileIndex":
         md = cls()
         md.path = None
-        md.meta = np.zeros((nr_nodes, K.NODE_ENTRIES), dtype=np.uint64)
+        md.mm = mmap.mmap(-1, nr_nodes * K.NODE_ENTRIES * 8, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
+        md.meta = np.frombuffer(md.mm, dtype=np.uint64).reshape(nr_nodes, K.NODE_ENTRIES)
         md.sb = Superblock(
             generation=0, transaction_id=0, time=time, data_block_size=block_size,
             nr_data_blocks=nr_data_blocks, nr_metadata_blocks=nr_nodes, flags=0, held_root=0, devdir=0,
@@ -56,6 +62,12 @@ class VolatileIndex(Metadata):
     def close(self) -> None:
         self.meta = None
         self.sp = None
+        if self.mm is not None:
+            try:
+                self.mm.close()
+            except BufferError:
+                pass  # a caller still holds a view; the mapping goes with it
+            self.mm = None
 
     def commit(self, first: bool = False) -> None:
         """End the index's transaction (nothing is written anywhere)."""

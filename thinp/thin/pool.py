@@ -45,6 +45,7 @@ from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from ..pdata import radix as K
 from ..pdata import btree as _btree
+from ..pdata.mapping_index import mapping_index
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
 from ..units import check_block_size, format_size, parse_size
@@ -151,8 +152,8 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
             why = (sidecar_disagreement(side, dm.sb.trans_id, devs)
                    or "it was written for another commit of the metadata")
         raise errors.TransactionIdMismatchError(
-            f"{path}: {SIDECAR} does not belong to this metadata ({why}); open with reconcile=True "
-            "to adopt the metadata's view")
+            f"{path}: {SIDECAR} does not belong to this metadata ({why}); adopt the metadata's view with "
+            f"'thinp pool status {path} --reconcile' (ThinPool.open(..., reconcile=True))")
     out = {"version": SIDECAR_VERSION, "split": "current", "low_water_mark": 0, "error_if_no_space": False,
            "commit_interval": DEFAULT_COMMIT_INTERVAL, "data_cursor": 0}
     out.update({k: v for k, v in (side or {}).items() if k != "previous"})
@@ -172,6 +173,12 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
     return out
 
 
+def _split_values(vblock: np.ndarray, value: np.ndarray):
+    """(vblock, pblock, time) int64 arrays of leaf entries."""
+    return (vblock.astype(np.int64), (value >> np.uint64(24)).astype(np.int64),
+            (value & np.uint64(0xFFFFFF)).astype(np.int64))
+
+
 def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileIndex:
     """The volatile index of the metadata's devices: the device table from
     the details and the sidecar, and (``load``) every mapping from the
@@ -181,6 +188,7 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
                              low_water_mark=int(side.get("low_water_mark", 0)),
                              commit_interval=int(side.get("commit_interval", DEFAULT_COMMIT_INTERVAL)),
                              time=dm.sb.time, dcursor=int(side.get("data_cursor", 0)))
+    leaves = mapping_index(dm.bm, dm.sb.data_mapping_root) if load else None
     for dev in sorted(dm.devices):
         d = dm.devices[dev]
         s = md.free_slot()
@@ -199,7 +207,7 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
         md.slot_of[dev] = s
         if not load:
             continue
-        v, p, t = _mappings(dm, dev)
+        v, p, t = _split_values(*leaves.device(dev))
         if len(v) and int(v[-1]) >= nr_blocks:
             raise errors.MetadataCorruptError(
                 f"metadata corrupt: device {dev} maps block {int(v[-1])}, past its size of {sectors} sectors "
@@ -213,16 +221,14 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
     if dm.sb.held_root and load:
         # the held metadata snapshot's trees, as index trees of their own:
         # their leaves keep references on the data blocks they map
-        view = DmMetadata(dm.bm, dm.sb)
-        recs = view.devices(held=True)
-        md.held = TK.make_devices(max(1, len(recs)))
-        for k, rec in enumerate(recs):
-            v, p, t = view.mappings(rec)
+        held = mapping_index(dm.bm, DmMetadata(dm.bm, dm.sb).held_superblock().data_mapping_root)
+        md.held = TK.make_devices(max(1, len(held.devs)))
+        for k, dev in enumerate(held.devs.tolist()):
+            v, p, t = _split_values(*held.device(dev))
             hd = md.held
-            hd.dev_id[k] = rec.dev_id
+            hd.dev_id[k] = dev
             hd.levels[k] = TK.levels_for(int(v[-1]) + 1 if len(v) else 1)
-            if TK.load_mappings(md.sp, hd, np.int64(k), v, np.asarray(p, dtype=np.int64),
-                                np.asarray(t, dtype=np.int64)) != 0:
+            if TK.load_mappings(md.sp, hd, np.int64(k), v, p, t) != 0:
                 raise errors.ThinpError("the in-RAM index has no room for the held metadata snapshot")
     md.commit()
     scal = md.sp.scal
