@@ -288,10 +288,11 @@ class DeviceMapperDriver(Driver):
         ]
 
     def op_counters(self):
-        st = self.pool.status()
-        c = st.counters
+        # called after every recorded operation: the pool's counters only, not
+        # its status (which counts the metadata space map's used blocks)
+        c = self.pool.counters()
         return (c["bytes_written"] + c["bytes_copied"], -1, 0, 0, c["bytes_copied"],
-                c["nr_cow_copies"] + c["nr_cow_overwrites"], 0, st.used_data_blocks * self.pool.block_size, 0)
+                c["nr_cow_copies"] + c["nr_cow_overwrites"], 0, self.pool.nr_used_data_blocks * self.pool.block_size, 0)
 
     def stats(self):
         st = self.pool.status()
