@@ -24,7 +24,7 @@ from tests.integrity.fuzzcase import run_case, snapshot  # noqa: E402
 from tests.integrity.populate import populate  # noqa: E402
 from thinp.config import METADATA_BLOCK_SIZE  # noqa: E402
 from thinp.thin import ThinPool  # noqa: E402
-from thinp.thin.metadata import Metadata  # noqa: E402
+from thinp.thin.dm_metadata import DmMetadata  # noqa: E402
 
 
 def main() -> int:
@@ -44,10 +44,9 @@ def main() -> int:
         pool.device(0).write(0, 4096)
         pool.close()
         expected = (snapshot(src), previous)
-        md = Metadata.open(os.path.join(src, "metadata"), read_only=True)
-        used = np.flatnonzero(md.sp.mrc > 0)
-        size = md.sb.nr_metadata_blocks * METADATA_BLOCK_SIZE
-        md.close()
+        with DmMetadata.open(os.path.join(src, "metadata")) as md:
+            used = np.flatnonzero(md.metadata_counts() > 0)
+            size = md.sb.metadata_nr_blocks * METADATA_BLOCK_SIZE
         outcomes: dict = {}
         ctx = multiprocessing.get_context("forkserver")
         with cf.ProcessPoolExecutor(args.workers, mp_context=ctx) as ex:

@@ -67,6 +67,16 @@ def test_figure_has_four_labelled_panels(df_fig):
     assert [t.get_text() for t in axes[0].get_xticklabels()] == DRIVERS
 
 
+def test_figure_false_draws_none_unless_out_wants_the_png(tmp_path, df_fig):
+    df, fig = thinp.compare("webapp", drivers=DRIVERS, scale=float(SCALE), progress=False, figure=False)
+    assert fig is None
+    cols = [c for c in df.columns if c != "run_s"]
+    pd.testing.assert_frame_equal(df[cols], df_fig[0][cols])
+    _df, fig = thinp.compare("webapp", drivers=["aufs"], scale=float(SCALE), progress=False, figure=False,
+                             out=tmp_path)
+    assert fig is not None and (tmp_path / "compare.png").stat().st_size > 0
+
+
 def test_failing_driver_keeps_its_row_and_the_run_goes_on(tmp_path):
     calls = []
     df, _ = cmp.compare("webapp", drivers=["overlay2", "aufs", "vfs"], runner=FailingRunner, scale=0.05,

@@ -35,6 +35,7 @@ def run_case(src_dir, work_dir, flips, truncate_to, expected):
     os.makedirs(work_dir, exist_ok=True)
     meta = os.path.join(work_dir, "metadata")
     shutil.copyfile(os.path.join(src_dir, "metadata"), meta)
+    shutil.copyfile(os.path.join(src_dir, "pool.json"), os.path.join(work_dir, "pool.json"))
     data = os.path.join(work_dir, "data")
     if not os.path.lexists(data):
         os.symlink(os.path.join(src_dir, "data"), data)

@@ -37,12 +37,11 @@ def fuzz_pool(tmp_path_factory):
     pool = ThinPool.open(src)
     pool.device(0).write(0, 4096)  # a CoW: the last commit differs from the one before
     pool.close()
-    from thinp.thin.metadata import Metadata
+    from thinp.thin.dm_metadata import DmMetadata
 
-    md = Metadata.open(os.path.join(src, "metadata"), read_only=True)
-    used = np.flatnonzero(md.sp.mrc > 0)
-    size = md.sb.nr_metadata_blocks * METADATA_BLOCK_SIZE
-    md.close()
+    with DmMetadata.open(os.path.join(src, "metadata")) as md:
+        used = np.flatnonzero(md.metadata_counts() > 0)
+        size = md.sb.metadata_nr_blocks * METADATA_BLOCK_SIZE
     ctx = multiprocessing.get_context("forkserver")
     ex = cf.ProcessPoolExecutor(max_workers=2, mp_context=ctx)
     yield src, str(base), used, size, (snapshot(src), previous), ex

@@ -114,16 +114,23 @@ def test_thin_restore_of_our_restored_pool_reads_the_same(populated, tmp_path):
     assert semantic(dump(str(tmp_path / "p2"))) == semantic(open(xml).read())
 
 
-def test_real_metadata_is_not_ours(real_metadata, tmp_path):
-    """Metadata the real tools wrote is recognised as a dm-thin image, not
-    taken for a corrupt thinp pool: ThinPool.open says which class opens it."""
+def test_real_metadata_opens_as_a_pool_once_reconciled(real_metadata, tmp_path):
+    """Metadata the real tools wrote is a pool's metadata file: without a
+    sidecar ThinPool.open says so, and reconcile=True adopts its devices."""
+    from thinp.thin.dm_metadata import DmMetadata
+
     d = tmp_path / "pool"
     d.mkdir()
     shutil.copyfile(real_metadata, d / "metadata")
+    with DmMetadata.open(str(d / "metadata")) as md:
+        size = md.sb.nr_data_blocks * md.sb.data_block_size * 512
+        devs = sorted(x.dev_id for x in md.devices())
     with open(d / "data", "wb") as f:
-        f.truncate(1 << 20)
-    with pytest.raises(errors.NotSupportedError, match="dm-thin metadata image.*DmPool"):
+        f.truncate(size)
+    with pytest.raises(errors.TransactionIdMismatchError, match="there is no pool.json"):
         ThinPool.open(str(d))
+    with ThinPool.open(str(d), reconcile=True) as pool:
+        assert pool.devices() == devs
 
 
 def test_handwritten_real_style_xml_with_def_ref(tmp_path, real_tools):

@@ -99,9 +99,16 @@ def test_pool_rules_and_real_tools(tmp_path):
     assert sorted(m[0]) == [0] + list(range(3, 11)) and sorted(m[1]) == list(range(11))
 
 
-def test_thinpool_names_the_way_to_a_dm_pool(tmp_path):
+def test_thinpool_opens_a_dm_pool_directory(tmp_path):
     import thinp
 
-    DmPool.create(tmp_path / "p", "1G").close()
-    with pytest.raises(errors.NotSupportedError, match="is a dm-thin metadata image: open its pool with .*DmPool"):
-        thinp.ThinPool.open(tmp_path / "p")
+    with DmPool.create(tmp_path / "p", "1G") as pool:
+        pool.create_thin(3, "128M")
+        pool.write(3, 0, 4 << 20)
+    with thinp.ThinPool.open(tmp_path / "p") as pool:
+        assert pool.devices() == [3] and pool.device(3).size == 128 << 20
+        assert pool.device(3).mapped_blocks == 64
+        pool.device(3).write(8 << 20, 4096)
+    with DmPool.open(tmp_path / "p") as pool:
+        assert pool.size(3) == 128 << 20
+    _thin_check(tmp_path / "p" / "metadata")

@@ -23,32 +23,51 @@ def test_pages_round_trip_every_uint16_count():
     assert M._read_sm_pages_np(meta, back, 2, npages, 1) == 2
 
 
-def test_space_map_is_a_quarter_of_a_block_per_thousand_data_blocks(tmp_path):
-    # 100 GiB at 64 KiB: 1,638,400 data blocks -> 804 pages, in two copies
+def test_old_format_pages_are_only_read_now(tmp_path):
+    # ThinPool writes dm's format; the old pages are read by thinp convert
+    pool = thinp.ThinPool.create(str(tmp_path / "p"), "1G", "64k", sync=False)
+    pool.close()
+    with open(tmp_path / "p" / "metadata", "rb") as f:
+        head = f.read(40)
+    assert int.from_bytes(head[:8], "little") != M.MAGIC
+    assert int.from_bytes(head[32:40], "little") == 27022010
+
+
+def test_data_space_map_is_dms_bitmaps_of_16320_entries(tmp_path):
+    # 100 GiB at 64 KiB: 1,638,400 data blocks -> 101 bitmaps of 16,320 entries
+    from thinp.pdata.space_map import ENTRIES_PER_BITMAP
+
     pool = thinp.ThinPool.create(str(tmp_path / "p"), "100G", "64k", sync=False)
     try:
-        md = pool._md
-        assert md.sb.dsm_pages == -(-1_638_400 // 2040) == 804
+        assert ENTRIES_PER_BITMAP == 16320
+        assert pool._dm.data_sm.count.shape[0] == 1_638_400
+        assert len(pool._dm.data_sm.index_entries) == -(-1_638_400 // 16320) == 101
     finally:
         pool.close()
 
 
-def test_a_count_past_uint16_refuses_the_commit_and_keeps_the_last_one(tmp_path):
+def test_counts_of_three_and_more_survive_commit_and_reopen(tmp_path):
+    # four snapshots each break sharing of one block in the leaf they share
+    # with the origin: shadowing that leaf gives every other block in it one
+    # more reference (dm's inc_children), so counts reach 5, past the 2-bit
+    # bitmap's 2, into the ref-count btree
     path = str(tmp_path / "p")
     pool = thinp.ThinPool.create(path, "1G", "64k", sync=False)
-    pool.create_thin(1, "1G")
+    dev = pool.create_thin(1, "256M")
+    dev.write(0, 64 * 65536)
+    for k in range(2, 6):
+        pool.create_snap(k, 1)
+        pool.device(k).write(k * 65536, 65536)
     pool.commit()
-    md = pool._md
-    gen = md.sb.generation
-    md.sp.drc[5] = K.SM_MAX_COUNT + 1
-    md.sp.ddirty[0] = 1
-    with pytest.raises(errors.ThinpError, match="more than the space map's 65535"):
-        pool.commit()
-    assert md.sb.generation == gen
-    md.sp.drc[5] = 0
+    counts = pool._dm.data_sm.count.copy()
+    assert counts.max() >= 3
     pool.close()
+    import subprocess
+
+    assert subprocess.run(["thin_check", f"{path}/metadata"], capture_output=True).returncode == 0
     again = thinp.ThinPool.open(path)
     try:
-        assert [d for d in again.devices()] == [1]
+        np.testing.assert_array_equal(again._dm.data_sm.count, counts)
+        assert again.devices() == [1, 2, 3, 4, 5]
     finally:
         again.close()

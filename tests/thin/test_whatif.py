@@ -87,14 +87,15 @@ def test_bad_arguments(tmp_path, kw):
 
 
 def test_out_of_metadata_space_stops_the_run_and_says_when(tmp_path):
-    """Scattered writes on a big device need a leaf each; 200 metadata blocks run out."""
-    pool = ThinPool.create(tmp_path / "pool", data_size=4096 * BS, block_size=BS, metadata_size=200 * 4096)
+    """Scattered writes fill dm's leaves part way (126 to 252 mappings each):
+    20,000 of them need more than a 64-block metadata device holds."""
+    pool = ThinPool.create(tmp_path / "pool", data_size=65536 * BS, block_size=BS, metadata_size=64 * 4096)
     pool.create_thin(0, 1 << 36).write(0, BS)
-    r = grow_devices(pool, 2000 / (1 << 20), of="virtual", nr_points=40)   # 2,000 blocks, batches of 50
+    r = grow_devices(pool, 20000 / (1 << 20), of="virtual", nr_points=40)   # 20,000 blocks, batches of 500
     oom = r.first_event("out_of_metadata_space")
-    assert oom is not None and oom["write_index"] > 0 and oom["write_index"] % 50 == 0
+    assert oom is not None and oom["write_index"] > 0 and oom["write_index"] % 500 == 0
     assert r.first_event("metadata_low_water_mark")["write_index"] < oom["write_index"]
-    assert r.nr_written == oom["write_index"] and r.nr_failed == 2000 - oom["write_index"]
+    assert r.nr_written == oom["write_index"] and r.nr_failed == 20000 - oom["write_index"]
     assert r.after.mode == "ro" and r.after.needs_check
     assert r.failing_devices == [0]
     assert r.curve["meta_pct"].is_monotonic_increasing

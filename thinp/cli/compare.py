@@ -51,7 +51,7 @@ def _compare(args) -> int:
 
     df, _fig = compare(args.workload, drivers=args.drivers, device=args.disk, out=args.out, scale=args.scale,
                        progress=not (args.json or args.quiet), constants=args.constants, jobs=args.jobs,
-                       timing=_timing(args))
+                       timing=_timing(args), figure=False)
     if args.json:
         out.write_json(df)
     else:

@@ -1,6 +1,6 @@
 """File data for btrfs and zfs on the one refcounted CoW mechanism of :mod:`thinp.pdata`.
 
-A :class:`CowStore` is one in-memory :class:`~thinp.pdata._kernels.Space`:
+A :class:`CowStore` is one in-memory :class:`~thinp.pdata.radix.Space`:
 
 * its *metadata blocks* are radix-tree nodes: one tree per file per
   subvolume/dataset, keyed by file block (btrfs: 4 KiB block; zfs: record
@@ -17,7 +17,7 @@ A :class:`CowStore` is one in-memory :class:`~thinp.pdata._kernels.Space`:
   ``unit_bytes`` units (4 KiB for btrfs, the ashift sector for zfs), using the
   file layer's free-run kernels.
 
-Arrays (besides the Space's, documented in :mod:`thinp.pdata._kernels`):
+Arrays (besides the Space's, documented in :mod:`thinp.pdata.radix`):
 
 ext_start  int64[cap]  first disk unit of extent e
 ext_len    int64[cap]  disk units of extent e (0 = free id)
@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..fs import _kernels as FK
-from ..pdata import _kernels as K
+from ..fs import extent_alloc as FK
+from ..pdata import radix as K
 
 NODE = K.NODE_ENTRIES
 

@@ -17,7 +17,29 @@ from __future__ import annotations
 import errno
 import os
 
+import numpy as np
+
+from ..fs.core import BLOCK, block_stamp, mix_stamp
+from ..image.stamps import StampedContent, stamp_block
 from .base import MountedView
+
+
+def written_stamps(content: StampedContent) -> np.ndarray:
+    """The block stamps :mod:`thinp.fs` gives a new file when the bytes of
+    ``content`` are written to it (each full block: the hash of its bytes;
+    a final partial block: that hash mixed over a hole), from one hash per
+    distinct stamp."""
+    nb = content.nr_blocks
+    src = np.zeros(max(nb, 1), dtype=np.uint64)
+    k = min(nb, len(content.stamps))
+    src[:k] = content.stamps[:k]
+    uniq, inverse = np.unique(src, return_inverse=True)
+    hashed = np.array([block_stamp(stamp_block(s)) for s in uniq.tolist()], dtype=np.uint64)
+    out = hashed[inverse.reshape(-1)]
+    tail = content.size % BLOCK
+    if tail and nb:
+        out[nb - 1] = mix_stamp(0, block_stamp(stamp_block(int(src[nb - 1]))[:tail]), 0, tail)
+    return out
 
 
 def _erofs(path):
@@ -58,6 +80,16 @@ class FsView(MountedView):
         node = fs.inode_for_write(path)      # one path walk for the fs and the driver
         n = fs.write_inode(node, offset, data)
         self._data_write(node, offset, n)
+        return n
+
+    def write_content(self, path, data):
+        """A whole file's content from a layer tar (see :mod:`.apply`): bytes,
+        or a :class:`~thinp.image.stamps.StampedContent`, which leaves the
+        same block stamps as writing its bytes would, without the bytes."""
+        if not isinstance(data, StampedContent) or self.fs.payload:
+            return self.write(path, 0, data.to_bytes() if isinstance(data, StampedContent) else data)
+        n = self.write(path, 0, data.size)
+        self.fs.inode(path).stamps = written_stamps(data)
         return n
 
     def read(self, path, offset=0, length=None):

@@ -27,13 +27,13 @@ to build the tar -- the drivers' ``diff_work``.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import stat as _stat
 
 import numpy as np
 
 from ..config import PAGE_SIZE
+from ..image.stamps import StampedContent, decode_stamps, stamp_block   # noqa: F401 (re-exported)
 from .base import Change
 
 CAP = "security.capability"
@@ -139,59 +139,14 @@ def changes(view, parent_view, work: Work | None = None, *, by_stat: bool = True
 
 
 # ---------------------------------------------------------------- content bytes
-def stamp_block(stamp: int) -> bytes:
-    """The 4 KiB of bytes standing for version stamp ``stamp`` (0: zeros): the
-    stamp's 8 bytes, then a blake2b expansion of it.  :func:`decode_stamps`
-    inverts it, so a diff taken in accounting mode and applied again keeps
-    every block's version."""
-    if not stamp:
-        return bytes(BLOCK)
-    head = int(stamp).to_bytes(8, "little")
-    return head + (hashlib.blake2b(head, digest_size=64).digest() * 64)[: BLOCK - 8]
-
-
-def decode_stamps(data) -> "np.ndarray | None":
-    """The version stamps behind bytes made by :func:`view_bytes`, or None
-    when ``data`` is not such bytes (real content is then hashed as usual).
-    A final partial block shorter than 8 bytes cannot carry its stamp, so a
-    file ending in one is hashed instead and its version does not survive the
-    round trip (payload mode keeps real bytes and always does)."""
-    n = len(data)
-    nb = (n + BLOCK - 1) // BLOCK
-    out = np.zeros(max(nb, 1), dtype=np.uint64)
-    mv = memoryview(data)
-    for i in range(nb):
-        blk = mv[i * BLOCK:(i + 1) * BLOCK]
-        if len(blk) < 8:
-            return None
-        s = int.from_bytes(blk[:8], "little")
-        if s == 0:
-            if any(blk):
-                return None
-            continue
-        if stamp_block(s)[: len(blk)] != blk:
-            return None
-        out[i] = s
-    return out
-
-
-def view_bytes(view, path: str, size: int) -> bytes:
-    """A file's bytes through any mounted view (or filesystem): real bytes on
-    a payload backend; on an accounting one, :func:`stamp_block` of each
-    block's version stamp (what ``read`` returns there), so equal content
-    gives equal bytes across drivers and :func:`decode_stamps` recovers it."""
+def view_content(view, path: str, size: int):
+    """A file's content for a layer tar: bytes on a payload backend; on an
+    accounting one a :class:`~thinp.image.stamps.StampedContent` of its
+    version stamps, expanded to bytes only when the tar is read."""
     data = view.read(path)
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
-    out = bytearray(len(data) * BLOCK)
-    cache: dict = {}
-    for i, s in enumerate(np.asarray(data).tolist()):
-        if s:
-            blk = cache.get(s)
-            if blk is None:
-                blk = cache[s] = stamp_block(s)
-            out[i * BLOCK:(i + 1) * BLOCK] = blk
-    return bytes(out[:size])
+    return StampedContent(size, np.asarray(data, dtype=np.uint64))
 
 
 # ---------------------------------------------------------------- the layer tar
@@ -238,7 +193,7 @@ def layer(view, chs, *, opaque=(), work: Work | None = None):
                 if st.st_nlink > 1:
                     links[key] = rel
                 e.size = st.st_size
-                content = view_bytes(view, ch.path, st.st_size)
+                content = view_content(view, ch.path, st.st_size)
                 if work is not None:
                     work.bytes += len(content)
         elif kind == "symlink":

@@ -8,10 +8,11 @@ writable :class:`~thinp.drivers.base.MountedView`:
 * an entry replaces what is at its path unless both are directories (then
   the directory's mode, owner and xattrs are updated); missing parents are
   made 0755;
-* a regular file's content is written in one call (a view with
-  ``write_content(path, data)`` -- the union view in accounting mode -- may
-  keep the version stamps a thinp diff carries); hard links link to an entry
-  already applied;
+* a regular file's content is written in one call, or in 16 MiB pieces
+  above 16 MiB (a view with ``write_content(path, data)`` -- the union view
+  in accounting mode -- may keep the version stamps a thinp diff carries,
+  and takes them without their bytes from a stamped layer); hard links link
+  to an entry already applied;
 * every entry but a symlink or hard link gets its mode, owner, xattrs and
   mtime; directories get their mtimes last, deepest first, as ``tar`` and
   Docker do, so entries made inside them do not move them;
@@ -107,6 +108,38 @@ def _xattrs(view, path: str, xattrs) -> None:
         view.setxattr(path, k, v if isinstance(v, bytes) else str(v).encode())
 
 
+#: a file bigger than this is written in pieces of :data:`PIECE_BYTES` (a
+#: 1 GiB file is never held whole), as ``tar`` writes it in pieces
+WHOLE_MAX_BYTES = 16 << 20
+PIECE_BYTES = 16 << 20
+
+
+def _write_file(view, write_content, p: str, size: int, stream) -> None:
+    """Write a file's ``size`` bytes of content from ``stream``.  Stamped
+    content (a :class:`~thinp.image.stamps.StampReader` of a thinp diff)
+    goes whole to a view that takes it (``write_content``), without
+    expanding a byte; otherwise a file of up to :data:`WHOLE_MAX_BYTES` is
+    written in one call, a bigger one in pieces."""
+    stamped = getattr(stream, "content", None)
+    if write_content is not None and stamped is not None:
+        write_content(p, stamped)
+        return
+    if size <= WHOLE_MAX_BYTES:
+        data = stream.read()
+        if write_content is not None:
+            write_content(p, data)
+        else:
+            view.write(p, 0, data)
+        return
+    off = 0
+    while off < size:
+        piece = stream.read(min(PIECE_BYTES, size - off))
+        if not piece:
+            break
+        view.write(p, off, piece)
+        off += len(piece)
+
+
 def apply_layer(view, layer, whiteouts=None) -> int:
     """Write ``layer``'s entries through the writable ``view`` (see the module
     docstring); ``whiteouts`` is the plug-in (default :class:`DeleteWhiteouts`).
@@ -159,11 +192,7 @@ def apply_layer(view, layer, whiteouts=None) -> int:
         elif kind == "file":
             view.create(p, e.mode, uid=e.uid, gid=e.gid)
             if e.size:
-                data = stream.read()
-                if write_content is not None:
-                    write_content(p, data)
-                else:
-                    view.write(p, 0, data)
+                _write_file(view, write_content, p, e.size, stream)
             size += e.size
         elif kind == "symlink":
             view.symlink(e.linkname, p, uid=e.uid, gid=e.gid)

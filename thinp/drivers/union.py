@@ -58,7 +58,7 @@ from ..blockdev import PlainDevice
 from ..config import PAGE_SIZE
 from .base import Capabilities, Change, Driver, MountedView, Usage, empty_stats
 from .layers import LayerRecord, LayerTable, NaiveDiff
-from ._treediff import decode_stamps
+from ._treediff import StampedContent, decode_stamps
 from .apply import apply_layer, ensure_parents
 from .pagecache import PageCache
 
@@ -569,7 +569,20 @@ class UnionView(MountedView):
     def write_content(self, path: str, data) -> None:
         """A whole file's content from a layer tar (see :mod:`.apply`): in
         accounting mode, bytes a thinp diff made from version stamps
-        (:func:`._treediff.decode_stamps`) keep their versions."""
+        (:func:`._treediff.decode_stamps`) keep their versions, and so does
+        a :class:`~thinp.image.stamps.StampedContent` (stamps, no bytes)."""
+        if isinstance(data, StampedContent):
+            if self.payload:
+                data = data.to_bytes()
+            else:
+                self.write(path, 0, data.size)
+                _canon, _stacks, _bi, node = self._top(path)
+                nb = data.nr_blocks
+                stamps = np.zeros(max(nb, 1), dtype=np.uint64)
+                k = min(nb, len(data.stamps))
+                stamps[:k] = data.stamps[:k]
+                node.stamps = stamps
+                return
         stamps = None if self.payload else decode_stamps(data)
         if stamps is None:
             self.write(path, 0, data)

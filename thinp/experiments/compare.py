@@ -161,7 +161,7 @@ def _timing_columns(result, device, timing) -> dict:
 
 
 def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0, progress=True,
-            *, jobs=None, runner=None, constants=None, timing=None, root=None, **driver_options):
+            *, jobs=None, runner=None, constants=None, timing=None, root=None, figure=True, **driver_options):
     """Run ``workload`` on each driver; return ``(DataFrame, Figure)``.
 
     ``workload`` is a scenario name, a TOML path or a loaded Workload;
@@ -180,14 +180,15 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     ``[constants]`` table (cache size, per-driver costs, ...) and an optional
     ``[timing]`` table; ``timing`` a :class:`~thinp.timing.TimingConstants`
     (or a TOML file with a ``[timing]`` table) for the concurrent timing
-    model's ``sim_*`` columns (cores, per-op CPU costs, locks' costs)."""
+    model's ``sim_*`` columns (cores, per-op CPU costs, locks' costs).
+    ``figure=False`` skips the figure (the Figure returned is None) unless
+    ``out`` asks for its PNG: drawing it is most of a second after the
+    drivers are done."""
     import types
 
     import pandas as pd
 
     from ..cost import load_device
-    from ..plot import compare_figure
-
     dev = load_device(device)
     if isinstance(constants, (str, os.PathLike)):
         from ..cost import CostConstants
@@ -255,7 +256,11 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
                 lambda done: None, lambda running: None)
     df = pd.DataFrame([rows[d] for d in names], columns=["driver", "workload", *COLUMNS, "error"])
     df["device"] = dev.name
-    fig = compare_figure(df, title=f"{wname} on {dev.name}")
+    fig = None
+    if figure or out is not None:
+        from ..plot import compare_figure
+
+        fig = compare_figure(df, title=f"{wname} on {dev.name}")
     if out is not None:
         save(df, fig, out)
     return df, fig

@@ -28,18 +28,37 @@ def find_extent(bitmap, first_free, zone_blocks, goal, end, want, align, min_len
     caller that wants "the first ``want``-long hole" passes ``min_len=want``
     and one that takes what it can passes ``min_len=1``.
     """
+    return find_run(bitmap, first_free, np.zeros(0, dtype=np.int64), zone_blocks, goal, end, want, align, min_len)
+
+
+@njit
+def find_run(bitmap, first_free, zone_used, zone_blocks, goal, end, want, align, min_len):
+    """:func:`find_extent`, with ``zone_used`` (blocks in use per zone, or an
+    empty array) to skip ahead in zones with fewer than ``min_len`` free
+    blocks: a long enough run can only start there in the zone's free tail
+    that reaches the next zone, at or after ``zone_end - free``.  The result
+    is the same; the scan over a fragmented, nearly full zone is not made."""
     b = goal
     n = bitmap.shape[0]
     if end > n:
         end = n
     words = bitmap[: n - n % 8].view(np.uint64)
     full = np.uint64(0x0101010101010101)
+    counted = zone_used.shape[0] > 0 and min_len > 1
     while b < end:
         z = b // zone_blocks
         ff = first_free[z]
         if b < ff:
             b = ff
             continue
+        if counted:
+            zend = (z + 1) * zone_blocks
+            if zend > n:
+                zend = n
+            free = zend - z * zone_blocks - zone_used[z]
+            if free < min_len and b < zend - free:
+                b = zend - free
+                continue
         if bitmap[b] != 0:
             # skip whole words of used blocks
             if b % 8 == 0:
@@ -174,7 +193,7 @@ def runs_of(blocks):
 def flex_group_stats(izone_used, zone_used, group_dirs, flex, inodes_per_group, blocks_per_group):
     """Per ext4 flex group (``flex`` block groups each; a last partial flex
     group counts its missing groups as full): free inodes, free blocks and
-    directories, as three int64 arrays."""
+    directories, as three int64 arrays, and their three sums."""
     ng = izone_used.shape[0]
     nf = (ng + flex - 1) // flex
     free_i = np.full(nf, inodes_per_group * flex, dtype=np.int64)
@@ -185,7 +204,14 @@ def flex_group_stats(izone_used, zone_used, group_dirs, flex, inodes_per_group, 
         free_i[x] -= izone_used[g]
         free_b[x] -= zone_used[g]
         dirs[x] += group_dirs[g]
-    return free_i, free_b, dirs
+    sum_i = 0
+    sum_b = 0
+    sum_d = 0
+    for x in range(nf):
+        sum_i += free_i[x]
+        sum_b += free_b[x]
+        sum_d += dirs[x]
+    return free_i, free_b, dirs, sum_i, sum_b, sum_d
 
 
 @njit

@@ -271,7 +271,7 @@ class Ext4(Filesystem):
 
     # -- inodes ------------------------------------------------------------------
     def _flex_stats(self):
-        """Free inodes, free blocks and directories per flex group."""
+        """Free inodes, free blocks and directories per flex group, and their sums."""
         g = self.geometry
         return K.flex_group_stats(self.izone_used, self.zone_used, self.group_dirs, g.flex_size,
                                   g.inodes_per_group, BLOCKS_PER_GROUP)
@@ -291,11 +291,12 @@ class Ext4(Filesystem):
         """find_group_orlov: the block group to start looking for a directory inode."""
         g = self.geometry
         f = g.flex_size
-        free_i, free_b, dirs = self._flex_stats()
+        free_i, free_b, dirs, sum_i, sum_b, sum_d = self._flex_stats()
+        free_i, free_b, dirs = free_i.tolist(), free_b.tolist(), dirs.tolist()
         nf = len(free_i)
-        freei = self._lagging("freei", int(free_i.sum()))
-        freeb = self._lagging("freeb", int(free_b.sum()))
-        ndirs = self._lagging("ndirs", int(dirs.sum()))
+        freei = self._lagging("freei", int(sum_i))
+        freeb = self._lagging("freeb", int(sum_b))
+        ndirs = self._lagging("ndirs", int(sum_d))
         avefreei = freei // nf
         avefreeb = freeb // nf
         if parent.ino == self.ROOT_INO:   # top-level: spread, fewest directories first
@@ -445,6 +446,8 @@ class Ext4(Filesystem):
         self._lg = [0, 0]
 
     def _extent_tree_layout(self, node: Inode) -> None:
+        if not node.meta_blocks and len(node.extents) <= 4:
+            return            # extents in the inode, no tree block to keep, free or dirty
         have = [b for b in node.meta_blocks if b in self._tree_blocks]
         need = 0 if len(node.extents) <= 4 else math.ceil(len(node.extents) / 340)
         while len(have) < need:

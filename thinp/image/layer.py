@@ -28,9 +28,16 @@ them (char 0/0, ``trusted.overlay.opaque=y``) in the layer's own directory.
 (sha256 of the uncompressed tar), ``chain_id`` (sha256 of
 ``parent.chain_id + " " + diff_id``), ``size`` (content bytes, as Docker's
 ``docker history`` SIZE) and ``tar_size``/``blob_size``.
+
+A driver's diff in accounting mode builds its layer from
+:class:`~thinp.image.stamps.StampedContent` (one uint64 version stamp per
+4 KiB block): an :class:`EntriesSource` generates the tar when it is read,
+so a layer holding a 1 GiB file costs 2 MiB of stamps, and an apply takes
+the stamps without expanding the bytes.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -44,9 +51,10 @@ from typing import BinaryIO, Iterable, Iterator
 
 from ..errors import ImageFormatError
 from . import tarstream as ts
+from .stamps import StampedContent
 
 __all__ = [
-    "Entry", "Layer", "BlobSource", "FileSource", "BytesSource",
+    "Entry", "Layer", "BlobSource", "FileSource", "BytesSource", "EntriesSource", "StampedContent",
     "chain_id", "chain_ids", "write_tar", "EMPTY_TAR_DIFF_ID",
     "WHITEOUT_PREFIX", "OPAQUE_MARKER",
 ]
@@ -178,6 +186,106 @@ class BytesSource(BlobSource):
 
     def open(self) -> BinaryIO:
         return io.BytesIO(self.data)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable stream over an iterator of ``bytes`` chunks."""
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self._buf = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._buf):
+            nxt = next(self._chunks, None)
+            if nxt is None:
+                return 0
+            self._buf, self._pos = nxt, 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+class EntriesSource(BlobSource):
+    """A layer tar made on demand from ``(Entry, content)`` pairs, never held
+    whole: a driver's diff in accounting mode, whose file content is
+    :class:`~thinp.image.stamps.StampedContent` (2 MiB of stamps for a 1 GiB
+    file).  ``open()`` streams the same bytes :func:`write_tar` writes.
+
+    ``parsed`` is filled by the layer's first full read (``Layer.scan``):
+    each item's entry as a reader of the tar sees it (None for a member the
+    reader skips), so an unverified ``Layer.walk`` yields those entries with
+    the content itself -- a stamped file as a
+    :class:`~thinp.image.stamps.StampReader`, whose ``content`` an apply
+    takes without expanding a byte."""
+
+    def __init__(self, items, name: str = "<entries>"):
+        self.items = []
+        for entry, content in items:
+            if entry.kind == FILE:
+                if content is None:
+                    if entry.size:
+                        raise ValueError(f"no content given for {entry.path!r} ({entry.size} bytes)")
+                    content = b""
+                elif isinstance(content, (bytearray, memoryview)):
+                    content = bytes(content)
+                elif not isinstance(content, (bytes, StampedContent)):
+                    raise TypeError(f"{entry.path!r}: content must be bytes or StampedContent")
+            self.items.append((entry, content))
+        self.name = name
+        self.parsed: list | None = None
+        self.diff_id: str | None = None     # the DiffID the first full read computed
+
+    def chunks(self) -> Iterator[bytes]:
+        """The tar's bytes, in pieces of at most a header or a content chunk."""
+        offset = 0
+        for entry, content in self.items:
+            ti = _tarinfo(entry)
+            if entry.kind == FILE:
+                ti.size = len(content)
+            buf = ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            yield buf
+            offset += len(buf)
+            if entry.kind != FILE or not ti.size:
+                continue
+            if isinstance(content, StampedContent):
+                reader = content.reader()
+                while True:
+                    piece = reader.read(_HASH_CHUNK * 4)
+                    if not piece:
+                        break
+                    yield piece
+            else:
+                yield content
+            blocks, remainder = divmod(ti.size, tarfile.BLOCKSIZE)
+            if remainder:
+                yield bytes(tarfile.BLOCKSIZE - remainder)
+                blocks += 1
+            offset += blocks * tarfile.BLOCKSIZE
+        yield bytes(2 * tarfile.BLOCKSIZE)
+        offset += 2 * tarfile.BLOCKSIZE
+        remainder = offset % tarfile.RECORDSIZE
+        if remainder:
+            yield bytes(tarfile.RECORDSIZE - remainder)
+
+    def open(self) -> BinaryIO:
+        return io.BufferedReader(_ChunkReader(self.chunks()), buffer_size=1 << 20)
+
+    def walk_parsed(self) -> Iterator[tuple[Entry, BinaryIO | None]]:
+        for entry, (item, content) in zip(self.parsed, self.items):
+            if entry is None:
+                continue
+            stream = None
+            if item.kind == FILE:
+                stream = content.reader() if isinstance(content, StampedContent) else io.BytesIO(content)
+            elif item.kind in (WHITEOUT, OPAQUE):     # empty regular files in the tar
+                stream = io.BytesIO(b"")
+            yield dataclasses.replace(entry, xattrs=dict(entry.xattrs)), stream
 
 
 # ----------------------------------------------------------------- fast path
@@ -339,9 +447,18 @@ class Layer:
         """Build a layer from ``(Entry, content)`` pairs (a driver's diff).
 
         In memory, or streamed to the file ``path`` (written under a temporary
-        name and renamed, so a failure leaves no partial layer).
+        name and renamed, so a failure leaves no partial layer).  In memory,
+        items whose content is all bytes or
+        :class:`~thinp.image.stamps.StampedContent` (some of it stamped) make
+        an :class:`EntriesSource`: the tar is generated when read, so memory
+        holds stamps, not the file bytes they stand for.
         """
         if path is None:
+            items = list(items)
+            if any(isinstance(c, StampedContent) for _, c in items) and all(
+                    c is None or isinstance(c, (bytes, bytearray, memoryview, StampedContent))
+                    for _, c in items):
+                return cls(EntriesSource(items, kw.pop("name", "<entries>")), **kw).scan()
             buf = io.BytesIO()
             write_tar(items, buf)
             return cls.from_bytes(buf.getvalue(), **kw).scan()
@@ -392,6 +509,11 @@ class Layer:
         if not verify and self._diff_id is not None and isinstance(self.source, FileSource):
             yield from self._walk_seeking()
             return
+        src = self.source
+        if not verify and isinstance(src, EntriesSource) and src.parsed is not None:
+            yield from src.walk_parsed()
+            return
+        record = [] if isinstance(src, EntriesSource) and src.parsed is None else None
         raw = self.source.open()
         inp = None
         try:
@@ -403,6 +525,8 @@ class Layer:
             for header, stream in ts.iter_tar(inp):
                 entry = _classify(header, self.name)
                 nr += 1
+                if record is not None:
+                    record.append(entry)
                 if entry is None:
                     continue
                 if entry.kind == FILE:
@@ -438,6 +562,8 @@ class Layer:
             self.size, self.tar_size, self.nr_entries = size, inp.nr_bytes, nr
             if self.blob_size is None:
                 self.blob_size = compressed
+            if record is not None and len(record) == len(src.items):
+                src.parsed, src.diff_id = record, self._diff_id
         finally:
             if inp is not None:
                 inp.close()
@@ -561,7 +687,13 @@ class Layer:
             self.blob_size = tar_size
 
     def scan(self) -> "Layer":
-        """Read the whole blob once: verify it and fill in the sizes."""
+        """Read the whole blob once: verify it and fill in the sizes.  A tar
+        this process generated (:class:`EntriesSource`) and already read
+        whole is not read again: its bytes cannot have changed."""
+        src = self.source
+        if (isinstance(src, EntriesSource) and src.parsed is not None and src.diff_id == self._diff_id
+                and self.size is not None):
+            return self
         for _ in self.walk(verify=True):
             pass
         return self
@@ -620,8 +752,9 @@ def _tarinfo(entry: Entry) -> tarfile.TarInfo:
 def write_tar(items: Iterable[tuple[Entry, bytes | BinaryIO | None]], out: BinaryIO) -> None:
     """Write ``(Entry, content)`` pairs as a PAX tar to ``out`` (not closed).
 
-    ``content`` is bytes or a readable stream for files (``entry.size``
-    bytes are copied), ``None`` otherwise.  Whiteouts and opaque markers are
+    ``content`` is bytes, :class:`~thinp.image.stamps.StampedContent`
+    (expanded as it is written) or a readable stream for files
+    (``entry.size`` bytes are copied), ``None`` otherwise.  Whiteouts and opaque markers are
     written in their ``.wh.`` form.
     """
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
@@ -631,6 +764,9 @@ def write_tar(items: Iterable[tuple[Entry, bytes | BinaryIO | None]], out: Binar
                 if isinstance(content, (bytes, bytearray, memoryview)):
                     ti.size = len(content)
                     content = io.BytesIO(content)
+                elif isinstance(content, StampedContent):
+                    ti.size = content.size
+                    content = content.reader()
                 elif content is None:
                     if entry.size:
                         raise ValueError(f"no content given for {entry.path!r} ({entry.size} bytes)")

@@ -14,7 +14,9 @@ m64, m32   uint64[nb, 512], uint32[nb, 1024]  the blocks; a node's header
 count, committed, free, txn, kind, fresh   the transaction manager's
            (see transaction.py) and the block manager's ``fresh``
 tst        int64 [cursor, allocations, shadows, -]
-dcount, dcommitted, dfree, dst   the data space map's
+dcount, dcommitted, dfree, dst   the data space map's (``dcommitted`` may
+           carry one "changed" flag per bitmap after the counts; kernels set
+           it wherever they change ``dcount``)
 
 Kernels return >= 0, or -1 when metadata ran out (the transaction must be
 abandoned, as dm aborts it).
@@ -31,6 +33,7 @@ HDR = 4  # header words (32 bytes)
 MAX8 = 252  # calc_max_entries(8)
 KIND_BTREE = 1
 THRESH = 8
+ENTRIES_PER_BITMAP = 16320  # space_map.ENTRIES_PER_BITMAP
 
 
 @njit(inline="always")
@@ -71,7 +74,17 @@ def _dec(count, committed, free, b):
 
 
 @njit(inline="always")
+def _dtouch(dcount, dcommitted, p):
+    """Flag data block ``p``'s bitmap as changed (when ``dcommitted``
+    carries the flags after the counts; see disk_space_map.py)."""
+    n = dcount.shape[0]
+    if dcommitted.shape[0] > n:
+        dcommitted[n + p // ENTRIES_PER_BITMAP] = 1
+
+
+@njit(inline="always")
 def _ddec(dcount, dcommitted, dfree, p):
+    _dtouch(dcount, dcommitted, p)
     c = dcount[p]
     dcount[p] = c - 1
     if c == 1 and dcommitted[p] == 0:
@@ -79,14 +92,16 @@ def _ddec(dcount, dcommitted, dfree, p):
 
 
 @njit(inline="always")
-def _dinc(dcount, dfree, p):
+def _dinc(dcount, dcommitted, dfree, p):
+    _dtouch(dcount, dcommitted, p)
     dcount[p] += 1
     dfree[p] = False
 
 
 @njit
-def _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds):
-    """leaf_holds: 1 = metadata blocks (subtree roots), 2 = data block_time."""
+def _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, b, leaf_holds):
+    """leaf_holds: 0 = nothing (counts), 1 = metadata blocks (subtree
+    roots), 2 = data block_time."""
     nr = m32[b, 4]
     mx = m32[b, 5]
     if m32[b, 1] & INTERNAL or leaf_holds == 1:
@@ -94,13 +109,13 @@ def _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds):
             c = np.int64(m64[b, HDR + mx + i])
             count[c] += 1
             free[c] = False
-    else:
+    elif leaf_holds == 2:
         for i in range(nr):
-            _dinc(dcount, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
+            _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
 
 
 @njit
-def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, b, leaf_holds):
+def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, b, leaf_holds):
     """dm_tm_shadow_block + inc_children; the block to write, or -1."""
     shared = count[b] > 1
     if txn[b] and not shared:
@@ -113,7 +128,7 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfr
     for w in range(512):
         m64[nb, w] = m64[b, w]
     if shared:
-        _inc_children(m64, m32, count, free, dcount, dfree, nb, leaf_holds)
+        _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, nb, leaf_holds)
     return nb
 
 
@@ -140,12 +155,17 @@ def _key(m64, b, i):
 
 @njit(inline="always")
 def _val(m64, m32, b, i):
+    if m32[b, 6] == 4:
+        return np.uint64(m32[b, 2 * HDR + 2 * m32[b, 5] + i])
     return m64[b, HDR + m32[b, 5] + i]
 
 
 @njit(inline="always")
 def _set_val(m64, m32, b, i, v):
-    m64[b, HDR + m32[b, 5] + i] = v
+    if m32[b, 6] == 4:
+        m32[b, 2 * HDR + 2 * m32[b, 5] + i] = np.uint32(v)
+    else:
+        m64[b, HDR + m32[b, 5] + i] = v
 
 
 @njit
@@ -155,14 +175,31 @@ def _move(m64, m32, dst, doff, src, soff, count):
         return
     dm = m32[dst, 5]
     sm = m32[src, 5]
-    if dst == src and doff > soff:
+    backward = dst == src and doff > soff
+    if m32[dst, 6] == 8:
+        if backward:
+            for i in range(count - 1, -1, -1):
+                m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
+                m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+        else:
+            for i in range(count):
+                m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
+                m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+        return
+    # narrower values (the space maps' 4-byte counts): keys, then value words
+    w = np.int64(m32[dst, 6]) // 4
+    dv = 2 * HDR + 2 * np.int64(dm) + doff * w
+    sv = 2 * HDR + 2 * np.int64(sm) + soff * w
+    if backward:
         for i in range(count - 1, -1, -1):
             m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
-            m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+        for i in range(count * w - 1, -1, -1):
+            m32[dst, dv + i] = m32[src, sv + i]
     else:
         for i in range(count):
             m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
-            m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+        for i in range(count * w):
+            m32[dst, dv + i] = m32[src, sv + i]
 
 
 @njit
@@ -276,8 +313,8 @@ def _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, pi, ke
 
 
 @njit
-def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent, i, leaf_holds):
-    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree,
+def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent, i, leaf_holds):
+    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                  np.int64(_val(m64, m32, parent, i)), leaf_holds)
     if nb >= 0:
         _set_val(m64, m32, parent, i, np.uint64(nb))
@@ -285,20 +322,20 @@ def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
 
 
 @njit
-def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, pi, key,
+def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
                           leaf_holds):
     parent = sp[0]
     if pi == 0:
         mid_index = 1
         left = sp[1]
-        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
                               pi + 1, leaf_holds)
         if right < 0:
             return -1
     else:
         mid_index = pi
         right = sp[1]
-        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
                              pi - 1, leaf_holds)
         if left < 0:
             return -1
@@ -318,7 +355,7 @@ def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, ts
 
 
 @njit
-def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, pi, key,
+def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
                         leaf_holds):
     parent = sp[0]
     nr_parent = np.int64(m32[parent, 4])
@@ -328,7 +365,7 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
         lb = np.int64(_val(m64, m32, parent, pi - 1))
         left_shared = count[lb] > 1
         if not left_shared and np.int64(m32[lb, 5]) - np.int64(m32[lb, 4]) >= THRESH:
-            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
                                 pi - 1, leaf_holds)
             if sib < 0:
                 return -1
@@ -341,7 +378,7 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
         rb = np.int64(_val(m64, m32, parent, pi + 1))
         right_shared = count[rb] > 1
         if not right_shared and np.int64(m32[rb, 5]) - np.int64(m32[rb, 4]) >= THRESH:
-            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, parent,
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
                                 pi + 1, leaf_holds)
             if sib < 0:
                 return -1
@@ -352,7 +389,7 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
             return 0
     if left_shared or right_shared or nr_parent <= 2 or pi == 0 or pi + 1 == nr_parent:
         return _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, pi, key)
-    return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, pi,
+    return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi,
                                  key, leaf_holds)
 
 
@@ -367,7 +404,7 @@ def _has_space(m64, m32, b, key):
 
 
 @njit
-def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key, index,
+def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
                 leaf_holds, halves):
     i = index
     top = True
@@ -376,7 +413,7 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
         if sp[2] == 2:
             sp[0] = sp[1]
             sp[2] = 1
-        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, root, leaf_holds)
+        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, leaf_holds)
         if nb < 0:
             return -2
         if sp[2] == 0:
@@ -400,7 +437,7 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
             elif halves:
                 r = _split_one_into_two(m64, m32, count, free, txn, kind, fresh, tst, sp, i, key)
             else:
-                r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp,
+                r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp,
                                         i, key, leaf_holds)
             if r < 0:
                 return -2
@@ -425,7 +462,7 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     (new root, inserted).  Returns 0, or -1 when metadata ran out."""
     sp = np.zeros(4, dtype=np.int64)
     key0 = np.uint64(dev)
-    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key0, -1,
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key0, -1,
                       1, halves)
     if idx < -1:
         return -1
@@ -441,7 +478,7 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
         _insert_at(m64, m32, n, idx, key0, np.uint64(nt))
     sub = np.int64(_val(m64, m32, n, idx))
     key1 = np.uint64(vblock)
-    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, sub, key1, idx,
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, sub, key1, idx,
                       2, halves)
     if idx < -1:
         return -1
@@ -483,6 +520,66 @@ def lookup_mapping(m64, m32, root, dev, vblock):
 
 
 @njit
+def _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
+    """Where an insert of (dev, key) lands when dm's insert would only
+    descend: every node on the path already this transaction's and
+    unshared, none full (a full leaf only when ``key`` is in it, in the
+    current split rule) and no internal node's first key above ``key``.
+    Returns False when the path is not so; else True with ``res`` = (leaf,
+    lower-bound index, key found) and ``hi`` = (the leaf's upper key bound,
+    exclusive; 1 when it has none)."""
+    b = root
+    k = np.uint64(dev)
+    while True:
+        if not txn[b] or count[b] != 1:
+            return False
+        full = m32[b, 4] == m32[b, 5]
+        leaf = m32[b, 1] & LEAF
+        if full and (halves or not leaf):
+            return False
+        i = _lower_bound(m64, m32, b, k)
+        if i < 0:
+            return False
+        if leaf:
+            if m64[b, HDR + i] != k:
+                return False
+            b = np.int64(_val(m64, m32, b, i))
+            break
+        b = np.int64(_val(m64, m32, b, i))
+    return _direct_descend(m64, m32, count, txn, b, key, halves, res, hi)
+
+
+@njit
+def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
+    """The one-level part of :func:`_direct_leaf`, from node ``b``;
+    ``hi[2]`` gets the leaf's lower key bound (the last internal key
+    chosen on the way; 0 when the root is the leaf)."""
+    hi[1] = 1
+    hi[2] = 0
+    while True:
+        if not txn[b] or count[b] != 1:
+            return False
+        nr = np.int64(m32[b, 4])
+        full = nr == m32[b, 5]
+        i = _lower_bound(m64, m32, b, key)
+        if m32[b, 1] & LEAF:
+            found = i >= 0 and m64[b, HDR + i] == key
+            if full and (halves or not found):
+                return False
+            res[0] = b
+            res[1] = i
+            res[2] = 1 if found else 0
+            return True
+        if full or i < 0:
+            return False
+        hi[2] = m64[b, HDR + i]
+        if i + 1 < nr:
+            hi[0] = m64[b, HDR + i + 1]
+            hi[1] = 0
+        b = np.int64(_val(m64, m32, b, i))
+
+
+@njit
 def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                  root, dev, snap_time, time, vblocks, halves, out):
     """dm-thin's write path for each of ``vblocks`` of device ``dev``: a
@@ -494,11 +591,34 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     says how far it got)."""
     added = 0
     allocs = 0
-    for k in range(vblocks.shape[0]):
+    # Where dm's insert would only descend (_direct_leaf), the leaf is
+    # changed in place, found in one descent; and sequential runs append to
+    # the leaf the last block went to, with no descent, while they stay
+    # below its upper bound and it has room.
+    leaf = -1
+    hi = np.zeros(3, dtype=np.uint64)
+    res = np.zeros(3, dtype=np.int64)
+    n = vblocks.shape[0]
+    for k in range(n):
         vb = vblocks[k]
-        v, found = lookup_mapping(m64, m32, root, dev, vb)
-        if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
-            continue
+        key = np.uint64(vb)
+        append = False
+        direct = False
+        if leaf >= 0:
+            nr = np.int64(m32[leaf, 4])
+            if nr >= 1 and nr < m32[leaf, 5] and key > m64[leaf, HDR + nr - 1] and (hi[1] or key < hi[0]):
+                append = True
+            else:
+                leaf = -1
+        if not append:
+            direct = _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi)
+            if direct:
+                if res[2] and np.int64(_val(m64, m32, res[0], res[1]) & np.uint64(0xFFFFFF)) >= snap_time:
+                    continue
+            else:
+                v, found = lookup_mapping(m64, m32, root, dev, vb)
+                if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
+                    continue
         p = _find_free(dfree, dst[0])
         if p < 0:
             out[0] = root
@@ -507,9 +627,32 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             out[3] = allocs
             return -2
         dst[0] = p + 1
+        _dtouch(dcount, dcommitted, p)
         dcount[p] = 1
         dfree[p] = False
         value = (np.uint64(p) << np.uint64(24)) | np.uint64(time & 0xFFFFFF)
+        if append:
+            nr = np.int64(m32[leaf, 4])
+            m64[leaf, HDR + nr] = key
+            _set_val(m64, m32, leaf, nr, value)
+            m32[leaf, 4] = nr + 1
+            added += 1
+            allocs += 1
+            continue
+        if direct:
+            lb = res[0]
+            if res[2]:
+                old = _val(m64, m32, lb, res[1])
+                if (old >> np.uint64(24)) != (value >> np.uint64(24)):
+                    _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
+                _set_val(m64, m32, lb, res[1], value)
+            else:
+                _insert_at(m64, m32, lb, res[1] + 1, key, value)
+                added += 1
+            allocs += 1
+            if k + 1 < n and vblocks[k + 1] == vb + 1:
+                leaf = lb
+            continue
         r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                            root, dev, vb, value, halves, out)
         if r < 0:
@@ -521,6 +664,9 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         root = out[0]
         added += out[1]
         allocs += 1
+        if k + 1 < n and vblocks[k + 1] == vb + 1 and \
+                _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
+            leaf = res[0]
     out[0] = root
     out[1] = vblocks.shape[0]
     out[2] = added
@@ -569,13 +715,13 @@ def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_i
 
 
 @njit
-def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, key,
+def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, key,
                         leaf_holds):
     """Returns 1 done, 0 key absent, -1 out of metadata."""
     if m32[cur, 4] == 1:
         b = np.int64(_val(m64, m32, cur, 0))
         if count[b] > 1:
-            _inc_children(m64, m32, count, free, dcount, dfree, b, leaf_holds)
+            _inc_children(m64, m32, count, free, dcount, dcommitted, dfree, b, leaf_holds)
         for w in range(512):
             m64[cur, w] = m64[b, w]
         _dec(count, committed, free, b)
@@ -586,26 +732,26 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
     nr = np.int64(m32[cur, 4])
     if i == 0 or i == nr - 1:
         li = i if i == 0 else i - 1
-        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li,
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li,
                              leaf_holds)
         if left < 0:
             return -1
-        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 1,
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li + 1,
                               leaf_holds)
         if right < 0:
             return -1
         _rebalance2_nodes(m64, m32, count, committed, free, cur, left, right, li + 1)
         return 1
     li = i - 1
-    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li,
+    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li,
                          leaf_holds)
     if left < 0:
         return -1
-    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 1,
+    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li + 1,
                            leaf_holds)
     if center < 0:
         return -1
-    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, cur, li + 2,
+    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li + 2,
                           leaf_holds)
     if right < 0:
         return -1
@@ -662,7 +808,7 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
 
 
 @njit
-def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root, key, index,
+def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
                 leaf_holds):
     """The index of ``key`` in the leaf now current, -1 absent, -2 out of metadata."""
     i = index
@@ -670,7 +816,7 @@ def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
         if sp[2] == 2:
             sp[0] = sp[1]
             sp[2] = 1
-        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, root, leaf_holds)
+        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, leaf_holds)
         if nb < 0:
             return -2
         if sp[2] == 0:
@@ -684,7 +830,7 @@ def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
             _set_val(m64, m32, sp[0], i, np.uint64(nb))
         b = sp[1]
         if not (m32[b, 1] & LEAF):
-            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, b, key,
+            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, b, key,
                                     leaf_holds)
             if r < 0:
                 return -2
@@ -705,7 +851,7 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
     Returns 0, or -1 when metadata ran out."""
     sp = np.zeros(4, dtype=np.int64)
-    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, root,
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
                       np.uint64(dev), 0, 1)
     if idx == -2:
         return -1
@@ -714,7 +860,7 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
         out[1] = 0
         return 0
     sub = np.int64(_val(m64, m32, sp[1], idx))
-    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dfree, sp, sub,
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, sub,
                       np.uint64(vblock), idx, 2)
     if idx == -2:
         return -1
@@ -727,3 +873,174 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     _delete_at(m64, m32, n, idx)
     out[1] = 1
     return 0
+
+
+# --------------------------------------------------------- ref-count trees
+@njit
+def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
+                      out):
+    """A space map's ref-count btree (4-byte values, one level) after, in
+    order, each ``blocks[k]`` is set to ``counts[k]`` when that is >= 3
+    (dm_btree_insert) or removed when it is below 3 (dm_btree_remove).
+    ``out[0]`` gets the new root.  Returns 0, or -1 when metadata ran out."""
+    dcount = np.zeros(1, dtype=np.uint32)
+    dfree = np.zeros(1, dtype=np.bool_)
+    dcommitted = np.zeros(1, dtype=np.uint32)
+    sp = np.zeros(4, dtype=np.int64)
+    # as write_blocks: a leaf an insert would only descend to is changed in
+    # place, and stays the target while the keys stay within its bounds
+    leaf = -1
+    hi = np.zeros(3, dtype=np.uint64)
+    res = np.zeros(3, dtype=np.int64)
+    for k in range(blocks.shape[0]):
+        key = np.uint64(blocks[k])
+        c = counts[k]
+        if c >= 3:
+            if leaf < 0 or key < hi[2] or (not hi[1] and key >= hi[0]):
+                leaf = -1
+                if _direct_descend(m64, m32, count, txn, root, key, halves, res, hi):
+                    leaf = res[0]
+            if leaf >= 0:
+                i = _lower_bound(m64, m32, leaf, key)
+                found = i >= 0 and m64[leaf, HDR + i] == key
+                full = m32[leaf, 4] == m32[leaf, 5]
+                if found and not (full and halves):
+                    _set_val(m64, m32, leaf, i, np.uint64(c))
+                    continue
+                if not found and not full:
+                    _insert_at(m64, m32, leaf, i + 1, key, np.uint64(c))
+                    continue
+                leaf = -1
+        else:
+            leaf = -1
+        for j in range(4):
+            sp[j] = 0
+        if c >= 3:
+            idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
+                              key, -1, 0, halves)
+            if idx < -1:
+                out[0] = root
+                return -1
+            n = sp[1]
+            if idx >= m32[n, 4] or m64[n, HDR + idx] != key:
+                _insert_at(m64, m32, n, idx, key, np.uint64(c))
+            else:
+                _set_val(m64, m32, n, idx, np.uint64(c))
+        else:
+            idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
+                              key, 0, 0)
+            if idx == -2:
+                out[0] = root
+                return -1
+            if idx >= 0:
+                _delete_at(m64, m32, sp[1], idx)
+        root = sp[3]
+    out[0] = root
+    return 0
+
+
+# ---------------------------------------------------------------- leaf walk
+MAX_DEPTH = 64
+WALK_BAD_BLOCK = -1  # a child outside the device
+WALK_BAD_NODE = -2  # a node whose header is not an 8-byte-value btree node
+WALK_BAD_ORDER = -3  # keys not ascending, or outside the parent's range
+WALK_TOO_DEEP = -4
+WALK_TOO_MANY = -5  # more entries than the output holds
+
+
+@njit
+def walk_leaves(m64, m32, root, keys_out, vals_out, pos, fill, bad):
+    """In-order walk of the one-level tree at ``root`` (8-byte values).
+    With ``fill`` the leaf entries go to ``keys_out``/``vals_out`` from
+    ``pos``; without, they are only counted.  Checks each node's header,
+    that keys ascend and stay within their parent's range, and that every
+    child is on the device.  Returns the new ``pos``, or a WALK_* code
+    (< 0) with ``bad[0]`` the offending block."""
+    nb = m64.shape[0]
+    sb = np.empty(MAX_DEPTH, dtype=np.int64)
+    si = np.empty(MAX_DEPTH, dtype=np.int64)
+    lo = np.empty(MAX_DEPTH, dtype=np.uint64)  # keys under stack entry d are >= lo[d]
+    hi = np.empty(MAX_DEPTH, dtype=np.uint64)  # ... and < hi[d] (hi_open[d] = no bound)
+    hi_open = np.empty(MAX_DEPTH, dtype=np.bool_)
+    if root <= 0 or root >= nb:
+        bad[0] = root
+        return WALK_BAD_BLOCK
+    depth = 0
+    sb[0] = root
+    si[0] = -1
+    lo[0] = np.uint64(0)
+    hi[0] = np.uint64(0)
+    hi_open[0] = True
+    while depth >= 0:
+        b = sb[depth]
+        nr = np.int64(m32[b, 4])
+        mx = np.int64(m32[b, 5])
+        if si[depth] < 0:
+            # first visit: check the node
+            flags = m32[b, 1]
+            if mx != MAX8 or m32[b, 6] != 8 or nr > mx or (flags & (INTERNAL | LEAF)) == 0 \
+                    or (flags & INTERNAL and flags & LEAF):
+                bad[0] = b
+                return WALK_BAD_NODE
+            prev = lo[depth]
+            for i in range(nr):
+                k = m64[b, HDR + i]
+                if (i > 0 and k <= prev) or k < lo[depth] or (not hi_open[depth] and k >= hi[depth]):
+                    bad[0] = b
+                    return WALK_BAD_ORDER
+                prev = k
+            si[depth] = 0
+            if flags & LEAF:
+                if fill:
+                    if pos + nr > keys_out.shape[0]:
+                        bad[0] = b
+                        return WALK_TOO_MANY
+                    for i in range(nr):
+                        keys_out[pos + i] = m64[b, HDR + i]
+                        vals_out[pos + i] = m64[b, HDR + mx + i]
+                pos += nr
+                depth -= 1
+                continue
+        i = si[depth]
+        if i >= nr:
+            depth -= 1
+            continue
+        si[depth] = i + 1
+        c = np.int64(m64[b, HDR + mx + i])
+        if c <= 0 or c >= nb:
+            bad[0] = b
+            return WALK_BAD_BLOCK
+        if depth + 1 >= MAX_DEPTH:
+            bad[0] = c
+            return WALK_TOO_DEEP
+        d = depth + 1
+        sb[d] = c
+        si[d] = -1
+        lo[d] = m64[b, HDR + i]
+        if i + 1 < nr:
+            hi[d] = m64[b, HDR + i + 1]
+            hi_open[d] = False
+        else:
+            hi[d] = hi[depth]
+            hi_open[d] = hi_open[depth]
+        depth = d
+    return pos
+
+
+@njit
+def walk_mapping_tree(m64, m32, devs, roots, begin, keys_out, vals_out, bad):
+    """Every device's subtree in turn (``devs``/``roots`` from the top
+    level): counts into ``begin`` (int64[len(devs) + 1], offsets) when
+    ``keys_out`` is empty, else fills.  Returns the total, or a WALK_* code
+    with ``bad`` = (block, device index)."""
+    fill = keys_out.shape[0] > 0
+    pos = np.int64(0)
+    for j in range(devs.shape[0]):
+        begin[j] = pos
+        r = walk_leaves(m64, m32, roots[j], keys_out, vals_out, pos, fill, bad)
+        if r < 0:
+            bad[1] = j
+            return r
+        pos = r
+    begin[devs.shape[0]] = pos
+    return pos

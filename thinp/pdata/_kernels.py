@@ -252,6 +252,10 @@ def _event(sp, op_index, kind, value):
         sp.scal[S_DROPPED_EVENTS] += 1
 
 
+#: public name (thin's replay kernels log events too)
+event = _event
+
+
 # --- bitmaps and next-fit allocation -------------------------------------------------
 @njit(inline="always", refcount=False)
 def _bit_set(bits, b):
@@ -402,6 +406,10 @@ def _release_meta(sp, b):
     sp.scal[S_MUSED] -= 1
     if (not sp.scal[S_META_LWM_ARMED]) and (sp.scal[S_NR_META] - sp.scal[S_MUSED]) > sp.scal[S_META_LWM]:
         sp.scal[S_META_LWM_ARMED] = 1
+
+
+#: public name (thin's replay kernels release metadata blocks too)
+release_meta = _release_meta
 
 
 @njit(refcount=False)

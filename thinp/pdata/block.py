@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE
-from .crc32c import TABLE, crc32c_update
+from .crc32c import TABLE, TABLE8, crc32c_update, seal_blocks
 
 BLOCK_SIZE = METADATA_BLOCK_SIZE
 #: dm's per-type checksum salts (dm-thin-metadata.c, dm-btree-spine.c,
@@ -130,6 +130,20 @@ class BlockManager:
             os.close(self.fd)
             self.fd = -1
 
+    def flush(self, blocks) -> int:
+        """msync these blocks of a file-backed device, one call per run of
+        adjacent blocks; returns the number of calls."""
+        if self.mm is None:
+            return 0
+        bs = np.unique(np.asarray(blocks, dtype=np.int64))
+        if not len(bs):
+            return 0
+        starts = np.flatnonzero(np.diff(bs, prepend=bs[0] - 2) != 1)
+        ends = np.append(starts[1:], len(bs))
+        for a, z in zip(bs[starts].tolist(), (bs[ends - 1] + 1).tolist()):
+            self.mm.flush(a * BLOCK_SIZE, (z - a) * BLOCK_SIZE)
+        return len(starts)
+
     # ---------------------------------------------------------------- blocks
     def read(self, b: int, v: Validator) -> np.ndarray:
         """Block ``b`` (a view), checked by ``v``; MetadataCorruptError if not."""
@@ -153,6 +167,19 @@ class BlockManager:
         """Block ``b`` is being rewritten in this transaction."""
         self._valid.pop(b, None)
         self.fresh[b] = 1
+
+    def seal_many(self, bs: np.ndarray, kinds: np.ndarray) -> None:
+        """:meth:`seal` for blocks ``bs`` of the validators ``kinds``
+        (KIND_* codes), in one kernel call."""
+        if not len(bs):
+            return
+        xors = np.zeros(len(VALIDATORS) + 1, dtype=np.int64)
+        for k, v in VALIDATORS.items():
+            xors[k] = v.xor
+        seal_blocks(TABLE8, self.blocks, np.ascontiguousarray(bs, dtype=np.int64), xors[kinds])
+        self.fresh[bs] = 0
+        for b, k in zip(bs.tolist(), kinds.tolist()):
+            self._valid[b] = VALIDATORS[k]
 
     def seal(self, b: int, v: Validator) -> None:
         """Stamp block ``b`` as a ``v`` block (location, checksum)."""

@@ -52,6 +52,56 @@ class SmRoot:
         r["bitmap_root"], r["ref_count_root"] = self.bitmap_root, self.ref_count_root
 
 
+class RefCounts:
+    """Both space maps' counts in RAM, between commits (dm keeps them in
+    its bitmaps and ref-count tree; thinp reads them once on open):
+
+    count      uint32[nr_blocks]  every block's reference count now
+    committed  uint32[nr_blocks + extra]  the counts as of the last commit
+               (``extra`` entries after them are the owner's)
+    free       bool[nr_blocks]  free now and at the last commit: what
+               allocation may hand out
+    st         int64[nr_scalars]  scalars the kernels share; st[0] is the
+               allocation cursor, restarted at 0 by every commit
+
+    Allocation is dm's: the lowest block free both now and at the last
+    commit, from the cursor, wrapping once (sm_ll_find_common_free_block).
+    """
+
+    def __init__(self, count: np.ndarray, nr_scalars: int, extra: int = 0):
+        self.count = count.astype(np.uint32, copy=True)
+        n = self.count.shape[0]
+        self.committed = np.zeros(n + extra, dtype=np.uint32)
+        self.committed[:n] = self.count
+        self.free = self.count == 0
+        self.st = np.zeros(nr_scalars, dtype=np.int64)
+
+    @property
+    def nr_blocks(self) -> int:
+        return self.count.shape[0]
+
+    @property
+    def begin(self) -> int:
+        return int(self.st[0])
+
+    @begin.setter
+    def begin(self, b: int) -> None:
+        self.st[0] = b
+
+    @property
+    def nr_free(self) -> int:
+        return int(self.nr_blocks - np.count_nonzero(self.count))
+
+    def take_free(self) -> int:
+        """Allocate the next free block (count 1); -1 when there is none."""
+        b = find_free(self.free, self.begin)
+        if b >= 0:
+            self.begin = b + 1
+            self.count[b] = 1
+            self.free[b] = False
+        return b
+
+
 def find_free(free: np.ndarray, begin: int) -> int:
     """The first True of ``free`` at or after ``begin``, wrapping once to 0;
     -1 if none (dm's find-free-from-cursor, searched in windows)."""

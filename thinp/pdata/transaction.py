@@ -7,17 +7,12 @@ in this transaction and nobody else references it); a block freed in this
 transaction is not handed out again before the commit.  So a process killed
 at any instant leaves the file at its last commit.
 
-State (plain ndarrays):
+State (plain ndarrays; count, committed, free and st as in
+:class:`~thinp.pdata.space_map.RefCounts`, st[1] allocations, st[2] shadows):
 
-count      uint32[nr_blocks]  every metadata block's reference count now
-committed  uint32[nr_blocks]  the counts as of the last commit
 txn        uint8[nr_blocks]  1 = allocated or shadowed in this transaction
 kind       uint8[nr_blocks]  the validator of such a block (block.KIND_*),
            sealed (location + checksum) at commit
-
-Allocation is dm's: the lowest block free both now and at the last commit,
-searching from a cursor that restarts at 0 after every commit
-(sm_metadata_new_block / sm_ll_find_common_free_block).
 
 On disk the metadata space map is dm's (see :mod:`thinp.pdata.space_map`):
 bitmap blocks listed by a single index block, and a ref-count btree for
@@ -29,41 +24,28 @@ from __future__ import annotations
 import numpy as np
 
 from .. import errors
-from .block import BITMAP, BTREE_NODE, INDEX, KIND_OF, VALIDATORS, BlockManager, Validator
-from .space_map import (ENTRIES_PER_BITMAP, find_free, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, SmRoot, nr_bitmaps,
+from .block import BITMAP, BTREE_NODE, INDEX, KIND_OF, BlockManager, Validator
+from .space_map import (ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, RefCounts, SmRoot, nr_bitmaps,
                         pack_bitmap)
 
 
-class TransactionManager:
+class TransactionManager(RefCounts):
     """Shadowing, allocation and reference counts of metadata blocks."""
 
     def __init__(self, bm: BlockManager, count: np.ndarray):
+        #: st: 0 allocation cursor, 1 allocations, 2 shadows
+        super().__init__(count, 4)
         self.bm = bm
-        self.count = count.astype(np.uint32, copy=True)
-        self.committed = self.count.copy()
-        #: free now and at the last commit: what allocation may hand out
-        self.free = self.count == 0
         self.txn = np.zeros(self.count.shape[0], dtype=np.uint8)
         self.kind = np.zeros(self.count.shape[0], dtype=np.uint8)
-        #: int64 scalars the kernels share: 0 allocation cursor, 1 allocations, 2 shadows
-        self.st = np.zeros(4, dtype=np.int64)
         # the metadata space map's on-disk structure
         self.bitmap_blocks: list[int] = []
         self.index_block = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
-
-    @property
-    def nr_blocks(self) -> int:
-        return self.count.shape[0]
-
-    @property
-    def begin(self) -> int:
-        return int(self.st[0])
-
-    @begin.setter
-    def begin(self, b: int) -> None:
-        self.st[0] = b
+        #: ref-count trees through the numba kernel (False: the Python btree,
+        #: the reference the kernel is tested against)
+        self.fast = True
 
     @property
     def nr_allocs(self) -> int:
@@ -72,10 +54,6 @@ class TransactionManager:
     @property
     def nr_shadows(self) -> int:
         return int(self.st[2])
-
-    @property
-    def nr_free(self) -> int:
-        return int(self.nr_blocks - np.count_nonzero(self.count))
 
     # ------------------------------------------------------------ counts
     def inc(self, b: int, n: int = 1) -> None:
@@ -98,11 +76,8 @@ class TransactionManager:
     # -------------------------------------------------------- allocation
     def alloc(self) -> int | None:
         """A free block (count 1), or None when the device is full."""
-        b = find_free(self.free, self.begin)
+        b = self.take_free()
         if b >= 0:
-            self.begin = b + 1
-            self.count[b] = 1
-            self.free[b] = False
             self.st[1] += 1
             return b
         return None
@@ -151,10 +126,9 @@ class TransactionManager:
     def seal_dirty(self) -> list[int]:
         """Stamp location and checksum on every block written this
         transaction that is still in use; returns them."""
-        out = np.flatnonzero((self.txn != 0) & (self.kind != 0) & (self.count != 0)).tolist()
-        for b in out:
-            self.bm.seal(b, VALIDATORS[int(self.kind[b])])
-        return out
+        out = np.flatnonzero((self.txn != 0) & (self.kind != 0) & (self.count != 0))
+        self.bm.seal_many(out, self.kind[out])
+        return out.tolist()
 
     def end_transaction(self) -> None:
         self.committed[:] = self.count
@@ -188,32 +162,61 @@ class TransactionManager:
         self.bitmap_blocks = [b for b, _, _ in index]
         self.index_entries = np.array(index, dtype=INDEX_ENTRY_DTYPE)
 
-    def commit_space_map(self, rc_tree) -> SmRoot:
+    def update_ref_counts(self, root: int, blocks: np.ndarray, counts: np.ndarray, halves: bool) -> int:
+        """The numba kernel over a ref-count tree at ``root``: each block of
+        ``blocks`` in order set to its count (>= 3) or removed (< 3);
+        returns the new root.  NoSpaceError when metadata ran out."""
+        from . import _btree_kernels as BK
+
+        if not len(blocks):
+            return root
+        blk = self.bm.blocks
+        out = np.zeros(1, dtype=np.int64)
+        r = BK.update_ref_counts(blk.view(np.uint64), blk.view(np.uint32), self.count, self.committed, self.free,
+                                 self.txn, self.kind, self.bm.fresh, self.st, np.int64(root),
+                                 np.ascontiguousarray(blocks, dtype=np.int64),
+                                 np.ascontiguousarray(counts, dtype=np.int64), bool(halves), out)
+        if r < 0:
+            raise errors.NoSpaceError(f"out of metadata space: all {self.nr_blocks} metadata blocks are in use")
+        return int(out[0])
+
+    def commit_space_map(self, rc_tree=None, *, split: str = "current") -> SmRoot:
         """Write the metadata space map for the counts as they are now.
 
-        ``rc_tree`` is (set_fn, remove_fn) over the ref-count btree: the
-        btree module's insert/remove bound to this manager, returning new
-        roots.  Bitmaps whose counts changed are shadowed, the ref-count tree
-        updated, and the index block shadowed, until nothing moves."""
-        set_rc, remove_rc = rc_tree
+        The ref-count btree is updated by the numba kernel (split rule
+        ``split``), or, when :attr:`fast` is off, through ``rc_tree``:
+        (set_fn, remove_fn), the btree module's insert/remove bound to this
+        manager, returning new roots.  Bitmaps whose counts changed are
+        shadowed, the ref-count tree updated, and the index block shadowed,
+        until nothing moves."""
+        # block -> what the ref-count tree holds for it now (absent: as committed)
         done_rc: dict[int, int] = {}
         while True:
             changed = np.flatnonzero(self.count != self.committed)
             moved = False
             # counts >= 3 (or that were) go to the ref-count tree
-            for b in changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]:
-                b = int(b)
+            todo_b, todo_c = [], []
+            for b in changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)].tolist():
                 c = int(self.count[b])
                 want = c if c >= 3 else 0
                 if done_rc.get(b, 0 if self.committed[b] < 3 else -1) == want:
                     continue
                 done_rc[b] = want
-                if want:
-                    self.ref_count_root = set_rc(self.ref_count_root, b, want)
-                else:
-                    self.ref_count_root = remove_rc(self.ref_count_root, b)
+                todo_b.append(b)
+                todo_c.append(want)
+            if todo_b:
                 moved = True
-            for i in sorted({int(b) // ENTRIES_PER_BITMAP for b in changed}):
+                if self.fast:
+                    self.ref_count_root = self.update_ref_counts(self.ref_count_root, np.array(todo_b),
+                                                                 np.array(todo_c), split == "halves")
+                else:
+                    set_rc, remove_rc = rc_tree
+                    for b, want in zip(todo_b, todo_c):
+                        if want:
+                            self.ref_count_root = set_rc(self.ref_count_root, b, want)
+                        else:
+                            self.ref_count_root = remove_rc(self.ref_count_root, b)
+            for i in np.unique(changed // ENTRIES_PER_BITMAP).tolist():
                 bb = self.bitmap_blocks[i]
                 if not self.txn[bb]:
                     nb, _, _ = self.shadow(bb, BITMAP)
@@ -226,18 +229,26 @@ class TransactionManager:
             if not moved:
                 break
         # now write them: bitmaps and index entries from the final counts
-        for i in sorted({int(b) // ENTRIES_PER_BITMAP for b in np.flatnonzero(self.count != self.committed)}
+        for i in sorted(set(np.unique(np.flatnonzero(self.count != self.committed) // ENTRIES_PER_BITMAP).tolist())
                         | {i for i, b in enumerate(self.bitmap_blocks) if self.txn[b]}):
             lo = i * ENTRIES_PER_BITMAP
-            cur = self.count[lo:lo + ENTRIES_PER_BITMAP]
-            old = self.committed[lo:lo + ENTRIES_PER_BITMAP]
-            write_bitmap(self.bm.raw(self.bitmap_blocks[i]), cur)
-            update_index_entry(self.index_entries[i:i + 1], cur, old)
-            self.index_entries[i]["blocknr"] = self.bitmap_blocks[i]
+            b = self.bitmap_blocks[i]
+            write_bitmap_entry(self.bm.raw(b), self.index_entries[i:i + 1], self.count[lo:lo + ENTRIES_PER_BITMAP],
+                               self.committed[lo:lo + ENTRIES_PER_BITMAP], b)
         idx = self.bm.raw(self.index_block)
         idx[16:] = 0
         idx[16:16 + 16 * len(self.index_entries)] = self.index_entries.view(np.uint8)
         return SmRoot(self.nr_blocks, int(np.count_nonzero(self.count)), self.index_block, self.ref_count_root)
+
+
+def write_bitmap_entry(blk: np.ndarray, ie: np.ndarray, cur: np.ndarray, old: np.ndarray, b: int) -> None:
+    """One bitmap's commit, shared by both space maps: its block ``b``
+    (bytes ``blk``) gets the entries for counts ``cur`` and its index entry
+    ``ie`` (a 1-element view) the location, nr_free and the hint after a
+    transaction that moved the counts from ``old``."""
+    write_bitmap(blk, cur)
+    update_index_entry(ie, cur, old)
+    ie["blocknr"] = b
 
 
 def write_bitmap(blk: np.ndarray, counts: np.ndarray) -> None:

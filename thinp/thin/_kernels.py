@@ -1,4 +1,4 @@
-"""dm-thin's block rules as numba kernels over a :class:`~thinp.pdata._kernels.Space`.
+"""dm-thin's block rules as numba kernels over a :class:`~thinp.pdata.radix.Space`.
 
 Private: the Python layer (:mod:`thinp.thin.pool`) validates every argument
 (device slots, offsets inside the device, op codes) before calling in.
@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import njit
-from ..pdata._kernels import (
+from ..pdata.radix import (
     C_BYTES_COPIED,
     C_BYTES_DISCARD,
     C_BYTES_READ,
@@ -66,8 +66,8 @@ from ..pdata._kernels import (
     S_TIME,
     S_ZERO,
     SM_PAGE_ENTRIES,  # frozen into the kernels below: 2040 uint16 counts a page since metadata v2
-    _event,
-    _release_meta,
+    event as _event,
+    release_meta as _release_meta,
     alloc_data,
     dec_data,
     leaf_for_write,
@@ -85,6 +85,7 @@ R_DONE = 0
 R_NEED_COMMIT = 1  # commit interval reached, or only just-freed blocks are free
 R_NO_DATA = 2  # out of data space in queue mode: the rest waits
 R_NO_META = 3  # out of metadata space: the transaction must be aborted
+R_FLUSH = 4  # the mapping-change log is full: apply it to the dm btree, then resume
 
 # scal slot (beyond the pdata ones) for the out-of-data-space flag
 S_OODS = 24
@@ -162,7 +163,19 @@ def _put_bytes(data, p, bs, in_block, src, src_pos, n):
 
 
 @njit(inline="always", refcount=False)
-def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos):
+def _log(log, out, dev, vb, value, op_index):
+    """Record one mapping change for the dm btree: ``value`` is dm's
+    ``pblock << 24 | time``, or -1 for an unmap.  ``out[3]`` counts rows."""
+    k = out[3]
+    log[k, 0] = dev
+    log[k, 1] = vb
+    log[k, 2] = value
+    log[k, 3] = op_index
+    out[3] = k + 1
+
+
+@njit(inline="always", refcount=False)
+def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, log, out):
     """One per-block write.  Returns 0, or -1 no data space, -2 only
     just-freed data space, -3 no metadata space."""
     bs = sp.scal[S_BLOCK_SIZE]
@@ -205,6 +218,7 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos):
         if payload:
             _zero_block(data, p2, bs)
     sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p2, sp.scal[S_TIME])
+    _log(log, out, dv.dev_id[slot], vb, (p2 << 24) | (sp.scal[S_TIME] & 0xFFFFFF), op_index)
     if shared:
         dec_data(sp, p, False)
     else:
@@ -248,7 +262,7 @@ def _prune(sp, dv, slot, vb):
 
 
 @njit(refcount=False)
-def _discard_block(sp, dv, slot, vb):
+def _discard_block(sp, dv, slot, vb, op_index, log, out):
     """Unmap one whole block.  Returns 0 or -3 (no metadata space)."""
     v = lookup(sp.meta, dv.root[slot], dv.levels[slot], vb)
     if v == 0:
@@ -257,6 +271,7 @@ def _discard_block(sp, dv, slot, vb):
     if leaf < 0:
         return -2 if leaf == -2 else -3
     sp.meta[leaf, vb & NODE_MASK] = 0
+    _log(log, out, dv.dev_id[slot], vb, -1, op_index)
     dec_data(sp, leaf_value_block(v), sp.scal[S_PASSDOWN] != 0)
     dv.mapped[slot] -= 1
     dv.changed[slot] = 1
@@ -266,12 +281,18 @@ def _discard_block(sp, dv, slot, vb):
 
 
 @njit(refcount=False)
-def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, src_base, out):
+def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, src_base, out, log):
     """Run requests ``start_op..`` of a trace (``slots`` are device slots the
     caller resolved and checked).  Splits each request per data block as
     dm-thin splits bios.  ``out`` receives (status, op index, vblock to resume
-    at).  ``src`` holds the bytes of a single write (empty otherwise), with
-    ``src_base`` the device offset of its first byte."""
+    at, rows used in ``log``).  ``src`` holds the bytes of a single write
+    (empty otherwise), with ``src_base`` the device offset of its first byte.
+
+    Every mapping change (provision, break of sharing, unmap) is appended to
+    ``log`` (int64[cap, 4]: dev_id, vblock, dm value or -1, op index) in
+    request order; a full log stops the run with R_FLUSH so the caller can
+    apply it to the dm btree and resume."""
+    cap = log.shape[0]
     bs = sp.scal[S_BLOCK_SIZE]
     n = slots.shape[0]
     error_mode = sp.scal[S_ERROR_IF_NO_SPACE] != 0
@@ -307,9 +328,14 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
         resume_vb = -1
         if op == WRITE:
             for vb in range(b0, b1 + 1):
+                if out[3] >= cap:
+                    out[0] = R_FLUSH
+                    out[1] = i
+                    out[2] = vb
+                    return R_FLUSH
                 lo = max(off, vb * bs)
                 hi = min(off + ln, (vb + 1) * bs)
-                r = _write_block(sp, dv, slot, vb, lo - vb * bs, hi - lo, i, data, src, lo - src_base)
+                r = _write_block(sp, dv, slot, vb, lo - vb * bs, hi - lo, i, data, src, lo - src_base, log, out)
                 if r == 0:
                     sp.scal[C_WRITES] += 1
                     continue
@@ -351,7 +377,12 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             if sp.scal[S_IGNORE_DISCARD]:
                 end = first
             for vb in range(first, end):
-                r = _discard_block(sp, dv, slot, vb)
+                if out[3] >= cap:
+                    out[0] = R_FLUSH
+                    out[1] = i
+                    out[2] = vb
+                    return R_FLUSH
+                r = _discard_block(sp, dv, slot, vb, i, log, out)
                 if r == -2:
                     out[0] = R_NEED_COMMIT
                     out[1] = i
@@ -367,6 +398,27 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     out[1] = n
     out[2] = -1
     return R_DONE
+
+
+@njit(refcount=False)
+def load_mappings(sp, dv, slot, vblocks, pblocks, times):
+    """Rebuild one device's index tree from its dm leaves: map each vblock,
+    take a reference on its data block.  Returns 0, or -3 when the index
+    has no node left."""
+    for k in range(vblocks.shape[0]):
+        vb = vblocks[k]
+        p = pblocks[k]
+        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+        if leaf < 0:
+            return -3
+        if sp.meta[leaf, vb & NODE_MASK] == 0:
+            dv.mapped[slot] += 1
+        sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, times[k])
+        if sp.drc[p] == 0:
+            sp.scal[S_DUSED] += 1
+            sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+        sp.drc[p] += 1
+    return 0
 
 
 # prepare_trace error codes

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata._kernels import CHILD_MASK, NODE_MASK, NODE_SHIFT, alloc_meta
+from ..pdata.radix import CHILD_MASK, NODE_MASK, NODE_SHIFT, alloc_meta
 
 
 @njit

@@ -76,9 +76,16 @@ def check(pool_dir, repair: bool = False) -> CheckReport:
 
     image = dm_image_path(pool_dir)
     if image is not None:
+        rep = _check_dm_image(image)
         if repair:
-            raise errors.NotSupportedError(f"{image}: a dm-thin metadata image is checked, not repaired, here")
-        return _check_dm_image(image)
+            if rep.problems:
+                raise errors.MetadataCorruptError(
+                    f"{image}: {rep.problems[0]}; salvage what it holds with 'thinp repair {image} NEW_FILE'")
+            if rep.needs_check:
+                _clear_needs_check(image)
+                rep.needs_check = False
+                rep.repaired = True
+        return rep
     if not os.path.isdir(pool_dir):
         raise FileNotFoundError(f"{pool_dir}: no such pool directory or dm-thin metadata image")
     md = _open(os.path.join(pool_dir, "metadata"), writable=repair)
@@ -125,6 +132,23 @@ def _check(md: Metadata, repair: bool) -> CheckReport:
         rep.repaired = True
         rep.needs_check = False
     return rep
+
+
+def _clear_needs_check(path: str) -> None:
+    """``thin_check --clear-needs-check-flag``: rewrite the superblock
+    without the flag (only after a clean check)."""
+    from ..pdata.block import SUPERBLOCK
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        buf = np.frombuffer(bytearray(os.pread(fd, 4096, 0)), dtype=np.uint8)
+        flags = int(buf[4:8].view("<u4")[0]) & ~FLAG_NEEDS_CHECK
+        buf[4:8] = np.frombuffer(flags.to_bytes(4, "little"), dtype=np.uint8)
+        SUPERBLOCK.prepare(buf, 0)
+        os.pwrite(fd, buf.tobytes(), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _check_dm_image(path: str) -> CheckReport:

@@ -1,5 +1,6 @@
 """``thinp convert``: a pool in thinp's own metadata layout -> a pool whose
-metadata is a dm-thin image (:class:`~thinp.thin.dm_pool.DmPool`).
+metadata is a dm-thin image, as :class:`~thinp.thin.pool.ThinPool` (and
+:class:`~thinp.thin.dm_pool.DmPool`) open.
 
 Every device's mappings (block and time) are inserted through dm's btree in
 vblock order, devices in dev_id order; the superblock's time and
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
@@ -47,22 +49,41 @@ def _copy_sparse(src: str, dst: str, size: int) -> None:
 def convert_pool(src_dir, dst_dir, *, split: str = "current", metadata_size=None) -> int:
     """Write ``dst_dir`` (new) from the thinp-format pool ``src_dir``;
     returns the number of mappings."""
-    from .pool import ThinPool
+    from . import _kernels as TK
+    from .metadata import (OPT_ERROR_IF_NO_SPACE, OPT_IGNORE_DISCARD, OPT_PASSDOWN, OPT_PAYLOAD, OPT_SYNC,
+                           OPT_ZERO, Metadata)
 
     src_dir, dst_dir = os.fspath(src_dir), os.fspath(dst_dir)
     if os.path.exists(os.path.join(dst_dir, "metadata")):
         raise errors.DeviceExistsError(f"{dst_dir}: a pool already exists here")
-    with ThinPool.open(src_dir, read_only=True) as pool:
-        nm = pool.nr_metadata_blocks if metadata_size is None else int(metadata_size) // METADATA_BLOCK_SIZE
+    if not os.path.isdir(src_dir):
+        raise FileNotFoundError(f"{src_dir}: no such pool directory")
+    old = Metadata.open(os.path.join(src_dir, "metadata"), read_only=True, check_trees=True)
+    try:
+        sb, dv = old.sb, old.dv
+        nm = sb.nr_metadata_blocks if metadata_size is None else int(metadata_size) // METADATA_BLOCK_SIZE
         nm = min(max(nm, 64), MAX_METADATA_BLOCKS)
         devs = []
-        for dev_id in pool.devices():
-            d = pool.device(dev_id)
-            v, p, t = d.mapping()
-            devs.append((dev_id, d.size, d.creation_time, d.snapshotted_time, v, p, t))
-        time_, trans = pool.time, pool.transaction_id
-        bs, nd, payload = pool.block_size, pool.nr_data_blocks, pool.payload
-        txns = {dev_id: pool.device(dev_id).transaction_id for dev_id, *_ in devs}
+        txns = {}
+        for dev_id in sorted(old.slot_of):
+            s = old.slot_of[dev_id]
+            n = int(dv.mapped[s])
+            v = np.empty(n, dtype=np.int64)
+            p = np.empty(n, dtype=np.int64)
+            t = np.empty(n, dtype=np.int64)
+            got = TK.collect_mappings(old.meta, int(dv.root[s]), int(dv.levels[s]), v, p, t)
+            devs.append((dev_id, int(dv.size_sectors[s]) * SECTOR_SIZE, int(dv.create_time[s]),
+                         int(dv.snap_time[s]), v[:got], p[:got], t[:got]))
+            txns[dev_id] = int(dv.txn[s])
+        time_, trans = int(old.sp.scal[0]), sb.transaction_id
+        bs, nd, opts = sb.data_block_size, sb.nr_data_blocks, sb.options
+        payload = bool(opts & OPT_PAYLOAD)
+        extra = {"zero_new_blocks": bool(opts & OPT_ZERO), "discard_passdown": bool(opts & OPT_PASSDOWN),
+                 "ignore_discard": bool(opts & OPT_IGNORE_DISCARD), "sync": bool(opts & OPT_SYNC),
+                 "error_if_no_space": bool(opts & OPT_ERROR_IF_NO_SPACE), "low_water_mark": sb.low_water_mark,
+                 "commit_interval": sb.commit_interval, "data_cursor": sb.dcursor}
+    finally:
+        old.close()
     os.makedirs(dst_dir, exist_ok=True)
     made = []
     try:
@@ -89,8 +110,9 @@ def convert_pool(src_dir, dst_dir, *, split: str = "current", metadata_size=None
             with open(os.path.join(dst_dir, "data"), "wb") as f:
                 f.truncate(nd * bs)
         made.append("data")
+        tie = [int(md.sb.data_mapping_root), int(md.sb.device_details_root)]  # as ThinPool ties its sidecar
         side = {"version": SIDECAR_VERSION, "transaction_id": trans, "devices": sizes, "split": split,
-                "low_water_mark": 0, "error_if_no_space": True, "payload": payload}
+                "payload": payload, "commit": tie, **extra}
         with open(os.path.join(dst_dir, SIDECAR), "w") as f:
             json.dump(side, f, indent=1, sort_keys=True)
     except BaseException:

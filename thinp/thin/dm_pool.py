@@ -38,6 +38,47 @@ SIDECAR = "pool.json"
 SIDECAR_VERSION = 1
 
 
+def read_sidecar(pool_dir: str) -> dict | None:
+    """The pool directory's sidecar, or None when it has none."""
+    side_path = os.path.join(pool_dir, SIDECAR)
+    try:
+        with open(side_path) as f:
+            side = json.load(f)
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:
+        raise errors.MetadataCorruptError(f"{side_path}: not JSON ({e})") from None
+    if not isinstance(side, dict) or not isinstance(side.get("devices", {}), dict):
+        raise errors.MetadataCorruptError(f"{side_path}: not a thinp pool sidecar")
+    return side
+
+
+def write_sidecar(pool_dir: str, side: dict, sync: bool = False) -> None:
+    """Replace the sidecar atomically (write a temporary file, rename);
+    ``sync`` makes it durable before returning."""
+    p = os.path.join(pool_dir, SIDECAR)
+    tmp = f"{p}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(side, f, indent=1, sort_keys=True)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def sidecar_disagreement(side: dict, trans_id: int, dev_ids) -> str | None:
+    """What differs between a sidecar and the metadata it should belong
+    to (transaction id, device ids), or None when they agree."""
+    have = {int(k) for k in side.get("devices", {})}
+    want = set(int(d) for d in dev_ids)
+    diff = []
+    if side.get("transaction_id") != trans_id:
+        diff.append(f"transaction id {side.get('transaction_id')} in {SIDECAR}, {trans_id} in the metadata")
+    if have != want:
+        diff.append(f"devices {sorted(have)} in {SIDECAR}, {sorted(want)} in the metadata")
+    return "; ".join(diff) or None
+
+
 class DmPool:
     """A pool directory: ``metadata`` (a dm image), ``data`` (sparse) and
     ``pool.json``."""
@@ -116,29 +157,18 @@ class DmPool:
     @classmethod
     def open(cls, path, reconcile: bool = False) -> "DmPool":
         path = os.fspath(path)
-        side_path = os.path.join(path, SIDECAR)
-        try:
-            with open(side_path) as f:
-                side = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no {SIDECAR} (is this a dm-format pool directory?)") from None
-        except json.JSONDecodeError as e:
-            raise errors.MetadataCorruptError(f"{side_path}: not JSON ({e})") from None
+        side = read_sidecar(path)
+        if side is None:
+            raise FileNotFoundError(f"{path}: no {SIDECAR} (is this a dm-format pool directory?)")
         md = PoolMetadata.open(os.path.join(path, "metadata"), split=side.get("split", "current"))
         pool = cls(path, md, side)
         trans = md.sb.trans_id
-        have = {int(k) for k in side.get("devices", {})}
-        want = set(md.devices)
-        if side.get("transaction_id") != trans or have != want:
+        diff = sidecar_disagreement(side, trans, md.devices)
+        if diff:
             if not reconcile:
                 md.close(commit=False)
-                diff = []
-                if side.get("transaction_id") != trans:
-                    diff.append(f"transaction id {side.get('transaction_id')} in {SIDECAR}, {trans} in the metadata")
-                if have != want:
-                    diff.append(f"devices {sorted(have)} in {SIDECAR}, {sorted(want)} in the metadata")
                 raise errors.TransactionIdMismatchError(
-                    f"{path}: the sidecar does not belong to this metadata ({'; '.join(diff)}); "
+                    f"{path}: the sidecar does not belong to this metadata ({diff}); "
                     "open with reconcile=True to adopt the metadata's view")
             pool._adopt_devices({})
             pool.side["transaction_id"] = trans
@@ -165,11 +195,9 @@ class DmPool:
 
     def _write_sidecar(self) -> None:
         self.side["transaction_id"] = self.md.sb.trans_id
-        p = os.path.join(self.path, SIDECAR)
-        tmp = f"{p}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.side, f, indent=1, sort_keys=True)
-        os.replace(tmp, p)
+        # the commit this sidecar belongs to, as ThinPool ties its own
+        self.side["commit"] = [int(self.md.sb.data_mapping_root), int(self.md.sb.device_details_root)]
+        write_sidecar(self.path, self.side)
 
     def commit(self) -> None:
         self.md.commit()

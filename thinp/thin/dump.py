@@ -109,10 +109,19 @@ def load_pool_view(pool_dir, metadata_snap: bool = False) -> PoolView:
     if image is not None:
         from .dm_metadata import DmMetadata
 
-        with DmMetadata.open(image) as md:
-            if metadata_snap and not md.sb.held_root:
-                raise errors.ThinpError(f"{image}: no metadata snapshot is held (reserve_metadata_snap)")
-            return md.pool_view(held=metadata_snap)
+        lock_fd = -1
+        if os.path.isdir(os.fspath(pool_dir)):
+            from .pool import _lock
+
+            lock_fd = _lock(image, read_only=True)  # not while a writer has the pool open
+        try:
+            with DmMetadata.open(image) as md:
+                if metadata_snap and not md.sb.held_root:
+                    raise errors.ThinpError(f"{image}: no metadata snapshot is held (reserve_metadata_snap)")
+                return md.pool_view(held=metadata_snap)
+        finally:
+            if lock_fd >= 0:
+                os.close(lock_fd)
     path = os.path.join(os.fspath(pool_dir), "metadata")
     if not os.path.isdir(os.fspath(pool_dir)):
         raise FileNotFoundError(f"{pool_dir}: no such pool directory or dm-thin metadata image")

@@ -31,7 +31,7 @@ table     device-table blocks: word 0 magic, 1 table index, 2 checksum, then
 held      a held metadata snapshot (``reserve_metadata_snap``): a devdir
           copy that takes a reference on its table blocks and on every
           device root it names.
-nodes     mapping-tree nodes, see :mod:`thinp.pdata._kernels`.
+nodes     mapping-tree nodes, see :mod:`thinp.pdata.radix`.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from bitarray import bitarray
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
-from ..pdata import _kernels as K
+from ..pdata import radix as K
 from . import _kernels as TK
 
 MAGIC = 0x7468696E70534231  # "thinpSB1"
@@ -469,7 +469,7 @@ class Metadata:
         sp.mrc[b] -= 1
         sp.mdirty[b // K.SM_PAGE_ENTRIES] = 1
         if sp.mrc[b] == 0:
-            K._release_meta(sp, b)
+            K.release_meta(sp, b)
 
     def _write_table(self, b: int, k: int) -> None:
         m = self.meta

@@ -31,34 +31,42 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import mmap
 import os
 import re
 import shutil
+import uuid as _uuid
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
-from ..pdata import _kernels as K
+from ..pdata import radix as K
+from ..pdata import btree as _btree
+from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
 from ..units import check_block_size, format_size, parse_size
 from . import _kernels as TK
+from . import _mirror as MIR
+from .dm_pool import SIDECAR, SIDECAR_VERSION, read_sidecar, sidecar_disagreement, write_sidecar
+from .dm_metadata import DmMetadata
+from .format import THIN_SUPERBLOCK_MAGIC, unpack_block_time
+from .index import VolatileIndex
 from .metadata import (
-    DEVDIR_FIRST,
-    DEVDIR_MAGIC,
-    FLAG_NEEDS_CHECK,
+    MAGIC as OLD_MAGIC,
     OPT_ERROR_IF_NO_SPACE,
     OPT_IGNORE_DISCARD,
     OPT_PASSDOWN,
     OPT_PAYLOAD,
     OPT_SYNC,
     OPT_ZERO,
-    Metadata,
-    highest_mapped_py,
 )
 from .metadata_size import metadata_size
+from .pool_metadata import MAX_METADATA_BLOCKS, PoolMetadata
+
+FLAG_NEEDS_CHECK = 1  # dm's superblock flag
 
 #: Operations between automatic commits.  dm-thin commits once a second; at
 #: the ~100k-1M requests a second a fast SSD serves, a million requests is
@@ -77,6 +85,149 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
         _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
     FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
     _libc.fallocate(fd, FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE, offset, length)
+
+
+#: rows of the mapping-change log between the replay kernel and dm's btree
+LOG_ROWS = 1 << 16
+
+
+def _lock(mpath: str, read_only: bool) -> int:
+    """An fd of ``mpath`` holding flock: shared for readers, exclusive for
+    the one writer (PoolBusyError when taken)."""
+    fd = os.open(mpath, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise errors.PoolBusyError(f"{mpath}: pool is open read-write by another process") from None
+    return fd
+
+
+def _commit_tie(dm: PoolMetadata) -> list:
+    """What ties a sidecar to one commit of the metadata: the roots of the
+    mapping and details trees its superblock names (shadow paging gives
+    every commit that changes anything new ones).  A flag change alone
+    (needs_check set or cleared) keeps them."""
+    return [int(dm.sb.data_mapping_root), int(dm.sb.device_details_root)]
+
+
+def _options(side: dict) -> int:
+    return ((OPT_ZERO if side.get("zero_new_blocks", True) else 0)
+            | (OPT_PASSDOWN if side.get("discard_passdown", True) else 0)
+            | (OPT_ERROR_IF_NO_SPACE if side.get("error_if_no_space", False) else 0)
+            | (OPT_PAYLOAD if side.get("payload", False) else 0)
+            | (OPT_IGNORE_DISCARD if side.get("ignore_discard", False) else 0)
+            | (OPT_SYNC if side.get("sync", True) else 0))
+
+
+def _mappings(dm: PoolMetadata, dev: int):
+    """(vblock, pblock, time) int64 arrays of a device's dm leaves."""
+    k, v = _btree.collect(dm.bm, dm.subtree_root(dev), 8, who=f"device {dev}")
+    p, t = unpack_block_time(v.reshape(-1).view("<u8"))
+    return k.astype(np.int64), np.asarray(p, dtype=np.int64), np.asarray(t, dtype=np.int64)
+
+
+def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: bool) -> dict:
+    """The sidecar of the metadata's last commit.  It is tied to that
+    commit by the roots its superblock names (:func:`_commit_tie`); a
+    sidecar written for the next commit (a crash before its superblock)
+    carries this one as ``previous``.  Anything else refuses, or with
+    ``reconcile`` adopts the metadata's devices (sizes from the sidecar,
+    else the highest mapping)."""
+    tie = _commit_tie(dm)
+    devs = set(dm.devices)
+    if side is not None:
+        for cand in (side, side.get("previous")):
+            if (cand and cand.get("commit") == tie
+                    and {int(k) for k in cand.get("devices", {})} == devs
+                    and cand.get("transaction_id") == dm.sb.trans_id):
+                out = {k: v for k, v in side.items() if k != "previous"}
+                out.update({k: v for k, v in cand.items() if k != "previous"})
+                return out
+    if not reconcile:
+        if side is None:
+            why = f"there is no {SIDECAR}"
+        else:
+            why = (sidecar_disagreement(side, dm.sb.trans_id, devs)
+                   or "it was written for another commit of the metadata")
+        raise errors.TransactionIdMismatchError(
+            f"{path}: {SIDECAR} does not belong to this metadata ({why}); open with reconcile=True "
+            "to adopt the metadata's view")
+    out = {"version": SIDECAR_VERSION, "split": "current", "low_water_mark": 0, "error_if_no_space": False,
+           "commit_interval": DEFAULT_COMMIT_INTERVAL, "data_cursor": 0}
+    out.update({k: v for k, v in (side or {}).items() if k != "previous"})
+    bs = dm.sb.data_block_size * SECTOR_SIZE
+    old = out.get("devices", {})
+    sizes = {}
+    for dev in sorted(devs):
+        if str(dev) in old:
+            sizes[str(dev)] = old[str(dev)]
+        else:
+            v, _, _ = _mappings(dm, dev)
+            sizes[str(dev)] = ((int(v[-1]) + 1) if len(v) else 1) * bs // SECTOR_SIZE
+    out["devices"] = sizes
+    out["transaction_id"] = dm.sb.trans_id
+    out["commit"] = tie
+    write_sidecar(path, out)
+    return out
+
+
+def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileIndex:
+    """The volatile index of the metadata's devices: the device table from
+    the details and the sidecar, and (``load``) every mapping from the
+    leaves, with its data reference."""
+    bs = dm.sb.data_block_size * SECTOR_SIZE
+    md = VolatileIndex.build(nr_data_blocks=dm.data_sm.nr_blocks, block_size=bs, options=_options(side),
+                             low_water_mark=int(side.get("low_water_mark", 0)),
+                             commit_interval=int(side.get("commit_interval", DEFAULT_COMMIT_INTERVAL)),
+                             time=dm.sb.time, dcursor=int(side.get("data_cursor", 0)))
+    for dev in sorted(dm.devices):
+        d = dm.devices[dev]
+        s = md.free_slot()
+        dv = md.dv
+        sectors = int(side["devices"][str(dev)])
+        nr_blocks = -(-sectors * SECTOR_SIZE // bs)
+        dv.dev_id[s] = dev
+        dv.root[s] = 0
+        dv.nr_blocks[s] = nr_blocks
+        dv.size_sectors[s] = sectors
+        dv.levels[s] = TK.levels_for(nr_blocks)
+        dv.mapped[s] = 0 if load else d.mapped_blocks
+        dv.create_time[s] = d.creation_time
+        dv.snap_time[s] = d.snapshotted_time
+        dv.txn[s] = d.transaction_id
+        md.slot_of[dev] = s
+        if not load:
+            continue
+        v, p, t = _mappings(dm, dev)
+        if len(v) and int(v[-1]) >= nr_blocks:
+            raise errors.MetadataCorruptError(
+                f"metadata corrupt: device {dev} maps block {int(v[-1])}, past its size of {sectors} sectors "
+                f"in {SIDECAR}")
+        if len(p) and int(p.max()) >= dm.data_sm.nr_blocks:
+            raise errors.MetadataCorruptError(
+                f"metadata corrupt: device {dev} maps data block {int(p.max())} of {dm.data_sm.nr_blocks}")
+        if TK.load_mappings(md.sp, md.dv, np.int64(s), v, p, t) != 0:
+            raise errors.ThinpError(f"the in-RAM index has no room for device {dev}'s {len(v)} mappings")
+    md.held = None
+    if dm.sb.held_root and load:
+        # the held metadata snapshot's trees, as index trees of their own:
+        # their leaves keep references on the data blocks they map
+        view = DmMetadata(dm.bm, dm.sb)
+        recs = view.devices(held=True)
+        md.held = TK.make_devices(max(1, len(recs)))
+        for k, rec in enumerate(recs):
+            v, p, t = view.mappings(rec)
+            hd = md.held
+            hd.dev_id[k] = rec.dev_id
+            hd.levels[k] = TK.levels_for(int(v[-1]) + 1 if len(v) else 1)
+            if TK.load_mappings(md.sp, hd, np.int64(k), v, np.asarray(p, dtype=np.int64),
+                                np.asarray(t, dtype=np.int64)) != 0:
+                raise errors.ThinpError("the in-RAM index has no room for the held metadata snapshot")
+    md.commit()
+    scal = md.sp.scal
+    scal[K.S_LWM_ARMED] = 1 if (scal[K.S_NR_DATA] - scal[K.S_DUSED]) > scal[K.S_LWM] else 0
+    return md
 
 
 @dataclass
@@ -158,17 +309,28 @@ class ReplayResult:
 
 
 class ThinPool:
-    """A dm-thin pool in a directory of two sparse files."""
+    """A dm-thin pool in a directory: ``metadata`` (a dm-thin metadata
+    image, what thin_check and thin_dump read), ``data`` (sparse) and
+    ``pool.json`` (the sidecar: what dm keeps outside its metadata)."""
 
-    def __init__(self, path: str, md: Metadata, read_only: bool):
+    def __init__(self, path: str, md: VolatileIndex, dm: PoolMetadata, side: dict, read_only: bool,
+                 lock_fd: int = -1):
         self.path = path
         self._md = md
+        self._dm = dm
+        self._side = side
+        self._lock_fd = lock_fd
         self.read_only = read_only
         self._closed = False
         self._callbacks = {name: [] for name in K.EVENT_NAMES.values()}
         self._queue: list = []
         self._failed = False
         self._fail_mode: str | None = None  # dm-thin's "fail" mode: the reason
+        self._log = np.zeros((LOG_ROWS, 4), dtype=np.int64)
+        nm = dm.tm.nr_blocks
+        self._meta_reserve = min(4096, nm // 10)
+        self._meta_lwm = min(1024, nm // 4)
+        self._meta_lwm_armed = dm.nr_free_metadata_blocks > self._meta_lwm
         self._data_fd = -1
         self._data_mm = None
         self._data = _EMPTY_U8
@@ -179,14 +341,17 @@ class ThinPool:
     def create(cls, path, data_size, block_size="64KiB", metadata_size=None, *, low_water_mark=0,
                zero_new_blocks=True, skip_block_zeroing=None, discard_passdown=True, ignore_discard=False,
                error_if_no_space=False, payload=False, max_thins=1000,
-               commit_interval=DEFAULT_COMMIT_INTERVAL, sync=True) -> "ThinPool":
-        """Make ``path/`` with sparse ``data`` and ``metadata`` files.
+               commit_interval=DEFAULT_COMMIT_INTERVAL, sync=True, split="current") -> "ThinPool":
+        """Make ``path/`` with sparse ``data``, a dm-thin ``metadata`` image
+        and the ``pool.json`` sidecar.
 
         Sizes are bytes or strings such as ``"100G"``; ``block_size`` follows
         dm-thin (64 KiB to 1 GiB, a multiple of 64 KiB).  ``metadata_size``
         defaults to :func:`thinp.metadata_size` of the pool (thin_metadata_size's
         formula) for ``max_thins`` devices.  ``payload=False`` keeps only
         mappings and counters; ``payload=True`` stores bytes in ``data``.
+        ``split`` is the btree split rule: ``"current"`` (the kernel's since
+        2021) or ``"halves"`` (older kernels and thin_restore 0.9.0).
 
         ``commit_interval`` is how many requests run between automatic
         commits (0 = only explicit ones).  dm-thin commits once a second; the
@@ -213,19 +378,24 @@ class ThinPool:
             raise ValueError(f"low_water_mark must be a block count >= 0, not {low_water_mark!r}")
         if not isinstance(commit_interval, int) or commit_interval < 0:
             raise ValueError(f"commit_interval must be an operation count >= 0, not {commit_interval!r}")
+        if split not in ("current", "halves"):
+            raise ValueError(f"split rule {split!r}: choose 'current' or 'halves'")
         if metadata_size is None:
             msize = globals()["metadata_size"](nr_data * bs, bs, max_thins)
         else:
             msize = parse_size(metadata_size, what="metadata_size")
         nr_meta = msize // METADATA_BLOCK_SIZE
-        # superblock slots, both copies of every space-map page, and room for a few
-        # btree nodes: less cannot hold an empty pool (a small one that runs out of
-        # metadata later is the user's experiment, and read-only mode handles it)
-        least = 2 + 4 * (-(-nr_data // K.SM_PAGE_ENTRIES)) + 8
+        # the space maps of an empty pool: dm's metadata index and bitmaps,
+        # the data space map's index and bitmaps, two roots, the superblock
+        least = 16 + 2 * (-(-nr_data // ENTRIES_PER_BITMAP))
         if metadata_size is None:
             nr_meta = max(nr_meta, least, 2 * 1024 * 1024 // METADATA_BLOCK_SIZE)
-        if nr_meta > (16 << 30) // METADATA_BLOCK_SIZE:
-            raise ValueError(f"metadata_size {nr_meta * METADATA_BLOCK_SIZE} bytes exceeds dm-thin's 16 GiB limit")
+        if nr_meta > MAX_METADATA_BLOCKS:
+            if metadata_size is None:
+                nr_meta = MAX_METADATA_BLOCKS
+            else:
+                raise ValueError(f"metadata_size {nr_meta * METADATA_BLOCK_SIZE} bytes exceeds dm-thin's limit "
+                                 f"of {MAX_METADATA_BLOCKS * METADATA_BLOCK_SIZE} bytes")
         if nr_meta < least:
             raise ValueError(f"metadata_size {metadata_size}: too small for {nr_data} data blocks "
                              f"(at least {format_size(least * METADATA_BLOCK_SIZE)})")
@@ -234,17 +404,26 @@ class ThinPool:
             raise errors.DeviceExistsError(f"{path}: a pool already exists here")
         made_dir = not os.path.isdir(path)
         os.makedirs(path, exist_ok=True)
-        options = ((OPT_ZERO if zero_new_blocks else 0) | (OPT_PASSDOWN if discard_passdown else 0)
-                   | (OPT_ERROR_IF_NO_SPACE if error_if_no_space else 0) | (OPT_PAYLOAD if payload else 0)
-                   | (OPT_IGNORE_DISCARD if ignore_discard else 0) | (OPT_SYNC if sync else 0))
+        side = {"version": SIDECAR_VERSION, "transaction_id": 0, "devices": {}, "split": split,
+                "low_water_mark": low_water_mark, "error_if_no_space": bool(error_if_no_space),
+                "zero_new_blocks": bool(zero_new_blocks), "discard_passdown": bool(discard_passdown),
+                "ignore_discard": bool(ignore_discard), "payload": bool(payload), "sync": bool(sync),
+                "commit_interval": commit_interval, "data_cursor": 0, "uuid": str(_uuid.uuid4())}
+        dm = None
+        lock_fd = -1
         try:
             with open(os.path.join(path, "data"), "xb") as f:
                 f.truncate(nr_data * bs)
-            md = Metadata.create(os.path.join(path, "metadata"), nr_meta_blocks=nr_meta,
-                                 nr_data_blocks=nr_data, block_size=bs, options=options,
-                                 low_water_mark=low_water_mark, commit_interval=commit_interval)
+            dm = PoolMetadata.format(os.path.join(path, "metadata"), nr_metadata_blocks=nr_meta,
+                                     nr_data_blocks=nr_data, data_block_sectors=bs // SECTOR_SIZE, split=split)
+            dm.sync = bool(sync)
+            side["commit"] = _commit_tie(dm)
+            write_sidecar(path, side)
+            lock_fd = _lock(os.path.join(path, "metadata"), False)
         except BaseException:
-            for name in ("data", "metadata"):
+            if dm is not None:
+                dm.bm.close()
+            for name in ("data", "metadata", SIDECAR):
                 try:
                     os.unlink(os.path.join(path, name))
                 except FileNotFoundError:
@@ -252,25 +431,63 @@ class ThinPool:
             if made_dir:
                 shutil.rmtree(path, ignore_errors=True)
             raise
-        return cls(path, md, read_only=False)
+        md = _build_index(dm, side)
+        return cls(path, md, dm, side, read_only=False, lock_fd=lock_fd)
 
     @classmethod
-    def open(cls, path, read_only: bool = False, check_trees: bool = True) -> "ThinPool":
+    def open(cls, path, read_only: bool = False, check_trees: bool = True, reconcile: bool = False) -> "ThinPool":
         """Reopen a pool with every device, mapping and counter as last committed.
 
-        Opening validates the metadata first (checksums, bounds, reference
-        counts) and raises :class:`~thinp.errors.MetadataCorruptError` naming
-        the first bad block.  A read-only open may pass ``check_trees=False``
-        to skip walking the mapping trees (status only; I/O then refuses).
+        Opening validates the metadata first, as thin_check does (checksums,
+        btree order, reference counts), and raises
+        :class:`~thinp.errors.MetadataCorruptError` naming the first problem;
+        then it rebuilds the in-RAM index from the mapping leaves.  A
+        read-only open may pass ``check_trees=False`` to skip both (status
+        only; I/O then refuses).
+
+        The sidecar (``pool.json``) must belong to the metadata's last
+        commit; when it does not (a crash between the two, or files copied
+        from elsewhere) the open refuses with
+        :class:`~thinp.errors.TransactionIdMismatchError` saying what
+        differs, and ``reconcile=True`` adopts the metadata's view (sizes of
+        devices the sidecar lacks come from their highest mapped block).
+        A pool in thinp's old metadata format is refused with the
+        ``thinp convert`` command that converts it.
         """
         path = os.fspath(path)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"{path}: no such pool directory")
-        md = Metadata.open(os.path.join(path, "metadata"), read_only=read_only, check_trees=check_trees)
-        if md.sb.flags & FLAG_NEEDS_CHECK and not read_only:
-            md.close()
-            raise errors.MetadataCorruptError(f"{path}: needs_check is set; run 'thinp check --repair {path}'")
-        pool = cls(path, md, read_only=read_only)
+        mpath = os.path.join(path, "metadata")
+        try:
+            with open(mpath, "rb") as f:
+                head = f.read(40)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{mpath}: no metadata file (is this a thin pool directory?)") from None
+        if len(head) >= 8 and int.from_bytes(head[:8], "little") == OLD_MAGIC:
+            raise errors.NotSupportedError(
+                f"{path}: metadata in thinp's old format; convert it with 'thinp convert {path} NEW_DIR'")
+        if len(head) < 40 or int.from_bytes(head[32:40], "little") != THIN_SUPERBLOCK_MAGIC:
+            raise errors.MetadataCorruptError(f"metadata corrupt: {mpath}: no dm-thin superblock (bad magic)")
+        lock_fd = _lock(mpath, read_only)
+        try:
+            side = read_sidecar(path)
+            split = (side or {}).get("split", "current")
+            dm = PoolMetadata.open(mpath, split=split, writable=not read_only, check=check_trees or not read_only)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        try:
+            if dm.sb.flags & 1 and not read_only:
+                raise errors.MetadataCorruptError(
+                    f"{path}: needs_check is set; check it with 'thinp check {path}' and rebuild it with "
+                    "'thinp repair'")
+            side = _settle_sidecar(path, side, dm, reconcile and not read_only)
+            md = _build_index(dm, side, load=check_trees or not read_only)
+        except BaseException:
+            dm.bm.close()
+            os.close(lock_fd)
+            raise
+        pool = cls(path, md, dm, side, read_only=read_only, lock_fd=lock_fd)
         pool._trees_checked = check_trees or not read_only
         return pool
 
@@ -282,19 +499,27 @@ class ThinPool:
         try:
             self._data_fd = os.open(dpath, os.O_RDONLY if self.read_only else os.O_RDWR)
         except FileNotFoundError:
-            self._md.close()
+            self._release()
             raise FileNotFoundError(f"{dpath}: the pool's data file is missing") from None
         want = sb.nr_data_blocks * sb.data_block_size
         have = os.fstat(self._data_fd).st_size
         if have < want:
             os.close(self._data_fd)
-            self._md.close()
+            self._data_fd = -1
+            self._release()
             raise errors.MetadataCorruptError(f"{dpath}: {have} bytes, but the pool has {want} bytes of data blocks")
         if self.payload:
-            # private when read-only: see Metadata._map
+            # private when read-only: the kernels want writable arrays
             flags = mmap.MAP_PRIVATE if self.read_only else mmap.MAP_SHARED
             self._data_mm = mmap.mmap(self._data_fd, want, flags, mmap.PROT_READ | mmap.PROT_WRITE)
             self._data = np.frombuffer(self._data_mm, dtype=np.uint8)
+
+    def _release(self) -> None:
+        self._md.close()
+        self._dm.bm.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
     def close(self) -> None:
         """Commit (unless read-only or failed) and release the files.
@@ -305,7 +530,7 @@ class ThinPool:
         if self._closed:
             return
         try:
-            if not self.read_only and not self._failed and self._md.sb is not None:
+            if not self.read_only and not self._failed and self._md.sp is not None:
                 self.commit()
                 if self.payload and self._data_mm is not None:
                     self._data_mm.flush()
@@ -320,7 +545,7 @@ class ThinPool:
             if self._data_fd >= 0:
                 os.close(self._data_fd)
                 self._data_fd = -1
-            self._md.close()
+            self._release()
 
     def __enter__(self):
         return self
@@ -350,7 +575,7 @@ class ThinPool:
 
     @property
     def nr_metadata_blocks(self) -> int:
-        return self._md.sb.nr_metadata_blocks
+        return self._dm.tm.nr_blocks
 
     @property
     def payload(self) -> bool:
@@ -363,7 +588,7 @@ class ThinPool:
 
     @property
     def transaction_id(self) -> int:
-        return self._md.sb.transaction_id
+        return self._dm.sb.trans_id
 
     @property
     def time(self) -> int:
@@ -371,7 +596,9 @@ class ThinPool:
 
     @property
     def uuid(self) -> str:
-        return self._md.sb.uuid
+        """thinp's name for the pool (in the sidecar; dm's superblock uuid
+        is left zero, as LVM leaves it)."""
+        return str(self._side.get("uuid", ""))
 
     @property
     def commit_interval(self) -> int:
@@ -390,6 +617,11 @@ class ThinPool:
         """The data allocation bitmap, a bitarray over the engine's memory
         (bit set = block in use or freed in the open transaction)."""
         return self._md.data_bitarray()
+
+    def data_counts(self) -> np.ndarray:
+        """A copy of dm's data space map counts as of now (the number of
+        leaves mapping each data block, a held metadata snapshot's too)."""
+        return self._dm.data_sm.count.copy()
 
     def refcounts(self) -> np.ndarray:
         """A copy of each data block's reference count."""
@@ -438,6 +670,7 @@ class ThinPool:
         if dev_id in self._md.slot_of:
             raise errors.DeviceExistsError(f"thin device {dev_id} already exists")
         md = self._md
+        self._dm_op(self._dm.create_thin, dev_id)
         s = md.free_slot()
         dv = md.dv
         dv.dev_id[s] = dev_id
@@ -463,6 +696,7 @@ class ThinPool:
         if dev_id in self._md.slot_of:
             raise errors.DeviceExistsError(f"thin device {dev_id} already exists")
         md = self._md
+        self._dm_op(self._dm.create_snap, dev_id, origin_id)
         s = md.free_slot()
         dv, sp = md.dv, md.sp
         root = int(dv.root[o])
@@ -499,6 +733,7 @@ class ThinPool:
             raise errors.PoolBusyError(f"thin device {dev_id} has {waiting} requests queued for data space; "
                                        "grow the pool (resize_data) before deleting it")
         md = self._md
+        self._dm_op(self._dm.delete, dev_id)
         dv = md.dv
         root = int(dv.root[s])
         if root:
@@ -527,48 +762,59 @@ class ThinPool:
         for v in (old, new):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < 1 << 64:
                 raise ValueError(f"transaction id {v!r} must be a 64-bit unsigned integer")
-        cur = self._md.sb.transaction_id
+        cur = self._dm.sb.trans_id
         if int(old) != cur:
             raise errors.TransactionIdMismatchError(f"set_transaction_id: mismatched transaction id, current is {cur}, not {old}")
-        self._md.sb.transaction_id = int(new)
+        self._dm.sb.trans_id = int(new)
         self.commit()
 
     def reserve_metadata_snap(self) -> int:
-        """Hold a frozen copy of the committed metadata for userspace tools."""
+        """Hold a frozen copy of the committed metadata for userspace tools
+        (``thin_dump -m``); returns the block of its superblock copy."""
         self._check_writable()
-        md = self._md
-        if md.sb.held_root:
+        if self._dm.sb.held_root:
             raise errors.DeviceExistsError("a metadata snapshot is already held; release it first")
         self.commit()
-        sp, m = md.sp, md.meta
-        h = md._alloc_meta_block()
-        m[h, :] = m[md.devdir, :]
-        for b in md.table_blocks:
-            K.inc_meta(sp, b)
-        for s in np.flatnonzero(md.dv.dev_id >= 0):
-            if md.dv.root[s]:
-                K.inc_meta(sp, int(md.dv.root[s]))
-        m[h, 3] = 0
-        m[h, 3] = K.block_checksum(m, h)
-        md.sb.held_root = h
-        md.sb.held_csum = int(m[h, 3])
+        h = self._dm_op(self._dm.reserve_metadata_snap)
+        # the index shares each device's tree with a held copy, as dm's
+        # snapshot shares the mapping tree: breaking sharing of a leaf then
+        # keeps a reference on its data blocks, as dm's shadowing does
+        md = self._md
+        live = np.flatnonzero(md.dv.dev_id >= 0)
+        held = TK.make_devices(max(1, len(live)))
+        for k, s in enumerate(live.tolist()):
+            held.dev_id[k] = md.dv.dev_id[s]
+            held.levels[k] = md.dv.levels[s]
+            held.root[k] = md.dv.root[s]
+            if held.root[k]:
+                K.inc_meta(md.sp, int(held.root[k]))
+        md.held = held
         self.commit()
         return h
 
     def release_metadata_snap(self) -> None:
         self._check_writable()
-        md = self._md
-        h = md.sb.held_root
-        if not h:
+        if not self._dm.sb.held_root:
             raise errors.ThinpError("no metadata snapshot is held")
-        for root, levels in md.held_roots():
-            K.dec_tree(md.sp, root, levels, False)
-        for b in md.held_tables():
-            md._dec_meta(b)
-        md._dec_meta(h)
-        md.sb.held_root = 0
-        md.sb.held_csum = 0
+        self._dm_op(self._dm.release_metadata_snap)
+        md = self._md
+        if md.held is not None:
+            for k in np.flatnonzero(md.held.root).tolist():
+                K.dec_tree(md.sp, int(md.held.root[k]), int(md.held.levels[k]), False)
+            md.held = None
         self.commit()
+
+    def _dm_op(self, fn, *args):
+        """A dm metadata operation; running out of metadata space aborts the
+        transaction and leaves the pool read-only, as in dm-thin."""
+        try:
+            return fn(*args)
+        except errors.NoSpaceError:
+            self._metadata_failed()
+            raise errors.ReadOnlyPoolError(
+                f"{self.path}: out of metadata space ({self._dm.nr_used_metadata_blocks}/"
+                f"{self.nr_metadata_blocks} blocks); the transaction was aborted and the pool is read-only "
+                "with needs_check set") from None
 
     _MESSAGES = {
         "create_thin": (1, 2),
@@ -616,32 +862,78 @@ class ThinPool:
 
     # --------------------------------------------------------------- commit
     def commit(self) -> None:
-        """Make everything since the last commit durable, atomically."""
+        """Make everything since the last commit durable, atomically: the
+        data bytes (payload mode), then dm's commit (space maps, the other
+        changed blocks, the superblock last), with the sidecar written
+        just before the superblock and tied to it by its checksum."""
         self._check_writable()
-        md = self._md
-        if self.payload and self._data_mm is not None and md.sb.options & OPT_SYNC:
+        md, dm = self._md, self._dm
+        sync = bool(md.sb.options & OPT_SYNC)
+        if self.payload and self._data_mm is not None and sync:
             self._data_mm.flush()  # data before the metadata that points at it
+        dv = md.dv
+        for slot in np.flatnonzero(dv.changed).tolist():
+            dev = int(dv.dev_id[slot])
+            if dev >= 0 and dev in dm.devices:
+                d = dm.devices[dev]
+                d.mapped_blocks = int(dv.mapped[slot])
+                d.changed = True
+        dm.sync = sync
+        side = self._next_sidecar()
         try:
-            md.commit()
-        except errors.ReadOnlyPoolError:
+            dm.commit(before_superblock=lambda: self._write_sidecar(side, sync))
+        except errors.NoSpaceError:
             self._metadata_failed()
-            raise
+            raise errors.ReadOnlyPoolError(
+                f"{self.path}: out of metadata space during commit; the pool is read-only with needs_check set"
+            ) from None
+        md.commit()
+        if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
+            self._meta_lwm_armed = True
         self._punch_passdown()
         if md.sp.scal[TK.S_OODS] and self.nr_free_data_blocks > 0:
             md.sp.scal[TK.S_OODS] = 0
             self._drain_queue()
 
+    def _next_sidecar(self) -> dict:
+        md, dm = self._md, self._dm
+        sb, scal, dv = md.sb, md.sp.scal, md.dv
+        side = dict(self._side)
+        side.pop("previous", None)
+        side.update({
+            "version": SIDECAR_VERSION, "transaction_id": dm.sb.trans_id, "split": dm.split,
+            "devices": {str(int(dv.dev_id[s])): int(dv.size_sectors[s]) for s in np.flatnonzero(dv.dev_id >= 0)},
+            "low_water_mark": int(scal[K.S_LWM]), "commit_interval": int(scal[K.S_COMMIT_INTERVAL]),
+            "data_cursor": int(scal[K.S_DCURSOR]), "zero_new_blocks": bool(sb.options & OPT_ZERO),
+            "discard_passdown": bool(sb.options & OPT_PASSDOWN),
+            "ignore_discard": bool(sb.options & OPT_IGNORE_DISCARD),
+            "error_if_no_space": bool(sb.options & OPT_ERROR_IF_NO_SPACE),
+            "payload": bool(sb.options & OPT_PAYLOAD), "sync": bool(sb.options & OPT_SYNC)})
+        prev = {k: v for k, v in self._side.items() if k != "previous"}
+        side["previous"] = prev
+        return side
+
+    def _write_sidecar(self, side: dict, sync: bool) -> None:
+        side["commit"] = _commit_tie(self._dm)
+        write_sidecar(self.path, side, sync=sync)
+        self._side = {k: v for k, v in side.items() if k != "previous"}
+
     def _metadata_failed(self) -> None:
         """A metadata operation failed: abort the transaction and go read-only
-        with needs_check set, as dm-thin does.  If even needs_check cannot be
-        written, the pool goes to fail mode, as dm-thin's does."""
+        with needs_check set in the last committed superblock, as dm-thin
+        does.  If even that cannot be written, the pool goes to fail mode."""
         self._failed = True
-        md = self._md
+        dm = self._dm
+        dm.sb.flags |= FLAG_NEEDS_CHECK
         try:
-            md.sb.flags |= FLAG_NEEDS_CHECK
-            # record needs_check on top of the last committed state
-            md._write_superblock(md.sb.generation % 2)
-            md.mm.flush(0, 2 * METADATA_BLOCK_SIZE)
+            from ..pdata.block import SUPERBLOCK
+
+            buf = np.frombuffer(bytearray(os.pread(dm.bm.fd, METADATA_BLOCK_SIZE, 0)), dtype=np.uint8)
+            flags = int(buf[4:8].view("<u4")[0]) | FLAG_NEEDS_CHECK
+            buf[4:8] = np.frombuffer(flags.to_bytes(4, "little"), dtype=np.uint8)
+            SUPERBLOCK.prepare(buf, 0)
+            os.pwrite(dm.bm.fd, buf.tobytes(), 0)
+            os.fdatasync(dm.bm.fd)
         except Exception as e:  # noqa: BLE001 - any failure here means fail mode
             self.fail(f"could not set needs_check: {e}")
 
@@ -660,8 +952,9 @@ class ThinPool:
         n = int(sp.scal[K.S_DNPASS])
         if n and self.payload and self._data_fd >= 0:
             bs = self.block_size
+            dcount = self._dm.data_sm.count
             for p in np.sort(sp.dpass[:n]):
-                if sp.drc[p] == 0:
+                if sp.drc[p] == 0 and dcount[p] == 0:
                     _punch_hole(self._data_fd, int(p) * bs, bs)
         sp.scal[K.S_DNPASS] = 0
 
@@ -767,13 +1060,23 @@ class ThinPool:
             self._queue.append([slots, ops, off, ln, i, vb, src.copy() if len(src) else src, src_base])
 
     def _run(self, slots, ops, off, ln, start, start_vb, src, src_base, events):
-        """Drive the replay kernel, committing when it asks; returns None when
+        """Drive the replay kernel, applying its mapping changes to dm's
+        btree after each stop and committing when it asks; returns None when
         done or (op, vblock) where it stopped out of data space."""
-        out = np.zeros(3, dtype=np.int64)
+        out = np.zeros(4, dtype=np.int64)
         md = self._md
         while True:
-            r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out)
+            out[3] = 0
+            r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out,
+                          self._log)
+            ok = self._apply_log(int(out[3]))
             self._drain_events(events)
+            if not ok or r == TK.R_NO_META:
+                self._metadata_failed()
+                dm = self._dm
+                raise errors.ReadOnlyPoolError(
+                    f"{self.path}: out of metadata space ({dm.nr_used_metadata_blocks}/{dm.tm.nr_blocks} "
+                    "blocks); the transaction was aborted and the pool is read-only with needs_check set")
             if r == TK.R_DONE:
                 # Freed blocks are passed down (punched) only after the commit
                 # that frees them, as dm-thin's discard pt2 runs after commit:
@@ -781,6 +1084,8 @@ class ThinPool:
                 # find their bytes intact.
                 return None
             start, start_vb = int(out[1]), int(out[2])
+            if r == TK.R_FLUSH:
+                continue
             if r == TK.R_NEED_COMMIT:
                 if self.read_only:
                     # only reads run here, so only the commit interval can
@@ -789,12 +1094,39 @@ class ThinPool:
                 else:
                     self.commit()
                 continue
-            if r == TK.R_NO_DATA:
-                return start, start_vb
-            self._metadata_failed()
-            raise errors.ReadOnlyPoolError(
-                f"{self.path}: out of metadata space ({md.sp.scal[K.S_MUSED]}/{md.sb.nr_metadata_blocks} blocks); "
-                "the transaction was aborted and the pool is read-only with needs_check set")
+            return start, start_vb
+
+    def _apply_log(self, n: int) -> bool:
+        """Apply ``n`` logged mapping changes to dm's btree, in order; raise
+        the metadata events they cross.  False when metadata ran out."""
+        if n == 0:
+            return True
+        dm = self._dm
+        tm, dsm = dm.tm, dm.data_sm
+        blocks = dm.bm.blocks
+        res = np.zeros(6, dtype=np.int64)
+        r = MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free, tm.txn,
+                          tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free,
+                          np.int64(dm.sb.data_mapping_root), self._log, np.int64(n), dm.split == "halves",
+                          np.int64(self._meta_reserve), np.int64(self._meta_lwm), self._meta_lwm_armed, res)
+        dm.sb.data_mapping_root = int(res[0])
+        if res[2] >= 0:
+            self._meta_lwm_armed = False
+            self._event(int(self._log[res[2], 3]), K.EV_META_LOW_WATER, int(res[3]))
+        if r < 0:
+            k = int(res[1])
+            self._event(int(self._log[k, 3]), K.EV_OUT_OF_META, int(self._log[k, 1]))
+            return False
+        return True
+
+    def _event(self, op_index: int, kind: int, value: int) -> None:
+        sp = self._md.sp
+        n = int(sp.scal[K.S_NEV])
+        if n < sp.events.shape[0]:
+            sp.events[n] = (op_index, kind, value)
+            sp.scal[K.S_NEV] = n + 1
+        else:
+            sp.scal[K.S_DROPPED_EVENTS] += 1
 
     def _drain_queue(self) -> None:
         while self._queue:
@@ -825,6 +1157,7 @@ class ThinPool:
         if nr == sb.nr_data_blocks:
             return
         self.commit()
+        self._dm.resize_data(nr)
         md.resize_data(nr)
         # the data file grows with it
         if self._data_mm is not None:
@@ -844,22 +1177,26 @@ class ThinPool:
 
     def resize_metadata(self, metadata_size) -> None:
         """Grow the metadata device (never shrink), as ``lvextend
-        --poolmetadatasize`` does: the metadata file grows, the metadata
+        --poolmetadatasize`` does: the metadata file grows, dm's metadata
         space map with it, and the reserve (min(4096 blocks, 10%)) and the
         metadata low water mark (min(1024 blocks, 25%)) are recomputed."""
         self._check_writable()
-        md = self._md
         nbytes = parse_size(metadata_size, what="metadata_size")
         nr = nbytes // METADATA_BLOCK_SIZE
-        if nr < md.sb.nr_metadata_blocks:
+        cur = self.nr_metadata_blocks
+        if nr < cur:
             raise ValueError(f"resize_metadata: {nbytes} bytes ({nr} blocks) would shrink the metadata "
-                             f"from {md.sb.nr_metadata_blocks} blocks; dm-thin only grows")
-        if nr > (16 << 30) // METADATA_BLOCK_SIZE:
-            raise ValueError(f"metadata_size {nbytes} bytes exceeds dm-thin's 16 GiB limit")
-        if nr == md.sb.nr_metadata_blocks:
+                             f"from {cur} blocks; dm-thin only grows")
+        if nr > MAX_METADATA_BLOCKS:
+            raise ValueError(f"metadata_size {nbytes} bytes exceeds dm-thin's limit of "
+                             f"{MAX_METADATA_BLOCKS * METADATA_BLOCK_SIZE} bytes")
+        if nr == cur:
             return
         self.commit()
-        md.resize_metadata(nr)
+        self._dm_op(self._dm.resize_metadata, nr)
+        self._meta_reserve = min(4096, nr // 10)
+        self._meta_lwm = min(1024, nr // 4)
+        self._meta_lwm_armed = self._dm.nr_free_metadata_blocks > self._meta_lwm
         self.commit()
 
     # --------------------------------------------------------------- status
@@ -869,11 +1206,12 @@ class ThinPool:
         the mode the pool itself is in (what ``thinp pool status`` shows
         after opening read-only just to look)."""
         self._check_open()
-        md = self._md
+        md, dm = self._md, self._dm
         sp, sb = md.sp, md.sb
+        needs_check = bool(dm.sb.flags & FLAG_NEEDS_CHECK)
         if self._fail_mode:
             mode = "fail"
-        elif self._failed or (sb.flags & FLAG_NEEDS_CHECK) or (self.read_only and not observer):
+        elif self._failed or needs_check or (self.read_only and not observer):
             mode = "ro"
         elif sp.scal[TK.S_OODS] or self._queue:
             mode = "out_of_data_space"
@@ -886,20 +1224,21 @@ class ThinPool:
         else:
             discard = "no_discard_passdown"
         counters = {name: int(sp.scal[i]) for i, name in K.COUNTER_NAMES.items()}
+        nm = dm.tm.nr_blocks
         return PoolStatus(
-            transaction_id=sb.transaction_id,
+            transaction_id=dm.sb.trans_id,
             # dm-thin counts free metadata less its reserve (min(4096 blocks,
             # 10%), kept for commits), so status shows the reserve as used
-            used_metadata_blocks=min(sb.nr_metadata_blocks, int(sp.scal[K.S_MUSED] + sp.scal[K.S_META_RESERVE])),
-            total_metadata_blocks=sb.nr_metadata_blocks,
+            used_metadata_blocks=min(nm, dm.nr_used_metadata_blocks + self._meta_reserve),
+            total_metadata_blocks=nm,
             used_data_blocks=int(sp.scal[K.S_DUSED]),
             total_data_blocks=sb.nr_data_blocks,
-            held_root=sb.held_root or None,
+            held_root=dm.sb.held_root or None,
             mode=mode,
             discard=discard,
             no_space="error_if_no_space" if sb.options & OPT_ERROR_IF_NO_SPACE else "queue_if_no_space",
-            needs_check=bool(sb.flags & FLAG_NEEDS_CHECK),
-            metadata_low_watermark=int(sp.scal[K.S_META_LWM]),
+            needs_check=needs_check,
+            metadata_low_watermark=self._meta_lwm,
             data_block_size=self.block_size,
             counters=counters,
         )
@@ -1093,7 +1432,8 @@ class ThinDevice:
         md = self.pool._md
         s = self._s
         if not self.pool._trees_checked:
-            h = highest_mapped_py(md.meta, int(md.dv.root[s]), int(md.dv.levels[s]), md.sb.nr_metadata_blocks)
+            v, _, _ = _mappings(self.pool._dm, self.dev_id)
+            return int(v[-1]) if len(v) else None
         else:
             h = int(TK.highest_mapped(md.meta, int(md.dv.root[s]), int(md.dv.levels[s])))
         return None if h < 0 else h
@@ -1114,4 +1454,5 @@ class ThinDevice:
     @property
     def transaction_id(self) -> int:
         """The pool's transaction id when the device last changed (dm's details)."""
-        return int(self.pool._md.dv.txn[self._s])
+        self._s
+        return int(self.pool._dm.details(self.dev_id).transaction_id)

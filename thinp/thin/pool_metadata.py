@@ -129,14 +129,17 @@ class PoolMetadata:
             raise
 
     @classmethod
-    def open(cls, path, split: str = "current") -> "PoolMetadata":
-        """Open an existing image read-write (validated as thin_check does)."""
+    def open(cls, path, split: str = "current", *, writable: bool = True, check: bool = True) -> "PoolMetadata":
+        """Open an existing image read-write (validated as thin_check does
+        unless ``check`` is false).  ``writable=False`` maps it privately:
+        nothing done to it reaches the file (never commit it)."""
         path = os.fspath(path)
-        with DmMetadata.open(path) as ro:
-            res = ro.check()
-            if res.problems:
-                raise errors.MetadataCorruptError(f"metadata corrupt: {path}: {res.problems[0]}")
-        bm = BlockManager.open_file(path, writable=True)
+        if check:
+            with DmMetadata.open(path) as ro:
+                res = ro.check()
+                if res.problems:
+                    raise errors.MetadataCorruptError(f"metadata corrupt: {path}: {res.problems[0]}")
+        bm = BlockManager.open_file(path, writable=writable)
         try:
             sb = read_superblock(bm)
             mcount, mindex = read_counts(bm, sb.metadata_sm_root, metadata=True, what="metadata")
@@ -233,7 +236,7 @@ class PoolMetadata:
                                                             self.data_vt, level_types=[self.subtree_vt],
                                                             split=self.split)
             return inserted
-        from ..pdata import _btree_kernels as BK
+        from ..pdata import mapping_tree as BK
 
         m64, m32 = self._kernel_views()
         tm, dsm = self.tm, self.data_sm
@@ -249,7 +252,7 @@ class PoolMetadata:
     def lookup(self, dev: int, vblock: int) -> tuple[int, int] | None:
         """(pblock, time) or None."""
         if self.fast:
-            from ..pdata import _btree_kernels as BK
+            from ..pdata import mapping_tree as BK
 
             self.details(dev)
             m64, m32 = self._kernel_views()
@@ -290,7 +293,7 @@ class PoolMetadata:
         snapshot), in order, in one kernel call; returns how many needed a
         new data block.  Raises NoSpaceError when data or metadata ran out
         (the blocks before the failing one are done)."""
-        from ..pdata import _btree_kernels as BK
+        from ..pdata import mapping_tree as BK
 
         d = self.details(dev)
         vb = np.ascontiguousarray(vblocks, dtype=np.int64)
@@ -314,7 +317,7 @@ class PoolMetadata:
         """__remove: unmap ``vblock`` (its data block loses a reference)."""
         d = self.details(dev)
         if self.fast:
-            from ..pdata import _btree_kernels as BK
+            from ..pdata import mapping_tree as BK
 
             m64, m32 = self._kernel_views()
             tm, dsm = self.tm, self.data_sm
@@ -375,6 +378,50 @@ class PoolMetadata:
     def resize_data(self, nr_blocks: int) -> None:
         self.data_sm.extend(nr_blocks)
 
+    def resize_metadata(self, nr_blocks: int) -> None:
+        """dm_pool_resize_metadata_dev: the device grows to ``nr_blocks``
+        (call right after a commit); the metadata space map gains the new
+        entries, and a bitmap block (allocated from the new space) for each
+        16,320 of them past the last one."""
+        from ..pdata.block import BITMAP
+        from ..pdata.space_map import INDEX_ENTRY_DTYPE, nr_bitmaps
+        import mmap as _mmap
+
+        tm, bm = self.tm, self.bm
+        old = tm.nr_blocks
+        if nr_blocks <= old:
+            return
+        if nr_blocks > MAX_METADATA_BLOCKS:
+            raise ValueError(f"metadata device of {nr_blocks} blocks: dm-thin's limit is {MAX_METADATA_BLOCKS}")
+        os.ftruncate(bm.fd, nr_blocks * METADATA_BLOCK_SIZE)
+        old_mm = bm.mm
+        bm.mm = _mmap.mmap(bm.fd, nr_blocks * METADATA_BLOCK_SIZE, _mmap.MAP_SHARED,
+                           _mmap.PROT_READ | _mmap.PROT_WRITE)
+        bm.blocks = np.frombuffer(bm.mm, dtype=np.uint8).reshape(nr_blocks, METADATA_BLOCK_SIZE)
+        grow = nr_blocks - old
+
+        def ext(a, fill=0):
+            return np.concatenate([a, np.full(grow, fill, dtype=a.dtype)])
+
+        bm.fresh = ext(bm.fresh)
+        tm.count = ext(tm.count)
+        tm.committed = ext(tm.committed)
+        tm.free = ext(tm.free, True)
+        tm.txn = ext(tm.txn)
+        tm.kind = ext(tm.kind)
+        try:
+            old_mm.close()
+        except BufferError:
+            pass  # a view of the old mapping is still alive; it goes with it
+        for _ in range(len(tm.bitmap_blocks), nr_bitmaps(nr_blocks)):
+            b, _ = tm.new_block(BITMAP)
+            tm.bitmap_blocks.append(b)
+            e = np.zeros(1, dtype=INDEX_ENTRY_DTYPE)
+            e["nr_free"] = ENTRIES_PER_BITMAP
+            e["blocknr"] = b
+            tm.index_entries = np.concatenate([tm.index_entries, e])
+        self.sb.metadata_nr_blocks = nr_blocks
+
     @property
     def nr_free_metadata_blocks(self) -> int:
         return self.tm.nr_free
@@ -384,9 +431,12 @@ class PoolMetadata:
         return int(np.count_nonzero(self.tm.count))
 
     # ------------------------------------------------------------ commit
-    def commit(self) -> None:
+    def commit(self, before_superblock=None) -> None:
         """__commit_transaction: details, data space map, metadata space
-        map, the other dirty blocks, then the superblock."""
+        map, the other dirty blocks, then the superblock.
+        ``before_superblock()``, when given, runs once everything but the
+        superblock is written and ``self.sb`` holds the new roots (a caller
+        ties its own state to this commit there)."""
         tm = self.tm
         for dev in sorted(self.devices):
             d = self.devices[dev]
@@ -403,7 +453,7 @@ class PoolMetadata:
         def remove_rc(root, b):
             return bw.remove(tm, root, [b], cv)[0]
 
-        self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc))
+        self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc), split=self.split)
         for b in tm.bitmap_blocks:
             if tm.txn[b]:
                 tm.kind[b] = KIND_BITMAP
@@ -416,6 +466,8 @@ class PoolMetadata:
         buf = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
         self.sb.pack(buf)
         SUPERBLOCK.prepare(buf, SUPERBLOCK_LOCATION)
+        if before_superblock is not None:
+            before_superblock()
         if self.bm.fd >= 0 and self.bm.mm is not None:
             os.pwrite(self.bm.fd, buf.tobytes(), 0)
             if self.sync:
@@ -427,5 +479,4 @@ class PoolMetadata:
         tm.end_transaction()
 
     def _flush(self, blocks: list) -> None:
-        for b in sorted(blocks):
-            self.bm.mm.flush(b * METADATA_BLOCK_SIZE, METADATA_BLOCK_SIZE)
+        self.bm.flush(blocks)

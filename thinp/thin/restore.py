@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
-from ..pdata import _kernels as K
+from ..pdata import radix as K
 from ..units import check_block_size
 from . import _kernels as TK
 from . import _tool_kernels as TTK
@@ -472,7 +472,7 @@ def restore(xml_path, pool_dir, *, payload: bool = False, metadata_size=None, sy
     except BaseException:
         pool._failed = True  # close without committing
         pool.close()
-        for fname in ("data", "metadata"):
+        for fname in ("data", "metadata", "pool.json"):
             try:
                 os.unlink(os.path.join(pool_dir, fname))
             except FileNotFoundError:
@@ -484,64 +484,65 @@ def restore(xml_path, pool_dir, *, payload: bool = False, metadata_size=None, sy
 
 
 def _fill(pool, sb, devices, sizes=None) -> int:
-    md = pool._md
-    sp = md.sp
+    """Build every device's dm tree by inserting its mappings in order (as
+    thin_restore does; devices share nothing), and the pool's index beside
+    it."""
+    md, dm = pool._md, pool._dm
     nd = sb["nr_data_blocks"]
     bs = sb["block_size"]
     if sb["uuid"]:
         try:
-            md.sb.uuid = str(_uuid.UUID(sb["uuid"]))
+            pool._side["uuid"] = str(_uuid.UUID(sb["uuid"]))
         except ValueError:
             pass  # dm's uuid is free text; thinp keeps its own
-    md.sb.transaction_id = sb["transaction"]
-    md.sb.flags = sb["flags"]
-    sp.scal[K.S_TIME] = sb["time"]
-    all_data = []
+    dm.sb.trans_id = sb["transaction"]
+    dm.sb.flags = sb["flags"]
+    dm.sb.time = sb["time"]
+    md.sp.scal[K.S_TIME] = sb["time"]
     total = 0
+    log = pool._log
     for attrs, o, d, t in devices:
+        if len(d) and int(d.max()) >= nd:
+            raise RestoreError(f"restore: device {attrs['dev_id']} maps data block {int(d.max())} "
+                               f"of a pool of {nd} blocks")
         nrb = _device_blocks(nd, bs, attrs, o, sizes)
-        levels = TK.levels_for(nrb)
+        dev = attrs["dev_id"]
+        pool._dm_op(dm.create_thin, dev)
+        o64, d64, t64 = (np.asarray(a, dtype=np.int64) for a in (o, d, t))
+        for lo in range(0, len(o64), len(log)):
+            hi = min(lo + len(log), len(o64))
+            n = hi - lo
+            log[:n, 0] = dev
+            log[:n, 1] = o64[lo:hi]
+            log[:n, 2] = (d64[lo:hi] << 24) | (t64[lo:hi] & 0xFFFFFF)
+            log[:n, 3] = 0
+            if not pool._apply_log(n):
+                raise errors.NoSpaceError("restore: metadata ran out while building trees (estimate too small)")
+        det = dm.devices[dev]
+        det.mapped_blocks = len(o64)
+        det.transaction_id = attrs["transaction"]
+        det.creation_time = attrs["creation_time"]
+        det.snapshotted_time = attrs["snap_time"]
+        det.changed = True
         s = md.free_slot()
         dv = md.dv
-        values = ((d + 1).astype(np.uint64) << np.uint64(24)) | t.astype(np.uint64)
-        root = int(TTK.build_tree(sp, levels, o, values)) if len(o) else 0
-        if root < 0:
-            raise errors.NoSpaceError("restore: metadata ran out while building trees (estimate too small)")
-        dev = attrs["dev_id"]
         dv.dev_id[s] = dev
-        dv.root[s] = root
-        dv.levels[s] = levels
+        dv.root[s] = 0
+        dv.levels[s] = TK.levels_for(nrb)
         dv.nr_blocks[s] = nrb
-        dev_bytes = sizes[attrs["dev_id"]] if sizes and attrs["dev_id"] in sizes else nrb * bs
+        dev_bytes = sizes[dev] if sizes and dev in sizes else nrb * bs
         dv.size_sectors[s] = dev_bytes // SECTOR_SIZE
-        dv.mapped[s] = len(o)
+        dv.mapped[s] = 0
         dv.create_time[s] = attrs["creation_time"]
         dv.snap_time[s] = attrs["snap_time"]
-        dv.root_crc[s] = 0
-        dv.changed[s] = 1
         md.slot_of[dev] = s
-        all_data.append(d)
-        total += len(o)
-    counts = np.bincount(np.concatenate(all_data), minlength=nd) if all_data else np.zeros(nd, dtype=np.int64)
-    if counts.max(initial=0) >= 1 << 32:
-        raise RestoreError("restore: a data block is mapped more than 2^32 times")
-    sp.drc[:] = counts
-    sp.dbits[:] = K.make_bitmap(counts > 0, nd)
-    sp.ddirty[:] = 1
-    sp.scal[K.S_DUSED] = int(np.count_nonzero(counts))
+        if TK.load_mappings(md.sp, dv, np.int64(s), o64, d64, t64) != 0:
+            raise errors.ThinpError(f"restore: the in-RAM index has no room for device {dev}")
+        dv.changed[s] = 0
+        total += len(o64)
+    sp = md.sp
     sp.scal[K.S_LWM_ARMED] = 1 if nd - sp.scal[K.S_DUSED] > sp.scal[K.S_LWM] else 0
-    # A commit stamps every changed device record with the pool's
-    # transaction id; commit once per distinct XML transaction to keep them.
-    pool.commit()  # seals the new trees (and stamps every record once)
-    by_txn: dict = {}
-    for attrs, *_ in devices:
-        by_txn.setdefault(attrs["transaction"], []).append(md.slot_of[attrs["dev_id"]])
-    md.dv.changed[:] = 0
-    for txn, slots in sorted(by_txn.items()):
-        md.sb.transaction_id = txn
-        md.dv.changed[slots] = 1
-        pool.commit()
-    md.sb.transaction_id = sb["transaction"]
+    pool.commit()
     return total
 
 

@@ -19,8 +19,7 @@ import os
 
 import numpy as np
 
-from .metadata import Metadata
-from .pool import _punch_hole
+from .pool import ThinPool, _punch_hole
 
 
 def free_runs(drc: np.ndarray):
@@ -35,10 +34,10 @@ def trim(pool_dir) -> tuple[int, int]:
     pool_dir = os.fspath(pool_dir)
     if not os.path.isdir(pool_dir):
         raise FileNotFoundError(f"{pool_dir}: no such pool directory")
-    md = Metadata.open(os.path.join(pool_dir, "metadata"), read_only=True, check_trees=True)
-    try:
-        bs = md.sb.data_block_size
-        begin, end = free_runs(md.sp.drc)
+    with ThinPool.open(pool_dir, read_only=True) as pool:
+        bs = pool.block_size
+        # dm's data space map: a block is free when no leaf maps it
+        begin, end = free_runs(pool.data_counts())
         fd = os.open(os.path.join(pool_dir, "data"), os.O_RDWR)
         try:
             for b, e in zip(begin.tolist(), end.tolist()):
@@ -46,5 +45,3 @@ def trim(pool_dir) -> tuple[int, int]:
         finally:
             os.close(fd)
         return len(begin), int((end - begin).sum())
-    finally:
-        md.close()

@@ -1,0 +1,32 @@
+"""dm-thin's two-level mapping tree, updated in numba: the public names.
+
+For callers that keep their own state arrays (thin/'s pool and its replay
+kernels, which call these from their own numba code).  The arrays each
+kernel takes, what it returns and its status codes are documented where it
+is written, :mod:`thinp.pdata._btree_kernels`; every result is
+byte-identical to the Python btree (:mod:`thinp.pdata.btree_write`), which
+the tests in ``tests/pdata`` check.
+
+insert_mapping      dm_btree_insert of (dev, vblock) -> value
+lookup_mapping      (value, found) of (dev, vblock)
+write_blocks        dm-thin's write path for a batch of vblocks of one device
+                    (provision unmapped, break sharing of shared), in order
+remove_mapping      dm_btree_remove of (dev, vblock)
+update_ref_counts   a batch of set/remove on a space map's ref-count tree
+walk_leaves         one tree's leaf entries in key order (see
+                    :func:`thinp.pdata.mapping_index.mapping_index`)
+"""
+from __future__ import annotations
+
+from ._btree_kernels import (  # noqa: F401  (re-exported)
+    insert_mapping,
+    lookup_mapping,
+    remove_mapping,
+    update_ref_counts,
+    walk_leaves,
+    walk_mapping_tree,
+    write_blocks,
+)
+
+__all__ = ["insert_mapping", "lookup_mapping", "remove_mapping", "update_ref_counts", "walk_leaves",
+           "walk_mapping_tree", "write_blocks"]

@@ -1,0 +1,92 @@
+"""Apply the replay kernel's mapping-change log to dm's btree, in order.
+
+Private to :mod:`thinp.thin.pool`.  The log is int64[cap, 4], one row per
+mapping change the volatile index made: dev_id, vblock, dm's leaf value
+``pblock << 24 | time`` (or -1 for an unmap), op index.  Each row becomes
+dm-thin's own metadata operation (``dm_thin_insert_block`` after the data
+block's allocation, or ``dm_thin_remove_block``) through the numba btree
+kernels, so tree shapes and metadata use are the kernel's.
+
+dm-thin refuses a metadata operation once free metadata falls to its
+reserve (the pool goes read-only); the kernel below stops at that row.
+Free metadata is tracked cheaply: ``used + allocations since`` bounds the
+used blocks from above, and only when that bound reaches a threshold is
+the exact count taken.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import njit
+from ..pdata._btree_kernels import insert_mapping, remove_mapping
+
+
+@njit
+def _nr_used(count):
+    n = 0
+    for i in range(count.shape[0]):
+        if count[i] != 0:
+            n += 1
+    return n
+
+
+@njit
+def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, log, n,
+              halves, reserve, lwm, lwm_armed, out):
+    """Apply rows ``0..n`` of ``log``.  ``out`` gets (new root, rows done,
+    row at which free metadata fell to ``lwm`` or -1, free metadata blocks
+    then, mappings added, mappings removed).  Returns 0, or -1 when a row
+    would take metadata below ``reserve`` free blocks or none was left
+    (``out[1]`` is that row; rows before it are applied)."""
+    nr = count.shape[0]
+    used = _nr_used(count)
+    allocs0 = tst[1]
+    res = np.zeros(2, dtype=np.int64)
+    out[2] = -1
+    out[3] = nr - used
+    added = 0
+    removed = 0
+    armed = lwm_armed
+    for k in range(n):
+        # an upper bound on blocks in use; exact only when it matters
+        bound = used + (tst[1] - allocs0)
+        if nr - bound <= reserve + 8 or (armed and nr - bound <= lwm):
+            used = _nr_used(count)
+            allocs0 = tst[1]
+            free_now = nr - used
+            if armed and free_now <= lwm:
+                armed = False
+                out[2] = k
+                out[3] = free_now
+            if free_now <= reserve:
+                out[0] = root
+                out[1] = k
+                out[4] = added
+                out[5] = removed
+                return -1
+        dev = log[k, 0]
+        vb = log[k, 1]
+        v = log[k, 2]
+        if v >= 0:
+            p = v >> 24
+            dcount[p] += 1
+            dfree[p] = False
+            r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                               root, dev, vb, np.uint64(v), halves, res)
+            added += res[1]
+        else:
+            r = remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                               root, dev, vb, res)
+            removed += res[1]
+        if r < 0:
+            out[0] = root
+            out[1] = k
+            out[4] = added
+            out[5] = removed
+            return -1
+        root = res[0]
+    out[0] = root
+    out[1] = n
+    out[4] = added
+    out[5] = removed
+    return 0

@@ -1,0 +1,86 @@
+"""The pool's volatile lookup index: radix trees in RAM beside dm's btrees.
+
+:class:`VolatileIndex` holds the same arrays the replay kernels run on (a
+:class:`~thinp.pdata.radix.Space` and a :class:`~thinp.thin._kernels.Devices`
+table), in anonymous memory instead of a file.  It is a cache: the dm-format
+``metadata`` file is the truth, and :meth:`ThinPool.open` rebuilds the index
+by walking its leaves.  Nothing of it is ever written to disk, so its
+commit only ends the transaction (blocks freed in it become allocatable,
+nodes written in it are shadowed again next time).
+
+Index node 0 is reserved (a root of 0 means an empty tree).  The index's own
+metadata accounting (reserve, low water mark) is switched off: metadata
+space, its events and its exhaustion are dm's, counted by the pool.
+"""
+from __future__ import annotations
+
+import uuid as _uuid
+
+import numpy as np
+
+from ..pdata import radix as K
+from . import _kernels as TK
+from .metadata import Metadata, Superblock
+
+#: index nodes (4 KiB each, touched lazily): room for a billion mappings
+INDEX_NODES = 1 << 21
+
+
+class VolatileIndex(Metadata):
+    """Radix trees, device table and data space counts in RAM."""
+
+    @classmethod
+    def build(cls, *, nr_data_blocks: int, block_size: int, options: int, low_water_mark: int,
+              commit_interval: int, time: int = 0, dcursor: int = 0, nr_nodes: int = INDEX_NODES) -> "VolatileIndex":
+        md = cls()
+        md.path = None
+        md.meta = np.zeros((nr_nodes, K.NODE_ENTRIES), dtype=np.uint64)
+        md.sb = Superblock(
+            generation=0, transaction_id=0, time=time, data_block_size=block_size,
+            nr_data_blocks=nr_data_blocks, nr_metadata_blocks=nr_nodes, flags=0, held_root=0, devdir=0,
+            devdir_csum=0, dsm_start=0, dsm_pages=0, msm_start=0, msm_pages=0, dcursor=dcursor, mcursor=1,
+            options=options, low_water_mark=low_water_mark, uuid=str(_uuid.UUID(int=0)), nr_devices=0,
+            commit_interval=commit_interval, held_csum=0)
+        mrc = np.zeros(nr_nodes, dtype=np.uint32)
+        mrc[0] = 1
+        md._build_space(mrc, np.zeros(nr_data_blocks, dtype=np.uint32))
+        scal = md.sp.scal
+        scal[K.S_META_RESERVE] = 0
+        scal[K.S_META_LWM] = 0
+        scal[K.S_META_LWM_ARMED] = 0
+        md.dv = TK.make_devices(64)
+        #: the held metadata snapshot's trees (a Devices table), or None
+        md.held = None
+        return md
+
+    def close(self) -> None:
+        self.meta = None
+        self.sp = None
+
+    def commit(self, first: bool = False) -> None:
+        """End the index's transaction (nothing is written anywhere)."""
+        sp = self.sp
+        K.release_pending(sp)
+        sp.mnew[:] = 0
+        sp.mdirty[:] = 0
+        sp.ddirty[:] = 0
+        sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+        self.dv.changed[:] = 0
+
+    def resize_data(self, nr: int) -> None:
+        sb, sp = self.sb, self.sp
+        old_nr = sb.nr_data_blocks
+        drc = np.zeros(nr, dtype=np.uint32)
+        drc[:old_nr] = sp.drc
+        in_use = drc > 0
+        in_use[sp.dpend[:sp.scal[K.S_DNPEND]]] = True
+        self.sp = sp._replace(
+            drc=drc, dbits=K.make_bitmap(in_use, nr),
+            dpend=np.concatenate([sp.dpend, np.zeros(nr - old_nr, dtype=np.uint32)]),
+            ddirty=np.ones(-(-nr // K.SM_PAGE_ENTRIES), dtype=np.uint8),
+            dpass=np.concatenate([sp.dpass, np.zeros(nr - old_nr, dtype=np.uint32)]))
+        sb.nr_data_blocks = nr
+        scal = self.sp.scal
+        scal[K.S_NR_DATA] = nr
+        if (nr - scal[K.S_DUSED]) > scal[K.S_LWM]:
+            scal[K.S_LWM_ARMED] = 1
