@@ -58,3 +58,19 @@ def test_kernels_are_cached_to_disk_by_default():
 
     assert not isinstance(njit(f)._cache, NullCache)          # cache=True: compiled once per machine
     assert isinstance(njit(cache=False)(f)._cache, NullCache)
+
+
+def test_a_constant_argument_does_not_compile_a_second_signature():
+    """numba would type ``callee(x, 1)`` inside a kernel as (int64,
+    Literal[int](1)) and compile the callee again for it; thinp's njit
+    compiles one int64 signature for both calls."""
+    @njit(cache=False)
+    def callee(a, b):
+        return a + b
+
+    @njit(cache=False)
+    def with_constant(x):
+        return callee(x, 1) + callee(x, -1)
+
+    assert callee(3, 4) == 7 and with_constant(5) == 10
+    assert [tuple(str(t) for t in sig) for sig in callee.signatures] == [("int64", "int64")]

@@ -49,5 +49,25 @@ def njit(func=None, *, refcount=True, **kwargs):
     if not refcount:
         kwargs["_nrt"] = False
     if func is None:
-        return lambda f: numba.njit(**kwargs)(f)
-    return numba.njit(**kwargs)(func)
+        return lambda f: _one_signature(numba.njit(**kwargs)(f))
+    return _one_signature(numba.njit(**kwargs)(func))
+
+
+def _one_signature(disp):
+    """Compile ``disp`` for plain types when another kernel calls it with a
+    constant argument.  numba types a constant as ``Literal[int](1)`` and
+    compiles the callee once per distinct combination of constants at its
+    call sites: the dm btree's split/rebalance kernels compiled 3-5 times
+    each on a cold ``thinp compare`` (~25 s).  No thinp kernel needs a
+    literal argument (``inline="always"`` helpers are inlined before typing
+    and never get here)."""
+    from numba.core import types
+
+    call_template = disp.get_call_template
+
+    def get_call_template(args, kws):
+        return call_template(tuple(types.unliteral(a) for a in args),
+                             {k: types.unliteral(v) for k, v in kws.items()})
+
+    disp.get_call_template = get_call_template
+    return disp

@@ -182,6 +182,8 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
     full = in_block == 0 and n == bs
     payload = sp.scal[S_PAYLOAD] != 0 and data.shape[0] > 0
     v = lookup(sp.meta, dv.root[slot], dv.levels[slot], vb)
+    shared = False
+    p = np.int64(-1)
     if v != 0:
         p = leaf_value_block(v)
         t = np.int64(v & np.uint64(0xFFFFFF))
@@ -190,30 +192,10 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
             if payload and src.shape[0] > 0:
                 _put_bytes(data, p, bs, in_block, src, src_pos, n)
             return 0
-        # shared: break sharing (copy-on-write).  The data block first, so a
-        # full pool fails the write without touching the tree.
-        p2 = _alloc_block(sp, op_index)
-        if p2 < 0:
-            return p2
-        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
-        if leaf < 0:
-            unalloc_data(sp, p2)
-            return -2 if leaf == -2 else -3
-        if full:
-            sp.scal[C_COW_OVERWRITES] += 1
-        else:
-            sp.scal[C_COW] += 1
-            sp.scal[C_BYTES_COPIED] += bs
-            if payload:
-                _copy_block(data, p, p2, bs)
-        sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p2, sp.scal[S_TIME])
-        _log(log, out, dv.dev_id[slot], vb, (p2 << 24) | (sp.scal[S_TIME] & 0xFFFFFF), op_index)
-        dec_data(sp, p, False)
-        dv.changed[slot] = 1
-        if payload and src.shape[0] > 0:
-            _put_bytes(data, p2, bs, in_block, src, src_pos, n)
-        return 0
-    # unmapped: provision (the data block first, as above)
+        shared = True
+    # shared: break sharing (copy-on-write); unmapped: provision.  The data
+    # block first, so a full pool fails the write without touching the tree.
+    # One call site per helper: each inlined copy costs compile time.
     p2 = _alloc_block(sp, op_index)
     if p2 < 0:
         return p2
@@ -221,7 +203,15 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
     if leaf < 0:
         unalloc_data(sp, p2)
         return -2 if leaf == -2 else -3
-    if full:
+    if shared:
+        if full:
+            sp.scal[C_COW_OVERWRITES] += 1
+        else:
+            sp.scal[C_COW] += 1
+            sp.scal[C_BYTES_COPIED] += bs
+            if payload:
+                _copy_block(data, p, p2, bs)
+    elif full:
         sp.scal[C_OVERWRITES] += 1
     elif sp.scal[S_ZERO]:
         sp.scal[C_ZEROED] += 1
@@ -229,8 +219,11 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
             _zero_block(data, p2, bs)
     sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p2, sp.scal[S_TIME])
     _log(log, out, dv.dev_id[slot], vb, (p2 << 24) | (sp.scal[S_TIME] & 0xFFFFFF), op_index)
-    sp.scal[C_PROVISIONED] += 1
-    dv.mapped[slot] += 1
+    if shared:
+        dec_data(sp, p, False)
+    else:
+        sp.scal[C_PROVISIONED] += 1
+        dv.mapped[slot] += 1
     dv.changed[slot] = 1
     if payload and src.shape[0] > 0:
         _put_bytes(data, p2, bs, in_block, src, src_pos, n)
