@@ -516,30 +516,38 @@ def lookup(meta, root, levels, key):
 def leaf_for_write(sp, roots, slot, levels, key):
     """Shadow the path to ``key``'s leaf in the tree whose root is
     ``roots[slot]``, creating missing nodes, and return the leaf block
-    (writable in place), or -1/-2 when metadata ran out."""
-    root = roots[slot]
-    if root == 0:
-        root = alloc_meta(sp, False)
-        if root < 0:
-            return root
-    else:
-        root = shadow(sp, root, levels == 1)
-        if root < 0:
-            return root
-    roots[slot] = root
-    node = root
-    for lv in range(levels - 1, 0, -1):
-        idx = (key >> (NODE_SHIFT * lv)) & NODE_MASK
-        e = sp.meta[node, idx]
-        if e == 0:
-            child = alloc_meta(sp, False)
+    (writable in place), or -1/-2 when metadata ran out.
+
+    One loop with one call each of ``alloc_meta`` and ``shadow`` (the root
+    is the first step, its parent entry ``roots[slot]``): this function is
+    inlined into every caller, and each extra call site of those two
+    multiplied the compile time of ``replay``."""
+    lv = levels
+    parent = np.int64(-1)
+    idx = np.int64(0)
+    while True:
+        if parent < 0:
+            empty = roots[slot] == 0
+            e = np.int64(roots[slot])
         else:
-            child = shadow(sp, np.int64(e & np.uint64(CHILD_MASK)), lv == 1)
-        if child < 0:
-            return child
-        sp.meta[node, idx] = np.uint64(child)
-        node = child
-    return node
+            raw = sp.meta[parent, idx]
+            empty = raw == 0
+            e = np.int64(raw & np.uint64(CHILD_MASK))
+        if empty:
+            node = alloc_meta(sp, False)
+        else:
+            node = shadow(sp, e, lv == 1)
+        if node < 0:
+            return node
+        if parent < 0:
+            roots[slot] = node
+        else:
+            sp.meta[parent, idx] = np.uint64(node)
+        if lv <= 1:
+            return node
+        lv -= 1
+        idx = (key >> (NODE_SHIFT * lv)) & NODE_MASK
+        parent = node
 
 
 @njit
