@@ -55,51 +55,18 @@ def main(argv=None) -> int:
         return EXIT_USAGE
     from ..jitnotice import announce_compiles
 
-    hit, restore = _note_interrupts()
     try:
         with announce_compiles():
-            rc = args.func(args) or 0
+            return args.func(args) or 0
     except KeyboardInterrupt:
-        hit.append(True)
-    except Exception as e:
-        if not hit:
-            line = report(e)
-            if line is None:
-                raise           # a bug: the traceback is for us
-            sys.stderr.write(f"thinp: error: {line}\n")
-            return EXIT_ERROR
-    finally:
-        restore()
-    if hit:
-        # also when the KeyboardInterrupt itself was lost: raised inside a
-        # finaliser or a library callback it is reported as "ignored" and the
-        # run goes on, but Ctrl-C still ends the command as interrupted
         sys.stderr.write("thinp: interrupted\n")
         return EXIT_INTERRUPTED
-    return rc
-
-
-def _note_interrupts():
-    """SIGINT raises KeyboardInterrupt as Python's own handler does, and is
-    also noted, so that :func:`main` reports an interrupt that some
-    callee swallowed.  Left alone when SIGINT is ignored or someone else
-    handles it.  Returns (the note, a function restoring the handler)."""
-    import signal
-
-    hit: list = []
-    prev = signal.getsignal(signal.SIGINT)
-    if prev is not signal.default_int_handler:
-        return hit, lambda: None
-
-    def on_interrupt(signum, frame):
-        hit.append(signum)
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGINT, on_interrupt)
-    except ValueError:          # not the main thread
-        return hit, lambda: None
-    return hit, lambda: signal.signal(signal.SIGINT, prev)
+    except Exception as e:
+        line = report(e)
+        if line is None:
+            raise           # a bug: the traceback is for us
+        sys.stderr.write(f"thinp: error: {line}\n")
+        return EXIT_ERROR
 
 
 __all__ = ["main", "build_parser", "GROUPS", "EXIT_ERROR", "EXIT_USAGE"]
