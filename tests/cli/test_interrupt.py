@@ -22,12 +22,22 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _as_a_terminal_starts_it() -> None:
+    """SIGINT at its default disposition and unblocked, as a shell with job
+    control starts a foreground command.  A runner started in the background
+    of a non-interactive shell (``cmd &``) has SIGINT ignored, and that is
+    inherited: a Python started so keeps ignoring it and Ctrl-C never
+    reaches thinp (a CI run launched that way failed here with exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _interrupt(argv, tmp_path, want_workers, want_files):
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)}
     p = subprocess.Popen([sys.executable, "-m", "thinp", *argv], env=env, cwd=str(tmp_path),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_terminal_starts_it)
     try:
         deadline = time.monotonic() + 600
         # wait (by state, not by time) until the workers run and have made their temporary roots
