@@ -417,28 +417,40 @@ def _has_space(m64, m32, b, key):
 
 
 @njit
+def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, i,
+                 leaf_holds):
+    """dm's shadow_step, shared by insert and remove: shadow ``root`` onto
+    the spine ``sp`` (parent, current, depth 0-2, top) and point entry ``i``
+    of the parent at the copy.  Returns the copy, or -2 when metadata ran
+    out."""
+    if sp[2] == 2:
+        sp[0] = sp[1]
+        sp[2] = 1
+    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, leaf_holds)
+    if nb < 0:
+        return -2
+    if sp[2] == 0:
+        sp[3] = nb
+        sp[1] = nb
+        sp[2] = 1
+    else:
+        sp[0] = sp[1]
+        sp[1] = nb
+        sp[2] = 2
+        if i >= 0:
+            _set_val(m64, m32, sp[0], i, np.uint64(nb))
+    return nb
+
+
+@njit
 def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
                 leaf_holds, halves):
     i = index
     top = True
     while True:
-        # shadow_step
-        if sp[2] == 2:
-            sp[0] = sp[1]
-            sp[2] = 1
-        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, leaf_holds)
-        if nb < 0:
+        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, i,
+                        leaf_holds) < 0:
             return -2
-        if sp[2] == 0:
-            sp[3] = nb
-            sp[1] = nb
-            sp[2] = 1
-        else:
-            sp[0] = sp[1]
-            sp[1] = nb
-            sp[2] = 2
-        if sp[2] == 2 and i >= 0:
-            _set_val(m64, m32, sp[0], i, np.uint64(nb))
         b = sp[1]
         if halves:
             full = m32[b, 4] == m32[b, 5]
@@ -826,21 +838,9 @@ def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
     """The index of ``key`` in the leaf now current, -1 absent, -2 out of metadata."""
     i = index
     while True:
-        if sp[2] == 2:
-            sp[0] = sp[1]
-            sp[2] = 1
-        nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, leaf_holds)
-        if nb < 0:
+        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, i,
+                        leaf_holds) < 0:
             return -2
-        if sp[2] == 0:
-            sp[3] = nb
-            sp[1] = nb
-            sp[2] = 1
-        else:
-            sp[0] = sp[1]
-            sp[1] = nb
-            sp[2] = 2
-            _set_val(m64, m32, sp[0], i, np.uint64(nb))
         b = sp[1]
         if not (m32[b, 1] & LEAF):
             r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, b, key,
