@@ -59,16 +59,6 @@ class VolatileIndex(Metadata):
         md.held = None
         return md
 
-    def close(self) -> None:
-        self.meta = None
-        self.sp = None
-        if self.mm is not None:
-            try:
-                self.mm.close()
-            except BufferError:
-                pass  # a caller still holds a view; the mapping goes with it
-            self.mm = None
-
     def commit(self, first: bool = False) -> None:
         """End the index's transaction (nothing is written anywhere)."""
         sp = self.sp
