@@ -65,7 +65,30 @@ def example_image() -> None:
     os.chmod(os.path.join(RB.ROOT, "examples", "app.tar"), 0o644)
 
 
-REGIONS = {"compare-table": compare_table}
+#: the kept real run of ``thinp validate timing`` and the ``thinp calibrate``
+#: file its predictions used (both measured on the machine the README names)
+TIMING_RUN = os.path.join(RB.ROOT, "docs", "timing", "validate-timing.json")
+TIMING_CAL = os.path.join(RB.ROOT, "docs", "timing", "calibrate.toml")
+
+
+def timing_table() -> str:
+    """The "Timing against the real kernel" table: the kept measurements
+    beside the current model's predictions (re-predicted with the kept
+    calibration), and the sentence that counts how far the targets are met."""
+    import json
+
+    from thinp.timing import TimingConstants
+    from thinp.validate import timing as vt
+
+    with open(TIMING_RUN) as f:
+        kept = json.load(f)
+    k = TimingConstants.from_toml(TIMING_CAL)
+    k = TimingConstants(**{**k.__dict__, "cores": kept["cores"]})
+    rows = vt.validate_timing(timing=k, device=TIMING_CAL, measured=kept["rows"])
+    return vt.markdown(rows) + "\n\n" + vt.summary_sentence(vt.summary(rows))
+
+
+REGIONS = {"compare-table": compare_table, "timing-table": timing_table}
 
 
 def main(argv) -> int:
