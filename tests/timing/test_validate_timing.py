@@ -67,11 +67,32 @@ def test_fit_and_the_file_compare_reads(tmp_path):
     assert load_device(str(out)).read_latency_s == 50e-6
 
 
-def test_fit_prices_btrfs_and_zfs_per_op_over_ext4():
+def test_fit_prices_btrfs_and_zfs_per_op_and_per_kind_over_ext4():
     meas = dict(MEAS)
-    meas.update({"zfs.stat.p1": 21e-6, "zfs.append.p1": 66e-6, "zfs.create_unlink.p1": 60e-6,
+    meas.update({"zfs.stat.p1": 3e-6, "zfs.append.p1": 66e-6, "zfs.create_unlink.p1": 60e-6,
                  "zfs.mkdir.p1": 32e-6, "zfs.readdir.p1": 24e-6})
     t = cal.fit(meas, {})["timing"]
-    # (20 + 60/3 + 40/2 + 20 + 20) / 5 us over ext4 per op
-    assert t["layer_cpu_s"]["zfs"] == pytest.approx(20e-6)
-    assert "btrfs" not in t["layer_cpu_s"]
+    # every op pays the stat's difference (2 us); each kind its own besides
+    assert t["layer_cpu_s"]["zfs"] == pytest.approx(2e-6)
+    kind = t["layer_kind_s"]
+    assert kind["zfs.write"] == pytest.approx(66e-6 - 6e-6 - 2e-6)        # the open/append/close
+    assert kind["zfs.read"] == kind["zfs.write"]                        # an open/read/close
+    assert kind["zfs.create"] == pytest.approx((60e-6 - 20e-6) / 2 - 2e-6)
+    assert kind["zfs.mkdir"] == pytest.approx(32e-6 - 12e-6 - 2e-6)
+    assert kind["zfs.readdir"] == pytest.approx(24e-6 - 4e-6 - 2e-6)
+    assert "btrfs" not in t["layer_cpu_s"] and not any(k.startswith("btrfs.") for k in kind)
+    assert t["cores"] >= 1
+
+
+def test_fit_prices_a_cold_page_from_a_cold_read():
+    from thinp.timing import TimingConstants
+
+    k = TimingConstants()
+    pages = cal.COLD_BYTES // 4096
+    dev = {"read_latency_s": 0.0, "read_bandwidth": 1e30}      # a device that costs nothing
+    meas = dict(MEAS, **{"ext4.cold_read.p1": pages * (k.page_copy_s + 2e-6),
+                         "btrfs.cold_read.p1": pages * (k.page_copy_s + 2.5e-6)})
+    t = cal.fit(meas, dev)["timing"]
+    assert t["page_miss_s"] == pytest.approx(2e-6)
+    assert t["page_read_cpu_s"]["btrfs"] == pytest.approx(0.5e-6)
+    assert "zfs" not in t["page_read_cpu_s"]

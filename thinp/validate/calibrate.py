@@ -104,6 +104,28 @@ def _prepare(root: str) -> None:
         f.write(b"s" * 4096)
 
 
+COLD_BYTES = 16 << 20
+
+
+def _cold_file(root: str) -> str:
+    path = f"{root}/cold"
+    vt.write_file(path, COLD_BYTES, 7)
+    return path
+
+
+def _cold_read(path: str) -> float:
+    """Seconds to read ``path`` after the page cache is written back and
+    dropped (the least of 3 runs)."""
+    def once():
+        vt._drop_caches()
+        t = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.read(128 << 10):
+                pass
+        return time.perf_counter() - t
+    return _least(once, 3)
+
+
 def _device(loopdev: str) -> dict:
     """Latency of 4 KiB O_DIRECT reads and bandwidth of 1 MiB ones."""
     import mmap
@@ -170,6 +192,12 @@ def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) ->
             vt.run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts, mnt])
             stack.callback(subprocess.run, ["umount", mnt], capture_output=True)
             ovl[k] = (mnt, opts)
+        # cold reads: ext4 directly, and a lower file through overlayfs
+        cold_native = _cold_file(native)
+        cold_lower = _cold_file(os.path.join(real.ext4, "cal-l1-0"))
+        os.sync()
+        meas["ext4.cold_read.p1"] = _cold_read(cold_native)
+        meas["overlay1.cold_read.p1"] = _cold_read(os.path.join(ovl[1][0], os.path.basename(cold_lower)))
         for where, root in (("ext4", native), ("overlay1", ovl[1][0]), ("overlay4", ovl[4][0])):
             for name, (fn, n) in _ops(root, n_ops).items():
                 for pc in procs:
@@ -183,6 +211,8 @@ def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) ->
             root = real.create(d, real.n)
             try:
                 _prepare(root)
+                os.sync()
+                meas[f"{d}.cold_read.p1"] = _cold_read(_cold_file(root))
                 for name, (fn, n) in _ops(root, n_ops // 4 if d == "zfs" else n_ops).items():
                     for pc in procs:
                         meas[f"{d}.{name}.p{pc}"] = _least(lambda: _per_op(fn, n, pc))
@@ -254,17 +284,28 @@ def fit(meas: dict, dev: dict) -> dict:
     timing["cpu_s"]["mkdir"] = g("ext4.mkdir.p1")
     timing["cpu_s"]["readdir"] = g("ext4.readdir.p1")
     timing["page_hit_s"] = max(g("ext4.read_hit.p1") - stat, 0.05 * US)
-    # overlay, btrfs, zfs: their extra cost per operation over ext4's,
-    # averaged over the ops (an append is three logged ops, create + unlink two)
-    per_op = {"stat": 1, "append": 3, "create_unlink": 2, "mkdir": 1, "readdir": 1}
+    # overlay, btrfs, zfs: what every operation pays over ext4's (the
+    # stat's difference: the layer's own inode and dentry) as layer_cpu_s,
+    # and what each kind pays besides as layer_kind_s.  An append and a
+    # read are open/.../close: the open's cost (overlayfs' backing file,
+    # a FUSE round trip) is the same for both
+    kinds = {"write": ("append", 1), "read": ("append", 1), "create": ("create_unlink", 2),
+             "unlink": ("create_unlink", 2), "mkdir": ("mkdir", 1), "readdir": ("readdir", 1)}
+    timing["layer_kind_s"] = {}
 
-    def extra(where):
-        diffs = [(g(f"{where}.{op}.p1") - g(f"ext4.{op}.p1")) / k for op, k in per_op.items()
-                 if g(f"{where}.{op}.p1") is not None and g(f"ext4.{op}.p1") is not None]
-        return max(sum(diffs) / len(diffs), 0.0) if diffs else None
+    def extra(where, drivers):
+        if g(f"{where}.stat.p1") is None:
+            return
+        floor = max(g(f"{where}.stat.p1") - stat, 0.0)
+        for d in drivers:
+            timing["layer_cpu_s"][d] = floor
+            for kind, (op, share) in kinds.items():
+                if g(f"{where}.{op}.p1") is not None and g(f"ext4.{op}.p1") is not None:
+                    timing["layer_kind_s"][f"{d}.{kind}"] = max(
+                        (g(f"{where}.{op}.p1") - g(f"ext4.{op}.p1")) / share - floor, 0.0)
     o1, o4 = g("overlay1.stat.p1"), g("overlay4.stat.p1")
     if o1 is not None:
-        timing["layer_cpu_s"]["overlay2"] = timing["layer_cpu_s"]["overlay"] = extra("overlay1")
+        extra("overlay1", ("overlay2", "overlay"))
         timing["probe_s"]["default"] = max((o4 - o1) / 3, 0.0) if o4 is not None else 0.3 * US
         cu = g("overlay1.copy_up_4MiB.p1", 0) - g("overlay1.append_after.p1", 0)
         if cu > 0:
@@ -273,8 +314,25 @@ def fit(meas: dict, dev: dict) -> dict:
         if mu is not None:
             timing["start_s"]["overlay2"] = timing["start_s"]["overlay"] = mu
     for d in ("btrfs", "zfs"):
-        if extra(d) is not None:
-            timing["layer_cpu_s"][d] = extra(d)
+        extra(d, (d,))
+    # a cold read: the device's part as the model prices it (readahead-sized
+    # requests), the copy to user space, and per page brought in the rest
+    cold = g("ext4.cold_read.p1")
+    if cold is not None and dev:
+        from ..timing import TimingConstants
+
+        k = TimingConstants()
+        pages = COLD_BYTES // 4096
+        nreq = COLD_BYTES // k.readahead_bytes
+        qd = k.get("queue_depth", "loop-on-tmpfs")
+        device_s = dev["read_latency_s"] * -(-nreq // qd) + COLD_BYTES / dev["read_bandwidth"]
+        timing["page_miss_s"] = max((cold - device_s) / pages - k.page_copy_s, 0.05 * US)
+        timing["page_read_cpu_s"] = {d: max((g(f"{d}.cold_read.p1") - cold) / pages, 0.0)
+                                     for d in ("btrfs", "zfs") if g(f"{d}.cold_read.p1") is not None}
+        if g("overlay1.cold_read.p1") is not None:
+            timing["page_read_cpu_s"]["overlay2"] = timing["page_read_cpu_s"]["overlay"] = \
+                max((g("overlay1.cold_read.p1") - cold) / pages, 0.0)
+    timing["cores"] = len(os.sched_getaffinity(0))
     files = sum(1 for r in profile_rows("debian-minbase") if r[1] in "fh")
     if g("vfs.start.p1") is not None:
         timing["vfs_copy_inode_s"] = g("vfs.start.p1") / files
