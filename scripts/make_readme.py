@@ -84,7 +84,11 @@ def timing_table() -> str:
         kept = json.load(f)
     k = TimingConstants.from_toml(TIMING_CAL)
     rows = vt.validate_timing(timing=k, device=TIMING_CAL, measured=kept["rows"])
-    return vt.markdown(rows) + "\n\n" + vt.summary_sentence(vt.summary(rows))
+    loads = [r["load"] for r in kept["rows"] if r.get("load") is not None]
+    when = (f"Measured {kept.get('date', '')} on {kept.get('cores')} vCPUs ({kept.get('cpu')}) shared with "
+            f"other jobs: the 1-minute load average was {min(loads):.1f} to {max(loads):.1f} as the "
+            f"case/N groups ended. " if loads else "")
+    return when + vt.summary_sentence(vt.summary(rows)) + "\n\n" + vt.markdown(rows)
 
 
 REGIONS = {"compare-table": compare_table, "timing-table": timing_table}

@@ -52,7 +52,7 @@ def test_fit_and_the_file_compare_reads(tmp_path):
 
     res = cal.fit(MEAS, {"read_latency_s": 50e-6, "read_bandwidth": 2e9})
     t = res["timing"]
-    assert t["cpu_s"]["write"] == pytest.approx(4e-6)             # open/append/close less two stats
+    assert t["cpu_s"]["write"] == pytest.approx(3e-6)             # open/append/close less three stats
     assert t["cpu_s"]["create"] == pytest.approx(10e-6)
     assert t["layer_cpu_s"]["overlay2"] == pytest.approx(0.6e-6)     # only stat measured through it
     assert t["probe_s"]["default"] == pytest.approx(0.3e-6)
@@ -61,7 +61,7 @@ def test_fit_and_the_file_compare_reads(tmp_path):
     out = tmp_path / "cal.toml"
     cal.write(str(out), res)
     k = TimingConstants.from_toml(out)
-    assert k.get("cpu_s", "write") == pytest.approx(4e-6)
+    assert k.get("cpu_s", "write") == pytest.approx(3e-6)
     assert k.get("cpu_s", "rename") == TimingConstants().get("cpu_s", "rename")   # not measured: default
     assert k.vfs_copy_inode_s == pytest.approx(1.046 / 5230, rel=0.01)
     assert load_device(str(out)).read_latency_s == 50e-6
@@ -96,3 +96,24 @@ def test_fit_prices_a_cold_page_from_a_cold_read():
     assert t["page_miss_s"] == pytest.approx(2e-6)
     assert t["page_read_cpu_s"]["btrfs"] == pytest.approx(0.5e-6)
     assert "zfs" not in t["page_read_cpu_s"]
+
+
+def test_fit_prices_new_pages_trees_and_small_reads_from_their_benchmarks():
+    from thinp.timing import TimingConstants
+
+    copy_s = TimingConstants().page_copy_s
+    meas = dict(MEAS, **{"ext4.append4k.p1": 6e-6 + copy_s + 3e-6, "btrfs.append.p1": 8e-6,
+                         "btrfs.stat.p1": 1e-6, "btrfs.append4k.p1": 8e-6 + copy_s + 4e-6,
+                         "ext4.tree.p1": 40e-6, "overlay1.tree.p1": 50e-6,
+                         "ext4.open_read.p1": 3e-6 + copy_s, "overlay1.open_read.p1": 5.6e-6 + copy_s})
+    t = cal.fit(meas, {})["timing"]
+    # a 4 KiB append over a 5-byte one, less the copy: per new page
+    assert t["page_write_cpu_s"]["default"] == pytest.approx(3e-6)
+    assert t["page_write_cpu_s"]["btrfs"] == pytest.approx(1e-6)
+    # a tree's directory less its share of the tree's 63 files (create + write)
+    files = cal.TREE_FILES / cal.TREE_DIRS
+    assert t["cpu_s"]["mkdir"] == pytest.approx(40e-6 - files * (10e-6 + 3e-6))
+    assert t["layer_kind_s"]["overlay2.mkdir"] == pytest.approx(10e-6 - 0.6e-6)
+    # a logged read of a small file is an open/read/close
+    assert t["cpu_s"]["read"] == pytest.approx(3e-6)
+    assert t["layer_kind_s"]["overlay2.read"] == pytest.approx(2.6e-6 - 0.6e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from . import _output as out
 from ._common import add_json
@@ -82,7 +83,8 @@ def _validate(args) -> int:
         return 0
     if args.json:
         out.write_json({"rows": rows, "summary": vt.summary(rows), "cores": len(os.sched_getaffinity(0)),
-                        "cpu": vt.cpu_model(), "loadavg_end": os.getloadavg()})
+                        "cpu": vt.cpu_model(), "loadavg_end": os.getloadavg(),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         return 0
     out.table(rows, [("case", "case"), ("n", "N"), ("driver", "driver"), ("measured_s", "measured s"),
                      ("predicted_s", "predicted s"), ("measured_rel", "meas./overlay2"),
