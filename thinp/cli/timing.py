@@ -16,6 +16,8 @@ def register(sub) -> None:
     c.add_argument("--out", default="thinp-constants.toml", metavar="TOML",
                    help="the constants file to write (default thinp-constants.toml); "
                         "use it with thinp compare --constants TOML [--disk TOML]")
+    c.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="measure N times and keep each figure's least (default 1)")
     c.set_defaults(func=_calibrate)
 
 
@@ -39,7 +41,9 @@ def register_validate(vsub) -> None:
 def _calibrate(args) -> int:
     from ..validate.calibrate import calibrate
 
-    calibrate(args.out, progress=lambda msg: sys.stderr.write(f"calibrate: {msg}\n"))
+    if args.runs < 1:
+        raise ValueError(f"--runs {args.runs}: must be 1 or more")
+    calibrate(args.out, runs=args.runs, progress=lambda msg: sys.stderr.write(f"calibrate: {msg}\n"))
     sys.stderr.write(f"wrote {args.out}\n")
     return 0
 
