@@ -79,18 +79,16 @@ class TimingConstants:
     #: directory with its own lookups; btrfs' create/unlink update the
     #: subvolume's fs tree and inode refs
     layer_kind_s: dict = field(default_factory=lambda: _t(default=0.0, **{
-        "overlay2.write": 5.4e-6, "overlay2.read": 5.4e-6, "overlay2.create": 5.2e-6,
-        "overlay2.unlink": 5.2e-6, "overlay2.mkdir": 8.3e-6,
-        "overlay.write": 5.4e-6, "overlay.read": 5.4e-6, "overlay.create": 5.2e-6,
-        "overlay.unlink": 5.2e-6, "overlay.mkdir": 8.3e-6,
-        "btrfs.write": 1.1e-6, "btrfs.create": 17e-6, "btrfs.unlink": 17e-6}))
+        "overlay2.write": 2.0e-6, "overlay2.read": 1.5e-6, "overlay2.mkdir": 10e-6, "overlay2.readdir": 4.2e-6,
+        "overlay.write": 2.0e-6, "overlay.read": 1.5e-6, "overlay.mkdir": 10e-6, "overlay.readdir": 4.2e-6,
+        "btrfs.write": 2.5e-6}))
     #: CPU per page a read brings into the page cache from the device
     #: (page allocation, page-cache and LRU insertion, the bio's setup and
     #: completion), on every driver
-    page_miss_s: float = 1.0e-6
+    page_miss_s: float = 0.1e-6
     #: extra CPU per page read from the device on the driver's path (btrfs
     #: verifies each block's crc32c; zfs its record checksums)
-    page_read_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=0.4e-6, zfs=0.6e-6))
+    page_read_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=1.2e-6, zfs=0.6e-6))
     #: extra CPU per page written on the driver's path (btrfs crc32c and
     #: extent CoW, zfs checksum + compression check)
     page_write_cpu_s: dict = field(default_factory=lambda: _t(default=5e-6, btrfs=1.0e-6, zfs=1.2e-6))
@@ -100,8 +98,9 @@ class TimingConstants:
     #: CPU of whole-file copy-up besides its I/O (open, xattrs, rename from
     #: the work dir)
     copy_up_cpu_s: dict = field(default_factory=lambda: _t(default=30e-6, aufs=60e-6))
-    #: CPU per page copied by copy-up (a splice, page cache to page cache)
-    copy_up_page_s: float = 0.4e-6
+    #: CPU per page copied by copy-up (a splice, page cache to page cache,
+    #: and the copy's fsync)
+    copy_up_page_s: float = 3.5e-6
     #: dm-thin pool worker CPU per provisioned or CoW-broken block
     #: (btree insert, space-map update, bio remap)
     dm_worker_block_s: float = 8e-6
@@ -185,24 +184,29 @@ SOURCES = {
     "layer_cpu_s": "overlayfs' ovl_* indirection (a second inode and file per op); aufs' "
                    "si_read_lock/di_read_lock/fi_read_lock per op (Tarasov et al. 2017 report "
                    "aufs' per-op overhead above overlay's); btrfs/zfs checksum and CoW bookkeeping",
-    "layer_kind_s": "measured by `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06, kernel 6.18): "
-                    "open/append/close, create+unlink, mkdir through overlayfs with 1 and 4 lowers, "
-                    "in a btrfs snapshot, less the same on ext4 (least of 5 runs of 1,000 ops) less "
-                    "layer_cpu_s; a `read` is an open/read/close, priced as the append's open/close; "
-                    "ovl_open's backing file (backing_file_open) and ovl_override_creds per call",
-    "page_miss_s": "alloc_page + filemap_add_folio + LRU insertion + the bio's setup per page, ~1 us "
-                   "(a cold 16 MiB read on ext4 over a loop device less the device's transfer and "
-                   "the copy to user space; `thinp calibrate` measures it)",
-    "page_read_cpu_s": "btrfs_check_data_csum: crc32c of 4 KiB (~0.3 us) and the csum-tree lookup; zfs "
-                       "fletcher4 of the record and the ARC-to-page-cache copy; `thinp calibrate` "
-                       "measures it from cold reads",
+    "layer_kind_s": "measured by `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06, kernel 6.18, load "
+                    "3-7; docs/timing/calibrate.toml): open/append/close (write), open/read/close (read), "
+                    "create+unlink, a depth-6 tree of new directories (mkdir), readdir through overlayfs "
+                    "and in a btrfs snapshot, less the same on ext4 and less layer_cpu_s, the least of 5 "
+                    "runs of 1,000 ops each; kinds that came out at or below ext4's are left out. "
+                    "overlayfs: ovl_open's backing file and ovl_override_creds per call, a directory's "
+                    "opaque xattr",
+    "page_miss_s": "`thinp calibrate` (as layer_kind_s): a cold 16 MiB read on ext4 over a loop device "
+                   "took no longer than the device's transfer and the copy to user space (the fit's "
+                   "floor, 0.05 us a page); 0.1 us for alloc_page + filemap_add_folio + LRU insertion",
+    "page_read_cpu_s": "btrfs: `thinp calibrate`'s cold 16 MiB read in a snapshot over ext4's, 1.2 us a page "
+                       "(btrfs_check_data_csum: crc32c and the csum-tree lookup); zfs: fletcher4 of the "
+                       "record and the ARC-to-page-cache copy, an estimate (zfs-fuse measured 4.7 us, "
+                       "FUSE included)",
     "page_write_cpu_s": "default: `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06): open/append/close "
                         "of 4 KiB less that of 5 bytes on ext4, 5-15 us over three runs at load 3-6 (the "
                         "least, rounded); btrfs: the same over ext4's, 1.0-1.2 us (crc32c of 4 KiB ~0.3 us "
                         "plus extent bookkeeping); zfs: record checksum + compression check, an estimate",
     "probe_s": "one ovl_lookup_single / aufs lookup in one branch directory",
     "copy_up_cpu_s": "ovl_copy_up_one: tmpfile in workdir, xattr copy, rename into upper",
-    "copy_up_page_s": "splice of one page between two files",
+    "copy_up_page_s": "`thinp calibrate` (as layer_kind_s): the first 1-byte append to a 4 MiB lower "
+                      "file through overlayfs less a later append, per page (the copy and the upper "
+                      "file's fsync), least of 5 runs: 3.5 us",
     "dm_worker_block_s": "dm-thin's process_bio -> provision_block / break_sharing: btree "
                          "insert + space-map inc in the pool's single worker thread",
     "dm_commit_writes": "dm_pool_commit_metadata: superblock and shadowed btree nodes",
