@@ -21,7 +21,8 @@ def register(sub) -> None:
                     help="scale the workload's sizes and counts (default 1.0)")
     add_jobs(cp, "drivers")
     cp.add_argument("--constants", default=None, metavar="TOML",
-                    help="a .toml with a [constants] table overriding the cost model's constants")
+                    help="a .toml with a [timing] table overriding the timing model's constants "
+                         "(every time column) and/or a [constants] table (the byte accounting's)")
     add_quiet(cp)
     _timing_options(cp)
     cp.set_defaults(func=_compare)
