@@ -166,7 +166,7 @@ SOURCES = {
     "layer_cpu_s": (
         "aufs: Okajima, aufs' author, built a Linux kernel with make -j8, -j80 and -j800 on "
         "both (moby issue 20885, 2016): 183.8 s of system time on aufs against 136.2 s on "
-        "overlayfs, 35% more at every -j, so a per-operation cost, not lock contention; the "
+        "overlayfs, 35% more at -j8 and at -j80, so a per-operation cost, not lock contention; the "
         "filesystem's share of that system time is not given: if about half, aufs' path costs "
         "~70% more per operation than overlay's ~2.6 us (cpu_s ~2 us + 0.6 us), ~1.8 us more, "
         "so aufs 2.5 us. overlay/overlay2 0.6 us (ovl_* indirection, a second inode and file "
@@ -182,7 +182,7 @@ SOURCES = {
     "copy_up_cpu_s": "ovl_copy_up_one: tmpfile in workdir, xattr copy, rename into upper",
     "copy_up_page_s": "splice of one page between two files",
     "dm_worker_block_s": (
-        "Xu on dm-devel (2019-11-22): 4 KiB reads by 4 fio jobs through a thin device on nvme "
+        "Xu on dm-devel (2019-11-22): 4 KiB reads by 4 fio jobs through a thin device with 1 GiB blocks on nvme "
         "ran at 1274 MiB/s with dm-thin's single worker thread at 100% CPU, process_bio 86% "
         "of it: ~3.1 us of worker per bio (326k bios/s) for a mapping lookup alone; "
         "provisioning or breaking sharing adds a btree insert, a space-map increment and the "
@@ -201,8 +201,8 @@ SOURCES = {
         "union drivers: moby PR 25824 (2016) measured overlay2's layer mount (Get) at 0.23 ms "
         "with 1 lower to 0.42 ms with 50, overlay 0.20-0.34 ms; the rest of our 2.5 ms (aufs "
         "4 ms: more per branch) is creating the container's and its init layer's directories "
-        "and files: no published figure found, an estimate. devicemapper: rhvgoyal timed 300 "
-        "docker create on loop-lvm (moby issue 18314, 2015): 113 s on Docker 1.7.1, 165 s on "
+        "and files: no published figure found, an estimate. devicemapper: rhvgoyal timed "
+        "creating 300 containers on loop-lvm (moby issue 18314, 2015): 113 s on Docker 1.7.1, 165 s on "
         "1.9.1, 0.38-0.55 s each for two thin snapshots, their activation with udev sync, the "
         "init layer's mount and writes, and the engine's create; no direct-lvm figure found; "
         "we take 0.1 s for direct-lvm without loop files on a fast device, an estimate "
@@ -210,8 +210,8 @@ SOURCES = {
         "zfs 70 ms (zfs snapshot + clone through the CLI), vfs 1.5 ms besides its logged "
         "copy: no published figure found; estimates"),
     "remove_s": (
-        "devicemapper: rhvgoyal timed 300 docker rm on loop-lvm (moby issue 18314, 2015): "
-        "217-227 s, 0.72-0.76 s each, most of it dm.blkdiscard of the 10 GB thin device "
+        "devicemapper: rhvgoyal timed removing 300 containers on loop-lvm (moby issue 18314, 2015): "
+        "217-227 s, 0.72-0.76 s each, which on loop devices includes dm.blkdiscard of the 10 GB thin device "
         "through a loop file (he notes that deleting a 100 GB device is a problem on loop "
         "devices), plus the engine's share; no direct-lvm figure found; we take 0.09 s to "
         "deactivate (udev sync) and delete the container's two thin devices without a loop "
