@@ -188,12 +188,13 @@ def _constant(path, key, like, v):
 #: timing model (thinp.timing) took over every time column: where each one's
 #: role went, for the one-line error a stale constants file gets
 MOVED_TO_TIMING = {
-    "merge_bytes": "timing.merge_bytes", "request_bytes": "timing.merge_bytes",
-    "page_hit_s": "timing.page_hit_s", "probe_s": "timing.probe_s",
+    "merge_bytes": "timing.merge_bytes", "page_hit_s": "timing.page_hit_s", "probe_s": "timing.probe_s",
     "commit_writes": "timing.journal_commit_writes", "commits_per_create": "timing.start_s",
     "create_s": "timing.start_s", "activate_s": "timing.start_s", "mount_s": "timing.start_s",
     "remove_s": "timing.remove_s", "discards_on_remove": "timing.remove_s",
-    "sequential_latency_fraction": "timing.queue_depth", "random_write_fraction": "timing.merge_bytes",
+    "request_bytes": "each logged operation's own requests",
+    "random_write_fraction": "each logged operation's own requests",
+    "sequential_latency_fraction": "the simulated device queue (timing.queue_depth)",
     "shares_page_cache": "the drivers' page-cache keys (thinp.drivers.pagecache)",
 }
 
@@ -237,7 +238,8 @@ class CostConstants:
         for k, v in data.items():
             if k not in names:
                 where = MOVED_TO_TIMING.get(k)
-                hint = f" (times come from the timing model now: set {where} instead)" if where else ""
+                hint = f" (a constant of the old time estimates; the timing model's {where} took its role)" \
+                    if where else ""
                 raise CostModelError(f"{path}: unknown key constants.{k} = {v!r}{hint}")
             cur = getattr(base, k)
             if isinstance(cur, dict):
