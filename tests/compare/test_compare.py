@@ -62,6 +62,24 @@ def test_one_row_per_driver_with_metric_columns(df_fig):
     assert by.loc["devicemapper", "cow_bytes"] > 0 and by.loc["devicemapper", "copy_up_bytes"] == 0
 
 
+def test_phases_view_is_the_time_per_phase(df_fig):
+    df, _ = df_fig
+    rows, cols = cmp.phases_view(df)
+    assert cols[:3] == ["driver", "containers_create", "steps"]
+    assert [r["driver"] for r in rows] == DRIVERS
+    by = {r["driver"]: r for r in rows}
+    # the same seconds as the row's sim_phases, and devicemapper's starts the slowest phase of all
+    for d in DRIVERS:
+        assert by[d]["steps"] == json.loads(df.set_index("driver").loc[d, "sim_phases"])["steps"]
+    assert by["devicemapper"]["containers_create"] > 5 * by["overlay2"]["containers_create"]
+
+
+def test_cli_waits_prints_both_breakdowns(cli):
+    rc, out, err = cli("compare", "webapp", "--scale", "0.05", "--drivers", "overlay2,devicemapper", "--waits")
+    assert rc == 0, err
+    assert "waiting on each resource" in out and "seconds per phase" in out and "containers_create" in out
+
+
 def test_figure_has_four_labelled_panels(df_fig):
     _, fig = df_fig
     axes = fig.get_axes()

@@ -33,7 +33,8 @@ def _timing_options(cp) -> None:
     cp.add_argument("--cores", type=int_range(1), default=None,
                     help="cores of the simulated host for the timing model (default 4)")
     cp.add_argument("--waits", action="store_true",
-                    help="also print the timing model's breakdown: the share of time waiting on each lock, the cpu, the device")
+                    help="also print the timing model's breakdown: the share of time waiting on each lock, "
+                         "the cpu, the device, and the time per phase")
 
 
 def _timing(args):
@@ -60,10 +61,12 @@ def _compare(args) -> int:
         out.table(rows, ["driver", *(h for _c, h, _d in VIEW)], best=best,
                   title=f"thinp compare: {args.workload} on {args.disk} (best per column in green)")
         if args.waits:
-            from ..experiments.compare import waits_view
+            from ..experiments.compare import phases_view, waits_view
 
             wrows, wcols = waits_view(df)
             out.table(wrows, wcols, title="timing model: share of process time waiting on each resource")
+            prows, pcols = phases_view(df)
+            out.table(prows, pcols, title="timing model: seconds per phase, all processes")
         if args.out and not args.quiet:
             sys.stderr.write(f"wrote {args.out}/compare.csv, compare.parquet, compare.png\n")
     errs = failures(df)

@@ -98,6 +98,26 @@ def waits_view(df) -> tuple[list[dict], list[str]]:
     return rows, ["driver", "sim total s", *cols]
 
 
+def phases_view(df) -> tuple[list[dict], list[str]]:
+    """The timing model's time per phase per driver: ``(rows, columns)``, a
+    row per driver that ran with the seconds of process time each phase
+    took (``containers_create``, ``steps``, ``commit``, ``rm``, ... in the
+    order the run made them), summed over its processes."""
+    import json
+
+    rows, cols = [], []
+    for r in df.to_dict(orient="records"):
+        if r.get("error") or not r.get("sim_phases"):
+            continue
+        phases = json.loads(r["sim_phases"])
+        cols += [p for p in phases if p not in cols]
+        rows.append({"driver": r["driver"], **phases})
+    for row in rows:
+        for c in cols:
+            row.setdefault(c, 0.0)
+    return rows, ["driver", *cols]
+
+
 def failures(df) -> list[str]:
     """Each distinct driver error once: ``"aufs, vfs: OSError: ..."``."""
     by_error: dict[str, list] = {}
