@@ -166,31 +166,31 @@ SOURCES = {
     "layer_cpu_s": (
         "aufs: Okajima, aufs' author, built a Linux kernel with make -j8, -j80 and -j800 on "
         "both (moby issue 20885, 2016): 183.8 s of system time on aufs against 136.2 s on "
-        "overlayfs, 35% more at -j8 and at -j80, so a per-operation cost, not lock contention; the "
-        "filesystem's share of that system time is not given: if about half, aufs' path costs "
-        "~70% more per operation than overlay's ~2.6 us (cpu_s ~2 us + 0.6 us), ~1.8 us more, "
-        "so aufs 2.5 us. overlay/overlay2 0.6 us (ovl_* indirection, a second inode and file "
-        "per op), btrfs 1.5 us, zfs 3 us (checksum and CoW bookkeeping per op): no published "
-        "per-op figure found; estimates"),
+        "overlayfs, 35% more at -j8 and at -j80, so a per-operation cost, not lock contention; "
+        "the filesystem's share of that system time is not given: if about half, aufs' path "
+        "costs ~70% more per operation than overlay's ~2.6 us (cpu_s ~2 us + 0.6 us), ~1.8 us "
+        "more, so aufs 2.5 us. overlay/overlay2 0.6 us (ovl_* indirection, a second inode and "
+        "file per op), btrfs 1.5 us, zfs 3 us (checksum and CoW bookkeeping per op): no "
+        "published per-op figure found; estimates"),
     "page_write_cpu_s": "crc32c of 4 KiB (~0.3 us) plus extent/record bookkeeping",
     "probe_s": (
-        "no published per-branch lookup figure found; an estimate: 0.3 us for one lookup in "
-        "one branch directory (ovl_lookup_single, a dcache miss), 0.9 us on aufs (3x, as its "
-        "per-op overhead in layer_cpu_s). Bounded above by moby PR 25824 (2016), which "
-        "measured overlay2's layer mount at 0.23 ms with 1 lower, 0.31 ms with 20 and 0.42 ms "
-        "with 50: ~4 us per extra lower, each a whole path walk"),
+        "no published per-branch lookup figure found; an estimate: 0.3 us for one lookup in one "
+        "branch directory (ovl_lookup_single, a dcache miss), 0.9 us on aufs (3x, as its per-op "
+        "overhead in layer_cpu_s). Bounded above by moby PR 25824 (2016), which measured "
+        "overlay2's layer mount at 0.23 ms with 1 lower, 0.31 ms with 20 and 0.42 ms with 50: "
+        "~4 us per extra lower, each a whole path walk"),
     "copy_up_cpu_s": "ovl_copy_up_one: tmpfile in workdir, xattr copy, rename into upper",
     "copy_up_page_s": "splice of one page between two files",
     "dm_worker_block_s": (
-        "Xu on dm-devel (2019-11-22): 4 KiB reads by 4 fio jobs through a thin device with 1 GiB blocks on nvme "
-        "ran at 1274 MiB/s with dm-thin's single worker thread at 100% CPU, process_bio 86% "
-        "of it: ~3.1 us of worker per bio (326k bios/s) for a mapping lookup alone; "
-        "provisioning or breaking sharing adds a btree insert, a space-map increment and the "
-        "copy's remap, so we take 8 us, ~2.5x a lookup, an estimate anchored on that figure"),
+        "Xu on dm-devel (2019-11-22): 4 KiB reads by 4 fio jobs through a thin device with 1 "
+        "GiB blocks on nvme ran at 1274 MiB/s with dm-thin's single worker thread at 100% CPU, "
+        "process_bio 86% of it: ~3.1 us of worker per bio (326k bios/s) for a mapping lookup "
+        "alone; provisioning or breaking sharing adds a btree insert, a space-map increment and "
+        "the copy's remap, so we take 8 us, ~2.5x a lookup, an estimate anchored on that figure"),
     "dm_commit_writes": (
-        "no published figure found; an estimate from dm-thin-metadata.c's commit: the "
-        "shadowed data-mapping btree leaf and its parent, the data space map's bitmap and "
-        "index blocks, then the superblock: ~4 writes of 4 KiB after a few provisions"),
+        "no published figure found; an estimate from dm-thin-metadata.c's commit: the shadowed "
+        "data-mapping btree leaf and its parent, the data space map's bitmap and index blocks, "
+        "then the superblock: ~4 writes of 4 KiB after a few provisions"),
     "alloc_extent_s": "btrfs extent-tree insert / zfs metaslab allocation per extent",
     "readahead_bytes": "Linux read_ahead_kb default 128 (Documentation/ABI/stable/sysfs-block)",
     "merge_bytes": "max_sectors_kb default 512 (Documentation/block/queue-sysfs.rst)",
@@ -199,26 +199,26 @@ SOURCES = {
     "journal_commit_writes": "jbd2 descriptor + commit block (xfs: log record + flush)",
     "start_s": (
         "union drivers: moby PR 25824 (2016) measured overlay2's layer mount (Get) at 0.23 ms "
-        "with 1 lower to 0.42 ms with 50, overlay 0.20-0.34 ms; the rest of our 2.5 ms (aufs "
-        "4 ms: more per branch) is creating the container's and its init layer's directories "
-        "and files: no published figure found, an estimate. devicemapper: rhvgoyal timed "
-        "creating 300 containers on loop-lvm (moby issue 18314, 2015): 113 s on Docker 1.7.1, 165 s on "
+        "with 1 lower to 0.42 ms with 50, overlay 0.20-0.34 ms; the rest of our 2.5 ms (aufs 4 "
+        "ms: more per branch) is creating the container's and its init layer's directories and "
+        "files: no published figure found, an estimate. devicemapper: rhvgoyal timed creating "
+        "300 containers on loop-lvm (moby issue 18314, 2015): 113 s on Docker 1.7.1, 165 s on "
         "1.9.1, 0.38-0.55 s each for two thin snapshots, their activation with udev sync, the "
-        "init layer's mount and writes, and the engine's create; no direct-lvm figure found; "
-        "we take 0.1 s for direct-lvm without loop files on a fast device, an estimate "
-        "bounded above by that figure. zfs 70 ms: King timed zfs clone through the CLI "
-        "(openzfs issue 6372, 2017): 7 s for 100 clones with mountpoints, 70 ms each, growing "
-        "with the number of clones (90 s for 1000); we take one clone's 70 ms. btrfs 25 ms "
-        "(subvolume snapshot, transaction commit), vfs 1.5 ms besides its logged copy: no "
-        "published figure found; estimates"),
+        "init layer's mount and writes, and the engine's create; no direct-lvm figure found; we "
+        "take 0.1 s for direct-lvm without loop files on a fast device, an estimate bounded "
+        "above by that figure. zfs 70 ms: King timed zfs clone through the CLI (openzfs issue "
+        "6372, 2017): 7 s for 100 clones with mountpoints, 70 ms each, growing with the number "
+        "of clones (90 s for 1000); we take one clone's 70 ms. btrfs 25 ms (subvolume snapshot, "
+        "transaction commit), vfs 1.5 ms besides its logged copy: no published figure found; "
+        "estimates"),
     "remove_s": (
-        "devicemapper: rhvgoyal timed removing 300 containers on loop-lvm (moby issue 18314, 2015): "
-        "217-227 s, 0.72-0.76 s each, which on loop devices includes dm.blkdiscard of the 10 GB thin device "
-        "through a loop file (he notes that deleting a 100 GB device is a problem on loop "
-        "devices), plus the engine's share; no direct-lvm figure found; we take 0.09 s to "
-        "deactivate (udev sync) and delete the container's two thin devices without a loop "
-        "file's discard, an estimate bounded above by that figure. Union drivers 2 ms (rm -rf "
-        "of two small directories), btrfs 12 ms (two subvolume deletes; the cleaner runs "
+        "devicemapper: rhvgoyal timed removing 300 containers on loop-lvm (moby issue 18314, "
+        "2015): 217-227 s, 0.72-0.76 s each, which on loop devices includes dm.blkdiscard of "
+        "the 10 GB thin device through a loop file (he notes that deleting a 100 GB device is a "
+        "problem on loop devices), plus the engine's share; no direct-lvm figure found; we take "
+        "0.09 s to deactivate (udev sync) and delete the container's two thin devices without a "
+        "loop file's discard, an estimate bounded above by that figure. Union drivers 2 ms (rm "
+        "-rf of two small directories), btrfs 12 ms (two subvolume deletes; the cleaner runs "
         "later), zfs 45 ms (two zfs destroy through the CLI): no published figure found; "
         "estimates"),
     "vfs_copy_inode_s": "measured: thinp's vfs lays a 120 MB image at ~22 us per file "
@@ -227,15 +227,14 @@ SOURCES = {
     "engine_run_s": (
         "Khan (arXiv 2602.15214, 2026) measured docker run startup at 568 ms on an Azure "
         "Premium SSD VM with 2 vCPUs (1157 ms on Standard HDD), varying 2.5% across images of "
-        "5-155 MB, with namespace creation 8-10 ms of it: the engine's share dominates and "
-        "does not depend on the image; we take 0.30 s for create + start on a bare-metal host "
-        "and engine_rm_s for the stop + remove, 0.38 s together, two thirds of that VM's "
-        "figure -- an estimate to replace by thinp calibrate's measurement"),
+        "5-155 MB, with namespace creation 8-10 ms of it: the engine's share dominates and does "
+        "not depend on the image; we take 0.30 s for create + start on a bare-metal host and "
+        "engine_rm_s for the stop + remove, 0.38 s together, two thirds of that VM's figure -- "
+        "an estimate to replace by thinp calibrate's measurement"),
     "engine_rm_s": (
         "no published figure for stop + remove of an exited container apart from its driver "
-        "found; 0.08 s is an estimate (see engine_run_s); rhvgoyal's 0.72-0.76 s per docker "
-        "rm on devicemapper loop-lvm (moby issue 18314) includes the driver's removal "
-        "(remove_s)"),
+        "found; 0.08 s is an estimate (see engine_run_s); rhvgoyal's 0.72-0.76 s per docker rm "
+        "on devicemapper loop-lvm (moby issue 18314) includes the driver's removal (remove_s)"),
 }
 
 
