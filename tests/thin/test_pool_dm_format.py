@@ -218,3 +218,28 @@ def test_cli_names_the_reconcile_path(tmp_path, capsys):
     assert main(["pool", "status", str(p), "--reconcile", "--line"]) == 0
     assert " rw " in capsys.readouterr().out
     assert (p / "pool.json").exists()
+
+
+def test_sidecar_is_rewritten_only_when_its_commit_changes_it(tmp_path):
+    p = tmp_path / "p"
+    _pool_with_snap(p)
+    with thinp.ThinPool.open(p) as pool:
+        pool.device(1).write(0, 4096)            # breaks sharing with the snapshot: new roots
+        pool.commit()
+        ino = os.stat(p / "pool.json").st_ino    # each write is a new file renamed over the old
+        pool.device(1).write(0, 4096)            # an overwrite of a provisioned, unshared block
+        pool.commit()
+        assert os.stat(p / "pool.json").st_ino == ino
+        sidecar = (p / "pool.json").read_bytes()
+        committed = (p / "metadata").read_bytes()
+        pool.device(1).write(100 * BS, 4096)     # provisions: new roots, new cursor
+        pool.commit()
+        assert os.stat(p / "pool.json").st_ino != ino
+        side, old = json.loads((p / "pool.json").read_text()), json.loads(sidecar)
+        assert side["commit"] != old["commit"] and side["previous"]["commit"] == old["commit"]
+    # the sidecar left alone by the overwrite's commit still opens that commit
+    (p / "metadata").write_bytes(committed)
+    (p / "pool.json").write_bytes(sidecar)
+    with thinp.ThinPool.open(p) as pool:
+        assert pool.device(1).lookup(100) is None and pool.device(1).lookup(0) is not None
+    _thin_check(p / "metadata")

@@ -325,6 +325,9 @@ class ThinPool:
         self._md = md
         self._dm = dm
         self._side = side
+        #: the sidecar file's content as this process last wrote it, less
+        #: ``previous`` (None until the first commit writes it)
+        self._side_written: dict | None = None
         self._lock_fd = lock_fd
         self.read_only = read_only
         self._closed = False
@@ -925,9 +928,17 @@ class ThinPool:
         return side
 
     def _write_sidecar(self, side: dict, sync: bool) -> None:
+        """Write the sidecar of the commit under way, unless the file
+        already says the same: same devices, options, cursor and tie (the
+        roots, so the commit changed no mapping and no device).  The file
+        then belongs to this commit as much as to the last one, and a
+        crash before the superblock finds it right for either."""
         side["commit"] = _commit_tie(self._dm)
-        write_sidecar(self.path, side, sync=sync)
-        self._side = {k: v for k, v in side.items() if k != "previous"}
+        now = {k: v for k, v in side.items() if k != "previous"}
+        if now != self._side_written:
+            write_sidecar(self.path, side, sync=sync)
+            self._side_written = now
+        self._side = now
 
     def _metadata_failed(self) -> None:
         """A metadata operation failed: abort the transaction and go read-only
