@@ -477,6 +477,90 @@ def load_mappings(sp, dv, slot, vblocks, pblocks, times):
     return 0
 
 
+@njit(refcount=False)
+def load_leaf_values(sp, dv, slot, vblocks, values, bad):
+    """:func:`load_mappings` straight from dm's leaf entries: ``vblocks``
+    and ``values`` (``pblock << 24 | time``) as uint64, as the leaf walk
+    returns them.  Returns 0; -1 with ``bad[0]`` = the entry when a vblock
+    is past the device's size or a pblock past the data device; -3 when
+    the index has no node left."""
+    nr_blocks = dv.nr_blocks[slot]
+    nr_data = sp.drc.shape[0]
+    for k in range(vblocks.shape[0]):
+        vb = np.int64(vblocks[k])
+        v = values[k]
+        p = np.int64(v >> np.uint64(24))
+        if vb < 0 or vb >= nr_blocks or p >= nr_data:
+            bad[0] = k
+            return -1
+        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+        if leaf < 0:
+            return -3
+        if sp.meta[leaf, vb & NODE_MASK] == 0:
+            dv.mapped[slot] += 1
+        sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, np.int64(v & np.uint64(0xFFFFFF)))
+        if sp.drc[p] == 0:
+            sp.scal[S_DUSED] += 1
+            sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+        sp.drc[p] += 1
+    return 0
+
+
+@njit(refcount=False)
+def load_subtree(sp, dv, slot, m64, m32, root, stack, bad):
+    """:func:`load_leaf_values` for every entry of the dm subtree at
+    ``root`` (``m64``/``m32``: the metadata blocks as uint64/uint32 words),
+    read in place, leaf by leaf: no copy of the mappings is made.  The
+    tree must have passed the check (headers, order, block numbers), so
+    the walk trusts it except for depth (``stack``: int64[2, depth]).
+    Returns 0, -1 with ``bad`` = (vblock, value) out of range, -2 when too
+    deep, -3 when the index has no node left."""
+    nr_blocks = dv.nr_blocks[slot]
+    nr_data = sp.drc.shape[0]
+    depth_max = stack.shape[1]
+    if root <= 0:
+        return 0
+    depth = 0
+    stack[0, 0] = root
+    stack[1, 0] = 0
+    while depth >= 0:
+        b = stack[0, depth]
+        nr = np.int64(m32[b, 4])
+        mx = np.int64(m32[b, 5])
+        if m32[b, 1] & 2:  # a leaf: keys from word 4, values after max_entries keys
+            for i in range(nr):
+                vb = np.int64(m64[b, 4 + i])
+                v = m64[b, 4 + mx + i]
+                p = np.int64(v >> np.uint64(24))
+                if vb < 0 or vb >= nr_blocks or p >= nr_data:
+                    bad[0] = vb
+                    bad[1] = np.int64(v)
+                    return -1
+                leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+                if leaf < 0:
+                    return -3
+                if sp.meta[leaf, vb & NODE_MASK] == 0:
+                    dv.mapped[slot] += 1
+                sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, np.int64(v & np.uint64(0xFFFFFF)))
+                if sp.drc[p] == 0:
+                    sp.scal[S_DUSED] += 1
+                    sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+                sp.drc[p] += 1
+            depth -= 1
+            continue
+        i = stack[1, depth]
+        if i >= nr:
+            depth -= 1
+            continue
+        stack[1, depth] = i + 1
+        if depth + 1 >= depth_max:
+            return -2
+        depth += 1
+        stack[0, depth] = np.int64(m64[b, 4 + mx + i])
+        stack[1, depth] = 0
+    return 0
+
+
 # prepare_trace error codes
 T_OK = 0
 T_BAD_OP = 1

@@ -45,7 +45,7 @@ from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from ..pdata import radix as K
 from ..pdata import btree as _btree
-from ..pdata.mapping_index import mapping_index
+from ..pdata.mapping_index import device_mappings, mapping_index
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
 from ..units import check_block_size, format_size, parse_size
@@ -173,12 +173,6 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
     return out
 
 
-def _split_values(vblock: np.ndarray, value: np.ndarray):
-    """(vblock, pblock, time) int64 arrays of leaf entries."""
-    return (vblock.astype(np.int64), (value >> np.uint64(24)).astype(np.int64),
-            (value & np.uint64(0xFFFFFF)).astype(np.int64))
-
-
 def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileIndex:
     """The volatile index of the metadata's devices: the device table from
     the details and the sidecar, and (``load``) every mapping from the
@@ -188,7 +182,13 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
                              low_water_mark=int(side.get("low_water_mark", 0)),
                              commit_interval=int(side.get("commit_interval", DEFAULT_COMMIT_INTERVAL)),
                              time=dm.sb.time, dcursor=int(side.get("data_cursor", 0)))
-    leaves = mapping_index(dm.bm, dm.sb.data_mapping_root) if load else None
+    # the devices' subtrees are read in place, straight into the index (the
+    # open checked them); the top level names their roots
+    top = device_mappings(dm.bm, dm.sb.data_mapping_root) if load else None
+    roots = dict(zip(top[0].tolist(), top[1].astype(np.int64).tolist())) if load else {}
+    m64, m32 = dm.bm.blocks.view(np.uint64), dm.bm.blocks.view(np.uint32)
+    stack = np.zeros((2, 16), dtype=np.int64)
+    bad = np.zeros(2, dtype=np.int64)
     for dev in sorted(dm.devices):
         d = dm.devices[dev]
         s = md.free_slot()
@@ -207,16 +207,19 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
         md.slot_of[dev] = s
         if not load:
             continue
-        v, p, t = _split_values(*leaves.device(dev))
-        if len(v) and int(v[-1]) >= nr_blocks:
+        r = TK.load_subtree(md.sp, md.dv, np.int64(s), m64, m32, np.int64(roots.get(dev, 0)), stack, bad)
+        if r == -2:
+            raise errors.MetadataCorruptError(f"metadata corrupt: device {dev}'s mapping tree is too deep")
+        if r == -1:
+            vb, p = int(bad[0]), int(bad[1]) >> 24
+            if vb >= nr_blocks:
+                raise errors.MetadataCorruptError(
+                    f"metadata corrupt: device {dev} maps block {vb}, past its size of {sectors} sectors "
+                    f"in {SIDECAR}")
             raise errors.MetadataCorruptError(
-                f"metadata corrupt: device {dev} maps block {int(v[-1])}, past its size of {sectors} sectors "
-                f"in {SIDECAR}")
-        if len(p) and int(p.max()) >= dm.data_sm.nr_blocks:
-            raise errors.MetadataCorruptError(
-                f"metadata corrupt: device {dev} maps data block {int(p.max())} of {dm.data_sm.nr_blocks}")
-        if TK.load_mappings(md.sp, md.dv, np.int64(s), v, p, t) != 0:
-            raise errors.ThinpError(f"the in-RAM index has no room for device {dev}'s {len(v)} mappings")
+                f"metadata corrupt: device {dev} maps data block {p} of {dm.data_sm.nr_blocks}")
+        if r != 0:
+            raise errors.ThinpError(f"the in-RAM index has no room for device {dev}'s {d.mapped_blocks} mappings")
     md.held = None
     if dm.sb.held_root and load:
         # the held metadata snapshot's trees, as index trees of their own:
@@ -224,11 +227,17 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
         held = mapping_index(dm.bm, DmMetadata(dm.bm, dm.sb).held_superblock().data_mapping_root)
         md.held = TK.make_devices(max(1, len(held.devs)))
         for k, dev in enumerate(held.devs.tolist()):
-            v, p, t = _split_values(*held.device(dev))
+            v, val = held.device(dev)
             hd = md.held
             hd.dev_id[k] = dev
-            hd.levels[k] = TK.levels_for(int(v[-1]) + 1 if len(v) else 1)
-            if TK.load_mappings(md.sp, hd, np.int64(k), v, p, t) != 0:
+            hd.nr_blocks[k] = int(v[-1]) + 1 if len(v) else 1
+            hd.levels[k] = TK.levels_for(int(hd.nr_blocks[k]))
+            r = TK.load_leaf_values(md.sp, hd, np.int64(k), v, val, bad)
+            if r == -1:
+                raise errors.MetadataCorruptError(
+                    f"metadata corrupt: the held metadata snapshot's device {dev} maps data block "
+                    f"{int(val[bad[0]]) >> 24} of {dm.data_sm.nr_blocks}")
+            if r != 0:
                 raise errors.ThinpError("the in-RAM index has no room for the held metadata snapshot")
     md.commit()
     scal = md.sp.scal
