@@ -55,7 +55,7 @@ class VolatileIndex(Metadata):
             commit_interval=commit_interval, held_csum=0)
         mrc = np.zeros(nr_nodes, dtype=np.uint32)
         mrc[0] = 1
-        md._build_space(mrc, np.zeros(nr_data_blocks, dtype=np.uint32))
+        md.build_space(mrc, np.zeros(nr_data_blocks, dtype=np.uint32))
         scal = md.sp.scal
         scal[K.S_META_RESERVE] = 0
         scal[K.S_META_LWM] = 0

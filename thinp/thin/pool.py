@@ -79,7 +79,7 @@ _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
 _libc = None
 
 
-def _punch_hole(fd: int, offset: int, length: int) -> None:
+def punch_hole(fd: int, offset: int, length: int) -> None:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -92,7 +92,7 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
 LOG_ROWS = 1 << 16
 
 
-def _lock(mpath: str, read_only: bool) -> int:
+def lock_metadata(mpath: str, read_only: bool) -> int:
     """An fd of ``mpath`` holding flock: shared for readers, exclusive for
     the one writer (PoolBusyError when taken)."""
     fd = os.open(mpath, os.O_RDONLY)
@@ -437,7 +437,7 @@ class ThinPool:
             dm.sync = bool(sync)
             side["commit"] = _commit_tie(dm)
             write_sidecar(path, side)
-            lock_fd = _lock(os.path.join(path, "metadata"), False)
+            lock_fd = lock_metadata(os.path.join(path, "metadata"), False)
         except BaseException:
             if dm is not None:
                 dm.bm.close()
@@ -486,7 +486,7 @@ class ThinPool:
                 f"{path}: metadata in thinp's old format; convert it with 'thinp convert {path} NEW_DIR'")
         if len(head) < 40 or int.from_bytes(head[32:40], "little") != THIN_SUPERBLOCK_MAGIC:
             raise errors.MetadataCorruptError(f"metadata corrupt: {mpath}: no dm-thin superblock (bad magic)")
-        lock_fd = _lock(mpath, read_only)
+        lock_fd = lock_metadata(mpath, read_only)
         try:
             side = read_sidecar(path)
             split = (side or {}).get("split", "current")
@@ -827,6 +827,60 @@ class ThinPool:
             md.held = None
         self.commit()
 
+    def restore_devices(self, *, uuid, transaction_id: int, flags: int, time: int, devices) -> int:
+        """Fill a new, empty pool as thin_restore does: the superblock's
+        fields, then each device's dm tree by inserting its mappings in
+        order (devices share nothing), and the index beside it, then
+        commit.  ``devices`` holds tuples (dev_id, nr_blocks, size_bytes,
+        transaction_id, creation_time, snapshotted_time, vblocks, pblocks,
+        times), the last three int64 arrays with pblocks inside the pool.
+        Returns the number of mappings."""
+        md, dm = self._md, self._dm
+        if uuid:
+            self._side["uuid"] = uuid
+        dm.sb.trans_id = transaction_id
+        dm.sb.flags = flags
+        dm.sb.time = time
+        md.sp.scal[K.S_TIME] = time
+        total = 0
+        log = self._log
+        for dev, nrb, dev_bytes, txn, ctime, stime, o64, d64, t64 in devices:
+            self._dm_op(dm.create_thin, dev)
+            for lo in range(0, len(o64), len(log)):
+                hi = min(lo + len(log), len(o64))
+                n = hi - lo
+                log[:n, 0] = dev
+                log[:n, 1] = o64[lo:hi]
+                log[:n, 2] = (d64[lo:hi] << 24) | (t64[lo:hi] & 0xFFFFFF)
+                log[:n, 3] = 0
+                if not self._apply_log(n):
+                    raise errors.NoSpaceError("restore: metadata ran out while building trees (estimate too small)")
+            det = dm.devices[dev]
+            det.mapped_blocks = len(o64)
+            det.transaction_id = txn
+            det.creation_time = ctime
+            det.snapshotted_time = stime
+            det.changed = True
+            s = md.free_slot()
+            dv = md.dv
+            dv.dev_id[s] = dev
+            dv.root[s] = 0
+            dv.levels[s] = TK.levels_for(nrb)
+            dv.nr_blocks[s] = nrb
+            dv.size_sectors[s] = dev_bytes // SECTOR_SIZE
+            dv.mapped[s] = 0
+            dv.create_time[s] = ctime
+            dv.snap_time[s] = stime
+            md.slot_of[dev] = s
+            if TK.load_mappings(md.sp, dv, np.int64(s), o64, d64, t64) != 0:
+                raise errors.ThinpError(f"restore: the in-RAM index has no room for device {dev}")
+            dv.changed[s] = 0
+            total += len(o64)
+        sp = md.sp
+        sp.scal[K.S_LWM_ARMED] = 1 if sp.scal[K.S_NR_DATA] - sp.scal[K.S_DUSED] > sp.scal[K.S_LWM] else 0
+        self.commit()
+        return total
+
     def _dm_op(self, fn, *args):
         """A dm metadata operation; running out of metadata space aborts the
         transaction and leaves the pool read-only, as in dm-thin."""
@@ -986,7 +1040,7 @@ class ThinPool:
             dcount = self._dm.data_sm.count
             for p in np.sort(sp.dpass[:n]):
                 if sp.drc[p] == 0 and dcount[p] == 0:
-                    _punch_hole(self._data_fd, int(p) * bs, bs)
+                    punch_hole(self._data_fd, int(p) * bs, bs)
         sp.scal[K.S_DNPASS] = 0
 
     # ------------------------------------------------------------------ I/O
