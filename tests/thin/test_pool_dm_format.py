@@ -286,3 +286,29 @@ def test_fast_check_finds_what_the_node_by_node_check_finds(tmp_path):
     assert str(fast_err.value) == str(slow_err.value) and f"{victim}" in str(fast_err.value)
     with pytest.raises(errors.MetadataCorruptError, match=f"{victim}"):
         thinp.ThinPool.open(p)
+
+
+def test_interval_commit_runs_only_when_the_metadata_changed(tmp_path):
+    # dm-thin's periodic commit is skipped when the transaction changed
+    # nothing (dm_pool_changed_this_transaction)
+    pool = thinp.ThinPool.create(tmp_path / "p", "1G", commit_interval=10)
+    pool.create_thin(1, "256M")
+    calls = []
+    commit = pool._dm.commit
+    pool._dm.commit = lambda **kw: (calls.append(1), commit(**kw))[1]
+    pool.replay(_writes(1, np.arange(0, 100)))          # provisions: a commit every 10 requests
+    assert len(calls) == 9
+    pool.commit()                                        # the last 10 provisions
+    del calls[:]
+    pool.replay(_writes(1, np.arange(0, 100)))          # overwrites: nothing to commit
+    assert calls == []
+    pool.replay(_writes(1, np.arange(0, 100, 5)))       # overwrites, then one provision past the interval
+    pool.replay(_writes(1, np.concatenate([np.arange(0, 50), [200]])))
+    assert calls == [] and pool.device(1).lookup(200) is not None
+    pool.replay(_writes(1, np.arange(0, 20)))           # the interval commits the provision of 200
+    assert len(calls) == 1
+    pool._dm.commit = commit
+    pool.close()
+    with thinp.ThinPool.open(tmp_path / "p") as pool:
+        assert pool.device(1).mapped_blocks == 101
+    _thin_check(tmp_path / "p" / "metadata")

@@ -337,6 +337,8 @@ class ThinPool:
         #: the sidecar file's content as this process last wrote it, less
         #: ``previous`` (None until the first commit writes it)
         self._side_written: dict | None = None
+        #: the superblock as the last commit packed it (None before one)
+        self._sb_committed: np.ndarray | None = None
         self._lock_fd = lock_fd
         self.read_only = read_only
         self._closed = False
@@ -965,12 +967,32 @@ class ThinPool:
                 f"{self.path}: out of metadata space during commit; the pool is read-only with needs_check set"
             ) from None
         md.commit()
+        self._sb_committed = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
+        dm.sb.pack(self._sb_committed)
         if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
             self._meta_lwm_armed = True
         self._punch_passdown()
         if md.sp.scal[TK.S_OODS] and self.nr_free_data_blocks > 0:
             md.sp.scal[TK.S_OODS] = 0
             self._drain_queue()
+
+    def _nothing_to_commit(self) -> bool:
+        """True when a commit now would write the same superblock and
+        sidecar as the last one (no mapping, device, space-map or option
+        change since), and payload bytes need no flush."""
+        dm, md = self._dm, self._md
+        if self._side_written is None or md.dv.changed.any() or any(d.changed for d in dm.devices.values()):
+            return False
+        if self.payload and md.sb.options & OPT_SYNC:
+            return False
+        buf = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
+        dm.sb.pack(buf)
+        if self._sb_committed is None or not np.array_equal(buf, self._sb_committed):
+            return False
+        side = self._next_sidecar()
+        side.pop("previous")
+        side["commit"] = _commit_tie(dm)
+        return side == self._side_written
 
     def _next_sidecar(self) -> dict:
         md, dm = self._md, self._dm
@@ -1175,6 +1197,12 @@ class ThinPool:
                 if self.read_only:
                     # only reads run here, so only the commit interval can
                     # ask, and a read-only pool has nothing to commit
+                    md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+                elif self._nothing_to_commit():
+                    # dm-thin's periodic commit runs only when the
+                    # transaction changed the metadata
+                    # (dm_pool_changed_this_transaction): overwrites of
+                    # provisioned, unshared blocks change nothing
                     md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
                 else:
                     self.commit()
