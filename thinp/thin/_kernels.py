@@ -347,6 +347,13 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     apply it to the dm btree and resume."""
     cap = log.shape[0]
     bs = sp.scal[S_BLOCK_SIZE]
+    # a power-of-two block size (the usual case) divides by a shift: a
+    # 64-bit division costs more than the rest of an overwrite's arithmetic
+    shift = -1
+    if bs & (bs - 1) == 0:
+        shift = 0
+        while (np.int64(1) << shift) < bs:
+            shift += 1
     n = slots.shape[0]
     error_mode = sp.scal[S_ERROR_IF_NO_SPACE] != 0
     interval = sp.scal[S_COMMIT_INTERVAL]
@@ -359,7 +366,8 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             return R_NEED_COMMIT
         ahead = i + PREFETCH_AHEAD
         if ahead < n and ops[ahead] != DISCARD:
-            _prefetch_leaf(sp.meta, dv, slots[ahead], np.int64(offsets[ahead]) // bs)
+            a_off = np.int64(offsets[ahead])
+            _prefetch_leaf(sp.meta, dv, slots[ahead], (a_off >> shift) if shift >= 0 else a_off // bs)
         slot = slots[i]
         op = np.int64(ops[i])
         off = np.int64(offsets[i])
@@ -367,8 +375,12 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
         if ln <= 0:
             resume_vb = -1
             continue
-        b0 = off // bs
-        b1 = (off + ln - 1) // bs
+        if shift >= 0:
+            b0 = off >> shift
+            b1 = (off + ln - 1) >> shift
+        else:
+            b0 = off // bs
+            b1 = (off + ln - 1) // bs
         resuming = resume_vb >= 0
         if resuming:
             b0 = resume_vb
