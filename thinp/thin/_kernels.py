@@ -535,6 +535,10 @@ def load_subtree(sp, dv, slot, m64, m32, root, stack, bad):
     depth = 0
     stack[0, 0] = root
     stack[1, 0] = 0
+    # dm's leaves come in key order, so runs of entries share one index
+    # leaf: find it (shadowing it into this transaction) once a run
+    leaf_key = np.int64(-1)
+    leaf = np.int64(-1)
     while depth >= 0:
         b = stack[0, depth]
         nr = np.int64(m32[b, 4])
@@ -548,9 +552,11 @@ def load_subtree(sp, dv, slot, m64, m32, root, stack, bad):
                     bad[0] = vb
                     bad[1] = np.int64(v)
                     return -1
-                leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
-                if leaf < 0:
-                    return -3
+                if vb >> NODE_SHIFT != leaf_key:
+                    leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+                    if leaf < 0:
+                        return -3
+                    leaf_key = vb >> NODE_SHIFT
                 if sp.meta[leaf, vb & NODE_MASK] == 0:
                     dv.mapped[slot] += 1
                 sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, np.int64(v & np.uint64(0xFFFFFF)))
