@@ -79,9 +79,9 @@ class TimingConstants:
     #: directory with its own lookups; btrfs' create/unlink update the
     #: subvolume's fs tree and inode refs
     layer_kind_s: dict = field(default_factory=lambda: _t(default=0.0, **{
-        "overlay2.write": 2.0e-6, "overlay2.read": 1.5e-6, "overlay2.mkdir": 10e-6, "overlay2.readdir": 4.2e-6,
-        "overlay.write": 2.0e-6, "overlay.read": 1.5e-6, "overlay.mkdir": 10e-6, "overlay.readdir": 4.2e-6,
-        "btrfs.write": 2.5e-6}))
+        "overlay2.write": 1.3e-6, "overlay2.read": 1.5e-6, "overlay2.mkdir": 9.8e-6, "overlay2.readdir": 4.2e-6,
+        "overlay.write": 1.3e-6, "overlay.read": 1.5e-6, "overlay.mkdir": 9.8e-6, "overlay.readdir": 4.2e-6,
+        "btrfs.write": 2.3e-6}))
     #: CPU per page a read brings into the page cache from the device
     #: (page allocation, page-cache and LRU insertion, the bio's setup and
     #: completion), on every driver
@@ -193,7 +193,8 @@ SOURCES = {
     "layer_kind_s": "measured by `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06, kernel 6.18, load "
                     "3-7; docs/timing/calibrate.toml): open/append/close (write), open/read/close (read), "
                     "create+unlink, a depth-6 tree of new directories (mkdir), readdir through overlayfs "
-                    "and in a btrfs snapshot, less the same on ext4 and less layer_cpu_s, the least of 5 "
+                    "and in a btrfs snapshot, less the same on ext4 and less layer_cpu_s for each op the "
+                    "runner logs for it (an append: 3 stats and a write), the least of 5 "
                     "runs of 1,000 ops each; kinds that came out at or below ext4's are left out. "
                     "overlayfs: ovl_open's backing file and ovl_override_creds per call, a directory's "
                     "opaque xattr",
