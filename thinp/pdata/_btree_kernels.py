@@ -617,9 +617,13 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     added = 0
     allocs = 0
     # Where dm's insert would only descend (_direct_leaf), the leaf is
-    # changed in place, found in one descent; and sequential runs append to
-    # the leaf the last block went to, with no descent, while they stay
-    # below its upper bound and it has room.
+    # changed in place, found in one descent.  That leaf stays the target
+    # while the keys fall within its bounds (hi[2] <= key < hi[0]): such a
+    # key is in it or absent from the tree, so one binary search in the leaf
+    # answers the lookup, with no descent -- a sequential run appends.  When
+    # the leaf is full (or split on any insert, in the halves rule), dm's
+    # insert would split or rebalance: that goes through insert_mapping,
+    # without a second lookup, as the search already told found or not.
     leaf = -1
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
@@ -627,20 +631,33 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     for k in range(n):
         vb = vblocks[k]
         key = np.uint64(vb)
-        append = False
         direct = False
-        if leaf >= 0:
+        known = False
+        if leaf >= 0 and key >= hi[2] and (hi[1] or key < hi[0]):
             nr = np.int64(m32[leaf, 4])
-            if nr >= 1 and nr < m32[leaf, 5] and key > m64[leaf, HDR + nr - 1] and (hi[1] or key < hi[0]):
-                append = True
+            if nr > 0 and key > m64[leaf, HDR + nr - 1]:
+                i = nr - 1  # past the leaf's last key: an append
+                found = False
             else:
-                leaf = -1
-        if not append:
+                i = _lower_bound(m64, m32, leaf, key)
+                found = i >= 0 and m64[leaf, HDR + i] == key
+            if found and np.int64(_val(m64, m32, leaf, i) & np.uint64(0xFFFFFF)) >= snap_time:
+                continue
+            if nr < m32[leaf, 5] or (found and not halves):
+                direct = True
+                res[0] = leaf
+                res[1] = i
+                res[2] = 1 if found else 0
+            else:
+                known = True
+        if not direct and not known:
             direct = _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi)
             if direct:
+                leaf = res[0]
                 if res[2] and np.int64(_val(m64, m32, res[0], res[1]) & np.uint64(0xFFFFFF)) >= snap_time:
                     continue
             else:
+                leaf = -1
                 v, found = lookup_mapping(m64, m32, root, dev, vb)
                 if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
                     continue
@@ -656,14 +673,6 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         dcount[p] = 1
         dfree[p] = False
         value = (np.uint64(p) << np.uint64(24)) | np.uint64(time & 0xFFFFFF)
-        if append:
-            nr = np.int64(m32[leaf, 4])
-            m64[leaf, HDR + nr] = key
-            _set_val(m64, m32, leaf, nr, value)
-            m32[leaf, 4] = nr + 1
-            added += 1
-            allocs += 1
-            continue
         if direct:
             lb = res[0]
             if res[2]:
@@ -672,11 +681,15 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                     _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
                 _set_val(m64, m32, lb, res[1], value)
             else:
-                _insert_at(m64, m32, lb, res[1] + 1, key, value)
+                nr = np.int64(m32[lb, 4])
+                if res[1] + 1 == nr:
+                    m64[lb, HDR + nr] = key
+                    _set_val(m64, m32, lb, nr, value)
+                    m32[lb, 4] = nr + 1
+                else:
+                    _insert_at(m64, m32, lb, res[1] + 1, key, value)
                 added += 1
             allocs += 1
-            if k + 1 < n and vblocks[k + 1] == vb + 1:
-                leaf = lb
             continue
         r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                            root, dev, vb, value, halves, out)
@@ -689,8 +702,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         root = out[0]
         added += out[1]
         allocs += 1
-        if k + 1 < n and vblocks[k + 1] == vb + 1 and \
-                _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
+        leaf = -1
+        if k + 1 < n and _direct_leaf(m64, m32, count, txn, root, dev, np.uint64(vblocks[k + 1]), halves, res, hi):
             leaf = res[0]
     out[0] = root
     out[1] = vblocks.shape[0]
