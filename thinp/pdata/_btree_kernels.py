@@ -57,6 +57,7 @@ def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     tst[0] = b + 1
     tst[1] += 1
     _dtouch(count, committed, b)
+    _used(count, committed, 1)
     count[b] = 1
     free[b] = False
     txn[b] = 1
@@ -72,8 +73,10 @@ def _dec(count, committed, free, b):
     _dtouch(count, committed, b)
     c = count[b]
     count[b] = c - 1
-    if c == 1 and committed[b] == 0:
-        free[b] = True
+    if c == 1:
+        _used(count, committed, -1)
+        if committed[b] == 0:
+            free[b] = True
 
 
 @njit(inline="always")
@@ -87,17 +90,30 @@ def _dtouch(dcount, dcommitted, p):
 
 
 @njit(inline="always")
+def _used(dcount, dcommitted, delta):
+    """Keep the running number of non-zero counts, the last word of
+    ``dcommitted`` when it carries the flags (space_map.RefCounts)."""
+    m = dcommitted.shape[0]
+    if m > dcount.shape[0]:
+        dcommitted[m - 1] = np.uint32(np.int64(dcommitted[m - 1]) + delta)
+
+
+@njit(inline="always")
 def _ddec(dcount, dcommitted, dfree, p):
     _dtouch(dcount, dcommitted, p)
     c = dcount[p]
     dcount[p] = c - 1
-    if c == 1 and dcommitted[p] == 0:
-        dfree[p] = True
+    if c == 1:
+        _used(dcount, dcommitted, -1)
+        if dcommitted[p] == 0:
+            dfree[p] = True
 
 
 @njit(inline="always")
 def _dinc(dcount, dcommitted, dfree, p):
     _dtouch(dcount, dcommitted, p)
+    if dcount[p] == 0:
+        _used(dcount, dcommitted, 1)
     dcount[p] += 1
     dfree[p] = False
 
@@ -120,6 +136,8 @@ def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b
         for i in range(nr):
             c = np.int64(m64[b, HDR + mx + i])
             _dtouch(count, committed, c)
+            if count[c] == 0:
+                _used(count, committed, 1)
             count[c] += 1
             free[c] = False
     elif leaf_holds == 2:
@@ -670,6 +688,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             return -2
         dst[0] = p + 1
         _dtouch(dcount, dcommitted, p)
+        _used(dcount, dcommitted, 1)
         dcount[p] = 1
         dfree[p] = False
         value = (np.uint64(p) << np.uint64(24)) | np.uint64(time & 0xFFFFFF)

@@ -80,7 +80,10 @@ class DiskSpaceMap(RefCounts):
 
     def inc(self, blocks) -> None:
         b = np.asarray(blocks, dtype=np.int64)
+        u = np.unique(b)
+        before = int(np.count_nonzero(self.count[u]))
         np.add.at(self.count, b, 1)
+        self._add_used(len(u) - before)
         self.free[b] = False
         self.touch(b)
 
@@ -89,7 +92,9 @@ class DiskSpaceMap(RefCounts):
         if np.any(self.count[b] == 0):
             bad = int(b[np.flatnonzero(self.count[b] == 0)[0]])
             raise errors.MetadataCorruptError(f"metadata corrupt: data block {bad} released with count 0")
+        u = np.unique(b)
         np.subtract.at(self.count, b, 1)
+        self._add_used(-int(np.count_nonzero(self.count[u] == 0)))
         self.touch(b)
         back = b[(self.count[b] == 0) & (self.committed[b] == 0)]
         self.free[back] = True  # allocated and released in this transaction
