@@ -934,7 +934,10 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
     sp = np.zeros(4, dtype=np.int64)
     # as write_blocks: a leaf an insert would only descend to is changed in
     # place, and stays the target while the keys stay within its bounds
+    # (blocks come in ascending order, so within the leaf the search goes
+    # on from the last entry touched, ``pos``, a few steps at most)
     leaf = -1
+    pos = -1
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
     for k in range(blocks.shape[0]):
@@ -943,21 +946,36 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
         if c >= 3:
             if leaf < 0 or key < hi[2] or (not hi[1] and key >= hi[0]):
                 leaf = -1
+                pos = -1
                 if _direct_descend(m64, m32, count, txn, root, key, halves, res, hi):
                     leaf = res[0]
             if leaf >= 0:
-                i = _lower_bound(m64, m32, leaf, key)
+                nr = np.int64(m32[leaf, 4])
+                i = -2
+                if 0 <= pos < nr and key > m64[leaf, HDR + pos]:
+                    j = pos
+                    lim = min(nr - 1, pos + 16)
+                    while j < lim and m64[leaf, HDR + j + 1] <= key:
+                        j += 1
+                    if j == nr - 1 or m64[leaf, HDR + j + 1] > key:
+                        i = j
+                if i == -2:
+                    i = _lower_bound(m64, m32, leaf, key)
                 found = i >= 0 and m64[leaf, HDR + i] == key
-                full = m32[leaf, 4] == m32[leaf, 5]
+                full = nr == m32[leaf, 5]
                 if found and not (full and halves):
                     _set_val(m64, m32, leaf, i, np.uint64(c))
+                    pos = i
                     continue
                 if not found and not full:
                     _insert_at(m64, m32, leaf, i + 1, key, np.uint64(c))
+                    pos = i + 1
                     continue
                 leaf = -1
+                pos = -1
         else:
             leaf = -1
+            pos = -1
         for j in range(4):
             sp[j] = 0
         if c >= 3:
@@ -982,6 +1000,32 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
         root = sp[3]
     out[0] = root
     return 0
+
+
+@njit
+def collect_ref_count_changes(count, committed, bitmaps, blocks_out, counts_out, has_diff):
+    """A space map's commit, first part: over the bitmaps ``bitmaps`` (the
+    flagged ones), each block whose count moved from its committed value
+    and is or was >= 3 goes to ``blocks_out``/``counts_out`` (ascending;
+    the ref-count tree's updates), and ``has_diff[j]`` says whether any
+    count of bitmap ``bitmaps[j]`` moved.  Returns how many blocks."""
+    n = count.shape[0]
+    k = 0
+    for j in range(bitmaps.shape[0]):
+        lo = bitmaps[j] * ENTRIES_PER_BITMAP
+        hi = min(n, lo + ENTRIES_PER_BITMAP)
+        d = 0
+        for b in range(lo, hi):
+            c = count[b]
+            o = committed[b]
+            if c != o:
+                d = 1
+                if c >= 3 or o >= 3:
+                    blocks_out[k] = b
+                    counts_out[k] = c
+                    k += 1
+        has_diff[j] = d
+    return k
 
 
 # ---------------------------------------------------------------- leaf walk

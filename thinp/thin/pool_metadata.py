@@ -113,7 +113,7 @@ class PoolMetadata:
             tm.inc(SUPERBLOCK_LOCATION)
             tm.begin = SUPERBLOCK_LOCATION + 1
             tm.format_space_map(bw.empty)
-            data_sm = DiskSpaceMap.format(tm, nr_data_blocks)
+            data_sm = DiskSpaceMap.format(tm, nr_data_blocks, split)
             sb = Superblock(uuid=uuid if uuid is not None else b"", version=THIN_VERSION,
                             data_block_size=data_block_sectors, metadata_nr_blocks=nr_metadata_blocks)
             md = cls(bm, sb, tm, data_sm, split)
@@ -146,7 +146,7 @@ class PoolMetadata:
             dcount, dindex = read_counts(bm, sb.data_sm_root, metadata=False, what="data")
             tm = TransactionManager(bm, mcount)
             tm.load_space_map(sb.metadata_sm_root, mindex)
-            data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex)
+            data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex, split)
             md = cls(bm, sb, tm, data_sm, split)
             view = DmMetadata(bm, sb)
             for d in view.devices():
