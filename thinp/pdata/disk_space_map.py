@@ -32,6 +32,7 @@ class DiskSpaceMap(RefCounts):
         #: as the mapping trees' (dm-btree.c's insert serves every tree;
         #: kernels before 5.15 and thin_restore 0.9.0 split even halves)
         self.split = split
+        self._scratch = np.zeros((2, 0), dtype=np.int64)
         self.bitmap_root = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
@@ -115,7 +116,9 @@ class DiskSpaceMap(RefCounts):
 
             flagged = np.flatnonzero(self.changed).astype(np.int64)
             room = len(flagged) * ENTRIES_PER_BITMAP
-            blocks, counts = np.empty(room, dtype=np.int64), np.empty(room, dtype=np.int64)
+            if self._scratch.shape[1] < room:  # kept between commits: fresh pages cost more than the pass
+                self._scratch = np.empty((2, room), dtype=np.int64)
+            blocks, counts = self._scratch[0], self._scratch[1]
             has_diff = np.zeros(len(flagged), dtype=np.uint8)
             k = collect_ref_count_changes(self.count, self.committed, flagged, blocks, counts, has_diff)
             bitmaps = flagged[has_diff != 0].tolist()
