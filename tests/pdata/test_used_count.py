@@ -8,12 +8,14 @@ import random
 
 import numpy as np
 
+from thinp.pdata.mapping_tree import nr_used
 from thinp.thin.pool_metadata import PoolMetadata
 
 
 def _assert_counts(md: PoolMetadata) -> None:
     for sm in (md.tm, md.data_sm):
         assert sm.nr_used == int(np.count_nonzero(sm.count))
+        assert nr_used(sm.committed) == sm.nr_used  # what numba callers read
         assert sm.nr_free == sm.nr_blocks - int(np.count_nonzero(sm.count))
     assert md.nr_used_metadata_blocks == int(np.count_nonzero(md.tm.count))
 

@@ -118,6 +118,13 @@ def _dinc(dcount, dcommitted, dfree, p):
     dfree[p] = False
 
 
+@njit(inline="always")
+def nr_used(committed):
+    """Blocks with a non-zero count now: the space map's running count,
+    the last word of its ``committed`` array (space_map.RefCounts.nr_used)."""
+    return np.int64(committed[committed.shape[0] - 1])
+
+
 @njit
 def inc_data(dcount, dcommitted, dfree, p):
     """One more reference on data block ``p`` (dm_sm_inc_block), its
