@@ -163,7 +163,7 @@ def _cold_read(path: str) -> float:
     """Seconds to read ``path`` after the page cache is written back and
     dropped (the least of 3 runs)."""
     def once():
-        vt._drop_caches()
+        vt.drop_caches()
         t = time.perf_counter()
         with open(path, "rb", buffering=0) as f:
             while f.read(128 << 10):

@@ -121,7 +121,7 @@ def cpu_model() -> str:
     return ""
 
 
-def _drop_caches() -> None:
+def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
@@ -376,10 +376,10 @@ class RealSetup:
         ids = list(range(first, self.n + 1))
         try:
             if case == "start":
-                _drop_caches()
+                drop_caches()
                 return concurrently([(self.create, (driver, i, True)) for i in ids])
             root = self.create(driver, ids[0])
-            _drop_caches()
+            drop_caches()
             return concurrently([(_proc_work, (case, root, p)) for p in range(n)])
         finally:
             for i in ids:
