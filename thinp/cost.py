@@ -264,7 +264,8 @@ FINDINGS = {
         "Tarasov 2017: devicemapper container start (writable-layer setup) is slower than aufs/overlay2 "
         "(sim_start_s, more than 3x on nvme and hdd)",
         "Tarasov 2017: devicemapper read workloads cost N page-cache copies (no shared page cache), "
-        "overlay2/aufs one, and their steps take longer (sim_steps_s)",
+        "overlay2/aufs one (page_cache_bytes, from the timing model's LRU), and their steps take longer "
+        "(sim_steps_s)",
         "Tarasov 2017 / Docker overlayfs docs: the first write to a big image file is expensive on "
         "aufs/overlay2 (whole-file copy-up inside the write call) and cheap on devicemapper/btrfs (block "
         "CoW; devicemapper's at writeback) (sim_first_write_s, more than 10x on nvme, sata-ssd and hdd)",
