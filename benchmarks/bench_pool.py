@@ -377,13 +377,14 @@ def test_dm_commit_after_cow_vs_msync(benchmark, workdir):
     md.sync = True
     rng = np.random.default_rng(RNG_SEED)
     written = []
-    flush = md.bm.flush
+    seal = md.tm.seal_dirty
 
-    def recording_flush(blocks):
+    def recording_seal():
+        blocks = seal()
         written.append(np.array(sorted(blocks), dtype=np.int64))
-        return flush(blocks)
+        return blocks
 
-    md.bm.flush = recording_flush
+    md.tm.seal_dirty = recording_seal
     state = {"snap": 0}
 
     def setup():
@@ -393,7 +394,7 @@ def test_dm_commit_after_cow_vs_msync(benchmark, workdir):
         return (), {}
 
     benchmark.pedantic(md.commit, setup=setup, rounds=5, iterations=1)
-    md.bm.flush = flush
+    md.tm.seal_dirty = seal
     commit_s = benchmark.stats.stats.mean
     ceiling_s = _dirty_and_msync(md.bm, written)
     nr = int(np.mean([len(w) for w in written]))

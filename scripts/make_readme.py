@@ -66,6 +66,34 @@ def example_image() -> None:
     os.chmod(os.path.join(RB.ROOT, "examples", "app.tar"), 0o644)
 
 
+#: the kept real run of ``thinp validate timing`` and the ``thinp calibrate``
+#: file its predictions used (both measured on the machine the README names)
+TIMING_RUN = os.path.join(RB.ROOT, "docs", "timing", "validate-timing.json")
+TIMING_CAL = os.path.join(RB.ROOT, "docs", "timing", "calibrate.toml")
+
+
+def timing_table() -> str:
+    """The "Timing against the real kernel" table: the kept measurements
+    beside the current model's predictions (re-predicted with the kept
+    calibration, on this machine's cores), and the sentence that counts how far the targets are met."""
+    import json
+
+    from thinp.timing import TimingConstants
+    from thinp.validate import timing as vt
+
+    with open(TIMING_RUN) as f:
+        kept = json.load(f)
+    k = TimingConstants.from_toml(TIMING_CAL)
+    rows = vt.validate_timing(timing=k, device=TIMING_CAL, measured=kept["rows"])
+    loads = [r["load"] for r in kept["rows"] if r.get("load") is not None]
+    when = (f"Measured {kept.get('date', '')} on {kept.get('cores')} vCPUs ({kept.get('cpu')}) shared with "
+            f"other jobs: the 1-minute load average was {min(loads):.1f} to {max(loads):.1f} as the "
+            f"case/N groups ended. " if loads else "")
+    return when + vt.summary_sentence(vt.summary(rows)) + "\n\n" + vt.markdown(rows)
+
+
+
+
 def timing_constants_table() -> str:
     """The markdown table of the timing model's constants: each default and
     its source (``thinp.timing.SOURCES``), so the README cannot drift from
@@ -85,7 +113,7 @@ def timing_constants_table() -> str:
 
 #: generated regions, regenerated on every run (quick) or with --slow only
 FAST_REGIONS = {"timing-constants": timing_constants_table}
-REGIONS = {"compare-table": compare_table}
+REGIONS = {"compare-table": compare_table, "timing-table": timing_table}
 
 
 def fill_regions(text: str, regions: dict) -> str:

@@ -70,3 +70,33 @@ def test_write_blocks_matches_the_reference(tmp_path, split, seed):
     assert len(ref) == len(fast) > 5
     for k, (a, b) in enumerate(zip(ref, fast)):
         assert a == b, f"commit {k} differs"
+
+
+def _fill_below_a_mapped_block(path, fast: bool, split: str) -> bytes:
+    md = PoolMetadata.format(path, nr_metadata_blocks=4096, nr_data_blocks=200000, data_block_sectors=128,
+                             split=split)
+    md.sync = False
+    md.fast = md.tm.fast = md.data_sm.fast = fast
+    md.create_thin(0)
+    runs = [[150000], range(0, 9000), range(9000, 20000), [5, 17000, 149999], range(20000, 26000)]
+    for vbs in runs:
+        if fast:
+            md.write_blocks(0, np.array(list(vbs), dtype=np.int64))
+        else:
+            _write_reference(md, 0, vbs)
+    md.create_snap(1, 0)
+    if fast:
+        md.write_blocks(1, np.arange(3000, 12000))
+    else:
+        _write_reference(md, 1, range(3000, 12000))
+    md.close()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_sequential_fill_below_a_mapped_block(tmp_path, split):
+    """A sequential run into leaves that also hold a higher key (so the
+    run never appends at a leaf's end, and full leaves rebalance into a
+    right sibling), then CoW over a snapshot: as the reference writes it."""
+    assert _fill_below_a_mapped_block(tmp_path / "ref", False, split) == \
+        _fill_below_a_mapped_block(tmp_path / "fast", True, split)

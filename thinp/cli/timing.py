@@ -3,7 +3,9 @@ model against the real kernel (:mod:`thinp.validate.timing`,
 :mod:`thinp.validate.calibrate`)."""
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 from . import _output as out
 from ._common import add_json
@@ -14,6 +16,8 @@ def register(sub) -> None:
     c.add_argument("--out", default="thinp-constants.toml", metavar="TOML",
                    help="the constants file to write (default thinp-constants.toml); "
                         "use it with thinp compare --constants TOML [--disk TOML]")
+    c.add_argument("--runs", type=int, default=1, metavar="N",
+                   help="measure N times and keep each figure's least (default 1)")
     c.set_defaults(func=_calibrate)
 
 
@@ -22,6 +26,14 @@ def register_validate(vsub) -> None:
     vt = vsub.add_parser("timing", help="the timing model's predictions vs the same workloads run for real")
     vt.add_argument("--sim-only", action="store_true", help="skip the real runs")
     vt.add_argument("--constants", default=None, metavar="TOML", help="a [timing] table to predict with")
+    vt.add_argument("--reps", type=int, default=None, metavar="N",
+                    help="real runs per cell, the drivers taking turns (default 5); the median is shown")
+    vt.add_argument("--cases", default=None, metavar="LIST",
+                    help="comma-separated cases to run (default all: append-small, append-big, tree, "
+                         "read-big, read-small, start)")
+    vt.add_argument("--measured", default=None, metavar="JSON",
+                    help="take the real side from an earlier --json output instead of running it")
+    vt.add_argument("--markdown", action="store_true", help="print the README's markdown table")
     add_json(vt, "the rows")
     vt.set_defaults(func=_validate)
 
@@ -29,7 +41,9 @@ def register_validate(vsub) -> None:
 def _calibrate(args) -> int:
     from ..validate.calibrate import calibrate
 
-    calibrate(args.out, progress=lambda msg: sys.stderr.write(f"calibrate: {msg}\n"))
+    if args.runs < 1:
+        raise ValueError(f"--runs {args.runs}: must be 1 or more")
+    calibrate(args.out, runs=args.runs, progress=lambda msg: sys.stderr.write(f"calibrate: {msg}\n"))
     sys.stderr.write(f"wrote {args.out}\n")
     return 0
 
@@ -46,15 +60,40 @@ def _validate(args) -> int:
         with open(args.constants, "rb") as f:
             if "device" in tomllib.load(f):
                 device = args.constants         # the loop device thinp calibrate measured
-    rows = vt.validate_timing(real=not args.sim_only, timing=k, device=device)
+    cases = vt.CASES
+    if args.cases:
+        names = [c.strip() for c in args.cases.split(",") if c.strip()]
+        bad = [c for c in names if c not in {x.name for x in vt.CASES}]
+        if bad or not names:
+            raise ValueError(f"--cases {args.cases!r}: unknown case {bad[0] if bad else ''!r} "
+                             f"(cases: {', '.join(x.name for x in vt.CASES)})")
+        cases = [c for c in vt.CASES if c.name in names]
+    if args.reps is not None and args.reps < 1:
+        raise ValueError(f"--reps {args.reps}: must be 1 or more")
+    measured = None
+    if args.measured:
+        import json
+
+        try:
+            with open(args.measured) as f:
+                measured = json.load(f)["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--measured {args.measured!r}: not a validate timing --json file ({e})")
+    rows = vt.validate_timing(real=not args.sim_only, timing=k, device=device, cases=cases,
+                              reps=args.reps or vt.REPS, measured=measured)
+    if args.markdown:
+        sys.stdout.write(vt.markdown(rows) + "\n")
+    if args.markdown:
+        return 0
     if args.json:
-        out.write_json({"rows": rows, "summary": vt.summary(rows)})
+        out.write_json({"rows": rows, "summary": vt.summary(rows), "cores": len(os.sched_getaffinity(0)),
+                        "cpu": vt.cpu_model(), "loadavg_end": os.getloadavg(),
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
         return 0
     out.table(rows, [("case", "case"), ("n", "N"), ("driver", "driver"), ("measured_s", "measured s"),
                      ("predicted_s", "predicted s"), ("measured_rel", "meas./overlay2"),
                      ("predicted_rel", "pred./overlay2"), ("note", "note")],
               text_columns={"case", "driver", "note"}, title=f"thinp validate timing (device {device})")
     s = vt.summary(rows)
-    sys.stderr.write(f"same driver ranking in {s['same_ranking']} of {s['groups']} case/N groups; time relative "
-                     f"to overlay2 within 1.5x in {s['rel_within_1_5x']} of {s['rel_rows']} rows\n")
+    sys.stderr.write(vt.summary_sentence(s) + "\n")
     return 0

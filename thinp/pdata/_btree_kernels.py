@@ -57,6 +57,7 @@ def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     tst[0] = b + 1
     tst[1] += 1
     _dtouch(count, committed, b)
+    _used(count, committed, 1)
     count[b] = 1
     free[b] = False
     txn[b] = 1
@@ -72,8 +73,10 @@ def _dec(count, committed, free, b):
     _dtouch(count, committed, b)
     c = count[b]
     count[b] = c - 1
-    if c == 1 and committed[b] == 0:
-        free[b] = True
+    if c == 1:
+        _used(count, committed, -1)
+        if committed[b] == 0:
+            free[b] = True
 
 
 @njit(inline="always")
@@ -87,19 +90,39 @@ def _dtouch(dcount, dcommitted, p):
 
 
 @njit(inline="always")
+def _used(dcount, dcommitted, delta):
+    """Keep the running number of non-zero counts, the last word of
+    ``dcommitted`` when it carries the flags (space_map.RefCounts)."""
+    m = dcommitted.shape[0]
+    if m > dcount.shape[0]:
+        dcommitted[m - 1] = np.uint32(np.int64(dcommitted[m - 1]) + delta)
+
+
+@njit(inline="always")
 def _ddec(dcount, dcommitted, dfree, p):
     _dtouch(dcount, dcommitted, p)
     c = dcount[p]
     dcount[p] = c - 1
-    if c == 1 and dcommitted[p] == 0:
-        dfree[p] = True
+    if c == 1:
+        _used(dcount, dcommitted, -1)
+        if dcommitted[p] == 0:
+            dfree[p] = True
 
 
 @njit(inline="always")
 def _dinc(dcount, dcommitted, dfree, p):
     _dtouch(dcount, dcommitted, p)
+    if dcount[p] == 0:
+        _used(dcount, dcommitted, 1)
     dcount[p] += 1
     dfree[p] = False
+
+
+@njit(inline="always")
+def nr_used(committed):
+    """Blocks with a non-zero count now: the space map's running count,
+    the last word of its ``committed`` array (space_map.RefCounts.nr_used)."""
+    return np.int64(committed[committed.shape[0] - 1])
 
 
 @njit
@@ -120,6 +143,8 @@ def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b
         for i in range(nr):
             c = np.int64(m64[b, HDR + mx + i])
             _dtouch(count, committed, c)
+            if count[c] == 0:
+                _used(count, committed, 1)
             count[c] += 1
             free[c] = False
     elif leaf_holds == 2:
@@ -617,9 +642,13 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     added = 0
     allocs = 0
     # Where dm's insert would only descend (_direct_leaf), the leaf is
-    # changed in place, found in one descent; and sequential runs append to
-    # the leaf the last block went to, with no descent, while they stay
-    # below its upper bound and it has room.
+    # changed in place, found in one descent.  That leaf stays the target
+    # while the keys fall within its bounds (hi[2] <= key < hi[0]): such a
+    # key is in it or absent from the tree, so one binary search in the leaf
+    # answers the lookup, with no descent -- a sequential run appends.  When
+    # the leaf is full (or split on any insert, in the halves rule), dm's
+    # insert would split or rebalance: that goes through insert_mapping,
+    # without a second lookup, as the search already told found or not.
     leaf = -1
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
@@ -627,20 +656,33 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     for k in range(n):
         vb = vblocks[k]
         key = np.uint64(vb)
-        append = False
         direct = False
-        if leaf >= 0:
+        known = False
+        if leaf >= 0 and key >= hi[2] and (hi[1] or key < hi[0]):
             nr = np.int64(m32[leaf, 4])
-            if nr >= 1 and nr < m32[leaf, 5] and key > m64[leaf, HDR + nr - 1] and (hi[1] or key < hi[0]):
-                append = True
+            if nr > 0 and key > m64[leaf, HDR + nr - 1]:
+                i = nr - 1  # past the leaf's last key: an append
+                found = False
             else:
-                leaf = -1
-        if not append:
+                i = _lower_bound(m64, m32, leaf, key)
+                found = i >= 0 and m64[leaf, HDR + i] == key
+            if found and np.int64(_val(m64, m32, leaf, i) & np.uint64(0xFFFFFF)) >= snap_time:
+                continue
+            if nr < m32[leaf, 5] or (found and not halves):
+                direct = True
+                res[0] = leaf
+                res[1] = i
+                res[2] = 1 if found else 0
+            else:
+                known = True
+        if not direct and not known:
             direct = _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi)
             if direct:
+                leaf = res[0]
                 if res[2] and np.int64(_val(m64, m32, res[0], res[1]) & np.uint64(0xFFFFFF)) >= snap_time:
                     continue
             else:
+                leaf = -1
                 v, found = lookup_mapping(m64, m32, root, dev, vb)
                 if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
                     continue
@@ -653,17 +695,10 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             return -2
         dst[0] = p + 1
         _dtouch(dcount, dcommitted, p)
+        _used(dcount, dcommitted, 1)
         dcount[p] = 1
         dfree[p] = False
         value = (np.uint64(p) << np.uint64(24)) | np.uint64(time & 0xFFFFFF)
-        if append:
-            nr = np.int64(m32[leaf, 4])
-            m64[leaf, HDR + nr] = key
-            _set_val(m64, m32, leaf, nr, value)
-            m32[leaf, 4] = nr + 1
-            added += 1
-            allocs += 1
-            continue
         if direct:
             lb = res[0]
             if res[2]:
@@ -672,11 +707,15 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                     _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
                 _set_val(m64, m32, lb, res[1], value)
             else:
-                _insert_at(m64, m32, lb, res[1] + 1, key, value)
+                nr = np.int64(m32[lb, 4])
+                if res[1] + 1 == nr:
+                    m64[lb, HDR + nr] = key
+                    _set_val(m64, m32, lb, nr, value)
+                    m32[lb, 4] = nr + 1
+                else:
+                    _insert_at(m64, m32, lb, res[1] + 1, key, value)
                 added += 1
             allocs += 1
-            if k + 1 < n and vblocks[k + 1] == vb + 1:
-                leaf = lb
             continue
         r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                            root, dev, vb, value, halves, out)
@@ -689,8 +728,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         root = out[0]
         added += out[1]
         allocs += 1
-        if k + 1 < n and vblocks[k + 1] == vb + 1 and \
-                _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
+        leaf = -1
+        if k + 1 < n and _direct_leaf(m64, m32, count, txn, root, dev, np.uint64(vblocks[k + 1]), halves, res, hi):
             leaf = res[0]
     out[0] = root
     out[1] = vblocks.shape[0]
@@ -902,7 +941,10 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
     sp = np.zeros(4, dtype=np.int64)
     # as write_blocks: a leaf an insert would only descend to is changed in
     # place, and stays the target while the keys stay within its bounds
+    # (blocks come in ascending order, so within the leaf the search goes
+    # on from the last entry touched, ``pos``, a few steps at most)
     leaf = -1
+    pos = -1
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
     for k in range(blocks.shape[0]):
@@ -911,21 +953,36 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
         if c >= 3:
             if leaf < 0 or key < hi[2] or (not hi[1] and key >= hi[0]):
                 leaf = -1
+                pos = -1
                 if _direct_descend(m64, m32, count, txn, root, key, halves, res, hi):
                     leaf = res[0]
             if leaf >= 0:
-                i = _lower_bound(m64, m32, leaf, key)
+                nr = np.int64(m32[leaf, 4])
+                i = -2
+                if 0 <= pos < nr and key > m64[leaf, HDR + pos]:
+                    j = pos
+                    lim = min(nr - 1, pos + 16)
+                    while j < lim and m64[leaf, HDR + j + 1] <= key:
+                        j += 1
+                    if j == nr - 1 or m64[leaf, HDR + j + 1] > key:
+                        i = j
+                if i == -2:
+                    i = _lower_bound(m64, m32, leaf, key)
                 found = i >= 0 and m64[leaf, HDR + i] == key
-                full = m32[leaf, 4] == m32[leaf, 5]
+                full = nr == m32[leaf, 5]
                 if found and not (full and halves):
                     _set_val(m64, m32, leaf, i, np.uint64(c))
+                    pos = i
                     continue
                 if not found and not full:
                     _insert_at(m64, m32, leaf, i + 1, key, np.uint64(c))
+                    pos = i + 1
                     continue
                 leaf = -1
+                pos = -1
         else:
             leaf = -1
+            pos = -1
         for j in range(4):
             sp[j] = 0
         if c >= 3:
@@ -950,6 +1007,32 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
         root = sp[3]
     out[0] = root
     return 0
+
+
+@njit
+def collect_ref_count_changes(count, committed, bitmaps, blocks_out, counts_out, has_diff):
+    """A space map's commit, first part: over the bitmaps ``bitmaps`` (the
+    flagged ones), each block whose count moved from its committed value
+    and is or was >= 3 goes to ``blocks_out``/``counts_out`` (ascending;
+    the ref-count tree's updates), and ``has_diff[j]`` says whether any
+    count of bitmap ``bitmaps[j]`` moved.  Returns how many blocks."""
+    n = count.shape[0]
+    k = 0
+    for j in range(bitmaps.shape[0]):
+        lo = bitmaps[j] * ENTRIES_PER_BITMAP
+        hi = min(n, lo + ENTRIES_PER_BITMAP)
+        d = 0
+        for b in range(lo, hi):
+            c = count[b]
+            o = committed[b]
+            if c != o:
+                d = 1
+                if c >= 3 or o >= 3:
+                    blocks_out[k] = b
+                    counts_out[k] = c
+                    k += 1
+        has_diff[j] = d
+    return k
 
 
 # ---------------------------------------------------------------- leaf walk

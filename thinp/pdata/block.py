@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE
-from .crc32c import TABLE, TABLE8, crc32c_update, seal_blocks
+from .crc32c import TABLE, TABLE8, crc32c_update, hw_kernels, seal_blocks
 
 BLOCK_SIZE = METADATA_BLOCK_SIZE
 #: dm's per-type checksum salts (dm-thin-metadata.c, dm-btree-spine.c,
@@ -41,6 +41,10 @@ class Validator:
     xor: int
 
     def checksum(self, blk: np.ndarray) -> int:
+        hw = hw_kernels()
+        if hw is not None and blk.shape == (BLOCK_SIZE,) and blk.flags.c_contiguous:
+            row = blk.reshape(1, BLOCK_SIZE)
+            return int(hw[0](row.view(np.uint64), row.view(np.uint32), 0)) ^ self.xor
         return int(crc32c_update(TABLE, np.uint32(0xFFFFFFFF), blk[4:])) ^ self.xor
 
     def check(self, blk: np.ndarray, b: int) -> str | None:
@@ -176,7 +180,12 @@ class BlockManager:
         xors = np.zeros(len(VALIDATORS) + 1, dtype=np.int64)
         for k, v in VALIDATORS.items():
             xors[k] = v.xor
-        seal_blocks(TABLE8, self.blocks, np.ascontiguousarray(bs, dtype=np.int64), xors[kinds])
+        bs64 = np.ascontiguousarray(bs, dtype=np.int64)
+        hw = hw_kernels()
+        if hw is not None and self.blocks.flags.c_contiguous:
+            hw[1](self.blocks.view(np.uint64), self.blocks.view(np.uint32), bs64, xors[kinds])
+        else:
+            seal_blocks(TABLE8, self.blocks, bs64, xors[kinds])
         self.fresh[bs] = 0
         for b, k in zip(bs.tolist(), kinds.tolist()):
             self._valid[b] = VALIDATORS[k]

@@ -25,9 +25,14 @@ COUNT_VALUE = bw.ValueType(4)
 class DiskSpaceMap(RefCounts):
     """The data space map: counts, allocation, and its commit."""
 
-    def __init__(self, tm: TransactionManager, count: np.ndarray):
+    def __init__(self, tm: TransactionManager, count: np.ndarray, split: str = "current"):
         super().__init__(count, 2)
         self.tm = tm
+        #: the btree split rule of its index and ref-count trees: the same
+        #: as the mapping trees' (dm-btree.c's insert serves every tree;
+        #: kernels before 5.15 and thin_restore 0.9.0 split even halves)
+        self.split = split
+        self._scratch = np.zeros((2, 0), dtype=np.int64)
         self.bitmap_root = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
@@ -35,10 +40,10 @@ class DiskSpaceMap(RefCounts):
         self.fast = True
 
     @classmethod
-    def format(cls, tm: TransactionManager, nr_blocks: int) -> "DiskSpaceMap":
+    def format(cls, tm: TransactionManager, nr_blocks: int, split: str = "current") -> "DiskSpaceMap":
         """sm_ll_new_disk + extend: empty ref-count and index trees, and a
         zeroed bitmap for every 16,320 blocks."""
-        sm = cls(tm, np.zeros(nr_blocks, dtype=np.uint32))
+        sm = cls(tm, np.zeros(nr_blocks, dtype=np.uint32), split)
         sm.ref_count_root = bw.empty(tm, 4)
         sm.bitmap_root = bw.empty(tm, 16)
         sm.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
@@ -53,12 +58,13 @@ class DiskSpaceMap(RefCounts):
             b, _ = self.tm.new_block(BITMAP)
             ies[i] = (b, ENTRIES_PER_BITMAP, 0)
             self.bitmap_root, _ = bw.insert(self.tm, self.bitmap_root, [i], ies[i:i + 1].view(np.uint8).copy(),
-                                            INDEX_VALUE)
+                                            INDEX_VALUE, split=self.split)
         self.index_entries = ies
 
     @classmethod
-    def load(cls, tm: TransactionManager, root: SmRoot, count: np.ndarray, index: list) -> "DiskSpaceMap":
-        sm = cls(tm, count)
+    def load(cls, tm: TransactionManager, root: SmRoot, count: np.ndarray, index: list,
+             split: str = "current") -> "DiskSpaceMap":
+        sm = cls(tm, count, split)
         sm.bitmap_root = root.bitmap_root
         sm.ref_count_root = root.ref_count_root
         sm.index_entries = np.array(index, dtype=INDEX_ENTRY_DTYPE)
@@ -80,7 +86,10 @@ class DiskSpaceMap(RefCounts):
 
     def inc(self, blocks) -> None:
         b = np.asarray(blocks, dtype=np.int64)
+        u = np.unique(b)
+        before = int(np.count_nonzero(self.count[u]))
         np.add.at(self.count, b, 1)
+        self._add_used(len(u) - before)
         self.free[b] = False
         self.touch(b)
 
@@ -89,7 +98,9 @@ class DiskSpaceMap(RefCounts):
         if np.any(self.count[b] == 0):
             bad = int(b[np.flatnonzero(self.count[b] == 0)[0]])
             raise errors.MetadataCorruptError(f"metadata corrupt: data block {bad} released with count 0")
+        u = np.unique(b)
         np.subtract.at(self.count, b, 1)
+        self._add_used(-int(np.count_nonzero(self.count[u] == 0)))
         self.touch(b)
         back = b[(self.count[b] == 0) & (self.committed[b] == 0)]
         self.free[back] = True  # allocated and released in this transaction
@@ -100,16 +111,28 @@ class DiskSpaceMap(RefCounts):
         ref counts; returns the root for the superblock."""
         tm = self.tm
         n = self.nr_blocks
-        changed, bitmaps = self.changed_blocks()
-        rc = changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]
         if self.fast:
-            self.ref_count_root = tm.update_ref_counts(self.ref_count_root, rc, self.count[rc], False)
+            from ._btree_kernels import collect_ref_count_changes
+
+            flagged = np.flatnonzero(self.changed).astype(np.int64)
+            room = len(flagged) * ENTRIES_PER_BITMAP
+            if self._scratch.shape[1] < room:  # kept between commits: fresh pages cost more than the pass
+                self._scratch = np.empty((2, room), dtype=np.int64)
+            blocks, counts = self._scratch[0], self._scratch[1]
+            has_diff = np.zeros(len(flagged), dtype=np.uint8)
+            k = collect_ref_count_changes(self.count, self.committed, flagged, blocks, counts, has_diff)
+            bitmaps = flagged[has_diff != 0].tolist()
+            self.ref_count_root = tm.update_ref_counts(self.ref_count_root, blocks[:k], counts[:k],
+                                                       self.split == "halves")
         else:
+            changed, bitmaps = self.changed_blocks()
+            rc = changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]
             for b in rc.tolist():
                 c = int(self.count[b])
                 if c >= 3:
                     self.ref_count_root, _ = bw.insert(tm, self.ref_count_root, [b],
-                                                       np.array([c], dtype="<u4").view(np.uint8), COUNT_VALUE)
+                                                       np.array([c], dtype="<u4").view(np.uint8), COUNT_VALUE,
+                                                       split=self.split)
                 else:
                     self.ref_count_root, _ = bw.remove(tm, self.ref_count_root, [b], COUNT_VALUE)
         for i in bitmaps:
@@ -118,6 +141,7 @@ class DiskSpaceMap(RefCounts):
             nb, blk, _ = tm.shadow(int(ie["blocknr"][0]), BITMAP)
             write_bitmap_entry(blk, ie, self.count[lo:lo + ENTRIES_PER_BITMAP],
                                self.committed[lo:min(n, lo + ENTRIES_PER_BITMAP)], nb)
-            self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], ie.view(np.uint8).copy(), INDEX_VALUE)
+            self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], ie.view(np.uint8).copy(), INDEX_VALUE,
+                                            split=self.split)
         self.settle()
         return SmRoot(n, self.nr_allocated, self.bitmap_root, self.ref_count_root)

@@ -16,6 +16,8 @@ update_ref_counts   a batch of set/remove on a space map's ref-count tree
 inc_data            one more reference on a data block (use it, not
                     ``dcount[p] += 1``: the space map's commit visits only
                     the bitmaps flagged as changed)
+nr_used             blocks in use now, from a space map's ``committed`` array
+                    (its running count; no scan)
 walk_leaves         one tree's leaf entries in key order (see
                     :func:`thinp.pdata.mapping_index.mapping_index`)
 """
@@ -25,6 +27,7 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     inc_data,
     insert_mapping,
     lookup_mapping,
+    nr_used,
     remove_mapping,
     update_ref_counts,
     walk_leaves,
@@ -32,5 +35,5 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     write_blocks,
 )
 
-__all__ = ["inc_data", "insert_mapping", "lookup_mapping", "remove_mapping", "update_ref_counts", "walk_leaves",
+__all__ = ["inc_data", "insert_mapping", "lookup_mapping", "nr_used", "remove_mapping", "update_ref_counts", "walk_leaves",
            "walk_mapping_tree", "write_blocks"]

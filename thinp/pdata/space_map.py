@@ -57,12 +57,16 @@ class RefCounts:
     its bitmaps and ref-count tree; thinp reads them once on open):
 
     count      uint32[nr_blocks]  every block's reference count now
-    committed  uint32[nr_blocks + nr_bitmaps]  the counts as of the last
-               commit, then one "changed since the commit" flag per bitmap
-               of 16,320 blocks.  Every change of ``count`` sets its flag
-               (here, and in the numba kernels, which get this array as
-               ``committed``/``dcommitted``), so a commit visits only the
-               flagged bitmaps and costs nothing for the rest of the device.
+    committed  uint32[nr_blocks + nr_bitmaps + 1]  the counts as of the
+               last commit, then one "changed since the commit" flag per
+               bitmap of 16,320 blocks, then the running number of blocks
+               whose count is non-zero now (:attr:`nr_used`).  Every change
+               of ``count`` sets its flag and keeps the number (here, and in
+               the numba kernels, which get this array as
+               ``committed``/``dcommitted``; they read the number as
+               ``committed[committed.shape[0] - 1]``), so a commit visits
+               only the flagged bitmaps and costs nothing for the rest of
+               the device, and the used count costs nothing at all.
     free       bool[nr_blocks]  free now and at the last commit: what
                allocation may hand out
     st         int64[nr_scalars]  scalars the kernels share; st[0] is the
@@ -76,11 +80,12 @@ class RefCounts:
     def __init__(self, count: np.ndarray, nr_scalars: int):
         self.count = count.astype(np.uint32, copy=True)
         n = self.count.shape[0]
-        self.committed = np.zeros(n + nr_bitmaps(n), dtype=np.uint32)
+        self.committed = np.zeros(n + nr_bitmaps(n) + 1, dtype=np.uint32)
         self.committed[:n] = self.count
         self.free = self.count == 0
         self.st = np.zeros(nr_scalars, dtype=np.int64)
         self.nr_allocated = int(np.count_nonzero(self.count))
+        self.committed[-1] = self.nr_allocated
 
     @property
     def nr_blocks(self) -> int:
@@ -95,13 +100,22 @@ class RefCounts:
         self.st[0] = b
 
     @property
+    def nr_used(self) -> int:
+        """Blocks with a non-zero count now: a running count, kept by every
+        change of ``count`` (no scan)."""
+        return int(self.committed[-1])
+
+    @property
     def nr_free(self) -> int:
-        return int(self.nr_blocks - np.count_nonzero(self.count))
+        return self.nr_blocks - self.nr_used
+
+    def _add_used(self, delta: int) -> None:
+        self.committed[-1] = int(self.committed[-1]) + delta
 
     @property
     def changed(self) -> np.ndarray:
         """uint32[nr_bitmaps]: the bitmaps' changed flags (a view)."""
-        return self.committed[self.nr_blocks:]
+        return self.committed[self.nr_blocks:-1]
 
     def touch(self, blocks) -> None:
         """Flag the bitmaps of these blocks as changed."""
@@ -124,17 +138,11 @@ class RefCounts:
                 bitmaps.append(i)
         return (np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)), bitmaps
 
-    def allocated_now(self) -> int:
-        """Blocks with a non-zero count now (from the flagged bitmaps)."""
-        return self.nr_allocated + sum(int(np.count_nonzero(self.count[lo:hi]))
-                                       - int(np.count_nonzero(self.committed[lo:hi]))
-                                       for _, lo, hi in self.flagged())
-
     def settle(self) -> list[tuple[int, int, int]]:
         """The counts as they are now become the committed ones; returns
         the bitmaps that were flagged (their flags are cleared)."""
         regions = self.flagged()
-        self.nr_allocated = self.allocated_now()
+        self.nr_allocated = self.nr_used
         for _, lo, hi in regions:
             cur = self.count[lo:hi]
             self.committed[lo:hi] = cur
@@ -148,9 +156,10 @@ class RefCounts:
         n = self.nr_blocks
         if nr_blocks < n:
             raise ValueError(f"a space map cannot shrink ({n} -> {nr_blocks} blocks)")
-        committed = np.zeros(nr_blocks + nr_bitmaps(nr_blocks), dtype=np.uint32)
+        committed = np.zeros(nr_blocks + nr_bitmaps(nr_blocks) + 1, dtype=np.uint32)
         committed[:n] = self.committed[:n]
         committed[nr_blocks:nr_blocks + len(self.changed)] = self.changed
+        committed[-1] = self.committed[-1]
         self.count = np.concatenate([self.count, np.zeros(nr_blocks - n, dtype=np.uint32)])
         self.committed = committed
         self.free = np.concatenate([self.free, np.ones(nr_blocks - n, dtype=bool)])
@@ -163,6 +172,7 @@ class RefCounts:
             self.count[b] = 1
             self.free[b] = False
             self.changed[b // ENTRIES_PER_BITMAP] = 1
+            self._add_used(1)
         return b
 
 

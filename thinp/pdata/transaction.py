@@ -64,6 +64,8 @@ class TransactionManager(RefCounts):
 
     # ------------------------------------------------------------ counts
     def inc(self, b: int, n: int = 1) -> None:
+        if self.count[b] == 0 and n:
+            self._add_used(1)
         self.count[b] += n
         self.free[b] = False
         self.changed[b // ENTRIES_PER_BITMAP] = 1
@@ -75,8 +77,10 @@ class TransactionManager(RefCounts):
             raise errors.MetadataCorruptError(f"metadata corrupt: block {b} released with count 0")
         self.count[b] = c - 1
         self.changed[b // ENTRIES_PER_BITMAP] = 1
-        if c == 1 and self.committed[b] == 0:
-            self.free[b] = True  # allocated and released in this transaction
+        if c == 1:
+            self._add_used(-1)
+            if self.committed[b] == 0:
+                self.free[b] = True  # allocated and released in this transaction
         return c - 1
 
     def is_shared(self, b: int) -> bool:
@@ -247,7 +251,7 @@ class TransactionManager(RefCounts):
         idx = self.bm.raw(self.index_block)
         idx[16:] = 0
         idx[16:16 + 16 * len(self.index_entries)] = self.index_entries.view(np.uint8)
-        return SmRoot(self.nr_blocks, self.allocated_now(), self.index_block, self.ref_count_root)
+        return SmRoot(self.nr_blocks, self.nr_used, self.index_block, self.ref_count_root)
 
 
 def write_bitmap_entry(blk: np.ndarray, ie: np.ndarray, cur: np.ndarray, old: np.ndarray, b: int) -> None:

@@ -18,16 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import inc_data, insert_mapping, remove_mapping
-
-
-@njit
-def _nr_used(count):
-    n = 0
-    for i in range(count.shape[0]):
-        if count[i] != 0:
-            n += 1
-    return n
+from ..pdata.mapping_tree import inc_data, insert_mapping, nr_used, remove_mapping
 
 
 @njit
@@ -39,7 +30,7 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     would take metadata below ``reserve`` free blocks or none was left
     (``out[1]`` is that row; rows before it are applied)."""
     nr = count.shape[0]
-    used = _nr_used(count)
+    used = nr_used(committed)
     allocs0 = tst[1]
     res = np.zeros(2, dtype=np.int64)
     out[2] = -1
@@ -51,7 +42,7 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
         # an upper bound on blocks in use; exact only when it matters
         bound = used + (tst[1] - allocs0)
         if nr - bound <= reserve + 8 or (armed and nr - bound <= lwm):
-            used = _nr_used(count)
+            used = nr_used(committed)
             allocs0 = tst[1]
             free_now = nr - used
             if armed and free_now <= lwm:

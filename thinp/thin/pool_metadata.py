@@ -110,10 +110,10 @@ class PoolMetadata:
         try:
             bm = BlockManager.open_file(path, writable=True)
             tm = TransactionManager(bm, np.zeros(nr_metadata_blocks, dtype=np.uint32))
-            tm.count[SUPERBLOCK_LOCATION] = 1
+            tm.inc(SUPERBLOCK_LOCATION)
             tm.begin = SUPERBLOCK_LOCATION + 1
             tm.format_space_map(bw.empty)
-            data_sm = DiskSpaceMap.format(tm, nr_data_blocks)
+            data_sm = DiskSpaceMap.format(tm, nr_data_blocks, split)
             sb = Superblock(uuid=uuid if uuid is not None else b"", version=THIN_VERSION,
                             data_block_size=data_block_sectors, metadata_nr_blocks=nr_metadata_blocks)
             md = cls(bm, sb, tm, data_sm, split)
@@ -152,7 +152,7 @@ class PoolMetadata:
                 dcount, dindex = read_counts(bm, sb.data_sm_root, metadata=False, what="data")
             tm = TransactionManager(bm, mcount)
             tm.load_space_map(sb.metadata_sm_root, mindex)
-            data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex)
+            data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex, split)
             md = cls(bm, sb, tm, data_sm, split)
             view = DmMetadata(bm, sb)
             for d in view.devices():
@@ -430,7 +430,8 @@ class PoolMetadata:
 
     @property
     def nr_used_metadata_blocks(self) -> int:
-        return int(np.count_nonzero(self.tm.count))
+        """Metadata blocks in use now (the space map's running count)."""
+        return self.tm.nr_used
 
     # ------------------------------------------------------------ commit
     def commit(self, before_superblock=None) -> None:
@@ -461,8 +462,13 @@ class PoolMetadata:
                 tm.kind[b] = KIND_BITMAP
         tm.kind[tm.index_block] = KIND_INDEX
         written = tm.seal_dirty()
-        if self.sync and self.bm.mm is not None and written:
-            self._flush(written)
+        if self.sync and self.bm.fd >= 0 and self.bm.mm is not None and written:
+            # barrier 1: every block the new superblock references is on
+            # disk before it.  One fdatasync writes back all the file's dirty
+            # pages, those dirtied through the shared mapping included (on
+            # Linux msync(MS_SYNC) is the same vfs_fsync_range over a range;
+            # one msync per run of blocks was one device flush per run).
+            os.fdatasync(self.bm.fd)
         # the superblock goes out last, whole, in one write: a process
         # killed at any instant leaves either the old or the new one
         buf = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
@@ -473,12 +479,9 @@ class PoolMetadata:
         if self.bm.fd >= 0 and self.bm.mm is not None:
             os.pwrite(self.bm.fd, buf.tobytes(), 0)
             if self.sync:
-                os.fdatasync(self.bm.fd)
+                os.fdatasync(self.bm.fd)  # barrier 2: the commit is durable
         else:
             self.bm.raw(SUPERBLOCK_LOCATION)[:] = buf
         self.bm.forget(SUPERBLOCK_LOCATION)
         self.bm.fresh[SUPERBLOCK_LOCATION] = 0
         tm.end_transaction()
-
-    def _flush(self, blocks: list) -> None:
-        self.bm.flush(blocks)

@@ -72,17 +72,35 @@ class TimingConstants:
     layer_cpu_s: dict = field(default_factory=lambda: _t(
         default=0.0, overlay2=0.6e-6, overlay=0.6e-6, aufs=2.5e-6, btrfs=1.5e-6,
         zfs=3.0e-6))
+    #: extra CPU of one operation of a kind on the driver's path over ext4's,
+    #: besides ``layer_cpu_s`` (which every operation pays), keyed
+    #: ``"driver.kind"``: overlayfs opens a second (backing) file under
+    #: overridden credentials for every open, and creates through the upper
+    #: directory with its own lookups; btrfs' create/unlink update the
+    #: subvolume's fs tree and inode refs
+    layer_kind_s: dict = field(default_factory=lambda: _t(default=0.0, **{
+        "overlay2.write": 1.3e-6, "overlay2.read": 1.5e-6, "overlay2.mkdir": 9.8e-6, "overlay2.readdir": 4.2e-6,
+        "overlay.write": 1.3e-6, "overlay.read": 1.5e-6, "overlay.mkdir": 9.8e-6, "overlay.readdir": 4.2e-6,
+        "btrfs.write": 2.3e-6}))
+    #: CPU per page a read brings into the page cache from the device
+    #: (page allocation, page-cache and LRU insertion, the bio's setup and
+    #: completion), on every driver
+    page_miss_s: float = 0.1e-6
+    #: extra CPU per page read from the device on the driver's path (btrfs
+    #: verifies each block's crc32c; zfs its record checksums)
+    page_read_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=1.2e-6, zfs=0.6e-6))
     #: extra CPU per page written on the driver's path (btrfs crc32c and
     #: extent CoW, zfs checksum + compression check)
-    page_write_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=0.8e-6, zfs=1.2e-6))
+    page_write_cpu_s: dict = field(default_factory=lambda: _t(default=5e-6, btrfs=1.0e-6, zfs=1.2e-6))
     #: CPU of one branch probe of a path lookup (a negative dentry or a
     #: lookup in one lower directory)
     probe_s: dict = field(default_factory=lambda: _t(default=0.3e-6, aufs=0.9e-6))
     #: CPU of whole-file copy-up besides its I/O (open, xattrs, rename from
     #: the work dir)
     copy_up_cpu_s: dict = field(default_factory=lambda: _t(default=30e-6, aufs=60e-6))
-    #: CPU per page copied by copy-up (a splice, page cache to page cache)
-    copy_up_page_s: float = 0.4e-6
+    #: CPU per page copied by copy-up (a splice, page cache to page cache,
+    #: and the copy's fsync)
+    copy_up_page_s: float = 3.5e-6
     #: dm-thin pool worker CPU per provisioned or CoW-broken block
     #: (btree insert, space-map update, bio remap)
     dm_worker_block_s: float = 8e-6
@@ -172,7 +190,25 @@ SOURCES = {
         "more, so aufs 2.5 us. overlay/overlay2 0.6 us (ovl_* indirection, a second inode and "
         "file per op), btrfs 1.5 us, zfs 3 us (checksum and CoW bookkeeping per op): no "
         "published per-op figure found; estimates"),
-    "page_write_cpu_s": "crc32c of 4 KiB (~0.3 us) plus extent/record bookkeeping",
+    "layer_kind_s": "measured by `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06, kernel 6.18, load "
+                    "3-7; docs/timing/calibrate.toml): open/append/close (write), open/read/close (read), "
+                    "create+unlink, a depth-6 tree of new directories (mkdir), readdir through overlayfs "
+                    "and in a btrfs snapshot, less the same on ext4 and less layer_cpu_s for each op the "
+                    "runner logs for it (an append: 3 stats and a write), the least of 5 "
+                    "runs of 1,000 ops each; kinds that came out at or below ext4's are left out. "
+                    "overlayfs: ovl_open's backing file and ovl_override_creds per call, a directory's "
+                    "opaque xattr",
+    "page_miss_s": "`thinp calibrate` (as layer_kind_s): a cold 16 MiB read on ext4 over a loop device "
+                   "took no longer than the device's transfer and the copy to user space (the fit's "
+                   "floor, 0.05 us a page); 0.1 us for alloc_page + filemap_add_folio + LRU insertion",
+    "page_read_cpu_s": "btrfs: `thinp calibrate`'s cold 16 MiB read in a snapshot over ext4's, 1.2 us a page "
+                       "(btrfs_check_data_csum: crc32c and the csum-tree lookup); zfs: fletcher4 of the "
+                       "record and the ARC-to-page-cache copy, an estimate (zfs-fuse measured 4.7 us, "
+                       "FUSE included)",
+    "page_write_cpu_s": "default: `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06): open/append/close "
+                        "of 4 KiB less that of 5 bytes on ext4, 5-15 us over three runs at load 3-6 (the "
+                        "least, rounded); btrfs: the same over ext4's, 1.0-1.2 us (crc32c of 4 KiB ~0.3 us "
+                        "plus extent bookkeeping); zfs: record checksum + compression check, an estimate",
     "probe_s": (
         "no published per-branch lookup figure found; an estimate: 0.3 us for one lookup in one "
         "branch directory (ovl_lookup_single, a dcache miss), 0.9 us on aufs (3x, as its per-op "
@@ -180,7 +216,9 @@ SOURCES = {
         "overlay2's layer mount at 0.23 ms with 1 lower, 0.31 ms with 20 and 0.42 ms with 50: "
         "~4 us per extra lower, each a whole path walk"),
     "copy_up_cpu_s": "ovl_copy_up_one: tmpfile in workdir, xattr copy, rename into upper",
-    "copy_up_page_s": "splice of one page between two files",
+    "copy_up_page_s": "`thinp calibrate` (as layer_kind_s): the first 1-byte append to a 4 MiB lower "
+                      "file through overlayfs less a later append, per page (the copy and the upper "
+                      "file's fsync), least of 5 runs: 3.5 us",
     "dm_worker_block_s": (
         "Xu on dm-devel (2019-11-22): 4 KiB reads by 4 fio jobs through a thin device with 1 "
         "GiB blocks on nvme ran at 1274 MiB/s with dm-thin's single worker thread at 100% CPU, "
@@ -386,6 +424,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     by_pid = log.by_pid()
     union = d in UNION
     layer = k.get("layer_cpu_s", d)
+    kind_extra = {kk.split(".", 1)[1]: v for kk, v in k.layer_kind_s.items() if kk.startswith(d + ".")}
+    miss_cpu = k.page_miss_s + k.get("page_read_cpu_s", d)
     probe = k.get("probe_s", d)
     pw_cpu = k.get("page_write_cpu_s", d)
     alloc_s = k.get("alloc_extent_s", d)
@@ -446,11 +486,13 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
         locks = locks_for(d, kind, ci, path, copy_up)
         for lid in locks:
             stages.append((sim.LOCK, lid))
-        cpu = cpu_tab.get(kind, 2 * US) + layer + probes * probe
+        cpu = cpu_tab.get(kind, 2 * US) + layer + kind_extra.get(kind, 0.0) + probes * probe
         nb = log.nbytes[j]
         if kind == "write":
-            pages = max(1, -(-nb // PAGE))
-            cpu += pages * (k.page_copy_s + pw_cpu)
+            # the copy from user space and the new pages the write fills
+            # (allocation, block reservation, checksums) scale with its
+            # bytes: 5-byte appends fill one new page per 819 of them
+            cpu += (nb / PAGE) * (k.page_copy_s + pw_cpu)
         # page-cache reads, replayed through the simulated LRU now
         r0, r1 = log.pc[j]
         miss_runs = []
@@ -469,7 +511,7 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
             hits[0] += hit_pages
             mp = sum(b - a for a, b in miss_runs)
             misses[0] += mp
-            cpu += (hit_pages + mp) * k.page_copy_s + hit_pages * k.page_hit_s
+            cpu += (hit_pages + mp) * k.page_copy_s + hit_pages * k.page_hit_s + mp * miss_cpu
         if copy_up:
             cpu += (cu_b / PAGE) * k.copy_up_page_s
         stages.append((sim.CPU, cpu))
@@ -552,7 +594,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     for pid, ops in enumerate(by_pid):
         ci = procs[pid][0]
         c = conts.setdefault(ci, {"container": ci, "start_s": 0.0, "first_write_s": math.nan,
-                                  "steps_s": 0.0, "end_s": 0.0, "_t0": None, "_t1": 0.0, "_fw": None})
+                                  "steps_s": 0.0, "end_s": 0.0, "_t0": None, "_t1": 0.0, "_fw": None,
+                                  "_s0": None})
         b, e = r.op_begin[pid], r.op_end[pid]
         for n, j in enumerate(ops[:len(e)]):
             ph = log.phase[j]
@@ -560,22 +603,29 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
             if ph == "containers_create":
                 c["_t0"] = b[n] if c["_t0"] is None else min(c["_t0"], b[n])
                 c["_t1"] = max(c["_t1"], e[n])
-            elif log.kind[j] == "write" and ph != "image_load":
-                # the first write call that copied (a copy-up or a CoW
-                # during the call), else the first write call at all
-                dl = log.deltas[j]
-                key = (0 if dl is not None and (dl[3] > 0 or dl[5] > 0) else 1, b[n])
-                if c["_fw"] is None or key < c["_fw"][0]:
-                    c["_fw"] = (key, e[n] - b[n])
+            else:
+                if ph == "steps" and (c["_s0"] is None or b[n] < c["_s0"]):
+                    c["_s0"] = b[n]         # the first step of any of its processes
+                if log.kind[j] == "write" and ph != "image_load":
+                    # the first write call that copied (a copy-up or a CoW
+                    # during the call), else the first write call at all
+                    dl = log.deltas[j]
+                    key = (0 if dl is not None and (dl[3] > 0 or dl[5] > 0) else 1, b[n])
+                    if c["_fw"] is None or key < c["_fw"][0]:
+                        c["_fw"] = (key, e[n] - b[n])
         if e:
             c["end_s"] = max(c["end_s"], e[-1])
     for c in conts.values():
-        t0, t1 = c.pop("_t0"), c.pop("_t1")
+        t0, t1, s0 = c.pop("_t0"), c.pop("_t1"), c.pop("_s0")
         fw = c.pop("_fw")
         if fw is not None:
             c["first_write_s"] = fw[1]
         c["start_s"] = t1 - t0 if t0 is not None else 0.0
-        c["steps_s"] = max(c["end_s"] - (t1 if t0 is not None else 0.0), 0.0)
+        # the steps run from the first step any of its processes began (the
+        # others may begin while the first still syncs the new container)
+        if s0 is None:
+            s0 = t1 if t0 is not None else 0.0
+        c["steps_s"] = max(c["end_s"] - s0, 0.0)
     return TimingReport(d, r.end_s, [conts[i] for i in sorted(conts)], phases, dict(r.wait_s),
                         dict(r.busy_s), len(log), r.events, hits[0], misses[0])
 

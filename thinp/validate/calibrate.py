@@ -8,14 +8,20 @@ table takes the 1-process figure; the others are kept under
 ``[calibration]`` to show contention):
 
 * on ext4 over a loop device (what vfs and the union drivers' upper layers
-  run on): ``stat``, open/append/close of 5 bytes, create + unlink, mkdir,
-  readdir of a 64-entry directory, a 4 KiB read that hits the page cache;
+  run on): ``stat``, open/append/close of 5 bytes and of 4 KiB (a new page
+  each: ``page_write_cpu_s``), open/read/close of a cached 4 KiB file,
+  create + unlink, mkdir, a depth-6 tree of new directories with a 1 KiB
+  file in each inner one (``mkdir`` as workloads make them), readdir of a
+  64-entry directory, a 4 KiB read that hits the page cache, and a cold
+  read of 16 MiB after ``drop_caches`` (``page_miss_s``);
 * through kernel overlayfs with K = 1 and 4 lower layers: ``stat`` of a file
   in the lowest layer (lookup cost by depth), the same append to an upper
   file, whole-file copy-up of a 4 MiB lower file (per MiB), mount + umount;
 * ``cp -a`` of the Debian-minbase rootfs (vfs's per-file layer copy);
-* the same per-op benchmarks in a btrfs snapshot and a zfs-fuse clone (their
-  extra cost per op over ext4's becomes ``layer_cpu_s``; zfs-fuse crosses
+* the same per-op benchmarks, and the cold read, in a btrfs snapshot and a
+  zfs-fuse clone, and through overlayfs (their extra cost over ext4's: the
+  stat's as ``layer_cpu_s``, every op pays it; the rest per kind of op as
+  ``layer_kind_s``, per page read cold as ``page_read_cpu_s``; zfs-fuse crosses
   FUSE on every call, so a calibration here describes zfs-fuse, not the
   kernel's zfs);
 * a btrfs subvolume snapshot and delete; a zfs-fuse clone and destroy;
@@ -37,6 +43,10 @@ import time
 from . import timing as vt
 
 US = 1e-6
+#: the tree micro-benchmark: depth 6, 127 directories, 63 files
+TREE_DEPTH = 6
+TREE_DIRS = 2 ** (TREE_DEPTH + 1) - 1
+TREE_FILES = 2 ** TREE_DEPTH - 1
 
 
 def _per_op(fn, n_ops: int, procs: int = 1) -> float:
@@ -92,7 +102,43 @@ def _ops(root: str, n: int):
         finally:
             os.close(fd)
 
-    return {"stat": (stat, n), "append": (append, n), "create_unlink": (create_unlink, n),
+    def append4k(p):
+        # each append fills a new page of the file (page allocation, block
+        # reservation), where a 5-byte append mostly rewrites a cached one
+        path = f"{root}/app4k-{p}-{time.monotonic_ns()}"
+        buf = b"a" * 4096
+        for _ in range(n):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(fd, buf)
+            os.close(fd)
+        os.unlink(path)
+
+    def tree(p):
+        # a binary tree of new directories with a 1 KiB file in each inner
+        # one, as the tree step makes it: TREE_DIRS directories
+        level = [f"{root}/tree-{p}-{time.monotonic_ns()}"]
+        os.mkdir(level[0])
+        for _d in range(TREE_DEPTH):
+            nxt = []
+            for d in level:
+                for k in range(2):
+                    os.mkdir(f"{d}/{k}")
+                    nxt.append(f"{d}/{k}")
+                with open(d + "/f", "wb") as f:
+                    f.write(b"t" * 1024)
+            level = nxt
+
+    def open_read(p):
+        # what a read step logs as one read of a small file: open, read, close
+        path = f"{root}/statme"
+        for _ in range(n):
+            fd = os.open(path, os.O_RDONLY)
+            os.read(fd, 4096)
+            os.close(fd)
+
+    return {"stat": (stat, n), "append": (append, n), "append4k": (append4k, n), "tree": (tree, TREE_DIRS),
+            "open_read": (open_read, n),
+            "create_unlink": (create_unlink, n),
             "mkdir": (mkdir, n), "readdir": (readdir, n), "read_hit": (read_hit, n)}
 
 
@@ -102,6 +148,28 @@ def _prepare(root: str) -> None:
         open(f"{root}/dir64/e{i:02d}", "wb").close()
     with open(f"{root}/statme", "wb") as f:
         f.write(b"s" * 4096)
+
+
+COLD_BYTES = 16 << 20
+
+
+def _cold_file(root: str) -> str:
+    path = f"{root}/cold"
+    vt.write_file(path, COLD_BYTES, 7)
+    return path
+
+
+def _cold_read(path: str) -> float:
+    """Seconds to read ``path`` after the page cache is written back and
+    dropped (the least of 3 runs)."""
+    def once():
+        vt._drop_caches()
+        t = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.read(128 << 10):
+                pass
+        return time.perf_counter() - t
+    return _least(once, 3)
 
 
 def _device(loopdev: str) -> dict:
@@ -127,15 +195,39 @@ def _device(loopdev: str) -> dict:
     return {"read_latency_s": lat, "read_bandwidth": bw}
 
 
-def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) -> dict:
-    """Measure (see the module docstring) and write ``out``; returns what
-    was written as a dict (``timing``, ``device``, ``calibration``)."""
+def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, runs: int = 1, progress=None) -> dict:
+    """Measure (see the module docstring) ``runs`` times, keep each
+    figure's least (other load only ever adds time), and write ``out``;
+    returns what was written as a dict (``timing``, ``device``,
+    ``calibration``)."""
+    if runs < 1:
+        raise ValueError(f"runs {runs} must be >= 1")
     ok, why = vt.available()
     if not ok:
         from ..errors import NotSupportedError
 
         raise NotSupportedError(f"calibrate needs the real kernel: {why}")
     say = progress or (lambda msg: None)
+    meas: dict = {}
+    dev: dict = {}
+    skipped: dict = {}
+    for r in range(runs):
+        m, d, skipped = _measure(procs, n_ops, say)
+        if r:
+            say(f"run {r + 1} of {runs} done")
+        meas = {k: min(v, meas.get(k, v)) for k, v in m.items()}
+        if d:
+            dev = {"read_latency_s": min(d["read_latency_s"], dev.get("read_latency_s", 1e9)),
+                   "read_bandwidth": max(d["read_bandwidth"], dev.get("read_bandwidth", 0.0))}
+    result = fit(meas, dev)
+    result["calibration"]["skipped"] = skipped
+    result["calibration"]["runs"] = runs
+    write(out, result)
+    return result
+
+
+def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
+    """One run of every measurement: (figures, the loop device's, skipped parts)."""
     meas: dict = {}
     skipped: dict = {}
     with contextlib.ExitStack() as stack:
@@ -170,6 +262,12 @@ def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) ->
             vt.run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts, mnt])
             stack.callback(subprocess.run, ["umount", mnt], capture_output=True)
             ovl[k] = (mnt, opts)
+        # cold reads: ext4 directly, and a lower file through overlayfs
+        cold_native = _cold_file(native)
+        cold_lower = _cold_file(os.path.join(real.ext4, "cal-l1-0"))
+        os.sync()
+        meas["ext4.cold_read.p1"] = _cold_read(cold_native)
+        meas["overlay1.cold_read.p1"] = _cold_read(os.path.join(ovl[1][0], os.path.basename(cold_lower)))
         for where, root in (("ext4", native), ("overlay1", ovl[1][0]), ("overlay4", ovl[4][0])):
             for name, (fn, n) in _ops(root, n_ops).items():
                 for pc in procs:
@@ -183,22 +281,29 @@ def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) ->
             root = real.create(d, real.n)
             try:
                 _prepare(root)
+                os.sync()
+                meas[f"{d}.cold_read.p1"] = _cold_read(_cold_file(root))
                 for name, (fn, n) in _ops(root, n_ops // 4 if d == "zfs" else n_ops).items():
                     for pc in procs:
                         meas[f"{d}.{name}.p{pc}"] = _least(lambda: _per_op(fn, n, pc))
             finally:
                 real.remove(d, real.n)
             say(f"{d} ops done")
-        # copy-up of a 4 MiB lower file: first 1-byte append minus a later one
-        def copy_up(k):
-            mnt = ovl[k][0]
+        # copy-up of a 4 MiB lower file: first 1-byte append minus a later
+        # one, the least of 3 files
+        for i in (1, 2):
+            vt.write_file(os.path.join(real.ext4, "cal-l1-0", f"big{i}"), 4 << 20, i)
+        os.sync()
+
+        def copy_up(name):
+            mnt = ovl[1][0]
             t = time.perf_counter()
-            fd = os.open(f"{mnt}/big", os.O_WRONLY | os.O_APPEND)
+            fd = os.open(f"{mnt}/{name}", os.O_WRONLY | os.O_APPEND)
             os.write(fd, b"x")
             os.close(fd)
             return time.perf_counter() - t
-        meas["overlay1.copy_up_4MiB.p1"] = copy_up(1)
-        meas["overlay1.append_after.p1"] = copy_up(1)
+        meas["overlay1.copy_up_4MiB.p1"] = min(copy_up(name) for name in ("big", "big1", "big2"))
+        meas["overlay1.append_after.p1"] = min(copy_up("big") for _ in range(3))
         # mount + umount with 1 and 4 lowers
         for k in (1, 4):
             _mnt, opts = ovl[k]
@@ -231,40 +336,80 @@ def calibrate(out: str, *, procs=(1, 2, 4), n_ops: int = 1000, progress=None) ->
             meas[f"{d}.start.p1"] = min(a for a, _b in runs)
             meas[f"{d}.remove.p1"] = min(b for _a, b in runs)
             say(f"{d} start/remove done")
-    result = fit(meas, dev)
-    result["calibration"]["skipped"] = skipped
-    write(out, result)
-    return result
+    return meas, dev, skipped
+
 
 
 def fit(meas: dict, dev: dict) -> dict:
     """The ``[timing]`` constants from the measurements (keys
     ``where.what.pN``), for the op mix thinp's runner logs: an ``append``
-    step logs an existence check and a stat before its write, so the write's
-    cost is the measured open/append/close less two stats."""
+    step logs three stats (an existence check, a stat, the open's lookup)
+    before its write, so the write's cost is the measured open/append/close
+    less three stats (floored at 0.1 us: a Python ``os.stat`` costs more
+    than the lookups inside an open)."""
+    from ..timing import TimingConstants
     from ..workloads.format import profile_rows
 
     g = lambda key, default=None: meas.get(key, default)   # noqa: E731
-    stat = g("ext4.stat.p1")
+    # the logged stats of an append are the lookups inside its open: priced
+    # no dearer than a quarter of the whole open/append/close
+    stat = min(g("ext4.stat.p1"), g("ext4.append.p1") / 4)
     timing: dict = {"cpu_s": {}, "layer_cpu_s": {}, "probe_s": {}, "start_s": {}, "remove_s": {}}
     timing["cpu_s"]["stat"] = stat
-    timing["cpu_s"]["write"] = max(g("ext4.append.p1") - 2 * stat, 0.1 * US)
+    timing["cpu_s"]["write"] = max(g("ext4.append.p1") - 3 * stat, 0.1 * US)
+    copy_s = TimingConstants().page_copy_s
+    if g("ext4.append4k.p1") is not None:
+        # a 4 KiB append fills a new page: what it costs over a 5-byte one
+        timing["page_write_cpu_s"] = {"default": max(g("ext4.append4k.p1") - g("ext4.append.p1") - copy_s, 0.0)}
+        for d in ("btrfs", "zfs"):
+            if g(f"{d}.append4k.p1") is not None and g(f"{d}.append.p1") is not None:
+                timing["page_write_cpu_s"][d] = max(
+                    (g(f"{d}.append4k.p1") - g(f"{d}.append.p1")) - (g("ext4.append4k.p1") - g("ext4.append.p1")),
+                    0.0)
+    files_per_dir = TREE_FILES / TREE_DIRS
     timing["cpu_s"]["create"] = g("ext4.create_unlink.p1") / 2
     timing["cpu_s"]["unlink"] = g("ext4.create_unlink.p1") / 2
     timing["cpu_s"]["mkdir"] = g("ext4.mkdir.p1")
+    if g("ext4.tree.p1") is not None:
+        # a directory of a tree (a new directory in a new directory, as
+        # workloads make them) less its share of the tree's files
+        timing["cpu_s"]["mkdir"] = max(g("ext4.tree.p1") - files_per_dir * (
+            timing["cpu_s"]["create"] + timing["cpu_s"]["write"]), 0.1 * US)
     timing["cpu_s"]["readdir"] = g("ext4.readdir.p1")
     timing["page_hit_s"] = max(g("ext4.read_hit.p1") - stat, 0.05 * US)
-    # overlay, btrfs, zfs: their extra cost per operation over ext4's,
-    # averaged over the ops (an append is three logged ops, create + unlink two)
-    per_op = {"stat": 1, "append": 3, "create_unlink": 2, "mkdir": 1, "readdir": 1}
+    # overlay, btrfs, zfs: what every operation pays over ext4's (the
+    # stat's difference: the layer's own inode and dentry) as layer_cpu_s,
+    # and what each kind pays besides as layer_kind_s.  An append and a
+    # read are open/.../close (overlayfs' backing file, FUSE round trips);
+    # without an open/read/close measurement a read is priced as an append
+    if g("ext4.open_read.p1") is not None:
+        # a logged read of a file is its open/read/close (its pages apart)
+        timing["cpu_s"]["read"] = max(g("ext4.open_read.p1") - copy_s, 0.1 * US)
+    read_op = "open_read" if g("ext4.open_read.p1") is not None else "append"
+    # kind -> (benchmark, kinds it measures at once, ops the runner logs
+    # for one of it: each pays layer_cpu_s); an append logs 3 stats and a
+    # write, a tree's directory its mkdir and its share of the files'
+    # create + write
+    tree = g("ext4.tree.p1") is not None
+    kinds = {"write": ("append", 1, 4), "read": (read_op, 1, 1), "create": ("create_unlink", 2, 1),
+             "unlink": ("create_unlink", 2, 1),
+             "mkdir": ("tree", 1, 1 + 2 * files_per_dir) if tree else ("mkdir", 1, 1),
+             "readdir": ("readdir", 1, 1)}
+    timing["layer_kind_s"] = {}
 
-    def extra(where):
-        diffs = [(g(f"{where}.{op}.p1") - g(f"ext4.{op}.p1")) / k for op, k in per_op.items()
-                 if g(f"{where}.{op}.p1") is not None and g(f"ext4.{op}.p1") is not None]
-        return max(sum(diffs) / len(diffs), 0.0) if diffs else None
+    def extra(where, drivers):
+        if g(f"{where}.stat.p1") is None:
+            return
+        floor = max(g(f"{where}.stat.p1") - g("ext4.stat.p1"), 0.0)
+        for d in drivers:
+            timing["layer_cpu_s"][d] = floor
+            for kind, (op, share, logged) in kinds.items():
+                if g(f"{where}.{op}.p1") is not None and g(f"ext4.{op}.p1") is not None:
+                    timing["layer_kind_s"][f"{d}.{kind}"] = max(
+                        (g(f"{where}.{op}.p1") - g(f"ext4.{op}.p1")) / share - logged * floor, 0.0)
     o1, o4 = g("overlay1.stat.p1"), g("overlay4.stat.p1")
     if o1 is not None:
-        timing["layer_cpu_s"]["overlay2"] = timing["layer_cpu_s"]["overlay"] = extra("overlay1")
+        extra("overlay1", ("overlay2", "overlay"))
         timing["probe_s"]["default"] = max((o4 - o1) / 3, 0.0) if o4 is not None else 0.3 * US
         cu = g("overlay1.copy_up_4MiB.p1", 0) - g("overlay1.append_after.p1", 0)
         if cu > 0:
@@ -273,8 +418,23 @@ def fit(meas: dict, dev: dict) -> dict:
         if mu is not None:
             timing["start_s"]["overlay2"] = timing["start_s"]["overlay"] = mu
     for d in ("btrfs", "zfs"):
-        if extra(d) is not None:
-            timing["layer_cpu_s"][d] = extra(d)
+        extra(d, (d,))
+    # a cold read: the device's part as the model prices it (readahead-sized
+    # requests), the copy to user space, and per page brought in the rest
+    cold = g("ext4.cold_read.p1")
+    if cold is not None and dev:
+        k = TimingConstants()
+        pages = COLD_BYTES // 4096
+        nreq = COLD_BYTES // k.readahead_bytes
+        qd = k.get("queue_depth", "loop-on-tmpfs")
+        device_s = dev["read_latency_s"] * -(-nreq // qd) + COLD_BYTES / dev["read_bandwidth"]
+        timing["page_miss_s"] = max((cold - device_s) / pages - k.page_copy_s, 0.05 * US)
+        timing["page_read_cpu_s"] = {d: max((g(f"{d}.cold_read.p1") - cold) / pages, 0.0)
+                                     for d in ("btrfs", "zfs") if g(f"{d}.cold_read.p1") is not None}
+        if g("overlay1.cold_read.p1") is not None:
+            timing["page_read_cpu_s"]["overlay2"] = timing["page_read_cpu_s"]["overlay"] = \
+                max((g("overlay1.cold_read.p1") - cold) / pages, 0.0)
+    timing["cores"] = len(os.sched_getaffinity(0))
     files = sum(1 for r in profile_rows("debian-minbase") if r[1] in "fh")
     if g("vfs.start.p1") is not None:
         timing["vfs_copy_inode_s"] = g("vfs.start.p1") / files

@@ -29,9 +29,11 @@ pid on the way out.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -42,10 +44,15 @@ from ..workloads.format import ImageSpec, LayerSpec, Step, Workload
 MiB = 1 << 20
 NS = (1, 4, 16)
 DRIVERS = ("overlay2", "vfs", "btrfs", "zfs")
-BIG_FILES, BIG_BYTES = 16, 4 * MiB
+#: sized so that each real run takes tens of milliseconds at least on a
+#: loop device over a tmpfs (a 1 ms run is timer and scheduler noise)
+BIG_FILES, BIG_BYTES = 16, 16 * MiB
 SMALL_FILES, SMALL_DIRS, SMALL_BYTES = 400, 8, 4096
-APPENDS_SMALL, APPENDS_BIG = 200, 64
-TREE_DEPTH = 5
+APPENDS_SMALL, APPENDS_BIG = 2000, 512
+TREE_DEPTH = 8
+#: real runs per cell; the drivers take turns within each round, so a
+#: change of the machine's load falls on every driver alike
+REPS = 5
 
 
 def image_spec() -> ImageSpec:
@@ -77,10 +84,11 @@ class Case:
 
 
 CASES = (
-    Case("append-small", "200 five-byte appends (open/append/close) to a new file per process"),
-    Case("append-big", "64 appends of 4 KiB to a 4 MiB image file per process"),
-    Case("tree", "a binary tree of directories, depth 5, a 1 KiB file in each inner one, per process"),
-    Case("read-big", "read a 4 MiB image file per process, cold cache"),
+    Case("append-small", f"{APPENDS_SMALL} five-byte appends (open/append/close) to a new file per process"),
+    Case("append-big", f"{APPENDS_BIG} appends of 4 KiB to a {BIG_BYTES // MiB} MiB image file per process"),
+    Case("tree", f"a binary tree of directories, depth {TREE_DEPTH}, a 1 KiB file in each inner one, "
+                 "per process"),
+    Case("read-big", f"read a {BIG_BYTES // MiB} MiB image file per process, cold cache"),
     Case("read-small", "every process reads the 400 small image files, cold cache"),
     Case("start", "N containers of a Debian-rootfs-sized image started at once"),
 )
@@ -99,6 +107,18 @@ def run_cmd(cmd) -> str:
     if r.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[:300]}")
     return r.stdout
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _drop_caches() -> None:
@@ -346,16 +366,20 @@ class RealSetup:
             subprocess.run(["zfs", "destroy", "-f", f"{self.zpool}/ctr{n}"], capture_output=True)
 
     def measure(self, case: str, driver: str, n: int) -> float:
-        """Seconds the real side takes for ``case`` with ``n`` processes."""
+        """Seconds the real side takes for ``case`` with ``n`` processes.
+        Every run starts cold, as the model's page cache and dentry cache
+        do: written back and dropped (``drop_caches``) after the container
+        is made (``start``: before).  On a loop device over a tmpfs file a
+        cold read still reads memory, through the loop driver."""
         first = self.n + 1
         self.n += n if case == "start" else 1
         ids = list(range(first, self.n + 1))
         try:
             if case == "start":
+                _drop_caches()
                 return concurrently([(self.create, (driver, i, True)) for i in ids])
             root = self.create(driver, ids[0])
-            if case.startswith("read"):
-                _drop_caches()
+            _drop_caches()
             return concurrently([(_proc_work, (case, root, p)) for p in range(n)])
         finally:
             for i in ids:
@@ -370,7 +394,8 @@ def predict(case: Case, driver: str, n: int, timing=None, device="ram") -> float
     from ..timing import TimingConstants, simulate
     from ..workloads import run
 
-    k = timing or TimingConstants(cores=len(os.sched_getaffinity(0)))
+    # the real side runs on this machine's cores, whatever the constants say
+    k = dataclasses.replace(timing or TimingConstants(), cores=len(os.sched_getaffinity(0)))
     res = run(case.workload(n), driver)
     if res.error:
         raise RuntimeError(f"{driver}: {res.error}")
@@ -380,15 +405,39 @@ def predict(case: Case, driver: str, n: int, timing=None, device="ram") -> float
     return max(c["steps_s"] for c in rep.per_container)
 
 
+def spread(runs: list) -> tuple[float, float, float]:
+    """Median and the range a run's load can move it by: the runs less the
+    lowest and the highest (5 runs: the 2nd to the 4th), or all of them when
+    fewer than 5."""
+    r = sorted(runs)
+    inner = r[1:-1] if len(r) >= 5 else r
+    return statistics.median(r), inner[0], inner[-1]
+
+
 def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, timing=None,
-                    device="ram", progress=None) -> list[dict]:
+                    device="ram", reps: int = REPS, measured: list | None = None,
+                    progress=None) -> list[dict]:
     """Rows of ``case, n, driver, measured_s, predicted_s`` and each time
     relative to overlay2's in the same case and N (``measured_rel``,
-    ``predicted_rel``).  ``measured_s`` is None where the real side cannot
-    run (``note`` says why)."""
+    ``predicted_rel``).
+
+    The real side runs each cell ``reps`` times, the drivers taking turns
+    within each round (a load that comes and goes hits all alike):
+    ``measured_s`` is the median, ``measured_lo``/``measured_hi`` the range
+    of the middle runs (:func:`spread`), ``runs_s`` every run.
+    ``measured`` takes the real side from earlier rows (``--json`` output)
+    instead of running it: the model re-predicted against kept
+    measurements.  ``measured_s`` is None where the real side cannot run
+    (``note`` says why)."""
+    if reps < 1:
+        raise ValueError(f"reps {reps} must be >= 1")
     rows = []
     why = ""
-    if real:
+    kept = {(x["case"], x["n"], x["driver"]): x for x in measured or ()}
+    if measured is not None:
+        real = False
+        why = "not in the kept measurements"
+    elif real:
         ok, why = available()
         real = ok
     with contextlib.ExitStack() as stack:
@@ -402,16 +451,29 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
                 for d in drivers:
                     row = {"case": case.name, "n": n, "driver": d,
                            "predicted_s": predict(case, d, n, timing, device),
-                           "measured_s": None, "note": why}
-                    if r is not None:
-                        if d in r.skipped:
-                            row["note"] = r.skipped[d]
-                        else:
-                            row["measured_s"] = r.measure(case.name, d, n)
-                            row["note"] = ""
+                           "measured_s": None, "measured_lo": None, "measured_hi": None,
+                           "runs_s": [], "note": why}
+                    k = kept.get((case.name, n, d))
+                    if k is not None:
+                        row.update({x: k.get(x) for x in ("measured_s", "measured_lo", "measured_hi",
+                                                          "runs_s", "note", "load")})
+                    elif r is not None and d in r.skipped:
+                        row["note"] = r.skipped[d]
                     group.append(row)
-                    if progress:
-                        progress(row)
+                if r is not None:
+                    live = [x for x in group if x["driver"] not in r.skipped]
+                    for rep in range(reps):
+                        k = rep % len(live) if live else 0
+                        for x in live[k:] + live[:k]:       # each round starts with another driver
+                            x["runs_s"].append(r.measure(case.name, x["driver"], n))
+                    load = os.getloadavg()[0]
+                    for x in live:
+                        x["measured_s"], x["measured_lo"], x["measured_hi"] = spread(x["runs_s"])
+                        x["note"] = ""
+                        x["load"] = load        # the 1-minute load average when the group ended
+                if progress:
+                    for x in group:
+                        progress(x)
                 base_row = next((x for x in group if x["driver"] == "overlay2"), None)
                 for x in group:
                     for key, rel in (("measured_s", "measured_rel"), ("predicted_s", "predicted_rel")):
@@ -421,26 +483,109 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
     return rows
 
 
-def summary(rows: list[dict]) -> dict:
-    """How the predictions met the targets: per (case, n), whether the
-    drivers' order agrees; per row, whether the time relative to overlay2 is
-    within 1.5x of the measured one."""
-    from itertools import groupby
+def _decided(a: dict, b: dict) -> bool:
+    """Whether the measured order of two rows is beyond their spread."""
+    if a.get("measured_lo") is None or b.get("measured_lo") is None:
+        return a["measured_s"] != b["measured_s"]
+    return a["measured_hi"] < b["measured_lo"] or b["measured_hi"] < a["measured_lo"]
 
-    groups = ok_rank = 0
+
+def summary(rows: list[dict]) -> dict:
+    """How the predictions met the targets.
+
+    Per (case, N) group: its measured order is *decided* when every two
+    drivers next to each other in it are apart beyond their spread
+    (:func:`_decided`); ``same_ranking`` counts the decided groups whose
+    predicted order is the same.  Per pair of drivers in a group whose
+    measured order is decided: whether the model orders them the same
+    (``pairs_agree`` of ``pairs_decided``).  Per row, whether the time
+    relative to overlay2 is within 1.5x of the measured one."""
+    from itertools import combinations, groupby
+
+    groups = decided = ok_rank = ok_rank_all = 0
     within = total = 0
+    pairs = pairs_ok = 0
     for _key, g in groupby(rows, key=lambda x: (x["case"], x["n"])):
         g = [x for x in g if x["measured_s"] is not None]
         if len(g) < 2:
             continue
         groups += 1
-        m = [x["driver"] for x in sorted(g, key=lambda x: x["measured_s"])]
+        ms = sorted(g, key=lambda x: x["measured_s"])
+        m = [x["driver"] for x in ms]
         p = [x["driver"] for x in sorted(g, key=lambda x: x["predicted_s"])]
-        ok_rank += m == p
+        is_decided = all(_decided(a, b) for a, b in zip(ms, ms[1:]))
+        for x in g:
+            x["group_decided"] = is_decided
+            x["same_order"] = m == p
+        ok_rank_all += m == p
+        if is_decided:
+            decided += 1
+            ok_rank += m == p
+        for a, b in combinations(g, 2):
+            if _decided(a, b):
+                pairs += 1
+                pairs_ok += (a["measured_s"] < b["measured_s"]) == (a["predicted_s"] < b["predicted_s"])
         for x in g:
             if x["driver"] == "overlay2" or x["measured_rel"] is None:
                 continue
             total += 1
             ratio = x["predicted_rel"] / x["measured_rel"]
             within += 1 / 1.5 <= ratio <= 1.5
-    return {"groups": groups, "same_ranking": ok_rank, "rel_rows": total, "rel_within_1_5x": within}
+    return {"groups": groups, "decided_groups": decided, "same_ranking": ok_rank,
+            "same_ranking_all_groups": ok_rank_all, "pairs_decided": pairs, "pairs_agree": pairs_ok,
+            "rel_rows": total, "rel_within_1_5x": within}
+
+
+def summary_sentence(s: dict) -> str:
+    """:func:`summary` in words (the README's and the CLI's)."""
+    return (f"The measured order is decided beyond the runs' spread in {s['decided_groups']} of "
+            f"{s['groups']} case/N groups, and the model orders those the same in {s['same_ranking']} "
+            f"(all groups: {s['same_ranking_all_groups']} of {s['groups']}). Of the driver pairs whose "
+            f"measured order is decided, the model orders {s['pairs_agree']} of {s['pairs_decided']} "
+            f"alike. Each driver's time relative to overlay2 is within 1.5x of the measured ratio in "
+            f"{s['rel_within_1_5x']} of {s['rel_rows']} rows.")
+
+
+def _secs(v: float) -> str:
+    if v >= 1:
+        return f"{v:.2f} s"
+    if v >= 0.01:
+        return f"{v * 1e3:.0f} ms"
+    return f"{v * 1e3:.1f} ms"
+
+
+def _rel(v: float) -> str:
+    return f"{v:.2g}x" if v < 10 else f"{v:.0f}x"
+
+
+def markdown(rows: list[dict], drivers=DRIVERS) -> str:
+    """The README's table: per case and N, each driver's measured median
+    with the range of its middle runs, the prediction, and both relative to
+    overlay2; whether the measured order is decided and the model's the
+    same."""
+    from itertools import groupby
+
+    summary(rows)           # marks group_decided / same_order
+    head = ["case", "N", *(f"{d} measured (range) / predicted" for d in drivers), "measured order",
+            "same order"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (case, n), g in groupby(rows, key=lambda x: (x["case"], x["n"])):
+        g = {x["driver"]: x for x in g}
+        cells = [case, str(n)]
+        for d in drivers:
+            x = g.get(d)
+            if x is None or x["measured_s"] is None:
+                cells.append(f"- / {_secs(x['predicted_s'])}" if x else "-")
+                continue
+            c = f"{_secs(x['measured_s'])} ({_secs(x['measured_lo'])}-{_secs(x['measured_hi'])}) / " \
+                f"{_secs(x['predicted_s'])}"
+            if d != "overlay2" and x["measured_rel"] is not None:
+                c += f" ({_rel(x['measured_rel'])} / {_rel(x['predicted_rel'])})"
+            cells.append(c)
+        ms = sorted((x for x in g.values() if x["measured_s"] is not None), key=lambda x: x["measured_s"])
+        order = " < ".join(x["driver"] for x in ms)
+        dec = ms[0].get("group_decided") if ms else False
+        cells.append(order if dec else f"undecided ({order})")
+        cells.append(("yes" if ms[0].get("same_order") else "no") if ms else "-")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)

@@ -1,0 +1,95 @@
+"""The timing model's mechanisms added for ``thinp validate timing`` (issue
+#13): each one's effect on predicted times, computed from the constants --
+never measured time."""
+import dataclasses
+
+import pytest
+
+from thinp.timing import TimingConstants, simulate
+from thinp.validate import timing as vt
+from thinp.workloads import Step, Workload, run
+from thinp.workloads.format import ImageSpec, LayerSpec
+
+MiB = 1 << 20
+
+
+def _wl(steps, processes=1):
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(4, 64 << 10, 1, "/data")],
+                    extra=[("/big", 4 * MiB)])
+    return Workload("t", img, 1, steps, 0, processes=processes)
+
+
+def _steps_s(log, k, device="ram"):
+    return max(c["steps_s"] for c in simulate(log, device=device, constants=k).per_container)
+
+
+def _one_core(**kw):
+    return dataclasses.replace(TimingConstants(), cores=1, **kw)
+
+
+@pytest.mark.parametrize("driver", ["overlay2", "btrfs", "vfs"])
+def test_per_kind_layer_cost_is_paid_once_per_operation_of_that_kind(driver):
+    log = run(_wl([Step("append", path="/log", size=5, count=50)]), driver).oplog
+    writes = sum(1 for j in range(len(log)) if log.kind[j] == "write" and log.phase[j] == "steps")
+    assert writes == 50
+    base = _one_core(layer_kind_s={"default": 0.0})
+    extra = _one_core(layer_kind_s={"default": 0.0, f"{driver}.write": 1e-3})
+    # one process on one core: every microsecond of CPU is wall time
+    assert _steps_s(log, extra) - _steps_s(log, base) == pytest.approx(50 * 1e-3, rel=1e-6)
+    # a key for another driver changes nothing
+    other = _one_core(layer_kind_s={"default": 0.0, "zfs.write": 1e-3})
+    assert _steps_s(log, other) == pytest.approx(_steps_s(log, base), rel=1e-9)
+
+
+def test_overlayfs_prices_an_open_and_a_create_above_ext4_by_default():
+    k = TimingConstants()
+    for kind in ("write", "read", "mkdir"):
+        assert k.layer_kind_s[f"overlay2.{kind}"] > 0
+        assert f"vfs.{kind}" not in k.layer_kind_s
+    log_ov = run(_wl([Step("append", path="/log", size=5, count=200)]), "overlay2").oplog
+    log_vfs = run(_wl([Step("append", path="/log", size=5, count=200)]), "vfs").oplog
+    one = _one_core()
+    # 200 appends: overlayfs pays 200 backing-file opens more than vfs' ext4
+    assert _steps_s(log_ov, one) - _steps_s(log_vfs, one) > 200 * k.layer_kind_s["overlay2.write"]
+
+
+@pytest.mark.parametrize("driver", ["vfs", "btrfs"])
+def test_a_cold_read_pays_per_page_brought_in(driver):
+    log = run(_wl([Step("read", path="/big")]), driver).oplog
+    pages = 4 * MiB // 4096
+    a = _steps_s(log, _one_core(page_miss_s=0.0, page_read_cpu_s={"default": 0.0}))
+    b = _steps_s(log, _one_core(page_miss_s=2e-6, page_read_cpu_s={"default": 0.0}))
+    c = _steps_s(log, _one_core(page_miss_s=2e-6, page_read_cpu_s={"default": 0.0, driver: 1e-6}))
+    assert b - a == pytest.approx(pages * 2e-6, rel=1e-6)
+    assert c - b == pytest.approx(pages * 1e-6, rel=1e-6)
+
+
+def test_a_reread_pays_no_miss_cost():
+    once = run(_wl([Step("read", path="/big")]), "vfs").oplog
+    twice = run(_wl([Step("read", path="/big"), Step("read", path="/big")]), "vfs").oplog
+    k0, k1 = _one_core(page_miss_s=0.0), _one_core(page_miss_s=5e-6)
+    # the second read hits: the miss cost is paid for the first read's pages only
+    assert (_steps_s(twice, k1) - _steps_s(twice, k0)) == pytest.approx(
+        _steps_s(once, k1) - _steps_s(once, k0), rel=1e-6)
+
+
+def test_cpu_bound_processes_share_the_cores():
+    """N processes of CPU-only work on C cores take N/C times as long as one."""
+    steps = [Step("append", path="/log-{p}", size=5, count=2000)]
+    k = dataclasses.replace(TimingConstants(), cores=2)
+    one = _steps_s(run(_wl(steps, 1), "vfs").oplog, k)
+    four = _steps_s(run(_wl(steps, 4), "vfs").oplog, k)
+    # 2x, give or take the first process's sync of the new container
+    # (it runs it while the other three have begun)
+    assert 1.9 * one <= four <= 2.2 * one
+    eight_cores = dataclasses.replace(k, cores=8)
+    assert one * 0.95 <= _steps_s(run(_wl(steps, 4), "vfs").oplog, eight_cores) <= 1.2 * one
+
+
+def test_validation_predicts_on_the_machines_cores(monkeypatch):
+    """``thinp validate timing`` replaces the constants' cores by this
+    machine's: 4 processes on 1 core take about 4 times one process."""
+    monkeypatch.setattr(vt.os, "sched_getaffinity", lambda _pid: {0})
+    case = next(c for c in vt.CASES if c.name == "append-small")
+    k = TimingConstants(cores=16)
+    assert vt.predict(case, "vfs", 4, k) == pytest.approx(4 * vt.predict(case, "vfs", 1, k), rel=0.1)
