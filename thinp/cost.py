@@ -18,9 +18,13 @@ documented and overridable constants of :class:`CostConstants`:
     :func:`thinp.workloads.run`, the same for every driver; when a run does
     not report it, the device bytes that were not copy-up/CoW copies);
 ``page_cache_bytes``, ``page_cache_miss_bytes``, ``page_cache_hit_bytes``
-    page-cache memory for what the containers read (the driver's count,
-    capped at :attr:`CostConstants.cache_bytes`), and how much of what they
-    read missed or hit when every container reads its working set.
+    from the timing model's simulated page cache (:func:`page_cache_columns`,
+    the same LRU the read times were priced with): the memory the
+    containers' reads occupy in it -- one copy of an image file's pages
+    where the driver shares them (overlay2, aufs, zfs' ARC), one per
+    container where it does not (devicemapper, btrfs, vfs), at most the
+    cache's ``timing.cache_bytes`` -- and the bytes of reads that missed
+    and hit, inside a container as well as across containers.
 
 Times are not priced here: every ``sim_*`` column comes from the concurrent
 timing model (:mod:`thinp.timing`), which replays the run's operation log as
@@ -184,9 +188,10 @@ def _constant(path, key, like, v):
         raise CostModelError(f"{path}: constants.{key} = {v!r}: {e}") from None
 
 
-#: constants of the old order-of-magnitude time estimates, removed when the
-#: timing model (thinp.timing) took over every time column: where each one's
-#: role went, for the one-line error a stale constants file gets
+#: constants removed when the timing model (thinp.timing) took over every
+#: time column (the old order-of-magnitude time estimates) and the page-cache
+#: columns (``cache_bytes``): where each one's role went, for the one-line
+#: error a stale constants file gets
 MOVED_TO_TIMING = {
     "merge_bytes": "timing.merge_bytes", "page_hit_s": "timing.page_hit_s", "probe_s": "timing.probe_s",
     "commit_writes": "timing.journal_commit_writes", "commits_per_create": "timing.start_s",
@@ -196,6 +201,8 @@ MOVED_TO_TIMING = {
     "random_write_fraction": "each logged operation's own requests",
     "sequential_latency_fraction": "the simulated device queue (timing.queue_depth)",
     "shares_page_cache": "the drivers' page-cache keys (thinp.drivers.pagecache)",
+    # the page-cache columns come from the timing model's LRU, of its size
+    "cache_bytes": "timing.cache_bytes",
 }
 
 
@@ -208,10 +215,6 @@ class CostConstants:
     ``CostConstants.from_toml(path)`` (a ``[constants]`` table with the same
     names; per-driver tables as TOML sub-tables)."""
 
-    #: page-cache size for the containers' reads.  1 GiB: a modest host's
-    #: free memory; what the containers cached past it is capped, and the
-    #: shared part misses in proportion (``page_cache_miss_bytes``).
-    cache_bytes: int = 1 * GiB
     #: dm-thin zeroes a newly provisioned block a write does not cover fully
     #: unless ``skip_block_zeroing``; Docker's devicemapper driver sets
     #: ``skip_block_zeroing`` (moby daemon/graphdriver/devmapper), so False.
@@ -238,7 +241,7 @@ class CostConstants:
         for k, v in data.items():
             if k not in names:
                 where = MOVED_TO_TIMING.get(k)
-                hint = f" (a constant of the old time estimates; the timing model's {where} took its role)" \
+                hint = f" (no longer a byte-accounting constant; the timing model's {where} took its role)" \
                     if where else ""
                 raise CostModelError(f"{path}: unknown key constants.{k} = {v!r}{hint}")
             cur = getattr(base, k)
@@ -261,7 +264,8 @@ FINDINGS = {
         "Tarasov 2017: devicemapper container start (writable-layer setup) is slower than aufs/overlay2 "
         "(sim_start_s, more than 3x on nvme and hdd)",
         "Tarasov 2017: devicemapper read workloads cost N page-cache copies (no shared page cache), "
-        "overlay2/aufs one, and their steps take longer (sim_steps_s)",
+        "overlay2/aufs one (page_cache_bytes, from the timing model's LRU), and their steps take longer "
+        "(sim_steps_s)",
         "Tarasov 2017 / Docker overlayfs docs: the first write to a big image file is expensive on "
         "aufs/overlay2 (whole-file copy-up inside the write call) and cheap on devicemapper/btrfs (block "
         "CoW; devicemapper's at writeback) (sim_first_write_s, more than 10x on nvme, sata-ssd and hdd)",
@@ -305,6 +309,30 @@ def _flat_steps(d: dict) -> dict:
     return d
 
 
+#: the columns :func:`page_cache_columns` gives
+PAGE_CACHE_COLUMNS = ("page_cache_bytes", "page_cache_miss_bytes", "page_cache_hit_bytes")
+
+
+def page_cache_columns(report, cache_bytes: int) -> dict:
+    """The page-cache columns from a :class:`thinp.timing.TimingReport`: the
+    simulated LRU (of ``cache_bytes``, the timing constants' ``cache_bytes``)
+    over the drivers' page-cache keys that priced the run's reads.
+
+    ``page_cache_miss_bytes`` / ``page_cache_hit_bytes`` are the pages the
+    containers' reads missed and hit, in the order the simulated processes
+    made them.  ``page_cache_bytes`` is the memory those reads occupy in the
+    cache: every miss enters one page, and the LRU evicts only to stay
+    within its capacity (it drops nothing when a container goes away), so
+    this is the missed pages up to the capacity -- the cache's size at the
+    end of the run, which is also its peak."""
+    miss = int(report.miss_pages) * PAGE
+    return {
+        "page_cache_bytes": float(min(miss, max(int(cache_bytes) // PAGE, 1) * PAGE)),
+        "page_cache_miss_bytes": float(miss),
+        "page_cache_hit_bytes": float(int(report.hit_pages) * PAGE),
+    }
+
+
 def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, containers=None,
              device=None, constants: CostConstants | None = None) -> dict:
     """The byte and ratio columns for one driver run (see the module docstring).
@@ -319,8 +347,9 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
     ``"export"``, ``"rm"`` -- counted as the workload's work; missing phases
     count as empty); ``per_container`` the deltas per container, flat or
     nested as ``{"create": {...}, "steps": {...}}`` (used for the container
-    count, the page cache per container, and the steps when no phases are
-    given).  ``device`` is accepted for compatibility and unused: bytes do
+    count and the steps when no phases are given).  The page-cache columns
+    are not here: :func:`page_cache_columns` reads them from the timing
+    model's report.  ``device`` is accepted for compatibility and unused: bytes do
     not depend on the device."""
     k = constants or CostConstants()
     phases = phases or {}
@@ -346,17 +375,6 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
     zero_bytes = 0.0
     if k.get("zeroes_new_blocks", driver):
         zero_bytes = max(g(steps, "physical_bytes") - own_bytes, 0.0)
-    # page cache: each container's new pages are misses; its working set is
-    # the largest any container read (the first reader of a shared file);
-    # when the cache is smaller than what all containers cached, the
-    # shared part misses in proportion.
-    pcs = [float(d.get("page_cache_bytes", 0) or 0) for d in per_container] or \
-        [g(steps, "page_cache_bytes") / n] * n
-    total_cached = float(metrics.get("page_cache_bytes", 0) or 0) or sum(pcs)
-    working_set = max(pcs) if pcs else 0.0
-    overflow = max(0.0, 1.0 - k.cache_bytes / total_cached) if total_cached else 0.0
-    miss_bytes = sum(p + (working_set - p) * overflow for p in pcs)
-    hit_bytes = max(working_set * len(pcs) - miss_bytes, 0.0)
     # what the containers asked to write: counted by thinp.workloads.run
     # (``app_bytes_written``, the same on every driver); without it, the
     # device bytes that were not copies
@@ -375,8 +393,5 @@ def estimate(driver: str, metrics: dict, *, per_container=None, phases=None, con
         "zeroing_bytes": zero_bytes,
         "lookup_probes": g(steps, "lookup_probes"),
         "write_amplification": wa,
-        "page_cache_bytes": min(total_cached, float(k.cache_bytes)),
-        "page_cache_miss_bytes": miss_bytes,
-        "page_cache_hit_bytes": hit_bytes,
         "containers": float(n),
     }

@@ -90,12 +90,16 @@ def test_paths_the_user_gave_are_the_ones_named(cli, tmp_path):
 
 def test_a_bad_constants_value_names_file_and_key(cli, tmp_path):
     k = tmp_path / "k.toml"
-    k.write_text('[constants]\ncache_bytes = "big"\n')
+    k.write_text('[constants.zeroes_new_blocks]\ndevicemapper = "big"\n')
     rc, out, err = cli("compare", "webapp", "--scale", "0.02", "--drivers", "aufs", "--constants", k)
-    one_line(rc, err, f"{k}: constants.cache_bytes = 'big'")
+    one_line(rc, err, f"{k}: constants.zeroes_new_blocks.devicemapper = 'big'")
+    k.write_text('[constants]\ncache_bytes = "8G"\n')      # the page cache is the timing model's now
+    rc, out, err = cli("compare", "webapp", "--scale", "0.02", "--drivers", "aufs", "--constants", k)
+    one_line(rc, err, f"{k}: unknown key constants.cache_bytes = '8G'")
+    assert "timing.cache_bytes" in err
     k.write_text('[constants.mount_s]\noverlay2 = "slow"\n')
     rc, out, err = cli("compare", "webapp", "--scale", "0.02", "--drivers", "aufs", "--constants", k)
-    one_line(rc, err, f"{k}: constants.mount_s.overlay2 = 'slow'")
+    one_line(rc, err, f"{k}: unknown key constants.mount_s", "timing.start_s")     # an old time constant
 
 
 def test_compare_exits_non_zero_naming_each_distinct_error_once(cli, monkeypatch):

@@ -69,9 +69,9 @@ def test_constants_overridable_and_from_toml(tmp_path):
     assert k.get("metadata_in_physical", "devicemapper") is False
     assert k.get("metadata_in_physical", "nosuch") is True
     p = tmp_path / "k.toml"
-    p.write_text('[constants]\ncache_bytes = "2M"\n[constants.zeroes_new_blocks]\ndevicemapper = true\n')
+    p.write_text('[constants]\n[constants.zeroes_new_blocks]\ndevicemapper = true\n')
     k2 = cost.CostConstants.from_toml(str(p))
-    assert k2.cache_bytes == 2 << 20 and k2.get("zeroes_new_blocks", "devicemapper") is True
+    assert k2.get("zeroes_new_blocks", "devicemapper") is True
     assert k2.get("zeroes_new_blocks", "aufs") is False
     p.write_text('[constants]\nwarp = 1\n')
     with pytest.raises(cost.CostModelError, match="unknown key constants.warp"):
@@ -128,22 +128,89 @@ def test_estimate_from_counts_alone():
     assert e["write_amplification"] == pytest.approx((2 * (1 << 20) + 8192) / 8192)
     assert set(e) == {"disk_data_bytes", "disk_metadata_bytes", "disk_used_bytes", "bytes_written",
                       "copy_up_bytes", "cow_bytes", "zeroing_bytes", "lookup_probes", "write_amplification",
-                      "page_cache_bytes", "page_cache_miss_bytes", "page_cache_hit_bytes", "containers"}
-    assert not any(c.endswith("_s") for c in e)          # every time is the timing model's
+                      "containers"}
+    # every time, and the page cache, is the timing model's
+    assert not any(c.endswith("_s") or c.startswith("page_cache") for c in e)
 
 
-def test_page_cache_capped_and_misses_when_cache_small():
-    pcs = [{"page_cache_bytes": 1 << 20}] * 4
-    big = cost.estimate("devicemapper", {"page_cache_bytes": 4 << 20}, per_container=pcs)
-    small = cost.estimate("devicemapper", {"page_cache_bytes": 4 << 20}, per_container=pcs,
-                          constants=cost.CostConstants(cache_bytes=1 << 20))
-    assert big["page_cache_bytes"] == 4 << 20 and small["page_cache_bytes"] == 1 << 20
-    shared = [{"page_cache_bytes": 1 << 20}] + [{"page_cache_bytes": 0}] * 3
-    s_big = cost.estimate("overlay2", {"page_cache_bytes": 1 << 20}, per_container=shared)
-    assert s_big["page_cache_miss_bytes"] == 1 << 20 and s_big["page_cache_hit_bytes"] == 3 << 20
-    s_small = cost.estimate("overlay2", {"page_cache_bytes": 1 << 20}, per_container=shared,
-                            constants=cost.CostConstants(cache_bytes=256 << 10))
-    assert s_small["page_cache_miss_bytes"] > s_big["page_cache_miss_bytes"]
+def _reread(containers=2, count=3):
+    """``containers`` containers each reading two 256 KiB image files ``count`` times."""
+    from thinp.workloads import Step, Workload
+    from thinp.workloads.format import ImageSpec, LayerSpec
+
+    return Workload("reread", ImageSpec("synthetic", None, layers=[LayerSpec(2, 256 << 10, 1, "/data")]),
+                    containers, [Step("read", glob="/data/**", count=count)], 1, "rereads")
+
+
+@pytest.mark.parametrize("driver, copies", [("overlay2", 1), ("devicemapper", 2)])
+def test_page_cache_columns_are_the_timing_models_lru(driver, copies):
+    """The page-cache columns are the simulated LRU's: rereads inside a
+    container hit (the old formula counted hits only across containers),
+    and the bytes are the report's the read times were priced from."""
+    from thinp.timing import simulate
+    from thinp.workloads import run
+
+    res = run(_reread(), driver)
+    row = row_from_result(res)
+    rep = simulate(res.oplog)
+    files = 2 * (256 << 10)
+    # one copy of the files per page-cache key: shared by the containers on
+    # overlay2 (the lower layer's inode), one per container's device on devicemapper
+    assert row["page_cache_bytes"] == copies * files
+    assert row["page_cache_miss_bytes"] == copies * files == rep.miss_pages * 4096
+    # 2 containers x 3 reads of the files: what did not miss hit, inside a container too
+    assert row["page_cache_hit_bytes"] == 2 * 3 * files - copies * files == rep.hit_pages * 4096
+    one = row_from_result(run(_reread(containers=1), driver))
+    assert one["page_cache_hit_bytes"] == 2 * files           # N = 1: its own rereads hit
+
+
+def test_page_cache_bytes_capped_by_the_simulated_cache(results):
+    """A cache smaller than what the containers read holds at most its
+    size, and the rereads that no longer fit miss."""
+    from thinp.timing import TimingConstants
+
+    r = results("read-heavy", "devicemapper")
+    big = row_from_result(r)
+    small = row_from_result(r, timing=TimingConstants(cache_bytes=8 << 20))
+    assert small["page_cache_bytes"] == 8 << 20 < big["page_cache_bytes"]
+    assert big["page_cache_bytes"] == big["page_cache_miss_bytes"]
+    assert small["page_cache_miss_bytes"] >= big["page_cache_miss_bytes"]
+    total = big["page_cache_miss_bytes"] + big["page_cache_hit_bytes"]
+    assert small["page_cache_miss_bytes"] + small["page_cache_hit_bytes"] == total   # the same reads
+
+
+def test_per_container_times_to_plot(results):
+    """``sim_per_container`` holds each container's simulated times, and
+    :func:`per_container_frame` makes them a long DataFrame whose means are
+    the table's per-container columns."""
+    import pandas as pd
+
+    from thinp.experiments.compare import PER_CONTAINER_TIMES, per_container_frame
+
+    rows = [est(results, "webapp", d) for d in ("overlay2", "devicemapper")]
+    rows.append(row_from_result(_Failed("aufs")))
+    df = pd.DataFrame(rows)
+    pc = per_container_frame(df)
+    assert list(pc.columns) == ["driver", "container", *PER_CONTAINER_TIMES]
+    assert set(pc["driver"]) == {"overlay2", "devicemapper"}          # the failed driver has none
+    for r in rows[:2]:
+        mine = pc[pc["driver"] == r["driver"]]
+        assert len(mine) == r["containers"] and list(mine["container"]) == list(range(len(mine)))
+        assert mine["start_s"].mean() == pytest.approx(r["sim_start_s"])
+        assert mine["steps_s"].mean() == pytest.approx(r["sim_steps_s"])
+        assert mine["first_write_s"].mean() == pytest.approx(r["sim_first_write_s"])
+        assert (mine["end_s"] <= r["sim_time_s"] + 1e-12).all()
+    # devicemapper's starts serialize on its DeviceSet lock: the containers end one after another
+    dm = pc[pc["driver"] == "devicemapper"]
+    assert dm["end_s"].is_monotonic_increasing and dm["end_s"].iloc[-1] > dm["end_s"].iloc[0]
+
+
+class _Failed:
+    driver, workload, error = "aufs", "webapp", "OSError: boom"
+    metrics, per_container, phases = {}, [], {}
+
+    def __init__(self, driver):
+        self.driver = driver
 
 
 def test_findings_are_listed():
@@ -225,12 +292,11 @@ def test_devicemapper_teardown_slower():
 def test_nested_per_container_and_extra_phases():
     """thinp.workloads.run nests per-container deltas under "create"/"steps"
     and files commit/diff/export/rm under their own phases."""
-    flat = [{"page_cache_bytes": 1 << 20}, {"page_cache_bytes": 0}]
-    nested = [{"container": i, "create": {"page_cache_bytes": 7}, "steps": d} for i, d in enumerate(flat)]
-    a = cost.estimate("overlay2", {"page_cache_bytes": 1 << 20}, per_container=flat)
-    b = cost.estimate("overlay2", {"page_cache_bytes": 1 << 20}, per_container=nested)
-    a.pop("write_amplification"), b.pop("write_amplification")     # nan != nan
-    assert a == b
+    flat = [{"copy_up_bytes": 1 << 20, "bytes_written": 2 << 20}, {"copy_up_bytes": 0}]
+    nested = [{"container": i, "create": {"copy_up_bytes": 7}, "steps": d} for i, d in enumerate(flat)]
+    a = cost.estimate("overlay2", {}, per_container=flat)
+    b = cost.estimate("overlay2", {}, per_container=nested)
+    assert a == b and a["copy_up_bytes"] == 1 << 20 and a["containers"] == 2
     base = {"containers_create": {"create_ops": 4}, "steps": {"bytes_written": 8192}}
     more = dict(base, commit={"bytes_written": 1 << 20, "copy_up_bytes": 4096})
     e1 = cost.estimate("overlay2", {}, phases=base, containers=2)

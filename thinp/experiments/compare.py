@@ -21,21 +21,32 @@ from ..drivers.base import DRIVER_NAMES as ALL_DRIVERS  # the seven drivers, in 
 from ..timing.model import SIM_COLUMNS, SIM_TEXT_COLUMNS
 
 #: Columns of the DataFrame after ``driver`` (units in the names): the byte
-#: accounting (:func:`thinp.cost.estimate`), then every time, from the
-#: concurrent timing model (:data:`thinp.timing.model.SIM_COLUMNS`:
-#: ``sim_time_s`` the run's wall time; per container, mean over containers,
-#: ``sim_start_s`` its start, ``sim_first_write_s`` its first write call
-#: (the first that copied up or CoW'd, else the first), ``sim_steps_s`` its
-#: steps; the shares of process time waiting on the CPU, the device and
-#: locks; ``sim_phases`` seconds of process time per phase and ``sim_waits``
-#: the share per resource, as JSON text).
+#: accounting (:func:`thinp.cost.estimate`); the page cache, from the timing
+#: model's simulated LRU (:func:`thinp.cost.page_cache_columns`:
+#: ``page_cache_bytes`` the memory the containers' reads occupy,
+#: ``page_cache_miss_bytes``/``page_cache_hit_bytes`` what they missed and
+#: hit); then every time, from the concurrent timing model
+#: (:data:`thinp.timing.model.SIM_COLUMNS`: ``sim_time_s`` the run's wall
+#: time; per container, mean over containers, ``sim_start_s`` its start,
+#: ``sim_first_write_s`` its first write call (the first that copied up or
+#: CoW'd, else the first), ``sim_steps_s`` its steps; the shares of process
+#: time waiting on the CPU, the device and locks; ``sim_phases`` seconds of
+#: process time per phase and ``sim_waits`` the share per resource, as JSON
+#: text); last ``sim_per_container``, each container's own simulated times
+#: as JSON text (a list of ``{"container", "start_s", "first_write_s",
+#: "steps_s", "end_s"}``, ``first_write_s`` null when it wrote nothing):
+#: :func:`per_container_frame` turns it into a DataFrame to plot.
 COLUMNS = (
     "disk_used_bytes", "disk_data_bytes", "disk_metadata_bytes", "bytes_written",
     "copy_up_bytes", "cow_bytes", "zeroing_bytes", "lookup_probes", "write_amplification",
     "page_cache_bytes", "page_cache_miss_bytes", "page_cache_hit_bytes", "containers",
     "inodes", "run_s",
-    *SIM_COLUMNS,
+    *SIM_COLUMNS, "sim_per_container",
 )
+#: the text columns (JSON) of :data:`COLUMNS`; empty strings in a failed row
+TEXT_COLUMNS = (*SIM_TEXT_COLUMNS, "sim_per_container")
+#: the per-container times in ``sim_per_container``, seconds
+PER_CONTAINER_TIMES = ("start_s", "first_write_s", "steps_s", "end_s")
 
 #: Key columns for the terminal table; lower is better for all of them.
 KEY_COLUMNS = ("disk_used_bytes", "bytes_written", "write_amplification", "page_cache_bytes",
@@ -164,7 +175,7 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
            "error": getattr(result, "error", None)}
     if row["error"]:
         row.update({c: float("nan") for c in COLUMNS})
-        row.update({c: "" for c in SIM_TEXT_COLUMNS})
+        row.update({c: "" for c in TEXT_COLUMNS})
         row["run_s"] = run_s
         return row
     m = result.metrics or {}
@@ -178,14 +189,51 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
 
 
 def _timing_columns(result, device, timing) -> dict:
-    """The concurrent timing model's columns (:mod:`thinp.timing`), empty
-    where the run left no operation log."""
+    """The concurrent timing model's columns (:mod:`thinp.timing`): its
+    times, per container, and the page cache its LRU priced the reads with;
+    empty where the run left no operation log."""
+    import json
+
+    from ..cost import PAGE_CACHE_COLUMNS, page_cache_columns
+    from ..timing import TimingConstants
     from ..timing.model import simulate
 
     log = getattr(result, "oplog", None)
     if log is None:
-        return {c: (float("nan") if c not in SIM_TEXT_COLUMNS else "") for c in SIM_COLUMNS}
-    return simulate(log, device=device, constants=timing).row()
+        return {c: (float("nan") if c not in TEXT_COLUMNS else "")
+                for c in (*SIM_COLUMNS, *PAGE_CACHE_COLUMNS, "sim_per_container")}
+    k = timing or TimingConstants()
+    rep = simulate(log, device=device, constants=k)
+    per = [{"container": int(c["container"]),
+            **{t: (None if _missing(c.get(t)) else float(c[t])) for t in PER_CONTAINER_TIMES}}
+           for c in rep.per_container]
+    return {**rep.row(), **page_cache_columns(rep, k.cache_bytes), "sim_per_container": json.dumps(per)}
+
+
+def per_container_frame(df):
+    """Each container's simulated times from a :func:`compare` DataFrame, one
+    row per (driver, container): ``driver``, ``container`` and the seconds of
+    :data:`PER_CONTAINER_TIMES` (``start_s`` its start, ``first_write_s`` its
+    first write call, NaN when it wrote nothing, ``steps_s`` its steps,
+    ``end_s`` when its last operation ended, from the run's start).  Drivers
+    that failed have no rows.  For instance, to plot each driver's spread::
+
+        pc = per_container_frame(df)
+        pc.boxplot(column="steps_s", by="driver")
+    """
+    import json
+
+    import pandas as pd
+
+    rows = []
+    for r in df.to_dict(orient="records"):
+        text = r.get("sim_per_container")
+        if not isinstance(text, str) or not text:
+            continue
+        for c in json.loads(text):
+            rows.append({"driver": r["driver"], "container": c["container"],
+                         **{t: (float("nan") if c.get(t) is None else c[t]) for t in PER_CONTAINER_TIMES}})
+    return pd.DataFrame(rows, columns=["driver", "container", *PER_CONTAINER_TIMES])
 
 
 def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0, progress=True,
