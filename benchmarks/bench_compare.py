@@ -42,4 +42,4 @@ def test_bench_compare_default(benchmark, tmp_path, jobs):
                                  "failed": [d for d, e in zip(df["driver"], df["error"]) if isinstance(e, str)]})
     print(f"\ncompare {scenario} on {len(df)} drivers, jobs={jobs}: {secs:.1f} s (target < 30 s); "
           f"per driver {dict(zip(df['driver'], df['run_s'].round(1)))}")
-    print(df[["driver", "start_time_s", "disk_used_bytes", "error"]].to_string(index=False))
+    print(df[["driver", "sim_start_s", "sim_time_s", "disk_used_bytes", "error"]].to_string(index=False))

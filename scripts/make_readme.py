@@ -3,7 +3,8 @@
 ``#>`` lines, see ``scripts/readme_blocks.py``) and, with ``--slow``, the
 generated regions (``<!-- generated: NAME -->`` ... ``<!-- /generated -->``:
 the compare table and its figure ``docs/compare-webapp.png``) and the slow
-blocks' outputs.
+blocks' outputs; the quick generated regions (the timing constants' table)
+are rewritten on every run.
 
     python scripts/make_readme.py            # the quick blocks (a minute or two)
     python scripts/make_readme.py --slow     # everything (the full default compare, overcommit)
@@ -65,7 +66,35 @@ def example_image() -> None:
     os.chmod(os.path.join(RB.ROOT, "examples", "app.tar"), 0o644)
 
 
+def timing_constants_table() -> str:
+    """The markdown table of the timing model's constants: each default and
+    its source (``thinp.timing.SOURCES``), so the README cannot drift from
+    the code (``tests/workloads/test_readme_examples.py`` checks it)."""
+    import dataclasses
+
+    from thinp.timing import SOURCES, TimingConstants
+
+    k = TimingConstants()
+    out = ["| timing constant | table | default | source |", "|---|---|---|---|"]
+    for f in dataclasses.fields(k):
+        v = getattr(k, f.name)
+        shown = ", ".join(f"{a}={b!r}" for a, b in v.items()) if isinstance(v, dict) else repr(v)
+        out.append(f"| `{f.name}` | [timing] | `{shown}` | {SOURCES[f.name]} |")
+    return "\n".join(out)
+
+
+#: generated regions, regenerated on every run (quick) or with --slow only
+FAST_REGIONS = {"timing-constants": timing_constants_table}
 REGIONS = {"compare-table": compare_table}
+
+
+def fill_regions(text: str, regions: dict) -> str:
+    """``text`` with each ``<!-- generated: NAME -->`` region replaced by ``regions[NAME]()``."""
+    for name, fn in regions.items():
+        print(f"README region {name}", file=sys.stderr)
+        text = re.sub(rf"(<!-- generated: {name} -->\n).*?(\n<!-- /generated -->)",
+                      lambda m: m.group(1) + fn() + m.group(2), text, flags=re.S)
+    return text
 
 
 def main(argv) -> int:
@@ -93,12 +122,9 @@ def main(argv) -> int:
         for i in sorted(edits, reverse=True):
             n, new = edits[i]
             lines[i:i + n] = new
-        text = "\n".join(lines)
+        text = fill_regions("\n".join(lines), FAST_REGIONS)
         if slow:
-            for name, fn in REGIONS.items():
-                print(f"README region {name}", file=sys.stderr)
-                text = re.sub(rf"(<!-- generated: {name} -->\n).*?(\n<!-- /generated -->)",
-                              lambda m: m.group(1) + fn() + m.group(2), text, flags=re.S)
+            text = fill_regions(text, REGIONS)
     with open(RB.README, "w") as f:
         f.write(text)
     return 0

@@ -22,11 +22,6 @@ PKG = pathlib.Path(thinp.__file__).resolve().parent
 #: NamedTuple's public API is spelt with an underscore
 NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
 
-#: thin/ is being rewritten under issue #12 (the pool moves onto dm's format
-#: through pdata's public API); the lead drops this when #12 lands.  pdata/
-#: and drivers/_cowstore.py are held to the rule (the radix CoW store's
-#: public API is thinp.pdata.radix)
-PENDING_12 = ("thinp/thin/",)
 
 
 def _private(name: str) -> bool:
@@ -84,7 +79,7 @@ def violations(path: pathlib.Path) -> list[str]:
 
 
 def test_no_module_uses_another_modules_underscore_names():
-    bad = [v for f in sorted(PKG.rglob("*.py")) for v in violations(f) if not v.startswith(PENDING_12)]
+    bad = [v for f in sorted(PKG.rglob("*.py")) for v in violations(f)]
     assert not bad, "\n".join(bad)
 
 

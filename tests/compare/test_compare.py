@@ -50,10 +50,34 @@ def test_one_row_per_driver_with_metric_columns(df_fig):
     assert (df["containers"] == 5).all()
     assert (df["disk_used_bytes"] == df["disk_data_bytes"] + df["disk_metadata_bytes"]).all()
     by = df.set_index("driver")
-    assert by.loc["devicemapper", "start_time_s"] > by.loc["overlay2", "start_time_s"]
+    assert by.loc["devicemapper", "sim_start_s"] > by.loc["overlay2", "sim_start_s"]
+    # the first write that copies: overlay2 copies the whole file up inside
+    # the write call; devicemapper's write only dirties the page cache (the
+    # block CoW happens at writeback, in the fsync)
+    assert by.loc["overlay2", "sim_first_write_s"] > 2 * by.loc["devicemapper", "sim_first_write_s"]
+    phases = {d: json.loads(by.loc[d, "sim_phases"]) for d in DRIVERS}
+    assert all({"containers_create", "steps"} <= set(p) for p in phases.values())
     assert by.loc["devicemapper", "page_cache_bytes"] > by.loc["overlay2", "page_cache_bytes"]
     assert by.loc["overlay2", "copy_up_bytes"] >= 5 * SQLITE_BYTES     # each container's whole file
     assert by.loc["devicemapper", "cow_bytes"] > 0 and by.loc["devicemapper", "copy_up_bytes"] == 0
+
+
+def test_phases_view_is_the_time_per_phase(df_fig):
+    df, _ = df_fig
+    rows, cols = cmp.phases_view(df)
+    assert cols[:3] == ["driver", "containers_create", "steps"]
+    assert [r["driver"] for r in rows] == DRIVERS
+    by = {r["driver"]: r for r in rows}
+    # the same seconds as the row's sim_phases, and devicemapper's starts the slowest phase of all
+    for d in DRIVERS:
+        assert by[d]["steps"] == json.loads(df.set_index("driver").loc[d, "sim_phases"])["steps"]
+    assert by["devicemapper"]["containers_create"] > 5 * by["overlay2"]["containers_create"]
+
+
+def test_cli_waits_prints_both_breakdowns(cli):
+    rc, out, err = cli("compare", "webapp", "--scale", "0.05", "--drivers", "overlay2,devicemapper", "--waits")
+    assert rc == 0, err
+    assert "waiting on each resource" in out and "seconds per phase" in out and "containers_create" in out
 
 
 def test_figure_has_four_labelled_panels(df_fig):
@@ -61,7 +85,7 @@ def test_figure_has_four_labelled_panels(df_fig):
     axes = fig.get_axes()
     assert len(axes) == 4
     titles = [a.get_title() for a in axes]
-    assert any("Disk used" in t for t in titles) and any("start" in t for t in titles)
+    assert any("Disk used" in t for t in titles) and any("simulated: start + steps" in t for t in titles)
     assert any("Page-cache" in t for t in titles) and any("written" in t for t in titles)
     assert all(a.get_ylabel() for a in axes)          # units on every panel
     assert [t.get_text() for t in axes[0].get_xticklabels()] == DRIVERS
@@ -85,8 +109,8 @@ def test_failing_driver_keeps_its_row_and_the_run_goes_on(tmp_path):
     by = df.set_index("driver")
     assert "TooManyLayersError" in by.loc["aufs", "error"]
     assert "No space left on device" in by.loc["vfs", "error"]
-    assert pd.isna(by.loc["aufs", "start_time_s"]) and pd.isna(by.loc["vfs", "disk_used_bytes"])
-    assert pd.isna(by.loc["overlay2", "error"]) and by.loc["overlay2", "start_time_s"] > 0
+    assert pd.isna(by.loc["aufs", "sim_start_s"]) and pd.isna(by.loc["vfs", "disk_used_bytes"])
+    assert pd.isna(by.loc["overlay2", "error"]) and by.loc["overlay2", "sim_start_s"] > 0
     back = pd.read_parquet(tmp_path / "compare.parquet")
     assert list(back["driver"]) == ["overlay2", "aufs", "vfs"]
     assert "TooManyLayersError" in back.set_index("driver").loc["aufs", "error"]
@@ -122,7 +146,8 @@ def test_cli_writes_table_and_files(cli, tmp_path):
     rc, out, err = cli("compare", "webapp", "--scale", SCALE, "--drivers", "overlay2,devicemapper",
                        "--out", str(tmp_path))
     assert rc == 0, err
-    assert "overlay2" in out and "devicemapper" in out and "start" in out
+    assert "overlay2" in out and "devicemapper" in out and "start/ctr ms" in out and "1st write ms" in out
+    assert "start_time_s" not in out and "work/ctr" not in out
     for name in ("compare.csv", "compare.parquet", "compare.png"):
         assert (tmp_path / name).stat().st_size > 0
     csv = pd.read_csv(tmp_path / "compare.csv")
@@ -188,17 +213,21 @@ def test_workload_errors_are_not_driver_failures():
         cmp.compare("webapp", drivers=["aufs"], runner=Runner, progress=False)
 
 
-def test_cli_constants_file_changes_the_estimate(cli, tmp_path):
+def test_cli_constants_file_changes_the_times(cli, tmp_path):
     p = tmp_path / "k.toml"
-    p.write_text("[constants.mount_s]\noverlay2 = 1.0\n")
+    p.write_text("[timing.start_s]\noverlay2 = 1.0\n")
     rc, out, err = cli("compare", "webapp", "--scale", "0.05", "--drivers", "overlay2", "--json", "--constants", str(p))
     assert rc == 0, err
-    slow = json.loads(out)[0]["start_time_s"]
+    slow = json.loads(out)[0]["sim_start_s"]
     rc, out, err = cli("compare", "webapp", "--scale", "0.05", "--drivers", "overlay2", "--json")
-    assert slow - json.loads(out)[0]["start_time_s"] >= 0.99
+    assert slow - json.loads(out)[0]["sim_start_s"] >= 0.99
     p.write_text("[constants]\ncache = 1\n")
     rc, out, err = cli("compare", "webapp", "--scale", "0.05", "--drivers", "overlay2", "--constants", str(p))
     assert rc != 0 and "unknown key constants.cache" in err and err.count("\n") == 1
+    # a constant of the old time estimates says where its role went
+    p.write_text("[constants.mount_s]\noverlay2 = 1.0\n")
+    rc, out, err = cli("compare", "webapp", "--scale", "0.05", "--drivers", "overlay2", "--constants", str(p))
+    assert rc != 0 and "constants.mount_s" in err and "timing.start_s" in err and err.count("\n") == 1
 
 
 def test_parallel_rows_equal_serial_rows():
@@ -226,7 +255,7 @@ def test_a_dead_worker_becomes_an_error_row(tmp_path, monkeypatch):
     assert (tmp_path / "vfs-died").exists()
     for d in ("vfs", "overlay2"):
         assert "worker process died" in by.loc[d, "error"], by.loc[d, "error"]
-        assert pd.isna(by.loc[d, "start_time_s"])
+        assert pd.isna(by.loc[d, "sim_start_s"])
     assert sorted(calls) == ["overlay2", "vfs"]
 
 
@@ -244,7 +273,8 @@ def test_log_scale_disk_panel_keeps_stacked_parts_visible():
     mib = 1 << 20
     df = pd.DataFrame({"driver": ["btrfs", "vfs"], "error": [None, None],
                        "disk_data_bytes": [143 * mib, 13_000 * mib], "disk_metadata_bytes": [27 * mib, 600 * mib],
-                       "bytes_written": [160 * mib, 14_000 * mib], "start_time_s": [0.03, 0.2],
+                       "bytes_written": [160 * mib, 14_000 * mib], "sim_start_s": [0.03, 0.2],
+                       "sim_steps_s": [0.05, 0.01],
                        "page_cache_bytes": [30 * mib, 30 * mib]})
     ax = compare_figure(df).get_axes()[0]
     assert ax.get_yscale() == "log"

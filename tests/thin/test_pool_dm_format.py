@@ -218,3 +218,97 @@ def test_cli_names_the_reconcile_path(tmp_path, capsys):
     assert main(["pool", "status", str(p), "--reconcile", "--line"]) == 0
     assert " rw " in capsys.readouterr().out
     assert (p / "pool.json").exists()
+
+
+def test_sidecar_is_rewritten_only_when_its_commit_changes_it(tmp_path):
+    p = tmp_path / "p"
+    _pool_with_snap(p)
+    with thinp.ThinPool.open(p) as pool:
+        pool.device(1).write(0, 4096)            # breaks sharing with the snapshot: new roots
+        pool.commit()
+        ino = os.stat(p / "pool.json").st_ino    # each write is a new file renamed over the old
+        pool.device(1).write(0, 4096)            # an overwrite of a provisioned, unshared block
+        pool.commit()
+        assert os.stat(p / "pool.json").st_ino == ino
+        sidecar = (p / "pool.json").read_bytes()
+        committed = (p / "metadata").read_bytes()
+        pool.device(1).write(100 * BS, 4096)     # provisions: new roots, new cursor
+        pool.commit()
+        assert os.stat(p / "pool.json").st_ino != ino
+        side, old = json.loads((p / "pool.json").read_text()), json.loads(sidecar)
+        assert side["commit"] != old["commit"] and side["previous"]["commit"] == old["commit"]
+    # the sidecar left alone by the overwrite's commit still opens that commit
+    (p / "metadata").write_bytes(committed)
+    (p / "pool.json").write_bytes(sidecar)
+    with thinp.ThinPool.open(p) as pool:
+        assert pool.device(1).lookup(100) is None and pool.device(1).lookup(0) is not None
+    _thin_check(p / "metadata")
+
+
+def _pool_with_shared_trees(p):
+    pool = thinp.ThinPool.create(p, "1G", sync=False)
+    pool.create_thin(1, "256M")
+    pool.replay(_writes(1, np.arange(0, 4000, 3)))
+    pool.create_snap(2, 1)
+    pool.replay(_writes(2, np.arange(0, 600, 7)))
+    pool.reserve_metadata_snap()
+    pool.create_snap(3, 2)
+    pool.replay(_writes(1, np.arange(1, 4000, 11)))
+    pool.close()
+
+
+def _writes(dev, vblocks):
+    t = np.zeros(len(vblocks), dtype=TRACE_DTYPE)
+    t["dev_id"], t["op"], t["offset"], t["length"] = dev, WRITE, vblocks.astype(np.uint64) * BS, 4096
+    return t
+
+
+def test_fast_check_finds_what_the_node_by_node_check_finds(tmp_path):
+    p = tmp_path / "p"
+    _pool_with_shared_trees(p)
+    with DmMetadata.open(p / "metadata") as md:
+        fast, slow = md.check(), md.check(fast=False)
+    assert fast == slow and fast.ok and fast.nr_mappings > 1000 and fast.nr_devices == 3
+    # a leaf of a shared subtree damaged: the open names it as the slow walk does
+    raw = bytearray((p / "metadata").read_bytes())
+    from thinp.pdata import btree as bt
+    with DmMetadata.open(p / "metadata") as md:
+        sh = md.shapes()
+        leaves = [b for b in sh.subtrees.blocks if bt.read_node(md.bm, b, 8).is_leaf]
+    victim = leaves[len(leaves) // 2]
+    raw[victim * 4096 + 100] ^= 0xFF
+    (p / "metadata").write_bytes(bytes(raw))
+    with DmMetadata.open(p / "metadata") as md:
+        with pytest.raises(errors.MetadataCorruptError) as slow_err:
+            md.check(fast=False)
+        with pytest.raises(errors.MetadataCorruptError) as fast_err:
+            md.check()
+    assert str(fast_err.value) == str(slow_err.value) and f"{victim}" in str(fast_err.value)
+    with pytest.raises(errors.MetadataCorruptError, match=f"{victim}"):
+        thinp.ThinPool.open(p)
+
+
+def test_interval_commit_runs_only_when_the_metadata_changed(tmp_path):
+    # dm-thin's periodic commit is skipped when the transaction changed
+    # nothing (dm_pool_changed_this_transaction)
+    pool = thinp.ThinPool.create(tmp_path / "p", "1G", commit_interval=10)
+    pool.create_thin(1, "256M")
+    calls = []
+    commit = pool._dm.commit
+    pool._dm.commit = lambda **kw: (calls.append(1), commit(**kw))[1]
+    pool.replay(_writes(1, np.arange(0, 100)))          # provisions: a commit every 10 requests
+    assert len(calls) == 9
+    pool.commit()                                        # the last 10 provisions
+    del calls[:]
+    pool.replay(_writes(1, np.arange(0, 100)))          # overwrites: nothing to commit
+    assert calls == []
+    pool.replay(_writes(1, np.arange(0, 100, 5)))       # overwrites, then one provision past the interval
+    pool.replay(_writes(1, np.concatenate([np.arange(0, 50), [200]])))
+    assert calls == [] and pool.device(1).lookup(200) is not None
+    pool.replay(_writes(1, np.arange(0, 20)))           # the interval commits the provision of 200
+    assert len(calls) == 1
+    pool._dm.commit = commit
+    pool.close()
+    with thinp.ThinPool.open(tmp_path / "p") as pool:
+        assert pool.device(1).mapped_blocks == 101
+    _thin_check(tmp_path / "p" / "metadata")

@@ -13,7 +13,7 @@ def test_pages_round_trip_every_uint16_count():
     n = 3 * K.SM_PAGE_ENTRIES + 77                      # a partial last page
     rc = rng.integers(0, K.SM_MAX_COUNT + 1, n).astype(np.uint32)
     rc[:4] = [0, 1, K.SM_MAX_COUNT, 2]
-    npages = M._pages(n)
+    npages = M.sm_pages(n)
     meta = np.zeros((2 + 2 * npages, K.NODE_ENTRIES), dtype=np.uint64)
     M._write_sm_pages(meta, rc, np.arange(npages, dtype=np.int64), 2, 1)
     back = np.zeros(n, dtype=np.uint32)

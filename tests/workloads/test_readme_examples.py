@@ -83,6 +83,10 @@ def test_toml_block_loads(block, tmp_path):
         if "constants" in data:
             k2 = cost.CostConstants.from_toml(str(path))
             assert k2 != cost.CostConstants()
+        if "timing" in data:
+            from thinp.timing import TimingConstants
+
+            assert TimingConstants.from_toml(str(path)) != TimingConstants()
     else:
         spec = tomllib.loads(block)
         assert spec.get("experiment", "overcommit") == "overcommit"
@@ -122,6 +126,9 @@ def test_every_example_file_loads():
         elif k == "device":
             cost.load_device(str(path)) if "device" in tomllib.loads(block) else None
             cost.CostConstants.from_toml(str(path))
+            from thinp.timing import TimingConstants
+
+            TimingConstants.from_toml(str(path))
         else:
             assert S.expand(S.load_spec(str(path)))
 
@@ -171,6 +178,35 @@ def test_constants_table_is_thinp_cost_constants():
         if len(cells) == 3 and cells[0].startswith("`") and cells[1].startswith("`"):
             have[cells[0].strip("`")] = cells[1].strip("`")
     assert have == want
+
+
+def test_timing_constants_table_is_generated_from_the_code():
+    """The README's timing-constants table is scripts/make_readme.py's
+    rendering of thinp.timing's defaults and SOURCES, row for row."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import make_readme
+
+    region = re.search(r"<!-- generated: timing-constants -->\n(.*?)\n<!-- /generated -->", TEXT, flags=re.S)
+    assert region, "no timing-constants region in the README"
+    assert region.group(1) == make_readme.timing_constants_table()
+    assert region.group(1) in section("Device profiles and cost constants")
+
+
+def test_every_timing_constant_has_its_own_source():
+    """One source per constant; an estimate says so, and a published figure is named with its figure."""
+    from thinp.timing import SOURCES, TimingConstants
+
+    assert set(SOURCES) == {f.name for f in dataclasses.fields(TimingConstants)}
+    assert len(set(SOURCES.values())) == len(SOURCES)
+    for name in ("start_s", "remove_s", "layer_cpu_s", "probe_s", "dm_worker_block_s", "dm_commit_writes",
+                 "engine_run_s", "engine_rm_s"):
+        text = SOURCES[name]
+        assert "|" not in text                      # a markdown table cell
+        assert "estimate" in text or re.search(r"\d", text), name
+        # a value that is only an estimate says so plainly
+        assert ("no published" in text) or re.search(r"(moby|dm-devel|arXiv)", text), name
 
 
 def test_findings_are_thinp_cost_findings():

@@ -21,7 +21,8 @@ def register(sub) -> None:
                     help="scale the workload's sizes and counts (default 1.0)")
     add_jobs(cp, "drivers")
     cp.add_argument("--constants", default=None, metavar="TOML",
-                    help="a .toml with a [constants] table overriding the cost model's constants")
+                    help="a .toml with a [timing] table overriding the timing model's constants "
+                         "(every time column) and/or a [constants] table (the byte accounting's)")
     add_quiet(cp)
     _timing_options(cp)
     cp.set_defaults(func=_compare)
@@ -32,7 +33,8 @@ def _timing_options(cp) -> None:
     cp.add_argument("--cores", type=int_range(1), default=None,
                     help="cores of the simulated host for the timing model (default 4)")
     cp.add_argument("--waits", action="store_true",
-                    help="also print the timing model's breakdown: the share of time waiting on each lock, the cpu, the device")
+                    help="also print the timing model's breakdown: the share of time waiting on each lock, "
+                         "the cpu, the device, and the time per phase")
 
 
 def _timing(args):
@@ -59,10 +61,12 @@ def _compare(args) -> int:
         out.table(rows, ["driver", *(h for _c, h, _d in VIEW)], best=best,
                   title=f"thinp compare: {args.workload} on {args.disk} (best per column in green)")
         if args.waits:
-            from ..experiments.compare import waits_view
+            from ..experiments.compare import phases_view, waits_view
 
             wrows, wcols = waits_view(df)
             out.table(wrows, wcols, title="timing model: share of process time waiting on each resource")
+            prows, pcols = phases_view(df)
+            out.table(prows, pcols, title="timing model: seconds per phase, all processes")
         if args.out and not args.quiet:
             sys.stderr.write(f"wrote {args.out}/compare.csv, compare.parquet, compare.png\n")
     errs = failures(df)

@@ -1,6 +1,7 @@
-"""``thinp.compare``: one workload on several storage drivers, priced by the
-cost model (:mod:`thinp.cost`), as a DataFrame (one row per driver) and a
-figure (:func:`thinp.plot.compare_figure`).
+"""``thinp.compare``: one workload on several storage drivers, its bytes
+counted (:mod:`thinp.cost`) and its times simulated (:mod:`thinp.timing`),
+as a DataFrame (one row per driver) and a figure
+(:func:`thinp.plot.compare_figure`).
 
 The runs come from ``thinp.workloads.run(workload, driver, scale=...)``,
 which returns a ``RunResult`` with ``driver``, ``workload``, ``metrics``
@@ -20,32 +21,38 @@ import time
 from ..drivers.base import DRIVER_NAMES as ALL_DRIVERS  # the seven drivers, in the table's order
 from ..timing.model import SIM_COLUMNS, SIM_TEXT_COLUMNS
 
-#: Columns of the DataFrame after ``driver`` (units in the names).
+#: Columns of the DataFrame after ``driver`` (units in the names): the byte
+#: accounting (:func:`thinp.cost.estimate`), then every time, from the
+#: concurrent timing model (:data:`thinp.timing.model.SIM_COLUMNS`:
+#: ``sim_time_s`` the run's wall time; per container, mean over containers,
+#: ``sim_start_s`` its start, ``sim_first_write_s`` its first write call
+#: (the first that copied up or CoW'd, else the first), ``sim_steps_s`` its
+#: steps; the shares of process time waiting on the CPU, the device and
+#: locks; ``sim_phases`` seconds of process time per phase and ``sim_waits``
+#: the share per resource, as JSON text).
 COLUMNS = (
     "disk_used_bytes", "disk_data_bytes", "disk_metadata_bytes", "bytes_written",
-    "copy_up_bytes", "cow_bytes", "zeroing_bytes", "lookup_probes",
-    "start_time_s", "first_write_s", "teardown_s", "workload_s_per_container", "write_amplification",
+    "copy_up_bytes", "cow_bytes", "zeroing_bytes", "lookup_probes", "write_amplification",
     "page_cache_bytes", "page_cache_miss_bytes", "page_cache_hit_bytes", "containers",
     "inodes", "run_s",
     *SIM_COLUMNS,
 )
 
 #: Key columns for the terminal table; lower is better for all of them.
-KEY_COLUMNS = ("disk_used_bytes", "bytes_written", "start_time_s", "first_write_s",
-               "workload_s_per_container", "write_amplification", "page_cache_bytes")
+KEY_COLUMNS = ("disk_used_bytes", "bytes_written", "write_amplification", "page_cache_bytes",
+               "sim_start_s", "sim_first_write_s", "sim_steps_s", "sim_time_s")
 
 
 #: The terminal table: (column, header with its unit, divisor); lower is better in each.
 VIEW = (
     ("disk_used_bytes", "disk MiB", 1 << 20),
     ("bytes_written", "written MiB", 1 << 20),
-    ("start_time_s", "start ms", 1e-3),
-    ("first_write_s", "1st write ms", 1e-3),
-    ("workload_s_per_container", "work/ctr ms", 1e-3),
     ("write_amplification", "write ampl. x", 1),
     ("page_cache_bytes", "page cache MiB", 1 << 20),
-    ("sim_time_s", "sim total s", 1),
-    ("sim_steps_s", "sim steps/ctr ms", 1e-3),
+    ("sim_start_s", "start/ctr ms", 1e-3),
+    ("sim_first_write_s", "1st write ms", 1e-3),
+    ("sim_steps_s", "steps/ctr ms", 1e-3),
+    ("sim_time_s", "total s", 1),
 )
 
 
@@ -90,6 +97,26 @@ def waits_view(df) -> tuple[list[dict], list[str]]:
         for c in cols:
             row.setdefault(c, 0.0)
     return rows, ["driver", "sim total s", *cols]
+
+
+def phases_view(df) -> tuple[list[dict], list[str]]:
+    """The timing model's time per phase per driver: ``(rows, columns)``, a
+    row per driver that ran with the seconds of process time each phase
+    took (``containers_create``, ``steps``, ``commit``, ``rm``, ... in the
+    order the run made them), summed over its processes."""
+    import json
+
+    rows, cols = [], []
+    for r in df.to_dict(orient="records"):
+        if r.get("error") or not r.get("sim_phases"):
+            continue
+        phases = json.loads(r["sim_phases"])
+        cols += [p for p in phases if p not in cols]
+        rows.append({"driver": r["driver"], **phases})
+    for row in rows:
+        for c in cols:
+            row.setdefault(c, 0.0)
+    return rows, ["driver", *cols]
 
 
 def failures(df) -> list[str]:
@@ -143,7 +170,7 @@ def row_from_result(result, *, device="nvme", constants=None, run_s=float("nan")
         return row
     m = result.metrics or {}
     est = estimate(result.driver, m, per_container=list(result.per_container or []),
-                   phases=dict(result.phases or {}), device=device, constants=constants)
+                   phases=dict(result.phases or {}), constants=constants)
     row.update(est)
     row["inodes"] = float(m.get("inodes", 0) or 0)
     row["run_s"] = run_s
@@ -179,10 +206,11 @@ def compare(workload="webapp", drivers="all", device="nvme", out=None, scale=1.0
     progress, **driver_options)`` (default :mod:`thinp.workloads`; a runner
     that is not an importable module runs in this process).  ``constants``
     is a :class:`~thinp.cost.CostConstants` or a TOML file with a
-    ``[constants]`` table (cache size, per-driver costs, ...) and an optional
-    ``[timing]`` table; ``timing`` a :class:`~thinp.timing.TimingConstants`
-    (or a TOML file with a ``[timing]`` table) for the concurrent timing
-    model's ``sim_*`` columns (cores, per-op CPU costs, locks' costs).
+    ``[constants]`` table (the byte accounting's page-cache size, ...) and an
+    optional ``[timing]`` table; ``timing`` a
+    :class:`~thinp.timing.TimingConstants` (or a TOML file with a
+    ``[timing]`` table) for the timing model behind every time column
+    (cores, per-op CPU costs, locks' costs, container start and removal).
     ``figure=False`` skips the figure (the Figure returned is None) unless
     ``out`` asks for its PNG: drawing it is most of a second after the
     drivers are done."""

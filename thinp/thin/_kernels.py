@@ -114,6 +114,44 @@ def make_devices(capacity: int) -> Devices:
     return dv
 
 
+def _prefetch_intrinsic():
+    """``prefetch(arr, i)``: hint the CPU to fetch ``arr``'s flat element
+    ``i`` (C order) into cache, as LLVM's ``llvm.prefetch`` does; it never
+    faults and returns nothing."""
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, arr, idx):
+        if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            a = context.make_array(sig.args[0])(context, builder, args[0])
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+            # read, high locality, data cache
+            builder.call(fn, [builder.bitcast(builder.gep(a.data, [args[1]]), i8p), ir.Constant(i32, 0),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return types.void(arr, idx), codegen
+
+    return prefetch
+
+
+prefetch = _prefetch_intrinsic()
+
+#: requests ahead whose leaf entry the replay kernel prefetches: random
+#: overwrites of a large thin miss the cache once each, and a miss that
+#: starts this far ahead has landed by the time its request runs
+PREFETCH_AHEAD = 16
+
+
 def levels_for(nr_blocks: int) -> int:
     """Radix depth for a device of ``nr_blocks`` virtual blocks."""
     levels = 1
@@ -280,6 +318,21 @@ def _discard_block(sp, dv, slot, vb, op_index, log, out):
     return 0
 
 
+@njit(inline="always", refcount=False)
+def _prefetch_leaf(meta, dv, slot, vb):
+    """Start fetching the leaf entry of ``vb`` (the internal nodes above it
+    are few and stay cached; an unmapped path prefetches nothing)."""
+    node = dv.root[slot]
+    if node == 0:
+        return
+    for lv in range(dv.levels[slot] - 1, 0, -1):
+        e = meta[node, (vb >> (NODE_SHIFT * lv)) & NODE_MASK]
+        if e == 0:
+            return
+        node = np.int64(e & np.uint64(CHILD_MASK))
+    prefetch(meta, node * NODE_ENTRIES + (vb & NODE_MASK))
+
+
 @njit(refcount=False)
 def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, src_base, out, log):
     """Run requests ``start_op..`` of a trace (``slots`` are device slots the
@@ -294,6 +347,13 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     apply it to the dm btree and resume."""
     cap = log.shape[0]
     bs = sp.scal[S_BLOCK_SIZE]
+    # a power-of-two block size (the usual case) divides by a shift: a
+    # 64-bit division costs more than the rest of an overwrite's arithmetic
+    shift = -1
+    if bs & (bs - 1) == 0:
+        shift = 0
+        while (np.int64(1) << shift) < bs:
+            shift += 1
     n = slots.shape[0]
     error_mode = sp.scal[S_ERROR_IF_NO_SPACE] != 0
     interval = sp.scal[S_COMMIT_INTERVAL]
@@ -304,6 +364,10 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             out[1] = i
             out[2] = -1
             return R_NEED_COMMIT
+        ahead = i + PREFETCH_AHEAD
+        if ahead < n and ops[ahead] != DISCARD:
+            a_off = np.int64(offsets[ahead])
+            _prefetch_leaf(sp.meta, dv, slots[ahead], (a_off >> shift) if shift >= 0 else a_off // bs)
         slot = slots[i]
         op = np.int64(ops[i])
         off = np.int64(offsets[i])
@@ -311,8 +375,12 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
         if ln <= 0:
             resume_vb = -1
             continue
-        b0 = off // bs
-        b1 = (off + ln - 1) // bs
+        if shift >= 0:
+            b0 = off >> shift
+            b1 = (off + ln - 1) >> shift
+        else:
+            b0 = off // bs
+            b1 = (off + ln - 1) // bs
         resuming = resume_vb >= 0
         if resuming:
             b0 = resume_vb
@@ -418,6 +486,96 @@ def load_mappings(sp, dv, slot, vblocks, pblocks, times):
             sp.scal[S_DUSED] += 1
             sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
         sp.drc[p] += 1
+    return 0
+
+
+@njit(refcount=False)
+def load_leaf_values(sp, dv, slot, vblocks, values, bad):
+    """:func:`load_mappings` straight from dm's leaf entries: ``vblocks``
+    and ``values`` (``pblock << 24 | time``) as uint64, as the leaf walk
+    returns them.  Returns 0; -1 with ``bad[0]`` = the entry when a vblock
+    is past the device's size or a pblock past the data device; -3 when
+    the index has no node left."""
+    nr_blocks = dv.nr_blocks[slot]
+    nr_data = sp.drc.shape[0]
+    for k in range(vblocks.shape[0]):
+        vb = np.int64(vblocks[k])
+        v = values[k]
+        p = np.int64(v >> np.uint64(24))
+        if vb < 0 or vb >= nr_blocks or p >= nr_data:
+            bad[0] = k
+            return -1
+        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+        if leaf < 0:
+            return -3
+        if sp.meta[leaf, vb & NODE_MASK] == 0:
+            dv.mapped[slot] += 1
+        sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, np.int64(v & np.uint64(0xFFFFFF)))
+        if sp.drc[p] == 0:
+            sp.scal[S_DUSED] += 1
+            sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+        sp.drc[p] += 1
+    return 0
+
+
+@njit(refcount=False)
+def load_subtree(sp, dv, slot, m64, m32, root, stack, bad):
+    """:func:`load_leaf_values` for every entry of the dm subtree at
+    ``root`` (``m64``/``m32``: the metadata blocks as uint64/uint32 words),
+    read in place, leaf by leaf: no copy of the mappings is made.  The
+    tree must have passed the check (headers, order, block numbers), so
+    the walk trusts it except for depth (``stack``: int64[2, depth]).
+    Returns 0, -1 with ``bad`` = (vblock, value) out of range, -2 when too
+    deep, -3 when the index has no node left."""
+    nr_blocks = dv.nr_blocks[slot]
+    nr_data = sp.drc.shape[0]
+    depth_max = stack.shape[1]
+    if root <= 0:
+        return 0
+    depth = 0
+    stack[0, 0] = root
+    stack[1, 0] = 0
+    # dm's leaves come in key order, so runs of entries share one index
+    # leaf: find it (shadowing it into this transaction) once a run
+    leaf_key = np.int64(-1)
+    leaf = np.int64(-1)
+    while depth >= 0:
+        b = stack[0, depth]
+        nr = np.int64(m32[b, 4])
+        mx = np.int64(m32[b, 5])
+        if m32[b, 1] & 2:  # a leaf: keys from word 4, values after max_entries keys
+            for i in range(nr):
+                vb = np.int64(m64[b, 4 + i])
+                v = m64[b, 4 + mx + i]
+                p = np.int64(v >> np.uint64(24))
+                if vb < 0 or vb >= nr_blocks or p >= nr_data:
+                    bad[0] = vb
+                    bad[1] = np.int64(v)
+                    return -1
+                if vb >> NODE_SHIFT != leaf_key:
+                    leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+                    if leaf < 0:
+                        return -3
+                    leaf_key = vb >> NODE_SHIFT
+                if sp.meta[leaf, vb & NODE_MASK] == 0:
+                    dv.mapped[slot] += 1
+                sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, np.int64(v & np.uint64(0xFFFFFF)))
+                if sp.drc[p] == 0:
+                    sp.scal[S_DUSED] += 1
+                    sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+                sp.drc[p] += 1
+            depth -= 1
+            continue
+        i = stack[1, depth]
+        if i >= nr:
+            depth -= 1
+            continue
+        stack[1, depth] = i + 1
+        if depth + 1 >= depth_max:
+            return -2
+        depth += 1
+        stack[0, depth] = np.int64(m64[b, 4 + mx + i])
+        stack[1, depth] = 0
     return 0
 
 

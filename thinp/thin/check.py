@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import errors
-from .metadata import FLAG_NEEDS_CHECK, Metadata, _count_mapped
+from .metadata import FLAG_NEEDS_CHECK, Metadata, count_mapped
 
 
 @dataclass
@@ -58,9 +58,9 @@ def _open(path: str, writable: bool) -> Metadata:
         md.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no metadata file (is this a thin pool directory?)") from None
-    Metadata._lock(md.fd, not writable, path)
+    Metadata.lock_file(md.fd, not writable, path)
     try:
-        md._load(check_trees=False)
+        md.load(check_trees=False)
     except BaseException:
         md.close()
         raise
@@ -110,7 +110,7 @@ def _check(md: Metadata, repair: bool) -> CheckReport:
                                 f"(first: block {b} has {int(disk[b])}, {int(found[b])} references found)")
     wrong_mapped = []
     for s in live:
-        n = _count_mapped(md.meta, int(dv.root[s]), int(dv.levels[s]))
+        n = count_mapped(md.meta, int(dv.root[s]), int(dv.levels[s]))
         if n != int(dv.mapped[s]):
             wrong_mapped.append((int(s), n))
             rep.problems.append(f"device {int(dv.dev_id[s])}: mapped_blocks is {int(dv.mapped[s])}, tree maps {n}")
@@ -118,7 +118,7 @@ def _check(md: Metadata, repair: bool) -> CheckReport:
     if repair and (rep.problems or rep.needs_check):
         if md.read_only:
             raise errors.ReadOnlyPoolError("repair needs the metadata open read-write")
-        md._build_space(mrc_count, drc_count)
+        md.build_space(mrc_count, drc_count)
         for s, n in wrong_mapped:
             dv.mapped[s] = n
             dv.changed[s] = 1

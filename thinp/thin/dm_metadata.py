@@ -28,7 +28,9 @@ from .. import errors
 from ..config import SECTOR_SIZE
 from ..pdata import btree
 from ..pdata.block import BlockManager, corrupt
+from ..pdata.crc32c import TABLE8
 from ..pdata.space_map import nr_bitmaps, read_counts
+from . import _tool_kernels as TKT
 from .view import DeviceView, PoolView
 from .format import DETAILS_DTYPE, DETAILS_SIZE, FLAG_NEEDS_CHECK, Superblock, read_superblock, unpack_block_time
 
@@ -52,6 +54,9 @@ class CheckResult:
     nr_metadata_blocks_used: int = 0
     nr_data_blocks_used: int = 0
     problems: list = field(default_factory=list)
+    #: (metadata counts, metadata index, data counts, data index) as read
+    #: from the space maps (:func:`thinp.pdata.space_map.read_counts`)
+    space_maps: tuple | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -139,10 +144,15 @@ class DmMetadata:
         return k.astype(np.int64), p, t
 
     # -------------------------------------------------------------- check
-    def check(self) -> CheckResult:
+    def check(self, fast: bool = True) -> CheckResult:
         """thin_check's checks.  Structural damage (a bad node, key order,
         a pointer outside the device) raises MetadataCorruptError naming it;
-        disagreeing counts are listed in ``problems``."""
+        disagreeing counts are listed in ``problems``.
+
+        The device subtrees (nearly every block of a big pool) are walked
+        in one numba pass; when it finds anything wrong the whole check runs
+        again with the per-node Python walk (``fast=False``), which names
+        the damage."""
         sb = self.sb
         res = CheckResult()
         nm, nd = sb.metadata_nr_blocks, sb.nr_data_blocks
@@ -153,6 +163,11 @@ class DmMetadata:
         data_refs = np.zeros(nd, dtype=np.uint32)
         mcount = np.zeros(max(nm, 1), dtype=np.uint32)
         mcount[0] += 1  # the superblock
+        if fast:
+            nb = self.bm.blocks.shape[0]
+            fseen = np.zeros(nb, dtype=np.int32)   # references to subtree nodes
+            under = np.zeros(nb, dtype=np.int64)   # mappings below each subtree node
+            bad = np.zeros(2, dtype=np.int64)
         sbs = [(False, sb)]
         if sb.held_root:
             mcount[sb.held_root] += 1
@@ -173,12 +188,19 @@ class DmMetadata:
                     raise corrupt(f"btree node {_n.b}: maps data block {int(p.max())}, beyond the {nd} data blocks")
                 np.add.at(data_refs, p, 1)
 
-            for r in subtree_roots:
-                btree.walk(self.bm, r, 8, visit_leaf, seen=seen, who="mapping subtree")
+            if fast:
+                blocks = self.bm.blocks
+                if TKT.check_subtrees(blocks, blocks.view(np.uint64), blocks.view(np.uint32), TABLE8,
+                                      np.array(subtree_roots, dtype=np.int64), nd, fseen, under, data_refs,
+                                      bad) != 0:
+                    return self.check(fast=False)
+            else:
+                for r in subtree_roots:
+                    btree.walk(self.bm, r, 8, visit_leaf, seen=seen, who="mapping subtree")
             devs = self.devices(held)
             for d in devs:
                 if not held:
-                    n = self._count_mappings(d)
+                    n = (int(under[d.root]) if d.root else 0) if fast else self._count_mappings(d)
                     res.nr_mappings += n
                     if n != d.mapped_blocks:
                         res.problems.append(f"device {d.dev_id}: mapped_blocks is {d.mapped_blocks}, "
@@ -199,6 +221,11 @@ class DmMetadata:
             mcount[b] += 1
         if msm.ref_count_root:
             btree.walk(self.bm, msm.ref_count_root, 4, lambda *a: None, seen=dseen)
+        if fast:
+            if fseen[nm:].any():
+                return self.check(fast=False)
+            k = min(nm, len(fseen))
+            mcount[:k] += fseen[:k].astype(np.uint32)
         for b, c in list(seen.items()) + list(dseen.items()):
             if b >= nm:
                 raise corrupt(f"btree node {b} is outside the {nm}-block metadata device")
@@ -215,6 +242,7 @@ class DmMetadata:
                                 f"has count {int(dcounts[p])}, {int(data_refs[p])} leaves map it)")
         # (the roots' nr_allocated are not checked: thin_restore 0.9.0 writes
         # one more than its bitmaps count, and thin_check accepts that)
+        res.space_maps = (mcounts, mindex, dcounts, dindex)
         res.nr_metadata_blocks_used = int(np.count_nonzero(mcounts))
         res.nr_data_blocks_used = int(np.count_nonzero(dcounts))
         if sb.flags & FLAG_NEEDS_CHECK:

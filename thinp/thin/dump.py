@@ -111,9 +111,9 @@ def load_pool_view(pool_dir, metadata_snap: bool = False) -> PoolView:
 
         lock_fd = -1
         if os.path.isdir(os.fspath(pool_dir)):
-            from .pool import _lock
+            from .pool import lock_metadata
 
-            lock_fd = _lock(image, read_only=True)  # not while a writer has the pool open
+            lock_fd = lock_metadata(image, read_only=True)  # not while a writer has the pool open
         try:
             with DmMetadata.open(image) as md:
                 if metadata_snap and not md.sb.held_root:

@@ -29,6 +29,7 @@ INDEX_NODES = 1 << 21
 # the node array is 8 GiB of address space, reserved without commitment so
 # that the kernel's overcommit heuristic does not refuse it on small machines
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform.startswith("linux") else 0)
+_MADV_HUGEPAGE = getattr(mmap, "MADV_HUGEPAGE", None)
 
 
 class VolatileIndex(Metadata):
@@ -40,6 +41,11 @@ class VolatileIndex(Metadata):
         md = cls()
         md.path = None
         md.mm = mmap.mmap(-1, nr_nodes * K.NODE_ENTRIES * 8, flags=mmap.MAP_PRIVATE | _MAP_NORESERVE)
+        if _MADV_HUGEPAGE is not None:
+            # random lookups over millions of nodes miss the TLB on every
+            # request with 4 KiB pages (numpy's own large arrays ask for
+            # huge pages the same way)
+            md.mm.madvise(_MADV_HUGEPAGE)
         md.meta = np.frombuffer(md.mm, dtype=np.uint64).reshape(nr_nodes, K.NODE_ENTRIES)
         md.sb = Superblock(
             generation=0, transaction_id=0, time=time, data_block_size=block_size,
@@ -49,7 +55,7 @@ class VolatileIndex(Metadata):
             commit_interval=commit_interval, held_csum=0)
         mrc = np.zeros(nr_nodes, dtype=np.uint32)
         mrc[0] = 1
-        md._build_space(mrc, np.zeros(nr_data_blocks, dtype=np.uint32))
+        md.build_space(mrc, np.zeros(nr_data_blocks, dtype=np.uint32))
         scal = md.sp.scal
         scal[K.S_META_RESERVE] = 0
         scal[K.S_META_LWM] = 0

@@ -78,7 +78,7 @@ OPT_IGNORE_DISCARD = 16
 OPT_SYNC = 32
 
 
-def _pages(nr_entries: int) -> int:
+def sm_pages(nr_entries: int) -> int:
     return max(1, -(-nr_entries // K.SM_PAGE_ENTRIES))
 
 
@@ -132,7 +132,7 @@ class Metadata:
 
     # ------------------------------------------------------------------ files
     @staticmethod
-    def _lock(fd: int, read_only: bool, path: str) -> None:
+    def lock_file(fd: int, read_only: bool, path: str) -> None:
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if read_only else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -168,11 +168,11 @@ class Metadata:
         md = cls()
         md.path = path
         md.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        cls._lock(md.fd, False, path)
+        cls.lock_file(md.fd, False, path)
         os.ftruncate(md.fd, nr_meta_blocks * METADATA_BLOCK_SIZE)
         md._map(nr_meta_blocks)
-        msm_pages = _pages(nr_meta_blocks)
-        dsm_pages = _pages(nr_data_blocks)
+        msm_pages = sm_pages(nr_meta_blocks)
+        dsm_pages = sm_pages(nr_data_blocks)
         fixed = 2 + 2 * msm_pages + 2 * dsm_pages
         if fixed + 4 > nr_meta_blocks:
             md.close()
@@ -193,7 +193,7 @@ class Metadata:
         mrc = np.zeros(nr_meta_blocks, dtype=np.uint32)
         mrc[:fixed] = 1
         drc = np.zeros(nr_data_blocks, dtype=np.uint32)
-        md._build_space(mrc, drc)
+        md.build_space(mrc, drc)
         md.dv = TK.make_devices(RECORDS_PER_TABLE * 4)
         md.table_blocks = []
         # generation 0 writes every page to both copies
@@ -204,7 +204,7 @@ class Metadata:
         md.commit(first=True)
         return md
 
-    def _build_space(self, mrc: np.ndarray, drc: np.ndarray) -> None:
+    def build_space(self, mrc: np.ndarray, drc: np.ndarray) -> None:
         sb = self.sb
         nm, nd = sb.nr_metadata_blocks, sb.nr_data_blocks
         scal = np.zeros(K.NR_SCALARS, dtype=np.int64)
@@ -233,11 +233,11 @@ class Metadata:
             mbits=K.make_bitmap(mrc > 0, nm),
             mnew=np.zeros(nm, dtype=np.uint8),
             mpend=np.zeros(nm, dtype=np.uint32),
-            mdirty=np.zeros(_pages(nm), dtype=np.uint8),
+            mdirty=np.zeros(sm_pages(nm), dtype=np.uint8),
             drc=drc,
             dbits=K.make_bitmap(drc > 0, nd),
             dpend=np.zeros(nd, dtype=np.uint32),
-            ddirty=np.zeros(_pages(nd), dtype=np.uint8),
+            ddirty=np.zeros(sm_pages(nd), dtype=np.uint8),
             dpass=np.zeros(nd, dtype=np.uint32),
             scal=scal,
             events=np.zeros((K.EV_CAPACITY, 3), dtype=np.int64),
@@ -273,7 +273,7 @@ class Metadata:
         commit).  A bigger map moves to a new region of metadata blocks."""
         sb, sp = self.sb, self.sp
         old_nr = sb.nr_data_blocks
-        new_pages = _pages(nr)
+        new_pages = sm_pages(nr)
         if new_pages > sb.dsm_pages:
             need = 2 * new_pages
             bits = self.meta_bitarray()
@@ -326,13 +326,13 @@ class Metadata:
         self.sp = sp = sp._replace(
             meta=self.meta, mrc=mrc, mbits=K.make_bitmap(mrc > 0, nr),
             mnew=np.zeros(nr, dtype=np.uint8), mpend=np.zeros(nr, dtype=np.uint32),
-            mdirty=np.ones(_pages(nr), dtype=np.uint8))
+            mdirty=np.ones(sm_pages(nr), dtype=np.uint8))
         scal = sp.scal
         scal[K.S_NR_META] = nr
         scal[K.S_META_RESERVE] = min(4096, nr // 10)
         scal[K.S_META_LWM] = min(1024, nr // 4)
         scal[K.S_META_LWM_ARMED] = 1 if (nr - scal[K.S_MUSED]) > scal[K.S_META_LWM] else 0
-        new_pages = _pages(nr)
+        new_pages = sm_pages(nr)
         if new_pages > sb.msm_pages:
             need = 2 * new_pages
             bits = self.meta_bitarray()
@@ -530,15 +530,15 @@ class Metadata:
             md.fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no metadata file (is this a thin pool directory?)") from None
-        cls._lock(md.fd, read_only, path)
+        cls.lock_file(md.fd, read_only, path)
         try:
-            md._load(check_trees=check_trees or not read_only)
+            md.load(check_trees=check_trees or not read_only)
         except BaseException:
             md.close()
             raise
         return md
 
-    def _load(self, check_trees: bool = True) -> None:
+    def load(self, check_trees: bool = True) -> None:
         fsize = os.fstat(self.fd).st_size
         if fsize < 2 * METADATA_BLOCK_SIZE:
             raise _corrupt(f"{self.path}: file is {fsize} bytes, shorter than the two superblocks")
@@ -594,7 +594,7 @@ class Metadata:
         if fsize < nm * METADATA_BLOCK_SIZE:
             raise _corrupt(f"{self.path}: file is {fsize} bytes but the superblock says {nm} blocks "
                            f"({nm * METADATA_BLOCK_SIZE} bytes): truncated")
-        if sb.msm_pages != _pages(nm) or sb.dsm_pages != _pages(nd):
+        if sb.msm_pages != sm_pages(nm) or sb.dsm_pages != sm_pages(nd):
             raise _corrupt("superblock: space-map page counts do not match the sizes")
         for name, start, pages in (("metadata", sb.msm_start, sb.msm_pages), ("data", sb.dsm_start, sb.dsm_pages)):
             if start < 2 or start + 2 * pages > nm:
@@ -664,7 +664,7 @@ class Metadata:
         self.sb.flags = sb.flags
         if check_trees:
             self._validate_trees(mrc, drc)
-        self._build_space(mrc, drc)
+        self.build_space(mrc, drc)
         # The first commit writes the other copy, which is stale wherever the
         # last committed transaction changed a page: mark those as changed.
         self.mdirty_prev = _pages_out_of_step(self.meta, sb.msm_start, sb.msm_pages)
@@ -760,7 +760,7 @@ class Metadata:
         dv = self.dv
         for s in np.flatnonzero(dv.dev_id >= 0):
             root = int(dv.root[s])
-            n = _count_mapped(m=self.meta, root=root, levels=int(dv.levels[s]))
+            n = count_mapped(m=self.meta, root=root, levels=int(dv.levels[s]))
             if n != int(dv.mapped[s]):
                 raise _corrupt(f"device {int(dv.dev_id[s])}: record says {int(dv.mapped[s])} mapped blocks, tree has {n}")
 
@@ -777,7 +777,7 @@ def _pages_out_of_step(meta: np.ndarray, start: int, pages: int) -> np.ndarray:
     return out
 
 
-def _count_mapped(m, root, levels):
+def count_mapped(m, root, levels):
     if root == 0:
         return 0
     return int(_count_tree(m, root, levels))

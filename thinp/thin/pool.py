@@ -45,7 +45,7 @@ from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from ..pdata import radix as K
 from ..pdata import btree as _btree
-from ..pdata.mapping_index import mapping_index
+from ..pdata.mapping_index import device_mappings, mapping_index
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
 from ..units import check_block_size, format_size, parse_size
@@ -79,7 +79,7 @@ _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
 _libc = None
 
 
-def _punch_hole(fd: int, offset: int, length: int) -> None:
+def punch_hole(fd: int, offset: int, length: int) -> None:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -92,7 +92,7 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
 LOG_ROWS = 1 << 16
 
 
-def _lock(mpath: str, read_only: bool) -> int:
+def lock_metadata(mpath: str, read_only: bool) -> int:
     """An fd of ``mpath`` holding flock: shared for readers, exclusive for
     the one writer (PoolBusyError when taken)."""
     fd = os.open(mpath, os.O_RDONLY)
@@ -173,12 +173,6 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
     return out
 
 
-def _split_values(vblock: np.ndarray, value: np.ndarray):
-    """(vblock, pblock, time) int64 arrays of leaf entries."""
-    return (vblock.astype(np.int64), (value >> np.uint64(24)).astype(np.int64),
-            (value & np.uint64(0xFFFFFF)).astype(np.int64))
-
-
 def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileIndex:
     """The volatile index of the metadata's devices: the device table from
     the details and the sidecar, and (``load``) every mapping from the
@@ -188,7 +182,13 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
                              low_water_mark=int(side.get("low_water_mark", 0)),
                              commit_interval=int(side.get("commit_interval", DEFAULT_COMMIT_INTERVAL)),
                              time=dm.sb.time, dcursor=int(side.get("data_cursor", 0)))
-    leaves = mapping_index(dm.bm, dm.sb.data_mapping_root) if load else None
+    # the devices' subtrees are read in place, straight into the index (the
+    # open checked them); the top level names their roots
+    top = device_mappings(dm.bm, dm.sb.data_mapping_root) if load else None
+    roots = dict(zip(top[0].tolist(), top[1].astype(np.int64).tolist())) if load else {}
+    m64, m32 = dm.bm.blocks.view(np.uint64), dm.bm.blocks.view(np.uint32)
+    stack = np.zeros((2, 16), dtype=np.int64)
+    bad = np.zeros(2, dtype=np.int64)
     for dev in sorted(dm.devices):
         d = dm.devices[dev]
         s = md.free_slot()
@@ -207,16 +207,19 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
         md.slot_of[dev] = s
         if not load:
             continue
-        v, p, t = _split_values(*leaves.device(dev))
-        if len(v) and int(v[-1]) >= nr_blocks:
+        r = TK.load_subtree(md.sp, md.dv, np.int64(s), m64, m32, np.int64(roots.get(dev, 0)), stack, bad)
+        if r == -2:
+            raise errors.MetadataCorruptError(f"metadata corrupt: device {dev}'s mapping tree is too deep")
+        if r == -1:
+            vb, p = int(bad[0]), int(bad[1]) >> 24
+            if vb >= nr_blocks:
+                raise errors.MetadataCorruptError(
+                    f"metadata corrupt: device {dev} maps block {vb}, past its size of {sectors} sectors "
+                    f"in {SIDECAR}")
             raise errors.MetadataCorruptError(
-                f"metadata corrupt: device {dev} maps block {int(v[-1])}, past its size of {sectors} sectors "
-                f"in {SIDECAR}")
-        if len(p) and int(p.max()) >= dm.data_sm.nr_blocks:
-            raise errors.MetadataCorruptError(
-                f"metadata corrupt: device {dev} maps data block {int(p.max())} of {dm.data_sm.nr_blocks}")
-        if TK.load_mappings(md.sp, md.dv, np.int64(s), v, p, t) != 0:
-            raise errors.ThinpError(f"the in-RAM index has no room for device {dev}'s {len(v)} mappings")
+                f"metadata corrupt: device {dev} maps data block {p} of {dm.data_sm.nr_blocks}")
+        if r != 0:
+            raise errors.ThinpError(f"the in-RAM index has no room for device {dev}'s {d.mapped_blocks} mappings")
     md.held = None
     if dm.sb.held_root and load:
         # the held metadata snapshot's trees, as index trees of their own:
@@ -224,11 +227,17 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
         held = mapping_index(dm.bm, DmMetadata(dm.bm, dm.sb).held_superblock().data_mapping_root)
         md.held = TK.make_devices(max(1, len(held.devs)))
         for k, dev in enumerate(held.devs.tolist()):
-            v, p, t = _split_values(*held.device(dev))
+            v, val = held.device(dev)
             hd = md.held
             hd.dev_id[k] = dev
-            hd.levels[k] = TK.levels_for(int(v[-1]) + 1 if len(v) else 1)
-            if TK.load_mappings(md.sp, hd, np.int64(k), v, p, t) != 0:
+            hd.nr_blocks[k] = int(v[-1]) + 1 if len(v) else 1
+            hd.levels[k] = TK.levels_for(int(hd.nr_blocks[k]))
+            r = TK.load_leaf_values(md.sp, hd, np.int64(k), v, val, bad)
+            if r == -1:
+                raise errors.MetadataCorruptError(
+                    f"metadata corrupt: the held metadata snapshot's device {dev} maps data block "
+                    f"{int(val[bad[0]]) >> 24} of {dm.data_sm.nr_blocks}")
+            if r != 0:
                 raise errors.ThinpError("the in-RAM index has no room for the held metadata snapshot")
     md.commit()
     scal = md.sp.scal
@@ -325,6 +334,11 @@ class ThinPool:
         self._md = md
         self._dm = dm
         self._side = side
+        #: the sidecar file's content as this process last wrote it, less
+        #: ``previous`` (None until the first commit writes it)
+        self._side_written: dict | None = None
+        #: the superblock as the last commit packed it (None before one)
+        self._sb_committed: np.ndarray | None = None
         self._lock_fd = lock_fd
         self.read_only = read_only
         self._closed = False
@@ -425,7 +439,7 @@ class ThinPool:
             dm.sync = bool(sync)
             side["commit"] = _commit_tie(dm)
             write_sidecar(path, side)
-            lock_fd = _lock(os.path.join(path, "metadata"), False)
+            lock_fd = lock_metadata(os.path.join(path, "metadata"), False)
         except BaseException:
             if dm is not None:
                 dm.bm.close()
@@ -474,7 +488,7 @@ class ThinPool:
                 f"{path}: metadata in thinp's old format; convert it with 'thinp convert {path} NEW_DIR'")
         if len(head) < 40 or int.from_bytes(head[32:40], "little") != THIN_SUPERBLOCK_MAGIC:
             raise errors.MetadataCorruptError(f"metadata corrupt: {mpath}: no dm-thin superblock (bad magic)")
-        lock_fd = _lock(mpath, read_only)
+        lock_fd = lock_metadata(mpath, read_only)
         try:
             side = read_sidecar(path)
             split = (side or {}).get("split", "current")
@@ -815,6 +829,60 @@ class ThinPool:
             md.held = None
         self.commit()
 
+    def restore_devices(self, *, uuid, transaction_id: int, flags: int, time: int, devices) -> int:
+        """Fill a new, empty pool as thin_restore does: the superblock's
+        fields, then each device's dm tree by inserting its mappings in
+        order (devices share nothing), and the index beside it, then
+        commit.  ``devices`` holds tuples (dev_id, nr_blocks, size_bytes,
+        transaction_id, creation_time, snapshotted_time, vblocks, pblocks,
+        times), the last three int64 arrays with pblocks inside the pool.
+        Returns the number of mappings."""
+        md, dm = self._md, self._dm
+        if uuid:
+            self._side["uuid"] = uuid
+        dm.sb.trans_id = transaction_id
+        dm.sb.flags = flags
+        dm.sb.time = time
+        md.sp.scal[K.S_TIME] = time
+        total = 0
+        log = self._log
+        for dev, nrb, dev_bytes, txn, ctime, stime, o64, d64, t64 in devices:
+            self._dm_op(dm.create_thin, dev)
+            for lo in range(0, len(o64), len(log)):
+                hi = min(lo + len(log), len(o64))
+                n = hi - lo
+                log[:n, 0] = dev
+                log[:n, 1] = o64[lo:hi]
+                log[:n, 2] = (d64[lo:hi] << 24) | (t64[lo:hi] & 0xFFFFFF)
+                log[:n, 3] = 0
+                if not self._apply_log(n):
+                    raise errors.NoSpaceError("restore: metadata ran out while building trees (estimate too small)")
+            det = dm.devices[dev]
+            det.mapped_blocks = len(o64)
+            det.transaction_id = txn
+            det.creation_time = ctime
+            det.snapshotted_time = stime
+            det.changed = True
+            s = md.free_slot()
+            dv = md.dv
+            dv.dev_id[s] = dev
+            dv.root[s] = 0
+            dv.levels[s] = TK.levels_for(nrb)
+            dv.nr_blocks[s] = nrb
+            dv.size_sectors[s] = dev_bytes // SECTOR_SIZE
+            dv.mapped[s] = 0
+            dv.create_time[s] = ctime
+            dv.snap_time[s] = stime
+            md.slot_of[dev] = s
+            if TK.load_mappings(md.sp, dv, np.int64(s), o64, d64, t64) != 0:
+                raise errors.ThinpError(f"restore: the in-RAM index has no room for device {dev}")
+            dv.changed[s] = 0
+            total += len(o64)
+        sp = md.sp
+        sp.scal[K.S_LWM_ARMED] = 1 if sp.scal[K.S_NR_DATA] - sp.scal[K.S_DUSED] > sp.scal[K.S_LWM] else 0
+        self.commit()
+        return total
+
     def _dm_op(self, fn, *args):
         """A dm metadata operation; running out of metadata space aborts the
         transaction and leaves the pool read-only, as in dm-thin."""
@@ -899,12 +967,32 @@ class ThinPool:
                 f"{self.path}: out of metadata space during commit; the pool is read-only with needs_check set"
             ) from None
         md.commit()
+        self._sb_committed = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
+        dm.sb.pack(self._sb_committed)
         if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
             self._meta_lwm_armed = True
         self._punch_passdown()
         if md.sp.scal[TK.S_OODS] and self.nr_free_data_blocks > 0:
             md.sp.scal[TK.S_OODS] = 0
             self._drain_queue()
+
+    def _nothing_to_commit(self) -> bool:
+        """True when a commit now would write the same superblock and
+        sidecar as the last one (no mapping, device, space-map or option
+        change since), and payload bytes need no flush."""
+        dm, md = self._dm, self._md
+        if self._side_written is None or md.dv.changed.any() or any(d.changed for d in dm.devices.values()):
+            return False
+        if self.payload and md.sb.options & OPT_SYNC:
+            return False
+        buf = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
+        dm.sb.pack(buf)
+        if self._sb_committed is None or not np.array_equal(buf, self._sb_committed):
+            return False
+        side = self._next_sidecar()
+        side.pop("previous")
+        side["commit"] = _commit_tie(dm)
+        return side == self._side_written
 
     def _next_sidecar(self) -> dict:
         md, dm = self._md, self._dm
@@ -925,9 +1013,17 @@ class ThinPool:
         return side
 
     def _write_sidecar(self, side: dict, sync: bool) -> None:
+        """Write the sidecar of the commit under way, unless the file
+        already says the same: same devices, options, cursor and tie (the
+        roots, so the commit changed no mapping and no device).  The file
+        then belongs to this commit as much as to the last one, and a
+        crash before the superblock finds it right for either."""
         side["commit"] = _commit_tie(self._dm)
-        write_sidecar(self.path, side, sync=sync)
-        self._side = {k: v for k, v in side.items() if k != "previous"}
+        now = {k: v for k, v in side.items() if k != "previous"}
+        if now != self._side_written:
+            write_sidecar(self.path, side, sync=sync)
+            self._side_written = now
+        self._side = now
 
     def _metadata_failed(self) -> None:
         """A metadata operation failed: abort the transaction and go read-only
@@ -966,7 +1062,7 @@ class ThinPool:
             dcount = self._dm.data_sm.count
             for p in np.sort(sp.dpass[:n]):
                 if sp.drc[p] == 0 and dcount[p] == 0:
-                    _punch_hole(self._data_fd, int(p) * bs, bs)
+                    punch_hole(self._data_fd, int(p) * bs, bs)
         sp.scal[K.S_DNPASS] = 0
 
     # ------------------------------------------------------------------ I/O
@@ -1101,6 +1197,12 @@ class ThinPool:
                 if self.read_only:
                     # only reads run here, so only the commit interval can
                     # ask, and a read-only pool has nothing to commit
+                    md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+                elif self._nothing_to_commit():
+                    # dm-thin's periodic commit runs only when the
+                    # transaction changed the metadata
+                    # (dm_pool_changed_this_transaction): overwrites of
+                    # provisioned, unshared blocks change nothing
                     md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
                 else:
                     self.commit()

@@ -135,15 +135,21 @@ class PoolMetadata:
         nothing done to it reaches the file (never commit it)."""
         path = os.fspath(path)
         if check:
-            with DmMetadata.open(path) as ro:
-                res = ro.check()
-                if res.problems:
-                    raise errors.MetadataCorruptError(f"metadata corrupt: {path}: {res.problems[0]}")
+            # the file must exist and hold the blocks its superblock names
+            DmMetadata.open(path).close()
         bm = BlockManager.open_file(path, writable=writable)
         try:
             sb = read_superblock(bm)
-            mcount, mindex = read_counts(bm, sb.metadata_sm_root, metadata=True, what="metadata")
-            dcount, dindex = read_counts(bm, sb.data_sm_root, metadata=False, what="data")
+            if check:
+                # checked through this mapping: the check's space-map counts
+                # are the ones to load (the file is locked against writers)
+                res = DmMetadata(bm, sb).check()
+                if res.problems:
+                    raise errors.MetadataCorruptError(f"metadata corrupt: {path}: {res.problems[0]}")
+                mcount, mindex, dcount, dindex = res.space_maps
+            else:
+                mcount, mindex = read_counts(bm, sb.metadata_sm_root, metadata=True, what="metadata")
+                dcount, dindex = read_counts(bm, sb.data_sm_root, metadata=False, what="data")
             tm = TransactionManager(bm, mcount)
             tm.load_space_map(sb.metadata_sm_root, mindex)
             data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex)

@@ -29,11 +29,10 @@ import numpy as np
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
-from ..pdata import radix as K
 from ..units import check_block_size
 from . import _kernels as TK
 from . import _tool_kernels as TTK
-from .metadata import RECORDS_PER_TABLE, _pages
+from .metadata import RECORDS_PER_TABLE, sm_pages
 from .metadata_size import metadata_size as _default_metadata_size
 
 MAX_TIME = (1 << 24) - 1  # a leaf's time is 24 bits, as in dm-thin
@@ -424,7 +423,7 @@ def _metadata_blocks_needed(nd: int, devices, nr_meta_default: int, bs: int = 0,
     tables = -(-len(devices) // RECORDS_PER_TABLE)
     nm = max(nr_meta_default, 64)
     for _ in range(3):
-        fixed = 2 + 2 * _pages(nm) + 2 * _pages(nd)
+        fixed = 2 + 2 * sm_pages(nm) + 2 * sm_pages(nd)
         need = fixed + nodes + 2 * tables + 2 + 64
         nm = max(nr_meta_default, need + min(4096, need // 9 + 1) + need // 16)
     return nm
@@ -486,64 +485,27 @@ def restore(xml_path, pool_dir, *, payload: bool = False, metadata_size=None, sy
 def _fill(pool, sb, devices, sizes=None) -> int:
     """Build every device's dm tree by inserting its mappings in order (as
     thin_restore does; devices share nothing), and the pool's index beside
-    it."""
-    md, dm = pool._md, pool._dm
+    it (:meth:`ThinPool.restore_devices`)."""
     nd = sb["nr_data_blocks"]
     bs = sb["block_size"]
+    uuid = None
     if sb["uuid"]:
         try:
-            pool._side["uuid"] = str(_uuid.UUID(sb["uuid"]))
+            uuid = str(_uuid.UUID(sb["uuid"]))
         except ValueError:
             pass  # dm's uuid is free text; thinp keeps its own
-    dm.sb.trans_id = sb["transaction"]
-    dm.sb.flags = sb["flags"]
-    dm.sb.time = sb["time"]
-    md.sp.scal[K.S_TIME] = sb["time"]
-    total = 0
-    log = pool._log
+    out = []
     for attrs, o, d, t in devices:
         if len(d) and int(d.max()) >= nd:
             raise RestoreError(f"restore: device {attrs['dev_id']} maps data block {int(d.max())} "
                                f"of a pool of {nd} blocks")
         nrb = _device_blocks(nd, bs, attrs, o, sizes)
         dev = attrs["dev_id"]
-        pool._dm_op(dm.create_thin, dev)
-        o64, d64, t64 = (np.asarray(a, dtype=np.int64) for a in (o, d, t))
-        for lo in range(0, len(o64), len(log)):
-            hi = min(lo + len(log), len(o64))
-            n = hi - lo
-            log[:n, 0] = dev
-            log[:n, 1] = o64[lo:hi]
-            log[:n, 2] = (d64[lo:hi] << 24) | (t64[lo:hi] & 0xFFFFFF)
-            log[:n, 3] = 0
-            if not pool._apply_log(n):
-                raise errors.NoSpaceError("restore: metadata ran out while building trees (estimate too small)")
-        det = dm.devices[dev]
-        det.mapped_blocks = len(o64)
-        det.transaction_id = attrs["transaction"]
-        det.creation_time = attrs["creation_time"]
-        det.snapshotted_time = attrs["snap_time"]
-        det.changed = True
-        s = md.free_slot()
-        dv = md.dv
-        dv.dev_id[s] = dev
-        dv.root[s] = 0
-        dv.levels[s] = TK.levels_for(nrb)
-        dv.nr_blocks[s] = nrb
         dev_bytes = sizes[dev] if sizes and dev in sizes else nrb * bs
-        dv.size_sectors[s] = dev_bytes // SECTOR_SIZE
-        dv.mapped[s] = 0
-        dv.create_time[s] = attrs["creation_time"]
-        dv.snap_time[s] = attrs["snap_time"]
-        md.slot_of[dev] = s
-        if TK.load_mappings(md.sp, dv, np.int64(s), o64, d64, t64) != 0:
-            raise errors.ThinpError(f"restore: the in-RAM index has no room for device {dev}")
-        dv.changed[s] = 0
-        total += len(o64)
-    sp = md.sp
-    sp.scal[K.S_LWM_ARMED] = 1 if nd - sp.scal[K.S_DUSED] > sp.scal[K.S_LWM] else 0
-    pool.commit()
-    return total
+        out.append((dev, nrb, dev_bytes, attrs["transaction"], attrs["creation_time"], attrs["snap_time"],
+                    *(np.asarray(a, dtype=np.int64) for a in (o, d, t))))
+    return pool.restore_devices(uuid=uuid, transaction_id=sb["transaction"], flags=sb["flags"], time=sb["time"],
+                                devices=out)
 
 
 def parse_sizes(items, what: str = "sizes") -> dict:

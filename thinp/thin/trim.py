@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from .pool import ThinPool, _punch_hole
+from .pool import ThinPool, punch_hole
 
 
 def free_runs(drc: np.ndarray):
@@ -41,7 +41,7 @@ def trim(pool_dir) -> tuple[int, int]:
         fd = os.open(os.path.join(pool_dir, "data"), os.O_RDWR)
         try:
             for b, e in zip(begin.tolist(), end.tolist()):
-                _punch_hole(fd, b * bs, (e - b) * bs)
+                punch_hole(fd, b * bs, (e - b) * bs)
         finally:
             os.close(fd)
         return len(begin), int((end - begin).sum())

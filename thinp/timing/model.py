@@ -163,34 +163,78 @@ SOURCES = {
              "estimates until `thinp calibrate` measures them",
     "page_copy_s": "copy_to_user/copy_from_user of 4 KiB at ~8 GB/s",
     "page_hit_s": "find_get_page + mark_page_accessed, ~0.2 us",
-    "layer_cpu_s": "overlayfs' ovl_* indirection (a second inode and file per op); aufs' "
-                   "si_read_lock/di_read_lock/fi_read_lock per op (Tarasov et al. 2017 report "
-                   "aufs' per-op overhead above overlay's); btrfs/zfs checksum and CoW bookkeeping",
+    "layer_cpu_s": (
+        "aufs: Okajima, aufs' author, built a Linux kernel with make -j8, -j80 and -j800 on "
+        "both (moby issue 20885, 2016): 183.8 s of system time on aufs against 136.2 s on "
+        "overlayfs, 35% more at -j8 and at -j80, so a per-operation cost, not lock contention; "
+        "the filesystem's share of that system time is not given: if about half, aufs' path "
+        "costs ~70% more per operation than overlay's ~2.6 us (cpu_s ~2 us + 0.6 us), ~1.8 us "
+        "more, so aufs 2.5 us. overlay/overlay2 0.6 us (ovl_* indirection, a second inode and "
+        "file per op), btrfs 1.5 us, zfs 3 us (checksum and CoW bookkeeping per op): no "
+        "published per-op figure found; estimates"),
     "page_write_cpu_s": "crc32c of 4 KiB (~0.3 us) plus extent/record bookkeeping",
-    "probe_s": "one ovl_lookup_single / aufs lookup in one branch directory",
+    "probe_s": (
+        "no published per-branch lookup figure found; an estimate: 0.3 us for one lookup in one "
+        "branch directory (ovl_lookup_single, a dcache miss), 0.9 us on aufs (3x, as its per-op "
+        "overhead in layer_cpu_s). Bounded above by moby PR 25824 (2016), which measured "
+        "overlay2's layer mount at 0.23 ms with 1 lower, 0.31 ms with 20 and 0.42 ms with 50: "
+        "~4 us per extra lower, each a whole path walk"),
     "copy_up_cpu_s": "ovl_copy_up_one: tmpfile in workdir, xattr copy, rename into upper",
     "copy_up_page_s": "splice of one page between two files",
-    "dm_worker_block_s": "dm-thin's process_bio -> provision_block / break_sharing: btree "
-                         "insert + space-map inc in the pool's single worker thread",
-    "dm_commit_writes": "dm_pool_commit_metadata: superblock and shadowed btree nodes",
+    "dm_worker_block_s": (
+        "Xu on dm-devel (2019-11-22): 4 KiB reads by 4 fio jobs through a thin device with 1 "
+        "GiB blocks on nvme ran at 1274 MiB/s with dm-thin's single worker thread at 100% CPU, "
+        "process_bio 86% of it: ~3.1 us of worker per bio (326k bios/s) for a mapping lookup "
+        "alone; provisioning or breaking sharing adds a btree insert, a space-map increment and "
+        "the copy's remap, so we take 8 us, ~2.5x a lookup, an estimate anchored on that figure"),
+    "dm_commit_writes": (
+        "no published figure found; an estimate from dm-thin-metadata.c's commit: the shadowed "
+        "data-mapping btree leaf and its parent, the data space map's bitmap and index blocks, "
+        "then the superblock: ~4 writes of 4 KiB after a few provisions"),
     "alloc_extent_s": "btrfs extent-tree insert / zfs metaslab allocation per extent",
     "readahead_bytes": "Linux read_ahead_kb default 128 (Documentation/ABI/stable/sysfs-block)",
     "merge_bytes": "max_sectors_kb default 512 (Documentation/block/queue-sysfs.rst)",
     "cache_bytes": "1 GiB of free memory for the page cache",
     "queue_depth": "NVMe/SATA NCQ 32 outstanding commands; a disk gains little past 4",
     "journal_commit_writes": "jbd2 descriptor + commit block (xfs: log record + flush)",
-    "start_s": "container create+activate+mount besides logged I/O: thinp.cost.CostConstants' "
-               "create_s/activate_s/mount_s (Tarasov et al. 2017; Docker's driver docs), doubled "
-               "for the init layer; devicemapper's 0.1 s from direct-lvm's ~0.7 s docker run "
-               "less the engine's share",
-    "remove_s": "thinp.cost.CostConstants.remove_s for the container's two layers",
+    "start_s": (
+        "union drivers: moby PR 25824 (2016) measured overlay2's layer mount (Get) at 0.23 ms "
+        "with 1 lower to 0.42 ms with 50, overlay 0.20-0.34 ms; the rest of our 2.5 ms (aufs 4 "
+        "ms: more per branch) is creating the container's and its init layer's directories and "
+        "files: no published figure found, an estimate. devicemapper: rhvgoyal timed creating "
+        "300 containers on loop-lvm (moby issue 18314, 2015): 113 s on Docker 1.7.1, 165 s on "
+        "1.9.1, 0.38-0.55 s each for two thin snapshots, their activation with udev sync, the "
+        "init layer's mount and writes, and the engine's create; no direct-lvm figure found; we "
+        "take 0.1 s for direct-lvm without loop files on a fast device, an estimate bounded "
+        "above by that figure. zfs 70 ms: King timed zfs clone through the CLI (openzfs issue "
+        "6372, 2017): 7 s for 100 clones with mountpoints, 70 ms each, growing with the number "
+        "of clones (90 s for 1000); we take one clone's 70 ms. btrfs 25 ms (subvolume snapshot, "
+        "transaction commit), vfs 1.5 ms besides its logged copy: no published figure found; "
+        "estimates"),
+    "remove_s": (
+        "devicemapper: rhvgoyal timed removing 300 containers on loop-lvm (moby issue 18314, "
+        "2015): 217-227 s, 0.72-0.76 s each, which on loop devices includes dm.blkdiscard of "
+        "the 10 GB thin device through a loop file (he notes that deleting a 100 GB device is a "
+        "problem on loop devices), plus the engine's share; no direct-lvm figure found; we take "
+        "0.09 s to deactivate (udev sync) and delete the container's two thin devices without a "
+        "loop file's discard, an estimate bounded above by that figure. Union drivers 2 ms (rm "
+        "-rf of two small directories), btrfs 12 ms (two subvolume deletes; the cleaner runs "
+        "later), zfs 45 ms (two zfs destroy through the CLI): no published figure found; "
+        "estimates"),
     "vfs_copy_inode_s": "measured: thinp's vfs lays a 120 MB image at ~22 us per file "
                         "create+write on this machine (issue #13)",
     "meta_read_bytes": "an ext4 inode-table or directory block, 4 KiB",
-    "engine_run_s": "docker run --rm of a trivial container on overlay2 takes a few tenths of a "
-                    "second end to end on a current host; 0.30 s for create+start -- an estimate "
-                    "to replace by `thinp calibrate`'s measurement",
-    "engine_rm_s": "stop of an exited task + remove, ~0.1 s -- an estimate, as engine_run_s",
+    "engine_run_s": (
+        "Khan (arXiv 2602.15214, 2026) measured docker run startup at 568 ms on an Azure "
+        "Premium SSD VM with 2 vCPUs (1157 ms on Standard HDD), varying 2.5% across images of "
+        "5-155 MB, with namespace creation 8-10 ms of it: the engine's share dominates and does "
+        "not depend on the image; we take 0.30 s for create + start on a bare-metal host and "
+        "engine_rm_s for the stop + remove, 0.38 s together, two thirds of that VM's figure -- "
+        "an estimate to replace by thinp calibrate's measurement"),
+    "engine_rm_s": (
+        "no published figure for stop + remove of an exited container apart from its driver "
+        "found; 0.08 s is an estimate (see engine_run_s); rhvgoyal's 0.72-0.76 s per docker rm "
+        "on devicemapper loop-lvm (moby issue 18314) includes the driver's removal (remove_s)"),
 }
 
 
@@ -222,7 +266,7 @@ def locks_for(driver: str, kind: str, ci: int, path: str, copy_up: bool) -> list
 
 
 #: the columns :meth:`TimingReport.row` adds to :func:`thinp.compare`'s table
-SIM_COLUMNS = ("sim_time_s", "sim_start_s", "sim_steps_s", "sim_wait_cpu_share",
+SIM_COLUMNS = ("sim_time_s", "sim_start_s", "sim_first_write_s", "sim_steps_s", "sim_wait_cpu_share",
                "sim_wait_device_share", "sim_wait_lock_share", "sim_top_lock", "sim_waits", "sim_phases")
 #: of those, the text columns (JSON objects for the breakdowns)
 SIM_TEXT_COLUMNS = ("sim_top_lock", "sim_waits", "sim_phases")
@@ -280,7 +324,7 @@ class TimingReport:
 
     driver: str
     time_s: float                       # simulated wall time, first op to last
-    per_container: list                 # dicts: container, start_s, steps_s, end_s
+    per_container: list                 # dicts: container, start_s, first_write_s, steps_s, end_s
     phases: dict                        # phase -> seconds of process time
     wait_s: dict                        # resource class -> seconds waited
     busy_s: dict                        # "cpu"/"device" -> seconds held
@@ -304,6 +348,7 @@ class TimingReport:
         return {
             "sim_time_s": self.time_s,
             "sim_start_s": sum(c["start_s"] for c in pc) / n,
+            "sim_first_write_s": _mean([c.get("first_write_s", math.nan) for c in pc]),
             "sim_steps_s": sum(c["steps_s"] for c in pc) / n,
             "sim_wait_cpu_share": shares.get("cpu", 0.0),
             "sim_wait_device_share": shares.get("device", 0.0),
@@ -313,6 +358,11 @@ class TimingReport:
             "sim_waits": json.dumps({k: round(v, 4) for k, v in shares.items()}),
             "sim_phases": json.dumps({k: round(v, 6) for k, v in self.phases.items()}),
         }
+
+
+def _mean(xs) -> float:
+    xs = [x for x in xs if x == x]
+    return sum(xs) / len(xs) if xs else math.nan
 
 
 def _device(dev, k: TimingConstants):
@@ -501,8 +551,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     # steps the wall span from there to its last op (its processes overlap)
     for pid, ops in enumerate(by_pid):
         ci = procs[pid][0]
-        c = conts.setdefault(ci, {"container": ci, "start_s": 0.0, "steps_s": 0.0, "end_s": 0.0,
-                                  "_t0": None, "_t1": 0.0})
+        c = conts.setdefault(ci, {"container": ci, "start_s": 0.0, "first_write_s": math.nan,
+                                  "steps_s": 0.0, "end_s": 0.0, "_t0": None, "_t1": 0.0, "_fw": None})
         b, e = r.op_begin[pid], r.op_end[pid]
         for n, j in enumerate(ops[:len(e)]):
             ph = log.phase[j]
@@ -510,10 +560,20 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
             if ph == "containers_create":
                 c["_t0"] = b[n] if c["_t0"] is None else min(c["_t0"], b[n])
                 c["_t1"] = max(c["_t1"], e[n])
+            elif log.kind[j] == "write" and ph != "image_load":
+                # the first write call that copied (a copy-up or a CoW
+                # during the call), else the first write call at all
+                dl = log.deltas[j]
+                key = (0 if dl is not None and (dl[3] > 0 or dl[5] > 0) else 1, b[n])
+                if c["_fw"] is None or key < c["_fw"][0]:
+                    c["_fw"] = (key, e[n] - b[n])
         if e:
             c["end_s"] = max(c["end_s"], e[-1])
     for c in conts.values():
         t0, t1 = c.pop("_t0"), c.pop("_t1")
+        fw = c.pop("_fw")
+        if fw is not None:
+            c["first_write_s"] = fw[1]
         c["start_s"] = t1 - t0 if t0 is not None else 0.0
         c["steps_s"] = max(c["end_s"] - (t1 if t0 is not None else 0.0), 0.0)
     return TimingReport(d, r.end_s, [conts[i] for i in sorted(conts)], phases, dict(r.wait_s),
