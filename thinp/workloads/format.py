@@ -399,7 +399,10 @@ def _parents(p: str):
     d = posixpath.dirname(p)
     while d not in ("/", ""):
         yield d
-        d = posixpath.dirname(d)
+        up = posixpath.dirname(d)
+        if up == d:                # "//": dirname's fixed point
+            break
+        d = up
 
 
 class Selectable:
