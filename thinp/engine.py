@@ -193,6 +193,9 @@ class Engine:
                     except OSError:
                         pass
                     c._view = None
+                c._engine = None     # no engine <-> container cycle: the driver's state
+                # (a vfs filesystem: millions of objects) is freed on the last
+                # reference, not left to a cyclic collection of seconds
             self.driver.cleanup()
         finally:
             if self._finalizer is not None:

@@ -155,3 +155,48 @@ def test_clone_tree_counts_and_errors():
         fs.clone_tree("/src/l3", "/other")
     assert e.value.errno == errno.ENOTDIR
     assert not fs.exists("/other")
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+@pytest.mark.parametrize("room", [1, 3, 6])
+def test_clone_tree_out_of_inodes_matches_per_path_copy(fstype, room):
+    """Out of inodes in the middle of a run of files (ext4 takes a run's
+    inodes in one kernel call): ENOSPC as the per-path copy gives it, and the
+    same partial copy, the inodes taken ahead for the rest of the run given
+    back (bitmap, hints and per-group counts as if never taken)."""
+    entries = [("dir", 0, "d", 0, 0)] + [("file", 1, "f", 5000, 0)] * 6 + [("symlink", 1, "l", 3, 0),
+                                                                          ("dir", 1, "e", 0, 0)]
+    a, b = pair(fstype, False, entries)
+    limit = len(a.inodes) + room
+    a.max_inodes = b.max_inodes = limit
+    for fs, copy in ((a, lambda: copy_tree_per_path(a, "/src", "/dst")), (b, lambda: b.clone_tree("/src", "/dst"))):
+        with pytest.raises(OSError) as e:
+            copy()
+        assert e.value.errno == errno.ENOSPC
+    assert_same(a, b)
+    b.check()
+
+
+@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
+def test_clone_tree_out_of_space_mid_run_matches_per_path_copy(fstype):
+    """Out of data blocks half-way through a run of files: the inodes ext4
+    took ahead for the rest of the run go back, and the partial copy is
+    the per-path copy's, field for field."""
+    entries = [("dir", 0, "d", 0, 0)] + [("file", 1, "f", 400_000, 0)] * 8
+    a, b = pair(fstype, False, entries)
+    for fs in (a, b):
+        fs.sync()
+        fs.create("/fill", 0o644)
+        # room for about three of the eight files' data
+        fs.write("/fill", 0, (fs._free_blocks() - fs._reserved_blocks() - 3 * 98 - 40) * 4096)
+        fs.sync()
+    with pytest.raises(OSError) as e:
+        copy_tree_per_path(a, "/src", "/dst")
+    assert e.value.errno == errno.ENOSPC
+    made = len(a.listdir("/dst/d0"))
+    assert 0 < made < 8                   # stopped in the middle of the run
+    with pytest.raises(OSError) as e:
+        b.clone_tree("/src", "/dst")
+    assert e.value.errno == errno.ENOSPC
+    assert_same(a, b)
+    b.check()

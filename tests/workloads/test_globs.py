@@ -208,3 +208,22 @@ def test_webapp_reads_library_files_below_usr_lib():
     files, dirs = image_tree(w.image)
     pool = Selectable(files, dirs).select(w.steps[-1].glob)
     assert len(pool) > 1000 and all(p.startswith("/usr/lib/") for p in pool)
+
+
+@pytest.mark.parametrize("pattern", ["/usr/lib/**", "/usr/lib", "/usr/lib/*", "/usr/**", "/usr/lib/**/x",
+                                     "usr/lib/**", "/usr/l?b/**"])
+def test_select_literal_prefix_agrees_with_glob_match(pattern):
+    """select() compares a pattern's literal leading components as one string;
+    paths written unnormalised (a step's ``//usr/lib/x``) or sharing a
+    prefix's letters (``/usr/libx``) still match as glob_match says."""
+    files = ["/usr/lib/a", "/usr/lib/x", "/usr/libx/a", "/usr/li", "//usr/lib//y", "usr/lib/z",
+             "/usr/lib/", "/usr/lib/d/x", "/usr"]
+    dirs = ["/usr/lib", "/usr/lib/d", "/usr/libx"]
+    want = sorted({p for p in files if glob_match(pattern, p)})
+    assert Selectable(files, dirs).select(pattern) == want
+    want_d = sorted({p for p in files if glob_match(pattern, p)} | {p for p in dirs if glob_match(pattern, p, True)})
+    assert Selectable(files, dirs).select(pattern, dirs=True) == want_d
+    sel = Selectable([], [])           # the same paths made by steps
+    for p in files:
+        sel.add_file(p)
+    assert set(sel.select(pattern)) == set(want)

@@ -270,3 +270,18 @@ def alloc_one_in_groups(ibitmap, ifirst_free, izone_used, per_group, lo, hi, nr_
             set_range(ibitmap, ifirst_free, izone_used, per_group, idx, one, one)
             return idx
     return -1
+
+
+@njit
+def alloc_many_in_groups(ibitmap, ifirst_free, izone_used, per_group, lo, hi, nr_groups, wrap, out):
+    """:func:`alloc_one_in_groups` ``len(out)`` times (a directory's files,
+    cloned together): the indices taken go to ``out``; returns how many were
+    taken before the groups tried ran out."""
+    n = 0
+    for i in range(out.shape[0]):
+        idx = alloc_one_in_groups(ibitmap, ifirst_free, izone_used, per_group, lo, hi, nr_groups, wrap)
+        if idx < 0:
+            break
+        out[i] = idx
+        n += 1
+    return n

@@ -348,15 +348,40 @@ class Ext4(Filesystem):
                                         lo, hi, g.nr_groups, not is_dir))
         if idx < 0:
             raise os_error(errno.ENOSPC, "")
-        grp = idx // ipg
         if is_dir:
-            self.group_dirs[grp] += 1
-        ino = idx + 1
-        within = idx - grp * ipg
-        loc = g.inode_table[grp] + within * INODE_SIZE // BLOCK
+            self.group_dirs[idx // ipg] += 1
+        return self._take_inode(idx)
+
+    def _take_inode(self, idx: int):
+        """(ino, loc, group) of inode-table entry ``idx``, just marked used;
+        its bitmap and descriptor blocks dirtied."""
+        g = self.geometry
+        ipg = g.inodes_per_group
+        grp = idx // ipg
+        loc = g.inode_table[grp] + (idx - grp * ipg) * INODE_SIZE // BLOCK
         self._dirty.add(g.inode_bitmap[grp])
         self._dirty.add(self._gdt_block(grp))
-        return ino, loc, grp
+        return idx + 1, loc, grp
+
+    def _alloc_file_inodes(self, parent: Inode, count: int) -> list[int]:
+        """Up to ``count`` inode-table entries for files made in ``parent``
+        one after another, taken in one kernel call: the entries ``count``
+        calls of ``_alloc_inode(parent, False)`` would take, in order, as
+        long as nothing else takes or frees an inode in between.  Pass each
+        to :meth:`_take_inode` where the single call would have been made;
+        :meth:`_unalloc_inodes` returns the ones not used."""
+        g = self.geometry
+        f = g.flex_size
+        lo = parent.zone & ~(f - 1)
+        out = np.empty(count, dtype=np.int64)
+        n = int(K.alloc_many_in_groups(self.ibitmap, self.ifirst_free, self.izone_used, g.inodes_per_group,
+                                       lo, min(g.nr_groups, lo + f), g.nr_groups, True, out))
+        return out[:n].tolist()
+
+    def _unalloc_inodes(self, idxs) -> None:
+        for idx in idxs:
+            K.set_range(self.ibitmap, self.ifirst_free, self.izone_used, self.geometry.inodes_per_group,
+                        idx, 1, 0)
 
     def _free_inode(self, node: Inode) -> None:
         g = self.geometry

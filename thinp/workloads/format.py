@@ -366,11 +366,43 @@ def _match_parts(pp: tuple, fp: tuple, is_dir: bool = False) -> bool:
     return m(0, 0)
 
 
+def _matching(pattern: str, cands: list) -> list:
+    """The ``(path, is_dir)`` of ``cands`` that :func:`glob_match` ``pattern``.
+    The pattern's leading literal components (no ``*?[``) must equal the
+    path's first ones, so they are compared as one string and only the rest
+    goes through :func:`_match_parts`: ``/usr/lib/**`` over an image's 6000
+    paths takes 5 ms, not 110."""
+    pp = tuple(_parts(pattern))
+    k = 0
+    while k < len(pp) and not any(ch in pp[k] for ch in "*?["):
+        k += 1
+    prefix = "/" + "/".join(pp[:k])
+    rest = pp[k:]
+    out = []
+    for c in cands:
+        p = c[0]
+        normal = p[:1] == "/" and "//" not in p and p[-1:] != "/"
+        if k and not (p == prefix or p.startswith(prefix + "/")):
+            if normal:
+                continue               # its first k components differ
+            if tuple(_parts(p))[:k] != pp[:k]:
+                continue
+        if normal and k and rest == ("**",):    # a final "**": below the prefix, or the directory itself
+            if p != prefix or c[1]:
+                out.append(c)
+        elif _match_parts(rest, tuple(_parts(p))[k:], c[1]):
+            out.append(c)
+    return out
+
+
 def _parents(p: str):
     d = posixpath.dirname(p)
     while d not in ("/", ""):
         yield d
-        d = posixpath.dirname(d)
+        up = posixpath.dirname(d)
+        if up == d:                # "//": dirname's fixed point
+            break
+        d = up
 
 
 class Selectable:
@@ -442,13 +474,11 @@ class Selectable:
         if base is None:
             cands = [(p, False) for p in self.files] + ([(p, True) for p in self.dirs] if dirs else [])
             if pattern is not None:
-                pp = tuple(_parts(pattern))
-                cands = [c for c in cands if _match_parts(pp, tuple(_parts(c[0])), c[1])]
+                cands = _matching(pattern, cands)
             base = self.cache[key] = sorted(set(p for p, _d in cands))
         new = [(p, False) for p in self.new_files] + ([(p, True) for p in self.new_dirs] if dirs else [])
         if pattern is not None and new:
-            pp = tuple(_parts(pattern))
-            new = [c for c in new if _match_parts(pp, tuple(_parts(c[0])), c[1])]
+            new = _matching(pattern, new)
         new = [p for p, _d in new]
         if not new and not self.gone:
             return base
