@@ -172,18 +172,20 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dco
 
 @njit(inline="always")
 def _lower_bound(m64, m32, b, key):
-    lo = -1
-    hi = np.int64(m32[b, 4])
-    while hi - lo > 1:
-        mid = lo + (hi - lo) // 2
-        k = m64[b, HDR + mid]
-        if k == key:
-            return mid
-        if k < key:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    """The index of the last key <= ``key`` in node ``b``, or -1 (dm's
+    lower_bound).  Branch-free: each step's load address is known without
+    predicting the comparison before it, so a random key costs no branch
+    misses (keys are unique, so this equals dm's search, which stops on an
+    equal key)."""
+    n = np.int64(m32[b, 4])
+    if n == 0:
+        return -1
+    base = np.int64(0)
+    while n > 1:
+        half = n >> 1
+        base += half * np.int64(m64[b, HDR + base + half] <= key)
+        n -= half
+    return base - np.int64(m64[b, HDR + base] > key)
 
 
 @njit(inline="always")
@@ -215,9 +217,10 @@ def _move(m64, m32, dst, doff, src, soff, count):
     sm = m32[src, 5]
     backward = dst == src and doff > soff
     if m32[dst, 6] == 8:
-        if backward:
+        if backward:  # keys, then values: two plain backward copies
             for i in range(count - 1, -1, -1):
                 m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
+            for i in range(count - 1, -1, -1):
                 m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
         else:
             for i in range(count):
