@@ -634,8 +634,8 @@ PREFETCH_AHEAD = 16
 
 
 @njit
-def _prefetch_leaf(m64, m32, root, dev, key):
-    """Descend to the leaf where ``key`` of ``dev`` is or would go (the
+def prefetch_leaf(m64, m32, root, dev, vblock):
+    """Descend to the leaf where ``vblock`` of ``dev`` is or would go (the
     internal nodes are few and stay cached) and prefetch all of it: keys
     for the search, values and the tail the insert shifts.  Read only: a
     hint, it changes nothing."""
@@ -650,6 +650,7 @@ def _prefetch_leaf(m64, m32, root, dev, key):
             b = v
             break
         b = v
+    key = np.uint64(vblock)
     while not m32[b, 1] & LEAF:
         i = _lower_bound(m64, m32, b, key)
         b = np.int64(_val(m64, m32, b, max(i, 0)))
@@ -686,7 +687,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     for k in range(n):
         if ahead and k + ahead < n and not (leaf >= 0 and np.uint64(vblocks[k + ahead]) >= hi[2]
                                             and (hi[1] or np.uint64(vblocks[k + ahead]) < hi[0])):
-            _prefetch_leaf(m64, m32, root, dev, np.uint64(vblocks[k + ahead]))
+            prefetch_leaf(m64, m32, root, dev, np.uint64(vblocks[k + ahead]))
         vb = vblocks[k]
         key = np.uint64(vb)
         direct = False
