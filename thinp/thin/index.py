@@ -20,6 +20,7 @@ import uuid as _uuid
 
 import numpy as np
 
+from ..pdata import memory
 from ..pdata import radix as K
 from . import _kernels as TK
 from .metadata import Metadata, Superblock
@@ -53,9 +54,9 @@ class VolatileIndex(Metadata):
             devdir_csum=0, dsm_start=0, dsm_pages=0, msm_start=0, msm_pages=0, dcursor=dcursor, mcursor=1,
             options=options, low_water_mark=low_water_mark, uuid=str(_uuid.UUID(int=0)), nr_devices=0,
             commit_interval=commit_interval, held_csum=0)
-        mrc = np.zeros(nr_nodes, dtype=np.uint32)
+        mrc = memory.zeros(nr_nodes, np.uint32)
         mrc[0] = 1
-        md.build_space(mrc, np.zeros(nr_data_blocks, dtype=np.uint32))
+        md.build_space(mrc, memory.zeros(nr_data_blocks, np.uint32))
         scal = md.sp.scal
         scal[K.S_META_RESERVE] = 0
         scal[K.S_META_LWM] = 0
