@@ -253,6 +253,7 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
             if r != 0:
                 raise errors.ThinpError("the in-RAM index has no room for the held metadata snapshot")
     md.commit()
+    md.huge_pages()
     scal = md.sp.scal
     scal[K.S_LWM_ARMED] = 1 if (scal[K.S_NR_DATA] - scal[K.S_DUSED]) > scal[K.S_LWM] else 0
     return md
