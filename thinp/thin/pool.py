@@ -75,6 +75,7 @@ FLAG_NEEDS_CHECK = 1  # dm's superblock flag
 DEFAULT_COMMIT_INTERVAL = 1_000_000
 MAX_THIN_ID = (1 << 24) - 1
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
+_COUNTER_SLOTS = np.array(sorted(K.COUNTER_NAMES), dtype=np.int64)
 
 _libc = None
 
@@ -361,6 +362,14 @@ class ThinPool:
         self._failed = False
         self._fail_mode: str | None = None  # dm-thin's "fail" mode: the reason
         self._log = np.zeros((LOG_ROWS, 4), dtype=np.int64)
+        #: the replay-kernel runs since the last commit, each [slots, ops,
+        #: offsets, lengths, start op, start vblock, ran to the end]: an
+        #: abort re-runs them on the committed state to count what dm applied
+        self._runs: list = []
+        self._commit_gen = 0
+        self._merge_at = 256
+        #: the counters as the last commit left them (zero at open)
+        self._commit_counters = np.zeros(len(K.COUNTER_NAMES), dtype=np.int64)
         nm = dm.tm.nr_blocks
         self._meta_reserve = min(4096, nm // 10)
         self._meta_lwm = min(1024, nm // 4)
@@ -903,11 +912,12 @@ class ThinPool:
         try:
             return fn(*args)
         except errors.NoSpaceError:
+            used = self._dm.nr_used_metadata_blocks
             self._metadata_failed()
+            self._abort_transaction(None, 0)
             raise errors.ReadOnlyPoolError(
-                f"{self.path}: out of metadata space ({self._dm.nr_used_metadata_blocks}/"
-                f"{self.nr_metadata_blocks} blocks); the transaction was aborted and the pool is read-only "
-                "with needs_check set") from None
+                f"{self.path}: out of metadata space ({used}/{self.nr_metadata_blocks} blocks); the transaction "
+                "was aborted and the pool is read-only with needs_check set") from None
 
     _MESSAGES = {
         "create_thin": (1, 2),
@@ -977,10 +987,15 @@ class ThinPool:
             dm.commit(before_superblock=lambda: self._write_sidecar(side, sync))
         except errors.NoSpaceError:
             self._metadata_failed()
+            self._abort_transaction(None, 0)
             raise errors.ReadOnlyPoolError(
-                f"{self.path}: out of metadata space during commit; the pool is read-only with needs_check set"
-            ) from None
+                f"{self.path}: out of metadata space during commit; the transaction was aborted and the pool is "
+                "read-only with needs_check set") from None
         md.commit()
+        self._runs.clear()
+        self._merge_at = 256
+        self._commit_gen += 1
+        self._commit_counters = md.sp.scal[_COUNTER_SLOTS].copy()
         self._sb_committed = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
         dm.sb.pack(self._sb_committed)
         if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
@@ -1186,19 +1201,30 @@ class ThinPool:
         done or (op, vblock) where it stopped out of data space."""
         out = np.zeros(4, dtype=np.int64)
         md = self._md
+        gen = -1
         while True:
+            if gen != self._commit_gen:
+                # (again after a commit, which ends the record)
+                rec = self._record_run(slots, ops, off, ln, start, start_vb)
+                gen = self._commit_gen
             out[3] = 0
             r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out,
                           self._log)
             ok = self._apply_log(int(out[3]))
             self._drain_events(events)
             if not ok or r == TK.R_NO_META:
+                # the request whose mapping change dm could not make, and
+                # every one after it, never happened
+                failed_op = int(self._log[int(self._mirror_out[1]), 3]) if not ok else int(out[1])
+                used = self._dm.nr_used_metadata_blocks
                 self._metadata_failed()
-                dm = self._dm
+                self._abort_transaction(ops, failed_op)
                 raise errors.ReadOnlyPoolError(
-                    f"{self.path}: out of metadata space ({dm.nr_used_metadata_blocks}/{dm.tm.nr_blocks} "
-                    "blocks); the transaction was aborted and the pool is read-only with needs_check set")
+                    f"{self.path}: out of metadata space ({used}/{self._dm.tm.nr_blocks} blocks) at request "
+                    f"{failed_op}; the transaction was aborted (the pool is back at its last commit) and the "
+                    "pool is read-only with needs_check set")
             if r == TK.R_DONE:
+                rec[6] = True
                 # Freed blocks are passed down (punched) only after the commit
                 # that frees them, as dm-thin's discard pt2 runs after commit:
                 # until then the last commit still maps them, and a crash must
@@ -1237,6 +1263,7 @@ class ThinPool:
                           np.int64(dm.sb.data_mapping_root), self._log, np.int64(n), dm.split == "halves",
                           np.int64(self._meta_reserve), np.int64(self._meta_lwm), self._meta_lwm_armed, res)
         dm.sb.data_mapping_root = int(res[0])
+        self._mirror_out = res
         if res[2] >= 0:
             self._meta_lwm_armed = False
             self._event(int(self._log[res[2], 3]), K.EV_META_LOW_WATER, int(res[3]))
@@ -1245,6 +1272,94 @@ class ThinPool:
             self._event(int(self._log[k, 3]), K.EV_OUT_OF_META, int(self._log[k, 1]))
             return False
         return True
+
+    def _record_run(self, slots, ops, off, ln, start, start_vb) -> list:
+        """Remember a kernel run until the next commit (see
+        :meth:`_abort_transaction`).  Runs of small traces that finished
+        (one per ThinDevice request) are merged into one copy now and then,
+        so the record stays about 25 bytes a request."""
+        runs = self._runs
+        if len(runs) >= self._merge_at:
+            # the oldest finished runs that started at a request's start:
+            # merging them reorders nothing (an unfinished run, a trace
+            # queued for data space, stays whole)
+            k = 0
+            while k < len(runs) and runs[k][6] and runs[k][5] < 0:
+                k += 1
+            j = k  # ... that are small (merged ones are left alone, so each request is copied once)
+            while j > 0 and len(runs[j - 1][1]) - runs[j - 1][4] < 64:
+                j -= 1
+            if k - j > 1:
+                done = runs[j:k]
+                total = sum(len(r[1]) - r[4] for r in done)
+                tr = np.empty(total, dtype=TRACE_DTYPE)
+                sl = np.empty(total, dtype=np.int64)
+                at = 0
+                for r in done:
+                    m = len(r[1]) - r[4]
+                    sl[at:at + m] = r[0][r[4]:]
+                    tr["op"][at:at + m] = r[1][r[4]:]
+                    tr["offset"][at:at + m] = r[2][r[4]:]
+                    tr["length"][at:at + m] = r[3][r[4]:]
+                    at += m
+                runs[j:k] = [[sl, tr["op"], tr["offset"], tr["length"], 0, -1, True]]
+            self._merge_at = len(runs) + 256
+        rec = [slots, ops, off, ln, int(start), int(start_vb), False]
+        runs.append(rec)
+        return rec
+
+    def _abort_transaction(self, failed_ops, failed_op: int) -> None:
+        """Roll back to the last commit, as dm-thin's abort_transaction
+        reloads its metadata: dm's in-core state is reopened from the file,
+        the index rebuilt from its leaves.  The counters become what dm
+        would have counted: the last commit's, plus the requests of the
+        kernel runs since then up to (not including) request ``failed_op``
+        of the trace whose ops are ``failed_ops``.  They are counted by
+        running those requests again, without data bytes, on an index
+        rebuilt from the last commit (the same state they first ran on), so
+        every counter comes out exactly as that prefix alone would give."""
+        old_dm, old_md = self._dm, self._md
+        mpath = os.path.join(self.path, "metadata")
+        try:
+            dm = PoolMetadata.open(mpath, split=old_dm.split, writable=False, check=False)
+            scratch = _build_index(dm, self._side)
+        except Exception as e:  # noqa: BLE001 - cannot reload: dm-thin fails the pool
+            self.fail(f"could not reload the last commit after aborting: {e}")
+            return
+        old_dm.bm.close()
+        self._dm = dm
+        idx = _COUNTER_SLOTS
+        scratch.sp.scal[idx] = self._commit_counters
+        out = np.zeros(4, dtype=np.int64)
+        runs, self._runs = self._runs, []
+        for slots, ops, off, ln, start, start_vb, _ in runs:
+            if ops is failed_ops:
+                slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
+            if start >= len(ops):
+                continue
+            while True:
+                out[3] = 0
+                r = TK.replay(scratch.sp, scratch.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8,
+                              0, out, self._log)
+                if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
+                    # a full log, or a commit the first run found nothing
+                    # to write for (a real one would have ended the record)
+                    if r == TK.R_NEED_COMMIT:
+                        scratch.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+                    start, start_vb = int(out[1]), int(out[2])
+                    continue
+                break
+        counters = scratch.sp.scal[idx].copy()
+        scratch.close()
+        try:
+            md = _build_index(dm, self._side)
+        except Exception as e:  # noqa: BLE001
+            self.fail(f"could not reload the last commit after aborting: {e}")
+            return
+        md.sp.scal[idx] = counters
+        old_md.close()
+        self._md = md
+        self._queue.clear()
 
     def _event(self, op_index: int, kind: int, value: int) -> None:
         sp = self._md.sp
