@@ -312,3 +312,28 @@ def test_interval_commit_runs_only_when_the_metadata_changed(tmp_path):
     with thinp.ThinPool.open(tmp_path / "p") as pool:
         assert pool.device(1).mapped_blocks == 101
     _thin_check(tmp_path / "p" / "metadata")
+
+
+def test_unchecked_open_finds_the_highest_mapping_down_the_rightmost_path(tmp_path):
+    """`thinp pool status` opens without the check or the index, and reads a
+    device's highest mapped block from its dm tree's rightmost path: it
+    must agree with the checked open's index, for an empty tree, a single
+    leaf and a tree with internal nodes (more mappings than one leaf holds)."""
+    p = tmp_path / "p"
+    rng = np.random.default_rng(7)
+    with thinp.ThinPool.create(p, "4G", block_size=BS) as pool:
+        for dev in (1, 2, 3):
+            pool.create_thin(dev, "1G")
+        many = np.unique(rng.integers(0, 16384, 2000))
+        writes = [(2, int(v)) for v in (5, 40)] + [(3, int(v)) for v in many]
+        t = np.zeros(len(writes), dtype=TRACE_DTYPE)
+        t["op"] = WRITE
+        t["dev_id"] = [d for d, _ in writes]
+        t["offset"] = [v * BS for _, v in writes]
+        t["length"] = 4096
+        pool.replay(t)
+    with thinp.ThinPool.open(p) as pool:
+        checked = {d: pool.device(d).highest_mapped_block() for d in (1, 2, 3)}
+    assert checked == {1: None, 2: 40, 3: int(many.max())}
+    with thinp.ThinPool.open(p, read_only=True, check_trees=False) as pool:
+        assert {d: pool.device(d).highest_mapped_block() for d in (1, 2, 3)} == checked

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import memory
 from .block import BITMAP, INDEX, BlockManager, corrupt
 from .btree import collect
 
@@ -78,11 +79,11 @@ class RefCounts:
     """
 
     def __init__(self, count: np.ndarray, nr_scalars: int):
-        self.count = count.astype(np.uint32, copy=True)
+        self.count = memory.copy(count, np.uint32)
         n = self.count.shape[0]
-        self.committed = np.zeros(n + nr_bitmaps(n) + 1, dtype=np.uint32)
+        self.committed = memory.zeros(n + nr_bitmaps(n) + 1, np.uint32)
         self.committed[:n] = self.count
-        self.free = self.count == 0
+        self.free = np.equal(self.count, 0, out=memory.zeros(n, np.bool_))
         self.st = np.zeros(nr_scalars, dtype=np.int64)
         self.nr_allocated = int(np.count_nonzero(self.count))
         self.committed[-1] = self.nr_allocated
@@ -228,7 +229,7 @@ def read_counts(bm: BlockManager, root: SmRoot, *, metadata: bool, what: str) ->
         if len(keys) != nbm or not np.array_equal(keys, np.arange(nbm, dtype=np.uint64)):
             raise corrupt(f"{what} space map index: {len(keys)} bitmaps for {n} blocks (need {nbm})")
         entries = vals.reshape(-1).view(INDEX_ENTRY_DTYPE)
-    counts = np.zeros(nbm * ENTRIES_PER_BITMAP, dtype=np.uint32)
+    counts = memory.zeros(nbm * ENTRIES_PER_BITMAP, np.uint32)
     index = []
     for i, ie in enumerate(entries):
         b = int(ie["blocknr"])

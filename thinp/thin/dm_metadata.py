@@ -26,7 +26,7 @@ import numpy as np
 
 from .. import errors
 from ..config import SECTOR_SIZE
-from ..pdata import btree
+from ..pdata import btree, memory
 from ..pdata.block import BlockManager, corrupt
 from ..pdata.crc32c import TABLE8
 from ..pdata.space_map import nr_bitmaps, read_counts
@@ -160,7 +160,7 @@ class DmMetadata:
             res.problems.append(f"metadata space map has {sb.metadata_sm_root.nr_blocks} blocks, "
                                 f"superblock says {nm}")
         seen: dict = {}
-        data_refs = np.zeros(nd, dtype=np.uint32)
+        data_refs = memory.zeros(nd, np.uint32)
         mcount = np.zeros(max(nm, 1), dtype=np.uint32)
         mcount[0] += 1  # the superblock
         if fast:

@@ -46,6 +46,7 @@ from bitarray import bitarray
 
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
+from ..pdata import memory
 from ..pdata import radix as K
 from . import _kernels as TK
 
@@ -231,14 +232,14 @@ class Metadata:
             meta=self.meta,
             mrc=mrc,
             mbits=K.make_bitmap(mrc > 0, nm),
-            mnew=np.zeros(nm, dtype=np.uint8),
-            mpend=np.zeros(nm, dtype=np.uint32),
+            mnew=memory.zeros(nm, np.uint8),
+            mpend=memory.zeros(nm, np.uint32),
             mdirty=np.zeros(sm_pages(nm), dtype=np.uint8),
             drc=drc,
             dbits=K.make_bitmap(drc > 0, nd),
-            dpend=np.zeros(nd, dtype=np.uint32),
+            dpend=memory.zeros(nd, np.uint32),
             ddirty=np.zeros(sm_pages(nd), dtype=np.uint8),
-            dpass=np.zeros(nd, dtype=np.uint32),
+            dpass=memory.zeros(nd, np.uint32),
             scal=scal,
             events=np.zeros((K.EV_CAPACITY, 3), dtype=np.int64),
         )

@@ -53,7 +53,7 @@ from . import _kernels as TK
 from . import _mirror as MIR
 from .dm_pool import SIDECAR, SIDECAR_VERSION, read_sidecar, sidecar_disagreement, write_sidecar
 from .dm_metadata import DmMetadata
-from .format import THIN_SUPERBLOCK_MAGIC, unpack_block_time
+from .format import THIN_SUPERBLOCK_MAGIC
 from .index import VolatileIndex
 from .metadata import (
     MAGIC as OLD_MAGIC,
@@ -122,11 +122,24 @@ def _options(side: dict) -> int:
             | (OPT_SYNC if side.get("sync", True) else 0))
 
 
-def _mappings(dm: PoolMetadata, dev: int):
-    """(vblock, pblock, time) int64 arrays of a device's dm leaves."""
-    k, v = _btree.collect(dm.bm, dm.subtree_root(dev), 8, who=f"device {dev}")
-    p, t = unpack_block_time(v.reshape(-1).view("<u8"))
-    return k.astype(np.int64), np.asarray(p, dtype=np.int64), np.asarray(t, dtype=np.int64)
+def _highest_vblock(dm: PoolMetadata, dev: int) -> int | None:
+    """The highest block a device's dm subtree maps (the last key of its
+    rightmost leaf: one node per level is read), or None when empty."""
+    b = dm.subtree_root(dev)
+    who = f"device {dev}"
+    for _ in range(_MAX_TREE_DEPTH):
+        n = _btree.read_node(dm.bm, b, who=who)
+        nr = n.nr_entries
+        if n.is_leaf:
+            return int(n.keys()[nr - 1]) if nr else None
+        if nr == 0:
+            raise errors.MetadataCorruptError(f"metadata corrupt: {who}: btree node {b}: internal node with no entries")
+        b = int(n.values64()[nr - 1])
+    raise errors.MetadataCorruptError(f"metadata corrupt: {who}: mapping tree is too deep")
+
+
+#: deeper than any dm tree of 2^64 keys
+_MAX_TREE_DEPTH = 16
 
 
 def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: bool) -> dict:
@@ -165,8 +178,8 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
         if str(dev) in old:
             sizes[str(dev)] = old[str(dev)]
         else:
-            v, _, _ = _mappings(dm, dev)
-            sizes[str(dev)] = ((int(v[-1]) + 1) if len(v) else 1) * bs // SECTOR_SIZE
+            h = _highest_vblock(dm, dev)
+            sizes[str(dev)] = (h + 1 if h is not None else 1) * bs // SECTOR_SIZE
     out["devices"] = sizes
     out["transaction_id"] = dm.sb.trans_id
     out["commit"] = tie
@@ -241,6 +254,7 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
             if r != 0:
                 raise errors.ThinpError("the in-RAM index has no room for the held metadata snapshot")
     md.commit()
+    md.huge_pages()
     scal = md.sp.scal
     scal[K.S_LWM_ARMED] = 1 if (scal[K.S_NR_DATA] - scal[K.S_DUSED]) > scal[K.S_LWM] else 0
     return md
@@ -1669,8 +1683,7 @@ class ThinDevice:
         md = self.pool._md
         s = self._s
         if not self.pool._trees_checked:
-            v, _, _ = _mappings(self.pool._dm, self.dev_id)
-            return int(v[-1]) if len(v) else None
+            return _highest_vblock(self.pool._dm, self.dev_id)
         else:
             h = int(TK.highest_mapped(md.meta, int(md.dv.root[s]), int(md.dv.levels[s])))
         return None if h < 0 else h
