@@ -971,6 +971,12 @@ class ThinPool:
         data bytes (payload mode), then dm's commit (space maps, the other
         changed blocks, the superblock last), with the sidecar written
         just before the superblock and tied to it by its checksum."""
+        self._commit(None, 0)
+
+    def _commit(self, failed_ops, failed_op: int) -> None:
+        """:meth:`commit`, made while request ``failed_op`` of the trace
+        whose ops are ``failed_ops`` waits: should dm's commit fail, the
+        abort counts the requests before it."""
         self._check_writable()
         md, dm = self._md, self._dm
         sync = bool(md.sb.options & OPT_SYNC)
@@ -993,7 +999,10 @@ class ThinPool:
             dm.commit(before_superblock=lambda: self._write_sidecar(side, sync))
         except errors.NoSpaceError:
             self._metadata_failed()
-            self._abort_transaction(None, 0)
+            self._abort_transaction(failed_ops, failed_op)
+            if failed_ops is not None:
+                self._event(failed_op, K.EV_OUT_OF_META, -1)
+                self._drain_events(None)
             raise errors.ReadOnlyPoolError(
                 f"{self.path}: out of metadata space during commit; the transaction was aborted and the pool is "
                 "read-only with needs_check set") from None
@@ -1236,7 +1245,7 @@ class ThinPool:
                 end = start + 1
                 if (start_vb < 0 and ops[start] == WRITE and self._dm_free_metadata() <= self._meta_reserve
                         and not self._serviceable(int(slots[start]), int(off[start]), int(ln[start]))):
-                    self.commit()  # "Let's commit before we use up the metadata reserve"
+                    self._commit(ops, start)  # "Let's commit before we use up the metadata reserve"
                     if self._ooms:
                         self._run_ooms(slots, ops, off, ln, start, src, src_base, events, failed_first=True)
                         return None
@@ -1296,7 +1305,7 @@ class ThinPool:
                     # provisioned, unshared blocks change nothing
                     md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
                 else:
-                    self.commit()
+                    self._commit(ops, start)
                 continue
             return start, start_vb
 
@@ -1355,10 +1364,15 @@ class ThinPool:
         self._meta_lwm_armed = dm.nr_free_metadata_blocks > self._meta_lwm
         self._queue.clear()
         out = np.zeros(4, dtype=np.int64)
-        runs, self._runs = self._runs, []
-        for slots, ops, off, ln, start, start_vb, _ in runs:
+        runs = []
+        for slots, ops, off, ln, start, start_vb, _ in self._runs:
             if ops is failed_ops:
                 slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
+            runs.append([slots, ops, off, ln, start, start_vb, True])
+        # the record is now the prefix: should the commit below fail, the
+        # abort counts exactly it
+        self._runs = [list(r) for r in runs]
+        for slots, ops, off, ln, start, start_vb, _ in runs:
             while start < len(ops):
                 out[3] = 0
                 r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8, 0, out,
@@ -1372,7 +1386,7 @@ class ThinPool:
                     continue
                 break
         md.sp.scal[K.S_NEV] = 0  # their events were raised by the first run
-        self.commit()
+        self._commit(failed_ops, failed_op)
 
     def _serviceable(self, slot: int, off: int, ln: int) -> bool:
         """True when a write touches only provisioned, unshared blocks (no
