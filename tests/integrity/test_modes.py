@@ -93,6 +93,9 @@ def test_reaching_the_metadata_reserve_commits_and_goes_out_of_metadata_space(tm
     b.close()
     assert check(pa).ok and not check(pa).needs_check
     da = _thin_dump(pa)
+    subprocess.run([shutil.which("thin_check"), os.path.join(pa, "metadata")], check=True, capture_output=True)
+    with ThinPool.open(pa, read_only=True) as ro:  # an observer sees the pool's own mode
+        assert ro.status(observer=True).mode == "ro" and ro.out_of_metadata_space
     assert 'flags="0"' in da and "needs_check" not in da
     assert re.sub(r' transaction="\d+"', "", da) == re.sub(r' transaction="\d+"', "", _thin_dump(pb))
 
@@ -175,8 +178,8 @@ def test_commit_interval_commits_every_n_operations(tmp_path):
     pool = ThinPool.create(str(tmp_path / "p"), data_size=256 * BS, commit_interval=10, sync=False)
     pool.create_thin(0, 256 * BS)
     commits = []
-    real_commit = pool.commit
-    pool.commit = lambda: (commits.append(1), real_commit())
+    real_commit = pool._commit  # (commit() and the replay's own commits all go through it)
+    pool._commit = lambda *a: (commits.append(1), real_commit(*a))
     pool.replay(trace(0, np.arange(25)))
     assert len(commits) == 2  # before ops 10 and 20
     assert pool.commit_interval == 10

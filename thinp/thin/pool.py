@@ -362,7 +362,7 @@ class ThinPool:
         self._meta_lwm_armed = dm.nr_free_metadata_blocks > self._meta_lwm
         #: dm-thin's PM_OUT_OF_METADATA_SPACE: free metadata is down to the
         #: reserve, so no mapping may change; reported as ``ro``, no needs_check
-        self._ooms = not read_only and dm.nr_free_metadata_blocks <= self._meta_reserve
+        self._ooms = dm.nr_free_metadata_blocks <= self._meta_reserve
         #: metadata blocks in use and allocations made, at the last commit
         #: (dm counts blocks freed since as in use until the next commit)
         self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
