@@ -291,8 +291,8 @@ FINDINGS = {
         "simulates processes on cores, the locks each driver's path holds and the device queue, but "
         "its CPU constants are estimates or one machine's thinp calibrate, and thinp validate timing "
         "misses its targets here (at 5 interleaved runs per cell on this shared 2-vCPU machine the "
-        "measured order is decided beyond the runs' spread in only 2 of 18 case/N groups, both "
-        "ordered the same, 11 of 18 by medians; 72 of 75 decided driver pairs ordered alike; time "
+        "measured order is decided beyond the runs' spread in only 3 of 18 case/N groups, all three "
+        "ordered the same, 11 of 18 by medians; 73 of 76 decided driver pairs ordered alike; time "
         "relative to overlay2 within 1.5x in 37 of 54 rows; README: Timing against the real kernel)",
         "devicemapper's discard at removal (dm.blkdiscard): a removal costs a fixed remove_s, not a "
         "discard of the container's bytes",

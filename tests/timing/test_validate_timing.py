@@ -149,3 +149,38 @@ def test_fit_prices_new_pages_trees_and_small_reads_from_their_benchmarks():
     # a logged read of a small file is an open/read/close
     assert t["cpu_s"]["read"] == pytest.approx(3e-6)
     assert t["layer_kind_s"]["overlay2.read"] == pytest.approx(2.6e-6 - 0.6e-6)
+
+
+def _btrfs_ok():
+    from thinp.validate import block
+
+    ok, why = vt.available()
+    return (block.btrfs_available() if ok else (ok, why))
+
+
+@pytest.mark.skipif(not _btrfs_ok()[0], reason=f"btrfs unavailable: {_btrfs_ok()[1]}")
+def test_the_snapshot_ioctl_makes_a_writable_snapshot_as_dockers_btrfs_driver_does():
+    import contextlib
+    import os
+    import subprocess
+
+    with contextlib.ExitStack() as st:
+        base = st.enter_context(vt.tmpfs("400M"))
+        mnt = st.enter_context(vt.loop_fs(base, "b", 300 << 20, ["mkfs.btrfs", "-q", "-f"]))
+        vt.run_cmd(["btrfs", "subvolume", "create", f"{mnt}/src"])
+        vt.write_file(f"{mnt}/src/d/f", 5000, 1)
+        vt.btrfs_snapshot(f"{mnt}/src", f"{mnt}/snap")
+        try:
+            # a subvolume of its own (btrfs says so), with the source's files
+            show = subprocess.run(["btrfs", "subvolume", "show", f"{mnt}/snap"], capture_output=True, text=True)
+            assert show.returncode == 0 and "snap" in show.stdout
+            with open(f"{mnt}/snap/d/f", "rb") as a, open(f"{mnt}/src/d/f", "rb") as b:
+                assert a.read() == b.read()
+            # writable, and a write to it leaves the source alone
+            with open(f"{mnt}/snap/d/f", "ab") as f:
+                f.write(b"x")
+            assert os.path.getsize(f"{mnt}/snap/d/f") == 5001 and os.path.getsize(f"{mnt}/src/d/f") == 5000
+            with pytest.raises(OSError):
+                vt.btrfs_snapshot(f"{mnt}/src", f"{mnt}/snap")      # the name is taken
+        finally:
+            subprocess.run(["btrfs", "subvolume", "delete", f"{mnt}/snap"], capture_output=True)

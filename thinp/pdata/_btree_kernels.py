@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
+from .intrinsics import memmove, prefetch
 
 INTERNAL = 1
 LEAF = 2
@@ -172,18 +173,20 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dco
 
 @njit(inline="always")
 def _lower_bound(m64, m32, b, key):
-    lo = -1
-    hi = np.int64(m32[b, 4])
-    while hi - lo > 1:
-        mid = lo + (hi - lo) // 2
-        k = m64[b, HDR + mid]
-        if k == key:
-            return mid
-        if k < key:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    """The index of the last key <= ``key`` in node ``b``, or -1 (dm's
+    lower_bound).  Branch-free: each step's load address is known without
+    predicting the comparison before it, so a random key costs no branch
+    misses (keys are unique, so this equals dm's search, which stops on an
+    equal key)."""
+    n = np.int64(m32[b, 4])
+    if n == 0:
+        return -1
+    base = np.int64(0)
+    while n > 1:
+        half = n >> 1
+        base += half * np.int64(m64[b, HDR + base + half] <= key)
+        n -= half
+    return base - np.int64(m64[b, HDR + base] > key)
 
 
 @njit(inline="always")
@@ -214,15 +217,10 @@ def _move(m64, m32, dst, doff, src, soff, count):
     dm = m32[dst, 5]
     sm = m32[src, 5]
     backward = dst == src and doff > soff
-    if m32[dst, 6] == 8:
-        if backward:
-            for i in range(count - 1, -1, -1):
-                m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
-                m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
-        else:
-            for i in range(count):
-                m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
-                m64[dst, HDR + dm + doff + i] = m64[src, HDR + sm + soff + i]
+    if m32[dst, 6] == 8:  # keys, then values: two memmoves
+        w = np.int64(m64.shape[1])
+        memmove(m64, dst * w + HDR + doff, src * w + HDR + soff, count)
+        memmove(m64, dst * w + HDR + dm + doff, src * w + HDR + sm + soff, count)
         return
     # narrower values (the space maps' 4-byte counts): keys, then value words
     w = np.int64(m32[dst, 6]) // 4
@@ -629,6 +627,38 @@ def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
         b = np.int64(_val(m64, m32, b, i))
 
 
+#: requests ahead whose leaf write_blocks prefetches: random provisioning
+#: of a large thin misses the cache on each leaf (and the TLB on its page);
+#: a fetch started this many requests early has landed when its turn comes
+PREFETCH_AHEAD = 16
+
+
+@njit
+def prefetch_leaf(m64, m32, root, dev, vblock):
+    """Descend to the leaf where ``vblock`` of ``dev`` is or would go (the
+    internal nodes are few and stay cached) and prefetch all of it: keys
+    for the search, values and the tail the insert shifts.  Read only: a
+    hint, it changes nothing."""
+    b = root
+    k = np.uint64(dev)
+    while True:  # the top-level tree, dev_id -> subtree root
+        i = _lower_bound(m64, m32, b, k)
+        if i < 0:
+            return
+        v = np.int64(_val(m64, m32, b, i))
+        if m32[b, 1] & LEAF:
+            b = v
+            break
+        b = v
+    key = np.uint64(vblock)
+    while not m32[b, 1] & LEAF:
+        i = _lower_bound(m64, m32, b, key)
+        b = np.int64(_val(m64, m32, b, max(i, 0)))
+    w = np.int64(m64.shape[1])
+    for j in range(0, w, 8):  # one 64-byte line each
+        prefetch(m64, b * w + j)
+
+
 @njit
 def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                  root, dev, snap_time, time, vblocks, halves, out):
@@ -653,7 +683,11 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
     n = vblocks.shape[0]
+    ahead = PREFETCH_AHEAD if n > 2 * PREFETCH_AHEAD else 0
     for k in range(n):
+        if ahead and k + ahead < n and not (leaf >= 0 and np.uint64(vblocks[k + ahead]) >= hi[2]
+                                            and (hi[1] or np.uint64(vblocks[k + ahead]) < hi[0])):
+            prefetch_leaf(m64, m32, root, dev, np.uint64(vblocks[k + ahead]))
         vb = vblocks[k]
         key = np.uint64(vb)
         direct = False

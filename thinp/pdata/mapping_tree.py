@@ -18,16 +18,21 @@ inc_data            one more reference on a data block (use it, not
                     the bitmaps flagged as changed)
 nr_used             blocks in use now, from a space map's ``committed`` array
                     (its running count; no scan)
+prefetch_leaf       a read-only descent to the leaf where (dev, vblock) is or
+                    would go, prefetching that leaf: call it some requests
+                    ahead of a random insert (write_blocks does, 16 ahead)
 walk_leaves         one tree's leaf entries in key order (see
                     :func:`thinp.pdata.mapping_index.mapping_index`)
 """
 from __future__ import annotations
 
 from ._btree_kernels import (  # noqa: F401  (re-exported)
+    PREFETCH_AHEAD,
     inc_data,
     insert_mapping,
     lookup_mapping,
     nr_used,
+    prefetch_leaf,
     remove_mapping,
     update_ref_counts,
     walk_leaves,
@@ -35,5 +40,5 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     write_blocks,
 )
 
-__all__ = ["inc_data", "insert_mapping", "lookup_mapping", "nr_used", "remove_mapping", "update_ref_counts", "walk_leaves",
-           "walk_mapping_tree", "write_blocks"]
+__all__ = ["PREFETCH_AHEAD", "inc_data", "insert_mapping", "lookup_mapping", "nr_used", "prefetch_leaf", "remove_mapping",
+           "update_ref_counts", "walk_leaves", "walk_mapping_tree", "write_blocks"]

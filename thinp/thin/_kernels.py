@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import njit
+from ..pdata.intrinsics import prefetch
 from ..pdata.radix import (
     C_BYTES_COPIED,
     C_BYTES_DISCARD,
@@ -113,38 +114,6 @@ def make_devices(capacity: int) -> Devices:
     dv.dev_id[:] = -1
     return dv
 
-
-def _prefetch_intrinsic():
-    """``prefetch(arr, i)``: hint the CPU to fetch ``arr``'s flat element
-    ``i`` (C order) into cache, as LLVM's ``llvm.prefetch`` does; it never
-    faults and returns nothing."""
-    from llvmlite import ir
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def prefetch(typingctx, arr, idx):
-        if not isinstance(arr, types.Array) or not isinstance(idx, types.Integer):
-            return None
-
-        def codegen(context, builder, sig, args):
-            a = context.make_array(sig.args[0])(context, builder, args[0])
-            i8p = ir.IntType(8).as_pointer()
-            i32 = ir.IntType(32)
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
-            # read, high locality, data cache
-            builder.call(fn, [builder.bitcast(builder.gep(a.data, [args[1]]), i8p), ir.Constant(i32, 0),
-                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
-            return context.get_dummy_value()
-
-        return types.void(arr, idx), codegen
-
-    return prefetch
-
-
-prefetch = _prefetch_intrinsic()
 
 #: requests ahead whose leaf entry the replay kernel prefetches: random
 #: overwrites of a large thin miss the cache once each, and a miss that

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import inc_data, insert_mapping, remove_mapping
+from ..pdata.mapping_tree import PREFETCH_AHEAD, inc_data, insert_mapping, prefetch_leaf, remove_mapping
 
 
 @njit
@@ -52,6 +52,10 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
             out[4] = added
             out[5] = removed
             return -1
+        j = k + PREFETCH_AHEAD
+        if j < n and not (log[j, 0] == log[j - 1, 0] and abs(log[j, 1] - log[j - 1, 1]) < 64):
+            # a random row's leaf is cold: start fetching it now (a run's is hot)
+            prefetch_leaf(m64, m32, root, log[j, 0], log[j, 1])
         dev = log[k, 0]
         vb = log[k, 1]
         v = log[k, 2]

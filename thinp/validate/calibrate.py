@@ -316,8 +316,8 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
 
             def mount_umount():
                 t = time.perf_counter()
-                vt.run_cmd(["mount", "-t", "overlay", "overlay", "-o", opts2, m2])
-                vt.run_cmd(["umount", m2])
+                vt.mount_overlay(opts2, m2)        # mount(2)/umount(2) from this process, as Docker
+                vt.umount(m2)
                 return time.perf_counter() - t
             meas[f"overlay{k}.mount_umount.p1"] = _least(mount_umount)
         # vfs: cp -a of the Debian rootfs; btrfs snapshot+delete; zfs clone+destroy
