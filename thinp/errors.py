@@ -18,6 +18,7 @@ __all__ = [
     "MetadataCorruptError",
     "ReadOnlyPoolError",
     "PoolFailedError",
+    "OutOfMetadataSpaceError",
     "NotSupportedError",
     "ImageFormatError",
     "TooManyLayersError",
@@ -78,6 +79,20 @@ class ReadOnlyPoolError(_ErrnoError):
     """The pool is in read-only (or fail) mode: EROFS."""
 
     errno_value = _errno.EROFS
+
+
+class OutOfMetadataSpaceError(ReadOnlyPoolError):
+    """Requests that needed a new mapping while the pool is out of metadata
+    space (dm-thin's PM_OUT_OF_METADATA_SPACE, reported as ``ro``) failed
+    with EIO, as dm errors them.  ``failed`` holds their request indices;
+    ``result`` (set by ``replay``) what the rest of the run did."""
+
+    errno_value = _errno.EIO
+
+    def __init__(self, message: str, failed=()):
+        super().__init__(message)
+        self.failed = failed
+        self.result = None
 
 
 class PoolFailedError(_ErrnoError):

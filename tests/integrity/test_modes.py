@@ -1,9 +1,14 @@
-"""Pool modes as dm-thin has them: metadata exhaustion -> ro + needs_check,
-the metadata reserve and low water mark, fail mode, resize_metadata, the
+"""Pool modes as dm-thin has them: reaching the metadata reserve -> commit
+and out-of-metadata-space (ro, no needs_check), a real metadata failure ->
+ro + needs_check, the metadata reserve and low water mark, fail mode, resize_metadata, the
 commit interval, and open refusing needs_check until check --repair."""
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -24,34 +29,104 @@ def _random(dev_id, n, nr_vblocks, seed=5):
     return trace(dev_id, vbs), vbs
 
 
-def test_metadata_exhaustion_goes_ro_with_needs_check_until_repair(tmp_path):
+def _thin_dump(path) -> str:
+    tool = shutil.which("thin_dump")
+    if tool is None:
+        pytest.skip("thin_dump (thin-provisioning-tools) is not installed")
+    return subprocess.run([tool, os.path.join(path, "metadata")], capture_output=True, text=True, check=True).stdout
+
+
+def test_reaching_the_metadata_reserve_commits_and_goes_out_of_metadata_space(tmp_path):
+    """dm-thin's alloc_data_block commits before it would use the metadata
+    reserve; the commit finds free metadata at the reserve and switches to
+    PM_OUT_OF_METADATA_SPACE: reported ``ro`` without needs_check, writes
+    needing a new block fail with EIO, the rest still runs, and growing the
+    metadata returns the pool to ``rw``."""
+    pa, pb = str(tmp_path / "a"), str(tmp_path / "b")
+    nvirt = 16384 * 512
+    a = ThinPool.create(pa, data_size=65536 * BS, metadata_size="1M", sync=False)
+    nm = a.nr_metadata_blocks
+    lwm_events, oom = [], []
+    a.on_event("metadata_low_water_mark", lwm_events.append)
+    a.on_event("out_of_metadata_space", oom.append)
+    dev = a.create_thin(0, nvirt * BS)
+    dev.write(0, BS)
+    a.commit()
+    # random inserts leave dm's leaves part full: 60,000 need more than 1 MiB
+    tr, vbs = _random(0, 60000, nvirt)
+    with pytest.raises(errors.OutOfMetadataSpaceError, match="no needs_check") as e:
+        a.replay(tr)
+    assert e.value.errno == errno.EIO
+    f = int(e.value.failed[0])
+    assert 20000 < f < 59000
+    # every later write to a new block failed; one to block 0 (provisioned) would not
+    assert e.value.failed.tolist() == [i for i in range(f, len(vbs)) if vbs[i] != 0]
+    assert e.value.result.counters["nr_requests"] == len(vbs) - len(e.value.failed)
+    assert [x.op_index for x in oom] == [f]
+    assert [x.kind for x in lwm_events] == ["metadata_low_water_mark"]
+    st = a.status()
+    words = str(st).split()
+    assert words[4] == "ro" and words[7] == "-" and not st.needs_check and a.out_of_metadata_space
+    assert st.used_metadata_blocks == st.total_metadata_blocks == nm  # Meta% 100, as lvs shows it
+    prefix = set(vbs[:f].tolist()) | {0}
+    assert dev.mapped_blocks == len(prefix)
+    # in this mode: overwrites of provisioned unshared blocks run, new blocks
+    # fail (EIO), discards succeed and unmap nothing, pool messages are refused
+    before = a.counters()["nr_requests"]
+    dev.write(int(vbs[0]) * BS, 4096)
+    assert a.counters()["nr_requests"] == before + 1
+    with pytest.raises(errors.OutOfMetadataSpaceError):
+        dev.write(int(vbs[-1]) * BS, BS)
+    dev.discard(int(vbs[0]) * BS, BS)
+    assert dev.lookup(int(vbs[0])) is not None
+    with pytest.raises(errors.ReadOnlyPoolError, match="out of metadata space"):
+        a.create_thin(1, BS)
+    a.close()
+
+    # on disk: what came before request f, committed, needs_check clear --
+    # the same metadata as a pool that replayed exactly that prefix
+    b = ThinPool.create(pb, data_size=65536 * BS, metadata_size="1M", sync=False)
+    b.create_thin(0, nvirt * BS).write(0, BS)
+    b.commit()
+    b.replay(tr[:f])
+    b.commit()
+    b.close()
+    assert check(pa).ok and not check(pa).needs_check
+    da = _thin_dump(pa)
+    subprocess.run([shutil.which("thin_check"), os.path.join(pa, "metadata")], check=True, capture_output=True)
+    with ThinPool.open(pa, read_only=True) as ro:  # an observer sees the pool's own mode
+        assert ro.status(observer=True).mode == "ro" and ro.out_of_metadata_space
+    assert 'flags="0"' in da and "needs_check" not in da
+    assert re.sub(r' transaction="\d+"', "", da) == re.sub(r' transaction="\d+"', "", _thin_dump(pb))
+
+    # reopened, the pool is still out of metadata space (no needs_check to
+    # refuse it); growing the metadata returns it to write mode
+    with ThinPool.open(pa) as a:
+        assert a.out_of_metadata_space and a.status().mode == "ro" and not a.status().needs_check
+        a.resize_metadata("4M")
+        assert not a.out_of_metadata_space and a.status().mode == "rw"
+        a.replay(tr[f:])
+        assert a.device(0).mapped_blocks == len(set(vbs.tolist()) | {0})
+    assert check(pa).ok
+
+
+def test_a_real_metadata_failure_still_aborts_with_needs_check_until_repair(tmp_path):
+    """A metadata operation that fails outright (here: a 64-block device
+    whose commit at the reserve needs more blocks than are left) is dm's
+    metadata_operation_failed: abort to the last commit, needs_check, ro."""
     path = str(tmp_path / "p")
     pool = ThinPool.create(path, data_size=16384 * BS, metadata_size="256K", sync=False)
     nm = pool.nr_metadata_blocks
-    reserve = min(4096, nm // 10)
-    lwm_events = []
-    pool.on_event("metadata_low_water_mark", lwm_events.append)
-    assert pool.status().metadata_low_watermark == min(1024, nm // 4)
     dev = pool.create_thin(0, 16384 * 512 * BS)
     dev.write(0, BS)
     pool.commit()
-    # random inserts leave dm's leaves part full: 12,000 of them need far
-    # more than the 64-block device holds
     tr, vbs = _random(0, 12000, 16384 * 512)
-    with pytest.raises(errors.ReadOnlyPoolError, match="out of metadata space") as e:
+    with pytest.raises(errors.ReadOnlyPoolError, match="needs_check set") as e:
         pool.replay(tr)
+    assert not isinstance(e.value, errors.OutOfMetadataSpaceError)
     st = pool.status()
-    assert st.mode == "ro" and st.needs_check
-    # provisioning stopped at the reserve (the insert checked before it ran
-    # may take a few of its blocks, as dm's check before provisioning allows)
-    used = int(re.search(r"\((\d+)/64 blocks\)", str(e.value)).group(1))
-    assert nm - reserve - 2 <= used <= nm - reserve + 8
-    # the transaction was aborted: dm's metadata and the index are the last
-    # commit's, and status counts the reserve as used, as dm-thin does
-    assert pool.device(0).mapping()[0].tolist() == [0]
-    assert st.used_metadata_blocks == pool._dm.nr_used_metadata_blocks + reserve < used
-    assert [e.kind for e in lwm_events] == ["metadata_low_water_mark"]
-    assert lwm_events[0].value <= min(1024, nm // 4)
+    assert st.mode == "ro" and st.needs_check and not pool.out_of_metadata_space
+    assert st.used_metadata_blocks <= nm
     with pytest.raises(errors.ReadOnlyPoolError):
         dev.write(0, BS)
     pool.close()
@@ -62,19 +137,14 @@ def test_metadata_exhaustion_goes_ro_with_needs_check_until_repair(tmp_path):
     rep = check(path, repair=True)
     assert rep.repaired and not rep.needs_check
     with ThinPool.open(path) as pool:
-        # the transaction was aborted: the pool is at its last commit
-        v, p, t = pool.device(0).mapping()
-        assert v.tolist() == [0]
-        # growing the metadata recovers, across a space-map bitmap boundary
+        # committed work survives: the abort went back to the last commit
+        assert 1 <= pool.device(0).mapped_blocks < 12000
         pool.resize_metadata("80M")
         assert pool.nr_metadata_blocks == 20480
         assert pool.status().metadata_low_watermark == min(1024, 20480 // 4)
         pool.replay(tr)
-        assert pool.device(0).mapped_blocks == 1 + len(set(vbs.tolist()) - {0})
+        assert pool.device(0).mapped_blocks == len(set(vbs.tolist()) | {0})
     assert check(path).ok
-    with ThinPool.open(path) as pool:
-        assert pool.device(0).mapped_blocks == 1 + len(set(vbs.tolist()) - {0})
-        assert pool.nr_metadata_blocks == 20480
 
 
 def test_resize_metadata_only_grows(tmp_path):
@@ -108,8 +178,8 @@ def test_commit_interval_commits_every_n_operations(tmp_path):
     pool = ThinPool.create(str(tmp_path / "p"), data_size=256 * BS, commit_interval=10, sync=False)
     pool.create_thin(0, 256 * BS)
     commits = []
-    real_commit = pool.commit
-    pool.commit = lambda: (commits.append(1), real_commit())
+    real_commit = pool._commit  # (commit() and the replay's own commits all go through it)
+    pool._commit = lambda *a: (commits.append(1), real_commit(*a))
     pool.replay(trace(0, np.arange(25)))
     assert len(commits) == 2  # before ops 10 and 20
     assert pool.commit_interval == 10

@@ -1,6 +1,9 @@
-"""Running out of metadata part way through a replay: what the pool reports
-afterwards is what dm-thin would report -- the last commit's metadata, and
-counters for exactly the requests applied before metadata ran out."""
+"""A metadata operation failing part way through a replay (here dm's commit
+at the metadata reserve of a 64-block device, which needs more blocks than
+are left): what the pool reports afterwards is what dm-thin would report --
+the last commit's metadata, needs_check, and counters for exactly the
+requests applied before it failed.  (Merely reaching the reserve is not a
+failure: see tests/integrity/test_modes.py.)"""
 from __future__ import annotations
 
 import re
@@ -18,7 +21,7 @@ from .dm_fixtures import real_tool
 
 BS = 64 * 1024
 NR_VIRT = 1 << 22  # blocks per thin: scattered writes fill dm leaves part way
-META_BLOCKS = 256
+META_BLOCKS = 64
 
 
 def _trace(seed: int, n: int) -> np.ndarray:
@@ -39,7 +42,8 @@ def _trace(seed: int, n: int) -> np.ndarray:
 
 
 def _pool(path) -> ThinPool:
-    # 64 metadata blocks (reserve 6): a few thousand scattered mappings fill it
+    # 64 metadata blocks (reserve 6): a few thousand scattered mappings fill
+    # it, and the commit at the reserve needs more than 6 blocks
     pool = ThinPool.create(path, data_size=65536 * BS, block_size=BS, metadata_size=META_BLOCKS * 4096, sync=False,
                            commit_interval=0)
     dev = pool.create_thin(0, NR_VIRT * BS)
@@ -63,7 +67,7 @@ def _thin_dump(path) -> str:
 
 def test_abort_mid_replay_reports_exactly_the_applied_prefix(tmp_path):
     tr = _trace(7, 45000)
-    j = 30000  # committed first: the last commit holds part of the trace
+    j = 2000  # committed first: the last commit holds part of the trace
     a = _pool(tmp_path / "a")
     a.replay(tr[:j])
     a.commit()
@@ -83,7 +87,7 @@ def test_abort_mid_replay_reports_exactly_the_applied_prefix(tmp_path):
     # counters: those of the prefix, every one of them
     ca, cb = a.counters(), b.counters()
     assert ca == cb
-    assert cb["nr_provisioned"] > 1000 and cb["nr_cow_copies"] > 0 and cb["nr_discarded"] > 0
+    assert cb["nr_provisioned"] > 1000 and cb["nr_cow_copies"] > 0
     assert cb["nr_unmapped_reads"] > 0 and cb["nr_requests"] == 64 + j + i
     st = a.status()
     assert st.mode == "ro" and st.needs_check and st.counters == cb
@@ -96,9 +100,10 @@ def test_abort_mid_replay_reports_exactly_the_applied_prefix(tmp_path):
         ma, ml = a.device(d).mapping(), bl.device(d).mapping()
         assert all(np.array_equal(x, y) for x, y in zip(ma, ml))
         assert a.device(d).mapped_blocks == bl.device(d).mapped_blocks == len(ma[0])
-    # the rollback is real: b mapped more since its last commit
-    assert sum(b.device(d).mapped_blocks for d in (0, 1)) > sum(a.device(d).mapped_blocks for d in (0, 1)) + 100
-    assert a.device(0).mapped_blocks > 64 + 5000
+    # the rollback is real: b mapped more since its last commit (near the
+    # reserve dm commits before every new block, so only a few)
+    assert sum(b.device(d).mapped_blocks for d in (0, 1)) > sum(a.device(d).mapped_blocks for d in (0, 1))
+    assert a.device(0).mapped_blocks > 64 + 3000
     assert _thin_dump(tmp_path / "a") == _thin_dump(tmp_path / "b_last")
     # and request i is where b runs out too
     with pytest.raises(errors.ReadOnlyPoolError, match="out of metadata space"):
@@ -112,7 +117,7 @@ def test_abort_after_device_writes_counts_the_applied_ones(tmp_path):
     """Requests from ThinDevice calls (one kernel run each, merged in the
     record as they pile up) are recounted the same way."""
     tr = _trace(11, 45000)
-    j = 30000
+    j = 2000
     a = _pool(tmp_path / "a")
     a.replay(tr[:j])
     a.commit()

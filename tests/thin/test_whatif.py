@@ -86,9 +86,32 @@ def test_bad_arguments(tmp_path, kw):
     pool.close()
 
 
-def test_out_of_metadata_space_stops_the_run_and_says_when(tmp_path):
+def test_reaching_the_metadata_reserve_stops_the_run_at_the_exact_write(tmp_path):
     """Scattered writes fill dm's leaves part way (126 to 252 mappings each):
-    20,000 of them need more than a 64-block metadata device holds."""
+    80,000 of them need more than a 1 MiB metadata device holds.  At the
+    reserve dm commits and goes read-only without needs_check: the failing
+    write is known exactly, and the writes before it are committed."""
+    pool = ThinPool.create(tmp_path / "pool", data_size=131072 * BS, block_size=BS, metadata_size="1M")
+    pool.create_thin(0, 1 << 36).write(0, BS)
+    n = 80000
+    r = grow_devices(pool, n / (1 << 20), of="virtual", nr_points=40)   # batches of 2,000
+    oom = r.first_event("out_of_metadata_space")
+    assert oom is not None and 20000 < oom["write_index"] < n
+    assert oom["used_data_blocks"] == 1 + oom["write_index"]
+    assert r.first_event("metadata_low_water_mark")["write_index"] < oom["write_index"]
+    assert r.nr_written == oom["write_index"] and r.nr_failed == n - oom["write_index"]
+    assert r.after.mode == "ro" and not r.after.needs_check and r.after.metadata_percent == 100.0
+    assert r.curve["meta_pct"].is_monotonic_increasing and r.curve["meta_pct"].iloc[-1] == 100.0
+    assert pool.device(0).mapped_blocks == 1 + oom["write_index"]
+    pool.close()
+    with ThinPool.open(tmp_path / "pool") as again:  # committed, and no needs_check to refuse the open
+        assert again.device(0).mapped_blocks == 1 + oom["write_index"]
+
+
+def test_a_metadata_failure_stops_the_run_and_says_which_batch(tmp_path):
+    """On a 64-block metadata device dm's commit at the reserve needs more
+    blocks than are left: a real metadata failure, so the transaction is
+    aborted, needs_check set, and the batch is what is known."""
     pool = ThinPool.create(tmp_path / "pool", data_size=65536 * BS, block_size=BS, metadata_size=64 * 4096)
     pool.create_thin(0, 1 << 36).write(0, BS)
     r = grow_devices(pool, 20000 / (1 << 20), of="virtual", nr_points=40)   # 20,000 blocks, batches of 500

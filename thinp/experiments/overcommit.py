@@ -20,7 +20,10 @@ devicemapper (a :class:`thinp.ThinPool` with Docker's loop-lvm defaults):
   with ``"queue"`` they queue; if autoextend cannot grow the pool the
   container hangs and the run stops (``queued_hang``) -- dm-thin would fail
   them after ``no_space_timeout``;
-* out of metadata space: the pool turns read-only and the run stops;
+* out of metadata space: at dm's metadata reserve the pool commits what
+  came before and turns read-only without needs_check (writes needing a
+  new block fail, EIO); a metadata operation that fails outright aborts
+  with needs_check.  Either way the run stops (``out_of_metadata_space``);
 * autoextend (LVM's ``thin_pool_autoextend_threshold``/``percent``): checked
   between chunks of writes (dmeventd polls); 100 = off, under 50 acts as 50;
   the pool grows by ``percent`` of its current size via ``resize_data``;

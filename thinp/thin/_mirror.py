@@ -9,52 +9,49 @@ kernels, so tree shapes and metadata use are the kernel's.
 
 dm-thin refuses a metadata operation once free metadata falls to its
 reserve (the pool goes read-only); the kernel below stops at that row.
-Free metadata is tracked cheaply: ``used + allocations since`` bounds the
-used blocks from above, and only when that bound reaches a threshold is
-the exact count taken.
+Free metadata is dm's count: blocks used at the last commit plus those
+allocated since (freed ones come back only at the commit).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import PREFETCH_AHEAD, inc_data, insert_mapping, nr_used, prefetch_leaf, remove_mapping
+from ..pdata.mapping_tree import PREFETCH_AHEAD, inc_data, insert_mapping, prefetch_leaf, remove_mapping
 
 
 @njit
 def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, log, n,
-              halves, reserve, lwm, lwm_armed, out):
+              halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out):
     """Apply rows ``0..n`` of ``log``.  ``out`` gets (new root, rows done,
     row at which free metadata fell to ``lwm`` or -1, free metadata blocks
-    then, mappings added, mappings removed).  Returns 0, or -1 when a row
-    would take metadata below ``reserve`` free blocks or none was left
-    (``out[1]`` is that row; rows before it are applied)."""
+    then, mappings added, mappings removed).  Free metadata is counted as
+    dm's metadata space map counts it: the blocks in use at the last commit
+    (``used_commit``) and every block allocated since (``tst[1]`` less
+    ``allocs_commit``) are not free, as blocks freed in a transaction are
+    not reusable before its commit.  Returns 0; -1 when free metadata is
+    down to ``reserve`` before a row (``out[1]`` is that row; rows before it
+    are applied and it is untouched: dm-thin commits there); -2 when a
+    row's operation failed part-way for want of a free block."""
     nr = count.shape[0]
-    used = nr_used(committed)
-    allocs0 = tst[1]
     res = np.zeros(2, dtype=np.int64)
     out[2] = -1
-    out[3] = nr - used
+    out[3] = nr - used_commit - (tst[1] - allocs_commit)
     added = 0
     removed = 0
     armed = lwm_armed
     for k in range(n):
-        # an upper bound on blocks in use; exact only when it matters
-        bound = used + (tst[1] - allocs0)
-        if nr - bound <= reserve + 8 or (armed and nr - bound <= lwm):
-            used = nr_used(committed)
-            allocs0 = tst[1]
-            free_now = nr - used
-            if armed and free_now <= lwm:
-                armed = False
-                out[2] = k
-                out[3] = free_now
-            if free_now <= reserve:
-                out[0] = root
-                out[1] = k
-                out[4] = added
-                out[5] = removed
-                return -1
+        free_now = nr - used_commit - (tst[1] - allocs_commit)
+        if armed and free_now <= lwm:
+            armed = False
+            out[2] = k
+            out[3] = free_now
+        if free_now <= reserve:
+            out[0] = root
+            out[1] = k
+            out[4] = added
+            out[5] = removed
+            return -1
         j = k + PREFETCH_AHEAD
         if j < n and not (log[j, 0] == log[j - 1, 0] and abs(log[j, 1] - log[j - 1, 1]) < 64):
             # a random row's leaf is cold: start fetching it now (a run's is hot)
@@ -73,11 +70,12 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
                                root, dev, vb, res)
             removed += res[1]
         if r < 0:
+            # the operation itself failed part-way: a real metadata failure
             out[0] = root
             out[1] = k
             out[4] = added
             out[5] = removed
-            return -1
+            return -2
         root = res[0]
     out[0] = root
     out[1] = n

@@ -374,6 +374,16 @@ class ThinPool:
         self._meta_reserve = min(4096, nm // 10)
         self._meta_lwm = min(1024, nm // 4)
         self._meta_lwm_armed = dm.nr_free_metadata_blocks > self._meta_lwm
+        #: dm-thin's PM_OUT_OF_METADATA_SPACE: free metadata is down to the
+        #: reserve, so no mapping may change; reported as ``ro``, no needs_check
+        self._ooms = dm.nr_free_metadata_blocks <= self._meta_reserve
+        #: metadata blocks in use and allocations made, at the last commit
+        #: (dm counts blocks freed since as in use until the next commit)
+        self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
+        self._mirror_r = 0
+        #: near the metadata reserve: replay one request at a time (set once
+        #: the reserve is first reached, until the metadata grows)
+        self._step = False
         self._data_fd = -1
         self._data_mm = None
         self._data = _EMPTY_U8
@@ -908,7 +918,13 @@ class ThinPool:
 
     def _dm_op(self, fn, *args):
         """A dm metadata operation; running out of metadata space aborts the
-        transaction and leaves the pool read-only, as in dm-thin."""
+        transaction and leaves the pool read-only, as in dm-thin.  Out of
+        metadata space, dm refuses pool messages (EOPNOTSUPP) and changes
+        nothing."""
+        if self._ooms:
+            raise errors.ReadOnlyPoolError(
+                f"{self.path}: the pool is out of metadata space (read-only until the metadata grows: "
+                "resize_metadata); pool messages are refused")
         try:
             return fn(*args)
         except errors.NoSpaceError:
@@ -969,11 +985,21 @@ class ThinPool:
         data bytes (payload mode), then dm's commit (space maps, the other
         changed blocks, the superblock last), with the sidecar written
         just before the superblock and tied to it by its checksum."""
+        self._commit(None, 0)
+
+    def _commit(self, failed_ops, failed_op: int) -> None:
+        """:meth:`commit`, made while request ``failed_op`` of the trace
+        whose ops are ``failed_ops`` waits: should dm's commit fail, the
+        abort counts the requests before it."""
         self._check_writable()
         md, dm = self._md, self._dm
         sync = bool(md.sb.options & OPT_SYNC)
         if self.payload and self._data_mm is not None and sync:
             self._data_mm.flush()  # data before the metadata that points at it
+        if self._ooms:
+            # dm-thin's commit() refuses in this mode; no mapping changed
+            md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+            return
         dv = md.dv
         for slot in np.flatnonzero(dv.changed).tolist():
             dev = int(dv.dev_id[slot])
@@ -987,7 +1013,10 @@ class ThinPool:
             dm.commit(before_superblock=lambda: self._write_sidecar(side, sync))
         except errors.NoSpaceError:
             self._metadata_failed()
-            self._abort_transaction(None, 0)
+            self._abort_transaction(failed_ops, failed_op)
+            if failed_ops is not None:
+                self._event(failed_op, K.EV_OUT_OF_META, -1)
+                self._drain_events(None)
             raise errors.ReadOnlyPoolError(
                 f"{self.path}: out of metadata space during commit; the transaction was aborted and the pool is "
                 "read-only with needs_check set") from None
@@ -1001,6 +1030,12 @@ class ThinPool:
         if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
             self._meta_lwm_armed = True
         self._punch_passdown()
+        self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
+        # dm-thin's check_for_metadata_space after every commit
+        if dm.nr_free_metadata_blocks <= self._meta_reserve:
+            self._ooms = True
+            self._queue.clear()  # error_retry_list: queued writes fail (EIO)
+            return
         if md.sp.scal[TK.S_OODS] and self.nr_free_data_blocks > 0:
             md.sp.scal[TK.S_OODS] = 0
             self._drain_queue()
@@ -1176,7 +1211,13 @@ class ThinPool:
             self._check_writable()
         before = self._md.sp.scal.copy()
         events: list = []
-        self._submit(slots, ops, off, ln, _EMPTY_U8, 0, events)
+        try:
+            self._submit(slots, ops, off, ln, _EMPTY_U8, 0, events)
+        except errors.OutOfMetadataSpaceError as e:
+            after = self._md.sp.scal
+            e.result = ReplayResult({name: int(after[i] - before[i]) for i, name in K.COUNTER_NAMES.items()},
+                                    events, 0)
+            raise
         after = self._md.sp.scal
         counters = {name: int(after[i] - before[i]) for i, name in K.COUNTER_NAMES.items()}
         return ReplayResult(counters, events, sum(len(q[0]) - q[4] for q in self._queue))
@@ -1199,19 +1240,49 @@ class ThinPool:
         """Drive the replay kernel, applying its mapping changes to dm's
         btree after each stop and committing when it asks; returns None when
         done or (op, vblock) where it stopped out of data space."""
+        if self._ooms:
+            self._run_ooms(slots, ops, off, ln, start, src, src_base, events)
+            return None
         out = np.zeros(4, dtype=np.int64)
         md = self._md
         gen = -1
+        n = len(ops)
         while True:
             if gen != self._commit_gen:
                 # (again after a commit, which ends the record)
                 rec = self._record_run(slots, ops, off, ln, start, start_vb)
                 gen = self._commit_gen
+            end = n
+            if self._step:
+                # near the reserve: one request at a time, each write that
+                # needs a new block checked first, as alloc_data_block does
+                end = start + 1
+                if (start_vb < 0 and ops[start] == WRITE and self._dm_free_metadata() <= self._meta_reserve
+                        and not self._serviceable(int(slots[start]), int(off[start]), int(ln[start]))):
+                    self._commit(ops, start)  # "Let's commit before we use up the metadata reserve"
+                    if self._ooms:
+                        self._run_ooms(slots, ops, off, ln, start, src, src_base, events, failed_first=True)
+                        return None
+                    continue
             out[3] = 0
-            r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out,
-                          self._log)
-            ok = self._apply_log(int(out[3]))
+            r = TK.replay(md.sp, md.dv, slots[:end], ops[:end], off[:end], ln[:end], start, start_vb, self._data,
+                          src, src_base, out, self._log)
+            ok = self._apply_log(int(out[3]), -1 if self._step else self._meta_reserve)
             self._drain_events(events)
+            if not ok and self._mirror_r == -1:
+                # dm-thin's alloc_data_block: free metadata is down to the
+                # reserve, so it commits what came before this request;
+                # that commit's check_for_metadata_space decides the mode
+                failed_op = int(self._log[int(self._mirror_out[1]), 3])
+                self._commit_prefix(ops, failed_op)
+                md = self._md
+                self._step = True
+                if not self._ooms:
+                    # the commit freed metadata (shadowed blocks): dm carries on
+                    start, start_vb, gen = failed_op, -1, -1
+                    continue
+                self._run_ooms(slots, ops, off, ln, failed_op, src, src_base, events, failed_first=True)
+                return None
             if not ok or r == TK.R_NO_META:
                 # the request whose mapping change dm could not make, and
                 # every one after it, never happened
@@ -1223,6 +1294,9 @@ class ThinPool:
                     f"{self.path}: out of metadata space ({used}/{self._dm.tm.nr_blocks} blocks) at request "
                     f"{failed_op}; the transaction was aborted (the pool is back at its last commit) and the "
                     "pool is read-only with needs_check set")
+            if r == TK.R_DONE and end < n:
+                start, start_vb = end, -1
+                continue
             if r == TK.R_DONE:
                 rec[6] = True
                 # Freed blocks are passed down (punched) only after the commit
@@ -1245,11 +1319,17 @@ class ThinPool:
                     # provisioned, unshared blocks change nothing
                     md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
                 else:
-                    self.commit()
+                    self._commit(ops, start)
                 continue
             return start, start_vb
 
-    def _apply_log(self, n: int) -> bool:
+    def _dm_free_metadata(self) -> int:
+        """Free metadata blocks as dm's metadata space map counts them:
+        blocks freed since the last commit are not free until the next."""
+        dm = self._dm
+        return dm.tm.nr_blocks - self._meta_mark[0] - (dm.tm.nr_allocs - self._meta_mark[1])
+
+    def _apply_log(self, n: int, reserve: int | None = None) -> bool:
         """Apply ``n`` logged mapping changes to dm's btree, in order; raise
         the metadata events they cross.  False when metadata ran out."""
         if n == 0:
@@ -1261,17 +1341,124 @@ class ThinPool:
         r = MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free, tm.txn,
                           tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free,
                           np.int64(dm.sb.data_mapping_root), self._log, np.int64(n), dm.split == "halves",
-                          np.int64(self._meta_reserve), np.int64(self._meta_lwm), self._meta_lwm_armed, res)
+                          np.int64(self._meta_reserve if reserve is None else reserve), np.int64(self._meta_lwm),
+                          self._meta_lwm_armed,
+                          np.int64(self._meta_mark[0]), np.int64(self._meta_mark[1]), res)
         dm.sb.data_mapping_root = int(res[0])
         self._mirror_out = res
+        self._mirror_r = int(r)
         if res[2] >= 0:
             self._meta_lwm_armed = False
             self._event(int(self._log[res[2], 3]), K.EV_META_LOW_WATER, int(res[3]))
-        if r < 0:
+        if r == -2:  # reaching the reserve (-1) is not yet running out: dm commits there
             k = int(res[1])
             self._event(int(self._log[k, 3]), K.EV_OUT_OF_META, int(self._log[k, 1]))
-            return False
-        return True
+        return r == 0
+
+    def _commit_prefix(self, failed_ops, failed_op: int) -> None:
+        """Commit exactly the requests before request ``failed_op`` of the
+        trace whose ops are ``failed_ops`` (and every earlier run since the
+        last commit), as dm-thin commits before it would use its metadata
+        reserve.  The pool reloads its last commit, runs those requests
+        again without data bytes (the data file already holds them) and
+        with their mapping changes made in dm's btree, then commits."""
+        old_dm, old_md = self._dm, self._md
+        mpath = os.path.join(self.path, "metadata")
+        try:
+            dm = PoolMetadata.open(mpath, split=old_dm.split, writable=True, check=False)
+            md = _build_index(dm, self._side)
+        except Exception as e:  # noqa: BLE001 - cannot reload: dm-thin fails the pool
+            self.fail(f"could not reload the last commit: {e}")
+            raise errors.PoolFailedError(f"{self.path}: pool is in fail mode ({self._fail_mode})") from None
+        old_dm.bm.close()
+        old_md.close()
+        self._dm, self._md = dm, md
+        self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
+        md.sp.scal[_COUNTER_SLOTS] = self._commit_counters
+        self._meta_lwm_armed = dm.nr_free_metadata_blocks > self._meta_lwm
+        self._queue.clear()
+        out = np.zeros(4, dtype=np.int64)
+        runs = []
+        for slots, ops, off, ln, start, start_vb, _ in self._runs:
+            if ops is failed_ops:
+                slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
+            runs.append([slots, ops, off, ln, start, start_vb, True])
+        # the record is now the prefix: should the commit below fail, the
+        # abort counts exactly it
+        self._runs = [list(r) for r in runs]
+        for slots, ops, off, ln, start, start_vb, _ in runs:
+            while start < len(ops):
+                out[3] = 0
+                r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8, 0, out,
+                              self._log)
+                if not self._apply_log(int(out[3])):
+                    raise errors.ThinpError("internal: the committed prefix no longer fits its metadata")
+                if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
+                    if r == TK.R_NEED_COMMIT:
+                        md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+                    start, start_vb = int(out[1]), int(out[2])
+                    continue
+                break
+        md.sp.scal[K.S_NEV] = 0  # their events were raised by the first run
+        self._commit(failed_ops, failed_op)
+
+    def _serviceable(self, slot: int, off: int, ln: int) -> bool:
+        """True when a write touches only provisioned, unshared blocks (no
+        mapping change), as dm-thin's process_bio_read_only still serves."""
+        md = self._md
+        bs = self.block_size
+        if ln == 0:
+            return True
+        b0, b1 = off // bs, (off + ln - 1) // bs
+        pb = np.empty(b1 - b0 + 1, dtype=np.int64)
+        tm = np.empty(b1 - b0 + 1, dtype=np.int64)
+        TK.map_range(md.meta, int(md.dv.root[slot]), int(md.dv.levels[slot]), b0, b1 - b0 + 1, pb, tm)
+        return bool((pb >= 0).all() and (tm >= int(md.dv.snap_time[slot])).all())
+
+    def _run_ooms(self, slots, ops, off, ln, start, src, src_base, events, failed_first=False) -> None:
+        """Requests ``start..`` in dm-thin's out-of-metadata-space mode:
+        reads run; discards succeed and change nothing (process_bio_success);
+        writes into provisioned, unshared blocks run; every other write
+        (provisioning, copy-on-write) fails with EIO.  Raises
+        :class:`~thinp.errors.OutOfMetadataSpaceError` naming the failed
+        requests, after the others ran."""
+        n = len(ops)
+        keep = np.zeros(n, dtype=bool)
+        failed = []
+        if failed_first:  # the request at which the pool switched mode
+            self._event(start, K.EV_OUT_OF_META, int(off[start]) // self.block_size)
+            self._drain_events(events)
+        for i in range(start, n):
+            op = int(ops[i])
+            if op == READ:
+                keep[i] = True
+            elif op == WRITE:
+                if (failed_first and i == start) or not self._serviceable(int(slots[i]), int(off[i]), int(ln[i])):
+                    failed.append(i)
+                else:
+                    keep[i] = True
+        if keep.any():
+            md = self._md
+            out = np.zeros(4, dtype=np.int64)
+            ks, ko, kf, kl = slots[keep], ops[keep], off[keep], ln[keep]
+            at, at_vb = 0, -1
+            while True:
+                out[3] = 0
+                r = TK.replay(md.sp, md.dv, ks, ko, kf, kl, at, at_vb, self._data, src, src_base, out, self._log)
+                if int(out[3]):
+                    raise errors.ThinpError("internal: a request served out of metadata space changed a mapping")
+                if r == TK.R_DONE:
+                    break
+                if r == TK.R_NEED_COMMIT:
+                    md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+                at, at_vb = int(out[1]), int(out[2])
+            self._drain_events(events)
+        if failed:
+            raise errors.OutOfMetadataSpaceError(
+                f"{self.path}: out of metadata space ({self._dm.nr_used_metadata_blocks}/{self._dm.tm.nr_blocks} "
+                f"blocks in use, reserve {self._meta_reserve}): {len(failed)} request(s) needing a new mapping "
+                f"failed with EIO, the first at request {failed[0]}; what came before is committed and the pool "
+                "is read-only (no needs_check) until resize_metadata grows it", np.array(failed, dtype=np.int64))
 
     def _record_run(self, slots, ops, off, ln, start, start_vb) -> list:
         """Remember a kernel run until the next commit (see
@@ -1359,6 +1546,7 @@ class ThinPool:
         md.sp.scal[idx] = counters
         old_md.close()
         self._md = md
+        self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
         self._queue.clear()
 
     def _event(self, op_index: int, kind: int, value: int) -> None:
@@ -1398,6 +1586,9 @@ class ThinPool:
                              f"from {sb.nr_data_blocks} blocks; dm-thin only grows")
         if nr == sb.nr_data_blocks:
             return
+        if self._ooms:
+            raise errors.ReadOnlyPoolError(
+                f"{self.path}: the pool is out of metadata space; grow the metadata (resize_metadata) first")
         self.commit()
         self._dm.resize_data(nr)
         md.resize_data(nr)
@@ -1435,6 +1626,9 @@ class ThinPool:
         if nr == cur:
             return
         self.commit()
+        # dm-thin's maybe_resize_metadata_dev: growing it takes the pool out
+        # of out-of-metadata-space mode (the commit below checks again)
+        self._ooms = self._step = False
         self._dm_op(self._dm.resize_metadata, nr)
         self._meta_reserve = min(4096, nr // 10)
         self._meta_lwm = min(1024, nr // 4)
@@ -1442,6 +1636,15 @@ class ThinPool:
         self.commit()
 
     # --------------------------------------------------------------- status
+    @property
+    def out_of_metadata_space(self) -> bool:
+        """True in dm-thin's out-of-metadata-space mode: free metadata is
+        down to the reserve, so requests that need a new mapping fail (EIO)
+        and pool messages are refused, while reads, discards and writes into
+        provisioned unshared blocks go on.  ``status()`` shows ``ro`` without
+        needs_check; :meth:`resize_metadata` returns the pool to ``rw``."""
+        return self._ooms
+
     def counters(self) -> dict:
         """The pool's I/O counters (bytes written and copied, CoW copies,
         provisioned and discarded blocks...), as ``status().counters`` holds
@@ -1462,7 +1665,8 @@ class ThinPool:
         needs_check = bool(dm.sb.flags & FLAG_NEEDS_CHECK)
         if self._fail_mode:
             mode = "fail"
-        elif self._failed or needs_check or (self.read_only and not observer):
+        elif self._failed or needs_check or self._ooms or (self.read_only and not observer):
+            # dm reports PM_OUT_OF_METADATA_SPACE as read-only too
             mode = "ro"
         elif sp.scal[TK.S_OODS] or self._queue:
             mode = "out_of_data_space"

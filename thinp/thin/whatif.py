@@ -63,9 +63,14 @@ class GrowthResult:
 
     ``events``: one dict per pool event (``kind``, ``write_index`` -- the
     0-based write that crossed it --, ``used_data_blocks``, ``data_pct``).
-    ``out_of_metadata_space`` ends the run: the pool aborts the transaction
-    and turns read-only (needs_check), and ``write_index`` is then the first
-    write of the batch that failed (the batch's writes count as failed).
+    ``out_of_metadata_space`` ends the run.  When free metadata reaches
+    dm's reserve the pool commits what came before and goes read-only
+    without needs_check (dm-thin's out-of-metadata-space mode):
+    ``write_index`` is then the exact write that failed, every later one
+    failing too.  When a metadata operation itself fails, the pool aborts
+    the transaction and turns read-only with needs_check, and
+    ``write_index`` is the first write of the batch (the batch's writes
+    count as failed).
 
     ``before`` and ``after``: the pool's :class:`~thinp.PoolStatus`."""
 
@@ -157,9 +162,14 @@ def grow_devices(pool, fraction: float = 0.10, of: str = "mapped", dev_ids=None,
     for start in range(0, len(trace), step):
         try:
             res = pool.replay(trace[start:start + step])
+        except errors.OutOfMetadataSpaceError as e:
+            # at the metadata reserve: what came before is committed and
+            # every write from the first failed one on needs a new block
+            meta_failed_at = start + int(e.failed[0])
+            res = e.result
         except errors.ReadOnlyPoolError:
-            # out of metadata space: dm-thin aborts the transaction and turns
-            # the pool read-only; the exact write is not known, its batch is
+            # a metadata operation failed: dm-thin aborts the transaction and
+            # turns the pool read-only; the exact write is not known, its batch is
             meta_failed_at = start
             events.append(dict(kind="out_of_metadata_space", write_index=start, used_data_blocks=curve[-1][1],
                                data_pct=100.0 * curve[-1][1] / total))
@@ -168,11 +178,16 @@ def grow_devices(pool, fraction: float = 0.10, of: str = "mapped", dev_ids=None,
             i = start + ev.op_index
             # writes before i all got a block; write i got one unless it is
             # the one that found the pool full
-            used = total if ev.kind == "out_of_data_space" else min(total, before.used_data_blocks + i + 1)
+            if ev.kind == "out_of_data_space":
+                used = total
+            else:  # write i failed out of metadata space, or got its block
+                used = min(total, before.used_data_blocks + i + (ev.kind != "out_of_metadata_space"))
             events.append(dict(kind=ev.kind, write_index=i, used_data_blocks=used,
                                data_pct=100.0 * used / total))
         st = pool.status()
         curve.append((min(start + step, len(trace)), st.used_data_blocks, st.metadata_percent))
+        if meta_failed_at is not None:
+            break
     after = pool.status(observer=True)
     # every write needed one new block, and none was freed: the writes that
     # got one are the first (used after - used before) of the trace
