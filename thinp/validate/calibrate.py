@@ -116,17 +116,7 @@ def _ops(root: str, n: int):
     def tree(p):
         # a binary tree of new directories with a 1 KiB file in each inner
         # one, as the tree step makes it: TREE_DIRS directories
-        level = [f"{root}/tree-{p}-{time.monotonic_ns()}"]
-        os.mkdir(level[0])
-        for _d in range(TREE_DEPTH):
-            nxt = []
-            for d in level:
-                for k in range(2):
-                    os.mkdir(f"{d}/{k}")
-                    nxt.append(f"{d}/{k}")
-                with open(d + "/f", "wb") as f:
-                    f.write(b"t" * 1024)
-            level = nxt
+        vt.make_tree(f"{root}/tree-{p}-{time.monotonic_ns()}", TREE_DEPTH)
 
     def open_read(p):
         # what a read step logs as one read of a small file: open, read, close

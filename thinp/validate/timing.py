@@ -125,6 +125,24 @@ def cpu_model() -> str:
     return ""
 
 
+def make_tree(top: str, depth: int) -> None:
+    """A binary tree of new directories below the new directory ``top``,
+    ``depth`` levels, a 1 KiB file in each inner one: what the workloads'
+    tree step makes (``fanout=2, size=1024``)."""
+    os.mkdir(top)
+    level = [top]
+    data = b"t" * 1024
+    for _d in range(depth):
+        nxt = []
+        for d in level:
+            for k in range(2):
+                os.mkdir(f"{d}/{k}")
+                nxt.append(f"{d}/{k}")
+            with open(d + "/f", "wb") as f:
+                f.write(data)
+        level = nxt
+
+
 def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -289,18 +307,7 @@ def _proc_work(case: str, root: str, p: int) -> None:
             os.write(fd, buf)
             os.close(fd)
     elif case == "tree":
-        level = [f"{root}/t{p}"]
-        os.mkdir(level[0])
-        data = b"t" * 1024
-        for _d in range(TREE_DEPTH):
-            nxt = []
-            for d in level:
-                for k in range(2):
-                    os.mkdir(f"{d}/{k}")
-                    nxt.append(f"{d}/{k}")
-                with open(d + "/f", "wb") as f:
-                    f.write(data)
-            level = nxt
+        make_tree(f"{root}/t{p}", TREE_DEPTH)
     elif case == "read-big":
         with open(f"{root}/data/big{p}", "rb", buffering=0) as f:
             while f.read(128 << 10):
