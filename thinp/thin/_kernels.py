@@ -438,6 +438,19 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
 
 
 @njit(refcount=False)
+def _load_entry(sp, dv, slot, leaf, vb, p, t):
+    """Map ``vb`` to data block ``p`` stamped ``t`` in index leaf ``leaf``
+    and take a reference on ``p``: one dm leaf entry of a rebuild."""
+    if sp.meta[leaf, vb & NODE_MASK] == 0:
+        dv.mapped[slot] += 1
+    sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, t)
+    if sp.drc[p] == 0:
+        sp.scal[S_DUSED] += 1
+        sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+    sp.drc[p] += 1
+
+
+@njit(refcount=False)
 def load_mappings(sp, dv, slot, vblocks, pblocks, times):
     """Rebuild one device's index tree from its dm leaves: map each vblock,
     take a reference on its data block.  Returns 0, or -3 when the index
@@ -448,13 +461,7 @@ def load_mappings(sp, dv, slot, vblocks, pblocks, times):
         leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
         if leaf < 0:
             return -3
-        if sp.meta[leaf, vb & NODE_MASK] == 0:
-            dv.mapped[slot] += 1
-        sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, times[k])
-        if sp.drc[p] == 0:
-            sp.scal[S_DUSED] += 1
-            sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
-        sp.drc[p] += 1
+        _load_entry(sp, dv, slot, leaf, vb, p, times[k])
     return 0
 
 
@@ -477,13 +484,7 @@ def load_leaf_values(sp, dv, slot, vblocks, values, bad):
         leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
         if leaf < 0:
             return -3
-        if sp.meta[leaf, vb & NODE_MASK] == 0:
-            dv.mapped[slot] += 1
-        sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, np.int64(v & np.uint64(0xFFFFFF)))
-        if sp.drc[p] == 0:
-            sp.scal[S_DUSED] += 1
-            sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
-        sp.drc[p] += 1
+        _load_entry(sp, dv, slot, leaf, vb, p, np.int64(v & np.uint64(0xFFFFFF)))
     return 0
 
 
@@ -526,13 +527,7 @@ def load_subtree(sp, dv, slot, m64, m32, root, stack, bad):
                     if leaf < 0:
                         return -3
                     leaf_key = vb >> NODE_SHIFT
-                if sp.meta[leaf, vb & NODE_MASK] == 0:
-                    dv.mapped[slot] += 1
-                sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, np.int64(v & np.uint64(0xFFFFFF)))
-                if sp.drc[p] == 0:
-                    sp.scal[S_DUSED] += 1
-                    sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
-                sp.drc[p] += 1
+                _load_entry(sp, dv, slot, leaf, vb, p, np.int64(v & np.uint64(0xFFFFFF)))
             depth -= 1
             continue
         i = stack[1, depth]
