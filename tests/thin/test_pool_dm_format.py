@@ -145,7 +145,11 @@ class PoolDmMachine(RuleBasedStateMachine):
             self.pool.close()
             self.pool = thinp.ThinPool.open(self.path)
             assert _index(self.pool) == before
-            assert str(self.pool.status()) == status
+            # dm binds a reloaded pool in PM_WRITE: out-of-data-space is
+            # volatile and comes back at the next allocation that fails
+            # (dm-thin.c: bind_control_target/set_pool_mode), so a full pool
+            # that reported it before the reload reports rw after
+            assert str(self.pool.status()) == status.replace(" out_of_data_space ", " rw ")
 
 
 TestPoolDm = PoolDmMachine.TestCase
