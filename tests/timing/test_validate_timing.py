@@ -219,3 +219,52 @@ def test_one_failed_real_run_is_measured_again_and_a_second_is_raised():
     assert vt._measure_once_more(r, "start", "zfs", 16) == 0.25 and r.calls == 2
     with pytest.raises(RealRunError):
         vt._measure_once_more(_Flaky(fails=2), "start", "zfs", 16)
+
+
+#: what the real side sets up, in a child that then waits to be killed:
+#: the scratch tmpfs (with the SIGTERM handler) and a loop-mounted ext4 in it
+_SIGTERM_CHILD = """
+import contextlib, subprocess, sys, time
+from thinp.validate import timing as vt
+with contextlib.ExitStack() as stack:
+    base = vt.scratch(stack, "64M")
+    mnt = stack.enter_context(vt.loop_fs(base, "e", 32 << 20, ["mkfs.ext4", "-q", "-F"]))
+    loop = subprocess.run(["findmnt", "-no", "SOURCE", mnt], capture_output=True, text=True).stdout.strip()
+    print(base, mnt, loop, flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(not vt.available()[0], reason=f"real side unavailable: {vt.available()[1]}")
+def test_a_harness_killed_by_sigterm_leaves_no_mount_and_no_loop_device():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    child = subprocess.Popen([sys.executable, "-c", _SIGTERM_CHILD], stdout=subprocess.PIPE, text=True,
+                             cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    base = mnt = loop = None
+    try:
+        base, mnt, loop = child.stdout.readline().split()
+        assert base in open("/proc/self/mounts").read()         # it was set up
+        child.send_signal(signal.SIGTERM)           # as `timeout` ends a run
+        assert child.wait(timeout=60) == 128 + signal.SIGTERM
+        mounts = open("/proc/self/mounts").read()
+        assert mnt not in mounts and base not in mounts and not os.path.exists(base)
+        # the loop device is detached: no backing file any more
+        name = os.path.basename(loop)
+        assert not os.path.exists(f"/sys/block/{name}/loop/backing_file")
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        # whatever a failure left, by its own path and device
+        for m in (mnt, base):
+            if m and m in open("/proc/self/mounts").read():
+                subprocess.run(["umount", m], capture_output=True)
+            if m == mnt and loop:
+                subprocess.run(["losetup", "-d", loop], capture_output=True)
+        if base and os.path.isdir(base) and base not in open("/proc/self/mounts").read():
+            os.rmdir(base) if not os.listdir(base) else None

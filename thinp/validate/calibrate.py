@@ -221,7 +221,7 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
     meas: dict = {}
     skipped: dict = {}
     with contextlib.ExitStack() as stack:
-        base = stack.enter_context(vt.tmpfs("6G"))
+        base = vt.scratch(stack, "6G")
         real = vt.RealSetup(stack, base, ("overlay2", "vfs", "btrfs", "zfs"))
         skipped.update(real.skipped)
         loop = subprocess.run(["findmnt", "-no", "SOURCE", real.ext4], capture_output=True,

@@ -38,6 +38,7 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -160,6 +161,38 @@ def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+
+
+@contextlib.contextmanager
+def terminable():
+    """While inside, a SIGTERM ends the process as a normal exit would
+    (``SystemExit(143)``), so every ``finally`` block and exit stack below
+    unwinds: without a handler, SIGTERM (``timeout``'s signal) kills Python
+    on the spot and leaves its mounts and loop devices behind.  A second
+    SIGTERM during that cleanup is ignored.  Outside the main thread (where
+    no handler can be set) it does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)       # let the cleanup finish
+        raise SystemExit(128 + signum)
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def scratch(stack: contextlib.ExitStack, size: str) -> str:
+    """A tmpfs of ``size`` for the real side's loop files, unmounted on the
+    way out of ``stack`` -- also when the process is sent SIGTERM
+    (:func:`terminable`, entered first so it outlives the cleanup)."""
+    stack.enter_context(terminable())
+    return stack.enter_context(tmpfs(size))
 
 
 @contextlib.contextmanager
@@ -356,6 +389,11 @@ def concurrently(calls) -> float:
             times = [q.get(timeout=600) for _ in procs]
         except queue.Empty:
             raise RealRunError(f"{len(procs)} measuring processes did not all finish in 600 s") from None
+    except BaseException:           # a hang, SIGTERM: stop ours now, by their own pids
+        for pr in procs:
+            if pr.is_alive():
+                pr.kill()
+        raise
     finally:
         for pr in procs:
             pr.join(timeout=60)
@@ -548,7 +586,7 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
     with contextlib.ExitStack() as stack:
         r = None
         if real:
-            base = stack.enter_context(tmpfs("7G"))
+            base = scratch(stack, "7G")
             r = RealSetup(stack, base, drivers)
         for case in cases:
             for n in ns:
