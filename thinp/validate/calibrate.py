@@ -395,15 +395,43 @@ def fit(meas: dict, dev: dict) -> dict:
             timing["layer_cpu_s"][d] = floor
             for kind, (op, share, logged) in kinds.items():
                 if g(f"{where}.{op}.p1") is not None and g(f"ext4.{op}.p1") is not None:
-                    timing["layer_kind_s"][f"{d}.{kind}"] = max(
-                        (g(f"{where}.{op}.p1") - g(f"ext4.{op}.p1")) / share - logged * floor, 0.0)
+                    x = (g(f"{where}.{op}.p1") - g(f"ext4.{op}.p1")) / share - logged * floor
+                    if op == "tree":
+                        # a tree's directory carries its share of the tree's files,
+                        # whose create and write pay their own kinds' extra
+                        x -= files_per_dir * sum(timing["layer_kind_s"].get(f"{d}.{k}", 0.0)
+                                                 for k in ("create", "write"))
+                    timing["layer_kind_s"][f"{d}.{kind}"] = max(x, 0.0)
+    # serialized share: kinds whose 4 processes at once ran over 25% slower
+    # per operation than the cores allow (t1 / cores)
+    cores = len(os.sched_getaffinity(0))
+    timing["serial_share"] = {}
+    for where, drivers in (("ext4", ("vfs",)), ("overlay1", ("overlay2", "overlay")), ("btrfs", ("btrfs",)),
+                           ("zfs", ("zfs",))):
+        for kind, (op, share, _logged) in kinds.items():
+            t1, p4 = g(f"{where}.{op}.p1"), g(f"{where}.{op}.p4")
+            if t1 is None or p4 is None or t1 <= 0:
+                continue
+            t4 = p4 / 4
+            if t4 > 1.25 * t1 / min(cores, 4):
+                for d in drivers:
+                    timing["serial_share"][f"{d}.{kind}"] = min(t4, t1) / t1
     o1, o4 = g("overlay1.stat.p1"), g("overlay4.stat.p1")
     if o1 is not None:
         extra("overlay1", ("overlay2", "overlay"))
         timing["probe_s"]["default"] = max((o4 - o1) / 3, 0.0) if o4 is not None else 0.3 * US
         cu = g("overlay1.copy_up_4MiB.p1", 0) - g("overlay1.append_after.p1", 0)
         if cu > 0:
-            timing["copy_up_page_s"] = cu / 1024
+            # less what the model prices besides per page: the copy's read of
+            # the lower file and synchronous write of the upper one on the
+            # device, and copy_up_cpu_s
+            k = TimingConstants()
+            nreq = -(-(4 << 20) // k.merge_bytes)
+            io_s = 0.0
+            if dev:
+                io_s = 2 * (dev["read_latency_s"] * -(-nreq // k.get("queue_depth", "loop-on-tmpfs"))
+                            + (4 << 20) / dev["read_bandwidth"])
+            timing["copy_up_page_s"] = max(cu - io_s - k.get("copy_up_cpu_s", "overlay2"), 0.0) / 1024
         mu = g("overlay4.mount_umount.p1")
         if mu is not None:
             timing["start_s"]["overlay2"] = timing["start_s"]["overlay"] = mu
@@ -441,6 +469,28 @@ def fit(meas: dict, dev: dict) -> dict:
                   "discard_latency_s": dev["read_latency_s"], "read_bandwidth": dev["read_bandwidth"],
                   "write_bandwidth": dev["read_bandwidth"], "discard_bandwidth": dev["read_bandwidth"] * 4}
     return {"timing": timing, "device": device, "calibration": {"measured_s": dict(sorted(meas.items()))}}
+
+
+def refit(path: str, out: str | None = None) -> dict:
+    """Fit the ``[timing]`` constants again from the measurements a
+    calibration file keeps (``[calibration.measured_s]`` and its
+    ``[device]``), as the current :func:`fit` does, without measuring; the
+    file's other ``[calibration]`` entries (runs, note) are kept.  Writes
+    ``out`` (default: ``path`` itself) and returns what it wrote."""
+    from ..cost import CostModelError, toml_load
+
+    data = toml_load(path)
+    meas = data.get("calibration", {}).get("measured_s")
+    if not isinstance(meas, dict) or not meas:
+        raise CostModelError(f"{path}: no [calibration.measured_s] to fit (not a thinp calibrate file)")
+    d = data.get("device") or {}
+    dev = {"read_latency_s": d["read_latency_s"], "read_bandwidth": d["read_bandwidth"]} if d else {}
+    result = fit(meas, dev)
+    result["timing"]["cores"] = data.get("timing", {}).get("cores", result["timing"]["cores"])
+    result["calibration"] = {**{k: v for k, v in data["calibration"].items() if k != "measured_s"},
+                             **result["calibration"]}
+    write(out or path, result)
+    return result
 
 
 def _toml_value(v) -> str:
