@@ -93,3 +93,44 @@ def test_validation_predicts_on_the_machines_cores(monkeypatch):
     case = next(c for c in vt.CASES if c.name == "append-small")
     k = TimingConstants(cores=16)
     assert vt.predict(case, "vfs", 4, k) == pytest.approx(4 * vt.predict(case, "vfs", 1, k), rel=0.1)
+
+
+def test_a_serialized_share_caps_how_far_that_kind_scales():
+    """With a kind's whole CPU under the driver's one lock, 4 processes on
+    8 cores take about 4 times one process; with none, about as long."""
+    steps = [Step("append", path="/log-{p}", size=5, count=40)]
+    one, four = run(_wl(steps, 1), "btrfs").oplog, run(_wl(steps, 4), "btrfs").oplog
+    kind = {"default": 0.0, "btrfs.write": 1e-3}          # 1 ms of CPU per write: it dominates
+    free = dataclasses.replace(TimingConstants(), cores=8, layer_kind_s=kind)
+    locked = dataclasses.replace(free, serial_share={"default": 0.0, "btrfs.write": 1.0})
+    t1 = _steps_s(one, free)
+    assert t1 == pytest.approx(_steps_s(one, locked), rel=1e-6)     # alone, the lock costs nothing
+    assert _steps_s(four, free) < 1.3 * t1
+    assert _steps_s(four, locked) > 3.5 * t1
+    rep = simulate(four, device="ram", constants=locked)
+    assert rep.wait_s.get("btrfs_tree_lock", 0) > 3 * 40 * 1e-3       # the waits are on the lock
+    # half under the lock: 4 processes need 4 x 0.5 ms of the lock per write round
+    half = dataclasses.replace(locked, serial_share={"btrfs.write": 0.5})
+    assert 1.6 * t1 < _steps_s(four, half) < 2.4 * t1
+    # another driver's share changes nothing here
+    other = dataclasses.replace(free, serial_share={"zfs.write": 1.0})
+    assert _steps_s(four, other) == pytest.approx(_steps_s(four, free), rel=1e-9)
+
+
+def test_buffered_writes_reach_the_device_at_sync_not_one_request_per_write():
+    """btrfs counts an append's bytes when it is made; the model still
+    writes them back at the container's sync, in merged requests: 200
+    appends on a disk with 10 ms writes do not pay 200 latencies."""
+    from thinp.cost import DeviceProfile, load_device
+
+    hdd = load_device("hdd")
+    slow = DeviceProfile(**{**dataclasses.asdict(hdd), "write_latency_s": 10e-3})
+    log = run(_wl([Step("append", path="/log", size=4096, count=200)]), "btrfs").oplog
+    writes = [j for j in range(len(log)) if log.kind[j] == "write" and log.phase[j] == "steps"]
+    assert len(writes) == 200 and all(log.deltas[j][0] > 0 for j in writes)   # counted per write
+    k = _one_core()
+    rep = simulate(log, device=slow, constants=k)
+    steps = max(c["steps_s"] for c in rep.per_container)
+    assert steps < 20 * 10e-3                # a few latencies (the sync's), not 200
+    # the bytes still reach the device: the sync's write-back holds it
+    assert rep.busy_s["device"] >= 200 * 4096 / slow.write_bandwidth
