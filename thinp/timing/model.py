@@ -209,7 +209,8 @@ SOURCES = {
                     "(each in its own file or directory): where 4 processes on C cores got less done per "
                     "second than C/4 of one process's rate by over 25%, the share of the one-process time "
                     "that 4 processes' time per operation shows serialized, min(t4, t1) / t1 (a lock held "
-                    "for S of every t1 caps the rate at 1/S); ext4 and overlayfs came out below the margin",
+                    "for S of every t1 caps the rate at 1/S); ext4 came out below the margin, and overlayfs but for "
+                    "its readdir (4 processes reading one directory)",
     "page_miss_s": "`thinp calibrate` (as layer_kind_s): a cold 16 MiB read on ext4 over a loop device "
                    "took no longer than the device's transfer and the copy to user space (the fit's "
                    "floor, 0.05 us a page); 0.1 us for alloc_page + filemap_add_folio + LRU insertion",
@@ -219,8 +220,11 @@ SOURCES = {
                        "FUSE included)",
     "page_write_cpu_s": "default: `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06): open/append/close "
                         "of 4 KiB less that of 5 bytes on ext4, 5-15 us over three runs at load 3-6 (the "
-                        "least, rounded); btrfs: the same over ext4's, 1.0-1.2 us (crc32c of 4 KiB ~0.3 us "
-                        "plus extent bookkeeping); zfs: record checksum + compression check, an estimate",
+                        "least, rounded; 2.8 us at load 1, 17:24 UTC); a driver's entry is its whole cost per new "
+                        "page, in place of the default's: btrfs the same benchmark in a snapshot, 1.0-1.4 us "
+                        "(crc32c of 4 KiB ~0.3 us plus extent bookkeeping; btrfs reserves no blocks at write "
+                        "time as ext4's delayed allocation does); zfs: record checksum + compression check, "
+                        "an estimate",
     "probe_s": (
         "no published per-branch lookup figure found; an estimate: 0.3 us for one lookup in one "
         "branch directory (ovl_lookup_single, a dcache miss), 0.9 us on aufs (3x, as its per-op "
