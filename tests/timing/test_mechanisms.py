@@ -53,15 +53,58 @@ def test_overlayfs_prices_an_open_and_a_create_above_ext4_by_default():
     assert _steps_s(log_ov, one) - _steps_s(log_vfs, one) > 200 * k.layer_kind_s["overlay2.write"]
 
 
-@pytest.mark.parametrize("driver", ["vfs", "btrfs"])
-def test_a_cold_read_pays_per_page_brought_in(driver):
-    log = run(_wl([Step("read", path="/big")]), driver).oplog
+def _dev(bandwidth):
+    """A device whose transfer of a page takes 4096 / ``bandwidth`` s, no latency."""
+    from thinp.cost import DeviceProfile, load_device
+
+    return DeviceProfile(**{**dataclasses.asdict(load_device("ram")), "read_latency_s": 0.0,
+                            "read_bandwidth": bandwidth})
+
+
+def test_a_cold_read_pays_per_page_brought_in():
+    log = run(_wl([Step("read", path="/big")]), "vfs").oplog
     pages = 4 * MiB // 4096
     a = _steps_s(log, _one_core(page_miss_s=0.0, page_read_cpu_s={"default": 0.0}))
     b = _steps_s(log, _one_core(page_miss_s=2e-6, page_read_cpu_s={"default": 0.0}))
-    c = _steps_s(log, _one_core(page_miss_s=2e-6, page_read_cpu_s={"default": 0.0, driver: 1e-6}))
-    assert b - a == pytest.approx(pages * 2e-6, rel=1e-6)
-    assert c - b == pytest.approx(pages * 1e-6, rel=1e-6)
+    assert b - a == pytest.approx(pages * 2e-6, rel=1e-6)       # the ram device's transfer hides none of it
+
+
+def test_readahead_overlaps_the_transfer_with_the_copy():
+    """A sequential cold read of W readahead windows: the device fills the
+    next window while the reader copies this one, so the read takes about
+    the larger of its CPU and its transfer, not their sum."""
+    log = run(_wl([Step("read", path="/big")]), "vfs").oplog
+    pages, windows = 4 * MiB // 4096, 4 * MiB // (128 << 10)
+    cpu_page, xfer_page = 2e-6, 1.5e-6           # CPU per page (copy + miss), transfer per page
+    k = _one_core(page_copy_s=0.5e-6, page_miss_s=1.5e-6, page_read_cpu_s={"default": 0.0})
+    t = _steps_s(log, k, device=_dev(4096 / xfer_page))
+    serial = pages * (cpu_page + xfer_page)
+    overlapped = pages * cpu_page + pages * xfer_page / windows      # all but the first window hidden
+    assert t == pytest.approx(overlapped, rel=0.02) and t < 0.6 * serial
+
+
+def test_checksum_verification_is_paid_on_the_device_path_that_readers_share():
+    """btrfs/zfs verify each page read at the read's completion: one reader
+    pays it as a longer transfer (overlapped with its copy), and 4 readers
+    of 4 files on 8 cores queue for it as for the device, where CPU per
+    page (page_miss_s) runs on their own cores."""
+    steps = [Step("read", path="/data/d0000/f{p:06d}")]
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(4, 4 * MiB, 1, "/data")])
+    one = run(Workload("t", img, 1, steps, 0, processes=1), "btrfs").oplog
+    four = run(Workload("t", img, 1, steps, 0, processes=4), "btrfs").oplog
+    pages = 4 * MiB // 4096
+    dev = _dev(1e15)                        # a transfer that costs nothing
+    base = dataclasses.replace(TimingConstants(), cores=8, page_copy_s=0.0, page_miss_s=0.0,
+                               page_read_cpu_s={"default": 0.0})
+    verify = dataclasses.replace(base, page_read_cpu_s={"default": 0.0, "btrfs": 10e-6})
+    cpu = dataclasses.replace(base, page_miss_s=10e-6)
+    t0 = _steps_s(one, base, dev)
+    assert _steps_s(one, verify, dev) - t0 == pytest.approx(pages * 10e-6, rel=0.02)
+    assert _steps_s(four, cpu, dev) - _steps_s(four, base, dev) == pytest.approx(pages * 10e-6, rel=0.05)
+    assert _steps_s(four, verify, dev) - _steps_s(four, base, dev) == pytest.approx(4 * pages * 10e-6, rel=0.05)
+    # another driver's entry changes nothing on btrfs
+    other = dataclasses.replace(base, page_read_cpu_s={"default": 0.0, "zfs": 10e-6})
+    assert _steps_s(four, other, dev) == pytest.approx(_steps_s(four, base, dev), rel=1e-9)
 
 
 def test_a_reread_pays_no_miss_cost():
