@@ -10,7 +10,9 @@ is memory, as the ``ram`` profile the predictions use):
   an ext4 loop device, each container an ``upper``/``work`` pair mounted by
   a mount(2) call from the measuring process, as Docker's daemon mounts (no
   ``mount`` process);
-* ``vfs``: each container a ``cp -a`` of the image directory on that ext4;
+* ``vfs``: each container a ``cp -a`` of the image directory on that ext4
+  (a start: two, as Docker's vfs makes the ``-init`` layer and then the
+  container's; the runs before 2026-12-06 18:30 UTC made one);
 * ``btrfs``: the image a subvolume on a btrfs loop device, each container a
   snapshot of it made by the BTRFS_IOC_SNAP_CREATE_V2 ioctl, as Docker's
   btrfs driver makes one (no ``btrfs`` process);
@@ -49,6 +51,9 @@ from ..errors import RealRunError
 from ..workloads.format import ImageSpec, LayerSpec, Step, Workload
 
 MiB = 1 << 20
+#: the copies of the image a vfs container start makes (Docker's vfs: the
+#: ``-init`` layer, then the container's layer)
+VFS_START_COPIES = 2
 NS = (1, 4, 16)
 DRIVERS = ("overlay2", "vfs", "btrfs", "zfs")
 #: sized so that each real run takes tens of milliseconds at least on a
@@ -460,7 +465,14 @@ class RealSetup:
             return f"{d}/merged"
         if driver == "vfs":
             d = os.path.join(self.ext4, f"ctr{n}")
-            run_cmd(["cp", "-a", self.debian if debian else self.flat, d])
+            if debian:
+                # a container start as Docker's vfs makes it: the image copied
+                # to the container's -init layer, that layer copied to the
+                # container's own (VFS_START_COPIES copies)
+                run_cmd(["cp", "-a", self.debian, d + "-init"])
+                run_cmd(["cp", "-a", d + "-init", d])
+            else:       # the file cases time the container's files only: one copy
+                run_cmd(["cp", "-a", self.flat, d])
             return d
         src = "deb" if debian else "img"
         if driver == "btrfs":
@@ -490,7 +502,8 @@ class RealSetup:
                 umount(f"{d}/merged")
             shutil.rmtree(d, ignore_errors=True)
         elif driver == "vfs":
-            shutil.rmtree(os.path.join(self.ext4, f"ctr{n}"), ignore_errors=True)
+            for sfx in ("", "-init"):
+                shutil.rmtree(os.path.join(self.ext4, f"ctr{n}{sfx}"), ignore_errors=True)
         elif driver == "btrfs":
             subprocess.run(["btrfs", "subvolume", "delete", f"{self.btrfs}/ctr{n}"], capture_output=True)
         elif driver == "zfs":
