@@ -39,7 +39,9 @@ from ..pdata.radix import (
     C_COW,
     C_COW_OVERWRITES,
     C_DISCARDED,
+    C_EIO,
     C_ENOSPC,
+    C_FAILED_OPS,
     C_OPS,
     C_OVERWRITES,
     C_PROVISIONED,
@@ -91,6 +93,15 @@ R_FLUSH = 4  # the mapping-change log is full: apply it to the dm btree, then re
 # scal slot (beyond the pdata ones) for the out-of-data-space flag
 S_OODS = 24
 S_IGNORE_DISCARD = 25
+#: 1 = dm-thin's read-only I/O rules (PM_OUT_OF_METADATA_SPACE): no mapping
+#: may change, so a write block needing a new one fails with EIO, discards
+#: succeed and unmap nothing; reads and writes into provisioned, unshared
+#: blocks run as usual
+S_READ_ONLY = 26
+
+# bits of the ``failed`` array the replay kernel fills, one byte a request
+FAILED_ENOSPC = 1  # a block of the request failed for want of data space
+FAILED_EIO = 2  # a block of the request needed a mapping change in read-only mode
 
 
 class Devices(NamedTuple):
@@ -182,9 +193,19 @@ def _log(log, out, dev, vb, value, op_index):
 
 
 @njit(inline="always", refcount=False)
-def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, log, out):
+def _fail_block(sp, failed, i, bit):
+    """Count request ``i`` as failed once (``failed`` holds one byte a request)."""
+    if failed[i] == 0:
+        sp.scal[C_FAILED_OPS] += 1
+    failed[i] |= bit
+
+
+@njit(inline="always", refcount=False)
+def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, log, out, read_only):
     """One per-block write.  Returns 0, or -1 no data space, -2 only
-    just-freed data space, -3 no metadata space."""
+    just-freed data space, -3 no metadata space, -4 a mapping change
+    refused in read-only mode (EIO), -5 a mapping change with the log full
+    (nothing done)."""
     bs = sp.scal[S_BLOCK_SIZE]
     full = in_block == 0 and n == bs
     payload = sp.scal[S_PAYLOAD] != 0 and data.shape[0] > 0
@@ -200,6 +221,10 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
                 _put_bytes(data, p, bs, in_block, src, src_pos, n)
             return 0
         shared = True
+    if read_only:
+        return -4
+    if out[3] >= log.shape[0]:
+        return -5
     # shared: break sharing (copy-on-write); unmapped: provision.  The data
     # block first, so a full pool fails the write without touching the tree.
     # One call site per helper: each inlined copy costs compile time.
@@ -270,10 +295,13 @@ def _prune(sp, dv, slot, vb):
 
 @njit(refcount=False)
 def _discard_block(sp, dv, slot, vb, op_index, log, out):
-    """Unmap one whole block.  Returns 0 or -3 (no metadata space)."""
+    """Unmap one whole block.  Returns 0, -3 (no metadata space) or -5
+    (mapped, and the log is full: nothing done)."""
     v = lookup(sp.meta, dv.root[slot], dv.levels[slot], vb)
     if v == 0:
         return 0
+    if out[3] >= log.shape[0]:
+        return -5
     leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
     if leaf < 0:
         return -2 if leaf == -2 else -3
@@ -303,7 +331,7 @@ def _prefetch_leaf(meta, dv, slot, vb):
 
 
 @njit(refcount=False)
-def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, src_base, out, log):
+def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, src_base, out, log, failed):
     """Run requests ``start_op..`` of a trace (``slots`` are device slots the
     caller resolved and checked).  Splits each request per data block as
     dm-thin splits bios.  ``out`` receives (status, op index, vblock to resume
@@ -312,9 +340,17 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
 
     Every mapping change (provision, break of sharing, unmap) is appended to
     ``log`` (int64[cap, 4]: dev_id, vblock, dm value or -1, op index) in
-    request order; a full log stops the run with R_FLUSH so the caller can
-    apply it to the dm btree and resume."""
-    cap = log.shape[0]
+    request order; a full log stops the run with R_FLUSH right before the
+    block whose change did not fit, so the caller can apply the log to the
+    dm btree and resume there (a log of capacity 0 stops before the first
+    block needing a change).
+
+    A block that fails is counted (``nr_enospc`` or ``nr_eio``) and the
+    request goes on with its next block, as each block of a request is its
+    own bio in dm-thin; ``failed`` (uint8, one a request) gets the
+    request's FAILED_* bits, and ``nr_failed_requests`` counts each failed
+    request once.  With ``S_READ_ONLY`` set, a write block needing a new
+    mapping fails with EIO and discards change nothing."""
     bs = sp.scal[S_BLOCK_SIZE]
     # a power-of-two block size (the usual case) divides by a shift: a
     # 64-bit division costs more than the rest of an overwrite's arithmetic
@@ -325,6 +361,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             shift += 1
     n = slots.shape[0]
     error_mode = sp.scal[S_ERROR_IF_NO_SPACE] != 0
+    read_only = sp.scal[S_READ_ONLY] != 0
     interval = sp.scal[S_COMMIT_INTERVAL]
     resume_vb = start_vb
     for i in range(start_op, n):
@@ -365,17 +402,22 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
         resume_vb = -1
         if op == WRITE:
             for vb in range(b0, b1 + 1):
-                if out[3] >= cap:
+                lo = max(off, vb * bs)
+                hi = min(off + ln, (vb + 1) * bs)
+                r = _write_block(sp, dv, slot, vb, lo - vb * bs, hi - lo, i, data, src, lo - src_base, log, out,
+                                 read_only)
+                if r == 0:
+                    sp.scal[C_WRITES] += 1
+                    continue
+                if r == -4:
+                    sp.scal[C_EIO] += 1
+                    _fail_block(sp, failed, i, FAILED_EIO)
+                    continue
+                if r == -5:
                     out[0] = R_FLUSH
                     out[1] = i
                     out[2] = vb
                     return R_FLUSH
-                lo = max(off, vb * bs)
-                hi = min(off + ln, (vb + 1) * bs)
-                r = _write_block(sp, dv, slot, vb, lo - vb * bs, hi - lo, i, data, src, lo - src_base, log, out)
-                if r == 0:
-                    sp.scal[C_WRITES] += 1
-                    continue
                 if r == -2:
                     out[0] = R_NEED_COMMIT
                     out[1] = i
@@ -393,6 +435,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                     _event(sp, i, EV_OUT_OF_DATA, vb)
                 if error_mode:
                     sp.scal[C_ENOSPC] += 1
+                    _fail_block(sp, failed, i, FAILED_ENOSPC)
                     continue
                 out[0] = R_NO_DATA
                 out[1] = i
@@ -411,15 +454,16 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             if resuming and b0 > first:
                 first = b0
             end = (off + ln) // bs
-            if sp.scal[S_IGNORE_DISCARD]:
+            if sp.scal[S_IGNORE_DISCARD] or read_only:
+                # read-only: dm's process_bio_success, done and nothing unmapped
                 end = first
             for vb in range(first, end):
-                if out[3] >= cap:
+                r = _discard_block(sp, dv, slot, vb, i, log, out)
+                if r == -5:
                     out[0] = R_FLUSH
                     out[1] = i
                     out[2] = vb
                     return R_FLUSH
-                r = _discard_block(sp, dv, slot, vb, i, log, out)
                 if r == -2:
                     out[0] = R_NEED_COMMIT
                     out[1] = i
