@@ -336,3 +336,85 @@ def test_failed_requests_are_counted(tmp_path):
     assert c["nr_block_writes"] == 5
     assert pool.counters()["nr_failed_requests"] == 2
     pool.close()
+
+
+def test_a_trace_and_its_requests_one_by_one_agree_out_of_metadata_space(tmp_path):
+    """The same mixed requests (writes of one to three blocks, multi-block
+    discards, reads) as one replay and as ThinDevice calls, into 1 MiB of
+    metadata: the same commits near the reserve, the same switch, the same
+    failed requests, counters, mappings and committed metadata."""
+    rng = np.random.default_rng(17)
+    n, nvirt = 30000, 1 << 22
+    kind = rng.choice(3, n, p=[0.85, 0.1, 0.05])
+    vb = rng.integers(0, nvirt - 8, n)
+    vb[kind != 0] = vb[np.maximum(0, np.arange(n) - rng.integers(1, 50, n))][kind != 0]  # recent blocks
+    tr = np.zeros(n, dtype=TRACE_DTYPE)
+    tr["op"] = np.where(kind == 0, WRITE, np.where(kind == 1, DISCARD, READ))
+    tr["offset"] = vb.astype(np.uint64) * BS + np.where(kind == 0, 4096, 0).astype(np.uint64)
+    tr["length"] = np.where(kind == 0, rng.integers(1, 3, n) * BS, np.where(kind == 1, 4 * BS, BS))
+
+    def make(name):
+        p = ThinPool.create(str(tmp_path / name), data_size=65536 * BS, metadata_size="1M", sync=False)
+        return p, p.create_thin(0, nvirt * BS)
+
+    a, da = make("a")
+    with pytest.raises(errors.OutOfMetadataSpaceError) as e:
+        a.replay(tr)
+    b, db = make("b")
+    failed_b = []
+    for i, row in enumerate(tr):
+        op, off, ln = int(row["op"]), int(row["offset"]), int(row["length"])
+        try:
+            if op == WRITE:
+                db.write(off, ln)
+            elif op == DISCARD:
+                db.discard(off, ln)
+            else:
+                db.read(off, ln)
+        except errors.OutOfMetadataSpaceError:
+            failed_b.append(i)
+    assert e.value.failed.tolist() == failed_b and len(failed_b) > 100
+    assert a.counters() == b.counters()
+    assert a.counters()["nr_requests"] == n and a.counters()["nr_discarded"] > 0
+    assert all(np.array_equal(x, y) for x, y in zip(da.mapping(), db.mapping()))
+    a.close()
+    b.close()
+    assert _thin_dump(str(tmp_path / "a")) == _thin_dump(str(tmp_path / "b"))
+
+
+def test_a_discard_at_the_reserve_runs_without_a_commit(tmp_path):
+    """dm commits before the reserve only when it allocates a data block
+    (alloc_data_block); a discard reaching the reserve unmaps, uncommitted,
+    and the pool stays in write mode."""
+    nvirt = 1 << 22
+    rng = np.random.default_rng(3)
+    starts = rng.choice(nvirt // 4, 40000, replace=False) * 4
+
+    def make(name):
+        p = ThinPool.create(str(tmp_path / name), data_size=65536 * BS, metadata_size="1M", sync=False)
+        return p, p.create_thin(0, nvirt * BS)
+
+    def reaches_the_reserve(k):
+        p, _ = make(f"probe{k}")
+        try:
+            p.replay(trace(0, starts[:k], nblocks=2))
+        except errors.OutOfMetadataSpaceError:
+            return True
+        finally:
+            p.close()
+            shutil.rmtree(str(tmp_path / f"probe{k}"))
+        return p._step
+    lo, hi = 0, len(starts)  # the most writes that stay clear of the reserve
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reaches_the_reserve(mid) else (mid, hi)
+    gone = rng.choice(starts[:lo], 2000, replace=False)
+    tr = np.concatenate([trace(0, starts[:lo], nblocks=2), trace(0, gone, op=DISCARD, nblocks=2)])
+    pool, dev = make("p")
+    commits = pool._commit_gen
+    pool.replay(tr)
+    assert pool._step  # a discard reached the reserve ...
+    assert pool._commit_gen == commits and not pool.out_of_metadata_space  # ... and dm commits nothing for it
+    assert dev.mapped_blocks == 2 * (lo - len(gone))
+    pool.close()
+    assert check(str(tmp_path / "p")).ok
