@@ -135,6 +135,13 @@ class ImageConflictError(ThinpError):
     tagged in several repositories (Docker's 409 conflict); ``force`` overrides."""
 
 
+class RealRunError(ThinpError):
+    """A run on the real kernel (``thinp validate``, ``thinp calibrate``)
+    failed: a tool exited non-zero, or did not answer within its time
+    limit (zfs-fuse has been seen to lose one of 16 concurrent ``zfs
+    clone`` calls)."""
+
+
 class ImageNotFoundError(ThinpError, KeyError):
     """No image with that ID or reference ("No such image")."""
 
