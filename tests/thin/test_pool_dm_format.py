@@ -65,19 +65,22 @@ _LS_FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS", "TRAN
 
 
 def _other_tools_agree(meta, devs, nr_data_blocks, held: bool) -> None:
-    """thin_ls (and thin_ls -m while a metadata snapshot is held),
-    thin_delta and thin_rmap print what thinp's ls, delta and rmap print
-    for the metadata file (the first and last devices' delta; rmap over
-    every data block, its lines compared as a set)."""
+    """thin_ls and thin_delta (and both with -m while a metadata snapshot
+    is held) and thin_rmap print what thinp's ls, delta and rmap print for
+    the metadata file (the first and last devices' delta; rmap over every
+    data block, its lines compared as a set)."""
     for snap in (False, True) if held else (False,):
         real = subprocess.run([real_tool("thin_ls")] + (["-m"] if snap else []) + ["-o", ",".join(_LS_FIELDS),
                               str(meta)], capture_output=True, text=True, check=True).stdout
         assert ls(meta, _LS_FIELDS, metadata_snap=snap) == real
-    if devs:
-        a, b = devs[0], devs[-1]
-        real = subprocess.run([real_tool("thin_delta"), "--snap1", str(a), "--snap2", str(b), str(meta)],
-                              capture_output=True, text=True, check=True).stdout
-        assert delta(meta, a, b) == real
+        if snap:
+            with DmMetadata.open(meta) as md:
+                devs = [d.dev_id for d in md.devices(held=True)]
+        if devs:
+            a, b = devs[0], devs[-1]
+            real = subprocess.run([real_tool("thin_delta")] + (["-m"] if snap else []) + [
+                "--snap1", str(a), "--snap2", str(b), str(meta)], capture_output=True, text=True, check=True).stdout
+            assert delta(meta, a, b, metadata_snap=snap) == real
     region = f"0..{nr_data_blocks}"
     real = subprocess.run([real_tool("thin_rmap"), "--region", region, str(meta)], capture_output=True, text=True,
                           check=True).stdout
