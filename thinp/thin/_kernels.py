@@ -479,7 +479,7 @@ L_NO_INDEX = 2  # the index has no node left
 
 
 @njit(refcount=False)
-def load_tree(sp, dv, slot, w, root, data_refs):
+def load_tree(sp, dv, slot, w, root, data_refs, nr_shared):
     """Map every entry of the dm subtree at ``root`` into device ``slot``'s
     index tree, reading dm's leaves in place with the walk ``w`` (no copy
     of the mappings is made).
@@ -491,8 +491,11 @@ def load_tree(sp, dv, slot, w, root, data_refs):
     leaf are tallied in ``data_refs`` (uint32, one per leaf mapping the
     block: dm's count, which the check compares with the data space map);
     the entries of a leaf read again (shared with a device loaded before)
-    count straight in ``sp.drc``; :func:`settle_data_refs` adds the tallies
-    in at the end, so the index counts every device's mappings.  Returns
+    count straight in ``sp.drc`` and in ``nr_shared[0]``.  The caller then
+    adds the tallies in (or, with nothing shared, takes ``data_refs`` as
+    the index's counts) and calls :func:`settle_data_bits`: the index
+    counts every device's mappings.  Without ``seen`` every leaf is fresh,
+    and ``data_refs`` may be ``sp.drc`` itself.  Returns
     L_OK, L_RANGE, L_NO_INDEX or the walk's code (< 0, ``w.bad[0]`` the
     block)."""
     if root <= 0:
@@ -534,19 +537,18 @@ def load_tree(sp, dv, slot, w, root, data_refs):
                 data_refs[p] += 1
             else:
                 drc[p] += 1
+                nr_shared[0] += 1
 
 
 @njit(refcount=False)
-def settle_data_refs(sp, data_refs):
-    """After :func:`load_tree`: add ``data_refs`` into the index's data
-    reference counts, and set its used count and allocation bits from them."""
+def settle_data_bits(sp):
+    """After :func:`load_tree`: the data space's used count and allocation
+    bits from its reference counts."""
     drc = sp.drc
     dbits = sp.dbits
     used = np.int64(0)
     for p in range(drc.shape[0]):
-        c = drc[p] + data_refs[p]
-        drc[p] = c
-        if c != 0:
+        if drc[p] != 0:
             used += 1
             dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
     sp.scal[S_DUSED] = used

@@ -46,7 +46,6 @@ from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from ..pdata import radix as K
 from ..pdata import btree as _btree
 from ..pdata import mapping_tree as MT
-from ..pdata import memory
 from ..pdata.mapping_index import device_mappings
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
@@ -201,7 +200,9 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
     When ``dm`` was opened with its check's subtree walk deferred, the fill
     is that walk: one pass over the leaves checks each node when first
     reached, tallies dm's data references for the check and fills the
-    index; the check's verdict comes after (:meth:`PoolMetadata.finish_check`)."""
+    index.  The check's verdict (:meth:`PoolMetadata.finish_check`) comes
+    at the end, and its tallies then become the index's reference counts
+    (plus the entries of leaves shared between devices)."""
     bs = dm.sb.data_block_size * SECTOR_SIZE
     md = VolatileIndex.build(nr_data_blocks=dm.data_sm.nr_blocks, block_size=bs, options=_options(side),
                              low_water_mark=int(side.get("low_water_mark", 0)),
@@ -222,11 +223,12 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
         tops = [device_mappings(dm.bm, s.data_mapping_root) for s in [dm.sb] + ([held_sb] if held_sb else [])]
         tops = [(k, v.astype(np.int64)) for k, v in tops]
         w = MT.new_walk(dm.bm.blocks, 8, 0)
-        data_refs = memory.zeros(md.sp.drc.shape[0], np.uint32)
+        data_refs = md.sp.drc
+    nr_shared = np.zeros(1, dtype=np.int64)
     roots = dict(zip(tops[0][0].tolist(), tops[0][1].tolist())) if load else {}
 
     def fill(dv, s, dev, root, what):
-        r = TK.load_tree(md.sp, dv, np.int64(s), w, np.int64(root), data_refs)
+        r = TK.load_tree(md.sp, dv, np.int64(s), w, np.int64(root), data_refs, nr_shared)
         if r == TK.L_OK:
             return
         # the check names any damage first (the walk stopped at it)
@@ -282,7 +284,14 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
             hd.levels[k] = TK.levels_for(int(hd.nr_blocks[k]))
             fill(hd, k, dev, root, what)
     if load:
-        TK.settle_data_refs(md.sp, data_refs)
+        if data_refs is not md.sp.drc:
+            # the check's tallies become the index's counts: the check
+            # judges them first, then the shared leaves' counts join them
+            dm.finish_check()
+            if nr_shared[0]:
+                data_refs += md.sp.drc
+            md.sp = md.sp._replace(drc=data_refs)
+        TK.settle_data_bits(md.sp)
     md.commit()
     md.huge_pages()
     scal = md.sp.scal
