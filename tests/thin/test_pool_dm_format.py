@@ -346,6 +346,22 @@ def test_open_reads_each_leaf_once_for_the_check_and_the_index(tmp_path):
         assert pool.status().used_data_blocks == int(np.count_nonzero(leaves))
 
 
+def test_open_refuses_counts_the_leaves_disagree_with(tmp_path):
+    # the open's one walk is also the check's: a data space map count no
+    # leaf accounts for is the check's problem, raised by the open
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    p = tmp_path / "p"
+    _pool_with_snap(p)
+    md = PoolMetadata.open(p / "metadata")
+    md.data_sm.inc(np.array([150], dtype=np.int64))   # a block no leaf maps
+    md.commit()
+    md.close(commit=False)
+    with pytest.raises(errors.MetadataCorruptError,
+                       match=r"data space map: 1 blocks have wrong counts \(first: block 150 has count 1, 0 leaves"):
+        thinp.ThinPool.open(p)
+
+
 def test_open_names_a_mapping_past_the_sidecar_size(tmp_path):
     p = tmp_path / "p"
     _pool_with_snap(p)
