@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import njit
+from ..pdata import mapping_tree as MT
 from ..pdata.intrinsics import prefetch
 from ..pdata.radix import (
     C_BYTES_COPIED,
@@ -481,13 +482,19 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     return R_DONE
 
 
-@njit(refcount=False)
-def _load_entry(sp, dv, slot, leaf, vb, p, t):
-    """Map ``vb`` to data block ``p`` stamped ``t`` in index leaf ``leaf``
-    and take a reference on ``p``: one dm leaf entry of a rebuild."""
+@njit(inline="always", refcount=False)
+def _map_entry(sp, dv, slot, leaf, vb, p, t):
+    """Map ``vb`` to data block ``p`` stamped ``t`` in index leaf ``leaf``."""
     if sp.meta[leaf, vb & NODE_MASK] == 0:
         dv.mapped[slot] += 1
     sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, t)
+
+
+@njit(refcount=False)
+def _load_entry(sp, dv, slot, leaf, vb, p, t):
+    """Map ``vb`` to data block ``p`` stamped ``t`` in index leaf ``leaf``
+    and take a reference on ``p``: one mapping of a rebuild."""
+    _map_entry(sp, dv, slot, leaf, vb, p, t)
     if sp.drc[p] == 0:
         sp.scal[S_DUSED] += 1
         sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
@@ -509,82 +516,86 @@ def load_mappings(sp, dv, slot, vblocks, pblocks, times):
     return 0
 
 
-@njit(refcount=False)
-def load_leaf_values(sp, dv, slot, vblocks, values, bad):
-    """:func:`load_mappings` straight from dm's leaf entries: ``vblocks``
-    and ``values`` (``pblock << 24 | time``) as uint64, as the leaf walk
-    returns them.  Returns 0; -1 with ``bad[0]`` = the entry when a vblock
-    is past the device's size or a pblock past the data device; -3 when
-    the index has no node left."""
-    nr_blocks = dv.nr_blocks[slot]
-    nr_data = sp.drc.shape[0]
-    for k in range(vblocks.shape[0]):
-        vb = np.int64(vblocks[k])
-        v = values[k]
-        p = np.int64(v >> np.uint64(24))
-        if vb < 0 or vb >= nr_blocks or p >= nr_data:
-            bad[0] = k
-            return -1
-        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
-        if leaf < 0:
-            return -3
-        _load_entry(sp, dv, slot, leaf, vb, p, np.int64(v & np.uint64(0xFFFFFF)))
-    return 0
+# load_tree status codes (a walk's own are < 0, MT.WALK_*)
+L_OK = 0
+L_RANGE = 1     # an entry past the device's size or the data device: w.bad = (vblock, value)
+L_NO_INDEX = 2  # the index has no node left
 
 
 @njit(refcount=False)
-def load_subtree(sp, dv, slot, m64, m32, root, stack, bad):
-    """:func:`load_leaf_values` for every entry of the dm subtree at
-    ``root`` (``m64``/``m32``: the metadata blocks as uint64/uint32 words),
-    read in place, leaf by leaf: no copy of the mappings is made.  The
-    tree must have passed the check (headers, order, block numbers), so
-    the walk trusts it except for depth (``stack``: int64[2, depth]).
-    Returns 0, -1 with ``bad`` = (vblock, value) out of range, -2 when too
-    deep, -3 when the index has no node left."""
-    nr_blocks = dv.nr_blocks[slot]
-    nr_data = sp.drc.shape[0]
-    depth_max = stack.shape[1]
+def load_tree(sp, dv, slot, w, root, data_refs, nr_shared):
+    """Map every entry of the dm subtree at ``root`` into device ``slot``'s
+    index tree, reading dm's leaves in place with the walk ``w`` (no copy
+    of the mappings is made).
+
+    ``w`` (:func:`thinp.pdata.mapping_tree.new_walk`) walks each device's
+    whole tree (W_REVISIT).  When it keeps ``seen`` and ``under`` and has
+    W_VERIFY, the fill is also thin_check's walk of the subtrees: each node
+    is checked when first reached.  Data references: the entries of a fresh
+    leaf are tallied in ``data_refs`` (uint32, one per leaf mapping the
+    block: dm's count, which the check compares with the data space map);
+    the entries of a leaf read again (shared with a device loaded before)
+    count straight in ``sp.drc`` and in ``nr_shared[0]``.  The caller then
+    adds the tallies in (or, with nothing shared, takes ``data_refs`` as
+    the index's counts) and calls :func:`settle_data_bits`: the index
+    counts every device's mappings.  Without ``seen`` every leaf is fresh,
+    and ``data_refs`` may be ``sp.drc`` itself.  Returns
+    L_OK, L_RANGE, L_NO_INDEX or the walk's code (< 0, ``w.bad[0]`` the
+    block)."""
     if root <= 0:
-        return 0
-    depth = 0
-    stack[0, 0] = root
-    stack[1, 0] = 0
+        return L_OK
+    nr_blocks = dv.nr_blocks[slot]
+    nr_data = data_refs.shape[0]
+    m64 = w.m64
+    m32 = w.m32
+    drc = sp.drc
+    r = MT.start(w, root)
+    if r < 0:
+        return r
     # dm's leaves come in key order, so runs of entries share one index
     # leaf: find it (shadowing it into this transaction) once a run
     leaf_key = np.int64(-1)
     leaf = np.int64(-1)
-    while depth >= 0:
-        b = stack[0, depth]
+    while True:
+        b = MT.next_leaf(w)
+        if b <= 0:
+            return b
+        fresh = MT.leaf_fresh(w)
         nr = np.int64(m32[b, 4])
         mx = np.int64(m32[b, 5])
-        if m32[b, 1] & 2:  # a leaf: keys from word 4, values after max_entries keys
-            for i in range(nr):
-                vb = np.int64(m64[b, 4 + i])
-                v = m64[b, 4 + mx + i]
-                p = np.int64(v >> np.uint64(24))
-                if vb < 0 or vb >= nr_blocks or p >= nr_data:
-                    bad[0] = vb
-                    bad[1] = np.int64(v)
-                    return -1
-                if vb >> NODE_SHIFT != leaf_key:
-                    leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
-                    if leaf < 0:
-                        return -3
-                    leaf_key = vb >> NODE_SHIFT
-                _load_entry(sp, dv, slot, leaf, vb, p, np.int64(v & np.uint64(0xFFFFFF)))
-            depth -= 1
-            continue
-        i = stack[1, depth]
-        if i >= nr:
-            depth -= 1
-            continue
-        stack[1, depth] = i + 1
-        if depth + 1 >= depth_max:
-            return -2
-        depth += 1
-        stack[0, depth] = np.int64(m64[b, 4 + mx + i])
-        stack[1, depth] = 0
-    return 0
+        for i in range(nr):
+            vb = np.int64(m64[b, 4 + i])
+            v = m64[b, 4 + mx + i]
+            p = np.int64(v >> np.uint64(24))
+            if vb < 0 or vb >= nr_blocks or p >= nr_data:
+                w.bad[0] = vb
+                w.bad[1] = np.int64(v)
+                return L_RANGE
+            if vb >> NODE_SHIFT != leaf_key:
+                leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+                if leaf < 0:
+                    return L_NO_INDEX
+                leaf_key = vb >> NODE_SHIFT
+            _map_entry(sp, dv, slot, leaf, vb, p, np.int64(v & np.uint64(0xFFFFFF)))
+            if fresh:
+                data_refs[p] += 1
+            else:
+                drc[p] += 1
+                nr_shared[0] += 1
+
+
+@njit(refcount=False)
+def settle_data_bits(sp):
+    """After :func:`load_tree`: the data space's used count and allocation
+    bits from its reference counts."""
+    drc = sp.drc
+    dbits = sp.dbits
+    used = np.int64(0)
+    for p in range(drc.shape[0]):
+        if drc[p] != 0:
+            used += 1
+            dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+    sp.scal[S_DUSED] = used
 
 
 # prepare_trace error codes

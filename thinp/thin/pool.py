@@ -55,7 +55,8 @@ from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from ..pdata import radix as K
 from ..pdata import btree as _btree
-from ..pdata.mapping_index import device_mappings, mapping_index
+from ..pdata import mapping_tree as MT
+from ..pdata.mapping_index import device_mappings
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
 from ..units import check_block_size, format_size, parse_size
@@ -140,17 +141,7 @@ def _options(side: dict) -> int:
 def _highest_vblock(dm: PoolMetadata, dev: int) -> int | None:
     """The highest block a device's dm subtree maps (the last key of its
     rightmost leaf: one node per level is read), or None when empty."""
-    b = dm.subtree_root(dev)
-    who = f"device {dev}"
-    for _ in range(_MAX_TREE_DEPTH):
-        n = _btree.read_node(dm.bm, b, who=who)
-        nr = n.nr_entries
-        if n.is_leaf:
-            return int(n.keys()[nr - 1]) if nr else None
-        if nr == 0:
-            raise errors.MetadataCorruptError(f"metadata corrupt: {who}: btree node {b}: internal node with no entries")
-        b = int(n.values64()[nr - 1])
-    raise errors.MetadataCorruptError(f"metadata corrupt: {who}: mapping tree is too deep")
+    return _highest_key(dm.bm, dm.subtree_root(dev), f"device {dev}")
 
 
 #: deeper than any dm tree of 2^64 keys
@@ -202,22 +193,74 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
     return out
 
 
+def _highest_key(bm, root: int, who: str) -> int | None:
+    """The last key of the tree at ``root`` (its rightmost leaf's), or None."""
+    b = root
+    for _ in range(_MAX_TREE_DEPTH):
+        n = _btree.read_node(bm, b, who=who)
+        nr = n.nr_entries
+        if n.is_leaf:
+            return int(n.keys()[nr - 1]) if nr else None
+        if nr == 0:
+            raise errors.MetadataCorruptError(f"metadata corrupt: {who}: btree node {b}: internal node with no entries")
+        b = int(n.values64()[nr - 1])
+    raise errors.MetadataCorruptError(f"metadata corrupt: {who}: mapping tree is too deep")
+
+
 def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileIndex:
     """The volatile index of the metadata's devices: the device table from
     the details and the sidecar, and (``load``) every mapping from the
-    leaves, with its data reference."""
+    leaves, with its data reference.
+
+    When ``dm`` was opened with its check's subtree walk deferred, the fill
+    is that walk: one pass over the leaves checks each node when first
+    reached, tallies dm's data references for the check and fills the
+    index.  The check's verdict (:meth:`PoolMetadata.finish_check`) comes
+    at the end, and its tallies then become the index's reference counts
+    (plus the entries of leaves shared between devices)."""
     bs = dm.sb.data_block_size * SECTOR_SIZE
     md = VolatileIndex.build(nr_data_blocks=dm.data_sm.nr_blocks, block_size=bs, options=_options(side),
                              low_water_mark=int(side.get("low_water_mark", 0)),
                              commit_interval=int(side.get("commit_interval", DEFAULT_COMMIT_INTERVAL)),
                              time=dm.sb.time, dcursor=int(side.get("data_cursor", 0)))
-    # the devices' subtrees are read in place, straight into the index (the
-    # open checked them); the top level names their roots
-    top = device_mappings(dm.bm, dm.sb.data_mapping_root) if load else None
-    roots = dict(zip(top[0].tolist(), top[1].astype(np.int64).tolist())) if load else {}
-    m64, m32 = dm.bm.blocks.view(np.uint64), dm.bm.blocks.view(np.uint32)
-    stack = np.zeros((2, 16), dtype=np.int64)
-    bad = np.zeros(2, dtype=np.int64)
+    pc = dm.pending_check if load else None
+    if pc is not None and len(pc.data_refs) != len(md.sp.drc):
+        dm.complete_check()  # (counts that cannot be shared: the check walks on its own)
+        pc = None
+    held_sb = DmMetadata(dm.bm, dm.sb).held_superblock() if load and dm.sb.held_root else None
+    if pc is not None:
+        # the check's walk of the top levels named the devices' subtree roots
+        tops = pc.tops
+        w = DmMetadata(dm.bm, dm.sb).subtree_walk(pc, MT.W_REVISIT)
+        data_refs = pc.data_refs
+    elif load:
+        # every tree read whole, each leaf counting for each device reading it
+        tops = [device_mappings(dm.bm, s.data_mapping_root) for s in [dm.sb] + ([held_sb] if held_sb else [])]
+        tops = [(k, v.astype(np.int64)) for k, v in tops]
+        w = MT.new_walk(dm.bm.blocks, 8, 0)
+        data_refs = md.sp.drc
+    nr_shared = np.zeros(1, dtype=np.int64)
+    roots = dict(zip(tops[0][0].tolist(), tops[0][1].tolist())) if load else {}
+
+    def fill(dv, s, dev, root, what):
+        r = TK.load_tree(md.sp, dv, np.int64(s), w, np.int64(root), data_refs, nr_shared)
+        if r == TK.L_OK:
+            return
+        # the check names any damage first (the walk stopped at it)
+        dm.finish_check(walked=False)
+        if r == TK.L_RANGE:
+            vb, p = int(w.bad[0]), int(w.bad[1]) >> 24
+            if p >= len(data_refs):
+                raise errors.MetadataCorruptError(
+                    f"metadata corrupt: {what} maps data block {p} of {dm.data_sm.nr_blocks}")
+            raise errors.MetadataCorruptError(
+                f"metadata corrupt: {what} maps block {vb}, past its size of {int(dv.size_sectors[s])} sectors "
+                f"in {SIDECAR}")
+        if r == TK.L_NO_INDEX:
+            raise errors.ThinpError(f"the in-RAM index has no room for {what}'s mappings")
+        raise errors.MetadataCorruptError(f"metadata corrupt: {what}'s mapping tree: btree node {int(w.bad[0])} "
+                                          f"is damaged (walk status {r})")
+
     for dev in sorted(dm.devices):
         d = dm.devices[dev]
         s = md.free_slot()
@@ -234,40 +277,36 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
         dv.snap_time[s] = d.snapshotted_time
         dv.txn[s] = d.transaction_id
         md.slot_of[dev] = s
-        if not load:
-            continue
-        r = TK.load_subtree(md.sp, md.dv, np.int64(s), m64, m32, np.int64(roots.get(dev, 0)), stack, bad)
-        if r == -2:
-            raise errors.MetadataCorruptError(f"metadata corrupt: device {dev}'s mapping tree is too deep")
-        if r == -1:
-            vb, p = int(bad[0]), int(bad[1]) >> 24
-            if vb >= nr_blocks:
-                raise errors.MetadataCorruptError(
-                    f"metadata corrupt: device {dev} maps block {vb}, past its size of {sectors} sectors "
-                    f"in {SIDECAR}")
-            raise errors.MetadataCorruptError(
-                f"metadata corrupt: device {dev} maps data block {p} of {dm.data_sm.nr_blocks}")
-        if r != 0:
-            raise errors.ThinpError(f"the in-RAM index has no room for device {dev}'s {d.mapped_blocks} mappings")
+        if load:
+            fill(dv, s, dev, roots.get(dev, 0), f"device {dev}")
     md.held = None
-    if dm.sb.held_root and load:
+    if held_sb is not None:
         # the held metadata snapshot's trees, as index trees of their own:
         # their leaves keep references on the data blocks they map
-        held = mapping_index(dm.bm, DmMetadata(dm.bm, dm.sb).held_superblock().data_mapping_root)
-        md.held = TK.make_devices(max(1, len(held.devs)))
-        for k, dev in enumerate(held.devs.tolist()):
-            v, val = held.device(dev)
-            hd = md.held
+        hdevs, hroots = tops[1]
+        md.held = TK.make_devices(max(1, len(hdevs)))
+        hd = md.held
+        for k, (dev, root) in enumerate(zip(hdevs.tolist(), hroots.tolist())):
+            what = f"the held metadata snapshot's device {dev}"
+            try:
+                h = _highest_key(dm.bm, root, what)
+            except errors.MetadataCorruptError:
+                dm.finish_check(walked=False)  # the check names the damage first
+                raise
             hd.dev_id[k] = dev
-            hd.nr_blocks[k] = int(v[-1]) + 1 if len(v) else 1
+            hd.nr_blocks[k] = h + 1 if h is not None else 1
+            hd.size_sectors[k] = hd.nr_blocks[k] * bs // SECTOR_SIZE
             hd.levels[k] = TK.levels_for(int(hd.nr_blocks[k]))
-            r = TK.load_leaf_values(md.sp, hd, np.int64(k), v, val, bad)
-            if r == -1:
-                raise errors.MetadataCorruptError(
-                    f"metadata corrupt: the held metadata snapshot's device {dev} maps data block "
-                    f"{int(val[bad[0]]) >> 24} of {dm.data_sm.nr_blocks}")
-            if r != 0:
-                raise errors.ThinpError("the in-RAM index has no room for the held metadata snapshot")
+            fill(hd, k, dev, root, what)
+    if load:
+        if data_refs is not md.sp.drc:
+            # the check's tallies become the index's counts: the check
+            # judges them first, then the shared leaves' counts join them
+            dm.finish_check()
+            if nr_shared[0]:
+                data_refs += md.sp.drc
+            md.sp = md.sp._replace(drc=data_refs)
+        TK.settle_data_bits(md.sp)
     md.commit()
     md.huge_pages()
     scal = md.sp.scal
@@ -540,17 +579,29 @@ class ThinPool:
         try:
             side = read_sidecar(path)
             split = (side or {}).get("split", "current")
-            dm = PoolMetadata.open(mpath, split=split, writable=not read_only, check=check_trees or not read_only)
+            # the check's walk of the device subtrees is the index fill's
+            # (each leaf read once): _build_index walks, finish_check judges
+            dm = PoolMetadata.open(mpath, split=split, writable=not read_only, check=check_trees or not read_only,
+                                   defer_subtrees=True)
         except BaseException:
             os.close(lock_fd)
             raise
         try:
+            if dm.sb.flags & 1 or (reconcile and not read_only):
+                # what the check finds comes first, and a reconciled sidecar
+                # is written only for sound metadata
+                dm.complete_check()
             if dm.sb.flags & 1 and not read_only:
                 raise errors.MetadataCorruptError(
                     f"{path}: needs_check is set; check it with 'thinp check {path}' and rebuild it with "
                     "'thinp repair'")
-            side = _settle_sidecar(path, side, dm, reconcile and not read_only)
+            try:
+                side = _settle_sidecar(path, side, dm, reconcile and not read_only)
+            except errors.TransactionIdMismatchError:
+                dm.complete_check()
+                raise
             md = _build_index(dm, side, load=check_trees or not read_only)
+            dm.finish_check()
         except BaseException:
             dm.bm.close()
             os.close(lock_fd)
