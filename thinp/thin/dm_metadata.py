@@ -80,7 +80,10 @@ class PendingCheck:
     dseen: dict
     mcount: np.ndarray
     #: per superblock (live, then held): (dev ids uint64, subtree roots int64)
+    #: of the top-level leaves first reached from it (the subtrees its walk counts)
     tops: list
+    #: the held superblock's devices, all of them, or None when none is held
+    held_tops: tuple | None
     #: per superblock: its DeviceRecords
     devs: list
     fseen: np.ndarray
@@ -217,6 +220,7 @@ class DmMetadata:
             mcount[sb.held_root] += 1
             sbs.append((True, self.held_superblock()))
         tops, devs = [], []
+        held_tops = None
         for held, s in sbs:
             btree.walk(self.bm, s.device_details_root, DETAILS_SIZE, lambda *a: None, seen=seen,
                        who="device details tree")
@@ -225,6 +229,14 @@ class DmMetadata:
                        lambda _n, k, v: (ks.append(k.copy()), vs.append(v.reshape(-1).view("<u8").copy())),
                        seen=seen, who="mapping tree")
             tops.append((np.concatenate(ks), np.concatenate(vs).astype(np.int64)))
+            if held:
+                # the held top level shares nodes with the live one (all of
+                # them, right after reserve_metadata_snap): the counting walk
+                # above skips what it saw, so ``tops[1]`` has only the devices
+                # of held-only top-level leaves (the subtrees to count); the
+                # index needs every held device
+                k, v = device_mappings(self.bm, s.data_mapping_root, what="the held mapping tree")
+                held_tops = (k, v.astype(np.int64))
             devs.append(self.devices(held))
         # the space maps' own blocks
         msm, dsm = sb.metadata_sm_root, sb.data_sm_root
@@ -240,7 +252,7 @@ class DmMetadata:
             btree.walk(self.bm, msm.ref_count_root, 4, lambda *a: None, seen=dseen)
         res.space_maps = (mcounts, mindex, dcounts, dindex)
         nb = self.bm.blocks.shape[0]
-        return PendingCheck(res=res, seen=seen, dseen=dseen, mcount=mcount, tops=tops, devs=devs,
+        return PendingCheck(res=res, seen=seen, dseen=dseen, mcount=mcount, tops=tops, held_tops=held_tops, devs=devs,
                             fseen=memory.zeros(nb, np.int32), under=memory.zeros(nb, np.int64),
                             data_refs=memory.zeros(nd, np.uint32))
 

@@ -242,8 +242,12 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
     nr_shared = np.zeros(1, dtype=np.int64)
     roots = dict(zip(tops[0][0].tolist(), tops[0][1].tolist())) if load else {}
 
-    def fill(dv, s, dev, root, what):
-        r = TK.load_tree(md.sp, dv, np.int64(s), w, np.int64(root), data_refs, nr_shared)
+    def fill(dv, s, dev, root, what, walk=None):
+        if walk is None:
+            r = TK.load_tree(md.sp, dv, np.int64(s), w, np.int64(root), data_refs, nr_shared)
+        else:       # a tree the check counted already, read again: its entries count in the index only
+            r = TK.load_tree(md.sp, dv, np.int64(s), walk, np.int64(root), md.sp.drc, nr_shared)
+            nr_shared[0] += 1
         if r == TK.L_OK:
             return
         # the check names any damage first (the walk stopped at it)
@@ -283,7 +287,10 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
     if held_sb is not None:
         # the held metadata snapshot's trees, as index trees of their own:
         # their leaves keep references on the data blocks they map
-        hdevs, hroots = tops[1]
+        hdevs, hroots = tops[1] if pc is None else pc.held_tops
+        # with the check's walk, a held device reached through a top-level
+        # node the live tree shares was counted with the live devices
+        counted = set(zip(*(t.tolist() for t in tops[1]))) if pc is not None else None
         md.held = TK.make_devices(max(1, len(hdevs)))
         hd = md.held
         for k, (dev, root) in enumerate(zip(hdevs.tolist(), hroots.tolist())):
@@ -297,7 +304,8 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
             hd.nr_blocks[k] = h + 1 if h is not None else 1
             hd.size_sectors[k] = hd.nr_blocks[k] * bs // SECTOR_SIZE
             hd.levels[k] = TK.levels_for(int(hd.nr_blocks[k]))
-            fill(hd, k, dev, root, what)
+            again = None if counted is None or (dev, root) in counted else MT.new_walk(dm.bm.blocks, 8, 0)
+            fill(hd, k, dev, root, what, again)
     if load:
         if data_refs is not md.sp.drc:
             # the check's tallies become the index's counts: the check
