@@ -508,16 +508,55 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
                    root, dev, vblock, value, halves, out):
     """dm_btree_insert_notify on the two-level mapping tree.  ``out`` gets
     (new root, inserted).  Returns 0, or -1 when metadata ran out."""
+    key1 = np.uint64(vblock)
+    # where dm's insert would only descend (_direct_leaf), the leaf is
+    # changed in place, found in one descent with no shadow steps
+    leaf, i, found = _direct_path(m64, m32, count, txn, root, dev, key1, halves)
+    if leaf >= 0:
+        if found:
+            old = _val(m64, m32, leaf, i)
+            if (old >> np.uint64(24)) != (value >> np.uint64(24)):
+                _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
+            _set_val(m64, m32, leaf, i, value)
+            out[1] = 0
+        else:
+            _insert_at(m64, m32, leaf, i + 1, key1, value)
+            out[1] = 1
+        out[0] = root
+        return 0
     sp = np.zeros(4, dtype=np.int64)
     return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root,
                            dev, vblock, value, halves, sp, out)
 
 
 @njit
+def _direct_path(m64, m32, count, txn, root, dev, key, halves):
+    """:func:`_direct_leaf` without its bounds: (leaf, lower-bound index,
+    key found), leaf -1 when dm's insert would not just descend."""
+    b = _subtree_root(m64, m32, count, txn, root, dev, halves)
+    if b < 0:
+        return -1, -1, False
+    while True:
+        if not txn[b] or count[b] != 1:
+            return -1, -1, False
+        full = m32[b, 4] == m32[b, 5]
+        i = _lower_bound(m64, m32, b, key)
+        if m32[b, 1] & LEAF:
+            found = i >= 0 and m64[b, HDR + i] == key
+            if full and (halves or not found):
+                return -1, -1, False
+            return b, i, found
+        if full or i < 0:
+            return -1, -1, False
+        b = np.int64(_val(m64, m32, b, i))
+
+
+@njit
 def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                     root, dev, vblock, value, halves, sp, out):
-    """:func:`insert_mapping` with the caller's spine array ``sp``
-    (int64[4], cleared here): write_blocks' loop keeps one."""
+    """:func:`insert_mapping` past its direct path (write_blocks calls it
+    when it knows the insert splits or rebalances), with the caller's
+    spine array ``sp`` (int64[4], cleared here)."""
     for j in range(4):
         sp[j] = 0
     key0 = np.uint64(dev)
