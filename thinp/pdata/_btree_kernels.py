@@ -659,9 +659,13 @@ def _subtree_root(m64, m32, count, txn, root, dev, halves):
 def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
     """The one-level part of :func:`_direct_leaf`, from node ``b``;
     ``hi[2]`` gets the leaf's lower key bound (the last internal key
-    chosen on the way; 0 when the root is the leaf)."""
+    chosen on the way; 0 when the root is the leaf).  A ``res`` of five
+    also gets the leaf's parent (-1 when the root is the leaf) and the
+    leaf's index there."""
     hi[1] = 1
     hi[2] = 0
+    p = np.int64(-1)
+    pi = np.int64(-1)
     while True:
         if not txn[b] or count[b] != 1:
             return False
@@ -675,6 +679,9 @@ def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
             res[0] = b
             res[1] = i
             res[2] = 1 if found else 0
+            if res.shape[0] >= 5:
+                res[3] = p
+                res[4] = pi
             return True
         if full or i < 0:
             return False
@@ -682,7 +689,37 @@ def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
         if i + 1 < nr:
             hi[0] = m64[b, HDR + i + 1]
             hi[1] = 0
+        p = b
+        pi = i
         b = np.int64(_val(m64, m32, b, i))
+
+
+@njit
+def _direct_rebalance(m64, m32, count, txn, parent, pi, b, key):
+    """dm's rebalance of a full leaf ``b`` (entry ``pi`` of ``parent``)
+    into a sibling before inserting ``key`` (absent), done in place when
+    that sibling is already this transaction's: the leaf ``key`` goes to
+    now, or -1 with nothing changed when dm's insert would shadow the
+    sibling or split (:func:`_rebalance_or_split` then does it).  The
+    caller knows the path above ``b`` is one dm's insert only descends."""
+    nr_parent = np.int64(m32[parent, 4])
+    if pi > 0:
+        lb = np.int64(_val(m64, m32, parent, pi - 1))
+        if count[lb] <= 1 and np.int64(m32[lb, 5]) - np.int64(m32[lb, 4]) >= THRESH:
+            if not txn[lb]:
+                return -1
+            _redistribute2(m64, m32, lb, b)
+            m64[parent, HDR + pi] = m64[b, HDR]
+            return lb if key < m64[b, HDR] else b
+    if pi < nr_parent - 1:
+        rb = np.int64(_val(m64, m32, parent, pi + 1))
+        if count[rb] <= 1 and np.int64(m32[rb, 5]) - np.int64(m32[rb, 4]) >= THRESH:
+            if not txn[rb]:
+                return -1
+            _redistribute2(m64, m32, b, rb)
+            m64[parent, HDR + pi + 1] = m64[rb, HDR]
+            return rb if key >= m64[rb, HDR] else b
+    return -1
 
 
 #: requests ahead whose leaf a caller of :func:`prefetch_leaf` fetches
@@ -843,8 +880,10 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     # that goes through insert_mapping, without a second lookup, as the
     # search already told found or not.
     leaf = -1
+    lp = np.int64(-1)  # the target leaf's parent (-1: none known) and its index there
+    lpi = np.int64(-1)
     hi = np.zeros(3, dtype=np.uint64)
-    res = np.zeros(3, dtype=np.int64)
+    res = np.zeros(5, dtype=np.int64)
     sp = np.zeros(4, dtype=np.int64)
     n = vblocks.shape[0]
     ahead = n > 2 * LOCATE_AHEAD
@@ -884,6 +923,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             s = k & (RING - 1)
             if _located(m64, m32, ri, rk, s, ver):
                 leaf = ri[s, 0]
+                lp = ri[s, 1]
+                lpi = ri[s, 2]
                 hi[2] = rk[s, 0]
                 hi[0] = rk[s, 1]
                 hi[1] = rk[s, 2]
@@ -908,6 +949,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             direct = _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi)
             if direct:
                 leaf = res[0]
+                lp = res[3]
+                lpi = res[4]
                 if res[2] and np.int64(_val(m64, m32, res[0], res[1]) & np.uint64(0xFFFFFF)) >= snap_time:
                     continue
             else:
@@ -946,6 +989,18 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                 added += 1
             allocs += 1
             continue
+        if known and not halves and lp >= 0:
+            # the target leaf is full and lacks the key: dm rebalances it
+            # into a sibling (or splits it); the first, in place when the
+            # sibling is this transaction's
+            t = _direct_rebalance(m64, m32, count, txn, lp, lpi, leaf, key)
+            if t >= 0:
+                i = _lower_bound(m64, m32, t, key)
+                _insert_at(m64, m32, t, i + 1, key, value)
+                added += 1
+                allocs += 1
+                leaf = -1  # the parent's keys moved: the bounds are stale
+                continue
         r = _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                             root, dev, vb, value, halves, sp, out)
         if r < 0:
@@ -960,6 +1015,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         leaf = -1
         if k + 1 < n and _direct_leaf(m64, m32, count, txn, root, dev, np.uint64(vblocks[k + 1]), halves, res, hi):
             leaf = res[0]
+            lp = res[3]
+            lpi = res[4]
     out[0] = root
     out[1] = vblocks.shape[0]
     out[2] = added
