@@ -984,8 +984,15 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                     m64[lb, HDR + nr] = key
                     _set_val(m64, m32, lb, nr, value)
                     m32[lb, 4] = nr + 1
-                else:
-                    _insert_at(m64, m32, lb, res[1] + 1, key, value)
+                else:  # _insert_at, inlined: keys and values shift by one
+                    i1 = res[1] + 1
+                    mx = np.int64(m32[lb, 5])
+                    base = lb * np.int64(m64.shape[1]) + HDR
+                    memmove(m64, base + i1 + 1, base + i1, nr - i1)
+                    memmove(m64, base + mx + i1 + 1, base + mx + i1, nr - i1)
+                    m64[lb, HDR + i1] = key
+                    m64[lb, HDR + mx + i1] = value
+                    m32[lb, 4] = nr + 1
                 added += 1
             allocs += 1
             continue
