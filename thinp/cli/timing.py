@@ -18,6 +18,9 @@ def register(sub) -> None:
                         "use it with thinp compare --constants TOML [--disk TOML]")
     c.add_argument("--runs", type=int, default=1, metavar="N",
                    help="measure N times and keep each figure's least (default 1)")
+    c.add_argument("--refit", default=None, metavar="TOML",
+                   help="measure nothing: fit the constants again from the measurements kept in TOML "
+                        "(an earlier calibrate file) and write them to --out")
     c.set_defaults(func=_calibrate)
 
 
@@ -39,13 +42,25 @@ def register_validate(vsub) -> None:
 
 
 def _calibrate(args) -> int:
-    from ..validate.calibrate import calibrate
+    from ..validate.calibrate import calibrate, refit
 
+    if args.refit:
+        refit(args.refit, args.out)
+        sys.stderr.write(f"wrote {args.out}\n")
+        return 0
     if args.runs < 1:
         raise ValueError(f"--runs {args.runs}: must be 1 or more")
     calibrate(args.out, runs=args.runs, progress=lambda msg: sys.stderr.write(f"calibrate: {msg}\n"))
     sys.stderr.write(f"wrote {args.out}\n")
     return 0
+
+
+def _progress(row: dict) -> None:
+    """One stderr line per measured cell as its case/N group ends, every run
+    in it: a long real run that fails later still leaves what it measured."""
+    runs = " ".join(f"{t:.4f}" for t in row["runs_s"])
+    sys.stderr.write(f"validate timing: {row['case']} N={row['n']} {row['driver']}: runs {runs or '-'} s, "
+                     f"predicted {row['predicted_s']:.4f} s{' (' + row['note'] + ')' if row['note'] else ''}\n")
 
 
 def _validate(args) -> int:
@@ -80,7 +95,8 @@ def _validate(args) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--measured {args.measured!r}: not a validate timing --json file ({e})")
     rows = vt.validate_timing(real=not args.sim_only, timing=k, device=device, cases=cases,
-                              reps=args.reps or vt.REPS, measured=measured)
+                              reps=args.reps or vt.REPS, measured=measured,
+                              progress=None if (args.sim_only or measured) else _progress)
     if args.markdown:
         sys.stdout.write(vt.markdown(rows) + "\n")
     if args.markdown:
