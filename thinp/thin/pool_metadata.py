@@ -67,6 +67,9 @@ class PoolMetadata:
         self.tm = tm
         self.data_sm = data_sm
         self.split = split
+        # past the highest block in use the file is holes (see advise_holes)
+        in_use = np.flatnonzero(tm.count)
+        bm.advise_holes(int(in_use[-1]) + 1 if len(in_use) else 0)
         self.devices: dict[int, Details] = {}
         self.sync = True
         #: mapping inserts and lookups through the numba kernels (the Python
