@@ -20,6 +20,7 @@ SECTOR_SIZE = 512
 
 #: callables run once, when :func:`njit` first imports numba (``thinp.jitnotice`` listens from then on)
 on_numba_import: list = []
+_caches_checked = False
 
 
 def njit(func=None, *, refcount=True, **kwargs):
@@ -41,6 +42,12 @@ def njit(func=None, *, refcount=True, **kwargs):
     """
     import numba  # only kernel modules pay for numba's import
 
+    global _caches_checked
+    if not _caches_checked:
+        _caches_checked = True
+        from .jitcache import drop_stale
+
+        drop_stale()        # before the first kernel loads from the cache
     while on_numba_import:
         on_numba_import.pop(0)()
 
