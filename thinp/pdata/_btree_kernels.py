@@ -38,7 +38,7 @@ THRESH = 8
 ENTRIES_PER_BITMAP = 16320  # space_map.ENTRIES_PER_BITMAP
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _find_free(free, begin):
     n = free.shape[0]
     for i in range(begin, n):
@@ -50,7 +50,7 @@ def _find_free(free, begin):
     return -1
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     b = _find_free(free, tst[0])
     if b < 0:
@@ -69,7 +69,7 @@ def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     return b
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _dec(count, committed, free, b):
     _dtouch(count, committed, b)
     c = count[b]
@@ -80,7 +80,7 @@ def _dec(count, committed, free, b):
             free[b] = True
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _dtouch(dcount, dcommitted, p):
     """Flag block ``p``'s bitmap as changed, when ``dcommitted`` carries
     one flag per bitmap after the counts (both space maps do; see
@@ -90,7 +90,7 @@ def _dtouch(dcount, dcommitted, p):
         dcommitted[n + p // ENTRIES_PER_BITMAP] = 1
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _used(dcount, dcommitted, delta):
     """Keep the running number of non-zero counts, the last word of
     ``dcommitted`` when it carries the flags (space_map.RefCounts)."""
@@ -99,7 +99,7 @@ def _used(dcount, dcommitted, delta):
         dcommitted[m - 1] = np.uint32(np.int64(dcommitted[m - 1]) + delta)
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _ddec(dcount, dcommitted, dfree, p):
     _dtouch(dcount, dcommitted, p)
     c = dcount[p]
@@ -110,7 +110,7 @@ def _ddec(dcount, dcommitted, dfree, p):
             dfree[p] = True
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _dinc(dcount, dcommitted, dfree, p):
     _dtouch(dcount, dcommitted, p)
     if dcount[p] == 0:
@@ -119,14 +119,14 @@ def _dinc(dcount, dcommitted, dfree, p):
     dfree[p] = False
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def nr_used(committed):
     """Blocks with a non-zero count now: the space map's running count,
     the last word of its ``committed`` array (space_map.RefCounts.nr_used)."""
     return np.int64(committed[committed.shape[0] - 1])
 
 
-@njit
+@njit(refcount=False)
 def inc_data(dcount, dcommitted, dfree, p):
     """One more reference on data block ``p`` (dm_sm_inc_block), its
     bitmap flagged as changed.  For callers outside these kernels that
@@ -134,7 +134,7 @@ def inc_data(dcount, dcommitted, dfree, p):
     _dinc(dcount, dcommitted, dfree, p)
 
 
-@njit
+@njit(refcount=False)
 def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b, leaf_holds):
     """leaf_holds: 0 = nothing (counts), 1 = metadata blocks (subtree
     roots), 2 = data block_time."""
@@ -153,7 +153,7 @@ def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b
             _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
 
 
-@njit
+@njit(refcount=False)
 def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, b, leaf_holds):
     """dm_tm_shadow_block + inc_children; the block to write, or -1."""
     shared = count[b] > 1
@@ -171,7 +171,7 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dco
     return nb
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _lower_bound(m64, m32, b, key):
     """The index of the last key <= ``key`` in node ``b``, or -1 (dm's
     lower_bound).  Branch-free: each step's load address is known without
@@ -189,19 +189,19 @@ def _lower_bound(m64, m32, b, key):
     return base - np.int64(m64[b, HDR + base] > key)
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _key(m64, b, i):
     return m64[b, HDR + i]
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _val(m64, m32, b, i):
     if m32[b, 6] == 4:
         return np.uint64(m32[b, 2 * HDR + 2 * m32[b, 5] + i])
     return m64[b, HDR + m32[b, 5] + i]
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _set_val(m64, m32, b, i, v):
     if m32[b, 6] == 4:
         m32[b, 2 * HDR + 2 * m32[b, 5] + i] = np.uint32(v)
@@ -209,7 +209,7 @@ def _set_val(m64, m32, b, i, v):
         m64[b, HDR + m32[b, 5] + i] = v
 
 
-@njit
+@njit(refcount=False)
 def _move(m64, m32, dst, doff, src, soff, count):
     """Copy ``count`` entries (overlap-safe) from src[soff:] to dst[doff:]."""
     if count <= 0:
@@ -238,7 +238,7 @@ def _move(m64, m32, dst, doff, src, soff, count):
             m32[dst, dv + i] = m32[src, sv + i]
 
 
-@njit
+@njit(refcount=False)
 def _insert_at(m64, m32, b, i, key, v):
     nr = np.int64(m32[b, 4])
     _move(m64, m32, b, i + 1, b, i, nr - i)
@@ -247,7 +247,7 @@ def _insert_at(m64, m32, b, i, key, v):
     m32[b, 4] = nr + 1
 
 
-@njit
+@njit(refcount=False)
 def _redistribute2(m64, m32, left, right):
     nl = np.int64(m32[left, 4])
     nr = np.int64(m32[right, 4])
@@ -267,7 +267,7 @@ def _redistribute2(m64, m32, left, right):
     m32[right, 4] = tr
 
 
-@njit
+@njit(refcount=False)
 def _redistribute3(m64, m32, left, center, right):
     nl = np.int64(m32[left, 4])
     nr = np.int64(m32[right, 4])
@@ -295,7 +295,7 @@ def _redistribute3(m64, m32, left, center, right):
     m32[right, 4] = tr
 
 
-@njit
+@njit(refcount=False)
 def _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, like):
     b = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
     if b < 0:
@@ -307,7 +307,7 @@ def _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, like):
 
 
 # the spine: sp[0] parent, sp[1] current, sp[2] count, sp[3] root
-@njit
+@njit(refcount=False)
 def _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, sp):
     pn = sp[1]
     nr = np.int64(m32[pn, 4])
@@ -335,7 +335,7 @@ def _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, sp):
     return 0
 
 
-@njit
+@njit(refcount=False)
 def _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, pi, key):
     left = sp[1]
     right = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, left)
@@ -348,7 +348,7 @@ def _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst,
     return 0
 
 
-@njit
+@njit(refcount=False)
 def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent, i, leaf_holds):
     nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                  np.int64(_val(m64, m32, parent, i)), leaf_holds)
@@ -357,7 +357,7 @@ def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
     return nb
 
 
-@njit
+@njit(refcount=False)
 def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
                           leaf_holds):
     parent = sp[0]
@@ -390,7 +390,7 @@ def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, ts
     return 0
 
 
-@njit
+@njit(refcount=False)
 def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
                         leaf_holds):
     parent = sp[0]
@@ -429,7 +429,7 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
                                  key, leaf_holds)
 
 
-@njit
+@njit(refcount=False)
 def _has_space(m64, m32, b, key):
     if m32[b, 4] == m32[b, 5]:
         if m32[b, 1] & LEAF:
@@ -439,7 +439,7 @@ def _has_space(m64, m32, b, key):
     return True
 
 
-@njit
+@njit(refcount=False)
 def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, i,
                  leaf_holds):
     """dm's shadow_step, shared by insert and remove: shadow ``root`` onto
@@ -465,7 +465,7 @@ def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     return nb
 
 
-@njit
+@njit(refcount=False)
 def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
                 leaf_holds, halves):
     i = index
@@ -503,12 +503,14 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
     return i
 
 
-@njit
-def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
-                   root, dev, vblock, value, halves, out):
+@njit(refcount=False)
+def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                    root, dev, vblock, value, halves, sp, out):
     """dm_btree_insert_notify on the two-level mapping tree.  ``out`` gets
-    (new root, inserted).  Returns 0, or -1 when metadata ran out."""
-    sp = np.zeros(4, dtype=np.int64)
+    (new root, inserted).  Returns 0, or -1 when metadata ran out.  ``sp``
+    is scratch (int64[4], the spine), so the kernel allocates nothing."""
+    for j in range(4):
+        sp[j] = 0
     key0 = np.uint64(dev)
     idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key0, -1,
                       1, halves)
@@ -545,6 +547,16 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
 
 
 @njit
+def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                   root, dev, vblock, value, halves, out):
+    """dm_btree_insert_notify on the two-level mapping tree.  ``out`` gets
+    (new root, inserted).  Returns 0, or -1 when metadata ran out."""
+    sp = np.zeros(4, dtype=np.int64)
+    return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                           root, dev, vblock, value, halves, sp, out)
+
+
+@njit(refcount=False)
 def lookup_mapping(m64, m32, root, dev, vblock):
     """The value under (dev, vblock), or 0 (a value is never 0 for a
     mapped block... except pblock 0 at time 0, so callers use lookup2)."""
@@ -567,7 +579,7 @@ def lookup_mapping(m64, m32, root, dev, vblock):
     return np.uint64(0), False
 
 
-@njit
+@njit(refcount=False)
 def _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
     """Where an insert of (dev, key) lands when dm's insert would only
     descend: every node on the path already this transaction's and
@@ -597,7 +609,7 @@ def _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
     return _direct_descend(m64, m32, count, txn, b, key, halves, res, hi)
 
 
-@njit
+@njit(refcount=False)
 def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
     """The one-level part of :func:`_direct_leaf`, from node ``b``;
     ``hi[2]`` gets the leaf's lower key bound (the last internal key
@@ -627,13 +639,68 @@ def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
         b = np.int64(_val(m64, m32, b, i))
 
 
+@njit(refcount=False)
+def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                          root, dev, vblock, value, halves, sp, cache, hi, res, out):
+    """:func:`insert_mapping` for a caller that inserts many mappings in a
+    row (scratch passed in, nothing allocated): where dm's insert would
+    only descend (:func:`_direct_leaf`: every node on the path this
+    transaction's and unshared, none in need of a split), the leaf is
+    changed in place -- the same bytes dm's insert writes, without the
+    spine's shadow steps.  That leaf is kept in ``cache`` (int64[2]: leaf
+    or -1, its dev_id; ``hi`` uint64[3] its key bounds, as _direct_leaf
+    gives them) and answers every later key of the same device within its
+    bounds with one search in the leaf, no descent: the leaf a CoW already
+    shadowed takes the rest of its writes in place.  Any other insert goes
+    through dm's insert and empties the cache (a split or shadow moves
+    nodes); so must the caller, after any other change to the trees.
+    ``sp`` int64[4] and ``res`` int64[3] are scratch; ``out`` as
+    insert_mapping's.  Returns 0, or -1 when metadata ran out."""
+    key = np.uint64(vblock)
+    direct = False
+    leaf = cache[0]
+    if leaf >= 0 and cache[1] == dev and key >= hi[2] and (hi[1] or key < hi[0]):
+        nr = np.int64(m32[leaf, 4])
+        if nr > 0 and key > m64[leaf, HDR + nr - 1]:
+            i = nr - 1
+            found = False
+        else:
+            i = _lower_bound(m64, m32, leaf, key)
+            found = i >= 0 and m64[leaf, HDR + i] == key
+        if nr < m32[leaf, 5] or (found and not halves):
+            direct = True
+            res[0] = leaf
+            res[1] = i
+            res[2] = 1 if found else 0
+    elif _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
+        direct = True
+        cache[0] = res[0]
+        cache[1] = dev
+    if not direct:
+        cache[0] = -1
+        return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                               root, dev, vblock, value, halves, sp, out)
+    lb = res[0]
+    if res[2]:
+        old = _val(m64, m32, lb, res[1])
+        if (old >> np.uint64(24)) != (value >> np.uint64(24)):
+            _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
+        _set_val(m64, m32, lb, res[1], value)
+        out[1] = 0
+    else:
+        _insert_at(m64, m32, lb, res[1] + 1, key, value)
+        out[1] = 1
+    out[0] = root
+    return 0
+
+
 #: requests ahead whose leaf write_blocks prefetches: random provisioning
 #: of a large thin misses the cache on each leaf (and the TLB on its page);
 #: a fetch started this many requests early has landed when its turn comes
 PREFETCH_AHEAD = 16
 
 
-@njit
+@njit(refcount=False)
 def prefetch_leaf(m64, m32, root, dev, vblock):
     """Descend to the leaf where ``vblock`` of ``dev`` is or would go (the
     internal nodes are few and stay cached) and prefetch all of it: keys
@@ -682,6 +749,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     leaf = -1
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
+    sp = np.zeros(4, dtype=np.int64)
     n = vblocks.shape[0]
     ahead = PREFETCH_AHEAD if n > 2 * PREFETCH_AHEAD else 0
     for k in range(n):
@@ -751,8 +819,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                 added += 1
             allocs += 1
             continue
-        r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
-                           root, dev, vb, value, halves, out)
+        r = _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                            root, dev, vb, value, halves, sp, out)
         if r < 0:
             out[0] = root
             out[1] = k
@@ -773,14 +841,14 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
 
 
 # ------------------------------------------------------------------ removal
-@njit
+@njit(refcount=False)
 def _delete_at(m64, m32, b, i):
     nr = np.int64(m32[b, 4])
     _move(m64, m32, b, i, b, i + 1, nr - i - 1)
     m32[b, 4] = nr - 1
 
 
-@njit
+@njit(refcount=False)
 def _rm_shift(m64, m32, left, right, count):
     nl = np.int64(m32[left, 4])
     nr = np.int64(m32[right, 4])
@@ -797,7 +865,7 @@ def _rm_shift(m64, m32, left, right, count):
     m32[right, 4] = nr + count
 
 
-@njit
+@njit(refcount=False)
 def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_index):
     nl = np.int64(m32[left, 4])
     nr = np.int64(m32[right, 4])
@@ -812,7 +880,7 @@ def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_i
         m64[parent, HDR + r_index] = m64[right, HDR]
 
 
-@njit
+@njit(refcount=False)
 def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, key,
                         leaf_holds):
     """Returns 1 done, 0 key absent, -1 out of metadata."""
@@ -905,7 +973,7 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
     return 1
 
 
-@njit
+@njit(refcount=False)
 def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
                 leaf_holds):
     """The index of ``key`` in the leaf now current, -1 absent, -2 out of metadata."""
@@ -931,12 +999,13 @@ def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
         root = np.int64(_val(m64, m32, b, i))
 
 
-@njit
-def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
-                   root, dev, vblock, out):
+@njit(refcount=False)
+def _remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                    root, dev, vblock, sp, out):
     """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
-    Returns 0, or -1 when metadata ran out."""
-    sp = np.zeros(4, dtype=np.int64)
+    Returns 0, or -1 when metadata ran out.  ``sp`` is scratch (int64[4])."""
+    for j in range(4):
+        sp[j] = 0
     idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
                       np.uint64(dev), 0, 1)
     if idx == -2:
@@ -959,6 +1028,16 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     _delete_at(m64, m32, n, idx)
     out[1] = 1
     return 0
+
+
+@njit
+def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                   root, dev, vblock, out):
+    """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
+    Returns 0, or -1 when metadata ran out."""
+    sp = np.zeros(4, dtype=np.int64)
+    return _remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                           root, dev, vblock, sp, out)
 
 
 # --------------------------------------------------------- ref-count trees
@@ -1043,7 +1122,7 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
     return 0
 
 
-@njit
+@njit(refcount=False)
 def collect_ref_count_changes(count, committed, bitmaps, blocks_out, counts_out, has_diff):
     """A space map's commit, first part: over the bitmaps ``bitmaps`` (the
     flagged ones), each block whose count moved from its committed value

@@ -8,6 +8,10 @@ byte-identical to the Python btree (:mod:`thinp.pdata.btree_write`), which
 the tests in ``tests/pdata`` check.
 
 insert_mapping      dm_btree_insert of (dev, vblock) -> value
+insert_mapping_cached  the same for a caller inserting many in a row: the
+                    leaf an insert would only descend to is changed in
+                    place and kept for the next keys (scratch passed in)
+remove_mapping_scratch  remove_mapping with its spine scratch passed in
 lookup_mapping      (value, found) of (dev, vblock)
 write_blocks        dm-thin's write path for a batch of vblocks of one device
                     (provision unmapped, break sharing of shared), in order
@@ -28,8 +32,10 @@ from __future__ import annotations
 
 from ._btree_kernels import (  # noqa: F401  (re-exported)
     PREFETCH_AHEAD,
+    _remove_mapping as remove_mapping_scratch,
     inc_data,
     insert_mapping,
+    insert_mapping_cached,
     lookup_mapping,
     nr_used,
     prefetch_leaf,
@@ -40,5 +46,6 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     write_blocks,
 )
 
-__all__ = ["PREFETCH_AHEAD", "inc_data", "insert_mapping", "lookup_mapping", "nr_used", "prefetch_leaf", "remove_mapping",
-           "update_ref_counts", "walk_leaves", "walk_mapping_tree", "write_blocks"]
+__all__ = ["PREFETCH_AHEAD", "inc_data", "insert_mapping", "insert_mapping_cached", "lookup_mapping", "nr_used",
+           "prefetch_leaf", "remove_mapping", "remove_mapping_scratch", "update_ref_counts", "walk_leaves",
+           "walk_mapping_tree", "write_blocks"]
