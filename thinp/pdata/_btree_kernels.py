@@ -1041,6 +1041,69 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
 
 
 # --------------------------------------------------------- ref-count trees
+@njit(refcount=False)
+def _merge_run(m64, m32, leaf, blocks, counts, k, n, hi, halves):
+    """The longest run ``blocks[k:e]`` (counts >= 3, keys within the leaf's
+    bounds ``hi``) that dm's inserts, one after another, would each make in
+    place in ``leaf`` (this transaction's, unshared): no insert meets the
+    leaf full, nor, in the halves rule, does an overwrite.  Merges it into
+    the leaf in one backward pass (the bytes the inserts one by one would
+    leave: keys and 4-byte values moved up, slots past the new count
+    untouched) and returns ``e``; ``k`` when not even ``blocks[k]`` fits."""
+    nr = np.int64(m32[leaf, 4])
+    mx = np.int64(m32[leaf, 5])
+    cap = mx - nr - (1 if halves else 0)  # new keys the leaf takes in place
+    if cap < 0:
+        return k
+    vbase = 2 * HDR + 2 * mx
+    # forward: how far the run goes, and how many of its keys are new
+    a = _lower_bound(m64, m32, leaf, np.uint64(blocks[k]))
+    if a < 0:
+        a = 0
+    new = 0
+    e = k
+    while e < n and counts[e] >= 3:
+        key = np.uint64(blocks[e])
+        if not hi[1] and key >= hi[0]:
+            break
+        while a < nr and m64[leaf, HDR + a] < key:
+            a += 1
+        if a >= nr or m64[leaf, HDR + a] != key:
+            if new == cap:
+                break
+            new += 1
+        e += 1
+    if e == k:
+        return k
+    if new == 0:
+        a = _lower_bound(m64, m32, leaf, np.uint64(blocks[k]))
+        for u in range(k, e):
+            key = np.uint64(blocks[u])
+            while m64[leaf, HDR + a] < key:
+                a += 1
+            m32[leaf, vbase + a] = np.uint32(counts[u])
+        return e
+    # backward: entries above the run's keys move up by the new ones below them
+    w = nr + new - 1
+    a = nr - 1
+    u = e - 1
+    while u >= k:
+        key = np.uint64(blocks[u])
+        if a >= 0 and m64[leaf, HDR + a] > key:
+            m64[leaf, HDR + w] = m64[leaf, HDR + a]
+            m32[leaf, vbase + w] = m32[leaf, vbase + a]
+            a -= 1
+        else:
+            if a >= 0 and m64[leaf, HDR + a] == key:
+                a -= 1
+            m64[leaf, HDR + w] = key
+            m32[leaf, vbase + w] = np.uint32(counts[u])
+            u -= 1
+        w -= 1
+    m32[leaf, 4] = nr + new
+    return e
+
+
 @njit
 def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
                       out):
@@ -1052,50 +1115,38 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
     dfree = np.zeros(1, dtype=np.bool_)
     dcommitted = np.zeros(1, dtype=np.uint32)
     sp = np.zeros(4, dtype=np.int64)
-    # as write_blocks: a leaf an insert would only descend to is changed in
-    # place, and stays the target while the keys stay within its bounds
-    # (blocks come in ascending order, so within the leaf the search goes
-    # on from the last entry touched, ``pos``, a few steps at most)
-    leaf = -1
-    pos = -1
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
-    for k in range(blocks.shape[0]):
+    return _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
+                              out, dcount, dcommitted, dfree, sp, hi, res)
+
+
+@njit(refcount=False)
+def _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
+                       out, dcount, dcommitted, dfree, sp, hi, res):
+    # as write_blocks: a leaf an insert would only descend to is changed in
+    # place, and stays the target while the keys stay within its bounds;
+    # the blocks come in ascending order, so each run of them that the
+    # leaf takes in place is merged into it in one pass (_merge_run)
+    leaf = -1
+    n = blocks.shape[0]
+    k = 0
+    while k < n:
         key = np.uint64(blocks[k])
         c = counts[k]
         if c >= 3:
             if leaf < 0 or key < hi[2] or (not hi[1] and key >= hi[0]):
                 leaf = -1
-                pos = -1
                 if _direct_descend(m64, m32, count, txn, root, key, halves, res, hi):
                     leaf = res[0]
             if leaf >= 0:
-                nr = np.int64(m32[leaf, 4])
-                i = -2
-                if 0 <= pos < nr and key > m64[leaf, HDR + pos]:
-                    j = pos
-                    lim = min(nr - 1, pos + 16)
-                    while j < lim and m64[leaf, HDR + j + 1] <= key:
-                        j += 1
-                    if j == nr - 1 or m64[leaf, HDR + j + 1] > key:
-                        i = j
-                if i == -2:
-                    i = _lower_bound(m64, m32, leaf, key)
-                found = i >= 0 and m64[leaf, HDR + i] == key
-                full = nr == m32[leaf, 5]
-                if found and not (full and halves):
-                    _set_val(m64, m32, leaf, i, np.uint64(c))
-                    pos = i
-                    continue
-                if not found and not full:
-                    _insert_at(m64, m32, leaf, i + 1, key, np.uint64(c))
-                    pos = i + 1
+                e = _merge_run(m64, m32, leaf, blocks, counts, k, n, hi, halves)
+                if e > k:
+                    k = e
                     continue
                 leaf = -1
-                pos = -1
         else:
             leaf = -1
-            pos = -1
         for j in range(4):
             sp[j] = 0
         if c >= 3:
@@ -1104,11 +1155,11 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
             if idx < -1:
                 out[0] = root
                 return -1
-            n = sp[1]
-            if idx >= m32[n, 4] or m64[n, HDR + idx] != key:
-                _insert_at(m64, m32, n, idx, key, np.uint64(c))
+            nd = sp[1]
+            if idx >= m32[nd, 4] or m64[nd, HDR + idx] != key:
+                _insert_at(m64, m32, nd, idx, key, np.uint64(c))
             else:
-                _set_val(m64, m32, n, idx, np.uint64(c))
+                _set_val(m64, m32, nd, idx, np.uint64(c))
         else:
             idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
                               key, 0, 0)
@@ -1118,6 +1169,7 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
             if idx >= 0:
                 _delete_at(m64, m32, sp[1], idx)
         root = sp[3]
+        k += 1
     out[0] = root
     return 0
 
