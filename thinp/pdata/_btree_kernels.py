@@ -1200,6 +1200,42 @@ def collect_ref_count_changes(count, committed, bitmaps, blocks_out, counts_out,
     return k
 
 
+@njit(refcount=False)
+def write_bitmap(m64, b, count, committed, lo, hi, nfb, out):
+    """A space map's bitmap commit for blocks ``lo..hi`` (one bitmap's
+    worth, the last one maybe short): block ``b``'s 2-bit entries (from
+    byte 16, entry j of each 64-bit word in bits 2j (high) and 2j+1 (low);
+    3 = in the ref-count tree) for the counts now, and ``out`` = (nr_free,
+    none_free_before) of its index entry after a transaction that moved the
+    counts from ``committed``: nr_free of all 16,320 entries, the hint
+    lowered to the first freed entry and stepped past entries newly in use
+    from it (dm's lazy hint)."""
+    n = hi - lo
+    used = 0
+    freed = -1
+    for w in range(ENTRIES_PER_BITMAP // 32):
+        word = np.uint64(0)
+        base = lo + w * 32
+        for j in range(32):
+            e = w * 32 + j
+            if e >= n:
+                break
+            c = count[base + j]
+            if c != 0:
+                used += 1
+                v = np.uint64(3 if c > 3 else c)
+                word |= ((v >> np.uint64(1)) << np.uint64(2 * j)) | ((v & np.uint64(1)) << np.uint64(2 * j + 1))
+            elif freed < 0 and committed[base + j] != 0:
+                freed = e
+        m64[b, 2 + w] = word
+    if freed >= 0 and freed < nfb:
+        nfb = freed
+    while nfb < n and committed[lo + nfb] == 0 and count[lo + nfb] != 0:
+        nfb += 1
+    out[0] = ENTRIES_PER_BITMAP - used
+    out[1] = nfb
+
+
 # ---------------------------------------------------------------- leaf walk
 MAX_DEPTH = 64
 WALK_BAD_BLOCK = -1  # a child outside the device
