@@ -1072,16 +1072,10 @@ def _merge_run(m64, m32, leaf, blocks, counts, k, n, hi, halves):
             if new == cap:
                 break
             new += 1
+        else:
+            m32[leaf, vbase + a] = np.uint32(counts[e])  # (the merge below keeps it)
         e += 1
-    if e == k:
-        return k
-    if new == 0:
-        a = _lower_bound(m64, m32, leaf, np.uint64(blocks[k]))
-        for u in range(k, e):
-            key = np.uint64(blocks[u])
-            while m64[leaf, HDR + a] < key:
-                a += 1
-            m32[leaf, vbase + a] = np.uint32(counts[u])
+    if e == k or new == 0:
         return e
     # backward: entries above the run's keys move up by the new ones below them
     w = nr + new - 1
