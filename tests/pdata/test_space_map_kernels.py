@@ -194,3 +194,35 @@ def test_ref_count_runs_meet_full_leaves(tmp_path, split):
     assert r1 == r2
     assert np.array_equal(c1, c2)
     assert np.array_equal(b1, b2)
+
+
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_overwrite_in_place_is_dm_insert(tmp_path, split):
+    """The data space map's index entries are rewritten in place where
+    dm's insert would only descend; elsewhere it declines and the insert
+    runs.  Either way the blocks are the insert's, key by key."""
+    from thinp.pdata import btree_write as bw
+
+    vt = bw.ValueType(16)
+    out = []
+    for in_place in (True, False):
+        md = PoolMetadata.format(tmp_path / f"m{in_place}", nr_metadata_blocks=4096, nr_data_blocks=40000,
+                                 data_block_sectors=128, split=split)
+        md.sync = False
+        tm = md.tm
+        root = bw.empty(tm, 16)
+        for k in range(500):  # several leaves of 168, some full
+            root, _ = bw.insert(tm, root, [k], np.full(16, k % 251, dtype=np.uint8), vt, split=split)
+        md.commit()  # nothing of the tree is this transaction's now
+        declined = 0
+        for k in [3, 4, 170, 5, 499, 168, 0, 167, 338, 339, 3]:
+            v = np.full(16, (k * 7 + 1) % 251, dtype=np.uint8)
+            if not (in_place and bw.overwrite_in_place(tm, root, k, v, split=split)):
+                declined += 1
+                root, inserted = bw.insert(tm, root, [k], v, vt, split=split)
+                assert not inserted
+        out.append((root, md.bm.blocks.copy(), tm.count.copy(), declined))
+        md.close(commit=False)
+    (r1, b1, c1, d1), (r2, b2, c2, _) = out
+    assert 0 < d1 < 11  # both paths were taken
+    assert r1 == r2 and np.array_equal(c1, c2) and np.array_equal(b1, b2)
