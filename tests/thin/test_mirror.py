@@ -15,7 +15,7 @@ import random
 import numpy as np
 import pytest
 
-from thinp.pdata.mapping_tree import walk_leaves
+from thinp.pdata.mapping_index import device_mappings
 from thinp.thin import _mirror as MIR
 from thinp.thin.format import pack_block_time
 from thinp.thin.pool_metadata import PoolMetadata
@@ -35,13 +35,9 @@ def _apply_log(md: PoolMetadata, log: np.ndarray) -> None:
     assert r == 0 and out[1] == len(log)
     md.sb.data_mapping_root = int(out[0])
     # the pool keeps mapped_blocks in its index; here, count the leaves
-    m64, m32 = blocks.view(np.uint64), blocks.view(np.uint32)
-    none = np.zeros(0, dtype=np.uint64)
     for dev in set(log[:, 0].tolist()):
-        n = walk_leaves(m64, m32, np.int64(md.subtree_root(dev)), none, none, np.int64(0), False,
-                        np.zeros(2, dtype=np.int64))
         d = md.devices[dev]
-        d.mapped_blocks, d.changed = int(n), True
+        d.mapped_blocks, d.changed = len(device_mappings(md.bm, md.subtree_root(dev))[0]), True
 
 
 def _apply_rows(md: PoolMetadata, log: np.ndarray) -> None:

@@ -184,3 +184,38 @@ def test_the_snapshot_ioctl_makes_a_writable_snapshot_as_dockers_btrfs_driver_do
                 vt.btrfs_snapshot(f"{mnt}/src", f"{mnt}/snap")      # the name is taken
         finally:
             subprocess.run(["btrfs", "subvolume", "delete", f"{mnt}/snap"], capture_output=True)
+
+
+def test_a_hung_real_command_is_a_clear_error():
+    from thinp.cli.errors import report
+    from thinp.errors import RealRunError
+
+    with pytest.raises(RealRunError, match=r"sleep 30 did not finish in 0.2 s") as e:
+        vt.run_cmd(["sleep", "30"], timeout=0.2)
+    assert report(e.value) == "sleep 30 did not finish in 0.2 s"      # one CLI line, no traceback
+    with pytest.raises(RealRunError, match=r"false failed \(1\)"):
+        vt.run_cmd(["false"])
+
+
+class _Flaky:
+    """A RealSetup whose first ``fails`` measurements fail as a lost zfs clone does."""
+
+    def __init__(self, fails):
+        self.fails, self.calls = fails, 0
+
+    def measure(self, case, driver, n):
+        from thinp.errors import RealRunError
+
+        self.calls += 1
+        if self.calls <= self.fails:
+            raise RealRunError("zfs clone p/deb@base p/ctr461 did not finish in 300 s")
+        return 0.25
+
+
+def test_one_failed_real_run_is_measured_again_and_a_second_is_raised():
+    from thinp.errors import RealRunError
+
+    r = _Flaky(fails=1)
+    assert vt._measure_once_more(r, "start", "zfs", 16) == 0.25 and r.calls == 2
+    with pytest.raises(RealRunError):
+        vt._measure_once_more(_Flaky(fails=2), "start", "zfs", 16)

@@ -48,6 +48,14 @@ def _calibrate(args) -> int:
     return 0
 
 
+def _progress(row: dict) -> None:
+    """One stderr line per measured cell as its case/N group ends, every run
+    in it: a long real run that fails later still leaves what it measured."""
+    runs = " ".join(f"{t:.4f}" for t in row["runs_s"])
+    sys.stderr.write(f"validate timing: {row['case']} N={row['n']} {row['driver']}: runs {runs or '-'} s, "
+                     f"predicted {row['predicted_s']:.4f} s{' (' + row['note'] + ')' if row['note'] else ''}\n")
+
+
 def _validate(args) -> int:
     from ..timing import TimingConstants
     from ..validate import timing as vt
@@ -80,7 +88,8 @@ def _validate(args) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--measured {args.measured!r}: not a validate timing --json file ({e})")
     rows = vt.validate_timing(real=not args.sim_only, timing=k, device=device, cases=cases,
-                              reps=args.reps or vt.REPS, measured=measured)
+                              reps=args.reps or vt.REPS, measured=measured,
+                              progress=None if (args.sim_only or measured) else _progress)
     if args.markdown:
         sys.stdout.write(vt.markdown(rows) + "\n")
     if args.markdown:
