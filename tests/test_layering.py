@@ -16,7 +16,7 @@ PKG = pathlib.Path(thinp.__file__).resolve().parent
 
 #: bottom first; a component may import only components listed before it
 LAYERS = [
-    "errors", "config", "jitnotice", "units", "trace",
+    "errors", "jitcache", "config", "jitnotice", "units", "trace",
     "pdata",        # dm's persistent data: block manager, transactions, btrees, space maps
     "thin",         # pool, device, tools
     "blockdev",     # the BlockDevice protocol, PlainDevice

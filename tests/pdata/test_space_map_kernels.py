@@ -143,3 +143,86 @@ def test_commit_visits_every_changed_bitmap(tmp_path):
     if shutil.which("thin_check"):
         r = subprocess.run(["thin_check", str(tmp_path / "m")], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr + r.stdout
+
+
+def _rc_batches(tm, root, batches, fast: bool, split: str) -> int:
+    from thinp.pdata import btree_write as bw
+
+    cv = bw.ValueType(4)
+    for blocks, counts in batches:
+        if fast:
+            root = tm.update_ref_counts(root, np.array(blocks), np.array(counts), split == "halves")
+            continue
+        for b, c in zip(blocks, counts):
+            if c >= 3:
+                root = bw.insert(tm, root, [b], np.array([c], dtype="<u4").view(np.uint8), cv, split=split)[0]
+            else:
+                root = bw.remove(tm, root, [b], cv)[0]
+    return root
+
+
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_ref_count_runs_meet_full_leaves(tmp_path, split):
+    """Runs of ascending updates that fill a leaf to dm's 336 entries and
+    go on past it, overwrite keys of a full leaf (the halves rule splits
+    it even so) and insert between its keys: the kernel, merging each run
+    a leaf takes in place, leaves the blocks the Python btree leaves."""
+    from thinp.pdata import btree_write as bw
+
+    evens = list(range(0, 660, 2))  # 330 keys
+    batches = [
+        (evens, [3] * 330),
+        # six new keys fill the leaf to dm's 336 entries, then one run goes
+        # on to overwrite a key of it (the halves rule splits a full leaf
+        # even for an overwrite)
+        ([1, 3, 5, 7, 9, 11, 20], [3, 3, 3, 3, 3, 3, 4]),
+        ([10, 12, 300], [4, 5, 6]),
+        ([1, 3, 5, 10, 11], [3, 3, 3, 7, 3]),
+        (list(range(1001, 1901, 2)), [3] * 450),  # past one leaf's room in one run
+        (list(range(1, 671, 4)) + list(range(1003, 1400, 4)), [3] * 168 + [9] * 100),
+        ([3, 5, 7, 10, 1001, 1003], [1, 2, 3, 2, 4, 0]),  # removals mixed in
+    ]
+    out = []
+    for fast in (True, False):
+        md = PoolMetadata.format(tmp_path / f"m{fast}", nr_metadata_blocks=4096, nr_data_blocks=40000,
+                                 data_block_sectors=128, split=split)
+        md.sync = False
+        root = _rc_batches(md.tm, bw.empty(md.tm, 4), batches, fast, split)
+        out.append((root, md.bm.blocks.copy(), md.tm.count.copy()))
+        md.close(commit=False)
+    (r1, b1, c1), (r2, b2, c2) = out
+    assert r1 == r2
+    assert np.array_equal(c1, c2)
+    assert np.array_equal(b1, b2)
+
+
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_overwrite_in_place_is_dm_insert(tmp_path, split):
+    """The data space map's index entries are rewritten in place where
+    dm's insert would only descend; elsewhere it declines and the insert
+    runs.  Either way the blocks are the insert's, key by key."""
+    from thinp.pdata import btree_write as bw
+
+    vt = bw.ValueType(16)
+    out = []
+    for in_place in (True, False):
+        md = PoolMetadata.format(tmp_path / f"m{in_place}", nr_metadata_blocks=4096, nr_data_blocks=40000,
+                                 data_block_sectors=128, split=split)
+        md.sync = False
+        tm = md.tm
+        root = bw.empty(tm, 16)
+        for k in range(500):  # several leaves of 168, some full
+            root, _ = bw.insert(tm, root, [k], np.full(16, k % 251, dtype=np.uint8), vt, split=split)
+        md.commit()  # nothing of the tree is this transaction's now
+        declined = 0
+        for k in [3, 4, 170, 5, 499, 168, 0, 167, 338, 339, 3]:
+            v = np.full(16, (k * 7 + 1) % 251, dtype=np.uint8)
+            if not (in_place and bw.overwrite_in_place(tm, root, k, v, split=split)):
+                declined += 1
+                root, inserted = bw.insert(tm, root, [k], v, vt, split=split)
+                assert not inserted
+        out.append((root, md.bm.blocks.copy(), tm.count.copy(), declined))
+        md.close(commit=False)
+    (r1, b1, c1, d1), (r2, b2, c2, _) = out
+    assert 0 < d1 < 11  # both paths were taken
+    assert r1 == r2 and np.array_equal(c1, c2) and np.array_equal(b1, b2)

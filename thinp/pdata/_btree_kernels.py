@@ -38,7 +38,7 @@ THRESH = 8
 ENTRIES_PER_BITMAP = 16320  # space_map.ENTRIES_PER_BITMAP
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _find_free(free, begin):
     n = free.shape[0]
     for i in range(begin, n):
@@ -50,7 +50,7 @@ def _find_free(free, begin):
     return -1
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     b = _find_free(free, tst[0])
     if b < 0:
@@ -69,7 +69,7 @@ def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     return b
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _dec(count, committed, free, b):
     _dtouch(count, committed, b)
     c = count[b]
@@ -80,7 +80,7 @@ def _dec(count, committed, free, b):
             free[b] = True
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _dtouch(dcount, dcommitted, p):
     """Flag block ``p``'s bitmap as changed, when ``dcommitted`` carries
     one flag per bitmap after the counts (both space maps do; see
@@ -90,7 +90,7 @@ def _dtouch(dcount, dcommitted, p):
         dcommitted[n + p // ENTRIES_PER_BITMAP] = 1
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _used(dcount, dcommitted, delta):
     """Keep the running number of non-zero counts, the last word of
     ``dcommitted`` when it carries the flags (space_map.RefCounts)."""
@@ -99,7 +99,7 @@ def _used(dcount, dcommitted, delta):
         dcommitted[m - 1] = np.uint32(np.int64(dcommitted[m - 1]) + delta)
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _ddec(dcount, dcommitted, dfree, p):
     _dtouch(dcount, dcommitted, p)
     c = dcount[p]
@@ -110,7 +110,7 @@ def _ddec(dcount, dcommitted, dfree, p):
             dfree[p] = True
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _dinc(dcount, dcommitted, dfree, p):
     _dtouch(dcount, dcommitted, p)
     if dcount[p] == 0:
@@ -119,14 +119,14 @@ def _dinc(dcount, dcommitted, dfree, p):
     dfree[p] = False
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def nr_used(committed):
     """Blocks with a non-zero count now: the space map's running count,
     the last word of its ``committed`` array (space_map.RefCounts.nr_used)."""
     return np.int64(committed[committed.shape[0] - 1])
 
 
-@njit
+@njit(refcount=False)
 def inc_data(dcount, dcommitted, dfree, p):
     """One more reference on data block ``p`` (dm_sm_inc_block), its
     bitmap flagged as changed.  For callers outside these kernels that
@@ -134,7 +134,7 @@ def inc_data(dcount, dcommitted, dfree, p):
     _dinc(dcount, dcommitted, dfree, p)
 
 
-@njit
+@njit(refcount=False)
 def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b, leaf_holds):
     """leaf_holds: 0 = nothing (counts), 1 = metadata blocks (subtree
     roots), 2 = data block_time."""
@@ -153,7 +153,7 @@ def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b
             _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
 
 
-@njit
+@njit(refcount=False)
 def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, b, leaf_holds):
     """dm_tm_shadow_block + inc_children; the block to write, or -1."""
     shared = count[b] > 1
@@ -171,7 +171,7 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dco
     return nb
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _lower_bound(m64, m32, b, key):
     """The index of the last key <= ``key`` in node ``b``, or -1 (dm's
     lower_bound).  Branch-free: each step's load address is known without
@@ -189,19 +189,19 @@ def _lower_bound(m64, m32, b, key):
     return base - np.int64(m64[b, HDR + base] > key)
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _key(m64, b, i):
     return m64[b, HDR + i]
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _val(m64, m32, b, i):
     if m32[b, 6] == 4:
         return np.uint64(m32[b, 2 * HDR + 2 * m32[b, 5] + i])
     return m64[b, HDR + m32[b, 5] + i]
 
 
-@njit(inline="always")
+@njit(inline="always", refcount=False)
 def _set_val(m64, m32, b, i, v):
     if m32[b, 6] == 4:
         m32[b, 2 * HDR + 2 * m32[b, 5] + i] = np.uint32(v)
@@ -209,7 +209,7 @@ def _set_val(m64, m32, b, i, v):
         m64[b, HDR + m32[b, 5] + i] = v
 
 
-@njit
+@njit(refcount=False)
 def _move(m64, m32, dst, doff, src, soff, count):
     """Copy ``count`` entries (overlap-safe) from src[soff:] to dst[doff:]."""
     if count <= 0:
@@ -238,7 +238,7 @@ def _move(m64, m32, dst, doff, src, soff, count):
             m32[dst, dv + i] = m32[src, sv + i]
 
 
-@njit
+@njit(refcount=False)
 def _insert_at(m64, m32, b, i, key, v):
     nr = np.int64(m32[b, 4])
     _move(m64, m32, b, i + 1, b, i, nr - i)
@@ -247,7 +247,7 @@ def _insert_at(m64, m32, b, i, key, v):
     m32[b, 4] = nr + 1
 
 
-@njit
+@njit(refcount=False)
 def _redistribute2(m64, m32, left, right):
     nl = np.int64(m32[left, 4])
     nr = np.int64(m32[right, 4])
@@ -267,7 +267,7 @@ def _redistribute2(m64, m32, left, right):
     m32[right, 4] = tr
 
 
-@njit
+@njit(refcount=False)
 def _redistribute3(m64, m32, left, center, right):
     nl = np.int64(m32[left, 4])
     nr = np.int64(m32[right, 4])
@@ -295,7 +295,7 @@ def _redistribute3(m64, m32, left, center, right):
     m32[right, 4] = tr
 
 
-@njit
+@njit(refcount=False)
 def _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, like):
     b = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
     if b < 0:
@@ -307,7 +307,7 @@ def _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, like):
 
 
 # the spine: sp[0] parent, sp[1] current, sp[2] count, sp[3] root
-@njit
+@njit(refcount=False)
 def _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, sp):
     pn = sp[1]
     nr = np.int64(m32[pn, 4])
@@ -335,7 +335,7 @@ def _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, sp):
     return 0
 
 
-@njit
+@njit(refcount=False)
 def _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, pi, key):
     left = sp[1]
     right = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, left)
@@ -348,7 +348,7 @@ def _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst,
     return 0
 
 
-@njit
+@njit(refcount=False)
 def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent, i, leaf_holds):
     nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                  np.int64(_val(m64, m32, parent, i)), leaf_holds)
@@ -357,7 +357,7 @@ def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
     return nb
 
 
-@njit
+@njit(refcount=False)
 def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
                           leaf_holds):
     parent = sp[0]
@@ -390,7 +390,7 @@ def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, ts
     return 0
 
 
-@njit
+@njit(refcount=False)
 def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
                         leaf_holds):
     parent = sp[0]
@@ -429,7 +429,7 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
                                  key, leaf_holds)
 
 
-@njit
+@njit(refcount=False)
 def _has_space(m64, m32, b, key):
     if m32[b, 4] == m32[b, 5]:
         if m32[b, 1] & LEAF:
@@ -439,7 +439,7 @@ def _has_space(m64, m32, b, key):
     return True
 
 
-@njit
+@njit(refcount=False)
 def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, i,
                  leaf_holds):
     """dm's shadow_step, shared by insert and remove: shadow ``root`` onto
@@ -465,7 +465,7 @@ def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     return nb
 
 
-@njit
+@njit(refcount=False)
 def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
                 leaf_holds, halves):
     i = index
@@ -551,7 +551,7 @@ def _direct_path(m64, m32, count, txn, root, dev, key, halves):
         b = np.int64(_val(m64, m32, b, i))
 
 
-@njit
+@njit(refcount=False)
 def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                     root, dev, vblock, value, halves, sp, out):
     """:func:`insert_mapping` past its direct path (write_blocks calls it
@@ -594,7 +594,7 @@ def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dco
     return 0
 
 
-@njit
+@njit(refcount=False)
 def lookup_mapping(m64, m32, root, dev, vblock):
     """The value under (dev, vblock), or 0 (a value is never 0 for a
     mapped block... except pblock 0 at time 0, so callers use lookup2)."""
@@ -617,7 +617,7 @@ def lookup_mapping(m64, m32, root, dev, vblock):
     return np.uint64(0), False
 
 
-@njit
+@njit(refcount=False)
 def _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
     """Where an insert of (dev, key) lands when dm's insert would only
     descend: every node on the path already this transaction's and
@@ -655,7 +655,7 @@ def _subtree_root(m64, m32, count, txn, root, dev, halves):
         b = np.int64(_val(m64, m32, b, i))
 
 
-@njit
+@njit(refcount=False)
 def _direct_descend(m64, m32, count, txn, b, key, halves, res, hi):
     """The one-level part of :func:`_direct_leaf`, from node ``b``;
     ``hi[2]`` gets the leaf's lower key bound (the last internal key
@@ -722,6 +722,61 @@ def _direct_rebalance(m64, m32, count, txn, parent, pi, b, key):
     return -1
 
 
+@njit(refcount=False)
+def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                          root, dev, vblock, value, halves, sp, cache, hi, res, out):
+    """:func:`insert_mapping` for a caller that inserts many mappings in a
+    row (scratch passed in, nothing allocated): where dm's insert would
+    only descend (:func:`_direct_leaf`: every node on the path this
+    transaction's and unshared, none in need of a split), the leaf is
+    changed in place -- the same bytes dm's insert writes, without the
+    spine's shadow steps.  That leaf is kept in ``cache`` (int64[2]: leaf
+    or -1, its dev_id; ``hi`` uint64[3] its key bounds, as _direct_leaf
+    gives them) and answers every later key of the same device within its
+    bounds with one search in the leaf, no descent: the leaf a CoW already
+    shadowed takes the rest of its writes in place.  Any other insert goes
+    through dm's insert and empties the cache (a split or shadow moves
+    nodes); so must the caller, after any other change to the trees.
+    ``sp`` int64[4] and ``res`` int64[3] are scratch; ``out`` as
+    insert_mapping's.  Returns 0, or -1 when metadata ran out."""
+    key = np.uint64(vblock)
+    direct = False
+    leaf = cache[0]
+    if leaf >= 0 and cache[1] == dev and key >= hi[2] and (hi[1] or key < hi[0]):
+        nr = np.int64(m32[leaf, 4])
+        if nr > 0 and key > m64[leaf, HDR + nr - 1]:
+            i = nr - 1
+            found = False
+        else:
+            i = _lower_bound(m64, m32, leaf, key)
+            found = i >= 0 and m64[leaf, HDR + i] == key
+        if nr < m32[leaf, 5] or (found and not halves):
+            direct = True
+            res[0] = leaf
+            res[1] = i
+            res[2] = 1 if found else 0
+    elif _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
+        direct = True
+        cache[0] = res[0]
+        cache[1] = dev
+    if not direct:
+        cache[0] = -1
+        return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                               root, dev, vblock, value, halves, sp, out)
+    lb = res[0]
+    if res[2]:
+        old = _val(m64, m32, lb, res[1])
+        if (old >> np.uint64(24)) != (value >> np.uint64(24)):
+            _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
+        _set_val(m64, m32, lb, res[1], value)
+        out[1] = 0
+    else:
+        _insert_at(m64, m32, lb, res[1] + 1, key, value)
+        out[1] = 1
+    out[0] = root
+    return 0
+
+
 #: requests ahead whose leaf a caller of :func:`prefetch_leaf` fetches
 #: (apply_log does): random provisioning of a large thin misses the cache on
 #: each leaf (and the TLB on its page); a fetch started this many requests
@@ -746,7 +801,7 @@ FILL_AHEAD = 12
 RING = 32  # a power of two above LOCATE_AHEAD
 
 
-@njit
+@njit(refcount=False)
 def prefetch_leaf(m64, m32, root, dev, vblock):
     """Descend to the leaf where ``vblock`` of ``dev`` is or would go (the
     internal nodes are few and stay cached) and prefetch all of it: keys
@@ -1032,14 +1087,14 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
 
 
 # ------------------------------------------------------------------ removal
-@njit
+@njit(refcount=False)
 def _delete_at(m64, m32, b, i):
     nr = np.int64(m32[b, 4])
     _move(m64, m32, b, i, b, i + 1, nr - i - 1)
     m32[b, 4] = nr - 1
 
 
-@njit
+@njit(refcount=False)
 def _rm_shift(m64, m32, left, right, count):
     nl = np.int64(m32[left, 4])
     nr = np.int64(m32[right, 4])
@@ -1056,7 +1111,7 @@ def _rm_shift(m64, m32, left, right, count):
     m32[right, 4] = nr + count
 
 
-@njit
+@njit(refcount=False)
 def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_index):
     nl = np.int64(m32[left, 4])
     nr = np.int64(m32[right, 4])
@@ -1071,7 +1126,7 @@ def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_i
         m64[parent, HDR + r_index] = m64[right, HDR]
 
 
-@njit
+@njit(refcount=False)
 def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, key,
                         leaf_holds):
     """Returns 1 done, 0 key absent, -1 out of metadata."""
@@ -1164,7 +1219,7 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
     return 1
 
 
-@njit
+@njit(refcount=False)
 def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
                 leaf_holds):
     """The index of ``key`` in the leaf now current, -1 absent, -2 out of metadata."""
@@ -1190,12 +1245,13 @@ def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
         root = np.int64(_val(m64, m32, b, i))
 
 
-@njit
-def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
-                   root, dev, vblock, out):
+@njit(refcount=False)
+def remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                    root, dev, vblock, sp, out):
     """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
-    Returns 0, or -1 when metadata ran out."""
-    sp = np.zeros(4, dtype=np.int64)
+    Returns 0, or -1 when metadata ran out.  ``sp`` is scratch (int64[4])."""
+    for j in range(4):
+        sp[j] = 0
     idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
                       np.uint64(dev), 0, 1)
     if idx == -2:
@@ -1220,7 +1276,74 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     return 0
 
 
+@njit
+def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                   root, dev, vblock, out):
+    """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
+    Returns 0, or -1 when metadata ran out."""
+    sp = np.zeros(4, dtype=np.int64)
+    return remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                           root, dev, vblock, sp, out)
+
+
 # --------------------------------------------------------- ref-count trees
+@njit(refcount=False)
+def _merge_run(m64, m32, leaf, blocks, counts, k, n, hi, halves):
+    """The longest run ``blocks[k:e]`` (counts >= 3, keys within the leaf's
+    bounds ``hi``) that dm's inserts, one after another, would each make in
+    place in ``leaf`` (this transaction's, unshared): no insert meets the
+    leaf full, nor, in the halves rule, does an overwrite.  Merges it into
+    the leaf in one backward pass (the bytes the inserts one by one would
+    leave: keys and 4-byte values moved up, slots past the new count
+    untouched) and returns ``e``; ``k`` when not even ``blocks[k]`` fits."""
+    nr = np.int64(m32[leaf, 4])
+    mx = np.int64(m32[leaf, 5])
+    cap = mx - nr - (1 if halves else 0)  # new keys the leaf takes in place
+    if cap < 0:
+        return k
+    vbase = 2 * HDR + 2 * mx
+    # forward: how far the run goes, and how many of its keys are new
+    a = _lower_bound(m64, m32, leaf, np.uint64(blocks[k]))
+    if a < 0:
+        a = 0
+    new = 0
+    e = k
+    while e < n and counts[e] >= 3:
+        key = np.uint64(blocks[e])
+        if not hi[1] and key >= hi[0]:
+            break
+        while a < nr and m64[leaf, HDR + a] < key:
+            a += 1
+        if a >= nr or m64[leaf, HDR + a] != key:
+            if new == cap:
+                break
+            new += 1
+        else:
+            m32[leaf, vbase + a] = np.uint32(counts[e])  # (the merge below keeps it)
+        e += 1
+    if e == k or new == 0:
+        return e
+    # backward: entries above the run's keys move up by the new ones below them
+    w = nr + new - 1
+    a = nr - 1
+    u = e - 1
+    while u >= k:
+        key = np.uint64(blocks[u])
+        if a >= 0 and m64[leaf, HDR + a] > key:
+            m64[leaf, HDR + w] = m64[leaf, HDR + a]
+            m32[leaf, vbase + w] = m32[leaf, vbase + a]
+            a -= 1
+        else:
+            if a >= 0 and m64[leaf, HDR + a] == key:
+                a -= 1
+            m64[leaf, HDR + w] = key
+            m32[leaf, vbase + w] = np.uint32(counts[u])
+            u -= 1
+        w -= 1
+    m32[leaf, 4] = nr + new
+    return e
+
+
 @njit
 def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
                       out):
@@ -1232,50 +1355,38 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
     dfree = np.zeros(1, dtype=np.bool_)
     dcommitted = np.zeros(1, dtype=np.uint32)
     sp = np.zeros(4, dtype=np.int64)
-    # as write_blocks: a leaf an insert would only descend to is changed in
-    # place, and stays the target while the keys stay within its bounds
-    # (blocks come in ascending order, so within the leaf the search goes
-    # on from the last entry touched, ``pos``, a few steps at most)
-    leaf = -1
-    pos = -1
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
-    for k in range(blocks.shape[0]):
+    return _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
+                              out, dcount, dcommitted, dfree, sp, hi, res)
+
+
+@njit(refcount=False)
+def _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
+                       out, dcount, dcommitted, dfree, sp, hi, res):
+    # as write_blocks: a leaf an insert would only descend to is changed in
+    # place, and stays the target while the keys stay within its bounds;
+    # the blocks come in ascending order, so each run of them that the
+    # leaf takes in place is merged into it in one pass (_merge_run)
+    leaf = -1
+    n = blocks.shape[0]
+    k = 0
+    while k < n:
         key = np.uint64(blocks[k])
         c = counts[k]
         if c >= 3:
             if leaf < 0 or key < hi[2] or (not hi[1] and key >= hi[0]):
                 leaf = -1
-                pos = -1
                 if _direct_descend(m64, m32, count, txn, root, key, halves, res, hi):
                     leaf = res[0]
             if leaf >= 0:
-                nr = np.int64(m32[leaf, 4])
-                i = -2
-                if 0 <= pos < nr and key > m64[leaf, HDR + pos]:
-                    j = pos
-                    lim = min(nr - 1, pos + 16)
-                    while j < lim and m64[leaf, HDR + j + 1] <= key:
-                        j += 1
-                    if j == nr - 1 or m64[leaf, HDR + j + 1] > key:
-                        i = j
-                if i == -2:
-                    i = _lower_bound(m64, m32, leaf, key)
-                found = i >= 0 and m64[leaf, HDR + i] == key
-                full = nr == m32[leaf, 5]
-                if found and not (full and halves):
-                    _set_val(m64, m32, leaf, i, np.uint64(c))
-                    pos = i
-                    continue
-                if not found and not full:
-                    _insert_at(m64, m32, leaf, i + 1, key, np.uint64(c))
-                    pos = i + 1
+                e = _merge_run(m64, m32, leaf, blocks, counts, k, n, hi, halves)
+                if e > k:
+                    k = e
                     continue
                 leaf = -1
-                pos = -1
         else:
             leaf = -1
-            pos = -1
         for j in range(4):
             sp[j] = 0
         if c >= 3:
@@ -1284,11 +1395,11 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
             if idx < -1:
                 out[0] = root
                 return -1
-            n = sp[1]
-            if idx >= m32[n, 4] or m64[n, HDR + idx] != key:
-                _insert_at(m64, m32, n, idx, key, np.uint64(c))
+            nd = sp[1]
+            if idx >= m32[nd, 4] or m64[nd, HDR + idx] != key:
+                _insert_at(m64, m32, nd, idx, key, np.uint64(c))
             else:
-                _set_val(m64, m32, n, idx, np.uint64(c))
+                _set_val(m64, m32, nd, idx, np.uint64(c))
         else:
             idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
                               key, 0, 0)
@@ -1298,11 +1409,12 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
             if idx >= 0:
                 _delete_at(m64, m32, sp[1], idx)
         root = sp[3]
+        k += 1
     out[0] = root
     return 0
 
 
-@njit
+@njit(refcount=False)
 def collect_ref_count_changes(count, committed, bitmaps, blocks_out, counts_out, has_diff):
     """A space map's commit, first part: over the bitmaps ``bitmaps`` (the
     flagged ones), each block whose count moved from its committed value
@@ -1326,3 +1438,39 @@ def collect_ref_count_changes(count, committed, bitmaps, blocks_out, counts_out,
                     k += 1
         has_diff[j] = d
     return k
+
+
+@njit(refcount=False)
+def write_bitmap(m64, b, count, committed, lo, hi, nfb, out):
+    """A space map's bitmap commit for blocks ``lo..hi`` (one bitmap's
+    worth, the last one maybe short): block ``b``'s 2-bit entries (from
+    byte 16, entry j of each 64-bit word in bits 2j (high) and 2j+1 (low);
+    3 = in the ref-count tree) for the counts now, and ``out`` = (nr_free,
+    none_free_before) of its index entry after a transaction that moved the
+    counts from ``committed``: nr_free of all 16,320 entries, the hint
+    lowered to the first freed entry and stepped past entries newly in use
+    from it (dm's lazy hint)."""
+    n = hi - lo
+    used = 0
+    freed = -1
+    for w in range(ENTRIES_PER_BITMAP // 32):
+        word = np.uint64(0)
+        base = lo + w * 32
+        for j in range(32):
+            e = w * 32 + j
+            if e >= n:
+                break
+            c = count[base + j]
+            if c != 0:
+                used += 1
+                v = np.uint64(3 if c > 3 else c)
+                word |= ((v >> np.uint64(1)) << np.uint64(2 * j)) | ((v & np.uint64(1)) << np.uint64(2 * j + 1))
+            elif freed < 0 and committed[base + j] != 0:
+                freed = e
+        m64[b, 2 + w] = word
+    if freed >= 0 and freed < nfb:
+        nfb = freed
+    while nfb < n and committed[lo + nfb] == 0 and count[lo + nfb] != 0:
+        nfb += 1
+    out[0] = ENTRIES_PER_BITMAP - used
+    out[1] = nfb

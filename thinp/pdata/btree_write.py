@@ -420,6 +420,31 @@ def insert(tm: TransactionManager, root: int, keys: list, value, vt: ValueType, 
     return s.root, inserted
 
 
+def overwrite_in_place(tm: TransactionManager, root: int, key: int, value: np.ndarray, *,
+                       split: str = "current") -> bool:
+    """:func:`insert` of a key already in a one-level tree whose values
+    hold no references, where dm's insert would only descend: every node on
+    the path this transaction's and unshared, no internal node full (nor
+    its first key above ``key``), and in the halves rule the leaf not full
+    either.  Then the value is written in place -- the bytes the insert
+    writes -- and True is returned; else nothing is done (False)."""
+    b = root
+    while True:
+        if not tm.txn[b] or int(tm.count[b]) != 1:
+            return False
+        n = _node(tm, b)
+        full = n.nr_entries == n.max_entries
+        i = _lower_bound(n, key)
+        if n.flags & LEAF_NODE:
+            if i < 0 or int(n.keys()[i]) != key or (full and split == "halves"):
+                return False
+            n.values_raw()[i] = value
+            return True
+        if full or i < 0:
+            return False
+        b = _value64(n, i)
+
+
 # ------------------------------------------------------------------- remove
 def _merge_threshold(n: Node) -> int:
     return n.max_entries // 3

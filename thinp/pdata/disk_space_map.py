@@ -141,7 +141,8 @@ class DiskSpaceMap(RefCounts):
             nb, blk, _ = tm.shadow(int(ie["blocknr"][0]), BITMAP)
             write_bitmap_entry(blk, ie, self.count[lo:lo + ENTRIES_PER_BITMAP],
                                self.committed[lo:min(n, lo + ENTRIES_PER_BITMAP)], nb)
-            self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], ie.view(np.uint8).copy(), INDEX_VALUE,
-                                            split=self.split)
+            v = ie.view(np.uint8).copy()
+            if not bw.overwrite_in_place(tm, self.bitmap_root, i, v, split=self.split):
+                self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], v, INDEX_VALUE, split=self.split)
         self.settle()
         return SmRoot(n, self.nr_allocated, self.bitmap_root, self.ref_count_root)

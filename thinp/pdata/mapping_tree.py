@@ -8,6 +8,10 @@ byte-identical to the Python btree (:mod:`thinp.pdata.btree_write`), which
 the tests in ``tests/pdata`` check.
 
 insert_mapping      dm_btree_insert of (dev, vblock) -> value
+insert_mapping_cached  the same for a caller inserting many in a row: the
+                    leaf an insert would only descend to is changed in
+                    place and kept for the next keys (scratch passed in)
+remove_mapping_scratch  remove_mapping with its spine scratch passed in
 lookup_mapping      (value, found) of (dev, vblock)
 write_blocks        dm-thin's write path for a batch of vblocks of one device
                     (provision unmapped, break sharing of shared), in order
@@ -38,10 +42,12 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     PREFETCH_AHEAD,
     inc_data,
     insert_mapping,
+    insert_mapping_cached,
     lookup_mapping,
     nr_used,
     prefetch_leaf,
     remove_mapping,
+    remove_mapping_scratch,
     update_ref_counts,
     write_blocks,
 )
@@ -62,7 +68,7 @@ from ._walk_kernels import (  # noqa: F401  (re-exported)
     start,
 )
 
-__all__ = ["PREFETCH_AHEAD", "inc_data", "insert_mapping", "lookup_mapping", "nr_used", "prefetch_leaf", "remove_mapping",
-           "update_ref_counts", "write_blocks", "W_REVISIT", "W_VERIFY", "WALK_BAD_BLOCK", "WALK_BAD_CSUM",
-           "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP", "WALK_TOO_DEEP", "WALK_TOO_MANY", "Walk", "leaf_fresh",
-           "new_walk", "next_leaf", "start"]
+__all__ = ["PREFETCH_AHEAD", "inc_data", "insert_mapping", "insert_mapping_cached", "lookup_mapping", "nr_used",
+           "prefetch_leaf", "remove_mapping", "remove_mapping_scratch", "update_ref_counts", "write_blocks",
+           "W_REVISIT", "W_VERIFY", "WALK_BAD_BLOCK", "WALK_BAD_CSUM", "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP",
+           "WALK_TOO_DEEP", "WALK_TOO_MANY", "Walk", "leaf_fresh", "new_walk", "next_leaf", "start"]

@@ -25,8 +25,7 @@ import numpy as np
 
 from .. import errors
 from .block import BITMAP, BTREE_NODE, INDEX, KIND_OF, BlockManager, Validator
-from .space_map import (ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, RefCounts, SmRoot, nr_bitmaps,
-                        pack_bitmap)
+from .space_map import ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, RefCounts, SmRoot, nr_bitmaps
 
 
 class TransactionManager(RefCounts):
@@ -258,29 +257,13 @@ def write_bitmap_entry(blk: np.ndarray, ie: np.ndarray, cur: np.ndarray, old: np
     """One bitmap's commit, shared by both space maps: its block ``b``
     (bytes ``blk``) gets the entries for counts ``cur`` and its index entry
     ``ie`` (a 1-element view) the location, nr_free and the hint after a
-    transaction that moved the counts from ``old``."""
-    write_bitmap(blk, cur)
-    update_index_entry(ie, cur, old)
+    transaction that moved the counts from ``old`` (one numba pass)."""
+    from ._btree_kernels import write_bitmap as _write_bitmap
+
+    out = np.zeros(2, dtype=np.int64)
+    cur = np.ascontiguousarray(cur[:len(old)], dtype=np.uint32)
+    _write_bitmap(blk.view(np.uint64).reshape(1, -1), 0, cur, np.ascontiguousarray(old, dtype=np.uint32), 0, len(cur),
+                  int(ie["none_free_before"][0]), out)
+    ie["nr_free"] = int(out[0])
+    ie["none_free_before"] = int(out[1])
     ie["blocknr"] = b
-
-
-def write_bitmap(blk: np.ndarray, counts: np.ndarray) -> None:
-    """A bitmap block's entries for these counts (3 = in the ref-count tree)."""
-    pack_bitmap(np.minimum(counts, 3).astype(np.uint8), blk)
-
-
-def update_index_entry(ie: np.ndarray, cur: np.ndarray, old: np.ndarray) -> None:
-    """nr_free and none_free_before after a transaction moved ``old`` to
-    ``cur``, as dm's lazy hint moves: it drops to the lowest freed entry and
-    steps past entries allocated in order from it."""
-    nr_free = ENTRIES_PER_BITMAP - int(np.count_nonzero(cur))
-    nfb = int(ie["none_free_before"][0])
-    freed = np.flatnonzero((old != 0) & (cur == 0))
-    if len(freed):
-        nfb = min(nfb, int(freed[0]))
-    n = len(cur)
-    newly = (old == 0) & (cur != 0)
-    while nfb < n and newly[nfb]:
-        nfb += 1
-    ie["nr_free"] = nr_free
-    ie["none_free_before"] = nfb

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import PREFETCH_AHEAD, inc_data, insert_mapping, prefetch_leaf, remove_mapping
+from ..pdata.mapping_tree import (PREFETCH_AHEAD, inc_data, insert_mapping_cached, prefetch_leaf,
+                                  remove_mapping_scratch)
 
 
 @njit
@@ -35,6 +36,13 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     row's operation failed part-way for want of a free block."""
     nr = count.shape[0]
     res = np.zeros(2, dtype=np.int64)
+    # scratch for the btree kernels, and the leaf a row changed in place
+    # (kept while rows land in it: a shadowed leaf takes its later rows
+    # with one search; a removal or a split empties it)
+    sp = np.zeros(4, dtype=np.int64)
+    cache = np.full(2, -1, dtype=np.int64)
+    hi = np.zeros(3, dtype=np.uint64)
+    lres = np.zeros(3, dtype=np.int64)
     out[2] = -1
     out[3] = nr - used_commit - (tst[1] - allocs_commit)
     added = 0
@@ -62,12 +70,13 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
         if v >= 0:
             p = v >> 24
             inc_data(dcount, dcommitted, dfree, p)
-            r = insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
-                               root, dev, vb, np.uint64(v), halves, res)
+            r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                      dfree, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
             added += res[1]
         else:
-            r = remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
-                               root, dev, vb, res)
+            cache[0] = -1
+            r = remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                       dfree, root, dev, vb, sp, res)
             removed += res[1]
         if r < 0:
             # the operation itself failed part-way: a real metadata failure
