@@ -63,6 +63,8 @@ class TransactionManager(RefCounts):
         #: reset space map allocation cursor when committing"); False: every
         #: commit restarts it at block 0, as older kernels did
         self.rolling_cursor = True
+        #: the ref-count tree's split rule when it changes between commits
+        self.halves = False
         #: block -> the count the ref-count tree holds for it now, for the
         #: blocks updated at once in this transaction (absent: as committed)
         self.rc_held: dict[int, int] = {}
@@ -167,14 +169,15 @@ class TransactionManager(RefCounts):
         try:
             if self.fast:
                 self.ref_count_root = self.update_ref_counts(self.ref_count_root, np.array([b]), np.array([want]),
-                                                             False)
+                                                             self.halves)
             else:
                 from . import btree_write as bw
 
                 cv = bw.ValueType(4)
                 if want:
                     self.ref_count_root, _ = bw.insert(self, self.ref_count_root, [b],
-                                                       np.array([want], dtype="<u4").view(np.uint8), cv)
+                                                       np.array([want], dtype="<u4").view(np.uint8), cv,
+                                                       split="halves" if self.halves else "current")
                 else:
                     self.ref_count_root, _ = bw.remove(self, self.ref_count_root, [b], cv)
         finally:

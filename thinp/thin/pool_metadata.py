@@ -122,6 +122,7 @@ class PoolMetadata:
             bm = BlockManager.open_file(path, writable=True)
             tm = TransactionManager(bm, np.zeros(nr_metadata_blocks, dtype=np.uint32))
             tm.rolling_cursor = kernel_rolls_cursor(split)
+            tm.halves = split == "halves"
             tm.inc(SUPERBLOCK_LOCATION)
             tm.begin = SUPERBLOCK_LOCATION + 1
             # __format_metadata: the metadata space map, an empty data space
@@ -171,6 +172,7 @@ class PoolMetadata:
                 dcount, dindex = read_counts(bm, sb.data_sm_root, metadata=False, what="data")
             tm = TransactionManager(bm, mcount)
             tm.rolling_cursor = kernel_rolls_cursor(split)
+            tm.halves = split == "halves"
             tm.load_space_map(sb.metadata_sm_root, mindex)
             data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex, split)
             md = cls(bm, sb, tm, data_sm, split)
