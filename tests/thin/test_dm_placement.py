@@ -9,7 +9,8 @@ commit: the first thin's root is block 1; its data space map index entry is
 written before the second bitmap is allocated: the index root is block 10),
 so they are replayed with ``split="halves"``, thinp's model of those
 kernels.  ``tmeta_with_shared_internals_and_leaves`` came from a 5.14+
-kernel; its untouched data bitmaps show that kernel's placement at format.
+kernel (its data space map index was written after all nine bitmaps); its
+first 21 blocks still show that kernel's format and first thin.
 
 The messages' order is read off the images: each device's details hold the
 transaction id current when it was made, so LVM sent each create_thin,
@@ -100,33 +101,41 @@ def test_corrupted_image_was_placed_the_same(fixtures_dir, tmp_path):
     assert not np.any((a[0] != b[0]) & ~UNDEFINED)
 
 
-def test_format_places_the_data_bitmaps_as_5_14(fixtures_dir, tmp_path):
-    """The 5.14+ kernel formats with an empty data space map, grows it when
-    the pool binds its data device (bitmaps 8, 10, 11...: the first one's
-    allocation shadows the metadata bitmap into 9) and writes the index
-    entries from its cache at the commit (index root 18, then the metadata
-    index 19).  The kernel image's data bitmaps 5..8, which its writes never
-    touched, are still there; 18 and 19 are stale tree and index blocks."""
+def test_5_14_format_and_first_thin_are_the_kernels(fixtures_dir, tmp_path):
+    """tmeta_with_shared_internals_and_leaves came from a 5.14+ kernel.  Its
+    first 21 metadata blocks are still as the format and the first thin
+    left them, stale or not: the format's empty data space map grown to 9
+    bitmaps when the pool bound its data device (blocks 8, 10..17: the
+    first one's allocation shadowed the metadata bitmap into 9), the index
+    entries written from dm's cache at that commit (index root 18, metadata
+    index 19); then, the pool reopened (the cursor starts at 0), create_thin
+    took block 1 for the thin's root and 3 for the metadata bitmap's copy,
+    4 for the mapping root, and 20, 21 at the commit.  A thinp pool made the
+    same way holds the same 21 blocks, byte for byte."""
     kernel = unpack(fixtures_dir, "tmeta_with_shared_internals_and_leaves", tmp_path)
-    pool = ThinPool.create(tmp_path / "pool", "8GiB", "64KiB", metadata_size="4MiB")
-    pool.close()
-    with DmMetadata.open(kernel) as k:
-        kbitmaps = [b for b, _, _ in k.check().space_maps[3]]
+    ThinPool.create(tmp_path / "pool", "8GiB", "64KiB", metadata_size="4MiB").close()
     with DmMetadata.open(tmp_path / "pool" / "metadata") as m:
-        mine = [b for b, _, _ in m.check().space_maps[3]]
         assert (m.sb.data_sm_root.bitmap_root, m.sb.metadata_sm_root.bitmap_root) == (18, 19)
-        assert [b for b, _, _ in m.check().space_maps[1]] == [9]
-    assert mine == [8, 10, 11, 12, 13, 14, 15, 16, 17]
-    assert kbitmaps[5:] == mine[5:] == [14, 15, 16, 17]
-    a = _blocks(kernel)
-    assert BTREE_NODE.check(a[18], 18) is None and INDEX.check(a[19], 19) is None
-    assert BITMAP.check(a[8], 8) is None  # the first bitmap's block, since shadowed
+        assert [b for b, _, _ in m.check().space_maps[3]] == [8, 10, 11, 12, 13, 14, 15, 16, 17]
+    pool = ThinPool.open(tmp_path / "pool")
+    pool.message("create_thin 1")
+    pool.message("set_transaction_id 0 1")
+    pool.close()
+    a, b = _blocks(kernel), _blocks(tmp_path / "pool" / "metadata")
+    assert [i for i in range(1, 22) if not np.array_equal(a[i], b[i])] == []
+    with DmMetadata.open(tmp_path / "pool" / "metadata") as m:
+        assert m.check().ok
+        assert (m.devices()[0].root, m.sb.data_mapping_root, m.sb.device_details_root) == (1, 4, 20)
+    with DmMetadata.open(kernel) as k:  # the kernel's later writes moved on from there
+        assert BITMAP.check(a[3], 3) is None and INDEX.check(a[21], 21) is None
+        assert [b for b, _, _ in k.check().space_maps[3]][5:] == [14, 15, 16, 17]  # never written
 
 
-def test_cursor_rule_follows_the_split_rule(tmp_path):
+def test_cursor_rule_follows_the_kernel(tmp_path):
     """Before 5.14 every commit restarts the metadata cursor at block 0, so
-    a thin made after the pool is formatted takes the lowest free block; a
-    5.14+ kernel's cursor goes on past the last allocation."""
+    a thin made right after the format takes the lowest free block; a 5.14+
+    kernel's cursor goes on past the last allocation (until the pool is
+    reopened)."""
     roots = {}
     for split in ("halves", "current"):
         pool = ThinPool.create(tmp_path / split, "4GiB", "64KiB", metadata_size="4MiB", split=split)

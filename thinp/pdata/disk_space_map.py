@@ -61,7 +61,7 @@ class DiskSpaceMap(RefCounts):
         for i in range(old, n):
             b, _ = self.tm.new_block(BITMAP)
             ies[i] = (b, ENTRIES_PER_BITMAP, 0)
-            if self.tm.rolling_cursor:
+            if self.tm.index_cache:
                 # dm since 5.14 keeps index entries in a 64-slot cache
                 # (slot i * 4294967291 mod 64) and writes them at the commit,
                 # or when another entry needs the slot

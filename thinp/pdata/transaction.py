@@ -24,9 +24,11 @@ Placement follows dm-space-map-metadata.c: a metadata bitmap is shadowed
 at the first change of one of its counts in a transaction (the copy is
 allocated right after the block whose count changed), a count reaching 3
 or leaving it updates the ref-count tree at once, and the index block is
-shadowed at the commit when a count changed.  ``rolling_cursor`` picks the
-allocation cursor's rule: restarted at 0 by every commit (kernels before
-5.14) or kept across commits and wrapping (5.14 and later).
+shadowed at the commit when a count changed.  The allocation cursor starts
+at block 0 when the device is opened; ``rolling_cursor`` keeps it across
+commits, wrapping at the end (Linux 5.14 and later: "don't reset space map
+allocation cursor when committing"); without it every commit restarts it
+at 0, as older kernels do.
 """
 from __future__ import annotations
 
@@ -59,10 +61,12 @@ class TransactionManager(RefCounts):
         #: ref-count trees through the numba kernel (False: the Python btree,
         #: the reference the kernel is tested against)
         self.fast = True
-        #: the allocation cursor survives commits (dm since 5.14: "don't
-        #: reset space map allocation cursor when committing"); False: every
-        #: commit restarts it at block 0, as older kernels did
+        #: the allocation cursor survives commits (dm since 5.14); False:
+        #: every commit restarts it at block 0, as older kernels do
         self.rolling_cursor = True
+        #: the data space map keeps index entries in dm's 64-slot cache until
+        #: the commit (5.14 and later); False: each is written at once
+        self.index_cache = True
         #: the ref-count tree's split rule when it changes between commits
         self.halves = False
         #: block -> the count the ref-count tree holds for it now, for the

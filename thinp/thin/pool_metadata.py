@@ -39,14 +39,15 @@ MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP
 MAX_DEV_ID = (1 << 24) - 1
 
 
-def kernel_rolls_cursor(split: str) -> bool:
-    """The metadata allocator of the kernel a split rule comes from.  The
-    btree residency change came in Linux 5.14 with the space-map changes
-    beside it: the allocation cursor survives commits, and the data space
-    map's index entries wait in a cache until the commit.  Kernels before
-    (the ``"halves"`` rule) restart the cursor at block 0 at every commit
-    and write each index entry at once.  The same operations then place
-    metadata blocks where that kernel does."""
+def kernel_5_14(split: str) -> bool:
+    """Whether the kernel a split rule comes from is Linux 5.14 or later.
+    The btree residency change came in 5.14 with the space-map changes
+    beside it: the metadata allocation cursor survives commits, and the data
+    space map's index entries wait in a cache until the commit.  Kernels
+    before (the ``"halves"`` rule) restart the cursor at block 0 at every
+    commit and write each index entry at once.  The same operations then
+    place metadata blocks where that kernel does (tests/thin/
+    test_dm_placement.py replays kernel images of both kinds)."""
     return split != "halves"
 
 
@@ -121,7 +122,7 @@ class PoolMetadata:
         try:
             bm = BlockManager.open_file(path, writable=True)
             tm = TransactionManager(bm, np.zeros(nr_metadata_blocks, dtype=np.uint32))
-            tm.rolling_cursor = kernel_rolls_cursor(split)
+            tm.rolling_cursor = tm.index_cache = kernel_5_14(split)
             tm.halves = split == "halves"
             tm.inc(SUPERBLOCK_LOCATION)
             tm.begin = SUPERBLOCK_LOCATION + 1
@@ -171,7 +172,7 @@ class PoolMetadata:
                 mcount, mindex = read_counts(bm, sb.metadata_sm_root, metadata=True, what="metadata")
                 dcount, dindex = read_counts(bm, sb.data_sm_root, metadata=False, what="data")
             tm = TransactionManager(bm, mcount)
-            tm.rolling_cursor = kernel_rolls_cursor(split)
+            tm.rolling_cursor = tm.index_cache = kernel_5_14(split)
             tm.halves = split == "halves"
             tm.load_space_map(sb.metadata_sm_root, mindex)
             data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex, split)
