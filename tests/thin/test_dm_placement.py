@@ -156,3 +156,20 @@ def test_placement_keeps_the_counts(tmp_path, split):
     with DmMetadata.open(tmp_path / "p" / "metadata") as m:
         assert m.check().ok
         assert m.sb.metadata_sm_root.nr_allocated == 13
+
+
+def test_grown_metadata_gets_its_bitmap_at_the_old_end(tmp_path):
+    """sm_metadata_extend switches to its bootstrap allocator, which hands
+    out blocks from the old end of the device: a second bitmap, needed past
+    16,320 blocks, is the first new block."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    md = PoolMetadata.format(tmp_path / "m", nr_metadata_blocks=16000, nr_data_blocks=1000, data_block_sectors=128)
+    md.sync = False
+    md.resize_metadata(20000)
+    md.commit()
+    assert md.tm.bitmap_blocks.tolist()[1] == 16000
+    md.close()
+    with DmMetadata.open(tmp_path / "m") as m:
+        assert m.check().ok
+        assert [b for b, _, _ in m.check().space_maps[1]][1] == 16000

@@ -446,6 +446,10 @@ class PoolMetadata:
             old_mm.close()
         except BufferError:
             pass  # a view of the old mapping is still alive; it goes with it
+        if len(tm.bitmap_blocks) < nr_bitmaps(nr_blocks):
+            # sm_metadata_extend allocates from the new area (its bootstrap
+            # allocator starts at the old end)
+            tm.begin = old
         for _ in range(len(tm.bitmap_blocks), nr_bitmaps(nr_blocks)):
             b, _ = tm.new_block(BITMAP)
             tm.bitmap_blocks = [*tm.bitmap_blocks.tolist(), b]
