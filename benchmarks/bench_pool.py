@@ -617,3 +617,49 @@ def _fresh(code, path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     out = subprocess.run([sys.executable, "-c", code, path], check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _reserve_pool(workdir, name, metadata_size):
+    p = thinp.ThinPool.create(os.path.join(workdir, name), (1 << 19) * BS, metadata_size=metadata_size, sync=False)
+    p.create_thin(0, (1 << 23) * BS)
+    return p
+
+
+@pytest.mark.benchmark(group="pool-meta-reserve")
+@pytest.mark.parametrize("metadata", ["4M", "64M"])
+def test_random_provisioning_to_the_metadata_reserve(benchmark, workdir, metadata):
+    """Random first writes of whole blocks through replay.  With 4 MiB of
+    metadata the run reaches dm's reserve part way, and from there commits
+    before a new block as dm's alloc_data_block does, until the pool goes
+    out of metadata space (the rest fail, EIO); with 64 MiB the same
+    requests up to that point run far from the reserve: the ceiling."""
+    n = 300_000
+    vbs = np.random.default_rng(RNG_SEED).choice(1 << 23, n, replace=False)
+    tr = np.zeros(n, dtype=TRACE_DTYPE)
+    tr["dev_id"], tr["op"], tr["offset"], tr["length"] = 0, WRITE, vbs.astype(np.uint64) * BS, BS
+    _warm(workdir)
+    probe = _reserve_pool(workdir, "probe", "4M")
+    try:
+        probe.replay(tr)
+        raise AssertionError("4 MiB of metadata held 300,000 random mappings")
+    except thinp.errors.OutOfMetadataSpaceError as e:
+        switch = int(e.failed[0])
+    probe.close()
+    run = tr if metadata == "4M" else tr[:switch]
+    state = {"round": 0}
+
+    def setup():
+        state["round"] += 1
+        state["pool"] = _reserve_pool(workdir, f"r{state['round']}", metadata)
+        return (), {}
+
+    def replay():
+        try:
+            state["pool"].replay(run)
+        except thinp.errors.OutOfMetadataSpaceError:
+            pass
+
+    benchmark.pedantic(replay, setup=setup, rounds=3, iterations=1)
+    assert state["pool"].device(0).mapped_blocks == switch
+    benchmark.extra_info["switch_request"] = switch
+    _report(benchmark, len(run), "requests")

@@ -19,6 +19,7 @@ __all__ = [
     "ReadOnlyPoolError",
     "PoolFailedError",
     "OutOfMetadataSpaceError",
+    "MessageRefusedError",
     "NotSupportedError",
     "ImageFormatError",
     "TooManyLayersError",
@@ -82,10 +83,11 @@ class ReadOnlyPoolError(_ErrnoError):
 
 
 class OutOfMetadataSpaceError(ReadOnlyPoolError):
-    """Requests that needed a new mapping while the pool is out of metadata
-    space (dm-thin's PM_OUT_OF_METADATA_SPACE, reported as ``ro``) failed
-    with EIO, as dm errors them.  ``failed`` holds their request indices;
-    ``result`` (set by ``replay``) what the rest of the run did."""
+    """Requests with a block that needed a new mapping while the pool is out
+    of metadata space (dm-thin's PM_OUT_OF_METADATA_SPACE, reported as
+    ``ro``) failed with EIO, as dm errors those blocks' bios; their other
+    blocks ran.  ``failed`` holds their request indices; ``result`` (set by
+    ``replay``) what the whole run did (``nr_eio`` the failed blocks)."""
 
     errno_value = _errno.EIO
 
@@ -95,16 +97,25 @@ class OutOfMetadataSpaceError(ReadOnlyPoolError):
         self.result = None
 
 
-class PoolFailedError(_ErrnoError):
-    """The pool is in fail mode: every I/O errors, as dm-thin's fail mode: EIO."""
-
-    errno_value = _errno.EIO
-
-
 class NotSupportedError(_ErrnoError):
     """The operation or driver is not supported: EOPNOTSUPP."""
 
     errno_value = _errno.EOPNOTSUPP
+
+
+class MessageRefusedError(ReadOnlyPoolError, NotSupportedError):
+    """A pool message (create_thin, create_snap, delete, set_transaction_id,
+    reserve/release_metadata_snap) refused because the pool is out of
+    metadata space, read-only or failed: dm-thin's ``pool_message`` returns
+    EOPNOTSUPP in every mode from PM_OUT_OF_METADATA_SPACE on."""
+
+    errno_value = _errno.EOPNOTSUPP
+
+
+class PoolFailedError(_ErrnoError):
+    """The pool is in fail mode: every I/O errors, as dm-thin's fail mode: EIO."""
+
+    errno_value = _errno.EIO
 
 
 class TransactionIdMismatchError(ThinpError, ValueError):

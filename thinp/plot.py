@@ -84,6 +84,7 @@ _MARKERS = {"low_water_mark": ("v", "tab:orange", "low water mark"),
             "min_free_space": ("x", "tab:red", "dm.min_free_space refusal"),
             "out_of_data_space": ("o", "black", "out of data space"),
             "out_of_metadata_space": ("s", "tab:purple", "out of metadata space"),
+            "metadata_failure": ("X", "tab:red", "metadata failure (needs_check)"),
             "autoextend": ("^", "tab:green", "autoextend (pool grew)"),
             "queued_hang": ("D", "tab:brown", "writes queued, no space")}
 

@@ -42,7 +42,8 @@ Rules (each is a sentence of the issue):
 * the low water mark fires once when free blocks fall to it and re-arms when
   a block is freed (or the pool grows) and free blocks are above it again;
 * out of data space: with ``error_if_no_space`` the block write fails
-  (counted in ``nr_enospc``) and the request goes on with its next block;
+  (counted in ``nr_enospc``; the request once in ``nr_failed_requests``)
+  and the request goes on with its next block;
   otherwise the request stops at that block and it, and every later
   non-read request, waits in the queue until a commit finds free space or
   ``resize_data`` grows the pool.  A device with queued requests cannot be
@@ -62,7 +63,7 @@ COUNTERS = (
     "nr_provisioned", "nr_cow_copies", "bytes_copied", "nr_zeroed", "nr_discarded", "nr_freed",
     "nr_block_reads", "nr_block_writes", "nr_unmapped_reads", "nr_enospc", "nr_requests",
     "bytes_written", "bytes_read", "bytes_discarded", "nr_overwrites", "nr_cow_overwrites",
-    "nr_passdown",
+    "nr_passdown", "nr_failed_requests",
 )
 
 
@@ -308,6 +309,7 @@ class ThinModel:
                 self.ops_since_commit += 1
                 self.counters[{WRITE: "bytes_written", READ: "bytes_read", DISCARD: "bytes_discarded"}[op]] += ln
             resume_vb = -1
+            failed = False
             if op == WRITE:
                 for vb in range(first_vb, last_vb + 1):
                     lo = max(off, vb * bs)
@@ -321,6 +323,8 @@ class ThinModel:
                         self.events.append(("out_of_data_space", vb))
                     if self.error_if_no_space:
                         self.counters["nr_enospc"] += 1
+                        self.counters["nr_failed_requests"] += not failed
+                        failed = True
                         continue
                     return i, vb
             elif op == READ:

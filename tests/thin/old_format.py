@@ -72,7 +72,8 @@ class OldPool:
         while True:
             out[3] = 0
             r = TK.replay(md.sp, md.dv, slots, row["op"], row["offset"], row["length"], start, start_vb,
-                          np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.uint8), 0, out, self.log)
+                          np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.uint8), 0, out, self.log,
+                          np.zeros(1, dtype=np.uint8))
             if r == TK.R_DONE:
                 return
             assert r in (TK.R_FLUSH, TK.R_NEED_COMMIT), r

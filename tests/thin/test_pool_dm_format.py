@@ -1,7 +1,9 @@
 """ThinPool's metadata file is a dm-thin image: after random operation
 sequences the real thin_check accepts ``pool/metadata`` after every commit,
 thin_dump (and thin_dump -m while a metadata snapshot is held) prints what
-``thinp dump`` prints, and the in-RAM index maps exactly what dm's leaves do."""
+``thinp dump`` prints, thin_ls, thin_delta and thin_rmap print what thinp's
+ls, delta and rmap print, and the in-RAM index maps exactly what dm's
+leaves do."""
 from __future__ import annotations
 
 import json
@@ -18,8 +20,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 import thinp
 from thinp import errors
+from thinp.pdata import radix as K
 from thinp.thin.dm_metadata import DmMetadata
+from thinp.thin.delta import delta
 from thinp.thin.dump import dump
+from thinp.thin.ls import ls
+from thinp.thin.rmap import parse_region, rmap
 from thinp.trace import DISCARD, TRACE_DTYPE, WRITE
 
 from .dm_fixtures import real_tool
@@ -52,6 +58,33 @@ def _index(pool) -> dict:
         v, p, t = pool.device(d).mapping()
         out[d] = (v.tolist(), p.tolist(), t.tolist())
     return out
+
+
+_LS_FIELDS = ("DEV", "MAPPED_BLOCKS", "EXCLUSIVE_BLOCKS", "SHARED_BLOCKS", "TRANSACTION",
+              "CREATE_TIME", "SNAP_TIME")
+
+
+def _other_tools_agree(meta, devs, nr_data_blocks, held: bool) -> None:
+    """thin_ls and thin_delta (and both with -m while a metadata snapshot
+    is held) and thin_rmap print what thinp's ls, delta and rmap print for
+    the metadata file (the first and last devices' delta; rmap over every
+    data block, its lines compared as a set)."""
+    for snap in (False, True) if held else (False,):
+        real = subprocess.run([real_tool("thin_ls")] + (["-m"] if snap else []) + ["-o", ",".join(_LS_FIELDS),
+                              str(meta)], capture_output=True, text=True, check=True).stdout
+        assert ls(meta, _LS_FIELDS, metadata_snap=snap) == real
+        if snap:
+            with DmMetadata.open(meta) as md:
+                devs = [d.dev_id for d in md.devices(held=True)]
+        if devs:
+            a, b = devs[0], devs[-1]
+            real = subprocess.run([real_tool("thin_delta")] + (["-m"] if snap else []) + [
+                "--snap1", str(a), "--snap2", str(b), str(meta)], capture_output=True, text=True, check=True).stdout
+            assert delta(meta, a, b, metadata_snap=snap) == real
+    region = f"0..{nr_data_blocks}"
+    real = subprocess.run([real_tool("thin_rmap"), "--region", region, str(meta)], capture_output=True, text=True,
+                          check=True).stdout
+    assert sorted(rmap(meta, [parse_region(region)]).splitlines()) == sorted(real.splitlines())
 
 
 class PoolDmMachine(RuleBasedStateMachine):
@@ -135,6 +168,7 @@ class PoolDmMachine(RuleBasedStateMachine):
         assert _thin_dump(self.meta) == dump(self.meta)
         if self.pool.status().held_root:
             assert _thin_dump(self.meta, held=True) == dump(self.meta, metadata_snap=True)
+        _other_tools_agree(self.meta, self.pool.devices(), self.pool.nr_data_blocks, bool(self.pool.status().held_root))
         assert _index(self.pool) == _leaves(self.meta)
         # dm's data space map and the index hold the same blocks (a held
         # metadata snapshot's leaves included)
@@ -289,6 +323,53 @@ def test_fast_check_finds_what_the_node_by_node_check_finds(tmp_path):
             md.check()
     assert str(fast_err.value) == str(slow_err.value) and f"{victim}" in str(fast_err.value)
     with pytest.raises(errors.MetadataCorruptError, match=f"{victim}"):
+        thinp.ThinPool.open(p)
+
+
+def test_open_reads_each_leaf_once_for_the_check_and_the_index(tmp_path):
+    """The open's one walk of the leaves gives both counts: the check's
+    (one per leaf mapping a block: dm's data space map) and the index's
+    (one per device mapping it, a held metadata snapshot's included).
+    Shared leaves make them differ."""
+    p = tmp_path / "p"
+    _pool_with_shared_trees(p)
+    with DmMetadata.open(p / "metadata") as md:
+        maps = [d.pblocks for held in (False, True) for d in md.pool_view(held=held).devices]
+        leaves = md.data_counts()
+    with thinp.ThinPool.open(p) as pool:
+        rc = pool.refcounts()
+        per_mapping = np.bincount(np.concatenate(maps), minlength=len(rc))
+        np.testing.assert_array_equal(rc, per_mapping)
+        np.testing.assert_array_equal(pool.data_counts(), leaves)
+        assert (per_mapping[:len(leaves)] > leaves).any()
+        assert int(pool._md.sp.scal[K.S_DUSED]) == int(np.count_nonzero(per_mapping))
+        assert pool.status().used_data_blocks == int(np.count_nonzero(leaves))
+
+
+def test_open_refuses_counts_the_leaves_disagree_with(tmp_path):
+    # the open's one walk is also the check's: a data space map count no
+    # leaf accounts for is the check's problem, raised by the open
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    p = tmp_path / "p"
+    _pool_with_snap(p)
+    md = PoolMetadata.open(p / "metadata")
+    md.data_sm.inc(np.array([150], dtype=np.int64))   # a block no leaf maps
+    md.commit()
+    md.close(commit=False)
+    with pytest.raises(errors.MetadataCorruptError,
+                       match=r"data space map: 1 blocks have wrong counts \(first: block 150 has count 1, 0 leaves"):
+        thinp.ThinPool.open(p)
+
+
+def test_open_names_a_mapping_past_the_sidecar_size(tmp_path):
+    p = tmp_path / "p"
+    _pool_with_snap(p)
+    side = json.loads((p / "pool.json").read_text())
+    side["devices"]["2"] = 4 * BS // 512          # the snapshot maps blocks 0..7
+    side.pop("previous", None)
+    (p / "pool.json").write_text(json.dumps(side))
+    with pytest.raises(errors.MetadataCorruptError, match="device 2 maps block 4, past its size of 512 sectors"):
         thinp.ThinPool.open(p)
 
 

@@ -53,15 +53,58 @@ def test_overlayfs_prices_an_open_and_a_create_above_ext4_by_default():
     assert _steps_s(log_ov, one) - _steps_s(log_vfs, one) > 200 * k.layer_kind_s["overlay2.write"]
 
 
-@pytest.mark.parametrize("driver", ["vfs", "btrfs"])
-def test_a_cold_read_pays_per_page_brought_in(driver):
-    log = run(_wl([Step("read", path="/big")]), driver).oplog
+def _dev(bandwidth):
+    """A device whose transfer of a page takes 4096 / ``bandwidth`` s, no latency."""
+    from thinp.cost import DeviceProfile, load_device
+
+    return DeviceProfile(**{**dataclasses.asdict(load_device("ram")), "read_latency_s": 0.0,
+                            "read_bandwidth": bandwidth})
+
+
+def test_a_cold_read_pays_per_page_brought_in():
+    log = run(_wl([Step("read", path="/big")]), "vfs").oplog
     pages = 4 * MiB // 4096
     a = _steps_s(log, _one_core(page_miss_s=0.0, page_read_cpu_s={"default": 0.0}))
     b = _steps_s(log, _one_core(page_miss_s=2e-6, page_read_cpu_s={"default": 0.0}))
-    c = _steps_s(log, _one_core(page_miss_s=2e-6, page_read_cpu_s={"default": 0.0, driver: 1e-6}))
-    assert b - a == pytest.approx(pages * 2e-6, rel=1e-6)
-    assert c - b == pytest.approx(pages * 1e-6, rel=1e-6)
+    assert b - a == pytest.approx(pages * 2e-6, rel=1e-6)       # the ram device's transfer hides none of it
+
+
+def test_readahead_overlaps_the_transfer_with_the_copy():
+    """A sequential cold read of W readahead windows: the device fills the
+    next window while the reader copies this one, so the read takes about
+    the larger of its CPU and its transfer, not their sum."""
+    log = run(_wl([Step("read", path="/big")]), "vfs").oplog
+    pages, windows = 4 * MiB // 4096, 4 * MiB // (128 << 10)
+    cpu_page, xfer_page = 2e-6, 1.5e-6           # CPU per page (copy + miss), transfer per page
+    k = _one_core(page_copy_s=0.5e-6, page_miss_s=1.5e-6, page_read_cpu_s={"default": 0.0})
+    t = _steps_s(log, k, device=_dev(4096 / xfer_page))
+    serial = pages * (cpu_page + xfer_page)
+    overlapped = pages * cpu_page + pages * xfer_page / windows      # all but the first window hidden
+    assert t == pytest.approx(overlapped, rel=0.02) and t < 0.6 * serial
+
+
+def test_checksum_verification_is_paid_on_the_device_path_that_readers_share():
+    """btrfs/zfs verify each page read at the read's completion: one reader
+    pays it as a longer transfer (overlapped with its copy), and 4 readers
+    of 4 files on 8 cores queue for it as for the device, where CPU per
+    page (page_miss_s) runs on their own cores."""
+    steps = [Step("read", path="/data/d0000/f{p:06d}")]
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(4, 4 * MiB, 1, "/data")])
+    one = run(Workload("t", img, 1, steps, 0, processes=1), "btrfs").oplog
+    four = run(Workload("t", img, 1, steps, 0, processes=4), "btrfs").oplog
+    pages = 4 * MiB // 4096
+    dev = _dev(1e15)                        # a transfer that costs nothing
+    base = dataclasses.replace(TimingConstants(), cores=8, page_copy_s=0.0, page_miss_s=0.0,
+                               page_read_cpu_s={"default": 0.0})
+    verify = dataclasses.replace(base, page_read_cpu_s={"default": 0.0, "btrfs": 10e-6})
+    cpu = dataclasses.replace(base, page_miss_s=10e-6)
+    t0 = _steps_s(one, base, dev)
+    assert _steps_s(one, verify, dev) - t0 == pytest.approx(pages * 10e-6, rel=0.02)
+    assert _steps_s(four, cpu, dev) - _steps_s(four, base, dev) == pytest.approx(pages * 10e-6, rel=0.05)
+    assert _steps_s(four, verify, dev) - _steps_s(four, base, dev) == pytest.approx(4 * pages * 10e-6, rel=0.05)
+    # another driver's entry changes nothing on btrfs
+    other = dataclasses.replace(base, page_read_cpu_s={"default": 0.0, "zfs": 10e-6})
+    assert _steps_s(four, other, dev) == pytest.approx(_steps_s(four, base, dev), rel=1e-9)
 
 
 def test_a_reread_pays_no_miss_cost():
@@ -93,3 +136,44 @@ def test_validation_predicts_on_the_machines_cores(monkeypatch):
     case = next(c for c in vt.CASES if c.name == "append-small")
     k = TimingConstants(cores=16)
     assert vt.predict(case, "vfs", 4, k) == pytest.approx(4 * vt.predict(case, "vfs", 1, k), rel=0.1)
+
+
+def test_a_serialized_share_caps_how_far_that_kind_scales():
+    """With a kind's whole CPU under the driver's one lock, 4 processes on
+    8 cores take about 4 times one process; with none, about as long."""
+    steps = [Step("append", path="/log-{p}", size=5, count=40)]
+    one, four = run(_wl(steps, 1), "btrfs").oplog, run(_wl(steps, 4), "btrfs").oplog
+    kind = {"default": 0.0, "btrfs.write": 1e-3}          # 1 ms of CPU per write: it dominates
+    free = dataclasses.replace(TimingConstants(), cores=8, layer_kind_s=kind)
+    locked = dataclasses.replace(free, serial_share={"default": 0.0, "btrfs.write": 1.0})
+    t1 = _steps_s(one, free)
+    assert t1 == pytest.approx(_steps_s(one, locked), rel=1e-6)     # alone, the lock costs nothing
+    assert _steps_s(four, free) < 1.3 * t1
+    assert _steps_s(four, locked) > 3.5 * t1
+    rep = simulate(four, device="ram", constants=locked)
+    assert rep.wait_s.get("btrfs_tree_lock", 0) > 3 * 40 * 1e-3       # the waits are on the lock
+    # half under the lock: 4 processes need 4 x 0.5 ms of the lock per write round
+    half = dataclasses.replace(locked, serial_share={"btrfs.write": 0.5})
+    assert 1.6 * t1 < _steps_s(four, half) < 2.4 * t1
+    # another driver's share changes nothing here
+    other = dataclasses.replace(free, serial_share={"zfs.write": 1.0})
+    assert _steps_s(four, other) == pytest.approx(_steps_s(four, free), rel=1e-9)
+
+
+def test_buffered_writes_reach_the_device_at_sync_not_one_request_per_write():
+    """btrfs counts an append's bytes when it is made; the model still
+    writes them back at the container's sync, in merged requests: 200
+    appends on a disk with 10 ms writes do not pay 200 latencies."""
+    from thinp.cost import DeviceProfile, load_device
+
+    hdd = load_device("hdd")
+    slow = DeviceProfile(**{**dataclasses.asdict(hdd), "write_latency_s": 10e-3})
+    log = run(_wl([Step("append", path="/log", size=4096, count=200)]), "btrfs").oplog
+    writes = [j for j in range(len(log)) if log.kind[j] == "write" and log.phase[j] == "steps"]
+    assert len(writes) == 200 and all(log.deltas[j][0] > 0 for j in writes)   # counted per write
+    k = _one_core()
+    rep = simulate(log, device=slow, constants=k)
+    steps = max(c["steps_s"] for c in rep.per_container)
+    assert steps < 20 * 10e-3                # a few latencies (the sync's), not 200
+    # the bytes still reach the device: the sync's write-back holds it
+    assert rep.busy_s["device"] >= 200 * 4096 / slow.write_bandwidth

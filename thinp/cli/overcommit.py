@@ -19,6 +19,8 @@ def register(sub) -> None:
                    help="containers started in turn (default 2000)")
     o.add_argument("--write-per-container", default="200M", type=size(0),
                    help="bytes of random 4 KiB writes per container (default 200M)")
+    o.add_argument("--metadata-size", default=None, type=size(4096),
+                   help="thin pool metadata size (default 2G, Docker's loop-lvm)")
     o.add_argument("--zeroing", action="store_true", help="zero new blocks (loop-lvm default: off)")
     o.add_argument("--discard", default="passdown", choices=["passdown", "nopassdown", "ignore"],
                    help="the pool's discard mode (default passdown)")
@@ -59,7 +61,8 @@ def _overcommit(args) -> int:
                              autoextend_percent=args.autoextend_percent, no_space=args.no_space,
                              lifetime=args.lifetime, driver=drivers, seed=args.seed,
                              progress=not (args.quiet or args.json),
-                             plot=bool(args.out) and not args.no_plot, min_free_space=args.min_free_space)
+                             plot=bool(args.out) and not args.no_plot, min_free_space=args.min_free_space,
+                             metadata_size=args.metadata_size)
     for n in notes:
         if issubclass(n.category, UnionOptionsWarning):
             out.note(str(n.message))

@@ -18,6 +18,9 @@ def register(sub) -> None:
                         "use it with thinp compare --constants TOML [--disk TOML]")
     c.add_argument("--runs", type=int, default=1, metavar="N",
                    help="measure N times and keep each figure's least (default 1)")
+    c.add_argument("--refit", default=None, metavar="TOML",
+                   help="measure nothing: fit the constants again from the measurements kept in TOML "
+                        "(an earlier calibrate file) and write them to --out")
     c.set_defaults(func=_calibrate)
 
 
@@ -39,8 +42,12 @@ def register_validate(vsub) -> None:
 
 
 def _calibrate(args) -> int:
-    from ..validate.calibrate import calibrate
+    from ..validate.calibrate import calibrate, refit
 
+    if args.refit:
+        refit(args.refit, args.out)
+        sys.stderr.write(f"wrote {args.out}\n")
+        return 0
     if args.runs < 1:
         raise ValueError(f"--runs {args.runs}: must be 1 or more")
     calibrate(args.out, runs=args.runs, progress=lambda msg: sys.stderr.write(f"calibrate: {msg}\n"))

@@ -20,10 +20,15 @@ devicemapper (a :class:`thinp.ThinPool` with Docker's loop-lvm defaults):
   with ``"queue"`` they queue; if autoextend cannot grow the pool the
   container hangs and the run stops (``queued_hang``) -- dm-thin would fail
   them after ``no_space_timeout``;
-* out of metadata space: at dm's metadata reserve the pool commits what
-  came before and turns read-only without needs_check (writes needing a
-  new block fail, EIO); a metadata operation that fails outright aborts
-  with needs_check.  Either way the run stops (``out_of_metadata_space``);
+* out of metadata space (``metadata_size``, default Docker's loop-lvm 2 GiB):
+  at dm's metadata reserve the pool commits what came before and turns
+  read-only without needs_check: the container's writes needing a new
+  block fail (EIO, counted in ``eio``), its other writes run, and the next
+  container cannot be created (dm refuses pool messages); the event is
+  ``out_of_metadata_space`` and the run stops.  A metadata operation that
+  fails outright (dm's metadata_operation_failed) aborts to the last commit
+  with needs_check set (column ``needs_check``): event ``metadata_failure``,
+  and the run stops;
 * autoextend (LVM's ``thin_pool_autoextend_threshold``/``percent``): checked
   between chunks of writes (dmeventd polls); 100 = off, under 50 acts as 50;
   the pool grows by ``percent`` of its current size via ``resize_data``;
@@ -116,7 +121,7 @@ def _autoextend_threshold(t: int) -> int:
 def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers=2000,
                write_per_container="200M", zeroing=False, discard="passdown", fstrim_after_delete=False,
                autoextend_threshold=100, autoextend_percent=20, no_space="error", lifetime=None,
-               driver="devicemapper", seed=0, progress=True, plot=True, min_free_space=10):
+               driver="devicemapper", seed=0, progress=True, plot=True, min_free_space=10, metadata_size=None):
     """Run the experiment; returns ``(DataFrame, Figure)`` (Figure is None with
     ``plot=False``).  ``driver`` is one name, a list of names, or ``"all"``:
     several drivers give one frame (a ``driver`` column) and one figure."""
@@ -127,7 +132,7 @@ def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers
     union = [d for d in names if d in UNION_DRIVERS]
     pool_only = {"block_size": (block_size, "64k"), "zeroing": (zeroing, False), "discard": (discard, "passdown"),
                  "autoextend_threshold": (autoextend_threshold, 100), "no_space": (no_space, "error"),
-                 "min_free_space": (min_free_space, 10)}
+                 "min_free_space": (min_free_space, 10), "metadata_size": (metadata_size, None)}
     changed = [k for k, (v, default) in pool_only.items() if str(v).lower() != str(default).lower()]
     if union and changed:
         import warnings
@@ -144,7 +149,7 @@ def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers
                   autoextend_percent=autoextend_percent, no_space=no_space, lifetime=lifetime, seed=seed,
                   progress=progress, min_free_space=min_free_space)
         if d == "devicemapper":
-            rows = run_devicemapper(**kw)
+            rows = run_devicemapper(**kw, metadata_size=metadata_size)
         elif d in UNION_DRIVERS:
             rows = run_union(d, **kw)
         else:
@@ -208,7 +213,7 @@ def _check_args(containers, no_space, discard, lifetime, autoextend_threshold=10
 def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", containers=2000,
                      write_per_container="200M", zeroing=False, discard="passdown", fstrim_after_delete=False,
                      autoextend_threshold=100, autoextend_percent=20, no_space="error", lifetime=None,
-                     seed=0, progress=True, min_free_space=10) -> list[dict]:
+                     seed=0, progress=True, min_free_space=10, metadata_size=None) -> list[dict]:
     """The devicemapper experiment; one row per container (see the module)."""
     from .. import errors
     from ..thin import ThinPool
@@ -228,7 +233,8 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
     rows: list[dict] = []
     bar = _progress(int(containers), "devicemapper", progress)
     try:
-        p = ThinPool.create(os.path.join(tmp, "pool"), pool_bytes, block_size=bs, metadata_size=LOOP_METADATA_SIZE,
+        meta = LOOP_METADATA_SIZE if metadata_size is None else metadata_size
+        p = ThinPool.create(os.path.join(tmp, "pool"), pool_bytes, block_size=bs, metadata_size=meta,
                             low_water_mark=lwm, zero_new_blocks=bool(zeroing),
                             discard_passdown=(discard == "passdown"), ignore_discard=(discard == "ignore"),
                             error_if_no_space=(no_space == "error"), sync=False, commit_interval=0)
@@ -278,7 +284,7 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
             if stopped:
                 break
             ev: list[str] = []
-            enospc = 0
+            enospc = eio = 0
             started = False
             # churn: remove the container that has lived its lifetime
             if lifetime is not None and i - int(lifetime) in live:
@@ -335,18 +341,32 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
                     for chunk in np.array_split(tr, nchunks):
                         if not len(chunk):
                             continue
-                        r = p.replay(chunk)
+                        try:
+                            r = p.replay(chunk)
+                        except errors.OutOfMetadataSpaceError as e:
+                            r = e.result   # the run went on: its blocks needing a new mapping failed
+                            stopped = "out_of_metadata_space"
                         enospc += r.counters["nr_enospc"]
+                        eio += r.counters["nr_eio"]
+                        if stopped:
+                            break
                         autoextend()
                     while p.nr_queued and autoextend():
                         pass
-                    if p.nr_queued:
+                    if p.nr_queued and not stopped:
                         ev.append("queued_hang")
                         stopped = "queued_hang"
                 except errors.ReadOnlyPoolError:
-                    stopped = "out_of_metadata_space"
-                    if "out_of_metadata_space" not in pending:
-                        pending.append("out_of_metadata_space")
+                    # a commit that went out of metadata space (or a message
+                    # refused after one), or a real metadata failure
+                    stopped = "out_of_metadata_space" if p.out_of_metadata_space else "metadata_failure"
+                if stopped == "metadata_failure":
+                    # the pool's event told of the metadata space map's ENOSPC;
+                    # the outcome is dm's metadata_operation_failed, not its
+                    # out-of-metadata-space mode
+                    pending[:] = [k for k in pending if k != "out_of_metadata_space"]
+                if stopped in ("out_of_metadata_space", "metadata_failure") and stopped not in pending:
+                    pending.append(stopped)
             ev.extend(pending)
             pending.clear()
             st = p.status(observer=True)
@@ -362,8 +382,8 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
                 meta_pct=100.0 * st.used_metadata_blocks / st.total_metadata_blocks,
                 mapped_bytes=st.used_data_blocks * bs, virtual_bytes=virtual,
                 overcommit_ratio=virtual / (st.total_data_blocks * bs),
-                host_bytes=int(host.sum()) * bs, enospc=int(enospc), queued=int(p.nr_queued),
-                events=",".join(ev), message=message, mode=st.mode,
+                host_bytes=int(host.sum()) * bs, enospc=int(enospc), eio=int(eio), queued=int(p.nr_queued),
+                events=",".join(ev), message=message, mode=st.mode, needs_check=bool(st.needs_check),
                 seconds=time.perf_counter() - t0))
             if bar:
                 bar[0].update(bar[1], advance=1)
@@ -442,8 +462,8 @@ def run_union(driver, pool="100G", block_size="64k", image="debian-minbase", con
                 meta_used_bytes=(s["f_files"] - s["f_ffree"]) * 256, meta_total_bytes=s["f_files"] * 256,
                 meta_pct=100.0 * (s["f_files"] - s["f_ffree"]) / s["f_files"],
                 mapped_bytes=used * s["f_bsize"], virtual_bytes=virtual, overcommit_ratio=1.0,
-                host_bytes=int(dev.physical_bytes), enospc=int("out_of_data_space" in ev), queued=0,
-                events=",".join(ev), message="", mode="rw", seconds=time.perf_counter() - t0))
+                host_bytes=int(dev.physical_bytes), enospc=int("out_of_data_space" in ev), eio=0, queued=0,
+                events=",".join(ev), message="", mode="rw", needs_check=False, seconds=time.perf_counter() - t0))
             if bar:
                 bar[0].update(bar[1], advance=1)
     finally:
@@ -452,8 +472,8 @@ def run_union(driver, pool="100G", block_size="64k", image="debian-minbase", con
     return rows
 
 
-EVENT_KINDS = ("low_water_mark", "min_free_space", "out_of_data_space", "out_of_metadata_space", "autoextend",
-               "queued_hang")
+EVENT_KINDS = ("low_water_mark", "min_free_space", "out_of_data_space", "out_of_metadata_space",
+               "metadata_failure", "autoextend", "queued_hang")
 
 
 def summary(df) -> list[dict]:
@@ -469,7 +489,7 @@ def summary(df) -> list[dict]:
             if len(h):
                 first[kind] = f"container {int(h['container'].iloc[0])} (Data% {h['data_pct'].iloc[0]:.1f})"
         out.append({"driver": driver, "started": int(g["started"].sum()),
-                    "completed": int((g["started"] & (g["enospc"] == 0)).sum()),
+                    "completed": int((g["started"] & (g["enospc"] == 0) & (g["eio"] == 0)).sum()),
                     "data_pct": round(float(g["data_pct"].iloc[-1]), 2),
                     "meta_pct": round(float(g["meta_pct"].iloc[-1]), 2),
                     "events": "; ".join(f"{k} at {v}" for k, v in first.items()) or "none"})
@@ -513,6 +533,8 @@ def check_params(**params) -> None:
         raise ValueError(f"block_size: {e}") from None
     for k in ("pool", "write_per_container"):
         parse_size(p[k], what=k)
+    if p["metadata_size"] is not None:
+        parse_size(p["metadata_size"], what="metadata_size")
     if isinstance(p["image"], str) and p["image"] not in ("debian-minbase", "debian-bookworm-minbase",
                                                           "scratch", "empty"):
         parse_size(p["image"], what="image")

@@ -103,6 +103,8 @@ C_BYTES_DISCARD = 47
 C_OVERWRITES = 48  # first writes that covered the block, so skipped zeroing
 C_COW_OVERWRITES = 49  # shared-block writes that covered the block, no copy
 C_PASSDOWN = 50  # freed data blocks passed down to the data device
+C_EIO = 51  # per-block writes failed with EIO (dm-thin: a read-only pool's writes needing a new block)
+C_FAILED_OPS = 52  # requests completed with an error (EIO or ENOSPC) on at least one block
 NR_SCALARS = 64
 COUNTER_NAMES = {
     C_PROVISIONED: "nr_provisioned",
@@ -124,6 +126,8 @@ COUNTER_NAMES = {
     C_OVERWRITES: "nr_overwrites",
     C_COW_OVERWRITES: "nr_cow_overwrites",
     C_PASSDOWN: "nr_passdown",
+    C_EIO: "nr_eio",
+    C_FAILED_OPS: "nr_failed_requests",
 }
 
 def checksums_np(blocks: np.ndarray, seeds: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""dm's btree: node layout, lookup, and one walk every tool shares.
+"""dm's btree: node layout, lookup, and the reference walk in Python.
 
 A node is one 4 KiB block (little-endian)::
 
@@ -19,6 +19,11 @@ An internal node's key i is the lowest key under child i.  A tree of
 in the leaves of every level but the last, the root of the next level's tree.
 
 Writing (shadowing, insert, remove) lives in :mod:`thinp.pdata.btree_write`.
+The walk every tool steps over the mapping trees is the numba one of
+:mod:`thinp.pdata.mapping_tree` (``new_walk``/``next_leaf``); :func:`walk`
+here serves the small trees of other value sizes (device details,
+space-map indexes and ref counts), names the node a failed fast walk
+stopped at, and is the reference the numba walk is tested against.
 """
 from __future__ import annotations
 

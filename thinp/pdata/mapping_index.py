@@ -14,9 +14,10 @@ value   uint64[n]      the leaf values, dm-thin's ``pblock << 24 | time``
                        them)
 
 Shared subtrees (snapshots) are read once per device that maps them, as
-each device's index needs them.  The walk checks node headers, key order
-and block numbers (a corrupt tree is a MetadataCorruptError naming the
-block); checksums are thin_check's job (:mod:`thinp.pdata.btree`).
+each device's index needs them.  The walk (:mod:`thinp.pdata._walk_kernels`,
+the one every tool steps) checks node headers, key order and block numbers
+(a corrupt tree is a MetadataCorruptError naming the block); checksums too
+when asked (``W_VERIFY``).
 """
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _btree_kernels as BK
+from . import _walk_kernels as WK
 from .block import BlockManager, corrupt
 
-_PROBLEM = {BK.WALK_BAD_BLOCK: "points outside the metadata device",
-            BK.WALK_BAD_NODE: "is not a btree node of 8-byte values",
-            BK.WALK_BAD_ORDER: "has keys out of order or outside its parent's range",
-            BK.WALK_TOO_DEEP: f"is deeper than {BK.MAX_DEPTH} levels",
-            BK.WALK_TOO_MANY: "changed during the walk"}
+_PROBLEM = {WK.WALK_BAD_BLOCK: "points outside the metadata device",
+            WK.WALK_BAD_NODE: "is not a btree node of 8-byte values",
+            WK.WALK_BAD_ORDER: "has keys out of order or outside its parent's range",
+            WK.WALK_TOO_DEEP: f"is deeper than {WK.MAX_DEPTH} levels",
+            WK.WALK_TOO_MANY: "changed during the walk",
+            WK.WALK_BAD_CSUM: "has a bad checksum or block number",
+            WK.WALK_LOOP: "is its own descendant"}
 
 
 class MappingIndex(NamedTuple):
@@ -54,48 +57,55 @@ def _raise(code: int, bad: np.ndarray, what: str) -> None:
     raise corrupt(f"{what}: btree node {int(bad[0])} {_PROBLEM.get(code, f'walk status {code}')}")
 
 
-def mapping_index(bm: BlockManager, mapping_root: int) -> MappingIndex:
-    """Read every (dev, vblock) -> value of the mapping tree at ``mapping_root``."""
-    blocks = bm.blocks
-    m64, m32 = blocks.view(np.uint64), blocks.view(np.uint32)
-    bad = np.zeros(2, dtype=np.int64)
+def collect(bm: BlockManager, roots: np.ndarray, *, options: int = 0, first_reach: bool = False,
+            what=lambda j: "mapping tree") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(begin int64[k + 1], vblock uint64[n], value uint64[n]): the leaf
+    entries of the trees at ``roots`` (int64, 0 for none) in turn, CSR
+    style, in one numba walk each for counting and for copying.
+    ``options``: the walk's (:data:`W_VERIFY` checks checksums too).
+    ``first_reach``: a node shared by several trees is read only under
+    the first that reaches it (thin_rmap's view).  ``what(j)`` names tree
+    ``j`` in the MetadataCorruptError a damaged tree raises."""
+    roots = np.ascontiguousarray(roots, dtype=np.int64)
+    nb = bm.blocks.shape[0]
+
+    def walk(count_opts):
+        seen = np.zeros(nb, dtype=np.int32) if first_reach else None
+        return WK.new_walk(bm.blocks, 8, count_opts, seen=seen)
+
+    begin = np.zeros(len(roots) + 1, dtype=np.int64)
     empty = np.zeros(0, dtype=np.uint64)
-    n = BK.walk_leaves(m64, m32, np.int64(mapping_root), empty, empty, np.int64(0), False, bad)
-    if n < 0:
-        _raise(n, bad, "mapping tree")
-    devs = np.empty(n, dtype=np.uint64)
-    roots = np.empty(n, dtype=np.uint64)
-    BK.walk_leaves(m64, m32, np.int64(mapping_root), devs, roots, np.int64(0), True, bad)
-    roots = roots.astype(np.int64)
-    begin = np.zeros(n + 1, dtype=np.int64)
-    total = BK.walk_mapping_tree(m64, m32, devs, roots, begin, empty, empty, bad)
+    w = walk(options)
+    total = WK.collect_trees(w, roots, begin, empty, empty)
     if total < 0:
-        _raise(total, bad, f"thin device {int(devs[bad[1]])}'s mapping tree")
+        _raise(total, w.bad, what(int(w.bad[1])))
     vblock = np.empty(total, dtype=np.uint64)
     value = np.empty(total, dtype=np.uint64)
     if total:
-        r = BK.walk_mapping_tree(m64, m32, devs, roots, begin, vblock, value, bad)
+        # the nodes were checked by the count: the copy trusts them
+        w = walk(0)
+        r = WK.collect_trees(w, roots, np.zeros_like(begin), vblock, value)
         if r != total:
-            _raise(r if r < 0 else BK.WALK_TOO_MANY, bad, f"thin device {int(devs[bad[1]])}'s mapping tree")
+            _raise(r if r < 0 else WK.WALK_TOO_MANY, w.bad, what(int(w.bad[1])))
+    return begin, vblock, value
+
+
+def mapping_index(bm: BlockManager, mapping_root: int) -> MappingIndex:
+    """Read every (dev, vblock) -> value of the mapping tree at ``mapping_root``."""
+    _, devs, roots = collect(bm, np.array([mapping_root]))
+    roots = roots.astype(np.int64)
+    begin, vblock, value = collect(bm, roots, what=lambda j: f"thin device {int(devs[j])}'s mapping tree")
     return MappingIndex(devs, roots, begin, vblock, value)
 
 
-def device_mappings(bm: BlockManager, subtree_root: int, *,
+def device_mappings(bm: BlockManager, subtree_root: int, *, verify: bool = False,
                     what: str = "mapping tree") -> tuple[np.ndarray, np.ndarray]:
     """(vblock uint64[n], value uint64[n]) of one device's tree, in key
     order: the same as ``btree.collect(bm, subtree_root, 8)`` in one numba
     walk (node headers, key order and block numbers checked; checksums
-    are not)."""
-    blocks = bm.blocks
-    m64, m32 = blocks.view(np.uint64), blocks.view(np.uint32)
-    bad = np.zeros(2, dtype=np.int64)
-    empty = np.zeros(0, dtype=np.uint64)
-    n = BK.walk_leaves(m64, m32, np.int64(subtree_root), empty, empty, np.int64(0), False, bad)
-    if n < 0:
-        _raise(n, bad, what)
-    keys = np.empty(n, dtype=np.uint64)
-    vals = np.empty(n, dtype=np.uint64)
-    r = BK.walk_leaves(m64, m32, np.int64(subtree_root), keys, vals, np.int64(0), True, bad)
-    if r != n:
-        _raise(r if r < 0 else BK.WALK_TOO_MANY, bad, what)
+    too with ``verify``)."""
+    if subtree_root <= 0:
+        _raise(WK.WALK_BAD_BLOCK, np.array([subtree_root]), what)
+    _, keys, vals = collect(bm, np.array([subtree_root]), options=WK.W_VERIFY if verify else 0,
+                            what=lambda j: what)
     return keys, vals

@@ -21,8 +21,16 @@ nr_used             blocks in use now, from a space map's ``committed`` array
 prefetch_leaf       a read-only descent to the leaf where (dev, vblock) is or
                     would go, prefetching that leaf: call it some requests
                     ahead of a random insert (write_blocks does, 16 ahead)
-walk_leaves         one tree's leaf entries in key order (see
-                    :func:`thinp.pdata.mapping_index.mapping_index`)
+
+The one walk of dm's btrees (:mod:`thinp.pdata._walk_kernels`), for readers
+that do their own work on each leaf (thin_check's tallies, the index fill):
+
+Walk, new_walk      a walk's arrays (optionally counting references in
+                    ``seen`` and entries below each node in ``under``)
+start, next_leaf    put it at a root; step it to the next leaf in key
+                    order (a block; 0 at the end; WALK_* < 0 on damage)
+leaf_fresh          whether that leaf was reached by its first reference
+W_VERIFY, W_REVISIT its options: check checksums; walk shared nodes again
 """
 from __future__ import annotations
 
@@ -35,10 +43,26 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     prefetch_leaf,
     remove_mapping,
     update_ref_counts,
-    walk_leaves,
-    walk_mapping_tree,
     write_blocks,
+)
+from ._walk_kernels import (  # noqa: F401  (re-exported)
+    W_REVISIT,
+    W_VERIFY,
+    WALK_BAD_BLOCK,
+    WALK_BAD_CSUM,
+    WALK_BAD_NODE,
+    WALK_BAD_ORDER,
+    WALK_LOOP,
+    WALK_TOO_DEEP,
+    WALK_TOO_MANY,
+    Walk,
+    leaf_fresh,
+    new_walk,
+    next_leaf,
+    start,
 )
 
 __all__ = ["PREFETCH_AHEAD", "inc_data", "insert_mapping", "lookup_mapping", "nr_used", "prefetch_leaf", "remove_mapping",
-           "update_ref_counts", "walk_leaves", "walk_mapping_tree", "write_blocks"]
+           "update_ref_counts", "write_blocks", "W_REVISIT", "W_VERIFY", "WALK_BAD_BLOCK", "WALK_BAD_CSUM",
+           "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP", "WALK_TOO_DEEP", "WALK_TOO_MANY", "Walk", "leaf_fresh",
+           "new_walk", "next_leaf", "start"]

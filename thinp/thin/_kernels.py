@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..config import njit
+from ..pdata import mapping_tree as MT
 from ..pdata.intrinsics import prefetch
 from ..pdata.radix import (
     C_BYTES_COPIED,
@@ -39,7 +40,9 @@ from ..pdata.radix import (
     C_COW,
     C_COW_OVERWRITES,
     C_DISCARDED,
+    C_EIO,
     C_ENOSPC,
+    C_FAILED_OPS,
     C_OPS,
     C_OVERWRITES,
     C_PROVISIONED,
@@ -91,6 +94,15 @@ R_FLUSH = 4  # the mapping-change log is full: apply it to the dm btree, then re
 # scal slot (beyond the pdata ones) for the out-of-data-space flag
 S_OODS = 24
 S_IGNORE_DISCARD = 25
+#: 1 = dm-thin's read-only I/O rules (PM_OUT_OF_METADATA_SPACE): no mapping
+#: may change, so a write block needing a new one fails with EIO, discards
+#: succeed and unmap nothing; reads and writes into provisioned, unshared
+#: blocks run as usual
+S_READ_ONLY = 26
+
+# bits of the ``failed`` array the replay kernel fills, one byte a request
+FAILED_ENOSPC = 1  # a block of the request failed for want of data space
+FAILED_EIO = 2  # a block of the request needed a mapping change in read-only mode
 
 
 class Devices(NamedTuple):
@@ -182,9 +194,19 @@ def _log(log, out, dev, vb, value, op_index):
 
 
 @njit(inline="always", refcount=False)
-def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, log, out):
+def _fail_block(sp, failed, i, bit):
+    """Count request ``i`` as failed once (``failed`` holds one byte a request)."""
+    if failed[i] == 0:
+        sp.scal[C_FAILED_OPS] += 1
+    failed[i] |= bit
+
+
+@njit(inline="always", refcount=False)
+def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, log, out, read_only):
     """One per-block write.  Returns 0, or -1 no data space, -2 only
-    just-freed data space, -3 no metadata space."""
+    just-freed data space, -3 no metadata space, -4 a mapping change
+    refused in read-only mode (EIO), -5 a mapping change with the log full
+    (nothing done)."""
     bs = sp.scal[S_BLOCK_SIZE]
     full = in_block == 0 and n == bs
     payload = sp.scal[S_PAYLOAD] != 0 and data.shape[0] > 0
@@ -200,6 +222,10 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
                 _put_bytes(data, p, bs, in_block, src, src_pos, n)
             return 0
         shared = True
+    if read_only:
+        return -4
+    if out[3] >= log.shape[0]:
+        return -5
     # shared: break sharing (copy-on-write); unmapped: provision.  The data
     # block first, so a full pool fails the write without touching the tree.
     # One call site per helper: each inlined copy costs compile time.
@@ -270,10 +296,13 @@ def _prune(sp, dv, slot, vb):
 
 @njit(refcount=False)
 def _discard_block(sp, dv, slot, vb, op_index, log, out):
-    """Unmap one whole block.  Returns 0 or -3 (no metadata space)."""
+    """Unmap one whole block.  Returns 0, -3 (no metadata space) or -5
+    (mapped, and the log is full: nothing done)."""
     v = lookup(sp.meta, dv.root[slot], dv.levels[slot], vb)
     if v == 0:
         return 0
+    if out[3] >= log.shape[0]:
+        return -5
     leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
     if leaf < 0:
         return -2 if leaf == -2 else -3
@@ -303,7 +332,7 @@ def _prefetch_leaf(meta, dv, slot, vb):
 
 
 @njit(refcount=False)
-def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, src_base, out, log):
+def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, src_base, out, log, failed):
     """Run requests ``start_op..`` of a trace (``slots`` are device slots the
     caller resolved and checked).  Splits each request per data block as
     dm-thin splits bios.  ``out`` receives (status, op index, vblock to resume
@@ -312,9 +341,17 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
 
     Every mapping change (provision, break of sharing, unmap) is appended to
     ``log`` (int64[cap, 4]: dev_id, vblock, dm value or -1, op index) in
-    request order; a full log stops the run with R_FLUSH so the caller can
-    apply it to the dm btree and resume."""
-    cap = log.shape[0]
+    request order; a full log stops the run with R_FLUSH right before the
+    block whose change did not fit, so the caller can apply the log to the
+    dm btree and resume there (a log of capacity 0 stops before the first
+    block needing a change).
+
+    A block that fails is counted (``nr_enospc`` or ``nr_eio``) and the
+    request goes on with its next block, as each block of a request is its
+    own bio in dm-thin; ``failed`` (uint8, one a request) gets the
+    request's FAILED_* bits, and ``nr_failed_requests`` counts each failed
+    request once.  With ``S_READ_ONLY`` set, a write block needing a new
+    mapping fails with EIO and discards change nothing."""
     bs = sp.scal[S_BLOCK_SIZE]
     # a power-of-two block size (the usual case) divides by a shift: a
     # 64-bit division costs more than the rest of an overwrite's arithmetic
@@ -325,6 +362,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             shift += 1
     n = slots.shape[0]
     error_mode = sp.scal[S_ERROR_IF_NO_SPACE] != 0
+    read_only = sp.scal[S_READ_ONLY] != 0
     interval = sp.scal[S_COMMIT_INTERVAL]
     resume_vb = start_vb
     for i in range(start_op, n):
@@ -365,17 +403,22 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
         resume_vb = -1
         if op == WRITE:
             for vb in range(b0, b1 + 1):
-                if out[3] >= cap:
+                lo = max(off, vb * bs)
+                hi = min(off + ln, (vb + 1) * bs)
+                r = _write_block(sp, dv, slot, vb, lo - vb * bs, hi - lo, i, data, src, lo - src_base, log, out,
+                                 read_only)
+                if r == 0:
+                    sp.scal[C_WRITES] += 1
+                    continue
+                if r == -4:
+                    sp.scal[C_EIO] += 1
+                    _fail_block(sp, failed, i, FAILED_EIO)
+                    continue
+                if r == -5:
                     out[0] = R_FLUSH
                     out[1] = i
                     out[2] = vb
                     return R_FLUSH
-                lo = max(off, vb * bs)
-                hi = min(off + ln, (vb + 1) * bs)
-                r = _write_block(sp, dv, slot, vb, lo - vb * bs, hi - lo, i, data, src, lo - src_base, log, out)
-                if r == 0:
-                    sp.scal[C_WRITES] += 1
-                    continue
                 if r == -2:
                     out[0] = R_NEED_COMMIT
                     out[1] = i
@@ -393,6 +436,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                     _event(sp, i, EV_OUT_OF_DATA, vb)
                 if error_mode:
                     sp.scal[C_ENOSPC] += 1
+                    _fail_block(sp, failed, i, FAILED_ENOSPC)
                     continue
                 out[0] = R_NO_DATA
                 out[1] = i
@@ -411,15 +455,16 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             if resuming and b0 > first:
                 first = b0
             end = (off + ln) // bs
-            if sp.scal[S_IGNORE_DISCARD]:
+            if sp.scal[S_IGNORE_DISCARD] or read_only:
+                # read-only: dm's process_bio_success, done and nothing unmapped
                 end = first
             for vb in range(first, end):
-                if out[3] >= cap:
+                r = _discard_block(sp, dv, slot, vb, i, log, out)
+                if r == -5:
                     out[0] = R_FLUSH
                     out[1] = i
                     out[2] = vb
                     return R_FLUSH
-                r = _discard_block(sp, dv, slot, vb, i, log, out)
                 if r == -2:
                     out[0] = R_NEED_COMMIT
                     out[1] = i
@@ -437,13 +482,19 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     return R_DONE
 
 
-@njit(refcount=False)
-def _load_entry(sp, dv, slot, leaf, vb, p, t):
-    """Map ``vb`` to data block ``p`` stamped ``t`` in index leaf ``leaf``
-    and take a reference on ``p``: one dm leaf entry of a rebuild."""
+@njit(inline="always", refcount=False)
+def _map_entry(sp, dv, slot, leaf, vb, p, t):
+    """Map ``vb`` to data block ``p`` stamped ``t`` in index leaf ``leaf``."""
     if sp.meta[leaf, vb & NODE_MASK] == 0:
         dv.mapped[slot] += 1
     sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p, t)
+
+
+@njit(refcount=False)
+def _load_entry(sp, dv, slot, leaf, vb, p, t):
+    """Map ``vb`` to data block ``p`` stamped ``t`` in index leaf ``leaf``
+    and take a reference on ``p``: one mapping of a rebuild."""
+    _map_entry(sp, dv, slot, leaf, vb, p, t)
     if sp.drc[p] == 0:
         sp.scal[S_DUSED] += 1
         sp.dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
@@ -465,82 +516,86 @@ def load_mappings(sp, dv, slot, vblocks, pblocks, times):
     return 0
 
 
-@njit(refcount=False)
-def load_leaf_values(sp, dv, slot, vblocks, values, bad):
-    """:func:`load_mappings` straight from dm's leaf entries: ``vblocks``
-    and ``values`` (``pblock << 24 | time``) as uint64, as the leaf walk
-    returns them.  Returns 0; -1 with ``bad[0]`` = the entry when a vblock
-    is past the device's size or a pblock past the data device; -3 when
-    the index has no node left."""
-    nr_blocks = dv.nr_blocks[slot]
-    nr_data = sp.drc.shape[0]
-    for k in range(vblocks.shape[0]):
-        vb = np.int64(vblocks[k])
-        v = values[k]
-        p = np.int64(v >> np.uint64(24))
-        if vb < 0 or vb >= nr_blocks or p >= nr_data:
-            bad[0] = k
-            return -1
-        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
-        if leaf < 0:
-            return -3
-        _load_entry(sp, dv, slot, leaf, vb, p, np.int64(v & np.uint64(0xFFFFFF)))
-    return 0
+# load_tree status codes (a walk's own are < 0, MT.WALK_*)
+L_OK = 0
+L_RANGE = 1     # an entry past the device's size or the data device: w.bad = (vblock, value)
+L_NO_INDEX = 2  # the index has no node left
 
 
 @njit(refcount=False)
-def load_subtree(sp, dv, slot, m64, m32, root, stack, bad):
-    """:func:`load_leaf_values` for every entry of the dm subtree at
-    ``root`` (``m64``/``m32``: the metadata blocks as uint64/uint32 words),
-    read in place, leaf by leaf: no copy of the mappings is made.  The
-    tree must have passed the check (headers, order, block numbers), so
-    the walk trusts it except for depth (``stack``: int64[2, depth]).
-    Returns 0, -1 with ``bad`` = (vblock, value) out of range, -2 when too
-    deep, -3 when the index has no node left."""
-    nr_blocks = dv.nr_blocks[slot]
-    nr_data = sp.drc.shape[0]
-    depth_max = stack.shape[1]
+def load_tree(sp, dv, slot, w, root, data_refs, nr_shared):
+    """Map every entry of the dm subtree at ``root`` into device ``slot``'s
+    index tree, reading dm's leaves in place with the walk ``w`` (no copy
+    of the mappings is made).
+
+    ``w`` (:func:`thinp.pdata.mapping_tree.new_walk`) walks each device's
+    whole tree (W_REVISIT).  When it keeps ``seen`` and ``under`` and has
+    W_VERIFY, the fill is also thin_check's walk of the subtrees: each node
+    is checked when first reached.  Data references: the entries of a fresh
+    leaf are tallied in ``data_refs`` (uint32, one per leaf mapping the
+    block: dm's count, which the check compares with the data space map);
+    the entries of a leaf read again (shared with a device loaded before)
+    count straight in ``sp.drc`` and in ``nr_shared[0]``.  The caller then
+    adds the tallies in (or, with nothing shared, takes ``data_refs`` as
+    the index's counts) and calls :func:`settle_data_bits`: the index
+    counts every device's mappings.  Without ``seen`` every leaf is fresh,
+    and ``data_refs`` may be ``sp.drc`` itself.  Returns
+    L_OK, L_RANGE, L_NO_INDEX or the walk's code (< 0, ``w.bad[0]`` the
+    block)."""
     if root <= 0:
-        return 0
-    depth = 0
-    stack[0, 0] = root
-    stack[1, 0] = 0
+        return L_OK
+    nr_blocks = dv.nr_blocks[slot]
+    nr_data = data_refs.shape[0]
+    m64 = w.m64
+    m32 = w.m32
+    drc = sp.drc
+    r = MT.start(w, root)
+    if r < 0:
+        return r
     # dm's leaves come in key order, so runs of entries share one index
     # leaf: find it (shadowing it into this transaction) once a run
     leaf_key = np.int64(-1)
     leaf = np.int64(-1)
-    while depth >= 0:
-        b = stack[0, depth]
+    while True:
+        b = MT.next_leaf(w)
+        if b <= 0:
+            return b
+        fresh = MT.leaf_fresh(w)
         nr = np.int64(m32[b, 4])
         mx = np.int64(m32[b, 5])
-        if m32[b, 1] & 2:  # a leaf: keys from word 4, values after max_entries keys
-            for i in range(nr):
-                vb = np.int64(m64[b, 4 + i])
-                v = m64[b, 4 + mx + i]
-                p = np.int64(v >> np.uint64(24))
-                if vb < 0 or vb >= nr_blocks or p >= nr_data:
-                    bad[0] = vb
-                    bad[1] = np.int64(v)
-                    return -1
-                if vb >> NODE_SHIFT != leaf_key:
-                    leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
-                    if leaf < 0:
-                        return -3
-                    leaf_key = vb >> NODE_SHIFT
-                _load_entry(sp, dv, slot, leaf, vb, p, np.int64(v & np.uint64(0xFFFFFF)))
-            depth -= 1
-            continue
-        i = stack[1, depth]
-        if i >= nr:
-            depth -= 1
-            continue
-        stack[1, depth] = i + 1
-        if depth + 1 >= depth_max:
-            return -2
-        depth += 1
-        stack[0, depth] = np.int64(m64[b, 4 + mx + i])
-        stack[1, depth] = 0
-    return 0
+        for i in range(nr):
+            vb = np.int64(m64[b, 4 + i])
+            v = m64[b, 4 + mx + i]
+            p = np.int64(v >> np.uint64(24))
+            if vb < 0 or vb >= nr_blocks or p >= nr_data:
+                w.bad[0] = vb
+                w.bad[1] = np.int64(v)
+                return L_RANGE
+            if vb >> NODE_SHIFT != leaf_key:
+                leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+                if leaf < 0:
+                    return L_NO_INDEX
+                leaf_key = vb >> NODE_SHIFT
+            _map_entry(sp, dv, slot, leaf, vb, p, np.int64(v & np.uint64(0xFFFFFF)))
+            if fresh:
+                data_refs[p] += 1
+            else:
+                drc[p] += 1
+                nr_shared[0] += 1
+
+
+@njit(refcount=False)
+def settle_data_bits(sp):
+    """After :func:`load_tree`: the data space's used count and allocation
+    bits from its reference counts."""
+    drc = sp.drc
+    dbits = sp.dbits
+    used = np.int64(0)
+    for p in range(drc.shape[0]):
+        if drc[p] != 0:
+            used += 1
+            dbits[p >> 6] |= np.uint64(1) << np.uint64(p & 63)
+    sp.scal[S_DUSED] = used
 
 
 # prepare_trace error codes

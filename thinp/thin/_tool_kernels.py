@@ -1,4 +1,4 @@
-"""Bulk kernels for the metadata tools (restore, ls, delta).
+"""Bulk kernels for the metadata tools (restore, check).
 
 Private, like every ``_kernels`` module: arrays and scalars in, values or
 status codes out, never an exception.  Callers validate first.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.crc32c import crc32c_update8
+from ..pdata import mapping_tree as MT
 from ..pdata.radix import CHILD_MASK, NODE_MASK, NODE_SHIFT, alloc_meta
 
 
@@ -102,123 +102,37 @@ def parse_mapping_tags(raw, starts, ends, parts, part_offsets, out):
     return -1
 
 
-# dm's btree node header (dm-btree-internal.h): csum, flags, blocknr, then
-# nr_entries, max_entries, value_size as __le32 words 4..6; keys from byte 32
-_NODE_INTERNAL = 1
-_NODE_LEAF = 2
-_NODE_HDR_WORDS = 4  # 32 bytes of header, in uint64 words
-_MAX_ENTRIES_8 = 252  # (4096 - 32) // (8 + 8)
-_BTREE_CSUM_XOR = 121107
-_MAX_DEPTH = 16
-
-
-@njit
-def check_subtrees(blocks, m64, m32, t8, roots, nr_data_blocks, seen, under, data_refs, bad):
+@njit(refcount=False)
+def check_subtrees(w, roots, nr_data_blocks, data_refs):
     """thin_check's walk of the mapping subtrees at ``roots``, in one pass.
 
-    Every node reached counts one reference in ``seen`` (int32[nr_blocks],
-    shared across calls); a node seen before is counted but not walked
-    again (shared subtrees).  A node walked for the first time has its
-    checksum (dm's btree salt), its own block number, header, key order and
-    its keys' range under its parent checked; ``under[b]`` becomes the
-    number of mappings below it (so a device's mapped count is
-    ``under[root]``), and each leaf adds one reference per entry to
-    ``data_refs`` (uint32[nr_data_blocks]).  Returns 0, or -1 with
-    ``bad[0]`` the first block found wrong (the caller's slow walk then
-    says what is wrong with it)."""
-    nb = m64.shape[0]
-    sb = np.empty(_MAX_DEPTH, dtype=np.int64)
-    si = np.empty(_MAX_DEPTH, dtype=np.int64)
-    acc = np.empty(_MAX_DEPTH, dtype=np.int64)
-    lo = np.empty(_MAX_DEPTH, dtype=np.uint64)
-    hi = np.empty(_MAX_DEPTH, dtype=np.uint64)
-    hi_open = np.empty(_MAX_DEPTH, dtype=np.bool_)
+    ``w`` is a walk (:func:`thinp.pdata.mapping_tree.new_walk`) with
+    W_VERIFY, without W_REVISIT, keeping ``seen`` and ``under`` (shared
+    across calls): every node reached counts one reference, a node seen
+    before is not walked again (shared subtrees), each node walked is
+    checked, and ``under[root]`` becomes a device's mapped count.  Each
+    leaf walked adds one reference per entry to ``data_refs``
+    (uint32[nr_data_blocks]): dm's data reference count.  Returns 0, or
+    < 0 with ``w.bad[0]`` the first block found wrong (the caller's slow
+    walk then says what is wrong with it)."""
+    m64 = w.m64
+    m32 = w.m32
     for j in range(roots.shape[0]):
-        root = roots[j]
-        if root <= 0 or root >= nb:
-            bad[0] = root
-            return -1
-        seen[root] += 1
-        if seen[root] > 1:
-            if under[root] < 0:
-                bad[0] = root
-                return -1
-            continue
-        depth = 0
-        sb[0] = root
-        si[0] = -1
-        lo[0] = np.uint64(0)
-        hi[0] = np.uint64(0)
-        hi_open[0] = True
-        while depth >= 0:
-            b = sb[depth]
+        r = MT.start(w, roots[j])
+        if r < 0:
+            return r
+        while True:
+            b = MT.next_leaf(w)
+            if b == 0:
+                break
+            if b < 0:
+                return b
             nr = np.int64(m32[b, 4])
             mx = np.int64(m32[b, 5])
-            if si[depth] < 0:
-                flags = m32[b, 1]
-                if (m64[b, 1] != np.uint64(b) or mx != _MAX_ENTRIES_8 or m32[b, 6] != 8 or nr > mx
-                        or (flags & (_NODE_INTERNAL | _NODE_LEAF)) == 0
-                        or (flags & _NODE_INTERNAL and flags & _NODE_LEAF)
-                        or (flags & _NODE_INTERNAL and nr == 0)):
-                    bad[0] = b
-                    return -1
-                c = crc32c_update8(t8, np.uint32(0xFFFFFFFF), blocks[b], 4, blocks.shape[1])
-                if (c ^ np.uint32(_BTREE_CSUM_XOR)) != m32[b, 0]:
-                    bad[0] = b
-                    return -1
-                prev = lo[depth]
-                for i in range(nr):
-                    k = m64[b, _NODE_HDR_WORDS + i]
-                    if (i > 0 and k <= prev) or k < lo[depth] or (not hi_open[depth] and k >= hi[depth]):
-                        bad[0] = b
-                        return -1
-                    prev = k
-                under[b] = -1  # being walked
-                if flags & _NODE_LEAF:
-                    for i in range(nr):
-                        p = np.int64(m64[b, _NODE_HDR_WORDS + mx + i] >> np.uint64(24))
-                        if p >= nr_data_blocks:
-                            bad[0] = b
-                            return -1
-                        data_refs[p] += 1
-                    under[b] = nr
-                    depth -= 1
-                    if depth >= 0:
-                        acc[depth] += nr
-                    continue
-                si[depth] = 0
-                acc[depth] = 0
-            i = si[depth]
-            if i >= nr:
-                under[b] = acc[depth]
-                depth -= 1
-                if depth >= 0:
-                    acc[depth] += under[b]
-                continue
-            si[depth] = i + 1
-            c = np.int64(m64[b, _NODE_HDR_WORDS + mx + i])
-            if c <= 0 or c >= nb:
-                bad[0] = b
-                return -1
-            seen[c] += 1
-            if seen[c] > 1:
-                if under[c] < 0:
-                    bad[0] = c
-                    return -1
-                acc[depth] += under[c]
-                continue
-            if depth + 1 >= _MAX_DEPTH:
-                bad[0] = c
-                return -1
-            d = depth + 1
-            sb[d] = c
-            si[d] = -1
-            lo[d] = m64[b, _NODE_HDR_WORDS + i]
-            if i + 1 < nr:
-                hi[d] = m64[b, _NODE_HDR_WORDS + i + 1]
-                hi_open[d] = False
-            else:
-                hi[d] = hi[depth]
-                hi_open[d] = hi_open[depth]
-            depth = d
+            for i in range(nr):
+                p = np.int64(m64[b, 4 + mx + i] >> np.uint64(24))
+                if p >= nr_data_blocks:
+                    w.bad[0] = b
+                    return -100
+                data_refs[p] += 1
     return 0

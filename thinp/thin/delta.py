@@ -48,7 +48,11 @@ def delta_runs(v, kind, lpb, rpb, verbose: bool = False):
     return starts, np.diff(np.concatenate([starts, [n]]))
 
 
-def delta_xml(view: PoolView, snap1: int, snap2: int, verbose: bool = False) -> str:
+def delta_xml(view: PoolView, snap1: int, snap2: int, verbose: bool = False, metadata_snap: bool = False) -> str:
+    """thin_delta's XML.  Reading the live metadata while a metadata
+    snapshot is held, thin_delta 0.9.0 names the snapshot's block in the
+    superblock element (``metadata_snap="N"``); reading the snapshot
+    (``metadata_snap``) it does not."""
     devs = {d.dev_id: d for d in view.devices}
     for s in (snap1, snap2):
         if s not in devs:
@@ -58,7 +62,8 @@ def delta_xml(view: PoolView, snap1: int, snap2: int, verbose: bool = False) -> 
     starts, lengths = delta_runs(v, kind, lpb, rpb, verbose)
     out = io.StringIO()
     out.write(f'<superblock uuid="{view.uuid}" time="{view.time}" transaction="{view.transaction}" '
-              f'data_block_size="{view.data_block_sectors}" nr_data_blocks="{view.nr_data_blocks}">\n')
+              f'data_block_size="{view.data_block_sectors}" nr_data_blocks="{view.nr_data_blocks}"'
+              + (f' metadata_snap="{view.held_root}"' if view.held_root and not metadata_snap else "") + ">\n")
     out.write(f'  <diff left="{snap1}" right="{snap2}">\n')
     open_kind = -1
     for st, n in zip(starts.tolist(), lengths.tolist()):
@@ -85,4 +90,4 @@ def delta_xml(view: PoolView, snap1: int, snap2: int, verbose: bool = False) -> 
 
 
 def delta(pool_dir, snap1: int, snap2: int, verbose: bool = False, metadata_snap: bool = False) -> str:
-    return delta_xml(load_pool_view(pool_dir, metadata_snap=metadata_snap), snap1, snap2, verbose)
+    return delta_xml(load_pool_view(pool_dir, metadata_snap=metadata_snap), snap1, snap2, verbose, metadata_snap)

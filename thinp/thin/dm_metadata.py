@@ -12,10 +12,14 @@ superblock and records, :mod:`thinp.pdata` for btrees and space maps):
   metadata block (the superblock, a held snapshot, parents, device roots,
   the space maps' own blocks).
 
-:class:`DmMetadata` opens an image, walks it once with the shared btree walk
-(:func:`thinp.pdata.btree.walk`), and offers what the tools need: the devices
+:class:`DmMetadata` opens an image and offers what the tools need: the devices
 and their mappings (live or from the held metadata snapshot), a full
 consistency check with thin_check's rules, and the node counts of each tree.
+The device subtrees -- nearly every block of a big pool -- are read with the
+one numba walk of :mod:`thinp.pdata.mapping_tree` (check, dump, ls, delta,
+rmap and the pool's open all step it); the small trees (details, top level,
+space-map indexes) and the node-by-node check that names damage use the
+Python walk :func:`thinp.pdata.btree.walk`.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from .. import errors
 from ..config import SECTOR_SIZE
 from ..pdata import btree, memory
 from ..pdata.block import BlockManager, corrupt
-from ..pdata.crc32c import TABLE8
+from ..pdata import mapping_tree as MT
+from ..pdata.mapping_index import device_mappings
 from ..pdata.space_map import nr_bitmaps, read_counts
 from . import _tool_kernels as TKT
 from .view import DeviceView, PoolView
@@ -61,6 +66,26 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+
+@dataclass
+class PendingCheck:
+    """A fast check begun (:meth:`DmMetadata.check_begin`) whose device
+    subtrees are still to walk, into ``fseen`` (int32[nb], references to
+    each subtree node), ``under`` (int64[nb], mappings below each) and
+    ``data_refs`` (uint32[nr_data_blocks], leaves mapping each block)."""
+
+    res: CheckResult
+    seen: dict
+    dseen: dict
+    mcount: np.ndarray
+    #: per superblock (live, then held): (dev ids uint64, subtree roots int64)
+    tops: list
+    #: per superblock: its DeviceRecords
+    devs: list
+    fseen: np.ndarray
+    under: np.ndarray
+    data_refs: np.ndarray
 
 
 @dataclass
@@ -139,6 +164,16 @@ class DmMetadata:
         if not dev.root:
             z = np.zeros(0, dtype=np.int64)
             return z, z, z
+        if seen is None and shape is None:
+            # the shared numba walk, checksums included; the node-by-node
+            # walk below names what it finds wrong
+            try:
+                k, v = device_mappings(self.bm, dev.root, verify=True, what=f"device {dev.dev_id}")
+            except errors.MetadataCorruptError as e:
+                btree.collect(self.bm, dev.root, 8, who=f"device {dev.dev_id}")
+                raise e
+            p, t = unpack_block_time(v)
+            return k.astype(np.int64), p, t
         k, v = btree.collect(self.bm, dev.root, 8, who=f"device {dev.dev_id}", seen=seen, shape=shape)
         p, t = unpack_block_time(v.reshape(-1).view("<u8"))
         return k.astype(np.int64), p, t
@@ -150,9 +185,125 @@ class DmMetadata:
         disagreeing counts are listed in ``problems``.
 
         The device subtrees (nearly every block of a big pool) are walked
-        in one numba pass; when it finds anything wrong the whole check runs
-        again with the per-node Python walk (``fast=False``), which names
-        the damage."""
+        in one numba pass (:meth:`check_begin`, :meth:`walk_subtrees`,
+        :meth:`check_end`); when it finds anything wrong the whole check
+        runs again with the per-node Python walk (``fast=False``), which
+        names the damage."""
+        if fast:
+            pc = self.check_begin()
+            if self.walk_subtrees(pc):
+                res = self.check_end(pc)
+                if res is not None:
+                    return res
+        return self._check_slow()
+
+    def check_begin(self) -> PendingCheck:
+        """The fast check up to the device subtrees: the details and top
+        level trees of the live and held superblocks, and the space maps
+        (their counts read).  The subtrees' walk is the caller's, over the
+        arrays of the result: :meth:`walk_subtrees`, or the pool's index
+        fill, which reads each leaf once for both."""
+        sb = self.sb
+        res = CheckResult()
+        nm, nd = sb.metadata_nr_blocks, sb.nr_data_blocks
+        if sb.metadata_sm_root.nr_blocks != nm:
+            res.problems.append(f"metadata space map has {sb.metadata_sm_root.nr_blocks} blocks, "
+                                f"superblock says {nm}")
+        seen: dict = {}
+        mcount = np.zeros(max(nm, 1), dtype=np.uint32)
+        mcount[0] += 1  # the superblock
+        sbs = [(False, sb)]
+        if sb.held_root:
+            mcount[sb.held_root] += 1
+            sbs.append((True, self.held_superblock()))
+        tops, devs = [], []
+        for held, s in sbs:
+            btree.walk(self.bm, s.device_details_root, DETAILS_SIZE, lambda *a: None, seen=seen,
+                       who="device details tree")
+            ks, vs = [np.zeros(0, np.uint64)], [np.zeros(0, np.uint64)]
+            btree.walk(self.bm, s.data_mapping_root, 8,
+                       lambda _n, k, v: (ks.append(k.copy()), vs.append(v.reshape(-1).view("<u8").copy())),
+                       seen=seen, who="mapping tree")
+            tops.append((np.concatenate(ks), np.concatenate(vs).astype(np.int64)))
+            devs.append(self.devices(held))
+        # the space maps' own blocks
+        msm, dsm = sb.metadata_sm_root, sb.data_sm_root
+        mcounts, mindex = read_counts(self.bm, msm, metadata=True, what="metadata")
+        mcount[msm.bitmap_root] += 1
+        for b, _, _ in mindex:
+            mcount[b] += 1
+        dseen: dict = {}
+        dcounts, dindex = read_counts_seen(self.bm, dsm, dseen)
+        for b, _, _ in dindex:
+            mcount[b] += 1
+        if msm.ref_count_root:
+            btree.walk(self.bm, msm.ref_count_root, 4, lambda *a: None, seen=dseen)
+        res.space_maps = (mcounts, mindex, dcounts, dindex)
+        nb = self.bm.blocks.shape[0]
+        return PendingCheck(res=res, seen=seen, dseen=dseen, mcount=mcount, tops=tops, devs=devs,
+                            fseen=memory.zeros(nb, np.int32), under=memory.zeros(nb, np.int64),
+                            data_refs=memory.zeros(nd, np.uint32))
+
+    def subtree_walk(self, pc: PendingCheck, options: int = 0) -> MT.Walk:
+        """A walk of the device subtrees counting into ``pc``'s arrays (with
+        W_VERIFY added: every node it walks first is checked)."""
+        return MT.new_walk(self.bm.blocks, 8, MT.W_VERIFY | options, seen=pc.fseen, under=pc.under)
+
+    def walk_subtrees(self, pc: PendingCheck) -> bool:
+        """thin_check's walk of every device subtree (live, then held) into
+        ``pc``; False when it found something wrong."""
+        roots = np.concatenate([r for _, r in pc.tops])
+        return TKT.check_subtrees(self.subtree_walk(pc), roots, self.sb.nr_data_blocks, pc.data_refs) == 0
+
+    def check_end(self, pc: PendingCheck) -> CheckResult | None:
+        """The check's verdict once the subtrees were walked into ``pc``;
+        None when only the node-by-node check can say what is wrong."""
+        sb, res = self.sb, pc.res
+        nm, nd = sb.metadata_nr_blocks, sb.nr_data_blocks
+        for d in pc.devs[0]:
+            n = int(pc.under[d.root]) if d.root else 0
+            res.nr_mappings += n
+            if n != d.mapped_blocks:
+                res.problems.append(f"device {d.dev_id}: mapped_blocks is {d.mapped_blocks}, its tree maps {n}")
+            if d.creation_time > sb.time or d.snapshotted_time > sb.time:
+                res.problems.append(f"device {d.dev_id}: times later than the pool's time {sb.time}")
+        res.nr_devices = len(pc.devs[0])
+        fseen, mcount = pc.fseen, pc.mcount
+        if fseen[nm:].any():
+            return None
+        k = min(nm, len(fseen))
+        mcount[:k] += fseen[:k].astype(np.uint32)
+        for b, c in list(pc.seen.items()) + list(pc.dseen.items()):
+            if b >= nm:
+                raise corrupt(f"btree node {b} is outside the {nm}-block metadata device")
+            mcount[b] += c
+        mcounts, _, dcounts, _ = res.space_maps
+        self._compare_counts(res, mcount, mcounts, pc.data_refs, dcounts)
+        return res
+
+    def _compare_counts(self, res, mcount, mcounts, data_refs, dcounts) -> None:
+        sb = self.sb
+        nm, nd = sb.metadata_nr_blocks, sb.nr_data_blocks
+        bad = np.flatnonzero(mcount[:nm] != mcounts[:nm])
+        if len(bad):
+            b = int(bad[0])
+            res.problems.append(f"metadata space map: {len(bad)} blocks have wrong counts (first: block {b} "
+                                f"has count {int(mcounts[b])}, {int(mcount[b])} references found)")
+        bad = np.flatnonzero(data_refs != dcounts[:nd])
+        if len(bad):
+            p = int(bad[0])
+            res.problems.append(f"data space map: {len(bad)} blocks have wrong counts (first: block {p} "
+                                f"has count {int(dcounts[p])}, {int(data_refs[p])} leaves map it)")
+        # (the roots' nr_allocated are not checked: thin_restore 0.9.0 writes
+        # one more than its bitmaps count, and thin_check accepts that)
+        res.nr_metadata_blocks_used = int(np.count_nonzero(mcounts))
+        res.nr_data_blocks_used = int(np.count_nonzero(dcounts))
+        if sb.flags & FLAG_NEEDS_CHECK:
+            res.problems.append("needs_check is set")
+
+    def _check_slow(self) -> CheckResult:
+        """The check with the per-node Python walk everywhere: slow, and it
+        names the first damaged node."""
         sb = self.sb
         res = CheckResult()
         nm, nd = sb.metadata_nr_blocks, sb.nr_data_blocks
@@ -163,11 +314,6 @@ class DmMetadata:
         data_refs = memory.zeros(nd, np.uint32)
         mcount = np.zeros(max(nm, 1), dtype=np.uint32)
         mcount[0] += 1  # the superblock
-        if fast:
-            nb = self.bm.blocks.shape[0]
-            fseen = np.zeros(nb, dtype=np.int32)   # references to subtree nodes
-            under = np.zeros(nb, dtype=np.int64)   # mappings below each subtree node
-            bad = np.zeros(2, dtype=np.int64)
         sbs = [(False, sb)]
         if sb.held_root:
             mcount[sb.held_root] += 1
@@ -188,19 +334,12 @@ class DmMetadata:
                     raise corrupt(f"btree node {_n.b}: maps data block {int(p.max())}, beyond the {nd} data blocks")
                 np.add.at(data_refs, p, 1)
 
-            if fast:
-                blocks = self.bm.blocks
-                if TKT.check_subtrees(blocks, blocks.view(np.uint64), blocks.view(np.uint32), TABLE8,
-                                      np.array(subtree_roots, dtype=np.int64), nd, fseen, under, data_refs,
-                                      bad) != 0:
-                    return self.check(fast=False)
-            else:
-                for r in subtree_roots:
-                    btree.walk(self.bm, r, 8, visit_leaf, seen=seen, who="mapping subtree")
+            for r in subtree_roots:
+                btree.walk(self.bm, r, 8, visit_leaf, seen=seen, who="mapping subtree")
             devs = self.devices(held)
             for d in devs:
                 if not held:
-                    n = (int(under[d.root]) if d.root else 0) if fast else self._count_mappings(d)
+                    n = self._count_mappings(d)
                     res.nr_mappings += n
                     if n != d.mapped_blocks:
                         res.problems.append(f"device {d.dev_id}: mapped_blocks is {d.mapped_blocks}, "
@@ -221,32 +360,12 @@ class DmMetadata:
             mcount[b] += 1
         if msm.ref_count_root:
             btree.walk(self.bm, msm.ref_count_root, 4, lambda *a: None, seen=dseen)
-        if fast:
-            if fseen[nm:].any():
-                return self.check(fast=False)
-            k = min(nm, len(fseen))
-            mcount[:k] += fseen[:k].astype(np.uint32)
         for b, c in list(seen.items()) + list(dseen.items()):
             if b >= nm:
                 raise corrupt(f"btree node {b} is outside the {nm}-block metadata device")
             mcount[b] += c
-        bad = np.flatnonzero(mcount[:nm] != mcounts[:nm])
-        if len(bad):
-            b = int(bad[0])
-            res.problems.append(f"metadata space map: {len(bad)} blocks have wrong counts (first: block {b} "
-                                f"has count {int(mcounts[b])}, {int(mcount[b])} references found)")
-        bad = np.flatnonzero(data_refs != dcounts[:nd])
-        if len(bad):
-            p = int(bad[0])
-            res.problems.append(f"data space map: {len(bad)} blocks have wrong counts (first: block {p} "
-                                f"has count {int(dcounts[p])}, {int(data_refs[p])} leaves map it)")
-        # (the roots' nr_allocated are not checked: thin_restore 0.9.0 writes
-        # one more than its bitmaps count, and thin_check accepts that)
         res.space_maps = (mcounts, mindex, dcounts, dindex)
-        res.nr_metadata_blocks_used = int(np.count_nonzero(mcounts))
-        res.nr_data_blocks_used = int(np.count_nonzero(dcounts))
-        if sb.flags & FLAG_NEEDS_CHECK:
-            res.problems.append("needs_check is set")
+        self._compare_counts(res, mcount, mcounts, data_refs, dcounts)
         return res
 
     def _count_mappings(self, d: DeviceRecord) -> int:

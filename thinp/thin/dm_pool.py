@@ -188,9 +188,9 @@ class DmPool:
         self.side["devices"] = devs
 
     def _highest(self, dev: int) -> int:
-        from ..pdata import btree
+        from ..pdata.mapping_index import device_mappings
 
-        k, _ = btree.collect(self.md.bm, self.md.subtree_root(dev), 8)
+        k, _ = device_mappings(self.md.bm, self.md.subtree_root(dev))
         return int(k[-1]) if len(k) else 0
 
     def _write_sidecar(self) -> None:

@@ -24,7 +24,17 @@ Rules followed from dm-thin (drivers/md/dm-thin.c and its documentation):
 * with no data space left the pool is ``out_of_data_space``: with
   ``error_if_no_space`` the write fails with ENOSPC, otherwise it is queued
   (and so is every request after it, as a synchronous writer would block)
-  until :meth:`ThinPool.resize_data` or freed space lets it run.
+  until :meth:`ThinPool.resize_data` or freed space lets it run;
+* when a new block's allocation finds free metadata down to the reserve,
+  the pool commits what came before that block (dm's alloc_data_block);
+  if the commit leaves it there, the pool is out of metadata space
+  (PM_OUT_OF_METADATA_SPACE, ``ro`` without needs_check): each block
+  needing a new mapping fails with EIO, bio by bio, the other blocks of
+  the same request still run, discards do nothing, and pool messages are
+  refused (EOPNOTSUPP) until :meth:`ThinPool.resize_metadata`;
+* every request run is counted in ``nr_requests``, failed or not; those
+  with a failed block also in ``nr_failed_requests``, the failed blocks in
+  ``nr_enospc`` or ``nr_eio``.
 """
 from __future__ import annotations
 
@@ -45,7 +55,8 @@ from .. import errors
 from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from ..pdata import radix as K
 from ..pdata import btree as _btree
-from ..pdata.mapping_index import device_mappings, mapping_index
+from ..pdata import mapping_tree as MT
+from ..pdata.mapping_index import device_mappings
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
 from ..units import check_block_size, format_size, parse_size
@@ -91,6 +102,11 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 
 #: rows of the mapping-change log between the replay kernel and dm's btree
 LOG_ROWS = 1 << 16
+#: dm metadata blocks one mapping change may take at most, as the near-reserve
+#: runs budget it: the shadowed path and a split (a new node) at each of the
+#: two trees' levels.  Only the speed depends on it: a run that reaches the
+#: reserve anyway is rolled back to the block where dm would have committed.
+META_PER_CHANGE = 32
 
 
 def lock_metadata(mpath: str, read_only: bool) -> int:
@@ -125,17 +141,7 @@ def _options(side: dict) -> int:
 def _highest_vblock(dm: PoolMetadata, dev: int) -> int | None:
     """The highest block a device's dm subtree maps (the last key of its
     rightmost leaf: one node per level is read), or None when empty."""
-    b = dm.subtree_root(dev)
-    who = f"device {dev}"
-    for _ in range(_MAX_TREE_DEPTH):
-        n = _btree.read_node(dm.bm, b, who=who)
-        nr = n.nr_entries
-        if n.is_leaf:
-            return int(n.keys()[nr - 1]) if nr else None
-        if nr == 0:
-            raise errors.MetadataCorruptError(f"metadata corrupt: {who}: btree node {b}: internal node with no entries")
-        b = int(n.values64()[nr - 1])
-    raise errors.MetadataCorruptError(f"metadata corrupt: {who}: mapping tree is too deep")
+    return _highest_key(dm.bm, dm.subtree_root(dev), f"device {dev}")
 
 
 #: deeper than any dm tree of 2^64 keys
@@ -187,22 +193,74 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
     return out
 
 
+def _highest_key(bm, root: int, who: str) -> int | None:
+    """The last key of the tree at ``root`` (its rightmost leaf's), or None."""
+    b = root
+    for _ in range(_MAX_TREE_DEPTH):
+        n = _btree.read_node(bm, b, who=who)
+        nr = n.nr_entries
+        if n.is_leaf:
+            return int(n.keys()[nr - 1]) if nr else None
+        if nr == 0:
+            raise errors.MetadataCorruptError(f"metadata corrupt: {who}: btree node {b}: internal node with no entries")
+        b = int(n.values64()[nr - 1])
+    raise errors.MetadataCorruptError(f"metadata corrupt: {who}: mapping tree is too deep")
+
+
 def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileIndex:
     """The volatile index of the metadata's devices: the device table from
     the details and the sidecar, and (``load``) every mapping from the
-    leaves, with its data reference."""
+    leaves, with its data reference.
+
+    When ``dm`` was opened with its check's subtree walk deferred, the fill
+    is that walk: one pass over the leaves checks each node when first
+    reached, tallies dm's data references for the check and fills the
+    index.  The check's verdict (:meth:`PoolMetadata.finish_check`) comes
+    at the end, and its tallies then become the index's reference counts
+    (plus the entries of leaves shared between devices)."""
     bs = dm.sb.data_block_size * SECTOR_SIZE
     md = VolatileIndex.build(nr_data_blocks=dm.data_sm.nr_blocks, block_size=bs, options=_options(side),
                              low_water_mark=int(side.get("low_water_mark", 0)),
                              commit_interval=int(side.get("commit_interval", DEFAULT_COMMIT_INTERVAL)),
                              time=dm.sb.time, dcursor=int(side.get("data_cursor", 0)))
-    # the devices' subtrees are read in place, straight into the index (the
-    # open checked them); the top level names their roots
-    top = device_mappings(dm.bm, dm.sb.data_mapping_root) if load else None
-    roots = dict(zip(top[0].tolist(), top[1].astype(np.int64).tolist())) if load else {}
-    m64, m32 = dm.bm.blocks.view(np.uint64), dm.bm.blocks.view(np.uint32)
-    stack = np.zeros((2, 16), dtype=np.int64)
-    bad = np.zeros(2, dtype=np.int64)
+    pc = dm.pending_check if load else None
+    if pc is not None and len(pc.data_refs) != len(md.sp.drc):
+        dm.complete_check()  # (counts that cannot be shared: the check walks on its own)
+        pc = None
+    held_sb = DmMetadata(dm.bm, dm.sb).held_superblock() if load and dm.sb.held_root else None
+    if pc is not None:
+        # the check's walk of the top levels named the devices' subtree roots
+        tops = pc.tops
+        w = DmMetadata(dm.bm, dm.sb).subtree_walk(pc, MT.W_REVISIT)
+        data_refs = pc.data_refs
+    elif load:
+        # every tree read whole, each leaf counting for each device reading it
+        tops = [device_mappings(dm.bm, s.data_mapping_root) for s in [dm.sb] + ([held_sb] if held_sb else [])]
+        tops = [(k, v.astype(np.int64)) for k, v in tops]
+        w = MT.new_walk(dm.bm.blocks, 8, 0)
+        data_refs = md.sp.drc
+    nr_shared = np.zeros(1, dtype=np.int64)
+    roots = dict(zip(tops[0][0].tolist(), tops[0][1].tolist())) if load else {}
+
+    def fill(dv, s, dev, root, what):
+        r = TK.load_tree(md.sp, dv, np.int64(s), w, np.int64(root), data_refs, nr_shared)
+        if r == TK.L_OK:
+            return
+        # the check names any damage first (the walk stopped at it)
+        dm.finish_check(walked=False)
+        if r == TK.L_RANGE:
+            vb, p = int(w.bad[0]), int(w.bad[1]) >> 24
+            if p >= len(data_refs):
+                raise errors.MetadataCorruptError(
+                    f"metadata corrupt: {what} maps data block {p} of {dm.data_sm.nr_blocks}")
+            raise errors.MetadataCorruptError(
+                f"metadata corrupt: {what} maps block {vb}, past its size of {int(dv.size_sectors[s])} sectors "
+                f"in {SIDECAR}")
+        if r == TK.L_NO_INDEX:
+            raise errors.ThinpError(f"the in-RAM index has no room for {what}'s mappings")
+        raise errors.MetadataCorruptError(f"metadata corrupt: {what}'s mapping tree: btree node {int(w.bad[0])} "
+                                          f"is damaged (walk status {r})")
+
     for dev in sorted(dm.devices):
         d = dm.devices[dev]
         s = md.free_slot()
@@ -219,40 +277,36 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
         dv.snap_time[s] = d.snapshotted_time
         dv.txn[s] = d.transaction_id
         md.slot_of[dev] = s
-        if not load:
-            continue
-        r = TK.load_subtree(md.sp, md.dv, np.int64(s), m64, m32, np.int64(roots.get(dev, 0)), stack, bad)
-        if r == -2:
-            raise errors.MetadataCorruptError(f"metadata corrupt: device {dev}'s mapping tree is too deep")
-        if r == -1:
-            vb, p = int(bad[0]), int(bad[1]) >> 24
-            if vb >= nr_blocks:
-                raise errors.MetadataCorruptError(
-                    f"metadata corrupt: device {dev} maps block {vb}, past its size of {sectors} sectors "
-                    f"in {SIDECAR}")
-            raise errors.MetadataCorruptError(
-                f"metadata corrupt: device {dev} maps data block {p} of {dm.data_sm.nr_blocks}")
-        if r != 0:
-            raise errors.ThinpError(f"the in-RAM index has no room for device {dev}'s {d.mapped_blocks} mappings")
+        if load:
+            fill(dv, s, dev, roots.get(dev, 0), f"device {dev}")
     md.held = None
-    if dm.sb.held_root and load:
+    if held_sb is not None:
         # the held metadata snapshot's trees, as index trees of their own:
         # their leaves keep references on the data blocks they map
-        held = mapping_index(dm.bm, DmMetadata(dm.bm, dm.sb).held_superblock().data_mapping_root)
-        md.held = TK.make_devices(max(1, len(held.devs)))
-        for k, dev in enumerate(held.devs.tolist()):
-            v, val = held.device(dev)
-            hd = md.held
+        hdevs, hroots = tops[1]
+        md.held = TK.make_devices(max(1, len(hdevs)))
+        hd = md.held
+        for k, (dev, root) in enumerate(zip(hdevs.tolist(), hroots.tolist())):
+            what = f"the held metadata snapshot's device {dev}"
+            try:
+                h = _highest_key(dm.bm, root, what)
+            except errors.MetadataCorruptError:
+                dm.finish_check(walked=False)  # the check names the damage first
+                raise
             hd.dev_id[k] = dev
-            hd.nr_blocks[k] = int(v[-1]) + 1 if len(v) else 1
+            hd.nr_blocks[k] = h + 1 if h is not None else 1
+            hd.size_sectors[k] = hd.nr_blocks[k] * bs // SECTOR_SIZE
             hd.levels[k] = TK.levels_for(int(hd.nr_blocks[k]))
-            r = TK.load_leaf_values(md.sp, hd, np.int64(k), v, val, bad)
-            if r == -1:
-                raise errors.MetadataCorruptError(
-                    f"metadata corrupt: the held metadata snapshot's device {dev} maps data block "
-                    f"{int(val[bad[0]]) >> 24} of {dm.data_sm.nr_blocks}")
-            if r != 0:
-                raise errors.ThinpError("the in-RAM index has no room for the held metadata snapshot")
+            fill(hd, k, dev, root, what)
+    if load:
+        if data_refs is not md.sp.drc:
+            # the check's tallies become the index's counts: the check
+            # judges them first, then the shared leaves' counts join them
+            dm.finish_check()
+            if nr_shared[0]:
+                data_refs += md.sp.drc
+            md.sp = md.sp._replace(drc=data_refs)
+        TK.settle_data_bits(md.sp)
     md.commit()
     md.huge_pages()
     scal = md.sp.scal
@@ -525,17 +579,29 @@ class ThinPool:
         try:
             side = read_sidecar(path)
             split = (side or {}).get("split", "current")
-            dm = PoolMetadata.open(mpath, split=split, writable=not read_only, check=check_trees or not read_only)
+            # the check's walk of the device subtrees is the index fill's
+            # (each leaf read once): _build_index walks, finish_check judges
+            dm = PoolMetadata.open(mpath, split=split, writable=not read_only, check=check_trees or not read_only,
+                                   defer_subtrees=True)
         except BaseException:
             os.close(lock_fd)
             raise
         try:
+            if dm.sb.flags & 1 or (reconcile and not read_only):
+                # what the check finds comes first, and a reconciled sidecar
+                # is written only for sound metadata
+                dm.complete_check()
             if dm.sb.flags & 1 and not read_only:
                 raise errors.MetadataCorruptError(
                     f"{path}: needs_check is set; check it with 'thinp check {path}' and rebuild it with "
                     "'thinp repair'")
-            side = _settle_sidecar(path, side, dm, reconcile and not read_only)
+            try:
+                side = _settle_sidecar(path, side, dm, reconcile and not read_only)
+            except errors.TransactionIdMismatchError:
+                dm.complete_check()
+                raise
             md = _build_index(dm, side, load=check_trees or not read_only)
+            dm.finish_check()
         except BaseException:
             dm.bm.close()
             os.close(lock_fd)
@@ -699,6 +765,24 @@ class ThinPool:
         if self._failed:
             raise errors.ReadOnlyPoolError(f"{self.path}: pool is in read-only mode after a metadata failure (needs_check)")
 
+    def _check_message(self, name: str) -> None:
+        """A pool message may run: dm-thin's pool_message refuses every one
+        (EOPNOTSUPP) once the pool is out of metadata space, read-only or
+        failed.  A pool this process opened read-only refuses it as its
+        files do (EROFS)."""
+        self._check_open()
+        if self.read_only:
+            raise errors.ReadOnlyPoolError(f"{self.path}: pool is open read-only")
+        if self._fail_mode:
+            why = f"in fail mode ({self._fail_mode})"
+        elif self._failed:
+            why = "read-only after a metadata failure (needs_check)"
+        elif self._ooms:
+            why = "out of metadata space (read-only until resize_metadata grows it)"
+        else:
+            return
+        raise errors.MessageRefusedError(f"{self.path}: pool message {name} refused (EOPNOTSUPP): the pool is {why}")
+
     @staticmethod
     def _check_id(dev_id, what="dev_id") -> int:
         if isinstance(dev_id, bool) or not isinstance(dev_id, (int, np.integer)):
@@ -717,7 +801,7 @@ class ThinPool:
     # -------------------------------------------------------------- devices
     def create_thin(self, dev_id: int, size) -> "ThinDevice":
         """New empty thin device of ``size`` bytes (a multiple of 512)."""
-        self._check_writable()
+        self._check_message("create_thin")
         dev_id = self._check_id(dev_id)
         nbytes = parse_size(size, what="size")
         if nbytes <= 0 or nbytes % SECTOR_SIZE:
@@ -747,7 +831,7 @@ class ThinPool:
 
     def create_snap(self, dev_id: int, origin_id: int) -> "ThinDevice":
         """Snapshot ``origin_id`` as ``dev_id``: O(1), sharing the root."""
-        self._check_writable()
+        self._check_message("create_snap")
         dev_id = self._check_id(dev_id)
         origin_id = self._check_id(origin_id, "origin_id")
         o = self._slot(origin_id)
@@ -780,7 +864,7 @@ class ThinPool:
 
     def delete(self, dev_id: int) -> None:
         """Delete a device, dropping a reference on every block it maps."""
-        self._check_writable()
+        self._check_message("delete")
         dev_id = self._check_id(dev_id)
         s = self._slot(dev_id)
         # Queued requests name device slots: deleting the device under them
@@ -816,7 +900,7 @@ class ThinPool:
 
     def set_transaction_id(self, old: int, new: int) -> None:
         """Compare-and-swap the pool's transaction id, then commit."""
-        self._check_writable()
+        self._check_message("set_transaction_id")
         for v in (old, new):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= int(v) < 1 << 64:
                 raise ValueError(f"transaction id {v!r} must be a 64-bit unsigned integer")
@@ -829,7 +913,7 @@ class ThinPool:
     def reserve_metadata_snap(self) -> int:
         """Hold a frozen copy of the committed metadata for userspace tools
         (``thin_dump -m``); returns the block of its superblock copy."""
-        self._check_writable()
+        self._check_message("reserve_metadata_snap")
         if self._dm.sb.held_root:
             raise errors.DeviceExistsError("a metadata snapshot is already held; release it first")
         self.commit()
@@ -851,7 +935,7 @@ class ThinPool:
         return h
 
     def release_metadata_snap(self) -> None:
-        self._check_writable()
+        self._check_message("release_metadata_snap")
         if not self._dm.sb.held_root:
             raise errors.ThinpError("no metadata snapshot is held")
         self._dm_op(self._dm.release_metadata_snap)
@@ -918,13 +1002,7 @@ class ThinPool:
 
     def _dm_op(self, fn, *args):
         """A dm metadata operation; running out of metadata space aborts the
-        transaction and leaves the pool read-only, as in dm-thin.  Out of
-        metadata space, dm refuses pool messages (EOPNOTSUPP) and changes
-        nothing."""
-        if self._ooms:
-            raise errors.ReadOnlyPoolError(
-                f"{self.path}: the pool is out of metadata space (read-only until the metadata grows: "
-                "resize_metadata); pool messages are refused")
+        transaction and leaves the pool read-only, as in dm-thin."""
         try:
             return fn(*args)
         except errors.NoSpaceError:
@@ -955,6 +1033,7 @@ class ThinPool:
         if not words:
             raise ValueError("empty pool message")
         name, args = words[0], words[1:]
+        self._check_message(name)  # dm checks the mode before the message
         if name not in self._MESSAGES:
             raise ValueError(f"unknown pool message {name!r} (known: {', '.join(self._MESSAGES)})")
         lo, hi = self._MESSAGES[name]
@@ -1201,7 +1280,11 @@ class ThinPool:
 
         Returns the counters this run changed and the events it raised.  In
         queue mode a run that fills the pool leaves the rest queued
-        (``nr_queued``); :meth:`resize_data` runs it.
+        (``nr_queued``); :meth:`resize_data` runs it.  Out of metadata
+        space, every request still runs block by block; if a block needed
+        a new mapping (EIO), :class:`~thinp.errors.OutOfMetadataSpaceError`
+        is raised at the end, its ``failed`` naming those requests and its
+        ``result`` holding what this method would have returned.
         """
         self._check_open()
         if not self._trees_checked:
@@ -1214,13 +1297,14 @@ class ThinPool:
         try:
             self._submit(slots, ops, off, ln, _EMPTY_U8, 0, events)
         except errors.OutOfMetadataSpaceError as e:
-            after = self._md.sp.scal
-            e.result = ReplayResult({name: int(after[i] - before[i]) for i, name in K.COUNTER_NAMES.items()},
-                                    events, 0)
+            e.result = self._result(before, events)
             raise
+        return self._result(before, events)
+
+    def _result(self, before: np.ndarray, events: list) -> ReplayResult:
         after = self._md.sp.scal
-        counters = {name: int(after[i] - before[i]) for i, name in K.COUNTER_NAMES.items()}
-        return ReplayResult(counters, events, sum(len(q[0]) - q[4] for q in self._queue))
+        return ReplayResult({name: int(after[i] - before[i]) for i, name in K.COUNTER_NAMES.items()}, events,
+                            self.nr_queued)
 
     def _submit(self, slots, ops, off, ln, src, src_base, events) -> None:
         if self._fail_mode:
@@ -1239,50 +1323,64 @@ class ThinPool:
     def _run(self, slots, ops, off, ln, start, start_vb, src, src_base, events):
         """Drive the replay kernel, applying its mapping changes to dm's
         btree after each stop and committing when it asks; returns None when
-        done or (op, vblock) where it stopped out of data space."""
-        if self._ooms:
-            self._run_ooms(slots, ops, off, ln, start, src, src_base, events)
-            return None
+        done or (op, vblock) where it stopped out of data space.
+
+        Near dm's metadata reserve the kernel runs with a log short enough
+        that its changes cannot reach the reserve, and then one change at a
+        time, so that the commit dm-thin's alloc_data_block makes before a
+        new block would use the reserve comes exactly before that block.
+        Out of metadata space, the kernel runs with dm's read-only rules:
+        each block needing a new mapping fails with EIO, the rest of the
+        request still runs.  Raises OutOfMetadataSpaceError naming the
+        requests that had a block fail so, after the whole run."""
         out = np.zeros(4, dtype=np.int64)
-        md = self._md
+        failed = np.zeros(len(ops), dtype=np.uint8)
         gen = -1
-        n = len(ops)
+        at_change = False  # stopped right before a mapping change (R_FLUSH)
         while True:
+            md = self._md
             if gen != self._commit_gen:
                 # (again after a commit, which ends the record)
                 rec = self._record_run(slots, ops, off, ln, start, start_vb)
                 gen = self._commit_gen
-            end = n
-            if self._step:
-                # near the reserve: one request at a time, each write that
-                # needs a new block checked first, as alloc_data_block does
-                end = start + 1
-                if (start_vb < 0 and ops[start] == WRITE and self._dm_free_metadata() <= self._meta_reserve
-                        and not self._serviceable(int(slots[start]), int(off[start]), int(ln[start]))):
-                    self._commit(ops, start)  # "Let's commit before we use up the metadata reserve"
+            log, reserve = self._log, self._meta_reserve
+            if self._step and not self._ooms:
+                spare = self._dm_free_metadata() - self._meta_reserve
+                if at_change and spare <= 0 and ops[start] == WRITE:
+                    # dm-thin's alloc_data_block: "Let's commit before we
+                    # use up the metadata reserve"; the commit's
+                    # check_for_metadata_space decides the mode
+                    self._commit(ops, start)
                     if self._ooms:
-                        self._run_ooms(slots, ops, off, ln, start, src, src_base, events, failed_first=True)
-                        return None
+                        self._event(start, K.EV_OUT_OF_META, start_vb)
+                        self._drain_events(events)
                     continue
+                if spare >= META_PER_CHANGE:
+                    # no META_PER_CHANGE-bounded change of these can reach the reserve
+                    log = self._log[:min(LOG_ROWS, spare // META_PER_CHANGE)]
+                else:
+                    # the next change alone (it passed the check above)
+                    log, reserve = self._log[:1 if at_change else 0], -1
+            md.sp.scal[TK.S_READ_ONLY] = 1 if self._ooms else 0
             out[3] = 0
-            r = TK.replay(md.sp, md.dv, slots[:end], ops[:end], off[:end], ln[:end], start, start_vb, self._data,
-                          src, src_base, out, self._log)
-            ok = self._apply_log(int(out[3]), -1 if self._step else self._meta_reserve)
+            r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out, log,
+                          failed)
+            ok = self._apply_log(int(out[3]), reserve)
             self._drain_events(events)
             if not ok and self._mirror_r == -1:
                 # dm-thin's alloc_data_block: free metadata is down to the
-                # reserve, so it commits what came before this request;
-                # that commit's check_for_metadata_space decides the mode
-                failed_op = int(self._log[int(self._mirror_out[1]), 3])
-                self._commit_prefix(ops, failed_op)
-                md = self._md
-                self._step = True
-                if not self._ooms:
-                    # the commit freed metadata (shadowed blocks): dm carries on
-                    start, start_vb, gen = failed_op, -1, -1
-                    continue
-                self._run_ooms(slots, ops, off, ln, failed_op, src, src_base, events, failed_first=True)
-                return None
+                # reserve, so it commits what came before this block (the
+                # request's earlier blocks are bios of their own); that
+                # commit's check_for_metadata_space decides the mode
+                k = int(self._mirror_out[1])
+                failed_op, failed_vb = int(self._log[k, 3]), int(self._log[k, 1])
+                # (a discard allocates nothing: dm lets it into the reserve)
+                start, start_vb = self._commit_prefix(ops, failed_op, failed_vb, failed, ops[failed_op] != DISCARD)
+                self._step, at_change, gen = True, start_vb >= 0, -1
+                if self._ooms:
+                    self._event(failed_op, K.EV_OUT_OF_META, failed_vb)
+                    self._drain_events(events)
+                continue
             if not ok or r == TK.R_NO_META:
                 # the request whose mapping change dm could not make, and
                 # every one after it, never happened
@@ -1294,15 +1392,14 @@ class ThinPool:
                     f"{self.path}: out of metadata space ({used}/{self._dm.tm.nr_blocks} blocks) at request "
                     f"{failed_op}; the transaction was aborted (the pool is back at its last commit) and the "
                     "pool is read-only with needs_check set")
-            if r == TK.R_DONE and end < n:
-                start, start_vb = end, -1
-                continue
+            at_change = r == TK.R_FLUSH
             if r == TK.R_DONE:
                 rec[6] = True
                 # Freed blocks are passed down (punched) only after the commit
                 # that frees them, as dm-thin's discard pt2 runs after commit:
                 # until then the last commit still maps them, and a crash must
                 # find their bytes intact.
+                self._raise_eio(failed)
                 return None
             start, start_vb = int(out[1]), int(out[2])
             if r == TK.R_FLUSH:
@@ -1319,9 +1416,27 @@ class ThinPool:
                     # provisioned, unshared blocks change nothing
                     md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
                 else:
+                    was = self._ooms
                     self._commit(ops, start)
+                    if self._ooms and not was:
+                        self._event(start, K.EV_OUT_OF_META, start_vb if start_vb >= 0 else
+                                    int(off[start]) // self.block_size)
+                        self._drain_events(events)
                 continue
+            self._raise_eio(failed)
             return start, start_vb
+
+    def _raise_eio(self, failed) -> None:
+        """Raise OutOfMetadataSpaceError if a request of this run had a block
+        fail with EIO (needing a new mapping out of metadata space)."""
+        idx = np.flatnonzero(failed & TK.FAILED_EIO)
+        if len(idx):
+            raise errors.OutOfMetadataSpaceError(
+                f"{self.path}: out of metadata space ({self._dm.nr_used_metadata_blocks}/{self._dm.tm.nr_blocks} "
+                f"blocks in use, reserve {self._meta_reserve}): {len(idx)} request(s) had a block needing a new "
+                f"mapping fail with EIO, the first at request {int(idx[0])} (their other blocks ran, as did the "
+                "other requests); the pool is read-only (no needs_check) until resize_metadata grows it",
+                idx.astype(np.int64))
 
     def _dm_free_metadata(self) -> int:
         """Free metadata blocks as dm's metadata space map counts them:
@@ -1355,13 +1470,19 @@ class ThinPool:
             self._event(int(self._log[k, 3]), K.EV_OUT_OF_META, int(self._log[k, 1]))
         return r == 0
 
-    def _commit_prefix(self, failed_ops, failed_op: int) -> None:
-        """Commit exactly the requests before request ``failed_op`` of the
-        trace whose ops are ``failed_ops`` (and every earlier run since the
-        last commit), as dm-thin commits before it would use its metadata
-        reserve.  The pool reloads its last commit, runs those requests
-        again without data bytes (the data file already holds them) and
-        with their mapping changes made in dm's btree, then commits."""
+    def _commit_prefix(self, failed_ops, failed_op: int, failed_vb: int, failed: np.ndarray,
+                       commit: bool = True) -> tuple[int, int]:
+        """Commit exactly what came before block ``failed_vb`` of request
+        ``failed_op`` of the trace whose ops are ``failed_ops`` (and every
+        earlier run since the last commit), as dm-thin commits before it
+        would use its metadata reserve: the request's earlier blocks are
+        bios of their own, already mapped.  The pool reloads its last
+        commit, runs that prefix again without data bytes (the data file
+        already holds them) and with its mapping changes made in dm's
+        btree, then commits.  Returns (request, vblock) to resume the trace
+        at (vblock -1: the request's start); ``failed`` (the trace's failed
+        bits) is set to what the prefix had.  With ``commit=False`` the pool
+        only goes back to that point, uncommitted."""
         old_dm, old_md = self._dm, self._md
         mpath = os.path.join(self.path, "metadata")
         try:
@@ -1379,18 +1500,37 @@ class ThinPool:
         self._queue.clear()
         out = np.zeros(4, dtype=np.int64)
         runs = []
+        resume = (failed_op, -1)
+        rest = 0  # bytes of the failing request past its committed blocks
+        mine = -1  # the failing trace's run
         for slots, ops, off, ln, start, start_vb, _ in self._runs:
             if ops is failed_ops:
-                slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
+                mine = len(runs)
+                op = int(ops[failed_op])
+                bs = self.block_size
+                head = failed_vb * bs - int(off[failed_op])
+                if head > 0 and op != READ:
+                    # the blocks before failed_vb: the request cut there
+                    slots, ops, off = slots[:failed_op + 1], ops[:failed_op + 1], off[:failed_op + 1]
+                    ln = ln[:failed_op + 1].copy()
+                    rest = int(ln[failed_op]) - head
+                    ln[failed_op] = head
+                    resume = (failed_op, failed_vb)
+                else:
+                    slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
             runs.append([slots, ops, off, ln, start, start_vb, True])
         # the record is now the prefix: should the commit below fail, the
         # abort counts exactly it
         self._runs = [list(r) for r in runs]
-        for slots, ops, off, ln, start, start_vb, _ in runs:
+        for j, (slots, ops, off, ln, start, start_vb, _) in enumerate(runs):
+            mask = np.zeros(len(ops), dtype=np.uint8)
+            if j == mine:
+                first = start
+                failed[first:] = 0  # what the rolled-back requests set is undone
             while start < len(ops):
                 out[3] = 0
                 r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8, 0, out,
-                              self._log)
+                              self._log, mask)
                 if not self._apply_log(int(out[3])):
                     raise errors.ThinpError("internal: the committed prefix no longer fits its metadata")
                 if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
@@ -1399,66 +1539,15 @@ class ThinPool:
                     start, start_vb = int(out[1]), int(out[2])
                     continue
                 break
+            if j == mine:
+                failed[first:len(ops)] = mask[first:]
+        if rest:
+            # the rest of the cut request resumes at failed_vb, uncounted
+            md.sp.scal[K.C_BYTES_DISCARD if failed_ops[failed_op] == DISCARD else K.C_BYTES_WRITTEN] += rest
         md.sp.scal[K.S_NEV] = 0  # their events were raised by the first run
-        self._commit(failed_ops, failed_op)
-
-    def _serviceable(self, slot: int, off: int, ln: int) -> bool:
-        """True when a write touches only provisioned, unshared blocks (no
-        mapping change), as dm-thin's process_bio_read_only still serves."""
-        md = self._md
-        bs = self.block_size
-        if ln == 0:
-            return True
-        b0, b1 = off // bs, (off + ln - 1) // bs
-        pb = np.empty(b1 - b0 + 1, dtype=np.int64)
-        tm = np.empty(b1 - b0 + 1, dtype=np.int64)
-        TK.map_range(md.meta, int(md.dv.root[slot]), int(md.dv.levels[slot]), b0, b1 - b0 + 1, pb, tm)
-        return bool((pb >= 0).all() and (tm >= int(md.dv.snap_time[slot])).all())
-
-    def _run_ooms(self, slots, ops, off, ln, start, src, src_base, events, failed_first=False) -> None:
-        """Requests ``start..`` in dm-thin's out-of-metadata-space mode:
-        reads run; discards succeed and change nothing (process_bio_success);
-        writes into provisioned, unshared blocks run; every other write
-        (provisioning, copy-on-write) fails with EIO.  Raises
-        :class:`~thinp.errors.OutOfMetadataSpaceError` naming the failed
-        requests, after the others ran."""
-        n = len(ops)
-        keep = np.zeros(n, dtype=bool)
-        failed = []
-        if failed_first:  # the request at which the pool switched mode
-            self._event(start, K.EV_OUT_OF_META, int(off[start]) // self.block_size)
-            self._drain_events(events)
-        for i in range(start, n):
-            op = int(ops[i])
-            if op == READ:
-                keep[i] = True
-            elif op == WRITE:
-                if (failed_first and i == start) or not self._serviceable(int(slots[i]), int(off[i]), int(ln[i])):
-                    failed.append(i)
-                else:
-                    keep[i] = True
-        if keep.any():
-            md = self._md
-            out = np.zeros(4, dtype=np.int64)
-            ks, ko, kf, kl = slots[keep], ops[keep], off[keep], ln[keep]
-            at, at_vb = 0, -1
-            while True:
-                out[3] = 0
-                r = TK.replay(md.sp, md.dv, ks, ko, kf, kl, at, at_vb, self._data, src, src_base, out, self._log)
-                if int(out[3]):
-                    raise errors.ThinpError("internal: a request served out of metadata space changed a mapping")
-                if r == TK.R_DONE:
-                    break
-                if r == TK.R_NEED_COMMIT:
-                    md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
-                at, at_vb = int(out[1]), int(out[2])
-            self._drain_events(events)
-        if failed:
-            raise errors.OutOfMetadataSpaceError(
-                f"{self.path}: out of metadata space ({self._dm.nr_used_metadata_blocks}/{self._dm.tm.nr_blocks} "
-                f"blocks in use, reserve {self._meta_reserve}): {len(failed)} request(s) needing a new mapping "
-                f"failed with EIO, the first at request {failed[0]}; what came before is committed and the pool "
-                "is read-only (no needs_check) until resize_metadata grows it", np.array(failed, dtype=np.int64))
+        if commit:
+            self._commit(failed_ops, failed_op)
+        return resume
 
     def _record_run(self, slots, ops, off, ln, start, start_vb) -> list:
         """Remember a kernel run until the next commit (see
@@ -1524,10 +1613,11 @@ class ThinPool:
                 slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
             if start >= len(ops):
                 continue
+            failed = np.zeros(len(ops), dtype=np.uint8)
             while True:
                 out[3] = 0
                 r = TK.replay(scratch.sp, scratch.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8,
-                              0, out, self._log)
+                              0, out, self._log, failed)
                 if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
                     # a full log, or a commit the first run found nothing
                     # to write for (a real one would have ended the record)
@@ -1649,7 +1739,14 @@ class ThinPool:
         """The pool's I/O counters (bytes written and copied, CoW copies,
         provisioned and discarded blocks...), as ``status().counters`` holds
         them, without counting metadata blocks: cheap enough to call after
-        every request."""
+        every request.  Failed I/O: ``nr_requests`` counts every request
+        run, whether it failed or not (``bytes_written`` and the like count
+        what the requests asked for); ``nr_failed_requests`` counts those
+        with at least one failed block, ``nr_enospc`` the blocks failed for
+        want of data space (``error_if_no_space``) and ``nr_eio`` those
+        failed out of metadata space.  After a metadata failure (abort,
+        needs_check) they are those of the requests before the failing
+        one: that request and the rest of its trace did not run."""
         self._check_open()
         sp = self._md.sp
         return {name: int(sp.scal[i]) for i, name in K.COUNTER_NAMES.items()}
@@ -1792,17 +1889,22 @@ class ThinDevice:
         row[0] = (self.dev_id, op, offset, length)
         before = pool._md.sp.scal.copy()
         events: list = []
-        pool._submit(np.array([s], dtype=np.int64), row["op"], row["offset"], row["length"], src, src_base, events)
-        after = pool._md.sp.scal
-        return ReplayResult({name: int(after[i] - before[i]) for i, name in K.COUNTER_NAMES.items()}, events,
-                            pool.nr_queued)
+        try:
+            pool._submit(np.array([s], dtype=np.int64), row["op"], row["offset"], row["length"], src, src_base,
+                         events)
+        except errors.OutOfMetadataSpaceError as e:
+            e.result = pool._result(before, events)
+            raise
+        return pool._result(before, events)
 
     def write(self, offset: int, data) -> ReplayResult:
         """Write ``data`` (bytes-like; or an int length in accounting mode) at
         ``offset``.  Raises :class:`~thinp.errors.NoSpaceError` when the pool
-        is out of data space in ``error_if_no_space`` mode.  The write is
-        split per block as dm-thin splits the bio, so every block that needs
-        no new allocation is still written, before or after the failing one."""
+        is out of data space in ``error_if_no_space`` mode, and
+        :class:`~thinp.errors.OutOfMetadataSpaceError` (EIO) when a block
+        needed a new mapping out of metadata space.  The write is split per
+        block as dm-thin splits the bio, so every block that needs no new
+        allocation is still written, before or after the failing one."""
         pool = self.pool
         pool._check_writable()
         if isinstance(data, (int, np.integer)) and not isinstance(data, bool):

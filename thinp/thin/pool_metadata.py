@@ -150,18 +150,29 @@ class PoolMetadata:
             raise
 
     @classmethod
-    def open(cls, path, split: str = "current", *, writable: bool = True, check: bool = True) -> "PoolMetadata":
+    def open(cls, path, split: str = "current", *, writable: bool = True, check: bool = True,
+             defer_subtrees: bool = False) -> "PoolMetadata":
         """Open an existing image read-write (validated as thin_check does
         unless ``check`` is false).  ``writable=False`` maps it privately:
-        nothing done to it reaches the file (never commit it)."""
+        nothing done to it reaches the file (never commit it).
+
+        ``defer_subtrees`` leaves the check's walk of the device subtrees
+        to the caller, who reads every leaf anyway (the pool's index fill):
+        it walks them into :attr:`pending_check` and then calls
+        :meth:`finish_check`, which raises what the check found.  Until
+        then the trees are not to be trusted."""
         path = os.fspath(path)
         if check:
             # the file must exist and hold the blocks its superblock names
             DmMetadata.open(path).close()
         bm = BlockManager.open_file(path, writable=writable)
+        pending = None
         try:
             sb = read_superblock(bm)
-            if check:
+            if check and defer_subtrees:
+                pending = DmMetadata(bm, sb).check_begin()
+                mcount, mindex, dcount, dindex = pending.res.space_maps
+            elif check:
                 # checked through this mapping: the check's space-map counts
                 # are the ones to load (the file is locked against writers)
                 res = DmMetadata(bm, sb).check()
@@ -177,6 +188,8 @@ class PoolMetadata:
             tm.load_space_map(sb.metadata_sm_root, mindex)
             data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex, split)
             md = cls(bm, sb, tm, data_sm, split)
+            md.path = path
+            md.pending_check = pending
             view = DmMetadata(bm, sb)
             for d in view.devices():
                 md.devices[d.dev_id] = Details(d.mapped_blocks, d.transaction_id, d.creation_time,
@@ -185,6 +198,32 @@ class PoolMetadata:
             bm.close()
             raise
         return md
+
+    #: a check begun by ``open(defer_subtrees=True)``, its subtrees unwalked
+    pending_check = None
+    path = None
+
+    def finish_check(self, walked: bool = True) -> None:
+        """End the deferred check: ``walked`` says the caller's walk of the
+        subtrees into :attr:`pending_check` went through (False: it stopped
+        on something, and the whole check runs again to name it).  Raises
+        MetadataCorruptError with the first problem found."""
+        pc, self.pending_check = self.pending_check, None
+        if pc is None:
+            return
+        view = DmMetadata(self.bm, self.sb)
+        res = view.check_end(pc) if walked else None
+        if res is None:
+            res = view.check()
+        if res.problems:
+            raise errors.MetadataCorruptError(f"metadata corrupt: {self.path}: {res.problems[0]}")
+
+    def complete_check(self) -> None:
+        """Run the deferred check's own subtree walk and end it (for a caller
+        that must know the metadata sound before its fill)."""
+        pc = self.pending_check
+        if pc is not None:
+            self.finish_check(DmMetadata(self.bm, self.sb).walk_subtrees(pc))
 
     def close(self, commit: bool = True) -> None:
         if self.bm.mm is not None and commit:

@@ -55,25 +55,23 @@ def rmap_runs(view: PoolView, regions) -> list[tuple[int, int, int, int]]:
 def leaf_views(image: str, metadata_snap: bool = False) -> PoolView:
     """A PoolView of a dm-thin image in which each device holds only the
     mappings of leaves first reached through it (dev_id order)."""
-    from ..pdata import btree
+    from ..pdata.mapping_index import collect
     from .dm_metadata import DmMetadata
-    from .view import DeviceView
     from .format import unpack_block_time
+    from .view import DeviceView
 
     with DmMetadata.open(image) as md:
-        view = md.pool_view(held=metadata_snap)
-        seen: dict = {}
+        view = md.pool_view(held=metadata_snap)   # (checks every tree)
+        devs = md.devices(held=metadata_snap)
+        begin, v, raw = collect(md.bm, np.array([d.root for d in devs], dtype=np.int64), first_reach=True,
+                                what=lambda j: f"device {devs[j].dev_id}")
+        p, t = unpack_block_time(raw)
+        v = v.astype(np.int64)
         devices = []
-        for d in md.devices(held=metadata_snap):
-            ks, vs = [], []
-            if d.root:
-                btree.walk(md.bm, d.root, 8, lambda _n, k, v: (ks.append(k.copy()), vs.append(v.copy())),
-                           seen=seen, who=f"device {d.dev_id}")
-            v = np.concatenate(ks).astype(np.int64) if ks else np.zeros(0, np.int64)
-            raw = np.concatenate(vs).reshape(-1).view("<u8") if vs else np.zeros(0, np.uint64)
-            p, t = unpack_block_time(raw)
-            devices.append(DeviceView(d.dev_id, len(v), d.transaction_id, d.creation_time, d.snapshotted_time,
-                                      0, v, p, t))
+        for j, d in enumerate(devs):
+            a, b = int(begin[j]), int(begin[j + 1])
+            devices.append(DeviceView(d.dev_id, b - a, d.transaction_id, d.creation_time, d.snapshotted_time,
+                                      0, v[a:b], p[a:b], t[a:b]))
         view.devices = devices
         return view
 

@@ -172,7 +172,11 @@ def real_zfs(workdir=None, size="1G"):
         try:
             if created:
                 for _ in range(5):
-                    if subprocess.run(["zpool", "destroy", "-f", pool], capture_output=True).returncode == 0:
+                    try:        # a hung daemon answers no more: it is stopped below
+                        if subprocess.run(["zpool", "destroy", "-f", pool], capture_output=True,
+                                          timeout=60).returncode == 0:
+                            break
+                    except subprocess.TimeoutExpired:
                         break
                     time.sleep(1)
         finally:

@@ -10,7 +10,9 @@ is memory, as the ``ram`` profile the predictions use):
   an ext4 loop device, each container an ``upper``/``work`` pair mounted by
   a mount(2) call from the measuring process, as Docker's daemon mounts (no
   ``mount`` process);
-* ``vfs``: each container a ``cp -a`` of the image directory on that ext4;
+* ``vfs``: each container a ``cp -a`` of the image directory on that ext4
+  (a start: two, as Docker's vfs makes the ``-init`` layer and then the
+  container's; the runs before 2026-12-06 18:30 UTC made one);
 * ``btrfs``: the image a subvolume on a btrfs loop device, each container a
   snapshot of it made by the BTRFS_IOC_SNAP_CREATE_V2 ioctl, as Docker's
   btrfs driver makes one (no ``btrfs`` process);
@@ -38,6 +40,7 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -48,6 +51,9 @@ from ..errors import RealRunError
 from ..workloads.format import ImageSpec, LayerSpec, Step, Workload
 
 MiB = 1 << 20
+#: the copies of the image a vfs container start makes (Docker's vfs: the
+#: ``-init`` layer, then the container's layer)
+VFS_START_COPIES = 2
 NS = (1, 4, 16)
 DRIVERS = ("overlay2", "vfs", "btrfs", "zfs")
 #: sized so that each real run takes tens of milliseconds at least on a
@@ -160,6 +166,38 @@ def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+
+
+@contextlib.contextmanager
+def terminable():
+    """While inside, a SIGTERM ends the process as a normal exit would
+    (``SystemExit(143)``), so every ``finally`` block and exit stack below
+    unwinds: without a handler, SIGTERM (``timeout``'s signal) kills Python
+    on the spot and leaves its mounts and loop devices behind.  A second
+    SIGTERM during that cleanup is ignored.  Outside the main thread (where
+    no handler can be set) it does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)       # let the cleanup finish
+        raise SystemExit(128 + signum)
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def scratch(stack: contextlib.ExitStack, size: str) -> str:
+    """A tmpfs of ``size`` for the real side's loop files, unmounted on the
+    way out of ``stack`` -- also when the process is sent SIGTERM
+    (:func:`terminable`, entered first so it outlives the cleanup)."""
+    stack.enter_context(terminable())
+    return stack.enter_context(tmpfs(size))
 
 
 @contextlib.contextmanager
@@ -356,6 +394,11 @@ def concurrently(calls) -> float:
             times = [q.get(timeout=600) for _ in procs]
         except queue.Empty:
             raise RealRunError(f"{len(procs)} measuring processes did not all finish in 600 s") from None
+    except BaseException:           # a hang, SIGTERM: stop ours now, by their own pids
+        for pr in procs:
+            if pr.is_alive():
+                pr.kill()
+        raise
     finally:
         for pr in procs:
             pr.join(timeout=60)
@@ -422,7 +465,14 @@ class RealSetup:
             return f"{d}/merged"
         if driver == "vfs":
             d = os.path.join(self.ext4, f"ctr{n}")
-            run_cmd(["cp", "-a", self.debian if debian else self.flat, d])
+            if debian:
+                # a container start as Docker's vfs makes it: the image copied
+                # to the container's -init layer, that layer copied to the
+                # container's own (VFS_START_COPIES copies)
+                run_cmd(["cp", "-a", self.debian, d + "-init"])
+                run_cmd(["cp", "-a", d + "-init", d])
+            else:       # the file cases time the container's files only: one copy
+                run_cmd(["cp", "-a", self.flat, d])
             return d
         src = "deb" if debian else "img"
         if driver == "btrfs":
@@ -452,7 +502,8 @@ class RealSetup:
                 umount(f"{d}/merged")
             shutil.rmtree(d, ignore_errors=True)
         elif driver == "vfs":
-            shutil.rmtree(os.path.join(self.ext4, f"ctr{n}"), ignore_errors=True)
+            for sfx in ("", "-init"):
+                shutil.rmtree(os.path.join(self.ext4, f"ctr{n}{sfx}"), ignore_errors=True)
         elif driver == "btrfs":
             subprocess.run(["btrfs", "subvolume", "delete", f"{self.btrfs}/ctr{n}"], capture_output=True)
         elif driver == "zfs":
@@ -548,7 +599,7 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
     with contextlib.ExitStack() as stack:
         r = None
         if real:
-            base = stack.enter_context(tmpfs("7G"))
+            base = scratch(stack, "7G")
             r = RealSetup(stack, base, drivers)
         for case in cases:
             for n in ns:
