@@ -14,7 +14,8 @@ m64, m32   uint64[nb, 512], uint32[nb, 1024]  the blocks; a node's header
 count, committed, free, txn, kind, fresh   the transaction manager's
            (see transaction.py; ``committed`` may carry the bitmaps'
            changed flags, as ``dcommitted``) and the block manager's ``fresh``
-tst        int64 [cursor, allocations, shadows, -]
+tst        int64 [cursor, allocations, shadows, nr metadata bitmaps, their
+           blocks...]
 dcount, dcommitted, dfree, dst   the data space map's (``dcommitted`` may
            carry one "changed" flag per bitmap after the counts; kernels set
            it wherever they change ``dcount``)
@@ -34,6 +35,8 @@ LEAF = 2
 HDR = 4  # header words (32 bytes)
 MAX8 = 252  # calc_max_entries(8)
 KIND_BTREE = 1
+KIND_BITMAP = 2  # block.KIND_BITMAP
+ST_BITMAPS = 4  # transaction.ST_BITMAPS
 THRESH = 8
 ENTRIES_PER_BITMAP = 16320  # space_map.ENTRIES_PER_BITMAP
 
@@ -51,10 +54,7 @@ def _find_free(free, begin):
 
 
 @njit(inline="always", refcount=False)
-def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
-    b = _find_free(free, tst[0])
-    if b < 0:
-        return -1
+def _take(count, committed, free, txn, kind, fresh, tst, b, k):
     tst[0] = b + 1
     tst[1] += 1
     _dtouch(count, committed, b)
@@ -62,10 +62,33 @@ def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     count[b] = 1
     free[b] = False
     txn[b] = 1
-    kind[b] = KIND_BTREE
+    kind[b] = k
     fresh[b] = 1
+
+
+@njit(inline="always", refcount=False)
+def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
+    b = _find_free(free, tst[0])
+    if b < 0:
+        return -1
+    _take(count, committed, free, txn, kind, fresh, tst, b, KIND_BTREE)
     for w in range(512):
         m64[b, w] = 0
+    # dm shadows the metadata bitmap holding b's count at the first change
+    # of one of its counts in the transaction: its copy takes the next free
+    # block (tst[3] bitmaps, their blocks from tst[4]; the commit writes it)
+    i = b // ENTRIES_PER_BITMAP
+    if i < tst[3]:
+        old = tst[ST_BITMAPS + i]
+        if txn[old] == 0:
+            nb = _find_free(free, tst[0])
+            if nb >= 0:
+                _take(count, committed, free, txn, kind, fresh, tst, nb, KIND_BITMAP)
+                for w in range(512):
+                    m64[nb, w] = m64[old, w]
+                tst[2] += 1
+                tst[ST_BITMAPS + i] = nb
+                _dec(count, committed, free, old)
     return b
 
 

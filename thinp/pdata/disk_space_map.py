@@ -19,6 +19,7 @@ from .space_map import ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, RefCounts, SmRoot,
 from .transaction import TransactionManager, write_bitmap_entry
 
 INDEX_VALUE = bw.ValueType(16)
+IE_CACHE_SIZE = 64
 COUNT_VALUE = bw.ValueType(4)
 
 
@@ -38,14 +39,16 @@ class DiskSpaceMap(RefCounts):
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
         #: ref counts through the numba kernel (False: the Python btree)
         self.fast = True
+        #: dm's index-entry cache: slot -> bitmap whose entry waits for the commit
+        self._ie_cache: dict[int, int] = {}
 
     @classmethod
     def format(cls, tm: TransactionManager, nr_blocks: int, split: str = "current") -> "DiskSpaceMap":
-        """sm_ll_new_disk + extend: empty ref-count and index trees, and a
-        zeroed bitmap for every 16,320 blocks."""
+        """sm_ll_new_disk + extend: empty index and ref-count trees (in
+        that order), and a zeroed bitmap for every 16,320 blocks."""
         sm = cls(tm, np.zeros(nr_blocks, dtype=np.uint32), split)
-        sm.ref_count_root = bw.empty(tm, 4)
         sm.bitmap_root = bw.empty(tm, 16)
+        sm.ref_count_root = bw.empty(tm, 4)
         sm.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
         sm._extend_bitmaps(nr_bitmaps(nr_blocks))
         return sm
@@ -54,12 +57,25 @@ class DiskSpaceMap(RefCounts):
         old = len(self.index_entries)
         ies = np.zeros(n, dtype=INDEX_ENTRY_DTYPE)
         ies[:old] = self.index_entries
+        self.index_entries = ies
         for i in range(old, n):
             b, _ = self.tm.new_block(BITMAP)
             ies[i] = (b, ENTRIES_PER_BITMAP, 0)
-            self.bitmap_root, _ = bw.insert(self.tm, self.bitmap_root, [i], ies[i:i + 1].view(np.uint8).copy(),
-                                            INDEX_VALUE, split=self.split)
-        self.index_entries = ies
+            if self.tm.index_cache:
+                # dm since 5.14 keeps index entries in a 64-slot cache
+                # (slot i * 4294967291 mod 64) and writes them at the commit,
+                # or when another entry needs the slot
+                slot = (i * 4294967291) & (IE_CACHE_SIZE - 1)
+                held = self._ie_cache.get(slot)
+                if held is not None and held != i:
+                    self._save_ie(held)
+                self._ie_cache[slot] = i
+            else:
+                self._save_ie(i)  # older kernels insert it at once
+
+    def _save_ie(self, i: int) -> None:
+        ie = self.index_entries[i:i + 1].view(np.uint8).copy()
+        self.bitmap_root, _ = bw.insert(self.tm, self.bitmap_root, [i], ie, INDEX_VALUE, split=self.split)
 
     @classmethod
     def load(cls, tm: TransactionManager, root: SmRoot, count: np.ndarray, index: list,
@@ -111,6 +127,9 @@ class DiskSpaceMap(RefCounts):
         ref counts; returns the root for the superblock."""
         tm = self.tm
         n = self.nr_blocks
+        for slot in sorted(self._ie_cache):  # disk_ll_commit: the cache's entries, by slot
+            self._save_ie(self._ie_cache[slot])
+        self._ie_cache.clear()
         if self.fast:
             from ._btree_kernels import collect_ref_count_changes
 

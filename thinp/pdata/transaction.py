@@ -8,7 +8,8 @@ transaction is not handed out again before the commit.  So a process killed
 at any instant leaves the file at its last commit.
 
 State (plain ndarrays; count, committed, free and st as in
-:class:`~thinp.pdata.space_map.RefCounts`, st[1] allocations, st[2] shadows):
+:class:`~thinp.pdata.space_map.RefCounts`, st[1] allocations, st[2] shadows,
+st[3] the number of metadata bitmaps, st[4 + i] the block of bitmap i):
 
 txn        uint8[nr_blocks]  1 = allocated or shadowed in this transaction
 kind       uint8[nr_blocks]  the validator of such a block (block.KIND_*),
@@ -18,6 +19,16 @@ On disk the metadata space map is dm's (see :mod:`thinp.pdata.space_map`):
 bitmap blocks listed by a single index block, and a ref-count btree for
 counts >= 3.  :meth:`commit_space_map` writes it; its own blocks are shadowed
 like any others, which changes counts, so it runs to a fixed point.
+
+Placement follows dm-space-map-metadata.c: a metadata bitmap is shadowed
+at the first change of one of its counts in a transaction (the copy is
+allocated right after the block whose count changed), a count reaching 3
+or leaving it updates the ref-count tree at once, and the index block is
+shadowed at the commit when a count changed.  The allocation cursor starts
+at block 0 when the device is opened; ``rolling_cursor`` keeps it across
+commits, wrapping at the end (Linux 5.14 and later: "don't reset space map
+allocation cursor when committing"); without it every commit restarts it
+at 0, as older kernels do.
 """
 from __future__ import annotations
 
@@ -27,24 +38,56 @@ from .. import errors
 from .block import BITMAP, BTREE_NODE, INDEX, KIND_OF, BlockManager, Validator
 from .space_map import ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMAPS, RefCounts, SmRoot, nr_bitmaps
 
+#: where the metadata bitmaps' blocks start in ``st``
+ST_BITMAPS = 4
+
 
 class TransactionManager(RefCounts):
     """Shadowing, allocation and reference counts of metadata blocks."""
 
     def __init__(self, bm: BlockManager, count: np.ndarray):
-        #: st: 0 allocation cursor, 1 allocations, 2 shadows
-        super().__init__(count, 4)
+        #: st: 0 allocation cursor, 1 allocations, 2 shadows, 3 bitmaps,
+        #: 4.. their blocks (the kernels shadow a bitmap from here)
+        super().__init__(count, ST_BITMAPS + MAX_METADATA_BITMAPS)
         self.bm = bm
         self.txn = np.zeros(self.count.shape[0], dtype=np.uint8)
         self.kind = np.zeros(self.count.shape[0], dtype=np.uint8)
         # the metadata space map's on-disk structure
-        self.bitmap_blocks: list[int] = []
+        self.bitmap_blocks = []
         self.index_block = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
         #: ref-count trees through the numba kernel (False: the Python btree,
         #: the reference the kernel is tested against)
         self.fast = True
+        #: the allocation cursor survives commits (dm since 5.14); False:
+        #: every commit restarts it at block 0, as older kernels do
+        self.rolling_cursor = True
+        #: the data space map keeps index entries in dm's 64-slot cache until
+        #: the commit (5.14 and later); False: each is written at once
+        self.index_cache = True
+        #: the ref-count tree's split rule when it changes between commits
+        self.halves = False
+        #: block -> the count the ref-count tree holds for it now, for the
+        #: blocks updated at once in this transaction (absent: as committed)
+        self.rc_held: dict[int, int] = {}
+        self._in_rc = False
+        self._bm_busy: set[int] = set()
+        #: set while the Python btree stands in for the mapping kernels:
+        #: those shadow a bitmap only when they allocate from it and leave
+        #: ref-count entries to the commit, and so does this manager then
+        self.as_kernels = False
+
+    @property
+    def bitmap_blocks(self) -> np.ndarray:
+        """The metadata bitmaps' blocks (a view of ``st``)."""
+        return self.st[ST_BITMAPS:ST_BITMAPS + int(self.st[3])]
+
+    @bitmap_blocks.setter
+    def bitmap_blocks(self, blocks) -> None:
+        n = len(blocks)
+        self.st[ST_BITMAPS:ST_BITMAPS + n] = np.asarray(blocks, dtype=np.int64)
+        self.st[3] = n
 
     def grow(self, nr_blocks: int) -> None:
         """The metadata device grew to ``nr_blocks`` (new blocks free)."""
@@ -63,24 +106,86 @@ class TransactionManager(RefCounts):
 
     # ------------------------------------------------------------ counts
     def inc(self, b: int, n: int = 1) -> None:
-        if self.count[b] == 0 and n:
+        if not self.as_kernels:
+            self._shadow_bitmap_of(b)
+        c = int(self.count[b])
+        if c == 0 and n:
             self._add_used(1)
         self.count[b] += n
         self.free[b] = False
         self.changed[b // ENTRIES_PER_BITMAP] = 1
+        if c + n >= 3 and not self.as_kernels:
+            self._ref_count_now(b, c + n)
 
     def dec(self, b: int) -> int:
         """Drop one reference; returns the new count."""
         c = int(self.count[b])
         if c == 0:
             raise errors.MetadataCorruptError(f"metadata corrupt: block {b} released with count 0")
+        if not self.as_kernels:
+            self._shadow_bitmap_of(b)
         self.count[b] = c - 1
         self.changed[b // ENTRIES_PER_BITMAP] = 1
         if c == 1:
             self._add_used(-1)
             if self.committed[b] == 0:
                 self.free[b] = True  # allocated and released in this transaction
+        if c >= 3 and not self.as_kernels:
+            self._ref_count_now(b, c - 1)
         return c - 1
+
+    def _shadow_bitmap_of(self, b: int) -> None:
+        """sm_ll_mutate's shadow_bitmap: the first change of a count in a
+        transaction shadows that count's bitmap (a block of this
+        transaction is written in place), taking the next free block."""
+        i = b // ENTRIES_PER_BITMAP
+        if i >= int(self.st[3]):
+            return  # formatting: the bitmaps are not made yet
+        old = int(self.st[ST_BITMAPS + i])
+        if self.txn[old] or i in self._bm_busy:
+            return  # this transaction's already, or being shadowed now
+        self._bm_busy.add(i)
+        try:
+            nb = self.alloc()
+        finally:
+            self._bm_busy.discard(i)
+        if nb is None:
+            return  # full: the commit finds it unshadowed and fails there
+        self.bm.raw(nb)[:] = self.bm.raw(old)  # a shadow is a copy (the commit rewrites the entries)
+        self.txn[nb] = 1
+        self.kind[nb] = KIND_OF[BITMAP.name]
+        self.bm.forget(nb)
+        self.st[ST_BITMAPS + i] = nb
+        self.st[2] += 1
+        self.dec(old)
+
+    def _ref_count_now(self, b: int, c: int) -> None:
+        """A count of 3 or more lives in the ref-count tree: dm updates the
+        tree as the count changes (inserting, updating, or removing the
+        entry when it falls below 3), so its nodes are shadowed then."""
+        if self._in_rc or int(self.st[3]) == 0:
+            return  # the tree's own blocks (never shared): the commit settles them
+        want = c if c >= 3 else 0
+        if self.rc_held.get(b, -1 if self.committed[b] >= 3 else 0) == want:
+            return
+        self._in_rc = True
+        try:
+            if self.fast:
+                self.ref_count_root = self.update_ref_counts(self.ref_count_root, np.array([b]), np.array([want]),
+                                                             self.halves)
+            else:
+                from . import btree_write as bw
+
+                cv = bw.ValueType(4)
+                if want:
+                    self.ref_count_root, _ = bw.insert(self, self.ref_count_root, [b],
+                                                       np.array([want], dtype="<u4").view(np.uint8), cv,
+                                                       split="halves" if self.halves else "current")
+                else:
+                    self.ref_count_root, _ = bw.remove(self, self.ref_count_root, [b], cv)
+        finally:
+            self._in_rc = False
+        self.rc_held[b] = want
 
     def is_shared(self, b: int) -> bool:
         return int(self.count[b]) > 1
@@ -91,6 +196,7 @@ class TransactionManager(RefCounts):
         b = self.take_free()
         if b >= 0:
             self.st[1] += 1
+            self._shadow_bitmap_of(b)
             return b
         return None
 
@@ -146,28 +252,34 @@ class TransactionManager(RefCounts):
         return out.tolist()
 
     def end_transaction(self) -> None:
+        cursor = self.begin
         for _, lo, hi in self.settle():
             self.bm.fresh[lo:hi] = 0
             self.txn[lo:hi] = 0
             self.kind[lo:hi] = 0
+        self.rc_held.clear()
+        if self.rolling_cursor:
+            self.begin = cursor
 
     # --------------------------------------------- metadata space map
     def format_space_map(self, btree_empty) -> None:
-        """Allocate the metadata space map of a new device: its ref-count
-        btree, index block and bitmaps (sm_ll_new_metadata + extend)."""
-        self.ref_count_root = btree_empty(self, 4)
+        """Allocate the metadata space map of a new device, in dm's order
+        (sm_ll_new_metadata + extend): the index block, the ref-count
+        btree, then the bitmaps."""
         self.index_block, _ = self.new_block(INDEX)
+        self.ref_count_root = btree_empty(self, 4)
         n = nr_bitmaps(self.nr_blocks)
         if n > MAX_METADATA_BITMAPS:
             raise ValueError(f"metadata device of {self.nr_blocks} blocks needs {n} bitmaps; "
                              f"dm's metadata space map holds at most {MAX_METADATA_BITMAPS}")
         self.index_entries = np.zeros(n, dtype=INDEX_ENTRY_DTYPE)
         self.index_entries["nr_free"] = ENTRIES_PER_BITMAP
-        self.bitmap_blocks = []
+        blocks = []
         for _ in range(n):
             b, _ = self.new_block(BITMAP)
-            self.bitmap_blocks.append(b)
-        self.index_entries["blocknr"] = self.bitmap_blocks
+            blocks.append(b)
+        self.bitmap_blocks = blocks
+        self.index_entries["blocknr"] = blocks
 
     def load_space_map(self, root: SmRoot, index: list) -> None:
         self.index_block = root.bitmap_root
@@ -203,13 +315,18 @@ class TransactionManager(RefCounts):
         shadowed, the ref-count tree updated, and the index block shadowed,
         until nothing moves."""
         # block -> what the ref-count tree holds for it now (absent: as committed)
-        done_rc: dict[int, int] = {}
+        done_rc: dict[int, int] = dict(self.rc_held)
+        # dm shadows the index block at the commit when a count changed
+        any_change = bool(self.changed.any())
         while True:
             changed, bitmaps = self.changed_blocks()
             moved = False
             # counts >= 3 (or that were) go to the ref-count tree
             todo_b, todo_c = [], []
-            for b in changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)].tolist():
+            cand = changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]
+            if done_rc:  # entries set at once, whose counts may have moved back since
+                cand = np.union1d(cand, np.fromiter(done_rc, dtype=np.int64))
+            for b in cand.tolist():
                 c = int(self.count[b])
                 want = c if c >= 3 else 0
                 if done_rc.get(b, 0 if self.committed[b] < 3 else -1) == want:
@@ -230,12 +347,12 @@ class TransactionManager(RefCounts):
                         else:
                             self.ref_count_root = remove_rc(self.ref_count_root, b)
             for i in bitmaps:
-                bb = self.bitmap_blocks[i]
-                if not self.txn[bb]:
-                    nb, _, _ = self.shadow(bb, BITMAP)
-                    self.bitmap_blocks[i] = nb
+                if not self.txn[self.bitmap_blocks[i]]:
+                    # changed where nothing shadowed it yet (a kernel's
+                    # inc or dec in another bitmap than its allocations')
+                    self._shadow_bitmap_of(i * ENTRIES_PER_BITMAP)
                     moved = True
-            if not self.txn[self.index_block]:
+            if not self.txn[self.index_block] and (any_change or self.changed.any()):
                 nb, _, _ = self.shadow(self.index_block, INDEX)
                 self.index_block = nb
                 moved = True

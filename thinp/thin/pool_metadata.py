@@ -39,6 +39,18 @@ MAX_METADATA_BLOCKS = MAX_METADATA_BITMAPS * ENTRIES_PER_BITMAP
 MAX_DEV_ID = (1 << 24) - 1
 
 
+def kernel_5_14(split: str) -> bool:
+    """Whether the kernel a split rule comes from is Linux 5.14 or later.
+    The btree residency change came in 5.14 with the space-map changes
+    beside it: the metadata allocation cursor survives commits, and the data
+    space map's index entries wait in a cache until the commit.  Kernels
+    before (the ``"halves"`` rule) restart the cursor at block 0 at every
+    commit and write each index entry at once.  The same operations then
+    place metadata blocks where that kernel does (tests/thin/
+    test_dm_placement.py replays kernel images of both kinds)."""
+    return split != "halves"
+
+
 @dataclass
 class Details:
     """A thin device's record (dm's dm_thin_device)."""
@@ -113,16 +125,25 @@ class PoolMetadata:
         try:
             bm = BlockManager.open_file(path, writable=True)
             tm = TransactionManager(bm, np.zeros(nr_metadata_blocks, dtype=np.uint32))
+            tm.rolling_cursor = tm.index_cache = kernel_5_14(split)
+            tm.halves = split == "halves"
             tm.inc(SUPERBLOCK_LOCATION)
             tm.begin = SUPERBLOCK_LOCATION + 1
+            # __format_metadata: the metadata space map, an empty data space
+            # map, the mapping and details roots, committed; then the pool
+            # binds its data device and grows the data space map to it
+            # (pool_preresume), committed again
             tm.format_space_map(bw.empty)
-            data_sm = DiskSpaceMap.format(tm, nr_data_blocks, split)
+            data_sm = DiskSpaceMap.format(tm, 0, split)
             sb = Superblock(uuid=uuid if uuid is not None else b"", version=THIN_VERSION,
                             data_block_size=data_block_sectors, metadata_nr_blocks=nr_metadata_blocks)
             md = cls(bm, sb, tm, data_sm, split)
             sb.data_mapping_root = bw.empty(tm, 8)
             sb.device_details_root = bw.empty(tm, DETAILS_SIZE)
             md.commit()
+            if nr_data_blocks:
+                md.resize_data(nr_data_blocks)
+                md.commit()
             return md
         except BaseException:
             try:
@@ -165,6 +186,8 @@ class PoolMetadata:
                 mcount, mindex = read_counts(bm, sb.metadata_sm_root, metadata=True, what="metadata")
                 dcount, dindex = read_counts(bm, sb.data_sm_root, metadata=False, what="data")
             tm = TransactionManager(bm, mcount)
+            tm.rolling_cursor = tm.index_cache = kernel_5_14(split)
+            tm.halves = split == "halves"
             tm.load_space_map(sb.metadata_sm_root, mindex)
             data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex, split)
             md = cls(bm, sb, tm, data_sm, split)
@@ -280,9 +303,13 @@ class PoolMetadata:
     def _insert_value(self, dev: int, vblock: int, value: int) -> bool:
         if not self.fast:
             v = np.array([value], dtype="<u8").view(np.uint8)
-            self.sb.data_mapping_root, inserted = bw.insert(self.tm, self.sb.data_mapping_root, [dev, vblock], v,
-                                                            self.data_vt, level_types=[self.subtree_vt],
-                                                            split=self.split)
+            self.tm.as_kernels = True
+            try:
+                self.sb.data_mapping_root, inserted = bw.insert(self.tm, self.sb.data_mapping_root, [dev, vblock], v,
+                                                                self.data_vt, level_types=[self.subtree_vt],
+                                                                split=self.split)
+            finally:
+                self.tm.as_kernels = False
             return inserted
         from ..pdata import mapping_tree as BK
 
@@ -377,8 +404,12 @@ class PoolMetadata:
                 raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
             self.sb.data_mapping_root, removed = int(out[0]), bool(out[1])
         else:
-            self.sb.data_mapping_root, removed = bw.remove(self.tm, self.sb.data_mapping_root, [dev, vblock],
-                                                           self.data_vt, level_types=[self.subtree_vt])
+            self.tm.as_kernels = True
+            try:
+                self.sb.data_mapping_root, removed = bw.remove(self.tm, self.sb.data_mapping_root, [dev, vblock],
+                                                               self.data_vt, level_types=[self.subtree_vt])
+            finally:
+                self.tm.as_kernels = False
         if removed:
             d.mapped_blocks -= 1
             d.changed = True
@@ -457,9 +488,13 @@ class PoolMetadata:
             old_mm.close()
         except BufferError:
             pass  # a view of the old mapping is still alive; it goes with it
+        if len(tm.bitmap_blocks) < nr_bitmaps(nr_blocks):
+            # sm_metadata_extend allocates from the new area (its bootstrap
+            # allocator starts at the old end)
+            tm.begin = old
         for _ in range(len(tm.bitmap_blocks), nr_bitmaps(nr_blocks)):
             b, _ = tm.new_block(BITMAP)
-            tm.bitmap_blocks.append(b)
+            tm.bitmap_blocks = [*tm.bitmap_blocks.tolist(), b]
             e = np.zeros(1, dtype=INDEX_ENTRY_DTYPE)
             e["nr_free"] = ENTRIES_PER_BITMAP
             e["blocknr"] = b

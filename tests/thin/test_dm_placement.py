@@ -1,0 +1,175 @@
+"""Metadata blocks land where the kernel put them.
+
+Two kernel images of ../shared/fixtures/dm-metadata came from short LVM
+message sequences on an idle pool (4 GiB data, 4 MiB metadata, 64 KiB
+blocks).  Replaying the same pool messages places every metadata block
+where that kernel did, live and stale ones alike.  The images were written
+by a kernel older than 5.14 (its cursor restarts at block 0 after each
+commit: the first thin's root is block 1; its data space map index entry is
+written before the second bitmap is allocated: the index root is block 10),
+so they are replayed with ``split="halves"``, thinp's model of those
+kernels.  ``tmeta_with_shared_internals_and_leaves`` came from a 5.14+
+kernel (its data space map index was written after all nine bitmaps); its
+first 21 blocks still show that kernel's format and first thin.
+
+The messages' order is read off the images: each device's details hold the
+transaction id current when it was made, so LVM sent each create_thin,
+create_snap or delete before the set_transaction_id that numbers it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from thinp import ThinPool
+from thinp.pdata.block import BITMAP, BTREE_NODE, INDEX
+from thinp.thin.dm_metadata import DmMetadata
+
+from .dm_fixtures import unpack
+
+BLOCK = 4096
+#: the superblock bytes the kernel does not define: its checksum (which
+#: covers the rest), and the padding after each 32-byte space-map root in
+#: the 128-byte fields, copied from uninitialised kernel memory
+UNDEFINED = np.zeros(BLOCK, dtype=bool)
+UNDEFINED[0:4] = True
+UNDEFINED[64 + 32:192] = True
+UNDEFINED[192 + 32:320] = True
+
+
+def _replay(path, messages, split="halves"):
+    pool = ThinPool.create(path, "4GiB", "64KiB", metadata_size="4MiB", split=split)
+    for m in messages:
+        pool.message(m)
+    pool.close()
+    return path / "metadata"
+
+
+def _blocks(path) -> np.ndarray:
+    return np.fromfile(path, dtype=np.uint8).reshape(-1, BLOCK)
+
+
+def _roots(sb):
+    return (sb.time, sb.trans_id, sb.held_root, sb.data_mapping_root, sb.device_details_root,
+            sb.data_sm_root, sb.metadata_sm_root, sb.metadata_nr_blocks, sb.nr_data_blocks)
+
+
+def test_deleted_snapshot_is_the_kernels_image(fixtures_dir, tmp_path):
+    """a 1 GiB thin; reserve_metadata_snap; a snapshot of it; the thin removed"""
+    kernel = unpack(fixtures_dir, "tmeta_with_deleted_snapshot", tmp_path)
+    mine = _replay(tmp_path / "pool", ["create_thin 1", "set_transaction_id 0 1", "reserve_metadata_snap",
+                                       "create_snap 2 1", "set_transaction_id 1 2", "delete 1",
+                                       "set_transaction_id 2 3"])
+    with DmMetadata.open(kernel) as k, DmMetadata.open(mine) as m:
+        assert m.check().ok
+        assert _roots(m.sb) == _roots(k.sb)
+        assert (m.sb.held_root, m.sb.data_mapping_root, m.sb.device_details_root) == (7, 9, 2)
+        assert np.array_equal(m.metadata_counts(), k.metadata_counts())  # the same blocks in use
+        assert np.count_nonzero(m.metadata_counts()) == 17
+    a, b = _blocks(kernel), _blocks(mine)
+    assert a.shape == b.shape
+    differ = [i for i in range(1, len(a)) if not np.array_equal(a[i], b[i])]
+    assert differ == []  # every other block, stale ones too, byte for byte
+    assert not np.any((a[0] != b[0]) & ~UNDEFINED)
+
+
+def test_corrupted_image_was_placed_the_same(fixtures_dir, tmp_path):
+    """a 1 GiB thin; reserve_metadata_snap; a second thin; the first
+    removed; then the blocks at the roots were zeroed.  The superblock's
+    roots and every block the zeroing spared match; the zeroed ones are our
+    live roots."""
+    kernel = unpack(fixtures_dir, "corrupted_tmeta_with_metadata_snap", tmp_path)
+    mine = _replay(tmp_path / "pool", ["create_thin 1", "set_transaction_id 0 1", "reserve_metadata_snap",
+                                       "create_thin 2", "set_transaction_id 1 2", "delete 1",
+                                       "set_transaction_id 2 3"])
+    with DmMetadata.open(mine) as m:
+        assert m.check().ok
+        sb = m.sb
+        dev2_root = int(m.devices()[0].root)
+    with DmMetadata.open(kernel) as k:
+        assert _roots(k.sb) == _roots(sb)
+    a, b = _blocks(kernel), _blocks(mine)
+    zeroed = [i for i in range(1, len(a)) if not a[i].any() and b[i].any()]
+    roots = {sb.data_mapping_root: BTREE_NODE, sb.device_details_root: BTREE_NODE, dev2_root: BTREE_NODE,
+             sb.data_sm_root.bitmap_root: BTREE_NODE, sb.data_sm_root.ref_count_root: BTREE_NODE,
+             sb.metadata_sm_root.bitmap_root: INDEX, sb.metadata_sm_root.ref_count_root: BTREE_NODE}
+    assert sorted(zeroed) == sorted(roots) == [2, 3, 5, 6, 10, 20, 21]
+    for blk, v in roots.items():
+        assert v.check(b[blk], blk) is None
+    spared = [i for i in range(1, len(a)) if i not in roots]
+    assert [i for i in spared if not np.array_equal(a[i], b[i])] == []
+    assert not np.any((a[0] != b[0]) & ~UNDEFINED)
+
+
+def test_5_14_format_and_first_thin_are_the_kernels(fixtures_dir, tmp_path):
+    """tmeta_with_shared_internals_and_leaves came from a 5.14+ kernel.  Its
+    first 21 metadata blocks are still as the format and the first thin
+    left them, stale or not: the format's empty data space map grown to 9
+    bitmaps when the pool bound its data device (blocks 8, 10..17: the
+    first one's allocation shadowed the metadata bitmap into 9), the index
+    entries written from dm's cache at that commit (index root 18, metadata
+    index 19); then, the pool reopened (the cursor starts at 0), create_thin
+    took block 1 for the thin's root and 3 for the metadata bitmap's copy,
+    4 for the mapping root, and 20, 21 at the commit.  A thinp pool made the
+    same way holds the same 21 blocks, byte for byte."""
+    kernel = unpack(fixtures_dir, "tmeta_with_shared_internals_and_leaves", tmp_path)
+    ThinPool.create(tmp_path / "pool", "8GiB", "64KiB", metadata_size="4MiB").close()
+    with DmMetadata.open(tmp_path / "pool" / "metadata") as m:
+        assert (m.sb.data_sm_root.bitmap_root, m.sb.metadata_sm_root.bitmap_root) == (18, 19)
+        assert [b for b, _, _ in m.check().space_maps[3]] == [8, 10, 11, 12, 13, 14, 15, 16, 17]
+    pool = ThinPool.open(tmp_path / "pool")
+    pool.message("create_thin 1")
+    pool.message("set_transaction_id 0 1")
+    pool.close()
+    a, b = _blocks(kernel), _blocks(tmp_path / "pool" / "metadata")
+    assert [i for i in range(1, 22) if not np.array_equal(a[i], b[i])] == []
+    with DmMetadata.open(tmp_path / "pool" / "metadata") as m:
+        assert m.check().ok
+        assert (m.devices()[0].root, m.sb.data_mapping_root, m.sb.device_details_root) == (1, 4, 20)
+    with DmMetadata.open(kernel) as k:  # the kernel's later writes moved on from there
+        assert BITMAP.check(a[3], 3) is None and INDEX.check(a[21], 21) is None
+        assert [b for b, _, _ in k.check().space_maps[3]][5:] == [14, 15, 16, 17]  # never written
+
+
+def test_cursor_rule_follows_the_kernel(tmp_path):
+    """Before 5.14 every commit restarts the metadata cursor at block 0, so
+    a thin made right after the format takes the lowest free block; a 5.14+
+    kernel's cursor goes on past the last allocation (until the pool is
+    reopened)."""
+    roots = {}
+    for split in ("halves", "current"):
+        pool = ThinPool.create(tmp_path / split, "4GiB", "64KiB", metadata_size="4MiB", split=split)
+        pool.message("create_thin 1")
+        pool.close()
+        with DmMetadata.open(tmp_path / split / "metadata") as m:
+            assert m.check().ok
+            roots[split] = m.devices()[0].root
+    assert roots == {"halves": 1, "current": 16}
+
+
+@pytest.mark.parametrize("split", ["halves", "current"])
+def test_placement_keeps_the_counts(tmp_path, split):
+    # where blocks go never changes how many: a fresh 100 GiB pool still
+    # uses dm's 109 blocks (test_dm_write), and this one its 13
+    pool = ThinPool.create(tmp_path / "p", "4GiB", "64KiB", metadata_size="4MiB", split=split)
+    pool.close()
+    with DmMetadata.open(tmp_path / "p" / "metadata") as m:
+        assert m.check().ok
+        assert m.sb.metadata_sm_root.nr_allocated == 13
+
+
+def test_grown_metadata_gets_its_bitmap_at_the_old_end(tmp_path):
+    """sm_metadata_extend switches to its bootstrap allocator, which hands
+    out blocks from the old end of the device: a second bitmap, needed past
+    16,320 blocks, is the first new block."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    md = PoolMetadata.format(tmp_path / "m", nr_metadata_blocks=16000, nr_data_blocks=1000, data_block_sectors=128)
+    md.sync = False
+    md.resize_metadata(20000)
+    md.commit()
+    assert md.tm.bitmap_blocks.tolist()[1] == 16000
+    md.close()
+    with DmMetadata.open(tmp_path / "m") as m:
+        assert m.check().ok
+        assert [b for b, _, _ in m.check().space_maps[1]][1] == 16000
