@@ -51,7 +51,13 @@ MODULES = _modules()
 def _imports(mod: str, path: pathlib.Path):
     """(line, imported thinp module) for every import in ``path``, lazy ones included."""
     pkg = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for top in ast.walk(tree)          # ``if TYPE_CHECKING:`` imports never run
+                   if isinstance(top, ast.If) and getattr(top.test, "id", "") == "TYPE_CHECKING"
+                   for stmt in top.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)]

@@ -21,13 +21,15 @@ A full root always splits beneath itself into two children.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .block import BTREE_NODE
 from .btree import INTERNAL_NODE, LEAF_NODE, Node, calc_max_entries, init_node
-from .transaction import TransactionManager
+
+if TYPE_CHECKING:   # for annotations only: transaction imports this module for its ref-count tree
+    from .transaction import TransactionManager
 
 SPLIT_RULES = ("current", "halves")
 SPACE_THRESHOLD = 8
