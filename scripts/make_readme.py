@@ -86,7 +86,9 @@ def timing_table() -> str:
     k = TimingConstants.from_toml(TIMING_CAL)
     rows = vt.validate_timing(timing=k, device=TIMING_CAL, measured=kept["rows"])
     loads = [r["load"] for r in kept["rows"] if r.get("load") is not None]
-    when = (f"Measured {kept.get('date', '')} on {kept.get('cores')} vCPUs ({kept.get('cpu')}): the "
+    start = (f" (start: {kept['start_date']}, after the real side began copying the image twice per vfs "
+             f"container, as Docker's -init and container layers do)" if kept.get("start_date") else "")
+    when = (f"Measured {kept.get('date', '')}{start} on {kept.get('cores')} vCPUs ({kept.get('cpu')}): the "
             f"1-minute load average, the measuring processes included, was {min(loads):.1f} to "
             f"{max(loads):.1f} as the case/N groups ended. " if loads else "")
     return when + vt.summary_sentence(vt.summary(rows)) + "\n\n" + vt.markdown(rows)

@@ -419,7 +419,9 @@ class RealSetup:
 
         self.drivers = list(drivers)
         self.skipped: dict[str, str] = {}
-        self.ext4 = stack.enter_context(loop_fs(base, "ext4", 3 << 30, ["mkfs.ext4", "-q", "-F"]))
+        # vfs at N = 16 starts: 32 copies of the 120 MB image (each container's
+        # -init layer and its own), beside the images: 3 GiB ran out
+        self.ext4 = stack.enter_context(loop_fs(base, "ext4", 6 << 30, ["mkfs.ext4", "-q", "-F"]))
         self.layers = _lay_image(os.path.join(self.ext4, "image"))
         self.flat = os.path.join(self.ext4, "flat")
         os.mkdir(self.flat)
@@ -599,7 +601,7 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
     with contextlib.ExitStack() as stack:
         r = None
         if real:
-            base = scratch(stack, "7G")
+            base = scratch(stack, "10G")
             r = RealSetup(stack, base, drivers)
         for case in cases:
             for n in ns:
