@@ -200,6 +200,24 @@ class DmMetadata:
                     return res
         return self._check_slow()
 
+    def _space_map_blocks(self, mcount: np.ndarray):
+        """Count the space maps' own blocks into ``mcount`` (the metadata
+        index and bitmaps, the data index entries' bitmaps; the ref-count
+        trees' nodes into the returned ``seen`` dict) and read both maps'
+        counts: ``(seen, (mcounts, mindex, dcounts, dindex))``."""
+        msm, dsm = self.sb.metadata_sm_root, self.sb.data_sm_root
+        mcounts, mindex = read_counts(self.bm, msm, metadata=True, what="metadata")
+        mcount[msm.bitmap_root] += 1
+        for b, _, _ in mindex:
+            mcount[b] += 1
+        dseen: dict = {}
+        dcounts, dindex = read_counts_seen(self.bm, dsm, dseen)
+        for b, _, _ in dindex:
+            mcount[b] += 1
+        if msm.ref_count_root:
+            btree.walk(self.bm, msm.ref_count_root, 4, lambda *a: None, seen=dseen)
+        return dseen, (mcounts, mindex, dcounts, dindex)
+
     def check_begin(self) -> PendingCheck:
         """The fast check up to the device subtrees: the details and top
         level trees of the live and held superblocks, and the space maps
@@ -238,18 +256,7 @@ class DmMetadata:
                 k, v = device_mappings(self.bm, s.data_mapping_root, what="the held mapping tree")
                 held_tops = (k, v.astype(np.int64))
             devs.append(self.devices(held))
-        # the space maps' own blocks
-        msm, dsm = sb.metadata_sm_root, sb.data_sm_root
-        mcounts, mindex = read_counts(self.bm, msm, metadata=True, what="metadata")
-        mcount[msm.bitmap_root] += 1
-        for b, _, _ in mindex:
-            mcount[b] += 1
-        dseen: dict = {}
-        dcounts, dindex = read_counts_seen(self.bm, dsm, dseen)
-        for b, _, _ in dindex:
-            mcount[b] += 1
-        if msm.ref_count_root:
-            btree.walk(self.bm, msm.ref_count_root, 4, lambda *a: None, seen=dseen)
+        dseen, (mcounts, mindex, dcounts, dindex) = self._space_map_blocks(mcount)
         res.space_maps = (mcounts, mindex, dcounts, dindex)
         nb = self.bm.blocks.shape[0]
         return PendingCheck(res=res, seen=seen, dseen=dseen, mcount=mcount, tops=tops, held_tops=held_tops, devs=devs,
@@ -360,18 +367,7 @@ class DmMetadata:
                         res.problems.append(f"device {d.dev_id}: times later than the pool's time {sb.time}")
             if not held:
                 res.nr_devices = len(devs)
-        # the space maps' own blocks
-        msm, dsm = sb.metadata_sm_root, sb.data_sm_root
-        mcounts, mindex = read_counts(self.bm, msm, metadata=True, what="metadata")
-        mcount[msm.bitmap_root] += 1
-        for b, _, _ in mindex:
-            mcount[b] += 1
-        dseen: dict = {}
-        dcounts, dindex = read_counts_seen(self.bm, dsm, dseen)
-        for b, _, _ in dindex:
-            mcount[b] += 1
-        if msm.ref_count_root:
-            btree.walk(self.bm, msm.ref_count_root, 4, lambda *a: None, seen=dseen)
+        dseen, (mcounts, mindex, dcounts, dindex) = self._space_map_blocks(mcount)
         for b, c in list(seen.items()) + list(dseen.items()):
             if b >= nm:
                 raise corrupt(f"btree node {b} is outside the {nm}-block metadata device")
