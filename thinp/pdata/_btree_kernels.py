@@ -537,10 +537,7 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     leaf, i, found = _direct_path(m64, m32, count, txn, root, dev, key1, halves)
     if leaf >= 0:
         if found:
-            old = _val(m64, m32, leaf, i)
-            if (old >> np.uint64(24)) != (value >> np.uint64(24)):
-                _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
-            _set_val(m64, m32, leaf, i, value)
+            _replace_value(m64, m32, dcount, dcommitted, dfree, leaf, i, value)
             out[1] = 0
         else:
             _insert_at(m64, m32, leaf, i + 1, key1, value)
@@ -572,6 +569,16 @@ def _direct_path(m64, m32, count, txn, root, dev, key, halves):
         if full or i < 0:
             return -1, -1, False
         b = np.int64(_val(m64, m32, b, i))
+
+
+@njit(inline="always", refcount=False)
+def _replace_value(m64, m32, dcount, dcommitted, dfree, b, i, value):
+    """Entry ``i`` of leaf ``b`` takes ``value`` (an insert of a key that is
+    there): the data block it mapped loses a reference when it changes."""
+    old = _val(m64, m32, b, i)
+    if (old >> np.uint64(24)) != (value >> np.uint64(24)):
+        _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
+    _set_val(m64, m32, b, i, value)
 
 
 @njit(refcount=False)
@@ -608,10 +615,7 @@ def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dco
         _insert_at(m64, m32, n, idx, key1, value)
         out[1] = 1
     else:
-        old = _val(m64, m32, n, idx)
-        if (old >> np.uint64(24)) != (value >> np.uint64(24)):
-            _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
-        _set_val(m64, m32, n, idx, value)
+        _replace_value(m64, m32, dcount, dcommitted, dfree, n, idx, value)
         out[1] = 0
     out[0] = sp[3]
     return 0
@@ -788,10 +792,7 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
                                root, dev, vblock, value, halves, sp, out)
     lb = res[0]
     if res[2]:
-        old = _val(m64, m32, lb, res[1])
-        if (old >> np.uint64(24)) != (value >> np.uint64(24)):
-            _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
-        _set_val(m64, m32, lb, res[1], value)
+        _replace_value(m64, m32, dcount, dcommitted, dfree, lb, res[1], value)
         out[1] = 0
     else:
         _insert_at(m64, m32, lb, res[1] + 1, key, value)
@@ -1052,10 +1053,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         if direct:
             lb = res[0]
             if res[2]:
-                old = _val(m64, m32, lb, res[1])
-                if (old >> np.uint64(24)) != (value >> np.uint64(24)):
-                    _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
-                _set_val(m64, m32, lb, res[1], value)
+                _replace_value(m64, m32, dcount, dcommitted, dfree, lb, res[1], value)
             else:
                 nr = np.int64(m32[lb, 4])
                 if res[1] + 1 == nr:
