@@ -218,6 +218,25 @@ class DmMetadata:
             btree.walk(self.bm, msm.ref_count_root, 4, lambda *a: None, seen=dseen)
         return dseen, (mcounts, mindex, dcounts, dindex)
 
+    def _check_superblocks(self):
+        """Both checks' start: a CheckResult with the superblock's own
+        problem (a space map sized unlike the device), the metadata
+        reference tally with the superblocks counted, and the
+        ``(held, superblock)`` pairs to walk (live, then any held one)."""
+        sb = self.sb
+        res = CheckResult()
+        nm = sb.metadata_nr_blocks
+        if sb.metadata_sm_root.nr_blocks != nm:
+            res.problems.append(f"metadata space map has {sb.metadata_sm_root.nr_blocks} blocks, "
+                                f"superblock says {nm}")
+        mcount = np.zeros(max(nm, 1), dtype=np.uint32)
+        mcount[0] += 1  # the superblock
+        sbs = [(False, sb)]
+        if sb.held_root:
+            mcount[sb.held_root] += 1
+            sbs.append((True, self.held_superblock()))
+        return res, mcount, sbs
+
     def check_begin(self) -> PendingCheck:
         """The fast check up to the device subtrees: the details and top
         level trees of the live and held superblocks, and the space maps
@@ -225,18 +244,9 @@ class DmMetadata:
         arrays of the result: :meth:`walk_subtrees`, or the pool's index
         fill, which reads each leaf once for both."""
         sb = self.sb
-        res = CheckResult()
+        res, mcount, sbs = self._check_superblocks()
         nm, nd = sb.metadata_nr_blocks, sb.nr_data_blocks
-        if sb.metadata_sm_root.nr_blocks != nm:
-            res.problems.append(f"metadata space map has {sb.metadata_sm_root.nr_blocks} blocks, "
-                                f"superblock says {nm}")
         seen: dict = {}
-        mcount = np.zeros(max(nm, 1), dtype=np.uint32)
-        mcount[0] += 1  # the superblock
-        sbs = [(False, sb)]
-        if sb.held_root:
-            mcount[sb.held_root] += 1
-            sbs.append((True, self.held_superblock()))
         tops, devs = [], []
         held_tops = None
         for held, s in sbs:
@@ -324,19 +334,10 @@ class DmMetadata:
         """The check with the per-node Python walk everywhere: slow, and it
         names the first damaged node."""
         sb = self.sb
-        res = CheckResult()
+        res, mcount, sbs = self._check_superblocks()
         nm, nd = sb.metadata_nr_blocks, sb.nr_data_blocks
-        if sb.metadata_sm_root.nr_blocks != nm:
-            res.problems.append(f"metadata space map has {sb.metadata_sm_root.nr_blocks} blocks, "
-                                f"superblock says {nm}")
         seen: dict = {}
         data_refs = memory.zeros(nd, np.uint32)
-        mcount = np.zeros(max(nm, 1), dtype=np.uint32)
-        mcount[0] += 1  # the superblock
-        sbs = [(False, sb)]
-        if sb.held_root:
-            mcount[sb.held_root] += 1
-            sbs.append((True, self.held_superblock()))
         for held, s in sbs:
             # reference counting: a node counts once per parent node that
             # points at it, so a shared node's children are walked once
