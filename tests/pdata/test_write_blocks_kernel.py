@@ -146,7 +146,7 @@ def test_random_batches_match_the_reference(tmp_path, split, seed):
         assert a == b, f"image {k} differs"
 
 
-def _pending_mix(path, fast: bool, split: str, seed: int) -> list[bytes]:
+def _mixed(path, fast: bool, split: str, seed: int) -> list[bytes]:
     md = PoolMetadata.format(path, nr_metadata_blocks=4096, nr_data_blocks=200000, data_block_sectors=128,
                              split=split)
     md.sync = False
@@ -155,10 +155,10 @@ def _pending_mix(path, fast: bool, split: str, seed: int) -> list[bytes]:
     images = []
     md.create_thin(0)
     first = rng.integers(0, 20000, 4000)
-    # random keys leave unsorted entries in the leaves' tails; a sequential
-    # run then lands in those leaves (no append while their tails wait);
-    # the random keys again find their own pending entries; a snapshot's
-    # device then provisions and breaks sharing in the same batch
+    # random keys into few leaves (splits and rebalances within the batch),
+    # a sequential run into those leaves (not at their ends), the same
+    # random keys again (now mapped), then a snapshot's device provisioning
+    # and breaking sharing in one batch
     batches = [(0, np.concatenate([first, np.arange(5000, 9000), first[::-1], rng.integers(0, 40000, 3000)]))]
     for dev, vb in batches:
         if fast:
@@ -179,13 +179,12 @@ def _pending_mix(path, fast: bool, split: str, seed: int) -> list[bytes]:
 
 
 @pytest.mark.parametrize("split,seed", [("current", 31), ("halves", 32)])
-def test_pending_tail_inserts_match_the_reference(tmp_path, split, seed):
-    """Random inserts go to a leaf's tail unsorted and are merged in later
-    (write_blocks' PENDING): before a sequential run, a repeat of the same
-    keys, a split, a rebalance and the batch's end, the bytes are the
-    reference's."""
-    ref = _pending_mix(tmp_path / "ref", False, split, seed)
-    fast = _pending_mix(tmp_path / "fast", True, split, seed)
+def test_mixed_batches_match_the_reference(tmp_path, split, seed):
+    """One batch mixing random keys, a sequential run into the leaves they
+    filled and a repeat of the random keys, then a snapshot's batch: as
+    the reference writes them, byte for byte."""
+    ref = _mixed(tmp_path / "ref", False, split, seed)
+    fast = _mixed(tmp_path / "fast", True, split, seed)
     assert len(ref) == len(fast) == 2
     for k, (a, b) in enumerate(zip(ref, fast)):
         assert a == b, f"image {k} differs"

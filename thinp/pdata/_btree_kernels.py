@@ -936,137 +936,6 @@ def _located(m64, m32, ri, rk, s, ver):
     return True
 
 
-#: write_blocks' pending inserts: a random insert into a leaf goes to the
-#: leaf's free tail, unsorted, instead of shifting half the leaf (the
-#: memmove cost half of a random insert's CPU time); the tail is merged in,
-#: leaving the bytes dm's inserts one at a time would have left, when it
-#: holds PENDING entries, before anything but write_blocks' own search
-#: reads the leaf or its siblings, and before write_blocks returns
-PENDING = 32
-
-
-@njit(inline="always", refcount=False)
-def _pending_search(m64, m32, b, key, np_):
-    """(index, found) of ``key`` in leaf ``b`` whose last ``np_`` entries
-    are pending (unsorted): found, the index holding it; else the lower
-    bound in the sorted part (only meaningful when ``np_`` is 0)."""
-    nr = np.int64(m32[b, 4])
-    if np_ == 0:
-        if nr > 0 and key > m64[b, HDR + nr - 1]:
-            return nr - 1, False  # past the leaf's last key: an append
-        i = _lower_bound(m64, m32, b, key)
-        return i, i >= 0 and m64[b, HDR + i] == key
-    srt = nr - np_
-    base = np.int64(0)
-    n = srt
-    i = np.int64(-1)
-    if n > 0:
-        while n > 1:
-            half = n >> 1
-            base += half * np.int64(m64[b, HDR + base + half] <= key)
-            n -= half
-        i = base - np.int64(m64[b, HDR + base] > key)
-    if i >= 0 and m64[b, HDR + i] == key:
-        return i, True
-    hit = np.int64(-1)
-    for j in range(srt, nr):
-        if m64[b, HDR + j] == key:
-            hit = j
-    if hit >= 0:
-        return hit, True
-    return i, False
-
-
-@njit(refcount=False)
-def _merge_pending(m64, m32, b, np_, tk, tv):
-    """Merge leaf ``b``'s ``np_`` pending tail entries into its sorted
-    part: the entries end where inserting them one by one puts them."""
-    nr = np.int64(m32[b, 4])
-    mx = np.int64(m32[b, 5])
-    srt = nr - np_
-    for j in range(np_):  # the tail, sorted into scratch (insertion sort)
-        k = m64[b, HDR + srt + j]
-        v = m64[b, HDR + mx + srt + j]
-        t = j
-        while t > 0 and tk[t - 1] > k:
-            tk[t] = tk[t - 1]
-            tv[t] = tv[t - 1]
-            t -= 1
-        tk[t] = k
-        tv[t] = v
-    w = np.int64(m64.shape[1])
-    base = b * w + HDR
-    top = srt  # the sorted part's entries below ``top`` are not moved yet
-    for j in range(np_ - 1, -1, -1):
-        k = tk[j]
-        lo = np.int64(0)
-        hi = top
-        while lo < hi:  # the first index in [0, top) with a key above k
-            mid = (lo + hi) >> 1
-            if m64[b, HDR + mid] > k:
-                hi = mid
-            else:
-                lo = mid + 1
-        if top > lo:
-            memmove(m64, base + lo + j + 1, base + lo, top - lo)
-            memmove(m64, base + mx + lo + j + 1, base + mx + lo, top - lo)
-        m64[b, HDR + lo + j] = k
-        m64[b, HDR + mx + lo + j] = tv[j]
-        top = lo
-
-
-@njit(inline="always", refcount=False)
-def _flush_leaf(m64, m32, pend, b, tk, tv):
-    if b >= 0 and pend[b] > 0:
-        _merge_pending(m64, m32, b, np.int64(pend[b]), tk, tv)
-        pend[b] = 0
-
-
-@njit(refcount=False)
-def _flush_around(m64, m32, pend, root, dev, key, tk, tv):
-    """Merge the pending entries of the leaf where (dev, key) lands and of
-    its two siblings (all that dm's insert there may read or move)."""
-    b = root
-    k = np.uint64(dev)
-    while True:  # the top-level tree, dev_id -> subtree root
-        i = _lower_bound(m64, m32, b, k)
-        if i < 0:
-            return
-        v = np.int64(_val(m64, m32, b, i))
-        if m32[b, 1] & LEAF:
-            if m64[b, HDR + i] != k:
-                return
-            b = v
-            break
-        b = v
-    p = np.int64(-1)
-    pi = np.int64(0)
-    while not m32[b, 1] & LEAF:
-        i = max(_lower_bound(m64, m32, b, key), 0)
-        p = b
-        pi = i
-        b = np.int64(_val(m64, m32, b, i))
-    _flush_siblings(m64, m32, pend, p, pi, b, tk, tv)
-
-
-@njit(refcount=False)
-def _flush_siblings(m64, m32, pend, p, pi, b, tk, tv):
-    """Merge the pending entries of leaf ``b`` (entry ``pi`` of ``p``, or
-    the root when ``p`` is -1) and of its siblings beside it."""
-    _flush_leaf(m64, m32, pend, b, tk, tv)
-    if p >= 0:
-        if pi > 0:
-            _flush_leaf(m64, m32, pend, np.int64(_val(m64, m32, p, pi - 1)), tk, tv)
-        if pi + 1 < np.int64(m32[p, 4]):
-            _flush_leaf(m64, m32, pend, np.int64(_val(m64, m32, p, pi + 1)), tk, tv)
-
-
-@njit(refcount=False)
-def _flush_all(m64, m32, pend, dirty, nd, tk, tv):
-    for j in range(nd):
-        _flush_leaf(m64, m32, pend, dirty[j], tk, tv)
-
-
 @njit
 def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                  root, dev, snap_time, time, vblocks, halves, out):
@@ -1102,15 +971,6 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     sub = np.int64(-1)
     height = 0
     sub_ver = np.int64(-1)
-    # pending inserts (see PENDING): one count per metadata block, only for
-    # batches large enough to pay for it
-    nb = np.int64(m64.shape[0])
-    use_p = ahead and n * 64 >= nb
-    pend = np.zeros(nb if use_p else 1, dtype=np.int32)
-    dirty = np.empty(min(nb, n) if use_p else 1, dtype=np.int64)  # leaves given pending entries
-    nd = 0
-    tk = np.empty(PENDING, dtype=np.uint64)
-    tv = np.empty(PENDING, dtype=np.uint64)
     for k in range(n):
         ver = tst[1] + tst[2]
         if ahead:
@@ -1149,7 +1009,12 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                 hi[1] = rk[s, 2]
         if leaf >= 0 and key >= hi[2] and (hi[1] or key < hi[0]):
             nr = np.int64(m32[leaf, 4])
-            i, found = _pending_search(m64, m32, leaf, key, np.int64(pend[leaf]) if use_p else 0)
+            if nr > 0 and key > m64[leaf, HDR + nr - 1]:
+                i = nr - 1  # past the leaf's last key: an append
+                found = False
+            else:
+                i = _lower_bound(m64, m32, leaf, key)
+                found = i >= 0 and m64[leaf, HDR + i] == key
             if found and np.int64(_val(m64, m32, leaf, i) & np.uint64(0xFFFFFF)) >= snap_time:
                 continue
             if nr < m32[leaf, 5] or (found and not halves):
@@ -1165,26 +1030,15 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                 leaf = res[0]
                 lp = res[3]
                 lpi = res[4]
-                if use_p and pend[leaf] > 0:  # _direct_leaf searched the sorted part as if it were all
-                    i, found = _pending_search(m64, m32, leaf, key, np.int64(pend[leaf]))
-                    res[1] = i
-                    res[2] = 1 if found else 0
-                    if not found and m32[leaf, 4] == m32[leaf, 5]:
-                        direct = False
-                        known = True
                 if res[2] and np.int64(_val(m64, m32, res[0], res[1]) & np.uint64(0xFFFFFF)) >= snap_time:
                     continue
             else:
                 leaf = -1
-                if use_p:
-                    _flush_around(m64, m32, pend, root, dev, key, tk, tv)
                 v, found = lookup_mapping(m64, m32, root, dev, vb)
                 if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
                     continue
         p = _find_free(dfree, dst[0])
         if p < 0:
-            if use_p:
-                _flush_all(m64, m32, pend, dirty, nd, tk, tv)
             out[0] = root
             out[1] = k
             out[2] = added
@@ -1202,25 +1056,10 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                 _replace_value(m64, m32, dcount, dcommitted, dfree, lb, res[1], value)
             else:
                 nr = np.int64(m32[lb, 4])
-                np_ = np.int64(pend[lb]) if use_p else 0
-                if np_ == 0 and res[1] + 1 == nr:
+                if res[1] + 1 == nr:
                     m64[lb, HDR + nr] = key
                     _set_val(m64, m32, lb, nr, value)
                     m32[lb, 4] = nr + 1
-                elif use_p:  # to the leaf's tail, pending
-                    mx = np.int64(m32[lb, 5])
-                    m64[lb, HDR + nr] = key
-                    m64[lb, HDR + mx + nr] = value
-                    m32[lb, 4] = nr + 1
-                    if np_ == 0:
-                        if nd == dirty.shape[0]:
-                            _flush_all(m64, m32, pend, dirty, nd, tk, tv)
-                            nd = 0
-                        dirty[nd] = lb
-                        nd += 1
-                    pend[lb] = np_ + 1
-                    if np_ + 1 == PENDING:
-                        _flush_leaf(m64, m32, pend, lb, tk, tv)
                 else:  # _insert_at, inlined: keys and values shift by one
                     i1 = res[1] + 1
                     mx = np.int64(m32[lb, 5])
@@ -1237,8 +1076,6 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             # the target leaf is full and lacks the key: dm rebalances it
             # into a sibling (or splits it); the first, in place when the
             # sibling is this transaction's
-            if use_p:
-                _flush_siblings(m64, m32, pend, lp, lpi, leaf, tk, tv)
             t = _direct_rebalance(m64, m32, count, txn, lp, lpi, leaf, key)
             if t >= 0:
                 i = _lower_bound(m64, m32, t, key)
@@ -1247,13 +1084,9 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                 allocs += 1
                 leaf = -1  # the parent's keys moved: the bounds are stale
                 continue
-        if use_p:
-            _flush_around(m64, m32, pend, root, dev, key, tk, tv)
         r = _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                             root, dev, vb, value, halves, sp, out)
         if r < 0:
-            if use_p:
-                _flush_all(m64, m32, pend, dirty, nd, tk, tv)
             out[0] = root
             out[1] = k
             out[2] = added
@@ -1267,8 +1100,6 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             leaf = res[0]
             lp = res[3]
             lpi = res[4]
-    if use_p:
-        _flush_all(m64, m32, pend, dirty, nd, tk, tv)
     out[0] = root
     out[1] = vblocks.shape[0]
     out[2] = added
