@@ -165,3 +165,27 @@ def _calibration_table():
 
     path = pathlib.Path(__file__).resolve().parents[2] / "docs" / "timing" / "calibrate.toml"
     return dict(toml_load(path)["calibration"]["measured_s"])
+
+
+def test_cold_small_reads_each_run_in_a_fresh_copy_and_removes_it(tmp_path, monkeypatch):
+    """``fresh`` gives each run the files in a new copy (a container's new
+    snapshot or clone) and the run removes it; the caches are dropped
+    after the copy is made (here: counted, not dropped)."""
+    import shutil
+
+    from thinp.validate import timing as vt
+
+    src = tmp_path / "src"
+    paths = calibrate._cold_small_files(str(src))[:8]
+    events = []
+    monkeypatch.setattr(vt, "drop_caches", lambda: events.append("drop"))
+
+    def fresh(ps):
+        new = tmp_path / f"copy{len(events)}"
+        shutil.copytree(src, new)
+        events.append("copy")
+        return [str(new) + p[len(str(src)):] for p in ps], lambda: (shutil.rmtree(new), events.append("rm"))
+    per_file = calibrate._cold_small(paths, 2, reps=3, fresh=fresh)
+    assert per_file > 0
+    assert events == ["copy", "drop", "rm"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

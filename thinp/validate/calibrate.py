@@ -184,34 +184,74 @@ def _read_files(paths) -> None:
         vt.read_whole(p)
 
 
-def _cold_small(paths: list[str], procs: int, split: bool = False, reps: int = 3, cold: bool = True) -> float:
+def _cold_small(paths: list[str], procs: int, split: bool = False, reps: int = 3, cold: bool = True,
+                fresh=None) -> float:
     """Seconds per file read (open, read to the end, close) right after the
     page, dentry and inode caches are written back and dropped, by
     ``procs`` processes at once: every process reads every file in the same
     order (as the read-small case's processes do; wall / files), or, with
     ``split``, each its own share of them (wall / files: whether the cold
     path runs in parallel).  ``cold=False``: the same once the files are
-    cached.  The least of ``reps`` runs."""
+    cached.  ``fresh(paths)``, where given, returns the same files in a new
+    snapshot or clone and a function that removes it, for each run: a
+    container's files are a new snapshot's or clone's, which a filesystem
+    (zfs-fuse's daemon) has never looked up.  The least of ``reps`` runs."""
     def once():
-        if cold:
-            vt.drop_caches()
-        else:
-            _read_files(paths)
-        if split:
-            calls = [(_read_files, (paths[p::procs],)) for p in range(procs)]
-        else:
-            calls = [(_read_files, (paths,)) for _p in range(procs)]
-        return vt.concurrently(calls) / len(paths)
+        ps, done = fresh(paths) if fresh is not None else (paths, None)
+        try:
+            if cold:
+                vt.drop_caches()
+            else:
+                _read_files(ps)
+            if split:
+                calls = [(_read_files, (ps[p::procs],)) for p in range(procs)]
+            else:
+                calls = [(_read_files, (ps,)) for _p in range(procs)]
+            return vt.concurrently(calls) / len(ps)
+        finally:
+            if done is not None:
+                done()
     return _least(once, reps)
 
 
-def _cold_small_all(meas: dict, where: str, paths: list[str], procs) -> None:
+def _fresh_copies(real, d: str, n: int, root: str):
+    """For btrfs and zfs container ``n`` at ``root``: a ``fresh`` function for
+    :func:`_cold_small` (a new snapshot of the container's subvolume, or a
+    new clone of a snapshot of its dataset, per run), and a function that
+    removes what it needed besides (the zfs snapshot)."""
+    made = [0]
+
+    def fresh(paths):
+        made[0] += 1
+        name = f"cold{n}-{made[0]}"
+        if d == "btrfs":
+            new = f"{real.btrfs}/{name}"
+            vt.btrfs_snapshot(root, new)
+
+            def done():
+                subprocess.run(["btrfs", "subvolume", "delete", new], capture_output=True)
+        else:
+            vt.run_cmd(["zfs", "clone", f"{real.zpool}/ctr{n}@cold", f"{real.zpool}/{name}"])
+            new = f"{real.zmnt}/{name}"
+
+            def done():
+                subprocess.run(["zfs", "destroy", "-f", f"{real.zpool}/{name}"], capture_output=True)
+        return [new + p[len(root):] for p in paths], done
+
+    if d == "zfs":
+        vt.run_cmd(["zfs", "snapshot", f"{real.zpool}/ctr{n}@cold"])
+        return fresh, lambda: subprocess.run(["zfs", "destroy", f"{real.zpool}/ctr{n}@cold"],
+                                             capture_output=True)
+    return fresh, lambda: None
+
+
+def _cold_small_all(meas: dict, where: str, paths: list[str], procs, fresh=None) -> None:
     """The cold small-file reads at each of ``procs`` (every process every
     file), split among 4 processes, and warm by 1 (``meas`` keys
     ``where.cold_small.pN``, ``where.cold_split.p4``, ``where.warm_small.p1``)."""
     for pc in procs:
-        meas[f"{where}.cold_small.p{pc}"] = _cold_small(paths, pc)
-    meas[f"{where}.cold_split.p4"] = _cold_small(paths, 4, split=True)
+        meas[f"{where}.cold_small.p{pc}"] = _cold_small(paths, pc, fresh=fresh)
+    meas[f"{where}.cold_split.p4"] = _cold_small(paths, 4, split=True, fresh=fresh)
     meas[f"{where}.warm_small.p1"] = _cold_small(paths, 1, cold=False)
 
 
@@ -333,7 +373,11 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
                 small = _cold_small_files(root)
                 os.sync()
                 meas[f"{d}.cold_read.p1"] = _cold_read(_cold_file(root))
-                _cold_small_all(meas, d, small, procs)
+                fresh, unfresh = _fresh_copies(real, d, real.n, root)
+                try:
+                    _cold_small_all(meas, d, small, procs, fresh)
+                finally:
+                    unfresh()
                 for name, (fn, n) in _ops(root, n_ops // 4 if d == "zfs" else n_ops).items():
                     for pc in procs:
                         meas[f"{d}.{name}.p{pc}"] = _least(lambda: _per_op(fn, n, pc))
