@@ -234,11 +234,14 @@ SOURCES = {
                    "zfs.meta_miss = 1), not on ext4",
     "page_miss_s": "`thinp calibrate` (as layer_kind_s): a cold 16 MiB read on ext4 over a loop device "
                    "took no longer than the device's transfer and the copy to user space (the fit's "
-                   "floor, 0.05 us a page); 0.1 us for alloc_page + filemap_add_folio + LRU insertion",
+                   "floor, 0.05 us a page); 0.1 us for alloc_page + filemap_add_folio + LRU insertion. The fit "
+                   "(calibrate.cold_read_fit) inverts the model's own pricing of that read, the asynchronous "
+                   "readahead's overlap of copy and transfer included",
     "page_read_cpu_s": "btrfs: `thinp calibrate`'s cold 16 MiB read in a snapshot over ext4's, 1.2 us a page "
                        "(btrfs_check_data_csum: crc32c and the csum-tree lookup); zfs: fletcher4 of the "
                        "record and the ARC-to-page-cache copy, an estimate (zfs-fuse measured 4.7 us, "
-                       "FUSE included)",
+                       "FUSE included); fitted as page_miss_s, with verification overlapping the copy past "
+                       "the first readahead window",
     "page_write_cpu_s": "default: `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06): open/append/close "
                         "of 4 KiB less that of 5 bytes on ext4, 5-15 us over three runs at load 3-6 (the "
                         "least, rounded; 2.8 us at load 1, 17:24 UTC); a driver's entry is its whole cost per new "
