@@ -9,7 +9,7 @@ table takes the 1-process figure; the others are kept under
 
 * on ext4 over a loop device (what vfs and the union drivers' upper layers
   run on): ``stat``, open/append/close of 5 bytes and of 4 KiB (a new page
-  each: ``page_write_cpu_s``), open/read/close of a cached 4 KiB file,
+  each: ``page_write_cpu_s``), a cached 4 KiB file read whole (open, fstat, reads, close),
   create + unlink, mkdir, a depth-6 tree of new directories with a 1 KiB
   file in each inner one (``mkdir`` as workloads make them), readdir of a
   64-entry directory, a 4 KiB read that hits the page cache, a cold
