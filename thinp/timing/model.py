@@ -227,11 +227,14 @@ SOURCES = {
                     "its readdir (4 processes reading one directory)",
     "meta_miss_s": "`thinp calibrate`'s cold small reads (256 files of 4 KiB in 4 directories read whole after "
                    "drop_caches, less the same reads warm, less the device reads the model prices for them: "
-                   "an inode read and a data page each); zfs 60 us: zfs-fuse on a 2-vCPU AMD EPYC VM "
-                   "(2026-12-06 20:45 UTC, load 3-4), cold 90-160 us a file (median 132), warm 43-90 (48), "
-                   "7 runs; ext4 and btrfs came out within the device reads (0); 4 processes reading their "
-                   "own quarter of the files took as long as 1 reading all on zfs-fuse (serial_share "
-                   "zfs.meta_miss = 1), not on ext4",
+                   "an inode read and a data page each, 53 us on the kept loop device); zfs 60 us: zfs-fuse on a "
+                   "2-vCPU AMD EPYC VM (2026-12-06 20:43 UTC, load 3-4), 7 runs in one clone: the first, the "
+                   "clone's first lookups as in validate's read-small (a new clone per run), 160 us a file "
+                   "against 48 us warm (median), 160 - 48 - 53 = 60 us; the later runs, whose files the "
+                   "daemon had looked up before the caches were dropped, 90-157 us (so calibrate now reads "
+                   "a new clone or snapshot each run); ext4 and btrfs came out within the device reads "
+                   "(0); 4 processes reading their own quarter of the files took as long as 1 reading all "
+                   "on zfs-fuse (serial_share zfs.meta_miss = 1), not on ext4",
     "page_miss_s": "`thinp calibrate` (as layer_kind_s): a cold 16 MiB read on ext4 over a loop device "
                    "took no longer than the device's transfer and the copy to user space (the fit's "
                    "floor, 0.05 us a page); 0.1 us for alloc_page + filemap_add_folio + LRU insertion. The fit "
