@@ -90,6 +90,15 @@ class PageCache:
         self.misses += miss
         return hit, miss
 
+    def note_read(self, key, nbytes: int, offset: int = 0) -> None:
+        """Log a read for the timing model (``log``) without counting it in
+        this cache: a read the driver makes itself, not a container's (vfs'
+        layer copy reading its source tree), whose memory the byte columns
+        do not count."""
+        if self.log is not None and nbytes > 0:
+            ps = self.page_size
+            self.log.append((key, offset // ps, (offset + nbytes + ps - 1) // ps))
+
     def drop(self, key) -> None:
         """Forget every page of ``key`` (the file or device went away)."""
         for p in self._by_key.pop(key, ()):

@@ -8,8 +8,10 @@ naive tree walk against the parent.
 """
 from __future__ import annotations
 
+import stat as _stat
+
 from .base import register
-from .union import UnionDriver, copy_dir
+from .union import UnionDriver, _walk_nodes, copy_dir
 
 
 @register
@@ -25,10 +27,40 @@ class VfsDriver(UnionDriver):
         if rec.parent is None:
             self.fs.mkdir(d, 0o755)
         else:
-            copy_dir(self.fs, f"{self.home}/dir/{rec.parent}", d)
+            src = f"{self.home}/dir/{rec.parent}"
+            if rec.read_write and not self.layers[rec.parent].read_write:
+                # a container's first layer (its -init) copies an image
+                # layer, laid down long before: its pages are read from the
+                # device unless cached.  A copy of a read-write layer (the
+                # container's own, from its -init) reads pages the copy
+                # before wrote moments ago: in the page cache
+                self._note_source_read(rec.parent, src)
+            copy_dir(self.fs, src, d)
 
     def _drop_layer(self, rec) -> None:
+        self.__dict__.get("_files_of", {}).pop(rec.id, None)
         self._rmtree(f"{self.home}/dir/{rec.id}")
+
+    def _note_source_read(self, id: str, src: str) -> None:
+        """The copy reads every regular file of layer ``id`` at ``src`` (an
+        image layer, not in the page cache until read): logged per file for
+        the timing model, keyed as reads of those inodes are.  Nothing to do
+        unless a timing model is listening.  An image layer does not change
+        while containers use it: its files are listed once."""
+        cache = self.page_cache
+        if cache.log is None:
+            return
+        files_of = self.__dict__.setdefault("_files_of", {})
+        files = files_of.get(id)
+        if files is None:
+            fs = self.fs
+            seen: dict = {}
+            for node in _walk_nodes(fs, fs.inode(src, follow=False)):
+                if _stat.S_ISREG(node.mode) and node.size:
+                    seen[node.ino] = node.size
+            files = files_of[id] = list(seen.items())
+        for ino, size in files:
+            cache.note_read(("ino", ino), size)
 
     def _branches(self, rec) -> list[str]:
         return [f"{self.home}/dir/{rec.id}"]

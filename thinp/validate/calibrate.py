@@ -9,16 +9,19 @@ table takes the 1-process figure; the others are kept under
 
 * on ext4 over a loop device (what vfs and the union drivers' upper layers
   run on): ``stat``, open/append/close of 5 bytes and of 4 KiB (a new page
-  each: ``page_write_cpu_s``), open/read/close of a cached 4 KiB file,
+  each: ``page_write_cpu_s``), a cached 4 KiB file read whole (open, fstat, reads, close),
   create + unlink, mkdir, a depth-6 tree of new directories with a 1 KiB
   file in each inner one (``mkdir`` as workloads make them), readdir of a
-  64-entry directory, a 4 KiB read that hits the page cache, and a cold
-  read of 16 MiB after ``drop_caches`` (``page_miss_s``);
+  64-entry directory, a 4 KiB read that hits the page cache, a cold
+  read of 16 MiB after ``drop_caches`` (``page_miss_s``), and 256 small
+  files read whole after ``drop_caches`` by 1, 2 and 4 processes (each
+  every file, as the read-small case), by 4 each its own quarter, and warm
+  (``meta_miss_s``: a path's first lookup, and its serialized share);
 * through kernel overlayfs with K = 1 and 4 lower layers: ``stat`` of a file
   in the lowest layer (lookup cost by depth), the same append to an upper
   file, whole-file copy-up of a 4 MiB lower file (per MiB), mount + umount;
 * ``cp -a`` of the Debian-minbase rootfs (vfs's per-file layer copy);
-* the same per-op benchmarks, and the cold read, in a btrfs snapshot and a
+* the same per-op benchmarks, and the cold reads, in a btrfs snapshot and a
   zfs-fuse clone, and through overlayfs (their extra cost over ext4's: the
   stat's as ``layer_cpu_s``, every op pays it; the rest per kind of op as
   ``layer_kind_s``, per page read cold as ``page_read_cpu_s``; zfs-fuse crosses
@@ -119,12 +122,12 @@ def _ops(root: str, n: int):
         vt.make_tree(f"{root}/tree-{p}-{time.monotonic_ns()}", TREE_DEPTH)
 
     def open_read(p):
-        # what a read step logs as one read of a small file: open, read, close
+        # what a read step logs as one read of a small file, as the
+        # read-small case reads one (and ``cat`` does): open, fstat, read
+        # to the end, close
         path = f"{root}/statme"
         for _ in range(n):
-            fd = os.open(path, os.O_RDONLY)
-            os.read(fd, 4096)
-            os.close(fd)
+            vt.read_whole(path)
 
     return {"stat": (stat, n), "append": (append, n), "append4k": (append4k, n), "tree": (tree, TREE_DIRS),
             "open_read": (open_read, n),
@@ -160,6 +163,96 @@ def _cold_read(path: str) -> float:
                 pass
         return time.perf_counter() - t
     return _least(once, 3)
+
+
+#: the cold small-file reads: files of 4 KiB in a few directories, as the
+#: read-small case reads an image's small files
+COLD_FILES, COLD_DIRS, COLD_FILE_BYTES = 256, 4, 4096
+
+
+def _cold_small_files(root: str) -> list[str]:
+    """``COLD_FILES`` files of 4 KiB under ``root/coldsmall``, in ``COLD_DIRS``
+    directories (the order they are read in)."""
+    paths = [f"{root}/coldsmall/d{i % COLD_DIRS}/f{i:04d}" for i in range(COLD_FILES)]
+    for i, p in enumerate(paths):
+        vt.write_file(p, COLD_FILE_BYTES, i)
+    return paths
+
+
+def _read_files(paths) -> None:
+    for p in paths:
+        vt.read_whole(p)
+
+
+def _cold_small(paths: list[str], procs: int, split: bool = False, reps: int = 3, cold: bool = True,
+                fresh=None) -> float:
+    """Seconds per file read (open, read to the end, close) right after the
+    page, dentry and inode caches are written back and dropped, by
+    ``procs`` processes at once: every process reads every file in the same
+    order (as the read-small case's processes do; wall / files), or, with
+    ``split``, each its own share of them (wall / files: whether the cold
+    path runs in parallel).  ``cold=False``: the same once the files are
+    cached.  ``fresh(paths)``, where given, returns the same files in a new
+    snapshot or clone and a function that removes it, for each run: a
+    container's files are a new snapshot's or clone's, which a filesystem
+    (zfs-fuse's daemon) has never looked up.  The least of ``reps`` runs."""
+    def once():
+        ps, done = fresh(paths) if fresh is not None else (paths, None)
+        try:
+            if cold:
+                vt.drop_caches()
+            else:
+                _read_files(ps)
+            if split:
+                calls = [(_read_files, (ps[p::procs],)) for p in range(procs)]
+            else:
+                calls = [(_read_files, (ps,)) for _p in range(procs)]
+            return vt.concurrently(calls) / len(ps)
+        finally:
+            if done is not None:
+                done()
+    return _least(once, reps)
+
+
+def _fresh_copies(real, d: str, n: int, root: str):
+    """For btrfs and zfs container ``n`` at ``root``: a ``fresh`` function for
+    :func:`_cold_small` (a new snapshot of the container's subvolume, or a
+    new clone of a snapshot of its dataset, per run), and a function that
+    removes what it needed besides (the zfs snapshot)."""
+    made = [0]
+
+    def fresh(paths):
+        made[0] += 1
+        name = f"cold{n}-{made[0]}"
+        if d == "btrfs":
+            new = f"{real.btrfs}/{name}"
+            vt.btrfs_snapshot(root, new)
+
+            def done():
+                subprocess.run(["btrfs", "subvolume", "delete", new], capture_output=True)
+        else:
+            vt.run_cmd(["zfs", "clone", f"{real.zpool}/ctr{n}@cold", f"{real.zpool}/{name}"])
+            new = f"{real.zmnt}/{name}"
+
+            def done():
+                subprocess.run(["zfs", "destroy", "-f", f"{real.zpool}/{name}"], capture_output=True)
+        return [new + p[len(root):] for p in paths], done
+
+    if d == "zfs":
+        vt.run_cmd(["zfs", "snapshot", f"{real.zpool}/ctr{n}@cold"])
+        return fresh, lambda: subprocess.run(["zfs", "destroy", f"{real.zpool}/ctr{n}@cold"],
+                                             capture_output=True)
+    return fresh, lambda: None
+
+
+def _cold_small_all(meas: dict, where: str, paths: list[str], procs, fresh=None) -> None:
+    """The cold small-file reads at each of ``procs`` (every process every
+    file), split among 4 processes, and warm by 1 (``meas`` keys
+    ``where.cold_small.pN``, ``where.cold_split.p4``, ``where.warm_small.p1``)."""
+    for pc in procs:
+        meas[f"{where}.cold_small.p{pc}"] = _cold_small(paths, pc, fresh=fresh)
+    meas[f"{where}.cold_split.p4"] = _cold_small(paths, 4, split=True, fresh=fresh)
+    meas[f"{where}.warm_small.p1"] = _cold_small(paths, 1, cold=False)
 
 
 def _device(loopdev: str) -> dict:
@@ -242,6 +335,8 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
                 if i == 0:
                     _prepare(d)
                     vt.write_file(f"{d}/big", 4 << 20, 1)
+                    if k == 1:
+                        small_lower = _cold_small_files(d)
                 else:
                     vt.write_file(f"{d}/other{i}", 16, i)
                 lowers.append(d)
@@ -258,6 +353,10 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
         os.sync()
         meas["ext4.cold_read.p1"] = _cold_read(cold_native)
         meas["overlay1.cold_read.p1"] = _cold_read(os.path.join(ovl[1][0], os.path.basename(cold_lower)))
+        # cold small files: on ext4, and in the lowest layer through overlayfs
+        lower0 = os.path.join(real.ext4, "cal-l1-0")
+        _cold_small_all(meas, "ext4", _cold_small_files(native), procs)
+        _cold_small_all(meas, "overlay1", [ovl[1][0] + p[len(lower0):] for p in small_lower], procs)
         for where, root in (("ext4", native), ("overlay1", ovl[1][0]), ("overlay4", ovl[4][0])):
             for name, (fn, n) in _ops(root, n_ops).items():
                 for pc in procs:
@@ -271,8 +370,14 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
             root = real.create(d, real.n)
             try:
                 _prepare(root)
+                small = _cold_small_files(root)
                 os.sync()
                 meas[f"{d}.cold_read.p1"] = _cold_read(_cold_file(root))
+                fresh, unfresh = _fresh_copies(real, d, real.n, root)
+                try:
+                    _cold_small_all(meas, d, small, procs, fresh)
+                finally:
+                    unfresh()
                 for name, (fn, n) in _ops(root, n_ops // 4 if d == "zfs" else n_ops).items():
                     for pc in procs:
                         meas[f"{d}.{name}.p{pc}"] = _least(lambda: _per_op(fn, n, pc))
@@ -440,20 +545,31 @@ def fit(meas: dict, dev: dict) -> dict:
     for d in ("btrfs", "zfs"):
         extra(d, (d,))
     # a cold read: the device's part as the model prices it (readahead-sized
-    # requests), the copy to user space, and per page brought in the rest
+    # requests), the copy to user space, and per page brought in the rest,
+    # with the model's asynchronous readahead (:func:`cold_read_fit`)
     cold = g("ext4.cold_read.p1")
     if cold is not None and dev:
         k = TimingConstants()
-        pages = COLD_BYTES // 4096
-        nreq = COLD_BYTES // k.readahead_bytes
-        qd = k.get("queue_depth", "loop-on-tmpfs")
-        device_s = dev["read_latency_s"] * -(-nreq // qd) + COLD_BYTES / dev["read_bandwidth"]
-        timing["page_miss_s"] = max((cold - device_s) / pages - k.page_copy_s, 0.05 * US)
-        timing["page_read_cpu_s"] = {d: max((g(f"{d}.cold_read.p1") - cold) / pages, 0.0)
-                                     for d in ("btrfs", "zfs") if g(f"{d}.cold_read.p1") is not None}
-        if g("overlay1.cold_read.p1") is not None:
-            timing["page_read_cpu_s"]["overlay2"] = timing["page_read_cpu_s"]["overlay"] = \
-                max((g("overlay1.cold_read.p1") - cold) / pages, 0.0)
+        miss, verify = cold_read_fit(meas, dev, k)
+        timing["page_miss_s"] = miss
+        timing["page_read_cpu_s"] = verify
+        # a small file's first read: its lookup's extra CPU over the warm
+        # read, less the device reads the model prices for it (an inode
+        # read and a data page), and the share of it that 4 processes
+        # reading their own files did not run in parallel
+        per_file_dev = 2 * (dev["read_latency_s"] + 4096 / dev["read_bandwidth"])
+        timing["meta_miss_s"] = {}
+        for where, drivers in (("ext4", ("default", "vfs")), ("overlay1", ("overlay2", "overlay")),
+                               ("btrfs", ("btrfs",)), ("zfs", ("zfs",))):
+            c1, w1 = g(f"{where}.cold_small.p1"), g(f"{where}.warm_small.p1")
+            if c1 is None or w1 is None:
+                continue
+            x = max(c1 - w1 - per_file_dev - miss, 0.0)
+            split = g(f"{where}.cold_split.p4")
+            for d in drivers:
+                timing["meta_miss_s"][d] = x
+                if d != "default" and x > 0 and split is not None and split > 1.25 * c1 / min(cores, 4):
+                    timing["serial_share"][f"{d}.meta_miss"] = min(split, c1) / c1
     timing["cores"] = len(os.sched_getaffinity(0))
     # every entry a layer copy makes (directories, symlinks, files): what
     # the vfs driver's counters count as inodes, and the model prices
@@ -475,6 +591,44 @@ def fit(meas: dict, dev: dict) -> dict:
                   "discard_latency_s": dev["read_latency_s"], "read_bandwidth": dev["read_bandwidth"],
                   "write_bandwidth": dev["read_bandwidth"], "discard_bandwidth": dev["read_bandwidth"] * 4}
     return {"timing": timing, "device": device, "calibration": {"measured_s": dict(sorted(meas.items()))}}
+
+
+def cold_read_fit(meas: dict, dev: dict, k) -> tuple[float, dict]:
+    """``page_miss_s`` and ``page_read_cpu_s`` from the cold 16 MiB reads,
+    as :func:`thinp.timing.simulate` prices one: ``W`` readahead windows of
+    requests; the CPU per page (copy ``c`` + ``page_miss_s``, together
+    ``A``) and the transfer per page (``t`` = 4 KiB / bandwidth, plus the
+    driver's verification ``v``) overlap but for the first window, so the
+    read takes ``pages * A + D + pages * v - min(pages * A, pages * (t + v))
+    * (W - 1) / W``, ``D`` the device's latency and transfer.  Solved for
+    ``A`` on ext4 (``v`` = 0), then for ``v`` per driver; each in the
+    branch of the ``min`` its answer falls in."""
+    pages = COLD_BYTES // 4096
+    w = max(COLD_BYTES // k.readahead_bytes, 1)
+    later = (w - 1) / w
+    qd = k.get("queue_depth", "loop-on-tmpfs")
+    t = 4096 / dev["read_bandwidth"]
+    dev_s = dev["read_latency_s"] * -(-w // qd) + COLD_BYTES / dev["read_bandwidth"]
+    c = k.page_copy_s
+    per = (meas["ext4.cold_read.p1"] - dev_s) / pages
+    a = per + t * later                 # A >= t: the transfer hides under the copy
+    if a < t:
+        a = per * w                     # A < t: the copy hides under the transfer
+    miss = max(a - c, 0.05 * US)
+    a = c + miss
+    verify = {}
+    for key, drivers in (("btrfs", ("btrfs",)), ("zfs", ("zfs",)), ("overlay1", ("overlay2", "overlay"))):
+        cd = meas.get(f"{key}.cold_read.p1")
+        if cd is None:
+            continue
+        # t + v >= A: T = pages * A / W + D + pages * v
+        v = (cd - dev_s) / pages - a / w
+        if t + v < a:
+            # T = pages * A - pages * (t + v) * later + D + pages * v
+            v = ((cd - dev_s) / pages - a + t * later) * w
+        for d in drivers:
+            verify[d] = max(v, 0.0)
+    return miss, verify
 
 
 def refit(path: str, out: str | None = None) -> dict:

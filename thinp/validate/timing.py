@@ -341,6 +341,15 @@ def _merge(dirs: list[str], dst: str) -> None:
         run_cmd(["cp", "-a", d + "/.", dst])
 
 
+def read_whole(path: str) -> bytes:
+    """Read a small file whole as the read-small case does (and ``thinp
+    calibrate``'s cold small reads): Python's unbuffered ``open`` and
+    ``read()`` -- openat, two fstats and an lseek, the reads, close; each
+    fstat is a FUSE GETATTR on zfs-fuse."""
+    with open(path, "rb", buffering=0) as f:
+        return f.read()
+
+
 # the per-process work, on a container root
 def _proc_work(case: str, root: str, p: int) -> None:
     if case == "append-small":
@@ -365,8 +374,7 @@ def _proc_work(case: str, root: str, p: int) -> None:
                 pass
     elif case == "read-small":
         for i in range(SMALL_FILES):
-            with open(f"{root}/small/d{i % SMALL_DIRS:04d}/f{i:06d}", "rb", buffering=0) as f:
-                f.read()
+            read_whole(f"{root}/small/d{i % SMALL_DIRS:04d}/f{i:06d}")
     else:
         raise ValueError(case)
 

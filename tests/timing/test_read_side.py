@@ -1,0 +1,191 @@
+"""The read side of the timing model (issue #13): a path's first lookup
+(``meta_miss_s``, its serialized share, waits for a lookup in flight), vfs'
+cold read of the image it copies at a container start, and ``thinp
+calibrate``'s fit of the cold-read constants -- each mechanism's effect
+computed from the constants, never measured time."""
+import dataclasses
+
+import pytest
+
+from thinp.cost import DeviceProfile, load_device
+from thinp.timing import TimingConstants, simulate
+from thinp.validate import calibrate
+from thinp.workloads import Step, Workload, run
+from thinp.workloads.format import ImageSpec, LayerSpec
+
+MiB = 1 << 20
+FILES = 40
+
+
+def _small_image():
+    return ImageSpec("synthetic", None, layers=[LayerSpec(FILES, 4096, 4, "/small")])
+
+
+def _steps_s(log, k, device="ram"):
+    return max(c["steps_s"] for c in simulate(log, device=device, constants=k).per_container)
+
+
+def _k(cores=8, **kw):
+    return dataclasses.replace(TimingConstants(), cores=cores, **kw)
+
+
+def _reads(driver, processes, own=False):
+    step = Step("read", path="/small/d{p:04d}/f{p:06d}") if own else Step("read", glob="/small/**")
+    return run(Workload("t", _small_image(), 1, [step], 0, processes=processes), driver).oplog
+
+
+@pytest.mark.parametrize("driver", ["zfs", "overlay2", "btrfs"])
+def test_a_paths_first_lookup_pays_meta_miss_once(driver):
+    """One process reading every small file once, then again: each file's
+    first lookup pays meta_miss_s, the second read none."""
+    once = run(Workload("t", _small_image(), 1, [Step("read", glob="/small/**")], 0), driver).oplog
+    twice = run(Workload("t", _small_image(), 1, [Step("read", glob="/small/**")] * 2, 0), driver).oplog
+    k0 = _k(cores=1, meta_miss_s={"default": 0.0})
+    k1 = _k(cores=1, meta_miss_s={"default": 0.0, driver: 1e-3})
+    assert _steps_s(once, k1) - _steps_s(once, k0) == pytest.approx(FILES * 1e-3, rel=1e-3)
+    assert _steps_s(twice, k1) - _steps_s(twice, k0) == pytest.approx(FILES * 1e-3, rel=1e-3)
+    # another driver's entry changes nothing
+    other = _k(cores=1, meta_miss_s={"default": 0.0, "vfs" if driver != "vfs" else "zfs": 1e-3})
+    assert _steps_s(once, other) == pytest.approx(_steps_s(once, k0), rel=1e-9)
+
+
+def test_processes_wait_for_a_lookup_in_flight_and_a_serial_share_caps_own_files():
+    """zfs-fuse: 4 processes reading the same files share each file's first
+    lookup (the others wait for it), so they take about as long as one;
+    reading their own files, a lookup wholly under the daemon's one lock
+    takes 4 times one process's, and none under it about as long."""
+    miss = 1e-3             # dominates every other cost
+    free = _k(meta_miss_s={"default": 0.0, "zfs": miss}, serial_share={"default": 0.0})
+    locked = dataclasses.replace(free, serial_share={"default": 0.0, "zfs.meta_miss": 1.0})
+    one_same, four_same = _reads("zfs", 1), _reads("zfs", 4)
+    t1 = _steps_s(one_same, locked)
+    assert t1 == pytest.approx(FILES * miss, rel=0.1)
+    assert _steps_s(four_same, locked) < 1.2 * t1
+    assert _steps_s(four_same, free) < 1.2 * t1
+    one_own, four_own = _reads("zfs", 1, own=True), _reads("zfs", 4, own=True)
+    o1 = _steps_s(one_own, locked)
+    assert _steps_s(four_own, locked) == pytest.approx(4 * o1, rel=0.1)
+    assert _steps_s(four_own, free) < 1.2 * o1
+    rep = simulate(four_own, device="ram", constants=locked)
+    assert rep.wait_s.get("zfs_fuse_daemon", 0.0) > 2 * miss        # the waits are on the daemon
+
+
+def _start(driver, n):
+    return run(Workload("s", _small_image(), n, [], 0), driver).oplog
+
+
+def _start_reads(log):
+    return [log.reads[a:b] for j, (a, b) in enumerate(log.pc) if log.kind[j] == "container_start"]
+
+
+def test_a_vfs_start_logs_one_read_of_its_image_per_file():
+    """The -init layer's copy reads the image layer's files; the
+    container's copy of its -init reads pages just written: not logged."""
+    log = _start("vfs", 2)
+    per = _start_reads(log)
+    assert [len(r) for r in per] == [FILES, FILES]
+    assert all(p1 - p0 == 1 for r in per for _key, p0, p1 in r)           # 4 KiB each
+    assert {key for key, _a, _b in per[0]} == {key for key, _a, _b in per[1]}  # the same image files
+    # drivers that do not copy log no read at a start
+    assert all(not r for r in _start_reads(_start("overlay2", 2)))
+
+
+def test_a_vfs_start_prices_the_cold_source_read_once():
+    """Two containers started at once read the image once: the first
+    misses every file (a cold lookup and a page each), the second hits or
+    waits for those pages."""
+    dev = DeviceProfile(**{**dataclasses.asdict(load_device("ram")), "read_latency_s": 1e-3})
+    k0 = _k(cores=1, meta_miss_s={"default": 0.0})
+    k1 = _k(cores=1, meta_miss_s={"default": 0.0, "vfs": 1e-3})
+    one, two = _start("vfs", 1), _start("vfs", 2)
+
+    def t(log, k, device="ram"):
+        return simulate(log, device=device, constants=k).time_s
+    # per missed file: meta_miss_s, and an inode and a data request one after another
+    assert t(one, k1) - t(one, k0) == pytest.approx(FILES * 1e-3, rel=1e-3)
+    ram = load_device("ram")
+    dev_extra = t(one, k0, dev) - t(one, k0)
+    assert dev_extra == pytest.approx(2 * FILES * (1e-3 - ram.read_latency_s), rel=0.05)
+    # two containers: one cold read of the image between them
+    assert t(two, k1) - t(two, k0) == pytest.approx(FILES * 1e-3, rel=0.05)
+    rep = simulate(two, device="ram", constants=k0)
+    assert rep.miss_pages == FILES and rep.hit_pages == FILES
+
+
+def test_calibrate_recovers_the_cold_read_constants_the_model_prices_with():
+    """The fit of page_miss_s and page_read_cpu_s inverts the model's cold
+    16 MiB read, asynchronous readahead included, in both branches of its
+    overlap (CPU per page above and below the transfer per page)."""
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(1, 4096, 1, "/x")],
+                    extra=[("/cold", calibrate.COLD_BYTES)])
+
+    def cold(driver, k, dev):
+        log = run(Workload("c", img, 1, [Step("read", path="/cold")], 0), driver).oplog
+        return _steps_s(log, k, dev)
+
+    for bw, miss, verify in ((4096 / 1e-6, 2e-6, 0.5e-6), (4096 / 3e-6, 0.5e-6, 0.4e-6)):
+        dev = DeviceProfile(**{**dataclasses.asdict(load_device("ram")), "read_latency_s": 0.0,
+                               "read_bandwidth": bw})
+        k = _k(cores=1, page_miss_s=miss, page_read_cpu_s={"default": 0.0, "btrfs": verify},
+               cpu_s={"read": 0.0, "sync": 0.0}, journal_commit_writes=0, layer_cpu_s={"default": 0.0}, layer_kind_s={"default": 0.0},
+               probe_s={"default": 0.0}, meta_read_bytes=0)
+        meas = {"ext4.cold_read.p1": cold("vfs", k, dev), "btrfs.cold_read.p1": cold("btrfs", k, dev)}
+        got_miss, got_verify = calibrate.cold_read_fit(meas, {"read_latency_s": 0.0, "read_bandwidth": bw}, k)
+        assert got_miss == pytest.approx(miss, rel=0.05)
+        assert got_verify["btrfs"] == pytest.approx(verify, rel=0.1)
+
+
+def test_calibrate_fits_meta_miss_and_its_serial_share_from_cold_small_reads():
+    """A zfs whose cold small read costs 100 us over its warm one beyond the
+    device's two requests, and whose 4 processes on their own files took
+    as long as one, gets meta_miss_s 100 us, all of it serialized; an ext4
+    whose cold read is the device's requests gets 0."""
+    k = TimingConstants()
+    dev = {"read_latency_s": 20e-6, "read_bandwidth": 4096 / 1e-6}
+    per_dev = 2 * (20e-6 + 1e-6)
+    meas = _calibration_table()
+    meas.update({"ext4.cold_small.p1": 10e-6 + per_dev + k.page_miss_s, "ext4.warm_small.p1": 10e-6,
+                 "ext4.cold_split.p4": (10e-6 + per_dev) / 2,
+                 "zfs.cold_small.p1": 50e-6 + per_dev + 100e-6, "zfs.warm_small.p1": 50e-6,
+                 "zfs.cold_split.p4": 50e-6 + per_dev + 100e-6})
+    timing = calibrate.fit(meas, dev)["timing"]
+    miss = timing["page_miss_s"]
+    assert timing["meta_miss_s"]["zfs"] == pytest.approx(100e-6 - miss + k.page_miss_s, rel=0.05)
+    assert timing["meta_miss_s"]["default"] == pytest.approx(max(k.page_miss_s - miss, 0.0), abs=1e-9)
+    assert timing["serial_share"]["zfs.meta_miss"] == pytest.approx(1.0)
+    assert "vfs.meta_miss" not in timing["serial_share"]
+
+
+def _calibration_table():
+    """The figures ``fit`` needs besides the cold small reads (the kept
+    calibration's, so the rest of the fit runs as it does on real data)."""
+    import pathlib
+
+    from thinp.cost import toml_load
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "docs" / "timing" / "calibrate.toml"
+    return dict(toml_load(path)["calibration"]["measured_s"])
+
+
+def test_cold_small_reads_each_run_in_a_fresh_copy_and_removes_it(tmp_path, monkeypatch):
+    """``fresh`` gives each run the files in a new copy (a container's new
+    snapshot or clone) and the run removes it; the caches are dropped
+    after the copy is made (here: counted, not dropped)."""
+    import shutil
+
+    from thinp.validate import timing as vt
+
+    src = tmp_path / "src"
+    paths = calibrate._cold_small_files(str(src))[:8]
+    events = []
+    monkeypatch.setattr(vt, "drop_caches", lambda: events.append("drop"))
+
+    def fresh(ps):
+        new = tmp_path / f"copy{len(events)}"
+        shutil.copytree(src, new)
+        events.append("copy")
+        return [str(new) + p[len(str(src)):] for p in ps], lambda: (shutil.rmtree(new), events.append("rm"))
+    per_file = calibrate._cold_small(paths, 2, reps=3, fresh=fresh)
+    assert per_file > 0
+    assert events == ["copy", "drop", "rm"] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
