@@ -801,7 +801,7 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
     return 0
 
 
-#: requests ahead whose leaf a caller of :func:`prefetch_leaf` fetches
+#: requests ahead whose leaf a caller of :func:`locate_leaf` fetches
 #: (apply_log does): random provisioning of a large thin misses the cache on
 #: each leaf (and the TLB on its page); a fetch started this many requests
 #: early has landed when its turn comes
@@ -826,29 +826,60 @@ RING = 32  # a power of two above LOCATE_AHEAD
 
 
 @njit(refcount=False)
-def prefetch_leaf(m64, m32, root, dev, vblock):
+def locate_leaf(m64, m32, count, txn, root, dev, vblock, halves, bounds):
     """Descend to the leaf where ``vblock`` of ``dev`` is or would go (the
     internal nodes are few and stay cached) and prefetch all of it: keys
-    for the search, values and the tail the insert shifts.  Read only: a
-    hint, it changes nothing."""
+    for the search, values and the tail the insert shifts.  Read only: it
+    changes nothing.  Returns that leaf when dm's insert would only descend
+    the internal nodes to it (:func:`_direct_leaf`'s test less the leaf's
+    own fullness, whose header is still on its way), with ``bounds`` set
+    as _direct_leaf sets ``hi``; else -1 (the leaf is fetched all the same
+    when there is one).  Call it some requests ahead of a random insert
+    (apply_log does, PREFETCH_AHEAD ahead); while no insert has gone
+    through dm's insert since (no node moved), the leaf it returned is the
+    one :func:`insert_mapping_cached` can be handed in its ``cache``."""
     b = root
     k = np.uint64(dev)
+    direct = True
     while True:  # the top-level tree, dev_id -> subtree root
+        if not txn[b] or count[b] != 1:
+            direct = False
+        leaf = m32[b, 1] & LEAF
+        if m32[b, 4] == m32[b, 5] and (halves or not leaf):
+            direct = False
         i = _lower_bound(m64, m32, b, k)
         if i < 0:
-            return
-        v = np.int64(_val(m64, m32, b, i))
-        if m32[b, 1] & LEAF:
-            b = v
+            return -1
+        if leaf:
+            if m64[b, HDR + i] != k:
+                return -1
+            b = np.int64(_val(m64, m32, b, i))
             break
-        b = v
+        b = np.int64(_val(m64, m32, b, i))
     key = np.uint64(vblock)
+    bounds[1] = 1
+    bounds[2] = 0
     while not m32[b, 1] & LEAF:
+        if not txn[b] or count[b] != 1:
+            direct = False
+        nr = np.int64(m32[b, 4])
+        if nr == m32[b, 5]:
+            direct = False
         i = _lower_bound(m64, m32, b, key)
-        b = np.int64(_val(m64, m32, b, max(i, 0)))
+        if i < 0:
+            direct = False
+            i = 0
+        bounds[2] = m64[b, HDR + i]
+        if i + 1 < nr:
+            bounds[0] = m64[b, HDR + i + 1]
+            bounds[1] = 0
+        b = np.int64(_val(m64, m32, b, i))
     w = np.int64(m64.shape[1])
     for j in range(0, w, 8):  # one 64-byte line each
         prefetch(m64, b * w + j)
+    if direct and txn[b] and count[b] == 1:
+        return b
+    return -1
 
 
 @njit

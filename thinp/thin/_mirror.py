@@ -17,8 +17,48 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import (PREFETCH_AHEAD, inc_data, insert_mapping_cached, prefetch_leaf,
+from ..pdata.intrinsics import prefetch
+from ..pdata.mapping_tree import (PREFETCH_AHEAD, inc_data, insert_mapping_cached, locate_leaf,
                                   remove_mapping_scratch)
+
+#: apply_log's ring of located leaves (a power of two above PREFETCH_AHEAD)
+RING = 32
+#: its directory of located leaves: at most 2**DIR_BITS entries, one per
+#: run of 2**DIR_SHIFT vblocks of a device (a leaf holds up to 252)
+DIR_BITS = 13
+DIR_SHIFT = 5
+_HASH = 0x9E3779B97F4A7C15  # Fibonacci hashing of the dev_id
+
+
+@njit(inline="always")
+def _locate(m64, m32, count, txn, root, dev, vb, halves, ring, rk, s, row, ver, dl, dk):
+    """Ring slot ``s`` gets the leaf row ``row`` (``dev``, ``vb``) lands in
+    and its key bounds, or leaf -1 (see apply_log); that leaf is fetched.
+    The directory (``dl``, ``dk``) answers a key within the bounds of a
+    leaf located since the last change to the trees' nodes (``ver``)
+    without a descent; a descent's leaf is entered there."""
+    mask = np.uint64(dl.shape[0] - 1)
+    h = np.int64(((np.uint64(vb) >> np.uint64(DIR_SHIFT)) ^ (np.uint64(dev) * np.uint64(_HASH))) & mask)
+    key = np.uint64(vb)
+    ring[s, 2] = row
+    ring[s, 3] = ver
+    if dl[h, 1] == ver and dl[h, 2] == dev and dk[h, 2] <= key and (dk[h, 1] != 0 or key < dk[h, 0]):
+        b = dl[h, 0]
+        w = np.int64(m64.shape[1])
+        for j in range(0, w, 8):  # one 64-byte line each
+            prefetch(m64, b * w + j)
+        ring[s, 0] = b
+        for i in range(3):
+            rk[s, i] = dk[h, i]
+        return
+    b = locate_leaf(m64, m32, count, txn, root, dev, vb, halves, rk[s])
+    ring[s, 0] = b
+    if b >= 0:
+        dl[h, 0] = b
+        dl[h, 1] = ver
+        dl[h, 2] = dev
+        for i in range(3):
+            dk[h, i] = rk[s, i]
 
 
 @njit
@@ -43,6 +83,21 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     cache = np.full(2, -1, dtype=np.int64)
     hi = np.zeros(3, dtype=np.uint64)
     lres = np.zeros(3, dtype=np.int64)
+    # Leaves located PREFETCH_AHEAD rows early (their fetch started then):
+    # ring slot k % RING holds (leaf or -1, -, row, version) and the leaf's
+    # key bounds for row k.  ``ver`` counts the rows that went through dm's
+    # insert or remove (which can move nodes and keys between them); a leaf
+    # located at the same version is still where row k lands, with every
+    # node above it this transaction's and unshared, so it goes to
+    # insert_mapping_cached as its cache (which checks the leaf's own room).
+    ring = np.full((RING, 4), -1, dtype=np.int64)
+    rk = np.zeros((RING, 3), dtype=np.uint64)
+    nd = 16
+    while nd < n and nd < (1 << DIR_BITS):
+        nd *= 2
+    dl = np.full((nd, 3), -1, dtype=np.int64)
+    dk = np.zeros((nd, 3), dtype=np.uint64)
+    ver = 0
     out[2] = -1
     out[3] = nr - used_commit - (tst[1] - allocs_commit)
     added = 0
@@ -62,19 +117,29 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
             return -1
         j = k + PREFETCH_AHEAD
         if j < n and not (log[j, 0] == log[j - 1, 0] and abs(log[j, 1] - log[j - 1, 1]) < 64):
-            # a random row's leaf is cold: start fetching it now (a run's is hot)
-            prefetch_leaf(m64, m32, root, log[j, 0], log[j, 1])
+            # a random row's leaf is cold: locate it and start fetching it
+            # now (a run's is hot, and in the cache)
+            _locate(m64, m32, count, txn, root, log[j, 0], log[j, 1], halves, ring, rk, j & (RING - 1), j, ver, dl, dk)
         dev = log[k, 0]
         vb = log[k, 1]
         v = log[k, 2]
         if v >= 0:
             p = v >> 24
             inc_data(dcount, dcommitted, dfree, p)
+            s = k & (RING - 1)
+            if ring[s, 0] >= 0 and ring[s, 2] == k and ring[s, 3] == ver:
+                cache[0] = ring[s, 0]
+                cache[1] = dev
+                for i in range(3):
+                    hi[i] = rk[s, i]
             r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                       dfree, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
+            if cache[0] < 0:  # it went through dm's insert
+                ver += 1
             added += res[1]
         else:
             cache[0] = -1
+            ver += 1
             r = remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                        dfree, root, dev, vb, sp, res)
             removed += res[1]
