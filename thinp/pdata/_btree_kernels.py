@@ -771,7 +771,13 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
     leaf = cache[0]
     if leaf >= 0 and cache[1] == dev and key >= hi[2] and (hi[1] or key < hi[0]):
         nr = np.int64(m32[leaf, 4])
-        if nr > 0 and key > m64[leaf, HDR + nr - 1]:
+        g = np.int64(key - hi[2])
+        if g < nr and m64[leaf, HDR + g] == key:
+            # a leaf whose keys run without gaps from its lower bound has
+            # the key there (a CoW of a fully mapped range): no search
+            i = g
+            found = True
+        elif nr > 0 and key > m64[leaf, HDR + nr - 1]:
             i = nr - 1
             found = False
         else:
@@ -826,18 +832,19 @@ RING = 32  # a power of two above LOCATE_AHEAD
 
 
 @njit(refcount=False)
-def locate_leaf(m64, m32, count, txn, root, dev, vblock, halves, bounds):
-    """Descend to the leaf where ``vblock`` of ``dev`` is or would go (the
-    internal nodes are few and stay cached) and prefetch all of it: keys
-    for the search, values and the tail the insert shifts.  Read only: it
-    changes nothing.  Returns that leaf when dm's insert would only descend
-    the internal nodes to it (:func:`_direct_leaf`'s test less the leaf's
-    own fullness, whose header is still on its way), with ``bounds`` set
-    as _direct_leaf sets ``hi``; else -1 (the leaf is fetched all the same
-    when there is one).  Call it some requests ahead of a random insert
-    (apply_log does, PREFETCH_AHEAD ahead); while no insert has gone
-    through dm's insert since (no node moved), the leaf it returned is the
-    one :func:`insert_mapping_cached` can be handed in its ``cache``."""
+def locate_leaf(m64, m32, count, txn, root, dev, vblock, halves, bounds, loc):
+    """Descend to the leaf where ``vblock`` of ``dev`` is or would go,
+    reading only the internal nodes (few, and hot).  ``loc`` (int64[2])
+    gets (that leaf or -1, 1 when dm's insert would only descend the
+    internal nodes to it: :func:`_direct_leaf`'s test less the leaf's own
+    fullness, whose header is not read) and ``bounds`` its key bounds as
+    _direct_leaf sets ``hi``.  Read only.  Call it some requests ahead of
+    a random insert and fetch the leaf with :func:`fetch_leaf` (apply_log
+    does, PREFETCH_AHEAD ahead); while no insert has gone through dm's
+    insert since (no node moved), a leaf located with 1 is the one
+    :func:`insert_mapping_cached` can be handed in its ``cache``."""
+    loc[0] = -1
+    loc[1] = 0
     b = root
     k = np.uint64(dev)
     direct = True
@@ -849,10 +856,10 @@ def locate_leaf(m64, m32, count, txn, root, dev, vblock, halves, bounds):
             direct = False
         i = _lower_bound(m64, m32, b, k)
         if i < 0:
-            return -1
+            return
         if leaf:
             if m64[b, HDR + i] != k:
-                return -1
+                return
             b = np.int64(_val(m64, m32, b, i))
             break
         b = np.int64(_val(m64, m32, b, i))
@@ -874,12 +881,41 @@ def locate_leaf(m64, m32, count, txn, root, dev, vblock, halves, bounds):
             bounds[0] = m64[b, HDR + i + 1]
             bounds[1] = 0
         b = np.int64(_val(m64, m32, b, i))
+    loc[0] = b
+    loc[1] = 1 if direct and txn[b] and count[b] == 1 else 0
+
+
+@njit(inline="always", refcount=False)
+def fetch_leaf(m64, m32, b, vblock, lo, hi, hi_open, stage):
+    """Prefetch what an insert of ``vblock`` into leaf ``b`` (key bounds
+    ``lo`` <= key < ``hi``, no upper bound when ``hi_open``: as
+    :func:`locate_leaf` gives them in ``bounds[2]``, ``[0]``, ``[1]``)
+    will read, in two stages some requests apart.  Stage 0: when its
+    bounds span at most MAX8 keys, the leaf's header and, were its keys a
+    gapless run from ``lo`` (a fully mapped range), the lines of the entry
+    ``vblock`` would be (its key and its value); else the whole block.
+    Stage 1, once the header has landed: when stage 0 fetched only those
+    lines and the leaf is not such a run over its bounds, the lines of all
+    its entries (an insert's search and shift read them).  Stage -1: the
+    whole block (it is to be copied)."""
     w = np.int64(m64.shape[1])
-    for j in range(0, w, 8):  # one 64-byte line each
-        prefetch(m64, b * w + j)
-    if direct and txn[b] and count[b] == 1:
-        return b
-    return -1
+    base = b * w
+    g = np.int64(np.uint64(vblock) - lo)
+    # a leaf can be a gapless run only when its bounds span at most MAX8 keys
+    run = hi_open == 0 and np.int64(hi - lo) <= MAX8
+    if stage < 0 or (stage == 0 and not run):
+        for j in range(0, w, 8):  # one 64-byte line each
+            prefetch(m64, base + j)
+        return
+    if stage == 0:
+        prefetch(m64, base)
+        if g < MAX8:
+            prefetch(m64, base + HDR + g)
+            prefetch(m64, base + HDR + MAX8 + g)
+        return
+    nr = np.int64(m32[b, 4])
+    if run and (np.int64(hi - lo) != nr or g >= nr or m32[b, 5] != MAX8):
+        _fill(m64, m32, b)
 
 
 @njit
