@@ -96,8 +96,10 @@ def _run(path, fast: bool, split: str, seed: int) -> list[bytes]:
 
 @pytest.mark.parametrize("split,seed", [("current", 1), ("current", 2), ("halves", 3)])
 def test_apply_log_matches_the_reference(tmp_path, split, seed):
-    fast = _run(tmp_path / "fast", True, split, seed)
-    ref = _run(tmp_path / "ref", False, split, seed)
+    _assert_same_images(_run(tmp_path / "fast", True, split, seed), _run(tmp_path / "ref", False, split, seed))
+
+
+def _assert_same_images(fast: list[bytes], ref: list[bytes]) -> None:
     assert len(fast) == len(ref)
     for i, (a, b) in enumerate(zip(fast, ref)):
         assert a == b, f"image {i} differs"
@@ -166,8 +168,5 @@ def _cow_after_snapshot(path, fast: bool, split: str, seed: int) -> list[bytes]:
 
 @pytest.mark.parametrize("split,seed", [("current", 4), ("halves", 5)])
 def test_random_cow_of_fully_mapped_ranges_matches_the_reference(tmp_path, split, seed):
-    fast = _cow_after_snapshot(tmp_path / "fast", True, split, seed)
-    ref = _cow_after_snapshot(tmp_path / "ref", False, split, seed)
-    assert len(fast) == len(ref)
-    for i, (a, b) in enumerate(zip(fast, ref)):
-        assert a == b, f"image {i} differs"
+    _assert_same_images(_cow_after_snapshot(tmp_path / "fast", True, split, seed),
+                        _cow_after_snapshot(tmp_path / "ref", False, split, seed))
