@@ -771,7 +771,13 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
     leaf = cache[0]
     if leaf >= 0 and cache[1] == dev and key >= hi[2] and (hi[1] or key < hi[0]):
         nr = np.int64(m32[leaf, 4])
-        if nr > 0 and key > m64[leaf, HDR + nr - 1]:
+        g = np.int64(key - hi[2])
+        if g < nr and m64[leaf, HDR + g] == key:
+            # a leaf whose keys run without gaps from its lower bound has
+            # the key there (a CoW of a fully mapped range): no search
+            i = g
+            found = True
+        elif nr > 0 and key > m64[leaf, HDR + nr - 1]:
             i = nr - 1
             found = False
         else:
@@ -801,7 +807,7 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
     return 0
 
 
-#: requests ahead whose leaf a caller of :func:`prefetch_leaf` fetches
+#: requests ahead whose leaf a caller of :func:`locate_leaf` fetches
 #: (apply_log does): random provisioning of a large thin misses the cache on
 #: each leaf (and the TLB on its page); a fetch started this many requests
 #: early has landed when its turn comes
@@ -826,29 +832,90 @@ RING = 32  # a power of two above LOCATE_AHEAD
 
 
 @njit(refcount=False)
-def prefetch_leaf(m64, m32, root, dev, vblock):
-    """Descend to the leaf where ``vblock`` of ``dev`` is or would go (the
-    internal nodes are few and stay cached) and prefetch all of it: keys
-    for the search, values and the tail the insert shifts.  Read only: a
-    hint, it changes nothing."""
+def locate_leaf(m64, m32, count, txn, root, dev, vblock, halves, bounds, loc):
+    """Descend to the leaf where ``vblock`` of ``dev`` is or would go,
+    reading only the internal nodes (few, and hot).  ``loc`` (int64[2])
+    gets (that leaf or -1, 1 when dm's insert would only descend the
+    internal nodes to it: :func:`_direct_leaf`'s test less the leaf's own
+    fullness, whose header is not read) and ``bounds`` its key bounds as
+    _direct_leaf sets ``hi``.  Read only.  Call it some requests ahead of
+    a random insert and fetch the leaf with :func:`fetch_leaf` (apply_log
+    does, PREFETCH_AHEAD ahead); while no insert has gone through dm's
+    insert since (no node moved), a leaf located with 1 is the one
+    :func:`insert_mapping_cached` can be handed in its ``cache``."""
+    loc[0] = -1
+    loc[1] = 0
     b = root
     k = np.uint64(dev)
+    direct = True
     while True:  # the top-level tree, dev_id -> subtree root
+        if not txn[b] or count[b] != 1:
+            direct = False
+        leaf = m32[b, 1] & LEAF
+        if m32[b, 4] == m32[b, 5] and (halves or not leaf):
+            direct = False
         i = _lower_bound(m64, m32, b, k)
         if i < 0:
             return
-        v = np.int64(_val(m64, m32, b, i))
-        if m32[b, 1] & LEAF:
-            b = v
+        if leaf:
+            if m64[b, HDR + i] != k:
+                return
+            b = np.int64(_val(m64, m32, b, i))
             break
-        b = v
+        b = np.int64(_val(m64, m32, b, i))
     key = np.uint64(vblock)
+    bounds[1] = 1
+    bounds[2] = 0
     while not m32[b, 1] & LEAF:
+        if not txn[b] or count[b] != 1:
+            direct = False
+        nr = np.int64(m32[b, 4])
+        if nr == m32[b, 5]:
+            direct = False
         i = _lower_bound(m64, m32, b, key)
-        b = np.int64(_val(m64, m32, b, max(i, 0)))
+        if i < 0:
+            direct = False
+            i = 0
+        bounds[2] = m64[b, HDR + i]
+        if i + 1 < nr:
+            bounds[0] = m64[b, HDR + i + 1]
+            bounds[1] = 0
+        b = np.int64(_val(m64, m32, b, i))
+    loc[0] = b
+    loc[1] = 1 if direct and txn[b] and count[b] == 1 else 0
+
+
+@njit(inline="always", refcount=False)
+def fetch_leaf(m64, m32, b, vblock, lo, hi, hi_open, stage):
+    """Prefetch what an insert of ``vblock`` into leaf ``b`` (key bounds
+    ``lo`` <= key < ``hi``, no upper bound when ``hi_open``: as
+    :func:`locate_leaf` gives them in ``bounds[2]``, ``[0]``, ``[1]``)
+    will read, in two stages some requests apart.  Stage 0: when its
+    bounds span at most MAX8 keys, the leaf's header and, were its keys a
+    gapless run from ``lo`` (a fully mapped range), the lines of the entry
+    ``vblock`` would be (its key and its value); else the whole block.
+    Stage 1, once the header has landed: when stage 0 fetched only those
+    lines and the leaf is not such a run over its bounds, the lines of all
+    its entries (an insert's search and shift read them).  Stage -1: the
+    whole block (it is to be copied)."""
     w = np.int64(m64.shape[1])
-    for j in range(0, w, 8):  # one 64-byte line each
-        prefetch(m64, b * w + j)
+    base = b * w
+    g = np.int64(np.uint64(vblock) - lo)
+    # a leaf can be a gapless run only when its bounds span at most MAX8 keys
+    run = hi_open == 0 and np.int64(hi - lo) <= MAX8
+    if stage < 0 or (stage == 0 and not run):
+        for j in range(0, w, 8):  # one 64-byte line each
+            prefetch(m64, base + j)
+        return
+    if stage == 0:
+        prefetch(m64, base)
+        if g < MAX8:
+            prefetch(m64, base + HDR + g)
+            prefetch(m64, base + HDR + MAX8 + g)
+        return
+    nr = np.int64(m32[b, 4])
+    if run and (np.int64(hi - lo) != nr or g >= nr or m32[b, 5] != MAX8):
+        _fill(m64, m32, b)
 
 
 @njit

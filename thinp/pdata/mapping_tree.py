@@ -22,9 +22,13 @@ inc_data            one more reference on a data block (use it, not
                     the bitmaps flagged as changed)
 nr_used             blocks in use now, from a space map's ``committed`` array
                     (its running count; no scan)
-prefetch_leaf       a read-only descent to the leaf where (dev, vblock) is or
-                    would go, prefetching that leaf: call it some requests
-                    ahead of a random insert (write_blocks does, 16 ahead)
+locate_leaf         a read-only descent to the leaf where (dev, vblock) is or
+                    would go, and whether insert_mapping_cached can be
+                    handed it: call it some requests ahead of a random
+                    insert (apply_log does, 16 ahead)
+fetch_leaf          prefetch what an insert into that leaf reads, in two
+                    stages (its header and the entry a gapless leaf would
+                    hold; then, unless it is gapless, all its entries)
 
 The one walk of dm's btrees (:mod:`thinp.pdata._walk_kernels`), for readers
 that do their own work on each leaf (thin_check's tallies, the index fill):
@@ -40,12 +44,13 @@ from __future__ import annotations
 
 from ._btree_kernels import (  # noqa: F401  (re-exported)
     PREFETCH_AHEAD,
+    fetch_leaf,
     inc_data,
     insert_mapping,
     insert_mapping_cached,
+    locate_leaf,
     lookup_mapping,
     nr_used,
-    prefetch_leaf,
     remove_mapping,
     remove_mapping_scratch,
     update_ref_counts,
@@ -68,7 +73,7 @@ from ._walk_kernels import (  # noqa: F401  (re-exported)
     start,
 )
 
-__all__ = ["PREFETCH_AHEAD", "inc_data", "insert_mapping", "insert_mapping_cached", "lookup_mapping", "nr_used",
-           "prefetch_leaf", "remove_mapping", "remove_mapping_scratch", "update_ref_counts", "write_blocks",
+__all__ = ["PREFETCH_AHEAD", "fetch_leaf", "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf",
+           "lookup_mapping", "nr_used", "remove_mapping", "remove_mapping_scratch", "update_ref_counts", "write_blocks",
            "W_REVISIT", "W_VERIFY", "WALK_BAD_BLOCK", "WALK_BAD_CSUM", "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP",
            "WALK_TOO_DEEP", "WALK_TOO_MANY", "Walk", "leaf_fresh", "new_walk", "next_leaf", "start"]

@@ -17,8 +17,56 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import (PREFETCH_AHEAD, inc_data, insert_mapping_cached, prefetch_leaf,
+from ..pdata.mapping_tree import (PREFETCH_AHEAD, fetch_leaf, inc_data, insert_mapping_cached, locate_leaf,
                                   remove_mapping_scratch)
+
+#: rows ahead whose leaf's entries are fetched, its header having landed
+#: (the leaf was located PREFETCH_AHEAD rows ahead)
+FILL_AHEAD = 8
+#: apply_log's ring of located leaves (a power of two above PREFETCH_AHEAD)
+RING = 32
+#: its directory of located leaves: at most 2**DIR_BITS entries, one per
+#: run of 2**DIR_SHIFT vblocks of a device (a leaf holds up to 252)
+DIR_BITS = 13
+DIR_SHIFT = 5
+_HASH = 0x9E3779B97F4A7C15  # Fibonacci hashing of the dev_id
+
+
+@njit(inline="always", refcount=False)
+def _locate(m64, m32, count, txn, root, dev, vb, halves, ring, rk, s, row, ver, dl, dk, loc):
+    """Ring slot ``s`` gets where row ``row`` (``dev``, ``vb``) lands (see
+    apply_log) and the fetch of that leaf starts.  The directory (``dl``,
+    ``dk``) answers a key within the bounds of a leaf located since the
+    last change to the trees' nodes (``ver``) without a descent; a
+    descent's leaf that insert_mapping_cached can take is entered there."""
+    mask = np.uint64(dl.shape[0] - 1)
+    key = np.uint64(vb)
+    h = np.int64(((key >> np.uint64(DIR_SHIFT)) ^ (np.uint64(dev) * np.uint64(_HASH))) & mask)
+    ring[s, 2] = row
+    ring[s, 3] = ver
+    if dl[h, 1] == ver and dl[h, 2] == dev and dk[h, 2] <= key and (dk[h, 1] != 0 or key < dk[h, 0]):
+        b = dl[h, 0]
+        ring[s, 0] = b
+        ring[s, 1] = 1
+        for i in range(3):
+            rk[s, i] = dk[h, i]
+    else:
+        locate_leaf(m64, m32, count, txn, root, dev, vb, halves, rk[s], loc)
+        b = loc[0]
+        ring[s, 0] = b
+        ring[s, 1] = loc[1]
+        if b < 0:
+            return
+        if loc[1] == 0:
+            # the leaf is to be shadowed (copied whole) or split
+            fetch_leaf(m64, m32, b, vb, rk[s, 2], rk[s, 0], rk[s, 1], -1)
+            return
+        dl[h, 0] = b
+        dl[h, 1] = ver
+        dl[h, 2] = dev
+        for i in range(3):
+            dk[h, i] = rk[s, i]
+    fetch_leaf(m64, m32, b, vb, rk[s, 2], rk[s, 0], rk[s, 1], 0)
 
 
 @njit
@@ -34,7 +82,6 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     down to ``reserve`` before a row (``out[1]`` is that row; rows before it
     are applied and it is untouched: dm-thin commits there); -2 when a
     row's operation failed part-way for want of a free block."""
-    nr = count.shape[0]
     res = np.zeros(2, dtype=np.int64)
     # scratch for the btree kernels, and the leaf a row changed in place
     # (kept while rows land in it: a shadowed leaf takes its later rows
@@ -43,6 +90,35 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     cache = np.full(2, -1, dtype=np.int64)
     hi = np.zeros(3, dtype=np.uint64)
     lres = np.zeros(3, dtype=np.int64)
+    loc = np.zeros(2, dtype=np.int64)
+    # A random row's leaf is cold: it is located PREFETCH_AHEAD rows early
+    # (a read-only descent, or the directory) and fetched in two stages
+    # (fetch_leaf).  Ring slot k % RING holds (leaf or -1, 1 when
+    # insert_mapping_cached can take it, row, version) and the leaf's key
+    # bounds, for row k.  ``ver`` counts the rows that went through dm's
+    # insert or remove (which can move nodes, and keys between them); a
+    # leaf located at the same version is still where row k lands, every
+    # node above it this transaction's and unshared, so it is handed to
+    # insert_mapping_cached as its cache (which checks the leaf's own room).
+    ring = np.full((RING, 4), -1, dtype=np.int64)
+    rk = np.zeros((RING, 3), dtype=np.uint64)
+    nd = 16
+    while nd < n and nd < (1 << DIR_BITS):
+        nd *= 2
+    dl = np.full((nd, 3), -1, dtype=np.int64)
+    dk = np.zeros((nd, 3), dtype=np.uint64)
+    return _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, log, n,
+                  halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring,
+                  rk, dl, dk)
+
+
+@njit(refcount=False)
+def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, log, n, halves,
+           reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring, rk, dl, dk):
+    """apply_log's loop, with its scratch (compiled without reference
+    counting: a view of a ring slot costs nothing here)."""
+    nr = count.shape[0]
+    ver = 0
     out[2] = -1
     out[3] = nr - used_commit - (tst[1] - allocs_commit)
     added = 0
@@ -62,19 +138,34 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
             return -1
         j = k + PREFETCH_AHEAD
         if j < n and not (log[j, 0] == log[j - 1, 0] and abs(log[j, 1] - log[j - 1, 1]) < 64):
-            # a random row's leaf is cold: start fetching it now (a run's is hot)
-            prefetch_leaf(m64, m32, root, log[j, 0], log[j, 1])
+            # (a run's leaf is hot, and in the cache)
+            _locate(m64, m32, count, txn, root, log[j, 0], log[j, 1], halves, ring, rk, j & (RING - 1), j, ver, dl,
+                    dk, loc)
+        f = k + FILL_AHEAD
+        if f < n:
+            s = f & (RING - 1)
+            if ring[s, 2] == f and ring[s, 0] >= 0 and ring[s, 1]:
+                fetch_leaf(m64, m32, ring[s, 0], log[f, 1], rk[s, 2], rk[s, 0], rk[s, 1], 1)
         dev = log[k, 0]
         vb = log[k, 1]
         v = log[k, 2]
         if v >= 0:
             p = v >> 24
             inc_data(dcount, dcommitted, dfree, p)
+            s = k & (RING - 1)
+            if ring[s, 2] == k and ring[s, 0] >= 0 and ring[s, 1] and ring[s, 3] == ver:
+                cache[0] = ring[s, 0]
+                cache[1] = dev
+                for i in range(3):
+                    hi[i] = rk[s, i]
             r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                       dfree, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
+            if cache[0] < 0:  # it went through dm's insert
+                ver += 1
             added += res[1]
         else:
             cache[0] = -1
+            ver += 1
             r = remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                        dfree, root, dev, vb, sp, res)
             removed += res[1]
