@@ -547,8 +547,18 @@ class RealSetup:
         once measured 190-300 ms right after 16 deletes, 64-190 ms after
         ``btrfs subvolume sync``, 2026-12-06, load 3-5)."""
         if driver == "btrfs" and self.btrfs:
-            subprocess.run(["btrfs", "subvolume", "sync", self.btrfs], capture_output=True,
+            # BTRFS_IOC_SYNC commits and wakes the cleaner; then poll for the
+            # deleted subvolumes to be gone (``btrfs subvolume sync`` polls
+            # once a second: seconds per run)
+            subprocess.run(["btrfs", "filesystem", "sync", self.btrfs], capture_output=True,
                            timeout=CMD_TIMEOUT_S)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                r = subprocess.run(["btrfs", "subvolume", "list", "-d", self.btrfs], capture_output=True,
+                                   text=True, timeout=CMD_TIMEOUT_S)
+                if r.returncode or not r.stdout.strip():
+                    break
+                time.sleep(0.02)
 
     def measure(self, case: str, driver: str, n: int) -> float:
         """Seconds the real side takes for ``case`` with ``n`` processes.
