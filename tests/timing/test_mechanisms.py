@@ -177,3 +177,45 @@ def test_buffered_writes_reach_the_device_at_sync_not_one_request_per_write():
     assert steps < 20 * 10e-3                # a few latencies (the sync's), not 200
     # the bytes still reach the device: the sync's write-back holds it
     assert rep.busy_s["device"] >= 200 * 4096 / slow.write_bandwidth
+
+
+def _start_s(n, driver, k):
+    case = next(c for c in vt.CASES if c.name == "start")
+    log = run(case.workload(n), driver).oplog
+    return simulate(log, device="ram", constants=k).time_s
+
+
+@pytest.mark.parametrize("serial", [0.05, 0.1, 0.3])
+def test_concurrent_starts_add_their_serialized_part_each(serial):
+    """N starts at once take one start plus (N - 1) x start_serial_s: below
+    start_s the rest of a start runs beside the others, above it each start
+    that waited for the lock resumes later (its hand-over).  Without
+    start_serial_s the whole start serializes."""
+    base = dataclasses.replace(TimingConstants(), cores=2, start_s={"default": 0.1})
+    k = dataclasses.replace(base, start_serial_s={"btrfs": serial})
+    t1 = _start_s(1, "btrfs", k)
+    assert t1 == pytest.approx(_start_s(1, "btrfs", base), rel=1e-6)      # alone: start_s either way
+    assert _start_s(4, "btrfs", k) - t1 == pytest.approx(3 * serial, rel=0.02)
+    assert _start_s(4, "btrfs", base) - t1 == pytest.approx(3 * 0.1, rel=0.02)
+    # another driver's entry changes nothing here
+    other = dataclasses.replace(base, start_serial_s={"zfs": serial})
+    assert _start_s(4, "btrfs", other) == pytest.approx(_start_s(4, "btrfs", base), rel=1e-9)
+
+
+def test_a_union_init_layer_is_priced_as_creates_and_a_vfs_layer_as_copies():
+    """overlay2's start makes its init layer's empty files (a create each);
+    vfs copies the image file by file (vfs_copy_inode_s each)."""
+    case = next(c for c in vt.CASES if c.name == "start")
+    log = run(case.workload(1), "overlay2").oplog
+    inodes = sum(log.deltas[j][8] for j in range(len(log)) if log.kind[j] == "container_start")
+    assert inodes > 0
+    k = _one_core(start_s={"default": 0.0})
+    cheap = dataclasses.replace(k, cpu_s={**k.cpu_s, "create": 0.0}, vfs_copy_inode_s=0.0)
+    dear = dataclasses.replace(k, cpu_s={**k.cpu_s, "create": 1e-3})
+    assert _start_s(1, "overlay2", dear) - _start_s(1, "overlay2", cheap) == pytest.approx(inodes * 1e-3, rel=1e-6)
+    copy = dataclasses.replace(cheap, vfs_copy_inode_s=1e-3)
+    assert _start_s(1, "overlay2", copy) == pytest.approx(_start_s(1, "overlay2", cheap), rel=1e-9)
+    vlog = run(case.workload(1), "vfs").oplog
+    vinodes = sum(vlog.deltas[j][8] for j in range(len(vlog)) if vlog.kind[j] == "container_start")
+    t0 = simulate(vlog, device="ram", constants=cheap).time_s
+    assert simulate(vlog, device="ram", constants=copy).time_s - t0 == pytest.approx(vinodes * 1e-3, rel=1e-6)

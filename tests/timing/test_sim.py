@@ -100,6 +100,19 @@ def test_a_lock_serializes_and_reports_the_wait():
     assert r.wait_s["lock7"] == pytest.approx(10e-6 + 20e-6)
 
 
+def test_a_waited_acquisition_pays_its_handoff():
+    """``(LOCK, id, h)``: a process that found the lock held resumes h after
+    the release, holding the lock; one that took it free pays nothing."""
+    op = [(LOCK, 7, 4e-6), (CPU, 10e-6), (UNLOCK, 7)]
+    assert _ours([[op]], cores=4, qd=1).end_s == pytest.approx(10e-6)
+    r = _ours([[op], [op], [op]], cores=4, qd=1)
+    assert r.end_s == pytest.approx(30e-6 + 2 * 4e-6)
+    assert r.wait_s["lock7"] == pytest.approx((10e-6 + 4e-6) + (20e-6 + 8e-6))
+    # a waiter without a handoff of its own is handed the lock at once
+    plain = [(LOCK, 7), (CPU, 10e-6), (UNLOCK, 7)]
+    assert _ours([[op], [plain]], cores=4, qd=1).end_s == pytest.approx(20e-6)
+
+
 def test_cores_bound_parallel_cpu():
     op = [(CPU, 1e-3)]
     assert _ours([[op]] * 4, cores=2, qd=1).end_s == pytest.approx(2e-3)

@@ -321,6 +321,21 @@ def test_fit_finds_the_serialized_share_from_one_and_four_processes():
     assert "vfs.write" not in share
 
 
+def test_fit_takes_what_each_concurrent_start_adds_from_the_widest_n():
+    meas = dict(MEAS, **{"btrfs.start.p2": 0.07, "btrfs.start.p4": 0.15, "btrfs.start.p16": 0.03 + 15 * 0.045,
+                         "overlay2.start.p1": 0.002, "overlay2.start.p4": 0.0035})
+    t = cal.fit(meas, {})["timing"]
+    assert t["start_s"]["btrfs"] == 0.03
+    assert t["start_serial_s"]["btrfs"] == pytest.approx(0.045)         # (t16 - t1) / 15
+    # overlay2: its start as validate makes it (directories and the mount),
+    # not the bare mount + umount, and what each of 4 at once adds
+    assert t["start_s"]["overlay2"] == t["start_s"]["overlay"] == 0.002
+    assert t["start_serial_s"]["overlay2"] == pytest.approx(0.0005)
+    assert "zfs" not in t["start_serial_s"]
+    # measured at one process only: the whole start stays serialized
+    assert "start_serial_s" not in cal.fit(MEAS, {})["timing"]
+
+
 def test_refit_fits_the_kept_measurements_again(tmp_path, capsys):
     from thinp.cli import main
 

@@ -15,7 +15,10 @@ the process has no more.  Stages are tuples:
 ``(CPU, seconds)``
     run on one of ``cores`` (FIFO, not preempted: kernel paths are short)
 ``(LOCK, lock_id)`` / ``(UNLOCK, lock_id)``
-    take / release a FIFO mutex; what a lock protects is the caller's choice
+    take / release a FIFO mutex; what a lock protects is the caller's choice.
+    ``(LOCK, lock_id, handoff_s)``: an acquisition that had to wait resumes
+    ``handoff_s`` after the holder's release (a sleeping waiter's wake-up
+    and whatever the lock's hand-over redoes), holding the lock meanwhile
 ``(DEV, latency_s, transfer_s)``
     a batch of device requests: one of ``queue_depth`` slots for
     ``latency_s`` (requests in flight overlap up to the queue depth), then
@@ -186,7 +189,7 @@ def run(nproc: int, build, *, cores: int, queue_depth: int, lock_class, start_s=
                 q = lock_q.get(lid)
                 if q is None:
                     q = lock_q[lid] = deque()
-                q.append((pid, now))
+                q.append((pid, now, s[2] if len(s) > 2 else 0.0))
                 break
             if k == UNLOCK:
                 lid = s[1]
@@ -195,10 +198,10 @@ def run(nproc: int, build, *, cores: int, queue_depth: int, lock_class, start_s=
                 if cls is None:
                     cls = classes[lid] = lock_class(lid)
                 if q:
-                    nxt, tq = q.popleft()
+                    nxt, tq, handoff = q.popleft()
                     lock_held[lid] = nxt
-                    waited(nxt, cls, now - tq)
-                    heapq.heappush(heap, (now, seq, nxt, _RESUME))
+                    waited(nxt, cls, now + handoff - tq)
+                    heapq.heappush(heap, (now + handoff, seq, nxt, _RESUME))
                     seq += 1
                 else:
                     del lock_held[lid]

@@ -27,7 +27,12 @@ table takes the 1-process figure; the others are kept under
   ``layer_kind_s``, per page read cold as ``page_read_cpu_s``; zfs-fuse crosses
   FUSE on every call, so a calibration here describes zfs-fuse, not the
   kernel's zfs);
-* a btrfs subvolume snapshot and delete; a zfs-fuse clone and destroy;
+* container starts of the Debian-rootfs image as ``thinp validate timing``
+  makes them, by 1, 2, 4 and 16 processes at once (caches dropped first):
+  overlay2's directories and mount(2), a btrfs snapshot, a zfs-fuse clone --
+  one alone is ``start_s``, what each adds at once ``start_serial_s``; the
+  removal of one (btrfs subvolume delete, zfs destroy) ``remove_s``; vfs's
+  ``cp -a`` one at a time (its copies are CPU, which the model shares);
 * the loop device itself: 4 KiB O_DIRECT reads (latency) and 1 MiB reads
   (bandwidth).
 
@@ -415,8 +420,10 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
                 vt.umount(m2)
                 return time.perf_counter() - t
             meas[f"overlay{k}.mount_umount.p1"] = _least(mount_umount)
-        # vfs: cp -a of the Debian rootfs; btrfs snapshot+delete; zfs clone+destroy
-        for d in ("vfs", "btrfs", "zfs"):
+        meas.update(_starts(real, skipped, say))
+        # vfs: cp -a of the Debian rootfs (one at a time: its copies are CPU,
+        # which the model shares among the cores)
+        for d in ("vfs",):
             if d in skipped:
                 continue
 
@@ -435,6 +442,45 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
             say(f"{d} start/remove done")
     return meas, dev, skipped
 
+
+
+#: how many containers :func:`_starts` starts at once
+START_NS = (1, 2, 4, 16)
+
+
+def _starts(real, skipped: dict, say, reps: int = 3) -> dict:
+    """Container starts of the Debian-rootfs image by N processes at once
+    (:data:`START_NS`), as ``thinp validate timing`` makes them (caches
+    dropped first, the driver's tool brought back): overlay2's directories
+    and mount(2), btrfs' snapshot ioctl, zfs-fuse's ``zfs clone``.  Keys
+    ``DRIVER.start.pN`` (wall time of the N starts, the least of ``reps``)
+    and ``DRIVER.remove.p1`` (one removal)."""
+    meas: dict = {}
+    for d in ("overlay2", "btrfs", "zfs"):
+        if d in skipped:
+            continue
+        for n in START_NS:
+            best = rm = None
+            for _ in range(reps):
+                ids = list(range(real.n + 1, real.n + n + 1))
+                real.n += n
+                try:
+                    vt.drop_caches()
+                    real.warm_tool(d)
+                    t = vt.concurrently([(real.create, (d, i, True)) for i in ids])
+                finally:
+                    t0 = time.perf_counter()
+                    for i in ids:
+                        real.remove(d, i)
+                    t_rm = time.perf_counter() - t0
+                    real.settle(d)
+                best = t if best is None else min(best, t)
+                rm = t_rm if rm is None else min(rm, t_rm)
+            meas[f"{d}.start.p{n}"] = best
+            if n == 1:
+                meas[f"{d}.remove.p1"] = rm
+        say(f"{d} starts done")
+    return meas
 
 
 def fit(meas: dict, dev: dict) -> dict:
@@ -579,10 +625,21 @@ def fit(meas: dict, dev: dict) -> dict:
         # before it was recorded made one copy)
         timing["vfs_copy_inode_s"] = g("vfs.start.p1") / (files * g("vfs.start_copies.p1", 1.0))
         timing["start_s"]["vfs"] = 0.0
-    for d in ("btrfs", "zfs"):
-        if g(f"{d}.start.p1") is not None:
-            timing["start_s"][d] = g(f"{d}.start.p1")
-            timing["remove_s"][d] = g(f"{d}.remove.p1")
+    timing["start_serial_s"] = {}
+    for d in ("overlay2", "btrfs", "zfs"):
+        if g(f"{d}.start.p1") is None:
+            continue
+        names = ("overlay2", "overlay") if d == "overlay2" else (d,)
+        t1 = g(f"{d}.start.p1")
+        # what each start adds when N start at once: the slope over the
+        # widest N measured
+        ns = [n for n in START_NS[1:] if g(f"{d}.start.p{n}") is not None]
+        for name in names:
+            timing["start_s"][name] = t1
+            if d != "overlay2":
+                timing["remove_s"][name] = g(f"{d}.remove.p1")
+            if ns:
+                timing["start_serial_s"][name] = max((g(f"{d}.start.p{ns[-1]}") - t1) / (ns[-1] - 1), 0.0)
     timing = {k: v for k, v in timing.items() if v != {}}
     device = {}
     if dev:
