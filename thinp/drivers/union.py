@@ -1022,14 +1022,14 @@ class UnionDriver(Driver):
         if rec.parent is not None:
             for top in self._own_dirs(self.layers[rec.parent]):
                 if fs.exists(top):
-                    inherited.update(n.ino for n in _walk_nodes(fs, fs.inode(top, follow=False))
+                    inherited.update(n.ino for n in walk_nodes(fs, fs.inode(top, follow=False))
                                      if n.nlink > 1 and not _stat.S_ISDIR(n.mode))
         for top in self._own_dirs(rec):
             if not fs.exists(top):
                 continue
             links: dict[int, int] = {}
             nodes = {}
-            for node in _walk_nodes(fs, fs.inode(top, follow=False)):
+            for node in walk_nodes(fs, fs.inode(top, follow=False)):
                 links[node.ino] = links.get(node.ino, 0) + 1
                 nodes[node.ino] = node
             for ino, n in links.items():
@@ -1071,7 +1071,7 @@ class UnionDriver(Driver):
         logical = 0
         for rec in self.layers.values():
             top = self._branches(rec)[0]
-            logical += sum(n.size for n in _walk_nodes(fs, fs.inode(top, follow=False)) if _stat.S_ISREG(n.mode))
+            logical += sum(n.size for n in walk_nodes(fs, fs.inode(top, follow=False)) if _stat.S_ISREG(n.mode))
         return logical
 
     def metadata(self, id: str) -> dict:
@@ -1083,7 +1083,7 @@ class UnionDriver(Driver):
         return f"<{type(self).__name__} {len(self.layers)} layers on {self.fs!r}>"
 
 
-def _walk_nodes(fs, node):
+def walk_nodes(fs, node):
     """Every inode reached below a directory inode (hard links repeat)."""
     stack = [node]
     while stack:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import stat as _stat
 
 from .base import register
-from .union import UnionDriver, _walk_nodes, copy_dir
+from .union import UnionDriver, walk_nodes, copy_dir
 
 
 @register
@@ -55,7 +55,7 @@ class VfsDriver(UnionDriver):
         if files is None:
             fs = self.fs
             seen: dict = {}
-            for node in _walk_nodes(fs, fs.inode(src, follow=False)):
+            for node in walk_nodes(fs, fs.inode(src, follow=False)):
                 if _stat.S_ISREG(node.mode) and node.size:
                     seen[node.ino] = node.size
             files = files_of[id] = list(seen.items())
