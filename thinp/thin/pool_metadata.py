@@ -355,7 +355,7 @@ class PoolMetadata:
         d = self.details(dev)
         if not 0 <= pblock < self.data_sm.nr_blocks:
             raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
-        self.data_sm.inc([pblock])
+        self.data_sm.inc([pblock], shadow=False)  # the tools' way: bitmaps at the commit
         inserted = self._insert_value(dev, vblock, pack_block_time(pblock, time))
         d.changed = True
         if inserted:
@@ -376,9 +376,10 @@ class PoolMetadata:
         tm, dsm = self.tm, self.data_sm
         out = np.zeros(4, dtype=np.int64)
         r = BK.write_blocks(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
-                            dsm.count, dsm.committed, dsm.free, dsm.st, np.int64(self.sb.data_mapping_root),
+                            dsm.count, dsm.committed, dsm.free, dsm.kernel_state(), np.int64(self.sb.data_mapping_root),
                             np.int64(dev), np.int64(d.snapshotted_time), np.int64(self.sb.time), vb,
                             self.split == "halves", out)
+        dsm.from_kernel()
         self.sb.data_mapping_root = int(out[0])
         d.mapped_blocks += int(out[2])
         d.changed = True
