@@ -115,13 +115,14 @@ def _copy_block(m64, count, committed, free, txn, kind, fresh, tst, old, k):
     return nb
 
 
-@njit(inline="always", refcount=False)
+@njit(refcount=False)
 def _dshadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p):
     """sm_ll_inc's shadow_bitmap when data block ``p`` is allocated: the
     first count change in its bitmap this transaction shadows the bitmap
     there and then (the commit writes its entries); before 5.14 its index
     entry is saved at once too, which shadows the index tree's root leaf.
-    0, or -1 when metadata ran out.  (pdplace2, #12)"""
+    0, or -1 when metadata ran out.  Not inlined: callers skip it while
+    their data blocks stay in a bitmap already shadowed.  (pdplace2, #12)"""
     i = p // ENTRIES_PER_BITMAP
     if i >= dst[DST_NR]:
         return 0
@@ -1020,6 +1021,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     sub = np.int64(-1)
     height = 0
     sub_ver = np.int64(-1)
+    dbm_lo = np.int64(-ENTRIES_PER_BITMAP)  # the data bitmap known shadowed (_dshadow)
     for k in range(n):
         ver = tst[1] + tst[2]
         if ahead:
@@ -1093,12 +1095,14 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             out[2] = added
             out[3] = allocs
             return -2
-        if _dshadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
-            out[0] = root
-            out[1] = k
-            out[2] = added
-            out[3] = allocs
-            return -1
+        if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:
+            if _dshadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+                out[0] = root
+                out[1] = k
+                out[2] = added
+                out[3] = allocs
+                return -1
+            dbm_lo = p - p % ENTRIES_PER_BITMAP  # its bitmap is this transaction's now
         dst[0] = p + 1
         _dtouch(dcount, dcommitted, p)
         _used(dcount, dcommitted, 1)
