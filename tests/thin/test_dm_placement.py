@@ -252,3 +252,29 @@ def test_data_cursor_follows_the_kernel(tmp_path, split, first):
     md.commit()
     assert md.alloc_data() == first
     md.close(commit=False)
+
+
+def test_shared_internals_through_the_pool(fixtures_dir, tmp_path):
+    """The same operations through ThinPool (its index allocates the data
+    blocks, apply_log inserts the mappings) give the kernel's image too."""
+    kernel = unpack(fixtures_dir, "tmeta_with_shared_internals_and_leaves", tmp_path)
+    bs = 64 * 1024
+    ThinPool.create(tmp_path / "pool", "8GiB", "64KiB", metadata_size="4MiB", commit_interval=10 ** 9,
+                    sync=False).close()
+    pool = ThinPool.open(tmp_path / "pool")
+    pool.message("create_thin 1")
+    pool.message("set_transaction_id 0 1")
+    pool.commit()
+    pool.device(1).write(0, 24927 * bs)
+    pool.commit()
+    pool.device(1).write(24927 * bs, (65536 - 24927) * bs)
+    pool.commit()
+    pool.message("create_snap 2 1")
+    pool.message("set_transaction_id 1 2")
+    pool.commit()
+    pool.device(2).write(65536 * bs, 64 * bs)
+    pool.close()
+    a, b = _blocks(kernel), _blocks(tmp_path / "pool" / "metadata")
+    assert a.shape == b.shape
+    assert [i for i in range(1, len(a)) if not np.array_equal(a[i], b[i])] == []
+    assert not np.any((a[0] != b[0]) & ~UNDEFINED)

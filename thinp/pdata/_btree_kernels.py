@@ -116,7 +116,7 @@ def _copy_block(m64, count, committed, free, txn, kind, fresh, tst, old, k):
 
 
 @njit(refcount=False)
-def _dshadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p):
+def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p):
     """sm_ll_inc's shadow_bitmap when data block ``p`` is allocated: the
     first count change in its bitmap this transaction shadows the bitmap
     there and then (the commit writes its entries); before 5.14 its index
@@ -1021,7 +1021,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     sub = np.int64(-1)
     height = 0
     sub_ver = np.int64(-1)
-    dbm_lo = np.int64(-ENTRIES_PER_BITMAP)  # the data bitmap known shadowed (_dshadow)
+    dbm_lo = np.int64(-ENTRIES_PER_BITMAP)  # the data bitmap known shadowed (shadow_data_bitmap)
     for k in range(n):
         ver = tst[1] + tst[2]
         if ahead:
@@ -1096,7 +1096,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             out[3] = allocs
             return -2
         if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:
-            if _dshadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+            if shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
                 out[0] = root
                 out[1] = k
                 out[2] = added

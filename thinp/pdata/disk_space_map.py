@@ -84,7 +84,7 @@ class DiskSpaceMap(RefCounts):
     def kernel_state(self) -> np.ndarray:
         """``st`` holding the bitmaps' blocks (and, before 5.14, the index
         root), for a kernel that allocates data blocks and shadows their
-        bitmaps as dm does (_btree_kernels._dshadow); :meth:`from_kernel`
+        bitmaps as dm does (mapping_tree.shadow_data_bitmap); :meth:`from_kernel`
         after it."""
         n = len(self.index_entries)
         if self.st.shape[0] < DST_BITMAPS + n:

@@ -1462,11 +1462,12 @@ class ThinPool:
         blocks = dm.bm.blocks
         res = np.zeros(6, dtype=np.int64)
         r = MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free, tm.txn,
-                          tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free,
+                          tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free, dsm.kernel_state(),
                           np.int64(dm.sb.data_mapping_root), self._log, np.int64(n), dm.split == "halves",
                           np.int64(self._meta_reserve if reserve is None else reserve), np.int64(self._meta_lwm),
                           self._meta_lwm_armed,
                           np.int64(self._meta_mark[0]), np.int64(self._meta_mark[1]), res)
+        dsm.from_kernel()
         dm.sb.data_mapping_root = int(res[0])
         self._mirror_out = res
         self._mirror_r = int(r)

@@ -349,13 +349,15 @@ class PoolMetadata:
             d.mapped_blocks += 1
         return inserted
 
-    def insert_block_time(self, dev: int, vblock: int, pblock: int, time: int) -> bool:
+    def insert_block_time(self, dev: int, vblock: int, pblock: int, time: int, *, kernel: bool = False) -> bool:
         """Map ``vblock`` to ``pblock`` with a given time, taking a reference
-        on the data block (restore and repair rebuild mappings this way)."""
+        on the data block (restore and repair rebuild mappings this way, and
+        leave the data bitmaps to the commit as the tools do; ``kernel``:
+        shadow its bitmap at once, as dm-thin's allocation of it does)."""
         d = self.details(dev)
         if not 0 <= pblock < self.data_sm.nr_blocks:
             raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
-        self.data_sm.inc([pblock], shadow=False)  # the tools' way: bitmaps at the commit
+        self.data_sm.inc([pblock], shadow=kernel)
         inserted = self._insert_value(dev, vblock, pack_block_time(pblock, time))
         d.changed = True
         if inserted:
