@@ -262,7 +262,7 @@ def growth_plot(result, title=None, names=None):
         ax.axhline(lwm_pct, color="tab:orange", ls=":", lw=1,
                    label=f"low water mark ({result.low_water_mark:,} blocks free)")
     ax.axhline(100, color="grey", ls="--", lw=0.8)
-    for kind in ("low_water_mark", "out_of_data_space", "out_of_metadata_space"):
+    for kind in ("low_water_mark", "out_of_data_space", "out_of_metadata_space", "metadata_failure"):
         e = result.first_event(kind)
         if e:
             m, c, name = _MARKERS[kind]

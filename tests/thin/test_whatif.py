@@ -115,7 +115,8 @@ def test_a_metadata_failure_stops_the_run_and_says_which_batch(tmp_path):
     pool = ThinPool.create(tmp_path / "pool", data_size=65536 * BS, block_size=BS, metadata_size=64 * 4096)
     pool.create_thin(0, 1 << 36).write(0, BS)
     r = grow_devices(pool, 20000 / (1 << 20), of="virtual", nr_points=40)   # 20,000 blocks, batches of 500
-    oom = r.first_event("out_of_metadata_space")
+    assert r.first_event("out_of_metadata_space") is None
+    oom = r.first_event("metadata_failure")
     assert oom is not None and oom["write_index"] > 0 and oom["write_index"] % 500 == 0
     assert r.first_event("metadata_low_water_mark")["write_index"] < oom["write_index"]
     assert r.nr_written == oom["write_index"] and r.nr_failed == 20000 - oom["write_index"]

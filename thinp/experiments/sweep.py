@@ -34,7 +34,8 @@ import traceback
 
 #: summary columns, all float or str so part files share one schema
 RESULT_COLUMNS = ("containers_started", "first_low_water_mark", "first_min_free_space",
-                  "first_out_of_data_space", "first_out_of_metadata_space", "autoextends",
+                  "first_out_of_data_space", "first_out_of_metadata_space", "first_metadata_failure",
+                  "autoextends",
                   "final_data_pct", "final_meta_pct", "max_data_pct", "max_overcommit_ratio",
                   "final_pool_bytes", "final_host_bytes", "enospc_writes")
 
@@ -160,6 +161,7 @@ def run_point(params: dict) -> dict:
             "first_min_free_space": _first(df, "min_free_space"),
             "first_out_of_data_space": _first(df, "out_of_data_space"),
             "first_out_of_metadata_space": _first(df, "out_of_metadata_space"),
+            "first_metadata_failure": _first(df, "metadata_failure"),
             "autoextends": float(df["events"].str.count("autoextend").sum()),
             "final_data_pct": float(df["data_pct"].iloc[-1]) if len(df) else float("nan"),
             "final_meta_pct": float(df["meta_pct"].iloc[-1]) if len(df) else float("nan"),

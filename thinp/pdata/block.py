@@ -203,8 +203,7 @@ class BlockManager:
         else:
             seal_blocks(TABLE8, self.blocks, bs64, xors[kinds])
         self.fresh[bs] = 0
-        for b, k in zip(bs.tolist(), kinds.tolist()):
-            self._valid[b] = VALIDATORS[k]
+        self._valid.update(zip(bs.tolist(), map(VALIDATORS.__getitem__, kinds.tolist())))
 
     def seal(self, b: int, v: Validator) -> None:
         """Stamp block ``b`` as a ``v`` block (location, checksum)."""

@@ -169,11 +169,41 @@ def block_crc_hw(m64, m32, b):
 
 @njit(refcount=False)
 def seal_blocks_hw(m64, m32, bs, xors):
-    """:func:`seal_blocks` over the views m64/m32 of the same blocks."""
-    for k in range(bs.shape[0]):
+    """:func:`seal_blocks` over the views m64/m32 of the same blocks.
+
+    The instruction's result feeds the next one (3 cycles of latency, one
+    issued a cycle), so one block at a time leaves two thirds of the unit
+    idle: blocks go four at a time, four independent registers in one loop."""
+    n = bs.shape[0]
+    k = 0
+    while k + 4 <= n:
+        b0 = bs[k]
+        b1 = bs[k + 1]
+        b2 = bs[k + 2]
+        b3 = bs[k + 3]
+        m64[b0, 1] = np.uint64(b0)
+        m64[b1, 1] = np.uint64(b1)
+        m64[b2, 1] = np.uint64(b2)
+        m64[b3, 1] = np.uint64(b3)
+        c0 = np.uint64(_crc32_u32(np.uint32(0xFFFFFFFF), m32[b0, 1]))
+        c1 = np.uint64(_crc32_u32(np.uint32(0xFFFFFFFF), m32[b1, 1]))
+        c2 = np.uint64(_crc32_u32(np.uint32(0xFFFFFFFF), m32[b2, 1]))
+        c3 = np.uint64(_crc32_u32(np.uint32(0xFFFFFFFF), m32[b3, 1]))
+        for w in range(1, m64.shape[1]):
+            c0 = _crc32_u64(c0, m64[b0, w])
+            c1 = _crc32_u64(c1, m64[b1, w])
+            c2 = _crc32_u64(c2, m64[b2, w])
+            c3 = _crc32_u64(c3, m64[b3, w])
+        m32[b0, 0] = np.uint32(c0) ^ np.uint32(xors[k])
+        m32[b1, 0] = np.uint32(c1) ^ np.uint32(xors[k + 1])
+        m32[b2, 0] = np.uint32(c2) ^ np.uint32(xors[k + 2])
+        m32[b3, 0] = np.uint32(c3) ^ np.uint32(xors[k + 3])
+        k += 4
+    while k < n:
         b = bs[k]
         m64[b, 1] = np.uint64(b)
         m32[b, 0] = block_crc_hw(m64, m32, b) ^ np.uint32(xors[k])
+        k += 1
 
 
 def hw_kernels():

@@ -28,6 +28,8 @@ import numpy as np
 from . import _walk_kernels as WK
 from .block import BlockManager, corrupt
 
+W_VERIFY = WK.W_VERIFY   # a walk option: check each node's checksum as it is read
+
 _PROBLEM = {WK.WALK_BAD_BLOCK: "points outside the metadata device",
             WK.WALK_BAD_NODE: "is not a btree node of 8-byte values",
             WK.WALK_BAD_ORDER: "has keys out of order or outside its parent's range",

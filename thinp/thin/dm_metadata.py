@@ -405,13 +405,15 @@ class DmMetadata:
         return read_counts(self.bm, self.sb.data_sm_root, metadata=False, what="data")[0]
 
     # -------------------------------------------------------------- views
-    def pool_view(self, held: bool = False):
-        """The :class:`thinp.thin.dump.PoolView` thin_dump prints."""
+    def pool_view(self, held: bool = False, mappings: bool = True):
+        """The :class:`thinp.thin.dump.PoolView` thin_dump prints; with
+        ``mappings=False`` its devices come without their mappings (not read)."""
         sb = self.held_superblock() if held else self.sb
         bs = sb.data_block_size * SECTOR_SIZE
         devices = []
+        z = np.zeros(0, dtype=np.int64)
         for d in self.devices(held):
-            v, p, t = self.mappings(d)
+            v, p, t = self.mappings(d) if mappings else (z, z, z)
             nrb = int(v[-1]) + 1 if len(v) else 0
             devices.append(DeviceView(d.dev_id, d.mapped_blocks, d.transaction_id, d.creation_time,
                                       d.snapshotted_time, nrb, v, p, t))

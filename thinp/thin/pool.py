@@ -242,7 +242,7 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
     nr_shared = np.zeros(1, dtype=np.int64)
     roots = dict(zip(tops[0][0].tolist(), tops[0][1].tolist())) if load else {}
 
-    def fill(dv, s, dev, root, what, walk=None):
+    def fill(dv, s, dev, root, what, walk=None, nr_mapped=None):
         if walk is None:
             r = TK.load_tree(md.sp, dv, np.int64(s), w, np.int64(root), data_refs, nr_shared)
         else:       # a tree the check counted already, read again: its entries count in the index only
@@ -261,7 +261,8 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
                 f"metadata corrupt: {what} maps block {vb}, past its size of {int(dv.size_sectors[s])} sectors "
                 f"in {SIDECAR}")
         if r == TK.L_NO_INDEX:
-            raise errors.ThinpError(f"the in-RAM index has no room for {what}'s mappings")
+            many = f" {nr_mapped:,}" if nr_mapped is not None else ""
+            raise errors.ThinpError(f"the in-RAM index has no room for {what}'s{many} mappings")
         raise errors.MetadataCorruptError(f"metadata corrupt: {what}'s mapping tree: btree node {int(w.bad[0])} "
                                           f"is damaged (walk status {r})")
 
@@ -282,7 +283,7 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
         dv.txn[s] = d.transaction_id
         md.slot_of[dev] = s
         if load:
-            fill(dv, s, dev, roots.get(dev, 0), f"device {dev}")
+            fill(dv, s, dev, roots.get(dev, 0), f"device {dev}", nr_mapped=d.mapped_blocks)
     md.held = None
     if held_sb is not None:
         # the held metadata snapshot's trees, as index trees of their own:

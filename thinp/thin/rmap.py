@@ -55,16 +55,21 @@ def rmap_runs(view: PoolView, regions) -> list[tuple[int, int, int, int]]:
 def leaf_views(image: str, metadata_snap: bool = False) -> PoolView:
     """A PoolView of a dm-thin image in which each device holds only the
     mappings of leaves first reached through it (dev_id order)."""
-    from ..pdata.mapping_index import collect
+    from .. import errors
+    from ..pdata.mapping_index import W_VERIFY, collect
     from .dm_metadata import DmMetadata
     from .format import unpack_block_time
     from .view import DeviceView
 
     with DmMetadata.open(image) as md:
-        view = md.pool_view(held=metadata_snap)   # (checks every tree)
+        view = md.pool_view(held=metadata_snap, mappings=False)
         devs = md.devices(held=metadata_snap)
-        begin, v, raw = collect(md.bm, np.array([d.root for d in devs], dtype=np.int64), first_reach=True,
-                                what=lambda j: f"device {devs[j].dev_id}")
+        try:    # one read of every node, checksums included
+            begin, v, raw = collect(md.bm, np.array([d.root for d in devs], dtype=np.int64), first_reach=True,
+                                    options=W_VERIFY, what=lambda j: f"device {devs[j].dev_id}")
+        except errors.MetadataCorruptError:
+            md.pool_view(held=metadata_snap)   # the node-by-node reading names the damage as dump does
+            raise
         p, t = unpack_block_time(raw)
         v = v.astype(np.int64)
         devices = []

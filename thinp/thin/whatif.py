@@ -33,7 +33,9 @@ queued (the pool's mode is ``out_of_data_space``: grow it with
 with ``error_if_no_space`` they failed with ENOSPC.  Either way a write
 "fails" here when it could not get a data block.  If the metadata runs out
 first, the pool turns read-only (as dm-thin does) and the run stops there:
-the event ``out_of_metadata_space`` says when, to the batch.
+the event ``out_of_metadata_space`` says at which write (dm's mode of that
+name, without needs_check), or ``metadata_failure`` at which batch (a
+metadata operation failed: read-only with needs_check).
 """
 from __future__ import annotations
 
@@ -63,13 +65,13 @@ class GrowthResult:
 
     ``events``: one dict per pool event (``kind``, ``write_index`` -- the
     0-based write that crossed it --, ``used_data_blocks``, ``data_pct``).
-    ``out_of_metadata_space`` ends the run.  When free metadata reaches
+    ``out_of_metadata_space`` or ``metadata_failure`` ends the run.  When free metadata reaches
     dm's reserve the pool commits what came before and goes read-only
     without needs_check (dm-thin's out-of-metadata-space mode):
     ``write_index`` is then the exact write that failed, every later one
     failing too.  When a metadata operation itself fails, the pool aborts
-    the transaction and turns read-only with needs_check, and
-    ``write_index`` is the first write of the batch (the batch's writes
+    the transaction and turns read-only with needs_check: the event is
+    ``metadata_failure`` and ``write_index`` is the first write of the batch (the batch's writes
     count as failed).
 
     ``before`` and ``after``: the pool's :class:`~thinp.PoolStatus`."""
@@ -171,7 +173,7 @@ def grow_devices(pool, fraction: float = 0.10, of: str = "mapped", dev_ids=None,
             # a metadata operation failed: dm-thin aborts the transaction and
             # turns the pool read-only; the exact write is not known, its batch is
             meta_failed_at = start
-            events.append(dict(kind="out_of_metadata_space", write_index=start, used_data_blocks=curve[-1][1],
+            events.append(dict(kind="metadata_failure", write_index=start, used_data_blocks=curve[-1][1],
                                data_pct=100.0 * curve[-1][1] / total))
             break
         for ev in res.events:
