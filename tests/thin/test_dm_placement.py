@@ -10,7 +10,10 @@ written before the second bitmap is allocated: the index root is block 10),
 so they are replayed with ``split="halves"``, thinp's model of those
 kernels.  ``tmeta_with_shared_internals_and_leaves`` came from a 5.14+
 kernel (its data space map index was written after all nine bitmaps); its
-first 21 blocks still show that kernel's format and first thin.
+4 GiB of sequential writes, snapshot and writes into the snapshot replay
+to the whole image, byte for byte, through PoolMetadata and through
+ThinPool: each data bitmap is shadowed where its first count changes in a
+transaction, between the btree nodes.
 
 The messages' order is read off the images: each device's details hold the
 transaction id current when it was made, so LVM sent each create_thin,

@@ -81,17 +81,18 @@ class DiskSpaceMap(RefCounts):
             else:
                 self._save_ie(i)  # older kernels insert it at once
 
-    def kernel_state(self) -> np.ndarray:
+    def kernel_state(self, shadow: bool = True) -> np.ndarray:
         """``st`` holding the bitmaps' blocks (and, before 5.14, the index
         root), for a kernel that allocates data blocks and shadows their
         bitmaps as dm does (mapping_tree.shadow_data_bitmap); :meth:`from_kernel`
-        after it."""
+        after it.  ``shadow=False``: none are shadowed (the tools' way, as
+        in :meth:`inc`)."""
         n = len(self.index_entries)
         if self.st.shape[0] < DST_BITMAPS + n:
             st = np.zeros(DST_BITMAPS + n, dtype=np.int64)
             st[:DST_BITMAPS] = self.st[:DST_BITMAPS]
             self.st = st
-        self.st[DST_NR] = n
+        self.st[DST_NR] = n if shadow else 0
         self.st[DST_INDEX] = -1 if self.tm.index_cache else self.bitmap_root
         self.st[DST_BITMAPS:DST_BITMAPS + n] = self.index_entries["blocknr"]
         return self.st
