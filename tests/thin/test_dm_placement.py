@@ -178,7 +178,7 @@ def test_grown_metadata_gets_its_bitmap_at_the_old_end(tmp_path):
         assert [b for b, _, _ in m.check().space_maps[1]][1] == 16000
 
 
-def _replay_shared_internals(path, write):
+def _replay_shared_internals(path, write, split="current"):
     """The operations that made tmeta_with_shared_internals_and_leaves, in
     the order its stale blocks tell: the format (the pool reopened after
     it), then in one session a thin, 4 GiB written into it sequentially with
@@ -187,8 +187,8 @@ def _replay_shared_internals(path, write):
     written into the snapshot past the origin's data."""
     from thinp.thin.pool_metadata import PoolMetadata
 
-    ThinPool.create(path, "8GiB", "64KiB", metadata_size="4MiB").close()
-    md = PoolMetadata.open(path / "metadata")
+    ThinPool.create(path, "8GiB", "64KiB", metadata_size="4MiB", split=split).close()
+    md = PoolMetadata.open(path / "metadata", split=split)
     md.sync = False
     md.create_thin(1)
     md.set_transaction_id(0, 1)
@@ -281,3 +281,17 @@ def test_shared_internals_through_the_pool(fixtures_dir, tmp_path):
     assert a.shape == b.shape
     assert [i for i in range(1, len(a)) if not np.array_equal(a[i], b[i])] == []
     assert not np.any((a[0] != b[0]) & ~UNDEFINED)
+
+
+def test_older_kernels_save_the_index_entry_at_once(tmp_path):
+    """Before 5.14 each data bitmap's index entry went into the index tree
+    as its count changed, so the tree's root leaf is shadowed right after
+    the transaction's first data bitmap, not at the commit: the write
+    kernel (which copies the root itself, DST_INDEX) and the Python path
+    (which inserts the entry) place every block alike."""
+    a = _blocks(_replay_shared_internals(tmp_path / "a", _insert_each, "halves"))
+    b = _blocks(_replay_shared_internals(tmp_path / "b", _write_blocks, "halves"))
+    assert [i for i in range(len(a)) if not np.array_equal(a[i], b[i])] == []
+    with DmMetadata.open(tmp_path / "b" / "metadata") as m:
+        assert m.check().ok
+        assert [d.mapped_blocks for d in m.devices()] == [65536, 65600]
