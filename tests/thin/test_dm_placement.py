@@ -10,7 +10,10 @@ written before the second bitmap is allocated: the index root is block 10),
 so they are replayed with ``split="halves"``, thinp's model of those
 kernels.  ``tmeta_with_shared_internals_and_leaves`` came from a 5.14+
 kernel (its data space map index was written after all nine bitmaps); its
-first 21 blocks still show that kernel's format and first thin.
+4 GiB of sequential writes, snapshot and writes into the snapshot replay
+to the whole image, byte for byte, through PoolMetadata and through
+ThinPool: each data bitmap is shadowed where its first count changes in a
+transaction, between the btree nodes.
 
 The messages' order is read off the images: each device's details hold the
 transaction id current when it was made, so LVM sent each create_thin,
@@ -173,3 +176,122 @@ def test_grown_metadata_gets_its_bitmap_at_the_old_end(tmp_path):
     with DmMetadata.open(tmp_path / "m") as m:
         assert m.check().ok
         assert [b for b, _, _ in m.check().space_maps[1]][1] == 16000
+
+
+def _replay_shared_internals(path, write, split="current"):
+    """The operations that made tmeta_with_shared_internals_and_leaves, in
+    the order its stale blocks tell: the format (the pool reopened after
+    it), then in one session a thin, 4 GiB written into it sequentially with
+    one commit on the way (dm's periodic commit: the stale leaves show it
+    came after 24,927 mappings), a commit, a snapshot, and 4 MiB (64 blocks)
+    written into the snapshot past the origin's data."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    ThinPool.create(path, "8GiB", "64KiB", metadata_size="4MiB", split=split).close()
+    md = PoolMetadata.open(path / "metadata", split=split)
+    md.sync = False
+    md.create_thin(1)
+    md.set_transaction_id(0, 1)
+    md.commit()
+    write(md, 1, 0, 24927)
+    md.commit()
+    write(md, 1, 24927, 65536)
+    md.commit()
+    md.create_snap(2, 1)
+    md.set_transaction_id(1, 2)
+    md.commit()
+    write(md, 2, 65536, 65600)
+    md.close()
+    return path / "metadata"
+
+
+def _insert_each(md, dev, lo, hi):
+    # the data block first (dm's alloc_data_block), then the mapping
+    for vb in range(lo, hi):
+        md.insert(dev, vb, md.alloc_data())
+
+
+def _write_blocks(md, dev, lo, hi):
+    # the numba write path: it allocates each data block itself
+    md.write_blocks(dev, np.arange(lo, hi))
+
+
+@pytest.mark.parametrize("write", [_insert_each, _write_blocks], ids=["insert", "write_blocks"])
+def test_shared_internals_is_the_kernels_image(fixtures_dir, tmp_path, write):
+    """Every data bitmap is shadowed at the first change of one of its
+    counts in a transaction, between the btree nodes: block 22 (bitmap 0,
+    before the thin's first node), 92 (bitmap 1, when data block 16,320 was
+    allocated, between two leaves), 131, 168, 235, 304 and 313.  The whole
+    image, stale blocks included, is the kernel's."""
+    kernel = unpack(fixtures_dir, "tmeta_with_shared_internals_and_leaves", tmp_path)
+    mine = _replay_shared_internals(tmp_path / "pool", write)
+    with DmMetadata.open(kernel) as k, DmMetadata.open(mine) as m:
+        assert m.check().ok
+        assert _roots(m.sb) == _roots(k.sb)
+        assert np.array_equal(m.metadata_counts(), k.metadata_counts())
+        assert [b for b, _, _ in m.check().space_maps[3]] == [22, 131, 168, 235, 313, 14, 15, 16, 17]
+    a, b = _blocks(kernel), _blocks(mine)
+    assert a.shape == b.shape
+    assert [i for i in range(1, len(a)) if not np.array_equal(a[i], b[i])] == []
+    assert BITMAP.check(b[92], 92) is None and BITMAP.check(b[304], 304) is None  # stale copies too
+    assert not np.any((a[0] != b[0]) & ~UNDEFINED)
+
+
+@pytest.mark.parametrize("split,first", [("halves", 5), ("current", 100)])
+def test_data_cursor_follows_the_kernel(tmp_path, split, first):
+    """sm_disk_commit restarted the data space map's cursor at 0 before
+    "don't reset space map allocation cursor when committing" (5.14): a
+    data block freed and committed is then the next one handed out.  Since,
+    the cursor goes on from the last allocation."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    md = PoolMetadata.format(tmp_path / "m", nr_metadata_blocks=512, nr_data_blocks=1000, data_block_sectors=128,
+                             split=split)
+    md.sync = False
+    md.create_thin(0)
+    assert md.write_blocks(0, np.arange(100)) == 100
+    md.commit()
+    assert md.remove(0, 5)
+    md.commit()
+    assert md.alloc_data() == first
+    md.close(commit=False)
+
+
+def test_shared_internals_through_the_pool(fixtures_dir, tmp_path):
+    """The same operations through ThinPool (its index allocates the data
+    blocks, apply_log inserts the mappings) give the kernel's image too."""
+    kernel = unpack(fixtures_dir, "tmeta_with_shared_internals_and_leaves", tmp_path)
+    bs = 64 * 1024
+    ThinPool.create(tmp_path / "pool", "8GiB", "64KiB", metadata_size="4MiB", commit_interval=10 ** 9,
+                    sync=False).close()
+    pool = ThinPool.open(tmp_path / "pool")
+    pool.message("create_thin 1")
+    pool.message("set_transaction_id 0 1")
+    pool.commit()
+    pool.device(1).write(0, 24927 * bs)
+    pool.commit()
+    pool.device(1).write(24927 * bs, (65536 - 24927) * bs)
+    pool.commit()
+    pool.message("create_snap 2 1")
+    pool.message("set_transaction_id 1 2")
+    pool.commit()
+    pool.device(2).write(65536 * bs, 64 * bs)
+    pool.close()
+    a, b = _blocks(kernel), _blocks(tmp_path / "pool" / "metadata")
+    assert a.shape == b.shape
+    assert [i for i in range(1, len(a)) if not np.array_equal(a[i], b[i])] == []
+    assert not np.any((a[0] != b[0]) & ~UNDEFINED)
+
+
+def test_older_kernels_save_the_index_entry_at_once(tmp_path):
+    """Before 5.14 each data bitmap's index entry went into the index tree
+    as its count changed, so the tree's root leaf is shadowed right after
+    the transaction's first data bitmap, not at the commit: the write
+    kernel (which copies the root itself, DST_INDEX) and the Python path
+    (which inserts the entry) place every block alike."""
+    a = _blocks(_replay_shared_internals(tmp_path / "a", _insert_each, "halves"))
+    b = _blocks(_replay_shared_internals(tmp_path / "b", _write_blocks, "halves"))
+    assert [i for i in range(len(a)) if not np.array_equal(a[i], b[i])] == []
+    with DmMetadata.open(tmp_path / "b" / "metadata") as m:
+        assert m.check().ok
+        assert [d.mapped_blocks for d in m.devices()] == [65536, 65600]

@@ -29,9 +29,10 @@ def _apply_log(md: PoolMetadata, log: np.ndarray) -> None:
     blocks = md.bm.blocks
     out = np.zeros(6, dtype=np.int64)
     r = MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free, tm.txn,
-                      tm.kind, md.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free,
+                      tm.kind, md.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free, dsm.kernel_state(),
                       np.int64(md.sb.data_mapping_root), log, np.int64(len(log)), md.split == "halves",
                       np.int64(0), np.int64(-1), False, np.int64(tm.nr_used), np.int64(tm.nr_allocs), out)
+    dsm.from_kernel()
     assert r == 0 and out[1] == len(log)
     md.sb.data_mapping_root = int(out[0])
     # the pool keeps mapped_blocks in its index; here, count the leaves
@@ -43,7 +44,7 @@ def _apply_log(md: PoolMetadata, log: np.ndarray) -> None:
 def _apply_rows(md: PoolMetadata, log: np.ndarray) -> None:
     for dev, vb, v, _ in log.tolist():
         if v >= 0:
-            md.insert_block_time(dev, vb, v >> 24, v & 0xFFFFFF)
+            md.insert_block_time(dev, vb, v >> 24, v & 0xFFFFFF, kernel=True)
         else:
             md.remove(dev, vb)
 

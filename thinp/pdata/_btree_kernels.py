@@ -92,6 +92,56 @@ def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     return b
 
 
+#: the data space map's ``dst`` (disk_space_map.DST_*): how many bitmap
+#: blocks it holds (0: the commit shadows them), its index tree's root when
+#: each index entry is saved at once (before 5.14; -1: cached), the blocks
+DST_NR = 2
+DST_INDEX = 3
+DST_BITMAPS = 4
+
+
+@njit(inline="always", refcount=False)
+def _copy_block(m64, count, committed, free, txn, kind, fresh, tst, old, k):
+    """dm_tm_shadow_block of an unshared block with no children to count:
+    a copy in the next free block, the original losing its reference."""
+    nb = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
+    if nb < 0:
+        return -1
+    kind[nb] = k
+    _dec(count, committed, free, old)
+    tst[2] += 1
+    for w in range(512):
+        m64[nb, w] = m64[old, w]
+    return nb
+
+
+@njit(refcount=False)
+def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p):
+    """sm_ll_inc's shadow_bitmap when data block ``p`` is allocated: the
+    first count change in its bitmap this transaction shadows the bitmap
+    there and then (the commit writes its entries); before 5.14 its index
+    entry is saved at once too, which shadows the index tree's root leaf.
+    0, or -1 when metadata ran out.  Not inlined: callers skip it while
+    their data blocks stay in a bitmap already shadowed.  (pdplace2, #12)"""
+    i = p // ENTRIES_PER_BITMAP
+    if i >= dst[DST_NR]:
+        return 0
+    old = dst[DST_BITMAPS + i]
+    if txn[old]:
+        return 0
+    nb = _copy_block(m64, count, committed, free, txn, kind, fresh, tst, old, KIND_BITMAP)
+    if nb < 0:
+        return -1
+    dst[DST_BITMAPS + i] = nb
+    r = dst[DST_INDEX]
+    if r >= 0 and (m32[r, 1] & LEAF) and (txn[r] == 0 or count[r] > 1):
+        nr = _copy_block(m64, count, committed, free, txn, kind, fresh, tst, r, KIND_BTREE)
+        if nr < 0:
+            return -1
+        dst[DST_INDEX] = nr
+    return 0
+
+
 @njit(inline="always", refcount=False)
 def _dec(count, committed, free, b):
     _dtouch(count, committed, b)
@@ -1038,6 +1088,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     sub = np.int64(-1)
     height = 0
     sub_ver = np.int64(-1)
+    dbm_lo = np.int64(-ENTRIES_PER_BITMAP)  # the data bitmap known shadowed (shadow_data_bitmap)
     for k in range(n):
         ver = tst[1] + tst[2]
         if ahead:
@@ -1111,6 +1162,14 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             out[2] = added
             out[3] = allocs
             return -2
+        if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:
+            if shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+                out[0] = root
+                out[1] = k
+                out[2] = added
+                out[3] = allocs
+                return -1
+            dbm_lo = p - p % ENTRIES_PER_BITMAP  # its bitmap is this transaction's now
         dst[0] = p + 1
         _dtouch(dcount, dcommitted, p)
         _used(dcount, dcommitted, 1)

@@ -19,6 +19,10 @@ from .space_map import ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, RefCounts, SmRoot,
 from .transaction import TransactionManager, write_bitmap_entry
 
 INDEX_VALUE = bw.ValueType(16)
+#: ``st`` (the kernels' ``dst``): 0 the allocation cursor; DST_NR how many
+#: bitmap blocks follow from DST_BITMAPS; DST_INDEX the index tree's root
+#: when entries are saved at once (before 5.14), else -1
+DST_NR, DST_INDEX, DST_BITMAPS = 2, 3, 4
 IE_CACHE_SIZE = 64
 COUNT_VALUE = bw.ValueType(4)
 
@@ -27,7 +31,7 @@ class DiskSpaceMap(RefCounts):
     """The data space map: counts, allocation, and its commit."""
 
     def __init__(self, tm: TransactionManager, count: np.ndarray, split: str = "current"):
-        super().__init__(count, 2)
+        super().__init__(count, DST_BITMAPS + nr_bitmaps(count.shape[0]))
         self.tm = tm
         #: the btree split rule of its index and ref-count trees: the same
         #: as the mapping trees' (dm-btree.c's insert serves every tree;
@@ -41,6 +45,10 @@ class DiskSpaceMap(RefCounts):
         self.fast = True
         #: dm's index-entry cache: slot -> bitmap whose entry waits for the commit
         self._ie_cache: dict[int, int] = {}
+        #: bitmaps shadowed since the commit by :meth:`shadow_bitmaps`: the
+        #: commit writes them and their entries even when their counts came
+        #: back to the committed ones (the index must name the copy)
+        self._shadowed: set[int] = set()
 
     @classmethod
     def format(cls, tm: TransactionManager, nr_blocks: int, split: str = "current") -> "DiskSpaceMap":
@@ -73,6 +81,33 @@ class DiskSpaceMap(RefCounts):
             else:
                 self._save_ie(i)  # older kernels insert it at once
 
+    def kernel_state(self, shadow: bool = True) -> np.ndarray:
+        """``st`` holding the bitmaps' blocks (and, before 5.14, the index
+        root), for a kernel that allocates data blocks and shadows their
+        bitmaps as dm does (mapping_tree.shadow_data_bitmap); :meth:`from_kernel`
+        after it.  ``shadow=False``: none are shadowed (the tools' way, as
+        in :meth:`inc`)."""
+        n = len(self.index_entries)
+        if self.st.shape[0] < DST_BITMAPS + n:
+            st = np.zeros(DST_BITMAPS + n, dtype=np.int64)
+            st[:DST_BITMAPS] = self.st[:DST_BITMAPS]
+            self.st = st
+        self.st[DST_NR] = n if shadow else 0
+        self.st[DST_INDEX] = -1 if self.tm.index_cache else self.bitmap_root
+        self.st[DST_BITMAPS:DST_BITMAPS + n] = self.index_entries["blocknr"]
+        return self.st
+
+    def from_kernel(self) -> None:
+        """Take the bitmaps the kernel shadowed (see :meth:`kernel_state`)."""
+        n = int(self.st[DST_NR])
+        now = self.st[DST_BITMAPS:DST_BITMAPS + n]
+        moved = np.flatnonzero(now != self.index_entries["blocknr"][:n])
+        if len(moved):
+            self.index_entries["blocknr"][moved] = now[moved]
+            self._shadowed.update(moved.tolist())
+        if not self.tm.index_cache:
+            self.bitmap_root = int(self.st[DST_INDEX])
+
     def _save_ie(self, i: int) -> None:
         ie = self.index_entries[i:i + 1].view(np.uint8).copy()
         self.bitmap_root, _ = bw.insert(self.tm, self.bitmap_root, [i], ie, INDEX_VALUE, split=self.split)
@@ -98,9 +133,38 @@ class DiskSpaceMap(RefCounts):
         """dm_sm_new_block: the lowest block free now and at the last
         commit from the cursor (wrapping once), count 1; None when full."""
         b = self.take_free()
-        return b if b >= 0 else None
+        if b < 0:
+            return None
+        self.shadow_bitmaps(np.array([b]))
+        return b
 
-    def inc(self, blocks) -> None:
+    def shadow_bitmaps(self, blocks) -> None:
+        """sm_ll_mutate's shadow_bitmap: the first change of a data count
+        in a transaction shadows its bitmap there and then, so the copy
+        takes the metadata block the allocator hands out at that moment
+        (before the btree nodes of the mapping that needed the data block).
+        Before 5.14 the index entry is saved at once too (the index tree's
+        path is shadowed then); since, it waits in the cache for the commit.
+        Done where a data block is allocated (here and in the write_blocks
+        kernel) and for counts changed outside the mapping kernels; the
+        counts those change as they insert or remove (a replaced or removed
+        mapping's block, a shared leaf's blocks) only flag their bitmaps,
+        shadowed at the commit.  The Python btree standing in for them
+        (``tm.as_kernels``) does the same."""
+        for i in np.unique(np.asarray(blocks, dtype=np.int64) // ENTRIES_PER_BITMAP).tolist():
+            old = int(self.index_entries["blocknr"][i])
+            if self.tm.txn[old]:
+                continue  # this transaction's already
+            nb, _, _ = self.tm.shadow(old, BITMAP)
+            self.index_entries["blocknr"][i] = nb
+            self._shadowed.add(i)
+            if not self.tm.index_cache:
+                self._save_ie(i)
+
+    def inc(self, blocks, shadow: bool = True) -> None:
+        """One more reference on each of ``blocks``; ``shadow=False`` leaves
+        the bitmaps to the commit, as the userspace tools (thin_restore,
+        thin_repair) that build a whole image in one transaction do."""
         b = np.asarray(blocks, dtype=np.int64)
         u = np.unique(b)
         before = int(np.count_nonzero(self.count[u]))
@@ -108,6 +172,8 @@ class DiskSpaceMap(RefCounts):
         self._add_used(len(u) - before)
         self.free[b] = False
         self.touch(b)
+        if shadow and not self.tm.as_kernels:  # the mapping kernels flag it for the commit (see shadow_bitmaps)
+            self.shadow_bitmaps(u)
 
     def dec(self, blocks) -> None:
         b = np.asarray(blocks, dtype=np.int64)
@@ -118,6 +184,8 @@ class DiskSpaceMap(RefCounts):
         np.subtract.at(self.count, b, 1)
         self._add_used(-int(np.count_nonzero(self.count[u] == 0)))
         self.touch(b)
+        if not self.tm.as_kernels:  # the mapping kernels flag it for the commit (see shadow_bitmaps)
+            self.shadow_bitmaps(u)
         back = b[(self.count[b] == 0) & (self.committed[b] == 0)]
         self.free[back] = True  # allocated and released in this transaction
 
@@ -141,10 +209,14 @@ class DiskSpaceMap(RefCounts):
             has_diff = np.zeros(len(flagged), dtype=np.uint8)
             k = collect_ref_count_changes(self.count, self.committed, flagged, blocks, counts, has_diff)
             bitmaps = flagged[has_diff != 0].tolist()
+            if self._shadowed:
+                bitmaps = sorted(set(bitmaps) | self._shadowed)
             self.ref_count_root = tm.update_ref_counts(self.ref_count_root, blocks[:k], counts[:k],
                                                        self.split == "halves")
         else:
             changed, bitmaps = self.changed_blocks()
+            if self._shadowed:
+                bitmaps = sorted(set(bitmaps) | self._shadowed)
             rc = changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]
             for b in rc.tolist():
                 c = int(self.count[b])
@@ -163,5 +235,9 @@ class DiskSpaceMap(RefCounts):
             v = ie.view(np.uint8).copy()
             if not bw.overwrite_in_place(tm, self.bitmap_root, i, v, split=self.split):
                 self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], v, INDEX_VALUE, split=self.split)
+        self._shadowed.clear()
+        cursor = self.begin
         self.settle()
+        if self.tm.rolling_cursor:
+            self.begin = cursor  # 5.14+: sm_disk_commit no longer restarts it at 0
         return SmRoot(n, self.nr_allocated, self.bitmap_root, self.ref_count_root)

@@ -20,6 +20,9 @@ update_ref_counts   a batch of set/remove on a space map's ref-count tree
 inc_data            one more reference on a data block (use it, not
                     ``dcount[p] += 1``: the space map's commit visits only
                     the bitmaps flagged as changed)
+shadow_data_bitmap  dm's shadow of a data bitmap at the first count change
+                    in it this transaction, for a caller allocating data
+                    blocks (``dst``: DiskSpaceMap.kernel_state())
 nr_used             blocks in use now, from a space map's ``committed`` array
                     (its running count; no scan)
 locate_leaf         a read-only descent to the leaf where (dev, vblock) is or
@@ -53,6 +56,7 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     nr_used,
     remove_mapping,
     remove_mapping_scratch,
+    shadow_data_bitmap,
     update_ref_counts,
     write_blocks,
 )

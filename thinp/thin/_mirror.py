@@ -18,7 +18,8 @@ import numpy as np
 
 from ..config import njit
 from ..pdata.mapping_tree import (PREFETCH_AHEAD, fetch_leaf, inc_data, insert_mapping_cached, locate_leaf,
-                                  remove_mapping_scratch)
+                                  remove_mapping_scratch, shadow_data_bitmap)
+from ..pdata.space_map import ENTRIES_PER_BITMAP
 
 #: rows ahead whose leaf's entries are fetched, its header having landed
 #: (the leaf was located PREFETCH_AHEAD rows ahead)
@@ -70,7 +71,7 @@ def _locate(m64, m32, count, txn, root, dev, vb, halves, ring, rk, s, row, ver, 
 
 
 @njit
-def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, log, n,
+def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log, n,
               halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out):
     """Apply rows ``0..n`` of ``log``.  ``out`` gets (new root, rows done,
     row at which free metadata fell to ``lwm`` or -1, free metadata blocks
@@ -81,7 +82,10 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     not reusable before its commit.  Returns 0; -1 when free metadata is
     down to ``reserve`` before a row (``out[1]`` is that row; rows before it
     are applied and it is untouched: dm-thin commits there); -2 when a
-    row's operation failed part-way for want of a free block."""
+    row's operation failed part-way for want of a free block.  A row's new
+    data block shadows its bitmap first when it is the first count change
+    there this transaction, as dm's allocation does (``dst``, see
+    DiskSpaceMap.kernel_state)."""
     res = np.zeros(2, dtype=np.int64)
     # scratch for the btree kernels, and the leaf a row changed in place
     # (kept while rows land in it: a shadowed leaf takes its later rows
@@ -107,14 +111,15 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
         nd *= 2
     dl = np.full((nd, 3), -1, dtype=np.int64)
     dk = np.zeros((nd, 3), dtype=np.uint64)
-    return _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, log, n,
-                  halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring,
-                  rk, dl, dk)
+    return _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log,
+                  n, halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc,
+                  ring, rk, dl, dk)
 
 
 @njit(refcount=False)
-def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, log, n, halves,
-           reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring, rk, dl, dk):
+def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log, n,
+           halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring, rk, dl,
+           dk):
     """apply_log's loop, with its scratch (compiled without reference
     counting: a view of a ring slot costs nothing here)."""
     nr = count.shape[0]
@@ -124,6 +129,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
     added = 0
     removed = 0
     armed = lwm_armed
+    dbm_lo = np.int64(-ENTRIES_PER_BITMAP)  # the data bitmap known shadowed
     for k in range(n):
         free_now = nr - used_commit - (tst[1] - allocs_commit)
         if armed and free_now <= lwm:
@@ -151,6 +157,14 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
         v = log[k, 2]
         if v >= 0:
             p = v >> 24
+            if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:
+                if shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+                    out[0] = root
+                    out[1] = k
+                    out[4] = added
+                    out[5] = removed
+                    return -2
+                dbm_lo = p - p % ENTRIES_PER_BITMAP
             inc_data(dcount, dcommitted, dfree, p)
             s = k & (RING - 1)
             if ring[s, 2] == k and ring[s, 0] >= 0 and ring[s, 1] and ring[s, 3] == ver:

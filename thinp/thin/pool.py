@@ -981,7 +981,7 @@ class ThinPool:
                 log[:n, 1] = o64[lo:hi]
                 log[:n, 2] = (d64[lo:hi] << 24) | (t64[lo:hi] & 0xFFFFFF)
                 log[:n, 3] = 0
-                if not self._apply_log(n):
+                if not self._apply_log(n, tool=True):
                     raise errors.NoSpaceError("restore: metadata ran out while building trees (estimate too small)")
             det = dm.devices[dev]
             det.mapped_blocks = len(o64)
@@ -1453,9 +1453,11 @@ class ThinPool:
         dm = self._dm
         return dm.tm.nr_blocks - self._meta_mark[0] - (dm.tm.nr_allocs - self._meta_mark[1])
 
-    def _apply_log(self, n: int, reserve: int | None = None) -> bool:
+    def _apply_log(self, n: int, reserve: int | None = None, tool: bool = False) -> bool:
         """Apply ``n`` logged mapping changes to dm's btree, in order; raise
-        the metadata events they cross.  False when metadata ran out."""
+        the metadata events they cross.  False when metadata ran out.
+        ``tool``: as thin_restore builds trees (data bitmaps left to the
+        commit), not as dm-thin's allocations shadow them."""
         if n == 0:
             return True
         dm = self._dm
@@ -1463,11 +1465,12 @@ class ThinPool:
         blocks = dm.bm.blocks
         res = np.zeros(6, dtype=np.int64)
         r = MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free, tm.txn,
-                          tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free,
+                          tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free, dsm.kernel_state(not tool),
                           np.int64(dm.sb.data_mapping_root), self._log, np.int64(n), dm.split == "halves",
                           np.int64(self._meta_reserve if reserve is None else reserve), np.int64(self._meta_lwm),
                           self._meta_lwm_armed,
                           np.int64(self._meta_mark[0]), np.int64(self._meta_mark[1]), res)
+        dsm.from_kernel()
         dm.sb.data_mapping_root = int(res[0])
         self._mirror_out = res
         self._mirror_r = int(r)

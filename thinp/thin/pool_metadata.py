@@ -349,13 +349,15 @@ class PoolMetadata:
             d.mapped_blocks += 1
         return inserted
 
-    def insert_block_time(self, dev: int, vblock: int, pblock: int, time: int) -> bool:
+    def insert_block_time(self, dev: int, vblock: int, pblock: int, time: int, *, kernel: bool = False) -> bool:
         """Map ``vblock`` to ``pblock`` with a given time, taking a reference
-        on the data block (restore and repair rebuild mappings this way)."""
+        on the data block (restore and repair rebuild mappings this way, and
+        leave the data bitmaps to the commit as the tools do; ``kernel``:
+        shadow its bitmap at once, as dm-thin's allocation of it does)."""
         d = self.details(dev)
         if not 0 <= pblock < self.data_sm.nr_blocks:
             raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
-        self.data_sm.inc([pblock])
+        self.data_sm.inc([pblock], shadow=kernel)
         inserted = self._insert_value(dev, vblock, pack_block_time(pblock, time))
         d.changed = True
         if inserted:
@@ -376,9 +378,10 @@ class PoolMetadata:
         tm, dsm = self.tm, self.data_sm
         out = np.zeros(4, dtype=np.int64)
         r = BK.write_blocks(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
-                            dsm.count, dsm.committed, dsm.free, dsm.st, np.int64(self.sb.data_mapping_root),
+                            dsm.count, dsm.committed, dsm.free, dsm.kernel_state(), np.int64(self.sb.data_mapping_root),
                             np.int64(dev), np.int64(d.snapshotted_time), np.int64(self.sb.time), vb,
                             self.split == "halves", out)
+        dsm.from_kernel()
         self.sb.data_mapping_root = int(out[0])
         d.mapped_blocks += int(out[2])
         d.changed = True
