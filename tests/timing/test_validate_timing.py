@@ -354,3 +354,55 @@ def test_refit_fits_the_kept_measurements_again(tmp_path, capsys):
     assert main(["calibrate", "--refit", str(bad), "--out", str(out)]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"thinp: error: {bad}: no [calibration.measured_s] to fit (not a thinp calibrate file)"
+
+
+class _FakeStarts:
+    """A real side whose zfs start at ``bad_n`` processes fails on its first
+    run (a hung ``zfs clone``), or on every run with ``always``."""
+
+    def __init__(self, bad_n, always=False):
+        self.n, self.bad_n, self.always, self.removed, self.runs = 0, bad_n, always, [], {}
+
+    def warm_tool(self, d):
+        pass
+
+    def create(self, d, i, cold):
+        pass
+
+    def remove(self, d, i):
+        self.removed.append((d, i))
+
+    def settle(self, d):
+        pass
+
+
+def _fake_concurrently(real):
+    def run(jobs):
+        d, n = jobs[0][1][0], len(jobs)
+        k = real.runs[(d, n)] = real.runs.get((d, n), 0) + 1
+        if d == "zfs" and n == real.bad_n and (k == 1 or real.always):
+            raise vt.RealRunError("zfs clone did not finish in 300 s")
+        return 0.001 * n + 0.0001 * k
+    return run
+
+
+def test_a_lost_start_run_costs_that_run_not_the_calibration(monkeypatch):
+    real = _FakeStarts(bad_n=4)
+    monkeypatch.setattr(vt, "concurrently", _fake_concurrently(real))
+    monkeypatch.setattr(vt, "drop_caches", lambda: None)
+    said = []
+    meas = cal._starts(real, {}, said.append, reps=3)
+    # the two runs left give the least: the second run's figure
+    assert meas["zfs.start.p4"] == pytest.approx(0.004 + 0.0002)
+    assert meas["zfs.start.p2"] == pytest.approx(0.002 + 0.0001)
+    assert any("zfs starts by 4: a run failed" in m for m in said)
+    # every container of every run was removed, the failed run's too
+    assert len(real.removed) == 3 * 3 * sum(cal.START_NS)
+
+
+def test_a_start_count_with_every_run_lost_is_raised(monkeypatch):
+    real = _FakeStarts(bad_n=16, always=True)
+    monkeypatch.setattr(vt, "concurrently", _fake_concurrently(real))
+    monkeypatch.setattr(vt, "drop_caches", lambda: None)
+    with pytest.raises(vt.RealRunError, match="did not finish"):
+        cal._starts(real, {}, lambda m: None, reps=2)
