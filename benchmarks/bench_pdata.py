@@ -241,14 +241,9 @@ def _faults():
 
 
 def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    from thinp.validate.timing import cpu_model
+
+    return cpu_model() or "unknown CPU"
 
 
 @pytest.mark.benchmark(group="pdata-commit")
