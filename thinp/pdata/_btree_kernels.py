@@ -866,19 +866,25 @@ PREFETCH_AHEAD = 16
 # write_blocks' look-ahead for requests that leave the current leaf (random
 # ones), in three stages.  At request k:
 #   - request k + LOCATE_AHEAD is located: a descent over the internal nodes
-#     (few, and hot) from the device's subtree root finds its leaf, which is
-#     recorded in a ring with its parent, its index there and its key bounds,
-#     and the leaf's first line (its header) is fetched;
+#     (few, and hot) from the device's subtree root finds its leaf, whose
+#     path (its index in each internal node, a byte a level) goes into a ring
+#     and whose first line (its header) is fetched;
 #   - for request k + FILL_AHEAD, whose leaf's header has landed, the lines
 #     holding the leaf's entries are fetched (not the empty tail);
-#   - request k itself uses its recorded leaf with no descent when the nodes
-#     above it are as they were: no block allocated or shadowed since (each
-#     split and shadow allocates; the sum of the two counters is the ring's
-#     version) and its parent's keys around it unchanged (a rebalance
-#     between two leaves moves only those keys).
+#   - request k itself descends again along its recorded path: at each
+#     level the recorded index is checked against the node as it is now
+#     (its key at most the request's, the next one above it) and searched
+#     for only when it moved.  So the descent is always the one dm's insert
+#     makes, whatever splits, shadows and rebalances came between, and no
+#     located leaf is thrown away when the tree changes.
+# Both descents take their first guess from a small table of the paths
+# last taken, by key range (HINT_BITS slots of the batch's key space): a
+# guess that holds costs two loads a level instead of a binary search.
 LOCATE_AHEAD = 24
 FILL_AHEAD = 12
 RING = 32  # a power of two above LOCATE_AHEAD
+HINT_BITS = 14
+HINT_LEVELS = 4  # levels a path records (a byte each, in a uint32; max_entries < 256)
 
 
 @njit(refcount=False)
@@ -978,31 +984,35 @@ def _height(m64, m32, b):
     return h
 
 
-@njit(inline="always")
-def _locate(m64, m32, count, txn, sub, height, key, ri, rk, s, ver):
-    """Stage one of write_blocks' look-ahead (see LOCATE_AHEAD): ring slot
-    ``s`` gets (leaf, parent or -1, index in the parent, version) and
-    (lower key bound, upper bound, 1 when it has none), or leaf -1 when
-    dm's insert would not just descend there (a node on the way not this
-    transaction's or shared, an internal node full or with its first key
-    above ``key``).  Reads only internal nodes; fetches the leaf's header."""
-    ri[s, 0] = -1
-    ri[s, 3] = ver
+@njit(inline="always", refcount=False)
+def _descend_hinted(m64, m32, count, txn, sub, height, key, path):
+    """The descent of :func:`_direct_descend` over the ``height`` internal
+    levels below ``sub``, trying at each level the index ``path`` records
+    (byte l for level l; see LOCATE_AHEAD) before a search.  Returns (leaf,
+    its path, its parent or -1, its index there, its lower key bound, its
+    upper bound, 1 when it has none), leaf -1 when dm's insert would not
+    just descend there (a node on the way not this transaction's or
+    shared, an internal node full or with its first key above ``key``)."""
     b = sub
     p = np.int64(-1)
     pi = np.int64(-1)
     lo = np.uint64(0)
     hi = np.uint64(0)
     hi_open = np.uint64(1)
-    for _ in range(height):
+    got = np.int64(0)
+    for lv in range(height):
         if not txn[b] or count[b] != 1:
-            return
+            return -1, got, p, pi, lo, hi, hi_open
         nr = np.int64(m32[b, 4])
         if nr == m32[b, 5]:
-            return
-        i = _lower_bound(m64, m32, b, key)
-        if i < 0:
-            return
+            return -1, got, p, pi, lo, hi, hi_open
+        i = (path >> np.int64(8 * lv)) & 0xFF if lv < HINT_LEVELS else np.int64(255)
+        if not (i < nr and m64[b, HDR + i] <= key and (i + 1 >= nr or m64[b, HDR + i + 1] > key)):
+            i = _lower_bound(m64, m32, b, key)
+            if i < 0:
+                return -1, got, p, pi, lo, hi, hi_open
+        if lv < HINT_LEVELS:
+            got |= i << np.int64(8 * lv)
         lo = m64[b, HDR + i]
         if i + 1 < nr:
             hi = m64[b, HDR + i + 1]
@@ -1011,14 +1021,8 @@ def _locate(m64, m32, count, txn, sub, height, key, ri, rk, s, ver):
         pi = i
         b = np.int64(_val(m64, m32, b, i))
     if not txn[b] or count[b] != 1:
-        return
-    prefetch(m64, b * np.int64(m64.shape[1]))
-    ri[s, 0] = b
-    ri[s, 1] = p
-    ri[s, 2] = pi
-    rk[s, 0] = lo
-    rk[s, 1] = hi
-    rk[s, 2] = hi_open
+        return -1, got, p, pi, lo, hi, hi_open
+    return b, got, p, pi, lo, hi, hi_open
 
 
 @njit(inline="always")
@@ -1033,24 +1037,6 @@ def _fill(m64, m32, b):
     v0 = HDR + np.int64(m32[b, 5])
     for j in range(v0 & ~7, min(v0 + nr + 1, w), 8):
         prefetch(m64, base + j)
-
-
-@njit(inline="always")
-def _located(m64, m32, ri, rk, s, ver):
-    """Whether ring slot ``s``'s leaf is still where its request lands
-    (see LOCATE_AHEAD)."""
-    b = ri[s, 0]
-    if b < 0 or ri[s, 3] != ver:
-        return False
-    p = ri[s, 1]
-    if p < 0:
-        return True
-    pi = ri[s, 2]
-    if np.int64(_val(m64, m32, p, pi)) != b or m64[p, HDR + pi] != rk[s, 0]:
-        return False
-    if pi + 1 < np.int64(m32[p, 4]):
-        return rk[s, 2] == 0 and m64[p, HDR + pi + 1] == rk[s, 1]
-    return True
 
 
 @njit
@@ -1070,8 +1056,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     # while the keys fall within its bounds (hi[2] <= key < hi[0]): such a
     # key is in it or absent from the tree, so one binary search in the leaf
     # answers the lookup, with no descent -- a sequential run appends.  A key
-    # outside them takes the leaf the look-ahead located for it, when that
-    # is still valid (see LOCATE_AHEAD).  When the leaf is full (or split on
+    # outside them descends again along the path the look-ahead found for
+    # it (see LOCATE_AHEAD).  When the leaf is full (or split on
     # any insert, in the halves rule), dm's insert would split or rebalance:
     # that goes through insert_mapping, without a second lookup, as the
     # search already told found or not.
@@ -1083,30 +1069,43 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     sp = np.zeros(4, dtype=np.int64)
     n = vblocks.shape[0]
     ahead = n > 2 * LOCATE_AHEAD
-    ri = np.full((RING, 4), -1, dtype=np.int64)
-    rk = np.zeros((RING, 3), dtype=np.uint64)
+    ri = np.full((RING, 2), -1, dtype=np.int64)  # (leaf or -1, its path)
+    hints = np.zeros(1 << HINT_BITS if ahead else 1, dtype=np.uint32)
+    hmask = np.uint64(hints.shape[0] - 1)
+    hshift = np.uint64(0)
+    if ahead:
+        top = np.uint64(0)
+        for k in range(n):
+            top = max(top, np.uint64(vblocks[k]))
+        while (top >> hshift) >> np.uint64(HINT_BITS):
+            hshift += np.uint64(1)
+    w = np.int64(m64.shape[1])
     sub = np.int64(-1)
     height = 0
     sub_ver = np.int64(-1)
     dbm_lo = np.int64(-ENTRIES_PER_BITMAP)  # the data bitmap known shadowed (shadow_data_bitmap)
     for k in range(n):
-        ver = tst[1] + tst[2]
         if ahead:
+            ver = tst[1] + tst[2]  # a block allocated or shadowed: the subtree's root may have moved
+            if sub_ver != ver:
+                sub = _subtree_root(m64, m32, count, txn, root, dev, halves)
+                height = _height(m64, m32, sub) if sub >= 0 else 0
+                sub_ver = ver
             j = k + LOCATE_AHEAD
             if j < n:
                 s = j & (RING - 1)
                 kj = np.uint64(vblocks[j])
-                if leaf >= 0 and kj >= hi[2] and (hi[1] or kj < hi[0]):
-                    ri[s, 0] = -1  # the current leaf's (a run): hot
-                else:
-                    if sub_ver != ver:
-                        sub = _subtree_root(m64, m32, count, txn, root, dev, halves)
-                        height = _height(m64, m32, sub) if sub >= 0 else 0
-                        sub_ver = ver
-                    if sub >= 0:
-                        _locate(m64, m32, count, txn, sub, height, kj, ri, rk, s, ver)
-                    else:
-                        ri[s, 0] = -1
+                ri[s, 0] = -1
+                if not (leaf >= 0 and kj >= hi[2] and (hi[1] or kj < hi[0])) and sub >= 0:
+                    # (a key in the current leaf's bounds: a run, hot)
+                    h = np.int64((kj >> hshift) & hmask)
+                    b, got, _p, _pi, _lo, _hi, _ho = _descend_hinted(m64, m32, count, txn, sub, height, kj,
+                                                                      np.int64(hints[h]))
+                    if b >= 0:
+                        ri[s, 0] = b
+                        ri[s, 1] = got
+                        hints[h] = np.uint32(got)
+                        prefetch(m64, b * w)
             j = k + FILL_AHEAD
             if j < n:
                 b = ri[j & (RING - 1), 0]
@@ -1116,15 +1115,19 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         key = np.uint64(vb)
         direct = False
         known = False
-        if ahead and not (leaf >= 0 and key >= hi[2] and (hi[1] or key < hi[0])):
+        if ahead and sub >= 0 and not (leaf >= 0 and key >= hi[2] and (hi[1] or key < hi[0])):
             s = k & (RING - 1)
-            if _located(m64, m32, ri, rk, s, ver):
-                leaf = ri[s, 0]
-                lp = ri[s, 1]
-                lpi = ri[s, 2]
-                hi[2] = rk[s, 0]
-                hi[0] = rk[s, 1]
-                hi[1] = rk[s, 2]
+            h = np.int64((key >> hshift) & hmask)
+            path = ri[s, 1] if ri[s, 0] >= 0 else np.int64(hints[h])
+            b, got, bp, bpi, blo, bhi, bho = _descend_hinted(m64, m32, count, txn, sub, height, key, path)
+            if b >= 0:
+                leaf = b
+                lp = bp
+                lpi = bpi
+                hi[2] = blo
+                hi[0] = bhi
+                hi[1] = bho
+                hints[h] = np.uint32(got)
         if leaf >= 0 and key >= hi[2] and (hi[1] or key < hi[0]):
             nr = np.int64(m32[leaf, 4])
             if nr > 0 and key > m64[leaf, HDR + nr - 1]:
