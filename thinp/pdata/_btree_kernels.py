@@ -946,31 +946,30 @@ def fetch_leaf(m64, m32, b, vblock, lo, hi, hi_open, stage):
     """Prefetch what an insert of ``vblock`` into leaf ``b`` (key bounds
     ``lo`` <= key < ``hi``, no upper bound when ``hi_open``: as
     :func:`locate_leaf` gives them in ``bounds[2]``, ``[0]``, ``[1]``)
-    will read, in two stages some requests apart.  Stage 0: when its
-    bounds span at most MAX8 keys, the leaf's header and, were its keys a
-    gapless run from ``lo`` (a fully mapped range), the lines of the entry
-    ``vblock`` would be (its key and its value); else the whole block.
-    Stage 1, once the header has landed: when stage 0 fetched only those
-    lines and the leaf is not such a run over its bounds, the lines of all
-    its entries (an insert's search and shift read them).  Stage -1: the
-    whole block (it is to be copied)."""
+    will read, in two stages some requests apart.  Stage 0: the leaf's
+    header and, were its keys a gapless run from ``lo`` (a fully mapped
+    range; possible only when its bounds span at most MAX8 keys), the lines
+    of the entry ``vblock`` would be (its key and its value).  Stage 1,
+    once the header has landed: unless stage 0 found it such a run, the
+    lines of all its entries (an insert's search and shift read them; not
+    the empty tail).  Stage -1: the whole block (it is to be copied)."""
     w = np.int64(m64.shape[1])
     base = b * w
     g = np.int64(np.uint64(vblock) - lo)
     # a leaf can be a gapless run only when its bounds span at most MAX8 keys
     run = hi_open == 0 and np.int64(hi - lo) <= MAX8
-    if stage < 0 or (stage == 0 and not run):
+    if stage < 0:
         for j in range(0, w, 8):  # one 64-byte line each
             prefetch(m64, base + j)
         return
     if stage == 0:
         prefetch(m64, base)
-        if g < MAX8:
+        if run and g < MAX8:
             prefetch(m64, base + HDR + g)
             prefetch(m64, base + HDR + MAX8 + g)
         return
     nr = np.int64(m32[b, 4])
-    if run and (np.int64(hi - lo) != nr or g >= nr or m32[b, 5] != MAX8):
+    if not run or np.int64(hi - lo) != nr or g >= nr or m32[b, 5] != MAX8:
         _fill(m64, m32, b)
 
 
@@ -985,15 +984,17 @@ def _height(m64, m32, b):
 
 
 @njit(inline="always", refcount=False)
-def _descend_hinted(m64, m32, count, txn, sub, height, key, path):
-    """The descent of :func:`_direct_descend` over the ``height`` internal
-    levels below ``sub``, trying at each level the index ``path`` records
-    (byte l for level l; see LOCATE_AHEAD) before a search.  Returns (leaf,
-    its path, its parent or -1, its index there, its lower key bound, its
-    upper bound, 1 when it has none), leaf -1 when dm's insert would not
-    just descend there (a node on the way not this transaction's or
-    shared, an internal node full or with its first key above ``key``)."""
+def descend_hinted(m64, m32, count, txn, sub, height, key, path):
+    """The descent of :func:`locate_leaf` over the ``height`` internal
+    levels below a subtree root ``sub``, trying at each level the index
+    ``path`` records (byte l for level l; see LOCATE_AHEAD) before a
+    search: read only.  Returns (leaf, 1 when dm's insert would only
+    descend to it (every node on the way this transaction's and unshared,
+    no internal node full or with its first key above ``key``), its path,
+    its parent or -1, its index there, its lower key bound, its upper
+    bound, 1 when it has none)."""
     b = sub
+    direct = np.int64(1)
     p = np.int64(-1)
     pi = np.int64(-1)
     lo = np.uint64(0)
@@ -1002,15 +1003,16 @@ def _descend_hinted(m64, m32, count, txn, sub, height, key, path):
     got = np.int64(0)
     for lv in range(height):
         if not txn[b] or count[b] != 1:
-            return -1, got, p, pi, lo, hi, hi_open
+            direct = 0
         nr = np.int64(m32[b, 4])
         if nr == m32[b, 5]:
-            return -1, got, p, pi, lo, hi, hi_open
+            direct = 0
         i = (path >> np.int64(8 * lv)) & 0xFF if lv < HINT_LEVELS else np.int64(255)
         if not (i < nr and m64[b, HDR + i] <= key and (i + 1 >= nr or m64[b, HDR + i + 1] > key)):
             i = _lower_bound(m64, m32, b, key)
             if i < 0:
-                return -1, got, p, pi, lo, hi, hi_open
+                direct = 0
+                i = 0
         if lv < HINT_LEVELS:
             got |= i << np.int64(8 * lv)
         lo = m64[b, HDR + i]
@@ -1021,8 +1023,18 @@ def _descend_hinted(m64, m32, count, txn, sub, height, key, path):
         pi = i
         b = np.int64(_val(m64, m32, b, i))
     if not txn[b] or count[b] != 1:
-        return -1, got, p, pi, lo, hi, hi_open
-    return b, got, p, pi, lo, hi, hi_open
+        direct = 0
+    return b, direct, got, p, pi, lo, hi, hi_open
+
+
+@njit
+def subtree_height(m64, m32, count, txn, root, dev, halves, sh):
+    """``sh`` (int64[2]) gets ``dev``'s subtree root when dm's insert would
+    only descend the top-level tree to it (else -1) and the internal
+    levels below it, for :func:`descend_hinted`."""
+    sub = _subtree_root(m64, m32, count, txn, root, dev, halves)
+    sh[0] = sub
+    sh[1] = _height(m64, m32, sub) if sub >= 0 else 0
 
 
 @njit(inline="always")
@@ -1036,6 +1048,31 @@ def _fill(m64, m32, b):
         prefetch(m64, base + j)
     v0 = HDR + np.int64(m32[b, 5])
     for j in range(v0 & ~7, min(v0 + nr + 1, w), 8):
+        prefetch(m64, base + j)
+
+
+@njit(inline="always", refcount=False)
+def _fill_near(m64, m32, b, key, lo, hi, hi_open):
+    """Stage two for an insert of ``key`` into leaf ``b`` (key bounds
+    ``lo`` <= key < ``hi``, none above when ``hi_open``; its header in cache
+    by now): fetch the lines its search and its shift will read, not the
+    whole leaf.  Keys are placed by interpolation between the bounds (a
+    random key's index lands within a few entries of it): the keys from 24
+    entries below that guess and the values from 8 below, to the last
+    entry (the shift moves every later one), and the search's first three
+    probes (the middle and the quarters)."""
+    nr = np.int64(m32[b, 4])
+    base = b * np.int64(m64.shape[1])
+    g = np.int64(0)
+    if hi_open == 0 and hi > lo:
+        g = np.int64(np.float64(key - lo) / np.float64(hi - lo) * np.float64(nr))
+        prefetch(m64, base + HDR + (nr >> 1))
+        prefetch(m64, base + HDR + (nr >> 2))
+        prefetch(m64, base + HDR + nr - (nr >> 2))
+    for j in range((HDR + max(g - 24, 0)) & ~7, HDR + nr + 1, 8):
+        prefetch(m64, base + j)
+    v0 = HDR + np.int64(m32[b, 5])
+    for j in range((v0 + max(g - 8, 0)) & ~7, v0 + nr + 1, 8):
         prefetch(m64, base + j)
 
 
@@ -1070,6 +1107,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     n = vblocks.shape[0]
     ahead = n > 2 * LOCATE_AHEAD
     ri = np.full((RING, 2), -1, dtype=np.int64)  # (leaf or -1, its path)
+    rk = np.zeros((RING, 3), dtype=np.uint64)  # its (lower, upper key bound, 1 when none above)
     hints = np.zeros(1 << HINT_BITS if ahead else 1, dtype=np.uint32)
     hmask = np.uint64(hints.shape[0] - 1)
     hshift = np.uint64(0)
@@ -1099,18 +1137,22 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                 if not (leaf >= 0 and kj >= hi[2] and (hi[1] or kj < hi[0])) and sub >= 0:
                     # (a key in the current leaf's bounds: a run, hot)
                     h = np.int64((kj >> hshift) & hmask)
-                    b, got, _p, _pi, _lo, _hi, _ho = _descend_hinted(m64, m32, count, txn, sub, height, kj,
-                                                                      np.int64(hints[h]))
-                    if b >= 0:
+                    b, dr, got, _p, _pi, blo, bhi, bho = descend_hinted(m64, m32, count, txn, sub, height, kj,
+                                                                        np.int64(hints[h]))
+                    if dr:
                         ri[s, 0] = b
                         ri[s, 1] = got
+                        rk[s, 0] = blo
+                        rk[s, 1] = bhi
+                        rk[s, 2] = bho
                         hints[h] = np.uint32(got)
                         prefetch(m64, b * w)
             j = k + FILL_AHEAD
             if j < n:
-                b = ri[j & (RING - 1), 0]
+                s = j & (RING - 1)
+                b = ri[s, 0]
                 if b >= 0:
-                    _fill(m64, m32, b)
+                    _fill_near(m64, m32, b, np.uint64(vblocks[j]), rk[s, 0], rk[s, 1], rk[s, 2])
         vb = vblocks[k]
         key = np.uint64(vb)
         direct = False
@@ -1119,8 +1161,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             s = k & (RING - 1)
             h = np.int64((key >> hshift) & hmask)
             path = ri[s, 1] if ri[s, 0] >= 0 else np.int64(hints[h])
-            b, got, bp, bpi, blo, bhi, bho = _descend_hinted(m64, m32, count, txn, sub, height, key, path)
-            if b >= 0:
+            b, dr, got, bp, bpi, blo, bhi, bho = descend_hinted(m64, m32, count, txn, sub, height, key, path)
+            if dr:
                 leaf = b
                 lp = bp
                 lpi = bpi

@@ -32,6 +32,13 @@ locate_leaf         a read-only descent to the leaf where (dev, vblock) is or
 fetch_leaf          prefetch what an insert into that leaf reads, in two
                     stages (its header and the entry a gapless leaf would
                     hold; then, unless it is gapless, all its entries)
+subtree_height      a device's subtree root (when dm's insert would only
+                    descend the top level to it) and its internal levels
+descend_hinted      locate_leaf's descent below that root, trying a
+                    recorded path (an index a level) before each search:
+                    always the descent dm's insert makes, two loads a level
+                    when the path still holds (HINT_BITS: the size of a
+                    table of paths by key range a caller may keep)
 
 The one walk of dm's btrees (:mod:`thinp.pdata._walk_kernels`), for readers
 that do their own work on each leaf (thin_check's tallies, the index fill):
@@ -46,7 +53,9 @@ W_VERIFY, W_REVISIT its options: check checksums; walk shared nodes again
 from __future__ import annotations
 
 from ._btree_kernels import (  # noqa: F401  (re-exported)
+    HINT_BITS,
     PREFETCH_AHEAD,
+    descend_hinted,
     fetch_leaf,
     inc_data,
     insert_mapping,
@@ -57,6 +66,7 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     remove_mapping,
     remove_mapping_scratch,
     shadow_data_bitmap,
+    subtree_height,
     update_ref_counts,
     write_blocks,
 )
@@ -77,7 +87,7 @@ from ._walk_kernels import (  # noqa: F401  (re-exported)
     start,
 )
 
-__all__ = ["PREFETCH_AHEAD", "fetch_leaf", "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf",
+__all__ = ["HINT_BITS", "PREFETCH_AHEAD", "descend_hinted", "subtree_height", "fetch_leaf", "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf",
            "lookup_mapping", "nr_used", "remove_mapping", "remove_mapping_scratch", "update_ref_counts", "write_blocks",
            "W_REVISIT", "W_VERIFY", "WALK_BAD_BLOCK", "WALK_BAD_CSUM", "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP",
            "WALK_TOO_DEEP", "WALK_TOO_MANY", "Walk", "leaf_fresh", "new_walk", "next_leaf", "start"]

@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import (PREFETCH_AHEAD, fetch_leaf, inc_data, insert_mapping_cached, locate_leaf,
-                                  remove_mapping_scratch, shadow_data_bitmap)
+from ..pdata.mapping_tree import (HINT_BITS, PREFETCH_AHEAD, descend_hinted, fetch_leaf, inc_data,
+                                  insert_mapping_cached, locate_leaf, remove_mapping_scratch, shadow_data_bitmap,
+                                  subtree_height)
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 
 #: rows ahead whose leaf's entries are fetched, its header having landed
@@ -26,48 +27,52 @@ from ..pdata.space_map import ENTRIES_PER_BITMAP
 FILL_AHEAD = 8
 #: apply_log's ring of located leaves (a power of two above PREFETCH_AHEAD)
 RING = 32
-#: its directory of located leaves: at most 2**DIR_BITS entries, one per
-#: run of 2**DIR_SHIFT vblocks of a device (a leaf holds up to 252)
-DIR_BITS = 13
-DIR_SHIFT = 5
-_HASH = 0x9E3779B97F4A7C15  # Fibonacci hashing of the dev_id
 
 
 @njit(inline="always", refcount=False)
-def _locate(m64, m32, count, txn, root, dev, vb, halves, ring, rk, s, row, ver, dl, dk, loc):
+def _sub(m64, m32, count, txn, tst, root, dev, halves, sh):
+    """``sh`` = (``dev``'s subtree root or -1, its internal levels, dev,
+    blocks allocated and shadowed when found): found again when the dev
+    differs or a block was allocated or shadowed since (a split or a
+    shadow can move it)."""
+    av = tst[1] + tst[2]
+    if sh[2] != dev or sh[3] != av:
+        subtree_height(m64, m32, count, txn, root, dev, halves, sh)
+        sh[2] = dev
+        sh[3] = av
+
+
+@njit(inline="always", refcount=False)
+def _locate(m64, m32, count, txn, tst, root, dev, vb, halves, ring, rk, s, row, ver, loc, sh, hints, hshift):
     """Ring slot ``s`` gets where row ``row`` (``dev``, ``vb``) lands (see
-    apply_log) and the fetch of that leaf starts.  The directory (``dl``,
-    ``dk``) answers a key within the bounds of a leaf located since the
-    last change to the trees' nodes (``ver``) without a descent; a
-    descent's leaf that insert_mapping_cached can take is entered there."""
-    mask = np.uint64(dl.shape[0] - 1)
+    apply_log) and the fetch of that leaf starts.  The descent below the
+    device's subtree root tries the path last taken in the key's range
+    first (``hints``, see descend_hinted)."""
     key = np.uint64(vb)
-    h = np.int64(((key >> np.uint64(DIR_SHIFT)) ^ (np.uint64(dev) * np.uint64(_HASH))) & mask)
     ring[s, 2] = row
     ring[s, 3] = ver
-    if dl[h, 1] == ver and dl[h, 2] == dev and dk[h, 2] <= key and (dk[h, 1] != 0 or key < dk[h, 0]):
-        b = dl[h, 0]
+    _sub(m64, m32, count, txn, tst, root, dev, halves, sh)
+    if sh[0] >= 0:
+        hh = np.int64((key >> hshift) & np.uint64(hints.shape[0] - 1))
+        b, dr, got, _p, _pi, lo, hi, ho = descend_hinted(m64, m32, count, txn, sh[0], sh[1], key, np.int64(hints[hh]))
+        rk[s, 0] = hi
+        rk[s, 1] = ho
+        rk[s, 2] = lo
         ring[s, 0] = b
-        ring[s, 1] = 1
-        for i in range(3):
-            rk[s, i] = dk[h, i]
+        ring[s, 1] = dr
+        ring[s, 4] = got
+        if dr:
+            hints[hh] = np.uint32(got)
     else:
         locate_leaf(m64, m32, count, txn, root, dev, vb, halves, rk[s], loc)
         b = loc[0]
         ring[s, 0] = b
         ring[s, 1] = loc[1]
+        ring[s, 4] = 0
         if b < 0:
             return
-        if loc[1] == 0:
-            # the leaf is to be shadowed (copied whole) or split
-            fetch_leaf(m64, m32, b, vb, rk[s, 2], rk[s, 0], rk[s, 1], -1)
-            return
-        dl[h, 0] = b
-        dl[h, 1] = ver
-        dl[h, 2] = dev
-        for i in range(3):
-            dk[h, i] = rk[s, i]
-    fetch_leaf(m64, m32, b, vb, rk[s, 2], rk[s, 0], rk[s, 1], 0)
+    # stage -1: the leaf is to be shadowed (copied whole) or split
+    fetch_leaf(m64, m32, b, vb, rk[s, 2], rk[s, 0], rk[s, 1], 0 if ring[s, 1] else -1)
 
 
 @njit
@@ -96,30 +101,38 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     lres = np.zeros(3, dtype=np.int64)
     loc = np.zeros(2, dtype=np.int64)
     # A random row's leaf is cold: it is located PREFETCH_AHEAD rows early
-    # (a read-only descent, or the directory) and fetched in two stages
+    # (a read-only descent: descend_hinted) and fetched in two stages
     # (fetch_leaf).  Ring slot k % RING holds (leaf or -1, 1 when
-    # insert_mapping_cached can take it, row, version) and the leaf's key
-    # bounds, for row k.  ``ver`` counts the rows that went through dm's
-    # insert or remove (which can move nodes, and keys between them); a
-    # leaf located at the same version is still where row k lands, every
-    # node above it this transaction's and unshared, so it is handed to
-    # insert_mapping_cached as its cache (which checks the leaf's own room).
-    ring = np.full((RING, 4), -1, dtype=np.int64)
+    # insert_mapping_cached can take it, row, version, the leaf's path: its
+    # index in each internal node) and the leaf's key bounds, for row k.
+    # ``ver`` counts the rows that went through dm's insert or remove (which
+    # can move nodes, and keys between them); a leaf located at the same
+    # version is still where row k lands, every node above it this
+    # transaction's and unshared, so it is handed to insert_mapping_cached
+    # as its cache (which checks the leaf's own room).  Located at an older
+    # version, the row descends again along that path (descend_hinted: a
+    # search only where an index moved), not from scratch.
+    ring = np.full((RING, 5), -1, dtype=np.int64)
     rk = np.zeros((RING, 3), dtype=np.uint64)
-    nd = 16
-    while nd < n and nd < (1 << DIR_BITS):
-        nd *= 2
-    dl = np.full((nd, 3), -1, dtype=np.int64)
-    dk = np.zeros((nd, 3), dtype=np.uint64)
+    # the device's subtree root and height (see _sub); the paths last taken
+    # by key range (descend_hinted), over the log's vblocks
+    sh = np.full(4, -1, dtype=np.int64)
+    top = 0
+    for k in range(n):
+        top = max(top, log[k, 1])
+    hshift = 0
+    while (top >> hshift) >> HINT_BITS:
+        hshift += 1
+    hints = np.zeros(1 << HINT_BITS if n > 2 * PREFETCH_AHEAD else 1, dtype=np.uint32)
     return _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log,
                   n, halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc,
-                  ring, rk, dl, dk)
+                  ring, rk, sh, hints, np.uint64(hshift))
 
 
 @njit(refcount=False)
 def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log, n,
-           halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring, rk, dl,
-           dk):
+           halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring, rk, sh,
+           hints, hshift):
     """apply_log's loop, with its scratch (compiled without reference
     counting: a view of a ring slot costs nothing here)."""
     nr = count.shape[0]
@@ -145,8 +158,8 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
         j = k + PREFETCH_AHEAD
         if j < n and not (log[j, 0] == log[j - 1, 0] and abs(log[j, 1] - log[j - 1, 1]) < 64):
             # (a run's leaf is hot, and in the cache)
-            _locate(m64, m32, count, txn, root, log[j, 0], log[j, 1], halves, ring, rk, j & (RING - 1), j, ver, dl,
-                    dk, loc)
+            _locate(m64, m32, count, txn, tst, root, log[j, 0], log[j, 1], halves, ring, rk, j & (RING - 1), j, ver,
+                    loc, sh, hints, hshift)
         f = k + FILL_AHEAD
         if f < n:
             s = f & (RING - 1)
@@ -167,11 +180,29 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 dbm_lo = p - p % ENTRIES_PER_BITMAP
             inc_data(dcount, dcommitted, dfree, p)
             s = k & (RING - 1)
-            if ring[s, 2] == k and ring[s, 0] >= 0 and ring[s, 1] and ring[s, 3] == ver:
+            key = np.uint64(vb)
+            tagged = ring[s, 2] == k and ring[s, 0] >= 0
+            if tagged and ring[s, 1] and ring[s, 3] == ver:
                 cache[0] = ring[s, 0]
                 cache[1] = dev
                 for i in range(3):
                     hi[i] = rk[s, i]
+            elif not (cache[0] >= 0 and cache[1] == dev and key >= hi[2] and (hi[1] or key < hi[0])):
+                # nodes moved since the row was located (or it was not):
+                # the descent again, along its located path
+                _sub(m64, m32, count, txn, tst, root, dev, halves, sh)
+                cache[0] = -1
+                if sh[0] >= 0:
+                    hh = np.int64((key >> hshift) & np.uint64(hints.shape[0] - 1))
+                    path = ring[s, 4] if tagged else np.int64(hints[hh])
+                    b, dr, got, _p, _pi, lo, up, uo = descend_hinted(m64, m32, count, txn, sh[0], sh[1], key, path)
+                    if dr:
+                        cache[0] = b
+                        cache[1] = dev
+                        hi[0] = up
+                        hi[1] = uo
+                        hi[2] = lo
+                        hints[hh] = np.uint32(got)
             r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                       dfree, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
             if cache[0] < 0:  # it went through dm's insert
