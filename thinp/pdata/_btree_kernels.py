@@ -799,6 +799,22 @@ def _direct_rebalance(m64, m32, count, txn, parent, pi, b, key):
     return -1
 
 
+@njit(inline="always", refcount=False)
+def _leaf_insert(m64, m32, lb, i1, key, value):
+    """_insert_at of (``key``, ``value``) at ``i1`` in leaf ``lb`` (8-byte
+    values, room for one more), inlined: an append, or keys and values
+    shifted by one with two memmoves."""
+    nr = np.int64(m32[lb, 4])
+    mx = np.int64(m32[lb, 5])
+    if i1 < nr:
+        base = lb * np.int64(m64.shape[1]) + HDR
+        memmove(m64, base + i1 + 1, base + i1, nr - i1)
+        memmove(m64, base + mx + i1 + 1, base + mx + i1, nr - i1)
+    m64[lb, HDR + i1] = key
+    m64[lb, HDR + mx + i1] = value
+    m32[lb, 4] = nr + 1
+
+
 @njit(refcount=False)
 def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                           root, dev, vblock, value, halves, sp, cache, hi, res, out):
@@ -807,17 +823,22 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
     only descend (:func:`_direct_leaf`: every node on the path this
     transaction's and unshared, none in need of a split), the leaf is
     changed in place -- the same bytes dm's insert writes, without the
-    spine's shadow steps.  That leaf is kept in ``cache`` (int64[2]: leaf
-    or -1, its dev_id; ``hi`` uint64[3] its key bounds, as _direct_leaf
-    gives them) and answers every later key of the same device within its
-    bounds with one search in the leaf, no descent: the leaf a CoW already
-    shadowed takes the rest of its writes in place.  Any other insert goes
-    through dm's insert and empties the cache (a split or shadow moves
+    spine's shadow steps.  That leaf is kept in ``cache`` (int64[4]: leaf
+    or -1, its dev_id, its parent or -1 when not known, its index there;
+    ``hi`` uint64[3] its key bounds, as _direct_leaf gives them) and
+    answers every later key of the same device within its bounds with one
+    search in the leaf, no descent: the leaf a CoW already shadowed takes
+    the rest of its writes in place.  A full leaf lacking the key is
+    rebalanced into a sibling in place when dm's insert would do just that
+    to a sibling already this transaction's (:func:`_direct_rebalance`,
+    its parent known); that and any other insert through dm's insert
+    empty the cache (keys moved between leaves, or a split or shadow moved
     nodes); so must the caller, after any other change to the trees.
-    ``sp`` int64[4] and ``res`` int64[3] are scratch; ``out`` as
+    ``sp`` int64[4] and ``res`` int64[5] are scratch; ``out`` as
     insert_mapping's.  Returns 0, or -1 when metadata ran out."""
     key = np.uint64(vblock)
     direct = False
+    known = False
     leaf = cache[0]
     if leaf >= 0 and cache[1] == dev and key >= hi[2] and (hi[1] or key < hi[0]):
         nr = np.int64(m32[leaf, 4])
@@ -838,12 +859,26 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
             res[0] = leaf
             res[1] = i
             res[2] = 1 if found else 0
+        else:
+            known = True
     elif _direct_leaf(m64, m32, count, txn, root, dev, key, halves, res, hi):
         direct = True
         cache[0] = res[0]
         cache[1] = dev
+        cache[2] = res[3]
+        cache[3] = res[4]
     if not direct:
         cache[0] = -1
+        if known and not halves and cache[2] >= 0:
+            # the leaf is full and lacks the key: dm rebalances it into a
+            # sibling (or splits it); the first, in place when the sibling
+            # is this transaction's
+            t = _direct_rebalance(m64, m32, count, txn, cache[2], cache[3], leaf, key)
+            if t >= 0:
+                _leaf_insert(m64, m32, t, _lower_bound(m64, m32, t, key) + 1, key, value)
+                out[0] = root
+                out[1] = 1
+                return 0
         return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                                root, dev, vblock, value, halves, sp, out)
     lb = res[0]
@@ -851,7 +886,7 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
         _replace_value(m64, m32, dcount, dcommitted, dfree, lb, res[1], value)
         out[1] = 0
     else:
-        _insert_at(m64, m32, lb, res[1] + 1, key, value)
+        _leaf_insert(m64, m32, lb, res[1] + 1, key, value)
         out[1] = 1
     out[0] = root
     return 0
@@ -1226,20 +1261,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             if res[2]:
                 _replace_value(m64, m32, dcount, dcommitted, dfree, lb, res[1], value)
             else:
-                nr = np.int64(m32[lb, 4])
-                if res[1] + 1 == nr:
-                    m64[lb, HDR + nr] = key
-                    _set_val(m64, m32, lb, nr, value)
-                    m32[lb, 4] = nr + 1
-                else:  # _insert_at, inlined: keys and values shift by one
-                    i1 = res[1] + 1
-                    mx = np.int64(m32[lb, 5])
-                    base = lb * np.int64(m64.shape[1]) + HDR
-                    memmove(m64, base + i1 + 1, base + i1, nr - i1)
-                    memmove(m64, base + mx + i1 + 1, base + mx + i1, nr - i1)
-                    m64[lb, HDR + i1] = key
-                    m64[lb, HDR + mx + i1] = value
-                    m32[lb, 4] = nr + 1
+                _leaf_insert(m64, m32, lb, res[1] + 1, key, value)
                 added += 1
             allocs += 1
             continue

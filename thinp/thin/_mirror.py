@@ -54,7 +54,9 @@ def _locate(m64, m32, count, txn, tst, root, dev, vb, halves, ring, rk, s, row, 
     _sub(m64, m32, count, txn, tst, root, dev, halves, sh)
     if sh[0] >= 0:
         hh = np.int64((key >> hshift) & np.uint64(hints.shape[0] - 1))
-        b, dr, got, _p, _pi, lo, hi, ho = descend_hinted(m64, m32, count, txn, sh[0], sh[1], key, np.int64(hints[hh]))
+        b, dr, got, bp, bpi, lo, hi, ho = descend_hinted(m64, m32, count, txn, sh[0], sh[1], key, np.int64(hints[hh]))
+        ring[s, 5] = bp
+        ring[s, 6] = bpi
         rk[s, 0] = hi
         rk[s, 1] = ho
         rk[s, 2] = lo
@@ -69,6 +71,7 @@ def _locate(m64, m32, count, txn, tst, root, dev, vb, halves, ring, rk, s, row, 
         ring[s, 0] = b
         ring[s, 1] = loc[1]
         ring[s, 4] = 0
+        ring[s, 5] = -1
         if b < 0:
             return
     # stage -1: the leaf is to be shadowed (copied whole) or split
@@ -96,15 +99,16 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     # (kept while rows land in it: a shadowed leaf takes its later rows
     # with one search; a removal or a split empties it)
     sp = np.zeros(4, dtype=np.int64)
-    cache = np.full(2, -1, dtype=np.int64)
+    cache = np.full(4, -1, dtype=np.int64)
     hi = np.zeros(3, dtype=np.uint64)
-    lres = np.zeros(3, dtype=np.int64)
+    lres = np.zeros(5, dtype=np.int64)
     loc = np.zeros(2, dtype=np.int64)
     # A random row's leaf is cold: it is located PREFETCH_AHEAD rows early
     # (a read-only descent: descend_hinted) and fetched in two stages
     # (fetch_leaf).  Ring slot k % RING holds (leaf or -1, 1 when
     # insert_mapping_cached can take it, row, version, the leaf's path: its
-    # index in each internal node) and the leaf's key bounds, for row k.
+    # index in each internal node, its parent or -1, its index there) and
+    # the leaf's key bounds, for row k.
     # ``ver`` counts the rows that went through dm's insert or remove (which
     # can move nodes, and keys between them); a leaf located at the same
     # version is still where row k lands, every node above it this
@@ -112,7 +116,7 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     # as its cache (which checks the leaf's own room).  Located at an older
     # version, the row descends again along that path (descend_hinted: a
     # search only where an index moved), not from scratch.
-    ring = np.full((RING, 5), -1, dtype=np.int64)
+    ring = np.full((RING, 7), -1, dtype=np.int64)
     rk = np.zeros((RING, 3), dtype=np.uint64)
     # the device's subtree root and height (see _sub); the paths last taken
     # by key range (descend_hinted), over the log's vblocks
@@ -185,6 +189,8 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             if tagged and ring[s, 1] and ring[s, 3] == ver:
                 cache[0] = ring[s, 0]
                 cache[1] = dev
+                cache[2] = ring[s, 5]
+                cache[3] = ring[s, 6]
                 for i in range(3):
                     hi[i] = rk[s, i]
             elif not (cache[0] >= 0 and cache[1] == dev and key >= hi[2] and (hi[1] or key < hi[0])):
@@ -195,17 +201,19 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 if sh[0] >= 0:
                     hh = np.int64((key >> hshift) & np.uint64(hints.shape[0] - 1))
                     path = ring[s, 4] if tagged else np.int64(hints[hh])
-                    b, dr, got, _p, _pi, lo, up, uo = descend_hinted(m64, m32, count, txn, sh[0], sh[1], key, path)
+                    b, dr, got, bp, bpi, lo, up, uo = descend_hinted(m64, m32, count, txn, sh[0], sh[1], key, path)
                     if dr:
                         cache[0] = b
                         cache[1] = dev
+                        cache[2] = bp
+                        cache[3] = bpi
                         hi[0] = up
                         hi[1] = uo
                         hi[2] = lo
                         hints[hh] = np.uint32(got)
             r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                       dfree, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
-            if cache[0] < 0:  # it went through dm's insert
+            if cache[0] < 0:  # it went through dm's insert or a rebalance: keys or nodes moved
                 ver += 1
             added += res[1]
         else:
