@@ -364,10 +364,12 @@ class PoolMetadata:
             d.mapped_blocks += 1
         return inserted
 
-    def insert_block_times(self, dev: int, vblocks: np.ndarray, pblocks: np.ndarray, times: np.ndarray) -> int:
+    def insert_block_times(self, dev: int, vblocks: np.ndarray, pblocks: np.ndarray, times: np.ndarray, *,
+                           kernel: bool = False) -> int:
         """:meth:`insert_block_time` for many mappings of ``dev`` in order,
-        the tools' way, in one kernel call (the pool's log applier); the
-        same image as the loop.  Returns how many were new."""
+        in one kernel call (the pool's log applier); the same image as the
+        loop (``kernel``: as with ``kernel=True`` there, each data bitmap
+        shadowed at its first change).  Returns how many were new."""
         from . import _mirror as MIR
 
         d = self.details(dev)
@@ -382,8 +384,8 @@ class PoolMetadata:
         if len(vb) == 0:
             return 0
         if not self.fast:
-            return sum(self.insert_block_time(dev, v, p, t) for v, p, t in zip(vb.tolist(), pb.tolist(),
-                                                                               tm_.tolist()))
+            return sum(self.insert_block_time(dev, v, p, t, kernel=kernel)
+                       for v, p, t in zip(vb.tolist(), pb.tolist(), tm_.tolist()))
         log = np.empty((len(vb), 4), dtype=np.int64)
         log[:, 0] = dev
         log[:, 1] = vb
@@ -394,7 +396,7 @@ class PoolMetadata:
         res = np.zeros(6, dtype=np.int64)
         never = np.int64(-(1 << 62))
         r = MIR.apply_log(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
-                          dsm.count, dsm.committed, dsm.free, dsm.kernel_state(False),
+                          dsm.count, dsm.committed, dsm.free, dsm.kernel_state(kernel),
                           np.int64(self.sb.data_mapping_root), log, np.int64(len(vb)), self.split == "halves",
                           never, never, False, np.int64(0), np.int64(tm.st[1]), res)
         dsm.from_kernel()
