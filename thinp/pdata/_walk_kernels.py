@@ -536,3 +536,22 @@ def score_roots(w, kind, roots, out, stamp, stack, stack2):
         out[j, 1] = entries
         out[j, 2] = small
         out[j, 3] = subtrees
+
+
+@njit(refcount=False)
+def gather_leaves(w, leaves, keys_out, vals_out):
+    """The 8-byte-value entries of ``leaves`` (walked, so checked) in turn
+    into ``keys_out``/``vals_out`` (uint64, sized by the caller: the sum
+    of their nr_entries).  Returns how many."""
+    m64 = w.m64
+    m32 = w.m32
+    pos = 0
+    for j in range(leaves.shape[0]):
+        b = leaves[j]
+        nr = np.int64(m32[b, 4])
+        mx = np.int64(m32[b, 5])
+        for i in range(nr):
+            keys_out[pos + i] = m64[b, _HDR + i]
+            vals_out[pos + i] = m64[b, _HDR + mx + i]
+        pos += nr
+    return pos

@@ -45,20 +45,21 @@ def _entries(bm: BlockManager, leaves: np.ndarray, value_size: int) -> tuple[np.
     """(keys, value bytes) of the ``leaves`` (checked nodes), in order."""
     m64, m32 = bm.blocks.view(np.uint64), bm.blocks.view(np.uint32)
     nr = m32[leaves, 4].astype(np.int64)
-    mx = m32[leaves, 5].astype(np.int64)
     total = int(nr.sum())
     if total == 0:
         return np.zeros(0, np.uint64), np.zeros((0, value_size), np.uint8)
+    if value_size == 8:
+        keys = np.empty(total, dtype=np.uint64)
+        vals = np.empty(total, dtype=np.uint64)
+        WK.gather_leaves(WK.new_walk(bm.blocks, 8, 0), leaves, keys, vals)
+        return keys, vals.view(np.uint8).reshape(total, 8)
+    mx = m32[leaves, 5].astype(np.int64)
     rows = np.repeat(leaves, nr)
     first = np.repeat(np.cumsum(nr) - nr, nr)
     i = np.arange(total, dtype=np.int64) - first
     keys = m64[rows, 4 + i]
-    mxr = np.repeat(mx, nr)
-    if value_size == 8:
-        vals = m64[rows, 4 + mxr + i].view(np.uint8).reshape(total, 8)
-    else:
-        base = 32 + 8 * mxr + value_size * i
-        vals = bm.blocks[rows[:, None], base[:, None] + np.arange(value_size)]
+    base = 32 + 8 * np.repeat(mx, nr) + value_size * i
+    vals = bm.blocks[rows[:, None], base[:, None] + np.arange(value_size)]
     return keys, vals
 
 

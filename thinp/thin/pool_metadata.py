@@ -386,26 +386,31 @@ class PoolMetadata:
         if not self.fast:
             return sum(self.insert_block_time(dev, v, p, t, kernel=kernel)
                        for v, p, t in zip(vb.tolist(), pb.tolist(), tm_.tolist()))
-        log = np.empty((len(vb), 4), dtype=np.int64)
-        log[:, 0] = dev
-        log[:, 1] = vb
-        log[:, 2] = (pb << 24) | (tm_ & 0xFFFFFF)
-        log[:, 3] = 0
         m64, m32 = self._kernel_views()
         tm, dsm = self.tm, self.data_sm
         res = np.zeros(6, dtype=np.int64)
         never = np.int64(-(1 << 62))
-        r = MIR.apply_log(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
-                          dsm.count, dsm.committed, dsm.free, dsm.kernel_state(kernel),
-                          np.int64(self.sb.data_mapping_root), log, np.int64(len(vb)), self.split == "halves",
-                          never, never, False, np.int64(0), np.int64(tm.st[1]), res)
-        dsm.from_kernel()
-        self.sb.data_mapping_root = int(res[0])
-        d.mapped_blocks += int(res[4])
-        d.changed = True
-        if r < 0:
-            raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
-        return int(res[4])
+        added = 0
+        # the log in slices: the applier's rows are 32 bytes each
+        log = np.empty((min(len(vb), 1 << 20), 4), dtype=np.int64)
+        log[:, 3] = 0
+        for lo in range(0, len(vb), len(log)):
+            n = min(len(log), len(vb) - lo)
+            log[:n, 0] = dev
+            log[:n, 1] = vb[lo:lo + n]
+            log[:n, 2] = (pb[lo:lo + n] << 24) | (tm_[lo:lo + n] & 0xFFFFFF)
+            r = MIR.apply_log(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
+                              dsm.count, dsm.committed, dsm.free, dsm.kernel_state(kernel),
+                              np.int64(self.sb.data_mapping_root), log, np.int64(n), self.split == "halves",
+                              never, never, False, np.int64(0), np.int64(tm.st[1]), res)
+            dsm.from_kernel()
+            self.sb.data_mapping_root = int(res[0])
+            d.mapped_blocks += int(res[4])
+            added += int(res[4])
+            d.changed = True
+            if r < 0:
+                raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
+        return added
 
     def write_blocks(self, dev: int, vblocks) -> int:
         """dm-thin's write path for these vblocks of ``dev`` (provision
