@@ -17,8 +17,9 @@ and their mappings (live or from the held metadata snapshot), a full
 consistency check with thin_check's rules, and the node counts of each tree.
 The device subtrees -- nearly every block of a big pool -- are read with the
 one numba walk of :mod:`thinp.pdata.mapping_tree` (check, dump, ls, delta,
-rmap and the pool's open all step it); the small trees (details, top level,
-space-map indexes) and the node-by-node check that names damage use the
+rmap, shapes and the pool's open all step it); the small trees (details,
+top level, space-map indexes) and the node-by-node walk that names damage
+(of the one damaged device tree, when the fast check finds some) use the
 Python walk :func:`thinp.pdata.btree.walk`.
 """
 from __future__ import annotations

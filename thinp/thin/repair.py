@@ -5,10 +5,13 @@ What survives is written to a new image (the damaged one is only read):
 1. The superblock gives the geometry and the roots.  A superblock that does
    not verify is replaced by what the caller states (data block size, data
    blocks) and the roots are found by scanning, as below.
-2. Every tree is walked tolerantly: a node that fails its checks is skipped
-   with what it would have held, and its key range is remembered.
+2. Every tree is walked tolerantly (the one numba leaf walk with
+   W_TOLERANT, :mod:`thinp.pdata.salvage`): a node that fails its checks
+   (checksum and block number, header, key order within its parent's
+   range) is skipped with what it would have held, and its key range is
+   remembered.
 3. Lost roots and lost subtrees are looked for by scanning every block for
-   valid btree nodes (checksum, location, sane header).  A mapping tree's top
+   valid btree nodes (checksum, location, sane header), in numba.  A mapping tree's top
    level is a tree whose leaves point at 8-byte-value trees; a device's lost
    leaves are the valid, unreachable leaves whose keys fall in the range of
    one of its damaged nodes.  When the metadata space map still verifies,
