@@ -70,10 +70,13 @@ def tolerant_collect(bm: BlockManager, root: int, value_size: int) -> Salvaged:
     its parent gives), a child outside the device, or a node deeper than
     16 levels is recorded and skipped with everything below it."""
     nb = bm.blocks.shape[0]
-    w = WK.new_walk(bm.blocks, value_size, _OPTS, max_damaged=nb)
     out = np.empty(nb, dtype=np.int64)
-    n = WK.leaf_blocks(w, np.int64(root), out)
-    if n < 0:
+    for max_damaged in (256, nb):  # (a record per damaged node: few, or a retry)
+        w = WK.new_walk(bm.blocks, value_size, _OPTS, max_damaged=max_damaged)
+        n = WK.leaf_blocks(w, np.int64(root), out)
+        if n >= 0:
+            break
+    else:
         raise corrupt(f"btree at {root}: more damaged nodes or leaves than the {nb}-block device holds "
                       f"(a loop through node {int(w.bad[0])})")
     keys, vals = _entries(bm, out[:n], value_size)
@@ -89,12 +92,16 @@ def count_refs(bm: BlockManager, roots: list) -> np.ndarray:
     nb = bm.blocks.shape[0]
     refs = np.zeros(nb, dtype=np.int32)
     out = np.empty(nb, dtype=np.int64)
+    walks: dict = {}
     for root, value_size in roots:
         if not 0 < root < nb:
             continue
-        w = WK.new_walk(bm.blocks, value_size, _OPTS, seen=refs, max_damaged=nb)
+        w = walks.get(value_size)
+        if w is None:
+            w = walks[value_size] = WK.new_walk(bm.blocks, value_size, _OPTS, seen=refs, max_damaged=nb)
+        w.st[WK.ST_NR_DMG] = 0  # the damage is not kept here: room for the next tree's
         if WK.leaf_blocks(w, np.int64(root), out) < 0:
-            raise corrupt(f"btree at {root}: more damaged nodes than the {nb}-block device holds")
+            raise corrupt(f"btree at {root}: more damaged nodes or leaves than the {nb}-block device holds")
     return refs
 
 
