@@ -500,3 +500,34 @@ def test_a_hung_removal_costs_a_calibration_start_run_not_the_calibration(monkey
     assert meas["zfs.start.p4"] == pytest.approx(0.004 + 0.0002)
     assert any("zfs starts by 4: a removal failed" in m for m in said)
     assert len(real.removed) == 3 * 3 * sum(cal.START_NS)
+
+
+def test_kernel_threads_cpu_is_read_and_grows():
+    a = vt.kthread_cpu_s()
+    assert a > 0                # kernel threads have run since boot
+    assert vt.kthread_cpu_s() >= a
+
+
+class _KeepsKthreads:
+    """A real side whose runs take 0.1 s and whose kernel threads ran 0.01 s per run."""
+
+    def __init__(self, stack, base, drivers):
+        self.skipped, self.last_kthread_s, self.k = {}, None, 0
+
+    def measure(self, case, driver, n):
+        self.k += 1
+        self.last_kthread_s = 0.01 * self.k
+        return 0.1
+
+
+def test_each_run_keeps_the_kernel_threads_cpu_beside_its_time(monkeypatch):
+    monkeypatch.setattr(vt, "available", lambda: (True, ""))
+    monkeypatch.setattr(vt, "scratch", lambda stack, size: "/nonexistent")
+    monkeypatch.setattr(vt, "RealSetup", _KeepsKthreads)
+    monkeypatch.setattr(vt, "predict", lambda case, d, n, timing, device: 0.2)
+    rows = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs"), cases=vt.CASES[:1], reps=3)
+    assert [len(x["kthread_s"]) for x in rows] == [3, 3]
+    assert sorted(v for x in rows for v in x["kthread_s"]) == pytest.approx([0.01 * k for k in range(1, 7)])
+    # and a re-prediction keeps them from the measured rows
+    again = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs"), cases=vt.CASES[:1], measured=rows)
+    assert [x["kthread_s"] for x in again] == [x["kthread_s"] for x in rows]

@@ -202,6 +202,27 @@ def make_tree(top: str, depth: int) -> None:
         level = nxt
 
 
+def kthread_cpu_s() -> float:
+    """CPU seconds every kernel thread has run so far (``/proc/PID/schedstat``
+    of the processes marked PF_KTHREAD; 0 where there is none): the loop
+    devices' workers, whose copies to and from a tmpfs file are a loop
+    device's transfers, writeback, the filesystems' end-io workers."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+            if not int(st[st.rindex(")") + 2:].split()[6]) & 0x00200000:        # PF_KTHREAD
+                continue
+            with open(f"/proc/{d}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
 def drop_caches() -> None:
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
@@ -496,6 +517,7 @@ class RealSetup:
 
         self.drivers = list(drivers)
         self.skipped: dict[str, str] = {}
+        self.last_kthread_s: float | None = None     # the kernel threads' CPU in the last run
         # vfs at N = 16 starts: 32 copies of the 120 MB image (each container's
         # -init layer and its own), beside the images: 3 GiB ran out
         self.ext4 = stack.enter_context(loop_fs(base, "ext4", 6 << 30, ["mkfs.ext4", "-q", "-F"]))
@@ -626,11 +648,16 @@ class RealSetup:
             if case == "start":
                 drop_caches()
                 self.warm_tool(driver)
-                t = concurrently([(self.create, (driver, i, True)) for i in ids])
+                calls = [(self.create, (driver, i, True)) for i in ids]
             else:
                 root = self.create(driver, ids[0])
                 drop_caches()
-                t = concurrently([(_proc_work, (case, root, p)) for p in range(n)])
+                calls = [(_proc_work, (case, root, p)) for p in range(n)]
+            k0 = kthread_cpu_s()
+            t = concurrently(calls)
+            # what kernel threads ran meanwhile (the loop worker's copies:
+            # a run whose copies went slow shows here, 2026-12-06)
+            self.last_kthread_s = kthread_cpu_s() - k0
         except BaseException:
             self.clean_up(driver, ids)      # (what the cleanup meets besides is second)
             raise
@@ -706,7 +733,10 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
     The real side runs each cell ``reps`` times, the drivers taking turns
     within each round (a load that comes and goes hits all alike):
     ``measured_s`` is the median, ``measured_lo``/``measured_hi`` the range
-    of the middle runs (:func:`spread`), ``runs_s`` every run.
+    of the middle runs (:func:`spread`), ``runs_s`` every run,
+    ``kthread_s`` the CPU seconds kernel threads ran during each
+    (:func:`kthread_cpu_s`: on a loop device over a tmpfs file, its
+    worker's copies -- the device's work, on the same cores).
     ``measured`` takes the real side from earlier rows (``--json`` output)
     instead of running it: the model re-predicted against kept
     measurements.  ``measured_s`` is None where the real side cannot run
@@ -734,11 +764,11 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
                     row = {"case": case.name, "n": n, "driver": d,
                            "predicted_s": predict(case, d, n, timing, device),
                            "measured_s": None, "measured_lo": None, "measured_hi": None,
-                           "runs_s": [], "note": why}
+                           "runs_s": [], "kthread_s": [], "note": why}
                     k = kept.get((case.name, n, d))
                     if k is not None:
                         row.update({x: k.get(x) for x in ("measured_s", "measured_lo", "measured_hi",
-                                                          "runs_s", "note", "load")})
+                                                          "runs_s", "kthread_s", "note", "load")})
                     elif r is not None and d in r.skipped:
                         row["note"] = r.skipped[d]
                     group.append(row)
@@ -748,6 +778,7 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
                         k = rep % len(live) if live else 0
                         for x in live[k:] + live[:k]:       # each round starts with another driver
                             x["runs_s"].append(_measure_once_more(r, case.name, x["driver"], n))
+                            x["kthread_s"].append(r.last_kthread_s)
                     load = os.getloadavg()[0]
                     for x in live:
                         x["measured_s"], x["measured_lo"], x["measured_hi"] = spread(x["runs_s"])
