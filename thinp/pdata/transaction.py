@@ -41,9 +41,11 @@ from .space_map import ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMA
 #: where the metadata bitmaps' blocks start in ``st``
 ST_BITMAPS = 4
 #: :meth:`TransactionManager.zero_ahead`: at least this many blocks past
-#: the cursor are kept zeroed (4 MiB), at most this many zeroed at once
+#: the cursor are kept zeroed (4 MiB); the window is at most this many
+#: (64 MiB), so the file's allocated size runs at most 128 MiB past the
+#: cursor (a sparse file's ``du`` grows by that much, never its bytes)
 ZERO_AHEAD_MIN = 1024
-ZERO_AHEAD_MAX = 1 << 16
+ZERO_AHEAD_MAX = 1 << 14
 
 
 class TransactionManager(RefCounts):
