@@ -29,7 +29,7 @@ from ..pdata.block import KIND_BITMAP, KIND_INDEX, SUPERBLOCK, BlockManager
 from ..pdata.btree import lookup as bt_lookup
 from ..pdata.disk_space_map import DiskSpaceMap
 from ..pdata.space_map import ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, read_counts
-from ..pdata.transaction import TransactionManager
+from ..pdata.transaction import ZERO_AHEAD_MIN, TransactionManager
 from .dm_metadata import DmMetadata
 from .format import (DETAILS_DTYPE, DETAILS_SIZE, SUPERBLOCK_LOCATION, THIN_VERSION, Superblock,
                      pack_block_time, read_superblock, unpack_block_time)
@@ -569,6 +569,10 @@ class PoolMetadata:
         superblock is written and ``self.sb`` holds the new roots (a caller
         ties its own state to this commit there)."""
         tm = self.tm
+        # the commit's own shadows (ref-count trees, space maps) come from
+        # the cursor on: zero the holes there first (a no-op when the last
+        # commit's zeroing ahead covers them)
+        tm.zero_ahead(ZERO_AHEAD_MIN + tm.allocs_this_transaction)
         for dev in sorted(self.devices):
             d = self.devices[dev]
             if d.changed:
@@ -612,4 +616,7 @@ class PoolMetadata:
             self.bm.raw(SUPERBLOCK_LOCATION)[:] = buf
         self.bm.forget(SUPERBLOCK_LOCATION)
         self.bm.fresh[SUPERBLOCK_LOCATION] = 0
+        allocs = tm.allocs_this_transaction
         tm.end_transaction()
+        # ahead of the next transaction, as many blocks as this one took
+        tm.zero_ahead(ZERO_AHEAD_MIN + allocs)
