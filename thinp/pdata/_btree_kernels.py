@@ -143,6 +143,18 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
 
 
 @njit(inline="always", refcount=False)
+def _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p):
+    """:func:`shadow_data_bitmap` for a count change that is rarely the
+    first in its bitmap (a mapping replaced or removed): the test that it
+    is this transaction's already is inlined, the call made only when not
+    (a call passing every array costs as much as a CoW's own work)."""
+    i = p // ENTRIES_PER_BITMAP
+    if i >= dst[DST_NR] or txn[dst[DST_BITMAPS + i]]:
+        return 0
+    return shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p)
+
+
+@njit(inline="always", refcount=False)
 def data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo):
     """Before data block ``p``'s count changes: its bitmap shadowed
     (:func:`shadow_data_bitmap`) unless ``p`` lies in the bitmap starting at
@@ -151,7 +163,7 @@ def data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst
     caller's ``lo`` from then on, or -1 when metadata ran out."""
     if p >= lo and p < lo + ENTRIES_PER_BITMAP:
         return lo
-    if shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+    if _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
         return np.int64(-1)
     return p - p % ENTRIES_PER_BITMAP
 
@@ -244,13 +256,16 @@ def _inc_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
             count[c] += 1
             free[c] = False
     elif leaf_holds == 2:
+        # the bitmaps first, in the order the blocks reach them (a shadow
+        # does not read the counts), then the counts in a loop with no call
         lo = np.int64(NO_BITMAP)
         for i in range(nr):
             p = np.int64(m64[b, HDR + mx + i] >> np.uint64(24))
             lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
             if lo < 0:
                 return -1
-            _dinc(dcount, dcommitted, dfree, p)
+        for i in range(nr):
+            _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
     return 0
 
 
@@ -451,7 +466,8 @@ def _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst,
 
 
 @njit(refcount=False)
-def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, parent, i, leaf_holds):
+def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, parent, i,
+                  leaf_holds):
     nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                  np.int64(_val(m64, m32, parent, i)), leaf_holds)
     if nb >= 0:
@@ -460,20 +476,23 @@ def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
 
 
 @njit(refcount=False)
-def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, pi, key,
+def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                          pi, key,
                           leaf_holds):
     parent = sp[0]
     if pi == 0:
         mid_index = 1
         left = sp[1]
-        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, parent,
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                              parent,
                               pi + 1, leaf_holds)
         if right < 0:
             return -1
     else:
         mid_index = pi
         right = sp[1]
-        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, parent,
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                             parent,
                              pi - 1, leaf_holds)
         if left < 0:
             return -1
@@ -493,7 +512,8 @@ def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, ts
 
 
 @njit(refcount=False)
-def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, pi, key,
+def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                        pi, key,
                         leaf_holds):
     parent = sp[0]
     nr_parent = np.int64(m32[parent, 4])
@@ -503,7 +523,8 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
         lb = np.int64(_val(m64, m32, parent, pi - 1))
         left_shared = count[lb] > 1
         if not left_shared and np.int64(m32[lb, 5]) - np.int64(m32[lb, 4]) >= THRESH:
-            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, parent,
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                dst, parent,
                                 pi - 1, leaf_holds)
             if sib < 0:
                 return -1
@@ -516,7 +537,8 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
         rb = np.int64(_val(m64, m32, parent, pi + 1))
         right_shared = count[rb] > 1
         if not right_shared and np.int64(m32[rb, 5]) - np.int64(m32[rb, 4]) >= THRESH:
-            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, parent,
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                dst, parent,
                                 pi + 1, leaf_holds)
             if sib < 0:
                 return -1
@@ -527,7 +549,8 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
             return 0
     if left_shared or right_shared or nr_parent <= 2 or pi == 0 or pi + 1 == nr_parent:
         return _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, pi, key)
-    return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, pi,
+    return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                 dst, sp, pi,
                                  key, leaf_holds)
 
 
@@ -551,7 +574,8 @@ def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     if sp[2] == 2:
         sp[0] = sp[1]
         sp[2] = 1
-    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, leaf_holds)
+    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root,
+                 leaf_holds)
     if nb < 0:
         return -2
     if sp[2] == 0:
@@ -568,12 +592,14 @@ def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
 
 
 @njit(refcount=False)
-def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root, key, index,
+def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+                key, index,
                 leaf_holds, halves):
     i = index
     top = True
     while True:
-        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root, i,
+        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                        root, i,
                         leaf_holds) < 0:
             return -2
         b = sp[1]
@@ -587,7 +613,8 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
             elif halves:
                 r = _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, i, key)
             else:
-                r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                        dfree, dst, sp,
                                         i, key, leaf_holds)
             if r < 0:
                 return -2
@@ -616,7 +643,8 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     leaf, i, found = _direct_path(m64, m32, count, txn, root, dev, key1, halves)
     if leaf >= 0:
         if found:
-            if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, leaf, i, value) < 0:
+            if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                              dst, leaf, i, value, NO_BITMAP) < 0:
                 return -1
             out[1] = 0
         else:
@@ -625,7 +653,8 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
         out[0] = root
         return 0
     sp = np.zeros(4, dtype=np.int64)
-    return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root,
+    return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                           root,
                            dev, vblock, value, halves, sp, out)
 
 
@@ -653,19 +682,21 @@ def _direct_path(m64, m32, count, txn, root, dev, key, halves):
 
 @njit(inline="always", refcount=False)
 def _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, b, i,
-                   value):
+                   value, lo):
     """Entry ``i`` of leaf ``b`` takes ``value`` (an insert of a key that is
     there): the data block it mapped loses a reference when it changes,
-    its bitmap shadowed then (dm_btree_insert's dec, after the spine).
-    Returns 0, or -1 when metadata ran out (nothing changed)."""
+    its bitmap shadowed then (dm_btree_insert's dec, after the spine);
+    ``lo`` as data_bitmap_shadowed's, and returned as it does (-1: metadata
+    ran out, nothing changed)."""
     old = _val(m64, m32, b, i)
     if (old >> np.uint64(24)) != (value >> np.uint64(24)):
         p = np.int64(old >> np.uint64(24))
-        if shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
-            return -1
+        lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+        if lo < 0:
+            return lo
         _ddec(dcount, dcommitted, dfree, p)
     _set_val(m64, m32, b, i, value)
-    return 0
+    return lo
 
 
 @njit(refcount=False)
@@ -677,7 +708,8 @@ def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dco
     for j in range(4):
         sp[j] = 0
     key0 = np.uint64(dev)
-    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root, key0, -1,
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                      root, key0, -1,
                       1, halves)
     if idx < -1:
         return -1
@@ -693,7 +725,8 @@ def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dco
         _insert_at(m64, m32, n, idx, key0, np.uint64(nt))
     sub = np.int64(_val(m64, m32, n, idx))
     key1 = np.uint64(vblock)
-    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, sub, key1, idx,
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                      sub, key1, idx,
                       2, halves)
     if idx < -1:
         return -1
@@ -702,7 +735,8 @@ def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dco
         _insert_at(m64, m32, n, idx, key1, value)
         out[1] = 1
     else:
-        if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, n, idx, value) < 0:
+        if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                          dst, n, idx, value, NO_BITMAP) < 0:
             return -1
         out[1] = 0
     out[0] = sp[3]
@@ -886,7 +920,8 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
                                root, dev, vblock, value, halves, sp, out)
     lb = res[0]
     if res[2]:
-        if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, lb, res[1], value) < 0:
+        if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                          dst, lb, res[1], value, NO_BITMAP) < 0:
             return -1
         out[1] = 0
     else:
@@ -1128,6 +1163,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     height = 0
     sub_ver = np.int64(-1)
     dbm_lo = np.int64(NO_BITMAP)  # the data bitmap known shadowed (data_bitmap_shadowed)
+    olo = np.int64(NO_BITMAP)  # the same for the blocks CoW releases
     for k in range(n):
         ver = tst[1] + tst[2]
         if ahead:
@@ -1217,8 +1253,9 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         if direct:
             lb = res[0]
             if res[2]:
-                if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
-                                  dst, lb, res[1], value) < 0:
+                olo = _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                     dfree, dst, lb, res[1], value, olo)
+                if olo < 0:
                     out[0] = root
                     out[1] = k
                     out[2] = added
@@ -1318,7 +1355,8 @@ def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_i
 
 
 @njit(refcount=False)
-def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur, key,
+def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur,
+                        key,
                         leaf_holds):
     """Returns 1 done, 0 key absent, -1 out of metadata."""
     if m32[cur, 4] == 1:
@@ -1337,26 +1375,31 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
     nr = np.int64(m32[cur, 4])
     if i == 0 or i == nr - 1:
         li = i if i == 0 else i - 1
-        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur, li,
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                             cur, li,
                              leaf_holds)
         if left < 0:
             return -1
-        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur, li + 1,
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                              cur, li + 1,
                               leaf_holds)
         if right < 0:
             return -1
         _rebalance2_nodes(m64, m32, count, committed, free, cur, left, right, li + 1)
         return 1
     li = i - 1
-    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur, li,
+    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur,
+                         li,
                          leaf_holds)
     if left < 0:
         return -1
-    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur, li + 1,
+    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                           cur, li + 1,
                            leaf_holds)
     if center < 0:
         return -1
-    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur, li + 2,
+    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                          cur, li + 2,
                           leaf_holds)
     if right < 0:
         return -1
@@ -1413,17 +1456,20 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
 
 
 @njit(refcount=False)
-def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root, key, index,
+def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+                key, index,
                 leaf_holds):
     """The index of ``key`` in the leaf now current, -1 absent, -2 out of metadata."""
     i = index
     while True:
-        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root, i,
+        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                        root, i,
                         leaf_holds) < 0:
             return -2
         b = sp[1]
         if not (m32[b, 1] & LEAF):
-            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, b, key,
+            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                    dfree, dst, b, key,
                                     leaf_holds)
             if r < 0:
                 return -2
@@ -1465,7 +1511,7 @@ def remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, t
     n = sp[1]
     p = np.int64(_val(m64, m32, n, idx) >> np.uint64(24))
     # dm_btree_remove's dec, after the spine: the bitmap shadowed then
-    if shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+    if _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
         return -1
     _ddec(dcount, dcommitted, dfree, p)
     _delete_at(m64, m32, n, idx)
@@ -1479,7 +1525,8 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
     Returns 0, or -1 when metadata ran out."""
     sp = np.zeros(4, dtype=np.int64)
-    return remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+    return remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                  dst,
                            root, dev, vblock, sp, out)
 
 
@@ -1588,7 +1635,8 @@ def _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, 
         for j in range(4):
             sp[j] = 0
         if c >= 3:
-            idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+            idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                              sp, root,
                               key, -1, 0, halves)
             if idx < -1:
                 out[0] = root
@@ -1599,7 +1647,8 @@ def _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, 
             else:
                 _set_val(m64, m32, nd, idx, np.uint64(c))
         else:
-            idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+            idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                              sp, root,
                               key, 0, 0)
             if idx == -2:
                 out[0] = root
