@@ -427,3 +427,22 @@ def test_count_changes_in_the_btree_match(tmp_path, mode):
     import subprocess
     out = subprocess.run([tool, str(tmp_path / mode / "metadata")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_reinserting_the_same_block_changes_nothing(tmp_path):
+    """An insert of a mapping that is there with the same data block (dm's
+    data_block_equal) drops no reference and shadows no bitmap."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    md = PoolMetadata.format(tmp_path / "m", nr_metadata_blocks=1024, nr_data_blocks=NR_DATA, data_block_sectors=128)
+    md.sync = False
+    md.create_thin(1)
+    md.write_blocks(1, np.arange(300))
+    md.commit()
+    before = (_bitmap_blocks(md), md.data_sm.count[:300].copy())
+    assert md.insert(1, 7, 7) is False
+    assert md.lookup(1, 7) == (7, 0)
+    assert _bitmap_blocks(md) == before[0] and np.array_equal(md.data_sm.count[:300], before[1])
+    md.close()
+    with DmMetadata.open(tmp_path / "m") as m:
+        assert m.check().ok

@@ -158,8 +158,8 @@ def _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, t
 def data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo):
     """Before data block ``p``'s count changes: its bitmap shadowed
     (:func:`shadow_data_bitmap`) unless ``p`` lies in the bitmap starting at
-    block ``lo``, which the caller knows is this transaction's already (a
-    negative ``lo``: none).  Returns the first block of ``p``'s bitmap, the
+    block ``lo``, which the caller knows is this transaction's already
+    (NO_BITMAP: none).  Returns the first block of ``p``'s bitmap, the
     caller's ``lo`` from then on, or -1 when metadata ran out."""
     if p >= lo and p < lo + ENTRIES_PER_BITMAP:
         return lo
@@ -168,8 +168,9 @@ def data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst
     return p - p % ENTRIES_PER_BITMAP
 
 
-#: a data bitmap start no block lies in (data_bitmap_shadowed's ``lo`` for none)
-NO_BITMAP = -ENTRIES_PER_BITMAP
+#: a data bitmap start no block lies in (data_bitmap_shadowed's ``lo`` for
+#: none): not negative, as a negative ``lo`` returned means metadata ran out
+NO_BITMAP = 1 << 62
 
 
 @njit(inline="always", refcount=False)
