@@ -22,7 +22,10 @@ inc_data            one more reference on a data block (use it, not
                     the bitmaps flagged as changed)
 shadow_data_bitmap  dm's shadow of a data bitmap at the first count change
                     in it this transaction, for a caller allocating data
-                    blocks (``dst``: DiskSpaceMap.kernel_state())
+                    blocks (``dst``: DiskSpaceMap.kernel_state()); every
+                    kernel here that changes a data count does it too
+data_bitmap_shadowed  the same, inlined, for a caller that remembers the
+                    bitmap it shadowed last (NO_BITMAP: none yet)
 nr_used             blocks in use now, from a space map's ``committed`` array
                     (its running count; no scan)
 locate_leaf         a read-only descent to the leaf where (dev, vblock) is or
@@ -54,7 +57,9 @@ from __future__ import annotations
 
 from ._btree_kernels import (  # noqa: F401  (re-exported)
     HINT_BITS,
+    NO_BITMAP,
     PREFETCH_AHEAD,
+    data_bitmap_shadowed,
     descend_hinted,
     fetch_leaf,
     inc_data,
@@ -87,7 +92,8 @@ from ._walk_kernels import (  # noqa: F401  (re-exported)
     start,
 )
 
-__all__ = ["HINT_BITS", "PREFETCH_AHEAD", "descend_hinted", "subtree_height", "fetch_leaf", "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf",
-           "lookup_mapping", "nr_used", "remove_mapping", "remove_mapping_scratch", "update_ref_counts", "write_blocks",
+__all__ = ["HINT_BITS", "NO_BITMAP", "PREFETCH_AHEAD", "data_bitmap_shadowed", "descend_hinted", "fetch_leaf", "inc_data",
+           "insert_mapping", "insert_mapping_cached", "locate_leaf", "lookup_mapping", "nr_used", "remove_mapping",
+           "remove_mapping_scratch", "shadow_data_bitmap", "subtree_height", "update_ref_counts", "write_blocks",
            "W_REVISIT", "W_VERIFY", "WALK_BAD_BLOCK", "WALK_BAD_CSUM", "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP",
            "WALK_TOO_DEEP", "WALK_TOO_MANY", "Walk", "leaf_fresh", "new_walk", "next_leaf", "start"]
