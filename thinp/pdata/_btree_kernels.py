@@ -120,9 +120,13 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
     """sm_ll_inc's shadow_bitmap when data block ``p`` is allocated: the
     first count change in its bitmap this transaction shadows the bitmap
     there and then (the commit writes its entries); before 5.14 its index
-    entry is saved at once too, which shadows the index tree's root leaf.
-    0, or -1 when metadata ran out.  Not inlined: callers skip it while
-    their data blocks stay in a bitmap already shadowed.  (pdplace2, #12)"""
+    entry is saved at once too: dm_btree_insert of entry ``i`` shadows the
+    index tree's path from the root to the leaf holding it, top down, each
+    node not yet this transaction's taking the next free block and its
+    parent's pointer.  A path with a full node (dm's insert would split it)
+    or a shared internal node is left to the commit's insert.  0, or -1
+    when metadata ran out.  Not inlined: callers skip it while their data
+    blocks stay in a bitmap already shadowed.  (pdplace2, pdwalk, #12)"""
     i = p // ENTRIES_PER_BITMAP
     if i >= dst[DST_NR]:
         return 0
@@ -134,12 +138,59 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
         return -1
     dst[DST_BITMAPS + i] = nb
     r = dst[DST_INDEX]
-    if r >= 0 and (m32[r, 1] & LEAF) and (txn[r] == 0 or count[r] > 1):
-        nr = _copy_block(m64, count, committed, free, txn, kind, fresh, tst, r, KIND_BTREE)
-        if nr < 0:
-            return -1
-        dst[DST_INDEX] = nr
-    return 0
+    if r < 0 or not _index_path_shadowable(m64, m32, count, r, i):
+        return 0
+    parent = np.int64(-1)
+    slot = np.int64(0)
+    b = r
+    while True:
+        if txn[b] == 0 or count[b] > 1:
+            c = _copy_block(m64, count, committed, free, txn, kind, fresh, tst, b, KIND_BTREE)
+            if c < 0:
+                return -1
+            if parent < 0:
+                dst[DST_INDEX] = c
+            else:
+                m64[parent, HDR + np.int64(m32[parent, 5]) + slot] = np.uint64(c)
+            b = c
+        if m32[b, 1] & LEAF:
+            return 0
+        slot = _index_child(m64, m32, b, i)
+        parent = b
+        b = np.int64(m64[b, HDR + np.int64(m32[b, 5]) + slot])
+
+
+@njit(inline="always", refcount=False)
+def _index_child(m64, m32, b, key):
+    """The entry of internal node ``b`` whose subtree holds ``key``: the
+    last key at or below it (dm's lower_bound), 0 when none is."""
+    nr = np.int64(m32[b, 4])
+    k = np.uint64(key)
+    j = np.int64(0)
+    while j + 1 < nr and m64[b, HDR + j + 1] <= k:
+        j += 1
+    return j
+
+
+@njit(inline="always", refcount=False)
+def _index_path_shadowable(m64, m32, count, r, key):
+    """Whether the data space map's index path to ``key`` can be shadowed
+    without dm_btree_insert's splits: no node on it full, no internal node
+    on it shared (its children would need a reference each), and no
+    deeper than 8 levels (a sane index; the commit's insert checks the
+    rest)."""
+    b = r
+    for _ in range(8):
+        if m32[b, 4] >= m32[b, 5]:
+            return False
+        if m32[b, 1] & LEAF:
+            return True
+        if count[b] > 1 or m32[b, 4] == 0:
+            return False
+        b = np.int64(m64[b, HDR + np.int64(m32[b, 5]) + _index_child(m64, m32, b, key)])
+        if b <= 0 or b >= m64.shape[0]:
+            return False
+    return False
 
 
 @njit(inline="always", refcount=False)
