@@ -313,9 +313,10 @@ def _inc_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
         lo = np.int64(NO_BITMAP)
         for i in range(nr):
             p = np.int64(m64[b, HDR + mx + i] >> np.uint64(24))
-            lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
-            if lo < 0:
-                return -1
+            if p < lo or p >= lo + ENTRIES_PER_BITMAP:
+                lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+                if lo < 0:
+                    return -1
         for i in range(nr):
             _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
     return 0
@@ -743,9 +744,10 @@ def _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     old = _val(m64, m32, b, i)
     if (old >> np.uint64(24)) != (value >> np.uint64(24)):
         p = np.int64(old >> np.uint64(24))
-        lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
-        if lo < 0:
-            return lo
+        if p < lo or p >= lo + ENTRIES_PER_BITMAP:  # (the helper on a miss only: see write_blocks)
+            lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+            if lo < 0:
+                return lo
         _ddec(dcount, dcommitted, dfree, p)
     _set_val(m64, m32, b, i, value)
     return lo
@@ -1369,13 +1371,16 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             out[2] = added
             out[3] = allocs
             return -2
-        dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, dbm_lo)
-        if dbm_lo < 0:
-            out[0] = root
-            out[1] = k
-            out[2] = added
-            out[3] = allocs
-            return -1
+        if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:
+            # (the test repeated outside the helper: the loop runs at half
+            # speed when the helper is entered for every block)
+            dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, dbm_lo)
+            if dbm_lo < 0:
+                out[0] = root
+                out[1] = k
+                out[2] = added
+                out[3] = allocs
+                return -1
         dst[0] = p + 1
         _dtouch(dcount, dcommitted, p)
         _used(dcount, dcommitted, 1)
@@ -1385,14 +1390,20 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         if direct:
             lb = res[0]
             if res[2]:
-                olo = _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
-                                     dfree, dst, lb, res[1], value, olo)
-                if olo < 0:
-                    out[0] = root
-                    out[1] = k
-                    out[2] = added
-                    out[3] = allocs
-                    return -1
+                # _replace_value, the blocks known to differ (p is new): the
+                # old one's bitmap shadowed (after the spine: none here), then
+                # its reference dropped
+                po = np.int64(_val(m64, m32, lb, res[1]) >> np.uint64(24))
+                if po < olo or po >= olo + ENTRIES_PER_BITMAP:
+                    olo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, po, olo)
+                    if olo < 0:
+                        out[0] = root
+                        out[1] = k
+                        out[2] = added
+                        out[3] = allocs
+                        return -1
+                _ddec(dcount, dcommitted, dfree, po)
+                _set_val(m64, m32, lb, res[1], value)
             else:
                 _leaf_insert(m64, m32, lb, res[1] + 1, key, value)
                 added += 1
