@@ -29,7 +29,7 @@ from ..pdata.block import KIND_BITMAP, KIND_INDEX, SUPERBLOCK, BlockManager
 from ..pdata.btree import lookup as bt_lookup
 from ..pdata.disk_space_map import DiskSpaceMap
 from ..pdata.space_map import ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, read_counts
-from ..pdata.transaction import TransactionManager
+from ..pdata.transaction import ZERO_AHEAD_MIN, TransactionManager
 from .dm_metadata import DmMetadata
 from .format import (DETAILS_DTYPE, DETAILS_SIZE, SUPERBLOCK_LOCATION, THIN_VERSION, Superblock,
                      pack_block_time, read_superblock, unpack_block_time)
@@ -300,7 +300,10 @@ class PoolMetadata:
         blocks = self.bm.blocks
         return blocks.view(np.uint64), blocks.view(np.uint32)
 
-    def _insert_value(self, dev: int, vblock: int, value: int) -> bool:
+    def _insert_value(self, dev: int, vblock: int, value: int, shadow: bool = True) -> bool:
+        """Insert the mapping; a replaced value's data block loses its
+        reference, its bitmap shadowed then unless ``shadow`` is off (the
+        tools' way, see DiskSpaceMap.inc)."""
         if not self.fast:
             v = np.array([value], dtype="<u8").view(np.uint8)
             self.tm.as_kernels = True
@@ -317,8 +320,10 @@ class PoolMetadata:
         tm, dsm = self.tm, self.data_sm
         out = np.zeros(2, dtype=np.int64)
         r = BK.insert_mapping(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
-                              dsm.count, dsm.committed, dsm.free, np.int64(self.sb.data_mapping_root),
-                              np.int64(dev), np.int64(vblock), np.uint64(value), self.split == "halves", out)
+                              dsm.count, dsm.committed, dsm.free, dsm.kernel_state(shadow),
+                              np.int64(self.sb.data_mapping_root), np.int64(dev), np.int64(vblock), np.uint64(value),
+                              self.split == "halves", out)
+        dsm.from_kernel()
         if r < 0:
             raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
         self.sb.data_mapping_root = int(out[0])
@@ -358,7 +363,7 @@ class PoolMetadata:
         if not 0 <= pblock < self.data_sm.nr_blocks:
             raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
         self.data_sm.inc([pblock], shadow=kernel)
-        inserted = self._insert_value(dev, vblock, pack_block_time(pblock, time))
+        inserted = self._insert_value(dev, vblock, pack_block_time(pblock, time), shadow=kernel)
         d.changed = True
         if inserted:
             d.mapped_blocks += 1
@@ -449,8 +454,9 @@ class PoolMetadata:
             tm, dsm = self.tm, self.data_sm
             out = np.zeros(2, dtype=np.int64)
             r = BK.remove_mapping(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
-                                  dsm.count, dsm.committed, dsm.free, np.int64(self.sb.data_mapping_root),
-                                  np.int64(dev), np.int64(vblock), out)
+                                  dsm.count, dsm.committed, dsm.free, dsm.kernel_state(),
+                                  np.int64(self.sb.data_mapping_root), np.int64(dev), np.int64(vblock), out)
+            dsm.from_kernel()
             if r < 0:
                 raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
             self.sb.data_mapping_root, removed = int(out[0]), bool(out[1])
@@ -569,6 +575,10 @@ class PoolMetadata:
         superblock is written and ``self.sb`` holds the new roots (a caller
         ties its own state to this commit there)."""
         tm = self.tm
+        # the commit's own shadows (ref-count trees, space maps) come from
+        # the cursor on: zero the holes there first (a no-op when the last
+        # commit's zeroing ahead covers them)
+        tm.zero_ahead(ZERO_AHEAD_MIN + tm.allocs_this_transaction)
         for dev in sorted(self.devices):
             d = self.devices[dev]
             if d.changed:
@@ -612,4 +622,7 @@ class PoolMetadata:
             self.bm.raw(SUPERBLOCK_LOCATION)[:] = buf
         self.bm.forget(SUPERBLOCK_LOCATION)
         self.bm.fresh[SUPERBLOCK_LOCATION] = 0
+        allocs = tm.allocs_this_transaction
         tm.end_transaction()
+        # ahead of the next transaction, as many blocks as this one took
+        tm.zero_ahead(ZERO_AHEAD_MIN + allocs)
