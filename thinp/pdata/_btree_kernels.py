@@ -126,8 +126,9 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
     parent's pointer; a full node on the way is split as that insert
     splits it (even halves: the root beneath, others into a new right
     sibling).  A path with a shared internal node is left to the commit's
-    insert.  0, or -1 when metadata ran out.  Not inlined: callers skip it while their data
-    blocks stay in a bitmap already shadowed.  (pdplace2, pdwalk, #12)"""
+    insert.  0, or -1 when metadata ran out.  Not inlined: callers skip it
+    while their data blocks stay in a bitmap already shadowed.  (pdplace2,
+    pdwalk, #12)"""
     i = p // ENTRIES_PER_BITMAP
     if i >= dst[DST_NR]:
         return 0
