@@ -253,8 +253,11 @@ SOURCES = {
                          "listener threads that take turns receiving and process in parallel "
                          "(src/zfs-fuse/fuse_listener.c, NUM_THREADS); on the quiet 2-vCPU VM one process's "
                          "open/append/close took 92 us (calibrate) and 16 at once 484 us each (validate "
-                         "timing's append-small: 60 us of the 2 cores per op), and at load 7 one process's "
-                         "took 58 us: the rest of the quiet 92 us is waiting for woken threads on idle vCPUs",
+                         "timing's append-small: 60 us of the 2 cores per op); on the same VM at load 4 "
+                         "(2026-12-07 00:05 UTC) one process's took 63-65 us of wall time and as much CPU, its "
+                         "own and the daemon's (the busy vCPUs never idle): the rest of the quiet 92 us is "
+                         "waiting for woken threads on idle vCPUs. Default 0: the kept calibration predates "
+                         "the CPU measurement",
     "meta_miss_s": "`thinp calibrate`'s cold small reads (256 files of 4 KiB in 4 directories read whole after "
                    "drop_caches, less the same reads warm, less the device reads the model prices for them: "
                    "an inode read and a data page each, 53 us on the kept loop device); zfs 60 us: zfs-fuse on a "
