@@ -40,6 +40,9 @@ def test_user_device_from_toml(tmp_path):
                  'discard_bandwidth = "1G"\n')
     d = cost.load_device(str(p))
     assert d.name == "slow" and d.write_bandwidth == 50 << 20 and d.discard_latency_s == 0
+    assert d.transfer_on_cpu is False
+    p.write_text(p.read_text() + "transfer_on_cpu = true\n")
+    assert cost.load_device(str(p)).transfer_on_cpu is True
 
 
 @pytest.mark.parametrize("body, msg", [
@@ -49,6 +52,9 @@ def test_user_device_from_toml(tmp_path):
      "bad value device.read_bandwidth = 'lots'"),
     ('[device]\nread_latency_s = 1e-3\n', "missing key device.write_latency_s"),
     ('[nodevice]\n', "no [device] table"),
+    ('[device]\nread_latency_s = 1e-3\nwrite_latency_s = 1e-3\ndiscard_latency_s = 1e-3\n'
+     'read_bandwidth = "1M"\nwrite_bandwidth = "1M"\ndiscard_bandwidth = "1M"\ntransfer_on_cpu = "yes"\n',
+     "bad value device.transfer_on_cpu = 'yes' (want true or false)"),
     ('not toml ===', "not valid TOML"),
 ])
 def test_bad_device_toml_is_one_line(tmp_path, body, msg):

@@ -295,3 +295,154 @@ def test_older_kernels_save_the_index_entry_at_once(tmp_path):
     with DmMetadata.open(tmp_path / "b" / "metadata") as m:
         assert m.check().ok
         assert [d.mapped_blocks for d in m.devices()] == [65536, 65600]
+
+
+# --------------------------------------------- count changes inside the btree
+# dm shadows a data bitmap at the first change of one of its counts in a
+# transaction wherever that change is made (sm_ll_inc, sm_ll_dec): where a
+# data block is allocated, and also inside the btree operations -- the old
+# block of a replaced mapping (dm_btree_insert's dec, after the spine), the
+# block of a removed one (dm_btree_remove's dec, after the spine), and every
+# block of a shared leaf when it is shadowed (inc_children, in the leaf's
+# order).  20,000 data blocks span two bitmaps (16,320 entries each).
+NR_DATA = 40000
+
+
+def _bitmap_blocks(md) -> list[int]:
+    return [int(b) for b in md.data_sm.index_entries["blocknr"]]
+
+
+def _scenario(path, mode):
+    """A thin over two data bitmaps; a discard; a snapshot; a CoW write into
+    the origin (a shared leaf shadowed); one into the snapshot; discards in
+    the snapshot; the snapshot deleted.  ``mode``: "kernel" (PoolMetadata's
+    numba write and remove), "reference" (the Python btree, data block by
+    data block) or "pool" (ThinPool: its index, apply_log).  Returns the
+    image at each commit and the placement checks the kernel rules give."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    bs = 64 * 1024
+    ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False).close()
+    images = []
+    seen = []
+    if mode == "pool":
+        pool = ThinPool.open(path)
+
+        def commit():
+            pool.commit()
+            images.append((path / "metadata").read_bytes())
+
+        pool.message("create_thin 1")
+        pool.device(1).write(0, 20000 * bs)
+        commit()
+        pool.device(1).discard(17000 * bs, 3 * bs)
+        commit()
+        pool.message("create_snap 2 1")
+        commit()
+        pool.device(1).write(5 * bs, bs)
+        pool.device(2).write(16500 * bs, bs)
+        commit()
+        pool.device(2).discard(100 * bs, 40 * bs)
+        pool.message("delete 2")
+        pool.close()
+        images.append((path / "metadata").read_bytes())
+        return images, seen
+    md = PoolMetadata.open(path / "metadata")
+    md.sync = False
+    md.fast = mode == "kernel"
+
+    def commit():
+        md.commit()
+        images.append((path / "metadata").read_bytes())
+
+    def write(dev, vbs):
+        if mode == "kernel":
+            md.write_blocks(dev, np.asarray(vbs))
+        else:
+            for vb in vbs:
+                md.insert(dev, vb, md.alloc_data())
+
+    md.create_thin(1)
+    md.commit()  # (the pool commits after each message, as dm-thin's pool_message)
+    write(1, range(20000))
+    commit()
+    before = _bitmap_blocks(md)
+    for vb in range(17000, 17003):
+        cursor = md.tm.begin
+        assert md.remove(1, vb)
+        if vb == 17000:
+            # the removed mapping's block (in bitmap 1) shadows its bitmap
+            # after the spine: the last block the remove took
+            seen.append(("remove", _bitmap_blocks(md)[1], md.tm.begin - 1, cursor))
+    assert _bitmap_blocks(md)[0] == before[0]  # untouched: no count of it changed
+    commit()
+    md.create_snap(2, 1)
+    md.commit()
+    commit()
+    cursor = md.tm.begin
+    write(1, [5])
+    # the new data block (20,000: bitmap 1) shadows bitmap 1 first; the
+    # origin's shared leaf, shadowed, takes a reference on each of its
+    # blocks (bitmap 0) as it is copied: bitmap 0 is the last block taken
+    seen.append(("cow", _bitmap_blocks(md)[1], cursor, None))
+    seen.append(("inc_children", _bitmap_blocks(md)[0], md.tm.begin - 1, None))
+    write(2, [16500])
+    commit()
+    for vb in range(100, 140):
+        assert md.remove(2, vb)
+    md.delete(2)
+    md.close()
+    images.append((path / "metadata").read_bytes())
+    return images, seen
+
+
+def test_count_changes_in_the_btree_shadow_their_bitmap_there(tmp_path):
+    """The placement the kernel's rules give, checked on the blocks: the
+    bitmap copies are taken where dm takes them, not at the commit."""
+    _, seen = _scenario(tmp_path / "k", "kernel")
+    for what, bitmap, expected, _ in seen:
+        assert bitmap == expected, what
+    with DmMetadata.open(tmp_path / "k" / "metadata") as m:
+        assert m.check().ok
+        assert [d.mapped_blocks for d in m.devices()] == [20000 - 3]
+
+
+@pytest.mark.parametrize("mode", ["reference", "pool"])
+def test_count_changes_in_the_btree_match(tmp_path, mode):
+    """The numba kernels, the Python btree (the reference: a value type's
+    inc and dec shadow the bitmap as dm's sm_ll_inc/sm_ll_dec do) and
+    ThinPool's apply_log write the same image at every commit, byte for
+    byte, and the real thin_check accepts it."""
+    from .dm_fixtures import real_tool
+
+    a, _ = _scenario(tmp_path / "k", "kernel")
+    b, seen = _scenario(tmp_path / mode, mode)
+    assert len(a) == len(b) == 5
+    for k, (x, y) in enumerate(zip(a, b)):
+        x = np.frombuffer(x, dtype=np.uint8).reshape(-1, BLOCK)
+        y = np.frombuffer(y, dtype=np.uint8).reshape(-1, BLOCK)
+        assert [i for i in range(1, len(x)) if not np.array_equal(x[i], y[i])] == [], f"commit {k}"
+        assert not np.any((x[0] != y[0]) & ~UNDEFINED), f"commit {k}: superblock"
+    tool = real_tool("thin_check")
+    import subprocess
+    out = subprocess.run([tool, str(tmp_path / mode / "metadata")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_reinserting_the_same_block_changes_nothing(tmp_path):
+    """An insert of a mapping that is there with the same data block (dm's
+    data_block_equal) drops no reference and shadows no bitmap."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    md = PoolMetadata.format(tmp_path / "m", nr_metadata_blocks=1024, nr_data_blocks=NR_DATA, data_block_sectors=128)
+    md.sync = False
+    md.create_thin(1)
+    md.write_blocks(1, np.arange(300))
+    md.commit()
+    before = (_bitmap_blocks(md), md.data_sm.count[:300].copy())
+    assert md.insert(1, 7, 7) is False
+    assert md.lookup(1, 7) == (7, 0)
+    assert _bitmap_blocks(md) == before[0] and np.array_equal(md.data_sm.count[:300], before[1])
+    md.close()
+    with DmMetadata.open(tmp_path / "m") as m:
+        assert m.check().ok

@@ -83,6 +83,34 @@ def test_readahead_overlaps_the_transfer_with_the_copy():
     assert t == pytest.approx(overlapped, rel=0.02) and t < 0.6 * serial
 
 
+def test_a_loop_device_over_memory_copies_its_transfers_on_the_cores():
+    """A device whose transfers are a host thread's copies (a loop device
+    over a tmpfs file): its one worker's transfers take the cores the
+    readers run on, one at a time.  Four readers on one core then take the
+    readers' CPU and every transfer in sum; on a device of its own the
+    transfers run beside the CPU.  With a core to spare one reader takes
+    what it does on a device of its own, and the worker's waits are the
+    device's."""
+    four = run(_wl([Step("read", path="/data/d0000/f{p:06d}")], processes=4), "vfs").oplog
+    pages = (64 << 10) // 4096
+    one = run(_wl([Step("read", path="/big")]), "vfs").oplog
+    cpu_page, xfer_page = 2e-6, 1.5e-6
+    k = _one_core(page_copy_s=0.5e-6, page_miss_s=1.5e-6, page_read_cpu_s={"default": 0.0})
+    dev = _dev(4096 / xfer_page)
+    loop = dataclasses.replace(dev, transfer_on_cpu=True)
+    # each file is one readahead window: nothing of its copy overlaps; on
+    # one core the transfers (the files' pages and their inodes' blocks) add
+    # to everything else the readers do, as a free transfer shows it
+    free = dataclasses.replace(_dev(1e15), transfer_on_cpu=True)
+    t0, t_loop, t_dev = (_steps_s(four, k, d) for d in (free, loop, dev))
+    assert t_loop - t0 == pytest.approx(4 * pages * xfer_page, rel=0.15)
+    assert t_dev < t_loop - 0.5 * 4 * pages * min(cpu_page, xfer_page)
+    two = dataclasses.replace(k, cores=2)
+    assert _steps_s(one, two, loop) == pytest.approx(_steps_s(one, two, dev), rel=0.02)
+    rep = simulate(four, device=loop, constants=dataclasses.replace(k, cores=8))
+    assert rep.wait_s.get("device", 0.0) > 0 and "cpu" not in rep.wait_s
+
+
 def test_checksum_verification_is_cpu_that_readers_of_several_files_run_at_once():
     """btrfs verifies each page read in its end-io workers, zfs-fuse in its
     daemon's threads: one reader pays it in full (nothing to overlap on a

@@ -3,6 +3,7 @@
 The real-kernel test asserts only orderings that hold by a wide margin (the
 machine is shared; times vary run to run); the full table is in the README."""
 import os
+
 import pytest
 
 from thinp.timing import TimingConstants
@@ -440,3 +441,126 @@ def test_a_start_count_with_every_run_lost_is_raised(monkeypatch):
     monkeypatch.setattr(vt, "drop_caches", lambda: None)
     with pytest.raises(vt.RealRunError, match="did not finish"):
         cal._starts(real, {}, lambda m: None, reps=2)
+
+
+def _fake_tool(tmp_path, monkeypatch, name, body):
+    """An executable ``name`` first on PATH running the shell ``body``."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    tool = bindir / name
+    tool.write_text("#!/bin/sh\n" + body + "\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+
+
+def test_a_hung_removal_is_killed_by_its_pid_and_raised(tmp_path, monkeypatch):
+    import time
+
+    # a zfs-fuse client that never answers, as the wedged daemon's destroy did
+    pidfile = tmp_path / "pid"
+    _fake_tool(tmp_path, monkeypatch, "zfs", f"echo $$ > {pidfile}; exec sleep 60")
+    monkeypatch.setattr(vt, "CMD_TIMEOUT_S", 0.5)
+    real = vt.RealSetup.__new__(vt.RealSetup)
+    real.zpool = "p"
+    t = time.monotonic()
+    with pytest.raises(vt.RealRunError, match=r"^zfs destroy -f p/ctr7 did not finish in 0.5 s$"):
+        real.remove("zfs", 7)
+    assert time.monotonic() - t < vt.KILL_GRACE_S
+    pid = int(pidfile.read_text())
+    assert not os.path.exists(f"/proc/{pid}")       # killed and reaped
+    # a removal tool that fails (nothing to destroy: a clone a lost run never
+    # made) is let be
+    _fake_tool(tmp_path, monkeypatch, "zfs", "echo 'dataset does not exist' >&2; exit 1")
+    real.remove("zfs", 8)
+
+
+class _HungRemoval(vt.RealSetup):
+    """A real side whose ``bad``-th removal hangs (raises as remove_tool does)."""
+
+    def __init__(self, bad):
+        self.n, self.bad, self.removes, self.settled = 0, bad, [], 0
+
+    def create(self, driver, n, debian=False):
+        return "/nonexistent"
+
+    def warm_tool(self, driver):
+        pass
+
+    def remove(self, driver, n):
+        self.removes.append(n)
+        if len(self.removes) == self.bad:
+            raise vt.RealRunError(f"zfs destroy -f p/ctr{n} did not finish in 300 s")
+
+    def settle(self, driver):
+        self.settled += 1
+
+
+def test_a_hung_removal_costs_the_run_and_every_container_is_still_removed(monkeypatch):
+    monkeypatch.setattr(vt, "drop_caches", lambda: None)
+    monkeypatch.setattr(vt, "concurrently", lambda calls: 0.125 + len(calls))
+    real = _HungRemoval(bad=2)
+    with pytest.raises(vt.RealRunError, match="zfs destroy -f p/ctr2 did not finish"):
+        real.measure("start", "zfs", 4)
+    assert real.removes == [1, 2, 3, 4] and real.settled == 1     # the later ones too
+    # validate's one retry: the next run stands
+    real = _HungRemoval(bad=3)
+    assert vt._measure_once_more(real, "start", "zfs", 4) == 4.125
+    assert real.removes == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+class _HungRemovalStarts(_FakeStarts):
+    """calibrate's start runs, the first removal of a zfs start by ``bad_n`` hanging."""
+
+    def __init__(self, bad_n):
+        super().__init__(bad_n=-1)
+        self.hang_n, self.hung = bad_n, False
+
+    def remove(self, d, i):
+        super().remove(d, i)
+        if d == "zfs" and not self.hung and self.runs.get((d, self.hang_n)) == 1:
+            self.hung = True
+            raise vt.RealRunError(f"zfs destroy -f p/ctr{i} did not finish in 300 s")
+
+
+def test_a_hung_removal_costs_a_calibration_start_run_not_the_calibration(monkeypatch):
+    real = _HungRemovalStarts(bad_n=4)
+    monkeypatch.setattr(vt, "concurrently", _fake_concurrently(real))
+    monkeypatch.setattr(vt, "drop_caches", lambda: None)
+    said = []
+    meas = cal._starts(real, {}, said.append, reps=3)
+    assert real.hung
+    # the first run by 4 is lost: the least of the two others is the second run's
+    assert meas["zfs.start.p4"] == pytest.approx(0.004 + 0.0002)
+    assert any("zfs starts by 4: a removal failed" in m for m in said)
+    assert len(real.removed) == 3 * 3 * sum(cal.START_NS)
+
+
+def test_kernel_threads_cpu_is_read_and_grows():
+    a = vt.kthread_cpu_s()
+    assert a > 0                # kernel threads have run since boot
+    assert vt.kthread_cpu_s() >= a
+
+
+class _KeepsKthreads:
+    """A real side whose runs take 0.1 s and whose kernel threads ran 0.01 s per run."""
+
+    def __init__(self, stack, base, drivers):
+        self.skipped, self.last_kthread_s, self.k = {}, None, 0
+
+    def measure(self, case, driver, n):
+        self.k += 1
+        self.last_kthread_s = 0.01 * self.k
+        return 0.1
+
+
+def test_each_run_keeps_the_kernel_threads_cpu_beside_its_time(monkeypatch):
+    monkeypatch.setattr(vt, "available", lambda: (True, ""))
+    monkeypatch.setattr(vt, "scratch", lambda stack, size: "/nonexistent")
+    monkeypatch.setattr(vt, "RealSetup", _KeepsKthreads)
+    monkeypatch.setattr(vt, "predict", lambda case, d, n, timing, device: 0.2)
+    rows = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs"), cases=vt.CASES[:1], reps=3)
+    assert [len(x["kthread_s"]) for x in rows] == [3, 3]
+    assert sorted(v for x in rows for v in x["kthread_s"]) == pytest.approx([0.01 * k for k in range(1, 7)])
+    # and a re-prediction keeps them from the measured rows
+    again = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs"), cases=vt.CASES[:1], measured=rows)
+    assert [x["kthread_s"] for x in again] == [x["kthread_s"] for x in rows]

@@ -120,9 +120,13 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
     """sm_ll_inc's shadow_bitmap when data block ``p`` is allocated: the
     first count change in its bitmap this transaction shadows the bitmap
     there and then (the commit writes its entries); before 5.14 its index
-    entry is saved at once too, which shadows the index tree's root leaf.
-    0, or -1 when metadata ran out.  Not inlined: callers skip it while
-    their data blocks stay in a bitmap already shadowed.  (pdplace2, #12)"""
+    entry is saved at once too: dm_btree_insert of entry ``i`` shadows the
+    index tree's path from the root to the leaf holding it, top down, each
+    node not yet this transaction's taking the next free block and its
+    parent's pointer.  A path with a full node (dm's insert would split it)
+    or a shared internal node is left to the commit's insert.  0, or -1
+    when metadata ran out.  Not inlined: callers skip it while their data
+    blocks stay in a bitmap already shadowed.  (pdplace2, pdwalk, #12)"""
     i = p // ENTRIES_PER_BITMAP
     if i >= dst[DST_NR]:
         return 0
@@ -134,12 +138,90 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
         return -1
     dst[DST_BITMAPS + i] = nb
     r = dst[DST_INDEX]
-    if r >= 0 and (m32[r, 1] & LEAF) and (txn[r] == 0 or count[r] > 1):
-        nr = _copy_block(m64, count, committed, free, txn, kind, fresh, tst, r, KIND_BTREE)
-        if nr < 0:
-            return -1
-        dst[DST_INDEX] = nr
-    return 0
+    if r < 0 or not _index_path_shadowable(m64, m32, count, r, i):
+        return 0
+    parent = np.int64(-1)
+    slot = np.int64(0)
+    b = r
+    while True:
+        if txn[b] == 0 or count[b] > 1:
+            c = _copy_block(m64, count, committed, free, txn, kind, fresh, tst, b, KIND_BTREE)
+            if c < 0:
+                return -1
+            if parent < 0:
+                dst[DST_INDEX] = c
+            else:
+                m64[parent, HDR + np.int64(m32[parent, 5]) + slot] = np.uint64(c)
+            b = c
+        if m32[b, 1] & LEAF:
+            return 0
+        slot = _index_child(m64, m32, b, i)
+        parent = b
+        b = np.int64(m64[b, HDR + np.int64(m32[b, 5]) + slot])
+
+
+@njit(inline="always", refcount=False)
+def _index_child(m64, m32, b, key):
+    """The entry of internal node ``b`` whose subtree holds ``key``: the
+    last key at or below it (dm's lower_bound), 0 when none is."""
+    nr = np.int64(m32[b, 4])
+    k = np.uint64(key)
+    j = np.int64(0)
+    while j + 1 < nr and m64[b, HDR + j + 1] <= k:
+        j += 1
+    return j
+
+
+@njit(inline="always", refcount=False)
+def _index_path_shadowable(m64, m32, count, r, key):
+    """Whether the data space map's index path to ``key`` can be shadowed
+    without dm_btree_insert's splits: no node on it full, no internal node
+    on it shared (its children would need a reference each), and no
+    deeper than 8 levels (a sane index; the commit's insert checks the
+    rest)."""
+    b = r
+    for _ in range(8):
+        if m32[b, 4] >= m32[b, 5]:
+            return False
+        if m32[b, 1] & LEAF:
+            return True
+        if count[b] > 1 or m32[b, 4] == 0:
+            return False
+        b = np.int64(m64[b, HDR + np.int64(m32[b, 5]) + _index_child(m64, m32, b, key)])
+        if b <= 0 or b >= m64.shape[0]:
+            return False
+    return False
+
+
+@njit(inline="always", refcount=False)
+def _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p):
+    """:func:`shadow_data_bitmap` for a count change that is rarely the
+    first in its bitmap (a mapping replaced or removed): the test that it
+    is this transaction's already is inlined, the call made only when not
+    (a call passing every array costs as much as a CoW's own work)."""
+    i = p // ENTRIES_PER_BITMAP
+    if i >= dst[DST_NR] or txn[dst[DST_BITMAPS + i]]:
+        return 0
+    return shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p)
+
+
+@njit(inline="always", refcount=False)
+def data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo):
+    """Before data block ``p``'s count changes: its bitmap shadowed
+    (:func:`shadow_data_bitmap`) unless ``p`` lies in the bitmap starting at
+    block ``lo``, which the caller knows is this transaction's already
+    (NO_BITMAP: none).  Returns the first block of ``p``'s bitmap, the
+    caller's ``lo`` from then on, or -1 when metadata ran out."""
+    if p >= lo and p < lo + ENTRIES_PER_BITMAP:
+        return lo
+    if _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+        return np.int64(-1)
+    return p - p % ENTRIES_PER_BITMAP
+
+
+#: a data bitmap start no block lies in (data_bitmap_shadowed's ``lo`` for
+#: none): not negative, as a negative ``lo`` returned means metadata ran out
+NO_BITMAP = 1 << 62
 
 
 @njit(inline="always", refcount=False)
@@ -208,9 +290,13 @@ def inc_data(dcount, dcommitted, dfree, p):
 
 
 @njit(refcount=False)
-def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b, leaf_holds):
-    """leaf_holds: 0 = nothing (counts), 1 = metadata blocks (subtree
-    roots), 2 = data block_time."""
+def _inc_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, b,
+                  leaf_holds):
+    """inc_children of a shadowed shared node ``b``.  leaf_holds: 0 =
+    nothing (counts), 1 = metadata blocks (subtree roots), 2 = data
+    block_time: each data block's bitmap is shadowed as its count first
+    changes, in the leaf's order (data_block_inc, sm_ll_inc).  Returns 0,
+    or -1 when metadata ran out."""
     nr = m32[b, 4]
     mx = m32[b, 5]
     if m32[b, 1] & INTERNAL or leaf_holds == 1:
@@ -222,12 +308,21 @@ def _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b
             count[c] += 1
             free[c] = False
     elif leaf_holds == 2:
+        # the bitmaps first, in the order the blocks reach them (a shadow
+        # does not read the counts), then the counts in a loop with no call
+        lo = np.int64(NO_BITMAP)
+        for i in range(nr):
+            p = np.int64(m64[b, HDR + mx + i] >> np.uint64(24))
+            lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+            if lo < 0:
+                return -1
         for i in range(nr):
             _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
+    return 0
 
 
 @njit(refcount=False)
-def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, b, leaf_holds):
+def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, b, leaf_holds):
     """dm_tm_shadow_block + inc_children; the block to write, or -1."""
     shared = count[b] > 1
     if txn[b] and not shared:
@@ -239,8 +334,9 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dco
     tst[2] += 1
     for w in range(512):
         m64[nb, w] = m64[b, w]
-    if shared:
-        _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, nb, leaf_holds)
+    if shared and _inc_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                dst, nb, leaf_holds) < 0:
+        return -1
     return nb
 
 
@@ -422,8 +518,9 @@ def _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst,
 
 
 @njit(refcount=False)
-def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent, i, leaf_holds):
-    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, parent, i,
+                  leaf_holds):
+    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                  np.int64(_val(m64, m32, parent, i)), leaf_holds)
     if nb >= 0:
         _set_val(m64, m32, parent, i, np.uint64(nb))
@@ -431,20 +528,23 @@ def _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
 
 
 @njit(refcount=False)
-def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
+def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                          pi, key,
                           leaf_holds):
     parent = sp[0]
     if pi == 0:
         mid_index = 1
         left = sp[1]
-        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                              parent,
                               pi + 1, leaf_holds)
         if right < 0:
             return -1
     else:
         mid_index = pi
         right = sp[1]
-        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                             parent,
                              pi - 1, leaf_holds)
         if left < 0:
             return -1
@@ -464,7 +564,8 @@ def _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, ts
 
 
 @njit(refcount=False)
-def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi, key,
+def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                        pi, key,
                         leaf_holds):
     parent = sp[0]
     nr_parent = np.int64(m32[parent, 4])
@@ -474,7 +575,8 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
         lb = np.int64(_val(m64, m32, parent, pi - 1))
         left_shared = count[lb] > 1
         if not left_shared and np.int64(m32[lb, 5]) - np.int64(m32[lb, 4]) >= THRESH:
-            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                dst, parent,
                                 pi - 1, leaf_holds)
             if sib < 0:
                 return -1
@@ -487,7 +589,8 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
         rb = np.int64(_val(m64, m32, parent, pi + 1))
         right_shared = count[rb] > 1
         if not right_shared and np.int64(m32[rb, 5]) - np.int64(m32[rb, 4]) >= THRESH:
-            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, parent,
+            sib = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                dst, parent,
                                 pi + 1, leaf_holds)
             if sib < 0:
                 return -1
@@ -498,7 +601,8 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
             return 0
     if left_shared or right_shared or nr_parent <= 2 or pi == 0 or pi + 1 == nr_parent:
         return _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, pi, key)
-    return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, pi,
+    return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                 dst, sp, pi,
                                  key, leaf_holds)
 
 
@@ -513,7 +617,7 @@ def _has_space(m64, m32, b, key):
 
 
 @njit(refcount=False)
-def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, i,
+def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root, i,
                  leaf_holds):
     """dm's shadow_step, shared by insert and remove: shadow ``root`` onto
     the spine ``sp`` (parent, current, depth 0-2, top) and point entry ``i``
@@ -522,7 +626,8 @@ def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     if sp[2] == 2:
         sp[0] = sp[1]
         sp[2] = 1
-    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root, leaf_holds)
+    nb = _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root,
+                 leaf_holds)
     if nb < 0:
         return -2
     if sp[2] == 0:
@@ -539,12 +644,14 @@ def _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
 
 
 @njit(refcount=False)
-def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
+def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+                key, index,
                 leaf_holds, halves):
     i = index
     top = True
     while True:
-        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, i,
+        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                        root, i,
                         leaf_holds) < 0:
             return -2
         b = sp[1]
@@ -558,7 +665,8 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
             elif halves:
                 r = _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, i, key)
             else:
-                r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp,
+                r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                        dfree, dst, sp,
                                         i, key, leaf_holds)
             if r < 0:
                 return -2
@@ -577,7 +685,7 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
 
 
 @njit
-def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                    root, dev, vblock, value, halves, out):
     """dm_btree_insert_notify on the two-level mapping tree.  ``out`` gets
     (new root, inserted).  Returns 0, or -1 when metadata ran out."""
@@ -587,7 +695,9 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     leaf, i, found = _direct_path(m64, m32, count, txn, root, dev, key1, halves)
     if leaf >= 0:
         if found:
-            _replace_value(m64, m32, dcount, dcommitted, dfree, leaf, i, value)
+            if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                              dst, leaf, i, value, NO_BITMAP) < 0:
+                return -1
             out[1] = 0
         else:
             _insert_at(m64, m32, leaf, i + 1, key1, value)
@@ -595,7 +705,8 @@ def insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
         out[0] = root
         return 0
     sp = np.zeros(4, dtype=np.int64)
-    return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, root,
+    return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                           root,
                            dev, vblock, value, halves, sp, out)
 
 
@@ -622,17 +733,26 @@ def _direct_path(m64, m32, count, txn, root, dev, key, halves):
 
 
 @njit(inline="always", refcount=False)
-def _replace_value(m64, m32, dcount, dcommitted, dfree, b, i, value):
+def _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, b, i,
+                   value, lo):
     """Entry ``i`` of leaf ``b`` takes ``value`` (an insert of a key that is
-    there): the data block it mapped loses a reference when it changes."""
+    there): the data block it mapped loses a reference when it changes,
+    its bitmap shadowed then (dm_btree_insert's dec, after the spine);
+    ``lo`` as data_bitmap_shadowed's, and returned as it does (-1: metadata
+    ran out, nothing changed)."""
     old = _val(m64, m32, b, i)
     if (old >> np.uint64(24)) != (value >> np.uint64(24)):
-        _ddec(dcount, dcommitted, dfree, np.int64(old >> np.uint64(24)))
+        p = np.int64(old >> np.uint64(24))
+        lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+        if lo < 0:
+            return lo
+        _ddec(dcount, dcommitted, dfree, p)
     _set_val(m64, m32, b, i, value)
+    return lo
 
 
 @njit(refcount=False)
-def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                     root, dev, vblock, value, halves, sp, out):
     """:func:`insert_mapping` past its direct path (write_blocks calls it
     when it knows the insert splits or rebalances), with the caller's
@@ -640,7 +760,8 @@ def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dco
     for j in range(4):
         sp[j] = 0
     key0 = np.uint64(dev)
-    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key0, -1,
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                      root, key0, -1,
                       1, halves)
     if idx < -1:
         return -1
@@ -656,7 +777,8 @@ def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dco
         _insert_at(m64, m32, n, idx, key0, np.uint64(nt))
     sub = np.int64(_val(m64, m32, n, idx))
     key1 = np.uint64(vblock)
-    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, sub, key1, idx,
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                      sub, key1, idx,
                       2, halves)
     if idx < -1:
         return -1
@@ -665,7 +787,9 @@ def _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dco
         _insert_at(m64, m32, n, idx, key1, value)
         out[1] = 1
     else:
-        _replace_value(m64, m32, dcount, dcommitted, dfree, n, idx, value)
+        if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                          dst, n, idx, value, NO_BITMAP) < 0:
+            return -1
         out[1] = 0
     out[0] = sp[3]
     return 0
@@ -800,7 +924,7 @@ def _direct_rebalance(m64, m32, count, txn, parent, pi, b, key):
 
 
 @njit(refcount=False)
-def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                           root, dev, vblock, value, halves, sp, cache, hi, res, out):
     """:func:`insert_mapping` for a caller that inserts many mappings in a
     row (scratch passed in, nothing allocated): where dm's insert would
@@ -844,11 +968,13 @@ def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, ts
         cache[1] = dev
     if not direct:
         cache[0] = -1
-        return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+        return _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                                root, dev, vblock, value, halves, sp, out)
     lb = res[0]
     if res[2]:
-        _replace_value(m64, m32, dcount, dcommitted, dfree, lb, res[1], value)
+        if _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                          dst, lb, res[1], value, NO_BITMAP) < 0:
+            return -1
         out[1] = 0
     else:
         _insert_at(m64, m32, lb, res[1] + 1, key, value)
@@ -1088,7 +1214,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     sub = np.int64(-1)
     height = 0
     sub_ver = np.int64(-1)
-    dbm_lo = np.int64(-ENTRIES_PER_BITMAP)  # the data bitmap known shadowed (shadow_data_bitmap)
+    dbm_lo = np.int64(NO_BITMAP)  # the data bitmap known shadowed (data_bitmap_shadowed)
+    olo = np.int64(NO_BITMAP)  # the same for the blocks CoW releases
     for k in range(n):
         ver = tst[1] + tst[2]
         if ahead:
@@ -1162,14 +1289,13 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             out[2] = added
             out[3] = allocs
             return -2
-        if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:
-            if shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
-                out[0] = root
-                out[1] = k
-                out[2] = added
-                out[3] = allocs
-                return -1
-            dbm_lo = p - p % ENTRIES_PER_BITMAP  # its bitmap is this transaction's now
+        dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, dbm_lo)
+        if dbm_lo < 0:
+            out[0] = root
+            out[1] = k
+            out[2] = added
+            out[3] = allocs
+            return -1
         dst[0] = p + 1
         _dtouch(dcount, dcommitted, p)
         _used(dcount, dcommitted, 1)
@@ -1179,7 +1305,14 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         if direct:
             lb = res[0]
             if res[2]:
-                _replace_value(m64, m32, dcount, dcommitted, dfree, lb, res[1], value)
+                olo = _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                     dfree, dst, lb, res[1], value, olo)
+                if olo < 0:
+                    out[0] = root
+                    out[1] = k
+                    out[2] = added
+                    out[3] = allocs
+                    return -1
             else:
                 nr = np.int64(m32[lb, 4])
                 if res[1] + 1 == nr:
@@ -1210,7 +1343,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                 allocs += 1
                 leaf = -1  # the parent's keys moved: the bounds are stale
                 continue
-        r = _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+        r = _insert_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                             root, dev, vb, value, halves, sp, out)
         if r < 0:
             out[0] = root
@@ -1274,13 +1407,16 @@ def _rebalance2_nodes(m64, m32, count, committed, free, parent, left, right, r_i
 
 
 @njit(refcount=False)
-def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, key,
+def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur,
+                        key,
                         leaf_holds):
     """Returns 1 done, 0 key absent, -1 out of metadata."""
     if m32[cur, 4] == 1:
         b = np.int64(_val(m64, m32, cur, 0))
         if count[b] > 1:
-            _inc_children(m64, m32, count, committed, free, dcount, dcommitted, dfree, b, leaf_holds)
+            if _inc_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, b,
+                             leaf_holds) < 0:
+                return -1
         for w in range(512):
             m64[cur, w] = m64[b, w]
         _dec(count, committed, free, b)
@@ -1291,26 +1427,31 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
     nr = np.int64(m32[cur, 4])
     if i == 0 or i == nr - 1:
         li = i if i == 0 else i - 1
-        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li,
+        left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                             cur, li,
                              leaf_holds)
         if left < 0:
             return -1
-        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li + 1,
+        right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                              cur, li + 1,
                               leaf_holds)
         if right < 0:
             return -1
         _rebalance2_nodes(m64, m32, count, committed, free, cur, left, right, li + 1)
         return 1
     li = i - 1
-    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li,
+    left = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, cur,
+                         li,
                          leaf_holds)
     if left < 0:
         return -1
-    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li + 1,
+    center = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                           cur, li + 1,
                            leaf_holds)
     if center < 0:
         return -1
-    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, cur, li + 2,
+    right = _shadow_child(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                          cur, li + 2,
                           leaf_holds)
     if right < 0:
         return -1
@@ -1367,17 +1508,20 @@ def _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst,
 
 
 @njit(refcount=False)
-def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, key, index,
+def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+                key, index,
                 leaf_holds):
     """The index of ``key`` in the leaf now current, -1 absent, -2 out of metadata."""
     i = index
     while True:
-        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root, i,
+        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                        root, i,
                         leaf_holds) < 0:
             return -2
         b = sp[1]
         if not (m32[b, 1] & LEAF):
-            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, b, key,
+            r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                    dfree, dst, b, key,
                                     leaf_holds)
             if r < 0:
                 return -2
@@ -1393,13 +1537,13 @@ def _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
 
 
 @njit(refcount=False)
-def remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+def remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                     root, dev, vblock, sp, out):
     """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
     Returns 0, or -1 when metadata ran out.  ``sp`` is scratch (int64[4])."""
     for j in range(4):
         sp[j] = 0
-    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
                       np.uint64(dev), 0, 1)
     if idx == -2:
         return -1
@@ -1408,7 +1552,7 @@ def remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, t
         out[1] = 0
         return 0
     sub = np.int64(_val(m64, m32, sp[1], idx))
-    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, sub,
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, sub,
                       np.uint64(vblock), idx, 2)
     if idx == -2:
         return -1
@@ -1417,19 +1561,24 @@ def remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, t
         out[1] = 0
         return 0
     n = sp[1]
-    _ddec(dcount, dcommitted, dfree, np.int64(_val(m64, m32, n, idx) >> np.uint64(24)))
+    p = np.int64(_val(m64, m32, n, idx) >> np.uint64(24))
+    # dm_btree_remove's dec, after the spine: the bitmap shadowed then
+    if _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+        return -1
+    _ddec(dcount, dcommitted, dfree, p)
     _delete_at(m64, m32, n, idx)
     out[1] = 1
     return 0
 
 
 @njit
-def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                    root, dev, vblock, out):
     """dm_btree_remove of (dev, vblock): ``out`` gets (new root, removed).
     Returns 0, or -1 when metadata ran out."""
     sp = np.zeros(4, dtype=np.int64)
     return remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                  dst,
                            root, dev, vblock, sp, out)
 
 
@@ -1501,16 +1650,17 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
     dcount = np.zeros(1, dtype=np.uint32)
     dfree = np.zeros(1, dtype=np.bool_)
     dcommitted = np.zeros(1, dtype=np.uint32)
+    dst = np.zeros(DST_BITMAPS, dtype=np.int64)  # no data bitmaps: nothing to shadow
     sp = np.zeros(4, dtype=np.int64)
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
     return _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
-                              out, dcount, dcommitted, dfree, sp, hi, res)
+                              out, dcount, dcommitted, dfree, dst, sp, hi, res)
 
 
 @njit(refcount=False)
 def _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, root, blocks, counts, halves,
-                       out, dcount, dcommitted, dfree, sp, hi, res):
+                       out, dcount, dcommitted, dfree, dst, sp, hi, res):
     # as write_blocks: a leaf an insert would only descend to is changed in
     # place, and stays the target while the keys stay within its bounds;
     # the blocks come in ascending order, so each run of them that the
@@ -1537,7 +1687,8 @@ def _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, 
         for j in range(4):
             sp[j] = 0
         if c >= 3:
-            idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
+            idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                              sp, root,
                               key, -1, 0, halves)
             if idx < -1:
                 out[0] = root
@@ -1548,7 +1699,8 @@ def _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, 
             else:
                 _set_val(m64, m32, nd, idx, np.uint64(c))
         else:
-            idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, sp, root,
+            idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                              sp, root,
                               key, 0, 0)
             if idx == -2:
                 out[0] = root

@@ -145,13 +145,14 @@ class DiskSpaceMap(RefCounts):
         (before the btree nodes of the mapping that needed the data block).
         Before 5.14 the index entry is saved at once too (the index tree's
         path is shadowed then); since, it waits in the cache for the commit.
-        Done where a data block is allocated (here and in the write_blocks
-        kernel) and for counts changed outside the mapping kernels; the
-        counts those change as they insert or remove (a replaced or removed
-        mapping's block, a shared leaf's blocks) only flag their bitmaps,
-        shadowed at the commit.  The Python btree standing in for them
-        (``tm.as_kernels``) does the same."""
-        for i in np.unique(np.asarray(blocks, dtype=np.int64) // ENTRIES_PER_BITMAP).tolist():
+        Done at every change of a count, as dm's sm_ll_inc/sm_ll_dec do:
+        where a data block is allocated, where a mapping's block is
+        replaced or removed, where a shared leaf's blocks gain a reference
+        (here, and in the mapping kernels through ``dst``).  The bitmaps
+        are shadowed in the order ``blocks`` first reach them."""
+        bm = np.asarray(blocks, dtype=np.int64) // ENTRIES_PER_BITMAP
+        u, first = np.unique(bm, return_index=True)
+        for i in u[np.argsort(first)].tolist():
             old = int(self.index_entries["blocknr"][i])
             if self.tm.txn[old]:
                 continue  # this transaction's already
@@ -172,8 +173,8 @@ class DiskSpaceMap(RefCounts):
         self._add_used(len(u) - before)
         self.free[b] = False
         self.touch(b)
-        if shadow and not self.tm.as_kernels:  # the mapping kernels flag it for the commit (see shadow_bitmaps)
-            self.shadow_bitmaps(u)
+        if shadow:
+            self.shadow_bitmaps(b)
 
     def dec(self, blocks) -> None:
         b = np.asarray(blocks, dtype=np.int64)
@@ -184,8 +185,7 @@ class DiskSpaceMap(RefCounts):
         np.subtract.at(self.count, b, 1)
         self._add_used(-int(np.count_nonzero(self.count[u] == 0)))
         self.touch(b)
-        if not self.tm.as_kernels:  # the mapping kernels flag it for the commit (see shadow_bitmaps)
-            self.shadow_bitmaps(u)
+        self.shadow_bitmaps(b)
         back = b[(self.count[b] == 0) & (self.committed[b] == 0)]
         self.free[back] = True  # allocated and released in this transaction
 

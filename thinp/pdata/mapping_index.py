@@ -111,3 +111,23 @@ def device_mappings(bm: BlockManager, subtree_root: int, *, verify: bool = False
     _, keys, vals = collect(bm, np.array([subtree_root]), options=WK.W_VERIFY if verify else 0,
                             what=lambda j: what)
     return keys, vals
+
+
+def tree_nodes(bm: BlockManager, roots: np.ndarray, *, verify: bool = True) -> np.ndarray:
+    """The nodes (int64, by block number) of the 8-byte-value trees at
+    ``roots``, a node shared by several trees once: the leaf walk with a
+    reference count, each node checked as thin_check checks it (checksums
+    too with ``verify``).  A damaged tree is a MetadataCorruptError naming
+    the block (:func:`thinp.pdata.btree.walk` says more about it)."""
+    roots = np.ascontiguousarray(roots, dtype=np.int64)
+    nb = bm.blocks.shape[0]
+    seen = np.zeros(nb, dtype=np.int32)
+    w = WK.new_walk(bm.blocks, 8, WK.W_VERIFY if verify else 0, seen=seen)
+    out = np.empty(nb, dtype=np.int64)
+    for j in range(len(roots)):
+        if roots[j] == 0:
+            continue
+        r = WK.leaf_blocks(w, roots[j], out)
+        if r < 0:
+            _raise(r, w.bad, f"mapping tree {int(roots[j])}")
+    return np.flatnonzero(seen)

@@ -22,7 +22,10 @@ inc_data            one more reference on a data block (use it, not
                     the bitmaps flagged as changed)
 shadow_data_bitmap  dm's shadow of a data bitmap at the first count change
                     in it this transaction, for a caller allocating data
-                    blocks (``dst``: DiskSpaceMap.kernel_state())
+                    blocks (``dst``: DiskSpaceMap.kernel_state()); every
+                    kernel here that changes a data count does it too
+data_bitmap_shadowed  the same, inlined, for a caller that remembers the
+                    bitmap it shadowed last (NO_BITMAP: none yet)
 nr_used             blocks in use now, from a space map's ``committed`` array
                     (its running count; no scan)
 locate_leaf         a read-only descent to the leaf where (dev, vblock) is or
@@ -46,7 +49,9 @@ W_VERIFY, W_REVISIT its options: check checksums; walk shared nodes again
 from __future__ import annotations
 
 from ._btree_kernels import (  # noqa: F401  (re-exported)
+    NO_BITMAP,
     PREFETCH_AHEAD,
+    data_bitmap_shadowed,
     fetch_leaf,
     inc_data,
     insert_mapping,
@@ -77,7 +82,7 @@ from ._walk_kernels import (  # noqa: F401  (re-exported)
     start,
 )
 
-__all__ = ["PREFETCH_AHEAD", "fetch_leaf", "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf",
-           "lookup_mapping", "nr_used", "remove_mapping", "remove_mapping_scratch", "update_ref_counts", "write_blocks",
+__all__ = ["NO_BITMAP", "PREFETCH_AHEAD", "data_bitmap_shadowed", "fetch_leaf", "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf",
+           "lookup_mapping", "nr_used", "remove_mapping", "remove_mapping_scratch", "shadow_data_bitmap", "update_ref_counts", "write_blocks",
            "W_REVISIT", "W_VERIFY", "WALK_BAD_BLOCK", "WALK_BAD_CSUM", "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP",
            "WALK_TOO_DEEP", "WALK_TOO_MANY", "Walk", "leaf_fresh", "new_walk", "next_leaf", "start"]

@@ -40,6 +40,12 @@ from .space_map import ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMA
 
 #: where the metadata bitmaps' blocks start in ``st``
 ST_BITMAPS = 4
+#: :meth:`TransactionManager.zero_ahead`: at least this many blocks past
+#: the cursor are kept zeroed (4 MiB); the window is at most this many
+#: (64 MiB), so the file's allocated size runs at most 128 MiB past the
+#: cursor (a sparse file's ``du`` grows by that much, never its bytes)
+ZERO_AHEAD_MIN = 1024
+ZERO_AHEAD_MAX = 1 << 14
 
 
 class TransactionManager(RefCounts):
@@ -77,6 +83,8 @@ class TransactionManager(RefCounts):
         #: those shadow a bitmap only when they allocate from it and leave
         #: ref-count entries to the commit, and so does this manager then
         self.as_kernels = False
+        #: allocations (st[1]) when the open transaction began
+        self.allocs_at_begin = 0
 
     @property
     def bitmap_blocks(self) -> np.ndarray:
@@ -240,6 +248,35 @@ class TransactionManager(RefCounts):
         """Bytes of a block of this transaction (already shadowed)."""
         return self.bm.raw(b)
 
+    def zero_ahead(self, nr_blocks: int) -> int:
+        """Have the block manager zero the free holes past the allocation
+        cursor (wrapping at the end), so the blocks the coming allocations
+        take are in the page cache and backed on disk before anything is
+        written to them (:meth:`BlockManager.zero_holes`: cheaper than
+        faulting on holes); returns the number of blocks zeroed.
+
+        Nothing happens while the ``nr_blocks`` blocks from the cursor on
+        hold no hole; once they do, ``2 * nr_blocks`` are zeroed, so a
+        run of small transactions finds its blocks ready and only one in
+        many pays (with its fdatasync allocating them in the filesystem).
+        Only free blocks are written (free now and at the last commit),
+        and only where the file is a hole, so neither the committed state
+        nor any byte read changes."""
+        n = self.nr_blocks
+        nr = min(max(0, int(nr_blocks)), ZERO_AHEAD_MAX, n)
+        b = min(self.begin, n)
+
+        def spans(k):
+            return [(lo, hi) for lo, hi in ((b, min(n, b + k)), (0, max(0, b + k - n))) if lo < hi]
+
+        if not any(self.bm.may_have_holes(lo, hi, self.free[lo:hi]) for lo, hi in spans(nr)):
+            return 0
+        return sum(self.bm.zero_holes(lo, hi, self.free[lo:hi]) for lo, hi in spans(min(2 * nr, n)))
+
+    @property
+    def allocs_this_transaction(self) -> int:
+        return self.nr_allocs - self.allocs_at_begin
+
     # ------------------------------------------------------------ commit
     def seal_dirty(self) -> list[int]:
         """Stamp location and checksum on every block written this
@@ -260,6 +297,7 @@ class TransactionManager(RefCounts):
         self.rc_held.clear()
         if self.rolling_cursor:
             self.begin = cursor
+        self.allocs_at_begin = self.nr_allocs
 
     # --------------------------------------------- metadata space map
     def format_space_map(self, btree_empty) -> None:

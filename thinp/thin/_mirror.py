@@ -17,9 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import (PREFETCH_AHEAD, fetch_leaf, inc_data, insert_mapping_cached, locate_leaf,
-                                  remove_mapping_scratch, shadow_data_bitmap)
-from ..pdata.space_map import ENTRIES_PER_BITMAP
+from ..pdata.mapping_tree import (NO_BITMAP, PREFETCH_AHEAD, data_bitmap_shadowed, fetch_leaf, inc_data,
+                                  insert_mapping_cached, locate_leaf, remove_mapping_scratch)
 
 #: rows ahead whose leaf's entries are fetched, its header having landed
 #: (the leaf was located PREFETCH_AHEAD rows ahead)
@@ -84,7 +83,8 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     are applied and it is untouched: dm-thin commits there); -2 when a
     row's operation failed part-way for want of a free block.  A row's new
     data block shadows its bitmap first when it is the first count change
-    there this transaction, as dm's allocation does (``dst``, see
+    there this transaction, as dm's allocation does, and so does the data
+    block a row unmaps or replaces, when its count drops (``dst``, see
     DiskSpaceMap.kernel_state)."""
     res = np.zeros(2, dtype=np.int64)
     # scratch for the btree kernels, and the leaf a row changed in place
@@ -129,7 +129,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
     added = 0
     removed = 0
     armed = lwm_armed
-    dbm_lo = np.int64(-ENTRIES_PER_BITMAP)  # the data bitmap known shadowed
+    dbm_lo = np.int64(NO_BITMAP)  # the data bitmap known shadowed (data_bitmap_shadowed)
     for k in range(n):
         free_now = nr - used_commit - (tst[1] - allocs_commit)
         if armed and free_now <= lwm:
@@ -157,14 +157,13 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
         v = log[k, 2]
         if v >= 0:
             p = v >> 24
-            if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:
-                if shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
-                    out[0] = root
-                    out[1] = k
-                    out[4] = added
-                    out[5] = removed
-                    return -2
-                dbm_lo = p - p % ENTRIES_PER_BITMAP
+            dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, dbm_lo)
+            if dbm_lo < 0:
+                out[0] = root
+                out[1] = k
+                out[4] = added
+                out[5] = removed
+                return -2
             inc_data(dcount, dcommitted, dfree, p)
             s = k & (RING - 1)
             if ring[s, 2] == k and ring[s, 0] >= 0 and ring[s, 1] and ring[s, 3] == ver:
@@ -173,7 +172,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 for i in range(3):
                     hi[i] = rk[s, i]
             r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
-                                      dfree, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
+                                      dfree, dst, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
             if cache[0] < 0:  # it went through dm's insert
                 ver += 1
             added += res[1]
@@ -181,7 +180,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             cache[0] = -1
             ver += 1
             r = remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
-                                       dfree, root, dev, vb, sp, res)
+                                       dfree, dst, root, dev, vb, sp, res)
             removed += res[1]
         if r < 0:
             # the operation itself failed part-way: a real metadata failure

@@ -113,11 +113,13 @@ def check_subtrees(w, roots, nr_data_blocks, data_refs):
     checked, and ``under[root]`` becomes a device's mapped count.  Each
     leaf walked adds one reference per entry to ``data_refs``
     (uint32[nr_data_blocks]): dm's data reference count.  Returns 0, or
-    < 0 with ``w.bad[0]`` the first block found wrong (the caller's slow
-    walk then says what is wrong with it)."""
+    < 0 with ``w.bad[0]`` the first block found wrong and ``w.bad[1]``
+    the index of its tree in ``roots`` (the caller's slow walk then says
+    what is wrong with it); -100: a leaf maps a block past the data device."""
     m64 = w.m64
     m32 = w.m32
     for j in range(roots.shape[0]):
+        w.bad[1] = j
         r = MT.start(w, roots[j])
         if r < 0:
             return r

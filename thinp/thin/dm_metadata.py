@@ -17,8 +17,9 @@ and their mappings (live or from the held metadata snapshot), a full
 consistency check with thin_check's rules, and the node counts of each tree.
 The device subtrees -- nearly every block of a big pool -- are read with the
 one numba walk of :mod:`thinp.pdata.mapping_tree` (check, dump, ls, delta,
-rmap and the pool's open all step it); the small trees (details, top level,
-space-map indexes) and the node-by-node check that names damage use the
+rmap, shapes and the pool's open all step it); the small trees (details,
+top level, space-map indexes) and the node-by-node walk that names damage
+(of the one damaged device tree, when the fast check finds some) use the
 Python walk :func:`thinp.pdata.btree.walk`.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from ..config import SECTOR_SIZE
 from ..pdata import btree, memory
 from ..pdata.block import BlockManager, corrupt
 from ..pdata import mapping_tree as MT
-from ..pdata.mapping_index import device_mappings
+from ..pdata.mapping_index import device_mappings, tree_nodes
 from ..pdata.space_map import nr_bitmaps, read_counts
 from . import _tool_kernels as TKT
 from .view import DeviceView, PoolView
@@ -194,11 +195,42 @@ class DmMetadata:
         names the damage."""
         if fast:
             pc = self.check_begin()
-            if self.walk_subtrees(pc):
+            roots = self._subtree_roots(pc)
+            w = self.subtree_walk(pc)
+            r = TKT.check_subtrees(w, roots, self.sb.nr_data_blocks, pc.data_refs)
+            if r == 0:
                 res = self.check_end(pc)
                 if res is not None:
                     return res
+            else:
+                self._name_damage(roots, r, w)
         return self._check_slow()
+
+    @staticmethod
+    def _subtree_roots(pc: PendingCheck) -> np.ndarray:
+        return np.concatenate([r for _, r in pc.tops])
+
+    def _name_damage(self, roots: np.ndarray, code: int, w: MT.Walk) -> None:
+        """Raise what :meth:`_check_slow` would say of the damage the fast
+        walk found (``code`` at block ``w.bad[0]`` of tree ``w.bad[1]``),
+        walking in Python only that tree: the trees before it passed the
+        same checks, and the slow walk meets them in the same order.
+        Returns when that walk finds nothing (then the slow check runs)."""
+        nd = self.sb.nr_data_blocks
+        b = int(w.bad[0])
+        if code == -100:
+            p = self.bm.blocks.view(np.uint64)[b, 4 + int(self.bm.blocks.view(np.uint32)[b, 5]):]
+            p = p[:int(self.bm.blocks.view(np.uint32)[b, 4])] >> np.uint64(24)
+            raise corrupt(f"btree node {b}: maps data block {int(p.max())}, beyond the {nd} data blocks")
+
+        def visit_leaf(n, _k, values):
+            p = values.reshape(-1).view("<u8") >> np.uint64(24)
+            if len(p) and int(p.max()) >= nd:
+                raise corrupt(f"btree node {n.b}: maps data block {int(p.max())}, beyond the {nd} data blocks")
+
+        j = int(w.bad[1])
+        if 0 <= j < len(roots):
+            btree.walk(self.bm, int(roots[j]), 8, visit_leaf, who="mapping subtree")
 
     def _space_map_blocks(self, mcount: np.ndarray):
         """Count the space maps' own blocks into ``mcount`` (the metadata
@@ -281,7 +313,7 @@ class DmMetadata:
     def walk_subtrees(self, pc: PendingCheck) -> bool:
         """thin_check's walk of every device subtree (live, then held) into
         ``pc``; False when it found something wrong."""
-        roots = np.concatenate([r for _, r in pc.tops])
+        roots = self._subtree_roots(pc)
         return TKT.check_subtrees(self.subtree_walk(pc), roots, self.sb.nr_data_blocks, pc.data_refs) == 0
 
     def check_end(self, pc: PendingCheck) -> CheckResult | None:
@@ -390,10 +422,27 @@ class DmMetadata:
 
     def shapes(self) -> Shapes:
         """Leaves and internal nodes of the details tree, the mapping tree's
-        top level, and all device subtrees together (shared nodes once)."""
+        top level, and all device subtrees together (shared nodes once).
+        The subtrees (nearly every node of a big pool) are walked in numba;
+        on damage the Python walk names it."""
         sh = Shapes(btree.TreeShape(), btree.TreeShape(), btree.TreeShape())
         seen: dict = {}
-        for d in self.devices(seen=seen, shapes=sh):
+        devs = self.devices(seen=seen, shapes=sh)
+        roots = np.array([d.root for d in devs if d.root], dtype=np.int64)
+        try:
+            nodes = tree_nodes(self.bm, roots)
+        except errors.MetadataCorruptError:
+            nodes = None
+        if nodes is not None and not np.isin(np.array(list(seen), dtype=np.int64), nodes).any():
+            m32 = self.bm.blocks.view(np.uint32)
+            leaf = (m32[nodes, 1] & btree.LEAF_NODE) != 0
+            sub = sh.subtrees
+            sub.nr_leaves = int(np.count_nonzero(leaf))
+            sub.nr_internal = len(nodes) - sub.nr_leaves
+            sub.nr_entries = int(m32[nodes[leaf], 4].astype(np.int64).sum())
+            sub.blocks = nodes.tolist()
+            return sh
+        for d in devs:
             if d.root:
                 btree.walk(self.bm, d.root, 8, lambda *a: None, seen=seen, shape=sh.subtrees)
         return sh

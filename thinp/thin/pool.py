@@ -31,7 +31,11 @@ Rules followed from dm-thin (drivers/md/dm-thin.c and its documentation):
   (PM_OUT_OF_METADATA_SPACE, ``ro`` without needs_check): each block
   needing a new mapping fails with EIO, bio by bio, the other blocks of
   the same request still run, discards do nothing, and pool messages are
-  refused (EOPNOTSUPP) until :meth:`ThinPool.resize_metadata`;
+  refused (EOPNOTSUPP) until :meth:`ThinPool.resize_metadata`; with
+  ``skip_block_zeroing`` a provisioning write meeting that commit inserts
+  its mapping at once into the now read-only metadata, which fails: the
+  transaction is aborted, needs_check set, the pool ``ro`` (dm's
+  schedule_zero -> process_prepared_mapping -> metadata_operation_failed);
 * every request run is counted in ``nr_requests``, failed or not; those
   with a failed block also in ``nr_failed_requests``, the failed blocks in
   ``nr_enospc`` or ``nr_eio``.
@@ -1363,6 +1367,7 @@ class ThinPool:
                     if self._ooms:
                         self._event(start, K.EV_OUT_OF_META, start_vb)
                         self._drain_events(events)
+                        self._unzeroed_insert_fails(ops, start, int(self._md.dv.dev_id[slots[start]]), start_vb)
                     continue
                 if spare >= META_PER_CHANGE:
                     # no META_PER_CHANGE-bounded change of these can reach the reserve
@@ -1389,6 +1394,7 @@ class ThinPool:
                 if self._ooms:
                     self._event(failed_op, K.EV_OUT_OF_META, failed_vb)
                     self._drain_events(events)
+                    self._unzeroed_insert_fails(ops, failed_op, int(self._log[k, 0]), failed_vb)
                 continue
             if not ok or r == TK.R_NO_META:
                 # the request whose mapping change dm could not make, and
@@ -1481,6 +1487,37 @@ class ThinPool:
             k = int(res[1])
             self._event(int(self._log[k, 3]), K.EV_OUT_OF_META, int(self._log[k, 1]))
         return r == 0
+
+    def _unzeroed_insert_fails(self, ops, op: int, dev: int, vblock: int) -> None:
+        """The reserve commit of dm-thin's alloc_data_block has just left the
+        pool out of metadata space, its metadata read-only
+        (set_pool_mode -> dm_pool_metadata_read_only), for the new block
+        of request ``op`` at (``dev``, ``vblock``).  A provisioning write
+        without zeroing (``skip_block_zeroing``) does not wait for the
+        pool's prepared-mapping list: schedule_zero calls
+        process_prepared_mapping at once, whose dm_thin_insert_block then
+        fails (the block manager refuses writes, -EPERM), and
+        metadata_operation_failed aborts the transaction, sets needs_check
+        and puts the pool in PM_READ_ONLY.  With zeroing, or for a write
+        breaking sharing (copied through the prepared list), the mapping
+        fails with EIO and the pool stays out of metadata space (nothing
+        to do here).  (drivers/md/dm-thin.c: alloc_data_block,
+        provision_block, schedule_zero, process_prepared_mapping,
+        metadata_operation_failed.)"""
+        if self.zero_new_blocks or vblock < 0 or ops[op] != WRITE:
+            return
+        try:
+            mapped = self._dm.lookup(dev, vblock) is not None
+        except errors.ThinpError:
+            return
+        if mapped:
+            return
+        self._metadata_failed()
+        self._abort_transaction(ops, op)
+        raise errors.ReadOnlyPoolError(
+            f"{self.path}: out of metadata space at request {op}; without block zeroing dm-thin inserts the new "
+            "block's mapping at once into the metadata it has just made read-only: the insert failed, the "
+            "transaction was aborted and the pool is read-only with needs_check set")
 
     def _commit_prefix(self, failed_ops, failed_op: int, failed_vb: int, failed: np.ndarray,
                        commit: bool = True) -> tuple[int, int]:

@@ -29,7 +29,7 @@ from ..pdata.block import KIND_BITMAP, KIND_INDEX, SUPERBLOCK, BlockManager
 from ..pdata.btree import lookup as bt_lookup
 from ..pdata.disk_space_map import DiskSpaceMap
 from ..pdata.space_map import ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, read_counts
-from ..pdata.transaction import TransactionManager
+from ..pdata.transaction import ZERO_AHEAD_MIN, TransactionManager
 from .dm_metadata import DmMetadata
 from .format import (DETAILS_DTYPE, DETAILS_SIZE, SUPERBLOCK_LOCATION, THIN_VERSION, Superblock,
                      pack_block_time, read_superblock, unpack_block_time)
@@ -300,7 +300,10 @@ class PoolMetadata:
         blocks = self.bm.blocks
         return blocks.view(np.uint64), blocks.view(np.uint32)
 
-    def _insert_value(self, dev: int, vblock: int, value: int) -> bool:
+    def _insert_value(self, dev: int, vblock: int, value: int, shadow: bool = True) -> bool:
+        """Insert the mapping; a replaced value's data block loses its
+        reference, its bitmap shadowed then unless ``shadow`` is off (the
+        tools' way, see DiskSpaceMap.inc)."""
         if not self.fast:
             v = np.array([value], dtype="<u8").view(np.uint8)
             self.tm.as_kernels = True
@@ -317,8 +320,10 @@ class PoolMetadata:
         tm, dsm = self.tm, self.data_sm
         out = np.zeros(2, dtype=np.int64)
         r = BK.insert_mapping(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
-                              dsm.count, dsm.committed, dsm.free, np.int64(self.sb.data_mapping_root),
-                              np.int64(dev), np.int64(vblock), np.uint64(value), self.split == "halves", out)
+                              dsm.count, dsm.committed, dsm.free, dsm.kernel_state(shadow),
+                              np.int64(self.sb.data_mapping_root), np.int64(dev), np.int64(vblock), np.uint64(value),
+                              self.split == "halves", out)
+        dsm.from_kernel()
         if r < 0:
             raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
         self.sb.data_mapping_root = int(out[0])
@@ -358,11 +363,59 @@ class PoolMetadata:
         if not 0 <= pblock < self.data_sm.nr_blocks:
             raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
         self.data_sm.inc([pblock], shadow=kernel)
-        inserted = self._insert_value(dev, vblock, pack_block_time(pblock, time))
+        inserted = self._insert_value(dev, vblock, pack_block_time(pblock, time), shadow=kernel)
         d.changed = True
         if inserted:
             d.mapped_blocks += 1
         return inserted
+
+    def insert_block_times(self, dev: int, vblocks: np.ndarray, pblocks: np.ndarray, times: np.ndarray, *,
+                           kernel: bool = False) -> int:
+        """:meth:`insert_block_time` for many mappings of ``dev`` in order,
+        in one kernel call (the pool's log applier); the same image as the
+        loop (``kernel``: as with ``kernel=True`` there, each data bitmap
+        shadowed at its first change).  Returns how many were new."""
+        from . import _mirror as MIR
+
+        d = self.details(dev)
+        vb = np.ascontiguousarray(vblocks, dtype=np.int64)
+        pb = np.ascontiguousarray(pblocks, dtype=np.int64)
+        tm_ = np.ascontiguousarray(times, dtype=np.int64)
+        if not (len(vb) == len(pb) == len(tm_)):
+            raise ValueError(f"{len(vb)} vblocks, {len(pb)} pblocks and {len(tm_)} times")
+        if len(pb) and (int(pb.min()) < 0 or int(pb.max()) >= self.data_sm.nr_blocks):
+            bad = int(pb.max()) if int(pb.max()) >= self.data_sm.nr_blocks else int(pb.min())
+            raise ValueError(f"data block {bad} outside the {self.data_sm.nr_blocks} data blocks")
+        if len(vb) == 0:
+            return 0
+        if not self.fast:
+            return sum(self.insert_block_time(dev, v, p, t, kernel=kernel)
+                       for v, p, t in zip(vb.tolist(), pb.tolist(), tm_.tolist()))
+        m64, m32 = self._kernel_views()
+        tm, dsm = self.tm, self.data_sm
+        res = np.zeros(6, dtype=np.int64)
+        never = np.int64(-(1 << 62))
+        added = 0
+        # the log in slices: the applier's rows are 32 bytes each
+        log = np.empty((min(len(vb), 1 << 20), 4), dtype=np.int64)
+        log[:, 3] = 0
+        for lo in range(0, len(vb), len(log)):
+            n = min(len(log), len(vb) - lo)
+            log[:n, 0] = dev
+            log[:n, 1] = vb[lo:lo + n]
+            log[:n, 2] = (pb[lo:lo + n] << 24) | (tm_[lo:lo + n] & 0xFFFFFF)
+            r = MIR.apply_log(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
+                              dsm.count, dsm.committed, dsm.free, dsm.kernel_state(kernel),
+                              np.int64(self.sb.data_mapping_root), log, np.int64(n), self.split == "halves",
+                              never, never, False, np.int64(0), np.int64(tm.st[1]), res)
+            dsm.from_kernel()
+            self.sb.data_mapping_root = int(res[0])
+            d.mapped_blocks += int(res[4])
+            added += int(res[4])
+            d.changed = True
+            if r < 0:
+                raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
+        return added
 
     def write_blocks(self, dev: int, vblocks) -> int:
         """dm-thin's write path for these vblocks of ``dev`` (provision
@@ -401,8 +454,9 @@ class PoolMetadata:
             tm, dsm = self.tm, self.data_sm
             out = np.zeros(2, dtype=np.int64)
             r = BK.remove_mapping(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
-                                  dsm.count, dsm.committed, dsm.free, np.int64(self.sb.data_mapping_root),
-                                  np.int64(dev), np.int64(vblock), out)
+                                  dsm.count, dsm.committed, dsm.free, dsm.kernel_state(),
+                                  np.int64(self.sb.data_mapping_root), np.int64(dev), np.int64(vblock), out)
+            dsm.from_kernel()
             if r < 0:
                 raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
             self.sb.data_mapping_root, removed = int(out[0]), bool(out[1])
@@ -521,6 +575,10 @@ class PoolMetadata:
         superblock is written and ``self.sb`` holds the new roots (a caller
         ties its own state to this commit there)."""
         tm = self.tm
+        # the commit's own shadows (ref-count trees, space maps) come from
+        # the cursor on: zero the holes there first (a no-op when the last
+        # commit's zeroing ahead covers them)
+        tm.zero_ahead(ZERO_AHEAD_MIN + tm.allocs_this_transaction)
         for dev in sorted(self.devices):
             d = self.devices[dev]
             if d.changed:
@@ -564,4 +622,7 @@ class PoolMetadata:
             self.bm.raw(SUPERBLOCK_LOCATION)[:] = buf
         self.bm.forget(SUPERBLOCK_LOCATION)
         self.bm.fresh[SUPERBLOCK_LOCATION] = 0
+        allocs = tm.allocs_this_transaction
         tm.end_transaction()
+        # ahead of the next transaction, as many blocks as this one took
+        tm.zero_ahead(ZERO_AHEAD_MIN + allocs)

@@ -5,10 +5,13 @@ What survives is written to a new image (the damaged one is only read):
 1. The superblock gives the geometry and the roots.  A superblock that does
    not verify is replaced by what the caller states (data block size, data
    blocks) and the roots are found by scanning, as below.
-2. Every tree is walked tolerantly: a node that fails its checks is skipped
-   with what it would have held, and its key range is remembered.
+2. Every tree is walked tolerantly (the one numba leaf walk with
+   W_TOLERANT, :mod:`thinp.pdata.salvage`): a node that fails its checks
+   (checksum and block number, header, key order within its parent's
+   range) is skipped with what it would have held, and its key range is
+   remembered.
 3. Lost roots and lost subtrees are looked for by scanning every block for
-   valid btree nodes (checksum, location, sane header).  A mapping tree's top
+   valid btree nodes (checksum, location, sane header), in numba.  A mapping tree's top
    level is a tree whose leaves point at 8-byte-value trees; a device's lost
    leaves are the valid, unreachable leaves whose keys fall in the range of
    one of its damaged nodes.  When the metadata space map still verifies,
@@ -30,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import errors
-from ..pdata import btree
+from ..pdata import btree, salvage
 from ..pdata.block import BlockManager
 from ..pdata.space_map import read_counts
 from .format import DETAILS_DTYPE, DETAILS_SIZE, Superblock, read_superblock, unpack_block_time
@@ -53,108 +56,16 @@ def _valid_node(bm: BlockManager, b: int) -> btree.Node | None:
         return None
 
 
-def _tolerant_walk(bm, root, value_size, who, damaged, lo=0, hi=1 << 64, leaf_depth=None):
-    """(keys, values) of every readable leaf under ``root``; damaged nodes
-    are recorded as (who, block, lo, hi, depth); ``leaf_depth`` (a dict)
+def _tolerant_walk(bm, root, value_size, who, damaged, leaf_depth=None):
+    """(keys, values) of every readable leaf under ``root`` (one numba walk,
+    :func:`thinp.pdata.salvage.tolerant_collect`); damaged nodes are
+    recorded as (who, block, lo, hi, depth); ``leaf_depth`` (a dict)
     receives the depth of ``who``'s leaves."""
-    ks, vs = [], []
-    stack = [(root, lo, hi, 0)]
-    while stack:
-        b, lo_, hi_, depth = stack.pop()
-        n = _valid_node(bm, b) if 0 < b < bm.nr_blocks else None
-        if n is None or depth > 16 or (n.is_leaf and n.value_size != value_size):
-            damaged.append((who, b, lo_, hi_, depth))
-            continue
-        nr = n.nr_entries
-        keys = n.keys()[:nr]
-        if n.is_leaf:
-            if leaf_depth is not None:
-                leaf_depth[who] = depth
-            sel = (keys >= np.uint64(lo_)) & (keys < np.uint64(min(hi_, (1 << 64) - 1)))
-            ks.append(keys[sel].copy())
-            vs.append(n.values_raw()[:nr][sel].copy())
-            continue
-        children = n.values64()[:nr]
-        bounds = [int(k) for k in keys] + [hi_]
-        for i in range(nr - 1, -1, -1):
-            stack.append((int(children[i]), max(bounds[i], lo_), min(bounds[i + 1], hi_), depth + 1))
-    if not ks:
-        return np.zeros(0, np.uint64), np.zeros((0, value_size), np.uint8)
-    k = np.concatenate(ks)
-    v = np.concatenate(vs)
-    order = np.argsort(k, kind="stable")
-    k, v = k[order], v[order]
-    keep = np.concatenate([[True], k[1:] != k[:-1]]) if len(k) else np.zeros(0, bool)
-    return k[keep], v[keep]
-
-
-def _scan(bm: BlockManager) -> dict[int, btree.Node]:
-    nodes = {}
-    for b in range(1, bm.nr_blocks):
-        blk = bm.blocks[b]
-        if not blk[:16].any():
-            continue
-        n = _valid_node(bm, b)
-        if n is not None:
-            nodes[b] = n
-    return nodes
-
-
-def _find_roots(nodes: dict) -> tuple[int, int]:
-    """(mapping root, details root) candidates among scanned nodes: nodes no
-    other valid internal node points at; the mapping root is the one whose
-    leaves point at the most 8-byte-value trees."""
-    referenced = set()
-    for n in nodes.values():
-        if not n.is_leaf:
-            referenced.update(int(c) for c in n.values64()[:n.nr_entries])
-    roots = [b for b in nodes if b not in referenced]
-    best_map, best_map_score, best_det, best_det_score = 0, 0, 0, 0
-    for r in roots:
-        n = nodes[r]
-        leaf_vs = n.value_size if n.is_leaf else _leaf_value_size(nodes, r)
-        if leaf_vs == DETAILS_SIZE:
-            score = _count_entries(nodes, r)
-            if score > best_det_score:
-                best_det, best_det_score = r, score
-        elif leaf_vs == 8:
-            vals = _leaf_values(nodes, r)
-            score = sum(1 for v in vals if v in nodes and _leaf_value_size(nodes, v) == 8
-                        and v not in (r,)) if vals and all(v < (1 << 32) for v in vals) else 0
-            if score > best_map_score and all(k < (1 << 24) for k in _leaf_keys(nodes, r)):
-                best_map, best_map_score = r, score
-    return best_map, best_det
-
-
-def _descend(nodes, r):
-    out, stack = [], [r]
-    while stack:
-        b = stack.pop()
-        n = nodes.get(b)
-        if n is None:
-            continue
-        if n.is_leaf:
-            out.append(n)
-        else:
-            stack.extend(int(c) for c in n.values64()[:n.nr_entries])
-    return out
-
-
-def _leaf_value_size(nodes, r):
-    leaves = _descend(nodes, r)
-    return leaves[0].value_size if leaves else 0
-
-
-def _count_entries(nodes, r):
-    return sum(n.nr_entries for n in _descend(nodes, r))
-
-
-def _leaf_values(nodes, r):
-    return [int(v) for n in _descend(nodes, r) for v in n.values64()[:n.nr_entries]]
-
-
-def _leaf_keys(nodes, r):
-    return [int(k) for n in _descend(nodes, r) for k in n.keys()[:n.nr_entries]]
+    got = salvage.tolerant_collect(bm, root, value_size)
+    damaged.extend((who, b, lo, hi, depth) for b, lo, hi, depth in got.damaged)
+    if leaf_depth is not None and got.leaf_depth is not None:
+        leaf_depth[who] = got.leaf_depth
+    return got.keys, got.values
 
 
 def repair(src, dst, *, data_block_sectors: int | None = None, nr_data_blocks: int | None = None,
@@ -188,8 +99,8 @@ def repair(src, dst, *, data_block_sectors: int | None = None, nr_data_blocks: i
         damaged: list = []
         mroot, droot = sb.data_mapping_root, sb.device_details_root
         if _valid_node(bm, mroot) is None or _valid_node(bm, droot) is None:
-            nodes = _scan(bm)
-            found_m, found_d = _find_roots(nodes)
+            nodes = salvage.scan(bm)
+            found_m, found_d = salvage.find_roots(bm, nodes, DETAILS_SIZE)
             if _valid_node(bm, mroot) is None:
                 rep.damaged.append(f"mapping tree root {mroot}")
                 mroot = found_m
@@ -219,37 +130,47 @@ def repair(src, dst, *, data_block_sectors: int | None = None, nr_data_blocks: i
                       if isinstance(w, int) and depth < leaf_depth.get(w, 1 << 30)]
         if dev_damage:
             if nodes is None:
-                nodes = _scan(bm)
-            other_roots = [r for r in (mroot, droot, sb.data_sm_root.bitmap_root, sb.data_sm_root.ref_count_root,
-                                       sb.metadata_sm_root.ref_count_root) if r]
-            refs = _count_refs(bm, list(subtrees.values()) + other_roots)
-            for b, n in sorted(nodes.items()):
-                if not n.is_leaf or n.value_size != 8 or n.nr_entries == 0:
-                    continue
-                if mcount is not None:
-                    # a live leaf some damaged parent pointed at: the space
-                    # map counts more references than the intact trees hold
-                    spare = int(mcount[b]) - refs.get(b, 0) if b < len(mcount) else 0
-                else:
-                    spare = 1 if b not in refs else 0
-                if spare <= 0:
-                    continue
-                keys = n.keys()[:n.nr_entries]
+                nodes = salvage.scan(bm)
+            other_roots = [(r, vs) for r, vs in ((mroot, 8), (droot, DETAILS_SIZE),
+                                                 (sb.data_sm_root.bitmap_root, 16),
+                                                 (sb.data_sm_root.ref_count_root, 4),
+                                                 (sb.metadata_sm_root.ref_count_root, 4)) if r]
+            refs = salvage.count_refs(bm, [(r, 8) for r in subtrees.values()] + other_roots)
+            leaves = salvage.live_leaves(bm, nodes, 8)
+            if mcount is not None:
+                # a live leaf some damaged parent pointed at: the space
+                # map counts more references than the intact trees hold
+                inside = leaves < len(mcount)
+                spare = np.where(inside, mcount[np.where(inside, leaves, 0)].astype(np.int64)
+                                 - refs[leaves], 0)
+            else:
+                spare = (refs[leaves] == 0).astype(np.int64)
+            leaves, spare = leaves[spare > 0], spare[spare > 0]
+            first, last = salvage.key_ranges(bm, leaves)
+            fits = np.zeros(len(leaves), dtype=bool)
+            for _dev, _blk, lo, hi in dev_damage:
+                fits |= (first >= np.uint64(lo)) & ((last < np.uint64(hi)) if hi < (1 << 64) else True)
+            adopted: dict = {}
+            for b, left in zip(leaves[fits].tolist(), spare[fits].tolist()):
+                keys, vals = salvage.leaf_entries(bm, b)
                 lo_k, hi_k = int(keys[0]), int(keys[-1])
                 for dev, _blk, lo, hi in dev_damage:
-                    if spare <= 0:
+                    if left <= 0:
                         break
                     if not (lo <= lo_k and hi_k < hi):
                         continue
-                    k0, v0 = mappings.get(dev, (np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
-                    if len(k0) and np.any((k0 >= keys[0]) & (k0 <= keys[-1])):
+                    k0 = mappings.get(dev, (np.zeros(0, np.uint64),))[0]
+                    if any(_covers(k, lo_k, hi_k) for k in [k0] + [k for k, _ in adopted.get(dev, [])]):
                         continue  # the range is already covered (a stale copy)
-                    k1 = np.concatenate([k0, keys.copy()])
-                    v1 = np.concatenate([v0, n.values64()[:n.nr_entries].copy()])
-                    order = np.argsort(k1, kind="stable")
-                    mappings[dev] = (k1[order], v1[order])
+                    adopted.setdefault(dev, []).append((keys, vals))
                     rep.adopted_leaves += 1
-                    spare -= 1
+                    left -= 1
+            for dev, more in adopted.items():
+                k0, v0 = mappings.get(dev, (np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
+                k1 = np.concatenate([k0] + [k for k, _ in more])
+                v1 = np.concatenate([v0] + [v for _, v in more])
+                order = np.argsort(k1, kind="stable")
+                mappings[dev] = (k1[order], v1[order])
         for w, b, lo, hi, _depth in damaged:
             what = f"device {w}" if isinstance(w, int) else w
             rep.damaged.append(f"{what}: node {b} (keys {lo}..{hi}) unreadable")
@@ -266,8 +187,7 @@ def repair(src, dst, *, data_block_sectors: int | None = None, nr_data_blocks: i
             k, v = mappings.get(dev, (np.zeros(0, np.uint64), np.zeros(0, np.uint64)))
             p, t = unpack_block_time(v) if len(v) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
             ok = p < nd
-            for vb, pb, tm in zip(k[ok].tolist(), p[ok].tolist(), t[ok].tolist()):
-                out.insert_block_time(dev, vb, pb, tm)
+            out.insert_block_times(dev, k[ok], p[ok], t[ok])
             d = out.devices[dev]
             if dev in details:
                 dd = details[dev]
@@ -285,18 +205,7 @@ def repair(src, dst, *, data_block_sectors: int | None = None, nr_data_blocks: i
     return rep
 
 
-def _count_refs(bm, roots) -> dict:
-    """References to each node from the readable parts of the device trees,
-    a node's children counted once however many parents share it."""
-    refs: dict = {}
-    stack = list(roots)
-    while stack:
-        b = stack.pop()
-        c = refs.get(b, 0)
-        refs[b] = c + 1
-        if c:
-            continue
-        n = _valid_node(bm, b) if 0 < b < bm.nr_blocks else None
-        if n is not None and not n.is_leaf:
-            stack.extend(int(x) for x in n.values64()[:n.nr_entries])
-    return refs
+def _covers(keys: np.ndarray, lo: int, hi: int) -> bool:
+    """Whether the sorted ``keys`` hold one in ``[lo, hi]``."""
+    i = int(np.searchsorted(keys, np.uint64(lo)))
+    return i < len(keys) and int(keys[i]) <= hi

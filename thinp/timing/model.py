@@ -801,6 +801,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
                 stages.append((sim.UNLOCK, jscope))
         return stages
 
+    if getattr(dev, "transfer_on_cpu", False):
+        build = _transfers_on_cpu(build)
     r = sim.run(len(procs), build, cores=max(1, int(k.cores)), queue_depth=qd,
                 lock_class=_lock_class)
     # per container and phase, from the ops' begin/end times
@@ -845,6 +847,35 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
         c["steps_s"] = max(c["end_s"] - s0, 0.0)
     return TimingReport(d, r.end_s, [conts[i] for i in sorted(conts)], phases, dict(r.wait_s),
                         dict(r.busy_s), len(log), r.events, hits[0], misses[0])
+
+
+#: the one kernel thread that copies a loop device's transfers (its
+#: per-cgroup worker: one for all of a run's processes); its waits are
+#: reported as the device's
+DEVICE_WORKER = ("device", "worker")
+
+
+def _transfers_on_cpu(build):
+    """``build`` whose device transfers also hold a core, one at a time: on
+    a device whose transfers are a host thread's copies
+    (:attr:`thinp.cost.DeviceProfile.transfer_on_cpu`, a loop device over a
+    tmpfs file), a request's latency stays the device's and its transfer is
+    CPU of the device's one worker, queued for the cores with the
+    processes' own.  (The worker lock is always the innermost, released at
+    once: it orders with every other lock.)"""
+    def wrapped(pid, i, now):
+        st = build(pid, i, now)
+        if not st:
+            return st
+        out = []
+        for s in st:
+            if s[0] == sim.DEV and s[2] > 0:
+                out += [(sim.DEV, s[1], 0.0), (sim.LOCK, DEVICE_WORKER), (sim.CPU, s[2]),
+                        (sim.UNLOCK, DEVICE_WORKER)]
+            else:
+                out.append(s)
+        return out
+    return wrapped
 
 
 def replace(k: TimingConstants, **kw) -> TimingConstants:

@@ -169,26 +169,32 @@ def real_zfs(workdir=None, size="1G"):
         created = True
         yield pool, mnt
     finally:
+        from .timing import run_bounded
+
         try:
             if created:
                 for _ in range(5):
-                    try:        # a hung daemon answers no more: it is stopped below
-                        if subprocess.run(["zpool", "destroy", "-f", pool], capture_output=True,
-                                          timeout=60).returncode == 0:
-                            break
-                    except subprocess.TimeoutExpired:
+                    # a hung daemon answers no more: it is stopped below (a
+                    # client stuck on it is killed by its pid and, if it
+                    # sleeps uninterruptibly, left rather than waited for)
+                    r = run_bounded(["zpool", "destroy", "-f", pool], 60)
+                    if r is None or r[0] == 0:
                         break
                     time.sleep(1)
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
-            subprocess.run(["umount", "-l", mnt], capture_output=True)
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass            # (our daemon, killed; the unmount below still runs)
+            finally:
+                run_bounded(["umount", "-l", mnt], 60)
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _zused(name) -> int:

@@ -116,20 +116,60 @@ def available() -> tuple[bool, str]:
 
 #: seconds a real-side command may take before it counts as hung (the
 #: slowest, a cold ``cp -a`` of the Debian image by 16 processes at once,
-#: takes about 10 s here)
+#: takes about 10 s here); read when a command runs, so a test may lower it
 CMD_TIMEOUT_S = 300
+#: seconds a hung command, killed, gets to exit before it is left behind: a
+#: client of a wedged zfs-fuse daemon (``zfs clone``/``zfs destroy`` seen in
+#: D state in ``thinp calibrate --runs 3``, 2026-12-06) sleeps
+#: uninterruptibly, and SIGKILL ends it only once the daemon answers --
+#: waiting for it, as ``subprocess.run`` does after its timeout, hangs the run
+KILL_GRACE_S = 5.0
 
 
-def run_cmd(cmd, timeout: float = CMD_TIMEOUT_S) -> str:
-    """Run a real-side command; a failure or a hang is a :class:`RealRunError`
-    naming it (a hung command is killed, by its own pid, by ``subprocess``)."""
+def run_bounded(cmd, timeout: float | None = None):
+    """``(returncode, stdout, stderr)`` of ``cmd``, or None when it did not
+    finish in ``timeout`` seconds (default :data:`CMD_TIMEOUT_S`): it is then
+    killed by its own pid and given :data:`KILL_GRACE_S` to exit; one that
+    does not (uninterruptible sleep) is left behind, not waited for."""
+    timeout = CMD_TIMEOUT_S if timeout is None else timeout
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise RealRunError(f"{' '.join(cmd)} did not finish in {timeout:g} s") from None
-    if r.returncode:
-        raise RealRunError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()[:300]}")
-    return r.stdout
+        p.kill()
+        try:
+            p.communicate(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            for f in (p.stdout, p.stderr):
+                f.close()
+        return None
+    return p.returncode, out, err
+
+
+def run_cmd(cmd, timeout: float | None = None) -> str:
+    """Run a real-side command; a failure or a hang is a :class:`RealRunError`
+    naming it (a hung command is killed by its own pid, :func:`run_bounded`)."""
+    timeout = CMD_TIMEOUT_S if timeout is None else timeout
+    r = run_bounded(cmd, timeout)
+    if r is None:
+        raise RealRunError(f"{' '.join(cmd)} did not finish in {timeout:g} s")
+    if r[0]:
+        raise RealRunError(f"{' '.join(cmd)} failed ({r[0]}): {r[2].strip()[:300]}")
+    return r[1]
+
+
+def remove_each(real, driver: str, ids) -> RealRunError | None:
+    """``real.remove(driver, i)`` for every id in ``ids``, the later ones
+    too when one fails; returns the first :class:`RealRunError` (a hung
+    ``zfs destroy``: that container is left to the pool's teardown), None
+    when all went."""
+    first = None
+    for i in ids:
+        try:
+            real.remove(driver, i)
+        except RealRunError as e:
+            first = first or e
+    return first
 
 
 def cpu_model() -> str:
@@ -160,6 +200,27 @@ def make_tree(top: str, depth: int) -> None:
             with open(d + "/f", "wb") as f:
                 f.write(data)
         level = nxt
+
+
+def kthread_cpu_s() -> float:
+    """CPU seconds every kernel thread has run so far (``/proc/PID/schedstat``
+    of the processes marked PF_KTHREAD; 0 where there is none): the loop
+    devices' workers, whose copies to and from a tmpfs file are a loop
+    device's transfers, writeback, the filesystems' end-io workers."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+            if not int(st[st.rindex(")") + 2:].split()[6]) & 0x00200000:        # PF_KTHREAD
+                continue
+            with open(f"/proc/{d}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
 
 
 def drop_caches() -> None:
@@ -456,6 +517,7 @@ class RealSetup:
 
         self.drivers = list(drivers)
         self.skipped: dict[str, str] = {}
+        self.last_kthread_s: float | None = None     # the kernel threads' CPU in the last run
         # vfs at N = 16 starts: 32 copies of the 120 MB image (each container's
         # -init layer and its own), beside the images: 3 GiB ran out
         self.ext4 = stack.enter_context(loop_fs(base, "ext4", 6 << 30, ["mkfs.ext4", "-q", "-F"]))
@@ -534,7 +596,10 @@ class RealSetup:
             run_cmd(["cp", "--version"])
 
     def remove(self, driver: str, n: int) -> None:
-        """Stop and remove container ``n``, by its own mount point or name."""
+        """Stop and remove container ``n``, by its own mount point or name.
+        A tool that fails is let be (a clone a lost run never made); one
+        that hangs past :data:`CMD_TIMEOUT_S` is killed by its pid and
+        raised as a :class:`RealRunError` (:func:`remove_tool`)."""
         if driver == "overlay2":
             d = os.path.join(self.ext4, f"ctr{n}")
             if os.path.ismount(f"{d}/merged"):
@@ -544,9 +609,9 @@ class RealSetup:
             for sfx in ("", "-init"):
                 shutil.rmtree(os.path.join(self.ext4, f"ctr{n}{sfx}"), ignore_errors=True)
         elif driver == "btrfs":
-            subprocess.run(["btrfs", "subvolume", "delete", f"{self.btrfs}/ctr{n}"], capture_output=True)
+            remove_tool(["btrfs", "subvolume", "delete", f"{self.btrfs}/ctr{n}"])
         elif driver == "zfs":
-            subprocess.run(["zfs", "destroy", "-f", f"{self.zpool}/ctr{n}"], capture_output=True)
+            remove_tool(["zfs", "destroy", "-f", f"{self.zpool}/ctr{n}"])
 
     def settle(self, driver: str) -> None:
         """Wait for what removals left to the driver's background threads:
@@ -558,13 +623,14 @@ class RealSetup:
             # BTRFS_IOC_SYNC commits and wakes the cleaner; then poll for the
             # deleted subvolumes to be gone (``btrfs subvolume sync`` polls
             # once a second: seconds per run)
-            subprocess.run(["btrfs", "filesystem", "sync", self.btrfs], capture_output=True,
-                           timeout=CMD_TIMEOUT_S)
+            remove_tool(["btrfs", "filesystem", "sync", self.btrfs])
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                r = subprocess.run(["btrfs", "subvolume", "list", "-d", self.btrfs], capture_output=True,
-                                   text=True, timeout=CMD_TIMEOUT_S)
-                if r.returncode or not r.stdout.strip():
+                cmd = ["btrfs", "subvolume", "list", "-d", self.btrfs]
+                r = run_bounded(cmd)
+                if r is None:
+                    raise RealRunError(f"{' '.join(cmd)} did not finish in {CMD_TIMEOUT_S:g} s")
+                if r[0] or not r[1].strip():
                     break
                 time.sleep(0.02)
 
@@ -582,19 +648,46 @@ class RealSetup:
             if case == "start":
                 drop_caches()
                 self.warm_tool(driver)
-                return concurrently([(self.create, (driver, i, True)) for i in ids])
-            root = self.create(driver, ids[0])
-            drop_caches()
-            return concurrently([(_proc_work, (case, root, p)) for p in range(n)])
-        finally:
-            for i in ids:
-                self.remove(driver, i)
+                calls = [(self.create, (driver, i, True)) for i in ids]
+            else:
+                root = self.create(driver, ids[0])
+                drop_caches()
+                calls = [(_proc_work, (case, root, p)) for p in range(n)]
+            k0 = kthread_cpu_s()
+            t = concurrently(calls)
+            # what kernel threads ran meanwhile (the loop worker's copies:
+            # a run whose copies went slow shows here, 2026-12-06)
+            self.last_kthread_s = kthread_cpu_s() - k0
+        except BaseException:
+            self.clean_up(driver, ids)      # (what the cleanup meets besides is second)
+            raise
+        err = self.clean_up(driver, ids)
+        if err is not None:                 # a hung removal costs the run
+            raise err
+        return t
+
+    def clean_up(self, driver: str, ids) -> RealRunError | None:
+        """Remove containers ``ids`` and settle the driver; the first
+        :class:`RealRunError` met (a hung tool, killed), None if none."""
+        err = remove_each(self, driver, ids)
+        try:
             self.settle(driver)
+        except RealRunError as e:
+            err = err or e
+        return err
+
+
+def remove_tool(cmd) -> None:
+    """A removal tool's run (``zfs destroy``, ``btrfs subvolume delete``): a
+    failure is let be, a hang past :data:`CMD_TIMEOUT_S` is killed by its
+    pid and raised."""
+    if run_bounded(cmd) is None:
+        raise RealRunError(f"{' '.join(cmd)} did not finish in {CMD_TIMEOUT_S:g} s")
 
 
 def _measure_once_more(r: RealSetup, case: str, driver: str, n: int) -> float:
     """``r.measure``, run a second time when the first run's tool failed or
-    hung (a lost ``zfs clone`` under zfs-fuse): one failure costs a run, not
+    hung (a lost ``zfs clone`` or ``zfs destroy`` under zfs-fuse): one failure costs a run, not
     the whole table; a second one is the machine's and is raised."""
     try:
         return r.measure(case, driver, n)
@@ -640,7 +733,10 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
     The real side runs each cell ``reps`` times, the drivers taking turns
     within each round (a load that comes and goes hits all alike):
     ``measured_s`` is the median, ``measured_lo``/``measured_hi`` the range
-    of the middle runs (:func:`spread`), ``runs_s`` every run.
+    of the middle runs (:func:`spread`), ``runs_s`` every run,
+    ``kthread_s`` the CPU seconds kernel threads ran during each
+    (:func:`kthread_cpu_s`: on a loop device over a tmpfs file, its
+    worker's copies -- the device's work, on the same cores).
     ``measured`` takes the real side from earlier rows (``--json`` output)
     instead of running it: the model re-predicted against kept
     measurements.  ``measured_s`` is None where the real side cannot run
@@ -668,11 +764,11 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
                     row = {"case": case.name, "n": n, "driver": d,
                            "predicted_s": predict(case, d, n, timing, device),
                            "measured_s": None, "measured_lo": None, "measured_hi": None,
-                           "runs_s": [], "note": why}
+                           "runs_s": [], "kthread_s": [], "note": why}
                     k = kept.get((case.name, n, d))
                     if k is not None:
                         row.update({x: k.get(x) for x in ("measured_s", "measured_lo", "measured_hi",
-                                                          "runs_s", "note", "load")})
+                                                          "runs_s", "kthread_s", "note", "load")})
                     elif r is not None and d in r.skipped:
                         row["note"] = r.skipped[d]
                     group.append(row)
@@ -682,6 +778,7 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
                         k = rep % len(live) if live else 0
                         for x in live[k:] + live[:k]:       # each round starts with another driver
                             x["runs_s"].append(_measure_once_more(r, case.name, x["driver"], n))
+                            x["kthread_s"].append(r.last_kthread_s)
                     load = os.getloadavg()[0]
                     for x in live:
                         x["measured_s"], x["measured_lo"], x["measured_hi"] = spread(x["runs_s"])
