@@ -47,6 +47,9 @@ def test_real_and_predicted_agree_where_the_margin_is_wide():
 def test_spread_and_decided_orders():
     assert vt.spread([5, 1, 3, 2, 4]) == (3, 2, 4)          # median, the middle three's range
     assert vt.spread([2, 1]) == (1.5, 1, 2)
+    # 9 runs: the 3rd to the 7th, so an outlier in the 2nd or 8th place does not widen it
+    assert vt.spread([9, 1, 8, 2, 7, 3, 6, 4, 5]) == (5, 3, 7)
+    assert vt.spread([1, 100, 10, 11, 12, 13, 14, 15, 16]) == (13, 11, 15)
     rows = [{"case": "c", "n": 1, "driver": d, "measured_s": m, "measured_lo": lo, "measured_hi": hi,
              "predicted_s": p, "measured_rel": m / 10, "predicted_rel": p / 10}
             for d, m, lo, hi, p in (("overlay2", 10, 9, 11, 10), ("vfs", 20, 18, 22, 30),

@@ -715,12 +715,16 @@ def predict(case: Case, driver: str, n: int, timing=None, device="ram") -> float
 
 
 def spread(runs: list) -> tuple[float, float, float]:
-    """Median and the range a run's load can move it by: the runs less the
-    lowest and the highest (5 runs: the 2nd to the 4th), or all of them when
-    fewer than 5."""
+    """Median and the range a run's load can move it by: the interquartile
+    range (inclusive quartiles: 5 runs give the 2nd to the 4th, 9 runs the
+    3rd to the 7th), or all the runs when fewer than 5.  Quartiles rather
+    than "all but the extremes", so that more runs narrow the spread instead
+    of widening it."""
     r = sorted(runs)
-    inner = r[1:-1] if len(r) >= 5 else r
-    return statistics.median(r), inner[0], inner[-1]
+    if len(r) < 5:
+        return statistics.median(r), r[0], r[-1]
+    q1, _, q3 = statistics.quantiles(r, n=4, method="inclusive")
+    return statistics.median(r), q1, q3
 
 
 def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, timing=None,
@@ -769,6 +773,8 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
                     if k is not None:
                         row.update({x: k.get(x) for x in ("measured_s", "measured_lo", "measured_hi",
                                                           "runs_s", "kthread_s", "note", "load")})
+                        if row["runs_s"]:       # a kept run's spread by today's definition
+                            row["measured_s"], row["measured_lo"], row["measured_hi"] = spread(row["runs_s"])
                     elif r is not None and d in r.skipped:
                         row["note"] = r.skipped[d]
                     group.append(row)
