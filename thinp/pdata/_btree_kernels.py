@@ -219,6 +219,15 @@ def data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst
     return p - p % ENTRIES_PER_BITMAP
 
 
+@njit(refcount=False)
+def _data_bitmap_shadowed_call(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo):
+    """:func:`data_bitmap_shadowed`, not inlined: write_blocks calls it only
+    when a new data block leaves the bitmap it last shadowed (inlined
+    into its loop, it halved sequential provisioning: 12.9-13.5 against
+    24.4-26.4 M/s by CPU time at load 4.6-7.8)."""
+    return data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+
+
 #: a data bitmap start no block lies in (data_bitmap_shadowed's ``lo`` for
 #: none): not negative, as a negative ``lo`` returned means metadata ran out
 NO_BITMAP = 1 << 62
@@ -1369,7 +1378,9 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             out[2] = added
             out[3] = allocs
             return -2
-        dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, dbm_lo)
+        if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:  # (the test inline, the rest a call)
+            dbm_lo = _data_bitmap_shadowed_call(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p,
+                                                dbm_lo)
         if dbm_lo < 0:
             out[0] = root
             out[1] = k
