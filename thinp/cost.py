@@ -302,9 +302,9 @@ FINDINGS = {
         "misses its targets here (at 5 interleaved runs per cell on a quiet 2-vCPU machine the "
         "measured order is decided beyond the runs' spread in 13 of 18 case/N groups, 11 of them "
         "ordered the same, 14 of 18 by medians; 97 of 99 decided driver pairs ordered alike; time "
-        "relative to overlay2 within 1.5x in 43 of 54 rows, missed mostly where overlay2's own runs "
-        "spread 4x at N = 16, and by btrfs's and zfs-fuse's big reads at N = 4; README: Timing "
-        "against the real kernel)",
+        "relative to overlay2 within 1.5x in 46 of 54 rows, missed mostly where overlay2's own runs "
+        "spread 4x at N = 16, and by zfs-fuse's small appends at N = 16 and btrfs's start at N = 1; "
+        "README: Timing against the real kernel)",
         "devicemapper's discard at removal (dm.blkdiscard): a removal costs a fixed remove_s, not a "
         "discard of the container's bytes",
         "filesystem-internal effects below the drivers' counts (ext4 vs xfs journalling, btrfs "

@@ -111,11 +111,13 @@ def test_a_loop_device_over_memory_copies_its_transfers_on_the_cores():
     assert rep.wait_s.get("device", 0.0) > 0 and "cpu" not in rep.wait_s
 
 
-def test_checksum_verification_is_paid_on_the_device_path_that_readers_share():
-    """btrfs/zfs verify each page read at the read's completion: one reader
-    pays it as a longer transfer (overlapped with its copy), and 4 readers
-    of 4 files on 8 cores queue for it as for the device, where CPU per
-    page (page_miss_s) runs on their own cores."""
+def test_checksum_verification_is_cpu_that_readers_of_several_files_run_at_once():
+    """btrfs verifies each page read in its end-io workers, zfs-fuse in its
+    daemon's threads: one reader pays it in full (nothing to overlap on a
+    device that costs nothing), 4 readers of 4 files on 8 cores pay it
+    side by side as they do their own CPU per page (page_miss_s), and on
+    one core one after another -- it is CPU, not the device's one transfer
+    channel."""
     steps = [Step("read", path="/data/d0000/f{p:06d}")]
     img = ImageSpec("synthetic", None, layers=[LayerSpec(4, 4 * MiB, 1, "/data")])
     one = run(Workload("t", img, 1, steps, 0, processes=1), "btrfs").oplog
@@ -128,11 +130,37 @@ def test_checksum_verification_is_paid_on_the_device_path_that_readers_share():
     cpu = dataclasses.replace(base, page_miss_s=10e-6)
     t0 = _steps_s(one, base, dev)
     assert _steps_s(one, verify, dev) - t0 == pytest.approx(pages * 10e-6, rel=0.02)
-    assert _steps_s(four, cpu, dev) - _steps_s(four, base, dev) == pytest.approx(pages * 10e-6, rel=0.05)
-    assert _steps_s(four, verify, dev) - _steps_s(four, base, dev) == pytest.approx(4 * pages * 10e-6, rel=0.05)
+    extra_cpu = _steps_s(four, cpu, dev) - _steps_s(four, base, dev)
+    assert extra_cpu == pytest.approx(pages * 10e-6, rel=0.05)
+    assert _steps_s(four, verify, dev) - _steps_s(four, base, dev) == pytest.approx(extra_cpu, rel=0.02)
+    # on one core the four readers' verification queues for it
+    b1, v1 = (dataclasses.replace(x, cores=1) for x in (base, verify))
+    assert _steps_s(four, v1, dev) - _steps_s(four, b1, dev) == pytest.approx(4 * pages * 10e-6, rel=0.05)
     # another driver's entry changes nothing on btrfs
     other = dataclasses.replace(base, page_read_cpu_s={"default": 0.0, "zfs": 10e-6})
     assert _steps_s(four, other, dev) == pytest.approx(_steps_s(four, base, dev), rel=1e-9)
+
+
+def test_a_daemons_round_trip_waits_hold_no_core():
+    """zfs-fuse's calls wait for its daemon's threads: the share of a kind's
+    extra cost that daemon_wait_share marks as asleep costs one process the
+    same wall time, but N processes on fewer cores overlap it, where CPU
+    they queue for."""
+    n_appends = 50
+    one = run(_wl([Step("append", path="/log{p}", size=5, count=n_appends)]), "zfs").oplog
+    four = run(_wl([Step("append", path="/log{p}", size=5, count=n_appends)], processes=4), "zfs").oplog
+    base = _one_core(layer_kind_s={"default": 0.0})
+    cpu = _one_core(layer_kind_s={"default": 0.0, "zfs.write": 1e-3})
+    half = dataclasses.replace(cpu, daemon_wait_share={"default": 0.0, "zfs.write": 0.5})
+    # one process: asleep or on the core, the same wall time
+    assert _steps_s(one, half) - _steps_s(one, base) == pytest.approx(n_appends * 1e-3, rel=1e-6)
+    assert _steps_s(one, cpu) == pytest.approx(_steps_s(one, half), rel=1e-9)
+    # four on one core: all of it queued for the core, or only the half on it
+    assert _steps_s(four, cpu) - _steps_s(four, base) == pytest.approx(4 * n_appends * 1e-3, rel=0.02)
+    assert _steps_s(four, half) - _steps_s(four, base) == pytest.approx(4 * n_appends * 0.5e-3, rel=0.05)
+    # another driver's share changes nothing on zfs
+    other = dataclasses.replace(cpu, daemon_wait_share={"default": 0.0, "btrfs.write": 0.5})
+    assert _steps_s(four, other) == pytest.approx(_steps_s(four, cpu), rel=1e-9)
 
 
 def test_a_reread_pays_no_miss_cost():

@@ -123,10 +123,12 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
     entry is saved at once too: dm_btree_insert of entry ``i`` shadows the
     index tree's path from the root to the leaf holding it, top down, each
     node not yet this transaction's taking the next free block and its
-    parent's pointer.  A path with a full node (dm's insert would split it)
-    or a shared internal node is left to the commit's insert.  0, or -1
-    when metadata ran out.  Not inlined: callers skip it while their data
-    blocks stay in a bitmap already shadowed.  (pdplace2, pdwalk, #12)"""
+    parent's pointer; a full node on the way is split as that insert
+    splits it (even halves: the root beneath, others into a new right
+    sibling).  A path with a shared internal node is left to the commit's
+    insert.  0, or -1 when metadata ran out.  Not inlined: callers skip it
+    while their data blocks stay in a bitmap already shadowed.  (pdplace2,
+    pdwalk, #12)"""
     i = p // ENTRIES_PER_BITMAP
     if i >= dst[DST_NR]:
         return 0
@@ -153,11 +155,106 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
             else:
                 m64[parent, HDR + np.int64(m32[parent, 5]) + slot] = np.uint64(c)
             b = c
+        if m32[b, 4] >= m32[b, 5]:
+            if parent < 0:
+                if _index_split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, b) < 0:
+                    return -1
+            else:
+                b = _index_split_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, parent, slot,
+                                         b, i)
+                if b < 0:
+                    return -1
         if m32[b, 1] & LEAF:
             return 0
         slot = _index_child(m64, m32, b, i)
         parent = b
         b = np.int64(m64[b, HDR + np.int64(m32[b, 5]) + slot])
+
+
+@njit(inline="always", refcount=False)
+def _index_words(m32, b):
+    """(max_entries, value words) of index tree node ``b``."""
+    return np.int64(m32[b, 5]), np.int64(m32[b, 6]) // 8
+
+
+@njit(inline="always", refcount=False)
+def _index_copy_entries(m64, dst, doff, src, soff, n, mx, vw):
+    for j in range(n):
+        m64[dst, HDR + doff + j] = m64[src, HDR + soff + j]
+        for w in range(vw):
+            m64[dst, HDR + mx + (doff + j) * vw + w] = m64[src, HDR + mx + (soff + j) * vw + w]
+
+
+@njit(inline="always", refcount=False)
+def _index_new_like(m64, m32, count, committed, free, txn, kind, fresh, tst, like):
+    """dm's new_block for a sibling of ``like``: its flags, max_entries and
+    value size, no entries."""
+    nb = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
+    if nb < 0:
+        return -1
+    m32[nb, 1] = m32[like, 1]
+    m32[nb, 5] = m32[like, 5]
+    m32[nb, 6] = m32[like, 6]
+    return nb
+
+
+@njit(refcount=False)
+def _index_split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, b):
+    """btree_split_beneath of the (shadowed) root ``b``: its entries go to
+    a new left and a new right node, even halves; ``b`` becomes an
+    internal node over the two (the bytes past its two entries stay)."""
+    mx, vw = _index_words(m32, b)
+    nr = np.int64(m32[b, 4])
+    nl = nr // 2
+    left = _index_new_like(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
+    if left < 0:
+        return -1
+    right = _index_new_like(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
+    if right < 0:
+        return -1
+    _index_copy_entries(m64, left, 0, b, 0, nl, mx, vw)
+    m32[left, 4] = nl
+    _index_copy_entries(m64, right, 0, b, nl, nr - nl, mx, vw)
+    m32[right, 4] = nr - nl
+    m32[b, 1] = INTERNAL
+    m32[b, 4] = 2
+    imx = np.int64(3 * (((4096 - 32) // 16) // 3))
+    m32[b, 5] = imx
+    m32[b, 6] = 8
+    m64[b, HDR] = m64[left, HDR]
+    m64[b, HDR + 1] = m64[right, HDR]
+    m64[b, HDR + imx] = np.uint64(left)
+    m64[b, HDR + imx + 1] = np.uint64(right)
+    return 0
+
+
+@njit(refcount=False)
+def _index_split_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, parent, slot, b, key):
+    """btree_split_sibling (the even-halves rule) of ``b``, entry ``slot``
+    of ``parent`` (not full): the upper half moves to a new right sibling
+    entered in the parent after it.  Returns the node holding ``key``."""
+    mx, vw = _index_words(m32, b)
+    nr = np.int64(m32[b, 4])
+    nl = nr // 2
+    right = _index_new_like(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
+    if right < 0:
+        return -1
+    _index_copy_entries(m64, right, 0, b, nl, nr - nl, mx, vw)
+    m32[right, 4] = nr - nl
+    m32[b, 4] = nl
+    pmx = np.int64(m32[parent, 5])
+    pnr = np.int64(m32[parent, 4])
+    j = pnr
+    while j > slot + 1:
+        m64[parent, HDR + j] = m64[parent, HDR + j - 1]
+        m64[parent, HDR + pmx + j] = m64[parent, HDR + pmx + j - 1]
+        j -= 1
+    m64[parent, HDR + slot + 1] = m64[right, HDR]
+    m64[parent, HDR + pmx + slot + 1] = np.uint64(right)
+    m32[parent, 4] = pnr + 1
+    if np.uint64(key) >= m64[right, HDR]:
+        return right
+    return b
 
 
 @njit(inline="always", refcount=False)
@@ -175,14 +272,11 @@ def _index_child(m64, m32, b, key):
 @njit(inline="always", refcount=False)
 def _index_path_shadowable(m64, m32, count, r, key):
     """Whether the data space map's index path to ``key`` can be shadowed
-    without dm_btree_insert's splits: no node on it full, no internal node
-    on it shared (its children would need a reference each), and no
-    deeper than 8 levels (a sane index; the commit's insert checks the
-    rest)."""
+    here: no internal node on it shared (its children would need a
+    reference each), none empty, no deeper than 8 levels (a sane index;
+    the commit's insert checks the rest)."""
     b = r
     for _ in range(8):
-        if m32[b, 4] >= m32[b, 5]:
-            return False
         if m32[b, 1] & LEAF:
             return True
         if count[b] > 1 or m32[b, 4] == 0:
@@ -217,15 +311,6 @@ def data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst
     if _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
         return np.int64(-1)
     return p - p % ENTRIES_PER_BITMAP
-
-
-@njit(refcount=False)
-def _data_bitmap_shadowed_call(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo):
-    """:func:`data_bitmap_shadowed`, not inlined: write_blocks calls it only
-    when a new data block leaves the bitmap it last shadowed (inlined
-    into its loop, it halved sequential provisioning: 12.9-13.5 against
-    24.4-26.4 M/s by CPU time at load 4.6-7.8)."""
-    return data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
 
 
 #: a data bitmap start no block lies in (data_bitmap_shadowed's ``lo`` for
@@ -322,9 +407,10 @@ def _inc_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
         lo = np.int64(NO_BITMAP)
         for i in range(nr):
             p = np.int64(m64[b, HDR + mx + i] >> np.uint64(24))
-            lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
-            if lo < 0:
-                return -1
+            if p < lo or p >= lo + ENTRIES_PER_BITMAP:
+                lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+                if lo < 0:
+                    return -1
         for i in range(nr):
             _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
     return 0
@@ -752,9 +838,10 @@ def _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
     old = _val(m64, m32, b, i)
     if (old >> np.uint64(24)) != (value >> np.uint64(24)):
         p = np.int64(old >> np.uint64(24))
-        lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
-        if lo < 0:
-            return lo
+        if p < lo or p >= lo + ENTRIES_PER_BITMAP:  # (the helper on a miss only: see write_blocks)
+            lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+            if lo < 0:
+                return lo
         _ddec(dcount, dcommitted, dfree, p)
     _set_val(m64, m32, b, i, value)
     return lo
@@ -1378,15 +1465,16 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
             out[2] = added
             out[3] = allocs
             return -2
-        if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:  # (the test inline, the rest a call)
-            dbm_lo = _data_bitmap_shadowed_call(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p,
-                                                dbm_lo)
-        if dbm_lo < 0:
-            out[0] = root
-            out[1] = k
-            out[2] = added
-            out[3] = allocs
-            return -1
+        if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:
+            # (the test repeated outside the helper: the loop runs at half
+            # speed when the helper is entered for every block)
+            dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, dbm_lo)
+            if dbm_lo < 0:
+                out[0] = root
+                out[1] = k
+                out[2] = added
+                out[3] = allocs
+                return -1
         dst[0] = p + 1
         _dtouch(dcount, dcommitted, p)
         _used(dcount, dcommitted, 1)
@@ -1396,14 +1484,20 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         if direct:
             lb = res[0]
             if res[2]:
-                olo = _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
-                                     dfree, dst, lb, res[1], value, olo)
-                if olo < 0:
-                    out[0] = root
-                    out[1] = k
-                    out[2] = added
-                    out[3] = allocs
-                    return -1
+                # _replace_value, the blocks known to differ (p is new): the
+                # old one's bitmap shadowed (after the spine: none here), then
+                # its reference dropped
+                po = np.int64(_val(m64, m32, lb, res[1]) >> np.uint64(24))
+                if po < olo or po >= olo + ENTRIES_PER_BITMAP:
+                    olo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, po, olo)
+                    if olo < 0:
+                        out[0] = root
+                        out[1] = k
+                        out[2] = added
+                        out[3] = allocs
+                        return -1
+                _ddec(dcount, dcommitted, dfree, po)
+                _set_val(m64, m32, lb, res[1], value)
             else:
                 _leaf_insert(m64, m32, lb, res[1] + 1, key, value)
                 added += 1

@@ -20,6 +20,7 @@ from ..config import njit
 from ..pdata.mapping_tree import (HINT_BITS, NO_BITMAP, PREFETCH_AHEAD, data_bitmap_shadowed, descend_hinted,
                                   fetch_leaf, inc_data, insert_mapping_cached, locate_leaf, remove_mapping_scratch,
                                   subtree_height)
+from ..pdata.space_map import ENTRIES_PER_BITMAP
 
 #: rows ahead whose leaf's entries are fetched, its header having landed
 #: (the leaf was located PREFETCH_AHEAD rows ahead)
@@ -174,13 +175,15 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
         v = log[k, 2]
         if v >= 0:
             p = v >> 24
-            dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, dbm_lo)
-            if dbm_lo < 0:
-                out[0] = root
-                out[1] = k
-                out[4] = added
-                out[5] = removed
-                return -2
+            if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:  # (as write_blocks: the helper on a miss only)
+                dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p,
+                                              dbm_lo)
+                if dbm_lo < 0:
+                    out[0] = root
+                    out[1] = k
+                    out[4] = added
+                    out[5] = removed
+                    return -2
             inc_data(dcount, dcommitted, dfree, p)
             s = k & (RING - 1)
             key = np.uint64(vb)

@@ -8,12 +8,14 @@ Each logged operation becomes stages:
 2. CPU on one of the machine's cores: the system call's cost on this
    driver's path (:attr:`TimingConstants.cpu_s` plus the union layer's
    :attr:`~TimingConstants.layer_cpu_s`), a per-page copy cost, a cost per
-   branch probe of the lookup, per page-cache hit;
+   branch probe of the lookup, per page-cache hit; then the time the
+   process sleeps on the driver's daemon (zfs-fuse's round trips,
+   :attr:`~TimingConstants.daemon_wait_share`), holding no core;
 3. the device: page-cache misses as reads, with readahead merging a run of
    missed pages into requests of :attr:`~TimingConstants.readahead_bytes`
    (asynchronous: past the first window, the reader's copy overlaps the
-   transfer of the next; a driver's checksum verification per page is part
-   of the transfer);
+   transfer of the next; a driver's checksum verification per page is CPU
+   of its worker threads, on the cores beside the copy);
    whole-file copy-up (read + write, synchronous: overlayfs fsyncs the copy);
    block CoW and provisioning on devicemapper through the pool's single
    worker; the bytes a ``sync``/``fsync`` writes back, with a journal
@@ -92,6 +94,14 @@ class TimingConstants:
     #: scale no further than that share allows.  Absent: 0 (ext4 and
     #: overlayfs scale with the cores)
     serial_share: dict = field(default_factory=lambda: _t(default=0.0, **{"zfs.meta_miss": 1.0}))
+    #: share of ``layer_kind_s["driver.kind"]`` that the process spends
+    #: asleep, waiting for the driver's daemon rather than on a core:
+    #: zfs-fuse serves every call by FUSE round trips to its daemon, whose
+    #: listener threads (40 of them, fuse_listener.c) run the requests in
+    #: parallel, and on an idle machine each round trip also waits for the
+    #: woken thread's CPU to come out of idle.  That part holds no core, so
+    #: N processes overlap it; the rest is CPU on the cores.  Absent: 0
+    daemon_wait_share: dict = field(default_factory=lambda: _t(default=0.0))
     #: CPU of a path's first lookup (a dentry and inode cache miss) on the
     #: driver's path besides the device read of its inode
     #: (:attr:`meta_read_bytes`): the filesystem's directory search and
@@ -105,10 +115,12 @@ class TimingConstants:
     #: (page allocation, page-cache and LRU insertion, the bio's setup and
     #: completion), on every driver
     page_miss_s: float = 0.1e-6
-    #: extra time per page read from the device on the driver's path (btrfs
-    #: verifies each block's crc32c; zfs its record checksums), paid at the
-    #: read's completion: it lengthens the device's part of the read, which
-    #: the device's readers share, not the reader's CPU
+    #: extra CPU per page read from the device on the driver's path (btrfs
+    #: verifies each block's crc32c in its end-io workers; zfs-fuse's
+    #: daemon threads read the record, verify and copy it), paid before the
+    #: pages are up to date; it runs on the cores, several readers' at once
+    #: (the workers are a pool), and past the first readahead window it
+    #: overlaps the device's transfer
     page_read_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=1.2e-6, zfs=0.6e-6))
     #: extra CPU per page written on the driver's path (btrfs crc32c and
     #: extent CoW, zfs checksum + compression check)
@@ -234,6 +246,19 @@ SOURCES = {
                     "that 4 processes' time per operation shows serialized, min(t4, t1) / t1 (a lock held "
                     "for S of every t1 caps the rate at 1/S); ext4 came out below the margin, and overlayfs but for "
                     "its readdir (4 processes reading one directory)",
+    "daemon_wait_share": "`thinp calibrate`: per kind of op on zfs-fuse, the wall time of one process's "
+                         "open/append/close, open/read/close, create+unlink and readdir less the CPU time it "
+                         "used, its own and the zfs-fuse daemon's (every thread's, /proc/PID/task/*/schedstat), "
+                         "as a share of that kind's layer_kind_s. zfs-fuse serves FUSE requests with 40 "
+                         "listener threads that take turns receiving and process in parallel "
+                         "(src/zfs-fuse/fuse_listener.c, NUM_THREADS; the installed 0.7.0 daemon ran 124 "
+                         "threads here); on the quiet 2-vCPU VM one process's "
+                         "open/append/close took 92 us (calibrate) and 16 at once 484 us each (validate "
+                         "timing's append-small: 60 us of the 2 cores per op); on the same VM at load 4 "
+                         "(2026-12-07 00:05 UTC) one process's took 63-65 us of wall time and as much CPU, its "
+                         "own and the daemon's (the busy vCPUs never idle): the rest of the quiet 92 us is "
+                         "waiting for woken threads on idle vCPUs. Default 0: the kept calibration predates "
+                         "the CPU measurement",
     "meta_miss_s": "`thinp calibrate`'s cold small reads (256 files of 4 KiB in 4 directories read whole after "
                    "drop_caches, less the same reads warm, less the device reads the model prices for them: "
                    "an inode read and a data page each, 53 us on the kept loop device); zfs 60 us: zfs-fuse on a "
@@ -252,8 +277,14 @@ SOURCES = {
     "page_read_cpu_s": "btrfs: `thinp calibrate`'s cold 16 MiB read in a snapshot over ext4's, 1.2 us a page "
                        "(btrfs_check_data_csum: crc32c and the csum-tree lookup); zfs: fletcher4 of the "
                        "record and the ARC-to-page-cache copy, an estimate (zfs-fuse measured 4.7 us, "
-                       "FUSE included); fitted as page_miss_s, with verification overlapping the copy past "
-                       "the first readahead window",
+                       "FUSE included); fitted as page_miss_s, with verification overlapping the transfer "
+                       "past the first readahead window. It is CPU on the cores, several readers' at once: "
+                       "btrfs completes a read bio in its end-io workqueue (btrfs_simple_end_io queues "
+                       "btrfs_end_bio_work on fs_info's endio workers, up to thread_pool_size = min(CPUs + 2, "
+                       "8) at once), zfs-fuse serves FUSE reads with its 40 listener threads; 4 readers of "
+                       "4 files of 16 MiB took 3.5x one reader's time on btrfs and 2.4x on zfs-fuse in the "
+                       "kept validate run (2 vCPUs), where a verification on the device's one transfer "
+                       "channel predicted 3.9x and 4x",
     "page_write_cpu_s": "default: `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06): open/append/close "
                         "of 4 KiB less that of 5 bytes on ext4, 5-15 us over three runs at load 3-6 (the "
                         "least, rounded; 2.8 us at load 1, 17:24 UTC); a driver's entry is its whole cost per new "
@@ -492,11 +523,15 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     serial = {kk.split(".", 1)[1]: min(max(v, 0.0), 1.0) for kk, v in k.serial_share.items()
               if kk.startswith(d + ".")}
     serial_lock = SERIAL_LOCK.get(d, ("fs_serial", 0))
+    # kind -> seconds of its layer_kind_s spent asleep on the driver's daemon
+    daemon_wait = {kk.split(".", 1)[1]: kind_extra.get(kk.split(".", 1)[1], 0.0) * min(max(v, 0.0), 1.0)
+                   for kk, v in k.daemon_wait_share.items() if kk.startswith(d + ".")}
     miss_cpu = k.page_miss_s
     # the driver's own work per page read (btrfs' and zfs' checksum
     # verification) is done at the read's completion, before the pages are
-    # up to date: it lengthens the device's part of the read, which every
-    # reader of the device shares
+    # up to date, by the driver's worker threads (btrfs' end-io workqueue,
+    # up to min(CPUs + 2, 8) at once; zfs-fuse's 40 listener threads): CPU
+    # on the cores, in parallel for several readers
     verify_s = k.get("page_read_cpu_s", d)
     probe = k.get("probe_s", d)
     pw_cpu = k.get("page_write_cpu_s", d)
@@ -563,8 +598,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
             return ([(sim.DELAY, wait - now)] if wait > now else [])
         # sequential: one request in flight at a time (the inode's, then the data's)
         lat = dev.read_latency_s * (files + nreq)
-        xfer = (mp * PAGE + files * k.meta_read_bytes) / dev.read_bandwidth + mp * verify_s
-        cpu_s = files * meta_miss + mp * miss_cpu
+        xfer = (mp * PAGE + files * k.meta_read_bytes) / dev.read_bandwidth
+        cpu_s = files * meta_miss + mp * (miss_cpu + verify_s)
         st = [(sim.CPU, cpu_s), (sim.DEV, lat, xfer)]
         done = now + cpu_s + lat + xfer
         for key, runs in missed:
@@ -628,7 +663,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
         locks = locks_for(d, kind, ci, path, copy_up)
         for lid in locks:
             stages.append((sim.LOCK, lid))
-        cpu = cpu_tab.get(kind, 2 * US) + layer + kind_extra.get(kind, 0.0) + probes * probe
+        asleep = daemon_wait.get(kind, 0.0)
+        cpu = cpu_tab.get(kind, 2 * US) + layer + kind_extra.get(kind, 0.0) - asleep + probes * probe
         nb = log.nbytes[j]
         if kind == "write":
             # the copy from user space and the new pages the write fills
@@ -653,15 +689,19 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
             hits[0] += hit_pages
             mp = sum(b - a for a, b in miss_runs)
             misses[0] += mp
-            cpu += (hit_pages + mp) * k.page_copy_s + hit_pages * k.page_hit_s + mp * miss_cpu
+            # a page brought in: its allocation and insertion, and the
+            # driver's verification (btrfs' end-io workers, zfs-fuse's
+            # daemon threads: CPU on the machine's cores, several readers'
+            # at once, not the device's one transfer channel)
+            cpu += (hit_pages + mp) * k.page_copy_s + hit_pages * k.page_hit_s + mp * (miss_cpu + verify_s)
             ra_windows = sum(-(-(b - a) // ra_pages) for a, b in miss_runs)
             if ra_windows > 1:
                 # asynchronous readahead: the device fills the next window
-                # while the reader copies this one, so the missed pages' CPU
-                # and the transfer overlap but for the first window (the
-                # overlapped CPU is left out of the cores' time)
+                # while this one is verified and copied, so the missed
+                # pages' CPU and the transfer overlap but for the first
+                # window (the overlapped CPU is left out of the cores' time)
                 later = (ra_windows - 1) / ra_windows
-                cpu -= min(mp * (k.page_copy_s + miss_cpu), mp * (PAGE / dev.read_bandwidth + verify_s)) * later
+                cpu -= min(mp * (k.page_copy_s + miss_cpu + verify_s), mp * PAGE / dev.read_bandwidth) * later
         if copy_up:
             cpu += (cu_b / PAGE) * k.copy_up_page_s
         sh = serial.get(kind, 0.0)
@@ -671,6 +711,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
                        (sim.UNLOCK, serial_lock)]
         else:
             stages.append((sim.CPU, cpu))
+        if asleep > 0.0:            # the daemon's round trips' waits: no core held
+            stages.append((sim.DELAY, asleep))
         if inflight > now:          # a page another process is still reading
             stages.append((sim.DELAY, inflight - now))
         lookup_s = 0.0
@@ -687,8 +729,6 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
             nreq = sum(-(-(b - a) // ra_pages) for a, b in miss_runs)
             mbytes = sum(b - a for a, b in miss_runs) * PAGE
             st = dev_read(mbytes, nreq)
-            if verify_s:
-                st = (st[0], st[1], st[2] + (mbytes // PAGE) * verify_s)
             stages.append(st)
             done = now + cpu + lookup_s + st[1] + st[2]     # when the pages are up to date, unqueued
             for key, runs in missed:

@@ -26,7 +26,9 @@ table takes the 1-process figure; the others are kept under
   stat's as ``layer_cpu_s``, every op pays it; the rest per kind of op as
   ``layer_kind_s``, per page read cold as ``page_read_cpu_s``; zfs-fuse crosses
   FUSE on every call, so a calibration here describes zfs-fuse, not the
-  kernel's zfs);
+  kernel's zfs); on zfs-fuse also the CPU time of one process's ops, its
+  own and every daemon thread's: the rest of their wall time the process
+  slept on the daemon (``daemon_wait_share``);
 * container starts of the Debian-rootfs image as ``thinp validate timing``
   makes them, by 1, 2, 4 and 16 processes at once (caches dropped first):
   overlay2's directories and mount(2), a btrfs snapshot, a zfs-fuse clone --
@@ -61,6 +63,51 @@ def _per_op(fn, n_ops: int, procs: int = 1) -> float:
     """Seconds per operation of ``fn(p)`` (which makes ``n_ops`` of them)
     run by ``procs`` processes at once: wall time / ops of one process."""
     return vt.concurrently([(fn, (p,)) for p in range(procs)]) / n_ops
+
+
+def _children_named(name: str) -> list[int]:
+    """Pids of this process's children whose command is ``name`` (the
+    zfs-fuse daemon :func:`thinp.validate.block.real_zfs` started)."""
+    me, out = os.getpid(), []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        if comm == name and int(stat[stat.rindex(")") + 2:].split()[1]) == me:
+            out.append(int(pid))
+    return out
+
+
+def _tasks_cpu_s(pids) -> float:
+    """CPU seconds every thread of ``pids`` has run (schedstat, ns)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
+
+
+def _cpu_per_op(fn, n_ops: int, daemon) -> tuple[float, float]:
+    """One process running ``fn(0)`` here: (wall seconds per op, CPU seconds
+    per op, this process's and every thread of the ``daemon`` pids')."""
+    t, c, d = time.perf_counter(), time.process_time(), _tasks_cpu_s(daemon)
+    fn(0)
+    wall = time.perf_counter() - t
+    cpu = time.process_time() - c + _tasks_cpu_s(daemon) - d
+    return wall / n_ops, cpu / n_ops
 
 
 def _least(fn, reps=5):
@@ -400,9 +447,14 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
                     _cold_small_all(meas, d, small, procs, fresh)
                 finally:
                     _removed(say, unfresh)
+                daemon = _children_named("zfs-fuse") if d == "zfs" else []
                 for name, (fn, n) in _ops(root, n_ops // 4 if d == "zfs" else n_ops).items():
                     for pc in procs:
                         meas[f"{d}.{name}.p{pc}"] = _least(lambda: _per_op(fn, n, pc))
+                    if daemon and name in DAEMON_WAIT_OPS:
+                        # the CPU one process's ops take, its own and the
+                        # daemon's: the rest of their wall time is asleep
+                        meas[f"{d}.{name}.cpu.p1"] = min(_cpu_per_op(fn, n, daemon)[1] for _ in range(5))
             finally:
                 _removed(say, real.remove, d, real.n)
             say(f"{d} ops done")
@@ -460,6 +512,11 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
     return meas, dev, skipped
 
 
+
+#: the per-op benchmarks whose CPU time (the process's and zfs-fuse's daemon's)
+#: is measured beside their wall time (``daemon_wait_share``), and the kind
+#: of op each prices
+DAEMON_WAIT_OPS = {"append": "write", "open_read": "read", "create_unlink": "create", "readdir": "readdir"}
 
 #: how many containers :func:`_starts` starts at once
 START_NS = (1, 2, 4, 16)
@@ -625,6 +682,20 @@ def fit(meas: dict, dev: dict) -> dict:
             timing["start_s"]["overlay2"] = timing["start_s"]["overlay"] = mu
     for d in ("btrfs", "zfs"):
         extra(d, (d,))
+    # the share of a kind's extra cost that one process spent asleep on the
+    # daemon (zfs-fuse's FUSE round trips): its wall time less the CPU,
+    # its own and the daemon's, of the same ops in one process
+    timing["daemon_wait_share"] = {}
+    for op, kind in DAEMON_WAIT_OPS.items():
+        wall, cpu = g(f"zfs.{op}.p1"), g(f"zfs.{op}.cpu.p1")
+        x = timing["layer_kind_s"].get(f"zfs.{kind}", 0.0)
+        if wall is None or cpu is None or x <= 0:
+            continue
+        share = kinds[kind][1]
+        asleep = max(wall - cpu, 0.0) / share
+        timing["daemon_wait_share"][f"zfs.{kind}"] = min(asleep / x, 1.0)
+        if kind == "create":
+            timing["daemon_wait_share"]["zfs.unlink"] = timing["daemon_wait_share"]["zfs.create"]
     # a cold read: the device's part as the model prices it (readahead-sized
     # requests), the copy to user space, and per page brought in the rest,
     # with the model's asynchronous readahead (:func:`cold_read_fit`)
@@ -693,12 +764,12 @@ def cold_read_fit(meas: dict, dev: dict, k) -> tuple[float, dict]:
     """``page_miss_s`` and ``page_read_cpu_s`` from the cold 16 MiB reads,
     as :func:`thinp.timing.simulate` prices one: ``W`` readahead windows of
     requests; the CPU per page (copy ``c`` + ``page_miss_s``, together
-    ``A``) and the transfer per page (``t`` = 4 KiB / bandwidth, plus the
-    driver's verification ``v``) overlap but for the first window, so the
-    read takes ``pages * A + D + pages * v - min(pages * A, pages * (t + v))
-    * (W - 1) / W``, ``D`` the device's latency and transfer.  Solved for
-    ``A`` on ext4 (``v`` = 0), then for ``v`` per driver; each in the
-    branch of the ``min`` its answer falls in."""
+    ``A``, plus the driver's verification ``v``, CPU of its worker threads)
+    and the transfer per page (``t`` = 4 KiB / bandwidth) overlap but for
+    the first window, so the read takes ``pages * (A + v) + D - min(pages *
+    (A + v), pages * t) * (W - 1) / W``, ``D`` the device's latency and
+    transfer.  Solved for ``A`` on ext4 (``v`` = 0), then for ``v`` per
+    driver; each in the branch of the ``min`` its answer falls in."""
     pages = COLD_BYTES // 4096
     w = max(COLD_BYTES // k.readahead_bytes, 1)
     later = (w - 1) / w
@@ -717,11 +788,11 @@ def cold_read_fit(meas: dict, dev: dict, k) -> tuple[float, dict]:
         cd = meas.get(f"{key}.cold_read.p1")
         if cd is None:
             continue
-        # t + v >= A: T = pages * A / W + D + pages * v
-        v = (cd - dev_s) / pages - a / w
-        if t + v < a:
-            # T = pages * A - pages * (t + v) * later + D + pages * v
-            v = ((cd - dev_s) / pages - a + t * later) * w
+        # A + v >= t: T = pages * (A + v) + D - pages * t * later
+        v = (cd - dev_s) / pages + t * later - a
+        if a + v < t:
+            # T = pages * (A + v) / W + D
+            v = (cd - dev_s) / pages * w - a
         for d in drivers:
             verify[d] = max(v, 0.0)
     return miss, verify
