@@ -313,6 +313,15 @@ def data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst
     return p - p % ENTRIES_PER_BITMAP
 
 
+@njit(refcount=False)
+def _data_bitmap_shadowed_call(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo):
+    """:func:`data_bitmap_shadowed`, not inlined, for write_blocks' loop
+    (entered only when a new data block leaves the bitmap last shadowed):
+    inlined there behind that test, sequential provisioning ran at 19.6-23.5
+    M/s by CPU time at load 0.4-0.7, called, 26.4-29.2 at load 1.7-4.6."""
+    return data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+
+
 #: a data bitmap start no block lies in (data_bitmap_shadowed's ``lo`` for
 #: none): not negative, as a negative ``lo`` returned means metadata ran out
 NO_BITMAP = 1 << 62
@@ -1468,7 +1477,8 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
         if p < dbm_lo or p >= dbm_lo + ENTRIES_PER_BITMAP:
             # (the test repeated outside the helper: the loop runs at half
             # speed when the helper is entered for every block)
-            dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, dbm_lo)
+            dbm_lo = _data_bitmap_shadowed_call(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p,
+                                                dbm_lo)
             if dbm_lo < 0:
                 out[0] = root
                 out[1] = k
