@@ -299,11 +299,11 @@ FINDINGS = {
         "Tarasov's many-threads curves and aufs' lock scalability as measured: thinp.timing now "
         "simulates processes on cores, the locks each driver's path holds and the device queue, but "
         "its CPU constants are estimates or one machine's thinp calibrate, and thinp validate timing "
-        "misses its targets here (at 5 interleaved runs per cell on a quiet 2-vCPU machine the "
-        "measured order is decided beyond the runs' spread in 13 of 18 case/N groups, 11 of them "
-        "ordered the same, 14 of 18 by medians; 97 of 99 decided driver pairs ordered alike; time "
-        "relative to overlay2 within 1.5x in 46 of 54 rows, missed mostly where overlay2's own runs "
-        "spread 4x at N = 16, and by zfs-fuse's small appends at N = 16 and btrfs's start at N = 1; "
+        "misses its targets here (at 9 interleaved runs per cell on a quiet 2-vCPU machine the "
+        "measured order is decided beyond the runs' interquartile spread in 8 of 18 case/N groups, "
+        "all 8 ordered the same, 13 of 18 by medians; 91 of 91 decided driver pairs ordered alike; "
+        "time relative to overlay2 within 1.5x in 49 of 54 rows, missed by zfs-fuse's small appends "
+        "at N = 16, overlay2's first big append and 16 starts, and btrfs's big read at N = 1; "
         "README: Timing against the real kernel)",
         "devicemapper's discard at removal (dm.blkdiscard): a removal costs a fixed remove_s, not a "
         "discard of the container's bytes",
