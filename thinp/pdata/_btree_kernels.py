@@ -185,19 +185,6 @@ def _index_copy_entries(m64, dst, doff, src, soff, n, mx, vw):
             m64[dst, HDR + mx + (doff + j) * vw + w] = m64[src, HDR + mx + (soff + j) * vw + w]
 
 
-@njit(inline="always", refcount=False)
-def _index_new_like(m64, m32, count, committed, free, txn, kind, fresh, tst, like):
-    """dm's new_block for a sibling of ``like``: its flags, max_entries and
-    value size, no entries."""
-    nb = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
-    if nb < 0:
-        return -1
-    m32[nb, 1] = m32[like, 1]
-    m32[nb, 5] = m32[like, 5]
-    m32[nb, 6] = m32[like, 6]
-    return nb
-
-
 @njit(refcount=False)
 def _index_split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, b):
     """btree_split_beneath of the (shadowed) root ``b``: its entries go to
@@ -206,10 +193,10 @@ def _index_split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst
     mx, vw = _index_words(m32, b)
     nr = np.int64(m32[b, 4])
     nl = nr // 2
-    left = _index_new_like(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
+    left = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
     if left < 0:
         return -1
-    right = _index_new_like(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
+    right = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
     if right < 0:
         return -1
     _index_copy_entries(m64, left, 0, b, 0, nl, mx, vw)
@@ -236,7 +223,7 @@ def _index_split_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst
     mx, vw = _index_words(m32, b)
     nr = np.int64(m32[b, 4])
     nl = nr // 2
-    right = _index_new_like(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
+    right = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
     if right < 0:
         return -1
     _index_copy_entries(m64, right, 0, b, nl, nr - nl, mx, vw)
@@ -570,6 +557,8 @@ def _redistribute3(m64, m32, left, center, right):
 
 @njit(refcount=False)
 def _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, like):
+    """dm's new_block for a sibling of ``like``: its flags, max_entries and
+    value size, no entries (mapping trees and the pre-5.14 data index alike)."""
     b = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
     if b < 0:
         return -1
