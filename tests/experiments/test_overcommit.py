@@ -150,15 +150,26 @@ def test_figure_shows_the_host_file_only_when_it_keeps_freed_space():
 
 
 def test_out_of_metadata_space_is_an_event_of_its_own():
-    """A pool with a tiny metadata device runs out of it: dm's
+    """A zeroing pool with a tiny metadata device runs out of it: dm's
     PM_OUT_OF_METADATA_SPACE, ``ro`` without needs_check; the container's
     writes needing a new block fail with EIO (``eio``), its others run, and
     the run stops there."""
-    df, _ = overcommit(**SMALL, min_free_space=0, metadata_size="512K")
+    df, _ = overcommit(**SMALL, min_free_space=0, metadata_size="512K", zeroing=True)
     hit = first(df, "out_of_metadata_space")
     assert hit is not None and first(df, "metadata_failure") is None
     assert hit["mode"] == "ro" and not hit["needs_check"] and hit["eio"] > 0
     assert hit["meta_pct"] == 100.0   # the reserve counts as used
+    assert df["container"].iloc[-1] == hit["container"]
+
+
+def test_out_of_metadata_space_without_zeroing_is_a_metadata_failure():
+    """Docker's pool (skip_block_zeroing): at the reserve commit dm inserts
+    the triggering block's mapping at once into metadata now read-only, so
+    metadata_operation_failed sets needs_check: ``metadata_failure``."""
+    df, _ = overcommit(**SMALL, min_free_space=0, metadata_size="512K")
+    hit = first(df, "metadata_failure")
+    assert hit is not None and first(df, "out_of_metadata_space") is None
+    assert hit["mode"] == "ro" and hit["needs_check"]
     assert df["container"].iloc[-1] == hit["container"]
     before = df[df["container"] < hit["container"]]
     assert len(before) > 2 and (before["eio"] == 0).all() and (before["mode"] == "rw").all()

@@ -345,7 +345,9 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
                             r = p.replay(chunk)
                         except errors.OutOfMetadataSpaceError as e:
                             r = e.result   # the run went on: its blocks needing a new mapping failed
-                            stopped = "out_of_metadata_space"
+                            # without zeroing, dm inserts the triggering block's mapping at once into the
+                            # metadata its reserve commit made read-only: metadata_operation_failed
+                            stopped = "out_of_metadata_space" if p.out_of_metadata_space else "metadata_failure"
                         enospc += r.counters["nr_enospc"]
                         eio += r.counters["nr_eio"]
                         if stopped:
@@ -370,6 +372,10 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
             ev.extend(pending)
             pending.clear()
             st = p.status(observer=True)
+            if st.needs_check and "out_of_metadata_space" in ev:
+                # without zeroing, the reserve commit's triggering insert failed on the
+                # read-only metadata: dm's metadata_operation_failed, not its out-of-metadata mode
+                ev[:] = list(dict.fromkeys("metadata_failure" if k == "out_of_metadata_space" else k for k in ev))
             if len(host) < st.total_data_blocks:
                 host = np.concatenate([host, np.zeros(st.total_data_blocks - len(host), dtype=bool)])
             mark_host()

@@ -23,6 +23,28 @@ from contextlib import contextmanager
 
 from .target import RealDir, SimTarget, can_mount
 
+#: seconds a killed real-side tool is given to exit before it is left behind
+KILL_GRACE_S = 5.0
+
+
+def run_bounded(cmd, timeout: float):
+    """``(returncode, stdout, stderr)`` of ``cmd``, or None when it did not
+    finish in ``timeout`` seconds: it is then killed by its own pid and given
+    :data:`KILL_GRACE_S` to exit; one that does not (uninterruptible sleep,
+    a client of a wedged zfs-fuse daemon) is left behind, not waited for."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        try:
+            p.communicate(timeout=KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            for f in (p.stdout, p.stderr):
+                f.close()
+        return None
+    return p.returncode, out, err
+
 __all__ = ["validate_block_drivers", "format_rows", "btrfs_available", "zfs_available", "real_btrfs", "real_zfs"]
 
 MiB = 1 << 20
@@ -169,8 +191,6 @@ def real_zfs(workdir=None, size="1G"):
         created = True
         yield pool, mnt
     finally:
-        from .timing import run_bounded
-
         try:
             if created:
                 for _ in range(5):

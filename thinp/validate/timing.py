@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass
 
 from ..errors import RealRunError
+from . import block as real_block
 from ..workloads.format import ImageSpec, LayerSpec, Step, Workload
 
 MiB = 1 << 20
@@ -123,27 +124,14 @@ CMD_TIMEOUT_S = 300
 #: D state in ``thinp calibrate --runs 3``, 2026-12-06) sleeps
 #: uninterruptibly, and SIGKILL ends it only once the daemon answers --
 #: waiting for it, as ``subprocess.run`` does after its timeout, hangs the run
-KILL_GRACE_S = 5.0
+KILL_GRACE_S = real_block.KILL_GRACE_S
 
 
 def run_bounded(cmd, timeout: float | None = None):
     """``(returncode, stdout, stderr)`` of ``cmd``, or None when it did not
-    finish in ``timeout`` seconds (default :data:`CMD_TIMEOUT_S`): it is then
-    killed by its own pid and given :data:`KILL_GRACE_S` to exit; one that
-    does not (uninterruptible sleep) is left behind, not waited for."""
-    timeout = CMD_TIMEOUT_S if timeout is None else timeout
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        try:
-            p.communicate(timeout=KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            for f in (p.stdout, p.stderr):
-                f.close()
-        return None
-    return p.returncode, out, err
+    finish in ``timeout`` seconds (default :data:`CMD_TIMEOUT_S`); see
+    :func:`thinp.validate.block.run_bounded`."""
+    return real_block.run_bounded(cmd, CMD_TIMEOUT_S if timeout is None else timeout)
 
 
 def run_cmd(cmd, timeout: float | None = None) -> str:
