@@ -345,9 +345,7 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
                             r = p.replay(chunk)
                         except errors.OutOfMetadataSpaceError as e:
                             r = e.result   # the run went on: its blocks needing a new mapping failed
-                            # without zeroing, dm inserts the triggering block's mapping at once into the
-                            # metadata its reserve commit made read-only: metadata_operation_failed
-                            stopped = "out_of_metadata_space" if p.out_of_metadata_space else "metadata_failure"
+                            stopped = "out_of_metadata_space"
                         enospc += r.counters["nr_enospc"]
                         eio += r.counters["nr_eio"]
                         if stopped:
@@ -362,19 +360,15 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
                     # a commit that went out of metadata space (or a message
                     # refused after one), or a real metadata failure
                     stopped = "out_of_metadata_space" if p.out_of_metadata_space else "metadata_failure"
-                if stopped == "metadata_failure":
-                    # the pool's event told of the metadata space map's ENOSPC;
-                    # the outcome is dm's metadata_operation_failed, not its
-                    # out-of-metadata-space mode
-                    pending[:] = [k for k in pending if k != "out_of_metadata_space"]
                 if stopped in ("out_of_metadata_space", "metadata_failure") and stopped not in pending:
                     pending.append(stopped)
             ev.extend(pending)
             pending.clear()
             st = p.status(observer=True)
             if st.needs_check and "out_of_metadata_space" in ev:
-                # without zeroing, the reserve commit's triggering insert failed on the
-                # read-only metadata: dm's metadata_operation_failed, not its out-of-metadata mode
+                # the pool's event told of metadata running out, but the outcome is dm's
+                # metadata_operation_failed (a real failure, or, without zeroing, the reserve
+                # commit's triggering insert into metadata that commit made read-only)
                 ev[:] = list(dict.fromkeys("metadata_failure" if k == "out_of_metadata_space" else k for k in ev))
             if len(host) < st.total_data_blocks:
                 host = np.concatenate([host, np.zeros(st.total_data_blocks - len(host), dtype=bool)])

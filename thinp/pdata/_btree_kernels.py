@@ -157,11 +157,11 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
             b = c
         if m32[b, 4] >= m32[b, 5]:
             if parent < 0:
-                if _index_split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, b) < 0:
+                if _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, b) < 0:
                     return -1
             else:
-                b = _index_split_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, parent, slot,
-                                         b, i)
+                b = _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, parent, slot, b,
+                                        np.uint64(i))
                 if b < 0:
                     return -1
         if m32[b, 1] & LEAF:
@@ -169,79 +169,6 @@ def shadow_data_bitmap(m64, m32, count, committed, free, txn, kind, fresh, tst, 
         slot = _index_child(m64, m32, b, i)
         parent = b
         b = np.int64(m64[b, HDR + np.int64(m32[b, 5]) + slot])
-
-
-@njit(inline="always", refcount=False)
-def _index_words(m32, b):
-    """(max_entries, value words) of index tree node ``b``."""
-    return np.int64(m32[b, 5]), np.int64(m32[b, 6]) // 8
-
-
-@njit(inline="always", refcount=False)
-def _index_copy_entries(m64, dst, doff, src, soff, n, mx, vw):
-    for j in range(n):
-        m64[dst, HDR + doff + j] = m64[src, HDR + soff + j]
-        for w in range(vw):
-            m64[dst, HDR + mx + (doff + j) * vw + w] = m64[src, HDR + mx + (soff + j) * vw + w]
-
-
-@njit(refcount=False)
-def _index_split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, b):
-    """btree_split_beneath of the (shadowed) root ``b``: its entries go to
-    a new left and a new right node, even halves; ``b`` becomes an
-    internal node over the two (the bytes past its two entries stay)."""
-    mx, vw = _index_words(m32, b)
-    nr = np.int64(m32[b, 4])
-    nl = nr // 2
-    left = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
-    if left < 0:
-        return -1
-    right = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
-    if right < 0:
-        return -1
-    _index_copy_entries(m64, left, 0, b, 0, nl, mx, vw)
-    m32[left, 4] = nl
-    _index_copy_entries(m64, right, 0, b, nl, nr - nl, mx, vw)
-    m32[right, 4] = nr - nl
-    m32[b, 1] = INTERNAL
-    m32[b, 4] = 2
-    imx = np.int64(3 * (((4096 - 32) // 16) // 3))
-    m32[b, 5] = imx
-    m32[b, 6] = 8
-    m64[b, HDR] = m64[left, HDR]
-    m64[b, HDR + 1] = m64[right, HDR]
-    m64[b, HDR + imx] = np.uint64(left)
-    m64[b, HDR + imx + 1] = np.uint64(right)
-    return 0
-
-
-@njit(refcount=False)
-def _index_split_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, parent, slot, b, key):
-    """btree_split_sibling (the even-halves rule) of ``b``, entry ``slot``
-    of ``parent`` (not full): the upper half moves to a new right sibling
-    entered in the parent after it.  Returns the node holding ``key``."""
-    mx, vw = _index_words(m32, b)
-    nr = np.int64(m32[b, 4])
-    nl = nr // 2
-    right = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
-    if right < 0:
-        return -1
-    _index_copy_entries(m64, right, 0, b, nl, nr - nl, mx, vw)
-    m32[right, 4] = nr - nl
-    m32[b, 4] = nl
-    pmx = np.int64(m32[parent, 5])
-    pnr = np.int64(m32[parent, 4])
-    j = pnr
-    while j > slot + 1:
-        m64[parent, HDR + j] = m64[parent, HDR + j - 1]
-        m64[parent, HDR + pmx + j] = m64[parent, HDR + pmx + j - 1]
-        j -= 1
-    m64[parent, HDR + slot + 1] = m64[right, HDR]
-    m64[parent, HDR + pmx + slot + 1] = np.uint64(right)
-    m32[parent, 4] = pnr + 1
-    if np.uint64(key) >= m64[right, HDR]:
-        return right
-    return b
 
 
 @njit(inline="always", refcount=False)
@@ -570,8 +497,11 @@ def _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, like):
 
 # the spine: sp[0] parent, sp[1] current, sp[2] count, sp[3] root
 @njit(refcount=False)
-def _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, sp):
-    pn = sp[1]
+def _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, pn):
+    """btree_split_beneath of the (shadowed) root ``pn``: its entries go to
+    a new left and a new right node, even halves; ``pn`` becomes an
+    internal node over the two.  Mapping trees and the pre-5.14 data
+    space map's index alike (:func:`_move` copies any value width)."""
     nr = np.int64(m32[pn, 4])
     nl = nr // 2
     left = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, pn)
@@ -598,16 +528,18 @@ def _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, sp):
 
 
 @njit(refcount=False)
-def _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, pi, key):
-    left = sp[1]
+def _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, parent, pi, left, key):
+    """btree_split_sibling of ``left``, entry ``pi`` of ``parent`` (not
+    full): its upper half moves to a new right sibling entered in the parent
+    after it.  The node that holds ``key`` now, or -1 when metadata ran out."""
     right = _new_sibling(m64, m32, count, committed, free, txn, kind, fresh, tst, left)
     if right < 0:
         return -1
     _redistribute2(m64, m32, left, right)
-    _insert_at(m64, m32, sp[0], pi + 1, m64[right, HDR], np.uint64(right))
+    _insert_at(m64, m32, parent, pi + 1, m64[right, HDR], np.uint64(right))
     if key >= m64[right, HDR]:
-        sp[1] = right
-    return 0
+        return right
+    return left
 
 
 @njit(refcount=False)
@@ -693,7 +625,11 @@ def _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst,
                 sp[1] = sib
             return 0
     if left_shared or right_shared or nr_parent <= 2 or pi == 0 or pi + 1 == nr_parent:
-        return _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, pi, key)
+        b = _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, parent, pi, sp[1], key)
+        if b < 0:
+            return -1
+        sp[1] = b
+        return 0
     return _split_two_into_three(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
                                  dst, sp, pi,
                                  key, leaf_holds)
@@ -754,9 +690,11 @@ def _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
             full = not _has_space(m64, m32, b, key)
         if full:
             if top:
-                r = _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, sp)
+                r = _split_beneath(m64, m32, count, committed, free, txn, kind, fresh, tst, b)
             elif halves:
-                r = _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, i, key)
+                r = _split_one_into_two(m64, m32, count, committed, free, txn, kind, fresh, tst, sp[0], i, b, key)
+                if r >= 0:
+                    sp[1] = r
             else:
                 r = _rebalance_or_split(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                         dfree, dst, sp,
