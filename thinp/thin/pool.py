@@ -320,8 +320,8 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
                 data_refs += md.sp.drc
             md.sp = md.sp._replace(drc=data_refs)
         TK.settle_data_bits(md.sp)
+    md.settle_pages(collapse=False)  # (before the commit: the fill's nodes are left to khugepaged)
     md.commit()
-    md.huge_pages()
     scal = md.sp.scal
     scal[K.S_LWM_ARMED] = 1 if (scal[K.S_NR_DATA] - scal[K.S_DUSED]) > scal[K.S_LWM] else 0
     return md
