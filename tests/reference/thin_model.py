@@ -281,7 +281,7 @@ class ThinModel:
             while self.queue and not self.oods:
                 pending, self.queue = self.queue, []
                 for dev_id, lo, n, piece in pending:
-                    if self.commit_interval > 0 and self.ops_since_commit >= self.commit_interval:
+                    while self.commit_interval > 0 and self.ops_since_commit >= self.commit_interval:
                         self.commit()
                     self.ops_since_commit += 1
                     self._write_or_wait(self.devices[dev_id], lo // self.block_size, lo, n, piece)
@@ -311,7 +311,8 @@ class ThinModel:
         bs = self.block_size
         resume_vb = -1
         for i in range(len(requests)):
-            if self.commit_interval > 0 and self.ops_since_commit >= self.commit_interval and resume_vb < 0:
+            # (again after a commit whose retried blocks reached the interval)
+            while self.commit_interval > 0 and self.ops_since_commit >= self.commit_interval and resume_vb < 0:
                 self.commit()
             dev_id, op, off, ln, data = requests[i]
             if ln <= 0:

@@ -1364,26 +1364,26 @@ class ThinPool:
             raise errors.PoolFailedError(f"{self.path}: pool is in fail mode ({self._fail_mode}); all I/O errors")
         self._run(slots, ops, off, ln, 0, -1, src, src_base, events)
 
-    def _queue_blocks(self, slots, ops, off, ln, src, src_base, waiting, req_of=None) -> None:
-        """Queue the blocks ``waiting`` ((request, vblock) pairs) of a trace
-        for data space: one row each, the block's part of its write (the
-        bios dm-thin's split at block boundaries makes).  The rows keep
-        their request's index (``req_of`` maps rows already queued once back
-        to theirs), to count failed requests if they error."""
+    def _queue_block(self, slots, ops, off, ln, src, src_base, i: int, vb: int, key) -> None:
+        """Queue block ``vb`` of request ``i`` for data space, at once (dm's
+        retry_on_resume list): one row, the block's part of the write (the
+        bio dm-thin's split at block boundaries makes), with its bytes in
+        payload mode.  ``key`` names the request it came from, to count
+        failed requests if it errors."""
         bs = self.block_size
-        req = np.array([i for i, _ in waiting], dtype=np.int64)
-        vbs = np.array([vb for _, vb in waiting], dtype=np.int64)
-        lo = np.maximum(off[req].astype(np.int64), vbs * bs)
-        hi = np.minimum(off[req].astype(np.int64) + ln[req].astype(np.int64), (vbs + 1) * bs)
-        self._queue.append([slots[req].copy(), np.full(len(req), WRITE, dtype=ops.dtype), lo.astype(off.dtype),
-                            (hi - lo).astype(ln.dtype), 0, -1, src.copy() if len(src) else src, src_base,
-                            req if req_of is None else req_of[req]])
+        lo = max(int(off[i]), vb * bs)
+        hi = min(int(off[i]) + int(ln[i]), (vb + 1) * bs)
+        part = src[lo - src_base:hi - src_base].copy() if len(src) else src
+        self._queue.append([slots[i:i + 1].copy(), np.full(1, WRITE, dtype=ops.dtype),
+                            np.full(1, lo, dtype=off.dtype), np.full(1, hi - lo, dtype=ln.dtype), 0, -1, part, lo,
+                            key])
 
-    def _run(self, slots, ops, off, ln, start, start_vb, src, src_base, events, req=None):
+    def _run(self, slots, ops, off, ln, start, start_vb, src, src_base, events, key=None):
         """Drive the replay kernel, applying its mapping changes to dm's
         btree after each stop and committing when it asks.  Out of data
         space in queue mode, each block needing a new data block is queued
-        (:meth:`_queue_blocks`, after the run) and the run goes on.
+        (:meth:`_queue_block`; ``key`` names the request of a retried one)
+        and the run goes on.
 
         Near dm's metadata reserve the kernel runs with a log short enough
         that its changes cannot reach the reserve, and then one change at a
@@ -1397,16 +1397,9 @@ class ThinPool:
         failed = np.zeros(len(ops), dtype=np.uint8)
         gen = -1
         at_change = False  # stopped right before a mapping change (R_FLUSH)
-        waiting = []  # (request, vblock) of the blocks queued for data space
-        try:
-            return self._run_loop(slots, ops, off, ln, start, start_vb, src, src_base, events, out, failed, waiting,
-                                  gen, at_change)
-        finally:
-            if waiting:
-                self._queue_blocks(slots, ops, off, ln, src, src_base, waiting, req)
-
-    def _run_loop(self, slots, ops, off, ln, start, start_vb, src, src_base, events, out, failed, waiting, gen,
-                  at_change):
+        if key is None:
+            self._nr_runs += 1
+        run = self._nr_runs
         while True:
             md = self._md
             if gen != self._commit_gen:
@@ -1498,7 +1491,8 @@ class ThinPool:
             # R_NO_DATA, queue mode: this block waits for data space (dm's
             # retry_on_resume); the request's other blocks and the rest of
             # the trace go on
-            waiting.append((start, start_vb))
+            self._queue_block(slots, ops, off, ln, src, src_base, start, start_vb,
+                              (run, start) if key is None else key)
             start_vb += 1
 
     def _raise_eio(self, failed) -> None:
@@ -1806,12 +1800,12 @@ class ThinPool:
             # queued again meanwhile: go round while the pool has space)
             while self._queue and not self._md.sp.scal[TK.S_OODS]:
                 pending, self._queue = self._queue, []
-                for k, (slots, ops, off, ln, start, start_vb, src, src_base, req) in enumerate(pending):
+                for k, (slots, ops, off, ln, start, start_vb, src, src_base, key) in enumerate(pending):
                     if self._fail_mode or self._failed:
                         return
                     n, nbytes = len(ops), int(ln.astype(np.int64).sum())
                     try:
-                        self._run(slots, ops, off, ln, start, start_vb, src, src_base, None, req=req)
+                        self._run(slots, ops, off, ln, start, start_vb, src, src_base, None, key=key)
                     except BaseException:
                         if not (self._fail_mode or self._failed):
                             self._queue = pending[k + 1:] + self._queue
@@ -1824,6 +1818,7 @@ class ThinPool:
             self._draining = False
 
     _draining = False
+    _nr_runs = 0
 
     @property
     def nr_queued(self) -> int:
@@ -1848,10 +1843,8 @@ class ThinPool:
             return 0
         sp.scal[K.S_ERROR_IF_NO_SPACE] = 1
         self._timed_out = True
-        n = 0
-        for q in self._queue:
-            n += len(q[0]) - q[4]
-            sp.scal[K.C_FAILED_OPS] += len(np.unique(q[8]))
+        n = sum(len(q[0]) - q[4] for q in self._queue)
+        sp.scal[K.C_FAILED_OPS] += len({q[8] for q in self._queue})
         sp.scal[K.C_ENOSPC] += n
         self._queue.clear()
         return n
