@@ -1142,6 +1142,7 @@ class ThinPool:
                 f"{self.path}: out of metadata space during commit; the transaction was aborted and the pool is "
                 "read-only with needs_check set") from None
         self._sidecar.committed(self._side)
+        self._reserve_block = None
         md.commit()
         self._runs.clear()
         self._merge_at = 256
@@ -1591,6 +1592,11 @@ class ThinPool:
         try:
             dm = PoolMetadata.open(mpath, split=old_dm.split, writable=True, check=False)
             md = _build_index(dm, self._side, leaked=self._leaked)
+            if self._reserve_block is not None:
+                # the last commit was a reserve commit: back to the state
+                # right after it (its block uncounted again, the cursor on it)
+                dm.data_sm.uncount(self._reserve_block)
+                md.sp.scal[K.S_DCURSOR] = self._reserve_block
         except Exception as e:  # noqa: BLE001 - cannot reload: dm-thin fails the pool
             self.fail(f"could not reload the last commit: {e}")
             raise errors.PoolFailedError(f"{self.path}: pool is in fail mode ({self._fail_mode})") from None
@@ -1683,6 +1689,7 @@ class ThinPool:
                 else:
                     K.unalloc_data(self._md.sp, p)
                     self._dm.data_sm.uncount(p)
+                    self._reserve_block = p
 
     def _record_run(self, slots, ops, off, ln, start, start_vb) -> list:
         """Remember a kernel run until the next commit (see
@@ -1734,6 +1741,9 @@ class ThinPool:
         try:
             dm = PoolMetadata.open(mpath, split=old_dm.split, writable=False, check=False)
             scratch = _build_index(dm, self._side, leaked=self._leaked)
+            if self._reserve_block is not None:
+                # the requests first ran right after a reserve commit
+                scratch.sp.scal[K.S_DCURSOR] = self._reserve_block
         except Exception as e:  # noqa: BLE001 - cannot reload: dm-thin fails the pool
             self.fail(f"could not reload the last commit after aborting: {e}")
             return
@@ -1767,6 +1777,12 @@ class ThinPool:
         counters = scratch.sp.scal[idx].copy()
         scratch.close()
         try:
+            if self._reserve_block is not None:
+                # the last commit holds a reserve commit's block counted and
+                # unmapped: after dm's abort nothing will map it (a leak)
+                blocks, extra = self._leaked
+                self._leaked = (np.append(blocks, self._reserve_block), np.append(extra, 1))
+                self._reserve_block = None
             md = _build_index(dm, self._side, leaked=self._leaked)
         except Exception as e:  # noqa: BLE001
             self.fail(f"could not reload the last commit after aborting: {e}")
@@ -1818,6 +1834,9 @@ class ThinPool:
             self._draining = False
 
     _draining = False
+    #: the data block the last commit, a reserve commit, holds counted and
+    #: unmapped (the write it was for maps it next), or None
+    _reserve_block = None
     _nr_runs = 0
 
     @property
