@@ -139,27 +139,22 @@ class BulkClone:
     def _bulk_plan(self, snode, root, dst: str) -> _Plan:
         """The source tree's entries in the order the copy makes them."""
         inodes = self.inodes
-        kind, parent, dsize, crc, size, link_to, flags = [DIR], [0], [0], [0], [0], [-1], [0]
-        names, srcs, cap = [None], [snode], [0]
+        # one row per item: kind, parent, dsize, crc, size, link_to, flags, room for blocks
+        rows = [(DIR, 0, 0, 0, 0, -1, 0, 0)]
+        names, srcs = [None], [snode]
         paths = {0: dst}
         first: dict[int, int] = {}
         stack = [0]
         S_IFMT = _stat.S_IFMT
         crc32 = zlib.crc32
         usable_bytes = CK.DIR_BLOCK_USABLE
+        room: dict[int, int] = {}
         while stack:
             j = stack.pop()
             node = srcs[j]
-            kind.append(POP)
-            parent.append(j)
-            dsize.append(0)
-            crc.append(0)
-            size.append(0)
-            link_to.append(-1)
-            flags.append(CK.F_XATTR if node.xattrs else 0)
+            rows.append((POP, j, 0, 0, 0, -1, CK.F_XATTR if node.xattrs else 0, 0))
             names.append(None)
             srcs.append(node)
-            cap.append(0)
             total = 0
             base = paths[j] + "/"
             for name, ino in node.entries.items():
@@ -167,56 +162,41 @@ class BulkClone:
                 b = name.encode()
                 ds = 8 + ((len(b) + 3) & ~3)
                 total += ds
-                k = len(kind)
-                kind_k = S_IFMT(c.mode)
-                sz, fl, lt, cp = 0, 0, -1, 0
-                if kind_k == _S_IFDIR:
-                    t = DIR
+                k = len(rows)
+                m = S_IFMT(c.mode)
+                if m == _S_IFDIR:
                     stack.append(k)
                     paths[k] = base + name
+                    rows.append((DIR, j, ds, crc32(b), 0, -1, 0, 0))
                 elif c.nlink > 1 and c.ino in first:
-                    t = LINK
-                    lt = first[c.ino]
+                    rows.append((LINK, j, ds, crc32(b), 0, first[c.ino], 0, 0))
                 else:
-                    if kind_k == _S_IFREG:
-                        t = REG
-                        sz = c.size
-                    elif kind_k == _S_IFLNK:
-                        t = LNK
-                        sz = len(c.target.encode())
-                        cp = 2
+                    fl = CK.F_XATTR if c.xattrs else 0
+                    if m == _S_IFREG:
+                        rows.append((REG, j, ds, crc32(b), c.size, -1, fl, 0))
+                    elif m == _S_IFLNK:
+                        rows.append((LNK, j, ds, crc32(b), len(c.target.encode()), -1, fl, 2))
                     else:
-                        t = OTHER
-                    if c.xattrs:
-                        fl = CK.F_XATTR
+                        rows.append((OTHER, j, ds, crc32(b), 0, -1, fl, 0))
                     if c.nlink > 1:
                         first[c.ino] = k
-                kind.append(t)
-                parent.append(j)
-                dsize.append(ds)
-                crc.append(crc32(b))
-                size.append(sz)
-                link_to.append(lt)
-                flags.append(fl)
                 names.append(name)
                 srcs.append(c)
-                cap.append(cp)
             # room for every block the directory's entries can take, and spare
             have = len(root.meta_blocks) if j == 0 else 0
             start = root.dir_bytes if j == 0 else CK.EMPTY_DIR_BYTES
-            cap[j] = have + (start + total + usable_bytes - 1) // usable_bytes + 6
+            room[j] = have + (start + total + usable_bytes - 1) // usable_bytes + 6
+        cols = np.array(rows, dtype=np.int64)
+        cap = cols[:, 7].copy()
+        for j, r in room.items():
+            cap[j] = r
         P = _Plan()
-        P.kind = np.array(kind, dtype=np.int64)
-        P.parent = np.array(parent, dtype=np.int64)
-        P.dsize = np.array(dsize, dtype=np.int64)
-        P.crc = np.array(crc, dtype=np.int64)
-        P.size = np.array(size, dtype=np.int64)
-        P.link_to = np.array(link_to, dtype=np.int64)
-        P.flags = np.array(flags, dtype=np.int64)
+        P.kind, P.parent, P.dsize, P.crc, P.size, P.link_to, P.flags = (np.ascontiguousarray(cols[:, i])
+                                                                          for i in range(7))
         P.names, P.srcs, P.paths = names, srcs, paths
-        n = len(kind)
+        n = len(rows)
         P.moff = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.array(cap, dtype=np.int64), out=P.moff[1:])
+        np.cumsum(cap, out=P.moff[1:])
         P.mdata = np.zeros(int(P.moff[-1]), dtype=np.int64)
         P.mlen = np.zeros(n, dtype=np.int64)
         P.ino = np.zeros(n, dtype=np.int64)
@@ -284,16 +264,12 @@ class BulkClone:
         sizes = P.size[k0:k1].tolist()
         links = P.link_to[k0:k1].tolist()
         new = Inode.__new__
-        touched = set()
         for i in range(k1 - k0):
             t = kinds[i]
             if t == POP:
                 continue
             k = k0 + i
-            p = pars[i]
-            pn = nodes[p]
-            pn.mtime = pn.ctime = now
-            touched.add(p)
+            pn = nodes[pars[i]]
             if t == LINK:
                 tn = nodes[links[i]]
                 tn.nlink += 1
@@ -347,7 +323,6 @@ class BulkClone:
                 node.entries = {}
                 node.nlink = 2
                 pn.nlink += 1
-                touched.add(k)
             elif t == LNK:
                 node.mode = _S_IFLNK | 0o777
                 node.target = c.target
@@ -361,8 +336,11 @@ class BulkClone:
             pn.entries[names[k]] = ino
             nodes[k] = node
         moff, mlen, mdata, dbytes = P.moff, P.mlen, P.mdata, P.dbytes
-        for d in touched:
+        kind = P.kind[k0:k1]
+        grown = P.parent[k0:k1][kind != POP]       # directories that gained entries, and new ones
+        for d in np.union1d(grown, np.flatnonzero(kind == DIR) + k0).tolist():
             node = nodes[d]
+            node.mtime = node.ctime = now
             node.dir_bytes = int(dbytes[d])
             o = int(moff[d])
             node.meta_blocks = mdata[o:o + int(mlen[d])].tolist()
