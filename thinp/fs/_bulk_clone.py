@@ -28,6 +28,7 @@ import zlib
 
 import numpy as np
 
+from ..blockdev import PlainDevice
 from . import _clone_kernels as CK
 from .core import BLOCK, Inode, os_error
 
@@ -86,11 +87,12 @@ class BulkClone:
         return self._bulk_clone(snode, dst)
 
     def _bulk_usable(self) -> bool:
-        """Whether the kernel can go on copying now (accounting mode,
-        commits that checkpoint at once with nothing left from the last, no
-        discards waiting, a block bitmap of its own)."""
-        return (not self.payload and self.checkpoint_on_commit and not self._ail and not self._pending_discard
-                and not self._bitmap_shared)
+        """Whether the kernel can go on copying now: accounting mode on a
+        plain device (whose writes, issued after the kernel, cannot fail as a
+        thin device's can), commits that checkpoint at once with nothing left
+        from the last, no discards waiting, a block bitmap of its own."""
+        return (not self.payload and type(self.device) is PlainDevice and self.checkpoint_on_commit
+                and not self._ail and not self._pending_discard and not self._bitmap_shared)
 
     def _bulk_clone(self, snode, dst: str) -> int:
         """:meth:`~thinp.fs.core.Filesystem._clone_tree` by the kernel (see the module docstring)."""
