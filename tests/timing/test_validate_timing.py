@@ -235,6 +235,36 @@ def test_fit_parts_a_copy_ups_once_cost_from_its_per_page_cost_with_two_sizes(tm
     assert got.get("copy_up_cpu_s", "aufs") == TimingConstants().get("copy_up_cpu_s", "aufs")
 
 
+def test_busy_cores_spin_at_idle_priority_and_are_stopped_by_their_pids():
+    """The spinners that keep every core busy run SCHED_IDLE (they give way
+    at once to the measured work) and are gone on the way out."""
+    import time as _time
+
+    def spinners():
+        out = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    st = f.read()
+                if int(st[st.rindex(")") + 2:].split()[1]) == os.getpid() and \
+                        os.sched_getscheduler(int(pid)) == os.SCHED_IDLE:
+                    out.append(int(pid))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    with cal.busy_cores(2):
+        deadline = _time.monotonic() + 5
+        while len(spinners()) < 2 and _time.monotonic() < deadline:
+            _time.sleep(0.01)
+        pids = spinners()
+        assert len(pids) == 2
+    assert not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"
+                   for p in pids)
+
+
 def test_the_daemons_threads_are_found_and_their_cpu_counted():
     import subprocess
     import time as _time

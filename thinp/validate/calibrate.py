@@ -567,13 +567,13 @@ def busy_cores(n: int | None = None):
     wakes takes their core at once, so they cost the measured work nothing
     but leave no core idle (no wake-up from idle).  Each is stopped by its
     own pid."""
-    import sys
-
     n = len(os.sched_getaffinity(0)) if n is None else n
-    code = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True:\n    pass\n"
-    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+    def idle_policy():              # in the child, before the exec: it never runs at normal priority
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    procs = [subprocess.Popen(["sh", "-c", "while :; do :; done"], preexec_fn=idle_policy) for _ in range(n)]
     try:
-        time.sleep(0.05)            # running before the measurement starts
+        time.sleep(0.05)            # spinning before the measurement starts
         yield
     finally:
         for p in procs:
