@@ -10,7 +10,9 @@ Each logged operation becomes stages:
    :attr:`~TimingConstants.layer_cpu_s`), a per-page copy cost, a cost per
    branch probe of the lookup, per page-cache hit; then the time the
    process sleeps on the driver's daemon (zfs-fuse's round trips,
-   :attr:`~TimingConstants.daemon_wait_share`), holding no core;
+   :attr:`~TimingConstants.daemon_wait_share`), holding no core, and the
+   round trips' wake-ups of idle cores, CPU paid only when a core is idle
+   (:attr:`~TimingConstants.idle_wake_s`);
 3. the device: page-cache misses as reads, with readahead merging a run of
    missed pages into requests of :attr:`~TimingConstants.readahead_bytes`
    (asynchronous: past the first window, the reader's copy overlaps the
