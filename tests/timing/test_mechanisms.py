@@ -163,6 +163,41 @@ def test_a_daemons_round_trip_waits_hold_no_core():
     assert _steps_s(four, other) == pytest.approx(_steps_s(four, cpu), rel=1e-9)
 
 
+def test_a_round_trips_idle_wake_up_is_paid_alone_not_when_the_cores_are_busy():
+    """zfs-fuse: the part of a kind's extra cost that idle_wake_s marks as
+    waking idle cores costs one process the same wall time (a core is
+    always idle beside it), but 4 processes on 1 core never find it idle
+    and do without it; another driver's entry changes nothing."""
+    n_appends = 50
+    one = run(_wl([Step("append", path="/log{p}", size=5, count=n_appends)]), "zfs").oplog
+    four = run(_wl([Step("append", path="/log{p}", size=5, count=n_appends)], processes=4), "zfs").oplog
+    base = _one_core(layer_kind_s={"default": 0.0})
+    cpu = _one_core(layer_kind_s={"default": 0.0, "zfs.write": 1e-3})
+    wake = dataclasses.replace(cpu, idle_wake_s={"default": 0.0, "zfs.write": 0.4e-3})
+    assert _steps_s(one, wake) == pytest.approx(_steps_s(one, cpu), rel=1e-9)
+    assert _steps_s(four, cpu) - _steps_s(four, base) == pytest.approx(4 * n_appends * 1e-3, rel=0.02)
+    # all but the few wake-ups that find the core free (a process's last, the
+    # container's sync) are saved
+    assert _steps_s(four, wake) - _steps_s(four, base) == pytest.approx(4 * n_appends * 0.6e-3, rel=0.05)
+    # never more than the kind's extra cost, whatever the entry says
+    over = dataclasses.replace(cpu, idle_wake_s={"default": 0.0, "zfs.write": 5e-3})
+    assert _steps_s(four, over) >= _steps_s(four, base)
+    other = dataclasses.replace(cpu, idle_wake_s={"default": 0.0, "btrfs.write": 0.4e-3})
+    assert _steps_s(four, other) == pytest.approx(_steps_s(four, cpu), rel=1e-9)
+
+
+def test_a_copy_ups_once_cost_is_paid_per_copy_up_on_its_driver():
+    """copy_up_cpu_s (thinp calibrate: two cold copy-up sizes) is paid once
+    per copied-up file on overlay2, whatever its size; vfs copies nothing."""
+    steps = [Step("append", path="/big", size=4096, count=4)]
+    ovl = run(_wl(steps), "overlay2").oplog
+    k0 = _one_core(copy_up_cpu_s={"default": 0.0})
+    k1 = _one_core(copy_up_cpu_s={"default": 0.0, "overlay2": 2e-3})
+    assert _steps_s(ovl, k1) - _steps_s(ovl, k0) == pytest.approx(2e-3, rel=1e-6)
+    vfs = run(_wl(steps), "vfs").oplog
+    assert _steps_s(vfs, k1) == pytest.approx(_steps_s(vfs, k0), rel=1e-9)
+
+
 def test_a_reread_pays_no_miss_cost():
     once = run(_wl([Step("read", path="/big")]), "vfs").oplog
     twice = run(_wl([Step("read", path="/big"), Step("read", path="/big")]), "vfs").oplog

@@ -4,7 +4,7 @@ import random
 import pytest
 
 from thinp.timing import sim
-from thinp.timing.sim import CPU, DELAY, DEV, LOCK, UNLOCK
+from thinp.timing.sim import CPU, DELAY, DEV, LOCK, UNLOCK, WAKE
 
 
 def _ours(programs, cores, qd, start=None):
@@ -117,6 +117,21 @@ def test_cores_bound_parallel_cpu():
     op = [(CPU, 1e-3)]
     assert _ours([[op]] * 4, cores=2, qd=1).end_s == pytest.approx(2e-3)
     assert _ours([[op]] * 4, cores=4, qd=1).end_s == pytest.approx(1e-3)
+
+
+def test_a_wake_up_costs_cpu_only_on_an_idle_core():
+    """``(WAKE, w)``: a process alone finds a core idle after each CPU
+    stage and pays w on it; two processes on one core always find it taken
+    (the other waits for it), so only the last wake-up, with the other
+    done, is paid."""
+    n, a, w = 10, 10e-6, 5e-6
+    op = [(CPU, a), (WAKE, w)]
+    assert _ours([[op] * n], cores=1, qd=1).end_s == pytest.approx(n * (a + w))
+    assert _ours([[op] * n] * 2, cores=1, qd=1).end_s == pytest.approx(2 * n * a + w)
+    # with a core per process, every wake-up finds one idle
+    assert _ours([[op] * n] * 2, cores=2, qd=1).end_s == pytest.approx(n * (a + w))
+    # the wake-up is CPU: the busy figure counts it when paid
+    assert _ours([[op] * n], cores=1, qd=1).busy_s["cpu"] == pytest.approx(n * (a + w))
 
 
 def test_queue_depth_overlaps_latency_but_bandwidth_is_shared():

@@ -167,6 +167,104 @@ def test_fit_takes_the_daemons_waits_from_wall_less_cpu_time():
     assert not cal.fit(MEAS, {})["timing"].get("daemon_wait_share")
 
 
+def test_fit_prices_a_read_from_many_files_read_in_turn_where_measured():
+    """A workload reads many files: the warm reads of the small files (each
+    of 256 in turn) price a read where measured, not one file read over and
+    over; through overlayfs and zfs-fuse alike, over ext4's."""
+    copy_s = TimingConstants().page_copy_s
+    meas = dict(MEAS, **{"ext4.open_read.p1": 3e-6 + copy_s, "overlay1.open_read.p1": 5.6e-6 + copy_s,
+                         "zfs.stat.p1": 3e-6, "zfs.open_read.p1": 50e-6})
+    one = cal.fit(meas, {})["timing"]
+    assert one["cpu_s"]["read"] == pytest.approx(3e-6)
+    many = cal.fit(dict(meas, **{"ext4.warm_small.p1": 4e-6 + copy_s, "overlay1.warm_small.p1": 7e-6 + copy_s,
+                                 "zfs.warm_small.p1": 66e-6}), {})["timing"]
+    assert many["cpu_s"]["read"] == pytest.approx(4e-6)
+    assert many["layer_kind_s"]["overlay2.read"] == pytest.approx(3e-6 - 0.6e-6)
+    assert many["layer_kind_s"]["zfs.read"] == pytest.approx(66e-6 - 4e-6 - copy_s - 2e-6)
+    assert one["layer_kind_s"]["zfs.read"] == pytest.approx(50e-6 - 3e-6 - copy_s - 2e-6)
+
+
+def test_fit_takes_the_idle_cores_wake_ups_from_one_process_alone_and_with_the_cores_busy():
+    """zfs-fuse: one process's open/append/close took 93 us alone, all of it
+    CPU (none asleep), and 63 us with every core kept busy: 30 us of each
+    write's extra is waking idle cores; a 4 KiB append's new page costs
+    what the busy figures differ by, less the copy (not the lone runs'
+    difference, which the wake-ups blur)."""
+    copy_s = TimingConstants().page_copy_s
+    meas = dict(MEAS)
+    meas.update({"ext4.append4k.p1": 9e-6, "zfs.stat.p1": 3e-6, "zfs.append.p1": 93e-6, "zfs.append.cpu.p1": 93e-6,
+                 "zfs.append.busy.p1": 63e-6, "zfs.append4k.p1": 125e-6,
+                 "zfs.append4k.busy.p1": 63e-6 + copy_s + 20e-6,
+                 "zfs.create_unlink.p1": 260e-6, "zfs.create_unlink.busy.p1": 200e-6})
+    t = cal.fit(meas, {})["timing"]
+    assert t["idle_wake_s"]["zfs.write"] == pytest.approx(30e-6)
+    # per create of a create + unlink, as layer_kind_s takes it
+    assert t["idle_wake_s"]["zfs.create"] == pytest.approx(30e-6) == t["idle_wake_s"]["zfs.unlink"]
+    assert t["page_write_cpu_s"]["zfs"] == pytest.approx(20e-6)
+    # a share asleep is not counted twice
+    half = cal.fit(dict(meas, **{"zfs.append.cpu.p1": 83e-6}), {})["timing"]
+    assert half["idle_wake_s"]["zfs.write"] == pytest.approx(20e-6)
+    # without the busy figures: none, and the new page from the lone runs
+    lone = cal.fit({k: v for k, v in meas.items() if ".busy." not in k}, {})["timing"]
+    assert "idle_wake_s" not in lone
+    assert lone["page_write_cpu_s"]["zfs"] == pytest.approx(125e-6 - 93e-6 - copy_s)
+
+
+def test_fit_parts_a_copy_ups_once_cost_from_its_per_page_cost_with_two_sizes(tmp_path):
+    """Cold copy-ups of 4 and 16 MiB made as the model prices them (the
+    device's read and write of the file, the append after, 2 ms once, 1.5 us
+    a page) give those two constants back."""
+    k = TimingConstants()
+    dev = {"read_latency_s": 50e-6, "read_bandwidth": 2e9}
+
+    def io_s(nbytes):
+        nreq = -(-nbytes // k.merge_bytes)
+        return 2 * (50e-6 * -(-nreq // k.get("queue_depth", "loop-on-tmpfs")) + nbytes / 2e9)
+
+    meas = dict(MEAS)
+    for mib in cal.COPY_UP_MIB:
+        meas[f"overlay1.copy_up_cold_{mib}MiB.p1"] = 0.0005 + io_s(mib << 20) + 2e-3 + mib * 256 * 1.5e-6
+    t = cal.fit(meas, dev)["timing"]
+    assert t["copy_up_page_s"] == pytest.approx(1.5e-6)
+    assert t["copy_up_cpu_s"]["overlay2"] == pytest.approx(2e-3) == t["copy_up_cpu_s"]["overlay"]
+    # the file thinp compare reads: overlay's once cost, aufs' default kept
+    out = tmp_path / "cal.toml"
+    cal.write(str(out), {"timing": t, "calibration": {}})
+    got = TimingConstants.from_toml(out)
+    assert got.get("copy_up_cpu_s", "overlay2") == pytest.approx(2e-3)
+    assert got.get("copy_up_cpu_s", "aufs") == TimingConstants().get("copy_up_cpu_s", "aufs")
+
+
+def test_busy_cores_spin_at_idle_priority_and_are_stopped_by_their_pids():
+    """The spinners that keep every core busy run SCHED_IDLE (they give way
+    at once to the measured work) and are gone on the way out."""
+    import time as _time
+
+    def spinners():
+        out = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    st = f.read()
+                if int(st[st.rindex(")") + 2:].split()[1]) == os.getpid() and \
+                        os.sched_getscheduler(int(pid)) == os.SCHED_IDLE:
+                    out.append(int(pid))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    with cal.busy_cores(2):
+        deadline = _time.monotonic() + 5
+        while len(spinners()) < 2 and _time.monotonic() < deadline:
+            _time.sleep(0.01)
+        pids = spinners()
+        assert len(pids) == 2
+    assert not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().split()[2] != "Z"
+                   for p in pids)
+
+
 def test_the_daemons_threads_are_found_and_their_cpu_counted():
     import subprocess
     import time as _time

@@ -10,7 +10,9 @@ Each logged operation becomes stages:
    :attr:`~TimingConstants.layer_cpu_s`), a per-page copy cost, a cost per
    branch probe of the lookup, per page-cache hit; then the time the
    process sleeps on the driver's daemon (zfs-fuse's round trips,
-   :attr:`~TimingConstants.daemon_wait_share`), holding no core;
+   :attr:`~TimingConstants.daemon_wait_share`), holding no core, and the
+   round trips' wake-ups of idle cores, CPU paid only when a core is idle
+   (:attr:`~TimingConstants.idle_wake_s`);
 3. the device: page-cache misses as reads, with readahead merging a run of
    missed pages into requests of :attr:`~TimingConstants.readahead_bytes`
    (asynchronous: past the first window, the reader's copy overlaps the
@@ -102,6 +104,14 @@ class TimingConstants:
     #: woken thread's CPU to come out of idle.  That part holds no core, so
     #: N processes overlap it; the rest is CPU on the cores.  Absent: 0
     daemon_wait_share: dict = field(default_factory=lambda: _t(default=0.0))
+    #: seconds of ``layer_kind_s["driver.kind"]`` that one operation of
+    #: that kind costs only when it finds a core idle: zfs-fuse's round
+    #: trips wake a daemon thread and then the caller, and on an idle
+    #: (virtual) core each wake-up is an idle exit and an interrupt, where
+    #: on a busy core the woken thread just takes its turn.  Paid as CPU
+    #: when a core is free and none is waited for (:data:`sim.WAKE`), not
+    #: when N processes keep every core busy.  Absent: 0
+    idle_wake_s: dict = field(default_factory=lambda: _t(default=0.0))
     #: CPU of a path's first lookup (a dentry and inode cache miss) on the
     #: driver's path besides the device read of its inode
     #: (:attr:`meta_read_bytes`): the filesystem's directory search and
@@ -233,7 +243,10 @@ SOURCES = {
         "file per op), btrfs 1.5 us, zfs 3 us (checksum and CoW bookkeeping per op): no "
         "published per-op figure found; estimates"),
     "layer_kind_s": "measured by `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06, kernel 6.18, load "
-                    "3-7; docs/timing/calibrate.toml): open/append/close (write), open/read/close (read), "
+                    "3-7; docs/timing/calibrate.toml): open/append/close (write), open/read/close (read; of 256 "
+                    "small files in turn, calibrate's warm small reads, where measured: workloads read "
+                    "many files, and one file read over and over costs less, 1-2 us on ext4, overlayfs "
+                    "and btrfs, 13-16 us on zfs-fuse), "
                     "create+unlink, a depth-6 tree of new directories (mkdir), readdir through overlayfs "
                     "and in a btrfs snapshot, less the same on ext4 and less layer_cpu_s for each op the "
                     "runner logs for it (an append: 3 stats and a write), the least of 5 "
@@ -259,6 +272,15 @@ SOURCES = {
                          "own and the daemon's (the busy vCPUs never idle): the rest of the quiet 92 us is "
                          "waiting for woken threads on idle vCPUs. Default 0: the kept calibration predates "
                          "the CPU measurement",
+    "idle_wake_s": "`thinp calibrate`: per kind of op on zfs-fuse, one process's open/append/close, "
+                   "open/read/close, create+unlink and readdir less the same with every core kept busy by "
+                   "SCHED_IDLE spinners (which give way at once to any other thread, so no core is ever "
+                   "idle and no wake-up leaves idle), less the share asleep (daemon_wait_share). On the "
+                   "quiet 2-vCPU VM one process's open/append/close took 93 us of wall time and as much CPU, "
+                   "its own and the daemon's (calibrate 2026-12-07 03:00 UTC), where 16 at once in "
+                   "validate timing's append-small took 2 cores x 956 ms / 32,000 = 60 us each, and one "
+                   "at load 4 (README: 00:05 UTC) 63-65 us: what a lone caller pays more is waking idle "
+                   "cores. Default 0: calibrations before the busy measurement lack it",
     "meta_miss_s": "`thinp calibrate`'s cold small reads (256 files of 4 KiB in 4 directories read whole after "
                    "drop_caches, less the same reads warm, less the device reads the model prices for them: "
                    "an inode read and a data page each, 53 us on the kept loop device); zfs 60 us: zfs-fuse on a "
@@ -291,17 +313,25 @@ SOURCES = {
                         "page, in place of the default's: btrfs the same benchmark in a snapshot, 1.0-1.4 us "
                         "(crc32c of 4 KiB ~0.3 us plus extent bookkeeping; btrfs reserves no blocks at write "
                         "time as ext4's delayed allocation does); zfs: record checksum + compression check, "
-                        "an estimate",
+                        "an estimate; `thinp calibrate` with the cores busy (idle_wake_s): zfs-fuse's 4 KiB "
+                        "open/append/close less its 5-byte one, less the copy, both with every core kept "
+                        "busy (a lone run's difference mixes in the wake-ups of idle cores)",
     "probe_s": (
         "no published per-branch lookup figure found; an estimate: 0.3 us for one lookup in one "
         "branch directory (ovl_lookup_single, a dcache miss), 0.9 us on aufs (3x, as its per-op "
         "overhead in layer_cpu_s). Bounded above by moby PR 25824 (2016), which measured "
         "overlay2's layer mount at 0.23 ms with 1 lower, 0.31 ms with 20 and 0.42 ms with 50: "
         "~4 us per extra lower, each a whole path walk"),
-    "copy_up_cpu_s": "ovl_copy_up_one: tmpfile in workdir, xattr copy, rename into upper",
-    "copy_up_page_s": "`thinp calibrate` (as layer_kind_s): the first 1-byte append to a 4 MiB lower "
-                      "file through overlayfs less a later append, per page (the copy and the upper "
-                      "file's fsync), least of 5 runs: 3.5 us",
+    "copy_up_cpu_s": "ovl_copy_up_one: tmpfile in workdir, xattr copy, its fsync's journal commit, rename "
+                     "into upper; default an estimate; overlay/overlay2: `thinp calibrate`'s cold copy-ups "
+                     "of 4 and 16 MiB lower files (the first 1-byte append after drop_caches, least of 3 "
+                     "files each), less a later append and the device's read and write of the file as the "
+                     "model prices them: what is left of the 4 MiB one beyond copy_up_page_s per page",
+    "copy_up_page_s": "`thinp calibrate` (as layer_kind_s): the cold copy-ups of 16 and 4 MiB lower files "
+                      "(copy_up_cpu_s) differ by this per page, less the device's part; calibrations "
+                      "without them: the first 1-byte append to a warm 4 MiB lower file through overlayfs "
+                      "less a later append, per page (the copy and the upper file's fsync), least of 5 "
+                      "runs: 3.5 us",
     "dm_worker_block_s": (
         "Xu on dm-devel (2019-11-22): 4 KiB reads by 4 fio jobs through a thin device with 1 "
         "GiB blocks on nvme ran at 1274 MiB/s with dm-thin's single worker thread at 100% CPU, "
@@ -526,6 +556,10 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     # kind -> seconds of its layer_kind_s spent asleep on the driver's daemon
     daemon_wait = {kk.split(".", 1)[1]: kind_extra.get(kk.split(".", 1)[1], 0.0) * min(max(v, 0.0), 1.0)
                    for kk, v in k.daemon_wait_share.items() if kk.startswith(d + ".")}
+    # kind -> seconds of the rest of its layer_kind_s paid only on an idle core
+    idle_wake = {kk.split(".", 1)[1]: min(max(v, 0.0), max(kind_extra.get(kk.split(".", 1)[1], 0.0)
+                                                           - daemon_wait.get(kk.split(".", 1)[1], 0.0), 0.0))
+                 for kk, v in k.idle_wake_s.items() if kk.startswith(d + ".")}
     miss_cpu = k.page_miss_s
     # the driver's own work per page read (btrfs' and zfs' checksum
     # verification) is done at the read's completion, before the pages are
@@ -664,7 +698,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
         for lid in locks:
             stages.append((sim.LOCK, lid))
         asleep = daemon_wait.get(kind, 0.0)
-        cpu = cpu_tab.get(kind, 2 * US) + layer + kind_extra.get(kind, 0.0) - asleep + probes * probe
+        wake = idle_wake.get(kind, 0.0)
+        cpu = cpu_tab.get(kind, 2 * US) + layer + kind_extra.get(kind, 0.0) - asleep - wake + probes * probe
         nb = log.nbytes[j]
         if kind == "write":
             # the copy from user space and the new pages the write fills
@@ -711,6 +746,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
                        (sim.UNLOCK, serial_lock)]
         else:
             stages.append((sim.CPU, cpu))
+        if wake > 0.0:              # the round trips' wake-ups of idle cores
+            stages.append((sim.WAKE, wake))
         if asleep > 0.0:            # the daemon's round trips' waits: no core held
             stages.append((sim.DELAY, asleep))
         if inflight > now:          # a page another process is still reading

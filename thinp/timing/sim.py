@@ -25,6 +25,12 @@ the process has no more.  Stages are tuples:
     the device's one transfer channel for ``transfer_s`` (bandwidth is shared)
 ``(DELAY, seconds)``
     time that holds nothing (a daemon round trip, udev settle)
+``(WAKE, seconds)``
+    a hand-off to another thread (a daemon's) that wakes a core from idle:
+    when a core is free and no process waits for one, ``seconds`` of CPU
+    on it (the idle core's wake-up, the interrupt that wakes it); when
+    every core is taken, the woken thread runs on a core already awake and
+    the stage costs nothing
 ``(BARRIER, barrier_id, n)``
     wait until ``n`` processes have reached ``barrier_id`` (the waits are
     reported under ``"barrier"``)
@@ -39,7 +45,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
-CPU, LOCK, UNLOCK, DEV, DELAY, BARRIER = 0, 1, 2, 3, 4, 5
+CPU, LOCK, UNLOCK, DEV, DELAY, BARRIER, WAKE = 0, 1, 2, 3, 4, 5, 6
 
 # event kinds
 _RESUME, _CPU_DONE, _SLOT_DONE, _CHAN_DONE = 0, 1, 2, 3
@@ -169,6 +175,11 @@ def run(nproc: int, build, *, cores: int, queue_depth: int, lock_class, start_s=
             s = st[pos[pid]]
             pos[pid] += 1
             k = s[0]
+            if k == WAKE:
+                # only a core that is idle has to be woken
+                if not free_cores or cpu_q:
+                    continue
+                k = CPU
             if k == CPU:
                 dt = s[1]
                 if dt <= 0:

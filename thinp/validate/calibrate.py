@@ -19,7 +19,9 @@ table takes the 1-process figure; the others are kept under
   (``meta_miss_s``: a path's first lookup, and its serialized share);
 * through kernel overlayfs with K = 1 and 4 lower layers: ``stat`` of a file
   in the lowest layer (lookup cost by depth), the same append to an upper
-  file, whole-file copy-up of a 4 MiB lower file (per MiB), mount + umount;
+  file, whole-file copy-up of a 4 MiB lower file (per MiB) and, cold as
+  validate's big appends meet it, of 4 and 16 MiB ones (once and per page),
+  mount + umount;
 * ``cp -a`` of the Debian-minbase rootfs (vfs's per-file layer copy);
 * the same per-op benchmarks, and the cold reads, in a btrfs snapshot and a
   zfs-fuse clone, and through overlayfs (their extra cost over ext4's: the
@@ -28,7 +30,9 @@ table takes the 1-process figure; the others are kept under
   FUSE on every call, so a calibration here describes zfs-fuse, not the
   kernel's zfs); on zfs-fuse also the CPU time of one process's ops, its
   own and every daemon thread's: the rest of their wall time the process
-  slept on the daemon (``daemon_wait_share``);
+  slept on the daemon (``daemon_wait_share``), and the same ops with every
+  core kept busy by SCHED_IDLE spinners: what one process pays more alone
+  is waking idle cores (``idle_wake_s``);
 * container starts of the Debian-rootfs image as ``thinp validate timing``
   makes them, by 1, 2, 4 and 16 processes at once (caches dropped first):
   overlay2's directories and mount(2), a btrfs snapshot, a zfs-fuse clone --
@@ -455,6 +459,8 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
                         # the CPU one process's ops take, its own and the
                         # daemon's: the rest of their wall time is asleep
                         meas[f"{d}.{name}.cpu.p1"] = min(_cpu_per_op(fn, n, daemon)[1] for _ in range(5))
+                if d == "zfs":
+                    meas.update(busy_ops(root, n_ops // 4))
             finally:
                 _removed(say, real.remove, d, real.n)
             say(f"{d} ops done")
@@ -473,6 +479,7 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
             return time.perf_counter() - t
         meas["overlay1.copy_up_4MiB.p1"] = min(copy_up(name) for name in ("big", "big1", "big2"))
         meas["overlay1.append_after.p1"] = min(copy_up("big") for _ in range(3))
+        meas.update(cold_copy_ups(ovl[1][0], os.path.join(real.ext4, "cal-l1-0")))
         # mount + umount with 1 and 4 lowers
         for k in (1, 4):
             _mnt, opts = ovl[k]
@@ -517,6 +524,76 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
 #: is measured beside their wall time (``daemon_wait_share``), and the kind
 #: of op each prices
 DAEMON_WAIT_OPS = {"append": "write", "open_read": "read", "create_unlink": "create", "readdir": "readdir"}
+
+#: the sizes of the lower files :func:`cold_copy_ups` copies up, MiB
+COPY_UP_MIB = (4, 16)
+
+
+def cold_copy_ups(mnt: str, lower: str, files: int = 3) -> dict:
+    """Copy-up of a lower file of each of :data:`COPY_UP_MIB` sizes through
+    the overlay mounted at ``mnt`` (``lower`` its lowest directory), cold
+    as ``thinp validate timing``'s big appends meet it: the file written
+    and the caches dropped, then the first 1-byte append (open, write,
+    close) timed.  Keys ``overlay1.copy_up_cold_<S>MiB.p1``, the least of
+    ``files`` files: two sizes part what a copy-up costs once (the upper
+    file's creation, xattrs, its fsync's journal commit, the rename) from
+    what it costs per page."""
+    meas = {}
+    for mib in COPY_UP_MIB:
+        names = [f"cold{mib}-{i}" for i in range(files)]
+        for i, name in enumerate(names):
+            vt.write_file(os.path.join(lower, name), mib << 20, i)
+        best = None
+        for name in names:
+            vt.drop_caches()
+            t = time.perf_counter()
+            fd = os.open(f"{mnt}/{name}", os.O_WRONLY | os.O_APPEND)
+            os.write(fd, b"x")
+            os.close(fd)
+            t = time.perf_counter() - t
+            best = t if best is None else min(best, t)
+        meas[f"overlay1.copy_up_cold_{mib}MiB.p1"] = best
+    return meas
+
+
+#: the per-op benchmarks also run with every core kept busy (:func:`busy_ops`)
+BUSY_OPS = ("append", "append4k", "open_read", "create_unlink", "readdir")
+
+
+@contextlib.contextmanager
+def busy_cores(n: int | None = None):
+    """Keep ``n`` cores (default: every core this process may run on) busy
+    with spinning processes of the SCHED_IDLE policy: any other thread that
+    wakes takes their core at once, so they cost the measured work nothing
+    but leave no core idle (no wake-up from idle).  Each is stopped by its
+    own pid."""
+    n = len(os.sched_getaffinity(0)) if n is None else n
+
+    def idle_policy():              # in the child, before the exec: it never runs at normal priority
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    procs = [subprocess.Popen(["sh", "-c", "while :; do :; done"], preexec_fn=idle_policy) for _ in range(n)]
+    try:
+        time.sleep(0.05)            # spinning before the measurement starts
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def busy_ops(root: str, n_ops: int, reps: int = 5) -> dict:
+    """The :data:`BUSY_OPS` benchmarks of :func:`_ops` in ``root`` by one
+    process while every core is kept busy (:func:`busy_cores`): keys
+    ``zfs.<op>.busy.p1`` (seconds per op, the least of ``reps`` runs) --
+    what one process's op costs when no round trip finds a core idle."""
+    ops = _ops(root, n_ops)
+    meas = {}
+    with busy_cores():
+        for name in BUSY_OPS:
+            fn, n = ops[name]
+            meas[f"zfs.{name}.busy.p1"] = _least(lambda: _per_op(fn, n, 1), reps)
+    return meas
+
 
 #: how many containers :func:`_starts` starts at once
 START_NS = (1, 2, 4, 16)
@@ -620,6 +697,12 @@ def fit(meas: dict, dev: dict) -> dict:
     if g("ext4.open_read.p1") is not None:
         # a logged read of a file is its open/read/close (its pages apart)
         timing["cpu_s"]["read"] = max(g("ext4.open_read.p1") - copy_s, 0.1 * US)
+    # workloads read many files, each once or a few times, not one file over
+    # and over: where the warm reads of the small files (256 in turn) were
+    # measured, a read is priced from them (its inode and dentry less hot)
+    many = g("ext4.warm_small.p1") is not None
+    if many:
+        timing["cpu_s"]["read"] = max(g("ext4.warm_small.p1") - copy_s, 0.1 * US)
     read_op = "open_read" if g("ext4.open_read.p1") is not None else "append"
     # kind -> (benchmark, kinds it measures at once, ops the runner logs
     # for one of it: each pays layer_cpu_s); an append logs 3 stats and a
@@ -639,6 +722,8 @@ def fit(meas: dict, dev: dict) -> dict:
         for d in drivers:
             timing["layer_cpu_s"][d] = floor
             for kind, (op, share, logged) in kinds.items():
+                if kind == "read" and many and g(f"{where}.warm_small.p1") is not None:
+                    op = "warm_small"
                 if g(f"{where}.{op}.p1") is not None and g(f"ext4.{op}.p1") is not None:
                     x = (g(f"{where}.{op}.p1") - g(f"ext4.{op}.p1")) / share - logged * floor
                     if op == "tree":
@@ -665,18 +750,33 @@ def fit(meas: dict, dev: dict) -> dict:
     if o1 is not None:
         extra("overlay1", ("overlay2", "overlay"))
         timing["probe_s"]["default"] = max((o4 - o1) / 3, 0.0) if o4 is not None else 0.3 * US
-        cu = g("overlay1.copy_up_4MiB.p1", 0) - g("overlay1.append_after.p1", 0)
-        if cu > 0:
-            # less what the model prices besides per page: the copy's read of
-            # the lower file and synchronous write of the upper one on the
-            # device, and copy_up_cpu_s
-            k = TimingConstants()
-            nreq = -(-(4 << 20) // k.merge_bytes)
-            io_s = 0.0
-            if dev:
-                io_s = 2 * (dev["read_latency_s"] * -(-nreq // k.get("queue_depth", "loop-on-tmpfs"))
-                            + (4 << 20) / dev["read_bandwidth"])
-            timing["copy_up_page_s"] = max(cu - io_s - k.get("copy_up_cpu_s", "overlay2"), 0.0) / 1024
+        k = TimingConstants()
+
+        def io_s(nbytes):
+            # the copy's read of the lower file and synchronous write of the
+            # upper one on the device, as the model prices them
+            nreq = -(-nbytes // k.merge_bytes)
+            if not dev:
+                return 0.0
+            return 2 * (dev["read_latency_s"] * -(-nreq // k.get("queue_depth", "loop-on-tmpfs"))
+                        + nbytes / dev["read_bandwidth"])
+        after = g("overlay1.append_after.p1", 0)
+        sizes = [m for m in COPY_UP_MIB if g(f"overlay1.copy_up_cold_{m}MiB.p1") is not None]
+        cu = g("overlay1.copy_up_4MiB.p1", 0) - after
+        if len(sizes) >= 2:
+            # two sizes: the slope per page, and what one copy-up costs
+            # besides (copy_up_cpu_s), each less the device's part
+            lo, hi = sizes[0], sizes[-1]
+            t_lo = g(f"overlay1.copy_up_cold_{lo}MiB.p1") - after - io_s(lo << 20)
+            t_hi = g(f"overlay1.copy_up_cold_{hi}MiB.p1") - after - io_s(hi << 20)
+            per_page = max((t_hi - t_lo) / ((hi - lo) * 256), 0.0)
+            timing["copy_up_page_s"] = per_page
+            once = max(t_lo - per_page * lo * 256, 0.0)
+            timing["copy_up_cpu_s"] = {"overlay2": once, "overlay": once}
+        elif cu > 0:
+            # one size: less what the model prices besides per page, the
+            # device's part and copy_up_cpu_s
+            timing["copy_up_page_s"] = max(cu - io_s(4 << 20) - k.get("copy_up_cpu_s", "overlay2"), 0.0) / 1024
         mu = g("overlay4.mount_umount.p1")
         if mu is not None:
             timing["start_s"]["overlay2"] = timing["start_s"]["overlay"] = mu
@@ -696,6 +796,25 @@ def fit(meas: dict, dev: dict) -> dict:
         timing["daemon_wait_share"][f"zfs.{kind}"] = min(asleep / x, 1.0)
         if kind == "create":
             timing["daemon_wait_share"]["zfs.unlink"] = timing["daemon_wait_share"]["zfs.create"]
+    # what a lone op pays over the same op with every core busy, besides
+    # the share asleep: waking idle cores (idle_wake_s); and with the cores
+    # busy, the CPU a new page adds (in place of the wall-time difference,
+    # which the idle cores' wake-ups blur)
+    timing["idle_wake_s"] = {}
+    for op, kind in DAEMON_WAIT_OPS.items():
+        t1, busy = g(f"zfs.{op}.p1"), g(f"zfs.{op}.busy.p1")
+        x = timing["layer_kind_s"].get(f"zfs.{kind}", 0.0)
+        if t1 is None or busy is None or x <= 0:
+            continue
+        share = kinds[kind][1]
+        asleep = x * timing["daemon_wait_share"].get(f"zfs.{kind}", 0.0)
+        w = min(max((t1 - busy) / share - asleep, 0.0), x - asleep)
+        timing["idle_wake_s"][f"zfs.{kind}"] = w
+        if kind == "create":
+            timing["idle_wake_s"]["zfs.unlink"] = w
+    b4k, b5 = g("zfs.append4k.busy.p1"), g("zfs.append.busy.p1")
+    if b4k is not None and b5 is not None:
+        timing.setdefault("page_write_cpu_s", {})["zfs"] = max(b4k - b5 - copy_s, 0.0)
     # a cold read: the device's part as the model prices it (readahead-sized
     # requests), the copy to user space, and per page brought in the rest,
     # with the model's asynchronous readahead (:func:`cold_read_fit`)
