@@ -337,8 +337,8 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True, leaked=None) -
         if leaked is not None and len(leaked[0]):
             md.sp.drc[leaked[0]] += leaked[1].astype(md.sp.drc.dtype)
         TK.settle_data_bits(md.sp)
+    md.settle_pages(collapse=False)  # (before the commit: the fill's nodes are left to khugepaged)
     md.commit()
-    md.huge_pages()
     scal = md.sp.scal
     scal[K.S_LWM_ARMED] = 1 if (scal[K.S_NR_DATA] - scal[K.S_DUSED]) > scal[K.S_LWM] else 0
     return md

@@ -533,6 +533,7 @@ class PoolMetadata:
             return
         if nr_blocks > MAX_METADATA_BLOCKS:
             raise ValueError(f"metadata device of {nr_blocks} blocks: dm-thin's limit is {MAX_METADATA_BLOCKS}")
+        bm.wait_zeroing()  # (before the file and its mapping change)
         os.ftruncate(bm.fd, nr_blocks * METADATA_BLOCK_SIZE)
         old_mm = bm.mm
         bm.mm = _mmap.mmap(bm.fd, nr_blocks * METADATA_BLOCK_SIZE, _mmap.MAP_SHARED,
@@ -635,5 +636,7 @@ class PoolMetadata:
         self.bm.fresh[SUPERBLOCK_LOCATION] = 0
         allocs = tm.allocs_this_transaction
         tm.end_transaction()
-        # ahead of the next transaction, as many blocks as this one took
-        tm.zero_ahead(ZERO_AHEAD_MIN + allocs)
+        # ahead of the next transaction, as many blocks as this one took,
+        # in a thread: the commit is over (durable) and does not wait for
+        # it; the next allocation does, if it is still running
+        tm.zero_ahead(ZERO_AHEAD_MIN + allocs, behind=True)
