@@ -560,7 +560,8 @@ class ThinPool:
                                      nr_data_blocks=nr_data, data_block_sectors=bs // SECTOR_SIZE, split=split)
             dm.sync = bool(sync)
             side["commit"] = _commit_tie(dm)
-            write_sidecar(path, side)
+            # (durable with sync: the commits after write its slots in place)
+            write_sidecar(path, side, sync=bool(sync))
             lock_fd = lock_metadata(os.path.join(path, "metadata"), False)
         except BaseException:
             if dm is not None:
