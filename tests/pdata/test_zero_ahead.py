@@ -127,3 +127,34 @@ def test_zeroing_behind_is_over_before_the_next_allocation(tmp_path):
         assert md.lookup(0, 299_999) is not None and md.lookup(0, 0) is not None
     finally:
         md.close(commit=False)
+
+
+def test_zeroing_behind_flushes_only_when_the_pool_syncs(tmp_path, monkeypatch):
+    """A pool with sync off flushes nothing at its commits; the zeroing its
+    commit leaves behind must not flush either (the thread's fdatasync is for
+    a syncing pool's next barrier)."""
+    import os
+
+    calls = []
+    real = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd) or real(fd))
+    for sync in (False, True):
+        md = PoolMetadata.format(str(tmp_path / f"m{sync}"), nr_metadata_blocks=65536,
+                                 nr_data_blocks=1 << 20, data_block_sectors=128)
+        try:
+            if _holes(md.bm.fd, 65536).sum() == 0:
+                pytest.skip("this filesystem reports no holes (SEEK_DATA/SEEK_HOLE)")
+            md.create_thin(0)
+            md.write_blocks(0, np.arange(50_000))
+            md.commit()
+            md.tm.free  # (waits for the commit's own zeroing behind, if any)
+            cursor = md.tm.begin
+            assert _holes(md.bm.fd, 65536)[cursor + 8192:cursor + 16384].all()
+            del calls[:]
+            n0 = md.bm.zero_stats[0]
+            assert md.tm.zero_ahead(8192, behind=True, sync=sync) == 0
+            md.tm.free  # waits for the thread
+            assert md.bm.zero_stats[0] - n0 >= 8192  # it did zero
+            assert (md.bm.fd in calls) == sync
+        finally:
+            md.close(commit=False)

@@ -238,7 +238,7 @@ class BlockManager:
         hint[cand] = 0
         return written
 
-    def zero_holes_behind(self, spans: list[tuple[int, int, np.ndarray]]) -> bool:
+    def zero_holes_behind(self, spans: list[tuple[int, int, np.ndarray]], sync: bool = True) -> bool:
         """:meth:`zero_holes` over each ``(begin, end, free)`` of ``spans``
         in a thread of its own, so that a caller that has nothing to
         allocate for now (a commit that has written its superblock) does
@@ -257,7 +257,8 @@ class BlockManager:
         own blocks: twice the pages of the commit after CoW (9,500 zeroed
         a commit there, 7,500 its own).  The flush orders nothing and
         breaks no order (any block may be written back at any time; only
-        the superblock's place in the commit matters).  An error there (a
+        the superblock's place in the commit matters); ``sync=False`` (a
+        pool with sync off, whose commits flush nothing) leaves it out.  An error there (a
         full filesystem) ends the zeroing early; the blocks stay holes, as
         they were."""
         self.wait_zeroing()
@@ -271,7 +272,7 @@ class BlockManager:
             try:
                 for lo, hi, free in spans:
                     n += self.zero_holes(lo, hi, free)
-                if n:
+                if n and sync:
                     # written back here, not by the next commit's barrier
                     os.fdatasync(self.fd)
             except OSError:

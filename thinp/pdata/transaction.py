@@ -263,14 +263,15 @@ class TransactionManager(RefCounts):
         """Bytes of a block of this transaction (already shadowed)."""
         return self.bm.raw(b)
 
-    def zero_ahead(self, nr_blocks: int, behind: bool = False) -> int:
+    def zero_ahead(self, nr_blocks: int, behind: bool = False, sync: bool = True) -> int:
         """Have the block manager zero the free holes past the allocation
         cursor (wrapping at the end), so the blocks the coming allocations
         take are in the page cache and backed on disk before anything is
         written to them (:meth:`BlockManager.zero_holes`: cheaper than
         faulting on holes); returns the number of blocks zeroed.
         ``behind``: in a thread (:meth:`BlockManager.zero_holes_behind`),
-        returning 0 at once; the next use of :attr:`free` waits for it.
+        returning 0 at once; the next use of :attr:`free` waits for it
+        (``sync``: whether that thread fdatasyncs its zeros).
 
         Nothing happens while the ``nr_blocks`` blocks from the cursor on
         hold no hole; once they do, ``2 * nr_blocks`` are zeroed, so a
@@ -290,7 +291,7 @@ class TransactionManager(RefCounts):
         if not any(self.bm.may_have_holes(lo, hi, free[lo:hi]) for lo, hi in spans(nr)):
             return 0
         if behind:
-            self.bm.zero_holes_behind([(lo, hi, free[lo:hi]) for lo, hi in spans(min(2 * nr, n))])
+            self.bm.zero_holes_behind([(lo, hi, free[lo:hi]) for lo, hi in spans(min(2 * nr, n))], sync)
             return 0
         return sum(self.bm.zero_holes(lo, hi, free[lo:hi]) for lo, hi in spans(min(2 * nr, n)))
 

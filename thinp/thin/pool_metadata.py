@@ -639,4 +639,4 @@ class PoolMetadata:
         # ahead of the next transaction, as many blocks as this one took,
         # in a thread: the commit is over (durable) and does not wait for
         # it; the next allocation does, if it is still running
-        tm.zero_ahead(ZERO_AHEAD_MIN + allocs, behind=True)
+        tm.zero_ahead(ZERO_AHEAD_MIN + allocs, behind=True, sync=self.sync)
