@@ -840,6 +840,7 @@ class ThinPool:
         dv.changed[s] = 1
         md.slot_of[dev_id] = s
         self.commit()
+        self._dm.activate(dev_id)  # its thin target, after the message's commit
         return ThinDevice(self, dev_id)
 
     def create_snap(self, dev_id: int, origin_id: int) -> "ThinDevice":
@@ -873,6 +874,7 @@ class ThinPool:
         dv.changed[o] = 1
         md.slot_of[dev_id] = s
         self.commit()
+        self._dm.activate(dev_id)
         return ThinDevice(self, dev_id)
 
     def delete(self, dev_id: int) -> None:
@@ -905,6 +907,9 @@ class ThinPool:
         self._check_open()
         dev_id = self._check_id(dev_id)
         self._slot(dev_id)
+        # a device in use has its thin target loaded: open in dm's device
+        # list from here on, where a commit writes the changed details
+        self._dm.activate(dev_id)
         return ThinDevice(self, dev_id)
 
     def devices(self) -> list[int]:
