@@ -742,3 +742,35 @@ def test_snapshot_opens_the_origin_after_the_snapshot():
         md.delete(2)
         assert md.thin_devices == {}
         md.close()
+
+
+@pytest.mark.parametrize("split,first", [("halves", 5), ("current", 100)])
+def test_pool_data_cursor_follows_the_kernel(tmp_path, split, first):
+    """ThinPool's data allocation as PoolMetadata's (test_data_cursor_
+    follows_the_kernel): before 5.14 each commit restarts the cursor at 0,
+    so a block freed and committed is the next one handed out; since, the
+    cursor goes on.  Either kernel starts it at 0 when the pool is opened
+    (sm_disk_open), so after a reopen the freed block comes first in both."""
+    bs = 64 * 1024
+    ThinPool.create(tmp_path / "p", 1000 * bs, "64KiB", metadata_size="4MiB", split=split, sync=False,
+                    commit_interval=10 ** 9).close()
+    pool = ThinPool.open(tmp_path / "p")
+    pool.message("create_thin 0")
+    dev = pool.device(0)
+    dev.write(0, 100 * bs)
+    pool.commit()
+    dev.discard(5 * bs, bs)
+    pool.commit()
+    dev.write(300 * bs, bs)
+    pool.commit()
+    dev.discard(6 * bs, bs)
+    pool.close()
+    pool = ThinPool.open(tmp_path / "p")
+    pool.device(0).write(301 * bs, bs)
+    pool.close()
+    with DmMetadata.open(tmp_path / "p" / "metadata") as m:
+        assert m.check().ok
+        vb, pb, _ = m.mappings(m.devices()[0])
+    got = dict(zip(vb.tolist(), pb.tolist()))
+    assert (got[300], got[301]) == (first, 5 if split == "current" else 6)
+    assert 5 not in got and 6 not in got

@@ -226,7 +226,7 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
     md = VolatileIndex.build(nr_data_blocks=dm.data_sm.nr_blocks, block_size=bs, options=_options(side),
                              low_water_mark=int(side.get("low_water_mark", 0)),
                              commit_interval=int(side.get("commit_interval", DEFAULT_COMMIT_INTERVAL)),
-                             time=dm.sb.time, dcursor=int(side.get("data_cursor", 0)))
+                             time=dm.sb.time, dcursor=0)  # sm_disk_open: the cursor starts at 0
     pc = dm.pending_check if load else None
     if pc is not None and len(pc.data_refs) != len(md.sp.drc):
         dm.complete_check()  # (counts that cannot be shared: the check walks on its own)
@@ -1118,6 +1118,9 @@ class ThinPool:
                 f"{self.path}: out of metadata space during commit; the transaction was aborted and the pool is "
                 "read-only with needs_check set") from None
         md.commit()
+        if not dm.tm.rolling_cursor:
+            # sm_disk_commit before 5.14 restarted the data cursor at 0
+            md.sp.scal[K.S_DCURSOR] = 0
         self._runs.clear()
         self._merge_at = 256
         self._commit_gen += 1
