@@ -15,6 +15,7 @@ import os
 import resource
 import shutil
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -151,12 +152,14 @@ def _cpu_timed(fn, cpu):
 
 
 def _counting_fdatasync(monkeypatch):
-    """Count os.fdatasync calls; each entry is the seconds the call took
-    (the disk's part of a commit: its flush barriers)."""
+    """Count os.fdatasync calls of the main thread; each entry is the
+    seconds the call took (the disk's part of a commit: its flush barriers)."""
     calls = []
     real = os.fdatasync
 
     def fdatasync(fd):
+        if threading.current_thread() is not threading.main_thread():
+            return real(fd)  # the zeroing behind a commit (BlockManager.zero_holes_behind)
         t0 = time.perf_counter()
         try:
             return real(fd)
@@ -289,10 +292,10 @@ def test_commit_after_cow(benchmark, workdir, monkeypatch):
     zeroing = []
     real_zero_ahead = md.tm.zero_ahead
 
-    def zero_ahead(nr):
+    def zero_ahead(nr, behind=False):
         t0 = time.perf_counter()
         try:
-            return real_zero_ahead(nr)
+            return real_zero_ahead(nr, behind)
         finally:
             zeroing[-1] += time.perf_counter() - t0
 
@@ -309,7 +312,12 @@ def test_commit_after_cow(benchmark, workdir, monkeypatch):
         faults.append(_faults() - f0)
         syncs.append(sum(calls[n0:]))
 
+    zs0 = list(md.bm.zero_stats)
     benchmark.pedantic(commit, setup=setup, rounds=5, iterations=1)
+    md.bm.wait_zeroing()
+    # the zeroing the commits left to a thread: blocks, seconds it ran, and
+    # seconds the next transactions waited for it, a round
+    zb, zrun, zwait = (np.array(md.bm.zero_stats) - np.array(zs0)) / 5
     nr_syncs = len(calls) / 5
     monkeypatch.undo()
     md.tm.seal_dirty = seal
@@ -328,7 +336,8 @@ def test_commit_after_cow(benchmark, workdir, monkeypatch):
     # to exist in the sparse file: a real metadata device has them)
     bare_s = float(np.median(times - np.array(zeroing)))
     benchmark.extra_info.update(zero_ahead_s=zero_s, fdatasyncs_s=sync_s, ratio_without_zeroing=bare_s / fsync_s,
-                                rounds_s=times.tolist())
+                                rounds_s=times.tolist(), zero_behind_blocks=float(zb), zero_behind_s=float(zrun),
+                                zero_behind_waited_s=float(zwait))
     benchmark.extra_info.update(dirty_blocks=dirty, ceiling_s=float(fsync_s), msync_s=float(msync_s), ratio=ratio,
                                 ratio_msync=commit_s / msync_s, fdatasyncs=nr_syncs, cpu_s=float(np.median(cpu)),
                                 majflt=float(majflt), fresh_s=float(fresh_s), fresh_cpu_s=float(fresh_cpu),
@@ -338,6 +347,8 @@ def test_commit_after_cow(benchmark, workdir, monkeypatch):
           f"{nr_syncs:.0f} fdatasyncs taking {sync_s * 1e3:.1f} ms; zeroing holes ahead of the cursor "
           f"{zero_s * 1e3:.1f} ms; without it {bare_s * 1e3:.1f} ms, {bare_s / fsync_s:.2f}x; rounds "
           f"{', '.join(f'{t * 1e3:.0f}' for t in times)} ms)"
+          f"\n  zeroing behind the commit, in a thread: {zb:.0f} blocks, {zrun * 1e3:.1f} ms a round, of which "
+          f"the next transaction waited {zwait * 1e3:.1f} ms"
           f"\n  ceiling, the same blocks dirtied again then synced alone: fdatasync {fsync_s * 1e3:.1f} ms "
           f"({ratio:.2f}x), one msync of their span {msync_s * 1e3:.1f} ms ({commit_s / msync_s:.2f}x)"
           f"\n  as many never-written blocks of a sparse file written through a mapping, faults included, then "

@@ -80,6 +80,7 @@ def test_commit_backs_the_blocks_past_the_cursor(tmp_path):
         md.write_blocks(0, np.arange(50_000))
         md.commit()
         cursor = md.tm.begin
+        md.bm.wait_zeroing()  # the zeroing for the next transaction runs behind the commit
         holes = _holes(md.bm.fd, 65536)
         used = md.tm.count != 0
         assert not holes[used].any()  # (every block in use was written)
@@ -90,5 +91,39 @@ def test_commit_backs_the_blocks_past_the_cursor(tmp_path):
         assert cursor < 4096 and holes[16384:].all()
         # zeroed free blocks read as the holes did
         assert not np.asarray(md.bm.blocks[cursor:cursor + 1024]).any()
+    finally:
+        md.close(commit=False)
+
+
+def test_zeroing_behind_is_over_before_the_next_allocation(tmp_path):
+    """The zeroing a commit leaves to a thread (zero_ahead(..., behind=True),
+    its last step) is waited for by the first use of the free-block array
+    (every allocation's), so no block is handed out while zeros may still
+    land in it; it writes only free holes, and the pool goes on."""
+    md = PoolMetadata.format(str(tmp_path / "m"), nr_metadata_blocks=65536, nr_data_blocks=1 << 20,
+                             data_block_sectors=128)
+    try:
+        if _holes(md.bm.fd, 65536).sum() == 0:
+            pytest.skip("this filesystem reports no holes (SEEK_DATA/SEEK_HOLE)")
+        md.create_thin(0)
+        md.write_blocks(0, np.arange(50_000))
+        md.commit()
+        md.tm.free  # (waits for the commit's own zeroing behind, if any)
+        cursor = md.tm.begin
+        before = np.array(md.bm.blocks).copy()
+        assert _holes(md.bm.fd, 65536)[cursor + 8192:cursor + 16384].all()
+        n0 = md.bm.zero_stats[0]
+        assert md.tm.zero_ahead(8192, behind=True) == 0  # returns at once: the thread does it
+        md.tm.free  # what every allocation asks for first
+        assert md.bm._zeroing is None
+        assert md.bm.zero_stats[0] - n0 >= 8192  # 2 x 8,192 past the cursor, less what was backed
+        assert not _holes(md.bm.fd, 65536)[cursor:cursor + 16384].any()
+        assert np.array_equal(np.array(md.bm.blocks), before)  # no byte changed
+        md.write_blocks(0, np.arange(50_000, 300_000))  # allocates from the zeroed blocks on
+        md.commit()
+        md.close(commit=False)  # waits for any zeroing behind before closing the file
+        assert md.bm._zeroing is None
+        md = PoolMetadata.open(str(tmp_path / "m"))  # (checked as thin_check does)
+        assert md.lookup(0, 299_999) is not None and md.lookup(0, 0) is not None
     finally:
         md.close(commit=False)

@@ -21,7 +21,9 @@ pending              blocks freed in the open transaction: not allocatable
 cursor               next-fit allocation cursor (kept across commits, 0
                      when the pool is opened, as dm's sm_disk_open)
 data                 pblock -> bytearray, the data file (payload pools only)
-queue                requests waiting for data space (queue_if_no_space)
+queue                blocks waiting for data space (queue_if_no_space): one
+                     ``(dev_id, offset, length, data)`` row each, the block's
+                     part of its write
 oods                 the pool is out_of_data_space
 
 Rules (each is a sentence of the issue):
@@ -42,12 +44,15 @@ Rules (each is a sentence of the issue):
   requests (checked before a request starts), on close, and around a resize;
 * the low water mark fires once when free blocks fall to it and re-arms when
   a block is freed (or the pool grows) and free blocks are above it again;
-* out of data space: with ``error_if_no_space`` the block write fails
-  (counted in ``nr_enospc``; the request once in ``nr_failed_requests``)
-  and the request goes on with its next block;
-  otherwise the request stops at that block and it, and every later
-  non-read request, waits in the queue until a commit finds free space or
-  ``resize_data`` grows the pool.  A device with queued requests cannot be
+* out of data space (dm's PM_OUT_OF_DATA_SPACE, until a commit finds free
+  space or ``resize_data`` grows the pool) no allocation is tried: a block
+  write needing a new block fails with ``error_if_no_space`` (counted in
+  ``nr_enospc``; the request once in ``nr_failed_requests``), otherwise that
+  block waits in the queue; either way the request goes on with its next
+  block, and reads, writes into provisioned unshared blocks and discards
+  run.  Leaving out-of-data-space retries the queue in order (a retried
+  block counts toward the commit interval, not as a request); a block still
+  without space waits again.  A device with queued blocks cannot be
   deleted (dm-thin: EBUSY for an open device).  Closing the pool drops the
   queue.
 """
@@ -108,8 +113,9 @@ class ThinModel:
         self.pending: set[int] = set()
         self.cursor = 0
         self.data: dict[int, bytearray] = {}
-        self.queue: list[list] = []
+        self.queue: list[tuple] = []
         self.oods = False
+        self.draining = False
         self.lwm_armed = nr_data_blocks > low_water_mark
         self.ops_since_commit = 0
         self.counters = dict.fromkeys(COUNTERS, 0)
@@ -146,6 +152,8 @@ class ThinModel:
     def _alloc(self):
         """Next-fit from the cursor.  Returns a block, or None when nothing is
         free even after committing the blocks freed in this transaction."""
+        if self.oods:
+            return None
         while True:
             for k in range(self.nr_data_blocks):
                 b = (self.cursor + k) % self.nr_data_blocks
@@ -200,7 +208,7 @@ class ThinModel:
 
     def delete(self, dev_id: int) -> None:
         dev = self._device(dev_id)
-        if any(q[0][k][0] == dev_id for q in self.queue for k in range(q[1], len(q[0]))):
+        if any(q[0] == dev_id for q in self.queue):
             # a device with I/O waiting for space is open: dm-thin refuses (EBUSY)
             raise ModelError("PoolBusyError", f"thin device {dev_id} has queued I/O")
         del self.devices[dev_id]
@@ -242,8 +250,8 @@ class ThinModel:
         self.nr_data_blocks = nr_data_blocks
         if self.free > self.low_water_mark:
             self.lwm_armed = True
-        self.oods = False
         self.commit()
+        self.oods = False
         self._drain_queue()
 
     def reopen(self, commit: bool = True) -> None:
@@ -265,36 +273,48 @@ class ThinModel:
         """Run requests ``(dev_id, op, offset, length, data)`` as one batch,
         as ``ThinPool.replay`` (``data`` is bytes for a payload write, else
         None).  Requests are checked by the caller."""
-        if self.queue:
-            if all(r[1] == READ for r in requests):
-                self._run(requests, 0, -1)
-            else:
-                self.queue.append([requests, 0, -1])
-            return
-        stop = self._run(requests, 0, -1)
-        if stop is not None:
-            self.queue.append([requests, stop[0], stop[1]])
+        self._run(requests)
 
     def _drain_queue(self) -> None:
-        while self.queue:
-            q = self.queue[0]
-            stop = self._run(q[0], q[1], q[2])
-            if stop is not None:
-                q[1], q[2] = stop
-                return
-            self.queue.pop(0)
+        if self.draining:
+            return
+        self.draining = True
+        try:
+            while self.queue and not self.oods:
+                pending, self.queue = self.queue, []
+                for dev_id, lo, n, piece in pending:
+                    while self.commit_interval > 0 and self.ops_since_commit >= self.commit_interval:
+                        self.commit()
+                    self.ops_since_commit += 1
+                    self._write_or_wait(self.devices[dev_id], lo // self.block_size, lo, n, piece)
+        finally:
+            self.draining = False
 
     @property
     def nr_queued(self) -> int:
-        return sum(len(q[0]) - q[1] for q in self.queue)
+        return len(self.queue)
 
-    def _run(self, requests, start, start_vb):
-        """Returns None when every request ran, or (index, vblock) where a
-        write stopped for lack of data space (queue mode)."""
+    def _write_or_wait(self, dev, vb, lo, n, piece) -> bool:
+        """One block of a write: True if written, else it failed for want of
+        data space (error mode: False) or went to the queue (None)."""
+        if self._write_block(dev, vb, lo - vb * self.block_size, n, piece):
+            self.counters["nr_block_writes"] += 1
+            return True
+        if not self.oods:
+            self.oods = True
+            self.events.append(("out_of_data_space", vb))
+        if self.error_if_no_space:
+            self.counters["nr_enospc"] += 1
+            return False
+        self.queue.append((dev.dev_id, lo, n, piece))
+        return None
+
+    def _run(self, requests):
         bs = self.block_size
-        resume_vb = start_vb
-        for i in range(start, len(requests)):
-            if self.commit_interval > 0 and self.ops_since_commit >= self.commit_interval and resume_vb < 0:
+        resume_vb = -1
+        for i in range(len(requests)):
+            # (again after a commit whose retried blocks reached the interval)
+            while self.commit_interval > 0 and self.ops_since_commit >= self.commit_interval and resume_vb < 0:
                 self.commit()
             dev_id, op, off, ln, data = requests[i]
             if ln <= 0:
@@ -317,18 +337,9 @@ class ThinModel:
                     lo = max(off, vb * bs)
                     hi = min(off + ln, (vb + 1) * bs)
                     piece = None if data is None else data[lo - off:hi - off]
-                    if self._write_block(dev, vb, lo - vb * bs, hi - lo, piece):
-                        self.counters["nr_block_writes"] += 1
-                        continue
-                    if not self.oods:
-                        self.oods = True
-                        self.events.append(("out_of_data_space", vb))
-                    if self.error_if_no_space:
-                        self.counters["nr_enospc"] += 1
+                    if self._write_or_wait(dev, vb, lo, hi - lo, piece) is False:
                         self.counters["nr_failed_requests"] += not failed
                         failed = True
-                        continue
-                    return i, vb
             elif op == READ:
                 for vb in range(first_vb, last_vb + 1):
                     self.counters["nr_block_reads"] += 1

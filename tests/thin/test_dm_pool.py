@@ -8,7 +8,7 @@ import pytest
 
 from thinp import errors
 from thinp.thin.dm_metadata import DmMetadata
-from thinp.thin.dm_pool import SIDECAR, DmPool
+from thinp.thin.dm_pool import SIDECAR, DmPool, read_sidecar
 
 from .dm_fixtures import real_tool, unpack
 
@@ -65,7 +65,7 @@ def test_sidecar_must_belong_to_the_metadata(tmp_path):
     pool.set_transaction_id(0, 1)
     pool.close()
     side = tmp_path / "p" / SIDECAR
-    good = json.loads(side.read_text())
+    good = read_sidecar(tmp_path / "p")
     assert good["transaction_id"] == 1 and good["devices"] == {"1": (100 << 20) // 512}
     bad = dict(good, transaction_id=0, devices={})
     side.write_text(json.dumps(bad))
@@ -74,7 +74,7 @@ def test_sidecar_must_belong_to_the_metadata(tmp_path):
     pool = DmPool.open(tmp_path / "p", reconcile=True)
     assert pool.size(1) == 16 * 65536  # from the highest mapped block
     pool.close()
-    assert json.loads(side.read_text())["transaction_id"] == 1
+    assert read_sidecar(tmp_path / "p")["transaction_id"] == 1
 
 
 def test_pool_rules_and_real_tools(tmp_path):

@@ -567,3 +567,39 @@ def test_each_run_keeps_the_kernel_threads_cpu_beside_its_time(monkeypatch):
     # and a re-prediction keeps them from the measured rows
     again = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs"), cases=vt.CASES[:1], measured=rows)
     assert [x["kthread_s"] for x in again] == [x["kthread_s"] for x in rows]
+
+
+def test_a_driver_lost_twice_is_left_out_and_the_rest_of_the_table_kept(monkeypatch):
+    """A wedged zfs-fuse loses a cell twice: the run goes on without zfs (its
+    rows say where it was lost) instead of losing every cell measured so far."""
+    from thinp.errors import RealRunError
+
+    class _Setup:
+        def __init__(self, stack, base, drivers):
+            self.skipped, self.last_kthread_s, self.calls = {}, 0.0, []
+
+        def measure(self, case, driver, n):
+            self.calls.append((case, driver, n))
+            if driver == "zfs" and n == 4:
+                raise RealRunError("zfs clone p/deb@base p/ctr9 did not finish in 300 s")
+            return 0.5 if driver == "zfs" else 0.25
+
+    made = []
+    monkeypatch.setattr(vt, "available", lambda: (True, ""))
+    monkeypatch.setattr(vt, "scratch", lambda stack, size: "/nonexistent")
+    monkeypatch.setattr(vt, "RealSetup", lambda *a: made.append(_Setup(*a)) or made[-1])
+    monkeypatch.setattr(vt, "predict", lambda case, d, n, timing, device: 1.0)
+    cases = vt.CASES[:2]
+    rows = vt.validate_timing(ns=(1, 4, 16), drivers=("overlay2", "zfs"), cases=cases, reps=3)
+    by = {(x["case"], x["n"], x["driver"]): x for x in rows}
+    first, second = cases[0].name, cases[1].name
+    assert by[(first, 1, "zfs")]["measured_s"] == 0.5
+    assert by[(first, 4, "zfs")]["measured_s"] is None
+    assert by[(first, 4, "zfs")]["note"].startswith(f"lost at {first} N = 4: zfs clone")
+    for n in (1, 4, 16):                       # overlay2 measured in every cell
+        assert by[(first, n, "overlay2")]["measured_s"] == 0.25
+        assert by[(second, n, "overlay2")]["measured_s"] == 0.25
+        assert by[(second, n, "zfs")]["measured_s"] is None
+    # zfs was tried twice at the lost cell, then never again
+    zfs_calls = [c for c in made[0].calls if c[1] == "zfs"]
+    assert zfs_calls == [(first, "zfs", 1)] * 3 + [(first, "zfs", 4)] * 2

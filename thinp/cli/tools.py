@@ -101,6 +101,8 @@ def _check(args) -> int:
     rep = check(args.dir, repair=args.repair)
     for p in rep.problems:
         out.line(f"  {p}")
+    for p in rep.notes:
+        out.line(f"  {p} (non-fatal)")
     out.line(f"TRANSACTION_ID={rep.transaction_id}")
     out.line(f"METADATA_FREE_BLOCKS={rep.metadata_free_blocks}")
     out.line(f"devices {rep.nr_devices}, mappings {rep.nr_mappings}")

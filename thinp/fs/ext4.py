@@ -34,6 +34,7 @@ import numpy as np
 
 from ..units import parse_size
 from . import _kernels as K
+from ._bulk_clone import BulkClone
 from .core import BLOCK, Filesystem, Inode, os_error
 
 BLOCKS_PER_GROUP = 32768
@@ -129,7 +130,7 @@ class Ext4Geometry:
         return self.inodes_per_group * self.nr_groups
 
 
-class Ext4(Filesystem):
+class Ext4(BulkClone, Filesystem):
     """ext4 with flex_bg, extents, delayed allocation and mballoc's policies."""
 
     fstype = "ext4"

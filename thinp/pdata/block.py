@@ -17,6 +17,8 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,6 +108,11 @@ class BlockManager:
         self.maybe_hole = np.ones(blocks.shape[0] if fd >= 0 else 0, dtype=np.uint8)
         #: the file is open for writing (set by :meth:`open_file`)
         self.writable = False
+        #: the thread of :meth:`zero_holes_behind` while it may still run
+        self._zeroing: threading.Thread | None = None
+        #: what the zeroing behind did: [blocks written, seconds it ran,
+        #: seconds callers waited for it in :meth:`wait_zeroing`]
+        self.zero_stats = [0, 0.0, 0.0]
 
     @property
     def nr_blocks(self) -> int:
@@ -136,6 +143,7 @@ class BlockManager:
         return cls(np.zeros((nr_blocks, BLOCK_SIZE), dtype=np.uint8))
 
     def close(self) -> None:
+        self.wait_zeroing()
         self.blocks = np.zeros((0, BLOCK_SIZE), dtype=np.uint8)
         self.fresh = np.zeros(0, dtype=np.uint8)
         if self.mm is not None:
@@ -229,6 +237,62 @@ class BlockManager:
                 pos = max(pos, -(-hole // BLOCK_SIZE))
         hint[cand] = 0
         return written
+
+    def zero_holes_behind(self, spans: list[tuple[int, int, np.ndarray]]) -> bool:
+        """:meth:`zero_holes` over each ``(begin, end, free)`` of ``spans``
+        in a thread of its own, so that a caller that has nothing to
+        allocate for now (a commit that has written its superblock) does
+        not wait for it; True when the thread started.
+
+        The ordering that keeps it safe is the caller's: nothing may
+        allocate, write or free a block of ``spans`` before
+        :meth:`wait_zeroing` returns (the transaction manager waits
+        whenever its ``free`` array is asked for, which every allocation
+        does, and :meth:`close` waits).  The thread only writes zeros over
+        holes of free blocks with ``pwrite`` (which runs without the GIL),
+        so until then no byte anyone reads changes.  The thread then
+        fdatasyncs the file, so that the zeros are written back (and the
+        filesystem's allocation of their blocks journalled) before the next
+        commit, whose first barrier would otherwise write them beside its
+        own blocks: twice the pages of the commit after CoW (9,500 zeroed
+        a commit there, 7,500 its own).  The flush orders nothing and
+        breaks no order (any block may be written back at any time; only
+        the superblock's place in the commit matters).  An error there (a
+        full filesystem) ends the zeroing early; the blocks stay holes, as
+        they were."""
+        self.wait_zeroing()
+        if self.fd < 0 or self.mm is None or not self.writable or not spans:
+            return False
+        spans = [(lo, hi, np.array(free, dtype=bool)) for lo, hi, free in spans]  # the caller's array moves on
+
+        def run():
+            t0 = time.perf_counter()
+            n = 0
+            try:
+                for lo, hi, free in spans:
+                    n += self.zero_holes(lo, hi, free)
+                if n:
+                    # written back here, not by the next commit's barrier
+                    os.fdatasync(self.fd)
+            except OSError:
+                pass
+            self.zero_stats[0] += n
+            self.zero_stats[1] += time.perf_counter() - t0
+
+        self._zeroing = threading.Thread(target=run, name="thinp-zero-ahead", daemon=True)
+        self._zeroing.start()
+        return True
+
+    def wait_zeroing(self) -> None:
+        """Return once the zeroing :meth:`zero_holes_behind` started is
+        over (at once when there is none)."""
+        t = self._zeroing
+        if t is None:
+            return
+        t0 = time.perf_counter()
+        t.join()
+        self._zeroing = None
+        self.zero_stats[2] += time.perf_counter() - t0
 
     def flush(self, blocks) -> int:
         """msync these blocks of a file-backed device, one call per run of

@@ -183,6 +183,18 @@ class DiskSpaceMap(RefCounts):
         if shadow:
             self.shadow_bitmaps(b)
 
+    def uncount(self, block: int) -> None:
+        """Drop one reference on ``block`` without touching its bitmap, for
+        a block whose next :meth:`inc` in this transaction restores it
+        (thinp.thin.pool's model of dm's data block counted before the
+        reserve commit and mapped after it: the pair leaves the bitmap as
+        the mapping alone leaves it)."""
+        if self.count[block] == 0:
+            raise errors.MetadataCorruptError(f"metadata corrupt: data block {block} released with count 0")
+        self.count[block] -= 1
+        if self.count[block] == 0:
+            self._add_used(-1)
+
     def dec(self, blocks) -> None:
         b = np.asarray(blocks, dtype=np.int64)
         if np.any(self.count[b] == 0):

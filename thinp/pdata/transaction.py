@@ -60,11 +60,11 @@ class TransactionManager(RefCounts):
     NO_WRAP_SLOT = ST_NO_WRAP
 
     def __init__(self, bm: BlockManager, count: np.ndarray):
+        self.bm = bm  # (first: ``free`` below asks it)
         #: st: 0 allocation cursor, 1 allocations, 2 shadows, 3 bitmaps,
         #: 4.. their blocks (the kernels shadow a bitmap from here), then
         #: the no-wrap flag
         super().__init__(count, ST_NO_WRAP + 1)
-        self.bm = bm
         self.txn = np.zeros(self.count.shape[0], dtype=np.uint8)
         self.kind = np.zeros(self.count.shape[0], dtype=np.uint8)
         # the metadata space map's on-disk structure
@@ -104,6 +104,21 @@ class TransactionManager(RefCounts):
     @rolling_cursor.setter
     def rolling_cursor(self, on: bool) -> None:
         self.wrap = on
+
+    @property
+    def free(self) -> np.ndarray:
+        """bool[nr_blocks], as :class:`RefCounts` has it.  Whoever asks
+        for it may allocate or free a block, so the zeroing of holes ahead
+        of the cursor that a commit left running
+        (:meth:`zero_ahead` with ``behind=True``) is waited for first:
+        this is the ordering that makes the zeroing safe."""
+        if self.bm._zeroing is not None:
+            self.bm.wait_zeroing()
+        return self._free
+
+    @free.setter
+    def free(self, a: np.ndarray) -> None:
+        self._free = a
 
     @property
     def bitmap_blocks(self) -> np.ndarray:
@@ -287,12 +302,14 @@ class TransactionManager(RefCounts):
         """Bytes of a block of this transaction (already shadowed)."""
         return self.bm.raw(b)
 
-    def zero_ahead(self, nr_blocks: int) -> int:
+    def zero_ahead(self, nr_blocks: int, behind: bool = False) -> int:
         """Have the block manager zero the free holes past the allocation
         cursor (wrapping at the end), so the blocks the coming allocations
         take are in the page cache and backed on disk before anything is
         written to them (:meth:`BlockManager.zero_holes`: cheaper than
         faulting on holes); returns the number of blocks zeroed.
+        ``behind``: in a thread (:meth:`BlockManager.zero_holes_behind`),
+        returning 0 at once; the next use of :attr:`free` waits for it.
 
         Nothing happens while the ``nr_blocks`` blocks from the cursor on
         hold no hole; once they do, ``2 * nr_blocks`` are zeroed, so a
@@ -308,9 +325,13 @@ class TransactionManager(RefCounts):
         def spans(k):
             return [(lo, hi) for lo, hi in ((b, min(n, b + k)), (0, max(0, b + k - n))) if lo < hi]
 
-        if not any(self.bm.may_have_holes(lo, hi, self.free[lo:hi]) for lo, hi in spans(nr)):
+        free = self.free  # (waits for any zeroing still running)
+        if not any(self.bm.may_have_holes(lo, hi, free[lo:hi]) for lo, hi in spans(nr)):
             return 0
-        return sum(self.bm.zero_holes(lo, hi, self.free[lo:hi]) for lo, hi in spans(min(2 * nr, n)))
+        if behind:
+            self.bm.zero_holes_behind([(lo, hi, free[lo:hi]) for lo, hi in spans(min(2 * nr, n))])
+            return 0
+        return sum(self.bm.zero_holes(lo, hi, free[lo:hi]) for lo, hi in spans(min(2 * nr, n)))
 
     @property
     def allocs_this_transaction(self) -> int:

@@ -224,6 +224,12 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
         shared = True
     if read_only:
         return -4
+    if sp.scal[S_OODS] != 0:
+        # dm's PM_OUT_OF_DATA_SPACE: process_bio_read_only tries no
+        # allocation (not even blocks freed since the last commit, which
+        # only its commit's check_for_data_space brings back); the bio
+        # waits, or fails under error_if_no_space
+        return -1
     if out[3] >= log.shape[0]:
         return -5
     # shared: break sharing (copy-on-write); unmapped: provision.  The data

@@ -42,6 +42,8 @@ class CheckReport:
     needs_check: bool = False
     problems: list = field(default_factory=list)
     repaired: bool = False
+    #: non-fatal findings (leaked data blocks), as the Rust thin_check's
+    notes: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -162,4 +164,4 @@ def _check_dm_image(path: str) -> CheckReport:
         return CheckReport(transaction_id=md.sb.trans_id, nr_devices=res.nr_devices, nr_mappings=res.nr_mappings,
                            metadata_free_blocks=nm - res.nr_metadata_blocks_used,
                            needs_check=bool(md.sb.flags & FLAG_NEEDS_CHECK),
-                           problems=[p for p in res.problems if p != "needs_check is set"])
+                           problems=[p for p in res.problems if p != "needs_check is set"], notes=list(res.notes))

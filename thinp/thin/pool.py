@@ -21,10 +21,14 @@ Rules followed from dm-thin (drivers/md/dm-thin.c and its documentation):
 * the low water mark fires once when free blocks fall to it and re-arms
   when space returns; like dm's table event it is delivered after the
   request that crossed it;
-* with no data space left the pool is ``out_of_data_space``: with
-  ``error_if_no_space`` the write fails with ENOSPC, otherwise it is queued
-  (and so is every request after it, as a synchronous writer would block)
-  until :meth:`ThinPool.resize_data` or freed space lets it run;
+* with no data space left the pool is ``out_of_data_space``: a block
+  needing a new data block (a write to an unmapped or shared block) fails
+  with ENOSPC under ``error_if_no_space``, otherwise it is queued until
+  :meth:`ThinPool.resize_data` or freed space lets it run; reads, writes
+  into provisioned unshared blocks and discards still run, as dm's
+  process_bio_read_only and process_discard_bio do in that mode (dm splits
+  bios at block boundaries, so a request's other blocks run too);
+  :meth:`ThinPool.expire_no_space_timeout` is dm's ``no_space_timeout``;
 * when a new block's allocation finds free metadata down to the reserve,
   the pool commits what came before that block (dm's alloc_data_block);
   if the commit leaves it there, the pool is out of metadata space
@@ -66,7 +70,7 @@ from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
 from ..units import check_block_size, format_size, parse_size
 from . import _kernels as TK
 from . import _mirror as MIR
-from .dm_pool import SIDECAR, SIDECAR_VERSION, read_sidecar, sidecar_disagreement, write_sidecar
+from .sidecar import SIDECAR, SIDECAR_VERSION, SidecarFile, read_sidecar, sidecar_disagreement, write_sidecar
 from .dm_metadata import DmMetadata
 from .format import THIN_SUPERBLOCK_MAGIC
 from .index import VolatileIndex
@@ -88,6 +92,10 @@ FLAG_NEEDS_CHECK = 1  # dm's superblock flag
 #: the ~100k-1M requests a second a fast SSD serves, a million requests is
 #: about a second of work.
 DEFAULT_COMMIT_INTERVAL = 1_000_000
+#: dm_thin_pool's ``no_space_timeout`` module parameter (seconds): how long
+#: a pool out of data space queues writes before it errors them
+#: (:meth:`ThinPool.expire_no_space_timeout`); 0 = queue for ever
+NO_SPACE_TIMEOUT_S = 60
 MAX_THIN_ID = (1 << 24) - 1
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
 _COUNTER_SLOTS = np.array(sorted(K.COUNTER_NAMES), dtype=np.int64)
@@ -211,7 +219,7 @@ def _highest_key(bm, root: int, who: str) -> int | None:
     raise errors.MetadataCorruptError(f"metadata corrupt: {who}: mapping tree is too deep")
 
 
-def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileIndex:
+def _build_index(dm: PoolMetadata, side: dict, load: bool = True, leaked=None) -> VolatileIndex:
     """The volatile index of the metadata's devices: the device table from
     the details and the sidecar, and (``load``) every mapping from the
     leaves, with its data reference.
@@ -221,7 +229,12 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
     reached, tallies dm's data references for the check and fills the
     index.  The check's verdict (:meth:`PoolMetadata.finish_check`) comes
     at the end, and its tallies then become the index's reference counts
-    (plus the entries of leaves shared between devices)."""
+    (plus the entries of leaves shared between devices).
+
+    Data blocks dm counts more often than leaves map them (``leaked``,
+    (blocks, by how much), else what the check found) keep those extra
+    references in the index: dm never hands them out again, nor does the
+    index (see :meth:`ThinPool._reserve_commit`)."""
     bs = dm.sb.data_block_size * SECTOR_SIZE
     md = VolatileIndex.build(nr_data_blocks=dm.data_sm.nr_blocks, block_size=bs, options=_options(side),
                              low_water_mark=int(side.get("low_water_mark", 0)),
@@ -319,9 +332,13 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True) -> VolatileInd
             if nr_shared[0]:
                 data_refs += md.sp.drc
             md.sp = md.sp._replace(drc=data_refs)
+        if leaked is None and dm.check_result is not None:
+            leaked = dm.check_result.leaked_data_blocks
+        if leaked is not None and len(leaked[0]):
+            md.sp.drc[leaked[0]] += leaked[1].astype(md.sp.drc.dtype)
         TK.settle_data_bits(md.sp)
+    md.settle_pages(collapse=False)  # (before the commit: the fill's nodes are left to khugepaged)
     md.commit()
-    md.huge_pages()
     scal = md.sp.scal
     scal[K.S_LWM_ARMED] = 1 if (scal[K.S_NR_DATA] - scal[K.S_DUSED]) > scal[K.S_LWM] else 0
     return md
@@ -419,6 +436,11 @@ class ThinPool:
         #: the sidecar file's content as this process last wrote it, less
         #: ``previous`` (None until the first commit writes it)
         self._side_written: dict | None = None
+        #: data blocks dm counts and no leaf maps, and by how much:
+        #: (int64 blocks, int64 extra counts), kept across index rebuilds
+        self._leaked = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        #: the sidecar's two slots: which one holds the last commit's
+        self._sidecar = None if read_only else SidecarFile.open(path, side)
         #: the superblock as the last commit packed it (None before one)
         self._sb_committed: np.ndarray | None = None
         self._lock_fd = lock_fd
@@ -621,6 +643,8 @@ class ThinPool:
             raise
         pool = cls(path, md, dm, side, read_only=read_only, lock_fd=lock_fd)
         pool._trees_checked = check_trees or not read_only
+        if dm.check_result is not None and dm.check_result.leaked_data_blocks is not None:
+            pool._leaked = dm.check_result.leaked_data_blocks
         return pool
 
     _trees_checked = True
@@ -647,6 +671,8 @@ class ThinPool:
             self._data = np.frombuffer(self._data_mm, dtype=np.uint8)
 
     def _release(self) -> None:
+        if getattr(self, "_sidecar", None) is not None:
+            self._sidecar.close()
         self._md.close()
         self._dm.bm.close()
         if self._lock_fd >= 0:
@@ -887,7 +913,7 @@ class ThinPool:
         # it.  dm-thin refuses to delete an open device (EBUSY).
         waiting = sum(int(np.count_nonzero(q[0][q[4]:] == s)) for q in self._queue)
         if waiting:
-            raise errors.PoolBusyError(f"thin device {dev_id} has {waiting} requests queued for data space; "
+            raise errors.PoolBusyError(f"thin device {dev_id} has {waiting} blocks queued for data space; "
                                        "grow the pool (resize_data) before deleting it")
         md = self._md
         self._dm_op(self._dm.delete, dev_id)
@@ -1107,8 +1133,11 @@ class ThinPool:
         dm.sync = sync
         side = self._next_sidecar()
         try:
-            dm.commit(before_superblock=lambda: self._write_sidecar(side, sync))
+            # the sidecar's slot is written before dm's pre-superblock
+            # flush, and its own flush overlaps that one
+            dm.commit(before_flush=lambda: self._write_sidecar(side, sync))
         except errors.NoSpaceError:
+            self._sidecar.aborted()
             self._metadata_failed()
             self._abort_transaction(failed_ops, failed_op)
             if failed_ops is not None:
@@ -1117,6 +1146,8 @@ class ThinPool:
             raise errors.ReadOnlyPoolError(
                 f"{self.path}: out of metadata space during commit; the transaction was aborted and the pool is "
                 "read-only with needs_check set") from None
+        self._sidecar.committed(self._side)
+        self._reserve_block = None
         md.commit()
         if not dm.tm.rolling_cursor:
             # sm_disk_commit before 5.14 restarted the data cursor at 0
@@ -1137,8 +1168,7 @@ class ThinPool:
             self._queue.clear()  # error_retry_list: queued writes fail (EIO)
             return
         if md.sp.scal[TK.S_OODS] and self.nr_free_data_blocks > 0:
-            md.sp.scal[TK.S_OODS] = 0
-            self._drain_queue()
+            self._data_space_back()
 
     def _nothing_to_commit(self) -> bool:
         """True when a commit now would write the same superblock and
@@ -1163,6 +1193,7 @@ class ThinPool:
         sb, scal, dv = md.sb, md.sp.scal, md.dv
         side = dict(self._side)
         side.pop("previous", None)
+        side.pop("seq", None)  # the slot's, given when written
         side.update({
             "version": SIDECAR_VERSION, "transaction_id": dm.sb.trans_id, "split": dm.split,
             "devices": {str(int(dv.dev_id[s])): int(dv.size_sectors[s]) for s in np.flatnonzero(dv.dev_id >= 0)},
@@ -1176,18 +1207,22 @@ class ThinPool:
         side["previous"] = prev
         return side
 
-    def _write_sidecar(self, side: dict, sync: bool) -> None:
-        """Write the sidecar of the commit under way, unless the file
-        already says the same: same devices, options, cursor and tie (the
-        roots, so the commit changed no mapping and no device).  The file
-        then belongs to this commit as much as to the last one, and a
-        crash before the superblock finds it right for either."""
+    def _write_sidecar(self, side: dict, sync: bool):
+        """Write the sidecar of the commit under way into the slot not
+        holding the last commit's, unless the file already says the same:
+        same devices, options, cursor and tie (the roots, so the commit
+        changed no mapping and no device).  The live slot then belongs to
+        this commit as much as to the last one, and a crash before the
+        superblock finds it right for either.  Returns the wait for the
+        slot's flush (sync on), which overlaps dm's own."""
         side["commit"] = _commit_tie(self._dm)
         now = {k: v for k, v in side.items() if k != "previous"}
+        wait = None
         if now != self._side_written:
-            write_sidecar(self.path, side, sync=sync)
+            wait = self._sidecar.write(now, sync)
             self._side_written = now
         self._side = now
+        return wait
 
     def _metadata_failed(self) -> None:
         """A metadata operation failed: abort the transaction and go read-only
@@ -1300,8 +1335,9 @@ class ThinPool:
         """Run a whole trace (``thinp.TRACE_DTYPE``) in numba.
 
         Returns the counters this run changed and the events it raised.  In
-        queue mode a run that fills the pool leaves the rest queued
-        (``nr_queued``); :meth:`resize_data` runs it.  Out of metadata
+        queue mode a run that fills the pool queues the blocks that need a
+        new data block (``nr_queued``) and runs the rest; :meth:`resize_data`
+        runs them.  Out of metadata
         space, every request still runs block by block; if a block needed
         a new mapping (EIO), :class:`~thinp.errors.OutOfMetadataSpaceError`
         is raised at the end, its ``failed`` naming those requests and its
@@ -1328,23 +1364,35 @@ class ThinPool:
                             self.nr_queued)
 
     def _submit(self, slots, ops, off, ln, src, src_base, events) -> None:
+        """Run a trace.  Out of data space in queue mode, each block
+        needing a new data block (a write to an unmapped or shared block)
+        is queued on its own, as dm-thin's process_bio_read_only hands such
+        a bio to retry_on_resume; reads, writes into provisioned unshared
+        blocks and discards run, before and after it."""
         if self._fail_mode:
             raise errors.PoolFailedError(f"{self.path}: pool is in fail mode ({self._fail_mode}); all I/O errors")
-        if self._queue:
-            if not (ops != READ).any():
-                self._run(slots, ops, off, ln, 0, -1, src, src_base, events)
-            else:
-                self._queue.append([slots, ops, off, ln, 0, -1, src.copy() if len(src) else src, src_base])
-            return
-        stop = self._run(slots, ops, off, ln, 0, -1, src, src_base, events)
-        if stop is not None:
-            i, vb = stop
-            self._queue.append([slots, ops, off, ln, i, vb, src.copy() if len(src) else src, src_base])
+        self._run(slots, ops, off, ln, 0, -1, src, src_base, events)
 
-    def _run(self, slots, ops, off, ln, start, start_vb, src, src_base, events):
+    def _queue_block(self, slots, ops, off, ln, src, src_base, i: int, vb: int, key) -> None:
+        """Queue block ``vb`` of request ``i`` for data space, at once (dm's
+        retry_on_resume list): one row, the block's part of the write (the
+        bio dm-thin's split at block boundaries makes), with its bytes in
+        payload mode.  ``key`` names the request it came from, to count
+        failed requests if it errors."""
+        bs = self.block_size
+        lo = max(int(off[i]), vb * bs)
+        hi = min(int(off[i]) + int(ln[i]), (vb + 1) * bs)
+        part = src[lo - src_base:hi - src_base].copy() if len(src) else src
+        self._queue.append([slots[i:i + 1].copy(), np.full(1, WRITE, dtype=ops.dtype),
+                            np.full(1, lo, dtype=off.dtype), np.full(1, hi - lo, dtype=ln.dtype), 0, -1, part, lo,
+                            key])
+
+    def _run(self, slots, ops, off, ln, start, start_vb, src, src_base, events, key=None):
         """Drive the replay kernel, applying its mapping changes to dm's
-        btree after each stop and committing when it asks; returns None when
-        done or (op, vblock) where it stopped out of data space.
+        btree after each stop and committing when it asks.  Out of data
+        space in queue mode, each block needing a new data block is queued
+        (:meth:`_queue_block`; ``key`` names the request of a retried one)
+        and the run goes on.
 
         Near dm's metadata reserve the kernel runs with a log short enough
         that its changes cannot reach the reserve, and then one change at a
@@ -1358,6 +1406,9 @@ class ThinPool:
         failed = np.zeros(len(ops), dtype=np.uint8)
         gen = -1
         at_change = False  # stopped right before a mapping change (R_FLUSH)
+        if key is None:
+            self._nr_runs += 1
+        run = self._nr_runs
         while True:
             md = self._md
             if gen != self._commit_gen:
@@ -1371,7 +1422,7 @@ class ThinPool:
                     # dm-thin's alloc_data_block: "Let's commit before we
                     # use up the metadata reserve"; the commit's
                     # check_for_metadata_space decides the mode
-                    self._commit(ops, start)
+                    self._reserve_commit(ops, start)
                     if self._ooms:
                         self._event(start, K.EV_OUT_OF_META, start_vb)
                         self._drain_events(events)
@@ -1446,8 +1497,12 @@ class ThinPool:
                                     int(off[start]) // self.block_size)
                         self._drain_events(events)
                 continue
-            self._raise_eio(failed)
-            return start, start_vb
+            # R_NO_DATA, queue mode: this block waits for data space (dm's
+            # retry_on_resume); the request's other blocks and the rest of
+            # the trace go on
+            self._queue_block(slots, ops, off, ln, src, src_base, start, start_vb,
+                              (run, start) if key is None else key)
+            start_vb += 1
 
     def _raise_eio(self, failed) -> None:
         """Raise OutOfMetadataSpaceError if a request of this run had a block
@@ -1544,7 +1599,12 @@ class ThinPool:
         mpath = os.path.join(self.path, "metadata")
         try:
             dm = PoolMetadata.open(mpath, split=old_dm.split, writable=True, check=False)
-            md = _build_index(dm, self._side)
+            md = _build_index(dm, self._side, leaked=self._leaked)
+            if self._reserve_block is not None:
+                # the last commit was a reserve commit: back to the state
+                # right after it (its block uncounted again, the cursor on it)
+                dm.data_sm.uncount(self._reserve_block)
+                md.sp.scal[K.S_DCURSOR] = self._reserve_block
         except Exception as e:  # noqa: BLE001 - cannot reload: dm-thin fails the pool
             self.fail(f"could not reload the last commit: {e}")
             raise errors.PoolFailedError(f"{self.path}: pool is in fail mode ({self._fail_mode})") from None
@@ -1554,7 +1614,9 @@ class ThinPool:
         self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
         md.sp.scal[_COUNTER_SLOTS] = self._commit_counters
         self._meta_lwm_armed = dm.nr_free_metadata_blocks > self._meta_lwm
-        self._queue.clear()
+        if self._timed_out:
+            md.sp.scal[K.S_ERROR_IF_NO_SPACE] = 1
+        # (blocks queued for data space stay queued: they changed nothing)
         out = np.zeros(4, dtype=np.int64)
         runs = []
         resume = (failed_op, -1)
@@ -1595,6 +1657,9 @@ class ThinPool:
                         md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
                     start, start_vb = int(out[1]), int(out[2])
                     continue
+                if r == TK.R_NO_DATA:   # queued the first time too: skipped
+                    start, start_vb = int(out[1]), int(out[2]) + 1
+                    continue
                 break
             if j == mine:
                 failed[first:len(ops)] = mask[first:]
@@ -1603,8 +1668,36 @@ class ThinPool:
             md.sp.scal[K.C_BYTES_DISCARD if failed_ops[failed_op] == DISCARD else K.C_BYTES_WRITTEN] += rest
         md.sp.scal[K.S_NEV] = 0  # their events were raised by the first run
         if commit:
-            self._commit(failed_ops, failed_op)
+            self._reserve_commit(failed_ops, failed_op)
         return resume
+
+    def _reserve_commit(self, failed_ops, failed_op: int) -> None:
+        """dm-thin's alloc_data_block at the metadata reserve: the bio's data
+        block is allocated first (dm_pool_alloc_data_block), then "Let's
+        commit before we use up the metadata reserve", so that commit holds
+        the block counted and not yet mapped.  If the commit leaves the
+        pool out of metadata space, the mapping is never inserted
+        (process_prepared_mapping_fail) and the block stays counted for
+        good, a leak the Rust thin_check reports as non-fatal (0.9.0 does
+        not look); otherwise the block is the one the write then maps,
+        which the kernel run does by allocating it again (next-fit from
+        the cursor left at it)."""
+        md, dm = self._md, self._dm
+        p = int(K.alloc_data(md.sp))
+        if p >= 0:
+            dm.data_sm.inc(np.array([p], dtype=np.int64))
+        try:
+            self._commit(failed_ops, failed_op)
+        finally:
+            # (a failed commit reloaded the last one, which lacks the block)
+            if p >= 0 and not self._failed:
+                if self._ooms:
+                    blocks, extra = self._leaked
+                    self._leaked = (np.append(blocks, p), np.append(extra, 1))
+                else:
+                    K.unalloc_data(self._md.sp, p)
+                    self._dm.data_sm.uncount(p)
+                    self._reserve_block = p
 
     def _record_run(self, slots, ops, off, ln, start, start_vb) -> list:
         """Remember a kernel run until the next commit (see
@@ -1655,7 +1748,10 @@ class ThinPool:
         mpath = os.path.join(self.path, "metadata")
         try:
             dm = PoolMetadata.open(mpath, split=old_dm.split, writable=False, check=False)
-            scratch = _build_index(dm, self._side)
+            scratch = _build_index(dm, self._side, leaked=self._leaked)
+            if self._reserve_block is not None:
+                # the requests first ran right after a reserve commit
+                scratch.sp.scal[K.S_DCURSOR] = self._reserve_block
         except Exception as e:  # noqa: BLE001 - cannot reload: dm-thin fails the pool
             self.fail(f"could not reload the last commit after aborting: {e}")
             return
@@ -1682,11 +1778,20 @@ class ThinPool:
                         scratch.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
                     start, start_vb = int(out[1]), int(out[2])
                     continue
+                if r == TK.R_NO_DATA:   # a block queued for data space: skipped
+                    start, start_vb = int(out[1]), int(out[2]) + 1
+                    continue
                 break
         counters = scratch.sp.scal[idx].copy()
         scratch.close()
         try:
-            md = _build_index(dm, self._side)
+            if self._reserve_block is not None:
+                # the last commit holds a reserve commit's block counted and
+                # unmapped: after dm's abort nothing will map it (a leak)
+                blocks, extra = self._leaked
+                self._leaked = (np.append(blocks, self._reserve_block), np.append(extra, 1))
+                self._reserve_block = None
+            md = _build_index(dm, self._side, leaked=self._leaked)
         except Exception as e:  # noqa: BLE001
             self.fail(f"could not reload the last commit after aborting: {e}")
             return
@@ -1706,19 +1811,82 @@ class ThinPool:
             sp.scal[K.S_DROPPED_EVENTS] += 1
 
     def _drain_queue(self) -> None:
-        while self._queue:
-            q = self._queue[0]
-            slots, ops, off, ln, start, start_vb, src, src_base = q
-            stop = self._run(slots, ops, off, ln, start, start_vb, src, src_base, None)
-            if stop is not None:
-                q[4], q[5] = stop
-                return
-            self._queue.pop(0)
+        """Retry the queued blocks, in order, once the pool has data space
+        again (dm's requeue on resume or on leaving out-of-data-space); a
+        block still without space queues again.  Each was counted as part
+        of its request when first submitted, so its retry counts only what
+        it does (a block written, provisioned...), not another request."""
+        if self._draining:
+            return
+        self._draining = True
+        try:
+            # (a commit inside a retry may bring space back for blocks that
+            # queued again meanwhile: go round while the pool has space)
+            while self._queue and not self._md.sp.scal[TK.S_OODS]:
+                pending, self._queue = self._queue, []
+                for k, (slots, ops, off, ln, start, start_vb, src, src_base, key) in enumerate(pending):
+                    if self._fail_mode or self._failed:
+                        return
+                    n, nbytes = len(ops), int(ln.astype(np.int64).sum())
+                    try:
+                        self._run(slots, ops, off, ln, start, start_vb, src, src_base, None, key=key)
+                    except BaseException:
+                        if not (self._fail_mode or self._failed):
+                            self._queue = pending[k + 1:] + self._queue
+                        raise
+                    finally:
+                        sp = self._md.sp
+                        sp.scal[K.C_OPS] -= n
+                        sp.scal[K.C_BYTES_WRITTEN] -= nbytes
+        finally:
+            self._draining = False
+
+    _draining = False
+    #: the data block the last commit, a reserve commit, holds counted and
+    #: unmapped (the write it was for maps it next), or None
+    _reserve_block = None
+    _nr_runs = 0
 
     @property
     def nr_queued(self) -> int:
-        """Requests waiting for data space (queue_if_no_space)."""
+        """Blocks (the bios of a request, split at block boundaries as
+        dm-thin splits them) waiting for data space (queue_if_no_space)."""
         return sum(len(q[0]) - q[4] for q in self._queue)
+
+    def expire_no_space_timeout(self) -> int:
+        """What dm-thin's ``no_space_timeout`` does when it fires (the
+        dm_thin_pool module parameter, :data:`NO_SPACE_TIMEOUT_S` seconds
+        after the pool went out of data space in queue mode): every queued
+        block fails with ENOSPC (counted in ``nr_enospc``, its request in
+        ``nr_failed_requests``), and the pool behaves as with
+        ``error_if_no_space`` (the status line says so) until it has data
+        space again.  thinp has no clock of its own: a caller that models
+        time calls this when its clock passes the timeout.  Returns the
+        number of blocks failed; 0 and no change unless the pool is out of
+        data space in queue mode."""
+        self._check_open()
+        sp = self._md.sp
+        if not sp.scal[TK.S_OODS] or sp.scal[K.S_ERROR_IF_NO_SPACE]:
+            return 0
+        sp.scal[K.S_ERROR_IF_NO_SPACE] = 1
+        self._timed_out = True
+        n = sum(len(q[0]) - q[4] for q in self._queue)
+        sp.scal[K.C_FAILED_OPS] += len({q[8] for q in self._queue})
+        sp.scal[K.C_ENOSPC] += n
+        self._queue.clear()
+        return n
+
+    def _data_space_back(self) -> None:
+        """The pool leaves out-of-data-space (dm's set_pool_mode(PM_WRITE)):
+        the table's error_if_no_space comes back, queued blocks run."""
+        md = self._md
+        md.sp.scal[TK.S_OODS] = 0
+        if self._timed_out:
+            self._timed_out = False
+            md.sp.scal[K.S_ERROR_IF_NO_SPACE] = 1 if md.sb.options & OPT_ERROR_IF_NO_SPACE else 0
+        self._drain_queue()
+
+    _timed_out = False
 
     def resize_data(self, data_size) -> None:
         """Grow the data device (never shrink); runs queued writes."""
@@ -1751,9 +1919,8 @@ class ThinPool:
         if self.payload:
             self._data_mm = mmap.mmap(self._data_fd, nr * bs, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             self._data = np.frombuffer(self._data_mm, dtype=np.uint8)
-        md.sp.scal[TK.S_OODS] = 0
         self.commit()
-        self._drain_queue()
+        self._data_space_back()
 
     def resize_metadata(self, metadata_size) -> None:
         """Grow the metadata device (never shrink), as ``lvextend
@@ -1845,7 +2012,10 @@ class ThinPool:
             held_root=dm.sb.held_root or None,
             mode=mode,
             discard=discard,
-            no_space="error_if_no_space" if sb.options & OPT_ERROR_IF_NO_SPACE else "queue_if_no_space",
+            # (after no_space_timeout fired, dm's pool shows error_if_no_space
+            # until it leaves out-of-data-space)
+            no_space=("error_if_no_space" if sb.options & OPT_ERROR_IF_NO_SPACE or self._timed_out
+                      else "queue_if_no_space"),
             needs_check=needs_check,
             metadata_low_watermark=self._meta_lwm,
             data_block_size=self.block_size,

@@ -211,6 +211,9 @@ class PoolMetadata:
 
     #: a check begun by ``open(defer_subtrees=True)``, its subtrees unwalked
     pending_check = None
+    #: what the last finished check found (its non-fatal ``notes`` and
+    #: ``leaked_data_blocks`` included)
+    check_result = None
     path = None
 
     def finish_check(self, walked: bool = True) -> None:
@@ -225,6 +228,7 @@ class PoolMetadata:
         res = view.check_end(pc) if walked else None
         if res is None:
             res = view.check()
+        self.check_result = res
         if res.problems:
             raise errors.MetadataCorruptError(f"metadata corrupt: {self.path}: {res.problems[0]}")
 
@@ -596,6 +600,7 @@ class PoolMetadata:
             return
         if nr_blocks > MAX_METADATA_BLOCKS:
             raise ValueError(f"metadata device of {nr_blocks} blocks: dm-thin's limit is {MAX_METADATA_BLOCKS}")
+        bm.wait_zeroing()  # (before the file and its mapping change)
         os.ftruncate(bm.fd, nr_blocks * METADATA_BLOCK_SIZE)
         old_mm = bm.mm
         bm.mm = _mmap.mmap(bm.fd, nr_blocks * METADATA_BLOCK_SIZE, _mmap.MAP_SHARED,
@@ -645,12 +650,16 @@ class PoolMetadata:
         return self.tm.nr_used
 
     # ------------------------------------------------------------ commit
-    def commit(self, before_superblock=None) -> None:
+    def commit(self, before_superblock=None, before_flush=None) -> None:
         """__commit_transaction: details, data space map, metadata space
         map, the other dirty blocks, then the superblock.
         ``before_superblock()``, when given, runs once everything but the
         superblock is written and ``self.sb`` holds the new roots (a caller
-        ties its own state to this commit there)."""
+        ties its own state to this commit there).  ``before_flush()`` runs
+        earlier, once the roots are final and before the flush that puts
+        the other blocks on disk; it may return a wait, called after that
+        flush and before the superblock (a caller's own flush overlaps
+        dm's)."""
         tm = self.tm
         # the commit's own shadows (ref-count trees, space maps) come from
         # the cursor on: zero the holes there first (a no-op when the last
@@ -686,6 +695,7 @@ class PoolMetadata:
                 tm.kind[b] = KIND_BITMAP
         tm.kind[tm.index_block] = KIND_INDEX
         written = tm.seal_dirty()
+        wait = before_flush() if before_flush is not None else None
         if self.sync and self.bm.fd >= 0 and self.bm.mm is not None and written:
             # barrier 1: every block the new superblock references is on
             # disk before it.  One fdatasync writes back all the file's dirty
@@ -693,6 +703,8 @@ class PoolMetadata:
             # Linux msync(MS_SYNC) is the same vfs_fsync_range over a range;
             # one msync per run of blocks was one device flush per run).
             os.fdatasync(self.bm.fd)
+        if wait is not None:
+            wait()
         # the superblock goes out last, whole, in one write: a process
         # killed at any instant leaves either the old or the new one
         buf = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
@@ -710,5 +722,7 @@ class PoolMetadata:
         self.bm.fresh[SUPERBLOCK_LOCATION] = 0
         allocs = tm.allocs_this_transaction
         tm.end_transaction()
-        # ahead of the next transaction, as many blocks as this one took
-        tm.zero_ahead(ZERO_AHEAD_MIN + allocs)
+        # ahead of the next transaction, as many blocks as this one took,
+        # in a thread: the commit is over (durable) and does not wait for
+        # it; the next allocation does, if it is still running
+        tm.zero_ahead(ZERO_AHEAD_MIN + allocs, behind=True)

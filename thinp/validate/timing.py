@@ -676,7 +676,8 @@ def remove_tool(cmd) -> None:
 def _measure_once_more(r: RealSetup, case: str, driver: str, n: int) -> float:
     """``r.measure``, run a second time when the first run's tool failed or
     hung (a lost ``zfs clone`` or ``zfs destroy`` under zfs-fuse): one failure costs a run, not
-    the whole table; a second one is the machine's and is raised."""
+    the whole table; a second one is the machine's and is raised (:func:`validate_timing` then
+    leaves that driver out of the rest of the run and keeps every other cell)."""
     try:
         return r.measure(case, driver, n)
     except RealRunError:
@@ -771,10 +772,22 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
                     for rep in range(reps):
                         k = rep % len(live) if live else 0
                         for x in live[k:] + live[:k]:       # each round starts with another driver
-                            x["runs_s"].append(_measure_once_more(r, case.name, x["driver"], n))
+                            if x["driver"] in r.skipped:
+                                continue
+                            try:
+                                t = _measure_once_more(r, case.name, x["driver"], n)
+                            except RealRunError as e:
+                                # twice lost (a wedged zfs-fuse stays wedged): the driver
+                                # is left out from here on, the other cells are kept
+                                r.skipped[x["driver"]] = f"lost at {case.name} N = {n}: {e}"
+                                x["note"] = r.skipped[x["driver"]]
+                                continue
+                            x["runs_s"].append(t)
                             x["kthread_s"].append(r.last_kthread_s)
                     load = os.getloadavg()[0]
                     for x in live:
+                        if x["driver"] in r.skipped:
+                            continue
                         x["measured_s"], x["measured_lo"], x["measured_hi"] = spread(x["runs_s"])
                         x["note"] = ""
                         x["load"] = load        # the 1-minute load average when the group ended
