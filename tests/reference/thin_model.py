@@ -18,7 +18,8 @@ refs                 pblock -> number of mappings naming it (every device's,
                      leaf count once); both are zero at the same moments.
 pending              blocks freed in the open transaction: not allocatable
                      until the next commit
-cursor               next-fit allocation cursor (kept across commits)
+cursor               next-fit allocation cursor (kept across commits, 0
+                     when the pool is opened, as dm's sm_disk_open)
 data                 pblock -> bytearray, the data file (payload pools only)
 queue                blocks waiting for data space (queue_if_no_space): one
                      ``(dev_id, offset, length, data)`` row each, the block's
@@ -261,6 +262,7 @@ class ThinModel:
             self.commit()
         self.queue = []
         self.oods = False
+        self.cursor = 0  # dm_sm_disk_open starts the cursor at block 0
         self.pending.clear()
         self.ops_since_commit = 0
         self.counters = dict.fromkeys(COUNTERS, 0)

@@ -446,3 +446,331 @@ def test_reinserting_the_same_block_changes_nothing(tmp_path):
     md.close()
     with DmMetadata.open(tmp_path / "m") as m:
         assert m.check().ok
+
+
+# ------------------------------------------- space-map allocation rules
+def _tools_agree(path) -> None:
+    """The real thin_check accepts the file and thin_dump prints what
+    thinp's dump prints."""
+    import io
+    import subprocess
+
+    from thinp.thin.dump import dump_xml
+
+    from .dm_fixtures import real_tool
+
+    out = subprocess.run([real_tool("thin_check"), str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    with DmMetadata.open(path) as m:
+        buf = io.StringIO()
+        dump_xml(m.pool_view(False), buf)
+    tool = subprocess.run([real_tool("thin_dump"), str(path)], capture_output=True, text=True, check=True)
+    assert tool.stdout == buf.getvalue()
+
+
+def _grow(path, split, new_nr, fast=True):
+    """A thin written, committed; the metadata grown to ``new_nr`` blocks
+    (right after a commit, as dm-thin's resize follows the suspend's
+    commit), committed; then 300 more blocks written.  Returns the metadata
+    bitmaps and index block after the resize, the lowest free block then,
+    and the lowest block the next transaction took."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    md = PoolMetadata.format(path, nr_metadata_blocks=16000, nr_data_blocks=NR_DATA, data_block_sectors=128,
+                             split=split)
+    md.sync = False
+    md.fast = fast
+    md.create_thin(1)
+    md.commit()
+    _write_blocks(md, 1, 0, 2000) if fast else _insert_each(md, 1, 0, 2000)
+    md.commit()
+    md.resize_metadata(new_nr)
+    md.commit()
+    placed = (md.tm.bitmap_blocks.tolist(), md.tm.index_block)
+    before = md.tm.count.copy()
+    lowest_free = int(np.flatnonzero(before == 0)[0])
+    _write_blocks(md, 1, 2000, 2300) if fast else _insert_each(md, 1, 2000, 2300)
+    first = int(np.flatnonzero((md.tm.count != 0) & (before == 0))[0])
+    md.close()
+    return placed, lowest_free, first
+
+
+@pytest.mark.parametrize("split", ["halves", "current"])
+def test_grown_metadata_is_placed_as_sm_metadata_extend(tmp_path, split):
+    """sm_metadata_extend moves the cursor to the old end and its bootstrap
+    allocator hands out the new area in order: the new bitmaps (16000 and
+    16001 for 40,000 blocks), then the copy of the old bitmap their counts
+    go into (16002), then the index block's shadow (16003).  A 5.14+
+    kernel's cursor stays there, so the next transaction allocates at
+    16004; an older kernel's commit restarts it at block 0, where the
+    lowest free block is."""
+    (bitmaps, index), lowest_free, first = _grow(tmp_path / "m", split, 40000)
+    assert bitmaps == [16002, 16000, 16001] and index == 16003
+    with DmMetadata.open(tmp_path / "m") as m:
+        assert m.check().ok
+        assert [b for b, _, _ in m.check().space_maps[1]][1:3] == [16000, 16001]
+    assert lowest_free < 16000
+    assert first == (16004 if split == "current" else lowest_free)
+    _tools_agree(tmp_path / "m")
+
+
+@pytest.mark.parametrize("split", ["halves", "current"])
+def test_grown_metadata_without_a_new_bitmap(tmp_path, split):
+    """Growing within the last bitmap writes nothing (the index did not
+    change, so sm_ll_commit leaves it), yet the cursor moved to the old
+    end: a 5.14+ kernel's next block is the first new one."""
+    (bitmaps, index), lowest_free, first = _grow(tmp_path / "m", split, 16300)
+    with DmMetadata.open(tmp_path / "m") as m:
+        assert m.check().ok
+    assert len(bitmaps) == 1 and index < 16000 and lowest_free < 16000
+    assert first == (16000 if split == "current" else lowest_free)
+    _tools_agree(tmp_path / "m")
+
+
+@pytest.mark.parametrize("split", ["halves", "current"])
+def test_grown_metadata_kernels_and_python_alike(tmp_path, split):
+    """The numba kernels and the Python btree place the grown device's
+    blocks alike, byte for byte."""
+    _grow(tmp_path / "k", split, 40000, fast=True)
+    _grow(tmp_path / "p", split, 40000, fast=False)
+    a, b = _blocks(tmp_path / "k"), _blocks(tmp_path / "p")
+    assert [i for i in range(1, len(a)) if not np.array_equal(a[i], b[i])] == []
+    assert not np.any((a[0] != b[0]) & ~UNDEFINED)
+
+
+def test_grown_metadata_through_the_pool(tmp_path):
+    """ThinPool.resize_metadata (commit, grow, commit, as dm-thin's
+    suspend and resume) writes the same image as PoolMetadata."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    bs = 64 * 1024
+    ThinPool.create(tmp_path / "pool", NR_DATA * bs, "64KiB", metadata_size=16000 * BLOCK,
+                    commit_interval=10 ** 9, sync=False).close()
+    pool = ThinPool.open(tmp_path / "pool")
+    pool.message("create_thin 1")
+    pool.device(1).write(0, 2000 * bs)
+    pool.resize_metadata(40000 * BLOCK)
+    pool.device(1).write(2000 * bs, 300 * bs)
+    pool.close()
+    ThinPool.create(tmp_path / "ref", NR_DATA * bs, "64KiB", metadata_size=16000 * BLOCK).close()
+    md = PoolMetadata.open(tmp_path / "ref" / "metadata")
+    md.sync = False
+    md.create_thin(1)
+    md.commit()
+    _write_blocks(md, 1, 0, 2000)
+    md.commit()
+    md.resize_metadata(40000)
+    md.commit()
+    _write_blocks(md, 1, 2000, 2300)
+    md.close()
+    a, b = _blocks(tmp_path / "ref" / "metadata"), _blocks(tmp_path / "pool" / "metadata")
+    assert [i for i in range(1, len(a)) if not np.array_equal(a[i], b[i])] == []
+    assert BITMAP.check(b[16000], 16000) is None and BITMAP.check(b[16001], 16001) is None
+    assert INDEX.check(b[16003], 16003) is None  # the resize's index (stale now)
+    _tools_agree(tmp_path / "pool" / "metadata")
+
+
+@pytest.mark.parametrize("split,again", [("halves", None), ("current", 99)])
+def test_a_block_freed_in_the_transaction_comes_back_only_by_wrapping(tmp_path, split, again):
+    """All 100 data blocks allocated, the last one released in the same
+    transaction: a 5.14+ kernel's search wraps to block 0 and finds it
+    (free now and at the last commit); an older kernel's
+    sm_ll_find_free_block stopped at the last block, so the pool is out
+    of data space until the commit -- through the Python space map and
+    through the write kernel alike."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    for fast in (False, True):
+        md = PoolMetadata.format(tmp_path / f"m{fast}", nr_metadata_blocks=512, nr_data_blocks=100,
+                                 data_block_sectors=128, split=split)
+        md.sync = False
+        md.create_thin(0)
+        md.commit()
+        assert md.write_blocks(0, np.arange(100)) == 100
+        assert md.remove(0, 99)
+        if fast:
+            from thinp import errors
+
+            if again is None:
+                with pytest.raises(errors.NoSpaceError, match="no free data block"):
+                    md.write_blocks(0, np.array([500]))
+            else:
+                assert md.write_blocks(0, np.array([500])) == 1
+                assert md.lookup(0, 500)[0] == again
+        else:
+            assert md.alloc_data() == again
+        md.commit()
+        # the commit frees it in the older rule (the newer took it again)
+        assert md.alloc_data() == (99 if again is None else None)
+        md.close(commit=False)
+
+
+def test_metadata_search_stops_at_the_end_before_5_14(tmp_path):
+    """The metadata allocator too: a block allocated and released in the
+    transaction is behind the cursor, and only a wrap would find it."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    got = {}
+    for split in ("halves", "current"):
+        md = PoolMetadata.format(tmp_path / split, nr_metadata_blocks=64, nr_data_blocks=100, data_block_sectors=128,
+                                 split=split)
+        md.sync = False
+        tm = md.tm
+        taken = []
+        while (b := tm.alloc()) is not None:
+            taken.append(b)
+        tm.dec(taken[0])
+        got[split] = tm.alloc()
+        md.close(commit=False)
+    assert got == {"halves": None, "current": taken[0]}
+
+
+def test_the_kernels_read_the_no_wrap_flag_where_it_is_kept():
+    from thinp.pdata import _btree_kernels as BK
+    from thinp.pdata import disk_space_map, transaction
+
+    assert BK.ST_NO_WRAP == transaction.ST_NO_WRAP
+    assert BK.DST_NO_WRAP == disk_space_map.DST_NO_WRAP
+
+
+# ------------------------------------------------- the details' order
+NR_DEVS = 200  # two details leaves and more (126 entries a leaf)
+
+
+def _details_leaf_of(path, dev: int) -> int:
+    """The details tree's leaf that holds ``dev`` (its root is internal)."""
+    with DmMetadata.open(path) as m:
+        root = m.sb.device_details_root
+    blk = _blocks(path)[root]
+    m32, m64 = blk.view(np.uint32), blk.view(np.uint64)
+    assert m32[1] & 1, "the details root is a leaf"
+    n, mx = int(m32[4]), int(m32[5])
+    i = int(np.searchsorted(m64[4:4 + n], dev, side="right")) - 1
+    return int(m64[4 + mx + i])
+
+
+def _details_scenario(path, mode, first, second):
+    """NR_DEVS thins, each made by a message (dm commits after one) and
+    activated; the pool reopened; ``first`` then ``second`` activated, and
+    one block written into ``second``, then into ``first``, in one
+    transaction.  ``mode``: "kernel" (PoolMetadata's write kernel),
+    "reference" (the Python btree) or "pool" (ThinPool)."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    bs = 64 * 1024
+    ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False).close()
+    if mode == "pool":
+        pool = ThinPool.open(path)
+        for dev in range(NR_DEVS):
+            pool.message(f"create_thin {dev}")
+        pool.close()
+        pool = ThinPool.open(path)
+        a, b = pool.device(first), pool.device(second)
+        b.write(0, bs)
+        a.write(0, bs)
+        pool.close()
+        return path / "metadata"
+
+    def session():
+        md = PoolMetadata.open(path / "metadata")
+        md.sync = False
+        md.fast = mode == "kernel"
+        return md
+
+    md = session()
+    for dev in range(NR_DEVS):
+        md.create_thin(dev)
+        md.commit()
+        md.activate(dev)
+    md.close()
+    md = session()
+    md.activate(first)
+    md.activate(second)
+    for dev in (second, first):
+        if mode == "kernel":
+            md.write_blocks(dev, np.array([0]))
+        else:
+            md.insert(dev, 0, md.alloc_data())
+    md.close()
+    return path / "metadata"
+
+
+@pytest.mark.parametrize("first,second", [(10, 190), (190, 10)])
+def test_details_are_written_in_dms_device_list_order(tmp_path, first, second):
+    """__write_changed_details walks pmd->thin_devices, where __open_device
+    puts a device at the head: the device activated last is written first,
+    so its details leaf takes the lower block -- whatever the ids and the
+    order of the writes."""
+    p = _details_scenario(tmp_path / "k", "kernel", first, second)
+    assert _details_leaf_of(p, second) < _details_leaf_of(p, first)
+    with DmMetadata.open(p) as m:
+        assert m.check().ok
+        assert sorted(d.mapped_blocks for d in m.devices())[-2:] == [1, 1]
+    _tools_agree(p)
+
+
+@pytest.mark.parametrize("mode", ["reference", "pool"])
+def test_details_order_is_the_same_on_every_path(tmp_path, mode):
+    a = _blocks(_details_scenario(tmp_path / "k", "kernel", 10, 190))
+    b = _blocks(_details_scenario(tmp_path / mode, mode, 10, 190))
+    assert [i for i in range(1, len(a)) if not np.array_equal(a[i], b[i])] == []
+    assert not np.any((a[0] != b[0]) & ~UNDEFINED)
+
+
+def test_snapshot_opens_the_origin_after_the_snapshot():
+    """__create_snap opens the new device, then __set_snapshot_details the
+    origin: the origin goes to the list's head, unless it is on it."""
+    import tempfile
+
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    with tempfile.TemporaryDirectory() as d:
+        md = PoolMetadata.format(f"{d}/m", nr_metadata_blocks=512, nr_data_blocks=100, data_block_sectors=128)
+        md.sync = False
+        md.create_thin(1)
+        md.create_thin(2)
+        assert list(md.thin_devices) == [2, 1]  # newest first, closed, changed
+        md.commit()
+        assert list(md.thin_devices) == []  # written and closed: off the list
+        md.activate(2)
+        md.create_snap(3, 1)
+        assert list(md.thin_devices) == [1, 3, 2]
+        md.create_snap(4, 2)  # 2 is on the list (open): it keeps its place
+        assert list(md.thin_devices) == [4, 1, 3, 2]
+        md.commit()
+        assert md.thin_devices == {2: 1}
+        md.delete(2)
+        assert md.thin_devices == {}
+        md.close()
+
+
+@pytest.mark.parametrize("split,first", [("halves", 5), ("current", 100)])
+def test_pool_data_cursor_follows_the_kernel(tmp_path, split, first):
+    """ThinPool's data allocation as PoolMetadata's (test_data_cursor_
+    follows_the_kernel): before 5.14 each commit restarts the cursor at 0,
+    so a block freed and committed is the next one handed out; since, the
+    cursor goes on.  Either kernel starts it at 0 when the pool is opened
+    (sm_disk_open), so after a reopen the freed block comes first in both."""
+    bs = 64 * 1024
+    ThinPool.create(tmp_path / "p", 1000 * bs, "64KiB", metadata_size="4MiB", split=split, sync=False,
+                    commit_interval=10 ** 9).close()
+    pool = ThinPool.open(tmp_path / "p")
+    pool.message("create_thin 0")
+    dev = pool.device(0)
+    dev.write(0, 100 * bs)
+    pool.commit()
+    dev.discard(5 * bs, bs)
+    pool.commit()
+    dev.write(300 * bs, bs)
+    pool.commit()
+    dev.discard(6 * bs, bs)
+    pool.close()
+    pool = ThinPool.open(tmp_path / "p")
+    pool.device(0).write(301 * bs, bs)
+    pool.close()
+    with DmMetadata.open(tmp_path / "p" / "metadata") as m:
+        assert m.check().ok
+        vb, pb, _ = m.mappings(m.devices()[0])
+    got = dict(zip(vb.tolist(), pb.tolist()))
+    assert (got[300], got[301]) == (first, 5 if split == "current" else 6)
+    assert 5 not in got and 6 not in got

@@ -586,8 +586,9 @@ def test_allocation_is_next_fit_and_the_cursor_survives_commits(tmp_path):
     assert dev.lookup(5)[0] == 2
     pool.close()
     pool = ThinPool.open(tmp_path / "pool")
+    # dm_sm_disk_open starts the cursor at block 0: the lowest free block
     pool.device(0).write(6 * BS, BS)
-    assert pool.device(0).lookup(6)[0] == 3
+    assert pool.device(0).lookup(6)[0] == 0
     pool.close()
 
 

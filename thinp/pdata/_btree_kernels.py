@@ -37,17 +37,20 @@ MAX8 = 252  # calc_max_entries(8)
 KIND_BTREE = 1
 KIND_BITMAP = 2  # block.KIND_BITMAP
 ST_BITMAPS = 4  # transaction.ST_BITMAPS
+ST_NO_WRAP = 259  # transaction.ST_NO_WRAP: 1 when a free-block search stops at the end
 THRESH = 8
 ENTRIES_PER_BITMAP = 16320  # space_map.ENTRIES_PER_BITMAP
 
 
 @njit(inline="always", refcount=False)
-def _find_free(free, begin):
+def _find_free(free, begin, wrap):
+    """The first free block from ``begin``; then, when ``wrap`` (5.14+),
+    from block 0 (space_map.find_free)."""
     n = free.shape[0]
     for i in range(begin, n):
         if free[i]:
             return i
-    for i in range(0, min(begin, n)):
+    for i in range(0, min(begin, n) if wrap else 0):
         if free[i]:
             return i
     return -1
@@ -68,7 +71,7 @@ def _take(count, committed, free, txn, kind, fresh, tst, b, k):
 
 @njit(inline="always", refcount=False)
 def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
-    b = _find_free(free, tst[0])
+    b = _find_free(free, tst[0], tst[ST_NO_WRAP] == 0)
     if b < 0:
         return -1
     _take(count, committed, free, txn, kind, fresh, tst, b, KIND_BTREE)
@@ -81,7 +84,7 @@ def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     if i < tst[3]:
         old = tst[ST_BITMAPS + i]
         if txn[old] == 0:
-            nb = _find_free(free, tst[0])
+            nb = _find_free(free, tst[0], tst[ST_NO_WRAP] == 0)
             if nb >= 0:
                 _take(count, committed, free, txn, kind, fresh, tst, nb, KIND_BITMAP)
                 for w in range(512):
@@ -92,9 +95,11 @@ def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
     return b
 
 
-#: the data space map's ``dst`` (disk_space_map.DST_*): how many bitmap
-#: blocks it holds (0: the commit shadows them), its index tree's root when
-#: each index entry is saved at once (before 5.14; -1: cached), the blocks
+#: the data space map's ``dst`` (disk_space_map.DST_*): 1 when allocation
+#: does not wrap (before 5.14), how many bitmap blocks it holds (0: the
+#: commit shadows them), its index tree's root when each index entry is
+#: saved at once (before 5.14; -1: cached), the blocks
+DST_NO_WRAP = 1
 DST_NR = 2
 DST_INDEX = 3
 DST_BITMAPS = 4
@@ -1394,7 +1399,7 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                 v, found = lookup_mapping(m64, m32, root, dev, vb)
                 if found and np.int64(v & np.uint64(0xFFFFFF)) >= snap_time:
                     continue
-        p = _find_free(dfree, dst[0])
+        p = _find_free(dfree, dst[0], dst[DST_NO_WRAP] == 0)
         if p < 0:
             out[0] = root
             out[1] = k

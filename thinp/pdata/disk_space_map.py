@@ -19,10 +19,11 @@ from .space_map import ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, RefCounts, SmRoot,
 from .transaction import TransactionManager, write_bitmap_entry
 
 INDEX_VALUE = bw.ValueType(16)
-#: ``st`` (the kernels' ``dst``): 0 the allocation cursor; DST_NR how many
-#: bitmap blocks follow from DST_BITMAPS; DST_INDEX the index tree's root
-#: when entries are saved at once (before 5.14), else -1
-DST_NR, DST_INDEX, DST_BITMAPS = 2, 3, 4
+#: ``st`` (the kernels' ``dst``): 0 the allocation cursor; DST_NO_WRAP 1
+#: when allocation does not wrap (before 5.14); DST_NR how many bitmap
+#: blocks follow from DST_BITMAPS; DST_INDEX the index tree's root when
+#: entries are saved at once (before 5.14), else -1
+DST_NO_WRAP, DST_NR, DST_INDEX, DST_BITMAPS = 1, 2, 3, 4
 IE_CACHE_SIZE = 64
 COUNT_VALUE = bw.ValueType(4)
 
@@ -81,6 +82,11 @@ class DiskSpaceMap(RefCounts):
             else:
                 self._save_ie(i)  # older kernels insert it at once
 
+    @property
+    def wrap(self) -> bool:
+        """As the metadata's: both space maps changed together in 5.14."""
+        return self.tm.rolling_cursor
+
     def kernel_state(self, shadow: bool = True) -> np.ndarray:
         """``st`` holding the bitmaps' blocks (and, before 5.14, the index
         root), for a kernel that allocates data blocks and shadows their
@@ -92,6 +98,7 @@ class DiskSpaceMap(RefCounts):
             st = np.zeros(DST_BITMAPS + n, dtype=np.int64)
             st[:DST_BITMAPS] = self.st[:DST_BITMAPS]
             self.st = st
+        self.st[DST_NO_WRAP] = 0 if self.wrap else 1
         self.st[DST_NR] = n if shadow else 0
         self.st[DST_INDEX] = -1 if self.tm.index_cache else self.bitmap_root
         self.st[DST_BITMAPS:DST_BITMAPS + n] = self.index_entries["blocknr"]

@@ -75,8 +75,15 @@ class RefCounts:
     nr_allocated  blocks with a non-zero count as of the last commit
 
     Allocation is dm's: the lowest block free both now and at the last
-    commit, from the cursor, wrapping once (sm_ll_find_common_free_block).
+    commit, from the cursor, wrapping once (sm_ll_find_common_free_block);
+    without :attr:`wrap` (kernels before 5.14) the search ends at the last
+    block, so a block allocated and released in the transaction (behind
+    the cursor, which restarts at 0 at each commit) is not handed out
+    again before the commit.
     """
+
+    #: the ``st`` slot holding 1 when allocation must not wrap (see :attr:`wrap`)
+    NO_WRAP_SLOT = 1
 
     def __init__(self, count: np.ndarray, nr_scalars: int):
         self.count = memory.copy(count, np.uint32)
@@ -99,6 +106,17 @@ class RefCounts:
     @begin.setter
     def begin(self, b: int) -> None:
         self.st[0] = b
+
+    @property
+    def wrap(self) -> bool:
+        """Whether a search for a free block that reaches the end goes on
+        from block 0 (Linux 5.14 and later); before, sm_ll_find_free_block
+        searched from the cursor to the end only and failed there."""
+        return not self.st[self.NO_WRAP_SLOT]
+
+    @wrap.setter
+    def wrap(self, on: bool) -> None:
+        self.st[self.NO_WRAP_SLOT] = 0 if on else 1
 
     @property
     def nr_used(self) -> int:
@@ -167,7 +185,7 @@ class RefCounts:
 
     def take_free(self) -> int:
         """Allocate the next free block (count 1); -1 when there is none."""
-        b = find_free(self.free, self.begin)
+        b = find_free(self.free, self.begin, self.wrap)
         if b >= 0:
             self.begin = b + 1
             self.count[b] = 1
@@ -177,11 +195,12 @@ class RefCounts:
         return b
 
 
-def find_free(free: np.ndarray, begin: int) -> int:
-    """The first True of ``free`` at or after ``begin``, wrapping once to 0;
-    -1 if none (dm's find-free-from-cursor, searched in windows)."""
+def find_free(free: np.ndarray, begin: int, wrap: bool = True) -> int:
+    """The first True of ``free`` at or after ``begin``, wrapping once to 0
+    when ``wrap``; -1 if none (dm's find-free-from-cursor, searched in
+    windows)."""
     n = len(free)
-    for lo, hi in ((begin, n), (0, min(begin, n))):
+    for lo, hi in ((begin, n), (0, min(begin, n)) if wrap else (0, 0)):
         pos = lo
         step = 4096
         while pos < hi:

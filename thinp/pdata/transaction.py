@@ -9,7 +9,8 @@ at any instant leaves the file at its last commit.
 
 State (plain ndarrays; count, committed, free and st as in
 :class:`~thinp.pdata.space_map.RefCounts`, st[1] allocations, st[2] shadows,
-st[3] the number of metadata bitmaps, st[4 + i] the block of bitmap i):
+st[3] the number of metadata bitmaps, st[4 + i] the block of bitmap i,
+st[ST_NO_WRAP] 1 when allocation does not wrap, before 5.14):
 
 txn        uint8[nr_blocks]  1 = allocated or shadowed in this transaction
 kind       uint8[nr_blocks]  the validator of such a block (block.KIND_*),
@@ -28,7 +29,9 @@ shadowed at the commit when a count changed.  The allocation cursor starts
 at block 0 when the device is opened; ``rolling_cursor`` keeps it across
 commits, wrapping at the end (Linux 5.14 and later: "don't reset space map
 allocation cursor when committing"); without it every commit restarts it
-at 0, as older kernels do.
+at 0 and a search for a free block ends at the last block, as older
+kernels' sm_ll_find_free_block did: a block released in the transaction is
+behind the cursor, so it is not handed out again before the commit.
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ from .space_map import ENTRIES_PER_BITMAP, INDEX_ENTRY_DTYPE, MAX_METADATA_BITMA
 
 #: where the metadata bitmaps' blocks start in ``st``
 ST_BITMAPS = 4
+#: the ``st`` slot after the bitmaps': 1 when allocation does not wrap
+#: (the kernels read it as _btree_kernels.ST_NO_WRAP)
+ST_NO_WRAP = ST_BITMAPS + MAX_METADATA_BITMAPS
 #: :meth:`TransactionManager.zero_ahead`: at least this many blocks past
 #: the cursor are kept zeroed (4 MiB); the window is at most this many
 #: (64 MiB), so the file's allocated size runs at most 128 MiB past the
@@ -51,11 +57,14 @@ ZERO_AHEAD_MAX = 1 << 14
 class TransactionManager(RefCounts):
     """Shadowing, allocation and reference counts of metadata blocks."""
 
+    NO_WRAP_SLOT = ST_NO_WRAP
+
     def __init__(self, bm: BlockManager, count: np.ndarray):
         self.bm = bm  # (first: ``free`` below asks it)
         #: st: 0 allocation cursor, 1 allocations, 2 shadows, 3 bitmaps,
-        #: 4.. their blocks (the kernels shadow a bitmap from here)
-        super().__init__(count, ST_BITMAPS + MAX_METADATA_BITMAPS)
+        #: 4.. their blocks (the kernels shadow a bitmap from here), then
+        #: the no-wrap flag
+        super().__init__(count, ST_NO_WRAP + 1)
         self.txn = np.zeros(self.count.shape[0], dtype=np.uint8)
         self.kind = np.zeros(self.count.shape[0], dtype=np.uint8)
         # the metadata space map's on-disk structure
@@ -66,8 +75,6 @@ class TransactionManager(RefCounts):
         #: ref-count trees through the numba kernel (False: the Python btree,
         #: the reference the kernel is tested against)
         self.fast = True
-        #: the allocation cursor survives commits (dm since 5.14); False:
-        #: every commit restarts it at block 0, as older kernels do
         self.rolling_cursor = True
         #: the data space map keeps index entries in dm's 64-slot cache until
         #: the commit (5.14 and later); False: each is written at once
@@ -85,6 +92,18 @@ class TransactionManager(RefCounts):
         self.as_kernels = False
         #: allocations (st[1]) when the open transaction began
         self.allocs_at_begin = 0
+
+    @property
+    def rolling_cursor(self) -> bool:
+        """The allocation cursor survives commits and a search wraps at the
+        end (dm since 5.14); False: every commit restarts the cursor at
+        block 0 and a search stops at the end, as older kernels do (for
+        the data space map too: DiskSpaceMap reads it here)."""
+        return self.wrap
+
+    @rolling_cursor.setter
+    def rolling_cursor(self, on: bool) -> None:
+        self.wrap = on
 
     @property
     def free(self) -> np.ndarray:
@@ -238,6 +257,26 @@ class TransactionManager(RefCounts):
         self.kind[b] = KIND_OF[v.name]
         self.bm.forget(b)
         return b, blk
+
+    def bootstrap_block(self, v: Validator) -> int:
+        """sm_bootstrap_new_block, as sm_metadata_extend uses it: the block
+        at the cursor (the new area is free), zeroed, this transaction's;
+        no bitmap is shadowed for it here (the bootstrap allocator defers
+        the count: :meth:`shadow_bitmap_of` when it goes in)."""
+        b = self.take_free()
+        if b < 0:
+            raise errors.NoSpaceError(f"out of metadata space: all {self.nr_blocks} metadata blocks are in use")
+        self.st[1] += 1
+        self.bm.raw(b)[:] = 0
+        self.txn[b] = 1
+        self.kind[b] = KIND_OF[v.name]
+        self.bm.forget(b)
+        return b
+
+    def shadow_bitmap_of(self, b: int) -> None:
+        """The shadow of the bitmap holding block ``b``'s count, as the
+        first change of one of its counts in a transaction makes it."""
+        self._shadow_bitmap_of(b)
 
     def shadow(self, b: int, v: Validator = BTREE_NODE) -> tuple[int, np.ndarray, bool]:
         """dm_tm_shadow_block: (block, its bytes, inc_children).  The block

@@ -239,7 +239,7 @@ def _build_index(dm: PoolMetadata, side: dict, load: bool = True, leaked=None) -
     md = VolatileIndex.build(nr_data_blocks=dm.data_sm.nr_blocks, block_size=bs, options=_options(side),
                              low_water_mark=int(side.get("low_water_mark", 0)),
                              commit_interval=int(side.get("commit_interval", DEFAULT_COMMIT_INTERVAL)),
-                             time=dm.sb.time, dcursor=int(side.get("data_cursor", 0)))
+                             time=dm.sb.time, dcursor=0)  # sm_disk_open: the cursor starts at 0
     pc = dm.pending_check if load else None
     if pc is not None and len(pc.data_refs) != len(md.sp.drc):
         dm.complete_check()  # (counts that cannot be shared: the check walks on its own)
@@ -867,6 +867,7 @@ class ThinPool:
         dv.changed[s] = 1
         md.slot_of[dev_id] = s
         self.commit()
+        self._dm.activate(dev_id)  # its thin target, after the message's commit
         return ThinDevice(self, dev_id)
 
     def create_snap(self, dev_id: int, origin_id: int) -> "ThinDevice":
@@ -900,6 +901,7 @@ class ThinPool:
         dv.changed[o] = 1
         md.slot_of[dev_id] = s
         self.commit()
+        self._dm.activate(dev_id)
         return ThinDevice(self, dev_id)
 
     def delete(self, dev_id: int) -> None:
@@ -932,6 +934,9 @@ class ThinPool:
         self._check_open()
         dev_id = self._check_id(dev_id)
         self._slot(dev_id)
+        # a device in use has its thin target loaded: open in dm's device
+        # list from here on, where a commit writes the changed details
+        self._dm.activate(dev_id)
         return ThinDevice(self, dev_id)
 
     def devices(self) -> list[int]:
@@ -1145,6 +1150,9 @@ class ThinPool:
         self._sidecar.committed(self._side)
         self._reserve_block = None
         md.commit()
+        if not dm.tm.rolling_cursor:
+            # sm_disk_commit before 5.14 restarted the data cursor at 0
+            md.sp.scal[K.S_DCURSOR] = 0
         self._runs.clear()
         self._merge_at = 256
         self._commit_gen += 1

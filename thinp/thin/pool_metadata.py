@@ -83,6 +83,13 @@ class PoolMetadata:
         in_use = np.flatnonzero(tm.count)
         bm.advise_holes(int(in_use[-1]) + 1 if len(in_use) else 0)
         self.devices: dict[int, Details] = {}
+        #: dm's ``pmd->thin_devices`` list: the devices opened since the pool
+        #: was (an active thin target holds its device open; a message opens
+        #: and closes it), newest first, each with its open count.  A commit
+        #: writes the changed details in this order (__write_changed_details)
+        #: and drops the closed ones it wrote, so where the details tree's
+        #: nodes are shadowed follows it.
+        self.thin_devices: dict[int, int] = {}
         self.sync = True
         #: mapping inserts and lookups through the numba kernels (the Python
         #: btree is the reference they are tested against)
@@ -255,6 +262,37 @@ class PoolMetadata:
             raise errors.DeviceNotFoundError(f"thin device {dev} does not exist")
         return d
 
+    def _open_device(self, dev: int) -> None:
+        """__open_device: one more opener; a device not on the list goes to
+        its head (list_add), one on it keeps its place."""
+        if dev in self.thin_devices:
+            self.thin_devices[dev] += 1
+        else:
+            self.thin_devices = {dev: 1, **self.thin_devices}
+
+    def _close_device(self, dev: int) -> None:
+        """__close_device: one opener fewer (the entry stays on the list)."""
+        if self.thin_devices.get(dev, 0) > 0:
+            self.thin_devices[dev] -= 1
+
+    def open_device(self, dev: int) -> None:
+        """dm_pool_open_thin_device, as a thin target's constructor calls
+        it when the device is activated."""
+        self.details(dev)
+        self._open_device(dev)
+
+    def close_device(self, dev: int) -> None:
+        """dm_pool_close_thin_device (the thin target's destructor)."""
+        self.details(dev)
+        self._close_device(dev)
+
+    def activate(self, dev: int) -> None:
+        """Open ``dev`` unless it is open already: a device is written
+        through its active thin target, so a mapping change opens one
+        that is not."""
+        if not self.thin_devices.get(dev, 0):
+            self.open_device(dev)
+
     def create_thin(self, dev: int) -> None:
         """__create_thin: an empty mapping tree under ``dev``."""
         self._check_dev(dev)
@@ -265,6 +303,8 @@ class PoolMetadata:
                                                  np.array([root], dtype="<u8").view(np.uint8), self.subtree_vt,
                                                  split=self.split)
         self.devices[dev] = Details(0, self.sb.trans_id, self.sb.time, self.sb.time, changed=True)
+        self._open_device(dev)
+        self._close_device(dev)
 
     def create_snap(self, dev: int, origin: int) -> None:
         """__create_snap: share the origin's tree (one more reference on
@@ -281,14 +321,21 @@ class PoolMetadata:
         self.sb.time += 1
         t = self.sb.time
         self.devices[dev] = Details(o.mapped_blocks, self.sb.trans_id, t, t, changed=True)
+        # __open_device(dev), then __set_snapshot_details opens the origin
+        # (to the list's head unless it is there), and both are closed
+        self._open_device(dev)
+        self._open_device(origin)
         o.snapshotted_time = t
         o.changed = True
+        self._close_device(origin)
+        self._close_device(dev)
 
     def delete(self, dev: int) -> None:
         """__delete_device: remove the details and the mapping subtree
         (dropping a reference; shared nodes survive)."""
         self.details(dev)
         del self.devices[dev]
+        self.thin_devices.pop(dev, None)
         self.sb.device_details_root, _ = bw.remove(self.tm, self.sb.device_details_root, [dev], self.details_vt)
         self.sb.data_mapping_root, _ = bw.remove(self.tm, self.sb.data_mapping_root, [dev], self.subtree_vt)
 
@@ -352,6 +399,7 @@ class PoolMetadata:
         (the data block's reference is the caller's, from :meth:`alloc_data`);
         True when the mapping is new."""
         d = self.details(dev)
+        self.activate(dev)
         inserted = self._insert_value(dev, vblock, pack_block_time(pblock, self.sb.time))
         d.changed = True
         if inserted:
@@ -366,6 +414,8 @@ class PoolMetadata:
         d = self.details(dev)
         if not 0 <= pblock < self.data_sm.nr_blocks:
             raise ValueError(f"data block {pblock} outside the {self.data_sm.nr_blocks} data blocks")
+        if kernel:
+            self.activate(dev)
         self.data_sm.inc([pblock], shadow=kernel)
         inserted = self._insert_value(dev, vblock, pack_block_time(pblock, time), shadow=kernel)
         d.changed = True
@@ -392,6 +442,8 @@ class PoolMetadata:
             raise ValueError(f"data block {bad} outside the {self.data_sm.nr_blocks} data blocks")
         if len(vb) == 0:
             return 0
+        if kernel:
+            self.activate(dev)
         if not self.fast:
             return sum(self.insert_block_time(dev, v, p, t, kernel=kernel)
                        for v, p, t in zip(vb.tolist(), pb.tolist(), tm_.tolist()))
@@ -430,6 +482,7 @@ class PoolMetadata:
         from ..pdata import mapping_tree as BK
 
         d = self.details(dev)
+        self.activate(dev)
         vb = np.ascontiguousarray(vblocks, dtype=np.int64)
         m64, m32 = self._kernel_views()
         tm, dsm = self.tm, self.data_sm
@@ -449,8 +502,21 @@ class PoolMetadata:
         return int(out[3])
 
     def remove(self, dev: int, vblock: int) -> bool:
-        """__remove: unmap ``vblock`` (its data block loses a reference)."""
+        """__remove: unmap ``vblock`` (its data block loses a reference).
+
+        This is dm_thin_remove_block.  dm-thin's discards go through
+        dm_thin_remove_range instead (not modelled yet, #12): it takes a
+        reference on the device's subtree root, removes and at the end
+        re-inserts the device's top-level entry, and in between removes
+        the range key by key (dm_btree_remove_leaves: each key's own
+        descent and rebalance, stopping at the first unmapped one, whose
+        failed descent still rebalances; dm_btree_lookup_next finds the
+        next mapped key).  With passdown, the ranges are runs of
+        contiguous data blocks of one shared-ness, cut at 1024-block data
+        boundaries, and each run's data blocks are incremented after the
+        removal and decremented once the passdown completes."""
         d = self.details(dev)
+        self.activate(dev)
         if self.fast:
             from ..pdata import mapping_tree as BK
 
@@ -520,10 +586,11 @@ class PoolMetadata:
 
     def resize_metadata(self, nr_blocks: int) -> None:
         """dm_pool_resize_metadata_dev: the device grows to ``nr_blocks``
-        (call right after a commit); the metadata space map gains the new
-        entries, and a bitmap block (allocated from the new space) for each
-        16,320 of them past the last one."""
-        from ..pdata.block import BITMAP
+        (call right after a commit, as dm-thin's resize runs after the
+        suspend's commit); the metadata space map gains the new entries,
+        and a bitmap block (allocated from the new space) for each 16,320
+        of them past the last one."""
+        from ..pdata.block import BITMAP, INDEX
         from ..pdata.space_map import INDEX_ENTRY_DTYPE, nr_bitmaps
         import mmap as _mmap
 
@@ -550,17 +617,27 @@ class PoolMetadata:
             old_mm.close()
         except BufferError:
             pass  # a view of the old mapping is still alive; it goes with it
-        if len(tm.bitmap_blocks) < nr_bitmaps(nr_blocks):
-            # sm_metadata_extend allocates from the new area (its bootstrap
-            # allocator starts at the old end)
-            tm.begin = old
+        # sm_metadata_extend: the cursor moves to the old end, always (a
+        # 5.14+ kernel's next transaction allocates from there on), and its
+        # bootstrap allocator hands out the new area in order: first a
+        # bitmap for each 16,320 blocks past the last one (sm_ll_extend),
+        # then -- their counts going in -- the copy of the old bitmap that
+        # holds them, then, the index having changed, the index block's
+        # shadow (sm_ll_commit).  With no new bitmap nothing is written.
+        tm.begin = old
+        new = []
         for _ in range(len(tm.bitmap_blocks), nr_bitmaps(nr_blocks)):
-            b, _ = tm.new_block(BITMAP)
+            b = tm.bootstrap_block(BITMAP)
+            new.append(b)
             tm.bitmap_blocks = [*tm.bitmap_blocks.tolist(), b]
             e = np.zeros(1, dtype=INDEX_ENTRY_DTYPE)
             e["nr_free"] = ENTRIES_PER_BITMAP
             e["blocknr"] = b
             tm.index_entries = np.concatenate([tm.index_entries, e])
+        if new:
+            for b in new:
+                tm.shadow_bitmap_of(b)
+            tm.index_block, _, _ = tm.shadow(tm.index_block, INDEX)
         self.sb.metadata_nr_blocks = nr_blocks
 
     @property
@@ -588,12 +665,21 @@ class PoolMetadata:
         # the cursor on: zero the holes there first (a no-op when the last
         # commit's zeroing ahead covers them)
         tm.zero_ahead(ZERO_AHEAD_MIN + tm.allocs_this_transaction)
-        for dev in sorted(self.devices):
+        # __write_changed_details: in the list's order (newest opened
+        # first); a closed device written leaves the list.  Devices changed
+        # without being opened here (restore and repair build pools as the
+        # tools do) follow in ascending order.
+        order = [dev for dev in self.thin_devices if dev in self.devices]
+        listed = set(order)
+        order += sorted(dev for dev, d in self.devices.items() if d.changed and dev not in listed)
+        for dev in order:
             d = self.devices[dev]
             if d.changed:
                 self.sb.device_details_root, _ = bw.insert(tm, self.sb.device_details_root, [dev], d.pack(),
                                                            self.details_vt, split=self.split)
                 d.changed = False
+                if not self.thin_devices.get(dev, 1):
+                    del self.thin_devices[dev]
         self.sb.data_sm_root = self.data_sm.commit()
         cv = bw.ValueType(4)
 
