@@ -301,10 +301,10 @@ FINDINGS = {
         "its CPU constants are estimates or one machine's thinp calibrate, and thinp validate timing "
         "misses its targets here (at 9 interleaved runs per cell on a quiet 2-vCPU machine the "
         "measured order is decided beyond the runs' interquartile spread in 8 of 18 case/N groups, "
-        "all 8 ordered the same, 13 of 18 by medians; 91 of 91 decided driver pairs ordered alike; "
-        "time relative to overlay2 within 1.5x in 49 of 54 rows, missed by zfs-fuse's small appends "
-        "at N = 16, overlay2's first big append and 16 starts, and btrfs's big read at N = 1; "
-        "README: Timing against the real kernel)",
+        "all 8 ordered the same, 16 of 18 by medians; 91 of 91 decided driver pairs ordered alike; "
+        "time relative to overlay2 within 1.5x in 52 of 54 rows, missed by zfs-fuse's small appends "
+        "at N = 16 and btrfs's first big append (overlay2's 16 MiB copy-up); a later calibration that "
+        "measures both mends them and misses five other rows; README: Timing against the real kernel)",
         "devicemapper's discard at removal (dm.blkdiscard): a removal costs a fixed remove_s, not a "
         "discard of the container's bytes",
         "filesystem-internal effects below the drivers' counts (ext4 vs xfs journalling, btrfs "
