@@ -112,8 +112,7 @@ class TransactionManager(RefCounts):
         of the cursor that a commit left running
         (:meth:`zero_ahead` with ``behind=True``) is waited for first:
         this is the ordering that makes the zeroing safe."""
-        if self.bm._zeroing is not None:
-            self.bm.wait_zeroing()
+        self.bm.wait_zeroing()  # (returns at once when none runs)
         return self._free
 
     @free.setter
