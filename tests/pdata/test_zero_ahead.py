@@ -28,6 +28,19 @@ def _holes(fd, nr):
     return out
 
 
+def _pool_after_one_commit(path):
+    """A pool over a sparse metadata file whose first commit mapped 50,000
+    blocks (skipped where the filesystem reports no holes)."""
+    md = PoolMetadata.format(path, nr_metadata_blocks=65536, nr_data_blocks=1 << 20, data_block_sectors=128)
+    if _holes(md.bm.fd, 65536).sum() == 0:
+        md.close(commit=False)
+        pytest.skip("this filesystem reports no holes (SEEK_DATA/SEEK_HOLE)")
+    md.create_thin(0)
+    md.write_blocks(0, np.arange(50_000))
+    md.commit()
+    return md
+
+
 @pytest.fixture
 def sparse(tmp_path):
     p = tmp_path / "m"
@@ -71,14 +84,8 @@ def test_read_only_and_in_memory_managers_write_nothing(tmp_path):
 
 
 def test_commit_backs_the_blocks_past_the_cursor(tmp_path):
-    md = PoolMetadata.format(str(tmp_path / "m"), nr_metadata_blocks=65536, nr_data_blocks=1 << 20,
-                             data_block_sectors=128)
+    md = _pool_after_one_commit(str(tmp_path / "m"))
     try:
-        if _holes(md.bm.fd, 65536).sum() == 0:
-            pytest.skip("this filesystem reports no holes (SEEK_DATA/SEEK_HOLE)")
-        md.create_thin(0)
-        md.write_blocks(0, np.arange(50_000))
-        md.commit()
         cursor = md.tm.begin
         md.bm.wait_zeroing()  # the zeroing for the next transaction runs behind the commit
         holes = _holes(md.bm.fd, 65536)
@@ -100,14 +107,8 @@ def test_zeroing_behind_is_over_before_the_next_allocation(tmp_path):
     its last step) is waited for by the first use of the free-block array
     (every allocation's), so no block is handed out while zeros may still
     land in it; it writes only free holes, and the pool goes on."""
-    md = PoolMetadata.format(str(tmp_path / "m"), nr_metadata_blocks=65536, nr_data_blocks=1 << 20,
-                             data_block_sectors=128)
+    md = _pool_after_one_commit(str(tmp_path / "m"))
     try:
-        if _holes(md.bm.fd, 65536).sum() == 0:
-            pytest.skip("this filesystem reports no holes (SEEK_DATA/SEEK_HOLE)")
-        md.create_thin(0)
-        md.write_blocks(0, np.arange(50_000))
-        md.commit()
         md.tm.free  # (waits for the commit's own zeroing behind, if any)
         cursor = md.tm.begin
         before = np.array(md.bm.blocks).copy()
@@ -139,14 +140,8 @@ def test_zeroing_behind_flushes_only_when_the_pool_syncs(tmp_path, monkeypatch):
     real = os.fdatasync
     monkeypatch.setattr(os, "fdatasync", lambda fd: calls.append(fd) or real(fd))
     for sync in (False, True):
-        md = PoolMetadata.format(str(tmp_path / f"m{sync}"), nr_metadata_blocks=65536,
-                                 nr_data_blocks=1 << 20, data_block_sectors=128)
+        md = _pool_after_one_commit(str(tmp_path / f"m{sync}"))
         try:
-            if _holes(md.bm.fd, 65536).sum() == 0:
-                pytest.skip("this filesystem reports no holes (SEEK_DATA/SEEK_HOLE)")
-            md.create_thin(0)
-            md.write_blocks(0, np.arange(50_000))
-            md.commit()
             md.tm.free  # (waits for the commit's own zeroing behind, if any)
             cursor = md.tm.begin
             assert _holes(md.bm.fd, 65536)[cursor + 8192:cursor + 16384].all()

@@ -81,7 +81,7 @@ def convert_pool(src_dir, dst_dir, *, split: str = "current", metadata_size=None
         extra = {"zero_new_blocks": bool(opts & OPT_ZERO), "discard_passdown": bool(opts & OPT_PASSDOWN),
                  "ignore_discard": bool(opts & OPT_IGNORE_DISCARD), "sync": bool(opts & OPT_SYNC),
                  "error_if_no_space": bool(opts & OPT_ERROR_IF_NO_SPACE), "low_water_mark": sb.low_water_mark,
-                 "commit_interval": sb.commit_interval, "data_cursor": sb.dcursor}
+                 "commit_interval": sb.commit_interval}
     finally:
         old.close()
     os.makedirs(dst_dir, exist_ok=True)

@@ -187,8 +187,9 @@ def _settle_sidecar(path: str, side: dict | None, dm: PoolMetadata, reconcile: b
             f"{path}: {SIDECAR} does not belong to this metadata ({why}); adopt the metadata's view with "
             f"'thinp pool status {path} --reconcile' (ThinPool.open(..., reconcile=True))")
     out = {"version": SIDECAR_VERSION, "split": "current", "low_water_mark": 0, "error_if_no_space": False,
-           "commit_interval": DEFAULT_COMMIT_INTERVAL, "data_cursor": 0}
-    out.update({k: v for k, v in (side or {}).items() if k != "previous"})
+           "commit_interval": DEFAULT_COMMIT_INTERVAL}
+    # (an older sidecar's data_cursor is dropped: dm's cursor starts at 0 on open)
+    out.update({k: v for k, v in (side or {}).items() if k not in ("previous", "data_cursor")})
     bs = dm.sb.data_block_size * SECTOR_SIZE
     old = out.get("devices", {})
     sizes = {}
@@ -550,7 +551,7 @@ class ThinPool:
                 "low_water_mark": low_water_mark, "error_if_no_space": bool(error_if_no_space),
                 "zero_new_blocks": bool(zero_new_blocks), "discard_passdown": bool(discard_passdown),
                 "ignore_discard": bool(ignore_discard), "payload": bool(payload), "sync": bool(sync),
-                "commit_interval": commit_interval, "data_cursor": 0, "uuid": str(_uuid.uuid4())}
+                "commit_interval": commit_interval, "uuid": str(_uuid.uuid4())}
         dm = None
         lock_fd = -1
         try:
@@ -1199,7 +1200,7 @@ class ThinPool:
             "version": SIDECAR_VERSION, "transaction_id": dm.sb.trans_id, "split": dm.split,
             "devices": {str(int(dv.dev_id[s])): int(dv.size_sectors[s]) for s in np.flatnonzero(dv.dev_id >= 0)},
             "low_water_mark": int(scal[K.S_LWM]), "commit_interval": int(scal[K.S_COMMIT_INTERVAL]),
-            "data_cursor": int(scal[K.S_DCURSOR]), "zero_new_blocks": bool(sb.options & OPT_ZERO),
+            "zero_new_blocks": bool(sb.options & OPT_ZERO),
             "discard_passdown": bool(sb.options & OPT_PASSDOWN),
             "ignore_discard": bool(sb.options & OPT_IGNORE_DISCARD),
             "error_if_no_space": bool(sb.options & OPT_ERROR_IF_NO_SPACE),
@@ -1211,7 +1212,7 @@ class ThinPool:
     def _write_sidecar(self, side: dict, sync: bool):
         """Write the sidecar of the commit under way into the slot not
         holding the last commit's, unless the file already says the same:
-        same devices, options, cursor and tie (the roots, so the commit
+        same devices, options and tie (the roots, so the commit
         changed no mapping and no device).  The live slot then belongs to
         this commit as much as to the last one, and a crash before the
         superblock finds it right for either.  Returns the wait for the

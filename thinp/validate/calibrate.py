@@ -782,36 +782,29 @@ def fit(meas: dict, dev: dict) -> dict:
             timing["start_s"]["overlay2"] = timing["start_s"]["overlay"] = mu
     for d in ("btrfs", "zfs"):
         extra(d, (d,))
-    # the share of a kind's extra cost that one process spent asleep on the
-    # daemon (zfs-fuse's FUSE round trips): its wall time less the CPU,
-    # its own and the daemon's, of the same ops in one process
-    timing["daemon_wait_share"] = {}
+    # per kind of zfs-fuse op: the share of its extra cost that one process
+    # spent asleep on the daemon (its FUSE round trips): its wall time less
+    # the CPU, its own and the daemon's, of the same ops in one process
+    # (daemon_wait_share); and what a lone op pays over the same op with
+    # every core busy, besides that share: waking idle cores (idle_wake_s)
+    wait = timing["daemon_wait_share"] = {}
+    wake = timing["idle_wake_s"] = {}
     for op, kind in DAEMON_WAIT_OPS.items():
-        wall, cpu = g(f"zfs.{op}.p1"), g(f"zfs.{op}.cpu.p1")
+        t1, cpu, busy = g(f"zfs.{op}.p1"), g(f"zfs.{op}.cpu.p1"), g(f"zfs.{op}.busy.p1")
         x = timing["layer_kind_s"].get(f"zfs.{kind}", 0.0)
-        if wall is None or cpu is None or x <= 0:
+        if t1 is None or x <= 0:
             continue
         share = kinds[kind][1]
-        asleep = max(wall - cpu, 0.0) / share
-        timing["daemon_wait_share"][f"zfs.{kind}"] = min(asleep / x, 1.0)
-        if kind == "create":
-            timing["daemon_wait_share"]["zfs.unlink"] = timing["daemon_wait_share"]["zfs.create"]
-    # what a lone op pays over the same op with every core busy, besides
-    # the share asleep: waking idle cores (idle_wake_s); and with the cores
-    # busy, the CPU a new page adds (in place of the wall-time difference,
-    # which the idle cores' wake-ups blur)
-    timing["idle_wake_s"] = {}
-    for op, kind in DAEMON_WAIT_OPS.items():
-        t1, busy = g(f"zfs.{op}.p1"), g(f"zfs.{op}.busy.p1")
-        x = timing["layer_kind_s"].get(f"zfs.{kind}", 0.0)
-        if t1 is None or busy is None or x <= 0:
-            continue
-        share = kinds[kind][1]
-        asleep = x * timing["daemon_wait_share"].get(f"zfs.{kind}", 0.0)
-        w = min(max((t1 - busy) / share - asleep, 0.0), x - asleep)
-        timing["idle_wake_s"][f"zfs.{kind}"] = w
-        if kind == "create":
-            timing["idle_wake_s"]["zfs.unlink"] = w
+        if cpu is not None:
+            wait[f"zfs.{kind}"] = min(max(t1 - cpu, 0.0) / share / x, 1.0)
+        if busy is not None:
+            asleep = x * wait.get(f"zfs.{kind}", 0.0)
+            wake[f"zfs.{kind}"] = min(max((t1 - busy) / share - asleep, 0.0), x - asleep)
+    for table in (wait, wake):      # create+unlink is measured as one
+        if "zfs.create" in table:
+            table["zfs.unlink"] = table["zfs.create"]
+    # with the cores busy, the CPU a new page adds (in place of the
+    # wall-time difference, which the idle cores' wake-ups blur)
     b4k, b5 = g("zfs.append4k.busy.p1"), g("zfs.append.busy.p1")
     if b4k is not None and b5 is not None:
         timing.setdefault("page_write_cpu_s", {})["zfs"] = max(b4k - b5 - copy_s, 0.0)
