@@ -292,10 +292,10 @@ def test_commit_after_cow(benchmark, workdir, monkeypatch):
     zeroing = []
     real_zero_ahead = md.tm.zero_ahead
 
-    def zero_ahead(nr, behind=False):
+    def zero_ahead(nr, *args, **kw):
         t0 = time.perf_counter()
         try:
-            return real_zero_ahead(nr, behind)
+            return real_zero_ahead(nr, *args, **kw)
         finally:
             zeroing[-1] += time.perf_counter() - t0
 
