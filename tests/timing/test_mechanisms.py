@@ -251,6 +251,48 @@ def test_a_serialized_share_caps_how_far_that_kind_scales():
     assert _steps_s(four, other) == pytest.approx(_steps_s(four, free), rel=1e-9)
 
 
+def test_a_sleeping_locks_hand_over_costs_each_waiter_its_handoff():
+    """btrfs' tree lock held for a whole create: with serial_handoff_s h,
+    4 processes that queue for it take about h longer per create after the
+    first (each waiter resumes h after the release), one process alone
+    nothing more; another kind's or driver's entry changes nothing."""
+    steps = [Step("append", path="/log-{p}", size=5, count=40)]
+    one, four = run(_wl(steps, 1), "btrfs").oplog, run(_wl(steps, 4), "btrfs").oplog
+    kind = {"default": 0.0, "btrfs.write": 1e-3}
+    locked = dataclasses.replace(TimingConstants(), cores=8, layer_kind_s=kind,
+                                 serial_share={"default": 0.0, "btrfs.write": 1.0})
+    h = 0.5e-3
+    slow = dataclasses.replace(locked, serial_handoff_s={"btrfs.write": h})
+    assert _steps_s(one, slow) == pytest.approx(_steps_s(one, locked), rel=1e-9)
+    # 4 x 40 writes one at a time; all but the very first acquisition waited
+    extra = _steps_s(four, slow) - _steps_s(four, locked)
+    assert extra == pytest.approx((4 * 40 - 1) * h, rel=0.05)
+    for other in ({"btrfs.create": h}, {"zfs.write": h}):
+        k = dataclasses.replace(locked, serial_handoff_s=other)
+        assert _steps_s(four, k) == pytest.approx(_steps_s(four, locked), rel=1e-9)
+
+
+def test_calibrate_fits_a_handoff_where_4_at_once_did_less_than_1_alone():
+    import pathlib
+
+    from thinp.cost import toml_load
+    from thinp.validate import calibrate as cal
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "docs" / "timing" / "calibrate.toml"
+    meas = dict(toml_load(path)["calibration"]["measured_s"])
+    # create+unlink (two ops a pair): 4 at once 4 us a pair slower than 1 alone
+    meas.update({"btrfs.create_unlink.p1": 30e-6, "btrfs.create_unlink.p4": 4 * 34e-6,
+                 # readdir: 4 at once within what the cores allow -- no lock, no handoff
+                 "btrfs.readdir.p1": 20e-6, "btrfs.readdir.p4": 20e-6})
+    t = cal.fit(meas, {})["timing"]
+    assert t["serial_share"]["btrfs.create"] == 1.0
+    assert t["serial_handoff_s"]["btrfs.create"] == pytest.approx(2e-6)
+    assert t["serial_handoff_s"]["btrfs.unlink"] == pytest.approx(2e-6)
+    assert "btrfs.readdir" not in t["serial_handoff_s"] and "btrfs.readdir" not in t["serial_share"]
+    # the fitted table loads back as constants
+    assert all(v >= 0 for v in t["serial_handoff_s"].values())
+
+
 def test_buffered_writes_reach_the_device_at_sync_not_one_request_per_write():
     """btrfs counts an append's bytes when it is made; the model still
     writes them back at the container's sync, in merged requests: 200

@@ -96,6 +96,12 @@ class TimingConstants:
     #: scale no further than that share allows.  Absent: 0 (ext4 and
     #: overlayfs scale with the cores)
     serial_share: dict = field(default_factory=lambda: _t(default=0.0, **{"zfs.meta_miss": 1.0}))
+    #: seconds, per ``"driver.kind"``, that a process which waited for the
+    #: driver's one lock (``serial_share``) resumes after the holder let it
+    #: go: the lock is a sleeping one (btrfs' tree locks, an rwsem), so each
+    #: hand-over wakes the waiter and switches to it, and N processes at
+    #: once get less done than one alone.  Absent: 0
+    serial_handoff_s: dict = field(default_factory=lambda: _t(default=0.0))
     #: share of ``layer_kind_s["driver.kind"]`` that the process spends
     #: asleep, waiting for the driver's daemon rather than on a core:
     #: zfs-fuse serves every call by FUSE round trips to its daemon, whose
@@ -258,7 +264,19 @@ SOURCES = {
                     "second than C/4 of one process's rate by over 25%, the share of the one-process time "
                     "that 4 processes' time per operation shows serialized, min(t4, t1) / t1 (a lock held "
                     "for S of every t1 caps the rate at 1/S); ext4 came out below the margin, and overlayfs but for "
-                    "its readdir (4 processes reading one directory)",
+                    "its readdir (4 processes reading one directory). zfs.read: zfs-fuse's daemon serves "
+                    "several readers one at a time: calibrate's cold small reads by 4 processes at once, "
+                    "every process every file, took (p4 - p1) / 3 longer per file for each reader past "
+                    "the first than 1 alone (2026-12-07 04:44: 135 us a file alone, 246 us by 4), the "
+                    "share of a read (its CPU with the cores busy) that much is, at most 1",
+    "serial_handoff_s": "`thinp calibrate`: where the same per-op benchmark run by 4 processes at once "
+                        "took longer per operation than by 1 alone (t4 = p4 / 4 > t1: btrfs' create+unlink, "
+                        "its tree of new directories and readdir; overlayfs' readdir), the difference t4 - "
+                        "t1 per operation, which a lock held by one at a time (serial_share = 1) cannot "
+                        "give: each hand-over of a sleeping lock wakes the waiter. On the quiet 2-vCPU VM "
+                        "(2026-12-07 04:44 UTC) btrfs' tree: 31.6 us a directory alone, 37.4 us by 4 at "
+                        "once (4.1 us a mkdir after the files' share); validate timing's tree at N = 16 "
+                        "took 1.8x overlay2's there (1.7x in the interrupted second run)",
     "daemon_wait_share": "`thinp calibrate`: per kind of op on zfs-fuse, the wall time of one process's "
                          "open/append/close, open/read/close, create+unlink and readdir less the CPU time it "
                          "used, its own and the zfs-fuse daemon's (every thread's, /proc/PID/task/*/schedstat), "
@@ -290,7 +308,12 @@ SOURCES = {
                    "daemon had looked up before the caches were dropped, 90-157 us (so calibrate now reads "
                    "a new clone or snapshot each run); ext4 and btrfs came out within the device reads "
                    "(0); 4 processes reading their own quarter of the files took as long as 1 reading all "
-                   "on zfs-fuse (serial_share zfs.meta_miss = 1), not on ext4",
+                   "on zfs-fuse (serial_share zfs.meta_miss = 1), not on ext4. zfs: no device part is "
+                   "taken off: zfs-fuse serves a page-cache miss from its ARC (max-arc-size = 100 MiB "
+                   "in /etc/zfs/zfsrc here; drop_caches leaves it alone), which holds the files "
+                   "calibrate has just written, so those cold reads read nothing from the device -- "
+                   "where validate timing's do: its image writes 256 MiB of big files after the small "
+                   "ones, which leaves them out of the ARC",
     "page_miss_s": "`thinp calibrate` (as layer_kind_s): a cold 16 MiB read on ext4 over a loop device "
                    "took no longer than the device's transfer and the copy to user space (the fit's "
                    "floor, 0.05 us a page); 0.1 us for alloc_page + filemap_add_folio + LRU insertion. The fit "
@@ -553,6 +576,7 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     serial = {kk.split(".", 1)[1]: min(max(v, 0.0), 1.0) for kk, v in k.serial_share.items()
               if kk.startswith(d + ".")}
     serial_lock = SERIAL_LOCK.get(d, ("fs_serial", 0))
+    handoff = {kk.split(".", 1)[1]: max(v, 0.0) for kk, v in k.serial_handoff_s.items() if kk.startswith(d + ".")}
     # kind -> seconds of its layer_kind_s spent asleep on the driver's daemon
     daemon_wait = {kk.split(".", 1)[1]: kind_extra.get(kk.split(".", 1)[1], 0.0) * min(max(v, 0.0), 1.0)
                    for kk, v in k.daemon_wait_share.items() if kk.startswith(d + ".")}
@@ -742,8 +766,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
         sh = serial.get(kind, 0.0)
         if sh > 0.0:
             # the share the driver's path runs under its one lock
-            stages += [(sim.CPU, cpu * (1.0 - sh)), (sim.LOCK, serial_lock), (sim.CPU, cpu * sh),
-                       (sim.UNLOCK, serial_lock)]
+            stages += [(sim.CPU, cpu * (1.0 - sh)), (sim.LOCK, serial_lock, handoff.get(kind, 0.0)),
+                       (sim.CPU, cpu * sh), (sim.UNLOCK, serial_lock)]
         else:
             stages.append((sim.CPU, cpu))
         if wake > 0.0:              # the round trips' wake-ups of idle cores
