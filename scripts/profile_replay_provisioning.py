@@ -28,8 +28,8 @@ from thinp.thin import pool as P  # noqa: E402
 from bench_pool import BS, RNG_SEED, _trace, _warm  # noqa: E402
 
 
-def _usage() -> np.ndarray:
-    r = resource.getrusage(resource.RUSAGE_SELF)
+def _usage(who=resource.RUSAGE_SELF) -> np.ndarray:
+    r = resource.getrusage(who)
     return np.array([time.perf_counter(), r.ru_utime, r.ru_stime])
 
 
@@ -37,15 +37,16 @@ def _wrap(owner, name: str, label: str, acc: dict) -> None:
     fn = getattr(owner, name)
 
     def timed(*a, **kw):
-        t0 = _usage()
+        t0 = _usage(resource.RUSAGE_THREAD)
         r = fn(*a, **kw)
-        acc[label] = acc.get(label, 0) + (_usage() - t0)
+        acc[label] = acc.get(label, 0) + (_usage(resource.RUSAGE_THREAD) - t0)
         return r
 
     setattr(owner, name, timed)
 
 
-def main(rounds: int) -> None:
+def main(rounds: int, serial: bool = False) -> None:
+    P.OVERLAP_APPLY = not serial
     work = tempfile.mkdtemp(prefix="thinp-prof-")
     try:
         _warm(work)
@@ -54,7 +55,7 @@ def main(rounds: int) -> None:
         trace = _trace(0, np.random.default_rng(RNG_SEED).choice(nr, n, replace=False))
         acc: dict = {}
         _wrap(TK, "replay", "index replay kernel", acc)
-        _wrap(P.ThinPool, "_apply_log", "apply_log", acc)
+        _wrap(P.ThinPool, "_apply_log_kernel", "apply_log", acc)
         _wrap(P.ThinPool, "_commit", "commit", acc)
         for r in range(rounds):
             acc.clear()
@@ -65,7 +66,8 @@ def main(rounds: int) -> None:
             pool.replay(trace)
             w, u, s = _usage() - t0
             print(f"round {r}: wall {w:.3f} s, user {u:.3f} s, system {s:.3f} s: {n / w / 1e6:.2f} M/s wall, "
-                  f"{n / (u + s) / 1e6:.2f} M/s by CPU; load {os.getloadavg()[0]:.1f}")
+                  f"{n / (u + s) / 1e6:.2f} M/s by CPU; load {os.getloadavg()[0]:.1f}"
+                  f"{' (serial)' if serial else ''}")
             for label, (w, u, s) in acc.items():
                 print(f"  {label:20s} wall {w:.3f} s, user {u:.3f} s, system {s:.3f} s")
             pool.close()
@@ -75,4 +77,5 @@ def main(rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
+    args = [a for a in sys.argv[1:] if a != "--serial"]
+    main(int(args[0]) if args else 2, "--serial" in sys.argv[1:])

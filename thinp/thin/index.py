@@ -115,10 +115,17 @@ class VolatileIndex(Metadata):
                 pass  # (before Linux 6.1: khugepaged collapses them in the background)
 
     def commit(self, first: bool = False) -> None:
-        """End the index's transaction (nothing is written anywhere)."""
+        """End the index's transaction (nothing is written anywhere).
+
+        Nodes stay writable in place (``mnew`` is kept): no copy of the index
+        survives a commit (an abort rebuilds it from dm's metadata), so only
+        a node shared by two trees (a snapshot's, the held copy's: a count
+        above 1) is copied on its next write.  Clearing it made the first
+        write to each node after every commit copy it: 25 K leaf copies
+        (and as many fresh pages faulted in) for the 48 K requests after the
+        commit at request 1 M of random provisioning into a 1 TiB thin."""
         sp = self.sp
         K.release_pending(sp)
-        sp.mnew[:] = 0
         sp.mdirty[:] = 0
         sp.ddirty[:] = 0
         sp.scal[K.S_OPS_SINCE_COMMIT] = 0

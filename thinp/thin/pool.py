@@ -114,6 +114,10 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
 
 #: rows of the mapping-change log between the replay kernel and dm's btree
 LOG_ROWS = 1 << 16
+#: a full log goes into dm's btree on a second thread while the replay
+#: kernel runs the trace's next stretch (ThinPool._apply_overlapped); False
+#: runs them one after the other (the same result: tests compare the two)
+OVERLAP_APPLY = True
 #: dm metadata blocks one mapping change may take at most, as the near-reserve
 #: runs budget it: the shadowed path and a split (a new node) at each of the
 #: two trees' levels.  Only the speed depends on it: a run that reaches the
@@ -452,6 +456,8 @@ class ThinPool:
         self._failed = False
         self._fail_mode: str | None = None  # dm-thin's "fail" mode: the reason
         self._log = np.zeros((LOG_ROWS, 4), dtype=np.int64)
+        #: the log the replay kernel fills while the last one goes into dm's btree (_apply_overlapped)
+        self._log_alt = np.zeros((LOG_ROWS, 4), dtype=np.int64)
         #: the replay-kernel runs since the last commit, each [slots, ops,
         #: offsets, lengths, start op, start vblock, ran to the end]: an
         #: abort re-runs them on the committed state to count what dm applied
@@ -1408,6 +1414,7 @@ class ThinPool:
         failed = np.zeros(len(ops), dtype=np.uint8)
         gen = -1
         at_change = False  # stopped right before a mapping change (R_FLUSH)
+        ahead = None  # the next stretch's kernel run, made during the last _apply_overlapped
         if key is None:
             self._nr_runs += 1
         run = self._nr_runs
@@ -1437,11 +1444,28 @@ class ThinPool:
                     # the next change alone (it passed the check above)
                     log, reserve = self._log[:1 if at_change else 0], -1
             md.sp.scal[TK.S_READ_ONLY] = 1 if self._ooms else 0
-            out[3] = 0
-            r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out, log,
-                          failed)
-            ok = self._apply_log(int(out[3]), reserve)
+            if ahead is not None:
+                # the kernel already ran this stretch, into the other log
+                # (see _apply_overlapped): its log and its events are now
+                # the current ones
+                r, out, ahead_events = ahead
+                ahead = None
+                self._log, self._log_alt = self._log_alt, self._log
+                nev = len(ahead_events)
+                md.sp.events[:nev] = ahead_events
+                md.sp.scal[K.S_NEV] = nev
+            else:
+                out[3] = 0
+                r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out, log,
+                              failed)
+            if (OVERLAP_APPLY and r == TK.R_FLUSH and out[3] > 0 and not self._step and not self._ooms and reserve == self._meta_reserve
+                    and int(md.sp.scal[K.S_NEV]) == 0):
+                ok, ahead = self._apply_overlapped(slots, ops, off, ln, out, src, src_base, failed)
+            else:
+                ok = self._apply_log(int(out[3]), reserve)
             self._drain_events(events)
+            if not ok:
+                ahead = None  # (the rollbacks below rebuild the index from the last commit)
             if not ok and self._mirror_r == -1:
                 # dm-thin's alloc_data_block: free metadata is down to the
                 # reserve, so it commits what came before this block (the
@@ -1506,6 +1530,47 @@ class ThinPool:
                               (run, start) if key is None else key)
             start_vb += 1
 
+    def _apply_overlapped(self, slots, ops, off, ln, out, src, src_base, failed):
+        """Apply the full log of a kernel run that stopped at ``out`` (R_FLUSH)
+        to dm's btree on a second thread while the replay kernel runs the
+        trace's next stretch into the other log (both kernels release the
+        GIL; they share no array: dm's btree and space maps against the
+        index's nodes, counts and the data file).  dm's btree is still
+        changed row by row in request order, exactly as :meth:`_apply_log`
+        does; only the index runs ahead, as it does already within a log.
+        Returns (ok, (r, out, events) of the next stretch's run).  Its
+        events are set aside (the caller raises this log's first) and, if
+        this log's changes ran out of metadata, the caller's rollback
+        rebuilds the index from the last commit and runs those requests
+        again, as it does for the rows after the failing one in a log."""
+        import threading
+
+        md = self._md
+        n = int(out[3])
+        res = np.zeros(6, dtype=np.int64)
+        got: list = []
+
+        def work():
+            try:
+                got.append(self._apply_log_kernel(self._log, n, None, False, res))
+            except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+                got.append(e)
+
+        th = threading.Thread(target=work, name="thinp-apply-log")
+        th.start()
+        out2 = np.zeros(4, dtype=np.int64)
+        try:
+            r2 = TK.replay(md.sp, md.dv, slots, ops, off, ln, int(out[1]), int(out[2]), self._data, src, src_base,
+                           out2, self._log_alt, failed)
+        finally:
+            th.join()
+        if isinstance(got[0], BaseException):
+            raise got[0]
+        nev = int(md.sp.scal[K.S_NEV])
+        ahead_events = md.sp.events[:nev].copy()
+        md.sp.scal[K.S_NEV] = 0
+        return self._apply_log_done(got[0], res), (r2, out2, ahead_events)
+
     def _raise_eio(self, failed) -> None:
         """Raise OutOfMetadataSpaceError if a request of this run had a block
         fail with EIO (needing a new mapping out of metadata space)."""
@@ -1531,20 +1596,29 @@ class ThinPool:
         commit), not as dm-thin's allocations shadow them."""
         if n == 0:
             return True
+        res = np.zeros(6, dtype=np.int64)
+        return self._apply_log_done(self._apply_log_kernel(self._log, n, reserve, tool, res), res)
+
+    def _apply_log_kernel(self, log: np.ndarray, n: int, reserve: int | None, tool: bool, res: np.ndarray) -> int:
+        """_apply_log's kernel call alone (no Python state touched after the
+        arguments are gathered, so a thread may run it: the kernel releases
+        the GIL); :meth:`_apply_log_done` then, with ``log`` as ``self._log``."""
         dm = self._dm
         tm, dsm = dm.tm, dm.data_sm
         blocks = dm.bm.blocks
-        res = np.zeros(6, dtype=np.int64)
-        r = MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free, tm.txn,
-                          tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free, dsm.kernel_state(not tool),
-                          np.int64(dm.sb.data_mapping_root), self._log, np.int64(n), dm.split == "halves",
-                          np.int64(self._meta_reserve if reserve is None else reserve), np.int64(self._meta_lwm),
-                          self._meta_lwm_armed,
-                          np.int64(self._meta_mark[0]), np.int64(self._meta_mark[1]), res)
-        dsm.from_kernel()
+        return int(MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free,
+                                 tm.txn, tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free,
+                                 dsm.kernel_state(not tool), np.int64(dm.sb.data_mapping_root), log, np.int64(n),
+                                 dm.split == "halves", np.int64(self._meta_reserve if reserve is None else reserve),
+                                 np.int64(self._meta_lwm), self._meta_lwm_armed, np.int64(self._meta_mark[0]),
+                                 np.int64(self._meta_mark[1]), res))
+
+    def _apply_log_done(self, r: int, res: np.ndarray) -> bool:
+        dm = self._dm
+        dm.data_sm.from_kernel()
         dm.sb.data_mapping_root = int(res[0])
         self._mirror_out = res
-        self._mirror_r = int(r)
+        self._mirror_r = r
         if res[2] >= 0:
             self._meta_lwm_armed = False
             self._event(int(self._log[res[2], 3]), K.EV_META_LOW_WATER, int(res[3]))
