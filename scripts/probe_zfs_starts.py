@@ -139,6 +139,10 @@ def main(argv=None) -> int:
                                a.bound, daemon, f"round {r + 1} clone wave {w // wave + 1}")
                 t_clone += t
                 stuck += s
+            if stuck:           # a wedged daemon answers no destroy either
+                wedges += 1
+                print(f"round {r + 1}: {stuck} of {a.n} clones stuck: daemon wedged, stopping", flush=True)
+                break
             s_rm = 0
             t0 = time.perf_counter()
             tries = 0

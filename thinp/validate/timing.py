@@ -694,9 +694,9 @@ ZFS_NOTE = ("zfs-fuse: a start is zfs clone -o mountpoint=none (N at once), then
 @contextlib.contextmanager
 def zfs_mount_lock(path: str):
     """Hold an exclusive flock(2) on ``path`` (made if missing): the
-    processes that start zfs containers at once take it around the
-    ``zfs set mountpoint`` that mounts each clone, so zfs-fuse's daemon registers one new FUSE mount at a
-    time.
+    processes that start zfs containers at once take it around the ``zfs
+    set mountpoint`` that mounts each clone, so zfs-fuse's daemon registers
+    one new FUSE mount at a time.
 
     Why: zfs-fuse 0.7.0 hands a new mount to its FUSE listener threads as
     two writes to one pipe (the mount's info, then its mountpoint:
@@ -706,12 +706,14 @@ def zfs_mount_lock(path: str):
     reader then waits on the pipe for bytes that never come, the mutex
     held, and no FUSE request on any of the pool's filesystems is answered
     again.  Seen here (``scripts/probe_zfs_starts.py``, 2026-12-07, load
-    3-8): 16 ``zfs clone``s at once (each mounting its clone) wedged the
-    daemon in round 17 and round 18 of two runs -- 39 of its 40 listener
-    threads waiting on one mutex (gdb), one in ``pipe_read``, the clients
-    in ``request_wait_answer`` or D state in ``fuse_lock_inode`` -- as
-    ``thinp validate timing`` lost zfs at start N = 16 in 3 of 4 quiet runs.
-    The clones themselves (made unmounted) still run at once; the kernel's zfs, which Docker users run, has no such pipe."""
+    3-8): 16 ``zfs clone``s at once, each mounting its clone, wedged the
+    daemon in round 17 of one run and round 18 of another (of 16 clones
+    each) -- 39 of its 40 listener threads waiting on one mutex (gdb), one
+    reading the pipe, the clients in ``request_wait_answer`` or in D state
+    in ``fuse_lock_inode`` -- as ``thinp validate timing`` lost zfs at start
+    N = 16 in 3 of 4 quiet runs.  The clones themselves (made unmounted)
+    still run at once; the kernel's zfs, which Docker users run, has no
+    such pipe."""
     import fcntl
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -736,12 +738,11 @@ def zfs_destroy(dataset: str, mountpoint: str | None = None) -> None:
 
     Not ``zfs destroy -f``: its lazy unmount (``umount -l``) returns before
     zfs-fuse's daemon has let go of the dataset, and the destroy that
-    follows is refused as busy -- after 16 clones at once, 9 of 16 (and
-    every one with the pool's root unmounted), 2026-12-07.  Those clones
-    stayed mounted, and ``thinp validate timing``'s runs piled them up by
-    the hundred in the daemon, which then deadlocked
-    (:func:`thinp.validate.block.real_zfs`).  A destroy still refused as
-    busy is tried again for :data:`ZFS_BUSY_RETRY_S`, then raised as a
+    follows is refused as busy -- 9 of 16 right after 16 clones at once,
+    2026-12-07 -- so a run left its clones mounted in the daemon, by the
+    hundred over a whole ``thinp validate timing``.  A plain unmount first
+    still meets "busy" now and then (0 to 3 retries a round of 16): such a destroy
+    is tried again for :data:`ZFS_BUSY_RETRY_S`, then raised as a
     :class:`RealRunError` (the run is lost, not the pool's hygiene); a
     dataset that does not exist (a clone a lost run never made) is let be."""
     if mountpoint is not None:
