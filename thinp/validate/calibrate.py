@@ -35,8 +35,10 @@ table takes the 1-process figure; the others are kept under
   is waking idle cores (``idle_wake_s``);
 * container starts of the Debian-rootfs image as ``thinp validate timing``
   makes them, by 1, 2, 4 and 16 processes at once (caches dropped first):
-  overlay2's directories and mount(2), a btrfs snapshot, a zfs-fuse clone --
-  one alone is ``start_s``, what each adds at once ``start_serial_s``; the
+  overlay2's directories and mount(2), a btrfs snapshot, a zfs-fuse clone
+  (made at once, mounted one at a time: :func:`thinp.validate.timing.zfs_mount_lock`)
+  -- one alone is ``start_s``, what each adds at once ``start_serial_s``, each
+  from the median of the runs as ``thinp validate timing`` shows a start; the
   removal of one (btrfs subvolume delete, zfs destroy) ``remove_s``; vfs's
   ``cp -a`` one at a time (its copies are CPU, which the model shares);
 * the loop device itself: 4 KiB O_DIRECT reads (latency) and 1 MiB reads
