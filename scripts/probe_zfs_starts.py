@@ -101,11 +101,11 @@ def main(argv=None) -> int:
     ap.add_argument("--remove", choices=("force", "unmount"), default="unmount",
                     help="force: zfs destroy -f (the harness before 2026-12-07); unmount: umount, then "
                          "zfs destroy -r (thinp.validate.timing.zfs_destroy)")
-    ap.add_argument("--mount", choices=("clone", "serial"), default="serial",
+    ap.add_argument("--mount", choices=("clone", "serial", "locked-clone"), default="locked-clone",
                     help="clone: each zfs clone mounts its clone (the harness before 2026-12-07); serial: "
                          "zfs clone -o mountpoint=none at once, then zfs set mountpoint (the mount) one at a "
-                         "time under a lock "
-                         "(thinp.validate.timing.RealSetup.create)")
+                         "time under a lock; locked-clone: each whole zfs clone (with its mount) under the lock, "
+                         "as thinp.validate.timing.RealSetup.create makes them")
     ap.add_argument("--daemon-args", default="", help="extra zfs-fuse options")
     a = ap.parse_args(argv)
     wedges = 0
@@ -132,6 +132,8 @@ def main(argv=None) -> int:
                 lock = os.path.join(base, "zfs-mount.lock")
                 cmds = ([["zfs", "clone", f"{pool}/deb@base", f"{pool}/ctr{i}"] for i in ids[w:w + wave]]
                         if a.mount == "clone" else
+                        [["flock", lock, "zfs", "clone", f"{pool}/deb@base", f"{pool}/ctr{i}"]
+                         for i in ids[w:w + wave]] if a.mount == "locked-clone" else
                         [["sh", "-c", f"zfs clone -o mountpoint=none {pool}/deb@base {pool}/ctr{i} && "
                                       f"flock {lock} zfs set mountpoint={mnt}/ctr{i} {pool}/ctr{i}"]
                          for i in ids[w:w + wave]])

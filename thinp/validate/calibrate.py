@@ -36,7 +36,7 @@ table takes the 1-process figure; the others are kept under
 * container starts of the Debian-rootfs image as ``thinp validate timing``
   makes them, by 1, 2, 4 and 16 processes at once (caches dropped first):
   overlay2's directories and mount(2), a btrfs snapshot, a zfs-fuse clone
-  (made at once, mounted one at a time: :func:`thinp.validate.timing.zfs_mount_lock`)
+  (one at a time: :func:`thinp.validate.timing.zfs_mount_lock`)
   -- one alone is ``start_s``, what each adds at once ``start_serial_s``, each
   from the median of the runs as ``thinp validate timing`` shows a start; the
   removal of one (btrfs subvolume delete, zfs destroy) ``remove_s``; vfs's

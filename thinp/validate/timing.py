@@ -18,13 +18,11 @@ is memory, as the ``ram`` profile the predictions use):
   btrfs driver makes one (no ``btrfs`` process);
 * ``zfs``: the image a zfs-fuse dataset, each container a ``zfs clone`` of
   its snapshot through the ``zfs`` command, as Docker's zfs driver runs it
-  (go-zfs executes the CLI), made unmounted (``mountpoint=none``, as
-  Docker's ``mountpoint=legacy`` clone) and then mounted by ``zfs set
-  mountpoint`` (Docker mounts at ``Get``; ``canmount=noauto`` does not keep
-  zfs-fuse's clone from mounting); the clones of N containers run at once, their
-  mounts one at a time (:func:`zfs_mount_lock`: two mounts at once can
-  wedge zfs-fuse's daemon), and a container is removed by unmounting it,
-  then ``zfs destroy -r`` (:func:`zfs_destroy`); zfs-fuse runs in user
+  (go-zfs executes the CLI); zfs-fuse's clone also mounts the clone, so
+  the clones of N containers started at once run one at a time
+  (:func:`zfs_mount_lock`: two mounts at once can wedge zfs-fuse's
+  daemon), and a container is removed by unmounting it, then ``zfs destroy
+  -r`` (:func:`zfs_destroy`); zfs-fuse runs in user
   space: every system call crosses FUSE, which the model -- of the
   kernel's zfs -- does not price.
 
@@ -577,12 +575,9 @@ class RealSetup:
             btrfs_snapshot(f"{self.btrfs}/{src}", d)
             return d
         if driver == "zfs":
-            # Docker's zfs driver clones without mounting (mountpoint=legacy)
-            # and mounts at Get; zfs-fuse's mounts go one at a time (ZFS_NOTE)
-            ds = f"{self.zpool}/ctr{n}"
-            run_cmd(["zfs", "clone", "-o", "mountpoint=none", f"{self.zpool}/{src}@base", ds])
+            # zfs-fuse's clone mounts its clone: one at a time (ZFS_NOTE)
             with zfs_mount_lock(self.zfs_lock):
-                run_cmd(["zfs", "set", f"mountpoint={self.zmnt}/ctr{n}", ds])
+                run_cmd(["zfs", "clone", f"{self.zpool}/{src}@base", f"{self.zpool}/ctr{n}"])
             return f"{self.zmnt}/ctr{n}"
         raise ValueError(driver)
 
@@ -687,16 +682,16 @@ def remove_tool(cmd) -> None:
 
 
 #: what the zfs rows' note says (``thinp validate timing``'s table and the README's)
-ZFS_NOTE = ("zfs-fuse: a start is zfs clone -o mountpoint=none (N at once), then zfs set mountpoint "
-            "(the mount), one at a time: two mounts at once can wedge zfs-fuse's daemon")
+ZFS_NOTE = ("zfs-fuse: the N zfs clones of a start run one at a time, each mounting its clone "
+            "(two mounts at once can wedge zfs-fuse's daemon)")
 
 
 @contextlib.contextmanager
 def zfs_mount_lock(path: str):
     """Hold an exclusive flock(2) on ``path`` (made if missing): the
-    processes that start zfs containers at once take it around the ``zfs
-    set mountpoint`` that mounts each clone, so zfs-fuse's daemon registers
-    one new FUSE mount at a time.
+    processes that start zfs containers at once take it around their ``zfs
+    clone``, which mounts the clone, so zfs-fuse's daemon registers one new
+    FUSE mount at a time.
 
     Why: zfs-fuse 0.7.0 hands a new mount to its FUSE listener threads as
     two writes to one pipe (the mount's info, then its mountpoint:
@@ -711,9 +706,17 @@ def zfs_mount_lock(path: str):
     each) -- 39 of its 40 listener threads waiting on one mutex (gdb), one
     reading the pipe, the clients in ``request_wait_answer`` or in D state
     in ``fuse_lock_inode`` -- as ``thinp validate timing`` lost zfs at start
-    N = 16 in 3 of 4 quiet runs.  The clones themselves (made unmounted)
-    still run at once; the kernel's zfs, which Docker users run, has no
-    such pipe."""
+    N = 16 in 3 of 4 quiet runs.  The kernel's zfs, which Docker users
+    run, has no such pipe.
+
+    The whole clone goes under the lock: zfs-fuse's clone mounts its clone
+    whatever ``canmount`` says (``noauto`` too), and a clone made with
+    ``mountpoint=none`` at once, then mounted by ``zfs set mountpoint`` one
+    at a time, paid a property change's txg sync per container besides --
+    16 starts took 490-910 ms that way against 220-360 ms one clone at a
+    time (``probe_zfs_starts.py --mount serial`` / ``locked-clone``, 10
+    rounds each, load 6).  So a zfs start by N is N clones in turn, and
+    ``thinp calibrate``'s fit of it (``start_serial_s``) prices that."""
     import fcntl
 
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
