@@ -167,15 +167,16 @@ def btrfs_scenario_sim(extra_files: int, late: bool = False) -> dict:
 
 
 @contextmanager
-def real_zfs(workdir=None, size="1G"):
+def real_zfs(workdir=None, size="1G", daemon_args=()):
     """Yield (pool name, mount root) of a zfs-fuse pool on a sparse file; on
-    exit destroy the pool and stop the daemon this started."""
+    exit destroy the pool and stop the daemon this started (``daemon_args``:
+    more zfs-fuse options)."""
     tmp = tempfile.mkdtemp(prefix="thinp-zfs-", dir=workdir)
     disk, mnt, pidfile = os.path.join(tmp, "disk"), os.path.join(tmp, "mnt"), os.path.join(tmp, "zfs.pid")
     with open(disk, "wb") as f:
         f.truncate(__import__("thinp.units", fromlist=["parse_size"]).parse_size(size))
     pool = f"thinpv{os.getpid()}"
-    proc = subprocess.Popen(["zfs-fuse", "-n", "--pidfile", pidfile, "--no-kstat-mount"],
+    proc = subprocess.Popen(["zfs-fuse", "-n", "--pidfile", pidfile, "--no-kstat-mount", *daemon_args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     created = False
     try:
@@ -213,7 +214,11 @@ def real_zfs(workdir=None, size="1G"):
             except subprocess.TimeoutExpired:
                 pass            # (our daemon, killed; the unmount below still runs)
             finally:
-                run_bounded(["umount", "-l", mnt], 60)
+                # what a killed daemon left mounted below the root, deepest first
+                with open("/proc/self/mounts") as f:
+                    left = [m for m in (ln.split()[1] for ln in f) if m == mnt or m.startswith(mnt + "/")]
+                for m in sorted(left, key=len, reverse=True):
+                    run_bounded(["umount", "-l", m], 60)
                 shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -18,8 +18,13 @@ is memory, as the ``ram`` profile the predictions use):
   btrfs driver makes one (no ``btrfs`` process);
 * ``zfs``: the image a zfs-fuse dataset, each container a ``zfs clone`` of
   its snapshot through the ``zfs`` command, as Docker's zfs driver runs it
-  (go-zfs executes the CLI); zfs-fuse runs in user space: every system call
-  crosses FUSE, which the model -- of the kernel's zfs -- does not price.
+  (go-zfs executes the CLI); zfs-fuse's clone also mounts the clone, so
+  the clones of N containers started at once run one at a time
+  (:func:`zfs_mount_lock`: two mounts at once can wedge zfs-fuse's
+  daemon), and a container is removed by unmounting it, then ``zfs destroy
+  -r`` (:func:`zfs_destroy`); zfs-fuse runs in user
+  space: every system call crosses FUSE, which the model -- of the
+  kernel's zfs -- does not price.
 
 Cases, each at N = 1, 4 and 16 processes in one container (``start``: N
 containers started at once): 5-byte appends to a new small file per
@@ -532,6 +537,7 @@ class RealSetup:
             ok, why = block.zfs_available()
             if ok:
                 self.zpool, self.zmnt = stack.enter_context(block.real_zfs(workdir=base, size="2G"))
+                self.zfs_lock = os.path.join(base, "zfs-mount.lock")
                 for name, src in (("img", self.flat), ("deb", self.debian)):
                     run_cmd(["zfs", "create", f"{self.zpool}/{name}"])
                     run_cmd(["cp", "-a", src + "/.", f"{self.zmnt}/{name}"])
@@ -569,7 +575,9 @@ class RealSetup:
             btrfs_snapshot(f"{self.btrfs}/{src}", d)
             return d
         if driver == "zfs":
-            run_cmd(["zfs", "clone", f"{self.zpool}/{src}@base", f"{self.zpool}/ctr{n}"])
+            # zfs-fuse's clone mounts its clone: one at a time (ZFS_NOTE)
+            with zfs_mount_lock(self.zfs_lock):
+                run_cmd(["zfs", "clone", f"{self.zpool}/{src}@base", f"{self.zpool}/ctr{n}"])
             return f"{self.zmnt}/ctr{n}"
         raise ValueError(driver)
 
@@ -599,7 +607,7 @@ class RealSetup:
         elif driver == "btrfs":
             remove_tool(["btrfs", "subvolume", "delete", f"{self.btrfs}/ctr{n}"])
         elif driver == "zfs":
-            remove_tool(["zfs", "destroy", "-f", f"{self.zpool}/ctr{n}"])
+            zfs_destroy(f"{self.zpool}/ctr{n}", f"{self.zmnt}/ctr{n}")
 
     def settle(self, driver: str) -> None:
         """Wait for what removals left to the driver's background threads:
@@ -671,6 +679,91 @@ def remove_tool(cmd) -> None:
     pid and raised."""
     if run_bounded(cmd) is None:
         raise RealRunError(f"{' '.join(cmd)} did not finish in {CMD_TIMEOUT_S:g} s")
+
+
+#: what the zfs rows' note says (``thinp validate timing``'s table and the README's)
+ZFS_NOTE = ("zfs-fuse: the N zfs clones of a start run one at a time, each mounting its clone "
+            "(two mounts at once can wedge zfs-fuse's daemon)")
+
+
+@contextlib.contextmanager
+def zfs_mount_lock(path: str):
+    """Hold an exclusive flock(2) on ``path`` (made if missing): the
+    processes that start zfs containers at once take it around their ``zfs
+    clone``, which mounts the clone, so zfs-fuse's daemon registers one new
+    FUSE mount at a time.
+
+    Why: zfs-fuse 0.7.0 hands a new mount to its FUSE listener threads as
+    two writes to one pipe (the mount's info, then its mountpoint:
+    ``zfsfuse_newfs`` in ``src/zfs-fuse/fuse_listener.c``), unlocked, and a
+    listener reads them back while holding the one mutex every listener
+    thread needs.  Two mounts at once can interleave their writes; the
+    reader then waits on the pipe for bytes that never come, the mutex
+    held, and no FUSE request on any of the pool's filesystems is answered
+    again.  Seen here (``scripts/probe_zfs_starts.py``, 2026-12-07, load
+    3-8): 16 ``zfs clone``s at once, each mounting its clone, wedged the
+    daemon in round 17 of one run and round 18 of another (of 16 clones
+    each) -- 39 of its 40 listener threads waiting on one mutex (gdb), one
+    reading the pipe, the clients in ``request_wait_answer`` or in D state
+    in ``fuse_lock_inode`` -- as ``thinp validate timing`` lost zfs at start
+    N = 16 in 3 of 4 quiet runs.  The kernel's zfs, which Docker users
+    run, has no such pipe.
+
+    The whole clone goes under the lock: zfs-fuse's clone mounts its clone
+    whatever ``canmount`` says (``noauto`` too), and a clone made with
+    ``mountpoint=none`` at once, then mounted by ``zfs set mountpoint`` one
+    at a time, paid a property change's txg sync per container besides --
+    16 starts took 490-910 ms that way against 220-360 ms one clone at a
+    time (``probe_zfs_starts.py --mount serial`` / ``locked-clone``, 10
+    rounds each, load 6).  So a zfs start by N is N clones in turn, and
+    ``thinp calibrate``'s fit of it (``start_serial_s``) prices that."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)            # (closing releases the lock)
+
+
+#: seconds a ``zfs destroy`` refused with "dataset is busy" is tried again
+#: for (every 50 ms) before the removal counts as failed
+ZFS_BUSY_RETRY_S = 10.0
+
+
+def zfs_destroy(dataset: str, mountpoint: str | None = None) -> None:
+    """Remove a zfs-fuse dataset as Docker's zfs driver removes a layer:
+    its mount unmounted first (Docker's ``Put``: umount(2); here the
+    ``umount`` command, bounded by :data:`CMD_TIMEOUT_S` as every tool is,
+    where ``mountpoint`` is mounted), then ``zfs destroy -r`` (go-zfs's
+    ``DestroyRecursive``).
+
+    Not ``zfs destroy -f``: its lazy unmount (``umount -l``) returns before
+    zfs-fuse's daemon has let go of the dataset, and the destroy that
+    follows is refused as busy -- 9 of 16 right after 16 clones at once,
+    2026-12-07 -- so a run left its clones mounted in the daemon, by the
+    hundred over a whole ``thinp validate timing``.  A plain unmount first
+    still meets "busy" now and then (0 to 3 retries a round of 16): such a destroy
+    is tried again for :data:`ZFS_BUSY_RETRY_S`, then raised as a
+    :class:`RealRunError` (the run is lost, not the pool's hygiene); a
+    dataset that does not exist (a clone a lost run never made) is let be."""
+    if mountpoint is not None:
+        with open("/proc/self/mounts") as f:
+            mounted = any(ln.split()[1] == mountpoint for ln in f)
+        if mounted:
+            remove_tool(["umount", mountpoint])
+    cmd = ["zfs", "destroy", "-r", dataset]
+    deadline = time.monotonic() + ZFS_BUSY_RETRY_S
+    while True:
+        r = run_bounded(cmd)
+        if r is None:
+            raise RealRunError(f"{' '.join(cmd)} did not finish in {CMD_TIMEOUT_S:g} s")
+        if r[0] == 0 or "dataset is busy" not in r[2]:
+            return
+        if time.monotonic() > deadline:
+            raise RealRunError(f"{' '.join(cmd)}: still busy after {ZFS_BUSY_RETRY_S:g} s")
+        time.sleep(0.05)
 
 
 def _measure_once_more(r: RealSetup, case: str, driver: str, n: int) -> float:
@@ -789,7 +882,8 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
                         if x["driver"] in r.skipped:
                             continue
                         x["measured_s"], x["measured_lo"], x["measured_hi"] = spread(x["runs_s"])
-                        x["note"] = ""
+                        # how the real side made zfs's starts (:func:`zfs_mount_lock`)
+                        x["note"] = ZFS_NOTE if (x["driver"], case.name) == ("zfs", "start") else ""
                         x["load"] = load        # the 1-minute load average when the group ended
                 if progress:
                     for x in group:
@@ -908,4 +1002,9 @@ def markdown(rows: list[dict], drivers=DRIVERS) -> str:
         cells.append(order if dec else f"undecided ({order})")
         cells.append(("yes" if ms[0].get("same_order") else "no") if ms else "-")
         out.append("| " + " | ".join(cells) + " |")
+    # how the real side made what it measured, where a row says (once each)
+    notes = dict.fromkeys(f"{x['driver']} {x['case']}: {x['note']}" for x in rows
+                          if x.get("measured_s") is not None and x.get("note"))
+    if notes:
+        out += ["", *(f"Note -- {n}" for n in notes)]
     return "\n".join(out)
