@@ -1696,6 +1696,138 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
                            root, dev, vblock, sp, out)
 
 
+# ------------------------------------------------------- range removal
+@njit(refcount=False)
+def _lookup_next(m64, m32, root, key):
+    """dm_btree_lookup_next on a one-level tree: (True, the least key >=
+    ``key``) or (False, 0).  Read-only (each internal level remembers its
+    next child, where dm retries after a failed descent)."""
+    b = root
+    cand = np.int64(-1)
+    for _ in range(64):
+        nr = np.int64(m32[b, 4])
+        i = _lower_bound(m64, m32, b, key)
+        if m32[b, 1] & LEAF:
+            if i < 0 or m64[b, HDR + i] != key:
+                i += 1
+            if i < nr:
+                return True, m64[b, HDR + i]
+            if cand < 0:
+                return False, np.uint64(0)
+            b = cand
+            cand = -1
+            continue
+        if i < 0:
+            i = 0
+        if i >= nr:
+            return False, np.uint64(0)
+        if i + 1 < nr:
+            cand = np.int64(_val(m64, m32, b, i + 1))
+        b = np.int64(_val(m64, m32, b, i))
+    return False, np.uint64(0)
+
+
+@njit(refcount=False)
+def _remove_nearest(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+                    key):
+    """dm's remove_nearest down a device's subtree: the spine shadowed and
+    rebalanced for ``key``; the leaf index of the last key <= ``key`` (-1
+    when none), -3 when an internal node has no child for it (-ENODATA:
+    what was rebalanced stays), -2 when metadata ran out."""
+    i = np.int64(0)
+    while True:
+        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                        root, i, 2) < 0:
+            return -2
+        b = sp[1]
+        if m32[b, 1] & LEAF:
+            return _lower_bound(m64, m32, b, key)
+        r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                dst, b, key, 2)
+        if r < 0:
+            return -2
+        if r == 0:
+            return -3
+        if m32[b, 1] & LEAF:
+            return _lower_bound(m64, m32, b, key)
+        i = _lower_bound(m64, m32, b, key)
+        root = np.int64(_val(m64, m32, b, i))
+
+
+@njit(refcount=False)
+def _remove_one(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+                begin, end, res):
+    """dm's remove_one: the nearest entry at or before ``begin`` (the
+    leaf's first when none) is removed when its key lies in [begin, end).
+    ``res`` gets (new root, the key removed).  Returns 1 removed, 0 not
+    (-ENODATA: the descent's shadows and rebalancing stay), -1 when
+    metadata ran out."""
+    for j in range(4):
+        sp[j] = 0
+    idx = _remove_nearest(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                          sp, root, begin)
+    if idx == -2:
+        return -1
+    res[0] = sp[3]
+    if idx == -3:
+        return 0
+    n = sp[1]
+    if idx < 0:
+        idx = 0
+    if idx >= m32[n, 4]:
+        return 0
+    k = m64[n, HDR + idx]
+    if k < begin or k >= end:
+        return 0
+    p = np.int64(_val(m64, m32, n, idx) >> np.uint64(24))
+    # block_dec (dm_sm_dec_block), then delete_at
+    if _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+        return -1
+    _ddec(dcount, dcommitted, dfree, p)
+    _delete_at(m64, m32, n, idx)
+    res[1] = np.int64(k)
+    return 1
+
+
+@njit
+def remove_leaves_range(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root,
+                        begin, end, out):
+    """The loop of dm's __remove_range over one device's subtree at
+    ``root`` (its top-level entry already taken out): dm_btree_lookup_next
+    finds the next mapped vblock in [begin, end), dm_btree_remove_leaves
+    removes from there with one remove_one each (its own descent and
+    rebalancing), stopping at the first that finds nothing in range (that
+    one's descent still shadows and rebalances).  ``out`` gets (new root,
+    mappings removed).  Returns 0, or -1 when metadata ran out."""
+    sp = np.zeros(4, dtype=np.int64)
+    res = np.zeros(2, dtype=np.int64)
+    b = np.uint64(begin)
+    e = np.uint64(end)
+    total = 0
+    out[0] = root
+    while b < e:
+        found, k = _lookup_next(m64, m32, root, b)
+        if not found or k >= e:
+            break
+        b = k
+        while True:
+            res[0] = root
+            r = _remove_one(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                            sp, root, b, e, res)
+            if r < 0:
+                out[0] = root
+                out[1] = total
+                return -1
+            root = res[0]
+            if r == 0:
+                break
+            total += 1
+            b = np.uint64(res[1]) + np.uint64(1)
+    out[0] = root
+    out[1] = total
+    return 0
+
+
 # --------------------------------------------------------- ref-count trees
 @njit(refcount=False)
 def _merge_run(m64, m32, leaf, blocks, counts, k, n, hi, halves):
