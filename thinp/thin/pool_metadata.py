@@ -548,46 +548,50 @@ class PoolMetadata:
         many were unmapped.
 
         dm takes a reference on the device's subtree root (its metadata
-        bitmap shadowed then; on a snapshot-shared root the count reaches 3
-        for a moment, an entry in the ref-count tree), removes the
-        device's top-level entry (whose dec drops that reference again),
-        removes the range from the subtree (remove_leaves_range), then
-        inserts the top-level entry back."""
+        bitmap shadowed then), removes the device's top-level entry (whose
+        dec drops that reference again), removes the range from the subtree
+        (dm_btree_lookup_next, then dm_btree_remove_leaves: one descent per
+        key), then inserts the top-level entry back
+        (:func:`thinp.pdata.mapping_tree.remove_range`).  A snapshot-shared
+        root is counted 3 for a moment, an entry dm puts in the metadata
+        ref-count tree and takes out again; that is left to the commit, as
+        every count of 3 or more the kernels make (not yet dm's)."""
         if begin < 0 or end < begin:
             raise ValueError(f"range [{begin}, {end}) of thin device {dev}")
         d = self.details(dev)
         self.activate(dev)
         tm = self.tm
-        root = self.subtree_root(dev)
-        try:
-            tm.inc(root)
-            self.sb.data_mapping_root, _ = bw.remove(tm, self.sb.data_mapping_root, [dev], self.subtree_vt)
-            if self.fast:
-                from ..pdata import mapping_tree as BK
+        if self.fast:
+            from ..pdata import mapping_tree as BK
 
-                m64, m32 = self._kernel_views()
-                dsm = self.data_sm
-                out = np.zeros(2, dtype=np.int64)
-                r = BK.remove_leaves_range(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh,
-                                           tm.st, dsm.count, dsm.committed, dsm.free, dsm.kernel_state(),
-                                           np.int64(root), np.int64(begin), np.int64(end), out)
-                dsm.from_kernel()
-                if r < 0:
-                    raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
-                root, removed = int(out[0]), int(out[1])
-            else:
-                tm.as_kernels = True
-                try:
-                    root, removed = bw.remove_leaves_range(tm, root, begin, end, self.data_vt)
-                finally:
-                    tm.as_kernels = False
-            d.mapped_blocks -= removed
-            d.changed = True
-            self.sb.data_mapping_root, _ = bw.insert(tm, self.sb.data_mapping_root, [dev],
-                                                     np.array([root], dtype="<u8").view(np.uint8), self.subtree_vt,
-                                                     split=self.split)
-        except errors.NoSpaceError:
-            raise
+            m64, m32 = self._kernel_views()
+            dsm = self.data_sm
+            out = np.zeros(2, dtype=np.int64)
+            r = BK.remove_range(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
+                                dsm.count, dsm.committed, dsm.free, dsm.kernel_state(),
+                                np.int64(self.sb.data_mapping_root), np.int64(dev), np.int64(begin), np.int64(end),
+                                self.split == "halves", out)
+            dsm.from_kernel()
+            if r == -3:
+                raise errors.MetadataCorruptError(f"metadata corrupt: device {dev} has no mapping tree")
+            if r < 0:
+                raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
+            self.sb.data_mapping_root, removed = int(out[0]), int(out[1])
+        else:
+            root = self.subtree_root(dev)
+            tm.shadow_bitmap_of(root)
+            tm.as_kernels = True
+            try:
+                tm.inc(root)
+                self.sb.data_mapping_root, _ = bw.remove(tm, self.sb.data_mapping_root, [dev], self.subtree_vt)
+                root, removed = bw.remove_leaves_range(tm, root, begin, end, self.data_vt)
+                self.sb.data_mapping_root, _ = bw.insert(tm, self.sb.data_mapping_root, [dev],
+                                                         np.array([root], dtype="<u8").view(np.uint8),
+                                                         self.subtree_vt, split=self.split)
+            finally:
+                tm.as_kernels = False
+        d.mapped_blocks -= removed
+        d.changed = True
         return removed
 
     def alloc_data(self) -> int | None:
