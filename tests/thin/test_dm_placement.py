@@ -367,13 +367,13 @@ def _scenario(path, mode):
     write(1, range(20000))
     commit()
     before = _bitmap_blocks(md)
-    for vb in range(17000, 17003):
-        cursor = md.tm.begin
-        assert md.remove(1, vb)
-        if vb == 17000:
-            # the removed mapping's block (in bitmap 1) shadows its bitmap
-            # after the spine: the last block the remove took
-            seen.append(("remove", _bitmap_blocks(md)[1], md.tm.begin - 1, cursor))
+    # the pool's discard passes down: one run of contiguous, unshared data
+    # blocks, one dm_thin_remove_range
+    cursor = md.tm.begin
+    assert md.remove_range(1, 17000, 17003) == 3
+    # the first removed mapping's block (in bitmap 1) shadows its bitmap
+    # after the spine: the last block the removal took
+    seen.append(("remove", _bitmap_blocks(md)[1], md.tm.begin - 1, cursor))
     assert _bitmap_blocks(md)[0] == before[0]  # untouched: no count of it changed
     commit()
     md.create_snap(2, 1)
@@ -388,8 +388,7 @@ def _scenario(path, mode):
     seen.append(("inc_children", _bitmap_blocks(md)[0], md.tm.begin - 1, None))
     write(2, [16500])
     commit()
-    for vb in range(100, 140):
-        assert md.remove(2, vb)
+    assert md.remove_range(2, 100, 140) == 40  # one run, all shared
     md.delete(2)
     md.close()
     images.append((path / "metadata").read_bytes())
@@ -873,3 +872,71 @@ def test_range_discard_differs_from_block_by_block(tmp_path):
         assert md.remove(1, vb)
     assert (md.sb.data_mapping_root, int(md.tm.bitmap_blocks[0])) == (c, c + 1)
     md.close()
+
+
+#: the thin of _discard_cuts: (vblocks written, in order); the data blocks
+#: follow the order: vb 0..1099 -> 0..1099, 3000..3009 -> 1100..1109,
+#: 1100..2999 -> 1110..3009, 3010..3099 -> 3010..3099
+_CUT_WRITES = [(0, 1100), (3000, 3010), (1100, 3100)]
+#: the discard of vb 500..3499 as dm-thin cuts it into dm_thin_remove_range
+#: calls.  Without passdown: the virtual range, at 1,024-block boundaries
+#: since Linux 6.5 (BIO_PRISON_MAX_RANGE, max_discard_granularity).  With
+#: passdown: the runs of contiguous data blocks (dm_thin_find_mapped_range),
+#: at 1,024-block data boundaries since 6.5 (break_up_discard_bio).
+_CUTS = {
+    ("current", False): [(500, 1024), (1024, 2048), (2048, 3072), (3072, 3500)],
+    ("halves", False): [(500, 3500)],
+    ("current", True): [(500, 1024), (1024, 1100), (1100, 2038), (2038, 3000), (3000, 3010), (3010, 3072),
+                        (3072, 3100)],
+    ("halves", True): [(500, 1100), (1100, 3000), (3000, 3010), (3010, 3100)],
+}
+
+
+def _discard_cuts(path, mode, split, passdown, cuts=None, each=False):
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    bs = 64 * 1024
+    ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False,
+                    split=split, discard_passdown=passdown).close()
+    if mode == "pool":
+        pool = ThinPool.open(path)
+        pool.message("create_thin 1")
+        for lo, hi in _CUT_WRITES:
+            pool.device(1).write(lo * bs, (hi - lo) * bs)
+        pool.commit()
+        pool.device(1).discard(500 * bs, 3000 * bs)
+        pool.close()
+    else:
+        md = PoolMetadata.open(path / "metadata", split=split)
+        md.sync = False
+        md.create_thin(1)
+        md.commit()
+        for lo, hi in _CUT_WRITES:
+            md.write_blocks(1, np.arange(lo, hi))
+        md.commit()
+        if each:
+            assert sum(md.remove(1, b) for b, _ in cuts) == 3100 - 500
+        else:
+            assert sum(md.remove_range(1, b, e) for b, e in cuts) == 3100 - 500
+        md.close()
+    return (path / "metadata").read_bytes()
+
+
+@pytest.mark.parametrize("passdown", [False, True])
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_pool_discards_are_cut_as_dm_thin_cuts_them(tmp_path, split, passdown):
+    """ThinPool's discard removes its mappings with the dm_thin_remove_range
+    calls dm-thin makes (each one the top-level entry out and back in, and
+    its own descents), so its image is the one PoolMetadata writes making
+    those calls."""
+    mine = _discard_cuts(tmp_path / "pool", "pool", split, passdown)
+    ref = _discard_cuts(tmp_path / "ref", "md", split, passdown, _CUTS[split, passdown])
+    x = np.frombuffer(mine, dtype=np.uint8).reshape(-1, BLOCK)
+    y = np.frombuffer(ref, dtype=np.uint8).reshape(-1, BLOCK)
+    assert [i for i in range(1, len(x)) if not np.array_equal(x[i], y[i])] == []
+    assert not np.any((x[0] != y[0]) & ~UNDEFINED)
+    # dm_thin_remove_block one mapping at a time (what the pool did before)
+    # places the blocks otherwise: its first shadow is the top-level root's
+    assert _discard_cuts(tmp_path / "each", "md", split, passdown, [(vb, vb + 1) for vb in range(500, 3100)],
+                         each=True) != ref
+    _tools_agree(tmp_path / "pool" / "metadata")

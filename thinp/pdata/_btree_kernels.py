@@ -1862,7 +1862,7 @@ def _shadow_meta_bitmap_of(m64, count, committed, free, txn, kind, fresh, tst, b
 
 
 @njit(refcount=False)
-def _remove_range(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, res,
+def remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, res,
                   root, dev, begin, end, halves, out):
     """dm's __remove_range (dm_thin_remove_range) of [begin, end) of device
     ``dev`` under the mapping tree at ``root``.  dm looks up the device's
@@ -1871,7 +1871,8 @@ def _remove_range(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
     removes the device's top-level entry (the spine shadowed and
     rebalanced; the value's dec, dm_btree_del of a root counted more than
     once, drops that reference again), removes the range from the subtree
-    (:func:`_remove_leaves`) and inserts the top-level entry back.  A
+    (:func:`_remove_leaves`) and inserts the top-level entry back.
+    ``sp`` (int64[4]) and ``res`` (int64[2]) are scratch.  A
     snapshot-shared root is counted 3 for a moment, which dm puts in the
     metadata ref-count tree and takes out again; like every count of 3 or
     more here, that is left to the commit, which finds it as it was.
@@ -1925,10 +1926,10 @@ def _remove_range(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
 @njit
 def remove_range(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, dev,
                  begin, end, halves, out):
-    """:func:`_remove_range` with its own scratch."""
+    """:func:`remove_range_scratch` with its own scratch."""
     sp = np.zeros(4, dtype=np.int64)
     res = np.zeros(2, dtype=np.int64)
-    return _remove_range(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+    return remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
                          res, root, dev, begin, end, halves, out)
 
 
