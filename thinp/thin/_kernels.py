@@ -480,10 +480,12 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             if sp.scal[S_IGNORE_DISCARD] or read_only:
                 # read-only: dm's process_bio_success, done and nothing unmapped
                 end = first
-            if end > first and out[3] > 0 and log.shape[0] - out[3] < min(end - first, log.shape[0]):
+            if out[3] > 0 and 0 < log.shape[0] - out[3] < min(end - first, log.shape[0]):
                 # a discard's unmaps go to the dm btree together, as the
                 # range removals dm-thin cuts them into: start it in an
-                # empty log unless it fits
+                # empty log unless it fits (a full log stops it at its
+                # first mapped block anyway, as the near-reserve runs'
+                # one-row logs do)
                 out[0] = R_FLUSH
                 out[1] = i
                 out[2] = first
