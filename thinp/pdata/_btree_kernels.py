@@ -1862,8 +1862,8 @@ def _shadow_meta_bitmap_of(m64, count, committed, free, txn, kind, fresh, tst, b
 
 
 @njit(refcount=False)
-def remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, res,
-                  root, dev, begin, end, halves, out):
+def remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                         sp, res, root, dev, begin, end, halves, out):
     """dm's __remove_range (dm_thin_remove_range) of [begin, end) of device
     ``dev`` under the mapping tree at ``root``.  dm looks up the device's
     subtree root and takes a reference on it (dm_tm_inc: the first change
@@ -1929,8 +1929,8 @@ def remove_range(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
     """:func:`remove_range_scratch` with its own scratch."""
     sp = np.zeros(4, dtype=np.int64)
     res = np.zeros(2, dtype=np.int64)
-    return remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
-                         res, root, dev, begin, end, halves, out)
+    return remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                dst, sp, res, root, dev, begin, end, halves, out)
 
 
 # --------------------------------------------------------- ref-count trees

@@ -102,7 +102,8 @@ from ._walk_kernels import (  # noqa: F401  (re-exported)
 )
 
 __all__ = ["HINT_BITS", "NO_BITMAP", "PREFETCH_AHEAD", "data_bitmap_shadowed", "descend_hinted", "fetch_leaf",
-           "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf", "lookup_mapping", "nr_used", "remove_mapping",
-           "remove_leaves_range", "remove_range", "remove_range_scratch", "remove_mapping_scratch", "shadow_data_bitmap", "subtree_height", "update_ref_counts", "write_blocks",
-           "W_REVISIT", "W_VERIFY", "WALK_BAD_BLOCK", "WALK_BAD_CSUM", "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP",
-           "WALK_TOO_DEEP", "WALK_TOO_MANY", "Walk", "leaf_fresh", "new_walk", "next_leaf", "start"]
+           "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf", "lookup_mapping", "nr_used",
+           "remove_mapping", "remove_leaves_range", "remove_range", "remove_range_scratch", "remove_mapping_scratch",
+           "shadow_data_bitmap", "subtree_height", "update_ref_counts", "write_blocks", "W_REVISIT", "W_VERIFY",
+           "WALK_BAD_BLOCK", "WALK_BAD_CSUM", "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP", "WALK_TOO_DEEP",
+           "WALK_TOO_MANY", "Walk", "leaf_fresh", "new_walk", "next_leaf", "start"]

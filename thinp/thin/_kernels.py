@@ -362,7 +362,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     (empty otherwise), with ``src_base`` the device offset of its first byte.
 
     Every mapping change (provision, break of sharing, unmap) is appended to
-    ``log`` (int64[cap, 4]: dev_id, vblock, dm value or -1, op index) in
+    ``log`` (int64[cap, 4]: dev_id, vblock, dm value or an UNMAP_* value, op index) in
     request order; a full log stops the run with R_FLUSH right before the
     block whose change did not fit, so the caller can apply the log to the
     dm btree and resume there (a log of capacity 0 stops before the first

@@ -505,16 +505,7 @@ class PoolMetadata:
         """__remove: unmap ``vblock`` (its data block loses a reference).
 
         This is dm_thin_remove_block.  dm-thin's discards go through
-        dm_thin_remove_range instead (not modelled yet, #12): it takes a
-        reference on the device's subtree root, removes and at the end
-        re-inserts the device's top-level entry, and in between removes
-        the range key by key (dm_btree_remove_leaves: each key's own
-        descent and rebalance, stopping at the first unmapped one, whose
-        failed descent still rebalances; dm_btree_lookup_next finds the
-        next mapped key).  With passdown, the ranges are runs of
-        contiguous data blocks of one shared-ness, cut at 1024-block data
-        boundaries, and each run's data blocks are incremented after the
-        removal and decremented once the passdown completes."""
+        dm_thin_remove_range instead: :meth:`remove_range`."""
         d = self.details(dev)
         self.activate(dev)
         if self.fast:
