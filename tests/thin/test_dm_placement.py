@@ -940,3 +940,35 @@ def test_pool_discards_are_cut_as_dm_thin_cuts_them(tmp_path, split, passdown):
     assert _discard_cuts(tmp_path / "each", "md", split, passdown, [(vb, vb + 1) for vb in range(500, 3100)],
                          each=True) != ref
     _tools_agree(tmp_path / "pool" / "metadata")
+
+
+@pytest.mark.parametrize("passdown", [False, True])
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_discard_rows_are_cut_at_dms_pieces(split, passdown):
+    """The cut itself, on the replay's rows for _discard_cuts' discard (a
+    cut seldom shows in the image: each piece's last descent is repeated by
+    the next piece's first).  Each piece's rows run from its first mapped
+    vblock to its last."""
+    from thinp.thin import _kernels as TK
+    from thinp.thin import _mirror as MIR
+
+    pblock = {}
+    p = 0
+    for lo, hi in _CUT_WRITES:
+        for vb in range(lo, hi):
+            if vb not in pblock:
+                pblock[vb] = p
+                p += 1
+    flags = TK.UNMAP_PASSDOWN if passdown else 0
+    log = np.array([(1, vb, -1 - ((pblock[vb] << TK.UNMAP_BLOCK_SHIFT) | flags), 7) for vb in range(500, 3100)],
+                   dtype=np.int64)
+    got, k = [], 0
+    while k < len(log):
+        j = MIR._discard_piece_end(log, k, len(log), split == "halves")
+        got.append((int(log[k, 1]), int(log[j - 1, 1]) + 1))
+        k = j
+    assert got == [(b, min(e, 3100)) for b, e in _CUTS[split, passdown]]
+    # dm's shared test cuts a passdown run too; the next request starts anew
+    log[10:, 2] -= TK.UNMAP_SHARED
+    log[20:, 3] = 8
+    assert MIR._discard_piece_end(log, 0, len(log), split == "halves") == (10 if passdown else 20)
