@@ -367,13 +367,13 @@ def _scenario(path, mode):
     write(1, range(20000))
     commit()
     before = _bitmap_blocks(md)
-    for vb in range(17000, 17003):
-        cursor = md.tm.begin
-        assert md.remove(1, vb)
-        if vb == 17000:
-            # the removed mapping's block (in bitmap 1) shadows its bitmap
-            # after the spine: the last block the remove took
-            seen.append(("remove", _bitmap_blocks(md)[1], md.tm.begin - 1, cursor))
+    # the pool's discard passes down: one run of contiguous, unshared data
+    # blocks, one dm_thin_remove_range
+    cursor = md.tm.begin
+    assert md.remove_range(1, 17000, 17003) == 3
+    # the first removed mapping's block (in bitmap 1) shadows its bitmap
+    # after the spine: the last block the removal took
+    seen.append(("remove", _bitmap_blocks(md)[1], md.tm.begin - 1, cursor))
     assert _bitmap_blocks(md)[0] == before[0]  # untouched: no count of it changed
     commit()
     md.create_snap(2, 1)
@@ -388,8 +388,7 @@ def _scenario(path, mode):
     seen.append(("inc_children", _bitmap_blocks(md)[0], md.tm.begin - 1, None))
     write(2, [16500])
     commit()
-    for vb in range(100, 140):
-        assert md.remove(2, vb)
+    assert md.remove_range(2, 100, 140) == 40  # one run, all shared
     md.delete(2)
     md.close()
     images.append((path / "metadata").read_bytes())
@@ -774,3 +773,202 @@ def test_pool_data_cursor_follows_the_kernel(tmp_path, split, first):
     got = dict(zip(vb.tolist(), pb.tolist()))
     assert (got[300], got[301]) == (first, 5 if split == "current" else 6)
     assert 5 not in got and 6 not in got
+
+
+# ------------------------------------------------ range discards (dm_thin_remove_range)
+def _range_scenario(path, fast):
+    """A thin of 20,000 blocks; a discard of three; a snapshot; a discard
+    of 40 in the snapshot (its subtree root shared: count 2, 3 for a
+    moment); discards across a gap and over the end, all through
+    PoolMetadata.remove_range.  Returns (image at each commit, placement
+    facts)."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    bs = 64 * 1024
+    ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False).close()
+    md = PoolMetadata.open(path / "metadata")
+    md.sync = False
+    md.fast = fast
+    images, seen = [], {}
+
+    def commit():
+        md.commit()
+        images.append((path / "metadata").read_bytes())
+
+    md.create_thin(1)
+    md.commit()
+    md.write_blocks(1, np.arange(20000))
+    commit()
+    seen["cursor"] = md.tm.begin
+    seen["sub"] = md.subtree_root(1)
+    assert md.remove_range(1, 17000, 17003) == 3
+    seen["meta_bitmap"] = int(md.tm.bitmap_blocks[0])
+    seen["top"] = md.sb.data_mapping_root
+    seen["sub_after"] = md.subtree_root(1)
+    commit()
+    md.create_snap(2, 1)
+    md.commit()
+    commit()
+    shared = md.subtree_root(2)
+    seen["shared_count"] = int(md.tm.count[shared])
+    assert md.remove_range(2, 100, 140) == 40
+    seen["shared_count_after"] = int(md.tm.count[shared])
+    # a gap (17000..17002 is unmapped in 1) and a range past the last mapping
+    assert md.remove_range(1, 16990, 17010) == 17
+    assert md.remove_range(1, 19990, 1 << 40) == 10
+    assert md.remove_range(1, 30000, 30100) == 0
+    commit()
+    md.close()
+    images.append((path / "metadata").read_bytes())
+    return images, seen
+
+
+def test_range_discard_takes_the_kernels_blocks(tmp_path):
+    """__remove_range first takes a reference on the device's subtree root:
+    the first count change of the transaction, so the metadata bitmap's
+    copy is the first block it takes (at the cursor), before the top-level
+    root's shadow (the next), then the subtree root's.  A snapshot's
+    shared root is shadowed for the snapshot, which keeps the copy."""
+    _, seen = _range_scenario(tmp_path / "k", True)
+    c = seen["cursor"]
+    assert seen["meta_bitmap"] == c
+    assert seen["top"] == c + 1
+    assert seen["sub_after"] == c + 2  # the subtree root shadowed next
+    assert seen["shared_count"] == 2
+    assert seen["shared_count_after"] == 1  # its shadow took the snapshot's own copy
+    with DmMetadata.open(tmp_path / "k" / "metadata") as m:
+        assert m.check().ok
+        assert [d.mapped_blocks for d in m.devices()] == [20000 - 3 - 17 - 10, 20000 - 3 - 40]
+
+
+def test_range_discard_kernel_and_python_alike(tmp_path):
+    """The numba remove_leaves_range and the Python btree's write the same
+    image at every commit, byte for byte; the real thin_check accepts it and
+    thin_dump prints what thinp's dump prints."""
+    a, _ = _range_scenario(tmp_path / "k", True)
+    b, _ = _range_scenario(tmp_path / "r", False)
+    assert len(a) == len(b) == 5
+    for k, (x, y) in enumerate(zip(a, b)):
+        x = np.frombuffer(x, dtype=np.uint8).reshape(-1, BLOCK)
+        y = np.frombuffer(y, dtype=np.uint8).reshape(-1, BLOCK)
+        assert [i for i in range(1, len(x)) if not np.array_equal(x[i], y[i])] == [], f"commit {k}"
+        assert not np.any((x[0] != y[0]) & ~UNDEFINED), f"commit {k}: superblock"
+    _tools_agree(tmp_path / "k" / "metadata")
+
+
+def test_range_discard_differs_from_block_by_block(tmp_path):
+    """dm_thin_remove_range is not a run of dm_thin_remove_block: removing
+    block by block, the top-level root's shadow comes first and the
+    metadata bitmap's copy after it."""
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    md = PoolMetadata.format(tmp_path / "m", nr_metadata_blocks=1024, nr_data_blocks=NR_DATA, data_block_sectors=128)
+    md.sync = False
+    md.create_thin(1)
+    md.write_blocks(1, np.arange(600))
+    md.commit()
+    c = md.tm.begin
+    for vb in range(10, 13):
+        assert md.remove(1, vb)
+    assert (md.sb.data_mapping_root, int(md.tm.bitmap_blocks[0])) == (c, c + 1)
+    md.close()
+
+
+#: the thin of _discard_cuts: (vblocks written, in order); the data blocks
+#: follow the order: vb 0..1099 -> 0..1099, 3000..3009 -> 1100..1109,
+#: 1100..2999 -> 1110..3009, 3010..3099 -> 3010..3099
+_CUT_WRITES = [(0, 1100), (3000, 3010), (1100, 3100)]
+#: the discard of vb 500..3499 as dm-thin cuts it into dm_thin_remove_range
+#: calls.  Without passdown: the virtual range, at 1,024-block boundaries
+#: since Linux 6.5 (BIO_PRISON_MAX_RANGE, max_discard_granularity).  With
+#: passdown: the runs of contiguous data blocks (dm_thin_find_mapped_range),
+#: at 1,024-block data boundaries since 6.5 (break_up_discard_bio).
+_CUTS = {
+    ("current", False): [(500, 1024), (1024, 2048), (2048, 3072), (3072, 3500)],
+    ("halves", False): [(500, 3500)],
+    ("current", True): [(500, 1024), (1024, 1100), (1100, 2038), (2038, 3000), (3000, 3010), (3010, 3072),
+                        (3072, 3100)],
+    ("halves", True): [(500, 1100), (1100, 3000), (3000, 3010), (3010, 3100)],
+}
+
+
+def _discard_cuts(path, mode, split, passdown, cuts=None, each=False):
+    from thinp.thin.pool_metadata import PoolMetadata
+
+    bs = 64 * 1024
+    ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False,
+                    split=split, discard_passdown=passdown).close()
+    if mode == "pool":
+        pool = ThinPool.open(path)
+        pool.message("create_thin 1")
+        for lo, hi in _CUT_WRITES:
+            pool.device(1).write(lo * bs, (hi - lo) * bs)
+        pool.commit()
+        pool.device(1).discard(500 * bs, 3000 * bs)
+        pool.close()
+    else:
+        md = PoolMetadata.open(path / "metadata", split=split)
+        md.sync = False
+        md.create_thin(1)
+        md.commit()
+        for lo, hi in _CUT_WRITES:
+            md.write_blocks(1, np.arange(lo, hi))
+        md.commit()
+        if each:
+            assert sum(md.remove(1, b) for b, _ in cuts) == 3100 - 500
+        else:
+            assert sum(md.remove_range(1, b, e) for b, e in cuts) == 3100 - 500
+        md.close()
+    return (path / "metadata").read_bytes()
+
+
+@pytest.mark.parametrize("passdown", [False, True])
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_pool_discards_are_cut_as_dm_thin_cuts_them(tmp_path, split, passdown):
+    """ThinPool's discard removes its mappings with the dm_thin_remove_range
+    calls dm-thin makes (each one the top-level entry out and back in, and
+    its own descents), so its image is the one PoolMetadata writes making
+    those calls."""
+    mine = _discard_cuts(tmp_path / "pool", "pool", split, passdown)
+    ref = _discard_cuts(tmp_path / "ref", "md", split, passdown, _CUTS[split, passdown])
+    x = np.frombuffer(mine, dtype=np.uint8).reshape(-1, BLOCK)
+    y = np.frombuffer(ref, dtype=np.uint8).reshape(-1, BLOCK)
+    assert [i for i in range(1, len(x)) if not np.array_equal(x[i], y[i])] == []
+    assert not np.any((x[0] != y[0]) & ~UNDEFINED)
+    # dm_thin_remove_block one mapping at a time (what the pool did before)
+    # places the blocks otherwise: its first shadow is the top-level root's
+    assert _discard_cuts(tmp_path / "each", "md", split, passdown, [(vb, vb + 1) for vb in range(500, 3100)],
+                         each=True) != ref
+    _tools_agree(tmp_path / "pool" / "metadata")
+
+
+@pytest.mark.parametrize("passdown", [False, True])
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_discard_rows_are_cut_at_dms_pieces(split, passdown):
+    """The cut itself, on the replay's rows for _discard_cuts' discard (a
+    cut seldom shows in the image: each piece's last descent is repeated by
+    the next piece's first).  Each piece's rows run from its first mapped
+    vblock to its last."""
+    from thinp.thin import _kernels as TK
+    from thinp.thin import _mirror as MIR
+
+    pblock = {}
+    p = 0
+    for lo, hi in _CUT_WRITES:
+        for vb in range(lo, hi):
+            if vb not in pblock:
+                pblock[vb] = p
+                p += 1
+    flags = TK.UNMAP_PASSDOWN if passdown else 0
+    log = np.array([(1, vb, -1 - ((pblock[vb] << TK.UNMAP_BLOCK_SHIFT) | flags), 7) for vb in range(500, 3100)],
+                   dtype=np.int64)
+    got, k = [], 0
+    while k < len(log):
+        j = MIR._discard_piece_end(log, k, len(log), split == "halves")
+        got.append((int(log[k, 1]), int(log[j - 1, 1]) + 1))
+        k = j
+    assert got == [(b, min(e, 3100)) for b, e in _CUTS[split, passdown]]
+    # dm's shared test cuts a passdown run too; the next request starts anew
+    log[10:, 2] -= TK.UNMAP_SHARED
+    log[20:, 3] = 8
+    assert MIR._discard_piece_end(log, 0, len(log), split == "halves") == (10 if passdown else 20)

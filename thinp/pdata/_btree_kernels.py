@@ -1696,6 +1696,243 @@ def remove_mapping(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
                            root, dev, vblock, sp, out)
 
 
+# ------------------------------------------------------- range removal
+@njit(refcount=False)
+def _lookup_next(m64, m32, root, key):
+    """dm_btree_lookup_next on a one-level tree: (True, the least key >=
+    ``key``) or (False, 0).  Read-only (each internal level remembers its
+    next child, where dm retries after a failed descent)."""
+    b = root
+    cand = np.int64(-1)
+    for _ in range(64):
+        nr = np.int64(m32[b, 4])
+        i = _lower_bound(m64, m32, b, key)
+        if m32[b, 1] & LEAF:
+            if i < 0 or m64[b, HDR + i] != key:
+                i += 1
+            if i < nr:
+                return True, m64[b, HDR + i]
+            if cand < 0:
+                return False, np.uint64(0)
+            b = cand
+            cand = -1
+            continue
+        if i < 0:
+            i = 0
+        if i >= nr:
+            return False, np.uint64(0)
+        if i + 1 < nr:
+            cand = np.int64(_val(m64, m32, b, i + 1))
+        b = np.int64(_val(m64, m32, b, i))
+    return False, np.uint64(0)
+
+
+@njit(refcount=False)
+def _remove_nearest(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+                    key):
+    """dm's remove_nearest down a device's subtree: the spine shadowed and
+    rebalanced for ``key``; the leaf index of the last key <= ``key`` (-1
+    when none), -3 when an internal node has no child for it (-ENODATA:
+    what was rebalanced stays), -2 when metadata ran out."""
+    i = np.int64(0)
+    while True:
+        if _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                        root, i, 2) < 0:
+            return -2
+        b = sp[1]
+        if m32[b, 1] & LEAF:
+            return _lower_bound(m64, m32, b, key)
+        r = _rebalance_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                dst, b, key, 2)
+        if r < 0:
+            return -2
+        if r == 0:
+            return -3
+        if m32[b, 1] & LEAF:
+            return _lower_bound(m64, m32, b, key)
+        i = _lower_bound(m64, m32, b, key)
+        root = np.int64(_val(m64, m32, b, i))
+
+
+@njit(refcount=False)
+def _remove_one(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, root,
+                begin, end, res):
+    """dm's remove_one: the nearest entry at or before ``begin`` (the
+    leaf's first when none) is removed when its key lies in [begin, end).
+    ``res`` gets (new root, the key removed).  Returns 1 removed, 0 not
+    (-ENODATA: the descent's shadows and rebalancing stay), -1 when
+    metadata ran out."""
+    for j in range(4):
+        sp[j] = 0
+    idx = _remove_nearest(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                          sp, root, begin)
+    if idx == -2:
+        return -1
+    res[0] = sp[3]
+    if idx == -3:
+        return 0
+    n = sp[1]
+    if idx < 0:
+        idx = 0
+    if idx >= m32[n, 4]:
+        return 0
+    k = m64[n, HDR + idx]
+    if k < begin or k >= end:
+        return 0
+    p = np.int64(_val(m64, m32, n, idx) >> np.uint64(24))
+    # block_dec (dm_sm_dec_block), then delete_at
+    if _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+        return -1
+    _ddec(dcount, dcommitted, dfree, p)
+    _delete_at(m64, m32, n, idx)
+    res[1] = np.int64(k)
+    return 1
+
+
+@njit(refcount=False)
+def _remove_leaves(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, res,
+                   root, begin, end, out):
+    """The loop of dm's __remove_range over one device's subtree at
+    ``root`` (its top-level entry already taken out): dm_btree_lookup_next
+    finds the next mapped vblock in [begin, end), dm_btree_remove_leaves
+    removes from there with one remove_one each (its own descent and
+    rebalancing), stopping at the first that finds nothing in range (that
+    one's descent still shadows and rebalances).  ``out`` gets (new root,
+    mappings removed).  Returns 0, or -1 when metadata ran out.  ``sp``
+    (int64[4]) and ``res`` (int64[2]) are scratch."""
+    b = np.uint64(begin)
+    e = np.uint64(end)
+    total = 0
+    out[0] = root
+    while b < e:
+        found, k = _lookup_next(m64, m32, root, b)
+        if not found or k >= e:
+            break
+        b = k
+        while True:
+            res[0] = root
+            r = _remove_one(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                            sp, root, b, e, res)
+            if r < 0:
+                out[0] = root
+                out[1] = total
+                return -1
+            root = res[0]
+            if r == 0:
+                break
+            total += 1
+            b = np.uint64(res[1]) + np.uint64(1)
+    out[0] = root
+    out[1] = total
+    return 0
+
+
+@njit
+def remove_leaves_range(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root,
+                        begin, end, out):
+    """:func:`_remove_leaves` with its own scratch."""
+    sp = np.zeros(4, dtype=np.int64)
+    res = np.zeros(2, dtype=np.int64)
+    return _remove_leaves(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                          res, root, begin, end, out)
+
+
+@njit(inline="always", refcount=False)
+def _shadow_meta_bitmap_of(m64, count, committed, free, txn, kind, fresh, tst, b):
+    """sm_ll_inc/sm_ll_dec's shadow of the metadata bitmap holding block
+    ``b``'s count, at the first change of one of its counts in the
+    transaction: the copy takes the next free block.  Returns 0, or -1
+    when metadata ran out."""
+    i = b // ENTRIES_PER_BITMAP
+    if i >= tst[3]:
+        return 0
+    old = tst[ST_BITMAPS + i]
+    if txn[old]:
+        return 0
+    nb = _find_free(free, tst[0], tst[ST_NO_WRAP] == 0)
+    if nb < 0:
+        return -1
+    _take(count, committed, free, txn, kind, fresh, tst, nb, KIND_BITMAP)
+    for w in range(512):
+        m64[nb, w] = m64[old, w]
+    tst[2] += 1
+    tst[ST_BITMAPS + i] = nb
+    _dec(count, committed, free, old)
+    return 0
+
+
+@njit(refcount=False)
+def remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
+                         sp, res, root, dev, begin, end, halves, out):
+    """dm's __remove_range (dm_thin_remove_range) of [begin, end) of device
+    ``dev`` under the mapping tree at ``root``.  dm looks up the device's
+    subtree root and takes a reference on it (dm_tm_inc: the first change
+    of its count in the transaction shadows its metadata bitmap there), then
+    removes the device's top-level entry (the spine shadowed and
+    rebalanced; the value's dec, dm_btree_del of a root counted more than
+    once, drops that reference again), removes the range from the subtree
+    (:func:`_remove_leaves`) and inserts the top-level entry back.
+    ``sp`` (int64[4]) and ``res`` (int64[2]) are scratch.  A
+    snapshot-shared root is counted 3 for a moment, which dm puts in the
+    metadata ref-count tree and takes out again; like every count of 3 or
+    more here, that is left to the commit, which finds it as it was.
+    ``out`` gets (new root, mappings removed).  Returns 0, -1 when metadata
+    ran out, -3 when ``dev`` has no entry (nothing done)."""
+    key0 = np.uint64(dev)
+    b = root
+    sub = np.int64(-1)
+    for _ in range(64):
+        i = _lower_bound(m64, m32, b, key0)
+        if i < 0 or i >= m32[b, 4]:
+            return -3
+        if m32[b, 1] & LEAF:
+            if m64[b, HDR + i] != key0:
+                return -3
+            sub = np.int64(_val(m64, m32, b, i))
+            break
+        b = np.int64(_val(m64, m32, b, i))
+    if sub < 0:
+        return -3
+    out[0] = root
+    out[1] = 0
+    if _shadow_meta_bitmap_of(m64, count, committed, free, txn, kind, fresh, tst, sub) < 0:
+        return -1
+    _dtouch(count, committed, sub)
+    count[sub] += 1
+    for j in range(4):
+        sp[j] = 0
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                      root, key0, 0, 1)
+    if idx == -2:
+        return -1
+    root = sp[3]
+    _dec(count, committed, free, sub)
+    _delete_at(m64, m32, sp[1], idx)
+    if _remove_leaves(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp, res,
+                      sub, begin, end, out) < 0:
+        return -1
+    sub = out[0]
+    for j in range(4):
+        sp[j] = 0
+    idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, sp,
+                      root, key0, -1, 1, halves)
+    if idx < -1:
+        return -1
+    _insert_at(m64, m32, sp[1], idx, key0, np.uint64(sub))
+    out[0] = sp[3]
+    return 0
+
+
+@njit
+def remove_range(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, dev,
+                 begin, end, halves, out):
+    """:func:`remove_range_scratch` with its own scratch."""
+    sp = np.zeros(4, dtype=np.int64)
+    res = np.zeros(2, dtype=np.int64)
+    return remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                dst, sp, res, root, dev, begin, end, halves, out)
+
+
 # --------------------------------------------------------- ref-count trees
 @njit(refcount=False)
 def _merge_run(m64, m32, leaf, blocks, counts, k, n, hi, halves):

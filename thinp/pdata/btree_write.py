@@ -640,6 +640,81 @@ def remove(tm: TransactionManager, root: int, keys: list, vt: ValueType, *,
     return s.root, True
 
 
+def lookup_next(tm: TransactionManager, root: int, key: int) -> int | None:
+    """dm_btree_lookup_next on a one-level tree: the least key >= ``key``,
+    or None (read-only)."""
+    b = root
+    while True:
+        n = Node(tm.bm.read(b, BTREE_NODE), b)
+        keys = n.keys()[:n.nr_entries]
+        if n.flags & LEAF_NODE:
+            i = int(np.searchsorted(keys, np.uint64(key), side="left"))
+            return int(keys[i]) if i < len(keys) else None
+        # the last child whose first key is <= key may hold none >= key:
+        # then the next child's first key is the answer
+        i = max(_lower_bound(n, key), 0)
+        for j in range(i, min(i + 2, n.nr_entries)):
+            got = lookup_next(tm, _value64(n, j), key)
+            if got is not None:
+                return got
+        return None
+
+
+def _remove_nearest(s: _Spine, vt: ValueType, root: int, key: int) -> int | None:
+    """dm's remove_nearest: the spine shadowed and rebalanced for ``key``;
+    the leaf index of the last key <= key (-1: none), None when an internal
+    node has no child for it."""
+    tm = s.tm
+    i = 0
+    while True:
+        s.step(root, vt)
+        if s.has_parent():
+            _set_value64(_node(tm, s.parent), i, s.current)
+        n = _node(tm, s.current)
+        if n.flags & LEAF_NODE:
+            return _lower_bound(n, key)
+        if not _rebalance_children(s, vt, key):
+            return None
+        n = _node(tm, s.current)
+        if n.flags & LEAF_NODE:
+            return _lower_bound(n, key)
+        i = _lower_bound(n, key)
+        root = _value64(n, i)
+
+
+def remove_leaves_range(tm: TransactionManager, root: int, begin: int, end: int, vt: ValueType) -> tuple[int, int]:
+    """The loop of dm's __remove_range over a one-level tree at ``root``:
+    dm_btree_lookup_next, then dm_btree_remove_leaves (remove_one after
+    remove_one, each its own descent, until one finds no key in
+    [begin, end); that descent still shadows and rebalances).  Returns (new
+    root, entries removed)."""
+    total = 0
+    while begin < end:
+        k = lookup_next(tm, root, begin)
+        if k is None or k >= end:
+            break
+        begin = k
+        while True:
+            s = _Spine(tm)
+            i = _remove_nearest(s, vt, root, begin)
+            root = s.root
+            if i is None:
+                break
+            n = _node(tm, s.current)
+            i = max(i, 0)
+            if i >= n.nr_entries:
+                break
+            k = int(n.keys()[i])
+            if not begin <= k < end:
+                break
+            if vt.dec is not None:
+                vt.dec(n.values_raw()[i:i + 1].copy())
+            _delete_at(n, i)
+            total += 1
+            begin = k + 1
+    return root, total
+
+
 # ------------------------------------------------------------------- delete
 def delete(tm: TransactionManager, root: int, levels: int, vt: ValueType) -> None:
     """dm_btree_del: drop one reference to the tree at ``root``; nodes

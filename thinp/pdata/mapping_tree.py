@@ -16,6 +16,12 @@ lookup_mapping      (value, found) of (dev, vblock)
 write_blocks        dm-thin's write path for a batch of vblocks of one device
                     (provision unmapped, break sharing of shared), in order
 remove_mapping      dm_btree_remove of (dev, vblock)
+remove_range        dm_thin_remove_range of [begin, end) of one device
+                    (dm's __remove_range: the top-level entry out and back
+                    in, the subtree's range by dm_btree_lookup_next and
+                    dm_btree_remove_leaves)
+remove_range_scratch  the same with its scratch passed in
+remove_leaves_range that loop alone over one device's subtree
 update_ref_counts   a batch of set/remove on a space map's ref-count tree
 inc_data            one more reference on a data block (use it, not
                     ``dcount[p] += 1``: the space map's commit visits only
@@ -69,6 +75,9 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     lookup_mapping,
     nr_used,
     remove_mapping,
+    remove_leaves_range,
+    remove_range,
+    remove_range_scratch,
     remove_mapping_scratch,
     shadow_data_bitmap,
     subtree_height,
@@ -93,7 +102,8 @@ from ._walk_kernels import (  # noqa: F401  (re-exported)
 )
 
 __all__ = ["HINT_BITS", "NO_BITMAP", "PREFETCH_AHEAD", "data_bitmap_shadowed", "descend_hinted", "fetch_leaf",
-           "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf", "lookup_mapping", "nr_used", "remove_mapping",
-           "remove_mapping_scratch", "shadow_data_bitmap", "subtree_height", "update_ref_counts", "write_blocks",
-           "W_REVISIT", "W_VERIFY", "WALK_BAD_BLOCK", "WALK_BAD_CSUM", "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP",
-           "WALK_TOO_DEEP", "WALK_TOO_MANY", "Walk", "leaf_fresh", "new_walk", "next_leaf", "start"]
+           "inc_data", "insert_mapping", "insert_mapping_cached", "locate_leaf", "lookup_mapping", "nr_used",
+           "remove_mapping", "remove_leaves_range", "remove_range", "remove_range_scratch", "remove_mapping_scratch",
+           "shadow_data_bitmap", "subtree_height", "update_ref_counts", "write_blocks", "W_REVISIT", "W_VERIFY",
+           "WALK_BAD_BLOCK", "WALK_BAD_CSUM", "WALK_BAD_NODE", "WALK_BAD_ORDER", "WALK_LOOP", "WALK_TOO_DEEP",
+           "WALK_TOO_MANY", "Walk", "leaf_fresh", "new_walk", "next_leaf", "start"]

@@ -181,10 +181,20 @@ def _put_bytes(data, p, bs, in_block, src, src_pos, n):
         data[d + k] = src[src_pos + k]
 
 
+#: an unmap's log value is ``-1 - (pblock << UNMAP_BLOCK_SHIFT | flags)``:
+#: the data block it held, whether dm counts it shared (the device's last
+#: snapshot is newer than the block) and whether the pool passes discards
+#: down, from which dm-thin's discard cuts its dm_thin_remove_range calls
+UNMAP_SHARED = 1
+UNMAP_PASSDOWN = 2
+UNMAP_BLOCK_SHIFT = 2
+
+
 @njit(inline="always", refcount=False)
 def _log(log, out, dev, vb, value, op_index):
     """Record one mapping change for the dm btree: ``value`` is dm's
-    ``pblock << 24 | time``, or -1 for an unmap.  ``out[3]`` counts rows."""
+    ``pblock << 24 | time``, or negative for an unmap (UNMAP_*).
+    ``out[3]`` counts rows."""
     k = out[3]
     log[k, 0] = dev
     log[k, 1] = vb
@@ -313,8 +323,14 @@ def _discard_block(sp, dv, slot, vb, op_index, log, out):
     if leaf < 0:
         return -2 if leaf == -2 else -3
     sp.meta[leaf, vb & NODE_MASK] = 0
-    _log(log, out, dv.dev_id[slot], vb, -1, op_index)
-    dec_data(sp, leaf_value_block(v), sp.scal[S_PASSDOWN] != 0)
+    p = leaf_value_block(v)
+    passdown = sp.scal[S_PASSDOWN] != 0
+    shared = dv.snap_time[slot] > np.int64(v & np.uint64(0xFFFFFF))
+    # the unmap's row: what dm-thin's discard needs to cut its ranges (the
+    # data block, dm's shared test, passdown), see UNMAP_* and _mirror
+    _log(log, out, dv.dev_id[slot], vb, -1 - ((p << UNMAP_BLOCK_SHIFT) | (UNMAP_SHARED if shared else 0)
+                                              | (UNMAP_PASSDOWN if passdown else 0)), op_index)
+    dec_data(sp, p, passdown)
     dv.mapped[slot] -= 1
     dv.changed[slot] = 1
     sp.scal[C_DISCARDED] += 1
@@ -346,7 +362,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     (empty otherwise), with ``src_base`` the device offset of its first byte.
 
     Every mapping change (provision, break of sharing, unmap) is appended to
-    ``log`` (int64[cap, 4]: dev_id, vblock, dm value or -1, op index) in
+    ``log`` (int64[cap, 4]: dev_id, vblock, dm value or an UNMAP_* value, op index) in
     request order; a full log stops the run with R_FLUSH right before the
     block whose change did not fit, so the caller can apply the log to the
     dm btree and resume there (a log of capacity 0 stops before the first
@@ -464,6 +480,16 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             if sp.scal[S_IGNORE_DISCARD] or read_only:
                 # read-only: dm's process_bio_success, done and nothing unmapped
                 end = first
+            if out[3] > 0 and 0 < log.shape[0] - out[3] < min(end - first, log.shape[0]):
+                # a discard's unmaps go to the dm btree together, as the
+                # range removals dm-thin cuts them into: start it in an
+                # empty log unless it fits (a full log stops it at its
+                # first mapped block anyway, as the near-reserve runs'
+                # one-row logs do)
+                out[0] = R_FLUSH
+                out[1] = i
+                out[2] = first
+                return R_FLUSH
             for vb in range(first, end):
                 r = _discard_block(sp, dv, slot, vb, i, log, out)
                 if r == -5:

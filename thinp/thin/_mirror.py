@@ -2,10 +2,12 @@
 
 Private to :mod:`thinp.thin.pool`.  The log is int64[cap, 4], one row per
 mapping change the volatile index made: dev_id, vblock, dm's leaf value
-``pblock << 24 | time`` (or -1 for an unmap), op index.  Each row becomes
+``pblock << 24 | time`` (or, for an unmap, a negative value naming the
+data block it held: _kernels.UNMAP_*), op index.  Each row becomes
 dm-thin's own metadata operation (``dm_thin_insert_block`` after the data
-block's allocation, or ``dm_thin_remove_block``) through the numba btree
-kernels, so tree shapes and metadata use are the kernel's.
+block's allocation), and a discard's unmaps the dm_thin_remove_range calls
+dm-thin cuts it into (_discard_piece_end), through the numba btree kernels,
+so tree shapes and metadata use are the kernel's.
 
 dm-thin refuses a metadata operation once free metadata falls to its
 reserve (the pool goes read-only); the kernel below stops at that row.
@@ -18,9 +20,10 @@ import numpy as np
 
 from ..config import njit
 from ..pdata.mapping_tree import (HINT_BITS, NO_BITMAP, PREFETCH_AHEAD, data_bitmap_shadowed, descend_hinted,
-                                  fetch_leaf, inc_data, insert_mapping_cached, locate_leaf, remove_mapping_scratch,
-                                  subtree_height)
+                                  fetch_leaf, inc_data, insert_mapping_cached, locate_leaf,
+                                  remove_range_scratch, subtree_height)
 from ..pdata.space_map import ENTRIES_PER_BITMAP
+from ._kernels import UNMAP_BLOCK_SHIFT, UNMAP_PASSDOWN, UNMAP_SHARED
 
 #: rows ahead whose leaf's entries are fetched, its header having landed
 #: (the leaf was located PREFETCH_AHEAD rows ahead)
@@ -76,6 +79,46 @@ def _locate(m64, m32, count, txn, tst, root, dev, vb, halves, ring, rk, s, row, 
             return
     # stage -1: the leaf is to be shadowed (copied whole) or split
     fetch_leaf(m64, m32, b, vb, rk[s, 2], rk[s, 0], rk[s, 1], 0 if ring[s, 1] else -1)
+
+
+#: dm-thin's bio prison range (BIO_PRISON_MAX_RANGE, Linux 6.5 and later):
+#: a discard is cut at multiples of it, virtual blocks without passdown,
+#: data blocks with
+PRISON_RANGE_SHIFT = 10
+
+
+@njit(inline="always", refcount=False)
+def _discard_piece_end(log, k, n, halves):
+    """The end (one past) of the rows from ``k`` that dm-thin removes with
+    one dm_thin_remove_range: the unmaps of one discard (same request and
+    device).  Without passdown (process_discard_cell_no_passdown) they are
+    the discard's range, cut at 1024-block virtual boundaries by dm since
+    6.5 (max_discard_granularity); with passdown (break_up_discard_bio)
+    each run dm_thin_find_mapped_range finds -- contiguous vblocks mapping
+    contiguous data blocks, all shared or none -- cut at 1024-block data
+    boundaries since 6.5.  ``halves`` (kernels before 5.14, so before 6.5
+    too): no 1024 cut.  The rows of a discard hold every block it unmapped,
+    so the range from the first row's vblock to one past the last holds no
+    other mapping.  (Not dm's yet: a discard of nothing mapped, which dm
+    still passes through __remove_range without passdown; a discard cut by
+    a full log, over 65,536 unmapped blocks, or near the metadata
+    reserve, where the pool applies rows one at a time.)"""
+    x = -1 - log[k, 2]
+    passdown = (x & UNMAP_PASSDOWN) != 0
+    j = k + 1
+    while j < n and log[j, 2] < 0 and log[j, 0] == log[k, 0] and log[j, 3] == log[k, 3] and log[j, 1] > log[j - 1, 1]:
+        y = -1 - log[j, 2]
+        if passdown:
+            py = y >> UNMAP_BLOCK_SHIFT
+            pp = (-1 - log[j - 1, 2]) >> UNMAP_BLOCK_SHIFT
+            if log[j, 1] != log[j - 1, 1] + 1 or py != pp + 1 or (y & UNMAP_SHARED) != (x & UNMAP_SHARED):
+                break
+            if not halves and (py >> PRISON_RANGE_SHIFT) != ((x >> UNMAP_BLOCK_SHIFT) >> PRISON_RANGE_SHIFT):
+                break
+        elif not halves and (log[j, 1] >> PRISON_RANGE_SHIFT) != (log[k, 1] >> PRISON_RANGE_SHIFT):
+            break
+        j += 1
+    return j
 
 
 @njit
@@ -148,7 +191,10 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
     removed = 0
     armed = lwm_armed
     dbm_lo = np.int64(NO_BITMAP)  # the data bitmap known shadowed (data_bitmap_shadowed)
+    past = 0  # rows before this one went into a range removal already
     for k in range(n):
+        if k < past:
+            continue
         free_now = nr - used_commit - (tst[1] - allocs_commit)
         if armed and free_now <= lwm:
             armed = False
@@ -219,10 +265,14 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 ver += 1
             added += res[1]
         else:
+            # a discard's unmaps, as dm_thin_remove_range calls (pdplace5)
             cache[0] = -1
             ver += 1
-            r = remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
-                                       dfree, dst, root, dev, vb, sp, res)
+            past = _discard_piece_end(log, k, n, halves)
+            r = remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                     dfree, dst, sp, loc, root, dev, vb, log[past - 1, 1] + 1, halves, res)
+            if r == -3:
+                r = -1
             removed += res[1]
         if r < 0:
             # the operation itself failed part-way: a real metadata failure

@@ -505,16 +505,7 @@ class PoolMetadata:
         """__remove: unmap ``vblock`` (its data block loses a reference).
 
         This is dm_thin_remove_block.  dm-thin's discards go through
-        dm_thin_remove_range instead (not modelled yet, #12): it takes a
-        reference on the device's subtree root, removes and at the end
-        re-inserts the device's top-level entry, and in between removes
-        the range key by key (dm_btree_remove_leaves: each key's own
-        descent and rebalance, stopping at the first unmapped one, whose
-        failed descent still rebalances; dm_btree_lookup_next finds the
-        next mapped key).  With passdown, the ranges are runs of
-        contiguous data blocks of one shared-ness, cut at 1024-block data
-        boundaries, and each run's data blocks are incremented after the
-        removal and decremented once the passdown completes."""
+        dm_thin_remove_range instead: :meth:`remove_range`."""
         d = self.details(dev)
         self.activate(dev)
         if self.fast:
@@ -540,6 +531,58 @@ class PoolMetadata:
         if removed:
             d.mapped_blocks -= 1
             d.changed = True
+        return removed
+
+    def remove_range(self, dev: int, begin: int, end: int) -> int:
+        """dm_thin_remove_range (__remove_range): unmap every mapped vblock
+        of ``dev`` in [begin, end), as dm-thin's discards do; returns how
+        many were unmapped.
+
+        dm takes a reference on the device's subtree root (its metadata
+        bitmap shadowed then), removes the device's top-level entry (whose
+        dec drops that reference again), removes the range from the subtree
+        (dm_btree_lookup_next, then dm_btree_remove_leaves: one descent per
+        key), then inserts the top-level entry back
+        (:func:`thinp.pdata.mapping_tree.remove_range`).  A snapshot-shared
+        root is counted 3 for a moment, an entry dm puts in the metadata
+        ref-count tree and takes out again; that is left to the commit, as
+        every count of 3 or more the kernels make (not yet dm's)."""
+        if begin < 0 or end < begin:
+            raise ValueError(f"range [{begin}, {end}) of thin device {dev}")
+        d = self.details(dev)
+        self.activate(dev)
+        tm = self.tm
+        if self.fast:
+            from ..pdata import mapping_tree as BK
+
+            m64, m32 = self._kernel_views()
+            dsm = self.data_sm
+            out = np.zeros(2, dtype=np.int64)
+            r = BK.remove_range(m64, m32, tm.count, tm.committed, tm.free, tm.txn, tm.kind, self.bm.fresh, tm.st,
+                                dsm.count, dsm.committed, dsm.free, dsm.kernel_state(),
+                                np.int64(self.sb.data_mapping_root), np.int64(dev), np.int64(begin), np.int64(end),
+                                self.split == "halves", out)
+            dsm.from_kernel()
+            if r == -3:
+                raise errors.MetadataCorruptError(f"metadata corrupt: device {dev} has no mapping tree")
+            if r < 0:
+                raise errors.NoSpaceError(f"out of metadata space: all {tm.nr_blocks} metadata blocks are in use")
+            self.sb.data_mapping_root, removed = int(out[0]), int(out[1])
+        else:
+            root = self.subtree_root(dev)
+            tm.shadow_bitmap_of(root)
+            tm.as_kernels = True
+            try:
+                tm.inc(root)
+                self.sb.data_mapping_root, _ = bw.remove(tm, self.sb.data_mapping_root, [dev], self.subtree_vt)
+                root, removed = bw.remove_leaves_range(tm, root, begin, end, self.data_vt)
+                self.sb.data_mapping_root, _ = bw.insert(tm, self.sb.data_mapping_root, [dev],
+                                                         np.array([root], dtype="<u8").view(np.uint8),
+                                                         self.subtree_vt, split=self.split)
+            finally:
+                tm.as_kernels = False
+        d.mapped_blocks -= removed
+        d.changed = True
         return removed
 
     def alloc_data(self) -> int | None:
