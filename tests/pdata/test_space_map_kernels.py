@@ -270,3 +270,49 @@ def test_bitmap_commit_in_runs_is_the_reference(tmp_path, split):
     assert len(ref) == len(fast) == 6
     for k, (a, b) in enumerate(zip(ref, fast)):
         assert a == b, f"commit {k} differs"
+
+
+def _bitmap_reference(count, committed, nfb):
+    """dm's bitmap entries and index entry, one entry at a time: entry e's
+    2 bits (min(count, 3), high bit first) at bits 2e, 2e+1 of word e // 32;
+    nr_free of the 16,320; the hint lowered to the first freed entry when
+    that is below it, then stepped past entries newly in use."""
+    from thinp.pdata.space_map import ENTRIES_PER_BITMAP
+
+    words = [0] * (ENTRIES_PER_BITMAP // 32)
+    for e, c in enumerate(count.tolist()):
+        v = min(c, 3)
+        words[e // 32] |= ((v >> 1) << (2 * (e % 32))) | ((v & 1) << (2 * (e % 32) + 1))
+    freed = next((e for e in range(len(count)) if count[e] == 0 and committed[e] != 0), -1)
+    if 0 <= freed < nfb:
+        nfb = freed
+    while nfb < len(count) and committed[nfb] == 0 and count[nfb] != 0:
+        nfb += 1
+    return words, ENTRIES_PER_BITMAP - int(np.count_nonzero(count)), nfb
+
+
+@pytest.mark.parametrize("n,nfb", [(16320, 0), (16320, 9000), (16320, 16320), (16319, 40), (1000, 20000), (33, 3)])
+def test_write_bitmap_is_the_reference(n, nfb):
+    """The commit's bitmap kernel (branch-free words, the freed-entry
+    search stopping at the hint) writes what dm's one-entry-at-a-time rule
+    gives, for full and short bitmaps, with counts freed, newly used and
+    past 3."""
+    from thinp.pdata._btree_kernels import write_bitmap
+
+    rng = np.random.default_rng(n + nfb)
+    committed = rng.choice([0, 0, 1, 2, 3, 7], n).astype(np.uint32)
+    count = committed.copy()
+    moved = rng.random(n) < 0.3
+    count[moved] = rng.choice([0, 1, 2, 3, 4], int(moved.sum())).astype(np.uint32)
+    count[: nfb // 2] = np.maximum(count[: nfb // 2], 1)  # in use below the hint, mostly
+    lo = 16320 * 2  # a bitmap other than the first: counts are indexed from lo
+    cur = np.zeros(lo + n, dtype=np.uint32)
+    old = np.zeros(lo + n, dtype=np.uint32)
+    cur[lo:], old[lo:] = count, committed
+    m64 = np.full((3, 512), 0xAAAA, dtype=np.uint64)
+    out = np.zeros(2, dtype=np.int64)
+    write_bitmap(m64, 1, cur, old, lo, lo + n, nfb, out)
+    words, nr_free, hint = _bitmap_reference(count, committed, nfb)
+    assert m64[1, 2:].tolist() == words
+    assert m64[1, :2].tolist() == [0xAAAA, 0xAAAA]  # the header is not the kernel's
+    assert (int(out[0]), int(out[1])) == (nr_free, hint)

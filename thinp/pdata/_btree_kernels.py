@@ -1865,24 +1865,22 @@ def write_bitmap(m64, b, count, committed, lo, hi, nfb, out):
     from it (dm's lazy hint)."""
     n = hi - lo
     used = 0
-    freed = -1
+    # the words: no branch on the counts (a zero count is a zero entry)
     for w in range(ENTRIES_PER_BITMAP // 32):
         word = np.uint64(0)
         base = lo + w * 32
-        for j in range(32):
-            e = w * 32 + j
-            if e >= n:
-                break
+        for j in range(max(0, min(32, n - w * 32))):
             c = count[base + j]
-            if c != 0:
-                used += 1
-                v = np.uint64(3 if c > 3 else c)
-                word |= ((v >> np.uint64(1)) << np.uint64(2 * j)) | ((v & np.uint64(1)) << np.uint64(2 * j + 1))
-            elif freed < 0 and committed[base + j] != 0:
-                freed = e
+            used += np.int64(c != 0)
+            v = np.uint64(min(c, np.uint32(3)))
+            word |= ((v >> np.uint64(1)) << np.uint64(2 * j)) | ((v & np.uint64(1)) << np.uint64(2 * j + 1))
         m64[b, 2 + w] = word
-    if freed >= 0 and freed < nfb:
-        nfb = freed
+    # the hint: only an entry freed below it lowers it, so the search for
+    # the first freed entry stops there
+    for e in range(min(nfb, n)):
+        if count[lo + e] == 0 and committed[lo + e] != 0:
+            nfb = e
+            break
     while nfb < n and committed[lo + nfb] == 0 and count[lo + nfb] != 0:
         nfb += 1
     out[0] = ENTRIES_PER_BITMAP - used
