@@ -2102,25 +2102,70 @@ def write_bitmap(m64, b, count, committed, lo, hi, nfb, out):
     from it (dm's lazy hint)."""
     n = hi - lo
     used = 0
-    freed = -1
+    # the words: no branch on the counts (a zero count is a zero entry)
     for w in range(ENTRIES_PER_BITMAP // 32):
         word = np.uint64(0)
         base = lo + w * 32
-        for j in range(32):
-            e = w * 32 + j
-            if e >= n:
-                break
+        for j in range(max(0, min(32, n - w * 32))):
             c = count[base + j]
-            if c != 0:
-                used += 1
-                v = np.uint64(3 if c > 3 else c)
-                word |= ((v >> np.uint64(1)) << np.uint64(2 * j)) | ((v & np.uint64(1)) << np.uint64(2 * j + 1))
-            elif freed < 0 and committed[base + j] != 0:
-                freed = e
+            used += np.int64(c != 0)
+            v = np.uint64(min(c, np.uint32(3)))
+            word |= ((v >> np.uint64(1)) << np.uint64(2 * j)) | ((v & np.uint64(1)) << np.uint64(2 * j + 1))
         m64[b, 2 + w] = word
-    if freed >= 0 and freed < nfb:
-        nfb = freed
+    # the hint: only an entry freed below it lowers it, so the search for
+    # the first freed entry stops there
+    for e in range(min(nfb, n)):
+        if count[lo + e] == 0 and committed[lo + e] != 0:
+            nfb = e
+            break
     while nfb < n and committed[lo + nfb] == 0 and count[lo + nfb] != 0:
         nfb += 1
     out[0] = ENTRIES_PER_BITMAP - used
     out[1] = nfb
+
+
+@njit(refcount=False)
+def write_bitmaps(m64, count, committed, nr_blocks, bitmaps, ie64, out):
+    """:func:`write_bitmap` for each bitmap of ``bitmaps``, into the block
+    its index entry names: ``ie64`` is the space map's index entries as
+    uint64 pairs (blocknr; nr_free | none_free_before << 32), whose second
+    word gets the new nr_free and hint.  ``out`` is scratch (2 int64)."""
+    for j in range(bitmaps.shape[0]):
+        i = bitmaps[j]
+        lo = i * ENTRIES_PER_BITMAP
+        hi = min(nr_blocks, lo + ENTRIES_PER_BITMAP)
+        w = ie64[i, 1]
+        write_bitmap(m64, np.int64(ie64[i, 0]), count, committed, lo, hi, np.int64(w >> np.uint64(32)), out)
+        ie64[i, 1] = np.uint64(out[0]) | (np.uint64(out[1]) << np.uint64(32))
+
+
+@njit(refcount=False)
+def overwrite_entries_in_place(m64, m32, count, txn, root, keys, ie64, halves, k):
+    """btree_write.overwrite_in_place for ``keys[k:]`` in order, in a
+    one-level tree of 16-byte values (a space map's index: key i gets
+    ``ie64[i]``'s two words), as long as each is a write in place: every
+    node on the path this transaction's and unshared, no internal node
+    full, the key in the leaf (and in the halves rule the leaf not full).
+    Returns the position of the first key that is not (its insert is the
+    caller's), or ``keys.shape[0]``."""
+    n = keys.shape[0]
+    while k < n:
+        key = np.uint64(keys[k])
+        b = root
+        while True:
+            if txn[b] == 0 or count[b] != 1:
+                return k
+            nr = np.int64(m32[b, 4])
+            mx = np.int64(m32[b, 5])
+            i = _lower_bound(m64, m32, b, key)
+            if m32[b, 1] & LEAF:
+                if i < 0 or m64[b, HDR + i] != key or (halves and nr == mx):
+                    return k
+                m64[b, HDR + mx + 2 * i] = ie64[keys[k], 0]
+                m64[b, HDR + mx + 2 * i + 1] = ie64[keys[k], 1]
+                break
+            if nr == mx or i < 0:
+                return k
+            b = np.int64(m64[b, HDR + mx + i])
+        k += 1
+    return k

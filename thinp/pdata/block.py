@@ -99,7 +99,9 @@ class BlockManager:
         self.path = path
         self.mm = mm
         self.fd = fd
-        self._valid: dict[int, Validator] = {}
+        #: uint8[nr_blocks]: the KIND_* code of the validator a block last
+        #: passed (or was sealed as) since it was written; 0 = unchecked
+        self._valid = np.zeros(blocks.shape[0], dtype=np.uint8)
         #: uint8[nr_blocks]: 1 = written in the open transaction, not sealed
         #: yet (trusted as it is; the kernels set it too)
         self.fresh = np.zeros(blocks.shape[0], dtype=np.uint8)
@@ -146,6 +148,7 @@ class BlockManager:
         self.wait_zeroing()
         self.blocks = np.zeros((0, BLOCK_SIZE), dtype=np.uint8)
         self.fresh = np.zeros(0, dtype=np.uint8)
+        self._valid = np.zeros(0, dtype=np.uint8)
         if self.mm is not None:
             try:
                 self.mm.close()
@@ -317,12 +320,21 @@ class BlockManager:
         blk = self.blocks[b]
         if self.fresh[b]:
             return blk
-        if self._valid.get(b) is not v:
+        k = KIND_OF.get(v.name, 0)
+        valid = self._valid_codes()
+        if not k or valid[b] != k or VALIDATORS[k] is not v:
             problem = v.check(blk, b)
             if problem:
                 raise corrupt(problem)
-            self._valid[b] = v
+            valid[b] = k
         return blk
+
+    def _valid_codes(self) -> np.ndarray:
+        """``_valid``, as long as the device (which may have grown)."""
+        if len(self._valid) < self.blocks.shape[0]:
+            self._valid = np.concatenate([self._valid,
+                                          np.zeros(self.blocks.shape[0] - len(self._valid), dtype=np.uint8)])
+        return self._valid
 
     def raw(self, b: int) -> np.ndarray:
         """Block ``b`` unchecked (for writers that own it in this transaction)."""
@@ -330,7 +342,7 @@ class BlockManager:
 
     def forget(self, b: int) -> None:
         """Block ``b`` is being rewritten in this transaction."""
-        self._valid.pop(b, None)
+        self._valid_codes()[b] = 0
         self.fresh[b] = 1
 
     def seal_many(self, bs: np.ndarray, kinds: np.ndarray) -> None:
@@ -348,10 +360,10 @@ class BlockManager:
         else:
             seal_blocks(TABLE8, self.blocks, bs64, xors[kinds])
         self.fresh[bs] = 0
-        self._valid.update(zip(bs.tolist(), map(VALIDATORS.__getitem__, kinds.tolist())))
+        self._valid_codes()[bs] = kinds
 
     def seal(self, b: int, v: Validator) -> None:
         """Stamp block ``b`` as a ``v`` block (location, checksum)."""
         v.prepare(self.blocks[b], b)
-        self._valid[b] = v
+        self._valid_codes()[b] = KIND_OF.get(v.name, 0)
         self.fresh[b] = 0

@@ -115,6 +115,60 @@ class DiskSpaceMap(RefCounts):
         if not self.tm.index_cache:
             self.bitmap_root = int(self.st[DST_INDEX])
 
+    def _write_bitmap(self, i: int) -> None:
+        """Bitmap ``i``'s commit: shadowed (a no-op when this transaction
+        has already), its entries and index entry written, the entry saved
+        in the index tree (in place where dm's insert would only descend)."""
+        tm = self.tm
+        lo = i * ENTRIES_PER_BITMAP
+        ie = self.index_entries[i:i + 1]
+        nb, blk, _ = tm.shadow(int(ie["blocknr"][0]), BITMAP)
+        write_bitmap_entry(blk, ie, self.count[lo:lo + ENTRIES_PER_BITMAP],
+                           self.committed[lo:min(self.nr_blocks, lo + ENTRIES_PER_BITMAP)], nb)
+        v = ie.view(np.uint8).copy()
+        if not bw.overwrite_in_place(tm, self.bitmap_root, i, v, split=self.split):
+            self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], v, INDEX_VALUE, split=self.split)
+
+    def _write_bitmaps(self, bitmaps: np.ndarray) -> None:
+        """:meth:`_write_bitmap` for each of ``bitmaps`` (ascending), the
+        same allocations in the same order, in few kernel calls: a bitmap
+        this transaction has shadowed already is shadowed again as itself
+        (nothing allocated), so over a run of those the bitmaps are written
+        first, in one pass, then their index entries, in place up to the
+        first that needs dm's insert (which may allocate: it goes through
+        the btree module, then the kernel goes on).  Writing the bitmaps
+        before the entries changes no allocation: neither allocates, and
+        the inserts change only metadata counts, not these blocks'."""
+        from ._btree_kernels import overwrite_entries_in_place, write_bitmaps
+
+        tm = self.tm
+        blk = tm.bm.blocks
+        m64, m32 = blk.view(np.uint64), blk.view(np.uint32)
+        ie64 = self.index_entries.view(np.uint64).reshape(-1, 2)
+        old = self.index_entries["blocknr"][bitmaps].astype(np.int64)
+        ready = (tm.txn[old] != 0) & (tm.count[old] == 1)
+        out = np.zeros(2, dtype=np.int64)
+        halves = self.split == "halves"
+        n = len(bitmaps)
+        j = 0
+        while j < n:
+            if not ready[j]:
+                self._write_bitmap(int(bitmaps[j]))  # its shadow allocates
+                j += 1
+                continue
+            e = j + int(np.argmin(ready[j:])) if not ready[j:].all() else n
+            run = bitmaps[j:e]
+            write_bitmaps(m64, self.count, self.committed, self.nr_blocks, run, ie64, out)
+            k = 0
+            while k < len(run):
+                k = overwrite_entries_in_place(m64, m32, tm.count, tm.txn, self.bitmap_root, run, ie64, halves, k)
+                if k < len(run):
+                    i = int(run[k])
+                    v = self.index_entries[i:i + 1].view(np.uint8).copy()
+                    self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], v, INDEX_VALUE, split=self.split)
+                    k += 1
+            j = e
+
     def _save_ie(self, i: int) -> None:
         ie = self.index_entries[i:i + 1].view(np.uint8).copy()
         self.bitmap_root, _ = bw.insert(self.tm, self.bitmap_root, [i], ie, INDEX_VALUE, split=self.split)
@@ -245,15 +299,11 @@ class DiskSpaceMap(RefCounts):
                                                        split=self.split)
                 else:
                     self.ref_count_root, _ = bw.remove(tm, self.ref_count_root, [b], COUNT_VALUE)
-        for i in bitmaps:
-            lo = i * ENTRIES_PER_BITMAP
-            ie = self.index_entries[i:i + 1]
-            nb, blk, _ = tm.shadow(int(ie["blocknr"][0]), BITMAP)
-            write_bitmap_entry(blk, ie, self.count[lo:lo + ENTRIES_PER_BITMAP],
-                               self.committed[lo:min(n, lo + ENTRIES_PER_BITMAP)], nb)
-            v = ie.view(np.uint8).copy()
-            if not bw.overwrite_in_place(tm, self.bitmap_root, i, v, split=self.split):
-                self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], v, INDEX_VALUE, split=self.split)
+        if self.fast:
+            self._write_bitmaps(np.asarray(bitmaps, dtype=np.int64))
+        else:
+            for i in bitmaps:
+                self._write_bitmap(i)
         self._shadowed.clear()
         cursor = self.begin
         self.settle()
