@@ -284,6 +284,47 @@ def test_no_space_timeout_errors_the_queue(tmp_path):
     assert read_sidecar(tmp_path / "p")["error_if_no_space"] is False   # the table's, not the timeout's
 
 
+def test_a_retried_block_counts_no_new_request_at_any_instant(tmp_path):
+    """Queued blocks retried after a resize: a callback run inside the retry
+    (the low water mark crossed by the retried provisioning) and the commit
+    interval (1: a commit due at every request) see the counters of the
+    requests submitted, never a retried block counted as one more."""
+    from thinp.trace import WRITE
+
+    pool = _full_pool(tmp_path / "p", low_water_mark=2, commit_interval=1)
+    pool.replay(_trace([(1, WRITE, 20, 3), (1, WRITE, 30, 1)]))   # 2 requests, 4 blocks queued
+    assert pool.nr_queued == 4
+    base = pool.counters()
+    seen = []
+    pool.on_low_water_mark(lambda ev: seen.append(pool.counters()))
+    pool.resize_data(21 * BS)          # 5 free, 3 above the mark: the 3rd retried block reaches it
+    assert pool.nr_queued == 0 and len(seen) == 1
+    assert seen[0]["nr_requests"] == base["nr_requests"]
+    assert seen[0]["bytes_written"] == base["bytes_written"]
+    assert seen[0]["nr_provisioned"] == base["nr_provisioned"] + 3
+    after = pool.counters()
+    assert after["nr_requests"] == base["nr_requests"] and after["nr_provisioned"] == base["nr_provisioned"] + 4
+    assert after["bytes_written"] == base["bytes_written"] and after["nr_failed_requests"] == 0
+    pool.close()
+
+
+def test_a_request_whose_queued_blocks_time_out_after_a_partial_retry_fails_once(tmp_path):
+    """A 3-block request queues; a resize gives one block, the other two
+    queue again; the timeout fails them: one failed request, two ENOSPC."""
+    from thinp.trace import WRITE
+
+    pool = _full_pool(tmp_path / "p")
+    pool.replay(_trace([(1, WRITE, 20, 3)]))
+    base = pool.counters()
+    pool.resize_data(17 * BS)
+    assert pool.nr_queued == 2 and pool.device(1).lookup(20) is not None
+    assert pool.expire_no_space_timeout() == 2
+    after = pool.counters()
+    assert after["nr_failed_requests"] == base["nr_failed_requests"] + 1
+    assert after["nr_enospc"] == base["nr_enospc"] + 2 and after["nr_requests"] == base["nr_requests"]
+    pool.close()
+
+
 def test_the_reserve_commit_holds_the_triggering_block_counted_and_unmapped(tmp_path):
     """ThinPool does what the image-level test above builds by hand: at
     dm's metadata reserve the write's data block is allocated, then the

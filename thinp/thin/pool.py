@@ -449,6 +449,9 @@ class ThinPool:
         self._closed = False
         self._callbacks = {name: [] for name in K.EVENT_NAMES.values()}
         self._queue: list = []
+        #: the requests (queue keys) already counted in nr_failed_requests
+        #: that still have blocks queued: a request counts as failed once
+        self._failed_keys: set = set()
         self._failed = False
         self._fail_mode: str | None = None  # dm-thin's "fail" mode: the reason
         self._log = np.zeros((LOG_ROWS, 4), dtype=np.int64)
@@ -1167,7 +1170,9 @@ class ThinPool:
         # dm-thin's check_for_metadata_space after every commit
         if dm.nr_free_metadata_blocks <= self._meta_reserve:
             self._ooms = True
-            self._queue.clear()  # error_retry_list: queued writes fail (EIO)
+            # set_pool_mode's error_retry_list: the queued blocks fail, with
+            # ENOSPC while the pool is still out of data space, else EIO
+            self._error_queue(nospc=bool(md.sp.scal[TK.S_OODS]))
             return
         if md.sp.scal[TK.S_OODS] and self.nr_free_data_blocks > 0:
             self._data_space_back()
@@ -1380,14 +1385,17 @@ class ThinPool:
         retry_on_resume list): one row, the block's part of the write (the
         bio dm-thin's split at block boundaries makes), with its bytes in
         payload mode.  ``key`` names the request it came from, to count
-        failed requests if it errors."""
+        failed requests if it errors.  The row resumes at ``vb`` (its
+        request was counted when first submitted), so its retry counts no
+        new request, no bytes and no step towards the commit interval,
+        whenever a commit or an abort snapshots or re-runs it."""
         bs = self.block_size
         lo = max(int(off[i]), vb * bs)
         hi = min(int(off[i]) + int(ln[i]), (vb + 1) * bs)
         part = src[lo - src_base:hi - src_base].copy() if len(src) else src
         self._queue.append([slots[i:i + 1].copy(), np.full(1, WRITE, dtype=ops.dtype),
-                            np.full(1, lo, dtype=off.dtype), np.full(1, hi - lo, dtype=ln.dtype), 0, -1, part, lo,
-                            key])
+                            np.full(1, lo, dtype=off.dtype), np.full(1, hi - lo, dtype=ln.dtype), 0, int(vb), part,
+                            lo, key])
 
     def _run(self, slots, ops, off, ln, start, start_vb, src, src_base, events, key=None):
         """Drive the replay kernel, applying its mapping changes to dm's
@@ -1471,6 +1479,12 @@ class ThinPool:
             at_change = r == TK.R_FLUSH
             if r == TK.R_DONE:
                 rec[6] = True
+                if key is None and self._queue and failed.any():
+                    # a request of this run that failed a block and queued
+                    # another is counted failed already
+                    for q in self._queue:
+                        if q[8][0] == run and failed[q[8][1]]:
+                            self._failed_keys.add(q[8])
                 # Freed blocks are passed down (punched) only after the commit
                 # that frees them, as dm-thin's discard pt2 runs after commit:
                 # until then the last commit still maps them, and a crash must
@@ -1816,8 +1830,14 @@ class ThinPool:
         """Retry the queued blocks, in order, once the pool has data space
         again (dm's requeue on resume or on leaving out-of-data-space); a
         block still without space queues again.  Each was counted as part
-        of its request when first submitted, so its retry counts only what
-        it does (a block written, provisioned...), not another request."""
+        of its request when first submitted, and its row resumes inside
+        that request (:meth:`_queue_block`), so its retry counts only what
+        it does (a block written, provisioned...), not another request; a
+        request whose retried block fails is counted failed once, however
+        many of its blocks fail.  Should a commit inside the retry leave
+        the pool out of metadata space, the blocks not yet retried fail
+        with EIO (dm's error_retry_list, and process_bio_read_only for
+        those already on its deferred list)."""
         if self._draining:
             return
         self._draining = True
@@ -1829,19 +1849,43 @@ class ThinPool:
                 for k, (slots, ops, off, ln, start, start_vb, src, src_base, key) in enumerate(pending):
                     if self._fail_mode or self._failed:
                         return
-                    n, nbytes = len(ops), int(ln.astype(np.int64).sum())
+                    if self._ooms:
+                        self._queue = pending[k:] + self._queue
+                        self._error_queue(nospc=bool(self._md.sp.scal[TK.S_OODS]))
+                        return
+                    nf = int(self._md.sp.scal[K.C_FAILED_OPS])
                     try:
                         self._run(slots, ops, off, ln, start, start_vb, src, src_base, None, key=key)
+                    except errors.OutOfMetadataSpaceError:
+                        pass  # its block failed with EIO (counted): the request was told at submit time
                     except BaseException:
                         if not (self._fail_mode or self._failed):
                             self._queue = pending[k + 1:] + self._queue
                         raise
                     finally:
                         sp = self._md.sp
-                        sp.scal[K.C_OPS] -= n
-                        sp.scal[K.C_BYTES_WRITTEN] -= nbytes
+                        if int(sp.scal[K.C_FAILED_OPS]) > nf:
+                            if key in self._failed_keys:
+                                sp.scal[K.C_FAILED_OPS] = nf
+                            else:
+                                self._failed_keys.add(key)
         finally:
             self._draining = False
+            if not self._queue:
+                self._failed_keys.clear()
+
+    def _error_queue(self, nospc: bool) -> int:
+        """Fail every queued block (dm's error_retry_list): counted in
+        ``nr_enospc`` (``nospc``) or ``nr_eio``, each request with a failed
+        block once in ``nr_failed_requests``.  Returns the blocks failed."""
+        sp = self._md.sp
+        n = sum(len(q[0]) - q[4] for q in self._queue)
+        sp.scal[K.C_ENOSPC if nospc else K.C_EIO] += n
+        sp.scal[K.C_FAILED_OPS] += len({q[8] for q in self._queue} - self._failed_keys)
+        self._queue.clear()
+        if not self._draining:
+            self._failed_keys.clear()
+        return n
 
     _draining = False
     #: the data block the last commit, a reserve commit, holds counted and
@@ -1872,11 +1916,7 @@ class ThinPool:
             return 0
         sp.scal[K.S_ERROR_IF_NO_SPACE] = 1
         self._timed_out = True
-        n = sum(len(q[0]) - q[4] for q in self._queue)
-        sp.scal[K.C_FAILED_OPS] += len({q[8] for q in self._queue})
-        sp.scal[K.C_ENOSPC] += n
-        self._queue.clear()
-        return n
+        return self._error_queue(nospc=True)
 
     def _data_space_back(self) -> None:
         """The pool leaves out-of-data-space (dm's set_pool_mode(PM_WRITE)):
