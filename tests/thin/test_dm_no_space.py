@@ -286,9 +286,10 @@ def test_no_space_timeout_errors_the_queue(tmp_path):
 
 def test_a_retried_block_counts_no_new_request_at_any_instant(tmp_path):
     """Queued blocks retried after a resize: a callback run inside the retry
-    (the low water mark crossed by the retried provisioning) and the commit
-    interval (1: a commit due at every request) see the counters of the
-    requests submitted, never a retried block counted as one more."""
+    (the low water mark crossed by the retried provisioning) and the
+    commits between retried blocks (commit interval 1: a retried block is a
+    step towards it) see the counters of the requests submitted, never a
+    retried block counted as one more."""
     from thinp.trace import WRITE
 
     pool = _full_pool(tmp_path / "p", low_water_mark=2, commit_interval=1)

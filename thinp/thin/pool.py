@@ -1203,7 +1203,7 @@ class ThinPool:
         side.pop("seq", None)  # the slot's, given when written
         side.update({
             "version": SIDECAR_VERSION, "transaction_id": dm.sb.trans_id, "split": dm.split,
-            "devices": {str(int(dv.dev_id[s])): int(dv.size_sectors[s]) for s in np.flatnonzero(dv.dev_id >= 0)},
+            "devices": self._sidecar_devices(),
             "low_water_mark": int(scal[K.S_LWM]), "commit_interval": int(scal[K.S_COMMIT_INTERVAL]),
             "zero_new_blocks": bool(sb.options & OPT_ZERO),
             "discard_passdown": bool(sb.options & OPT_PASSDOWN),
@@ -1213,6 +1213,14 @@ class ThinPool:
         prev = {k: v for k, v in self._side.items() if k != "previous"}
         side["previous"] = prev
         return side
+
+    def _sidecar_devices(self) -> dict:
+        """The sidecar's ``devices``: thin id (a string, JSON's keys) to
+        size in sectors, in slot order.  Built from whole columns (a Python
+        loop over numpy scalars was 0.1 ms a commit at 300 thins)."""
+        dv = self._md.dv
+        live = dv.dev_id >= 0
+        return dict(zip(map(str, dv.dev_id[live].tolist()), dv.size_sectors[live].tolist()))
 
     def _write_sidecar(self, side: dict, sync: bool):
         """Write the sidecar of the commit under way into the slot not
@@ -1495,23 +1503,8 @@ class ThinPool:
             if r == TK.R_FLUSH:
                 continue
             if r == TK.R_NEED_COMMIT:
-                if self.read_only:
-                    # only reads run here, so only the commit interval can
-                    # ask, and a read-only pool has nothing to commit
-                    md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
-                elif self._nothing_to_commit():
-                    # dm-thin's periodic commit runs only when the
-                    # transaction changed the metadata
-                    # (dm_pool_changed_this_transaction): overwrites of
-                    # provisioned, unshared blocks change nothing
-                    md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
-                else:
-                    was = self._ooms
-                    self._commit(ops, start)
-                    if self._ooms and not was:
-                        self._event(start, K.EV_OUT_OF_META, start_vb if start_vb >= 0 else
-                                    int(off[start]) // self.block_size)
-                        self._drain_events(events)
+                self._periodic_commit(ops, start, start_vb if start_vb >= 0 else int(off[start]) // self.block_size,
+                                      events)
                 continue
             # R_NO_DATA, queue mode: this block waits for data space (dm's
             # retry_on_resume); the request's other blocks and the rest of
@@ -1519,6 +1512,27 @@ class ThinPool:
             self._queue_block(slots, ops, off, ln, src, src_base, start, start_vb,
                               (run, start) if key is None else key)
             start_vb += 1
+
+    def _periodic_commit(self, ops, start: int, vb: int, events) -> None:
+        """The commit the commit interval asks for before request ``start``
+        of the trace whose ops are ``ops`` (its block ``vb`` next)."""
+        md = self._md
+        if self.read_only:
+            # only reads run here, so only the commit interval can
+            # ask, and a read-only pool has nothing to commit
+            md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+        elif self._nothing_to_commit():
+            # dm-thin's periodic commit runs only when the
+            # transaction changed the metadata
+            # (dm_pool_changed_this_transaction): overwrites of
+            # provisioned, unshared blocks change nothing
+            md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+        else:
+            was = self._ooms
+            self._commit(ops, start)
+            if self._ooms and not was:
+                self._event(start, K.EV_OUT_OF_META, vb)
+                self._drain_events(events)
 
     def _raise_eio(self, failed) -> None:
         """Raise OutOfMetadataSpaceError if a request of this run had a block
@@ -1832,7 +1846,8 @@ class ThinPool:
         block still without space queues again.  Each was counted as part
         of its request when first submitted, and its row resumes inside
         that request (:meth:`_queue_block`), so its retry counts only what
-        it does (a block written, provisioned...), not another request; a
+        it does (a block written, provisioned...), not another request
+        (it is a step towards the commit interval, as the pool's work); a
         request whose retried block fails is counted failed once, however
         many of its blocks fail.  Should a commit inside the retry leave
         the pool out of metadata space, the blocks not yet retried fail
@@ -1853,6 +1868,18 @@ class ThinPool:
                         self._queue = pending[k:] + self._queue
                         self._error_queue(nospc=bool(self._md.sp.scal[TK.S_OODS]))
                         return
+                    # a retried block is a step towards the commit interval
+                    # (the work of the pool's time), though no new request
+                    scal = self._md.sp.scal
+                    if 0 < scal[K.S_COMMIT_INTERVAL] <= scal[K.S_OPS_SINCE_COMMIT]:
+                        self._periodic_commit(ops, 0, start_vb, None)
+                        if self._fail_mode or self._failed:
+                            return
+                        if self._ooms:
+                            self._queue = pending[k:] + self._queue
+                            self._error_queue(nospc=bool(self._md.sp.scal[TK.S_OODS]))
+                            return
+                    self._md.sp.scal[K.S_OPS_SINCE_COMMIT] += 1
                     nf = int(self._md.sp.scal[K.C_FAILED_OPS])
                     try:
                         self._run(slots, ops, off, ln, start, start_vb, src, src_base, None, key=key)
