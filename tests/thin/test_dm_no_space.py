@@ -368,3 +368,48 @@ def test_the_reserve_commit_holds_the_triggering_block_counted_and_unmapped(tmp_
         assert int(leaked[0]) not in pool.device(0).mapping()[1].tolist()
         assert pool.status().used_data_blocks == pool.device(0).mapped_blocks + 1
     assert check(p).ok
+
+
+def test_an_abort_after_a_long_retry_counts_the_retried_blocks_once(tmp_path):
+    """400 writes queue on a full pool; a resize retries them (hundreds of
+    retry runs, merged in the pool's record); later, a commit runs out of
+    metadata and the transaction aborts, re-running the record from the
+    last commit to count what dm applied.  The counters come out as a twin
+    pool's that wrote the same 400 blocks directly after the same resize:
+    each retried block was counted once, with its request, at submission."""
+    from thinp import errors
+    from thinp.thin import ThinPool
+    from thinp.trace import TRACE_DTYPE, WRITE
+
+    vbs = np.random.default_rng(1).choice(1 << 22, size=40000, replace=False)
+
+    def writes(blocks):
+        t = np.zeros(len(blocks), dtype=TRACE_DTYPE)
+        t["dev_id"], t["op"], t["offset"], t["length"] = 0, WRITE, np.asarray(blocks) * BS, BS
+        return t
+
+    def run(path, queue_first):
+        pool = ThinPool.create(path, data_size=300 * BS, metadata_size=64 * 4096, sync=False, commit_interval=0,
+                               zero_new_blocks=False)
+        pool.create_thin(0, (1 << 22) * BS)
+        pool.replay(writes(vbs[:300]))
+        pool.commit()
+        if queue_first:
+            pool.replay(writes(vbs[300:700]))
+            assert pool.nr_queued == 400
+            pool.resize_data(100000 * BS)
+            assert pool.nr_queued == 0
+        else:
+            pool.resize_data(100000 * BS)
+            pool.replay(writes(vbs[300:700]))
+        with pytest.raises(errors.ReadOnlyPoolError, match="aborted"):
+            pool.replay(writes(vbs[700:]))
+        got = pool.counters(), pool.device(0).mapping()
+        pool.close()
+        return got
+
+    (queued, qmap), (direct, dmap) = run(tmp_path / "q", True), run(tmp_path / "d", False)
+    assert queued == direct
+    assert queued["nr_requests"] > 700 and queued["nr_provisioned"] == queued["nr_requests"]
+    for a, b in zip(qmap, dmap):
+        assert np.array_equal(a, b)

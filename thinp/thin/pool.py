@@ -1671,28 +1671,29 @@ class ThinPool:
         # the record is now the prefix: should the commit below fail, the
         # abort counts exactly it
         self._runs = [list(r) for r in runs]
-        for j, (slots, ops, off, ln, start, start_vb, _) in enumerate(runs):
-            mask = np.zeros(len(ops), dtype=np.uint8)
-            if j == mine:
-                first = start
-                failed[first:] = 0  # what the rolled-back requests set is undone
-            while start < len(ops):
-                out[3] = 0
-                r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8, 0, out,
-                              self._log, mask)
-                if not self._apply_log(int(out[3])):
-                    raise errors.ThinpError("internal: the committed prefix no longer fits its metadata")
-                if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
-                    if r == TK.R_NEED_COMMIT:
-                        md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
-                    start, start_vb = int(out[1]), int(out[2])
-                    continue
-                if r == TK.R_NO_DATA:   # queued the first time too: skipped
-                    start, start_vb = int(out[1]), int(out[2]) + 1
-                    continue
-                break
-            if j == mine:
-                failed[first:len(ops)] = mask[first:]
+        for j, rec in enumerate(runs):
+            for slots, ops, off, ln, start, start_vb in _units(*rec[:6]):
+                mask = np.zeros(len(ops), dtype=np.uint8)
+                if j == mine:
+                    first = start
+                    failed[first:] = 0  # what the rolled-back requests set is undone
+                while start < len(ops):
+                    out[3] = 0
+                    r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8, 0, out,
+                                  self._log, mask)
+                    if not self._apply_log(int(out[3])):
+                        raise errors.ThinpError("internal: the committed prefix no longer fits its metadata")
+                    if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
+                        if r == TK.R_NEED_COMMIT:
+                            md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+                        start, start_vb = int(out[1]), int(out[2])
+                        continue
+                    if r == TK.R_NO_DATA:   # queued the first time too: skipped
+                        start, start_vb = int(out[1]), int(out[2]) + 1
+                        continue
+                    break
+                if j == mine:
+                    failed[first:len(ops)] = mask[first:]
         if rest:
             # the rest of the cut request resumes at failed_vb, uncounted
             md.sp.scal[K.C_BYTES_DISCARD if failed_ops[failed_op] == DISCARD else K.C_BYTES_WRITTEN] += rest
@@ -1739,11 +1740,16 @@ class ThinPool:
             # the oldest finished runs that started at a request's start:
             # merging them reorders nothing (an unfinished run, a trace
             # queued for data space, stays whole)
+            # (a queued block's retry resumes inside its request: its runs
+            # merge into one record of their own, resumed row by row, and
+            # the runs after them merge as before)
             k = 0
-            while k < len(runs) and runs[k][6] and runs[k][5] < 0:
+            while k < len(runs) and runs[k][6]:
                 k += 1
+            k -= _merge_retries(runs, k)
+            floor = max((i + 1 for i in range(k) if not isinstance(runs[i][5], int) or runs[i][5] >= 0), default=0)
             j = k  # ... that are small (merged ones are left alone, so each request is copied once)
-            while j > 0 and len(runs[j - 1][1]) - runs[j - 1][4] < 64:
+            while j > floor and len(runs[j - 1][1]) - runs[j - 1][4] < 64:
                 j -= 1
             if k - j > 1:
                 done = runs[j:k]
@@ -1791,27 +1797,28 @@ class ThinPool:
         scratch.sp.scal[idx] = self._commit_counters
         out = np.zeros(4, dtype=np.int64)
         runs, self._runs = self._runs, []
-        for slots, ops, off, ln, start, start_vb, _ in runs:
-            if ops is failed_ops:
-                slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
-            if start >= len(ops):
-                continue
-            failed = np.zeros(len(ops), dtype=np.uint8)
-            while True:
-                out[3] = 0
-                r = TK.replay(scratch.sp, scratch.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8,
-                              0, out, self._log, failed)
-                if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
-                    # a full log, or a commit the first run found nothing
-                    # to write for (a real one would have ended the record)
-                    if r == TK.R_NEED_COMMIT:
-                        scratch.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
-                    start, start_vb = int(out[1]), int(out[2])
+        for rec in runs:
+            for slots, ops, off, ln, start, start_vb in _units(*rec[:6]):
+                if ops is failed_ops:
+                    slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
+                if start >= len(ops):
                     continue
-                if r == TK.R_NO_DATA:   # a block queued for data space: skipped
-                    start, start_vb = int(out[1]), int(out[2]) + 1
-                    continue
-                break
+                failed = np.zeros(len(ops), dtype=np.uint8)
+                while True:
+                    out[3] = 0
+                    r = TK.replay(scratch.sp, scratch.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8,
+                                  0, out, self._log, failed)
+                    if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
+                        # a full log, or a commit the first run found nothing
+                        # to write for (a real one would have ended the record)
+                        if r == TK.R_NEED_COMMIT:
+                            scratch.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
+                        start, start_vb = int(out[1]), int(out[2])
+                        continue
+                    if r == TK.R_NO_DATA:   # a block queued for data space: skipped
+                        start, start_vb = int(out[1]), int(out[2]) + 1
+                        continue
+                    break
         counters = scratch.sp.scal[idx].copy()
         scratch.close()
         try:
@@ -2090,6 +2097,46 @@ class ThinPool:
             data_block_size=self.block_size,
             counters=counters,
         )
+
+
+def _units(slots, ops, off, ln, start, start_vb):
+    """The kernel calls that re-run one record of :attr:`ThinPool._runs`:
+    the record itself, or, for merged retries of queued blocks
+    (``start_vb`` an array: each row's block), each row resumed inside its
+    request."""
+    if isinstance(start_vb, np.ndarray):
+        for i in range(len(ops)):
+            yield slots[i:i + 1], ops[i:i + 1], off[i:i + 1], ln[i:i + 1], 0, int(start_vb[i])
+    else:
+        yield slots, ops, off, ln, start, start_vb
+
+
+def _merge_retries(runs: list, k: int) -> int:
+    """Merge each stretch of finished one-row retry runs (a queued block
+    resumed inside its request, :meth:`ThinPool._queue_block`) among
+    ``runs[:k]`` into one record whose ``start_vb`` is the array of the
+    rows' blocks; returns by how much ``k`` shrank."""
+    def retry(r):  # (a merged record joins again while small, so each row is copied about once)
+        if isinstance(r[5], np.ndarray):
+            return len(r[1]) < 64
+        return r[5] >= 0 and len(r[1]) == 1 and r[4] == 0
+
+    i, shrunk = 0, 0
+    while i < k - shrunk:
+        if not retry(runs[i]):
+            i += 1
+            continue
+        e = i
+        while e < k - shrunk and retry(runs[e]):
+            e += 1
+        if e - i > 1:
+            part = runs[i:e]
+            vbs = np.concatenate([np.atleast_1d(np.asarray(r[5], dtype=np.int64)) for r in part])
+            runs[i:e] = [[np.concatenate([r[0] for r in part]), np.concatenate([r[1] for r in part]),
+                          np.concatenate([r[2] for r in part]), np.concatenate([r[3] for r in part]), 0, vbs, True]]
+            shrunk += e - i - 1
+        i += 1
+    return shrunk
 
 
 OP_NAME = {READ: "read", WRITE: "write", DISCARD: "discard"}
