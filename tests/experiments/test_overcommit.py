@@ -84,7 +84,8 @@ def test_queue_mode_no_space_timeout_fails_the_queued_writes():
     out of data space in error_if_no_space mode: the next containers'
     writes needing a block fail at once.  The blocks that fail are those
     error_if_no_space fails from the start; only the wait differs."""
-    df, _ = overcommit(**SMALL, min_free_space=0, no_space="queue")
+    df, fig = overcommit(**{**SMALL, "plot": True}, min_free_space=0, no_space="queue")
+    assert fig is not None
     hit = first(df, "no_space_timeout")
     assert first(df, "queued_hang") is None and len(df) == SMALL["containers"]   # the run goes on
     assert hit is not None and hit["waited_s"] == 60 and hit["enospc"] > 0 and hit["queued"] == 0
