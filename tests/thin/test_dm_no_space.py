@@ -413,3 +413,31 @@ def test_an_abort_after_a_long_retry_counts_the_retried_blocks_once(tmp_path):
     assert queued["nr_requests"] > 700 and queued["nr_provisioned"] == queued["nr_requests"]
     for a, b in zip(qmap, dmap):
         assert np.array_equal(a, b)
+
+
+def test_an_abort_fails_the_queued_blocks_of_requests_that_ran(tmp_path):
+    """A commit fails outright (dm's metadata_operation_failed) with two
+    blocks queued for data space: the transaction aborts, the pool goes
+    read-only, and dm's error_retry_list fails the queue, with ENOSPC as
+    the pool is out of data space; the requests that queued them ran (they
+    are counted) and now count as failed."""
+    from thinp import errors
+    from thinp.trace import DISCARD, WRITE
+
+    pool = _full_pool(tmp_path / "p", commit_interval=3)
+    base = pool.counters()
+
+    def broken_commit(*a, **k):
+        raise errors.NoSpaceError("metadata device full (injected)")
+
+    pool._dm.commit = broken_commit
+    with pytest.raises(errors.ReadOnlyPoolError, match="aborted"):
+        # the commit interval's commit comes before request 3
+        pool.replay(_trace([(1, WRITE, 20, 1), (1, WRITE, 21, 1), (1, DISCARD, 1, 1), (1, WRITE, 22, 1)]))
+    after = pool.counters()
+    assert pool.nr_queued == 0 and pool.status().mode == "ro"
+    assert after["nr_requests"] == base["nr_requests"] + 3              # request 3 never ran
+    assert after["nr_enospc"] == base["nr_enospc"] + 2
+    assert after["nr_failed_requests"] == base["nr_failed_requests"] + 2
+    assert after["bytes_written"] == base["bytes_written"] + 2 * BS
+    pool.close()

@@ -694,7 +694,13 @@ class ThinPool:
             return
         try:
             if not self.read_only and not self._failed and self._md.sp is not None:
+                self._drained = False
                 self.commit()
+                while self._drained and not self._failed:
+                    # the commit freed space and retried queued blocks:
+                    # what they mapped is committed too
+                    self._drained = False
+                    self.commit()
                 if self.payload and self._data_mm is not None:
                     self._data_mm.flush()
         finally:
@@ -1426,6 +1432,9 @@ class ThinPool:
         at_change = False  # stopped right before a mapping change (R_FLUSH)
         if key is None:
             self._nr_runs += 1
+            #: the trace a request-level run is on, and its run number (an
+            #: abort drops what it queued from the failing request on)
+            self._main = (ops, self._nr_runs)
         run = self._nr_runs
         while True:
             md = self._md
@@ -1781,6 +1790,7 @@ class ThinPool:
         rebuilt from the last commit (the same state they first ran on), so
         every counter comes out exactly as that prefix alone would give."""
         old_dm, old_md = self._dm, self._md
+        oods = bool(old_md.sp.scal[TK.S_OODS])
         mpath = os.path.join(self.path, "metadata")
         try:
             dm = PoolMetadata.open(mpath, split=old_dm.split, writable=False, check=False)
@@ -1836,7 +1846,14 @@ class ThinPool:
         old_md.close()
         self._md = md
         self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
-        self._queue.clear()
+        # the pool goes read-only (set_pool_mode's error_retry_list): the
+        # queued blocks of requests that ran fail, with ENOSPC while the
+        # pool is out of data space, else EIO; those the failing request
+        # and the rest of its trace queued never happened
+        main_ops, main_run = self._main
+        if failed_ops is not None and failed_ops is main_ops:
+            self._queue = [q for q in self._queue if not (q[8][0] == main_run and q[8][1] >= failed_op)]
+        self._error_queue(nospc=oods)
 
     def _event(self, op_index: int, kind: int, value: int) -> None:
         sp = self._md.sp
@@ -1888,6 +1905,7 @@ class ThinPool:
                             return
                     self._md.sp.scal[K.S_OPS_SINCE_COMMIT] += 1
                     nf = int(self._md.sp.scal[K.C_FAILED_OPS])
+                    self._drained = True
                     try:
                         self._run(slots, ops, off, ln, start, start_vb, src, src_base, None, key=key)
                     except errors.OutOfMetadataSpaceError:
@@ -1895,6 +1913,11 @@ class ThinPool:
                     except BaseException:
                         if not (self._fail_mode or self._failed):
                             self._queue = pending[k + 1:] + self._queue
+                        elif self._failed and not self._fail_mode:
+                            # an abort in this retry: the blocks not retried
+                            # yet, this one included, fail as the queue did
+                            self._queue = pending[k:] + self._queue
+                            self._error_queue(nospc=False)
                         raise
                     finally:
                         sp = self._md.sp
@@ -1922,6 +1945,8 @@ class ThinPool:
         return n
 
     _draining = False
+    _drained = False
+    _main: tuple = (None, -1)
     #: the data block the last commit, a reserve commit, holds counted and
     #: unmapped (the write it was for maps it next), or None
     _reserve_block = None
