@@ -2068,8 +2068,11 @@ class ThinPool:
         run, whether it failed or not (``bytes_written`` and the like count
         what the requests asked for); ``nr_failed_requests`` counts those
         with at least one failed block, ``nr_enospc`` the blocks failed for
-        want of data space (``error_if_no_space``) and ``nr_eio`` those
-        failed out of metadata space.  After a metadata failure (abort,
+        want of data space (``error_if_no_space``, or queued and failed by
+        :meth:`expire_no_space_timeout` or by the pool leaving queue mode
+        while out of data space) and ``nr_eio`` those failed out of
+        metadata space (or queued when the pool went read-only).  A queued
+        block's retry counts no new request.  After a metadata failure (abort,
         needs_check) they are those of the requests before the failing
         one: that request and the rest of its trace did not run."""
         self._check_open()
