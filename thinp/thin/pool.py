@@ -2069,9 +2069,10 @@ class ThinPool:
         what the requests asked for); ``nr_failed_requests`` counts those
         with at least one failed block, ``nr_enospc`` the blocks failed for
         want of data space (``error_if_no_space``, or queued and failed by
-        :meth:`expire_no_space_timeout` or by the pool leaving queue mode
+        :meth:`expire_no_space_timeout`, or when the pool went read-only
         while out of data space) and ``nr_eio`` those failed out of
-        metadata space (or queued when the pool went read-only).  A queued
+        metadata space (or queued when the pool went read-only after
+        leaving it).  A queued
         block's retry counts no new request.  After a metadata failure (abort,
         needs_check) they are those of the requests before the failing
         one: that request and the rest of its trace did not run."""
