@@ -86,6 +86,7 @@ _MARKERS = {"low_water_mark": ("v", "tab:orange", "low water mark"),
             "out_of_metadata_space": ("s", "tab:purple", "out of metadata space"),
             "metadata_failure": ("X", "tab:red", "metadata failure (needs_check)"),
             "autoextend": ("^", "tab:green", "autoextend (pool grew)"),
+            "no_space_timeout": ("P", "tab:brown", "no_space_timeout: queued writes failed"),
             "queued_hang": ("D", "tab:brown", "writes queued, no space")}
 
 

@@ -35,6 +35,7 @@ def one_line(rc, err, *parts):
     (["demo", "--containers", "-5"], ["--containers", "-5"]),
     (["overcommit", "--autoextend-threshold", "150"], ["--autoextend-threshold", "150"]),
     (["overcommit", "--min-free-space", "120"], ["--min-free-space", "120"]),
+    (["overcommit", "--no-space-timeout", "-5"], ["--no-space-timeout", "-5 is below 0"]),
     (["overcommit", "--data-size", "lots"], ["--data-size", "'lots'"]),
     (["overcommit", "--block-size", "3k"], ["--block-size"]),
     (["sweep", "s.toml", "--out", "o", "--workers", "-1"], ["--workers", "-1"]),

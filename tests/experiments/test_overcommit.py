@@ -70,12 +70,53 @@ def test_autoextend_off_at_100():
     assert (df["data_total_bytes"] == 1 << 30).all()
 
 
-def test_queue_mode_hangs_without_autoextend():
-    df, _ = overcommit(**SMALL, min_free_space=0, no_space="queue")
+def test_queue_mode_hangs_without_autoextend_and_timeout():
+    df, _ = overcommit(**SMALL, min_free_space=0, no_space="queue", no_space_timeout=0)
     hang = first(df, "queued_hang")
     assert hang is not None and hang["queued"] > 0 and hang["mode"] == "out_of_data_space"
     assert df["container"].iloc[-1] == hang["container"]   # the run stops there
     assert df["enospc"].sum() == 0
+
+
+def test_queue_mode_no_space_timeout_fails_the_queued_writes():
+    """dm's default 60 s no_space_timeout: the container whose writes queue
+    waits 60 s, its queued writes then fail with ENOSPC and the pool stays
+    out of data space in error_if_no_space mode: the next containers'
+    writes needing a block fail at once.  The blocks that fail are those
+    error_if_no_space fails from the start; only the wait differs."""
+    df, fig = overcommit(**{**SMALL, "plot": True}, min_free_space=0, no_space="queue")
+    assert fig is not None
+    hit = first(df, "no_space_timeout")
+    assert first(df, "queued_hang") is None and len(df) == SMALL["containers"]   # the run goes on
+    assert hit is not None and hit["waited_s"] == 60 and hit["enospc"] > 0 and hit["queued"] == 0
+    assert hit["mode"] == "out_of_data_space" and hit["no_space"] == "error_if_no_space"
+    before = df[df["container"] < hit["container"]]
+    assert (before["no_space"] == "queue_if_no_space").all() and (before["enospc"] == 0).all()
+    after = df[df["container"] > hit["container"]]
+    assert (after["waited_s"] == 0).all() and (after["enospc"] > 0).all()   # no queueing: errors at once
+    assert (after["no_space"] == "error_if_no_space").all()
+    err, _ = overcommit(**SMALL, min_free_space=0, no_space="error")
+    assert (err["no_space"] == "error_if_no_space").all() and (err["waited_s"] == 0).all()
+    assert err["enospc"].tolist() == df["enospc"].tolist()
+    short, _ = overcommit(**SMALL, min_free_space=0, no_space="queue", no_space_timeout=5)
+    assert first(short, "no_space_timeout")["waited_s"] == 5
+
+
+def test_no_space_timeout_then_churn_queues_again():
+    """Removed containers give blocks back: the pool leaves out-of-data-space
+    and the table's queue_if_no_space returns."""
+    df, _ = overcommit(**{**SMALL, "containers": 40}, min_free_space=0, no_space="queue", lifetime=34)
+    hit = first(df, "no_space_timeout")
+    assert hit is not None and hit["container"] < 34
+    back = df[df["events"].str.contains("removed")]
+    assert len(back) == 6
+    assert (back["mode"] == "rw").all() and (back["no_space"] == "queue_if_no_space").all()
+    assert (back["enospc"] == 0).all() and back["started"].all()
+
+
+def test_no_space_timeout_rejects_a_negative_value():
+    with pytest.raises(ValueError, match="no_space_timeout"):
+        overcommit(**SMALL, no_space="queue", no_space_timeout=-1)
 
 
 def test_queue_mode_with_autoextend_runs_the_queue():

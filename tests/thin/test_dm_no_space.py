@@ -284,6 +284,48 @@ def test_no_space_timeout_errors_the_queue(tmp_path):
     assert read_sidecar(tmp_path / "p")["error_if_no_space"] is False   # the table's, not the timeout's
 
 
+def test_a_retried_block_counts_no_new_request_at_any_instant(tmp_path):
+    """Queued blocks retried after a resize: a callback run inside the retry
+    (the low water mark crossed by the retried provisioning) and the
+    commits between retried blocks (commit interval 1: a retried block is a
+    step towards it) see the counters of the requests submitted, never a
+    retried block counted as one more."""
+    from thinp.trace import WRITE
+
+    pool = _full_pool(tmp_path / "p", low_water_mark=2, commit_interval=1)
+    pool.replay(_trace([(1, WRITE, 20, 3), (1, WRITE, 30, 1)]))   # 2 requests, 4 blocks queued
+    assert pool.nr_queued == 4
+    base = pool.counters()
+    seen = []
+    pool.on_low_water_mark(lambda ev: seen.append(pool.counters()))
+    pool.resize_data(21 * BS)          # 5 free, 3 above the mark: the 3rd retried block reaches it
+    assert pool.nr_queued == 0 and len(seen) == 1
+    assert seen[0]["nr_requests"] == base["nr_requests"]
+    assert seen[0]["bytes_written"] == base["bytes_written"]
+    assert seen[0]["nr_provisioned"] == base["nr_provisioned"] + 3
+    after = pool.counters()
+    assert after["nr_requests"] == base["nr_requests"] and after["nr_provisioned"] == base["nr_provisioned"] + 4
+    assert after["bytes_written"] == base["bytes_written"] and after["nr_failed_requests"] == 0
+    pool.close()
+
+
+def test_a_request_whose_queued_blocks_time_out_after_a_partial_retry_fails_once(tmp_path):
+    """A 3-block request queues; a resize gives one block, the other two
+    queue again; the timeout fails them: one failed request, two ENOSPC."""
+    from thinp.trace import WRITE
+
+    pool = _full_pool(tmp_path / "p")
+    pool.replay(_trace([(1, WRITE, 20, 3)]))
+    base = pool.counters()
+    pool.resize_data(17 * BS)
+    assert pool.nr_queued == 2 and pool.device(1).lookup(20) is not None
+    assert pool.expire_no_space_timeout() == 2
+    after = pool.counters()
+    assert after["nr_failed_requests"] == base["nr_failed_requests"] + 1
+    assert after["nr_enospc"] == base["nr_enospc"] + 2 and after["nr_requests"] == base["nr_requests"]
+    pool.close()
+
+
 def test_the_reserve_commit_holds_the_triggering_block_counted_and_unmapped(tmp_path):
     """ThinPool does what the image-level test above builds by hand: at
     dm's metadata reserve the write's data block is allocated, then the
@@ -326,3 +368,76 @@ def test_the_reserve_commit_holds_the_triggering_block_counted_and_unmapped(tmp_
         assert int(leaked[0]) not in pool.device(0).mapping()[1].tolist()
         assert pool.status().used_data_blocks == pool.device(0).mapped_blocks + 1
     assert check(p).ok
+
+
+def test_an_abort_after_a_long_retry_counts_the_retried_blocks_once(tmp_path):
+    """400 writes queue on a full pool; a resize retries them (hundreds of
+    retry runs, merged in the pool's record); later, a commit runs out of
+    metadata and the transaction aborts, re-running the record from the
+    last commit to count what dm applied.  The counters come out as a twin
+    pool's that wrote the same 400 blocks directly after the same resize:
+    each retried block was counted once, with its request, at submission."""
+    from thinp import errors
+    from thinp.thin import ThinPool
+    from thinp.trace import TRACE_DTYPE, WRITE
+
+    vbs = np.random.default_rng(1).choice(1 << 22, size=40000, replace=False)
+
+    def writes(blocks):
+        t = np.zeros(len(blocks), dtype=TRACE_DTYPE)
+        t["dev_id"], t["op"], t["offset"], t["length"] = 0, WRITE, np.asarray(blocks) * BS, BS
+        return t
+
+    def run(path, queue_first):
+        pool = ThinPool.create(path, data_size=300 * BS, metadata_size=64 * 4096, sync=False, commit_interval=0,
+                               zero_new_blocks=False)
+        pool.create_thin(0, (1 << 22) * BS)
+        pool.replay(writes(vbs[:300]))
+        pool.commit()
+        if queue_first:
+            pool.replay(writes(vbs[300:700]))
+            assert pool.nr_queued == 400
+            pool.resize_data(100000 * BS)
+            assert pool.nr_queued == 0
+        else:
+            pool.resize_data(100000 * BS)
+            pool.replay(writes(vbs[300:700]))
+        with pytest.raises(errors.ReadOnlyPoolError, match="aborted"):
+            pool.replay(writes(vbs[700:]))
+        got = pool.counters(), pool.device(0).mapping()
+        pool.close()
+        return got
+
+    (queued, qmap), (direct, dmap) = run(tmp_path / "q", True), run(tmp_path / "d", False)
+    assert queued == direct
+    assert queued["nr_requests"] > 700 and queued["nr_provisioned"] == queued["nr_requests"]
+    for a, b in zip(qmap, dmap):
+        assert np.array_equal(a, b)
+
+
+def test_an_abort_fails_the_queued_blocks_of_requests_that_ran(tmp_path):
+    """A commit fails outright (dm's metadata_operation_failed) with two
+    blocks queued for data space: the transaction aborts, the pool goes
+    read-only, and dm's error_retry_list fails the queue, with ENOSPC as
+    the pool is out of data space; the requests that queued them ran (they
+    are counted) and now count as failed."""
+    from thinp import errors
+    from thinp.trace import DISCARD, WRITE
+
+    pool = _full_pool(tmp_path / "p", commit_interval=3)
+    base = pool.counters()
+
+    def broken_commit(*a, **k):
+        raise errors.NoSpaceError("metadata device full (injected)")
+
+    pool._dm.commit = broken_commit
+    with pytest.raises(errors.ReadOnlyPoolError, match="aborted"):
+        # the commit interval's commit comes before request 3
+        pool.replay(_trace([(1, WRITE, 20, 1), (1, WRITE, 21, 1), (1, DISCARD, 1, 1), (1, WRITE, 22, 1)]))
+    after = pool.counters()
+    assert pool.nr_queued == 0 and pool.status().mode == "ro"
+    assert after["nr_requests"] == base["nr_requests"] + 3              # request 3 never ran
+    assert after["nr_enospc"] == base["nr_enospc"] + 2
+    assert after["nr_failed_requests"] == base["nr_failed_requests"] + 2
+    assert after["bytes_written"] == base["bytes_written"] + 2 * BS
+    pool.close()

@@ -31,7 +31,10 @@ def register(sub) -> None:
     o.add_argument("--autoextend-percent", type=int_range(1, 1000), default=20,
                    help="grow the pool by this percent when it autoextends (default 20)")
     o.add_argument("--no-space", default="error", choices=["error", "queue"],
-                   help="a full pool fails writes or queues them (default error)")
+                   help="a full pool fails writes (error_if_no_space) or queues them (default error)")
+    o.add_argument("--no-space-timeout", type=int_range(0), default=60, metavar="SECONDS",
+                   help="with --no-space queue: dm_thin_pool's no_space_timeout, after which queued writes fail "
+                        "with ENOSPC (default 60; 0 = queue for ever, the run stops at the first hang)")
     o.add_argument("--lifetime", type=int_range(1), default=None,
                    help="remove each container after N more have started (default: never)")
     o.add_argument("--min-free-space", type=int_range(0, 99), default=10,
@@ -62,7 +65,7 @@ def _overcommit(args) -> int:
                              lifetime=args.lifetime, driver=drivers, seed=args.seed,
                              progress=not (args.quiet or args.json),
                              plot=bool(args.out) and not args.no_plot, min_free_space=args.min_free_space,
-                             metadata_size=args.metadata_size)
+                             metadata_size=args.metadata_size, no_space_timeout=args.no_space_timeout)
     for n in notes:
         if issubclass(n.category, UnionOptionsWarning):
             out.note(str(n.message))

@@ -16,10 +16,24 @@ devicemapper (a :class:`thinp.ThinPool` with Docker's loop-lvm defaults):
   order over a region of that size in its rw device, replayed through
   :meth:`thinp.ThinPool.replay` as one trace (chunks when autoextend is on);
 * low water mark: Docker's 32,768 blocks, capped at 5% of the pool;
-* out of data space: with ``no_space="error"`` writes fail (ENOSPC, counted);
-  with ``"queue"`` they queue; if autoextend cannot grow the pool the
-  container hangs and the run stops (``queued_hang``) -- dm-thin would fail
-  them after ``no_space_timeout``;
+* out of data space: with ``no_space="error"`` (the table line's
+  ``error_if_no_space``) writes needing a new block fail at once (ENOSPC,
+  counted in ``enospc``); with ``"queue"`` they queue (dm's
+  retry_on_resume) while the rest of the container's writes run.  If
+  autoextend does not grow the pool, the container's writer waits for its
+  queued writes, and after ``no_space_timeout`` seconds (dm_thin_pool's
+  module parameter, default 60) dm-thin fails them with ENOSPC and keeps
+  the pool out of data space in ``error_if_no_space`` mode until it has
+  space again (event ``no_space_timeout``; ``waited_s`` is the writer's
+  wait, ``enospc`` the failed blocks, ``no_space`` the mode the status
+  line shows).  Later containers' writes then fail at once, until removed
+  containers give blocks back and the pool queues again.  With
+  ``no_space_timeout=0`` (queue for ever) the container hangs and the run
+  stops (``queued_hang``).  The run has no clock of its own: time passes
+  only while a writer waits, so the timeout's length shows in
+  ``waited_s``, not in which writes fail (nothing else frees space while
+  a container waits; autoextend, checked between chunks of writes, acts
+  before any timeout, dmeventd's polling delay not being modelled);
 * out of metadata space (``metadata_size``, default Docker's loop-lvm 2 GiB):
   at dm's metadata reserve the pool commits what came before and turns
   read-only without needs_check: the container's writes needing a new
@@ -121,18 +135,21 @@ def _autoextend_threshold(t: int) -> int:
 def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers=2000,
                write_per_container="200M", zeroing=False, discard="passdown", fstrim_after_delete=False,
                autoextend_threshold=100, autoextend_percent=20, no_space="error", lifetime=None,
-               driver="devicemapper", seed=0, progress=True, plot=True, min_free_space=10, metadata_size=None):
+               driver="devicemapper", seed=0, progress=True, plot=True, min_free_space=10, metadata_size=None,
+               no_space_timeout=60):
     """Run the experiment; returns ``(DataFrame, Figure)`` (Figure is None with
     ``plot=False``).  ``driver`` is one name, a list of names, or ``"all"``:
     several drivers give one frame (a ``driver`` column) and one figure."""
-    _check_args(containers, no_space, discard, lifetime, autoextend_threshold, autoextend_percent, min_free_space)
+    _check_args(containers, no_space, discard, lifetime, autoextend_threshold, autoextend_percent, min_free_space,
+                no_space_timeout)
     if driver == "all":
         driver = list(DRIVERS)
     names = [driver] if isinstance(driver, str) else list(driver)
     union = [d for d in names if d in UNION_DRIVERS]
     pool_only = {"block_size": (block_size, "64k"), "zeroing": (zeroing, False), "discard": (discard, "passdown"),
                  "autoextend_threshold": (autoextend_threshold, 100), "no_space": (no_space, "error"),
-                 "min_free_space": (min_free_space, 10), "metadata_size": (metadata_size, None)}
+                 "min_free_space": (min_free_space, 10), "metadata_size": (metadata_size, None),
+                 "no_space_timeout": (no_space_timeout, 60)}
     changed = [k for k, (v, default) in pool_only.items() if str(v).lower() != str(default).lower()]
     if union and changed:
         import warnings
@@ -149,7 +166,7 @@ def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers
                   autoextend_percent=autoextend_percent, no_space=no_space, lifetime=lifetime, seed=seed,
                   progress=progress, min_free_space=min_free_space)
         if d == "devicemapper":
-            rows = run_devicemapper(**kw, metadata_size=metadata_size)
+            rows = run_devicemapper(**kw, metadata_size=metadata_size, no_space_timeout=no_space_timeout)
         elif d in UNION_DRIVERS:
             rows = run_union(d, **kw)
         else:
@@ -170,7 +187,7 @@ def overcommit(pool="100G", block_size="64k", image="debian-minbase", containers
         if zeroing:
             extra.append("zeroing")
         if no_space != "error":
-            extra.append(f"no_space {no_space}")
+            extra.append(f"no_space {no_space}, timeout " + (f"{no_space_timeout} s" if no_space_timeout else "off"))
         fig = overcommit_plot(df, title=(
             f"Overcommit: {_gib(pool)} pool, {block_size} blocks, {write_per_container} of random 4 KiB "
             f"writes per container" + (f" ({', '.join(extra)})" if extra else "")))
@@ -194,14 +211,15 @@ def _progress(total, label, enabled):
 
 
 def _check_args(containers, no_space, discard, lifetime, autoextend_threshold=100, autoextend_percent=20,
-                min_free_space=10):
+                min_free_space=10, no_space_timeout=60):
     if no_space not in ("error", "queue"):
         raise ValueError(f"no_space {no_space!r}: 'error' or 'queue'")
     if discard not in DISCARDS:
         raise ValueError(f"discard {discard!r}: one of {', '.join(DISCARDS)}")
     ranges = (("containers", containers, 1, None), ("lifetime", lifetime, 1, None),
               ("autoextend_threshold", autoextend_threshold, 0, 100),
-              ("autoextend_percent", autoextend_percent, 1, None), ("min_free_space", min_free_space, 0, 99))
+              ("autoextend_percent", autoextend_percent, 1, None), ("min_free_space", min_free_space, 0, 99),
+              ("no_space_timeout", no_space_timeout, 0, None))
     for name, v, lo, hi in ranges:
         if v is None and name == "lifetime":
             continue
@@ -213,12 +231,14 @@ def _check_args(containers, no_space, discard, lifetime, autoextend_threshold=10
 def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", containers=2000,
                      write_per_container="200M", zeroing=False, discard="passdown", fstrim_after_delete=False,
                      autoextend_threshold=100, autoextend_percent=20, no_space="error", lifetime=None,
-                     seed=0, progress=True, min_free_space=10, metadata_size=None) -> list[dict]:
+                     seed=0, progress=True, min_free_space=10, metadata_size=None,
+                     no_space_timeout=60) -> list[dict]:
     """The devicemapper experiment; one row per container (see the module)."""
     from .. import errors
     from ..thin import ThinPool
 
-    _check_args(containers, no_space, discard, lifetime, autoextend_threshold, autoextend_percent, min_free_space)
+    _check_args(containers, no_space, discard, lifetime, autoextend_threshold, autoextend_percent, min_free_space,
+                no_space_timeout)
     bs = check_block_size(block_size)
     pool_bytes = parse_size(pool, what="pool")
     wbytes = parse_size(write_per_container, what="write_per_container") // PAGE * PAGE
@@ -285,6 +305,7 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
                 break
             ev: list[str] = []
             enospc = eio = 0
+            waited = 0
             started = False
             # churn: remove the container that has lived its lifetime
             if lifetime is not None and i - int(lifetime) in live:
@@ -354,8 +375,15 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
                     while p.nr_queued and autoextend():
                         pass
                     if p.nr_queued and not stopped:
-                        ev.append("queued_hang")
-                        stopped = "queued_hang"
+                        if no_space_timeout:
+                            # the writer waits for its queued writes until dm's
+                            # no_space_timeout fails them (ENOSPC)
+                            waited = int(no_space_timeout)
+                            enospc += p.expire_no_space_timeout()
+                            ev.append("no_space_timeout")
+                        else:
+                            ev.append("queued_hang")
+                            stopped = "queued_hang"
                 except errors.ReadOnlyPoolError:
                     # a commit that went out of metadata space (or a message
                     # refused after one), or a real metadata failure
@@ -383,7 +411,8 @@ def run_devicemapper(pool="100G", block_size="64k", image="debian-minbase", cont
                 mapped_bytes=st.used_data_blocks * bs, virtual_bytes=virtual,
                 overcommit_ratio=virtual / (st.total_data_blocks * bs),
                 host_bytes=int(host.sum()) * bs, enospc=int(enospc), eio=int(eio), queued=int(p.nr_queued),
-                events=",".join(ev), message=message, mode=st.mode, needs_check=bool(st.needs_check),
+                waited_s=waited, events=",".join(ev), message=message, mode=st.mode, no_space=st.no_space,
+                needs_check=bool(st.needs_check),
                 seconds=time.perf_counter() - t0))
             if bar:
                 bar[0].update(bar[1], advance=1)
@@ -463,7 +492,8 @@ def run_union(driver, pool="100G", block_size="64k", image="debian-minbase", con
                 meta_pct=100.0 * (s["f_files"] - s["f_ffree"]) / s["f_files"],
                 mapped_bytes=used * s["f_bsize"], virtual_bytes=virtual, overcommit_ratio=1.0,
                 host_bytes=int(dev.physical_bytes), enospc=int("out_of_data_space" in ev), eio=0, queued=0,
-                events=",".join(ev), message="", mode="rw", needs_check=False, seconds=time.perf_counter() - t0))
+                waited_s=0, events=",".join(ev), message="", mode="rw", no_space="", needs_check=False,
+                seconds=time.perf_counter() - t0))
             if bar:
                 bar[0].update(bar[1], advance=1)
     finally:
@@ -473,7 +503,7 @@ def run_union(driver, pool="100G", block_size="64k", image="debian-minbase", con
 
 
 EVENT_KINDS = ("low_water_mark", "min_free_space", "out_of_data_space", "out_of_metadata_space",
-               "metadata_failure", "autoextend", "queued_hang")
+               "metadata_failure", "autoextend", "no_space_timeout", "queued_hang")
 
 
 def summary(df) -> list[dict]:
@@ -526,7 +556,7 @@ def check_params(**params) -> None:
     defaults = {k: v.default for k, v in inspect.signature(overcommit).parameters.items()}
     p = {**defaults, **params}
     _check_args(p["containers"], p["no_space"], p["discard"], p["lifetime"], p["autoextend_threshold"],
-                p["autoextend_percent"], p["min_free_space"])
+                p["autoextend_percent"], p["min_free_space"], p["no_space_timeout"])
     try:
         check_block_size(p["block_size"])
     except ValueError as e:

@@ -52,9 +52,27 @@ def sidecar_text(side: dict) -> str:
     """The sidecar as JSON, one top-level key a line in key order: json's
     C encoder does each value (``indent`` would take the pure-Python one,
     0.24 ms of CPU against 0.07 for a sidecar of 200 thins, a fifth of a
-    ``create_snap`` commit's)."""
-    return "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(side[k], sort_keys=True)}"
-                              for k in sorted(side)) + "\n}\n"
+    ``create_snap`` commit's).  Plain keys and the scalar values most keys
+    hold are spelled here, as json spells them, without a call into json
+    each (two calls a key were 30 a commit)."""
+    return "{\n" + ",\n".join(f"{_key(k)}: {_value(side[k])}" for k in sorted(side)) + "\n}\n"
+
+
+def _key(k) -> str:
+    if type(k) is str and k.isascii() and k.isidentifier():
+        return f'"{k}"'  # letters, digits and _ only: nothing json would escape
+    return json.dumps(k)
+
+
+def _value(v) -> str:
+    t = type(v)
+    if t is bool:
+        return "true" if v else "false"
+    if t is int:
+        return int.__repr__(v)
+    if v is None:
+        return "null"
+    return json.dumps(v, sort_keys=True)
 
 
 def encode_slot(side: dict) -> bytes:
