@@ -388,11 +388,12 @@ SOURCES = {
     "start_serial_s": (
         "`thinp calibrate`: N containers of the Debian-rootfs image started at once by N processes "
         "(N = 1, 2, 4, 16; overlay2: directories + mount(2) of the overlay, btrfs: the snapshot "
-        "ioctl, zfs: `zfs clone`), each after drop_caches as `thinp validate timing` starts them; "
-        "the slope of the wall time in N, (t16 - t1) / 15, least of the runs. btrfs' snapshots "
+        "ioctl, zfs: `zfs clone`, one at a time under a lock because zfs-fuse's daemon hangs on two "
+        "mounts at once), each after drop_caches as `thinp validate timing` starts them; "
+        "the slope of the wall time in N, (t16 - t1) / 15, median of the runs. btrfs' snapshots "
         "in one directory serialize on its i_rwsem, held across the transaction commit "
         "(btrfs_mksubvol); mounts on namespace_sem and the mount lock (do_add_mount); "
-        "zfs-fuse's clones on its daemon's txg sync. Absent (aufs, devicemapper): the whole "
+        "zfs-fuse's clones on the harness's lock and its daemon's txg sync. Absent (aufs, devicemapper): the whole "
         "start_s serialized, as moby's devmapper DeviceSet lock does"),
     "remove_s": (
         "devicemapper: rhvgoyal timed removing 300 containers on loop-lvm (moby issue 18314, "
