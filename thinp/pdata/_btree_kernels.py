@@ -79,19 +79,9 @@ def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
         m64[b, w] = 0
     # dm shadows the metadata bitmap holding b's count at the first change
     # of one of its counts in the transaction: its copy takes the next free
-    # block (tst[3] bitmaps, their blocks from tst[4]; the commit writes it)
-    i = b // ENTRIES_PER_BITMAP
-    if i < tst[3]:
-        old = tst[ST_BITMAPS + i]
-        if txn[old] == 0:
-            nb = _find_free(free, tst[0], tst[ST_NO_WRAP] == 0)
-            if nb >= 0:
-                _take(count, committed, free, txn, kind, fresh, tst, nb, KIND_BITMAP)
-                for w in range(512):
-                    m64[nb, w] = m64[old, w]
-                tst[2] += 1
-                tst[ST_BITMAPS + i] = nb
-                _dec(count, committed, free, old)
+    # block (tst[3] bitmaps, their blocks from tst[4]; the commit writes it;
+    # with no free block left the bitmap stays unshadowed, as before)
+    _shadow_meta_bitmap_of(m64, count, committed, free, txn, kind, fresh, tst, b)
     return b
 
 

@@ -589,7 +589,10 @@ def _rebalance_children(s: _Spine, vt: ValueType, key: int) -> bool:
     return True
 
 
-def _remove_raw(s: _Spine, vt: ValueType, root: int, key: int, index: int) -> int | None:
+def _remove_descend(s: _Spine, vt: ValueType, root: int, key: int, index: int) -> Node | None:
+    """The descent dm's remove_raw and remove_nearest share: the spine
+    shadowed and each internal node's children rebalanced for ``key``, down
+    to its leaf (returned); None when an internal node has no child for it."""
     tm = s.tm
     i = index
     while True:
@@ -598,14 +601,19 @@ def _remove_raw(s: _Spine, vt: ValueType, root: int, key: int, index: int) -> in
             _set_value64(_node(tm, s.parent), i, s.current)
         n = _node(tm, s.current)
         if n.flags & LEAF_NODE:
-            return _do_leaf(n, key)
+            return n
         if not _rebalance_children(s, vt, key):
             return None
         n = _node(tm, s.current)
         if n.flags & LEAF_NODE:
-            return _do_leaf(n, key)
+            return n
         i = _lower_bound(n, key)
         root = _value64(n, i)
+
+
+def _remove_raw(s: _Spine, vt: ValueType, root: int, key: int, index: int) -> int | None:
+    n = _remove_descend(s, vt, root, key, index)
+    return None if n is None else _do_leaf(n, key)
 
 
 def _do_leaf(n: Node, key: int) -> int | None:
@@ -664,22 +672,8 @@ def _remove_nearest(s: _Spine, vt: ValueType, root: int, key: int) -> int | None
     """dm's remove_nearest: the spine shadowed and rebalanced for ``key``;
     the leaf index of the last key <= key (-1: none), None when an internal
     node has no child for it."""
-    tm = s.tm
-    i = 0
-    while True:
-        s.step(root, vt)
-        if s.has_parent():
-            _set_value64(_node(tm, s.parent), i, s.current)
-        n = _node(tm, s.current)
-        if n.flags & LEAF_NODE:
-            return _lower_bound(n, key)
-        if not _rebalance_children(s, vt, key):
-            return None
-        n = _node(tm, s.current)
-        if n.flags & LEAF_NODE:
-            return _lower_bound(n, key)
-        i = _lower_bound(n, key)
-        root = _value64(n, i)
+    n = _remove_descend(s, vt, root, key, 0)
+    return None if n is None else _lower_bound(n, key)
 
 
 def remove_leaves_range(tm: TransactionManager, root: int, begin: int, end: int, vt: ValueType) -> tuple[int, int]:

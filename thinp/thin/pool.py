@@ -1938,6 +1938,19 @@ class ThinPool:
         else:
             sp.scal[K.S_DROPPED_EVENTS] += 1
 
+    def _drain_stops(self, pending, k: int) -> bool:
+        """Whether draining the queue stops before ``pending[k]``: the pool
+        failed, or went out of metadata space, when the blocks not yet
+        retried go back to the queue and fail as dm's error_retry_list
+        fails them (ENOSPC while out of data space, else EIO)."""
+        if self._fail_mode or self._failed:
+            return True
+        if self._ooms:
+            self._queue = pending[k:] + self._queue
+            self._error_queue(nospc=bool(self._md.sp.scal[TK.S_OODS]))
+            return True
+        return False
+
     def _drain_queue(self) -> None:
         """Retry the queued blocks, in order, once the pool has data space
         again (dm's requeue on resume or on leaving out-of-data-space); a
@@ -1960,22 +1973,14 @@ class ThinPool:
             while self._queue and not self._md.sp.scal[TK.S_OODS]:
                 pending, self._queue = self._queue, []
                 for k, (slots, ops, off, ln, start, start_vb, src, src_base, key) in enumerate(pending):
-                    if self._fail_mode or self._failed:
-                        return
-                    if self._ooms:
-                        self._queue = pending[k:] + self._queue
-                        self._error_queue(nospc=bool(self._md.sp.scal[TK.S_OODS]))
+                    if self._drain_stops(pending, k):
                         return
                     # a retried block is a step towards the commit interval
                     # (the work of the pool's time), though no new request
                     scal = self._md.sp.scal
                     if 0 < scal[K.S_COMMIT_INTERVAL] <= scal[K.S_OPS_SINCE_COMMIT]:
                         self._periodic_commit(ops, 0, start_vb, None)
-                        if self._fail_mode or self._failed:
-                            return
-                        if self._ooms:
-                            self._queue = pending[k:] + self._queue
-                            self._error_queue(nospc=bool(self._md.sp.scal[TK.S_OODS]))
+                        if self._drain_stops(pending, k):
                             return
                     self._md.sp.scal[K.S_OPS_SINCE_COMMIT] += 1
                     nf = int(self._md.sp.scal[K.C_FAILED_OPS])
