@@ -15,21 +15,67 @@ _CACHE: dict = {}
 _CACHE_DIR: list = []
 
 
+_PREFIX = "thinp-wl-layers-"
+_LOCK = ".owner"
+
+
 def cache_dir() -> str:
     """A per-process directory for large built layers (removed at exit), so that
-    running one workload on several drivers builds its image once."""
+    running one workload on several drivers builds its image once.
+
+    The process holds an flock on a file inside it for its lifetime.  A
+    process killed before its exit handler ran (SIGKILL, a pool worker
+    terminated on Ctrl-C) leaves its directory behind with the lock released,
+    so each new directory first removes the ones whose lock it can take."""
     # keyed by pid: a worker forked from a process that already made one (compare's
     # process pool) gets its own, or two workers would write the same layer tars
     if not _CACHE_DIR or _CACHE_DIR[0][0] != os.getpid():
+        import fcntl
         import shutil
         import tempfile
         from multiprocessing import util
 
-        d = tempfile.mkdtemp(prefix="thinp-wl-layers-")
+        remove_orphans(tempfile.gettempdir())
+        d = tempfile.mkdtemp(prefix=_PREFIX)
+        # locked before it is named, so a sweep never finds it unlocked
+        fd = os.open(os.path.join(d, _LOCK + ".new"), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(os.path.join(d, _LOCK + ".new"), os.path.join(d, _LOCK))
         # removed at exit, by the main process's atexit or a pool worker's own exit
         util.Finalize(None, shutil.rmtree, args=(d, True), exitpriority=0)
-        _CACHE_DIR[:] = [(os.getpid(), d)]
+        _CACHE_DIR[:] = [(os.getpid(), d, fd)]
     return _CACHE_DIR[0][1]
+
+
+def remove_orphans(top: str) -> list[str]:
+    """Remove the layer directories under ``top`` whose owner is gone (its
+    lock is free); returns them.  A directory without the lock file is being
+    set up, or predates it, and is left alone."""
+    import fcntl
+    import shutil
+
+    gone = []
+    try:
+        names = [n for n in os.listdir(top) if n.startswith(_PREFIX)]
+    except OSError:
+        return gone
+    for n in names:
+        d = os.path.join(top, n)
+        try:
+            fd = os.open(os.path.join(d, _LOCK), os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)        # its owner is alive
+            continue
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+            gone.append(d)
+        finally:
+            os.close(fd)
+    return gone
 
 
 def content(seed: int, size: int) -> bytes:
