@@ -215,11 +215,16 @@ def real_zfs(workdir=None, size="1G", daemon_args=()):
                 pass            # (our daemon, killed; the unmount below still runs)
             finally:
                 # what a killed daemon left mounted below the root, deepest first
-                with open("/proc/self/mounts") as f:
-                    left = [m for m in (ln.split()[1] for ln in f) if m == mnt or m.startswith(mnt + "/")]
-                for m in sorted(left, key=len, reverse=True):
+                for m in sorted(mounts_at_or_below(mnt), key=len, reverse=True):
                     run_bounded(["umount", "-l", m], 60)
                 shutil.rmtree(tmp, ignore_errors=True)
+
+
+def mounts_at_or_below(root: str) -> list[str]:
+    """The mount points at ``root`` or below it, from the mount table (read,
+    not stat'ed: a wedged FUSE daemon's mount would hang a stat)."""
+    with open("/proc/self/mounts") as f:
+        return [m for m in (ln.split()[1] for ln in f) if m == root or m.startswith(root + "/")]
 
 
 def _zused(name) -> int:

@@ -748,11 +748,8 @@ def zfs_destroy(dataset: str, mountpoint: str | None = None) -> None:
     is tried again for :data:`ZFS_BUSY_RETRY_S`, then raised as a
     :class:`RealRunError` (the run is lost, not the pool's hygiene); a
     dataset that does not exist (a clone a lost run never made) is let be."""
-    if mountpoint is not None:
-        with open("/proc/self/mounts") as f:
-            mounted = any(ln.split()[1] == mountpoint for ln in f)
-        if mounted:
-            remove_tool(["umount", mountpoint])
+    if mountpoint is not None and mountpoint in real_block.mounts_at_or_below(mountpoint):
+        remove_tool(["umount", mountpoint])
     cmd = ["zfs", "destroy", "-r", dataset]
     deadline = time.monotonic() + ZFS_BUSY_RETRY_S
     while True:
