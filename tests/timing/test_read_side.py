@@ -115,7 +115,9 @@ def test_a_vfs_start_prices_the_cold_source_read_once():
 def test_calibrate_recovers_the_cold_read_constants_the_model_prices_with():
     """The fit of page_miss_s and page_read_cpu_s inverts the model's cold
     16 MiB read, asynchronous readahead included, in both branches of its
-    overlap (CPU per page above and below the transfer per page)."""
+    overlap (CPU per page above and below the transfer per page), on a
+    device whose transfers are a worker's CPU (where btrfs verifies on that
+    worker, after the transfer) and on one whose are not."""
     img = ImageSpec("synthetic", None, layers=[LayerSpec(1, 4096, 1, "/x")],
                     extra=[("/cold", calibrate.COLD_BYTES)])
 
@@ -123,14 +125,18 @@ def test_calibrate_recovers_the_cold_read_constants_the_model_prices_with():
         log = run(Workload("c", img, 1, [Step("read", path="/cold")], 0), driver).oplog
         return _steps_s(log, k, dev)
 
-    for bw, miss, verify in ((4096 / 1e-6, 2e-6, 0.5e-6), (4096 / 3e-6, 0.5e-6, 0.4e-6)):
+    cases = [(bw, miss, verify, on_cpu) for bw, miss, verify in
+             ((4096 / 1e-6, 2e-6, 0.5e-6), (4096 / 3e-6, 0.5e-6, 0.4e-6), (4096 / 0.3e-6, 0.5e-6, 0.6e-6))
+             for on_cpu in (False, True)]
+    for bw, miss, verify, on_cpu in cases:
         dev = DeviceProfile(**{**dataclasses.asdict(load_device("ram")), "read_latency_s": 0.0,
-                               "read_bandwidth": bw})
+                               "read_bandwidth": bw, "transfer_on_cpu": on_cpu})
         k = _k(cores=1, page_miss_s=miss, page_read_cpu_s={"default": 0.0, "btrfs": verify},
                cpu_s={"read": 0.0, "sync": 0.0}, journal_commit_writes=0, layer_cpu_s={"default": 0.0}, layer_kind_s={"default": 0.0},
                probe_s={"default": 0.0}, meta_read_bytes=0)
         meas = {"ext4.cold_read.p1": cold("vfs", k, dev), "btrfs.cold_read.p1": cold("btrfs", k, dev)}
-        got_miss, got_verify = calibrate.cold_read_fit(meas, {"read_latency_s": 0.0, "read_bandwidth": bw}, k)
+        got_miss, got_verify = calibrate.cold_read_fit(meas, {"read_latency_s": 0.0, "read_bandwidth": bw}, k,
+                                                       on_cpu=on_cpu)
         assert got_miss == pytest.approx(miss, rel=0.05)
         assert got_verify["btrfs"] == pytest.approx(verify, rel=0.1)
 
@@ -209,3 +215,32 @@ def test_cold_small_reads_each_run_in_a_fresh_copy_and_removes_it(tmp_path, monk
     assert per_file > 0
     assert events == ["copy", "drop", "rm"] * 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_btrfs_verifies_on_the_loop_worker_one_read_at_a_time():
+    """btrfs checks a page's crc32c in the read's completion, on the CPU
+    that completed it (model.VERIFY_IN_COMPLETION): on a loop device, whose
+    transfers are its one worker's copies (transfer_on_cpu), 4 readers of
+    their own 16 MiB files take at least 4 files' transfer and verification
+    one after another, however many cores there are.  zfs-fuse's verification
+    (its daemon's threads) runs on the cores beside the transfers, and on a
+    device whose transfers are not CPU btrfs' does too."""
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(1, 4096, 1, "/x")],
+                    extra=[(f"/big{p}", 16 * MiB) for p in range(4)])
+    log = {d: run(Workload("r", img, 1, [Step("read", path="/big{p}")], 0, processes=4), d).oplog
+           for d in ("btrfs", "zfs")}
+    t_page, v = 1e-6, 3e-6
+    pages = 4 * 16 * MiB // 4096
+    k = _k(cores=8, page_read_cpu_s={"default": 0.0, "btrfs": v, "zfs": v})
+    for on_cpu in (True, False):
+        dev = DeviceProfile(**{**dataclasses.asdict(load_device("ram")), "read_latency_s": 0.0,
+                               "read_bandwidth": 4096 / t_page, "transfer_on_cpu": on_cpu})
+        btrfs, zfs = (_steps_s(log[d], k, dev) for d in ("btrfs", "zfs"))
+        if on_cpu:
+            assert btrfs >= pages * (t_page + v) * 0.99
+            # zfs: the transfers one at a time (4 files' worth), its
+            # verification beside them on the other cores
+            assert zfs < 0.6 * btrfs
+        else:
+            assert btrfs == pytest.approx(zfs, rel=0.3)
+            assert btrfs < 0.6 * pages * (t_page + v)

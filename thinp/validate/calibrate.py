@@ -932,7 +932,7 @@ def fit(meas: dict, dev: dict) -> dict:
     return {"timing": timing, "device": device, "calibration": {"measured_s": dict(sorted(meas.items()))}}
 
 
-def cold_read_fit(meas: dict, dev: dict, k) -> tuple[float, dict]:
+def cold_read_fit(meas: dict, dev: dict, k, on_cpu: bool = True) -> tuple[float, dict]:
     """``page_miss_s`` and ``page_read_cpu_s`` from the cold 16 MiB reads,
     as :func:`thinp.timing.simulate` prices one: ``W`` readahead windows of
     requests; the CPU per page (copy ``c`` + ``page_miss_s``, together
@@ -941,7 +941,15 @@ def cold_read_fit(meas: dict, dev: dict, k) -> tuple[float, dict]:
     the first window, so the read takes ``pages * (A + v) + D - min(pages *
     (A + v), pages * t) * (W - 1) / W``, ``D`` the device's latency and
     transfer.  Solved for ``A`` on ext4 (``v`` = 0), then for ``v`` per
-    driver; each in the branch of the ``min`` its answer falls in."""
+    driver; each in the branch of the ``min`` its answer falls in.  On a
+    device whose transfers are CPU (``on_cpu``: calibrate's loop device) a
+    driver that verifies in the read's completion
+    (:data:`thinp.timing.model.VERIFY_IN_COMPLETION`, btrfs) does so on the
+    device's worker after each transfer: the reader's part is ``A`` and the
+    worker's ``t + v``, and ``T = pages * A + D + pages * v - min(pages *
+    A, pages * (t + v)) * (W - 1) / W``."""
+    from ..timing.model import VERIFY_IN_COMPLETION
+
     pages = COLD_BYTES // 4096
     w = max(COLD_BYTES // k.readahead_bytes, 1)
     later = (w - 1) / w
@@ -959,6 +967,15 @@ def cold_read_fit(meas: dict, dev: dict, k) -> tuple[float, dict]:
     for key, drivers in (("btrfs", ("btrfs",)), ("zfs", ("zfs",)), ("overlay1", ("overlay2", "overlay"))):
         cd = meas.get(f"{key}.cold_read.p1")
         if cd is None:
+            continue
+        if on_cpu and key in VERIFY_IN_COMPLETION:
+            # t + v >= A: T = pages * A / W + D + pages * v
+            v = (cd - dev_s - pages * a / w) / pages
+            if t + v < a:
+                # T = pages * A + latency + pages * (t + v) / W
+                v = (cd - (dev_s - COLD_BYTES / dev["read_bandwidth"]) - pages * a) * w / pages - t
+            for d in drivers:
+                verify[d] = max(v, 0.0)
             continue
         # A + v >= t: T = pages * (A + v) + D - pages * t * later
         v = (cd - dev_s) / pages + t * later - a
