@@ -244,3 +244,38 @@ def test_btrfs_verifies_on_the_loop_worker_one_read_at_a_time():
         else:
             assert btrfs == pytest.approx(zfs, rel=0.3)
             assert btrfs < 0.6 * pages * (t_page + v)
+
+
+def test_zfs_arc_ceiling_is_read_from_zfsrc(tmp_path):
+    """max-arc-size (MiB) in zfsrc, comments and other keys aside; None
+    where the file or the key is missing."""
+    rc = tmp_path / "zfsrc"
+    rc.write_text("# max-arc-size = 7\nvdev-cache-size = 10\nmax-arc-size = 100  # MiB\nzfs-prefetch-disable\n")
+    assert calibrate.zfs_arc_max_bytes(str(rc)) == 100 << 20
+    rc.write_text("vdev-cache-size = 10\n")
+    assert calibrate.zfs_arc_max_bytes(str(rc)) is None
+    assert calibrate.zfs_arc_max_bytes(str(tmp_path / "absent")) is None
+
+
+def test_the_cold_big_read_empties_the_arc_of_its_file_first(tmp_path, monkeypatch):
+    """Each run of the cold read first reads other files, 1.5 times the ARC
+    (all of them where its size is unknown), then drops the page cache,
+    then reads the probe's file: drop_caches leaves zfs-fuse's ARC alone."""
+    from thinp.validate import timing as vt
+
+    others = []
+    for i in range(6):
+        p = tmp_path / f"o{i}"
+        p.write_bytes(b"x" * (1 << 20))
+        others.append(str(p))
+    assert calibrate.evict_arc(others, 2 << 20) == 3 << 20
+    assert calibrate.evict_arc(others, None) == 6 << 20
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"y" * 4096)
+    events = []
+    monkeypatch.setattr(vt, "drop_caches", lambda: events.append("drop"))
+    calibrate._cold_read(str(probe), before=lambda: events.append(calibrate.evict_arc(others, 2 << 20)))
+    assert events == [3 << 20, "drop"] * 3
+    # the image's big files, as read-big reads them, are what it reads
+    assert calibrate.image_big_files("/r")[:2] == ["/r/data/big0", "/r/data/big1"]
+    assert calibrate.COLD_BYTES == vt.BIG_BYTES
