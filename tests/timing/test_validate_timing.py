@@ -143,10 +143,16 @@ def test_fit_prices_a_cold_page_from_a_cold_read():
                          "btrfs.cold_read.p1": pages * (k.page_copy_s + 2.5e-6)})
     t = cal.fit(meas, dev)["timing"]
     assert t["page_miss_s"] == pytest.approx(2e-6)
-    # btrfs' verification is CPU beside the copy (its end-io workers'), on a
-    # device that costs nothing hidden by no transfer: the 0.5 us more a
-    # page that was measured
-    assert t["page_read_cpu_s"]["btrfs"] == pytest.approx(0.5e-6)
+    # btrfs verifies in the read's completion, on calibrate's loop device the
+    # worker's chain after each (here free) transfer, while the reader copies
+    # the window before: the read takes the reader's first window and the
+    # chain's every page, so the chain carries nearly all the 3 us a page
+    # that was measured -- not the 0.5 us it took over ext4, as it would if
+    # verification ran beside the copy on another core
+    w = cal.COLD_BYTES // k.readahead_bytes
+    v = (meas["btrfs.cold_read.p1"] - pages * (k.page_copy_s + 2e-6) / w) / pages
+    assert t["page_read_cpu_s"]["btrfs"] == pytest.approx(v)
+    assert v > 5 * 0.5e-6
     assert "zfs" not in t["page_read_cpu_s"]
 
 
