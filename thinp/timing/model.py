@@ -17,7 +17,9 @@ Each logged operation becomes stages:
    missed pages into requests of :attr:`~TimingConstants.readahead_bytes`
    (asynchronous: past the first window, the reader's copy overlaps the
    transfer of the next; a driver's checksum verification per page is CPU
-   of its worker threads, on the cores beside the copy);
+   of its worker threads, on the cores beside the copy -- but btrfs', on a
+   loop device, is the device worker's, after each transfer:
+   :data:`VERIFY_IN_COMPLETION`);
    whole-file copy-up (read + write, synchronous: overlayfs fsyncs the copy);
    block CoW and provisioning on devicemapper through the pool's single
    worker; the bytes a ``sync``/``fsync`` writes back, with a journal
@@ -136,7 +138,9 @@ class TimingConstants:
     #: daemon threads read the record, verify and copy it), paid before the
     #: pages are up to date; it runs on the cores, several readers' at once
     #: (the workers are a pool), and past the first readahead window it
-    #: overlaps the device's transfer
+    #: overlaps the device's transfer -- where the device's transfers are a
+    #: worker's CPU, a driver of :data:`VERIFY_IN_COMPLETION` runs it on that
+    #: worker after each transfer instead
     page_read_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=1.2e-6, zfs=0.6e-6))
     #: extra CPU per page written on the driver's path (btrfs crc32c and
     #: extent CoW, zfs checksum + compression check)
