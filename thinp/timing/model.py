@@ -441,7 +441,7 @@ SERIAL_LOCK = {"btrfs": ("btrfs_tree_lock", 0), "zfs": ("zfs_fuse_daemon", 0)}
 #: that is the device worker's own chain, so it runs one bio at a time with
 #: the transfers, not beside them on the other cores: the kept real run
 #: (docs/timing/validate-timing.json, 2026-12-07) read 4 and 16 btrfs files
-#: of 16 MiB at once in 26 and 82 ms, where kernel threads ran 22.5 and 73
+#: of 16 MiB at once in 26 and 82 ms, where kernel threads ran 22.7 and 73
 #: ms of CPU -- the wall time is the kernel threads' CPU end to end, while
 #: 2 cores would have run it in half.  zfs-fuse's daemon threads read their
 #: own vdev files: its verification stays on the cores
