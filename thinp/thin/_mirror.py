@@ -20,10 +20,11 @@ import numpy as np
 
 from ..config import njit
 from ..pdata.mapping_tree import (HINT_BITS, NO_BITMAP, PREFETCH_AHEAD, data_bitmap_shadowed, descend_hinted,
-                                  fetch_leaf, inc_data, insert_mapping_cached, locate_leaf,
+                                  fetch_leaf, inc_data, insert_mapping_cached, leaf_merge, locate_leaf, node_value,
                                   remove_range_scratch, subtree_height)
+from ..pdata.intrinsics import prefetch
 from ..pdata.space_map import ENTRIES_PER_BITMAP
-from ._kernels import UNMAP_BLOCK_SHIFT, UNMAP_PASSDOWN, UNMAP_SHARED
+from ._kernels import LOG_NEW_KEY, UNMAP_BLOCK_SHIFT, UNMAP_PASSDOWN, UNMAP_SHARED
 
 #: rows ahead whose leaf's entries are fetched, its header having landed
 #: (the leaf was located PREFETCH_AHEAD rows ahead)
@@ -121,6 +122,117 @@ def _discard_piece_end(log, k, n, halves):
     return j
 
 
+# Deferred rows.  Within a transaction a leaf's contents do not depend on
+# the order of the new keys put into it while it neither splits nor
+# rebalances: a row adding a key (LOG_NEW_KEY: the vblock was unmapped, so
+# no replacement and no data count drop) that dm's insert would only
+# descend to its leaf for (every node on the way this transaction's and
+# unshared, no internal node full: the allocations, shadows and internal
+# key changes are all in the descent, none of which it makes) and whose
+# leaf has room counting the rows already waiting for it is only recorded
+# against that leaf.  A leaf's waiting rows go in with one sorted merge
+# (``_flush``) before anything else reads or changes the leaf -- a row
+# that goes through dm's insert (a split, a rebalance, a shadow, a
+# replacement) first flushes the leaf it lands in and that leaf's two
+# siblings, which dm's rebalance looks at; a removal, or a return,
+# flushes every leaf -- so each leaf holds, whenever it is read, what the
+# row-by-row apply would have put there, and every allocation happens at
+# the same row.  Waiting leaves are found by block in a hash table (a
+# block freed in a transaction is not reused before its commit, so a block
+# stays the same leaf for the whole log).
+
+
+@njit(inline="always", refcount=False)
+def _slot(hkey, hslot, sleaf, shead, seff, nsl, leaf, make):
+    """The slot of ``leaf`` in the table of waiting leaves (open addressing
+    on the block number), made when ``make``; -1 when it has none."""
+    mask = hkey.shape[0] - 1
+    h = (leaf * 0x9E3779B1) & mask
+    while True:
+        k = hkey[h]
+        if k == leaf:
+            return np.int64(hslot[h])
+        if k < 0:
+            if not make:
+                return np.int64(-1)
+            s = nsl[0]
+            nsl[0] = s + 1
+            hkey[h] = leaf
+            hslot[h] = s
+            sleaf[s] = leaf
+            shead[s] = -1
+            seff[s] = -1
+            return s
+        h = (h + 1) & mask
+
+
+@njit(refcount=False)
+def _flush(m64, m32, log, s, sleaf, shead, scnt, seff, nxt, kbuf, vbuf):
+    """Merge slot ``s``'s waiting rows into its leaf (leaf_merge), sorted
+    by key first (no key among them is in the leaf, nor twice)."""
+    c = np.int64(scnt[s])
+    if c == 0:
+        return
+    lf = sleaf[s]
+    r = np.int64(shead[s])
+    for j in range(c):  # insertion sort of the rows' (key, value)
+        key = np.uint64(log[r, 1])
+        val = np.uint64(log[r, 2])
+        i = j
+        while i > 0 and kbuf[i - 1] > key:
+            kbuf[i] = kbuf[i - 1]
+            vbuf[i] = vbuf[i - 1]
+            i -= 1
+        kbuf[i] = key
+        vbuf[i] = val
+        r = np.int64(nxt[r])
+    leaf_merge(m64, m32, lf, kbuf, vbuf, c)
+    shead[s] = -1
+    scnt[s] = 0
+    seff[s] = -1
+
+
+@njit(inline="always", refcount=False)
+def _flush_leaf(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf, leaf):
+    s = _slot(hkey, hslot, sleaf, shead, seff, nsl, leaf, False)
+    if s >= 0:
+        _flush(m64, m32, log, s, sleaf, shead, scnt, seff, nxt, kbuf, vbuf)
+
+
+@njit(refcount=False)
+def _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact):
+    """Every waiting leaf's rows in (the leaf a few ahead fetched whole)."""
+    na = nact[0]
+    w = np.int64(m64.shape[1])
+    for a in range(na):
+        if a + 2 < na and scnt[act[a + 2]] > 0:
+            base = sleaf[act[a + 2]] * w
+            for j in range(0, w, 8):
+                prefetch(m64, base + j)
+        _flush(m64, m32, log, act[a], sleaf, shead, scnt, seff, nxt, kbuf, vbuf)
+    nact[0] = 0
+
+
+@njit(refcount=False)
+def _flush_around(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf, act, nact, leaf, parent,
+                  pi):
+    """Before dm's insert of a row landing in ``leaf`` (-1: not known),
+    under ``parent`` at index ``pi`` (-1: not known): that leaf's and its
+    siblings' waiting rows, which dm's rebalance and split read; every
+    leaf's when the leaf or its parent is not known."""
+    if nact[0] == 0:
+        return
+    if leaf < 0 or parent < 0:
+        _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
+        return
+    _flush_leaf(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf, leaf)
+    nr = np.int64(m32[parent, 4])
+    for q in (pi - 1, pi + 1):
+        if 0 <= q < nr:
+            _flush_leaf(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf,
+                        np.int64(node_value(m64, m32, parent, q)))
+
+
 @njit
 def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log, n,
               halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out):
@@ -172,17 +284,34 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     while (top >> hshift) >> HINT_BITS:
         hshift += 1
     hints = np.zeros(1 << HINT_BITS if n > 2 * PREFETCH_AHEAD else 1, dtype=np.uint32)
+    # the waiting leaves (see _slot): a hash table of at least twice the
+    # rows, slots (leaf, first row, rows, entries counting them, max
+    # entries), each row's next in its leaf, the slots with rows
+    hn = 1
+    while hn < 2 * n:
+        hn <<= 1
+    wait = np.zeros((5, n + 1), dtype=np.int64)
+    wait[0, :] = -1
     return _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log,
                   n, halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc,
-                  ring, rk, sh, hints, np.uint64(hshift))
+                  ring, rk, sh, hints, np.uint64(hshift), np.full(hn, -1, dtype=np.int64), np.zeros(hn, dtype=np.int64),
+                  wait, np.zeros(n + 1, dtype=np.int64), np.zeros(n + 1, dtype=np.int64), np.zeros(2, dtype=np.int64),
+                  np.zeros(256, dtype=np.uint64), np.zeros(256, dtype=np.uint64))
 
 
 @njit(refcount=False)
 def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log, n,
            halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring, rk, sh,
-           hints, hshift):
+           hints, hshift, hkey, hslot, wait, nxt, act, ctr, kbuf, vbuf):
     """apply_log's loop, with its scratch (compiled without reference
     counting: a view of a ring slot costs nothing here)."""
+    sleaf = wait[0]
+    shead = wait[1]
+    scnt = wait[2]
+    seff = wait[3]
+    smx = wait[4]
+    nsl = ctr[0:1]
+    nact = ctr[1:2]
     nr = count.shape[0]
     ver = 0
     out[2] = -1
@@ -201,6 +330,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             out[2] = k
             out[3] = free_now
         if free_now <= reserve:
+            _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
             out[0] = root
             out[1] = k
             out[4] = added
@@ -214,7 +344,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
         f = k + FILL_AHEAD
         if f < n:
             s = f & (RING - 1)
-            if ring[s, 2] == f and ring[s, 0] >= 0 and ring[s, 1]:
+            if ring[s, 2] == f and ring[s, 0] >= 0 and ring[s, 1] and not log[f, 3] & LOG_NEW_KEY:
                 fetch_leaf(m64, m32, ring[s, 0], log[f, 1], rk[s, 2], rk[s, 0], rk[s, 1], 1)
         dev = log[k, 0]
         vb = log[k, 1]
@@ -225,6 +355,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p,
                                               dbm_lo)
                 if dbm_lo < 0:
+                    _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
                     out[0] = root
                     out[1] = k
                     out[4] = added
@@ -233,6 +364,9 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             inc_data(dcount, dcommitted, dfree, p)
             s = k & (RING - 1)
             key = np.uint64(vb)
+            lf = np.int64(-1)  # where the row lands, its parent and index there (-1: not known)
+            lp = np.int64(-1)
+            lpi = np.int64(-1)
             tagged = ring[s, 2] == k and ring[s, 0] >= 0
             if tagged and ring[s, 1] and ring[s, 3] == ver:
                 cache[0] = ring[s, 0]
@@ -246,10 +380,14 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 # the descent again, along its located path
                 _sub(m64, m32, count, txn, tst, root, dev, halves, sh)
                 cache[0] = -1
+                lf = np.int64(-1)
                 if sh[0] >= 0:
                     hh = np.int64((key >> hshift) & np.uint64(hints.shape[0] - 1))
                     path = ring[s, 4] if tagged else np.int64(hints[hh])
                     b, dr, got, bp, bpi, lo, up, uo = descend_hinted(m64, m32, count, txn, sh[0], sh[1], key, path)
+                    lf = b
+                    lp = bp
+                    lpi = bpi
                     if dr:
                         cache[0] = b
                         cache[1] = dev
@@ -259,6 +397,32 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                         hi[1] = uo
                         hi[2] = lo
                         hints[hh] = np.uint32(got)
+            if cache[0] >= 0:
+                lf = cache[0]
+                lp = cache[2]
+                lpi = cache[3]
+                if log[k, 3] & LOG_NEW_KEY:
+                    # a new key dm's insert only descends for: it waits
+                    # for its leaf's merge while the leaf has room
+                    sl = _slot(hkey, hslot, sleaf, shead, seff, nsl, lf, True)
+                    c = scnt[sl]
+                    if c == 0:
+                        seff[sl] = m32[lf, 4]
+                        smx[sl] = m32[lf, 5]
+                    if seff[sl] < smx[sl]:
+                        if c == 0:
+                            shead[sl] = k
+                            act[nact[0]] = sl
+                            nact[0] += 1
+                        else:
+                            nxt[k] = shead[sl]
+                            shead[sl] = k
+                        scnt[sl] = c + 1
+                        seff[sl] += 1
+                        added += 1
+                        continue
+            _flush_around(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf, act, nact, lf,
+                          lp, lpi)
             r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                       dfree, dst, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
             if cache[0] < 0:  # it went through dm's insert or a rebalance: keys or nodes moved
@@ -266,6 +430,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             added += res[1]
         else:
             # a discard's unmaps, as dm_thin_remove_range calls (pdplace5)
+            _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
             cache[0] = -1
             ver += 1
             past = _discard_piece_end(log, k, n, halves)
@@ -276,12 +441,14 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             removed += res[1]
         if r < 0:
             # the operation itself failed part-way: a real metadata failure
+            _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
             out[0] = root
             out[1] = k
             out[4] = added
             out[5] = removed
             return -2
         root = res[0]
+    _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
     out[0] = root
     out[1] = n
     out[4] = added
