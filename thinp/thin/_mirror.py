@@ -137,44 +137,31 @@ def _discard_piece_end(log, k, n, halves):
 # siblings, which dm's rebalance looks at; a removal, or a return,
 # flushes every leaf -- so each leaf holds, whenever it is read, what the
 # row-by-row apply would have put there, and every allocation happens at
-# the same row.  Waiting leaves are found by block in a hash table (a
-# block freed in a transaction is not reused before its commit, so a block
-# stays the same leaf for the whole log).
+# the same row.  A leaf's waiting rows are a list through ``nxt`` whose
+# head and length are kept, while it has any, in the leaf's own header
+# padding word (WAIT), 0 in dm's format and again after the merge: the
+# header line is the one the look-ahead fetched, so a waiting row costs
+# no other miss.  ``act`` lists the leaves given rows (``nact[0]`` of
+# them).
 
-
-@njit(inline="always", refcount=False)
-def _slot(hkey, hslot, sleaf, shead, seff, nsl, leaf, make):
-    """The slot of ``leaf`` in the table of waiting leaves (open addressing
-    on the block number), made when ``make``; -1 when it has none."""
-    mask = hkey.shape[0] - 1
-    h = (leaf * 0x9E3779B1) & mask
-    while True:
-        k = hkey[h]
-        if k == leaf:
-            return np.int64(hslot[h])
-        if k < 0:
-            if not make:
-                return np.int64(-1)
-            s = nsl[0]
-            nsl[0] = s + 1
-            hkey[h] = leaf
-            hslot[h] = s
-            sleaf[s] = leaf
-            shead[s] = -1
-            seff[s] = -1
-            return s
-        h = (h + 1) & mask
+#: the header word (32-bit, node_header.padding) holding a leaf's waiting
+#: rows: (first row + 1) << WAIT_SHIFT | how many
+WAIT = 7
+WAIT_SHIFT = 8
+WAIT_MASK = (1 << WAIT_SHIFT) - 1
+#: logs this long or longer wait no row (a row index must fit the word)
+WAIT_MAX_ROWS = 1 << (32 - WAIT_SHIFT - 1)
 
 
 @njit(refcount=False)
-def _flush(m64, m32, log, s, sleaf, shead, scnt, seff, nxt, kbuf, vbuf):
-    """Merge slot ``s``'s waiting rows into its leaf (leaf_merge), sorted
-    by key first (no key among them is in the leaf, nor twice)."""
-    c = np.int64(scnt[s])
+def _flush(m64, m32, log, lf, nxt, kbuf, vbuf):
+    """Merge leaf ``lf``'s waiting rows into it (leaf_merge), sorted by key
+    first (no key among them is in the leaf, nor twice)."""
+    wd = np.int64(m32[lf, WAIT])
+    c = wd & WAIT_MASK
     if c == 0:
         return
-    lf = sleaf[s]
-    r = np.int64(shead[s])
+    r = (wd >> WAIT_SHIFT) - 1
     for j in range(c):  # insertion sort of the rows' (key, value)
         key = np.uint64(log[r, 1])
         val = np.uint64(log[r, 2])
@@ -185,37 +172,27 @@ def _flush(m64, m32, log, s, sleaf, shead, scnt, seff, nxt, kbuf, vbuf):
             i -= 1
         kbuf[i] = key
         vbuf[i] = val
-        r = np.int64(nxt[r])
+        r = nxt[r]
+    m32[lf, WAIT] = 0
     leaf_merge(m64, m32, lf, kbuf, vbuf, c)
-    shead[s] = -1
-    scnt[s] = 0
-    seff[s] = -1
-
-
-@njit(inline="always", refcount=False)
-def _flush_leaf(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf, leaf):
-    s = _slot(hkey, hslot, sleaf, shead, seff, nsl, leaf, False)
-    if s >= 0:
-        _flush(m64, m32, log, s, sleaf, shead, scnt, seff, nxt, kbuf, vbuf)
 
 
 @njit(refcount=False)
-def _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact):
+def _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact):
     """Every waiting leaf's rows in (the leaf a few ahead fetched whole)."""
     na = nact[0]
     w = np.int64(m64.shape[1])
     for a in range(na):
-        if a + 2 < na and scnt[act[a + 2]] > 0:
-            base = sleaf[act[a + 2]] * w
+        if a + 2 < na:
+            base = act[a + 2] * w
             for j in range(0, w, 8):
                 prefetch(m64, base + j)
-        _flush(m64, m32, log, act[a], sleaf, shead, scnt, seff, nxt, kbuf, vbuf)
+        _flush(m64, m32, log, act[a], nxt, kbuf, vbuf)
     nact[0] = 0
 
 
 @njit(refcount=False)
-def _flush_around(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf, act, nact, leaf, parent,
-                  pi):
+def _flush_around(m64, m32, log, nxt, kbuf, vbuf, act, nact, leaf, parent, pi):
     """Before dm's insert of a row landing in ``leaf`` (-1: not known),
     under ``parent`` at index ``pi`` (-1: not known): that leaf's and its
     siblings' waiting rows, which dm's rebalance and split read; every
@@ -223,14 +200,13 @@ def _flush_around(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt
     if nact[0] == 0:
         return
     if leaf < 0 or parent < 0:
-        _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
+        _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
         return
-    _flush_leaf(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf, leaf)
+    _flush(m64, m32, log, leaf, nxt, kbuf, vbuf)
     nr = np.int64(m32[parent, 4])
     for q in (pi - 1, pi + 1):
         if 0 <= q < nr:
-            _flush_leaf(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf,
-                        np.int64(node_value(m64, m32, parent, q)))
+            _flush(m64, m32, log, np.int64(node_value(m64, m32, parent, q)), nxt, kbuf, vbuf)
 
 
 @njit
@@ -284,34 +260,21 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     while (top >> hshift) >> HINT_BITS:
         hshift += 1
     hints = np.zeros(1 << HINT_BITS if n > 2 * PREFETCH_AHEAD else 1, dtype=np.uint32)
-    # the waiting leaves (see _slot): a hash table of at least twice the
-    # rows, slots (leaf, first row, rows, entries counting them, max
-    # entries), each row's next in its leaf, the slots with rows
-    hn = 1
-    while hn < 2 * n:
-        hn <<= 1
-    wait = np.zeros((5, n + 1), dtype=np.int64)
-    wait[0, :] = -1
+    # the leaves given waiting rows, each row's next in its leaf (see WAIT)
+    act = np.zeros(n + 1 if n < WAIT_MAX_ROWS else 1, dtype=np.int64)
+    nxt = np.zeros(n if n < WAIT_MAX_ROWS else 1, dtype=np.int64)
     return _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log,
                   n, halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc,
-                  ring, rk, sh, hints, np.uint64(hshift), np.full(hn, -1, dtype=np.int64), np.zeros(hn, dtype=np.int64),
-                  wait, np.zeros(n + 1, dtype=np.int64), np.zeros(n + 1, dtype=np.int64), np.zeros(2, dtype=np.int64),
+                  ring, rk, sh, hints, np.uint64(hshift), n < WAIT_MAX_ROWS, nxt, act, np.zeros(1, dtype=np.int64),
                   np.zeros(256, dtype=np.uint64), np.zeros(256, dtype=np.uint64))
 
 
 @njit(refcount=False)
 def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log, n,
            halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring, rk, sh,
-           hints, hshift, hkey, hslot, wait, nxt, act, ctr, kbuf, vbuf):
+           hints, hshift, defer, nxt, act, nact, kbuf, vbuf):
     """apply_log's loop, with its scratch (compiled without reference
     counting: a view of a ring slot costs nothing here)."""
-    sleaf = wait[0]
-    shead = wait[1]
-    scnt = wait[2]
-    seff = wait[3]
-    smx = wait[4]
-    nsl = ctr[0:1]
-    nact = ctr[1:2]
     nr = count.shape[0]
     ver = 0
     out[2] = -1
@@ -330,7 +293,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             out[2] = k
             out[3] = free_now
         if free_now <= reserve:
-            _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
+            _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
             out[0] = root
             out[1] = k
             out[4] = added
@@ -355,7 +318,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p,
                                               dbm_lo)
                 if dbm_lo < 0:
-                    _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
+                    _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
                     out[0] = root
                     out[1] = k
                     out[4] = added
@@ -401,28 +364,21 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 lf = cache[0]
                 lp = cache[2]
                 lpi = cache[3]
-                if log[k, 3] & LOG_NEW_KEY:
+                if defer and log[k, 3] & LOG_NEW_KEY:
                     # a new key dm's insert only descends for: it waits
                     # for its leaf's merge while the leaf has room
-                    sl = _slot(hkey, hslot, sleaf, shead, seff, nsl, lf, True)
-                    c = scnt[sl]
-                    if c == 0:
-                        seff[sl] = m32[lf, 4]
-                        smx[sl] = m32[lf, 5]
-                    if seff[sl] < smx[sl]:
+                    wd = np.int64(m32[lf, WAIT])
+                    c = wd & WAIT_MASK
+                    if np.int64(m32[lf, 4]) + c < np.int64(m32[lf, 5]):
                         if c == 0:
-                            shead[sl] = k
-                            act[nact[0]] = sl
+                            act[nact[0]] = lf
                             nact[0] += 1
                         else:
-                            nxt[k] = shead[sl]
-                            shead[sl] = k
-                        scnt[sl] = c + 1
-                        seff[sl] += 1
+                            nxt[k] = (wd >> WAIT_SHIFT) - 1
+                        m32[lf, WAIT] = np.uint32(((k + 1) << WAIT_SHIFT) | (c + 1))
                         added += 1
                         continue
-            _flush_around(m64, m32, log, hkey, hslot, sleaf, shead, scnt, seff, nsl, nxt, kbuf, vbuf, act, nact, lf,
-                          lp, lpi)
+            _flush_around(m64, m32, log, nxt, kbuf, vbuf, act, nact, lf, lp, lpi)
             r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                       dfree, dst, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
             if cache[0] < 0:  # it went through dm's insert or a rebalance: keys or nodes moved
@@ -430,7 +386,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             added += res[1]
         else:
             # a discard's unmaps, as dm_thin_remove_range calls (pdplace5)
-            _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
+            _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
             cache[0] = -1
             ver += 1
             past = _discard_piece_end(log, k, n, halves)
@@ -441,14 +397,14 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             removed += res[1]
         if r < 0:
             # the operation itself failed part-way: a real metadata failure
-            _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
+            _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
             out[0] = root
             out[1] = k
             out[4] = added
             out[5] = removed
             return -2
         root = res[0]
-    _flush_all(m64, m32, log, sleaf, shead, scnt, seff, nxt, kbuf, vbuf, act, nact)
+    _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
     out[0] = root
     out[1] = n
     out[4] = added
