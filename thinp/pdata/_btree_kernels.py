@@ -39,6 +39,7 @@ KIND_BITMAP = 2  # block.KIND_BITMAP
 ST_BITMAPS = 4  # transaction.ST_BITMAPS
 ST_NO_WRAP = 259  # transaction.ST_NO_WRAP: 1 when a free-block search stops at the end
 THRESH = 8
+SPACE_THRESHOLD = THRESH  # dm-btree.c's SPACE_THRESHOLD: a sibling takes a rebalance with this much room
 ENTRIES_PER_BITMAP = 16320  # space_map.ENTRIES_PER_BITMAP
 
 

@@ -68,6 +68,7 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     HINT_BITS,
     NO_BITMAP,
     PREFETCH_AHEAD,
+    SPACE_THRESHOLD,
     data_bitmap_shadowed,
     descend_hinted,
     fetch_leaf,

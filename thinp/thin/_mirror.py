@@ -19,10 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import (HINT_BITS, NO_BITMAP, PREFETCH_AHEAD, data_bitmap_shadowed, descend_hinted,
-                                  fetch_leaf, inc_data, insert_mapping_cached, leaf_merge, locate_leaf, node_value,
-                                  remove_range_scratch, subtree_height)
 from ..pdata.intrinsics import prefetch
+from ..pdata.mapping_tree import (HINT_BITS, NO_BITMAP, PREFETCH_AHEAD, SPACE_THRESHOLD, data_bitmap_shadowed,
+                                  descend_hinted, fetch_leaf, inc_data, insert_mapping_cached, leaf_merge, locate_leaf,
+                                  node_value, remove_range_scratch, subtree_height)
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ._kernels import LOG_NEW_KEY, UNMAP_BLOCK_SHIFT, UNMAP_PASSDOWN, UNMAP_SHARED
 
@@ -192,11 +192,16 @@ def _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact):
 
 
 @njit(refcount=False)
-def _flush_around(m64, m32, log, nxt, kbuf, vbuf, act, nact, leaf, parent, pi):
+def _flush_around(m64, m32, count, log, nxt, kbuf, vbuf, act, nact, leaf, parent, pi, full):
     """Before dm's insert of a row landing in ``leaf`` (-1: not known),
     under ``parent`` at index ``pi`` (-1: not known): that leaf's and its
     siblings' waiting rows, which dm's rebalance and split read; every
-    leaf's when the leaf or its parent is not known."""
+    leaf's when the leaf or its parent is not known.  ``full``: the row
+    adds a key to that full leaf along a path dm's insert only descends
+    (no internal node splits, so ``parent`` stays its parent), in the
+    current rule: dm then rebalances into the left sibling alone when it is
+    unshared with SPACE_THRESHOLD free entries (_rebalance_or_split), and
+    reads the right one only otherwise."""
     if nact[0] == 0:
         return
     if leaf < 0 or parent < 0:
@@ -204,9 +209,13 @@ def _flush_around(m64, m32, log, nxt, kbuf, vbuf, act, nact, leaf, parent, pi):
         return
     _flush(m64, m32, log, leaf, nxt, kbuf, vbuf)
     nr = np.int64(m32[parent, 4])
-    for q in (pi - 1, pi + 1):
-        if 0 <= q < nr:
-            _flush(m64, m32, log, np.int64(node_value(m64, m32, parent, q)), nxt, kbuf, vbuf)
+    if pi > 0:
+        lb = np.int64(node_value(m64, m32, parent, pi - 1))
+        _flush(m64, m32, log, lb, nxt, kbuf, vbuf)
+        if full and count[lb] <= 1 and np.int64(m32[lb, 5]) - np.int64(m32[lb, 4]) >= SPACE_THRESHOLD:
+            return
+    if pi + 1 < nr:
+        _flush(m64, m32, log, np.int64(node_value(m64, m32, parent, pi + 1)), nxt, kbuf, vbuf)
 
 
 @njit
@@ -330,6 +339,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             lf = np.int64(-1)  # where the row lands, its parent and index there (-1: not known)
             lp = np.int64(-1)
             lpi = np.int64(-1)
+            full = False  # a new key for a full leaf along a path dm only descends (_flush_around)
             tagged = ring[s, 2] == k and ring[s, 0] >= 0
             if tagged and ring[s, 1] and ring[s, 3] == ver:
                 cache[0] = ring[s, 0]
@@ -378,7 +388,8 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                         m32[lf, WAIT] = np.uint32(((k + 1) << WAIT_SHIFT) | (c + 1))
                         added += 1
                         continue
-            _flush_around(m64, m32, log, nxt, kbuf, vbuf, act, nact, lf, lp, lpi)
+                    full = not halves
+            _flush_around(m64, m32, count, log, nxt, kbuf, vbuf, act, nact, lf, lp, lpi, full)
             r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                       dfree, dst, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
             if cache[0] < 0:  # it went through dm's insert or a rebalance: keys or nodes moved
