@@ -199,8 +199,9 @@ LOG_OP = LOG_NEW_KEY - 1
 @njit(inline="always", refcount=False)
 def _log(log, out, dev, vb, value, op_index):
     """Record one mapping change for the dm btree: ``value`` is dm's
-    ``pblock << 24 | time``, or negative for an unmap (UNMAP_*).
-    ``out[3]`` counts rows."""
+    ``pblock << 24 | time``, or negative for an unmap (UNMAP_*);
+    ``op_index`` carries LOG_NEW_KEY on a provision's row.  ``out[3]``
+    counts rows."""
     k = out[3]
     log[k, 0] = dev
     log[k, 1] = vb

@@ -3,11 +3,17 @@
 Private to :mod:`thinp.thin.pool`.  The log is int64[cap, 4], one row per
 mapping change the volatile index made: dev_id, vblock, dm's leaf value
 ``pblock << 24 | time`` (or, for an unmap, a negative value naming the
-data block it held: _kernels.UNMAP_*), op index.  Each row becomes
-dm-thin's own metadata operation (``dm_thin_insert_block`` after the data
-block's allocation), and a discard's unmaps the dm_thin_remove_range calls
-dm-thin cuts it into (_discard_piece_end), through the numba btree kernels,
-so tree shapes and metadata use are the kernel's.
+data block it held: _kernels.UNMAP_*), op index (LOG_NEW_KEY set when
+the row provisions: the vblock was unmapped; LOG_OP masks it).  Each row
+becomes dm-thin's own metadata operation (``dm_thin_insert_block`` after
+the data block's allocation), and a discard's unmaps the
+dm_thin_remove_range calls dm-thin cuts it into (_discard_piece_end),
+through the numba btree kernels, so tree shapes and metadata use are the
+kernel's.  A provision's row
+(LOG_NEW_KEY) whose leaf dm's insert only descends to may wait for one
+sorted merge into that leaf (see WAIT below): the leaf is merged before
+anything reads it, so the bytes, the allocations and the row where
+metadata runs out are those of applying the rows one by one.
 
 dm-thin refuses a metadata operation once free metadata falls to its
 reserve (the pool goes read-only); the kernel below stops at that row.
