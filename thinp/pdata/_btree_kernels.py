@@ -39,6 +39,7 @@ KIND_BITMAP = 2  # block.KIND_BITMAP
 ST_BITMAPS = 4  # transaction.ST_BITMAPS
 ST_NO_WRAP = 259  # transaction.ST_NO_WRAP: 1 when a free-block search stops at the end
 THRESH = 8
+SPACE_THRESHOLD = THRESH  # dm-btree.c's SPACE_THRESHOLD: a sibling takes a rebalance with this much room
 ENTRIES_PER_BITMAP = 16320  # space_map.ENTRIES_PER_BITMAP
 
 
@@ -964,6 +965,37 @@ def _leaf_insert(m64, m32, lb, i1, key, value):
     m64[lb, HDR + i1] = key
     m64[lb, HDR + mx + i1] = value
     m32[lb, 4] = nr + 1
+
+
+@njit(inline="always", refcount=False)
+def node_value(m64, m32, b, i):
+    """The value at index ``i`` of node ``b`` (8-byte values: a child's
+    block in an internal node)."""
+    return _val(m64, m32, b, i)
+
+
+@njit(refcount=False)
+def leaf_merge(m64, m32, lb, keys, values, c):
+    """Put ``c`` new keys (sorted, none in leaf ``lb`` already, nor twice;
+    the leaf has room for them) with their ``values`` into leaf ``lb`` at
+    once: the bytes ``c`` inserts write in any order (_insert_at), with one
+    pass from the leaf's end down, its own entries moving up past them."""
+    nr = np.int64(m32[lb, 4])
+    mx = np.int64(m32[lb, 5])
+    i = nr - 1
+    j = c - 1
+    w = nr + c - 1
+    while j >= 0:
+        if i >= 0 and m64[lb, HDR + i] > keys[j]:
+            m64[lb, HDR + w] = m64[lb, HDR + i]
+            m64[lb, HDR + mx + w] = m64[lb, HDR + mx + i]
+            i -= 1
+        else:
+            m64[lb, HDR + w] = keys[j]
+            m64[lb, HDR + mx + w] = values[j]
+            j -= 1
+        w -= 1
+    m32[lb, 4] = nr + c
 
 
 @njit(refcount=False)

@@ -43,6 +43,9 @@ fetch_leaf          prefetch what an insert into that leaf reads, in two
                     hold; then, unless it is gapless, all its entries)
 subtree_height      a device's subtree root (when dm's insert would only
                     descend the top level to it) and its internal levels
+leaf_merge          new keys (sorted, none there yet) into a leaf with room,
+                    in one pass: the bytes inserting them one by one writes
+node_value          a node's value at an index (an internal node's child)
 descend_hinted      locate_leaf's descent below that root, trying a
                     recorded path (an index a level) before each search:
                     always the descent dm's insert makes, two loads a level
@@ -65,14 +68,17 @@ from ._btree_kernels import (  # noqa: F401  (re-exported)
     HINT_BITS,
     NO_BITMAP,
     PREFETCH_AHEAD,
+    SPACE_THRESHOLD,
     data_bitmap_shadowed,
     descend_hinted,
     fetch_leaf,
     inc_data,
+    leaf_merge,
     insert_mapping,
     insert_mapping_cached,
     locate_leaf,
     lookup_mapping,
+    node_value,
     nr_used,
     remove_mapping,
     remove_leaves_range,

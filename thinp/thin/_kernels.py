@@ -188,13 +188,20 @@ def _put_bytes(data, p, bs, in_block, src, src_pos, n):
 UNMAP_SHARED = 1
 UNMAP_PASSDOWN = 2
 UNMAP_BLOCK_SHIFT = 2
+#: a row's op index (column 3) carries this bit when the row maps a vblock
+#: that was unmapped (a provision: a new key in dm's btree, not a
+#: replacement), which _mirror.apply_log may then defer within its leaf;
+#: LOG_OP masks the op index out
+LOG_NEW_KEY = 1 << 62
+LOG_OP = LOG_NEW_KEY - 1
 
 
 @njit(inline="always", refcount=False)
 def _log(log, out, dev, vb, value, op_index):
     """Record one mapping change for the dm btree: ``value`` is dm's
-    ``pblock << 24 | time``, or negative for an unmap (UNMAP_*).
-    ``out[3]`` counts rows."""
+    ``pblock << 24 | time``, or negative for an unmap (UNMAP_*);
+    ``op_index`` carries LOG_NEW_KEY on a provision's row.  ``out[3]``
+    counts rows."""
     k = out[3]
     log[k, 0] = dev
     log[k, 1] = vb
@@ -267,7 +274,8 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
         if payload:
             _zero_block(data, p2, bs)
     sp.meta[leaf, vb & NODE_MASK] = _mkvalue(p2, sp.scal[S_TIME])
-    _log(log, out, dv.dev_id[slot], vb, (p2 << 24) | (sp.scal[S_TIME] & 0xFFFFFF), op_index)
+    _log(log, out, dv.dev_id[slot], vb, (p2 << 24) | (sp.scal[S_TIME] & 0xFFFFFF),
+         op_index if shared else op_index | LOG_NEW_KEY)
     if shared:
         dec_data(sp, p, False)
     else:

@@ -3,11 +3,17 @@
 Private to :mod:`thinp.thin.pool`.  The log is int64[cap, 4], one row per
 mapping change the volatile index made: dev_id, vblock, dm's leaf value
 ``pblock << 24 | time`` (or, for an unmap, a negative value naming the
-data block it held: _kernels.UNMAP_*), op index.  Each row becomes
-dm-thin's own metadata operation (``dm_thin_insert_block`` after the data
-block's allocation), and a discard's unmaps the dm_thin_remove_range calls
-dm-thin cuts it into (_discard_piece_end), through the numba btree kernels,
-so tree shapes and metadata use are the kernel's.
+data block it held: _kernels.UNMAP_*), op index (LOG_NEW_KEY set when
+the row provisions: the vblock was unmapped; LOG_OP masks it).  Each row
+becomes dm-thin's own metadata operation (``dm_thin_insert_block`` after
+the data block's allocation), and a discard's unmaps the
+dm_thin_remove_range calls dm-thin cuts it into (_discard_piece_end),
+through the numba btree kernels, so tree shapes and metadata use are the
+kernel's.  A provision's row
+(LOG_NEW_KEY) whose leaf dm's insert only descends to may wait for one
+sorted merge into that leaf (see WAIT below): the leaf is merged before
+anything reads it, so the bytes, the allocations and the row where
+metadata runs out are those of applying the rows one by one.
 
 dm-thin refuses a metadata operation once free metadata falls to its
 reserve (the pool goes read-only); the kernel below stops at that row.
@@ -19,11 +25,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import njit
-from ..pdata.mapping_tree import (HINT_BITS, NO_BITMAP, PREFETCH_AHEAD, data_bitmap_shadowed, descend_hinted,
-                                  fetch_leaf, inc_data, insert_mapping_cached, locate_leaf,
-                                  remove_range_scratch, subtree_height)
+from ..pdata.intrinsics import prefetch
+from ..pdata.mapping_tree import (HINT_BITS, NO_BITMAP, PREFETCH_AHEAD, SPACE_THRESHOLD, data_bitmap_shadowed,
+                                  descend_hinted, fetch_leaf, inc_data, insert_mapping_cached, leaf_merge, locate_leaf,
+                                  node_value, remove_range_scratch, subtree_height)
 from ..pdata.space_map import ENTRIES_PER_BITMAP
-from ._kernels import UNMAP_BLOCK_SHIFT, UNMAP_PASSDOWN, UNMAP_SHARED
+from ._kernels import LOG_NEW_KEY, UNMAP_BLOCK_SHIFT, UNMAP_PASSDOWN, UNMAP_SHARED
 
 #: rows ahead whose leaf's entries are fetched, its header having landed
 #: (the leaf was located PREFETCH_AHEAD rows ahead)
@@ -121,6 +128,102 @@ def _discard_piece_end(log, k, n, halves):
     return j
 
 
+# Deferred rows.  Within a transaction a leaf's contents do not depend on
+# the order of the new keys put into it while it neither splits nor
+# rebalances: a row adding a key (LOG_NEW_KEY: the vblock was unmapped, so
+# no replacement and no data count drop) that dm's insert would only
+# descend to its leaf for (every node on the way this transaction's and
+# unshared, no internal node full: the allocations, shadows and internal
+# key changes are all in the descent, none of which it makes) and whose
+# leaf has room counting the rows already waiting for it is only recorded
+# against that leaf.  A leaf's waiting rows go in with one sorted merge
+# (``_flush``) before anything else reads or changes the leaf -- a row
+# that goes through dm's insert (a split, a rebalance, a shadow, a
+# replacement) first flushes the leaf it lands in and that leaf's two
+# siblings, which dm's rebalance looks at; a removal, or a return,
+# flushes every leaf -- so each leaf holds, whenever it is read, what the
+# row-by-row apply would have put there, and every allocation happens at
+# the same row.  A leaf's waiting rows are a list through ``nxt`` whose
+# head and length are kept, while it has any, in the leaf's own header
+# padding word (WAIT), 0 in dm's format and again after the merge: the
+# header line is the one the look-ahead fetched, so a waiting row costs
+# no other miss.  ``act`` lists the leaves given rows (``nact[0]`` of
+# them).
+
+#: the header word (32-bit, node_header.padding) holding a leaf's waiting
+#: rows: (first row + 1) << WAIT_SHIFT | how many
+WAIT = 7
+WAIT_SHIFT = 8
+WAIT_MASK = (1 << WAIT_SHIFT) - 1
+#: logs this long or longer wait no row (a row index must fit the word)
+WAIT_MAX_ROWS = 1 << (32 - WAIT_SHIFT - 1)
+
+
+@njit(refcount=False)
+def _flush(m64, m32, log, lf, nxt, kbuf, vbuf):
+    """Merge leaf ``lf``'s waiting rows into it (leaf_merge), sorted by key
+    first (no key among them is in the leaf, nor twice)."""
+    wd = np.int64(m32[lf, WAIT])
+    c = wd & WAIT_MASK
+    if c == 0:
+        return
+    r = (wd >> WAIT_SHIFT) - 1
+    for j in range(c):  # insertion sort of the rows' (key, value)
+        key = np.uint64(log[r, 1])
+        val = np.uint64(log[r, 2])
+        i = j
+        while i > 0 and kbuf[i - 1] > key:
+            kbuf[i] = kbuf[i - 1]
+            vbuf[i] = vbuf[i - 1]
+            i -= 1
+        kbuf[i] = key
+        vbuf[i] = val
+        r = nxt[r]
+    m32[lf, WAIT] = 0
+    leaf_merge(m64, m32, lf, kbuf, vbuf, c)
+
+
+@njit(refcount=False)
+def _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact):
+    """Every waiting leaf's rows in (the leaf a few ahead fetched whole)."""
+    na = nact[0]
+    w = np.int64(m64.shape[1])
+    for a in range(na):
+        if a + 2 < na:
+            base = act[a + 2] * w
+            for j in range(0, w, 8):
+                prefetch(m64, base + j)
+        _flush(m64, m32, log, act[a], nxt, kbuf, vbuf)
+    nact[0] = 0
+
+
+@njit(refcount=False)
+def _flush_around(m64, m32, count, log, nxt, kbuf, vbuf, act, nact, leaf, parent, pi, full):
+    """Before dm's insert of a row landing in ``leaf`` (-1: not known),
+    under ``parent`` at index ``pi`` (-1: not known): that leaf's and its
+    siblings' waiting rows, which dm's rebalance and split read; every
+    leaf's when the leaf or its parent is not known.  ``full``: the row
+    adds a key to that full leaf along a path dm's insert only descends
+    (no internal node splits, so ``parent`` stays its parent), in the
+    current rule: dm then rebalances into the left sibling alone when it is
+    unshared with SPACE_THRESHOLD free entries (_rebalance_or_split), and
+    reads the right one only otherwise."""
+    if nact[0] == 0:
+        return
+    if leaf < 0 or parent < 0:
+        _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
+        return
+    _flush(m64, m32, log, leaf, nxt, kbuf, vbuf)
+    nr = np.int64(m32[parent, 4])
+    if pi > 0:
+        lb = np.int64(node_value(m64, m32, parent, pi - 1))
+        _flush(m64, m32, log, lb, nxt, kbuf, vbuf)
+        if full and count[lb] <= 1 and np.int64(m32[lb, 5]) - np.int64(m32[lb, 4]) >= SPACE_THRESHOLD:
+            return
+    if pi + 1 < nr:
+        _flush(m64, m32, log, np.int64(node_value(m64, m32, parent, pi + 1)), nxt, kbuf, vbuf)
+
+
 @njit
 def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log, n,
               halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out):
@@ -172,15 +275,19 @@ def apply_log(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, d
     while (top >> hshift) >> HINT_BITS:
         hshift += 1
     hints = np.zeros(1 << HINT_BITS if n > 2 * PREFETCH_AHEAD else 1, dtype=np.uint32)
+    # the leaves given waiting rows, each row's next in its leaf (see WAIT)
+    act = np.zeros(n + 1 if n < WAIT_MAX_ROWS else 1, dtype=np.int64)
+    nxt = np.zeros(n if n < WAIT_MAX_ROWS else 1, dtype=np.int64)
     return _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log,
                   n, halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc,
-                  ring, rk, sh, hints, np.uint64(hshift))
+                  ring, rk, sh, hints, np.uint64(hshift), n < WAIT_MAX_ROWS, nxt, act, np.zeros(1, dtype=np.int64),
+                  np.zeros(256, dtype=np.uint64), np.zeros(256, dtype=np.uint64))
 
 
 @njit(refcount=False)
 def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, root, log, n,
            halves, reserve, lwm, lwm_armed, used_commit, allocs_commit, out, res, sp, cache, hi, lres, loc, ring, rk, sh,
-           hints, hshift):
+           hints, hshift, defer, nxt, act, nact, kbuf, vbuf):
     """apply_log's loop, with its scratch (compiled without reference
     counting: a view of a ring slot costs nothing here)."""
     nr = count.shape[0]
@@ -201,6 +308,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             out[2] = k
             out[3] = free_now
         if free_now <= reserve:
+            _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
             out[0] = root
             out[1] = k
             out[4] = added
@@ -214,7 +322,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
         f = k + FILL_AHEAD
         if f < n:
             s = f & (RING - 1)
-            if ring[s, 2] == f and ring[s, 0] >= 0 and ring[s, 1]:
+            if ring[s, 2] == f and ring[s, 0] >= 0 and ring[s, 1] and not log[f, 3] & LOG_NEW_KEY:
                 fetch_leaf(m64, m32, ring[s, 0], log[f, 1], rk[s, 2], rk[s, 0], rk[s, 1], 1)
         dev = log[k, 0]
         vb = log[k, 1]
@@ -225,6 +333,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p,
                                               dbm_lo)
                 if dbm_lo < 0:
+                    _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
                     out[0] = root
                     out[1] = k
                     out[4] = added
@@ -233,6 +342,10 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             inc_data(dcount, dcommitted, dfree, p)
             s = k & (RING - 1)
             key = np.uint64(vb)
+            lf = np.int64(-1)  # where the row lands, its parent and index there (-1: not known)
+            lp = np.int64(-1)
+            lpi = np.int64(-1)
+            full = False  # a new key for a full leaf along a path dm only descends (_flush_around)
             tagged = ring[s, 2] == k and ring[s, 0] >= 0
             if tagged and ring[s, 1] and ring[s, 3] == ver:
                 cache[0] = ring[s, 0]
@@ -246,10 +359,14 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 # the descent again, along its located path
                 _sub(m64, m32, count, txn, tst, root, dev, halves, sh)
                 cache[0] = -1
+                lf = np.int64(-1)
                 if sh[0] >= 0:
                     hh = np.int64((key >> hshift) & np.uint64(hints.shape[0] - 1))
                     path = ring[s, 4] if tagged else np.int64(hints[hh])
                     b, dr, got, bp, bpi, lo, up, uo = descend_hinted(m64, m32, count, txn, sh[0], sh[1], key, path)
+                    lf = b
+                    lp = bp
+                    lpi = bpi
                     if dr:
                         cache[0] = b
                         cache[1] = dev
@@ -259,6 +376,26 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                         hi[1] = uo
                         hi[2] = lo
                         hints[hh] = np.uint32(got)
+            if cache[0] >= 0:
+                lf = cache[0]
+                lp = cache[2]
+                lpi = cache[3]
+                if defer and log[k, 3] & LOG_NEW_KEY:
+                    # a new key dm's insert only descends for: it waits
+                    # for its leaf's merge while the leaf has room
+                    wd = np.int64(m32[lf, WAIT])
+                    c = wd & WAIT_MASK
+                    if np.int64(m32[lf, 4]) + c < np.int64(m32[lf, 5]):
+                        if c == 0:
+                            act[nact[0]] = lf
+                            nact[0] += 1
+                        else:
+                            nxt[k] = (wd >> WAIT_SHIFT) - 1
+                        m32[lf, WAIT] = np.uint32(((k + 1) << WAIT_SHIFT) | (c + 1))
+                        added += 1
+                        continue
+                    full = not halves
+            _flush_around(m64, m32, count, log, nxt, kbuf, vbuf, act, nact, lf, lp, lpi, full)
             r = insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
                                       dfree, dst, root, dev, vb, np.uint64(v), halves, sp, cache, hi, lres, res)
             if cache[0] < 0:  # it went through dm's insert or a rebalance: keys or nodes moved
@@ -266,6 +403,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             added += res[1]
         else:
             # a discard's unmaps, as dm_thin_remove_range calls (pdplace5)
+            _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
             cache[0] = -1
             ver += 1
             past = _discard_piece_end(log, k, n, halves)
@@ -276,12 +414,14 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             removed += res[1]
         if r < 0:
             # the operation itself failed part-way: a real metadata failure
+            _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
             out[0] = root
             out[1] = k
             out[4] = added
             out[5] = removed
             return -2
         root = res[0]
+    _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
     out[0] = root
     out[1] = n
     out[4] = added

@@ -1497,7 +1497,7 @@ class ThinPool:
                 # request's earlier blocks are bios of their own); that
                 # commit's check_for_metadata_space decides the mode
                 k = int(self._mirror_out[1])
-                failed_op, failed_vb = int(self._log[k, 3]), int(self._log[k, 1])
+                failed_op, failed_vb = int(self._log[k, 3] & TK.LOG_OP), int(self._log[k, 1])
                 # (a discard allocates nothing: dm lets it into the reserve)
                 start, start_vb = self._commit_prefix(ops, failed_op, failed_vb, failed, ops[failed_op] != DISCARD)
                 self._step, at_change, gen = True, start_vb >= 0, -1
@@ -1509,7 +1509,7 @@ class ThinPool:
             if not ok or r == TK.R_NO_META:
                 # the request whose mapping change dm could not make, and
                 # every one after it, never happened
-                failed_op = int(self._log[int(self._mirror_out[1]), 3]) if not ok else int(out[1])
+                failed_op = int(self._log[int(self._mirror_out[1]), 3] & TK.LOG_OP) if not ok else int(out[1])
                 used = self._dm.nr_used_metadata_blocks
                 self._metadata_failed()
                 self._abort_transaction(ops, failed_op)
@@ -1658,10 +1658,10 @@ class ThinPool:
         self._mirror_r = r
         if res[2] >= 0:
             self._meta_lwm_armed = False
-            self._event(int(self._log[res[2], 3]), K.EV_META_LOW_WATER, int(res[3]))
+            self._event(int(self._log[res[2], 3] & TK.LOG_OP), K.EV_META_LOW_WATER, int(res[3]))
         if r == -2:  # reaching the reserve (-1) is not yet running out: dm commits there
             k = int(res[1])
-            self._event(int(self._log[k, 3]), K.EV_OUT_OF_META, int(self._log[k, 1]))
+            self._event(int(self._log[k, 3] & TK.LOG_OP), K.EV_OUT_OF_META, int(self._log[k, 1]))
         return r == 0
 
     def _unzeroed_insert_fails(self, ops, op: int, dev: int, vblock: int) -> None:
