@@ -184,10 +184,18 @@ def _put_bytes(data, p, bs, in_block, src, src_pos, n):
 #: an unmap's log value is ``-1 - (pblock << UNMAP_BLOCK_SHIFT | flags)``:
 #: the data block it held, whether dm counts it shared (the device's last
 #: snapshot is newer than the block) and whether the pool passes discards
-#: down, from which dm-thin's discard cuts its dm_thin_remove_range calls
+#: down, from which dm-thin's discard cuts its dm_thin_remove_range calls.
+#: With UNMAP_EMPTY the row is a piece of a discard without passdown that
+#: held no mapping (dm still calls dm_thin_remove_range on it), and the
+#: block field is the piece's length in blocks from the row's vblock.
 UNMAP_SHARED = 1
 UNMAP_PASSDOWN = 2
-UNMAP_BLOCK_SHIFT = 2
+UNMAP_EMPTY = 4
+UNMAP_BLOCK_SHIFT = 3
+#: dm-thin's bio prison range (BIO_PRISON_MAX_RANGE, Linux 6.5 and later):
+#: a discard is cut at multiples of it, virtual blocks without passdown,
+#: data blocks with
+PRISON_RANGE_SHIFT = 10
 
 
 @njit(inline="always", refcount=False)
@@ -490,24 +498,43 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                 out[1] = i
                 out[2] = first
                 return R_FLUSH
-            for vb in range(first, end):
-                r = _discard_block(sp, dv, slot, vb, i, log, out)
-                if r == -5:
-                    out[0] = R_FLUSH
-                    out[1] = i
-                    out[2] = vb
-                    return R_FLUSH
-                if r == -2:
-                    out[0] = R_NEED_COMMIT
-                    out[1] = i
-                    out[2] = vb
-                    return R_NEED_COMMIT
-                if r != 0:
-                    _event(sp, i, EV_OUT_OF_META, vb)
-                    out[0] = R_NO_META
-                    out[1] = i
-                    out[2] = vb
-                    return R_NO_META
+            # dm-thin cuts the discard into bios at 1,024-block virtual
+            # boundaries; without passdown each one is a
+            # dm_thin_remove_range of its whole range, mapped or not: a
+            # piece that unmapped nothing gets an UNMAP_EMPTY row (the
+            # mirror joins the pieces again for kernels before 6.5)
+            empty_rows = sp.scal[S_PASSDOWN] == 0
+            lo = first
+            while lo < end:
+                hi = min(end, ((lo >> PRISON_RANGE_SHIFT) + 1) << PRISON_RANGE_SHIFT)
+                rows = out[3]
+                for vb in range(lo, hi):
+                    r = _discard_block(sp, dv, slot, vb, i, log, out)
+                    if r == -5:
+                        out[0] = R_FLUSH
+                        out[1] = i
+                        out[2] = vb
+                        return R_FLUSH
+                    if r == -2:
+                        out[0] = R_NEED_COMMIT
+                        out[1] = i
+                        out[2] = vb
+                        return R_NEED_COMMIT
+                    if r != 0:
+                        _event(sp, i, EV_OUT_OF_META, vb)
+                        out[0] = R_NO_META
+                        out[1] = i
+                        out[2] = vb
+                        return R_NO_META
+                if empty_rows and out[3] == rows:
+                    if out[3] >= log.shape[0]:
+                        out[0] = R_FLUSH
+                        out[1] = i
+                        out[2] = lo
+                        return R_FLUSH
+                    _log(log, out, dv.dev_id[slot], lo, -1 - (((hi - lo) << UNMAP_BLOCK_SHIFT) | UNMAP_EMPTY), i)
+                    dv.changed[slot] = 1  # (__remove_range: td->changed)
+                lo = hi
     out[0] = R_DONE
     out[1] = n
     out[2] = -1
