@@ -881,15 +881,17 @@ def test_range_discard_differs_from_block_by_block(tmp_path):
 #: 1100..2999 -> 1110..3009, 3010..3099 -> 3010..3099
 _CUT_WRITES = [(0, 1100), (3000, 3010), (1100, 3100)]
 #: the discard of vb 500..3499 as dm-thin cuts it into dm_thin_remove_range
-#: calls.  Without passdown: the virtual range, at 1,024-block boundaries
-#: since Linux 6.5 (BIO_PRISON_MAX_RANGE, max_discard_granularity).  With
-#: passdown: the runs of contiguous data blocks (dm_thin_find_mapped_range),
-#: at 1,024-block data boundaries since 6.5 (break_up_discard_bio).
+#: calls.  Since Linux 6.5 the thin device's bios are cut at 1,024-block
+#: virtual boundaries (BIO_PRISON_MAX_RANGE, max_discard_granularity), with
+#: or without passdown.  Without passdown: each bio's range.  With
+#: passdown: the runs of contiguous data blocks in each bio
+#: (dm_thin_find_mapped_range), at 1,024-block data boundaries too
+#: (break_up_discard_bio).
 _CUTS = {
     ("current", False): [(500, 1024), (1024, 2048), (2048, 3072), (3072, 3500)],
     ("halves", False): [(500, 3500)],
-    ("current", True): [(500, 1024), (1024, 1100), (1100, 2038), (2038, 3000), (3000, 3010), (3010, 3072),
-                        (3072, 3100)],
+    ("current", True): [(500, 1024), (1024, 1100), (1100, 2038), (2038, 2048), (2048, 3000), (3000, 3010),
+                        (3010, 3072), (3072, 3100)],
     ("halves", True): [(500, 1100), (1100, 3000), (3000, 3010), (3010, 3100)],
 }
 
@@ -976,18 +978,48 @@ def test_discard_rows_are_cut_at_dms_pieces(split, passdown):
     assert MIR._discard_piece_end(log, 0, len(log), split == "halves") == (10 if passdown else 20)
 
 
-def _dm_discard_pieces(first: int, end: int, split: str) -> list[tuple[int, int]]:
+def _dm_discard_pieces(md, dev: int, first: int, end: int, split: str, passdown: bool) -> list[tuple[int, int]]:
     """The reference: dm-thin's dm_thin_remove_range calls for a discard of
-    blocks [first, end) without passdown (process_discard_cell_no_passdown:
-    one per bio, mapped or not), the bios cut at 1,024-block virtual
-    boundaries since Linux 6.5; ``split="halves"`` models older kernels,
-    one call for the whole range."""
+    blocks [first, end) of ``dev`` (PoolMetadata ``md`` as it is before the
+    discard).  dm core cuts a thin's discard into bios at 1,024-block
+    virtual boundaries since Linux 6.5 (``split="halves"`` models older
+    kernels: one bio).  Without passdown each bio is one call, mapped or
+    not (process_discard_cell_no_passdown); with passdown
+    (break_up_discard_bio) each run dm_thin_find_mapped_range finds in the
+    bio -- contiguous vblocks on contiguous data blocks, all shared or
+    none -- is, cut at 1,024-block data boundaries since 6.5."""
     if first >= end:
         return []
     if split == "halves":
-        return [(first, end)]
-    cuts = list(range((first // 1024 + 1) * 1024, end, 1024))
-    return list(zip([first] + cuts, cuts + [end]))
+        bios = [(first, end)]
+    else:
+        cuts = list(range((first // 1024 + 1) * 1024, end, 1024))
+        bios = list(zip([first] + cuts, cuts + [end]))
+    if not passdown:
+        return bios
+    snap = md.details(dev).snapshotted_time
+    out = []
+    for lo, hi in bios:
+        v = lo
+        while v < hi:
+            m = md.lookup(dev, v)
+            if m is None:
+                v += 1
+                continue
+            p0, shared = m[0], snap > m[1]
+            e = v + 1
+            while e < hi:
+                n = md.lookup(dev, e)
+                if n is None or n[0] != p0 + (e - v) or (snap > n[1]) != shared:
+                    break
+                e += 1
+            d = p0
+            while v < e:
+                k = e - v if split == "halves" else min(e - v, (d // 1024 + 1) * 1024 - d)
+                out.append((v, v + k))
+                v += k
+                d += k
+    return out
 
 
 #: _unmapped_discards' writes (vblock ranges, in order) and discards (in
@@ -1008,7 +1040,7 @@ def _random_discards(seed=11) -> list[tuple[int, int]]:
     return out + [(0, 7000)]
 
 
-def _unmapped_discards(path, mode, split):
+def _unmapped_discards(path, mode, split, passdown=False):
     """The image after each commit of _HOLE_WRITES, the all-unmapped
     discard, then _random_discards: through ThinPool (``mode="pool"``) or
     through PoolMetadata.remove_range on _dm_discard_pieces (the reference)."""
@@ -1017,7 +1049,7 @@ def _unmapped_discards(path, mode, split):
 
     bs = 64 * 1024
     ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False,
-                    split=split, discard_passdown=False).close()
+                    split=split, discard_passdown=passdown).close()
     images = []
     batches = [[_ALL_EMPTY], _random_discards()]
     if mode == "pool":
@@ -1049,7 +1081,7 @@ def _unmapped_discards(path, mode, split):
         images.append((path / "metadata").read_bytes())
         for batch in batches:
             for b, e in batch:
-                for lo, hi in _dm_discard_pieces(b, e, split):
+                for lo, hi in _dm_discard_pieces(md, 1, b, e, split, passdown):
                     md.remove_range(1, lo, hi)
             md.commit()
             images.append((path / "metadata").read_bytes())
@@ -1073,4 +1105,19 @@ def test_discards_of_unmapped_pieces_churn_as_dms(tmp_path, split):
     _assert_images_equal(mine, ref)
     # the discard of nothing mapped changed the metadata, as dm's does
     assert mine[1] != mine[0]
+    _tools_agree(tmp_path / "pool" / "metadata")
+
+
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_random_discards_with_passdown_are_dms_removals(tmp_path, split):
+    """With passdown a discard of nothing mapped removes nothing (no run
+    found: dm calls nothing, and the commit writes the image unchanged);
+    random discards remove dm's runs, cut at virtual and data boundaries
+    (the reference finds them with lookups, as dm_thin_find_mapped_range
+    does), down to an empty thin; the real tools agree."""
+    mine = _unmapped_discards(tmp_path / "pool", "pool", split, passdown=True)
+    ref = _unmapped_discards(tmp_path / "ref", "md", split, passdown=True)
+    assert len(mine) == len(ref) == 3
+    _assert_images_equal(mine, ref)
+    assert mine[1] == mine[0]
     _tools_agree(tmp_path / "pool" / "metadata")

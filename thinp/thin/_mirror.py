@@ -85,12 +85,14 @@ def _locate(m64, m32, count, txn, tst, root, dev, vb, halves, ring, rk, s, row, 
 def _discard_piece_end(log, k, n, halves):
     """The end (one past) of the rows from ``k`` that dm-thin removes with
     one dm_thin_remove_range: the unmaps of one discard (same request and
-    device).  Without passdown (process_discard_cell_no_passdown) they are
-    the discard's range, cut at 1024-block virtual boundaries by dm since
-    6.5 (max_discard_granularity); with passdown (break_up_discard_bio)
-    each run dm_thin_find_mapped_range finds -- contiguous vblocks mapping
-    contiguous data blocks, all shared or none -- cut at 1024-block data
-    boundaries since 6.5.  ``halves`` (kernels before 5.14, so before 6.5
+    device).  Since 6.5 dm cuts a thin device's discard into bios at
+    1024-block virtual boundaries (thin_ctr's max_discard_granularity,
+    thin_io_hints' max_discard_sectors: dm core's __max_io_len), with or
+    without passdown.  Without passdown (process_discard_cell_no_passdown)
+    each bio's range is one removal; with passdown (break_up_discard_bio)
+    each run dm_thin_find_mapped_range finds in the bio -- contiguous
+    vblocks mapping contiguous data blocks, all shared or none -- cut at
+    1024-block data boundaries too.  ``halves`` (kernels before 5.14, so before 6.5
     too): no 1024 cut.  The rows of a discard hold every block it unmapped,
     and without passdown an UNMAP_EMPTY row for each 1024-block piece that
     unmapped nothing, so the range from the first row's vblock to the last
@@ -109,7 +111,7 @@ def _discard_piece_end(log, k, n, halves):
                 break
             if not halves and (py >> PRISON_RANGE_SHIFT) != ((x >> UNMAP_BLOCK_SHIFT) >> PRISON_RANGE_SHIFT):
                 break
-        elif not halves and (log[j, 1] >> PRISON_RANGE_SHIFT) != (log[k, 1] >> PRISON_RANGE_SHIFT):
+        if not halves and (log[j, 1] >> PRISON_RANGE_SHIFT) != (log[k, 1] >> PRISON_RANGE_SHIFT):
             break
         j += 1
     return j
