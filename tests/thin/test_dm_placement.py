@@ -896,28 +896,40 @@ _CUTS = {
 }
 
 
-def _discard_cuts(path, mode, split, passdown, cuts=None, each=False):
+def _written(path, mode, split, writes):
+    """A thin 1 with ``writes`` (vblock ranges, in order) written and
+    committed, the data blocks following that order: a ThinPool
+    (``mode="pool"``) or a PoolMetadata (sync off) at ``path``."""
     from thinp.thin.pool_metadata import PoolMetadata
 
+    bs = 64 * 1024
+    if mode == "pool":
+        pool = ThinPool.open(path)
+        pool.message("create_thin 1")
+        for lo, hi in writes:
+            pool.device(1).write(lo * bs, (hi - lo) * bs)
+        pool.commit()
+        return pool
+    md = PoolMetadata.open(path / "metadata", split=split)
+    md.sync = False
+    md.create_thin(1)
+    md.commit()
+    for lo, hi in writes:
+        md.write_blocks(1, np.arange(lo, hi))
+    md.commit()
+    return md
+
+
+def _discard_cuts(path, mode, split, passdown, cuts=None, each=False):
     bs = 64 * 1024
     ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False,
                     split=split, discard_passdown=passdown).close()
     if mode == "pool":
-        pool = ThinPool.open(path)
-        pool.message("create_thin 1")
-        for lo, hi in _CUT_WRITES:
-            pool.device(1).write(lo * bs, (hi - lo) * bs)
-        pool.commit()
+        pool = _written(path, mode, split, _CUT_WRITES)
         pool.device(1).discard(500 * bs, 3000 * bs)
         pool.close()
     else:
-        md = PoolMetadata.open(path / "metadata", split=split)
-        md.sync = False
-        md.create_thin(1)
-        md.commit()
-        for lo, hi in _CUT_WRITES:
-            md.write_blocks(1, np.arange(lo, hi))
-        md.commit()
+        md = _written(path, mode, split, _CUT_WRITES)
         if each:
             assert sum(md.remove(1, b) for b, _ in cuts) == 3100 - 500
         else:
@@ -1044,7 +1056,6 @@ def _unmapped_discards(path, mode, split, passdown=False):
     """The image after each commit of _HOLE_WRITES, the all-unmapped
     discard, then _random_discards: through ThinPool (``mode="pool"``) or
     through PoolMetadata.remove_range on _dm_discard_pieces (the reference)."""
-    from thinp.thin.pool_metadata import PoolMetadata
     from thinp.trace import DISCARD, TRACE_DTYPE
 
     bs = 64 * 1024
@@ -1053,12 +1064,7 @@ def _unmapped_discards(path, mode, split, passdown=False):
     images = []
     batches = [[_ALL_EMPTY], _random_discards()]
     if mode == "pool":
-        pool = ThinPool.open(path)
-        pool.message("create_thin 1")
-        dev = pool.device(1)
-        for lo, hi in _HOLE_WRITES:
-            dev.write(lo * bs, (hi - lo) * bs)
-        pool.commit()
+        pool = _written(path, mode, split, _HOLE_WRITES)
         images.append((path / "metadata").read_bytes())
         for batch in batches:
             t = np.zeros(len(batch), dtype=TRACE_DTYPE)
@@ -1071,13 +1077,7 @@ def _unmapped_discards(path, mode, split, passdown=False):
             images.append((path / "metadata").read_bytes())
         pool.close()
     else:
-        md = PoolMetadata.open(path / "metadata", split=split)
-        md.sync = False
-        md.create_thin(1)
-        md.commit()
-        for lo, hi in _HOLE_WRITES:
-            md.write_blocks(1, np.arange(lo, hi))
-        md.commit()
+        md = _written(path, mode, split, _HOLE_WRITES)
         images.append((path / "metadata").read_bytes())
         for batch in batches:
             for b, e in batch:

@@ -212,6 +212,15 @@ def _log(log, out, dev, vb, value, op_index):
 
 
 @njit(inline="always", refcount=False)
+def _stop(out, status, i, vb):
+    """End a replay run with ``status`` before block ``vb`` of request ``i``."""
+    out[0] = status
+    out[1] = i
+    out[2] = vb
+    return status
+
+
+@njit(inline="always", refcount=False)
 def _fail_block(sp, failed, i, bit):
     """Count request ``i`` as failed once (``failed`` holds one byte a request)."""
     if failed[i] == 0:
@@ -397,10 +406,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     resume_vb = start_vb
     for i in range(start_op, n):
         if interval > 0 and sp.scal[S_OPS_SINCE_COMMIT] >= interval and resume_vb < 0:
-            out[0] = R_NEED_COMMIT
-            out[1] = i
-            out[2] = -1
-            return R_NEED_COMMIT
+            return _stop(out, R_NEED_COMMIT, i, -1)
         ahead = i + PREFETCH_AHEAD
         if ahead < n and ops[ahead] != DISCARD:
             a_off = np.int64(offsets[ahead])
@@ -445,21 +451,12 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                     _fail_block(sp, failed, i, FAILED_EIO)
                     continue
                 if r == -5:
-                    out[0] = R_FLUSH
-                    out[1] = i
-                    out[2] = vb
-                    return R_FLUSH
+                    return _stop(out, R_FLUSH, i, vb)
                 if r == -2:
-                    out[0] = R_NEED_COMMIT
-                    out[1] = i
-                    out[2] = vb
-                    return R_NEED_COMMIT
+                    return _stop(out, R_NEED_COMMIT, i, vb)
                 if r == -3:
                     _event(sp, i, EV_OUT_OF_META, vb)
-                    out[0] = R_NO_META
-                    out[1] = i
-                    out[2] = vb
-                    return R_NO_META
+                    return _stop(out, R_NO_META, i, vb)
                 # no data space
                 if sp.scal[S_OODS] == 0:
                     sp.scal[S_OODS] = 1
@@ -468,10 +465,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                     sp.scal[C_ENOSPC] += 1
                     _fail_block(sp, failed, i, FAILED_ENOSPC)
                     continue
-                out[0] = R_NO_DATA
-                out[1] = i
-                out[2] = vb
-                return R_NO_DATA
+                return _stop(out, R_NO_DATA, i, vb)
         elif op == READ:
             root = dv.root[slot]
             levels = dv.levels[slot]
@@ -494,10 +488,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                 # empty log unless it fits (a full log stops it at its
                 # first mapped block anyway, as the near-reserve runs'
                 # one-row logs do)
-                out[0] = R_FLUSH
-                out[1] = i
-                out[2] = first
-                return R_FLUSH
+                return _stop(out, R_FLUSH, i, first)
             # dm-thin cuts the discard into bios at 1,024-block virtual
             # boundaries; without passdown each one is a
             # dm_thin_remove_range of its whole range, mapped or not: a
@@ -511,34 +502,19 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                 for vb in range(lo, hi):
                     r = _discard_block(sp, dv, slot, vb, i, log, out)
                     if r == -5:
-                        out[0] = R_FLUSH
-                        out[1] = i
-                        out[2] = vb
-                        return R_FLUSH
+                        return _stop(out, R_FLUSH, i, vb)
                     if r == -2:
-                        out[0] = R_NEED_COMMIT
-                        out[1] = i
-                        out[2] = vb
-                        return R_NEED_COMMIT
+                        return _stop(out, R_NEED_COMMIT, i, vb)
                     if r != 0:
                         _event(sp, i, EV_OUT_OF_META, vb)
-                        out[0] = R_NO_META
-                        out[1] = i
-                        out[2] = vb
-                        return R_NO_META
+                        return _stop(out, R_NO_META, i, vb)
                 if empty_rows and out[3] == rows:
                     if out[3] >= log.shape[0]:
-                        out[0] = R_FLUSH
-                        out[1] = i
-                        out[2] = lo
-                        return R_FLUSH
+                        return _stop(out, R_FLUSH, i, lo)
                     _log(log, out, dv.dev_id[slot], lo, -1 - (((hi - lo) << UNMAP_BLOCK_SHIFT) | UNMAP_EMPTY), i)
                     dv.changed[slot] = 1  # (__remove_range: td->changed)
                 lo = hi
-    out[0] = R_DONE
-    out[1] = n
-    out[2] = -1
-    return R_DONE
+    return _stop(out, R_DONE, n, -1)
 
 
 @njit(inline="always", refcount=False)
