@@ -441,3 +441,27 @@ def test_an_abort_fails_the_queued_blocks_of_requests_that_ran(tmp_path):
     assert after["nr_failed_requests"] == base["nr_failed_requests"] + 2
     assert after["bytes_written"] == base["bytes_written"] + 2 * BS
     pool.close()
+
+
+def test_a_failed_pool_errors_its_queued_blocks(tmp_path):
+    """PM_FAIL's set_pool_mode ends with error_retry_list: each queued
+    block fails, with ENOSPC while the pool is out of data space (only
+    PM_WRITE clears pool->out_of_data_space), each counted, and each
+    request with a failed block counted once -- none dropped uncounted."""
+    from thinp import errors
+    from thinp.trace import WRITE
+
+    pool = _full_pool(tmp_path / "p")
+    pool.replay(_trace([(1, WRITE, 20, 2), (1, WRITE, 30, 1), (1, WRITE, 3, 1)]))
+    assert pool.nr_queued == 3
+    before = pool.counters()
+    pool.fail("test: the metadata device died")
+    after = pool.counters()
+    assert pool.nr_queued == 0
+    assert after["nr_enospc"] == before["nr_enospc"] + 3
+    assert after["nr_eio"] == before["nr_eio"]
+    assert after["nr_failed_requests"] == before["nr_failed_requests"] + 2
+    assert pool.status().mode == "fail"
+    with pytest.raises(errors.PoolFailedError):
+        pool.device(1).write(0, 4096)
+    pool.close()

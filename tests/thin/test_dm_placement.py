@@ -881,41 +881,55 @@ def test_range_discard_differs_from_block_by_block(tmp_path):
 #: 1100..2999 -> 1110..3009, 3010..3099 -> 3010..3099
 _CUT_WRITES = [(0, 1100), (3000, 3010), (1100, 3100)]
 #: the discard of vb 500..3499 as dm-thin cuts it into dm_thin_remove_range
-#: calls.  Without passdown: the virtual range, at 1,024-block boundaries
-#: since Linux 6.5 (BIO_PRISON_MAX_RANGE, max_discard_granularity).  With
-#: passdown: the runs of contiguous data blocks (dm_thin_find_mapped_range),
-#: at 1,024-block data boundaries since 6.5 (break_up_discard_bio).
+#: calls.  Since Linux 6.5 the thin device's bios are cut at 1,024-block
+#: virtual boundaries (BIO_PRISON_MAX_RANGE, max_discard_granularity), with
+#: or without passdown.  Without passdown: each bio's range.  With
+#: passdown: the runs of contiguous data blocks in each bio
+#: (dm_thin_find_mapped_range), at 1,024-block data boundaries too
+#: (break_up_discard_bio).
 _CUTS = {
     ("current", False): [(500, 1024), (1024, 2048), (2048, 3072), (3072, 3500)],
     ("halves", False): [(500, 3500)],
-    ("current", True): [(500, 1024), (1024, 1100), (1100, 2038), (2038, 3000), (3000, 3010), (3010, 3072),
-                        (3072, 3100)],
+    ("current", True): [(500, 1024), (1024, 1100), (1100, 2038), (2038, 2048), (2048, 3000), (3000, 3010),
+                        (3010, 3072), (3072, 3100)],
     ("halves", True): [(500, 1100), (1100, 3000), (3000, 3010), (3010, 3100)],
 }
 
 
-def _discard_cuts(path, mode, split, passdown, cuts=None, each=False):
+def _written(path, mode, split, writes):
+    """A thin 1 with ``writes`` (vblock ranges, in order) written and
+    committed, the data blocks following that order: a ThinPool
+    (``mode="pool"``) or a PoolMetadata (sync off) at ``path``."""
     from thinp.thin.pool_metadata import PoolMetadata
 
+    bs = 64 * 1024
+    if mode == "pool":
+        pool = ThinPool.open(path)
+        pool.message("create_thin 1")
+        for lo, hi in writes:
+            pool.device(1).write(lo * bs, (hi - lo) * bs)
+        pool.commit()
+        return pool
+    md = PoolMetadata.open(path / "metadata", split=split)
+    md.sync = False
+    md.create_thin(1)
+    md.commit()
+    for lo, hi in writes:
+        md.write_blocks(1, np.arange(lo, hi))
+    md.commit()
+    return md
+
+
+def _discard_cuts(path, mode, split, passdown, cuts=None, each=False):
     bs = 64 * 1024
     ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False,
                     split=split, discard_passdown=passdown).close()
     if mode == "pool":
-        pool = ThinPool.open(path)
-        pool.message("create_thin 1")
-        for lo, hi in _CUT_WRITES:
-            pool.device(1).write(lo * bs, (hi - lo) * bs)
-        pool.commit()
+        pool = _written(path, mode, split, _CUT_WRITES)
         pool.device(1).discard(500 * bs, 3000 * bs)
         pool.close()
     else:
-        md = PoolMetadata.open(path / "metadata", split=split)
-        md.sync = False
-        md.create_thin(1)
-        md.commit()
-        for lo, hi in _CUT_WRITES:
-            md.write_blocks(1, np.arange(lo, hi))
-        md.commit()
+        md = _written(path, mode, split, _CUT_WRITES)
         if each:
             assert sum(md.remove(1, b) for b, _ in cuts) == 3100 - 500
         else:
@@ -974,3 +988,136 @@ def test_discard_rows_are_cut_at_dms_pieces(split, passdown):
     log[10:, 2] -= TK.UNMAP_SHARED
     log[20:, 3] = 8
     assert MIR._discard_piece_end(log, 0, len(log), split == "halves") == (10 if passdown else 20)
+
+
+def _dm_discard_pieces(md, dev: int, first: int, end: int, split: str, passdown: bool) -> list[tuple[int, int]]:
+    """The reference: dm-thin's dm_thin_remove_range calls for a discard of
+    blocks [first, end) of ``dev`` (PoolMetadata ``md`` as it is before the
+    discard).  dm core cuts a thin's discard into bios at 1,024-block
+    virtual boundaries since Linux 6.5 (``split="halves"`` models older
+    kernels: one bio).  Without passdown each bio is one call, mapped or
+    not (process_discard_cell_no_passdown); with passdown
+    (break_up_discard_bio) each run dm_thin_find_mapped_range finds in the
+    bio -- contiguous vblocks on contiguous data blocks, all shared or
+    none -- is, cut at 1,024-block data boundaries since 6.5."""
+    if first >= end:
+        return []
+    if split == "halves":
+        bios = [(first, end)]
+    else:
+        cuts = list(range((first // 1024 + 1) * 1024, end, 1024))
+        bios = list(zip([first] + cuts, cuts + [end]))
+    if not passdown:
+        return bios
+    snap = md.details(dev).snapshotted_time
+    out = []
+    for lo, hi in bios:
+        v = lo
+        while v < hi:
+            m = md.lookup(dev, v)
+            if m is None:
+                v += 1
+                continue
+            p0, shared = m[0], snap > m[1]
+            e = v + 1
+            while e < hi:
+                n = md.lookup(dev, e)
+                if n is None or n[0] != p0 + (e - v) or (snap > n[1]) != shared:
+                    break
+                e += 1
+            d = p0
+            while v < e:
+                k = e - v if split == "halves" else min(e - v, (d // 1024 + 1) * 1024 - d)
+                out.append((v, v + k))
+                v += k
+                d += k
+    return out
+
+
+#: _unmapped_discards' writes (vblock ranges, in order) and discards (in
+#: blocks: a piece of nothing mapped alone, in its own transaction, then
+#: random ones with long runs across 1,024-block boundaries; the random
+#: ones empty the thin, its subtree losing levels as they go)
+_HOLE_WRITES = [(0, 1500), (2600, 4000), (6000, 6100)]
+_ALL_EMPTY = (1600, 2500)
+
+
+def _random_discards(seed=11) -> list[tuple[int, int]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(4000):
+        b = int(rng.integers(0, 7000))
+        n = int(rng.integers(1, 17)) if rng.random() < 0.97 else int(rng.integers(500, 3000))
+        out.append((b, b + n))
+    return out + [(0, 7000)]
+
+
+def _unmapped_discards(path, mode, split, passdown=False):
+    """The image after each commit of _HOLE_WRITES, the all-unmapped
+    discard, then _random_discards: through ThinPool (``mode="pool"``) or
+    through PoolMetadata.remove_range on _dm_discard_pieces (the reference)."""
+    from thinp.trace import DISCARD, TRACE_DTYPE
+
+    bs = 64 * 1024
+    ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False,
+                    split=split, discard_passdown=passdown).close()
+    images = []
+    batches = [[_ALL_EMPTY], _random_discards()]
+    if mode == "pool":
+        pool = _written(path, mode, split, _HOLE_WRITES)
+        images.append((path / "metadata").read_bytes())
+        for batch in batches:
+            t = np.zeros(len(batch), dtype=TRACE_DTYPE)
+            t["dev_id"] = 1
+            t["op"] = DISCARD
+            t["offset"] = [b * bs for b, _ in batch]
+            t["length"] = [(e - b) * bs for b, e in batch]
+            pool.replay(t)
+            pool.commit()
+            images.append((path / "metadata").read_bytes())
+        pool.close()
+    else:
+        md = _written(path, mode, split, _HOLE_WRITES)
+        images.append((path / "metadata").read_bytes())
+        for batch in batches:
+            for b, e in batch:
+                for lo, hi in _dm_discard_pieces(md, 1, b, e, split, passdown):
+                    md.remove_range(1, lo, hi)
+            md.commit()
+            images.append((path / "metadata").read_bytes())
+        md.close()
+    return images
+
+
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_discards_of_unmapped_pieces_churn_as_dms(tmp_path, split):
+    """Without passdown dm-thin calls dm_thin_remove_range on every piece of
+    a discard, mapped or not: the top-level entry comes out and goes back
+    (shadowing the top-level spine and the metadata bitmap) and the device's
+    details are rewritten at the commit (td->changed).  The pool's discards
+    write the reference's image at every commit, the one of nothing mapped
+    included, and random discards that empty the thin (its subtree losing
+    levels without a block allocated: the mirror's cached subtree height
+    must follow) too; the real thin_check and thin_dump agree."""
+    mine = _unmapped_discards(tmp_path / "pool", "pool", split)
+    ref = _unmapped_discards(tmp_path / "ref", "md", split)
+    assert len(mine) == len(ref) == 3
+    _assert_images_equal(mine, ref)
+    # the discard of nothing mapped changed the metadata, as dm's does
+    assert mine[1] != mine[0]
+    _tools_agree(tmp_path / "pool" / "metadata")
+
+
+@pytest.mark.parametrize("split", ["current", "halves"])
+def test_random_discards_with_passdown_are_dms_removals(tmp_path, split):
+    """With passdown a discard of nothing mapped removes nothing (no run
+    found: dm calls nothing, and the commit writes the image unchanged);
+    random discards remove dm's runs, cut at virtual and data boundaries
+    (the reference finds them with lookups, as dm_thin_find_mapped_range
+    does), down to an empty thin; the real tools agree."""
+    mine = _unmapped_discards(tmp_path / "pool", "pool", split, passdown=True)
+    ref = _unmapped_discards(tmp_path / "ref", "md", split, passdown=True)
+    assert len(mine) == len(ref) == 3
+    _assert_images_equal(mine, ref)
+    assert mine[1] == mine[0]
+    _tools_agree(tmp_path / "pool" / "metadata")

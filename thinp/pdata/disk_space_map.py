@@ -265,7 +265,17 @@ class DiskSpaceMap(RefCounts):
     # ------------------------------------------------------------- commit
     def commit(self) -> SmRoot:
         """sm_disk_commit: write changed bitmaps, index entries and
-        ref counts; returns the root for the superblock."""
+        ref counts; returns the root for the superblock.
+
+        Not dm's yet: the ref-count tree's changes wait for this commit,
+        in block order, while dm's sm_ll_inc/sm_ll_dec make them as each
+        count reaches 3 or changes above it (dm_btree_insert,
+        sm_ll_inc_overflow, __sm_ll_del_overflow), so dm shadows the
+        tree's nodes between the mapping nodes, inside inc_children of the
+        leaf that raised the counts.  A snapshot of a snapshot and a write
+        into each (246 data blocks at 3) puts the tree's new root after
+        every mapping node of the transaction here, right after the second
+        leaf's shadow in dm; what follows it moves by one block."""
         tm = self.tm
         n = self.nr_blocks
         for slot in sorted(self._ie_cache):  # disk_ll_commit: the cache's entries, by slot

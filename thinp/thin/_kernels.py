@@ -184,16 +184,24 @@ def _put_bytes(data, p, bs, in_block, src, src_pos, n):
 #: an unmap's log value is ``-1 - (pblock << UNMAP_BLOCK_SHIFT | flags)``:
 #: the data block it held, whether dm counts it shared (the device's last
 #: snapshot is newer than the block) and whether the pool passes discards
-#: down, from which dm-thin's discard cuts its dm_thin_remove_range calls
+#: down, from which dm-thin's discard cuts its dm_thin_remove_range calls.
+#: With UNMAP_EMPTY the row is a piece of a discard without passdown that
+#: held no mapping (dm still calls dm_thin_remove_range on it), and the
+#: block field is the piece's length in blocks from the row's vblock.
 UNMAP_SHARED = 1
 UNMAP_PASSDOWN = 2
-UNMAP_BLOCK_SHIFT = 2
 #: a row's op index (column 3) carries this bit when the row maps a vblock
 #: that was unmapped (a provision: a new key in dm's btree, not a
 #: replacement), which _mirror.apply_log may then defer within its leaf;
 #: LOG_OP masks the op index out
 LOG_NEW_KEY = 1 << 62
 LOG_OP = LOG_NEW_KEY - 1
+UNMAP_EMPTY = 4
+UNMAP_BLOCK_SHIFT = 3
+#: dm-thin's bio prison range (BIO_PRISON_MAX_RANGE, Linux 6.5 and later):
+#: a discard is cut at multiples of it, virtual blocks without passdown,
+#: data blocks with
+PRISON_RANGE_SHIFT = 10
 
 
 @njit(inline="always", refcount=False)
@@ -208,6 +216,15 @@ def _log(log, out, dev, vb, value, op_index):
     log[k, 2] = value
     log[k, 3] = op_index
     out[3] = k + 1
+
+
+@njit(inline="always", refcount=False)
+def _stop(out, status, i, vb):
+    """End a replay run with ``status`` before block ``vb`` of request ``i``."""
+    out[0] = status
+    out[1] = i
+    out[2] = vb
+    return status
 
 
 @njit(inline="always", refcount=False)
@@ -397,10 +414,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     resume_vb = start_vb
     for i in range(start_op, n):
         if interval > 0 and sp.scal[S_OPS_SINCE_COMMIT] >= interval and resume_vb < 0:
-            out[0] = R_NEED_COMMIT
-            out[1] = i
-            out[2] = -1
-            return R_NEED_COMMIT
+            return _stop(out, R_NEED_COMMIT, i, -1)
         ahead = i + PREFETCH_AHEAD
         if ahead < n and ops[ahead] != DISCARD:
             a_off = np.int64(offsets[ahead])
@@ -445,21 +459,12 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                     _fail_block(sp, failed, i, FAILED_EIO)
                     continue
                 if r == -5:
-                    out[0] = R_FLUSH
-                    out[1] = i
-                    out[2] = vb
-                    return R_FLUSH
+                    return _stop(out, R_FLUSH, i, vb)
                 if r == -2:
-                    out[0] = R_NEED_COMMIT
-                    out[1] = i
-                    out[2] = vb
-                    return R_NEED_COMMIT
+                    return _stop(out, R_NEED_COMMIT, i, vb)
                 if r == -3:
                     _event(sp, i, EV_OUT_OF_META, vb)
-                    out[0] = R_NO_META
-                    out[1] = i
-                    out[2] = vb
-                    return R_NO_META
+                    return _stop(out, R_NO_META, i, vb)
                 # no data space
                 if sp.scal[S_OODS] == 0:
                     sp.scal[S_OODS] = 1
@@ -468,10 +473,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                     sp.scal[C_ENOSPC] += 1
                     _fail_block(sp, failed, i, FAILED_ENOSPC)
                     continue
-                out[0] = R_NO_DATA
-                out[1] = i
-                out[2] = vb
-                return R_NO_DATA
+                return _stop(out, R_NO_DATA, i, vb)
         elif op == READ:
             root = dv.root[slot]
             levels = dv.levels[slot]
@@ -494,32 +496,33 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                 # empty log unless it fits (a full log stops it at its
                 # first mapped block anyway, as the near-reserve runs'
                 # one-row logs do)
-                out[0] = R_FLUSH
-                out[1] = i
-                out[2] = first
-                return R_FLUSH
-            for vb in range(first, end):
-                r = _discard_block(sp, dv, slot, vb, i, log, out)
-                if r == -5:
-                    out[0] = R_FLUSH
-                    out[1] = i
-                    out[2] = vb
-                    return R_FLUSH
-                if r == -2:
-                    out[0] = R_NEED_COMMIT
-                    out[1] = i
-                    out[2] = vb
-                    return R_NEED_COMMIT
-                if r != 0:
-                    _event(sp, i, EV_OUT_OF_META, vb)
-                    out[0] = R_NO_META
-                    out[1] = i
-                    out[2] = vb
-                    return R_NO_META
-    out[0] = R_DONE
-    out[1] = n
-    out[2] = -1
-    return R_DONE
+                return _stop(out, R_FLUSH, i, first)
+            # dm-thin cuts the discard into bios at 1,024-block virtual
+            # boundaries; without passdown each one is a
+            # dm_thin_remove_range of its whole range, mapped or not: a
+            # piece that unmapped nothing gets an UNMAP_EMPTY row (the
+            # mirror joins the pieces again for kernels before 6.5)
+            empty_rows = sp.scal[S_PASSDOWN] == 0
+            lo = first
+            while lo < end:
+                hi = min(end, ((lo >> PRISON_RANGE_SHIFT) + 1) << PRISON_RANGE_SHIFT)
+                rows = out[3]
+                for vb in range(lo, hi):
+                    r = _discard_block(sp, dv, slot, vb, i, log, out)
+                    if r == -5:
+                        return _stop(out, R_FLUSH, i, vb)
+                    if r == -2:
+                        return _stop(out, R_NEED_COMMIT, i, vb)
+                    if r != 0:
+                        _event(sp, i, EV_OUT_OF_META, vb)
+                        return _stop(out, R_NO_META, i, vb)
+                if empty_rows and out[3] == rows:
+                    if out[3] >= log.shape[0]:
+                        return _stop(out, R_FLUSH, i, lo)
+                    _log(log, out, dv.dev_id[slot], lo, -1 - (((hi - lo) << UNMAP_BLOCK_SHIFT) | UNMAP_EMPTY), i)
+                    dv.changed[slot] = 1  # (__remove_range: td->changed)
+                lo = hi
+    return _stop(out, R_DONE, n, -1)
 
 
 @njit(inline="always", refcount=False)

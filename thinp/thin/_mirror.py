@@ -30,7 +30,7 @@ from ..pdata.mapping_tree import (HINT_BITS, NO_BITMAP, PREFETCH_AHEAD, SPACE_TH
                                   descend_hinted, fetch_leaf, inc_data, insert_mapping_cached, leaf_merge, locate_leaf,
                                   node_value, remove_range_scratch, subtree_height)
 from ..pdata.space_map import ENTRIES_PER_BITMAP
-from ._kernels import LOG_NEW_KEY, UNMAP_BLOCK_SHIFT, UNMAP_PASSDOWN, UNMAP_SHARED
+from ._kernels import LOG_NEW_KEY, PRISON_RANGE_SHIFT, UNMAP_BLOCK_SHIFT, UNMAP_EMPTY, UNMAP_PASSDOWN, UNMAP_SHARED
 
 #: rows ahead whose leaf's entries are fetched, its header having landed
 #: (the leaf was located PREFETCH_AHEAD rows ahead)
@@ -88,27 +88,23 @@ def _locate(m64, m32, count, txn, tst, root, dev, vb, halves, ring, rk, s, row, 
     fetch_leaf(m64, m32, b, vb, rk[s, 2], rk[s, 0], rk[s, 1], 0 if ring[s, 1] else -1)
 
 
-#: dm-thin's bio prison range (BIO_PRISON_MAX_RANGE, Linux 6.5 and later):
-#: a discard is cut at multiples of it, virtual blocks without passdown,
-#: data blocks with
-PRISON_RANGE_SHIFT = 10
-
-
 @njit(inline="always", refcount=False)
 def _discard_piece_end(log, k, n, halves):
     """The end (one past) of the rows from ``k`` that dm-thin removes with
     one dm_thin_remove_range: the unmaps of one discard (same request and
-    device).  Without passdown (process_discard_cell_no_passdown) they are
-    the discard's range, cut at 1024-block virtual boundaries by dm since
-    6.5 (max_discard_granularity); with passdown (break_up_discard_bio)
-    each run dm_thin_find_mapped_range finds -- contiguous vblocks mapping
-    contiguous data blocks, all shared or none -- cut at 1024-block data
-    boundaries since 6.5.  ``halves`` (kernels before 5.14, so before 6.5
+    device).  Since 6.5 dm cuts a thin device's discard into bios at
+    1024-block virtual boundaries (thin_ctr's max_discard_granularity,
+    thin_io_hints' max_discard_sectors: dm core's __max_io_len), with or
+    without passdown.  Without passdown (process_discard_cell_no_passdown)
+    each bio's range is one removal; with passdown (break_up_discard_bio)
+    each run dm_thin_find_mapped_range finds in the bio -- contiguous
+    vblocks mapping contiguous data blocks, all shared or none -- cut at
+    1024-block data boundaries too.  ``halves`` (kernels before 5.14, so before 6.5
     too): no 1024 cut.  The rows of a discard hold every block it unmapped,
-    so the range from the first row's vblock to one past the last holds no
-    other mapping.  (Not dm's yet: a discard of nothing mapped, which dm
-    still passes through __remove_range without passdown; a discard cut by
-    a full log, over 65,536 unmapped blocks, or near the metadata
+    and without passdown an UNMAP_EMPTY row for each 1024-block piece that
+    unmapped nothing, so the range from the first row's vblock to the last
+    row's end (_row_end) holds no other mapping.  (Not dm's yet: a discard
+    cut by a full log, over 65,536 unmapped blocks, or near the metadata
     reserve, where the pool applies rows one at a time.)"""
     x = -1 - log[k, 2]
     passdown = (x & UNMAP_PASSDOWN) != 0
@@ -122,7 +118,7 @@ def _discard_piece_end(log, k, n, halves):
                 break
             if not halves and (py >> PRISON_RANGE_SHIFT) != ((x >> UNMAP_BLOCK_SHIFT) >> PRISON_RANGE_SHIFT):
                 break
-        elif not halves and (log[j, 1] >> PRISON_RANGE_SHIFT) != (log[k, 1] >> PRISON_RANGE_SHIFT):
+        if not halves and (log[j, 1] >> PRISON_RANGE_SHIFT) != (log[k, 1] >> PRISON_RANGE_SHIFT):
             break
         j += 1
     return j
@@ -222,6 +218,14 @@ def _flush_around(m64, m32, count, log, nxt, kbuf, vbuf, act, nact, leaf, parent
             return
     if pi + 1 < nr:
         _flush(m64, m32, log, np.int64(node_value(m64, m32, parent, pi + 1)), nxt, kbuf, vbuf)
+@njit(inline="always", refcount=False)
+def _row_end(log, j):
+    """One past the last vblock unmap row ``j`` covers: its own, or an
+    UNMAP_EMPTY piece's end."""
+    x = -1 - log[j, 2]
+    if x & UNMAP_EMPTY:
+        return log[j, 1] + (x >> UNMAP_BLOCK_SHIFT)
+    return log[j, 1] + 1
 
 
 @njit
@@ -408,10 +412,14 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             ver += 1
             past = _discard_piece_end(log, k, n, halves)
             r = remove_range_scratch(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
-                                     dfree, dst, sp, loc, root, dev, vb, log[past - 1, 1] + 1, halves, res)
+                                     dfree, dst, sp, loc, root, dev, vb, _row_end(log, past - 1), halves, res)
             if r == -3:
                 r = -1
             removed += res[1]
+            # a removal can take a level off the subtree without allocating
+            # (its root's only child, already shadowed, becomes the root):
+            # _sub finds the root and height again
+            sh[2] = -1
         if r < 0:
             # the operation itself failed part-way: a real metadata failure
             _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)

@@ -1275,10 +1275,18 @@ class ThinPool:
         errors with :class:`~thinp.errors.PoolFailedError` (EIO), nothing is
         committed again, status shows ``fail``.  dm-thin enters it when the
         metadata device itself fails; thinp's engine does so when it cannot
-        record needs_check, and tests call this to model a dead device."""
+        record needs_check, and tests call this to model a dead device.
+        The blocks queued for data space fail as set_pool_mode's
+        error_retry_list fails them: with ENOSPC while the pool is out of
+        data space (pool->out_of_data_space stays set), else EIO, each
+        counted, and each request with a failed block once."""
         self._failed = True
         self._fail_mode = str(reason)
-        self._queue.clear()
+        md = self._md
+        if md is not None and md.sp is not None:
+            self._error_queue(nospc=bool(md.sp.scal[TK.S_OODS]))
+        else:
+            self._queue.clear()
 
     def _punch_passdown(self) -> None:
         sp = self._md.sp
@@ -1943,9 +1951,7 @@ class ThinPool:
         failed, or went out of metadata space, when the blocks not yet
         retried go back to the queue and fail as dm's error_retry_list
         fails them (ENOSPC while out of data space, else EIO)."""
-        if self._fail_mode or self._failed:
-            return True
-        if self._ooms:
+        if self._fail_mode or self._failed or self._ooms:
             self._queue = pending[k:] + self._queue
             self._error_queue(nospc=bool(self._md.sp.scal[TK.S_OODS]))
             return True
@@ -1992,9 +1998,10 @@ class ThinPool:
                     except BaseException:
                         if not (self._fail_mode or self._failed):
                             self._queue = pending[k + 1:] + self._queue
-                        elif self._failed and not self._fail_mode:
-                            # an abort in this retry: the blocks not retried
-                            # yet, this one included, fail as the queue did
+                        else:
+                            # an abort in this retry, or the pool failed: the
+                            # blocks not retried yet, this one included, fail
+                            # as the queue did
                             self._queue = pending[k:] + self._queue
                             self._error_queue(nospc=False)
                         raise
