@@ -72,12 +72,23 @@ def _take(count, committed, free, txn, kind, fresh, tst, b, k):
 
 @njit(inline="always", refcount=False)
 def _alloc(m64, count, committed, free, txn, kind, fresh, tst):
+    b = _alloc_for_copy(m64, count, committed, free, txn, kind, fresh, tst)
+    if b >= 0:
+        for w in range(512):
+            m64[b, w] = 0
+    return b
+
+
+@njit(inline="always", refcount=False)
+def _alloc_for_copy(m64, count, committed, free, txn, kind, fresh, tst):
+    """:func:`_alloc` for a caller that overwrites all 4 KiB of the block
+    at once (a shadow's copy): the block is not zeroed first (3,750
+    leaf shadows of a commit after CoW stored 15 MB of zeros for
+    nothing)."""
     b = _find_free(free, tst[0], tst[ST_NO_WRAP] == 0)
     if b < 0:
         return -1
     _take(count, committed, free, txn, kind, fresh, tst, b, KIND_BTREE)
-    for w in range(512):
-        m64[b, w] = 0
     # dm shadows the metadata bitmap holding b's count at the first change
     # of one of its counts in the transaction: its copy takes the next free
     # block (tst[3] bitmaps, their blocks from tst[4]; the commit writes it;
@@ -100,7 +111,7 @@ DST_BITMAPS = 4
 def _copy_block(m64, count, committed, free, txn, kind, fresh, tst, old, k):
     """dm_tm_shadow_block of an unshared block with no children to count:
     a copy in the next free block, the original losing its reference."""
-    nb = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
+    nb = _alloc_for_copy(m64, count, committed, free, txn, kind, fresh, tst)
     if nb < 0:
         return -1
     kind[nb] = k
@@ -341,7 +352,7 @@ def _shadow(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dco
     shared = count[b] > 1
     if txn[b] and not shared:
         return b
-    nb = _alloc(m64, count, committed, free, txn, kind, fresh, tst)
+    nb = _alloc_for_copy(m64, count, committed, free, txn, kind, fresh, tst)
     if nb < 0:
         return -1
     _dec(count, committed, free, b)
@@ -2097,19 +2108,26 @@ def collect_ref_count_changes(count, committed, bitmaps, blocks_out, counts_out,
     k = 0
     for j in range(bitmaps.shape[0]):
         lo = bitmaps[j] * ENTRIES_PER_BITMAP
-        hi = min(n, lo + ENTRIES_PER_BITMAP)
-        d = 0
-        for b in range(lo, hi):
-            c = count[b]
-            o = committed[b]
-            if c != o:
-                d = 1
-                if c >= 3 or o >= 3:
-                    blocks_out[k] = b
-                    counts_out[k] = c
-                    k += 1
-        has_diff[j] = d
+        k, has_diff[j] = _collect_range(count, committed, lo, min(n, lo + ENTRIES_PER_BITMAP), blocks_out,
+                                        counts_out, k)
     return k
+
+
+@njit(inline="always", refcount=False)
+def _collect_range(count, committed, lo, hi, blocks_out, counts_out, k):
+    """:func:`collect_ref_count_changes` over blocks ``lo..hi``, appending
+    at ``k``: returns (the new ``k``, 1 when any count there moved)."""
+    d = 0
+    for b in range(lo, hi):
+        c = count[b]
+        o = committed[b]
+        if c != o:
+            d = 1
+            if c >= 3 or o >= 3:
+                blocks_out[k] = b
+                counts_out[k] = c
+                k += 1
+    return k, d
 
 
 @njit(refcount=False)
@@ -2190,4 +2208,66 @@ def overwrite_entries_in_place(m64, m32, count, txn, root, keys, ie64, halves, k
                 return k
             b = np.int64(m64[b, HDR + mx + i])
         k += 1
+    return k
+
+
+# ------------------------------------------- a space map's flagged bitmaps
+@njit(refcount=False)
+def sealable(txn, kind, count, bitmaps, out):
+    """The blocks of the flagged ``bitmaps`` written in this transaction
+    (``txn``), with a validator (``kind``) and still in use (``count``),
+    ascending, into ``out``; returns how many (a commit's dirty blocks:
+    every one was allocated, so its bitmap is flagged)."""
+    n = count.shape[0]
+    k = 0
+    for j in range(bitmaps.shape[0]):
+        lo = bitmaps[j] * ENTRIES_PER_BITMAP
+        for b in range(lo, min(n, lo + ENTRIES_PER_BITMAP)):
+            if txn[b] != 0 and kind[b] != 0 and count[b] != 0:
+                out[k] = b
+                k += 1
+    return k
+
+
+@njit(refcount=False)
+def settle_bitmaps(count, committed, free, bitmaps):
+    """A space map's commit, last part: over the flagged ``bitmaps`` the
+    counts now become the committed ones and ``free`` says which are 0."""
+    n = count.shape[0]
+    for j in range(bitmaps.shape[0]):
+        lo = bitmaps[j] * ENTRIES_PER_BITMAP
+        for b in range(lo, min(n, lo + ENTRIES_PER_BITMAP)):
+            c = count[b]
+            committed[b] = c
+            free[b] = c == 0
+
+
+@njit(refcount=False)
+def commit_ready_bitmaps(m64, count, committed, free, bitmaps, ready, ie64, blocks_out, counts_out, has_diff, out):
+    """The data space map's commit, first pass, over its flagged
+    ``bitmaps``: :func:`collect_ref_count_changes`, and for each bitmap
+    whose block this transaction has shadowed already (``ready[j]`` 1; 2:
+    only when one of its counts moved) the rest of its commit while its
+    counts are in cache: :func:`write_bitmaps`' writing of its block and
+    index entry, then :func:`settle_bitmaps` (``ready[j]`` is set to 3
+    when done).  Nothing here allocates, so the bitmaps are written as
+    they would be after the ref-count tree's update.  Returns how many
+    blocks went to ``blocks_out``."""
+    n = count.shape[0]
+    k = 0
+    for j in range(bitmaps.shape[0]):
+        i = bitmaps[j]
+        lo = i * ENTRIES_PER_BITMAP
+        hi = min(n, lo + ENTRIES_PER_BITMAP)
+        k, d = _collect_range(count, committed, lo, hi, blocks_out, counts_out, k)
+        has_diff[j] = d
+        if ready[j] == 1 or (ready[j] == 2 and d):
+            w = ie64[i, 1]
+            write_bitmap(m64, np.int64(ie64[i, 0]), count, committed, lo, hi, np.int64(w >> np.uint64(32)), out)
+            ie64[i, 1] = np.uint64(out[0]) | (np.uint64(out[1]) << np.uint64(32))
+            for b in range(lo, hi):
+                c = count[b]
+                committed[b] = c
+                free[b] = c == 0
+            ready[j] = 3
     return k

@@ -38,7 +38,6 @@ class DiskSpaceMap(RefCounts):
         #: as the mapping trees' (dm-btree.c's insert serves every tree;
         #: kernels before 5.15 and thin_restore 0.9.0 split even halves)
         self.split = split
-        self._scratch = np.zeros((2, 0), dtype=np.int64)
         self.bitmap_root = 0
         self.ref_count_root = 0
         self.index_entries = np.zeros(0, dtype=INDEX_ENTRY_DTYPE)
@@ -129,7 +128,7 @@ class DiskSpaceMap(RefCounts):
         if not bw.overwrite_in_place(tm, self.bitmap_root, i, v, split=self.split):
             self.bitmap_root, _ = bw.insert(tm, self.bitmap_root, [i], v, INDEX_VALUE, split=self.split)
 
-    def _write_bitmaps(self, bitmaps: np.ndarray) -> None:
+    def _write_bitmaps(self, bitmaps: np.ndarray, written=None) -> None:
         """:meth:`_write_bitmap` for each of ``bitmaps`` (ascending), the
         same allocations in the same order, in few kernel calls: a bitmap
         this transaction has shadowed already is shadowed again as itself
@@ -138,9 +137,13 @@ class DiskSpaceMap(RefCounts):
         first that needs dm's insert (which may allocate: it goes through
         the btree module, then the kernel goes on).  Writing the bitmaps
         before the entries changes no allocation: neither allocates, and
-        the inserts change only metadata counts, not these blocks'."""
+        the inserts change only metadata counts, not these blocks'.
+        ``written``: bitmaps whose blocks and entries :meth:`_first_pass`
+        wrote already (their index entries are still saved here)."""
         from ._btree_kernels import overwrite_entries_in_place, write_bitmaps
 
+        if not len(bitmaps):
+            return
         tm = self.tm
         blk = tm.bm.blocks
         m64, m32 = blk.view(np.uint64), blk.view(np.uint32)
@@ -158,7 +161,9 @@ class DiskSpaceMap(RefCounts):
                 continue
             e = j + int(np.argmin(ready[j:])) if not ready[j:].all() else n
             run = bitmaps[j:e]
-            write_bitmaps(m64, self.count, self.committed, self.nr_blocks, run, ie64, out)
+            todo = run if written is None or not len(written) else run[~np.isin(run, written)]
+            if len(todo):
+                write_bitmaps(m64, self.count, self.committed, self.nr_blocks, todo, ie64, out)
             k = 0
             while k < len(run):
                 k = overwrite_entries_in_place(m64, m32, tm.count, tm.txn, self.bitmap_root, run, ie64, halves, k)
@@ -263,6 +268,35 @@ class DiskSpaceMap(RefCounts):
         self.free[back] = True  # allocated and released in this transaction
 
     # ------------------------------------------------------------- commit
+    def _first_pass(self):
+        """:meth:`ref_count_changes` in one pass with the whole commit of
+        every flagged bitmap already shadowed in this transaction (its
+        block and index entry written, its counts settled: the counts are
+        read once, not three times; after CoW of a snapshot, 62 bitmaps of
+        16,320 counts).  Returns (blocks, counts, bitmaps whose counts
+        moved, the bitmaps done here)."""
+        from ._btree_kernels import commit_ready_bitmaps
+
+        flagged = self.flagged_bitmaps()
+        if not len(flagged):
+            return self._scratch[0][:0], self._scratch[1][:0], [], flagged
+        room = len(flagged) * ENTRIES_PER_BITMAP
+        if len(self._scratch[0]) < room:
+            self.ref_count_changes()  # (sizes the scratch)
+        blocks, counts = self._scratch
+        tm = self.tm
+        old = self.index_entries["blocknr"][flagged].astype(np.int64)
+        ready = ((tm.txn[old] != 0) & (tm.count[old] == 1)).astype(np.uint8)
+        if self._shadowed:
+            ready[ready != 0] = [1 if i in self._shadowed else 2 for i in flagged[ready != 0].tolist()]
+        else:
+            ready[ready != 0] = 2
+        has_diff = np.zeros(len(flagged), dtype=np.uint8)
+        k = commit_ready_bitmaps(tm.bm.blocks.view(np.uint64), self.count, self.committed, self.free, flagged, ready,
+                                 self.index_entries.view(np.uint64).reshape(-1, 2), blocks, counts, has_diff,
+                                 np.zeros(2, dtype=np.int64))
+        return blocks[:k], counts[:k], flagged[has_diff != 0].tolist(), flagged[ready == 3]
+
     def commit(self) -> SmRoot:
         """sm_disk_commit: write changed bitmaps, index entries and
         ref counts; returns the root for the superblock.
@@ -281,21 +315,12 @@ class DiskSpaceMap(RefCounts):
         for slot in sorted(self._ie_cache):  # disk_ll_commit: the cache's entries, by slot
             self._save_ie(self._ie_cache[slot])
         self._ie_cache.clear()
+        done = None
         if self.fast:
-            from ._btree_kernels import collect_ref_count_changes
-
-            flagged = np.flatnonzero(self.changed).astype(np.int64)
-            room = len(flagged) * ENTRIES_PER_BITMAP
-            if self._scratch.shape[1] < room:  # kept between commits: fresh pages cost more than the pass
-                self._scratch = np.empty((2, room), dtype=np.int64)
-            blocks, counts = self._scratch[0], self._scratch[1]
-            has_diff = np.zeros(len(flagged), dtype=np.uint8)
-            k = collect_ref_count_changes(self.count, self.committed, flagged, blocks, counts, has_diff)
-            bitmaps = flagged[has_diff != 0].tolist()
+            blocks, counts, bitmaps, done = self._first_pass()
             if self._shadowed:
                 bitmaps = sorted(set(bitmaps) | self._shadowed)
-            self.ref_count_root = tm.update_ref_counts(self.ref_count_root, blocks[:k], counts[:k],
-                                                       self.split == "halves")
+            self.ref_count_root = tm.update_ref_counts(self.ref_count_root, blocks, counts, self.split == "halves")
         else:
             changed, bitmaps = self.changed_blocks()
             if self._shadowed:
@@ -310,13 +335,13 @@ class DiskSpaceMap(RefCounts):
                 else:
                     self.ref_count_root, _ = bw.remove(tm, self.ref_count_root, [b], COUNT_VALUE)
         if self.fast:
-            self._write_bitmaps(np.asarray(bitmaps, dtype=np.int64))
+            self._write_bitmaps(np.asarray(bitmaps, dtype=np.int64), done)
         else:
             for i in bitmaps:
                 self._write_bitmap(i)
         self._shadowed.clear()
         cursor = self.begin
-        self.settle()
+        self.settle(done)
         if self.tm.rolling_cursor:
             self.begin = cursor  # 5.14+: sm_disk_commit no longer restarts it at 0
         return SmRoot(n, self.nr_allocated, self.bitmap_root, self.ref_count_root)

@@ -338,19 +338,23 @@ class TransactionManager(RefCounts):
         return self.nr_allocs - self.allocs_at_begin
 
     # ------------------------------------------------------------ commit
-    def seal_dirty(self) -> list[int]:
+    def seal_dirty(self) -> np.ndarray:
         """Stamp location and checksum on every block written this
-        transaction that is still in use; returns them."""
+        transaction that is still in use; returns them (int64, ascending)."""
+        from ._btree_kernels import sealable
+
         # a block of this transaction was allocated, so its bitmap is flagged
-        parts = [lo + np.flatnonzero((self.txn[lo:hi] != 0) & (self.kind[lo:hi] != 0) & (self.count[lo:hi] != 0))
-                 for _, lo, hi in self.flagged()]
-        out = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        flagged = self.flagged_bitmaps()
+        out = np.empty(len(flagged) * ENTRIES_PER_BITMAP, dtype=np.int64)
+        out = out[:sealable(self.txn, self.kind, self.count, flagged, out)]
         self.bm.seal_many(out, self.kind[out])
-        return out.tolist()
+        return out
 
     def end_transaction(self) -> None:
         cursor = self.begin
-        for _, lo, hi in self.settle():
+        n = self.nr_blocks
+        for i in self.settle().tolist():
+            lo, hi = i * ENTRIES_PER_BITMAP, min(n, (i + 1) * ENTRIES_PER_BITMAP)
             self.bm.fresh[lo:hi] = 0
             self.txn[lo:hi] = 0
             self.kind[lo:hi] = 0
@@ -397,8 +401,7 @@ class TransactionManager(RefCounts):
         out = np.zeros(1, dtype=np.int64)
         r = BK.update_ref_counts(blk.view(np.uint64), blk.view(np.uint32), self.count, self.committed, self.free,
                                  self.txn, self.kind, self.bm.fresh, self.st, np.int64(root),
-                                 np.ascontiguousarray(blocks, dtype=np.int64),
-                                 np.ascontiguousarray(counts, dtype=np.int64), bool(halves), out)
+                                 _kernel_array(blocks, np.int64), _kernel_array(counts, np.int64), bool(halves), out)
         if r < 0:
             raise errors.NoSpaceError(f"out of metadata space: all {self.nr_blocks} metadata blocks are in use")
         return int(out[0])
@@ -417,11 +420,10 @@ class TransactionManager(RefCounts):
         # dm shadows the index block at the commit when a count changed
         any_change = bool(self.changed.any())
         while True:
-            changed, bitmaps = self.changed_blocks()
-            moved = False
             # counts >= 3 (or that were) go to the ref-count tree
+            cand, _, bitmaps = self.ref_count_changes()
+            moved = False
             todo_b, todo_c = [], []
-            cand = changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]
             if done_rc:  # entries set at once, whose counts may have moved back since
                 cand = np.union1d(cand, np.fromiter(done_rc, dtype=np.int64))
             for b in cand.tolist():
@@ -457,15 +459,29 @@ class TransactionManager(RefCounts):
             if not moved:
                 break
         # now write them: bitmaps and index entries from the final counts
-        for i in sorted(set(self.changed_blocks()[1]) | {i for i, b in enumerate(self.bitmap_blocks) if self.txn[b]}):
-            lo = i * ENTRIES_PER_BITMAP
-            b = self.bitmap_blocks[i]
-            write_bitmap_entry(self.bm.raw(b), self.index_entries[i:i + 1], self.count[lo:lo + ENTRIES_PER_BITMAP],
-                               self.committed[lo:min(self.nr_blocks, lo + ENTRIES_PER_BITMAP)], b)
+        # (the last pass moved nothing, so its bitmaps are the final ones),
+        # in one kernel call
+        from ._btree_kernels import write_bitmaps
+
+        blocks = self.bitmap_blocks
+        todo = np.union1d(np.asarray(bitmaps, dtype=np.int64), np.flatnonzero(self.txn[blocks])).astype(np.int64)
+        if len(todo):
+            self.index_entries["blocknr"][todo] = blocks[todo]
+            write_bitmaps(self.bm.blocks.view(np.uint64), self.count, self.committed, self.nr_blocks, todo,
+                          self.index_entries.view(np.uint64).reshape(-1, 2), np.zeros(2, dtype=np.int64))
         idx = self.bm.raw(self.index_block)
         idx[16:] = 0
         idx[16:16 + 16 * len(self.index_entries)] = self.index_entries.view(np.uint8)
         return SmRoot(self.nr_blocks, self.nr_used, self.index_block, self.ref_count_root)
+
+
+def _kernel_array(a, dtype) -> np.ndarray:
+    """``a`` as a contiguous array of ``dtype``, or of uint32 when it is
+    one already (:meth:`RefCounts.ref_count_changes`' half-width blocks
+    and counts: one more compiled signature, no copy)."""
+    if isinstance(a, np.ndarray) and a.dtype == np.uint32:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def write_bitmap_entry(blk: np.ndarray, ie: np.ndarray, cur: np.ndarray, old: np.ndarray, b: int) -> None:

@@ -27,6 +27,7 @@ the only place that packs or unpacks it).
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,6 +62,13 @@ def unpack_block_time(v):
     return int(v) >> TIME_BITS, int(v) & TIME_MASK
 
 
+#: the superblock's fields (see the layout above): bytes 4..63, the two
+#: space-map roots (32 bytes each, at 64 and 192), bytes 320..363
+_SB_HEAD = struct.Struct("<4xI8x16sQIIQQ")
+_SM_ROOTS = struct.Struct("<4Q96x4Q")
+_SB_TAIL = struct.Struct("<QQIIQIII")
+
+
 @dataclass
 class Superblock:
     flags: int = 0
@@ -92,28 +100,18 @@ class Superblock:
                    incompat_flags=u32(360))
 
     def pack(self, blk: np.ndarray) -> None:
-        """Write every field into ``blk`` (zeroed first); the caller seals it."""
+        """Write every field into ``blk`` (zeroed first); the caller seals it.
+        Three ``struct`` calls (a numpy view per field cost ~15 us, twice a
+        commit)."""
         blk[:] = 0
-
-        def put(o, v, t):
-            blk[o:o + np.dtype(t).itemsize].view(t)[0] = v
-        put(4, self.flags, "<u4")
-        blk[16:32] = np.frombuffer(self.uuid.ljust(16, b"\0")[:16], dtype=np.uint8)
-        put(32, THIN_SUPERBLOCK_MAGIC, "<u8")
-        put(40, self.version, "<u4")
-        put(44, self.time, "<u4")
-        put(48, self.trans_id, "<u8")
-        put(56, self.held_root, "<u8")
-        self.data_sm_root.pack(blk[64:192])
-        self.metadata_sm_root.pack(blk[192:320])
-        put(320, self.data_mapping_root, "<u8")
-        put(328, self.device_details_root, "<u8")
-        put(336, self.data_block_size, "<u4")
-        put(340, self.metadata_block_size, "<u4")
-        put(344, self.metadata_nr_blocks, "<u8")
-        put(352, self.compat_flags, "<u4")
-        put(356, self.compat_ro_flags, "<u4")
-        put(360, self.incompat_flags, "<u4")
+        d, m = self.data_sm_root, self.metadata_sm_root
+        _SB_HEAD.pack_into(blk, 0, self.flags, self.uuid, THIN_SUPERBLOCK_MAGIC, self.version, self.time,
+                           self.trans_id, self.held_root)
+        _SM_ROOTS.pack_into(blk, 64, d.nr_blocks, d.nr_allocated, d.bitmap_root, d.ref_count_root,
+                            m.nr_blocks, m.nr_allocated, m.bitmap_root, m.ref_count_root)
+        _SB_TAIL.pack_into(blk, 320, self.data_mapping_root, self.device_details_root, self.data_block_size,
+                           self.metadata_block_size, self.metadata_nr_blocks, self.compat_flags,
+                           self.compat_ro_flags, self.incompat_flags)
 
     @property
     def nr_data_blocks(self) -> int:

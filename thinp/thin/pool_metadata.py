@@ -739,7 +739,7 @@ class PoolMetadata:
         tm.kind[tm.index_block] = KIND_INDEX
         written = tm.seal_dirty()
         wait = before_flush() if before_flush is not None else None
-        if self.sync and self.bm.fd >= 0 and self.bm.mm is not None and written:
+        if self.sync and self.bm.fd >= 0 and self.bm.mm is not None and len(written):
             # barrier 1: every block the new superblock references is on
             # disk before it.  One fdatasync writes back all the file's dirty
             # pages, those dirtied through the shared mapping included (on
