@@ -599,7 +599,7 @@ class _HungRemoval(vt.RealSetup):
 
 def test_a_hung_removal_costs_the_run_and_every_container_is_still_removed(monkeypatch):
     monkeypatch.setattr(vt, "drop_caches", lambda: None)
-    monkeypatch.setattr(vt, "concurrently", lambda calls: 0.125 + len(calls))
+    monkeypatch.setattr(vt, "concurrently", lambda calls, detail=None: 0.125 + len(calls))
     real = _HungRemoval(bad=2)
     with pytest.raises(vt.RealRunError, match="zfs destroy -f p/ctr2 did not finish"):
         real.measure("start", "zfs", 4)
