@@ -1096,7 +1096,7 @@ def summary(rows: list[dict]) -> dict:
     groups = decided = ok_rank = ok_rank_all = 0
     pairs = pairs_ok = 0
     verdicts = {"within": 0, "within noise": 0, "miss": 0}
-    noisy = total = median_within = 0
+    noisy = total = median_within = unpaired = 0
     for _key, g in groupby(rows, key=lambda x: (x["case"], x["n"])):
         g = [x for x in g if x["measured_s"] is not None]
         if len(g) < 2:
@@ -1127,23 +1127,27 @@ def summary(rows: list[dict]) -> dict:
             verdicts[v] += 1
             total += 1
             noisy += lo > 0 and hi / lo > REL_TARGET
+            unpaired += x.get("rel_paired") is False
             median_within += 1 / REL_TARGET <= x["predicted_rel"] / mr <= REL_TARGET
     return {"groups": groups, "decided_groups": decided, "same_ranking": ok_rank,
             "same_ranking_all_groups": ok_rank_all, "pairs_decided": pairs, "pairs_agree": pairs_ok,
             "rel_rows": total, "rel_within_1_5x": verdicts["within"], "rel_noisy": noisy,
             "rel_within_noise": verdicts["within noise"], "rel_miss": verdicts["miss"],
-            "rel_median_within_1_5x": median_within}
+            "rel_median_within_1_5x": median_within, "rel_unpaired": unpaired}
 
 
 def summary_sentence(s: dict) -> str:
     """:func:`summary` in words (the README's and the CLI's)."""
     noisy = s.get("rel_noisy", 0)
+    how = "the median of its runs each divided by the overlay2 runs just before and after it"
+    if s.get("rel_unpaired"):
+        how += (f"; in {s['rel_unpaired']} rows, measured before the runs were paired, the ratio of the "
+                f"medians, its range the middle runs' ranges against each other")
     return (f"The measured order is decided beyond the runs' spread in {s['decided_groups']} of "
             f"{s['groups']} case/N groups, and the model orders those the same in {s['same_ranking']} "
             f"(all groups: {s['same_ranking_all_groups']} of {s['groups']}). Of the driver pairs whose "
             f"measured order is decided, the model orders {s['pairs_agree']} of {s['pairs_decided']} "
-            f"alike. Each driver's time relative to overlay2 (the median of its runs each divided by the "
-            f"overlay2 runs just before and after it) is within 1.5x of the measured ratio in "
+            f"alike. Each driver's time relative to overlay2 ({how}) is within 1.5x of the measured ratio in "
             f"{s['rel_within_1_5x']} of {s['rel_rows']} rows and misses in {s.get('rel_miss', 0)}; "
             f"{noisy} rows are noisy -- the middle half of their measured ratios spans more than 1.5x, "
             f"so they are not counted as passes -- and of those the prediction is within 1.5x of "
@@ -1203,6 +1207,10 @@ def markdown(rows: list[dict], drivers=DRIVERS) -> str:
                 "overlay2 runs just before and after it] / predicted. miss: not within 1.5x; noise: the measured ratios' "
                 "middle half spans more than 1.5x, so the row is no pass, and the prediction is within 1.5x "
                 "of that range."]
+    if any(x.get("rel_paired") is False and x["driver"] != "overlay2" and x.get("measured_rel") is not None
+           for x in rows):
+        out[-1] += (" Rows measured before the runs were paired: the ratio of the medians, its range the "
+                    "middle runs' ranges against each other (lowest over highest, highest over lowest).")
     # how the real side made what it measured, where a row says (once each)
     notes = dict.fromkeys(f"{x['driver']} {x['case']}: {x['note']}" for x in rows
                           if x.get("measured_s") is not None and x.get("note"))
