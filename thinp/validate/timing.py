@@ -69,8 +69,9 @@ BIG_FILES, BIG_BYTES = 16, 16 * MiB
 SMALL_FILES, SMALL_DIRS, SMALL_BYTES = 400, 8, 4096
 APPENDS_SMALL, APPENDS_BIG = 2000, 512
 TREE_DEPTH = 8
-#: real runs per cell; the drivers take turns within each round, so a
-#: change of the machine's load falls on every driver alike
+#: real runs per cell, in rounds where each driver's run sits between two
+#: overlay2 runs (:func:`round_order`), so a change of the machine's load
+#: falls on a run and the overlay2 runs it is divided by alike
 REPS = 5
 
 
