@@ -903,8 +903,8 @@ def rel_spread(row: dict, base: dict | None) -> tuple[float | None, float | None
 def rel_verdict(predicted_rel: float, measured_rel: float, lo: float, hi: float) -> str:
     """How a row meets the ratio target (:data:`REL_TARGET`, 1.5x):
 
-    * ``"noisy"`` rows first: where the measured ratio's middle runs span
-      more than 1.5x (``hi / lo > 1.5``), the measurement cannot tell 1.5x
+    * a *noisy* row first -- one whose measured ratio's middle runs span
+      more than 1.5x (``hi / lo > 1.5``): the measurement cannot tell 1.5x
       apart, and the row is not counted a pass whatever the prediction:
       ``"within noise"`` when the predicted ratio is within 1.5x of some
       ratio in that range (``lo / 1.5 <= predicted <= hi * 1.5``), else
