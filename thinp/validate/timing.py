@@ -446,12 +446,15 @@ def _worker(fn, args, go_fd, done_fd, q):
         # all runnable at once (poll waiters are woken together)
         if not select.select([go_fd], [], [], 120)[0]:
             raise RealRunError("not released in 120 s")
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         fn(*args)
         t1 = time.perf_counter()
         r1 = resource.getrusage(resource.RUSAGE_SELF)
-        q.put((t0, t1, (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime),
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in ((r0, r1), (c0, c1)))
+        q.put((t0, t1, cpu,
                r1.ru_nivcsw - r0.ru_nivcsw, r1.ru_nvcsw - r0.ru_nvcsw, r1.ru_minflt - r0.ru_minflt))
     except BaseException as e:      # the parent must hear of it, not wait
         q.put(f"{type(e).__name__}: {e}")
@@ -464,7 +467,8 @@ def concurrently(calls, detail: dict | None = None) -> float:
     """Run each ``(fn, args)`` in its own process, all released together;
     seconds from the first start to the last end.  ``detail``, when given,
     is filled with what the processes' own ``getrusage`` says of their
-    timed part: ``cpu_s`` (user and system CPU, summed), ``preempted``
+    timed part: ``cpu_s`` (user and system CPU, summed, with that of the
+    commands they ran: ``cp``, ``zfs``), ``preempted``
     (involuntary context switches: another task took the core) and
     ``waits`` (voluntary ones: a lock, the device, a page), ``faults``
     (minor page faults: a forked process's copy-on-write among them).
