@@ -870,10 +870,17 @@ def round_order(live: list[str], rep: int) -> list[tuple[str, bool]]:
 def paired_rel(row: dict) -> list[float]:
     """The row's runs each divided by the overlay2 runs beside it
     (:func:`round_order`): the geometric mean of the one before and the one
-    after, or the one there was.  On the shared 2-vCPU machine at load 5
-    (2026-12-07, append-big and read-big at N = 1 and 4, 9 rounds), the
-    middle half of these ratios spanned 1.9x (geometric mean over the 12
-    rows), against 2.3x dividing by the run before alone."""
+    after, or the one there was.  Measured on the shared 2-vCPU machine at
+    load 4.5-15 (2026-12-07 10:21-10:49 UTC, all 54 rows, 9 rounds; other
+    sessions' work coming and going), the 3rd to 7th of these ratios
+    spanned 2.02x (geometric mean over the rows) against 2.34x dividing
+    by the overlay2 run before alone, 2.08x by overlay2 runs half a cell
+    away, and 2.63x for the ratio of the medians with each median's like
+    interval (3rd-7th of 9, 10th-19th of 28 overlay2 runs).  So there the
+    noise was mostly run by run (slow runs were preempted: wall time far
+    above their CPU time), not a drift within a cell, and averaging the two
+    neighbours is what narrowed it; the pairing also cancels what does
+    drift (a host that gets busier for a minute)."""
     before = row.get("pair_s") or ()
     after = row.get("pair_after_s") or [None] * len(before)
     out = []
@@ -909,7 +916,10 @@ def rel_verdict(predicted_rel: float, measured_rel: float, lo: float, hi: float)
 
     * a *noisy* row first -- one whose measured ratio's middle runs span
       more than 1.5x (``hi / lo > 1.5``): the measurement cannot tell 1.5x
-      apart, and the row is not counted a pass whatever the prediction:
+      apart, and the row is not counted a pass whatever the prediction
+      (with 9 runs the 3rd to the 7th are a distribution-free 82%
+      confidence interval of the median ratio; with 5, the 2nd to the 4th,
+      62%):
       ``"within noise"`` when the predicted ratio is within 1.5x of some
       ratio in that range (``lo / 1.5 <= predicted <= hi * 1.5``), else
       ``"miss"``;
