@@ -877,8 +877,10 @@ def paired_rel(row: dict) -> list[float]:
     by the overlay2 run before alone, 2.08x by overlay2 runs half a cell
     away, and 2.63x for the ratio of the medians with each median's like
     interval (3rd-7th of 9, 10th-19th of 28 overlay2 runs).  So there the
-    noise was mostly run by run (slow runs were preempted: wall time far
-    above their CPU time), not a drift within a cell, and averaging the two
+    noise was mostly run by run, not a drift within a cell (of the 76 runs
+    at N = 1 slower than 1.5x their row's median, 43 were preempted with
+    their CPU time unchanged, 28 took 1.5x the CPU time too, 5 waited),
+    and averaging the two
     neighbours is what narrowed it; the pairing also cancels what does
     drift (a host that gets busier for a minute)."""
     before = row.get("pair_s") or ()
