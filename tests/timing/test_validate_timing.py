@@ -33,7 +33,11 @@ def test_real_and_predicted_agree_where_the_margin_is_wide():
     cases = [c for c in vt.CASES if c.name in ("append-big", "start")]
     rows = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs"), cases=cases, reps=3)
     by = {(r["case"], r["driver"]): r for r in rows}
-    assert all(len(r["runs_s"]) == 3 and r["measured_lo"] <= r["measured_s"] <= r["measured_hi"] for r in rows)
+    # overlay2 before each vfs run and once after the last
+    assert all(len(r["runs_s"]) == (4 if r["driver"] == "overlay2" else 3) for r in rows)
+    assert all(r["measured_lo"] <= r["measured_s"] <= r["measured_hi"] for r in rows)
+    assert all(len(vt.paired_rel(r)) == 3 and r["rel_paired"] and r["rel_lo"] <= r["measured_rel"] <= r["rel_hi"]
+               and len(r["cpu_s"]) == 3 and all(c > 0 for c in r["cpu_s"]) for r in rows if r["driver"] == "vfs")
     # medians of 3 runs on a shared machine: the margins are far inside
     # what the README's run measured at load 3.5-13 on 2 vCPUs (start: 69x;
     # append-big: 6.5x, its middle runs' ranges 2.2x apart)
@@ -605,7 +609,7 @@ class _HungRemoval(vt.RealSetup):
 
 def test_a_hung_removal_costs_the_run_and_every_container_is_still_removed(monkeypatch):
     monkeypatch.setattr(vt, "drop_caches", lambda: None)
-    monkeypatch.setattr(vt, "concurrently", lambda calls: 0.125 + len(calls))
+    monkeypatch.setattr(vt, "concurrently", lambda calls, detail=None: 0.125 + len(calls))
     real = _HungRemoval(bad=2)
     with pytest.raises(vt.RealRunError, match="zfs destroy -f p/ctr2 did not finish"):
         real.measure("start", "zfs", 4)
@@ -667,8 +671,9 @@ def test_each_run_keeps_the_kernel_threads_cpu_beside_its_time(monkeypatch):
     monkeypatch.setattr(vt, "RealSetup", _KeepsKthreads)
     monkeypatch.setattr(vt, "predict", lambda case, d, n, timing, device: 0.2)
     rows = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs"), cases=vt.CASES[:1], reps=3)
-    assert [len(x["kthread_s"]) for x in rows] == [3, 3]
-    assert sorted(v for x in rows for v in x["kthread_s"]) == pytest.approx([0.01 * k for k in range(1, 7)])
+    # (overlay2 before each vfs run and after the last)
+    assert [len(x["kthread_s"]) for x in rows] == [4, 3]
+    assert sorted(v for x in rows for v in x["kthread_s"]) == pytest.approx([0.01 * k for k in range(1, 8)])
     # and a re-prediction keeps them from the measured rows
     again = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs"), cases=vt.CASES[:1], measured=rows)
     assert [x["kthread_s"] for x in again] == [x["kthread_s"] for x in rows]
@@ -807,3 +812,137 @@ def test_zfs_start_rows_say_how_the_real_side_made_them(monkeypatch):
     assert notes[("start", "zfs")] == vt.ZFS_NOTE
     assert notes[("append-small", "zfs")] == notes[("start", "overlay2")] == ""
     assert vt.markdown(rows).endswith(f"\n\nNote -- zfs start: {vt.ZFS_NOTE}")
+
+
+def test_each_driver_runs_right_after_an_overlay2_run_of_its_own():
+    live = ["overlay2", "vfs", "btrfs", "zfs"]
+    for rep in range(4):
+        order = vt.round_order(live, rep)
+        # overlay2 (a pair), then a driver, three times; every driver once a round
+        assert [d for d, _p in order[::2]] == ["overlay2"] * 3 and all(p for _d, p in order[::2])
+        assert sorted(d for d, _p in order[1::2]) == ["btrfs", "vfs", "zfs"]
+        assert not any(p for _d, p in order[1::2])
+    # the drivers' order turns round by round
+    assert [vt.round_order(live, r)[1][0] for r in range(3)] == ["vfs", "btrfs", "zfs"]
+    # overlay2 lost (or not asked for): each driver once, in turn, unpaired
+    assert vt.round_order(["vfs", "btrfs"], 1) == [("btrfs", False), ("vfs", False)]
+    assert vt.round_order(["overlay2"], 0) == [("overlay2", False)]
+
+
+class _Drifting:
+    """A real side on a machine that slows down run by run (another tenant
+    getting busier: each run takes 1.25 times the one before would), where
+    vfs takes twice overlay2's time and btrfs half."""
+
+    def __init__(self, stack, base, drivers):
+        self.skipped, self.last_kthread_s, self.runs = {}, 0.0, []
+        self.last_detail = {}
+
+    def measure(self, case, driver, n):
+        slow = 1.25 ** len(self.runs)
+        t = 0.01 * slow * {"overlay2": 1, "vfs": 2, "btrfs": 0.5}[driver]
+        self.runs.append((driver, t))
+        self.last_detail = {"cpu_s": 0.001 * slow, "preempted": len(self.runs), "waits": 0}
+        return t
+
+
+def test_paired_ratios_cancel_a_machine_that_changes_speed(monkeypatch):
+    made = []
+    monkeypatch.setattr(vt, "available", lambda: (True, ""))
+    monkeypatch.setattr(vt, "scratch", lambda stack, size: "/nonexistent")
+    monkeypatch.setattr(vt, "RealSetup", lambda *a: made.append(_Drifting(*a)) or made[-1])
+    monkeypatch.setattr(vt, "predict",
+                        lambda case, d, n, timing, device: {"overlay2": 1.0, "vfs": 2.5, "btrfs": 0.2}[d])
+    rows = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs", "btrfs"), cases=vt.CASES[:1], reps=5)
+    by = {x["driver"]: x for x in rows}
+    seq = made[0].runs
+    # two overlay2 runs a round, each before a driver's, and one after the last driver's
+    assert [d for d, _t in seq[::2]] == ["overlay2"] * 11 and len(seq) == 21
+    assert len(by["overlay2"]["runs_s"]) == 11 and len(by["vfs"]["runs_s"]) == 5
+    # every driver's run has the overlay2 runs right before and after it
+    for i, (d, t) in enumerate(seq):
+        if d != "overlay2":
+            k = by[d]["runs_s"].index(t)
+            assert (by[d]["pair_s"][k], by[d]["pair_after_s"][k]) == (seq[i - 1][1], seq[i + 1][1])
+    # each run over the overlay2 runs beside it: exact, however the machine changed
+    for d, rel in (("vfs", 2.0), ("btrfs", 0.5)):
+        x = by[d]
+        assert x["rel_paired"] and x["measured_rel"] == pytest.approx(rel)
+        assert x["rel_lo"] == pytest.approx(rel) and x["rel_hi"] == pytest.approx(rel)
+        # the medians' ratio, against overlay2's runs of other rounds, is not
+        # known to within 1.5x
+        _m, lo, hi, paired = vt.rel_spread(dict(x, pair_s=[], pair_after_s=[]), by["overlay2"])
+        assert not paired and hi / lo > 1.5
+        # dividing by the run before alone leaves the drift of one run in
+        assert vt.paired_rel(dict(x, pair_after_s=[])) == pytest.approx([rel * 1.25] * 5)
+    assert by["vfs"]["rel_verdict"] == "within" and by["btrfs"]["rel_verdict"] == "miss"  # 0.2 vs 0.5
+    # each run's rusage beside it
+    assert len(by["vfs"]["cpu_s"]) == 5 and len(by["overlay2"]["preempted"]) == 11
+    assert by["vfs"]["cpu_s"][0] == pytest.approx(0.001 * by["vfs"]["runs_s"][0] / 0.02)
+    # the kept rows give the same ratios back (paired from runs_s and pair_s)
+    again = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs", "btrfs"), cases=vt.CASES[:1],
+                               measured=rows)
+    assert [x["measured_rel"] for x in again] == pytest.approx([x["measured_rel"] for x in rows])
+    assert [x["rel_paired"] for x in again] == [False, True, True]
+
+
+def test_a_run_kept_from_before_pairing_gets_the_ratio_of_its_medians():
+    case = next(c for c in vt.CASES if c.name == "append-small")
+    kept = [{"case": "append-small", "n": 1, "driver": d, "runs_s": runs, "note": "", "load": 3.0}
+            for d, runs in (("overlay2", [0.010, 0.020, 0.030, 0.040, 0.050]),
+                            ("vfs", [0.010, 0.011, 0.012, 0.013, 0.014]))]
+    rows = vt.validate_timing(ns=(1,), drivers=("overlay2", "vfs"), cases=[case], measured=kept)
+    vfs = rows[1]
+    assert not vfs["rel_paired"]
+    assert vfs["measured_rel"] == pytest.approx(0.012 / 0.030)
+    # the range: lowest over highest, highest over lowest, of the middle runs
+    assert (vfs["rel_lo"], vfs["rel_hi"]) == pytest.approx((0.011 / 0.040, 0.013 / 0.020))
+    assert rows[0]["measured_rel"] == 1.0 and rows[0]["rel_verdict"] is None
+
+
+def test_a_row_whose_measured_ratio_spans_more_than_the_target_is_no_pass():
+    v = vt.rel_verdict
+    assert v(1.2, 1.0, 0.9, 1.1) == "within"
+    assert v(1.6, 1.0, 0.9, 1.1) == "miss" and v(0.6, 1.0, 0.9, 1.1) == "miss"
+    assert v(1.5, 1.0, 1.0, 1.5) == "within"        # a spread of exactly 1.5x is not noisy
+    # the middle runs span 0.5x to 1.0x (2x): never a pass, even with the
+    # prediction on the median
+    assert v(0.7, 0.7, 0.5, 1.0) == "within noise"
+    assert v(1.45, 0.7, 0.5, 1.0) == "within noise"         # within 1.5x of the range's top
+    assert v(1.6, 0.7, 0.5, 1.0) == "miss" and v(0.3, 0.7, 0.5, 1.0) == "miss"
+    rows = [{"case": "c", "n": 1, "driver": d, "measured_s": m, "measured_lo": m, "measured_hi": m,
+             "predicted_s": p, "measured_rel": m / 10, "predicted_rel": p / 10, "rel_lo": lo, "rel_hi": hi}
+            for d, m, p, lo, hi in (("overlay2", 10, 10, 1, 1), ("vfs", 7, 7, 0.5, 1.0),
+                                    ("btrfs", 20, 21, 1.9, 2.1), ("zfs", 40, 90, 3.9, 4.1))]
+    s = vt.summary(rows)
+    assert (s["rel_rows"], s["rel_within_1_5x"], s["rel_noisy"], s["rel_within_noise"], s["rel_miss"]) == \
+        (3, 1, 1, 1, 1)
+    assert s["rel_median_within_1_5x"] == 2         # vfs on its median, btrfs
+    sentence = vt.summary_sentence(s)
+    assert "within 1.5x of the measured ratio in 1 of 3 rows and misses in 1" in sentence
+    assert "1 rows are noisy" in sentence and "in 1 (within noise)" in sentence
+    md = vt.markdown(rows)
+    assert "(0.7x [0.5-1] / 0.7x) noise" in md and "(4x [3.9-4.1] / 9x) miss" in md
+    assert "(2x [1.9-2.1] / 2.1x) |" in md
+
+
+def _busy(seconds):
+    import time
+
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_concurrently_says_what_the_processes_spent_on_the_core():
+    import time
+
+    busy, asleep, child = {}, {}, {}
+    vt.concurrently([(_busy, (0.05,))], busy)
+    vt.concurrently([(time.sleep, (0.05,))], asleep)
+    assert busy["cpu_s"] >= 0.05 > 0.02 > asleep["cpu_s"]
+    # a command's CPU counts too (a vfs start's cp, a zfs start's zfs)
+    vt.concurrently([(vt.run_cmd, (["sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"],))], child)
+    assert child["cpu_s"] > 0.02
+    assert asleep["waits"] >= 1
+    assert all(k in busy for k in ("preempted", "waits", "faults"))

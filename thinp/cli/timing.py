@@ -57,10 +57,19 @@ def _calibrate(args) -> int:
 
 def _progress(row: dict) -> None:
     """One stderr line per measured cell as its case/N group ends, every run
-    in it: a long real run that fails later still leaves what it measured."""
+    in it with the measuring processes' CPU, and the ratio to overlay2's
+    runs beside them: a long real run that fails later still leaves what it
+    measured."""
     runs = " ".join(f"{t:.4f}" for t in row["runs_s"])
-    sys.stderr.write(f"validate timing: {row['case']} N={row['n']} {row['driver']}: runs {runs or '-'} s, "
-                     f"predicted {row['predicted_s']:.4f} s{' (' + row['note'] + ')' if row['note'] else ''}\n")
+    cpu = " ".join(f"{t:.4f}" for t in row.get("cpu_s") or () if t is not None)
+    rel = ""
+    if row["driver"] != "overlay2" and row.get("measured_rel") is not None:
+        rel = (f", x overlay2 {row['measured_rel']:.3g} ({row['rel_lo']:.3g}-{row['rel_hi']:.3g}"
+               f"{'' if row.get('rel_paired') else ', unpaired'}) vs predicted {row['predicted_rel']:.3g}: "
+               f"{row['rel_verdict']}")
+    sys.stderr.write(f"validate timing: {row['case']} N={row['n']} {row['driver']}: runs {runs or '-'} s"
+                     f"{' (CPU ' + cpu + ' s)' if cpu else ''}, predicted {row['predicted_s']:.4f} s{rel}"
+                     f"{' (' + row['note'] + ')' if row['note'] else ''}\n")
 
 
 def _validate(args) -> int:
@@ -108,8 +117,9 @@ def _validate(args) -> int:
         return 0
     out.table(rows, [("case", "case"), ("n", "N"), ("driver", "driver"), ("measured_s", "measured s"),
                      ("predicted_s", "predicted s"), ("measured_rel", "meas./overlay2"),
-                     ("predicted_rel", "pred./overlay2"), ("note", "note")],
-              text_columns={"case", "driver", "note"}, title=f"thinp validate timing (device {device})")
+                     ("rel_lo", "middle runs from"), ("rel_hi", "to"),
+                     ("predicted_rel", "pred./overlay2"), ("rel_verdict", "1.5x target"), ("note", "note")],
+              text_columns={"case", "driver", "note", "rel_verdict"}, title=f"thinp validate timing (device {device})")
     s = vt.summary(rows)
     sys.stderr.write(vt.summary_sentence(s) + "\n")
     return 0

@@ -220,11 +220,23 @@ def real_zfs(workdir=None, size="1G", daemon_args=()):
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def mounts_at_or_below(root: str) -> list[str]:
-    """The mount points at ``root`` or below it, from the mount table (read,
+def _mount_table() -> list[tuple[str, str]]:
+    """``(source, mount point)`` of every mount, from the mount table (read,
     not stat'ed: a wedged FUSE daemon's mount would hang a stat)."""
     with open("/proc/self/mounts") as f:
-        return [m for m in (ln.split()[1] for ln in f) if m == root or m.startswith(root + "/")]
+        return [(x[0], x[1]) for x in (ln.split() for ln in f) if len(x) > 1]
+
+
+def mounts_at_or_below(root: str) -> list[str]:
+    """The mount points at ``root`` or below it, from the mount table."""
+    return [m for _s, m in _mount_table() if m == root or m.startswith(root + "/")]
+
+
+def device_at(mnt: str) -> str | None:
+    """The name of the block device (``loop3``) mounted at ``mnt``, None
+    where none is."""
+    return next((os.path.basename(s) for s, m in _mount_table() if m == mnt and s.startswith("/dev/")),
+                None)
 
 
 def _zused(name) -> int:

@@ -44,6 +44,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import queue
+import resource
 import shutil
 import signal
 import statistics
@@ -68,8 +69,9 @@ BIG_FILES, BIG_BYTES = 16, 16 * MiB
 SMALL_FILES, SMALL_DIRS, SMALL_BYTES = 400, 8, 4096
 APPENDS_SMALL, APPENDS_BIG = 2000, 512
 TREE_DEPTH = 8
-#: real runs per cell; the drivers take turns within each round, so a
-#: change of the machine's load falls on every driver alike
+#: real runs per cell, in rounds where each driver's run sits between two
+#: overlay2 runs (:func:`round_order`), so a change of the machine's load
+#: falls on a run and the overlay2 runs it is divided by alike
 REPS = 5
 
 
@@ -444,9 +446,16 @@ def _worker(fn, args, go_fd, done_fd, q):
         # all runnable at once (poll waiters are woken together)
         if not select.select([go_fd], [], [], 120)[0]:
             raise RealRunError("not released in 120 s")
+        c0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
         fn(*args)
-        q.put((t0, time.perf_counter()))
+        t1 = time.perf_counter()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        c1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = sum(b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in ((r0, r1), (c0, c1)))
+        q.put((t0, t1, cpu,
+               r1.ru_nivcsw - r0.ru_nivcsw, r1.ru_nvcsw - r0.ru_nvcsw, r1.ru_minflt - r0.ru_minflt))
     except BaseException as e:      # the parent must hear of it, not wait
         q.put(f"{type(e).__name__}: {e}")
     # exit (tearing down a forked copy of the parent) only once every
@@ -454,9 +463,15 @@ def _worker(fn, args, go_fd, done_fd, q):
     select.select([done_fd], [], [], 600)
 
 
-def concurrently(calls) -> float:
+def concurrently(calls, detail: dict | None = None) -> float:
     """Run each ``(fn, args)`` in its own process, all released together;
-    seconds from the first start to the last end.
+    seconds from the first start to the last end.  ``detail``, when given,
+    is filled with what the processes' own ``getrusage`` says of their
+    timed part: ``cpu_s`` (user and system CPU, summed, with that of the
+    commands they ran: ``cp``, ``zfs``), ``preempted``
+    (involuntary context switches: another task took the core) and
+    ``waits`` (voluntary ones: a lock, the device, a page), ``faults``
+    (minor page faults: a forked process's copy-on-write among them).
 
     The processes are released by one write to a pipe they all poll, which
     wakes every one of them at once, and exit only after the last one is
@@ -499,11 +514,16 @@ def concurrently(calls) -> float:
     errs = [t for t in times if isinstance(t, str)]
     if errs:
         raise RealRunError(f"a measuring process failed: {errs[0]}")
-    return max(e for _s, e in times) - min(s for s, _e in times)
+    if detail is not None:
+        detail.update(cpu_s=sum(t[2] for t in times), preempted=sum(t[3] for t in times),
+                      waits=sum(t[4] for t in times), faults=sum(t[5] for t in times))
+    return max(t[1] for t in times) - min(t[0] for t in times)
 
 
 class RealSetup:
     """The four real drivers' images and containers (see the module docstring)."""
+
+    devices: list[str] = []     # our loop devices, by name (:func:`io_settled`), set in __init__
 
     def __init__(self, stack: contextlib.ExitStack, base: str, drivers):
         from . import block
@@ -511,6 +531,7 @@ class RealSetup:
         self.drivers = list(drivers)
         self.skipped: dict[str, str] = {}
         self.last_kthread_s: float | None = None     # the kernel threads' CPU in the last run
+        self.last_detail: dict = {}                  # the measuring processes' rusage (:func:`concurrently`)
         # vfs at N = 16 starts: 32 copies of the 120 MB image (each container's
         # -init layer and its own), beside the images: 3 GiB ran out
         self.ext4 = stack.enter_context(loop_fs(base, "ext4", 6 << 30, ["mkfs.ext4", "-q", "-F"]))
@@ -546,6 +567,7 @@ class RealSetup:
             else:
                 self.skipped["zfs"] = why
         os.sync()
+        self.devices = [d for d in (real_block.device_at(m) for m in (self.ext4, self.btrfs) if m) if d]
 
     def create(self, driver: str, n: int, debian: bool = False) -> str:
         """Create and start container ``n`` (see :meth:`remove`); returns its root."""
@@ -649,11 +671,15 @@ class RealSetup:
                 root = self.create(driver, ids[0])
                 drop_caches()
                 calls = [(_proc_work, (case, root, p)) for p in range(n)]
+            # the sync's last writes through our loop devices finished
+            io_settled(self.devices)
             k0 = kthread_cpu_s()
-            t = concurrently(calls)
+            detail: dict = {}
+            t = concurrently(calls, detail)
             # what kernel threads ran meanwhile (the loop worker's copies:
             # a run whose copies went slow shows here, 2026-12-06)
             self.last_kthread_s = kthread_cpu_s() - k0
+            self.last_detail = detail
         except BaseException:
             self.clean_up(driver, ids)      # (what the cleanup meets besides is second)
             raise
@@ -806,6 +832,169 @@ def spread(runs: list) -> tuple[float, float, float]:
     return statistics.median(r), q1, q3
 
 
+#: what each run keeps beside its time, by the name a row lists it under:
+#: the kernel threads' CPU (:func:`kthread_cpu_s`) and the measuring
+#: processes' own rusage (:func:`concurrently`)
+RUN_DETAIL = (("kthread_s", None), ("cpu_s", "cpu_s"), ("preempted", "preempted"), ("waits", "waits"))
+#: every per-run list a row keeps (and ``--measured`` takes back)
+RUN_LISTS = ("runs_s", "pair_s", "pair_after_s", *(k for k, _ in RUN_DETAIL))
+#: the target: each driver's time relative to overlay2 within this factor
+#: of the measured one; a row whose measured ratio's own spread is wider
+#: than this is *noisy* (:func:`rel_verdict`)
+REL_TARGET = 1.5
+
+
+def round_order(live: list[str], rep: int) -> list[tuple[str, bool]]:
+    """One round of real runs: ``(driver, is_pair)`` in the order they run.
+
+    Every driver other than overlay2 runs between two overlay2 runs
+    (``is_pair``: that overlay2 run is the pair of the next one; the one
+    after is the next round's first, or the one :func:`_measured_cell` adds
+    at the end), so each of its runs has overlay2 runs seconds away on
+    either side to be divided by: a change of the machine's speed -- another
+    tenant, a host that got busier -- falls on them alike and cancels in
+    the ratio (:func:`paired_rel`).  The drivers' order turns round by
+    round, so none always follows the removal of the same other driver.
+    Without overlay2 among ``live``, each driver once, in turn, unpaired."""
+    others = [d for d in live if d != "overlay2"]
+    if not others or "overlay2" not in live:
+        k = rep % len(live) if live else 0
+        return [(d, False) for d in live[k:] + live[:k]]
+    k = rep % len(others)
+    out = []
+    for d in others[k:] + others[:k]:
+        out += [("overlay2", True), (d, False)]
+    return out
+
+
+def paired_rel(row: dict) -> list[float]:
+    """The row's runs each divided by the overlay2 runs beside it
+    (:func:`round_order`): the geometric mean of the one before and the one
+    after, or the one there was.  Measured on the shared 2-vCPU machine at
+    load 4.5-15 (2026-12-07 10:21-10:49 UTC, all 54 rows, 9 rounds; other
+    sessions' work coming and going), the 3rd to 7th of these ratios
+    spanned 2.02x (geometric mean over the rows) against 2.34x dividing
+    by the overlay2 run before alone, 2.08x by overlay2 runs half a cell
+    away, and 2.63x for the ratio of the medians with each median's like
+    interval (3rd-7th of 9, 10th-19th of 28 overlay2 runs).  So there the
+    noise was mostly run by run, not a drift within a cell (of the 76 runs
+    at N = 1 slower than 1.5x their row's median, 43 were preempted with
+    their CPU time unchanged, 28 took 1.5x the CPU time too, 5 waited),
+    and averaging the two
+    neighbours is what narrowed it; the pairing also cancels what does
+    drift (a host that gets busier for a minute)."""
+    before = row.get("pair_s") or ()
+    after = row.get("pair_after_s") or [None] * len(before)
+    out = []
+    for t, b, a in zip(row.get("runs_s") or (), before, after):
+        o = (b * a) ** 0.5 if (b and a) else (b or a)
+        if o:
+            out.append(t / o)
+    return out
+
+
+def rel_spread(row: dict, base: dict | None) -> tuple[float | None, float | None, float | None, bool]:
+    """``(ratio, lo, hi, paired)``: the row's time relative to overlay2's
+    (``base``) and the range of its middle runs.  Paired where the row has
+    overlay2 runs beside its own (:func:`paired_rel`): the median and the
+    spread of the per-run ratios.  Otherwise (a run kept from before
+    pairing, or overlay2 lost) the ratio of the medians, its range the
+    medians' ranges against each other (lowest over highest, highest over
+    lowest)."""
+    rel = paired_rel(row)
+    if rel:
+        m, lo, hi = spread(rel)
+        return m, lo, hi, True
+    if base is None or not base.get("measured_s") or row.get("measured_s") is None:
+        return None, None, None, False
+    m = row["measured_s"] / base["measured_s"]
+    if row.get("measured_lo") is None or not base.get("measured_lo"):
+        return m, m, m, False
+    return m, row["measured_lo"] / base["measured_hi"], row["measured_hi"] / base["measured_lo"], False
+
+
+def rel_verdict(predicted_rel: float, measured_rel: float, lo: float, hi: float) -> str:
+    """How a row meets the ratio target (:data:`REL_TARGET`, 1.5x):
+
+    * a *noisy* row first -- one whose measured ratio's middle runs span
+      more than 1.5x (``hi / lo > 1.5``): the measurement cannot tell 1.5x
+      apart, and the row is not counted a pass whatever the prediction
+      (with 9 runs the 3rd to the 7th are a distribution-free 82%
+      confidence interval of the median ratio; with 5, the 2nd to the 4th,
+      62%):
+      ``"within noise"`` when the predicted ratio is within 1.5x of some
+      ratio in that range (``lo / 1.5 <= predicted <= hi * 1.5``), else
+      ``"miss"``;
+    * otherwise ``"within"`` when the predicted ratio is within 1.5x of the
+      measured one (its median), else ``"miss"``."""
+    t = REL_TARGET
+    if lo > 0 and hi / lo > t:
+        return "within noise" if lo / t <= predicted_rel <= hi * t else "miss"
+    ratio = predicted_rel / measured_rel
+    return "within" if 1 / t <= ratio <= t else "miss"
+
+
+def io_settled(devices, timeout: float = 1.0) -> float:
+    """Wait until none of ``devices`` (block device names, ``loop0``) has a
+    request in flight (``/sys/block/DEV/inflight``), at most ``timeout``
+    seconds; returns the seconds waited.  After ``drop_caches``'s sync a
+    loop device may still be finishing what the sync's last writes queued;
+    a timed run starts on a quiet device."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        busy = False
+        for dev in devices:
+            try:
+                with open(f"/sys/block/{dev}/inflight") as f:
+                    busy = busy or any(int(v) for v in f.read().split())
+            except (OSError, ValueError):
+                continue
+        if not busy:
+            break
+        time.sleep(0.002)
+    return time.monotonic() - t0
+
+
+def _measured_cell(r, group: list[dict], case, n: int, reps: int) -> None:
+    """The real runs of one case/N group: ``reps`` rounds (:func:`round_order`)
+    and, when paired, one more overlay2 run after the last driver's; each
+    run's time and detail appended to its row, the overlay2 runs on either
+    side of a driver's run to that row's ``pair_s`` and ``pair_after_s``."""
+    live = [x for x in group if x["driver"] not in r.skipped]
+    by = {x["driver"]: x for x in live}
+    order = [step for rep in range(reps) for step in round_order(list(by), rep)]
+    if any(is_pair for _d, is_pair in order):
+        order.append(("overlay2", False))
+    pair = waiting = None           # the overlay2 run before; the row waiting for the one after
+    for d, is_pair in order:
+        x = by[d]
+        if d in r.skipped:
+            pair = waiting = None
+            continue
+        try:
+            t = _measure_once_more(r, case.name, d, n)
+        except RealRunError as e:
+            # twice lost (a wedged zfs-fuse stays wedged): the driver
+            # is left out from here on, the other cells are kept
+            r.skipped[d] = f"lost at {case.name} N = {n}: {e}"
+            x["note"] = r.skipped[d]
+            pair = waiting = None
+            continue
+        x["runs_s"].append(t)
+        detail = getattr(r, "last_detail", None) or {}
+        for key, src in RUN_DETAIL:
+            x[key].append(r.last_kthread_s if src is None else detail.get(src))
+        if d == "overlay2":
+            if waiting is not None:
+                waiting["pair_after_s"][-1] = t
+            waiting = None
+        else:
+            x["pair_s"].append(pair)
+            x["pair_after_s"].append(None)
+            waiting = x
+        pair = t if is_pair else None
+
+
 def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, timing=None,
                     device="ram", reps: int = REPS, measured: list | None = None,
                     progress=None) -> list[dict]:
@@ -813,17 +1002,25 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
     relative to overlay2's in the same case and N (``measured_rel``,
     ``predicted_rel``).
 
-    The real side runs each cell ``reps`` times, the drivers taking turns
-    within each round (a load that comes and goes hits all alike):
-    ``measured_s`` is the median, ``measured_lo``/``measured_hi`` the range
-    of the middle runs (:func:`spread`), ``runs_s`` every run,
-    ``kthread_s`` the CPU seconds kernel threads ran during each
-    (:func:`kthread_cpu_s`: on a loop device over a tmpfs file, its
-    worker's copies -- the device's work, on the same cores).
-    ``measured`` takes the real side from earlier rows (``--json`` output)
-    instead of running it: the model re-predicted against kept
-    measurements.  ``measured_s`` is None where the real side cannot run
-    (``note`` says why)."""
+    The real side runs each cell ``reps`` times in rounds, each driver's
+    run between two overlay2 runs (:func:`round_order`): ``measured_s`` is
+    the median, ``measured_lo``/``measured_hi`` the range of the middle runs
+    (:func:`spread`), ``runs_s`` every run, ``pair_s``/``pair_after_s`` the
+    overlay2 runs before and after each (overlay2's row: all its runs, three
+    a round with four drivers, and one more).  ``measured_rel`` is the median of the
+    per-round ratios, ``rel_lo``/``rel_hi`` their middle runs' range
+    (:func:`rel_spread`; ``rel_paired`` False where it is the ratio of the
+    medians), ``rel_verdict`` how it meets the 1.5x target
+    (:func:`rel_verdict`).  Each run keeps beside it ``kthread_s``, the CPU
+    seconds kernel threads ran during it (:func:`kthread_cpu_s`: on a loop
+    device over a tmpfs file, its worker's copies -- the device's work, on
+    the same cores), and the measuring processes' ``cpu_s``, ``preempted``
+    and ``waits`` (:func:`concurrently`): a slow run whose CPU grew with
+    it was slow on the core, one that was preempted lost the core to
+    another task.  ``measured`` takes the real side from earlier rows
+    (``--json`` output) instead of running it: the model re-predicted
+    against kept measurements.  ``measured_s`` is None where the real side
+    cannot run (``note`` says why)."""
     if reps < 1:
         raise ValueError(f"reps {reps} must be >= 1")
     rows = []
@@ -847,49 +1044,43 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
                     row = {"case": case.name, "n": n, "driver": d,
                            "predicted_s": predict(case, d, n, timing, device),
                            "measured_s": None, "measured_lo": None, "measured_hi": None,
-                           "runs_s": [], "kthread_s": [], "note": why}
+                           **{key: [] for key in RUN_LISTS}, "note": why}
                     k = kept.get((case.name, n, d))
                     if k is not None:
                         row.update({x: k.get(x) for x in ("measured_s", "measured_lo", "measured_hi",
-                                                          "runs_s", "kthread_s", "note", "load")})
+                                                          "note", "load")})
+                        row.update({x: list(k.get(x) or ()) for x in RUN_LISTS})
                         if row["runs_s"]:       # a kept run's spread by today's definition
                             row["measured_s"], row["measured_lo"], row["measured_hi"] = spread(row["runs_s"])
                     elif r is not None and d in r.skipped:
                         row["note"] = r.skipped[d]
                     group.append(row)
                 if r is not None:
-                    live = [x for x in group if x["driver"] not in r.skipped]
-                    for rep in range(reps):
-                        k = rep % len(live) if live else 0
-                        for x in live[k:] + live[:k]:       # each round starts with another driver
-                            if x["driver"] in r.skipped:
-                                continue
-                            try:
-                                t = _measure_once_more(r, case.name, x["driver"], n)
-                            except RealRunError as e:
-                                # twice lost (a wedged zfs-fuse stays wedged): the driver
-                                # is left out from here on, the other cells are kept
-                                r.skipped[x["driver"]] = f"lost at {case.name} N = {n}: {e}"
-                                x["note"] = r.skipped[x["driver"]]
-                                continue
-                            x["runs_s"].append(t)
-                            x["kthread_s"].append(r.last_kthread_s)
+                    _measured_cell(r, group, case, n, reps)
                     load = os.getloadavg()[0]
-                    for x in live:
-                        if x["driver"] in r.skipped:
+                    for x in group:
+                        if x["driver"] in r.skipped or not x["runs_s"]:
                             continue
                         x["measured_s"], x["measured_lo"], x["measured_hi"] = spread(x["runs_s"])
                         # how the real side made zfs's starts (:func:`zfs_mount_lock`)
                         x["note"] = ZFS_NOTE if (x["driver"], case.name) == ("zfs", "start") else ""
                         x["load"] = load        # the 1-minute load average when the group ended
+                base_row = next((x for x in group if x["driver"] == "overlay2"), None)
+                for x in group:
+                    b = base_row["predicted_s"] if base_row else None
+                    x["predicted_rel"] = x["predicted_s"] / b if b else None
+                    if x is base_row:
+                        m = lo = hi = 1.0 if x["measured_s"] else None
+                        paired = False
+                    else:
+                        m, lo, hi, paired = rel_spread(x, base_row)
+                    x["measured_rel"], x["rel_lo"], x["rel_hi"], x["rel_paired"] = m, lo, hi, paired
+                    x["rel_verdict"] = (rel_verdict(x["predicted_rel"], m, lo, hi)
+                                        if x is not base_row and m is not None and x["predicted_rel"]
+                                        else None)
                 if progress:
                     for x in group:
                         progress(x)
-                base_row = next((x for x in group if x["driver"] == "overlay2"), None)
-                for x in group:
-                    for key, rel in (("measured_s", "measured_rel"), ("predicted_s", "predicted_rel")):
-                        b = base_row[key] if base_row else None
-                        x[rel] = (x[key] / b) if (b and x[key] is not None) else None
                 rows += group
     return rows
 
@@ -910,12 +1101,19 @@ def summary(rows: list[dict]) -> dict:
     predicted order is the same.  Per pair of drivers in a group whose
     measured order is decided: whether the model orders them the same
     (``pairs_agree`` of ``pairs_decided``).  Per row, whether the time
-    relative to overlay2 is within 1.5x of the measured one."""
+    relative to overlay2 meets the 1.5x target (:func:`rel_verdict`):
+    ``rel_within_1_5x`` rows within 1.5x whose measured ratio is known to
+    within 1.5x, ``rel_within_noise`` noisy rows whose prediction the noise
+    cannot refute, ``rel_miss`` the rest; ``rel_noisy`` counts the noisy
+    rows, ``rel_median_within_1_5x`` the rows within 1.5x of the measured
+    median whatever their noise (the count before noisy rows were told
+    apart)."""
     from itertools import combinations, groupby
 
     groups = decided = ok_rank = ok_rank_all = 0
-    within = total = 0
     pairs = pairs_ok = 0
+    verdicts = {"within": 0, "within noise": 0, "miss": 0}
+    noisy = total = median_within = unpaired = 0
     for _key, g in groupby(rows, key=lambda x: (x["case"], x["n"])):
         g = [x for x in g if x["measured_s"] is not None]
         if len(g) < 2:
@@ -939,22 +1137,40 @@ def summary(rows: list[dict]) -> dict:
         for x in g:
             if x["driver"] == "overlay2" or x["measured_rel"] is None:
                 continue
+            mr = x["measured_rel"]
+            lo = x.get("rel_lo") if x.get("rel_lo") is not None else mr
+            hi = x.get("rel_hi") if x.get("rel_hi") is not None else mr
+            x["rel_verdict"] = v = rel_verdict(x["predicted_rel"], mr, lo, hi)
+            verdicts[v] += 1
             total += 1
-            ratio = x["predicted_rel"] / x["measured_rel"]
-            within += 1 / 1.5 <= ratio <= 1.5
+            noisy += lo > 0 and hi / lo > REL_TARGET
+            unpaired += x.get("rel_paired") is False
+            median_within += 1 / REL_TARGET <= x["predicted_rel"] / mr <= REL_TARGET
     return {"groups": groups, "decided_groups": decided, "same_ranking": ok_rank,
             "same_ranking_all_groups": ok_rank_all, "pairs_decided": pairs, "pairs_agree": pairs_ok,
-            "rel_rows": total, "rel_within_1_5x": within}
+            "rel_rows": total, "rel_within_1_5x": verdicts["within"], "rel_noisy": noisy,
+            "rel_within_noise": verdicts["within noise"], "rel_miss": verdicts["miss"],
+            "rel_median_within_1_5x": median_within, "rel_unpaired": unpaired}
 
 
 def summary_sentence(s: dict) -> str:
     """:func:`summary` in words (the README's and the CLI's)."""
+    noisy = s.get("rel_noisy", 0)
+    how = "the median of its runs each divided by the overlay2 runs just before and after it"
+    if s.get("rel_unpaired"):
+        how += (f"; in {s['rel_unpaired']} rows, measured before the runs were paired, the ratio of the "
+                f"medians, its range the middle runs' ranges against each other")
     return (f"The measured order is decided beyond the runs' spread in {s['decided_groups']} of "
             f"{s['groups']} case/N groups, and the model orders those the same in {s['same_ranking']} "
             f"(all groups: {s['same_ranking_all_groups']} of {s['groups']}). Of the driver pairs whose "
             f"measured order is decided, the model orders {s['pairs_agree']} of {s['pairs_decided']} "
-            f"alike. Each driver's time relative to overlay2 is within 1.5x of the measured ratio in "
-            f"{s['rel_within_1_5x']} of {s['rel_rows']} rows.")
+            f"alike. Each driver's time relative to overlay2 ({how}) is within 1.5x of the measured ratio in "
+            f"{s['rel_within_1_5x']} of {s['rel_rows']} rows and misses in {s.get('rel_miss', 0)}; "
+            f"{noisy} rows are noisy -- the middle half of their measured ratios spans more than 1.5x, "
+            f"so they are not counted as passes -- and of those the prediction is within 1.5x of "
+            f"the measured range in {s.get('rel_within_noise', 0)} (within noise). Within 1.5x of the "
+            f"measured median, noise aside: {s.get('rel_median_within_1_5x', s['rel_within_1_5x'])} of "
+            f"{s['rel_rows']}.")
 
 
 def _secs(v: float) -> str:
@@ -972,8 +1188,9 @@ def _rel(v: float) -> str:
 def markdown(rows: list[dict], drivers=DRIVERS) -> str:
     """The README's table: per case and N, each driver's measured median
     with the range of its middle runs, the prediction, and both relative to
-    overlay2; whether the measured order is decided and the model's the
-    same."""
+    overlay2 (the measured ratio with the range of its middle runs, and
+    ``miss`` or ``noise`` where the row is no pass, :func:`rel_verdict`);
+    whether the measured order is decided and the model's the same."""
     from itertools import groupby
 
     summary(rows)           # marks group_decided / same_order
@@ -991,7 +1208,11 @@ def markdown(rows: list[dict], drivers=DRIVERS) -> str:
             c = f"{_secs(x['measured_s'])} ({_secs(x['measured_lo'])}-{_secs(x['measured_hi'])}) / " \
                 f"{_secs(x['predicted_s'])}"
             if d != "overlay2" and x["measured_rel"] is not None:
-                c += f" ({_rel(x['measured_rel'])} / {_rel(x['predicted_rel'])})"
+                lo, hi = x.get("rel_lo"), x.get("rel_hi")
+                rng = f" [{lo:.2g}-{hi:.2g}]" if lo is not None and hi is not None and hi > lo else ""
+                c += f" ({_rel(x['measured_rel'])}{rng} / {_rel(x['predicted_rel'])})"
+                if x.get("rel_verdict") in ("miss", "within noise"):
+                    c += f" {'noise' if x['rel_verdict'] == 'within noise' else 'miss'}"
             cells.append(c)
         ms = sorted((x for x in g.values() if x["measured_s"] is not None), key=lambda x: x["measured_s"])
         order = " < ".join(x["driver"] for x in ms)
@@ -999,6 +1220,14 @@ def markdown(rows: list[dict], drivers=DRIVERS) -> str:
         cells.append(order if dec else f"undecided ({order})")
         cells.append(("yes" if ms[0].get("same_order") else "no") if ms else "-")
         out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Relative to overlay2: measured [the middle half of the per-round ratios, each run over the "
+                "overlay2 runs just before and after it] / predicted. miss: not within 1.5x; noise: the measured ratios' "
+                "middle half spans more than 1.5x, so the row is no pass, and the prediction is within 1.5x "
+                "of that range."]
+    if any(x.get("rel_paired") is False and x["driver"] != "overlay2" and x.get("measured_rel") is not None
+           for x in rows):
+        out[-1] += (" Rows measured before the runs were paired: the ratio of the medians, its range the "
+                    "middle runs' ranges against each other (lowest over highest, highest over lowest).")
     # how the real side made what it measured, where a row says (once each)
     notes = dict.fromkeys(f"{x['driver']} {x['case']}: {x['note']}" for x in rows
                           if x.get("measured_s") is not None and x.get("note"))
