@@ -299,13 +299,13 @@ FINDINGS = {
         "Tarasov's many-threads curves and aufs' lock scalability as measured: thinp.timing now "
         "simulates processes on cores, the locks each driver's path holds and the device queue, but "
         "its CPU constants are estimates or one machine's thinp calibrate, and thinp validate timing "
-        "misses its targets here (at 9 interleaved runs per cell on a quiet 2-vCPU machine the "
-        "measured order is decided beyond the runs' interquartile spread in 9 of 18 case/N groups, "
-        "8 of them ordered the same (btrfs's and overlay2's small reads at N = 4 are not), 14 of 18 "
-        "by medians; 94 of 95 decided driver pairs ordered alike; time relative to overlay2 within "
-        "1.5x in 49 of 54 rows, missed by vfs's bimodal first big append, overlay2's spread in the big "
-        "appends at N = 4, and the big reads of zfs-fuse at N = 1 and btrfs at N = 4; README: Timing "
-        "against the real kernel)",
+        "misses its targets here (at 9 interleaved runs per cell on a quiet 2-vCPU machine, each "
+        "driver's run between two overlay2 runs, the measured order is decided beyond the runs' "
+        "spread in 8 of 18 case/N groups, all 8 ordered the same, 14 of 18 by medians; 92 of 94 "
+        "decided driver pairs ordered alike; time relative to overlay2 within 1.5x in 34 of 54 rows, "
+        "8 more noisy rows within noise and 12 missed: overlay2's big appends at N = 4 and 16, "
+        "btrfs's big and small reads at N = 4 and 16 and its tree at N = 16, zfs-fuse's appends at N "
+        "= 16 and small reads at N = 4, vfs's start at N = 1; README: Timing against the real kernel)",
         "devicemapper's discard at removal (dm.blkdiscard): a removal costs a fixed remove_s, not a "
         "discard of the container's bytes",
         "filesystem-internal effects below the drivers' counts (ext4 vs xfs journalling, btrfs "

@@ -171,7 +171,11 @@ def test_calibrate_fits_zfs_reads_serial_share_from_4_readers_of_the_same_cold_f
     dev = {"read_latency_s": 20e-6, "read_bandwidth": 4096 / 1e-6}
     meas = _calibration_table()
     meas.update({"zfs.cold_small.p1": 150e-6, "zfs.warm_small.p1": 50e-6, "zfs.cold_small.p4": 150e-6 + 3 * 30e-6,
-                 "btrfs.cold_small.p4": 10 * meas["btrfs.cold_small.p1"]})
+                 "btrfs.cold_small.p4": 10 * meas["btrfs.cold_small.p1"],
+                 # 4 warm open+reads at once as fast as the cores allow: the
+                 # kept calibration's own may show contention, which gives
+                 # zfs.read a share by the per-kind rule, not this one
+                 "zfs.open_read.p4": 2 * meas["zfs.open_read.p1"]})
     timing = calibrate.fit(meas, dev)["timing"]
     wake = timing.get("idle_wake_s", {}).get("zfs.read", 0.0)
     asleep = timing["layer_kind_s"]["zfs.read"] * timing.get("daemon_wait_share", {}).get("zfs.read", 0.0)
