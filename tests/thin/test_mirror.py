@@ -16,25 +16,18 @@ import numpy as np
 import pytest
 
 from thinp.pdata.mapping_index import device_mappings
-from thinp.thin import _mirror as MIR
 from thinp.thin.format import pack_block_time
 from thinp.thin.pool_metadata import PoolMetadata
+
+from ._mirror_call import apply_log
 
 NR_DATA = 200_000
 KEYS = 6000
 
 
 def _apply_log(md: PoolMetadata, log: np.ndarray) -> None:
-    tm, dsm = md.tm, md.data_sm
-    blocks = md.bm.blocks
-    out = np.zeros(6, dtype=np.int64)
-    r = MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free, tm.txn,
-                      tm.kind, md.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free, dsm.kernel_state(),
-                      np.int64(md.sb.data_mapping_root), log, np.int64(len(log)), md.split == "halves",
-                      np.int64(0), np.int64(-1), False, np.int64(tm.nr_used), np.int64(tm.nr_allocs), out)
-    dsm.from_kernel()
-    assert r == 0 and out[1] == len(log)
-    md.sb.data_mapping_root = int(out[0])
+    r, _root, done, *_ = apply_log(md, log)
+    assert r == 0 and done == len(log)
     # the pool keeps mapped_blocks in its index; here, count the leaves
     for dev in set(log[:, 0].tolist()):
         d = md.devices[dev]

@@ -22,24 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from thinp.thin import _kernels as TK
-from thinp.thin import _mirror as MIR
 from thinp.thin.format import pack_block_time
 from thinp.thin.pool_metadata import PoolMetadata
 
+from ._mirror_call import apply_log
+
 NR_DATA = 400_000
-
-
-def _apply(md: PoolMetadata, log: np.ndarray, reserve: int, lwm: int) -> tuple:
-    tm, dsm = md.tm, md.data_sm
-    blocks = md.bm.blocks
-    out = np.zeros(6, dtype=np.int64)
-    r = MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free, tm.txn,
-                      tm.kind, md.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free, dsm.kernel_state(),
-                      np.int64(md.sb.data_mapping_root), log, np.int64(len(log)), md.split == "halves",
-                      np.int64(reserve), np.int64(lwm), lwm >= 0, np.int64(tm.nr_used), np.int64(tm.nr_allocs), out)
-    dsm.from_kernel()
-    md.sb.data_mapping_root = int(out[0])
-    return (r, *out.tolist())
 
 
 def _logs(seed: int, space: int, new_share: float, nlogs: int) -> list:
@@ -98,7 +86,7 @@ def _run(path, steps, deferred: bool, split: str, nr_meta: int, reserve: int, lw
         if not deferred:
             log = log.copy()
             log[:, 3] &= TK.LOG_OP
-        got = _apply(md, log, reserve, lwm)
+        got = apply_log(md, log, reserve, lwm)
         results.append(got)
         md.commit()
         images.append(path.read_bytes())
