@@ -157,16 +157,8 @@ def test_cow_writes_after_snapshot(benchmark, workdir, settings):
     rate = _report(benchmark, nr)
     # the ceiling: a bare numba read-modify-write per request over a table
     # of the device's blocks, at the same offsets, timed in this run
-    table = np.zeros(nr, dtype=np.uint64)
-    offsets = trace["offset"].copy()
-    _rmw_ceiling_offsets(table, offsets[:4], BS)
-    c0 = time.process_time()
-    best = min(_timed(lambda: _rmw_ceiling_offsets(table, offsets, BS), time) for _ in range(3))
-    ceiling_cpu = (time.process_time() - c0) / 3
-    ceiling = nr / best
-    cpu_rate = nr / np.mean(cpu)
-    benchmark.extra_info.update(cpu_per_s=cpu_rate, ceiling_per_s=ceiling, ratio=rate / ceiling,
-                                load=os.getloadavg()[0])
+    cpu_rate, ceiling, ceiling_cpu = _beside_ceiling(benchmark, nr, rate, np.mean(cpu), np.zeros(nr, dtype=np.uint64),
+                                                     trace["offset"].copy())
     print(f"  by CPU time (mean of 5): {cpu_rate / 1e6:.2f} M ops/s; best round "
           f"{nr / benchmark.stats.stats.min / 1e6:.2f} M/s wall; ceiling (bare numba RMW over {nr} entries, best "
           f"of 3) {ceiling / 1e6:.0f} M/s wall, {nr / ceiling_cpu / 1e6:.0f} M/s by CPU; ratio {rate / ceiling:.3f} "
@@ -620,6 +612,19 @@ def _ceiling_best_of_3(table, offsets):
     return min(walls), min(cpus)
 
 
+def _beside_ceiling(benchmark, n, rate, cpu_s, table, offsets, **extra):
+    """The ceiling timed in the same run (:func:`_ceiling_best_of_3` over
+    ``offsets``) and the figures every benchmark beside it records:
+    returns (the rate by CPU time ``cpu_s`` a round, the ceiling's rate
+    wall, its CPU seconds), with both rates and the ratio in extra_info."""
+    wall, ceiling_cpu = _ceiling_best_of_3(table, offsets)
+    ceiling = n / wall
+    cpu_rate = n / cpu_s
+    benchmark.extra_info.update(cpu_per_s=cpu_rate, ceiling_per_s=ceiling, ratio=rate / ceiling,
+                                load=os.getloadavg()[0], **extra)
+    return cpu_rate, ceiling, ceiling_cpu
+
+
 @pytest.mark.benchmark(group="pool-1tib")
 def test_overwrite_1tib_thin_beside_ceiling(benchmark, workdir):
     """Random 4 KiB writes into the provisioned, unshared blocks of a 1 TiB
@@ -704,17 +709,12 @@ def test_random_provisioning_1tib_thin_beside_ceiling(benchmark, workdir):
     res = benchmark.pedantic(replay, setup=setup, rounds=3, iterations=1)
     assert res["nr_provisioned"] == n and state["pool"].device(0).mapped_blocks == n
     rate = _report(benchmark, n)
-    table = np.zeros(nr, dtype=np.uint64)
-    offsets = trace["offset"].copy()
-    table[:] = 1  # its pages faulted in before the timing
-    best, ceiling_cpu = _ceiling_best_of_3(table, offsets)
-    ceiling = n / best
-    cpu_rate = n / min(cpu)
     from thinp.validate.timing import cpu_model
 
     model = cpu_model() or "unknown CPU"
-    benchmark.extra_info.update(cpu_per_s=cpu_rate, ceiling_per_s=ceiling, ratio=rate / ceiling,
-                                load=os.getloadavg()[0], cpu_model=model)
+    table = np.ones(nr, dtype=np.uint64)  # its pages faulted in before the timing
+    cpu_rate, ceiling, ceiling_cpu = _beside_ceiling(benchmark, n, rate, min(cpu), table, trace["offset"].copy(),
+                                                     cpu_model=model)
     # (system time here is mostly the faults of the index's new nodes' pages)
     print(f"  by CPU time (best of 3): {cpu_rate / 1e6:.2f} M ops/s (system {min(system):.2f}-{max(system):.2f} s a "
           f"round; by user time {n / min(c - y for c, y in zip(cpu, system)) / 1e6:.2f} M ops/s); best round "
@@ -913,11 +913,9 @@ def test_random_discards(benchmark, workdir, passdown):
     state["pool"].close()
     assert res["nr_discarded"] > 0
     rate = _report(benchmark, n)
-    wall, ceiling_cpu = _ceiling_best_of_3(np.zeros(state["nr"], dtype=np.uint64), state["trace"]["offset"].copy())
-    ceiling = n / wall
-    cpu_rate = n / np.mean(cpu)
-    benchmark.extra_info.update(cpu_per_s=cpu_rate, ceiling_per_s=ceiling, ratio=rate / ceiling,
-                                load=os.getloadavg()[0])
+    cpu_rate, ceiling, ceiling_cpu = _beside_ceiling(benchmark, n, rate, np.mean(cpu),
+                                                     np.zeros(state["nr"], dtype=np.uint64),
+                                                     state["trace"]["offset"].copy())
     print(f"  by CPU time (mean of 3): {cpu_rate / 1e6:.3f} M discards/s; ceiling (bare numba RMW, best of 3) "
           f"{ceiling / 1e6:.0f} M/s wall, {n / ceiling_cpu / 1e6:.0f} M/s by CPU; ratio {rate / ceiling:.4f}; "
           f"load {os.getloadavg()[0]:.1f}")

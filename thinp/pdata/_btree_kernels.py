@@ -2236,10 +2236,17 @@ def settle_bitmaps(count, committed, free, bitmaps):
     n = count.shape[0]
     for j in range(bitmaps.shape[0]):
         lo = bitmaps[j] * ENTRIES_PER_BITMAP
-        for b in range(lo, min(n, lo + ENTRIES_PER_BITMAP)):
-            c = count[b]
-            committed[b] = c
-            free[b] = c == 0
+        _settle_range(count, committed, free, lo, min(n, lo + ENTRIES_PER_BITMAP))
+
+
+@njit(inline="always", refcount=False)
+def _settle_range(count, committed, free, lo, hi):
+    """Blocks ``lo..hi``: their counts become the committed ones, ``free``
+    says which are 0."""
+    for b in range(lo, hi):
+        c = count[b]
+        committed[b] = c
+        free[b] = c == 0
 
 
 @njit(refcount=False)
@@ -2265,9 +2272,6 @@ def commit_ready_bitmaps(m64, count, committed, free, bitmaps, ready, ie64, bloc
             w = ie64[i, 1]
             write_bitmap(m64, np.int64(ie64[i, 0]), count, committed, lo, hi, np.int64(w >> np.uint64(32)), out)
             ie64[i, 1] = np.uint64(out[0]) | (np.uint64(out[1]) << np.uint64(32))
-            for b in range(lo, hi):
-                c = count[b]
-                committed[b] = c
-                free[b] = c == 0
+            _settle_range(count, committed, free, lo, hi)
             ready[j] = 3
     return k

@@ -278,12 +278,9 @@ class DiskSpaceMap(RefCounts):
         from ._btree_kernels import commit_ready_bitmaps
 
         flagged = self.flagged_bitmaps()
+        blocks, counts = self.scratch_for(len(flagged))
         if not len(flagged):
-            return self._scratch[0][:0], self._scratch[1][:0], [], flagged
-        room = len(flagged) * ENTRIES_PER_BITMAP
-        if len(self._scratch[0]) < room:
-            self.ref_count_changes()  # (sizes the scratch)
-        blocks, counts = self._scratch
+            return blocks[:0], counts[:0], [], flagged
         tm = self.tm
         old = self.index_entries["blocknr"][flagged].astype(np.int64)
         ready = ((tm.txn[old] != 0) & (tm.count[old] == 1)).astype(np.uint8)

@@ -176,16 +176,23 @@ class RefCounts:
         from ._btree_kernels import collect_ref_count_changes
 
         flagged = self.flagged_bitmaps()
+        blocks, counts = self.scratch_for(len(flagged))
         if not len(flagged):
-            return self._scratch[0][:0], self._scratch[1][:0], []
-        room = len(flagged) * ENTRIES_PER_BITMAP
-        if len(self._scratch[0]) < room:
-            kind = np.uint32 if self.nr_blocks <= 1 << 32 else np.int64
-            self._scratch = (np.empty(room, dtype=kind), np.empty(room, dtype=np.uint32))
-        blocks, counts = self._scratch
+            return blocks[:0], counts[:0], []
         has_diff = np.zeros(len(flagged), dtype=np.uint8)
         k = collect_ref_count_changes(self.count, self.committed, flagged, blocks, counts, has_diff)
         return blocks[:k], counts[:k], flagged[has_diff != 0].tolist()
+
+    def scratch_for(self, nr_bitmaps: int) -> tuple[np.ndarray, np.ndarray]:
+        """The blocks and counts scratch of :meth:`ref_count_changes`, with
+        room for every count of ``nr_bitmaps`` bitmaps (kept between
+        commits, grown when short): blocks uint32 where every block number
+        fits, else int64; counts uint32."""
+        room = nr_bitmaps * ENTRIES_PER_BITMAP
+        if len(self._scratch[0]) < room:
+            kind = np.uint32 if self.nr_blocks <= 1 << 32 else np.int64
+            self._scratch = (np.empty(room, dtype=kind), np.empty(room, dtype=np.uint32))
+        return self._scratch
 
     def settle(self, done=None) -> np.ndarray:
         """The counts as they are now become the committed ones; returns

@@ -218,6 +218,8 @@ def _flush_around(m64, m32, count, log, nxt, kbuf, vbuf, act, nact, leaf, parent
             return
     if pi + 1 < nr:
         _flush(m64, m32, log, np.int64(node_value(m64, m32, parent, pi + 1)), nxt, kbuf, vbuf)
+
+
 @njit(inline="always", refcount=False)
 def _row_end(log, j):
     """One past the last vblock unmap row ``j`` covers: its own, or an
@@ -226,6 +228,18 @@ def _row_end(log, j):
     if x & UNMAP_EMPTY:
         return log[j, 1] + (x >> UNMAP_BLOCK_SHIFT)
     return log[j, 1] + 1
+
+
+@njit(inline="always", refcount=False)
+def _leave(m64, m32, log, nxt, kbuf, vbuf, act, nact, out, root, k, added, removed, code):
+    """End apply_log at row ``k`` with ``code``: every waiting leaf's rows
+    in first, so the tree holds what the rows before ``k`` made."""
+    _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
+    out[0] = root
+    out[1] = k
+    out[4] = added
+    out[5] = removed
+    return code
 
 
 @njit
@@ -312,12 +326,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             out[2] = k
             out[3] = free_now
         if free_now <= reserve:
-            _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
-            out[0] = root
-            out[1] = k
-            out[4] = added
-            out[5] = removed
-            return -1
+            return _leave(m64, m32, log, nxt, kbuf, vbuf, act, nact, out, root, k, added, removed, -1)
         j = k + PREFETCH_AHEAD
         if j < n and not (log[j, 0] == log[j - 1, 0] and abs(log[j, 1] - log[j - 1, 1]) < 64):
             # (a run's leaf is hot, and in the cache)
@@ -337,12 +346,7 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 dbm_lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p,
                                               dbm_lo)
                 if dbm_lo < 0:
-                    _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
-                    out[0] = root
-                    out[1] = k
-                    out[4] = added
-                    out[5] = removed
-                    return -2
+                    return _leave(m64, m32, log, nxt, kbuf, vbuf, act, nact, out, root, k, added, removed, -2)
             inc_data(dcount, dcommitted, dfree, p)
             s = k & (RING - 1)
             key = np.uint64(vb)
@@ -363,7 +367,6 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
                 # the descent again, along its located path
                 _sub(m64, m32, count, txn, tst, root, dev, halves, sh)
                 cache[0] = -1
-                lf = np.int64(-1)
                 if sh[0] >= 0:
                     hh = np.int64((key >> hshift) & np.uint64(hints.shape[0] - 1))
                     path = ring[s, 4] if tagged else np.int64(hints[hh])
@@ -422,16 +425,6 @@ def _apply(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcom
             sh[2] = -1
         if r < 0:
             # the operation itself failed part-way: a real metadata failure
-            _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
-            out[0] = root
-            out[1] = k
-            out[4] = added
-            out[5] = removed
-            return -2
+            return _leave(m64, m32, log, nxt, kbuf, vbuf, act, nact, out, root, k, added, removed, -2)
         root = res[0]
-    _flush_all(m64, m32, log, nxt, kbuf, vbuf, act, nact)
-    out[0] = root
-    out[1] = n
-    out[4] = added
-    out[5] = removed
-    return 0
+    return _leave(m64, m32, log, nxt, kbuf, vbuf, act, nact, out, root, n, added, removed, 0)

@@ -298,7 +298,7 @@ def zfs_arc_max_bytes(zfsrc: str = "/etc/zfs/zfsrc") -> int | None:
 def image_big_files(root: str) -> list[str]:
     """The image's big files in a container at ``root`` (what ``thinp
     validate timing``'s read-big case reads, each :data:`COLD_BYTES`)."""
-    return [f"{root}/data/big{k}" for k in range(vt.BIG_FILES)]
+    return [root + vt.big_file(k) for k in range(vt.BIG_FILES)]
 
 
 def evict_arc(others: list[str], arc_bytes: int | None) -> float:

@@ -75,13 +75,19 @@ TREE_DEPTH = 8
 REPS = 5
 
 
+def big_file(k: int) -> str:
+    """The image's ``k``-th big file, from the container's root (the big
+    cases' files; thinp calibrate's cold big read reads them too)."""
+    return f"/data/big{k}"
+
+
 def image_spec() -> ImageSpec:
     """The file cases' image: small files at the bottom, two small layers,
     the big files on top (four layers, as the real overlay2 has four lowers)."""
     return ImageSpec("synthetic", None, layers=[
         LayerSpec(SMALL_FILES, SMALL_BYTES, SMALL_DIRS, "/small"),
         LayerSpec(4, 1024, 1, "/etc/l1"), LayerSpec(4, 1024, 1, "/etc/l2")],
-        extra=[(f"/data/big{k}", BIG_BYTES) for k in range(BIG_FILES)])
+        extra=[(big_file(k), BIG_BYTES) for k in range(BIG_FILES)])
 
 
 @dataclass(frozen=True)
@@ -369,7 +375,7 @@ def _lay_image(root: str) -> dict[str, str]:
         for i in range(4):
             write_file(f"{dirs[key]}/etc/l{n}/d0000/f{i:06d}", 1024, i)
     for k in range(BIG_FILES):
-        write_file(f"{dirs['big']}/data/big{k}", BIG_BYTES, k)
+        write_file(dirs["big"] + big_file(k), BIG_BYTES, k)
     return dirs
 
 
