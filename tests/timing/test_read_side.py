@@ -283,3 +283,114 @@ def test_the_cold_big_read_empties_the_arc_of_its_file_first(tmp_path, monkeypat
     # the image's big files, as read-big reads them, are what it reads
     assert calibrate.image_big_files("/r")[:2] == ["/r/data/big0", "/r/data/big1"]
     assert calibrate.COLD_BYTES == vt.BIG_BYTES
+
+
+def _big_reads(driver, n):
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(1, 4096, 1, "/x")],
+                    extra=[(f"/big{p}", 16 * MiB) for p in range(4)])
+    return run(Workload("r", img, 1, [Step("read", path="/big{p}")], 0, processes=n), driver).oplog
+
+
+def _on_cpu_dev(t_page, on_cpu=True):
+    return DeviceProfile(**{**dataclasses.asdict(load_device("ram")), "read_latency_s": 0.0,
+                            "read_bandwidth": 4096 / t_page, "transfer_on_cpu": on_cpu})
+
+
+def test_read_fill_puts_a_loop_devices_page_copies_on_its_one_worker():
+    """A loop device's worker copies each page of a buffered read into a new
+    page-cache page (read_fill_s): 4 readers of their own 16 MiB files
+    take at least 4 files' fills one after another on 8 cores; without it
+    the transfers at the device's bandwidth take a fraction of that; on a
+    device whose transfers are not CPU it changes nothing.  (btrfs without
+    verification: its snapshot copies nothing at the start, as vfs would.)"""
+    log = _big_reads("btrfs", 4)
+    pages = 4 * 16 * MiB // 4096
+    fill = 2e-6
+    none = {"page_read_cpu_s": {"default": 0.0}}
+    k0, k1 = _k(**none), _k(read_fill_s=fill, **none)
+    dev = _on_cpu_dev(0.25e-6)
+    assert _steps_s(log, k1, dev) >= 0.99 * pages * fill
+    assert _steps_s(log, k0, dev) < 0.5 * pages * fill
+    off = _on_cpu_dev(0.25e-6, on_cpu=False)
+    assert _steps_s(log, k1, off) == pytest.approx(_steps_s(log, k0, off), rel=1e-9)
+
+
+def test_verify_chain_share_moves_btrfs_verification_between_the_worker_and_the_cores():
+    """btrfs' verification wholly on the worker's chain (share 1) makes 4
+    readers wait for every page's transfer and check one after another;
+    none of it (share 0) runs it on the 8 cores beside the transfers, as
+    zfs-fuse's; half is in between.  Absent, btrfs' share is 1."""
+    log = _big_reads("btrfs", 4)
+    pages = 4 * 16 * MiB // 4096
+    t_page, v = 1e-6, 3e-6
+    dev = _on_cpu_dev(t_page)
+
+    def t(share):
+        extra = {} if share is None else {"verify_chain_share": {"btrfs": share}}
+        return _steps_s(log, _k(page_read_cpu_s={"default": 0.0, "btrfs": v}, **extra), dev)
+    assert t(1.0) >= 0.99 * pages * (t_page + v)
+    assert t(0.0) < 0.6 * pages * (t_page + v)
+    assert t(0.0) < t(0.5) < t(1.0)
+    assert t(None) == pytest.approx(t(1.0), rel=1e-9)
+
+
+def test_calibrate_recovers_verification_with_a_fill_and_a_chain_share():
+    """With the worker's fill slower than the device's bandwidth and half of
+    btrfs' verification on its chain, the fit of page_read_cpu_s still
+    inverts the model's cold 16 MiB read; given the reader's measured CPU
+    it takes page_miss_s from that."""
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(1, 4096, 1, "/x")],
+                    extra=[("/cold", calibrate.COLD_BYTES)])
+    pages = calibrate.COLD_BYTES // 4096
+
+    def cold(driver, k, dev):
+        log = run(Workload("c", img, 1, [Step("read", path="/cold")], 0), driver).oplog
+        return _steps_s(log, k, dev)
+    bw = 4096 / 0.5e-6
+    dev = _on_cpu_dev(0.5e-6)
+    for miss, fill, verify in ((0.3e-6, 1.5e-6, 0.8e-6), (2e-6, 1e-6, 0.6e-6)):
+        k = _k(cores=1, page_miss_s=miss, read_fill_s=fill, verify_chain_share={"btrfs": 0.5},
+               page_read_cpu_s={"default": 0.0, "btrfs": verify}, cpu_s={"read": 0.0, "sync": 0.0},
+               journal_commit_writes=0, layer_cpu_s={"default": 0.0}, layer_kind_s={"default": 0.0},
+               probe_s={"default": 0.0}, meta_read_bytes=0)
+        meas = {"ext4.cold_read.p1": cold("vfs", k, dev), "btrfs.cold_read.p1": cold("btrfs", k, dev),
+                "ext4.cold_read.cpu.p1": pages * (k.page_copy_s + miss)}
+        got_miss, got_verify = calibrate.cold_read_fit(meas, {"read_latency_s": 0.0, "read_bandwidth": bw}, k)
+        assert got_miss == pytest.approx(miss, rel=1e-6)
+        assert got_verify["btrfs"] == pytest.approx(verify, rel=0.1)
+
+
+def test_calibrate_splits_btrfs_verification_by_who_ran_its_cpu():
+    """btrfs' cold read over ext4's: 2 ms more kernel-thread CPU and 1 ms
+    more of the reader's give a verification of 3 ms over the pages, two
+    thirds of it the worker chain's; where 4 readers finished in half the
+    kernel threads' CPU (the end-io workers ran beside the worker) the
+    share halves; without the figures nothing is fitted."""
+    pages = calibrate.COLD_BYTES // 4096
+    meas = {"ext4.cold_read.kthread.p1": 4e-3, "ext4.cold_read.cpu.p1": 2e-3,
+            "btrfs.cold_reads.kthread.p1": 6e-3, "btrfs.cold_reads.cpu.p1": 3e-3,
+            "btrfs.cold_reads.p4": 30e-3, "btrfs.cold_reads.kthread.p4": 24e-3}
+    share, verify = calibrate.verify_split_fit(meas)
+    assert verify["btrfs"] == pytest.approx(3e-3 / pages)
+    assert share["btrfs"] == pytest.approx(2 / 3)
+    share, _v = calibrate.verify_split_fit({**meas, "btrfs.cold_reads.p4": 12e-3})
+    assert share["btrfs"] == pytest.approx(1 / 3)
+    assert calibrate.verify_split_fit({k: v for k, v in meas.items() if "ext4" not in k}) == ({}, {})
+
+
+def test_cold_reads_run_one_process_per_file_after_dropping_the_cache(tmp_path, monkeypatch):
+    """Each run drops the page cache (here: counted), then reads every file
+    in its own process; each figure is the least of the runs, and the
+    readers' CPU is theirs."""
+    from thinp.validate import timing as vt
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(b"z" * (1 << 20))
+        paths.append(str(p))
+    events = []
+    monkeypatch.setattr(vt, "drop_caches", lambda: events.append("drop"))
+    wall, kthread, cpu = calibrate._cold_reads(paths, reps=2)
+    assert events == ["drop", "drop"]
+    assert wall > 0 and kthread >= 0 and cpu > 0

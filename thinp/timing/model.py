@@ -142,6 +142,22 @@ class TimingConstants:
     #: worker's CPU, a driver of :data:`VERIFY_IN_COMPLETION` runs it on that
     #: worker after each transfer instead
     page_read_cpu_s: dict = field(default_factory=lambda: _t(default=0.0, btrfs=1.2e-6, zfs=0.6e-6))
+    #: share of ``page_read_cpu_s`` that runs on the device worker's chain,
+    #: after each transfer, where the device's transfers are a worker's CPU
+    #: (:attr:`thinp.cost.DeviceProfile.transfer_on_cpu`); the rest runs on
+    #: the cores beside the readers.  btrfs verifies a read in its end-io
+    #: work, queued from the bio's completion (on a loop device the
+    #: worker's): how much of it waits for the worker is the machine's,
+    #: measured by ``thinp calibrate`` (its cold big reads by 1 and 4
+    #: processes).  Absent: :data:`VERIFY_IN_COMPLETION`'s drivers 1, others 0
+    verify_chain_share: dict = field(default_factory=lambda: _t())
+    #: CPU seconds per page the device's worker spends on a read that fills
+    #: the page cache, where the device's transfers are a worker's CPU: a
+    #: loop device copies each page of a buffered read into a freshly
+    #: allocated page-cache page, slower than its 1 MiB O_DIRECT reads into
+    #: one reused buffer (the device's ``read_bandwidth``).  The larger of
+    #: the two prices a page-cache miss's transfer.  0: the bandwidth's
+    read_fill_s: float = 0.0
     #: extra CPU per page written on the driver's path (btrfs crc32c and
     #: extent CoW, zfs checksum + compression check)
     page_write_cpu_s: dict = field(default_factory=lambda: _t(default=5e-6, btrfs=1.0e-6, zfs=1.2e-6))
@@ -334,6 +350,22 @@ SOURCES = {
                        "4 files of 16 MiB took 3.5x one reader's time on btrfs and 2.4x on zfs-fuse in the "
                        "kept validate run (2 vCPUs), where a verification on the device's one transfer "
                        "channel predicted 3.9x and 4x",
+    "verify_chain_share": "`thinp calibrate`: one process's cold read of an image file of 16 MiB in a btrfs "
+                          "snapshot less the same read on ext4, in CPU time: the kernel threads' extra CPU "
+                          "(btrfs' end-io workers' crc32c, queued from the loop worker's completion) and the "
+                          "reader's own (the csum-tree lookup at submission), the threads' part of the sum, "
+                          "capped by how much of 4 readers' wall time the threads' CPU filled. On the 2-vCPU "
+                          "Intel Xeon VM (2026-12-07 13:00 UTC, load 1.7-2.8, least of 9) 2.3 ms and 1.5 ms "
+                          "more than ext4's 3.7 and 2.1 ms: 0.61; 4 readers took 25-39 ms where the kernel "
+                          "threads ran 24-28 ms of CPU (one after another). Absent: 1 for btrfs, fitted so on a "
+                          "2-vCPU AMD EPYC VM (2026-12-07: 4 readers 2.43x overlay2's, 1.91x predicted with it, "
+                          "1.45x without)",
+    "read_fill_s": "`thinp calibrate`: the kernel threads' CPU during one process's cold 16 MiB read on ext4 over "
+                   "the loop device, per page: the loop worker's copies into new page-cache pages, 3.7-4.2 ms "
+                   "on the 2-vCPU Intel Xeon VM (2026-12-07 13:00 UTC, load 1.7-2.8), 0.9-1.0 us a page where "
+                   "its 1 MiB O_DIRECT reads into one buffer (read_bandwidth) take 0.51 us; 4 readers of their "
+                   "own files took 19-24 ms, the worker's 15-16 ms of CPU and little more. Default 0: the "
+                   "device's bandwidth",
     "page_write_cpu_s": "default: `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06): open/append/close "
                         "of 4 KiB less that of 5 bytes on ext4, 5-15 us over three runs at load 3-6 (the "
                         "least, rounded; 2.8 us at load 1, 17:24 UTC); a driver's entry is its whole cost per new "
@@ -446,6 +478,15 @@ SERIAL_LOCK = {"btrfs": ("btrfs_tree_lock", 0), "zfs": ("zfs_fuse_daemon", 0)}
 #: 2 cores would have run it in half.  zfs-fuse's daemon threads read their
 #: own vdev files: its verification stays on the cores
 VERIFY_IN_COMPLETION = ("btrfs",)
+
+
+def verify_chain_share(k: TimingConstants, driver: str) -> float:
+    """The share of ``driver``'s verification of a page read that runs on
+    the device worker's chain (:attr:`TimingConstants.verify_chain_share`;
+    absent: 1 for :data:`VERIFY_IN_COMPLETION`'s drivers, else 0), in [0, 1]."""
+    v = k.verify_chain_share.get(driver, k.verify_chain_share.get(
+        "default", 1.0 if driver in VERIFY_IN_COMPLETION else 0.0))
+    return min(max(float(v), 0.0), 1.0)
 
 GLOBAL_LOCK = {"devicemapper": ("devmapper_deviceset", 0), "btrfs": ("btrfs_extent_tree", 0),
                "zfs": ("zfs_txg", 0)}
@@ -611,8 +652,13 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     # on the cores, in parallel for several readers
     verify_s = k.get("page_read_cpu_s", d)
     # ... unless it runs in the completion, on the device worker's chain
-    chain_verify_s = verify_s if getattr(dev, "transfer_on_cpu", False) and d in VERIFY_IN_COMPLETION else 0.0
+    on_cpu = getattr(dev, "transfer_on_cpu", False)
+    chain_verify_s = verify_s * verify_chain_share(k, d) if on_cpu else 0.0
     verify_s -= chain_verify_s
+    # a page-cache miss's transfer beyond the device's bandwidth: the
+    # worker's copy into a new page (on a device whose transfers are CPU)
+    fill_extra_s = max(k.read_fill_s - PAGE / dev.read_bandwidth, 0.0) if on_cpu else 0.0
+    chain_verify_s += fill_extra_s
     probe = k.get("probe_s", d)
     pw_cpu = k.get("page_write_cpu_s", d)
     alloc_s = k.get("alloc_extent_s", d)
@@ -678,7 +724,7 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
             return ([(sim.DELAY, wait - now)] if wait > now else [])
         # sequential: one request in flight at a time (the inode's, then the data's)
         lat = dev.read_latency_s * (files + nreq)
-        xfer = (mp * PAGE + files * k.meta_read_bytes) / dev.read_bandwidth
+        xfer = (mp * PAGE + files * k.meta_read_bytes) / dev.read_bandwidth + mp * fill_extra_s
         cpu_s = files * meta_miss + mp * (miss_cpu + verify_s)
         st = [(sim.CPU, cpu_s), (sim.DEV, lat, xfer)]
         done = now + cpu_s + lat + xfer

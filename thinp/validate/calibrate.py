@@ -13,7 +13,9 @@ table takes the 1-process figure; the others are kept under
   create + unlink, mkdir, a depth-6 tree of new directories with a 1 KiB
   file in each inner one (``mkdir`` as workloads make them), readdir of a
   64-entry directory, a 4 KiB read that hits the page cache, a cold
-  read of 16 MiB after ``drop_caches`` (``page_miss_s``), and 256 small
+  read of 16 MiB after ``drop_caches`` (``page_miss_s``; the kernel threads'
+  CPU during it, the loop worker's copies, ``read_fill_s``; the reader's own
+  CPU), and 256 small
   files read whole after ``drop_caches`` by 1, 2 and 4 processes (each
   every file, as the read-small case), by 4 each its own quarter, and warm
   (``meta_miss_s``: a path's first lookup, and its serialized share);
@@ -25,7 +27,10 @@ table takes the 1-process figure; the others are kept under
 * ``cp -a`` of the Debian-minbase rootfs (vfs's per-file layer copy);
 * the same per-op benchmarks, and the cold reads, in a btrfs snapshot and a
   zfs-fuse clone (the big one of the image's own 16 MiB file, as the
-  read-big case reads it; on zfs-fuse after reading 1.5 times its ARC's
+  read-big case reads it; on btrfs also by 1 and 4 processes at once, each
+  its own file, with the kernel threads' CPU and the readers': the share of
+  btrfs' verification on the loop worker's chain, ``verify_chain_share``;
+  skipped where the image has fewer than 4 big files; on zfs-fuse after reading 1.5 times its ARC's
   ceiling of the image's other files, ``zfs.arc_max_bytes`` from zfsrc,
   since ``drop_caches`` leaves the ARC alone), and through overlayfs (their extra cost over ext4's: the
   stat's as ``layer_cpu_s``, every op pays it; the rest per kind of op as
@@ -55,6 +60,7 @@ named in the file's ``[calibration].skipped``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import statistics
 import subprocess
@@ -278,6 +284,32 @@ def _cold_read(path: str, before=None) -> float:
                 pass
         return time.perf_counter() - t
     return _least(once, 3)
+
+
+def _cold_reads(paths: list[str], devices=(), reps: int = 5) -> tuple[float, float, float]:
+    """``len(paths)`` processes at once, each reading its own file of
+    ``paths`` whole after the page cache is written back and dropped (as
+    ``thinp validate timing``'s read-big), each run after the loop
+    ``devices``' last writes finished: seconds, the CPU seconds kernel
+    threads ran meanwhile (:func:`thinp.validate.timing.kthread_cpu_s`: on a
+    loop device over a tmpfs file, its worker's copies and btrfs' end-io
+    workers) and the readers' own CPU seconds.  Each the least of ``reps``
+    runs, as :func:`_least`: other load only adds to each."""
+    got = []
+    for _ in range(reps):
+        vt.drop_caches()
+        vt.io_settled(devices)
+        k0 = vt.kthread_cpu_s()
+        detail: dict = {}
+        t = vt.concurrently([(_read_big, (p,)) for p in paths], detail)
+        got.append((t, vt.kthread_cpu_s() - k0, detail["cpu_s"]))
+    return tuple(min(x[i] for x in got) for i in range(3))
+
+
+def _read_big(path: str) -> None:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(128 << 10):
+            pass
 
 
 def zfs_arc_max_bytes(zfsrc: str = "/etc/zfs/zfsrc") -> int | None:
@@ -512,6 +544,9 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
         cold_lower = _cold_file(os.path.join(real.ext4, "cal-l1-0"))
         os.sync()
         meas["ext4.cold_read.p1"] = _cold_read(cold_native)
+        # the loop worker's CPU per page a buffered read fills (read_fill_s)
+        _t, meas["ext4.cold_read.kthread.p1"], meas["ext4.cold_read.cpu.p1"] = \
+            _cold_reads([cold_native], real.devices)
         meas["overlay1.cold_read.p1"] = _cold_read(os.path.join(ovl[1][0], os.path.basename(cold_lower)))
         # cold small files: on ext4, and in the lowest layer through overlayfs
         lower0 = os.path.join(real.ext4, "cal-l1-0")
@@ -549,6 +584,15 @@ def _measure(procs, n_ops: int, say) -> tuple[dict, dict, dict]:
                                                     f"read, less than the ARC's {arc} bytes: it may be warm")
                 else:
                     meas[f"{d}.cold_read.p1"] = _cold_read(big[0])
+                    # 1 and 4 readers of the image's files at once: what
+                    # share of btrfs' verification waits on the loop
+                    # worker's chain (verify_chain_share)
+                    if len(big) >= 4:
+                        for n in (1, 4):
+                            (meas[f"{d}.cold_reads.p{n}"], meas[f"{d}.cold_reads.kthread.p{n}"],
+                             meas[f"{d}.cold_reads.cpu.p{n}"]) = _cold_reads(big[:n], real.devices)
+                    else:
+                        skipped[f"{d}.cold_reads"] = f"the image has {len(big)} big files, 4 wanted"
                 fresh, unfresh = _fresh_copies(real, d, real.n, root)
                 try:
                     _cold_small_all(meas, d, small, procs, fresh)
@@ -924,9 +968,19 @@ def fit(meas: dict, dev: dict) -> dict:
     cold = g("ext4.cold_read.p1")
     if cold is not None and dev:
         k = TimingConstants()
+        kt = g("ext4.cold_read.kthread.p1")
+        if kt is not None:
+            # the loop worker's CPU per page a buffered read fills (its
+            # copies into new page-cache pages; the least run's)
+            timing["read_fill_s"] = kt / (COLD_BYTES // 4096)
+            k = dataclasses.replace(k, read_fill_s=timing["read_fill_s"])
+        share, verify_cpu = verify_split_fit(meas)
+        if share:
+            timing["verify_chain_share"] = share
+            k = dataclasses.replace(k, verify_chain_share=share)
         miss, verify = cold_read_fit(meas, dev, k)
         timing["page_miss_s"] = miss
-        timing["page_read_cpu_s"] = verify
+        timing["page_read_cpu_s"] = {**verify, **verify_cpu}
         # a small file's first read: its lookup's extra CPU over the warm
         # read, less the device reads the model prices for it (an inode
         # read and a data page), and the share of it that 4 processes
@@ -998,59 +1052,109 @@ def fit(meas: dict, dev: dict) -> dict:
     return {"timing": timing, "device": device, "calibration": {"measured_s": dict(sorted(meas.items()))}}
 
 
+def cold_read_s(pages: int, a: float, v: float, share: float, fill_extra: float, t: float,
+                dev_s: float, w: int) -> float:
+    """One reader's cold read of ``pages`` as :func:`thinp.timing.simulate`
+    prices it: the reader's CPU per page ``a`` (copy + ``page_miss_s``) plus
+    the unshared part of the driver's verification ``v``; the device's
+    worker, per page, the transfer ``t`` plus the shared part
+    (``verify_chain_share``) and ``fill_extra`` (``read_fill_s`` beyond
+    ``t``); ``dev_s`` the device's latency and transfer; the two overlap
+    but for the first of ``w`` readahead windows."""
+    later = (w - 1) / w
+    reader = pages * (a + (1.0 - share) * v)
+    chain = pages * (share * v + fill_extra)
+    return reader + dev_s + chain - min(reader, pages * t + chain) * later
+
+
+def _invert(f, target: float, hi: float = 1e-3) -> float:
+    """The least x in [0, hi] with f(x) >= target (f non-decreasing), by bisection."""
+    lo = 0.0
+    if f(lo) >= target:
+        return 0.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if f(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def cold_read_fit(meas: dict, dev: dict, k, on_cpu: bool = True) -> tuple[float, dict]:
     """``page_miss_s`` and ``page_read_cpu_s`` from the cold 16 MiB reads,
-    as :func:`thinp.timing.simulate` prices one: ``W`` readahead windows of
-    requests; the CPU per page (copy ``c`` + ``page_miss_s``, together
-    ``A``, plus the driver's verification ``v``, CPU of its worker threads)
-    and the transfer per page (``t`` = 4 KiB / bandwidth) overlap but for
-    the first window, so the read takes ``pages * (A + v) + D - min(pages *
-    (A + v), pages * t) * (W - 1) / W``, ``D`` the device's latency and
-    transfer.  Solved for ``A`` on ext4 (``v`` = 0), then for ``v`` per
-    driver; each in the branch of the ``min`` its answer falls in.  On a
-    device whose transfers are CPU (``on_cpu``: calibrate's loop device) a
-    driver that verifies in the read's completion
-    (:data:`thinp.timing.model.VERIFY_IN_COMPLETION`, btrfs) does so on the
-    device's worker after each transfer: the reader's part is ``A`` and the
-    worker's ``t + v``, and ``T = pages * A + D + pages * v - min(pages *
-    A, pages * (t + v)) * (W - 1) / W``."""
-    from ..timing.model import VERIFY_IN_COMPLETION
+    inverting the model's price of one (:func:`cold_read_s`): ``page_miss_s``
+    from ext4's (no verification), then each driver's verification from
+    its own.  On a device whose transfers are CPU (``on_cpu``: calibrate's
+    loop device) ``k.read_fill_s`` and each driver's share of verification
+    on the worker's chain (:func:`thinp.timing.model.verify_chain_share`)
+    are on the worker's side.  Where the reader's own CPU was measured
+    (``ext4.cold_read.cpu.p1``), ``page_miss_s`` is that per page less the
+    copy."""
+    from ..timing.model import verify_chain_share
 
     pages = COLD_BYTES // 4096
     w = max(COLD_BYTES // k.readahead_bytes, 1)
-    later = (w - 1) / w
     qd = k.get("queue_depth", "loop-on-tmpfs")
     t = 4096 / dev["read_bandwidth"]
     dev_s = dev["read_latency_s"] * -(-w // qd) + COLD_BYTES / dev["read_bandwidth"]
+    fe = max(k.read_fill_s - t, 0.0) if on_cpu else 0.0
     c = k.page_copy_s
-    per = (meas["ext4.cold_read.p1"] - dev_s) / pages
-    a = per + t * later                 # A >= t: the transfer hides under the copy
-    if a < t:
-        a = per * w                     # A < t: the copy hides under the transfer
+    cpu = meas.get("ext4.cold_read.cpu.p1")
+    if cpu is not None:
+        # the reader's own CPU, measured (its wall time is the worker's
+        # where the worker's copies are the slower side)
+        a = cpu / pages
+    else:
+        a = _invert(lambda x: cold_read_s(pages, x, 0.0, 0.0, fe, t, dev_s, w), meas["ext4.cold_read.p1"])
     miss = max(a - c, 0.05 * US)
     a = c + miss
+    # a driver's read is priced as ext4's plus its verification: what it
+    # took over ext4's measured read, over ext4's as the model prices it
+    base = cold_read_s(pages, a, 0.0, 0.0, fe, t, dev_s, w) - meas["ext4.cold_read.p1"]
     verify = {}
     for key, drivers in (("btrfs", ("btrfs",)), ("zfs", ("zfs",)), ("overlay1", ("overlay2", "overlay"))):
         cd = meas.get(f"{key}.cold_read.p1")
         if cd is None:
             continue
-        if on_cpu and key in VERIFY_IN_COMPLETION:
-            # t + v >= A: T = pages * A / W + D + pages * v
-            v = (cd - dev_s - pages * a / w) / pages
-            if t + v < a:
-                # T = pages * A + latency + pages * (t + v) / W
-                v = (cd - (dev_s - COLD_BYTES / dev["read_bandwidth"]) - pages * a) * w / pages - t
-            for d in drivers:
-                verify[d] = max(v, 0.0)
-            continue
-        # A + v >= t: T = pages * (A + v) + D - pages * t * later
-        v = (cd - dev_s) / pages + t * later - a
-        if a + v < t:
-            # T = pages * (A + v) / W + D
-            v = (cd - dev_s) / pages * w - a
         for d in drivers:
-            verify[d] = max(v, 0.0)
+            sh = verify_chain_share(k, d) if on_cpu else 0.0
+            verify[d] = _invert(lambda x: cold_read_s(pages, a, x, sh, fe, t, dev_s, w), cd + base)
     return miss, verify
+
+
+def verify_split_fit(meas: dict) -> tuple[dict, dict]:
+    """Per driver of :data:`VERIFY_DRIVERS` with its cold big reads'
+    figures: ``page_read_cpu_s`` and ``verify_chain_share`` from CPU times,
+    not wall times.  One reader's 16 MiB cold read on the driver less the
+    same on ext4 (``ext4.cold_read.*``, the same probe): the kernel
+    threads' extra CPU (btrfs' end-io workers' crc32c) and the reader's own
+    (btrfs' csum-tree lookup at submission, its extent maps), per page,
+    sum to the verification ``v``; the kernel threads' part is the chain's
+    share -- capped by how much of the 4 readers' wall time the kernel
+    threads' CPU filled (``t4 / kt4``, 1 where the worker and the end-io
+    work ran one after another; less where the end-io workers ran beside
+    the worker on the other cores).  ({}, {}) where the figures are missing."""
+    share, verify = {}, {}
+    pages = COLD_BYTES // 4096
+    ek, ec = meas.get("ext4.cold_read.kthread.p1"), meas.get("ext4.cold_read.cpu.p1")
+    if ek is None or ec is None:
+        return share, verify
+    for d in VERIFY_DRIVERS:
+        dk, dc = meas.get(f"{d}.cold_reads.kthread.p1"), meas.get(f"{d}.cold_reads.cpu.p1")
+        t4, k4 = meas.get(f"{d}.cold_reads.p4"), meas.get(f"{d}.cold_reads.kthread.p4")
+        if dk is None or dc is None:
+            continue
+        vk, vr = max(dk - ek, 0.0) / pages, max(dc - ec, 0.0) / pages
+        verify[d] = vk + vr
+        if vk + vr > 0:
+            fill = 1.0 if t4 is None or not k4 else min(t4 / k4, 1.0)
+            share[d] = vk / (vk + vr) * fill
+    return share, verify
+
+
+#: drivers that verify what they read (``verify_chain_share`` is fitted for them)
+VERIFY_DRIVERS = ("btrfs",)
 
 
 def refit(path: str, out: str | None = None) -> dict:
