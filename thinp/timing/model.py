@@ -17,9 +17,10 @@ Each logged operation becomes stages:
    missed pages into requests of :attr:`~TimingConstants.readahead_bytes`
    (asynchronous: past the first window, the reader's copy overlaps the
    transfer of the next; a driver's checksum verification per page is CPU
-   of its worker threads, on the cores beside the copy -- but btrfs', on a
-   loop device, is the device worker's, after each transfer:
-   :data:`VERIFY_IN_COMPLETION`);
+   of its worker threads, on the cores beside the copy -- but on a loop
+   device a share of btrfs' is the device worker's, after each transfer
+   (:attr:`~TimingConstants.verify_chain_share`), and the worker's copy of
+   a page into the page cache costs :attr:`~TimingConstants.read_fill_s`);
    whole-file copy-up (read + write, synchronous: overlayfs fsyncs the copy);
    block CoW and provisioning on devicemapper through the pool's single
    worker; the bytes a ``sync``/``fsync`` writes back, with a journal
@@ -149,8 +150,8 @@ class TimingConstants:
     #: work, queued from the bio's completion (on a loop device the
     #: worker's): how much of it waits for the worker is the machine's,
     #: measured by ``thinp calibrate`` (its cold big reads by 1 and 4
-    #: processes).  Absent: :data:`VERIFY_IN_COMPLETION`'s drivers 1, others 0
-    verify_chain_share: dict = field(default_factory=lambda: _t())
+    #: processes).  Absent: 0 (btrfs: 1, :data:`VERIFY_IN_COMPLETION`)
+    verify_chain_share: dict = field(default_factory=lambda: _t(btrfs=1.0))
     #: CPU seconds per page the device's worker spends on a read that fills
     #: the page cache, where the device's transfers are a worker's CPU: a
     #: loop device copies each page of a buffered read into a freshly
@@ -476,7 +477,12 @@ SERIAL_LOCK = {"btrfs": ("btrfs_tree_lock", 0), "zfs": ("zfs_fuse_daemon", 0)}
 #: of 16 MiB at once in 26 and 82 ms, where kernel threads ran 22.7 and 73
 #: ms of CPU -- the wall time is the kernel threads' CPU end to end, while
 #: 2 cores would have run it in half.  zfs-fuse's daemon threads read their
-#: own vdev files: its verification stays on the cores
+#: own vdev files: its verification stays on the cores.  That AMD EPYC run's
+#: figures; how much of it does is the machine's (on the Intel Xeon VM, 4
+#: readers' wall time was 1.4x overlay2's where the whole chain predicted
+#: 2.2x): ``thinp calibrate`` measures it, as
+#: :attr:`TimingConstants.verify_chain_share`, whose default for these
+#: drivers is 1
 VERIFY_IN_COMPLETION = ("btrfs",)
 
 
