@@ -358,14 +358,16 @@ SOURCES = {
                           "capped by how much of 4 readers' wall time the threads' CPU filled. On the 2-vCPU "
                           "Intel Xeon VM (2026-12-07 13:00 UTC, load 1.7-2.8, least of 9) 2.3 ms and 1.5 ms "
                           "more than ext4's 3.7 and 2.1 ms: 0.61; 4 readers took 25-39 ms where the kernel "
-                          "threads ran 24-28 ms of CPU (one after another). Absent: 1 for btrfs, fitted so on a "
+                          "threads ran 24-28 ms of CPU (one after another); a whole calibrate at load 6-8 "
+                          "(13:16 UTC) 0.47. Absent: 1 for btrfs, fitted so on a "
                           "2-vCPU AMD EPYC VM (2026-12-07: 4 readers 2.43x overlay2's, 1.91x predicted with it, "
                           "1.45x without)",
     "read_fill_s": "`thinp calibrate`: the kernel threads' CPU during one process's cold 16 MiB read on ext4 over "
                    "the loop device, per page: the loop worker's copies into new page-cache pages, 3.7-4.2 ms "
                    "on the 2-vCPU Intel Xeon VM (2026-12-07 13:00 UTC, load 1.7-2.8), 0.9-1.0 us a page where "
                    "its 1 MiB O_DIRECT reads into one buffer (read_bandwidth) take 0.51 us; 4 readers of their "
-                   "own files took 19-24 ms, the worker's 15-16 ms of CPU and little more. Default 0: the "
+                   "own files took 19-24 ms, the worker's 15-16 ms of CPU and little more (a whole calibrate "
+                   "at load 6-8, 13:16 UTC: 1.05 us). Default 0: the "
                    "device's bandwidth",
     "page_write_cpu_s": "default: `thinp calibrate` on a 2-vCPU AMD EPYC VM (2026-12-06): open/append/close "
                         "of 4 KiB less that of 5 bytes on ext4, 5-15 us over three runs at load 3-6 (the "
