@@ -946,3 +946,18 @@ def test_concurrently_says_what_the_processes_spent_on_the_core():
     assert child["cpu_s"] > 0.02
     assert asleep["waits"] >= 1
     assert all(k in busy for k in ("preempted", "waits", "faults"))
+
+
+def test_fit_takes_the_copy_ups_worker_share_from_its_kernel_threads_cpu():
+    """copy_up_worker_share is the largest cold copy-up's kernel-thread CPU
+    over that and the process's own; a calibration without the CPU figures
+    fits none (the model's default stands)."""
+    meas = dict(MEAS)
+    for mib in cal.COPY_UP_MIB:
+        meas[f"overlay1.copy_up_cold_{mib}MiB.p1"] = mib * 1e-3
+        meas[f"overlay1.copy_up_cold_{mib}MiB.cpu.p1"] = mib * 0.4e-3
+        meas[f"overlay1.copy_up_cold_{mib}MiB.kthread.p1"] = mib * (0.3e-3 if mib == max(cal.COPY_UP_MIB) else 0.9e-3)
+    t = cal.fit(meas, {"read_latency_s": 50e-6, "read_bandwidth": 2e9})["timing"]
+    assert t["copy_up_worker_share"] == pytest.approx(0.3 / 0.7)
+    bare = {k: v for k, v in meas.items() if not k.endswith((".cpu.p1", ".kthread.p1"))}
+    assert "copy_up_worker_share" not in cal.fit(bare, {"read_latency_s": 50e-6, "read_bandwidth": 2e9})["timing"]

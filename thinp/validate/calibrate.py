@@ -659,6 +659,12 @@ def cold_copy_ups(mnt: str, lower: str, files: int = 3) -> dict:
             t = time.perf_counter() - t
             r1 = resource.getrusage(resource.RUSAGE_SELF)
             kt = vt.kthread_cpu_s() - k0
+            # less what the machine's kernel threads ran anyway (another
+            # tenant's loop devices, writeback) in as long a quiet interval
+            # right after: a paired background
+            b0 = vt.kthread_cpu_s()
+            time.sleep(t)
+            kt = max(kt - (vt.kthread_cpu_s() - b0), 0.0)
             if best is None or t < best[0]:
                 best = (t, r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime, kt)
         meas[f"overlay1.copy_up_cold_{mib}MiB.p1"] = best[0]
