@@ -381,3 +381,21 @@ def test_a_copy_ups_worker_share_keeps_one_alone_and_queues_several_for_the_work
     assert _steps_s(four, none, loop) < 1.5 * per_copy
     assert _steps_s(four, share, loop) > 4 * 0.75 * per_copy
     assert _steps_s(four, share, dev) == pytest.approx(_steps_s(four, none, dev), rel=1e-9)
+
+
+def test_copy_ups_fsync_waits_for_every_copy_in_flight_on_the_devices_worker():
+    """A copy-up's fsync returns with the journal commit, which waits for
+    every copy-up's write the loop device's one worker has in flight: on 2
+    cores, 4 copy-ups each followed by appends of A seconds of CPU run their
+    appends only once all 4 worker shares W are done -- at least 4 W + 2 A
+    end to end, where a process free as soon as its own copy was written
+    would run its appends beside the worker's later copies."""
+    k = dataclasses.replace(TimingConstants(), cores=2, copy_up_page_s=4e-6, copy_up_worker_share=0.75,
+                            copy_up_cpu_s={"default": 0.0}, cpu_s={**TimingConstants().cpu_s, "write": 1e-3})
+    dev = dataclasses.replace(_dev(1e12), write_bandwidth=1e12, transfer_on_cpu=True)
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(1, 1024, 1, "/etc")],
+                    extra=[(f"/big{p}", 4 * MiB) for p in range(4)])
+    log = run(Workload("t", img, 1, [Step("append", path="/big{p}", size=4096, count=6)], 0,
+                       processes=4), "overlay2").oplog
+    w, a = 0.75 * 1024 * 4e-6, 5 * 1e-3
+    assert _steps_s(log, k, dev) > 4 * w + 0.95 * 2 * a

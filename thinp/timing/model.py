@@ -866,6 +866,12 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
                     rd, wr = (rd[0], rd[1], cu_worker * part), (wr[0], wr[1], cu_worker * (1.0 - part))
                 stages.append(rd)
                 stages.append(wr)
+                if on_cpu and d in ("overlay", "overlay2"):
+                    # the copy's fsync returns with its journal commit, which
+                    # (ext4 data=ordered) waits for the data of every inode
+                    # in the transaction: the other copy-ups' writes the
+                    # device's one worker has in flight
+                    stages.append((sim.DRAIN, DEVICE_WORKER))
                 credit[ci] = credit.get(ci, 0) + cu_b
             if d in ("overlay", "overlay2"):
                 # the copy is made in the work dir, then renamed into the
