@@ -352,3 +352,50 @@ def test_a_union_init_layer_is_priced_as_creates_and_a_vfs_layer_as_copies():
     vinodes = sum(vlog.deltas[j][8] for j in range(len(vlog)) if vlog.kind[j] == "container_start")
     t0 = simulate(vlog, device="ram", constants=cheap).time_s
     assert simulate(vlog, device="ram", constants=copy).time_s - t0 == pytest.approx(vinodes * 1e-3, rel=1e-6)
+
+
+def _copy_ups(n):
+    """n processes, each appending to its own 4 MiB image file through
+    overlay2: each open copies its file up first."""
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(1, 1024, 1, "/etc")],
+                    extra=[(f"/big{p}", 4 * MiB) for p in range(n)])
+    return run(Workload("t", img, 1, [Step("append", path="/big{p}", size=4096, count=2)], 0,
+                        processes=n), "overlay2").oplog
+
+
+def test_a_copy_ups_worker_share_keeps_one_alone_and_queues_several_for_the_worker():
+    """On a loop device over memory, copy_up_worker_share of a copy-up's
+    cost runs on the device's one worker, not the copying process: one
+    copy-up alone takes what it did (the cost is moved, not added); 4 at
+    once on 4 cores then take about 4 worker shares end to end, where with
+    the share at 0 (only the transfers on the worker) they ran side by
+    side; a device of its own (no worker on the cores) is unchanged."""
+    k = dataclasses.replace(TimingConstants(), cores=4, copy_up_page_s=4e-6,
+                            copy_up_cpu_s={"default": 0.0})
+    dev = dataclasses.replace(_dev(1e12), write_bandwidth=1e12)
+    loop = dataclasses.replace(dev, transfer_on_cpu=True)
+    none, share = (dataclasses.replace(k, copy_up_worker_share=s) for s in (0.0, 0.75))
+    one, four = _copy_ups(1), _copy_ups(4)
+    assert _steps_s(one, share, loop) == pytest.approx(_steps_s(one, none, loop), rel=1e-6)
+    per_copy = 1024 * 4e-6
+    assert _steps_s(four, none, loop) < 1.5 * per_copy
+    assert _steps_s(four, share, loop) > 4 * 0.75 * per_copy
+    assert _steps_s(four, share, dev) == pytest.approx(_steps_s(four, none, dev), rel=1e-9)
+
+
+def test_copy_ups_fsync_waits_for_every_copy_in_flight_on_the_devices_worker():
+    """A copy-up's fsync returns with the journal commit, which waits for
+    every copy-up's write the loop device's one worker has in flight: on 2
+    cores, 4 copy-ups each followed by appends of A seconds of CPU run their
+    appends only once all 4 worker shares W are done -- at least 4 W + 2 A
+    end to end, where a process free as soon as its own copy was written
+    would run its appends beside the worker's later copies."""
+    k = dataclasses.replace(TimingConstants(), cores=2, copy_up_page_s=4e-6, copy_up_worker_share=0.75,
+                            copy_up_cpu_s={"default": 0.0}, cpu_s={**TimingConstants().cpu_s, "write": 1e-3})
+    dev = dataclasses.replace(_dev(1e12), write_bandwidth=1e12, transfer_on_cpu=True)
+    img = ImageSpec("synthetic", None, layers=[LayerSpec(1, 1024, 1, "/etc")],
+                    extra=[(f"/big{p}", 4 * MiB) for p in range(4)])
+    log = run(Workload("t", img, 1, [Step("append", path="/big{p}", size=4096, count=6)], 0,
+                       processes=4), "overlay2").oplog
+    w, a = 0.75 * 1024 * 4e-6, 5 * 1e-3
+    assert _steps_s(log, k, dev) > 4 * w + 0.95 * 2 * a

@@ -145,3 +145,16 @@ def test_queue_depth_overlaps_latency_but_bandwidth_is_shared():
 def test_bad_machine_is_refused():
     with pytest.raises(ValueError, match="cores 0"):
         sim.run(1, lambda *a: None, cores=0, queue_depth=1, lock_class=str)
+
+
+def test_a_drain_waits_until_the_lock_is_free_and_held_by_none_waiting():
+    """DRAIN: a process waits until the lock is released with nobody queued
+    for it (each holder in turn, then free), and passes a free lock at once."""
+    hold = [[(LOCK, 7), (CPU, 1.0), (UNLOCK, 7)]]
+    hold2 = [[(DELAY, 0.5), (LOCK, 7), (CPU, 1.0), (UNLOCK, 7)]]
+    drain = [[(DELAY, 0.1), (sim.DRAIN, 7), (CPU, 0.25)]]
+    free = [[(sim.DRAIN, 8), (CPU, 0.25)]]
+    r = _ours([hold, hold2, drain, free], cores=4, qd=1)
+    assert r.op_end[2][0] == pytest.approx(2.25)        # after both holders, the second queued meanwhile
+    assert r.op_end[3][0] == pytest.approx(0.25)
+    assert r.wait_s["lock7"] == pytest.approx(0.5 + 1.9)  # hold2 queued 0.5 s; the drain 1.9 s

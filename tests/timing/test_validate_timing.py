@@ -946,3 +946,43 @@ def test_concurrently_says_what_the_processes_spent_on_the_core():
     assert child["cpu_s"] > 0.02
     assert asleep["waits"] >= 1
     assert all(k in busy for k in ("preempted", "waits", "faults"))
+
+
+def test_fit_takes_the_copy_ups_worker_share_from_its_kernel_threads_cpu():
+    """copy_up_worker_share is the largest cold copy-up's kernel-thread CPU
+    over that and the process's own; a calibration without the CPU figures
+    fits none (the model's default stands)."""
+    meas = dict(MEAS)
+    for mib in cal.COPY_UP_MIB:
+        meas[f"overlay1.copy_up_cold_{mib}MiB.p1"] = mib * 1e-3
+        meas[f"overlay1.copy_up_cold_{mib}MiB.cpu.p1"] = mib * 0.4e-3
+        meas[f"overlay1.copy_up_cold_{mib}MiB.kthread.p1"] = mib * (0.3e-3 if mib == max(cal.COPY_UP_MIB) else 0.9e-3)
+    t = cal.fit(meas, {"read_latency_s": 50e-6, "read_bandwidth": 2e9})["timing"]
+    assert t["copy_up_worker_share"] == pytest.approx(0.3 / 0.7)
+    bare = {k: v for k, v in meas.items() if not k.endswith((".cpu.p1", ".kthread.p1"))}
+    assert "copy_up_worker_share" not in cal.fit(bare, {"read_latency_s": 50e-6, "read_bandwidth": 2e9})["timing"]
+
+
+def test_fit_prices_a_copy_up_by_its_cpu_where_measured_not_a_loaded_wall_time():
+    """Where calibrate measured a cold copy-up's own and kernel-thread CPU,
+    the two-size fit takes their sum (a lone copy-up's chain) over a wall
+    time that load stretched: the constants come back as from a quiet run."""
+    k = TimingConstants()
+    dev = {"read_latency_s": 50e-6, "read_bandwidth": 2e9}
+
+    def io_s(nbytes):
+        nreq = -(-nbytes // k.merge_bytes)
+        return 2 * (50e-6 * -(-nreq // k.get("queue_depth", "loop-on-tmpfs")) + nbytes / 2e9)
+
+    meas = dict(MEAS)
+    for mib in cal.COPY_UP_MIB:
+        cost = 0.0005 + io_s(mib << 20) + 2e-3 + mib * 256 * 1.5e-6
+        meas[f"overlay1.copy_up_cold_{mib}MiB.p1"] = 5 * cost          # a loaded machine's wall time
+        meas[f"overlay1.copy_up_cold_{mib}MiB.cpu.p1"] = 0.4 * cost
+        meas[f"overlay1.copy_up_cold_{mib}MiB.kthread.p1"] = 0.6 * cost
+    t = cal.fit(meas, dev)["timing"]
+    assert t["copy_up_page_s"] == pytest.approx(1.5e-6)
+    assert t["copy_up_cpu_s"]["overlay2"] == pytest.approx(2e-3)
+    assert t["copy_up_worker_share"] == pytest.approx(0.6)
+    walls = {k: v for k, v in meas.items() if not k.endswith((".cpu.p1", ".kthread.p1"))}
+    assert cal.fit(walls, dev)["timing"]["copy_up_page_s"] > 3 * 1.5e-6       # the wall alone: stretched

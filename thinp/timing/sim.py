@@ -31,6 +31,10 @@ the process has no more.  Stages are tuples:
     on it (the idle core's wake-up, the interrupt that wakes it); when
     every core is taken, the woken thread runs on a core already awake and
     the stage costs nothing
+``(DRAIN, lock_id)``
+    wait until ``lock_id`` is neither held nor waited for (a journal
+    commit that waits for every data write in flight: the device worker
+    idle); at once if it is free already
 ``(BARRIER, barrier_id, n)``
     wait until ``n`` processes have reached ``barrier_id`` (the waits are
     reported under ``"barrier"``)
@@ -45,7 +49,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
-CPU, LOCK, UNLOCK, DEV, DELAY, BARRIER, WAKE = 0, 1, 2, 3, 4, 5, 6
+CPU, LOCK, UNLOCK, DEV, DELAY, BARRIER, WAKE, DRAIN = 0, 1, 2, 3, 4, 5, 6, 7
 
 # event kinds
 _RESUME, _CPU_DONE, _SLOT_DONE, _CHAN_DONE = 0, 1, 2, 3
@@ -91,6 +95,7 @@ def run(nproc: int, build, *, cores: int, queue_depth: int, lock_class, start_s=
     lock_q: dict = {}           # lock id -> deque of (pid, t_enqueued)
     classes: dict = {}          # lock id -> class name (memo)
     barriers: dict = {}         # barrier id -> [(pid, t_arrived)]
+    drains: dict = {}           # lock id -> [(pid, t_arrived)] waiting for it to be free
     stages = [None] * nproc     # current op's stages
     pos = [0] * nproc           # next stage index
     opi = [0] * nproc           # current op index
@@ -216,6 +221,15 @@ def run(nproc: int, build, *, cores: int, queue_depth: int, lock_class, start_s=
                     seq += 1
                 else:
                     del lock_held[lid]
+                    for q, tq in drains.pop(lid, ()):
+                        waited(q, cls, now - tq)
+                        heapq.heappush(heap, (now, seq, q, _RESUME))
+                        seq += 1
+                continue
+            if k == DRAIN:
+                if s[1] in lock_held:
+                    drains.setdefault(s[1], []).append((pid, now))
+                    break
                 continue
             if k == DEV:
                 lat, x = s[1], s[2]
