@@ -1583,7 +1583,7 @@ class ThinPool:
         overlapped.  Only where the kernel stops moves: the log's rows go
         into dm's btree in the same order, each discard's in one log as
         before (a stretch ends between requests)."""
-        if not OVERLAP_APPLY or self._step or self._ooms:
+        if n - start <= STRETCH_FIRST or not OVERLAP_APPLY or self._step or self._ooms:
             return n
         scal = self._md.sp.scal
         left = n - start
