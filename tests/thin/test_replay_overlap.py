@@ -50,20 +50,32 @@ def _mixed(seed: int, n: int, nr_virt: int) -> np.ndarray:
 
 
 def _run(path, overlap: bool, monkeypatch, *, meta_blocks: int, commit_interval: int, trace_fn, n: int,
-         snapshot: bool):
+         snapshot: bool, stretch: int = P.STRETCH_FIRST):
     """The scenario with overlapping on or off: (what the replays returned
     or raised, the events, status, the metadata file's digest, how many
-    logs were applied overlapped)."""
+    logs were applied overlapped, how many kernel stretches ended before
+    their trace's end for the pipeline's ramp, see ThinPool._stretch_end)."""
     monkeypatch.setattr(P, "OVERLAP_APPLY", overlap)
     monkeypatch.setattr(P, "LOG_ROWS", 48)
+    monkeypatch.setattr(P, "STRETCH_FIRST", stretch)
     calls = []
+    cut = []
     real = P.ThinPool._apply_overlapped
+    real_end = P.ThinPool._stretch_end
 
     def counted(self, *a):
         calls.append(1)
         return real(self, *a)
 
+    def stretch_end(self, n, start, ramp):
+        end = real_end(self, n, start, ramp)
+        assert start < end <= n
+        if end < n:
+            cut.append(end)
+        return end
+
     monkeypatch.setattr(P.ThinPool, "_apply_overlapped", counted)
+    monkeypatch.setattr(P.ThinPool, "_stretch_end", stretch_end)
     nr_virt = 1 << 22
     pool = thinp.ThinPool.create(str(path), data_size=(1 << 16) * BS, block_size=BS,
                                  metadata_size=meta_blocks * 4096, commit_interval=commit_interval, sync=False)
@@ -95,7 +107,7 @@ def _run(path, overlap: bool, monkeypatch, *, meta_blocks: int, commit_interval:
     pool.close()
     with open(os.path.join(str(path), "metadata"), "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    return seen, events, status, digest, len(calls)
+    return seen, events, status, digest, len(calls), len(cut)
 
 
 @pytest.mark.parametrize("case", [
@@ -111,11 +123,15 @@ def _run(path, overlap: bool, monkeypatch, *, meta_blocks: int, commit_interval:
     dict(meta_blocks=4096, commit_interval=1500, trace_fn=_mixed, n=6000, snapshot=True),
     dict(meta_blocks=128, commit_interval=0, trace_fn=_mixed, n=24000, snapshot=True),
 ], ids=["commits", "out-of-metadata", "commit-runs-out", "mixed", "mixed-out-of-metadata"])
-def test_overlapped_apply_is_the_serial_one(tmp_path, monkeypatch, case):
-    serial = _run(tmp_path / "serial", False, monkeypatch, **case)
-    overlapped = _run(tmp_path / "overlap", True, monkeypatch, **case)
-    assert serial[4] == 0
+# (stretches of 4096 requests are longer than these traces: no ramp; of 8,
+# shorter than a log: the kernel's runs end at the ramp's request bounds too)
+@pytest.mark.parametrize("stretch", [4096, 8], ids=["no-ramp", "ramp"])
+def test_overlapped_apply_is_the_serial_one(tmp_path, monkeypatch, case, stretch):
+    serial = _run(tmp_path / "serial", False, monkeypatch, stretch=stretch, **case)
+    overlapped = _run(tmp_path / "overlap", True, monkeypatch, stretch=stretch, **case)
+    assert serial[4] == 0 and serial[5] == 0
     assert overlapped[4] > 10  # the path under test ran, many times
+    assert (overlapped[5] > 10) == (stretch == 8)
     assert overlapped[:4] == serial[:4]
     if case["meta_blocks"] < 1024:
         # the scenario reached what it is about

@@ -103,6 +103,11 @@ _COUNTER_SLOTS = np.array(sorted(K.COUNTER_NAMES), dtype=np.int64)
 _libc = None
 
 
+def _upto(end: int, *arrays) -> tuple:
+    """The trace's per-request arrays cut before request ``end``."""
+    return tuple(a[:end] if end < len(a) else a for a in arrays)
+
+
 def punch_hole(fd: int, offset: int, length: int) -> None:
     global _libc
     if _libc is None:
@@ -118,6 +123,13 @@ LOG_ROWS = 1 << 16
 #: kernel runs the trace's next stretch (ThinPool._apply_overlapped); False
 #: runs them one after the other (the same result: tests compare the two)
 OVERLAP_APPLY = True
+#: requests in the first stretch the replay kernel runs after the pipeline
+#: of _apply_overlapped drained (a run's start, a commit, a log applied
+#: alone): the next stretch's apply waits for it, so it is short; each
+#: overlapped stretch after it doubles, and stretches halve again towards
+#: the next commit and the trace's end, whose last log is applied alone
+#: (see ThinPool._stretch_end)
+STRETCH_FIRST = 4096
 #: dm metadata blocks one mapping change may take at most, as the near-reserve
 #: runs budget it: the shadowed path and a split (a new node) at each of the
 #: two trees' levels.  Only the speed depends on it: a run that reaches the
@@ -1445,6 +1457,7 @@ class ThinPool:
         gen = -1
         at_change = False  # stopped right before a mapping change (R_FLUSH)
         ahead = None  # the next stretch's kernel run, made during the last _apply_overlapped
+        ramp = STRETCH_FIRST  # requests in the next stretch (see _stretch_end)
         if key is None:
             self._nr_runs += 1
             #: the trace a request-level run is on, and its run number (an
@@ -1481,7 +1494,7 @@ class ThinPool:
                 # the kernel already ran this stretch, into the other log
                 # (see _apply_overlapped): its log and its events are now
                 # the current ones
-                r, out, ahead_events = ahead
+                r, out, ahead_events, end = ahead
                 ahead = None
                 self._log, self._log_alt = self._log_alt, self._log
                 nev = len(ahead_events)
@@ -1489,12 +1502,18 @@ class ThinPool:
                 md.sp.scal[K.S_NEV] = nev
             else:
                 out[3] = 0
-                r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, self._data, src, src_base, out, log,
-                              failed)
+                end = self._stretch_end(len(ops), start, ramp)
+                r = TK.replay(md.sp, md.dv, *_upto(end, slots, ops, off, ln), start, start_vb, self._data, src,
+                              src_base, out, log, failed)
+            if r == TK.R_DONE and end < len(ops):
+                r = TK.R_FLUSH  # the stretch's end, not the trace's (out: request ``end``, from its start)
             if (OVERLAP_APPLY and r == TK.R_FLUSH and out[3] > 0 and not self._step and not self._ooms and reserve == self._meta_reserve
                     and int(md.sp.scal[K.S_NEV]) == 0):
-                ok, ahead = self._apply_overlapped(slots, ops, off, ln, out, src, src_base, failed)
+                ramp *= 2
+                ok, ahead = self._apply_overlapped(slots, ops, off, ln, out, src, src_base, failed, ramp)
             else:
+                if out[3] > 0:
+                    ramp = STRETCH_FIRST  # (applied alone: the pipeline starts again)
                 ok = self._apply_log(int(out[3]), reserve)
             self._drain_events(events)
             if not ok:
@@ -1546,6 +1565,7 @@ class ThinPool:
             if r == TK.R_NEED_COMMIT:
                 self._periodic_commit(ops, start, start_vb if start_vb >= 0 else int(off[start]) // self.block_size,
                                       events)
+                ramp = STRETCH_FIRST
                 continue
             # R_NO_DATA, queue mode: this block waits for data space (dm's
             # retry_on_resume); the request's other blocks and the rest of
@@ -1554,7 +1574,27 @@ class ThinPool:
                               (run, start) if key is None else key)
             start_vb += 1
 
-    def _apply_overlapped(self, slots, ops, off, ln, out, src, src_base, failed):
+    def _stretch_end(self, n: int, start: int, ramp: int) -> int:
+        """One past the last request of the replay kernel's next stretch
+        from request ``start`` of a trace of ``n``: ``ramp`` requests, and at
+        most half of those left before the next commit and the trace's end
+        (while that is over 2 STRETCH_FIRST), so that the log applied alone
+        before either is short; the whole trace when the logs are not
+        overlapped.  Only where the kernel stops moves: the log's rows go
+        into dm's btree in the same order, each discard's in one log as
+        before (a stretch ends between requests)."""
+        if n - start <= STRETCH_FIRST or not OVERLAP_APPLY or self._step or self._ooms:
+            return n
+        scal = self._md.sp.scal
+        left = n - start
+        interval = int(scal[K.S_COMMIT_INTERVAL])
+        if interval > 0:
+            left = min(left, interval - int(scal[K.S_OPS_SINCE_COMMIT]))
+        if left > 2 * STRETCH_FIRST:
+            ramp = min(ramp, left // 2)
+        return min(n, start + max(1, ramp))
+
+    def _apply_overlapped(self, slots, ops, off, ln, out, src, src_base, failed, ramp):
         """Apply the full log of a kernel run that stopped at ``out`` (R_FLUSH)
         to dm's btree on a second thread while the replay kernel runs the
         trace's next stretch into the other log (both kernels release the
@@ -1562,7 +1602,8 @@ class ThinPool:
         index's nodes, counts and the data file).  dm's btree is still
         changed row by row in request order, exactly as :meth:`_apply_log`
         does; only the index runs ahead, as it does already within a log.
-        Returns (ok, (r, out, events) of the next stretch's run).  Its
+        The next stretch is ``ramp`` requests at most (_stretch_end).
+        Returns (ok, (r, out, events, its end) of the next stretch's run).  Its
         events are set aside (the caller raises this log's first) and, if
         this log's changes ran out of metadata, the caller's rollback
         rebuilds the index from the last commit and runs those requests
@@ -1583,9 +1624,10 @@ class ThinPool:
         th = threading.Thread(target=work, name="thinp-apply-log")
         th.start()
         out2 = np.zeros(4, dtype=np.int64)
+        end = self._stretch_end(len(ops), int(out[1]), ramp)
         try:
-            r2 = TK.replay(md.sp, md.dv, slots, ops, off, ln, int(out[1]), int(out[2]), self._data, src, src_base,
-                           out2, self._log_alt, failed)
+            r2 = TK.replay(md.sp, md.dv, *_upto(end, slots, ops, off, ln), int(out[1]), int(out[2]), self._data, src,
+                           src_base, out2, self._log_alt, failed)
         finally:
             th.join()
         if isinstance(got[0], BaseException):
@@ -1593,7 +1635,7 @@ class ThinPool:
         nev = int(md.sp.scal[K.S_NEV])
         ahead_events = md.sp.events[:nev].copy()
         md.sp.scal[K.S_NEV] = 0
-        return self._apply_log_done(got[0], res), (r2, out2, ahead_events)
+        return self._apply_log_done(got[0], res), (r2, out2, ahead_events, end)
 
     def _periodic_commit(self, ops, start: int, vb: int, events) -> None:
         """The commit the commit interval asks for before request ``start``
