@@ -103,14 +103,15 @@ def _alloc_for_copy(m64, count, committed, free, txn, kind, fresh, tst):
 #: saved at once (before 5.14; -1: cached), its ref-count tree's root when
 #: counts of 3 and more change it as they move (-1: the commit does), 1
 #: when that tree splits even halves, four words of scratch (its spine),
-#: the blocks
+#: the tree's leaf last set in place (-1: none), the blocks
 DST_NO_WRAP = 1
 DST_NR = 2
 DST_INDEX = 3
 DST_RC = 4
 DST_RC_HALVES = 5
 DST_SP = 6
-DST_BITMAPS = 10
+DST_RC_LEAF = 10
+DST_BITMAPS = 11
 
 
 @njit(inline="always", refcount=False)
@@ -2264,11 +2265,29 @@ def data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst,
     transaction is abandoned either way)."""
     if dst[DST_RC] < 0:
         return 0
+    legacy = dst[DST_NO_WRAP] != 0
+    new = old + 1 if up else old - 1
+    in_place = old >= 3 and new >= 3 and not legacy
+    leaf = dst[DST_RC_LEAF]
+    if in_place and leaf >= 0 and txn[leaf] and count[leaf] == 1:
+        # the leaf the last count set in place: its path is this
+        # transaction's (shadowed then) and nothing has moved the tree's
+        # entries since, so when it holds the block the overwrite's
+        # shadow steps down to it would change nothing (a leaf's children
+        # counts are mostly consecutive blocks: ~900 K of them after CoW
+        # into a snapshot of a snapshot)
+        k = np.uint64(p)
+        j = _lower_bound(m64, m32, leaf, k)
+        if j >= 0 and m64[leaf, HDR + j] == k:
+            _set_val(m64, m32, leaf, j, np.uint64(new))
+            return 0
     r = _ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dst[DST_SP:DST_SP + 4],
-                        dst[DST_RC], np.int64(p), np.int64(old), up, dst[DST_RC_HALVES] != 0, dst[DST_NO_WRAP] != 0)
+                        dst[DST_RC], np.int64(p), np.int64(old), up, dst[DST_RC_HALVES] != 0, legacy)
     if r < 0:
+        dst[DST_RC_LEAF] = -1
         return -1
     dst[DST_RC] = r
+    dst[DST_RC_LEAF] = dst[DST_SP + 1] if in_place else -1  # an insert or removal may move entries
     return 0
 
 

@@ -25,8 +25,10 @@ INDEX_VALUE = bw.ValueType(16)
 #: entries are saved at once (before 5.14), else -1; DST_RC the ref-count
 #: tree's root when the kernels change it as counts of 3 and more move
 #: (dm's way), -1 when the commit does; DST_RC_HALVES 1 when that tree
-#: splits even halves; DST_SP four words of the kernels' scratch
-DST_NO_WRAP, DST_NR, DST_INDEX, DST_RC, DST_RC_HALVES, DST_SP, DST_BITMAPS = 1, 2, 3, 4, 5, 6, 10
+#: splits even halves; DST_SP four words of the kernels' scratch;
+#: DST_RC_LEAF the tree's leaf the kernels last set a count in (-1: none;
+#: reset for each kernel call, as inc/dec change the tree between them)
+DST_NO_WRAP, DST_NR, DST_INDEX, DST_RC, DST_RC_HALVES, DST_SP, DST_RC_LEAF, DST_BITMAPS = 1, 2, 3, 4, 5, 6, 10, 11
 IE_CACHE_SIZE = 64
 COUNT_VALUE = bw.ValueType(4)
 
@@ -113,6 +115,7 @@ class DiskSpaceMap(RefCounts):
             self._rc_deferred = True
         self.st[DST_RC] = -1 if self._rc_deferred else self.ref_count_root
         self.st[DST_RC_HALVES] = 1 if self.split == "halves" else 0
+        self.st[DST_RC_LEAF] = -1
         self.st[DST_BITMAPS:DST_BITMAPS + n] = self.index_entries["blocknr"]
         return self.st
 
@@ -344,18 +347,16 @@ class DiskSpaceMap(RefCounts):
         return blocks[:k], counts[:k], flagged[has_diff != 0].tolist(), flagged[ready == 3]
 
     def commit(self) -> SmRoot:
-        """sm_disk_commit: write changed bitmaps, index entries and
-        ref counts; returns the root for the superblock.
+        """sm_disk_commit: write changed bitmaps and index entries; returns
+        the root for the superblock.
 
-        Not dm's yet: the ref-count tree's changes wait for this commit,
-        in block order, while dm's sm_ll_inc/sm_ll_dec make them as each
-        count reaches 3 or changes above it (dm_btree_insert,
-        sm_ll_inc_overflow, __sm_ll_del_overflow), so dm shadows the
-        tree's nodes between the mapping nodes, inside inc_children of the
-        leaf that raised the counts.  A snapshot of a snapshot and a write
-        into each (246 data blocks at 3) puts the tree's new root after
-        every mapping node of the transaction here, right after the second
-        leaf's shadow in dm; what follows it moves by one block."""
+        The ref-count tree is current already: dm's sm_ll_inc/sm_ll_dec
+        change it as each count reaches 3 or moves above it (inside
+        inc_children of the leaf that raised the counts, or at the dec of
+        a replaced mapping), and so do thinp's kernels (``dst[DST_RC]``)
+        and :meth:`inc`/:meth:`dec`.  Only a transaction that changed
+        counts the tools' way (``shadow=False``) leaves the tree to this
+        commit, in block order."""
         tm = self.tm
         n = self.nr_blocks
         for slot in sorted(self._ie_cache):  # disk_ll_commit: the cache's entries, by slot
