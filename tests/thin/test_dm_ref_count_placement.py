@@ -30,6 +30,7 @@ import pytest
 from thinp import ThinPool
 from thinp.thin.dm_metadata import DmMetadata
 
+from ._md_scenario import open_for, pool_for
 from .dm_fixtures import real_tool
 
 BLOCK = 4096
@@ -52,18 +53,11 @@ def _leaf_of(md, dev: int, vblock: int) -> int:
 
 def _scenario(path, mode):
     """Returns (the image at each commit, placement facts)."""
-    from thinp.thin.pool_metadata import PoolMetadata
-
     bs = 64 * 1024
     ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False).close()
     images, seen = [], {}
     if mode == "pool":
-        pool = ThinPool.open(path)
-
-        def commit():
-            pool.commit()
-            images.append((path / "metadata").read_bytes())
-
+        pool, commit = pool_for(path, images)
         pool.message("create_thin 1")
         pool.device(1).write(0, 1000 * bs)
         commit()
@@ -79,20 +73,7 @@ def _scenario(path, mode):
         commit()
         pool.close()
         return images, seen
-    md = PoolMetadata.open(path / "metadata")
-    md.sync = False
-    md.fast = mode == "kernel"
-
-    def commit():
-        md.commit()
-        images.append((path / "metadata").read_bytes())
-
-    def write(dev, vbs):
-        if mode == "kernel":
-            md.write_blocks(dev, np.asarray(vbs))
-        else:
-            for vb in vbs:
-                md.insert(dev, vb, md.alloc_data())
+    md, commit, write = open_for(path, mode, images)
 
     md.create_thin(1)
     md.commit()
