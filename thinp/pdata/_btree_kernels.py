@@ -2210,6 +2210,27 @@ def _ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, sp,
     for w in range(4):
         sp[w] = 0
     if new >= 3 and (old == 2 or legacy):
+        # where dm's insert would only descend (every node on the way this
+        # transaction's, none full but a leaf that holds the key under the
+        # current rule), the leaf is changed in place: no shadow step
+        b = np.int64(root)
+        while True:
+            if not txn[b] or count[b] != 1:
+                break
+            full = m32[b, 4] == m32[b, 5]
+            i = _lower_bound(m64, m32, b, k)
+            if m32[b, 1] & LEAF:
+                found = i >= 0 and m64[b, HDR + i] == k
+                if full and (halves or not found):
+                    break
+                if found:
+                    _set_val(m64, m32, b, i, np.uint64(new))
+                else:
+                    _insert_at(m64, m32, b, i + 1, k, np.uint64(new))
+                return np.int64(root)
+            if full or i < 0:
+                break
+            b = np.int64(_val(m64, m32, b, i))
         idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, None,
                           sp, root, k, none, zero, halves)
         if idx < -1:
