@@ -28,6 +28,7 @@ from thinp import ThinPool
 from thinp.pdata.block import BITMAP, BTREE_NODE, INDEX
 from thinp.thin.dm_metadata import DmMetadata
 
+from ._md_scenario import open_for, pool_for
 from .dm_fixtures import unpack
 
 BLOCK = 4096
@@ -329,19 +330,12 @@ def _scenario(path, mode):
     numba write and remove), "reference" (the Python btree, data block by
     data block) or "pool" (ThinPool: its index, apply_log).  Returns the
     image at each commit and the placement checks the kernel rules give."""
-    from thinp.thin.pool_metadata import PoolMetadata
-
     bs = 64 * 1024
     ThinPool.create(path, NR_DATA * bs, "64KiB", metadata_size="4MiB", commit_interval=10 ** 9, sync=False).close()
     images = []
     seen = []
     if mode == "pool":
-        pool = ThinPool.open(path)
-
-        def commit():
-            pool.commit()
-            images.append((path / "metadata").read_bytes())
-
+        pool, commit = pool_for(path, images)
         pool.message("create_thin 1")
         pool.device(1).write(0, 20000 * bs)
         commit()
@@ -357,20 +351,7 @@ def _scenario(path, mode):
         pool.close()
         images.append((path / "metadata").read_bytes())
         return images, seen
-    md = PoolMetadata.open(path / "metadata")
-    md.sync = False
-    md.fast = mode == "kernel"
-
-    def commit():
-        md.commit()
-        images.append((path / "metadata").read_bytes())
-
-    def write(dev, vbs):
-        if mode == "kernel":
-            md.write_blocks(dev, np.asarray(vbs))
-        else:
-            for vb in vbs:
-                md.insert(dev, vb, md.alloc_data())
+    md, commit, write = open_for(path, mode, images)
 
     md.create_thin(1)
     md.commit()  # (the pool commits after each message, as dm-thin's pool_message)

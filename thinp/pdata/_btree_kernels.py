@@ -100,11 +100,18 @@ def _alloc_for_copy(m64, count, committed, free, txn, kind, fresh, tst):
 #: the data space map's ``dst`` (disk_space_map.DST_*): 1 when allocation
 #: does not wrap (before 5.14), how many bitmap blocks it holds (0: the
 #: commit shadows them), its index tree's root when each index entry is
-#: saved at once (before 5.14; -1: cached), the blocks
+#: saved at once (before 5.14; -1: cached), its ref-count tree's root when
+#: counts of 3 and more change it as they move (-1: the commit does), 1
+#: when that tree splits even halves, four words of scratch (its spine),
+#: the tree's leaf last set in place (-1: none), the blocks
 DST_NO_WRAP = 1
 DST_NR = 2
 DST_INDEX = 3
-DST_BITMAPS = 4
+DST_RC = 4
+DST_RC_HALVES = 5
+DST_SP = 6
+DST_RC_LEAF = 10
+DST_BITMAPS = 11
 
 
 @njit(inline="always", refcount=False)
@@ -299,6 +306,19 @@ def _dinc(dcount, dcommitted, dfree, p):
 
 
 @njit(inline="always", refcount=False)
+def _ref_count_dec(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, p):
+    """Before data block ``p`` loses a reference: when its count is 3 or
+    more, the ref-count tree's change dm's sm_ll_dec makes then (after the
+    bitmap's shadow).  The test inlined, the change called.  0, or -1 when
+    metadata ran out."""
+    c = np.int64(dcount[p])
+    if c >= 3:
+        return data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                   dst, p, c, False)
+    return 0
+
+
+@njit(inline="always", refcount=False)
 def nr_used(committed):
     """Blocks with a non-zero count now: the space map's running count,
     the last word of its ``committed`` array (space_map.RefCounts.nr_used)."""
@@ -332,17 +352,58 @@ def _inc_children(m64, m32, count, committed, free, txn, kind, fresh, tst, dcoun
             count[c] += 1
             free[c] = False
     elif leaf_holds == 2:
-        # the bitmaps first, in the order the blocks reach them (a shadow
-        # does not read the counts), then the counts in a loop with no call
-        lo = np.int64(NO_BITMAP)
-        for i in range(nr):
-            p = np.int64(m64[b, HDR + mx + i] >> np.uint64(24))
-            if p < lo or p >= lo + ENTRIES_PER_BITMAP:
-                lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
-                if lo < 0:
-                    return -1
-        for i in range(nr):
-            _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
+        if dst is None:
+            # a space map's own tree (``dst`` None: _ref_count_step), whose
+            # nodes hold no data blocks; numba drops the other branch for
+            # it, so the ref-count steps below do not call themselves
+            return 0
+        else:
+            # the bitmaps first, in the order the blocks reach them (a shadow
+            # does not read the counts), then the counts in a loop with no call;
+            # unless a count reaches 3 or more, which changes the ref-count tree
+            # there and then (sm_ll_inc): then block by block, as dm does
+            lo = np.int64(NO_BITMAP)
+            over = False
+            for i in range(nr):
+                p = np.int64(m64[b, HDR + mx + i] >> np.uint64(24))
+                if dcount[p] >= 2 and dst[DST_RC] >= 0:
+                    over = True
+                    break
+                if p < lo or p >= lo + ENTRIES_PER_BITMAP:
+                    lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+                    if lo < 0:
+                        return -1
+            if over:
+                return _inc_children_over(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                          dfree, dst, b)
+            for i in range(nr):
+                _dinc(dcount, dcommitted, dfree, np.int64(m64[b, HDR + mx + i] >> np.uint64(24)))
+    return 0
+
+
+@njit(refcount=False)
+def _inc_children_over(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, b):
+    """:func:`_inc_children` of a leaf of data blocks some of whose counts
+    reach 3 or more: in the leaf's order (data_block_inc's runs, sm_ll_inc
+    block by block), each block's bitmap shadowed as the block first
+    reaches it, then its count, and its ref-count tree entry changed as
+    the count moves from 2 or more (the tree's nodes shadowed, or split,
+    between this leaf's copy and whatever the transaction shadows next).
+    0, or -1 when metadata ran out."""
+    nr = m32[b, 4]
+    mx = m32[b, 5]
+    lo = np.int64(NO_BITMAP)
+    for i in range(nr):
+        p = np.int64(m64[b, HDR + mx + i] >> np.uint64(24))
+        if p < lo or p >= lo + ENTRIES_PER_BITMAP:
+            lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
+            if lo < 0:
+                return -1
+        c = np.int64(dcount[p])
+        _dinc(dcount, dcommitted, dfree, p)
+        if c >= 2 and data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
+                                          dcommitted, dfree, dst, p, c, True) < 0:
+            return -1
     return 0
 
 
@@ -785,6 +846,8 @@ def _replace_value(m64, m32, count, committed, free, txn, kind, fresh, tst, dcou
             lo = data_bitmap_shadowed(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p, lo)
             if lo < 0:
                 return lo
+        if _ref_count_dec(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, p) < 0:
+            return np.int64(-1)
         _ddec(dcount, dcommitted, dfree, p)
     _set_val(m64, m32, b, i, value)
     return lo
@@ -1471,6 +1534,12 @@ def write_blocks(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount
                         out[2] = added
                         out[3] = allocs
                         return -1
+                if _ref_count_dec(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, po) < 0:
+                    out[0] = root
+                    out[1] = k
+                    out[2] = added
+                    out[3] = allocs
+                    return -1
                 _ddec(dcount, dcommitted, dfree, po)
                 _set_val(m64, m32, lb, res[1], value)
             else:
@@ -1712,6 +1781,8 @@ def remove_mapping_scratch(m64, m32, count, committed, free, txn, kind, fresh, t
     # dm_btree_remove's dec, after the spine: the bitmap shadowed then
     if _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
         return -1
+    if _ref_count_dec(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, p) < 0:
+        return -1
     _ddec(dcount, dcommitted, dfree, p)
     _delete_at(m64, m32, n, idx)
     out[1] = 1
@@ -1815,6 +1886,8 @@ def _remove_one(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
     p = np.int64(_val(m64, m32, n, idx) >> np.uint64(24))
     # block_dec (dm_sm_dec_block), then delete_at
     if _shadow_data_bitmap_of(m64, m32, count, committed, free, txn, kind, fresh, tst, dst, p) < 0:
+        return -1
+    if _ref_count_dec(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, p) < 0:
         return -1
     _ddec(dcount, dcommitted, dfree, p)
     _delete_at(m64, m32, n, idx)
@@ -2035,6 +2108,7 @@ def update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, r
     dfree = np.zeros(1, dtype=np.bool_)
     dcommitted = np.zeros(1, dtype=np.uint32)
     dst = np.zeros(DST_BITMAPS, dtype=np.int64)  # no data bitmaps: nothing to shadow
+    dst[DST_RC] = -1
     sp = np.zeros(4, dtype=np.int64)
     hi = np.zeros(3, dtype=np.uint64)
     res = np.zeros(3, dtype=np.int64)
@@ -2094,6 +2168,147 @@ def _update_ref_counts(m64, m32, count, committed, free, txn, kind, fresh, tst, 
         root = sp[3]
         k += 1
     out[0] = root
+    return 0
+
+
+@njit
+def ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, root, key, old, up, halves, legacy):
+    """:func:`_ref_count_step` for Python callers (the data space map's
+    own inc and dec): the new root, -1 when metadata ran out, -2 when the
+    tree lacks the entry a count above 3 needs (corrupt)."""
+    sp = np.zeros(4, dtype=np.int64)
+    return _ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, np.int64(root),
+                           np.int64(key), np.int64(old), up, halves, legacy)
+
+
+@njit(refcount=False)
+def _ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, sp, root, key, old, up, halves,
+                    legacy):
+    """A space map's ref-count tree (4-byte values) as block ``key``'s
+    count moves by one from ``old`` (up from 2 or more, or down from 3 or
+    more), changed there and then as dm's sm_ll_inc/sm_ll_dec change it:
+    since 5.14 a count reaching 3 is inserted (dm_btree_insert); one
+    moving above 3 is set in its leaf once btree_get_overwrite_leaf has
+    shadowed the path to it, top down, with no split or rebalance
+    (sm_ll_inc_overflow, sm_ll_dec_overflow); one leaving 3 is removed
+    (dm_btree_remove) after that same shadow.  Before 5.14 (``legacy``:
+    sm_ll_mutate) every new count of 3 or more is inserted, and one
+    leaving 3 removed.  The btree's steps get None for ``dst`` (the
+    tree's nodes hold no data blocks: see _inc_children), and the
+    metadata's own arrays in place of the data space map's, never read;
+    ``sp`` is the spine's scratch (int64[4]).  Returns the new root, -1
+    when metadata ran out, -2 when the tree lacks the entry a count above
+    3 needs (corrupt)."""
+    new = old + 1 if up else old - 1
+    k = np.uint64(key)
+    # (no literal arguments to the btree's steps: numba resolves these calls
+    # as recursive ones, the mapping trees' steps being on the stack, and
+    # finds them by their plain types only)
+    none = np.int64(-1)
+    zero = np.int64(0)
+    dcount, dcommitted, dfree = committed, committed, free
+    for w in range(4):
+        sp[w] = 0
+    if new >= 3 and (old == 2 or legacy):
+        # where dm's insert would only descend (every node on the way this
+        # transaction's, none full but a leaf that holds the key under the
+        # current rule), the leaf is changed in place: no shadow step
+        b = np.int64(root)
+        while True:
+            if not txn[b] or count[b] != 1:
+                break
+            full = m32[b, 4] == m32[b, 5]
+            i = _lower_bound(m64, m32, b, k)
+            if m32[b, 1] & LEAF:
+                found = i >= 0 and m64[b, HDR + i] == k
+                if full and (halves or not found):
+                    break
+                if found:
+                    _set_val(m64, m32, b, i, np.uint64(new))
+                else:
+                    _insert_at(m64, m32, b, i + 1, k, np.uint64(new))
+                return np.int64(root)
+            if full or i < 0:
+                break
+            b = np.int64(_val(m64, m32, b, i))
+        idx = _insert_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, None,
+                          sp, root, k, none, zero, halves)
+        if idx < -1:
+            return np.int64(-1)
+        nd = sp[1]
+        if idx >= m32[nd, 4] or m64[nd, HDR + idx] != k:
+            _insert_at(m64, m32, nd, idx, k, np.uint64(new))
+        else:
+            _set_val(m64, m32, nd, idx, np.uint64(new))
+        return sp[3]
+    if not legacy:
+        i = np.int64(-1)
+        b = np.int64(root)
+        while True:
+            nb = _shadow_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                              None, sp, b, i, zero)
+            if nb < 0:
+                return np.int64(-1)
+            j = _lower_bound(m64, m32, nb, k)
+            if j < 0 or j >= m32[nb, 4]:
+                return np.int64(-2)
+            if m32[nb, 1] & LEAF:
+                if m64[nb, HDR + j] != k:
+                    return np.int64(-2)
+                break
+            i = j
+            b = np.int64(_val(m64, m32, nb, j))
+        if new >= 3:
+            _set_val(m64, m32, nb, j, np.uint64(new))
+            return sp[3]
+        root = sp[3]
+        for w in range(4):
+            sp[w] = 0
+    idx = _remove_raw(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, None, sp,
+                      root, k, zero, zero)
+    if idx == -2:
+        return np.int64(-1)
+    if idx >= 0:
+        _delete_at(m64, m32, sp[1], idx)
+    return sp[3]
+
+
+@njit(refcount=False)
+def data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, p,
+                        old, up):
+    """:func:`_ref_count_step` on the data space map's ref-count tree,
+    whose root ``dst[DST_RC]`` holds (it takes the new one; its spine in
+    ``dst[DST_SP:]``), for data block ``p`` whose count moves by one from
+    ``old``; nothing when that slot is -1 (the commit updates the tree:
+    the userspace tools' way).  Called only where a count of 2 or more
+    goes up or one of 3 or more goes down, which most transactions never
+    see.  0, or -1 when metadata ran out or the tree lacks the entry (the
+    transaction is abandoned either way)."""
+    if dst[DST_RC] < 0:
+        return 0
+    legacy = dst[DST_NO_WRAP] != 0
+    new = old + 1 if up else old - 1
+    in_place = old >= 3 and new >= 3 and not legacy
+    leaf = dst[DST_RC_LEAF]
+    if in_place and leaf >= 0 and txn[leaf] and count[leaf] == 1:
+        # the leaf the last count set in place: its path is this
+        # transaction's (shadowed then) and nothing has moved the tree's
+        # entries since, so when it holds the block the overwrite's
+        # shadow steps down to it would change nothing (a leaf's children
+        # counts are mostly consecutive blocks: ~900 K of them after CoW
+        # into a snapshot of a snapshot)
+        k = np.uint64(p)
+        j = _lower_bound(m64, m32, leaf, k)
+        if j >= 0 and m64[leaf, HDR + j] == k:
+            _set_val(m64, m32, leaf, j, np.uint64(new))
+            return 0
+    r = _ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dst[DST_SP:DST_SP + 4],
+                        dst[DST_RC], np.int64(p), np.int64(old), up, dst[DST_RC_HALVES] != 0, legacy)
+    if r < 0:
+        dst[DST_RC_LEAF] = -1
+        return -1
+    dst[DST_RC] = r
+    dst[DST_RC_LEAF] = dst[DST_SP + 1] if in_place else -1  # an insert or removal may move entries
     return 0
 
 
@@ -2275,3 +2490,24 @@ def commit_ready_bitmaps(m64, count, committed, free, bitmaps, ready, ie64, bloc
             _settle_range(count, committed, free, lo, hi)
             ready[j] = 3
     return k
+
+
+def _compile_ref_count_step() -> None:
+    """Compile :func:`_ref_count_step` before any kernel that calls it.
+
+    Its btree steps are the mapping trees' own (_insert_raw, _remove_raw),
+    which reach it back through inc_children (a shared leaf's data counts)
+    and the decs: compiled from inside them, numba would take that for a
+    recursive call and leave it an unresolved symbol, which a cached
+    caller loaded in a later process calls as a null pointer.  Compiled
+    first, with ``dst`` None (so the data branch of _inc_children is
+    dropped), it is a plain callee that every caller links in."""
+    from numba.core import types as T
+
+    u64_2, u32_2 = T.Array(T.uint64, 2, "C"), T.Array(T.uint32, 2, "C")
+    u32, b1, u8, i64 = (T.Array(t, 1, "C") for t in (T.uint32, T.boolean, T.uint8, T.int64))
+    _ref_count_step.compile((u64_2, u32_2, u32, u32, b1, u8, u8, u8, i64, i64, T.int64, T.int64, T.int64,
+                             T.boolean, T.boolean, T.boolean))
+
+
+_compile_ref_count_step()

@@ -22,8 +22,13 @@ INDEX_VALUE = bw.ValueType(16)
 #: ``st`` (the kernels' ``dst``): 0 the allocation cursor; DST_NO_WRAP 1
 #: when allocation does not wrap (before 5.14); DST_NR how many bitmap
 #: blocks follow from DST_BITMAPS; DST_INDEX the index tree's root when
-#: entries are saved at once (before 5.14), else -1
-DST_NO_WRAP, DST_NR, DST_INDEX, DST_BITMAPS = 1, 2, 3, 4
+#: entries are saved at once (before 5.14), else -1; DST_RC the ref-count
+#: tree's root when the kernels change it as counts of 3 and more move
+#: (dm's way), -1 when the commit does; DST_RC_HALVES 1 when that tree
+#: splits even halves; DST_SP four words of the kernels' scratch;
+#: DST_RC_LEAF the tree's leaf the kernels last set a count in (-1: none;
+#: reset for each kernel call, as inc/dec change the tree between them)
+DST_NO_WRAP, DST_NR, DST_INDEX, DST_RC, DST_RC_HALVES, DST_SP, DST_RC_LEAF, DST_BITMAPS = 1, 2, 3, 4, 5, 6, 10, 11
 IE_CACHE_SIZE = 64
 COUNT_VALUE = bw.ValueType(4)
 
@@ -45,6 +50,12 @@ class DiskSpaceMap(RefCounts):
         self.fast = True
         #: dm's index-entry cache: slot -> bitmap whose entry waits for the commit
         self._ie_cache: dict[int, int] = {}
+        #: the ref-count tree waits for the commit this transaction: a
+        #: count changed the userspace tools' way (``shadow=False``), which
+        #: leaves the tree to the commit as it leaves the bitmaps.  Else
+        #: every count of 3 or more changes the tree as it moves, as dm's
+        #: sm_ll_inc/sm_ll_dec do, and the commit finds it current.
+        self._rc_deferred = False
         #: bitmaps shadowed since the commit by :meth:`shadow_bitmaps`: the
         #: commit writes them and their entries even when their counts came
         #: back to the committed ones (the index must name the copy)
@@ -100,6 +111,11 @@ class DiskSpaceMap(RefCounts):
         self.st[DST_NO_WRAP] = 0 if self.wrap else 1
         self.st[DST_NR] = n if shadow else 0
         self.st[DST_INDEX] = -1 if self.tm.index_cache else self.bitmap_root
+        if not shadow:
+            self._rc_deferred = True
+        self.st[DST_RC] = -1 if self._rc_deferred else self.ref_count_root
+        self.st[DST_RC_HALVES] = 1 if self.split == "halves" else 0
+        self.st[DST_RC_LEAF] = -1
         self.st[DST_BITMAPS:DST_BITMAPS + n] = self.index_entries["blocknr"]
         return self.st
 
@@ -113,6 +129,8 @@ class DiskSpaceMap(RefCounts):
             self._shadowed.update(moved.tolist())
         if not self.tm.index_cache:
             self.bitmap_root = int(self.st[DST_INDEX])
+        if self.st[DST_RC] >= 0:
+            self.ref_count_root = int(self.st[DST_RC])
 
     def _write_bitmap(self, i: int) -> None:
         """Bitmap ``i``'s commit: shadowed (a no-op when this transaction
@@ -233,6 +251,11 @@ class DiskSpaceMap(RefCounts):
         the bitmaps to the commit, as the userspace tools (thin_restore,
         thin_repair) that build a whole image in one transaction do."""
         b = np.asarray(blocks, dtype=np.int64)
+        if not shadow:
+            self._rc_deferred = True
+        elif not self._rc_deferred and np.any(self.count[b] >= 2):
+            self._step_each(b, 1)
+            return
         u = np.unique(b)
         before = int(np.count_nonzero(self.count[u]))
         np.add.at(self.count, b, 1)
@@ -241,6 +264,32 @@ class DiskSpaceMap(RefCounts):
         self.touch(b)
         if shadow:
             self.shadow_bitmaps(b)
+
+    def _step_each(self, blocks: np.ndarray, delta: int) -> None:
+        """:meth:`inc` (``delta`` 1) or :meth:`dec` (-1) block by block, as
+        dm's sm_ll_inc/sm_ll_dec go when a count of 3 or more moves: each
+        block's bitmap shadowed, its count changed, and its ref-count tree
+        entry changed there and then (:meth:`TransactionManager.ref_count_step`),
+        so the tree's nodes are shadowed between the callers' blocks."""
+        legacy = not self.tm.rolling_cursor
+        for p in blocks.tolist():
+            self.shadow_bitmaps(np.array([p]))
+            c = int(self.count[p])
+            if delta > 0:
+                if c == 0:
+                    self._add_used(1)
+                self.count[p] = c + 1
+                self.free[p] = False
+            else:
+                self.count[p] = c - 1
+                if c == 1:
+                    self._add_used(-1)
+                    if self.committed[p] == 0:
+                        self.free[p] = True
+            self.touch(np.array([p]))
+            if c >= (2 if delta > 0 else 3):
+                self.ref_count_root = self.tm.ref_count_step(self.ref_count_root, p, c, delta > 0,
+                                                             self.split == "halves", legacy)
 
     def uncount(self, block: int) -> None:
         """Drop one reference on ``block`` without touching its bitmap, for
@@ -259,6 +308,9 @@ class DiskSpaceMap(RefCounts):
         if np.any(self.count[b] == 0):
             bad = int(b[np.flatnonzero(self.count[b] == 0)[0]])
             raise errors.MetadataCorruptError(f"metadata corrupt: data block {bad} released with count 0")
+        if not self._rc_deferred and np.any(self.count[b] >= 3):
+            self._step_each(b, -1)
+            return
         u = np.unique(b)
         np.subtract.at(self.count, b, 1)
         self._add_used(-int(np.count_nonzero(self.count[u] == 0)))
@@ -295,18 +347,16 @@ class DiskSpaceMap(RefCounts):
         return blocks[:k], counts[:k], flagged[has_diff != 0].tolist(), flagged[ready == 3]
 
     def commit(self) -> SmRoot:
-        """sm_disk_commit: write changed bitmaps, index entries and
-        ref counts; returns the root for the superblock.
+        """sm_disk_commit: write changed bitmaps and index entries; returns
+        the root for the superblock.
 
-        Not dm's yet: the ref-count tree's changes wait for this commit,
-        in block order, while dm's sm_ll_inc/sm_ll_dec make them as each
-        count reaches 3 or changes above it (dm_btree_insert,
-        sm_ll_inc_overflow, __sm_ll_del_overflow), so dm shadows the
-        tree's nodes between the mapping nodes, inside inc_children of the
-        leaf that raised the counts.  A snapshot of a snapshot and a write
-        into each (246 data blocks at 3) puts the tree's new root after
-        every mapping node of the transaction here, right after the second
-        leaf's shadow in dm; what follows it moves by one block."""
+        The ref-count tree is current already: dm's sm_ll_inc/sm_ll_dec
+        change it as each count reaches 3 or moves above it (inside
+        inc_children of the leaf that raised the counts, or at the dec of
+        a replaced mapping), and so do thinp's kernels (``dst[DST_RC]``)
+        and :meth:`inc`/:meth:`dec`.  Only a transaction that changed
+        counts the tools' way (``shadow=False``) leaves the tree to this
+        commit, in block order."""
         tm = self.tm
         n = self.nr_blocks
         for slot in sorted(self._ie_cache):  # disk_ll_commit: the cache's entries, by slot
@@ -317,12 +367,16 @@ class DiskSpaceMap(RefCounts):
             blocks, counts, bitmaps, done = self._first_pass()
             if self._shadowed:
                 bitmaps = sorted(set(bitmaps) | self._shadowed)
-            self.ref_count_root = tm.update_ref_counts(self.ref_count_root, blocks, counts, self.split == "halves")
+            if self._rc_deferred:
+                self.ref_count_root = tm.update_ref_counts(self.ref_count_root, blocks, counts,
+                                                           self.split == "halves")
         else:
             changed, bitmaps = self.changed_blocks()
             if self._shadowed:
                 bitmaps = sorted(set(bitmaps) | self._shadowed)
             rc = changed[(self.count[changed] >= 3) | (self.committed[changed] >= 3)]
+            if not self._rc_deferred:
+                rc = rc[:0]  # the tree changed as the counts moved
             for b in rc.tolist():
                 c = int(self.count[b])
                 if c >= 3:
@@ -337,6 +391,7 @@ class DiskSpaceMap(RefCounts):
             for i in bitmaps:
                 self._write_bitmap(i)
         self._shadowed.clear()
+        self._rc_deferred = False
         cursor = self.begin
         self.settle(done)
         if self.tm.rolling_cursor:

@@ -406,6 +406,25 @@ class TransactionManager(RefCounts):
             raise errors.NoSpaceError(f"out of metadata space: all {self.nr_blocks} metadata blocks are in use")
         return int(out[0])
 
+    def ref_count_step(self, root: int, block: int, old: int, up: bool, halves: bool, legacy: bool) -> int:
+        """A ref-count tree at ``root`` as ``block``'s count moves by one
+        from ``old`` (up from 2 or more, down from 3 or more), changed as
+        dm's sm_ll_inc/sm_ll_dec change it there and then (the numba
+        kernel ``ref_count_step``; ``legacy``: before 5.14); returns the
+        new root.  NoSpaceError when metadata ran out."""
+        from . import _btree_kernels as BK
+
+        blk = self.bm.blocks
+        r = BK.ref_count_step(blk.view(np.uint64), blk.view(np.uint32), self.count, self.committed, self.free,
+                              self.txn, self.kind, self.bm.fresh, self.st, np.int64(root), np.int64(block),
+                              np.int64(old), bool(up), bool(halves), bool(legacy))
+        if r == -2:
+            raise errors.MetadataCorruptError(f"metadata corrupt: block {block} has count {old} but no entry in "
+                                              f"the ref-count tree")
+        if r < 0:
+            raise errors.NoSpaceError(f"out of metadata space: all {self.nr_blocks} metadata blocks are in use")
+        return int(r)
+
     def commit_space_map(self, rc_tree=None, *, split: str = "current") -> SmRoot:
         """Write the metadata space map for the counts as they are now.
 
