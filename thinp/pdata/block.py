@@ -83,6 +83,77 @@ ZERO_CHUNK_BLOCKS = 256
 _ZEROS = bytes(ZERO_CHUNK_BLOCKS * BLOCK_SIZE)
 
 
+#: sync_file_range(2)'s flags
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
+_sfr = None
+#: file systems whose fsync/fdatasync on a single block device always ends
+#: in a flush of that device's whole write cache (ext4's ext4_sync_file:
+#: the journal commit's preflush, else blkdev_issue_flush; xfs_file_fsync:
+#: the log force's, else xfs_blkdev_issue_flush), so writes to any file
+#: there that completed before the call are durable after it
+DEVICE_FLUSHING_FS = frozenset({"ext4", "xfs"})
+_flushing_devs: dict[int, bool] = {}
+
+
+def _sync_file_range(fd: int, offset: int, nbytes: int, flags: int) -> bool:
+    """libc's sync_file_range (Linux), False where there is none or it fails."""
+    global _sfr
+    if _sfr is None:
+        try:
+            import ctypes
+
+            f = ctypes.CDLL(None, use_errno=True).sync_file_range
+            f.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+            f.restype = ctypes.c_int
+            _sfr = f
+        except (OSError, AttributeError):
+            _sfr = False
+    return bool(_sfr) and _sfr(fd, offset, nbytes, flags) == 0
+
+
+def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
+    """Start writing back the dirty pages of ``fd`` in the range (0: to
+    the end of the file) without waiting, and without a device flush."""
+    return _sync_file_range(fd, offset, nbytes, _SFR_WRITE)
+
+
+def written_back(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
+    """Write back the dirty pages of ``fd`` in the range and wait until
+    the device has them (in its volatile cache: no flush, and nothing
+    about the file's own metadata); False when that could not be done."""
+    return _sync_file_range(fd, offset, nbytes, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER)
+
+
+def flush_covers(fd: int, other_fd: int) -> bool:
+    """Whether an fdatasync of ``fd`` also makes durable whatever was
+    written back (:func:`written_back`) to allocated blocks of
+    ``other_fd`` before it: both on one block device, under a file
+    system of :data:`DEVICE_FLUSHING_FS` (read from /proc/self/mountinfo).
+    False wherever that is not known (overlay, fuse, btrfs, tmpfs, no
+    /proc)."""
+    try:
+        dev = os.fstat(fd).st_dev
+        if os.fstat(other_fd).st_dev != dev:
+            return False
+    except OSError:
+        return False
+    if dev not in _flushing_devs:
+        want = f"{os.major(dev)}:{os.minor(dev)}"
+        found = False
+        try:
+            with open("/proc/self/mountinfo") as f:
+                for line in f:
+                    left, _, right = line.partition(" - ")
+                    fields = left.split()
+                    if len(fields) > 2 and fields[2] == want:
+                        found = right.split()[:1] and right.split()[0] in DEVICE_FLUSHING_FS
+                        break
+        except OSError:
+            found = False
+        _flushing_devs[dev] = bool(found) and _sync_file_range(fd, 0, 0, 0)
+    return _flushing_devs[dev]
+
+
 def corrupt(msg: str) -> errors.MetadataCorruptError:
     return errors.MetadataCorruptError(f"metadata corrupt: {msg}")
 

@@ -38,6 +38,7 @@ import os
 import zlib
 
 from .. import errors
+from ..pdata.block import flush_covers, start_writeback, written_back
 
 SIDECAR = "pool.json"
 SIDECAR_VERSION = 1
@@ -228,6 +229,15 @@ class SidecarFile:
         self._pending: int | None = None
         #: flushes issued (a test and benchmark figure): (in place, whole)
         self.nr_writes = [0, 0]
+        #: the metadata file whose flush may carry the slot's (:meth:`flush_with`)
+        self._flush_fd = -1
+        self._rides: bool | None = None
+        #: the file's blocks are allocated, and that durable (an fsync of
+        #: this process went through since it was last written whole)
+        self._backed = False
+        #: the last :meth:`write`'s wait only writes the slot back: the
+        #: caller's next flush of :attr:`_flush_fd` makes it durable
+        self.covered = False
 
     @classmethod
     def open(cls, pool_dir: str, settled: dict) -> "SidecarFile":
@@ -250,6 +260,16 @@ class SidecarFile:
                 live, size = max(match, key=lambda i: int(slots[i].get("seq", 0))), sz
         return cls(pool_dir, settled, live, size, seq)
 
+    def flush_with(self, fd: int) -> None:
+        """Let a synced write ride on the flush of the metadata file ``fd``
+        (:func:`~thinp.pdata.block.flush_covers`: same block device, a file
+        system whose fdatasync flushes the device's cache) instead of an
+        fdatasync of its own, once the file's blocks are known allocated:
+        a slot overwritten in place changes no file-system metadata, so
+        once written back it is durable with the device's next flush."""
+        self._flush_fd = fd
+        self._rides = None
+
     def _open_fd(self) -> int:
         if self._fd < 0:
             self._fd = os.open(os.path.join(self.pool_dir, SIDECAR), os.O_WRONLY)
@@ -268,17 +288,37 @@ class SidecarFile:
         if self.slot_size and len(body) < self.slot_size:
             target = 1 - self.live
             fd = self._open_fd()
-            os.pwrite(fd, body.ljust(self.slot_size - 1) + b"\n", target * self.slot_size)
+            off, size = target * self.slot_size, self.slot_size
+            os.pwrite(fd, body.ljust(size - 1) + b"\n", off)
             self._pending = target
             self.nr_writes[0] += 1
+            self.covered = False
             if not sync:
                 return None
+            if self._rides is None and self._flush_fd >= 0:
+                self._rides = flush_covers(self._flush_fd, fd)
+            if self._backed and self._rides:
+                # written back beside the metadata's own blocks; the
+                # metadata's flush, after this wait, makes it durable
+                start_writeback(fd, off, size)
+                self.covered = True
+
+                def written():
+                    if not written_back(fd, off, size):
+                        os.fdatasync(fd)
+                return written
             fut = _flush_in_background(fd)
-            return fut.result
+
+            def flushed():
+                fut.result()
+                self._backed = True
+            return flushed
         # first write after a version 1 file, or outgrown: both slots, whole
         old = encode_slot({**self.live_side, "seq": self.seq})
         self.close()
+        self.covered = False
         self.slot_size = _write_whole(self.pool_dir, old, body, sync)
+        self._backed = sync
         self.live, self._pending = 0, 1
         self.nr_writes[1] += 1
         return None

@@ -1,0 +1,98 @@
+"""The sidecar slot's flush rides on the metadata's first barrier where one
+device flush covers both files (ext4 or xfs on one block device): a commit
+with sync on then makes two fdatasync calls, both on the metadata file,
+the slot having been written back before the first.  Elsewhere, and for
+the first synced write of a sidecar file (its blocks may not be allocated
+yet), the slot gets an fdatasync of its own."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import thinp
+from thinp.pdata import block
+from thinp.thin import sidecar
+
+BS = 64 << 10
+
+
+def _flush_log(monkeypatch):
+    """Every fdatasync/fsync and written_back call, as (name, file name)."""
+    log = []
+    lock = threading.Lock()
+
+    def record(name, fn):
+        def call(fd, *a):
+            with lock:
+                log.append((name, os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+            return fn(fd, *a)
+        return call
+
+    monkeypatch.setattr(os, "fdatasync", record("fdatasync", os.fdatasync))
+    monkeypatch.setattr(os, "fsync", record("fsync", os.fsync))
+    monkeypatch.setattr(sidecar, "written_back", record("written_back", block.written_back))
+    return log
+
+
+def _covered_fs(tmp_path) -> bool:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return block.flush_covers(fd, fd)
+    finally:
+        os.close(fd)
+
+
+def test_synced_commit_flushes_the_device_twice_where_one_flush_covers_both(tmp_path, monkeypatch):
+    if not _covered_fs(tmp_path):
+        pytest.skip("the test directory is not on ext4/xfs over a block device")
+    p = tmp_path / "p"
+    with thinp.ThinPool.create(p, "1G", sync=True) as pool:
+        pool.create_thin(1, "256M")
+        pool.device(1).write(0, 4 * BS)
+        pool.commit()  # the sidecar's first synced write: its own fdatasync
+        log = _flush_log(monkeypatch)
+        pool.create_snap(2, 1)
+        # the slot written back, then dm's two barriers on the metadata file
+        assert log == [("written_back", "pool.json"), ("fdatasync", "metadata"), ("fdatasync", "metadata")]
+        assert pool._sidecar.covered
+        log.clear()
+        pool.device(2).write(0, BS)  # CoW: a mapping commit rewrites the slot too
+        pool.commit()
+        assert log == [("written_back", "pool.json"), ("fdatasync", "metadata"), ("fdatasync", "metadata")]
+    with thinp.ThinPool.open(p) as pool:
+        assert pool.devices() == [1, 2] and pool.device(2).mapped_blocks == 4
+
+
+def test_first_synced_write_and_unknown_file_systems_fdatasync_the_slot(tmp_path, monkeypatch):
+    p = tmp_path / "p"
+    with thinp.ThinPool.create(p, "1G", sync=True) as pool:
+        log = _flush_log(monkeypatch)
+        pool.create_thin(1, "256M")  # the sidecar file as the creation left it: fdatasync
+        assert ("fdatasync", "pool.json") in log and not pool._sidecar.covered
+        monkeypatch.setattr(sidecar, "flush_covers", lambda fd, other: False)
+        pool._sidecar.flush_with(pool._dm.bm.fd)
+        log.clear()
+        pool.create_snap(2, 1)
+        assert sorted(log) == [("fdatasync", "metadata"), ("fdatasync", "metadata"), ("fdatasync", "pool.json")]
+        assert not pool._sidecar.covered
+
+
+def test_flush_covers_only_one_known_block_device(tmp_path):
+    a = os.open(tmp_path / "a", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if os.path.isdir("/dev/shm"):
+            b = os.open("/dev/shm", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                assert not block.flush_covers(a, b)  # two devices (and tmpfs has no device flush)
+            finally:
+                os.close(b)
+        covered = block.flush_covers(a, a)
+        mounts = open("/proc/self/mountinfo").read().splitlines()
+        dev = os.fstat(a).st_dev
+        fs = [line.partition(" - ")[2].split()[0] for line in mounts
+              if line.split()[2] == f"{os.major(dev)}:{os.minor(dev)}"]
+        assert covered == bool(fs and fs[0] in block.DEVICE_FLUSHING_FS)
+    finally:
+        os.close(a)
