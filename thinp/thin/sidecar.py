@@ -22,8 +22,13 @@ makes it, the other slot still belongs to the metadata's commit, and the
 open picks the slot whose tie matches the superblock.  In-place overwrites
 of allocated blocks change no file-system metadata, so syncing one is a
 data-only flush (no journal commit), issued alongside the metadata's own
-pre-superblock flush (:meth:`SidecarFile.write` returns the wait).  Only a
-sidecar that outgrows its slot is written whole again (a temporary file,
+pre-superblock flush (:meth:`SidecarFile.write` returns the wait).  Where
+one device flush covers both files (ext4 or xfs on one block device:
+:func:`~thinp.pdata.block.flush_covers`) the slot is only written back, and
+the metadata's pre-superblock fdatasync, issued after that, makes it durable
+with the metadata's blocks: one device flush, not two.  The first synced
+write of a sidecar file keeps its own fdatasync (its blocks may not be
+allocated on disk before).  Only a sidecar that outgrows its slot is written whole again (a temporary file,
 fsync, rename, directory fsync), with both slots.
 
 A version 1 sidecar (one JSON object, written by earlier thinp, by
