@@ -96,3 +96,51 @@ def test_flush_covers_only_one_known_block_device(tmp_path):
         assert covered == bool(fs and fs[0] in block.DEVICE_FLUSHING_FS)
     finally:
         os.close(a)
+
+
+#: the child: one synced commit (the sidecar file is then known allocated),
+#: then kill -9 itself once the next commit's slot is written back, before
+#: the metadata's flush and its superblock
+CHILD = """
+import os, signal, sys
+import thinp
+from thinp.thin import sidecar
+
+real = sidecar.SidecarFile.write
+
+def write(self, side, sync):
+    wait = real(self, side, sync)
+    assert self.covered
+    wait()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+pool = thinp.ThinPool.open(sys.argv[1])
+pool.create_snap(3, 1)
+sidecar.SidecarFile.write = write
+pool.create_snap(4, 1)
+"""
+
+
+def test_kill9_after_a_covered_slot_is_written_back(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from .test_sidecar_crash import ROOT
+
+    if not _covered_fs(tmp_path):
+        pytest.skip("the test directory is not on ext4/xfs over a block device")
+    p = tmp_path / "p"
+    with thinp.ThinPool.create(p, "1G", sync=True) as pool:
+        pool.create_thin(1, "256M")
+        pool.device(1).write(0, 8 * BS)
+        pool.create_snap(2, 1)
+    r = subprocess.run([sys.executable, "-c", CHILD, str(p)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert sorted(sidecar.read_sidecar(p)["devices"]) == ["1", "2", "3", "4"]  # the slot of the lost commit
+    with thinp.ThinPool.open(p) as pool:
+        assert pool.devices() == [1, 2, 3] and pool.device(3).mapped_blocks == 8
+        pool.create_snap(4, 1)
+    with thinp.ThinPool.open(p) as pool:
+        assert pool.devices() == [1, 2, 3, 4]
