@@ -174,6 +174,91 @@ def _journals_data(fd: int) -> bool:
     return bool(flags & _FS_JOURNAL_DATA_FL)
 
 
+class FlushBehind:
+    """An fdatasync that runs while the caller goes on: Linux AIO's
+    ``IOCB_CMD_FDSYNC`` (vfs_fsync in a kernel worker, the same flush as
+    fdatasync's), so neither a thread of ours nor the GIL is involved.
+    Where AIO is not there (io_setup fails: no syscall, aio-max-nr
+    reached), :meth:`start` flushes at once instead."""
+
+    _IO_SETUP, _IO_DESTROY, _IO_GETEVENTS, _IO_SUBMIT = 206, 207, 208, 209  # x86_64
+    _FDSYNC = 3
+
+    def __init__(self):
+        self._ctx = None
+        self._pending = False
+        self._err = None
+
+    def _setup(self) -> bool:
+        if self._ctx is None:
+            self._ctx = False
+            try:
+                import ctypes
+                import platform
+
+                if platform.machine() != "x86_64":
+                    return False
+
+                class Iocb(ctypes.Structure):
+                    _fields_ = [("data", ctypes.c_uint64), ("key", ctypes.c_uint32), ("rw_flags", ctypes.c_int32),
+                                ("opcode", ctypes.c_uint16), ("reqprio", ctypes.c_int16), ("fildes", ctypes.c_uint32),
+                                ("buf", ctypes.c_uint64), ("nbytes", ctypes.c_uint64), ("offset", ctypes.c_int64),
+                                ("reserved2", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("resfd", ctypes.c_uint32)]
+
+                class Event(ctypes.Structure):
+                    _fields_ = [("data", ctypes.c_uint64), ("obj", ctypes.c_uint64), ("res", ctypes.c_int64),
+                                ("res2", ctypes.c_int64)]
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.syscall.restype = ctypes.c_long
+                ctx = ctypes.c_ulong(0)
+                if libc.syscall(self._IO_SETUP, 1, ctypes.byref(ctx)) != 0:
+                    return False
+                self._iocb = Iocb(opcode=self._FDSYNC)
+                self._ptrs = (ctypes.POINTER(Iocb) * 1)(ctypes.pointer(self._iocb))
+                self._event = (Event * 1)()
+                self._libc, self._ctypes, self._ctx = libc, ctypes, ctx
+            except (OSError, AttributeError):
+                return False
+        return bool(self._ctx)
+
+    def start(self, fd: int) -> None:
+        """Begin an fdatasync of ``fd`` (at most one at a time: a flush
+        still running is waited for first)."""
+        self.wait()
+        if self._setup():
+            self._iocb.fildes = fd
+            if self._libc.syscall(self._IO_SUBMIT, self._ctx, 1, self._ptrs) == 1:
+                self._pending = True
+                return
+        os.fdatasync(fd)
+
+    def wait(self) -> None:
+        """Return once the flush :meth:`start` began is over; OSError if it failed."""
+        if not self._pending:
+            return
+        while True:
+            n = self._libc.syscall(self._IO_GETEVENTS, self._ctx, 1, 1, self._event, None)
+            if n == 1:
+                break
+            e = self._ctypes.get_errno()
+            if n < 0 and e != errno.EINTR:
+                self._pending = False
+                raise OSError(e, os.strerror(e))
+        self._pending = False
+        res = int(self._event[0].res)
+        if res < 0:
+            raise OSError(-res, os.strerror(-res))
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._ctx:
+                self._libc.syscall(self._IO_DESTROY, self._ctx)
+            self._ctx = None
+
+
 def corrupt(msg: str) -> errors.MetadataCorruptError:
     return errors.MetadataCorruptError(f"metadata corrupt: {msg}")
 
@@ -206,6 +291,8 @@ class BlockManager:
         #: what the zeroing behind did: [blocks written, seconds it ran,
         #: seconds callers waited for it in :meth:`wait_zeroing`]
         self.zero_stats = [0, 0.0, 0.0]
+        #: the flush :meth:`flush_behind` began (waited for in :meth:`wait_flush`)
+        self._flush_behind: FlushBehind | None = None
 
     @property
     def nr_blocks(self) -> int:
@@ -235,8 +322,30 @@ class BlockManager:
     def in_memory(cls, nr_blocks: int) -> "BlockManager":
         return cls(np.zeros((nr_blocks, BLOCK_SIZE), dtype=np.uint8))
 
+    def flush_behind(self) -> None:
+        """Begin an fdatasync of the file that runs while the caller goes
+        on; :meth:`wait_flush` returns once it is over (a synchronous
+        fdatasync where the kernel offers no asynchronous one)."""
+        if self._flush_behind is None:
+            self._flush_behind = FlushBehind()
+        self._flush_behind.start(self.fd)
+
+    def wait_flush(self) -> None:
+        """Return once the flush :meth:`flush_behind` began is over (at
+        once when there is none); OSError if it failed."""
+        if self._flush_behind is not None:
+            self._flush_behind.wait()
+
     def close(self) -> None:
         self.wait_zeroing()
+        fb, self._flush_behind = self._flush_behind, None
+        try:
+            if fb is not None:
+                fb.close()  # (OSError when its flush failed, after the rest)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
         self.blocks = np.zeros((0, BLOCK_SIZE), dtype=np.uint8)
         self.fresh = np.zeros(0, dtype=np.uint8)
         self._valid = np.zeros(0, dtype=np.uint8)

@@ -1154,7 +1154,9 @@ class ThinPool:
         try:
             # the sidecar's slot is written before dm's pre-superblock
             # flush, and its own flush overlaps that one
-            dm.commit(before_flush=lambda: self._write_sidecar(side, sync))
+            # the superblock's flush runs behind the bookkeeping below,
+            # and is waited for before anything that needs it durable
+            dm.commit(before_flush=lambda: self._write_sidecar(side, sync), durable_later=True)
         except errors.NoSpaceError:
             self._sidecar.aborted()
             self._metadata_failed()
@@ -1165,20 +1167,23 @@ class ThinPool:
             raise errors.ReadOnlyPoolError(
                 f"{self.path}: out of metadata space during commit; the transaction was aborted and the pool is "
                 "read-only with needs_check set") from None
-        self._sidecar.committed(self._side)
-        self._reserve_block = None
-        md.commit()
-        if not dm.tm.rolling_cursor:
-            # sm_disk_commit before 5.14 restarted the data cursor at 0
-            md.sp.scal[K.S_DCURSOR] = 0
-        self._runs.clear()
-        self._merge_at = 256
-        self._commit_gen += 1
-        self._commit_counters = md.sp.scal[_COUNTER_SLOTS].copy()
-        self._sb_committed = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
-        dm.sb.pack(self._sb_committed)
-        if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
-            self._meta_lwm_armed = True
+        try:
+            self._sidecar.committed(self._side)
+            self._reserve_block = None
+            md.commit()
+            if not dm.tm.rolling_cursor:
+                # sm_disk_commit before 5.14 restarted the data cursor at 0
+                md.sp.scal[K.S_DCURSOR] = 0
+            self._runs.clear()
+            self._merge_at = 256
+            self._commit_gen += 1
+            self._commit_counters = md.sp.scal[_COUNTER_SLOTS].copy()
+            self._sb_committed = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
+            dm.sb.pack(self._sb_committed)
+            if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
+                self._meta_lwm_armed = True
+        finally:
+            dm.wait_durable()  # discards passed down, events and the caller come after
         self._punch_passdown()
         self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
         # dm-thin's check_for_metadata_space after every commit

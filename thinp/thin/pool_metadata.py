@@ -693,7 +693,12 @@ class PoolMetadata:
         return self.tm.nr_used
 
     # ------------------------------------------------------------ commit
-    def commit(self, before_superblock=None, before_flush=None) -> None:
+    def wait_durable(self) -> None:
+        """Return once the last commit is durable: its superblock's flush,
+        which ``commit(durable_later=True)`` leaves running, is over."""
+        self.bm.wait_flush()
+
+    def commit(self, before_superblock=None, before_flush=None, durable_later: bool = False) -> None:
         """__commit_transaction: details, data space map, metadata space
         map, the other dirty blocks, then the superblock.
         ``before_superblock()``, when given, runs once everything but the
@@ -705,7 +710,11 @@ class PoolMetadata:
         dm's), or a pair ``(ready, None)``: ``ready()`` returns once the
         caller's own write is on the device, and is called before that
         flush, which then makes it durable too (one device flush for both:
-        :func:`~thinp.pdata.block.flush_covers`)."""
+        :func:`~thinp.pdata.block.flush_covers`).  ``durable_later``: the
+        superblock's flush (sync on) runs behind
+        (:meth:`BlockManager.flush_behind`) while this commit's bookkeeping
+        and the caller's go on; the caller calls :meth:`wait_durable` before
+        anything that needs the commit durable, and before it returns."""
         tm = self.tm
         # the commit's own shadows (ref-count trees, space maps) come from
         # the cursor on: zero the holes there first (a no-op when the last
@@ -770,7 +779,9 @@ class PoolMetadata:
             before_superblock()
         if self.bm.fd >= 0 and self.bm.mm is not None:
             os.pwrite(self.bm.fd, buf.tobytes(), 0)
-            if self.sync:
+            if self.sync and durable_later:
+                self.bm.flush_behind()  # barrier 2, behind: wait_durable waits
+            elif self.sync:
                 os.fdatasync(self.bm.fd)  # barrier 2: the commit is durable
         else:
             self.bm.raw(SUPERBLOCK_LOCATION)[:] = buf
