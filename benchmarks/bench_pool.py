@@ -185,10 +185,10 @@ def test_create_snap_is_flat(benchmark, workdir, mapped, sync):
     pool.commit()
     ids = iter(range(1, 1000))
     # the disk's part: every fsync/fdatasync the snapshot's commit makes
-    # (dm's two barriers; the sidecar slot's rides on the first where one
-    # device flush covers both files, else runs on a helper thread beside
-    # it), each as a (start, end) interval; the critical path's share is
-    # their union
+    # (dm's two barriers and the sidecar slot's, on a helper thread beside
+    # the first, or riding on it with SidecarFile.RIDE_ON_METADATA_FLUSH),
+    # each as a (start, end) interval; the critical path's share is their
+    # union
     import threading
     import time
 

@@ -1,4 +1,5 @@
-"""The sidecar slot's flush rides on the metadata's first barrier where one
+"""With SidecarFile.RIDE_ON_METADATA_FLUSH on (off by default), the sidecar
+slot's flush rides on the metadata's first barrier where one
 device flush covers both files (ext4 or xfs on one block device): a commit
 with sync on then flushes only the metadata file, twice (the second behind
 the commit's bookkeeping), the slot having been written back before the
@@ -55,6 +56,7 @@ def _covered_fs(tmp_path) -> bool:
 def test_synced_commit_flushes_the_device_twice_where_one_flush_covers_both(tmp_path, monkeypatch):
     if not _covered_fs(tmp_path):
         pytest.skip("the test directory is not on ext4/xfs over a block device")
+    monkeypatch.setattr(sidecar.SidecarFile, "RIDE_ON_METADATA_FLUSH", True)
     p = tmp_path / "p"
     with thinp.ThinPool.create(p, "1G", sync=True) as pool:
         pool.create_thin(1, "256M")
@@ -74,14 +76,17 @@ def test_synced_commit_flushes_the_device_twice_where_one_flush_covers_both(tmp_
         assert pool.devices() == [1, 2] and pool.device(2).mapped_blocks == 4
 
 
-def test_first_synced_write_and_unknown_file_systems_fdatasync_the_slot(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ride", [True, False], ids=["ride", "default"])
+def test_first_synced_write_and_unknown_file_systems_fdatasync_the_slot(tmp_path, monkeypatch, ride):
+    monkeypatch.setattr(sidecar.SidecarFile, "RIDE_ON_METADATA_FLUSH", ride)
     p = tmp_path / "p"
     with thinp.ThinPool.create(p, "1G", sync=True) as pool:
         log = _flush_log(monkeypatch)
         pool.create_thin(1, "256M")  # the sidecar file as the creation left it: fdatasync
         assert ("fdatasync", "pool.json") in log and not pool._sidecar.covered
-        monkeypatch.setattr(sidecar, "flush_covers", lambda fd, other: False)
-        pool._sidecar.flush_with(pool._dm.bm.fd)
+        if ride:  # (by default the slot never rides)
+            monkeypatch.setattr(sidecar, "flush_covers", lambda fd, other: False)
+            pool._sidecar.flush_with(pool._dm.bm.fd)
         log.clear()
         pool.create_snap(2, 1)
         assert sorted(log) == [("fdatasync", "metadata"), ("fdatasync", "pool.json"), ("flush_behind", "metadata")]
@@ -116,6 +121,7 @@ import thinp
 from thinp.thin import sidecar
 
 real = sidecar.SidecarFile.write
+sidecar.SidecarFile.RIDE_ON_METADATA_FLUSH = True
 
 def write(self, side, sync):
     wait = real(self, side, sync)
