@@ -458,6 +458,8 @@ class ThinPool:
         self._leaked = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         #: the sidecar's two slots: which one holds the last commit's
         self._sidecar = None if read_only else SidecarFile.open(path, side)
+        if self._sidecar is not None and dm.bm.fd >= 0:
+            self._sidecar.flush_with(dm.bm.fd)  # its synced writes may ride on dm's flush
         #: the superblock as the last commit packed it (None before one)
         self._sb_committed: np.ndarray | None = None
         self._lock_fd = lock_fd
@@ -1164,7 +1166,9 @@ class ThinPool:
         try:
             # the sidecar's slot is written before dm's pre-superblock
             # flush, and its own flush overlaps that one
-            dm.commit(before_flush=lambda: self._write_sidecar(side, sync))
+            # the superblock's flush runs behind the bookkeeping below,
+            # and is waited for before anything that needs it durable
+            dm.commit(before_flush=lambda: self._write_sidecar(side, sync), durable_later=True)
         except errors.NoSpaceError:
             self._sidecar.aborted()
             self._metadata_failed()
@@ -1175,20 +1179,23 @@ class ThinPool:
             raise errors.ReadOnlyPoolError(
                 f"{self.path}: out of metadata space during commit; the transaction was aborted and the pool is "
                 "read-only with needs_check set") from None
-        self._sidecar.committed(self._side)
-        self._reserve_block = None
-        md.commit()
-        if not dm.tm.rolling_cursor:
-            # sm_disk_commit before 5.14 restarted the data cursor at 0
-            md.sp.scal[K.S_DCURSOR] = 0
-        self._runs.clear()
-        self._merge_at = 256
-        self._commit_gen += 1
-        self._commit_counters = md.sp.scal[_COUNTER_SLOTS].copy()
-        self._sb_committed = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
-        dm.sb.pack(self._sb_committed)
-        if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
-            self._meta_lwm_armed = True
+        try:
+            self._sidecar.committed(self._side)
+            self._reserve_block = None
+            md.commit()
+            if not dm.tm.rolling_cursor:
+                # sm_disk_commit before 5.14 restarted the data cursor at 0
+                md.sp.scal[K.S_DCURSOR] = 0
+            self._runs.clear()
+            self._merge_at = 256
+            self._commit_gen += 1
+            self._commit_counters = md.sp.scal[_COUNTER_SLOTS].copy()
+            self._sb_committed = np.zeros(METADATA_BLOCK_SIZE, dtype=np.uint8)
+            dm.sb.pack(self._sb_committed)
+            if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
+                self._meta_lwm_armed = True
+        finally:
+            dm.wait_durable()  # discards passed down, events and the caller come after
         self._punch_passdown()
         self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
         # dm-thin's check_for_metadata_space after every commit
@@ -1253,13 +1260,17 @@ class ThinPool:
         changed no mapping and no device).  The live slot then belongs to
         this commit as much as to the last one, and a crash before the
         superblock finds it right for either.  Returns the wait for the
-        slot's flush (sync on), which overlaps dm's own."""
+        slot's flush (sync on), which overlaps dm's own, or (the slot only
+        written back, :attr:`SidecarFile.covered`) ``(wait, None)``: dm's
+        flush makes it durable."""
         side["commit"] = _commit_tie(self._dm)
         now = {k: v for k, v in side.items() if k != "previous"}
         wait = None
         if now != self._side_written:
             wait = self._sidecar.write(now, sync)
             self._side_written = now
+            if wait is not None and self._sidecar.covered:
+                wait = (wait, None)
         self._side = now
         return wait
 
