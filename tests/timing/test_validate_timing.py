@@ -220,20 +220,24 @@ def test_fit_takes_the_idle_cores_wake_ups_from_one_process_alone_and_with_the_c
     assert lone["page_write_cpu_s"]["zfs"] == pytest.approx(125e-6 - 93e-6 - copy_s)
 
 
+def _copy_up_cost(mib):
+    """A cold copy-up of a ``mib`` MiB lower file as the model prices it on a
+    50 us, 2 GB/s loop device: the device's read and write of the file, the
+    append after, 2 ms once and 1.5 us a page."""
+    k = TimingConstants()
+    nreq = -(-(mib << 20) // k.merge_bytes)
+    io_s = 2 * (50e-6 * -(-nreq // k.get("queue_depth", "loop-on-tmpfs")) + (mib << 20) / 2e9)
+    return 0.0005 + io_s + 2e-3 + mib * 256 * 1.5e-6
+
+
 def test_fit_parts_a_copy_ups_once_cost_from_its_per_page_cost_with_two_sizes(tmp_path):
     """Cold copy-ups of 4 and 16 MiB made as the model prices them (the
     device's read and write of the file, the append after, 2 ms once, 1.5 us
     a page) give those two constants back."""
-    k = TimingConstants()
     dev = {"read_latency_s": 50e-6, "read_bandwidth": 2e9}
-
-    def io_s(nbytes):
-        nreq = -(-nbytes // k.merge_bytes)
-        return 2 * (50e-6 * -(-nreq // k.get("queue_depth", "loop-on-tmpfs")) + nbytes / 2e9)
-
     meas = dict(MEAS)
     for mib in cal.COPY_UP_MIB:
-        meas[f"overlay1.copy_up_cold_{mib}MiB.p1"] = 0.0005 + io_s(mib << 20) + 2e-3 + mib * 256 * 1.5e-6
+        meas[f"overlay1.copy_up_cold_{mib}MiB.p1"] = _copy_up_cost(mib)
     t = cal.fit(meas, dev)["timing"]
     assert t["copy_up_page_s"] == pytest.approx(1.5e-6)
     assert t["copy_up_cpu_s"]["overlay2"] == pytest.approx(2e-3) == t["copy_up_cpu_s"]["overlay"]
@@ -967,16 +971,10 @@ def test_fit_prices_a_copy_up_by_its_cpu_where_measured_not_a_loaded_wall_time()
     """Where calibrate measured a cold copy-up's own and kernel-thread CPU,
     the two-size fit takes their sum (a lone copy-up's chain) over a wall
     time that load stretched: the constants come back as from a quiet run."""
-    k = TimingConstants()
     dev = {"read_latency_s": 50e-6, "read_bandwidth": 2e9}
-
-    def io_s(nbytes):
-        nreq = -(-nbytes // k.merge_bytes)
-        return 2 * (50e-6 * -(-nreq // k.get("queue_depth", "loop-on-tmpfs")) + nbytes / 2e9)
-
     meas = dict(MEAS)
     for mib in cal.COPY_UP_MIB:
-        cost = 0.0005 + io_s(mib << 20) + 2e-3 + mib * 256 * 1.5e-6
+        cost = _copy_up_cost(mib)
         meas[f"overlay1.copy_up_cold_{mib}MiB.p1"] = 5 * cost          # a loaded machine's wall time
         meas[f"overlay1.copy_up_cold_{mib}MiB.cpu.p1"] = 0.4 * cost
         meas[f"overlay1.copy_up_cold_{mib}MiB.kthread.p1"] = 0.6 * cost
