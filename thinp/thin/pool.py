@@ -1357,7 +1357,8 @@ class ThinPool:
 
     def _validate_trace(self, trace: np.ndarray):
         """Check an untrusted trace before any kernel runs it; returns
-        (slots, ops, offsets, lengths) as the replay kernel takes them."""
+        (slots, ops, offsets, lengths) as the replay kernel takes them, and
+        how many of its requests are not reads."""
         if not isinstance(trace, np.ndarray) or trace.dtype.names is None:
             raise ValueError("trace must be a numpy structured array of thinp.TRACE_DTYPE")
         if trace.ndim != 1:
@@ -1381,7 +1382,7 @@ class ThinPool:
         lut_ids = np.array(sorted(md.slot_of), dtype=np.int64)
         lut_slots = np.array([md.slot_of[int(i)] for i in lut_ids], dtype=np.int64)
         slot_size = md.dv.size_sectors * SECTOR_SIZE
-        err = np.zeros(2, dtype=np.int64)
+        err = np.zeros(3, dtype=np.int64)
         code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, slots, err)
         if code != TK.T_OK:
             r = int(err[1])
@@ -1393,9 +1394,10 @@ class ThinPool:
             raise ValueError(f"trace row {r}: {OP_NAME.get(int(ops[r]), ops[r])} of {int(ln[r])} bytes at offset "
                              f"{int(off[r])} runs past the end of thin device {int(dev[r])} "
                              f"({int(slot_size[s])} bytes)")
-        if self.read_only and len(ops) and (ops != READ).any():
+        writes = int(err[2])
+        if self.read_only and writes:
             raise errors.ReadOnlyPoolError(f"{self.path}: pool is open read-only")
-        return slots, ops, off, ln
+        return slots, ops, off, ln, writes
 
     def replay(self, trace: np.ndarray) -> ReplayResult:
         """Run a whole trace (``thinp.TRACE_DTYPE``) in numba.
@@ -1412,8 +1414,8 @@ class ThinPool:
         self._check_open()
         if not self._trees_checked:
             raise errors.ThinpError(f"{self.path}: opened with check_trees=False; reopen to replay")
-        slots, ops, off, ln = self._validate_trace(trace)
-        if len(ops) and (ops != READ).any():
+        slots, ops, off, ln, writes = self._validate_trace(trace)
+        if writes:
             self._check_writable()
         before = self._md.sp.scal.copy()
         events: list = []
