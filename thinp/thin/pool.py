@@ -480,6 +480,7 @@ class ThinPool:
         #: waited in its start for the new thread to run (0.13-0.17 s a
         #: round over 93 logs, of 0.7-0.8 s, on 4 M sequential provisions)
         self._apply_thread = None
+        self._apply_pid = -1
         #: the replay-kernel runs since the last commit, each [slots, ops,
         #: offsets, lengths, start op, start vblock, ran to the end]: an
         #: abort re-runs them on the committed state to count what dm applied
@@ -1632,10 +1633,12 @@ class ThinPool:
         md = self._md
         n = int(out[3])
         res = np.zeros(6, dtype=np.int64)
-        if self._apply_thread is None:
+        if self._apply_thread is None or self._apply_pid != os.getpid():
+            # (a forked child has not its parent's thread: it makes its own)
             from concurrent.futures import ThreadPoolExecutor
 
             self._apply_thread = ThreadPoolExecutor(1, thread_name_prefix="thinp-apply-log")
+            self._apply_pid = os.getpid()
         job = self._apply_thread.submit(self._apply_log_kernel, self._log, n, None, False, res)
         out2 = np.zeros(4, dtype=np.int64)
         end = self._stretch_end(len(ops), int(out[1]), ramp)
