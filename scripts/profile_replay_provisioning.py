@@ -1,13 +1,14 @@
 """Where the CPU of random provisioning through ``ThinPool.replay`` goes.
 
 Runs ``bench_pool.py``'s random-provisioning case (1 M 4 KiB first writes
-into a 1 TiB thin, default settings) in this process, round by round, each
+into a 1 TiB thin, default settings) in this process, round by round (or, with ``--sequential``, its sequential case: 4 M
+first writes into blocks 0, 1, 2, ...), each
 round in a new pool, and splits each round's wall, user and system time
 between the index's replay kernel, ``apply_log`` (dm's btree inserts) and
 the commit.  The first round of a fresh process is the one a single
 ``thinp replay`` pays.  A profiling aid: it wraps private functions.
 
-    PYTHONPATH=$PWD python scripts/profile_replay_provisioning.py [ROUNDS]
+    PYTHONPATH=$PWD python scripts/profile_replay_provisioning.py [ROUNDS] [--serial] [--sequential]
 """
 from __future__ import annotations
 
@@ -45,14 +46,18 @@ def _wrap(owner, name: str, label: str, acc: dict) -> None:
     setattr(owner, name, timed)
 
 
-def main(rounds: int, serial: bool = False) -> None:
+def main(rounds: int, serial: bool = False, sequential: bool = False) -> None:
     P.OVERLAP_APPLY = not serial
     work = tempfile.mkdtemp(prefix="thinp-prof-")
     try:
         _warm(work)
         nr = (1 << 40) // BS
-        n = 1 << 20
-        trace = _trace(0, np.random.default_rng(RNG_SEED).choice(nr, n, replace=False))
+        if sequential:  # bench_pool's sequential case: blocks 0, 1, 2, ...
+            n = 1 << 22
+            trace = _trace(0, np.arange(n))
+        else:
+            n = 1 << 20
+            trace = _trace(0, np.random.default_rng(RNG_SEED).choice(nr, n, replace=False))
         acc: dict = {}
         _wrap(TK, "replay", "index replay kernel", acc)
         _wrap(P.ThinPool, "_apply_log_kernel", "apply_log", acc)
@@ -77,5 +82,5 @@ def main(rounds: int, serial: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--serial"]
-    main(int(args[0]) if args else 2, "--serial" in sys.argv[1:])
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(int(args[0]) if args else 2, "--serial" in sys.argv[1:], "--sequential" in sys.argv[1:])

@@ -2,8 +2,8 @@
 
 A row flagged LOG_NEW_KEY (a provision: the vblock was unmapped) whose
 leaf dm's insert only descends to waits for one sorted merge into that
-leaf (_mirror's WAIT).  Hypothesis draws random logs -- provisions into a
-small or wide key space (leaves fill, rebalance and split), overwrites of
+leaf (_mirror's WAIT).  Hypothesis draws random logs -- provisions (runs
+up or down, or random) into a small or wide key space (leaves fill, rebalance and split), overwrites of
 mapped blocks (replacements, CoW after a snapshot), discards, several
 devices, snapshots and commits between logs, near the metadata reserve
 or not -- and applies each twice: with the flags, and with them masked
@@ -56,10 +56,13 @@ def _logs(seed: int, space: int, new_share: float, nlogs: int) -> list:
                         rows.append((dev, vb, -1 - (next_p << TK.UNMAP_BLOCK_SHIFT), op))
                 continue
             seq = kind < 0.3
+            # (ascending runs and descending ones: a leaf's waiting rows
+            # are sorted in its merge, fastest for ascending order)
+            sign = -1 if kind < 0.2 else 1
             b = rng.randrange(space)
             for i in range(rng.randrange(1, 1200)):
                 if seq:
-                    vb = (b + i) % space
+                    vb = (b + sign * i) % space
                 elif mapped[dev] and rng.random() > new_share:
                     vb = rng.choice(sorted(mapped[dev])) if len(mapped[dev]) < 64 else rng.randrange(space)
                 else:

