@@ -984,3 +984,29 @@ def test_fit_prices_a_copy_up_by_its_cpu_where_measured_not_a_loaded_wall_time()
     assert t["copy_up_worker_share"] == pytest.approx(0.6)
     walls = {k: v for k, v in meas.items() if not k.endswith((".cpu.p1", ".kthread.p1"))}
     assert cal.fit(walls, dev)["timing"]["copy_up_page_s"] > 3 * 1.5e-6       # the wall alone: stretched
+
+
+def test_real_setup_skips_zfs_when_another_daemon_holds_it(tmp_path):
+    """A second zfs-fuse daemon cannot start beside a running one (another
+    calibrate, a probe): the real side names zfs as skipped, with the reason,
+    instead of a traceback, and leaves the running daemon's pool alone."""
+    import contextlib
+    import subprocess
+
+    from thinp.validate import block
+
+    ok, why = block.zfs_available()
+    if not ok:
+        pytest.skip(why)
+    with contextlib.ExitStack() as first:
+        try:
+            pool, _mnt = first.enter_context(block.real_zfs(workdir=str(tmp_path), size="256M"))
+        except RuntimeError as e:
+            pytest.skip(f"zfs-fuse refused: {e}")
+        with contextlib.ExitStack() as stack:
+            base = vt.scratch(stack, "2G")
+            real = vt.RealSetup(stack, base, ("zfs",))
+            assert "zfs" in real.skipped and "zfs-fuse" in real.skipped["zfs"]
+            assert real.zfs is None
+        listed = subprocess.run(["zpool", "list", "-H", "-o", "name"], capture_output=True, text=True)
+        assert pool in listed.stdout.split()

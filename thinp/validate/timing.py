@@ -563,7 +563,13 @@ class RealSetup:
         if "zfs" in self.drivers:
             ok, why = block.zfs_available()
             if ok:
-                self.zpool, self.zmnt = stack.enter_context(block.real_zfs(workdir=base, size="2G"))
+                try:
+                    self.zpool, self.zmnt = stack.enter_context(block.real_zfs(workdir=base, size="2G"))
+                except RuntimeError as e:
+                    # for example a zfs-fuse daemon already running (another
+                    # calibrate, a probe): real_zfs has stopped the one it started
+                    ok, why = False, f"zfs-fuse did not start ({e}); is another zfs-fuse daemon running?"
+            if ok:
                 self.zfs_lock = os.path.join(base, "zfs-mount.lock")
                 for name, src in (("img", self.flat), ("deb", self.debian)):
                     run_cmd(["zfs", "create", f"{self.zpool}/{name}"])
