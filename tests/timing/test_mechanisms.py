@@ -399,3 +399,24 @@ def test_copy_ups_fsync_waits_for_every_copy_in_flight_on_the_devices_worker():
                        processes=4), "overlay2").oplog
     w, a = 0.75 * 1024 * 4e-6, 5 * 1e-3
     assert _steps_s(log, k, dev) > 4 * w + 0.95 * 2 * a
+
+
+def test_a_write_that_fills_a_new_page_pays_its_own_idle_wake_ups():
+    """zfs-fuse: idle_wake_s zfs.write.page is a 4 KiB append's wake-ups in
+    place of zfs.write's (a 2 KiB append pays half of each); a 5-byte
+    append keeps zfs.write's, and the key changes nothing without it."""
+    def steps(size):
+        return run(_wl([Step("append", path="/log", size=size, count=40)]), "zfs").oplog
+
+    cpu = _one_core(layer_kind_s={"default": 0.0, "zfs.write": 1e-3},
+                    idle_wake_s={"default": 0.0, "zfs.write": 0.4e-3})
+    page = dataclasses.replace(cpu, idle_wake_s={**cpu.idle_wake_s, "zfs.write.page": 0.1e-3})
+    full, half, small = steps(4096), steps(2048), steps(5)
+    # one process alone: every write's wake-ups are paid
+    assert _steps_s(full, cpu) - _steps_s(full, page) == pytest.approx(40 * 0.3e-3, rel=0.02)
+    assert _steps_s(half, cpu) - _steps_s(half, page) == pytest.approx(40 * 0.15e-3, rel=0.02)
+    assert _steps_s(small, cpu) - _steps_s(small, page) == pytest.approx(40 * 0.3e-3 * 5 / 4096, rel=0.02)
+    # no more than the write's extra cost
+    over = dataclasses.replace(cpu, idle_wake_s={**cpu.idle_wake_s, "zfs.write.page": 5e-3})
+    assert _steps_s(full, over) == pytest.approx(_steps_s(full, dataclasses.replace(
+        cpu, idle_wake_s={**cpu.idle_wake_s, "zfs.write.page": 1e-3})), rel=1e-9)

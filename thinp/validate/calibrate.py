@@ -1010,6 +1010,8 @@ def fit(meas: dict, dev: dict) -> dict:
     b4k, b5 = g("zfs.append4k.busy.p1"), g("zfs.append.busy.p1")
     if b4k is not None and b5 is not None:
         timing.setdefault("page_write_cpu_s", {})["zfs"] = max(b4k - b5 - copy_s, 0.0)
+    zfs_page_write_wake_fit(timing, meas)
+    zfs_tree_serial_fit(timing, meas, cores)
     # a cold read: the device's part as the model prices it (readahead-sized
     # requests), the copy to user space, and per page brought in the rest,
     # with the model's asynchronous readahead (:func:`cold_read_fit`)
@@ -1098,6 +1100,72 @@ def fit(meas: dict, dev: dict) -> dict:
                   "write_bandwidth": dev["read_bandwidth"], "discard_bandwidth": dev["read_bandwidth"] * 4,
                   "transfer_on_cpu": True}
     return {"timing": timing, "device": device, "calibration": {"measured_s": dict(sorted(meas.items()))}}
+
+
+def zfs_page_write_wake_fit(timing: dict, meas: dict) -> None:
+    """``idle_wake_s["zfs.write.page"]``: what one process's 4 KiB appends
+    on zfs-fuse (each filling a new page) cost alone over the same with
+    every core kept busy -- their idle cores' wake-ups, in place of a
+    5-byte append's (``idle_wake_s["zfs.write"]``).  The kept calibration
+    (2026-12-07 13:46 UTC, quiet) measured a lone 4 KiB append at 52.4 us,
+    no dearer than a lone 5-byte one (53.8 us), where with the cores busy
+    the two took 53.1 and 37.7 us: the new page's work (15.4 us) hides the
+    wake-ups, and the model priced a lone 4 KiB append at the two summed
+    (68 us; validate timing's append-big at N = 1 at 2.3x overlay2's where
+    it measured 1.2x).  Set only where the lone and busy 4 KiB figures and
+    the write's wake-ups were measured."""
+    a4, b4 = meas.get("zfs.append4k.p1"), meas.get("zfs.append4k.busy.p1")
+    wake = timing.get("idle_wake_s", {})
+    if a4 is None or b4 is None or "zfs.write" not in wake:
+        return
+    wake["zfs.write.page"] = min(max(a4 - b4, 0.0), timing["layer_kind_s"].get("zfs.write", 0.0))
+
+
+def zfs_tree_serial_fit(timing: dict, meas: dict, cores: int) -> None:
+    """zfs-fuse's tree of new directories by 4 processes at once, as a whole:
+    where its time per directory by 4 (t4 = ``zfs.tree.p4`` / 4) is
+    lock-bound (over 1.25 t1 / cores, as :func:`fit` judges a kind), t4 is
+    what the daemon's one lock is held for per directory -- its mkdir and
+    its share of the files' create and write, at their own kinds'
+    ``serial_share`` -- and hand-overs.  The mkdir's share (of its CPU as
+    the model prices it, :func:`thinp.timing.model.op_cpu_s`) is what t4
+    leaves after the files' serialized CPU, at most 1; what is left past
+    the whole mkdir is each mkdir's hand-over (``serial_handoff_s``).
+
+    :func:`fit`'s kind-by-kind shares took the tree's t4 / t1 (0.93 in
+    the kept calibration) as the mkdir's share alone, while the create's
+    share came from create + unlink (0.71) and the write's was none: the
+    model held the lock for 66 us of a directory's 100 us by 4 at once, and
+    priced validate timing's tree at N = 4 at 4.2x overlay2's where it
+    measured 6.7x.  ``scripts/probe_zfs_writes.py --what tree`` (2026-12-07
+    16:20 UTC, load 5.6) measured the tree by 1, 2, 4 and 16 processes:
+    48, 96, 200 and 1082 ms, while the CPU of its clients and the daemon's
+    threads per directory came to 80, 92, 98 and 164 us -- by 2 and 4 at
+    once the wall time is the whole CPU, one directory at a time."""
+    from ..timing import TimingConstants
+    from ..timing.model import op_cpu_s
+
+    t1, p4 = meas.get("zfs.tree.p1"), meas.get("zfs.tree.p4")
+    if t1 is None or p4 is None or t1 <= 0:
+        return
+    t4 = p4 / 4
+    if t4 <= 1.25 * t1 / min(cores, 4):
+        return
+    base = TimingConstants()
+    k = dataclasses.replace(base, **{
+        key: ({**getattr(base, key), **v} if isinstance(v, dict) else type(getattr(base, key))(v))
+        for key, v in timing.items() if hasattr(base, key)})
+    share = timing.setdefault("serial_share", {})
+    files = TREE_FILES / TREE_DIRS
+    held = files * sum(share.get(f"zfs.{kind}", 0.0) * op_cpu_s(k, "zfs", kind, nb)
+                       for kind, nb in (("create", 0), ("write", 1024)))
+    mkdir = op_cpu_s(k, "zfs", "mkdir")
+    if mkdir <= 0:
+        return
+    left = max(t4 - held, 0.0)
+    share["zfs.mkdir"] = min(left / mkdir, 1.0)
+    if left > mkdir:
+        timing.setdefault("serial_handoff_s", {})["zfs.mkdir"] = left - mkdir
 
 
 def cold_read_s(pages: int, a: float, v: float, share: float, fill_extra: float, t: float,
