@@ -163,6 +163,50 @@ def test_calibrate_fits_meta_miss_and_its_serial_share_from_cold_small_reads():
     assert "vfs.meta_miss" not in timing["serial_share"]
 
 
+def test_cold_small_rel_divides_each_run_by_the_ext4_runs_around_it(monkeypatch):
+    """The driver's runs alternate with ext4's, starting and ending with
+    ext4's; each ratio is over the mean of the ext4 runs just before and
+    after it, so a load that doubles every run from some point on moves no
+    ratio; the driver's runs get ``fresh`` and ``before``, ext4's neither."""
+    calls = []
+    seq = iter([10.0, 20.0, 10.0, 40.0, 20.0, 40.0, 20.0])    # ext4, own, ext4, own, ...
+
+    def fake(paths, procs, reps=3, fresh=None, before=None, **kw):
+        calls.append((paths[0], procs, reps, fresh, before))
+        return next(seq)
+    monkeypatch.setattr(calibrate, "_cold_small", fake)
+    fresh, before = object(), object()
+    got = calibrate.cold_small_rel(["own"], ["ref"], rounds=3, fresh=fresh, before=before)
+    assert got == pytest.approx([2.0, 40.0 / 15.0, 2.0])
+    assert [c[0] for c in calls] == ["ref", "own"] * 3 + ["ref"]
+    assert all(c[1:3] == (1, 1) for c in calls)
+    assert all(c[3:] == ((fresh, before) if c[0] == "own" else (None, None)) for c in calls)
+
+
+def test_calibrate_fits_meta_miss_from_the_ratio_to_ext4_measured_beside_it():
+    """A driver whose cold small reads were measured beside ext4's
+    (``cold_small_rel``) gets meta_miss_s from ext4's cold read times that
+    ratio, not from its own figure measured apart; zfs's device part is
+    taken off once its runs emptied the ARC first (evicted bytes kept)."""
+    k = TimingConstants()
+    dev = {"read_latency_s": 5e-6, "read_bandwidth": 4096 / 1e-6}
+    per_dev = 2 * (5e-6 + 1e-6)
+    meas = _calibration_table()
+    meas.update({"ext4.cold_small.p1": 60e-6, "ext4.warm_small.p1": 4e-6,
+                 "btrfs.cold_small.p1": 24e-6, "btrfs.warm_small.p1": 4e-6,
+                 "zfs.cold_small.p1": 150e-6, "zfs.warm_small.p1": 30e-6})
+    timing = calibrate.fit(meas, dev)["timing"]
+    miss = timing["page_miss_s"]
+    assert timing["meta_miss_s"]["btrfs"] == pytest.approx(24e-6 - 4e-6 - per_dev - miss, rel=1e-6)
+    assert timing["meta_miss_s"]["zfs"] == pytest.approx(150e-6 - 30e-6 - miss, rel=1e-6)
+    meas.update({"btrfs.cold_small_rel.p1": 1.1, "zfs.cold_small_rel.p1": 3.0,
+                 "zfs.cold_small.evicted_bytes": 150e6})
+    timing = calibrate.fit(meas, dev)["timing"]
+    assert timing["meta_miss_s"]["btrfs"] == pytest.approx(1.1 * 60e-6 - 4e-6 - per_dev - miss, rel=1e-6)
+    assert timing["meta_miss_s"]["zfs"] == pytest.approx(3.0 * 60e-6 - 30e-6 - per_dev - miss, rel=1e-6)
+    assert timing["meta_miss_s"]["vfs"] == pytest.approx(60e-6 - 4e-6 - per_dev - miss, rel=1e-6)
+
+
 def test_calibrate_fits_zfs_reads_serial_share_from_4_readers_of_the_same_cold_files():
     """4 processes reading the same cold files on zfs-fuse, each file 30 us
     later per reader past the first than one alone: that much of a read
