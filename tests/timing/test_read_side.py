@@ -163,31 +163,53 @@ def test_calibrate_fits_meta_miss_and_its_serial_share_from_cold_small_reads():
     assert "vfs.meta_miss" not in timing["serial_share"]
 
 
-def test_cold_small_rel_divides_each_run_by_the_ext4_runs_around_it(monkeypatch):
-    """The driver's runs alternate with ext4's, starting and ending with
-    ext4's; each ratio is over the mean of the ext4 runs just before and
-    after it, so a load that doubles every run from some point on moves no
-    ratio; the driver's runs get ``fresh`` and ``before``, ext4's neither."""
-    calls = []
-    seq = iter([10.0, 20.0, 10.0, 40.0, 20.0, 40.0, 20.0])    # ext4, own, ext4, own, ...
+def test_cold_small_rel_reads_the_drivers_files_between_ext4s_and_divides_their_times(tmp_path, monkeypatch):
+    """Each run: a fresh copy, ``before``, drop_caches, then ext4's file i
+    and the driver's file i in turn for every i, twice (cold, then warm);
+    the driver's median cold read less its median warm one over ext4's (a
+    clock that charges ext4's reads 1 s cold and 0.5 s warm and the
+    driver's 3 s and 1 s gives 4, one read of each that waited 100 s
+    aside); the copy is removed after each run."""
+    import shutil
 
-    def fake(paths, procs, reps=3, fresh=None, before=None, **kw):
-        calls.append((paths[0], procs, reps, fresh, before))
-        return next(seq)
-    monkeypatch.setattr(calibrate, "_cold_small", fake)
-    fresh, before = object(), object()
-    got = calibrate.cold_small_rel(["own"], ["ref"], rounds=3, fresh=fresh, before=before)
-    assert got == pytest.approx([2.0, 40.0 / 15.0, 2.0])
-    assert [c[0] for c in calls] == ["ref", "own"] * 3 + ["ref"]
-    assert all(c[1:3] == (1, 1) for c in calls)
-    assert all(c[3:] == ((fresh, before) if c[0] == "own" else (None, None)) for c in calls)
+    from thinp.validate import timing as vt
+
+    src, ref_dir = tmp_path / "src", tmp_path / "ref"
+    paths = calibrate._cold_small_files(str(src))[:6]
+    ref = calibrate._cold_small_files(str(ref_dir))[:6]
+    events = []
+    clock = [0.0]
+    seen = set()
+    real_read = vt.read_whole
+
+    def read(path):
+        events.append("ref" if path.startswith(str(ref_dir)) else "own")
+        warm = path in seen
+        seen.add(path)
+        clock[0] += {("ref", False): 1.0, ("ref", True): 0.5, ("own", False): 3.0, ("own", True): 1.0}[
+            events[-1], warm] + (100.0 if events.count(events[-1]) == 2 else 0.0)
+        return real_read(path)
+    monkeypatch.setattr(vt, "read_whole", read)
+    monkeypatch.setattr(calibrate.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(vt, "drop_caches", lambda: (events.append("drop"), seen.clear()))
+
+    def fresh(ps):
+        new = tmp_path / f"copy{events.count('copy')}"
+        shutil.copytree(src, new)
+        events.append("copy")
+        return [str(new) + p[len(str(src)):] for p in ps], lambda: (shutil.rmtree(new), events.append("rm"))
+    got = calibrate.cold_small_rel(paths, ref, runs=2, fresh=fresh, before=lambda: events.append("evict"))
+    assert got == pytest.approx([4.0, 4.0])
+    assert events == (["copy", "evict", "drop"] + ["ref", "own"] * 12 + ["rm"]) * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "src"]
 
 
 def test_calibrate_fits_meta_miss_from_the_ratio_to_ext4_measured_beside_it():
     """A driver whose cold small reads were measured beside ext4's
-    (``cold_small_rel``) gets meta_miss_s from ext4's cold read times that
-    ratio, not from its own figure measured apart; zfs's device part is
-    taken off once its runs emptied the ARC first (evicted bytes kept)."""
+    (``cold_small_rel``) gets meta_miss_s from what ext4's cold read took
+    over its warm one times that ratio, not from its own figures measured
+    apart; zfs's device part is taken off once its runs emptied the ARC
+    first (evicted bytes kept)."""
     k = TimingConstants()
     dev = {"read_latency_s": 5e-6, "read_bandwidth": 4096 / 1e-6}
     per_dev = 2 * (5e-6 + 1e-6)
@@ -202,8 +224,8 @@ def test_calibrate_fits_meta_miss_from_the_ratio_to_ext4_measured_beside_it():
     meas.update({"btrfs.cold_small_rel.p1": 1.1, "zfs.cold_small_rel.p1": 3.0,
                  "zfs.cold_small.evicted_bytes": 150e6})
     timing = calibrate.fit(meas, dev)["timing"]
-    assert timing["meta_miss_s"]["btrfs"] == pytest.approx(1.1 * 60e-6 - 4e-6 - per_dev - miss, rel=1e-6)
-    assert timing["meta_miss_s"]["zfs"] == pytest.approx(3.0 * 60e-6 - 30e-6 - per_dev - miss, rel=1e-6)
+    assert timing["meta_miss_s"]["btrfs"] == pytest.approx(1.1 * (60e-6 - 4e-6) - per_dev - miss, rel=1e-6)
+    assert timing["meta_miss_s"]["zfs"] == pytest.approx(3.0 * (60e-6 - 4e-6) - per_dev - miss, rel=1e-6)
     assert timing["meta_miss_s"]["vfs"] == pytest.approx(60e-6 - 4e-6 - per_dev - miss, rel=1e-6)
 
 

@@ -344,7 +344,17 @@ SOURCES = {
                    "in /etc/zfs/zfsrc here; drop_caches leaves it alone), which holds the files "
                    "calibrate has just written, so those cold reads read nothing from the device -- "
                    "where validate timing's do: its image writes 256 MiB of big files after the small "
-                   "ones, which leaves them out of the ARC",
+                   "ones, which leaves them out of the ARC (calibrate now empties the ARC before each "
+                   "cold run and takes the device part off). overlayfs, btrfs and zfs-fuse: what a cold "
+                   "read takes over a warm one is ext4's times their ratio to ext4's measured file by "
+                   "file, ext4's file i and theirs in turn (calibrate.cold_small_rel): one process's "
+                   "cold small reads took 15-20 or 40-300 us a file as the shared machine's load let them "
+                   "(2026-12-07 16:10 UTC, load 3-7; one page-cache miss and one sleep per file on every "
+                   "driver, the reader's own CPU 14-17 us a file on ext4, overlayfs and btrfs alike), so "
+                   "the kept btrfs figure, measured minutes after ext4's (24 against 59 us), priced "
+                   "btrfs' lookups at 8 us against ext4's 43 where validate's read-small took as long on "
+                   "both; file by file at load 6: btrfs 1.20-1.44x ext4's, overlayfs 1.04-1.30x, "
+                   "zfs-fuse 2.0-3.8x",
     "page_miss_s": "`thinp calibrate` (as layer_kind_s): a cold 16 MiB read on ext4 over a loop device "
                    "took no longer than the device's transfer and the copy to user space (the fit's "
                    "floor, 0.05 us a page); 0.1 us for alloc_page + filemap_add_folio + LRU insertion. The fit "

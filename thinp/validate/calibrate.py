@@ -18,7 +18,11 @@ table takes the 1-process figure; the others are kept under
   CPU), and 256 small
   files read whole after ``drop_caches`` by 1, 2 and 4 processes (each
   every file, as the read-small case), by 4 each its own quarter, and warm
-  (``meta_miss_s``: a path's first lookup, and its serialized share);
+  (``meta_miss_s``: a path's first lookup, and its serialized share); the
+  other drivers' small files (overlayfs, btrfs, zfs-fuse: there, its ARC
+  emptied first) also read by one process file by file in turn with
+  ext4's, cold and then warm (:func:`cold_small_rel`: what a cold read
+  takes over a warm one relative to ext4's, under the same load);
 * through kernel overlayfs with K = 1 and 4 lower layers: ``stat`` of a file
   in the lowest layer (lookup cost by depth), the same append to an upper
   file, whole-file copy-up of a 4 MiB lower file (per MiB) and, cold as
@@ -437,28 +441,51 @@ def _fresh_copies(real, d: str, n: int, root: str):
     return fresh, lambda: None
 
 
-#: rounds of one process's cold small reads beside ext4's (:func:`cold_small_rel`)
-COLD_REL_ROUNDS = 5
+#: runs of one process's cold small reads interleaved with ext4's (:func:`cold_small_rel`)
+COLD_REL_RUNS = 5
 
 
-def cold_small_rel(paths: list[str], ref: list[str], rounds: int = COLD_REL_ROUNDS, fresh=None,
+def cold_small_rel(paths: list[str], ref: list[str], runs: int = COLD_REL_RUNS, fresh=None,
                    before=None) -> list[float]:
-    """One process's cold small reads of ``paths`` (as :func:`_cold_small`,
-    one run each) between runs of the same on ext4's files ``ref``, in
-    turn: per run, its time over the mean of the ext4 runs just before and
-    after it -- the ratio ``thinp validate timing`` takes of a driver's run
-    to the overlay2 runs around it.  One process's cold small reads take
-    15-20 or 40-300 us a file as the machine's other load lets them
-    (2026-12-07, load 3-6, every driver alike: about one page-cache miss
-    and one sleep per file, its own CPU 14-17 us a file on ext4, overlayfs
-    and btrfs in the fast runs), so a figure measured minutes after ext4's
-    (calibrate's btrfs part) compares the load, not the driver."""
-    refs = [_cold_small(ref, 1, reps=1)]
+    """One process's cold small reads of ``paths`` interleaved with ext4's
+    of ``ref``: after ``fresh`` and ``before`` (as :func:`_cold_small`) and
+    ``drop_caches``, it reads ``ref[i]`` and then ``paths[i]`` for each
+    ``i``, timing every read, and then all again, cached; per run, what the
+    driver's median read took cold over warm, divided by ext4's (a read
+    that waited for a core behind other load is either's).
+    One process's cold small reads take 15-20 or 40-300 us a file as the
+    machine's other load lets them (2026-12-07, load 3-7, every driver
+    alike: one page-cache miss and one sleep per file, the reader's own CPU
+    14-17 us a file on ext4, overlayfs and btrfs in the fast runs), and the
+    load changes between runs: figures measured apart (calibrate's btrfs
+    part minutes after ext4's), or whole runs in turn (the ratio of 5 such
+    pairs at load 7 ranged 0.17-2.5 on btrfs), compare the load, not the
+    driver; file by file, both meet the same load (the ratio of the reads'
+    sums, 0.65-1.3 on btrfs and 0.27-1.5 through overlayfs at load 7, each
+    at the mercy of a few reads that waited milliseconds for a core)."""
     out = []
-    for _ in range(rounds):
-        own = _cold_small(paths, 1, reps=1, fresh=fresh, before=before)
-        refs.append(_cold_small(ref, 1, reps=1))
-        out.append(own / ((refs[-2] + refs[-1]) / 2))
+    for _ in range(runs):
+        ps, done = fresh(paths) if fresh is not None else (paths, None)
+        try:
+            if before is not None:
+                before()
+            vt.drop_caches()
+            med = []
+            for _cold_then_warm in range(2):
+                own, theirs = [], []
+                for a, b in zip(ref, ps):
+                    t0 = time.perf_counter()
+                    vt.read_whole(a)
+                    t1 = time.perf_counter()
+                    vt.read_whole(b)
+                    own.append(time.perf_counter() - t1)
+                    theirs.append(t1 - t0)
+                med.append((statistics.median(own), statistics.median(theirs)))
+            (own_c, ref_c), (own_w, ref_w) = med
+            out.append((own_c - own_w) / max(ref_c - ref_w, 1e-9))
+        finally:
+            if done is not None:
+                done()
     return out
 
 
@@ -467,7 +494,7 @@ def _cold_small_all(meas: dict, where: str, paths: list[str], procs, fresh=None,
     """The cold small-file reads at each of ``procs`` (every process every
     file), split among 4 processes, and warm by 1 (``meas`` keys
     ``where.cold_small.pN``, ``where.cold_split.p4``, ``where.warm_small.p1``);
-    with ``ref`` (ext4's files), one process's beside ext4's
+    with ``ref`` (ext4's files), one process's interleaved with ext4's
     (:func:`cold_small_rel`: ``where.cold_small_rel.p1``, the median of its
     runs, :func:`merge_runs`)."""
     for pc in procs:
@@ -1085,18 +1112,20 @@ def fit(meas: dict, dev: dict) -> dict:
             c1, w1 = g(f"{where}.cold_small.p1"), g(f"{where}.warm_small.p1")
             if c1 is None or w1 is None:
                 continue
-            # measured beside ext4's in turn (cold_small_rel), the cold
-            # read is ext4's times that ratio: the figures measured apart
-            # compare the machine's load as much as the drivers
-            rel, ref = g(f"{where}.cold_small_rel.p1"), g("ext4.cold_small.p1")
-            cold = rel * ref if rel is not None and ref is not None else c1
+            # measured file by file beside ext4's (cold_small_rel), what
+            # a cold read takes over a warm one is ext4's times that ratio:
+            # figures measured apart compare the machine's load as much as
+            # the drivers
+            rel, ref_c, ref_w = (g(f"{where}.cold_small_rel.p1"), g("ext4.cold_small.p1"),
+                                 g("ext4.warm_small.p1"))
+            cold_s = w1 + rel * (ref_c - ref_w) if None not in (rel, ref_c, ref_w) else c1
             # zfs-fuse serves a page-cache miss from its own cache (the ARC,
             # which drop_caches leaves alone) when the block is there: the
             # files calibrate just wrote are, so its cold reads read nothing
             # from the device, and the model's device reads are not in them
             # -- unless each run emptied the ARC first (its evicted bytes kept)
             from_dev = where != "zfs" or g("zfs.cold_small.evicted_bytes") is not None
-            x = max(cold - w1 - (per_file_dev if from_dev else 0.0) - miss, 0.0)
+            x = max(cold_s - w1 - (per_file_dev if from_dev else 0.0) - miss, 0.0)
             split = g(f"{where}.cold_split.p4")
             for d in drivers:
                 timing["meta_miss_s"][d] = x
