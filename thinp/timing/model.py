@@ -353,8 +353,10 @@ SOURCES = {
                    "driver, the reader's own CPU 14-17 us a file on ext4, overlayfs and btrfs alike), so "
                    "the kept btrfs figure, measured minutes after ext4's (24 against 59 us), priced "
                    "btrfs' lookups at 8 us against ext4's 43 where validate's read-small took as long on "
-                   "both; file by file at load 6: btrfs 1.20-1.44x ext4's, overlayfs 1.04-1.30x, "
-                   "zfs-fuse 2.0-3.8x",
+                   "both; file by file (the median read's cold over warm, 5 runs): at load 6 btrfs "
+                   "1.20-1.44x ext4's, overlayfs 1.04-1.29x, zfs-fuse 2.0-3.8x; a whole calibrate at "
+                   "load 5-11 (16:31 UTC) 1.06-1.88x, 1.16-1.37x and 0.73-2.31x (zfs-fuse's medians "
+                   "may leave out its reads of metadata blocks, once per many files)",
     "page_miss_s": "`thinp calibrate` (as layer_kind_s): a cold 16 MiB read on ext4 over a loop device "
                    "took no longer than the device's transfer and the copy to user space (the fit's "
                    "floor, 0.05 us a page); 0.1 us for alloc_page + filemap_add_folio + LRU insertion. The fit "
