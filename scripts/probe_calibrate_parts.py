@@ -13,7 +13,12 @@ Parts:
   in a clone of a dataset as calibrate makes them; the busy figures are
   added (``zfs.<op>.busy.p1``), the lone ones printed beside the file's;
 * ``copy-up``: cold copy-ups of 4 and 16 MiB lower files through overlayfs
-  with one lower on an ext4 loop device (:func:`calibrate.cold_copy_ups`).
+  with one lower on an ext4 loop device (:func:`calibrate.cold_copy_ups`);
+* ``cold-small``: the cold small-file reads (:func:`calibrate._cold_small_all`)
+  on ext4, through overlayfs with one lower, in btrfs snapshots and zfs-fuse
+  clones of a container of validate's image (zfs-fuse's ARC emptied first),
+  each driver's also beside ext4's in turn (``cold_small_rel``); they
+  replace the file's cold small-read figures.
 
 Everything it mounts, attaches or starts is released by its own path,
 device or pid.  (Issue #13.)
@@ -32,7 +37,7 @@ from thinp.validate import block  # noqa: E402
 from thinp.validate import calibrate as cal  # noqa: E402
 from thinp.validate import timing as vt  # noqa: E402
 
-PARTS = ("zfs-busy", "copy-up")
+PARTS = ("zfs-busy", "copy-up", "cold-small")
 
 
 def zfs_busy(stack, base: str, n_ops: int) -> dict:
@@ -65,6 +70,49 @@ def copy_up(stack, base: str) -> dict:
     return got
 
 
+def cold_small(stack, base: str) -> dict:
+    procs = (1, 2, 4)
+    meas: dict = {}
+    real = vt.RealSetup(stack, base, ("overlay2", "btrfs", "zfs"))
+    native = os.path.join(real.ext4, "cal-native")
+    lower, up, wk, mnt = (os.path.join(real.ext4, x) for x in ("cal-l1-0", "cal-u1", "cal-w1", "cal-m1"))
+    for d in (native, lower, up, wk, mnt):
+        os.mkdir(d)
+    small_lower = cal._cold_small_files(lower)
+    vt.mount_overlay(f"lowerdir={lower},upperdir={up},workdir={wk}", mnt)
+    stack.callback(vt.umount, mnt)
+    ext4_small = cal._cold_small_files(native)
+    os.sync()
+    cal._cold_small_all(meas, "ext4", ext4_small, procs)
+    cal._cold_small_all(meas, "overlay1", [mnt + p[len(lower):] for p in small_lower], procs, ref=ext4_small)
+    arc = cal.zfs_arc_max_bytes()
+    for d in ("btrfs", "zfs"):
+        if d in real.skipped:
+            print(f"{d} skipped: {real.skipped[d]}")
+            continue
+        real.n += 1
+        root = real.create(d, real.n)
+        try:
+            small = cal._cold_small_files(root)
+            os.sync()
+            big = cal.image_big_files(root)
+            fresh, unfresh = cal._fresh_copies(real, d, real.n, root)
+            evicted: list = []
+            before = (lambda: evicted.append(cal.evict_arc(big, arc))) if d == "zfs" else None
+            try:
+                cal._cold_small_all(meas, d, small, procs, fresh, before=before, ref=ext4_small)
+                if evicted:
+                    meas["zfs.cold_small.evicted_bytes"] = min(evicted)
+            finally:
+                cal._removed(print, unfresh)
+        finally:
+            cal._removed(print, real.remove, d, real.n)
+    for k, v in sorted(meas.items()):
+        print(f"{k}: " + (" ".join(f"{x:.3f}" for x in v) if isinstance(v, list)
+                          else f"{v:.4g}" if "rel" in k or "bytes" in k else f"{v * 1e6:.1f} us"), flush=True)
+    return meas
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parts", help="comma-separated, of " + ",".join(PARTS))
@@ -87,9 +135,11 @@ def main(argv=None) -> int:
         return 1
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        base = vt.scratch(stack, "3G")
+        base = vt.scratch(stack, "6G" if "cold-small" in parts else "3G")
         if "copy-up" in parts:
             meas.update(copy_up(stack, base))
+        if "cold-small" in parts:
+            meas.update(cold_small(stack, base))
         if "zfs-busy" in parts:
             busy, lone = zfs_busy(stack, base, a.ops)
             meas.update(busy)

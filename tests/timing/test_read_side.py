@@ -163,6 +163,72 @@ def test_calibrate_fits_meta_miss_and_its_serial_share_from_cold_small_reads():
     assert "vfs.meta_miss" not in timing["serial_share"]
 
 
+def test_cold_small_rel_reads_the_drivers_files_between_ext4s_and_divides_their_times(tmp_path, monkeypatch):
+    """Each run: a fresh copy, ``before``, drop_caches, then ext4's file i
+    and the driver's file i in turn for every i, twice (cold, then warm);
+    the driver's median cold read less its median warm one over ext4's (a
+    clock that charges ext4's reads 1 s cold and 0.5 s warm and the
+    driver's 3 s and 1 s gives 4, one read of each that waited 100 s
+    aside); the copy is removed after each run."""
+    import shutil
+
+    from thinp.validate import timing as vt
+
+    src, ref_dir = tmp_path / "src", tmp_path / "ref"
+    paths = calibrate._cold_small_files(str(src))[:6]
+    ref = calibrate._cold_small_files(str(ref_dir))[:6]
+    events = []
+    clock = [0.0]
+    seen = set()
+    real_read = vt.read_whole
+
+    def read(path):
+        events.append("ref" if path.startswith(str(ref_dir)) else "own")
+        warm = path in seen
+        seen.add(path)
+        clock[0] += {("ref", False): 1.0, ("ref", True): 0.5, ("own", False): 3.0, ("own", True): 1.0}[
+            events[-1], warm] + (100.0 if events.count(events[-1]) == 2 else 0.0)
+        return real_read(path)
+    monkeypatch.setattr(vt, "read_whole", read)
+    monkeypatch.setattr(calibrate.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(vt, "drop_caches", lambda: (events.append("drop"), seen.clear()))
+
+    def fresh(ps):
+        new = tmp_path / f"copy{events.count('copy')}"
+        shutil.copytree(src, new)
+        events.append("copy")
+        return [str(new) + p[len(str(src)):] for p in ps], lambda: (shutil.rmtree(new), events.append("rm"))
+    got = calibrate.cold_small_rel(paths, ref, runs=2, fresh=fresh, before=lambda: events.append("evict"))
+    assert got == pytest.approx([4.0, 4.0])
+    assert events == (["copy", "evict", "drop"] + ["ref", "own"] * 12 + ["rm"]) * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "src"]
+
+
+def test_calibrate_fits_meta_miss_from_the_ratio_to_ext4_measured_beside_it():
+    """A driver whose cold small reads were measured beside ext4's
+    (``cold_small_rel``) gets meta_miss_s from what ext4's cold read took
+    over its warm one times that ratio, not from its own figures measured
+    apart; zfs's device part is taken off once its runs emptied the ARC
+    first (evicted bytes kept)."""
+    k = TimingConstants()
+    dev = {"read_latency_s": 5e-6, "read_bandwidth": 4096 / 1e-6}
+    per_dev = 2 * (5e-6 + 1e-6)
+    meas = _calibration_table()
+    meas.update({"ext4.cold_small.p1": 60e-6, "ext4.warm_small.p1": 4e-6,
+                 "btrfs.cold_small.p1": 24e-6, "btrfs.warm_small.p1": 4e-6,
+                 "zfs.cold_small.p1": 150e-6, "zfs.warm_small.p1": 30e-6})
+    timing = calibrate.fit(meas, dev)["timing"]
+    miss = timing["page_miss_s"]
+    assert timing["meta_miss_s"]["btrfs"] == pytest.approx(24e-6 - 4e-6 - per_dev - miss, rel=1e-6)
+    assert timing["meta_miss_s"]["zfs"] == pytest.approx(150e-6 - 30e-6 - miss, rel=1e-6)
+    meas.update({"btrfs.cold_small_rel.p1": 1.1, "zfs.cold_small_rel.p1": 3.0,
+                 "zfs.cold_small.evicted_bytes": 150e6})
+    timing = calibrate.fit(meas, dev)["timing"]
+    assert timing["meta_miss_s"]["btrfs"] == pytest.approx(1.1 * (60e-6 - 4e-6) - per_dev - miss, rel=1e-6)
+    assert timing["meta_miss_s"]["zfs"] == pytest.approx(3.0 * (60e-6 - 4e-6) - per_dev - miss, rel=1e-6)
+    assert timing["meta_miss_s"]["vfs"] == pytest.approx(60e-6 - 4e-6 - per_dev - miss, rel=1e-6)
+
+
 def test_calibrate_fits_zfs_reads_serial_share_from_4_readers_of_the_same_cold_files():
     """4 processes reading the same cold files on zfs-fuse, each file 30 us
     later per reader past the first than one alone: that much of a read
