@@ -212,7 +212,7 @@ def test_create_snap_is_flat(benchmark, workdir, mapped, sync):
         pool.create_snap(next(ids), 0)
         cpu.append(time.process_time() - c0)
 
-    # the superblock's flush runs behind the commit's bookkeeping (AIO):
+    # the superblock's flush runs behind the commit's bookkeeping (FlushBehind):
     # from its start to the end of the wait for it
     from thinp.pdata.block import BlockManager
 

@@ -39,13 +39,12 @@ in slots.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import zlib
 
 from .. import errors
-from ..pdata.block import flush_covers, start_writeback, written_back
+from ..pdata.block import FlushBehind, flush_covers, start_writeback, written_back
 
 SIDECAR = "pool.json"
 SIDECAR_VERSION = 1
@@ -208,20 +207,6 @@ def sidecar_disagreement(side: dict, trans_id: int, dev_ids) -> str | None:
     return "; ".join(diff) or None
 
 
-_flusher = None
-_flusher_pid = -1
-
-
-def _flush_in_background(fd: int) -> concurrent.futures.Future:
-    """fdatasync ``fd`` on a helper thread (one per process; os.fdatasync
-    releases the GIL), so it overlaps the caller's own flush."""
-    global _flusher, _flusher_pid
-    if _flusher is None or _flusher_pid != os.getpid():
-        _flusher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinp-sidecar")
-        _flusher_pid = os.getpid()
-    return _flusher.submit(os.fdatasync, fd)
-
-
 class SidecarFile:
     """The sidecar as one pool keeps writing it: which slot holds the last
     commit's (``live``), what it holds, and the next ``seq``."""
@@ -243,6 +228,8 @@ class SidecarFile:
         self.slot_size = slot_size
         self.seq = seq
         self._fd = -1
+        #: the slot's fdatasync behind (:meth:`write`'s wait)
+        self._flush = FlushBehind()
         self._pending: int | None = None
         #: flushes issued (a test and benchmark figure): (in place, whole)
         self.nr_writes = [0, 0]
@@ -293,14 +280,19 @@ class SidecarFile:
         return self._fd
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        try:
+            self._flush.close()  # (OSError when the slot's flush failed, after the fd is closed)
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def write(self, side: dict, sync: bool):
         """Write the next commit's sidecar, before its superblock.  Returns
         None, or (with ``sync``) a wait to call before the superblock goes
-        out: the slot's fdatasync runs on a helper thread meanwhile."""
+        out: the slot's fdatasync runs behind meanwhile
+        (:class:`~thinp.pdata.block.FlushBehind`, as the metadata's
+        superblock flush does)."""
         body = encode_slot({**side, "seq": self.seq + 1})
         if self.slot_size and len(body) < self.slot_size:
             target = 1 - self.live
@@ -324,10 +316,10 @@ class SidecarFile:
                     if not written_back(fd, off, size):
                         os.fdatasync(fd)
                 return written
-            fut = _flush_in_background(fd)
+            self._flush.start(fd)
 
             def flushed():
-                fut.result()
+                self._flush.wait()
                 self._backed = True
             return flushed
         # first write after a version 1 file, or outgrown: both slots, whole
