@@ -185,8 +185,7 @@ def test_create_snap_is_flat(benchmark, workdir, mapped, sync):
     pool.commit()
     ids = iter(range(1, 1000))
     # the disk's part: every fsync/fdatasync the snapshot's commit makes
-    # (dm's two barriers and the sidecar slot's, on a helper thread beside
-    # the first, or riding on it with SidecarFile.RIDE_ON_METADATA_FLUSH),
+    # (dm's two barriers and the sidecar slot's, behind beside the first),
     # each as a (start, end) interval; the critical path's share is their
     # union
     import threading

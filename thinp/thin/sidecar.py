@@ -19,19 +19,11 @@ A commit writes its sidecar in place into the slot that does not hold the
 last commit's, before the superblock (as LVM writes its VG metadata with
 the pending change before it messages the kernel): if the superblock never
 makes it, the other slot still belongs to the metadata's commit, and the
-open picks the slot whose tie matches the superblock.  In-place overwrites
-of allocated blocks change no file-system metadata, so syncing one is a
-data-only flush (no journal commit), issued alongside the metadata's own
-pre-superblock flush (:meth:`SidecarFile.write` returns the wait).  With
-:attr:`SidecarFile.RIDE_ON_METADATA_FLUSH` on (off by default: slower on
-this VM, see there), where
-one device flush covers both files (ext4 or xfs on one block device:
-:func:`~thinp.pdata.block.flush_covers`) the slot is only written back, and
-the metadata's pre-superblock fdatasync, issued after that, makes it durable
-with the metadata's blocks: one device flush, not two.  The first synced
-write of a sidecar file keeps its own fdatasync (its blocks may not be
-allocated on disk before).  Only a sidecar that outgrows its slot is written whole again (a temporary file,
-fsync, rename, directory fsync), with both slots.
+open picks the slot whose tie matches the superblock.  Its flush (sync
+on) runs behind (:class:`~thinp.pdata.block.FlushBehind`), alongside the
+metadata's own pre-superblock flush (:meth:`SidecarFile.write` returns the
+wait).  Only a sidecar that outgrows its slot is written whole again (a
+temporary file, fsync, rename, directory fsync), with both slots.
 
 A version 1 sidecar (one JSON object, written by earlier thinp, by
 ``thinp convert`` or by hand) is still read; the next commit rewrites it
@@ -44,7 +36,7 @@ import os
 import zlib
 
 from .. import errors
-from ..pdata.block import FlushBehind, flush_covers, start_writeback, written_back
+from ..pdata.block import FlushBehind
 
 SIDECAR = "pool.json"
 SIDECAR_VERSION = 1
@@ -211,16 +203,6 @@ class SidecarFile:
     """The sidecar as one pool keeps writing it: which slot holds the last
     commit's (``live``), what it holds, and the next ``seq``."""
 
-    #: let a synced slot write ride on the metadata's flush where one device
-    #: flush covers both (:meth:`flush_with`).  Off: on this VM (virtio disk,
-    #: ext4, kernel 6.18, load 4-5 from other work, 2026-12-07) it saved
-    #: 0.25-0.3 ms of CPU a create_snap commit but made the metadata's
-    #: pre-superblock fdatasync, alone, take 3-5 ms where it took 0.2-0.3
-    #: ms beside the slot's own concurrent fdatasync (medians 8.0 ms
-    #: against 4.0 over 40 rounds, three alternations); a quiet machine may
-    #: differ
-    RIDE_ON_METADATA_FLUSH = False
-
     def __init__(self, pool_dir: str, live_side: dict, live: int, slot_size: int, seq: int):
         self.pool_dir = pool_dir
         self.live_side = {k: v for k, v in live_side.items() if k != "previous"}
@@ -233,15 +215,6 @@ class SidecarFile:
         self._pending: int | None = None
         #: flushes issued (a test and benchmark figure): (in place, whole)
         self.nr_writes = [0, 0]
-        #: the metadata file whose flush may carry the slot's (:meth:`flush_with`)
-        self._flush_fd = -1
-        self._rides: bool | None = None
-        #: the file's blocks are allocated, and that durable (an fsync of
-        #: this process went through since it was last written whole)
-        self._backed = False
-        #: the last :meth:`write`'s wait only writes the slot back: the
-        #: caller's next flush of :attr:`_flush_fd` makes it durable
-        self.covered = False
 
     @classmethod
     def open(cls, pool_dir: str, settled: dict) -> "SidecarFile":
@@ -263,16 +236,6 @@ class SidecarFile:
                 # (both match when a commit changed only an option: the newer)
                 live, size = max(match, key=lambda i: int(slots[i].get("seq", 0))), sz
         return cls(pool_dir, settled, live, size, seq)
-
-    def flush_with(self, fd: int) -> None:
-        """Let a synced write ride on the flush of the metadata file ``fd``
-        (:func:`~thinp.pdata.block.flush_covers`: same block device, a file
-        system whose fdatasync flushes the device's cache) instead of an
-        fdatasync of its own, once the file's blocks are known allocated:
-        a slot overwritten in place changes no file-system metadata, so
-        once written back it is durable with the device's next flush."""
-        self._flush_fd = fd
-        self._rides = None
 
     def _open_fd(self) -> int:
         if self._fd < 0:
@@ -301,33 +264,14 @@ class SidecarFile:
             os.pwrite(fd, body.ljust(size - 1) + b"\n", off)
             self._pending = target
             self.nr_writes[0] += 1
-            self.covered = False
             if not sync:
                 return None
-            if self._rides is None and self._flush_fd >= 0:
-                self._rides = flush_covers(self._flush_fd, fd)
-            if self._backed and self._rides and self.RIDE_ON_METADATA_FLUSH:
-                # written back beside the metadata's own blocks; the
-                # metadata's flush, after this wait, makes it durable
-                start_writeback(fd, off, size)
-                self.covered = True
-
-                def written():
-                    if not written_back(fd, off, size):
-                        os.fdatasync(fd)
-                return written
             self._flush.start(fd)
-
-            def flushed():
-                self._flush.wait()
-                self._backed = True
-            return flushed
+            return self._flush.wait
         # first write after a version 1 file, or outgrown: both slots, whole
         old = encode_slot({**self.live_side, "seq": self.seq})
         self.close()
-        self.covered = False
         self.slot_size = _write_whole(self.pool_dir, old, body, sync)
-        self._backed = sync
         self.live, self._pending = 0, 1
         self.nr_writes[1] += 1
         return None
