@@ -714,13 +714,12 @@ class PoolMetadata:
         anything that needs the commit durable, and before it returns."""
         tm = self.tm
         # the commit's own shadows (details, space maps, the tools' batch of
-        # ref counts) come from the cursor on: zero the holes there first (a
-        # no-op when the last commit's zeroing ahead covers them).  Only a
-        # few: the transaction's own allocations (a shared leaf's ref counts
-        # among them, made as dm makes them) are behind the cursor already,
-        # and zeros written here are more pages for barrier 1 to write back;
-        # the zeroing ahead of the next transaction runs after the commit
-        tm.zero_ahead(ZERO_AHEAD_MIN)
+        # ref counts) come from the cursor on: zero the holes there first,
+        # for as many blocks as the last commit's own part took (a no-op
+        # when the last commit's zeroing ahead covers them; the
+        # transaction's own allocations are behind the cursor already, and
+        # zeros written here are more pages for barrier 1 to write back)
+        tm.zero_for_commit()
         # __write_changed_details: in the list's order (newest opened
         # first); a closed device written leaves the list.  Devices changed
         # without being opened here (restore and repair build pools as the
