@@ -185,10 +185,10 @@ def test_create_snap_is_flat(benchmark, workdir, mapped, sync):
     pool.commit()
     ids = iter(range(1, 1000))
     # the disk's part: every fsync/fdatasync the snapshot's commit makes
-    # (dm's two barriers and the sidecar slot's, on a helper thread beside
-    # the first, or riding on it with SidecarFile.RIDE_ON_METADATA_FLUSH),
-    # each as a (start, end) interval; the critical path's share is their
-    # union
+    # (dm's two barriers and the sidecar slot's, behind beside the first;
+    # the flushes behind call os.fdatasync on their thread, so they are
+    # timed here too), each as a (start, end) interval; the critical
+    # path's share is their union
     import threading
     import time
 
@@ -212,34 +212,13 @@ def test_create_snap_is_flat(benchmark, workdir, mapped, sync):
         pool.create_snap(next(ids), 0)
         cpu.append(time.process_time() - c0)
 
-    # the superblock's flush runs behind the commit's bookkeeping (AIO):
-    # from its start to the end of the wait for it
-    from thinp.pdata.block import BlockManager
-
-    behind = (BlockManager.flush_behind, BlockManager.wait_flush)
-    started = []
-
-    def flush_behind(bm):
-        started.append(time.perf_counter())
-        return behind[0](bm)
-
-    def wait_flush(bm):
-        try:
-            return behind[1](bm)
-        finally:
-            if started:
-                with lock:
-                    flushes[-1].append((started.pop(), time.perf_counter()))
-
     for name, fn in real.items():
         setattr(os, name, timing(fn))
-    BlockManager.flush_behind, BlockManager.wait_flush = flush_behind, wait_flush
     try:
         benchmark.pedantic(snap, rounds=20, iterations=1)
     finally:
         for name, fn in real.items():
             setattr(os, name, fn)
-        BlockManager.flush_behind, BlockManager.wait_flush = behind
     assert pool.device(1).mapped_blocks == mapped
     times = np.array(benchmark.stats.stats.data)
     disk = np.array([_union(f) for f in flushes])

@@ -1,6 +1,6 @@
-"""The superblock's flush run behind (Linux AIO's fdatasync): the same
-bytes on disk as a synchronous commit, errors surface at the wait (or at
-the start where there is no AIO), and nothing is left pending at close."""
+"""The superblock's flush run behind (FlushBehind: an fdatasync on a flush
+thread): the same bytes on disk as a synchronous commit, errors surface at
+the wait, and nothing is left pending at close."""
 from __future__ import annotations
 
 import os

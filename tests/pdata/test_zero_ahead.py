@@ -153,3 +153,51 @@ def test_zeroing_behind_flushes_only_when_the_pool_syncs(tmp_path, monkeypatch):
             assert (md.bm.fd in calls) == sync
         finally:
             md.close(commit=False)
+
+
+def test_the_commit_zeroes_ahead_only_for_its_own_shadows(tmp_path):
+    """A commit's foreground zeroing asks for the blocks its own part took
+    last time (TransactionManager.commit_allocs, measured from
+    zero_for_commit to end_transaction), not for the transaction's writes,
+    whose blocks are behind the cursor: where the cursor has run into holes
+    it zeroes twice that many, and nothing further."""
+    md = _pool_after_one_commit(str(tmp_path / "m"))
+    try:
+        tm = md.tm
+        md.bm.wait_zeroing()
+        took = tm.commit_allocs  # the first commit's own shadows
+        assert 0 < took < 64 and took < (tm.nr_allocs - took) // 10  # the writes took the rest
+        md.write_blocks(0, np.arange(50_000, 50_100))
+        a0 = tm.nr_allocs
+        real_seal = tm.seal_dirty
+        seen = {}
+
+        def seal():
+            seen["own"] = tm.nr_allocs - seen["from"]
+            return real_seal()
+
+        def zero_for_commit():
+            seen["from"] = tm.nr_allocs
+            seen["zeroed"] = type(tm).zero_for_commit(tm)
+            return seen["zeroed"]
+
+        tm.seal_dirty = seal
+        tm.zero_for_commit = zero_for_commit
+        md.commit()
+        assert tm.nr_allocs > a0 and 0 < seen["own"] <= tm.commit_allocs == tm.nr_allocs - seen["from"]
+        assert seen["zeroed"] == 0  # the last commit's zeroing behind covers them
+        md.bm.wait_zeroing()
+        # the cursor put among holes, past every zeroed block
+        holes = _holes(md.bm.fd, 65536)
+        far = 40_000
+        assert holes[far:].all() and tm.free[far:].all()
+        tm.begin = far
+        tm.commit_allocs = 3
+        assert type(tm).zero_for_commit(tm) == 6
+        holes = _holes(md.bm.fd, 65536)
+        assert not holes[far:far + 6].any() and holes[far + 6:].all()
+        tm.commit_allocs = 0
+        tm.begin = far + 100
+        assert type(tm).zero_for_commit(tm) == 0
+    finally:
+        md.close(commit=False)

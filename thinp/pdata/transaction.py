@@ -92,6 +92,11 @@ class TransactionManager(RefCounts):
         self.as_kernels = False
         #: allocations (st[1]) when the open transaction began
         self.allocs_at_begin = 0
+        #: blocks the last commit's own part allocated (its shadows: details,
+        #: space maps, ref counts left to it), from :meth:`zero_for_commit`
+        #: to :meth:`end_transaction`; what the next one zeroes ahead for
+        self.commit_allocs = 0
+        self._commit_from: int | None = None
 
     @property
     def rolling_cursor(self) -> bool:
@@ -333,6 +338,19 @@ class TransactionManager(RefCounts):
             return 0
         return sum(self.bm.zero_holes(lo, hi, free[lo:hi]) for lo, hi in spans(min(2 * nr, n)))
 
+    def zero_for_commit(self) -> int:
+        """At a commit's start: :meth:`zero_ahead` for the blocks the
+        commit itself will allocate, in the foreground.  The transaction's
+        writes' allocations are behind the cursor already (and were zeroed
+        ahead by the last commit's zeroing behind), so they are not asked
+        for again; the commit's own shadows are taken to be as many as the
+        last commit's own (:attr:`commit_allocs`, measured: 2-7 blocks for
+        a create_snap or a commit after 10,000 CoW writes), and the
+        hysteresis zeroes twice that where any is a hole.  Returns the
+        number of blocks zeroed."""
+        self._commit_from = self.nr_allocs
+        return self.zero_ahead(self.commit_allocs)
+
     @property
     def allocs_this_transaction(self) -> int:
         return self.nr_allocs - self.allocs_at_begin
@@ -361,6 +379,9 @@ class TransactionManager(RefCounts):
         self.rc_held.clear()
         if self.rolling_cursor:
             self.begin = cursor
+        if self._commit_from is not None:
+            self.commit_allocs = self.nr_allocs - self._commit_from
+            self._commit_from = None
         self.allocs_at_begin = self.nr_allocs
 
     # --------------------------------------------- metadata space map

@@ -458,8 +458,6 @@ class ThinPool:
         self._leaked = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         #: the sidecar's two slots: which one holds the last commit's
         self._sidecar = None if read_only else SidecarFile.open(path, side)
-        if self._sidecar is not None and dm.bm.fd >= 0:
-            self._sidecar.flush_with(dm.bm.fd)  # its synced writes may ride on dm's flush
         #: the superblock as the last commit packed it (None before one)
         self._sb_committed: np.ndarray | None = None
         self._lock_fd = lock_fd
@@ -1269,17 +1267,13 @@ class ThinPool:
         changed no mapping and no device).  The live slot then belongs to
         this commit as much as to the last one, and a crash before the
         superblock finds it right for either.  Returns the wait for the
-        slot's flush (sync on), which overlaps dm's own, or (the slot only
-        written back, :attr:`SidecarFile.covered`) ``(wait, None)``: dm's
-        flush makes it durable."""
+        slot's flush (sync on), which overlaps dm's own."""
         side["commit"] = _commit_tie(self._dm)
         now = {k: v for k, v in side.items() if k != "previous"}
         wait = None
         if now != self._side_written:
             wait = self._sidecar.write(now, sync)
             self._side_written = now
-            if wait is not None and self._sidecar.covered:
-                wait = (wait, None)
         self._side = now
         return wait
 

@@ -25,7 +25,7 @@ import numpy as np
 from .. import errors
 from ..config import METADATA_BLOCK_SIZE
 from ..pdata import btree_write as bw
-from ..pdata.block import KIND_BITMAP, KIND_INDEX, SUPERBLOCK, BlockManager, start_writeback
+from ..pdata.block import KIND_BITMAP, KIND_INDEX, SUPERBLOCK, BlockManager
 from ..pdata.btree import lookup as bt_lookup
 from ..pdata.disk_space_map import DiskSpaceMap
 from ..pdata.space_map import ENTRIES_PER_BITMAP, MAX_METADATA_BITMAPS, read_counts
@@ -707,23 +707,19 @@ class PoolMetadata:
         earlier, once the roots are final and before the flush that puts
         the other blocks on disk; it may return a wait, called after that
         flush and before the superblock (a caller's own flush overlaps
-        dm's), or a pair ``(ready, None)``: ``ready()`` returns once the
-        caller's own write is on the device, and is called before that
-        flush, which then makes it durable too (one device flush for both:
-        :func:`~thinp.pdata.block.flush_covers`).  ``durable_later``: the
+        dm's).  ``durable_later``: the
         superblock's flush (sync on) runs behind
         (:meth:`BlockManager.flush_behind`) while this commit's bookkeeping
         and the caller's go on; the caller calls :meth:`wait_durable` before
         anything that needs the commit durable, and before it returns."""
         tm = self.tm
         # the commit's own shadows (details, space maps, the tools' batch of
-        # ref counts) come from the cursor on: zero the holes there first (a
-        # no-op when the last commit's zeroing ahead covers them).  Only a
-        # few: the transaction's own allocations (a shared leaf's ref counts
-        # among them, made as dm makes them) are behind the cursor already,
-        # and zeros written here are more pages for barrier 1 to write back;
-        # the zeroing ahead of the next transaction runs after the commit
-        tm.zero_ahead(ZERO_AHEAD_MIN)
+        # ref counts) come from the cursor on: zero the holes there first,
+        # for as many blocks as the last commit's own part took (a no-op
+        # when the last commit's zeroing ahead covers them; the
+        # transaction's own allocations are behind the cursor already, and
+        # zeros written here are more pages for barrier 1 to write back)
+        tm.zero_for_commit()
         # __write_changed_details: in the list's order (newest opened
         # first); a closed device written leaves the list.  Devices changed
         # without being opened here (restore and repair build pools as the
@@ -754,24 +750,15 @@ class PoolMetadata:
                 tm.kind[b] = KIND_BITMAP
         tm.kind[tm.index_block] = KIND_INDEX
         written = tm.seal_dirty()
-        got = before_flush() if before_flush is not None else None
-        ready, wait = got if isinstance(got, tuple) else (None, got)
+        wait = before_flush() if before_flush is not None else None
         on_file = self.bm.fd >= 0 and self.bm.mm is not None
-        if self.sync and on_file and (len(written) or ready is not None):
+        if self.sync and on_file and len(written):
             # barrier 1: every block the new superblock references is on
             # disk before it.  One fdatasync writes back all the file's dirty
             # pages, those dirtied through the shared mapping included (on
             # Linux msync(MS_SYNC) is the same vfs_fsync_range over a range;
             # one msync per run of blocks was one device flush per run).
-            if ready is not None:
-                # the caller's write rides on this flush: ours start out
-                # beside it, and its write is on the device before the flush
-                start_writeback(self.bm.fd)
-                ready()
-                ready = None
             os.fdatasync(self.bm.fd)
-        if ready is not None:
-            ready()
         if wait is not None:
             wait()
         # the superblock goes out last, whole, in one write: a process

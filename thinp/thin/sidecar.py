@@ -19,19 +19,11 @@ A commit writes its sidecar in place into the slot that does not hold the
 last commit's, before the superblock (as LVM writes its VG metadata with
 the pending change before it messages the kernel): if the superblock never
 makes it, the other slot still belongs to the metadata's commit, and the
-open picks the slot whose tie matches the superblock.  In-place overwrites
-of allocated blocks change no file-system metadata, so syncing one is a
-data-only flush (no journal commit), issued alongside the metadata's own
-pre-superblock flush (:meth:`SidecarFile.write` returns the wait).  With
-:attr:`SidecarFile.RIDE_ON_METADATA_FLUSH` on (off by default: slower on
-this VM, see there), where
-one device flush covers both files (ext4 or xfs on one block device:
-:func:`~thinp.pdata.block.flush_covers`) the slot is only written back, and
-the metadata's pre-superblock fdatasync, issued after that, makes it durable
-with the metadata's blocks: one device flush, not two.  The first synced
-write of a sidecar file keeps its own fdatasync (its blocks may not be
-allocated on disk before).  Only a sidecar that outgrows its slot is written whole again (a temporary file,
-fsync, rename, directory fsync), with both slots.
+open picks the slot whose tie matches the superblock.  Its flush (sync
+on) runs behind (:class:`~thinp.pdata.block.FlushBehind`), alongside the
+metadata's own pre-superblock flush (:meth:`SidecarFile.write` returns the
+wait).  Only a sidecar that outgrows its slot is written whole again (a
+temporary file, fsync, rename, directory fsync), with both slots.
 
 A version 1 sidecar (one JSON object, written by earlier thinp, by
 ``thinp convert`` or by hand) is still read; the next commit rewrites it
@@ -39,13 +31,12 @@ in slots.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import os
 import zlib
 
 from .. import errors
-from ..pdata.block import flush_covers, start_writeback, written_back
+from ..pdata.block import FlushBehind
 
 SIDECAR = "pool.json"
 SIDECAR_VERSION = 1
@@ -208,33 +199,9 @@ def sidecar_disagreement(side: dict, trans_id: int, dev_ids) -> str | None:
     return "; ".join(diff) or None
 
 
-_flusher = None
-_flusher_pid = -1
-
-
-def _flush_in_background(fd: int) -> concurrent.futures.Future:
-    """fdatasync ``fd`` on a helper thread (one per process; os.fdatasync
-    releases the GIL), so it overlaps the caller's own flush."""
-    global _flusher, _flusher_pid
-    if _flusher is None or _flusher_pid != os.getpid():
-        _flusher = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinp-sidecar")
-        _flusher_pid = os.getpid()
-    return _flusher.submit(os.fdatasync, fd)
-
-
 class SidecarFile:
     """The sidecar as one pool keeps writing it: which slot holds the last
     commit's (``live``), what it holds, and the next ``seq``."""
-
-    #: let a synced slot write ride on the metadata's flush where one device
-    #: flush covers both (:meth:`flush_with`).  Off: on this VM (virtio disk,
-    #: ext4, kernel 6.18, load 4-5 from other work, 2026-12-07) it saved
-    #: 0.25-0.3 ms of CPU a create_snap commit but made the metadata's
-    #: pre-superblock fdatasync, alone, take 3-5 ms where it took 0.2-0.3
-    #: ms beside the slot's own concurrent fdatasync (medians 8.0 ms
-    #: against 4.0 over 40 rounds, three alternations); a quiet machine may
-    #: differ
-    RIDE_ON_METADATA_FLUSH = False
 
     def __init__(self, pool_dir: str, live_side: dict, live: int, slot_size: int, seq: int):
         self.pool_dir = pool_dir
@@ -243,18 +210,11 @@ class SidecarFile:
         self.slot_size = slot_size
         self.seq = seq
         self._fd = -1
+        #: the slot's fdatasync behind (:meth:`write`'s wait)
+        self._flush = FlushBehind()
         self._pending: int | None = None
         #: flushes issued (a test and benchmark figure): (in place, whole)
         self.nr_writes = [0, 0]
-        #: the metadata file whose flush may carry the slot's (:meth:`flush_with`)
-        self._flush_fd = -1
-        self._rides: bool | None = None
-        #: the file's blocks are allocated, and that durable (an fsync of
-        #: this process went through since it was last written whole)
-        self._backed = False
-        #: the last :meth:`write`'s wait only writes the slot back: the
-        #: caller's next flush of :attr:`_flush_fd` makes it durable
-        self.covered = False
 
     @classmethod
     def open(cls, pool_dir: str, settled: dict) -> "SidecarFile":
@@ -277,30 +237,25 @@ class SidecarFile:
                 live, size = max(match, key=lambda i: int(slots[i].get("seq", 0))), sz
         return cls(pool_dir, settled, live, size, seq)
 
-    def flush_with(self, fd: int) -> None:
-        """Let a synced write ride on the flush of the metadata file ``fd``
-        (:func:`~thinp.pdata.block.flush_covers`: same block device, a file
-        system whose fdatasync flushes the device's cache) instead of an
-        fdatasync of its own, once the file's blocks are known allocated:
-        a slot overwritten in place changes no file-system metadata, so
-        once written back it is durable with the device's next flush."""
-        self._flush_fd = fd
-        self._rides = None
-
     def _open_fd(self) -> int:
         if self._fd < 0:
             self._fd = os.open(os.path.join(self.pool_dir, SIDECAR), os.O_WRONLY)
         return self._fd
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        try:
+            self._flush.close()  # (OSError when the slot's flush failed, after the fd is closed)
+        finally:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def write(self, side: dict, sync: bool):
         """Write the next commit's sidecar, before its superblock.  Returns
         None, or (with ``sync``) a wait to call before the superblock goes
-        out: the slot's fdatasync runs on a helper thread meanwhile."""
+        out: the slot's fdatasync runs behind meanwhile
+        (:class:`~thinp.pdata.block.FlushBehind`, as the metadata's
+        superblock flush does)."""
         body = encode_slot({**side, "seq": self.seq + 1})
         if self.slot_size and len(body) < self.slot_size:
             target = 1 - self.live
@@ -309,33 +264,14 @@ class SidecarFile:
             os.pwrite(fd, body.ljust(size - 1) + b"\n", off)
             self._pending = target
             self.nr_writes[0] += 1
-            self.covered = False
             if not sync:
                 return None
-            if self._rides is None and self._flush_fd >= 0:
-                self._rides = flush_covers(self._flush_fd, fd)
-            if self._backed and self._rides and self.RIDE_ON_METADATA_FLUSH:
-                # written back beside the metadata's own blocks; the
-                # metadata's flush, after this wait, makes it durable
-                start_writeback(fd, off, size)
-                self.covered = True
-
-                def written():
-                    if not written_back(fd, off, size):
-                        os.fdatasync(fd)
-                return written
-            fut = _flush_in_background(fd)
-
-            def flushed():
-                fut.result()
-                self._backed = True
-            return flushed
+            self._flush.start(fd)
+            return self._flush.wait
         # first write after a version 1 file, or outgrown: both slots, whole
         old = encode_slot({**self.live_side, "seq": self.seq})
         self.close()
-        self.covered = False
         self.slot_size = _write_whole(self.pool_dir, old, body, sync)
-        self._backed = sync
         self.live, self._pending = 0, 1
         self.nr_writes[1] += 1
         return None
