@@ -1,5 +1,6 @@
 """The volatile index's page policy (thinp.thin.index): small pages while
-it is sparse, huge pages from the commit that finds it dense."""
+it is sparse or growing, huge pages from the first replay that finds it
+dense and serves it more lookups than mapping changes."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,7 @@ import numpy as np
 import thinp
 from thinp.pdata import radix as K
 from thinp.thin.index import DENSE_MAPPINGS_PER_NODE, DENSE_MIN_NODES
-from thinp.trace import TRACE_DTYPE, WRITE
+from thinp.trace import READ, TRACE_DTYPE, WRITE
 
 BS = 64 * 1024
 
@@ -41,19 +42,41 @@ def test_random_provisioning_leaves_the_index_in_small_pages(tmp_path):
     pool.close()
 
 
-def test_a_dense_index_moves_to_huge_pages_at_its_commit(tmp_path):
+def test_a_dense_index_moves_to_huge_pages_when_it_serves_lookups(tmp_path):
     pool = thinp.ThinPool.create(str(tmp_path / "p"), "64G")
     dev = pool.create_thin(0, "32G")
     full = np.zeros(1, dtype=TRACE_DTYPE)
     full[0] = (0, WRITE, 0, dev.size)
     pool.replay(full)
     md = _index(pool)
-    assert not md.huge  # (nothing decided between commits)
     pool.commit()
-    assert int(md.sp.scal[K.S_MUSED]) >= DENSE_MIN_NODES and md.huge
-    assert dev.mapped_blocks == dev.size // BS
+    assert int(md.sp.scal[K.S_MUSED]) >= DENSE_MIN_NODES
+    assert not md.huge  # dense, but the replay that filled it only changed mappings
+    nr = dev.size // BS
+    pool.replay(_writes(np.random.default_rng(3).integers(0, nr, 1000)))  # overwrites
+    assert md.huge
+    assert dev.mapped_blocks == nr
     pool.close()
     pool = thinp.ThinPool.open(str(tmp_path / "p"))
     assert _index(pool).huge  # the open's fill is dense too
     assert pool.device(0).mapped_blocks == (32 << 30) // BS
+    pool.close()
+
+
+def test_sequential_provisioning_across_commits_stays_in_small_pages(tmp_path):
+    pool = thinp.ThinPool.create(str(tmp_path / "p"), "64G", commit_interval=100_000)
+    pool.create_thin(0, "32G")
+    n = 300_000  # (two commits find the index dense: ~500 mappings a node)
+    res = pool.replay(_writes(np.arange(n)))
+    md = _index(pool)
+    assert res["nr_provisioned"] == n
+    assert int(md.sp.scal[K.S_OPS_SINCE_COMMIT]) < n  # (the commits ran)
+    assert int(md.sp.scal[K.S_MUSED]) >= DENSE_MIN_NODES
+    assert int(md.dv.mapped.sum()) >= DENSE_MAPPINGS_PER_NODE * int(md.sp.scal[K.S_MUSED])
+    assert not md.huge
+    # reads of what it wrote are lookups: now it moves
+    reads = _writes(np.arange(0, n, 7))
+    reads["op"] = READ
+    pool.replay(reads)
+    assert md.huge
     pool.close()

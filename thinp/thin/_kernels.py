@@ -236,15 +236,23 @@ def _fail_block(sp, failed, i, bit):
 
 
 @njit(inline="always", refcount=False)
-def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, log, out, read_only):
-    """One per-block write.  Returns 0, or -1 no data space, -2 only
+def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, log, out, read_only, leaf):
+    """One per-block write.  Returns (0, or -1 no data space, -2 only
     just-freed data space, -3 no metadata space, -4 a mapping change
     refused in read-only mode (EIO), -5 a mapping change with the log full
-    (nothing done)."""
+    (nothing done); the leaf it wrote, -1 if none).
+
+    ``leaf``, unless -1, is ``vb``'s index leaf, writable in this
+    transaction: a block in the leaf the last mapping change wrote is
+    looked up and changed there, with no walk from the root (see
+    :func:`replay`)."""
     bs = sp.scal[S_BLOCK_SIZE]
     full = in_block == 0 and n == bs
     payload = sp.scal[S_PAYLOAD] != 0 and data.shape[0] > 0
-    v = lookup(sp.meta, dv.root[slot], dv.levels[slot], vb)
+    if leaf >= 0:
+        v = sp.meta[leaf, vb & NODE_MASK]
+    else:
+        v = lookup(sp.meta, dv.root[slot], dv.levels[slot], vb)
     shared = False
     p = np.int64(-1)
     if v != 0:
@@ -254,28 +262,29 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
             # mapped and not shared: plain data I/O, no metadata change
             if payload and src.shape[0] > 0:
                 _put_bytes(data, p, bs, in_block, src, src_pos, n)
-            return 0
+            return 0, np.int64(-1)
         shared = True
     if read_only:
-        return -4
+        return -4, np.int64(-1)
     if sp.scal[S_OODS] != 0:
         # dm's PM_OUT_OF_DATA_SPACE: process_bio_read_only tries no
         # allocation (not even blocks freed since the last commit, which
         # only its commit's check_for_data_space brings back); the bio
         # waits, or fails under error_if_no_space
-        return -1
+        return -1, np.int64(-1)
     if out[3] >= log.shape[0]:
-        return -5
+        return -5, np.int64(-1)
     # shared: break sharing (copy-on-write); unmapped: provision.  The data
     # block first, so a full pool fails the write without touching the tree.
     # One call site per helper: each inlined copy costs compile time.
     p2 = _alloc_block(sp, op_index)
     if p2 < 0:
-        return p2
-    leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+        return p2, np.int64(-1)
     if leaf < 0:
-        unalloc_data(sp, p2)
-        return -2 if leaf == -2 else -3
+        leaf = leaf_for_write(sp, dv.root, slot, dv.levels[slot], vb)
+        if leaf < 0:
+            unalloc_data(sp, p2)
+            return (-2 if leaf == -2 else -3), np.int64(-1)
     if shared:
         if full:
             sp.scal[C_COW_OVERWRITES] += 1
@@ -301,7 +310,7 @@ def _write_block(sp, dv, slot, vb, in_block, n, op_index, data, src, src_pos, lo
     dv.changed[slot] = 1
     if payload and src.shape[0] > 0:
         _put_bytes(data, p2, bs, in_block, src, src_pos, n)
-    return 0
+    return 0, leaf
 
 
 @njit(refcount=False)
@@ -386,6 +395,8 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
     at, rows used in ``log``).  ``src`` holds the bytes of a single write
     (empty otherwise), with ``src_base`` the device offset of its first byte.
 
+    ``slots`` of one entry, for a trace of more, names every request's slot.
+
     Every mapping change (provision, break of sharing, unmap) is appended to
     ``log`` (int64[cap, 4]: dev_id, vblock, dm value or an UNMAP_* value, op index) in
     request order; a full log stops the run with R_FLUSH right before the
@@ -407,19 +418,35 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
         shift = 0
         while (np.int64(1) << shift) < bs:
             shift += 1
-    n = slots.shape[0]
+    n = ops.shape[0]
+    # (0: every request is on slots[0])
+    slot_step = 1 if slots.shape[0] > 1 else 0
     error_mode = sp.scal[S_ERROR_IF_NO_SPACE] != 0
     read_only = sp.scal[S_READ_ONLY] != 0
     interval = sp.scal[S_COMMIT_INTERVAL]
     resume_vb = start_vb
+    # the leaf the last mapping change wrote: its device slot (-1 none),
+    # key (vblock >> NODE_SHIFT) and index node.  Its path stays this
+    # transaction's and unshared until the kernel returns (no commit or
+    # snapshot runs inside it) unless a discard prunes nodes, and a
+    # discard forgets it; so the next blocks of a sequential run are
+    # looked up and mapped there, with no walk from the root
+    w_slot = np.int64(-1)
+    w_key = np.int64(-1)
+    w_leaf = np.int64(-1)
     for i in range(start_op, n):
         if interval > 0 and sp.scal[S_OPS_SINCE_COMMIT] >= interval and resume_vb < 0:
             return _stop(out, R_NEED_COMMIT, i, -1)
         ahead = i + PREFETCH_AHEAD
         if ahead < n and ops[ahead] != DISCARD:
             a_off = np.int64(offsets[ahead])
-            _prefetch_leaf(sp.meta, dv, slots[ahead], (a_off >> shift) if shift >= 0 else a_off // bs)
-        slot = slots[i]
+            a_vb = (a_off >> shift) if shift >= 0 else a_off // bs
+            a_slot = slots[ahead * slot_step]
+            if a_slot != w_slot or a_vb >> NODE_SHIFT != w_key:
+                # (in the last written leaf it is cached already: a
+                # sequential run walks from the root once a leaf)
+                _prefetch_leaf(sp.meta, dv, a_slot, a_vb)
+        slot = slots[i * slot_step]
         op = np.int64(ops[i])
         off = np.int64(offsets[i])
         ln = np.int64(lengths[i])
@@ -449,8 +476,13 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
             for vb in range(b0, b1 + 1):
                 lo = max(off, vb * bs)
                 hi = min(off + ln, (vb + 1) * bs)
-                r = _write_block(sp, dv, slot, vb, lo - vb * bs, hi - lo, i, data, src, lo - src_base, log, out,
-                                 read_only)
+                leaf = np.int64(-1)
+                if slot == w_slot and vb >> NODE_SHIFT == w_key:
+                    leaf = w_leaf
+                r, wrote = _write_block(sp, dv, slot, vb, lo - vb * bs, hi - lo, i, data, src, lo - src_base, log,
+                                        out, read_only, leaf)
+                if wrote >= 0:
+                    w_slot, w_key, w_leaf = slot, vb >> NODE_SHIFT, wrote
                 if r == 0:
                     sp.scal[C_WRITES] += 1
                     continue
@@ -483,6 +515,7 @@ def replay(sp, dv, slots, ops, offsets, lengths, start_op, start_vb, data, src, 
                     sp.scal[C_READ_UNMAPPED] += 1
         else:
             # discard: whole blocks inside the range only
+            w_slot = -1  # (it may prune the last written leaf)
             first = (off + bs - 1) // bs
             if resuming and b0 > first:
                 first = b0
@@ -650,20 +683,26 @@ T_PAST_END = 3
 
 @njit(refcount=False)
 def prepare_trace(dev_ids, ops, offsets, lengths, lut_ids, lut_slots, slot_size, slots_out, err):
-    """Check every request of an untrusted trace and resolve its device slot.
+    """Check every request of an untrusted trace and resolve its device slot
+    into ``slots_out`` (an empty ``slots_out`` is not written).
     ``lut_ids`` is sorted; ``slot_size`` is each slot's size in bytes.  On the
     first bad row, ``err`` = (code, row) and the function returns the code;
     else ``err[2]`` is the number of requests that are not reads (counted
     here, in the same pass: a separate ``(ops != READ).any()`` read the ops
-    again and made a temporary as long as the trace)."""
+    again and made a temporary as long as the trace), and ``err[3]`` is the
+    first row's slot when every row is on that device, else -1."""
     n = dev_ids.shape[0]
     nl = lut_ids.shape[0]
+    write = slots_out.shape[0] > 0
     last_id = -1
     last_slot = -1
     err[2] = 0
+    err[3] = -1
     for i in range(n):
         d = np.int64(dev_ids[i])
         if d != last_id:
+            if i > 0:
+                err[3] = -2  # (a second device)
             lo = 0
             hi = nl
             while lo < hi:
@@ -687,9 +726,14 @@ def prepare_trace(dev_ids, ops, offsets, lengths, lut_ids, lut_slots, slot_size,
             err[0] = T_PAST_END
             err[1] = i
             return T_PAST_END
-        slots_out[i] = last_slot
+        if write:
+            slots_out[i] = last_slot
         if ops[i] != READ:
             err[2] += 1
+    if err[3] == -1 and n > 0:
+        err[3] = last_slot
+    elif err[3] == -2:
+        err[3] = -1
     err[0] = T_OK
     return T_OK
 

@@ -19,12 +19,18 @@ system time than the small pages it replaces where the kernel must first
 get the memory back from a hypervisor (free page reporting hands free
 2 MiB blocks back to the host: 1.15 s of system time to first-touch
 130 MiB of huge pages against 0.06 s in small pages, measured on this
-project's Firecracker VM).  Once the index is dense (``commit`` finds
-DENSE_MAPPINGS_PER_NODE mappings per node in use), random lookups over it
+project's Firecracker VM).  Once the index is dense
+(DENSE_MAPPINGS_PER_NODE mappings per node in use), random lookups over it
 gain more from the TLB reach of huge pages (overwrites of a full 1 TiB
-thin: 26 M/s by CPU time against 11-13 M/s in small pages), so that
-commit collapses the nodes into huge pages and advises them from then on;
-a pool's open of a dense index advises them after filling it (``settle_pages``).
+thin: 26 M/s by CPU time against 11-13 M/s in small pages), so the first
+replay that finds it dense and serves it more lookups than mapping changes
+(``ThinPool.replay``) collapses the nodes into huge pages and advises them
+from then on; a pool's open of a dense index advises them after filling it
+(``settle_pages``).  A dense index that is still growing (sequential
+provisioning: 4 M first writes fill 8 K leaves) stays in small pages: its
+new nodes, faulted in as huge pages after a commit had advised them, cost
+0.05-0.09 s of system time a 4 M-write round, and the commit's collapse
+more, for lookups that walk one leaf after another.
 """
 from __future__ import annotations
 
@@ -96,9 +102,9 @@ class VolatileIndex(Metadata):
         ``collapse``: faulting or collapsing the fill's nodes in as huge
         pages there cost 0.5-1 s of system time for 16 M mappings on a busy
         machine, whereas khugepaged collapses them in the background.  A
-        commit calls it with ``collapse``."""
+        replay serving lookups calls it with ``collapse``."""
         sp = self.sp
-        self.hwm = max(self.hwm, int(sp.scal[K.S_MCURSOR]))
+        self._note_cursor()
         nodes = int(sp.scal[K.S_MUSED])
         if self.huge or nodes < DENSE_MIN_NODES or int(self.dv.mapped.sum()) < DENSE_MAPPINGS_PER_NODE * nodes:
             return
@@ -130,7 +136,10 @@ class VolatileIndex(Metadata):
         sp.ddirty[:] = 0
         sp.scal[K.S_OPS_SINCE_COMMIT] = 0
         self.dv.changed[:] = 0
-        self.settle_pages()
+        self._note_cursor()
+
+    def _note_cursor(self) -> None:
+        self.hwm = max(self.hwm, int(self.sp.scal[K.S_MCURSOR]))
 
     def resize_data(self, nr: int) -> None:
         sb, sp = self.sb, self.sp

@@ -64,6 +64,7 @@ from ..config import METADATA_BLOCK_SIZE, SECTOR_SIZE
 from ..pdata import radix as K
 from ..pdata import btree as _btree
 from ..pdata import mapping_tree as MT
+from ..pdata import memory
 from ..pdata.mapping_index import device_mappings
 from ..pdata.space_map import ENTRIES_PER_BITMAP
 from ..trace import DISCARD, READ, TRACE_DTYPE, WRITE
@@ -98,14 +99,27 @@ DEFAULT_COMMIT_INTERVAL = 1_000_000
 NO_SPACE_TIMEOUT_S = 60
 MAX_THIN_ID = (1 << 24) - 1
 _EMPTY_U8 = np.zeros(0, dtype=np.uint8)
+_EMPTY_I64 = np.zeros(0, dtype=np.int64)
 _COUNTER_SLOTS = np.array(sorted(K.COUNTER_NAMES), dtype=np.int64)
 
 _libc = None
 
 
-def _upto(end: int, *arrays) -> tuple:
-    """The trace's per-request arrays cut before request ``end``."""
-    return tuple(a[:end] if end < len(a) else a for a in arrays)
+def _upto(end: int, slots, *arrays) -> tuple:
+    """The trace's per-request arrays cut before request ``end``, as the
+    replay kernel takes them (:func:`_kernel_slots`)."""
+    return (_kernel_slots(slots[:end] if end < len(slots) else slots),
+            *(a[:end] if end < len(a) else a for a in arrays))
+
+
+def _kernel_slots(slots: np.ndarray) -> np.ndarray:
+    """A trace's device slots as the replay kernel takes them: a trace on
+    one device has them as a broadcast view of its one slot (stride 0: no
+    array as long as the trace, whose pages a 4 M-request trace faulted in
+    for ~0.09 s of system time a replay), which the kernel gets as one
+    entry (a copy: the view is read-only, and numba compiles a read-only
+    array apart)."""
+    return slots[:1].copy() if not slots.flags.writeable else slots
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
@@ -1373,12 +1387,18 @@ class ThinPool:
             trace = conv
         md = self._md
         dev, ops, off, ln = trace["dev_id"], trace["op"], trace["offset"], trace["length"]
-        slots = np.empty(len(trace), dtype=np.int64)
         lut_ids = np.array(sorted(md.slot_of), dtype=np.int64)
         lut_slots = np.array([md.slot_of[int(i)] for i in lut_ids], dtype=np.int64)
         slot_size = md.dv.size_sectors * SECTOR_SIZE
-        err = np.zeros(3, dtype=np.int64)
-        code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, slots, err)
+        err = np.zeros(4, dtype=np.int64)
+        code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, _EMPTY_I64, err)
+        if code == TK.T_OK and err[3] >= 0:
+            # one device: a broadcast view of its slot (see _kernel_slots)
+            slots = np.lib.stride_tricks.as_strided(np.full(1, err[3], dtype=np.int64), (len(trace),), (0,),
+                                                    writeable=False)
+        elif code == TK.T_OK:
+            slots = np.empty(len(trace), dtype=np.int64)
+            code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, slots, err)
         if code != TK.T_OK:
             r = int(err[1])
             if code == TK.T_NO_DEVICE:
@@ -1419,7 +1439,22 @@ class ThinPool:
         except errors.OutOfMetadataSpaceError as e:
             e.result = self._result(before, events)
             raise
+        self._settle_index_pages(before)
         return self._result(before, events)
+
+    def _settle_index_pages(self, before: np.ndarray) -> None:
+        """After a replay that served the index more lookups (reads, writes
+        into provisioned unshared blocks) than mapping changes: move the
+        index to huge pages if it is dense (VolatileIndex.settle_pages; a
+        growing index stays in small pages, see thinp.thin.index)."""
+        md = self._md
+        if md.huge:
+            return
+        d = md.sp.scal - before
+        changes = int(d[K.C_PROVISIONED] + d[K.C_COW] + d[K.C_COW_OVERWRITES])
+        lookups = int(d[K.C_READS] + d[K.C_WRITES]) - changes
+        if lookups > changes + int(d[K.C_DISCARDED]):
+            md.settle_pages(collapse=True)
 
     def _result(self, before: np.ndarray, events: list) -> ReplayResult:
         after = self._md.sp.scal
@@ -1469,7 +1504,10 @@ class ThinPool:
         request still runs.  Raises OutOfMetadataSpaceError naming the
         requests that had a block fail so, after the whole run."""
         out = np.zeros(4, dtype=np.int64)
-        failed = np.zeros(len(ops), dtype=np.uint8)
+        # (pages faulted in only where a request fails: one byte a request
+        # is 4 MiB for 4 M requests, which np.zeros may take from recycled
+        # heap memory and clear with a memset)
+        failed = memory.zeros(len(ops), np.uint8)
         gen = -1
         at_change = False  # stopped right before a mapping change (R_FLUSH)
         ahead = None  # the next stretch's kernel run, made during the last _apply_overlapped
@@ -1671,6 +1709,8 @@ class ThinPool:
     def _raise_eio(self, failed) -> None:
         """Raise OutOfMetadataSpaceError if a request of this run had a block
         fail with EIO (needing a new mapping out of metadata space)."""
+        if not failed.any():
+            return
         idx = np.flatnonzero(failed & TK.FAILED_EIO)
         if len(idx):
             raise errors.OutOfMetadataSpaceError(
@@ -1822,8 +1862,8 @@ class ThinPool:
                     failed[first:] = 0  # what the rolled-back requests set is undone
                 while start < len(ops):
                     out[3] = 0
-                    r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8, 0, out,
-                                  self._log, mask)
+                    r = TK.replay(md.sp, md.dv, _kernel_slots(slots), ops, off, ln, start, start_vb, _EMPTY_U8,
+                                  _EMPTY_U8, 0, out, self._log, mask)
                     if not self._apply_log(int(out[3])):
                         raise errors.ThinpError("internal: the committed prefix no longer fits its metadata")
                     if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
@@ -1950,8 +1990,8 @@ class ThinPool:
                 failed = np.zeros(len(ops), dtype=np.uint8)
                 while True:
                     out[3] = 0
-                    r = TK.replay(scratch.sp, scratch.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8, _EMPTY_U8,
-                                  0, out, self._log, failed)
+                    r = TK.replay(scratch.sp, scratch.dv, _kernel_slots(slots), ops, off, ln, start, start_vb,
+                                  _EMPTY_U8, _EMPTY_U8, 0, out, self._log, failed)
                     if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
                         # a full log, or a commit the first run found nothing
                         # to write for (a real one would have ended the record)
