@@ -9,8 +9,11 @@ to show a change to the replay path leaves every committed image as it was.
 Workloads (each with ``split="current"`` and ``split="halves"``): the
 random-provisioning benchmark (1 M 4 KiB first writes into a 1 TiB thin,
 default settings), 2 M sequential 4 KiB first writes into a 1 TiB thin,
-and a mixed run with a commit every 50,000 requests (random writes, a
-snapshot, CoW writes, discards from 1 block to 150,000, a second thin).
+a mixed run with a commit every 50,000 requests (random writes, a
+snapshot, CoW writes, discards from 1 block to 150,000, a second thin),
+and snapshots of snapshots with a commit every 40,000 requests (CoW writes
+into each, so data counts reach 3 and more and the ref-count tree changes
+as they move; discards and a delete, so counts of 3 and more fall).
 A profiling aid: it wraps the pool's private commit to hash after it.
 """
 from __future__ import annotations
@@ -78,6 +81,21 @@ def mixed(pool):
     pool.replay(mix[rng.permutation(len(mix))])
 
 
+def snapshots(pool):
+    rng = np.random.default_rng(4)
+    nr = (16 << 30) // BS
+    pool.create_thin(0, "16G")
+    pool.replay(_writes(0, rng.permutation(nr)[:200_000], rng))
+    for snap, origin in ((1, 0), (2, 0), (3, 1), (4, 3), (5, 2)):
+        pool.create_snap(snap, origin)
+        tr = np.concatenate([_writes(d, rng.integers(0, nr, 6000), rng) for d in range(snap + 1)])
+        pool.replay(tr[rng.permutation(len(tr))])
+    pool.delete(1)
+    tr = np.concatenate([_discards(d, rng.integers(0, nr - 3000, 60), rng.integers(1, 3000, 60)) for d in (0, 3, 5)]
+                        + [_writes(4, rng.integers(0, nr, 20_000), rng)])
+    pool.replay(tr[rng.permutation(len(tr))])
+
+
 def main() -> None:
     hashes: list = []
     real = P.ThinPool._commit
@@ -92,7 +110,8 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="thinp-hashes-")
     try:
         for name, kw, fn in (("random provisioning", {}, random_provisioning), ("sequential", {}, sequential),
-                             ("mixed", {"commit_interval": 50_000}, mixed)):
+                             ("mixed", {"commit_interval": 50_000}, mixed),
+                             ("snapshots", {"commit_interval": 40_000}, snapshots)):
             for split in ("current", "halves"):
                 hashes.clear()
                 path = os.path.join(work, "p")

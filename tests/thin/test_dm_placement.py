@@ -617,6 +617,8 @@ def test_the_kernels_read_the_no_wrap_flag_where_it_is_kept():
 
     assert BK.ST_NO_WRAP == transaction.ST_NO_WRAP
     assert BK.DST_NO_WRAP == disk_space_map.DST_NO_WRAP
+    for name in ("DST_NR", "DST_INDEX", "DST_RC", "DST_RC_HALVES", "DST_SP", "DST_RC_LEAF", "DST_BITMAPS"):
+        assert getattr(BK, name) == getattr(disk_space_map, name), name
 
 
 # ------------------------------------------------- the details' order

@@ -103,7 +103,9 @@ def _alloc_for_copy(m64, count, committed, free, txn, kind, fresh, tst):
 #: saved at once (before 5.14; -1: cached), its ref-count tree's root when
 #: counts of 3 and more change it as they move (-1: the commit does), 1
 #: when that tree splits even halves, four words of scratch (its spine),
-#: the tree's leaf last set in place (-1: none), the blocks
+#: the tree's leaf the last count went to (-1: none), that leaf's key
+#: bounds, what its path allows (RC_OWN, RC_DIRECT) and the index of the
+#: last entry set or inserted there (see data_ref_count_step), the blocks
 DST_NO_WRAP = 1
 DST_NR = 2
 DST_INDEX = 3
@@ -111,7 +113,14 @@ DST_RC = 4
 DST_RC_HALVES = 5
 DST_SP = 6
 DST_RC_LEAF = 10
-DST_BITMAPS = 11
+DST_RC_LO = 11
+DST_RC_HI = 12
+DST_RC_PATH = 13
+DST_RC_AT = 14
+DST_BITMAPS = 15
+RC_OWN = 1  # every node on the kept leaf's path this transaction's and unshared
+RC_DIRECT = 2  # and no internal node on it full: dm's insert only descends to the leaf
+RC_NO_BOUND = np.int64(1) << 62  # DST_RC_HI when the kept leaf has no upper bound
 
 
 @njit(inline="always", refcount=False)
@@ -469,28 +478,19 @@ def _move(m64, m32, dst, doff, src, soff, count):
     """Copy ``count`` entries (overlap-safe) from src[soff:] to dst[doff:]."""
     if count <= 0:
         return
-    dm = m32[dst, 5]
-    sm = m32[src, 5]
-    backward = dst == src and doff > soff
-    if m32[dst, 6] == 8:  # keys, then values: two memmoves
-        w = np.int64(m64.shape[1])
-        memmove(m64, dst * w + HDR + doff, src * w + HDR + soff, count)
+    dm = np.int64(m32[dst, 5])
+    sm = np.int64(m32[src, 5])
+    w = np.int64(m64.shape[1])
+    memmove(m64, dst * w + HDR + doff, src * w + HDR + soff, count)  # keys
+    if m32[dst, 6] == 8:
         memmove(m64, dst * w + HDR + dm + doff, src * w + HDR + sm + soff, count)
         return
-    # narrower values (the space maps' 4-byte counts): keys, then value words
-    w = np.int64(m32[dst, 6]) // 4
-    dv = 2 * HDR + 2 * np.int64(dm) + doff * w
-    sv = 2 * HDR + 2 * np.int64(sm) + soff * w
-    if backward:
-        for i in range(count - 1, -1, -1):
-            m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
-        for i in range(count * w - 1, -1, -1):
-            m32[dst, dv + i] = m32[src, sv + i]
-    else:
-        for i in range(count):
-            m64[dst, HDR + doff + i] = m64[src, HDR + soff + i]
-        for i in range(count * w):
-            m32[dst, dv + i] = m32[src, sv + i]
+    # other widths (the space maps' 4-byte counts, the details' 24 bytes):
+    # the value words, also one memmove (element by element, a ref-count
+    # leaf's insert took ~3x as long)
+    vw = np.int64(m32[dst, 6]) // 4
+    w32 = np.int64(m32.shape[1])
+    memmove(m32, dst * w32 + 2 * HDR + 2 * dm + doff * vw, src * w32 + 2 * HDR + 2 * sm + soff * vw, count * vw)
 
 
 @njit(refcount=False)
@@ -2273,6 +2273,42 @@ def _ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, sp,
     return sp[3]
 
 
+@njit(inline="always", refcount=False)
+def _rc_locate(m64, m32, count, txn, root, k, dst):
+    """A read-only descent of the data space map's ref-count tree (root
+    ``root``) to the leaf where key ``k`` is or would go, kept in ``dst``
+    (DST_RC_LEAF, its key bounds DST_RC_LO <= key < DST_RC_HI, DST_RC_PATH
+    and DST_RC_AT: see data_ref_count_step); the leaf, or -1 (nothing
+    kept) when ``k`` is below an internal node's first key (dm's insert
+    changes that key)."""
+    b = np.int64(root)
+    lo = np.int64(0)
+    hi = RC_NO_BOUND
+    path = np.int64(RC_OWN | RC_DIRECT)
+    while True:
+        if not txn[b] or count[b] != 1:
+            path = 0
+        if m32[b, 1] & LEAF:
+            break
+        nr = np.int64(m32[b, 4])
+        if nr == m32[b, 5]:
+            path &= RC_OWN
+        i = _lower_bound(m64, m32, b, k)
+        if i < 0:
+            dst[DST_RC_LEAF] = -1
+            return np.int64(-1)
+        lo = max(lo, np.int64(m64[b, HDR + i]))
+        if i + 1 < nr:
+            hi = min(hi, np.int64(m64[b, HDR + i + 1]))
+        b = np.int64(_val(m64, m32, b, i))
+    dst[DST_RC_LEAF] = b
+    dst[DST_RC_LO] = lo
+    dst[DST_RC_HI] = hi
+    dst[DST_RC_PATH] = path
+    dst[DST_RC_AT] = 0
+    return b
+
+
 @njit(refcount=False)
 def data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst, p,
                         old, up):
@@ -2283,32 +2319,60 @@ def data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst,
     the userspace tools' way).  Called only where a count of 2 or more
     goes up or one of 3 or more goes down, which most transactions never
     see.  0, or -1 when metadata ran out or the tree lacks the entry (the
-    transaction is abandoned either way)."""
+    transaction is abandoned either way).
+
+    The leaf the last key went to is kept (DST_RC_LEAF, found again by a
+    read-only descent when a key falls outside its bounds; none kept past
+    any other change of the tree, nor from one kernel call to the next,
+    as the space map's own inc/dec change the tree between them), with
+    what its path allows (DST_RC_PATH): RC_OWN, every node on it this
+    transaction's and unshared, so the overwrite's shadow steps down to
+    it change nothing and a count above 3 is set in the leaf; RC_DIRECT
+    too, no internal node full either, so where dm's insert would only
+    descend (the leaf not full, or holding the key under the current
+    rule) the count is inserted or set there.  A leaf's children's
+    counts are mostly consecutive blocks (~900 K of them after CoW into
+    a snapshot of a snapshot), so the key is looked for first beside the
+    last one (DST_RC_AT).  The bytes are those of the steps from the
+    root."""
     if dst[DST_RC] < 0:
         return 0
     legacy = dst[DST_NO_WRAP] != 0
+    halves = dst[DST_RC_HALVES] != 0
     new = old + 1 if up else old - 1
-    in_place = old >= 3 and new >= 3 and not legacy
-    leaf = dst[DST_RC_LEAF]
-    if in_place and leaf >= 0 and txn[leaf] and count[leaf] == 1:
-        # the leaf the last count set in place: its path is this
-        # transaction's (shadowed then) and nothing has moved the tree's
-        # entries since, so when it holds the block the overwrite's
-        # shadow steps down to it would change nothing (a leaf's children
-        # counts are mostly consecutive blocks: ~900 K of them after CoW
-        # into a snapshot of a snapshot)
-        k = np.uint64(p)
-        j = _lower_bound(m64, m32, leaf, k)
-        if j >= 0 and m64[leaf, HDR + j] == k:
-            _set_val(m64, m32, leaf, j, np.uint64(new))
-            return 0
+    insert = new >= 3 and (old == 2 or legacy)
+    if new >= 3:
+        leaf = dst[DST_RC_LEAF]
+        if leaf < 0 or p < dst[DST_RC_LO] or p >= dst[DST_RC_HI]:
+            leaf = _rc_locate(m64, m32, count, txn, dst[DST_RC], np.uint64(p), dst)
+        if leaf >= 0 and dst[DST_RC_PATH] & (RC_DIRECT if insert else RC_OWN):
+            k = np.uint64(p)
+            nr = np.int64(m32[leaf, 4])
+            at = dst[DST_RC_AT]
+            if at + 1 < nr and m64[leaf, HDR + at + 1] == k:
+                j = at + 1
+            elif at < nr and m64[leaf, HDR + at] < k and (at + 1 >= nr or m64[leaf, HDR + at + 1] > k):
+                j = at
+            else:
+                j = _lower_bound(m64, m32, leaf, k)
+            found = j >= 0 and m64[leaf, HDR + j] == k
+            if found:
+                if insert and halves and nr == m32[leaf, 5]:
+                    j = -2  # (dm's insert splits a full leaf before 5.14)
+                else:
+                    _set_val(m64, m32, leaf, j, np.uint64(new))
+                    dst[DST_RC_AT] = j
+                    return 0
+            elif insert and nr < m32[leaf, 5]:
+                _insert_at(m64, m32, leaf, j + 1, k, np.uint64(new))
+                dst[DST_RC_AT] = j + 1
+                return 0
+    dst[DST_RC_LEAF] = -1  # the step below may move entries and nodes
     r = _ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dst[DST_SP:DST_SP + 4],
-                        dst[DST_RC], np.int64(p), np.int64(old), up, dst[DST_RC_HALVES] != 0, legacy)
+                        dst[DST_RC], np.int64(p), np.int64(old), up, halves, legacy)
     if r < 0:
-        dst[DST_RC_LEAF] = -1
         return -1
     dst[DST_RC] = r
-    dst[DST_RC_LEAF] = dst[DST_SP + 1] if in_place else -1  # an insert or removal may move entries
     return 0
 
 

@@ -26,9 +26,10 @@ INDEX_VALUE = bw.ValueType(16)
 #: tree's root when the kernels change it as counts of 3 and more move
 #: (dm's way), -1 when the commit does; DST_RC_HALVES 1 when that tree
 #: splits even halves; DST_SP four words of the kernels' scratch;
-#: DST_RC_LEAF the tree's leaf the kernels last set a count in (-1: none;
-#: reset for each kernel call, as inc/dec change the tree between them)
-DST_NO_WRAP, DST_NR, DST_INDEX, DST_RC, DST_RC_HALVES, DST_SP, DST_RC_LEAF, DST_BITMAPS = 1, 2, 3, 4, 5, 6, 10, 11
+#: DST_RC_LEAF the tree's leaf the kernels' last count went to (-1: none;
+#: reset for each kernel call, as inc/dec change the tree between them),
+#: then four words about it (the kernels' data_ref_count_step)
+DST_NO_WRAP, DST_NR, DST_INDEX, DST_RC, DST_RC_HALVES, DST_SP, DST_RC_LEAF, DST_BITMAPS = 1, 2, 3, 4, 5, 6, 10, 15
 IE_CACHE_SIZE = 64
 COUNT_VALUE = bw.ValueType(4)
 
