@@ -880,6 +880,10 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
         cpu = cpu_tab.get(kind, 2 * US) + layer + kind_extra.get(kind, 0.0) - asleep - wake + probes * probe
         nb = log.nbytes[j]
         if kind == "write" and wake_page is not None:
+            # (after the CPU above on purpose: layer_kind_s "write" was
+            # measured on small appends, wake-ups included, so the CPU leaves
+            # out the small write's wake and the WAKE stage pays this blend:
+            # a 4 KiB append's new page then takes the wake-ups' place)
             wake = write_wake_s(wake, wake_page, nb)
         if kind == "write":
             # the copy from user space and the new pages the write fills
