@@ -546,17 +546,31 @@ def write_wake_s(wake: float, wake_page: float, nbytes: int) -> float:
     return wake + f * (wake_page - wake)
 
 
+def kind_tables(k: TimingConstants, driver: str) -> tuple[dict, dict, dict]:
+    """``driver``'s per-kind costs as :func:`simulate` prices them:
+    (kind -> its layer_kind_s; kind -> the part of that the process sleeps
+    on the driver's daemon, daemon_wait_share; kind -> the part of the rest
+    paid only on an idle core, idle_wake_s)."""
+    pre = driver + "."
+    kind_extra = {kk[len(pre):]: v for kk, v in k.layer_kind_s.items() if kk.startswith(pre)}
+    daemon_wait = {kk[len(pre):]: kind_extra.get(kk[len(pre):], 0.0) * min(max(v, 0.0), 1.0)
+                   for kk, v in k.daemon_wait_share.items() if kk.startswith(pre)}
+    idle_wake = {kk[len(pre):]: min(max(v, 0.0), max(kind_extra.get(kk[len(pre):], 0.0)
+                                                     - daemon_wait.get(kk[len(pre):], 0.0), 0.0))
+                 for kk, v in k.idle_wake_s.items() if kk.startswith(pre)}
+    return kind_extra, daemon_wait, idle_wake
+
+
 def op_cpu_s(k: TimingConstants, driver: str, kind: str, nbytes: int = 0) -> float:
     """The CPU stage of one ``kind`` operation of ``nbytes`` on ``driver``'s
     path as :func:`simulate` prices it with nothing in the page cache to
     read, no lookup probes and no copy-up: the system call, the layer's
     costs, less what the process sleeps on the driver's daemon and the
-    idle cores' wake-ups (their own stages), and a write's pages.  Where
-    the driver's one lock is held (``serial_share``), that share of it."""
-    extra = k.layer_kind_s.get(f"{driver}.{kind}", 0.0)
-    asleep = extra * min(max(k.daemon_wait_share.get(f"{driver}.{kind}", 0.0), 0.0), 1.0)
-    wake = min(max(k.idle_wake_s.get(f"{driver}.{kind}", 0.0), 0.0), max(extra - asleep, 0.0))
-    cpu = k.cpu_s.get(kind, 2 * US) + k.get("layer_cpu_s", driver) + extra - asleep - wake
+    idle cores' wake-ups (their own stages, :func:`kind_tables`), and a
+    write's pages."""
+    kind_extra, daemon_wait, idle_wake = kind_tables(k, driver)
+    cpu = (k.cpu_s.get(kind, 2 * US) + k.get("layer_cpu_s", driver) + kind_extra.get(kind, 0.0)
+           - daemon_wait.get(kind, 0.0) - idle_wake.get(kind, 0.0))
     if kind == "write":
         cpu += (nbytes / PAGE) * (k.page_copy_s + k.get("page_write_cpu_s", driver))
     return cpu
@@ -714,18 +728,13 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     by_pid = log.by_pid()
     union = d in UNION
     layer = k.get("layer_cpu_s", d)
-    kind_extra = {kk.split(".", 1)[1]: v for kk, v in k.layer_kind_s.items() if kk.startswith(d + ".")}
+    # kind -> its layer_kind_s; seconds of that spent asleep on the driver's
+    # daemon; seconds of the rest paid only on an idle core
+    kind_extra, daemon_wait, idle_wake = kind_tables(k, d)
     serial = {kk.split(".", 1)[1]: min(max(v, 0.0), 1.0) for kk, v in k.serial_share.items()
               if kk.startswith(d + ".")}
     serial_lock = SERIAL_LOCK.get(d, ("fs_serial", 0))
     handoff = {kk.split(".", 1)[1]: max(v, 0.0) for kk, v in k.serial_handoff_s.items() if kk.startswith(d + ".")}
-    # kind -> seconds of its layer_kind_s spent asleep on the driver's daemon
-    daemon_wait = {kk.split(".", 1)[1]: kind_extra.get(kk.split(".", 1)[1], 0.0) * min(max(v, 0.0), 1.0)
-                   for kk, v in k.daemon_wait_share.items() if kk.startswith(d + ".")}
-    # kind -> seconds of the rest of its layer_kind_s paid only on an idle core
-    idle_wake = {kk.split(".", 1)[1]: min(max(v, 0.0), max(kind_extra.get(kk.split(".", 1)[1], 0.0)
-                                                           - daemon_wait.get(kk.split(".", 1)[1], 0.0), 0.0))
-                 for kk, v in k.idle_wake_s.items() if kk.startswith(d + ".")}
     # a write filling a new page: its wake-ups (idle_wake_s "<driver>.write.page")
     wake_page = page_write_wake(k, d, kind_extra, daemon_wait)
     miss_cpu = k.page_miss_s
