@@ -12,6 +12,25 @@ load average.  ``--arc`` reads 1.5x the ARC's ceiling of other files before
 every other round (what calibrate's cold reads do before the ops).
 
     PYTHONPATH=$PWD python scripts/probe_zfs_append_rel.py --minutes 4
+
+Seen 2026-12-07 19:25-19:31 UTC (2-vCPU Intel Xeon VM, load 5.5-7.1, other
+sessions' tests beside): zfs-fuse's appends run in two modes that change
+every few seconds, whatever this process does -- 25-36 us an append (its
+CPU and the daemon's, the same: every microsecond of it on a core), or
+350-1200 us with 175-220 us of CPU (the daemon's threads burning CPU while
+the appends wait) -- in about half the rounds, with or without the ARC
+refilled by other files first (``--arc``: no difference).  ext4's appends
+beside them stayed at 1.26-1.73 us (the median block; 3.4-4.2 us in 3
+rounds of 93): a 5-byte ext4
+append never sleeps, a zfs-fuse one crosses FUSE four or five times, and
+only those round trips meet the other load.  In the fast mode the ratio
+to ext4 was steady (22-27x, per block); the slow mode is 100-950x.
+calibrate's least of 5 forked runs of 250 (``zfs.append.p1``) caught the
+fast mode in 82 of 93 rounds (25-44 us), as the 17:00 calibration's 29.8 us;
+the kept one's 53.8 us was measured quiet, where each round trip wakes an
+idle core (``idle_wake_s``) instead.  A run of the same appends forked,
+in this process and in this process reading the daemon's schedstat
+(``/tmp`` probe, 115 daemon threads) met the slow mode alike.
 """
 from __future__ import annotations
 
@@ -50,21 +69,22 @@ def main() -> None:
         fr, nr = ref["append"]
         t_end = time.monotonic() + 60 * a.minutes
         i = 0
-        print("round  t_s   load | least5 zfs us | block medians: zfs us ext4 us ratio | zfs cpu us/op", flush=True)
+        print("round  t_s   load | least5 zfs us | block medians: zfs us ext4 us, median block ratio | zfs cpu us/op", flush=True)
         t0 = time.monotonic()
         while time.monotonic() < t_end:
             if a.arc and i % 2:
                 cal.evict_arc(big, cal.zfs_arc_max_bytes())
             least = cal._least(lambda: cal._per_op(fo, no, 1))
-            zs, es, cs = [], [], []
+            zs, es, cs, rs = [], [], [], []
             for b in range(8):
                 es.append(cal._wall_per_op(fr, nr))
                 t, c = cal._cpu_per_op(fo, no, daemon)
                 zs.append(t)
                 cs.append(c)
+                rs.append(t / es[-1])
             zm, em = statistics.median(zs), statistics.median(es)
             print(f"{i:5d} {time.monotonic() - t0:5.0f} {os.getloadavg()[0]:5.2f} | {least * 1e6:8.1f} | "
-                  f"{zm * 1e6:8.1f} {em * 1e6:6.2f} {zm / em:6.1f} | {statistics.median(cs) * 1e6:6.1f}"
+                  f"{zm * 1e6:8.1f} {em * 1e6:6.2f} {statistics.median(rs):6.1f} | {statistics.median(cs) * 1e6:6.1f}"
                   f"{' (arc evicted)' if a.arc and i % 2 else ''}", flush=True)
             i += 1
             time.sleep(2)
