@@ -31,7 +31,7 @@ the kept one's 53.8 us was measured quiet, where each round trip wakes an
 idle core (``idle_wake_s``) instead.  A run of the same appends forked,
 in this process and in this process reading the daemon's schedstat
 (``/tmp`` probe, 115 daemon threads) met the slow mode alike.  Timed one
-block of 250 at a time (19:49-19:51 UTC, load 11.6-11.9, the guest's cores
+block of 250 at a time (19:48-19:49 UTC, load 11.6-11.9, the guest's cores
 never idle, 2.5% steal, no direct reclaim), the daemon's threads' CPU was
 15-30 us an append in the fast mode and 80-150 us in the slow one, with or
 without SCHED_IDLE spinners on every core: the slow mode is the daemon's
