@@ -73,6 +73,44 @@ def test_spread_and_decided_orders():
     assert (s["pairs_decided"], s["pairs_agree"]) == (3, 2)
 
 
+def test_a_groups_order_is_decided_by_the_paired_ratios_where_every_row_has_them():
+    """Runs where the machine's speed moved 1.5x from round to round: each
+    driver's own runs overlap the others' (undecided by their spreads), but
+    each run over the overlay2 runs beside it is steady -- vfs 1.2x, btrfs
+    1.4x -- so the order is decided, and the model's swap of the two is
+    counted; where the paired ratios overlap, the pair is undecided even
+    though the medians' ranges are apart."""
+    phase = [1.0, 1.5, 1.0, 1.5, 1.2]
+    o2 = [10 * p for p in phase]
+
+    def row(d, x, pred):
+        runs = [t * x for t in o2] if d != "overlay2" else o2 + [o2[-1]]
+        r = {"case": "c", "n": 1, "driver": d, "runs_s": runs, "predicted_s": pred,
+             "pair_s": o2 if d != "overlay2" else [], "pair_after_s": o2 if d != "overlay2" else []}
+        r["measured_s"], r["measured_lo"], r["measured_hi"] = vt.spread(runs)
+        return r
+    rows = [row("overlay2", 1.0, 10), row("vfs", 1.2, 14), row("btrfs", 1.4, 12)]
+    base = rows[0]
+    for x in rows:
+        x["predicted_rel"] = x["predicted_s"] / 10
+        if x is base:
+            x["measured_rel"], x["rel_lo"], x["rel_hi"], x["rel_paired"] = 1.0, 1.0, 1.0, False
+        else:
+            x["measured_rel"], x["rel_lo"], x["rel_hi"], x["rel_paired"] = vt.rel_spread(x, base)
+    assert rows[1]["measured_hi"] >= rows[2]["measured_lo"]           # the runs' own ranges overlap
+    s = vt.summary(rows)
+    assert (s["groups"], s["decided_groups"], s["same_ranking"]) == (1, 1, 0)
+    assert (s["pairs_decided"], s["pairs_agree"]) == (3, 2)           # vfs < btrfs measured, predicted swapped
+    assert "| overlay2 < vfs < btrfs | no |" in vt.markdown(rows)
+    # btrfs' paired ratios now overlap vfs's; their medians' ranges set apart
+    rows[2].update(rel_lo=1.15, rel_hi=1.5, measured_lo=100, measured_hi=110, measured_s=105)
+    s = vt.summary(rows)
+    assert (s["decided_groups"], s["pairs_decided"]) == (0, 2)
+    # a row without paired ratios: its own runs' ranges decide
+    rows[2]["rel_paired"] = False
+    assert vt.summary(rows)["pairs_decided"] == 3
+
+
 def test_measured_rows_are_taken_from_an_earlier_run():
     case = next(c for c in vt.CASES if c.name == "append-small")
     kept = [{"case": "append-small", "n": 1, "driver": d, "measured_s": m, "measured_lo": m, "measured_hi": m,

@@ -1097,11 +1097,43 @@ def validate_timing(ns=NS, drivers=DRIVERS, cases=CASES, *, real: bool = True, t
     return rows
 
 
+def _rel_range(x: dict) -> tuple[float, float, float] | None:
+    """A row's time relative to overlay2's as its paired runs give it
+    (:func:`paired_rel`): ``(median, lo, hi)`` of the per-round ratios,
+    overlay2's own (1, 1, 1); None where the row has no paired ratios (a
+    run kept from before pairing, overlay2 lost, no measurement)."""
+    if x.get("measured_s") is None:
+        return None
+    if x["driver"] == "overlay2":
+        return 1.0, 1.0, 1.0
+    m, lo, hi = x.get("measured_rel"), x.get("rel_lo"), x.get("rel_hi")
+    if not x.get("rel_paired") or None in (m, lo, hi):
+        return None
+    return m, lo, hi
+
+
 def _decided(a: dict, b: dict) -> bool:
-    """Whether the measured order of two rows is beyond their spread."""
+    """Whether the measured order of two rows is beyond their spread: by
+    their paired ratios to overlay2 (:func:`_rel_range`) where both have
+    them -- each run over the overlay2 runs seconds beside it, so a change
+    of the machine's speed that falls on both cancels -- else by their own
+    runs' ranges."""
+    ra, rb = _rel_range(a), _rel_range(b)
+    if ra is not None and rb is not None:
+        return ra[2] < rb[1] or rb[2] < ra[1]
     if a.get("measured_lo") is None or b.get("measured_lo") is None:
         return a["measured_s"] != b["measured_s"]
     return a["measured_hi"] < b["measured_lo"] or b["measured_hi"] < a["measured_lo"]
+
+
+def _measured_order(g: list[dict]) -> list[dict]:
+    """The measured rows of one group, fastest first: by their paired
+    ratios to overlay2 where every row has them (:func:`_rel_range`), as
+    :func:`_decided` compares them, else by their medians."""
+    g = [x for x in g if x["measured_s"] is not None]
+    if g and all(_rel_range(x) is not None for x in g):
+        return sorted(g, key=lambda x: _rel_range(x)[0])
+    return sorted(g, key=lambda x: x["measured_s"])
 
 
 def summary(rows: list[dict]) -> dict:
@@ -1109,7 +1141,8 @@ def summary(rows: list[dict]) -> dict:
 
     Per (case, N) group: its measured order is *decided* when every two
     drivers next to each other in it are apart beyond their spread
-    (:func:`_decided`); ``same_ranking`` counts the decided groups whose
+    (:func:`_decided`: the middle half of their paired ratios to overlay2
+    where both rows have them, else of their own runs); ``same_ranking`` counts the decided groups whose
     predicted order is the same.  Per pair of drivers in a group whose
     measured order is decided: whether the model orders them the same
     (``pairs_agree`` of ``pairs_decided``).  Per row, whether the time
@@ -1131,7 +1164,7 @@ def summary(rows: list[dict]) -> dict:
         if len(g) < 2:
             continue
         groups += 1
-        ms = sorted(g, key=lambda x: x["measured_s"])
+        ms = _measured_order(g)
         m = [x["driver"] for x in ms]
         p = [x["driver"] for x in sorted(g, key=lambda x: x["predicted_s"])]
         is_decided = all(_decided(a, b) for a, b in zip(ms, ms[1:]))
@@ -1145,7 +1178,7 @@ def summary(rows: list[dict]) -> dict:
         for a, b in combinations(g, 2):
             if _decided(a, b):
                 pairs += 1
-                pairs_ok += (a["measured_s"] < b["measured_s"]) == (a["predicted_s"] < b["predicted_s"])
+                pairs_ok += (ms.index(a) < ms.index(b)) == (a["predicted_s"] < b["predicted_s"])
         for x in g:
             if x["driver"] == "overlay2" or x["measured_rel"] is None:
                 continue
@@ -1226,7 +1259,7 @@ def markdown(rows: list[dict], drivers=DRIVERS) -> str:
                 if x.get("rel_verdict") in ("miss", "within noise"):
                     c += f" {'noise' if x['rel_verdict'] == 'within noise' else 'miss'}"
             cells.append(c)
-        ms = sorted((x for x in g.values() if x["measured_s"] is not None), key=lambda x: x["measured_s"])
+        ms = _measured_order(list(g.values()))
         order = " < ".join(x["driver"] for x in ms)
         dec = ms[0].get("group_decided") if ms else False
         cells.append(order if dec else f"undecided ({order})")
