@@ -316,3 +316,41 @@ def test_write_bitmap_is_the_reference(n, nfb):
     assert m64[1, 2:].tolist() == words
     assert m64[1, :2].tolist() == [0xAAAA, 0xAAAA]  # the header is not the kernel's
     assert (int(out[0]), int(out[1])) == (nr_free, hint)
+
+
+def test_commit_ready_bitmaps_without_collecting_writes_the_same():
+    """The data space map's first commit pass with the ref-count tree
+    current (``collect`` False) writes the same bitmaps, index entries,
+    settled counts and moved flags as with it, and collects nothing."""
+    from thinp.pdata._btree_kernels import commit_ready_bitmaps
+    from thinp.pdata.space_map import ENTRIES_PER_BITMAP as E
+
+    rng = np.random.default_rng(5)
+    nb = 5
+    n = nb * E - 77  # the last bitmap short
+    committed = rng.choice([0, 0, 1, 2, 3, 7], n).astype(np.uint32)
+    count = committed.copy()
+    for i, share in enumerate([0.3, 0.0, 0.001, 0.5, 0.2]):
+        lo = i * E
+        moved = np.flatnonzero(rng.random(min(n, lo + E) - lo) < share) + lo
+        count[moved] = rng.choice([0, 1, 2, 3, 4], len(moved)).astype(np.uint32)
+    free = rng.random(n) < 0.5
+    bitmaps = np.arange(nb, dtype=np.int64)
+    ie = np.zeros((nb, 2), dtype=np.uint64)
+    ie[:, 0] = np.arange(nb) + 2
+    ie[:, 1] = np.array([0, 40, 16320, 9000, 33], dtype=np.uint64) << np.uint64(32)
+    got = []
+    for collect in (True, False):
+        st = dict(m64=np.full((nb + 2, 512), 0xAAAA, dtype=np.uint64), committed=np.append(committed, 0),
+                  free=free.copy(), ie=ie.copy(), ready=np.array([1, 2, 2, 0, 2], dtype=np.uint8),
+                  diff=np.zeros(nb, np.uint8))
+        blocks, counts = np.zeros(n, np.uint32), np.zeros(n, np.uint32)
+        k = commit_ready_bitmaps(st["m64"], count, st["committed"], st["free"], bitmaps, st["ready"], st["ie"], blocks,
+                                 counts, st["diff"], np.zeros(2, dtype=np.int64), collect)
+        got.append((k, st))
+    (k1, a), (k0, b) = got
+    assert k1 > 0 and k0 == 0
+    assert a["diff"].tolist() == b["diff"].tolist() == [1, 0, 1, 1, 1]
+    assert a["ready"].tolist() == b["ready"].tolist() == [3, 2, 3, 0, 3]
+    for key in ("m64", "committed", "free", "ie"):
+        assert np.array_equal(a[key], b[key]), key

@@ -2528,10 +2528,25 @@ def _settle_range(count, committed, free, lo, hi):
         free[b] = c == 0
 
 
+@njit(inline="always", refcount=False)
+def _any_moved(count, committed, lo, hi):
+    """1 when a count of blocks ``lo..hi`` moved from its committed value
+    (the scan stops at the first that did), else 0."""
+    for b in range(lo, hi):
+        if count[b] != committed[b]:
+            return 1
+    return 0
+
+
 @njit(refcount=False)
-def commit_ready_bitmaps(m64, count, committed, free, bitmaps, ready, ie64, blocks_out, counts_out, has_diff, out):
+def commit_ready_bitmaps(m64, count, committed, free, bitmaps, ready, ie64, blocks_out, counts_out, has_diff, out,
+                         collect):
     """The data space map's commit, first pass, over its flagged
-    ``bitmaps``: :func:`collect_ref_count_changes`, and for each bitmap
+    ``bitmaps``: :func:`collect_ref_count_changes` (with ``collect``
+    False, only ``has_diff``, each bitmap's scan stopping at its first
+    moved count: the ref-count tree is current already, and the pass
+    after CoW of a snapshot would append ~900 K blocks nobody reads), and
+    for each bitmap
     whose block this transaction has shadowed already (``ready[j]`` 1; 2:
     only when one of its counts moved) the rest of its commit while its
     counts are in cache: :func:`write_bitmaps`' writing of its block and
@@ -2545,7 +2560,10 @@ def commit_ready_bitmaps(m64, count, committed, free, bitmaps, ready, ie64, bloc
         i = bitmaps[j]
         lo = i * ENTRIES_PER_BITMAP
         hi = min(n, lo + ENTRIES_PER_BITMAP)
-        k, d = _collect_range(count, committed, lo, hi, blocks_out, counts_out, k)
+        if collect:
+            k, d = _collect_range(count, committed, lo, hi, blocks_out, counts_out, k)
+        else:
+            d = _any_moved(count, committed, lo, hi)
         has_diff[j] = d
         if ready[j] == 1 or (ready[j] == 2 and d):
             w = ie64[i, 1]

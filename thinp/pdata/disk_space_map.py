@@ -327,7 +327,9 @@ class DiskSpaceMap(RefCounts):
         block and index entry written, its counts settled: the counts are
         read once, not three times; after CoW of a snapshot, 62 bitmaps of
         16,320 counts).  Returns (blocks, counts, bitmaps whose counts
-        moved, the bitmaps done here)."""
+        moved, the bitmaps done here); the blocks and counts are collected
+        only when the transaction left the ref-count tree to this commit
+        (else they come back empty: the tree is current)."""
         from ._btree_kernels import commit_ready_bitmaps
 
         flagged = self.flagged_bitmaps()
@@ -344,7 +346,7 @@ class DiskSpaceMap(RefCounts):
         has_diff = np.zeros(len(flagged), dtype=np.uint8)
         k = commit_ready_bitmaps(tm.bm.blocks.view(np.uint64), self.count, self.committed, self.free, flagged, ready,
                                  self.index_entries.view(np.uint64).reshape(-1, 2), blocks, counts, has_diff,
-                                 np.zeros(2, dtype=np.int64))
+                                 np.zeros(2, dtype=np.int64), bool(self._rc_deferred))
         return blocks[:k], counts[:k], flagged[has_diff != 0].tolist(), flagged[ready == 3]
 
     def commit(self) -> SmRoot:
