@@ -1391,14 +1391,18 @@ class ThinPool:
         lut_slots = np.array([md.slot_of[int(i)] for i in lut_ids], dtype=np.int64)
         slot_size = md.dv.size_sectors * SECTOR_SIZE
         err = np.zeros(4, dtype=np.int64)
-        code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, _EMPTY_I64, err)
-        if code == TK.T_OK and err[3] >= 0:
+        code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, 0, _EMPTY_I64, err)
+        if code == TK.T_OK:
             # one device: a broadcast view of its slot (see _kernel_slots)
-            slots = np.lib.stride_tricks.as_strided(np.full(1, err[3], dtype=np.int64), (len(trace),), (0,),
-                                                    writeable=False)
-        elif code == TK.T_OK:
+            slots = np.lib.stride_tricks.as_strided(np.full(1, max(0, err[3]), dtype=np.int64), (len(trace),),
+                                                    (0,), writeable=False)
+        elif code == TK.T_MANY:
+            # a second device from row err[1] on: every row's slot, the
+            # rows before it the first device's, the rest checked from there
+            at = int(err[1])
             slots = np.empty(len(trace), dtype=np.int64)
-            code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, slots, err)
+            slots[:at] = err[3]
+            code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, at, slots, err)
         if code != TK.T_OK:
             r = int(err[1])
             if code == TK.T_NO_DEVICE:
