@@ -535,6 +535,32 @@ def test_a_trace_is_checked_once_a_row(tmp_path, monkeypatch):
     pool.close()
 
 
+def test_a_one_device_trace_has_its_slot_once(tmp_path):
+    """A trace on one device is given to the replay kernel with its device
+    slot once (a writable one-entry array: a read-only stride-0 view as long
+    as the trace used to be copied to one entry before every kernel call),
+    and every stretch of it cut on the Python side keeps that entry: rows
+    queued for data space from the middle of such a trace land on its
+    device."""
+    pool = mk(tmp_path, data_size=4 * BS)
+    pool.create_thin(0, MiB)
+    pool.create_thin(2, MiB)
+    t = thinp.make_trace(6)
+    for i in range(6):
+        t[i] = (2, thinp.WRITE, i * BS, 10)
+    slots = pool._validate_trace(t)[0]
+    assert slots.shape == (1,) and slots.flags.writeable and slots[0] == pool._md.slot_of[2]
+    two = t[:3].copy()
+    two[1]["dev_id"] = 0
+    assert pool._validate_trace(two)[0].tolist() == [slots[0], pool._md.slot_of[0], slots[0]]
+    r = pool.replay(t)
+    assert r.nr_queued == 2 and pool.device(2).mapped_blocks == 4
+    pool.resize_data(8 * BS)
+    assert pool.nr_queued == 0 and pool.device(2).mapping()[0].tolist() == list(range(6))
+    assert pool.device(0).mapped_blocks == 0
+    pool.close()
+
+
 # ------------------------------------------------------------ the block rules
 def test_first_writes_zero_partial_blocks_and_skip_whole_ones(tmp_path):
     pool = mk(tmp_path, payload=True)
