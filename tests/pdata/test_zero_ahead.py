@@ -201,3 +201,49 @@ def test_the_commit_zeroes_ahead_only_for_its_own_shadows(tmp_path):
         assert type(tm).zero_for_commit(tm) == 0
     finally:
         md.close(commit=False)
+
+
+def test_the_first_commit_after_an_open_zeroes_ahead_too(tmp_path):
+    """An open has no last commit to take the commit's own allocations
+    from (commit_allocs was 0, so the first commit after an open zeroed
+    nothing ahead): it estimates them from the trees it finds, a path of
+    each plus the index block.  On a file whose free blocks are holes (a
+    sparse copy, ``cp --sparse=always``), that first commit zeroes twice
+    the estimate ahead of the cursor, as later commits do."""
+    from thinp.thin.pool import punch_hole
+
+    p = str(tmp_path / "m")
+    _pool_after_one_commit(p).close()
+    md = PoolMetadata.open(p)
+    free = md.tm.free.copy()
+    md.close(commit=False)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], free.astype(np.int8), [0]])))
+        for lo, hi in zip(edges[::2], edges[1::2]):
+            punch_hole(fd, int(lo) * BLOCK_SIZE, int(hi - lo) * BLOCK_SIZE)
+    finally:
+        os.close(fd)
+    md = PoolMetadata.open(p)
+    try:
+        tm = md.tm
+        assert _holes(md.bm.fd, 65536)[free].all()
+        # details, the data index and ref-count trees, the metadata ref-count
+        # tree (one leaf each in this pool) and the index block
+        est = tm.commit_allocs
+        assert est == 5
+        md.write_blocks(0, np.arange(50_000, 50_100))
+        seen = {}
+
+        def zero_for_commit():
+            seen["zeroed"] = type(tm).zero_for_commit(tm)
+            return seen["zeroed"]
+
+        tm.zero_for_commit = zero_for_commit
+        md.commit()
+        assert 0 < seen["zeroed"] <= 2 * est  # (free holes only: the cursor may be among used blocks)
+    finally:
+        md.close(commit=False)
+    ro = PoolMetadata.open(p, writable=False)
+    assert ro.tm.commit_allocs == 0  # (never commits: not estimated)
+    ro.close(commit=False)

@@ -486,6 +486,81 @@ def test_bad_traces_are_refused_before_touching_state(tmp_path):
     pool.close()
 
 
+def test_a_trace_is_checked_once_a_row(tmp_path, monkeypatch):
+    """Each row of a trace is checked once: a trace on two devices used to
+    be checked whole to learn that, then whole again to resolve its slots.
+    Now the check stops at the first row on a second device and resolves
+    from there; every row's slot, and a bad row on either side of the
+    switch, come out as before."""
+    from thinp.thin import _kernels as TK
+
+    pool = mk(tmp_path, data_size=64 * BS)
+    pool.create_thin(0, MiB)
+    pool.create_thin(5, MiB)
+    pool.create_thin(7, MiB)
+    rows = []
+    real = TK.prepare_trace
+
+    def counting(dev, ops, off, ln, lut_ids, lut_slots, slot_size, start, slots_out, err):
+        code = real(dev, ops, off, ln, lut_ids, lut_slots, slot_size, start, slots_out, err)
+        stop = len(dev) if code == TK.T_OK else int(err[1]) + (code != TK.T_MANY)
+        rows.append(stop - start)
+        return code
+
+    monkeypatch.setattr(TK, "prepare_trace", counting)
+
+    def trace(devs, bad=None):
+        t = thinp.make_trace(len(devs))
+        for i, d in enumerate(devs):
+            t[i] = (d, thinp.WRITE, i * BS % MiB, 100)
+        if bad is not None:
+            t[bad]["op"] = 3
+        return t
+
+    pool.replay(trace([7] * 10))
+    assert rows == [10]  # one pass
+    assert pool.device(7).mapped_blocks == 10
+    del rows[:]
+    two = trace([0, 0, 0, 5, 5, 0, 5, 0])
+    res = pool.replay(two)
+    assert sum(rows) == 8 and len(rows) == 2  # stopped at row 3, went on from there
+    assert res.counters["nr_provisioned"] == 8
+    assert pool.device(0).mapping()[0].tolist() == [0, 1, 2, 5, 7]
+    assert pool.device(5).mapping()[0].tolist() == [3, 4, 6]
+    for bad in (1, 6):
+        del rows[:]
+        with pytest.raises(ValueError, match=f"row {bad}: op 3"):
+            pool.replay(trace([0, 0, 0, 5, 5, 0, 5, 0], bad=bad))
+        assert sum(rows) == bad + 1
+    pool.close()
+
+
+def test_a_one_device_trace_has_its_slot_once(tmp_path):
+    """A trace on one device is given to the replay kernel with its device
+    slot once (a writable one-entry array: a read-only stride-0 view as long
+    as the trace used to be copied to one entry before every kernel call),
+    and every stretch of it cut on the Python side keeps that entry: rows
+    queued for data space from the middle of such a trace land on its
+    device."""
+    pool = mk(tmp_path, data_size=4 * BS)
+    pool.create_thin(0, MiB)
+    pool.create_thin(2, MiB)
+    t = thinp.make_trace(6)
+    for i in range(6):
+        t[i] = (2, thinp.WRITE, i * BS, 10)
+    slots = pool._validate_trace(t)[0]
+    assert slots.shape == (1,) and slots.flags.writeable and slots[0] == pool._md.slot_of[2]
+    two = t[:3].copy()
+    two[1]["dev_id"] = 0
+    assert pool._validate_trace(two)[0].tolist() == [slots[0], pool._md.slot_of[0], slots[0]]
+    r = pool.replay(t)
+    assert r.nr_queued == 2 and pool.device(2).mapped_blocks == 4
+    pool.resize_data(8 * BS)
+    assert pool.nr_queued == 0 and pool.device(2).mapping()[0].tolist() == list(range(6))
+    assert pool.device(0).mapped_blocks == 0
+    pool.close()
+
+
 # ------------------------------------------------------------ the block rules
 def test_first_writes_zero_partial_blocks_and_skip_whole_ones(tmp_path):
     pool = mk(tmp_path, payload=True)

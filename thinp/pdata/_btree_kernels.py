@@ -402,6 +402,8 @@ def _inc_children_over(m64, m32, count, committed, free, txn, kind, fresh, tst, 
     nr = m32[b, 4]
     mx = m32[b, 5]
     lo = np.int64(NO_BITMAP)
+    legacy = dst[DST_NO_WRAP] != 0
+    halves = dst[DST_RC_HALVES] != 0
     for i in range(nr):
         p = np.int64(m64[b, HDR + mx + i] >> np.uint64(24))
         if p < lo or p >= lo + ENTRIES_PER_BITMAP:
@@ -410,8 +412,21 @@ def _inc_children_over(m64, m32, count, committed, free, txn, kind, fresh, tst, 
                 return -1
         c = np.int64(dcount[p])
         _dinc(dcount, dcommitted, dfree, p)
-        if c >= 2 and data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount,
-                                          dcommitted, dfree, dst, p, c, True) < 0:
+        if c < 2 or dst[DST_RC] < 0:
+            continue
+        # data_ref_count_step's commonest case inline (a leaf's children are
+        # mostly consecutive blocks): the key right after the last one in the
+        # kept leaf, whose path lets its count be set there
+        leaf = dst[DST_RC_LEAF]
+        at = dst[DST_RC_AT] + 1
+        insert = c == 2 or legacy
+        if (leaf >= 0 and dst[DST_RC_LO] <= p < dst[DST_RC_HI] and dst[DST_RC_PATH] & (RC_DIRECT if insert else RC_OWN)
+                and at < m32[leaf, 4] and m64[leaf, HDR + at] == np.uint64(p)
+                and not (insert and halves and m32[leaf, 4] == m32[leaf, 5])):
+            _set_val(m64, m32, leaf, at, np.uint64(c + 1))
+            dst[DST_RC_AT] = at
+        elif data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
+                                 dst, p, c, True) < 0:
             return -1
     return 0
 

@@ -679,30 +679,47 @@ T_OK = 0
 T_BAD_OP = 1
 T_NO_DEVICE = 2
 T_PAST_END = 3
+#: not an error: the trace reaches a second device at row ``err[1]``
+#: (``slots_out`` was empty: the caller makes one and goes on from there)
+T_MANY = 4
 
 
 @njit(refcount=False)
-def prepare_trace(dev_ids, ops, offsets, lengths, lut_ids, lut_slots, slot_size, slots_out, err):
-    """Check every request of an untrusted trace and resolve its device slot
-    into ``slots_out`` (an empty ``slots_out`` is not written).
-    ``lut_ids`` is sorted; ``slot_size`` is each slot's size in bytes.  On the
-    first bad row, ``err`` = (code, row) and the function returns the code;
-    else ``err[2]`` is the number of requests that are not reads (counted
-    here, in the same pass: a separate ``(ops != READ).any()`` read the ops
-    again and made a temporary as long as the trace), and ``err[3]`` is the
-    first row's slot when every row is on that device, else -1."""
+def prepare_trace(dev_ids, ops, offsets, lengths, lut_ids, lut_slots, slot_size, start, slots_out, err):
+    """Check requests ``start..`` of an untrusted trace and resolve their
+    device slots.  ``lut_ids`` is sorted; ``slot_size`` is each slot's size
+    in bytes.  On the first bad row, ``err`` = (code, row) and the function
+    returns the code.
+
+    With an empty ``slots_out`` (the first call, ``start`` 0) no slot is
+    written: the trace is taken to be on one device, and the first request
+    on another stops the check with T_MANY, ``err[1]`` its row and
+    ``err[3]`` the first device's slot.  The caller then fills a
+    ``slots_out`` as long as the trace with that slot up to the row and
+    calls again from it, so each row is checked once (a trace on one
+    device is checked in one pass and needs no per-request array).
+
+    On T_OK, ``err[2]`` is the number of requests that are not reads (from
+    row 0: the count goes on across the two calls; a separate
+    ``(ops != READ).any()`` read the ops again and made a temporary as long
+    as the trace), and ``err[3]`` is the slot of every row when the call
+    had an empty ``slots_out``, else -1."""
     n = dev_ids.shape[0]
     nl = lut_ids.shape[0]
     write = slots_out.shape[0] > 0
-    last_id = -1
-    last_slot = -1
-    err[2] = 0
+    last_id = np.int64(-1)
+    last_slot = np.int64(-1)
+    if start == 0:
+        err[2] = 0
     err[3] = -1
-    for i in range(n):
+    for i in range(start, n):
         d = np.int64(dev_ids[i])
         if d != last_id:
-            if i > 0:
-                err[3] = -2  # (a second device)
+            if last_id >= 0 and not write:
+                err[0] = T_MANY
+                err[1] = i
+                err[3] = last_slot
+                return T_MANY
             lo = 0
             hi = nl
             while lo < hi:
@@ -730,10 +747,8 @@ def prepare_trace(dev_ids, ops, offsets, lengths, lut_ids, lut_slots, slot_size,
             slots_out[i] = last_slot
         if ops[i] != READ:
             err[2] += 1
-    if err[3] == -1 and n > 0:
+    if not write:
         err[3] = last_slot
-    elif err[3] == -2:
-        err[3] = -1
     err[0] = T_OK
     return T_OK
 

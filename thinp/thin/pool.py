@@ -106,20 +106,22 @@ _libc = None
 
 
 def _upto(end: int, slots, *arrays) -> tuple:
-    """The trace's per-request arrays cut before request ``end``, as the
-    replay kernel takes them (:func:`_kernel_slots`)."""
-    return (_kernel_slots(slots[:end] if end < len(slots) else slots),
-            *(a[:end] if end < len(a) else a for a in arrays))
+    """The trace's per-request arrays cut before request ``end``."""
+    return (_cut(slots, 0, end), *(a[:end] if end < len(a) else a for a in arrays))
 
 
-def _kernel_slots(slots: np.ndarray) -> np.ndarray:
-    """A trace's device slots as the replay kernel takes them: a trace on
-    one device has them as a broadcast view of its one slot (stride 0: no
-    array as long as the trace, whose pages a 4 M-request trace faulted in
-    for ~0.09 s of system time a replay), which the kernel gets as one
-    entry (a copy: the view is read-only, and numba compiles a read-only
-    array apart)."""
-    return slots[:1].copy() if not slots.flags.writeable else slots
+def _cut(slots: np.ndarray, lo: int, hi: int | None = None) -> np.ndarray:
+    """The device slots of requests ``lo..hi`` of a trace.  A trace on one
+    device has one entry for all its requests, as the replay kernel takes
+    it (no array as long as the trace, whose pages a 4 M-request trace
+    faulted in for ~0.09 s of system time a replay); it stands for any
+    stretch of them."""
+    return slots if len(slots) == 1 else slots[lo:hi]
+
+
+def _slot_at(slots: np.ndarray, i: int) -> int:
+    """Request ``i``'s device slot (see :func:`_cut`)."""
+    return int(slots[i if len(slots) > 1 else 0])
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
@@ -1391,14 +1393,16 @@ class ThinPool:
         lut_slots = np.array([md.slot_of[int(i)] for i in lut_ids], dtype=np.int64)
         slot_size = md.dv.size_sectors * SECTOR_SIZE
         err = np.zeros(4, dtype=np.int64)
-        code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, _EMPTY_I64, err)
-        if code == TK.T_OK and err[3] >= 0:
-            # one device: a broadcast view of its slot (see _kernel_slots)
-            slots = np.lib.stride_tricks.as_strided(np.full(1, err[3], dtype=np.int64), (len(trace),), (0,),
-                                                    writeable=False)
-        elif code == TK.T_OK:
+        code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, 0, _EMPTY_I64, err)
+        if code == TK.T_OK:
+            slots = np.full(1, max(0, err[3]), dtype=np.int64)  # one device: its slot once (see _cut)
+        elif code == TK.T_MANY:
+            # a second device from row err[1] on: every row's slot, the
+            # rows before it the first device's, the rest checked from there
+            at = int(err[1])
             slots = np.empty(len(trace), dtype=np.int64)
-            code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, slots, err)
+            slots[:at] = err[3]
+            code = TK.prepare_trace(dev, ops, off, ln, lut_ids, lut_slots, slot_size, at, slots, err)
         if code != TK.T_OK:
             r = int(err[1])
             if code == TK.T_NO_DEVICE:
@@ -1484,7 +1488,7 @@ class ThinPool:
         lo = max(int(off[i]), vb * bs)
         hi = min(int(off[i]) + int(ln[i]), (vb + 1) * bs)
         part = src[lo - src_base:hi - src_base].copy() if len(src) else src
-        self._queue.append([slots[i:i + 1].copy(), np.full(1, WRITE, dtype=ops.dtype),
+        self._queue.append([_cut(slots, i, i + 1).copy(), np.full(1, WRITE, dtype=ops.dtype),
                             np.full(1, lo, dtype=off.dtype), np.full(1, hi - lo, dtype=ln.dtype), 0, int(vb), part,
                             lo, key])
 
@@ -1535,7 +1539,7 @@ class ThinPool:
                     if self._ooms:
                         self._event(start, K.EV_OUT_OF_META, start_vb)
                         self._drain_events(events)
-                        self._unzeroed_insert_fails(ops, start, int(self._md.dv.dev_id[slots[start]]), start_vb)
+                        self._unzeroed_insert_fails(ops, start, int(self._md.dv.dev_id[_slot_at(slots, start)]), start_vb)
                     continue
                 if spare >= META_PER_CHANGE:
                     # no META_PER_CHANGE-bounded change of these can reach the reserve
@@ -1843,13 +1847,13 @@ class ThinPool:
                 head = failed_vb * bs - int(off[failed_op])
                 if head > 0 and op != READ:
                     # the blocks before failed_vb: the request cut there
-                    slots, ops, off = slots[:failed_op + 1], ops[:failed_op + 1], off[:failed_op + 1]
+                    slots, ops, off = _cut(slots, 0, failed_op + 1), ops[:failed_op + 1], off[:failed_op + 1]
                     ln = ln[:failed_op + 1].copy()
                     rest = int(ln[failed_op]) - head
                     ln[failed_op] = head
                     resume = (failed_op, failed_vb)
                 else:
-                    slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
+                    slots, ops, off, ln = _cut(slots, 0, failed_op), ops[:failed_op], off[:failed_op], ln[:failed_op]
             runs.append([slots, ops, off, ln, start, start_vb, True])
         # the record is now the prefix: should the commit below fail, the
         # abort counts exactly it
@@ -1862,7 +1866,7 @@ class ThinPool:
                     failed[first:] = 0  # what the rolled-back requests set is undone
                 while start < len(ops):
                     out[3] = 0
-                    r = TK.replay(md.sp, md.dv, _kernel_slots(slots), ops, off, ln, start, start_vb, _EMPTY_U8,
+                    r = TK.replay(md.sp, md.dv, slots, ops, off, ln, start, start_vb, _EMPTY_U8,
                                   _EMPTY_U8, 0, out, self._log, mask)
                     if not self._apply_log(int(out[3])):
                         raise errors.ThinpError("internal: the committed prefix no longer fits its metadata")
@@ -1942,7 +1946,7 @@ class ThinPool:
                 at = 0
                 for r in done:
                     m = len(r[1]) - r[4]
-                    sl[at:at + m] = r[0][r[4]:]
+                    sl[at:at + m] = _cut(r[0], r[4])  # (one entry: broadcast)
                     tr["op"][at:at + m] = r[1][r[4]:]
                     tr["offset"][at:at + m] = r[2][r[4]:]
                     tr["length"][at:at + m] = r[3][r[4]:]
@@ -1984,13 +1988,13 @@ class ThinPool:
         for rec in runs:
             for slots, ops, off, ln, start, start_vb in _units(*rec[:6]):
                 if ops is failed_ops:
-                    slots, ops, off, ln = slots[:failed_op], ops[:failed_op], off[:failed_op], ln[:failed_op]
+                    slots, ops, off, ln = _cut(slots, 0, failed_op), ops[:failed_op], off[:failed_op], ln[:failed_op]
                 if start >= len(ops):
                     continue
                 failed = np.zeros(len(ops), dtype=np.uint8)
                 while True:
                     out[3] = 0
-                    r = TK.replay(scratch.sp, scratch.dv, _kernel_slots(slots), ops, off, ln, start, start_vb,
+                    r = TK.replay(scratch.sp, scratch.dv, slots, ops, off, ln, start, start_vb,
                                   _EMPTY_U8, _EMPTY_U8, 0, out, self._log, failed)
                     if r in (TK.R_FLUSH, TK.R_NEED_COMMIT):
                         # a full log, or a commit the first run found nothing
@@ -2313,7 +2317,7 @@ def _units(slots, ops, off, ln, start, start_vb):
     request."""
     if isinstance(start_vb, np.ndarray):
         for i in range(len(ops)):
-            yield slots[i:i + 1], ops[i:i + 1], off[i:i + 1], ln[i:i + 1], 0, int(start_vb[i])
+            yield _cut(slots, i, i + 1), ops[i:i + 1], off[i:i + 1], ln[i:i + 1], 0, int(start_vb[i])
     else:
         yield slots, ops, off, ln, start, start_vb
 
