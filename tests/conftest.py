@@ -7,7 +7,9 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FIXTURES = ROOT.parent / "shared" / "fixtures"
+#: ``../shared/fixtures`` beside the checkout, or ``$THINP_FIXTURES`` (CI's smoke run tests the
+#: installed package from a copy of ``tests/`` outside the source tree, and points here)
+FIXTURES = pathlib.Path(os.environ.get("THINP_FIXTURES") or ROOT.parent / "shared" / "fixtures")
 
 
 def pytest_addoption(parser):
