@@ -1,15 +1,16 @@
 """Shared test configuration: where the real-world fixtures live, and --slow."""
 from __future__ import annotations
 
-import os
 import pathlib
 
 import pytest
 
+from thinp.validate.fixtures import fixtures_dir
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 #: ``../shared/fixtures`` beside the checkout, or ``$THINP_FIXTURES`` (CI's smoke run tests the
 #: installed package from a copy of ``tests/`` outside the source tree, and points here)
-FIXTURES = pathlib.Path(os.environ.get("THINP_FIXTURES") or ROOT.parent / "shared" / "fixtures")
+FIXTURES = fixtures_dir()
 
 
 def pytest_addoption(parser):

@@ -542,13 +542,6 @@ def interleaved_rel(own, ref, blocks: int = APPEND_REL_BLOCKS, runs: int = APPEN
     return out
 
 
-def _wall_per_op(fn, n: int) -> float:
-    """Seconds per op of ``fn(0)`` (``n`` ops) run in this process."""
-    t = time.perf_counter()
-    fn(0)
-    return (time.perf_counter() - t) / n
-
-
 def append_rels(d: str, root: str, ref_root: str, n_own: int, n_ref: int, daemon=(),
                 blocks: int = APPEND_REL_BLOCKS, runs: int = APPEND_REL_RUNS) -> dict:
     """The :data:`APPEND_RELS` benchmarks of :func:`_ops` in ``root`` (driver
@@ -563,23 +556,26 @@ def append_rels(d: str, root: str, ref_root: str, n_own: int, n_ref: int, daemon
     own_ops, ref_ops = _ops(root, n_own), _ops(ref_root, n_ref)
     meas: dict = {}
 
+    def wall(fn, n):  # seconds per op of fn(0) here
+        return _cpu_per_op(fn, n, ())[0]
+
     def put(key, runs_got):
         meas[f"{key}{RUNS}"] = runs_got
         meas[key] = statistics.median(runs_got)
 
     for op in APPEND_RELS:
         (fo, no), (fr, nr) = own_ops[op], ref_ops[op]
-        put(f"{d}.{op}_rel.p1", interleaved_rel(lambda: _wall_per_op(fo, no), lambda: _wall_per_op(fr, nr),
+        put(f"{d}.{op}_rel.p1", interleaved_rel(lambda: wall(fo, no), lambda: wall(fr, nr),
                                                 blocks, runs))
     if daemon:
         (fo, no), (fr, nr) = own_ops["append"], ref_ops["append"]
         put(f"{d}.append_rel.cpu.p1", interleaved_rel(lambda: _cpu_per_op(fo, no, daemon)[1],
-                                                      lambda: _wall_per_op(fr, nr), blocks, runs))
+                                                      lambda: wall(fr, nr), blocks, runs))
         with busy_cores():
             for op in APPEND_RELS:
                 (fo, no), (fr, nr) = own_ops[op], ref_ops[op]
-                put(f"{d}.{op}_rel.busy.p1", interleaved_rel(lambda: _wall_per_op(fo, no),
-                                                             lambda: _wall_per_op(fr, nr), blocks, runs))
+                put(f"{d}.{op}_rel.busy.p1", interleaved_rel(lambda: wall(fo, no),
+                                                             lambda: wall(fr, nr), blocks, runs))
     return meas
 
 
