@@ -414,21 +414,33 @@ def _inc_children_over(m64, m32, count, committed, free, txn, kind, fresh, tst, 
         _dinc(dcount, dcommitted, dfree, p)
         if c < 2 or dst[DST_RC] < 0:
             continue
-        # data_ref_count_step's commonest case inline (a leaf's children are
-        # mostly consecutive blocks): the key right after the last one in the
-        # kept leaf, whose path lets its count be set there
-        leaf = dst[DST_RC_LEAF]
-        at = dst[DST_RC_AT] + 1
-        insert = c == 2 or legacy
-        if (leaf >= 0 and dst[DST_RC_LO] <= p < dst[DST_RC_HI] and dst[DST_RC_PATH] & (RC_DIRECT if insert else RC_OWN)
-                and at < m32[leaf, 4] and m64[leaf, HDR + at] == np.uint64(p)
-                and not (insert and halves and m32[leaf, 4] == m32[leaf, 5])):
-            _set_val(m64, m32, leaf, at, np.uint64(c + 1))
-            dst[DST_RC_AT] = at
-        elif data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree,
-                                 dst, p, c, True) < 0:
+        # (a leaf's children are mostly consecutive blocks: the next key in
+        # the kept ref-count leaf, tried here before the call)
+        if (not _rc_set_next(m64, m32, dst, p, c + 1, c == 2 or legacy, halves)
+                and data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted,
+                                        dfree, dst, p, c, True) < 0):
             return -1
     return 0
+
+
+@njit(inline="always", refcount=False)
+def _rc_set_next(m64, m32, dst, p, new, insert, halves):
+    """:func:`data_ref_count_step`'s commonest case: data block ``p`` is
+    the key right after the last one set in the kept ref-count leaf
+    (DST_RC_AT), within the leaf's bounds, and the leaf's path lets a count
+    be set there (RC_DIRECT for a count entering the tree, ``insert``;
+    RC_OWN for one already in it) -- unless dm's insert would split the
+    full leaf first (``halves``, the pre-5.14 rule).  Sets it to ``new``
+    and returns True, or changes nothing and returns False."""
+    leaf = dst[DST_RC_LEAF]
+    at = dst[DST_RC_AT] + 1
+    if (leaf >= 0 and dst[DST_RC_LO] <= p < dst[DST_RC_HI] and dst[DST_RC_PATH] & (RC_DIRECT if insert else RC_OWN)
+            and at < m32[leaf, 4] and m64[leaf, HDR + at] == np.uint64(p)
+            and not (insert and halves and m32[leaf, 4] == m32[leaf, 5])):
+        _set_val(m64, m32, leaf, at, np.uint64(new))
+        dst[DST_RC_AT] = at
+        return True
+    return False
 
 
 @njit(refcount=False)
@@ -2362,6 +2374,8 @@ def data_ref_count_step(m64, m32, count, committed, free, txn, kind, fresh, tst,
     new = old + 1 if up else old - 1
     insert = new >= 3 and (old == 2 or legacy)
     if new >= 3:
+        if _rc_set_next(m64, m32, dst, p, new, insert, halves):
+            return 0
         leaf = dst[DST_RC_LEAF]
         if leaf < 0 or p < dst[DST_RC_LO] or p >= dst[DST_RC_HI]:
             leaf = _rc_locate(m64, m32, count, txn, dst[DST_RC], np.uint64(p), dst)

@@ -351,33 +351,6 @@ class TransactionManager(RefCounts):
         self._commit_from = self.nr_allocs
         return self.zero_ahead(self.commit_allocs)
 
-    def estimate_commit_allocs(self, roots) -> int:
-        """A first :attr:`commit_allocs` for a manager opened on an existing
-        image, whose first commit has no last one to go by (0 zeroed
-        nothing ahead of it): one path of each btree that commit shadows
-        -- the trees at ``roots`` (the details tree, the data space map's
-        index and ref-count trees) and the metadata ref-count tree -- a node
-        a level, plus the metadata index block.  A commit changing one leaf
-        of each takes that many; the commits measured (2-7 blocks after a
-        create_snap or 10,000 CoW writes) take no more.  The nodes are read
-        unchecked (an estimate: a bad one is the check's to name) and a
-        path stops at 8 levels.  Returns the estimate."""
-        from .btree import Node
-
-        n = 1  # the index block
-        for root in (*roots, self.ref_count_root):
-            b = int(root)
-            for _ in range(8):
-                if not 0 < b < self.nr_blocks:
-                    break
-                n += 1
-                node = Node(self.bm.raw(b), b)
-                if node.is_leaf or not node.nr_entries or 32 + 16 * node.max_entries > len(node.blk):
-                    break
-                b = int(node.values64()[0])
-        self.commit_allocs = n
-        return n
-
     @property
     def allocs_this_transaction(self) -> int:
         return self.nr_allocs - self.allocs_at_begin

@@ -197,8 +197,6 @@ class PoolMetadata:
             tm.halves = split == "halves"
             tm.load_space_map(sb.metadata_sm_root, mindex)
             data_sm = DiskSpaceMap.load(tm, sb.data_sm_root, dcount, dindex, split)
-            if writable:  # (the first commit's zeroing ahead goes by it)
-                tm.estimate_commit_allocs((sb.device_details_root, data_sm.bitmap_root, data_sm.ref_count_root))
             md = cls(bm, sb, tm, data_sm, split)
             md.path = path
             md.pending_check = pending
