@@ -259,6 +259,16 @@ def test_fit_takes_the_idle_cores_wake_ups_from_one_process_alone_and_with_the_c
     assert lone["page_write_cpu_s"]["zfs"] == pytest.approx(125e-6 - 93e-6 - copy_s)
 
 
+def _zfs_append_meas(append4k_s: float) -> dict:
+    """MEAS with zfs-fuse's 5-byte append at 93 us alone (all CPU) and 63 us
+    with the cores busy, its 4 KiB append at ``append4k_s`` alone and 20 us
+    of a new page over the 5-byte one with the cores busy."""
+    copy_s = TimingConstants().page_copy_s
+    return {**MEAS, "ext4.append4k.p1": 9e-6, "zfs.stat.p1": 3e-6, "zfs.append.p1": 93e-6,
+            "zfs.append.cpu.p1": 93e-6, "zfs.append.busy.p1": 63e-6, "zfs.append4k.p1": append4k_s,
+            "zfs.append4k.busy.p1": 63e-6 + copy_s + 20e-6}
+
+
 def test_fit_keeps_a_lone_4k_append_on_zfs_no_dearer_than_measured_alone():
     """zfs-fuse: the 4 KiB append with the cores busy measured dearer than
     alone (83.5 against 80 us; the busy medians are of runs in either of the
@@ -266,10 +276,7 @@ def test_fit_keeps_a_lone_4k_append_on_zfs_no_dearer_than_measured_alone():
     figures' new page (20 us) would price it alone at 93 - 30 + 0.5 + 20 =
     83.5 us: the page's CPU is cut to what leaves it at the 80 us measured."""
     copy_s = TimingConstants().page_copy_s
-    meas = dict(MEAS)
-    meas.update({"ext4.append4k.p1": 9e-6, "zfs.stat.p1": 3e-6, "zfs.append.p1": 93e-6, "zfs.append.cpu.p1": 93e-6,
-                 "zfs.append.busy.p1": 63e-6, "zfs.append4k.p1": 80e-6,
-                 "zfs.append4k.busy.p1": 63e-6 + copy_s + 20e-6})
+    meas = _zfs_append_meas(80e-6)
     t = cal.fit(meas, {})["timing"]
     assert t["idle_wake_s"]["zfs.write.page"] == 0.0
     assert t["page_write_cpu_s"]["zfs"] == pytest.approx(80e-6 - (93e-6 - 30e-6) - copy_s)
@@ -1075,10 +1082,7 @@ def test_fit_takes_a_new_pages_wake_ups_from_lone_and_busy_4k_appends():
     the lone figure less the busy one, never below 0; absent without the
     busy 4 KiB figure."""
     copy_s = TimingConstants().page_copy_s
-    meas = dict(MEAS)
-    meas.update({"ext4.append4k.p1": 9e-6, "zfs.stat.p1": 3e-6, "zfs.append.p1": 93e-6, "zfs.append.cpu.p1": 93e-6,
-                 "zfs.append.busy.p1": 63e-6, "zfs.append4k.p1": 90e-6,
-                 "zfs.append4k.busy.p1": 63e-6 + copy_s + 20e-6})
+    meas = _zfs_append_meas(90e-6)
     t = cal.fit(meas, {})["timing"]
     assert t["idle_wake_s"]["zfs.write"] == pytest.approx(30e-6)
     assert t["idle_wake_s"]["zfs.write.page"] == pytest.approx(90e-6 - 63e-6 - copy_s - 20e-6)
