@@ -1133,4 +1133,10 @@ def test_fit_holds_zfs_fuses_lock_for_its_tree_as_the_tree_by_four_measured():
         # 4 at once in half the time of 4 alone: it scales, nothing is added
         free = cal.fit(_tree_meas(t1, 4 * t1 / cores), {})["timing"]
         assert "zfs.mkdir" not in free.get("serial_handoff_s", {})
+        # plain mkdirs by 4 at once made a directory in 100 us: no directory
+        # held the lock longer, and the trees by 4 come out faster than measured
+        capped = cal.fit(dict(_tree_meas(t1, 4 * t4), **{"zfs.mkdir.p4": 4 * 100e-6}), {})["timing"]
+        assert "zfs.mkdir" not in capped.get("serial_handoff_s", {})
+        assert capped["serial_share"]["zfs.mkdir"] < 1.0
+        assert per_dir(capped) < 0.85 * 4 * t4
         assert "zfs.mkdir" not in free.get("serial_share", {})
