@@ -78,13 +78,19 @@ def _logs(seed: int, space: int, new_share: float, nlogs: int) -> list:
     return steps
 
 
-def _run(path, steps, deferred: bool, split: str, nr_meta: int, reserve: int, lwm: int) -> tuple:
+def _new_pool(path, split: str, nr_meta: int) -> PoolMetadata:
+    """The metadata the steps run on: thins 0 and 7, no sync."""
     md = PoolMetadata.format(path, nr_metadata_blocks=nr_meta, nr_data_blocks=NR_DATA, data_block_sectors=128,
                              split=split)
     md.sync = False
     md.fast = True
     md.create_thin(0)
     md.create_thin(7)
+    return md
+
+
+def _run(path, steps, deferred: bool, split: str, nr_meta: int, reserve: int, lwm: int) -> tuple:
+    md = _new_pool(path, split, nr_meta)
     results, images = [], []
     for log, snap in steps:
         if snap is not None:
@@ -133,17 +139,13 @@ def test_a_tight_pool_stops_at_the_same_row_deferred_or_not(tmp_path):
 
 
 def _run_kept(path, steps, split: str, nr_meta: int, reserve: int, lwm: int, seed: int, leaves: int) -> tuple:
-    """_run's steps, each log cut at random (not inside a discard) into pieces applied with rows
-    kept waiting from one to the next (a list of ``leaves`` leaves: a full
-    one merges them all) and merged (a call of no rows) before the commit.
+    """_run's steps, each log cut at random (not inside a discard) into
+    pieces applied with rows kept waiting from one to the next (a list of
+    ``leaves`` leaves: a full one merges them all) and merged (a call of no
+    rows) before the commit.
     Per log: (result, rows done), and every commit's image."""
     rng = random.Random(seed)
-    md = PoolMetadata.format(path, nr_metadata_blocks=nr_meta, nr_data_blocks=NR_DATA, data_block_sectors=128,
-                             split=split)
-    md.sync = False
-    md.fast = True
-    md.create_thin(0)
-    md.create_thin(7)
+    md = _new_pool(path, split, nr_meta)
     waiting = MIR.new_waiting(leaves)
     results, images = [], []
     for log, snap in steps:
@@ -194,10 +196,7 @@ def test_rows_wait_across_calls(tmp_path):
     hold waiting rows in their tails (the tree is not yet the row-by-row
     one) until the next call merges them."""
     steps = _logs(5, 60_000, 1.0, 1)
-    md = PoolMetadata.format(tmp_path / "m", nr_metadata_blocks=8192, nr_data_blocks=NR_DATA, data_block_sectors=128)
-    md.fast = True
-    md.create_thin(0)
-    md.create_thin(7)
+    md = _new_pool(tmp_path / "m", "current", 8192)
     waiting = MIR.new_waiting(4096)
     assert apply_log(md, steps[0][0], 0, -1, waiting, keep=True)[0] == 0
     assert waiting[1][0] > 0
