@@ -1104,6 +1104,86 @@ def leaf_merge(m64, m32, lb, keys, values, c):
     m32[lb, 4] = nr + c
 
 
+@njit(inline="always")
+def leaf_park(m64, m32, lb, c, key, value):
+    """Keep a new ``key`` (with ``value``) in leaf ``lb``'s empty tail, after
+    the ``c`` kept there already (the leaf has room for them all): its
+    entries are unchanged, nothing reads the tail, and
+    :func:`leaf_merge_parked` puts them in."""
+    nr = np.int64(m32[lb, 4])
+    m64[lb, HDR + nr + c] = key
+    m64[lb, HDR + np.int64(m32[lb, 5]) + nr + c] = value
+
+
+@njit(inline="always")
+def fetch_parked(m64, m32, b, c):
+    """Prefetch the lines :func:`leaf_park` writes next in leaf ``b``, ``c``
+    kept there (its header has landed)."""
+    base = b * np.int64(m64.shape[1]) + HDR + np.int64(m32[b, 4]) + c
+    prefetch(m64, base)
+    prefetch(m64, base + np.int64(m32[b, 5]))
+
+
+@njit(inline="always")
+def _sift(keys, values, root, end):
+    """Heapsort's sift-down of entry ``root`` in ``keys[:end]`` (with its value)."""
+    while True:
+        ch = 2 * root + 1
+        if ch >= end:
+            return
+        if ch + 1 < end and keys[ch] < keys[ch + 1]:
+            ch += 1
+        if keys[root] >= keys[ch]:
+            return
+        keys[root], keys[ch] = keys[ch], keys[root]
+        values[root], values[ch] = values[ch], values[root]
+        root = ch
+
+
+@njit
+def sort_pairs(keys, values, c):
+    """Sort ``keys[:c]`` (distinct) with their ``values``: one pass when they
+    are in order already, an insertion sort when few, else a heapsort (a
+    leaf's parked keys from random writes number up to a leaf's room)."""
+    i = 1
+    while i < c and keys[i - 1] < keys[i]:
+        i += 1
+    if i >= c:
+        return
+    if c <= 16:
+        for j in range(i, c):
+            k = keys[j]
+            v = values[j]
+            e = j
+            while e > 0 and keys[e - 1] > k:
+                keys[e] = keys[e - 1]
+                values[e] = values[e - 1]
+                e -= 1
+            keys[e] = k
+            values[e] = v
+        return
+    for r in range(c // 2 - 1, -1, -1):
+        _sift(keys, values, r, c)
+    for end in range(c - 1, 0, -1):
+        keys[0], keys[end] = keys[end], keys[0]
+        values[0], values[end] = values[end], values[0]
+        _sift(keys, values, 0, end)
+
+
+@njit
+def leaf_merge_parked(m64, m32, lb, c, keys, values):
+    """Put the ``c`` keys :func:`leaf_park` kept in leaf ``lb``'s tail into
+    it (:func:`leaf_merge`, sorted first in ``keys`` and ``values``, scratch
+    of c entries or more): the bytes their inserts one by one write."""
+    nr = np.int64(m32[lb, 4])
+    mx = np.int64(m32[lb, 5])
+    for j in range(c):
+        keys[j] = m64[lb, HDR + nr + j]
+        values[j] = m64[lb, HDR + mx + nr + j]
+    sort_pairs(keys, values, c)
+    leaf_merge(m64, m32, lb, keys, values, c)
+
+
 @njit(refcount=False)
 def insert_mapping_cached(m64, m32, count, committed, free, txn, kind, fresh, tst, dcount, dcommitted, dfree, dst,
                           root, dev, vblock, value, halves, sp, cache, hi, res, out):

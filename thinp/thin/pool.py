@@ -146,6 +146,9 @@ OVERLAP_APPLY = True
 #: the next commit and the trace's end, whose last log is applied alone
 #: (see ThinPool._stretch_end)
 STRETCH_FIRST = 4096
+#: how many leaves may have rows waiting for their merge across apply_log
+#: calls (_mirror.apply_log_kept; 8 bytes each, their pages touched as used)
+WAITING_LEAVES = 1 << 18
 #: dm metadata blocks one mapping change may take at most, as the near-reserve
 #: runs budget it: the shadowed path and a split (a new node) at each of the
 #: two trees' levels.  Only the speed depends on it: a run that reaches the
@@ -495,6 +498,9 @@ class ThinPool:
         #: round over 93 logs, of 0.7-0.8 s, on 4 M sequential provisions)
         self._apply_thread = None
         self._apply_pid = -1
+        #: the leaves with rows waiting for their merge across overlapped
+        #: apply_log calls (_mirror.new_waiting; made on the first)
+        self._waiting = None
         #: the replay-kernel runs since the last commit, each [slots, ops,
         #: offsets, lengths, start op, start vblock, ran to the end]: an
         #: abort re-runs them on the committed state to count what dm applied
@@ -1675,12 +1681,20 @@ class ThinPool:
 
             self._apply_thread = ThreadPoolExecutor(1, thread_name_prefix="thinp-apply-log")
             self._apply_pid = os.getpid()
-        job = self._apply_thread.submit(self._apply_log_kernel, self._log, n, None, False, res)
+        # (rows may wait for their leaf's merge past this call: the next
+        # apply_log call, which comes before anything reads the btree,
+        # merges them unless it keeps them too; _apply_log_kernel)
+        job = self._apply_thread.submit(self._apply_log_kernel, self._log, n, None, False, res, True)
         out2 = np.zeros(4, dtype=np.int64)
         end = self._stretch_end(len(ops), int(out[1]), ramp)
         try:
             r2 = TK.replay(md.sp, md.dv, *_upto(end, slots, ops, off, ln), int(out[1]), int(out[2]), self._data, src,
                            src_base, out2, self._log_alt, failed)
+        except BaseException:
+            if job.exception() is None:  # (its changes taken, then the rows it left waiting merged)
+                self._apply_log_done(job.result(), res)
+                self._apply_log(0)
+            raise
         finally:
             job.exception()  # (waits for it; the apply's own exception is raised just below)
         got = job.result()
@@ -1735,24 +1749,30 @@ class ThinPool:
         the metadata events they cross.  False when metadata ran out.
         ``tool``: as thin_restore builds trees (data bitmaps left to the
         commit), not as dm-thin's allocations shadow them."""
-        if n == 0:
+        if n == 0 and (self._waiting is None or not self._waiting[1][0]):
             return True
         res = np.zeros(6, dtype=np.int64)
         return self._apply_log_done(self._apply_log_kernel(self._log, n, reserve, tool, res), res)
 
-    def _apply_log_kernel(self, log: np.ndarray, n: int, reserve: int | None, tool: bool, res: np.ndarray) -> int:
+    def _apply_log_kernel(self, log: np.ndarray, n: int, reserve: int | None, tool: bool, res: np.ndarray,
+                          keep: bool = False) -> int:
         """_apply_log's kernel call alone (no Python state touched after the
         arguments are gathered, so a thread may run it: the kernel releases
-        the GIL); :meth:`_apply_log_done` then, with ``log`` as ``self._log``."""
+        the GIL); :meth:`_apply_log_done` then, with ``log`` as ``self._log``.
+        ``keep``: rows may still wait for their leaf's merge when it returns
+        (_mirror.apply_log_kept); the next call merges them (or keeps them
+        too), and nothing may read the btree before it."""
         dm = self._dm
         tm, dsm = dm.tm, dm.data_sm
         blocks = dm.bm.blocks
-        return int(MIR.apply_log(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free,
-                                 tm.txn, tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free,
-                                 dsm.kernel_state(not tool), np.int64(dm.sb.data_mapping_root), log, np.int64(n),
-                                 dm.split == "halves", np.int64(self._meta_reserve if reserve is None else reserve),
-                                 np.int64(self._meta_lwm), self._meta_lwm_armed, np.int64(self._meta_mark[0]),
-                                 np.int64(self._meta_mark[1]), res))
+        if self._waiting is None:
+            self._waiting = MIR.new_waiting(WAITING_LEAVES)
+        return int(MIR.apply_log_kept(blocks.view(np.uint64), blocks.view(np.uint32), tm.count, tm.committed, tm.free,
+                                      tm.txn, tm.kind, dm.bm.fresh, tm.st, dsm.count, dsm.committed, dsm.free,
+                                      dsm.kernel_state(not tool), np.int64(dm.sb.data_mapping_root), log, np.int64(n),
+                                      dm.split == "halves", np.int64(self._meta_reserve if reserve is None else reserve),
+                                      np.int64(self._meta_lwm), self._meta_lwm_armed, np.int64(self._meta_mark[0]),
+                                      np.int64(self._meta_mark[1]), res, self._waiting, keep))
 
     def _apply_log_done(self, r: int, res: np.ndarray) -> bool:
         dm = self._dm
