@@ -515,9 +515,8 @@ class BulkClone:
     def _bulk_store(self, st: "_State") -> None:
         """The kernel's device writes issued, its scalars and dirty set back."""
         sc = st.sc
-        w = st.wlog[:sc[CK.S_WCOUNT]].tolist()
-        for s, n in w:          # the journal's and checkpoint's writes, in order
-            self._dev_write_run(s, n)
+        # the journal's, the checkpoint's and the data's writes, in order (each n > 0)
+        self.device.write_runs(st.wlog[:sc[CK.S_WCOUNT]].tolist())
         self.used_blocks = int(sc[CK.S_USED])
         self._delayed_total = int(sc[CK.S_DELAYED])
         self._stamp_counter = int(sc[CK.S_STAMP])
