@@ -25,6 +25,7 @@ import errno
 import stat as _stat
 import time as _time
 import zlib
+from itertools import chain
 
 import numpy as np
 
@@ -289,7 +290,7 @@ class BulkClone:
             have = len(root.meta_blocks) if j == 0 else 0
             start = root.dir_bytes if j == 0 else CK.EMPTY_DIR_BYTES
             room[j] = have + (start + total + usable_bytes - 1) // usable_bytes + 6
-        cols = np.array(rows, dtype=np.int64)
+        cols = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=8 * len(rows)).reshape(-1, 8)
         cap = cols[:, 7].copy()
         for j, r in room.items():
             cap[j] = r
@@ -414,7 +415,9 @@ class BulkClone:
                     delayed_inodes.setdefault(ino, node)
                     s = c.stamps
                     if s is not None:
-                        if 1 <= nb <= len(s) and s.dtype == np.uint64:
+                        if nb == len(s) and s.dtype == np.uint64:
+                            node.stamps = s.copy()
+                        elif 1 <= nb <= len(s) and s.dtype == np.uint64:
                             node.stamps = s[:nb].copy()
                         else:
                             a = np.zeros(max(nb, 1), dtype=np.uint64)
