@@ -153,41 +153,39 @@ class BulkClone:
         one delayed range, no extents yet, no dirty pages, as a copy's or a
         new file's -- and by ``_flush_inode`` for the others, in the same
         order.  The result is the per-inode writeback's, field for field
-        (tests/fs/test_writeback.py)."""
+        (tests/fs/test_bulk_writeback.py)."""
         nodes = list(self._delayed_inodes.values())
-        if len(nodes) < 8 or not self._bulk_usable():
+        if not self._bulk_usable():
             for node in nodes:
                 self._flush_inode(node)
             return
-        i = 0
-        while i < len(nodes):
-            j = i
-            while j < len(nodes) and _plain_delayed(nodes[j]):
-                j += 1
-            if j > i:
-                self._bulk_writeback(nodes[i:j])
-            if j < len(nodes):
-                self._flush_inode(nodes[j])
-                j += 1
-            i = j
+        run = []
+        for node in nodes:
+            if _plain_delayed(node):
+                run.append(node)
+                continue
+            if run:
+                self._bulk_writeback(run)
+                run = []
+            self._flush_inode(node)
+        if run:
+            self._bulk_writeback(run)
 
     def _bulk_writeback(self, nodes: list) -> None:
-        """Write back ``nodes`` (each one delayed range, nothing mapped), in order."""
+        """Write back ``nodes`` (each one delayed range, nothing mapped), in
+        order; a few by ``_flush_inode`` (the kernel's set-up costs more)."""
         n = len(nodes)
-        nblk = np.empty(n, dtype=np.int64)
-        lblk0 = np.empty(n, dtype=np.int64)
-        fsize = np.empty(n, dtype=np.int64)
-        zone = np.empty(n, dtype=np.int64)
-        isreg = np.empty(n, dtype=np.int64)
-        loc = np.empty(n, dtype=np.int64)
-        for i, node in enumerate(nodes):
-            r0, r1 = node.delayed[0]
-            nblk[i] = r1 - r0
-            lblk0[i] = r0
-            fsize[i] = node.size
-            zone[i] = node.zone
-            isreg[i] = _S_IFMT(node.mode) == _S_IFREG
-            loc[i] = node.loc
+        if n < 8:
+            for node in nodes:
+                self._flush_inode(node)
+            return
+        ranges = [node.delayed[0] for node in nodes]
+        lblk0 = np.array([r0 for r0, _ in ranges], dtype=np.int64)
+        nblk = np.array([r1 for _, r1 in ranges], dtype=np.int64) - lblk0
+        fsize = np.array([node.size for node in nodes], dtype=np.int64)
+        zone = np.array([node.zone for node in nodes], dtype=np.int64)
+        isreg = np.array([_S_IFMT(node.mode) == _S_IFREG for node in nodes], dtype=np.int64)
+        loc = np.array([node.loc for node in nodes], dtype=np.int64)
         cap = 2 * n + 65536
         ext = np.zeros((cap, 3), dtype=np.int64)
         eoff = np.zeros(n + 1, dtype=np.int64)
