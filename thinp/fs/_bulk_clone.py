@@ -70,6 +70,13 @@ def _plain_delayed(node) -> bool:
     return d is not None and len(d) == 1 and not node.extents and not node.meta_blocks and not node.dirty
 
 
+def _finished(code) -> bool:
+    """Whether a kernel's run ended (:data:`DONE`); ENOSPC for :data:`NOSPACE`."""
+    if code == CK.NOSPACE:
+        raise os_error(errno.ENOSPC, "")
+    return code == CK.DONE
+
+
 def _made(P) -> int:
     """Inodes the copy made (the destination's included; a hard link makes none)."""
     return int(np.count_nonzero((P.kind != POP) & (P.kind != LINK)))
@@ -125,10 +132,8 @@ class BulkClone:
             self._bulk_store(st)
             self._bulk_materialize(P, k, k_end)
             k = k_end
-            if code == CK.DONE:
+            if _finished(code):
                 break
-            if code == CK.NOSPACE:
-                raise os_error(errno.ENOSPC, "")
             if code == CK.AFTER:
                 j = k - 1
                 if P.kind[j] == REG and P.size[j] > 0 and \
@@ -209,10 +214,8 @@ class BulkClone:
             self._bulk_store(st)
             self._wb_materialize(nodes, nblk, ext, eoff, k, k_end)
             k = k_end
-            if code == CK.DONE:
+            if _finished(code):
                 break
-            if code == CK.NOSPACE:
-                raise os_error(errno.ENOSPC, "")
             if code == CK.AFTER:
                 node = nodes[k - 1]
                 self._extent_tree_layout(node)
