@@ -135,3 +135,21 @@ def test_payload_memory_device_matches_a_bytearray(ops):
                 alloc[b] = False
     assert d.read(0, size) == bytes(model)
     assert d.physical_bytes == alloc.sum() * 4096
+
+
+def test_write_runs_is_the_writes_one_by_one():
+    runs = [(0, 1), (10, 300), (5, 0), (2000, 7), (11, 2), (262143, 1)]
+    one, batch = PlainDevice("1GiB"), PlainDevice("1GiB")
+    for s, n in runs:
+        one.write(s * 4096, n * 4096)
+    batch.write_runs(runs)
+    assert batch.stats.as_dict() == one.stats.as_dict()
+    assert batch.stats.nr_writes == len(runs)
+    assert batch.allocated_blocks() == one.allocated_blocks()
+    assert batch.physical_bytes == one.physical_bytes == (1 + 300 + 7 + 1) * 4096   # (11, 2) lies inside (10, 300)
+    # a run beyond the end: the runs before it are written, then EIO, as one by one
+    with pytest.raises(OSError) as e:
+        batch.write_runs([(3000, 1), (262143, 2), (4000, 1)])
+    assert e.value.errno == errno.EIO
+    assert batch.stats.nr_writes == len(runs) + 1
+    assert batch.physical_bytes == one.physical_bytes + 4096

@@ -25,14 +25,16 @@ import errno
 import stat as _stat
 import time as _time
 import zlib
+from itertools import chain
 
 import numpy as np
 
 from ..blockdev import PlainDevice
 from . import _clone_kernels as CK
+from ._kernels import NORUN_UNKNOWN
 from .core import BLOCK, Inode, os_error
 
-_S_IFDIR, _S_IFREG, _S_IFLNK = _stat.S_IFDIR, _stat.S_IFREG, _stat.S_IFLNK
+_S_IFDIR, _S_IFREG, _S_IFLNK, _S_IFMT = _stat.S_IFDIR, _stat.S_IFREG, _stat.S_IFLNK, _stat.S_IFMT
 POP, DIR, REG, LNK, OTHER, LINK = CK.POP, CK.DIR, CK.REG, CK.LNK, CK.OTHER, CK.LINK
 
 
@@ -59,6 +61,20 @@ def _reload(P, k) -> bool:
         P.mdata[o:o + len(mb)] = mb
         P.mlen[k] = len(mb)
     return True
+
+
+def _plain_delayed(node) -> bool:
+    """Whether the writeback kernel covers ``node``: one delayed range, no
+    extents or extent-tree blocks, no dirty pages."""
+    d = node.delayed
+    return d is not None and len(d) == 1 and not node.extents and not node.meta_blocks and not node.dirty
+
+
+def _finished(code) -> bool:
+    """Whether a kernel's run ended (:data:`DONE`); ENOSPC for :data:`NOSPACE`."""
+    if code == CK.NOSPACE:
+        raise os_error(errno.ENOSPC, "")
+    return code == CK.DONE
 
 
 def _made(P) -> int:
@@ -116,10 +132,8 @@ class BulkClone:
             self._bulk_store(st)
             self._bulk_materialize(P, k, k_end)
             k = k_end
-            if code == CK.DONE:
+            if _finished(code):
                 break
-            if code == CK.NOSPACE:
-                raise os_error(errno.ENOSPC, "")
             if code == CK.AFTER:
                 j = k - 1
                 if P.kind[j] == REG and P.size[j] > 0 and \
@@ -137,6 +151,95 @@ class BulkClone:
                     return self._bulk_rest(P, k + 1)
                 k += 1
         return _made(P)
+
+    def writeback(self) -> None:
+        """:meth:`~thinp.fs.core.Filesystem.writeback` by the kernel
+        (:func:`._clone_kernels.writeback_plan`) for the inodes it covers --
+        one delayed range, no extents yet, no dirty pages, as a copy's or a
+        new file's -- and by ``_flush_inode`` for the others, in the same
+        order.  The result is the per-inode writeback's, field for field
+        (tests/fs/test_bulk_writeback.py)."""
+        nodes = list(self._delayed_inodes.values())
+        if not self._bulk_usable():
+            for node in nodes:
+                self._flush_inode(node)
+            return
+        run = []
+        for node in nodes:
+            if _plain_delayed(node):
+                run.append(node)
+                continue
+            if run:
+                self._bulk_writeback(run)
+                run = []
+            self._flush_inode(node)
+        if run:
+            self._bulk_writeback(run)
+
+    def _bulk_writeback(self, nodes: list) -> None:
+        """Write back ``nodes`` (each one delayed range, nothing mapped), in
+        order; a few by ``_flush_inode`` (the kernel's set-up costs more)."""
+        n = len(nodes)
+        if n < 8:
+            for node in nodes:
+                self._flush_inode(node)
+            return
+        ranges = [node.delayed[0] for node in nodes]
+        lblk0 = np.array([r0 for r0, _ in ranges], dtype=np.int64)
+        nblk = np.array([r1 for _, r1 in ranges], dtype=np.int64) - lblk0
+        fsize = np.array([node.size for node in nodes], dtype=np.int64)
+        zone = np.array([node.zone for node in nodes], dtype=np.int64)
+        isreg = np.array([_S_IFMT(node.mode) == _S_IFREG for node in nodes], dtype=np.int64)
+        loc = np.array([node.loc for node in nodes], dtype=np.int64)
+        cap = 2 * n + 65536
+        ext = np.zeros((cap, 3), dtype=np.int64)
+        eoff = np.zeros(n + 1, dtype=np.int64)
+        st = self._bulk_state()
+        lg = np.array(self._lg, dtype=np.int64)
+        k = 0
+        while k < n:
+            if not self._bulk_usable():
+                for node in nodes[k:]:
+                    self._flush_inode(node)
+                return
+            self._bulk_load(st)
+            if len(st.wlog) < 2 * cap:
+                st.wlog = np.zeros((2 * cap, 2), dtype=np.int64)
+            lg[0], lg[1] = self._lg
+            code, k_end = CK.writeback_plan(k, nblk, lblk0, fsize, zone, isreg, loc, ext, eoff, lg,
+                                            self.bitmap, self.first_free, self.zone_used, self.zone_norun,
+                                            NORUN_UNKNOWN, st.block_bitmap, st.dmark, st.dlist,
+                                            st.sc, st.kc, st.wlog)
+            self._lg = [int(lg[0]), int(lg[1])]
+            self._bulk_store(st)
+            self._wb_materialize(nodes, nblk, ext, eoff, k, k_end)
+            k = k_end
+            if _finished(code):
+                break
+            if code == CK.AFTER:
+                node = nodes[k - 1]
+                self._extent_tree_layout(node)
+                self._touch_inode(node)
+            elif code == CK.BEFORE:
+                self._flush_inode(nodes[k])
+                k += 1
+
+    def _wb_materialize(self, nodes, nblk, ext, eoff, k0: int, k1: int) -> None:
+        """Inodes ``[k0, k1)``, written back by the kernel: their extents and counts."""
+        if k1 <= k0:
+            return
+        delayed_inodes = self._delayed_inodes
+        rows = ext[:int(eoff[k1])].tolist()
+        offs = eoff[k0:k1 + 1].tolist()
+        nbs = nblk[k0:k1].tolist()
+        for i in range(k1 - k0):
+            node = nodes[k0 + i]
+            node.delayed = None
+            delayed_inodes.pop(node.ino, None)
+            node.extents = rows[offs[i]:offs[i + 1]]
+            node.nr_data_blocks += nbs[i]
+            node.pending = None
+        self.data_blocks += sum(nbs)
 
     def _bulk_plan(self, snode, root, dst: str) -> _Plan:
         """The source tree's entries in the order the copy makes them."""
@@ -188,7 +291,7 @@ class BulkClone:
             have = len(root.meta_blocks) if j == 0 else 0
             start = root.dir_bytes if j == 0 else CK.EMPTY_DIR_BYTES
             room[j] = have + (start + total + usable_bytes - 1) // usable_bytes + 6
-        cols = np.array(rows, dtype=np.int64)
+        cols = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=8 * len(rows)).reshape(-1, 8)
         cap = cols[:, 7].copy()
         for j, r in room.items():
             cap[j] = r
@@ -313,7 +416,9 @@ class BulkClone:
                     delayed_inodes.setdefault(ino, node)
                     s = c.stamps
                     if s is not None:
-                        if 1 <= nb <= len(s) and s.dtype == np.uint64:
+                        if nb == len(s) and s.dtype == np.uint64:
+                            node.stamps = s.copy()
+                        elif 1 <= nb <= len(s) and s.dtype == np.uint64:
                             node.stamps = s[:nb].copy()
                         else:
                             a = np.zeros(max(nb, 1), dtype=np.uint64)
@@ -414,9 +519,8 @@ class BulkClone:
     def _bulk_store(self, st: "_State") -> None:
         """The kernel's device writes issued, its scalars and dirty set back."""
         sc = st.sc
-        w = st.wlog[:sc[CK.S_WCOUNT]].tolist()
-        for s, n in w:          # the journal's and checkpoint's writes, in order
-            self._dev_write_run(s, n)
+        # the journal's, the checkpoint's and the data's writes, in order (each n > 0)
+        self.device.write_runs(st.wlog[:sc[CK.S_WCOUNT]].tolist())
         self.used_blocks = int(sc[CK.S_USED])
         self._delayed_total = int(sc[CK.S_DELAYED])
         self._stamp_counter = int(sc[CK.S_STAMP])

@@ -347,3 +347,195 @@ def clone_plan(kind, parent, dsize, crc, size, link_to, flags, k0,
         if t != LINK and flags[k - 1] & F_XATTR:
             return AFTER, k
     return DONE, k
+
+
+# -- writeback ---------------------------------------------------------------------
+#
+# ``writeback_plan`` runs ext4's writeback (``Filesystem._flush_inode`` for each
+# delayed inode, in order) for inodes the plain case covers: one delayed range,
+# no extents or extent-tree blocks yet, no dirty pages.  Per inode (int64[n]):
+# ``nblk`` its delayed blocks, ``lblk0`` the range's first logical block,
+# ``fsize`` its size in bytes, ``zone`` its block group, ``isreg`` 1 for a
+# regular file, ``loc`` its inode's block.  The locality-group window is
+# ``lg`` ([next, end), ext4's ``_lg``).  The inodes' extents go to ``ext``
+# as (lblk, pblk, n) rows, inode k's at ``ext[eoff[k]:eoff[k + 1]]`` (the rows
+# restart at 0 on each call).  Data writes join the commits' in ``wlog``.
+#
+# Returns ``(code, k)``: :data:`DONE`; :data:`WB_PAUSE`: the buffers are full,
+# call again from ``k`` (after taking the rows); :data:`BEFORE`: inode ``k``
+# is the caller's (it might not fit, or its buffers could overflow);
+# :data:`AFTER`: inode ``k - 1`` has more than 4 extents: the caller lays out
+# its extent tree and touches its inode; :data:`NOSPACE`: not reached (the
+# free blocks were checked).
+
+WB_PAUSE = 4
+STREAM_REQUEST = 16        # ext4's s_mb_stream_request
+GROUP_PREALLOC = 512       # s_mb_group_prealloc
+MAX_NORMALIZED = 2048
+MAX_EXTENT_LEN = 32768
+INLINE_EXTENTS = 4
+
+
+@njit(inline="always")
+def _find(goal, want, align, min_len, bitmap, first_free, zone_used, zone_norun, kc):
+    """``Filesystem._find``: the packed run, or -1."""
+    zb = kc[C_ZONE_BLOCKS]
+    r = find_run(bitmap, first_free, zone_used, zone_norun, zb, goal, kc[C_NR_BLOCKS], want, align, min_len)
+    if r < 0 and goal > 0:
+        r = find_run(bitmap, first_free, zone_used, zone_norun, zb, np.int64(0), goal, want, align, min_len)
+    return r
+
+
+@njit(inline="always")
+def _dirty_groups(start, n, block_bitmap, dmark, dlist, sc, kc):
+    """ext4's ``_dirty_alloc``: the bitmap and descriptor blocks of the groups a run spans."""
+    zb = kc[C_ZONE_BLOCKS]
+    for grp in range(start // zb, (start + n - 1) // zb + 1):
+        _dirty_add(block_bitmap[grp], dmark, dlist, sc)
+        _dirty_add(1 + grp // kc[C_DESC_PER_BLOCK], dmark, dlist, sc)
+
+
+@njit
+def _alloc_run_wb(goal, want, align, bitmap, first_free, zone_used, zone_norun, block_bitmap, dmark, dlist, sc,
+                  kc):
+    """``Filesystem._alloc_run``: the packed run taken, or -1."""
+    one = np.int64(1)
+    r = np.int64(-1)
+    if align > 1:
+        r = _find(goal, want, align, want, bitmap, first_free, zone_used, zone_norun, kc)
+    if r < 0:
+        r = _find(goal, want, one, want, bitmap, first_free, zone_used, zone_norun, kc)
+    if r < 0:
+        r = _find(goal, want, one, one, bitmap, first_free, zone_used, zone_norun, kc)
+    if r < 0:
+        return r
+    s = r // PACK
+    n = r % PACK
+    sc[S_USED] += set_range(bitmap, first_free, zone_used, kc[C_ZONE_BLOCKS], s, n, one)
+    _dirty_groups(s, n, block_bitmap, dmark, dlist, sc, kc)
+    return r
+
+
+@njit(inline="always")
+def _add_piece(lb, s, n, ext, epos, e0):
+    """``Filesystem._add_extent`` on a file whose extents all lie before ``lb``; the new row count."""
+    if epos > e0:
+        j = epos - 1
+        if ext[j, 0] + ext[j, 2] == lb and ext[j, 1] + ext[j, 2] == s and ext[j, 2] + n <= MAX_EXTENT_LEN:
+            ext[j, 2] += n
+            return epos
+    ext[epos, 0] = lb
+    ext[epos, 1] = s
+    ext[epos, 2] = n
+    return epos + 1
+
+
+@njit
+def writeback_plan(k0, nblk, lblk0, fsize, zone, isreg, loc, ext, eoff, lg,
+                   bitmap, first_free, zone_used, zone_norun, norun_unknown, block_bitmap, dmark, dlist, sc, kc,
+                   wlog):
+    """Write back inodes ``k0...``; see the comment above."""
+    n = nblk.shape[0]
+    ecap = ext.shape[0]
+    wcap = wlog.shape[0]
+    dcap = dlist.shape[0]
+    zb = kc[C_ZONE_BLOCKS]
+    f = kc[C_FLEX]
+    one = np.int64(1)
+    epos = 0
+    eoff[k0] = 0
+    k = k0
+    while k < n:
+        nb = nblk[k]
+        if sc[S_WCOUNT] + sc[S_DCOUNT] + 5 * nb + 128 > wcap or epos + nb > ecap or \
+                sc[S_DCOUNT] + 4 * nb + 64 > dcap:
+            if k > k0:
+                return WB_PAUSE, k
+            return BEFORE, k
+        if kc[C_NR_BLOCKS] - sc[S_USED] < nb + 64:
+            return BEFORE, k
+        sc[S_DELAYED] -= nb
+        r0 = lblk0[k]
+        size_blocks = (fsize[k] + BLOCK - 1) // BLOCK
+        if size_blocks < r0 + nb:
+            size_blocks = r0 + nb
+        # _data_goal of a file with no extents
+        grp = zone[k] & ~(f - 1)
+        if isreg[k] and f >= 4 and grp + 1 < kc[C_NR_GROUPS]:
+            grp += 1
+        goal = grp * zb
+        e0 = epos
+        if size_blocks <= STREAM_REQUEST:
+            # _alloc_lg: the locality group's preallocation window
+            nxt = lg[0]
+            end = lg[1]
+            s = np.int64(-1)
+            if end - nxt < nb:
+                if end > nxt:   # give back what the old window did not use
+                    ch = set_range(bitmap, first_free, zone_used, zb, nxt, end - nxt, np.int64(0))
+                    if ch:
+                        sc[S_USED] -= ch
+                        z0 = nxt // zb - 1
+                        if z0 < 0:
+                            z0 = 0
+                        zone_norun[z0:(end - 1) // zb + 1] = norun_unknown
+                gp = np.int64(GROUP_PREALLOC)
+                r = _find(goal, gp, gp, gp, bitmap, first_free, zone_used, zone_norun, kc)
+                if r < 0:
+                    r = _find(goal, gp, one, nb, bitmap, first_free, zone_used, zone_norun, kc)
+                if r < 0:
+                    lg[0] = 0
+                    lg[1] = 0
+                    r = _alloc_run_wb(goal, nb, one, bitmap, first_free, zone_used, zone_norun, block_bitmap,
+                                      dmark, dlist, sc, kc)
+                    if r < 0:
+                        return NOSPACE, k
+                    s = r // PACK
+                    epos = _add_piece(r0, s, r % PACK, ext, epos, e0)
+                    _log_write(wlog, sc, s, r % PACK)
+                else:
+                    g0 = r // PACK
+                    gl = r % PACK
+                    sc[S_USED] += set_range(bitmap, first_free, zone_used, zb, g0, gl, one)
+                    nxt = g0
+                    end = g0 + gl
+            if s < 0:
+                lg[0] = nxt + nb
+                lg[1] = end
+                _dirty_groups(nxt, nb, block_bitmap, dmark, dlist, sc, kc)
+                epos = _add_piece(r0, nxt, nb, ext, epos, e0)
+                _log_write(wlog, sc, nxt, nb)
+        else:
+            align = one
+            if nb >= 512:
+                bits = 0
+                v = nb - 1
+                while v:
+                    bits += 1
+                    v >>= 1
+                align = one << bits
+                if align > MAX_NORMALIZED:
+                    align = np.int64(MAX_NORMALIZED)
+            left = nb
+            lb = r0
+            while left:
+                r = _alloc_run_wb(goal, left, align, bitmap, first_free, zone_used, zone_norun, block_bitmap,
+                                  dmark, dlist, sc, kc)
+                if r < 0:
+                    return NOSPACE, k
+                s = r // PACK
+                got = r % PACK
+                epos = _add_piece(lb, s, got, ext, epos, e0)
+                _log_write(wlog, sc, s, got)
+                lb += got
+                left -= got
+                goal = s + got
+                align = one
+        eoff[k + 1] = epos
+        k += 1
+        if epos - e0 > INLINE_EXTENTS:
+            return AFTER, k
+        # _touch_inode
+        _dirty_add(loc[k - 1], dmark, dlist, sc)
+        _maybe_commit(bitmap, dmark, dlist, sc, kc, wlog)
+    return DONE, k
