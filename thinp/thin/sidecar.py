@@ -120,19 +120,7 @@ def _value(v) -> str:
         return int.__repr__(v)
     if v is None:
         return "null"
-    if t is dict and all(type(x) is int for x in v.values()) and all(map(_plain_key, v)):
-        # thin ids to sizes: json's own spelling, without an encoder built
-        # for sort_keys each call
-        return "{" + ", ".join([f'"{k}": {int.__repr__(x)}' for k, x in sorted(v.items())]) + "}"
-    if t is list and all(type(x) is int for x in v):
-        return "[" + ", ".join(map(int.__repr__, v)) + "]"
     return json.dumps(v, sort_keys=True)
-
-
-def _plain_key(k) -> bool:
-    """A key json writes as it is between its quotes: a string of
-    printable ASCII without a quote or a backslash."""
-    return type(k) is str and k.isascii() and k.isprintable() and '"' not in k and "\\" not in k
 
 
 def encode_slot(side: dict, lines: dict | None = None) -> bytes:
