@@ -32,26 +32,3 @@ def test_a_slot_round_trips():
     side = dict(SIDES[0])
     side.pop("previous")
     assert decode_slot(encode_slot(side)) == side
-
-
-def test_cached_lines_spell_what_changed():
-    """A cache of lines kept across calls (as a pool's commits keep it)
-    gives the uncached text every time: values that compare equal but are
-    spelled otherwise (True and 1, 1.0 and 1) and a dict changed in place
-    after the call are spelled anew."""
-    lines = {}
-    devices = {"0": 8, "1": 16}
-    seq = [
-        {"seq": 1, "sync": True, "devices": devices, "commit": [1, 2]},
-        {"seq": 2, "sync": True, "devices": devices, "commit": [1, 2]},
-        {"seq": 1, "sync": 1, "devices": {"0": 8, "1": 16.0}, "commit": [1.0, 2]},
-        {"seq": True, "sync": 1, "devices": {"0": 8, "1": 16}, "commit": [1, 2]},
-    ]
-    for side in seq:
-        assert sidecar_text(side, lines) == _json_per_key(side)
-    devices["2"] = 4  # in place, after the line was kept
-    side = {"seq": 3, "sync": True, "devices": devices, "commit": [1, 2]}
-    assert sidecar_text(side, lines) == _json_per_key(side)
-    for side in SIDES:
-        assert sidecar_text(side, lines) == _json_per_key(side)
-        assert sidecar_text(side, lines) == _json_per_key(side)

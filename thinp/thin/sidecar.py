@@ -47,63 +47,14 @@ _PREFIX = b'{"crc32": "'
 _PREFIX_LEN = len(_PREFIX) + 8 + 2  # the prefix, eight hex digits, '",'
 
 
-def sidecar_text(side: dict, lines: dict | None = None) -> str:
+def sidecar_text(side: dict) -> str:
     """The sidecar as JSON, one top-level key a line in key order: json's
     C encoder does each value (``indent`` would take the pure-Python one,
     0.24 ms of CPU against 0.07 for a sidecar of 200 thins, a fifth of a
     ``create_snap`` commit's).  Plain keys and the scalar values most keys
     hold are spelled here, as json spells them, without a call into json
-    each (two calls a key were 30 a commit).
-
-    ``lines``, when given, keeps each key's line between calls (key ->
-    (value, line)): a commit's sidecar differs from the last one's in a
-    few keys (``seq``, the tie, ``devices`` after a create_snap), and a
-    line whose value is the same, of the same type, is not spelled
-    again."""
-    if lines is None:
-        return "{\n" + ",\n".join(f"{_key(k)}: {_value(side[k])}" for k in sorted(side)) + "\n}\n"
-    out = []
-    for k in sorted(side):
-        v = side[k]
-        got = lines.get(k)
-        if got is not None and type(got[0]) is type(v) and got[0] == v and _plain(v):
-            out.append(got[1])
-            continue
-        line = f"{_key(k)}: {_value(v)}"
-        if _plain(v):
-            lines[k] = (_frozen(v), line)
-        else:
-            lines.pop(k, None)
-        out.append(line)
-    return "{\n" + ",\n".join(out) + "\n}\n"
-
-
-_SCALARS = (bool, int, str, type(None))
-
-
-def _plain(v) -> bool:
-    """Whether equal values of ``v``'s type are spelled alike: a scalar,
-    or a dict (string keys) or list of ints (thin ids to sizes, the tie's
-    roots).  Not so a float (1.0 == 1) or a bool (True == 1) among them."""
-    t = type(v)
-    if t in _SCALARS:
-        return t is not str or v.isascii()
-    if t is dict:
-        return all(type(x) is str for x in v) and all(type(x) is int for x in v.values())
-    if t is list:
-        return all(type(x) is int for x in v)
-    return False
-
-
-def _frozen(v):
-    """A copy of ``v`` that later changes to the caller's value cannot
-    reach (one level deep, as :func:`_plain` values are)."""
-    t = type(v)
-    if t is dict:
-        return dict(v)
-    if t is list:
-        return list(v)
-    return v
+    each (two calls a key were 30 a commit)."""
+    return "{\n" + ",\n".join(f"{_key(k)}: {_value(side[k])}" for k in sorted(side)) + "\n}\n"
 
 
 def _key(k) -> str:
@@ -123,10 +74,9 @@ def _value(v) -> str:
     return json.dumps(v, sort_keys=True)
 
 
-def encode_slot(side: dict, lines: dict | None = None) -> bytes:
-    """One slot's bytes, unpadded: the crc field, then the object
-    (``lines``: :func:`sidecar_text`'s cache of unchanged lines)."""
-    body = sidecar_text({k: v for k, v in side.items() if k != "previous"}, lines).encode()[1:].rstrip()
+def encode_slot(side: dict) -> bytes:
+    """One slot's bytes, unpadded: the crc field, then the object."""
+    body = sidecar_text({k: v for k, v in side.items() if k != "previous"}).encode()[1:].rstrip()
     return _PREFIX + b"%08x" % zlib.crc32(body) + b'",' + body + b"\n"
 
 
@@ -265,8 +215,6 @@ class SidecarFile:
         self._pending: int | None = None
         #: flushes issued (a test and benchmark figure): (in place, whole)
         self.nr_writes = [0, 0]
-        #: :func:`sidecar_text`'s lines of the last slot written, by key
-        self._lines: dict = {}
 
     @classmethod
     def open(cls, pool_dir: str, settled: dict) -> "SidecarFile":
@@ -308,7 +256,7 @@ class SidecarFile:
         out: the slot's fdatasync runs behind meanwhile
         (:class:`~thinp.pdata.block.FlushBehind`, as the metadata's
         superblock flush does)."""
-        body = encode_slot({**side, "seq": self.seq + 1}, self._lines)
+        body = encode_slot({**side, "seq": self.seq + 1})
         if self.slot_size and len(body) < self.slot_size:
             target = 1 - self.live
             fd = self._open_fd()
