@@ -1186,18 +1186,13 @@ class ThinPool:
                 d.changed = True
         dm.sync = sync
         side = self._next_sidecar()
-        last_side = (self._side, self._side_written)
         try:
-            # the sidecar's slot is written once the tie's roots are final,
-            # before the space maps' commit: its flush overlaps that and
-            # dm's pre-superblock flush
+            # the sidecar's slot is written before dm's pre-superblock
+            # flush, and its own flush overlaps that one
             # the superblock's flush runs behind the bookkeeping below,
             # and is waited for before anything that needs it durable
             dm.commit(before_flush=lambda: self._write_sidecar(side, sync), durable_later=True)
         except errors.NoSpaceError:
-            # the space maps ran out after the slot was written: the last
-            # commit's sidecar stays (the slot written is the one not live)
-            self._side, self._side_written = last_side
             self._sidecar.aborted()
             self._metadata_failed()
             self._abort_transaction(failed_ops, failed_op)

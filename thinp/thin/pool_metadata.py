@@ -706,13 +706,10 @@ class PoolMetadata:
         ``before_superblock()``, when given, runs once everything but the
         superblock is written and ``self.sb`` holds the new roots (a caller
         ties its own state to this commit there).  ``before_flush()`` runs
-        earlier, once the mapping and details roots are final (the details
-        written; the space maps' commit moves only their own roots), before
-        the space maps' commit and the flush that puts the other blocks on
-        disk; it may return a wait, called after that flush and before the
-        superblock (a caller's own flush overlaps the space maps' commit and
-        dm's flush).  Should the commit fail after it (NoSpaceError from
-        the space maps), the superblock is not written.  ``durable_later``: the
+        earlier, once the roots are final and before the flush that puts
+        the other blocks on disk; it may return a wait, called after that
+        flush and before the superblock (a caller's own flush overlaps
+        dm's).  ``durable_later``: the
         superblock's flush (sync on) runs behind
         (:meth:`BlockManager.flush_behind`) while this commit's bookkeeping
         and the caller's go on; the caller calls :meth:`wait_durable` before
@@ -740,7 +737,6 @@ class PoolMetadata:
                 d.changed = False
                 if not self.thin_devices.get(dev, 1):
                     del self.thin_devices[dev]
-        wait = before_flush() if before_flush is not None else None
         self.sb.data_sm_root = self.data_sm.commit()
         cv = bw.ValueType(4)
 
@@ -755,6 +751,7 @@ class PoolMetadata:
         tm.kind[bitmap_blocks[tm.txn[bitmap_blocks] != 0]] = KIND_BITMAP
         tm.kind[tm.index_block] = KIND_INDEX
         written = tm.seal_dirty()
+        wait = before_flush() if before_flush is not None else None
         on_file = self.bm.fd >= 0 and self.bm.mm is not None
         if self.sync and on_file and len(written):
             # barrier 1: every block the new superblock references is on
