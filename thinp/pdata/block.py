@@ -127,6 +127,12 @@ class FlushBehind:
         for first, and its error raised)."""
         self.wait()
         self._fut = _flusher_pool().submit(_fdatasync, fd)
+        # the flush thread needs the GIL to call os.fdatasync, and a caller
+        # going on with Python holds it until it waits (or the 5 ms switch
+        # interval): handed over here, the flush begins now (measured on
+        # this VM, load 9.8: 12 us after the submit instead of 523 with
+        # 0.5 ms of the caller's CPU after it)
+        time.sleep(0)
 
     def wait(self) -> None:
         """Return once the flush :meth:`start` began is over (at once when

@@ -494,9 +494,13 @@ class TransactionManager(RefCounts):
             cand, _, bitmaps = self.ref_count_changes()
             moved = False
             todo_b, todo_c = [], []
-            if done_rc:  # entries set at once, whose counts may have moved back since
-                cand = np.union1d(cand, np.fromiter(done_rc, dtype=np.int64))
-            for b in cand.tolist():
+            if not done_rc:
+                cand = cand.tolist()
+            elif len(cand) <= 64:  # (a create_snap's few: a set, not numpy's union1d)
+                cand = sorted(set(cand.tolist()).union(done_rc))
+            else:  # entries set at once, whose counts may have moved back since
+                cand = np.union1d(cand, np.fromiter(done_rc, dtype=np.int64)).tolist()
+            for b in cand:
                 c = int(self.count[b])
                 want = c if c >= 3 else 0
                 if done_rc.get(b, 0 if self.committed[b] < 3 else -1) == want:
@@ -534,7 +538,7 @@ class TransactionManager(RefCounts):
         from ._btree_kernels import write_bitmaps
 
         blocks = self.bitmap_blocks
-        todo = np.union1d(np.asarray(bitmaps, dtype=np.int64), np.flatnonzero(self.txn[blocks])).astype(np.int64)
+        todo = np.array(sorted(set(bitmaps).union(np.flatnonzero(self.txn[blocks]).tolist())), dtype=np.int64)
         if len(todo):
             self.index_entries["blocknr"][todo] = blocks[todo]
             write_bitmaps(self.bm.blocks.view(np.uint64), self.count, self.committed, self.nr_blocks, todo,

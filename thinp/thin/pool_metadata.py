@@ -785,9 +785,8 @@ class PoolMetadata:
             return bw.remove(tm, root, [b], cv)[0]
 
         self.sb.metadata_sm_root = tm.commit_space_map((set_rc, remove_rc), split=self.split)
-        for b in tm.bitmap_blocks:
-            if tm.txn[b]:
-                tm.kind[b] = KIND_BITMAP
+        bitmap_blocks = tm.bitmap_blocks
+        tm.kind[bitmap_blocks[tm.txn[bitmap_blocks] != 0]] = KIND_BITMAP
         tm.kind[tm.index_block] = KIND_INDEX
         written = tm.seal_dirty()
         wait = before_flush() if before_flush is not None else None
