@@ -43,24 +43,3 @@ def test_bitmap_and_index_entry_match_the_oracle(n, seed):
     assert (blk[:16] == 7).all()
     assert np.array_equal(unpack_bitmap(blk)[:n], np.minimum(cur, 3))
     assert (int(ie["nr_free"][0]), int(ie["none_free_before"][0]), int(ie["blocknr"][0])) == (nr_free, want_nfb, 1234)
-
-
-@pytest.mark.parametrize("n, nfb, freed_at", [(ENTRIES_PER_BITMAP, 0, None), (ENTRIES_PER_BITMAP, 5000, None),
-                                              (ENTRIES_PER_BITMAP, 5000, 4000), (ENTRIES_PER_BITMAP, 5000, 9000),
-                                              (1000, 1000, None), (1000, 3000, None), (1000, 3000, 700)])
-def test_hint_of_a_bitmap_filled_in_order(n, nfb, freed_at):
-    """Sequential provisioning: every entry from the hint on newly in use
-    (the hint runs to the end, or stays past it), with or without one
-    entry freed below or above it."""
-    old = np.zeros(n, dtype=np.uint32)
-    old[:min(nfb, n)] = 1
-    cur = np.ones(n, dtype=np.uint32)
-    if freed_at is not None:
-        old[freed_at] = 1
-        cur[freed_at] = 0
-    blk = np.zeros(4096, dtype=np.uint8)
-    ie = np.zeros(1, dtype=INDEX_ENTRY_DTYPE)
-    ie["none_free_before"] = nfb
-    write_bitmap_entry(blk, ie, cur, old, 9)
-    _, nr_free, want_nfb = _oracle(cur, old, nfb)
-    assert (int(ie["nr_free"][0]), int(ie["none_free_before"][0])) == (nr_free, want_nfb)

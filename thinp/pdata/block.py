@@ -144,34 +144,6 @@ class FlushBehind:
     def close(self) -> None:
         self.wait()
 
-    def run(self, job) -> None:
-        """Run ``job()`` (a whole commit's flushes, see
-        :meth:`BlockManager.commit_behind`) in the place of a flush: on the
-        process's commit thread, :meth:`wait` waiting for it as for one."""
-        self.wait()
-        self._fut = _committer_pool().submit(job)
-
-    def done(self) -> bool:
-        """True when nothing this object began still runs (any thread may ask)."""
-        fut = self._fut
-        return fut is None or fut.done()
-
-
-_committer = None
-_committer_pid = -1
-
-
-def _committer_pool():
-    """The process's commit thread (one: at most one commit runs behind;
-    apart from the flush threads, whose flushes its jobs wait for)."""
-    global _committer, _committer_pid
-    if _committer is None or _committer_pid != os.getpid():
-        import concurrent.futures
-
-        _committer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinp-commit")
-        _committer_pid = os.getpid()
-    return _committer
-
 
 def _fdatasync(fd: int) -> None:
     os.fdatasync(fd)  # (looked up at the call: tests record the flushes)
@@ -247,19 +219,6 @@ class BlockManager:
         if self._flush_behind is None:
             self._flush_behind = FlushBehind()
         self._flush_behind.start(self.fd)
-
-    def commit_behind(self, job) -> None:
-        """Run ``job`` -- the end of a commit: its first barrier, its
-        superblock's write and its second barrier -- on the commit thread
-        while the caller goes on (:meth:`FlushBehind.run`);
-        :meth:`wait_flush` waits for it, as :meth:`close` does."""
-        if self._flush_behind is None:
-            self._flush_behind = FlushBehind()
-        self._flush_behind.run(job)
-
-    def flush_done(self) -> bool:
-        """True when no flush or commit begun here still runs (any thread may ask)."""
-        return self._flush_behind is None or self._flush_behind.done()
 
     def wait_flush(self) -> None:
         """Return once the flush :meth:`flush_behind` began is over (at

@@ -368,36 +368,6 @@ class TransactionManager(RefCounts):
         self.bm.seal_many(out, self.kind[out])
         return out
 
-    def freed_by_commit(self) -> np.ndarray:
-        """Before :meth:`end_transaction`: the blocks this commit frees
-        (in use at the last commit, count 0 now), ascending.  Until this
-        commit's superblock is durable, the last durable one still
-        references them."""
-        n = self.nr_blocks
-        parts = [lo + np.flatnonzero((self.committed[lo:hi] != 0) & (self.count[lo:hi] == 0))
-                 for lo, hi in ((i * ENTRIES_PER_BITMAP, min(n, (i + 1) * ENTRIES_PER_BITMAP))
-                                for i in self.flagged_bitmaps().tolist())]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-
-    def allocs_before(self, blocks: np.ndarray) -> int:
-        """After :meth:`end_transaction`: how many allocations the next
-        transaction makes, at least, before it could hand out one of
-        ``blocks`` (ascending; -1: it never can).  The allocator takes the
-        free blocks in order from the cursor, wrapping once (not before
-        5.14); a block freed in the transaction is free again only behind
-        the cursor, or not at all when the last commit used it; so every
-        free block from the cursor up to the first of ``blocks`` in that
-        order goes first."""
-        if not len(blocks):
-            return -1
-        free, c, n = self.free, self.begin, self.nr_blocks
-        k = int(np.searchsorted(blocks, c))
-        if k < len(blocks):
-            return int(np.count_nonzero(free[c:int(blocks[k])]))
-        if not self.rolling_cursor:
-            return -1
-        return int(np.count_nonzero(free[c:n])) + int(np.count_nonzero(free[:int(blocks[0])]))
-
     def end_transaction(self) -> None:
         cursor = self.begin
         n = self.nr_blocks

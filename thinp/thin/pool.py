@@ -1170,22 +1170,14 @@ class ThinPool:
         just before the superblock and tied to it by its checksum."""
         self._commit(None, 0)
 
-    def _commit(self, failed_ops, failed_op: int, behind: bool = False) -> None:
+    def _commit(self, failed_ops, failed_op: int) -> None:
         """:meth:`commit`, made while request ``failed_op`` of the trace
         whose ops are ``failed_ops`` waits: should dm's commit fail, the
-        abort counts the requests before it.  ``behind`` (a replay's
-        periodic commit, sync on, no payload bytes): the commit's flushes
-        and superblock run behind (PoolMetadata.commit's ``behind``) and the
-        caller waits for them (``self._dm.wait_durable()``) before it
-        returns, as _run does."""
-        self._dm.wait_durable()  # (the last commit made behind)
+        abort counts the requests before it."""
         self._check_writable()
         self._apply_log(0)  # (rows an overlapped apply left waiting for their leaf's merge, if any)
         md, dm = self._md, self._dm
         sync = bool(md.sb.options & OPT_SYNC)
-        # (with payload bytes, the next transaction could write a data block
-        # this commit frees, which the last durable one still maps)
-        behind = behind and sync and not self.payload
         if self.payload and self._data_mm is not None and sync:
             self._data_mm.flush()  # data before the metadata that points at it
         if self._ooms:
@@ -1206,7 +1198,7 @@ class ThinPool:
             # flush, and its own flush overlaps that one
             # the superblock's flush runs behind the bookkeeping below,
             # and is waited for before anything that needs it durable
-            dm.commit(before_flush=lambda: self._write_sidecar(side, sync), durable_later=True, behind=behind)
+            dm.commit(before_flush=lambda: self._write_sidecar(side, sync), durable_later=True)
         except errors.NoSpaceError:
             self._sidecar.aborted()
             self._metadata_failed()
@@ -1233,9 +1225,8 @@ class ThinPool:
             if not self._meta_lwm_armed and dm.nr_free_metadata_blocks > self._meta_lwm:
                 self._meta_lwm_armed = True
         finally:
-            if not behind:
-                dm.wait_durable()  # discards passed down, events and the caller come after
-        self._punch_passdown()  # (behind: no payload, nothing to punch)
+            dm.wait_durable()  # discards passed down, events and the caller come after
+        self._punch_passdown()
         self._meta_mark = (dm.nr_used_metadata_blocks, dm.tm.nr_allocs)
         # dm-thin's check_for_metadata_space after every commit
         if dm.nr_free_metadata_blocks <= self._meta_reserve:
@@ -1509,15 +1500,6 @@ class ThinPool:
                             lo, key])
 
     def _run(self, slots, ops, off, ln, start, start_vb, src, src_base, events, key=None):
-        """:meth:`_run_stretches`; its last periodic commit, made behind,
-        is durable when it returns."""
-        try:
-            return self._run_stretches(slots, ops, off, ln, start, start_vb, src, src_base, events, key)
-        finally:
-            if self._dm is not None:
-                self._dm.wait_durable()
-
-    def _run_stretches(self, slots, ops, off, ln, start, start_vb, src, src_base, events, key=None):
         """Drive the replay kernel, applying its mapping changes to dm's
         btree after each stop and committing when it asks.  Out of data
         space in queue mode, each block needing a new data block is queued
@@ -1599,8 +1581,6 @@ class ThinPool:
                     ramp = STRETCH_FIRST  # (applied alone: the pipeline starts again)
                 ok = self._apply_log(int(out[3]), reserve)
             self._drain_events(events)
-            if not ok or r == TK.R_NO_META:
-                self._dm.wait_durable()  # (the rollbacks and commits below read or follow the last commit)
             if not ok:
                 ahead = None  # (the rollbacks below rebuild the index from the last commit)
             if not ok and self._mirror_r == -1:
@@ -1649,7 +1629,7 @@ class ThinPool:
                 continue
             if r == TK.R_NEED_COMMIT:
                 self._periodic_commit(ops, start, start_vb if start_vb >= 0 else int(off[start]) // self.block_size,
-                                      events, behind=True)
+                                      events)
                 ramp = STRETCH_FIRST
                 continue
             # R_NO_DATA, queue mode: this block waits for data space (dm's
@@ -1724,10 +1704,9 @@ class ThinPool:
         md.sp.scal[K.S_NEV] = 0
         return self._apply_log_done(got, res), (r2, out2, ahead_events, end)
 
-    def _periodic_commit(self, ops, start: int, vb: int, events, behind: bool = False) -> None:
+    def _periodic_commit(self, ops, start: int, vb: int, events) -> None:
         """The commit the commit interval asks for before request ``start``
-        of the trace whose ops are ``ops`` (its block ``vb`` next);
-        ``behind``: see :meth:`_commit`."""
+        of the trace whose ops are ``ops`` (its block ``vb`` next)."""
         md = self._md
         if self.read_only:
             # only reads run here, so only the commit interval can
@@ -1741,7 +1720,7 @@ class ThinPool:
             md.sp.scal[K.S_OPS_SINCE_COMMIT] = 0
         else:
             was = self._ooms
-            self._commit(ops, start, behind)
+            self._commit(ops, start)
             if self._ooms and not was:
                 self._event(start, K.EV_OUT_OF_META, vb)
                 self._drain_events(events)
@@ -1783,11 +1762,7 @@ class ThinPool:
         the GIL); :meth:`_apply_log_done` then, with ``log`` as ``self._log``.
         ``keep``: rows may still wait for their leaf's merge when it returns
         (_mirror.apply_log_kept); the next call merges them (or keeps them
-        too), and nothing may read the btree before it.  While
-        the last commit, made behind, is not durable, the rows go in runs
-        (:meth:`_apply_log_held`, each run merging its waiting rows)."""
-        if not self._in_held and self._dm.behind_room() >= 0:
-            return self._apply_log_held(log, n, reserve, tool, res)
+        too), and nothing may read the btree before it."""
         dm = self._dm
         tm, dsm = dm.tm, dm.data_sm
         blocks = dm.bm.blocks
@@ -1799,54 +1774,6 @@ class ThinPool:
                                       dm.split == "halves", np.int64(self._meta_reserve if reserve is None else reserve),
                                       np.int64(self._meta_lwm), self._meta_lwm_armed, np.int64(self._meta_mark[0]),
                                       np.int64(self._meta_mark[1]), res, self._waiting, keep))
-
-    #: _apply_log_held's runs are under way (their kernel calls go straight through)
-    _in_held = False
-
-    def _apply_log_held(self, log: np.ndarray, n: int, reserve: int | None, tool: bool, res: np.ndarray) -> int:
-        """:meth:`_apply_log_kernel` while the last commit, made behind, is
-        not durable yet: the rows in runs short enough that their metadata
-        allocations (META_PER_CHANGE a change at most) cannot reach a block
-        that commit freed, which the last durable superblock still
-        references (PoolMetadata.behind_room), nor the metadata low water
-        mark or reserve (no run stops early); where a run of one row
-        could, it waits for the commit first and applies the rest at once.
-        The rows go into dm's btree in the same order, only in more kernel
-        calls (as where the kernel's stretches end), so every byte is the
-        same.  ``res`` as one call leaves it (its row numbers in ``log``,
-        its counts summed)."""
-        dm = self._dm
-        a, added, removed, lwm_row, lwm_free = 0, 0, 0, -1, 0
-        self._in_held = True
-        try:
-            while a < n:
-                k = n - a
-                room = dm.behind_room()
-                if room >= 0:
-                    spare = self._dm_free_metadata() - max(self._meta_reserve if reserve is None else reserve,
-                                                           self._meta_lwm) - META_PER_CHANGE
-                    k = min(k, min(room, spare) // META_PER_CHANGE)
-                    if k <= 0:
-                        dm.bm.wait_flush()  # (behind_room is -1 from then on; wait_durable is the caller's)
-                        continue
-                r = self._apply_log_kernel(log[a:], k, reserve, tool, res)
-                added, removed = added + int(res[4]), removed + int(res[5])
-                if res[2] >= 0 and lwm_row < 0:
-                    lwm_row, lwm_free = int(res[2]) + a, int(res[3])
-                if r != 0:
-                    res[1] += a
-                    break
-                if a + k < n:
-                    dm.data_sm.from_kernel()  # (the next call's kernel_state starts from it)
-                    dm.sb.data_mapping_root = int(res[0])
-                a += k
-            else:
-                r = 0
-                res[1] = n
-        finally:
-            self._in_held = False
-        res[2], res[3], res[4], res[5] = lwm_row, lwm_free if lwm_row >= 0 else res[3], added, removed
-        return r
 
     def _apply_log_done(self, r: int, res: np.ndarray) -> bool:
         dm = self._dm

@@ -91,9 +91,6 @@ class PoolMetadata:
         #: nodes are shadowed follows it.
         self.thin_devices: dict[int, int] = {}
         self.sync = True
-        #: after commit(behind=True): tm.nr_allocs this transaction may reach
-        #: while that commit is not yet durable (-1: no bound); see behind_room
-        self.behind_limit = -1
         #: mapping inserts and lookups through the numba kernels (the Python
         #: btree is the reference they are tested against)
         self.fast = True
@@ -640,8 +637,6 @@ class PoolMetadata:
         from ..pdata.space_map import INDEX_ENTRY_DTYPE, nr_bitmaps
         import mmap as _mmap
 
-        self.wait_durable()  # (it moves the cursor behind_room counts from)
-
         tm, bm = self.tm, self.bm
         old = tm.nr_blocks
         if nr_blocks <= old:
@@ -700,24 +695,10 @@ class PoolMetadata:
     # ------------------------------------------------------------ commit
     def wait_durable(self) -> None:
         """Return once the last commit is durable: its superblock's flush,
-        which ``commit(durable_later=True)`` leaves running, is over (or,
-        after ``commit(behind=True)``, all of its end)."""
+        which ``commit(durable_later=True)`` leaves running, is over."""
         self.bm.wait_flush()
-        self.behind_limit = -1
 
-    def behind_room(self) -> int:
-        """After ``commit(behind=True)``, while that commit is not yet
-        durable: how many more metadata blocks this transaction may
-        allocate before it could reach a block the last durable
-        superblock references (the blocks that commit freed); -1 when
-        there is no such bound (durable, or no such block reachable).
-        Any thread may ask."""
-        if self.behind_limit < 0 or self.bm.flush_done():
-            return -1
-        return max(0, self.behind_limit - self.tm.nr_allocs)
-
-    def commit(self, before_superblock=None, before_flush=None, durable_later: bool = False,
-               behind: bool = False) -> None:
+    def commit(self, before_superblock=None, before_flush=None, durable_later: bool = False) -> None:
         """__commit_transaction: details, data space map, metadata space
         map, the other dirty blocks, then the superblock.
         ``before_superblock()``, when given, runs once everything but the
@@ -730,29 +711,8 @@ class PoolMetadata:
         superblock's flush (sync on) runs behind
         (:meth:`BlockManager.flush_behind`) while this commit's bookkeeping
         and the caller's go on; the caller calls :meth:`wait_durable` before
-        anything that needs the commit durable, and before it returns.
-
-        ``behind`` (sync on, a file, no ``before_superblock``): the first
-        barrier, the wait ``before_flush`` returned, the superblock's write
-        and the second barrier all run behind, on the commit thread
-        (:meth:`BlockManager.commit_behind`), while the next transaction
-        begins.  Until :meth:`wait_durable`, the last durable superblock is
-        the last commit's, and after a kill -9 (or a power cut) the
-        metadata must still hold it: the next transaction's writes go to
-        blocks free in both commits (the transaction manager shadows every
-        block either references, writing only blocks this transaction
-        allocated), except the blocks this commit frees, which the last
-        durable superblock still references.  :meth:`behind_room` bounds
-        how many blocks the transaction may allocate before it could reach
-        one of those (:meth:`TransactionManager.allocs_before`); the caller
-        keeps within it, or waits for the commit.  The caller also waits
-        before its next commit (whose sidecar goes to the slot the last
-        durable commit's is in), before anything that reads the superblock
-        back or moves the cursor (resize_metadata, an abort), and before
-        it returns to its own caller.  Data blocks this commit frees are
-        the caller's (a pool with payload bytes does not commit behind)."""
+        anything that needs the commit durable, and before it returns."""
         tm = self.tm
-        self.wait_durable()  # (one commit behind at most)
         # the commit's own shadows (details, space maps, the tools' batch of
         # ref counts) come from the cursor on: zero the holes there first,
         # for as many blocks as the last commit's own part took (a no-op
@@ -791,15 +751,14 @@ class PoolMetadata:
         written = tm.seal_dirty()
         wait = before_flush() if before_flush is not None else None
         on_file = self.bm.fd >= 0 and self.bm.mm is not None
-        behind = behind and self.sync and on_file and before_superblock is None
-        if not behind and self.sync and on_file and len(written):
+        if self.sync and on_file and len(written):
             # barrier 1: every block the new superblock references is on
             # disk before it.  One fdatasync writes back all the file's dirty
             # pages, those dirtied through the shared mapping included (on
             # Linux msync(MS_SYNC) is the same vfs_fsync_range over a range;
             # one msync per run of blocks was one device flush per run).
             os.fdatasync(self.bm.fd)
-        if wait is not None and not behind:  # (behind: the commit thread waits)
+        if wait is not None:
             wait()
         # the superblock goes out last, whole, in one write: a process
         # killed at any instant leaves either the old or the new one
@@ -808,9 +767,7 @@ class PoolMetadata:
         SUPERBLOCK.prepare(buf, SUPERBLOCK_LOCATION)
         if before_superblock is not None:
             before_superblock()
-        if behind:
-            self.bm.commit_behind(_commit_end(self.bm.fd, len(written) > 0, wait, buf.tobytes()))
-        elif self.bm.fd >= 0 and self.bm.mm is not None:
+        if self.bm.fd >= 0 and self.bm.mm is not None:
             os.pwrite(self.bm.fd, buf.tobytes(), 0)
             if self.sync and durable_later:
                 self.bm.flush_behind()  # barrier 2, behind: wait_durable waits
@@ -821,32 +778,8 @@ class PoolMetadata:
         self.bm.forget(SUPERBLOCK_LOCATION)
         self.bm.fresh[SUPERBLOCK_LOCATION] = 0
         allocs = tm.allocs_this_transaction
-        freed = tm.freed_by_commit() if behind else None
         tm.end_transaction()
-        if behind:
-            room = tm.allocs_before(freed)
-            self.behind_limit = -1 if room < 0 else tm.nr_allocs + room
         # ahead of the next transaction, as many blocks as this one took,
         # in a thread: the commit is over (durable) and does not wait for
-        # it; the next allocation does, if it is still running.  Behind, its
-        # zeros are not flushed there: that fdatasync would wait for the
-        # commit's own first barrier (the same file's pages), and the next
-        # allocation for it; this commit's barriers or the next one's, run
-        # behind too, write them back
-        tm.zero_ahead(ZERO_AHEAD_MIN + allocs, behind=True, sync=self.sync and not behind)
-
-
-def _commit_end(fd: int, barrier: bool, wait, sb: bytes):
-    """The end of a commit made with ``behind=True``, for the commit
-    thread: barrier 1 (every block the new superblock references on disk,
-    when any was written), the caller's own flush (``wait``), the
-    superblock ``sb`` written whole in one pwrite, barrier 2."""
-    def job() -> None:
-        if barrier:
-            os.fdatasync(fd)
-        if wait is not None:
-            wait()
-        os.pwrite(fd, sb, 0)
-        os.fdatasync(fd)
-
-    return job
+        # it; the next allocation does, if it is still running
+        tm.zero_ahead(ZERO_AHEAD_MIN + allocs, behind=True, sync=self.sync)
