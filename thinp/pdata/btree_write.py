@@ -395,14 +395,10 @@ def insert(tm: TransactionManager, root: int, keys: list, value, vt: ValueType, 
     the old value when it differs."""
     if split not in SPLIT_RULES:
         raise ValueError(f"split rule {split!r}: choose one of {', '.join(SPLIT_RULES)}")
-    levels = len(keys)
-    if levels == 1:
-        n = _leaf_root_with_room(tm, root, vt)
-        if n is not None:
-            return n.b, _set_in_leaf(tm, n, int(keys[0]), value, vt)
     s = _Spine(tm)
     index = -1
     block = root
+    levels = len(keys)
     for level in range(levels - 1):
         lvt = level_types[level] if level_types else block_ref_type(tm)
         index = _insert_raw(s, block, lvt, int(keys[level]), index, split)
@@ -412,51 +408,18 @@ def insert(tm: TransactionManager, root: int, keys: list, value, vt: ValueType, 
             _insert_at(n, index, int(keys[level]), np.array([new_tree], dtype="<u8").view(np.uint8))
         block = _value64(n, index)
     index = _insert_raw(s, block, vt, int(keys[-1]), index, split)
-    return s.root, _set_at(_node(tm, s.current), int(keys[-1]), index, value, vt)
-
-
-def _set_at(n: Node, key: int, index: int, value, vt: ValueType) -> bool:
-    """The end of an insert, in the leaf ``n`` where ``key`` goes or is
-    (at ``index``): a new entry (True), or the value overwritten, the old
-    one dec'd when it differs (False)."""
+    n = _node(tm, s.current)
     val = np.frombuffer(bytes(value), dtype=np.uint8) if not isinstance(value, np.ndarray) else value
-    if _need_insert(n, key, index):
-        _insert_at(n, index, key, val)
-        return True
-    old = n.values_raw()[index]
-    if vt.dec is not None and not (vt.equal is not None and vt.equal(old.tobytes(), val.tobytes())):
-        vt.dec(old[None, :].copy())
-    n.values_raw()[index] = val
-    return False
-
-
-def _leaf_root_with_room(tm: TransactionManager, root: int, vt: ValueType) -> Node | None:
-    """A one-level insert's short way, for a tree that is one leaf with a
-    free entry (a create_snap's: the details tree and the top of the
-    mapping tree of a pool with fewer than ~120 thins): the root shadowed
-    as :meth:`_Spine.step` shadows it, as a node; None (nothing done) when
-    the root is internal or full, which :func:`_insert_raw` splits or
-    descends.  Its header is read before the shadow checks the block; a
-    block that fails the check raises there, as on the long way."""
-    if not 0 <= root < tm.bm.blocks.shape[0]:
-        return None  # (the long way names it)
-    h = tm.write_block(root)[:24].view("<u4")
-    if not h[1] & LEAF_NODE or h[4] >= h[5]:
-        return None
-    nb, blk, inc = tm.shadow(root, BTREE_NODE)
-    n = Node(blk, nb)
-    if inc:
-        _inc_children(tm, n, vt)
-    return n
-
-
-def _set_in_leaf(tm: TransactionManager, n: Node, key: int, value, vt: ValueType) -> bool:
-    """:func:`_set_at` at ``key``'s place in the leaf ``n`` (found as
-    :func:`_insert_raw` finds it in a leaf)."""
-    i = _lower_bound(n, key)
-    if i < 0 or int(n.keys()[i]) != key:
-        i += 1
-    return _set_at(n, key, i, value, vt)
+    if _need_insert(n, int(keys[-1]), index):
+        _insert_at(n, index, int(keys[-1]), val)
+        inserted = True
+    else:
+        old = n.values_raw()[index]
+        if vt.dec is not None and not (vt.equal is not None and vt.equal(old.tobytes(), val.tobytes())):
+            vt.dec(old[None, :].copy())
+        n.values_raw()[index] = val
+        inserted = False
+    return s.root, inserted
 
 
 def overwrite_in_place(tm: TransactionManager, root: int, key: int, value: np.ndarray, *,

@@ -464,13 +464,9 @@ class TransactionManager(RefCounts):
             cand, _, bitmaps = self.ref_count_changes()
             moved = False
             todo_b, todo_c = [], []
-            if not done_rc:
-                cand = cand.tolist()
-            elif len(cand) <= 64:  # (a create_snap's few: a set, not numpy's union1d)
-                cand = sorted(set(cand.tolist()).union(done_rc))
-            else:  # entries set at once, whose counts may have moved back since
-                cand = np.union1d(cand, np.fromiter(done_rc, dtype=np.int64)).tolist()
-            for b in cand:
+            if done_rc:  # entries set at once, whose counts may have moved back since
+                cand = np.union1d(cand, np.fromiter(done_rc, dtype=np.int64))
+            for b in cand.tolist():
                 c = int(self.count[b])
                 want = c if c >= 3 else 0
                 if done_rc.get(b, 0 if self.committed[b] < 3 else -1) == want:
