@@ -420,3 +420,27 @@ def test_a_write_that_fills_a_new_page_pays_its_own_idle_wake_ups():
     over = dataclasses.replace(cpu, idle_wake_s={**cpu.idle_wake_s, "zfs.write.page": 5e-3})
     assert _steps_s(full, over) == pytest.approx(_steps_s(full, dataclasses.replace(
         cpu, idle_wake_s={**cpu.idle_wake_s, "zfs.write.page": 1e-3})), rel=1e-9)
+
+
+def test_a_write_that_fills_a_new_page_holds_the_lock_for_its_own_share():
+    """zfs-fuse: serial_share zfs.write.page is a 4 KiB append's share under
+    the daemon's lock in place of zfs.write's (a 2 KiB append takes half of
+    each): 4 processes' 4 KiB appends all under it take about 4 times one
+    process's, their 5-byte appends (zfs.write: none) scale with the cores,
+    and alone the lock costs nothing."""
+    from thinp.timing.model import write_serial_share
+
+    def log(size, procs):
+        return run(_wl([Step("append", path="/log-{p}", size=size, count=40)], procs), "zfs").oplog
+
+    free = dataclasses.replace(TimingConstants(), cores=8, layer_kind_s={"default": 0.0, "zfs.write": 1e-3})
+    page = dataclasses.replace(free, serial_share={**free.serial_share, "zfs.write.page": 1.0})
+    t1 = _steps_s(log(4096, 1), free)
+    assert _steps_s(log(4096, 1), page) == pytest.approx(t1, rel=1e-6)
+    assert _steps_s(log(4096, 4), free) < 1.3 * t1
+    assert _steps_s(log(4096, 4), page) > 3.5 * t1
+    assert _steps_s(log(5, 4), page) < 1.3 * _steps_s(log(5, 1), page)
+    assert 1.6 * t1 < _steps_s(log(2048, 4), page) < 2.9 * t1
+    assert write_serial_share(0.2, None, 4096) == 0.2
+    assert write_serial_share(0.2, 0.6, 2048) == pytest.approx(0.4)
+    assert write_serial_share(0.2, 3.0, 4096) == 1.0

@@ -277,12 +277,45 @@ def test_fit_keeps_a_lone_4k_append_on_zfs_no_dearer_than_measured_alone():
     83.5 us: the page's CPU is cut to what leaves it at the 80 us measured."""
     copy_s = TimingConstants().page_copy_s
     meas = _zfs_append_meas(80e-6)
-    t = cal.fit(meas, {})["timing"]
-    assert t["idle_wake_s"]["zfs.write.page"] == 0.0
+    t = {"page_write_cpu_s": {"zfs": 20e-6}, "idle_wake_s": {"zfs.write": 30e-6, "zfs.write.page": 0.0}}
+    cal.zfs_page_write_lone_fit(t, meas, copy_s)
     assert t["page_write_cpu_s"]["zfs"] == pytest.approx(80e-6 - (93e-6 - 30e-6) - copy_s)
+    assert cal.fit(meas, {})["timing"]["idle_wake_s"]["zfs.write.page"] == 0.0
     # a lone 4 KiB append measured dearer than the busy one: the bound leaves the busy figures' page
-    dear = cal.fit(dict(meas, **{"zfs.append4k.p1": 125e-6}), {})["timing"]
+    dear = {"page_write_cpu_s": {"zfs": 20e-6}, "idle_wake_s": {"zfs.write": 30e-6, "zfs.write.page": 0.0}}
+    cal.zfs_page_write_lone_fit(dear, dict(meas, **{"zfs.append4k.p1": 125e-6}), copy_s)
     assert dear["page_write_cpu_s"]["zfs"] == pytest.approx(20e-6)
+
+
+def test_fit_prices_a_zfs_append_past_a_files_first_record_and_holds_its_page_by_four():
+    """calibrate's 4 KiB appends go to a new file whose first 32 appends (its
+    first 128 KiB record) cost FIRST_RECORD_RATIO times a later one: the
+    page's CPU leaves a later append alone at a4 * 250 / (32 r + 218), and
+    4 at once hold the daemon's lock for p4 / 4 of that mix's later part,
+    as a share of a whole-page write's CPU; without p4 no share is set."""
+    from thinp.timing.model import op_cpu_s
+
+    copy_s = TimingConstants().page_copy_s
+    later = 250 / (cal.FIRST_RECORD_APPENDS * cal.FIRST_RECORD_RATIO + 250 - cal.FIRST_RECORD_APPENDS)
+    assert 0.6 < later < 0.8
+    # a 5-byte append 50 us alone (all CPU), 40 with the cores busy; a 4 KiB
+    # one 80 us alone and dearer busy (no wake-ups of its own)
+    a4, p4 = 80e-6, 4 * 60e-6
+    meas = {**MEAS, "ext4.append4k.p1": 9e-6, "zfs.stat.p1": 3e-6, "zfs.append.p1": 50e-6,
+            "zfs.append.cpu.p1": 50e-6, "zfs.append.busy.p1": 40e-6, "zfs.append4k.p1": a4,
+            "zfs.append4k.busy.p1": 120e-6, "zfs.append4k.p4": p4}
+    t = cal.fit(meas, {})["timing"]
+    # below the lone bound (a4 itself) and the busy figures' page
+    assert t["page_write_cpu_s"]["zfs"] == pytest.approx(a4 * later - (50e-6 - 10e-6) - copy_s)
+    assert t["page_write_cpu_s"]["zfs"] < a4 - (50e-6 - 10e-6) - copy_s
+    k = dataclasses.replace(TimingConstants(), **{
+        key: ({**getattr(TimingConstants(), key), **v} if isinstance(v, dict) else v) for key, v in t.items()})
+    assert t["serial_share"]["zfs.write.page"] == pytest.approx(60e-6 * later / op_cpu_s(k, "zfs", "write", 4096))
+    assert "zfs.write" not in t["serial_share"]
+    # no 4-process figure: no share; a hold above the write's CPU: the whole of it
+    assert "zfs.write.page" not in cal.fit({k: v for k, v in meas.items() if k != "zfs.append4k.p4"},
+                                           {})["timing"].get("serial_share", {})
+    assert cal.fit(dict(meas, **{"zfs.append4k.p4": 4e-3}), {})["timing"]["serial_share"]["zfs.write.page"] == 1.0
 
 
 def _copy_up_cost(mib):

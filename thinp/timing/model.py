@@ -98,6 +98,9 @@ class TimingConstants:
     #: every request of the pool): N processes doing that kind at once
     #: scale no further than that share allows.  Absent: 0 (ext4 and
     #: overlayfs scale with the cores)
+    #: ``"driver.write.page"``: the same for a write that fills a whole
+    #: new page, in place of ``"driver.write"``'s (a write of part of a
+    #: page takes the two in proportion, :func:`write_serial_share`)
     serial_share: dict = field(default_factory=lambda: _t(default=0.0, **{"zfs.meta_miss": 1.0}))
     #: seconds, per ``"driver.kind"``, that a process which waited for the
     #: driver's one lock (``serial_share``) resumes after the holder let it
@@ -309,7 +312,14 @@ SOURCES = {
                     "share of a read (its CPU with the cores busy) that much is, at most 1. zfs.mkdir: "
                     "zfs-fuse's tree by 4 processes per directory (its files' serialized share taken off) "
                     "over the mkdir's CPU, the hold no longer than plain mkdirs by 4 at once took a "
-                    "directory (kept calibration 2026-12-07 20:31 UTC: 62 us, where the tree by 4 took 119)",
+                    "directory (kept calibration 2026-12-07 20:31 UTC: 62 us, where the tree by 4 took 119). "
+                    "zfs.write.page: a 4 KiB append past a file's first record, held one at a time "
+                    "(calibrate.zfs_append_first_record_fit): calibrate's 4 KiB appends by 4 at once "
+                    "(zfs.append4k.p4 / 4 an append), less the surplus of their new files' first 32 "
+                    "appends (3.9x a later one: scripts/probe_zfs_lone.py --split, 2026-12-08 01:32 UTC), "
+                    "as a share of the write's CPU; validate timing's big appends took 39, 36 and 39 us "
+                    "an append by 1, 4 and 16 processes (kept run), and by 4 at once the wall time was the "
+                    "clients' and the daemon's CPU summed (probe_zfs_lone.py, load 8)",
     "serial_handoff_s": "`thinp calibrate`: where the same per-op benchmark run by 4 processes at once "
                         "took longer per operation than by 1 alone (t4 = p4 / 4 > t1: btrfs' create+unlink, "
                         "its tree of new directories and readdir; overlayfs' readdir), the difference t4 - "
@@ -549,6 +559,23 @@ def write_wake_s(wake: float, wake_page: float, nbytes: int) -> float:
     proportion to the share of a page it writes."""
     f = min(max(nbytes, 0) / PAGE, 1.0)
     return wake + f * (wake_page - wake)
+
+
+def write_serial_share(share: float, share_page: float | None, nbytes: int) -> float:
+    """The share of a write of ``nbytes`` that runs under its driver's one
+    lock: ``share`` (``serial_share["<driver>.write"]``, a small write's)
+    and ``share_page`` (``serial_share["<driver>.write.page"]``, a write
+    that fills a whole new page's; None: absent, the small write's) in
+    proportion to the share of a page it writes, at most 1.  On zfs-fuse
+    4 KiB appends to a big file ran one at a time (validate timing's
+    append-big: 39, 36 and 39 us an append by 1, 4 and 16 processes in the
+    kept run; ``scripts/probe_zfs_lone.py``: by 4 at once the wall time was
+    the clients' and the daemon's CPU summed), where 5-byte appends into
+    the block already dirty did not (57 us alone, 35 by 4 at once)."""
+    if share_page is None:
+        return share
+    f = min(max(nbytes, 0) / PAGE, 1.0)
+    return min(max(share + f * (share_page - share), 0.0), 1.0)
 
 
 def kind_tables(k: TimingConstants, driver: str) -> tuple[dict, dict, dict]:
@@ -951,6 +978,8 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
                 cu_once = max(cu_once - take, 0.0)
             cpu += cu_cpu
         sh = serial.get(kind, 0.0)
+        if kind == "write":
+            sh = write_serial_share(sh, serial.get("write.page"), nb)
         if sh > 0.0:
             # the share the driver's path runs under its one lock
             stages += [(sim.CPU, cpu * (1.0 - sh)), (sim.LOCK, serial_lock, handoff.get(kind, 0.0)),

@@ -1201,6 +1201,7 @@ def fit(meas: dict, dev: dict) -> dict:
     zfs_page_write_wake_fit(timing, meas)
     zfs_page_write_lone_fit(timing, meas, copy_s)
     zfs_tree_serial_fit(timing, meas, cores)
+    zfs_append_first_record_fit(timing, meas, copy_s)
     # a cold read: the device's part as the model prices it (readahead-sized
     # requests), the copy to user space, and per page brought in the rest,
     # with the model's asynchronous readahead (:func:`cold_read_fit`)
@@ -1342,6 +1343,67 @@ def zfs_page_write_lone_fit(timing: dict, meas: dict, copy_s: float) -> None:
         return
     lone = a4 - a5 + wake["zfs.write"] - copy_s - wake.get("zfs.write.page", 0.0)
     pw["zfs"] = min(pw["zfs"], max(lone, 0.0))
+
+
+#: of calibrate's 4 KiB appends to a new file (``append4k``, 250 of them),
+#: those into its first record (128 KiB, while the file is one block that
+#: grows), and what one of those costs over a later one:
+#: ``scripts/probe_zfs_lone.py``'s split (2026-12-08 01:32 UTC, load 5.7,
+#: one process, a fresh clone a run, the fast mode's 5 of 8 runs):
+#: appends 1-32 of a new file 173-197 us of CPU each (the client's 87-210,
+#: the daemon's 48-65), appends 33-250 44-50 us, the ratio per run
+#: 3.9-4.2 (median 3.94); 4 KiB appends to the 16 MiB image file took
+#: 42-46 us and 5-byte appends to a new file 41-42
+FIRST_RECORD_APPENDS, FIRST_RECORD_RATIO = 32, 3.9
+
+
+def zfs_append_first_record_fit(timing: dict, meas: dict, copy_s: float) -> None:
+    """zfs-fuse's 4 KiB appends past a file's first record, as validate
+    timing's append-big makes them (to a 16 MiB image file): alone and
+    by 4 at once.
+
+    calibrate's ``append4k`` appends 250 times to a new file, and its first
+    :data:`FIRST_RECORD_APPENDS` (the file's first 128 KiB record, one
+    block growing by each) cost :data:`FIRST_RECORD_RATIO` times a later
+    one: a later append alone costs ``a4 * 250 / (32 r + 218)``
+    (``a4`` = ``zfs.append4k.p1``), and ``page_write_cpu_s["zfs"]`` is no
+    more than leaves it there (as :func:`zfs_page_write_lone_fit` bounds it
+    by ``a4`` itself).  4 processes at once took ``zfs.append4k.p4`` / 4 an
+    append with the same mix: a later append's part of that, ``p4 / 4 *
+    250 / (32 r + 218)``, is held one append at a time (the kept validate
+    run: 39, 36 and 39 us an append by 1, 4 and 16 processes;
+    ``scripts/probe_zfs_lone.py`` at load 8: by 4 at once 77.6 ms, the
+    clients' and the daemon's CPU 75 ms), as ``serial_share["zfs.write.page"]``
+    of a whole-page write's CPU (:func:`thinp.timing.model.op_cpu_s`),
+    at most 1 (:func:`thinp.timing.model.write_serial_share`; 5-byte
+    appends, 57 us alone and 35 by 4 at once in the kept run, keep
+    ``zfs.write``'s).  The kept calibration (20:31-20:35 UTC): a4 75.5 us,
+    p4 / 4 46.4 us: a later append 55.1 us alone (the model priced validate's
+    at 76 us, 1.8x overlay2's where it measured 1.1-1.7x), 33.8 us held.
+    Set only where a4, the 5-byte append's figure and the write's wake-ups
+    were measured (the hold also where p4 was)."""
+    from ..timing import TimingConstants
+    from ..timing.model import PAGE, op_cpu_s
+
+    a4, a5 = meas.get("zfs.append4k.p1"), meas.get("zfs.append.p1")
+    pw = timing.get("page_write_cpu_s", {})
+    wake = timing.get("idle_wake_s", {})
+    if a4 is None or a5 is None or "zfs" not in pw or "zfs.write" not in wake:
+        return
+    n = 250
+    later = n / (FIRST_RECORD_APPENDS * FIRST_RECORD_RATIO + n - FIRST_RECORD_APPENDS)
+    lone = a4 * later - a5 + wake["zfs.write"] - copy_s - wake.get("zfs.write.page", 0.0)
+    pw["zfs"] = min(pw["zfs"], max(lone, 0.0))
+    p4 = meas.get("zfs.append4k.p4")
+    if p4 is None:
+        return
+    base = TimingConstants()
+    k = dataclasses.replace(base, **{
+        key: ({**getattr(base, key), **v} if isinstance(v, dict) else type(getattr(base, key))(v))
+        for key, v in timing.items() if hasattr(base, key)})
+    cpu = op_cpu_s(k, "zfs", "write", PAGE)
+    if cpu > 0:
+        timing.setdefault("serial_share", {})["zfs.write.page"] = min(p4 / 4 * later / cpu, 1.0)
 
 
 def zfs_tree_serial_fit(timing: dict, meas: dict, cores: int) -> None:
