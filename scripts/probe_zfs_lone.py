@@ -103,6 +103,22 @@ def lay(root: str) -> None:
         vt.write_file(f"{root}/data/big{k}", vt.BIG_BYTES, k)
 
 
+@contextlib.contextmanager
+def fresh_clone(pool: str, mnt: str, lock: str, name: str):
+    """A clone of the image's snapshot, made and destroyed one at a time
+    under :func:`thinp.validate.timing.zfs_mount_lock`, its caches dropped:
+    yields its root."""
+    with vt.zfs_mount_lock(lock):
+        vt.run_cmd(["zfs", "clone", f"{pool}/img@base", f"{pool}/{name}"])
+    root = f"{mnt}/{name}"
+    try:
+        vt.drop_caches()
+        yield root
+    finally:
+        with vt.zfs_mount_lock(lock):
+            vt.zfs_destroy(f"{pool}/{name}", root)
+
+
 def _part(path: str, n: int, data: bytes, create: bool, daemon) -> tuple[float, float, float]:
     """``n`` open/append/close of ``data`` to ``path`` in this process:
     microseconds an append of wall time, of this process's CPU and of the
@@ -125,12 +141,7 @@ def split(pool: str, mnt: str, lock: str, daemon, reps: int) -> None:
     first after the clone's caches were dropped, then another)."""
     four, five = b"x" * 4096, b"hello"
     for rep in range(reps):
-        name = f"{pool}/s{rep}"
-        with vt.zfs_mount_lock(lock):
-            vt.run_cmd(["zfs", "clone", f"{pool}/img@base", name])
-        root = f"{mnt}/s{rep}"
-        try:
-            vt.drop_caches()
+        with fresh_clone(pool, mnt, lock, f"s{rep}") as root:
             r = {"big": _part(f"{root}/data/big0", vt.APPENDS_BIG, four, False, daemon)}
             for label, n in (("new 1-8", 8), ("new 9-16", 8), ("new 17-32", 16), ("new 33-250", 218)):
                 r[label] = _part(f"{root}/new", n, four, True, daemon)
@@ -140,9 +151,6 @@ def split(pool: str, mnt: str, lock: str, daemon, reps: int) -> None:
             print(rep, "(wall, client cpu, daemon cpu) us an append:",
                   {k: tuple(round(x, 1) for x in v) for k, v in r.items()},
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
-        finally:
-            with vt.zfs_mount_lock(lock):
-                vt.zfs_destroy(name, root)
 
 
 def main() -> None:
@@ -186,12 +194,7 @@ def main() -> None:
                             for p in range(n):
                                 os.truncate(f"{ext4}/data/big{p}", vt.BIG_BYTES)
                         seq += 1
-                        name = f"{pool}/c{seq}"
-                        with vt.zfs_mount_lock(lock):
-                            vt.run_cmd(["zfs", "clone", f"{pool}/img@base", name])
-                        root = f"{mnt}/c{seq}"
-                        try:
-                            vt.drop_caches()
+                        with fresh_clone(pool, mnt, lock, f"c{seq}") as root:
                             detail: dict = {}
                             ctx = cal.busy_cores() if busy else contextlib.nullcontext()
                             with ctx:
@@ -201,9 +204,6 @@ def main() -> None:
                             walls.append(t)
                             cpus.append(detail["cpu_s"])
                             dcpus.append(d1 - d0)
-                        finally:
-                            with vt.zfs_mount_lock(lock):
-                                vt.zfs_destroy(name, root)
                     k = ops(what) * n
                     rel = [w / r for w, r in zip(walls, refs)]
                     print(f"{what:5s} {n:2d} {int(busy)}    | {med(walls)*1e3:7.1f} ({min(walls)*1e3:.1f}-"

@@ -1301,6 +1301,17 @@ def fit(meas: dict, dev: dict) -> dict:
     return {"timing": timing, "device": device, "calibration": {"measured_s": dict(sorted(measured.items()))}}
 
 
+def timing_constants(timing: dict):
+    """The model's constants with the fit's ``timing`` tables so far over
+    the defaults (dict entries merged key by key)."""
+    from ..timing import TimingConstants
+
+    base = TimingConstants()
+    return dataclasses.replace(base, **{
+        key: ({**getattr(base, key), **v} if isinstance(v, dict) else type(getattr(base, key))(v))
+        for key, v in timing.items() if hasattr(base, key)})
+
+
 def zfs_page_write_wake_fit(timing: dict, meas: dict) -> None:
     """``idle_wake_s["zfs.write.page"]``: what one process's 4 KiB appends
     on zfs-fuse (each filling a new page) cost alone over the same with
@@ -1382,7 +1393,6 @@ def zfs_append_first_record_fit(timing: dict, meas: dict, copy_s: float) -> None
     at 76 us, 1.8x overlay2's where it measured 1.1-1.7x), 33.8 us held.
     Set only where a4, the 5-byte append's figure and the write's wake-ups
     were measured (the hold also where p4 was)."""
-    from ..timing import TimingConstants
     from ..timing.model import PAGE, op_cpu_s
 
     a4, a5 = meas.get("zfs.append4k.p1"), meas.get("zfs.append.p1")
@@ -1397,10 +1407,7 @@ def zfs_append_first_record_fit(timing: dict, meas: dict, copy_s: float) -> None
     p4 = meas.get("zfs.append4k.p4")
     if p4 is None:
         return
-    base = TimingConstants()
-    k = dataclasses.replace(base, **{
-        key: ({**getattr(base, key), **v} if isinstance(v, dict) else type(getattr(base, key))(v))
-        for key, v in timing.items() if hasattr(base, key)})
+    k = timing_constants(timing)
     cpu = op_cpu_s(k, "zfs", "write", PAGE)
     if cpu > 0:
         timing.setdefault("serial_share", {})["zfs.write.page"] = min(p4 / 4 * later / cpu, 1.0)
@@ -1440,7 +1447,6 @@ def zfs_tree_serial_fit(timing: dict, meas: dict, cores: int) -> None:
     4.6-5.1x, zfs-fuse's tree by 16 taking 3.2-3.4x its time by 4, not the
     4x of a lock-bound one.  Held 62 us, the tree comes to 6.2x by 16 and
     5.9x by 4 (6.3-7.2x measured)."""
-    from ..timing import TimingConstants
     from ..timing.model import op_cpu_s
 
     t1, p4 = meas.get("zfs.tree.p1"), meas.get("zfs.tree.p4")
@@ -1449,10 +1455,7 @@ def zfs_tree_serial_fit(timing: dict, meas: dict, cores: int) -> None:
     t4 = p4 / 4
     if t4 <= 1.25 * t1 / min(cores, 4):
         return
-    base = TimingConstants()
-    k = dataclasses.replace(base, **{
-        key: ({**getattr(base, key), **v} if isinstance(v, dict) else type(getattr(base, key))(v))
-        for key, v in timing.items() if hasattr(base, key)})
+    k = timing_constants(timing)
     share = timing.setdefault("serial_share", {})
     files = TREE_FILES / TREE_DIRS
     held = files * sum(share.get(f"zfs.{kind}", 0.0) * op_cpu_s(k, "zfs", kind, nb)
