@@ -1380,7 +1380,9 @@ def zfs_append_first_record_fit(timing: dict, meas: dict, copy_s: float) -> None
     (``a4`` = ``zfs.append4k.p1``), and ``page_write_cpu_s["zfs"]`` is no
     more than leaves it there (as :func:`zfs_page_write_lone_fit` bounds it
     by ``a4`` itself).  4 processes at once took ``zfs.append4k.p4`` / 4 an
-    append with the same mix: a later append's part of that, ``p4 / 4 *
+    append with the same mix (its wake-ups alone, ``idle_wake_s["zfs.write.page"]``,
+    the lone and busy mixes' difference, are a later append's share of it
+    too): a later append's part of that, ``p4 / 4 *
     250 / (32 r + 218)``, is held one append at a time (the kept validate
     run: 39, 36 and 39 us an append by 1, 4 and 16 processes;
     ``scripts/probe_zfs_lone.py`` at load 8: by 4 at once 77.6 ms, the
@@ -1402,6 +1404,9 @@ def zfs_append_first_record_fit(timing: dict, meas: dict, copy_s: float) -> None
         return
     n = 250
     later = n / (FIRST_RECORD_APPENDS * FIRST_RECORD_RATIO + n - FIRST_RECORD_APPENDS)
+    if "zfs.write.page" in wake:
+        # the lone and busy mixes' difference, for a later append
+        wake["zfs.write.page"] *= later
     lone = a4 * later - a5 + wake["zfs.write"] - copy_s - wake.get("zfs.write.page", 0.0)
     pw["zfs"] = min(pw["zfs"], max(lone, 0.0))
     p4 = meas.get("zfs.append4k.p4")
