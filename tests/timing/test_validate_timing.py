@@ -243,7 +243,7 @@ def test_fit_takes_the_idle_cores_wake_ups_from_one_process_alone_and_with_the_c
     dearer appends in (cal.FIRST_RECORD_RATIO), here 125 and 83.5 us for
     a later append."""
     copy_s = TimingConstants().page_copy_s
-    later = 250 / (cal.FIRST_RECORD_APPENDS * cal.FIRST_RECORD_RATIO + 250 - cal.FIRST_RECORD_APPENDS)
+    later = cal.zfs_later_append_share()
     meas = dict(MEAS)
     meas.update({"ext4.append4k.p1": 9e-6, "zfs.stat.p1": 3e-6, "zfs.append.p1": 93e-6, "zfs.append.cpu.p1": 93e-6,
                  "zfs.append.busy.p1": 63e-6, "zfs.append4k.p1": 125e-6 / later,
@@ -300,7 +300,7 @@ def test_fit_prices_a_zfs_append_past_a_files_first_record_and_holds_its_page_by
     from thinp.timing.model import op_cpu_s
 
     copy_s = TimingConstants().page_copy_s
-    later = 250 / (cal.FIRST_RECORD_APPENDS * cal.FIRST_RECORD_RATIO + 250 - cal.FIRST_RECORD_APPENDS)
+    later = cal.zfs_later_append_share()
     assert 0.6 < later < 0.8
     # a 5-byte append 50 us alone (all CPU), 40 with the cores busy; a 4 KiB
     # one 80 us alone and dearer busy (no wake-ups of its own)
@@ -1121,7 +1121,7 @@ def test_fit_takes_a_new_pages_wake_ups_from_lone_and_busy_4k_appends():
     record in, so it is a later append's share of that difference
     (cal.zfs_append_first_record_fit)."""
     copy_s = TimingConstants().page_copy_s
-    later = 250 / (cal.FIRST_RECORD_APPENDS * cal.FIRST_RECORD_RATIO + 250 - cal.FIRST_RECORD_APPENDS)
+    later = cal.zfs_later_append_share()
     meas = _zfs_append_meas(90e-6)
     t = cal.fit(meas, {})["timing"]
     assert t["idle_wake_s"]["zfs.write"] == pytest.approx(30e-6)

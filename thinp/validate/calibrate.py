@@ -1366,6 +1366,17 @@ def zfs_page_write_lone_fit(timing: dict, meas: dict, copy_s: float) -> None:
 #: 3.9-4.2 (median 3.94); 4 KiB appends to the 16 MiB image file took
 #: 42-46 us and 5-byte appends to a new file 41-42
 FIRST_RECORD_APPENDS, FIRST_RECORD_RATIO = 32, 3.9
+#: appends of each zfs-fuse ``append4k`` run (calibrate's default ``n_ops``
+#: of 1,000, a quarter of it on zfs-fuse: :func:`_measure`)
+ZFS_APPEND4K_OPS = 250
+
+
+def zfs_later_append_share() -> float:
+    """What one append past a new file's first record costs as a share of
+    the mean of calibrate's ``append4k`` run, which averages in the first
+    :data:`FIRST_RECORD_APPENDS` at :data:`FIRST_RECORD_RATIO` times it."""
+    n = ZFS_APPEND4K_OPS
+    return n / (FIRST_RECORD_APPENDS * FIRST_RECORD_RATIO + n - FIRST_RECORD_APPENDS)
 
 
 def zfs_append_first_record_fit(timing: dict, meas: dict, copy_s: float) -> None:
@@ -1402,8 +1413,7 @@ def zfs_append_first_record_fit(timing: dict, meas: dict, copy_s: float) -> None
     wake = timing.get("idle_wake_s", {})
     if a4 is None or a5 is None or "zfs" not in pw or "zfs.write" not in wake:
         return
-    n = 250
-    later = n / (FIRST_RECORD_APPENDS * FIRST_RECORD_RATIO + n - FIRST_RECORD_APPENDS)
+    later = zfs_later_append_share()
     if "zfs.write.page" in wake:
         # the lone and busy mixes' difference, for a later append
         wake["zfs.write.page"] *= later
