@@ -68,20 +68,11 @@ from thinp.validate import timing as vt
 NEW_APPENDS = 250
 
 
-def _appends(path: str, n: int, create: bool) -> None:
-    buf = b"x" * 4096
-    flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT if create else 0)
-    for _ in range(n):
-        fd = os.open(path, flags, 0o644)
-        os.write(fd, buf)
-        os.close(fd)
-
-
 def work(what: str, root: str, p: int) -> None:
     if what == "big":
-        _appends(f"{root}/data/big{p}", vt.APPENDS_BIG, False)
+        _part(f"{root}/data/big{p}", vt.APPENDS_BIG, b"x" * 4096, False, ())
     elif what == "new":
-        _appends(f"{root}/new{p}-{time.monotonic_ns()}", NEW_APPENDS, True)
+        _part(f"{root}/new{p}-{time.monotonic_ns()}", NEW_APPENDS, b"x" * 4096, True, ())
     elif what == "small":
         for i in range(vt.SMALL_FILES):
             vt.read_whole(f"{root}/small/d{i % vt.SMALL_DIRS:04d}/f{i:06d}")
