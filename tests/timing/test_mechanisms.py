@@ -420,3 +420,34 @@ def test_a_write_that_fills_a_new_page_pays_its_own_idle_wake_ups():
     over = dataclasses.replace(cpu, idle_wake_s={**cpu.idle_wake_s, "zfs.write.page": 5e-3})
     assert _steps_s(full, over) == pytest.approx(_steps_s(full, dataclasses.replace(
         cpu, idle_wake_s={**cpu.idle_wake_s, "zfs.write.page": 1e-3})), rel=1e-9)
+
+
+def test_overlayfs_creates_in_its_upper_dir_hold_at_least_ext4s_serialized_seconds():
+    """A union kind made in the upper directory (ovl_create_upper: ext4's
+    own mkdir beneath) is fitted to hold the driver's lock for at least
+    the seconds vfs's (ext4's) same kind holds it; a union kind already
+    holding longer keeps its share; a kind ext4 runs in parallel adds none."""
+    from thinp.timing.model import op_cpu_s
+    from thinp.validate import calibrate as cal
+
+    cpu = {"default": 0.0, "mkdir": 20e-6, "create": 4e-6, "write": 0.5e-6}
+    timing = {"cpu_s": cpu, "layer_kind_s": {"default": 0.0, "overlay2.mkdir": 10e-6, "overlay.mkdir": 10e-6,
+                                              "overlay2.create": 4e-6},
+              "serial_share": {"vfs.mkdir": 0.75, "vfs.create": 0.5, "overlay2.create": 0.9}}
+    cal.union_upper_serial_fit(timing)
+    k = dataclasses.replace(TimingConstants(), cpu_s=cpu, layer_kind_s=timing["layer_kind_s"])
+    share = timing["serial_share"]
+    for d in ("overlay2", "overlay"):
+        held = share[f"{d}.mkdir"] * op_cpu_s(k, d, "mkdir")
+        assert held == pytest.approx(0.75 * op_cpu_s(k, "vfs", "mkdir"), rel=1e-9)
+        assert share[f"{d}.mkdir"] < 0.75          # overlayfs' own part of its mkdir runs beside
+    assert share["overlay2.create"] == 0.9         # already longer than ext4's 2 us
+    assert "overlay2.unlink" not in share and "overlay2.write" not in share
+    # with that, 4 trees at once on 2 cores cost overlay2 more over one tree
+    # than before: the union's mkdirs queue as ext4's do
+    steps = [Step("tree", path="/t{p}", depth=5, fanout=2, size=1024)]
+    one, four = run(_wl(steps, 1), "overlay2").oplog, run(_wl(steps, 4), "overlay2").oplog
+    base = dataclasses.replace(k, cores=2, serial_share={"default": 0.0})
+    fitted = dataclasses.replace(base, serial_share={"default": 0.0, **share})
+    assert _steps_s(one, fitted) == pytest.approx(_steps_s(one, base), rel=1e-6)
+    assert _steps_s(four, fitted) > 1.1 * _steps_s(four, base)
