@@ -451,3 +451,40 @@ def test_overlayfs_creates_in_its_upper_dir_hold_at_least_ext4s_serialized_secon
     fitted = dataclasses.replace(base, serial_share={"default": 0.0, **share})
     assert _steps_s(one, fitted) == pytest.approx(_steps_s(one, base), rel=1e-6)
     assert _steps_s(four, fitted) > 1.1 * _steps_s(four, base)
+
+
+def test_busy_cores_slow_each_other_by_busy_slowdown_and_one_process_alone_not():
+    """With busy_slowdown x, 4 CPU-bound processes on 2 cores take about
+    (1 + x) times as long as without; one process alone, which never
+    finds every other core taken, takes as long as without."""
+    steps = [Step("append", path="/log-{p}", size=5, count=60)]
+    one, four = run(_wl(steps, 1), "vfs").oplog, run(_wl(steps, 4), "vfs").oplog
+    kind = {"default": 0.0, "vfs.write": 1e-3}          # 1 ms of CPU per write: it dominates
+    base = dataclasses.replace(TimingConstants(), cores=2, layer_kind_s=kind)
+    slow = dataclasses.replace(base, busy_slowdown=0.5)
+    assert _steps_s(one, slow) == pytest.approx(_steps_s(one, base), rel=1e-9)
+    assert _steps_s(four, slow) / _steps_s(four, base) == pytest.approx(1.5, rel=0.05)
+    # on one core there is no other core to slow it
+    k1 = dataclasses.replace(base, cores=1)
+    assert _steps_s(four, dataclasses.replace(k1, busy_slowdown=0.5)) == pytest.approx(_steps_s(four, k1), rel=1e-9)
+
+
+def test_calibrate_fits_busy_slowdown_from_the_lock_free_benchmarks_by_4():
+    from thinp.validate import calibrate as cal
+
+    meas = {}
+    for where in cal.LOCK_FREE[0]:
+        for op in cal.LOCK_FREE[1]:
+            meas[f"{where}.{op}.p1"] = 2e-6
+            meas[f"{where}.{op}.p4"] = 2e-6 * 2 * 1.2          # 4 on 2 cores: 1.2x the bound
+    meas["ext4.create_unlink.p4"] = 1.0                        # a locked op is not looked at
+    timing: dict = {}
+    cal.busy_slowdown_fit(timing, meas, 2)
+    assert timing["busy_slowdown"] == pytest.approx(0.2)
+    # faster than the bound: no speed-up, 0
+    timing = {}
+    cal.busy_slowdown_fit(timing, {k: v / 2 if k.endswith("p4") else v for k, v in meas.items()}, 2)
+    assert timing["busy_slowdown"] == 0.0
+    timing = {}
+    cal.busy_slowdown_fit(timing, meas, 1)                     # one core: nothing to fit
+    assert "busy_slowdown" not in timing
