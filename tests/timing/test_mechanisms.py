@@ -444,3 +444,71 @@ def test_a_write_that_fills_a_new_page_holds_the_lock_for_its_own_share():
     assert write_serial_share(0.2, None, 4096) == 0.2
     assert write_serial_share(0.2, 0.6, 2048) == pytest.approx(0.4)
     assert write_serial_share(0.2, 3.0, 4096) == 1.0
+
+
+def test_overlayfs_creates_in_its_upper_dir_hold_at_least_ext4s_serialized_seconds():
+    """A union kind made in the upper directory (ovl_create_upper: ext4's
+    own mkdir beneath) is fitted to hold the driver's lock for at least
+    the seconds vfs's (ext4's) same kind holds it; a union kind already
+    holding longer keeps its share; a kind ext4 runs in parallel adds none."""
+    from thinp.timing.model import op_cpu_s
+    from thinp.validate import calibrate as cal
+
+    cpu = {"default": 0.0, "mkdir": 20e-6, "create": 4e-6, "write": 0.5e-6}
+    timing = {"cpu_s": cpu, "layer_kind_s": {"default": 0.0, "overlay2.mkdir": 10e-6, "overlay.mkdir": 10e-6,
+                                              "overlay2.create": 4e-6},
+              "serial_share": {"vfs.mkdir": 0.75, "vfs.create": 0.5, "overlay2.create": 0.9}}
+    cal.union_upper_serial_fit(timing)
+    k = dataclasses.replace(TimingConstants(), cpu_s=cpu, layer_kind_s=timing["layer_kind_s"])
+    share = timing["serial_share"]
+    for d in ("overlay2", "overlay"):
+        held = share[f"{d}.mkdir"] * op_cpu_s(k, d, "mkdir")
+        assert held == pytest.approx(0.75 * op_cpu_s(k, "vfs", "mkdir"), rel=1e-9)
+        assert share[f"{d}.mkdir"] < 0.75          # overlayfs' own part of its mkdir runs beside
+    assert share["overlay2.create"] == 0.9         # already longer than ext4's 2 us
+    assert "overlay2.unlink" not in share and "overlay2.write" not in share
+    # with that, 4 trees at once on 2 cores cost overlay2 more over one tree
+    # than before: the union's mkdirs queue as ext4's do
+    steps = [Step("tree", path="/t{p}", depth=5, fanout=2, size=1024)]
+    one, four = run(_wl(steps, 1), "overlay2").oplog, run(_wl(steps, 4), "overlay2").oplog
+    base = dataclasses.replace(k, cores=2, serial_share={"default": 0.0})
+    fitted = dataclasses.replace(base, serial_share={"default": 0.0, **share})
+    assert _steps_s(one, fitted) == pytest.approx(_steps_s(one, base), rel=1e-6)
+    assert _steps_s(four, fitted) > 1.1 * _steps_s(four, base)
+
+
+def test_busy_cores_slow_each_other_by_busy_slowdown_and_one_process_alone_not():
+    """With busy_slowdown x, 4 CPU-bound processes on 2 cores take about
+    (1 + x) times as long as without; one process alone, which never
+    finds every other core taken, takes as long as without."""
+    steps = [Step("append", path="/log-{p}", size=5, count=60)]
+    one, four = run(_wl(steps, 1), "vfs").oplog, run(_wl(steps, 4), "vfs").oplog
+    kind = {"default": 0.0, "vfs.write": 1e-3}          # 1 ms of CPU per write: it dominates
+    base = dataclasses.replace(TimingConstants(), cores=2, layer_kind_s=kind)
+    slow = dataclasses.replace(base, busy_slowdown=0.5)
+    assert _steps_s(one, slow) == pytest.approx(_steps_s(one, base), rel=1e-9)
+    assert _steps_s(four, slow) / _steps_s(four, base) == pytest.approx(1.5, rel=0.05)
+    # on one core there is no other core to slow it
+    k1 = dataclasses.replace(base, cores=1)
+    assert _steps_s(four, dataclasses.replace(k1, busy_slowdown=0.5)) == pytest.approx(_steps_s(four, k1), rel=1e-9)
+
+
+def test_calibrate_fits_busy_slowdown_from_the_lock_free_benchmarks_by_4():
+    from thinp.validate import calibrate as cal
+
+    meas = {}
+    for where in cal.LOCK_FREE[0]:
+        for op in cal.LOCK_FREE[1]:
+            meas[f"{where}.{op}.p1"] = 2e-6
+            meas[f"{where}.{op}.p4"] = 2e-6 * 2 * 1.2          # 4 on 2 cores: 1.2x the bound
+    meas["ext4.create_unlink.p4"] = 1.0                        # a locked op is not looked at
+    timing: dict = {}
+    cal.busy_slowdown_fit(timing, meas, 2)
+    assert timing["busy_slowdown"] == pytest.approx(0.2)
+    # faster than the bound: no speed-up, 0
+    timing = {}
+    cal.busy_slowdown_fit(timing, {k: v / 2 if k.endswith("p4") else v for k, v in meas.items()}, 2)
+    assert timing["busy_slowdown"] == 0.0
+    timing = {}
+    cal.busy_slowdown_fit(timing, meas, 1)                     # one core: nothing to fit
+    assert "busy_slowdown" not in timing

@@ -236,6 +236,11 @@ class TimingConstants:
     #: the stop + remove at its end, apart from the storage driver
     engine_run_s: float = 0.30
     engine_rm_s: float = 0.08
+    #: how much longer a process's CPU stage runs when every other core is
+    #: busy too (:mod:`thinp.timing.sim`'s ``busy_slowdown``): N processes
+    #: that keep all the cores busy get less than ``cores`` times one
+    #: process's work done.  0: they get all of it
+    busy_slowdown: float = 0.0
 
     def get(self, table: str, key: str):
         t = getattr(self, table)
@@ -502,6 +507,14 @@ SOURCES = {
         "not depend on the image; we take 0.30 s for create + start on a bare-metal host and "
         "engine_rm_s for the stop + remove, 0.38 s together, two thirds of that VM's figure -- "
         "an estimate to replace by thinp calibrate's measurement"),
+    "busy_slowdown": "`thinp calibrate` (calibrate.busy_slowdown_fit): the median over the benchmarks that hold "
+                     "no lock (open/append/close of each process's own file, open/read/close and stat on ext4, "
+                     "overlayfs with 1 and 4 lowers and btrfs) of their time by 4 processes at once over the "
+                     "cores' bound (4 / cores times one's), less 1: the kept calibration (2026-12-07 20:31 UTC, "
+                     "2 vCPUs) 0.99-1.32, median 1.18. The kept validate runs (vt10, vt11) show it in rusage: 4 "
+                     "and 16 processes' small appends took 1.03-1.33x the bound, wall x cores over their CPU "
+                     "1.02-1.54 (bimodal at N = 4: 2 + 2 or 3 + 1 processes placed on the 2 cores), CPU per "
+                     "process 3-10% above one alone's. Default 0",
     "engine_rm_s": (
         "no published figure for stop + remove of an exited container apart from its driver "
         "found; 0.08 s is an estimate (see engine_run_s); rhvgoyal's 0.72-0.76 s per docker rm "
@@ -1088,7 +1101,7 @@ def simulate(log: OpLog, *, device="nvme", constants: TimingConstants | None = N
     if getattr(dev, "transfer_on_cpu", False):
         build = _transfers_on_cpu(build)
     r = sim.run(len(procs), build, cores=max(1, int(k.cores)), queue_depth=qd,
-                lock_class=_lock_class)
+                lock_class=_lock_class, busy_slowdown=max(float(k.busy_slowdown), 0.0))
     # per container and phase, from the ops' begin/end times
     phases: dict = {}
     conts: dict = {}
@@ -1154,7 +1167,7 @@ def _transfers_on_cpu(build):
         out = []
         for s in st:
             if s[0] == sim.DEV and s[2] > 0:
-                out += [(sim.DEV, s[1], 0.0), (sim.LOCK, DEVICE_WORKER), (sim.CPU, s[2]),
+                out += [(sim.DEV, s[1], 0.0), (sim.LOCK, DEVICE_WORKER), (sim.CPU, s[2], False),
                         (sim.UNLOCK, DEVICE_WORKER)]
             else:
                 out.append(s)

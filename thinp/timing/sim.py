@@ -13,7 +13,12 @@ cache consulted there sees the other processes' earlier reads), or None when
 the process has no more.  Stages are tuples:
 
 ``(CPU, seconds)``
-    run on one of ``cores`` (FIFO, not preempted: kernel paths are short)
+    run on one of ``cores`` (FIFO, not preempted: kernel paths are short);
+    with ``busy_slowdown`` x, a stage that starts while every other core is
+    taken runs (1 + x) times as long (the cores slow each other when all
+    run: shared caches and memory, lock cache lines bouncing between them,
+    the scheduler placing N woken processes unevenly).  ``(CPU, seconds,
+    False)``: a stage that never slows so (a device worker's copy)
 ``(LOCK, lock_id)`` / ``(UNLOCK, lock_id)``
     take / release a FIFO mutex; what a lock protects is the caller's choice.
     ``(LOCK, lock_id, handoff_s)``: an acquisition that had to wait resumes
@@ -74,7 +79,8 @@ class SimResult:
         self.events = 0
 
 
-def run(nproc: int, build, *, cores: int, queue_depth: int, lock_class, start_s=None) -> SimResult:
+def run(nproc: int, build, *, cores: int, queue_depth: int, lock_class, start_s=None,
+        busy_slowdown: float = 0.0) -> SimResult:
     """Simulate ``nproc`` processes (see the module docstring).
 
     ``lock_class(lock_id) -> str`` names the class a lock's waits are
@@ -125,7 +131,9 @@ def run(nproc: int, build, *, cores: int, queue_depth: int, lock_class, start_s=
         events += 1
         if kind == _CPU_DONE:
             if cpu_q:
-                q, tq, dt = cpu_q.popleft()
+                q, tq, dt, slows = cpu_q.popleft()
+                if slows and cores > 1:
+                    dt *= 1.0 + busy_slowdown       # every core is taken
                 waited(q, "cpu", now - tq)
                 held("cpu", dt)
                 heapq.heappush(heap, (now + dt, seq, q, _CPU_DONE))
@@ -189,13 +197,16 @@ def run(nproc: int, build, *, cores: int, queue_depth: int, lock_class, start_s=
                 dt = s[1]
                 if dt <= 0:
                     continue
+                slows = busy_slowdown > 0.0 and (len(s) < 3 or s[2])
                 if free_cores:
                     free_cores -= 1
+                    if slows and not free_cores and cores > 1:
+                        dt *= 1.0 + busy_slowdown
                     held("cpu", dt)
                     heapq.heappush(heap, (now + dt, seq, pid, _CPU_DONE))
                     seq += 1
                 else:
-                    cpu_q.append((pid, now, dt))
+                    cpu_q.append((pid, now, dt, slows))
                 break
             if k == LOCK:
                 lid = s[1]
