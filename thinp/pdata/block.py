@@ -119,7 +119,10 @@ def _take_flush_thread() -> _FlushThread:
     global _idle, _idle_pid
     if _idle_pid != os.getpid():
         _idle, _idle_pid = [], os.getpid()
-    return _idle.pop() if _idle else _FlushThread()
+    try:
+        return _idle.pop()  # (atomic under the GIL: pools on several threads)
+    except IndexError:
+        return _FlushThread()
 
 
 class FlushBehind:
@@ -128,8 +131,9 @@ class FlushBehind:
     one at a time per object: :meth:`start` begins it, :meth:`wait`
     returns once it is over (raising its OSError if it failed),
     :meth:`close` waits for whatever still runs.  The one mechanism behind
-    thinp's flushes behind: the metadata's superblock barrier
-    (:meth:`BlockManager.flush_behind`) and the sidecar slot's.
+    a synced commit's flushes: dm's two barriers
+    (:meth:`BlockManager.flush_behind`; the second behind the commit's
+    bookkeeping) and the sidecar slot's.
 
     A thread, not Linux AIO's ``IOCB_CMD_FDSYNC`` (raw x86_64 syscalls,
     used before): alternated in fresh processes on this VM (2 vCPUs,
