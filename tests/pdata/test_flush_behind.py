@@ -56,3 +56,29 @@ def test_a_failed_flush_behind_raises(tmp_path):
         fb.close()
         os.close(r)
         os.close(w)
+
+
+def test_flush_threads_are_reused(tmp_path):
+    """A waited-for flush gives its thread back: two flushes at a time, many
+    times over, take two threads, not one each."""
+    import threading
+
+    fds = [os.open(tmp_path / n, os.O_RDWR | os.O_CREAT, 0o644) for n in "ab"]
+    fbs = [FlushBehind(), FlushBehind()]
+    try:
+        fbs[0].start(fds[0])
+        fbs[1].start(fds[1], handoff=False)
+        for fb in fbs:
+            fb.wait()
+        before = sum(t.name == "thinp-flush" for t in threading.enumerate())
+        for _ in range(20):
+            for fd, fb in zip(fds, fbs):
+                os.pwrite(fd, b"x" * 4096, 0)
+                fb.start(fd, handoff=False)
+            for fb in fbs:
+                fb.wait()
+        assert sum(t.name == "thinp-flush" for t in threading.enumerate()) == before
+    finally:
+        for fd, fb in zip(fds, fbs):
+            fb.close()
+            os.close(fd)

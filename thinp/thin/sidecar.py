@@ -266,7 +266,8 @@ class SidecarFile:
             self.nr_writes[0] += 1
             if not sync:
                 return None
-            self._flush.start(fd)
+            # (no hand-over: the commit blocks at once, in its own barrier)
+            self._flush.start(fd, handoff=False)
             return self._flush.wait
         # first write after a version 1 file, or outgrown: both slots, whole
         old = encode_slot({**self.live_side, "seq": self.seq})
