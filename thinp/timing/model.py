@@ -317,7 +317,16 @@ SOURCES = {
                     "share of a read (its CPU with the cores busy) that much is, at most 1. zfs.mkdir: "
                     "zfs-fuse's tree by 4 processes per directory (its files' serialized share taken off) "
                     "over the mkdir's CPU, the hold no longer than plain mkdirs by 4 at once took a "
-                    "directory (kept calibration 2026-12-07 20:31 UTC: 62 us, where the tree by 4 took 119)",
+                    "directory (kept calibration 2026-12-07 20:31 UTC: 62 us, where the tree by 4 took 119). "
+                    "zfs.write.page: a 4 KiB append past a file's first record, held one at a time "
+                    "(calibrate.zfs_append_first_record_fit): calibrate's 4 KiB appends by 4 at once, less "
+                    "the surplus of their new files' first 32 appends (3.9x a later one: "
+                    "scripts/probe_zfs_lone.py --split, 2026-12-08 01:32 UTC), as a share of the write's CPU; "
+                    "validate's big appends took 39, 36 and 39 us an append by 1, 4 and 16 processes. "
+                    "overlay2.mkdir / overlay.mkdir (and create, unlink where ext4's hold longer): "
+                    "overlayfs makes them in its upper directory with ext4's own operation beneath "
+                    "(fs/overlayfs/dir.c ovl_create_upper under the upper parent's lock), so they hold the "
+                    "lock at least as long as vfs's (ext4's) fitted share does (calibrate.union_upper_serial_fit)",
     "serial_handoff_s": "`thinp calibrate`: where the same per-op benchmark run by 4 processes at once "
                         "took longer per operation than by 1 alone (t4 = p4 / 4 > t1: btrfs' create+unlink, "
                         "its tree of new directories and readdir; overlayfs' readdir), the difference t4 - "
