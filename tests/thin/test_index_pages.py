@@ -124,3 +124,17 @@ def test_a_node_array_still_viewed_is_not_recycled(tmp_path):
     pool.close()
     assert I._SPARE == []
     assert held.shape == (K.NODE_ENTRIES,)
+
+
+def test_a_fresh_index_builds_its_space_without_reading_its_data_counts(tmp_path):
+    """A new pool's data counts are known zero: its allocation bitmap (the
+    bits past the last block set) is built without reading them, and is the
+    one read from them would give."""
+    pool = thinp.ThinPool.create(str(tmp_path / "p"), 1000 * BS)  # (1000 blocks: a part word)
+    sp = _index(pool).sp
+    assert np.array_equal(sp.dbits, K.make_bitmap(np.zeros(1000, dtype=bool), 1000))
+    assert int(sp.scal[K.S_DUSED]) == 0
+    dev = pool.create_thin(0, 2000 * BS)
+    pool.replay(_writes(np.arange(1000)))
+    assert dev.mapped_blocks == 1000 and pool.nr_free_data_blocks == 0
+    pool.close()

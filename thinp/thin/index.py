@@ -82,7 +82,7 @@ class VolatileIndex(Metadata):
             commit_interval=commit_interval, held_csum=0)
         mrc = memory.zeros(nr_nodes, np.uint32)
         mrc[0] = 1
-        md.build_space(mrc, memory.zeros(nr_data_blocks, np.uint32))
+        md.build_space(mrc, memory.zeros(nr_data_blocks, np.uint32), drc_zero=True)
         scal = md.sp.scal
         scal[K.S_META_RESERVE] = 0
         scal[K.S_META_LWM] = 0
