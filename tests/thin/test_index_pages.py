@@ -80,3 +80,61 @@ def test_sequential_provisioning_across_commits_stays_in_small_pages(tmp_path):
     pool.replay(reads)
     assert md.huge
     pool.close()
+
+
+def _mapping_after(tmp_path, name, vbs):
+    pool = thinp.ThinPool.create(str(tmp_path / name), "1T")
+    pool.create_thin(0, "1T")
+    pool.replay(_writes(vbs))
+    got = [a.copy() for a in pool.device(0).mapping()]
+    mm = _index(pool).mm
+    pool.close()
+    return got, mm
+
+
+def test_a_closed_index_leaves_its_node_array_to_the_next_one(tmp_path):
+    """The next pool's index takes the closed one's node array, nodes and
+    all, and maps exactly what it maps in a fresh array: a node is zeroed
+    when allocated, never read before."""
+    from thinp.thin import index as I
+
+    rng = np.random.default_rng(11)
+    first = rng.choice((1 << 40) // BS, 3000, replace=False)
+    then = rng.choice((1 << 40) // BS, 3000, replace=False)
+    _, mm1 = _mapping_after(tmp_path, "a", first)
+    assert I._SPARE == [mm1]  # (kept, its nodes still holding the first pool's entries)
+    recycled, mm2 = _mapping_after(tmp_path, "b", then)
+    assert mm2 is mm1
+    I._SPARE.clear()  # (the next build maps a fresh array)
+    fresh, mm3 = _mapping_after(tmp_path, "c", then)
+    assert mm3 is not mm1
+    for a, b in zip(recycled, fresh):
+        assert np.array_equal(a, b)
+    assert len(recycled[0]) == 3000
+
+
+def test_a_node_array_still_viewed_is_not_recycled(tmp_path):
+    from thinp.thin import index as I
+
+    I._SPARE.clear()
+    pool = thinp.ThinPool.create(str(tmp_path / "p"), "1G")
+    pool.create_thin(0, "1G")
+    pool.replay(_writes(np.arange(100)))
+    held = _index(pool).meta[1]  # a caller's view outlives the pool
+    pool.close()
+    assert I._SPARE == []
+    assert held.shape == (K.NODE_ENTRIES,)
+
+
+def test_a_fresh_index_builds_its_space_without_reading_its_data_counts(tmp_path):
+    """A new pool's data counts are known zero: its allocation bitmap (the
+    bits past the last block set) is built without reading them, and is the
+    one read from them would give."""
+    pool = thinp.ThinPool.create(str(tmp_path / "p"), 1000 * BS)  # (1000 blocks: a part word)
+    sp = _index(pool).sp
+    assert np.array_equal(sp.dbits, K.make_bitmap(np.zeros(1000, dtype=bool), 1000))
+    assert int(sp.scal[K.S_DUSED]) == 0
+    dev = pool.create_thin(0, 2000 * BS)
+    pool.replay(_writes(np.arange(1000)))
+    assert dev.mapped_blocks == 1000 and pool.nr_free_data_blocks == 0
+    pool.close()

@@ -205,14 +205,18 @@ class Metadata:
         md.commit(first=True)
         return md
 
-    def build_space(self, mrc: np.ndarray, drc: np.ndarray) -> None:
+    def build_space(self, mrc: np.ndarray, drc: np.ndarray, drc_zero: bool = False) -> None:
+        """The Space over ``mrc`` and ``drc``; ``drc_zero``: the data counts
+        are known to be all zero (a fresh index's, whose pages nothing has
+        touched yet: reading them here would map the zero page over all of
+        them, and each first write later would fault again to replace it)."""
         sb = self.sb
         nm, nd = sb.nr_metadata_blocks, sb.nr_data_blocks
         scal = np.zeros(K.NR_SCALARS, dtype=np.int64)
         scal[K.S_TIME] = sb.time
         scal[K.S_DCURSOR] = sb.dcursor if sb.dcursor < nd else 0
         scal[K.S_MCURSOR] = sb.mcursor if sb.mcursor < nm else 0
-        scal[K.S_DUSED] = int(np.count_nonzero(drc))
+        scal[K.S_DUSED] = 0 if drc_zero else int(np.count_nonzero(drc))
         scal[K.S_MUSED] = int(np.count_nonzero(mrc))
         scal[K.S_NR_DATA] = nd
         scal[K.S_NR_META] = nm
@@ -236,7 +240,7 @@ class Metadata:
             mpend=memory.zeros(nm, np.uint32),
             mdirty=np.zeros(sm_pages(nm), dtype=np.uint8),
             drc=drc,
-            dbits=K.make_bitmap(drc > 0, nd),
+            dbits=_free_bitmap(nd) if drc_zero else K.make_bitmap(drc > 0, nd),
             dpend=memory.zeros(nd, np.uint32),
             ddirty=np.zeros(sm_pages(nd), dtype=np.uint8),
             dpass=memory.zeros(nd, np.uint32),
@@ -895,3 +899,11 @@ def highest_mapped_py(meta, root: int, levels: int, nr_meta: int) -> int:
     if not 1 <= levels <= 7:
         raise _corrupt(f"tree depth {levels} impossible")
     return walk(root, levels, 0)
+
+
+def _free_bitmap(nr_bits: int) -> np.ndarray:
+    """``K.make_bitmap`` of ``nr_bits`` free blocks (bits past them set)."""
+    bits = np.zeros(K.bitmap_words(nr_bits), dtype=np.uint64)
+    if nr_bits & 63:
+        bits[-1] = ~np.uint64((1 << (nr_bits & 63)) - 1)
+    return bits
