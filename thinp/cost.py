@@ -297,15 +297,14 @@ FINDINGS = {
         "VM, a kernel build) or estimates, each with its source in thinp.timing.SOURCES, not fits to the "
         "paper's testbed",
         "Tarasov's many-threads curves and aufs' lock scalability as measured: thinp.timing now "
-        "simulates processes on cores, the locks each driver's path holds and the device queue, but "
-        "its CPU constants are estimates or one machine's thinp calibrate, and thinp validate timing "
-        "misses its targets here (at 9 interleaved runs per cell on a quiet 2-vCPU machine, each "
-        "driver's run between two overlay2 runs, the measured order is decided beyond the runs' "
-        "spread in 8 of 18 case/N groups, all 8 ordered the same, 14 of 18 by medians; 92 of 94 "
-        "decided driver pairs ordered alike; time relative to overlay2 within 1.5x in 34 of 54 rows, "
-        "8 more noisy rows within noise and 12 missed: overlay2's big appends at N = 4 and 16, "
-        "btrfs's big and small reads at N = 4 and 16 and its tree at N = 16, zfs-fuse's appends at N "
-        "= 16 and small reads at N = 4, vfs's start at N = 1; README: Timing against the real kernel)",
+        "simulates processes on cores, the locks each driver's path holds and the device queue, with "
+        "its CPU constants from one machine's thinp calibrate, and thinp validate timing still misses "
+        "its targets there (the kept quiet run, 9 interleaved runs per cell on 2 vCPUs, each driver's "
+        "run between two overlay2 runs: all 8 case/N groups whose measured order is decided ordered the "
+        "same, 95 of 95 decided driver pairs, time relative to overlay2 within 1.5x in 48 of 54 rows, "
+        "5 noisy rows within noise and 1 missed, zfs-fuse's small appends at N = 16; on two earlier quiet "
+        "runs 9 of 10 decided groups each and 2 and 1 misses: zfs-fuse's small appends at N = 16 and "
+        "small reads at N = 4, vfs's start at N = 1; README: Timing against the real kernel)",
         "devicemapper's discard at removal (dm.blkdiscard): a removal costs a fixed remove_s, not a "
         "discard of the container's bytes",
         "filesystem-internal effects below the drivers' counts (ext4 vs xfs journalling, btrfs "
