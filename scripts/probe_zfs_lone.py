@@ -186,15 +186,11 @@ def main() -> None:
                                 os.truncate(f"{ext4}/data/big{p}", vt.BIG_BYTES)
                         seq += 1
                         with fresh_clone(pool, mnt, lock, f"c{seq}") as root:
-                            detail: dict = {}
-                            ctx = cal.busy_cores() if busy else contextlib.nullcontext()
-                            with ctx:
-                                d0 = cal._tasks_cpu_s(daemon)
-                                t = vt.concurrently([(work, (what, root, p)) for p in range(n)], detail)
-                                d1 = cal._tasks_cpu_s(daemon)
+                            t, c, d = cal.concurrently_with_daemon(
+                                [(work, (what, root, p)) for p in range(n)], daemon, busy)
                             walls.append(t)
-                            cpus.append(detail["cpu_s"])
-                            dcpus.append(d1 - d0)
+                            cpus.append(c)
+                            dcpus.append(d)
                     k = ops(what) * n
                     rel = [w / r for w, r in zip(walls, refs)]
                     print(f"{what:5s} {n:2d} {int(busy)}    | {med(walls)*1e3:7.1f} ({min(walls)*1e3:.1f}-"

@@ -97,15 +97,11 @@ def main() -> None:
                         root = f"{mnt}/c{seq}"
                         try:
                             vt.drop_caches()
-                            detail: dict = {}
-                            ctx = cal.busy_cores() if busy else contextlib.nullcontext()
-                            with ctx:
-                                d0 = cal._tasks_cpu_s(daemon)
-                                t = vt.concurrently([(work, (what, root, p)) for p in range(n)], detail)
-                                d1 = cal._tasks_cpu_s(daemon)
+                            t, c, d = cal.concurrently_with_daemon(
+                                [(work, (what, root, p)) for p in range(n)], daemon, busy)
                             walls.append(t)
-                            cpus.append(detail["cpu_s"])
-                            dcpus.append(d1 - d0)
+                            cpus.append(c)
+                            dcpus.append(d)
                         finally:
                             with vt.zfs_mount_lock(lock):
                                 vt.zfs_destroy(name, root)

@@ -127,6 +127,19 @@ def _tasks_cpu_s(pids) -> float:
     return total / 1e9
 
 
+def concurrently_with_daemon(calls, daemon, busy: bool = False) -> tuple[float, float, float]:
+    """:func:`thinp.validate.timing.concurrently` of ``calls``, with every
+    core kept busy meanwhile when ``busy`` (:func:`busy_cores`): (wall
+    seconds, the processes' own CPU seconds, the CPU seconds every thread
+    of the ``daemon`` pids ran meanwhile)."""
+    detail: dict = {}
+    with busy_cores() if busy else contextlib.nullcontext():
+        d = _tasks_cpu_s(daemon)
+        wall = vt.concurrently(calls, detail)
+        d = _tasks_cpu_s(daemon) - d
+    return wall, detail["cpu_s"], d
+
+
 def _cpu_per_op(fn, n_ops: int, daemon) -> tuple[float, float]:
     """One process running ``fn(0)`` here: (wall seconds per op, CPU seconds
     per op, this process's and every thread of the ``daemon`` pids')."""
